@@ -1,0 +1,38 @@
+# Convenience front door; CMake does the building.
+#   make run    build and run spamtrapd in the foreground on conf/spamtrapd.json,
+#               with its SQLite file under ./var
+#   make test   build with ASan/UBSan and run every test layer (unit,
+#               integration, end to end with Postfix and Redis)
+BUILD ?= build
+TEST_BUILD ?= build-test
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build run test test-deps check-format clean
+
+all: build
+
+deps:
+	scripts/install-deps.sh build
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPAMTRAPD_TESTS=OFF
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	mkdir -p var
+	$(BUILD)/src/spamtrapd -f -c conf/spamtrapd.json -o store.sqlite.path=var/spamtrapd.db
+
+test-deps:
+	scripts/install-deps.sh test
+
+test: test-deps
+	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPAMTRAPD_SANITIZE=ON -DSPAMTRAPD_TESTS=ON
+	cmake --build $(TEST_BUILD) -j $(JOBS)
+	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) check-format
+
+check-format:
+	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]' 'bench/*.[ch]' 'fuzz/*.[ch]')
+
+clean:
+	rm -rf $(BUILD) $(TEST_BUILD)

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Install what spamtrapd needs from Debian's archive, only when missing.
+#   scripts/install-deps.sh build   compiler, CMake, the libraries
+#   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, Python
+#   scripts/install-deps.sh bench   test + postgrey, perf tools
+#   scripts/install-deps.sh deb     build + Debian packaging tools
+set -eu
+
+build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
+       libhiredis-dev libpcre2-dev"
+test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format"
+bench="$test postgrey"
+deb="$build debhelper devscripts fakeroot lintian dpkg-dev"
+
+case "${1:-build}" in
+build) want=$build ;;
+test) want=$test ;;
+bench) want=$bench ;;
+deb) want=$deb ;;
+*) echo "usage: $0 build|test|bench|deb" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "installing:$missing"
+# Postfix must not ask questions nor configure a system mail server.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+# Packages must not start system services (redis, postgrey, postfix) here:
+# tests start their own instances on free ports.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+	printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+	$SUDO chmod 755 /usr/sbin/policy-rc.d
+	trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing

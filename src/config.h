@@ -1,0 +1,86 @@
+/*
+ * config: spamtrapd.json into an immutable, reference-counted snapshot.
+ *
+ * One schema table (config.c) names every key with its type, default,
+ * bounds and validator; it drives parsing, defaults and error messages.
+ * Unknown keys, wrong types and bad values are errors naming file, line,
+ * column and key ("spamtrapd.json:12:5: traps.action: expected one of
+ * discard, reject, accept"). Trap sets, whitelists and networks are
+ * compiled here, so the request path never parses config. A reload builds
+ * a new snapshot; holders of the old one keep it until they unref it.
+ */
+#ifndef SPAMTRAPD_CONFIG_H
+#define SPAMTRAPD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/decide.h"
+#include "core/netset.h"
+#include "log.h"
+#include "store/store.h"
+
+#define CONFIG_DEFAULT_PATH "/etc/spamtrapd/spamtrapd.json"
+
+typedef enum { POLICY_ROLE_TRAP, POLICY_ROLE_SENDER, POLICY_ROLE_FULL } policy_role;
+
+typedef struct config_listener {
+	char *address; /* "127.0.0.1:10666", "[::1]:10666", "unix:/path" */
+	policy_role role;
+} config_listener;
+
+typedef struct config {
+	char *path; /* the file this snapshot was read from */
+	char *user; /* run as this user after binding; NULL: stay as started */
+
+	decide_policy decide; /* mode, traps, blocklist, whitelist, on_error */
+	char *recipient_delimiter;
+
+	struct {
+		char *listen;       /* libmilter socket spec; NULL: no milter */
+		char *socket_owner; /* unix socket owner/group/mode; NULL: unchanged */
+		char *socket_group;
+		unsigned socket_mode; /* 0 when unset */
+		int timeout;          /* seconds libmilter waits on the MTA */
+	} milter;
+
+	struct {
+		config_listener *listen;
+		size_t nlisten;
+		netset *allow;
+		unsigned max_connections;
+		int64_t idle_timeout;    /* seconds */
+		size_t max_line;         /* bytes in one attribute line */
+		unsigned max_attributes; /* per request */
+		unsigned threads;        /* 0: one per CPU */
+	} policy;
+
+	store_config store;
+	int64_t purge_interval; /* seconds between purges of expired entries */
+
+	struct {
+		log_target target;
+		int facility;
+		int level;
+	} log;
+} config;
+
+/*
+ * Load and validate path. overrides are "dotted.key=value" strings applied
+ * on top of the file (value parsed as JSON, else taken as a string), as in
+ * `spamtrapd -o store.sqlite.path=var/spamtrapd.db`. Returns a snapshot with
+ * one reference, or NULL with every problem found (one a line) in err.
+ */
+config *config_load(const char *path, const char *const *overrides, size_t noverrides, char *err,
+                    size_t errlen);
+
+config *config_ref(config *cfg);
+void config_unref(config *cfg); /* accepts NULL; frees at zero */
+
+/* Parse "30", "30s", "15m", "24h", "7d" into seconds; false when invalid. */
+bool config_parse_duration(const char *s, int64_t *seconds);
+
+const char *policy_role_name(policy_role role);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * addr: envelope addresses and client IP addresses, normalised to the
+ * canonical forms that trap matching, whitelists and blocklist keys use.
+ * Pure: no I/O, no allocation, no globals.
+ */
+#ifndef SPAMTRAPD_ADDR_H
+#define SPAMTRAPD_ADDR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* RFC 5321 allows 64 + 1 + 255 octets; keep headroom for quoted local parts. */
+#define ADDR_MAX 512
+/* "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128" plus NUL */
+#define ADDR_NET_STRLEN 64
+
+typedef enum {
+	ADDR_OK = 0,
+	ADDR_NULL,    /* the null sender "<>" or "": out is "" */
+	ADDR_INVALID, /* too long, control characters, unbalanced brackets */
+} addr_status;
+
+/*
+ * Normalise an envelope address as Postfix hands it to a milter ("<a@b>") or
+ * a policy server ("a@b"): strip angle brackets and an RFC 5321 source route
+ * ("<@relay1,@relay2:user@example.com>"), drop a trailing dot from the
+ * domain, lowercase everything. Writes a NUL-terminated string to out.
+ */
+addr_status addr_normalise(const char *in, size_t inlen, char *out, size_t outlen);
+
+/*
+ * Remove a recipient extension: with delimiters "+", "trap+tag@d" becomes
+ * "trap@d" (Postfix recipient_delimiter: any one of the characters starts
+ * the extension). Returns true when something was removed; out always gets
+ * the result (a copy of addr when nothing was removed).
+ */
+bool addr_strip_extension(const char *addr, const char *delimiters, char *out, size_t outlen);
+
+/* The domain part of a normalised address (after the last '@'), or NULL. */
+const char *addr_domain(const char *addr);
+
+typedef struct addr_ip {
+	uint8_t version;   /* 4 or 6 */
+	uint8_t bytes[16]; /* IPv4 uses bytes[0..3] */
+} addr_ip;
+
+typedef struct addr_net {
+	addr_ip ip;     /* host bits are zero */
+	uint8_t prefix; /* 0..32 or 0..128 */
+} addr_net;
+
+/*
+ * Parse a client address: dotted IPv4, IPv6, "IPv6:..." (as in XCLIENT and
+ * address literals), optionally in [brackets]. An IPv4-mapped IPv6 address
+ * (::ffff:192.0.2.1) becomes IPv4 so both spellings hit the same key.
+ */
+bool addr_ip_parse(const char *s, addr_ip *out);
+
+/*
+ * Parse "IP" (a host network) or "IP/LEN". Host bits set below the prefix
+ * are an error (192.0.2.1/24 is almost always a typo), reported in err.
+ */
+bool addr_net_parse(const char *s, addr_net *out, char *err, size_t errlen);
+
+/* The network of the given prefix length that contains ip. */
+addr_net addr_net_of(const addr_ip *ip, unsigned prefix);
+
+bool addr_net_contains(const addr_net *net, const addr_ip *ip);
+
+/*
+ * Canonical text: a host network as the bare address ("192.0.2.7",
+ * "2001:db8::1"), others as "192.0.2.0/24" (RFC 5952 form for IPv6).
+ * out must hold ADDR_NET_STRLEN bytes.
+ */
+void addr_net_format(const addr_net *net, char *out, size_t outlen);
+
+#endif

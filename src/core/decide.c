@@ -1,0 +1,369 @@
+/*
+ * decide: the decision core (see decide.h). Implements SPEC.md "Replies":
+ * the blocklist check at MAIL FROM, the trap check at RCPT TO, and the end
+ * of message for the milter. Pure: every input is an argument, every
+ * output the return value or a caller's buffer.
+ */
+#include "core/decide.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const smtp_reply REPLY_TEMPFAIL = {"450", "4.7.1", "Service temporarily unavailable, try again later"};
+/* Policy front end with deliver-others: the trap looks like an unknown user. */
+static const smtp_reply REPLY_TRAP_UNKNOWN = {"550", "5.1.1", "User unknown"};
+static const smtp_reply REPLY_TRAP_REJECT = {"550", "5.7.1", "Recipient address rejected"};
+/* Postfix logs the DISCARD text; the SMTP client never sees it. */
+static const smtp_reply REPLY_TRAP_DISCARD = {"", "", "spamtrap hit"};
+
+/* Loopback clients are the host itself (webmail, cron, a content filter's
+ * reinjection): blocklisting them would stop all local mail. */
+static const char *const LOOPBACK_V4 = "127.0.0.0/8";
+
+static bool is_xcode(const char *s, size_t len, char class)
+{
+	/* RFC 3463: class.subject.detail, class matching the reply code. */
+	if (len < 5 || s[0] != class || s[1] != '.')
+		return false;
+	size_t i = 2, digits = 0, dots = 0;
+	for (; i < len; i++) {
+		if (isdigit((unsigned char)s[i])) {
+			if (++digits > 3)
+				return false;
+		} else if (s[i] == '.' && digits > 0 && dots == 0) {
+			dots++;
+			digits = 0;
+		} else {
+			return false;
+		}
+	}
+	return dots == 1 && digits > 0;
+}
+
+bool smtp_reply_parse(const char *s, smtp_reply *out, char *err, size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	if (!s || strlen(s) < 4 || (s[0] != '4' && s[0] != '5') || !isdigit((unsigned char)s[1]) ||
+	    !isdigit((unsigned char)s[2]) || s[3] != ' ') {
+		snprintf(err, errlen, "expected \"4xx|5xx [x.y.z] text\", got \"%s\"", s ? s : "");
+		return false;
+	}
+	memcpy(out->code, s, 3);
+	const char *rest = s + 4;
+	size_t toklen = strcspn(rest, " ");
+	if (is_xcode(rest, toklen, s[0])) {
+		memcpy(out->xcode, rest, toklen);
+		rest += toklen;
+		rest += strspn(rest, " ");
+	}
+	if (*rest == '\0') {
+		snprintf(err, errlen, "reply \"%s\" has no text", s);
+		return false;
+	}
+	if (strlen(rest) >= sizeof(out->text)) {
+		snprintf(err, errlen, "reply text longer than %zu characters", sizeof(out->text) - 1);
+		return false;
+	}
+	for (const char *p = rest; *p; p++) {
+		if (iscntrl((unsigned char)*p)) {
+			snprintf(err, errlen, "reply text contains a control character");
+			return false;
+		}
+	}
+	strcpy(out->text, rest);
+	return true;
+}
+
+/* Append a formatted key to txn->buf; NULL when it does not fit. */
+static char *txn_key(decide_txn *txn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *txn_key(decide_txn *txn, const char *fmt, ...)
+{
+	size_t room = sizeof(txn->buf) - txn->buflen;
+	char *at = txn->buf + txn->buflen;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(at, room, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= room)
+		return NULL;
+	txn->buflen += (size_t)n + 1;
+	return at;
+}
+
+static void push_lookup(decide_txn *txn, const char *key)
+{
+	if (key && txn->nlookup < DECIDE_MAX_LOOKUP)
+		txn->lookup[txn->nlookup++] = key;
+}
+
+static void push_record(decide_txn *txn, const char *key)
+{
+	if (key && txn->nrecord < DECIDE_MAX_RECORD)
+		txn->record[txn->nrecord++] = key;
+}
+
+/* SASL names and HELO names end up in keys and log lines: printable only. */
+static bool usable_name(const char *s)
+{
+	if (!s || !*s || strlen(s) > 255)
+		return false;
+	for (; *s; s++)
+		if (!isgraph((unsigned char)*s))
+			return false;
+	return true;
+}
+
+static bool is_loopback(const addr_ip *ip)
+{
+	static const uint8_t v6_loopback[16] = {[15] = 1};
+	if (ip->version == 6)
+		return memcmp(ip->bytes, v6_loopback, 16) == 0;
+	addr_net lo;
+	return addr_net_parse(LOOPBACK_V4, &lo, NULL, 0) && addr_net_contains(&lo, ip);
+}
+
+static const char *net_key(decide_txn *txn, const addr_ip *ip, unsigned prefix)
+{
+	addr_net net = addr_net_of(ip, prefix);
+	char text[ADDR_NET_STRLEN];
+	addr_net_format(&net, text, sizeof(text));
+	return txn_key(txn, "%s", text);
+}
+
+/*
+ * Every network an entry may name for this client: the host, then every
+ * length an admin is likely to add (IPv4 /31../8, IPv6 in nibble steps) and
+ * the configured aggregation length, most specific first.
+ */
+static void push_client_lookups(decide_txn *txn, const decide_policy *policy, const addr_ip *ip)
+{
+	int max = ip->version == 4 ? 32 : 128;
+	int min = ip->version == 4 ? 8 : 16;
+	int step = ip->version == 4 ? 1 : 4;
+	int configured = (int)(ip->version == 4 ? policy->ipv4_prefix : policy->ipv6_prefix);
+	bool configured_done = false;
+	for (int len = max; len >= min; len -= step) {
+		if (!configured_done && configured > len) {
+			push_lookup(txn, net_key(txn, ip, (unsigned)configured));
+			configured_done = true;
+		}
+		push_lookup(txn, net_key(txn, ip, (unsigned)len));
+		configured_done |= configured == len;
+	}
+	if (!configured_done)
+		push_lookup(txn, net_key(txn, ip, (unsigned)configured));
+}
+
+static void prepare_sender(const decide_facts *facts, decide_txn *txn)
+{
+	const char *raw = facts->sender;
+	if (!raw) {
+		txn->sender_invalid = true;
+		return;
+	}
+	switch (addr_normalise(raw, strlen(raw), txn->sender, sizeof(txn->sender))) {
+	case ADDR_OK:
+		break;
+	case ADDR_NULL:
+		txn->null_sender = true;
+		break;
+	case ADDR_INVALID:
+		txn->sender_invalid = true;
+		txn->sender[0] = '\0';
+		break;
+	}
+}
+
+/* The keys of this transaction, built once and shared by both lists. */
+typedef struct txn_keys {
+	const char *sender, *domain, *sasl, *helo;
+	const addr_ip *ip;
+} txn_keys;
+
+static void prepare_record(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
+{
+	if (policy->keys & DECIDE_KEY_SENDER)
+		push_record(txn, k->sender);
+	/* An authenticated client is a shared submission host, not the spammer. */
+	if ((policy->keys & DECIDE_KEY_CLIENT_ADDRESS) && k->ip && !k->sasl) {
+		unsigned prefix = k->ip->version == 4 ? policy->ipv4_prefix : policy->ipv6_prefix;
+		push_record(txn, net_key(txn, k->ip, prefix));
+	}
+	if (policy->keys & DECIDE_KEY_SASL_USERNAME)
+		push_record(txn, k->sasl);
+	if (policy->keys & DECIDE_KEY_SENDER_DOMAIN)
+		push_record(txn, k->domain);
+	if (policy->keys & DECIDE_KEY_HELO_NAME)
+		push_record(txn, k->helo);
+}
+
+static void lowercase(char *s)
+{
+	for (; s && *s; s++)
+		*s = (char)tolower((unsigned char)*s);
+}
+
+void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
+{
+	memset(txn, 0, offsetof(decide_txn, buf));
+	txn->buflen = 0;
+	prepare_sender(facts, txn);
+	bool have_sender = !txn->null_sender && !txn->sender_invalid && txn->sender[0];
+
+	addr_ip ip;
+	bool have_ip =
+	    facts->client_address && addr_ip_parse(facts->client_address, &ip) && !is_loopback(&ip);
+
+	txn->whitelisted = WHITELIST_NONE;
+	if (policy->whitelist)
+		txn->whitelisted = whitelist_check(
+		    policy->whitelist, txn->sender_invalid ? NULL : txn->sender, facts->client_address);
+
+	txn_keys k = {.ip = have_ip ? &ip : NULL};
+	k.sender = have_sender ? txn_key(txn, "%s", txn->sender) : NULL;
+	const char *domain = have_sender ? addr_domain(txn->sender) : NULL;
+	k.domain = domain && *domain ? txn_key(txn, "@%s", domain) : NULL;
+	k.sasl = usable_name(facts->sasl_username) ? txn_key(txn, "sasl:%s", facts->sasl_username) : NULL;
+	char *helo = usable_name(facts->helo) ? txn_key(txn, "helo:%s", facts->helo) : NULL;
+	lowercase(helo);
+	k.helo = helo;
+
+	push_lookup(txn, k.sender);
+	push_lookup(txn, k.sasl);
+	if (have_ip)
+		push_client_lookups(txn, policy, &ip);
+	push_lookup(txn, k.domain);
+	push_lookup(txn, k.helo);
+	prepare_record(policy, txn, &k);
+}
+
+static decide_verdict verdict_of(decide_action action, decide_reason reason, const smtp_reply *reply)
+{
+	decide_verdict v;
+	memset(&v, 0, sizeof(v));
+	v.action = action;
+	v.enforce_action = action;
+	v.reason = reason;
+	if (reply)
+		v.reply = *reply;
+	return v;
+}
+
+/* dry-run decides everything but lets every message through. */
+static decide_verdict apply_mode(const decide_policy *policy, decide_verdict v)
+{
+	if (policy->dry_run)
+		v.action = DECIDE_CONTINUE;
+	return v;
+}
+
+decide_verdict decide_sender(const decide_policy *policy, const decide_txn *txn, decide_lookup lookup)
+{
+	if (txn->whitelisted != WHITELIST_NONE)
+		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, NULL);
+	switch (lookup) {
+	case DECIDE_LOOKUP_HIT:
+		return apply_mode(policy,
+		                  verdict_of(DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, &policy->reject));
+	case DECIDE_LOOKUP_ERROR:
+		if (policy->on_error_tempfail)
+			return apply_mode(
+			    policy, verdict_of(DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, &REPLY_TEMPFAIL));
+		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_STORE_ERROR, NULL);
+	case DECIDE_LOOKUP_MISS:
+		break;
+	}
+	return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_NONE, NULL);
+}
+
+static decide_verdict trap_verdict(const decide_policy *policy, decide_front front)
+{
+	switch (policy->action) {
+	case TRAP_ACTION_ACCEPT:
+		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_TRAP, NULL);
+	case TRAP_ACTION_REJECT:
+		return verdict_of(DECIDE_REJECT, DECIDE_REASON_TRAP, &REPLY_TRAP_REJECT);
+	case TRAP_ACTION_DISCARD:
+		break;
+	}
+	if (front == DECIDE_FRONT_MILTER)
+		return verdict_of(DECIDE_DROP_COPY, DECIDE_REASON_TRAP, NULL);
+	/* A policy server cannot drop one copy of a message (SPEC "Replies"). */
+	if (policy->on_mixed == ON_MIXED_DISCARD_ALL)
+		return verdict_of(DECIDE_DISCARD, DECIDE_REASON_TRAP, &REPLY_TRAP_DISCARD);
+	return verdict_of(DECIDE_REJECT, DECIDE_REASON_TRAP, &REPLY_TRAP_UNKNOWN);
+}
+
+decide_verdict decide_recipient(const decide_policy *policy, const decide_txn *txn, const decide_facts *facts)
+{
+	char trap[TRAPSET_MATCH_MAX];
+	if (!policy->traps || !facts->recipient ||
+	    !trapset_match(policy->traps, facts->recipient, trap, sizeof(trap)))
+		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_NONE, NULL);
+
+	decide_verdict v;
+	if (txn->whitelisted != WHITELIST_NONE) {
+		v = verdict_of(DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, NULL);
+	} else {
+		v = apply_mode(policy, trap_verdict(policy, facts->front));
+		v.record = txn->nrecord > 0;
+	}
+	snprintf(v.trap, sizeof(v.trap), "%s", trap);
+	return v;
+}
+
+decide_verdict decide_store_failed(const decide_policy *policy, const decide_verdict *v)
+{
+	if (v->reason != DECIDE_REASON_TRAP || !policy->on_error_tempfail)
+		return *v;
+	decide_verdict out = verdict_of(DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, &REPLY_TEMPFAIL);
+	memcpy(out.trap, v->trap, sizeof(out.trap));
+	return apply_mode(policy, out);
+}
+
+decide_action decide_end_of_message(const decide_policy *policy, size_t ntraps, size_t nothers)
+{
+	if (policy->dry_run || ntraps == 0)
+		return DECIDE_CONTINUE;
+	if (nothers == 0 || policy->on_mixed == ON_MIXED_DISCARD_ALL)
+		return DECIDE_DISCARD;
+	return DECIDE_DROP_COPY;
+}
+
+const char *decide_action_name(decide_action a)
+{
+	switch (a) {
+	case DECIDE_CONTINUE:
+		return "continue";
+	case DECIDE_REJECT:
+		return "reject";
+	case DECIDE_TEMPFAIL:
+		return "tempfail";
+	case DECIDE_DISCARD:
+		return "discard";
+	case DECIDE_DROP_COPY:
+		return "drop-copy";
+	}
+	return "?";
+}
+
+const char *decide_reason_name(decide_reason r)
+{
+	switch (r) {
+	case DECIDE_REASON_NONE:
+		return "none";
+	case DECIDE_REASON_WHITELISTED:
+		return "whitelisted";
+	case DECIDE_REASON_BLOCKLISTED:
+		return "blocklisted";
+	case DECIDE_REASON_TRAP:
+		return "trap";
+	case DECIDE_REASON_STORE_ERROR:
+		return "store-error";
+	case DECIDE_REASON_MALFORMED:
+		return "malformed";
+	}
+	return "?";
+}

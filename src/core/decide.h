@@ -1,0 +1,159 @@
+/*
+ * decide: the decision core. Facts of an SMTP transaction, the result of
+ * the blocklist lookup and the current time go in; a verdict comes out:
+ * what to answer, why, and which blocklist keys to record. No I/O, no
+ * clock, no logging, no globals: both front ends (milter, policy) reach it
+ * through engine.c, which does the store work and the logging around it.
+ *
+ * SPEC.md "Replies" is the table this module implements.
+ */
+#ifndef SPAMTRAPD_DECIDE_H
+#define SPAMTRAPD_DECIDE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/addr.h"
+#include "core/trapset.h"
+#include "core/whitelist.h"
+
+/* What a trap hit blocklists (SPEC blocklist.keys), as a bit mask. */
+enum {
+	DECIDE_KEY_SENDER = 1u << 0,
+	DECIDE_KEY_CLIENT_ADDRESS = 1u << 1,
+	DECIDE_KEY_SASL_USERNAME = 1u << 2,
+	DECIDE_KEY_SENDER_DOMAIN = 1u << 3,
+	DECIDE_KEY_HELO_NAME = 1u << 4,
+};
+
+typedef enum { TRAP_ACTION_DISCARD, TRAP_ACTION_REJECT, TRAP_ACTION_ACCEPT } trap_action;
+typedef enum { ON_MIXED_DELIVER_OTHERS, ON_MIXED_DISCARD_ALL } on_mixed_policy;
+
+/* An SMTP reply split the way smfi_setreply wants it. */
+typedef struct smtp_reply {
+	char code[4];   /* "550" */
+	char xcode[16]; /* "5.7.1", or "" */
+	char text[512]; /* without code and xcode */
+} smtp_reply;
+
+/*
+ * Parse "550 5.7.1 Some text" (xcode optional). The code must be 4xx or
+ * 5xx; returns false with a message in err otherwise.
+ */
+bool smtp_reply_parse(const char *s, smtp_reply *out, char *err, size_t errlen);
+
+/* The part of a config snapshot the core decides with. */
+typedef struct decide_policy {
+	bool dry_run;
+	trap_action action;
+	on_mixed_policy on_mixed;
+	unsigned keys; /* DECIDE_KEY_* */
+	int64_t ttl;   /* seconds a trap hit keeps a key blocklisted */
+	unsigned ipv4_prefix, ipv6_prefix;
+	smtp_reply reject;      /* blocklist.reject */
+	bool on_error_tempfail; /* store.on_error */
+	const trapset *traps;
+	const whitelist *whitelist;
+} decide_policy;
+
+typedef enum { DECIDE_FRONT_POLICY, DECIDE_FRONT_MILTER } decide_front;
+
+/* Facts of a transaction as the front end saw them; any may be NULL. */
+typedef struct decide_facts {
+	decide_front front;
+	const char *client_address; /* "192.0.2.7", "2001:db8::1"; "unknown" ok */
+	const char *helo;
+	const char *sender;        /* raw envelope form: "<a@b>", "a@b", "<>", "" */
+	const char *sasl_username; /* set only for authenticated clients */
+	const char *recipient;
+	const char *queue_id;
+} decide_facts;
+
+/* IPv4 networks /8../32 and IPv6 /16../128 in steps of 4, plus the rest. */
+#define DECIDE_MAX_LOOKUP 48
+#define DECIDE_MAX_RECORD 8
+#define DECIDE_KEYBUF 4096
+
+/*
+ * A transaction's keys, prepared once per MAIL FROM (milter) or per request
+ * (policy). Key forms, shared with the stores and spamtrapctl:
+ *   sender          user@example.com
+ *   sender_domain   @example.com
+ *   client_address  192.0.2.7, 192.0.2.0/24, 2001:db8:1::/64
+ *   sasl_username   sasl:NAME
+ *   helo_name       helo:mail.example.com
+ * lookup[] holds every key a blocklist entry may match at MAIL FROM (the
+ * client address at every network length an admin may have added), most
+ * specific first; record[] the keys a trap hit in this transaction
+ * blocklists under policy->keys and the null-sender and SASL rules.
+ */
+typedef struct decide_txn {
+	char sender[ADDR_MAX]; /* normalised; "" for the null sender */
+	bool null_sender;
+	bool sender_invalid;
+	whitelist_match whitelisted;
+	size_t nlookup, nrecord;
+	const char *lookup[DECIDE_MAX_LOOKUP];
+	const char *record[DECIDE_MAX_RECORD];
+	char buf[DECIDE_KEYBUF]; /* the strings lookup[] and record[] point into */
+	size_t buflen;
+} decide_txn;
+
+void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn);
+
+typedef enum {
+	DECIDE_CONTINUE, /* milter SMFIS_CONTINUE, policy DUNNO */
+	DECIDE_REJECT,   /* 5xx with reply */
+	DECIDE_TEMPFAIL, /* 4xx with reply */
+	DECIDE_DISCARD,  /* drop the whole message (policy DISCARD) */
+	DECIDE_DROP_COPY /* milter: accept this recipient, remove it at end of message */
+} decide_action;
+
+typedef enum {
+	DECIDE_REASON_NONE, /* nothing known: not logged */
+	DECIDE_REASON_WHITELISTED,
+	DECIDE_REASON_BLOCKLISTED,
+	DECIDE_REASON_TRAP,
+	DECIDE_REASON_STORE_ERROR,
+	DECIDE_REASON_MALFORMED,
+} decide_reason;
+
+typedef enum { DECIDE_LOOKUP_MISS, DECIDE_LOOKUP_HIT, DECIDE_LOOKUP_ERROR } decide_lookup;
+
+typedef struct decide_verdict {
+	decide_action action;
+	decide_reason reason;
+	/* What enforce mode does; differs from action only in dry-run. */
+	decide_action enforce_action;
+	smtp_reply reply;             /* for REJECT, TEMPFAIL, DISCARD (text only) */
+	bool record;                  /* effect: blocklist txn->record[] until now + ttl */
+	char trap[TRAPSET_MATCH_MAX]; /* the trap hit, for REASON_TRAP */
+} decide_verdict;
+
+/* MAIL FROM (and sender checks at RCPT): is any key of the transaction blocklisted? */
+decide_verdict decide_sender(const decide_policy *policy, const decide_txn *txn, decide_lookup lookup);
+
+/* RCPT TO: is the recipient a trap? */
+decide_verdict decide_recipient(const decide_policy *policy, const decide_txn *txn,
+                                const decide_facts *facts);
+
+/*
+ * The effect of a trap verdict could not be stored. The trap copy is still
+ * handled as decided, unless store.on_error is tempfail: then the recipient
+ * gets a 4xx so that the sender retries and the hit can be recorded then.
+ */
+decide_verdict decide_store_failed(const decide_policy *policy, const decide_verdict *v);
+
+/*
+ * Milter end of message: ntraps recipients were accepted as DROP_COPY, nothers
+ * are ordinary. DECIDE_DISCARD drops the message (only traps, or on_mixed
+ * discard-all), DECIDE_DROP_COPY removes the trap recipients, DECIDE_CONTINUE
+ * leaves the message alone.
+ */
+decide_action decide_end_of_message(const decide_policy *policy, size_t ntraps, size_t nothers);
+
+const char *decide_action_name(decide_action a);
+const char *decide_reason_name(decide_reason r);
+
+#endif

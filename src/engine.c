@@ -1,0 +1,324 @@
+/*
+ * engine: front ends -> store lookups -> decision core -> effects -> one log
+ * line (see engine.h). The only module that knows both the store and the
+ * core; it holds no per-transaction state of its own.
+ *
+ * Snapshots are reference counted; the store inside them is shared between
+ * consecutive snapshots while its settings stay the same, so a reload that
+ * only changes traps keeps the open database and its pool.
+ */
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+/* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
+#define STORE_ERROR_LOG_INTERVAL 10
+
+typedef struct shared_store {
+	atomic_uint refs;
+	store *st;
+} shared_store;
+
+struct engine_snapshot {
+	atomic_uint refs;
+	config *cfg;
+	shared_store *ss;
+	engine *eng;
+};
+
+struct engine {
+	pthread_mutex_t lock; /* guards current */
+	engine_snapshot *current;
+	log_ratelimit store_errors;
+};
+
+static void shared_store_unref(shared_store *ss)
+{
+	if (ss && atomic_fetch_sub(&ss->refs, 1) == 1) {
+		store_free(ss->st);
+		free(ss);
+	}
+}
+
+static shared_store *shared_store_open(const store_config *cfg, char *err, size_t errlen)
+{
+	shared_store *ss = calloc(1, sizeof(*ss));
+	if (!ss) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	ss->st = store_open(cfg, err, errlen);
+	if (!ss->st) {
+		free(ss);
+		return NULL;
+	}
+	atomic_init(&ss->refs, 1);
+	return ss;
+}
+
+static engine_snapshot *snapshot_new(engine *eng, config *cfg, shared_store *ss)
+{
+	engine_snapshot *snap = calloc(1, sizeof(*snap));
+	if (!snap)
+		return NULL;
+	atomic_init(&snap->refs, 1);
+	snap->cfg = cfg;
+	snap->ss = ss;
+	snap->eng = eng;
+	return snap;
+}
+
+engine *engine_new(config *cfg, char *err, size_t errlen)
+{
+	engine *eng = calloc(1, sizeof(*eng));
+	engine_snapshot *snap = eng ? snapshot_new(eng, cfg, NULL) : NULL;
+	if (!snap) {
+		snprintf(err, errlen, "out of memory");
+		free(eng);
+		config_unref(cfg);
+		return NULL;
+	}
+	pthread_mutex_init(&eng->lock, NULL);
+	eng->current = snap;
+	eng->store_errors.interval = STORE_ERROR_LOG_INTERVAL;
+	return eng;
+}
+
+int engine_open_store(engine *eng, char *err, size_t errlen)
+{
+	engine_snapshot *snap = eng->current;
+	if (snap->ss)
+		return 0;
+	snap->ss = shared_store_open(&snap->cfg->store, err, errlen);
+	return snap->ss ? 0 : -1;
+}
+
+void engine_free(engine *eng)
+{
+	if (!eng)
+		return;
+	engine_release(eng->current);
+	pthread_mutex_destroy(&eng->lock);
+	free(eng);
+}
+
+int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
+{
+	engine_snapshot *old = engine_acquire(eng);
+	shared_store *ss;
+	if (old->ss && store_config_equal(&old->cfg->store, &cfg->store)) {
+		ss = old->ss;
+		atomic_fetch_add(&ss->refs, 1);
+	} else {
+		ss = shared_store_open(&cfg->store, err, errlen);
+	}
+	engine_release(old);
+	engine_snapshot *snap = ss ? snapshot_new(eng, cfg, ss) : NULL;
+	if (!snap) {
+		if (ss)
+			snprintf(err, errlen, "out of memory");
+		shared_store_unref(ss);
+		config_unref(cfg);
+		return -1;
+	}
+	pthread_mutex_lock(&eng->lock);
+	old = eng->current;
+	eng->current = snap;
+	pthread_mutex_unlock(&eng->lock);
+	engine_release(old);
+	return 0;
+}
+
+engine_snapshot *engine_acquire(engine *eng)
+{
+	pthread_mutex_lock(&eng->lock);
+	engine_snapshot *snap = eng->current;
+	atomic_fetch_add(&snap->refs, 1);
+	pthread_mutex_unlock(&eng->lock);
+	return snap;
+}
+
+void engine_release(engine_snapshot *snap)
+{
+	if (snap && atomic_fetch_sub(&snap->refs, 1) == 1) {
+		shared_store_unref(snap->ss);
+		config_unref(snap->cfg);
+		free(snap);
+	}
+}
+
+const config *engine_config(const engine_snapshot *snap)
+{
+	return snap->cfg;
+}
+
+store *engine_store(const engine_snapshot *snap)
+{
+	return snap->ss->st;
+}
+
+static void log_store_error(engine *eng, const char *what)
+{
+	uint64_t suppressed = 0;
+	if (!log_ratelimit_pass(&eng->store_errors, (int64_t)time(NULL), &suppressed))
+		return;
+	if (suppressed)
+		log_error("store %s failed: %s (%llu similar errors not logged)", what, store_last_error(),
+		          (unsigned long long)suppressed);
+	else
+		log_error("store %s failed: %s", what, store_last_error());
+}
+
+/* Log-safe copies of the facts, for the one line per decision. */
+typedef struct fact_text {
+	char queue_id[64], client[64], helo[128], sender[256], recipient[256];
+} fact_text;
+
+static void fact_text_fill(fact_text *t, const decide_facts *f)
+{
+	log_safe(f->queue_id ? f->queue_id : "NOQUEUE", t->queue_id, sizeof(t->queue_id));
+	log_safe(f->client_address, t->client, sizeof(t->client));
+	log_safe(f->helo, t->helo, sizeof(t->helo));
+	log_safe(f->sender, t->sender, sizeof(t->sender));
+	log_safe(f->recipient, t->recipient, sizeof(t->recipient));
+}
+
+static const char *front_name(const decide_facts *f)
+{
+	return f->front == DECIDE_FRONT_MILTER ? "milter" : "policy";
+}
+
+/*
+ * "ABC123: reject: blocklisted key=x; client=... helo=... sender=<...>
+ * recipient=<...> front=policy": queue id first as in Postfix's own log
+ * lines, so `grep QUEUEID` finds the decision next to Postfix's lines.
+ */
+static void log_verdict(const decide_facts *f, const decide_verdict *v, const char *detail)
+{
+	if (v->reason == DECIDE_REASON_NONE)
+		return;
+	fact_text t;
+	fact_text_fill(&t, f);
+	char action[48];
+	if (v->action != v->enforce_action)
+		snprintf(action, sizeof(action), "dry-run, would %s", decide_action_name(v->enforce_action));
+	else
+		snprintf(action, sizeof(action), "%s", decide_action_name(v->action));
+	int level = v->reason == DECIDE_REASON_WHITELISTED && !v->trap[0] ? LOG_DEBUG : LOG_INFO;
+	log_msg(level, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s", t.queue_id,
+	        action, decide_reason_name(v->reason), detail, t.client, t.helo, t.sender, t.recipient,
+	        front_name(f));
+}
+
+decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
+{
+	const config *cfg = snap->cfg;
+	decide_lookup lookup = DECIDE_LOOKUP_MISS;
+	store_entry found;
+	found.key[0] = '\0';
+	if (txn->whitelisted == WHITELIST_NONE && txn->nlookup > 0) {
+		switch (store_lookup(snap->ss->st, txn->lookup, txn->nlookup, (int64_t)time(NULL), &found)) {
+		case STORE_OK:
+			lookup = DECIDE_LOOKUP_HIT;
+			break;
+		case STORE_NOTFOUND:
+			break;
+		case STORE_ERROR:
+			lookup = DECIDE_LOOKUP_ERROR;
+			log_store_error(snap->eng, "lookup");
+			break;
+		}
+	}
+	decide_verdict v = decide_sender(&cfg->decide, txn, lookup);
+	char detail[STORE_KEY_MAX + STORE_FIELD_MAX + 64] = "";
+	if (lookup == DECIDE_LOOKUP_HIT) {
+		char key[STORE_KEY_MAX], trap[STORE_FIELD_MAX];
+		snprintf(detail, sizeof(detail), " key=%s trap=%s hits=%llu",
+		         log_safe(found.key, key, sizeof(key)),
+		         found.trap[0] ? log_safe(found.trap, trap, sizeof(trap)) : "-",
+		         (unsigned long long)found.hits);
+	}
+	log_verdict(facts, &v, detail);
+	return v;
+}
+
+/* "sender,192.0.2.0/24" for the log line: what this hit blocklisted. */
+static void record_list(const decide_txn *txn, char *out, size_t outlen)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < txn->nrecord && used < outlen; i++) {
+		int n = snprintf(out + used, outlen - used, "%s%s", i ? "," : "", txn->record[i]);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+}
+
+decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
+{
+	const config *cfg = snap->cfg;
+	decide_verdict v = decide_recipient(&cfg->decide, txn, facts);
+	if (v.reason == DECIDE_REASON_NONE)
+		return v;
+	char keys[1024] = "-";
+	if (v.record) {
+		store_hit hit = {
+		    .now = (int64_t)time(NULL),
+		    .ttl = cfg->decide.ttl,
+		    .trap = v.trap,
+		    .sender = txn->null_sender ? "" : txn->sender,
+		    .recipient = facts->recipient,
+		    .client = facts->client_address,
+		    .helo = facts->helo,
+		    .queue_id = facts->queue_id,
+		    .reason = "trap",
+		};
+		if (store_record(snap->ss->st, txn->record, txn->nrecord, &hit) == STORE_OK) {
+			record_list(txn, keys, sizeof(keys));
+		} else {
+			log_store_error(snap->eng, "update");
+			v = decide_store_failed(&cfg->decide, &v);
+			snprintf(keys, sizeof(keys), "none (store error)");
+		}
+	}
+	char detail[TRAPSET_MATCH_MAX + 1100], trap[TRAPSET_MATCH_MAX], safe_keys[1024];
+	snprintf(detail, sizeof(detail), " trap=%s blocklisted=%s", log_safe(v.trap, trap, sizeof(trap)),
+	         log_safe(keys, safe_keys, sizeof(safe_keys)));
+	log_verdict(facts, &v, detail);
+	return v;
+}
+
+decide_action engine_end_of_message(engine_snapshot *snap, const decide_facts *facts, size_t ntraps,
+                                    size_t nothers)
+{
+	decide_action a = decide_end_of_message(&snap->cfg->decide, ntraps, nothers);
+	if (a != DECIDE_CONTINUE) {
+		fact_text t;
+		fact_text_fill(&t, facts);
+		log_info(
+		    "%s: %s at end of message: %zu trap recipient(s), %zu other(s); client=%s sender=<%s> "
+		    "front=%s",
+		    t.queue_id, a == DECIDE_DISCARD ? "discard message" : "remove trap recipients", ntraps,
+		    nothers, t.client, t.sender, front_name(facts));
+	}
+	return a;
+}
+
+void engine_purge(engine *eng)
+{
+	engine_snapshot *snap = engine_acquire(eng);
+	uint64_t purged = 0;
+	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK)
+		log_store_error(eng, "purge");
+	else if (purged)
+		log_info("purged %llu expired blocklist entries", (unsigned long long)purged);
+	engine_release(snap);
+}

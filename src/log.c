@@ -1,0 +1,151 @@
+/*
+ * log: syslog or stderr, one line per call, safe from any thread. The level
+ * filter is an atomic so that a reload can change it under running threads.
+ */
+#include "log.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+static atomic_int log_level = LOG_INFO;
+static atomic_int log_to = LOG_TARGET_STDERR;
+static char log_ident[32] = "spamtrapd";
+static pthread_mutex_t ratelimit_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const struct {
+	const char *name;
+	int value;
+} levels[] = {
+    {"debug", LOG_DEBUG},     {"info", LOG_INFO}, {"notice", LOG_NOTICE},
+    {"warning", LOG_WARNING}, {"err", LOG_ERR},   {"error", LOG_ERR},
+};
+
+static const struct {
+	const char *name;
+	int value;
+} facilities[] = {
+    {"mail", LOG_MAIL},     {"daemon", LOG_DAEMON}, {"user", LOG_USER},     {"local0", LOG_LOCAL0},
+    {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4},
+    {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6}, {"local7", LOG_LOCAL7},
+};
+
+int log_level_from_name(const char *name)
+{
+	for (size_t i = 0; name && i < sizeof(levels) / sizeof(levels[0]); i++)
+		if (strcasecmp(name, levels[i].name) == 0)
+			return levels[i].value;
+	return -1;
+}
+
+int log_facility_from_name(const char *name)
+{
+	for (size_t i = 0; name && i < sizeof(facilities) / sizeof(facilities[0]); i++)
+		if (strcasecmp(name, facilities[i].name) == 0)
+			return facilities[i].value;
+	return -1;
+}
+
+static const char *level_name(int level)
+{
+	switch (level) {
+	case LOG_DEBUG:
+		return "debug";
+	case LOG_INFO:
+		return "info";
+	case LOG_NOTICE:
+		return "notice";
+	case LOG_WARNING:
+		return "warning";
+	default:
+		return "error";
+	}
+}
+
+void log_open(const char *ident, log_target target, int facility, int level)
+{
+	if (ident)
+		snprintf(log_ident, sizeof(log_ident), "%s", ident);
+	if (atomic_load(&log_to) == LOG_TARGET_SYSLOG)
+		closelog();
+	if (target == LOG_TARGET_SYSLOG)
+		openlog(log_ident, LOG_PID | LOG_NDELAY, facility);
+	atomic_store(&log_to, (int)target);
+	atomic_store(&log_level, level);
+}
+
+void log_set_level(int level)
+{
+	atomic_store(&log_level, level);
+}
+
+void log_close(void)
+{
+	if (atomic_load(&log_to) == LOG_TARGET_SYSLOG)
+		closelog();
+	atomic_store(&log_to, LOG_TARGET_STDERR);
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+	if (level > atomic_load(&log_level))
+		return;
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (atomic_load(&log_to) == LOG_TARGET_SYSLOG) {
+		syslog(level, "%s", msg);
+		return;
+	}
+	/* One write per line, so lines from different threads never interleave. */
+	char line[2200];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ld %s[%d]: %s: %s\n",
+	                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+	                 ts.tv_nsec / 1000000, log_ident, (int)getpid(), level_name(level), msg);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line)) {
+		n = sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
+	ssize_t ignored = write(STDERR_FILENO, line, (size_t)n);
+	(void)ignored;
+}
+
+bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed)
+{
+	bool pass;
+	pthread_mutex_lock(&ratelimit_lock);
+	pass = rl->last == 0 || now - rl->last >= rl->interval;
+	if (pass) {
+		*suppressed = rl->suppressed;
+		rl->suppressed = 0;
+		rl->last = now;
+	} else {
+		rl->suppressed++;
+	}
+	pthread_mutex_unlock(&ratelimit_lock);
+	return pass;
+}
+
+const char *log_safe(const char *s, char *buf, size_t buflen)
+{
+	if (!s)
+		return "-";
+	size_t i = 0;
+	for (; *s && i + 1 < buflen; s++)
+		buf[i++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+	buf[i] = '\0';
+	return buf;
+}

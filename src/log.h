@@ -1,0 +1,46 @@
+/*
+ * log: one place that writes log lines, to syslog (with the configured
+ * facility) or to stderr (spamtrapd -f). Thread-safe. Levels are syslog's.
+ */
+#ifndef SPAMTRAPD_LOG_H
+#define SPAMTRAPD_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <syslog.h>
+
+typedef enum { LOG_TARGET_SYSLOG, LOG_TARGET_STDERR } log_target;
+
+void log_open(const char *ident, log_target target, int facility, int level);
+void log_set_level(int level);
+void log_close(void);
+
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_error(...) log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_NOTICE, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* Names as in the config ("debug", "info", "notice", "warning", "err"). */
+int log_level_from_name(const char *name);    /* -1 when unknown */
+int log_facility_from_name(const char *name); /* -1 when unknown */
+
+/*
+ * At most one line per interval for a recurring error (a store that is
+ * down): log_ratelimit_pass returns true when this occurrence may be
+ * logged, with *suppressed set to how many were dropped since the last.
+ */
+typedef struct log_ratelimit {
+	int64_t interval;
+	int64_t last;
+	uint64_t suppressed;
+} log_ratelimit;
+bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed);
+
+/* Copy s into a log field, replacing control characters and capping length. */
+const char *log_safe(const char *s, char *buf, size_t buflen);
+
+#endif

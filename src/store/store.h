@@ -1,0 +1,106 @@
+/*
+ * store: the blocklist, behind one interface for every backend (SQLite
+ * embedded, Redis shared). A store handle is safe to use from any number
+ * of threads at once; backends keep their own connection pool.
+ *
+ * Errors: calls return STORE_ERROR and leave a message for the calling
+ * thread in store_last_error(); the caller decides what to do (store.on_error)
+ * and logs it. A store never logs by itself.
+ *
+ * Keys are the canonical strings of core/decide.h (user@example.com,
+ * @example.com, 192.0.2.0/24, sasl:NAME, helo:NAME). Expired entries are
+ * never returned by lookups, whether or not they were purged yet.
+ */
+#ifndef SPAMTRAPD_STORE_H
+#define SPAMTRAPD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_KEY_MAX 600
+#define STORE_FIELD_MAX 600
+
+typedef enum { STORE_OK = 0, STORE_NOTFOUND = 1, STORE_ERROR = -1 } store_status;
+
+typedef enum { STORE_BACKEND_SQLITE, STORE_BACKEND_REDIS } store_backend;
+
+typedef struct store_config {
+	store_backend backend;
+	char *sqlite_path;
+	char *redis_host;
+	int redis_port;
+	char *redis_socket; /* unix socket path; wins over host/port when set */
+	int redis_db;
+	char *redis_password;
+	char *redis_prefix;
+	int redis_connect_timeout_ms;
+	int redis_command_timeout_ms;
+} store_config;
+
+/* One blocklist entry and where it came from. Times are Unix seconds. */
+typedef struct store_entry {
+	char key[STORE_KEY_MAX];
+	int64_t first_seen;
+	int64_t last_seen;
+	int64_t expires;
+	uint64_t hits;
+	char trap[STORE_FIELD_MAX]; /* the trap hit last, "" for manual entries */
+	char sender[STORE_FIELD_MAX];
+	char recipient[STORE_FIELD_MAX];
+	char client[64];
+	char helo[256];
+	char queue_id[64];
+	char reason[STORE_FIELD_MAX]; /* "trap" or the text given to spamtrapctl add */
+} store_entry;
+
+/* Provenance of one trap hit, recorded with every key it blocklists. */
+typedef struct store_hit {
+	int64_t now;
+	int64_t ttl;
+	const char *trap, *sender, *recipient, *client, *helo, *queue_id, *reason;
+} store_hit;
+
+typedef struct store store;
+
+/* Opens (creating the schema if needed); NULL with a message in err. */
+store *store_open(const store_config *cfg, char *err, size_t errlen);
+void store_free(store *st); /* accepts NULL */
+const char *store_backend_name(const store *st);
+
+/*
+ * Is any of keys[] blocklisted at time now? On STORE_OK, *found (if not
+ * NULL) is the entry of the first key in keys[] order that is. One round
+ * trip for all keys.
+ */
+store_status store_lookup(store *st, const char *const *keys, size_t nkeys, int64_t now, store_entry *found);
+
+/*
+ * A trap hit: for each key, create the entry or refresh it (expires =
+ * now + ttl, hits + 1, last_seen = now, provenance replaced; first_seen
+ * kept). Atomic per key.
+ */
+store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit);
+
+/* The entry for exactly this key, expired or not (spamtrapctl lookup). */
+store_status store_get(store *st, const char *key, store_entry *out);
+/* Create or replace an entry as given (spamtrapctl add). */
+store_status store_put(store *st, const store_entry *e);
+/* STORE_NOTFOUND when there was nothing to remove. */
+store_status store_remove(store *st, const char *key);
+/* Drop entries expired at now; *purged (if not NULL) gets their number. */
+store_status store_purge(store *st, int64_t now, uint64_t *purged);
+
+/* Visit every entry unexpired at now; a non-zero return from fn stops. */
+typedef int (*store_visit_fn)(const store_entry *e, void *ctx);
+store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx);
+
+/* The message of the last STORE_ERROR on this thread. */
+const char *store_last_error(void);
+
+/* Deep copy and release of the strings of a store_config. */
+int store_config_copy(store_config *dst, const store_config *src);
+void store_config_clear(store_config *cfg);
+bool store_config_equal(const store_config *a, const store_config *b);
+
+#endif
