@@ -1,0 +1,477 @@
+/*
+ * Unit tests of the decision core against SPEC.md "Replies": table-driven,
+ * one named row per situation, run for both front ends where they differ.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/decide.h"
+
+#define BLOCKLIST_REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
+
+typedef struct fixture {
+	decide_policy policy;
+	trapset *traps;
+	whitelist *wl;
+} fixture;
+
+static int setup(void **state)
+{
+	static fixture f;
+	char err[256];
+	memset(&f, 0, sizeof(f));
+	f.traps = trapset_new("+");
+	assert_int_equal(trapset_add_address(f.traps, "trap@example.com", err, sizeof(err)), 0);
+	assert_int_equal(trapset_add_domain(f.traps, "trap.example.net", err, sizeof(err)), 0);
+	assert_int_equal(trapset_add_pattern(f.traps, "^spam(master|trap)?@", err, sizeof(err)), 0);
+	f.wl = whitelist_new(false);
+	assert_int_equal(whitelist_add_domain(f.wl, "example.org", err, sizeof(err)), 0);
+	assert_int_equal(whitelist_add_network(f.wl, "198.51.100.0/24", err, sizeof(err)), 0);
+	f.policy.traps = f.traps;
+	f.policy.whitelist = f.wl;
+	f.policy.keys = DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS;
+	f.policy.ttl = 86400;
+	f.policy.ipv4_prefix = 32;
+	f.policy.ipv6_prefix = 64;
+	assert_true(smtp_reply_parse(BLOCKLIST_REJECT, &f.policy.reject, err, sizeof(err)));
+	*state = &f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fixture *f = *state;
+	trapset_free(f->traps);
+	whitelist_free(f->wl);
+	return 0;
+}
+
+/* ---- blocklist check at MAIL FROM ---- */
+
+typedef struct sender_case {
+	const char *name;
+	bool dry_run, on_error_tempfail;
+	const char *sender, *client;
+	decide_lookup lookup;
+	decide_action action, enforce_action;
+	decide_reason reason;
+	const char *code, *xcode;
+} sender_case;
+
+static const sender_case sender_cases[] = {
+    {"blocklisted sender is rejected with blocklist.reject", false, false, "<spammer@bad.example>",
+     "192.0.2.7", DECIDE_LOOKUP_HIT, DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, "550", "5.7.1"},
+    {"nothing known continues silently", false, false, "<a@good.example>", "192.0.2.8", DECIDE_LOOKUP_MISS,
+     DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_NONE, "", ""},
+    {"store error with on_error accept continues", false, false, "<a@good.example>", "192.0.2.8",
+     DECIDE_LOOKUP_ERROR, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_STORE_ERROR, "", ""},
+    {"store error with on_error tempfail answers 450", false, true, "<a@good.example>", "192.0.2.8",
+     DECIDE_LOOKUP_ERROR, DECIDE_TEMPFAIL, DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, "450", "4.7.1"},
+    {"whitelisted domain is never rejected", false, false, "<boss@example.org>", "192.0.2.9",
+     DECIDE_LOOKUP_HIT, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, "", ""},
+    {"whitelisted network is never rejected", false, false, "<x@bad.example>", "198.51.100.20",
+     DECIDE_LOOKUP_HIT, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, "", ""},
+    {"dry-run lets a blocklisted sender through", true, false, "<spammer@bad.example>", "192.0.2.7",
+     DECIDE_LOOKUP_HIT, DECIDE_CONTINUE, DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, "550", "5.7.1"},
+    {"dry-run does not tempfail on store errors", true, true, "<a@good.example>", "192.0.2.8",
+     DECIDE_LOOKUP_ERROR, DECIDE_CONTINUE, DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, "450", "4.7.1"},
+};
+
+static void test_sender_table(void **state)
+{
+	fixture *f = *state;
+	for (size_t i = 0; i < sizeof(sender_cases) / sizeof(sender_cases[0]); i++) {
+		const sender_case *c = &sender_cases[i];
+		print_message("case: %s\n", c->name);
+		decide_policy p = f->policy;
+		p.dry_run = c->dry_run;
+		p.on_error_tempfail = c->on_error_tempfail;
+		decide_facts facts = {
+		    .front = DECIDE_FRONT_MILTER, .sender = c->sender, .client_address = c->client};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		decide_verdict v = decide_sender(&p, &txn, c->lookup);
+		assert_int_equal(v.action, c->action);
+		assert_int_equal(v.enforce_action, c->enforce_action);
+		assert_int_equal(v.reason, c->reason);
+		assert_string_equal(v.reply.code, c->code);
+		assert_string_equal(v.reply.xcode, c->xcode);
+		if (c->reason == DECIDE_REASON_BLOCKLISTED)
+			assert_string_equal(v.reply.text, "Sender is blocklisted after mail to a spamtrap");
+	}
+}
+
+/* ---- trap check at RCPT TO ---- */
+
+typedef struct rcpt_case {
+	const char *name;
+	decide_front front;
+	trap_action action;
+	on_mixed_policy on_mixed;
+	bool dry_run;
+	const char *sender, *recipient;
+	decide_action expect, enforce;
+	decide_reason reason;
+	const char *code, *xcode, *trap;
+	bool record;
+} rcpt_case;
+
+#define P DECIDE_FRONT_POLICY
+#define M DECIDE_FRONT_MILTER
+#define SPAMMER "<spammer@bad.example>"
+
+static const rcpt_case rcpt_cases[] = {
+    {"policy discard, deliver-others: 550 5.1.1 unknown user", P, TRAP_ACTION_DISCARD,
+     ON_MIXED_DELIVER_OTHERS, false, SPAMMER, "<trap@example.com>", DECIDE_REJECT, DECIDE_REJECT,
+     DECIDE_REASON_TRAP, "550", "5.1.1", "trap@example.com", true},
+    {"policy discard, discard-all: DISCARD", P, TRAP_ACTION_DISCARD, ON_MIXED_DISCARD_ALL, false, SPAMMER,
+     "<trap@example.com>", DECIDE_DISCARD, DECIDE_DISCARD, DECIDE_REASON_TRAP, "", "", "trap@example.com",
+     true},
+    {"milter discard: accept, drop the copy later", M, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, false,
+     SPAMMER, "<trap@example.com>", DECIDE_DROP_COPY, DECIDE_DROP_COPY, DECIDE_REASON_TRAP, "", "",
+     "trap@example.com", true},
+    {"milter discard, discard-all: still drop at end of message", M, TRAP_ACTION_DISCARD,
+     ON_MIXED_DISCARD_ALL, false, SPAMMER, "<trap@example.com>", DECIDE_DROP_COPY, DECIDE_DROP_COPY,
+     DECIDE_REASON_TRAP, "", "", "trap@example.com", true},
+    {"policy reject: 550 5.7.1", P, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<trap@example.com>", DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
+     "trap@example.com", true},
+    {"milter reject: 550 5.7.1", M, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<trap@example.com>", DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
+     "trap@example.com", true},
+    {"accept delivers but records", P, TRAP_ACTION_ACCEPT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<trap@example.com>", DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_TRAP, "", "", "trap@example.com",
+     true},
+    {"dry-run continues but records", M, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, true, SPAMMER,
+     "<trap@example.com>", DECIDE_CONTINUE, DECIDE_DROP_COPY, DECIDE_REASON_TRAP, "", "", "trap@example.com",
+     true},
+    {"dry-run policy reject continues", P, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, true, SPAMMER,
+     "trap@example.com", DECIDE_CONTINUE, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
+     "trap@example.com", true},
+    {"ordinary recipient: nothing known", P, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<user@example.com>", DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_NONE, "", "", "", false},
+    {"whitelisted sender hitting a trap is ignored", P, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, false,
+     "<news@example.org>", "<trap@example.com>", DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED,
+     "", "", "trap@example.com", false},
+    {"extension and case are ignored", P, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<TRAP+News@Example.COM>", DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
+     "trap@example.com", true},
+    {"whole trap domain", M, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
+     "<anyone@trap.example.net>", DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
+     "@trap.example.net", true},
+    {"pattern trap", M, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER, "<spammaster@x.example>",
+     DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1", "/^spam(master|trap)?@/", true},
+};
+
+static void test_recipient_table(void **state)
+{
+	fixture *f = *state;
+	for (size_t i = 0; i < sizeof(rcpt_cases) / sizeof(rcpt_cases[0]); i++) {
+		const rcpt_case *c = &rcpt_cases[i];
+		print_message("case: %s\n", c->name);
+		decide_policy p = f->policy;
+		p.action = c->action;
+		p.on_mixed = c->on_mixed;
+		p.dry_run = c->dry_run;
+		decide_facts facts = {.front = c->front,
+		                      .sender = c->sender,
+		                      .client_address = "192.0.2.7",
+		                      .recipient = c->recipient};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		decide_verdict v = decide_recipient(&p, &txn, &facts);
+		assert_int_equal(v.action, c->expect);
+		assert_int_equal(v.enforce_action, c->enforce);
+		assert_int_equal(v.reason, c->reason);
+		assert_string_equal(v.reply.code, c->code);
+		assert_string_equal(v.reply.xcode, c->xcode);
+		assert_string_equal(v.trap, c->trap);
+		assert_int_equal(v.record, c->record);
+	}
+}
+
+/* ---- which keys a transaction has ---- */
+
+typedef struct keys_case {
+	const char *name;
+	unsigned keys, ipv4_prefix, ipv6_prefix;
+	const char *sender, *client, *sasl, *helo;
+	const char *record[DECIDE_MAX_RECORD]; /* NULL-terminated */
+} keys_case;
+
+static const keys_case keys_cases[] = {
+    {"sender and client",
+     DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS,
+     32,
+     64,
+     "<A@Bad.Example>",
+     "192.0.2.7",
+     NULL,
+     NULL,
+     {"a@bad.example", "192.0.2.7"}},
+    {"null sender blocklists only the client",
+     DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS,
+     32,
+     64,
+     "<>",
+     "192.0.2.7",
+     NULL,
+     NULL,
+     {"192.0.2.7"}},
+    {"null sender has no domain key",
+     DECIDE_KEY_SENDER | DECIDE_KEY_SENDER_DOMAIN,
+     32,
+     64,
+     "",
+     "192.0.2.7",
+     NULL,
+     NULL,
+     {NULL}},
+    {"SASL client: no client address, sasl key when configured",
+     DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SASL_USERNAME,
+     32,
+     64,
+     "<a@b.example>",
+     "192.0.2.7",
+     "joe",
+     NULL,
+     {"a@b.example", "sasl:joe"}},
+    {"SASL client without the sasl key",
+     DECIDE_KEY_CLIENT_ADDRESS,
+     32,
+     64,
+     "<a@b.example>",
+     "192.0.2.7",
+     "joe",
+     NULL,
+     {NULL}},
+    {"IPv4 aggregated to /24",
+     DECIDE_KEY_CLIENT_ADDRESS,
+     24,
+     64,
+     "<a@b.example>",
+     "192.0.2.77",
+     NULL,
+     NULL,
+     {"192.0.2.0/24"}},
+    {"IPv6 aggregated to /64",
+     DECIDE_KEY_CLIENT_ADDRESS,
+     32,
+     64,
+     "<a@b.example>",
+     "2001:db8:1:2:3:4:5:6",
+     NULL,
+     NULL,
+     {"2001:db8:1:2::/64"}},
+    {"IPv6 at /128 is the host",
+     DECIDE_KEY_CLIENT_ADDRESS,
+     32,
+     128,
+     "<a@b.example>",
+     "IPv6:2001:db8::7",
+     NULL,
+     NULL,
+     {"2001:db8::7"}},
+    {"loopback clients are never blocklisted",
+     DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER,
+     32,
+     64,
+     "<a@b.example>",
+     "127.0.0.1",
+     NULL,
+     NULL,
+     {"a@b.example"}},
+    {"domain and helo keys, lowercased",
+     DECIDE_KEY_SENDER_DOMAIN | DECIDE_KEY_HELO_NAME,
+     32,
+     64,
+     "<a@B.Example>",
+     "192.0.2.7",
+     NULL,
+     "MX.Bad.Example",
+     {"@b.example", "helo:mx.bad.example"}},
+    {"unknown client address",
+     DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER,
+     32,
+     64,
+     "<a@b.example>",
+     "unknown",
+     NULL,
+     NULL,
+     {"a@b.example"}},
+    {"invalid sender is not a key",
+     DECIDE_KEY_SENDER,
+     32,
+     64,
+     "<a@b\x01.example>",
+     "192.0.2.7",
+     NULL,
+     NULL,
+     {NULL}},
+};
+
+static void test_keys_table(void **state)
+{
+	fixture *f = *state;
+	for (size_t i = 0; i < sizeof(keys_cases) / sizeof(keys_cases[0]); i++) {
+		const keys_case *c = &keys_cases[i];
+		print_message("case: %s\n", c->name);
+		decide_policy p = f->policy;
+		p.keys = c->keys;
+		p.ipv4_prefix = c->ipv4_prefix;
+		p.ipv6_prefix = c->ipv6_prefix;
+		decide_facts facts = {.front = DECIDE_FRONT_POLICY,
+		                      .sender = c->sender,
+		                      .client_address = c->client,
+		                      .sasl_username = c->sasl,
+		                      .helo = c->helo};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		size_t n = 0;
+		while (n < DECIDE_MAX_RECORD && c->record[n])
+			n++;
+		assert_int_equal(txn.nrecord, n);
+		for (size_t k = 0; k < n; k++)
+			assert_string_equal(txn.record[k], c->record[k]);
+	}
+}
+
+static bool has_key(const decide_txn *txn, const char *key)
+{
+	for (size_t i = 0; i < txn->nlookup; i++)
+		if (strcmp(txn->lookup[i], key) == 0)
+			return true;
+	return false;
+}
+
+static void test_lookup_keys_cover_networks(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	p.ipv4_prefix = 32;
+	decide_facts facts = {.sender = "<a@b.example>",
+	                      .client_address = "192.0.2.77",
+	                      .sasl_username = "joe",
+	                      .helo = "mx.b.example"};
+	decide_txn txn;
+	decide_prepare(&p, &facts, &txn);
+	/* sender, sasl, 25 IPv4 lengths (/32../8), domain, helo */
+	assert_int_equal(txn.nlookup, 29);
+	assert_string_equal(txn.lookup[0], "a@b.example");
+	assert_string_equal(txn.lookup[1], "sasl:joe");
+	assert_string_equal(txn.lookup[2], "192.0.2.77");
+	assert_true(has_key(&txn, "192.0.2.0/24"));
+	assert_true(has_key(&txn, "192.0.0.0/16"));
+	assert_true(has_key(&txn, "192.0.0.0/8"));
+	assert_true(has_key(&txn, "@b.example"));
+	assert_true(has_key(&txn, "helo:mx.b.example"));
+
+	p.ipv6_prefix = 62; /* not a nibble boundary: still looked up, in order */
+	facts.client_address = "2001:db8:1:2:3:4:5:6";
+	decide_prepare(&p, &facts, &txn);
+	assert_string_equal(txn.lookup[2], "2001:db8:1:2:3:4:5:6");
+	assert_true(has_key(&txn, "2001:db8:1:2::/64"));
+	assert_true(has_key(&txn, "2001:db8:1::/60"));
+	assert_true(has_key(&txn, "2001:db8:1::/62"));
+	assert_true(has_key(&txn, "2001:db8::/32"));
+	assert_true(txn.nlookup <= DECIDE_MAX_LOOKUP);
+}
+
+static void test_end_of_message(void **state)
+{
+	fixture *f = *state;
+	static const struct {
+		const char *name;
+		on_mixed_policy on_mixed;
+		bool dry_run;
+		size_t ntraps, nothers;
+		decide_action expect;
+	} cases[] = {
+	    {"no traps", ON_MIXED_DELIVER_OTHERS, false, 0, 3, DECIDE_CONTINUE},
+	    {"only traps: discard", ON_MIXED_DELIVER_OTHERS, false, 2, 0, DECIDE_DISCARD},
+	    {"mixed, deliver-others: remove traps", ON_MIXED_DELIVER_OTHERS, false, 1, 2, DECIDE_DROP_COPY},
+	    {"mixed, discard-all: discard", ON_MIXED_DISCARD_ALL, false, 1, 2, DECIDE_DISCARD},
+	    {"dry-run never drops", ON_MIXED_DISCARD_ALL, true, 1, 0, DECIDE_CONTINUE},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		print_message("case: %s\n", cases[i].name);
+		decide_policy p = f->policy;
+		p.on_mixed = cases[i].on_mixed;
+		p.dry_run = cases[i].dry_run;
+		assert_int_equal(decide_end_of_message(&p, cases[i].ntraps, cases[i].nothers),
+		                 cases[i].expect);
+	}
+}
+
+static void test_store_failed(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	decide_facts facts = {
+	    .front = DECIDE_FRONT_MILTER, .sender = SPAMMER, .recipient = "<trap@example.com>"};
+	decide_txn txn;
+	decide_prepare(&p, &facts, &txn);
+	decide_verdict hit = decide_recipient(&p, &txn, &facts);
+	assert_int_equal(hit.action, DECIDE_DROP_COPY);
+
+	decide_verdict kept = decide_store_failed(&p, &hit);
+	assert_int_equal(kept.action, DECIDE_DROP_COPY); /* on_error accept: the trap copy is still dropped */
+
+	p.on_error_tempfail = true;
+	decide_verdict temp = decide_store_failed(&p, &hit);
+	assert_int_equal(temp.action, DECIDE_TEMPFAIL);
+	assert_string_equal(temp.reply.code, "450");
+	assert_string_equal(temp.trap, "trap@example.com");
+}
+
+static void test_smtp_reply_parse(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *name, *in;
+		bool ok;
+		const char *code, *xcode, *text;
+	} cases[] = {
+	    {"full reply", "550 5.7.1 Go away", true, "550", "5.7.1", "Go away"},
+	    {"no enhanced code", "554 Go away now", true, "554", "", "Go away now"},
+	    {"temporary", "451 4.3.0 Later", true, "451", "4.3.0", "Later"},
+	    {"xcode class must match", "550 4.7.1 Mismatch", true, "550", "", "4.7.1 Mismatch"},
+	    {"2xx is not a rejection", "250 2.0.0 Ok", false, NULL, NULL, NULL},
+	    {"no text", "550 5.7.1", false, NULL, NULL, NULL},
+	    {"garbage", "reject please", false, NULL, NULL, NULL},
+	    {"control character", "550 5.7.1 a\r\nb", false, NULL, NULL, NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		print_message("case: %s\n", cases[i].name);
+		smtp_reply r;
+		char err[128] = "";
+		assert_int_equal(smtp_reply_parse(cases[i].in, &r, err, sizeof(err)), cases[i].ok);
+		if (!cases[i].ok) {
+			assert_true(err[0] != '\0');
+			continue;
+		}
+		assert_string_equal(r.code, cases[i].code);
+		assert_string_equal(r.xcode, cases[i].xcode);
+		assert_string_equal(r.text, cases[i].text);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_sender_table, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_recipient_table, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_table, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lookup_keys_cover_networks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
+	    cmocka_unit_test(test_smtp_reply_parse),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
