@@ -389,3 +389,25 @@ void addr_net_format(const addr_net *net, char *out, size_t outlen)
 	else
 		snprintf(out, outlen, "%s/%u", text, (unsigned)net->prefix);
 }
+
+bool addr_domain_normalise(const char *in, char *out, size_t outlen)
+{
+	size_t len;
+
+	if (in[0] == '@')
+		in++;
+	len = strlen(in);
+	if (len > 0 && in[len - 1] == '.')
+		len--;
+	if (len == 0 || len > ADDR_DOMAIN_MAX || len >= outlen || in[0] == '.')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+
+		if (c <= ' ' || c == 0x7f || strchr("@<>\",;\\", c) != NULL)
+			return false;
+		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : (char)c;
+	}
+	out[len] = '\0';
+	return true;
+}

@@ -37,6 +37,17 @@ addr_status addr_normalise(const char *in, size_t inlen, char *out, size_t outle
  */
 bool addr_strip_extension(const char *addr, const char *delimiters, char *out, size_t outlen);
 
+/* Longest domain name (RFC 1035). */
+#define ADDR_DOMAIN_MAX 255
+
+/*
+ * "Example.ORG." or "@example.org" becomes "example.org" (ASCII lowercased,
+ * one trailing dot dropped). Blanks, control characters and address
+ * punctuation make it no domain: returns false. out needs
+ * ADDR_DOMAIN_MAX + 1 bytes.
+ */
+bool addr_domain_normalise(const char *in, char *out, size_t outlen);
+
 /* The domain part of a normalised address (after the last '@'), or NULL. */
 const char *addr_domain(const char *addr);
 

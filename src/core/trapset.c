@@ -30,7 +30,6 @@
 #include "core/strset.h"
 
 /* RFC 1035 2.3.4: a domain name is at most 255 octets. */
-#define TRAPSET_DOMAIN_MAX 255
 /* Caps backtracking so that a pathological pattern cannot stall a worker. */
 #define TRAPSET_MATCH_LIMIT 100000
 #define TRAPSET_DEPTH_LIMIT 10000
@@ -100,38 +99,11 @@ int trapset_add_address(trapset *set, const char *address, char *err, size_t err
 	return 0;
 }
 
-/*
- * "Example.COM." or "@example.com" becomes "example.com". Blanks, control
- * characters and address punctuation make it no domain. Octets >= 0x80
- * pass (UTF-8 domain names, as SMTPUTF8 carries them).
- */
-static bool domain_normalise(const char *in, char *out, size_t outlen)
-{
-	size_t len;
-
-	if (in[0] == '@')
-		in++;
-	len = strlen(in);
-	if (len > 0 && in[len - 1] == '.')
-		len--;
-	if (len == 0 || len > TRAPSET_DOMAIN_MAX || len >= outlen || in[0] == '.')
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)in[i];
-
-		if (c <= ' ' || c == 0x7f || strchr("@<>\",;\\", c) != NULL)
-			return false;
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : (char)c;
-	}
-	out[len] = '\0';
-	return true;
-}
-
 int trapset_add_domain(trapset *set, const char *domain, char *err, size_t errlen)
 {
-	char norm[TRAPSET_DOMAIN_MAX + 1];
+	char norm[ADDR_DOMAIN_MAX + 1];
 
-	if (!domain_normalise(domain, norm, sizeof(norm))) {
+	if (!addr_domain_normalise(domain, norm, sizeof(norm))) {
 		snprintf(err, errlen, "'%.64s' is not a trap domain (expected example.com)", domain);
 		return -1;
 	}

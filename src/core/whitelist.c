@@ -20,7 +20,6 @@
 #include "core/strset.h"
 
 /* RFC 1035 2.3.4: a domain name is at most 255 octets. */
-#define WHITELIST_DOMAIN_MAX 255
 
 struct whitelist {
 	bool include_subdomains;
@@ -56,37 +55,11 @@ void whitelist_free(whitelist *wl)
 	free(wl);
 }
 
-/*
- * "Example.ORG." or "@example.org" becomes "example.org". Blanks, control
- * characters and address punctuation make it no domain; UTF-8 octets pass.
- */
-static bool domain_normalise(const char *in, char *out, size_t outlen)
-{
-	size_t len;
-
-	if (in[0] == '@')
-		in++;
-	len = strlen(in);
-	if (len > 0 && in[len - 1] == '.')
-		len--;
-	if (len == 0 || len > WHITELIST_DOMAIN_MAX || len >= outlen || in[0] == '.')
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)in[i];
-
-		if (c <= ' ' || c == 0x7f || strchr("@<>\",;\\", c) != NULL)
-			return false;
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : (char)c;
-	}
-	out[len] = '\0';
-	return true;
-}
-
 int whitelist_add_domain(whitelist *wl, const char *domain, char *err, size_t errlen)
 {
-	char norm[WHITELIST_DOMAIN_MAX + 1];
+	char norm[ADDR_DOMAIN_MAX + 1];
 
-	if (!domain_normalise(domain, norm, sizeof(norm))) {
+	if (!addr_domain_normalise(domain, norm, sizeof(norm))) {
 		snprintf(err, errlen, "'%.64s' is not a domain (expected example.org)", domain);
 		return -1;
 	}
