@@ -1,0 +1,633 @@
+/*
+ * milter: the libmilter front end (see milter.h), a thin layer over the
+ * engine: each callback copies what libmilter lends it (length-capped),
+ * builds decide_facts, asks the engine and maps the verdict to SMFIS_* and
+ * smfi_setreply. All libmilter calls but setup go through a milter_shim,
+ * so unit tests drive these callbacks without an MTA (milter_shim.h).
+ *
+ * Contexts: one per milter connection, which Postfix opens per SMTP
+ * session. It is allocated at option negotiation (which records what the
+ * MTA agreed to) or at connect, filled at connect and HELO, and freed at
+ * close, which libmilter calls on every path: QUIT, abort, MTA gone, read
+ * error. Inside it, one message context per MAIL FROM holds the engine
+ * snapshot of the transaction (SPEC: a transaction finishes under the
+ * config it started with) and the trap recipients to remove at end of
+ * message; it ends at end of message, abort, the next MAIL, or close.
+ *
+ * Negotiation asks Postfix for the least work (docs/milter.md): no DATA,
+ * headers, end of headers, body or unknown commands; no reply awaited for
+ * connect and HELO, which always continue; only the macros used here.
+ *
+ * Errors: setup writes into the caller's buffer. At run time an internal
+ * error (out of memory) gives a 4xx for the command, never a 5xx, and is
+ * logged; store errors are the engine's (store.on_error).
+ */
+#include "milter/milter.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "milter/milter_shim.h"
+
+/* Caps for what the MTA lends us (STYLE 6). */
+#define CLIENT_MAX 64 /* an IPv6 address in text, with room to spare */
+#define HELO_MAX 256  /* a host name is at most 255 octets */
+#define SASL_MAX 256
+#define QUEUE_ID_MAX 64             /* Postfix long queue ids are about 20 characters */
+#define ENVELOPE_MAX (ADDR_MAX + 2) /* an address plus its angle brackets */
+
+/* How long milter_stop lets transactions in flight finish. */
+#define STOP_GRACE_MS 30000
+
+/* Steps spamtrapd never looks at: Postfix need not send them. */
+#define STEPS_NOT_WANTED (SMFIP_NODATA | SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOBODY | SMFIP_NOUNKNOWN)
+/* Steps that always continue: Postfix need not wait for a reply. */
+#define STEPS_NO_REPLY (SMFIP_NR_CONN | SMFIP_NR_HELO)
+
+static const smtp_reply REPLY_INTERNAL = {"451", "4.3.0", "Temporary local problem, try again later"};
+static const smtp_reply REPLY_STOPPING = {"451", "4.3.2", "Service shutting down, try again later"};
+
+/* One SMTP transaction: MAIL FROM to end of message. */
+typedef struct milter_msg {
+	engine_snapshot *snap; /* NULL outside a transaction */
+	char sender[ENVELOPE_MAX];
+	char sasl[SASL_MAX];
+	char queue_id[QUEUE_ID_MAX];
+	size_t nothers; /* recipients that get the message */
+	char **traps;   /* trap recipients exactly as given, for smfi_delrcpt */
+	size_t ntraps, traps_cap;
+	decide_txn txn; /* points into itself: never copied */
+} milter_msg;
+
+/* One milter connection, i.e. one SMTP session. */
+typedef struct milter_conn {
+	unsigned long steps; /* SMFIP_* agreed at negotiation */
+	char client[CLIENT_MAX];
+	char helo[HELO_MAX];
+	milter_msg msg;
+} milter_conn;
+
+/*
+ * libmilter allows one filter per process, so the filter is module state:
+ * the engine and shim it was bound to, a count of transactions holding a
+ * snapshot (milter_stop waits for them) and of live connection contexts.
+ */
+static struct {
+	engine *eng;
+	const milter_shim *shim;
+	pthread_mutex_t lock;
+	pthread_cond_t idle; /* signalled when transactions drops to 0 */
+	unsigned transactions;
+	unsigned connections;
+	bool stopping;
+	bool registered;
+	bool running;
+	pthread_t thread;
+} filter = {.lock = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
+
+static char filter_name[] = "spamtrapd";
+
+/* Copy a string libmilter lends us into a fixed buffer, truncated to fit. */
+static void copy_capped(char *dst, size_t dstlen, const char *src)
+{
+	size_t n = src ? strnlen(src, dstlen - 1) : 0;
+	memcpy(dst, src ? src : "", n);
+	dst[n] = '\0';
+}
+
+/*
+ * Sendmail uses milter reply texts as format strings; Postfix turns "%%"
+ * into "%" and drops a lone "%" (milter8.c). Doubling every '%' makes the
+ * configured blocklist.reject reach the client as written.
+ */
+static void escape_percent(const char *in, char *out, size_t outlen)
+{
+	size_t o = 0;
+	for (; *in && o + 2 < outlen; in++) {
+		if (*in == '%')
+			out[o++] = '%';
+		out[o++] = *in;
+	}
+	out[o] = '\0';
+}
+
+static sfsistat reply_with(SMFICTX *ctx, const smtp_reply *r, sfsistat status)
+{
+	if (!r->code[0])
+		return status;
+	char text[2 * sizeof(r->text)];
+	escape_percent(r->text, text, sizeof(text));
+	if (filter.shim->setreply(ctx, r->code, r->xcode[0] ? r->xcode : NULL, text) != MI_SUCCESS)
+		log_warning("milter: cannot set the reply \"%s %s %s\"; the MTA uses its default text",
+		            r->code, r->xcode, r->text);
+	return status;
+}
+
+/* Map a verdict to libmilter's answer; DROP_COPY is the caller's business. */
+static sfsistat verdict_status(SMFICTX *ctx, const decide_verdict *v)
+{
+	switch (v->action) {
+	case DECIDE_REJECT:
+		return reply_with(ctx, &v->reply, SMFIS_REJECT);
+	case DECIDE_TEMPFAIL:
+		return reply_with(ctx, &v->reply, SMFIS_TEMPFAIL);
+	case DECIDE_DISCARD:
+		return SMFIS_DISCARD;
+	case DECIDE_CONTINUE:
+	case DECIDE_DROP_COPY:
+		break;
+	}
+	return SMFIS_CONTINUE;
+}
+
+/* ---- transactions ---- */
+
+/* Take the transaction's snapshot; false once the filter is stopping. */
+static bool msg_begin(milter_msg *m)
+{
+	pthread_mutex_lock(&filter.lock);
+	bool ok = !filter.stopping;
+	if (ok)
+		filter.transactions++;
+	pthread_mutex_unlock(&filter.lock);
+	if (ok)
+		m->snap = engine_acquire(filter.eng);
+	return ok;
+}
+
+/* End the transaction, if any: release the snapshot, forget the recipients. Idempotent. */
+static void msg_end(milter_msg *m)
+{
+	for (size_t i = 0; i < m->ntraps; i++)
+		free(m->traps[i]);
+	free(m->traps);
+	m->traps = NULL;
+	m->ntraps = m->traps_cap = m->nothers = 0;
+	m->sender[0] = m->sasl[0] = m->queue_id[0] = '\0';
+	if (!m->snap)
+		return;
+	engine_release(m->snap);
+	m->snap = NULL;
+	pthread_mutex_lock(&filter.lock);
+	if (--filter.transactions == 0)
+		pthread_cond_broadcast(&filter.idle);
+	pthread_mutex_unlock(&filter.lock);
+}
+
+/* Remember a trap recipient for smfi_delrcpt at end of message. */
+static bool msg_add_trap(milter_msg *m, const char *rcpt)
+{
+	if (strnlen(rcpt, ENVELOPE_MAX) >= ENVELOPE_MAX)
+		return false; /* no trap is that long; never truncate what delrcpt must match */
+	if (m->ntraps == m->traps_cap) {
+		size_t cap = m->traps_cap ? 2 * m->traps_cap : 4;
+		char **grown = realloc(m->traps, cap * sizeof(*grown));
+		if (!grown)
+			return false;
+		m->traps = grown;
+		m->traps_cap = cap;
+	}
+	char *copy = strdup(rcpt);
+	if (!copy)
+		return false;
+	m->traps[m->ntraps++] = copy;
+	return true;
+}
+
+/* Postfix knows the queue id from the first accepted RCPT on; keep the latest. */
+static void msg_update_queue_id(SMFICTX *ctx, milter_msg *m)
+{
+	const char *qid = filter.shim->getsymval(ctx, "i");
+	if (qid && *qid)
+		copy_capped(m->queue_id, sizeof(m->queue_id), qid);
+}
+
+static decide_facts conn_facts(const milter_conn *c, const char *recipient)
+{
+	decide_facts f = {
+	    .front = DECIDE_FRONT_MILTER,
+	    .client_address = c->client[0] ? c->client : NULL,
+	    .helo = c->helo[0] ? c->helo : NULL,
+	    .sender = c->msg.sender,
+	    .sasl_username = c->msg.sasl[0] ? c->msg.sasl : NULL,
+	    .recipient = recipient,
+	    .queue_id = c->msg.queue_id[0] ? c->msg.queue_id : NULL,
+	};
+	return f;
+}
+
+/* ---- connection contexts ---- */
+
+static milter_conn *conn_new(SMFICTX *ctx)
+{
+	milter_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		log_error("milter: out of memory for a connection context");
+		return NULL;
+	}
+	if (filter.shim->setpriv(ctx, c) != MI_SUCCESS) {
+		log_error("milter: cannot attach a connection context");
+		free(c);
+		return NULL;
+	}
+	pthread_mutex_lock(&filter.lock);
+	filter.connections++;
+	pthread_mutex_unlock(&filter.lock);
+	return c;
+}
+
+static void conn_free(SMFICTX *ctx, milter_conn *c)
+{
+	if (!c)
+		return;
+	msg_end(&c->msg);
+	free(c);
+	filter.shim->setpriv(ctx, NULL);
+	pthread_mutex_lock(&filter.lock);
+	filter.connections--;
+	pthread_mutex_unlock(&filter.lock);
+}
+
+/* A no-reply step must answer SMFIS_NOREPLY, others SMFIS_CONTINUE (libmilter's rule). */
+static sfsistat step_done(const milter_conn *c, unsigned long nr_flag)
+{
+	return c && (c->steps & nr_flag) ? SMFIS_NOREPLY : SMFIS_CONTINUE;
+}
+
+static void client_text(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	out[0] = '\0';
+	if (!sa)
+		return; /* unknown family: no client address to key on */
+	if (sa->sa_family == AF_INET) {
+		struct sockaddr_in in4;
+		memcpy(&in4, sa, sizeof(in4));
+		inet_ntop(AF_INET, &in4.sin_addr, out, (socklen_t)outlen);
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 in6;
+		memcpy(&in6, sa, sizeof(in6));
+		inet_ntop(AF_INET6, &in6.sin6_addr, out, (socklen_t)outlen);
+	}
+}
+
+/* ---- callbacks ---- */
+
+static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
+                             unsigned long f3, unsigned long *pf0, unsigned long *pf1, unsigned long *pf2,
+                             unsigned long *pf3)
+{
+	(void)f2;
+	(void)f3;
+	if (!(f0 & SMFIF_DELRCPT)) {
+		/* Without it a trap copy cannot be dropped; the MTA's milter_default_action applies. */
+		log_error("milter: the MTA does not let filters remove recipients (SMFIF_DELRCPT); refusing");
+		return SMFIS_REJECT;
+	}
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c && !(c = conn_new(ctx)))
+		return SMFIS_REJECT;
+	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST);
+	*pf1 = f1 & (STEPS_NOT_WANTED | STEPS_NO_REPLY);
+	*pf2 = *pf3 = 0;
+	c->steps = *pf1;
+	/* Only the macros used here; Postfix then sends no others, at any stage. */
+	if (f0 & SMFIF_SETSYMLIST) {
+		filter.shim->setsymlist(ctx, SMFIM_ENVFROM, "i {auth_authen}");
+		filter.shim->setsymlist(ctx, SMFIM_ENVRCPT, "i");
+		filter.shim->setsymlist(ctx, SMFIM_EOM, "i");
+	}
+	return SMFIS_CONTINUE;
+}
+
+/*
+ * Nothing is decided at connect: Postfix's first connection for an XCLIENT
+ * session shows 127.0.0.1 and is closed before the real client's.
+ */
+static sfsistat cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
+{
+	(void)hostname;
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c && !(c = conn_new(ctx)))
+		return SMFIS_CONTINUE; /* no context: MAIL FROM will tempfail */
+	msg_end(&c->msg);
+	client_text(hostaddr, c->client, sizeof(c->client));
+	c->helo[0] = '\0';
+	return step_done(c, SMFIP_NR_CONN);
+}
+
+/* HELO may be a blocklist key (helo_name) and is recorded with every hit. */
+static sfsistat cb_helo(SMFICTX *ctx, char *helohost)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (c)
+		copy_capped(c->helo, sizeof(c->helo), helohost);
+	return step_done(c, SMFIP_NR_HELO);
+}
+
+static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c)
+		return reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
+	msg_end(&c->msg); /* a transaction the MTA never closed */
+	if (!msg_begin(&c->msg))
+		return reply_with(ctx, &REPLY_STOPPING, SMFIS_TEMPFAIL);
+	milter_msg *m = &c->msg;
+	const char *sender = argv && argv[0] ? argv[0] : "";
+	copy_capped(m->sender, sizeof(m->sender), sender);
+	copy_capped(m->sasl, sizeof(m->sasl), filter.shim->getsymval(ctx, "{auth_authen}"));
+	msg_update_queue_id(ctx, m);
+
+	decide_facts f = conn_facts(c, NULL);
+	f.sender = sender; /* uncapped: an over-long address must be judged as such */
+	decide_prepare(&engine_config(m->snap)->decide, &f, &m->txn);
+	decide_verdict v = engine_check_sender(m->snap, &f, &m->txn);
+	sfsistat status = verdict_status(ctx, &v);
+	if (status != SMFIS_CONTINUE)
+		msg_end(m);
+	return status;
+}
+
+static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c || !c->msg.snap || !argv || !argv[0])
+		return SMFIS_CONTINUE; /* no transaction of ours: nothing to decide */
+	milter_msg *m = &c->msg;
+	msg_update_queue_id(ctx, m);
+	decide_facts f = conn_facts(c, argv[0]);
+	decide_verdict v = engine_check_recipient(m->snap, &f, &m->txn);
+	if (v.action == DECIDE_DROP_COPY) {
+		if (msg_add_trap(m, argv[0]))
+			return SMFIS_CONTINUE;
+		log_error("milter: cannot remember trap recipient %.64s for removal; tempfailing it",
+		          argv[0]);
+		return reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
+	}
+	if (v.action == DECIDE_CONTINUE)
+		m->nothers++;
+	return verdict_status(ctx, &v);
+}
+
+static void remove_traps(SMFICTX *ctx, const milter_msg *m)
+{
+	for (size_t i = 0; i < m->ntraps; i++)
+		if (filter.shim->delrcpt(ctx, m->traps[i]) != MI_SUCCESS)
+			log_error("%s: milter: cannot remove trap recipient %.64s",
+			          m->queue_id[0] ? m->queue_id : "NOQUEUE", m->traps[i]);
+}
+
+static sfsistat cb_eom(SMFICTX *ctx)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c || !c->msg.snap)
+		return SMFIS_CONTINUE;
+	milter_msg *m = &c->msg;
+	msg_update_queue_id(ctx, m);
+	decide_facts f = conn_facts(c, NULL);
+	decide_action a = engine_end_of_message(m->snap, &f, m->ntraps, m->nothers);
+	sfsistat status = SMFIS_CONTINUE;
+	if (a == DECIDE_DISCARD)
+		status = SMFIS_DISCARD;
+	else if (a == DECIDE_DROP_COPY)
+		remove_traps(ctx, m);
+	msg_end(m);
+	return status;
+}
+
+static sfsistat cb_abort(SMFICTX *ctx)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (c)
+		msg_end(&c->msg);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat cb_close(SMFICTX *ctx)
+{
+	conn_free(ctx, filter.shim->getpriv(ctx));
+	return SMFIS_CONTINUE;
+}
+
+void milter_filter_init(engine *eng, const milter_shim *shim, struct smfiDesc *desc)
+{
+	pthread_mutex_lock(&filter.lock);
+	filter.eng = eng;
+	filter.shim = shim;
+	filter.stopping = false;
+	pthread_mutex_unlock(&filter.lock);
+	memset(desc, 0, sizeof(*desc));
+	desc->xxfi_name = filter_name;
+	desc->xxfi_version = SMFI_VERSION;
+	desc->xxfi_flags = SMFIF_DELRCPT;
+	desc->xxfi_connect = cb_connect;
+	desc->xxfi_helo = cb_helo;
+	desc->xxfi_envfrom = cb_envfrom;
+	desc->xxfi_envrcpt = cb_envrcpt;
+	desc->xxfi_eom = cb_eom;
+	desc->xxfi_abort = cb_abort;
+	desc->xxfi_close = cb_close;
+	desc->xxfi_negotiate = cb_negotiate;
+}
+
+unsigned milter_filter_quiesce(unsigned grace_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += grace_ms / 1000;
+	until.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&filter.lock);
+	filter.stopping = true;
+	while (filter.transactions > 0)
+		if (pthread_cond_timedwait(&filter.idle, &filter.lock, &until) != 0)
+			break;
+	unsigned left = filter.transactions;
+	pthread_mutex_unlock(&filter.lock);
+	return left;
+}
+
+unsigned milter_filter_connections(void)
+{
+	pthread_mutex_lock(&filter.lock);
+	unsigned n = filter.connections;
+	pthread_mutex_unlock(&filter.lock);
+	return n;
+}
+
+/* ---- setup ---- */
+
+/* The path of a unix:/local: socket spec, or NULL for inet: and inet6:. */
+static const char *unix_path(const char *spec)
+{
+	if (strncmp(spec, "unix:", 5) == 0)
+		return spec + 5;
+	if (strncmp(spec, "local:", 6) == 0)
+		return spec + 6;
+	return NULL;
+}
+
+/* A user or group name, or a number. */
+static int lookup_id(const char *name, bool group, unsigned *id, char *err, size_t errlen)
+{
+	char *end;
+	unsigned long n = strtoul(name, &end, 10);
+	if (*name && !*end) {
+		*id = (unsigned)n;
+		return 0;
+	}
+	struct passwd *pw = group ? NULL : getpwnam(name);
+	struct group *gr = group ? getgrnam(name) : NULL;
+	if (!pw && !gr) {
+		snprintf(err, errlen, "milter.socket_%s: no such %s \"%s\"", group ? "group" : "owner",
+		         group ? "group" : "user", name);
+		return -1;
+	}
+	*id = group ? (unsigned)gr->gr_gid : (unsigned)pw->pw_uid;
+	return 0;
+}
+
+/* Give the socket the configured owner, group and mode (Postfix must be able to connect). */
+static int socket_permissions(const config *cfg, const char *path, char *err, size_t errlen)
+{
+	unsigned uid = (unsigned)-1, gid = (unsigned)-1;
+	if (cfg->milter.socket_owner && lookup_id(cfg->milter.socket_owner, false, &uid, err, errlen) < 0)
+		return -1;
+	if (cfg->milter.socket_group && lookup_id(cfg->milter.socket_group, true, &gid, err, errlen) < 0)
+		return -1;
+	if ((cfg->milter.socket_owner || cfg->milter.socket_group) && chown(path, uid, gid) < 0) {
+		snprintf(err, errlen, "milter socket %s: chown: %s", path, strerror(errno));
+		return -1;
+	}
+	if (cfg->milter.socket_mode && chmod(path, cfg->milter.socket_mode) < 0) {
+		snprintf(err, errlen, "milter socket %s: chmod: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* libmilter only logs why a socket failed; say the likely reason here. */
+static int check_socket_dir(const char *path, char *err, size_t errlen)
+{
+	char dir[4096];
+	copy_capped(dir, sizeof(dir), path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return 0;
+	*(slash == dir ? slash + 1 : slash) = '\0';
+	struct stat st;
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen,
+		         "milter.listen: directory %s does not exist (create it, see docs/milter.md)", dir);
+		return -1;
+	}
+	return 0;
+}
+
+static int open_socket(const config *cfg, const char *path, char *err, size_t errlen)
+{
+	/* Create the socket with no more access than asked for, not the umask's. */
+	mode_t old_mask = 0;
+	if (path && cfg->milter.socket_mode)
+		old_mask = umask(~(mode_t)cfg->milter.socket_mode & 0777);
+	errno = 0;
+	int rc = smfi_opensocket(true);
+	int saved = errno;
+	if (path && cfg->milter.socket_mode)
+		umask(old_mask);
+	if (rc != MI_SUCCESS) {
+		snprintf(err, errlen, "milter.listen %s: cannot listen%s%s", cfg->milter.listen,
+		         saved ? ": " : " (see the syslog for libmilter's reason)",
+		         saved ? strerror(saved) : "");
+		return -1;
+	}
+	return path ? socket_permissions(cfg, path, err, errlen) : 0;
+}
+
+int milter_setup(engine *eng, const config *cfg, char *err, size_t errlen)
+{
+	if (filter.registered) {
+		snprintf(err, errlen, "milter: already set up (libmilter allows one filter per process)");
+		return -1;
+	}
+	if (!cfg->milter.listen || !*cfg->milter.listen) {
+		snprintf(err, errlen, "milter.listen is not set");
+		return -1;
+	}
+	const char *path = unix_path(cfg->milter.listen);
+	if (path && check_socket_dir(path, err, errlen) < 0)
+		return -1;
+	struct smfiDesc desc;
+	milter_filter_init(eng, &milter_shim_libmilter, &desc);
+	if (smfi_register(desc) != MI_SUCCESS || smfi_setconn((char *)cfg->milter.listen) != MI_SUCCESS) {
+		snprintf(err, errlen, "milter: libmilter refused the filter or milter.listen \"%s\"",
+		         cfg->milter.listen);
+		return -1;
+	}
+	if (cfg->milter.timeout > 0)
+		smfi_settimeout(cfg->milter.timeout);
+	if (open_socket(cfg, path, err, errlen) < 0)
+		return -1;
+	filter.registered = true;
+	return 0;
+}
+
+static void *milter_main(void *arg)
+{
+	(void)arg;
+	int rc = smfi_main();
+	pthread_mutex_lock(&filter.lock);
+	bool expected = filter.stopping;
+	pthread_mutex_unlock(&filter.lock);
+	if (!expected)
+		log_error("milter: libmilter stopped on its own (rc %d); the milter front end is down", rc);
+	return NULL;
+}
+
+int milter_start(char *err, size_t errlen)
+{
+	if (!filter.registered || filter.running) {
+		snprintf(err, errlen, "milter: %s",
+		         filter.running ? "already running" : "milter_setup not called");
+		return -1;
+	}
+	int rc = pthread_create(&filter.thread, NULL, milter_main, NULL);
+	if (rc != 0) {
+		snprintf(err, errlen, "milter: cannot start the libmilter thread: %s", strerror(rc));
+		return -1;
+	}
+	filter.running = true;
+	return 0;
+}
+
+void milter_stop(void)
+{
+	if (!filter.running)
+		return;
+	pthread_mutex_lock(&filter.lock);
+	filter.stopping = true; /* before smfi_main returns: milter_main must know it was asked to */
+	pthread_mutex_unlock(&filter.lock);
+	smfi_stop();
+	unsigned left = milter_filter_quiesce(STOP_GRACE_MS);
+	if (left)
+		log_warning("milter: %u transaction(s) still in flight after %d s; stopping anyway", left,
+		            STOP_GRACE_MS / 1000);
+	pthread_join(filter.thread, NULL);
+	filter.running = false;
+}
