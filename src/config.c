@@ -1,0 +1,1624 @@
+/*
+ * config: spamtrapd.json into an immutable, reference-counted snapshot.
+ *
+ * Offers config_load (a file plus "-o key=value" overrides in, a snapshot
+ * out), config_ref/config_unref and config_parse_duration. One table,
+ * `schema` below, lists every key with its type, default, bounds and where
+ * its value goes; parsing, defaults and error messages all come from it,
+ * and docs/spamtrapd.json.5.md describes the same keys for administrators.
+ *
+ * Errors: every problem found goes to the caller's buffer, one a line,
+ * sorted by position: "FILE:LINE:COLUMN: dotted.key: message"; a value
+ * given with -o is named "-o dotted.key" instead; a bad line of a trap or
+ * whitelist file "LISTFILE:LINE: traps.files: message". Unknown keys are
+ * errors, because a typo must not silently switch protection off.
+ *
+ * jansson keeps no positions of values, so a small locator rescans the
+ * (already valid) JSON text for the path of a bad value when it is reported.
+ */
+#include <arpa/inet.h>
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "config.h"
+
+#define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
+#define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
+#define LIST_FILE_MAX_ERRORS 20     /* per list file: a wrong file must not flood the log */
+#define CONFIG_MAX_ERRORS 50
+#define MSG_MAX 1024
+#define KEY_TEXT_MAX 256
+
+/* ---- paths into the JSON tree: "policy.listen[1].role" ---- */
+
+#define JPATH_MAX 8 /* the schema is at most four levels deep */
+
+typedef struct jpath {
+	size_t n;
+	struct {
+		const char *key; /* NULL: an array element */
+		size_t len;
+		size_t idx;
+	} c[JPATH_MAX];
+} jpath;
+
+static void jpath_push_key(jpath *p, const char *key, size_t len)
+{
+	assert(p->n < JPATH_MAX);
+	p->c[p->n].key = key;
+	p->c[p->n].len = len;
+	p->c[p->n].idx = 0;
+	p->n++;
+}
+
+static void jpath_push_index(jpath *p, size_t idx)
+{
+	assert(p->n < JPATH_MAX);
+	p->c[p->n].key = NULL;
+	p->c[p->n].len = 0;
+	p->c[p->n].idx = idx;
+	p->n++;
+}
+
+static void jpath_pop(jpath *p)
+{
+	p->n--;
+}
+
+/* Components point into dotted, which must outlive p. */
+static void jpath_from_dotted(jpath *p, const char *dotted)
+{
+	p->n = 0;
+	for (;;) {
+		const char *dot = strchr(dotted, '.');
+		jpath_push_key(p, dotted, dot != NULL ? (size_t)(dot - dotted) : strlen(dotted));
+		if (dot == NULL)
+			return;
+		dotted = dot + 1;
+	}
+}
+
+/* Key names come from the file: control characters become '?' so an error stays one line. */
+static const char *jpath_format(const jpath *p, char *buf, size_t buflen)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < p->n && o + 1 < buflen; i++) {
+		if (p->c[i].key == NULL) {
+			int n = snprintf(buf + o, buflen - o, "[%zu]", p->c[i].idx);
+			o = n < 0 || (size_t)n >= buflen - o ? buflen - 1 : o + (size_t)n;
+			continue;
+		}
+		if (i > 0)
+			buf[o++] = '.';
+		for (size_t j = 0; j < p->c[i].len && o + 1 < buflen; j++) {
+			unsigned char ch = (unsigned char)p->c[i].key[j];
+			buf[o++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+		}
+	}
+	buf[o < buflen ? o : buflen - 1] = '\0';
+	return buf;
+}
+
+static json_t *tree_get(json_t *root, const jpath *p)
+{
+	json_t *v = root;
+
+	for (size_t i = 0; v != NULL && i < p->n; i++)
+		v = p->c[i].key != NULL ? json_object_getn(v, p->c[i].key, p->c[i].len)
+		                        : json_array_get(v, p->c[i].idx);
+	return v;
+}
+
+/* ---- the locator: where in the text is the key or element at a path? ---- */
+
+static size_t skip_ws(const char *t, size_t len, size_t i)
+{
+	while (i < len && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* t[i] is the opening quote; returns the offset just past the closing one. */
+static size_t skip_string(const char *t, size_t len, size_t i)
+{
+	for (i++; i < len && t[i] != '"'; i++)
+		if (t[i] == '\\')
+			i++;
+	return i < len ? i + 1 : len;
+}
+
+static size_t skip_value(const char *t, size_t len, size_t i)
+{
+	size_t depth = 0;
+
+	if (i < len && t[i] == '"')
+		return skip_string(t, len, i);
+	if (i < len && t[i] != '{' && t[i] != '[') {
+		while (i < len && t[i] != '\0' && strchr(",]} \t\r\n", t[i]) == NULL)
+			i++;
+		return i;
+	}
+	while (i < len) {
+		if (t[i] == '"') {
+			i = skip_string(t, len, i);
+			continue;
+		}
+		if (t[i] == '{' || t[i] == '[')
+			depth++;
+		else if ((t[i] == '}' || t[i] == ']') && --depth == 0)
+			return i + 1;
+		i++;
+	}
+	return len;
+}
+
+/* The string token t[start..end) against a decoded key; jansson decodes escapes. */
+static bool token_equals(const char *t, size_t start, size_t end, const char *key, size_t keylen)
+{
+	size_t n = end - start - 2;
+	bool eq;
+
+	if (memchr(t + start + 1, '\\', n) == NULL)
+		return n == keylen && memcmp(t + start + 1, key, keylen) == 0;
+	json_t *s = json_loadb(t + start, end - start, JSON_DECODE_ANY, NULL);
+	eq = s != NULL && json_string_length(s) == keylen && memcmp(json_string_value(s), key, keylen) == 0;
+	json_decref(s);
+	return eq;
+}
+
+/* Offset of the member key in the object at t[i], or SIZE_MAX. */
+static size_t find_member(const char *t, size_t len, size_t i, const char *key, size_t keylen)
+{
+	if (i >= len || t[i] != '{')
+		return SIZE_MAX;
+	i = skip_ws(t, len, i + 1);
+	while (i < len && t[i] == '"') {
+		size_t end = skip_string(t, len, i);
+		if (token_equals(t, i, end, key, keylen))
+			return i;
+		i = skip_ws(t, len, skip_ws(t, len, end) + 1); /* past ':' */
+		i = skip_ws(t, len, skip_value(t, len, i));
+		if (i >= len || t[i] != ',')
+			break;
+		i = skip_ws(t, len, i + 1);
+	}
+	return SIZE_MAX;
+}
+
+static size_t find_element(const char *t, size_t len, size_t i, size_t idx)
+{
+	if (i >= len || t[i] != '[')
+		return SIZE_MAX;
+	i = skip_ws(t, len, i + 1);
+	for (size_t k = 0; i < len && t[i] != ']'; k++) {
+		if (k == idx)
+			return i;
+		i = skip_ws(t, len, skip_value(t, len, i));
+		if (i >= len || t[i] != ',')
+			break;
+		i = skip_ws(t, len, i + 1);
+	}
+	return SIZE_MAX;
+}
+
+/* Offset of the key (object member) or the element (array) p names, or SIZE_MAX. */
+static size_t locate(const char *t, size_t len, const jpath *p)
+{
+	size_t i = skip_ws(t, len, 0), at = SIZE_MAX;
+
+	for (size_t k = 0; k < p->n; k++) {
+		if (p->c[k].key != NULL) {
+			at = find_member(t, len, i, p->c[k].key, p->c[k].len);
+			if (at == SIZE_MAX)
+				return SIZE_MAX;
+			i = skip_ws(t, len, skip_ws(t, len, skip_string(t, len, at)) + 1);
+		} else {
+			at = i = find_element(t, len, i, p->c[k].idx);
+			if (at == SIZE_MAX)
+				return SIZE_MAX;
+		}
+	}
+	return at;
+}
+
+/* Columns count characters (UTF-8 sequences), as jansson's own messages do. */
+static void offset_to_line_col(const char *t, size_t off, int *line, int *col)
+{
+	*line = 1;
+	*col = 1;
+	for (size_t i = 0; i < off; i++) {
+		if (t[i] == '\n') {
+			(*line)++;
+			*col = 1;
+		} else if (((unsigned char)t[i] & 0xc0) != 0x80) {
+			(*col)++;
+		}
+	}
+}
+
+/* ---- the loader: state of one config_load, and its error list ---- */
+
+typedef struct config_box {
+	config cfg; /* what callers see */
+	atomic_uint refs;
+	trapset *traps; /* owned; cfg.decide.traps points here */
+	whitelist *wl;  /* owned; cfg.decide.whitelist points here */
+} config_box;
+
+typedef struct load_error {
+	int line, col; /* 0: no position in the file (sorted first) */
+	size_t seq;
+	char *text;
+} load_error;
+
+typedef struct loader {
+	const char *path;
+	char *text; /* the file as read, for the locator */
+	size_t textlen;
+	char **override_keys; /* dotted keys set by -o */
+	size_t noverride;
+	bool in_default;  /* the value at hand is a built-in default */
+	const jpath *cur; /* the list element being applied, for list-file errors */
+	config_box *box;
+	config *cfg;
+	bool wl_subdomains;
+	load_error *errors;
+	size_t nerrors, errcap;
+	bool lost; /* an error could not be recorded (out of memory) */
+	bool more; /* errors past CONFIG_MAX_ERRORS were dropped */
+} loader;
+
+static void ld_add(loader *ld, int line, int col, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Past CONFIG_MAX_ERRORS errors, later ones are only counted: the list stays readable and locating stays
+ * cheap. */
+static bool ld_full(loader *ld)
+{
+	if (ld->nerrors < CONFIG_MAX_ERRORS)
+		return false;
+	ld->more = true;
+	return true;
+}
+
+static void ld_add(loader *ld, int line, int col, const char *fmt, ...)
+{
+	va_list ap;
+	char *text = NULL;
+
+	if (ld_full(ld))
+		return;
+	if (ld->nerrors == ld->errcap) {
+		size_t cap = ld->errcap ? ld->errcap * 2 : 16;
+		load_error *e = realloc(ld->errors, cap * sizeof *e);
+		if (e == NULL) {
+			ld->lost = true;
+			return;
+		}
+		ld->errors = e;
+		ld->errcap = cap;
+	}
+	va_start(ap, fmt);
+	if (vasprintf(&text, fmt, ap) < 0) {
+		ld->lost = true;
+		text = NULL;
+	}
+	va_end(ap);
+	for (char *c = text; c != NULL && *c != '\0'; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			*c = '?'; /* values quoted from the file must not split the message */
+	if (text != NULL) {
+		ld->errors[ld->nerrors] = (load_error){line, col, ld->nerrors, text};
+		ld->nerrors++;
+	}
+}
+
+/* The -o key that set the value at key (or a section around it), or NULL. */
+static const char *override_covering(const loader *ld, const char *key)
+{
+	for (size_t i = ld->noverride; i-- > 0;) {
+		size_t n = strlen(ld->override_keys[i]);
+		if (strncmp(key, ld->override_keys[i], n) == 0 && strchr(".[", key[n]) != NULL)
+			return ld->override_keys[i]; /* strchr also matches key[n] == '\0' */
+	}
+	return NULL;
+}
+
+static bool ld_position(const loader *ld, const jpath *p, int *line, int *col)
+{
+	char key[KEY_TEXT_MAX];
+	size_t off;
+
+	*line = *col = 0;
+	if (p == NULL || ld->in_default || override_covering(ld, jpath_format(p, key, sizeof key)) != NULL)
+		return false;
+	off = locate(ld->text, ld->textlen, p);
+	if (off == SIZE_MAX)
+		return false;
+	offset_to_line_col(ld->text, off, line, col);
+	return true;
+}
+
+static void ld_error(loader *ld, const jpath *p, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* "FILE:LINE:COL: key: message", or "-o key: ..." for a value from an override. */
+static void ld_error(loader *ld, const jpath *p, const char *fmt, ...)
+{
+	char key[KEY_TEXT_MAX], msg[MSG_MAX];
+	const char *ov;
+	int line, col;
+	va_list ap;
+
+	if (ld_full(ld))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	jpath_format(p, key, sizeof key);
+	ov = override_covering(ld, key);
+	if (ov != NULL && strcmp(ov, key) == 0)
+		ld_add(ld, 0, 0, "-o %s: %s", key, msg);
+	else if (ov != NULL)
+		ld_add(ld, 0, 0, "-o %s: %s: %s", ov, key, msg);
+	else if (ld_position(ld, p, &line, &col))
+		ld_add(ld, line, col, "%s:%d:%d: %s: %s", ld->path, line, col, key, msg);
+	else
+		ld_add(ld, 0, 0, "%s: %s%s%s%s", ld->path, key, key[0] ? ": " : "", msg,
+		       ld->in_default ? " (built-in default)" : "");
+}
+
+static int error_cmp(const void *a, const void *b)
+{
+	const load_error *x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	if (x->col != y->col)
+		return x->col < y->col ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void write_errors(loader *ld, char *err, size_t errlen)
+{
+	size_t o = 0;
+
+	if (err == NULL || errlen == 0)
+		return;
+	err[0] = '\0';
+	if (ld->nerrors > 1)
+		qsort(ld->errors, ld->nerrors, sizeof *ld->errors, error_cmp);
+	for (size_t i = 0; i < ld->nerrors; i++) {
+		int n = snprintf(err + o, errlen - o, "%s%s", i > 0 ? "\n" : "", ld->errors[i].text);
+		if (n < 0 || (size_t)n >= errlen - o)
+			return;
+		o += (size_t)n;
+	}
+	if (ld->lost)
+		o +=
+		    (size_t)snprintf(err + o, errlen - o, "%s%s: out of memory", o > 0 ? "\n" : "", ld->path);
+	if (ld->more && o < errlen)
+		snprintf(err + o, errlen - o, "\n%s: more errors not shown", ld->path);
+}
+
+static void loader_clear(loader *ld)
+{
+	for (size_t i = 0; i < ld->nerrors; i++)
+		free(ld->errors[i].text);
+	free(ld->errors);
+	for (size_t i = 0; i < ld->noverride; i++)
+		free(ld->override_keys[i]);
+	free(ld->override_keys);
+	free(ld->text);
+}
+
+/* ---- the schema ---- */
+
+typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS } key_type;
+
+enum {
+	K_NULLABLE = 1 << 0, /* null is a value: "not set" */
+	K_NONEMPTY = 1 << 1, /* strings and lists */
+};
+
+/* A parsed scalar: strings point into the JSON tree. */
+typedef struct value {
+	bool null;
+	int64_t i; /* T_INT, T_BOOL, T_DURATION; the index of the name for T_ENUM */
+	const char *s;
+} value;
+
+#define SET_REPORTED (-2) /* a set function that reported its errors itself */
+
+/* Checks and stores one value (one element of a T_LIST): 0, -1 with err, or SET_REPORTED. */
+typedef int (*set_fn)(loader *ld, const value *v, char *err, size_t errlen);
+
+typedef struct key_def {
+	const char *path;
+	key_type type;
+	const char *def; /* the default, as JSON text */
+	unsigned flags;
+	int64_t min, max;         /* T_INT, T_DURATION; T_STRING: max is a length limit when set */
+	const char *const *names; /* T_ENUM, in the order of the C enum */
+	size_t off, size;         /* the field of struct config, when set is NULL */
+	set_fn set;
+} key_def;
+
+static bool parse_name(const char *const *names, const char *s, int64_t *idx)
+{
+	for (size_t i = 0; names[i] != NULL; i++) {
+		if (strcmp(names[i], s) == 0) {
+			*idx = (int64_t)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void names_join(const char *const *names, char *buf, size_t buflen)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; names[i] != NULL && o < buflen; i++) {
+		int n = snprintf(buf + o, buflen - o, "%s%s", i > 0 ? ", " : "", names[i]);
+		o = n < 0 ? buflen : o + (size_t)n;
+	}
+}
+
+static void format_duration(int64_t s, char *buf, size_t buflen)
+{
+	static const struct {
+		int64_t seconds;
+		char unit;
+	} units[] = {{86400, 'd'}, {3600, 'h'}, {60, 'm'}};
+
+	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+		if (s > 0 && s % units[i].seconds == 0) {
+			snprintf(buf, buflen, "%lld%c", (long long)(s / units[i].seconds), units[i].unit);
+			return;
+		}
+	}
+	snprintf(buf, buflen, "%llds", (long long)s);
+}
+
+static int check_bounds(const key_def *k, int64_t n, char *err, size_t errlen)
+{
+	char lo[32], hi[32];
+
+	if (n >= k->min && n <= k->max)
+		return 0;
+	if (k->type == T_DURATION) {
+		format_duration(k->min, lo, sizeof lo);
+		format_duration(k->max, hi, sizeof hi);
+	} else {
+		snprintf(lo, sizeof lo, "%lld", (long long)k->min);
+		snprintf(hi, sizeof hi, "%lld", (long long)k->max);
+	}
+	snprintf(err, errlen, "must be between %s and %s", lo, hi);
+	return -1;
+}
+
+static int parse_string(const key_def *k, const json_t *j, value *v, char *err, size_t errlen)
+{
+	size_t max = k->max > 0 ? (size_t)k->max : 4096;
+
+	if (!json_is_string(j)) {
+		snprintf(err, errlen, "expected a string%s", k->flags & K_NULLABLE ? " or null" : "");
+		return -1;
+	}
+	v->s = json_string_value(j);
+	if ((k->flags & K_NONEMPTY) && v->s[0] == '\0') {
+		snprintf(err, errlen, "must not be empty");
+		return -1;
+	}
+	if (json_string_length(j) > max) {
+		snprintf(err, errlen, "is too long (at most %zu bytes)", max);
+		return -1;
+	}
+	return 0;
+}
+
+static int parse_duration_value(const key_def *k, const json_t *j, value *v, char *err, size_t errlen)
+{
+	if (json_is_integer(j) && json_integer_value(j) >= 0) {
+		v->i = json_integer_value(j);
+	} else if (!json_is_string(j) || !config_parse_duration(json_string_value(j), &v->i)) {
+		snprintf(err, errlen,
+		         "expected a duration: seconds, or a number with s, m, h or d (\"30s\", \"24h\")");
+		return -1;
+	}
+	return check_bounds(k, v->i, err, errlen);
+}
+
+static int parse_scalar(const key_def *k, const json_t *j, value *v, char *err, size_t errlen)
+{
+	char names[256];
+
+	switch (k->type) {
+	case T_STRING:
+		return parse_string(k, j, v, err, errlen);
+	case T_INT:
+		if (!json_is_integer(j)) {
+			snprintf(err, errlen, "expected an integer");
+			return -1;
+		}
+		v->i = json_integer_value(j);
+		return check_bounds(k, v->i, err, errlen);
+	case T_BOOL:
+		if (!json_is_boolean(j)) {
+			snprintf(err, errlen, "expected true or false");
+			return -1;
+		}
+		v->i = json_is_true(j);
+		return 0;
+	case T_DURATION:
+		return parse_duration_value(k, j, v, err, errlen);
+	case T_ENUM:
+		if (json_is_string(j) && parse_name(k->names, json_string_value(j), &v->i))
+			return 0;
+		names_join(k->names, names, sizeof names);
+		snprintf(err, errlen, "expected one of %s", names);
+		return -1;
+	default:
+		abort(); /* lists are not scalars */
+	}
+}
+
+/* Integers of every width the config struct uses: bool, int/unsigned/enum, int64_t/size_t. */
+static void store_int(void *field, size_t size, int64_t n)
+{
+	bool b = n != 0;
+	int32_t i32 = (int32_t)n;
+
+	switch (size) {
+	case sizeof b:
+		memcpy(field, &b, sizeof b);
+		break;
+	case sizeof i32:
+		memcpy(field, &i32, sizeof i32);
+		break;
+	case sizeof n:
+		memcpy(field, &n, sizeof n);
+		break;
+	default:
+		abort(); /* a schema row with a field of an unexpected width */
+	}
+}
+
+static int store_field(loader *ld, const key_def *k, const value *v, char *err, size_t errlen)
+{
+	char *field = (char *)ld->cfg + k->off;
+	char *s = NULL;
+
+	if (k->type != T_STRING) {
+		store_int(field, k->size, v->i);
+		return 0;
+	}
+	assert(k->size == sizeof s);
+	if (!v->null && (s = strdup(v->s)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	memcpy(field, &s, sizeof s);
+	return 0;
+}
+
+/* ---- set functions: values that need checking or compiling beyond their type ---- */
+
+static int out_of_memory(char *err, size_t errlen)
+{
+	snprintf(err, errlen, "out of memory");
+	return -1;
+}
+
+static int dup_into(char **dst, const char *s, char *err, size_t errlen)
+{
+	*dst = strdup(s);
+	return *dst != NULL ? 0 : out_of_memory(err, errlen);
+}
+
+/* "1".."65535", exactly len characters. */
+static bool parse_port(const char *s, size_t len, unsigned *port)
+{
+	unsigned n = 0;
+
+	if (len == 0 || len > 5)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (!isdigit((unsigned char)s[i]))
+			return false;
+		n = n * 10 + (unsigned)(s[i] - '0');
+	}
+	*port = n;
+	return n >= 1 && n <= 65535;
+}
+
+static const char *after_prefix(const char *s, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	return strncmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+/* libmilter socket specs (smfi_setconn): unix:PATH, local:PATH, inet:PORT[@HOST], inet6:PORT[@HOST]. */
+static int set_milter_listen(loader *ld, const value *v, char *err, size_t errlen)
+{
+	const char *rest, *at;
+	unsigned port;
+	bool ok;
+
+	if (v->null)
+		return 0;
+	if ((rest = after_prefix(v->s, "unix:")) != NULL || (rest = after_prefix(v->s, "local:")) != NULL) {
+		ok = rest[0] != '\0';
+	} else if ((rest = after_prefix(v->s, "inet:")) != NULL ||
+	           (rest = after_prefix(v->s, "inet6:")) != NULL) {
+		at = strchr(rest, '@');
+		ok = parse_port(rest, at != NULL ? (size_t)(at - rest) : strlen(rest), &port) &&
+		     (at == NULL || at[1] != '\0');
+	} else {
+		ok = false;
+	}
+	if (!ok) {
+		snprintf(err, errlen, "expected unix:PATH, inet:PORT@HOST or inet6:PORT@HOST");
+		return -1;
+	}
+	return dup_into(&ld->cfg->milter.listen, v->s, err, errlen);
+}
+
+static int set_socket_mode(loader *ld, const value *v, char *err, size_t errlen)
+{
+	size_t n;
+	unsigned long mode;
+
+	if (v->null) {
+		ld->cfg->milter.socket_mode = 0;
+		return 0;
+	}
+	n = strlen(v->s);
+	mode = strtoul(v->s, NULL, 8);
+	if (n < 3 || n > 4 || strspn(v->s, "01234567") != n || mode == 0) {
+		snprintf(err, errlen, "expected an octal mode such as \"0660\"");
+		return -1;
+	}
+	ld->cfg->milter.socket_mode = (unsigned)mode;
+	return 0;
+}
+
+static int set_delimiter(loader *ld, const value *v, char *err, size_t errlen)
+{
+	for (const char *s = v->s; *s != '\0'; s++) {
+		if (*s == '@' || isspace((unsigned char)*s) || iscntrl((unsigned char)*s)) {
+			snprintf(err, errlen, "must not contain '@', blanks or control characters");
+			return -1;
+		}
+	}
+	return dup_into(&ld->cfg->recipient_delimiter, v->s, err, errlen);
+}
+
+/* Made at first use, after traps.recipient_delimiter (the schema lists that first). */
+static trapset *ld_traps(loader *ld)
+{
+	const char *delim = ld->cfg->recipient_delimiter;
+
+	if (ld->box->traps == NULL)
+		ld->box->traps = trapset_new(delim != NULL ? delim : "");
+	return ld->box->traps;
+}
+
+/* Made at first use, after whitelist.include_subdomains (the schema lists that first). */
+static whitelist *ld_whitelist(loader *ld)
+{
+	if (ld->box->wl == NULL)
+		ld->box->wl = whitelist_new(ld->wl_subdomains);
+	return ld->box->wl;
+}
+
+static int set_trap_address(loader *ld, const value *v, char *err, size_t errlen)
+{
+	trapset *t = ld_traps(ld);
+	return t != NULL ? trapset_add_address(t, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int set_trap_domain(loader *ld, const value *v, char *err, size_t errlen)
+{
+	trapset *t = ld_traps(ld);
+	return t != NULL ? trapset_add_domain(t, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int set_trap_pattern(loader *ld, const value *v, char *err, size_t errlen)
+{
+	trapset *t = ld_traps(ld);
+	return t != NULL ? trapset_add_pattern(t, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int add_trap_line(loader *ld, const char *line, char *err, size_t errlen)
+{
+	trapset *t = ld_traps(ld);
+	return t != NULL ? trapset_add_line(t, line, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int set_wl_subdomains(loader *ld, const value *v, char *err, size_t errlen)
+{
+	(void)err;
+	(void)errlen;
+	ld->wl_subdomains = v->i != 0;
+	return 0;
+}
+
+static int set_wl_domain(loader *ld, const value *v, char *err, size_t errlen)
+{
+	whitelist *wl = ld_whitelist(ld);
+	return wl != NULL ? whitelist_add_domain(wl, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int set_wl_address(loader *ld, const value *v, char *err, size_t errlen)
+{
+	whitelist *wl = ld_whitelist(ld);
+	return wl != NULL ? whitelist_add_address(wl, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int set_wl_network(loader *ld, const value *v, char *err, size_t errlen)
+{
+	whitelist *wl = ld_whitelist(ld);
+	return wl != NULL ? whitelist_add_network(wl, v->s, err, errlen) : out_of_memory(err, errlen);
+}
+
+static int add_wl_line(loader *ld, const char *line, char *err, size_t errlen)
+{
+	whitelist *wl = ld_whitelist(ld);
+	return wl != NULL ? whitelist_add_line(wl, line, err, errlen) : out_of_memory(err, errlen);
+}
+
+/* A relative list file is found beside the config file, wherever spamtrapd was started. */
+static char *resolve_path(const loader *ld, const char *name)
+{
+	const char *slash = strrchr(ld->path, '/');
+	char *path = NULL;
+
+	if (name[0] == '/' || slash == NULL)
+		return strdup(name);
+	if (asprintf(&path, "%.*s/%s", (int)(slash - ld->path), ld->path, name) < 0)
+		return NULL;
+	return path;
+}
+
+/* Strips the line ending and surrounding blanks; NULL for blank lines and comments. */
+static char *list_line(char *line)
+{
+	size_t n = strlen(line);
+
+	while (n > 0 && isspace((unsigned char)line[n - 1]))
+		line[--n] = '\0';
+	while (isspace((unsigned char)*line))
+		line++;
+	return *line == '\0' || *line == '#' ? NULL : line;
+}
+
+typedef int (*line_fn)(loader *ld, const char *line, char *err, size_t errlen);
+
+static void list_file_error(loader *ld, const char *path, size_t lineno, const char *key, const char *msg)
+{
+	int line, col;
+
+	if (ld_full(ld))
+		return;
+	ld_position(ld, ld->cur, &line, &col); /* sort it with the element naming the file */
+	ld_add(ld, line, col, "%s:%zu: %s: %s", path, lineno, key, msg);
+}
+
+/* Reads one entry a line; each bad line is reported as "LISTFILE:LINE: key: message". */
+static int read_list_lines(loader *ld, FILE *f, const char *path, const char *key, line_fn add)
+{
+	char *buf = NULL, *line, msg[MSG_MAX];
+	size_t cap = 0, lineno = 0, bad = 0;
+	ssize_t n;
+
+	while (bad < LIST_FILE_MAX_ERRORS && (n = getline(&buf, &cap, f)) >= 0) {
+		lineno++;
+		if ((size_t)n > LIST_LINE_MAX || strlen(buf) != (size_t)n) {
+			snprintf(msg, sizeof msg, "%s",
+			         (size_t)n > LIST_LINE_MAX ? "line too long" : "NUL byte in line");
+		} else if ((line = list_line(buf)) == NULL || add(ld, line, msg, sizeof msg) == 0) {
+			continue;
+		}
+		list_file_error(ld, path, lineno, key, msg);
+		bad++;
+	}
+	if (bad == LIST_FILE_MAX_ERRORS)
+		list_file_error(ld, path, lineno, key, "too many errors, stopped reading");
+	else if (ferror(f))
+		list_file_error(ld, path, lineno + 1, key, strerror(errno));
+	free(buf);
+	return bad > 0 || ferror(f) ? SET_REPORTED : 0;
+}
+
+static int read_list_file(loader *ld, const char *name, const char *key, line_fn add, char *err,
+                          size_t errlen)
+{
+	char *path = resolve_path(ld, name);
+	FILE *f;
+	int rc;
+
+	if (path == NULL)
+		return out_of_memory(err, errlen);
+	f = fopen(path, "re");
+	if (f == NULL) {
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		free(path);
+		return -1;
+	}
+	rc = read_list_lines(ld, f, path, key, add);
+	fclose(f);
+	free(path);
+	return rc;
+}
+
+static int set_trap_file(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return read_list_file(ld, v->s, "traps.files", add_trap_line, err, errlen);
+}
+
+static int set_wl_file(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return read_list_file(ld, v->s, "whitelist.files", add_wl_line, err, errlen);
+}
+
+static int set_allow(loader *ld, const value *v, char *err, size_t errlen)
+{
+	netset **allow = &ld->cfg->policy.allow;
+
+	if (*allow == NULL && (*allow = netset_new()) == NULL)
+		return out_of_memory(err, errlen);
+	return netset_add_text(*allow, v->s, err, errlen);
+}
+
+/* In the order of the DECIDE_KEY_* bits. */
+static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
+                                                  "sender_domain", "helo_name",      NULL};
+
+static int set_blocklist_key(loader *ld, const value *v, char *err, size_t errlen)
+{
+	char names[256];
+	int64_t i;
+	unsigned bit;
+
+	if (!parse_name(blocklist_key_names, v->s, &i)) {
+		names_join(blocklist_key_names, names, sizeof names);
+		snprintf(err, errlen, "expected one of %s", names);
+		return -1;
+	}
+	bit = 1u << i;
+	if (ld->cfg->decide.keys & bit) {
+		snprintf(err, errlen, "%s is listed twice", v->s);
+		return -1;
+	}
+	ld->cfg->decide.keys |= bit;
+	return 0;
+}
+
+static int set_reject(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return smtp_reply_parse(v->s, &ld->cfg->decide.reject, err, errlen) ? 0 : -1;
+}
+
+static int set_facility(loader *ld, const value *v, char *err, size_t errlen)
+{
+	int f = log_facility_from_name(v->s);
+
+	if (f < 0) {
+		snprintf(err, errlen, "expected one of mail, daemon, user, local0 to local7");
+		return -1;
+	}
+	ld->cfg->log.facility = f;
+	return 0;
+}
+
+static int set_level(loader *ld, const value *v, char *err, size_t errlen)
+{
+	int level = log_level_from_name(v->s);
+
+	if (level < 0) {
+		snprintf(err, errlen, "expected one of debug, info, notice, warning, err");
+		return -1;
+	}
+	ld->cfg->log.level = level;
+	return 0;
+}
+
+/* ---- policy.listen: a list of {"address", "role"} objects ---- */
+
+static const char *const role_names[] = {"trap", "sender", "full", NULL};
+
+#define LISTENER_CANON_MAX 128
+
+/* "192.0.2.1:10666" or "[2001:db8::1]:10666" into address family, binary address and port. */
+static bool split_inet(const char *a, int *family, unsigned char bin[16], unsigned *port)
+{
+	const char *colon = strrchr(a, ':'), *host = a;
+	char hostbuf[INET6_ADDRSTRLEN];
+	size_t hostlen;
+
+	if (colon == NULL || !parse_port(colon + 1, strlen(colon + 1), port))
+		return false;
+	hostlen = (size_t)(colon - a);
+	*family = AF_INET;
+	if (a[0] == '[' && hostlen >= 2 && a[hostlen - 1] == ']') {
+		host = a + 1;
+		hostlen -= 2;
+		*family = AF_INET6;
+	}
+	if (hostlen == 0 || hostlen >= sizeof hostbuf)
+		return false;
+	memcpy(hostbuf, host, hostlen);
+	hostbuf[hostlen] = '\0';
+	return inet_pton(*family, hostbuf, bin) == 1;
+}
+
+/* Checks a policy listener address and writes a canonical form, so that duplicates compare equal. */
+static int listener_canon(const char *a, char *canon, size_t canonlen, char *err, size_t errlen)
+{
+	const size_t unix_max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+	char text[INET6_ADDRSTRLEN];
+	unsigned char bin[16];
+	unsigned port;
+	int family;
+
+	if (strncmp(a, "unix:", 5) == 0) {
+		if (a[5] == '\0' || strlen(a + 5) > unix_max) {
+			snprintf(err, errlen, "a unix socket path must have 1 to %zu characters", unix_max);
+			return -1;
+		}
+		snprintf(canon, canonlen, "%s", a);
+		return 0;
+	}
+	if (!split_inet(a, &family, bin, &port)) {
+		snprintf(err, errlen, "expected IPV4:PORT, [IPV6]:PORT or unix:PATH");
+		return -1;
+	}
+	inet_ntop(family, bin, text, sizeof text);
+	snprintf(canon, canonlen, family == AF_INET6 ? "[%s]:%u" : "%s:%u", text, port);
+	return 0;
+}
+
+static bool key_is(const char *key, size_t keylen, const char *name)
+{
+	return keylen == strlen(name) && memcmp(key, name, keylen) == 0;
+}
+
+static int listener_member(loader *ld, const char *key, size_t keylen, const json_t *val, jpath *p,
+                           const char **address, int64_t *role)
+{
+	char names[64];
+
+	if (key_is(key, keylen, "address")) {
+		if (json_is_string(val)) {
+			*address = json_string_value(val);
+			return 0;
+		}
+		ld_error(ld, p, "expected a string");
+	} else if (key_is(key, keylen, "role")) {
+		if (json_is_string(val) && parse_name(role_names, json_string_value(val), role))
+			return 0;
+		names_join(role_names, names, sizeof names);
+		ld_error(ld, p, "expected one of %s", names);
+	} else {
+		ld_error(ld, p, "unknown key (a listener has \"address\" and \"role\")");
+	}
+	return -1;
+}
+
+/* One listener at p; the role defaults to full. Returns 0 or -1 (reported). */
+static int parse_listener(loader *ld, const json_t *obj, jpath *p, config_listener *l, char *canon)
+{
+	const char *key, *address = NULL;
+	char msg[MSG_MAX];
+	int64_t role = POLICY_ROLE_FULL;
+	size_t keylen;
+	json_t *val;
+	int bad = 0;
+
+	if (!json_is_object(obj)) {
+		ld_error(ld, p,
+		         "expected an object such as {\"address\": \"127.0.0.1:10666\", \"role\": \"trap\"}");
+		return -1;
+	}
+	json_object_keylen_foreach((json_t *)obj, key, keylen, val)
+	{
+		jpath_push_key(p, key, keylen);
+		bad |= listener_member(ld, key, keylen, val, p, &address, &role);
+		jpath_pop(p);
+	}
+	if (address == NULL) {
+		if (json_object_get(obj, "address") == NULL)
+			ld_error(ld, p, "missing \"address\"");
+		return -1;
+	}
+	jpath_push_key(p, "address", 7);
+	if (listener_canon(address, canon, LISTENER_CANON_MAX, msg, sizeof msg) < 0) {
+		ld_error(ld, p, "%s", msg);
+		bad = -1;
+	}
+	jpath_pop(p);
+	if (bad)
+		return -1;
+	l->role = (policy_role)role;
+	l->address = strdup(address);
+	if (l->address == NULL)
+		ld_error(ld, p, "out of memory");
+	return l->address != NULL ? 0 : -1;
+}
+
+/* A listener taken so far: its canonical address and its index in the file. */
+typedef struct listener_seen {
+	char canon[LISTENER_CANON_MAX];
+	size_t idx;
+} listener_seen;
+
+static const listener_seen *find_seen(const listener_seen *seen, size_t n, const char *canon)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(seen[i].canon, canon) == 0)
+			return &seen[i];
+	return NULL;
+}
+
+/* Two listeners on one address would fail at bind time, after the config was accepted. */
+static void take_listener(loader *ld, const json_t *elem, jpath *p, listener_seen *seen)
+{
+	config *cfg = ld->cfg;
+	config_listener *l = &cfg->policy.listen[cfg->policy.nlisten];
+	listener_seen *mine = &seen[cfg->policy.nlisten];
+	const listener_seen *dup;
+
+	mine->idx = p->c[p->n - 1].idx;
+	if (parse_listener(ld, elem, p, l, mine->canon) < 0)
+		return;
+	dup = find_seen(seen, cfg->policy.nlisten, mine->canon);
+	if (dup == NULL) {
+		cfg->policy.nlisten++;
+		return;
+	}
+	ld_error(ld, p, "duplicate listener %s (as policy.listen[%zu])", l->address, dup->idx);
+	free(l->address);
+	l->address = NULL;
+}
+
+static void apply_listeners(loader *ld, const json_t *v, jpath *p)
+{
+	config *cfg = ld->cfg;
+	size_t n = json_array_size(v);
+	listener_seen *seen;
+
+	if (json_is_null(v))
+		return; /* no policy front end */
+	if (!json_is_array(v)) {
+		ld_error(ld, p, "expected a list of {\"address\": ..., \"role\": ...} objects, or null");
+		return;
+	}
+	cfg->policy.listen = calloc(n + 1, sizeof *cfg->policy.listen);
+	seen = calloc(n + 1, sizeof *seen);
+	if (cfg->policy.listen == NULL || seen == NULL) {
+		ld_error(ld, p, "out of memory");
+		free(seen);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		jpath_push_index(p, i);
+		take_listener(ld, json_array_get(v, i), p, seen);
+		jpath_pop(p);
+	}
+	free(seen);
+}
+
+/* ---- the table ---- */
+
+static const char *const mode_names[] = {"enforce", "dry-run", NULL};
+static const char *const on_error_names[] = {"accept", "tempfail", NULL};
+static const char *const backend_names[] = {"sqlite", "redis", NULL};
+static const char *const action_names[] = {"discard", "reject", "accept", NULL};
+static const char *const on_mixed_names[] = {"deliver-others", "discard-all", NULL};
+static const char *const target_names[] = {"syslog", "stderr", NULL};
+
+#define J(...) #__VA_ARGS__ /* a default written as JSON */
+#define AT(member) .off = offsetof(config, member), .size = sizeof(((config *)0)->member)
+#define DAYS(n) ((int64_t)(n)*86400)
+
+/*
+ * Every key of spamtrapd.json (SPEC.md "Config", docs/spamtrapd.json.5.md).
+ * Order matters only where a set function uses an earlier key:
+ * traps.recipient_delimiter before the traps, whitelist.include_subdomains
+ * before the whitelist entries.
+ */
+static const key_def schema[] = {
+    {"user", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(user)},
+    {"mode", T_ENUM, J("enforce"), .names = mode_names, AT(decide.dry_run)},
+
+    {"milter.listen", T_STRING, J(null), K_NULLABLE, .set = set_milter_listen},
+    {"milter.socket_owner", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_owner)},
+    {"milter.socket_group", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_group)},
+    {"milter.socket_mode", T_STRING, J(null), K_NULLABLE, .set = set_socket_mode},
+    {"milter.timeout", T_DURATION, J("30s"), .min = 1, .max = 3600, AT(milter.timeout)},
+
+    {"policy.listen", T_LISTENERS, J([
+	     {"address" : "127.0.0.1:10666", "role" : "trap"},
+	     {"address" : "127.0.0.1:10667", "role" : "sender"}
+     ]),
+     .flags = K_NULLABLE},
+    {"policy.allow", T_LIST, J([ "127.0.0.0/8", "::1" ]), .set = set_allow},
+    {"policy.max_connections", T_INT, J(1000), .min = 1, .max = 100000, AT(policy.max_connections)},
+    {"policy.idle_timeout", T_DURATION, J("330s"), .min = 1, .max = 86400, AT(policy.idle_timeout)},
+    {"policy.max_line", T_INT, J(4096), .min = 256, .max = 65536, AT(policy.max_line)},
+    {"policy.max_attributes", T_INT, J(64), .min = 8, .max = 1024, AT(policy.max_attributes)},
+    {"policy.threads", T_INT, J(0), .min = 0, .max = 64, AT(policy.threads)},
+
+    {"store.backend", T_ENUM, J("sqlite"), .names = backend_names, AT(store.backend)},
+    {"store.sqlite.path", T_STRING, J("/var/lib/spamtrapd/spamtrapd.db"), K_NONEMPTY, AT(store.sqlite_path)},
+    {"store.redis.host", T_STRING, J("127.0.0.1"), K_NONEMPTY, .max = 255, AT(store.redis_host)},
+    {"store.redis.port", T_INT, J(6379), .min = 1, .max = 65535, AT(store.redis_port)},
+    {"store.redis.socket", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, AT(store.redis_socket)},
+    {"store.redis.db", T_INT, J(0), .min = 0, .max = INT32_MAX, AT(store.redis_db)},
+    {"store.redis.password", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, AT(store.redis_password)},
+    {"store.redis.prefix", T_STRING, J("spamtrapd:"), .max = 64, AT(store.redis_prefix)},
+    {"store.redis.connect_timeout", T_INT, J(1000), .min = 1, .max = 600000,
+     AT(store.redis_connect_timeout_ms)},
+    {"store.redis.command_timeout", T_INT, J(500), .min = 1, .max = 600000,
+     AT(store.redis_command_timeout_ms)},
+    {"store.on_error", T_ENUM, J("accept"), .names = on_error_names, AT(decide.on_error_tempfail)},
+    {"store.purge_interval", T_DURATION, J("10m"), .min = 1, .max = DAYS(7), AT(purge_interval)},
+
+    {"traps.recipient_delimiter", T_STRING, J("+"), .max = 16, .set = set_delimiter},
+    {"traps.addresses", T_LIST, J([]), .set = set_trap_address},
+    {"traps.domains", T_LIST, J([]), .set = set_trap_domain},
+    {"traps.patterns", T_LIST, J([]), .set = set_trap_pattern},
+    {"traps.files", T_LIST, J([]), .set = set_trap_file},
+    {"traps.action", T_ENUM, J("discard"), .names = action_names, AT(decide.action)},
+    {"traps.on_mixed", T_ENUM, J("deliver-others"), .names = on_mixed_names, AT(decide.on_mixed)},
+
+    {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},
+    {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = DAYS(3650), AT(decide.ttl)},
+    {"blocklist.ipv4_prefix", T_INT, J(32), .min = 0, .max = 32, AT(decide.ipv4_prefix)},
+    {"blocklist.ipv6_prefix", T_INT, J(64), .min = 0, .max = 128, AT(decide.ipv6_prefix)},
+    {"blocklist.reject", T_STRING, J("550 5.7.1 Sender is blocklisted after mail to a spamtrap"), K_NONEMPTY,
+     .max = 500, .set = set_reject},
+
+    {"whitelist.include_subdomains", T_BOOL, J(false), .set = set_wl_subdomains},
+    {"whitelist.domains", T_LIST, J([]), .set = set_wl_domain},
+    {"whitelist.addresses", T_LIST, J([]), .set = set_wl_address},
+    {"whitelist.networks", T_LIST, J([]), .set = set_wl_network},
+    {"whitelist.files", T_LIST, J([]), .set = set_wl_file},
+
+    {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
+    {"log.facility", T_STRING, J("mail"), .set = set_facility},
+    {"log.level", T_STRING, J("info"), .set = set_level},
+};
+
+#define NSCHEMA (sizeof schema / sizeof schema[0])
+
+typedef enum { SCHEMA_NONE, SCHEMA_LEAF, SCHEMA_SECTION } schema_kind;
+
+static schema_kind schema_find(const char *dotted, const key_def **leaf)
+{
+	size_t n = strlen(dotted);
+	schema_kind kind = SCHEMA_NONE;
+
+	for (size_t i = 0; i < NSCHEMA; i++) {
+		if (strncmp(schema[i].path, dotted, n) != 0)
+			continue;
+		if (schema[i].path[n] == '\0') {
+			if (leaf != NULL)
+				*leaf = &schema[i];
+			return SCHEMA_LEAF;
+		}
+		if (schema[i].path[n] == '.')
+			kind = SCHEMA_SECTION;
+	}
+	return kind;
+}
+
+/* ---- applying the schema to the tree ---- */
+
+static void call_set(loader *ld, const key_def *k, const value *v, const jpath *p)
+{
+	char msg[MSG_MAX] = "";
+	int rc;
+
+	ld->cur = p;
+	rc = k->set != NULL ? k->set(ld, v, msg, sizeof msg) : store_field(ld, k, v, msg, sizeof msg);
+	ld->cur = NULL;
+	if (rc == -1)
+		ld_error(ld, p, "%s", msg[0] ? msg : "invalid value");
+}
+
+static void apply_list(loader *ld, const key_def *k, const json_t *j, jpath *p)
+{
+	if (!json_is_array(j)) {
+		ld_error(ld, p, "expected a list of strings");
+		return;
+	}
+	if ((k->flags & K_NONEMPTY) && json_array_size(j) == 0) {
+		ld_error(ld, p, "must not be empty");
+		return;
+	}
+	for (size_t i = 0; i < json_array_size(j); i++) {
+		const json_t *e = json_array_get(j, i);
+		value v = {.s = json_string_value(e)};
+
+		jpath_push_index(p, i);
+		if (!json_is_string(e))
+			ld_error(ld, p, "expected a string");
+		else
+			call_set(ld, k, &v, p);
+		jpath_pop(p);
+	}
+}
+
+static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
+{
+	char msg[MSG_MAX];
+	value v = {0};
+
+	if (k->type == T_LISTENERS) {
+		apply_listeners(ld, j, p);
+	} else if (k->type == T_LIST) {
+		apply_list(ld, k, j, p);
+	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {
+		v.null = true;
+		call_set(ld, k, &v, p);
+	} else if (parse_scalar(k, j, &v, msg, sizeof msg) < 0) {
+		ld_error(ld, p, "%s", msg);
+	} else {
+		call_set(ld, k, &v, p);
+	}
+}
+
+/* The value in the tree, or the built-in default when the key is absent. */
+static void apply_key(loader *ld, const key_def *k, json_t *root)
+{
+	jpath p;
+	json_t *j, *def = NULL;
+
+	jpath_from_dotted(&p, k->path);
+	j = tree_get(root, &p);
+	if (j == NULL) {
+		j = def = json_loads(k->def, JSON_DECODE_ANY, NULL);
+		ld->in_default = true;
+	}
+	if (j != NULL)
+		apply_value(ld, k, j, &p);
+	else
+		ld_error(ld, &p, "cannot read the built-in default");
+	ld->in_default = false;
+	json_decref(def);
+}
+
+/* ---- unknown keys ---- */
+
+/* Optimal string alignment distance: a swap of two neighbours ("mdoe") counts as one typo. */
+static size_t edit_distance(const char *a, size_t alen, const char *b, size_t blen)
+{
+	unsigned char d[33][33];
+
+	if (alen >= 33 || blen >= 33)
+		return SIZE_MAX;
+	for (size_t i = 0; i <= alen; i++)
+		d[i][0] = (unsigned char)i;
+	for (size_t j = 0; j <= blen; j++)
+		d[0][j] = (unsigned char)j;
+	for (size_t i = 1; i <= alen; i++) {
+		for (size_t j = 1; j <= blen; j++) {
+			unsigned best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+			if (d[i - 1][j] + 1u < best)
+				best = d[i - 1][j] + 1u;
+			if (d[i][j - 1] + 1u < best)
+				best = d[i][j - 1] + 1u;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    d[i - 2][j - 2] + 1u < best)
+				best = d[i - 2][j - 2] + 1u;
+			d[i][j] = (unsigned char)best;
+		}
+	}
+	return d[alen][blen];
+}
+
+/* A known key a typo or two away from name, as " (did you mean traps.domains?)", or "". */
+static const char *suggest(const char *name, char *buf, size_t buflen)
+{
+	const char *dot = strrchr(name, '.'), *last = dot != NULL ? dot + 1 : name;
+	size_t plen = (size_t)(last - name), lastlen = strlen(last);
+
+	for (size_t i = 0; i < NSCHEMA; i++) {
+		const char *cand = schema[i].path + plen;
+		size_t clen;
+
+		if (strncmp(schema[i].path, name, plen) != 0) /* also: path has plen characters */
+			continue;
+		clen = strcspn(cand, ".");
+		if (edit_distance(last, lastlen, cand, clen) <= (clen <= 4 ? 1u : 2u)) {
+			snprintf(buf, buflen, " (did you mean %.*s%.*s?)", (int)plen, name, (int)clen, cand);
+			return buf;
+		}
+	}
+	return "";
+}
+
+static void check_keys(loader *ld, json_t *obj, jpath *p)
+{
+	const char *key;
+	size_t keylen;
+	json_t *val;
+	char name[KEY_TEXT_MAX], hint[KEY_TEXT_MAX + 32];
+
+	json_object_keylen_foreach(obj, key, keylen, val)
+	{
+		schema_kind kind = SCHEMA_NONE;
+
+		jpath_push_key(p, key, keylen);
+		jpath_format(p, name, sizeof name);
+		/* "traps.action" as one key would find traps/action in the schema. */
+		if (memchr(key, '.', keylen) == NULL)
+			kind = schema_find(name, NULL);
+		if (kind == SCHEMA_NONE)
+			ld_error(ld, p, "unknown key%s", suggest(name, hint, sizeof hint));
+		else if (kind == SCHEMA_SECTION && !json_is_object(val))
+			ld_error(ld, p, "expected an object");
+		else if (kind == SCHEMA_SECTION)
+			check_keys(ld, val, p);
+		jpath_pop(p);
+	}
+}
+
+/* ---- overrides: "-o dotted.key=value" ---- */
+
+/* JSON when it parses, else the text as a string; a string key keeps "-o x=123" a string. */
+static json_t *override_value(const key_def *leaf, const char *text)
+{
+	json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+
+	if (v == NULL ||
+	    (leaf != NULL && leaf->type == T_STRING && (json_is_number(v) || json_is_boolean(v)))) {
+		json_decref(v);
+		v = json_string(text);
+	}
+	return v;
+}
+
+/* Sets root[dotted] = v (stolen), making missing sections; -1 when a section in the way is not an object. */
+static int tree_set(json_t *root, const char *dotted, json_t *v)
+{
+	json_t *obj = root, *child;
+	const char *dot;
+
+	while ((dot = strchr(dotted, '.')) != NULL) {
+		child = json_object_getn(obj, dotted, (size_t)(dot - dotted));
+		if (child == NULL) {
+			child = json_object();
+			if (child == NULL ||
+			    json_object_setn_new(obj, dotted, (size_t)(dot - dotted), child) < 0)
+				break;
+		} else if (!json_is_object(child)) {
+			break;
+		}
+		obj = child;
+		dotted = dot + 1;
+	}
+	if (dot != NULL) {
+		json_decref(v);
+		return -1;
+	}
+	return json_object_set_new(obj, dotted, v);
+}
+
+static void apply_override(loader *ld, json_t *root, const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+	const key_def *leaf = NULL;
+	char hint[KEY_TEXT_MAX + 32], *key;
+	json_t *v;
+
+	if (eq == NULL || eq == arg) {
+		ld_add(ld, 0, 0, "-o %s: expected KEY=VALUE", arg);
+		return;
+	}
+	key = strndup(arg, (size_t)(eq - arg));
+	if (key == NULL) {
+		ld->lost = true;
+		return;
+	}
+	if (schema_find(key, &leaf) == SCHEMA_NONE) {
+		ld_add(ld, 0, 0, "-o %s: unknown key%s", key, suggest(key, hint, sizeof hint));
+		free(key);
+	} else if ((v = override_value(leaf, eq + 1)) == NULL) {
+		ld_add(ld, 0, 0, "-o %s: the value is not valid UTF-8", key);
+		free(key);
+	} else if (tree_set(root, key, v) < 0) {
+		ld_add(ld, 0, 0, "-o %s: cannot be applied: %s has a non-object on the way", key, ld->path);
+		free(key);
+	} else {
+		ld->override_keys[ld->noverride++] = key;
+	}
+}
+
+/* ---- loading ---- */
+
+static int read_text(loader *ld)
+{
+	FILE *f = fopen(ld->path, "re");
+	size_t cap = 0, n;
+
+	if (f == NULL) {
+		ld_add(ld, 0, 0, "%s: cannot open: %s", ld->path, strerror(errno));
+		return -1;
+	}
+	do {
+		if (ld->textlen == cap) {
+			char *t = cap < CONFIG_MAX_BYTES ? realloc(ld->text, cap + 65536) : NULL;
+			if (t == NULL)
+				break;
+			ld->text = t;
+			cap += 65536;
+		}
+		n = fread(ld->text + ld->textlen, 1, cap - ld->textlen, f);
+		ld->textlen += n;
+	} while (n > 0);
+	if (ferror(f))
+		ld_add(ld, 0, 0, "%s: cannot read: %s", ld->path, strerror(errno));
+	else if (!feof(f))
+		ld_add(ld, 0, 0, "%s: larger than %u bytes", ld->path, CONFIG_MAX_BYTES);
+	fclose(f);
+	return ld->nerrors > 0 ? -1 : 0;
+}
+
+static json_t *parse_text(loader *ld)
+{
+	json_error_t je;
+	json_t *root = json_loadb(ld->text, ld->textlen, JSON_REJECT_DUPLICATES, &je);
+
+	if (root == NULL && je.line > 0)
+		ld_add(ld, je.line, je.column, "%s:%d:%d: %s", ld->path, je.line, je.column, je.text);
+	else if (root == NULL)
+		ld_add(ld, 0, 0, "%s: %s", ld->path, je.text);
+	else if (!json_is_object(root))
+		ld_add(ld, 0, 0, "%s: expected a JSON object { ... } at the top level", ld->path);
+	if (root != NULL && !json_is_object(root)) {
+		json_decref(root);
+		root = NULL;
+	}
+	return root;
+}
+
+static void box_free(config_box *box)
+{
+	config *c = &box->cfg;
+
+	free(c->path);
+	free(c->user);
+	free(c->recipient_delimiter);
+	free(c->milter.listen);
+	free(c->milter.socket_owner);
+	free(c->milter.socket_group);
+	for (size_t i = 0; i < c->policy.nlisten; i++)
+		free(c->policy.listen[i].address);
+	free(c->policy.listen);
+	netset_free(c->policy.allow);
+	store_config_clear(&c->store);
+	trapset_free(box->traps);
+	whitelist_free(box->wl);
+	free(box);
+}
+
+/* The compiled sets exist even when empty: the request path never checks for NULL. */
+static void finish(loader *ld)
+{
+	config *cfg = ld->cfg;
+
+	if (ld_traps(ld) == NULL || ld_whitelist(ld) == NULL ||
+	    (cfg->policy.allow == NULL && (cfg->policy.allow = netset_new()) == NULL)) {
+		ld->lost = true;
+		return;
+	}
+	cfg->decide.traps = ld->box->traps;
+	cfg->decide.whitelist = ld->box->wl;
+}
+
+static config_box *build(loader *ld, json_t *root)
+{
+	config_box *box = calloc(1, sizeof *box);
+
+	if (box == NULL || (box->cfg.path = strdup(ld->path)) == NULL) {
+		free(box);
+		ld->lost = true;
+		return NULL;
+	}
+	atomic_init(&box->refs, 1);
+	ld->box = box;
+	ld->cfg = &box->cfg;
+	for (size_t i = 0; i < NSCHEMA; i++)
+		apply_key(ld, &schema[i], root);
+	finish(ld);
+	return box;
+}
+
+config *config_load(const char *path, const char *const *overrides, size_t noverrides, char *err,
+                    size_t errlen)
+{
+	loader ld = {.path = path};
+	config_box *box = NULL;
+	json_t *root = NULL;
+	jpath p = {0};
+
+	ld.override_keys = calloc(noverrides + 1, sizeof *ld.override_keys);
+	if (ld.override_keys == NULL)
+		ld.lost = true;
+	else if (read_text(&ld) == 0 && (root = parse_text(&ld)) != NULL) {
+		for (size_t i = 0; i < noverrides; i++)
+			apply_override(&ld, root, overrides[i]);
+		check_keys(&ld, root, &p);
+		box = build(&ld, root);
+	}
+	json_decref(root);
+	if (box != NULL && (ld.nerrors > 0 || ld.lost)) {
+		box_free(box);
+		box = NULL;
+	}
+	if (box == NULL && ld.nerrors == 0)
+		ld.lost = true; /* never NULL without a reason */
+	write_errors(&ld, err, errlen);
+	loader_clear(&ld);
+	return box != NULL ? &box->cfg : NULL;
+}
+
+static config_box *box_of(config *cfg)
+{
+	return (config_box *)((char *)cfg - offsetof(config_box, cfg));
+}
+
+config *config_ref(config *cfg)
+{
+	if (cfg != NULL)
+		atomic_fetch_add_explicit(&box_of(cfg)->refs, 1, memory_order_relaxed);
+	return cfg;
+}
+
+void config_unref(config *cfg)
+{
+	if (cfg != NULL && atomic_fetch_sub_explicit(&box_of(cfg)->refs, 1, memory_order_acq_rel) == 1)
+		box_free(box_of(cfg));
+}
+
+bool config_parse_duration(const char *s, int64_t *seconds)
+{
+	static const char units[] = "smhd";
+	static const int64_t unit_seconds[] = {1, 60, 3600, 86400};
+	int64_t n = 0, unit = 1;
+	const char *u;
+
+	if (s == NULL || !isdigit((unsigned char)*s))
+		return false;
+	for (; isdigit((unsigned char)*s); s++) {
+		if (n > (INT64_MAX - 9) / 10)
+			return false;
+		n = n * 10 + (*s - '0');
+	}
+	if (*s != '\0') {
+		if ((u = strchr(units, *s)) == NULL || s[1] != '\0')
+			return false;
+		unit = unit_seconds[u - units];
+	}
+	if (n > INT64_MAX / unit)
+		return false;
+	*seconds = n * unit;
+	return true;
+}
+
+const char *policy_role_name(policy_role role)
+{
+	return role >= POLICY_ROLE_TRAP && role <= POLICY_ROLE_FULL ? role_names[role] : "unknown";
+}

@@ -1,0 +1,907 @@
+/*
+ * Unit tests of config.c: defaults, the shipped file, every kind of bad
+ * value with the FILE:LINE:COLUMN: key it must name, overrides, trap and
+ * whitelist files, and the store_config helpers config links. Table-driven:
+ * one named row per case. Files are written to /tmp with mkstemp/mkdtemp.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+/* The test runs in tests/unit (see tests/CMakeLists.txt). */
+#define SHIPPED_CONFIG "../../conf/spamtrapd.json"
+#define ERRMAX 8192
+
+#define DEFAULT_REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
+
+/* ---- helpers ---- */
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_int_equal(fputs(text, f) >= 0, 1);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Writes json to a new file under /tmp; path gets its name. */
+static void write_temp(char *path, size_t pathlen, const char *json)
+{
+	int fd;
+
+	snprintf(path, pathlen, "/tmp/test_config_XXXXXX");
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	close(fd);
+	write_file(path, json);
+}
+
+static config *load_text(const char *json, const char *const *ov, size_t nov, char *path, size_t pathlen,
+                         char *err)
+{
+	config *cfg;
+
+	write_temp(path, pathlen, json);
+	err[0] = '\0';
+	cfg = config_load(path, ov, nov, err, ERRMAX);
+	unlink(path);
+	return cfg;
+}
+
+static size_t count_lines(const char *s)
+{
+	size_t n = s[0] != '\0';
+
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+static size_t count_overrides(const char *const *ov, size_t max)
+{
+	size_t n = 0;
+
+	while (n < max && ov[n] != NULL)
+		n++;
+	return n;
+}
+
+static bool is_trap(const config *cfg, const char *rcpt)
+{
+	return trapset_match(cfg->decide.traps, rcpt, NULL, 0);
+}
+
+static bool allowed(const config *cfg, const char *ip)
+{
+	addr_ip a;
+
+	assert_true(addr_ip_parse(ip, &a));
+	return netset_contains(cfg->policy.allow, &a);
+}
+
+/* ---- configs that load ---- */
+
+typedef struct ok_case {
+	const char *name;
+	const char *json;
+	const char *overrides[4];
+	void (*check)(const config *cfg);
+} ok_case;
+
+static void check_defaults(const config *cfg)
+{
+	assert_null(cfg->user);
+	assert_false(cfg->decide.dry_run);
+	assert_null(cfg->milter.listen);
+	assert_null(cfg->milter.socket_owner);
+	assert_null(cfg->milter.socket_group);
+	assert_int_equal(cfg->milter.socket_mode, 0);
+	assert_int_equal(cfg->milter.timeout, 30);
+
+	assert_int_equal(cfg->policy.nlisten, 2);
+	assert_string_equal(cfg->policy.listen[0].address, "127.0.0.1:10666");
+	assert_int_equal(cfg->policy.listen[0].role, POLICY_ROLE_TRAP);
+	assert_string_equal(cfg->policy.listen[1].address, "127.0.0.1:10667");
+	assert_int_equal(cfg->policy.listen[1].role, POLICY_ROLE_SENDER);
+	assert_int_equal(netset_count(cfg->policy.allow), 2);
+	assert_true(allowed(cfg, "127.0.0.2"));
+	assert_true(allowed(cfg, "::1"));
+	assert_false(allowed(cfg, "192.0.2.1"));
+	assert_int_equal(cfg->policy.max_connections, 1000);
+	assert_int_equal(cfg->policy.idle_timeout, 330);
+	assert_int_equal(cfg->policy.max_line, 4096);
+	assert_int_equal(cfg->policy.max_attributes, 64);
+	assert_int_equal(cfg->policy.threads, 0);
+
+	assert_int_equal(cfg->store.backend, STORE_BACKEND_SQLITE);
+	assert_string_equal(cfg->store.sqlite_path, "/var/lib/spamtrapd/spamtrapd.db");
+	assert_string_equal(cfg->store.redis_host, "127.0.0.1");
+	assert_int_equal(cfg->store.redis_port, 6379);
+	assert_null(cfg->store.redis_socket);
+	assert_int_equal(cfg->store.redis_db, 0);
+	assert_null(cfg->store.redis_password);
+	assert_string_equal(cfg->store.redis_prefix, "spamtrapd:");
+	assert_int_equal(cfg->store.redis_connect_timeout_ms, 1000);
+	assert_int_equal(cfg->store.redis_command_timeout_ms, 500);
+	assert_false(cfg->decide.on_error_tempfail);
+	assert_int_equal(cfg->purge_interval, 600);
+
+	assert_non_null(cfg->decide.traps);
+	assert_int_equal(trapset_count(cfg->decide.traps), 0);
+	assert_string_equal(cfg->recipient_delimiter, "+");
+	assert_int_equal(cfg->decide.action, TRAP_ACTION_DISCARD);
+	assert_int_equal(cfg->decide.on_mixed, ON_MIXED_DELIVER_OTHERS);
+
+	assert_int_equal(cfg->decide.keys, DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS);
+	assert_int_equal(cfg->decide.ttl, 86400);
+	assert_int_equal(cfg->decide.ipv4_prefix, 32);
+	assert_int_equal(cfg->decide.ipv6_prefix, 64);
+	assert_string_equal(cfg->decide.reject.code, "550");
+	assert_string_equal(cfg->decide.reject.xcode, "5.7.1");
+	assert_string_equal(cfg->decide.reject.text, "Sender is blocklisted after mail to a spamtrap");
+
+	assert_non_null(cfg->decide.whitelist);
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "a@example.org", "192.0.2.1"),
+	                 WHITELIST_NONE);
+
+	assert_int_equal(cfg->log.target, LOG_TARGET_SYSLOG);
+	assert_int_equal(cfg->log.facility, LOG_MAIL);
+	assert_int_equal(cfg->log.level, LOG_INFO);
+}
+
+/* The SPEC.md example, every key written out. */
+static const char spec_example[] =
+    "{\n"
+    "  \"mode\": \"dry-run\",\n"
+    "  \"milter\": { \"listen\": \"inet:8890@127.0.0.1\" },\n"
+    "  \"policy\": {\n"
+    "    \"listen\": [\n"
+    "      { \"address\": \"127.0.0.1:10666\", \"role\": \"trap\" },\n"
+    "      { \"address\": \"127.0.0.1:10667\", \"role\": \"sender\" }\n"
+    "    ],\n"
+    "    \"allow\": [\"127.0.0.0/8\", \"::1\"]\n"
+    "  },\n"
+    "  \"store\": {\n"
+    "    \"backend\": \"redis\",\n"
+    "    \"sqlite\": { \"path\": \"/var/lib/spamtrapd/spamtrapd.db\" },\n"
+    "    \"redis\": { \"host\": \"10.0.0.5\", \"port\": 6380, \"db\": 2, "
+    "\"prefix\": \"st:\" },\n"
+    "    \"on_error\": \"tempfail\"\n"
+    "  },\n"
+    "  \"traps\": {\n"
+    "    \"addresses\": [\"trap@example.com\"],\n"
+    "    \"domains\": [\"trap.example.net\"],\n"
+    "    \"patterns\": [\"^spam(master|trap)?@\"],\n"
+    "    \"files\": [],\n"
+    "    \"recipient_delimiter\": \"+-\",\n"
+    "    \"action\": \"reject\",\n"
+    "    \"on_mixed\": \"discard-all\"\n"
+    "  },\n"
+    "  \"blocklist\": {\n"
+    "    \"keys\": [\"sender\", \"client_address\", \"sasl_username\", "
+    "\"sender_domain\", \"helo_name\"],\n"
+    "    \"ttl\": \"7d\",\n"
+    "    \"ipv4_prefix\": 24,\n"
+    "    \"ipv6_prefix\": 48,\n"
+    "    \"reject\": \"554 5.7.1 Go away\"\n"
+    "  },\n"
+    "  \"whitelist\": {\n"
+    "    \"domains\": [\"example.org\"],\n"
+    "    \"include_subdomains\": true,\n"
+    "    \"addresses\": [\"boss@example.net\"],\n"
+    "    \"networks\": [\"198.51.100.0/24\"],\n"
+    "    \"files\": []\n"
+    "  },\n"
+    "  \"log\": { \"target\": \"stderr\", \"facility\": \"local3\", \"level\": \"debug\" }\n"
+    "}\n";
+
+static void check_spec_example(const config *cfg)
+{
+	assert_true(cfg->decide.dry_run);
+	assert_string_equal(cfg->milter.listen, "inet:8890@127.0.0.1");
+	assert_int_equal(cfg->store.backend, STORE_BACKEND_REDIS);
+	assert_string_equal(cfg->store.redis_host, "10.0.0.5");
+	assert_int_equal(cfg->store.redis_port, 6380);
+	assert_int_equal(cfg->store.redis_db, 2);
+	assert_string_equal(cfg->store.redis_prefix, "st:");
+	assert_true(cfg->decide.on_error_tempfail);
+	assert_int_equal(trapset_count(cfg->decide.traps), 3);
+	assert_true(is_trap(cfg, "<Trap+tag@Example.COM>"));
+	assert_true(is_trap(cfg, "trap-tag@example.com"));
+	assert_true(is_trap(cfg, "anyone@trap.example.net"));
+	assert_true(is_trap(cfg, "spammaster@example.org"));
+	assert_false(is_trap(cfg, "postmaster@example.com"));
+	assert_string_equal(cfg->recipient_delimiter, "+-");
+	assert_int_equal(cfg->decide.action, TRAP_ACTION_REJECT);
+	assert_int_equal(cfg->decide.on_mixed, ON_MIXED_DISCARD_ALL);
+	assert_int_equal(cfg->decide.keys, DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS |
+	                                       DECIDE_KEY_SASL_USERNAME | DECIDE_KEY_SENDER_DOMAIN |
+	                                       DECIDE_KEY_HELO_NAME);
+	assert_int_equal(cfg->decide.ttl, 7 * 86400);
+	assert_int_equal(cfg->decide.ipv4_prefix, 24);
+	assert_int_equal(cfg->decide.ipv6_prefix, 48);
+	assert_string_equal(cfg->decide.reject.code, "554");
+	assert_string_equal(cfg->decide.reject.text, "Go away");
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "x@mail.example.org", NULL),
+	                 WHITELIST_SENDER_DOMAIN);
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "boss@example.net", NULL),
+	                 WHITELIST_SENDER_ADDRESS);
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "x@example.net", "198.51.100.9"),
+	                 WHITELIST_CLIENT_NETWORK);
+	assert_int_equal(cfg->log.target, LOG_TARGET_STDERR);
+	assert_int_equal(cfg->log.facility, LOG_LOCAL3);
+	assert_int_equal(cfg->log.level, LOG_DEBUG);
+}
+
+static void check_ttl_7d(const config *cfg)
+{
+	assert_int_equal(cfg->decide.ttl, 7 * 86400);
+}
+
+static void check_ttl_15m(const config *cfg)
+{
+	assert_int_equal(cfg->decide.ttl, 15 * 60);
+}
+
+static void check_ttl_3600(const config *cfg)
+{
+	assert_int_equal(cfg->decide.ttl, 3600);
+}
+
+static void check_ttl_30(const config *cfg)
+{
+	assert_int_equal(cfg->decide.ttl, 30);
+}
+
+static void check_durations(const config *cfg)
+{
+	assert_int_equal(cfg->milter.timeout, 120);
+	assert_int_equal(cfg->policy.idle_timeout, 7200);
+	assert_int_equal(cfg->purge_interval, 86400);
+}
+
+static void check_listeners(const config *cfg)
+{
+	assert_int_equal(cfg->policy.nlisten, 3);
+	assert_string_equal(cfg->policy.listen[0].address, "[::1]:10666");
+	assert_int_equal(cfg->policy.listen[0].role, POLICY_ROLE_FULL);
+	assert_string_equal(cfg->policy.listen[1].address, "unix:/run/spamtrapd/policy.sock");
+	assert_int_equal(cfg->policy.listen[1].role, POLICY_ROLE_SENDER);
+	assert_string_equal(cfg->policy.listen[2].address, "0.0.0.0:10667");
+	assert_int_equal(cfg->policy.listen[2].role, POLICY_ROLE_TRAP);
+	assert_string_equal(policy_role_name(cfg->policy.listen[0].role), "full");
+}
+
+static void check_no_listeners(const config *cfg)
+{
+	assert_int_equal(cfg->policy.nlisten, 0);
+}
+
+static void check_milter(const config *cfg)
+{
+	assert_string_equal(cfg->milter.listen, "unix:/run/spamtrapd/milter.sock");
+	assert_string_equal(cfg->milter.socket_owner, "postfix");
+	assert_string_equal(cfg->milter.socket_group, "mail");
+	assert_int_equal(cfg->milter.socket_mode, 0660);
+	assert_string_equal(cfg->user, "spamtrapd");
+}
+
+static void check_allow(const config *cfg)
+{
+	assert_int_equal(netset_count(cfg->policy.allow), 2);
+	assert_true(allowed(cfg, "10.1.2.3"));
+	assert_true(allowed(cfg, "2001:db8::5"));
+	assert_false(allowed(cfg, "127.0.0.1"));
+}
+
+static void check_overrides(const config *cfg)
+{
+	assert_true(cfg->decide.dry_run);
+	assert_int_equal(cfg->store.redis_port, 6380);
+	assert_string_equal(cfg->store.redis_password, "12345");
+	assert_string_equal(cfg->store.sqlite_path, "var/spamtrapd.db");
+	/* the file's other traps keys stay */
+	assert_int_equal(cfg->decide.action, TRAP_ACTION_REJECT);
+}
+
+static void check_override_list(const config *cfg)
+{
+	assert_true(is_trap(cfg, "a@trap.example"));
+	assert_false(is_trap(cfg, "trap@example.com"));
+	assert_null(cfg->user);
+}
+
+static const ok_case ok_cases[] = {
+    {"empty object gives every default", "{}", {NULL}, check_defaults},
+    {"SPEC example with every key", spec_example, {NULL}, check_spec_example},
+    {"ttl in days", "{\"blocklist\": {\"ttl\": \"7d\"}}", {NULL}, check_ttl_7d},
+    {"ttl in minutes", "{\"blocklist\": {\"ttl\": \"15m\"}}", {NULL}, check_ttl_15m},
+    {"ttl as integer seconds", "{\"blocklist\": {\"ttl\": 3600}}", {NULL}, check_ttl_3600},
+    {"ttl as plain string seconds", "{\"blocklist\": {\"ttl\": \"30\"}}", {NULL}, check_ttl_30},
+    {"other durations",
+     "{\"milter\": {\"timeout\": \"2m\"}, \"policy\": {\"idle_timeout\": \"2h\"}, "
+     "\"store\": {\"purge_interval\": \"1d\"}}",
+     {NULL},
+     check_durations},
+    {"listeners: IPv6, unix, role defaults to full",
+     "{\"policy\": {\"listen\": [{\"address\": \"[::1]:10666\"}, "
+     "{\"address\": \"unix:/run/spamtrapd/policy.sock\", \"role\": \"sender\"}, "
+     "{\"role\": \"trap\", \"address\": \"0.0.0.0:10667\"}]}}",
+     {NULL},
+     check_listeners},
+    {"no listeners: empty list", "{\"policy\": {\"listen\": []}}", {NULL}, check_no_listeners},
+    {"no listeners: null", "{\"policy\": {\"listen\": null}}", {NULL}, check_no_listeners},
+    {"milter socket settings and user",
+     "{\"user\": \"spamtrapd\", \"milter\": {\"listen\": \"unix:/run/spamtrapd/milter.sock\", "
+     "\"socket_owner\": \"postfix\", \"socket_group\": \"mail\", \"socket_mode\": \"0660\"}}",
+     {NULL},
+     check_milter},
+    {"policy.allow replaces the default",
+     "{\"policy\": {\"allow\": [\"10.0.0.0/8\", \"2001:db8::/32\"]}}",
+     {NULL},
+     check_allow},
+    {"overrides: enum, integer, number kept as string, new section",
+     "{\"traps\": {\"action\": \"reject\"}}",
+     {"mode=dry-run", "store.redis.port=6380", "store.redis.password=12345",
+      "store.sqlite.path=var/spamtrapd.db"},
+     check_overrides},
+    {"overrides: a list as JSON, null",
+     "{\"user\": \"nobody\", \"traps\": {\"addresses\": [\"trap@example.com\"]}}",
+     {"traps.addresses=[\"a@trap.example\"]", "user=null"},
+     check_override_list},
+};
+
+static void test_ok_table(void **state)
+{
+	char path[64], err[ERRMAX];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof ok_cases / sizeof ok_cases[0]; i++) {
+		const ok_case *c = &ok_cases[i];
+		config *cfg = load_text(c->json, c->overrides, count_overrides(c->overrides, 4), path,
+		                        sizeof path, err);
+
+		print_message("case: %s\n", c->name);
+		if (cfg == NULL)
+			print_error("unexpected errors:\n%s\n", err);
+		assert_non_null(cfg);
+		assert_string_equal(cfg->path, path);
+		c->check(cfg);
+		config_unref(cfg);
+	}
+}
+
+static void test_shipped_config(void **state)
+{
+	char err[ERRMAX] = "";
+	config *cfg = config_load(SHIPPED_CONFIG, NULL, 0, err, sizeof err);
+
+	(void)state;
+	if (cfg == NULL)
+		print_error("%s\n", err);
+	assert_non_null(cfg);
+	assert_false(cfg->decide.dry_run);
+	assert_string_equal(cfg->milter.listen, "inet:8890@127.0.0.1");
+	assert_int_equal(cfg->policy.nlisten, 2);
+	assert_int_equal(cfg->store.backend, STORE_BACKEND_SQLITE);
+	assert_true(is_trap(cfg, "trap@example.com"));
+	assert_int_equal(cfg->decide.ttl, 86400);
+	config_unref(cfg);
+}
+
+/* ---- configs that must fail, and what the message must say ---- */
+
+typedef struct error_case {
+	const char *name;
+	const char *json;
+	const char *overrides[3];
+	/* Substrings of the error text; one starting with ':' must follow the file name. */
+	const char *expect[4];
+	size_t nlines; /* error lines expected */
+} error_case;
+
+static const error_case error_cases[] = {
+    {"unknown top-level key",
+     "{\n  \"mdoe\": \"enforce\"\n}",
+     {NULL},
+     {":2:3: mdoe: unknown key (did you mean mode?)"},
+     1},
+    {"unknown nested key",
+     "{\n  \"traps\": {\n    \"adresses\": []\n  }\n}",
+     {NULL},
+     {":3:5: traps.adresses: unknown key (did you mean traps.addresses?)"},
+     1},
+    {"unknown key in a listener",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:1\", \"rol\": \"trap\"}]}}",
+     {NULL},
+     {":1:51: policy.listen[0].rol: unknown key"},
+     1},
+    {"dotted key is not a path",
+     "{\"traps.action\": \"reject\"}",
+     {NULL},
+     {":1:2: traps.action: unknown key"},
+     1},
+    {"section is not an object",
+     "{\n  \"traps\": [\"a@b.example\"]\n}",
+     {NULL},
+     {":2:3: traps: expected an object"},
+     1},
+    {"top level is not an object", "[1, 2]", {NULL}, {": expected a JSON object"}, 1},
+    {"string expected",
+     "{\"store\": {\"sqlite\": {\"path\": 5}}}",
+     {NULL},
+     {":1:23: store.sqlite.path: expected a string"},
+     1},
+    {"empty string", "{\"user\": \"\"}", {NULL}, {":1:2: user: must not be empty"}, 1},
+    {"integer expected",
+     "{\n  \"store\": {\n    \"redis\": {\n      \"port\": \"6379\"\n    }\n  }\n}",
+     {NULL},
+     {":4:7: store.redis.port: expected an integer"},
+     1},
+    {"integer out of range",
+     "{\"blocklist\": {\"ipv4_prefix\": 33, \"ipv6_prefix\": -1}}",
+     {NULL},
+     {":1:16: blocklist.ipv4_prefix: must be between 0 and 32",
+      ":1:35: blocklist.ipv6_prefix: must be between 0 and 128"},
+     2},
+    {"real is not an integer",
+     "{\"policy\": {\"max_line\": 4096.0}}",
+     {NULL},
+     {"policy.max_line: expected an integer"},
+     1},
+    {"bool expected",
+     "{\"whitelist\": {\"include_subdomains\": \"yes\"}}",
+     {NULL},
+     {":1:16: whitelist.include_subdomains: expected true or false"},
+     1},
+    {"list expected",
+     "{\"traps\": {\"addresses\": \"trap@example.com\"}}",
+     {NULL},
+     {":1:12: traps.addresses: expected a list of strings"},
+     1},
+    {"list element not a string",
+     "{\"traps\": {\"domains\": [\"a.example\",\n  7]}}",
+     {NULL},
+     {":2:3: traps.domains[1]: expected a string"},
+     1},
+    {"bad enum",
+     "{\"traps\": {\"action\": \"drop\"}}",
+     {NULL},
+     {":1:12: traps.action: expected one of discard, reject, accept"},
+     1},
+    {"bad mode", "{\"mode\": \"dryrun\"}", {NULL}, {"mode: expected one of enforce, dry-run"}, 1},
+    {"bad duration unit",
+     "{\"blocklist\": {\"ttl\": \"24x\"}}",
+     {NULL},
+     {":1:16: blocklist.ttl: expected a duration"},
+     1},
+    {"negative duration",
+     "{\"blocklist\": {\"ttl\": -5}}",
+     {NULL},
+     {"blocklist.ttl: expected a duration"},
+     1},
+    {"zero ttl",
+     "{\"blocklist\": {\"ttl\": \"0s\"}}",
+     {NULL},
+     {"blocklist.ttl: must be between 1s and 3650d"},
+     1},
+    {"bad listener address",
+     "{\"policy\": {\"listen\": [{\"address\": \"localhost:10666\", \"role\": \"trap\"}]}}",
+     {NULL},
+     {":1:25: policy.listen[0].address: expected IPV4:PORT, [IPV6]:PORT or unix:PATH"},
+     1},
+    {"bad listener port",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:0\"}, {\"address\": \"[::1]:70000\"}]}}",
+     {NULL},
+     {"policy.listen[0].address: expected", "policy.listen[1].address: expected"},
+     2},
+    {"bad listener role",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:1\", \"role\": \"both\"}]}}",
+     {NULL},
+     {"policy.listen[0].role: expected one of trap, sender, full"},
+     1},
+    {"listener without address",
+     "{\"policy\": {\"listen\": [{\"role\": \"trap\"}]}}",
+     {NULL},
+     {":1:24: policy.listen[0]: missing \"address\""},
+     1},
+    {"duplicate listener",
+     "{\"policy\": {\"listen\": [\n  {\"address\": \"[::1]:10666\", \"role\": \"trap\"},\n"
+     "  {\"address\": \"[0:0::1]:10666\", \"role\": \"sender\"}\n]}}",
+     {NULL},
+     {":3:3: policy.listen[1]: duplicate listener [0:0::1]:10666 (as policy.listen[0])"},
+     1},
+    {"bad network in allow",
+     "{\"policy\": {\"allow\": [\"127.0.0.0/8\", \"10.0.0.0/33\"]}}",
+     {NULL},
+     {":1:38: policy.allow[1]: "},
+     1},
+    {"bad regex in traps.patterns",
+     "{\"traps\": {\"patterns\": [\"(unclosed\"]}}",
+     {NULL},
+     {":1:25: traps.patterns[0]: bad trap pattern"},
+     1},
+    {"bad trap address",
+     "{\"traps\": {\"addresses\": [\"not an address\"]}}",
+     {NULL},
+     {"traps.addresses[0]: 'not an address' is not a trap address"},
+     1},
+    {"missing trap file",
+     "{\"traps\": {\"files\": [\"/nonexistent/traps.txt\"]}}",
+     {NULL},
+     {":1:22: traps.files[0]: cannot open /nonexistent/traps.txt: No such file"},
+     1},
+    {"blocklist.keys empty",
+     "{\"blocklist\": {\"keys\": []}}",
+     {NULL},
+     {"blocklist.keys: must not be empty"},
+     1},
+    {"blocklist.keys unknown and twice",
+     "{\"blocklist\": {\"keys\": [\"sender\", \"ip\", \"sender\"]}}",
+     {NULL},
+     {"blocklist.keys[1]: expected one of sender, client_address, sasl_username, sender_domain, helo_name",
+      "blocklist.keys[2]: sender is listed twice"},
+     2},
+    {"reject is not an SMTP reply",
+     "{\"blocklist\": {\"reject\": \"250 OK\"}}",
+     {NULL},
+     {"blocklist.reject: "},
+     1},
+    {"bad log names",
+     "{\"log\": {\"facility\": \"kern\", \"level\": \"verbose\", \"target\": \"file\"}}",
+     {NULL},
+     {"log.facility: expected one of mail", "log.level: expected one of debug, info, notice, warning, err",
+      "log.target: expected one of syslog, stderr"},
+     3},
+    {"bad milter socket spec",
+     "{\"milter\": {\"listen\": \"inet:99999@127.0.0.1\"}}",
+     {NULL},
+     {"milter.listen: expected unix:PATH, inet:PORT@HOST or inet6:PORT@HOST"},
+     1},
+    {"bad socket mode",
+     "{\"milter\": {\"socket_mode\": \"rw-rw----\"}}",
+     {NULL},
+     {"milter.socket_mode: expected an octal mode"},
+     1},
+    {"bad recipient delimiter",
+     "{\"traps\": {\"recipient_delimiter\": \"@\"}}",
+     {NULL},
+     {"traps.recipient_delimiter: must not contain '@'"},
+     1},
+    {"syntax error with line and column", "{\n  \"mode\": \"enforce\"\n  \"log\": {}\n}", {NULL}, {":3:"}, 1},
+    {"duplicate keys",
+     "{\n  \"mode\": \"enforce\",\n  \"mode\": \"dry-run\"\n}",
+     {NULL},
+     {":3:", "duplicate object key"},
+     1},
+    {"multiple errors, sorted by position",
+     "{\n  \"blocklist\": { \"ttl\": \"1y\" },\n  \"mode\": \"on\",\n  \"traps\": { \"bogus\": 1 }\n}",
+     {NULL},
+     {":2:18: blocklist.ttl: expected a duration", ":3:3: mode: expected one of",
+      ":4:14: traps.bogus: unknown key"},
+     3},
+    {"override of an unknown key", "{}", {"traps.bogus=1"}, {"-o traps.bogus: unknown key"}, 1},
+    {"override of a typo gets a hint",
+     "{}",
+     {"blocklist.tll=1h"},
+     {"-o blocklist.tll: unknown key (did you mean blocklist.ttl?)"},
+     1},
+    {"override with a bad value",
+     "{}",
+     {"traps.action=drop", "policy.listen=[{\"address\": \"x\"}]"},
+     {"-o traps.action: expected one of discard, reject, accept",
+      "-o policy.listen: policy.listen[0].address: expected"},
+     2},
+    {"override without =", "{}", {"mode"}, {"-o mode: expected KEY=VALUE"}, 1},
+};
+
+static void check_error_text(const error_case *c, const char *path, const char *err)
+{
+	char want[512];
+
+	for (size_t j = 0; j < 4 && c->expect[j] != NULL; j++) {
+		if (c->expect[j][0] == ':')
+			snprintf(want, sizeof want, "%s%s", path, c->expect[j]);
+		else
+			snprintf(want, sizeof want, "%s", c->expect[j]);
+		if (strstr(err, want) == NULL)
+			fail_msg("case \"%s\": \"%s\" not in:\n%s", c->name, want, err);
+	}
+	if (c->nlines != count_lines(err))
+		fail_msg("case \"%s\": %zu error lines expected, got:\n%s", c->name, c->nlines, err);
+}
+
+static void test_error_table(void **state)
+{
+	char path[64], err[ERRMAX];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof error_cases / sizeof error_cases[0]; i++) {
+		const error_case *c = &error_cases[i];
+		config *cfg = load_text(c->json, c->overrides, count_overrides(c->overrides, 3), path,
+		                        sizeof path, err);
+
+		print_message("case: %s\n", c->name);
+		if (cfg != NULL)
+			fail_msg("case \"%s\": loaded, expected an error", c->name);
+		check_error_text(c, path, err);
+	}
+}
+
+/* Errors are listed in order of position: line 2 before line 3. */
+static void test_errors_sorted(void **state)
+{
+	char path[64], err[ERRMAX];
+	config *cfg = load_text("{\n  \"zzz\": 1,\n  \"aaa\": 2\n}", NULL, 0, path, sizeof path, err);
+
+	(void)state;
+	assert_null(cfg);
+	assert_non_null(strstr(err, "zzz"));
+	assert_true(strstr(err, "zzz") < strstr(err, "aaa"));
+}
+
+static void test_missing_file(void **state)
+{
+	char err[ERRMAX];
+
+	(void)state;
+	assert_null(config_load("/nonexistent/spamtrapd.json", NULL, 0, err, sizeof err));
+	assert_string_equal(err, "/nonexistent/spamtrapd.json: cannot open: No such file or directory");
+}
+
+/* A small err buffer is filled, not overrun, and still NUL-terminated. */
+static void test_small_error_buffer(void **state)
+{
+	char path[64], err[16];
+
+	(void)state;
+	write_temp(path, sizeof path, "{\"a\": 1, \"b\": 2}");
+	assert_null(config_load(path, NULL, 0, err, sizeof err));
+	unlink(path);
+	assert_true(strlen(err) < sizeof err);
+	assert_null(config_load("/nonexistent", NULL, 0, NULL, 0));
+}
+
+/* Hundreds of bad entries give a bounded, readable list. */
+static void test_error_cap(void **state)
+{
+	char path[64], err[ERRMAX * 2], json[8192] = "{\"traps\": {\"addresses\": [\"x\"";
+	config *cfg;
+
+	(void)state;
+	for (int i = 0; i < 300; i++)
+		strcat(json, ", \"x\"");
+	strcat(json, "]}}");
+	cfg = load_text(json, NULL, 0, path, sizeof path, err);
+	assert_null(cfg);
+	assert_non_null(strstr(err, "traps.addresses[49]: "));
+	assert_null(strstr(err, "traps.addresses[50]: "));
+	assert_non_null(strstr(err, "more errors not shown"));
+	assert_int_equal(count_lines(err), 51);
+}
+
+/* A value quoted in a message cannot break the one-error-a-line format. */
+static void test_error_one_line(void **state)
+{
+	char path[64], err[ERRMAX];
+	config *cfg = load_text("{\"traps\": {\"addresses\": [\"a\\nb\"]}}", NULL, 0, path, sizeof path, err);
+
+	(void)state;
+	assert_null(cfg);
+	assert_non_null(strstr(err, "traps.addresses[0]: "));
+	assert_int_equal(count_lines(err), 1);
+}
+
+/* ---- trap and whitelist files ---- */
+
+typedef struct list_dir {
+	char dir[64], conf[96], traps[96], wl[96];
+} list_dir;
+
+static void list_dir_make(list_dir *d, const char *conf, const char *traps, const char *wl)
+{
+	snprintf(d->dir, sizeof d->dir, "/tmp/test_config_XXXXXX");
+	assert_non_null(mkdtemp(d->dir));
+	snprintf(d->conf, sizeof d->conf, "%s/spamtrapd.json", d->dir);
+	snprintf(d->traps, sizeof d->traps, "%s/traps.txt", d->dir);
+	snprintf(d->wl, sizeof d->wl, "%s/whitelist.txt", d->dir);
+	write_file(d->conf, conf);
+	write_file(d->traps, traps);
+	write_file(d->wl, wl);
+}
+
+static void list_dir_remove(const list_dir *d)
+{
+	unlink(d->conf);
+	unlink(d->traps);
+	unlink(d->wl);
+	rmdir(d->dir);
+}
+
+static const char list_conf[] = "{\n"
+                                "  \"traps\": { \"files\": [\"traps.txt\"] },\n"
+                                "  \"whitelist\": { \"files\": [\"whitelist.txt\"] }\n"
+                                "}\n";
+
+/* Relative list files are read from the config file's folder. */
+static void test_list_files_relative(void **state)
+{
+	list_dir d;
+	char err[ERRMAX];
+	config *cfg;
+
+	(void)state;
+	list_dir_make(&d, list_conf, "# traps\n\ntrap@example.com\n  @trap.example.net  \r\n/^spam@/\n",
+	              "boss@example.org\n# comment\n198.51.100.0/24\n");
+	cfg = config_load(d.conf, NULL, 0, err, sizeof err);
+	list_dir_remove(&d);
+	if (cfg == NULL)
+		print_error("%s\n", err);
+	assert_non_null(cfg);
+	assert_int_equal(trapset_count(cfg->decide.traps), 3);
+	assert_true(is_trap(cfg, "trap+x@example.com"));
+	assert_true(is_trap(cfg, "who@trap.example.net"));
+	assert_true(is_trap(cfg, "spam@example.org"));
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "boss@example.org", NULL),
+	                 WHITELIST_SENDER_ADDRESS);
+	assert_int_equal(whitelist_check(cfg->decide.whitelist, "x@example.com", "198.51.100.7"),
+	                 WHITELIST_CLIENT_NETWORK);
+	config_unref(cfg);
+}
+
+/* A bad line names the list file and its line, and every bad line is reported. */
+static void test_list_files_bad_lines(void **state)
+{
+	list_dir d;
+	char err[ERRMAX], want[256];
+	config *cfg;
+
+	(void)state;
+	list_dir_make(&d, list_conf, "trap@example.com\n# ok\n/(unclosed/\nfine@example.com\n/[z-a]/\n",
+	              "not valid at all\n");
+	cfg = config_load(d.conf, NULL, 0, err, sizeof err);
+	list_dir_remove(&d);
+	assert_null(cfg);
+	snprintf(want, sizeof want, "%s:3: traps.files: ", d.traps);
+	assert_non_null(strstr(err, want));
+	snprintf(want, sizeof want, "%s:5: traps.files: ", d.traps);
+	assert_non_null(strstr(err, want));
+	snprintf(want, sizeof want, "%s:1: whitelist.files: ", d.wl);
+	assert_non_null(strstr(err, want));
+	assert_int_equal(count_lines(err), 3);
+}
+
+/* A file full of bad lines stops after a bounded number of messages. */
+static void test_list_file_error_cap(void **state)
+{
+	list_dir d;
+	char err[ERRMAX * 2], lines[2000] = "";
+	config *cfg;
+
+	(void)state;
+	for (int i = 0; i < 100; i++)
+		strcat(lines, "/(/\n");
+	list_dir_make(&d, list_conf, lines, "");
+	cfg = config_load(d.conf, NULL, 0, err, sizeof err);
+	list_dir_remove(&d);
+	assert_null(cfg);
+	assert_true(count_lines(err) <= 21);
+	assert_non_null(strstr(err, "too many errors"));
+}
+
+/* ---- durations ---- */
+
+typedef struct duration_case {
+	const char *text;
+	bool ok;
+	int64_t seconds;
+} duration_case;
+
+static const duration_case duration_cases[] = {
+    {"30", true, 30},
+    {"30s", true, 30},
+    {"15m", true, 900},
+    {"24h", true, 86400},
+    {"7d", true, 604800},
+    {"0", true, 0},
+    {"", false, 0},
+    {"s", false, 0},
+    {"-5", false, 0},
+    {"1.5h", false, 0},
+    {"10 m", false, 0},
+    {"10mm", false, 0},
+    {"1w", false, 0},
+    {" 5", false, 0},
+    {"99999999999999999999", false, 0},
+    {"9999999999999999d", false, 0},
+};
+
+static void test_parse_duration(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof duration_cases / sizeof duration_cases[0]; i++) {
+		const duration_case *c = &duration_cases[i];
+		int64_t s = -1;
+
+		print_message("case: \"%s\"\n", c->text);
+		assert_int_equal(config_parse_duration(c->text, &s), c->ok);
+		if (c->ok)
+			assert_int_equal(s, c->seconds);
+	}
+	assert_false(config_parse_duration(NULL, NULL));
+}
+
+/* ---- snapshots and store_config ---- */
+
+static void test_refcount(void **state)
+{
+	char path[64], err[ERRMAX];
+	config *cfg = load_text("{}", NULL, 0, path, sizeof path, err);
+
+	(void)state;
+	assert_non_null(cfg);
+	assert_ptr_equal(config_ref(cfg), cfg);
+	config_unref(cfg);
+	assert_string_equal(cfg->store.sqlite_path, "/var/lib/spamtrapd/spamtrapd.db"); /* still held */
+	config_unref(cfg);
+	config_unref(NULL);
+	assert_null(config_ref(NULL));
+}
+
+static void test_store_config(void **state)
+{
+	char path[64], err[ERRMAX];
+	const char *ov[] = {"store.redis.password=secret"};
+	config *cfg = load_text("{}", ov, 1, path, sizeof path, err);
+	store_config copy;
+
+	(void)state;
+	assert_non_null(cfg);
+	assert_int_equal(store_config_copy(&copy, &cfg->store), 0);
+	assert_true(store_config_equal(&copy, &cfg->store));
+	assert_ptr_not_equal(copy.sqlite_path, cfg->store.sqlite_path);
+	assert_string_equal(copy.redis_password, "secret");
+	assert_null(copy.redis_socket);
+	copy.redis_db = 3;
+	assert_false(store_config_equal(&copy, &cfg->store));
+	copy.redis_db = cfg->store.redis_db;
+	free(copy.redis_password);
+	copy.redis_password = NULL;
+	assert_false(store_config_equal(&copy, &cfg->store));
+	store_config_clear(&copy);
+	assert_null(copy.sqlite_path);
+	store_config_clear(NULL);
+	config_unref(cfg);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_ok_table),
+	    cmocka_unit_test(test_shipped_config),
+	    cmocka_unit_test(test_error_table),
+	    cmocka_unit_test(test_errors_sorted),
+	    cmocka_unit_test(test_missing_file),
+	    cmocka_unit_test(test_error_cap),
+	    cmocka_unit_test(test_error_one_line),
+	    cmocka_unit_test(test_small_error_buffer),
+	    cmocka_unit_test(test_list_files_relative),
+	    cmocka_unit_test(test_list_files_bad_lines),
+	    cmocka_unit_test(test_list_file_error_cap),
+	    cmocka_unit_test(test_parse_duration),
+	    cmocka_unit_test(test_refcount),
+	    cmocka_unit_test(test_store_config),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
