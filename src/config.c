@@ -1549,7 +1549,7 @@ static config_box *build(loader *ld, json_t *root)
 config *config_load(const char *path, const char *const *overrides, size_t noverrides, char *err,
                     size_t errlen)
 {
-	loader ld = {.path = path};
+	loader ld = {.path = path != NULL ? path : "(no file)"};
 	config_box *box = NULL;
 	json_t *root = NULL;
 	jpath p = {0};
