@@ -1,0 +1,211 @@
+/*
+ * store: the public face of the blocklist store. Checks arguments once,
+ * then dispatches to the backend chosen by store_config.backend through
+ * its ops table (store_backend.h). Errors are kept per thread, so that
+ * many threads can share one store and each read its own last error.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store.h"
+#include "store/store_backend.h"
+
+struct store {
+	const store_ops *ops;
+	store_backend_impl *impl;
+};
+
+static _Thread_local char last_error[512];
+
+store_status store_set_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	va_end(ap);
+	return STORE_ERROR;
+}
+
+const char *store_last_error(void)
+{
+	return last_error[0] ? last_error : "no error";
+}
+
+size_t store_field_len(const char *s, size_t cap)
+{
+	size_t len;
+
+	if (!s || cap == 0)
+		return 0;
+	len = strnlen(s, cap);
+	if (len < cap)
+		return len;
+	len = cap - 1;
+	/* Do not split a multi-byte UTF-8 sequence: back up over continuation bytes. */
+	while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+		len--;
+	return len;
+}
+
+void store_field_copy(char *dst, size_t cap, const char *src, size_t len)
+{
+	if (cap == 0)
+		return;
+	if (!src)
+		len = 0;
+	if (len >= cap)
+		len = store_field_len(src, cap);
+	if (len)
+		memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+const char *store_hit_reason(const store_hit *hit)
+{
+	return hit->reason && hit->reason[0] ? hit->reason : "trap";
+}
+
+static const store_ops *ops_for(store_backend backend)
+{
+	switch (backend) {
+	case STORE_BACKEND_SQLITE:
+		return &store_sqlite_ops;
+	case STORE_BACKEND_REDIS:
+		return &store_redis_ops;
+	}
+	return NULL;
+}
+
+store *store_open(const store_config *cfg, char *err, size_t errlen)
+{
+	const store_ops *ops = cfg ? ops_for(cfg->backend) : NULL;
+	store *st;
+
+	if (!ops) {
+		snprintf(err, errlen, "store: unknown backend");
+		return NULL;
+	}
+	st = calloc(1, sizeof(*st));
+	if (!st) {
+		snprintf(err, errlen, "store: out of memory");
+		return NULL;
+	}
+	st->ops = ops;
+	st->impl = ops->open(cfg, err, errlen);
+	if (!st->impl) {
+		free(st);
+		return NULL;
+	}
+	return st;
+}
+
+void store_free(store *st)
+{
+	if (!st)
+		return;
+	st->ops->free(st->impl);
+	free(st);
+}
+
+const char *store_backend_name(const store *st)
+{
+	return st ? st->ops->name : "none";
+}
+
+/* A key the backends can store: present, not empty, shorter than STORE_KEY_MAX. */
+static bool key_ok(const char *key)
+{
+	if (!key || !key[0]) {
+		store_set_error("empty blocklist key");
+		return false;
+	}
+	if (strnlen(key, STORE_KEY_MAX) >= STORE_KEY_MAX) {
+		store_set_error("blocklist key longer than %d bytes", STORE_KEY_MAX - 1);
+		return false;
+	}
+	return true;
+}
+
+static bool keys_ok(const char *const *keys, size_t nkeys, size_t max)
+{
+	if (nkeys > max) {
+		store_set_error("%zu keys in one call, at most %zu", nkeys, max);
+		return false;
+	}
+	if (nkeys && !keys) {
+		store_set_error("no keys given");
+		return false;
+	}
+	for (size_t i = 0; i < nkeys; i++)
+		if (!key_ok(keys[i]))
+			return false;
+	return true;
+}
+
+store_status store_lookup(store *st, const char *const *keys, size_t nkeys, int64_t now, store_entry *found)
+{
+	store_entry scratch;
+
+	if (!keys_ok(keys, nkeys, STORE_LOOKUP_MAX))
+		return STORE_ERROR;
+	if (nkeys == 0)
+		return STORE_NOTFOUND;
+	return st->ops->lookup(st->impl, keys, nkeys, now, found ? found : &scratch);
+}
+
+store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit)
+{
+	if (!hit)
+		return store_set_error("store_record: no hit given");
+	if (hit->ttl <= 0)
+		return store_set_error("store_record: ttl must be positive, not %lld", (long long)hit->ttl);
+	if (!keys_ok(keys, nkeys, STORE_RECORD_MAX))
+		return STORE_ERROR;
+	if (nkeys == 0)
+		return STORE_OK;
+	return st->ops->record(st->impl, keys, nkeys, hit);
+}
+
+store_status store_get(store *st, const char *key, store_entry *out)
+{
+	if (!key_ok(key))
+		return STORE_ERROR;
+	if (!out)
+		return store_set_error("store_get: no entry to fill");
+	return st->ops->get(st->impl, key, out);
+}
+
+store_status store_put(store *st, const store_entry *e)
+{
+	if (!e)
+		return store_set_error("store_put: no entry given");
+	if (strnlen(e->key, sizeof(e->key)) >= sizeof(e->key))
+		return store_set_error("store_put: key is not terminated");
+	if (!key_ok(e->key))
+		return STORE_ERROR;
+	return st->ops->put(st->impl, e);
+}
+
+store_status store_remove(store *st, const char *key)
+{
+	if (!key_ok(key))
+		return STORE_ERROR;
+	return st->ops->remove(st->impl, key);
+}
+
+store_status store_purge(store *st, int64_t now, uint64_t *purged)
+{
+	uint64_t scratch = 0;
+
+	return st->ops->purge(st->impl, now, purged ? purged : &scratch);
+}
+
+store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx)
+{
+	if (!fn)
+		return store_set_error("store_foreach: no visitor given");
+	return st->ops->foreach (st->impl, now, fn, ctx);
+}

@@ -1,0 +1,58 @@
+/*
+ * store_backend: the private contract between store.c and its backends.
+ * store.c checks arguments once (key count and length, NULL pointers) and
+ * dispatches through a store_ops table; a backend only does the database
+ * work and reports failures with store_set_error().
+ */
+#ifndef SPAMTRAPD_STORE_BACKEND_H
+#define SPAMTRAPD_STORE_BACKEND_H
+
+#include <stddef.h>
+
+#include "store/store.h"
+
+/* Most keys one lookup may carry (DECIDE_MAX_LOOKUP in core/decide.h). */
+#define STORE_LOOKUP_MAX 48
+/* Most keys one trap hit may record (DECIDE_MAX_RECORD, with headroom). */
+#define STORE_RECORD_MAX 16
+
+/* Capacity of a store_entry field, for capping values written to a backend. */
+#define STORE_FIELD_CAP(field) sizeof(((store_entry *)0)->field)
+
+typedef struct store_backend_impl store_backend_impl;
+
+typedef struct store_ops {
+	const char *name;
+	store_backend_impl *(*open)(const store_config *cfg, char *err, size_t errlen);
+	void (*free)(store_backend_impl *impl);
+	store_status (*lookup)(store_backend_impl *impl, const char *const *keys, size_t nkeys, int64_t now,
+	                       store_entry *found);
+	store_status (*record)(store_backend_impl *impl, const char *const *keys, size_t nkeys,
+	                       const store_hit *hit);
+	store_status (*get)(store_backend_impl *impl, const char *key, store_entry *out);
+	store_status (*put)(store_backend_impl *impl, const store_entry *e);
+	store_status (*remove)(store_backend_impl *impl, const char *key);
+	store_status (*purge)(store_backend_impl *impl, int64_t now, uint64_t *purged);
+	store_status (*foreach)(store_backend_impl *impl, int64_t now, store_visit_fn fn, void *ctx);
+} store_ops;
+
+extern const store_ops store_sqlite_ops;
+extern const store_ops store_redis_ops;
+
+/* Sets this thread's store_last_error(); always returns STORE_ERROR. */
+store_status store_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Bytes of s to keep in a field of cap bytes (NUL included): at most
+ * cap - 1, cut back to the start of a UTF-8 sequence so that a capped
+ * field stays valid text. s may be NULL (0).
+ */
+size_t store_field_len(const char *s, size_t cap);
+
+/* Copy len bytes of src (which may be NULL) into dst of cap bytes, capped and NUL-terminated. */
+void store_field_copy(char *dst, size_t cap, const char *src, size_t len);
+
+/* The provenance strings of a hit, NULL as "" and reason NULL as "trap". */
+const char *store_hit_reason(const store_hit *hit);
+
+#endif

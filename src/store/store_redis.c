@@ -1,0 +1,1116 @@
+/*
+ * store_redis: the blocklist in Redis, shared by every MX host of a site.
+ *
+ * Layout: one hash per entry at PREFIX "bl:" KEY (PREFIX is
+ * store.redis.prefix) with the fields of field_names[] below; Redis's own
+ * expiry (EXPIREAT at the entry's expires) drops it, so purging is only
+ * needed when clocks disagree. Lookups still compare expires with the
+ * caller's now, so both backends answer alike. See docs/redis.md.
+ *
+ * Round trips: a lookup pipelines one HMGET per key (one round trip for
+ * all keys); a trap hit is one Lua script (EVALSHA, EVAL when the server
+ * lost it) that updates every key atomically; foreach and purge walk the
+ * keys with SCAN, never KEYS.
+ *
+ * Failures: a pool of connections under a mutex and condition variable.
+ * A connection that fails is dropped. A broken idle connection (the server
+ * closed it) is replaced and the command retried once at once; any other
+ * failure starts a growing back-off during which calls fail at once with
+ * STORE_ERROR instead of hammering a dead server. Every wait is bounded by
+ * the connect and command timeouts. SIGPIPE from writing to a closed
+ * socket is kept away from the process while a command runs.
+ */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/store_backend.h"
+
+#define POOL_SIZE 8
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define DEFAULT_TIMEOUT_MS 1000
+#define SCAN_COUNT "1000"
+#define FETCH_BATCH 256
+#define SHA_LEN 40
+#define PREFIX_MAX 200
+#define KEYBUF (PREFIX_MAX + 3 + STORE_KEY_MAX)
+
+/* Hash fields, in the order HMGET asks for them. */
+enum {
+	F_EXPIRES,
+	F_FIRST,
+	F_LAST,
+	F_HITS,
+	F_TRAP,
+	F_SENDER,
+	F_RCPT,
+	F_CLIENT,
+	F_HELO,
+	F_QID,
+	F_REASON,
+	NFIELDS
+};
+static const char *const field_names[NFIELDS] = {"expires", "first",  "last", "hits", "trap",  "sender",
+                                                 "rcpt",    "client", "helo", "qid",  "reason"};
+
+/*
+ * KEYS: the entries. ARGV: now, expires, trap, sender, rcpt, client, helo,
+ * qid, reason. A missing or expired entry starts over (first = now,
+ * hits = 1); a live one counts the hit and keeps a longer expiry.
+ */
+static const char record_lua[] =
+    "local now = tonumber(ARGV[1])\n"
+    "for _, k in ipairs(KEYS) do\n"
+    "  local exp = tonumber(ARGV[2])\n"
+    "  local old = tonumber(redis.call('HGET', k, 'expires'))\n"
+    "  if old == nil or old <= now then\n"
+    "    redis.call('DEL', k)\n"
+    "    redis.call('HSET', k, 'first', ARGV[1], 'hits', 1)\n"
+    "  else\n"
+    "    redis.call('HINCRBY', k, 'hits', 1)\n"
+    "    if old > exp then exp = old end\n"
+    "  end\n"
+    "  redis.call('HSET', k, 'expires', string.format('%d', exp), 'last', ARGV[1], 'trap', ARGV[3],\n"
+    "    'sender', ARGV[4], 'rcpt', ARGV[5], 'client', ARGV[6], 'helo', ARGV[7], 'qid', ARGV[8],\n"
+    "    'reason', ARGV[9])\n"
+    "  redis.call('EXPIREAT', k, string.format('%d', exp))\n"
+    "end\n"
+    "return #KEYS\n";
+
+/* KEYS: candidates from SCAN. ARGV: now. Deletes those expired at now; returns how many. */
+static const char purge_lua[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local n = 0\n"
+    "for _, k in ipairs(KEYS) do\n"
+    "  local e = redis.pcall('HGET', k, 'expires')\n"
+    "  if type(e) == 'string' and tonumber(e) ~= nil and tonumber(e) <= now then\n"
+    "    redis.call('DEL', k)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+enum { SCRIPT_RECORD, SCRIPT_PURGE, NSCRIPTS };
+static const char *const scripts[NSCRIPTS] = {record_lua, purge_lua};
+
+typedef struct rconn {
+	redisContext *ctx;
+	char sha[NSCRIPTS][SHA_LEN + 1];
+	bool busy;
+	bool stale; /* healthy socket, wrong server state: replace it */
+} rconn;
+
+struct store_backend_impl {
+	store_config cfg;
+	char where[300]; /* "redis 127.0.0.1:6379" for messages */
+	char *prefix;    /* cfg.redis_prefix "bl:" */
+	size_t prefixlen;
+	char *pattern; /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
+	struct timeval connect_tv, command_tv;
+	int command_timeout_ms;
+	bool guard_sigpipe;
+
+	pthread_mutex_t lock; /* guards the fields below and conns[].busy */
+	pthread_cond_t freed;
+	rconn conns[POOL_SIZE];
+	bool down;           /* the last connection attempt or command failed */
+	int64_t retry_at_ms; /* while down: no connection attempt before this (monotonic) */
+	int backoff_ms;
+	char down_reason[256];
+};
+
+/* --- SIGPIPE ------------------------------------------------------------- */
+
+/*
+ * hiredis writes with write(2); a server that went away would kill the
+ * process with SIGPIPE unless the program ignores it. Block it on this
+ * thread while a command runs and swallow one that we raised.
+ */
+typedef struct pipe_guard {
+	bool active;
+	bool pending_before;
+	sigset_t old;
+} pipe_guard;
+
+static void pipe_guard_begin(pipe_guard *g, bool active)
+{
+	sigset_t set, pending;
+
+	g->active = active;
+	if (!active)
+		return;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigpending(&pending);
+	g->pending_before = sigismember(&pending, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+static void pipe_guard_end(pipe_guard *g)
+{
+	sigset_t set, pending;
+	struct timespec zero = {0, 0};
+
+	if (!g->active)
+		return;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigpending(&pending);
+	if (!g->pending_before && sigismember(&pending, SIGPIPE))
+		sigtimedwait(&set, NULL, &zero);
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* One backend call run on a pooled connection; see run(). */
+typedef struct op op;
+typedef store_status (*op_fn)(store_backend_impl *s, rconn *rc, op *o);
+struct op {
+	const char *what;
+	op_fn fn;
+	bool no_retry; /* set by fn once it has had effects a retry would repeat */
+	const char *const *keys;
+	size_t nkeys;
+	int64_t now;
+	const store_hit *hit;
+	const store_entry *in;
+	store_entry *out;
+	uint64_t count;
+	store_visit_fn visit;
+	void *ctx;
+	pipe_guard guard;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timeval ms_to_tv(int ms)
+{
+	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+
+	return tv;
+}
+
+/* --- replies ------------------------------------------------------------- */
+
+static store_status io_error(const store_backend_impl *s, const redisContext *c, const char *what)
+{
+	return store_set_error("%s: %s: %s", s->where, what,
+	                       c->err && c->errstr[0] ? c->errstr : "connection lost");
+}
+
+/*
+ * Appending to the output buffer failed (out of memory). Earlier commands
+ * may be queued already, so the connection is out of step: mark it failed
+ * so that it is never reused.
+ */
+static store_status append_failed(const store_backend_impl *s, redisContext *c, const char *what)
+{
+	c->err = REDIS_ERR_OOM;
+	return store_set_error("%s: %s: out of memory", s->where, what);
+}
+
+/* Next reply of the pipeline; STORE_ERROR when the connection failed. */
+static store_status next_reply(const store_backend_impl *s, redisContext *c, redisReply **out,
+                               const char *what)
+{
+	void *r = NULL;
+
+	*out = NULL;
+	if (redisGetReply(c, &r) != REDIS_OK || !r) {
+		if (!c->err)
+			c->err = REDIS_ERR_IO; /* keep the connection from being reused */
+		return io_error(s, c, what);
+	}
+	*out = r;
+	return STORE_OK;
+}
+
+/*
+ * An error reply. READONLY (we reached a replica: a failover moved the
+ * master), LOADING and MASTERDOWN mean "this server, not now": the
+ * connection is marked stale so that run() replaces it.
+ */
+static store_status reply_error(const store_backend_impl *s, rconn *rc, const redisReply *r, const char *what)
+{
+	static const char *const stale[] = {"READONLY", "LOADING", "MASTERDOWN"};
+
+	if (r->type == REDIS_REPLY_ERROR)
+		for (size_t i = 0; i < sizeof(stale) / sizeof(stale[0]); i++)
+			if (strncmp(r->str, stale[i], strlen(stale[i])) == 0)
+				rc->stale = true;
+	if (r->type == REDIS_REPLY_ERROR)
+		return store_set_error("%s: %s: %.*s", s->where, what, (int)r->len, r->str);
+	return store_set_error("%s: %s: unexpected reply type %d", s->where, what, r->type);
+}
+
+static bool reply_is_str(const redisReply *r)
+{
+	return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
+}
+
+static int64_t str_to_i64(const redisReply *r)
+{
+	return reply_is_str(r) ? strtoll(r->str, NULL, 10) : 0;
+}
+
+static void field_from_reply(char *dst, size_t cap, const redisReply *r)
+{
+	store_field_copy(dst, cap, reply_is_str(r) ? r->str : NULL, reply_is_str(r) ? r->len : 0);
+}
+
+/* An HMGET reply of field_names[] into e; false when the entry does not exist. */
+static bool entry_from_reply(const redisReply *r, const char *key, store_entry *e)
+{
+	redisReply *const *f;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != NFIELDS || !reply_is_str(r->element[F_EXPIRES]))
+		return false;
+	f = r->element;
+	memset(e, 0, sizeof(*e));
+	store_field_copy(e->key, sizeof(e->key), key, strlen(key));
+	e->expires = str_to_i64(f[F_EXPIRES]);
+	e->first_seen = str_to_i64(f[F_FIRST]);
+	e->last_seen = str_to_i64(f[F_LAST]);
+	e->hits = reply_is_str(f[F_HITS]) ? strtoull(f[F_HITS]->str, NULL, 10) : 0;
+	field_from_reply(e->trap, sizeof(e->trap), f[F_TRAP]);
+	field_from_reply(e->sender, sizeof(e->sender), f[F_SENDER]);
+	field_from_reply(e->recipient, sizeof(e->recipient), f[F_RCPT]);
+	field_from_reply(e->client, sizeof(e->client), f[F_CLIENT]);
+	field_from_reply(e->helo, sizeof(e->helo), f[F_HELO]);
+	field_from_reply(e->queue_id, sizeof(e->queue_id), f[F_QID]);
+	field_from_reply(e->reason, sizeof(e->reason), f[F_REASON]);
+	return true;
+}
+
+/* --- commands ------------------------------------------------------------ */
+
+/* PREFIX "bl:" key into buf (prefixlen + STORE_KEY_MAX bytes); returns its length. */
+static size_t full_key(const store_backend_impl *s, const char *key, char *buf)
+{
+	size_t len = strlen(key);
+
+	memcpy(buf, s->prefix, s->prefixlen);
+	memcpy(buf + s->prefixlen, key, len + 1);
+	return s->prefixlen + len;
+}
+
+static int append_hmget(redisContext *c, const char *fullkey, size_t keylen)
+{
+	const char *argv[2 + NFIELDS];
+	size_t argvlen[2 + NFIELDS];
+
+	argv[0] = "HMGET";
+	argvlen[0] = 5;
+	argv[1] = fullkey;
+	argvlen[1] = keylen;
+	for (int i = 0; i < NFIELDS; i++) {
+		argv[2 + i] = field_names[i];
+		argvlen[2 + i] = strlen(field_names[i]);
+	}
+	return redisAppendCommandArgv(c, 2 + NFIELDS, argv, argvlen);
+}
+
+/* A command of plain C strings, sent and answered in one round trip. */
+static store_status command(const store_backend_impl *s, redisContext *c, redisReply **out, const char *what,
+                            int argc, const char **argv)
+{
+	size_t argvlen[16];
+
+	for (int i = 0; i < argc; i++)
+		argvlen[i] = strlen(argv[i]);
+	if (redisAppendCommandArgv(c, argc, argv, argvlen) != REDIS_OK)
+		return append_failed(s, c, what);
+	return next_reply(s, c, out, what);
+}
+
+/*
+ * EVALSHA of a script with argv[0..1] left free for the command and the
+ * script; falls back to EVAL when the server does not have it (a restart,
+ * SCRIPT FLUSH, a failover).
+ */
+static store_status eval_script(const store_backend_impl *s, rconn *rc, int script, int argc,
+                                const char **argv, size_t *argvlen, redisReply **out, const char *what)
+{
+	store_status st;
+
+	argv[0] = "EVALSHA";
+	argv[1] = rc->sha[script];
+	argvlen[0] = 7;
+	argvlen[1] = strlen(rc->sha[script]);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (redisAppendCommandArgv(rc->ctx, argc, argv, argvlen) != REDIS_OK)
+			return append_failed(s, rc->ctx, what);
+		st = next_reply(s, rc->ctx, out, what);
+		if (st != STORE_OK || (*out)->type != REDIS_REPLY_ERROR ||
+		    strncmp((*out)->str, "NOSCRIPT", 8) != 0)
+			return st;
+		freeReplyObject(*out);
+		*out = NULL;
+		argv[0] = "EVAL";
+		argv[1] = scripts[script];
+		argvlen[0] = 4;
+		argvlen[1] = strlen(scripts[script]);
+	}
+	return store_set_error("%s: %s: script not accepted", s->where, what);
+}
+
+/* --- connections --------------------------------------------------------- */
+
+static void drop(rconn *rc)
+{
+	if (rc->ctx)
+		redisFree(rc->ctx);
+	rc->ctx = NULL;
+	rc->stale = false;
+}
+
+static redisContext *dial(const store_backend_impl *s, char *err, size_t errlen)
+{
+	redisContext *c;
+
+	if (s->cfg.redis_socket && s->cfg.redis_socket[0])
+		c = redisConnectUnixWithTimeout(s->cfg.redis_socket, s->connect_tv);
+	else
+		c = redisConnectWithTimeout(s->cfg.redis_host, s->cfg.redis_port, s->connect_tv);
+	if (!c) {
+		snprintf(err, errlen, "%s: out of memory", s->where);
+		return NULL;
+	}
+	if (c->err) {
+		snprintf(err, errlen, "%s: cannot connect: %s", s->where, c->errstr);
+		redisFree(c);
+		return NULL;
+	}
+	if (redisSetTimeout(c, s->command_tv) != REDIS_OK) {
+		snprintf(err, errlen, "%s: cannot set the command timeout: %s", s->where, c->errstr);
+		redisFree(c);
+		return NULL;
+	}
+	if (!s->cfg.redis_socket || !s->cfg.redis_socket[0])
+		redisEnableKeepAlive(c);
+	return c;
+}
+
+/*
+ * AUTH, SELECT and SCRIPT LOAD, pipelined. Returns 1 when the server
+ * answered with an error (a setting is wrong), -1 when the connection
+ * failed, 0 when ready.
+ */
+static int handshake(const store_backend_impl *s, rconn *rc, char *err, size_t errlen)
+{
+	char db[16];
+	const char *cmds[2 + NSCRIPTS][3];
+	int n = 0, argcs[2 + NSCRIPTS], result = 0;
+
+	if (s->cfg.redis_password && s->cfg.redis_password[0]) {
+		cmds[n][0] = "AUTH", cmds[n][1] = s->cfg.redis_password, argcs[n++] = 2;
+	}
+	if (s->cfg.redis_db != 0) {
+		snprintf(db, sizeof(db), "%d", s->cfg.redis_db);
+		cmds[n][0] = "SELECT", cmds[n][1] = db, argcs[n++] = 2;
+	}
+	for (int i = 0; i < NSCRIPTS; i++)
+		cmds[n][0] = "SCRIPT", cmds[n][1] = "LOAD", cmds[n][2] = scripts[i], argcs[n++] = 3;
+	for (int i = 0; i < n; i++) {
+		size_t lens[3];
+
+		for (int j = 0; j < argcs[i]; j++)
+			lens[j] = strlen(cmds[i][j]);
+		if (redisAppendCommandArgv(rc->ctx, argcs[i], cmds[i], lens) != REDIS_OK) {
+			snprintf(err, errlen, "%s: out of memory", s->where);
+			return -1;
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, cmds[i][0]) != STORE_OK) {
+			snprintf(err, errlen, "%s", store_last_error());
+			return -1;
+		}
+		if (r->type == REDIS_REPLY_ERROR && !result) {
+			/* Never echo the password; name the command. */
+			snprintf(err, errlen, "%s: %s refused: %.*s", s->where, cmds[i][0], (int)r->len,
+			         r->str);
+			result = 1;
+		} else if (i >= n - NSCRIPTS && r->type == REDIS_REPLY_STRING && r->len == SHA_LEN) {
+			memcpy(rc->sha[i - (n - NSCRIPTS)], r->str, SHA_LEN + 1);
+		}
+		freeReplyObject(r);
+	}
+	return result;
+}
+
+/* Connect rc; 0 on success, 1 (server refused a setting) or -1 (no connection) with err. */
+static int conn_connect(const store_backend_impl *s, rconn *rc, char *err, size_t errlen)
+{
+	int result;
+
+	rc->ctx = dial(s, err, errlen);
+	if (!rc->ctx)
+		return -1;
+	result = handshake(s, rc, err, errlen);
+	if (result != 0)
+		drop(rc);
+	return result;
+}
+
+/* After a failure: no new connection for a while, and a longer while each time. */
+static void note_failure(store_backend_impl *s, const char *why)
+{
+	pthread_mutex_lock(&s->lock);
+	s->down = true;
+	s->retry_at_ms = now_ms() + s->backoff_ms;
+	s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
+	snprintf(s->down_reason, sizeof(s->down_reason), "%s", why);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * May this thread try to connect now? While the server is down, one
+ * thread at a time may, once the back-off has passed: it claims the
+ * attempt so that the others fail fast meanwhile.
+ */
+static bool may_connect(store_backend_impl *s)
+{
+	bool ok;
+	int64_t t = now_ms();
+
+	pthread_mutex_lock(&s->lock);
+	ok = !s->down || t >= s->retry_at_ms;
+	if (ok && s->down)
+		s->retry_at_ms = t + s->backoff_ms;
+	else
+		store_set_error("%s (next attempt in %lld ms)", s->down_reason,
+		                (long long)(s->retry_at_ms - t));
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
+static int ensure_connected(store_backend_impl *s, rconn *rc)
+{
+	char err[512];
+
+	if (rc->ctx)
+		return 0;
+	if (!may_connect(s))
+		return -1;
+	if (conn_connect(s, rc, err, sizeof(err)) != 0) {
+		note_failure(s, err);
+		store_set_error("%s", err);
+		return -1;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->down = false;
+	s->backoff_ms = BACKOFF_MIN_MS;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static rconn *acquire(store_backend_impl *s)
+{
+	rconn *rc = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		/* Prefer a connected slot, so that a few threads do not each open one. */
+		for (int i = 0; i < POOL_SIZE && !rc; i++)
+			if (!s->conns[i].busy && s->conns[i].ctx)
+				rc = &s->conns[i];
+		for (int i = 0; i < POOL_SIZE && !rc; i++)
+			if (!s->conns[i].busy)
+				rc = &s->conns[i];
+		if (rc)
+			break;
+		pthread_cond_wait(&s->freed, &s->lock);
+	}
+	rc->busy = true;
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+static void release(store_backend_impl *s, rconn *rc)
+{
+	pthread_mutex_lock(&s->lock);
+	rc->busy = false;
+	pthread_cond_signal(&s->freed);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static bool timed_out(const store_backend_impl *s, const redisContext *c, int saved_errno, int64_t elapsed_ms)
+{
+#ifdef REDIS_ERR_TIMEOUT
+	if (c->err == REDIS_ERR_TIMEOUT)
+		return true;
+#else
+	(void)c;
+#endif
+	return saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || elapsed_ms >= s->command_timeout_ms;
+}
+
+/*
+ * Run o->fn on a pooled connection. A connection-level failure drops the
+ * connection; when it was an old connection failing at once (closed by
+ * the server while idle), a fresh one gets one more try.
+ */
+static store_status run(store_backend_impl *s, op *o)
+{
+	rconn *rc = acquire(s);
+	store_status st = STORE_ERROR;
+
+	pipe_guard_begin(&o->guard, s->guard_sigpipe);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		bool fresh = rc->ctx == NULL;
+		int64_t start = now_ms();
+		int saved_errno;
+
+		if (ensure_connected(s, rc) < 0)
+			break;
+		errno = 0;
+		st = o->fn(s, rc, o);
+		saved_errno = errno;
+		if (st != STORE_ERROR || (!rc->ctx->err && !rc->stale))
+			break; /* done, or an error reply on a healthy connection */
+		if (fresh || o->no_retry ||
+		    (rc->ctx->err && timed_out(s, rc->ctx, saved_errno, now_ms() - start))) {
+			note_failure(s, store_last_error());
+			drop(rc);
+			break;
+		}
+		drop(rc);
+	}
+	pipe_guard_end(&o->guard);
+	release(s, rc);
+	return st;
+}
+
+/* --- operations ---------------------------------------------------------- */
+
+static store_status op_lookup(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[KEYBUF];
+	store_status st = STORE_NOTFOUND, err = STORE_OK;
+
+	for (size_t i = 0; i < o->nkeys; i++)
+		if (append_hmget(rc->ctx, buf, full_key(s, o->keys[i], buf)) != REDIS_OK)
+			return append_failed(s, rc->ctx, "lookup");
+	for (size_t i = 0; i < o->nkeys; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "lookup") != STORE_OK)
+			return STORE_ERROR;
+		if (r->type == REDIS_REPLY_ERROR)
+			err = reply_error(s, rc, r, "lookup");
+		else if (st == STORE_NOTFOUND && entry_from_reply(r, o->keys[i], o->out) &&
+		         o->out->expires > o->now)
+			st = STORE_OK;
+		freeReplyObject(r);
+	}
+	return err == STORE_ERROR ? STORE_ERROR : st;
+}
+
+static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
+{
+	const store_hit *h = o->hit;
+	char now[24], expires[24];
+	const char *argv[3 + STORE_RECORD_MAX + 9];
+	size_t argvlen[3 + STORE_RECORD_MAX + 9], n = 3;
+	char nkeys[8], *keys = malloc(o->nkeys * (s->prefixlen + STORE_KEY_MAX));
+	const char *vals[9];
+	const size_t caps[9] = {sizeof(now),
+	                        sizeof(expires),
+	                        STORE_FIELD_CAP(trap),
+	                        STORE_FIELD_CAP(sender),
+	                        STORE_FIELD_CAP(recipient),
+	                        STORE_FIELD_CAP(client),
+	                        STORE_FIELD_CAP(helo),
+	                        STORE_FIELD_CAP(queue_id),
+	                        STORE_FIELD_CAP(reason)};
+	redisReply *r = NULL;
+	store_status st;
+
+	if (!keys)
+		return store_set_error("%s: record: out of memory", s->where);
+	snprintf(nkeys, sizeof(nkeys), "%zu", o->nkeys);
+	snprintf(now, sizeof(now), "%lld", (long long)h->now);
+	snprintf(expires, sizeof(expires), "%lld", (long long)(h->now + h->ttl));
+	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
+	for (size_t i = 0; i < o->nkeys; i++, n++) {
+		char *k = keys + i * (s->prefixlen + STORE_KEY_MAX);
+
+		argvlen[n] = full_key(s, o->keys[i], k);
+		argv[n] = k;
+	}
+	vals[0] = now, vals[1] = expires, vals[2] = h->trap, vals[3] = h->sender, vals[4] = h->recipient;
+	vals[5] = h->client, vals[6] = h->helo, vals[7] = h->queue_id, vals[8] = store_hit_reason(h);
+	for (int i = 0; i < 9; i++, n++) {
+		argv[n] = vals[i] ? vals[i] : "";
+		argvlen[n] = store_field_len(argv[n], caps[i]);
+	}
+	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "record");
+	freeReplyObject(r);
+	free(keys);
+	return st;
+}
+
+static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[KEYBUF];
+	redisReply *r;
+	store_status st = STORE_NOTFOUND;
+
+	if (append_hmget(rc->ctx, buf, full_key(s, o->keys[0], buf)) != REDIS_OK)
+		return append_failed(s, rc->ctx, "get");
+	if (next_reply(s, rc->ctx, &r, "get") != STORE_OK)
+		return STORE_ERROR;
+	if (r->type == REDIS_REPLY_ERROR)
+		st = reply_error(s, rc, r, "get");
+	else if (entry_from_reply(r, o->keys[0], o->out))
+		st = STORE_OK;
+	freeReplyObject(r);
+	return st;
+}
+
+/* HSET of every field of e; argv/argvlen hold 2 + 2 * NFIELDS. */
+static void put_args(const store_entry *e, const char *key, size_t keylen, char nums[4][24],
+                     const char **argv, size_t *argvlen)
+{
+	const char *vals[NFIELDS];
+
+	snprintf(nums[0], 24, "%lld", (long long)e->expires);
+	snprintf(nums[1], 24, "%lld", (long long)e->first_seen);
+	snprintf(nums[2], 24, "%lld", (long long)e->last_seen);
+	snprintf(nums[3], 24, "%llu", (unsigned long long)e->hits);
+	vals[F_EXPIRES] = nums[0], vals[F_FIRST] = nums[1], vals[F_LAST] = nums[2], vals[F_HITS] = nums[3];
+	vals[F_TRAP] = e->trap, vals[F_SENDER] = e->sender, vals[F_RCPT] = e->recipient;
+	vals[F_CLIENT] = e->client, vals[F_HELO] = e->helo, vals[F_QID] = e->queue_id,
+	vals[F_REASON] = e->reason;
+	argv[0] = "HSET", argvlen[0] = 4;
+	argv[1] = key, argvlen[1] = keylen;
+	for (int i = 0; i < NFIELDS; i++) {
+		argv[2 + 2 * i] = field_names[i];
+		argvlen[2 + 2 * i] = strlen(field_names[i]);
+		argv[3 + 2 * i] = vals[i];
+		/* Fields of a caller's entry need not be terminated: cap at the field. */
+		argvlen[3 + 2 * i] = store_field_len(vals[i], i < F_TRAP ? 24 : STORE_FIELD_MAX);
+	}
+	argvlen[3 + 2 * F_CLIENT] = store_field_len(e->client, sizeof(e->client));
+	argvlen[3 + 2 * F_HELO] = store_field_len(e->helo, sizeof(e->helo));
+	argvlen[3 + 2 * F_QID] = store_field_len(e->queue_id, sizeof(e->queue_id));
+}
+
+/* MULTI, DEL, HSET, EXPIREAT, EXEC in one round trip: the entry is replaced atomically. */
+static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[KEYBUF], nums[4][24];
+	const char *argv[2 + 2 * NFIELDS];
+	size_t argvlen[2 + 2 * NFIELDS], keylen = full_key(s, o->in->key, buf);
+	const char *del[2] = {"DEL", buf}, *exp[3] = {"EXPIREAT", buf, nums[0]};
+	size_t dellen[2] = {3, keylen}, explen[3];
+	store_status st = STORE_OK;
+
+	put_args(o->in, buf, keylen, nums, argv, argvlen);
+	explen[0] = 8, explen[1] = keylen, explen[2] = strlen(nums[0]);
+	if (redisAppendCommand(rc->ctx, "MULTI") != REDIS_OK ||
+	    redisAppendCommandArgv(rc->ctx, 2, del, dellen) != REDIS_OK ||
+	    redisAppendCommandArgv(rc->ctx, 2 + 2 * NFIELDS, argv, argvlen) != REDIS_OK ||
+	    redisAppendCommandArgv(rc->ctx, 3, exp, explen) != REDIS_OK ||
+	    redisAppendCommand(rc->ctx, "EXEC") != REDIS_OK) {
+		return append_failed(s, rc->ctx, "put");
+	}
+	for (int i = 0; i < 5; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "put") != STORE_OK)
+			return STORE_ERROR;
+		if (st == STORE_OK &&
+		    (r->type == REDIS_REPLY_ERROR || (i == 4 && r->type != REDIS_REPLY_ARRAY)))
+			st = reply_error(s, rc, r, "put");
+		freeReplyObject(r);
+	}
+	return st;
+}
+
+static store_status op_remove(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[KEYBUF];
+	const char *argv[2] = {"DEL", buf};
+	redisReply *r;
+	store_status st;
+
+	full_key(s, o->keys[0], buf);
+	if (command(s, rc->ctx, &r, "remove", 2, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "remove");
+	else
+		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
+	freeReplyObject(r);
+	return st;
+}
+
+/* --- SCAN ---------------------------------------------------------------- */
+
+typedef store_status (*scan_batch_fn)(store_backend_impl *s, rconn *rc, op *o, redisReply *keys);
+
+/* Walk every key under the prefix with SCAN; batch gets each non-empty array of key names. */
+static store_status scan_all(store_backend_impl *s, rconn *rc, op *o, scan_batch_fn batch)
+{
+	char cursor[32] = "0";
+
+	do {
+		const char *argv[6] = {"SCAN", cursor, "MATCH", s->pattern, "COUNT", SCAN_COUNT};
+		redisReply *r;
+		store_status st = STORE_OK;
+
+		if (command(s, rc->ctx, &r, o->what, 6, argv) != STORE_OK)
+			return STORE_ERROR;
+		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !reply_is_str(r->element[0]) ||
+		    r->element[1]->type != REDIS_REPLY_ARRAY) {
+			st = reply_error(s, rc, r, o->what);
+		} else {
+			snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+			if (r->element[1]->elements > 0)
+				st = batch(s, rc, o, r->element[1]);
+		}
+		freeReplyObject(r);
+		if (st != STORE_OK)
+			return st;
+	} while (strcmp(cursor, "0") != 0);
+	return STORE_OK;
+}
+
+static store_status purge_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	size_t n = keys->elements + 4;
+	const char **argv = calloc(n, sizeof(*argv));
+	size_t *argvlen = calloc(n, sizeof(*argvlen));
+	char nkeys[24], now[24];
+	redisReply *r = NULL;
+	store_status st = STORE_ERROR;
+
+	if (!argv || !argvlen) {
+		store_set_error("%s: purge: out of memory", s->where);
+		goto out;
+	}
+	snprintf(nkeys, sizeof(nkeys), "%zu", keys->elements);
+	snprintf(now, sizeof(now), "%lld", (long long)o->now);
+	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
+	for (size_t i = 0; i < keys->elements; i++)
+		argv[3 + i] = keys->element[i]->str, argvlen[3 + i] = keys->element[i]->len;
+	argv[n - 1] = now, argvlen[n - 1] = strlen(now);
+	st = eval_script(s, rc, SCRIPT_PURGE, (int)n, argv, argvlen, &r, "purge");
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "purge");
+	else if (st == STORE_OK)
+		o->count += (uint64_t)r->integer;
+	freeReplyObject(r);
+out:
+	free(argv);
+	free(argvlen);
+	return st;
+}
+
+static store_status op_purge(store_backend_impl *s, rconn *rc, op *o)
+{
+	return scan_all(s, rc, o, purge_batch);
+}
+
+/* The key names foreach collects, without the prefix. */
+typedef struct keylist {
+	char **v;
+	size_t n, cap;
+} keylist;
+
+static store_status collect_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	keylist *kl = o->ctx;
+
+	(void)rc;
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+
+		if (!reply_is_str(k) || k->len <= s->prefixlen || k->len - s->prefixlen >= STORE_KEY_MAX)
+			continue;
+		if (kl->n == kl->cap) {
+			size_t cap = kl->cap ? kl->cap * 2 : 1024;
+			char **v = realloc(kl->v, cap * sizeof(*v));
+
+			if (!v)
+				return store_set_error("%s: foreach: out of memory", s->where);
+			kl->v = v, kl->cap = cap;
+		}
+		if (!(kl->v[kl->n] = strndup(k->str + s->prefixlen, k->len - s->prefixlen)))
+			return store_set_error("%s: foreach: out of memory", s->where);
+		kl->n++;
+	}
+	return STORE_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Fetch keys[0..n) in one pipeline and visit the live ones; 1 when the visitor stopped. */
+static int visit_batch(store_backend_impl *s, rconn *rc, op *o, char **keys, size_t n, store_entry *e)
+{
+	char buf[KEYBUF];
+	int stop = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (append_hmget(rc->ctx, buf, full_key(s, keys[i], buf)) != REDIS_OK)
+			return append_failed(s, rc->ctx, "foreach");
+	for (size_t i = 0; i < n; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "foreach") != STORE_OK)
+			return STORE_ERROR;
+		if (!stop && entry_from_reply(r, keys[i], e) && e->expires > o->now) {
+			o->no_retry = true;
+			/* The visitor writes output: let SIGPIPE reach it as usual. */
+			pipe_guard_end(&o->guard);
+			stop = o->visit(e, o->ctx) != 0;
+			pipe_guard_begin(&o->guard, o->guard.active);
+		}
+		freeReplyObject(r);
+	}
+	return stop;
+}
+
+static store_status visit_sorted(store_backend_impl *s, rconn *rc, op *o, keylist *kl)
+{
+	store_entry *e = malloc(sizeof(*e));
+	size_t n = 0;
+	int rv = 0;
+
+	if (!e)
+		return store_set_error("%s: foreach: out of memory", s->where);
+	qsort(kl->v, kl->n, sizeof(*kl->v), cmp_str);
+	/* SCAN may return a key more than once. */
+	for (size_t i = 0; i < kl->n; i++) {
+		if (n > 0 && strcmp(kl->v[n - 1], kl->v[i]) == 0)
+			free(kl->v[i]);
+		else
+			kl->v[n++] = kl->v[i];
+	}
+	kl->n = n;
+	for (size_t i = 0; i < n && rv == 0; i += FETCH_BATCH)
+		rv = visit_batch(s, rc, o, kl->v + i, n - i < FETCH_BATCH ? n - i : FETCH_BATCH, e);
+	free(e);
+	return rv < 0 ? STORE_ERROR : STORE_OK;
+}
+
+/* SCAN order is arbitrary: collect the names, sort them, then fetch in pipelined batches. */
+static store_status op_foreach(store_backend_impl *s, rconn *rc, op *o)
+{
+	keylist kl = {0};
+	void *visit_ctx = o->ctx;
+	store_status st;
+
+	o->ctx = &kl;
+	st = scan_all(s, rc, o, collect_batch);
+	o->ctx = visit_ctx;
+	if (st == STORE_OK)
+		st = visit_sorted(s, rc, o, &kl);
+	for (size_t i = 0; i < kl.n; i++)
+		free(kl.v[i]);
+	free(kl.v);
+	return st;
+}
+
+/* --- the ops table ------------------------------------------------------- */
+
+static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
+                                 store_entry *found)
+{
+	op o = {.what = "lookup", .fn = op_lookup, .keys = keys, .nkeys = nkeys, .now = now, .out = found};
+
+	return run(s, &o);
+}
+
+static store_status redis_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                                 const store_hit *hit)
+{
+	op o = {.what = "record", .fn = op_record, .keys = keys, .nkeys = nkeys, .hit = hit};
+
+	return run(s, &o);
+}
+
+static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
+{
+	op o = {.what = "get", .fn = op_get, .keys = &key, .nkeys = 1, .out = out};
+
+	return run(s, &o);
+}
+
+static store_status redis_put(store_backend_impl *s, const store_entry *e)
+{
+	op o = {.what = "put", .fn = op_put, .in = e};
+
+	return run(s, &o);
+}
+
+static store_status redis_remove(store_backend_impl *s, const char *key)
+{
+	op o = {.what = "remove", .fn = op_remove, .keys = &key, .nkeys = 1};
+
+	return run(s, &o);
+}
+
+static store_status redis_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
+{
+	op o = {.what = "purge", .fn = op_purge, .now = now};
+	store_status st = run(s, &o);
+
+	*purged = o.count;
+	return st;
+}
+
+static store_status redis_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)
+{
+	op o = {.what = "foreach", .fn = op_foreach, .now = now, .visit = fn, .ctx = ctx};
+
+	return run(s, &o);
+}
+
+/* --- open and free ------------------------------------------------------- */
+
+static void redis_free(store_backend_impl *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < POOL_SIZE; i++)
+		drop(&s->conns[i]);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->freed);
+	store_config_clear(&s->cfg);
+	free(s->prefix);
+	free(s->pattern);
+	free(s);
+}
+
+/* The prefix with glob characters escaped, then "*": SCAN MATCH must not read the prefix as a pattern. */
+static char *match_pattern(const char *prefix)
+{
+	size_t len = strlen(prefix);
+	char *p = malloc(2 * len + 2), *q = p;
+
+	if (!p)
+		return NULL;
+	for (const char *c = prefix; *c; c++) {
+		if (strchr("*?[]\\", *c))
+			*q++ = '\\';
+		*q++ = *c;
+	}
+	*q++ = '*';
+	*q = '\0';
+	return p;
+}
+
+static int settings(store_backend_impl *s, const store_config *cfg, char *err, size_t errlen)
+{
+	bool unix_socket = cfg->redis_socket && cfg->redis_socket[0];
+	const char *prefix = cfg->redis_prefix ? cfg->redis_prefix : "";
+	int cto = cfg->redis_connect_timeout_ms > 0 ? cfg->redis_connect_timeout_ms : DEFAULT_TIMEOUT_MS;
+
+	if (!unix_socket &&
+	    (!cfg->redis_host || !cfg->redis_host[0] || cfg->redis_port <= 0 || cfg->redis_port > 65535)) {
+		snprintf(err, errlen, "redis: store.redis needs a host and a port (1-65535), or a socket");
+		return -1;
+	}
+	if (store_config_copy(&s->cfg, cfg) < 0)
+		goto oom;
+	if (unix_socket)
+		snprintf(s->where, sizeof(s->where), "redis unix:%s", cfg->redis_socket);
+	else
+		snprintf(s->where, sizeof(s->where),
+		         strchr(cfg->redis_host, ':') ? "redis [%s]:%d" : "redis %s:%d", cfg->redis_host,
+		         cfg->redis_port);
+	s->command_timeout_ms =
+	    cfg->redis_command_timeout_ms > 0 ? cfg->redis_command_timeout_ms : DEFAULT_TIMEOUT_MS;
+	s->connect_tv = ms_to_tv(cto);
+	s->command_tv = ms_to_tv(s->command_timeout_ms);
+	s->prefixlen = strlen(prefix) + 3;
+	if (!(s->prefix = malloc(s->prefixlen + 1)))
+		goto oom;
+	snprintf(s->prefix, s->prefixlen + 1, "%sbl:", prefix);
+	if (!(s->pattern = match_pattern(s->prefix)))
+		goto oom;
+	return 0;
+oom:
+	snprintf(err, errlen, "redis: out of memory");
+	return -1;
+}
+
+static bool sigpipe_ignored(void)
+{
+	struct sigaction sa;
+
+	return sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN;
+}
+
+/*
+ * A server that cannot be reached now is not an error here: the daemon
+ * must start and apply store.on_error until Redis is back. A server that
+ * refuses AUTH or SELECT is: that is a setting to fix.
+ */
+static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t errlen)
+{
+	store_backend_impl *s = calloc(1, sizeof(*s));
+	rconn *rc;
+	pipe_guard guard;
+	int result;
+
+	if (!s) {
+		snprintf(err, errlen, "redis: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->freed, NULL);
+	s->backoff_ms = BACKOFF_MIN_MS;
+	if (settings(s, cfg, err, errlen) < 0) {
+		redis_free(s);
+		return NULL;
+	}
+	s->guard_sigpipe = !sigpipe_ignored();
+	rc = &s->conns[0];
+	pipe_guard_begin(&guard, s->guard_sigpipe);
+	result = conn_connect(s, rc, err, errlen);
+	pipe_guard_end(&guard);
+	if (result > 0) {
+		redis_free(s);
+		return NULL;
+	}
+	if (result < 0)
+		note_failure(s, err);
+	if (errlen > 0)
+		err[0] = '\0';
+	return s;
+}
+
+const store_ops store_redis_ops = {
+    .name = "redis",
+    .open = redis_open,
+    .free = redis_free,
+    .lookup = redis_lookup,
+    .record = redis_record,
+    .get = redis_get,
+    .put = redis_put,
+    .remove = redis_remove,
+    .purge = redis_purge,
+    .foreach = redis_foreach,
+};

@@ -1,0 +1,563 @@
+/*
+ * store_sqlite: the embedded blocklist in one SQLite file.
+ *
+ * Concurrency: a small pool of connections, each with its own prepared
+ * statements, handed out under a mutex and condition variable; a thread
+ * holds a connection for one call. The file is in WAL mode, so lookups
+ * never wait for a writer. Writers of this process queue on a mutex
+ * rather than spinning in SQLite's busy handler; busy_timeout covers
+ * other processes (spamtrapctl next to the daemon).
+ *
+ * Schema version 1 (PRAGMA user_version): one row per key, an index on
+ * expires for purges. A lookup is one statement for up to 48 keys: an IN
+ * list whose unused slots are bound to NULL (which matches nothing),
+ * ordered by the key's position so the first key of the caller's list
+ * wins. Errors name the file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/store_backend.h"
+
+#define POOL_SIZE 4
+#define BUSY_TIMEOUT_MS 5000
+#define SCHEMA_VERSION 1
+
+enum {
+	ST_LOOKUP,
+	ST_RECORD,
+	ST_GET,
+	ST_PUT,
+	ST_REMOVE,
+	ST_PURGE,
+	ST_FOREACH,
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_COUNT
+};
+
+/* Column order of every SELECT; row_to_entry() reads them by these positions. */
+#define COLUMNS                                                                                              \
+	"key, first_seen, last_seen, expires, hits, trap, sender, recipient, client, helo, queue_id, reason"
+
+static const char schema_sql[] = "CREATE TABLE blocklist ("
+                                 " key TEXT PRIMARY KEY NOT NULL,"
+                                 " first_seen INTEGER NOT NULL,"
+                                 " last_seen INTEGER NOT NULL,"
+                                 " expires INTEGER NOT NULL,"
+                                 " hits INTEGER NOT NULL DEFAULT 0,"
+                                 " trap TEXT NOT NULL DEFAULT '',"
+                                 " sender TEXT NOT NULL DEFAULT '',"
+                                 " recipient TEXT NOT NULL DEFAULT '',"
+                                 " client TEXT NOT NULL DEFAULT '',"
+                                 " helo TEXT NOT NULL DEFAULT '',"
+                                 " queue_id TEXT NOT NULL DEFAULT '',"
+                                 " reason TEXT NOT NULL DEFAULT ''"
+                                 ") WITHOUT ROWID;"
+                                 "CREATE INDEX blocklist_expires ON blocklist (expires);"
+                                 "PRAGMA user_version = 1;";
+
+/*
+ * A hit on an expired (not yet purged) row starts a new listing, as it
+ * would in Redis where the key is gone; a hit never shortens a longer
+ * expiry someone set by hand.
+ */
+static const char record_sql[] =
+    "INSERT INTO blocklist (" COLUMNS ") VALUES (?1, ?2, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " first_seen = CASE WHEN expires <= excluded.last_seen THEN excluded.first_seen ELSE first_seen END,"
+    " hits = CASE WHEN expires <= excluded.last_seen THEN 1 ELSE hits + 1 END,"
+    " expires = CASE WHEN expires <= excluded.last_seen THEN excluded.expires"
+    " ELSE max(expires, excluded.expires) END,"
+    " last_seen = excluded.last_seen, trap = excluded.trap, sender = excluded.sender,"
+    " recipient = excluded.recipient, client = excluded.client, helo = excluded.helo,"
+    " queue_id = excluded.queue_id, reason = excluded.reason";
+
+static const char *const fixed_sql[ST_COUNT] = {
+    [ST_RECORD] = record_sql,
+    [ST_GET] = "SELECT " COLUMNS " FROM blocklist WHERE key = ?1",
+    [ST_PUT] = "INSERT OR REPLACE INTO blocklist (" COLUMNS
+               ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [ST_REMOVE] = "DELETE FROM blocklist WHERE key = ?1",
+    [ST_PURGE] = "DELETE FROM blocklist WHERE expires <= ?1",
+    [ST_FOREACH] = "SELECT " COLUMNS " FROM blocklist WHERE expires > ?1 ORDER BY key",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+};
+
+typedef struct conn {
+	sqlite3 *db;
+	sqlite3_stmt *stmt[ST_COUNT];
+	bool busy;
+} conn;
+
+struct store_backend_impl {
+	char *path;
+	pthread_mutex_t lock; /* guards conns[].busy */
+	pthread_cond_t freed;
+	pthread_mutex_t write_lock; /* one writer of this process at a time */
+	conn conns[POOL_SIZE];
+	char lookup_sql[4096];
+};
+
+/* --- setup --------------------------------------------------------------- */
+
+static void build_lookup_sql(char *buf, size_t buflen)
+{
+	size_t n = (size_t)snprintf(buf, buflen, "SELECT " COLUMNS " FROM blocklist WHERE key IN (");
+
+	for (int i = 1; i <= STORE_LOOKUP_MAX; i++)
+		n += (size_t)snprintf(buf + n, buflen - n, "%s?%d", i > 1 ? ", " : "", i);
+	n += (size_t)snprintf(buf + n, buflen - n, ") AND expires > ?%d ORDER BY CASE key",
+	                      STORE_LOOKUP_MAX + 1);
+	for (int i = 1; i <= STORE_LOOKUP_MAX; i++)
+		n += (size_t)snprintf(buf + n, buflen - n, " WHEN ?%d THEN %d", i, i);
+	snprintf(buf + n, buflen - n, " END LIMIT 1");
+}
+
+/* Create a new file with mode 0640 (the WAL and shm files inherit it); an existing one is left alone. */
+static int create_file(const char *path, char *err, size_t errlen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0640);
+
+	if (fd < 0) {
+		if (errno == EEXIST)
+			return 0;
+		snprintf(err, errlen, "sqlite %s: cannot create the database: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fchmod(fd, 0640) < 0) {
+		snprintf(err, errlen, "sqlite %s: cannot set mode 0640: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int exec_sql(sqlite3 *db, const char *path, const char *sql, char *err, size_t errlen)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
+		return 0;
+	snprintf(err, errlen, "sqlite %s: %s", path, msg ? msg : sqlite3_errmsg(db));
+	sqlite3_free(msg);
+	return -1;
+}
+
+static int query_int(sqlite3 *db, const char *sql, int *out)
+{
+	sqlite3_stmt *stmt = NULL;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+
+	if (rc == SQLITE_OK) {
+		rc = sqlite3_step(stmt);
+		if (rc == SQLITE_ROW) {
+			*out = sqlite3_column_int(stmt, 0);
+			rc = SQLITE_OK;
+		}
+	}
+	sqlite3_finalize(stmt);
+	return rc;
+}
+
+/* Check the schema version, creating version 1 in an empty file; in one write transaction. */
+static int schema_check(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	int version = 0, ntables = 0;
+
+	if (exec_sql(db, path, "BEGIN IMMEDIATE", err, errlen) < 0)
+		return -1;
+	if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
+	    query_int(db, "SELECT count(*) FROM sqlite_master", &ntables) != SQLITE_OK) {
+		snprintf(err, errlen, "sqlite %s: %s", path, sqlite3_errmsg(db));
+		goto fail;
+	}
+	if (version == 0 && ntables == 0) {
+		if (exec_sql(db, path, schema_sql, err, errlen) < 0)
+			goto fail;
+	} else if (version == 0) {
+		snprintf(err, errlen,
+		         "sqlite %s: not a spamtrapd database (it has tables but no schema version)", path);
+		goto fail;
+	} else if (version > SCHEMA_VERSION) {
+		snprintf(err, errlen, "sqlite %s: schema version %d is newer than this spamtrapd knows (%d)",
+		         path, version, SCHEMA_VERSION);
+		goto fail;
+	}
+	return exec_sql(db, path, "COMMIT", err, errlen);
+fail:
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
+static void conn_close(conn *c)
+{
+	for (int i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(c->stmt[i]);
+	sqlite3_close(c->db);
+	memset(c, 0, sizeof(*c));
+}
+
+static int conn_prepare(conn *c, const store_backend_impl *s, char *err, size_t errlen)
+{
+	for (int i = 0; i < ST_COUNT; i++) {
+		const char *sql = i == ST_LOOKUP ? s->lookup_sql : fixed_sql[i];
+
+		if (sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[i], NULL) !=
+		    SQLITE_OK) {
+			snprintf(err, errlen, "sqlite %s: preparing statements: %s", s->path,
+			         sqlite3_errmsg(c->db));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
+{
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+	char pragmas[128];
+
+	if (sqlite3_open_v2(s->path, &c->db, flags, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "sqlite %s: cannot open: %s", s->path,
+		         c->db ? sqlite3_errmsg(c->db) : "out of memory");
+		return -1;
+	}
+	sqlite3_extended_result_codes(c->db, 1);
+	snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout = %d; PRAGMA synchronous = NORMAL;",
+	         BUSY_TIMEOUT_MS);
+	if (exec_sql(c->db, s->path, pragmas, err, errlen) < 0)
+		return -1;
+	/* journal_mode is stored in the file; setting it once is enough, and the first connection does. */
+	if (first && (exec_sql(c->db, s->path, "PRAGMA journal_mode = WAL", err, errlen) < 0 ||
+	              schema_check(c->db, s->path, err, errlen) < 0))
+		return -1;
+	return conn_prepare(c, s, err, errlen);
+}
+
+static void sqlite_free(store_backend_impl *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < POOL_SIZE; i++)
+		conn_close(&s->conns[i]);
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->write_lock);
+	pthread_cond_destroy(&s->freed);
+	free(s->path);
+	free(s);
+}
+
+static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_t errlen)
+{
+	store_backend_impl *s;
+
+	if (!cfg->sqlite_path || !cfg->sqlite_path[0] || strcmp(cfg->sqlite_path, ":memory:") == 0) {
+		snprintf(err, errlen, "sqlite: store.sqlite.path must name a file");
+		return NULL;
+	}
+	if (!sqlite3_threadsafe()) {
+		snprintf(err, errlen, "sqlite: the SQLite library was built without thread support");
+		return NULL;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->path = strdup(cfg->sqlite_path))) {
+		free(s);
+		snprintf(err, errlen, "sqlite: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->write_lock, NULL);
+	pthread_cond_init(&s->freed, NULL);
+	build_lookup_sql(s->lookup_sql, sizeof(s->lookup_sql));
+	if (create_file(s->path, err, errlen) < 0)
+		goto fail;
+	for (int i = 0; i < POOL_SIZE; i++)
+		if (conn_open(&s->conns[i], s, i == 0, err, errlen) < 0)
+			goto fail;
+	return s;
+fail:
+	sqlite_free(s);
+	return NULL;
+}
+
+/* --- the pool ------------------------------------------------------------ */
+
+static conn *acquire(store_backend_impl *s)
+{
+	conn *c = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		for (int i = 0; i < POOL_SIZE && !c; i++)
+			if (!s->conns[i].busy)
+				c = &s->conns[i];
+		if (c)
+			break;
+		pthread_cond_wait(&s->freed, &s->lock);
+	}
+	c->busy = true;
+	pthread_mutex_unlock(&s->lock);
+	return c;
+}
+
+static void release(store_backend_impl *s, conn *c)
+{
+	pthread_mutex_lock(&s->lock);
+	c->busy = false;
+	pthread_cond_signal(&s->freed);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static store_status db_error(const store_backend_impl *s, const conn *c, const char *what)
+{
+	return store_set_error("sqlite %s: %s: %s", s->path, what, sqlite3_errmsg(c->db));
+}
+
+/* --- rows ---------------------------------------------------------------- */
+
+static void column_copy(sqlite3_stmt *stmt, int col, char *dst, size_t cap)
+{
+	const char *text = (const char *)sqlite3_column_text(stmt, col);
+
+	store_field_copy(dst, cap, text, text ? (size_t)sqlite3_column_bytes(stmt, col) : 0);
+}
+
+static void row_to_entry(sqlite3_stmt *stmt, store_entry *e)
+{
+	column_copy(stmt, 0, e->key, sizeof(e->key));
+	e->first_seen = sqlite3_column_int64(stmt, 1);
+	e->last_seen = sqlite3_column_int64(stmt, 2);
+	e->expires = sqlite3_column_int64(stmt, 3);
+	e->hits = (uint64_t)sqlite3_column_int64(stmt, 4);
+	column_copy(stmt, 5, e->trap, sizeof(e->trap));
+	column_copy(stmt, 6, e->sender, sizeof(e->sender));
+	column_copy(stmt, 7, e->recipient, sizeof(e->recipient));
+	column_copy(stmt, 8, e->client, sizeof(e->client));
+	column_copy(stmt, 9, e->helo, sizeof(e->helo));
+	column_copy(stmt, 10, e->queue_id, sizeof(e->queue_id));
+	column_copy(stmt, 11, e->reason, sizeof(e->reason));
+}
+
+/* Bind s capped to what a store_entry field of cap bytes holds, so values round-trip unchanged. */
+static void bind_field(sqlite3_stmt *stmt, int idx, const char *s, size_t cap)
+{
+	sqlite3_bind_text(stmt, idx, s ? s : "", (int)store_field_len(s ? s : "", cap), SQLITE_STATIC);
+}
+
+static void done(sqlite3_stmt *stmt)
+{
+	sqlite3_reset(stmt);
+	sqlite3_clear_bindings(stmt);
+}
+
+/* --- operations ---------------------------------------------------------- */
+
+static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
+                                  store_entry *found)
+{
+	conn *c = acquire(s);
+	sqlite3_stmt *stmt = c->stmt[ST_LOOKUP];
+	store_status rc = STORE_NOTFOUND;
+	int step;
+
+	for (size_t i = 0; i < nkeys; i++)
+		sqlite3_bind_text(stmt, (int)i + 1, keys[i], -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, STORE_LOOKUP_MAX + 1, now);
+	step = sqlite3_step(stmt);
+	if (step == SQLITE_ROW) {
+		row_to_entry(stmt, found);
+		rc = STORE_OK;
+	} else if (step != SQLITE_DONE) {
+		rc = db_error(s, c, "lookup");
+	}
+	done(stmt);
+	release(s, c);
+	return rc;
+}
+
+static int step_done(sqlite3_stmt *stmt)
+{
+	int rc = sqlite3_step(stmt);
+
+	done(stmt);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int record_one(conn *c, const char *key, const store_hit *hit)
+{
+	sqlite3_stmt *stmt = c->stmt[ST_RECORD];
+
+	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, hit->now);
+	sqlite3_bind_int64(stmt, 3, hit->now + hit->ttl);
+	bind_field(stmt, 4, hit->trap, STORE_FIELD_CAP(trap));
+	bind_field(stmt, 5, hit->sender, STORE_FIELD_CAP(sender));
+	bind_field(stmt, 6, hit->recipient, STORE_FIELD_CAP(recipient));
+	bind_field(stmt, 7, hit->client, STORE_FIELD_CAP(client));
+	bind_field(stmt, 8, hit->helo, STORE_FIELD_CAP(helo));
+	bind_field(stmt, 9, hit->queue_id, STORE_FIELD_CAP(queue_id));
+	bind_field(stmt, 10, store_hit_reason(hit), STORE_FIELD_CAP(reason));
+	return step_done(stmt);
+}
+
+static store_status sqlite_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                                  const store_hit *hit)
+{
+	conn *c = acquire(s);
+	store_status rc = STORE_OK;
+
+	pthread_mutex_lock(&s->write_lock);
+	if (step_done(c->stmt[ST_BEGIN]) < 0) {
+		rc = db_error(s, c, "record: begin");
+		goto out;
+	}
+	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
+		if (record_one(c, keys[i], hit) < 0)
+			rc = db_error(s, c, "record");
+	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
+		rc = db_error(s, c, "record: commit");
+	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
+		step_done(c->stmt[ST_ROLLBACK]);
+out:
+	pthread_mutex_unlock(&s->write_lock);
+	release(s, c);
+	return rc;
+}
+
+static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
+{
+	conn *c = acquire(s);
+	sqlite3_stmt *stmt = c->stmt[ST_GET];
+	store_status rc = STORE_NOTFOUND;
+	int step;
+
+	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+	step = sqlite3_step(stmt);
+	if (step == SQLITE_ROW) {
+		row_to_entry(stmt, out);
+		rc = STORE_OK;
+	} else if (step != SQLITE_DONE) {
+		rc = db_error(s, c, "get");
+	}
+	done(stmt);
+	release(s, c);
+	return rc;
+}
+
+static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
+{
+	conn *c = acquire(s);
+	sqlite3_stmt *stmt = c->stmt[ST_PUT];
+	store_status rc = STORE_OK;
+
+	bind_field(stmt, 1, e->key, sizeof(e->key));
+	sqlite3_bind_int64(stmt, 2, e->first_seen);
+	sqlite3_bind_int64(stmt, 3, e->last_seen);
+	sqlite3_bind_int64(stmt, 4, e->expires);
+	sqlite3_bind_int64(stmt, 5, (int64_t)e->hits);
+	bind_field(stmt, 6, e->trap, sizeof(e->trap));
+	bind_field(stmt, 7, e->sender, sizeof(e->sender));
+	bind_field(stmt, 8, e->recipient, sizeof(e->recipient));
+	bind_field(stmt, 9, e->client, sizeof(e->client));
+	bind_field(stmt, 10, e->helo, sizeof(e->helo));
+	bind_field(stmt, 11, e->queue_id, sizeof(e->queue_id));
+	bind_field(stmt, 12, e->reason, sizeof(e->reason));
+	pthread_mutex_lock(&s->write_lock);
+	if (step_done(stmt) < 0)
+		rc = db_error(s, c, "put");
+	pthread_mutex_unlock(&s->write_lock);
+	release(s, c);
+	return rc;
+}
+
+/* Run a write statement with its bindings set; *changes gets the rows it touched. */
+static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt, const char *what,
+                              uint64_t *changes)
+{
+	store_status rc = STORE_OK;
+
+	pthread_mutex_lock(&s->write_lock);
+	if (step_done(stmt) < 0)
+		rc = db_error(s, c, what);
+	else
+		*changes = (uint64_t)sqlite3_changes(c->db);
+	pthread_mutex_unlock(&s->write_lock);
+	return rc;
+}
+
+static store_status sqlite_remove(store_backend_impl *s, const char *key)
+{
+	conn *c = acquire(s);
+	uint64_t changes = 0;
+	store_status rc;
+
+	sqlite3_bind_text(c->stmt[ST_REMOVE], 1, key, -1, SQLITE_STATIC);
+	rc = run_write(s, c, c->stmt[ST_REMOVE], "remove", &changes);
+	release(s, c);
+	if (rc == STORE_OK && changes == 0)
+		rc = STORE_NOTFOUND;
+	return rc;
+}
+
+static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
+{
+	conn *c = acquire(s);
+	store_status rc;
+
+	*purged = 0;
+	sqlite3_bind_int64(c->stmt[ST_PURGE], 1, now);
+	rc = run_write(s, c, c->stmt[ST_PURGE], "purge", purged);
+	release(s, c);
+	return rc;
+}
+
+static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)
+{
+	conn *c = acquire(s);
+	sqlite3_stmt *stmt = c->stmt[ST_FOREACH];
+	store_status rc = STORE_OK;
+	store_entry *e = malloc(sizeof(*e));
+	int step;
+
+	if (!e) {
+		release(s, c);
+		return store_set_error("sqlite %s: foreach: out of memory", s->path);
+	}
+	sqlite3_bind_int64(stmt, 1, now);
+	while ((step = sqlite3_step(stmt)) == SQLITE_ROW) {
+		row_to_entry(stmt, e);
+		if (fn(e, ctx) != 0)
+			break;
+	}
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = db_error(s, c, "foreach");
+	done(stmt);
+	release(s, c);
+	free(e);
+	return rc;
+}
+
+const store_ops store_sqlite_ops = {
+    .name = "sqlite",
+    .open = sqlite_open,
+    .free = sqlite_free,
+    .lookup = sqlite_lookup,
+    .record = sqlite_record,
+    .get = sqlite_get,
+    .put = sqlite_put,
+    .remove = sqlite_remove,
+    .purge = sqlite_purge,
+    .foreach = sqlite_foreach,
+};
