@@ -1,0 +1,817 @@
+/*
+ * spamtrapctl: manage the blocklist store the daemon uses (SPEC.md
+ * "Commands"): list, lookup, add, remove, expire, export. It reads the
+ * daemon's config to find the store and talks to the store directly, so
+ * it works whether or not the daemon runs.
+ *
+ * Keys are normalised to the forms of core/decide.h before any store
+ * call, so "<User@Example.COM>" and "user@example.com" name one entry.
+ * Exit status: 0 done, 1 usage error or nothing found, 2 config or store
+ * error. Messages for people go to stderr; results to stdout.
+ */
+#include <ctype.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "core/addr.h"
+#include "store/store.h"
+
+enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_NOTFOUND = 1, EXIT_STORE = 2 };
+
+#define MAX_OVERRIDES 32
+#define NAME_MAX_LEN 255
+
+static const char usage_text[] =
+    "usage: spamtrapctl [-c FILE] [-o KEY=VALUE]... COMMAND [ARGS]\n"
+    "\n"
+    "  list                                 entries in force, one a line, tab separated:\n"
+    "                                       key, expires, hits, last seen, trap, reason\n"
+    "  lookup KEY                           explain every entry that matches KEY\n"
+    "  add KEY [--ttl T] [--reason TEXT]    blocklist KEY for T (default blocklist.ttl)\n"
+    "  remove KEY                           delete the entry for KEY\n"
+    "  expire                               drop expired entries now\n"
+    "  export [--format postfix|cidr] [--keys LIST]\n"
+    "                                       print a Postfix access map (see spamtrapctl(8))\n"
+    "\n"
+    "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
+    "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
+    "\n"
+    "KEY: user@example.com, @example.com, 192.0.2.7, 192.0.2.0/24, 2001:db8::/64,\n"
+    "     sasl:NAME or helo:NAME.\n"
+    "Durations: 3600, 30s, 15m, 24h, 7d. Exit: 0 ok, 1 usage or not found, 2 store error.\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("spamtrapctl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\n\n", stderr);
+	fputs(usage_text, stderr);
+	return EXIT_USAGE;
+}
+
+/* A bad value (a key, a duration): the message alone, the usage would bury it. */
+static int value_error(const char *what, const char *msg)
+{
+	fprintf(stderr, "spamtrapctl: %s: %s\n", what, msg);
+	return EXIT_USAGE;
+}
+
+/* --- output helpers ------------------------------------------------------ */
+
+/* s with control characters as '?', for one line of output; never NULL. */
+static const char *safe(const char *s, char *buf, size_t buflen)
+{
+	size_t i = 0;
+
+	for (; s && *s && i + 1 < buflen; s++)
+		buf[i++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+	buf[i] = '\0';
+	return buf;
+}
+
+/* ISO 8601 local time with the UTC offset as +hh:mm. */
+static const char *iso_time(int64_t t, char *buf, size_t buflen)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	long off;
+	size_t n;
+
+	if (!localtime_r(&tt, &tm) || (n = strftime(buf, buflen, "%Y-%m-%dT%H:%M:%S", &tm)) == 0) {
+		snprintf(buf, buflen, "@%lld", (long long)t);
+		return buf;
+	}
+	off = tm.tm_gmtoff;
+	snprintf(buf + n, buflen - n, "%c%02ld:%02ld", off < 0 ? '-' : '+', labs(off) / 3600,
+	         labs(off) % 3600 / 60);
+	return buf;
+}
+
+/* "2d 3h", "5h 10m", "42s": how long until (or since) an instant, for people. */
+static const char *span(int64_t secs, char *buf, size_t buflen)
+{
+	if (secs < 0)
+		secs = -secs;
+	if (secs >= 86400)
+		snprintf(buf, buflen, "%lldd %lldh", (long long)(secs / 86400),
+		         (long long)(secs % 86400 / 3600));
+	else if (secs >= 3600)
+		snprintf(buf, buflen, "%lldh %lldm", (long long)(secs / 3600), (long long)(secs % 3600 / 60));
+	else if (secs >= 60)
+		snprintf(buf, buflen, "%lldm %llds", (long long)(secs / 60), (long long)(secs % 60));
+	else
+		snprintf(buf, buflen, "%llds", (long long)secs);
+	return buf;
+}
+
+/* --- keys ---------------------------------------------------------------- */
+
+typedef enum { KEY_ADDRESS, KEY_DOMAIN, KEY_NET, KEY_SASL, KEY_HELO } key_kind;
+
+typedef struct ctl_key {
+	key_kind kind;
+	char text[STORE_KEY_MAX];
+	addr_net net; /* KEY_NET */
+} ctl_key;
+
+/* SASL and HELO names as decide.c accepts them: printable, no spaces, at most 255 bytes. */
+static int name_key(const char *prefix, const char *name, bool lower, ctl_key *k, char *err, size_t errlen)
+{
+	size_t len = strlen(name), plen = strlen(prefix);
+
+	if (len == 0 || len > NAME_MAX_LEN) {
+		snprintf(err, errlen, "%s needs a name of 1 to %d characters", prefix, NAME_MAX_LEN);
+		return -1;
+	}
+	for (const char *p = name; *p; p++)
+		if (!isgraph((unsigned char)*p)) {
+			snprintf(err, errlen, "%s%.64s: names have no spaces or control characters", prefix,
+			         name);
+			return -1;
+		}
+	memcpy(k->text, prefix, plen);
+	for (size_t i = 0; i <= len; i++)
+		k->text[plen + i] = lower ? (char)tolower((unsigned char)name[i]) : name[i];
+	return 0;
+}
+
+static int address_key(const char *in, ctl_key *k, char *err, size_t errlen)
+{
+	char buf[ADDR_MAX];
+
+	switch (addr_normalise(in, strlen(in), buf, sizeof(buf))) {
+	case ADDR_NULL:
+		snprintf(err, errlen, "the null sender <> is never blocklisted");
+		return -1;
+	case ADDR_INVALID:
+		snprintf(err, errlen, "'%.64s' is not a valid address", in);
+		return -1;
+	case ADDR_OK:
+		break;
+	}
+	if (buf[0] == '@' || !strchr(buf, '@') || !addr_domain(buf) || !*addr_domain(buf)) {
+		snprintf(err, errlen, "'%.64s' is not a valid address (user@domain)", in);
+		return -1;
+	}
+	snprintf(k->text, sizeof(k->text), "%s", buf);
+	return strlen(buf) < sizeof(k->text) ? 0 : -1;
+}
+
+/* "@Example.COM." is the sender domain key "@example.com": normalised as the domain of an address. */
+static int domain_key(const char *in, ctl_key *k, char *err, size_t errlen)
+{
+	char addr[ADDR_MAX + 2];
+	ctl_key tmp;
+
+	if (strlen(in) >= ADDR_MAX) {
+		snprintf(err, errlen, "'%.64s...' is too long for a domain", in);
+		return -1;
+	}
+	snprintf(addr, sizeof(addr), "x%s", in);
+	if (in[1] == '\0' || strchr(in + 1, '@') || address_key(addr, &tmp, err, errlen) < 0) {
+		snprintf(err, errlen, "'%.64s' is not a valid @domain", in);
+		return -1;
+	}
+	snprintf(k->text, sizeof(k->text), "@%s", addr_domain(tmp.text));
+	return 0;
+}
+
+static int net_key(const char *in, ctl_key *k, char *err, size_t errlen)
+{
+	char text[ADDR_NET_STRLEN];
+
+	if (!addr_net_parse(in, &k->net, err, errlen))
+		return -1;
+	addr_net_format(&k->net, text, sizeof(text));
+	snprintf(k->text, sizeof(k->text), "%s", text);
+	return 0;
+}
+
+static bool has_prefix_ci(const char *s, const char *prefix)
+{
+	return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Any KEY form of the command line into its canonical store key. */
+static int key_parse(const char *in, ctl_key *k, char *err, size_t errlen)
+{
+	memset(k, 0, sizeof(*k));
+	if (strcmp(in, "<>") == 0 || in[0] == '\0') {
+		snprintf(err, errlen, "the null sender <> is never blocklisted");
+		return -1;
+	}
+	if (has_prefix_ci(in, "sasl:")) {
+		k->kind = KEY_SASL;
+		return name_key("sasl:", in + 5, false, k, err, errlen);
+	}
+	if (has_prefix_ci(in, "helo:")) {
+		k->kind = KEY_HELO;
+		return name_key("helo:", in + 5, true, k, err, errlen);
+	}
+	if (in[0] == '@') {
+		k->kind = KEY_DOMAIN;
+		return domain_key(in, k, err, errlen);
+	}
+	if (strchr(in, '@')) {
+		k->kind = KEY_ADDRESS;
+		return address_key(in, k, err, errlen);
+	}
+	k->kind = KEY_NET;
+	if (strpbrk(in, ":/") || (in[0] && strspn(in, "0123456789.[]") == strlen(in)))
+		return net_key(in, k, err, errlen);
+	snprintf(err, errlen,
+	         "'%.64s' is not a key: use user@example.com, @example.com, an IP address or network, "
+	         "sasl:NAME or helo:NAME",
+	         in);
+	return -1;
+}
+
+/*
+ * The daemon looks up IPv4 networks /8 to /32, IPv6 networks /16 to /128
+ * in steps of 4, and the configured aggregation lengths (decide.c); an
+ * entry of another length would never match anything.
+ */
+static int net_checked(const config *cfg, const addr_net *net, char *err, size_t errlen)
+{
+	unsigned p = net->prefix;
+
+	if (net->ip.version == 4 && (p >= 8 || p == cfg->decide.ipv4_prefix))
+		return 0;
+	if (net->ip.version == 6 && ((p >= 16 && p % 4 == 0) || p == cfg->decide.ipv6_prefix))
+		return 0;
+	snprintf(err, errlen,
+	         "spamtrapd never checks a /%u network: use IPv4 /8 to /32, IPv6 /16 to /128 in steps of 4",
+	         p);
+	return -1;
+}
+
+/* --- the store ----------------------------------------------------------- */
+
+typedef struct ctl {
+	config *cfg;
+	store *st;
+	int64_t now;
+} ctl;
+
+static int fail_store(const char *what)
+{
+	fprintf(stderr, "spamtrapctl: %s: %s\n", what, store_last_error());
+	return EXIT_STORE;
+}
+
+/* --- lookup -------------------------------------------------------------- */
+
+static void explain_line(const char *label, const char *value)
+{
+	char buf[STORE_FIELD_MAX];
+
+	printf("  %-11s %s\n", label, value && value[0] ? safe(value, buf, sizeof(buf)) : "-");
+}
+
+static void explain(const ctl *c, const store_entry *e, const char *asked)
+{
+	char t[64], d[32], key[STORE_KEY_MAX], hits[24];
+
+	if (e->expires > c->now)
+		printf("%s: blocklisted until %s (%s from now)\n", safe(e->key, key, sizeof(key)),
+		       iso_time(e->expires, t, sizeof(t)), span(e->expires - c->now, d, sizeof(d)));
+	else
+		printf("%s: expired since %s (%s ago); `spamtrapctl expire` drops it\n",
+		       safe(e->key, key, sizeof(key)), iso_time(e->expires, t, sizeof(t)),
+		       span(c->now - e->expires, d, sizeof(d)));
+	if (strcmp(e->key, asked) != 0)
+		explain_line("matches:", asked);
+	explain_line("trap:", e->trap[0] ? e->trap : "(none: added by hand)");
+	explain_line("reason:", e->reason);
+	explain_line("first seen:", iso_time(e->first_seen, t, sizeof(t)));
+	explain_line("last seen:", iso_time(e->last_seen, t, sizeof(t)));
+	snprintf(hits, sizeof(hits), "%llu", (unsigned long long)e->hits);
+	explain_line("hits:", hits);
+	explain_line("client:", e->client);
+	explain_line("helo:", e->helo);
+	explain_line("queue id:", e->queue_id);
+	explain_line("sender:", e->sender);
+	explain_line("recipient:", e->recipient);
+}
+
+/* Show the entry for key if there is one; counts shown and in-force entries. */
+static int show_key(const ctl *c, const char *key, const char *asked, int *shown, int *in_force)
+{
+	store_entry e;
+
+	switch (store_get(c->st, key, &e)) {
+	case STORE_OK:
+		if (*shown)
+			putchar('\n');
+		explain(c, &e, asked);
+		(*shown)++;
+		*in_force += e.expires > c->now;
+		return 0;
+	case STORE_NOTFOUND:
+		return 0;
+	case STORE_ERROR:
+		break;
+	}
+	return -1;
+}
+
+/* The candidates of a key: an IP shows every network that contains it; an address, its domain too. */
+static int show_candidates(const ctl *c, const ctl_key *k, int *shown, int *in_force)
+{
+	if (k->kind == KEY_NET) {
+		for (int p = k->net.prefix; p >= 0; p--) {
+			addr_net net = addr_net_of(&k->net.ip, (unsigned)p);
+			char text[ADDR_NET_STRLEN];
+
+			addr_net_format(&net, text, sizeof(text));
+			if (show_key(c, text, k->text, shown, in_force) < 0)
+				return -1;
+		}
+		return 0;
+	}
+	if (show_key(c, k->text, k->text, shown, in_force) < 0)
+		return -1;
+	if (k->kind == KEY_ADDRESS) {
+		char domain[STORE_KEY_MAX];
+
+		snprintf(domain, sizeof(domain), "@%s", addr_domain(k->text));
+		return show_key(c, domain, k->text, shown, in_force);
+	}
+	return 0;
+}
+
+static int cmd_lookup(ctl *c, const ctl_key *k)
+{
+	int shown = 0, in_force = 0;
+
+	if (show_candidates(c, k, &shown, &in_force) < 0)
+		return fail_store("lookup");
+	if (shown == 0)
+		fprintf(stderr, "spamtrapctl: %s: not blocklisted\n", k->text);
+	return in_force ? EXIT_OK : EXIT_NOTFOUND;
+}
+
+/* --- list ---------------------------------------------------------------- */
+
+static int list_one(const store_entry *e, void *ctx)
+{
+	char key[STORE_KEY_MAX], exp[64], last[64], trap[STORE_FIELD_MAX], reason[STORE_FIELD_MAX];
+
+	(void)ctx;
+	printf("%s\t%s\t%llu\t%s\t%s\t%s\n", safe(e->key, key, sizeof(key)),
+	       iso_time(e->expires, exp, sizeof(exp)), (unsigned long long)e->hits,
+	       iso_time(e->last_seen, last, sizeof(last)),
+	       e->trap[0] ? safe(e->trap, trap, sizeof(trap)) : "-",
+	       e->reason[0] ? safe(e->reason, reason, sizeof(reason)) : "-");
+	return 0;
+}
+
+static int cmd_list(ctl *c)
+{
+	return store_foreach(c->st, c->now, list_one, NULL) == STORE_OK ? EXIT_OK : fail_store("list");
+}
+
+/* --- add, remove, expire ------------------------------------------------- */
+
+static int cmd_add(ctl *c, const ctl_key *k, int64_t ttl, const char *reason)
+{
+	store_entry e;
+	char t[64];
+	store_status rc = store_get(c->st, k->text, &e);
+	bool update = rc == STORE_OK && e.expires > c->now;
+
+	if (rc == STORE_ERROR)
+		return fail_store("add");
+	/* An entry in force keeps its history; a new or expired one starts afresh. */
+	if (!update) {
+		memset(&e, 0, sizeof(e));
+		snprintf(e.key, sizeof(e.key), "%s", k->text);
+		e.first_seen = e.last_seen = c->now;
+		snprintf(e.reason, sizeof(e.reason), "%s", reason ? reason : "manual");
+	} else if (reason) {
+		snprintf(e.reason, sizeof(e.reason), "%s", reason);
+	}
+	e.expires = c->now + ttl;
+	if (store_put(c->st, &e) != STORE_OK)
+		return fail_store("add");
+	printf("%s %s until %s\n", update ? "updated" : "added", k->text, iso_time(e.expires, t, sizeof(t)));
+	return EXIT_OK;
+}
+
+static int cmd_remove(ctl *c, const ctl_key *k)
+{
+	switch (store_remove(c->st, k->text)) {
+	case STORE_OK:
+		printf("removed %s\n", k->text);
+		return EXIT_OK;
+	case STORE_NOTFOUND:
+		fprintf(stderr, "spamtrapctl: %s: no such entry\n", k->text);
+		return EXIT_NOTFOUND;
+	case STORE_ERROR:
+		break;
+	}
+	return fail_store("remove");
+}
+
+static int cmd_expire(ctl *c)
+{
+	uint64_t n = 0;
+
+	if (store_purge(c->st, c->now, &n) != STORE_OK)
+		return fail_store("expire");
+	printf("removed %llu expired %s\n", (unsigned long long)n, n == 1 ? "entry" : "entries");
+	return EXIT_OK;
+}
+
+/* --- export -------------------------------------------------------------- */
+
+enum { EX_SENDER = 1, EX_DOMAIN = 2, EX_CLIENT = 4, EX_SASL = 8, EX_HELO = 16 };
+
+typedef struct exporter {
+	bool cidr;
+	unsigned keys; /* EX_* */
+	char action[600];
+	char **lines;
+	size_t n, cap;
+	int skipped_v6net, skipped_other;
+	bool oom;
+} exporter;
+
+static void emit(exporter *x, const char *key)
+{
+	size_t len = strlen(key) + strlen(x->action) + 2;
+	char *line;
+
+	if (x->n == x->cap) {
+		size_t cap = x->cap ? 2 * x->cap : 256;
+		char **v = realloc(x->lines, cap * sizeof(*v));
+
+		if (!v) {
+			x->oom = true;
+			return;
+		}
+		x->lines = v, x->cap = cap;
+	}
+	if (!(line = malloc(len + 1))) {
+		x->oom = true;
+		return;
+	}
+	snprintf(line, len + 1, "%s %s", key, x->action);
+	x->lines[x->n++] = line;
+}
+
+/*
+ * An IPv4 network in a hash access map: Postfix matches the address and
+ * its prefixes at octet boundaries ("192.0.2", "192.0", "192"), so a
+ * network between boundaries becomes the (at most 128) networks of the
+ * next boundary that it covers.
+ */
+static void emit_ipv4_net(exporter *x, const addr_net *net)
+{
+	unsigned octets = (net->prefix + 7) / 8;
+	uint32_t base = (uint32_t)net->ip.bytes[0] << 24 | (uint32_t)net->ip.bytes[1] << 16 |
+	                (uint32_t)net->ip.bytes[2] << 8 | net->ip.bytes[3];
+	uint32_t count = 1u << (octets * 8 - net->prefix);
+
+	for (uint32_t i = 0; i < count; i++) {
+		uint32_t a = base + (i << (32 - octets * 8));
+		char text[20];
+		int n = 0;
+
+		for (unsigned o = 0; o < octets; o++)
+			n += snprintf(text + n, sizeof(text) - (size_t)n, "%s%u", o ? "." : "",
+			              (unsigned)(a >> (24 - 8 * o)) & 0xff);
+		emit(x, text);
+	}
+}
+
+static void export_net(exporter *x, const char *key)
+{
+	addr_net net;
+
+	if (!addr_net_parse(key, &net, NULL, 0)) {
+		x->skipped_other++;
+	} else if (x->cidr) {
+		emit(x, key);
+	} else if (net.ip.version == 6 && net.prefix < 128) {
+		x->skipped_v6net++;
+	} else if (net.ip.version == 6 || net.prefix == 32) {
+		emit(x, key);
+	} else if (net.prefix == 0) {
+		x->skipped_other++;
+	} else {
+		emit_ipv4_net(x, &net);
+	}
+}
+
+static bool map_safe(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s <= ' ' || *s == 0x7f)
+			return false;
+	return true;
+}
+
+/* One entry into access-map lines; kinds not selected are left out quietly. */
+static int export_one(const store_entry *e, void *ctx)
+{
+	exporter *x = ctx;
+	const char *k = e->key;
+
+	if (!map_safe(k)) {
+		x->skipped_other++;
+	} else if (strncmp(k, "sasl:", 5) == 0) {
+		if (x->keys & EX_SASL)
+			emit(x, k + 5);
+	} else if (strncmp(k, "helo:", 5) == 0) {
+		if (x->keys & EX_HELO)
+			emit(x, k + 5);
+	} else if (k[0] == '@') {
+		if (x->keys & EX_DOMAIN)
+			emit(x, k + 1); /* access(5) has no "@domain": the domain form */
+	} else if (strchr(k, '@')) {
+		if (x->keys & EX_SENDER)
+			emit(x, k);
+	} else if (x->keys & EX_CLIENT) {
+		export_net(x, k);
+	}
+	return x->oom;
+}
+
+static int cmp_line(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void export_print(exporter *x)
+{
+	qsort(x->lines, x->n, sizeof(*x->lines), cmp_line);
+	for (size_t i = 0; i < x->n; i++) {
+		/* postmap warns about duplicate keys: an expanded network may repeat a host entry. */
+		if (i == 0 || strcmp(x->lines[i], x->lines[i - 1]) != 0)
+			puts(x->lines[i]);
+	}
+	if (x->skipped_v6net)
+		fprintf(stderr,
+		        "spamtrapctl: export: %d IPv6 network entries left out: a hash map cannot hold them, "
+		        "use --format cidr\n",
+		        x->skipped_v6net);
+	if (x->skipped_other)
+		fprintf(stderr,
+		        "spamtrapctl: export: %d entries left out: not expressible in an access map\n",
+		        x->skipped_other);
+}
+
+static int parse_keys(const char *list, unsigned *keys)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} names[] = {{"sender", EX_SENDER}, {"domain", EX_DOMAIN},
+	             {"client", EX_CLIENT}, {"sasl", EX_SASL},
+	             {"helo", EX_HELO},     {"all", EX_SENDER | EX_DOMAIN | EX_CLIENT}};
+	char buf[128], *save = NULL;
+
+	*keys = 0;
+	snprintf(buf, sizeof(buf), "%s", list);
+	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		size_t i = 0;
+
+		while (i < sizeof(names) / sizeof(names[0]) && strcmp(t, names[i].name) != 0)
+			i++;
+		if (i == sizeof(names) / sizeof(names[0]))
+			return usage_error("--keys: unknown kind '%s' (sender, domain, client, sasl, helo)",
+			                   t);
+		*keys |= names[i].bit;
+	}
+	return *keys ? 0 : usage_error("--keys: empty list");
+}
+
+static int cmd_export(ctl *c, const char *format, const char *keys)
+{
+	exporter x = {0};
+	const smtp_reply *r = &c->cfg->decide.reject;
+	int rc = EXIT_OK;
+
+	if (strcmp(format, "postfix") != 0 && strcmp(format, "cidr") != 0)
+		return usage_error("export: unknown format '%s' (postfix or cidr)", format);
+	x.cidr = strcmp(format, "cidr") == 0;
+	x.keys = x.cidr ? EX_CLIENT : EX_SENDER | EX_DOMAIN | EX_CLIENT;
+	if (keys && parse_keys(keys, &x.keys) != 0)
+		return EXIT_USAGE;
+	if (x.cidr && (x.keys & ~(unsigned)EX_CLIENT))
+		return usage_error("export: --format cidr holds client addresses only");
+	snprintf(x.action, sizeof(x.action), "REJECT %s%s%s", r->xcode, r->xcode[0] ? " " : "", r->text);
+	if (store_foreach(c->st, c->now, export_one, &x) != STORE_OK)
+		rc = fail_store("export");
+	else if (x.oom)
+		rc = (fprintf(stderr, "spamtrapctl: export: out of memory\n"), EXIT_STORE);
+	else
+		export_print(&x);
+	for (size_t i = 0; i < x.n; i++)
+		free(x.lines[i]);
+	free(x.lines);
+	return rc;
+}
+
+/* --- command line -------------------------------------------------------- */
+
+typedef struct cmdline {
+	const char *config;
+	const char *overrides[MAX_OVERRIDES];
+	size_t noverrides;
+	const char *command;
+	const char *key;
+	const char *ttl, *reason, *format, *keys;
+	bool help;
+} cmdline;
+
+/* Global options, up to the command name; 0, or an exit status. */
+static int parse_global(int argc, char **argv, cmdline *cl)
+{
+	int opt;
+
+	cl->config = CONFIG_DEFAULT_PATH;
+	while ((opt = getopt(argc, argv, "+c:o:h")) != -1) {
+		switch (opt) {
+		case 'c':
+			cl->config = optarg;
+			break;
+		case 'o':
+			if (cl->noverrides == MAX_OVERRIDES)
+				return usage_error("too many -o options");
+			cl->overrides[cl->noverrides++] = optarg;
+			break;
+		case 'h':
+			cl->help = true;
+			return 0;
+		default:
+			return usage_error("bad option");
+		}
+	}
+	if (optind >= argc)
+		return usage_error("no command given");
+	cl->command = argv[optind++];
+	return 0;
+}
+
+/* "--name VALUE" or "--name=VALUE" at argv[*i]; NULL when argv[*i] is not --name. */
+static const char *long_opt(int argc, char **argv, int *i, const char *name, bool *missing)
+{
+	size_t len = strlen(name);
+	const char *a = argv[*i];
+
+	if (strncmp(a, name, len) != 0)
+		return NULL;
+	if (a[len] == '=')
+		return a + len + 1;
+	if (a[len] != '\0')
+		return NULL;
+	if (*i + 1 >= argc) {
+		*missing = true;
+		return NULL;
+	}
+	return argv[++*i];
+}
+
+static int parse_command_args(int argc, char **argv, cmdline *cl)
+{
+	for (int i = optind; i < argc; i++) {
+		bool missing = false;
+		const char *v;
+
+		if ((v = long_opt(argc, argv, &i, "--ttl", &missing)))
+			cl->ttl = v;
+		else if ((v = long_opt(argc, argv, &i, "--reason", &missing)))
+			cl->reason = v;
+		else if ((v = long_opt(argc, argv, &i, "--format", &missing)))
+			cl->format = v;
+		else if ((v = long_opt(argc, argv, &i, "--keys", &missing)))
+			cl->keys = v;
+		else if (missing)
+			return usage_error("%s needs a value", argv[i]);
+		else if (argv[i][0] == '-' && argv[i][1] == '-')
+			return usage_error("unknown option %s", argv[i]);
+		else if (!cl->key)
+			cl->key = argv[i];
+		else
+			return usage_error("unexpected argument '%s'", argv[i]);
+	}
+	return 0;
+}
+
+/* Which arguments each command takes. */
+static int check_args(const cmdline *cl)
+{
+	static const struct {
+		const char *name;
+		bool key, ttl_reason, export;
+	} cmds[] = {{"list", false, false, false},   {"lookup", true, false, false},
+	            {"add", true, true, false},      {"remove", true, false, false},
+	            {"expire", false, false, false}, {"export", false, false, true}};
+
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (strcmp(cl->command, cmds[i].name) != 0)
+			continue;
+		if (cmds[i].key != (cl->key != NULL))
+			return usage_error("%s: %s", cl->command,
+			                   cmds[i].key ? "needs a KEY" : "takes no KEY");
+		if (!cmds[i].ttl_reason && (cl->ttl || cl->reason))
+			return usage_error("%s: takes no --ttl or --reason", cl->command);
+		if (!cmds[i].export && (cl->format || cl->keys))
+			return usage_error("%s: takes no --format or --keys", cl->command);
+		return 0;
+	}
+	return usage_error("unknown command '%s'", cl->command);
+}
+
+static int open_ctl(const cmdline *cl, ctl *c)
+{
+	char err[4096] = "";
+
+	c->cfg = config_load(cl->config, cl->overrides, cl->noverrides, err, sizeof(err));
+	if (!c->cfg) {
+		fprintf(stderr, "spamtrapctl: %s\n", err);
+		return EXIT_STORE;
+	}
+	c->st = store_open(&c->cfg->store, err, sizeof(err));
+	if (!c->st) {
+		fprintf(stderr, "spamtrapctl: %s\n", err);
+		return EXIT_STORE;
+	}
+	c->now = (int64_t)time(NULL);
+	return EXIT_OK;
+}
+
+static int run_key_command(ctl *c, const cmdline *cl)
+{
+	ctl_key k;
+	char err[512];
+	int64_t ttl = c->cfg->decide.ttl;
+
+	if (key_parse(cl->key, &k, err, sizeof(err)) < 0)
+		return value_error(cl->command, err);
+	if (strcmp(cl->command, "lookup") == 0)
+		return cmd_lookup(c, &k);
+	if (strcmp(cl->command, "remove") == 0)
+		return cmd_remove(c, &k);
+	if (k.kind == KEY_NET && net_checked(c->cfg, &k.net, err, sizeof(err)) < 0)
+		return value_error(cl->command, err);
+	if (cl->ttl && (!config_parse_duration(cl->ttl, &ttl) || ttl <= 0)) {
+		snprintf(err, sizeof(err), "'%.64s' is not a duration (3600, 30s, 15m, 24h, 7d)", cl->ttl);
+		return value_error("--ttl", err);
+	}
+	return cmd_add(c, &k, ttl, cl->reason);
+}
+
+static int run(const cmdline *cl)
+{
+	ctl c = {0};
+	int rc = open_ctl(cl, &c);
+
+	if (rc == EXIT_OK) {
+		if (cl->key)
+			rc = run_key_command(&c, cl);
+		else if (strcmp(cl->command, "list") == 0)
+			rc = cmd_list(&c);
+		else if (strcmp(cl->command, "expire") == 0)
+			rc = cmd_expire(&c);
+		else
+			rc = cmd_export(&c, cl->format ? cl->format : "postfix", cl->keys);
+	}
+	store_free(c.st);
+	config_unref(c.cfg);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	cmdline cl = {0};
+	int rc = parse_global(argc, argv, &cl);
+
+	if (rc != 0)
+		return rc;
+	if (cl.help) {
+		fputs(usage_text, stdout);
+		return EXIT_OK;
+	}
+	if ((rc = parse_command_args(argc, argv, &cl)) != 0 || (rc = check_args(&cl)) != 0)
+		return rc;
+	rc = run(&cl);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		perror("spamtrapctl: writing the output");
+		return EXIT_STORE;
+	}
+	return rc;
+}
