@@ -897,6 +897,10 @@ static store_status visit_sorted(store_backend_impl *s, rconn *rc, op *o, keylis
 	size_t n = 0;
 	int rv = 0;
 
+	if (kl->n == 0) {
+		free(e);
+		return STORE_OK;
+	}
 	if (!e)
 		return store_set_error("%s: foreach: out of memory", s->where);
 	qsort(kl->v, kl->n, sizeof(*kl->v), cmp_str);

@@ -589,6 +589,8 @@ static void test_foreach(void **state)
 	struct visit_log v = {0};
 
 	(void)state;
+	assert_int_equal(store_foreach(st, t, visit, &v), STORE_OK); /* empty */
+	assert_int_equal(v.n, 0);
 	for (size_t i = 0; i < NELEM(keys); i++) {
 		store_entry e = entry_of(keys[i], t, strcmp(keys[i], "z@x.y") ? t + TTL : t + 10, "test");
 
