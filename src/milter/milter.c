@@ -74,7 +74,8 @@ typedef struct milter_msg {
 
 /* One milter connection, i.e. one SMTP session. */
 typedef struct milter_conn {
-	unsigned long steps; /* SMFIP_* agreed at negotiation */
+	struct milter_conn *prev, *next; /* the live list, see filter.live */
+	unsigned long steps;             /* SMFIP_* agreed at negotiation */
 	char client[CLIENT_MAX];
 	char helo[HELO_MAX];
 	milter_msg msg;
@@ -83,7 +84,13 @@ typedef struct milter_conn {
 /*
  * libmilter allows one filter per process, so the filter is module state:
  * the engine and shim it was bound to, a count of transactions holding a
- * snapshot (milter_stop waits for them) and of live connection contexts.
+ * snapshot (milter_stop waits for them) and the live connection contexts.
+ *
+ * Why a list of live contexts: Debian's libmilter runs sessions on a
+ * worker pool (_FFR_WORKERS_POOL) that, once smfi_stop is called, drops
+ * every open session without calling xxfi_close. Their contexts stay on
+ * this list, reachable, until the process exits a moment later, instead
+ * of being freed under a worker that may still be in a callback.
  */
 static struct {
 	engine *eng;
@@ -92,6 +99,7 @@ static struct {
 	pthread_cond_t idle; /* signalled when transactions drops to 0 */
 	unsigned transactions;
 	unsigned connections;
+	milter_conn *live;
 	bool stopping;
 	bool registered;
 	bool running;
@@ -106,6 +114,27 @@ static void copy_capped(char *dst, size_t dstlen, const char *src)
 	size_t n = src ? strnlen(src, dstlen - 1) : 0;
 	memcpy(dst, src ? src : "", n);
 	dst[n] = '\0';
+}
+
+/*
+ * An envelope address as Postfix hands it to a milter ("<a@b>", "<>") in
+ * the form the policy protocol uses ("a@b", ""), so that both front ends
+ * log and record the same strings. Returns in unchanged when it does not
+ * fit out: an over-long address is judged (invalid) as it came, never
+ * truncated into another address.
+ */
+static const char *envelope_bare(const char *in, char *out, size_t outlen)
+{
+	size_t n = strnlen(in, outlen);
+	if (n >= outlen)
+		return in;
+	if (n >= 2 && in[0] == '<' && in[n - 1] == '>') {
+		in++;
+		n -= 2;
+	}
+	memcpy(out, in, n);
+	out[n] = '\0';
+	return out;
 }
 
 /*
@@ -245,6 +274,10 @@ static milter_conn *conn_new(SMFICTX *ctx)
 	}
 	pthread_mutex_lock(&filter.lock);
 	filter.connections++;
+	c->next = filter.live;
+	if (filter.live)
+		filter.live->prev = c;
+	filter.live = c;
 	pthread_mutex_unlock(&filter.lock);
 	return c;
 }
@@ -254,11 +287,17 @@ static void conn_free(SMFICTX *ctx, milter_conn *c)
 	if (!c)
 		return;
 	msg_end(&c->msg);
-	free(c);
 	filter.shim->setpriv(ctx, NULL);
 	pthread_mutex_lock(&filter.lock);
 	filter.connections--;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		filter.live = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	pthread_mutex_unlock(&filter.lock);
+	free(c);
 }
 
 /* A no-reply step must answer SMFIS_NOREPLY, others SMFIS_CONTINUE (libmilter's rule). */
@@ -346,8 +385,9 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 	if (!msg_begin(&c->msg))
 		return reply_with(ctx, &REPLY_STOPPING, SMFIS_TEMPFAIL);
 	milter_msg *m = &c->msg;
-	const char *sender = argv && argv[0] ? argv[0] : "";
-	copy_capped(m->sender, sizeof(m->sender), sender);
+	const char *sender = envelope_bare(argv && argv[0] ? argv[0] : "", m->sender, sizeof(m->sender));
+	if (sender != m->sender)
+		copy_capped(m->sender, sizeof(m->sender), sender); /* for the log only */
 	copy_capped(m->sasl, sizeof(m->sasl), filter.shim->getsymval(ctx, "{auth_authen}"));
 	msg_update_queue_id(ctx, m);
 
@@ -368,7 +408,8 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 		return SMFIS_CONTINUE; /* no transaction of ours: nothing to decide */
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
-	decide_facts f = conn_facts(c, argv[0]);
+	char bare[ENVELOPE_MAX];
+	decide_facts f = conn_facts(c, envelope_bare(argv[0], bare, sizeof(bare)));
 	decide_verdict v = engine_check_recipient(m->snap, &f, &m->txn);
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
@@ -616,18 +657,20 @@ int milter_start(char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Transactions in flight finish first, while libmilter still serves them:
+ * its worker pool drops every session at smfi_stop. New transactions get
+ * a 4xx meanwhile (Postfix retries them, nothing is lost).
+ */
 void milter_stop(void)
 {
 	if (!filter.running)
 		return;
-	pthread_mutex_lock(&filter.lock);
-	filter.stopping = true; /* before smfi_main returns: milter_main must know it was asked to */
-	pthread_mutex_unlock(&filter.lock);
-	smfi_stop();
 	unsigned left = milter_filter_quiesce(STOP_GRACE_MS);
 	if (left)
 		log_warning("milter: %u transaction(s) still in flight after %d s; stopping anyway", left,
 		            STOP_GRACE_MS / 1000);
+	smfi_stop();
 	pthread_join(filter.thread, NULL);
 	filter.running = false;
 }
