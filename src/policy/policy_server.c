@@ -1,0 +1,1159 @@
+/*
+ * policy_server: the Postfix policy-delegation front end (SMTPD_POLICY_README).
+ *
+ * Offers: listeners bound at policy_server_new() (before privileges are
+ * dropped), worker threads from policy_server_start(), a bounded drain in
+ * policy_server_stop(). Every request gets exactly one reply line
+ * ("action=...", then an empty line) or, on malformed input, one log line
+ * and a closed connection; nothing a client sends can crash or stall the
+ * daemon for the other clients.
+ *
+ * Threading model: N workers (policy.threads, 0 = one per CPU, at least 2),
+ * each with its own epoll instance. Every listening socket is in every
+ * worker's epoll with EPOLLEXCLUSIVE, so a new connection wakes one idle
+ * worker (no thundering herd) and is accepted there; the connection then
+ * lives on that thread until it closes. Per connection the protocol is
+ * lock-step, as Postfix speaks it: one request is read, decided, answered,
+ * and only then is the next one parsed. Why this shape:
+ *  - A decision is a short synchronous call: a store lookup (SQLite in the
+ *    process, or one Redis round trip with a command timeout) and the pure
+ *    core. Postfix sends one request per connection and waits for the reply,
+ *    so there is nothing to overlap within a connection; concurrency comes
+ *    from the many connections (one per smtpd process).
+ *  - A connection's state is touched by one thread only: no locks, no
+ *    hand-off queue, no wake-ups between threads on the request path. The
+ *    only shared things there are the engine snapshot (engine_acquire), the
+ *    atomic connection counter at accept, and the lock-free trap table below.
+ *  - A slow store blocks one worker, and only the connections on it; the
+ *    other workers keep accepting and answering. A thread per connection
+ *    would cost a stack and a context switch per smtpd process; one event
+ *    loop feeding a pool of store threads would add a queue, a lock and two
+ *    wake-ups to every request for the same latency.
+ *
+ * Limits: policy.max_connections (over it: accept, close, one rate-limited
+ * log line), policy.idle_timeout (a one-second timerfd per worker sweeps
+ * its connections, kept in least-recently-active order), policy.max_line
+ * and policy.max_attributes (the parser; an error closes the connection
+ * with one log line), policy.allow (TCP clients outside it are closed at
+ * accept; unix sockets are always allowed). Limits and the allow list are
+ * read from the current snapshot at accept and after every request, so a
+ * reload applies to them; listeners and the thread count need a restart.
+ */
+#include "policy/policy_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/addr.h"
+#include "core/netset.h"
+#include "log.h"
+#include "policy/policy_parse.h"
+
+#define IN_BUF 4096
+#define OUT_BUF 1024 /* one reply: "action=" + code, xcode, 511 bytes of text */
+#define MAX_EVENTS 64
+#define ACCEPT_BATCH 32 /* accepts per wake-up, so one listener cannot starve the rest */
+#define LISTEN_BACKLOG 1024
+#define DRAIN_SECONDS 3        /* policy_server_stop waits this long for requests in progress */
+#define LOG_INTERVAL 10        /* seconds between rate-limited lines (limits, accept errors) */
+#define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, but no flood */
+#define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
+#define PEER_MAX 64
+#define UNIX_SOCKET_MODE 0666 /* smtpd runs as postfix: restrict access with the directory */
+
+/* What an epoll event points to; the first member of each source. */
+typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER } src_kind;
+
+typedef struct listener {
+	src_kind kind;
+	int fd;
+	policy_role role;
+	char *address;   /* as configured, for log lines */
+	char *unix_path; /* to unlink at the end; NULL for TCP */
+} listener;
+
+typedef struct worker worker;
+typedef struct conn conn;
+
+struct conn {
+	src_kind kind;
+	int fd;
+	worker *w;
+	const listener *lst;
+	conn *prev, *next;   /* the worker's list, least recently active first */
+	int64_t last_active; /* monotonic seconds */
+	bool want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
+	bool closing;        /* draining: close once the current reply is out */
+	policy_parser *parser;
+	char peer[PEER_MAX];
+	size_t inoff, inlen, outoff, outlen;
+	char in[IN_BUF];
+	char out[OUT_BUF];
+};
+
+struct worker {
+	policy_server *srv;
+	unsigned id;
+	pthread_t thread;
+	bool running;
+	int epfd, wakefd, timerfd;
+	src_kind wake_tag, timer_tag;
+	conn *head, *tail;
+	size_t nconn;
+	int64_t now;
+	bool accepting, draining;
+	int64_t drain_deadline;
+	log_ratelimit over_limit, refused, accept_errors;
+};
+
+struct policy_server {
+	engine *eng;
+	listener *listeners;
+	size_t nlisteners;
+	worker *workers;
+	size_t nworkers;
+	bool started, stopped;
+	atomic_uint nconn;
+	/*
+	 * Message instances (the "instance" attribute, one value for all
+	 * recipients of a message) whose recipient just hit a trap: the sender
+	 * check skips the blocklist for the rest of that message, so a trap
+	 * hit does not reject the ordinary recipients that follow it in the
+	 * same message (traps.on_mixed: the blocklist applies from the next
+	 * transaction on). Direct-mapped, lock-free, best effort.
+	 */
+	_Atomic uint64_t trap_instances[TRAP_SLOTS];
+};
+
+static int64_t mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
+/* ---- listeners ---- */
+
+static int parse_port(const char *s, uint16_t *port)
+{
+	char *end;
+	unsigned long v;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v > 65535)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* "192.0.2.1:10666" or "[2001:db8::1]:10666" into a socket address. */
+static int parse_inet(const char *a, struct sockaddr_storage *ss, socklen_t *sslen)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *colon = strrchr(a, ':');
+	size_t hostlen;
+	uint16_t port;
+
+	if (colon == NULL || parse_port(colon + 1, &port) < 0)
+		return -1;
+	memset(ss, 0, sizeof(*ss));
+	if (a[0] == '[') {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+
+		hostlen = (size_t)(colon - a);
+		if (hostlen < 3 || a[hostlen - 1] != ']' || hostlen - 2 >= sizeof(host))
+			return -1;
+		memcpy(host, a + 1, hostlen - 2);
+		host[hostlen - 2] = '\0';
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		*sslen = sizeof(*sin6);
+		return inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1 ? 0 : -1;
+	}
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+	hostlen = (size_t)(colon - a);
+	if (hostlen == 0 || hostlen >= sizeof(host))
+		return -1;
+	memcpy(host, a, hostlen);
+	host[hostlen] = '\0';
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons(port);
+	*sslen = sizeof(*sin);
+	return inet_pton(AF_INET, host, &sin->sin_addr) == 1 ? 0 : -1;
+}
+
+static int bind_inet(listener *l, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int one = 1;
+
+	if (parse_inet(l->address, &ss, &sslen) < 0) {
+		snprintf(err, errlen, "policy listener %s: expected IPV4:PORT, [IPV6]:PORT or unix:PATH",
+		         l->address);
+		return -1;
+	}
+	l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (l->fd < 0) {
+		snprintf(err, errlen, "policy listener %s: socket: %s", l->address, strerror(errno));
+		return -1;
+	}
+	setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* [::]:P serves IPv6 only, so that 0.0.0.0:P can be listed beside it. */
+	if (ss.ss_family == AF_INET6)
+		setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(l->fd, (struct sockaddr *)&ss, sslen) < 0 || listen(l->fd, LISTEN_BACKLOG) < 0) {
+		snprintf(err, errlen, "policy listener %s: %s", l->address, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * A socket file left by a daemon that died is removed; one that another
+ * process still accepts on, or a file that is not a socket, is an error.
+ */
+static int unix_clear_stale(const struct sockaddr_un *sun, const char *address, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, rc;
+
+	if (lstat(sun->sun_path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		snprintf(err, errlen, "policy listener %s: %s", address, strerror(errno));
+		return -1;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "policy listener %s: exists and is not a socket", address);
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	rc = fd < 0 ? -1 : connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
+	if (fd >= 0)
+		close(fd);
+	if (rc == 0) {
+		snprintf(err, errlen, "policy listener %s: another process is listening on it", address);
+		return -1;
+	}
+	unlink(sun->sun_path);
+	return 0;
+}
+
+static int bind_unix(listener *l, char *err, size_t errlen)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	const char *path = l->address + 5;
+
+	if (*path == '\0' || strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "policy listener %s: bad unix socket path", l->address);
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	if (unix_clear_stale(&sun, l->address, err, errlen) < 0)
+		return -1;
+	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (l->fd < 0 || bind(l->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		snprintf(err, errlen, "policy listener %s: %s", l->address, strerror(errno));
+		return -1;
+	}
+	l->unix_path = strdup(path);
+	if (l->unix_path == NULL || chmod(path, UNIX_SOCKET_MODE) < 0 || listen(l->fd, LISTEN_BACKLOG) < 0) {
+		snprintf(err, errlen, "policy listener %s: %s", l->address,
+		         l->unix_path ? strerror(errno) : "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static int listener_open(listener *l, const config_listener *cl, char *err, size_t errlen)
+{
+	l->kind = SRC_LISTENER;
+	l->fd = -1;
+	l->role = cl->role;
+	l->address = strdup(cl->address);
+	if (l->address == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (strncmp(l->address, "unix:", 5) == 0)
+		return bind_unix(l, err, errlen);
+	return bind_inet(l, err, errlen);
+}
+
+static void listener_close(listener *l)
+{
+	if (l->fd >= 0)
+		close(l->fd);
+	l->fd = -1;
+	/* Best effort: after dropping privileges the directory may not be ours. */
+	if (l->unix_path != NULL && unlink(l->unix_path) < 0 && errno != ENOENT)
+		log_debug("policy listener %s: cannot remove the socket: %s", l->address, strerror(errno));
+	free(l->unix_path);
+	l->unix_path = NULL;
+}
+
+/* ---- recent trap hits by message instance ---- */
+
+static uint64_t instance_hash(const char *instance)
+{
+	uint64_t h = 14695981039346656037u;
+
+	for (; *instance; instance++)
+		h = (h ^ (unsigned char)*instance) * 1099511628211u;
+	return h ? h : 1; /* 0 marks an empty slot */
+}
+
+static void trap_instance_add(policy_server *srv, const char *instance)
+{
+	uint64_t h;
+
+	if (instance == NULL || *instance == '\0')
+		return;
+	h = instance_hash(instance);
+	atomic_store_explicit(&srv->trap_instances[h % TRAP_SLOTS], h, memory_order_relaxed);
+}
+
+static bool trap_instance_seen(policy_server *srv, const char *instance)
+{
+	uint64_t h;
+
+	if (instance == NULL || *instance == '\0')
+		return false;
+	h = instance_hash(instance);
+	return atomic_load_explicit(&srv->trap_instances[h % TRAP_SLOTS], memory_order_relaxed) == h;
+}
+
+/* ---- deciding one request ---- */
+
+typedef enum { STAGE_OTHER, STAGE_MAIL, STAGE_RCPT } smtp_stage;
+
+/* A value as the client sent it; NULL when absent, empty, or cut at its cap. */
+static const char *attr_whole(const policy_request *req, policy_attr a)
+{
+	const char *v = policy_request_get(req, a);
+
+	return v == NULL || *v == '\0' || policy_request_truncated(req, a) ? NULL : v;
+}
+
+/* protocol_state; when absent, what the attributes show (a recipient: RCPT). */
+static smtp_stage request_stage(const policy_request *req)
+{
+	const char *state = policy_request_get(req, POLICY_ATTR_PROTOCOL_STATE);
+
+	if (state == NULL) {
+		if (attr_whole(req, POLICY_ATTR_RECIPIENT) != NULL)
+			return STAGE_RCPT;
+		return policy_request_get(req, POLICY_ATTR_SENDER) != NULL ? STAGE_MAIL : STAGE_OTHER;
+	}
+	if (strcasecmp(state, "RCPT") == 0)
+		return STAGE_RCPT;
+	if (strcasecmp(state, "MAIL") == 0)
+		return STAGE_MAIL;
+	return STAGE_OTHER;
+}
+
+typedef struct request_ctx {
+	policy_server *srv;
+	const listener *lst;
+	const char *peer;
+	const policy_request *req;
+} request_ctx;
+
+static void log_malformed(const request_ctx *rc, const char *why)
+{
+	char qid[64];
+
+	log_warning("policy: %s: request from %s on %s: %s; answered DUNNO",
+	            log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), rc->peer,
+	            rc->lst->address, why);
+}
+
+/* One line for a request whose values were cut: they are used as described below. */
+static void log_truncated(const request_ctx *rc)
+{
+	static const policy_attr used[] = {POLICY_ATTR_SENDER, POLICY_ATTR_RECIPIENT,
+	                                   POLICY_ATTR_CLIENT_ADDRESS, POLICY_ATTR_HELO_NAME};
+	char qid[64];
+
+	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
+		if (policy_request_truncated(rc->req, used[i])) {
+			log_info("policy: %s: request from %s on %s: %s longer than %zu bytes, not used",
+			         log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)),
+			         rc->peer, rc->lst->address, policy_attr_name(used[i]),
+			         policy_attr_cap(used[i]));
+			return;
+		}
+	}
+}
+
+/*
+ * Facts from the request. A value longer than its cap is not the real
+ * value: a cut sender counts as invalid (the other keys are still checked),
+ * a cut recipient is not a trap, a cut HELO or client address is unknown.
+ * Returns false (answer DUNNO) when the request cannot be decided on.
+ */
+static bool request_facts(const request_ctx *rc, smtp_stage stage, decide_facts *f)
+{
+	const policy_request *req = rc->req;
+	const char *request = policy_request_get(req, POLICY_ATTR_REQUEST);
+	bool rcpt_check = stage == STAGE_RCPT && rc->lst->role != POLICY_ROLE_SENDER;
+	bool sender_check = stage != STAGE_OTHER && rc->lst->role != POLICY_ROLE_TRAP;
+
+	if (request == NULL || strcmp(request, "smtpd_access_policy") != 0) {
+		log_malformed(rc, request == NULL ? "no request attribute"
+		                                  : "request is not smtpd_access_policy");
+		return false;
+	}
+	if (policy_request_truncated(req, POLICY_ATTR_SASL_USERNAME)) {
+		log_malformed(rc, "sasl_username too long"); /* whose account it is matters */
+		return false;
+	}
+	if ((rcpt_check && policy_request_get(req, POLICY_ATTR_RECIPIENT) == NULL) ||
+	    (sender_check && policy_request_get(req, POLICY_ATTR_SENDER) == NULL)) {
+		log_malformed(rc, rcpt_check && !policy_request_get(req, POLICY_ATTR_RECIPIENT)
+		                      ? "no recipient attribute"
+		                      : "no sender attribute");
+		return false;
+	}
+	if (rc->req->truncated != 0)
+		log_truncated(rc);
+	memset(f, 0, sizeof(*f));
+	f->front = DECIDE_FRONT_POLICY;
+	f->client_address = attr_whole(req, POLICY_ATTR_CLIENT_ADDRESS);
+	f->helo = attr_whole(req, POLICY_ATTR_HELO_NAME);
+	f->sasl_username = attr_whole(req, POLICY_ATTR_SASL_USERNAME);
+	f->recipient = attr_whole(req, POLICY_ATTR_RECIPIENT);
+	f->queue_id = attr_whole(req, POLICY_ATTR_QUEUE_ID);
+	/* The null sender arrives as "sender=": keep it "" (not NULL, which is invalid). */
+	f->sender = policy_request_truncated(req, POLICY_ATTR_SENDER)
+	                ? NULL
+	                : policy_request_get(req, POLICY_ATTR_SENDER);
+	return true;
+}
+
+static decide_verdict verdict_continue(void)
+{
+	decide_verdict v;
+
+	memset(&v, 0, sizeof(v));
+	v.action = DECIDE_CONTINUE;
+	v.enforce_action = DECIDE_CONTINUE;
+	v.reason = DECIDE_REASON_NONE;
+	return v;
+}
+
+static void log_same_message(const decide_facts *f)
+{
+	char qid[64], client[64], sender[256], rcpt[256];
+
+	log_info("%s: continue: sender hit a trap earlier in this message, its other recipients are not "
+	         "rejected; client=%s sender=<%s> recipient=<%s> front=policy",
+	         log_safe(f->queue_id ? f->queue_id : "NOQUEUE", qid, sizeof(qid)),
+	         log_safe(f->client_address, client, sizeof(client)),
+	         log_safe(f->sender, sender, sizeof(sender)), log_safe(f->recipient, rcpt, sizeof(rcpt)));
+}
+
+static decide_verdict check_sender(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,
+                                   const decide_txn *txn)
+{
+	const char *instance = attr_whole(rc->req, POLICY_ATTR_INSTANCE);
+
+	if (trap_instance_seen(rc->srv, instance)) {
+		log_same_message(f);
+		return verdict_continue();
+	}
+	return engine_check_sender(snap, f, txn);
+}
+
+static decide_verdict check_recipient(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,
+                                      const decide_txn *txn)
+{
+	decide_verdict v = engine_check_recipient(snap, f, txn);
+
+	if (v.reason == DECIDE_REASON_TRAP && v.record)
+		trap_instance_add(rc->srv, attr_whole(rc->req, POLICY_ATTR_INSTANCE));
+	return v;
+}
+
+/*
+ * The listener's role decides which checks run: trap at RCPT; sender at
+ * MAIL and at RCPT (smtpd_delay_reject=yes evaluates sender restrictions at
+ * RCPT); full: at RCPT the trap check, and the sender check only when the
+ * recipient is no trap (a trap hit answered DUNNO, under action accept or
+ * dry-run, must not be rejected by the blocklist entry it just made).
+ */
+static decide_verdict policy_decide(engine_snapshot *snap, const request_ctx *rc)
+{
+	smtp_stage stage = request_stage(rc->req);
+	policy_role role = rc->lst->role;
+	decide_facts f;
+	decide_txn txn;
+	decide_verdict v = verdict_continue();
+
+	if (!request_facts(rc, stage, &f) || stage == STAGE_OTHER)
+		return v;
+	decide_prepare(&engine_config(snap)->decide, &f, &txn);
+	if (stage == STAGE_RCPT && role != POLICY_ROLE_SENDER) {
+		v = check_recipient(snap, rc, &f, &txn);
+		if (role == POLICY_ROLE_TRAP || v.action != DECIDE_CONTINUE || v.reason == DECIDE_REASON_TRAP)
+			return v;
+	}
+	if (role != POLICY_ROLE_TRAP)
+		v = check_sender(snap, rc, &f, &txn);
+	return v;
+}
+
+/* Reply text from the config or the core; a control character would break the protocol. */
+static void clean_copy(char *dst, size_t dstlen, const char *src)
+{
+	size_t i = 0;
+
+	for (; src[i] != '\0' && i + 1 < dstlen; i++)
+		dst[i] = ((unsigned char)src[i] < 0x20 || src[i] == 0x7f) ? ' ' : src[i];
+	dst[i] = '\0';
+}
+
+static const char DUNNO[] = "action=DUNNO\n\n";
+
+/* "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions). */
+static void format_reply(const decide_verdict *v, const request_ctx *rc, char *out, size_t outlen)
+{
+	char code[sizeof(v->reply.code)], xcode[sizeof(v->reply.xcode)], text[sizeof(v->reply.text)];
+
+	clean_copy(code, sizeof(code), v->reply.code);
+	clean_copy(xcode, sizeof(xcode), v->reply.xcode);
+	clean_copy(text, sizeof(text), v->reply.text);
+	switch (v->action) {
+	case DECIDE_REJECT:
+	case DECIDE_TEMPFAIL:
+		if (strlen(code) == 3 && (code[0] == '4' || code[0] == '5')) {
+			snprintf(out, outlen, "action=%s%s%s%s%s\n\n", code, *xcode ? " " : "", xcode,
+			         *text ? " " : "", text);
+			return;
+		}
+		log_malformed(rc, "internal error: a reject verdict without an SMTP code");
+		break;
+	case DECIDE_DISCARD:
+		snprintf(out, outlen, "action=DISCARD%s%s\n\n", *text ? " " : "", text);
+		return;
+	case DECIDE_DROP_COPY:
+		log_malformed(rc, "internal error: drop-copy verdict on the policy front end");
+		break;
+	case DECIDE_CONTINUE:
+		break;
+	}
+	snprintf(out, outlen, "%s", DUNNO);
+}
+
+/* ---- connections ---- */
+
+static void conn_touch(conn *c)
+{
+	worker *w = c->w;
+
+	c->last_active = w->now;
+	if (w->tail == c)
+		return;
+	/* unlink, then append: the list stays in least-recently-active order */
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = w->tail;
+	c->next = NULL;
+	if (w->tail)
+		w->tail->next = c;
+	else
+		w->head = c;
+	w->tail = c;
+}
+
+static void conn_close(conn *c)
+{
+	worker *w = c->w;
+
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		w->tail = c->prev;
+	w->nconn--;
+	atomic_fetch_sub(&w->srv->nconn, 1);
+	close(c->fd); /* also removes it from the epoll set */
+	policy_parser_free(c->parser);
+	free(c);
+}
+
+/* Nothing received and not yet answered, nothing waiting to be sent. */
+static bool conn_idle(const conn *c)
+{
+	return c->outlen == 0 && c->inoff == c->inlen && policy_parser_idle(c->parser);
+}
+
+static int conn_want(conn *c, bool out)
+{
+	struct epoll_event ev = {.events = out ? EPOLLOUT : EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+
+	if (c->want_out == out)
+		return 0;
+	c->want_out = out;
+	return epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* 1: all sent, 0: the rest waits for EPOLLOUT, -1: the peer is gone. */
+static int conn_flush(conn *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return conn_want(c, true) < 0 ? -1 : 0;
+		if (n < 0) {
+			log_debug("policy: connection from %s on %s: send: %s", c->peer, c->lst->address,
+			          strerror(errno));
+			return -1;
+		}
+		c->outoff += (size_t)n;
+		conn_touch(c);
+	}
+	c->outoff = c->outlen = 0;
+	return conn_want(c, false) < 0 ? -1 : 1;
+}
+
+static void conn_answer(conn *c, const policy_request *req)
+{
+	engine_snapshot *snap = engine_acquire(c->w->srv->eng);
+	const config *cfg = engine_config(snap);
+	request_ctx rc = {.srv = c->w->srv, .lst = c->lst, .peer = c->peer, .req = req};
+	decide_verdict v = policy_decide(snap, &rc);
+
+	format_reply(&v, &rc, c->out, sizeof(c->out));
+	c->outlen = strlen(c->out);
+	c->outoff = 0;
+	policy_parser_set_limits(c->parser, cfg->policy.max_line, cfg->policy.max_attributes);
+	engine_release(snap);
+}
+
+static void log_parse_error(const conn *c)
+{
+	log_warning("policy: closing connection from %s on %s: %s in line %u of a request", c->peer,
+	            c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
+	            policy_parser_line(c->parser));
+}
+
+/*
+ * Parse what was read, answering each complete request before looking at
+ * the next (lock-step). Stops while a reply waits for EPOLLOUT. Returns -1
+ * when the connection must close.
+ */
+static int conn_process(conn *c)
+{
+	while (c->outlen == 0 && c->inoff < c->inlen) {
+		size_t used;
+		policy_parse_status st =
+		    policy_parser_feed(c->parser, c->in + c->inoff, c->inlen - c->inoff, &used);
+		int rc;
+
+		c->inoff += used;
+		if (st == POLICY_PARSE_ERROR) {
+			log_parse_error(c);
+			return -1;
+		}
+		if (st == POLICY_PARSE_NEED_MORE)
+			break;
+		conn_answer(c, policy_parser_request(c->parser));
+		rc = conn_flush(c);
+		if (rc < 0 || (rc > 0 && c->closing))
+			return -1;
+	}
+	if (c->inoff == c->inlen)
+		c->inoff = c->inlen = 0;
+	return 0;
+}
+
+/* Returns -1 when the connection must close (end of file or an error). */
+static int conn_read(conn *c)
+{
+	ssize_t n;
+
+	if (c->inlen == sizeof(c->in))
+		return 0; /* cannot happen: input waits only while a reply does, and then we do not read */
+	do
+		n = recv(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen, 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return 0;
+	if (n <= 0) {
+		if (n == 0 && !policy_parser_idle(c->parser))
+			log_info("policy: connection from %s on %s closed in the middle of a request",
+			         c->peer, c->lst->address);
+		else if (n < 0)
+			log_debug("policy: connection from %s on %s: recv: %s", c->peer, c->lst->address,
+			          strerror(errno));
+		return -1;
+	}
+	c->inlen += (size_t)n;
+	conn_touch(c);
+	return 0;
+}
+
+static void conn_event(conn *c, uint32_t events)
+{
+	int rc = 0;
+
+	if (c->want_out) {
+		rc = (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) ? conn_flush(c) : 0;
+		if (rc > 0 && c->closing)
+			rc = -1;
+		if (rc > 0)
+			rc = conn_process(c); /* requests that arrived with the last one */
+	} else if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+		rc = conn_read(c);
+		if (rc == 0)
+			rc = conn_process(c);
+	}
+	if (rc < 0)
+		conn_close(c);
+}
+
+/* ---- accepting ---- */
+
+/* Peer text for logs, and whether policy.allow lets it in. */
+static bool peer_allowed(const config *cfg, const listener *l, const struct sockaddr_storage *ss, char *peer)
+{
+	char text[INET6_ADDRSTRLEN] = "";
+	addr_ip ip;
+	addr_net host;
+
+	if (l->unix_path != NULL) {
+		snprintf(peer, PEER_MAX, "local");
+		return true;
+	}
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, text, sizeof(text));
+	else if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, text, sizeof(text));
+	if (!addr_ip_parse(text, &ip)) {
+		snprintf(peer, PEER_MAX, "unknown");
+		return false;
+	}
+	host = addr_net_of(&ip, ip.version == 4 ? 32 : 128);
+	addr_net_format(&host, peer, PEER_MAX);
+	return cfg->policy.allow != NULL && netset_contains(cfg->policy.allow, &ip);
+}
+
+static void log_limited(worker *w, log_ratelimit *rl, const char *what, const char *peer, const listener *l)
+{
+	uint64_t suppressed = 0;
+
+	if (!log_ratelimit_pass(rl, w->now, &suppressed))
+		return;
+	if (suppressed)
+		log_warning("policy: refused connection from %s on %s: %s (%llu more refused since the last "
+		            "line)",
+		            peer, l->address, what, (unsigned long long)suppressed);
+	else
+		log_warning("policy: refused connection from %s on %s: %s", peer, l->address, what);
+}
+
+static conn *conn_new(worker *w, const listener *l, int fd, const config *cfg, const char *peer)
+{
+	conn *c = malloc(sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	memset(c, 0, offsetof(conn, in));
+	c->parser = policy_parser_new(cfg->policy.max_line, cfg->policy.max_attributes);
+	if (c->parser == NULL) {
+		free(c);
+		return NULL;
+	}
+	c->kind = SRC_CONN;
+	c->fd = fd;
+	c->w = w;
+	c->lst = l;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	return c;
+}
+
+static void conn_discard(conn *c)
+{
+	if (c != NULL)
+		policy_parser_free(c->parser);
+	free(c);
+}
+
+/* Registers c and puts it at the tail of the worker's list; -1 on failure. */
+static int conn_attach(worker *w, conn *c)
+{
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+		return -1;
+	c->last_active = w->now;
+	c->prev = w->tail;
+	if (w->tail)
+		w->tail->next = c;
+	else
+		w->head = c;
+	w->tail = c;
+	w->nconn++;
+	return 0;
+}
+
+/* The checks at accept, against the current snapshot; a refused fd is closed at once. */
+static void conn_open(worker *w, const listener *l, int fd, const struct sockaddr_storage *ss)
+{
+	engine_snapshot *snap = engine_acquire(w->srv->eng);
+	const config *cfg = engine_config(snap);
+	char peer[PEER_MAX];
+	conn *c = NULL;
+
+	if (!peer_allowed(cfg, l, ss, peer)) {
+		log_limited(w, &w->refused, "not in policy.allow", peer, l);
+	} else if (atomic_fetch_add(&w->srv->nconn, 1) >= cfg->policy.max_connections) {
+		atomic_fetch_sub(&w->srv->nconn, 1);
+		log_limited(w, &w->over_limit, "policy.max_connections reached", peer, l);
+	} else if ((c = conn_new(w, l, fd, cfg, peer)) == NULL || conn_attach(w, c) < 0) {
+		atomic_fetch_sub(&w->srv->nconn, 1);
+		log_limited(w, &w->accept_errors, c ? strerror(errno) : "out of memory", peer, l);
+		conn_discard(c);
+		c = NULL;
+	} else {
+		log_debug("policy: connection from %s on %s", peer, l->address);
+	}
+	engine_release(snap);
+	if (c == NULL)
+		close(fd);
+}
+
+static int listeners_watch(worker *w, bool on)
+{
+	policy_server *srv = w->srv;
+
+	for (size_t i = 0; i < srv->nlisteners; i++) {
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &srv->listeners[i]};
+		int fd = srv->listeners[i].fd;
+
+		if (!on) {
+			epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
+			continue;
+		}
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			/* Kernels before 4.5 lack EPOLLEXCLUSIVE: a herd, but correct. */
+			ev.events = EPOLLIN;
+			if (errno != EINVAL || epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+				return -1;
+		}
+	}
+	w->accepting = on;
+	return 0;
+}
+
+static void worker_accept(worker *w, const listener *l)
+{
+	for (int i = 0; i < ACCEPT_BATCH; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sslen = sizeof(ss);
+		int fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd >= 0) {
+			conn_open(w, l, fd, &ss);
+			continue;
+		}
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			/* Out of descriptors: a level-triggered listener would spin; pause until the next
+			 * tick. */
+			log_limited(w, &w->accept_errors, strerror(errno), "-", l);
+			listeners_watch(w, false);
+		}
+		return; /* EAGAIN (another worker took it), ECONNABORTED, EINTR: nothing to do */
+	}
+}
+
+/* ---- the worker loop ---- */
+
+static void worker_sweep_idle(worker *w)
+{
+	engine_snapshot *snap = engine_acquire(w->srv->eng);
+	int64_t timeout = engine_config(snap)->policy.idle_timeout;
+
+	engine_release(snap);
+	while (w->head != NULL && w->now - w->head->last_active >= timeout) {
+		conn *c = w->head;
+
+		log_info("policy: closing connection from %s on %s: idle for %llds%s", c->peer,
+		         c->lst->address, (long long)(w->now - c->last_active),
+		         policy_parser_idle(c->parser) ? "" : " in the middle of a request");
+		conn_close(c);
+	}
+}
+
+static void worker_tick(worker *w)
+{
+	uint64_t expirations;
+
+	if (read(w->timerfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+		log_debug("policy worker %u: timerfd: %s", w->id, strerror(errno));
+	if (w->draining)
+		return;
+	if (!w->accepting && listeners_watch(w, true) < 0)
+		log_error("policy worker %u: cannot watch the listeners again: %s", w->id, strerror(errno));
+	worker_sweep_idle(w);
+}
+
+/* Stop accepting; close what is idle; the rest closes after its current reply. */
+static void worker_begin_drain(worker *w)
+{
+	uint64_t n;
+
+	if (read(w->wakefd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_debug("policy worker %u: eventfd: %s", w->id, strerror(errno));
+	if (w->draining)
+		return;
+	w->draining = true;
+	w->drain_deadline = w->now + DRAIN_SECONDS;
+	listeners_watch(w, false);
+	for (conn *c = w->head, *next; c != NULL; c = next) {
+		next = c->next;
+		c->closing = true;
+		if (conn_idle(c))
+			conn_close(c);
+	}
+}
+
+static void worker_dispatch(worker *w, const struct epoll_event *ev, bool *wake, bool *tick)
+{
+	src_kind kind = *(const src_kind *)ev->data.ptr;
+
+	switch (kind) {
+	case SRC_LISTENER:
+		if (w->accepting)
+			worker_accept(w, ev->data.ptr);
+		break;
+	case SRC_CONN:
+		conn_event(ev->data.ptr, ev->events);
+		break;
+	case SRC_WAKE:
+		*wake = true;
+		break;
+	case SRC_TIMER:
+		*tick = true;
+		break;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	worker *w = arg;
+	struct epoll_event ev[MAX_EVENTS];
+
+	while (!w->draining || (w->nconn > 0 && w->now < w->drain_deadline)) {
+		int n = epoll_wait(w->epfd, ev, MAX_EVENTS, w->draining ? 100 : -1);
+		bool wake = false, tick = false;
+
+		if (n < 0 && errno != EINTR) {
+			log_error("policy worker %u: epoll_wait: %s", w->id, strerror(errno));
+			break;
+		}
+		w->now = mono_now();
+		/* Wake-ups and ticks close connections: only after the batch, whose events may point to them.
+		 */
+		for (int i = 0; i < n; i++)
+			worker_dispatch(w, &ev[i], &wake, &tick);
+		if (wake)
+			worker_begin_drain(w);
+		if (tick)
+			worker_tick(w);
+	}
+	if (w->nconn > 0)
+		log_warning("policy worker %u: closing %zu connection(s) with a request still in progress",
+		            w->id, w->nconn);
+	while (w->head != NULL)
+		conn_close(w->head);
+	return NULL;
+}
+
+static int worker_setup(worker *w, policy_server *srv, unsigned id, char *err, size_t errlen)
+{
+	struct itimerspec every_second = {.it_interval = {.tv_sec = 1}, .it_value = {.tv_sec = 1}};
+	struct epoll_event wake = {.events = EPOLLIN, .data.ptr = &w->wake_tag};
+	struct epoll_event timer = {.events = EPOLLIN, .data.ptr = &w->timer_tag};
+
+	w->srv = srv;
+	w->id = id;
+	w->wake_tag = SRC_WAKE;
+	w->timer_tag = SRC_TIMER;
+	w->over_limit.interval = w->accept_errors.interval = LOG_INTERVAL;
+	w->refused.interval = REFUSED_LOG_INTERVAL;
+	w->now = mono_now();
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (w->epfd < 0 || w->wakefd < 0 || w->timerfd < 0 ||
+	    timerfd_settime(w->timerfd, 0, &every_second, NULL) < 0 ||
+	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wakefd, &wake) < 0 ||
+	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &timer) < 0 || listeners_watch(w, true) < 0) {
+		snprintf(err, errlen, "policy worker %u: %s", id, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Workers take no process signals: main.c waits for them with sigwaitinfo. */
+static int worker_spawn(worker *w, char *err, size_t errlen)
+{
+	sigset_t all, old;
+	char name[16];
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&w->thread, NULL, worker_main, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		snprintf(err, errlen, "policy worker %u: pthread_create: %s", w->id, strerror(rc));
+		return -1;
+	}
+	snprintf(name, sizeof(name), "policy-%u", w->id);
+	pthread_setname_np(w->thread, name);
+	w->running = true;
+	return 0;
+}
+
+static void worker_release(worker *w)
+{
+	if (w->epfd >= 0)
+		close(w->epfd);
+	if (w->wakefd >= 0)
+		close(w->wakefd);
+	if (w->timerfd >= 0)
+		close(w->timerfd);
+	w->epfd = w->wakefd = w->timerfd = -1;
+}
+
+/* ---- the public API ---- */
+
+static size_t worker_count(unsigned threads)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t n = threads ? threads : (cpus > 0 ? (size_t)cpus : 2);
+
+	return n < 2 ? 2 : n;
+}
+
+policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size_t errlen)
+{
+	policy_server *srv = calloc(1, sizeof(*srv));
+	size_t nworkers = worker_count(cfg->policy.threads);
+
+	if (srv == NULL ||
+	    (cfg->policy.nlisten > 0 &&
+	     (srv->listeners = calloc(cfg->policy.nlisten, sizeof(*srv->listeners))) == NULL) ||
+	    (srv->workers = calloc(nworkers, sizeof(*srv->workers))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		policy_server_free(srv);
+		return NULL;
+	}
+	srv->eng = eng;
+	srv->nworkers = cfg->policy.nlisten > 0 ? nworkers : 0; /* no listener, no workers */
+	for (size_t i = 0; i < nworkers; i++)
+		srv->workers[i].epfd = srv->workers[i].wakefd = srv->workers[i].timerfd = -1;
+	atomic_init(&srv->nconn, 0);
+	for (size_t i = 0; i < TRAP_SLOTS; i++)
+		atomic_init(&srv->trap_instances[i], 0);
+	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
+		srv->nlisteners++;
+		if (listener_open(&srv->listeners[i], &cfg->policy.listen[i], err, errlen) < 0) {
+			policy_server_free(srv);
+			return NULL;
+		}
+	}
+	return srv;
+}
+
+int policy_server_start(policy_server *srv, char *err, size_t errlen)
+{
+	if (srv->started) {
+		snprintf(err, errlen, "policy server already started");
+		return -1;
+	}
+	srv->started = true;
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		worker *w = &srv->workers[i];
+
+		if (worker_setup(w, srv, (unsigned)i, err, errlen) < 0 || worker_spawn(w, err, errlen) < 0) {
+			policy_server_stop(srv);
+			return -1;
+		}
+	}
+	if (srv->nworkers > 0)
+		log_info("policy: %zu listener(s), %zu worker thread(s)", srv->nlisteners, srv->nworkers);
+	return 0;
+}
+
+void policy_server_stop(policy_server *srv)
+{
+	const uint64_t one = 1;
+
+	if (srv == NULL || srv->stopped)
+		return;
+	srv->stopped = true;
+	for (size_t i = 0; i < srv->nworkers; i++)
+		if (srv->workers[i].running && write(srv->workers[i].wakefd, &one, sizeof(one)) < 0)
+			log_error("policy worker %zu: cannot wake it: %s", i, strerror(errno));
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		if (srv->workers[i].running)
+			pthread_join(srv->workers[i].thread, NULL);
+		srv->workers[i].running = false;
+	}
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		listener_close(&srv->listeners[i]);
+}
+
+void policy_server_free(policy_server *srv)
+{
+	if (srv == NULL)
+		return;
+	policy_server_stop(srv);
+	for (size_t i = 0; srv->workers != NULL && i < srv->nworkers; i++)
+		worker_release(&srv->workers[i]);
+	for (size_t i = 0; i < srv->nlisteners; i++) {
+		listener_close(&srv->listeners[i]);
+		free(srv->listeners[i].address);
+	}
+	free(srv->listeners);
+	free(srv->workers);
+	free(srv);
+}

@@ -1,0 +1,625 @@
+"""Integration tests of the policy-delegation front end: the real spamtrapd,
+real SQLite, and a client speaking the Postfix policy protocol on loopback.
+
+Each test class starts the daemons it needs (spamtrapd_harness); client
+addresses in requests come from the documentation ranges (192.0.2.0/24,
+198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32), since the decision core
+never blocklists loopback clients.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+import spamtrapd_harness as sh
+
+REJECT_TEXT = "550 5.7.1 Sender is blocklisted here (spamtrapd test)"
+TRAP = "trap@example.com"
+
+BASE = {
+    "traps": {"addresses": [TRAP], "domains": ["trap.example.net"]},
+    "blocklist": {"reject": REJECT_TEXT},
+}
+
+
+def daemon(overrides=None, **kw):
+    return sh.Spamtrapd(sh.merge(BASE, overrides), **kw)
+
+
+class DaemonCase(unittest.TestCase):
+    """A daemon per test class; clients per test."""
+
+    CONFIG = None
+    ROLES = ("trap", "sender")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = daemon(cls.CONFIG, roles=cls.ROLES).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def setUp(self):
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            c.close()
+
+    def client(self, role):
+        c = sh.PolicyClient(self.d.policy_address(role))
+        self.clients.append(c)
+        return c
+
+    def trap_hit(self, sender, client_address, recipient=TRAP, **kw):
+        return self.client("trap").check(sender=sender, recipient=recipient, client_address=client_address, **kw)
+
+    def sender_check(self, sender, client_address, **kw):
+        return self.client("sender").check(sender=sender, client_address=client_address, **kw)
+
+
+class TestBlocklist(DaemonCase):
+    def test_trap_hit_blocklists_sender_with_configured_text(self):
+        self.assertEqual(self.sender_check("spam1@bad.test", "192.0.2.11"), "DUNNO")
+        # default action discard + on_mixed deliver-others: the trap is an unknown user
+        self.assertEqual(self.trap_hit("spam1@bad.test", "192.0.2.11"), "550 5.1.1 User unknown")
+        # from another client: the sender key
+        self.assertEqual(self.sender_check("spam1@bad.test", "203.0.113.99"), REJECT_TEXT)
+        # case and angle brackets do not matter
+        self.assertEqual(self.sender_check("<Spam1@BAD.test>", "203.0.113.98"), REJECT_TEXT)
+        self.d.wait_for_log(r"reject: trap trap=trap@example.com blocklisted=spam1@bad.test,192.0.2.11")
+
+    def test_trap_hit_blocklists_client_address(self):
+        self.trap_hit("spam2@bad.test", "192.0.2.12")
+        self.assertEqual(self.sender_check("innocent@other.test", "192.0.2.12"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("innocent@other.test", "192.0.2.13"), "DUNNO")
+
+    def test_sender_check_at_mail_and_rcpt(self):
+        self.trap_hit("spam3@bad.test", "192.0.2.14")
+        self.assertEqual(self.sender_check("spam3@bad.test", "203.0.113.1", protocol_state="MAIL", recipient=None),
+                         REJECT_TEXT)
+        self.assertEqual(self.sender_check("spam3@bad.test", "203.0.113.1", protocol_state="RCPT"), REJECT_TEXT)
+        # other stages are not the sender port's business
+        self.assertEqual(self.sender_check("spam3@bad.test", "203.0.113.1", protocol_state="DATA"), "DUNNO")
+
+    def test_trap_domain_and_extension(self):
+        self.assertEqual(self.trap_hit("spam4@bad.test", "192.0.2.15", recipient="anything@trap.example.net"),
+                         "550 5.1.1 User unknown")
+        self.assertEqual(self.trap_hit("spam5@bad.test", "192.0.2.16", recipient="trap+tag@example.com"),
+                         "550 5.1.1 User unknown")
+        self.assertEqual(self.sender_check("spam5@bad.test", "203.0.113.2"), REJECT_TEXT)
+
+    def test_ordinary_recipient_on_trap_port(self):
+        self.assertEqual(self.trap_hit("fine@good.test", "192.0.2.17", recipient="user@example.com"), "DUNNO")
+        self.assertEqual(self.sender_check("fine@good.test", "192.0.2.17"), "DUNNO")
+
+    def test_trap_port_ignores_other_stages(self):
+        self.assertEqual(self.trap_hit("x@bad.test", "192.0.2.18", protocol_state="MAIL"), "DUNNO")
+        self.assertEqual(self.sender_check("x@bad.test", "192.0.2.18"), "DUNNO")
+
+    def test_null_sender_trap_hit_blocks_client_not_null_sender(self):
+        self.assertEqual(self.trap_hit("", "192.0.2.20"), "550 5.1.1 User unknown")
+        self.assertEqual(self.sender_check("", "203.0.113.20"), "DUNNO")
+        self.assertEqual(self.sender_check("", "192.0.2.20"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("someone@else.test", "192.0.2.20"), REJECT_TEXT)
+
+    def test_ipv6_client(self):
+        self.trap_hit("spam6@bad.test", "2001:db8:1:2::25")
+        # /64 aggregation by default
+        self.assertEqual(self.sender_check("other@x.test", "2001:db8:1:2::99"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("other@x.test", "2001:db8:1:3::1"), "DUNNO")
+
+    def test_other_recipients_of_the_same_message_are_not_rejected(self):
+        """smtpd_delay_reject=yes asks the sender port at every RCPT: after the trap
+        hit, the message's other recipients still pass (on_mixed deliver-others);
+        the next message is rejected."""
+        msg = sh.new_instance()
+        sender = self.client("sender")
+        kw = dict(sender="thread@mixed.test", client_address="192.0.2.21", instance=msg)
+        self.assertEqual(sender.check(recipient=TRAP, **kw), "DUNNO")
+        self.assertEqual(self.client("trap").check(recipient=TRAP, **kw), "550 5.1.1 User unknown")
+        self.assertEqual(sender.check(recipient="colleague@example.com", **kw), "DUNNO")
+        self.d.wait_for_log(r"sender hit a trap earlier in this message")
+        kw["instance"] = sh.new_instance()
+        self.assertEqual(sender.check(recipient="colleague@example.com", **kw), REJECT_TEXT)
+
+    def test_persistent_connection_many_requests(self):
+        c = self.client("sender")
+        for i in range(200):
+            self.assertEqual(c.check(sender=f"user{i}@many.test", client_address="198.51.100.200"), "DUNNO")
+
+    def test_request_split_at_every_byte(self):
+        c = self.client("sender")
+        data = sh.PolicyClient.encode(sender="split@x.test", client_address="198.51.100.201")
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            c.send_raw(data[i:i + 1])
+            if i % 50 == 0:
+                time.sleep(0.002)
+        self.assertEqual(c.read_action(), "DUNNO")
+
+    def test_pipelined_requests(self):
+        self.trap_hit("pipe@bad.test", "192.0.2.22")
+        c = self.client("sender")
+        c.send_raw(sh.PolicyClient.encode(sender="pipe@bad.test", client_address="203.0.113.3") +
+                   sh.PolicyClient.encode(sender="ok@good.test", client_address="203.0.113.3") +
+                   sh.PolicyClient.encode(sender="pipe@bad.test", client_address="203.0.113.4"))
+        self.assertEqual([c.read_action() for _ in range(3)], [REJECT_TEXT, "DUNNO", REJECT_TEXT])
+
+    def test_crlf_requests_from_a_hand_test(self):
+        c = self.client("sender")
+        c.send_raw(b"request=smtpd_access_policy\r\nprotocol_state=RCPT\r\nsender=hand@x.test\r\n"
+                   b"client_address=198.51.100.202\r\n\r\n")
+        self.assertEqual(c.read_action(), "DUNNO")
+
+
+class TestWhitelist(DaemonCase):
+    CONFIG = {"whitelist": {"domains": ["example.org"], "addresses": ["boss@partner.test"],
+                            "networks": ["198.51.100.0/24", "2001:db8:ffff::/48"]}}
+
+    def assert_never_blocked(self, sender, client):
+        self.assertEqual(self.trap_hit(sender, client), "DUNNO")
+        self.assertEqual(self.sender_check(sender, "203.0.113.50"), "DUNNO")
+        self.assertEqual(self.sender_check("another@unrelated.test", client), "DUNNO")
+
+    def test_domain(self):
+        self.assert_never_blocked("friend@example.org", "192.0.2.30")
+
+    def test_subdomain_not_included_by_default(self):
+        self.assertEqual(self.trap_hit("x@sub.example.org", "192.0.2.31"), "550 5.1.1 User unknown")
+        self.assertEqual(self.sender_check("x@sub.example.org", "203.0.113.51"), REJECT_TEXT)
+
+    def test_address(self):
+        self.assert_never_blocked("boss@partner.test", "192.0.2.32")
+        # only that address of the domain
+        self.trap_hit("intern@partner.test", "192.0.2.33")
+        self.assertEqual(self.sender_check("intern@partner.test", "203.0.113.52"), REJECT_TEXT)
+
+    def test_network(self):
+        self.assert_never_blocked("anyone@somewhere.test", "198.51.100.77")
+        self.assert_never_blocked("anyone6@somewhere.test", "2001:db8:ffff:1::7")
+
+    def test_whitelisted_network_passes_blocklisted_sender(self):
+        self.trap_hit("bad@spam.test", "192.0.2.34")
+        self.assertEqual(self.sender_check("bad@spam.test", "203.0.113.53"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("bad@spam.test", "198.51.100.78"), "DUNNO")
+
+
+class TestWhitelistSubdomains(DaemonCase):
+    CONFIG = {"whitelist": {"domains": ["example.org"], "include_subdomains": True}}
+
+    def test_domain_and_subdomains(self):
+        for sender, client in (("a@example.org", "192.0.2.40"), ("b@sub.example.org", "192.0.2.41"),
+                               ("c@deep.sub.example.org", "192.0.2.42")):
+            self.assertEqual(self.trap_hit(sender, client), "DUNNO", sender)
+            self.assertEqual(self.sender_check(sender, "203.0.113.60"), "DUNNO", sender)
+            self.assertEqual(self.sender_check("other@x.test", client), "DUNNO", sender)
+
+    def test_lookalike_domain_is_not_whitelisted(self):
+        self.trap_hit("d@badexample.org", "192.0.2.43")
+        self.assertEqual(self.sender_check("d@badexample.org", "203.0.113.61"), REJECT_TEXT)
+
+
+class TestActions(unittest.TestCase):
+    def run_action(self, traps, expect):
+        with daemon({"traps": traps}) as d:
+            with sh.PolicyClient(d.policy_address("trap")) as t, sh.PolicyClient(d.policy_address("sender")) as s:
+                self.assertEqual(t.check(sender="act@bad.test", recipient=TRAP, client_address="192.0.2.50"), expect)
+                self.assertEqual(s.check(sender="act@bad.test", client_address="203.0.113.70"), REJECT_TEXT)
+
+    def test_reject(self):
+        self.run_action({"action": "reject"}, "550 5.7.1 Recipient address rejected")
+
+    def test_discard_all(self):
+        self.run_action({"action": "discard", "on_mixed": "discard-all"}, "DISCARD spamtrap hit")
+
+    def test_discard_deliver_others(self):
+        self.run_action({"action": "discard", "on_mixed": "deliver-others"}, "550 5.1.1 User unknown")
+
+    def test_accept(self):
+        self.run_action({"action": "accept"}, "DUNNO")
+
+
+class TestExpiryAndRestart(unittest.TestCase):
+    def test_entry_expires(self):
+        with daemon({"blocklist": {"ttl": "2s"}}) as d:
+            with sh.PolicyClient(d.policy_address("trap")) as t, sh.PolicyClient(d.policy_address("sender")) as s:
+                t.check(sender="short@bad.test", recipient=TRAP, client_address="192.0.2.60")
+                self.assertEqual(s.check(sender="short@bad.test", client_address="203.0.113.80"), REJECT_TEXT)
+                time.sleep(3.2)
+                self.assertEqual(s.check(sender="short@bad.test", client_address="203.0.113.80"), "DUNNO")
+                self.assertEqual(s.check(sender="x@y.test", client_address="192.0.2.60"), "DUNNO")
+
+    def test_blocklist_survives_restart(self):
+        with daemon() as d:
+            with sh.PolicyClient(d.policy_address("trap")) as t:
+                t.check(sender="persist@bad.test", recipient=TRAP, client_address="192.0.2.61")
+            d.restart()
+            with sh.PolicyClient(d.policy_address("sender")) as s:
+                self.assertEqual(s.check(sender="persist@bad.test", client_address="203.0.113.81"), REJECT_TEXT)
+                self.assertEqual(s.check(sender="x@y.test", client_address="192.0.2.61"), REJECT_TEXT)
+
+    def test_dry_run_records_but_never_rejects(self):
+        with daemon({"mode": "dry-run"}) as d:
+            with sh.PolicyClient(d.policy_address("trap")) as t, sh.PolicyClient(d.policy_address("sender")) as s:
+                self.assertEqual(t.check(sender="dry@bad.test", recipient=TRAP, client_address="192.0.2.62"),
+                                 "DUNNO")
+                self.assertEqual(s.check(sender="dry@bad.test", client_address="203.0.113.82"), "DUNNO")
+            d.wait_for_log(r"dry-run, would reject: blocklisted key=dry@bad.test")
+            d.stop()
+            d.rewrite_config({"mode": "enforce"})
+            d.start()
+            with sh.PolicyClient(d.policy_address("sender")) as s:
+                self.assertEqual(s.check(sender="dry@bad.test", client_address="203.0.113.83"), REJECT_TEXT)
+
+
+class TestReload(unittest.TestCase):
+    def test_bad_config_keeps_old_good_config_applies(self):
+        with daemon() as d:
+            trap = sh.PolicyClient(d.policy_address("trap"))
+            self.addCleanup(trap.close)
+            self.assertEqual(trap.check(sender="r1@bad.test", recipient="new@example.com",
+                                        client_address="192.0.2.70"), "DUNNO")
+            # a typo in a key: refused, the old config (and its trap) stays
+            self.assertFalse(d.reload(overrides={"traps": {"adresses": ["new@example.com"]}}))
+            self.assertTrue(d.running())
+            self.assertEqual(trap.check(sender="r2@bad.test", recipient=TRAP, client_address="192.0.2.71"),
+                             "550 5.1.1 User unknown")
+            self.assertEqual(trap.check(sender="r3@bad.test", recipient="new@example.com",
+                                        client_address="192.0.2.72"), "DUNNO")
+            # broken JSON: the same
+            self.assertFalse(d.reload(replace="{ not json"))
+            self.assertTrue(d.running())
+            # a good config: the new trap works on the same (persistent) connection
+            good = sh.merge(d.config, {"traps": {"addresses": [TRAP, "new@example.com"]}})
+            good["traps"].pop("adresses", None)
+            self.assertTrue(d.reload(replace=good))
+            self.assertEqual(trap.check(sender="r4@bad.test", recipient="new@example.com",
+                                        client_address="192.0.2.73"), "550 5.1.1 User unknown")
+            with sh.PolicyClient(d.policy_address("sender")) as s:
+                self.assertEqual(s.check(sender="r4@bad.test", client_address="203.0.113.90"), REJECT_TEXT)
+
+    def test_limits_apply_after_reload(self):
+        with daemon() as d:
+            c = sh.PolicyClient(d.policy_address("sender"))
+            self.addCleanup(c.close)
+            long_helo = "h" * 400
+            self.assertEqual(c.check(helo_name=long_helo), "DUNNO")
+            self.assertTrue(d.reload(overrides={"policy": {"max_line": 300}}))
+            # the snapshot is read after each request: the next request has the new limit
+            self.assertEqual(c.check(helo_name="short"), "DUNNO")
+            mark = d.log_mark()
+            c.send_raw(sh.PolicyClient.encode(helo_name=long_helo))
+            self.assertTrue(c.is_closed())
+            d.wait_for_log(r"line too long", since=mark)
+
+
+class TestMalformed(DaemonCase):
+    CONFIG = {"policy": {"max_line": 256, "max_attributes": 40}}
+
+    def assert_closed_with_one_line(self, data, message):
+        mark = self.d.log_mark()
+        bad = self.client("sender")
+        good = self.client("sender")  # open before, must keep working after
+        try:
+            bad.send_raw(data)
+        except OSError:
+            pass  # closed (reset) while we were still sending: what the test expects
+        self.assertTrue(bad.is_closed(), "the connection should be closed")
+        self.d.wait_for_log(message, since=mark)
+        time.sleep(0.2)
+        self.assertEqual(self.d.count_log(r"policy: closing connection from 127\.0\.0\.1", since=mark), 1,
+                         self.d.log_since(mark))
+        self.assertEqual(good.check(sender="ok@good.test", client_address="198.51.100.150"), "DUNNO")
+        self.assertEqual(self.client("sender").check(sender="ok@good.test", client_address="198.51.100.150"),
+                         "DUNNO")
+
+    def test_line_without_equals(self):
+        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nhello world\n\n", r"line without '='")
+
+    def test_overlong_line(self):
+        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nsender=" + b"a" * 300 + b"\n\n",
+                                         r"line too long")
+
+    def test_huge_line_without_newline(self):
+        self.assert_closed_with_one_line(b"x" * 100000, r"line too long")
+
+    def test_too_many_attributes(self):
+        data = b"".join(b"attr%d=%d\n" % (i, i) for i in range(41)) + b"\n"
+        self.assert_closed_with_one_line(data, r"too many attributes")
+
+    def test_nul_byte(self):
+        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nsender=a\x00b\n\n", r"NUL byte")
+
+    def test_empty_name(self):
+        self.assert_closed_with_one_line(b"=value\n\n", r"empty attribute name")
+
+    def test_binary_garbage(self):
+        self.assert_closed_with_one_line(bytes(range(1, 256)) * 4, r"control character in attribute name")
+
+    def test_complete_request_without_request_attribute_gets_dunno(self):
+        c = self.client("sender")
+        mark = self.d.log_mark()
+        self.assertEqual(c.check(request=None, sender="x@y.test"), "DUNNO")
+        self.d.wait_for_log(r"no request attribute; answered DUNNO", since=mark)
+        self.assertEqual(c.check(request="junk_policy"), "DUNNO")
+        self.d.wait_for_log(r"request is not smtpd_access_policy", since=mark)
+        self.assertEqual(c.check(protocol_state="RCPT", sender=None), "DUNNO")
+        self.d.wait_for_log(r"no sender attribute", since=mark)
+        # the connection stays usable
+        self.assertEqual(c.check(sender="x@y.test"), "DUNNO")
+
+    def test_overlong_values_are_not_used(self):
+        # within max_line (256 here) but longer than the 63 bytes kept for a client address
+        c = self.client("sender")
+        mark = self.d.log_mark()
+        self.assertEqual(c.check(sender="x@y.test", client_address="1" * 100), "DUNNO")
+        self.d.wait_for_log(r"client_address longer than 63 bytes, not used", since=mark)
+
+    def test_empty_request_gets_dunno(self):
+        c = self.client("trap")
+        c.send_raw(b"\n")
+        self.assertEqual(c.read_action(), "DUNNO")
+
+    def test_client_closes_mid_request(self):
+        mark = self.d.log_mark()
+        c = self.client("sender")
+        c.send_raw(b"request=smtpd_access_policy\nsender=half")
+        time.sleep(0.1)
+        c.close()
+        self.d.wait_for_log(r"closed in the middle of a request", since=mark)
+        self.assertEqual(self.client("sender").check(), "DUNNO")
+
+
+class TestConcurrency(DaemonCase):
+    CONFIG = {"policy": {"threads": 4}}
+
+    def test_many_persistent_connections(self):
+        n = 300
+        self.trap_hit("conc@bad.test", "192.0.2.90")
+        clients = [self.client("sender") for _ in range(n)]
+        # every connection open at once, each does a request, twice
+        for round_ in range(2):
+            for i, c in enumerate(clients):
+                c.send_raw(sh.PolicyClient.encode(sender="conc@bad.test" if i % 3 == 0 else f"u{i}@ok.test",
+                                                  client_address=f"198.51.100.{i % 200 + 1}"))
+            for i, c in enumerate(clients):
+                self.assertEqual(c.read_action(), REJECT_TEXT if i % 3 == 0 else "DUNNO", (round_, i))
+
+    def test_parallel_clients_in_threads(self):
+        errors = []
+
+        def work(k):
+            try:
+                with sh.PolicyClient(self.d.policy_address("sender")) as c:
+                    for j in range(50):
+                        if c.check(sender=f"t{k}.{j}@ok.test", client_address="198.51.100.210") != "DUNNO":
+                            errors.append((k, j))
+            except Exception as e:  # reported below; a thread cannot fail the test itself
+                errors.append((k, repr(e)))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+
+
+def open_in_slot(address, timeout=5.0):
+    """A client that got one of the max_connections slots: a connection over the limit is
+    accepted and closed at once, and a slot is free again only when the daemon has seen
+    the close of the connection that held it (the harness's readiness probe, a test's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = sh.PolicyClient(address)
+        try:
+            if c.check() == "DUNNO":
+                return c
+        except sh.ConnectionClosed:
+            pass
+        c.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection slot on {address} within {timeout}s")
+        time.sleep(0.05)
+
+
+class TestLimits(unittest.TestCase):
+    def test_max_connections(self):
+        with daemon({"policy": {"max_connections": 5}}) as d:
+            clients = []
+            try:
+                for _ in range(5):
+                    clients.append(open_in_slot(d.policy_address("sender")))
+                mark = d.log_mark()
+                extra = [sh.PolicyClient(d.policy_address("sender")) for _ in range(3)]
+                for c in extra:
+                    self.assertTrue(c.is_closed())
+                    c.close()
+                d.wait_for_log(r"policy\.max_connections reached", since=mark)
+                time.sleep(0.2)
+                self.assertEqual(d.count_log(r"max_connections reached", since=mark), 1, "rate-limited to one line")
+                # the connections inside the limit keep working; a freed slot is usable again
+                self.assertEqual(clients[0].check(), "DUNNO")
+                clients.pop().close()
+                clients.append(open_in_slot(d.policy_address("sender")))
+            finally:
+                for c in clients:
+                    c.close()
+
+    def test_idle_timeout(self):
+        with daemon({"policy": {"idle_timeout": "2s"}}) as d:
+            idle = sh.PolicyClient(d.policy_address("sender"))
+            busy = sh.PolicyClient(d.policy_address("sender"))
+            half = sh.PolicyClient(d.policy_address("sender"))
+            try:
+                self.assertEqual(idle.check(), "DUNNO")
+                half.send_raw(b"request=smtpd_access_policy\n")  # a client that stalls mid-request
+                start = time.monotonic()
+                while time.monotonic() - start < 3.5:
+                    self.assertEqual(busy.check(), "DUNNO")
+                    time.sleep(0.5)
+                self.assertTrue(idle.is_closed(timeout=3))
+                self.assertTrue(half.is_closed(timeout=3))
+                self.assertEqual(busy.check(), "DUNNO")
+                d.wait_for_log(r"idle for \d+s in the middle of a request")
+                d.wait_for_log(r"closing connection from 127\.0\.0\.1 on [0-9.:]+: idle for \d+s\n")
+            finally:
+                for c in (idle, busy, half):
+                    c.close()
+
+
+class TestAllow(unittest.TestCase):
+    def test_client_outside_allow_is_refused(self):
+        with daemon({"policy": {"allow": ["192.0.2.0/24"]}}, roles=("sender",)) as d:
+            # The harness's readiness probe was refused (and logged) too; refusals are
+            # logged at most once a second per worker, so wait that out, then look
+            # only at our own attempt.
+            d.wait_for_log(r"not in policy\.allow")
+            time.sleep(1.2)
+            mark = d.log_mark()
+            c = sh.PolicyClient(d.policy_address("sender"))
+            try:
+                c.send_raw(sh.PolicyClient.encode())
+            except OSError:
+                pass  # reset before the send: refused as well
+            self.assertTrue(c.is_closed())
+            c.close()
+            d.wait_for_log(r"refused connection from 127\.0\.0\.1 on [0-9.:]+: not in policy\.allow", since=mark)
+
+    def test_unix_socket_always_allowed(self):
+        workdir = sh.tempfile.mkdtemp(prefix="spamtrapd-test.")
+        path = os.path.join(workdir, "policy.sock")
+        d = daemon({"policy": {"allow": [], "listen": [{"address": f"unix:{path}", "role": "full"}]}},
+                   workdir=workdir)
+        with d:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o666)
+            with sh.PolicyClient(f"unix:{path}") as c:
+                self.assertEqual(c.check(sender="u@bad.test", recipient=TRAP, client_address="192.0.2.95"),
+                                 "550 5.1.1 User unknown")
+                self.assertEqual(c.check(sender="u@bad.test", recipient="x@example.com",
+                                         client_address="203.0.113.95"), REJECT_TEXT)
+            d.stop()
+            self.assertFalse(os.path.exists(path), "the socket file is removed at exit")
+            # a stale socket file (a daemon killed with -9) does not stop the next start
+            d.start()
+            d.kill()
+            self.assertTrue(os.path.exists(path))
+            d.start()
+            with sh.PolicyClient(f"unix:{path}") as c:
+                self.assertEqual(c.check(sender="ok@good.test", client_address="198.51.100.96"), "DUNNO")
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class TestListeners(unittest.TestCase):
+    @unittest.skipUnless(ipv6_loopback(), "no IPv6 loopback here")
+    def test_ipv6_listener(self):
+        port = sh.free_port("::1", socket.AF_INET6)
+        with daemon({"policy": {"listen": [{"address": f"[::1]:{port}", "role": "sender"}]}}) as d:
+            with sh.PolicyClient(f"[::1]:{port}") as c:
+                self.assertEqual(c.check(), "DUNNO")
+
+    def test_port_in_use_fails_start(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            d = daemon({"policy": {"listen": [{"address": f"127.0.0.1:{port}", "role": "sender"}]}})
+            try:
+                self.assertEqual(d.run_until_exit(), 1)
+                self.assertRegex(d.log(), rf"cannot start: policy listener 127\.0\.0\.1:{port}: Address already in use")
+            finally:
+                d.cleanup()
+
+    def test_socket_path_that_is_not_a_socket_fails_start(self):
+        workdir = sh.tempfile.mkdtemp(prefix="spamtrapd-test.")
+        path = os.path.join(workdir, "regular-file")
+        with open(path, "w") as f:
+            f.write("keep me\n")
+        d = daemon({"policy": {"listen": [{"address": f"unix:{path}", "role": "sender"}]}}, workdir=workdir)
+        try:
+            self.assertEqual(d.run_until_exit(), 1)
+            self.assertIn("exists and is not a socket", d.log())
+            with open(path) as f:
+                self.assertEqual(f.read(), "keep me\n")
+        finally:
+            d.cleanup()
+
+
+class TestRoleFull(DaemonCase):
+    ROLES = ("full",)
+
+    def test_full_role(self):
+        c = self.client("full")
+        # at MAIL: the sender check
+        self.assertEqual(c.check(protocol_state="MAIL", recipient=None, sender="full@bad.test",
+                                 client_address="192.0.2.100"), "DUNNO")
+        # at RCPT: the trap check first
+        self.assertEqual(c.check(sender="full@bad.test", recipient=TRAP, client_address="192.0.2.100"),
+                         "550 5.1.1 User unknown")
+        # the next message: rejected at MAIL, and at RCPT of an ordinary recipient
+        self.assertEqual(c.check(protocol_state="MAIL", recipient=None, sender="full@bad.test",
+                                 client_address="203.0.113.100"), REJECT_TEXT)
+        self.assertEqual(c.check(sender="full@bad.test", recipient="user@example.com",
+                                 client_address="203.0.113.100"), REJECT_TEXT)
+        self.assertEqual(c.check(sender="x@y.test", recipient="user@example.com",
+                                 client_address="192.0.2.100"), REJECT_TEXT)
+        # others pass; other stages are not looked at
+        self.assertEqual(c.check(sender="x@y.test", recipient="user@example.com",
+                                 client_address="192.0.2.101"), "DUNNO")
+        self.assertEqual(c.check(protocol_state="DATA", sender="full@bad.test", client_address="192.0.2.100"),
+                         "DUNNO")
+
+    def test_full_role_same_message(self):
+        c = self.client("full")
+        msg = sh.new_instance()
+        kw = dict(sender="mixed@bad.test", client_address="192.0.2.102", instance=msg)
+        self.assertEqual(c.check(recipient=TRAP, **kw), "550 5.1.1 User unknown")
+        self.assertEqual(c.check(recipient="real@example.com", **kw), "DUNNO")
+        kw["instance"] = sh.new_instance()
+        self.assertEqual(c.check(recipient="real@example.com", **kw), REJECT_TEXT)
+
+    def test_without_protocol_state(self):
+        c = self.client("full")
+        self.assertEqual(c.check(protocol_state=None, sender="nostate@bad.test", recipient=TRAP,
+                                 client_address="192.0.2.103"), "550 5.1.1 User unknown")
+        self.assertEqual(c.check(protocol_state=None, recipient=None, sender="nostate@bad.test",
+                                 client_address="203.0.113.103"), REJECT_TEXT)
+
+
+class TestStop(unittest.TestCase):
+    def test_sigterm_with_open_connections_is_clean_and_quick(self):
+        d = daemon()
+        with d:
+            clients = [sh.PolicyClient(d.policy_address("sender")) for _ in range(20)]
+            for c in clients[:10]:
+                self.assertEqual(c.check(), "DUNNO")
+            clients[10].send_raw(b"request=smtpd_access_policy\nsender=stalled")  # never completed
+            t0 = time.monotonic()
+            d.stop()  # raises unless exit code 0 in time
+            self.assertLess(time.monotonic() - t0, 10)
+            for c in clients:
+                self.assertTrue(c.is_closed(timeout=2))
+                c.close()
+            self.assertIn("with a request still in progress", d.log())
+
+
+if __name__ == "__main__":
+    try:
+        sh.binary()
+    except sh.HarnessError as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)
+    unittest.main(verbosity=2)
