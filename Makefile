@@ -36,3 +36,19 @@ check-format:
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)
+
+# make deb       build the Debian package into $(DEB_OUT) (lintian must find no error)
+# make deb-test  build it, install it, run it as the systemd unit would, purge it
+#                (root only: it installs and removes a system package)
+DEB_OUT ?= build-deb
+
+.PHONY: deb deb-deps deb-test
+
+deb-deps:
+	scripts/install-deps.sh deb
+
+deb: deb-deps
+	packaging/build-deb.sh $(DEB_OUT)
+
+deb-test: deb-deps
+	tests/package/test_deb.sh

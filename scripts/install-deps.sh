@@ -3,14 +3,14 @@
 #   scripts/install-deps.sh build   compiler, CMake, the libraries
 #   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, Python
 #   scripts/install-deps.sh bench   test + postgrey, perf tools
-#   scripts/install-deps.sh deb     build + Debian packaging tools
+#   scripts/install-deps.sh deb     build + Debian packaging tools (make deb, make deb-test)
 set -eu
 
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
        libhiredis-dev libpcre2-dev"
 test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format"
 bench="$test postgrey"
-deb="$build debhelper devscripts fakeroot lintian dpkg-dev"
+deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
 
 case "${1:-build}" in
 build) want=$build ;;
