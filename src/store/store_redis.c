@@ -402,6 +402,56 @@ static redisContext *dial(const store_backend_impl *s, char *err, size_t errlen)
 	return c;
 }
 
+/* The commands a new connection sends first. */
+typedef struct setup_cmds {
+	const char *argv[2 + NSCRIPTS][3];
+	int argc[2 + NSCRIPTS];
+	int n;
+	char db[16];
+} setup_cmds;
+
+static void setup_cmds_init(const store_backend_impl *s, setup_cmds *c)
+{
+	c->n = 0;
+	if (s->cfg.redis_password && s->cfg.redis_password[0]) {
+		c->argv[c->n][0] = "AUTH", c->argv[c->n][1] = s->cfg.redis_password, c->argc[c->n++] = 2;
+	}
+	if (s->cfg.redis_db != 0) {
+		snprintf(c->db, sizeof(c->db), "%d", s->cfg.redis_db);
+		c->argv[c->n][0] = "SELECT", c->argv[c->n][1] = c->db, c->argc[c->n++] = 2;
+	}
+	for (int i = 0; i < NSCRIPTS; i++) {
+		c->argv[c->n][0] = "SCRIPT", c->argv[c->n][1] = "LOAD", c->argv[c->n][2] = scripts[i];
+		c->argc[c->n++] = 3;
+	}
+}
+
+/* Read the answers to setup_cmds; the SCRIPT LOADs (last) give the scripts' SHA1s. */
+static int setup_replies(const store_backend_impl *s, rconn *rc, const setup_cmds *c, char *err,
+                         size_t errlen)
+{
+	int result = 0, first_script = c->n - NSCRIPTS;
+
+	for (int i = 0; i < c->n; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, c->argv[i][0]) != STORE_OK) {
+			snprintf(err, errlen, "%s", store_last_error());
+			return -1;
+		}
+		if (r->type == REDIS_REPLY_ERROR && !result) {
+			/* Name the command, never its argument (the password). */
+			snprintf(err, errlen, "%s: %s refused: %.*s", s->where, c->argv[i][0], (int)r->len,
+			         r->str);
+			result = 1;
+		} else if (i >= first_script && r->type == REDIS_REPLY_STRING && r->len == SHA_LEN) {
+			memcpy(rc->sha[i - first_script], r->str, SHA_LEN + 1);
+		}
+		freeReplyObject(r);
+	}
+	return result;
+}
+
 /*
  * AUTH, SELECT and SCRIPT LOAD, pipelined. Returns 1 when the server
  * answered with an error (a setting is wrong), -1 when the connection
@@ -409,47 +459,20 @@ static redisContext *dial(const store_backend_impl *s, char *err, size_t errlen)
  */
 static int handshake(const store_backend_impl *s, rconn *rc, char *err, size_t errlen)
 {
-	char db[16];
-	const char *cmds[2 + NSCRIPTS][3];
-	int n = 0, argcs[2 + NSCRIPTS], result = 0;
+	setup_cmds c;
 
-	if (s->cfg.redis_password && s->cfg.redis_password[0]) {
-		cmds[n][0] = "AUTH", cmds[n][1] = s->cfg.redis_password, argcs[n++] = 2;
-	}
-	if (s->cfg.redis_db != 0) {
-		snprintf(db, sizeof(db), "%d", s->cfg.redis_db);
-		cmds[n][0] = "SELECT", cmds[n][1] = db, argcs[n++] = 2;
-	}
-	for (int i = 0; i < NSCRIPTS; i++)
-		cmds[n][0] = "SCRIPT", cmds[n][1] = "LOAD", cmds[n][2] = scripts[i], argcs[n++] = 3;
-	for (int i = 0; i < n; i++) {
+	setup_cmds_init(s, &c);
+	for (int i = 0; i < c.n; i++) {
 		size_t lens[3];
 
-		for (int j = 0; j < argcs[i]; j++)
-			lens[j] = strlen(cmds[i][j]);
-		if (redisAppendCommandArgv(rc->ctx, argcs[i], cmds[i], lens) != REDIS_OK) {
+		for (int j = 0; j < c.argc[i]; j++)
+			lens[j] = strlen(c.argv[i][j]);
+		if (redisAppendCommandArgv(rc->ctx, c.argc[i], c.argv[i], lens) != REDIS_OK) {
 			snprintf(err, errlen, "%s: out of memory", s->where);
 			return -1;
 		}
 	}
-	for (int i = 0; i < n; i++) {
-		redisReply *r;
-
-		if (next_reply(s, rc->ctx, &r, cmds[i][0]) != STORE_OK) {
-			snprintf(err, errlen, "%s", store_last_error());
-			return -1;
-		}
-		if (r->type == REDIS_REPLY_ERROR && !result) {
-			/* Never echo the password; name the command. */
-			snprintf(err, errlen, "%s: %s refused: %.*s", s->where, cmds[i][0], (int)r->len,
-			         r->str);
-			result = 1;
-		} else if (i >= n - NSCRIPTS && r->type == REDIS_REPLY_STRING && r->len == SHA_LEN) {
-			memcpy(rc->sha[i - (n - NSCRIPTS)], r->str, SHA_LEN + 1);
-		}
-		freeReplyObject(r);
-	}
-	return result;
+	return setup_replies(s, rc, &c, err, errlen);
 }
 
 /* Connect rc; 0 on success, 1 (server refused a setting) or -1 (no connection) with err. */
@@ -620,44 +643,49 @@ static store_status op_lookup(store_backend_impl *s, rconn *rc, op *o)
 	return err == STORE_ERROR ? STORE_ERROR : st;
 }
 
+#define RECORD_ARGS 9
+
+/* ARGV of the record script: now, expires, then the provenance capped as a store_entry holds it. */
+static size_t record_values(const store_hit *h, char nums[2][24], const char **argv, size_t *argvlen)
+{
+	static const size_t caps[RECORD_ARGS] = {24,
+	                                         24,
+	                                         STORE_FIELD_CAP(trap),
+	                                         STORE_FIELD_CAP(sender),
+	                                         STORE_FIELD_CAP(recipient),
+	                                         STORE_FIELD_CAP(client),
+	                                         STORE_FIELD_CAP(helo),
+	                                         STORE_FIELD_CAP(queue_id),
+	                                         STORE_FIELD_CAP(reason)};
+	const char *vals[RECORD_ARGS] = {nums[0],   nums[1], h->trap,     h->sender,          h->recipient,
+	                                 h->client, h->helo, h->queue_id, store_hit_reason(h)};
+
+	snprintf(nums[0], 24, "%lld", (long long)h->now);
+	snprintf(nums[1], 24, "%lld", (long long)(h->now + h->ttl));
+	for (int i = 0; i < RECORD_ARGS; i++) {
+		argv[i] = vals[i] ? vals[i] : "";
+		argvlen[i] = store_field_len(argv[i], caps[i]);
+	}
+	return RECORD_ARGS;
+}
+
 static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 {
-	const store_hit *h = o->hit;
-	char now[24], expires[24];
-	const char *argv[3 + STORE_RECORD_MAX + 9];
-	size_t argvlen[3 + STORE_RECORD_MAX + 9], n = 3;
-	char nkeys[8], *keys = malloc(o->nkeys * (s->prefixlen + STORE_KEY_MAX));
-	const char *vals[9];
-	const size_t caps[9] = {sizeof(now),
-	                        sizeof(expires),
-	                        STORE_FIELD_CAP(trap),
-	                        STORE_FIELD_CAP(sender),
-	                        STORE_FIELD_CAP(recipient),
-	                        STORE_FIELD_CAP(client),
-	                        STORE_FIELD_CAP(helo),
-	                        STORE_FIELD_CAP(queue_id),
-	                        STORE_FIELD_CAP(reason)};
+	const char *argv[3 + STORE_RECORD_MAX + RECORD_ARGS];
+	size_t argvlen[3 + STORE_RECORD_MAX + RECORD_ARGS], n = 3, keycap = s->prefixlen + STORE_KEY_MAX;
+	char nkeys[24], nums[2][24], *keys = malloc(o->nkeys * keycap);
 	redisReply *r = NULL;
 	store_status st;
 
 	if (!keys)
 		return store_set_error("%s: record: out of memory", s->where);
 	snprintf(nkeys, sizeof(nkeys), "%zu", o->nkeys);
-	snprintf(now, sizeof(now), "%lld", (long long)h->now);
-	snprintf(expires, sizeof(expires), "%lld", (long long)(h->now + h->ttl));
 	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
 	for (size_t i = 0; i < o->nkeys; i++, n++) {
-		char *k = keys + i * (s->prefixlen + STORE_KEY_MAX);
-
-		argvlen[n] = full_key(s, o->keys[i], k);
-		argv[n] = k;
+		argv[n] = keys + i * keycap;
+		argvlen[n] = full_key(s, o->keys[i], keys + i * keycap);
 	}
-	vals[0] = now, vals[1] = expires, vals[2] = h->trap, vals[3] = h->sender, vals[4] = h->recipient;
-	vals[5] = h->client, vals[6] = h->helo, vals[7] = h->queue_id, vals[8] = store_hit_reason(h);
-	for (int i = 0; i < 9; i++, n++) {
-		argv[n] = vals[i] ? vals[i] : "";
-		argvlen[n] = store_field_len(argv[n], caps[i]);
-	}
+	n += record_values(o->hit, nums, argv + n, argvlen + n);
 	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "record");

@@ -140,19 +140,44 @@ static bool redis_start(void)
 	return false;
 }
 
-/* One command to the test server; true when it did not answer with an error. */
-static bool redis_do(const char *cmd)
+/*
+ * One command to the test server, after AUTH when password is set: the
+ * words of cmd, then extra (which may be empty) when not NULL. True unless
+ * it failed.
+ */
+static bool redis_do_auth(const char *password, const char *cmd, const char *extra)
 {
 	struct timeval tv = {1, 0};
 	redisContext *c = redisConnectWithTimeout("127.0.0.1", B.redis_port, tv);
-	redisReply *r = c && !c->err ? redisCommand(c, cmd) : NULL;
-	bool ok = r && r->type != REDIS_REPLY_ERROR;
+	char words[128], *save = NULL;
+	const char *argv[8];
+	int argc = 0;
+	redisReply *r = NULL;
+	bool ok = c && !c->err;
 
+	if (ok && password) {
+		r = redisCommand(c, "AUTH %s", password);
+		ok = r && r->type != REDIS_REPLY_ERROR;
+		if (r)
+			freeReplyObject(r);
+	}
+	snprintf(words, sizeof(words), "%s", cmd);
+	for (char *w = strtok_r(words, " ", &save); w && argc < 7; w = strtok_r(NULL, " ", &save))
+		argv[argc++] = w;
+	if (extra)
+		argv[argc++] = extra;
+	r = ok ? redisCommandArgv(c, argc, argv, NULL) : NULL;
+	ok = r && r->type != REDIS_REPLY_ERROR;
 	if (r)
 		freeReplyObject(r);
 	if (c)
 		redisFree(c);
 	return ok;
+}
+
+static bool redis_do(const char *cmd)
+{
+	return redis_do_auth(NULL, cmd, NULL);
 }
 
 static void redis_stop(void)
@@ -894,6 +919,47 @@ static void test_redis_hung_server(void **state)
 	store_free(st);
 }
 
+static void test_redis_password(void **state)
+{
+	int64_t t = now_s();
+	store_hit h = hit_at(t, "trap@example.com");
+	char err[256];
+	store *st;
+
+	(void)state;
+	assert_true(redis_do("CONFIG SET requirepass s3cret"));
+	assert_null(store_open(&B.cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "NOAUTH"));
+	B.cfg.redis_password = "s3cret";
+	st = open_store();
+	record1(st, "a@example.com", &h);
+	assert_int_equal(lookup1(st, "a@example.com", t, NULL), STORE_OK);
+	store_free(st);
+	assert_true(redis_do_auth("s3cret", "CONFIG SET requirepass", ""));
+	B.cfg.redis_password = NULL;
+}
+
+/* The server forgot the scripts (restart, SCRIPT FLUSH, failover): EVAL takes over from EVALSHA. */
+static void test_redis_script_flush(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	store_hit h = hit_at(t, "trap@example.com");
+	uint64_t purged = 9;
+	store_entry e;
+
+	(void)state;
+	record1(st, "a@example.com", &h);
+	assert_true(redis_do("SCRIPT FLUSH"));
+	record1(st, "a@example.com", &h);
+	assert_int_equal(store_get(st, "a@example.com", &e), STORE_OK);
+	assert_int_equal(e.hits, 2);
+	assert_true(redis_do("SCRIPT FLUSH"));
+	assert_int_equal(store_purge(st, t + 2 * TTL, &purged), STORE_OK);
+	assert_int_equal(purged, 1);
+	store_free(st);
+}
+
 /* After a failover the old master is a replica: writes get READONLY until the connection is replaced. */
 static void test_redis_readonly_replica(void **state)
 {
@@ -963,7 +1029,8 @@ static const struct CMUnitTest sqlite_tests[] = {
 
 static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
-    CASE(test_redis_readonly_replica),  CASE(test_redis_hung_server),   CASE(test_redis_down_and_back),
+    CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
+    CASE(test_redis_hung_server),       CASE(test_redis_down_and_back),
 };
 
 int main(void)
