@@ -52,3 +52,18 @@ deb: deb-deps
 
 deb-test: deb-deps
 	tests/package/test_deb.sh
+
+# make bench     Release build in $(BENCH_BUILD), then bench/run.py: one table of
+#                speed and memory against the protocol limits and postgrey
+#                (docs/performance.md). BENCH_ARGS passes options, e.g.
+#                BENCH_ARGS="--duration 5 --reps 3".
+BENCH_BUILD ?= build-bench
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench:
+	scripts/install-deps.sh bench
+	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=ON
+	cmake --build $(BENCH_BUILD) -j $(JOBS)
+	python3 bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)

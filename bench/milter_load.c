@@ -1,0 +1,690 @@
+/*
+ * milter_load: an MTA-side milter client for benchmarks, modelled on
+ * Postfix's milter8 client. Each session is one SMTP session with one
+ * transaction, as smtpd runs it against a filter:
+ *
+ *   connect, option negotiation (version 6, every action and protocol
+ *   flag Postfix offers), macros + CONNECT, macros + HELO, macros + MAIL,
+ *   macros + RCPT (per recipient), ABORT, QUIT, close.
+ *
+ * The filter's protocol flags are honoured as Postfix does: a step the
+ * filter skipped (SMFIP_NO*) is not sent, a step it said it will not
+ * answer (SMFIP_NR_*) is sent without waiting, and a SETSYMLIST list
+ * replaces the default macros of its stage. Commands that need no reply
+ * go out together with the next one that does. A reject or tempfail at
+ * CONNECT ends the session; at MAIL it ends the transaction (ABORT).
+ *
+ * N sessions run at once from one epoll thread. Output: one JSON object
+ * with sessions per second, session latency (connect to QUIT: what the
+ * MTA waited for the filter), per-reply latency, replies by step, and
+ * what the filter negotiated. Exit 0 when every reply was well formed.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libmilter/mfdef.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "bench_util.h"
+
+#define MAX_RCPT 8
+#define OUT_MAX 8192
+#define IN_MAX 4096
+#define SYM_MAX 512
+/* Macro stages of SETSYMLIST, as numbered on the wire (mfapi.h SMFIM_*). */
+enum { SMFIM_CONNECT, SMFIM_HELO, SMFIM_ENVFROM, SMFIM_ENVRCPT, SMFIM_DATA, SMFIM_EOM, SMFIM_EOH, NSTAGES };
+#define MAX_TALLY 12
+
+/* Postfix 3.7 offers every protocol step and no-reply flag (milter8.c). */
+#define MTA_PROTOCOL (SMFI_CURR_PROT)
+#define MTA_ACTIONS (SMFI_CURR_ACTS)
+
+typedef struct options {
+	const char *host;
+	int port;
+	unsigned conns, rcpts;
+	double duration, warmup;
+	double trap_fraction, blocked_fraction;
+	unsigned senders, clients, traps, blocked;
+	unsigned long max_sessions;
+	uint64_t seed;
+} options;
+
+enum step { S_OPTNEG, S_CONNECT, S_HELO, S_MAIL, S_RCPT, S_ABORT, S_QUIT, S_DONE };
+
+typedef struct tally {
+	char name[MAX_TALLY][8];
+	unsigned long n[MAX_TALLY];
+} tally;
+
+typedef struct session {
+	int fd;
+	enum step step;
+	unsigned rcpt; /* next recipient index at S_RCPT */
+	bool waiting;
+	uint64_t start_ns, wait_ns;
+	uint32_t pflags;
+	char symlist[NSTAGES][SYM_MAX];
+	bool has_symlist[NSTAGES];
+	unsigned char in[IN_MAX];
+	size_t inlen;
+	char out[OUT_MAX];
+	size_t outlen;
+	char client[64], helo[64], sender[96], qid[16];
+	char rcpt_addr[MAX_RCPT][96];
+	bool trap[MAX_RCPT];
+	bench_rng rng;
+	unsigned id;
+	unsigned long seq;
+} session;
+
+typedef struct run {
+	const options *opt;
+	session *s;
+	int ep;
+	uint64_t measure_ns, end_ns;
+	unsigned long done, started, malformed, errors, active;
+	uint32_t negotiated_pflags, negotiated_actions;
+	tally t_connect, t_helo, t_mail, t_rcpt_trap, t_rcpt_other;
+	bench_lat lat_session, lat_reply;
+} run;
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: milter_load -p PORT [-h HOST] [-c CONNS] [-d SECONDS] [-w WARMUP]\n"
+	                "       [-n SESSIONS] [-R RCPTS] [-t TRAP_FRACTION] [-b BLOCKED_FRACTION]\n"
+	                "       [-S SENDERS] [-C CLIENTS] [-T TRAPS] [-B BLOCKED] [-r SEED]\n");
+}
+
+static int parse_options(int argc, char **argv, options *o)
+{
+	*o = (options){.host = "127.0.0.1",
+	               .conns = 1,
+	               .rcpts = 1,
+	               .duration = 5,
+	               .warmup = 1,
+	               .trap_fraction = 0.02,
+	               .blocked_fraction = 0.05,
+	               .senders = 100000,
+	               .clients = 50000,
+	               .traps = 100000,
+	               .blocked = 100000,
+	               .seed = 1};
+	int c;
+	while ((c = getopt(argc, argv, "h:p:c:d:w:n:R:t:b:S:C:T:B:r:")) != -1) {
+		switch (c) {
+		case 'h':
+			o->host = optarg;
+			break;
+		case 'p':
+			o->port = atoi(optarg);
+			break;
+		case 'c':
+			o->conns = (unsigned)atoi(optarg);
+			break;
+		case 'd':
+			o->duration = atof(optarg);
+			break;
+		case 'w':
+			o->warmup = atof(optarg);
+			break;
+		case 'n':
+			o->max_sessions = strtoul(optarg, NULL, 10);
+			break;
+		case 'R':
+			o->rcpts = (unsigned)atoi(optarg);
+			break;
+		case 't':
+			o->trap_fraction = atof(optarg);
+			break;
+		case 'b':
+			o->blocked_fraction = atof(optarg);
+			break;
+		case 'S':
+			o->senders = (unsigned)atoi(optarg);
+			break;
+		case 'C':
+			o->clients = (unsigned)atoi(optarg);
+			break;
+		case 'T':
+			o->traps = (unsigned)atoi(optarg);
+			break;
+		case 'B':
+			o->blocked = (unsigned)atoi(optarg);
+			break;
+		case 'r':
+			o->seed = strtoull(optarg, NULL, 10);
+			break;
+		default:
+			usage();
+			return -1;
+		}
+	}
+	if (o->port <= 0 || !o->conns || !o->rcpts || o->rcpts > MAX_RCPT || o->duration <= 0 ||
+	    !o->senders || !o->clients || !o->traps || !o->blocked) {
+		usage();
+		return -1;
+	}
+	return 0;
+}
+
+/* --- packets ---------------------------------------------------------------- */
+
+static void put_packet(session *s, char cmd, const void *data, size_t len)
+{
+	uint32_t n = htonl((uint32_t)(len + 1));
+	if (s->outlen + 5 + len > OUT_MAX)
+		return; /* cannot happen with the capped facts below */
+	memcpy(s->out + s->outlen, &n, 4);
+	s->out[s->outlen + 4] = cmd;
+	if (len)
+		memcpy(s->out + s->outlen + 5, data, len);
+	s->outlen += 5 + len;
+}
+
+/* Append "str\0" to a packet body being built in buf. */
+static size_t put_str(char *buf, size_t off, size_t cap, const char *str)
+{
+	size_t n = strlen(str) + 1;
+	if (off + n > cap)
+		return off;
+	memcpy(buf + off, str, n);
+	return off + n;
+}
+
+/* --- macros, as Postfix's milter_*_macros defaults send them ------------------ */
+
+static const char *const default_macros[NSTAGES] = {
+    [SMFIM_CONNECT] = "j {daemon_name} {daemon_addr} v _",
+    [SMFIM_HELO] = "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    [SMFIM_ENVFROM] = "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}",
+    [SMFIM_ENVRCPT] = "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+};
+
+/* The value of one macro in this session, NULL when Postfix would not define it. */
+static const char *macro_value(const session *s, const char *name, char *tmp, size_t tmplen)
+{
+	if (!strcmp(name, "j"))
+		return "mx.bench.example";
+	if (!strcmp(name, "{daemon_name}"))
+		return "smtpd";
+	if (!strcmp(name, "{daemon_addr}"))
+		return "192.0.2.25";
+	if (!strcmp(name, "v"))
+		return "Postfix 3.7.11";
+	if (!strcmp(name, "_"))
+		return snprintf(tmp, tmplen, "unknown [%s]", s->client), tmp;
+	if (!strcmp(name, "{tls_version}"))
+		return "TLSv1.3";
+	if (!strcmp(name, "{cipher}"))
+		return "TLS_AES_256_GCM_SHA384";
+	if (!strcmp(name, "{cipher_bits}"))
+		return "256";
+	if (!strcmp(name, "i") || !strcmp(name, "{i}"))
+		return s->step == S_RCPT ? s->qid : NULL; /* smtpd_delay_open_until_valid_rcpt */
+	if (!strcmp(name, "{mail_addr}"))
+		return s->sender;
+	if (!strcmp(name, "{mail_mailer}") || !strcmp(name, "{rcpt_mailer}"))
+		return "smtp";
+	if (!strcmp(name, "{mail_host}"))
+		return strchr(s->sender, '@') + 1;
+	if (!strcmp(name, "{rcpt_addr}"))
+		return s->rcpt_addr[s->rcpt];
+	if (!strcmp(name, "{rcpt_host}"))
+		return strchr(s->rcpt_addr[s->rcpt], '@') + 1;
+	return NULL;
+}
+
+/* SMFIC_MACRO for a stage: its command letter, then name/value pairs of the defined macros. */
+static void put_macros(session *s, int stage, char cmd)
+{
+	const char *list = s->has_symlist[stage] ? s->symlist[stage] : default_macros[stage];
+	char body[2048], names[SYM_MAX], tmp[128];
+	size_t off = 0;
+	if (!list)
+		return;
+	body[off++] = cmd;
+	snprintf(names, sizeof(names), "%s", list);
+	for (char *save = NULL, *name = strtok_r(names, " ", &save); name;
+	     name = strtok_r(NULL, " ", &save)) {
+		const char *value = macro_value(s, name, tmp, sizeof(tmp));
+		if (value) {
+			off = put_str(body, off, sizeof(body), name);
+			off = put_str(body, off, sizeof(body), value);
+		}
+	}
+	if (off > 1)
+		put_packet(s, SMFIC_MACRO, body, off);
+}
+
+/* --- the session's steps ------------------------------------------------------ */
+
+static void new_facts(session *s, const options *o)
+{
+	uint32_t ci = bench_rng_below(&s->rng, o->clients);
+	bench_client_ipv4(ci, s->client, sizeof(s->client));
+	snprintf(s->helo, sizeof(s->helo), "mx%u.senders.example", ci % 1000);
+	bool blocked = bench_rng_chance(&s->rng, o->blocked_fraction);
+	snprintf(s->sender, sizeof(s->sender), blocked ? BENCH_BLOCKED_FMT : BENCH_SENDER_FMT,
+	         bench_rng_below(&s->rng, blocked ? o->blocked : o->senders));
+	for (unsigned i = 0; i < o->rcpts; i++) {
+		s->trap[i] = bench_rng_chance(&s->rng, o->trap_fraction);
+		snprintf(s->rcpt_addr[i], sizeof(s->rcpt_addr[i]),
+		         s->trap[i] ? BENCH_TRAP_FMT : BENCH_RCPT_FMT,
+		         bench_rng_below(&s->rng, s->trap[i] ? o->traps : 1000000));
+	}
+	s->seq++;
+	snprintf(s->qid, sizeof(s->qid), "%X%06lX", s->id & 0xF, s->seq & 0xFFFFFF);
+}
+
+static void put_optneg(session *s)
+{
+	uint32_t v[3] = {htonl(SMFI_PROT_VERSION), htonl(MTA_ACTIONS), htonl(MTA_PROTOCOL)};
+	put_packet(s, SMFIC_OPTNEG, v, sizeof(v));
+}
+
+static void put_connect(session *s)
+{
+	char body[256];
+	uint16_t port = htons((uint16_t)(1024 + s->seq % 60000));
+	size_t off = put_str(body, 0, sizeof(body), "unknown");
+	body[off++] = SMFIA_INET;
+	memcpy(body + off, &port, 2);
+	off = put_str(body, off + 2, sizeof(body), s->client);
+	put_macros(s, SMFIM_CONNECT, SMFIC_CONNECT);
+	put_packet(s, SMFIC_CONNECT, body, off);
+}
+
+static void put_envelope(session *s, char cmd, const char *addr, const char *arg)
+{
+	char body[256], bracketed[128];
+	snprintf(bracketed, sizeof(bracketed), "<%s>", addr);
+	size_t off = put_str(body, 0, sizeof(body), bracketed);
+	if (arg)
+		off = put_str(body, off, sizeof(body), arg);
+	put_macros(s, cmd == SMFIC_MAIL ? SMFIM_ENVFROM : SMFIM_ENVRCPT, cmd);
+	put_packet(s, cmd, body, off);
+}
+
+/*
+ * Queue step's command if the filter wants it. Returns true when the MTA
+ * must now wait for a reply.
+ */
+static bool put_step(session *s)
+{
+	uint32_t f = s->pflags;
+	switch (s->step) {
+	case S_OPTNEG:
+		put_optneg(s);
+		return true;
+	case S_CONNECT:
+		if (f & SMFIP_NOCONNECT)
+			return false;
+		put_connect(s);
+		return !(f & SMFIP_NR_CONN);
+	case S_HELO:
+		if (f & SMFIP_NOHELO)
+			return false;
+		put_macros(s, SMFIM_HELO, SMFIC_HELO);
+		put_packet(s, SMFIC_HELO, s->helo, strlen(s->helo) + 1);
+		return !(f & SMFIP_NR_HELO);
+	case S_MAIL:
+		if (f & SMFIP_NOMAIL)
+			return false;
+		put_envelope(s, SMFIC_MAIL, s->sender, "SIZE=2048");
+		return !(f & SMFIP_NR_MAIL);
+	case S_RCPT:
+		if (f & SMFIP_NORCPT)
+			return false;
+		put_envelope(s, SMFIC_RCPT, s->rcpt_addr[s->rcpt], NULL);
+		return !(f & SMFIP_NR_RCPT);
+	case S_ABORT:
+		put_packet(s, SMFIC_ABORT, NULL, 0);
+		return false;
+	case S_QUIT:
+		put_packet(s, SMFIC_QUIT, NULL, 0);
+		return false;
+	case S_DONE:
+		break;
+	}
+	return false;
+}
+
+static void next_step(session *s, const options *o)
+{
+	if (s->step == S_RCPT && ++s->rcpt < o->rcpts)
+		return;
+	s->step++;
+}
+
+static int flush_out(session *s)
+{
+	size_t off = 0;
+	while (off < s->outlen) {
+		ssize_t w = write(s->fd, s->out + off, s->outlen - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		off += (size_t)w;
+	}
+	s->outlen = 0;
+	return 0;
+}
+
+/* --- replies -------------------------------------------------------------------- */
+
+static void tally_add(tally *t, char cmd, const unsigned char *data, size_t len)
+{
+	char name[8] = {cmd, 0};
+	if (cmd == SMFIR_REPLYCODE && len >= 3)
+		snprintf(name, sizeof(name), "y%.3s", (const char *)data);
+	for (int i = 0; i < MAX_TALLY; i++) {
+		if (!t->name[i][0])
+			snprintf(t->name[i], sizeof(t->name[i]), "%s", name);
+		if (!strcmp(t->name[i], name)) {
+			t->n[i]++;
+			return;
+		}
+	}
+}
+
+/* The filter's answer to option negotiation: flags, then optional SETSYMLIST lists. */
+static int take_optneg(run *r, session *s, const unsigned char *data, size_t len)
+{
+	uint32_t v[3];
+	if (len < 12)
+		return -1;
+	memcpy(v, data, 12);
+	s->pflags = ntohl(v[2]);
+	r->negotiated_actions = ntohl(v[1]);
+	r->negotiated_pflags = s->pflags;
+	for (size_t off = 12; off + 5 <= len;) {
+		uint32_t stage;
+		memcpy(&stage, data + off, 4);
+		stage = ntohl(stage);
+		const char *list = (const char *)data + off + 4;
+		size_t n = strnlen(list, len - off - 4);
+		if (stage < NSTAGES) {
+			snprintf(s->symlist[stage], SYM_MAX, "%.*s", (int)n, list);
+			s->has_symlist[stage] = true;
+		}
+		off += 4 + n + 1;
+	}
+	return 0;
+}
+
+static bool is_final(char cmd)
+{
+	return cmd == SMFIR_ACCEPT || cmd == SMFIR_REJECT || cmd == SMFIR_TEMPFAIL ||
+	       cmd == SMFIR_REPLYCODE || cmd == SMFIR_DISCARD || cmd == SMFIR_CONN_FAIL ||
+	       cmd == SMFIR_SHUTDOWN;
+}
+
+/* Where a reply at the current step takes the session, as Postfix's smtpd would go on. */
+static void after_reply(session *s, const options *o, char cmd)
+{
+	switch (s->step) {
+	case S_CONNECT:
+		s->step = is_final(cmd) ? S_QUIT : S_HELO;
+		return;
+	case S_MAIL:
+		s->step = is_final(cmd) ? S_ABORT : S_RCPT;
+		return;
+	case S_RCPT:
+		if (cmd == SMFIR_DISCARD || cmd == SMFIR_ACCEPT)
+			s->step = S_ABORT;
+		else
+			next_step(s, o);
+		return;
+	default:
+		next_step(s, o);
+	}
+}
+
+static int take_reply(run *r, session *s, char cmd, const unsigned char *data, size_t len)
+{
+	uint64_t now = bench_now_ns();
+	if (cmd == SMFIR_PROGRESS)
+		return 0;
+	if (!s->waiting)
+		return -1;
+	s->waiting = false;
+	if (now >= r->measure_ns)
+		bench_lat_add(&r->lat_reply, now - s->wait_ns);
+	switch (s->step) {
+	case S_OPTNEG:
+		if (cmd != SMFIC_OPTNEG || take_optneg(r, s, data, len) < 0)
+			return -1;
+		s->step = S_CONNECT;
+		return 0;
+	case S_CONNECT:
+		tally_add(&r->t_connect, cmd, data, len);
+		break;
+	case S_HELO:
+		tally_add(&r->t_helo, cmd, data, len);
+		break;
+	case S_MAIL:
+		tally_add(&r->t_mail, cmd, data, len);
+		break;
+	case S_RCPT:
+		tally_add(s->trap[s->rcpt] ? &r->t_rcpt_trap : &r->t_rcpt_other, cmd, data, len);
+		break;
+	default:
+		return -1;
+	}
+	if (!strchr("acdfrty4", cmd))
+		return -1;
+	after_reply(s, r->opt, cmd);
+	return 0;
+}
+
+/* --- the event loop ------------------------------------------------------------ */
+
+static int dial(const options *o)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
+	if (inet_pton(AF_INET, o->host, &sa.sin_addr) != 1)
+		return -1;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "milter_load: connect %s:%d: %s\n", o->host, o->port, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static bool want_more(const run *r, uint64_t now)
+{
+	if (r->opt->max_sessions)
+		return r->started < r->opt->max_sessions && now < r->end_ns;
+	return now < r->end_ns;
+}
+
+static void end_session(run *r, session *s, bool ok)
+{
+	uint64_t now = bench_now_ns();
+	epoll_ctl(r->ep, EPOLL_CTL_DEL, s->fd, NULL);
+	close(s->fd);
+	s->fd = -1;
+	r->active--;
+	if (!ok)
+		r->errors++;
+	else if (now >= r->measure_ns && now < r->end_ns) {
+		r->done++;
+		bench_lat_add(&r->lat_session, now - s->start_ns);
+	}
+}
+
+static int start_session(run *r, session *s)
+{
+	new_facts(s, r->opt);
+	memset(s->has_symlist, 0, sizeof(s->has_symlist));
+	s->step = S_OPTNEG;
+	s->rcpt = 0;
+	s->pflags = 0;
+	s->inlen = s->outlen = 0;
+	s->waiting = false;
+	s->start_ns = bench_now_ns();
+	s->fd = dial(r->opt);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+	if (s->fd < 0 || epoll_ctl(r->ep, EPOLL_CTL_ADD, s->fd, &ev) < 0)
+		return -1;
+	r->active++;
+	r->started++;
+	return 0;
+}
+
+/* Send steps until one needs a reply or the session is over; then start the next session. */
+static int drive(run *r, session *s)
+{
+	while (s->fd >= 0 && !s->waiting) {
+		if (s->step == S_DONE) {
+			if (flush_out(s) < 0)
+				r->errors++;
+			end_session(r, s, true);
+			if (want_more(r, bench_now_ns()) && start_session(r, s) < 0)
+				return -1;
+			continue;
+		}
+		if (put_step(s)) {
+			s->waiting = true;
+			s->wait_ns = bench_now_ns();
+			if (flush_out(s) < 0)
+				end_session(r, s, false);
+			return 0;
+		}
+		next_step(s, r->opt);
+	}
+	return 0;
+}
+
+static int on_readable(run *r, session *s)
+{
+	ssize_t n = read(s->fd, s->in + s->inlen, sizeof(s->in) - s->inlen);
+	if (n <= 0) {
+		if (n < 0 && errno == EINTR)
+			return 0;
+		end_session(r, s, false);
+		return want_more(r, bench_now_ns()) ? start_session(r, s) : 0;
+	}
+	s->inlen += (size_t)n;
+	size_t off = 0;
+	while (s->inlen - off >= 5) {
+		uint32_t len;
+		memcpy(&len, s->in + off, 4);
+		len = ntohl(len);
+		if (len == 0 || len > sizeof(s->in) - 4) {
+			r->malformed++;
+			end_session(r, s, false);
+			return want_more(r, bench_now_ns()) ? start_session(r, s) : 0;
+		}
+		if (s->inlen - off < 4 + len)
+			break;
+		if (take_reply(r, s, (char)s->in[off + 4], s->in + off + 5, len - 1) < 0)
+			r->malformed++;
+		off += 4 + len;
+	}
+	memmove(s->in, s->in + off, s->inlen - off);
+	s->inlen -= off;
+	return drive(r, s);
+}
+
+static int loop(run *r)
+{
+	struct epoll_event evs[256];
+	uint64_t start = bench_now_ns();
+	r->measure_ns = start + (uint64_t)(r->opt->warmup * 1e9);
+	r->end_ns = r->measure_ns + (uint64_t)(r->opt->duration * 1e9);
+	uint64_t give_up = r->end_ns + 10000000000ull;
+	for (unsigned i = 0; i < r->opt->conns; i++) {
+		session *s = &r->s[i];
+		s->id = i;
+		bench_rng_seed(&s->rng, r->opt->seed * 1000003u + i);
+		if (start_session(r, s) < 0 || drive(r, s) < 0)
+			return -1;
+	}
+	while (r->active > 0 && bench_now_ns() < give_up) {
+		int n = epoll_wait(r->ep, evs, 256, 100);
+		for (int i = 0; i < n; i++)
+			if (on_readable(r, evs[i].data.ptr) < 0)
+				return -1;
+	}
+	return 0;
+}
+
+/* --- report ------------------------------------------------------------------- */
+
+static void print_tally(const char *name, const tally *t)
+{
+	printf(", \"%s\": {", name);
+	for (int i = 0; i < MAX_TALLY && t->name[i][0]; i++)
+		printf("%s\"%s\": %lu", i ? ", " : "", t->name[i], t->n[i]);
+	printf("}");
+}
+
+static void print_lat(const char *name, bench_lat *l)
+{
+	bench_lat_sort(l);
+	printf(", \"%s_p50_us\": %.1f, \"%s_p99_us\": %.1f, \"%s_max_us\": %.1f", name,
+	       bench_lat_pct(l, 50) / 1e3, name, bench_lat_pct(l, 99) / 1e3, name,
+	       bench_lat_pct(l, 100) / 1e3);
+}
+
+static void report(run *r)
+{
+	double secs =
+	    r->opt->max_sessions ? (double)(bench_now_ns() - r->measure_ns) / 1e9 : r->opt->duration;
+	printf("{\"tool\": \"milter_load\", \"connections\": %u, \"seconds\": %.3f, \"sessions\": %lu, "
+	       "\"rps\": %.1f, \"malformed\": %lu, \"errors\": %lu, \"unfinished\": %lu, "
+	       "\"filter_actions\": \"0x%x\", \"filter_protocol\": \"0x%x\"",
+	       r->opt->conns, secs, r->done, (double)r->done / secs, r->malformed, r->errors, r->active,
+	       r->negotiated_actions, r->negotiated_pflags);
+	bench_lat_sort(&r->lat_session);
+	printf(", \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f",
+	       bench_lat_pct(&r->lat_session, 50) / 1e3, bench_lat_pct(&r->lat_session, 90) / 1e3,
+	       bench_lat_pct(&r->lat_session, 99) / 1e3, bench_lat_pct(&r->lat_session, 99.9) / 1e3,
+	       bench_lat_pct(&r->lat_session, 100) / 1e3);
+	print_lat("reply", &r->lat_reply);
+	printf(", \"replies_per_session\": %.2f", r->done ? (double)r->lat_reply.n / (double)r->done : 0.0);
+	print_tally("connect", &r->t_connect);
+	print_tally("helo", &r->t_helo);
+	print_tally("mail", &r->t_mail);
+	print_tally("rcpt_trap", &r->t_rcpt_trap);
+	print_tally("rcpt_other", &r->t_rcpt_other);
+	printf("}\n");
+}
+
+int main(int argc, char **argv)
+{
+	options opt;
+	if (parse_options(argc, argv, &opt) < 0)
+		return 2;
+	run r = {.opt = &opt};
+	r.s = calloc(opt.conns, sizeof(*r.s));
+	r.ep = epoll_create1(EPOLL_CLOEXEC);
+	bench_lat_init(&r.lat_session);
+	bench_lat_init(&r.lat_reply);
+	if (!r.s || r.ep < 0 || loop(&r) < 0) {
+		fprintf(stderr, "milter_load: setup failed: %s\n", strerror(errno));
+		return 2;
+	}
+	report(&r);
+	int rc = r.malformed || r.errors || r.active ? 1 : 0;
+	free(r.s);
+	bench_lat_free(&r.lat_session);
+	bench_lat_free(&r.lat_reply);
+	close(r.ep);
+	return rc;
+}

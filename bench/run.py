@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""spamtrapd benchmark: speed and memory against the protocol limits and postgrey.
+
+Runs, in one go on this machine (docs/performance.md explains every number):
+
+1. trap_bench: config_load of a 100,000-address trap file, and the cost of
+   the decision core per request.
+2. store_bench: 1,000,000 blocklist entries loaded through the store API
+   (SQLite, and Redis when redis-server is installed), lookups timed at
+   10k / 100k / 1M entries.
+3. The servers, each on free loopback ports: spamtrapd on that SQLite file
+   with the 100,000 traps (and spamtrapd on that Redis), the bare epoll
+   policy responder (policy_ref), the no-op libmilter filter (milter_ref)
+   and Debian's postgrey with its own --inet and a temporary --dbdir.
+4. policy_load against every policy server and milter_load against every
+   milter at 1, 8 and 64 connections, interleaved (every server at one
+   level, then the next level) and repeated, keeping each server's best
+   run, so that noise from other work on the machine hits all alike.
+5. One table on stdout: requests/s, p50/p99 latency, the ratios
+   spamtrapd/limit and spamtrapd/postgrey, peak RSS (VmHWM) of every
+   server, load and lookup times, and the targets of issue 6.
+
+Every process is started here and stopped here by PID. Raw results go to
+bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+LEVELS = (1, 8, 64)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def run_json(cmd, timeout):
+    """Run a bench tool; its stdout is one JSON object a line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode, proc.stderr.strip()))
+    out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not out:
+        raise RuntimeError("%s printed no result: %s" % (" ".join(cmd), proc.stderr.strip()))
+    return out
+
+
+class Server:
+    """A process this script started, with the ports it must open before it is ready."""
+
+    def __init__(self, name, kind, cmd, ports, log_path, env=None):
+        self.name, self.kind, self.cmd, self.ports = name, kind, cmd, ports
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.ready_seconds = None
+        self.hwm_kib = None
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        pending = list(self.ports.values())
+        while pending and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited (%d) before it was ready; see %s"
+                                   % (self.name, self.proc.returncode, self.log_path))
+            pending = [p for p in pending if not port_open(p)]
+            if pending:
+                time.sleep(0.01)
+        if pending:
+            raise RuntimeError("%s did not open ports %s within %d s" % (self.name, pending, timeout))
+        self.ready_seconds = time.monotonic() - self.started
+
+    def read_hwm(self):
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.hwm_kib = int(line.split()[1])
+        except OSError:
+            pass
+        return self.hwm_kib
+
+    def signal_stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout=15):
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.bin = os.path.join(args.build, "bench")
+        self.spamtrapd = os.path.join(args.build, "src", "spamtrapd")
+        self.tmp = tempfile.mkdtemp(prefix="spamtrapd-bench-")
+        self.servers = []
+        self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {},
+                        "store": {}, "traps": [], "servers": {}, "notes": []}
+
+    def tool(self, name):
+        return os.path.join(self.bin, name)
+
+    def note(self, text):
+        self.results["notes"].append(text)
+        print("note: " + text, file=sys.stderr)
+
+    # --- 1, 2: traps and store at scale ------------------------------------------------
+
+    def trap_bench(self):
+        out = run_json([self.tool("trap_bench"), "-d", self.tmp, "-n", str(self.args.traps)], 300)
+        self.results["traps"] = out
+        return os.path.join(self.tmp, "traps.txt")
+
+    def store_bench(self, backend, extra):
+        cmd = [self.tool("store_bench"), "-b", backend, "-n", str(self.args.entries), "-l",
+               str(self.args.lookups)] + extra
+        out = run_json(cmd, 600)
+        self.results["store"][backend] = out
+        return out[-1]
+
+    # --- 3: servers ------------------------------------------------------------------
+
+    def start(self, name, kind, cmd, ports, env=None):
+        srv = Server(name, kind, cmd, ports, os.path.join(self.tmp, name.replace(" ", "_") + ".log"), env)
+        self.servers.append(srv)
+        return srv
+
+    def spamtrapd_config(self, name, store, trap_file, policy_port, milter_port):
+        cfg = {
+            "milter": {"listen": "inet:%d@127.0.0.1" % milter_port},
+            "policy": {"listen": [{"address": "127.0.0.1:%d" % policy_port, "role": "full"}]},
+            "store": store,
+            "traps": {"files": [trap_file]},
+            "log": {"target": "stderr", "level": "info"},
+        }
+        path = os.path.join(self.tmp, name + ".json")
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=1)
+        return path
+
+    def start_spamtrapd(self, name, store, trap_file):
+        ports = {"policy": free_port(), "milter": free_port()}
+        cfg = self.spamtrapd_config(name.replace(" ", "_"), store, trap_file, ports["policy"], ports["milter"])
+        return self.start(name, "spamtrapd", [self.spamtrapd, "-f", "-c", cfg], ports)
+
+    def start_redis(self):
+        port = free_port()
+        rdir = os.path.join(self.tmp, "redis")
+        os.mkdir(rdir)
+        return self.start("redis", "store", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no", "--dir", rdir],
+                          {"redis": port})
+
+    def start_postgrey(self):
+        port = free_port()
+        dbdir = os.path.join(self.tmp, "postgrey")
+        os.mkdir(dbdir)
+        import grp
+        import pwd
+        user = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.getgid()).gr_name
+        return self.start("postgrey", "policy",
+                          ["postgrey", "--inet=127.0.0.1:%d" % port, "--dbdir=" + dbdir, "--user=" + user,
+                           "--group=" + group, "--pidfile=" + os.path.join(dbdir, "pid")], {"policy": port})
+
+    # --- 4: loads ------------------------------------------------------------------
+
+    def load(self, proto, port, conns, blocked):
+        tool = "policy_load" if proto == "policy" else "milter_load"
+        cmd = [self.tool(tool), "-p", str(port), "-c", str(conns), "-d", str(self.args.duration),
+               "-w", str(self.args.warmup), "-T", str(self.args.traps), "-B", str(max(blocked, 1))]
+        return run_json(cmd, self.args.duration + self.args.warmup + 60)[0]
+
+    def measure(self, proto, targets):
+        """targets: [(name, port, blocked)]; best of --reps runs per server and level, interleaved."""
+        table = self.results[proto]
+        for conns in self.args.levels:
+            for _ in range(self.args.reps):
+                for name, port, blocked in targets:
+                    r = self.load(proto, port, conns, blocked)
+                    best = table.setdefault(name, {}).get(str(conns))
+                    if best is None or r["rps"] > best["rps"]:
+                        table[name][str(conns)] = r
+                    print("  %-6s %-22s %2d conns %10.0f /s  p50 %8.1f us  p99 %8.1f us"
+                          % (proto, name, conns, r["rps"], r["p50_us"], r["p99_us"]), file=sys.stderr)
+
+    def stop_all(self):
+        for s in self.servers:
+            s.read_hwm()
+            s.signal_stop()
+        for s in self.servers:
+            s.wait_stopped()
+            self.results["servers"][s.name] = {"hwm_kib": s.hwm_kib, "ready_seconds": s.ready_seconds,
+                                               "log": s.log_path}
+
+    def run(self):
+        a = self.args
+        print("bench: temporary files in %s" % self.tmp, file=sys.stderr)
+        trap_file = self.trap_bench()
+        db = os.path.join(self.tmp, "spamtrapd.db")
+        sq = self.store_bench("sqlite", ["-f", db])
+        redis = None
+        if shutil.which("redis-server") and not a.no_redis:
+            redis = self.start_redis()
+            redis.wait_ready()
+            rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
+        else:
+            self.note("redis-server not found: no Redis rows")
+        policy, milter = [], []
+        st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
+        st.wait_ready()
+        policy.append(("spamtrapd sqlite", st.ports["policy"], sq["blocked_senders"]))
+        milter.append(("spamtrapd sqlite", st.ports["milter"], sq["blocked_senders"]))
+        if redis:
+            sr = self.start_spamtrapd("spamtrapd redis", {"backend": "redis", "redis": {
+                "host": "127.0.0.1", "port": redis.ports["redis"]}}, trap_file)
+            sr.wait_ready()
+            policy.append(("spamtrapd redis", sr.ports["policy"], rd["blocked_senders"]))
+            milter.append(("spamtrapd redis", sr.ports["milter"], rd["blocked_senders"]))
+        ncpu = os.cpu_count() or 1
+        # The responder gets as many threads as spamtrapd's policy workers (policy.threads 0: one per CPU).
+        port = free_port()
+        pref = self.start("policy_ref", "policy", [self.tool("policy_ref"), "-p", str(port), "-t",
+                                                    str(max(ncpu, 2))], {"policy": port})
+        port = free_port()
+        mref = self.start("milter_ref", "milter", [self.tool("milter_ref"), "-p", str(port)], {"milter": port})
+        for s in (pref, mref):
+            s.wait_ready()
+        policy.insert(0, ("policy_ref", pref.ports["policy"], 1))
+        milter.insert(0, ("milter_ref", mref.ports["milter"], 1))
+        if shutil.which("postgrey") and not a.no_postgrey:
+            pg = self.start_postgrey()
+            pg.wait_ready()
+            policy.append(("postgrey", pg.ports["policy"], 1))
+        else:
+            self.note("postgrey not installed (scripts/install-deps.sh bench): no postgrey row")
+        print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
+              % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
+        self.measure("policy", policy)
+        self.measure("milter", milter)
+
+    def finish(self):
+        self.stop_all()
+        for s in self.servers:
+            if s.kind == "spamtrapd":
+                errors = sum(1 for line in open(s.log_path, errors="replace") if ": error: " in line)
+                if errors:
+                    self.note("%s logged %d error lines: see %s" % (s.name, errors, s.log_path))
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem, 1), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+# --- 5: the table ---------------------------------------------------------------------
+
+
+CELL = 25
+
+
+def cell(r):
+    if not r:
+        return "%*s" % (CELL, "-")
+    return "%9.0f %6.3f/%-8.3f" % (r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000)
+
+
+def ratio(a, b, fmt="%.2f"):
+    if not a or not b or not b["rps"]:
+        return "-"
+    return fmt % (a["rps"] / b["rps"])
+
+
+def mib(kib):
+    return "%.1f MiB" % (kib / 1024) if kib else "-"
+
+
+def protocol_table(res, proto, limit, title, unit):
+    rows = res[proto]
+    print("\n%s: %s and p50/p99 latency in ms, at 1, 8 and 64 connections" % (title, unit))
+    head = "%-18s" % "server" + "".join(" %-*s" % (CELL, "%d conn%s" % (c, "s" if c > 1 else "")) for c in LEVELS)
+    print(head + " peak RSS")
+    for name, row in rows.items():
+        rss = res["servers"].get(name, {}).get("hwm_kib")
+        print("%-18s" % name + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
+    for name in [n for n in rows if n.startswith("spamtrapd")]:
+        for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
+            if ref in rows:
+                print("%-18s" % ("  %s/%s" % (name.split()[1], ref))
+                      + "".join(" %9s%*s" % (ratio(rows[name].get(str(c)), rows[ref].get(str(c)), fmt),
+                                             CELL - 9, "") for c in LEVELS))
+
+
+def store_lines(res):
+    for backend, lines in res["store"].items():
+        done = lines[-1]
+        loads = [l for l in lines if l["phase"] == "load"]
+        looks = [l for l in lines if l["phase"] == "lookup"]
+        print("\nStore %-6s load %s entries through store_record: %.2f s (%.0f/s)"
+              % (backend, "{:,}".format(done["entries"]), done["load_seconds"], loads[-1]["per_s"]))
+        for l in looks:
+            print("   lookup at %9s entries: miss p50 %6.1f us p99 %6.1f us, hit p50 %6.1f us p99 %6.1f us"
+                  % ("{:,}".format(l["entries"]), l["miss_p50_us"], l["miss_p99_us"], l["hit_p50_us"],
+                     l["hit_p99_us"]))
+
+
+def targets(res):
+    """The targets of issue 6, each with the measured value and whether it is met."""
+    p, m = res["policy"], res["milter"]
+    sq = p.get("spamtrapd sqlite", {})
+    out = []
+
+    def add(what, ok, value):
+        out.append(("met " if ok else "MISS", what, value))
+
+    ref64, sq64, pg64 = p.get("policy_ref", {}).get("64"), sq.get("64"), p.get("postgrey", {}).get("64")
+    if ref64 and sq64:
+        add("policy >= 90% of bare responder at 64 conns", sq64["rps"] >= 0.9 * ref64["rps"],
+            "%.0f%%" % (100 * sq64["rps"] / ref64["rps"]))
+        add("policy p99 < 1 ms at 64 conns", sq64["p99_us"] < 1000, "%.2f ms" % (sq64["p99_us"] / 1000))
+    if sq64 and pg64:
+        add("policy >= 50x postgrey at 64 conns", sq64["rps"] >= 50 * pg64["rps"],
+            "%.0fx" % (sq64["rps"] / pg64["rps"]))
+    ms, mr = m.get("spamtrapd sqlite", {}), m.get("milter_ref", {})
+    for c in LEVELS:
+        if ms.get(str(c)) and mr.get(str(c)):
+            add("milter >= no-op libmilter filter at %d conns" % c,
+                ms[str(c)]["rps"] >= mr[str(c)]["rps"], "%.2fx" % (ms[str(c)]["rps"] / mr[str(c)]["rps"]))
+    for name, srv in res["servers"].items():
+        if name.startswith("spamtrapd") and srv["hwm_kib"]:
+            add("%s peak RSS < 100 MiB" % name, srv["hwm_kib"] < 100 * 1024, mib(srv["hwm_kib"]))
+    st = res["servers"].get("spamtrapd sqlite")
+    if st and st["ready_seconds"] is not None:
+        add("spamtrapd ready < 1 s with the %s-entry store and %s traps"
+            % ("{:,}".format(res["args"]["entries"]), "{:,}".format(res["args"]["traps"])),
+            st["ready_seconds"] < 1,
+            "%.2f s" % st["ready_seconds"])
+    tl = [t for t in res["traps"] if t["phase"] == "config_load"]
+    if tl:
+        add("config_load of %s traps < 1 s" % "{:,}".format(tl[0]["traps"]), tl[0]["seconds"] < 1,
+            "%.3f s" % tl[0]["seconds"])
+    for backend, lines in res["store"].items():
+        done = lines[-1]
+        add("%s: load %s entries < 1 s" % (backend, "{:,}".format(done["entries"])), done["load_seconds"] < 1,
+            "%.2f s" % done["load_seconds"])
+        looks = [l for l in lines if l["phase"] == "lookup"]
+        if len(looks) > 1:
+            growth = looks[-1]["miss_p50_us"] / looks[0]["miss_p50_us"]
+            add("%s: lookup flat from %s to %s entries (p50 within 1.5x)"
+                % (backend, "{:,}".format(looks[0]["entries"]), "{:,}".format(looks[-1]["entries"])),
+                growth <= 1.5, "%.2fx" % growth)
+    return out
+
+
+def print_table(res):
+    mc = res["machine"]
+    args = res["args"]
+    print("\nspamtrapd benchmark, %s: %s, %d CPUs, %.1f GiB, Linux %s"
+          % (mc["date"], mc["cpu"], mc["cpus"], mc["memory_gib"], mc["kernel"]))
+    print("each cell: best of %d runs of %.1f s after %.1f s warm-up; load generator on the same machine"
+          % (args["reps"], args["duration"], args["warmup"]))
+    protocol_table(res, "policy", "policy_ref", "Policy protocol", "requests/s")
+    protocol_table(res, "milter", "milter_ref", "Milter protocol", "SMTP sessions/s")
+    store_lines(res)
+    for t in res["traps"]:
+        if t["phase"] == "config_load":
+            print("\nTraps: config_load with %s trap addresses: %.3f s (peak RSS %s)"
+                  % ("{:,}".format(t["traps"]), t["seconds"], mib(t["hwm_kib"])))
+        elif t["phase"] == "core":
+            print("   decision core per request (%s recipient): %.2f us"
+                  % (t["recipients"], t["ns_per_request"] / 1000))
+    for name, srv in res["servers"].items():
+        if name.startswith("spamtrapd") and srv["ready_seconds"] is not None:
+            print("%s ready (both ports open) %.2f s after start" % (name, srv["ready_seconds"]))
+    print("\nTargets (issue 6)")
+    for status, what, value in targets(res):
+        print("  [%s] %-62s %s" % (status, what, value))
+    for n in res["notes"]:
+        print("note: " + n)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build-bench", help="CMake build directory (Release)")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds measured per load run")
+    ap.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per load run")
+    ap.add_argument("--reps", type=int, default=2, help="runs per server and level; the best is kept")
+    ap.add_argument("--levels", default="1,8,64", help="connection counts")
+    ap.add_argument("--entries", type=int, default=1000000, help="blocklist entries to load")
+    ap.add_argument("--lookups", type=int, default=20000, help="timed lookups per checkpoint")
+    ap.add_argument("--traps", type=int, default=100000, help="trap addresses in the trap file")
+    ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--no-postgrey", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
+                                                  "results.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
+    args = ap.parse_args()
+    args.levels = [int(x) for x in args.levels.split(",")]
+    global LEVELS
+    LEVELS = tuple(args.levels)
+    bench = Bench(args)
+    rc = 0
+    try:
+        bench.run()
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        print("bench: %s" % e, file=sys.stderr)
+        rc = 1
+    finally:
+        bench.finish()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(bench.results, f, indent=1)
+    print_table(bench.results)
+    print("\nraw results: %s" % args.out)
+    if args.keep or rc:
+        print("logs and databases kept in %s" % bench.tmp)
+    else:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+/*
+ * trap_bench: a site with many traps. Writes a trap file of N addresses
+ * (default 100,000, named as in bench_util.h) and a config that uses it
+ * into DIR, times config_load (which reads the file and compiles the trap
+ * set, as the daemon does at start and reload), then times the decision
+ * core per request with that config: decide_prepare + decide_sender +
+ * decide_recipient on trap and ordinary recipients, no store involved.
+ *
+ * Usage: trap_bench -d DIR [-n TRAPS] [-l LOOKUPS]
+ * Prints one JSON object a line; exit 0 on success.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_util.h"
+#include "config.h"
+
+static int write_files(const char *dir, unsigned ntraps, char *cfgpath, size_t cfglen)
+{
+	char trappath[1024];
+	snprintf(trappath, sizeof(trappath), "%s/traps.txt", dir);
+	snprintf(cfgpath, cfglen, "%s/trap_bench.json", dir);
+	FILE *t = fopen(trappath, "w");
+	FILE *c = fopen(cfgpath, "w");
+	if (!t || !c) {
+		perror("trap_bench: cannot write into the directory");
+		if (t)
+			fclose(t);
+		if (c)
+			fclose(c);
+		return -1;
+	}
+	fprintf(t, "# %u generated trap addresses\n", ntraps);
+	for (unsigned i = 0; i < ntraps; i++) {
+		fprintf(t, BENCH_TRAP_FMT, i);
+		fputc('\n', t);
+	}
+	fprintf(c,
+	        "{\"traps\": {\"files\": [\"%s\"]}, \"store\": {\"sqlite\": {\"path\": \"%s/unused.db\"}},"
+	        " \"log\": {\"target\": \"stderr\"}}\n",
+	        trappath, dir);
+	fclose(t);
+	return fclose(c) == 0 ? 0 : -1;
+}
+
+/* One policy request's worth of core work; returns whether the recipient was a trap. */
+static bool core_request(const decide_policy *pol, bench_rng *rng, unsigned ntraps, bool trap,
+                         decide_txn *txn)
+{
+	char client[64], sender[96], rcpt[96];
+	bench_client_ipv4(bench_rng_below(rng, 50000), client, sizeof(client));
+	snprintf(sender, sizeof(sender), BENCH_SENDER_FMT, bench_rng_below(rng, 100000));
+	snprintf(rcpt, sizeof(rcpt), trap ? "<" BENCH_TRAP_FMT ">" : "<" BENCH_RCPT_FMT ">",
+	         bench_rng_below(rng, trap ? ntraps : 1000000));
+	decide_facts f = {.front = DECIDE_FRONT_POLICY,
+	                  .client_address = client,
+	                  .helo = "mx1.senders.example",
+	                  .sender = sender,
+	                  .recipient = rcpt};
+	decide_prepare(pol, &f, txn);
+	decide_verdict s = decide_sender(pol, txn, DECIDE_LOOKUP_MISS);
+	decide_verdict r = decide_recipient(pol, txn, &f);
+	return s.action == DECIDE_CONTINUE && r.reason == DECIDE_REASON_TRAP;
+}
+
+static int time_core(const config *cfg, unsigned ntraps, unsigned lookups, bool trap)
+{
+	bench_rng rng;
+	bench_rng_seed(&rng, trap ? 3 : 4);
+	decide_txn *txn = malloc(sizeof(*txn));
+	if (!txn)
+		return -1;
+	unsigned wrong = 0;
+	uint64_t t0 = bench_now_ns();
+	for (unsigned i = 0; i < lookups; i++)
+		wrong += core_request(&cfg->decide, &rng, ntraps, trap, txn) != trap;
+	double ns = (double)(bench_now_ns() - t0) / lookups;
+	free(txn);
+	printf("{\"phase\": \"core\", \"recipients\": \"%s\", \"requests\": %u, \"ns_per_request\": %.0f, "
+	       "\"wrong\": %u}\n",
+	       trap ? "trap" : "ordinary", lookups, ns, wrong);
+	return wrong ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *dir = NULL;
+	unsigned ntraps = 100000, lookups = 200000;
+	int c;
+	while ((c = getopt(argc, argv, "d:n:l:")) != -1) {
+		if (c == 'd')
+			dir = optarg;
+		else if (c == 'n')
+			ntraps = (unsigned)atoi(optarg);
+		else if (c == 'l')
+			lookups = (unsigned)atoi(optarg);
+		else
+			dir = NULL, optind = argc;
+	}
+	char cfgpath[1024], err[4096];
+	if (!dir || !ntraps || !lookups) {
+		fprintf(stderr, "usage: trap_bench -d DIR [-n TRAPS] [-l LOOKUPS]\n");
+		return 2;
+	}
+	if (write_files(dir, ntraps, cfgpath, sizeof(cfgpath)) < 0)
+		return 1;
+	uint64_t t0 = bench_now_ns();
+	config *cfg = config_load(cfgpath, NULL, 0, err, sizeof(err));
+	double secs = (double)(bench_now_ns() - t0) / 1e9;
+	if (!cfg) {
+		fprintf(stderr, "trap_bench: %s\n", err);
+		return 1;
+	}
+	size_t count = trapset_count(cfg->decide.traps);
+	printf("{\"phase\": \"config_load\", \"traps\": %zu, \"seconds\": %.3f, \"hwm_kib\": %ld}\n", count,
+	       secs, bench_self_hwm_kib());
+	int rc = count == ntraps ? 0 : -1;
+	if (rc == 0)
+		rc = time_core(cfg, ntraps, lookups, true);
+	if (rc == 0)
+		rc = time_core(cfg, ntraps, lookups, false);
+	config_unref(cfg);
+	return rc == 0 ? 0 : 1;
+}
