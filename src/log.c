@@ -141,8 +141,10 @@ bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed)
 
 const char *log_safe(const char *s, char *buf, size_t buflen)
 {
+	if (buflen == 0)
+		return "";
 	if (!s)
-		return "-";
+		s = "-";
 	size_t i = 0;
 	for (; *s && i + 1 < buflen; s++)
 		buf[i++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;

@@ -40,7 +40,10 @@ typedef struct log_ratelimit {
 } log_ratelimit;
 bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed);
 
-/* Copy s into a log field, replacing control characters and capping length. */
+/*
+ * Copy s ("-" when NULL) into buf for a log field, replacing control
+ * characters and capping its length; returns buf.
+ */
 const char *log_safe(const char *s, char *buf, size_t buflen);
 
 #endif

@@ -1,0 +1,69 @@
+/* Unit tests of the log helpers that shape every decision line. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "log.h"
+
+static void test_log_safe(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *name, *in;
+		size_t buflen;
+		const char *out;
+	} cases[] = {
+	    {"NULL becomes a dash", NULL, 16, "-"},
+	    {"plain text is kept", "a@b.example", 32, "a@b.example"},
+	    {"control characters are replaced", "a\r\nb\tc\x7f", 32, "a??b?c?"},
+	    {"UTF-8 is kept", "j\xc3\xb6rg@example.de", 32, "j\xc3\xb6rg@example.de"},
+	    {"long values are capped", "0123456789", 5, "0123"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		print_message("case: %s\n", cases[i].name);
+		char buf[64];
+		memset(buf, 'X', sizeof(buf));
+		const char *out = log_safe(cases[i].in, buf, cases[i].buflen);
+		assert_ptr_equal(out, buf);
+		assert_string_equal(out, cases[i].out);
+	}
+}
+
+static void test_ratelimit(void **state)
+{
+	(void)state;
+	log_ratelimit rl = {.interval = 10};
+	uint64_t suppressed = 99;
+	assert_true(log_ratelimit_pass(&rl, 1000, &suppressed));
+	assert_int_equal(suppressed, 0);
+	assert_false(log_ratelimit_pass(&rl, 1001, &suppressed));
+	assert_false(log_ratelimit_pass(&rl, 1009, &suppressed));
+	assert_true(log_ratelimit_pass(&rl, 1010, &suppressed));
+	assert_int_equal(suppressed, 2);
+}
+
+static void test_names(void **state)
+{
+	(void)state;
+	assert_int_equal(log_level_from_name("debug"), LOG_DEBUG);
+	assert_int_equal(log_level_from_name("ERR"), LOG_ERR);
+	assert_int_equal(log_level_from_name("loud"), -1);
+	assert_int_equal(log_facility_from_name("mail"), LOG_MAIL);
+	assert_int_equal(log_facility_from_name("local7"), LOG_LOCAL7);
+	assert_int_equal(log_facility_from_name("kern"), -1);
+	assert_int_equal(log_level_from_name(NULL), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_log_safe),
+	    cmocka_unit_test(test_ratelimit),
+	    cmocka_unit_test(test_names),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
