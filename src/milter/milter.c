@@ -9,10 +9,9 @@
  * session. It is allocated at option negotiation (which records what the
  * MTA agreed to) or at connect, filled at connect and HELO, and freed at
  * close, which libmilter calls on every path: QUIT, abort, MTA gone, read
- * error. Inside it, one message context per MAIL FROM holds the engine
- * snapshot of the transaction (SPEC: a transaction finishes under the
- * config it started with) and the trap recipients to remove at end of
- * message; it ends at end of message, abort, the next MAIL, or close.
+ * error (not at smfi_stop: see filter.live below). Inside it, one message context per MAIL FROM holds the
+ * engine snapshot of the transaction (SPEC: a transaction finishes under the config it started with) and the
+ * trap recipients to remove at end of message; it ends at end of message, abort, the next MAIL, or close.
  *
  * Negotiation asks Postfix for the least work (docs/milter.md): no DATA,
  * headers, end of headers, body or unknown commands; no reply awaited for
@@ -414,8 +413,9 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
 			return SMFIS_CONTINUE;
-		log_error("milter: cannot remember trap recipient %.64s for removal; tempfailing it",
-		          argv[0]);
+		char safe[128];
+		log_error("%s: milter: cannot remember trap recipient <%s> for removal; tempfailing it",
+		          m->queue_id[0] ? m->queue_id : "NOQUEUE", log_safe(argv[0], safe, sizeof(safe)));
 		return reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
 	}
 	if (v.action == DECIDE_CONTINUE)
@@ -425,10 +425,14 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 
 static void remove_traps(SMFICTX *ctx, const milter_msg *m)
 {
-	for (size_t i = 0; i < m->ntraps; i++)
-		if (filter.shim->delrcpt(ctx, m->traps[i]) != MI_SUCCESS)
-			log_error("%s: milter: cannot remove trap recipient %.64s",
-			          m->queue_id[0] ? m->queue_id : "NOQUEUE", m->traps[i]);
+	for (size_t i = 0; i < m->ntraps; i++) {
+		if (filter.shim->delrcpt(ctx, m->traps[i]) == MI_SUCCESS)
+			continue;
+		char safe[128];
+		log_error("%s: milter: cannot remove trap recipient %s; it gets its copy",
+		          m->queue_id[0] ? m->queue_id : "NOQUEUE",
+		          log_safe(m->traps[i], safe, sizeof(safe)));
+	}
 }
 
 static sfsistat cb_eom(SMFICTX *ctx)
@@ -673,4 +677,7 @@ void milter_stop(void)
 	smfi_stop();
 	pthread_join(filter.thread, NULL);
 	filter.running = false;
+	unsigned open = milter_filter_connections();
+	if (open)
+		log_info("milter: stopped with %u connection(s) open; libmilter dropped them", open);
 }

@@ -173,7 +173,11 @@ class PostfixMilter(unittest.TestCase):
                 cls.auth.close()
                 for d in (cls.d, cls.du):
                     d.stop()  # raises on a non-zero exit (an ASan report, a crash)
+                    log = d.log()
                     d.cleanup()
+                    # Every milter connection Postfix opened was closed through xxfi_close.
+                    if "connection(s) open" in log:
+                        raise AssertionError("milter contexts left open at stop:\n" + log[-2000:])
 
     # The daemon-down test stops the milter on purpose.
     down_since = None
