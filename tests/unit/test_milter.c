@@ -27,6 +27,7 @@
 #include "config.h"
 #include "engine.h"
 #include "log.h"
+#include "milter/milter.h"
 #include "milter/milter_shim.h"
 
 /* ---- the fake libmilter context and shim ---- */
@@ -43,6 +44,7 @@ struct smfi_str {
 	char deleted[MAX_DELETED][600];
 	size_t ndeleted;
 	char symlist[8][64];
+	bool fail_delrcpt;
 };
 
 static void *fake_getpriv(SMFICTX *ctx)
@@ -72,6 +74,8 @@ static int fake_setreply(SMFICTX *ctx, const char *code, const char *xcode, cons
 
 static int fake_delrcpt(SMFICTX *ctx, const char *rcpt)
 {
+	if (ctx->fail_delrcpt)
+		return MI_FAILURE;
 	assert_true(ctx->ndeleted < MAX_DELETED);
 	snprintf(ctx->deleted[ctx->ndeleted++], sizeof(ctx->deleted[0]), "%s", rcpt);
 	return MI_SUCCESS;
@@ -638,6 +642,50 @@ static void test_oversized_input(void **state)
 	free_macro_names(&ctx);
 }
 
+/* If Postfix refuses to remove the trap, the message still goes out: never lose mail. */
+static void test_delrcpt_failure_keeps_the_message(void **state)
+{
+	fixture *f = *state;
+	start_filter(f, NULL);
+	SMFICTX ctx;
+	memset(&ctx, 0, sizeof(ctx));
+	char sender[] = "<s@bad.example>", alice[] = "<alice@sink.test>", trap[] = "<trap@example.com>";
+	char *argv[] = {sender, NULL};
+	do_connect(f, &ctx, "192.0.2.50");
+	assert_int_equal(f->desc.xxfi_envfrom(&ctx, argv), SMFIS_CONTINUE);
+	argv[0] = alice;
+	assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+	argv[0] = trap;
+	assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+	ctx.fail_delrcpt = true;
+	assert_int_equal(f->desc.xxfi_eom(&ctx), SMFIS_CONTINUE);
+	assert_int_equal(ctx.ndeleted, 0);
+	f->desc.xxfi_close(&ctx);
+}
+
+/* Setup errors are reported into the caller's buffer before libmilter is touched. */
+static void test_setup_errors(void **state)
+{
+	fixture *f = *state;
+	f->eng = engine_with(f, NULL);
+	static const struct {
+		const char *name, *listen, *want;
+	} cases[] = {
+	    {"no milter.listen", NULL, "milter.listen is not set"},
+	    {"unix socket in a missing folder", "unix:/nonexistent-spamtrapd-dir/milter.sock",
+	     "directory /nonexistent-spamtrapd-dir does not exist"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		config cfg;
+		memset(&cfg, 0, sizeof(cfg));
+		cfg.milter.listen = (char *)cases[i].listen;
+		char err[256] = "";
+		assert_int_equal(milter_setup(f->eng, &cfg, err, sizeof(err)), -1);
+		if (!strstr(err, cases[i].want))
+			fail_msg("%s: error \"%s\"", cases[i].name, err);
+	}
+}
+
 int main(void)
 {
 	log_open("test_milter", LOG_TARGET_STDERR, LOG_MAIL, LOG_ERR);
@@ -647,6 +695,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_replies_without_no_reply_steps, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_quiesce, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_oversized_input, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_delrcpt_failure_keeps_the_message, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_setup_errors, setup, teardown),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	log_close();
