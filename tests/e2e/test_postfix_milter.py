@@ -17,7 +17,7 @@ import base64
 import grp
 import os
 import re
-import signal
+import shutil
 import smtplib
 import socket
 import stat
@@ -178,6 +178,7 @@ class PostfixMilter(unittest.TestCase):
                     # Every milter connection Postfix opened was closed through xxfi_close.
                     if "connection(s) open" in log:
                         raise AssertionError("milter contexts left open at stop:\n" + log[-2000:])
+                shutil.rmtree(cls.sockdir, ignore_errors=True)
 
     # The daemon-down test stops the milter on purpose.
     down_since = None
