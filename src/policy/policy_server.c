@@ -74,7 +74,7 @@
 #define LISTEN_BACKLOG 1024
 #define DRAIN_SECONDS 3        /* policy_server_stop waits this long for requests in progress */
 #define LOG_INTERVAL 10        /* seconds between rate-limited lines (limits, accept errors) */
-#define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, but no flood */
+#define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, yet no flood */
 #define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
 #define PEER_MAX 64
 #define UNIX_SOCKET_MODE 0666 /* smtpd runs as postfix: restrict access with the directory */
@@ -121,7 +121,6 @@ struct worker {
 	int64_t now;
 	bool accepting, draining;
 	int64_t drain_deadline;
-	log_ratelimit over_limit, refused, accept_errors;
 };
 
 struct policy_server {
@@ -132,6 +131,8 @@ struct policy_server {
 	size_t nworkers;
 	bool started, stopped;
 	atomic_uint nconn;
+	/* Shared by the workers (log_ratelimit_pass locks): one line per interval for the daemon. */
+	log_ratelimit over_limit, refused, accept_errors;
 	/*
 	 * Message instances (the "instance" attribute, one value for all
 	 * recipients of a message) whose recipient just hit a trap: the sender
@@ -841,13 +842,13 @@ static void conn_open(worker *w, const listener *l, int fd, const struct sockadd
 	conn *c = NULL;
 
 	if (!peer_allowed(cfg, l, ss, peer)) {
-		log_limited(w, &w->refused, "not in policy.allow", peer, l);
+		log_limited(w, &w->srv->refused, "not in policy.allow", peer, l);
 	} else if (atomic_fetch_add(&w->srv->nconn, 1) >= cfg->policy.max_connections) {
 		atomic_fetch_sub(&w->srv->nconn, 1);
-		log_limited(w, &w->over_limit, "policy.max_connections reached", peer, l);
+		log_limited(w, &w->srv->over_limit, "policy.max_connections reached", peer, l);
 	} else if ((c = conn_new(w, l, fd, cfg, peer)) == NULL || conn_attach(w, c) < 0) {
 		atomic_fetch_sub(&w->srv->nconn, 1);
-		log_limited(w, &w->accept_errors, c ? strerror(errno) : "out of memory", peer, l);
+		log_limited(w, &w->srv->accept_errors, c ? strerror(errno) : "out of memory", peer, l);
 		conn_discard(c);
 		c = NULL;
 	} else {
@@ -895,7 +896,7 @@ static void worker_accept(worker *w, const listener *l)
 		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 			/* Out of descriptors: a level-triggered listener would spin; pause until the next
 			 * tick. */
-			log_limited(w, &w->accept_errors, strerror(errno), "-", l);
+			log_limited(w, &w->srv->accept_errors, strerror(errno), "-", l);
 			listeners_watch(w, false);
 		}
 		return; /* EAGAIN (another worker took it), ECONNABORTED, EINTR: nothing to do */
@@ -1015,8 +1016,6 @@ static int worker_setup(worker *w, policy_server *srv, unsigned id, char *err, s
 	w->id = id;
 	w->wake_tag = SRC_WAKE;
 	w->timer_tag = SRC_TIMER;
-	w->over_limit.interval = w->accept_errors.interval = LOG_INTERVAL;
-	w->refused.interval = REFUSED_LOG_INTERVAL;
 	w->now = mono_now();
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1091,6 +1090,8 @@ policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size
 	for (size_t i = 0; i < nworkers; i++)
 		srv->workers[i].epfd = srv->workers[i].wakefd = srv->workers[i].timerfd = -1;
 	atomic_init(&srv->nconn, 0);
+	srv->over_limit.interval = srv->accept_errors.interval = LOG_INTERVAL;
+	srv->refused.interval = REFUSED_LOG_INTERVAL;
 	for (size_t i = 0; i < TRAP_SLOTS; i++)
 		atomic_init(&srv->trap_instances[i], 0);
 	for (size_t i = 0; i < cfg->policy.nlisten; i++) {

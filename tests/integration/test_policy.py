@@ -477,7 +477,7 @@ class TestAllow(unittest.TestCase):
     def test_client_outside_allow_is_refused(self):
         with daemon({"policy": {"allow": ["192.0.2.0/24"]}}, roles=("sender",)) as d:
             # The harness's readiness probe was refused (and logged) too; refusals are
-            # logged at most once a second per worker, so wait that out, then look
+            # logged at most once a second, so wait that out, then look
             # only at our own attempt.
             d.wait_for_log(r"not in policy\.allow")
             time.sleep(1.2)

@@ -57,9 +57,22 @@ def binary(name="SPAMTRAPD"):
 
 def free_port(host="127.0.0.1", family=socket.AF_INET):
     """A TCP port that nothing listens on right now (the kernel's pick)."""
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host, family)[0]
+
+
+def free_ports(n, host="127.0.0.1", family=socket.AF_INET):
+    """n different free TCP ports. All are held at once while picking: a port
+    just released may be the kernel's next pick again."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def merge(base, override):
@@ -80,10 +93,11 @@ def make_config(workdir, overrides=None, roles=("trap", "sender"), milter=False)
     overrides sets policy.listen itself. milter=True listens for the milter
     on a free port (inet:PORT@127.0.0.1); otherwise milter.listen is null.
     """
-    listen = [{"address": f"127.0.0.1:{free_port()}", "role": role} for role in roles]
+    ports = free_ports(len(roles) + 1)
+    listen = [{"address": f"127.0.0.1:{port}", "role": role} for port, role in zip(ports, roles)]
     base = {
         "mode": "enforce",
-        "milter": {"listen": f"inet:{free_port()}@127.0.0.1" if milter else None},
+        "milter": {"listen": f"inet:{ports[-1]}@127.0.0.1" if milter else None},
         "policy": {"listen": listen},
         "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(workdir, "spamtrapd.db")}},
         "log": {"target": "stderr", "level": "debug"},
