@@ -880,6 +880,34 @@ static int set_allow(loader *ld, const value *v, char *err, size_t errlen)
 	return netset_add_text(*allow, v->s, err, errlen);
 }
 
+/* store.redis.sentinels: "host:port" or "[ipv6]:port", each once. */
+static int set_sentinel(loader *ld, const value *v, char *err, size_t errlen)
+{
+	store_config *st = &ld->cfg->store;
+	char host[256];
+	char **grown;
+	int port;
+
+	if (!store_redis_addr_split(v->s, host, sizeof host, &port)) {
+		snprintf(err, errlen, "expected HOST:PORT or [IPV6]:PORT (port 1-65535)");
+		return -1;
+	}
+	for (size_t i = 0; i < st->redis_nsentinels; i++) {
+		if (strcmp(st->redis_sentinels[i], v->s) == 0) {
+			snprintf(err, errlen, "%s is listed twice", v->s);
+			return -1;
+		}
+	}
+	grown = realloc(st->redis_sentinels, (st->redis_nsentinels + 1) * sizeof *grown);
+	if (grown == NULL)
+		return out_of_memory(err, errlen);
+	st->redis_sentinels = grown;
+	if (dup_into(&st->redis_sentinels[st->redis_nsentinels], v->s, err, errlen) < 0)
+		return -1;
+	st->redis_nsentinels++;
+	return 0;
+}
+
 /* In the order of the DECIDE_KEY_* bits. */
 static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
                                                   "sender_domain", "helo_name",      NULL};
@@ -1145,7 +1173,7 @@ static const key_def schema[] = {
     {"milter.socket_owner", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_owner)},
     {"milter.socket_group", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_group)},
     {"milter.socket_mode", T_STRING, J(null), K_NULLABLE, .set = set_socket_mode},
-    {"milter.timeout", T_DURATION, J("30s"), .min = 1, .max = 3600, AT(milter.timeout)},
+    {"milter.timeout", T_DURATION, J("7210s"), .min = 1, .max = 86400, AT(milter.timeout)},
 
     {"policy.listen", T_LISTENERS, J([
 	     {"address" : "127.0.0.1:10666", "role" : "trap"},
@@ -1171,6 +1199,9 @@ static const key_def schema[] = {
      AT(store.redis_connect_timeout_ms)},
     {"store.redis.command_timeout", T_INT, J(500), .min = 1, .max = 600000,
      AT(store.redis_command_timeout_ms)},
+    {"store.redis.sentinels", T_LIST, J([]), .set = set_sentinel},
+    {"store.redis.sentinel_master", T_STRING, J("mymaster"), K_NONEMPTY, .max = 128,
+     AT(store.redis_sentinel_master)},
     {"store.on_error", T_ENUM, J("accept"), .names = on_error_names, AT(decide.on_error_tempfail)},
     {"store.purge_interval", T_DURATION, J("10m"), .min = 1, .max = DAYS(7), AT(purge_interval)},
 

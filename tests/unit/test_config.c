@@ -106,7 +106,7 @@ static void check_defaults(const config *cfg)
 	assert_null(cfg->milter.socket_owner);
 	assert_null(cfg->milter.socket_group);
 	assert_int_equal(cfg->milter.socket_mode, 0);
-	assert_int_equal(cfg->milter.timeout, 30);
+	assert_int_equal(cfg->milter.timeout, 7210);
 
 	assert_int_equal(cfg->policy.nlisten, 2);
 	assert_string_equal(cfg->policy.listen[0].address, "127.0.0.1:10666");
