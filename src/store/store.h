@@ -36,6 +36,11 @@ typedef struct store_config {
 	char *redis_prefix;
 	int redis_connect_timeout_ms;
 	int redis_command_timeout_ms;
+	/* Sentinels ("host:port", "[v6]:port") to ask for the master's address;
+	 * when there are any, host, port and socket are not used. */
+	char **redis_sentinels;
+	size_t redis_nsentinels;
+	char *redis_sentinel_master; /* the master's name at the Sentinels */
 } store_config;
 
 /* One blocklist entry and where it came from. Times are Unix seconds. */
@@ -102,5 +107,12 @@ const char *store_last_error(void);
 int store_config_copy(store_config *dst, const store_config *src);
 void store_config_clear(store_config *cfg);
 bool store_config_equal(const store_config *a, const store_config *b);
+
+/*
+ * Split a Redis address "host:port" or "[ipv6]:port" (as in
+ * store.redis.sentinels) into host (brackets removed) and port; false when
+ * it is not one (empty or over-long host, blanks, a port not 1-65535).
+ */
+bool store_redis_addr_split(const char *spec, char *host, size_t hostlen, int *port);
 
 #endif
