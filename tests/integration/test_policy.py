@@ -37,7 +37,12 @@ class DaemonCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = daemon(cls.CONFIG, roles=cls.ROLES).start()
+        cls.d = daemon(cls.CONFIG, roles=cls.ROLES)
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.d.cleanup()  # tearDownClass does not run when setUpClass fails
+            raise
 
     @classmethod
     def tearDownClass(cls):
