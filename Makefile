@@ -18,9 +18,15 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPAMTRAPD_TESTS=OFF
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The shipped config runs as user "spamtrapd", which exists once the .deb is
+# installed. From a checkout: as root, serve as "nobody" (spamtrapd never
+# serves as root); otherwise stay the user who ran make.
+RUN_USER = $(if $(filter 0,$(shell id -u)),nobody,null)
+
 run: build
 	mkdir -p var
-	$(BUILD)/src/spamtrapd -f -c conf/spamtrapd.json -o store.sqlite.path=var/spamtrapd.db
+	if [ "$(RUN_USER)" = nobody ]; then chown nobody: var; fi
+	$(BUILD)/src/spamtrapd -f -c conf/spamtrapd.json -o store.sqlite.path=var/spamtrapd.db -o user=$(RUN_USER)
 
 test-deps:
 	scripts/install-deps.sh test

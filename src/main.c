@@ -259,6 +259,9 @@ int main(int argc, char **argv)
 	int rc = parse_options(argc, argv, &opt);
 	if (rc != 0)
 		return rc > 0 ? 0 : 1;
+	/* Before anything else, so that an early SIGTERM waits for a clean stop. */
+	sigset_t signals;
+	daemon_block_signals(&signals);
 	config *cfg = load_config(&opt);
 	if (!cfg)
 		return 1;
@@ -268,6 +271,14 @@ int main(int argc, char **argv)
 		config_unref(cfg);
 		return 0;
 	}
+	if (geteuid() == 0 && !cfg->user) {
+		fprintf(stderr,
+			"spamtrapd: refusing to serve as root: set \"user\" in %s (e.g. \"spamtrapd\"); "
+			"spamtrapd binds its sockets as root and then switches to that user\n",
+			opt.config_path);
+		config_unref(cfg);
+		return 1;
+	}
 	char err[1024];
 	if (!opt.foreground && daemon_detach(err, sizeof(err)) < 0) {
 		fprintf(stderr, "spamtrapd: %s\n", err);
@@ -275,8 +286,6 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	open_log(&opt, cfg);
-	sigset_t signals;
-	daemon_block_signals(&signals);
 	log_startup(cfg);
 
 	engine *eng = NULL;

@@ -16,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "core/addr.h"
+#include "daemon.h"
 #include "store/store.h"
 
 enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_NOTFOUND = 1, EXIT_STORE = 2 };
@@ -742,6 +744,14 @@ static int open_ctl(const cmdline *cl, ctl *c)
 
 	c->cfg = config_load(cl->config, cl->overrides, cl->noverrides, err, sizeof(err));
 	if (!c->cfg) {
+		fprintf(stderr, "spamtrapctl: %s\n", err);
+		return EXIT_STORE;
+	}
+	/*
+	 * Run as the daemon's user, so that a database file or a WAL file
+	 * this command creates stays writable by the daemon.
+	 */
+	if (geteuid() == 0 && daemon_drop_privileges(c->cfg->user, err, sizeof(err)) < 0) {
 		fprintf(stderr, "spamtrapctl: %s\n", err);
 		return EXIT_STORE;
 	}

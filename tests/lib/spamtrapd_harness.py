@@ -24,6 +24,7 @@ import copy
 import itertools
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -86,6 +87,20 @@ def merge(base, override):
     return out
 
 
+def run_user():
+    """The user the daemon switches to: spamtrapd refuses to serve as root, so
+    tests run as root (CI) give it "nobody"; unprivileged runs need none."""
+    return "nobody" if os.geteuid() == 0 else None
+
+
+def give_to_run_user(path):
+    """Let the daemon's user write in path (a temp folder of the test)."""
+    user = run_user()
+    if user:
+        pw = pwd.getpwnam(user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 def make_config(workdir, overrides=None, roles=("trap", "sender"), milter=False):
     """A config dict for a daemon in workdir: test defaults, then overrides.
 
@@ -101,6 +116,7 @@ def make_config(workdir, overrides=None, roles=("trap", "sender"), milter=False)
         "policy": {"listen": listen},
         "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(workdir, "spamtrapd.db")}},
         "log": {"target": "stderr", "level": "debug"},
+        "user": run_user(),
     }
     return merge(base, overrides)
 
@@ -149,6 +165,7 @@ class Spamtrapd:
 
     def __init__(self, config=None, roles=("trap", "sender"), milter=False, workdir=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="spamtrapd-test.")
+        give_to_run_user(self.dir)
         self.config = make_config(self.dir, config, roles, milter)
         self.config_path = write_config(os.path.join(self.dir, "spamtrapd.json"), self.config)
         self.log_path = os.path.join(self.dir, "spamtrapd.log")
