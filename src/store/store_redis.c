@@ -19,6 +19,16 @@
  * STORE_ERROR instead of hammering a dead server. Every wait is bounded by
  * the connect and command timeouts. SIGPIPE from writing to a closed
  * socket is kept away from the process while a command runs.
+ *
+ * Sentinel (store.redis.sentinels): every new connection first asks the
+ * Sentinels in turn, starting with the one that answered last, for the
+ * master's address (SENTINEL get-master-addr-by-name), connects there and
+ * checks with ROLE that it is a master. A failed, READONLY or LOADING
+ * connection is replaced, so the next attempt asks again. While the store
+ * is in use the Sentinels are asked again at most once a second, because
+ * after a failover the old master may go on taking writes until it is
+ * demoted; when they name a new address, pooled connections to the old
+ * one are replaced at their next use.
  */
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -34,6 +44,7 @@
 #define POOL_SIZE 8
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define SENTINEL_RECHECK_MS 1000
 #define DEFAULT_TIMEOUT_MS 1000
 #define SCAN_COUNT "1000"
 #define FETCH_BATCH 256
@@ -103,8 +114,16 @@ typedef struct rconn {
 	redisContext *ctx;
 	char sha[NSCRIPTS][SHA_LEN + 1];
 	bool busy;
-	bool stale; /* healthy socket, wrong server state: replace it */
+	bool stale;   /* healthy socket, wrong server state: replace it */
+	unsigned gen; /* master_gen when connected */
 } rconn;
+
+/* A Sentinel to ask for the master's address. */
+typedef struct sentinel {
+	char host[256];
+	int port;
+	char addr[300]; /* as configured, for messages */
+} sentinel;
 
 struct store_backend_impl {
 	store_config cfg;
@@ -115,6 +134,8 @@ struct store_backend_impl {
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
 	bool guard_sigpipe;
+	sentinel *sentinels; /* none: connect to cfg's host/port or socket */
+	size_t nsentinels;
 
 	pthread_mutex_t lock; /* guards the fields below and conns[].busy */
 	pthread_cond_t freed;
@@ -123,6 +144,11 @@ struct store_backend_impl {
 	int64_t retry_at_ms; /* while down: no connection attempt before this (monotonic) */
 	int backoff_ms;
 	char down_reason[256];
+	size_t sentinel_next;  /* the Sentinel that answered last: asked first */
+	char master_host[256]; /* the master the Sentinels named last */
+	int master_port;
+	unsigned master_gen;   /* bumped when that address changes */
+	int64_t recheck_at_ms; /* ask the Sentinels again after this (monotonic) */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -237,18 +263,26 @@ static store_status next_reply(const store_backend_impl *s, redisContext *c, red
 }
 
 /*
- * An error reply. READONLY (we reached a replica: a failover moved the
- * master), LOADING and MASTERDOWN mean "this server, not now": the
- * connection is marked stale so that run() replaces it.
+ * READONLY (we reached a replica: a failover moved the master), LOADING
+ * and MASTERDOWN mean "this server, not now", not "a wrong setting".
  */
+static bool transient_error(const redisReply *r)
+{
+	static const char *const transient[] = {"READONLY", "LOADING", "MASTERDOWN"};
+
+	if (r->type != REDIS_REPLY_ERROR)
+		return false;
+	for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
+		if (strncmp(r->str, transient[i], strlen(transient[i])) == 0)
+			return true;
+	return false;
+}
+
+/* An error reply; after a transient one the connection is marked stale so that run() replaces it. */
 static store_status reply_error(const store_backend_impl *s, rconn *rc, const redisReply *r, const char *what)
 {
-	static const char *const stale[] = {"READONLY", "LOADING", "MASTERDOWN"};
-
-	if (r->type == REDIS_REPLY_ERROR)
-		for (size_t i = 0; i < sizeof(stale) / sizeof(stale[0]); i++)
-			if (strncmp(r->str, stale[i], strlen(stale[i])) == 0)
-				rc->stale = true;
+	if (transient_error(r))
+		rc->stale = true;
 	if (r->type == REDIS_REPLY_ERROR)
 		return store_set_error("%s: %s: %.*s", s->where, what, (int)r->len, r->str);
 	return store_set_error("%s: %s: unexpected reply type %d", s->where, what, r->type);
@@ -375,20 +409,168 @@ static void drop(rconn *rc)
 	rc->stale = false;
 }
 
-static redisContext *dial(const store_backend_impl *s, char *err, size_t errlen)
+/* A host name or address as a Sentinel gives it: printable ASCII, no blanks (it goes into log lines). */
+static bool plain_host(const redisReply *h)
 {
-	redisContext *c;
+	for (size_t i = 0; i < h->len; i++) {
+		unsigned char ch = (unsigned char)h->str[i];
 
-	if (s->cfg.redis_socket && s->cfg.redis_socket[0])
+		if (ch <= ' ' || ch >= 0x7f)
+			return false;
+	}
+	return h->len > 0;
+}
+
+/* The address in a SENTINEL get-master-addr-by-name reply; -1 with why. */
+static int master_from_reply(const redisReply *r, char *host, size_t hostlen, int *port, char *why,
+                             size_t whylen)
+{
+	const redisReply *h, *p;
+	char *end;
+	long n;
+
+	if (r->type == REDIS_REPLY_NIL) {
+		snprintf(why, whylen, "does not know the master");
+		return -1;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(why, whylen, "%.*s", (int)r->len, r->str);
+		return -1;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !reply_is_str(r->element[0]) ||
+	    !reply_is_str(r->element[1]) || !plain_host(r->element[0]) || r->element[0]->len >= hostlen) {
+		snprintf(why, whylen, "unexpected answer");
+		return -1;
+	}
+	h = r->element[0], p = r->element[1];
+	n = strtol(p->str, &end, 10);
+	if (p->len == 0 || *end != '\0' || n < 1 || n > 65535) {
+		snprintf(why, whylen, "bad port in the answer");
+		return -1;
+	}
+	memcpy(host, h->str, h->len);
+	host[h->len] = '\0';
+	*port = (int)n;
+	return 0;
+}
+
+/* Ask one Sentinel where the master is; -1 with why. */
+static int ask_sentinel(const store_backend_impl *s, const sentinel *sn, char *host, size_t hostlen,
+                        int *port, char *why, size_t whylen)
+{
+	const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", s->cfg.redis_sentinel_master};
+	redisContext *c = redisConnectWithTimeout(sn->host, sn->port, s->connect_tv);
+	redisReply *r = NULL;
+	char msg[300];
+	int rc = -1;
+
+	if (!c || c->err)
+		snprintf(why, whylen, "sentinel %s: cannot connect: %s", sn->addr,
+		         c ? c->errstr : "out of memory");
+	else if (redisSetTimeout(c, s->command_tv) != REDIS_OK || !(r = redisCommandArgv(c, 3, argv, NULL)))
+		snprintf(why, whylen, "sentinel %s: %s", sn->addr, c->errstr[0] ? c->errstr : "no answer");
+	else if ((rc = master_from_reply(r, host, hostlen, port, msg, sizeof(msg))) < 0)
+		snprintf(why, whylen, "sentinel %s: %s", sn->addr, msg);
+	if (r)
+		freeReplyObject(r);
+	if (c)
+		redisFree(c);
+	return rc;
+}
+
+/*
+ * Remember the Sentinel that answered and the master it named; returns
+ * the master's generation.
+ */
+static unsigned note_master(store_backend_impl *s, size_t k, const char *host, int port)
+{
+	unsigned gen;
+
+	pthread_mutex_lock(&s->lock);
+	s->sentinel_next = k;
+	s->recheck_at_ms = now_ms() + SENTINEL_RECHECK_MS;
+	if (s->master_port != port || strcmp(s->master_host, host) != 0) {
+		snprintf(s->master_host, sizeof(s->master_host), "%s", host);
+		s->master_port = port;
+		s->master_gen++;
+		/* A new master is worth a try at once, whatever the old one's back-off. */
+		s->retry_at_ms = now_ms();
+		s->backoff_ms = BACKOFF_MIN_MS;
+	}
+	gen = s->master_gen;
+	pthread_mutex_unlock(&s->lock);
+	return gen;
+}
+
+/* The master's address from the first Sentinel that names it, and its generation. */
+static int find_master(store_backend_impl *s, char *host, size_t hostlen, int *port, unsigned *gen, char *err,
+                       size_t errlen)
+{
+	char why[512] = "";
+	size_t first;
+
+	pthread_mutex_lock(&s->lock);
+	first = s->sentinel_next;
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < s->nsentinels; i++) {
+		size_t k = (first + i) % s->nsentinels;
+
+		if (ask_sentinel(s, &s->sentinels[k], host, hostlen, port, why, sizeof(why)) == 0) {
+			*gen = note_master(s, k, host, *port);
+			return 0;
+		}
+	}
+	snprintf(err, errlen, "%s: no sentinel named the master (%zu asked; last: %s)", s->where,
+	         s->nsentinels, why);
+	return -1;
+}
+
+/*
+ * Once a second at most, one thread asks the Sentinels again; a new
+ * address makes acquire() replace connections to the old one. When no
+ * Sentinel answers, the current master stays: its own failure will tell.
+ */
+static void recheck_master(store_backend_impl *s)
+{
+	char host[256], err[512];
+	int64_t t = now_ms();
+	unsigned gen;
+	bool due;
+	int port;
+
+	if (s->nsentinels == 0)
+		return;
+	pthread_mutex_lock(&s->lock);
+	due = s->master_gen > 0 && t >= s->recheck_at_ms;
+	if (due)
+		s->recheck_at_ms = t + SENTINEL_RECHECK_MS;
+	pthread_mutex_unlock(&s->lock);
+	if (due)
+		find_master(s, host, sizeof(host), &port, &gen, err, sizeof(err));
+}
+
+static redisContext *dial(store_backend_impl *s, rconn *rc, char *err, size_t errlen)
+{
+	char host[256], to[300] = "";
+	redisContext *c;
+	int port;
+
+	if (s->nsentinels > 0) {
+		if (find_master(s, host, sizeof(host), &port, &rc->gen, err, errlen) < 0)
+			return NULL;
+		snprintf(to, sizeof(to), strchr(host, ':') ? " to [%s]:%d" : " to %s:%d", host, port);
+		c = redisConnectWithTimeout(host, port, s->connect_tv);
+	} else if (s->cfg.redis_socket && s->cfg.redis_socket[0]) {
 		c = redisConnectUnixWithTimeout(s->cfg.redis_socket, s->connect_tv);
-	else
+	} else {
 		c = redisConnectWithTimeout(s->cfg.redis_host, s->cfg.redis_port, s->connect_tv);
+	}
 	if (!c) {
 		snprintf(err, errlen, "%s: out of memory", s->where);
 		return NULL;
 	}
 	if (c->err) {
-		snprintf(err, errlen, "%s: cannot connect: %s", s->where, c->errstr);
+		snprintf(err, errlen, "%s: cannot connect%s: %s", s->where, to, c->errstr);
 		redisFree(c);
 		return NULL;
 	}
@@ -397,22 +579,24 @@ static redisContext *dial(const store_backend_impl *s, char *err, size_t errlen)
 		redisFree(c);
 		return NULL;
 	}
-	if (!s->cfg.redis_socket || !s->cfg.redis_socket[0])
+	if (c->connection_type == REDIS_CONN_TCP)
 		redisEnableKeepAlive(c);
 	return c;
 }
 
 /* The commands a new connection sends first. */
 typedef struct setup_cmds {
-	const char *argv[2 + NSCRIPTS][3];
-	int argc[2 + NSCRIPTS];
+	const char *argv[3 + NSCRIPTS][3];
+	int argc[3 + NSCRIPTS];
 	int n;
+	int role; /* index of ROLE, -1 when not sent */
 	char db[16];
 } setup_cmds;
 
 static void setup_cmds_init(const store_backend_impl *s, setup_cmds *c)
 {
 	c->n = 0;
+	c->role = -1;
 	if (s->cfg.redis_password && s->cfg.redis_password[0]) {
 		c->argv[c->n][0] = "AUTH", c->argv[c->n][1] = s->cfg.redis_password, c->argc[c->n++] = 2;
 	}
@@ -420,42 +604,82 @@ static void setup_cmds_init(const store_backend_impl *s, setup_cmds *c)
 		snprintf(c->db, sizeof(c->db), "%d", s->cfg.redis_db);
 		c->argv[c->n][0] = "SELECT", c->argv[c->n][1] = c->db, c->argc[c->n++] = 2;
 	}
+	if (s->nsentinels > 0) {
+		/* A Sentinel's answer may be out of date: make sure this is the master. */
+		c->role = c->n;
+		c->argv[c->n][0] = "ROLE", c->argc[c->n++] = 1;
+	}
 	for (int i = 0; i < NSCRIPTS; i++) {
 		c->argv[c->n][0] = "SCRIPT", c->argv[c->n][1] = "LOAD", c->argv[c->n][2] = scripts[i];
 		c->argc[c->n++] = 3;
 	}
 }
 
-/* Read the answers to setup_cmds; the SCRIPT LOADs (last) give the scripts' SHA1s. */
+static bool role_is_master(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements > 0 && reply_is_str(r->element[0]) &&
+	       strcmp(r->element[0]->str, "master") == 0;
+}
+
+/*
+ * One answer to setup command i: 1 when it refuses a setting, -1 when the
+ * server cannot serve now (not the master, loading), 0 when fine. The
+ * SCRIPT LOADs (last) give the scripts' SHA1s.
+ */
+static int setup_reply(const store_backend_impl *s, rconn *rc, const setup_cmds *c, int i,
+                       const redisReply *r, char *err, size_t errlen)
+{
+	int first_script = c->n - NSCRIPTS;
+
+	if (r->type == REDIS_REPLY_ERROR) {
+		/* Name the command, never its argument (the password). */
+		snprintf(err, errlen, "%s: %s refused: %.*s", s->where, c->argv[i][0], (int)r->len, r->str);
+		if (!transient_error(r))
+			return 1;
+		rc->stale = true;
+		return -1;
+	}
+	if (i == c->role && !role_is_master(r)) {
+		rc->stale = true;
+		snprintf(err, errlen, "%s: the server the sentinels named is not a master (role %.16s)",
+		         s->where,
+		         r->type == REDIS_REPLY_ARRAY && r->elements > 0 && reply_is_str(r->element[0])
+		             ? r->element[0]->str
+		             : "unknown");
+		return -1;
+	}
+	if (i >= first_script && r->type == REDIS_REPLY_STRING && r->len == SHA_LEN)
+		memcpy(rc->sha[i - first_script], r->str, SHA_LEN + 1);
+	return 0;
+}
+
+/* Read every answer to setup_cmds; the first problem decides the result (see setup_reply). */
 static int setup_replies(const store_backend_impl *s, rconn *rc, const setup_cmds *c, char *err,
                          size_t errlen)
 {
-	int result = 0, first_script = c->n - NSCRIPTS;
+	int result = 0;
 
 	for (int i = 0; i < c->n; i++) {
 		redisReply *r;
+		int one;
 
 		if (next_reply(s, rc->ctx, &r, c->argv[i][0]) != STORE_OK) {
 			snprintf(err, errlen, "%s", store_last_error());
 			return -1;
 		}
-		if (r->type == REDIS_REPLY_ERROR && !result) {
-			/* Name the command, never its argument (the password). */
-			snprintf(err, errlen, "%s: %s refused: %.*s", s->where, c->argv[i][0], (int)r->len,
-			         r->str);
-			result = 1;
-		} else if (i >= first_script && r->type == REDIS_REPLY_STRING && r->len == SHA_LEN) {
-			memcpy(rc->sha[i - first_script], r->str, SHA_LEN + 1);
-		}
+		one = setup_reply(s, rc, c, i, r, result ? NULL : err, result ? 0 : errlen);
+		if (!result)
+			result = one;
 		freeReplyObject(r);
 	}
 	return result;
 }
 
 /*
- * AUTH, SELECT and SCRIPT LOAD, pipelined. Returns 1 when the server
- * answered with an error (a setting is wrong), -1 when the connection
- * failed, 0 when ready.
+ * AUTH, SELECT, ROLE (with Sentinels) and SCRIPT LOAD, pipelined. Returns
+ * 1 when the server refused a setting (AUTH, SELECT: a configuration
+ * error), -1 when the connection failed or the server cannot serve now,
+ * 0 when ready.
  */
 static int handshake(const store_backend_impl *s, rconn *rc, char *err, size_t errlen)
 {
@@ -475,15 +699,25 @@ static int handshake(const store_backend_impl *s, rconn *rc, char *err, size_t e
 	return setup_replies(s, rc, &c, err, errlen);
 }
 
+/* The Sentinel asked first named a server that is not the master (yet): ask the next one first. */
+static void skip_sentinel(store_backend_impl *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->sentinel_next = (s->sentinel_next + 1) % s->nsentinels;
+	pthread_mutex_unlock(&s->lock);
+}
+
 /* Connect rc; 0 on success, 1 (server refused a setting) or -1 (no connection) with err. */
-static int conn_connect(const store_backend_impl *s, rconn *rc, char *err, size_t errlen)
+static int conn_connect(store_backend_impl *s, rconn *rc, char *err, size_t errlen)
 {
 	int result;
 
-	rc->ctx = dial(s, err, errlen);
+	rc->ctx = dial(s, rc, err, errlen);
 	if (!rc->ctx)
 		return -1;
 	result = handshake(s, rc, err, errlen);
+	if (result != 0 && rc->stale && s->nsentinels > 1)
+		skip_sentinel(s);
 	if (result != 0)
 		drop(rc);
 	return result;
@@ -541,9 +775,11 @@ static int ensure_connected(store_backend_impl *s, rconn *rc)
 	return 0;
 }
 
+/* A free slot, marked busy; a connection to a master the Sentinels no longer name is dropped. */
 static rconn *acquire(store_backend_impl *s)
 {
 	rconn *rc = NULL;
+	bool outdated;
 
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
@@ -559,7 +795,10 @@ static rconn *acquire(store_backend_impl *s)
 		pthread_cond_wait(&s->freed, &s->lock);
 	}
 	rc->busy = true;
+	outdated = rc->ctx && rc->gen != s->master_gen;
 	pthread_mutex_unlock(&s->lock);
+	if (outdated)
+		drop(rc);
 	return rc;
 }
 
@@ -589,10 +828,12 @@ static bool timed_out(const store_backend_impl *s, const redisContext *c, int sa
  */
 static store_status run(store_backend_impl *s, op *o)
 {
-	rconn *rc = acquire(s);
+	rconn *rc;
 	store_status st = STORE_ERROR;
 
 	pipe_guard_begin(&o->guard, s->guard_sigpipe);
+	recheck_master(s);
+	rc = acquire(s);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		bool fresh = rc->ctx == NULL;
 		int64_t start = now_ms();
@@ -1030,6 +1271,7 @@ static void redis_free(store_backend_impl *s)
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->freed);
 	store_config_clear(&s->cfg);
+	free(s->sentinels);
 	free(s->prefix);
 	free(s->pattern);
 	free(s);
@@ -1053,25 +1295,61 @@ static char *match_pattern(const char *prefix)
 	return p;
 }
 
+/* store.redis.sentinels into s->sentinels. */
+static int sentinel_settings(store_backend_impl *s, const store_config *cfg, char *err, size_t errlen)
+{
+	if (!cfg->redis_sentinel_master || !cfg->redis_sentinel_master[0]) {
+		snprintf(err, errlen, "redis: store.redis.sentinel_master must name the master");
+		return -1;
+	}
+	if (!(s->sentinels = calloc(cfg->redis_nsentinels, sizeof(*s->sentinels)))) {
+		snprintf(err, errlen, "redis: out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < cfg->redis_nsentinels; i++) {
+		sentinel *sn = &s->sentinels[i];
+
+		if (!store_redis_addr_split(cfg->redis_sentinels[i], sn->host, sizeof(sn->host), &sn->port)) {
+			snprintf(err, errlen, "redis: store.redis.sentinels: %.200s is not HOST:PORT",
+			         cfg->redis_sentinels[i]);
+			return -1;
+		}
+		snprintf(sn->addr, sizeof(sn->addr), "%s", cfg->redis_sentinels[i]);
+	}
+	s->nsentinels = cfg->redis_nsentinels;
+	snprintf(s->where, sizeof(s->where), "redis master %.200s", cfg->redis_sentinel_master);
+	return 0;
+}
+
+/* Where to connect to: the Sentinels, a unix socket, or host and port; sets s->where. */
+static int address_settings(store_backend_impl *s, const store_config *cfg, char *err, size_t errlen)
+{
+	if (cfg->redis_nsentinels > 0)
+		return sentinel_settings(s, cfg, err, errlen);
+	if (cfg->redis_socket && cfg->redis_socket[0]) {
+		snprintf(s->where, sizeof(s->where), "redis unix:%.200s", cfg->redis_socket);
+		return 0;
+	}
+	if (!cfg->redis_host || !cfg->redis_host[0] || cfg->redis_port <= 0 || cfg->redis_port > 65535) {
+		snprintf(err, errlen,
+		         "redis: store.redis needs a host and a port (1-65535), a socket or sentinels");
+		return -1;
+	}
+	snprintf(s->where, sizeof(s->where),
+	         strchr(cfg->redis_host, ':') ? "redis [%.200s]:%d" : "redis %.200s:%d", cfg->redis_host,
+	         cfg->redis_port);
+	return 0;
+}
+
 static int settings(store_backend_impl *s, const store_config *cfg, char *err, size_t errlen)
 {
-	bool unix_socket = cfg->redis_socket && cfg->redis_socket[0];
 	const char *prefix = cfg->redis_prefix ? cfg->redis_prefix : "";
 	int cto = cfg->redis_connect_timeout_ms > 0 ? cfg->redis_connect_timeout_ms : DEFAULT_TIMEOUT_MS;
 
-	if (!unix_socket &&
-	    (!cfg->redis_host || !cfg->redis_host[0] || cfg->redis_port <= 0 || cfg->redis_port > 65535)) {
-		snprintf(err, errlen, "redis: store.redis needs a host and a port (1-65535), or a socket");
+	if (address_settings(s, cfg, err, errlen) < 0)
 		return -1;
-	}
 	if (store_config_copy(&s->cfg, cfg) < 0)
 		goto oom;
-	if (unix_socket)
-		snprintf(s->where, sizeof(s->where), "redis unix:%s", cfg->redis_socket);
-	else
-		snprintf(s->where, sizeof(s->where),
-		         strchr(cfg->redis_host, ':') ? "redis [%s]:%d" : "redis %s:%d", cfg->redis_host,
-		         cfg->redis_port);
 	s->command_timeout_ms =
 	    cfg->redis_command_timeout_ms > 0 ? cfg->redis_command_timeout_ms : DEFAULT_TIMEOUT_MS;
 	s->connect_tv = ms_to_tv(cto);

@@ -133,6 +133,9 @@ static void check_defaults(const config *cfg)
 	assert_string_equal(cfg->store.redis_prefix, "spamtrapd:");
 	assert_int_equal(cfg->store.redis_connect_timeout_ms, 1000);
 	assert_int_equal(cfg->store.redis_command_timeout_ms, 500);
+	assert_null(cfg->store.redis_sentinels);
+	assert_int_equal(cfg->store.redis_nsentinels, 0);
+	assert_string_equal(cfg->store.redis_sentinel_master, "mymaster");
 	assert_false(cfg->decide.on_error_tempfail);
 	assert_int_equal(cfg->purge_interval, 600);
 
@@ -314,6 +317,22 @@ static void check_overrides(const config *cfg)
 	assert_int_equal(cfg->decide.action, TRAP_ACTION_REJECT);
 }
 
+static void check_sentinels(const config *cfg)
+{
+	assert_int_equal(cfg->store.redis_nsentinels, 3);
+	assert_string_equal(cfg->store.redis_sentinels[0], "10.0.0.1:26379");
+	assert_string_equal(cfg->store.redis_sentinels[1], "[2001:db8::1]:26379");
+	assert_string_equal(cfg->store.redis_sentinels[2], "sentinel-3.example:26380");
+	assert_string_equal(cfg->store.redis_sentinel_master, "mx-blocklist");
+}
+
+static void check_sentinel_override(const config *cfg)
+{
+	assert_int_equal(cfg->store.redis_nsentinels, 1);
+	assert_string_equal(cfg->store.redis_sentinels[0], "127.0.0.1:26379");
+	assert_string_equal(cfg->store.redis_sentinel_master, "mymaster");
+}
+
 static void check_override_list(const config *cfg)
 {
 	assert_true(is_trap(cfg, "a@trap.example"));
@@ -355,6 +374,15 @@ static const ok_case ok_cases[] = {
      {"mode=dry-run", "store.redis.port=6380", "store.redis.password=12345",
       "store.sqlite.path=var/spamtrapd.db"},
      check_overrides},
+    {"redis sentinels and master name",
+     "{\"store\": {\"backend\": \"redis\", \"redis\": {\"sentinels\": [\"10.0.0.1:26379\", "
+     "\"[2001:db8::1]:26379\", \"sentinel-3.example:26380\"], \"sentinel_master\": \"mx-blocklist\"}}}",
+     {NULL},
+     check_sentinels},
+    {"redis sentinels as an override",
+     "{}",
+     {"store.redis.sentinels=[\"127.0.0.1:26379\"]"},
+     check_sentinel_override},
     {"overrides: a list as JSON, null",
      "{\"user\": \"nobody\", \"traps\": {\"addresses\": [\"trap@example.com\"]}}",
      {"traps.addresses=[\"a@trap.example\"]", "user=null"},
@@ -577,6 +605,23 @@ static const error_case error_cases[] = {
      "{\"traps\": {\"recipient_delimiter\": \"@\"}}",
      {NULL},
      {"traps.recipient_delimiter: must not contain '@'"},
+     1},
+    {"redis sentinels: not HOST:PORT",
+     "{\"store\": {\"redis\": {\"sentinels\": [\"10.0.0.1\", \"::1:26379\", \"h:0\", \"h:70000\", "
+     "\"a b:1\", \":26379\", \"[]:1\", \"h:26379x\"]}}}",
+     {NULL},
+     {":1:36: store.redis.sentinels[0]: expected HOST:PORT or [IPV6]:PORT (port 1-65535)",
+      "store.redis.sentinels[1]: expected", "store.redis.sentinels[7]: expected"},
+     8},
+    {"redis sentinels: listed twice, not a list, empty master",
+     "{\"store\": {\"redis\": {\"sentinels\": [\"s1:26379\", \"s1:26379\"], \"sentinel_master\": \"\"}}}",
+     {NULL},
+     {"store.redis.sentinels[1]: s1:26379 is listed twice", "store.redis.sentinel_master: must not be empty"},
+     2},
+    {"redis sentinels: a string, not a list",
+     "{\"store\": {\"redis\": {\"sentinels\": \"s1:26379\"}}}",
+     {NULL},
+     {"store.redis.sentinels: expected a list of strings"},
      1},
     {"syntax error with line and column", "{\n  \"mode\": \"enforce\"\n  \"log\": {}\n}", {NULL}, {":3:"}, 1},
     {"duplicate keys",
@@ -884,6 +929,90 @@ static void test_store_config(void **state)
 	config_unref(cfg);
 }
 
+/* The Sentinel list and name are deep-copied and take part in equality (a reload needs a new store). */
+static void test_store_config_sentinels(void **state)
+{
+	char path[64], err[ERRMAX];
+	const char *ov[] = {"store.redis.sentinels=[\"s1:26379\", \"s2:26379\"]",
+	                    "store.redis.sentinel_master=mx"};
+	config *cfg = load_text("{}", ov, 2, path, sizeof path, err);
+	store_config copy;
+	char *keep;
+
+	(void)state;
+	assert_non_null(cfg);
+	assert_int_equal(store_config_copy(&copy, &cfg->store), 0);
+	assert_true(store_config_equal(&copy, &cfg->store));
+	assert_int_equal(copy.redis_nsentinels, 2);
+	assert_ptr_not_equal(copy.redis_sentinels, cfg->store.redis_sentinels);
+	assert_ptr_not_equal(copy.redis_sentinels[1], cfg->store.redis_sentinels[1]);
+	assert_string_equal(copy.redis_sentinels[1], "s2:26379");
+	assert_ptr_not_equal(copy.redis_sentinel_master, cfg->store.redis_sentinel_master);
+	/* another order is another list */
+	keep = copy.redis_sentinels[0];
+	copy.redis_sentinels[0] = copy.redis_sentinels[1];
+	copy.redis_sentinels[1] = keep;
+	assert_false(store_config_equal(&copy, &cfg->store));
+	copy.redis_sentinels[1] = copy.redis_sentinels[0];
+	copy.redis_sentinels[0] = keep;
+	copy.redis_nsentinels = 1;
+	assert_false(store_config_equal(&copy, &cfg->store));
+	copy.redis_nsentinels = 2;
+	copy.redis_sentinel_master[0] = 'X';
+	assert_false(store_config_equal(&copy, &cfg->store));
+	store_config_clear(&copy);
+	assert_null(copy.redis_sentinels);
+	assert_int_equal(copy.redis_nsentinels, 0);
+	config_unref(cfg);
+}
+
+typedef struct addr_case {
+	const char *spec;
+	bool ok;
+	const char *host;
+	int port;
+} addr_case;
+
+static void test_redis_addr_split(void **state)
+{
+	static const addr_case cases[] = {
+	    {"127.0.0.1:26379", true, "127.0.0.1", 26379},
+	    {"sentinel.example:1", true, "sentinel.example", 1},
+	    {"[::1]:65535", true, "::1", 65535},
+	    {"[2001:db8::5]:26379", true, "2001:db8::5", 26379},
+	    {"::1:26379", false, NULL, 0},
+	    {"host", false, NULL, 0},
+	    {"host:", false, NULL, 0},
+	    {":26379", false, NULL, 0},
+	    {"[]:26379", false, NULL, 0},
+	    {"host:0", false, NULL, 0},
+	    {"host:65536", false, NULL, 0},
+	    {"host:123456", false, NULL, 0},
+	    {"host:+80", false, NULL, 0},
+	    {"ho st:80", false, NULL, 0},
+	    {"host\n:80", false, NULL, 0},
+	    {"[::1:80", false, NULL, 0},
+	    {"a]b:80", false, NULL, 0},
+	};
+	char host[32];
+	int port;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const addr_case *c = &cases[i];
+		bool ok = store_redis_addr_split(c->spec, host, sizeof host, &port);
+
+		if (ok != c->ok)
+			fail_msg("\"%s\": %s expected", c->spec, c->ok ? "accepted" : "refused");
+		if (ok && (strcmp(host, c->host) != 0 || port != c->port))
+			fail_msg("\"%s\": got %s and %d", c->spec, host, port);
+	}
+	/* a host longer than the caller's buffer is refused, not cut */
+	assert_false(
+	    store_redis_addr_split("sentinel-with-a-long-name.example:26379", host, sizeof host, &port));
+	assert_false(store_redis_addr_split(NULL, host, sizeof host, &port));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -901,6 +1030,8 @@ int main(void)
 	    cmocka_unit_test(test_parse_duration),
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_store_config),
+	    cmocka_unit_test(test_store_config_sentinels),
+	    cmocka_unit_test(test_redis_addr_split),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
