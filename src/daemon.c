@@ -13,15 +13,38 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-int daemon_detach(char *err, size_t errlen)
+/* The parent's side: wait for the child's word, exit with it. */
+static void wait_for_child(int fd)
 {
+	char status = 0;
+	ssize_t n;
+	do
+		n = read(fd, &status, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 1 && status == '1')
+		_exit(0);
+	fprintf(stderr, "spamtrapd: start-up failed; see the log (syslog) for why\n");
+	_exit(1);
+}
+
+int daemon_detach(int *status_fd, char *err, size_t errlen)
+{
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		return -1;
+	}
 	pid_t pid = fork();
 	if (pid < 0) {
 		snprintf(err, errlen, "fork: %s", strerror(errno));
 		return -1;
 	}
-	if (pid > 0)
-		_exit(0);
+	if (pid > 0) {
+		close(fds[1]);
+		wait_for_child(fds[0]);
+	}
+	close(fds[0]);
+	*status_fd = fds[1];
 	if (setsid() < 0) {
 		snprintf(err, errlen, "setsid: %s", strerror(errno));
 		return -1;
@@ -41,6 +64,18 @@ int daemon_detach(char *err, size_t errlen)
 	if (fd > STDERR_FILENO)
 		close(fd);
 	return 0;
+}
+
+void daemon_report_started(int status_fd, bool ok)
+{
+	static bool reported;
+	if (status_fd < 0 || reported)
+		return;
+	reported = true;
+	char status = ok ? '1' : '0';
+	ssize_t ignored = write(status_fd, &status, 1);
+	(void)ignored;
+	close(status_fd);
 }
 
 int daemon_drop_privileges(const char *user, char *err, size_t errlen)

@@ -7,10 +7,20 @@
 #define SPAMTRAPD_DAEMON_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 
-/* fork, setsid, chdir /, stdin/stdout/stderr to /dev/null. 0, or -1 with err. */
-int daemon_detach(char *err, size_t errlen);
+/*
+ * fork, setsid, chdir /, stdin/stdout/stderr to /dev/null. The parent
+ * stays until the child calls daemon_report_started (or dies), and exits
+ * 0 or 1 accordingly, so that `spamtrapd` without -f fails visibly when
+ * start-up fails. In the child, *status_fd is the reporting end.
+ * 0, or -1 with err.
+ */
+int daemon_detach(int *status_fd, char *err, size_t errlen);
+
+/* Tell the waiting parent how start-up went; once; a no-op for fd -1. */
+void daemon_report_started(int status_fd, bool ok);
 
 /*
  * Become user (and its primary and supplementary groups). Called after the

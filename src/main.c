@@ -11,7 +11,9 @@
  * but wait (it passes the work to the control thread), so SIGHUP reloads.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -38,13 +40,17 @@ typedef struct options {
 	size_t noverrides;
 } options;
 
+/*
+ * The main thread hands signals to the control thread through a pipe: a
+ * write() takes no lock, so the main thread is back in sigwaitinfo at once
+ * (every moment it is not, a signal may go to libmilter's thread instead).
+ */
+enum { CONTROL_RELOAD = 'R', CONTROL_STOP = 'T', CONTROL_INTERRUPT = 'I' };
+
 typedef struct control {
 	const options *opt;
 	engine *eng;
-	pthread_mutex_t lock;
-	pthread_cond_t wake;
-	bool reload_requested;
-	bool stop_requested;
+	int pipe[2]; /* [0] read by the control thread, [1] written by main */
 } control;
 
 static void usage(FILE *out)
@@ -129,6 +135,15 @@ static bool same_listeners(const config *a, const config *b)
 	return strcmp(ma, mb) == 0;
 }
 
+/* Only a change of target or facility reopens the log; the level is an atomic. */
+static void apply_log_settings(const options *opt, const config *old, const config *cfg)
+{
+	if (old->log.target != cfg->log.target || old->log.facility != cfg->log.facility)
+		open_log(opt, cfg);
+	else
+		log_set_level(cfg->log.level);
+}
+
 static void reload(control *ctl)
 {
 	char err[8192];
@@ -142,13 +157,15 @@ static void reload(control *ctl)
 	if (!same_listeners(engine_config(old), cfg))
 		log_warning(
 		    "reload: listener changes (policy.listen, milter.listen) take effect after a restart");
-	engine_release(old);
-	open_log(ctl->opt, cfg);
+	config_ref(cfg); /* engine_reload takes one reference; the log settings need the snapshot too */
 	if (engine_reload(ctl->eng, cfg, err, sizeof(err)) < 0) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);
-		return;
+	} else {
+		apply_log_settings(ctl->opt, engine_config(old), cfg);
+		log_notice("configuration reloaded from %s", ctl->opt->config_path);
 	}
-	log_notice("configuration reloaded from %s", ctl->opt->config_path);
+	config_unref(cfg);
+	engine_release(old);
 }
 
 static int64_t purge_interval(control *ctl)
@@ -159,41 +176,42 @@ static int64_t purge_interval(control *ctl)
 	return interval;
 }
 
-/* Reloads and purges happen here, never on the signal-waiting main thread. */
+/* Milliseconds until t, for poll(); 0 when t has passed. */
+static int ms_until(time_t t)
+{
+	time_t now = time(NULL);
+	return t <= now ? 0 : (int)((t - now) * 1000);
+}
+
+/* Reloads, purges and the stop message happen here, never on the main thread. */
 static void *control_main(void *arg)
 {
 	control *ctl = arg;
 	time_t next_purge = time(NULL) + purge_interval(ctl);
-	pthread_mutex_lock(&ctl->lock);
-	while (!ctl->stop_requested) {
-		struct timespec until = {.tv_sec = next_purge};
-		while (!ctl->stop_requested && !ctl->reload_requested && time(NULL) < next_purge)
-			if (pthread_cond_timedwait(&ctl->wake, &ctl->lock, &until) == ETIMEDOUT)
-				break;
-		bool do_reload = ctl->reload_requested && !ctl->stop_requested;
-		ctl->reload_requested = false;
-		pthread_mutex_unlock(&ctl->lock);
-		if (do_reload)
+	for (;;) {
+		struct pollfd pfd = {.fd = ctl->pipe[0], .events = POLLIN};
+		int n = poll(&pfd, 1, ms_until(next_purge));
+		char cmd = 0;
+		if (n > 0 && read(ctl->pipe[0], &cmd, 1) != 1)
+			cmd = 0;
+		if (cmd == CONTROL_STOP || cmd == CONTROL_INTERRUPT) {
+			log_notice("%s received, stopping", cmd == CONTROL_STOP ? "SIGTERM" : "SIGINT");
+			return NULL;
+		}
+		if (cmd == CONTROL_RELOAD)
 			reload(ctl);
 		if (time(NULL) >= next_purge) {
 			engine_purge(ctl->eng);
 			next_purge = time(NULL) + purge_interval(ctl);
 		}
-		pthread_mutex_lock(&ctl->lock);
 	}
-	pthread_mutex_unlock(&ctl->lock);
-	return NULL;
 }
 
-static void control_post(control *ctl, bool stop)
+static void control_post(control *ctl, char cmd)
 {
-	pthread_mutex_lock(&ctl->lock);
-	if (stop)
-		ctl->stop_requested = true;
-	else
-		ctl->reload_requested = true;
-	pthread_cond_signal(&ctl->wake);
-	pthread_mutex_unlock(&ctl->lock);
+	/* A full pipe means reloads are already queued: dropping one is fine. */
+	ssize_t ignored = write(ctl->pipe[1], &cmd, 1);
+	(void)ignored;
 }
 
 static void wait_for_stop(control *ctl, const sigset_t *signals)
@@ -201,15 +219,13 @@ static void wait_for_stop(control *ctl, const sigset_t *signals)
 	for (;;) {
 		siginfo_t info;
 		int sig = sigwaitinfo(signals, &info);
-		if (sig < 0)
-			continue; /* EINTR from a debugger or a stopped/continued process */
 		if (sig == SIGHUP || sig == SIGUSR1) {
-			control_post(ctl, false);
-			continue;
+			control_post(ctl, CONTROL_RELOAD);
+		} else if (sig == SIGTERM || sig == SIGINT) {
+			control_post(ctl, sig == SIGTERM ? CONTROL_STOP : CONTROL_INTERRUPT);
+			return;
 		}
-		log_notice("%s received, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-		control_post(ctl, true);
-		return;
+		/* sig < 0: EINTR from a debugger or a stopped/continued process */
 	}
 }
 
@@ -253,6 +269,36 @@ fail:
 	return -1;
 }
 
+static int run(const options *opt, const sigset_t *signals, engine *eng, int status_fd)
+{
+	control ctl = {.opt = opt, .eng = eng};
+	pthread_t control_thread;
+	if (pipe2(ctl.pipe, O_CLOEXEC) < 0 ||
+	    pthread_create(&control_thread, NULL, control_main, &ctl) != 0) {
+		log_error("cannot start the control thread: %s", strerror(errno));
+		return -1;
+	}
+	log_notice("ready");
+	daemon_report_started(status_fd, true);
+	wait_for_stop(&ctl, signals);
+	pthread_join(control_thread, NULL);
+	close(ctl.pipe[0]);
+	close(ctl.pipe[1]);
+	return 0;
+}
+
+/* SIGTERM: in-flight transactions finish inside the stop calls; then nothing is left to record. */
+static void stop(engine *eng, policy_server *policy, bool milter_on)
+{
+	if (policy)
+		policy_server_stop(policy);
+	bool milter_quiet = !milter_on || milter_stop();
+	policy_server_free(policy);
+	/* A milter callback still running may use the engine: leave it to exit(). */
+	if (milter_quiet)
+		engine_free(eng);
+}
+
 int main(int argc, char **argv)
 {
 	options opt;
@@ -273,14 +319,15 @@ int main(int argc, char **argv)
 	}
 	if (geteuid() == 0 && !cfg->user) {
 		fprintf(stderr,
-			"spamtrapd: refusing to serve as root: set \"user\" in %s (e.g. \"spamtrapd\"); "
-			"spamtrapd binds its sockets as root and then switches to that user\n",
-			opt.config_path);
+		        "spamtrapd: refusing to serve as root: set \"user\" in %s (e.g. \"spamtrapd\"); "
+		        "spamtrapd binds its sockets as root and then switches to that user\n",
+		        opt.config_path);
 		config_unref(cfg);
 		return 1;
 	}
 	char err[1024];
-	if (!opt.foreground && daemon_detach(err, sizeof(err)) < 0) {
+	int status_fd = -1;
+	if (!opt.foreground && daemon_detach(&status_fd, err, sizeof(err)) < 0) {
 		fprintf(stderr, "spamtrapd: %s\n", err);
 		config_unref(cfg);
 		return 1;
@@ -293,28 +340,13 @@ int main(int argc, char **argv)
 	bool milter_on = false;
 	rc = start(cfg, &eng, &policy, &milter_on);
 	config_unref(cfg);
-	if (rc == 0) {
-		control ctl = {.opt = &opt, .eng = eng};
-		pthread_mutex_init(&ctl.lock, NULL);
-		pthread_cond_init(&ctl.wake, NULL);
-		pthread_t control_thread;
-		if (pthread_create(&control_thread, NULL, control_main, &ctl) != 0) {
-			log_error("cannot start the control thread");
-			rc = -1;
-		} else {
-			log_notice("ready");
-			wait_for_stop(&ctl, &signals);
-			pthread_join(control_thread, NULL);
-		}
-	}
-	/* In-flight transactions finish inside the stop calls; then nothing is left to record. */
-	if (policy)
-		policy_server_stop(policy);
-	if (milter_on)
-		milter_stop();
-	policy_server_free(policy);
-	engine_free(eng);
-	log_notice("stopped");
+	if (rc == 0)
+		rc = run(&opt, &signals, eng, status_fd);
+	daemon_report_started(status_fd, false); /* no-op once reported */
+	stop(eng, policy, milter_on);
+	if (milter_on && milter_failed())
+		rc = -1;
+	log_notice("stopped%s", rc == 0 ? "" : " with errors");
 	log_close();
 	return rc == 0 ? 0 : 1;
 }

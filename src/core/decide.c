@@ -18,10 +18,6 @@ static const smtp_reply REPLY_TRAP_REJECT = {"550", "5.7.1", "Recipient address 
 /* Postfix logs the DISCARD text; the SMTP client never sees it. */
 static const smtp_reply REPLY_TRAP_DISCARD = {"", "", "spamtrap hit"};
 
-/* Loopback clients are the host itself (webmail, cron, a content filter's
- * reinjection): blocklisting them would stop all local mail. */
-static const char *const LOOPBACK_V4 = "127.0.0.0/8";
-
 static bool is_xcode(const char *s, size_t len, char class)
 {
 	/* RFC 3463: class.subject.detail, class matching the reply code. */
@@ -104,10 +100,12 @@ static void push_record(decide_txn *txn, const char *key)
 		txn->record[txn->nrecord++] = key;
 }
 
-/* SASL names and HELO names end up in keys and log lines: printable only. */
-static bool usable_name(const char *s)
+#define NAME_KEY_MAX 255
+
+/* A HELO name becomes a key only when it is a plain printable token. */
+static bool usable_helo(const char *s)
 {
-	if (!s || !*s || strlen(s) > 255)
+	if (!s || !*s || strlen(s) > NAME_KEY_MAX)
 		return false;
 	for (; *s; s++)
 		if (!isgraph((unsigned char)*s))
@@ -115,13 +113,41 @@ static bool usable_name(const char *s)
 	return true;
 }
 
+/*
+ * SASL account names may hold blanks and UTF-8 ("J\xc3\xb6rg Doe"); only
+ * control characters (which would break key and log lines) or an
+ * excessive length keep a name from becoming a key. Being authenticated
+ * does not depend on this: see prepare_record.
+ */
+static bool usable_sasl(const char *s)
+{
+	if (!s || !*s || strlen(s) > NAME_KEY_MAX)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+/*
+ * Only a real local@domain is a sender key. Postfix accepts unqualified
+ * senders ("MAIL FROM:<8.0.0.0/8>", "<sasl:alice>"); taken as keys they
+ * would name a network or an account, and one trap hit could block them.
+ */
+static bool keyable_sender(const char *sender)
+{
+	const char *at = strrchr(sender, '@');
+	return at && at != sender && at[1] != '\0';
+}
+
+/* Loopback clients are the host itself (webmail, cron, a content filter's
+ * reinjection): blocklisting them would stop all local mail. */
 static bool is_loopback(const addr_ip *ip)
 {
 	static const uint8_t v6_loopback[16] = {[15] = 1};
 	if (ip->version == 6)
 		return memcmp(ip->bytes, v6_loopback, 16) == 0;
-	addr_net lo;
-	return addr_net_parse(LOOPBACK_V4, &lo, NULL, 0) && addr_net_contains(&lo, ip);
+	return ip->bytes[0] == 127;
 }
 
 static const char *net_key(decide_txn *txn, const addr_ip *ip, unsigned prefix)
@@ -180,6 +206,7 @@ static void prepare_sender(const decide_facts *facts, decide_txn *txn)
 typedef struct txn_keys {
 	const char *sender, *domain, *sasl, *helo;
 	const addr_ip *ip;
+	bool authenticated;
 } txn_keys;
 
 static void prepare_record(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
@@ -187,7 +214,7 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 	if (policy->keys & DECIDE_KEY_SENDER)
 		push_record(txn, k->sender);
 	/* An authenticated client is a shared submission host, not the spammer. */
-	if ((policy->keys & DECIDE_KEY_CLIENT_ADDRESS) && k->ip && !k->sasl) {
+	if ((policy->keys & DECIDE_KEY_CLIENT_ADDRESS) && k->ip && !k->authenticated) {
 		unsigned prefix = k->ip->version == 4 ? policy->ipv4_prefix : policy->ipv6_prefix;
 		push_record(txn, net_key(txn, k->ip, prefix));
 	}
@@ -210,7 +237,7 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	memset(txn, 0, offsetof(decide_txn, buf));
 	txn->buflen = 0;
 	prepare_sender(facts, txn);
-	bool have_sender = !txn->null_sender && !txn->sender_invalid && txn->sender[0];
+	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender);
 
 	addr_ip ip;
 	bool have_ip =
@@ -221,12 +248,13 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 		txn->whitelisted = whitelist_check(
 		    policy->whitelist, txn->sender_invalid ? NULL : txn->sender, facts->client_address);
 
-	txn_keys k = {.ip = have_ip ? &ip : NULL};
+	txn_keys k = {.ip = have_ip ? &ip : NULL,
+	              .authenticated = facts->sasl_username && *facts->sasl_username};
 	k.sender = have_sender ? txn_key(txn, "%s", txn->sender) : NULL;
 	const char *domain = have_sender ? addr_domain(txn->sender) : NULL;
 	k.domain = domain && *domain ? txn_key(txn, "@%s", domain) : NULL;
-	k.sasl = usable_name(facts->sasl_username) ? txn_key(txn, "sasl:%s", facts->sasl_username) : NULL;
-	char *helo = usable_name(facts->helo) ? txn_key(txn, "helo:%s", facts->helo) : NULL;
+	k.sasl = usable_sasl(facts->sasl_username) ? txn_key(txn, "sasl:%s", facts->sasl_username) : NULL;
+	char *helo = usable_helo(facts->helo) ? txn_key(txn, "helo:%s", facts->helo) : NULL;
 	lowercase(helo);
 	k.helo = helo;
 

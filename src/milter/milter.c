@@ -29,6 +29,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +46,9 @@
 /* Caps for what the MTA lends us (STYLE 6). */
 #define CLIENT_MAX 64 /* an IPv6 address in text, with room to spare */
 #define HELO_MAX 256  /* a host name is at most 255 octets */
-#define SASL_MAX 256
+/* Longer than any key (decide.c caps them at 255): a longer name still
+ * counts as authenticated, never cut into another account's name. */
+#define SASL_MAX 1024
 #define QUEUE_ID_MAX 64             /* Postfix long queue ids are about 20 characters */
 #define ENVELOPE_MAX (ADDR_MAX + 2) /* an address plus its angle brackets */
 
@@ -100,6 +104,7 @@ static struct {
 	unsigned connections;
 	milter_conn *live;
 	bool stopping;
+	atomic_bool failed; /* libmilter stopped without being asked */
 	bool registered;
 	bool running;
 	pthread_t thread;
@@ -640,8 +645,17 @@ static void *milter_main(void *arg)
 	pthread_mutex_lock(&filter.lock);
 	bool expected = filter.stopping;
 	pthread_mutex_unlock(&filter.lock);
-	if (!expected)
-		log_error("milter: libmilter stopped on its own (rc %d); the milter front end is down", rc);
+	if (!expected) {
+		/*
+		 * libmilter's own signal thread stops the filter on a SIGHUP or
+		 * SIGTERM that reaches it instead of the main thread. A daemon
+		 * without its milter must not linger: stop it with a failure
+		 * status so that the service manager starts it again.
+		 */
+		log_error("milter: libmilter stopped on its own (rc %d); stopping spamtrapd", rc);
+		atomic_store(&filter.failed, true);
+		kill(getpid(), SIGTERM);
+	}
 	return NULL;
 }
 
@@ -666,10 +680,15 @@ int milter_start(char *err, size_t errlen)
  * its worker pool drops every session at smfi_stop. New transactions get
  * a 4xx meanwhile (Postfix retries them, nothing is lost).
  */
-void milter_stop(void)
+bool milter_failed(void)
+{
+	return atomic_load(&filter.failed);
+}
+
+bool milter_stop(void)
 {
 	if (!filter.running)
-		return;
+		return true;
 	unsigned left = milter_filter_quiesce(STOP_GRACE_MS);
 	if (left)
 		log_warning("milter: %u transaction(s) still in flight after %d s; stopping anyway", left,
@@ -680,4 +699,5 @@ void milter_stop(void)
 	unsigned open = milter_filter_connections();
 	if (open)
 		log_info("milter: stopped with %u connection(s) open; libmilter dropped them", open);
+	return left == 0;
 }

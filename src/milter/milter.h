@@ -9,6 +9,7 @@
 #ifndef SPAMTRAPD_MILTER_H
 #define SPAMTRAPD_MILTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "config.h"
@@ -27,7 +28,12 @@ int milter_start(char *err, size_t errlen);
 /*
  * Stop: no new connections, callbacks in flight finish, join the thread.
  * libmilter notices within its listener poll interval (a few seconds).
+ * Returns false when transactions were still in flight at the deadline:
+ * their callbacks may still use the engine, so the caller must not free it.
  */
-void milter_stop(void);
+bool milter_stop(void);
+
+/* libmilter stopped without milter_stop (it sends SIGTERM to the process then). */
+bool milter_failed(void);
 
 #endif

@@ -1,0 +1,114 @@
+"""The daemon as a Unix process: signals under pressure, start-up status.
+
+libmilter runs a signal thread of its own that stops the filter on SIGHUP
+or SIGTERM. spamtrapd's main thread takes those signals; whichever thread
+gets one, the daemon must end up either serving fully (milter and policy)
+or stopped with a status a service manager acts on, never half alive, and
+SIGTERM must always stop it.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+import spamtrapd_harness as sh
+
+TRAP = "trap@example.com"
+
+
+def milter_accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+class SignalStorm(unittest.TestCase):
+    def test_hup_burst_leaves_a_whole_daemon_or_a_failed_exit(self):
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}}, milter=True)
+        d.start()
+        try:
+            for _ in range(300):
+                os.kill(d.proc.pid, signal.SIGHUP)
+                time.sleep(0.0005)
+            time.sleep(1.0)
+            if d.running():
+                self.assertTrue(milter_accepts(d.milter_port()), "daemon running without its milter:\n" + d.log_tail())
+                with sh.PolicyClient(d.policy_address("trap")) as c:
+                    self.assertEqual(c.check(sender="a@burst.example", recipient="user@example.com"), "DUNNO")
+                d.stop()
+            else:
+                # libmilter took a SIGHUP: the daemon must say so and fail, so systemd restarts it.
+                self.assertEqual(d.proc.wait(), 1, d.log_tail())
+                self.assertIn("libmilter stopped on its own", d.log())
+        finally:
+            d.cleanup()
+
+    def test_hup_then_term_always_stops(self):
+        for attempt in range(3):
+            d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}}, milter=True)
+            d.start()
+            try:
+                os.kill(d.proc.pid, signal.SIGHUP)
+                os.kill(d.proc.pid, signal.SIGTERM)
+                try:
+                    code = d.proc.wait(sh.STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.fail(f"attempt {attempt}: SIGTERM after SIGHUP did not stop spamtrapd:\n" + d.log_tail())
+                self.assertIn(code, (0, 1), d.log_tail())
+                self.assertNotIn("ERROR: AddressSanitizer", d.log())
+            finally:
+                d.cleanup()
+
+
+class StartupStatus(unittest.TestCase):
+    def test_detached_start_reports_failure(self):
+        """Without -f the parent waits for the child's start-up: a port in use is exit 1."""
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        d = sh.Spamtrapd({"policy": {"listen": [{"address": f"127.0.0.1:{port}", "role": "trap"}]}})
+        try:
+            r = subprocess.run([sh.binary(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("start-up failed", r.stderr)
+        finally:
+            busy.close()
+            d.cleanup()
+
+    def test_detached_start_reports_success(self):
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        try:
+            r = subprocess.run([sh.binary(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with sh.PolicyClient(d.policy_address("trap")) as c:
+                self.assertTrue(c.check(sender="a@b.example", recipient=TRAP).startswith("550 5.1.1"))
+        finally:
+            out = subprocess.run(["pkill", "-TERM", "-f", d.config_path])
+            self.assertEqual(out.returncode, 0, "the detached daemon was not running")
+            deadline = time.monotonic() + sh.STOP_TIMEOUT
+            while subprocess.run(["pgrep", "-f", d.config_path], capture_output=True).returncode == 0:
+                self.assertLess(time.monotonic(), deadline, "the detached daemon did not stop")
+                time.sleep(0.1)
+            d.cleanup()
+
+    def test_refuses_root_without_user(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root")
+        d = sh.Spamtrapd({"user": None})
+        try:
+            r = subprocess.run([sh.binary(), "-f", "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("refusing to serve as root", r.stderr)
+        finally:
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
