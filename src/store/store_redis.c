@@ -1348,6 +1348,11 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 
 	if (address_settings(s, cfg, err, errlen) < 0)
 		return -1;
+	/* Keys are built in fixed buffers of KEYBUF bytes. */
+	if (strlen(prefix) > PREFIX_MAX) {
+		snprintf(err, errlen, "redis: store.redis.prefix is longer than %d bytes", PREFIX_MAX);
+		return -1;
+	}
 	if (store_config_copy(&s->cfg, cfg) < 0)
 		goto oom;
 	s->command_timeout_ms =
