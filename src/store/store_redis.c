@@ -470,7 +470,7 @@ static int ask_sentinel(const store_backend_impl *s, const sentinel *sn, char *h
 	else if (redisSetTimeout(c, s->command_tv) != REDIS_OK || !(r = redisCommandArgv(c, 3, argv, NULL)))
 		snprintf(why, whylen, "sentinel %s: %s", sn->addr, c->errstr[0] ? c->errstr : "no answer");
 	else if ((rc = master_from_reply(r, host, hostlen, port, msg, sizeof(msg))) < 0)
-		snprintf(why, whylen, "sentinel %s: %s", sn->addr, msg);
+		snprintf(why, whylen, "sentinel %s: %.200s", sn->addr, msg);
 	if (r)
 		freeReplyObject(r);
 	if (c)
