@@ -89,7 +89,7 @@ typedef struct run {
 	session *s;
 	int ep;
 	uint64_t measure_ns, end_ns;
-	unsigned long done, started, malformed, errors, active;
+	unsigned long done, all, started, malformed, errors, active;
 	uint32_t negotiated_pflags, negotiated_actions;
 	tally t_connect, t_helo, t_mail, t_rcpt_trap, t_rcpt_other;
 	bench_lat lat_session, lat_reply;
@@ -519,6 +519,8 @@ static void end_session(run *r, session *s, bool ok)
 	close(s->fd);
 	s->fd = -1;
 	r->active--;
+	if (ok)
+		r->all++;
 	if (!ok)
 		r->errors++;
 	else if (now >= r->measure_ns && now < r->end_ns) {
@@ -647,10 +649,11 @@ static void report(run *r)
 	double secs =
 	    r->opt->max_sessions ? (double)(bench_now_ns() - r->measure_ns) / 1e9 : r->opt->duration;
 	printf("{\"tool\": \"milter_load\", \"connections\": %u, \"seconds\": %.3f, \"sessions\": %lu, "
+	       "\"all\": %lu, "
 	       "\"rps\": %.1f, \"malformed\": %lu, \"errors\": %lu, \"unfinished\": %lu, "
 	       "\"filter_actions\": \"0x%x\", \"filter_protocol\": \"0x%x\"",
-	       r->opt->conns, secs, r->done, (double)r->done / secs, r->malformed, r->errors, r->active,
-	       r->negotiated_actions, r->negotiated_pflags);
+	       r->opt->conns, secs, r->done, r->all, (double)r->done / secs, r->malformed, r->errors,
+	       r->active, r->negotiated_actions, r->negotiated_pflags);
 	bench_lat_sort(&r->lat_session);
 	printf(", \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f",
 	       bench_lat_pct(&r->lat_session, 50) / 1e3, bench_lat_pct(&r->lat_session, 90) / 1e3,

@@ -74,7 +74,7 @@ typedef struct run {
 	conn *conns;
 	int ep;
 	uint64_t start_ns, measure_ns, end_ns;
-	unsigned long done, sent, malformed, disconnects;
+	unsigned long done, all, sent, malformed, disconnects;
 	tally trap_replies, other_replies;
 	bench_lat lat;
 } run;
@@ -266,6 +266,7 @@ static void finish_reply(run *r, conn *c, uint64_t now)
 		return;
 	}
 	c->reply[c->replylen - 2] = '\0';
+	r->all++;
 	if (now < r->measure_ns)
 		return;
 	r->done++;
@@ -378,9 +379,10 @@ static void report(run *r)
 	double secs =
 	    r->opt->max_requests ? (double)(bench_now_ns() - r->measure_ns) / 1e9 : r->opt->duration;
 	printf("{\"tool\": \"policy_load\", \"connections\": %u, \"seconds\": %.3f, \"requests\": %lu, "
+	       "\"all\": %lu, "
 	       "\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
 	       "\"max_us\": %.1f, \"malformed\": %lu, \"disconnects\": %lu, \"unanswered\": %u, ",
-	       r->opt->conns, secs, r->done, (double)r->done / secs, bench_lat_pct(&r->lat, 50) / 1e3,
+	       r->opt->conns, secs, r->done, r->all, (double)r->done / secs, bench_lat_pct(&r->lat, 50) / 1e3,
 	       bench_lat_pct(&r->lat, 90) / 1e3, bench_lat_pct(&r->lat, 99) / 1e3,
 	       bench_lat_pct(&r->lat, 99.9) / 1e3, bench_lat_pct(&r->lat, 100) / 1e3, r->malformed,
 	       r->disconnects, busy_count(r));

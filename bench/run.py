@@ -25,9 +25,11 @@ bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR.
 """
 
 import argparse
+import grp
 import json
 import os
 import platform
+import pwd
 import shutil
 import signal
 import socket
@@ -100,6 +102,15 @@ class Server:
             pass
         return self.hwm_kib
 
+    def cpu_seconds(self):
+        """user + system time of every thread so far (/proc/PID/stat fields 14 and 15)."""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def signal_stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -119,9 +130,18 @@ class Bench:
         self.bin = os.path.join(args.build, "bench")
         self.spamtrapd = os.path.join(args.build, "src", "spamtrapd")
         self.tmp = tempfile.mkdtemp(prefix="spamtrapd-bench-")
+        # spamtrapd refuses to serve as root: run as root (CI), it gets "nobody" and the
+        # temporary folder, where its SQLite file and WAL live, is handed to that user.
+        self.run_user = "nobody" if os.getuid() == 0 else None
+        self.give(self.tmp)
         self.servers = []
         self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {},
                         "store": {}, "traps": [], "servers": {}, "notes": []}
+
+    def give(self, path):
+        if self.run_user:
+            pw = pwd.getpwnam(self.run_user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def tool(self, name):
         return os.path.join(self.bin, name)
@@ -158,6 +178,7 @@ class Bench:
             "store": store,
             "traps": {"files": [trap_file]},
             "log": {"target": "stderr", "level": "info"},
+            "user": self.run_user,
         }
         path = os.path.join(self.tmp, name + ".json")
         with open(path, "w") as f:
@@ -181,8 +202,6 @@ class Bench:
         port = free_port()
         dbdir = os.path.join(self.tmp, "postgrey")
         os.mkdir(dbdir)
-        import grp
-        import pwd
         user = pwd.getpwuid(os.getuid()).pw_name
         group = grp.getgrgid(os.getgid()).gr_name
         return self.start("postgrey", "policy",
@@ -198,17 +217,22 @@ class Bench:
         return run_json(cmd, self.args.duration + self.args.warmup + 60)[0]
 
     def measure(self, proto, targets):
-        """targets: [(name, port, blocked)]; best of --reps runs per server and level, interleaved."""
+        """targets: [(name, port, blocked, servers)]; best of --reps runs per server and level,
+        interleaved. Each run also gets the CPU time its servers spent per request answered."""
         table = self.results[proto]
         for conns in self.args.levels:
             for _ in range(self.args.reps):
-                for name, port, blocked in targets:
+                for name, port, blocked, servers in targets:
+                    cpu = sum(s.cpu_seconds() for s in servers)
                     r = self.load(proto, port, conns, blocked)
+                    cpu = sum(s.cpu_seconds() for s in servers) - cpu
+                    r["cpu_us"] = cpu * 1e6 / r["all"] if r["all"] else 0.0
                     best = table.setdefault(name, {}).get(str(conns))
                     if best is None or r["rps"] > best["rps"]:
                         table[name][str(conns)] = r
-                    print("  %-6s %-22s %2d conns %10.0f /s  p50 %8.1f us  p99 %8.1f us"
-                          % (proto, name, conns, r["rps"], r["p50_us"], r["p99_us"]), file=sys.stderr)
+                    print("  %-6s %-18s %2d conns %8.0f /s  p50 %8.1f us  p99 %8.1f us  cpu %6.1f us"
+                          % (proto, name, conns, r["rps"], r["p50_us"], r["p99_us"], r["cpu_us"]),
+                          file=sys.stderr)
 
     def stop_all(self):
         for s in self.servers:
@@ -225,6 +249,9 @@ class Bench:
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
         sq = self.store_bench("sqlite", ["-f", db])
+        for path in (db, db + "-wal", db + "-shm"):
+            if os.path.exists(path):
+                self.give(path)
         redis = None
         if shutil.which("redis-server") and not a.no_redis:
             redis = self.start_redis()
@@ -235,14 +262,14 @@ class Bench:
         policy, milter = [], []
         st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
         st.wait_ready()
-        policy.append(("spamtrapd sqlite", st.ports["policy"], sq["blocked_senders"]))
-        milter.append(("spamtrapd sqlite", st.ports["milter"], sq["blocked_senders"]))
+        policy.append(("spamtrapd sqlite", st.ports["policy"], sq["blocked_senders"], [st]))
+        milter.append(("spamtrapd sqlite", st.ports["milter"], sq["blocked_senders"], [st]))
         if redis:
             sr = self.start_spamtrapd("spamtrapd redis", {"backend": "redis", "redis": {
                 "host": "127.0.0.1", "port": redis.ports["redis"]}}, trap_file)
             sr.wait_ready()
-            policy.append(("spamtrapd redis", sr.ports["policy"], rd["blocked_senders"]))
-            milter.append(("spamtrapd redis", sr.ports["milter"], rd["blocked_senders"]))
+            policy.append(("spamtrapd redis", sr.ports["policy"], rd["blocked_senders"], [sr, redis]))
+            milter.append(("spamtrapd redis", sr.ports["milter"], rd["blocked_senders"], [sr, redis]))
         ncpu = os.cpu_count() or 1
         # The responder gets as many threads as spamtrapd's policy workers (policy.threads 0: one per CPU).
         port = free_port()
@@ -252,12 +279,12 @@ class Bench:
         mref = self.start("milter_ref", "milter", [self.tool("milter_ref"), "-p", str(port)], {"milter": port})
         for s in (pref, mref):
             s.wait_ready()
-        policy.insert(0, ("policy_ref", pref.ports["policy"], 1))
-        milter.insert(0, ("milter_ref", mref.ports["milter"], 1))
+        policy.insert(0, ("policy_ref", pref.ports["policy"], 1, [pref]))
+        milter.insert(0, ("milter_ref", mref.ports["milter"], 1, [mref]))
         if shutil.which("postgrey") and not a.no_postgrey:
             pg = self.start_postgrey()
             pg.wait_ready()
-            policy.append(("postgrey", pg.ports["policy"], 1))
+            policy.append(("postgrey", pg.ports["policy"], 1, [pg]))
         else:
             self.note("postgrey not installed (scripts/install-deps.sh bench): no postgrey row")
         print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
@@ -319,6 +346,11 @@ def protocol_table(res, proto, limit, title, unit):
     for name, row in rows.items():
         rss = res["servers"].get(name, {}).get("hwm_kib")
         print("%-18s" % name + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
+    print("%-18s" % "server CPU us per %s (user+sys, all threads; spamtrapd redis: + redis-server)"
+          % ("request" if proto == "policy" else "session"))
+    for name, row in rows.items():
+        print("%-18s" % ("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
+                                                             else "-", CELL - 9, "") for c in LEVELS))
     for name in [n for n in rows if n.startswith("spamtrapd")]:
         for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
             if ref in rows:
