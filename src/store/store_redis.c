@@ -730,7 +730,7 @@ static void note_failure(store_backend_impl *s, const char *why)
 	s->down = true;
 	s->retry_at_ms = now_ms() + s->backoff_ms;
 	s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
-	snprintf(s->down_reason, sizeof(s->down_reason), "%s", why);
+	snprintf(s->down_reason, sizeof(s->down_reason), "%.*s", (int)sizeof(s->down_reason) - 1, why);
 	pthread_mutex_unlock(&s->lock);
 }
 
