@@ -390,6 +390,35 @@ static void test_lookup_keys_cover_networks(void **state)
 	assert_true(txn.nlookup <= DECIDE_MAX_LOOKUP);
 }
 
+/* The fast IPv4 key writer must agree with addr_net_format everywhere. */
+static void test_ipv4_keys_match_addr_format(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	uint32_t x = 2463534242u; /* xorshift: many addresses, reproducibly */
+	for (int n = 0; n < 20000; n++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		char client[16];
+		snprintf(client, sizeof(client), "%u.%u.%u.%u", x >> 24, (x >> 16) & 255, (x >> 8) & 255,
+		         x & 255);
+		decide_facts facts = {.client_address = client};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		if (x >> 24 == 127)
+			continue; /* loopback: no keys */
+		addr_ip ip;
+		assert_true(addr_ip_parse(client, &ip));
+		for (unsigned len = 32, i = 0; len >= 8; len--, i++) {
+			addr_net net = addr_net_of(&ip, len);
+			char want[ADDR_NET_STRLEN];
+			addr_net_format(&net, want, sizeof(want));
+			assert_string_equal(txn.lookup[i], want);
+		}
+	}
+}
+
 static void test_end_of_message(void **state)
 {
 	fixture *f = *state;
@@ -476,6 +505,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_recipient_table, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_table, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lookup_keys_cover_networks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ipv4_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
 	    cmocka_unit_test(test_smtp_reply_parse),
