@@ -1215,8 +1215,9 @@ static const key_def schema[] = {
 
     {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},
     {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = DAYS(3650), AT(decide.ttl)},
-    {"blocklist.ipv4_prefix", T_INT, J(32), .min = 0, .max = 32, AT(decide.ipv4_prefix)},
-    {"blocklist.ipv6_prefix", T_INT, J(64), .min = 0, .max = 128, AT(decide.ipv6_prefix)},
+    /* Shorter prefixes would let one trap hit block a large part of the Internet. */
+    {"blocklist.ipv4_prefix", T_INT, J(32), .min = 8, .max = 32, AT(decide.ipv4_prefix)},
+    {"blocklist.ipv6_prefix", T_INT, J(64), .min = 16, .max = 128, AT(decide.ipv6_prefix)},
     {"blocklist.reject", T_STRING, J("550 5.7.1 Sender is blocklisted after mail to a spamtrap"), K_NONEMPTY,
      .max = 500, .set = set_reject},
 
