@@ -3,7 +3,9 @@
  * limits and a chunk size; the rest is parsed twice, once whole and once in
  * chunks, and both runs must see the same requests and the same error at
  * the same offset (splitting input at any byte must not change meaning).
- * Every request must respect the caps and limits.
+ * Every request must respect the caps and limits. A malformed request is
+ * one more event (its error and line), after which parsing goes on; a
+ * fatal error ends the run and must be a NUL byte or an endless request.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -83,8 +85,17 @@ static void run(const uint8_t *data, size_t size, size_t chunk, size_t max_line,
 			abort();
 		pos += used;
 		if (st == POLICY_PARSE_REQUEST) {
+			if (policy_parser_error(p) != POLICY_ERR_NONE)
+				abort();
 			record(t, st, pos, check_request(policy_parser_request(p), max_attrs));
+		} else if (st == POLICY_PARSE_MALFORMED) {
+			if (policy_parser_error(p) == POLICY_ERR_NONE || !policy_parser_idle(p))
+				abort();
+			record(t, st, pos, (uint64_t)policy_parser_error(p) << 32 | policy_parser_line(p));
 		} else if (st == POLICY_PARSE_ERROR) {
+			if (policy_parser_error(p) != POLICY_ERR_NUL_BYTE &&
+			    policy_parser_error(p) != POLICY_ERR_ENDLESS)
+				abort();
 			record(t, st, pos, (uint64_t)policy_parser_error(p) << 32 | policy_parser_line(p));
 			break;
 		} else if (used != len) {

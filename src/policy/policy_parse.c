@@ -3,7 +3,9 @@
  * the contract). A byte-at-a-time state machine: an attribute name is
  * collected in a small buffer, a value is streamed straight into its
  * capped field (or skipped), so the state is a fixed size whatever the
- * configured line limit. Nothing here allocates after policy_parser_new().
+ * configured line limit. After a syntax error the state is ST_SKIP: bytes
+ * are only counted until the empty line that ends the request. Nothing
+ * here allocates after policy_parser_new().
  */
 #include "policy/policy_parse.h"
 
@@ -58,17 +60,25 @@ static const struct attr_def {
 /* Longer names than this cannot be one of ours; they are still parsed and skipped. */
 #define NAME_MAX_STORED 32
 
-typedef enum { ST_NAME, ST_VALUE, ST_DONE, ST_ERROR } parse_state;
+typedef enum {
+	ST_NAME,  /* in an attribute name, or at the start of a line */
+	ST_VALUE, /* in a value */
+	ST_SKIP,  /* after a syntax error: looking for the empty line */
+	ST_DONE,  /* a request (good or malformed) was reported */
+	ST_ERROR, /* fatal, until policy_parser_reset() */
+} parse_state;
 
 struct policy_parser {
 	size_t max_line;
 	unsigned max_attributes;
 	parse_state state;
 	policy_parse_error err;
-	bool started;    /* a byte of the current request was seen */
-	bool cr_pending; /* a CR that is dropped if LF follows */
-	unsigned line;   /* 1-based line within the request */
-	size_t linelen;  /* bytes of the current line so far */
+	unsigned err_line; /* the line err was found in */
+	size_t skipped;    /* bytes seen in ST_SKIP */
+	bool started;      /* a byte of the current request was seen */
+	bool cr_pending;   /* a CR that is dropped if LF follows */
+	unsigned line;     /* 1-based line within the request */
+	size_t linelen;    /* bytes of the current line so far */
 	char name[NAME_MAX_STORED];
 	size_t namelen;
 	int attr; /* the stored attribute the current value goes to, or -1 */
@@ -100,6 +110,9 @@ size_t policy_attr_cap(policy_attr attr)
 
 static void request_begin(policy_parser *p)
 {
+	p->err = POLICY_ERR_NONE;
+	p->err_line = 0;
+	p->skipped = 0;
 	p->req.nattributes = 0;
 	p->req.present = 0;
 	p->req.truncated = 0;
@@ -136,15 +149,32 @@ void policy_parser_set_limits(policy_parser *p, size_t max_line, unsigned max_at
 
 void policy_parser_reset(policy_parser *p)
 {
-	p->err = POLICY_ERR_NONE;
 	request_begin(p);
 }
 
+/* A fatal error: nothing more is parsed until policy_parser_reset(). */
 static policy_parse_status fail(policy_parser *p, policy_parse_error err)
 {
 	p->state = ST_ERROR;
 	p->err = err;
+	p->err_line = p->line;
 	return POLICY_PARSE_ERROR;
+}
+
+/*
+ * A syntax error: skip to the end of the request. A value cut off by the
+ * error is dropped, so that what was stored before stays well-formed.
+ */
+static policy_parse_status malformed(policy_parser *p, policy_parse_error err)
+{
+	if (p->attr >= 0)
+		p->req.present &= ~(1u << p->attr);
+	p->attr = -1;
+	p->state = ST_SKIP;
+	p->err = err;
+	p->err_line = p->line;
+	p->skipped = 0;
+	return POLICY_PARSE_NEED_MORE;
 }
 
 /* '=' ends the name: find out whether the value is one we store. */
@@ -183,36 +213,60 @@ static policy_parse_status name_byte(policy_parser *p, unsigned char c)
 {
 	if (c == '=') {
 		if (p->namelen == 0)
-			return fail(p, POLICY_ERR_EMPTY_NAME);
+			return malformed(p, POLICY_ERR_EMPTY_NAME);
 		if (++p->req.nattributes > p->max_attributes)
-			return fail(p, POLICY_ERR_TOO_MANY_ATTRIBUTES);
+			return malformed(p, POLICY_ERR_TOO_MANY_ATTRIBUTES);
 		value_begin(p);
 		p->state = ST_VALUE;
 		return POLICY_PARSE_NEED_MORE;
 	}
 	if (c < 0x20 || c == 0x7f)
-		return fail(p, POLICY_ERR_BAD_NAME);
+		return malformed(p, POLICY_ERR_BAD_NAME);
 	if (p->namelen < NAME_MAX_STORED)
 		p->name[p->namelen] = (char)c;
 	p->namelen++;
 	return POLICY_PARSE_NEED_MORE;
 }
 
-static policy_parse_status end_of_line(policy_parser *p)
+static void next_line(policy_parser *p)
 {
-	if (p->state == ST_NAME) {
-		if (p->linelen > 0)
-			return fail(p, POLICY_ERR_MISSING_EQUALS);
-		p->state = ST_DONE; /* the empty line: the request is complete */
-		return POLICY_PARSE_REQUEST;
-	}
-	if (p->attr >= 0)
-		p->req.buf[attr_defs[p->attr].off + p->vlen] = '\0';
-	p->state = ST_NAME;
 	p->line++;
 	p->linelen = 0;
 	p->namelen = 0;
 	p->attr = -1;
+}
+
+static policy_parse_status end_of_line(policy_parser *p)
+{
+	if (p->state == ST_NAME && p->linelen == 0) {
+		p->state = ST_DONE; /* the empty line: the request is complete */
+		return POLICY_PARSE_REQUEST;
+	}
+	if (p->state == ST_NAME) {
+		malformed(p, POLICY_ERR_MISSING_EQUALS);
+	} else {
+		if (p->attr >= 0)
+			p->req.buf[attr_defs[p->attr].off + p->vlen] = '\0';
+		p->state = ST_NAME;
+	}
+	next_line(p);
+	return POLICY_PARSE_NEED_MORE;
+}
+
+/* After a syntax error: count, and find the empty line (a line end right after a line end). */
+static policy_parse_status skip_byte(policy_parser *p, unsigned char c)
+{
+	if (++p->skipped > POLICY_SKIP_MAX)
+		return fail(p, POLICY_ERR_ENDLESS);
+	if (c != '\n') {
+		p->linelen++;
+		return POLICY_PARSE_NEED_MORE;
+	}
+	if (p->linelen == 0) {
+		p->state = ST_DONE;
+		return POLICY_PARSE_MALFORMED;
+	}
+	next_line(p);
 	return POLICY_PARSE_NEED_MORE;
 }
 
@@ -221,10 +275,12 @@ static policy_parse_status byte(policy_parser *p, unsigned char c)
 	p->started = true;
 	if (c == '\0')
 		return fail(p, POLICY_ERR_NUL_BYTE);
+	if (p->state == ST_SKIP)
+		return skip_byte(p, c);
 	if (c == '\n')
 		return end_of_line(p);
 	if (++p->linelen > p->max_line)
-		return fail(p, POLICY_ERR_LINE_TOO_LONG);
+		return malformed(p, POLICY_ERR_LINE_TOO_LONG);
 	if (p->state == ST_NAME)
 		return name_byte(p, c);
 	value_byte(p, c);
@@ -261,7 +317,7 @@ policy_parse_status policy_parser_feed(policy_parser *p, const char *data, size_
 	for (size_t i = 0; i < len; i++) {
 		policy_parse_status st = step(p, (unsigned char)data[i]);
 
-		if (st == POLICY_PARSE_REQUEST) {
+		if (st == POLICY_PARSE_REQUEST || st == POLICY_PARSE_MALFORMED) {
 			*consumed = i + 1;
 			return st;
 		}
@@ -286,7 +342,7 @@ policy_parse_error policy_parser_error(const policy_parser *p)
 
 unsigned policy_parser_line(const policy_parser *p)
 {
-	return p->line;
+	return p->err != POLICY_ERR_NONE ? p->err_line : p->line;
 }
 
 bool policy_parser_idle(const policy_parser *p)
@@ -311,6 +367,8 @@ const char *policy_parse_error_name(policy_parse_error err)
 		return "control character in attribute name";
 	case POLICY_ERR_NUL_BYTE:
 		return "NUL byte";
+	case POLICY_ERR_ENDLESS:
+		return "no end of the request within 1 MiB after a syntax error";
 	}
 	return "unknown error";
 }

@@ -4,7 +4,8 @@
  * name=value, ended by an empty line.
  *
  * Bytes go in as they arrive, split anywhere; each call reports need-more,
- * one complete request, or an error. The parser is pure (no I/O, no clock,
+ * one complete request, one complete malformed request, or a fatal error.
+ * The parser is pure (no I/O, no clock,
  * no logging) and holds one fixed-size state object per connection: a line
  * is never buffered whole, values are streamed into capped fields, so
  * memory does not grow with policy.max_line. Only the attributes spamtrapd
@@ -13,11 +14,21 @@
  * Rules: attributes in any order; unknown names ignored; a later duplicate
  * replaces the earlier value; the value is everything after the first '='
  * (it may contain '='); a CR right before LF is dropped (hand tests with
- * telnet send CRLF). Errors: a line longer than max_line bytes, more than
- * max_attributes attributes in a request, a line without '=', an empty
- * name, a control character in a name, a NUL byte anywhere. After an
- * error the parser stays in it until policy_parser_reset(); the caller is
- * expected to log and disconnect, as Postfix's own servers do.
+ * telnet send CRLF).
+ *
+ * Syntax errors (a line longer than max_line bytes, more than
+ * max_attributes attributes, a line without '=', an empty name, a control
+ * character in a name) spoil one request, not the connection: the parser
+ * remembers the first one, skips (without storing) to the empty line that
+ * ends the request and reports it as MALFORMED, ready for the next one.
+ * SPEC "Replies" answers a malformed request with DUNNO: Postfix would
+ * send the same request again on a new connection and defer the mail.
+ *
+ * Fatal errors: a NUL byte anywhere (no text protocol has one: the peer
+ * is not Postfix), or more than POLICY_SKIP_MAX bytes skipped after a
+ * syntax error without the request ending (a peer that never ends one).
+ * The parser then stays in the error until policy_parser_reset(); the
+ * caller logs and disconnects.
  */
 #ifndef SPAMTRAPD_POLICY_PARSE_H
 #define SPAMTRAPD_POLICY_PARSE_H
@@ -61,10 +72,14 @@ const char *policy_attr_name(policy_attr attr);
 /* The most bytes (without NUL) stored for attr. */
 size_t policy_attr_cap(policy_attr attr);
 
+/* Bytes skipped after a syntax error before the request is given up as endless. */
+#define POLICY_SKIP_MAX ((size_t)1 << 20)
+
 typedef enum {
 	POLICY_PARSE_NEED_MORE, /* every byte consumed, no request complete yet */
 	POLICY_PARSE_REQUEST,   /* a request is complete: policy_parser_request() */
-	POLICY_PARSE_ERROR,     /* malformed input: policy_parser_error() */
+	POLICY_PARSE_MALFORMED, /* a request with a syntax error is complete: policy_parser_error() */
+	POLICY_PARSE_ERROR,     /* fatal: policy_parser_error(); the connection must go */
 } policy_parse_status;
 
 typedef enum {
@@ -74,7 +89,8 @@ typedef enum {
 	POLICY_ERR_MISSING_EQUALS,
 	POLICY_ERR_EMPTY_NAME,
 	POLICY_ERR_BAD_NAME, /* a control character in an attribute name */
-	POLICY_ERR_NUL_BYTE,
+	POLICY_ERR_NUL_BYTE, /* fatal */
+	POLICY_ERR_ENDLESS,  /* fatal: POLICY_SKIP_MAX bytes skipped without the end of the request */
 } policy_parse_error;
 
 typedef struct policy_parser policy_parser;
@@ -88,22 +104,25 @@ void policy_parser_set_limits(policy_parser *p, size_t max_line, unsigned max_at
 
 /*
  * Feed len bytes. *consumed gets how many were used: all of them on
- * NEED_MORE; on REQUEST those up to and including the empty line that ends
- * the request (the rest belongs to the next request: feed it again after
- * answering); on ERROR the position of the offending byte. The request
- * returned stays valid until the next call to feed or reset.
+ * NEED_MORE; on REQUEST and MALFORMED those up to and including the empty
+ * line that ends the request (the rest belongs to the next request: feed
+ * it again after answering); on ERROR the position of the offending byte.
+ * The request returned stays valid until the next call to feed or reset.
+ * After MALFORMED it holds only the attributes completed before the
+ * error: good for a log line (queue_id), never for a decision.
  */
 policy_parse_status policy_parser_feed(policy_parser *p, const char *data, size_t len, size_t *consumed);
 
 const policy_request *policy_parser_request(const policy_parser *p);
+/* The error of a MALFORMED request or a fatal one; POLICY_ERR_NONE otherwise. */
 policy_parse_error policy_parser_error(const policy_parser *p);
-/* 1-based line of the current request where the error (or the parser) is. */
+/* 1-based line of the current request where the error is (without one: where the parser is). */
 unsigned policy_parser_line(const policy_parser *p);
 
 /* True when no byte of a next request has been seen (a clean place to close). */
 bool policy_parser_idle(const policy_parser *p);
 
-/* Forget everything, errors included: ready for a new request. */
+/* Forget everything, a fatal error included: ready for a new request. */
 void policy_parser_reset(policy_parser *p);
 
 const char *policy_parse_error_name(policy_parse_error err);

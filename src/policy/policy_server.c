@@ -4,9 +4,12 @@
  * Offers: listeners bound at policy_server_new() (before privileges are
  * dropped), worker threads from policy_server_start(), a bounded drain in
  * policy_server_stop(). Every request gets exactly one reply line
- * ("action=...", then an empty line) or, on malformed input, one log line
- * and a closed connection; nothing a client sends can crash or stall the
- * daemon for the other clients.
+ * ("action=...", then an empty line); a malformed one gets action=DUNNO and
+ * one log line (SPEC "Replies"), and the connection stays. Only input that
+ * cannot be Postfix (a NUL byte, a request that never ends, several
+ * malformed requests in a row) gets one log line and a closed connection.
+ * Nothing a client sends can crash or stall the daemon for the other
+ * clients.
  *
  * Threading model: N workers (policy.threads, 0 = one per CPU, at least 2),
  * each with its own epoll instance. Every listening socket is in every
@@ -33,8 +36,8 @@
  * Limits: policy.max_connections (over it: accept, close, one rate-limited
  * log line), policy.idle_timeout (a one-second timerfd per worker sweeps
  * its connections, kept in least-recently-active order), policy.max_line
- * and policy.max_attributes (the parser; an error closes the connection
- * with one log line), policy.allow (TCP clients outside it are closed at
+ * and policy.max_attributes (the parser; a request over them is answered
+ * DUNNO), policy.allow (TCP clients outside it are closed at
  * accept; unix sockets are always allowed). Limits and the allow list are
  * read from the current snapshot at accept and after every request, so a
  * reload applies to them; listeners and the thread count need a restart.
@@ -77,6 +80,7 @@
 #define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, yet no flood */
 #define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
 #define PEER_MAX 64
+#define MALFORMED_MAX 3       /* malformed requests in a row before the connection is closed */
 #define UNIX_SOCKET_MODE 0666 /* smtpd runs as postfix: restrict access with the directory */
 
 /* What an epoll event points to; the first member of each source. */
@@ -101,7 +105,8 @@ struct conn {
 	conn *prev, *next;   /* the worker's list, least recently active first */
 	int64_t last_active; /* monotonic seconds */
 	bool want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
-	bool closing;        /* draining: close once the current reply is out */
+	bool closing;        /* draining, or given up on: close once the current reply is out */
+	unsigned malformed;  /* malformed requests in a row */
 	policy_parser *parser;
 	char peer[PEER_MAX];
 	size_t inoff, inlen, outoff, outlen;
@@ -662,8 +667,33 @@ static void conn_answer(conn *c, const policy_request *req)
 	format_reply(&v, &rc, c->out, sizeof(c->out));
 	c->outlen = strlen(c->out);
 	c->outoff = 0;
+	c->malformed = 0;
 	policy_parser_set_limits(c->parser, cfg->policy.max_line, cfg->policy.max_attributes);
 	engine_release(snap);
+}
+
+/*
+ * A request with a syntax error: DUNNO (SPEC "Replies"), one log line. A
+ * peer that sends nothing else is not Postfix: after MALFORMED_MAX in a
+ * row it is closed once that reply is out.
+ */
+static void conn_answer_malformed(conn *c)
+{
+	const policy_request *req = policy_parser_request(c->parser);
+	bool give_up = ++c->malformed >= MALFORMED_MAX;
+	char qid[64], why[64] = "";
+
+	if (give_up) {
+		snprintf(why, sizeof(why), ", closing the connection after %u in a row", c->malformed);
+		c->closing = true;
+	}
+	log_warning("policy: %s: malformed request from %s on %s: %s in line %u; answered DUNNO%s",
+	            log_safe(attr_whole(req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), c->peer,
+	            c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
+	            policy_parser_line(c->parser), why);
+	snprintf(c->out, sizeof(c->out), "%s", DUNNO);
+	c->outlen = strlen(c->out);
+	c->outoff = 0;
 }
 
 static void log_parse_error(const conn *c)
@@ -693,7 +723,10 @@ static int conn_process(conn *c)
 		}
 		if (st == POLICY_PARSE_NEED_MORE)
 			break;
-		conn_answer(c, policy_parser_request(c->parser));
+		if (st == POLICY_PARSE_MALFORMED)
+			conn_answer_malformed(c);
+		else
+			conn_answer(c, policy_parser_request(c->parser));
 		rc = conn_flush(c);
 		if (rc < 0 || (rc > 0 && c->closing))
 			return -1;

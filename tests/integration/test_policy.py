@@ -298,13 +298,33 @@ class TestReload(unittest.TestCase):
             # the snapshot is read after each request: the next request has the new limit
             self.assertEqual(c.check(helo_name="short"), "DUNNO")
             mark = d.log_mark()
-            c.send_raw(sh.PolicyClient.encode(helo_name=long_helo))
-            self.assertTrue(c.is_closed())
-            d.wait_for_log(r"line too long", since=mark)
+            self.assertEqual(c.check(helo_name=long_helo), "DUNNO")
+            d.wait_for_log(r"malformed request .*: line too long in line 4; answered DUNNO", since=mark)
+            self.assertEqual(c.check(helo_name="short"), "DUNNO")
 
 
 class TestMalformed(DaemonCase):
+    """SPEC "Replies": a malformed request gets DUNNO and one log line, and the
+    connection stays (Postfix would otherwise retry the same request on a new
+    connection and defer the mail). Only what cannot be Postfix is closed: a
+    NUL byte, a request that never ends, three malformed requests in a row."""
+
     CONFIG = {"policy": {"max_line": 256, "max_attributes": 40}}
+    MALFORMED = r"policy: \S+: malformed request from 127\.0\.0\.1 on [0-9.:]+: "
+
+    def assert_dunno_with_one_line(self, data, message):
+        """data (one malformed request) gets DUNNO and one log line; the connection
+        still answers the next request, also one from the blocklist."""
+        self.trap_hit("known@bad.test", "192.0.2.80")
+        mark = self.d.log_mark()
+        c = self.client("sender")
+        c.send_raw(data)
+        self.assertEqual(c.read_action(), "DUNNO")
+        self.d.wait_for_log(self.MALFORMED + message + r"; answered DUNNO\n", since=mark)
+        self.assertEqual(c.check(sender="known@bad.test", client_address="203.0.113.80"), REJECT_TEXT)
+        self.assertEqual(c.check(sender="ok@good.test", client_address="198.51.100.150"), "DUNNO")
+        self.assertEqual(self.d.count_log(r"malformed request|closing connection", since=mark), 1,
+                         self.d.log_since(mark))
 
     def assert_closed_with_one_line(self, data, message):
         mark = self.d.log_mark()
@@ -324,27 +344,69 @@ class TestMalformed(DaemonCase):
                          "DUNNO")
 
     def test_line_without_equals(self):
-        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nhello world\n\n", r"line without '='")
+        self.assert_dunno_with_one_line(b"request=smtpd_access_policy\nhello world\nsender=known@bad.test\n\n",
+                                        r"line without '=' in line 2")
 
     def test_overlong_line(self):
-        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nsender=" + b"a" * 300 + b"\n\n",
-                                         r"line too long")
-
-    def test_huge_line_without_newline(self):
-        self.assert_closed_with_one_line(b"x" * 100000, r"line too long")
+        self.assert_dunno_with_one_line(b"request=smtpd_access_policy\nsender=" + b"a" * 300 + b"\n\n",
+                                        r"line too long in line 2")
 
     def test_too_many_attributes(self):
-        data = b"".join(b"attr%d=%d\n" % (i, i) for i in range(41)) + b"\n"
-        self.assert_closed_with_one_line(data, r"too many attributes")
-
-    def test_nul_byte(self):
-        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nsender=a\x00b\n\n", r"NUL byte")
+        # Postfix keeps adding attributes: a request over max_attributes is still answered
+        data = sh.PolicyClient.encode({f"new_attr{i}": i for i in range(20)}, queue_id="4AbCdE",
+                                      sender="known@bad.test", client_address="203.0.113.80")
+        self.assert_dunno_with_one_line(data, r"too many attributes in line 41")
+        self.d.wait_for_log(r"policy: 4AbCdE: malformed request")
 
     def test_empty_name(self):
-        self.assert_closed_with_one_line(b"=value\n\n", r"empty attribute name")
+        self.assert_dunno_with_one_line(b"=value\n\n", r"empty attribute name in line 1")
 
-    def test_binary_garbage(self):
-        self.assert_closed_with_one_line(bytes(range(1, 256)) * 4, r"control character in attribute name")
+    def test_binary_garbage_then_empty_line(self):
+        self.assert_dunno_with_one_line(bytes(range(1, 256)) * 4 + b"\n\n",
+                                        r"control character in attribute name in line 1")
+
+    def test_malformed_pipelined_with_good_requests(self):
+        self.trap_hit("pipe2@bad.test", "192.0.2.81")
+        c = self.client("sender")
+        c.send_raw(sh.PolicyClient.encode(sender="pipe2@bad.test", client_address="203.0.113.5") +
+                   b"request=smtpd_access_policy\r\nbroken line\r\nsender=pipe2@bad.test\r\n\r\n" +
+                   sh.PolicyClient.encode(sender="pipe2@bad.test", client_address="203.0.113.5"))
+        self.assertEqual([c.read_action() for _ in range(3)], [REJECT_TEXT, "DUNNO", REJECT_TEXT])
+
+    def test_three_malformed_in_a_row_close(self):
+        mark = self.d.log_mark()
+        c = self.client("sender")
+        # two, then a good one: the count starts again
+        for _ in range(2):
+            c.send_raw(b"no equals\n\n")
+            self.assertEqual(c.read_action(), "DUNNO")
+        self.assertEqual(c.check(sender="ok@good.test", client_address="198.51.100.151"), "DUNNO")
+        for _ in range(2):
+            c.send_raw(b"no equals\n\n")
+            self.assertEqual(c.read_action(), "DUNNO")
+        self.assertFalse(c.is_closed(timeout=0.3))
+        # the third in a row is answered, then the connection is closed
+        c.send_raw(b"no equals\n\n")
+        self.assertEqual(c.read_action(), "DUNNO")
+        self.assertTrue(c.is_closed())
+        self.d.wait_for_log(self.MALFORMED + r"line without '=' in line 1; answered DUNNO, "
+                            r"closing the connection after 3 in a row", since=mark)
+        self.assertEqual(self.d.count_log(r"malformed request", since=mark), 5)
+
+    def test_endless_line_is_closed(self):
+        # over max_line at once, then never a line end: skipped up to 1 MiB, then closed
+        self.assert_closed_with_one_line(b"x" * (1100 * 1024), r"no end of the request within 1 MiB")
+
+    def test_endless_request_is_closed(self):
+        self.assert_closed_with_one_line(b"bad line\n" + b"x=1\n" * (300 * 1024),
+                                         r"no end of the request within 1 MiB after a syntax error in line \d+")
+
+    def test_nul_byte(self):
+        self.assert_closed_with_one_line(b"request=smtpd_access_policy\nsender=a\x00b\n\n", r"NUL byte in line 2")
+
+    def test_tls_client_hello(self):
+        # a TLS client on the plain port: control characters, then a NUL byte
+        self.assert_closed_with_one_line(bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]), r"NUL byte")
 
     def test_complete_request_without_request_attribute_gets_dunno(self):
         c = self.client("sender")

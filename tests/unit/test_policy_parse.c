@@ -1,6 +1,8 @@
 /*
  * Unit tests for policy_parse: a real Postfix request split at every byte,
- * named table cases for the rules and limits, pipelining, error handling.
+ * named table cases for the rules and limits, pipelining, error handling:
+ * a syntax error spoils one request (MALFORMED at its empty line, the next
+ * request parses), a NUL byte or an endless request is fatal.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -163,9 +165,10 @@ struct parse_case {
 	size_t max_line;
 	unsigned max_attrs;
 	policy_parse_status status;
-	policy_parse_error err;
-	unsigned nattributes; /* checked on REQUEST */
-	unsigned truncated;   /* bit mask, checked on REQUEST */
+	policy_parse_error err; /* checked always: NONE unless a syntax or fatal error was found */
+	unsigned line;          /* when not 0: policy_parser_line() */
+	unsigned nattributes;   /* checked on REQUEST */
+	unsigned truncated;     /* bit mask, checked on REQUEST */
 	struct expect_attr attrs[4];
 	size_t nattrs;
 };
@@ -295,13 +298,21 @@ static const struct parse_case cases[] = {
     {.name = "line one byte over max_line",
      .input = long_line_over,
      .max_line = 200,
-     .status = POLICY_PARSE_ERROR,
-     .err = POLICY_ERR_LINE_TOO_LONG},
-    {.name = "name alone over max_line",
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_LINE_TOO_LONG,
+     .line = 1},
+    {.name = "name alone over max_line: skipping, needs the end of the request",
      .input = "abcdefghijklmnopqrstuvwxyz",
      .max_line = 20,
-     .status = POLICY_PARSE_ERROR,
+     .status = POLICY_PARSE_NEED_MORE,
      .err = POLICY_ERR_LINE_TOO_LONG},
+    {.name = "overlong line, then lines up to the empty line are skipped",
+     .input = "request=smtpd_access_policy\nabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz=1\nsender="
+              "a\n=x\n\n",
+     .max_line = 40,
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_LINE_TOO_LONG,
+     .line = 2},
     {.name = "exactly max_attributes",
      .input = many_attrs_ok,
      .max_attrs = 10,
@@ -310,25 +321,51 @@ static const struct parse_case cases[] = {
     {.name = "one attribute over max_attributes",
      .input = many_attrs_over,
      .max_attrs = 10,
-     .status = POLICY_PARSE_ERROR,
-     .err = POLICY_ERR_TOO_MANY_ATTRIBUTES},
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_TOO_MANY_ATTRIBUTES,
+     .line = 11},
     {.name = "line without '='",
      .input = "request=smtpd_access_policy\nhello\n\n",
-     .status = POLICY_PARSE_ERROR,
-     .err = POLICY_ERR_MISSING_EQUALS},
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_MISSING_EQUALS,
+     .line = 2},
+    {.name = "line without '=', then more lines",
+     .input = "hello\nsender=a\nworld\n\n",
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_MISSING_EQUALS,
+     .line = 1},
     {.name = "CRLF line without '='",
      .input = "hello\r\n\r\n",
-     .status = POLICY_PARSE_ERROR,
+     .status = POLICY_PARSE_MALFORMED,
      .err = POLICY_ERR_MISSING_EQUALS},
-    {.name = "empty name", .input = "=value\n\n", .status = POLICY_PARSE_ERROR, .err = POLICY_ERR_EMPTY_NAME},
+    {.name = "empty name",
+     .input = "=value\n\n",
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_EMPTY_NAME,
+     .line = 1},
     {.name = "tab in name",
      .input = "sen\tder=a\n\n",
-     .status = POLICY_PARSE_ERROR,
+     .status = POLICY_PARSE_MALFORMED,
      .err = POLICY_ERR_BAD_NAME},
     {.name = "space line is not an empty line",
      .input = "sender=a\n \n",
-     .status = POLICY_PARSE_ERROR,
+     .status = POLICY_PARSE_NEED_MORE,
      .err = POLICY_ERR_MISSING_EQUALS},
+    {.name = "space line, then the empty line",
+     .input = "sender=a\n \n\n",
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_MISSING_EQUALS,
+     .line = 2},
+    {.name = "lone CR line while skipping is not an empty line",
+     .input = "bad\n\rx\n",
+     .status = POLICY_PARSE_NEED_MORE,
+     .err = POLICY_ERR_MISSING_EQUALS},
+    {.name = "NUL while skipping is fatal",
+     .input = "bad\nx\0y\n\n",
+     .len = 10,
+     .status = POLICY_PARSE_ERROR,
+     .err = POLICY_ERR_NUL_BYTE,
+     .line = 2},
     {.name = "NUL in value",
      .input = "sender=a\0b\n\n",
      .len = 12,
@@ -344,15 +381,20 @@ static const struct parse_case cases[] = {
      .len = 10,
      .status = POLICY_PARSE_ERROR,
      .err = POLICY_ERR_NUL_BYTE},
-    {.name = "binary garbage",
+    {.name = "TLS client hello: a control character, then NUL",
      .input = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
      .len = 11,
      .status = POLICY_PARSE_ERROR,
+     .err = POLICY_ERR_NUL_BYTE},
+    {.name = "control character in a name",
+     .input = "\x16\x03\x01\n\n",
+     .status = POLICY_PARSE_MALFORMED,
      .err = POLICY_ERR_BAD_NAME},
     {.name = "HTTP request",
-     .input = "GET / HTTP/1.0\r\n\r\n",
-     .status = POLICY_PARSE_ERROR,
-     .err = POLICY_ERR_MISSING_EQUALS},
+     .input = "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+     .status = POLICY_PARSE_MALFORMED,
+     .err = POLICY_ERR_MISSING_EQUALS,
+     .line = 1},
 };
 
 static void run_case(const struct parse_case *c)
@@ -367,9 +409,13 @@ static void run_case(const struct parse_case *c)
 	if (st != c->status)
 		fail_msg("%s: status %d, expected %d (error: %s)", c->name, st, c->status,
 		         policy_parse_error_name(policy_parser_error(p)));
-	if (st == POLICY_PARSE_ERROR && policy_parser_error(p) != c->err)
+	if (policy_parser_error(p) != c->err)
 		fail_msg("%s: error \"%s\", expected \"%s\"", c->name,
 		         policy_parse_error_name(policy_parser_error(p)), policy_parse_error_name(c->err));
+	if (c->line != 0 && policy_parser_line(p) != c->line)
+		fail_msg("%s: line %u, expected %u", c->name, policy_parser_line(p), c->line);
+	if (st == POLICY_PARSE_MALFORMED)
+		assert_int_equal(used, len);
 	if (st == POLICY_PARSE_REQUEST) {
 		const policy_request *req = policy_parser_request(p);
 
@@ -474,14 +520,15 @@ static void test_pipelined_every_split(void **state)
 	policy_parser_free(p);
 }
 
-static void test_error_is_sticky_until_reset(void **state)
+static void test_fatal_error_is_sticky_until_reset(void **state)
 {
 	policy_parser *p = policy_parser_new(MAX_LINE, MAX_ATTRS);
 	size_t used;
 
 	(void)state;
-	assert_int_equal(policy_parser_feed(p, "sender=a\nbad line\n", 18, &used), POLICY_PARSE_ERROR);
-	assert_int_equal(used, 17); /* the newline that ended "bad line" */
+	assert_int_equal(policy_parser_feed(p, "sender=a\nbad\0line\n", 18, &used), POLICY_PARSE_ERROR);
+	assert_int_equal(used, 12); /* the NUL */
+	assert_int_equal(policy_parser_error(p), POLICY_ERR_NUL_BYTE);
 	assert_int_equal(policy_parser_line(p), 2);
 	assert_int_equal(policy_parser_feed(p, "sender=a\n\n", 10, &used), POLICY_PARSE_ERROR);
 	assert_int_equal(used, 0);
@@ -503,13 +550,145 @@ static void test_set_limits(void **state)
 	(void)state;
 	assert_int_equal(policy_parser_feed(p, "a=1\nb=2\nc=3\n\n", 13, &used), POLICY_PARSE_REQUEST);
 	policy_parser_set_limits(p, MAX_LINE, 2);
-	assert_int_equal(policy_parser_feed(p, "a=1\nb=2\nc=3\n\n", 13, &used), POLICY_PARSE_ERROR);
+	assert_int_equal(policy_parser_feed(p, "a=1\nb=2\nc=3\n\n", 13, &used), POLICY_PARSE_MALFORMED);
 	assert_int_equal(policy_parser_error(p), POLICY_ERR_TOO_MANY_ATTRIBUTES);
-	policy_parser_reset(p);
 	policy_parser_set_limits(p, 4, 2);
 	assert_int_equal(policy_parser_feed(p, "a=12\n\n", 6, &used), POLICY_PARSE_REQUEST);
-	assert_int_equal(policy_parser_feed(p, "a=123\n\n", 7, &used), POLICY_PARSE_ERROR);
+	assert_int_equal(policy_parser_error(p), POLICY_ERR_NONE);
+	assert_int_equal(policy_parser_feed(p, "a=123\n\n", 7, &used), POLICY_PARSE_MALFORMED);
 	assert_int_equal(policy_parser_error(p), POLICY_ERR_LINE_TOO_LONG);
+	policy_parser_free(p);
+}
+
+/*
+ * Postfix asks again on a new connection when a connection closes, so a
+ * request it cannot parse must get an answer: MALFORMED at its empty line,
+ * then the next request as if nothing happened.
+ */
+static void test_malformed_then_next_request(void **state)
+{
+	static const char two[] = "request=smtpd_access_policy\nqueue_id=Q1\nno equals here\nsender=bad@x\n\n"
+	                          "request=smtpd_access_policy\nsender=good@x\n\n";
+	policy_parser *p = policy_parser_new(MAX_LINE, MAX_ATTRS);
+	size_t len = strlen(two), used, first = (size_t)(strstr(two, "\n\n") - two) + 2;
+	const policy_request *req;
+
+	(void)state;
+	assert_int_equal(policy_parser_feed(p, two, len, &used), POLICY_PARSE_MALFORMED);
+	assert_int_equal(used, first);
+	assert_int_equal(policy_parser_error(p), POLICY_ERR_MISSING_EQUALS);
+	assert_int_equal(policy_parser_line(p), 3);
+	assert_true(policy_parser_idle(p));
+	/* what came before the error is kept for the log line; nothing after it is stored */
+	req = policy_parser_request(p);
+	assert_string_equal(policy_request_get(req, POLICY_ATTR_QUEUE_ID), "Q1");
+	assert_null(policy_request_get(req, POLICY_ATTR_SENDER));
+	assert_int_equal(policy_parser_feed(p, two + used, len - used, &used), POLICY_PARSE_REQUEST);
+	assert_int_equal(first + used, len);
+	assert_int_equal(policy_parser_error(p), POLICY_ERR_NONE);
+	req = policy_parser_request(p);
+	assert_string_equal(policy_request_get(req, POLICY_ATTR_SENDER), "good@x");
+	assert_null(policy_request_get(req, POLICY_ATTR_QUEUE_ID));
+	assert_int_equal(req->nattributes, 2);
+	policy_parser_free(p);
+}
+
+/* A value the error cut off is dropped, also when it replaced an earlier one. */
+static void test_malformed_drops_the_cut_value(void **state)
+{
+	char in[400];
+	policy_parser *p = policy_parser_new(200, MAX_ATTRS);
+	size_t used;
+	int n = snprintf(in, sizeof(in), "sender=first@x\nqueue_id=Q2\nsender=%0300d\n\n", 7);
+	const policy_request *req;
+
+	(void)state;
+	assert_int_equal(policy_parser_feed(p, in, (size_t)n, &used), POLICY_PARSE_MALFORMED);
+	assert_int_equal(policy_parser_error(p), POLICY_ERR_LINE_TOO_LONG);
+	req = policy_parser_request(p);
+	assert_null(policy_request_get(req, POLICY_ATTR_SENDER));
+	assert_string_equal(policy_request_get(req, POLICY_ATTR_QUEUE_ID), "Q2");
+	policy_parser_free(p);
+}
+
+/* A malformed request between two good ones, split at every point: the same three results. */
+static void test_malformed_pipelined_every_split(void **state)
+{
+	static const char three[] = "request=smtpd_access_policy\nsender=a@x\n\n"
+	                            "request=smtpd_access_policy\r\n=empty name\r\nsender=b@x\r\n\r\n"
+	                            "request=smtpd_access_policy\nsender=c@x\n\n";
+	static const char *const senders[] = {"a@x", NULL, "c@x"};
+	policy_parser *p = policy_parser_new(MAX_LINE, MAX_ATTRS);
+	size_t len = strlen(three);
+
+	(void)state;
+	for (size_t split = 0; split <= len; split++) {
+		size_t pos = 0, end = split, used;
+		int n = 0;
+
+		while (pos < len) {
+			policy_parse_status st = policy_parser_feed(p, three + pos, end - pos, &used);
+
+			pos += used;
+			if (st == POLICY_PARSE_NEED_MORE) {
+				end = len;
+				continue;
+			}
+			assert_true(n < 3);
+			assert_int_equal(st, senders[n] ? POLICY_PARSE_REQUEST : POLICY_PARSE_MALFORMED);
+			if (senders[n])
+				assert_string_equal(
+				    policy_request_get(policy_parser_request(p), POLICY_ATTR_SENDER),
+				    senders[n]);
+			else
+				assert_int_equal(policy_parser_error(p), POLICY_ERR_EMPTY_NAME);
+			n++;
+		}
+		assert_int_equal(n, 3);
+	}
+	policy_parser_free(p);
+}
+
+/* Feed n copies of unit; the status of the last feed, and how many bytes in total were used. */
+static policy_parse_status feed_repeated(policy_parser *p, const char *unit, size_t n, size_t *total)
+{
+	size_t len = strlen(unit), used;
+	policy_parse_status st = POLICY_PARSE_NEED_MORE;
+
+	*total = 0;
+	for (size_t i = 0; i < n && st == POLICY_PARSE_NEED_MORE; i++) {
+		st = policy_parser_feed(p, unit, len, &used);
+		*total += used;
+	}
+	return st;
+}
+
+/* After a syntax error, POLICY_SKIP_MAX bytes without the empty line are the most it waits for. */
+static void test_endless_malformed_request_is_fatal(void **state)
+{
+	static const char *const units[] = {"xxxxxxxxxxxxxxx\n", "xxxxxxxxxxxxxxxx"}; /* 16 bytes each */
+	policy_parser *p = policy_parser_new(MAX_LINE, MAX_ATTRS);
+	size_t total, used;
+
+	(void)state;
+	for (size_t u = 0; u < 2; u++) {
+		policy_parser_reset(p);
+		assert_int_equal(policy_parser_feed(p, "bad\n", 4, &used), POLICY_PARSE_NEED_MORE);
+		assert_int_equal(feed_repeated(p, units[u], POLICY_SKIP_MAX / 16, &total),
+		                 POLICY_PARSE_NEED_MORE);
+		assert_int_equal(total, POLICY_SKIP_MAX);
+		assert_int_equal(policy_parser_error(p), POLICY_ERR_MISSING_EQUALS);
+		assert_int_equal(policy_parser_feed(p, "x\n\n", 3, &used), POLICY_PARSE_ERROR);
+		assert_int_equal(used, 0);
+		assert_int_equal(policy_parser_error(p), POLICY_ERR_ENDLESS);
+	}
+	/* exactly POLICY_SKIP_MAX skipped bytes, the last being the empty line, still end the request */
+	policy_parser_reset(p);
+	assert_int_equal(policy_parser_feed(p, "bad\n", 4, &used), POLICY_PARSE_NEED_MORE);
+	assert_int_equal(feed_repeated(p, units[0], POLICY_SKIP_MAX / 16 - 1, &total),
+	                 POLICY_PARSE_NEED_MORE);
+	assert_int_equal(feed_repeated(p, "xxxxxxxxxxxxxx\n\n", 1, &total), POLICY_PARSE_MALFORMED);
+	assert_int_equal(total, 16);
 	policy_parser_free(p);
 }
 
@@ -535,7 +714,7 @@ static void test_names_and_caps(void **state)
 	assert_string_equal(policy_attr_name(POLICY_ATTR_COUNT), "?");
 	assert_int_equal(policy_attr_cap(POLICY_ATTR_SENDER), 511);
 	assert_int_equal(policy_attr_cap(POLICY_ATTR_COUNT), 0);
-	for (int e = POLICY_ERR_NONE; e <= POLICY_ERR_NUL_BYTE; e++)
+	for (int e = POLICY_ERR_NONE; e <= POLICY_ERR_ENDLESS; e++)
 		assert_string_not_equal(policy_parse_error_name((policy_parse_error)e), "unknown error");
 	policy_parser_free(NULL);
 }
@@ -550,8 +729,12 @@ int main(void)
 	    cmocka_unit_test(test_truncated_value_is_capped),
 	    cmocka_unit_test(test_two_requests_in_one_buffer),
 	    cmocka_unit_test(test_pipelined_every_split),
-	    cmocka_unit_test(test_error_is_sticky_until_reset),
+	    cmocka_unit_test(test_fatal_error_is_sticky_until_reset),
 	    cmocka_unit_test(test_set_limits),
+	    cmocka_unit_test(test_malformed_then_next_request),
+	    cmocka_unit_test(test_malformed_drops_the_cut_value),
+	    cmocka_unit_test(test_malformed_pipelined_every_split),
+	    cmocka_unit_test(test_endless_malformed_request_is_fatal),
 	    cmocka_unit_test(test_crlf_split_across_reads),
 	    cmocka_unit_test(test_names_and_caps),
 	};
