@@ -22,13 +22,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <libmilter/mfdef.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bench_util.h"
@@ -39,29 +37,18 @@
 #define SYM_MAX 512
 /* Macro stages of SETSYMLIST, as numbered on the wire (mfapi.h SMFIM_*). */
 enum { SMFIM_CONNECT, SMFIM_HELO, SMFIM_ENVFROM, SMFIM_ENVRCPT, SMFIM_DATA, SMFIM_EOM, SMFIM_EOH, NSTAGES };
-#define MAX_TALLY 12
 
 /* Postfix 3.7 offers every protocol step and no-reply flag (milter8.c). */
 #define MTA_PROTOCOL (SMFI_CURR_PROT)
 #define MTA_ACTIONS (SMFI_CURR_ACTS)
 
+/* The shared options and milter_load's own: -R recipients per transaction. */
 typedef struct options {
-	const char *host;
-	int port;
-	unsigned conns, rcpts;
-	double duration, warmup;
-	double trap_fraction, blocked_fraction;
-	unsigned senders, clients, traps, blocked;
-	unsigned long max_sessions;
-	uint64_t seed;
+	bench_load_opts load;
+	unsigned rcpts;
 } options;
 
 enum step { S_OPTNEG, S_CONNECT, S_HELO, S_MAIL, S_RCPT, S_ABORT, S_QUIT, S_DONE };
-
-typedef struct tally {
-	char name[MAX_TALLY][8];
-	unsigned long n[MAX_TALLY];
-} tally;
 
 typedef struct session {
 	int fd;
@@ -86,88 +73,29 @@ typedef struct session {
 
 typedef struct run {
 	const options *opt;
+	const bench_load_opts *lo;
 	session *s;
 	int ep;
-	uint64_t measure_ns, end_ns;
+	bench_window win;
 	unsigned long done, all, started, malformed, errors, active;
 	uint32_t negotiated_pflags, negotiated_actions;
-	tally t_connect, t_helo, t_mail, t_rcpt_trap, t_rcpt_other;
+	bench_tally t_connect, t_helo, t_mail, t_rcpt_trap, t_rcpt_other;
 	bench_lat lat_session, lat_reply;
 } run;
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: milter_load -p PORT [-h HOST] [-c CONNS] [-d SECONDS] [-w WARMUP]\n"
-	                "       [-n SESSIONS] [-R RCPTS] [-t TRAP_FRACTION] [-b BLOCKED_FRACTION]\n"
-	                "       [-S SENDERS] [-C CLIENTS] [-T TRAPS] [-B BLOCKED] [-r SEED]\n");
+	fprintf(stderr, "usage: milter_load " BENCH_LOAD_USAGE "\n"
+	                "       [-R RCPTS]\n"
+	                "       -n COUNT: SMTP sessions\n");
 }
 
 static int parse_options(int argc, char **argv, options *o)
 {
-	*o = (options){.host = "127.0.0.1",
-	               .conns = 1,
-	               .rcpts = 1,
-	               .duration = 5,
-	               .warmup = 1,
-	               .trap_fraction = 0.02,
-	               .blocked_fraction = 0.05,
-	               .senders = 100000,
-	               .clients = 50000,
-	               .traps = 100000,
-	               .blocked = 100000,
-	               .seed = 1};
-	int c;
-	while ((c = getopt(argc, argv, "h:p:c:d:w:n:R:t:b:S:C:T:B:r:")) != -1) {
-		switch (c) {
-		case 'h':
-			o->host = optarg;
-			break;
-		case 'p':
-			o->port = atoi(optarg);
-			break;
-		case 'c':
-			o->conns = (unsigned)atoi(optarg);
-			break;
-		case 'd':
-			o->duration = atof(optarg);
-			break;
-		case 'w':
-			o->warmup = atof(optarg);
-			break;
-		case 'n':
-			o->max_sessions = strtoul(optarg, NULL, 10);
-			break;
-		case 'R':
-			o->rcpts = (unsigned)atoi(optarg);
-			break;
-		case 't':
-			o->trap_fraction = atof(optarg);
-			break;
-		case 'b':
-			o->blocked_fraction = atof(optarg);
-			break;
-		case 'S':
-			o->senders = (unsigned)atoi(optarg);
-			break;
-		case 'C':
-			o->clients = (unsigned)atoi(optarg);
-			break;
-		case 'T':
-			o->traps = (unsigned)atoi(optarg);
-			break;
-		case 'B':
-			o->blocked = (unsigned)atoi(optarg);
-			break;
-		case 'r':
-			o->seed = strtoull(optarg, NULL, 10);
-			break;
-		default:
-			usage();
-			return -1;
-		}
-	}
-	if (o->port <= 0 || !o->conns || !o->rcpts || o->rcpts > MAX_RCPT || o->duration <= 0 ||
-	    !o->senders || !o->clients || !o->traps || !o->blocked) {
+	static const bench_flag own[] = {{'R', BENCH_UINT, offsetof(options, rcpts)}};
+	o->rcpts = 1;
+	if (bench_load_parse(&o->load, "milter_load", argc, argv, own, sizeof(own) / sizeof(own[0]), o) < 0 ||
+	    !o->rcpts || o->rcpts > MAX_RCPT) {
 		usage();
 		return -1;
 	}
@@ -267,18 +195,12 @@ static void put_macros(session *s, int stage, char cmd)
 
 static void new_facts(session *s, const options *o)
 {
-	uint32_t ci = bench_rng_below(&s->rng, o->clients);
-	bench_client_ipv4(ci, s->client, sizeof(s->client));
-	snprintf(s->helo, sizeof(s->helo), "mx%u.senders.example", ci % 1000);
-	bool blocked = bench_rng_chance(&s->rng, o->blocked_fraction);
-	snprintf(s->sender, sizeof(s->sender), blocked ? BENCH_BLOCKED_FMT : BENCH_SENDER_FMT,
-	         bench_rng_below(&s->rng, blocked ? o->blocked : o->senders));
-	for (unsigned i = 0; i < o->rcpts; i++) {
-		s->trap[i] = bench_rng_chance(&s->rng, o->trap_fraction);
-		snprintf(s->rcpt_addr[i], sizeof(s->rcpt_addr[i]),
-		         s->trap[i] ? BENCH_TRAP_FMT : BENCH_RCPT_FMT,
-		         bench_rng_below(&s->rng, s->trap[i] ? o->traps : 1000000));
-	}
+	const bench_load_opts *lo = &o->load;
+	uint32_t ci = bench_pick_client(&s->rng, lo, 0, s->client, sizeof(s->client));
+	snprintf(s->helo, sizeof(s->helo), BENCH_HELO_FMT, ci % 1000);
+	bench_pick_sender(&s->rng, lo, s->sender, sizeof(s->sender));
+	for (unsigned i = 0; i < o->rcpts; i++)
+		s->trap[i] = bench_pick_rcpt(&s->rng, lo, s->rcpt_addr[i], sizeof(s->rcpt_addr[i]));
 	s->seq++;
 	snprintf(s->qid, sizeof(s->qid), "%X%06lX", s->id & 0xF, s->seq & 0xFFFFFF);
 }
@@ -365,34 +287,20 @@ static void next_step(session *s, const options *o)
 
 static int flush_out(session *s)
 {
-	size_t off = 0;
-	while (off < s->outlen) {
-		ssize_t w = write(s->fd, s->out + off, s->outlen - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		off += (size_t)w;
-	}
+	int rc = bench_write_all(s->fd, s->out, s->outlen);
 	s->outlen = 0;
-	return 0;
+	return rc;
 }
 
 /* --- replies -------------------------------------------------------------------- */
 
-static void tally_add(tally *t, char cmd, const unsigned char *data, size_t len)
+/* Counts a reply by its command letter; a reply code as "y" and its three digits. */
+static void tally_add(bench_tally *t, char cmd, const unsigned char *data, size_t len)
 {
 	char name[8] = {cmd, 0};
 	if (cmd == SMFIR_REPLYCODE && len >= 3)
 		snprintf(name, sizeof(name), "y%.3s", (const char *)data);
-	for (int i = 0; i < MAX_TALLY; i++) {
-		if (!t->name[i][0])
-			snprintf(t->name[i], sizeof(t->name[i]), "%s", name);
-		if (!strcmp(t->name[i], name)) {
-			t->n[i]++;
-			return;
-		}
-	}
+	bench_tally_add(t, name, strlen(name));
 }
 
 /* The filter's answer to option negotiation: flags, then optional SETSYMLIST lists. */
@@ -456,7 +364,7 @@ static int take_reply(run *r, session *s, char cmd, const unsigned char *data, s
 	if (!s->waiting)
 		return -1;
 	s->waiting = false;
-	if (now >= r->measure_ns)
+	if (now >= r->win.measure_ns)
 		bench_lat_add(&r->lat_reply, now - s->wait_ns);
 	switch (s->step) {
 	case S_OPTNEG:
@@ -487,29 +395,9 @@ static int take_reply(run *r, session *s, char cmd, const unsigned char *data, s
 
 /* --- the event loop ------------------------------------------------------------ */
 
-static int dial(const options *o)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
-	if (inet_pton(AF_INET, o->host, &sa.sin_addr) != 1)
-		return -1;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "milter_load: connect %s:%d: %s\n", o->host, o->port, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 static bool want_more(const run *r, uint64_t now)
 {
-	if (r->opt->max_sessions)
-		return r->started < r->opt->max_sessions && now < r->end_ns;
-	return now < r->end_ns;
+	return bench_window_more(&r->win, r->lo, r->started, now);
 }
 
 static void end_session(run *r, session *s, bool ok)
@@ -523,7 +411,7 @@ static void end_session(run *r, session *s, bool ok)
 		r->all++;
 	if (!ok)
 		r->errors++;
-	else if (now >= r->measure_ns && now < r->end_ns) {
+	else if (now >= r->win.measure_ns && now < r->win.end_ns) {
 		r->done++;
 		bench_lat_add(&r->lat_session, now - s->start_ns);
 	}
@@ -539,7 +427,7 @@ static int start_session(run *r, session *s)
 	s->inlen = s->outlen = 0;
 	s->waiting = false;
 	s->start_ns = bench_now_ns();
-	s->fd = dial(r->opt);
+	s->fd = bench_dial(r->lo);
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
 	if (s->fd < 0 || epoll_ctl(r->ep, EPOLL_CTL_ADD, s->fd, &ev) < 0)
 		return -1;
@@ -572,8 +460,10 @@ static int drive(run *r, session *s)
 	return 0;
 }
 
-static int on_readable(run *r, session *s)
+static int on_readable(void *run_, void *session_)
 {
+	run *r = run_;
+	session *s = session_;
 	ssize_t n = read(s->fd, s->in + s->inlen, sizeof(s->in) - s->inlen);
 	if (n <= 0) {
 		if (n < 0 && errno == EINTR)
@@ -603,91 +493,81 @@ static int on_readable(run *r, session *s)
 	return drive(r, s);
 }
 
+static unsigned long active_count(const void *run_)
+{
+	return ((const run *)run_)->active;
+}
+
 static int loop(run *r)
 {
-	struct epoll_event evs[256];
-	uint64_t start = bench_now_ns();
-	r->measure_ns = start + (uint64_t)(r->opt->warmup * 1e9);
-	r->end_ns = r->measure_ns + (uint64_t)(r->opt->duration * 1e9);
-	uint64_t give_up = r->end_ns + 10000000000ull;
-	for (unsigned i = 0; i < r->opt->conns; i++) {
+	bench_window_start(&r->win, r->lo);
+	for (unsigned i = 0; i < r->lo->conns; i++) {
 		session *s = &r->s[i];
 		s->id = i;
-		bench_rng_seed(&s->rng, r->opt->seed * 1000003u + i);
+		bench_load_rng(r->lo, i, &s->rng);
 		if (start_session(r, s) < 0 || drive(r, s) < 0)
 			return -1;
 	}
-	while (r->active > 0 && bench_now_ns() < give_up) {
-		int n = epoll_wait(r->ep, evs, 256, 100);
-		for (int i = 0; i < n; i++)
-			if (on_readable(r, evs[i].data.ptr) < 0)
-				return -1;
-	}
-	return 0;
+	return bench_epoll_loop(r->ep, &r->win, on_readable, active_count, r);
 }
 
 /* --- report ------------------------------------------------------------------- */
 
-static void print_tally(const char *name, const tally *t)
-{
-	printf(", \"%s\": {", name);
-	for (int i = 0; i < MAX_TALLY && t->name[i][0]; i++)
-		printf("%s\"%s\": %lu", i ? ", " : "", t->name[i], t->n[i]);
-	printf("}");
-}
-
-static void print_lat(const char *name, bench_lat *l)
-{
-	bench_lat_sort(l);
-	printf(", \"%s_p50_us\": %.1f, \"%s_p99_us\": %.1f, \"%s_max_us\": %.1f", name,
-	       bench_lat_pct(l, 50) / 1e3, name, bench_lat_pct(l, 99) / 1e3, name,
-	       bench_lat_pct(l, 100) / 1e3);
-}
-
 static void report(run *r)
 {
-	double secs =
-	    r->opt->max_sessions ? (double)(bench_now_ns() - r->measure_ns) / 1e9 : r->opt->duration;
-	printf("{\"tool\": \"milter_load\", \"connections\": %u, \"seconds\": %.3f, \"sessions\": %lu, "
-	       "\"all\": %lu, "
-	       "\"rps\": %.1f, \"malformed\": %lu, \"errors\": %lu, \"unfinished\": %lu, "
-	       "\"filter_actions\": \"0x%x\", \"filter_protocol\": \"0x%x\"",
-	       r->opt->conns, secs, r->done, r->all, (double)r->done / secs, r->malformed, r->errors,
-	       r->active, r->negotiated_actions, r->negotiated_pflags);
-	bench_lat_sort(&r->lat_session);
-	printf(", \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f",
-	       bench_lat_pct(&r->lat_session, 50) / 1e3, bench_lat_pct(&r->lat_session, 90) / 1e3,
-	       bench_lat_pct(&r->lat_session, 99) / 1e3, bench_lat_pct(&r->lat_session, 99.9) / 1e3,
-	       bench_lat_pct(&r->lat_session, 100) / 1e3);
-	print_lat("reply", &r->lat_reply);
+	bench_json_head(r->lo, &r->win, "sessions", r->done, r->all);
+	printf(", \"malformed\": %lu, \"errors\": %lu, \"unfinished\": %lu, \"filter_actions\": \"0x%x\", "
+	       "\"filter_protocol\": \"0x%x\"",
+	       r->malformed, r->errors, r->active, r->negotiated_actions, r->negotiated_pflags);
+	bench_json_lat("", &r->lat_session);
+	bench_json_lat("reply_", &r->lat_reply);
 	printf(", \"replies_per_session\": %.2f", r->done ? (double)r->lat_reply.n / (double)r->done : 0.0);
-	print_tally("connect", &r->t_connect);
-	print_tally("helo", &r->t_helo);
-	print_tally("mail", &r->t_mail);
-	print_tally("rcpt_trap", &r->t_rcpt_trap);
-	print_tally("rcpt_other", &r->t_rcpt_other);
-	printf("}\n");
+	bench_json_tally("connect", &r->t_connect);
+	bench_json_tally("helo", &r->t_helo);
+	bench_json_tally("mail", &r->t_mail);
+	bench_json_tally("rcpt_trap", &r->t_rcpt_trap);
+	bench_json_tally("rcpt_other", &r->t_rcpt_other);
+	bench_json_end();
+}
+
+static int setup(run *r)
+{
+	r->s = calloc(r->lo->conns, sizeof(*r->s));
+	r->ep = epoll_create1(EPOLL_CLOEXEC);
+	if (!r->s || r->ep < 0)
+		return -1;
+	for (unsigned i = 0; i < r->lo->conns; i++)
+		r->s[i].fd = -1;
+	return 0;
+}
+
+static void run_free(run *r)
+{
+	for (unsigned i = 0; r->s && i < r->lo->conns; i++)
+		if (r->s[i].fd >= 0)
+			close(r->s[i].fd);
+	free(r->s);
+	bench_lat_free(&r->lat_session);
+	bench_lat_free(&r->lat_reply);
+	if (r->ep >= 0)
+		close(r->ep);
 }
 
 int main(int argc, char **argv)
 {
 	options opt;
+	int rc = 2;
 	if (parse_options(argc, argv, &opt) < 0)
-		return 2;
-	run r = {.opt = &opt};
-	r.s = calloc(opt.conns, sizeof(*r.s));
-	r.ep = epoll_create1(EPOLL_CLOEXEC);
+		return rc;
+	run r = {.opt = &opt, .lo = &opt.load, .ep = -1};
 	bench_lat_init(&r.lat_session);
 	bench_lat_init(&r.lat_reply);
-	if (!r.s || r.ep < 0 || loop(&r) < 0) {
+	if (setup(&r) < 0 || loop(&r) < 0) {
 		fprintf(stderr, "milter_load: setup failed: %s\n", strerror(errno));
-		return 2;
+	} else {
+		report(&r);
+		rc = r.malformed || r.errors || r.active ? 1 : 0;
 	}
-	report(&r);
-	int rc = r.malformed || r.errors || r.active ? 1 : 0;
-	free(r.s);
-	bench_lat_free(&r.lat_session);
-	bench_lat_free(&r.lat_reply);
-	close(r.ep);
+	run_free(&r);
 	return rc;
 }

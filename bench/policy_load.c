@@ -15,46 +15,25 @@
  * Exit status 0 when every reply was well formed, 1 otherwise, 2 on usage
  * or setup errors.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bench_util.h"
 
 #define REQ_MAX 2048
 #define REPLY_MAX 1024
-#define MAX_ACTIONS 16
 
+/* The shared options and policy_load's own: -6 IPv6 fraction, -s protocol_state. */
 typedef struct options {
-	const char *host;
-	int port;
-	unsigned conns;
-	double duration, warmup;
-	double trap_fraction, blocked_fraction, ipv6_fraction;
-	unsigned senders, clients, traps, blocked;
-	unsigned long max_requests; /* 0: until duration ends */
+	bench_load_opts load;
+	double ipv6_fraction;
 	const char *state;
-	uint64_t seed;
 } options;
-
-/* Replies counted by their action word ("DUNNO", "550", "DEFER_IF_PERMIT"). */
-typedef struct action_count {
-	char name[32];
-	unsigned long n;
-} action_count;
-
-typedef struct tally {
-	action_count a[MAX_ACTIONS];
-	unsigned long other;
-} tally;
 
 typedef struct conn {
 	int fd;
@@ -71,116 +50,36 @@ typedef struct conn {
 
 typedef struct run {
 	const options *opt;
+	const bench_load_opts *lo;
 	conn *conns;
 	int ep;
-	uint64_t start_ns, measure_ns, end_ns;
+	bench_window win;
 	unsigned long done, all, sent, malformed, disconnects;
-	tally trap_replies, other_replies;
+	bench_tally trap_replies, other_replies;
 	bench_lat lat;
 } run;
 
 static void usage(void)
 {
-	fprintf(stderr,
-	        "usage: policy_load -p PORT [-h HOST] [-c CONNS] [-d SECONDS] [-w WARMUP] [-n REQUESTS]\n"
-	        "       [-t TRAP_FRACTION] [-b BLOCKED_FRACTION] [-6 IPV6_FRACTION] [-S SENDERS]\n"
-	        "       [-C CLIENTS] [-T TRAPS] [-B BLOCKED] [-s STATE] [-r SEED]\n");
+	fprintf(stderr, "usage: policy_load " BENCH_LOAD_USAGE "\n"
+	                "       [-6 IPV6_FRACTION] [-s STATE]\n"
+	                "       -n COUNT: requests\n");
 }
 
 static int parse_options(int argc, char **argv, options *o)
 {
-	*o = (options){.host = "127.0.0.1",
-	               .conns = 1,
-	               .duration = 5,
-	               .warmup = 1,
-	               .trap_fraction = 0.02,
-	               .blocked_fraction = 0.05,
-	               .ipv6_fraction = 0.1,
-	               .senders = 100000,
-	               .clients = 50000,
-	               .traps = 100000,
-	               .blocked = 100000,
-	               .state = "RCPT",
-	               .seed = 1};
-	int c;
-	while ((c = getopt(argc, argv, "h:p:c:d:w:n:t:b:6:S:C:T:B:s:r:")) != -1) {
-		switch (c) {
-		case 'h':
-			o->host = optarg;
-			break;
-		case 'p':
-			o->port = atoi(optarg);
-			break;
-		case 'c':
-			o->conns = (unsigned)atoi(optarg);
-			break;
-		case 'd':
-			o->duration = atof(optarg);
-			break;
-		case 'w':
-			o->warmup = atof(optarg);
-			break;
-		case 'n':
-			o->max_requests = strtoul(optarg, NULL, 10);
-			break;
-		case 't':
-			o->trap_fraction = atof(optarg);
-			break;
-		case 'b':
-			o->blocked_fraction = atof(optarg);
-			break;
-		case '6':
-			o->ipv6_fraction = atof(optarg);
-			break;
-		case 'S':
-			o->senders = (unsigned)atoi(optarg);
-			break;
-		case 'C':
-			o->clients = (unsigned)atoi(optarg);
-			break;
-		case 'T':
-			o->traps = (unsigned)atoi(optarg);
-			break;
-		case 'B':
-			o->blocked = (unsigned)atoi(optarg);
-			break;
-		case 's':
-			o->state = optarg;
-			break;
-		case 'r':
-			o->seed = strtoull(optarg, NULL, 10);
-			break;
-		default:
-			usage();
-			return -1;
-		}
-	}
-	if (o->port <= 0 || o->conns == 0 || o->duration <= 0 || o->warmup < 0 || !o->senders ||
-	    !o->clients || !o->traps || !o->blocked) {
+	static const bench_flag own[] = {
+	    {'6', BENCH_DOUBLE, offsetof(options, ipv6_fraction)},
+	    {'s', BENCH_STR, offsetof(options, state)},
+	};
+	o->ipv6_fraction = 0.1;
+	o->state = "RCPT";
+	if (bench_load_parse(&o->load, "policy_load", argc, argv, own, sizeof(own) / sizeof(own[0]), o) < 0 ||
+	    o->ipv6_fraction > 1 || !o->state[0]) {
 		usage();
 		return -1;
 	}
 	return 0;
-}
-
-static int dial(const options *o)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
-	if (inet_pton(AF_INET, o->host, &sa.sin_addr) != 1) {
-		fprintf(stderr, "policy_load: bad IPv4 address %s\n", o->host);
-		return -1;
-	}
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "policy_load: connect %s:%d: %s\n", o->host, o->port, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
 }
 
 /*
@@ -189,23 +88,15 @@ static int dial(const options *o)
  */
 static void build_request(conn *c, const options *o)
 {
+	const bench_load_opts *lo = &o->load;
 	char client[64], sender[96], rcpt[96];
-	uint32_t ci = bench_rng_below(&c->rng, o->clients);
-	bool v6 = bench_rng_chance(&c->rng, o->ipv6_fraction);
-	if (v6)
-		bench_client_ipv6(ci, client, sizeof(client));
-	else
-		bench_client_ipv4(ci, client, sizeof(client));
-	c->blocked = bench_rng_chance(&c->rng, o->blocked_fraction);
-	snprintf(sender, sizeof(sender), c->blocked ? BENCH_BLOCKED_FMT : BENCH_SENDER_FMT,
-	         bench_rng_below(&c->rng, c->blocked ? o->blocked : o->senders));
-	c->trap = bench_rng_chance(&c->rng, o->trap_fraction);
-	snprintf(rcpt, sizeof(rcpt), c->trap ? BENCH_TRAP_FMT : BENCH_RCPT_FMT,
-	         bench_rng_below(&c->rng, c->trap ? o->traps : 1000000));
+	uint32_t ci = bench_pick_client(&c->rng, lo, o->ipv6_fraction, client, sizeof(client));
+	c->blocked = bench_pick_sender(&c->rng, lo, sender, sizeof(sender));
+	c->trap = bench_pick_rcpt(&c->rng, lo, rcpt, sizeof(rcpt));
 	c->seq++;
 	int n = snprintf(c->req, sizeof(c->req),
 	                 "request=smtpd_access_policy\nprotocol_state=%s\nprotocol_name=ESMTP\n"
-	                 "helo_name=mx%u.senders.example\nqueue_id=%X%05lX\nsender=%s\nrecipient=%s\n"
+	                 "helo_name=" BENCH_HELO_FMT "\nqueue_id=%X%05lX\nsender=%s\nrecipient=%s\n"
 	                 "recipient_count=0\nclient_address=%s\nclient_name=unknown\n"
 	                 "reverse_client_name=unknown\ninstance=%x.%lx.0\nsasl_method=\nsasl_username=\n"
 	                 "sasl_sender=\nsize=%u\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n"
@@ -223,37 +114,11 @@ static int send_request(run *r, conn *c)
 	build_request(c, r->opt);
 	c->replylen = 0;
 	c->sent_ns = bench_now_ns();
-	size_t off = 0;
-	while (off < c->reqlen) {
-		ssize_t w = write(c->fd, c->req + off, c->reqlen - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		off += (size_t)w;
-	}
+	if (bench_write_all(c->fd, c->req, c->reqlen) < 0)
+		return -1;
 	c->busy = true;
 	r->sent++;
 	return 0;
-}
-
-static void tally_add(tally *t, const char *action)
-{
-	char word[32];
-	size_t n = strcspn(action, " \n");
-	if (n >= sizeof(word))
-		n = sizeof(word) - 1;
-	memcpy(word, action, n);
-	word[n] = '\0';
-	for (int i = 0; i < MAX_ACTIONS; i++) {
-		if (t->a[i].name[0] == '\0')
-			snprintf(t->a[i].name, sizeof(t->a[i].name), "%s", word);
-		if (strcmp(t->a[i].name, word) == 0) {
-			t->a[i].n++;
-			return;
-		}
-	}
-	t->other++;
 }
 
 /* A complete reply is "action=...\n\n"; anything else is counted as malformed. */
@@ -267,11 +132,12 @@ static void finish_reply(run *r, conn *c, uint64_t now)
 	}
 	c->reply[c->replylen - 2] = '\0';
 	r->all++;
-	if (now < r->measure_ns)
+	if (now < r->win.measure_ns)
 		return;
 	r->done++;
 	bench_lat_add(&r->lat, now - c->sent_ns);
-	tally_add(c->trap ? &r->trap_replies : &r->other_replies, c->reply + 7);
+	const char *action = c->reply + 7;
+	bench_tally_add(c->trap ? &r->trap_replies : &r->other_replies, action, strcspn(action, " \n"));
 }
 
 static int reconnect(run *r, conn *c)
@@ -280,7 +146,7 @@ static int reconnect(run *r, conn *c)
 	close(c->fd);
 	r->disconnects++;
 	c->busy = false;
-	c->fd = dial(r->opt);
+	c->fd = bench_dial(r->lo);
 	if (c->fd < 0)
 		return -1;
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
@@ -289,14 +155,14 @@ static int reconnect(run *r, conn *c)
 
 static bool want_more(const run *r, uint64_t now)
 {
-	if (r->opt->max_requests)
-		return r->sent < r->opt->max_requests && now < r->end_ns;
-	return now < r->end_ns;
+	return bench_window_more(&r->win, r->lo, r->sent, now);
 }
 
 /* Readable: take what arrived; on a full reply, record it and send the next request. */
-static int on_readable(run *r, conn *c)
+static int on_readable(void *run_, void *conn_)
 {
+	run *r = run_;
+	conn *c = conn_;
 	ssize_t n = read(c->fd, c->reply + c->replylen, sizeof(c->reply) - 1 - c->replylen);
 	if (n <= 0) {
 		if (n < 0 && errno == EINTR)
@@ -317,10 +183,11 @@ static int on_readable(run *r, conn *c)
 	return want_more(r, now) ? send_request(r, c) : 0;
 }
 
-static unsigned busy_count(const run *r)
+static unsigned long busy_count(const void *run_)
 {
-	unsigned n = 0;
-	for (unsigned i = 0; i < r->opt->conns; i++)
+	const run *r = run_;
+	unsigned long n = 0;
+	for (unsigned i = 0; i < r->lo->conns; i++)
 		n += r->conns[i].busy;
 	return n;
 }
@@ -328,14 +195,16 @@ static unsigned busy_count(const run *r)
 static int setup(run *r)
 {
 	r->ep = epoll_create1(EPOLL_CLOEXEC);
-	r->conns = calloc(r->opt->conns, sizeof(*r->conns));
+	r->conns = calloc(r->lo->conns, sizeof(*r->conns));
 	if (r->ep < 0 || !r->conns)
 		return -1;
-	for (unsigned i = 0; i < r->opt->conns; i++) {
+	for (unsigned i = 0; i < r->lo->conns; i++)
+		r->conns[i].fd = -1;
+	for (unsigned i = 0; i < r->lo->conns; i++) {
 		conn *c = &r->conns[i];
 		c->id = i;
-		bench_rng_seed(&c->rng, r->opt->seed * 1000003u + i);
-		c->fd = dial(r->opt);
+		bench_load_rng(r->lo, i, &c->rng);
+		c->fd = bench_dial(r->lo);
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
 		if (c->fd < 0 || epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
 			return -1;
@@ -345,70 +214,49 @@ static int setup(run *r)
 
 static int loop(run *r)
 {
-	struct epoll_event evs[256];
-	r->start_ns = bench_now_ns();
-	r->measure_ns = r->start_ns + (uint64_t)(r->opt->warmup * 1e9);
-	r->end_ns = r->measure_ns + (uint64_t)(r->opt->duration * 1e9);
-	uint64_t give_up = r->end_ns + 10000000000ull; /* replies in flight get 10 s more */
-	for (unsigned i = 0; i < r->opt->conns; i++)
+	bench_window_start(&r->win, r->lo);
+	for (unsigned i = 0; i < r->lo->conns; i++)
 		if (send_request(r, &r->conns[i]) < 0)
 			return -1;
-	while (busy_count(r) > 0 && bench_now_ns() < give_up) {
-		int n = epoll_wait(r->ep, evs, 256, 100);
-		for (int i = 0; i < n; i++)
-			if (on_readable(r, evs[i].data.ptr) < 0)
-				return -1;
-	}
-	return 0;
-}
-
-static void print_tally(const char *name, const tally *t)
-{
-	printf("\"%s\": {", name);
-	const char *sep = "";
-	for (int i = 0; i < MAX_ACTIONS && t->a[i].name[0]; i++, sep = ", ")
-		printf("%s\"%s\": %lu", sep, t->a[i].name, t->a[i].n);
-	if (t->other)
-		printf("%s\"(more)\": %lu", sep, t->other);
-	printf("}");
+	return bench_epoll_loop(r->ep, &r->win, on_readable, busy_count, r);
 }
 
 static void report(run *r)
 {
-	bench_lat_sort(&r->lat);
-	double secs =
-	    r->opt->max_requests ? (double)(bench_now_ns() - r->measure_ns) / 1e9 : r->opt->duration;
-	printf("{\"tool\": \"policy_load\", \"connections\": %u, \"seconds\": %.3f, \"requests\": %lu, "
-	       "\"all\": %lu, "
-	       "\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
-	       "\"max_us\": %.1f, \"malformed\": %lu, \"disconnects\": %lu, \"unanswered\": %u, ",
-	       r->opt->conns, secs, r->done, r->all, (double)r->done / secs, bench_lat_pct(&r->lat, 50) / 1e3,
-	       bench_lat_pct(&r->lat, 90) / 1e3, bench_lat_pct(&r->lat, 99) / 1e3,
-	       bench_lat_pct(&r->lat, 99.9) / 1e3, bench_lat_pct(&r->lat, 100) / 1e3, r->malformed,
+	bench_json_head(r->lo, &r->win, "requests", r->done, r->all);
+	bench_json_lat("", &r->lat);
+	printf(", \"malformed\": %lu, \"disconnects\": %lu, \"unanswered\": %lu", r->malformed,
 	       r->disconnects, busy_count(r));
-	print_tally("trap_replies", &r->trap_replies);
-	printf(", ");
-	print_tally("other_replies", &r->other_replies);
-	printf("}\n");
+	bench_json_tally("trap_replies", &r->trap_replies);
+	bench_json_tally("other_replies", &r->other_replies);
+	bench_json_end();
+}
+
+static void run_free(run *r)
+{
+	for (unsigned i = 0; r->conns && i < r->lo->conns; i++)
+		if (r->conns[i].fd >= 0)
+			close(r->conns[i].fd);
+	free(r->conns);
+	bench_lat_free(&r->lat);
+	if (r->ep >= 0)
+		close(r->ep);
 }
 
 int main(int argc, char **argv)
 {
 	options opt;
+	int rc = 2;
 	if (parse_options(argc, argv, &opt) < 0)
-		return 2;
-	run r = {.opt = &opt};
+		return rc;
+	run r = {.opt = &opt, .lo = &opt.load, .ep = -1};
 	bench_lat_init(&r.lat);
 	if (setup(&r) < 0 || loop(&r) < 0) {
 		fprintf(stderr, "policy_load: %s\n", strerror(errno));
-		return 2;
+	} else {
+		report(&r);
+		rc = r.malformed || busy_count(&r) ? 1 : 0;
 	}
-	report(&r);
-	int rc = r.malformed || busy_count(&r) ? 1 : 0;
-	for (unsigned i = 0; i < opt.conns; i++)
-		close(r.conns[i].fd);
-	free(r.conns);
-	bench_lat_free(&r.lat);
-	close(r.ep);
+	run_free(&r);
 	return rc;
 }
