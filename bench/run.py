@@ -258,7 +258,7 @@ class Bench:
             redis.wait_ready()
             rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
         else:
-            self.note("redis-server not found: no Redis rows")
+            self.note("no Redis rows (%s)" % ("--no-redis" if a.no_redis else "redis-server not installed"))
         policy, milter = [], []
         st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
         st.wait_ready()
@@ -286,7 +286,8 @@ class Bench:
             pg.wait_ready()
             policy.append(("postgrey", pg.ports["policy"], 1, [pg]))
         else:
-            self.note("postgrey not installed (scripts/install-deps.sh bench): no postgrey row")
+            self.note("no postgrey row (%s)" % ("--no-postgrey" if a.no_postgrey
+                                                else "postgrey not installed: scripts/install-deps.sh bench"))
         print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
               % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
         self.measure("policy", policy)
