@@ -673,23 +673,34 @@ static int set_milter_listen(loader *ld, const value *v, char *err, size_t errle
 	return dup_into(&ld->cfg->milter.listen, v->s, err, errlen);
 }
 
-static int set_socket_mode(loader *ld, const value *v, char *err, size_t errlen)
+/* A unix socket mode: "0660" (3 or 4 octal digits, not 0), or null (0: left as created). */
+static int parse_socket_mode(const value *v, unsigned *mode, char *err, size_t errlen)
 {
 	size_t n;
-	unsigned long mode;
+	unsigned long m;
 
 	if (v->null) {
-		ld->cfg->milter.socket_mode = 0;
+		*mode = 0;
 		return 0;
 	}
 	n = strlen(v->s);
-	mode = strtoul(v->s, NULL, 8);
-	if (n < 3 || n > 4 || strspn(v->s, "01234567") != n || mode == 0) {
+	m = strtoul(v->s, NULL, 8);
+	if (n < 3 || n > 4 || strspn(v->s, "01234567") != n || m == 0) {
 		snprintf(err, errlen, "expected an octal mode such as \"0660\"");
 		return -1;
 	}
-	ld->cfg->milter.socket_mode = (unsigned)mode;
+	*mode = (unsigned)m;
 	return 0;
+}
+
+static int set_milter_socket_mode(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return parse_socket_mode(v, &ld->cfg->milter.socket_mode, err, errlen);
+}
+
+static int set_policy_socket_mode(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return parse_socket_mode(v, &ld->cfg->policy.socket_mode, err, errlen);
 }
 
 static int set_delimiter(loader *ld, const value *v, char *err, size_t errlen)
@@ -1172,7 +1183,7 @@ static const key_def schema[] = {
     {"milter.listen", T_STRING, J(null), K_NULLABLE, .set = set_milter_listen},
     {"milter.socket_owner", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_owner)},
     {"milter.socket_group", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(milter.socket_group)},
-    {"milter.socket_mode", T_STRING, J(null), K_NULLABLE, .set = set_socket_mode},
+    {"milter.socket_mode", T_STRING, J(null), K_NULLABLE, .set = set_milter_socket_mode},
     {"milter.timeout", T_DURATION, J("7210s"), .min = 1, .max = 86400, AT(milter.timeout)},
 
     {"policy.listen", T_LISTENERS, J([
@@ -1186,6 +1197,9 @@ static const key_def schema[] = {
     {"policy.max_line", T_INT, J(4096), .min = 256, .max = 65536, AT(policy.max_line)},
     {"policy.max_attributes", T_INT, J(64), .min = 8, .max = 1024, AT(policy.max_attributes)},
     {"policy.threads", T_INT, J(0), .min = 0, .max = 64, AT(policy.threads)},
+    {"policy.socket_owner", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(policy.socket_owner)},
+    {"policy.socket_group", T_STRING, J(null), K_NULLABLE | K_NONEMPTY, .max = 64, AT(policy.socket_group)},
+    {"policy.socket_mode", T_STRING, J("0660"), K_NULLABLE, .set = set_policy_socket_mode},
 
     {"store.backend", T_ENUM, J("sqlite"), .names = backend_names, AT(store.backend)},
     {"store.sqlite.path", T_STRING, J("/var/lib/spamtrapd/spamtrapd.db"), K_NONEMPTY, AT(store.sqlite_path)},
@@ -1539,6 +1553,8 @@ static void box_free(config_box *box)
 	for (size_t i = 0; i < c->policy.nlisten; i++)
 		free(c->policy.listen[i].address);
 	free(c->policy.listen);
+	free(c->policy.socket_owner);
+	free(c->policy.socket_group);
 	netset_free(c->policy.allow);
 	store_config_clear(&c->store);
 	trapset_free(box->traps);

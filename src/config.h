@@ -54,6 +54,9 @@ typedef struct config {
 		size_t max_line;         /* bytes in one attribute line */
 		unsigned max_attributes; /* per request */
 		unsigned threads;        /* 0: one per CPU */
+		char *socket_owner;      /* unix listeners: owner/group/mode; NULL: unchanged */
+		char *socket_group;
+		unsigned socket_mode; /* default 0660; 0 (null): as created */
 	} policy;
 
 	store_config store;

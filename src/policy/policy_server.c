@@ -38,7 +38,8 @@
  * its connections, kept in least-recently-active order), policy.max_line
  * and policy.max_attributes (the parser; a request over them is answered
  * DUNNO), policy.allow (TCP clients outside it are closed at
- * accept; unix sockets are always allowed). Limits and the allow list are
+ * accept; unix sockets are always allowed: their owner, group and mode,
+ * policy.socket_*, decide who may connect). Limits and the allow list are
  * read from the current snapshot at accept and after every request, so a
  * reload applies to them; listeners and the thread count need a restart.
  */
@@ -46,8 +47,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -80,8 +83,7 @@
 #define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, yet no flood */
 #define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
 #define PEER_MAX 64
-#define MALFORMED_MAX 3       /* malformed requests in a row before the connection is closed */
-#define UNIX_SOCKET_MODE 0666 /* smtpd runs as postfix: restrict access with the directory */
+#define MALFORMED_MAX 3 /* malformed requests in a row before the connection is closed */
 
 /* What an epoll event points to; the first member of each source. */
 typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER } src_kind;
@@ -269,7 +271,55 @@ static int unix_clear_stale(const struct sockaddr_un *sun, const char *address, 
 	return 0;
 }
 
-static int bind_unix(listener *l, char *err, size_t errlen)
+/* A user or group name, or a number (as milter.socket_owner and milter.socket_group). */
+static int lookup_id(const char *name, bool group, unsigned *id, char *err, size_t errlen)
+{
+	char *end;
+	unsigned long n = strtoul(name, &end, 10);
+	struct passwd *pw;
+	struct group *gr;
+
+	if (*name != '\0' && *end == '\0') {
+		*id = (unsigned)n;
+		return 0;
+	}
+	pw = group ? NULL : getpwnam(name);
+	gr = group ? getgrnam(name) : NULL;
+	if (pw == NULL && gr == NULL) {
+		snprintf(err, errlen, "policy.socket_%s: no such %s \"%s\"", group ? "group" : "owner",
+		         group ? "group" : "user", name);
+		return -1;
+	}
+	*id = group ? (unsigned)gr->gr_gid : (unsigned)pw->pw_uid;
+	return 0;
+}
+
+/*
+ * policy.socket_owner, socket_group and socket_mode on a bound unix
+ * socket. Done before listen(): until then a connect is refused, so no
+ * client gets in under the permissions bind() left (those of the umask).
+ */
+static int unix_permissions(const config *cfg, const listener *l, const char *path, char *err, size_t errlen)
+{
+	unsigned uid = (unsigned)-1, gid = (unsigned)-1;
+
+	if (cfg->policy.socket_owner && lookup_id(cfg->policy.socket_owner, false, &uid, err, errlen) < 0)
+		return -1;
+	if (cfg->policy.socket_group && lookup_id(cfg->policy.socket_group, true, &gid, err, errlen) < 0)
+		return -1;
+	if ((cfg->policy.socket_owner || cfg->policy.socket_group) &&
+	    chown(path, (uid_t)uid, (gid_t)gid) < 0) {
+		snprintf(err, errlen, "policy listener %s: chown: %s", l->address, strerror(errno));
+		return -1;
+	}
+	if (cfg->policy.socket_mode && chmod(path, (mode_t)cfg->policy.socket_mode) < 0) {
+		snprintf(err, errlen, "policy listener %s: chmod: %s", l->address, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int bind_unix(listener *l, const config *cfg, char *err, size_t errlen)
 {
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	const char *path = l->address + 5;
@@ -287,15 +337,20 @@ static int bind_unix(listener *l, char *err, size_t errlen)
 		return -1;
 	}
 	l->unix_path = strdup(path);
-	if (l->unix_path == NULL || chmod(path, UNIX_SOCKET_MODE) < 0 || listen(l->fd, LISTEN_BACKLOG) < 0) {
-		snprintf(err, errlen, "policy listener %s: %s", l->address,
-		         l->unix_path ? strerror(errno) : "out of memory");
+	if (l->unix_path == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (unix_permissions(cfg, l, path, err, errlen) < 0)
+		return -1;
+	if (listen(l->fd, LISTEN_BACKLOG) < 0) {
+		snprintf(err, errlen, "policy listener %s: %s", l->address, strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
-static int listener_open(listener *l, const config_listener *cl, char *err, size_t errlen)
+static int listener_open(listener *l, const config *cfg, const config_listener *cl, char *err, size_t errlen)
 {
 	l->kind = SRC_LISTENER;
 	l->fd = -1;
@@ -306,7 +361,7 @@ static int listener_open(listener *l, const config_listener *cl, char *err, size
 		return -1;
 	}
 	if (strncmp(l->address, "unix:", 5) == 0)
-		return bind_unix(l, err, errlen);
+		return bind_unix(l, cfg, err, errlen);
 	return bind_inet(l, err, errlen);
 }
 
@@ -1129,7 +1184,7 @@ policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size
 		atomic_init(&srv->trap_instances[i], 0);
 	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
 		srv->nlisteners++;
-		if (listener_open(&srv->listeners[i], &cfg->policy.listen[i], err, errlen) < 0) {
+		if (listener_open(&srv->listeners[i], cfg, &cfg->policy.listen[i], err, errlen) < 0) {
 			policy_server_free(srv);
 			return NULL;
 		}

@@ -7,7 +7,9 @@ addresses in requests come from the documentation ranges (192.0.2.0/24,
 never blocklists loopback clients.
 """
 
+import grp
 import os
+import pwd
 import socket
 import sys
 import threading
@@ -564,7 +566,7 @@ class TestAllow(unittest.TestCase):
         d = daemon({"policy": {"allow": [], "listen": [{"address": f"unix:{path}", "role": "full"}]}},
                    workdir=workdir)
         with d:
-            self.assertEqual(os.stat(path).st_mode & 0o777, 0o666)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o660, "policy.socket_mode defaults to 0660")
             with sh.PolicyClient(f"unix:{path}") as c:
                 self.assertEqual(c.check(sender="u@bad.test", recipient=TRAP, client_address="192.0.2.95"),
                                  "550 5.1.1 User unknown")
@@ -579,6 +581,54 @@ class TestAllow(unittest.TestCase):
             d.start()
             with sh.PolicyClient(f"unix:{path}") as c:
                 self.assertEqual(c.check(sender="ok@good.test", client_address="198.51.100.96"), "DUNNO")
+
+
+class TestUnixSocketPermissions(unittest.TestCase):
+    """policy.socket_owner, socket_group and socket_mode, as for the milter's socket."""
+
+    def unix_daemon(self, policy):
+        workdir = sh.tempfile.mkdtemp(prefix="spamtrapd-test.")
+        path = os.path.join(workdir, "policy.sock")
+        listen = [{"address": f"unix:{path}", "role": "full"}]
+        return daemon({"policy": dict(policy, listen=listen)}, workdir=workdir), path
+
+    def test_configured_mode(self):
+        d, path = self.unix_daemon({"socket_mode": "0600"})
+        with d:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            with sh.PolicyClient(f"unix:{path}") as c:
+                self.assertEqual(c.check(), "DUNNO")
+
+    def test_mode_null_leaves_it_as_created(self):
+        d, path = self.unix_daemon({"socket_mode": None})
+        with d:
+            # bind() leaves 0777 minus the umask; the daemon's umask is the harness's
+            umask = os.umask(0)
+            os.umask(umask)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o777 & ~umask)
+
+    @unittest.skipUnless(os.geteuid() == 0, "chown to another user needs root")
+    def test_owner_and_group(self):
+        d, path = self.unix_daemon({"socket_owner": "nobody", "socket_group": "nogroup", "socket_mode": "0640"})
+        with d:
+            st = os.stat(path)
+            self.assertEqual((st.st_uid, st.st_gid),
+                             (pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid))
+            self.assertEqual(st.st_mode & 0o777, 0o640)
+        # numeric ids work too
+        d, path = self.unix_daemon({"socket_owner": "0", "socket_group": "65534"})
+        with d:
+            st = os.stat(path)
+            self.assertEqual((st.st_uid, st.st_gid, st.st_mode & 0o777), (0, 65534, 0o660))
+
+    def test_unknown_group_fails_start(self):
+        d, path = self.unix_daemon({"socket_group": "no-such-group-spamtrapd"})
+        try:
+            self.assertEqual(d.run_until_exit(), 1)
+            self.assertIn('policy.socket_group: no such group "no-such-group-spamtrapd"', d.log())
+            self.assertFalse(os.path.exists(path), "the half-made socket is removed")
+        finally:
+            d.cleanup()
 
 
 def ipv6_loopback():

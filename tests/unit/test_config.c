@@ -122,6 +122,9 @@ static void check_defaults(const config *cfg)
 	assert_int_equal(cfg->policy.max_line, 4096);
 	assert_int_equal(cfg->policy.max_attributes, 64);
 	assert_int_equal(cfg->policy.threads, 0);
+	assert_null(cfg->policy.socket_owner);
+	assert_null(cfg->policy.socket_group);
+	assert_int_equal(cfg->policy.socket_mode, 0660);
 
 	assert_int_equal(cfg->store.backend, STORE_BACKEND_SQLITE);
 	assert_string_equal(cfg->store.sqlite_path, "/var/lib/spamtrapd/spamtrapd.db");
@@ -290,6 +293,22 @@ static void check_no_listeners(const config *cfg)
 	assert_int_equal(cfg->policy.nlisten, 0);
 }
 
+static void check_policy_socket(const config *cfg)
+{
+	assert_string_equal(cfg->policy.socket_owner, "spamtrapd");
+	assert_string_equal(cfg->policy.socket_group, "postfix");
+	assert_int_equal(cfg->policy.socket_mode, 0620);
+	/* the milter's settings are its own */
+	assert_null(cfg->milter.socket_group);
+	assert_int_equal(cfg->milter.socket_mode, 0);
+}
+
+static void check_policy_socket_mode_null(const config *cfg)
+{
+	assert_int_equal(cfg->policy.socket_mode, 0);
+	assert_null(cfg->policy.socket_group);
+}
+
 static void check_milter(const config *cfg)
 {
 	assert_string_equal(cfg->milter.listen, "unix:/run/spamtrapd/milter.sock");
@@ -365,6 +384,12 @@ static const ok_case ok_cases[] = {
      "\"socket_owner\": \"postfix\", \"socket_group\": \"mail\", \"socket_mode\": \"0660\"}}",
      {NULL},
      check_milter},
+    {"policy socket settings",
+     "{\"policy\": {\"listen\": [{\"address\": \"unix:/run/spamtrapd/policy.sock\"}], "
+     "\"socket_owner\": \"spamtrapd\", \"socket_group\": \"postfix\", \"socket_mode\": \"620\"}}",
+     {NULL},
+     check_policy_socket},
+    {"policy socket mode null: as created", "{}", {"policy.socket_mode=null"}, check_policy_socket_mode_null},
     {"policy.allow replaces the default",
      "{\"policy\": {\"allow\": [\"10.0.0.0/8\", \"2001:db8::/32\"]}}",
      {NULL},
@@ -606,6 +631,22 @@ static const error_case error_cases[] = {
      "{\"milter\": {\"socket_mode\": \"rw-rw----\"}}",
      {NULL},
      {"milter.socket_mode: expected an octal mode"},
+     1},
+    {"bad policy socket settings",
+     "{\"policy\": {\"socket_mode\": \"0999\", \"socket_owner\": \"\", \"socket_group\": 5}}",
+     {NULL},
+     {"policy.socket_mode: expected an octal mode such as \"0660\"", "policy.socket_owner: must not be empty",
+      "policy.socket_group: expected a string or null"},
+     3},
+    {"policy socket mode: not 0",
+     "{\"policy\": {\"socket_mode\": \"000\"}}",
+     {NULL},
+     {"policy.socket_mode: expected an octal mode"},
+     1},
+    {"policy socket mode: not five digits",
+     "{}",
+     {"policy.socket_mode=06600"},
+     {"policy.socket_mode: expected"},
      1},
     {"bad recipient delimiter",
      "{\"traps\": {\"recipient_delimiter\": \"@\"}}",
