@@ -13,18 +13,7 @@
 #include <string.h>
 
 #include "core/strset.h"
-
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Run every row of a case table as its own named test; adds the failures to failed. */
-#define RUN_TABLE(group, cases, fn, failed)                                                                  \
-	do {                                                                                                 \
-		struct CMUnitTest t_[NELEM(cases)];                                                          \
-		for (size_t i_ = 0; i_ < NELEM(cases); i_++)                                                 \
-			t_[i_] = (struct CMUnitTest){                                                        \
-			    .name = (cases)[i_].name, .test_func = (fn), .initial_state = &(cases)[i_]};     \
-		(failed) += cmocka_run_group_tests_name(group, t_, NULL, NULL);                              \
-	} while (0)
+#include "unit_table.h"
 
 /* The members every lookup case runs against. */
 static const char *const members[] = {"trap@example.com", "example.org", "", "a", "ab"};
