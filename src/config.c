@@ -1228,7 +1228,7 @@ static const key_def schema[] = {
     {"traps.on_mixed", T_ENUM, J("deliver-others"), .names = on_mixed_names, AT(decide.on_mixed)},
 
     {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},
-    {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = DAYS(3650), AT(decide.ttl)},
+    {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = CONFIG_TTL_MAX, AT(decide.ttl)},
     /* Shorter prefixes would let one trap hit block a large part of the Internet. */
     {"blocklist.ipv4_prefix", T_INT, J(32), .min = 8, .max = 32, AT(decide.ipv4_prefix)},
     {"blocklist.ipv6_prefix", T_INT, J(64), .min = 16, .max = 128, AT(decide.ipv6_prefix)},

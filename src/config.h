@@ -22,6 +22,8 @@
 #include "store/store.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/spamtrapd/spamtrapd.json"
+/* The longest blocklist.ttl (3650d), also the cap of `spamtrapctl add --ttl`. */
+#define CONFIG_TTL_MAX ((int64_t)3650 * 86400)
 
 typedef enum { POLICY_ROLE_TRAP, POLICY_ROLE_SENDER, POLICY_ROLE_FULL } policy_role;
 

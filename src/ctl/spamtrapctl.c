@@ -764,6 +764,32 @@ static int open_ctl(const cmdline *cl, ctl *c)
 	return EXIT_OK;
 }
 
+/*
+ * --ttl: 1s to blocklist.ttl's maximum. Anything longer is refused, not
+ * cut: now + ttl must not overflow, and Redis refuses far-off expiries.
+ */
+static int parse_ttl(const char *s, int64_t *ttl, char *err, size_t errlen)
+{
+	size_t digits = strspn(s, "0123456789");
+	bool number =
+	    digits > 0 && (s[digits] == '\0' || (strchr("smhd", s[digits]) && s[digits + 1] == '\0'));
+
+	if (!number) {
+		snprintf(err, errlen, "'%.64s' is not a duration (3600, 30s, 15m, 24h, 7d)", s);
+		return -1;
+	}
+	if (!config_parse_duration(s, ttl) || *ttl > CONFIG_TTL_MAX) {
+		snprintf(err, errlen, "'%.64s' is longer than %lldd, the most blocklist.ttl allows", s,
+		         (long long)(CONFIG_TTL_MAX / 86400));
+		return -1;
+	}
+	if (*ttl <= 0) {
+		snprintf(err, errlen, "'%.64s': the shortest is 1s", s);
+		return -1;
+	}
+	return 0;
+}
+
 static int run_key_command(ctl *c, const cmdline *cl)
 {
 	ctl_key k;
@@ -778,10 +804,8 @@ static int run_key_command(ctl *c, const cmdline *cl)
 		return cmd_remove(c, &k);
 	if (k.kind == KEY_NET && net_checked(c->cfg, &k.net, err, sizeof(err)) < 0)
 		return value_error(cl->command, err);
-	if (cl->ttl && (!config_parse_duration(cl->ttl, &ttl) || ttl <= 0)) {
-		snprintf(err, sizeof(err), "'%.64s' is not a duration (3600, 30s, 15m, 24h, 7d)", cl->ttl);
+	if (cl->ttl && parse_ttl(cl->ttl, &ttl, err, sizeof(err)) < 0)
 		return value_error("--ttl", err);
-	}
 	return cmd_add(c, &k, ttl, cl->reason);
 }
 

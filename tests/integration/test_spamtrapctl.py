@@ -118,6 +118,19 @@ class StoreScenarios:
         left = datetime.datetime.fromisoformat(row[1]).timestamp() - time.time()
         self.assertAlmostEqual(left, 7 * 86400, delta=120)
 
+    def test_ttl_up_to_the_blocklist_ttl_maximum(self):
+        self.add("192.0.2.96", "--ttl", "3650d")
+        (row,) = self.listed()
+        left = datetime.datetime.fromisoformat(row[1]).timestamp() - time.time()
+        self.assertAlmostEqual(left, 3650 * 86400, delta=120)
+        # longer is refused with the reason, never wrapped around or cut (UBSan aborts on an overflow)
+        for ttl in ("3651d", "315360001", "106751991167300d", "99999999999999999999999s"):
+            with self.subTest(ttl=ttl):
+                p = self.ctl("add", "192.0.2.97", "--ttl", ttl, rc=1)
+                self.assertIn(f"--ttl: '{ttl}' is longer than 3650d, the most blocklist.ttl allows", p.stderr)
+                self.assertEqual(p.stdout, "")
+        self.assertEqual([r[0] for r in self.listed()], ["192.0.2.96"])
+
     def test_key_normalisation(self):
         cases = [
             ("<User@Example.COM>", "user@example.com"),
@@ -213,6 +226,8 @@ class StoreScenarios:
             (["lookup"], "lookup: needs a KEY"),
             (["add", "a@b.c", "--ttl"], "--ttl needs a value"),
             (["add", "a@b.c", "--ttl", "soon"], "'soon' is not a duration"),
+            (["add", "a@b.c", "--ttl", "-5"], "'-5' is not a duration"),
+            (["add", "a@b.c", "--ttl", "0s"], "'0s': the shortest is 1s"),
             (["remove", "a@b.c", "--ttl", "1h"], "takes no --ttl"),
             (["export", "--format", "csv"], "unknown format 'csv'"),
             (["export", "--keys", "senders"], "unknown kind 'senders'"),
