@@ -16,7 +16,6 @@
  * jansson keeps no positions of values, so a small locator rescans the
  * (already valid) JSON text for the path of a bad value when it is reported.
  */
-#include <arpa/inet.h>
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
@@ -29,6 +28,7 @@
 #include <sys/un.h>
 
 #include "config.h"
+#include "core/addr.h"
 
 #define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
 #define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
@@ -978,37 +978,18 @@ static const char *const role_names[] = {"trap", "sender", "full", NULL};
 
 #define LISTENER_CANON_MAX 128
 
-/* "192.0.2.1:10666" or "[2001:db8::1]:10666" into address family, binary address and port. */
-static bool split_inet(const char *a, int *family, unsigned char bin[16], unsigned *port)
-{
-	const char *colon = strrchr(a, ':'), *host = a;
-	char hostbuf[INET6_ADDRSTRLEN];
-	size_t hostlen;
-
-	if (colon == NULL || !parse_port(colon + 1, strlen(colon + 1), port))
-		return false;
-	hostlen = (size_t)(colon - a);
-	*family = AF_INET;
-	if (a[0] == '[' && hostlen >= 2 && a[hostlen - 1] == ']') {
-		host = a + 1;
-		hostlen -= 2;
-		*family = AF_INET6;
-	}
-	if (hostlen == 0 || hostlen >= sizeof hostbuf)
-		return false;
-	memcpy(hostbuf, host, hostlen);
-	hostbuf[hostlen] = '\0';
-	return inet_pton(*family, hostbuf, bin) == 1;
-}
-
-/* Checks a policy listener address and writes a canonical form, so that duplicates compare equal. */
+/*
+ * Checks a policy listener address and writes a canonical form, so that
+ * duplicates compare equal. TCP addresses go through addr_hostport_parse,
+ * the parser policy_server.c binds with, so what passes here binds there.
+ */
 static int listener_canon(const char *a, char *canon, size_t canonlen, char *err, size_t errlen)
 {
 	const size_t unix_max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
-	char text[INET6_ADDRSTRLEN];
-	unsigned char bin[16];
-	unsigned port;
-	int family;
+	char text[ADDR_NET_STRLEN], why[128];
+	addr_ip ip;
+	addr_net host;
+	uint16_t port;
 
 	if (strncmp(a, "unix:", 5) == 0) {
 		if (a[5] == '\0' || strlen(a + 5) > unix_max) {
@@ -1018,12 +999,13 @@ static int listener_canon(const char *a, char *canon, size_t canonlen, char *err
 		snprintf(canon, canonlen, "%s", a);
 		return 0;
 	}
-	if (!split_inet(a, &family, bin, &port)) {
-		snprintf(err, errlen, "expected IPV4:PORT, [IPV6]:PORT or unix:PATH");
+	if (!addr_hostport_parse(a, &ip, &port, why, sizeof why)) {
+		snprintf(err, errlen, "expected IPV4:PORT, [IPV6]:PORT or unix:PATH (%s)", why);
 		return -1;
 	}
-	inet_ntop(family, bin, text, sizeof text);
-	snprintf(canon, canonlen, family == AF_INET6 ? "[%s]:%u" : "%s:%u", text, port);
+	host = addr_net_of(&ip, 128);
+	addr_net_format(&host, text, sizeof text);
+	snprintf(canon, canonlen, ip.version == 6 ? "[%s]:%u" : "%s:%u", text, (unsigned)port);
 	return 0;
 }
 

@@ -390,6 +390,69 @@ void addr_net_format(const addr_net *net, char *out, size_t outlen)
 		snprintf(out, outlen, "%s/%u", text, (unsigned)net->prefix);
 }
 
+/* "1" to "65535", decimal digits only: no sign, no blanks, no "0". */
+static bool parse_port(const char *s, uint16_t *port)
+{
+	unsigned v = 0;
+	size_t n = 0;
+
+	for (; s[n] >= '0' && s[n] <= '9'; n++) {
+		if (n == 5)
+			return false;
+		v = v * 10 + (unsigned)(s[n] - '0');
+	}
+	if (n == 0 || s[n] != '\0' || v == 0 || v > 65535)
+		return false;
+	*port = (uint16_t)v;
+	return true;
+}
+
+/* The host part of "HOST:PORT" (len bytes at s) as an IP literal; false with the reason. */
+static bool hostport_ip(const char *s, size_t len, addr_ip *ip, char *err, size_t errlen)
+{
+	char text[ADDR_IP_TEXT_MAX];
+	bool v6 = len >= 2 && s[0] == '[' && s[len - 1] == ']';
+
+	if (v6) {
+		s++;
+		len -= 2;
+	}
+	if (len == 0 || len >= sizeof(text)) {
+		snprintf(err, errlen, "no IP address before the port");
+		return false;
+	}
+	memcpy(text, s, len);
+	text[len] = '\0';
+	memset(ip, 0, sizeof(*ip));
+	ip->version = v6 ? 6 : 4;
+	if (inet_pton(v6 ? AF_INET6 : AF_INET, text, ip->bytes) == 1)
+		return true;
+	if (v6)
+		snprintf(err, errlen, "'%s' is not an IPv6 address", text);
+	else if (strchr(text, ':') != NULL || strchr(text, '[') != NULL)
+		snprintf(err, errlen, "an IPv6 address goes in brackets, as [::1]:10666");
+	else
+		snprintf(err, errlen, "'%s' is not an IPv4 address (host names are not accepted)", text);
+	return false;
+}
+
+bool addr_hostport_parse(const char *s, addr_ip *ip, uint16_t *port, char *err, size_t errlen)
+{
+	const char *colon = s != NULL ? strrchr(s, ':') : NULL;
+
+	if (colon == NULL || strchr(colon, ']') != NULL) {
+		snprintf(err, errlen, "no :PORT");
+		return false;
+	}
+	if (!hostport_ip(s, (size_t)(colon - s), ip, err, errlen))
+		return false;
+	if (!parse_port(colon + 1, port)) {
+		snprintf(err, errlen, "port must be 1 to 65535");
+		return false;
+	}
+	return true;
+}
+
 bool addr_domain_normalise(const char *in, char *out, size_t outlen)
 {
 	size_t len;

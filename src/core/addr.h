@@ -80,6 +80,16 @@ addr_net addr_net_of(const addr_ip *ip, unsigned prefix);
 bool addr_net_contains(const addr_net *net, const addr_ip *ip);
 
 /*
+ * A listening address "IPV4:PORT" or "[IPV6]:PORT" ("127.0.0.1:10666",
+ * "[::1]:10666"): an IP literal, never a host name; IPv6 only in brackets
+ * (which colon would end it otherwise?); a port of 1 to 65535 in decimal
+ * digits. An IPv4-mapped IPv6 address stays IPv6: it is what would be
+ * bound. The one parser for policy.listen, in the config check and at
+ * bind time. false with the reason in err ("port must be 1 to 65535").
+ */
+bool addr_hostport_parse(const char *s, addr_ip *ip, uint16_t *port, char *err, size_t errlen);
+
+/*
  * Canonical text: a host network as the bare address ("192.0.2.7",
  * "2001:db8::1"), others as "192.0.2.0/24" (RFC 5952 form for IPv6).
  * out must hold ADDR_NET_STRLEN bytes.

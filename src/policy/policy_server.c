@@ -161,69 +161,42 @@ static int64_t mono_now(void)
 
 /* ---- listeners ---- */
 
-static int parse_port(const char *s, uint16_t *port)
+/* The socket address of ip and port; its length. */
+static socklen_t sockaddr_of(const addr_ip *ip, uint16_t port, struct sockaddr_storage *ss)
 {
-	char *end;
-	unsigned long v;
-
-	if (*s < '0' || *s > '9')
-		return -1;
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v > 65535)
-		return -1;
-	*port = (uint16_t)v;
-	return 0;
-}
-
-/* "192.0.2.1:10666" or "[2001:db8::1]:10666" into a socket address. */
-static int parse_inet(const char *a, struct sockaddr_storage *ss, socklen_t *sslen)
-{
-	char host[INET6_ADDRSTRLEN];
-	const char *colon = strrchr(a, ':');
-	size_t hostlen;
-	uint16_t port;
-
-	if (colon == NULL || parse_port(colon + 1, &port) < 0)
-		return -1;
 	memset(ss, 0, sizeof(*ss));
-	if (a[0] == '[') {
+	if (ip->version == 6) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
 
-		hostlen = (size_t)(colon - a);
-		if (hostlen < 3 || a[hostlen - 1] != ']' || hostlen - 2 >= sizeof(host))
-			return -1;
-		memcpy(host, a + 1, hostlen - 2);
-		host[hostlen - 2] = '\0';
 		sin6->sin6_family = AF_INET6;
 		sin6->sin6_port = htons(port);
-		*sslen = sizeof(*sin6);
-		return inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1 ? 0 : -1;
+		memcpy(&sin6->sin6_addr, ip->bytes, 16);
+		return sizeof(*sin6);
 	}
 	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
 
-	hostlen = (size_t)(colon - a);
-	if (hostlen == 0 || hostlen >= sizeof(host))
-		return -1;
-	memcpy(host, a, hostlen);
-	host[hostlen] = '\0';
 	sin->sin_family = AF_INET;
 	sin->sin_port = htons(port);
-	*sslen = sizeof(*sin);
-	return inet_pton(AF_INET, host, &sin->sin_addr) == 1 ? 0 : -1;
+	memcpy(&sin->sin_addr, ip->bytes, 4);
+	return sizeof(*sin);
 }
 
 static int bind_inet(listener *l, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t sslen;
+	char why[128];
+	addr_ip ip;
+	uint16_t port;
 	int one = 1;
 
-	if (parse_inet(l->address, &ss, &sslen) < 0) {
-		snprintf(err, errlen, "policy listener %s: expected IPV4:PORT, [IPV6]:PORT or unix:PATH",
-		         l->address);
+	/* The parser config.c checked the address with: it cannot fail on a loaded config. */
+	if (!addr_hostport_parse(l->address, &ip, &port, why, sizeof(why))) {
+		snprintf(err, errlen, "policy listener %s: expected IPV4:PORT, [IPV6]:PORT or unix:PATH (%s)",
+		         l->address, why);
 		return -1;
 	}
+	sslen = sockaddr_of(&ip, port, &ss);
 	l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (l->fd < 0) {
 		snprintf(err, errlen, "policy listener %s: socket: %s", l->address, strerror(errno));

@@ -1,6 +1,7 @@
 /*
  * Unit tests for core/addr: envelope normalisation, extensions, IP and
- * network parsing, containment and canonical formatting. Each table row is
+ * network parsing, listening addresses (HOST:PORT), containment and
+ * canonical formatting. Each table row is
  * its own named cmocka test.
  */
 #include <setjmp.h>
@@ -512,6 +513,73 @@ static void test_net_of_clamps_and_masks(void **state)
 	assert_string_equal(text, "2001:db8:aaaa:b000::/52");
 }
 
+/* ---- addr_hostport_parse ---- */
+
+struct hostport_case {
+	const char *name;
+	const char *in;
+	bool ok;
+	uint8_t version;
+	const char *ip;  /* canonical text when ok */
+	unsigned port;   /* when ok */
+	const char *err; /* substring of the reason when not ok */
+};
+
+static struct hostport_case hostport_cases[] = {
+    {"ipv4", "127.0.0.1:10666", true, 4, "127.0.0.1", 10666, NULL},
+    {"ipv4 any", "0.0.0.0:1", true, 4, "0.0.0.0", 1, NULL},
+    {"highest port", "192.0.2.1:65535", true, 4, "192.0.2.1", 65535, NULL},
+    {"leading zeros in the port", "192.0.2.1:00080", true, 4, "192.0.2.1", 80, NULL},
+    {"ipv6", "[::1]:10666", true, 6, "::1", 10666, NULL},
+    {"ipv6 any", "[::]:10667", true, 6, "::", 10667, NULL},
+    {"ipv6 long form", "[2001:0db8:0:0::1]:25", true, 6, "2001:db8::1", 25, NULL},
+    {"ipv4-mapped stays ipv6", "[::ffff:127.0.0.1]:10666", true, 6, "::ffff:127.0.0.1", 10666, NULL},
+    {"port 0", "127.0.0.1:0", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"port 00000", "127.0.0.1:00000", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"port over 65535", "[::1]:65536", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"port of six digits", "127.0.0.1:100000", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"signed port", "127.0.0.1:+80", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"port with a blank", "127.0.0.1:80 ", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"empty port", "127.0.0.1:", false, 0, NULL, 0, "port must be 1 to 65535"},
+    {"no port", "127.0.0.1", false, 0, NULL, 0, "no :PORT"},
+    {"ipv6 without port", "[::1]", false, 0, NULL, 0, "no :PORT"},
+    {"ipv6 without brackets", "::1:10666", false, 0, NULL, 0, "goes in brackets"},
+    {"host name", "localhost:10666", false, 0, NULL, 0, "host names are not accepted"},
+    {"ipv4 in brackets", "[127.0.0.1]:10666", false, 0, NULL, 0, "is not an IPv6 address"},
+    {"ipv6 prefix form", "[IPv6:::1]:10666", false, 0, NULL, 0, "is not an IPv6 address"},
+    {"empty host", ":10666", false, 0, NULL, 0, "no IP address"},
+    {"empty brackets", "[]:10666", false, 0, NULL, 0, "no IP address"},
+    {"unbalanced bracket", "[::1:10666", false, 0, NULL, 0, "goes in brackets"},
+    {"blank before", " 127.0.0.1:10666", false, 0, NULL, 0, "not an IPv4 address"},
+    {"unix path", "unix:/run/x.sock", false, 0, NULL, 0, "not an IPv4 address"},
+    {"empty", "", false, 0, NULL, 0, "no :PORT"},
+    {"null", NULL, false, 0, NULL, 0, "no :PORT"},
+};
+
+static void test_hostport_case(void **state)
+{
+	const struct hostport_case *c = *state;
+	char err[128] = "", text[ADDR_NET_STRLEN];
+	addr_ip ip;
+	addr_net host;
+	uint16_t port = 0;
+	bool ok = addr_hostport_parse(c->in, &ip, &port, err, sizeof(err));
+
+	if (ok != c->ok)
+		fail_msg("'%s': %s (%s)", c->in ? c->in : "(null)", ok ? "accepted" : "refused", err);
+	if (!ok) {
+		if (strstr(err, c->err) == NULL)
+			fail_msg("'%s': reason \"%s\", expected \"%s\"", c->in ? c->in : "(null)", err,
+			         c->err);
+		return;
+	}
+	assert_int_equal(ip.version, c->version);
+	assert_int_equal(port, c->port);
+	host = addr_net_of(&ip, 128);
+	addr_net_format(&host, text, sizeof(text));
+	assert_string_equal(text, c->ip);
+}
+
 int main(void)
 {
 	int failed = 0;
@@ -537,6 +605,7 @@ int main(void)
 	RUN_TABLE("addr_ip_parse", ip_cases, test_ip_case, failed);
 	RUN_TABLE("addr_net_parse", net_cases, test_net_case, failed);
 	RUN_TABLE("addr_net_contains", contains_cases, test_contains_case, failed);
+	RUN_TABLE("addr_hostport_parse", hostport_cases, test_hostport_case, failed);
 	failed += cmocka_run_group_tests_name("addr_limits", limits, NULL, NULL);
 	return failed;
 }
