@@ -21,6 +21,7 @@
 #include "config.h"
 #include "core/addr.h"
 #include "daemon.h"
+#include "log.h"
 #include "store/store.h"
 
 enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_NOTFOUND = 1, EXIT_STORE = 2 };
@@ -70,17 +71,6 @@ static int value_error(const char *what, const char *msg)
 }
 
 /* --- output helpers ------------------------------------------------------ */
-
-/* s with control characters as '?', for one line of output; never NULL. */
-static const char *safe(const char *s, char *buf, size_t buflen)
-{
-	size_t i = 0;
-
-	for (; s && *s && i + 1 < buflen; s++)
-		buf[i++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
-	buf[i] = '\0';
-	return buf;
-}
 
 /* ISO 8601 local time with the UTC offset as +hh:mm. */
 static const char *iso_time(int64_t t, char *buf, size_t buflen)
@@ -278,7 +268,7 @@ static void explain_line(const char *label, const char *value)
 {
 	char buf[STORE_FIELD_MAX];
 
-	printf("  %-11s %s\n", label, value && value[0] ? safe(value, buf, sizeof(buf)) : "-");
+	printf("  %-11s %s\n", label, value && value[0] ? log_safe(value, buf, sizeof(buf)) : "-");
 }
 
 static void explain(const ctl *c, const store_entry *e, const char *asked)
@@ -286,11 +276,11 @@ static void explain(const ctl *c, const store_entry *e, const char *asked)
 	char t[64], d[32], key[STORE_KEY_MAX], hits[24];
 
 	if (e->expires > c->now)
-		printf("%s: blocklisted until %s (%s from now)\n", safe(e->key, key, sizeof(key)),
+		printf("%s: blocklisted until %s (%s from now)\n", log_safe(e->key, key, sizeof(key)),
 		       iso_time(e->expires, t, sizeof(t)), span(e->expires - c->now, d, sizeof(d)));
 	else
 		printf("%s: expired since %s (%s ago); `spamtrapctl expire` drops it\n",
-		       safe(e->key, key, sizeof(key)), iso_time(e->expires, t, sizeof(t)),
+		       log_safe(e->key, key, sizeof(key)), iso_time(e->expires, t, sizeof(t)),
 		       span(c->now - e->expires, d, sizeof(d)));
 	if (strcmp(e->key, asked) != 0)
 		explain_line("matches:", asked);
@@ -371,11 +361,11 @@ static int list_one(const store_entry *e, void *ctx)
 	char key[STORE_KEY_MAX], exp[64], last[64], trap[STORE_FIELD_MAX], reason[STORE_FIELD_MAX];
 
 	(void)ctx;
-	printf("%s\t%s\t%llu\t%s\t%s\t%s\n", safe(e->key, key, sizeof(key)),
+	printf("%s\t%s\t%llu\t%s\t%s\t%s\n", log_safe(e->key, key, sizeof(key)),
 	       iso_time(e->expires, exp, sizeof(exp)), (unsigned long long)e->hits,
 	       iso_time(e->last_seen, last, sizeof(last)),
-	       e->trap[0] ? safe(e->trap, trap, sizeof(trap)) : "-",
-	       e->reason[0] ? safe(e->reason, reason, sizeof(reason)) : "-");
+	       e->trap[0] ? log_safe(e->trap, trap, sizeof(trap)) : "-",
+	       e->reason[0] ? log_safe(e->reason, reason, sizeof(reason)) : "-");
 	return 0;
 }
 

@@ -561,16 +561,6 @@ static decide_verdict policy_decide(engine_snapshot *snap, const request_ctx *rc
 	return v;
 }
 
-/* Reply text from the config or the core; a control character would break the protocol. */
-static void clean_copy(char *dst, size_t dstlen, const char *src)
-{
-	size_t i = 0;
-
-	for (; src[i] != '\0' && i + 1 < dstlen; i++)
-		dst[i] = ((unsigned char)src[i] < 0x20 || src[i] == 0x7f) ? ' ' : src[i];
-	dst[i] = '\0';
-}
-
 static const char DUNNO[] = "action=DUNNO\n\n";
 
 /* "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions). */
@@ -578,9 +568,14 @@ static void format_reply(const decide_verdict *v, const request_ctx *rc, char *o
 {
 	char code[sizeof(v->reply.code)], xcode[sizeof(v->reply.xcode)], text[sizeof(v->reply.text)];
 
-	clean_copy(code, sizeof(code), v->reply.code);
-	clean_copy(xcode, sizeof(xcode), v->reply.xcode);
-	clean_copy(text, sizeof(text), v->reply.text);
+	/*
+	 * The config refuses control characters in reply text, and the core
+	 * writes none; should one get through, a newline would end the reply
+	 * early and desynchronise the protocol, so log_safe masks them.
+	 */
+	log_safe(v->reply.code, code, sizeof(code));
+	log_safe(v->reply.xcode, xcode, sizeof(xcode));
+	log_safe(v->reply.text, text, sizeof(text));
 	switch (v->action) {
 	case DECIDE_REJECT:
 	case DECIDE_TEMPFAIL:

@@ -118,6 +118,14 @@ class StoreScenarios:
         left = datetime.datetime.fromisoformat(row[1]).timestamp() - time.time()
         self.assertAlmostEqual(left, 7 * 86400, delta=120)
 
+    def test_control_characters_never_reach_the_terminal(self):
+        # one entry a line, tab separated: a tab, newline or escape in a reason must not break that
+        self.add("192.0.2.98", "--reason", "two\tcolumns\nand a line\x1b[31m red")
+        (row,) = self.listed()
+        self.assertEqual(row[5], "two?columns?and a line?[31m red")
+        out = self.ctl("lookup", "192.0.2.98", rc=0).stdout
+        self.assertIn("reason:     two?columns?and a line?[31m red\n", out)
+
     def test_ttl_up_to_the_blocklist_ttl_maximum(self):
         self.add("192.0.2.96", "--ttl", "3650d")
         (row,) = self.listed()
