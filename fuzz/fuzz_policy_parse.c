@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "policy/policy_parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -26,25 +27,16 @@ typedef struct trace {
 	} ev[MAX_EVENTS];
 } trace;
 
-static uint64_t fnv(uint64_t h, const void *p, size_t len)
-{
-	const unsigned char *s = p;
-
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ s[i]) * 1099511628211u;
-	return h;
-}
-
 /* Check the caps and limits of one request and digest what it holds. */
 static uint64_t check_request(const policy_request *req, unsigned max_attrs)
 {
-	uint64_t h = 14695981039346656037u;
+	uint64_t h = HASH_FNV1A_INIT;
 
 	if (req->nattributes > max_attrs)
 		abort();
-	h = fnv(h, &req->present, sizeof(req->present));
-	h = fnv(h, &req->truncated, sizeof(req->truncated));
-	h = fnv(h, &req->nattributes, sizeof(req->nattributes));
+	h = hash_fnv1a(h, &req->present, sizeof(req->present));
+	h = hash_fnv1a(h, &req->truncated, sizeof(req->truncated));
+	h = hash_fnv1a(h, &req->nattributes, sizeof(req->nattributes));
 	for (int a = 0; a < POLICY_ATTR_COUNT; a++) {
 		const char *v = policy_request_get(req, (policy_attr)a);
 		size_t len;
@@ -54,7 +46,7 @@ static uint64_t check_request(const policy_request *req, unsigned max_attrs)
 		len = strnlen(v, policy_attr_cap((policy_attr)a) + 1);
 		if (len > policy_attr_cap((policy_attr)a))
 			abort();
-		h = fnv(h, v, len + 1);
+		h = hash_fnv1a(h, v, len + 1);
 	}
 	return h;
 }

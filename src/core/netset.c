@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
+
 #define NETSET_MIN_SLOTS 16
 
 typedef struct netset_slot {
@@ -43,14 +45,10 @@ static size_t net_bytes(const addr_net *net)
 /* FNV-1a over the fields that identify a network. */
 static uint64_t net_hash(const addr_net *net)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
-	size_t n = net_bytes(net);
+	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, &net->ip.version, 1);
 
-	h = (h ^ net->ip.version) * 0x100000001b3ULL;
-	h = (h ^ net->prefix) * 0x100000001b3ULL;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ net->ip.bytes[i]) * 0x100000001b3ULL;
-	return h;
+	h = hash_fnv1a(h, &net->prefix, 1);
+	return hash_fnv1a(h, net->ip.bytes, net_bytes(net));
 }
 
 static bool net_equal(const addr_net *a, const addr_net *b)

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
+
 #define STRSET_MIN_SLOTS 16
 
 typedef struct strset_slot {
@@ -27,18 +29,6 @@ struct strset {
 	size_t mask; /* number of slots - 1 */
 	size_t count;
 };
-
-/* FNV-1a, 64 bit: simple, fast on short keys, good spread for addresses. */
-static uint64_t fnv1a(const char *s, size_t len)
-{
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
 
 /* Smallest power of two >= 2 * n (load factor <= 0.5), or 0 on overflow. */
 static size_t slots_for(size_t n)
@@ -121,7 +111,7 @@ static int grow(strset *set)
 
 int strset_add(strset *set, const char *s, size_t len)
 {
-	uint64_t hash = fnv1a(s, len);
+	uint64_t hash = hash_fnv1a(HASH_FNV1A_INIT, s, len);
 	strset_slot *slot = find_slot(set, s, len, hash);
 	char *copy;
 
@@ -148,7 +138,7 @@ bool strset_contains(const strset *set, const char *s, size_t len)
 {
 	if (set == NULL || s == NULL)
 		return false;
-	return find_slot(set, s, len, fnv1a(s, len))->str != NULL;
+	return find_slot(set, s, len, hash_fnv1a(HASH_FNV1A_INIT, s, len))->str != NULL;
 }
 
 size_t strset_count(const strset *set)

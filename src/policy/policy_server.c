@@ -69,6 +69,7 @@
 #include <unistd.h>
 
 #include "core/addr.h"
+#include "core/hash.h"
 #include "core/netset.h"
 #include "log.h"
 #include "policy/policy_parse.h"
@@ -354,10 +355,8 @@ static void listener_close(listener *l)
 
 static uint64_t instance_hash(const char *instance)
 {
-	uint64_t h = 14695981039346656037u;
+	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, instance, strlen(instance));
 
-	for (; *instance; instance++)
-		h = (h ^ (unsigned char)*instance) * 1099511628211u;
 	return h ? h : 1; /* 0 marks an empty slot */
 }
 
