@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/text.h"
 
 #define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
 #define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
@@ -804,13 +805,11 @@ static char *resolve_path(const loader *ld, const char *name)
 /* Strips the line ending and surrounding blanks; NULL for blank lines and comments. */
 static char *list_line(char *line)
 {
-	size_t n = strlen(line);
+	size_t n;
+	char *start = line + (text_trim(line, &n) - line);
 
-	while (n > 0 && isspace((unsigned char)line[n - 1]))
-		line[--n] = '\0';
-	while (isspace((unsigned char)*line))
-		line++;
-	return *line == '\0' || *line == '#' ? NULL : line;
+	start[n] = '\0';
+	return n == 0 || *start == '#' ? NULL : start;
 }
 
 typedef int (*line_fn)(loader *ld, const char *line, char *err, size_t errlen);

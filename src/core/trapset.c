@@ -28,6 +28,7 @@
 
 #include "core/addr.h"
 #include "core/strset.h"
+#include "core/text.h"
 
 /* RFC 1035 2.3.4: a domain name is at most 255 octets. */
 /* Caps backtracking so that a pathological pattern cannot stall a worker. */
@@ -174,14 +175,11 @@ int trapset_add_pattern(trapset *set, const char *regex, char *err, size_t errle
 	return 0;
 }
 
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
 /* Dispatch a trimmed, NUL-terminated trap file entry by its first character. */
-static int add_entry(trapset *set, char *s, size_t len, char *err, size_t errlen)
+static int add_entry(trapset *set, char *s, char *err, size_t errlen)
 {
+	size_t len = strlen(s);
+
 	if (len == 0) {
 		snprintf(err, errlen, "empty trap entry");
 		return -1;
@@ -201,22 +199,14 @@ static int add_entry(trapset *set, char *s, size_t len, char *err, size_t errlen
 
 int trapset_add_line(trapset *set, const char *line, char *err, size_t errlen)
 {
-	size_t len = strlen(line);
-	char *copy;
+	char *copy = text_trim_dup(line);
 	int rc;
 
-	while (len > 0 && is_space(*line)) {
-		line++;
-		len--;
-	}
-	while (len > 0 && is_space(line[len - 1]))
-		len--;
-	copy = strndup(line, len);
 	if (copy == NULL) {
 		snprintf(err, errlen, "out of memory reading a trap entry");
 		return -1;
 	}
-	rc = add_entry(set, copy, len, err, errlen);
+	rc = add_entry(set, copy, err, errlen);
 	free(copy);
 	return rc;
 }

@@ -18,6 +18,7 @@
 #include "core/addr.h"
 #include "core/netset.h"
 #include "core/strset.h"
+#include "core/text.h"
 
 /* RFC 1035 2.3.4: a domain name is at most 255 octets. */
 
@@ -97,11 +98,6 @@ static bool looks_like_network(const char *s)
 	return strchr(s, ':') != NULL || strchr(s, '/') != NULL || strspn(s, "0123456789.") == strlen(s);
 }
 
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
 /* Dispatch a trimmed, NUL-terminated whitelist entry by its form. */
 static int add_entry(whitelist *wl, const char *s, char *err, size_t errlen)
 {
@@ -120,17 +116,9 @@ static int add_entry(whitelist *wl, const char *s, char *err, size_t errlen)
 
 int whitelist_add_line(whitelist *wl, const char *line, char *err, size_t errlen)
 {
-	size_t len = strlen(line);
-	char *copy;
+	char *copy = text_trim_dup(line);
 	int rc;
 
-	while (len > 0 && is_space(*line)) {
-		line++;
-		len--;
-	}
-	while (len > 0 && is_space(line[len - 1]))
-		len--;
-	copy = strndup(line, len);
 	if (copy == NULL) {
 		snprintf(err, errlen, "out of memory reading a whitelist entry");
 		return -1;
