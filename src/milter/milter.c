@@ -25,10 +25,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <grp.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -41,6 +39,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sockperm.h"
 #include "milter/milter_shim.h"
 
 /* Caps for what the MTA lends us (STYLE 6). */
@@ -533,43 +532,11 @@ static const char *unix_path(const char *spec)
 	return NULL;
 }
 
-/* A user or group name, or a number. */
-static int lookup_id(const char *name, bool group, unsigned *id, char *err, size_t errlen)
-{
-	char *end;
-	unsigned long n = strtoul(name, &end, 10);
-	if (*name && !*end) {
-		*id = (unsigned)n;
-		return 0;
-	}
-	struct passwd *pw = group ? NULL : getpwnam(name);
-	struct group *gr = group ? getgrnam(name) : NULL;
-	if (!pw && !gr) {
-		snprintf(err, errlen, "milter.socket_%s: no such %s \"%s\"", group ? "group" : "owner",
-		         group ? "group" : "user", name);
-		return -1;
-	}
-	*id = group ? (unsigned)gr->gr_gid : (unsigned)pw->pw_uid;
-	return 0;
-}
-
 /* Give the socket the configured owner, group and mode (Postfix must be able to connect). */
 static int socket_permissions(const config *cfg, const char *path, char *err, size_t errlen)
 {
-	unsigned uid = (unsigned)-1, gid = (unsigned)-1;
-	if (cfg->milter.socket_owner && lookup_id(cfg->milter.socket_owner, false, &uid, err, errlen) < 0)
-		return -1;
-	if (cfg->milter.socket_group && lookup_id(cfg->milter.socket_group, true, &gid, err, errlen) < 0)
-		return -1;
-	if ((cfg->milter.socket_owner || cfg->milter.socket_group) && chown(path, uid, gid) < 0) {
-		snprintf(err, errlen, "milter socket %s: chown: %s", path, strerror(errno));
-		return -1;
-	}
-	if (cfg->milter.socket_mode && chmod(path, cfg->milter.socket_mode) < 0) {
-		snprintf(err, errlen, "milter socket %s: chmod: %s", path, strerror(errno));
-		return -1;
-	}
-	return 0;
+	return sockperm_apply(path, cfg->milter.socket_owner, cfg->milter.socket_group,
+	                      cfg->milter.socket_mode, "milter.socket", err, errlen);
 }
 
 /* libmilter only logs why a socket failed; say the likely reason here. */

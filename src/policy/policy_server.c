@@ -47,10 +47,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <grp.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -72,6 +70,7 @@
 #include "core/hash.h"
 #include "core/netset.h"
 #include "log.h"
+#include "sockperm.h"
 #include "policy/policy_parse.h"
 
 #define IN_BUF 4096
@@ -245,52 +244,15 @@ static int unix_clear_stale(const struct sockaddr_un *sun, const char *address, 
 	return 0;
 }
 
-/* A user or group name, or a number (as milter.socket_owner and milter.socket_group). */
-static int lookup_id(const char *name, bool group, unsigned *id, char *err, size_t errlen)
-{
-	char *end;
-	unsigned long n = strtoul(name, &end, 10);
-	struct passwd *pw;
-	struct group *gr;
-
-	if (*name != '\0' && *end == '\0') {
-		*id = (unsigned)n;
-		return 0;
-	}
-	pw = group ? NULL : getpwnam(name);
-	gr = group ? getgrnam(name) : NULL;
-	if (pw == NULL && gr == NULL) {
-		snprintf(err, errlen, "policy.socket_%s: no such %s \"%s\"", group ? "group" : "owner",
-		         group ? "group" : "user", name);
-		return -1;
-	}
-	*id = group ? (unsigned)gr->gr_gid : (unsigned)pw->pw_uid;
-	return 0;
-}
-
 /*
  * policy.socket_owner, socket_group and socket_mode on a bound unix
  * socket. Done before listen(): until then a connect is refused, so no
  * client gets in under the permissions bind() left (those of the umask).
  */
-static int unix_permissions(const config *cfg, const listener *l, const char *path, char *err, size_t errlen)
+static int unix_permissions(const config *cfg, const char *path, char *err, size_t errlen)
 {
-	unsigned uid = (unsigned)-1, gid = (unsigned)-1;
-
-	if (cfg->policy.socket_owner && lookup_id(cfg->policy.socket_owner, false, &uid, err, errlen) < 0)
-		return -1;
-	if (cfg->policy.socket_group && lookup_id(cfg->policy.socket_group, true, &gid, err, errlen) < 0)
-		return -1;
-	if ((cfg->policy.socket_owner || cfg->policy.socket_group) &&
-	    chown(path, (uid_t)uid, (gid_t)gid) < 0) {
-		snprintf(err, errlen, "policy listener %s: chown: %s", l->address, strerror(errno));
-		return -1;
-	}
-	if (cfg->policy.socket_mode && chmod(path, (mode_t)cfg->policy.socket_mode) < 0) {
-		snprintf(err, errlen, "policy listener %s: chmod: %s", l->address, strerror(errno));
-		return -1;
-	}
-	return 0;
+	return sockperm_apply(path, cfg->policy.socket_owner, cfg->policy.socket_group,
+	                      cfg->policy.socket_mode, "policy.socket", err, errlen);
 }
 
 static int bind_unix(listener *l, const config *cfg, char *err, size_t errlen)
@@ -315,7 +277,7 @@ static int bind_unix(listener *l, const config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	if (unix_permissions(cfg, l, path, err, errlen) < 0)
+	if (unix_permissions(cfg, path, err, errlen) < 0)
 		return -1;
 	if (listen(l->fd, LISTEN_BACKLOG) < 0) {
 		snprintf(err, errlen, "policy listener %s: %s", l->address, strerror(errno));
