@@ -181,26 +181,13 @@ typedef struct fact_text {
 	char queue_id[64], client[64], helo[128], sender[256], recipient[256];
 } fact_text;
 
-/*
- * Facts come from the network: besides control characters,
- * blanks and angle brackets could fake the fields that follow them.
- */
-static const char *safe_field(const char *s, char *buf, size_t buflen)
-{
-	log_safe(s, buf, buflen);
-	for (char *p = buf; *p; p++)
-		if (*p == '<' || *p == '>' || *p == ' ' || *p == '=')
-			*p = '?';
-	return buf;
-}
-
 static void fact_text_fill(fact_text *t, const decide_facts *f)
 {
 	log_safe(f->queue_id ? f->queue_id : "NOQUEUE", t->queue_id, sizeof(t->queue_id));
-	safe_field(f->client_address, t->client, sizeof(t->client));
-	safe_field(f->helo, t->helo, sizeof(t->helo));
-	safe_field(f->sender, t->sender, sizeof(t->sender));
-	safe_field(f->recipient, t->recipient, sizeof(t->recipient));
+	log_safe_field(f->client_address, t->client, sizeof(t->client));
+	log_safe_field(f->helo, t->helo, sizeof(t->helo));
+	log_safe_field(f->sender, t->sender, sizeof(t->sender));
+	log_safe_field(f->recipient, t->recipient, sizeof(t->recipient));
 }
 
 static const char *front_name(const decide_facts *f)

@@ -151,3 +151,12 @@ const char *log_safe(const char *s, char *buf, size_t buflen)
 	buf[i] = '\0';
 	return buf;
 }
+
+const char *log_safe_field(const char *s, char *buf, size_t buflen)
+{
+	log_safe(s, buf, buflen);
+	for (char *p = buf; *p; p++)
+		if (*p == '<' || *p == '>' || *p == ' ' || *p == '=')
+			*p = '?';
+	return buf;
+}

@@ -46,4 +46,11 @@ bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed);
  */
 const char *log_safe(const char *s, char *buf, size_t buflen);
 
+/*
+ * log_safe for a value inside "name=value" fields (addresses, HELO names
+ * from the network): also masks blanks, '<', '>' and '=', which could
+ * otherwise fake the fields that follow. Returns buf.
+ */
+const char *log_safe_field(const char *s, char *buf, size_t buflen);
+
 #endif

@@ -468,8 +468,9 @@ static void log_same_message(const decide_facts *f)
 	log_info("%s: continue: sender hit a trap earlier in this message, its other recipients are not "
 	         "rejected; client=%s sender=<%s> recipient=<%s> front=policy",
 	         log_safe(f->queue_id ? f->queue_id : "NOQUEUE", qid, sizeof(qid)),
-	         log_safe(f->client_address, client, sizeof(client)),
-	         log_safe(f->sender, sender, sizeof(sender)), log_safe(f->recipient, rcpt, sizeof(rcpt)));
+	         log_safe_field(f->client_address, client, sizeof(client)),
+	         log_safe_field(f->sender, sender, sizeof(sender)),
+	         log_safe_field(f->recipient, rcpt, sizeof(rcpt)));
 }
 
 static decide_verdict check_sender(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,

@@ -33,6 +33,16 @@ static void test_log_safe(void **state)
 	}
 }
 
+static void test_log_safe_field(void **state)
+{
+	(void)state;
+	char buf[64];
+	assert_string_equal(log_safe_field("a@b> recipient=<ceo@x", buf, sizeof(buf)),
+	                    "a@b??recipient??ceo@x");
+	assert_string_equal(log_safe_field(NULL, buf, sizeof(buf)), "-");
+	assert_string_equal(log_safe_field("x\ny", buf, sizeof(buf)), "x?y");
+}
+
 static void test_ratelimit(void **state)
 {
 	(void)state;
@@ -62,6 +72,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_safe),
+	    cmocka_unit_test(test_log_safe_field),
 	    cmocka_unit_test(test_ratelimit),
 	    cmocka_unit_test(test_names),
 	};
