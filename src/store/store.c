@@ -68,6 +68,28 @@ const char *store_hit_reason(const store_hit *hit)
 	return hit->reason && hit->reason[0] ? hit->reason : "trap";
 }
 
+int store_net_key_len(const char *key, int *family)
+{
+	const char *p = key;
+	int len = 0, digits = 0;
+
+	*family = 4;
+	for (; *p != '/'; p++) {
+		if (*p == ':')
+			*family = 6;
+		else if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') ||
+		           *p == '.'))
+			return -1; /* also the end of the key: no '/' */
+	}
+	if (p == key)
+		return -1;
+	for (p++; *p >= '0' && *p <= '9' && digits < 4; p++, digits++)
+		len = len * 10 + (*p - '0');
+	if (*p != '\0' || digits == 0 || digits > 3 || len > (*family == 6 ? 128 : 32))
+		return -1;
+	return len;
+}
+
 static const store_ops *ops_for(store_backend backend)
 {
 	switch (backend) {

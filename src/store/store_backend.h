@@ -52,6 +52,18 @@ size_t store_field_len(const char *s, size_t cap);
 /* Copy len bytes of src (which may be NULL) into dst of cap bytes, capped and NUL-terminated. */
 void store_field_copy(char *dst, size_t cap, const char *src, size_t len);
 
+/*
+ * The prefix length of a network key "ADDRESS/LEN" as core/decide.h
+ * writes them ("192.0.2.0/24", "2001:db8::/48"): hex digits, '.' and ':',
+ * then '/' and one to three digits, at most 32 (IPv4) or 128 (IPv6, a key
+ * with a ':'); *family is 4 or 6. -1 for every other key (hosts, senders,
+ * sasl:, helo:, @domain). The backends keep the lengths present among
+ * stored network keys and skip lookup keys of other lengths; everything
+ * that writes or reads those lengths classifies keys with this function
+ * (or, in SQL, a definition that accepts at least the same keys).
+ */
+int store_net_key_len(const char *key, int *family);
+
 /* The provenance strings of a hit, NULL as "" and reason NULL as "trap". */
 const char *store_hit_reason(const store_hit *hit);
 

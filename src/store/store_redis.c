@@ -5,12 +5,15 @@
  * store.redis.prefix) with the fields of field_names[] below; Redis's own
  * expiry (EXPIREAT at the entry's expires) drops it, so purging is only
  * needed when clocks disagree. Lookups still compare expires with the
- * caller's now, so both backends answer alike. See docs/redis.md.
+ * caller's now, so both backends answer alike. The network lengths
+ * present are kept in one more hash, PREFIX "netlens" (see below). See
+ * docs/redis.md.
  *
- * Round trips: a lookup pipelines one HMGET per key (one round trip for
- * all keys); a trap hit is one Lua script (EVALSHA, EVAL when the server
- * lost it) that updates every key atomically; foreach and purge walk the
- * keys with SCAN, never KEYS.
+ * Round trips: a lookup is one Lua script (EVALSHA, EVAL when the server
+ * lost it) that reads the network lengths, the expiry of each key that
+ * may exist in the caller's order, and the fields of the first live one
+ * only; a trap hit and a put are one script each that updates every key
+ * atomically; foreach and purge walk the keys with SCAN, never KEYS.
  *
  * Failures: a pool of connections under a mutex and condition variable.
  * A connection that fails is dropped. A broken idle connection (the server
@@ -71,13 +74,38 @@ static const char *const field_names[NFIELDS] = {"expires", "first",  "last", "h
                                                  "rcpt",    "client", "helo", "qid",  "reason"};
 
 /*
- * KEYS: the entries. ARGV: now, expires, trap, sender, rcpt, client, helo,
- * qid, reason. A missing or expired entry starts over (first = now,
- * hits = 1); a live one counts the hit and keeps a longer expiry.
+ * The network lengths present live in one hash at PREFIX "netlens", so
+ * that a lookup can skip the client's network keys of lengths no entry
+ * has (25 or more of them, nearly all absent). Its fields:
+ *   "4/24", "6/48"  a network length some entry may have (its tag, see
+ *                   net_tag()), with the value of "gen" when it was last
+ *                   confirmed;
+ *   "gen"           a counter a purge bumps when it starts a rebuild;
+ *   "ok"            set when a rebuild has completed: only then does a
+ *                   lookup trust the hash (an upgraded server, or one
+ *                   that lost the hash, is probed in full until then).
+ * Every write of a network key (record, put) stores its tag at the
+ * current "gen", in the same script. A purge bumps "gen" to g, confirms
+ * (to g) the tag of every live key its SCAN meets, and at the end drops
+ * tags below g: a key written after the bump carries g or more, a key
+ * present throughout the SCAN is met by it, so no length with an entry is
+ * ever dropped, also with several purges at once. Redis expiry and DEL
+ * leave a tag behind until the next purge: a wasted probe, never a missed
+ * entry. The tags are computed here in C (store_net_key_len) and passed
+ * to the scripts, one per key, "" for a key that is not a network.
+ */
+
+/*
+ * KEYS: the netlens hash, then the N entries. ARGV: now, expires, trap,
+ * sender, rcpt, client, helo, qid, reason, then the N tags. A missing or
+ * expired entry starts over (first = now, hits = 1); a live one counts
+ * the hit and keeps a longer expiry.
  */
 static const char record_lua[] =
     "local now = tonumber(ARGV[1])\n"
-    "for _, k in ipairs(KEYS) do\n"
+    "local gen = redis.call('HGET', KEYS[1], 'gen') or '0'\n"
+    "for i = 2, #KEYS do\n"
+    "  local k = KEYS[i]\n"
     "  local exp = tonumber(ARGV[2])\n"
     "  local old = tonumber(redis.call('HGET', k, 'expires'))\n"
     "  if old == nil or old <= now then\n"
@@ -91,24 +119,95 @@ static const char record_lua[] =
     "    'sender', ARGV[4], 'rcpt', ARGV[5], 'client', ARGV[6], 'helo', ARGV[7], 'qid', ARGV[8],\n"
     "    'reason', ARGV[9])\n"
     "  redis.call('EXPIREAT', k, string.format('%d', exp))\n"
+    "  if ARGV[8 + i] ~= '' then redis.call('HSET', KEYS[1], ARGV[8 + i], gen) end\n"
     "end\n"
-    "return #KEYS\n";
+    "return #KEYS - 1\n";
 
-/* KEYS: candidates from SCAN. ARGV: now. Deletes those expired at now; returns how many. */
+/*
+ * KEYS: the entry, the netlens hash. ARGV: the entry's tag, expires, then
+ * field, value pairs. Replaces the entry atomically.
+ */
+static const char put_lua[] =
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 3))\n"
+    "redis.call('EXPIREAT', KEYS[1], ARGV[2])\n"
+    "if ARGV[1] ~= '' then\n"
+    "  redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], 'gen') or '0')\n"
+    "end\n"
+    "return 1\n";
+
+/*
+ * KEYS: the netlens hash, then the keys to try in order. ARGV: now, then
+ * the tag of each key (ARGV[i] for KEYS[i]). Returns 0, or the position
+ * (from 1) of the first key whose entry is live at now followed by its
+ * fields in field_names[] order. A key whose tag the hash does not hold
+ * is not read (when the hash is trusted).
+ */
+static const char lookup_lua[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local names = redis.call('HKEYS', KEYS[1])\n"
+    "local have = nil\n"
+    "for _, f in ipairs(names) do\n"
+    "  if f == 'ok' then have = {[''] = true} end\n"
+    "end\n"
+    "if have then\n"
+    "  for _, f in ipairs(names) do have[f] = true end\n"
+    "end\n"
+    "for i = 2, #KEYS do\n"
+    "  if not have or have[ARGV[i]] then\n"
+    "    local e = tonumber(redis.call('HGET', KEYS[i], 'expires'))\n"
+    "    if e ~= nil and e > now then\n"
+    "      local r = redis.call('HMGET', KEYS[i], 'expires', 'first', 'last', 'hits', 'trap', 'sender',\n"
+    "        'rcpt', 'client', 'helo', 'qid', 'reason')\n"
+    "      table.insert(r, 1, i - 1)\n"
+    "      return r\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
+/*
+ * KEYS: the netlens hash, then candidates from SCAN. ARGV: now, the
+ * rebuild's gen, then the tag of each candidate (ARGV[i + 1] for
+ * KEYS[i]). Deletes those expired at now and confirms the tag of the
+ * others; returns how many it deleted.
+ */
 static const char purge_lua[] =
     "local now = tonumber(ARGV[1])\n"
+    "local gen = tonumber(ARGV[2])\n"
     "local n = 0\n"
-    "for _, k in ipairs(KEYS) do\n"
+    "local seen = {}\n"
+    "for i = 2, #KEYS do\n"
+    "  local k = KEYS[i]\n"
     "  local e = redis.pcall('HGET', k, 'expires')\n"
-    "  if type(e) == 'string' and tonumber(e) ~= nil and tonumber(e) <= now then\n"
+    "  e = type(e) == 'string' and tonumber(e) or nil\n"
+    "  if e ~= nil and e <= now then\n"
     "    redis.call('DEL', k)\n"
     "    n = n + 1\n"
+    "  elseif e ~= nil and ARGV[i + 1] ~= '' and not seen[ARGV[i + 1]] then\n"
+    "    local t = ARGV[i + 1]\n"
+    "    seen[t] = true\n"
+    "    local v = tonumber(redis.call('HGET', KEYS[1], t))\n"
+    "    if v == nil or v < gen then redis.call('HSET', KEYS[1], t, ARGV[2]) end\n"
     "  end\n"
     "end\n"
     "return n\n";
 
-enum { SCRIPT_RECORD, SCRIPT_PURGE, NSCRIPTS };
-static const char *const scripts[NSCRIPTS] = {record_lua, purge_lua};
+/* KEYS: the netlens hash. ARGV: the rebuild's gen. The SCAN is done: drop lengths not confirmed since. */
+static const char netlens_done_lua[] =
+    "local gen = tonumber(ARGV[1])\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "for i = 1, #all, 2 do\n"
+    "  local f = all[i]\n"
+    "  if f ~= 'gen' and f ~= 'ok' and (tonumber(all[i + 1]) or 0) < gen then\n"
+    "    redis.call('HDEL', KEYS[1], f)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'ok', '1')\n"
+    "return 1\n";
+
+enum { SCRIPT_RECORD, SCRIPT_PUT, SCRIPT_LOOKUP, SCRIPT_PURGE, SCRIPT_NETLENS_DONE, NSCRIPTS };
+static const char *const scripts[NSCRIPTS] = {record_lua, put_lua, lookup_lua, purge_lua, netlens_done_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -130,6 +229,7 @@ struct store_backend_impl {
 	char where[300]; /* "redis 127.0.0.1:6379" for messages */
 	char *prefix;    /* cfg.redis_prefix "bl:" */
 	size_t prefixlen;
+	char *netlens; /* cfg.redis_prefix "netlens": the network lengths present */
 	char *pattern; /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
@@ -209,6 +309,7 @@ struct op {
 	uint64_t count;
 	store_visit_fn visit;
 	void *ctx;
+	char gen[24]; /* purge: the netlens rebuild's gen */
 	pipe_guard guard;
 };
 
@@ -303,14 +404,11 @@ static void field_from_reply(char *dst, size_t cap, const redisReply *r)
 	store_field_copy(dst, cap, reply_is_str(r) ? r->str : NULL, reply_is_str(r) ? r->len : 0);
 }
 
-/* An HMGET reply of field_names[] into e; false when the entry does not exist. */
-static bool entry_from_reply(const redisReply *r, const char *key, store_entry *e)
+/* The values of field_names[] (an HMGET answer) into e; false when the entry does not exist. */
+static bool entry_from_fields(redisReply *const *f, size_t n, const char *key, store_entry *e)
 {
-	redisReply *const *f;
-
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != NFIELDS || !reply_is_str(r->element[F_EXPIRES]))
+	if (n != NFIELDS || !reply_is_str(f[F_EXPIRES]))
 		return false;
-	f = r->element;
 	memset(e, 0, sizeof(*e));
 	store_field_copy(e->key, sizeof(e->key), key, strlen(key));
 	e->expires = str_to_i64(f[F_EXPIRES]);
@@ -327,6 +425,11 @@ static bool entry_from_reply(const redisReply *r, const char *key, store_entry *
 	return true;
 }
 
+static bool entry_from_reply(const redisReply *r, const char *key, store_entry *e)
+{
+	return r->type == REDIS_REPLY_ARRAY && entry_from_fields(r->element, r->elements, key, e);
+}
+
 /* --- commands ------------------------------------------------------------ */
 
 /* PREFIX "bl:" key into buf (prefixlen + STORE_KEY_MAX bytes); returns its length. */
@@ -337,6 +440,37 @@ static size_t full_key(const store_backend_impl *s, const char *key, char *buf)
 	memcpy(buf, s->prefix, s->prefixlen);
 	memcpy(buf + s->prefixlen, key, len + 1);
 	return s->prefixlen + len;
+}
+
+#define TAG_MAX 8 /* "6/128" */
+
+/* The netlens tag of a key: "4/24", "6/48", or "" when it is not a network key; returns its length. */
+static size_t net_tag(const char *key, char tag[TAG_MAX])
+{
+	int family, len = store_net_key_len(key, &family);
+	char *p = tag;
+
+	if (len >= 0) {
+		*p++ = family == 6 ? '6' : '4';
+		*p++ = '/';
+		if (len >= 100)
+			*p++ = (char)('0' + len / 100);
+		if (len >= 10)
+			*p++ = (char)('0' + len / 10 % 10);
+		*p++ = (char)('0' + len % 10);
+	}
+	*p = '\0';
+	return (size_t)(p - tag);
+}
+
+/* The tags of keys[] into tags[], pointed at by argv/argvlen. */
+static void net_tags(const char *const *keys, size_t nkeys, char (*tags)[TAG_MAX], const char **argv,
+                     size_t *argvlen)
+{
+	for (size_t i = 0; i < nkeys; i++) {
+		argvlen[i] = net_tag(keys[i], tags[i]);
+		argv[i] = tags[i];
+	}
 }
 
 static int append_hmget(redisContext *c, const char *fullkey, size_t keylen)
@@ -353,6 +487,52 @@ static int append_hmget(redisContext *c, const char *fullkey, size_t keylen)
 		argvlen[2 + i] = strlen(field_names[i]);
 	}
 	return redisAppendCommandArgv(c, 2 + NFIELDS, argv, argvlen);
+}
+
+/* "*N\r\n" or "$N\r\n" at p; returns the end. */
+static char *resp_header(char *p, char type, size_t n)
+{
+	char digits[24];
+	int k = 0;
+
+	*p++ = type;
+	do
+		digits[k++] = (char)('0' + n % 10);
+	while ((n /= 10) > 0);
+	while (k > 0)
+		*p++ = digits[--k];
+	*p++ = '\r';
+	*p++ = '\n';
+	return p;
+}
+
+/*
+ * redisAppendCommandArgv without its printf-style formatter, which was
+ * most of a lookup's client CPU with its 60 arguments: the request in
+ * RESP, written directly.
+ */
+static int append_argv(redisContext *c, int argc, const char **argv, const size_t *argvlen)
+{
+	char stackbuf[4096], *buf = stackbuf, *p;
+	size_t total = 24;
+	int rc;
+
+	for (int i = 0; i < argc; i++)
+		total += argvlen[i] + 24;
+	if (total > sizeof(stackbuf) && !(buf = malloc(total)))
+		return REDIS_ERR;
+	p = resp_header(buf, '*', (size_t)argc);
+	for (int i = 0; i < argc; i++) {
+		p = resp_header(p, '$', argvlen[i]);
+		memcpy(p, argv[i], argvlen[i]);
+		p += argvlen[i];
+		*p++ = '\r';
+		*p++ = '\n';
+	}
+	rc = redisAppendFormattedCommand(c, buf, (size_t)(p - buf));
+	if (buf != stackbuf)
+		free(buf);
+	return rc;
 }
 
 /* A command of plain C strings, sent and answered in one round trip. */
@@ -383,7 +563,7 @@ static store_status eval_script(const store_backend_impl *s, rconn *rc, int scri
 	argvlen[0] = 7;
 	argvlen[1] = strlen(rc->sha[script]);
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if (redisAppendCommandArgv(rc->ctx, argc, argv, argvlen) != REDIS_OK)
+		if (append_argv(rc->ctx, argc, argv, argvlen) != REDIS_OK)
 			return append_failed(s, rc->ctx, what);
 		st = next_reply(s, rc->ctx, out, what);
 		if (st != STORE_OK || (*out)->type != REDIS_REPLY_ERROR ||
@@ -861,32 +1041,78 @@ static store_status run(store_backend_impl *s, op *o)
 
 /* --- operations ---------------------------------------------------------- */
 
+/*
+ * PREFIX "bl:" before each of keys[], in one allocation that the caller
+ * frees; argv[i], argvlen[i] point at each. NULL when out of memory.
+ */
+static char *full_keys(const store_backend_impl *s, const char *const *keys, size_t nkeys, const char **argv,
+                       size_t *argvlen)
+{
+	size_t total = 1;
+	char *buf, *p;
+
+	for (size_t i = 0; i < nkeys; i++)
+		total += s->prefixlen + strlen(keys[i]) + 1;
+	if (!(buf = malloc(total)))
+		return NULL;
+	p = buf;
+	for (size_t i = 0; i < nkeys; i++) {
+		argv[i] = p;
+		argvlen[i] = full_key(s, keys[i], p);
+		p += argvlen[i] + 1;
+	}
+	return buf;
+}
+
+/* The lookup script's answer: 0, or the position of the key found and its fields. */
+static store_status lookup_answer(const store_backend_impl *s, rconn *rc, op *o, const redisReply *r)
+{
+	const redisReply *pos;
+
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		return STORE_NOTFOUND;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 + NFIELDS)
+		return reply_error(s, rc, r, "lookup");
+	pos = r->element[0];
+	if (pos->type == REDIS_REPLY_INTEGER && pos->integer >= 1 && (size_t)pos->integer <= o->nkeys &&
+	    entry_from_fields(r->element + 1, NFIELDS, o->keys[pos->integer - 1], o->out))
+		return STORE_OK;
+	return store_set_error("%s: lookup: unexpected answer", s->where);
+}
+
+#define LOOKUP_ARGC (5 + 2 * STORE_LOOKUP_MAX)
+
+/* One script: EVALSHA sha N+1 netlens keys... now tags... */
 static store_status op_lookup(store_backend_impl *s, rconn *rc, op *o)
 {
-	char buf[KEYBUF];
-	store_status st = STORE_NOTFOUND, err = STORE_OK;
+	const char *argv[LOOKUP_ARGC];
+	size_t argvlen[LOOKUP_ARGC], n = 4 + o->nkeys;
+	char nkeys[24], now[24], tags[STORE_LOOKUP_MAX][TAG_MAX];
+	char *keys = full_keys(s, o->keys, o->nkeys, argv + 4, argvlen + 4);
+	redisReply *r = NULL;
+	store_status st;
 
-	for (size_t i = 0; i < o->nkeys; i++)
-		if (append_hmget(rc->ctx, buf, full_key(s, o->keys[i], buf)) != REDIS_OK)
-			return append_failed(s, rc->ctx, "lookup");
-	for (size_t i = 0; i < o->nkeys; i++) {
-		redisReply *r;
-
-		if (next_reply(s, rc->ctx, &r, "lookup") != STORE_OK)
-			return STORE_ERROR;
-		if (r->type == REDIS_REPLY_ERROR)
-			err = reply_error(s, rc, r, "lookup");
-		else if (st == STORE_NOTFOUND && entry_from_reply(r, o->keys[i], o->out) &&
-		         o->out->expires > o->now)
-			st = STORE_OK;
-		freeReplyObject(r);
-	}
-	return err == STORE_ERROR ? STORE_ERROR : st;
+	if (!keys)
+		return store_set_error("%s: lookup: out of memory", s->where);
+	snprintf(nkeys, sizeof(nkeys), "%zu", o->nkeys + 1);
+	snprintf(now, sizeof(now), "%lld", (long long)o->now);
+	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
+	argv[3] = s->netlens, argvlen[3] = strlen(s->netlens);
+	argv[n] = now, argvlen[n++] = strlen(now);
+	net_tags(o->keys, o->nkeys, tags, argv + n, argvlen + n);
+	n += o->nkeys;
+	st = eval_script(s, rc, SCRIPT_LOOKUP, (int)n, argv, argvlen, &r, "lookup");
+	if (st == STORE_OK)
+		st = lookup_answer(s, rc, o, r);
+	freeReplyObject(r);
+	free(keys);
+	return st;
 }
 
 #define RECORD_ARGS 9
 
-/* ARGV of the record script: now, expires, then the provenance capped as a store_entry holds it. */
+/* ARGV of the record script before the tags: now, expires, the provenance capped as a store_entry holds it.
+ */
 static size_t record_values(const store_hit *h, char nums[2][24], const char **argv, size_t *argvlen)
 {
 	static const size_t caps[RECORD_ARGS] = {24,
@@ -910,23 +1136,26 @@ static size_t record_values(const store_hit *h, char nums[2][24], const char **a
 	return RECORD_ARGS;
 }
 
+#define RECORD_ARGC (4 + 2 * STORE_RECORD_MAX + RECORD_ARGS)
+
+/* One script: EVALSHA sha N+1 netlens keys... values... tags... */
 static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 {
-	const char *argv[3 + STORE_RECORD_MAX + RECORD_ARGS];
-	size_t argvlen[3 + STORE_RECORD_MAX + RECORD_ARGS], n = 3, keycap = s->prefixlen + STORE_KEY_MAX;
-	char nkeys[24], nums[2][24], *keys = malloc(o->nkeys * keycap);
+	const char *argv[RECORD_ARGC];
+	size_t argvlen[RECORD_ARGC], n = 4 + o->nkeys;
+	char nkeys[24], nums[2][24], tags[STORE_RECORD_MAX][TAG_MAX];
+	char *keys = full_keys(s, o->keys, o->nkeys, argv + 4, argvlen + 4);
 	redisReply *r = NULL;
 	store_status st;
 
 	if (!keys)
 		return store_set_error("%s: record: out of memory", s->where);
-	snprintf(nkeys, sizeof(nkeys), "%zu", o->nkeys);
+	snprintf(nkeys, sizeof(nkeys), "%zu", o->nkeys + 1);
 	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
-	for (size_t i = 0; i < o->nkeys; i++, n++) {
-		argv[n] = keys + i * keycap;
-		argvlen[n] = full_key(s, o->keys[i], keys + i * keycap);
-	}
+	argv[3] = s->netlens, argvlen[3] = strlen(s->netlens);
 	n += record_values(o->hit, nums, argv + n, argvlen + n);
+	net_tags(o->keys, o->nkeys, tags, argv + n, argvlen + n);
+	n += o->nkeys;
 	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "record");
@@ -953,9 +1182,8 @@ static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
-/* HSET of every field of e; argv/argvlen hold 2 + 2 * NFIELDS. */
-static void put_args(const store_entry *e, const char *key, size_t keylen, char nums[4][24],
-                     const char **argv, size_t *argvlen)
+/* Field, value pairs of every field of e: 2 * NFIELDS of argv/argvlen. */
+static void put_fields(const store_entry *e, char nums[4][24], const char **argv, size_t *argvlen)
 {
 	const char *vals[NFIELDS];
 
@@ -967,49 +1195,39 @@ static void put_args(const store_entry *e, const char *key, size_t keylen, char 
 	vals[F_TRAP] = e->trap, vals[F_SENDER] = e->sender, vals[F_RCPT] = e->recipient;
 	vals[F_CLIENT] = e->client, vals[F_HELO] = e->helo, vals[F_QID] = e->queue_id,
 	vals[F_REASON] = e->reason;
-	argv[0] = "HSET", argvlen[0] = 4;
-	argv[1] = key, argvlen[1] = keylen;
 	for (int i = 0; i < NFIELDS; i++) {
-		argv[2 + 2 * i] = field_names[i];
-		argvlen[2 + 2 * i] = strlen(field_names[i]);
-		argv[3 + 2 * i] = vals[i];
+		argv[2 * i] = field_names[i];
+		argvlen[2 * i] = strlen(field_names[i]);
+		argv[1 + 2 * i] = vals[i];
 		/* Fields of a caller's entry need not be terminated: cap at the field. */
-		argvlen[3 + 2 * i] = store_field_len(vals[i], i < F_TRAP ? 24 : STORE_FIELD_MAX);
+		argvlen[1 + 2 * i] = store_field_len(vals[i], i < F_TRAP ? 24 : STORE_FIELD_MAX);
 	}
-	argvlen[3 + 2 * F_CLIENT] = store_field_len(e->client, sizeof(e->client));
-	argvlen[3 + 2 * F_HELO] = store_field_len(e->helo, sizeof(e->helo));
-	argvlen[3 + 2 * F_QID] = store_field_len(e->queue_id, sizeof(e->queue_id));
+	argvlen[1 + 2 * F_CLIENT] = store_field_len(e->client, sizeof(e->client));
+	argvlen[1 + 2 * F_HELO] = store_field_len(e->helo, sizeof(e->helo));
+	argvlen[1 + 2 * F_QID] = store_field_len(e->queue_id, sizeof(e->queue_id));
 }
 
-/* MULTI, DEL, HSET, EXPIREAT, EXEC in one round trip: the entry is replaced atomically. */
+#define PUT_ARGC (7 + 2 * NFIELDS)
+
+/* One script: EVALSHA sha 2 key netlens tag expires field value...; the entry is replaced atomically. */
 static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
 {
-	char buf[KEYBUF], nums[4][24];
-	const char *argv[2 + 2 * NFIELDS];
-	size_t argvlen[2 + 2 * NFIELDS], keylen = full_key(s, o->in->key, buf);
-	const char *del[2] = {"DEL", buf}, *exp[3] = {"EXPIREAT", buf, nums[0]};
-	size_t dellen[2] = {3, keylen}, explen[3];
-	store_status st = STORE_OK;
+	char buf[KEYBUF], nums[4][24], tag[TAG_MAX];
+	const char *argv[PUT_ARGC];
+	size_t argvlen[PUT_ARGC];
+	redisReply *r = NULL;
+	store_status st;
 
-	put_args(o->in, buf, keylen, nums, argv, argvlen);
-	explen[0] = 8, explen[1] = keylen, explen[2] = strlen(nums[0]);
-	if (redisAppendCommand(rc->ctx, "MULTI") != REDIS_OK ||
-	    redisAppendCommandArgv(rc->ctx, 2, del, dellen) != REDIS_OK ||
-	    redisAppendCommandArgv(rc->ctx, 2 + 2 * NFIELDS, argv, argvlen) != REDIS_OK ||
-	    redisAppendCommandArgv(rc->ctx, 3, exp, explen) != REDIS_OK ||
-	    redisAppendCommand(rc->ctx, "EXEC") != REDIS_OK) {
-		return append_failed(s, rc->ctx, "put");
-	}
-	for (int i = 0; i < 5; i++) {
-		redisReply *r;
-
-		if (next_reply(s, rc->ctx, &r, "put") != STORE_OK)
-			return STORE_ERROR;
-		if (st == STORE_OK &&
-		    (r->type == REDIS_REPLY_ERROR || (i == 4 && r->type != REDIS_REPLY_ARRAY)))
-			st = reply_error(s, rc, r, "put");
-		freeReplyObject(r);
-	}
+	argv[2] = "2", argvlen[2] = 1;
+	argv[3] = buf, argvlen[3] = full_key(s, o->in->key, buf);
+	argv[4] = s->netlens, argvlen[4] = strlen(s->netlens);
+	argv[5] = tag, argvlen[5] = net_tag(o->in->key, tag);
+	put_fields(o->in, nums, argv + 7, argvlen + 7);
+	argv[6] = nums[0], argvlen[6] = strlen(nums[0]);
+	st = eval_script(s, rc, SCRIPT_PUT, PUT_ARGC, argv, argvlen, &r, "put");
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "put");
+	freeReplyObject(r);
 	return st;
 }
 
@@ -1062,25 +1280,34 @@ static store_status scan_all(store_backend_impl *s, rconn *rc, op *o, scan_batch
 	return STORE_OK;
 }
 
+/* One script per SCAN page: EVALSHA sha M+1 netlens keys... now gen tags... */
 static store_status purge_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
 {
-	size_t n = keys->elements + 4;
+	size_t m = keys->elements, n = 6 + 2 * m;
 	const char **argv = calloc(n, sizeof(*argv));
 	size_t *argvlen = calloc(n, sizeof(*argvlen));
-	char nkeys[24], now[24];
+	char nkeys[24], now[24], (*tags)[TAG_MAX] = calloc(m, TAG_MAX);
 	redisReply *r = NULL;
 	store_status st = STORE_ERROR;
 
-	if (!argv || !argvlen) {
+	if (!argv || !argvlen || !tags) {
 		store_set_error("%s: purge: out of memory", s->where);
 		goto out;
 	}
-	snprintf(nkeys, sizeof(nkeys), "%zu", keys->elements);
+	snprintf(nkeys, sizeof(nkeys), "%zu", keys->elements + 1);
 	snprintf(now, sizeof(now), "%lld", (long long)o->now);
 	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
-	for (size_t i = 0; i < keys->elements; i++)
-		argv[3 + i] = keys->element[i]->str, argvlen[3 + i] = keys->element[i]->len;
-	argv[n - 1] = now, argvlen[n - 1] = strlen(now);
+	argv[3] = s->netlens, argvlen[3] = strlen(s->netlens);
+	argv[4 + m] = now, argvlen[4 + m] = strlen(now);
+	argv[5 + m] = o->gen, argvlen[5 + m] = strlen(o->gen);
+	for (size_t i = 0; i < m; i++) {
+		const redisReply *k = keys->element[i];
+
+		argv[4 + i] = k->str, argvlen[4 + i] = k->len;
+		/* SCAN MATCH gave names under the prefix; tag what follows it. */
+		argv[6 + m + i] = tags[i];
+		argvlen[6 + m + i] = k->len > s->prefixlen ? net_tag(k->str + s->prefixlen, tags[i]) : 0;
+	}
 	st = eval_script(s, rc, SCRIPT_PURGE, (int)n, argv, argvlen, &r, "purge");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "purge");
@@ -1090,12 +1317,49 @@ static store_status purge_batch(store_backend_impl *s, rconn *rc, op *o, redisRe
 out:
 	free(argv);
 	free(argvlen);
+	free(tags);
+	return st;
+}
+
+/* A purge also rebuilds the netlens hash: bump its gen to start (see netlens_done_lua for the rest). */
+static store_status netlens_begin(store_backend_impl *s, rconn *rc, op *o)
+{
+	const char *argv[4] = {"HINCRBY", s->netlens, "gen", "1"};
+	redisReply *r;
+	store_status st = STORE_OK;
+
+	if (command(s, rc->ctx, &r, "purge", 4, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "purge");
+	else
+		snprintf(o->gen, sizeof(o->gen), "%lld", (long long)r->integer);
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status netlens_done(store_backend_impl *s, rconn *rc, op *o)
+{
+	const char *argv[5] = {NULL, NULL, "1", s->netlens, o->gen};
+	size_t argvlen[5] = {0, 0, 1, strlen(s->netlens), strlen(o->gen)};
+	redisReply *r = NULL;
+	store_status st = eval_script(s, rc, SCRIPT_NETLENS_DONE, 5, argv, argvlen, &r, "purge");
+
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "purge");
+	freeReplyObject(r);
 	return st;
 }
 
 static store_status op_purge(store_backend_impl *s, rconn *rc, op *o)
 {
-	return scan_all(s, rc, o, purge_batch);
+	store_status st = netlens_begin(s, rc, o);
+
+	if (st == STORE_OK)
+		st = scan_all(s, rc, o, purge_batch);
+	if (st == STORE_OK)
+		st = netlens_done(s, rc, o);
+	return st;
 }
 
 /* The key names foreach collects, without the prefix. */
@@ -1273,6 +1537,7 @@ static void redis_free(store_backend_impl *s)
 	store_config_clear(&s->cfg);
 	free(s->sentinels);
 	free(s->prefix);
+	free(s->netlens);
 	free(s->pattern);
 	free(s);
 }
@@ -1363,6 +1628,9 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 	if (!(s->prefix = malloc(s->prefixlen + 1)))
 		goto oom;
 	snprintf(s->prefix, s->prefixlen + 1, "%sbl:", prefix);
+	if (!(s->netlens = malloc(strlen(prefix) + sizeof("netlens"))))
+		goto oom;
+	snprintf(s->netlens, strlen(prefix) + sizeof("netlens"), "%snetlens", prefix);
 	if (!(s->pattern = match_pattern(s->prefix)))
 		goto oom;
 	return 0;

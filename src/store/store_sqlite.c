@@ -8,16 +8,26 @@
  * rather than spinning in SQLite's busy handler; busy_timeout covers
  * other processes (spamtrapctl next to the daemon).
  *
- * Schema version 1 (PRAGMA user_version): one row per key, an index on
- * expires for purges. A lookup is one statement for up to 48 keys: an IN
- * list whose unused slots are bound to NULL (which matches nothing),
- * ordered by the key's position so the first key of the caller's list
- * wins. Errors name the file.
+ * Schema version 2 (PRAGMA user_version): one row per key, an index on
+ * expires for purges, and the table netlens: how many network keys
+ * ("ADDRESS/LEN") exist per (family, prefix length), kept by triggers on
+ * blocklist, so that every writer (this daemon, spamtrapctl, another
+ * process) maintains it. Opening a version 1 file adds it (one scan).
+ *
+ * A lookup is one read transaction: the network lengths present, then one
+ * point query per key in the caller's order, skipping network keys of a
+ * length no entry has (a client address comes with 25 or more network
+ * lengths, nearly all absent), stopping at the first live entry. Each
+ * connection caches the lengths and re-reads them only when the file
+ * changed (PRAGMA data_version, read in the same transaction; its own
+ * writes are not counted there, so they drop the cache themselves).
+ * Errors name the file.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +38,15 @@
 
 #define POOL_SIZE 4
 #define BUSY_TIMEOUT_MS 5000
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
+/* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
+#define CACHE_KIB 8192
 
 enum {
-	ST_LOOKUP,
+	ST_PROBE,
+	ST_NETLENS,
+	ST_DATA_VERSION,
+	ST_BEGIN_READ,
 	ST_RECORD,
 	ST_GET,
 	ST_PUT,
@@ -48,22 +63,60 @@ enum {
 #define COLUMNS                                                                                              \
 	"key, first_seen, last_seen, expires, hits, trap, sender, recipient, client, helo, queue_id, reason"
 
-static const char schema_sql[] = "CREATE TABLE blocklist ("
-                                 " key TEXT PRIMARY KEY NOT NULL,"
-                                 " first_seen INTEGER NOT NULL,"
-                                 " last_seen INTEGER NOT NULL,"
-                                 " expires INTEGER NOT NULL,"
-                                 " hits INTEGER NOT NULL DEFAULT 0,"
-                                 " trap TEXT NOT NULL DEFAULT '',"
-                                 " sender TEXT NOT NULL DEFAULT '',"
-                                 " recipient TEXT NOT NULL DEFAULT '',"
-                                 " client TEXT NOT NULL DEFAULT '',"
-                                 " helo TEXT NOT NULL DEFAULT '',"
-                                 " queue_id TEXT NOT NULL DEFAULT '',"
-                                 " reason TEXT NOT NULL DEFAULT ''"
-                                 ") WITHOUT ROWID;"
-                                 "CREATE INDEX blocklist_expires ON blocklist (expires);"
-                                 "PRAGMA user_version = 1;";
+/* Version 1: the entries. */
+static const char schema_v1_sql[] = "CREATE TABLE blocklist ("
+                                    " key TEXT PRIMARY KEY NOT NULL,"
+                                    " first_seen INTEGER NOT NULL,"
+                                    " last_seen INTEGER NOT NULL,"
+                                    " expires INTEGER NOT NULL,"
+                                    " hits INTEGER NOT NULL DEFAULT 0,"
+                                    " trap TEXT NOT NULL DEFAULT '',"
+                                    " sender TEXT NOT NULL DEFAULT '',"
+                                    " recipient TEXT NOT NULL DEFAULT '',"
+                                    " client TEXT NOT NULL DEFAULT '',"
+                                    " helo TEXT NOT NULL DEFAULT '',"
+                                    " queue_id TEXT NOT NULL DEFAULT '',"
+                                    " reason TEXT NOT NULL DEFAULT ''"
+                                    ") WITHOUT ROWID;"
+                                    "CREATE INDEX blocklist_expires ON blocklist (expires);";
+
+/*
+ * Version 2 adds netlens. A network key is one whose characters are all
+ * hex digits, '.', ':' and '/' with a '/' among them; its family is 6 when
+ * it has a ':', its length the number after the '/'. That takes in every
+ * key store_net_key_len() accepts, with the same family and length, so a
+ * lookup never skips a length that has an entry; odd keys it also takes
+ * in ("1.2.3.4/5/6") only cost a wasted probe. An UPSERT (record) never
+ * changes the key, so only INSERT, DELETE and a changed key count. The
+ * backfill counts the rows of a version 1 file (none in a new one).
+ */
+/* The SQL put together from these macros reads best one clause a line. */
+/* clang-format off */
+#define NET_KEY(k) "(" k " GLOB '*/*' AND " k " NOT GLOB '*[^0-9A-Fa-f.:/]*')"
+#define NET_FAMILY(k) "(CASE WHEN instr(" k ", ':') > 0 THEN 6 ELSE 4 END)"
+#define NET_LEN(k) "CAST(substr(" k ", instr(" k ", '/') + 1) AS INTEGER)"
+#define NET_COUNT_UP(k) \
+	" INSERT INTO netlens VALUES (" NET_FAMILY(k) ", " NET_LEN(k) ", 1)" \
+	" ON CONFLICT (family, len) DO UPDATE SET n = n + 1;"
+#define NET_COUNT_DOWN(k) \
+	" UPDATE netlens SET n = n - 1 WHERE family = " NET_FAMILY(k) " AND len = " NET_LEN(k) ";" \
+	" DELETE FROM netlens WHERE family = " NET_FAMILY(k) " AND len = " NET_LEN(k) " AND n <= 0;"
+
+static const char schema_v2_sql[] =
+	"CREATE TABLE netlens (family INTEGER NOT NULL, len INTEGER NOT NULL, n INTEGER NOT NULL,"
+	" PRIMARY KEY (family, len)) WITHOUT ROWID;"
+	"CREATE TRIGGER netlens_insert AFTER INSERT ON blocklist"
+	" WHEN " NET_KEY("new.key") " BEGIN" NET_COUNT_UP("new.key") " END;"
+	"CREATE TRIGGER netlens_delete AFTER DELETE ON blocklist"
+	" WHEN " NET_KEY("old.key") " BEGIN" NET_COUNT_DOWN("old.key") " END;"
+	"CREATE TRIGGER netlens_rekey_old AFTER UPDATE OF key ON blocklist"
+	" WHEN " NET_KEY("old.key") " BEGIN" NET_COUNT_DOWN("old.key") " END;"
+	"CREATE TRIGGER netlens_rekey_new AFTER UPDATE OF key ON blocklist"
+	" WHEN " NET_KEY("new.key") " BEGIN" NET_COUNT_UP("new.key") " END;"
+	"INSERT INTO netlens SELECT " NET_FAMILY("key") ", " NET_LEN("key") ", count(*)"
+	" FROM blocklist WHERE " NET_KEY("key") " GROUP BY 1, 2;"
+	"PRAGMA user_version = 2;";
+/* clang-format on */
 
 /*
  * A hit on an expired (not yet purged) row starts a new listing, as it
@@ -81,11 +134,26 @@ static const char record_sql[] =
     " recipient = excluded.recipient, client = excluded.client, helo = excluded.helo,"
     " queue_id = excluded.queue_id, reason = excluded.reason";
 
+/*
+ * Replace every column of an entry. Not INSERT OR REPLACE: the row it
+ * deletes would not fire the delete trigger (recursive_triggers is off),
+ * so netlens would count the key twice.
+ */
+static const char put_sql[] =
+    "INSERT INTO blocklist (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    " ON CONFLICT (key) DO UPDATE SET first_seen = excluded.first_seen, last_seen = excluded.last_seen,"
+    " expires = excluded.expires, hits = excluded.hits, trap = excluded.trap, sender = excluded.sender,"
+    " recipient = excluded.recipient, client = excluded.client, helo = excluded.helo,"
+    " queue_id = excluded.queue_id, reason = excluded.reason";
+
 static const char *const fixed_sql[ST_COUNT] = {
+    [ST_PROBE] = "SELECT " COLUMNS " FROM blocklist WHERE key = ?1 AND expires > ?2",
+    [ST_NETLENS] = "SELECT family, len FROM netlens",
+    [ST_DATA_VERSION] = "PRAGMA data_version",
+    [ST_BEGIN_READ] = "BEGIN",
     [ST_RECORD] = record_sql,
     [ST_GET] = "SELECT " COLUMNS " FROM blocklist WHERE key = ?1",
-    [ST_PUT] = "INSERT OR REPLACE INTO blocklist (" COLUMNS
-               ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [ST_PUT] = put_sql,
     [ST_REMOVE] = "DELETE FROM blocklist WHERE key = ?1",
     [ST_PURGE] = "DELETE FROM blocklist WHERE expires <= ?1",
     [ST_FOREACH] = "SELECT " COLUMNS " FROM blocklist WHERE expires > ?1 ORDER BY key",
@@ -94,10 +162,19 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_ROLLBACK] = "ROLLBACK",
 };
 
+/* Network prefix lengths present, one bit per length: IPv4 0..32, IPv6 0..128. */
+typedef struct netmask {
+	uint64_t v4;
+	uint64_t v6[3];
+} netmask;
+
 typedef struct conn {
 	sqlite3 *db;
 	sqlite3_stmt *stmt[ST_COUNT];
 	bool busy;
+	bool mask_valid; /* mask is what netlens held at data_version */
+	int data_version;
+	netmask mask;
 } conn;
 
 struct store_backend_impl {
@@ -106,23 +183,9 @@ struct store_backend_impl {
 	pthread_cond_t freed;
 	pthread_mutex_t write_lock; /* one writer of this process at a time */
 	conn conns[POOL_SIZE];
-	char lookup_sql[4096];
 };
 
 /* --- setup --------------------------------------------------------------- */
-
-static void build_lookup_sql(char *buf, size_t buflen)
-{
-	size_t n = (size_t)snprintf(buf, buflen, "SELECT " COLUMNS " FROM blocklist WHERE key IN (");
-
-	for (int i = 1; i <= STORE_LOOKUP_MAX; i++)
-		n += (size_t)snprintf(buf + n, buflen - n, "%s?%d", i > 1 ? ", " : "", i);
-	n += (size_t)snprintf(buf + n, buflen - n, ") AND expires > ?%d ORDER BY CASE key",
-	                      STORE_LOOKUP_MAX + 1);
-	for (int i = 1; i <= STORE_LOOKUP_MAX; i++)
-		n += (size_t)snprintf(buf + n, buflen - n, " WHEN ?%d THEN %d", i, i);
-	snprintf(buf + n, buflen - n, " END LIMIT 1");
-}
 
 /* Create a new file with mode 0640 (the WAL and shm files inherit it); an existing one is left alone. */
 static int create_file(const char *path, char *err, size_t errlen)
@@ -171,7 +234,15 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
 	return rc;
 }
 
-/* Check the schema version, creating version 1 in an empty file; in one write transaction. */
+/* Create the schema in an empty file, or bring a version 1 file to version 2. */
+static int schema_create(sqlite3 *db, const char *path, int version, char *err, size_t errlen)
+{
+	if (version == 0 && exec_sql(db, path, schema_v1_sql, err, errlen) < 0)
+		return -1;
+	return exec_sql(db, path, schema_v2_sql, err, errlen);
+}
+
+/* Check the schema version, creating or upgrading the schema; in one write transaction. */
 static int schema_check(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
 	int version = 0, ntables = 0;
@@ -183,16 +254,15 @@ static int schema_check(sqlite3 *db, const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "sqlite %s: %s", path, sqlite3_errmsg(db));
 		goto fail;
 	}
-	if (version == 0 && ntables == 0) {
-		if (exec_sql(db, path, schema_sql, err, errlen) < 0)
-			goto fail;
-	} else if (version == 0) {
+	if (version == 0 && ntables > 0) {
 		snprintf(err, errlen,
 		         "sqlite %s: not a spamtrapd database (it has tables but no schema version)", path);
 		goto fail;
 	} else if (version > SCHEMA_VERSION) {
 		snprintf(err, errlen, "sqlite %s: schema version %d is newer than this spamtrapd knows (%d)",
 		         path, version, SCHEMA_VERSION);
+		goto fail;
+	} else if (version < SCHEMA_VERSION && schema_create(db, path, version, err, errlen) < 0) {
 		goto fail;
 	}
 	return exec_sql(db, path, "COMMIT", err, errlen);
@@ -212,10 +282,8 @@ static void conn_close(conn *c)
 static int conn_prepare(conn *c, const store_backend_impl *s, char *err, size_t errlen)
 {
 	for (int i = 0; i < ST_COUNT; i++) {
-		const char *sql = i == ST_LOOKUP ? s->lookup_sql : fixed_sql[i];
-
-		if (sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[i], NULL) !=
-		    SQLITE_OK) {
+		if (sqlite3_prepare_v3(c->db, fixed_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[i],
+		                       NULL) != SQLITE_OK) {
 			snprintf(err, errlen, "sqlite %s: preparing statements: %s", s->path,
 			         sqlite3_errmsg(c->db));
 			return -1;
@@ -227,7 +295,7 @@ static int conn_prepare(conn *c, const store_backend_impl *s, char *err, size_t 
 static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
-	char pragmas[128];
+	char pragmas[160];
 
 	if (sqlite3_open_v2(s->path, &c->db, flags, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "sqlite %s: cannot open: %s", s->path,
@@ -235,8 +303,9 @@ static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err
 		return -1;
 	}
 	sqlite3_extended_result_codes(c->db, 1);
-	snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout = %d; PRAGMA synchronous = NORMAL;",
-	         BUSY_TIMEOUT_MS);
+	snprintf(pragmas, sizeof(pragmas),
+	         "PRAGMA busy_timeout = %d; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d;",
+	         BUSY_TIMEOUT_MS, CACHE_KIB);
 	if (exec_sql(c->db, s->path, pragmas, err, errlen) < 0)
 		return -1;
 	/* journal_mode is stored in the file; setting it once is enough, and the first connection does. */
@@ -280,7 +349,6 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->write_lock, NULL);
 	pthread_cond_init(&s->freed, NULL);
-	build_lookup_sql(s->lookup_sql, sizeof(s->lookup_sql));
 	if (create_file(s->path, err, errlen) < 0)
 		goto fail;
 	for (int i = 0; i < POOL_SIZE; i++)
@@ -362,37 +430,127 @@ static void done(sqlite3_stmt *stmt)
 	sqlite3_clear_bindings(stmt);
 }
 
-/* --- operations ---------------------------------------------------------- */
-
-static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
-                                  store_entry *found)
-{
-	conn *c = acquire(s);
-	sqlite3_stmt *stmt = c->stmt[ST_LOOKUP];
-	store_status rc = STORE_NOTFOUND;
-	int step;
-
-	for (size_t i = 0; i < nkeys; i++)
-		sqlite3_bind_text(stmt, (int)i + 1, keys[i], -1, SQLITE_STATIC);
-	sqlite3_bind_int64(stmt, STORE_LOOKUP_MAX + 1, now);
-	step = sqlite3_step(stmt);
-	if (step == SQLITE_ROW) {
-		row_to_entry(stmt, found);
-		rc = STORE_OK;
-	} else if (step != SQLITE_DONE) {
-		rc = db_error(s, c, "lookup");
-	}
-	done(stmt);
-	release(s, c);
-	return rc;
-}
-
 static int step_done(sqlite3_stmt *stmt)
 {
 	int rc = sqlite3_step(stmt);
 
 	done(stmt);
 	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/*
+ * PRAGMA data_version does not count a connection's own commits: every
+ * write drops that connection's cached lengths (a write that failed may
+ * still have committed part of its work elsewhere, so whatever the result).
+ */
+static void wrote(conn *c)
+{
+	c->mask_valid = false;
+}
+
+/* --- operations ---------------------------------------------------------- */
+
+static void mask_add(netmask *m, sqlite3_int64 family, sqlite3_int64 len)
+{
+	if (family == 4 && len >= 0 && len <= 32)
+		m->v4 |= UINT64_C(1) << len;
+	else if (family == 6 && len >= 0 && len <= 128)
+		m->v6[len / 64] |= UINT64_C(1) << (len % 64);
+}
+
+/* May an entry exist for this key, as far as the lengths present tell? */
+static bool mask_may_have(const netmask *m, const char *key)
+{
+	int family, len = store_net_key_len(key, &family);
+
+	if (len < 0)
+		return true;
+	if (family == 4)
+		return m->v4 >> len & 1;
+	return m->v6[len / 64] >> (len % 64) & 1;
+}
+
+static int read_netlens(conn *c)
+{
+	sqlite3_stmt *stmt = c->stmt[ST_NETLENS];
+	int step;
+
+	memset(&c->mask, 0, sizeof(c->mask));
+	while ((step = sqlite3_step(stmt)) == SQLITE_ROW)
+		mask_add(&c->mask, sqlite3_column_int64(stmt, 0), sqlite3_column_int64(stmt, 1));
+	sqlite3_reset(stmt);
+	return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* Inside the read transaction (which this starts): the lengths present, re-read when the file changed. */
+static int refresh_mask(conn *c)
+{
+	sqlite3_stmt *stmt = c->stmt[ST_DATA_VERSION];
+	int version;
+
+	if (sqlite3_step(stmt) != SQLITE_ROW) {
+		sqlite3_reset(stmt);
+		return -1;
+	}
+	version = sqlite3_column_int(stmt, 0);
+	sqlite3_reset(stmt);
+	if (c->mask_valid && version == c->data_version)
+		return 0;
+	c->mask_valid = false;
+	if (read_netlens(c) < 0)
+		return -1;
+	c->data_version = version;
+	c->mask_valid = true;
+	return 0;
+}
+
+/* Probe keys in order; the first live entry wins. */
+static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys, size_t nkeys,
+                               int64_t now, store_entry *found)
+{
+	sqlite3_stmt *stmt = c->stmt[ST_PROBE];
+	store_status rc = STORE_NOTFOUND;
+
+	sqlite3_bind_int64(stmt, 2, now);
+	for (size_t i = 0; i < nkeys && rc == STORE_NOTFOUND; i++) {
+		int step;
+
+		if (!mask_may_have(&c->mask, keys[i]))
+			continue;
+		sqlite3_bind_text(stmt, 1, keys[i], -1, SQLITE_STATIC);
+		step = sqlite3_step(stmt);
+		if (step == SQLITE_ROW) {
+			row_to_entry(stmt, found);
+			rc = STORE_OK;
+		} else if (step != SQLITE_DONE) {
+			rc = db_error(s, c, "lookup");
+		}
+		sqlite3_reset(stmt);
+	}
+	sqlite3_clear_bindings(stmt);
+	return rc;
+}
+
+static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
+                                  store_entry *found)
+{
+	conn *c = acquire(s);
+	store_status rc;
+
+	if (step_done(c->stmt[ST_BEGIN_READ]) < 0)
+		rc = db_error(s, c, "lookup: begin");
+	else if (refresh_mask(c) < 0)
+		rc = db_error(s, c, "lookup: network lengths");
+	else
+		rc = probe_keys(s, c, keys, nkeys, now, found);
+	/* A read transaction: COMMIT only ends it. */
+	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
+		if (rc != STORE_ERROR)
+			rc = db_error(s, c, "lookup: end");
+		step_done(c->stmt[ST_ROLLBACK]);
+	}
+	release(s, c);
+	return rc;
 }
 
 static int record_one(conn *c, const char *key, const store_hit *hit)
@@ -431,6 +589,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
 out:
+	wrote(c);
 	pthread_mutex_unlock(&s->write_lock);
 	release(s, c);
 	return rc;
@@ -477,6 +636,7 @@ static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
 	pthread_mutex_lock(&s->write_lock);
 	if (step_done(stmt) < 0)
 		rc = db_error(s, c, "put");
+	wrote(c);
 	pthread_mutex_unlock(&s->write_lock);
 	release(s, c);
 	return rc;
@@ -493,6 +653,7 @@ static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt
 		rc = db_error(s, c, what);
 	else
 		*changes = (uint64_t)sqlite3_changes(c->db);
+	wrote(c);
 	pthread_mutex_unlock(&s->write_lock);
 	return rc;
 }

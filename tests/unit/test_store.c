@@ -56,6 +56,11 @@ static int64_t now_s(void)
 	return (int64_t)time(NULL);
 }
 
+static int cmp_cstr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static double mono(void)
 {
 	struct timespec ts;
@@ -752,6 +757,282 @@ static void test_bad_arguments(void **state)
 	store_free(NULL);
 }
 
+/* --- network lengths: lookups skip lengths no entry has ------------------ */
+
+#define CLIENT_KEYS 32
+
+/*
+ * The lookup keys of a client address as core/decide.c makes them: the
+ * host, then the network at every length (IPv4 /31../8, IPv6 /124../16 in
+ * steps of 4), most specific first. Returns how many.
+ */
+static size_t client_keys(const char *addr, char keys[][64])
+{
+	unsigned char b[16], m[16];
+	bool v6 = strchr(addr, ':') != NULL;
+	int bits = v6 ? 128 : 32, step = v6 ? 4 : 1, min = v6 ? 16 : 8;
+	char text[INET6_ADDRSTRLEN];
+	size_t n = 0;
+
+	assert_int_equal(inet_pton(v6 ? AF_INET6 : AF_INET, addr, b), 1);
+	for (int len = bits; len >= min && n < CLIENT_KEYS; len -= step) {
+		for (int i = 0; i < bits / 8; i++) {
+			int keep = len - 8 * i;
+
+			m[i] = keep >= 8   ? b[i]
+			       : keep <= 0 ? 0
+			                   : (unsigned char)(b[i] & (0xff << (8 - keep)));
+		}
+		assert_non_null(inet_ntop(v6 ? AF_INET6 : AF_INET, m, text, sizeof(text)));
+		if (len == bits)
+			snprintf(keys[n++], 64, "%s", text);
+		else
+			snprintf(keys[n++], 64, "%s/%d", text, len);
+	}
+	return n;
+}
+
+/* A MAIL FROM lookup list: sender, the client's keys, sender domain, HELO. */
+typedef struct lookup_list {
+	char client[CLIENT_KEYS][64];
+	const char *keys[CLIENT_KEYS + 3];
+	size_t n;
+} lookup_list;
+
+static void lookup_list_of(lookup_list *l, const char *sender, const char *addr)
+{
+	size_t nclient = client_keys(addr, l->client);
+
+	l->n = 0;
+	l->keys[l->n++] = sender;
+	for (size_t i = 0; i < nclient; i++)
+		l->keys[l->n++] = l->client[i];
+	l->keys[l->n++] = "@example.com";
+	l->keys[l->n++] = "helo:mx.example.com";
+}
+
+/* The key the lookup finds for this sender and client, "" for none. */
+static const char *found_for(store *st, const char *sender, const char *addr, int64_t now)
+{
+	static char key[STORE_KEY_MAX];
+	lookup_list l;
+	store_entry e;
+	store_status rc;
+
+	lookup_list_of(&l, sender, addr);
+	rc = store_lookup(st, l.keys, l.n, now, &e);
+	if (rc == STORE_ERROR)
+		fail_msg("lookup for %s: %s", addr, store_last_error());
+	snprintf(key, sizeof(key), "%s", rc == STORE_OK ? e.key : "");
+	return key;
+}
+
+static void put_key(store *st, const char *key, int64_t t)
+{
+	store_entry e = entry_of(key, t, t + TTL, "listed by hand");
+
+	if (store_put(st, &e) != STORE_OK)
+		fail_msg("store_put %s: %s", key, store_last_error());
+}
+
+/*
+ * A purge also (re)builds what the lookups filter with; Redis trusts its
+ * netlens hash only after one (the daemon purges every
+ * store.purge_interval). SQLite keeps its table by triggers from the start.
+ */
+static store *open_filtering(int64_t t)
+{
+	store *st = open_store();
+
+	assert_int_equal(store_purge(st, t, NULL), STORE_OK);
+	return st;
+}
+
+struct netlen_case {
+	const char *name;
+	const char *listed[4];
+	const char *sender, *client;
+	const char *want; /* "" for a miss */
+};
+
+static const struct netlen_case netlen_cases[] = {
+    {"a /22 holds the client", {"192.0.0.0/22"}, "x@example.org", "192.0.3.77", "192.0.0.0/22"},
+    {"a /22 elsewhere", {"192.0.4.0/22"}, "x@example.org", "192.0.3.77", ""},
+    {"most specific network first",
+     {"192.0.0.0/16", "192.0.0.0/22", "192.0.3.0/24"},
+     "x@example.org",
+     "192.0.3.77",
+     "192.0.3.0/24"},
+    {"sender before the networks",
+     {"192.0.3.0/24", "a@example.com"},
+     "a@example.com",
+     "192.0.3.77",
+     "a@example.com"},
+    {"domain after networks that miss",
+     {"198.51.100.0/24", "@example.com"},
+     "x@example.org",
+     "192.0.3.77",
+     "@example.com"},
+    {"the host itself", {"192.0.3.77", "192.0.0.0/16"}, "x@example.org", "192.0.3.77", "192.0.3.77"},
+    {"IPv4 /8", {"10.0.0.0/8"}, "x@example.org", "10.1.2.3", "10.0.0.0/8"},
+    {"IPv4 /31", {"10.1.2.2/31", "10.0.0.0/8"}, "x@example.org", "10.1.2.3", "10.1.2.2/31"},
+    {"IPv6 /48", {"2001:db8:1::/48"}, "x@example.org", "2001:db8:1:2::5", "2001:db8:1::/48"},
+    {"IPv6 /124 before /48",
+     {"2001:db8:1::/48", "2001:db8:1:2::/124"},
+     "x@example.org",
+     "2001:db8:1:2::5",
+     "2001:db8:1:2::/124"},
+    {"IPv6 /16", {"2001::/16"}, "x@example.org", "2001:db8::1", "2001::/16"},
+    {"IPv6 length of an IPv4 entry", {"192.0.0.0/24"}, "x@example.org", "2001:db8::1", ""},
+    {"IPv4 client, IPv6 entry of its length", {"2001:d00::/24"}, "x@example.org", "192.0.3.77", ""},
+};
+
+/*
+ * Entries at network lengths are found for a client inside them, in
+ * keys[] order, whatever else is stored; each case first looks up once
+ * (so that whatever a backend caches is filled), then adds the entries
+ * through the same handle and looks up again.
+ */
+static void test_netlen_lookups(void **state)
+{
+	int64_t t = now_s();
+
+	(void)state;
+	for (size_t c = 0; c < NELEM(netlen_cases); c++) {
+		const struct netlen_case *nc = &netlen_cases[c];
+		store *st;
+		const char *got;
+
+		case_setup(NULL);
+		st = open_filtering(t);
+		assert_string_equal(found_for(st, nc->sender, nc->client, t), "");
+		for (size_t i = 0; i < NELEM(nc->listed) && nc->listed[i]; i++)
+			put_key(st, nc->listed[i], t);
+		got = found_for(st, nc->sender, nc->client, t + 1);
+		if (strcmp(got, nc->want) != 0)
+			fail_msg("%s: got \"%s\", want \"%s\"", nc->name, got, nc->want);
+		store_free(st);
+	}
+}
+
+/* An entry removed (or expired and purged) is no longer found; the length may come back. */
+static void test_netlen_remove(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_filtering(t);
+	uint64_t purged = 0;
+
+	(void)state;
+	put_key(st, "192.0.0.0/22", t);
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t), "192.0.0.0/22");
+	assert_int_equal(store_remove(st, "192.0.0.0/22"), STORE_OK);
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t), "");
+	put_key(st, "192.0.0.0/22", t);
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t), "192.0.0.0/22");
+	/* Expired and purged, then listed again by a trap hit. */
+	assert_int_equal(store_purge(st, t + TTL, &purged), STORE_OK);
+	assert_int_equal(purged, 1);
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t + TTL), "");
+	{
+		store_hit h = hit_at(t + TTL, "trap@example.com");
+
+		record1(st, "192.0.0.0/22", &h);
+	}
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t + TTL), "192.0.0.0/22");
+	store_free(st);
+}
+
+/*
+ * A second handle on the same store (spamtrapctl next to the daemon,
+ * another MX host on the same Redis) adds and removes entries at lengths
+ * the first handle has not seen: its next lookup must see each change.
+ */
+static void test_netlen_other_handle(void **state)
+{
+	int64_t t = now_s();
+	store *a = open_filtering(t), *b = open_store();
+	const char *keys[] = {"192.0.3.0/24", "2001:db8:1::/48"};
+	store_hit h = hit_at(t, "trap@example.com");
+
+	(void)state;
+	assert_string_equal(found_for(a, "x@example.org", "192.0.3.77", t), "");
+	assert_string_equal(found_for(a, "x@example.org", "2001:db8:1:2::5", t), "");
+	put_key(b, "192.0.0.0/22", t);
+	assert_string_equal(found_for(a, "x@example.org", "192.0.3.77", t), "192.0.0.0/22");
+	assert_int_equal(store_remove(b, "192.0.0.0/22"), STORE_OK);
+	assert_string_equal(found_for(a, "x@example.org", "192.0.3.77", t), "");
+	assert_int_equal(store_record(b, keys, NELEM(keys), &h), STORE_OK);
+	assert_string_equal(found_for(a, "x@example.org", "192.0.3.77", t), "192.0.3.0/24");
+	assert_string_equal(found_for(a, "x@example.org", "2001:db8:1:2::5", t), "2001:db8:1::/48");
+	put_key(b, "192.0.3.64/26", t);
+	assert_string_equal(found_for(a, "x@example.org", "192.0.3.77", t), "192.0.3.64/26");
+	store_free(b);
+	store_free(a);
+}
+
+struct netlen_worker {
+	store *st;
+	const lookup_list *list;
+	int64_t t;
+	const char *want; /* "" for a miss */
+	int errors;
+	char last_error[256];
+};
+
+static void *netlen_work(void *arg)
+{
+	struct netlen_worker *w = arg;
+	store_entry e;
+
+	for (int i = 0; i < 40; i++) {
+		store_status rc = store_lookup(w->st, w->list->keys, w->list->n, w->t, &e);
+		const char *got = rc == STORE_OK ? e.key : "";
+
+		if (rc == STORE_ERROR || strcmp(got, w->want) != 0) {
+			w->errors++;
+			snprintf(w->last_error, sizeof(w->last_error), "status %d, got \"%.64s\": %.128s", rc,
+			         got, rc == STORE_ERROR ? store_last_error() : "");
+		}
+	}
+	return NULL;
+}
+
+/* THREADS threads look up l at once (more than a pool holds), each expecting want. */
+static void netlen_workers(store *st, const lookup_list *l, int64_t t, const char *want)
+{
+	pthread_t th[THREADS];
+	struct netlen_worker w[THREADS];
+
+	for (int i = 0; i < THREADS; i++) {
+		w[i] = (struct netlen_worker){.st = st, .list = l, .t = t, .want = want};
+		assert_int_equal(pthread_create(&th[i], NULL, netlen_work, &w[i]), 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < THREADS; i++)
+		if (w[i].errors)
+			fail_msg("want \"%s\": %d wrong lookups in thread %d, e.g. %s", want, w[i].errors, i,
+			         w[i].last_error);
+}
+
+/* Every pooled connection of the first handle sees what the second adds and removes. */
+static void test_netlen_other_handle_pool(void **state)
+{
+	int64_t t = now_s();
+	store *a = open_filtering(t), *b = open_store();
+	lookup_list l;
+
+	(void)state;
+	lookup_list_of(&l, "x@example.org", "198.51.101.9");
+	netlen_workers(a, &l, t, "");
+	put_key(b, "198.51.100.0/23", t);
+	netlen_workers(a, &l, t, "198.51.100.0/23");
+	assert_int_equal(store_remove(b, "198.51.100.0/23"), STORE_OK);
+	netlen_workers(a, &l, t, "");
+	store_free(b);
+	store_free(a);
+}
+
 /* --- SQLite only --------------------------------------------------------- */
 
 static void test_sqlite_file(void **state)
@@ -799,6 +1080,131 @@ static void test_sqlite_not_ours(void **state)
 		fail_msg("sqlite3 command line tool missing");
 	assert_null(store_open(&B.cfg, err, sizeof(err)));
 	assert_non_null(strstr(err, "schema version 7"));
+}
+
+/* Run sql with the sqlite3 tool (another process) on the case's file; its output, lines joined by blanks. */
+static void sqlite_cli(const char *sql, char *out, size_t outlen)
+{
+	char cmd[1024];
+	FILE *p;
+	size_t n = 0;
+	int ch;
+
+	snprintf(cmd, sizeof(cmd), "sqlite3 -cmd '.timeout 5000' %s \"%s\"", B.path, sql);
+	p = popen(cmd, "r");
+	if (!p)
+		fail_msg("cannot run sqlite3: %s", strerror(errno));
+	while ((ch = fgetc(p)) != EOF)
+		if (n + 1 < outlen)
+			out[n++] = ch == '\n' ? ' ' : (char)ch;
+	while (n > 0 && out[n - 1] == ' ')
+		n--;
+	out[n] = '\0';
+	if (pclose(p) != 0)
+		fail_msg("sqlite3 failed: %s", sql);
+}
+
+#define NETLENS_SQL "SELECT family || '/' || len || '=' || n FROM netlens ORDER BY family, len"
+
+static void assert_netlens(const char *want)
+{
+	char got[256];
+
+	sqlite_cli(NETLENS_SQL, got, sizeof(got));
+	assert_string_equal(got, want);
+}
+
+/* The triggers count network keys per length through every kind of write; other keys are not counted. */
+static void test_sqlite_netlens_counts(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_hit h = hit_at(t, "trap@example.com");
+	const char *keys[] = {"192.0.2.0/24",  "198.51.100.0/24", "192.0.0.0/16", "a@example.com",
+	                      "2001:db8::/32", "192.0.2.7",       "sasl:a/b",     "helo:x/24"};
+
+	(void)state;
+	for (size_t i = 0; i < NELEM(keys); i++)
+		put_key(st, keys[i], t);
+	assert_netlens("4/16=1 4/24=2 6/32=1");
+	put_key(st, "192.0.2.0/24", t);  /* replaced, not counted twice */
+	record1(st, "192.0.2.0/24", &h); /* a hit on it */
+	assert_netlens("4/16=1 4/24=2 6/32=1");
+	assert_int_equal(store_remove(st, "192.0.2.0/24"), STORE_OK);
+	assert_netlens("4/16=1 4/24=1 6/32=1");
+	record1(st, "203.0.113.0/25", &h);
+	assert_netlens("4/16=1 4/24=1 4/25=1 6/32=1");
+	assert_int_equal(store_purge(st, t + TTL, NULL), STORE_OK);
+	assert_netlens("");
+	store_free(st);
+}
+
+/*
+ * Another process writes the file: the next lookup sees it. And the
+ * filter is in effect: a row whose length is not counted (written with
+ * the trigger dropped) is not looked for until its length is.
+ */
+static void test_sqlite_netlens_other_process(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_filtering(t);
+	char sql[512], out[64];
+
+	(void)state;
+	assert_string_equal(found_for(st, "x@example.org", "198.51.101.9", t), "");
+	snprintf(
+	    sql, sizeof(sql),
+	    "INSERT INTO blocklist (key, first_seen, last_seen, expires) VALUES ('198.51.100.0/23', %lld, "
+	    "%lld, %lld)",
+	    (long long)t, (long long)t, (long long)(t + TTL));
+	sqlite_cli(sql, out, sizeof(out));
+	assert_string_equal(found_for(st, "x@example.org", "198.51.101.9", t), "198.51.100.0/23");
+	sqlite_cli("DELETE FROM blocklist WHERE key = '198.51.100.0/23'", out, sizeof(out));
+	assert_string_equal(found_for(st, "x@example.org", "198.51.101.9", t), "");
+	snprintf(sql, sizeof(sql),
+	         "DROP TRIGGER netlens_insert; INSERT INTO blocklist (key, first_seen, last_seen, expires) "
+	         "VALUES ('203.0.113.0/26', %lld, %lld, %lld)",
+	         (long long)t, (long long)t, (long long)(t + TTL));
+	sqlite_cli(sql, out, sizeof(out));
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "");
+	sqlite_cli("INSERT INTO netlens VALUES (4, 26, 1)", out, sizeof(out));
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "203.0.113.0/26");
+	store_free(st);
+}
+
+/* A version 1 file (before netlens) is upgraded at open, counting the network keys it has. */
+static void test_sqlite_upgrade_v1(void **state)
+{
+	int64_t t = now_s();
+	char sql[1024], out[64];
+	store *st;
+
+	(void)state;
+	snprintf(
+	    sql, sizeof(sql),
+	    "CREATE TABLE blocklist (key TEXT PRIMARY KEY NOT NULL, first_seen INTEGER NOT NULL,"
+	    " last_seen INTEGER NOT NULL, expires INTEGER NOT NULL, hits INTEGER NOT NULL DEFAULT 0,"
+	    " trap TEXT NOT NULL DEFAULT '', sender TEXT NOT NULL DEFAULT '', recipient TEXT NOT NULL"
+	    " DEFAULT '', client TEXT NOT NULL DEFAULT '', helo TEXT NOT NULL DEFAULT '', queue_id TEXT NOT"
+	    " NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '') WITHOUT ROWID;"
+	    " CREATE INDEX blocklist_expires ON blocklist (expires);"
+	    " INSERT INTO blocklist (key, first_seen, last_seen, expires) VALUES ('192.0.0.0/22', %lld, %lld,"
+	    " %lld), ('2001:db8:1::/48', %lld, %lld, %lld), ('a@example.com', %lld, %lld, %lld);"
+	    " PRAGMA user_version = 1;",
+	    (long long)t, (long long)t, (long long)(t + TTL), (long long)t, (long long)t,
+	    (long long)(t + TTL), (long long)t, (long long)t, (long long)(t + TTL));
+	sqlite_cli(sql, out, sizeof(out));
+	st = open_store();
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t), "192.0.0.0/22");
+	assert_string_equal(found_for(st, "x@example.org", "2001:db8:1:2::5", t), "2001:db8:1::/48");
+	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "2");
+	assert_netlens("4/22=1 6/48=1");
+	st = open_store(); /* opening again changes nothing */
+	store_free(st);
+	assert_netlens("4/22=1 6/48=1");
 }
 
 /* --- Redis only ---------------------------------------------------------- */
@@ -1002,6 +1408,87 @@ static void test_redis_unreachable_at_open(void **state)
 	B.cfg.redis_port = B.redis_port;
 }
 
+/* The fields of this case's netlens hash other than "gen", sorted, joined by blanks. */
+static void redis_netlens(char *out, size_t outlen)
+{
+	struct timeval tv = {1, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", B.redis_port, tv);
+	redisReply *r = c && !c->err ? redisCommand(c, "HKEYS %snetlens", B.prefix) : NULL;
+	const char *names[32];
+	size_t n = 0, len = 0;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	for (size_t i = 0; i < r->elements && n < NELEM(names); i++)
+		if (strcmp(r->element[i]->str, "gen") != 0)
+			names[n++] = r->element[i]->str;
+	qsort(names, n, sizeof(names[0]), cmp_cstr);
+	out[0] = '\0';
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(out + len, len < outlen ? outlen - len : 0, "%s%s", i ? " " : "",
+		                        names[i]);
+	freeReplyObject(r);
+	redisFree(c);
+}
+
+static void assert_redis_netlens(const char *want)
+{
+	char got[256];
+
+	redis_netlens(got, sizeof(got));
+	assert_string_equal(got, want);
+}
+
+/* An entry written straight into Redis, around the store (and its netlens hash). */
+static void redis_hset_around(const char *key, int64_t expires)
+{
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd), "HSET %sbl:%s expires %lld", B.prefix, key, (long long)expires);
+	assert_true(redis_do(cmd));
+}
+
+/*
+ * The netlens hash: writers add their lengths; lookups trust it only once
+ * a purge has rebuilt it (so a server from before it, or one that lost
+ * it, is probed in full); a purge also drops lengths whose keys are gone
+ * and takes in keys written around the store.
+ */
+static void test_redis_netlens(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_hit h = hit_at(t, "trap@example.com");
+	const char *keys[] = {"198.51.100.0/24", "2001:db8:1::/48", "a@example.com", "192.0.2.7"};
+	char cmd[256];
+
+	(void)state;
+	assert_int_equal(store_record(st, keys, NELEM(keys), &h), STORE_OK);
+	assert_redis_netlens("4/24 6/48");
+	/* Not trusted yet: every key is probed. */
+	redis_hset_around("203.0.113.0/25", t + TTL);
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "203.0.113.0/25");
+	assert_int_equal(store_purge(st, t, NULL), STORE_OK);
+	assert_redis_netlens("4/24 4/25 6/48 ok");
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "203.0.113.0/25");
+	/* Trusted: a length no writer announced is skipped, until the next purge takes it in. */
+	redis_hset_around("203.0.113.0/26", t + TTL);
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "203.0.113.0/25");
+	assert_int_equal(store_purge(st, t, NULL), STORE_OK);
+	assert_string_equal(found_for(st, "x@example.org", "203.0.113.9", t), "203.0.113.0/26");
+	/* A key gone by itself (Redis expiry) leaves its length until the next purge. */
+	snprintf(cmd, sizeof(cmd), "DEL %sbl:198.51.100.0/24", B.prefix);
+	assert_true(redis_do(cmd));
+	assert_redis_netlens("4/24 4/25 4/26 6/48 ok");
+	assert_int_equal(store_purge(st, t, NULL), STORE_OK);
+	assert_redis_netlens("4/25 4/26 6/48 ok");
+	/* put and a second handle announce their lengths too. */
+	put_key(st, "192.0.0.0/22", t);
+	assert_redis_netlens("4/22 4/25 4/26 6/48 ok");
+	assert_string_equal(found_for(st, "x@example.org", "192.0.3.77", t), "192.0.0.0/22");
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -1020,17 +1507,22 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_persistence),
     CASE(test_long_keys),
     CASE(test_bad_arguments),
+    CASE(test_netlen_lookups),
+    CASE(test_netlen_remove),
+    CASE(test_netlen_other_handle),
+    CASE(test_netlen_other_handle_pool),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
-    CASE(test_sqlite_file),
-    CASE(test_sqlite_not_ours),
+    CASE(test_sqlite_file),           CASE(test_sqlite_not_ours),
+    CASE(test_sqlite_netlens_counts), CASE(test_sqlite_netlens_other_process),
+    CASE(test_sqlite_upgrade_v1),
 };
 
 static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
     CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
-    CASE(test_redis_hung_server),       CASE(test_redis_down_and_back),
+    CASE(test_redis_hung_server),       CASE(test_redis_down_and_back), CASE(test_redis_netlens),
 };
 
 int main(void)
