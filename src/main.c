@@ -187,7 +187,12 @@ static int ms_until(time_t t)
 static void *control_main(void *arg)
 {
 	control *ctl = arg;
-	time_t next_purge = time(NULL) + purge_interval(ctl);
+	/*
+	 * A purge right at start: expired entries of a long downtime go, and
+	 * the Redis store learns which network lengths exist (its lookups
+	 * probe only those once a purge has run).
+	 */
+	time_t next_purge = time(NULL);
 	for (;;) {
 		struct pollfd pfd = {.fd = ctl->pipe[0], .events = POLLIN};
 		int n = poll(&pfd, 1, ms_until(next_purge));
