@@ -91,9 +91,13 @@ bool addr_hostport_parse(const char *s, addr_ip *ip, uint16_t *port, char *err, 
 
 /*
  * Canonical text: a host network as the bare address ("192.0.2.7",
- * "2001:db8::1"), others as "192.0.2.0/24" (RFC 5952 form for IPv6).
- * out must hold ADDR_NET_STRLEN bytes.
+ * "2001:db8::1"), others as "192.0.2.0/24" (RFC 5952 form for IPv6; an
+ * address whose first 96 bits are zero and 7th group is not, or one in
+ * ::ffff:0:0/96, ends in dotted decimal, "::192.0.2.1", as glibc's
+ * inet_ntop writes it). Returns the length of the text; as snprintf, a
+ * smaller out (ADDR_NET_STRLEN bytes always suffice) gets it cut, and
+ * the length it would have had. A network of no family is "invalid".
  */
-void addr_net_format(const addr_net *net, char *out, size_t outlen);
+size_t addr_net_format(const addr_net *net, char *out, size_t outlen);
 
 #endif

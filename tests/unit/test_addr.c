@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,6 +409,102 @@ static void test_net_format_longest(void **state)
 	assert_true(strlen(text) < ADDR_NET_STRLEN);
 }
 
+static uint32_t xorshift(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* What addr_net_format wrote before it had its own formatter: inet_ntop, and the length after '/'. */
+static void reference_format(const addr_net *net, char *out, size_t outlen)
+{
+	char text[INET6_ADDRSTRLEN];
+	unsigned bits = net->ip.version == 4 ? 32 : 128;
+
+	assert_non_null(
+	    inet_ntop(net->ip.version == 4 ? AF_INET : AF_INET6, net->ip.bytes, text, sizeof(text)));
+	if (net->prefix < bits)
+		snprintf(out, outlen, "%s/%u", text, (unsigned)net->prefix);
+	else
+		snprintf(out, outlen, "%s", text);
+}
+
+/*
+ * Random IPv6 addresses: each group zero with probability 3/8, so zero
+ * runs of every length and place, ties among them included; one in four
+ * with the first 80 bits zero, so that ::ffff:0:0/96 and ::/96 (the
+ * dotted forms) come up often.
+ */
+static void random_ipv6(uint32_t *x, addr_ip *ip)
+{
+	memset(ip, 0, sizeof(*ip));
+	ip->version = 6;
+	for (int i = 0; i < 8; i++) {
+		uint32_t r = xorshift(x);
+		unsigned g = (r & 7) < 3 ? 0 : (r >> 8) & (0xffffu >> (4 * ((r >> 4) & 3)));
+
+		ip->bytes[2 * i] = (uint8_t)(g >> 8);
+		ip->bytes[2 * i + 1] = (uint8_t)g;
+	}
+	if ((xorshift(x) & 3) == 0) {
+		memset(ip->bytes, 0, 10);
+		if (*x & 4)
+			ip->bytes[10] = ip->bytes[11] = 0xff;
+	}
+}
+
+/* Every prefix length of random networks gives the text inet_ntop gave, and its length. */
+static void test_net_format_matches_inet_ntop(void **state)
+{
+	uint32_t x = 2463534242u;
+	char got[ADDR_NET_STRLEN], want[ADDR_NET_STRLEN];
+
+	(void)state;
+	for (int n = 0; n < 20000; n++) {
+		addr_ip ip = {.version = 4};
+
+		if (n % 4 == 0)
+			memcpy(ip.bytes, &(uint32_t){xorshift(&x)}, 4);
+		else
+			random_ipv6(&x, &ip);
+		for (unsigned len = 0; len <= (ip.version == 4 ? 32u : 128u); len++) {
+			addr_net net = addr_net_of(&ip, len);
+
+			reference_format(&net, want, sizeof(want));
+			assert_int_equal(addr_net_format(&net, got, sizeof(got)), strlen(want));
+			if (strcmp(got, want) != 0)
+				fail_msg("/%u: \"%s\", expected \"%s\"", len, got, want);
+		}
+	}
+}
+
+/* A short buffer gets the text cut as snprintf cuts it, and the whole length. */
+static void test_net_format_small_output(void **state)
+{
+	addr_net net;
+	char err[128], want[ADDR_NET_STRLEN], got[ADDR_NET_STRLEN];
+	static const char *const nets[] = {"2001:db8:0:1::/64", "::1.2.3.0/120", "192.0.2.0/24",
+	                                   "::192.0.2.1"};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(nets) / sizeof(nets[0]); i++) {
+		size_t full = strlen(nets[i]); /* each written in its canonical form */
+
+		assert_true(addr_net_parse(nets[i], &net, err, sizeof(err)));
+		for (size_t outlen = 0; outlen <= full + 1; outlen++) {
+			memset(got, 'x', sizeof(got));
+			snprintf(want, outlen, "%s", nets[i]);
+			assert_int_equal(addr_net_format(&net, got, outlen), full);
+			if (outlen > 0)
+				assert_string_equal(got, want);
+			else
+				assert_int_equal(got[0], 'x');
+		}
+	}
+}
+
 /* ---- containment ---- */
 
 struct contains_case {
@@ -594,6 +691,8 @@ int main(void)
 	    cmocka_unit_test(test_ext_small_output),
 	    cmocka_unit_test(test_ip_mapped_equals_ipv4),
 	    cmocka_unit_test(test_net_format_longest),
+	    cmocka_unit_test(test_net_format_matches_inet_ntop),
+	    cmocka_unit_test(test_net_format_small_output),
 	    cmocka_unit_test(test_contains_every_ipv4_length),
 	    cmocka_unit_test(test_contains_every_ipv6_length),
 	    cmocka_unit_test(test_net_of_clamps_and_masks),

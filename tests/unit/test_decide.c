@@ -390,16 +390,22 @@ static void test_lookup_keys_cover_networks(void **state)
 	assert_true(txn.nlookup <= DECIDE_MAX_LOOKUP);
 }
 
-/* The fast IPv4 key writer must agree with addr_net_format everywhere. */
+static uint32_t xorshift(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* The network keys, written straight into the key buffer, are addr_net_format's text at every length. */
 static void test_ipv4_keys_match_addr_format(void **state)
 {
 	fixture *f = *state;
 	decide_policy p = f->policy;
-	uint32_t x = 2463534242u; /* xorshift: many addresses, reproducibly */
+	uint32_t x = 2463534242u; /* many addresses, reproducibly */
 	for (int n = 0; n < 20000; n++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
+		xorshift(&x);
 		char client[16];
 		snprintf(client, sizeof(client), "%u.%u.%u.%u", x >> 24, (x >> 16) & 255, (x >> 8) & 255,
 		         x & 255);
@@ -415,6 +421,51 @@ static void test_ipv4_keys_match_addr_format(void **state)
 			char want[ADDR_NET_STRLEN];
 			addr_net_format(&net, want, sizeof(want));
 			assert_string_equal(txn.lookup[i], want);
+		}
+	}
+}
+
+/*
+ * A random IPv6 client in full form: each group zero with probability
+ * 3/8 (so runs of zero groups of every length and place), else of 1 to 4
+ * hex digits. Not loopback, not IPv4-mapped (that client is IPv4).
+ */
+static void random_ipv6(uint32_t *x, char *out, size_t outlen)
+{
+	unsigned g[8];
+	bool head_zero;
+	do {
+		for (int i = 0; i < 8; i++) {
+			uint32_t r = xorshift(x);
+			g[i] = (r & 7) < 3 ? 0 : (r >> 8) & (0xffffu >> (4 * ((r >> 4) & 3)));
+		}
+		head_zero = (g[0] | g[1] | g[2] | g[3] | g[4]) == 0;
+	} while (head_zero && (g[5] == 0xffff || (g[5] == 0 && g[6] == 0 && g[7] == 1)));
+	snprintf(out, outlen, "%x:%x:%x:%x:%x:%x:%x:%x", g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
+}
+
+static void test_ipv6_keys_match_addr_format(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	uint32_t x = 88172645u;
+	assert_int_equal(p.ipv6_prefix % 4, 0); /* a nibble length: no key of its own */
+	for (int n = 0; n < 20000; n++) {
+		char client[48];
+		random_ipv6(&x, client, sizeof(client));
+		decide_facts facts = {.client_address = client};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		addr_ip ip;
+		assert_true(addr_ip_parse(client, &ip));
+		assert_int_equal(ip.version, 6);
+		assert_int_equal(txn.nlookup, 29); /* /128 to /16 */
+		for (unsigned len = 128, i = 0; len >= 16; len -= 4, i++) {
+			addr_net net = addr_net_of(&ip, len);
+			char want[ADDR_NET_STRLEN];
+			addr_net_format(&net, want, sizeof(want));
+			if (strcmp(txn.lookup[i], want) != 0)
+				fail_msg("%s /%u: key %s, expected %s", client, len, txn.lookup[i], want);
 		}
 	}
 }
@@ -506,6 +557,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_keys_table, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lookup_keys_cover_networks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv4_keys_match_addr_format, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ipv6_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
 	    cmocka_unit_test(test_smtp_reply_parse),
