@@ -68,20 +68,34 @@ const char *store_hit_reason(const store_hit *hit)
 	return hit->reason && hit->reason[0] ? hit->reason : "trap";
 }
 
+/*
+ * What each character may be in a network key "ADDRESS/LEN" before the
+ * '/': one look-up per character, since a lookup classifies some 28 keys.
+ * NK_ADDR is set for every character of an address, NK_COLON too for ':'.
+ */
+enum { NK_ADDR = 1, NK_COLON = 2 };
+
+#define NK_HEX(c) [c] = NK_ADDR, [c - 'a' + 'A'] = NK_ADDR
+
+static const unsigned char nk_class[256] = {
+    ['0'] = NK_ADDR, ['1'] = NK_ADDR, ['2'] = NK_ADDR,
+    ['3'] = NK_ADDR, ['4'] = NK_ADDR, ['5'] = NK_ADDR,
+    ['6'] = NK_ADDR, ['7'] = NK_ADDR, ['8'] = NK_ADDR,
+    ['9'] = NK_ADDR, NK_HEX('a'),     NK_HEX('b'),
+    NK_HEX('c'),     NK_HEX('d'),     NK_HEX('e'),
+    NK_HEX('f'),     ['.'] = NK_ADDR, [':'] = NK_ADDR | NK_COLON,
+};
+
 int store_net_key_len(const char *key, int *family)
 {
-	const char *p = key;
+	const unsigned char *p = (const unsigned char *)key;
+	unsigned seen = 0;
 	int len = 0, digits = 0;
 
-	*family = 4;
-	for (; *p != '/'; p++) {
-		if (*p == ':')
-			*family = 6;
-		else if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') ||
-		           *p == '.'))
-			return -1; /* also the end of the key: no '/' */
-	}
-	if (p == key)
+	for (; nk_class[*p] & NK_ADDR; p++)
+		seen |= nk_class[*p];
+	*family = seen & NK_COLON ? 6 : 4;
+	if (*p != '/' || p == (const unsigned char *)key) /* the end of the key too: no '/' */
 		return -1;
 	for (p++; *p >= '0' && *p <= '9' && digits < 4; p++, digits++)
 		len = len * 10 + (*p - '0');
