@@ -30,7 +30,7 @@ ANSWER_BOUND = 5.0
 RECOVERY_TIMEOUT = 20.0  # the store's back-off is at most 5 s
 
 
-class RedisCase(unittest.TestCase):
+class RedisCase(sh.PolicyChecks, unittest.TestCase):
     """A fresh redis-server per test; daemons made by daemon() are stopped (cleanly) after it."""
 
     def setUp(self):
@@ -53,17 +53,6 @@ class RedisCase(unittest.TestCase):
         d = sh.Spamtrapd(config, roles=roles)
         self.addCleanup(d.cleanup)
         return d.start()
-
-    def client(self, d, role):
-        c = sh.PolicyClient(d.policy_address(role))
-        self.addCleanup(c.close)
-        return c
-
-    def trap_hit(self, d, sender, client_address):
-        return self.client(d, "trap").check(sender=sender, recipient=TRAP, client_address=client_address)
-
-    def sender_check(self, d, sender, client_address):
-        return self.client(d, "sender").check(sender=sender, client_address=client_address)
 
     def timed_checks(self, client, n, **attrs):
         """n requests on one connection; returns the answers, failing if one takes ANSWER_BOUND or more."""

@@ -27,7 +27,7 @@ FAILOVER_TIMEOUT = 20.0
 RECOVERY_TIMEOUT = 20.0
 
 
-class SentinelCase(unittest.TestCase):
+class SentinelCase(sh.PolicyChecks, unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="spamtrapd-sentinel.")
         self.addCleanup(shutil.rmtree, self.dir, True)
@@ -60,17 +60,6 @@ class SentinelCase(unittest.TestCase):
         d = sh.Spamtrapd(config, roles=("trap", "sender"))
         self.addCleanup(d.cleanup)
         return d.start()
-
-    def client(self, d, role):
-        c = sh.PolicyClient(d.policy_address(role))
-        self.addCleanup(c.close)
-        return c
-
-    def trap_hit(self, d, sender, client_address):
-        return self.client(d, "trap").check(sender=sender, recipient=TRAP, client_address=client_address)
-
-    def sender_check(self, d, sender, client_address):
-        return self.client(d, "sender").check(sender=sender, client_address=client_address)
 
     def wait_recorded(self, d, sender, client_address, since):
         def recorded():

@@ -489,3 +489,21 @@ class PolicyClient:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class PolicyChecks:
+    """unittest.TestCase mixin: policy clients closed at the end of the test,
+    a trap hit on a daemon's trap listener, a check on its sender listener."""
+
+    TRAP = "trap@example.com"
+
+    def client(self, d, role):
+        c = PolicyClient(d.policy_address(role))
+        self.addCleanup(c.close)
+        return c
+
+    def trap_hit(self, d, sender, client_address):
+        return self.client(d, "trap").check(sender=sender, recipient=self.TRAP, client_address=client_address)
+
+    def sender_check(self, d, sender, client_address):
+        return self.client(d, "sender").check(sender=sender, client_address=client_address)
