@@ -399,8 +399,6 @@ const char *decide_reason_name(decide_reason r)
 		return "trap";
 	case DECIDE_REASON_STORE_ERROR:
 		return "store-error";
-	case DECIDE_REASON_MALFORMED:
-		return "malformed";
 	}
 	return "?";
 }
