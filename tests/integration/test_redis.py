@@ -30,8 +30,11 @@ ANSWER_BOUND = 5.0
 RECOVERY_TIMEOUT = 20.0  # the store's back-off is at most 5 s
 
 
-class RedisCase(sh.PolicyChecks, unittest.TestCase):
+class RedisCase(rh.RecoveryChecks, unittest.TestCase):
     """A fresh redis-server per test; daemons made by daemon() are stopped (cleanly) after it."""
+    REJECT_TEXT = REJECT_TEXT
+    RECOVERY_TIMEOUT = RECOVERY_TIMEOUT
+
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="spamtrapd-redis.")
@@ -63,17 +66,6 @@ class RedisCase(sh.PolicyChecks, unittest.TestCase):
             took = time.monotonic() - start
             self.assertLess(took, ANSWER_BOUND, f"request {i} took {took:.2f} s")
         return answers
-
-    def wait_recorded(self, d, sender, client_address, since):
-        """Trap hits at d until its log says the store recorded one (the store may still be backing off)."""
-        def recorded():
-            self.trap_hit(d, sender, client_address)
-            return d.count_log(r"blocklisted=" + sender.replace(".", r"\."), since) > 0
-        rh.wait_until(recorded, RECOVERY_TIMEOUT, f"a recorded trap hit of {sender}", interval=0.2)
-
-    def wait_rejected(self, d, sender, client_address):
-        rh.wait_until(lambda: self.sender_check(d, sender, client_address) == REJECT_TEXT, RECOVERY_TIMEOUT,
-                      f"{sender} rejected", interval=0.2)
 
 
 class TestSharedBlocklist(RedisCase):

@@ -27,7 +27,10 @@ FAILOVER_TIMEOUT = 20.0
 RECOVERY_TIMEOUT = 20.0
 
 
-class SentinelCase(sh.PolicyChecks, unittest.TestCase):
+class SentinelCase(rh.RecoveryChecks, unittest.TestCase):
+    REJECT_TEXT = REJECT_TEXT
+    RECOVERY_TIMEOUT = RECOVERY_TIMEOUT
+
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="spamtrapd-sentinel.")
         self.addCleanup(shutil.rmtree, self.dir, True)
@@ -60,16 +63,6 @@ class SentinelCase(sh.PolicyChecks, unittest.TestCase):
         d = sh.Spamtrapd(config, roles=("trap", "sender"))
         self.addCleanup(d.cleanup)
         return d.start()
-
-    def wait_recorded(self, d, sender, client_address, since):
-        def recorded():
-            self.trap_hit(d, sender, client_address)
-            return d.count_log(r"blocklisted=" + sender.replace(".", r"\."), since) > 0
-        rh.wait_until(recorded, RECOVERY_TIMEOUT, f"a recorded trap hit of {sender}", interval=0.2)
-
-    def wait_rejected(self, d, sender, client_address):
-        rh.wait_until(lambda: self.sender_check(d, sender, client_address) == REJECT_TEXT, RECOVERY_TIMEOUT,
-                      f"{sender} rejected", interval=0.2)
 
     def wait_master(self, port):
         rh.wait_until(lambda: self.sentinel.master_addr() == ("127.0.0.1", port), FAILOVER_TIMEOUT,

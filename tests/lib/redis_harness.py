@@ -307,3 +307,23 @@ class FakeSentinel:
             pass
         self.sock.close()
         self.thread.join(5)
+
+
+class RecoveryChecks(sh.PolicyChecks):
+    """unittest.TestCase mixin for tests where the store comes and goes:
+    retry until a trap hit is recorded, or until a sender is rejected.
+    Subclasses set REJECT_TEXT (their blocklist.reject) and RECOVERY_TIMEOUT."""
+
+    REJECT_TEXT = None
+    RECOVERY_TIMEOUT = 20.0
+
+    def wait_recorded(self, d, sender, client_address, since):
+        """Trap hits at d until its log says the store recorded one (the store may still be backing off)."""
+        def recorded():
+            self.trap_hit(d, sender, client_address)
+            return d.count_log(r"blocklisted=" + sender.replace(".", r"\."), since) > 0
+        wait_until(recorded, self.RECOVERY_TIMEOUT, f"a recorded trap hit of {sender}", interval=0.2)
+
+    def wait_rejected(self, d, sender, client_address):
+        wait_until(lambda: self.sender_check(d, sender, client_address) == self.REJECT_TEXT,
+                   self.RECOVERY_TIMEOUT, f"{sender} rejected", interval=0.2)
