@@ -13,6 +13,33 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ST_SANITIZED 1
+#endif
+#endif
+
+#ifdef ST_SANITIZED
+/*
+ * Sanitizer (test) builds only. GCC's UBSan runtime reads UBSAN_OPTIONS at
+ * its first report, from /proc/self/environ. Once we have switched user the
+ * process is not dumpable, that file is root's, and the options would be
+ * lost without a word: no stack trace, and exit status 1, which reads as an
+ * ordinary start-up failure instead of the tests' 86. The runtime asks this
+ * hook first: it gets them from our own environment. Unlike
+ * prctl(PR_SET_DUMPABLE, 1), this leaves the process as hard to ptrace or
+ * core-dump as the release build (docs/testing.md).
+ */
+const char *__ubsan_default_options(void);
+const char *__ubsan_default_options(void)
+{
+	const char *options = getenv("UBSAN_OPTIONS");
+	return options ? options : "";
+}
+#endif
+
 /* The parent's side: wait for the child's word, exit with it. */
 static void wait_for_child(int fd)
 {
