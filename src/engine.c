@@ -21,6 +21,20 @@
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
 
+/*
+ * Lookups and updates fail apart (a full disk or another process's write
+ * lock stops updates only), so each kind has its own error lines and its
+ * own "works again" line at the first success after failures.
+ */
+enum { STORE_LOOKUPS, STORE_UPDATES, STORE_KINDS };
+static const char *const store_kind_names[STORE_KINDS] = {"lookups", "updates"};
+
+typedef struct store_health {
+	log_ratelimit errors;
+	log_ratelimit recoveries;
+	atomic_uint_fast64_t failed; /* failed calls since the last success */
+} store_health;
+
 typedef struct shared_store {
 	atomic_uint refs;
 	store *st;
@@ -36,7 +50,7 @@ struct engine_snapshot {
 struct engine {
 	pthread_mutex_t lock; /* guards current */
 	engine_snapshot *current;
-	log_ratelimit store_errors;
+	store_health health[STORE_KINDS];
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -87,7 +101,11 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 	}
 	pthread_mutex_init(&eng->lock, NULL);
 	eng->current = snap;
-	eng->store_errors.interval = STORE_ERROR_LOG_INTERVAL;
+	for (int k = 0; k < STORE_KINDS; k++) {
+		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
+		eng->health[k].recoveries.interval = STORE_ERROR_LOG_INTERVAL;
+		atomic_init(&eng->health[k].failed, 0);
+	}
 	return eng;
 }
 
@@ -164,16 +182,31 @@ store *engine_store(const engine_snapshot *snap)
 	return snap->ss->st;
 }
 
-static void log_store_error(engine *eng, const char *what)
+static void log_store_error(engine *eng, int kind, const char *what)
 {
+	store_health *h = &eng->health[kind];
 	uint64_t suppressed = 0;
-	if (!log_ratelimit_pass(&eng->store_errors, (int64_t)time(NULL), &suppressed))
+	atomic_fetch_add_explicit(&h->failed, 1, memory_order_relaxed);
+	if (!log_ratelimit_pass(&h->errors, (int64_t)time(NULL), &suppressed))
 		return;
 	if (suppressed)
 		log_error("store %s failed: %s (%llu similar errors not logged)", what, store_last_error(),
 		          (unsigned long long)suppressed);
 	else
 		log_error("store %s failed: %s", what, store_last_error());
+}
+
+/* A call of this kind worked: after failures, say once that the store works again (no restart needed). */
+static void store_worked(engine *eng, int kind)
+{
+	store_health *h = &eng->health[kind];
+	uint64_t suppressed = 0;
+	if (atomic_load_explicit(&h->failed, memory_order_relaxed) == 0)
+		return;
+	uint64_t failed = atomic_exchange_explicit(&h->failed, 0, memory_order_relaxed);
+	if (failed && log_ratelimit_pass(&h->recoveries, (int64_t)time(NULL), &suppressed))
+		log_notice("store %s work again after %llu failed call(s)", store_kind_names[kind],
+		           (unsigned long long)failed);
 }
 
 /* Log-safe copies of the facts, for the one line per decision. */
@@ -227,12 +260,14 @@ decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *fa
 		switch (store_lookup(snap->ss->st, txn->lookup, txn->nlookup, (int64_t)time(NULL), &found)) {
 		case STORE_OK:
 			lookup = DECIDE_LOOKUP_HIT;
+			store_worked(snap->eng, STORE_LOOKUPS);
 			break;
 		case STORE_NOTFOUND:
+			store_worked(snap->eng, STORE_LOOKUPS);
 			break;
 		case STORE_ERROR:
 			lookup = DECIDE_LOOKUP_ERROR;
-			log_store_error(snap->eng, "lookup");
+			log_store_error(snap->eng, STORE_LOOKUPS, "lookup");
 			break;
 		}
 	}
@@ -282,9 +317,10 @@ decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts 
 		    .reason = "trap",
 		};
 		if (store_record(snap->ss->st, txn->record, txn->nrecord, &hit) == STORE_OK) {
+			store_worked(snap->eng, STORE_UPDATES);
 			record_list(txn, keys, sizeof(keys));
 		} else {
-			log_store_error(snap->eng, "update");
+			log_store_error(snap->eng, STORE_UPDATES, "update");
 			v = decide_store_failed(&cfg->decide, &v);
 			snprintf(keys, sizeof(keys), "none (store error)");
 		}
@@ -316,9 +352,12 @@ void engine_purge(engine *eng)
 {
 	engine_snapshot *snap = engine_acquire(eng);
 	uint64_t purged = 0;
-	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK)
-		log_store_error(eng, "purge");
-	else if (purged)
-		log_info("purged %llu expired blocklist entries", (unsigned long long)purged);
+	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK) {
+		log_store_error(eng, STORE_UPDATES, "purge");
+	} else {
+		store_worked(eng, STORE_UPDATES);
+		if (purged)
+			log_info("purged %llu expired blocklist entries", (unsigned long long)purged);
+	}
 	engine_release(snap);
 }

@@ -313,6 +313,13 @@ int main(int argc, char **argv)
 	/* Before anything else, so that an early SIGTERM waits for a clean stop. */
 	sigset_t signals;
 	daemon_block_signals(&signals);
+	/*
+	 * A file size limit (ulimit -f, LimitFSIZE=) must make a write fail
+	 * (EFBIG: a store error, store.on_error), not kill the daemon: the
+	 * policy workers block SIGXFSZ, but libmilter's and the purge's
+	 * threads do not.
+	 */
+	signal(SIGXFSZ, SIG_IGN);
 	config *cfg = load_config(&opt);
 	if (!cfg)
 		return 1;

@@ -4,9 +4,21 @@
  * Concurrency: a small pool of connections, each with its own prepared
  * statements, handed out under a mutex and condition variable; a thread
  * holds a connection for one call. The file is in WAL mode, so lookups
- * never wait for a writer. Writers of this process queue on a mutex
- * rather than spinning in SQLite's busy handler; busy_timeout covers
- * other processes (spamtrapctl next to the daemon).
+ * never wait for a writer. Writers of this process take turns (one at a
+ * time) before they take a connection, so that writers stuck behind a
+ * lock never hold the connections lookups need; SQLite's busy handler
+ * covers other processes (spamtrapctl, an sqlite3 shell).
+ *
+ * Faults (docs/spamtrapd.8.md, FAULTS): every wait of a call -- for a
+ * connection, for the write turn, for another process's lock -- ends at
+ * one deadline, WAIT_MS after the call started waiting, so that Postfix
+ * never hangs on the store. A call that ran out of time on a lock makes
+ * the calls of its kind (reads, writes) fail at once for BACKOFF_MS; then
+ * one call tries again and the first success ends it. Other failures
+ * (disk full, a file made read-only or immutable, I/O errors) fail the
+ * call at once and the next call tries afresh, so the store recovers by
+ * itself when the fault goes. Opening refuses a file it could only read.
+ * Purges delete in chunks, each its own write turn.
  *
  * Schema version 2 (PRAGMA user_version): one row per key, an index on
  * expires for purges, and the table netlens: how many network keys
@@ -26,18 +38,36 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "store/sqlite_filter.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 4
-#define BUSY_TIMEOUT_MS 5000
+/*
+ * The longest a call waits in all (connection, write turn, locks): far
+ * below Postfix's smtpd_policy_service_timeout (100s) and
+ * milter_command_timeout (30s), and far above a normal write by spamtrapctl.
+ */
+#define WAIT_MS 2000
+/* Opening may wait longer: it is not on a request's path. */
+#define OPEN_WAIT_MS 5000
+/* After a lock wait ran out, calls of its kind fail at once for this long. */
+#define BACKOFF_MS 1000
+/* Expired entries deleted per write turn by a purge. */
+#define PURGE_CHUNK 1000
+#define STRINGIFY(x) #x
+#define SQL_INT(x) STRINGIFY(x)
 #define SCHEMA_VERSION 2
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
@@ -155,7 +185,8 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_GET] = "SELECT " COLUMNS " FROM blocklist WHERE key = ?1",
     [ST_PUT] = put_sql,
     [ST_REMOVE] = "DELETE FROM blocklist WHERE key = ?1",
-    [ST_PURGE] = "DELETE FROM blocklist WHERE expires <= ?1",
+    [ST_PURGE] = "DELETE FROM blocklist WHERE key IN"
+                 " (SELECT key FROM blocklist WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_FOREACH] = "SELECT " COLUMNS " FROM blocklist WHERE expires > ?1 ORDER BY key",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -175,15 +206,83 @@ typedef struct conn {
 	bool mask_valid; /* mask is what netlens held at data_version */
 	int data_version;
 	netmask mask;
+	int64_t deadline; /* this call's end of waiting, monotonic ms; 0: it has not waited yet */
+	bool gave_up;     /* this call ran out of time waiting for a lock */
 } conn;
+
+/* Calls of one kind fail at once until `until` (monotonic ms, 0: never); then one tries (probing). */
+typedef struct backoff {
+	int64_t until;
+	bool probing;
+} backoff;
 
 struct store_backend_impl {
 	char *path;
-	pthread_mutex_t lock; /* guards conns[].busy */
-	pthread_cond_t freed;
-	pthread_mutex_t write_lock; /* one writer of this process at a time */
+	pthread_mutex_t lock;  /* guards conns[].busy, writing and backoff[] */
+	pthread_cond_t freed;  /* a connection was released */
+	pthread_cond_t turned; /* the write turn was released */
+	bool writing;          /* a writer of this process has the turn */
+	backoff backoff[2];    /* [0] reads, [1] writes */
 	conn conns[POOL_SIZE];
+	sqlite_filter *filter; /* answers most misses without SQLite */
 };
+
+/* --- waiting ------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * SQLite's busy handler: sleep in growing steps (as sqlite3_busy_timeout
+ * does) while another process holds the lock, until the call's deadline.
+ * The clock starts at the first wait, so a call that never waits never
+ * reads it.
+ */
+static int busy_wait(void *arg, int count)
+{
+	static const int steps_ms[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
+	const int nsteps = (int)(sizeof(steps_ms) / sizeof(steps_ms[0]));
+	conn *c = arg;
+	int64_t now = now_ms(), step = steps_ms[count < nsteps ? count : nsteps - 1];
+
+	if (c->deadline == 0)
+		c->deadline = now + WAIT_MS;
+	if (now >= c->deadline) {
+		c->gave_up = true;
+		return 0;
+	}
+	if (step > c->deadline - now)
+		step = c->deadline - now;
+	nanosleep(&(struct timespec){.tv_sec = step / 1000, .tv_nsec = step % 1000 * 1000000}, NULL);
+	return 1;
+}
+
+/* Condition variables wait by the monotonic clock, as the deadlines are kept. */
+static void monotonic_cond_init(pthread_cond_t *cond)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/* Wait on cond until *deadline (set now when 0); false once it has passed. Under s->lock. */
+static bool wait_until(store_backend_impl *s, pthread_cond_t *cond, int64_t *deadline)
+{
+	if (*deadline == 0)
+		*deadline = now_ms() + WAIT_MS;
+	pthread_cond_timedwait(
+	    cond, &s->lock,
+	    &(struct timespec){.tv_sec = *deadline / 1000, .tv_nsec = *deadline % 1000 * 1000000});
+	return now_ms() < *deadline;
+}
 
 /* --- setup --------------------------------------------------------------- */
 
@@ -242,33 +341,55 @@ static int schema_create(sqlite3 *db, const char *path, int version, char *err, 
 	return exec_sql(db, path, schema_v2_sql, err, errlen);
 }
 
-/* Check the schema version, creating or upgrading the schema; in one write transaction. */
+static int schema_read(sqlite3 *db, const char *path, int *version, int *ntables, char *err, size_t errlen)
+{
+	if (query_int(db, "PRAGMA user_version", version) == SQLITE_OK &&
+	    query_int(db, "SELECT count(*) FROM sqlite_master", ntables) == SQLITE_OK)
+		return 0;
+	snprintf(err, errlen, "sqlite %s: %s", path, sqlite3_errmsg(db));
+	return -1;
+}
+
+/* Inside the write transaction: refuse a file that is not ours or too new, create or upgrade the rest. */
+static int schema_update(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	int version = 0, ntables = 0;
+
+	if (schema_read(db, path, &version, &ntables, err, errlen) < 0)
+		return -1;
+	if (version == 0 && ntables > 0) {
+		snprintf(err, errlen,
+		         "sqlite %s: not a spamtrapd database (it has tables but no schema version)", path);
+		return -1;
+	} else if (version > SCHEMA_VERSION) {
+		snprintf(err, errlen, "sqlite %s: schema version %d is newer than this spamtrapd knows (%d)",
+		         path, version, SCHEMA_VERSION);
+		return -1;
+	}
+	return version < SCHEMA_VERSION ? schema_create(db, path, version, err, errlen) : 0;
+}
+
+/*
+ * Check the schema version, creating or upgrading the schema in one write
+ * transaction when needed. A current file is only read, so that the store
+ * opens while another process holds the write lock (lookups work then,
+ * writes wait their turn or fail by store.on_error).
+ */
 static int schema_check(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
 	int version = 0, ntables = 0;
 
+	if (schema_read(db, path, &version, &ntables, err, errlen) < 0)
+		return -1;
+	if (version == SCHEMA_VERSION)
+		return 0;
 	if (exec_sql(db, path, "BEGIN IMMEDIATE", err, errlen) < 0)
 		return -1;
-	if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
-	    query_int(db, "SELECT count(*) FROM sqlite_master", &ntables) != SQLITE_OK) {
-		snprintf(err, errlen, "sqlite %s: %s", path, sqlite3_errmsg(db));
-		goto fail;
-	}
-	if (version == 0 && ntables > 0) {
-		snprintf(err, errlen,
-		         "sqlite %s: not a spamtrapd database (it has tables but no schema version)", path);
-		goto fail;
-	} else if (version > SCHEMA_VERSION) {
-		snprintf(err, errlen, "sqlite %s: schema version %d is newer than this spamtrapd knows (%d)",
-		         path, version, SCHEMA_VERSION);
-		goto fail;
-	} else if (version < SCHEMA_VERSION && schema_create(db, path, version, err, errlen) < 0) {
-		goto fail;
+	if (schema_update(db, path, err, errlen) < 0) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
 	}
 	return exec_sql(db, path, "COMMIT", err, errlen);
-fail:
-	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-	return -1;
 }
 
 static void conn_close(conn *c)
@@ -292,7 +413,64 @@ static int conn_prepare(conn *c, const store_backend_impl *s, char *err, size_t 
 	return 0;
 }
 
-static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
+/* The user this process runs as, for messages about permissions. */
+static void user_name(char *buf, size_t buflen)
+{
+	struct passwd pw, *found = NULL;
+	char pwbuf[1024];
+
+	if (getpwuid_r(geteuid(), &pw, pwbuf, sizeof(pwbuf), &found) == 0 && found)
+		snprintf(buf, buflen, "user %s", found->pw_name);
+	else
+		snprintf(buf, buflen, "uid %u", (unsigned)geteuid());
+}
+
+/* The folder of path, for messages and checks. */
+static void dir_of(const char *path, char *dir, size_t dirlen)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (!slash)
+		snprintf(dir, dirlen, ".");
+	else
+		snprintf(dir, dirlen, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+}
+
+/*
+ * Why opening may have failed, appended to err when the file system shows
+ * it: a file of the database (the file, -wal, -shm) this user cannot
+ * write; the folder, when SQLite has to create -wal or -shm there (or the
+ * file) and may not; or a full file system. SQLite's own message names
+ * none of these ("disk I/O error", "unable to open database file").
+ */
+static void open_hint(const char *path, char *err, size_t errlen)
+{
+	static const char *const suffixes[] = {"", "-wal", "-shm"};
+	size_t used = strlen(err);
+	char file[4096], dir[4096], user[96];
+	struct statvfs vfs;
+	bool missing = false;
+
+	user_name(user, sizeof(user));
+	dir_of(path, dir, sizeof(dir));
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(file, sizeof(file), "%s%s", path, suffixes[i]);
+		if (access(file, F_OK) < 0) {
+			missing = true;
+		} else if (access(file, R_OK | W_OK) < 0) {
+			snprintf(err + used, errlen - used, " (%s cannot write %s: %s)", user, file,
+			         strerror(errno));
+			return;
+		}
+	}
+	if (missing && access(dir, W_OK | X_OK) < 0)
+		snprintf(err + used, errlen - used, " (%s cannot create files in %s: %s)", user, dir,
+		         strerror(errno));
+	else if (statvfs(dir, &vfs) == 0 && vfs.f_bavail == 0)
+		snprintf(err + used, errlen - used, " (the file system of %s is full)", dir);
+}
+
+static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
 	char pragmas[160];
@@ -302,10 +480,16 @@ static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err
 		         c->db ? sqlite3_errmsg(c->db) : "out of memory");
 		return -1;
 	}
+	/* SQLite falls back to reading a file it may not write; a blocklist that cannot learn is a fault. */
+	if (sqlite3_db_readonly(c->db, "main") == 1) {
+		snprintf(err, errlen, "sqlite %s: cannot open the database for writing", s->path);
+		return -1;
+	}
 	sqlite3_extended_result_codes(c->db, 1);
-	snprintf(pragmas, sizeof(pragmas),
-	         "PRAGMA busy_timeout = %d; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d;",
-	         BUSY_TIMEOUT_MS, CACHE_KIB);
+	sqlite3_busy_handler(c->db, busy_wait, c);
+	c->deadline = now_ms() + OPEN_WAIT_MS;
+	snprintf(pragmas, sizeof(pragmas), "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d;",
+	         CACHE_KIB);
 	if (exec_sql(c->db, s->path, pragmas, err, errlen) < 0)
 		return -1;
 	/* journal_mode is stored in the file; setting it once is enough, and the first connection does. */
@@ -315,15 +499,31 @@ static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err
 	return conn_prepare(c, s, err, errlen);
 }
 
+static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
+{
+	if (conn_setup(c, s, first, err, errlen) == 0) {
+		c->deadline = 0;
+		c->gave_up = false;
+		return 0;
+	}
+	if (c->gave_up)
+		snprintf(err + strlen(err), errlen - strlen(err),
+		         " (another process held a lock on it for %d ms)", OPEN_WAIT_MS);
+	else
+		open_hint(s->path, err, errlen);
+	return -1;
+}
+
 static void sqlite_free(store_backend_impl *s)
 {
 	if (!s)
 		return;
+	sqlite_filter_free(s->filter);
 	for (int i = 0; i < POOL_SIZE; i++)
 		conn_close(&s->conns[i]);
 	pthread_mutex_destroy(&s->lock);
-	pthread_mutex_destroy(&s->write_lock);
 	pthread_cond_destroy(&s->freed);
+	pthread_cond_destroy(&s->turned);
 	free(s->path);
 	free(s);
 }
@@ -347,13 +547,19 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 		return NULL;
 	}
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_mutex_init(&s->write_lock, NULL);
-	pthread_cond_init(&s->freed, NULL);
-	if (create_file(s->path, err, errlen) < 0)
+	monotonic_cond_init(&s->freed);
+	monotonic_cond_init(&s->turned);
+	if (create_file(s->path, err, errlen) < 0) {
+		open_hint(s->path, err, errlen);
 		goto fail;
+	}
 	for (int i = 0; i < POOL_SIZE; i++)
 		if (conn_open(&s->conns[i], s, i == 0, err, errlen) < 0)
 			goto fail;
+	if (!(s->filter = sqlite_filter_new(s->path))) {
+		snprintf(err, errlen, "sqlite: out of memory");
+		goto fail;
+	}
 	return s;
 fail:
 	sqlite_free(s);
@@ -362,34 +568,105 @@ fail:
 
 /* --- the pool ------------------------------------------------------------ */
 
-static conn *acquire(store_backend_impl *s)
-{
-	conn *c = NULL;
+typedef enum { FOR_READ = 0, FOR_WRITE = 1 } use;
 
-	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		for (int i = 0; i < POOL_SIZE && !c; i++)
-			if (!s->conns[i].busy)
-				c = &s->conns[i];
-		if (c)
+/* Under s->lock: may a call go ahead? When a back-off has run out, one call (the probe) goes. */
+static bool backoff_admits(backoff *b)
+{
+	if (b->until == 0)
+		return true;
+	if (b->probing || now_ms() < b->until)
+		return false;
+	b->probing = true;
+	return true;
+}
+
+/* Under s->lock: a call ran out of time waiting (back off), or it did not (any back-off ends). */
+static void backoff_update(backoff *b, bool timed_out)
+{
+	if (timed_out)
+		*b = (backoff){.until = now_ms() + BACKOFF_MS};
+	else if (b->until)
+		*b = (backoff){0};
+}
+
+static conn *free_conn(store_backend_impl *s)
+{
+	for (int i = 0; i < POOL_SIZE; i++)
+		if (!s->conns[i].busy)
+			return &s->conns[i];
+	return NULL;
+}
+
+/* Under s->lock: a writer's turn first, then a connection; NULL when *deadline passes first. */
+static conn *take(store_backend_impl *s, use u, int64_t *deadline)
+{
+	conn *c;
+
+	while (u == FOR_WRITE && s->writing)
+		if (!wait_until(s, &s->turned, deadline) && s->writing)
+			return NULL;
+	if (u == FOR_WRITE)
+		s->writing = true;
+	while (!(c = free_conn(s)))
+		if (!wait_until(s, &s->freed, deadline) && !(c = free_conn(s)))
 			break;
-		pthread_cond_wait(&s->freed, &s->lock);
+	if (!c && u == FOR_WRITE) {
+		s->writing = false;
+		pthread_cond_signal(&s->turned);
 	}
-	c->busy = true;
-	pthread_mutex_unlock(&s->lock);
 	return c;
 }
 
-static void release(store_backend_impl *s, conn *c)
+/*
+ * A connection for one call (what names the call in errors), with the
+ * write turn for a writer. NULL with the store error set while calls of
+ * this kind back off, or when the wait ran out.
+ */
+static conn *acquire(store_backend_impl *s, use u, const char *what)
+{
+	int64_t deadline = 0;
+	conn *c = NULL;
+	bool admitted;
+
+	pthread_mutex_lock(&s->lock);
+	admitted = backoff_admits(&s->backoff[u]);
+	if (admitted && (c = take(s, u, &deadline)) != NULL) {
+		c->busy = true;
+		c->deadline = deadline;
+		c->gave_up = false;
+	} else if (admitted) {
+		backoff_update(&s->backoff[u], true);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!admitted)
+		store_set_error(
+		    "sqlite %s: %s: database is locked (not waiting: a wait ran out less than %d ms ago)",
+		    s->path, what, BACKOFF_MS);
+	else if (!c)
+		store_set_error("sqlite %s: %s: gave up after %d ms waiting for %s", s->path, what, WAIT_MS,
+		                u == FOR_WRITE ? "the write in progress" : "a free connection");
+	return c;
+}
+
+static void release(store_backend_impl *s, conn *c, use u)
 {
 	pthread_mutex_lock(&s->lock);
+	backoff_update(&s->backoff[u], c->gave_up);
 	c->busy = false;
 	pthread_cond_signal(&s->freed);
+	if (u == FOR_WRITE) {
+		s->writing = false;
+		pthread_cond_signal(&s->turned);
+	}
 	pthread_mutex_unlock(&s->lock);
 }
 
 static store_status db_error(const store_backend_impl *s, const conn *c, const char *what)
 {
+	if (c->gave_up)
+		return store_set_error("sqlite %s: %s: %s (gave up after %d ms)", s->path, what,
+		                       sqlite3_errmsg(c->db), WAIT_MS);
 	return store_set_error("sqlite %s: %s: %s", s->path, what, sqlite3_errmsg(c->db));
 }
 
@@ -504,9 +781,9 @@ static int refresh_mask(conn *c)
 	return 0;
 }
 
-/* Probe keys in order; the first live entry wins. */
+/* Probe keys in order, but those of skip (bit i: keys[i]); the first live entry wins. */
 static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys, size_t nkeys,
-                               int64_t now, store_entry *found)
+                               uint64_t skip, int64_t now, store_entry *found)
 {
 	sqlite3_stmt *stmt = c->stmt[ST_PROBE];
 	store_status rc = STORE_NOTFOUND;
@@ -515,7 +792,7 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	for (size_t i = 0; i < nkeys && rc == STORE_NOTFOUND; i++) {
 		int step;
 
-		if (!mask_may_have(&c->mask, keys[i]))
+		if ((i < 64 && (skip >> i & 1)) || !mask_may_have(&c->mask, keys[i]))
 			continue;
 		sqlite3_bind_text(stmt, 1, keys[i], -1, SQLITE_STATIC);
 		step = sqlite3_step(stmt);
@@ -531,25 +808,39 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	return rc;
 }
 
+/*
+ * The filter first: when it knows that no key is in the file, that is the
+ * answer. When it knows that only some may be, and the transaction reads
+ * the state it answered for, only those are probed.
+ */
 static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
                                   store_entry *found)
 {
-	conn *c = acquire(s);
+	sqlite_filter_view view;
+	uint64_t maybe = 0;
+	int nmaybe = sqlite_filter_check(s->filter, keys, nkeys, &maybe, &view);
+	conn *c;
 	store_status rc;
 
+	if (nmaybe == 0)
+		return STORE_NOTFOUND;
+	c = acquire(s, FOR_READ, "lookup");
+	if (!c)
+		return STORE_ERROR;
 	if (step_done(c->stmt[ST_BEGIN_READ]) < 0)
 		rc = db_error(s, c, "lookup: begin");
 	else if (refresh_mask(c) < 0)
 		rc = db_error(s, c, "lookup: network lengths");
 	else
-		rc = probe_keys(s, c, keys, nkeys, now, found);
+		rc = probe_keys(s, c, keys, nkeys,
+		                nmaybe > 0 && sqlite_filter_unchanged(s->filter, &view) ? ~maybe : 0, now, found);
 	/* A read transaction: COMMIT only ends it. */
 	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
 		if (rc != STORE_ERROR)
 			rc = db_error(s, c, "lookup: end");
 		step_done(c->stmt[ST_ROLLBACK]);
 	}
-	release(s, c);
+	release(s, c, FOR_READ);
 	return rc;
 }
 
@@ -573,14 +864,17 @@ static int record_one(conn *c, const char *key, const store_hit *hit)
 static store_status sqlite_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
                                   const store_hit *hit)
 {
-	conn *c = acquire(s);
+	conn *c = acquire(s, FOR_WRITE, "record");
 	store_status rc = STORE_OK;
+	sqlite_filter_write fw;
 
-	pthread_mutex_lock(&s->write_lock);
+	if (!c)
+		return STORE_ERROR;
 	if (step_done(c->stmt[ST_BEGIN]) < 0) {
 		rc = db_error(s, c, "record: begin");
 		goto out;
 	}
+	sqlite_filter_write_begin(s->filter, &fw);
 	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
 		if (record_one(c, keys[i], hit) < 0)
 			rc = db_error(s, c, "record");
@@ -588,20 +882,23 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: commit");
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
+	sqlite_filter_write_end(s->filter, &fw, keys, nkeys);
 out:
 	wrote(c);
-	pthread_mutex_unlock(&s->write_lock);
-	release(s, c);
+	release(s, c, FOR_WRITE);
 	return rc;
 }
 
 static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
 {
-	conn *c = acquire(s);
-	sqlite3_stmt *stmt = c->stmt[ST_GET];
+	conn *c = acquire(s, FOR_READ, "get");
+	sqlite3_stmt *stmt;
 	store_status rc = STORE_NOTFOUND;
 	int step;
 
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_GET];
 	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
 	step = sqlite3_step(stmt);
 	if (step == SQLITE_ROW) {
@@ -611,16 +908,19 @@ static store_status sqlite_get(store_backend_impl *s, const char *key, store_ent
 		rc = db_error(s, c, "get");
 	}
 	done(stmt);
-	release(s, c);
+	release(s, c, FOR_READ);
 	return rc;
 }
 
 static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
 {
-	conn *c = acquire(s);
-	sqlite3_stmt *stmt = c->stmt[ST_PUT];
+	conn *c = acquire(s, FOR_WRITE, "put");
+	sqlite3_stmt *stmt;
 	store_status rc = STORE_OK;
 
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_PUT];
 	bind_field(stmt, 1, e->key, sizeof(e->key));
 	sqlite3_bind_int64(stmt, 2, e->first_seen);
 	sqlite3_bind_int64(stmt, 3, e->last_seen);
@@ -633,69 +933,82 @@ static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
 	bind_field(stmt, 10, e->helo, sizeof(e->helo));
 	bind_field(stmt, 11, e->queue_id, sizeof(e->queue_id));
 	bind_field(stmt, 12, e->reason, sizeof(e->reason));
-	pthread_mutex_lock(&s->write_lock);
 	if (step_done(stmt) < 0)
 		rc = db_error(s, c, "put");
 	wrote(c);
-	pthread_mutex_unlock(&s->write_lock);
-	release(s, c);
+	release(s, c, FOR_WRITE);
 	return rc;
 }
 
-/* Run a write statement with its bindings set; *changes gets the rows it touched. */
+/* Run a write statement with its bindings set, in its own write turn; *changes gets the rows it touched. */
 static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt, const char *what,
                               uint64_t *changes)
 {
 	store_status rc = STORE_OK;
 
-	pthread_mutex_lock(&s->write_lock);
 	if (step_done(stmt) < 0)
 		rc = db_error(s, c, what);
 	else
 		*changes = (uint64_t)sqlite3_changes(c->db);
 	wrote(c);
-	pthread_mutex_unlock(&s->write_lock);
+	release(s, c, FOR_WRITE);
 	return rc;
 }
 
 static store_status sqlite_remove(store_backend_impl *s, const char *key)
 {
-	conn *c = acquire(s);
+	conn *c = acquire(s, FOR_WRITE, "remove");
 	uint64_t changes = 0;
 	store_status rc;
 
+	if (!c)
+		return STORE_ERROR;
 	sqlite3_bind_text(c->stmt[ST_REMOVE], 1, key, -1, SQLITE_STATIC);
 	rc = run_write(s, c, c->stmt[ST_REMOVE], "remove", &changes);
-	release(s, c);
 	if (rc == STORE_OK && changes == 0)
 		rc = STORE_NOTFOUND;
 	return rc;
 }
 
+/*
+ * PURGE_CHUNK entries a write turn: a purge of a long downtime's entries
+ * never holds up a trap hit (this process's or another's) for long.
+ */
 static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
 {
-	conn *c = acquire(s);
-	store_status rc;
+	uint64_t changes = PURGE_CHUNK;
+	store_status rc = STORE_OK;
 
 	*purged = 0;
-	sqlite3_bind_int64(c->stmt[ST_PURGE], 1, now);
-	rc = run_write(s, c, c->stmt[ST_PURGE], "purge", purged);
-	release(s, c);
+	while (rc == STORE_OK && changes == PURGE_CHUNK) {
+		conn *c = acquire(s, FOR_WRITE, "purge");
+
+		if (!c)
+			return STORE_ERROR;
+		changes = 0;
+		sqlite3_bind_int64(c->stmt[ST_PURGE], 1, now);
+		rc = run_write(s, c, c->stmt[ST_PURGE], "purge", &changes);
+		*purged += changes;
+	}
 	return rc;
 }
 
 static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)
 {
-	conn *c = acquire(s);
-	sqlite3_stmt *stmt = c->stmt[ST_FOREACH];
-	store_status rc = STORE_OK;
 	store_entry *e = malloc(sizeof(*e));
+	conn *c;
+	sqlite3_stmt *stmt;
+	store_status rc = STORE_OK;
 	int step;
 
-	if (!e) {
-		release(s, c);
+	if (!e)
 		return store_set_error("sqlite %s: foreach: out of memory", s->path);
+	c = acquire(s, FOR_READ, "foreach");
+	if (!c) {
+		free(e);
+		return STORE_ERROR;
 	}
+	stmt = c->stmt[ST_FOREACH];
 	sqlite3_bind_int64(stmt, 1, now);
 	while ((step = sqlite3_step(stmt)) == SQLITE_ROW) {
 		row_to_entry(stmt, e);
@@ -705,7 +1018,7 @@ static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_vis
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		rc = db_error(s, c, "foreach");
 	done(stmt);
-	release(s, c);
+	release(s, c, FOR_READ);
 	free(e);
 	return rc;
 }

@@ -1207,6 +1207,224 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_netlens("4/22=1 6/48=1");
 }
 
+/*
+ * Another process holding a lock on the case's file: the sqlite3 tool runs
+ * sql (with .bail on, so a failed lock is an exit, not a false "locked")
+ * and keeps its transaction until locker_stop() closes its input.
+ */
+typedef struct locker {
+	pid_t pid;
+	FILE *in;
+} locker;
+
+static locker locker_start(const char *sql)
+{
+	int in[2], out[2];
+	locker l;
+	FILE *rd;
+	char line[64] = "";
+
+	if (pipe(in) < 0 || pipe(out) < 0)
+		fail_msg("pipe: %s", strerror(errno));
+	l.pid = fork();
+	if (l.pid == 0) {
+		dup2(in[0], STDIN_FILENO);
+		dup2(out[1], STDOUT_FILENO);
+		close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+		execlp("sqlite3", "sqlite3", "-batch", "-bail", B.path, (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	l.in = fdopen(in[1], "w");
+	rd = fdopen(out[0], "r");
+	assert_non_null(l.in);
+	assert_non_null(rd);
+	fprintf(l.in, "%s\nSELECT 'locked';\n", sql);
+	fflush(l.in);
+	if (!fgets(line, sizeof(line), rd) || strcmp(line, "locked\n") != 0)
+		fail_msg("the sqlite3 tool did not take the lock (%s)", sql);
+	fclose(rd);
+	return l;
+}
+
+static void locker_stop(locker *l)
+{
+	int status = 0;
+
+	fclose(l->in);
+	assert_int_equal(waitpid(l->pid, &status, 0), l->pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static store_status record_timed(store *st, const char *key, double *secs)
+{
+	const char *keys[] = {key};
+	store_hit h = hit_at(now_s(), "trap@example.com");
+	double start = mono();
+	store_status rc = store_record(st, keys, 1, &h);
+
+	*secs = mono() - start;
+	return rc;
+}
+
+/* Poll until a write works again, at most limit seconds. */
+static bool writes_recover(store *st, double limit)
+{
+	double start = mono(), secs;
+
+	while (mono() - start < limit) {
+		if (record_timed(st, "again@example.com", &secs) == STORE_OK)
+			return true;
+		usleep(50000);
+	}
+	return false;
+}
+
+/*
+ * Another process holds the write lock (an sqlite3 shell left in a
+ * transaction): a write gives up within the store's wait (2 s), the next
+ * ones fail at once while backing off, lookups go on meanwhile, and writes
+ * work again, with no new handle, once the lock is gone.
+ */
+static void test_sqlite_locked_by_other_process(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_hit h = hit_at(t, "trap@example.com");
+	locker l;
+	double secs;
+
+	(void)state;
+	record1(st, "listed@example.com", &h);
+	l = locker_start("BEGIN IMMEDIATE;");
+	assert_int_equal(record_timed(st, "new@example.com", &secs), STORE_ERROR);
+	assert_non_null(strstr(store_last_error(), "database is locked"));
+	assert_non_null(strstr(store_last_error(), B.path));
+	if (secs < 1.5 || secs > 3.0)
+		fail_msg("a locked write gave up after %.3f s, not about 2 s", secs);
+	assert_int_equal(record_timed(st, "new@example.com", &secs), STORE_ERROR);
+	assert_non_null(strstr(store_last_error(), "not waiting"));
+	assert_true(secs < 0.2);
+	assert_int_equal(lookup1(st, "listed@example.com", t, NULL), STORE_OK);
+	assert_int_equal(lookup1(st, "new@example.com", t, NULL), STORE_NOTFOUND);
+	locker_stop(&l);
+	if (!writes_recover(st, 3.0))
+		fail_msg("writes did not work again after the lock went: %s", store_last_error());
+	record1(st, "new@example.com", &h);
+	assert_int_equal(lookup1(st, "new@example.com", t, NULL), STORE_OK);
+	store_free(st);
+}
+
+#define LOCKED_WRITERS 8
+
+struct locked_writer {
+	store *st;
+	int id;
+	store_status rc;
+	double secs;
+};
+
+static void *locked_write(void *arg)
+{
+	struct locked_writer *w = arg;
+	char key[64];
+
+	snprintf(key, sizeof(key), "writer%d@example.com", w->id);
+	w->rc = record_timed(w->st, key, &w->secs);
+	return NULL;
+}
+
+/*
+ * More writers than the pool has connections, all stuck behind another
+ * process's lock: each gives up within the one wait (not one wait after
+ * another), and none holds a connection a lookup needs meanwhile.
+ */
+static void test_sqlite_locked_writers_bounded(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_hit h = hit_at(t, "trap@example.com");
+	pthread_t th[LOCKED_WRITERS];
+	struct locked_writer w[LOCKED_WRITERS];
+	locker l;
+	double start, worst = 0;
+
+	(void)state;
+	record1(st, "listed@example.com", &h);
+	l = locker_start("BEGIN IMMEDIATE;");
+	for (int i = 0; i < LOCKED_WRITERS; i++) {
+		w[i] = (struct locked_writer){.st = st, .id = i};
+		assert_int_equal(pthread_create(&th[i], NULL, locked_write, &w[i]), 0);
+	}
+	usleep(200000);
+	for (int i = 0; i < 20; i++) {
+		start = mono();
+		assert_int_equal(lookup1(st, "listed@example.com", t, NULL), STORE_OK);
+		if (mono() - start > worst)
+			worst = mono() - start;
+		usleep(20000);
+	}
+	if (worst > 0.2)
+		fail_msg("a lookup waited %.3f s behind writers stuck on a lock", worst);
+	for (int i = 0; i < LOCKED_WRITERS; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(w[i].rc, STORE_ERROR);
+		if (w[i].secs > 3.0)
+			fail_msg("writer %d waited %.3f s", i, w[i].secs);
+	}
+	locker_stop(&l);
+	assert_true(writes_recover(st, 3.0));
+	store_free(st);
+}
+
+/* A current file opens while another process holds the write lock: only reads are needed. */
+static void test_sqlite_open_while_write_locked(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_hit h = hit_at(t, "trap@example.com");
+	locker l;
+	double start;
+
+	(void)state;
+	record1(st, "listed@example.com", &h);
+	store_free(st);
+	l = locker_start("BEGIN IMMEDIATE;");
+	start = mono();
+	st = open_store();
+	assert_true(mono() - start < 1.0);
+	assert_int_equal(lookup1(st, "listed@example.com", t, NULL), STORE_OK);
+	locker_stop(&l);
+	record1(st, "new@example.com", &h);
+	store_free(st);
+}
+
+/* A purge deletes in chunks (one write turn each) and still gets every expired entry. */
+static void test_sqlite_purge_in_chunks(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	store_entry e;
+	uint64_t purged = 0;
+	char sql[512], out[64];
+
+	(void)state;
+	snprintf(sql, sizeof(sql),
+	         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)"
+	         " INSERT INTO blocklist (key, first_seen, last_seen, expires)"
+	         " SELECT 'old' || i || '@example.com', %lld, %lld, %lld FROM n",
+	         (long long)(t - 10), (long long)(t - 10), (long long)(t - 1));
+	sqlite_cli(sql, out, sizeof(out));
+	put_key(st, "live@example.com", t);
+	assert_int_equal(store_purge(st, t, &purged), STORE_OK);
+	assert_int_equal(purged, 2500);
+	assert_int_equal(store_get(st, "old1@example.com", &e), STORE_NOTFOUND);
+	assert_int_equal(store_get(st, "old2500@example.com", &e), STORE_NOTFOUND);
+	assert_int_equal(store_get(st, "live@example.com", &e), STORE_OK);
+	store_free(st);
+}
+
 /* --- Redis only ---------------------------------------------------------- */
 
 static void test_redis_expires_by_itself(void **state)
@@ -1514,9 +1732,15 @@ static const struct CMUnitTest common_tests[] = {
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
-    CASE(test_sqlite_file),           CASE(test_sqlite_not_ours),
-    CASE(test_sqlite_netlens_counts), CASE(test_sqlite_netlens_other_process),
+    CASE(test_sqlite_file),
+    CASE(test_sqlite_not_ours),
+    CASE(test_sqlite_netlens_counts),
+    CASE(test_sqlite_netlens_other_process),
     CASE(test_sqlite_upgrade_v1),
+    CASE(test_sqlite_locked_by_other_process),
+    CASE(test_sqlite_locked_writers_bounded),
+    CASE(test_sqlite_open_while_write_locked),
+    CASE(test_sqlite_purge_in_chunks),
 };
 
 static const struct CMUnitTest redis_tests[] = {
