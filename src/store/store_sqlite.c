@@ -50,7 +50,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "store/sqlite_filter.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 4
@@ -224,7 +223,6 @@ struct store_backend_impl {
 	bool writing;          /* a writer of this process has the turn */
 	backoff backoff[2];    /* [0] reads, [1] writes */
 	conn conns[POOL_SIZE];
-	sqlite_filter *filter; /* answers most misses without SQLite */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -518,7 +516,6 @@ static void sqlite_free(store_backend_impl *s)
 {
 	if (!s)
 		return;
-	sqlite_filter_free(s->filter);
 	for (int i = 0; i < POOL_SIZE; i++)
 		conn_close(&s->conns[i]);
 	pthread_mutex_destroy(&s->lock);
@@ -556,10 +553,6 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 	for (int i = 0; i < POOL_SIZE; i++)
 		if (conn_open(&s->conns[i], s, i == 0, err, errlen) < 0)
 			goto fail;
-	if (!(s->filter = sqlite_filter_new(s->path))) {
-		snprintf(err, errlen, "sqlite: out of memory");
-		goto fail;
-	}
 	return s;
 fail:
 	sqlite_free(s);
@@ -781,9 +774,9 @@ static int refresh_mask(conn *c)
 	return 0;
 }
 
-/* Probe keys in order, but those of skip (bit i: keys[i]); the first live entry wins. */
+/* Probe keys in order; the first live entry wins. */
 static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys, size_t nkeys,
-                               uint64_t skip, int64_t now, store_entry *found)
+                               int64_t now, store_entry *found)
 {
 	sqlite3_stmt *stmt = c->stmt[ST_PROBE];
 	store_status rc = STORE_NOTFOUND;
@@ -792,7 +785,7 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	for (size_t i = 0; i < nkeys && rc == STORE_NOTFOUND; i++) {
 		int step;
 
-		if ((i < 64 && (skip >> i & 1)) || !mask_may_have(&c->mask, keys[i]))
+		if (!mask_may_have(&c->mask, keys[i]))
 			continue;
 		sqlite3_bind_text(stmt, 1, keys[i], -1, SQLITE_STATIC);
 		step = sqlite3_step(stmt);
@@ -808,23 +801,12 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	return rc;
 }
 
-/*
- * The filter first: when it knows that no key is in the file, that is the
- * answer. When it knows that only some may be, and the transaction reads
- * the state it answered for, only those are probed.
- */
 static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
                                   store_entry *found)
 {
-	sqlite_filter_view view;
-	uint64_t maybe = 0;
-	int nmaybe = sqlite_filter_check(s->filter, keys, nkeys, &maybe, &view);
-	conn *c;
+	conn *c = acquire(s, FOR_READ, "lookup");
 	store_status rc;
 
-	if (nmaybe == 0)
-		return STORE_NOTFOUND;
-	c = acquire(s, FOR_READ, "lookup");
 	if (!c)
 		return STORE_ERROR;
 	if (step_done(c->stmt[ST_BEGIN_READ]) < 0)
@@ -832,8 +814,7 @@ static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys
 	else if (refresh_mask(c) < 0)
 		rc = db_error(s, c, "lookup: network lengths");
 	else
-		rc = probe_keys(s, c, keys, nkeys,
-		                nmaybe > 0 && sqlite_filter_unchanged(s->filter, &view) ? ~maybe : 0, now, found);
+		rc = probe_keys(s, c, keys, nkeys, now, found);
 	/* A read transaction: COMMIT only ends it. */
 	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
 		if (rc != STORE_ERROR)
@@ -866,7 +847,6 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 {
 	conn *c = acquire(s, FOR_WRITE, "record");
 	store_status rc = STORE_OK;
-	sqlite_filter_write fw;
 
 	if (!c)
 		return STORE_ERROR;
@@ -874,7 +854,6 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: begin");
 		goto out;
 	}
-	sqlite_filter_write_begin(s->filter, &fw);
 	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
 		if (record_one(c, keys[i], hit) < 0)
 			rc = db_error(s, c, "record");
@@ -882,7 +861,6 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: commit");
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
-	sqlite_filter_write_end(s->filter, &fw, keys, nkeys);
 out:
 	wrote(c);
 	release(s, c, FOR_WRITE);
