@@ -204,6 +204,16 @@ const char *addr_domain(const char *addr)
 	return (at != NULL && at[1] != '\0') ? at + 1 : NULL;
 }
 
+bool addr_entry_normalise(const char *in, char *out, size_t outlen)
+{
+	char again[ADDR_MAX];
+
+	if (in == NULL || addr_normalise(in, strlen(in), out, outlen) != ADDR_OK || out[0] == '@' ||
+	    addr_domain(out) == NULL)
+		return false;
+	return addr_normalise(out, strlen(out), again, sizeof(again)) == ADDR_OK && strcmp(again, out) == 0;
+}
+
 static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 /* Parse bare IP text into out, keeping IPv4-mapped IPv6 as IPv6. */
@@ -580,6 +590,10 @@ bool addr_domain_normalise(const char *in, char *out, size_t outlen)
 		unsigned char c = (unsigned char)in[i];
 
 		if (c <= ' ' || c == 0x7f || strchr("@<>\",;\\", c) != NULL)
+			return false;
+		/* "example.org..": its last label is empty, and "x@example.org.." normalises to another
+		 * domain. */
+		if (c == '.' && i + 1 == len)
 			return false;
 		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : (char)c;
 	}

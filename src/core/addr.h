@@ -42,11 +42,21 @@ bool addr_strip_extension(const char *addr, const char *delimiters, char *out, s
 
 /*
  * "Example.ORG." or "@example.org" becomes "example.org" (ASCII lowercased,
- * one trailing dot dropped). Blanks, control characters and address
- * punctuation make it no domain: returns false. out needs
+ * one trailing dot dropped). Blanks, control characters, address
+ * punctuation and an empty first or last label (".a", "a..") make it no
+ * domain: returns false. out needs
  * ADDR_DOMAIN_MAX + 1 bytes.
  */
 bool addr_domain_normalise(const char *in, char *out, size_t outlen);
+
+/*
+ * An address given as a trap or whitelist entry: addr_normalise, and it
+ * must have a local part and a domain, and its normal form must normalise
+ * to itself (" x@d ." or "x@d.." would be stored in a form that no
+ * envelope address normalises to, so the entry could never hit). out needs
+ * ADDR_MAX bytes; false when it is no such address.
+ */
+bool addr_entry_normalise(const char *in, char *out, size_t outlen);
 
 /* The domain part of a normalised address (after the last '@'), or NULL. */
 const char *addr_domain(const char *addr);

@@ -88,8 +88,7 @@ int trapset_add_address(trapset *set, const char *address, char *err, size_t err
 {
 	char norm[ADDR_MAX];
 
-	if (addr_normalise(address, strlen(address), norm, sizeof(norm)) != ADDR_OK || norm[0] == '@' ||
-	    addr_domain(norm) == NULL) {
+	if (!addr_entry_normalise(address, norm, sizeof(norm))) {
 		snprintf(err, errlen, "'%.64s' is not a trap address (expected user@domain)", address);
 		return -1;
 	}

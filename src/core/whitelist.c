@@ -75,8 +75,7 @@ int whitelist_add_address(whitelist *wl, const char *address, char *err, size_t 
 {
 	char norm[ADDR_MAX];
 
-	if (addr_normalise(address, strlen(address), norm, sizeof(norm)) != ADDR_OK || norm[0] == '@' ||
-	    addr_domain(norm) == NULL) {
+	if (!addr_entry_normalise(address, norm, sizeof(norm))) {
 		snprintf(err, errlen, "'%.64s' is not an address (expected user@example.org)", address);
 		return -1;
 	}

@@ -252,6 +252,61 @@ static void test_domain_case(void **state)
 		assert_string_equal(d, c->domain);
 }
 
+/* ---- addr_domain_normalise and addr_entry_normalise: list entries ---- */
+
+struct entry_case {
+	const char *name;
+	const char *in;
+	const char *out; /* NULL: refused */
+};
+
+static struct entry_case domain_norm_cases[] = {
+    {"plain", "example.org", "example.org"},
+    {"at sign and case", "@Example.ORG", "example.org"},
+    {"one trailing dot dropped", "example.org.", "example.org"},
+    {"two trailing dots", "example.org..", NULL}, /* found by fuzz_addr */
+    {"leading dot", ".example.org", NULL},
+    {"only a dot", ".", NULL},
+    {"blank", "bad domain.example", NULL},
+    {"at sign inside", "a@b.example", NULL},
+};
+
+static void test_domain_norm_case(void **state)
+{
+	const struct entry_case *c = *state;
+	char out[ADDR_DOMAIN_MAX + 1];
+	bool ok = addr_domain_normalise(c->in, out, sizeof(out));
+
+	assert_int_equal(ok, c->out != NULL);
+	if (ok)
+		assert_string_equal(out, c->out);
+}
+
+static struct entry_case entry_cases[] = {
+    {"plain", "Trap@Example.COM", "trap@example.com"},
+    {"brackets and one trailing dot", "<trap@example.com.>", "trap@example.com"},
+    {"source route", "<@relay:trap@example.com>", "trap@example.com"},
+    {"quoted local part", "\"a b\"@example.com", "\"a b\"@example.com"},
+    {"no domain", "trap@", NULL},
+    {"no local part", "@example.com", NULL},
+    {"no at sign", "postmaster", NULL},
+    /* Normal forms that normalise to something else: no envelope address could hit them (fuzz_lists). */
+    {"two trailing dots", "trap@example.com..", NULL},
+    {"blank before the dropped dot", "l@ .", NULL},
+    {"blank after a source route", "<@relay: trap@example.com>", NULL},
+};
+
+static void test_entry_case(void **state)
+{
+	const struct entry_case *c = *state;
+	char out[ADDR_MAX];
+	bool ok = addr_entry_normalise(c->in, out, sizeof(out));
+
+	assert_int_equal(ok, c->out != NULL);
+	if (ok)
+		assert_string_equal(out, c->out);
+}
+
 /* ---- addr_ip_parse ---- */
 
 struct ip_case {
@@ -701,6 +756,8 @@ int main(void)
 	RUN_TABLE("addr_normalise", norm_cases, test_norm_case, failed);
 	RUN_TABLE("addr_strip_extension", ext_cases, test_ext_case, failed);
 	RUN_TABLE("addr_domain", domain_cases, test_domain_case, failed);
+	RUN_TABLE("addr_domain_normalise", domain_norm_cases, test_domain_norm_case, failed);
+	RUN_TABLE("addr_entry_normalise", entry_cases, test_entry_case, failed);
 	RUN_TABLE("addr_ip_parse", ip_cases, test_ip_case, failed);
 	RUN_TABLE("addr_net_parse", net_cases, test_net_case, failed);
 	RUN_TABLE("addr_net_contains", contains_cases, test_contains_case, failed);

@@ -135,6 +135,11 @@ static struct line_case line_cases[] = {
     {"domain with blank", "@bad domain.example", "not a trap domain", NULL},
     {"domain with at", "@a@b.example", "not a trap domain", NULL},
     {"domain starting with dot", "@.example.com", "not a trap domain", NULL},
+    {"address with one trailing dot", "user@example.com.", NULL, "user@example.com"},
+    /* Stored forms no recipient normalises to (found by fuzz_lists, fuzz_addr). */
+    {"address with two trailing dots", "user@example.com..", "not a trap address", NULL},
+    {"address with a blank before the dot", "l@ .", "not a trap address", NULL},
+    {"domain with two trailing dots", "@example.com..", "not a trap domain", NULL},
     {"empty", "", "empty trap entry", NULL},
     {"blanks only", " \t ", "empty trap entry", NULL},
 };

@@ -123,6 +123,9 @@ static struct line_case line_cases[] = {
     {"bare at sign", "@", "not a domain", NULL, NULL, NONE},
     {"address without domain", "user@", "not an address", NULL, NULL, NONE},
     {"unbalanced address", "<user@example.org", "not an address", NULL, NULL, NONE},
+    /* Stored forms no sender normalises to (found by fuzz_lists, fuzz_addr). */
+    {"address with two trailing dots", "user@example.org..", "not an address", NULL, NULL, NONE},
+    {"domain with two trailing dots", "example.org..", "not a domain", NULL, NULL, NONE},
     {"empty", "", "empty whitelist entry", NULL, NULL, NONE},
     {"blanks only", " \t", "empty whitelist entry", NULL, NULL, NONE},
 };
