@@ -73,3 +73,21 @@ bench:
 	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=ON
 	cmake --build $(BENCH_BUILD) -j $(JOBS)
 	python3 bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
+# make fuzz      clang build in $(FUZZ_BUILD), then each libFuzzer target
+#                (fuzz/) for $(FUZZ_TIME) seconds, one after the other, on a
+#                working corpus in $(FUZZ_WORK) seeded from fuzz/corpus/ (the
+#                repository is not written); fails when a target crashes.
+#                docs/testing.md "Fuzzing".
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TIME ?= 60
+FUZZ_WORK ?= $(or $(TMPDIR),/tmp)/spamtrapd-fuzz
+FUZZ_TARGETS ?= policy_parse addr lists config
+
+.PHONY: fuzz
+
+fuzz:
+	scripts/install-deps.sh fuzz
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DSPAMTRAPD_SANITIZE=ON -DSPAMTRAPD_TESTS=ON -DSPAMTRAPD_BENCH=OFF
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME) $(FUZZ_WORK) $(FUZZ_TARGETS)

@@ -4,6 +4,7 @@
 #   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, Python
 #   scripts/install-deps.sh bench   test + postgrey, perf tools
 #   scripts/install-deps.sh deb     build + Debian packaging tools (make deb, make deb-test)
+#   scripts/install-deps.sh fuzz    build + clang and its libFuzzer runtime (make fuzz)
 set -eu
 
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
@@ -11,13 +12,17 @@ build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-
 test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format"
 bench="$test postgrey"
 deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
+# libclang-rt-14-dev holds libclang_rt.fuzzer (-fsanitize=fuzzer) for Debian 12's clang 14;
+# cmocka and Python because fuzz/ is configured with the tests.
+fuzz="$build clang libclang-rt-14-dev libcmocka-dev python3"
 
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
 bench) want=$bench ;;
 deb) want=$deb ;;
-*) echo "usage: $0 build|test|bench|deb" >&2; exit 2 ;;
+fuzz) want=$fuzz ;;
+*) echo "usage: $0 build|test|bench|deb|fuzz" >&2; exit 2 ;;
 esac
 
 missing=""
