@@ -37,6 +37,20 @@ test: test-deps
 	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) check-format
 
+# make valgrind  plain Debug build in $(VALGRIND_BUILD) (no sanitizers: valgrind
+#                cannot run them); the unit and integration tests run with
+#                spamtrapd, spamtrapctl and each unit test under valgrind, and
+#                fail on any leak or memory error (docs/testing.md "Valgrind").
+VALGRIND_BUILD ?= build-valgrind
+
+.PHONY: valgrind
+
+valgrind:
+	scripts/install-deps.sh valgrind
+	cmake -S . -B $(VALGRIND_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_VALGRIND=ON -DSPAMTRAPD_TESTS=ON -DSPAMTRAPD_BENCH=OFF
+	cmake --build $(VALGRIND_BUILD) -j $(JOBS)
+	cd $(VALGRIND_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
+
 check-format:
 	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]' 'bench/*.[ch]' 'fuzz/*.[ch]')
 

@@ -3,14 +3,17 @@
 #   scripts/install-deps.sh build   compiler, CMake, the libraries
 #   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, Python
 #   scripts/install-deps.sh bench   test + postgrey, perf tools
+#   scripts/install-deps.sh valgrind  what make valgrind needs (= test: ctest's
+#                                     valgrind.session runs in make test too)
 #   scripts/install-deps.sh deb     build + Debian packaging tools (make deb, make deb-test)
 #   scripts/install-deps.sh fuzz    build + clang and its libFuzzer runtime (make fuzz)
 set -eu
 
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
        libhiredis-dev libpcre2-dev"
-test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format"
+test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format valgrind"
 bench="$test postgrey"
+valgrind=$test
 deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
 # libclang-rt-14-dev holds libclang_rt.fuzzer (-fsanitize=fuzzer) for Debian 12's clang 14;
 # cmocka and Python because fuzz/ is configured with the tests.
@@ -20,9 +23,10 @@ case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
 bench) want=$bench ;;
+valgrind) want=$valgrind ;;
 deb) want=$deb ;;
 fuzz) want=$fuzz ;;
-*) echo "usage: $0 build|test|bench|deb|fuzz" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|bench|valgrind|deb|fuzz" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -84,7 +84,7 @@ class StartupStatus(unittest.TestCase):
         port = busy.getsockname()[1]
         d = sh.Spamtrapd({"policy": {"listen": [{"address": f"127.0.0.1:{port}", "role": "trap"}]}})
         try:
-            r = subprocess.run([sh.binary(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            r = subprocess.run([*sh.command(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn("start-up failed", r.stderr)
         finally:
@@ -94,7 +94,7 @@ class StartupStatus(unittest.TestCase):
     def test_detached_start_reports_success(self):
         d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
         try:
-            r = subprocess.run([sh.binary(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            r = subprocess.run([*sh.command(), "-c", d.config_path], capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 0, r.stderr)
             with sh.PolicyClient(d.policy_address("trap")) as c:
                 self.assertTrue(c.check(sender="a@b.example", recipient=TRAP).startswith("550 5.1.1"))
@@ -112,7 +112,8 @@ class StartupStatus(unittest.TestCase):
             self.skipTest("needs root")
         d = sh.Spamtrapd({"user": None})
         try:
-            r = subprocess.run([sh.binary(), "-f", "-c", d.config_path], capture_output=True, text=True, timeout=30)
+            r = subprocess.run([*sh.command(), "-f", "-c", d.config_path], capture_output=True, text=True,
+                               timeout=30)
             self.assertEqual(r.returncode, 1)
             self.assertIn("refusing to serve as root", r.stderr)
         finally:

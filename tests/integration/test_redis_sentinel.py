@@ -130,7 +130,7 @@ class TestSentinelErrors(SentinelCase):
         return path
 
     def ctl(self, config, *args):
-        return subprocess.run([sh.binary("SPAMTRAPCTL"), "-c", config, *args], capture_output=True,
+        return subprocess.run([*sh.command("SPAMTRAPCTL"), "-c", config, *args], capture_output=True,
                                  text=True, timeout=30)
 
     def test_spamtrapctl_through_the_sentinel(self):

@@ -20,6 +20,8 @@ import tempfile
 import time
 import unittest
 
+import spamtrapd_harness as sh
+
 CTL = os.environ.get("SPAMTRAPCTL", "")
 REJECT = "550 5.7.1 Blocked after mail to a spamtrap"
 ACTION = "REJECT 5.7.1 Blocked after mail to a spamtrap"
@@ -54,7 +56,8 @@ class CtlCase(unittest.TestCase):
         return path
 
     def ctl(self, *args, config=None, rc=None):
-        p = subprocess.run([CTL, "-c", config or self.config, *args], capture_output=True, text=True,
+        p = subprocess.run([*sh.command("SPAMTRAPCTL"), "-c", config or self.config, *args], capture_output=True,
+                           text=True,
                            timeout=60)
         if rc is not None:
             self.assertEqual(p.returncode, rc, f"spamtrapctl {' '.join(args)}: {p.stdout}{p.stderr}")
@@ -245,7 +248,7 @@ class StoreScenarios:
             with self.subTest(args=args):
                 p = self.ctl(*args, rc=1)
                 self.assertIn(message, p.stderr)
-        p = subprocess.run([CTL, "-h"], capture_output=True, text=True)
+        p = subprocess.run([*sh.command("SPAMTRAPCTL"), "-h"], capture_output=True, text=True)
         self.assertEqual(p.returncode, 0)
         self.assertIn("usage: spamtrapctl", p.stdout)
 
@@ -299,7 +302,8 @@ class SqliteTest(StoreScenarios, CtlCase):
 
     def test_override_store_path(self):
         other = os.path.join(self.dir, "other.db")
-        p = subprocess.run([CTL, "-c", self.config, "-o", f"store.sqlite.path={other}", "add", "x@y.example"],
+        p = subprocess.run([*sh.command("SPAMTRAPCTL"), "-c", self.config, "-o", f"store.sqlite.path={other}",
+                            "add", "x@y.example"],
                            capture_output=True, text=True)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertTrue(os.path.exists(other))

@@ -18,6 +18,12 @@ persistent connection, filling in the attributes Postfix sends.
 
 Environment: SPAMTRAPD and SPAMTRAPCTL (binary paths; ctest sets them),
 SPAMTRAPD_KEEP=1 keeps the temporary folders for a look after a failure.
+SPAMTRAPD_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put in front
+of both programs (command()), SPAMTRAPD_TIMEOUT_SCALE stretches every
+harness timeout for such slow runs, and SPAMTRAPD_REPORT_DIR is where
+sanitizers and valgrind write their reports (tests/lib/run_checked.py sets
+it): a report of a daemon or spamtrapctl run by the harness fails the step
+and is quoted in the failure message (docs/testing.md).
 """
 
 import copy
@@ -26,10 +32,12 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -38,8 +46,14 @@ SKIP = 77  # the exit code ctest reads as "skipped"
 # How long a daemon may take to come up and to go down. Generous: a
 # sanitizer build under a loaded CI machine is slow, and the policy front
 # end drains requests in progress for up to 3 s on SIGTERM.
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 20.0
+TIMEOUT_SCALE = float(os.environ.get("SPAMTRAPD_TIMEOUT_SCALE") or 1)
+START_TIMEOUT = 20.0 * TIMEOUT_SCALE
+STOP_TIMEOUT = 20.0 * TIMEOUT_SCALE
+
+
+def scaled(seconds):
+    """seconds stretched by $SPAMTRAPD_TIMEOUT_SCALE, for a timeout a test sets itself."""
+    return seconds * TIMEOUT_SCALE
 
 
 class HarnessError(AssertionError):
@@ -54,6 +68,26 @@ def binary(name="SPAMTRAPD"):
     if not os.access(path, os.X_OK):
         raise HarnessError(f"${name}={path} is not an executable file")
     return path
+
+
+def command(name="SPAMTRAPD"):
+    """The argv that runs binary(name): $SPAMTRAPD_WRAPPER's words (valgrind ...) in front, when set."""
+    return shlex.split(os.environ.get("SPAMTRAPD_WRAPPER", "")) + [binary(name)]
+
+
+def reports(pid):
+    """What sanitizers or valgrind reported about process pid: the non-empty files NAME.pid
+    in $SPAMTRAPD_REPORT_DIR, as one text ("" when none or no folder)."""
+    folder = os.environ.get("SPAMTRAPD_REPORT_DIR")
+    if not folder or not os.path.isdir(folder):
+        return ""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(f".{pid}") and os.path.getsize(path) > 0:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                out.append(f"---- {path} ----\n{f.read()}")
+    return "\n".join(out)
 
 
 def free_port(host="127.0.0.1", family=socket.AF_INET):
@@ -145,7 +179,7 @@ def connect(address, timeout=10.0):
     else:
         family, target = _tcp_target(address)
         s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s.settimeout(timeout * TIMEOUT_SCALE)
     try:
         s.connect(target)
     except OSError:
@@ -179,7 +213,7 @@ class Spamtrapd:
             raise HarnessError("spamtrapd is already running")
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen([binary(), "-f", "-c", self.config_path], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*command(), "-f", "-c", self.config_path], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=self.dir)
         finally:
             log.close()
@@ -191,7 +225,7 @@ class Spamtrapd:
         while pending:
             if self.proc.poll() is not None:
                 raise HarnessError(f"spamtrapd exited with {self.proc.returncode} while starting:\n"
-                                   + self.log_tail())
+                                   + self.failure_text(self.proc.pid))
             try:
                 connect(pending[0], timeout=1.0).close()
                 pending.pop(0)
@@ -207,11 +241,17 @@ class Spamtrapd:
         if self.running():
             raise HarnessError("spamtrapd is already running")
         with open(self.log_path, "ab") as log:
-            try:
-                return subprocess.run([binary(), "-f", "-c", self.config_path, *args], stdin=subprocess.DEVNULL,
-                                      stdout=log, stderr=log, cwd=self.dir, timeout=timeout).returncode
-            except subprocess.TimeoutExpired:
-                raise HarnessError(f"spamtrapd did not exit within {timeout}s:\n" + self.log_tail()) from None
+            proc = subprocess.Popen([*command(), "-f", "-c", self.config_path, *args], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, cwd=self.dir)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise HarnessError(f"spamtrapd did not exit within {timeout}s:\n"
+                               + self.failure_text(proc.pid)) from None
+        self.check_reports(proc.pid, f"spamtrapd exited with {proc.returncode}")
+        return proc.returncode
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -230,10 +270,11 @@ class Spamtrapd:
                 proc.kill()
                 proc.wait()
                 raise HarnessError(f"spamtrapd (pid {proc.pid}) did not stop within {timeout}s of SIGTERM; "
-                                   "killed:\n" + self.log_tail())
+                                   "killed:\n" + self.failure_text(proc.pid))
         if expect_code is not None and proc.returncode != expect_code:
             raise HarnessError(f"spamtrapd exited with {proc.returncode}, expected {expect_code}:\n"
-                               + self.log_tail())
+                               + self.failure_text(proc.pid))
+        self.check_reports(proc.pid, f"spamtrapd exited with {proc.returncode}")
         return proc.returncode
 
     def kill(self):
@@ -242,6 +283,18 @@ class Spamtrapd:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    def failure_text(self, pid):
+        """The end of the log, and the sanitizer or valgrind reports of process pid if any."""
+        report = reports(pid)
+        tail = self.log_tail()
+        return f"{tail}\n{report}" if report else tail
+
+    def check_reports(self, pid, what):
+        """Raise when a sanitizer or valgrind reported something about process pid."""
+        report = reports(pid)
+        if report:
+            raise HarnessError(f"{what}, and left a sanitizer or valgrind report:\n{self.log_tail()}\n{report}")
 
     def restart(self):
         self.stop()
@@ -268,10 +321,13 @@ class Spamtrapd:
         return m.group(0) == "configuration reloaded"
 
     def cleanup(self):
-        """Stop (or kill) the daemon and remove its folder, unless SPAMTRAPD_KEEP=1."""
+        """Stop (or kill) the daemon and remove its folder, unless SPAMTRAPD_KEEP=1. A daemon
+        that exited by itself is not judged by its exit code here, only by its reports."""
         try:
             if self.running():
                 self.stop()
+            elif self.proc is not None:
+                self.check_reports(self.proc.pid, f"spamtrapd exited with {self.proc.returncode}")
         finally:
             self.kill()
             if os.environ.get("SPAMTRAPD_KEEP") != "1":
@@ -286,10 +342,17 @@ class Spamtrapd:
         if exc_type is None:
             self.cleanup()
         else:  # keep the original failure; still never leave a process behind
+            note = None
+            if self.proc is not None and self.proc.poll() is not None:  # e.g. a closed connection: say why
+                note = f"spamtrapd had exited with {self.proc.returncode}:\n" + self.failure_text(self.proc.pid)
             try:
                 self.cleanup()
-            except HarnessError:
-                pass
+            except HarnessError as e:
+                note = note or f"and at clean-up: {e}"
+            if note and hasattr(exc, "add_note"):
+                exc.add_note(note)
+            elif note:
+                print(note, file=sys.stderr)
         return False
 
     # ---- addresses ----
@@ -335,7 +398,7 @@ class Spamtrapd:
 
     def wait_for_log(self, pattern, since=0, timeout=10.0):
         """The first match of regex pattern in the log after since; raises after timeout."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
         while True:
             m = re.search(pattern, self.log_since(since))
             if m:
@@ -347,9 +410,20 @@ class Spamtrapd:
     # ---- spamtrapctl ----
 
     def ctl(self, *args, check=True, timeout=30):
-        """Run spamtrapctl -c CONFIG args...; returns the CompletedProcess (text)."""
-        return subprocess.run([binary("SPAMTRAPCTL"), "-c", self.config_path, *args], capture_output=True,
-                              text=True, check=check, timeout=timeout)
+        """Run spamtrapctl -c CONFIG args...; returns the CompletedProcess (text). Raises when
+        check and it exits non-zero, and always when it left a sanitizer or valgrind report."""
+        argv = [*command("SPAMTRAPCTL"), "-c", self.config_path, *args]
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout * TIMEOUT_SCALE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                raise HarnessError(f"spamtrapctl {' '.join(args)}: no exit within {timeout}s\n{err}") from None
+        report = reports(proc.pid)
+        if report or (check and proc.returncode != 0):
+            raise HarnessError(f"spamtrapctl {' '.join(args)} exited with {proc.returncode}:\n{out}{err}{report}")
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 class ConnectionClosed(Exception):
@@ -466,7 +540,7 @@ class PolicyClient:
     def is_closed(self, timeout=5.0):
         """True when the server closes the connection within timeout (no reply comes first)."""
         old = self.sock.gettimeout()
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(timeout * TIMEOUT_SCALE)
         try:
             data = self.sock.recv(65536)
         except ConnectionResetError:
