@@ -127,16 +127,33 @@ bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed)
 {
 	bool pass;
 	pthread_mutex_lock(&ratelimit_lock);
-	pass = rl->last == 0 || now - rl->last >= rl->interval;
+	*suppressed = 0;
+	if (rl->last == 0 || now - rl->last >= rl->interval) {
+		rl->last = now;
+		rl->used = 0;
+	}
+	pass = rl->used < (rl->burst ? rl->burst : 1);
 	if (pass) {
+		rl->used++;
 		*suppressed = rl->suppressed;
 		rl->suppressed = 0;
-		rl->last = now;
 	} else {
 		rl->suppressed++;
 	}
 	pthread_mutex_unlock(&ratelimit_lock);
 	return pass;
+}
+
+bool log_ratelimit_flush(log_ratelimit *rl, int64_t now, uint64_t *suppressed)
+{
+	bool due;
+	pthread_mutex_lock(&ratelimit_lock);
+	due = rl->suppressed > 0 && now - rl->last >= rl->interval;
+	*suppressed = due ? rl->suppressed : 0;
+	if (due)
+		rl->suppressed = 0;
+	pthread_mutex_unlock(&ratelimit_lock);
+	return due;
 }
 
 const char *log_safe(const char *s, char *buf, size_t buflen)

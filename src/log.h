@@ -29,16 +29,23 @@ int log_level_from_name(const char *name);    /* -1 when unknown */
 int log_facility_from_name(const char *name); /* -1 when unknown */
 
 /*
- * At most one line per interval for a recurring error (a store that is
- * down): log_ratelimit_pass returns true when this occurrence may be
- * logged, with *suppressed set to how many were dropped since the last.
+ * At most burst lines (0 counts as 1) per interval for a recurring error (a
+ * store that is down) or for bad input from many clients:
+ * log_ratelimit_pass returns true when this occurrence may be logged, with
+ * *suppressed set to how many were dropped before it and not reported yet
+ * (the caller says so, e.g. "N more ..."). log_ratelimit_flush hands out
+ * that count once the interval in which they were dropped has passed, so a
+ * flood that stops still gets its summary (call it from a timer).
  */
 typedef struct log_ratelimit {
 	int64_t interval;
-	int64_t last;
+	unsigned burst;
+	int64_t last;  /* start of the current interval; 0: none yet */
+	unsigned used; /* lines passed in it */
 	uint64_t suppressed;
 } log_ratelimit;
 bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed);
+bool log_ratelimit_flush(log_ratelimit *rl, int64_t now, uint64_t *suppressed);
 
 /*
  * Copy s ("-" when NULL) into buf for a log field, replacing control

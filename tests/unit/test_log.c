@@ -56,6 +56,44 @@ static void test_ratelimit(void **state)
 	assert_int_equal(suppressed, 2);
 }
 
+/* burst lines per interval; the count of the others comes with the next line or a flush. */
+static void test_ratelimit_burst(void **state)
+{
+	(void)state;
+	log_ratelimit rl = {.interval = 1, .burst = 3};
+	uint64_t suppressed = 99;
+	for (int i = 0; i < 3; i++) {
+		assert_true(log_ratelimit_pass(&rl, 500, &suppressed));
+		assert_int_equal(suppressed, 0);
+	}
+	assert_false(log_ratelimit_pass(&rl, 500, &suppressed));
+	assert_false(log_ratelimit_pass(&rl, 500, &suppressed));
+	/* not before the interval is over */
+	assert_false(log_ratelimit_flush(&rl, 500, &suppressed));
+	assert_int_equal(suppressed, 0);
+	/* the next interval: its first line carries the count */
+	assert_true(log_ratelimit_pass(&rl, 501, &suppressed));
+	assert_int_equal(suppressed, 2);
+	assert_true(log_ratelimit_pass(&rl, 501, &suppressed));
+	assert_int_equal(suppressed, 0);
+}
+
+static void test_ratelimit_flush(void **state)
+{
+	(void)state;
+	log_ratelimit rl = {.interval = 1, .burst = 1};
+	uint64_t suppressed = 99;
+	assert_false(log_ratelimit_flush(&rl, 700, &suppressed)); /* nothing dropped yet */
+	assert_true(log_ratelimit_pass(&rl, 700, &suppressed));
+	assert_false(log_ratelimit_pass(&rl, 700, &suppressed));
+	assert_false(log_ratelimit_pass(&rl, 700, &suppressed));
+	assert_true(log_ratelimit_flush(&rl, 702, &suppressed)); /* the flood stopped: its summary */
+	assert_int_equal(suppressed, 2);
+	assert_false(log_ratelimit_flush(&rl, 703, &suppressed)); /* once */
+	assert_true(log_ratelimit_pass(&rl, 703, &suppressed));
+	assert_int_equal(suppressed, 0);
+}
+
 static void test_names(void **state)
 {
 	(void)state;
@@ -71,10 +109,9 @@ static void test_names(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_log_safe),
-	    cmocka_unit_test(test_log_safe_field),
-	    cmocka_unit_test(test_ratelimit),
-	    cmocka_unit_test(test_names),
+	    cmocka_unit_test(test_log_safe),        cmocka_unit_test(test_log_safe_field),
+	    cmocka_unit_test(test_ratelimit),       cmocka_unit_test(test_ratelimit_burst),
+	    cmocka_unit_test(test_ratelimit_flush), cmocka_unit_test(test_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
