@@ -1,15 +1,18 @@
 /*
- * daemon: detach, drop privileges, block signals (see daemon.h).
+ * daemon: detach, drop privileges, block signals, raise the open files
+ * limit (see daemon.h).
  */
 #include "daemon.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -142,4 +145,30 @@ void daemon_block_signals(sigset_t *set)
 	sigaddset(set, SIGINT);
 	pthread_sigmask(SIG_BLOCK, set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
+
+static unsigned long long rlim_value(rlim_t v)
+{
+	return v == RLIM_INFINITY ? ULLONG_MAX : (unsigned long long)v;
+}
+
+int daemon_raise_open_files(unsigned long long *before, unsigned long long *after, char *err, size_t errlen)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(err, errlen, "getrlimit: %s", strerror(errno));
+		*before = *after = 0;
+		return -1;
+	}
+	*before = *after = rlim_value(rl.rlim_cur);
+	if (rl.rlim_cur == rl.rlim_max)
+		return 0;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(err, errlen, "setrlimit to the hard limit %llu: %s", rlim_value(rl.rlim_max),
+		         strerror(errno));
+		return -1;
+	}
+	*after = rlim_value(rl.rlim_cur);
+	return 0;
 }

@@ -1,7 +1,7 @@
 /*
  * daemon: the process-level chores of a Unix daemon: detaching from the
- * terminal, dropping root privileges, and the signal mask that lets the
- * main thread own every signal (see main.c).
+ * terminal, dropping root privileges, the signal mask that lets the main
+ * thread own every signal (see main.c), the open files limit.
  */
 #ifndef SPAMTRAPD_DAEMON_H
 #define SPAMTRAPD_DAEMON_H
@@ -36,5 +36,14 @@ int daemon_drop_privileges(const char *user, char *err, size_t errlen);
  * death). Fills set with the handled signals.
  */
 void daemon_block_signals(sigset_t *set);
+
+/*
+ * Raise the soft limit of open files to the hard limit. Services start
+ * with a soft limit of 1024 (systemd, most shells): fewer descriptors
+ * than policy.max_connections needs, and spamtrapd uses no select(), so
+ * the soft limit has no reason to stay low. *before and *after get the
+ * soft limit (RLIM_INFINITY as ULLONG_MAX). 0, or -1 with err.
+ */
+int daemon_raise_open_files(unsigned long long *before, unsigned long long *after, char *err, size_t errlen);
 
 #endif

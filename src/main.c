@@ -246,6 +246,17 @@ static void log_startup(const config *cfg)
 		         policy_role_name(cfg->policy.listen[i].role));
 }
 
+/* Before the policy server reads the limit to size its connections (policy_server_new). */
+static void raise_open_files(void)
+{
+	unsigned long long before, after;
+	char err[256];
+	if (daemon_raise_open_files(&before, &after, err, sizeof(err)) < 0)
+		log_warning("cannot raise the open files limit (now %llu): %s", before, err);
+	else if (after > before)
+		log_info("open files limit raised from %llu to %llu", before, after);
+}
+
 /* Binds, drops privileges, opens the store, starts the front ends. */
 static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool *milter_on)
 {
@@ -346,6 +357,7 @@ int main(int argc, char **argv)
 	}
 	open_log(&opt, cfg);
 	log_startup(cfg);
+	raise_open_files();
 
 	engine *eng = NULL;
 	policy_server *policy = NULL;
