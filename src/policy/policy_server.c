@@ -8,8 +8,9 @@
  * one log line (SPEC "Replies"), and the connection stays. Only input that
  * cannot be Postfix (a NUL byte, a request that never ends, several
  * malformed requests in a row) gets one log line and a closed connection.
- * Nothing a client sends can crash or stall the daemon for the other
- * clients.
+ * Lines about bad input are limited to BAD_INPUT_BURST a second for the
+ * daemon, the rest counted in a summary line. Nothing a client sends can
+ * crash or stall the daemon for the other clients.
  *
  * Threading model: N workers (policy.threads, 0 = one per CPU, at least 2),
  * each with its own epoll instance. Every listening socket is in every
@@ -33,12 +34,17 @@
  *    loop feeding a pool of store threads would add a queue, a lock and two
  *    wake-ups to every request for the same latency.
  *
- * Limits: policy.max_connections (over it: accept, close, one rate-limited
- * log line), policy.idle_timeout (a one-second timerfd per worker sweeps
- * its connections, kept in least-recently-active order), policy.max_line
- * and policy.max_attributes (the parser; a request over them is answered
- * DUNNO), policy.allow (TCP clients outside it are closed at
- * accept; unix sockets are always allowed: their owner, group and mode,
+ * Limits: policy.max_connections, lowered to what the open files limit
+ * leaves room for (at it, the least recently active connection is closed
+ * for each new one: idle or slow clients cannot lock Postfix out; one
+ * log line per burst), policy.idle_timeout (a one-second timerfd per
+ * worker sweeps its connections, kept in least-recently-active order; a
+ * connection is active when a reply goes out or a request begins, so the
+ * timeout also bounds how long one request may take to arrive: a client
+ * sending a byte a second holds nothing for long), policy.max_line and
+ * policy.max_attributes (the parser; a request over them is answered
+ * DUNNO), policy.allow (TCP clients outside it are closed at accept; unix
+ * sockets are always allowed: their owner, group and mode,
  * policy.socket_*, decide who may connect). Limits and the allow list are
  * read from the current snapshot at accept and after every request, so a
  * reload applies to them; listeners and the thread count need a restart.
@@ -47,9 +53,11 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -59,6 +67,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -83,7 +92,13 @@
 #define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, yet no flood */
 #define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
 #define PEER_MAX 64
-#define MALFORMED_MAX 3 /* malformed requests in a row before the connection is closed */
+#define MALFORMED_MAX 3       /* malformed requests in a row before the connection is closed */
+#define BAD_INPUT_BURST 20    /* lines about bad input per second, for the daemon; the rest are counted */
+#define EVICT_LOG_INTERVAL 10 /* seconds between lines about connections closed to make room */
+#define EVICT_SCAN 8          /* connections looked at, least recently active first, for one to close */
+#define EVICT_SLACK 64 /* connections over the limit while the workers holding the old ones close them */
+/* Descriptors kept free of policy connections: listeners, epoll, the store, milter sessions. */
+#define FD_RESERVE_MIN 64
 
 /* What an epoll event points to; the first member of each source. */
 typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER } src_kind;
@@ -105,7 +120,8 @@ struct conn {
 	worker *w;
 	const listener *lst;
 	conn *prev, *next;   /* the worker's list, least recently active first */
-	int64_t last_active; /* monotonic seconds */
+	int64_t last_active; /* monotonic ms: the last reply, or the first byte of the request since */
+	uint64_t batch;      /* the worker's batch of events it was accepted in */
 	bool want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
 	bool closing;        /* draining, or given up on: close once the current reply is out */
 	unsigned malformed;  /* malformed requests in a row */
@@ -125,7 +141,11 @@ struct worker {
 	src_kind wake_tag, timer_tag;
 	conn *head, *tail;
 	size_t nconn;
-	int64_t now;
+	int64_t now, now_ms; /* monotonic seconds (rate limits), milliseconds (activity) */
+	uint64_t batch;      /* counts the loop's batches of events */
+	/* last_active of its least recently active connection (INT64_MAX: none), for the other workers */
+	_Atomic int64_t oldest;
+	bool evict_pending; /* a connection over the limit was accepted in this batch */
 	bool accepting, draining;
 	int64_t drain_deadline;
 };
@@ -138,8 +158,16 @@ struct policy_server {
 	size_t nworkers;
 	bool started, stopped;
 	atomic_uint nconn;
-	/* Shared by the workers (log_ratelimit_pass locks): one line per interval for the daemon. */
-	log_ratelimit over_limit, refused, accept_errors;
+	atomic_uint conn_limit; /* policy.max_connections, or what the open files limit leaves room for */
+	unsigned fd_cap;        /* connections the open files limit leaves room for */
+	atomic_bool stopping;   /* policy_server_stop: a wake-up means drain, not evict */
+	/*
+	 * Shared by the workers (log_ratelimit_pass locks): one line per
+	 * interval for the daemon; bad_input lets through BAD_INPUT_BURST a
+	 * second, so that each bad request or connection gets its line unless
+	 * a flood of them would drown the log (then a count says how many).
+	 */
+	log_ratelimit over_limit, refused, accept_errors, evicted, bad_input;
 	/*
 	 * Message instances (the "instance" attribute, one value for all
 	 * recipients of a message) whose recipient just hit a trap: the sender
@@ -151,12 +179,53 @@ struct policy_server {
 	_Atomic uint64_t trap_instances[TRAP_SLOTS];
 };
 
-static int64_t mono_now(void)
+static void worker_clock(worker *w)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec;
+	w->now = (int64_t)ts.tv_sec;
+	w->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- lines about bad input ---- */
+
+static void log_bad_input_summary(uint64_t suppressed)
+{
+	log_warning("policy: %llu more lines about bad input from clients not logged (at most %u a second)",
+	            (unsigned long long)suppressed, (unsigned)BAD_INPUT_BURST);
+}
+
+/*
+ * One line about a bad request or connection (SPEC "Bad input": a clear
+ * line for each), unless a flood of them goes over BAD_INPUT_BURST a
+ * second: those are counted, and the count is logged before the next line
+ * that passes or by the workers' one-second tick.
+ */
+__attribute__((format(printf, 4, 5))) static void log_bad_input(policy_server *srv, int64_t now, int level,
+                                                                const char *fmt, ...)
+{
+	uint64_t suppressed = 0;
+	char line[1024];
+	va_list ap;
+	bool pass = log_ratelimit_pass(&srv->bad_input, now, &suppressed);
+
+	if (suppressed > 0)
+		log_bad_input_summary(suppressed);
+	if (!pass)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	log_msg(level, "%s", line);
+}
+
+static void log_bad_input_flush(policy_server *srv, int64_t now)
+{
+	uint64_t suppressed;
+
+	if (log_ratelimit_flush(&srv->bad_input, now, &suppressed))
+		log_bad_input_summary(suppressed);
 }
 
 /* ---- listeners ---- */
@@ -376,15 +445,22 @@ typedef struct request_ctx {
 	const listener *lst;
 	const char *peer;
 	const policy_request *req;
+	int64_t now;
+	unsigned malformed_before; /* malformed requests in a row before this one */
+	bool malformed;            /* set when the request cannot be decided on */
 } request_ctx;
 
 static void log_malformed(const request_ctx *rc, const char *why)
 {
-	char qid[64];
+	char qid[64], closing[64] = "";
 
-	log_warning("policy: %s: request from %s on %s: %s; answered DUNNO",
-	            log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), rc->peer,
-	            rc->lst->address, why);
+	if (rc->malformed_before + 1 >= MALFORMED_MAX)
+		snprintf(closing, sizeof(closing), ", closing the connection after %u in a row",
+		         rc->malformed_before + 1);
+	log_bad_input(rc->srv, rc->now, LOG_WARNING,
+	              "policy: %s: request from %s on %s: %s; answered DUNNO%s",
+	              log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), rc->peer,
+	              rc->lst->address, why, closing);
 }
 
 /* One line for a request whose values were cut: they are used as described below. */
@@ -396,10 +472,11 @@ static void log_truncated(const request_ctx *rc)
 
 	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
 		if (policy_request_truncated(rc->req, used[i])) {
-			log_info("policy: %s: request from %s on %s: %s longer than %zu bytes, not used",
-			         log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)),
-			         rc->peer, rc->lst->address, policy_attr_name(used[i]),
-			         policy_attr_cap(used[i]));
+			log_bad_input(rc->srv, rc->now, LOG_INFO,
+			              "policy: %s: request from %s on %s: %s longer than %zu bytes, not used",
+			              log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)),
+			              rc->peer, rc->lst->address, policy_attr_name(used[i]),
+			              policy_attr_cap(used[i]));
 			return;
 		}
 	}
@@ -502,7 +579,7 @@ static decide_verdict check_recipient(engine_snapshot *snap, const request_ctx *
  * recipient is no trap (a trap hit answered DUNNO, under action accept or
  * dry-run, must not be rejected by the blocklist entry it just made).
  */
-static decide_verdict policy_decide(engine_snapshot *snap, const request_ctx *rc)
+static decide_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
 {
 	smtp_stage stage = request_stage(rc->req);
 	policy_role role = rc->lst->role;
@@ -510,7 +587,11 @@ static decide_verdict policy_decide(engine_snapshot *snap, const request_ctx *rc
 	decide_txn txn;
 	decide_verdict v = verdict_continue();
 
-	if (!request_facts(rc, stage, &f) || stage == STAGE_OTHER)
+	if (!request_facts(rc, stage, &f)) {
+		rc->malformed = true;
+		return v;
+	}
+	if (stage == STAGE_OTHER)
 		return v;
 	decide_prepare(&engine_config(snap)->decide, &f, &txn);
 	if (stage == STAGE_RCPT && role != POLICY_ROLE_SENDER) {
@@ -524,6 +605,15 @@ static decide_verdict policy_decide(engine_snapshot *snap, const request_ctx *rc
 }
 
 static const char DUNNO[] = "action=DUNNO\n\n";
+
+static void log_internal(const request_ctx *rc, const char *why)
+{
+	char qid[64];
+
+	log_error("policy: %s: request from %s on %s: internal error: %s; answered DUNNO",
+	          log_safe(attr_whole(rc->req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), rc->peer,
+	          rc->lst->address, why);
+}
 
 /* "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions). */
 static void format_reply(const decide_verdict *v, const request_ctx *rc, char *out, size_t outlen)
@@ -546,13 +636,13 @@ static void format_reply(const decide_verdict *v, const request_ctx *rc, char *o
 			         *text ? " " : "", text);
 			return;
 		}
-		log_malformed(rc, "internal error: a reject verdict without an SMTP code");
+		log_internal(rc, "a reject verdict without an SMTP code");
 		break;
 	case DECIDE_DISCARD:
 		snprintf(out, outlen, "action=DISCARD%s%s\n\n", *text ? " " : "", text);
 		return;
 	case DECIDE_DROP_COPY:
-		log_malformed(rc, "internal error: drop-copy verdict on the policy front end");
+		log_internal(rc, "drop-copy verdict on the policy front end");
 		break;
 	case DECIDE_CONTINUE:
 		break;
@@ -566,7 +656,7 @@ static void conn_touch(conn *c)
 {
 	worker *w = c->w;
 
-	c->last_active = w->now;
+	c->last_active = w->now_ms;
 	if (w->tail == c)
 		return;
 	/* unlink, then append: the list stays in least-recently-active order */
@@ -646,13 +736,21 @@ static void conn_answer(conn *c, const policy_request *req)
 {
 	engine_snapshot *snap = engine_acquire(c->w->srv->eng);
 	const config *cfg = engine_config(snap);
-	request_ctx rc = {.srv = c->w->srv, .lst = c->lst, .peer = c->peer, .req = req};
+	request_ctx rc = {.srv = c->w->srv,
+	                  .lst = c->lst,
+	                  .peer = c->peer,
+	                  .req = req,
+	                  .now = c->w->now,
+	                  .malformed_before = c->malformed};
 	decide_verdict v = policy_decide(snap, &rc);
 
 	format_reply(&v, &rc, c->out, sizeof(c->out));
 	c->outlen = strlen(c->out);
 	c->outoff = 0;
-	c->malformed = 0;
+	/* A complete request Postfix would never send (no request attribute...) counts as malformed. */
+	c->malformed = rc.malformed ? c->malformed + 1 : 0;
+	if (c->malformed >= MALFORMED_MAX)
+		c->closing = true;
 	policy_parser_set_limits(c->parser, cfg->policy.max_line, cfg->policy.max_attributes);
 	engine_release(snap);
 }
@@ -672,10 +770,11 @@ static void conn_answer_malformed(conn *c)
 		snprintf(why, sizeof(why), ", closing the connection after %u in a row", c->malformed);
 		c->closing = true;
 	}
-	log_warning("policy: %s: malformed request from %s on %s: %s in line %u; answered DUNNO%s",
-	            log_safe(attr_whole(req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), c->peer,
-	            c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
-	            policy_parser_line(c->parser), why);
+	log_bad_input(c->w->srv, c->w->now, LOG_WARNING,
+	              "policy: %s: malformed request from %s on %s: %s in line %u; answered DUNNO%s",
+	              log_safe(attr_whole(req, POLICY_ATTR_QUEUE_ID), qid, sizeof(qid)), c->peer,
+	              c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
+	              policy_parser_line(c->parser), why);
 	snprintf(c->out, sizeof(c->out), "%s", DUNNO);
 	c->outlen = strlen(c->out);
 	c->outoff = 0;
@@ -683,9 +782,10 @@ static void conn_answer_malformed(conn *c)
 
 static void log_parse_error(const conn *c)
 {
-	log_warning("policy: closing connection from %s on %s: %s in line %u of a request", c->peer,
-	            c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
-	            policy_parser_line(c->parser));
+	log_bad_input(c->w->srv, c->w->now, LOG_WARNING,
+	              "policy: closing connection from %s on %s: %s in line %u of a request", c->peer,
+	              c->lst->address, policy_parse_error_name(policy_parser_error(c->parser)),
+	              policy_parser_line(c->parser));
 }
 
 /*
@@ -721,9 +821,29 @@ static int conn_process(conn *c)
 	return 0;
 }
 
+/* A client that goes away between requests is routine; in the middle of one, it is bad input. */
+static void conn_log_end(const conn *c, int error)
+{
+	if (policy_parser_idle(c->parser) && c->inoff == c->inlen) {
+		if (error)
+			log_debug("policy: connection from %s on %s: recv: %s", c->peer, c->lst->address,
+			          strerror(error));
+	} else if (error) {
+		log_bad_input(c->w->srv, c->w->now, LOG_INFO,
+		              "policy: connection from %s on %s lost in the middle of a request: %s", c->peer,
+		              c->lst->address, strerror(error));
+	} else {
+		log_bad_input(c->w->srv, c->w->now, LOG_INFO,
+		              "policy: connection from %s on %s closed in the middle of a request", c->peer,
+		              c->lst->address);
+	}
+}
+
 /* Returns -1 when the connection must close (end of file or an error). */
 static int conn_read(conn *c)
 {
+	/* Bytes that begin a request start its clock: it must be complete within policy.idle_timeout. */
+	bool starts_request = c->inoff == c->inlen && policy_parser_idle(c->parser);
 	ssize_t n;
 
 	if (c->inlen == sizeof(c->in))
@@ -734,16 +854,12 @@ static int conn_read(conn *c)
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		return 0;
 	if (n <= 0) {
-		if (n == 0 && !policy_parser_idle(c->parser))
-			log_info("policy: connection from %s on %s closed in the middle of a request",
-			         c->peer, c->lst->address);
-		else if (n < 0)
-			log_debug("policy: connection from %s on %s: recv: %s", c->peer, c->lst->address,
-			          strerror(errno));
+		conn_log_end(c, n < 0 ? errno : 0);
 		return -1;
 	}
 	c->inlen += (size_t)n;
-	conn_touch(c);
+	if (starts_request)
+		conn_touch(c);
 	return 0;
 }
 
@@ -840,7 +956,8 @@ static int conn_attach(worker *w, conn *c)
 
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
 		return -1;
-	c->last_active = w->now;
+	c->last_active = w->now_ms;
+	c->batch = w->batch;
 	c->prev = w->tail;
 	if (w->tail)
 		w->tail->next = c;
@@ -849,6 +966,124 @@ static int conn_attach(worker *w, conn *c)
 	w->tail = c;
 	w->nconn++;
 	return 0;
+}
+
+/* ---- room for new connections ---- */
+
+/* The most connections now: policy.max_connections, or fewer when the open files limit has no room. */
+static unsigned conn_limit(const policy_server *srv, const config *cfg)
+{
+	return cfg->policy.max_connections < srv->fd_cap ? cfg->policy.max_connections : srv->fd_cap;
+}
+
+/*
+ * A connection this worker may close to make room: the least recently
+ * active one that is between requests, or whose request has been coming
+ * for a second or more (a slow client holds no request Postfix waits on);
+ * never one accepted in the batch of events just handled.
+ */
+static conn *evict_candidate(worker *w)
+{
+	unsigned looked = 0;
+
+	for (conn *c = w->head; c != NULL && looked < EVICT_SCAN; c = c->next, looked++)
+		if (c->batch != w->batch && (conn_idle(c) || w->now_ms - c->last_active >= 1000))
+			return c;
+	return NULL;
+}
+
+static void log_evicted(worker *w, const conn *c, unsigned limit)
+{
+	uint64_t more = 0;
+	char since[64] = "";
+
+	log_debug("policy: closing connection from %s on %s to make room for a new one", c->peer,
+	          c->lst->address);
+	if (!log_ratelimit_pass(&w->srv->evicted, w->now, &more))
+		return;
+	if (more > 0)
+		snprintf(since, sizeof(since), " (%llu more since the last line)", (unsigned long long)more);
+	log_warning("policy: %u connections (policy.max_connections, or the open files limit): closing the "
+	            "least recently active ones to make room for new ones%s",
+	            limit, since);
+}
+
+/*
+ * While the daemon is over its connection limit, close this worker's least
+ * recently active connections. Several workers may close one at the same
+ * moment: at worst a few more than needed, which Postfix reopens.
+ */
+static void worker_evict(worker *w)
+{
+	policy_server *srv = w->srv;
+	unsigned limit = atomic_load(&srv->conn_limit);
+
+	while (atomic_load(&srv->nconn) > limit) {
+		conn *c = evict_candidate(w);
+
+		if (c == NULL)
+			return;
+		log_evicted(w, c, limit);
+		conn_close(c);
+	}
+}
+
+/*
+ * A slot for a new connection. At the limit the least recently active
+ * connection makes room: Postfix keeps its policy connection open between
+ * requests and opens a new one when it finds it closed
+ * (SMTPD_POLICY_README), so idle or slow clients cannot lock it out. The
+ * closing waits until the batch of events is handled (events of the batch
+ * may point to the connection); only EVICT_SLACK over the limit, when
+ * nothing could be closed in time, is the new connection refused.
+ */
+static bool conn_admit(worker *w, const config *cfg)
+{
+	policy_server *srv = w->srv;
+	unsigned limit = conn_limit(srv, cfg);
+	unsigned n = atomic_fetch_add(&srv->nconn, 1);
+
+	atomic_store(&srv->conn_limit, limit);
+	if (n < limit)
+		return true;
+	if (n >= limit + EVICT_SLACK) {
+		atomic_fetch_sub(&srv->nconn, 1);
+		return false;
+	}
+	w->evict_pending = true;
+	return true;
+}
+
+/*
+ * After a batch that accepted over the limit: the worker whose least
+ * recently active connection is the oldest makes room, this one or another
+ * (woken through its eventfd). Each keeps its connections in that order,
+ * so only the heads are compared.
+ */
+static void worker_make_room(worker *w)
+{
+	policy_server *srv = w->srv;
+	const conn *mine = evict_candidate(w);
+	int64_t oldest = mine ? mine->last_active : INT64_MAX;
+	worker *target = w;
+	const uint64_t one = 1;
+
+	w->evict_pending = false;
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		int64_t theirs = atomic_load_explicit(&srv->workers[i].oldest, memory_order_relaxed);
+
+		if (&srv->workers[i] != w && theirs < oldest) {
+			oldest = theirs;
+			target = &srv->workers[i];
+		}
+	}
+	if (target == w) {
+		worker_evict(w);
+		return;
+	}
+	/* Every wakefd was made before the first worker started and stays until policy_server_free. */
+	if (write(target->wakefd, &one, sizeof(one)) < 0)
+		log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id, strerror(errno));
 }
 
 /* The checks at accept, against the current snapshot; a refused fd is closed at once. */
@@ -861,8 +1096,7 @@ static void conn_open(worker *w, const listener *l, int fd, const struct sockadd
 
 	if (!peer_allowed(cfg, l, ss, peer)) {
 		log_limited(w, &w->srv->refused, "not in policy.allow", peer, l);
-	} else if (atomic_fetch_add(&w->srv->nconn, 1) >= cfg->policy.max_connections) {
-		atomic_fetch_sub(&w->srv->nconn, 1);
+	} else if (!conn_admit(w, cfg)) {
 		log_limited(w, &w->srv->over_limit, "policy.max_connections reached", peer, l);
 	} else if ((c = conn_new(w, l, fd, cfg, peer)) == NULL || conn_attach(w, c) < 0) {
 		atomic_fetch_sub(&w->srv->nconn, 1);
@@ -923,20 +1157,46 @@ static void worker_accept(worker *w, const listener *l)
 
 /* ---- the worker loop ---- */
 
-static void worker_sweep_idle(worker *w)
+/*
+ * An idle connection is routine (Postfix keeps one per smtpd process):
+ * a debug line. A request not complete in time, or a reply the client
+ * does not read, is bad input.
+ */
+static void log_expired(worker *w, const conn *c)
+{
+	long long age = (long long)((w->now_ms - c->last_active) / 1000);
+
+	if (conn_idle(c))
+		log_debug("policy: closing connection from %s on %s: idle for %llds", c->peer,
+		          c->lst->address, age);
+	else if (c->outlen > 0)
+		log_bad_input(w->srv, w->now, LOG_INFO,
+		              "policy: closing connection from %s on %s: reply not read for %llds", c->peer,
+		              c->lst->address, age);
+	else
+		log_bad_input(
+		    w->srv, w->now, LOG_INFO,
+		    "policy: closing connection from %s on %s: request not complete %llds after its "
+		    "first byte (policy.idle_timeout)",
+		    c->peer, c->lst->address, age);
+}
+
+/* policy.idle_timeout, which also bounds how long one request may take to arrive. */
+static void worker_sweep(worker *w)
 {
 	engine_snapshot *snap = engine_acquire(w->srv->eng);
-	int64_t timeout = engine_config(snap)->policy.idle_timeout;
+	const config *cfg = engine_config(snap);
+	int64_t timeout = cfg->policy.idle_timeout;
 
+	atomic_store(&w->srv->conn_limit, conn_limit(w->srv, cfg)); /* a reload may have lowered it */
 	engine_release(snap);
-	while (w->head != NULL && w->now - w->head->last_active >= timeout) {
+	while (w->head != NULL && w->now_ms - w->head->last_active >= timeout * 1000) {
 		conn *c = w->head;
 
-		log_info("policy: closing connection from %s on %s: idle for %llds%s", c->peer,
-		         c->lst->address, (long long)(w->now - c->last_active),
-		         policy_parser_idle(c->parser) ? "" : " in the middle of a request");
+		log_expired(w, c);
 		conn_close(c);
 	}
+	worker_evict(w);
 }
 
 static void worker_tick(worker *w)
@@ -949,16 +1209,13 @@ static void worker_tick(worker *w)
 		return;
 	if (!w->accepting && listeners_watch(w, true) < 0)
 		log_error("policy worker %u: cannot watch the listeners again: %s", w->id, strerror(errno));
-	worker_sweep_idle(w);
+	worker_sweep(w);
+	log_bad_input_flush(w->srv, w->now);
 }
 
 /* Stop accepting; close what is idle; the rest closes after its current reply. */
 static void worker_begin_drain(worker *w)
 {
-	uint64_t n;
-
-	if (read(w->wakefd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		log_debug("policy worker %u: eventfd: %s", w->id, strerror(errno));
 	if (w->draining)
 		return;
 	w->draining = true;
@@ -970,6 +1227,19 @@ static void worker_begin_drain(worker *w)
 		if (conn_idle(c))
 			conn_close(c);
 	}
+}
+
+/* The eventfd: policy_server_stop, or another worker over the connection limit. */
+static void worker_wake(worker *w)
+{
+	uint64_t n;
+
+	if (read(w->wakefd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_debug("policy worker %u: eventfd: %s", w->id, strerror(errno));
+	if (atomic_load(&w->srv->stopping))
+		worker_begin_drain(w);
+	else
+		worker_evict(w);
 }
 
 static void worker_dispatch(worker *w, const struct epoll_event *ev, bool *wake, bool *tick)
@@ -1006,15 +1276,20 @@ static void *worker_main(void *arg)
 			log_error("policy worker %u: epoll_wait: %s", w->id, strerror(errno));
 			break;
 		}
-		w->now = mono_now();
-		/* Wake-ups and ticks close connections: only after the batch, whose events may point to them.
-		 */
+		worker_clock(w);
+		w->batch++;
+		/* Wake-ups, ticks and making room close connections: only after the batch, whose events
+		 * may point to them. */
 		for (int i = 0; i < n; i++)
 			worker_dispatch(w, &ev[i], &wake, &tick);
 		if (wake)
-			worker_begin_drain(w);
+			worker_wake(w);
 		if (tick)
 			worker_tick(w);
+		if (w->evict_pending && !w->draining)
+			worker_make_room(w);
+		atomic_store_explicit(&w->oldest, w->head ? w->head->last_active : INT64_MAX,
+		                      memory_order_relaxed);
 	}
 	if (w->nconn > 0)
 		log_warning("policy worker %u: closing %zu connection(s) with a request still in progress",
@@ -1034,7 +1309,8 @@ static int worker_setup(worker *w, policy_server *srv, unsigned id, char *err, s
 	w->id = id;
 	w->wake_tag = SRC_WAKE;
 	w->timer_tag = SRC_TIMER;
-	w->now = mono_now();
+	worker_clock(w);
+	atomic_init(&w->oldest, INT64_MAX);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -1082,6 +1358,31 @@ static void worker_release(worker *w)
 
 /* ---- the public API ---- */
 
+/*
+ * Policy connections the open files limit leaves room for: it minus a
+ * reserve for everything else (listeners, epoll and timer descriptors, the
+ * store, milter sessions, libraries) and the slack over the limit. main.c
+ * raises the soft limit to the hard one before this is read.
+ */
+static unsigned fd_capacity(const config *cfg)
+{
+	struct rlimit rl;
+	rlim_t reserve, cap;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return UINT_MAX;
+	reserve = FD_RESERVE_MIN + rl.rlim_cur / 8 + EVICT_SLACK;
+	cap = rl.rlim_cur > reserve ? rl.rlim_cur - reserve : 1;
+	if (cap < cfg->policy.max_connections)
+		log_warning(
+		    "policy: the open files limit (%llu) leaves room for %llu connections, fewer than "
+		    "policy.max_connections (%u): at %llu, the least recently active connection is "
+		    "closed for a new one; raise the limit (LimitNOFILE=, ulimit -n)",
+		    (unsigned long long)rl.rlim_cur, (unsigned long long)cap, cfg->policy.max_connections,
+		    (unsigned long long)cap);
+	return cap < UINT_MAX ? (unsigned)cap : UINT_MAX;
+}
+
 static size_t worker_count(unsigned threads)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1108,8 +1409,14 @@ policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size
 	for (size_t i = 0; i < nworkers; i++)
 		srv->workers[i].epfd = srv->workers[i].wakefd = srv->workers[i].timerfd = -1;
 	atomic_init(&srv->nconn, 0);
+	atomic_init(&srv->stopping, false);
+	srv->fd_cap = cfg->policy.nlisten > 0 ? fd_capacity(cfg) : UINT_MAX;
+	atomic_init(&srv->conn_limit, conn_limit(srv, cfg));
 	srv->over_limit.interval = srv->accept_errors.interval = LOG_INTERVAL;
 	srv->refused.interval = REFUSED_LOG_INTERVAL;
+	srv->evicted.interval = EVICT_LOG_INTERVAL;
+	srv->bad_input.interval = 1;
+	srv->bad_input.burst = BAD_INPUT_BURST;
 	for (size_t i = 0; i < TRAP_SLOTS; i++)
 		atomic_init(&srv->trap_instances[i], 0);
 	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
@@ -1129,10 +1436,15 @@ int policy_server_start(policy_server *srv, char *err, size_t errlen)
 		return -1;
 	}
 	srv->started = true;
+	/* Every worker's descriptors first: a running worker may wake the others (workers_wake_others). */
 	for (size_t i = 0; i < srv->nworkers; i++) {
-		worker *w = &srv->workers[i];
-
-		if (worker_setup(w, srv, (unsigned)i, err, errlen) < 0 || worker_spawn(w, err, errlen) < 0) {
+		if (worker_setup(&srv->workers[i], srv, (unsigned)i, err, errlen) < 0) {
+			policy_server_stop(srv);
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		if (worker_spawn(&srv->workers[i], err, errlen) < 0) {
 			policy_server_stop(srv);
 			return -1;
 		}
@@ -1149,6 +1461,7 @@ void policy_server_stop(policy_server *srv)
 	if (srv == NULL || srv->stopped)
 		return;
 	srv->stopped = true;
+	atomic_store(&srv->stopping, true); /* before the wake-ups: they now mean "drain" */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		if (srv->workers[i].running && write(srv->workers[i].wakefd, &one, sizeof(one)) < 0)
 			log_error("policy worker %zu: cannot wake it: %s", i, strerror(errno));
