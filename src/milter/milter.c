@@ -51,6 +51,9 @@
 #define QUEUE_ID_MAX 64             /* Postfix long queue ids are about 20 characters */
 #define ENVELOPE_MAX (ADDR_MAX + 2) /* an address plus its angle brackets */
 
+/* Lines a second about connections that were no MTA; the others are counted. */
+#define NOT_MTA_LOG_BURST 20
+
 /* How long milter_stop lets transactions in flight finish. */
 #define STOP_GRACE_MS 30000
 
@@ -107,7 +110,10 @@ static struct {
 	bool registered;
 	bool running;
 	pthread_t thread;
-} filter = {.lock = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
+	log_ratelimit not_mta; /* connections that never negotiated: a line each, unless a flood */
+} filter = {.lock = PTHREAD_MUTEX_INITIALIZER,
+            .idle = PTHREAD_COND_INITIALIZER,
+            .not_mta = {.interval = 1, .burst = NOT_MTA_LOG_BURST}};
 
 static char filter_name[] = "spamtrapd";
 
@@ -119,12 +125,49 @@ static void copy_capped(char *dst, size_t dstlen, const char *src)
 	dst[n] = '\0';
 }
 
+/* Does every quoted string in s end? A backslash quotes the next character in one (RFC 5321 quoted-pair). */
+static bool quotes_balanced(const char *s)
+{
+	bool quoted = false;
+	for (; *s; s++) {
+		if (quoted && *s == '\\' && s[1] != '\0')
+			s++;
+		else if (*s == '"')
+			quoted = !quoted;
+	}
+	return !quoted;
+}
+
 /*
- * An envelope address as Postfix hands it to a milter ("<a@b>", "<>") in
- * the form the policy protocol uses ("a@b", ""), so that both front ends
- * log and record the same strings. Returns in unchanged when it does not
- * fit out: an over-long address is judged (invalid) as it came, never
- * truncated into another address.
+ * Quoted strings without their quotes and backslashes, in place: Postfix's
+ * internal form (tok822_internalize), which is what the policy protocol
+ * hands over: <"x y"@d> is x y@d there. Without this, <"spam"@d> would be
+ * another blocklist key than <spam@d>, the same mailbox. An unbalanced
+ * quote is left alone: the decision core finds such an address invalid.
+ */
+static void unquote(char *s)
+{
+	bool quoted = false;
+	char *out = s;
+	if (!strchr(s, '"') || !quotes_balanced(s))
+		return;
+	for (; *s; s++) {
+		if (quoted && *s == '\\' && s[1] != '\0')
+			*out++ = *++s;
+		else if (*s == '"')
+			quoted = !quoted;
+		else
+			*out++ = *s;
+	}
+	*out = '\0';
+}
+
+/*
+ * An envelope address as Postfix hands it to a milter ("<a@b>", "<>",
+ * "<\"x y\"@d>") in the form the policy protocol uses ("a@b", "", "x y@d"),
+ * so that both front ends log and record the same strings. Returns in
+ * unchanged when it does not fit out: an over-long address is judged
+ * (invalid) as it came, never truncated into another address.
  */
 static const char *envelope_bare(const char *in, char *out, size_t outlen)
 {
@@ -137,6 +180,7 @@ static const char *envelope_bare(const char *in, char *out, size_t outlen)
 	}
 	memcpy(out, in, n);
 	out[n] = '\0';
+	unquote(out);
 	return out;
 }
 
@@ -333,14 +377,15 @@ static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
 {
 	(void)f2;
 	(void)f3;
+	/* The context first: cb_close tells an MTA from a peer that never negotiated by it. */
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c && !(c = conn_new(ctx)))
+		return SMFIS_REJECT;
 	if (!(f0 & SMFIF_DELRCPT)) {
 		/* Without it a trap copy cannot be dropped; the MTA's milter_default_action applies. */
 		log_error("milter: the MTA does not let filters remove recipients (SMFIF_DELRCPT); refusing");
 		return SMFIS_REJECT;
 	}
-	milter_conn *c = filter.shim->getpriv(ctx);
-	if (!c && !(c = conn_new(ctx)))
-		return SMFIS_REJECT;
 	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST);
 	*pf1 = f1 & (STEPS_NOT_WANTED | STEPS_NO_REPLY);
 	*pf2 = *pf3 = 0;
@@ -465,9 +510,32 @@ static sfsistat cb_abort(SMFICTX *ctx)
 	return SMFIS_CONTINUE;
 }
 
+/*
+ * libmilter drops a connection whose first packet is no option
+ * negotiation (garbage, an HTTP or TLS client, a port probe) without a
+ * word in our log; it still calls close. One line each, unless a flood.
+ */
+static void log_not_mta(void)
+{
+	struct timespec now;
+	uint64_t more = 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	bool pass = log_ratelimit_pass(&filter.not_mta, (int64_t)now.tv_sec, &more);
+	if (more > 0)
+		log_warning("milter: %llu more connections that were no MTA not logged (at most %d a second)",
+		            (unsigned long long)more, NOT_MTA_LOG_BURST);
+	if (pass)
+		log_warning(
+		    "milter: connection closed before option negotiation: the peer does not speak the "
+		    "milter protocol (garbage, another protocol, a port probe)");
+}
+
 static sfsistat cb_close(SMFICTX *ctx)
 {
-	conn_free(ctx, filter.shim->getpriv(ctx));
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c)
+		log_not_mta();
+	conn_free(ctx, c);
 	return SMFIS_CONTINUE;
 }
 
