@@ -13,6 +13,15 @@
  * whitelist file "LISTFILE:LINE: traps.files: message". Unknown keys are
  * errors, because a typo must not silently switch protection off.
  *
+ * Warnings (config.warnings) do not stop the load: a file spamtrapd trusts
+ * -- the config file, traps.files, whitelist.files -- that someone other
+ * than root and the service user may change, because it, or a folder on
+ * its path, is writable by everyone (a folder with the sticky bit, like
+ * /tmp, is fine) or is owned by another user. Whoever can change these
+ * files decides who is blocklisted or whitelisted, and the config names
+ * the user spamtrapd runs as. Group write is left alone: sites give a team
+ * of admins a group on purpose (docs/spamtrapd.json.5.md, FILES).
+ *
  * jansson keeps no positions of values, so a small locator rescans the
  * (already valid) JSON text for the path of a bad value when it is reported.
  */
@@ -20,12 +29,17 @@
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pwd.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "core/addr.h"
@@ -35,6 +49,7 @@
 #define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
 #define LIST_FILE_MAX_ERRORS 20     /* per list file: a wrong file must not flood the log */
 #define CONFIG_MAX_ERRORS 50
+#define CONFIG_MAX_WARNINGS 16
 #define MSG_MAX 1024
 #define KEY_TEXT_MAX 256
 
@@ -789,6 +804,157 @@ static int add_wl_line(loader *ld, const char *line, char *err, size_t errlen)
 	return wl != NULL ? whitelist_add_line(wl, line, err, errlen) : out_of_memory(err, errlen);
 }
 
+/* ---- warnings: files others may change ---- */
+
+static void ld_warn(loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A warning on the snapshot; one that cannot be kept (out of memory, too many) is dropped. */
+static void ld_warn(loader *ld, const char *fmt, ...)
+{
+	config *cfg = ld->cfg;
+	char *text = NULL, **w;
+	va_list ap;
+	int n;
+
+	if (cfg == NULL || cfg->nwarnings == CONFIG_MAX_WARNINGS)
+		return;
+	va_start(ap, fmt);
+	n = vasprintf(&text, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	w = realloc(cfg->warnings, (cfg->nwarnings + 1) * sizeof *w);
+	if (w == NULL) {
+		free(text);
+		return;
+	}
+	cfg->warnings = w;
+	cfg->warnings[cfg->nwarnings++] = text;
+}
+
+/* The user spamtrapd serves as: `user`, or the one loading the config when unset. */
+static bool service_uid(const config *cfg, uid_t *uid)
+{
+	struct passwd pw, *found = NULL;
+	char buf[1024];
+
+	if (cfg->user == NULL) {
+		*uid = geteuid();
+		return true;
+	}
+	if (getpwnam_r(cfg->user, &pw, buf, sizeof buf, &found) != 0 || found == NULL)
+		return false;
+	*uid = found->pw_uid;
+	return true;
+}
+
+static void user_text(uid_t uid, char *out, size_t outlen)
+{
+	struct passwd pw, *found = NULL;
+	char buf[1024];
+
+	if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found != NULL)
+		snprintf(out, outlen, "user %s", found->pw_name);
+	else
+		snprintf(out, outlen, "uid %u", (unsigned)uid);
+}
+
+/*
+ * One warning when someone but root and the service user may change path
+ * (what: "config file", "traps.files"): st is of path itself, or of the
+ * folder dir on its way.
+ */
+static bool warn_untrusted(loader *ld, const char *what, const char *path, const char *dir,
+                           const struct stat *st, const uid_t *service)
+{
+	char where[PATH_MAX + 32] = "", owner[96];
+	unsigned mode = (unsigned)st->st_mode & 07777;
+
+	if (dir != NULL)
+		snprintf(where, sizeof where, ": its folder %s", dir);
+	if (st->st_uid != 0 && (service == NULL || st->st_uid != *service)) {
+		user_text(st->st_uid, owner, sizeof owner);
+		ld_warn(ld, "%s %s%s is owned by %s, neither root nor the user spamtrapd runs as (mode %04o)",
+		        what, path, where, owner, mode);
+		return true;
+	}
+	if ((st->st_mode & S_IWOTH) && !(dir != NULL && (st->st_mode & S_ISVTX))) {
+		ld_warn(ld, "%s %s%s is writable by everyone (mode %04o)", what, path, where, mode);
+		return true;
+	}
+	return false;
+}
+
+/* Check path (named by its real path) and every folder up to /: the owner of any of them may replace it. */
+static void check_trust(loader *ld, const char *what, const char *path)
+{
+	char *real = realpath(path, NULL), *dir = real != NULL ? strdup(real) : NULL, *slash;
+	struct stat st;
+	uid_t uid;
+	const uid_t *service = service_uid(ld->cfg, &uid) ? &uid : NULL;
+
+	if (dir != NULL && !(stat(real, &st) == 0 && warn_untrusted(ld, what, real, NULL, &st, service))) {
+		while ((slash = strrchr(dir, '/')) != NULL) {
+			slash[slash == dir] = '\0'; /* "/a/b" -> "/a", "/a" -> "/" */
+			if ((stat(dir, &st) == 0 && warn_untrusted(ld, what, real, dir, &st, service)) ||
+			    slash == dir)
+				break;
+		}
+	}
+	free(dir);
+	free(real);
+}
+
+/* Is host (of inet:PORT@HOST) this machine's loopback? Names other than localhost may be anything. */
+static bool loopback_host(const char *host)
+{
+	static const uint8_t v6_loopback[16] = {[15] = 1};
+	addr_ip ip;
+
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (!addr_ip_parse(host, &ip))
+		return false;
+	return ip.version == 4 ? ip.bytes[0] == 127 : memcmp(ip.bytes, v6_loopback, 16) == 0;
+}
+
+static bool has_unix_policy_listener(const config *cfg)
+{
+	for (size_t i = 0; i < cfg->policy.nlisten; i++)
+		if (strncmp(cfg->policy.listen[i].address, "unix:", 5) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Listeners others can reach with nothing in between: policy.allow guards
+ * TCP policy listeners, but the milter protocol has no such list, and a
+ * unix socket anyone may write to lets every local user in. Whoever
+ * reaches a front end can blocklist any sender.
+ */
+static void check_exposure(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	const char *spec = cfg->milter.listen, *rest = NULL, *at;
+
+	if (spec != NULL &&
+	    ((rest = after_prefix(spec, "inet:")) != NULL || (rest = after_prefix(spec, "inet6:")))) {
+		at = strchr(rest, '@');
+		if (at == NULL || !loopback_host(at + 1))
+			ld_warn(
+			    ld,
+			    "milter.listen %s can be reached from other hosts, and policy.allow does not "
+			    "apply to the milter: listen on 127.0.0.1 or a unix socket, or firewall the port",
+			    spec);
+	} else if (spec != NULL && (cfg->milter.socket_mode & S_IWOTH)) {
+		ld_warn(ld, "milter.socket_mode %04o lets every local user connect to the milter",
+		        cfg->milter.socket_mode);
+	}
+	if (has_unix_policy_listener(cfg) && (cfg->policy.socket_mode & S_IWOTH))
+		ld_warn(ld, "policy.socket_mode %04o lets every local user connect to the policy service",
+		        cfg->policy.socket_mode);
+}
+
 /* A relative list file is found beside the config file, wherever spamtrapd was started. */
 static char *resolve_path(const loader *ld, const char *name)
 {
@@ -865,6 +1031,7 @@ static int read_list_file(loader *ld, const char *name, const char *key, line_fn
 		free(path);
 		return -1;
 	}
+	check_trust(ld, key, path);
 	rc = read_list_lines(ld, f, path, key, add);
 	fclose(f);
 	free(path);
@@ -1538,6 +1705,9 @@ static void box_free(config_box *box)
 	free(c->policy.socket_group);
 	netset_free(c->policy.allow);
 	store_config_clear(&c->store);
+	for (size_t i = 0; i < c->nwarnings; i++)
+		free(c->warnings[i]);
+	free(c->warnings);
 	trapset_free(box->traps);
 	whitelist_free(box->wl);
 	free(box);
@@ -1572,6 +1742,8 @@ static config_box *build(loader *ld, json_t *root)
 	for (size_t i = 0; i < NSCHEMA; i++)
 		apply_key(ld, &schema[i], root);
 	finish(ld);
+	check_trust(ld, "config file", ld->path);
+	check_exposure(ld);
 	return box;
 }
 

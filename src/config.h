@@ -69,6 +69,15 @@ typedef struct config {
 		int facility;
 		int level;
 	} log;
+
+	/*
+	 * What is worth telling but does not stop the load, one line each: a
+	 * file spamtrapd trusts (this file, traps.files, whitelist.files) that
+	 * someone other than root and the service user may change. The caller
+	 * logs them (the daemon) or prints them (spamtrapd -t).
+	 */
+	char **warnings;
+	size_t nwarnings;
 } config;
 
 /*

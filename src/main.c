@@ -114,6 +114,13 @@ static config *load_config(const options *opt)
 	return cfg;
 }
 
+/* config.warnings (a file others may change...): logged at start and reload, printed by -t. */
+static void log_config_warnings(const config *cfg)
+{
+	for (size_t i = 0; i < cfg->nwarnings; i++)
+		log_warning("%s", cfg->warnings[i]);
+}
+
 static void open_log(const options *opt, const config *cfg)
 {
 	if (opt->foreground)
@@ -162,6 +169,7 @@ static void reload(control *ctl)
 		log_error("reload failed, the previous configuration stays in force: %s", err);
 	} else {
 		apply_log_settings(ctl->opt, engine_config(old), cfg);
+		log_config_warnings(cfg);
 		log_notice("configuration reloaded from %s", ctl->opt->config_path);
 	}
 	config_unref(cfg);
@@ -335,6 +343,8 @@ int main(int argc, char **argv)
 	if (!cfg)
 		return 1;
 	if (opt.check_only) {
+		for (size_t i = 0; i < cfg->nwarnings; i++)
+			fprintf(stderr, "spamtrapd: warning: %s\n", cfg->warnings[i]);
 		printf("spamtrapd: configuration %s is valid (%zu traps)\n", opt.config_path,
 		       trapset_count(cfg->decide.traps));
 		config_unref(cfg);
@@ -357,6 +367,7 @@ int main(int argc, char **argv)
 	}
 	open_log(&opt, cfg);
 	log_startup(cfg);
+	log_config_warnings(cfg);
 	raise_open_files();
 
 	engine *eng = NULL;
