@@ -34,6 +34,11 @@
  * changed (PRAGMA data_version, read in the same transaction; its own
  * writes are not counted there, so they drop the cache themselves).
  * Errors name the file.
+ *
+ * Before all that, the absent-key filter (sqlite_filter.h) answers most
+ * lookups, those whose keys are not in the file, from memory: no
+ * connection, no transaction, no lock. It answers only while the file is
+ * in the very state it describes; trap hits report their keys to it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +55,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "store/sqlite_filter.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 4
@@ -223,6 +229,7 @@ struct store_backend_impl {
 	bool writing;          /* a writer of this process has the turn */
 	backoff backoff[2];    /* [0] reads, [1] writes */
 	conn conns[POOL_SIZE];
+	sqlite_filter *filter; /* answers most misses without SQLite */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -516,6 +523,7 @@ static void sqlite_free(store_backend_impl *s)
 {
 	if (!s)
 		return;
+	sqlite_filter_free(s->filter);
 	for (int i = 0; i < POOL_SIZE; i++)
 		conn_close(&s->conns[i]);
 	pthread_mutex_destroy(&s->lock);
@@ -553,6 +561,10 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 	for (int i = 0; i < POOL_SIZE; i++)
 		if (conn_open(&s->conns[i], s, i == 0, err, errlen) < 0)
 			goto fail;
+	if (!(s->filter = sqlite_filter_new(s->path))) {
+		snprintf(err, errlen, "sqlite: out of memory");
+		goto fail;
+	}
 	return s;
 fail:
 	sqlite_free(s);
@@ -774,9 +786,9 @@ static int refresh_mask(conn *c)
 	return 0;
 }
 
-/* Probe keys in order; the first live entry wins. */
+/* Probe keys in order, but those of skip (bit i: keys[i]); the first live entry wins. */
 static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys, size_t nkeys,
-                               int64_t now, store_entry *found)
+                               uint64_t skip, int64_t now, store_entry *found)
 {
 	sqlite3_stmt *stmt = c->stmt[ST_PROBE];
 	store_status rc = STORE_NOTFOUND;
@@ -785,7 +797,7 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	for (size_t i = 0; i < nkeys && rc == STORE_NOTFOUND; i++) {
 		int step;
 
-		if (!mask_may_have(&c->mask, keys[i]))
+		if ((i < 64 && (skip >> i & 1)) || !mask_may_have(&c->mask, keys[i]))
 			continue;
 		sqlite3_bind_text(stmt, 1, keys[i], -1, SQLITE_STATIC);
 		step = sqlite3_step(stmt);
@@ -801,12 +813,30 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	return rc;
 }
 
+/* Inside the read transaction: the keys the filter found absent, when it reads the state the filter saw. */
+static uint64_t filter_skip(const store_backend_impl *s, int nmaybe, uint64_t maybe,
+                            const sqlite_filter_view *v)
+{
+	return nmaybe > 0 && sqlite_filter_unchanged(s->filter, v) ? ~maybe : 0;
+}
+
+/*
+ * The filter first: when it knows that no key is in the file, that is the
+ * answer. When it knows that only some may be, and the transaction reads
+ * the state it answered for, only those are probed.
+ */
 static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
                                   store_entry *found)
 {
-	conn *c = acquire(s, FOR_READ, "lookup");
+	sqlite_filter_view view;
+	uint64_t maybe = 0;
+	int nmaybe = sqlite_filter_check(s->filter, keys, nkeys, &maybe, &view);
+	conn *c;
 	store_status rc;
 
+	if (nmaybe == 0)
+		return STORE_NOTFOUND;
+	c = acquire(s, FOR_READ, "lookup");
 	if (!c)
 		return STORE_ERROR;
 	if (step_done(c->stmt[ST_BEGIN_READ]) < 0)
@@ -814,7 +844,7 @@ static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys
 	else if (refresh_mask(c) < 0)
 		rc = db_error(s, c, "lookup: network lengths");
 	else
-		rc = probe_keys(s, c, keys, nkeys, now, found);
+		rc = probe_keys(s, c, keys, nkeys, filter_skip(s, nmaybe, maybe, &view), now, found);
 	/* A read transaction: COMMIT only ends it. */
 	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
 		if (rc != STORE_ERROR)
@@ -847,6 +877,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 {
 	conn *c = acquire(s, FOR_WRITE, "record");
 	store_status rc = STORE_OK;
+	sqlite_filter_write fw;
 
 	if (!c)
 		return STORE_ERROR;
@@ -854,6 +885,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: begin");
 		goto out;
 	}
+	sqlite_filter_write_begin(s->filter, &fw);
 	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
 		if (record_one(c, keys[i], hit) < 0)
 			rc = db_error(s, c, "record");
@@ -861,6 +893,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: commit");
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
+	sqlite_filter_write_end(s->filter, &fw, keys, nkeys);
 out:
 	wrote(c);
 	release(s, c, FOR_WRITE);
