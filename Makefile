@@ -38,9 +38,10 @@ test: test-deps
 	$(MAKE) check-format
 
 # make valgrind  plain Debug build in $(VALGRIND_BUILD) (no sanitizers: valgrind
-#                cannot run them); the unit and integration tests run with
-#                spamtrapd, spamtrapctl and each unit test under valgrind, and
-#                fail on any leak or memory error (docs/testing.md "Valgrind").
+#                cannot run them); the unit, integration and end-to-end tests
+#                run with spamtrapd, spamtrapctl and each unit test under
+#                valgrind, and fail on any leak or memory error
+#                (docs/testing.md "Valgrind").
 VALGRIND_BUILD ?= build-valgrind
 
 .PHONY: valgrind
@@ -49,7 +50,7 @@ valgrind:
 	scripts/install-deps.sh valgrind
 	cmake -S . -B $(VALGRIND_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_VALGRIND=ON -DSPAMTRAPD_TESTS=ON -DSPAMTRAPD_BENCH=OFF
 	cmake --build $(VALGRIND_BUILD) -j $(JOBS)
-	cd $(VALGRIND_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
+	cd $(VALGRIND_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'unit|integration|e2e'
 
 check-format:
 	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]' 'bench/*.[ch]' 'fuzz/*.[ch]')
