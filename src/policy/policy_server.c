@@ -96,7 +96,8 @@
 #define BAD_INPUT_BURST 20    /* lines about bad input per second, for the daemon; the rest are counted */
 #define EVICT_LOG_INTERVAL 10 /* seconds between lines about connections closed to make room */
 #define EVICT_SCAN 8          /* connections looked at, least recently active first, for one to close */
-#define EVICT_SLACK 64 /* connections over the limit while the workers holding the old ones close them */
+#define EVICT_SLACK 64    /* connections over the limit while the workers holding the old ones close them */
+#define EVICT_DEFER_MAX 8 /* over the limit by this many, a worker closes its own oldest, not another's */
 /* Descriptors kept free of policy connections: listeners, epoll, the store, milter sessions. */
 #define FD_RESERVE_MIN 64
 
@@ -145,7 +146,6 @@ struct worker {
 	uint64_t batch;      /* counts the loop's batches of events */
 	/* last_active of its least recently active connection (INT64_MAX: none), for the other workers */
 	_Atomic int64_t oldest;
-	bool evict_pending; /* a connection over the limit was accepted in this batch */
 	bool accepting, draining;
 	int64_t drain_deadline;
 };
@@ -1029,13 +1029,46 @@ static void worker_evict(worker *w)
 }
 
 /*
+ * Room for one more connection, over the limit: the worker whose least
+ * recently active connection is the oldest closes it, this one or another
+ * (woken through its eventfd; each keeps its connections in that order, so
+ * only the heads are compared). When the daemon is EVICT_DEFER_MAX over
+ * the limit, the other worker is not keeping up: this one closes its own.
+ */
+static void make_room(worker *w, unsigned over)
+{
+	policy_server *srv = w->srv;
+	const conn *mine = evict_candidate(w);
+	int64_t oldest = mine ? mine->last_active : INT64_MAX;
+	worker *target = w;
+	const uint64_t one = 1;
+
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		int64_t theirs = atomic_load_explicit(&srv->workers[i].oldest, memory_order_relaxed);
+
+		if (&srv->workers[i] != w && theirs < oldest) {
+			oldest = theirs;
+			target = &srv->workers[i];
+		}
+	}
+	if (target == w || (mine != NULL && over >= EVICT_DEFER_MAX)) {
+		worker_evict(w);
+		return;
+	}
+	/* Every wakefd was made before the first worker started and stays until policy_server_free. */
+	if (write(target->wakefd, &one, sizeof(one)) < 0)
+		log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id, strerror(errno));
+}
+
+/*
  * A slot for a new connection. At the limit the least recently active
  * connection makes room: Postfix keeps its policy connection open between
  * requests and opens a new one when it finds it closed
- * (SMTPD_POLICY_README), so idle or slow clients cannot lock it out. The
- * closing waits until the batch of events is handled (events of the batch
- * may point to the connection); only EVICT_SLACK over the limit, when
- * nothing could be closed in time, is the new connection refused.
+ * (SMTPD_POLICY_README), so idle or slow clients cannot lock it out.
+ * Listeners are handled after every other event of the batch
+ * (worker_main), so no event left in the batch points to the connection
+ * closed here. Only EVICT_SLACK over the limit, when nothing could be
+ * closed in time, is the new connection refused.
  */
 static bool conn_admit(worker *w, const config *cfg)
 {
@@ -1050,40 +1083,8 @@ static bool conn_admit(worker *w, const config *cfg)
 		atomic_fetch_sub(&srv->nconn, 1);
 		return false;
 	}
-	w->evict_pending = true;
+	make_room(w, n + 1 - limit);
 	return true;
-}
-
-/*
- * After a batch that accepted over the limit: the worker whose least
- * recently active connection is the oldest makes room, this one or another
- * (woken through its eventfd). Each keeps its connections in that order,
- * so only the heads are compared.
- */
-static void worker_make_room(worker *w)
-{
-	policy_server *srv = w->srv;
-	const conn *mine = evict_candidate(w);
-	int64_t oldest = mine ? mine->last_active : INT64_MAX;
-	worker *target = w;
-	const uint64_t one = 1;
-
-	w->evict_pending = false;
-	for (size_t i = 0; i < srv->nworkers; i++) {
-		int64_t theirs = atomic_load_explicit(&srv->workers[i].oldest, memory_order_relaxed);
-
-		if (&srv->workers[i] != w && theirs < oldest) {
-			oldest = theirs;
-			target = &srv->workers[i];
-		}
-	}
-	if (target == w) {
-		worker_evict(w);
-		return;
-	}
-	/* Every wakefd was made before the first worker started and stays until policy_server_free. */
-	if (write(target->wakefd, &one, sizeof(one)) < 0)
-		log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id, strerror(errno));
 }
 
 /* The checks at accept, against the current snapshot; a refused fd is closed at once. */
@@ -1242,25 +1243,46 @@ static void worker_wake(worker *w)
 		worker_evict(w);
 }
 
-static void worker_dispatch(worker *w, const struct epoll_event *ev, bool *wake, bool *tick)
+/* What a batch of events asks for besides connection events, done after them. */
+typedef struct batch_todo {
+	bool wake, tick;
+	listener *ready[MAX_EVENTS]; /* listeners with connections to accept */
+	int nready;
+} batch_todo;
+
+static void worker_dispatch(const struct epoll_event *ev, batch_todo *todo)
 {
 	src_kind kind = *(const src_kind *)ev->data.ptr;
 
 	switch (kind) {
 	case SRC_LISTENER:
-		if (w->accepting)
-			worker_accept(w, ev->data.ptr);
+		todo->ready[todo->nready++] = ev->data.ptr;
 		break;
 	case SRC_CONN:
 		conn_event(ev->data.ptr, ev->events);
 		break;
 	case SRC_WAKE:
-		*wake = true;
+		todo->wake = true;
 		break;
 	case SRC_TIMER:
-		*tick = true;
+		todo->tick = true;
 		break;
 	}
+}
+
+/*
+ * Accepting may close another connection to make room (conn_admit), and
+ * wake-ups and ticks close connections: all after the batch's connection
+ * events, which may point to them.
+ */
+static void worker_after_batch(worker *w, const batch_todo *todo)
+{
+	for (int i = 0; i < todo->nready && w->accepting; i++)
+		worker_accept(w, todo->ready[i]);
+	if (todo->wake)
+		worker_wake(w);
+	if (todo->tick)
+		worker_tick(w);
 }
 
 static void *worker_main(void *arg)
@@ -1270,7 +1292,7 @@ static void *worker_main(void *arg)
 
 	while (!w->draining || (w->nconn > 0 && w->now < w->drain_deadline)) {
 		int n = epoll_wait(w->epfd, ev, MAX_EVENTS, w->draining ? 100 : -1);
-		bool wake = false, tick = false;
+		batch_todo todo; /* ready[] is filled as needed: no need to clear it per batch */
 
 		if (n < 0 && errno != EINTR) {
 			log_error("policy worker %u: epoll_wait: %s", w->id, strerror(errno));
@@ -1278,16 +1300,11 @@ static void *worker_main(void *arg)
 		}
 		worker_clock(w);
 		w->batch++;
-		/* Wake-ups, ticks and making room close connections: only after the batch, whose events
-		 * may point to them. */
+		todo.wake = todo.tick = false;
+		todo.nready = 0;
 		for (int i = 0; i < n; i++)
-			worker_dispatch(w, &ev[i], &wake, &tick);
-		if (wake)
-			worker_wake(w);
-		if (tick)
-			worker_tick(w);
-		if (w->evict_pending && !w->draining)
-			worker_make_room(w);
+			worker_dispatch(&ev[i], &todo);
+		worker_after_batch(w, &todo);
 		atomic_store_explicit(&w->oldest, w->head ? w->head->last_active : INT64_MAX,
 		                      memory_order_relaxed);
 	}

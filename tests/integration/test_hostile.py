@@ -77,15 +77,18 @@ def raise_own_open_files(want):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def closed_sockets(socks, wait=0.5):
-    """How many of socks the peer has closed (end of file or reset), looking at all of them at once."""
+def closed_sockets(socks, want, wait=10.0):
+    """How many of socks the peer has closed (end of file or reset), looking at all of them at once;
+    waits until want are, or for wait seconds (then a little longer: one too many would show)."""
     poller = select.poll()
     by_fd = {s.fileno(): s for s in socks}
     for fd in by_fd:
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     closed = set()
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + wait * SCALE
     while time.monotonic() < deadline:
+        if len(closed) >= want:
+            deadline = min(deadline, time.monotonic() + 0.3)
         ready = poller.poll(50)
         for fd, _ in ready:
             try:
@@ -697,12 +700,12 @@ class TestConnectionFlood(HostileCase):
             t0 = time.monotonic()
             with sh.PolicyClient(self.d.policy_address("sender"), timeout=5 * SCALE) as c:
                 self.assertEqual(c.check(sender=KNOWN_BAD, client_address="203.0.113.50"), REJECT_TEXT)
-            self.assertLess(time.monotonic() - t0, 2 * SCALE)
+            self.assertLess(time.monotonic() - t0, 5 * SCALE)
             self.assertLessEqual(open_files(self.pid), 1000 + 64 + 64)
             lines = self.d.count_log(r"closing the least recently active ones", since=mark)
             self.assertGreaterEqual(lines, 1)
             self.assertLessEqual(lines, 1 + (time.monotonic() - t_flood) // 10, "one line for the burst")
-            evicted = closed_sockets(idle)
+            evicted = closed_sockets(idle, self.FLOOD - 1000)
             print(f"  [{evicted} of the {self.FLOOD} idle connections were closed to make room; daemon has "
                   f"{open_files(self.pid)} descriptors open]", file=sys.stderr)
             self.assertGreaterEqual(evicted, self.FLOOD - 1000, "the oldest were closed to make room")
@@ -752,7 +755,7 @@ class TestLowOpenFilesLimit(HostileCase):
             time.sleep(0.5)
             self.assertLess(open_files(self.pid), self.LIMIT - 32)
             self.assertEqual(self.client().check(sender=KNOWN_BAD, client_address="203.0.113.51"), REJECT_TEXT)
-            self.assertGreaterEqual(closed_sockets(idle), self.LIMIT - cap)
+            self.assertGreaterEqual(closed_sockets(idle, self.LIMIT - cap), self.LIMIT - cap)
             for s in idle:
                 s.close()
 
