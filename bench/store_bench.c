@@ -11,9 +11,12 @@
  * policy_load -B and milter_load -B hit them.
  *
  * Usage: store_bench [-b sqlite|redis] [-f DBFILE] [-H HOST -P PORT]
- *        [-n ENTRIES] [-l LOOKUPS] [-e]
+ *        [-n ENTRIES] [-l LOOKUPS] [-e] [-x FILE]
  * -e: the store already holds ENTRIES entries (an earlier run): lookups
  * only, for profiling.
+ * -x FILE: write the same ENTRIES entries as a `spamtrapctl import` file
+ * (every column, as `spamtrapctl list` prints them) and do nothing else:
+ * bench/run.py times the bulk load with it.
  * Prints one JSON object a line per phase; exit 0 on success.
  */
 #include <stdio.h>
@@ -33,7 +36,8 @@
 typedef struct options {
 	store_config cfg;
 	unsigned entries, lookups;
-	bool existing; /* the store already holds the entries: time lookups only */
+	bool existing;      /* the store already holds the entries: time lookups only */
+	const char *export; /* write an import file of the entries instead */
 } options;
 
 /* Entry i of the preloaded blocklist; see the file comment. */
@@ -150,8 +154,34 @@ static int report_lookups(store *st, const decide_policy *pol, unsigned loaded, 
 static int usage(void)
 {
 	fprintf(stderr, "usage: store_bench [-b sqlite|redis] [-f DBFILE] [-H HOST] [-P PORT] [-n ENTRIES] "
-	                "[-l LOOKUPS] [-e]\n");
+	                "[-l LOOKUPS] [-e] [-x FILE]\n");
 	return 2;
+}
+
+/* Entries 0..n-1 as import lines: key, expires, hits, last seen, trap, reason (UTC times). */
+static int write_import_file(const char *path, unsigned n)
+{
+	FILE *f = fopen(path, "w");
+	time_t now = time(NULL), expires = now + 30 * 86400;
+	char key[64], exp[32], last[32];
+	struct tm tm;
+
+	if (!f) {
+		perror(path);
+		return -1;
+	}
+	strftime(exp, sizeof(exp), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&expires, &tm));
+	strftime(last, sizeof(last), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+	for (unsigned i = 0; i < n; i++) {
+		entry_key(i, key, sizeof(key));
+		fprintf(f, "%s\t%s\t1\t%s\ttrap1@traps.example\ttrap\n", key, exp, last);
+	}
+	if (fclose(f) != 0) {
+		perror(path);
+		return -1;
+	}
+	printf("{\"phase\": \"import_file\", \"entries\": %u, \"path\": \"%s\"}\n", n, path);
+	return 0;
 }
 
 static int parse_options(int argc, char **argv, options *o)
@@ -167,7 +197,7 @@ static int parse_options(int argc, char **argv, options *o)
 	o->entries = 1000000;
 	o->lookups = 20000;
 	int c;
-	while ((c = getopt(argc, argv, "b:f:H:P:n:l:e")) != -1) {
+	while ((c = getopt(argc, argv, "b:f:H:P:n:l:ex:")) != -1) {
 		if (c == 'b' && (!strcmp(optarg, "sqlite") || !strcmp(optarg, "redis")))
 			o->cfg.backend = optarg[0] == 's' ? STORE_BACKEND_SQLITE : STORE_BACKEND_REDIS;
 		else if (c == 'f')
@@ -182,10 +212,12 @@ static int parse_options(int argc, char **argv, options *o)
 			o->lookups = (unsigned)atoi(optarg);
 		else if (c == 'e')
 			o->existing = true;
+		else if (c == 'x')
+			o->export = optarg;
 		else
 			return -1;
 	}
-	if (o->cfg.backend == STORE_BACKEND_SQLITE && !o->cfg.sqlite_path)
+	if (o->cfg.backend == STORE_BACKEND_SQLITE && !o->cfg.sqlite_path && !o->export)
 		return -1;
 	return o->entries && o->lookups ? 0 : -1;
 }
@@ -224,6 +256,8 @@ int main(int argc, char **argv)
 	char err[1024];
 	if (parse_options(argc, argv, &o) < 0)
 		return usage();
+	if (o.export)
+		return write_import_file(o.export, o.entries) == 0 ? 0 : 1;
 	store *st = store_open(&o.cfg, err, sizeof(err));
 	if (!st) {
 		fprintf(stderr, "store_bench: %s\n", err);

@@ -1,6 +1,6 @@
 /*
  * spamtrapctl: manage the blocklist store the daemon uses (SPEC.md
- * "Commands"): list, lookup, add, remove, expire, export. It reads the
+ * "Commands"): list, lookup, add, remove, expire, export, import. It reads the
  * daemon's config to find the store and talks to the store directly, so
  * it works whether or not the daemon runs.
  *
@@ -10,6 +10,7 @@
  * error. Messages for people go to stderr; results to stdout.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,6 +41,9 @@ static const char usage_text[] =
     "  expire                               drop expired entries now\n"
     "  export [--format postfix|cidr] [--keys LIST]\n"
     "                                       print a Postfix access map (see spamtrapctl(8))\n"
+    "  import FILE [--ttl T] [--reason TEXT]\n"
+    "                                       add or replace the entries of FILE: lines as list\n"
+    "                                       prints them, or keys alone (see spamtrapctl(8))\n"
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
@@ -617,6 +621,363 @@ static int cmd_export(ctl *c, const char *format, const char *keys)
 	return rc;
 }
 
+/* --- import -------------------------------------------------------------- */
+
+#define IMPORT_LINE_MAX 4096
+#define IMPORT_ERRORS_SHOWN 20
+
+/* An entry read from the file: strings in the importer's arena; its line, so that the last of a key wins. */
+typedef struct import_rec {
+	uint32_t key, trap, reason, line;
+	int64_t expires, last_seen;
+	uint64_t hits;
+} import_rec;
+
+typedef struct importer {
+	const ctl *c;
+	FILE *f;
+	const char *path;
+	int64_t ttl;
+	const char *reason;
+	char *line;
+	size_t cap;
+	unsigned long lineno, errors, expired;
+	char *arena; /* NUL-terminated strings of the records */
+	size_t arena_len, arena_cap;
+	import_rec *recs;
+	size_t nrecs, recs_cap, next;
+} importer;
+
+/* n decimal digits at s into *v. */
+static bool fixed_digits(const char *s, int n, int *v)
+{
+	*v = 0;
+	for (int i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		*v = *v * 10 + (s[i] - '0');
+	}
+	return true;
+}
+
+/* Days from 1970-01-01 to y-m-d, proleptic Gregorian (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int y, int m, int d)
+{
+	int64_t era, yoe, doy;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+/* "2024-05-01T14:03:27+02:00" as iso_time() writes it, or with "Z" for UTC. */
+static bool parse_iso(const char *s, int64_t *out)
+{
+	static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+
+	if (strlen(s) < 20 || !fixed_digits(s, 4, &y) || s[4] != '-' || !fixed_digits(s + 5, 2, &mo) ||
+	    s[7] != '-' || !fixed_digits(s + 8, 2, &d) || s[10] != 'T' || !fixed_digits(s + 11, 2, &h) ||
+	    s[13] != ':' || !fixed_digits(s + 14, 2, &mi) || s[16] != ':' || !fixed_digits(s + 17, 2, &sec))
+		return false;
+	if (strcmp(s + 19, "Z") != 0) {
+		sign = s[19] == '+' ? 1 : s[19] == '-' ? -1 : 0;
+		if (!sign || strlen(s) != 25 || !fixed_digits(s + 20, 2, &oh) || s[22] != ':' ||
+		    !fixed_digits(s + 23, 2, &om) || oh > 23 || om > 59)
+			return false;
+	}
+	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+		return false;
+	*out = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+	return true;
+}
+
+/* A time as list prints it (ISO 8601, or "@" and Unix seconds), or Unix seconds. */
+static bool parse_time(const char *s, int64_t *out)
+{
+	const char *digits = s[0] == '@' ? s + 1 : s;
+	size_t n = strspn(digits, "0123456789");
+
+	if (n > 0 && n <= 12 && digits[n] == '\0') {
+		*out = strtoll(digits, NULL, 10);
+		return true;
+	}
+	return parse_iso(s, out);
+}
+
+/* Split line at tabs into at most max fields; how many there were (max + 1: too many). */
+static int split_tabs(char *line, char **field, int max)
+{
+	int n = 1;
+
+	field[0] = line;
+	for (char *p = line; (p = strchr(p, '\t')) != NULL; p++) {
+		if (n == max)
+			return max + 1;
+		*p = '\0';
+		field[n++] = p + 1;
+	}
+	return n;
+}
+
+static bool is_dash(const char *s)
+{
+	return strcmp(s, "-") == 0;
+}
+
+/* A text column ("-": none) into a field of cap bytes, which it must fit. */
+static int text_field(const char *in, char *out, size_t cap, const char *what, char *err, size_t errlen)
+{
+	size_t len = strlen(in);
+
+	if (len >= cap) {
+		snprintf(err, errlen, "the %s is longer than %zu bytes", what, cap - 1);
+		return -1;
+	}
+	if (is_dash(in))
+		len = 0;
+	memcpy(out, in, len);
+	out[len] = '\0';
+	return 0;
+}
+
+static int bad_column(const char *what, const char *value, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "'%.64s' is not %s", value, what);
+	return -1;
+}
+
+/* The columns after the key: expires, hits, last seen, trap, reason; each may be left out or "-". */
+static int import_columns(const importer *im, char **f, int n, store_entry *e, char *err, size_t errlen)
+{
+	const char *when = "a time (2024-05-01T14:03:27+02:00)";
+	char *end;
+
+	e->expires = im->c->now + im->ttl;
+	e->hits = 0;
+	e->last_seen = im->c->now;
+	if (n > 1 && !is_dash(f[1]) && !parse_time(f[1], &e->expires))
+		return bad_column(when, f[1], err, errlen);
+	if (n > 2 && !is_dash(f[2])) {
+		errno = 0;
+		e->hits = strtoull(f[2], &end, 10);
+		if (f[2][0] < '0' || f[2][0] > '9' || *end || errno)
+			return bad_column("a number of hits", f[2], err, errlen);
+	}
+	if (n > 3 && !is_dash(f[3]) && !parse_time(f[3], &e->last_seen))
+		return bad_column(when, f[3], err, errlen);
+	e->first_seen = e->last_seen;
+	e->trap[0] = '\0';
+	if (n > 4 && text_field(f[4], e->trap, sizeof(e->trap), "trap", err, errlen) < 0)
+		return -1;
+	if (n > 5)
+		return text_field(f[5], e->reason, sizeof(e->reason), "reason", err, errlen);
+	return text_field(im->reason, e->reason, sizeof(e->reason), "reason", err, errlen);
+}
+
+/* One line into *e: 1, 0 for a line with nothing to import (blank, comment, expired), or -1. */
+static int import_line(importer *im, char *line, store_entry *e, char *err, size_t errlen)
+{
+	char *f[6] = {NULL};
+	int n;
+	ctl_key k;
+
+	if (line[0] == '\0' || line[0] == '#')
+		return 0;
+	if ((n = split_tabs(line, f, 6)) > 6) {
+		snprintf(err, errlen, "more than 6 tab-separated columns");
+		return -1;
+	}
+	if (key_parse(f[0], &k, err, errlen) < 0 ||
+	    (k.kind == KEY_NET && net_checked(im->c->cfg, &k.net, err, errlen) < 0))
+		return -1;
+	memcpy(e->key, k.text, strlen(k.text) + 1);
+	e->sender[0] = e->recipient[0] = e->client[0] = e->helo[0] = e->queue_id[0] = '\0';
+	if (import_columns(im, f, n, e, err, errlen) < 0)
+		return -1;
+	if (e->expires <= im->c->now) {
+		im->expired++;
+		return 0;
+	}
+	return 1;
+}
+
+/* The next line of the file without its line end; -1 at the end, -2 for a line no import takes. */
+static ssize_t import_read(importer *im)
+{
+	ssize_t len = getline(&im->line, &im->cap, im->f);
+
+	if (len < 0)
+		return -1;
+	im->lineno++;
+	if (len > 0 && im->line[len - 1] == '\n')
+		im->line[--len] = '\0';
+	if (len > 0 && im->line[len - 1] == '\r')
+		im->line[--len] = '\0';
+	return len > IMPORT_LINE_MAX || strlen(im->line) != (size_t)len ? -2 : len;
+}
+
+static bool grow(void **buf, size_t *cap, size_t need, size_t size)
+{
+	size_t n = *cap ? *cap : 4096;
+	void *p;
+
+	while (n < need)
+		n *= 2;
+	if (n == *cap)
+		return true;
+	if (n > SIZE_MAX / size || !(p = realloc(*buf, n * size)))
+		return false;
+	*buf = p;
+	*cap = n;
+	return true;
+}
+
+#define NO_PREV UINT32_MAX
+
+/* s into the arena, or prev again when equal (traps and reasons repeat; keys pass NO_PREV); its offset. */
+static bool arena_add(importer *im, const char *s, uint32_t prev, uint32_t *off)
+{
+	size_t len = strlen(s) + 1;
+
+	if (prev != NO_PREV && strcmp(im->arena + prev, s) == 0) {
+		*off = prev;
+		return true;
+	}
+	if (im->arena_len + len > UINT32_MAX ||
+	    !grow((void **)&im->arena, &im->arena_cap, im->arena_len + len, 1))
+		return false;
+	memcpy(im->arena + im->arena_len, s, len);
+	*off = (uint32_t)im->arena_len;
+	im->arena_len += len;
+	return true;
+}
+
+/* Keep a checked entry for the write; false when out of memory. */
+static bool import_keep(importer *im, const store_entry *e)
+{
+	uint32_t trap = im->nrecs ? im->recs[im->nrecs - 1].trap : NO_PREV;
+	uint32_t reason = im->nrecs ? im->recs[im->nrecs - 1].reason : NO_PREV;
+	import_rec *r;
+
+	if (!grow((void **)&im->recs, &im->recs_cap, im->nrecs + 1, sizeof(*im->recs)))
+		return false;
+	r = &im->recs[im->nrecs];
+	*r = (import_rec){
+	    .line = (uint32_t)im->lineno, .expires = e->expires, .last_seen = e->last_seen, .hits = e->hits};
+	if (!arena_add(im, e->key, NO_PREV, &r->key) || !arena_add(im, e->trap, trap, &r->trap) ||
+	    !arena_add(im, e->reason, reason, &r->reason))
+		return false;
+	im->nrecs++;
+	return true;
+}
+
+/* Every line of the file, checked and kept; false (with messages) when one is bad or out of memory. */
+static bool import_read_all(importer *im, store_entry *e)
+{
+	char err[512];
+	ssize_t len;
+	int rc;
+
+	while ((len = import_read(im)) != -1) {
+		rc = -1;
+		if (len == -2)
+			snprintf(err, sizeof(err), "longer than %d bytes, or a NUL byte", IMPORT_LINE_MAX);
+		else
+			rc = import_line(im, im->line, e, err, sizeof(err));
+		if (rc < 0 && ++im->errors <= IMPORT_ERRORS_SHOWN)
+			fprintf(stderr, "spamtrapctl: import: %s:%lu: %s\n", im->path, im->lineno, err);
+		if (rc > 0 && !import_keep(im, e)) {
+			fprintf(stderr, "spamtrapctl: import: %s: out of memory at line %lu\n", im->path,
+			        im->lineno);
+			return false;
+		}
+	}
+	if (im->errors > IMPORT_ERRORS_SHOWN)
+		fprintf(stderr, "spamtrapctl: import: %lu more bad lines\n",
+		        im->errors - IMPORT_ERRORS_SHOWN);
+	if (ferror(im->f) || im->errors)
+		fprintf(stderr, "spamtrapctl: import: %s: %s; nothing imported\n", im->path,
+		        ferror(im->f) ? strerror(errno) : "bad lines");
+	return !ferror(im->f) && !im->errors;
+}
+
+static const char *sort_arena; /* qsort has no context argument */
+
+/* By key, then by line: of the lines of one key, the last is the one written. */
+static int cmp_rec(const void *a, const void *b)
+{
+	const import_rec *x = a, *y = b;
+	int c = strcmp(sort_arena + x->key, sort_arena + y->key);
+
+	return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* store_next_fn over the kept entries in key order (pages of the file are written once, in order). */
+static int import_next(store_entry *e, void *ctx)
+{
+	importer *im = ctx;
+	const import_rec *r;
+
+	while (im->next + 1 < im->nrecs &&
+	       strcmp(im->arena + im->recs[im->next].key, im->arena + im->recs[im->next + 1].key) == 0)
+		im->next++;
+	if (im->next >= im->nrecs)
+		return 0;
+	r = &im->recs[im->next++];
+	snprintf(e->key, sizeof(e->key), "%s", im->arena + r->key);
+	e->expires = r->expires;
+	e->first_seen = e->last_seen = r->last_seen;
+	e->hits = r->hits;
+	snprintf(e->trap, sizeof(e->trap), "%s", im->arena + r->trap);
+	snprintf(e->reason, sizeof(e->reason), "%s", im->arena + r->reason);
+	e->sender[0] = e->recipient[0] = e->client[0] = e->helo[0] = e->queue_id[0] = '\0';
+	return 1;
+}
+
+/*
+ * Every line is read and checked first, so that a bad file changes
+ * nothing; the entries are sorted by key (a random order rewrites every
+ * page of a large file at each transaction) and written in large
+ * transactions.
+ */
+static int cmd_import(ctl *c, const char *path, int64_t ttl, const char *reason)
+{
+	importer im = {.c = c, .path = path, .ttl = ttl, .reason = reason ? reason : "import"};
+	store_entry *e = malloc(sizeof(*e));
+	uint64_t n = 0;
+	int rc = EXIT_USAGE;
+
+	if (!e || !(im.f = fopen(path, "r"))) {
+		fprintf(stderr, "spamtrapctl: import: %s: %s\n", path, strerror(e ? errno : ENOMEM));
+		free(e);
+		return EXIT_USAGE;
+	}
+	if (import_read_all(&im, e)) {
+		sort_arena = im.arena;
+		qsort(im.recs, im.nrecs, sizeof(*im.recs), cmp_rec);
+		rc = EXIT_OK;
+		if (store_put_many(c->st, import_next, &im, &n) != STORE_OK) {
+			fprintf(stderr, "spamtrapctl: import: %llu entries imported before the error\n",
+			        (unsigned long long)n);
+			rc = fail_store("import");
+		} else {
+			printf("imported %llu %s", (unsigned long long)n, n == 1 ? "entry" : "entries");
+			if (im.expired)
+				printf(" (%lu expired lines left out)", im.expired);
+			putchar('\n');
+		}
+	}
+	fclose(im.f);
+	free(im.line);
+	free(im.arena);
+	free(im.recs);
+	free(e);
+	return rc;
+}
+
 /* --- command line -------------------------------------------------------- */
 
 typedef struct cmdline {
@@ -703,6 +1064,14 @@ static int parse_command_args(int argc, char **argv, cmdline *cl)
 	return 0;
 }
 
+/* What a command says when its positional argument is missing or extra. */
+static const char *arg_need(const char *command, bool takes)
+{
+	if (!takes)
+		return "takes no KEY";
+	return strcmp(command, "import") == 0 ? "needs a FILE" : "needs a KEY";
+}
+
 /* Which arguments each command takes. */
 static int check_args(const cmdline *cl)
 {
@@ -711,14 +1080,14 @@ static int check_args(const cmdline *cl)
 		bool key, ttl_reason, export;
 	} cmds[] = {{"list", false, false, false},   {"lookup", true, false, false},
 	            {"add", true, true, false},      {"remove", true, false, false},
-	            {"expire", false, false, false}, {"export", false, false, true}};
+	            {"expire", false, false, false}, {"export", false, false, true},
+	            {"import", true, true, false}};
 
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		if (strcmp(cl->command, cmds[i].name) != 0)
 			continue;
 		if (cmds[i].key != (cl->key != NULL))
-			return usage_error("%s: %s", cl->command,
-			                   cmds[i].key ? "needs a KEY" : "takes no KEY");
+			return usage_error("%s: %s", cl->command, arg_need(cl->command, cmds[i].key));
 		if (!cmds[i].ttl_reason && (cl->ttl || cl->reason))
 			return usage_error("%s: takes no --ttl or --reason", cl->command);
 		if (!cmds[i].export && (cl->format || cl->keys))
@@ -799,13 +1168,25 @@ static int run_key_command(ctl *c, const cmdline *cl)
 	return cmd_add(c, &k, ttl, cl->reason);
 }
 
+static int run_import(ctl *c, const cmdline *cl)
+{
+	char err[512];
+	int64_t ttl = c->cfg->decide.ttl;
+
+	if (cl->ttl && parse_ttl(cl->ttl, &ttl, err, sizeof(err)) < 0)
+		return value_error("--ttl", err);
+	return cmd_import(c, cl->key, ttl, cl->reason);
+}
+
 static int run(const cmdline *cl)
 {
 	ctl c = {0};
 	int rc = open_ctl(cl, &c);
 
 	if (rc == EXIT_OK) {
-		if (cl->key)
+		if (strcmp(cl->command, "import") == 0)
+			rc = run_import(&c, cl);
+		else if (cl->key)
 			rc = run_key_command(&c, cl);
 		else if (strcmp(cl->command, "list") == 0)
 			rc = cmd_list(&c);

@@ -225,6 +225,47 @@ store_status store_put(store *st, const store_entry *e)
 	return st->ops->put(st->impl, e);
 }
 
+/* A put_many source that checks each entry as store_put does. */
+typedef struct checked_next {
+	store_next_fn next;
+	void *ctx;
+} checked_next;
+
+static int next_checked(store_entry *e, void *arg)
+{
+	checked_next *c = arg;
+	int rc = c->next(e, c->ctx);
+
+	if (rc < 0)
+		store_set_error("store_put_many: the source of entries failed");
+	else if (rc > 0 && !key_ok(e->key))
+		return -1;
+	return rc < 0 ? -1 : rc > 0;
+}
+
+store_status store_put_many(store *st, store_next_fn next, void *ctx, uint64_t *written)
+{
+	checked_next c = {next, ctx};
+	uint64_t scratch = 0, *n = written ? written : &scratch;
+	store_entry *e;
+	store_status rc = STORE_OK;
+	int more;
+
+	*n = 0;
+	if (!next)
+		return store_set_error("store_put_many: no source of entries given");
+	if (st->ops->put_many)
+		return st->ops->put_many(st->impl, next_checked, &c, n);
+	if (!(e = malloc(sizeof(*e))))
+		return store_set_error("store_put_many: out of memory");
+	while (rc == STORE_OK && (more = next_checked(e, &c)) != 0) {
+		rc = more < 0 ? STORE_ERROR : st->ops->put(st->impl, e);
+		*n += rc == STORE_OK;
+	}
+	free(e);
+	return rc;
+}
+
 store_status store_remove(store *st, const char *key)
 {
 	if (!key_ok(key))

@@ -91,6 +91,18 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 store_status store_get(store *st, const char *key, store_entry *out);
 /* Create or replace an entry as given (spamtrapctl add). */
 store_status store_put(store *st, const store_entry *e);
+/*
+ * Many entries, as store_put each (spamtrapctl import): next() fills *e
+ * and returns 1, or returns 0 at the end (-1 stops the call with
+ * STORE_ERROR). Written in large transactions where the backend has them
+ * (SQLite: STORE_PUT_BATCH entries a transaction), so that a million
+ * entries load in seconds; an error leaves the transactions before it
+ * written. *written (if not NULL) gets the number of entries written.
+ */
+typedef int (*store_next_fn)(store_entry *e, void *ctx);
+store_status store_put_many(store *st, store_next_fn next, void *ctx, uint64_t *written);
+#define STORE_PUT_BATCH 50000
+
 /* STORE_NOTFOUND when there was nothing to remove. */
 store_status store_remove(store *st, const char *key);
 /* Drop entries expired at now; *purged (if not NULL) gets their number. */

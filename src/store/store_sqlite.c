@@ -923,15 +923,9 @@ static store_status sqlite_get(store_backend_impl *s, const char *key, store_ent
 	return rc;
 }
 
-static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
+/* Every column of e, for ST_PUT. */
+static void bind_entry(sqlite3_stmt *stmt, const store_entry *e)
 {
-	conn *c = acquire(s, FOR_WRITE, "put");
-	sqlite3_stmt *stmt;
-	store_status rc = STORE_OK;
-
-	if (!c)
-		return STORE_ERROR;
-	stmt = c->stmt[ST_PUT];
 	bind_field(stmt, 1, e->key, sizeof(e->key));
 	sqlite3_bind_int64(stmt, 2, e->first_seen);
 	sqlite3_bind_int64(stmt, 3, e->last_seen);
@@ -944,11 +938,76 @@ static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
 	bind_field(stmt, 10, e->helo, sizeof(e->helo));
 	bind_field(stmt, 11, e->queue_id, sizeof(e->queue_id));
 	bind_field(stmt, 12, e->reason, sizeof(e->reason));
+}
+
+static store_status sqlite_put(store_backend_impl *s, const store_entry *e)
+{
+	conn *c = acquire(s, FOR_WRITE, "put");
+	sqlite3_stmt *stmt;
+	store_status rc = STORE_OK;
+
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_PUT];
+	bind_entry(stmt, e);
 	if (step_done(stmt) < 0)
 		rc = db_error(s, c, "put");
 	wrote(c);
 	release(s, c, FOR_WRITE);
 	return rc;
+}
+
+/*
+ * One write turn and transaction of up to STORE_PUT_BATCH entries, e
+ * holding the first; *more is what next() said last (1: e holds the
+ * first entry of the next batch, not written yet).
+ */
+static store_status put_batch(store_backend_impl *s, store_next_fn next, void *ctx, store_entry *e, int *more,
+                              uint64_t *written)
+{
+	conn *c = acquire(s, FOR_WRITE, "import");
+	store_status rc = STORE_OK;
+	uint64_t n = 0;
+
+	if (!c)
+		return STORE_ERROR;
+	if (step_done(c->stmt[ST_BEGIN]) < 0)
+		rc = db_error(s, c, "import: begin");
+	while (rc == STORE_OK && *more > 0 && n < STORE_PUT_BATCH) {
+		bind_entry(c->stmt[ST_PUT], e);
+		if (step_done(c->stmt[ST_PUT]) < 0) {
+			rc = db_error(s, c, "import");
+		} else {
+			n++;
+			*more = next(e, ctx);
+		}
+	}
+	if (rc == STORE_OK && *more < 0)
+		rc = STORE_ERROR;
+	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
+		rc = db_error(s, c, "import: commit");
+	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
+		step_done(c->stmt[ST_ROLLBACK]);
+	*written += rc == STORE_OK ? n : 0;
+	wrote(c);
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
+/* Large transactions: one write turn each, so that trap hits of a running daemon get theirs in between. */
+static store_status sqlite_put_many(store_backend_impl *s, store_next_fn next, void *ctx, uint64_t *written)
+{
+	store_entry *e = malloc(sizeof(*e));
+	store_status rc = STORE_OK;
+	int more;
+
+	if (!e)
+		return store_set_error("sqlite %s: import: out of memory", s->path);
+	more = next(e, ctx);
+	while (rc == STORE_OK && more > 0)
+		rc = put_batch(s, next, ctx, e, &more, written);
+	free(e);
+	return rc == STORE_OK && more < 0 ? STORE_ERROR : rc;
 }
 
 /* Run a write statement with its bindings set, in its own write turn; *changes gets the rows it touched. */
@@ -1045,4 +1104,5 @@ const store_ops store_sqlite_ops = {
     .remove = sqlite_remove,
     .purge = sqlite_purge,
     .foreach = sqlite_foreach,
+    .put_many = sqlite_put_many,
 };

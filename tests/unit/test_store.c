@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <ftw.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
@@ -563,6 +564,74 @@ static void test_put_get_remove(void **state)
 	assert_int_equal(store_remove(st, in.key), STORE_OK);
 	assert_int_equal(store_get(st, in.key, &out), STORE_NOTFOUND);
 	assert_int_equal(store_remove(st, in.key), STORE_NOTFOUND);
+	store_free(st);
+}
+
+/* A store_put_many source: "pm<i>@example.com" for i < n; fails at fail_at; an empty key at bad_at. */
+struct many_source {
+	int64_t t;
+	unsigned i, n, fail_at, bad_at;
+};
+
+static int many_next(store_entry *e, void *ctx)
+{
+	struct many_source *m = ctx;
+	char key[64];
+
+	if (m->i == m->fail_at)
+		return -1;
+	if (m->i == m->n)
+		return 0;
+	snprintf(key, sizeof(key), m->i == m->bad_at ? "" : "pm%u@example.com", m->i);
+	*e = entry_of(key, m->t, m->t + TTL + m->i, "bulk");
+	e->hits = m->i;
+	m->i++;
+	return 1;
+}
+
+static unsigned many_present(store *st, unsigned n)
+{
+	unsigned found = 0;
+	store_entry e;
+	char key[64];
+
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "pm%u@example.com", i);
+		found +=
+		    store_get(st, key, &e) == STORE_OK && e.hits == i && e.expires == e.first_seen + TTL + i;
+	}
+	return found;
+}
+
+/* Bulk writes: every entry as given, across SQLite's batches; a failing source or a bad key stops it. */
+static void test_put_many(void **state)
+{
+	store *st = open_store();
+	/* More than one batch on SQLite; Redis writes each entry in a round trip, so fewer. */
+	unsigned n = B.backend == STORE_BACKEND_SQLITE ? STORE_PUT_BATCH + 10 : 200;
+	struct many_source m = {.t = now_s(), .n = n, .fail_at = UINT_MAX, .bad_at = UINT_MAX};
+	uint64_t written = 0;
+	store_entry e;
+
+	(void)state;
+	assert_int_equal(store_put_many(st, many_next, &m, &written), STORE_OK);
+	assert_int_equal(written, n);
+	assert_int_equal(many_present(st, n), n);
+	assert_int_equal(lookup1(st, "pm7@example.com", m.t, &e), STORE_OK);
+	assert_string_equal(e.key, "pm7@example.com");
+	store_free(st);
+
+	B.serial++; /* a fresh store for the failures */
+	snprintf(B.path, sizeof(B.path), "%s/case%d.db", B.dir, B.serial);
+	snprintf(B.prefix, sizeof(B.prefix), "case%d:", B.serial);
+	st = open_store();
+	m = (struct many_source){.t = now_s(), .n = 10, .fail_at = 5, .bad_at = UINT_MAX};
+	assert_int_equal(store_put_many(st, many_next, &m, &written), STORE_ERROR);
+	assert_int_equal(many_present(st, 10), written); /* what it says it wrote, and no more */
+	m = (struct many_source){.t = now_s(), .n = 10, .fail_at = UINT_MAX, .bad_at = 3};
+	assert_int_equal(store_put_many(st, many_next, &m, &written), STORE_ERROR);
+	assert_non_null(strstr(store_last_error(), "empty blocklist key"));
+	assert_int_equal(store_put_many(st, NULL, NULL, NULL), STORE_ERROR);
 	store_free(st);
 }
 
@@ -1719,6 +1788,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_hit_after_expiry_starts_over),
     CASE(test_provenance_round_trip),
     CASE(test_put_get_remove),
+    CASE(test_put_many),
     CASE(test_purge),
     CASE(test_foreach),
     CASE(test_concurrent),
