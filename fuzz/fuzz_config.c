@@ -12,7 +12,8 @@
  *   NUL-terminated, and a smaller buffer gets a prefix of the same text
  *   (the same answer twice: nothing depends on leftover state);
  * - every error line is one line naming the config file, a list file or
- *   "-o KEY", and a FILE:LINE:COL position lies inside the file;
+ *   "-o KEY"; a FILE:LINE lies inside that file, and in a config that is
+ *   valid JSON its COL points at a key or a list element (the locator);
  * - a snapshot holds only values inside the schema's bounds, every set is
  *   built, every listener parses and no two share an address;
  * - every trap address, trap domain, whitelisted address and network, and
@@ -140,11 +141,47 @@ static bool starts_with(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+/* The config file as read, and whether it is valid JSON (then every FILE:LINE:COL is config.c's locator). */
+typedef struct source {
+	const uint8_t *text;
+	size_t len;
+	bool valid_json;
+	size_t nlines[NFILES];
+} source;
+
+/* Offset of LINE:COL (columns count UTF-8 characters, as config.c and jansson do), or SIZE_MAX. */
+static size_t offset_of(const source *src, long line, long col)
+{
+	size_t i = 0;
+
+	for (long l = 1; l < line; l++) {
+		const uint8_t *nl = memchr(src->text + i, '\n', src->len - i);
+
+		if (nl == NULL)
+			return SIZE_MAX;
+		i = (size_t)(nl - src->text) + 1;
+	}
+	for (long c = 1; c < col && i < src->len; c++)
+		for (i++; i < src->len && (src->text[i] & 0xc0) == 0x80; i++)
+			;
+	return i < src->len ? i : SIZE_MAX;
+}
+
+/* A position config.c located points at a member's key (a string) or an array element (a value). */
+static void check_position(const source *src, long line, long col)
+{
+	size_t off = offset_of(src, line, col);
+
+	CHECK(col >= 1 && off != SIZE_MAX);
+	CHECK(strchr("\"{[-0123456789tfn", src->text[off]) != NULL && src->text[off] != '\0');
+}
+
 /* One error line: from a known source, and a position inside its file. */
-static void check_error_line(const char *line, size_t len, const size_t *nlines)
+static void check_error_line(const char *line, size_t len, const source *src)
 {
 	char head[400];
 	long l, c;
+	int n;
 
 	CHECK(len > 0);
 	for (size_t i = 0; i < len; i++)
@@ -155,19 +192,23 @@ static void check_error_line(const char *line, size_t len, const size_t *nlines)
 		snprintf(head, sizeof head, "%s:", file_paths[i]);
 		if (!starts_with(line, head))
 			continue;
-		if (sscanf(line + strlen(head), "%ld:%ld:", &l, &c) >= 1 && line[strlen(head)] != ' ')
-			CHECK(l >= 1 && (size_t)l <= nlines[i]);
+		if (line[strlen(head)] == ' ')
+			return; /* no position */
+		n = sscanf(line + strlen(head), "%ld:%ld:", &l, &c);
+		CHECK(n >= 1 && l >= 1 && (size_t)l <= src->nlines[i]);
+		if (i == 0 && n == 2 && src->valid_json)
+			check_position(src, l, c);
 		return;
 	}
 	CHECK(!"an error line names neither the config file, a list file nor -o");
 }
 
-static void check_errors(const char *err, const size_t *nlines)
+static void check_errors(const char *err, const source *src)
 {
 	for (const char *line = err; *line != '\0';) {
 		size_t len = strcspn(line, "\n");
 
-		check_error_line(line, len, nlines);
+		check_error_line(line, len, src);
 		line += len;
 		if (*line == '\n')
 			line++;
@@ -330,43 +371,65 @@ static void check_contents(const config *cfg, const uint8_t *text, size_t len, c
 	json_decref(root);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Writes the three files of the input and describes the config file in src; returns the overrides' text. */
+static const uint8_t *take_input(const uint8_t *data, size_t size, source *src, size_t *ovlen)
 {
 	const uint8_t *sec[4];
-	size_t len[4], nlines[NFILES], nov, smalllen = 1 + size % 97;
-	char *ov[MAX_OVERRIDES], *err = malloc(ERR_BIG), *small = malloc(smalllen);
-	config *cfg, *again;
+	size_t len[4];
+	json_t *root;
 
-	CHECK(err != NULL && small != NULL);
-	if (scratch[0] == '\0')
-		make_scratch();
 	for (unsigned i = 0; i < 4; i++)
 		sec[i] = section(data, size, i, &len[i]);
 	write_file(file_paths[0], sec[0], len[0]);
 	write_file(file_paths[1], sec[2], len[2]);
 	write_file(file_paths[2], sec[3], len[3]);
-	nlines[0] = count_lines(sec[0], len[0]);
-	nlines[1] = count_lines(sec[2], len[2]);
-	nlines[2] = count_lines(sec[3], len[3]);
-	nov = overrides_of(sec[1], len[1], ov);
+	src->text = sec[0];
+	src->len = len[0];
+	root = json_loadb((const char *)sec[0], len[0], JSON_REJECT_DUPLICATES, NULL);
+	src->valid_json = json_is_object(root);
+	json_decref(root);
+	src->nlines[0] = count_lines(sec[0], len[0]);
+	src->nlines[1] = count_lines(sec[2], len[2]);
+	src->nlines[2] = count_lines(sec[3], len[3]);
+	*ovlen = len[1];
+	return sec[1];
+}
 
+/* A snapshot: in bounds, holding what the file says, alive until its last reference goes. */
+static void check_snapshot(config *cfg, const source *src, char *const *ov, size_t nov)
+{
+	CHECK(strcmp(cfg->path, file_paths[0]) == 0);
+	check_bounds(cfg);
+	check_contents(config_ref(cfg), src->text, src->len, ov, nov);
+	config_unref(cfg);
+	CHECK(cfg->decide.traps != NULL); /* still held */
+	config_unref(cfg);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	size_t ovlen, nov, smalllen = 1 + size % 97;
+	char *ov[MAX_OVERRIDES], *err = malloc(ERR_BIG), *small = malloc(smalllen);
+	const uint8_t *ovtext;
+	config *cfg, *again;
+	source src;
+
+	CHECK(err != NULL && small != NULL);
+	if (scratch[0] == '\0')
+		make_scratch();
+	ovtext = take_input(data, size, &src, &ovlen);
+	nov = overrides_of(ovtext, ovlen, ov);
 	cfg = config_load(file_paths[0], (const char *const *)ov, nov, err, ERR_BIG);
 	CHECK_TERMINATED(err, ERR_BIG);
 	CHECK((cfg == NULL) == (err[0] != '\0'));
 	if (strlen(err) + 1 < ERR_BIG)
-		check_errors(err, nlines);
+		check_errors(err, &src);
 	again = config_load(file_paths[0], (const char *const *)ov, nov, small, smalllen);
 	CHECK_TERMINATED(small, smalllen);
 	CHECK((again == NULL) == (cfg == NULL) && strncmp(err, small, strlen(small)) == 0);
 	config_unref(again);
-	if (cfg != NULL) {
-		CHECK(strcmp(cfg->path, file_paths[0]) == 0);
-		check_bounds(cfg);
-		check_contents(config_ref(cfg), sec[0], len[0], ov, nov);
-		config_unref(cfg);
-		CHECK(cfg->decide.traps != NULL); /* still held */
-		config_unref(cfg);
-	}
+	if (cfg != NULL)
+		check_snapshot(cfg, &src, ov, nov);
 	for (size_t i = 0; i < nov; i++)
 		free(ov[i]);
 	free(err);
