@@ -18,6 +18,11 @@
 
 #include "log.h"
 
+/* The core writes the keys' network lengths as the store reads them. */
+_Static_assert(DECIDE_NETLEN_NONE == STORE_NETLEN_NONE && DECIDE_NETLEN(4, 24) == STORE_NETLEN(4, 24) &&
+                   DECIDE_NETLEN(6, 48) == STORE_NETLEN(6, 48),
+               "decide.h and store.h disagree on network lengths");
+
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
 
@@ -257,7 +262,8 @@ decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *fa
 	store_entry found;
 	found.key[0] = '\0';
 	if (txn->whitelisted == WHITELIST_NONE && txn->nlookup > 0) {
-		switch (store_lookup(snap->ss->st, txn->lookup, txn->nlookup, (int64_t)time(NULL), &found)) {
+		switch (store_lookup_netlens(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup,
+		                             (int64_t)time(NULL), &found)) {
 		case STORE_OK:
 			lookup = DECIDE_LOOKUP_HIT;
 			store_worked(snap->eng, STORE_LOOKUPS);

@@ -88,10 +88,17 @@ static char *txn_key(decide_txn *txn, const char *fmt, ...)
 	return at;
 }
 
+static void push_net_lookup(decide_txn *txn, const char *key, int16_t netlen)
+{
+	if (key && txn->nlookup < DECIDE_MAX_LOOKUP) {
+		txn->lookup_netlen[txn->nlookup] = netlen;
+		txn->lookup[txn->nlookup++] = key;
+	}
+}
+
 static void push_lookup(decide_txn *txn, const char *key)
 {
-	if (key && txn->nlookup < DECIDE_MAX_LOOKUP)
-		txn->lookup[txn->nlookup++] = key;
+	push_net_lookup(txn, key, DECIDE_NETLEN_NONE);
 }
 
 static void push_record(decide_txn *txn, const char *key)
@@ -167,6 +174,15 @@ static const char *net_key(decide_txn *txn, const addr_ip *ip, unsigned prefix)
 	return at;
 }
 
+/* The client's network of prefix len, with its length (the host itself has none: no "/LEN"). */
+static void push_client_lookup(decide_txn *txn, const addr_ip *ip, int len)
+{
+	int max = ip->version == 4 ? 32 : 128;
+
+	push_net_lookup(txn, net_key(txn, ip, (unsigned)len),
+	                len == max ? DECIDE_NETLEN_NONE : DECIDE_NETLEN(ip->version, len));
+}
+
 /*
  * Every network an entry may name for this client: the host, then every
  * length an admin is likely to add (IPv4 /31../8, IPv6 in nibble steps) and
@@ -181,14 +197,14 @@ static void push_client_lookups(decide_txn *txn, const decide_policy *policy, co
 	bool configured_done = false;
 	for (int len = max; len >= min; len -= step) {
 		if (!configured_done && configured > len) {
-			push_lookup(txn, net_key(txn, ip, (unsigned)configured));
+			push_client_lookup(txn, ip, configured);
 			configured_done = true;
 		}
-		push_lookup(txn, net_key(txn, ip, (unsigned)len));
+		push_client_lookup(txn, ip, len);
 		configured_done |= configured == len;
 	}
 	if (!configured_done)
-		push_lookup(txn, net_key(txn, ip, (unsigned)configured));
+		push_client_lookup(txn, ip, configured);
 }
 
 static void prepare_sender(const decide_facts *facts, decide_txn *txn)

@@ -75,6 +75,10 @@ typedef struct decide_facts {
 #define DECIDE_MAX_RECORD 8
 #define DECIDE_KEYBUF 4096
 
+/* A lookup key's network length, as decide_txn.lookup_netlen holds it (store.h's STORE_NETLEN too). */
+#define DECIDE_NETLEN_NONE (-1)
+#define DECIDE_NETLEN(family, len) ((int16_t)((family) == 6 ? 256 + (len) : (len)))
+
 /*
  * A transaction's keys, prepared once per MAIL FROM (milter) or per request
  * (policy). Key forms, shared with the stores and spamtrapctl:
@@ -95,6 +99,13 @@ typedef struct decide_txn {
 	whitelist_match whitelisted;
 	size_t nlookup, nrecord;
 	const char *lookup[DECIDE_MAX_LOOKUP];
+	/*
+	 * Of each lookup key written "ADDRESS/LEN" (a network), its family and
+	 * length as DECIDE_NETLEN(4 or 6, LEN); DECIDE_NETLEN_NONE for every
+	 * other key, the client's host address (written without "/LEN")
+	 * among them. The store then need not parse the keys to find them.
+	 */
+	int16_t lookup_netlen[DECIDE_MAX_LOOKUP];
 	const char *record[DECIDE_MAX_RECORD];
 	char buf[DECIDE_KEYBUF]; /* the strings lookup[] and record[] point into */
 	size_t buflen;

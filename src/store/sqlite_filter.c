@@ -157,21 +157,30 @@ static void farray_add_written(farray *a, const char *key)
 	farray_add_key(a, key, strlen(key));
 }
 
-/* As store_sqlite's mask_may_have, then the keys. */
-static bool farray_may_have(const farray *a, const char *key)
+/* The network length of a key (STORE_NETLEN), from the caller when it knows it. */
+static int16_t netlen_of(const char *key, const int16_t *netlens, size_t i)
 {
-	int family, len = store_net_key_len(key, &family);
+	int family, len;
+
+	if (netlens)
+		return netlens[i];
+	len = store_net_key_len(key, &family);
+	return len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len);
+}
+
+/* As store_sqlite's mask_may_have, then the keys. */
+static bool farray_may_have(const farray *a, const char *key, int16_t netlen)
+{
 	uint64_t word;
 
-	if (len >= 0) {
-		if (family == 4)
-			word = atomic_load_explicit(&a->v4, memory_order_relaxed) >> len;
-		else
-			word = atomic_load_explicit(&a->v6[len / 64], memory_order_relaxed) >> (len % 64);
-		if (!(word & 1))
-			return false;
-	}
-	return keyfilter_may_have_hash(a->keys, keyfilter_hash(key, strlen(key)));
+	if (netlen >= 256)
+		word = atomic_load_explicit(&a->v6[(netlen - 256) / 64], memory_order_relaxed) >>
+		       (netlen - 256) % 64;
+	else if (netlen >= 0)
+		word = atomic_load_explicit(&a->v4, memory_order_relaxed) >> netlen;
+	else
+		word = 1;
+	return (word & 1) && keyfilter_may_have_hash(a->keys, keyfilter_hash(key, strlen(key)));
 }
 
 static bool farray_full(const farray *a)
@@ -554,8 +563,8 @@ static void stale(sqlite_filter *f)
 		request(f);
 }
 
-int sqlite_filter_check(sqlite_filter *f, const char *const *keys, size_t nkeys, uint64_t *maybe,
-                        sqlite_filter_view *view)
+int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                        uint64_t *maybe, sqlite_filter_view *view)
 {
 	const volatile uint32_t *shm = atomic_load_explicit(&f->shm, memory_order_acquire);
 	unsigned seq;
@@ -581,7 +590,7 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, size_t nkeys,
 	}
 	a = atomic_load_explicit(&f->active, memory_order_relaxed);
 	for (size_t i = 0; i < nkeys; i++)
-		if (farray_may_have(a, keys[i])) {
+		if (farray_may_have(a, keys[i], netlen_of(keys[i], netlens, i))) {
 			bits |= UINT64_C(1) << i;
 			n++;
 		}

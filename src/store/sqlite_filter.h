@@ -39,10 +39,11 @@ void sqlite_filter_free(sqlite_filter *f); /* accepts NULL; no call may be runni
  * Which of keys[] (at most 64) may be in the file now: -1 when the filter
  * cannot tell (not built yet, or the file changed since), else the number
  * of keys that may be there, with bit i of *maybe set for each; 0 means
- * that none is. *view records the state it answered for.
+ * that none is. *view records the state it answered for. netlens: the
+ * keys' network lengths (store.h STORE_NETLEN), or NULL to parse them.
  */
-int sqlite_filter_check(sqlite_filter *f, const char *const *keys, size_t nkeys, uint64_t *maybe,
-                        sqlite_filter_view *view);
+int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                        uint64_t *maybe, sqlite_filter_view *view);
 
 /*
  * Inside a read transaction: is it reading the state *view describes? Then

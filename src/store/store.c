@@ -192,6 +192,44 @@ store_status store_lookup(store *st, const char *const *keys, size_t nkeys, int6
 	return st->ops->lookup(st->impl, keys, nkeys, now, found ? found : &scratch);
 }
 
+/* Builds with assertions check the caller's lengths against the parse they replace. */
+static bool netlens_ok(const char *const *keys, const int16_t *netlens, size_t nkeys)
+{
+#ifndef NDEBUG
+	for (size_t i = 0; i < nkeys; i++) {
+		int family, len = store_net_key_len(keys[i], &family);
+
+		if (netlens[i] != (len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len))) {
+			store_set_error("store_lookup_netlens: key %zu (%.64s) has network length %d, not %d",
+			                i, keys[i], len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len),
+			                netlens[i]);
+			return false;
+		}
+	}
+#else
+	(void)keys, (void)netlens, (void)nkeys;
+#endif
+	return true;
+}
+
+store_status store_lookup_netlens(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                                  int64_t now, store_entry *found)
+{
+	store_entry scratch;
+
+	if (!keys_ok(keys, nkeys, STORE_LOOKUP_MAX))
+		return STORE_ERROR;
+	if (nkeys && !netlens)
+		return store_set_error("store_lookup_netlens: no lengths given");
+	if (!netlens_ok(keys, netlens, nkeys))
+		return STORE_ERROR;
+	if (nkeys == 0)
+		return STORE_NOTFOUND;
+	if (!st->ops->lookup_netlens)
+		return st->ops->lookup(st->impl, keys, nkeys, now, found ? found : &scratch);
+	return st->ops->lookup_netlens(st->impl, keys, netlens, nkeys, now, found ? found : &scratch);
+}
+
 store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit)
 {
 	if (!hit)

@@ -81,6 +81,23 @@ const char *store_backend_name(const store *st);
 store_status store_lookup(store *st, const char *const *keys, size_t nkeys, int64_t now, store_entry *found);
 
 /*
+ * What store_net_key_len finds in a key (store_backend.h), as one number:
+ * STORE_NETLEN(family, len) for a network "ADDRESS/LEN", STORE_NETLEN_NONE
+ * for every other key. core/decide.h's DECIDE_NETLEN is the same.
+ */
+#define STORE_NETLEN_NONE (-1)
+#define STORE_NETLEN(family, len) ((int16_t)((family) == 6 ? 256 + (len) : (len)))
+
+/*
+ * store_lookup for keys whose network lengths the caller knows from
+ * building them (decide_prepare): netlens[i] for keys[i], so that the
+ * store need not parse the keys. A wrong length may hide an entry; builds
+ * with assertions (no NDEBUG) check every one and fail the call.
+ */
+store_status store_lookup_netlens(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                                  int64_t now, store_entry *found);
+
+/*
  * A trap hit: for each key, create the entry or refresh it (expires =
  * now + ttl, hits + 1, last_seen = now, provenance replaced; first_seen
  * kept). Atomic per key.

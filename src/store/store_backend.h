@@ -34,6 +34,9 @@ typedef struct store_ops {
 	store_status (*remove)(store_backend_impl *impl, const char *key);
 	store_status (*purge)(store_backend_impl *impl, int64_t now, uint64_t *purged);
 	store_status (*foreach)(store_backend_impl *impl, int64_t now, store_visit_fn fn, void *ctx);
+	/* Optional: without it, store_lookup_netlens calls lookup (which parses the keys). */
+	store_status (*lookup_netlens)(store_backend_impl *impl, const char *const *keys,
+	                               const int16_t *netlens, size_t nkeys, int64_t now, store_entry *found);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
 } store_ops;

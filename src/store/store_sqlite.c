@@ -741,15 +741,24 @@ static void mask_add(netmask *m, sqlite3_int64 family, sqlite3_int64 len)
 }
 
 /* May an entry exist for this key, as far as the lengths present tell? */
-static bool mask_may_have(const netmask *m, const char *key)
+static bool mask_may_have(const netmask *m, int16_t netlen)
 {
-	int family, len = store_net_key_len(key, &family);
-
-	if (len < 0)
+	if (netlen < 0)
 		return true;
-	if (family == 4)
-		return m->v4 >> len & 1;
-	return m->v6[len / 64] >> (len % 64) & 1;
+	if (netlen < 256)
+		return m->v4 >> netlen & 1;
+	return m->v6[(netlen - 256) / 64] >> ((netlen - 256) % 64) & 1;
+}
+
+/* The network length of keys[i] (STORE_NETLEN): the caller's, or parsed. */
+static int16_t key_netlen(const char *const *keys, const int16_t *netlens, size_t i)
+{
+	int family, len;
+
+	if (netlens)
+		return netlens[i];
+	len = store_net_key_len(keys[i], &family);
+	return len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len);
 }
 
 static int read_netlens(conn *c)
@@ -787,8 +796,9 @@ static int refresh_mask(conn *c)
 }
 
 /* Probe keys in order, but those of skip (bit i: keys[i]); the first live entry wins. */
-static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys, size_t nkeys,
-                               uint64_t skip, int64_t now, store_entry *found)
+static store_status probe_keys(const store_backend_impl *s, conn *c, const char *const *keys,
+                               const int16_t *netlens, size_t nkeys, uint64_t skip, int64_t now,
+                               store_entry *found)
 {
 	sqlite3_stmt *stmt = c->stmt[ST_PROBE];
 	store_status rc = STORE_NOTFOUND;
@@ -797,7 +807,7 @@ static store_status probe_keys(const store_backend_impl *s, conn *c, const char 
 	for (size_t i = 0; i < nkeys && rc == STORE_NOTFOUND; i++) {
 		int step;
 
-		if ((i < 64 && (skip >> i & 1)) || !mask_may_have(&c->mask, keys[i]))
+		if ((i < 64 && (skip >> i & 1)) || !mask_may_have(&c->mask, key_netlen(keys, netlens, i)))
 			continue;
 		sqlite3_bind_text(stmt, 1, keys[i], -1, SQLITE_STATIC);
 		step = sqlite3_step(stmt);
@@ -825,12 +835,13 @@ static uint64_t filter_skip(const store_backend_impl *s, int nmaybe, uint64_t ma
  * answer. When it knows that only some may be, and the transaction reads
  * the state it answered for, only those are probed.
  */
-static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
-                                  store_entry *found)
+static store_status sqlite_lookup_netlens(store_backend_impl *s, const char *const *keys,
+                                          const int16_t *netlens, size_t nkeys, int64_t now,
+                                          store_entry *found)
 {
 	sqlite_filter_view view;
 	uint64_t maybe = 0;
-	int nmaybe = sqlite_filter_check(s->filter, keys, nkeys, &maybe, &view);
+	int nmaybe = sqlite_filter_check(s->filter, keys, netlens, nkeys, &maybe, &view);
 	conn *c;
 	store_status rc;
 
@@ -844,7 +855,7 @@ static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys
 	else if (refresh_mask(c) < 0)
 		rc = db_error(s, c, "lookup: network lengths");
 	else
-		rc = probe_keys(s, c, keys, nkeys, filter_skip(s, nmaybe, maybe, &view), now, found);
+		rc = probe_keys(s, c, keys, netlens, nkeys, filter_skip(s, nmaybe, maybe, &view), now, found);
 	/* A read transaction: COMMIT only ends it. */
 	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
 		if (rc != STORE_ERROR)
@@ -853,6 +864,12 @@ static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys
 	}
 	release(s, c, FOR_READ);
 	return rc;
+}
+
+static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
+                                  store_entry *found)
+{
+	return sqlite_lookup_netlens(s, keys, NULL, nkeys, now, found);
 }
 
 static int record_one(conn *c, const char *key, const store_hit *hit)
@@ -1104,5 +1121,6 @@ const store_ops store_sqlite_ops = {
     .remove = sqlite_remove,
     .purge = sqlite_purge,
     .foreach = sqlite_foreach,
+    .lookup_netlens = sqlite_lookup_netlens,
     .put_many = sqlite_put_many,
 };

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -390,6 +391,58 @@ static void test_lookup_keys_cover_networks(void **state)
 	assert_true(txn.nlookup <= DECIDE_MAX_LOOKUP);
 }
 
+/*
+ * Each lookup key's lookup_netlen is what its text says: a key with "/LEN"
+ * is a network of that length, IPv6 when it has a ':'; others have none.
+ */
+static void assert_netlens_match(const decide_txn *txn)
+{
+	for (size_t i = 0; i < txn->nlookup; i++) {
+		const char *slash = strchr(txn->lookup[i], '/');
+		int16_t want = DECIDE_NETLEN_NONE;
+
+		if (slash && !strchr(txn->lookup[i], '@') && strncmp(txn->lookup[i], "helo:", 5) != 0 &&
+		    strncmp(txn->lookup[i], "sasl:", 5) != 0)
+			want = DECIDE_NETLEN(strchr(txn->lookup[i], ':') ? 6 : 4, atoi(slash + 1));
+		if (txn->lookup_netlen[i] != want)
+			fail_msg("key %zu %s: network length %d, expected %d", i, txn->lookup[i],
+			         txn->lookup_netlen[i], want);
+	}
+}
+
+/* The lengths of odd configured prefixes, an IPv4-mapped client, names with a '/' in them. */
+static void test_lookup_netlens(void **state)
+{
+	static const struct {
+		const char *client, *helo, *sasl;
+		unsigned v4, v6;
+	} cases[] = {
+	    {"192.0.2.77", "mx/24.example", "joe/8", 24, 64},
+	    {"192.0.2.77", NULL, NULL, 32, 64},
+	    {"198.51.100.1", NULL, NULL, 7, 62},
+	    {"2001:db8::5", "a", "b", 24, 62},
+	    {"2001:db8::5", NULL, NULL, 24, 128},
+	    {"::ffff:192.0.2.9", NULL, NULL, 26, 48},
+	    {"127.0.0.1", "x", NULL, 24, 64},
+	    {"unknown", NULL, NULL, 24, 64},
+	};
+	fixture *f = *state;
+	decide_txn txn;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		decide_policy p = f->policy;
+		decide_facts facts = {.sender = "<a/1@b.example>",
+		                      .client_address = cases[i].client,
+		                      .helo = cases[i].helo,
+		                      .sasl_username = cases[i].sasl};
+		p.ipv4_prefix = cases[i].v4;
+		p.ipv6_prefix = cases[i].v6;
+		decide_prepare(&p, &facts, &txn);
+		assert_netlens_match(&txn);
+	}
+	assert_int_equal(txn.nlookup, 2); /* sender, domain: no client keys for "unknown" */
+}
+
 static uint32_t xorshift(uint32_t *x)
 {
 	*x ^= *x << 13;
@@ -422,6 +475,7 @@ static void test_ipv4_keys_match_addr_format(void **state)
 			addr_net_format(&net, want, sizeof(want));
 			assert_string_equal(txn.lookup[i], want);
 		}
+		assert_netlens_match(&txn);
 	}
 }
 
@@ -467,6 +521,7 @@ static void test_ipv6_keys_match_addr_format(void **state)
 			if (strcmp(txn.lookup[i], want) != 0)
 				fail_msg("%s /%u: key %s, expected %s", client, len, txn.lookup[i], want);
 		}
+		assert_netlens_match(&txn);
 	}
 }
 
@@ -558,6 +613,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_lookup_keys_cover_networks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv4_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv6_keys_match_addr_format, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lookup_netlens, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
 	    cmocka_unit_test(test_smtp_reply_parse),

@@ -129,7 +129,7 @@ static int check1(sqlite_filter *f, const char *key)
 	const char *keys[] = {key};
 	sqlite_filter_view v;
 	uint64_t maybe = 0;
-	int n = sqlite_filter_check(f, keys, 1, &maybe, &v);
+	int n = sqlite_filter_check(f, keys, NULL, 1, &maybe, &v);
 
 	if (n >= 0)
 		assert_int_equal(n, (int)maybe);
@@ -166,7 +166,7 @@ static void test_built_from_the_file(void **state)
 	wait_ready(f);
 	assert_int_equal(check1(f, "a@example.com"), 1);
 	assert_int_equal(check1(f, "c@example.com"), 0);
-	assert_int_equal(sqlite_filter_check(f, keys, NELEM(keys), &maybe, &v), 2);
+	assert_int_equal(sqlite_filter_check(f, keys, NULL, NELEM(keys), &maybe, &v), 2);
 	assert_int_equal(maybe, 0xa);
 	assert_true(sqlite_filter_unchanged(f, &v));
 	insert(db, "c@example.com");
@@ -272,6 +272,18 @@ static void test_network_lengths(void **state)
 	assert_int_equal(check1(f, "2001:db8::/32"), 1);
 	own_insert(f, db, "10.0.0.0/8");
 	assert_int_equal(check1(f, "10.0.0.0/8"), 1);
+	/* The caller's lengths in place of the parse: the same answers. */
+	{
+		const char *keys[] = {"192.0.2.0/24", "192.0.2.0/25", "2001:db8::/32", "2001:db8::/36",
+		                      "192.0.2.7"};
+		const int16_t lens[] = {STORE_NETLEN(4, 24), STORE_NETLEN(4, 25), STORE_NETLEN(6, 32),
+		                        STORE_NETLEN(6, 36), STORE_NETLEN_NONE};
+		sqlite_filter_view v;
+		uint64_t maybe = 0;
+
+		assert_int_equal(sqlite_filter_check(f, keys, lens, NELEM(keys), &maybe, &v), 2);
+		assert_int_equal(maybe, 0x5);
+	}
 	sqlite_filter_free(f);
 	sqlite3_close(db);
 }
@@ -371,7 +383,7 @@ static void *checker(void *arg)
 		for (int i = 0; i < 4; i++)
 			stress_key(k[i], sizeof(k[i]), i % 2 ? "other" : "own", i % 2 ? other : own, i >= 2,
 			           &seed);
-		if (sqlite_filter_check(s->f, keys, 4, &maybe, &v) < 0)
+		if (sqlite_filter_check(s->f, keys, NULL, 4, &maybe, &v) < 0)
 			continue;
 		atomic_fetch_add(&s->answered, 1);
 		if ((maybe & want) != want)

@@ -956,6 +956,34 @@ static const struct netlen_case netlen_cases[] = {
     {"IPv4 client, IPv6 entry of its length", {"2001:d00::/24"}, "x@example.org", "192.0.3.77", ""},
 };
 
+/* Lengths the caller knows: the same answers as store_lookup; a wrong one fails the call (a caller bug). */
+static void test_lookup_netlens(void **state)
+{
+	int64_t t = now_s();
+	store *st = open_store();
+	const char *keys[] = {"x@example.org", "192.0.2.7", "192.0.2.0/24", "2001:db8::/32", "@example.org"};
+	int16_t lens[] = {STORE_NETLEN_NONE, STORE_NETLEN_NONE, STORE_NETLEN(4, 24), STORE_NETLEN(6, 32),
+	                  STORE_NETLEN_NONE};
+	store_entry e;
+
+	(void)state;
+	assert_int_equal(store_lookup_netlens(st, keys, lens, NELEM(keys), t, &e), STORE_NOTFOUND);
+	put_key(st, "2001:db8::/32", t);
+	assert_int_equal(store_lookup_netlens(st, keys, lens, NELEM(keys), t, &e), STORE_OK);
+	assert_string_equal(e.key, "2001:db8::/32");
+	put_key(st, "192.0.2.0/24", t);
+	assert_int_equal(store_lookup_netlens(st, keys, lens, NELEM(keys), t, &e), STORE_OK);
+	assert_string_equal(e.key, "192.0.2.0/24");
+	assert_int_equal(store_lookup_netlens(st, keys, NULL, NELEM(keys), t, &e), STORE_ERROR);
+	assert_int_equal(store_lookup_netlens(st, keys, lens, 0, t, &e), STORE_NOTFOUND);
+#ifndef NDEBUG
+	lens[2] = STORE_NETLEN(4, 25);
+	assert_int_equal(store_lookup_netlens(st, keys, lens, NELEM(keys), t, &e), STORE_ERROR);
+	assert_non_null(strstr(store_last_error(), "192.0.2.0/24"));
+#endif
+	store_free(st);
+}
+
 /*
  * Entries at network lengths are found for a client inside them, in
  * keys[] order, whatever else is stored; each case first looks up once
@@ -1789,6 +1817,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_provenance_round_trip),
     CASE(test_put_get_remove),
     CASE(test_put_many),
+    CASE(test_lookup_netlens),
     CASE(test_purge),
     CASE(test_foreach),
     CASE(test_concurrent),
