@@ -156,15 +156,74 @@ bool log_ratelimit_flush(log_ratelimit *rl, int64_t now, uint64_t *suppressed)
 	return due;
 }
 
+/*
+ * Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0. C1 controls
+ * (U+0080..U+009F) count as malformed: like C0 controls they can move a
+ * terminal's cursor.
+ */
+static size_t utf8_sequence_len(const unsigned char *s)
+{
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t n;
+	if (s[0] == 0xc2) {
+		n = 2, lo = 0xa0;
+	} else if (s[0] >= 0xc3 && s[0] <= 0xdf) {
+		n = 2;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		if (s[0] == 0xe0)
+			lo = 0xa0;
+		else if (s[0] == 0xed)
+			hi = 0x9f;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		if (s[0] == 0xf0)
+			lo = 0x90;
+		else if (s[0] == 0xf4)
+			hi = 0x8f;
+	} else {
+		return 0;
+	}
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/*
+ * Every byte that is not printable ASCII or part of well-formed UTF-8
+ * becomes '?': journald keeps a line with invalid UTF-8 as a binary blob
+ * that journalctl does not show, so one hostile sender address could hide
+ * a decision line from the administrator. A sequence that does not fit
+ * whole is dropped rather than cut.
+ */
 const char *log_safe(const char *s, char *buf, size_t buflen)
 {
 	if (buflen == 0)
 		return "";
 	if (!s)
 		s = "-";
+	const unsigned char *p = (const unsigned char *)s;
 	size_t i = 0;
-	for (; *s && i + 1 < buflen; s++)
-		buf[i++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+	while (*p && i + 1 < buflen) {
+		if (*p >= 0x20 && *p < 0x7f) {
+			buf[i++] = (char)*p++;
+			continue;
+		}
+		size_t n = *p >= 0x80 ? utf8_sequence_len(p) : 0;
+		if (n == 0) {
+			buf[i++] = '?';
+			p++;
+		} else if (i + n < buflen) {
+			memcpy(buf + i, p, n);
+			i += n, p += n;
+		} else {
+			break;
+		}
+	}
 	buf[i] = '\0';
 	return buf;
 }

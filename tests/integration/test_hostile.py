@@ -425,6 +425,13 @@ class TestHostileRequests(HostileCase):
                 self.assertEqual(reply.decode(), f"action={want}\n\n")
             time.sleep(0.3)
             self.assertEqual(self.bad_input_count(mark), 0, self.d.log_since(mark))
+            # journald keeps a line that is not UTF-8 as a blob journalctl hides: the decision
+            # lines must mask the bytes, not copy them.
+            with open(self.d.log_path, "rb") as f:
+                f.seek(mark)
+                raw = f.read()
+            raw.decode("utf-8")  # raises on any invalid sequence
+            self.assertIn(b"???(spam@bad-utf8.test", raw)
 
     def test_disconnects_mid_request(self):
         """Half a line, a whole line, the empty line missing, a reset: one line each."""

@@ -22,6 +22,28 @@ static void test_log_safe(void **state)
 	    {"control characters are replaced", "a\r\nb\tc\x7f", 32, "a??b?c?"},
 	    {"UTF-8 is kept", "j\xc3\xb6rg@example.de", 32, "j\xc3\xb6rg@example.de"},
 	    {"long values are capped", "0123456789", 5, "0123"},
+	    {"3- and 4-byte UTF-8 is kept", "\xe2\x82\xac\xf0\x9f\x93\xa7@d", 32,
+	     "\xe2\x82\xac\xf0\x9f\x93\xa7@d"},
+	    {"a stray continuation byte is masked",
+	     "a\x80"
+	     "b",
+	     32, "a?b"},
+	    {"Latin-1 is masked", "j\xf6rg@d", 32, "j?rg@d"},
+	    {"an overlong form is masked", "\xc0\xafx", 32, "??x"},
+	    {"a surrogate is masked", "\xed\xa0\x80x", 32, "???x"},
+	    {"above U+10FFFF is masked", "\xf4\x90\x80\x80x", 32, "????x"},
+	    {"a C1 control is masked",
+	     "a\xc2\x9b"
+	     "b",
+	     32, "a??b"},
+	    {"U+00A0 is kept",
+	     "a\xc2\xa0"
+	     "b",
+	     32,
+	     "a\xc2\xa0"
+	     "b"},
+	    {"a truncated sequence at the end is masked", "ab\xe2\x82", 32, "ab??"},
+	    {"a sequence that does not fit is dropped, not cut", "ab\xe2\x82\xac", 5, "ab"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		print_message("case: %s\n", cases[i].name);
