@@ -309,6 +309,7 @@ check "$state is spamtrapd:spamtrapd 0750" test "$(stat -c '%U:%G %a' "$state")"
 for page in man8/spamtrapd.8 man8/spamtrapctl.8 man5/spamtrapd.json.5; do
 	check "man page $page" bash -c "zcat /usr/share/man/$page.gz | grep -q '^\.TH'"
 done
+check "security notes installed" bash -c "ls /usr/share/doc/spamtrapd/security.md* >/dev/null"
 check "systemd unit installed" test -f "$unit"
 for setting in 'NoNewPrivileges=yes' 'ProtectSystem=strict' 'PrivateTmp=yes' 'ReadWritePaths=/var/lib/spamtrapd.*' \
 	'ExecReload=/bin/kill -HUP \$MAINPID' 'ExecStartPre=/usr/sbin/spamtrapd -t .*' 'ExecStart=/usr/sbin/spamtrapd -f .*'; do
