@@ -3,7 +3,8 @@
  *
  * Loads N entries (default 1,000,000) through store_record, 16 keys a
  * call as a trap hit would record them, and at each checkpoint (10k,
- * 100k, 1M entries) times store_lookup with key lists built by the real
+ * 100k, 1M entries) times store_lookup_netlens, as the engine calls it,
+ * with key lists built by the real
  * decision core (decide_prepare: sender, every client network /8../32,
  * sender domain, HELO), for senders that are blocklisted (hit) and that
  * are not (miss). Entries are the names of bench_util.h: nine in ten are
@@ -106,7 +107,8 @@ static int time_lookups(store *st, const decide_policy *pol, unsigned loaded, un
 		                  .sender = sender};
 		decide_prepare(pol, &f, txn);
 		uint64_t t0 = bench_now_ns();
-		store_status rc = store_lookup(st, txn->lookup, txn->nlookup, (int64_t)time(NULL), &found);
+		store_status rc = store_lookup_netlens(st, txn->lookup, txn->lookup_netlen, txn->nlookup,
+		                                       (int64_t)time(NULL), &found);
 		bench_lat_add(lat, bench_now_ns() - t0);
 		if (rc != (hit ? STORE_OK : STORE_NOTFOUND)) {
 			fprintf(stderr, "store_bench: lookup of %s gave %d, expected %s: %s\n", sender, rc,

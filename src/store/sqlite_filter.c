@@ -35,6 +35,13 @@
  * build of t seconds, none for 9t, so that it costs at most a tenth of a
  * core. Writes during a build go into the new filter too.
  *
+ * Checkpoints. SQLite copies the write-ahead log into the database once
+ * it holds 1,000 pages, in the thread that made the commit, and waits for
+ * the disk twice (5 to 20 ms each here): a policy worker stalled so, with
+ * every connection it serves. The store hands that checkpoint to this
+ * thread instead (PASSIVE: it never blocks a writer or a reader; it leaves
+ * the WAL-index header alone).
+ *
  * Publication is a sequence lock: checks never block, and one that a
  * publication overlapped answers "cannot tell". A filter that is
  * replaced is cleared and reused for the next build, never freed while
@@ -89,6 +96,8 @@ struct sqlite_filter {
 	atomic_bool requested;                  /* a build was asked for */
 	atomic_bool started;
 	atomic_bool stop;
+	atomic_bool running;       /* the thread waits for work: it takes checkpoints */
+	atomic_bool checkpointing; /* a checkpoint was asked for */
 
 	pthread_mutex_t lock; /* publications, building and the fields below */
 	pthread_cond_t wake;
@@ -455,6 +464,14 @@ static void wait_until(sqlite_filter *f, int64_t when_ms)
 	pthread_cond_timedwait(&f->wake, &f->lock, &ts);
 }
 
+/* Copy the write-ahead log into the database, as far as readers let it; never waits for a lock. */
+static void checkpoint(sqlite_filter *f)
+{
+	pthread_mutex_unlock(&f->lock);
+	sqlite3_wal_checkpoint_v2(f->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	pthread_mutex_lock(&f->lock);
+}
+
 static void *builder_main(void *arg)
 {
 	sqlite_filter *f = arg;
@@ -463,13 +480,18 @@ static void *builder_main(void *arg)
 	if (builder_open(f) < 0)
 		return NULL;
 	pthread_mutex_lock(&f->lock);
+	atomic_store(&f->running, true);
 	while (!atomic_load(&f->stop)) {
+		if (atomic_exchange(&f->checkpointing, false)) {
+			checkpoint(f);
+			continue;
+		}
 		if (!atomic_load(&f->requested)) {
 			pthread_cond_wait(&f->wake, &f->lock);
 			continue;
 		}
 		if (now_ms() < next) {
-			wait_until(f, next);
+			wait_until(f, next); /* a checkpoint wakes it */
 			continue;
 		}
 		atomic_store(&f->requested, false);
@@ -484,6 +506,7 @@ static void *builder_main(void *arg)
 			next = start + MIN_GAP_MS;
 		pthread_mutex_lock(&f->lock);
 	}
+	atomic_store(&f->running, false);
 	pthread_mutex_unlock(&f->lock);
 	return NULL;
 }
@@ -602,6 +625,18 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t
 	*maybe = bits;
 	memcpy(view->hdr, now.w, sizeof(view->hdr));
 	return n;
+}
+
+bool sqlite_filter_checkpoint(sqlite_filter *f)
+{
+	if (!atomic_load_explicit(&f->running, memory_order_acquire))
+		return false;
+	if (!atomic_exchange(&f->checkpointing, true)) {
+		pthread_mutex_lock(&f->lock);
+		pthread_cond_signal(&f->wake);
+		pthread_mutex_unlock(&f->lock);
+	}
+	return true;
 }
 
 bool sqlite_filter_unchanged(const sqlite_filter *f, const sqlite_filter_view *view)

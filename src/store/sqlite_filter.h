@@ -9,7 +9,9 @@
  * The filter is built by a thread of its own, started by the first
  * lookup (spamtrapctl, which makes none, never builds one); until it is
  * ready, and whenever the file changed in a way the filter does not know,
- * sqlite_filter_check says so and the lookup asks SQLite as before.
+ * sqlite_filter_check says so and the lookup asks SQLite as before. The
+ * same thread runs the checkpoints of the write-ahead log, so that trap
+ * hits do not wait for the disk.
  */
 #ifndef SPAMTRAPD_SQLITE_FILTER_H
 #define SPAMTRAPD_SQLITE_FILTER_H
@@ -50,6 +52,15 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t
  * the keys a check found absent are absent in it too.
  */
 bool sqlite_filter_unchanged(const sqlite_filter *f, const sqlite_filter_view *view);
+
+/*
+ * A commit of this process has filled the write-ahead log: true when the
+ * filter's thread will run the checkpoint (which copies the log into the
+ * database and waits for the disk twice), false when there is no such
+ * thread and the caller must, as SQLite's own automatic checkpoint would.
+ * Either way the committing thread does not wait for the disk.
+ */
+bool sqlite_filter_checkpoint(sqlite_filter *f);
 
 /*
  * A write transaction of this process: _begin once it holds SQLite's

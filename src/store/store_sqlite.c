@@ -74,6 +74,8 @@
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
 #define SCHEMA_VERSION 2
+/* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
+#define WAL_CHECKPOINT_FRAMES 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
 
@@ -475,6 +477,21 @@ static void open_hint(const char *path, char *err, size_t errlen)
 		snprintf(err + used, errlen - used, " (the file system of %s is full)", dir);
 }
 
+/*
+ * Instead of SQLite's automatic checkpoint (sqlite3_wal_autocheckpoint,
+ * which this replaces): the filter's thread runs it when it can, so that
+ * the thread that made the commit, a policy worker, never waits for the
+ * disk; otherwise (spamtrapctl) the committing thread runs it, as SQLite would.
+ */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	const store_backend_impl *s = arg;
+
+	if (frames >= WAL_CHECKPOINT_FRAMES && !(s->filter && sqlite_filter_checkpoint(s->filter)))
+		sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	return SQLITE_OK;
+}
+
 static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
@@ -492,6 +509,7 @@ static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *er
 	}
 	sqlite3_extended_result_codes(c->db, 1);
 	sqlite3_busy_handler(c->db, busy_wait, c);
+	sqlite3_wal_hook(c->db, wal_hook, (void *)s);
 	c->deadline = now_ms() + OPEN_WAIT_MS;
 	snprintf(pragmas, sizeof(pragmas), "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d;",
 	         CACHE_KIB);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -317,6 +318,37 @@ static void test_free_while_building(void **state)
 	sqlite_filter_free(NULL);
 }
 
+static off_t file_size(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* Checkpoints asked for run on the filter's thread: the log's pages reach the database file. */
+static void test_checkpoint_on_its_thread(void **state)
+{
+	sqlite3 *db = db_open();
+	sqlite_filter *f = sqlite_filter_new(T.path);
+	off_t before;
+	double end;
+
+	(void)state;
+	assert_false(sqlite_filter_checkpoint(f)); /* no thread yet: the caller checkpoints */
+	wait_ready(f);
+	exec(db, "PRAGMA wal_autocheckpoint = 0");
+	exec(db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+	         " INSERT INTO blocklist (key, first_seen, last_seen, expires)"
+	         " SELECT 'c' || i || '@example.com', 1, 1, 4000000000 FROM n");
+	before = file_size(T.path);
+	assert_true(sqlite_filter_checkpoint(f));
+	for (end = mono() + READY_TIMEOUT_S; file_size(T.path) == before && mono() < end;)
+		usleep(5000);
+	assert_true(file_size(T.path) > before);
+	sqlite_filter_free(f);
+	sqlite3_close(db);
+}
+
 /*
  * Stress: one writer that reports itself and one that does not insert
  * numbered keys; after each COMMIT (and report) they publish the number.
@@ -425,6 +457,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_commit_between_is_not_ours, case_setup),
 	    cmocka_unit_test_setup(test_network_lengths, case_setup),
 	    cmocka_unit_test_setup(test_free_while_building, case_setup),
+	    cmocka_unit_test_setup(test_checkpoint_on_its_thread, case_setup),
 	    cmocka_unit_test_setup(test_stress_never_absent_after_commit, case_setup),
 	};
 
