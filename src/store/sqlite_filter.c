@@ -252,11 +252,11 @@ static void current_read(const sqlite_filter *f, hdr *h)
 		h->w[i] = atomic_load_explicit(&f->current[i], memory_order_relaxed);
 }
 
-/* Under lock. */
+/* Under lock. A request already pending wakes nobody again (the builder may be waiting out its gap). */
 static void request_locked(sqlite_filter *f)
 {
-	atomic_store_explicit(&f->requested, true, memory_order_relaxed);
-	pthread_cond_signal(&f->wake);
+	if (!atomic_exchange_explicit(&f->requested, true, memory_order_relaxed))
+		pthread_cond_signal(&f->wake);
 }
 
 static void request(sqlite_filter *f)
@@ -340,13 +340,17 @@ static size_t key_count(sqlite_filter *f)
 	return n;
 }
 
-/* A cleared filter for the next build, with room to grow: the spare one when it is large enough. */
+/*
+ * A cleared filter for the next build, with room for the file to double
+ * (a bulk load, a burst of trap hits) before it fills: the spare one when
+ * it is large enough.
+ */
 static farray *build_target(sqlite_filter *f)
 {
 	farray *t = f->spare;
 	size_t want = key_count(f);
 
-	want += want / 4 + 1024;
+	want = 2 * want + 1024;
 	f->spare = NULL;
 	if (t && keyfilter_capacity(t->keys) >= want) {
 		farray_clear(t);
@@ -690,6 +694,8 @@ void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, con
 		if (f->building)
 			farray_add_written(f->building, keys[i]);
 	}
+	if (a && farray_full(a))
+		request_locked(f);                /* a larger one, before lookups find it full */
 	if (!known || !hdr_eq(&before, &after)) { /* something was committed */
 		current_read(f, &cur);
 		if (atomic_load(&f->valid)) {
