@@ -16,7 +16,9 @@
  * commit happened since the state the filter describes, so a key absent
  * from the filter is absent from the file. Anything else (no filter
  * yet, a write of another process, a header being written) and the
- * lookup asks SQLite. The mapping is SQLite's own (xShmMap of the
+ * lookup asks SQLite. Keys are compared as bytes, as SQLite compares them
+ * in a UTF-8 file; a file in UTF-16 (SQLite converts text, and bytes that
+ * are not UTF-8 change on the way) gets no filter. The mapping is SQLite's own (xShmMap of the
  * builder's connection, which stays open, so it stays mapped); no other
  * process can truncate the -shm file while this one has it open, and the
  * file cannot leave WAL mode while any connection is open.
@@ -25,10 +27,12 @@
  * and publishes the filter with the header of that transaction's
  * snapshot (read before and after it started, and the same). A write of
  * this process reads the header once it holds the write lock (no other
- * commit can happen then) and again after COMMIT; when the counter moved
- * by exactly one and the published header was the one before, its keys
- * go into the filter and the header after is published: nobody else
- * committed in between. Otherwise (another process wrote, or a write of
+ * commit can happen then) and again after a successful COMMIT; when the
+ * counter moved by exactly one and the published header was the one
+ * before, its keys go into the filter and the header after is published:
+ * nobody else committed in between. (After a ROLLBACK that one commit may
+ * be another process's, taken right after the lock was freed: only a
+ * successful COMMIT counts.) Otherwise (another process wrote, or a write of
  * this process that does not report itself, such as a purge) the
  * published header stays behind, lookups go to SQLite, and the builder
  * is asked for a new filter: at most one build a second and, after a
@@ -278,18 +282,18 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool is_wal(sqlite3 *db)
+/* Does a one-row pragma (journal_mode, encoding) answer want? */
+static bool pragma_is(sqlite3 *db, const char *sql, const char *want)
 {
 	sqlite3_stmt *stmt = NULL;
-	bool wal = false;
+	bool is = false;
 
-	if (sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, NULL) == SQLITE_OK &&
-	    sqlite3_step(stmt) == SQLITE_ROW) {
-		const unsigned char *mode = sqlite3_column_text(stmt, 0);
-		wal = mode && strcmp((const char *)mode, "wal") == 0;
+	if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+		const unsigned char *value = sqlite3_column_text(stmt, 0);
+		is = value && strcmp((const char *)value, want) == 0;
 	}
 	sqlite3_finalize(stmt);
-	return wal;
+	return is;
 }
 
 /* SQLite's own mapping of the WAL index, once a read transaction has opened it. */
@@ -316,7 +320,8 @@ static int builder_open(sqlite_filter *f)
 	if (sqlite3_open_v2(f->path, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
 		return -1;
 	sqlite3_busy_timeout(f->db, BUSY_MS);
-	if (!is_wal(f->db) ||
+	if (!pragma_is(f->db, "PRAGMA journal_mode", "wal") ||
+	    !pragma_is(f->db, "PRAGMA encoding", "UTF-8") ||
 	    sqlite3_prepare_v2(f->db, "SELECT family, len FROM netlens", -1, &f->netlens, NULL) !=
 	        SQLITE_OK ||
 	    sqlite3_prepare_v2(f->db, "SELECT key FROM blocklist", -1, &f->keys, NULL) != SQLITE_OK ||
@@ -676,8 +681,8 @@ static follow follow_write(hdr *x, const hdr *before, const hdr *after, bool alo
 	return alone && hdr_eq(x, after) ? FOLLOWS : BEHIND;
 }
 
-void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, const char *const *keys,
-                             size_t nkeys)
+void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, bool committed,
+                             const char *const *keys, size_t nkeys)
 {
 	hdr before, after, cur;
 	bool known, alone;
@@ -685,10 +690,16 @@ void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, con
 
 	memcpy(before.w, w->hdr, sizeof(before.w));
 	known = w->known && shm_now(f, &after);
-	alone = known && after.w[HDR_ICHANGE] == before.w[HDR_ICHANGE] + 1;
+	/*
+	 * The counter moved by one: our commit, if there was one (nobody else
+	 * could commit before it, while we held the write lock); after a
+	 * ROLLBACK the write lock was free and that one commit was someone
+	 * else's.
+	 */
+	alone = committed && known && after.w[HDR_ICHANGE] == before.w[HDR_ICHANGE] + 1;
 	pthread_mutex_lock(&f->lock);
 	a = atomic_load_explicit(&f->active, memory_order_relaxed);
-	for (size_t i = 0; i < nkeys; i++) {
+	for (size_t i = 0; i < nkeys && committed; i++) {
 		if (a)
 			farray_add_written(a, keys[i]);
 		if (f->building)

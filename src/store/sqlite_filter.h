@@ -65,13 +65,15 @@ bool sqlite_filter_checkpoint(sqlite_filter *f);
 /*
  * A write transaction of this process: _begin once it holds SQLite's
  * write lock (after BEGIN IMMEDIATE), _end after its COMMIT or ROLLBACK,
- * whatever their result, with every key it may have inserted. Writes of
- * this process must not overlap (they take turns before BEGIN). A write
- * that does not call them (an autocommit DELETE) is handled like one of
- * another process: correct, at the cost of a rebuild.
+ * whatever their result, with every key it may have inserted; committed
+ * only when COMMIT succeeded (after a ROLLBACK, a failed statement or a
+ * failed COMMIT, any change of the file since _begin is someone else's).
+ * Writes of this process must not overlap (they take turns before BEGIN).
+ * A write that does not call them (an autocommit DELETE) is handled like
+ * one of another process: correct, at the cost of a rebuild.
  */
 void sqlite_filter_write_begin(sqlite_filter *f, sqlite_filter_write *w);
-void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, const char *const *keys,
-                             size_t nkeys);
+void sqlite_filter_write_end(sqlite_filter *f, const sqlite_filter_write *w, bool committed,
+                             const char *const *keys, size_t nkeys);
 
 #endif

@@ -928,7 +928,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: commit");
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
-	sqlite_filter_write_end(s->filter, &fw, keys, nkeys);
+	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK, keys, nkeys);
 out:
 	wrote(c);
 	release(s, c, FOR_WRITE);

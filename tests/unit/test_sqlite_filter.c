@@ -122,7 +122,7 @@ static void own_insert(sqlite_filter *f, sqlite3 *db, const char *key)
 	sqlite_filter_write_begin(f, &w);
 	insert(db, key);
 	exec(db, "COMMIT");
-	sqlite_filter_write_end(f, &w, keys, 1);
+	sqlite_filter_write_end(f, &w, true, keys, 1);
 }
 
 static int check1(sqlite_filter *f, const char *key)
@@ -221,8 +221,71 @@ static void test_own_writes_keep_it_current(void **state)
 	sqlite_filter_write_begin(f, &w);
 	insert(db, "rolled@example.com");
 	exec(db, "ROLLBACK");
-	sqlite_filter_write_end(f, &w, keys, 1);
+	sqlite_filter_write_end(f, &w, false, keys, 1);
 	assert_int_equal(check1(f, "absent@example.com"), 0);
+	assert_int_equal(check1(f, "rolled@example.com"), 0);
+	sqlite_filter_free(f);
+	sqlite3_close(db);
+}
+
+/*
+ * A write that commits nothing (a failed insert, ROLLBACK: a full disk),
+ * then another connection commits once before the write reports: the
+ * counter moved by one, but it was not this write's commit.
+ */
+static void test_rollback_then_other_commit(void **state)
+{
+	sqlite3 *db = db_open(), *other = db_open();
+	sqlite_filter *f = sqlite_filter_new(T.path);
+	sqlite_filter_write w;
+	const char *keys[] = {"failed@example.com"};
+
+	(void)state;
+	wait_ready(f);
+	exec(db, "BEGIN IMMEDIATE");
+	sqlite_filter_write_begin(f, &w);
+	assert_int_not_equal(
+	    sqlite3_exec(db, "INSERT INTO blocklist (key) VALUES ('failed@example.com')", NULL, NULL, NULL),
+	    SQLITE_OK); /* NOT NULL columns left out */
+	exec(db, "ROLLBACK");
+	insert(other, "theirs@example.com");
+	sqlite_filter_write_end(f, &w, false, keys, 1);
+	assert_int_equal(check1(f, "theirs@example.com"), -1);
+	wait_ready(f);
+	assert_int_equal(check1(f, "theirs@example.com"), 1);
+	sqlite_filter_free(f);
+	sqlite3_close(other);
+	sqlite3_close(db);
+}
+
+/*
+ * A file in UTF-16 (an administrator's sqlite3 shell can make one): SQLite
+ * converts the text of keys, and a byte that is not UTF-8 does not come
+ * back as it went in, so the filter stays off and every lookup asks SQLite.
+ */
+static void test_no_filter_for_utf16(void **state)
+{
+	store_config cfg = {.backend = STORE_BACKEND_SQLITE};
+	char err[512] = "";
+	sqlite3 *db;
+	sqlite_filter *f;
+	store *st;
+
+	(void)state;
+	snprintf(T.path, sizeof(T.path), "%s/utf16-%d.db", T.dir, ++T.serial);
+	assert_int_equal(sqlite3_open(T.path, &db), SQLITE_OK);
+	exec(db, "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x); DROP TABLE t");
+	sqlite3_close(db);
+	cfg.sqlite_path = T.path;
+	st = store_open(&cfg, err, sizeof(err));
+	if (!st)
+		fail_msg("store_open: %s", err);
+	store_free(st);
+	db = db_open();
+	insert(db, "sp\xffm@example.com");
+	f = sqlite_filter_new(T.path);
+	for (int i = 0; i < 100; i++, usleep(5000))
+		assert_int_equal(check1(f, "sp\xffm@example.com"), -1);
 	sqlite_filter_free(f);
 	sqlite3_close(db);
 }
@@ -242,7 +305,7 @@ static void test_commit_between_is_not_ours(void **state)
 	insert(db, "ours@example.com");
 	exec(db, "COMMIT");
 	insert(other, "theirs@example.com");
-	sqlite_filter_write_end(f, &w, keys, 1);
+	sqlite_filter_write_end(f, &w, true, keys, 1);
 	assert_int_equal(check1(f, "theirs@example.com"), -1);
 	wait_ready(f);
 	assert_int_equal(check1(f, "theirs@example.com"), 1);
@@ -455,6 +518,8 @@ int main(void)
 	    cmocka_unit_test_setup(test_other_writer_seen_at_once, case_setup),
 	    cmocka_unit_test_setup(test_own_writes_keep_it_current, case_setup),
 	    cmocka_unit_test_setup(test_commit_between_is_not_ours, case_setup),
+	    cmocka_unit_test_setup(test_rollback_then_other_commit, case_setup),
+	    cmocka_unit_test(test_no_filter_for_utf16),
 	    cmocka_unit_test_setup(test_network_lengths, case_setup),
 	    cmocka_unit_test_setup(test_free_while_building, case_setup),
 	    cmocka_unit_test_setup(test_checkpoint_on_its_thread, case_setup),
