@@ -90,8 +90,8 @@ typedef struct farray {
 
 struct sqlite_filter {
 	char *path;
-	/* Published for checks; seq is odd while a publication runs. */
-	atomic_uint seq;
+	/* Published for checks; seq is odd while a publication runs (64 bits: it never wraps). */
+	_Atomic uint64_t seq;
 	_Atomic(farray *) active;
 	_Atomic uint32_t current[HDR_WORDS];
 	atomic_bool valid;
@@ -239,7 +239,7 @@ static bool shm_now(const sqlite_filter *f, hdr *h)
 /* Under lock. */
 static void publish(sqlite_filter *f, farray *a, const hdr *h)
 {
-	unsigned s = atomic_load_explicit(&f->seq, memory_order_relaxed);
+	uint64_t s = atomic_load_explicit(&f->seq, memory_order_relaxed);
 
 	atomic_store_explicit(&f->seq, s + 1, memory_order_relaxed);
 	atomic_thread_fence(memory_order_release);
@@ -599,7 +599,7 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t
                         uint64_t *maybe, sqlite_filter_view *view)
 {
 	const volatile uint32_t *shm = atomic_load_explicit(&f->shm, memory_order_acquire);
-	unsigned seq;
+	uint64_t seq;
 	farray *a;
 	hdr now, cur;
 	uint64_t bits = 0;
