@@ -17,8 +17,9 @@
  * from the filter is absent from the file. Anything else (no filter
  * yet, a write of another process, a header being written) and the
  * lookup asks SQLite. Keys are compared as bytes, as SQLite compares them
- * in a UTF-8 file; a file in UTF-16 (SQLite converts text, and bytes that
- * are not UTF-8 change on the way) gets no filter. The mapping is SQLite's own (xShmMap of the
+ * in a UTF-8 file whose key column is TEXT COLLATE BINARY, as spamtrapd
+ * creates it; any other file (a UTF-16 one, a hand-made NOCASE column)
+ * gets no filter. The mapping is SQLite's own (xShmMap of the
  * builder's connection, which stays open, so it stays mapped); no other
  * process can truncate the -shm file while this one has it open, and the
  * file cannot leave WAL mode while any connection is open.
@@ -61,6 +62,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "store/keyfilter.h"
@@ -312,6 +314,23 @@ static const volatile uint32_t *map_shm(sqlite3 *db)
 	return shm_read(p, &h) ? p : NULL;
 }
 
+/*
+ * Keys equal for SQLite only when their bytes are: the key column is TEXT
+ * with the BINARY collation (a hand-made file could say NOCASE), and the
+ * file is UTF-8 (SQLite converts the text of a UTF-16 file, and bytes that
+ * are not UTF-8 change on the way).
+ */
+static bool keys_compare_as_bytes(sqlite3 *db)
+{
+	const char *type = NULL, *coll = NULL;
+
+	if (!pragma_is(db, "PRAGMA encoding", "UTF-8") ||
+	    sqlite3_table_column_metadata(db, "main", "blocklist", "key", &type, &coll, NULL, NULL, NULL) !=
+	        SQLITE_OK)
+		return false;
+	return type && coll && strcasecmp(type, "TEXT") == 0 && strcasecmp(coll, "BINARY") == 0;
+}
+
 /* The builder's connection and the mapping; -1 leaves the filter off (lookups ask SQLite). */
 static int builder_open(sqlite_filter *f)
 {
@@ -320,8 +339,7 @@ static int builder_open(sqlite_filter *f)
 	if (sqlite3_open_v2(f->path, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
 		return -1;
 	sqlite3_busy_timeout(f->db, BUSY_MS);
-	if (!pragma_is(f->db, "PRAGMA journal_mode", "wal") ||
-	    !pragma_is(f->db, "PRAGMA encoding", "UTF-8") ||
+	if (!pragma_is(f->db, "PRAGMA journal_mode", "wal") || !keys_compare_as_bytes(f->db) ||
 	    sqlite3_prepare_v2(f->db, "SELECT family, len FROM netlens", -1, &f->netlens, NULL) !=
 	        SQLITE_OK ||
 	    sqlite3_prepare_v2(f->db, "SELECT key FROM blocklist", -1, &f->keys, NULL) != SQLITE_OK ||

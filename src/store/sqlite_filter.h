@@ -66,8 +66,10 @@ bool sqlite_filter_checkpoint(sqlite_filter *f);
  * A write transaction of this process: _begin once it holds SQLite's
  * write lock (after BEGIN IMMEDIATE), _end after its COMMIT or ROLLBACK,
  * whatever their result, with every key it may have inserted; committed
- * only when COMMIT succeeded (after a ROLLBACK, a failed statement or a
- * failed COMMIT, any change of the file since _begin is someone else's).
+ * only when COMMIT succeeded after the transaction changed a row (after a
+ * ROLLBACK, a failed statement or a failed COMMIT, and after a commit
+ * that changed nothing and so wrote nothing, any change of the file since
+ * _begin is someone else's).
  * Writes of this process must not overlap (they take turns before BEGIN).
  * A write that does not call them (an autocommit DELETE) is handled like
  * one of another process: correct, at the cost of a rebuild.

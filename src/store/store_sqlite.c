@@ -913,6 +913,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 	conn *c = acquire(s, FOR_WRITE, "record");
 	store_status rc = STORE_OK;
 	sqlite_filter_write fw;
+	sqlite3_int64 changes;
 
 	if (!c)
 		return STORE_ERROR;
@@ -921,6 +922,7 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		goto out;
 	}
 	sqlite_filter_write_begin(s->filter, &fw);
+	changes = sqlite3_total_changes64(c->db);
 	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
 		if (record_one(c, keys[i], hit) < 0)
 			rc = db_error(s, c, "record");
@@ -928,7 +930,9 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 		rc = db_error(s, c, "record: commit");
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
-	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK, keys, nkeys);
+	/* Committed, and with rows changed: a commit that changed nothing writes nothing to the log. */
+	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK && sqlite3_total_changes64(c->db) > changes,
+	                        keys, nkeys);
 out:
 	wrote(c);
 	release(s, c, FOR_WRITE);

@@ -149,6 +149,47 @@ static void wait_ready(sqlite_filter *f)
 	}
 }
 
+/*
+ * A hand-made file whose key column compares case-insensitively (a
+ * version 1 table with COLLATE NOCASE, which store_open upgrades): SQLite
+ * finds "Spammer@Example.COM" for "spammer@example.com", so the filter,
+ * which compares bytes, stays off.
+ */
+static void test_no_filter_for_nocase_keys(void **state)
+{
+	store_config cfg = {.backend = STORE_BACKEND_SQLITE};
+	char err[512] = "";
+	sqlite3 *db;
+	sqlite_filter *f;
+	store *st;
+
+	(void)state;
+	snprintf(T.path, sizeof(T.path), "%s/nocase-%d.db", T.dir, ++T.serial);
+	assert_int_equal(sqlite3_open(T.path, &db), SQLITE_OK);
+	exec(db, "CREATE TABLE blocklist (key TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, first_seen INTEGER "
+	         "NOT NULL,"
+	         " last_seen INTEGER NOT NULL, expires INTEGER NOT NULL, hits INTEGER NOT NULL DEFAULT 0,"
+	         " trap TEXT NOT NULL DEFAULT '', sender TEXT NOT NULL DEFAULT '', recipient TEXT NOT NULL "
+	         "DEFAULT '',"
+	         " client TEXT NOT NULL DEFAULT '', helo TEXT NOT NULL DEFAULT '', queue_id TEXT NOT NULL "
+	         "DEFAULT '',"
+	         " reason TEXT NOT NULL DEFAULT '') WITHOUT ROWID;"
+	         " CREATE INDEX blocklist_expires ON blocklist (expires); PRAGMA user_version = 1");
+	sqlite3_close(db);
+	cfg.sqlite_path = T.path;
+	st = store_open(&cfg, err, sizeof(err));
+	if (!st)
+		fail_msg("store_open: %s", err);
+	store_free(st);
+	db = db_open();
+	insert(db, "Spammer@Example.COM");
+	f = sqlite_filter_new(T.path);
+	for (int i = 0; i < 100; i++, usleep(5000))
+		assert_int_equal(check1(f, "spammer@example.com"), -1);
+	sqlite_filter_free(f);
+	sqlite3_close(db);
+}
+
 /* Keys in the file when it is built are "may be there", others absent; several keys at once. */
 static void test_built_from_the_file(void **state)
 {
@@ -520,6 +561,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_commit_between_is_not_ours, case_setup),
 	    cmocka_unit_test_setup(test_rollback_then_other_commit, case_setup),
 	    cmocka_unit_test(test_no_filter_for_utf16),
+	    cmocka_unit_test(test_no_filter_for_nocase_keys),
 	    cmocka_unit_test_setup(test_network_lengths, case_setup),
 	    cmocka_unit_test_setup(test_free_while_building, case_setup),
 	    cmocka_unit_test_setup(test_checkpoint_on_its_thread, case_setup),
