@@ -463,7 +463,8 @@ static int build(sqlite_filter *f)
 	if (!t)
 		return -1;
 	row = build_start(f, t);
-	ok = row >= 0 && scan(f, t, row) == 0;
+	/* In the snapshot, whose schema may have changed since the last build (a rebuilt table). */
+	ok = row >= 0 && keys_compare_as_bytes(f->db) && scan(f, t, row) == 0;
 	sqlite3_reset(f->netlens);
 	if (!sqlite3_get_autocommit(f->db))
 		sqlite3_exec(f->db, "COMMIT", NULL, NULL, NULL);

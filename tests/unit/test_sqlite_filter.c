@@ -190,6 +190,26 @@ static void test_no_filter_for_nocase_keys(void **state)
 	sqlite3_close(db);
 }
 
+/* The same when another program rebuilds the table that way under a running filter. */
+static void test_schema_change_turns_it_off(void **state)
+{
+	sqlite3 *db = db_open();
+	sqlite_filter *f = sqlite_filter_new(T.path);
+
+	(void)state;
+	wait_ready(f);
+	assert_int_equal(check1(f, "spammer@example.com"), 0);
+	exec(db, "BEGIN; DROP TABLE blocklist;"
+	         " CREATE TABLE blocklist (key TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, first_seen INTEGER "
+	         "NOT NULL,"
+	         " last_seen INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
+	         " INSERT INTO blocklist VALUES ('Spammer@Example.COM', 1, 1, 4000000000); COMMIT");
+	for (int i = 0; i < 300; i++, usleep(10000)) /* 3 s: past the builder's gap, so it tries again */
+		assert_int_equal(check1(f, "spammer@example.com"), -1);
+	sqlite_filter_free(f);
+	sqlite3_close(db);
+}
+
 /* Keys in the file when it is built are "may be there", others absent; several keys at once. */
 static void test_built_from_the_file(void **state)
 {
@@ -562,6 +582,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_rollback_then_other_commit, case_setup),
 	    cmocka_unit_test(test_no_filter_for_utf16),
 	    cmocka_unit_test(test_no_filter_for_nocase_keys),
+	    cmocka_unit_test_setup(test_schema_change_turns_it_off, case_setup),
 	    cmocka_unit_test_setup(test_network_lengths, case_setup),
 	    cmocka_unit_test_setup(test_free_while_building, case_setup),
 	    cmocka_unit_test_setup(test_checkpoint_on_its_thread, case_setup),
