@@ -77,6 +77,13 @@
 #define GAP_PER_BUILD_MS 9    /* and 9 ms for each ms the last one took */
 #define SCAN_STOP_CHECK 4096  /* rows between looks at the stop flag */
 #define BUSY_MS 2000
+/*
+ * A build starts its read transaction under the filter's lock, which the
+ * workers' trap hits and stale lookups take too: it must not wait there
+ * for long (SQLite makes a reader wait only while a WAL is recovered or
+ * restarted). A build that gives up is tried again after the gap.
+ */
+#define BUILD_BUSY_MS 50
 
 typedef struct hdr {
 	uint32_t w[HDR_WORDS];
@@ -348,6 +355,7 @@ static int builder_open(sqlite_filter *f)
 	shm = map_shm(f->db);
 	if (!shm)
 		return -1;
+	sqlite3_busy_timeout(f->db, BUILD_BUSY_MS);
 	atomic_store_explicit(&f->shm, shm, memory_order_release);
 	return 0;
 }
@@ -639,7 +647,16 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t
 		stale(f);
 		return -1;
 	}
-	a = atomic_load_explicit(&f->active, memory_order_relaxed);
+	/*
+	 * On a weakly ordered CPU this load may still see the NULL of before
+	 * the first publication although valid and current looked new; the
+	 * seq re-check below rejects such a view, but only after the reads.
+	 * A stale non-NULL array is harmless: arrays are retired, never freed
+	 * while the filter lives.
+	 */
+	a = atomic_load_explicit(&f->active, memory_order_acquire);
+	if (!a)
+		return -1;
 	for (size_t i = 0; i < nkeys; i++)
 		if (farray_may_have(a, keys[i], netlen_of(keys[i], netlens, i))) {
 			bits |= UINT64_C(1) << i;
