@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -21,17 +20,12 @@ import time
 import unittest
 
 import spamtrapd_harness as sh
+from redis_harness import RedisServer
 
 CTL = os.environ.get("SPAMTRAPCTL", "")
 REJECT = "550 5.7.1 Blocked after mail to a spamtrap"
 ACTION = "REJECT 5.7.1 Blocked after mail to a spamtrap"
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CtlCase(unittest.TestCase):
@@ -316,27 +310,12 @@ class RedisTest(StoreScenarios, CtlCase):
     @classmethod
     def setUpClass(cls):
         cls.rdir = tempfile.mkdtemp(prefix="stctl-redis.")
-        cls.port = free_port()
-        server = shutil.which("redis-server")
-        if not server:
-            raise AssertionError("redis-server is not installed")
-        cls.redis = subprocess.Popen([server, "--port", str(cls.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", cls.rdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        cls.tearDownClass()
-        raise AssertionError("redis-server did not start")
+        cls.server = RedisServer(cls.rdir).start()
+        cls.port = cls.server.port
 
     @classmethod
     def tearDownClass(cls):
-        cls.redis.terminate()
-        cls.redis.wait(timeout=10)
+        cls.server.stop()
         shutil.rmtree(cls.rdir, True)
 
     def store_settings(self):
@@ -345,7 +324,7 @@ class RedisTest(StoreScenarios, CtlCase):
                 "redis": {"host": "127.0.0.1", "port": self.port, "prefix": f"t{id(self)}:{time.monotonic()}:"}}
 
     def test_redis_down_is_a_store_error(self):
-        config = self.write_config({"backend": "redis", "redis": {"host": "127.0.0.1", "port": free_port(),
+        config = self.write_config({"backend": "redis", "redis": {"host": "127.0.0.1", "port": sh.free_port(),
                                                                   "connect_timeout": 200}}, "down.json")
         start = time.monotonic()
         p = self.ctl("list", config=config, rc=2)

@@ -12,7 +12,6 @@ with every entry and the network-length counts right.
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -20,12 +19,7 @@ import time
 import unittest
 
 import spamtrapd_harness as sh
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from redis_harness import RedisServer
 
 
 class ImportCase(unittest.TestCase):
@@ -140,27 +134,12 @@ class RedisImportTest(ImportScenarios, ImportCase):
     @classmethod
     def setUpClass(cls):
         cls.rdir = tempfile.mkdtemp(prefix="stctl-import-redis.")
-        cls.port = free_port()
-        server = shutil.which("redis-server")
-        if not server:
-            raise AssertionError("redis-server is not installed")
-        cls.redis = subprocess.Popen([server, "--port", str(cls.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", cls.rdir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        cls.tearDownClass()
-        raise AssertionError("redis-server did not start")
+        cls.server = RedisServer(cls.rdir).start()
+        cls.port = cls.server.port
 
     @classmethod
     def tearDownClass(cls):
-        cls.redis.terminate()
-        cls.redis.wait(timeout=10)
+        cls.server.stop()
         shutil.rmtree(cls.rdir, True)
 
     def store_settings(self):
