@@ -255,6 +255,53 @@ static void log_verdict(const decide_facts *f, const decide_verdict *v, const ch
 	        front_name(f));
 }
 
+void engine_prepare(engine_snapshot *snap, const decide_facts *facts, decide_txn *txn)
+{
+	store_netmask m;
+	decide_netmask present;
+	bool known = store_netlens(snap->ss->st, &m);
+
+	if (known) {
+		present.v4 = m.v4;
+		memcpy(present.v6, m.v6, sizeof(present.v6));
+	}
+	decide_prepare_lens(&snap->cfg->decide, facts, known ? &present : NULL, txn);
+}
+
+static bool all_built(const decide_netmask *m)
+{
+	return (m->v4 & m->v6[0] & m->v6[1] & m->v6[2]) == UINT64_MAX;
+}
+
+/* With every network key: the store holds a length txn was not built for. */
+static store_status lookup_full(engine_snapshot *snap, const decide_facts *facts, int64_t now,
+                                store_entry *found)
+{
+	decide_txn full;
+
+	decide_prepare(&snap->cfg->decide, facts, &full);
+	return store_lookup_netlens(snap->ss->st, full.lookup, full.lookup_netlen, full.nlookup, now, found);
+}
+
+/* The lookup of txn's keys; again with all of them when they were built for too few lengths. */
+static store_status lookup_txn(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn,
+                               store_entry *found)
+{
+	int64_t now = (int64_t)time(NULL);
+	store_netmask built;
+	bool stale;
+	store_status rc;
+
+	if (all_built(&txn->built))
+		return store_lookup_netlens(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup, now,
+		                            found);
+	built.v4 = txn->built.v4;
+	memcpy(built.v6, txn->built.v6, sizeof(built.v6));
+	rc = store_lookup_built(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup, &built, now,
+	                        found, &stale);
+	return stale ? lookup_full(snap, facts, now, found) : rc;
+}
+
 decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
 {
 	const config *cfg = snap->cfg;
@@ -262,8 +309,7 @@ decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *fa
 	store_entry found;
 	found.key[0] = '\0';
 	if (txn->whitelisted == WHITELIST_NONE && txn->nlookup > 0) {
-		switch (store_lookup_netlens(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup,
-		                             (int64_t)time(NULL), &found)) {
+		switch (lookup_txn(snap, facts, txn, &found)) {
 		case STORE_OK:
 			lookup = DECIDE_LOOKUP_HIT;
 			store_worked(snap->eng, STORE_LOOKUPS);

@@ -42,8 +42,18 @@ const config *engine_config(const engine_snapshot *snap);
 store *engine_store(const engine_snapshot *snap);
 
 /*
+ * decide_prepare with the network lengths the store holds, as far as it
+ * can tell without I/O (store_netlens): the client's network keys are
+ * built only at those lengths (at every length when it cannot tell).
+ * engine_check_sender looks up again with every key when the store holds
+ * more lengths by then.
+ */
+void engine_prepare(engine_snapshot *snap, const decide_facts *facts, decide_txn *txn);
+
+/*
  * MAIL FROM (or a sender check at RCPT): looks up every key of txn; the
- * verdict says whether to reject. Logs blocklist hits and store errors.
+ * verdict says whether to reject. facts are those txn was prepared from
+ * (a lookup prepares them again, with every key, when txn has too few). Logs blocklist hits and store errors.
  */
 decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn);
 

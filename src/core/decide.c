@@ -183,10 +183,19 @@ static void push_client_lookup(decide_txn *txn, const addr_ip *ip, int len)
 	                len == max ? DECIDE_NETLEN_NONE : DECIDE_NETLEN(ip->version, len));
 }
 
+static bool mask_has(const decide_netmask *m, int version, int len)
+{
+	if (version == 4)
+		return m->v4 >> len & 1;
+	return m->v6[len / 64] >> (len % 64) & 1;
+}
+
 /*
  * Every network an entry may name for this client: the host, then every
  * length an admin is likely to add (IPv4 /31../8, IPv6 in nibble steps) and
- * the configured aggregation length, most specific first.
+ * the configured aggregation length, most specific first. Of the nibble
+ * and byte lengths only those in built (the host and the configured
+ * length always: trap hits write the latter, and both are cheap).
  */
 static void push_client_lookups(decide_txn *txn, const decide_policy *policy, const addr_ip *ip)
 {
@@ -200,7 +209,8 @@ static void push_client_lookups(decide_txn *txn, const decide_policy *policy, co
 			push_client_lookup(txn, ip, configured);
 			configured_done = true;
 		}
-		push_client_lookup(txn, ip, len);
+		if (len == max || len == configured || mask_has(&txn->built, ip->version, len))
+			push_client_lookup(txn, ip, len);
 		configured_done |= configured == len;
 	}
 	if (!configured_done)
@@ -259,8 +269,21 @@ static void lowercase(char *s)
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
 {
+	decide_prepare_lens(policy, facts, NULL, txn);
+}
+
+void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
+                         const decide_netmask *present, decide_txn *txn)
+{
+	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
+
 	memset(txn, 0, offsetof(decide_txn, buf));
 	txn->buflen = 0;
+	txn->built = present ? *present : all;
+	/* Always built: the host (as /32, /128) and the configured lengths. */
+	txn->built.v4 |= UINT64_C(1) << 32 | UINT64_C(1) << (policy->ipv4_prefix % 64);
+	txn->built.v6[2] |= UINT64_C(1); /* /128 */
+	txn->built.v6[policy->ipv6_prefix / 64 % 3] |= UINT64_C(1) << (policy->ipv6_prefix % 64);
 	prepare_sender(facts, txn);
 	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender);
 

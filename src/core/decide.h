@@ -75,6 +75,17 @@ typedef struct decide_facts {
 #define DECIDE_MAX_RECORD 8
 #define DECIDE_KEYBUF 4096
 
+/*
+ * Network lengths as a bit set: bit LEN of v4 for an IPv4 /LEN, bit LEN of
+ * v6[] (LEN / 64, LEN % 64) for an IPv6 one. The store's lengths present
+ * (store.h store_netmask has the same layout), and which of them a
+ * decide_txn built.
+ */
+typedef struct decide_netmask {
+	uint64_t v4;
+	uint64_t v6[3];
+} decide_netmask;
+
 /* A lookup key's network length, as decide_txn.lookup_netlen holds it (store.h's STORE_NETLEN too). */
 #define DECIDE_NETLEN_NONE (-1)
 #define DECIDE_NETLEN(family, len) ((int16_t)((family) == 6 ? 256 + (len) : (len)))
@@ -106,12 +117,27 @@ typedef struct decide_txn {
 	 * among them. The store then need not parse the keys to find them.
 	 */
 	int16_t lookup_netlen[DECIDE_MAX_LOOKUP];
+	/*
+	 * The client network lengths lookup[] was built for: every length
+	 * (all bits set) unless decide_prepare_lens was given fewer. A store
+	 * that holds a length outside it must not answer "not found".
+	 */
+	decide_netmask built;
 	const char *record[DECIDE_MAX_RECORD];
 	char buf[DECIDE_KEYBUF]; /* the strings lookup[] and record[] point into */
 	size_t buflen;
 } decide_txn;
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn);
+
+/*
+ * decide_prepare with the client's network keys only at the lengths of
+ * present (the store's lengths present, read by the caller) plus the host
+ * and the configured prefix; NULL: every length, as decide_prepare. With
+ * every bit set, lookup[] is byte for byte decide_prepare's.
+ */
+void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
+                         const decide_netmask *present, decide_txn *txn);
 
 typedef enum {
 	DECIDE_CONTINUE, /* milter SMFIS_CONTINUE, policy DUNNO */

@@ -441,7 +441,7 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 
 	decide_facts f = conn_facts(c, NULL);
 	f.sender = sender; /* uncapped: an over-long address must be judged as such */
-	decide_prepare(&engine_config(m->snap)->decide, &f, &m->txn);
+	engine_prepare(m->snap, &f, &m->txn);
 	decide_verdict v = engine_check_sender(m->snap, &f, &m->txn);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)

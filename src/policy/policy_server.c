@@ -593,7 +593,7 @@ static decide_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
 	}
 	if (stage == STAGE_OTHER)
 		return v;
-	decide_prepare(&engine_config(snap)->decide, &f, &txn);
+	engine_prepare(snap, &f, &txn);
 	if (stage == STAGE_RCPT && role != POLICY_ROLE_SENDER) {
 		v = check_recipient(snap, rc, &f, &txn);
 		if (role == POLICY_ROLE_TRAP || v.action != DECIDE_CONTINUE || v.reason == DECIDE_REASON_TRAP)
@@ -1060,6 +1060,16 @@ static void make_room(worker *w, unsigned over)
 		log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id, strerror(errno));
 }
 
+/* The other workers run worker_evict (worker_wake): each closes its own while over the limit. */
+static void wake_others(worker *w)
+{
+	const uint64_t one = 1;
+
+	for (size_t i = 0; i < w->srv->nworkers; i++)
+		if (&w->srv->workers[i] != w && write(w->srv->workers[i].wakefd, &one, sizeof(one)) < 0)
+			log_debug("policy worker %u: cannot wake worker %zu: %s", w->id, i, strerror(errno));
+}
+
 /*
  * A slot for a new connection. At the limit the least recently active
  * connection makes room: Postfix keeps its policy connection open between
@@ -1080,7 +1090,16 @@ static bool conn_admit(worker *w, const config *cfg)
 	if (n < limit)
 		return true;
 	if (n >= limit + EVICT_SLACK) {
+		/*
+		 * Far over: a reload lowered the limit (until the next sweep), or the other workers
+		 * are not keeping up. Close this worker's own and wake the others before refusing,
+		 * so that Postfix's immediate retry finds room.
+		 */
+		worker_evict(w);
+		if (atomic_load(&srv->nconn) <= limit + EVICT_SLACK)
+			return true;
 		atomic_fetch_sub(&srv->nconn, 1);
+		wake_others(w);
 		return false;
 	}
 	make_room(w, n + 1 - limit);

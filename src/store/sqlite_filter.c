@@ -622,54 +622,109 @@ static void stale(sqlite_filter *f)
 		request(f);
 }
 
-int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
-                        uint64_t *maybe, sqlite_filter_view *view)
+/*
+ * The published array when it describes the file now (*seq: the
+ * publication it belongs to, to check again after reading it; *now: the
+ * header); NULL when the filter cannot tell.
+ */
+static farray *current_array(sqlite_filter *f, uint64_t *seq, hdr *now)
 {
 	const volatile uint32_t *shm = atomic_load_explicit(&f->shm, memory_order_acquire);
-	uint64_t seq;
-	farray *a;
-	hdr now, cur;
-	uint64_t bits = 0;
-	int n = 0;
+	hdr cur;
 
 	if (!shm) {
 		if (!atomic_load_explicit(&f->started, memory_order_relaxed))
 			start(f);
-		return -1;
+		return NULL;
 	}
-	if (nkeys > 64)
-		return -1;
-	seq = atomic_load_explicit(&f->seq, memory_order_acquire);
-	if ((seq & 1) || !atomic_load_explicit(&f->valid, memory_order_relaxed))
-		return -1;
+	*seq = atomic_load_explicit(&f->seq, memory_order_acquire);
+	if ((*seq & 1) || !atomic_load_explicit(&f->valid, memory_order_relaxed))
+		return NULL;
 	current_read(f, &cur);
-	if (!shm_read(shm, &now) || !hdr_eq(&now, &cur)) {
+	if (!shm_read(shm, now) || !hdr_eq(now, &cur)) {
 		stale(f);
-		return -1;
+		return NULL;
 	}
 	/*
 	 * On a weakly ordered CPU this load may still see the NULL of before
 	 * the first publication although valid and current looked new; the
-	 * seq re-check below rejects such a view, but only after the reads.
+	 * caller's seq re-check rejects such a view, but only after the reads.
 	 * A stale non-NULL array is harmless: arrays are retired, never freed
 	 * while the filter lives.
 	 */
-	a = atomic_load_explicit(&f->active, memory_order_acquire);
-	if (!a)
+	return atomic_load_explicit(&f->active, memory_order_acquire);
+}
+
+static void farray_lens(const farray *a, store_netmask *out)
+{
+	out->v4 = atomic_load_explicit(&a->v4, memory_order_relaxed);
+	for (int i = 0; i < 3; i++)
+		out->v6[i] = atomic_load_explicit(&a->v6[i], memory_order_relaxed);
+}
+
+/* Are all the lengths of m in built? */
+static bool lens_within(const store_netmask *m, const store_netmask *built)
+{
+	uint64_t out = m->v4 & ~built->v4;
+
+	for (int i = 0; i < 3; i++)
+		out |= m->v6[i] & ~built->v6[i];
+	return out == 0;
+}
+
+static bool seq_unchanged(const sqlite_filter *f, uint64_t seq)
+{
+	atomic_thread_fence(memory_order_acquire);
+	return atomic_load_explicit(&f->seq, memory_order_relaxed) == seq;
+}
+
+int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                        uint64_t *maybe, sqlite_filter_view *view)
+{
+	return sqlite_filter_check_built(f, keys, netlens, nkeys, NULL, maybe, view);
+}
+
+int sqlite_filter_check_built(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                              const store_netmask *built, uint64_t *maybe, sqlite_filter_view *view)
+{
+	uint64_t seq, bits = 0;
+	hdr now;
+	int n = 0;
+	farray *a = current_array(f, &seq, &now);
+
+	if (!a || nkeys > 64)
 		return -1;
+	if (built) {
+		store_netmask present;
+
+		farray_lens(a, &present);
+		if (!lens_within(&present, built))
+			return -1; /* SQLite then tells the caller its keys are too few */
+	}
 	for (size_t i = 0; i < nkeys; i++)
 		if (farray_may_have(a, keys[i], netlen_of(keys[i], netlens, i))) {
 			bits |= UINT64_C(1) << i;
 			n++;
 		}
-	atomic_thread_fence(memory_order_acquire);
-	if (atomic_load_explicit(&f->seq, memory_order_relaxed) != seq)
+	if (!seq_unchanged(f, seq))
 		return -1;
 	if (farray_full(a))
 		request(f);
 	*maybe = bits;
 	memcpy(view->hdr, now.w, sizeof(view->hdr));
 	return n;
+}
+
+bool sqlite_filter_lens(sqlite_filter *f, store_netmask *out)
+{
+	uint64_t seq;
+	hdr now;
+	farray *a = current_array(f, &seq, &now);
+
+	if (!a)
+		return false;
+	farray_lens(a, out);
+	return seq_unchanged(f, seq);
 }
 
 bool sqlite_filter_checkpoint(sqlite_filter *f)

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/store.h"
+
 typedef struct sqlite_filter sqlite_filter;
 
 /* The state of the file a check answered for (the WAL-index header then). */
@@ -46,6 +48,20 @@ void sqlite_filter_free(sqlite_filter *f); /* accepts NULL; no call may be runni
  */
 int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
                         uint64_t *maybe, sqlite_filter_view *view);
+
+/*
+ * sqlite_filter_check for keys built only for the network lengths of built
+ * (store.h store_lookup_built): -1 also when the file holds a length
+ * outside built, so that SQLite answers (and tells the caller so).
+ */
+int sqlite_filter_check_built(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                              const store_netmask *built, uint64_t *maybe, sqlite_filter_view *view);
+
+/*
+ * The network lengths present in the file now, from the filter (no I/O):
+ * false when it cannot tell (not built yet, the file changed since).
+ */
+bool sqlite_filter_lens(sqlite_filter *f, store_netmask *out);
 
 /*
  * Inside a read transaction: is it reading the state *view describes? Then

@@ -230,6 +230,34 @@ store_status store_lookup_netlens(store *st, const char *const *keys, const int1
 	return st->ops->lookup_netlens(st->impl, keys, netlens, nkeys, now, found ? found : &scratch);
 }
 
+bool store_netlens(store *st, store_netmask *out)
+{
+	return st->ops->netlens && st->ops->netlens(st->impl, out);
+}
+
+store_status store_lookup_built(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                                const store_netmask *built, int64_t now, store_entry *found, bool *stale)
+{
+	store_entry scratch;
+
+	*stale = false;
+	if (!keys_ok(keys, nkeys, STORE_LOOKUP_MAX))
+		return STORE_ERROR;
+	if (nkeys && !netlens)
+		return store_set_error("store_lookup_built: no lengths given");
+	if (!built)
+		return store_set_error("store_lookup_built: no built lengths given");
+	if (!netlens_ok(keys, netlens, nkeys))
+		return STORE_ERROR;
+	if (!st->ops->lookup_built) {
+		/* A backend that cannot tell the lengths: only a full key list is safe. */
+		*stale = true;
+		return STORE_NOTFOUND;
+	}
+	return st->ops->lookup_built(st->impl, keys, netlens, nkeys, built, now, found ? found : &scratch,
+	                             stale);
+}
+
 store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit)
 {
 	if (!hit)

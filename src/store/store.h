@@ -98,6 +98,33 @@ store_status store_lookup_netlens(store *st, const char *const *keys, const int1
                                   int64_t now, store_entry *found);
 
 /*
+ * Network lengths as a bit set, as core/decide.h's decide_netmask: bit LEN
+ * of v4 for an IPv4 /LEN, bit LEN % 64 of v6[LEN / 64] for an IPv6 one.
+ */
+typedef struct store_netmask {
+	uint64_t v4;
+	uint64_t v6[3];
+} store_netmask;
+
+/*
+ * The network lengths present among the stored keys, as far as the store
+ * knows them without I/O: true with *out filled, false when it cannot tell
+ * (not known yet, the file changed since, a backend that does not keep
+ * them). A hint only: store_lookup_built checks it again.
+ */
+bool store_netlens(store *st, store_netmask *out);
+
+/*
+ * store_lookup_netlens for keys built only for the network lengths of
+ * built (as store_netlens gave them, plus those the caller always builds).
+ * When the state the lookup reads holds an entry at a length outside built,
+ * it answers STORE_NOTFOUND with *stale set: the caller must build every
+ * key and look up again (store_lookup_netlens). *stale is false otherwise.
+ */
+store_status store_lookup_built(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
+                                const store_netmask *built, int64_t now, store_entry *found, bool *stale);
+
+/*
  * A trap hit: for each key, create the entry or refresh it (expires =
  * now + ttl, hits + 1, last_seen = now, provenance replaced; first_seen
  * kept). Atomic per key.

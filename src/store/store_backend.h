@@ -7,6 +7,7 @@
 #ifndef SPAMTRAPD_STORE_BACKEND_H
 #define SPAMTRAPD_STORE_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "store/store.h"
@@ -37,6 +38,11 @@ typedef struct store_ops {
 	/* Optional: without it, store_lookup_netlens calls lookup (which parses the keys). */
 	store_status (*lookup_netlens)(store_backend_impl *impl, const char *const *keys,
 	                               const int16_t *netlens, size_t nkeys, int64_t now, store_entry *found);
+	/* Optional, both or neither: store_netlens and store_lookup_built (without: lengths unknown). */
+	bool (*netlens)(store_backend_impl *impl, store_netmask *out);
+	store_status (*lookup_built)(store_backend_impl *impl, const char *const *keys,
+	                             const int16_t *netlens, size_t nkeys, const store_netmask *built,
+	                             int64_t now, store_entry *found, bool *stale);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
 } store_ops;

@@ -848,18 +848,42 @@ static uint64_t filter_skip(const store_backend_impl *s, int nmaybe, uint64_t ma
 	return nmaybe > 0 && sqlite_filter_unchanged(s->filter, v) ? ~maybe : 0;
 }
 
+/* Are all the lengths present in the state c read (c->mask) in built? */
+static bool mask_within(const netmask *m, const store_netmask *built)
+{
+	uint64_t out = m->v4 & ~built->v4;
+
+	for (int i = 0; i < 3; i++)
+		out |= m->v6[i] & ~built->v6[i];
+	return out == 0;
+}
+
+/* Inside the read transaction: the probes, unless the keys lack a length present (*stale then). */
+static store_status probe_built(const store_backend_impl *s, conn *c, const char *const *keys,
+                                const int16_t *netlens, size_t nkeys, const store_netmask *built,
+                                uint64_t skip, int64_t now, store_entry *found, bool *stale)
+{
+	if (built && !mask_within(&c->mask, built)) {
+		*stale = true;
+		return STORE_NOTFOUND;
+	}
+	return probe_keys(s, c, keys, netlens, nkeys, skip, now, found);
+}
+
 /*
  * The filter first: when it knows that no key is in the file, that is the
  * answer. When it knows that only some may be, and the transaction reads
- * the state it answered for, only those are probed.
+ * the state it answered for, only those are probed. built (NULL: every
+ * length): the lengths the keys were built for; when the state read holds
+ * another one, *stale and no answer.
  */
-static store_status sqlite_lookup_netlens(store_backend_impl *s, const char *const *keys,
-                                          const int16_t *netlens, size_t nkeys, int64_t now,
-                                          store_entry *found)
+static store_status lookup_keys(store_backend_impl *s, const char *const *keys, const int16_t *netlens,
+                                size_t nkeys, const store_netmask *built, int64_t now, store_entry *found,
+                                bool *stale)
 {
 	sqlite_filter_view view;
 	uint64_t maybe = 0;
-	int nmaybe = sqlite_filter_check(s->filter, keys, netlens, nkeys, &maybe, &view);
+	int nmaybe = sqlite_filter_check_built(s->filter, keys, netlens, nkeys, built, &maybe, &view);
 	conn *c;
 	store_status rc;
 
@@ -873,7 +897,8 @@ static store_status sqlite_lookup_netlens(store_backend_impl *s, const char *con
 	else if (refresh_mask(c) < 0)
 		rc = db_error(s, c, "lookup: network lengths");
 	else
-		rc = probe_keys(s, c, keys, netlens, nkeys, filter_skip(s, nmaybe, maybe, &view), now, found);
+		rc = probe_built(s, c, keys, netlens, nkeys, built, filter_skip(s, nmaybe, maybe, &view), now,
+		                 found, stale);
 	/* A read transaction: COMMIT only ends it. */
 	if (!sqlite3_get_autocommit(c->db) && step_done(c->stmt[ST_COMMIT]) < 0) {
 		if (rc != STORE_ERROR)
@@ -882,6 +907,27 @@ static store_status sqlite_lookup_netlens(store_backend_impl *s, const char *con
 	}
 	release(s, c, FOR_READ);
 	return rc;
+}
+
+static store_status sqlite_lookup_netlens(store_backend_impl *s, const char *const *keys,
+                                          const int16_t *netlens, size_t nkeys, int64_t now,
+                                          store_entry *found)
+{
+	bool stale = false;
+
+	return lookup_keys(s, keys, netlens, nkeys, NULL, now, found, &stale);
+}
+
+static store_status sqlite_lookup_built(store_backend_impl *s, const char *const *keys,
+                                        const int16_t *netlens, size_t nkeys, const store_netmask *built,
+                                        int64_t now, store_entry *found, bool *stale)
+{
+	return lookup_keys(s, keys, netlens, nkeys, built, now, found, stale);
+}
+
+static bool sqlite_netlens(store_backend_impl *s, store_netmask *out)
+{
+	return s->filter && sqlite_filter_lens(s->filter, out);
 }
 
 static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
@@ -1144,5 +1190,7 @@ const store_ops store_sqlite_ops = {
     .purge = sqlite_purge,
     .foreach = sqlite_foreach,
     .lookup_netlens = sqlite_lookup_netlens,
+    .netlens = sqlite_netlens,
+    .lookup_built = sqlite_lookup_built,
     .put_many = sqlite_put_many,
 };

@@ -525,6 +525,131 @@ static void test_ipv6_keys_match_addr_format(void **state)
 	}
 }
 
+static bool netmask_has(const decide_netmask *m, int16_t netlen)
+{
+	if (netlen < 256)
+		return m->v4 >> netlen & 1;
+	return m->v6[(netlen - 256) / 64] >> ((netlen - 256) % 64) & 1;
+}
+
+static uint64_t random64(uint32_t *x)
+{
+	uint64_t hi = xorshift(x);
+	return hi << 32 | xorshift(x);
+}
+
+/*
+ * decide_prepare_lens(present) is decide_prepare with the network keys of
+ * other lengths left out (the configured one and the host kept), the rest
+ * byte for byte and in order; every length present, and none, are cases.
+ */
+static void check_lens_subset(const decide_policy *p, const decide_facts *facts,
+                              const decide_netmask *present)
+{
+	decide_txn full, lazy;
+	size_t j = 0;
+
+	decide_prepare(p, facts, &full);
+	decide_prepare_lens(p, facts, present, &lazy);
+	for (size_t i = 0; i < full.nlookup; i++) {
+		int16_t nl = full.lookup_netlen[i];
+		bool configured =
+		    nl == DECIDE_NETLEN(4, p->ipv4_prefix) || nl == DECIDE_NETLEN(6, p->ipv6_prefix);
+		if (nl != DECIDE_NETLEN_NONE && !configured && !netmask_has(present, nl))
+			continue;
+		if (j >= lazy.nlookup || strcmp(lazy.lookup[j], full.lookup[i]) != 0 ||
+		    lazy.lookup_netlen[j] != nl)
+			fail_msg("%s: key %zu (%s) missing or out of order", facts->client_address, i,
+			         full.lookup[i]);
+		j++;
+	}
+	assert_int_equal(lazy.nlookup, j);
+	assert_int_equal(lazy.nrecord, full.nrecord);
+	for (size_t i = 0; i < full.nrecord; i++)
+		assert_string_equal(lazy.record[i], full.record[i]);
+	for (int16_t nl = 0; nl < 256 + 129; nl++)
+		if ((nl <= 32 || nl >= 256) && netmask_has(present, nl))
+			assert_true(netmask_has(&lazy.built, nl));
+	assert_true(netmask_has(&lazy.built, DECIDE_NETLEN(4, p->ipv4_prefix)));
+	assert_true(netmask_has(&lazy.built, DECIDE_NETLEN(6, p->ipv6_prefix)));
+	assert_netlens_match(&lazy);
+}
+
+static void test_lens_subset(void **state)
+{
+	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	uint32_t x = 362436069u;
+	p.keys |= DECIDE_KEY_SENDER_DOMAIN;
+	for (int n = 0; n < 20000; n++) {
+		char client[48];
+		decide_netmask present = {0, {0, 0, 0}};
+		if (n % 2)
+			random_ipv6(&x, client, sizeof(client));
+		else
+			snprintf(client, sizeof(client), "%u.%u.%u.%u", xorshift(&x) % 223 + 1,
+			         xorshift(&x) % 256, xorshift(&x) % 256, xorshift(&x) % 256);
+		p.ipv4_prefix = 8 + xorshift(&x) % 25;
+		p.ipv6_prefix = 16 + xorshift(&x) % 113;
+		if (n % 5 == 1) {
+			present = all;
+		} else if (n % 5 != 0) { /* n % 5 == 0: nothing stored */
+			present.v4 = random64(&x) & random64(&x);
+			for (int i = 0; i < 3; i++)
+				present.v6[i] = random64(&x) & random64(&x);
+		}
+		decide_facts facts = {
+		    .sender = "<a@b.example>", .client_address = client, .helo = "mx.example"};
+		check_lens_subset(&p, &facts, &present);
+	}
+}
+
+/* With every length present, and with NULL, the keys are decide_prepare's, buffer and all. */
+static void test_lens_all_identical(void **state)
+{
+	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
+	static const char *const clients[] = {"192.0.2.77", "2001:db8::5", "::ffff:192.0.2.9", "unknown"};
+	fixture *f = *state;
+
+	for (size_t i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
+		decide_facts facts = {.sender = "<a@b.example>", .client_address = clients[i], .helo = "mx"};
+		decide_txn full, lazy, nul;
+		decide_prepare(&f->policy, &facts, &full);
+		decide_prepare_lens(&f->policy, &facts, &all, &lazy);
+		decide_prepare_lens(&f->policy, &facts, NULL, &nul);
+		assert_int_equal(lazy.buflen, full.buflen);
+		assert_memory_equal(lazy.buf, full.buf, full.buflen);
+		assert_memory_equal(nul.buf, full.buf, full.buflen);
+		assert_int_equal(lazy.nlookup, full.nlookup);
+		assert_memory_equal(lazy.lookup_netlen, full.lookup_netlen, full.nlookup * sizeof(int16_t));
+		assert_memory_equal(&lazy.built, &all, sizeof(all));
+		assert_memory_equal(&full.built, &all, sizeof(all));
+	}
+}
+
+/* An IPv4 client with no length stored: the host and the configured network only. */
+static void test_lens_none_present(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	decide_netmask none = {0, {0, 0, 0}};
+	decide_facts facts = {.sender = "<a@b.example>", .client_address = "192.0.2.77"};
+	decide_txn txn;
+
+	p.ipv4_prefix = 24;
+	decide_prepare_lens(&p, &facts, &none, &txn);
+	assert_int_equal(txn.nlookup, 4);
+	assert_string_equal(txn.lookup[0], "a@b.example");
+	assert_string_equal(txn.lookup[1], "192.0.2.77");
+	assert_string_equal(txn.lookup[2], "192.0.2.0/24");
+	assert_string_equal(txn.lookup[3], "@b.example");
+	none.v4 = UINT64_C(1) << 16;
+	decide_prepare_lens(&p, &facts, &none, &txn);
+	assert_int_equal(txn.nlookup, 5);
+	assert_string_equal(txn.lookup[3], "192.0.0.0/16");
+}
+
 static void test_end_of_message(void **state)
 {
 	fixture *f = *state;
@@ -614,6 +739,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_ipv4_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv6_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lookup_netlens, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lens_subset, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lens_all_identical, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lens_none_present, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
 	    cmocka_unit_test(test_smtp_reply_parse),

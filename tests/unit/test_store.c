@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "store/store.h"
+#include "store/store_backend.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 #define TTL 3600
@@ -1130,6 +1131,92 @@ static void test_netlen_other_handle_pool(void **state)
 	store_free(a);
 }
 
+/* --- keys built only for the lengths present (store_netlens) -------------- */
+
+static bool mask_has(const store_netmask *m, int family, int len)
+{
+	return family == 4 ? m->v4 >> len & 1 : m->v6[len / 64] >> (len % 64) & 1;
+}
+
+/* store_lookup_built with the MAIL FROM keys of addr, its networks only at the lengths of built. */
+static store_status lookup_built_for(store *st, const char *addr, const store_netmask *built, bool *stale,
+                                     store_entry *e)
+{
+	lookup_list l;
+	const char *keys[CLIENT_KEYS + 3];
+	int16_t netlens[CLIENT_KEYS + 3];
+	size_t n = 0;
+
+	lookup_list_of(&l, "x@example.org", addr);
+	for (size_t i = 0; i < l.n; i++) {
+		int family, len = store_net_key_len(l.keys[i], &family);
+
+		if (len >= 0 && !mask_has(built, family, len))
+			continue;
+		netlens[n] = len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len);
+		keys[n++] = l.keys[i];
+	}
+	return store_lookup_built(st, keys, netlens, n, built, now_s(), e, stale);
+}
+
+/* The filter is built in the background after the first lookup: its lengths, once it has them. */
+static bool netlens_soon(store *st, store_netmask *m)
+{
+	for (int i = 0; i < 500; i++) {
+		if (store_netlens(st, m))
+			return true;
+		found_for(st, "x@example.org", "192.0.3.77", now_s());
+		usleep(10000);
+	}
+	return false;
+}
+
+/*
+ * Keys built for too few lengths are never answered "not found" when an
+ * entry has another length, also one another handle wrote after the
+ * lengths were read: the caller is told to build them all (stale). A
+ * backend that does not know its lengths always says so.
+ */
+static void test_lookup_built(void **state)
+{
+	int64_t t = now_s();
+	store *a = open_filtering(t), *b;
+	bool sqlite = strcmp(store_backend_name(a), "sqlite") == 0, stale = false;
+	store_netmask built = {UINT64_C(1) << 32 | UINT64_C(1) << 24, {0, 0, 1}}, m;
+	store_entry e;
+
+	(void)state;
+	put_key(a, "192.0.0.0/22", t);
+	assert_int_equal(lookup_built_for(a, "192.0.3.77", &built, &stale, &e), STORE_NOTFOUND);
+	assert_true(stale);
+	built.v4 |= UINT64_C(1) << 22;
+	assert_int_equal(lookup_built_for(a, "192.0.3.77", &built, &stale, &e),
+	                 sqlite ? STORE_OK : STORE_NOTFOUND);
+	assert_true(stale == !sqlite);
+	if (!sqlite) {
+		assert_false(store_netlens(a, &m));
+		store_free(a);
+		return;
+	}
+	assert_string_equal(e.key, "192.0.0.0/22");
+	assert_true(netlens_soon(a, &m));
+	assert_true(mask_has(&m, 4, 22));
+	assert_false(mask_has(&m, 4, 16));
+	m.v4 |= UINT64_C(1) << 32 | UINT64_C(1) << 24;
+	m.v6[2] |= 1;
+	assert_int_equal(lookup_built_for(a, "192.0.3.77", &m, &stale, &e), STORE_OK);
+	assert_false(stale);
+	assert_int_equal(lookup_built_for(a, "198.51.100.1", &m, &stale, &e), STORE_NOTFOUND);
+	assert_false(stale);
+	b = open_store();
+	put_key(b, "198.51.0.0/16", t); /* a length the mask a read has not */
+	assert_int_equal(lookup_built_for(a, "198.51.100.1", &m, &stale, &e), STORE_NOTFOUND);
+	assert_true(stale);
+	assert_true(!store_netlens(a, &built) || mask_has(&built, 4, 16));
+	store_free(b);
+	store_free(a);
+}
+
 /* --- SQLite only --------------------------------------------------------- */
 
 static void test_sqlite_file(void **state)
@@ -1828,6 +1915,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_netlen_remove),
     CASE(test_netlen_other_handle),
     CASE(test_netlen_other_handle_pool),
+    CASE(test_lookup_built),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
