@@ -1092,8 +1092,8 @@ static bool conn_admit(worker *w, const config *cfg)
 	if (n >= limit + EVICT_SLACK) {
 		/*
 		 * Far over: a reload lowered the limit (until the next sweep), or the other workers
-		 * are not keeping up. Close this worker's own and wake the others before refusing,
-		 * so that Postfix's immediate retry finds room.
+		 * are not keeping up. Close this worker's own and wake the others before refusing:
+		 * refused, Postfix waits smtpd_policy_service_retry_delay (1s) before it tries again.
 		 */
 		worker_evict(w);
 		if (atomic_load(&srv->nconn) <= limit + EVICT_SLACK)

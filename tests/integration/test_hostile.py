@@ -780,6 +780,42 @@ class TestLowOpenFilesLimit(HostileCase):
                 s.close()
 
 
+class TestReloadLowersLimit(HostileCase):
+    """A reload that lowers policy.max_connections far below the connections open: a new connection
+    right after it is served (the idle ones make room at once), not refused until the next sweep."""
+
+    MILTER = False
+    CONFIG = {"policy": {"max_connections": 200, "threads": 2, "idle_timeout": "330s"}}
+
+    def ask_as_postfix(self):
+        """One request as Postfix asks it: a second connection when the first is closed unanswered
+        (Postfix waits smtpd_policy_service_retry_delay, 1s or more, before it: here much less, so
+        that the sweep of the next tick cannot be what made room)."""
+        for attempt in (1, 2):
+            try:
+                with sh.PolicyClient(self.d.policy_address("sender"), timeout=5 * SCALE) as c:
+                    return c.check(sender=KNOWN_BAD, client_address="203.0.113.52")
+            except (sh.ConnectionClosed, OSError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * SCALE)  # the other workers, woken, close their idle connections
+
+    def test_new_connection_served_after_lowering(self):
+        with self.scenario():
+            for trial in range(3):
+                self.assertTrue(self.d.reload({"policy": {"max_connections": 200}}))
+                time.sleep(1.2)  # a sweep with the higher limit
+                idle = [sh.connect(self.d.policy_address("sender")) for _ in range(150)]
+                time.sleep(0.3)
+                self.assertTrue(self.d.reload({"policy": {"max_connections": 20}}))
+                try:
+                    self.assertEqual(self.ask_as_postfix(), REJECT_TEXT, f"trial {trial}")
+                except sh.ConnectionClosed as e:
+                    self.fail(f"trial {trial}: refused twice right after the reload: {e}")
+                for s in idle:
+                    s.close()
+
+
 if __name__ == "__main__":
     try:
         sh.binary()
