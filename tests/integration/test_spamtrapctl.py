@@ -20,7 +20,7 @@ import time
 import unittest
 
 import spamtrapd_harness as sh
-from redis_harness import RedisServer
+from redis_harness import ClassRedis
 
 CTL = os.environ.get("SPAMTRAPCTL", "")
 REJECT = "550 5.7.1 Blocked after mail to a spamtrap"
@@ -304,24 +304,8 @@ class SqliteTest(StoreScenarios, CtlCase):
         self.assertEqual(self.listed(), [])
 
 
-class RedisTest(StoreScenarios, CtlCase):
+class RedisTest(ClassRedis, StoreScenarios, CtlCase):
     """The same scenarios against a real redis-server (CI installs it: a missing one fails)."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.rdir = tempfile.mkdtemp(prefix="stctl-redis.")
-        cls.server = RedisServer(cls.rdir).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        shutil.rmtree(cls.rdir, True)
-
-    def store_settings(self):
-        # A fresh prefix per test keeps the tests apart on one server.
-        return {"backend": "redis",
-                "redis": {"host": "127.0.0.1", "port": self.port, "prefix": f"t{id(self)}:{time.monotonic()}:"}}
 
     def test_redis_down_is_a_store_error(self):
         config = self.write_config({"backend": "redis", "redis": {"host": "127.0.0.1", "port": sh.free_port(),

@@ -19,7 +19,7 @@ import time
 import unittest
 
 import spamtrapd_harness as sh
-from redis_harness import RedisServer
+from redis_harness import ClassRedis
 
 
 class ImportCase(unittest.TestCase):
@@ -128,23 +128,8 @@ class SqliteImportTest(ImportScenarios, ImportCase):
                          "import")
 
 
-class RedisImportTest(ImportScenarios, ImportCase):
+class RedisImportTest(ClassRedis, ImportScenarios, ImportCase):
     """The same scenarios on Redis, which writes each entry as `add` does (no bulk path there)."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.rdir = tempfile.mkdtemp(prefix="stctl-import-redis.")
-        cls.server = RedisServer(cls.rdir).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        shutil.rmtree(cls.rdir, True)
-
-    def store_settings(self):
-        return {"backend": "redis",
-                "redis": {"host": "127.0.0.1", "port": self.port, "prefix": f"t{id(self)}:{time.monotonic()}:"}}
 
 
 if __name__ == "__main__":

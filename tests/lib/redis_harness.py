@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -327,3 +328,25 @@ class RecoveryChecks(sh.PolicyChecks):
     def wait_rejected(self, d, sender, client_address):
         wait_until(lambda: self.sender_check(d, sender, client_address) == self.REJECT_TEXT,
                    self.RECOVERY_TIMEOUT, f"{sender} rejected", interval=0.2)
+
+
+class ClassRedis:
+    """Mixin for a unittest.TestCase: one redis-server for the whole class (cls.server, cls.port),
+    and store_settings() with a fresh key prefix for each test, which keeps them apart on it."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rdir = tempfile.mkdtemp(prefix="spamtrapd-redis.")
+        cls.server = RedisServer(cls.rdir).start()
+        cls.port = cls.server.port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.rdir, True)
+        super().tearDownClass()
+
+    def store_settings(self):
+        return {"backend": "redis",
+                "redis": {"host": "127.0.0.1", "port": self.port, "prefix": f"t{id(self)}:{time.monotonic()}:"}}
