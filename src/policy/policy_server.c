@@ -652,20 +652,22 @@ static void format_reply(const decide_verdict *v, const request_ctx *rc, char *o
 
 /* ---- connections ---- */
 
-static void conn_touch(conn *c)
+/* The worker's connections, least recently active first: take c out of the list. */
+static void list_unlink(worker *w, conn *c)
 {
-	worker *w = c->w;
-
-	c->last_active = w->now_ms;
-	if (w->tail == c)
-		return;
-	/* unlink, then append: the list stays in least-recently-active order */
 	if (c->prev)
 		c->prev->next = c->next;
 	else
 		w->head = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	else
+		w->tail = c->prev;
+}
+
+/* Put c at the tail of the list: the most recently active. */
+static void list_append(worker *w, conn *c)
+{
 	c->prev = w->tail;
 	c->next = NULL;
 	if (w->tail)
@@ -675,18 +677,22 @@ static void conn_touch(conn *c)
 	w->tail = c;
 }
 
+static void conn_touch(conn *c)
+{
+	worker *w = c->w;
+
+	c->last_active = w->now_ms;
+	if (w->tail == c)
+		return;
+	list_unlink(w, c);
+	list_append(w, c);
+}
+
 static void conn_close(conn *c)
 {
 	worker *w = c->w;
 
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		w->head = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	else
-		w->tail = c->prev;
+	list_unlink(w, c);
 	w->nconn--;
 	atomic_fetch_sub(&w->srv->nconn, 1);
 	close(c->fd); /* also removes it from the epoll set */
@@ -958,12 +964,7 @@ static int conn_attach(worker *w, conn *c)
 		return -1;
 	c->last_active = w->now_ms;
 	c->batch = w->batch;
-	c->prev = w->tail;
-	if (w->tail)
-		w->tail->next = c;
-	else
-		w->head = c;
-	w->tail = c;
+	list_append(w, c);
 	w->nconn++;
 	return 0;
 }
