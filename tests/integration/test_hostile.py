@@ -49,6 +49,7 @@ RSS_GROWTH_MB = 32
 RSS_FACTOR = 4 if os.environ.get("SPAMTRAPD_WRAPPER") else 1
 # valgrind keeps descriptors of its own above the client's open files limit and refuses to let the
 # client raise it: the limit tests cannot show anything under it.
+POSTFIX_RETRY_DELAY = 1.0
 NOFILE_REAL = not os.environ.get("SPAMTRAPD_WRAPPER")
 NOFILE_SKIP = "the open files limit is virtualised by the SPAMTRAPD_WRAPPER (valgrind)"
 
@@ -155,6 +156,8 @@ class Companion(threading.Thread):
                     raise AssertionError(f"{role} port: closed twice in a row: {e!r}") from e
                 with self.lock:
                     self.reconnects += 1
+                # Postfix waits smtpd_policy_service_retry_delay (1s) before its one retry (attr_clnt.c)
+                time.sleep(POSTFIX_RETRY_DELAY)
 
     def expect(self, what, got, want):
         if got != want:
