@@ -35,7 +35,6 @@ class RedisCase(rh.RecoveryChecks, unittest.TestCase):
     REJECT_TEXT = REJECT_TEXT
     RECOVERY_TIMEOUT = RECOVERY_TIMEOUT
 
-
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="spamtrapd-redis.")
         self.addCleanup(shutil.rmtree, self.dir, True)
