@@ -1237,6 +1237,7 @@ static int parse_listener(loader *ld, const json_t *obj, jpath *p, config_listen
 	if (bad)
 		return -1;
 	l->role = (policy_role)role;
+	l->checks = policy_role_checks(l->role);
 	l->address = strdup(address);
 	if (l->address == NULL)
 		ld_error(ld, p, "out of memory");
@@ -1308,6 +1309,7 @@ static void apply_listeners(loader *ld, const json_t *v, jpath *p)
 /* ---- the table ---- */
 
 static const char *const mode_names[] = {"enforce", "dry-run", NULL};
+static const char *const check_mode_names[] = {"off", "shadow", "enforce", NULL}; /* check_mode order */
 static const char *const on_error_names[] = {"accept", "tempfail", NULL};
 static const char *const backend_names[] = {"sqlite", "redis", NULL};
 static const char *const action_names[] = {"discard", "reject", "accept", NULL};
@@ -1374,7 +1376,9 @@ static const key_def schema[] = {
     {"traps.files", T_LIST, J([]), .set = set_trap_file},
     {"traps.action", T_ENUM, J("discard"), .names = action_names, AT(decide.action)},
     {"traps.on_mixed", T_ENUM, J("deliver-others"), .names = on_mixed_names, AT(decide.on_mixed)},
+    {"traps.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_TRAPS])},
 
+    {"blocklist.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_BLOCKLIST])},
     {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},
     {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = CONFIG_TTL_MAX, AT(decide.ttl)},
     /* Shorter prefixes would let one trap hit block a large part of the Internet. */
@@ -1713,6 +1717,24 @@ static void box_free(config_box *box)
 	free(box);
 }
 
+/*
+ * The checks in SPEC.md's order with the modes in force: top-level
+ * dry-run makes every enforcing check shadow. The whitelist has no mode
+ * of its own: it only ever lets mail through.
+ */
+static void build_pipeline(config *cfg)
+{
+	cfg->modes[CHECK_ID_WHITELIST] = CHECK_MODE_ENFORCE;
+	cfg->pipeline.dry_run = cfg->decide.dry_run;
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		check_mode mode = cfg->modes[i];
+
+		if (cfg->decide.dry_run && mode == CHECK_MODE_ENFORCE)
+			mode = CHECK_MODE_SHADOW;
+		cfg->pipeline.checks[i] = (pipeline_check){.def = checks_all[i], .conf = &cfg->decide, .mode = mode};
+	}
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -1725,6 +1747,7 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	build_pipeline(cfg);
 }
 
 static config_box *build(loader *ld, json_t *root)
@@ -1817,6 +1840,19 @@ bool config_parse_duration(const char *s, int64_t *seconds)
 		return false;
 	*seconds = n * unit;
 	return true;
+}
+
+unsigned policy_role_checks(policy_role role)
+{
+	switch (role) {
+	case POLICY_ROLE_TRAP:
+		return CHECKS_EVERY & ~CHECK_BIT(CHECK_ID_BLOCKLIST);
+	case POLICY_ROLE_SENDER:
+		return CHECK_BIT(CHECK_ID_BLOCKLIST);
+	case POLICY_ROLE_FULL:
+		break;
+	}
+	return CHECKS_EVERY;
 }
 
 const char *policy_role_name(policy_role role)

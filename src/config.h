@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "core/decide.h"
+#include "core/pipeline.h"
 #include "core/netset.h"
 #include "log.h"
 #include "store/store.h"
@@ -30,6 +31,12 @@ typedef enum { POLICY_ROLE_TRAP, POLICY_ROLE_SENDER, POLICY_ROLE_FULL } policy_r
 typedef struct config_listener {
 	char *address; /* "127.0.0.1:10666", "[::1]:10666", "unix:/path" */
 	policy_role role;
+	/*
+	 * The checks the role runs (CHECK_BIT()s, core/checks/checks.h): trap,
+	 * the recipient-stage checks (all but the blocklist); sender, the
+	 * blocklist; full, all of them, each at the stages it runs at.
+	 */
+	unsigned checks;
 } config_listener;
 
 typedef struct config {
@@ -37,6 +44,8 @@ typedef struct config {
 	char *user; /* run as this user after binding; NULL: stay as started */
 
 	decide_policy decide; /* mode, traps, blocklist, whitelist, on_error */
+	check_mode modes[CHECK_COUNT]; /* each check's own mode, as configured */
+	pipeline pipeline;             /* the checks with their modes in force (dry-run: shadow) */
 	char *recipient_delimiter;
 
 	struct {
@@ -96,5 +105,7 @@ void config_unref(config *cfg); /* accepts NULL; frees at zero */
 bool config_parse_duration(const char *s, int64_t *seconds);
 
 const char *policy_role_name(policy_role role);
+/* The checks a listener of this role runs (config_listener.checks). */
+unsigned policy_role_checks(policy_role role);
 
 #endif

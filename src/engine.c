@@ -1,7 +1,8 @@
 /*
- * engine: front ends -> store lookups -> decision core -> effects -> one log
- * line (see engine.h). The only module that knows both the store and the
- * core; it holds no per-transaction state of its own.
+ * engine: front ends -> checks' queries -> store -> checks' verdicts ->
+ * effects -> log lines (see engine.h). The only module that knows both
+ * the store and the core. Per message it holds the policy protocol's
+ * instance table; everything else a message needs is in its engine_msg.
  *
  * Snapshots are reference counted; the store inside them is shared between
  * consecutive snapshots while its settings stay the same, so a reload that
@@ -16,12 +17,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/hash.h"
+#include "core/pipeline.h"
 #include "log.h"
-
-/* The core writes the keys' network lengths as the store reads them. */
-_Static_assert(DECIDE_NETLEN_NONE == STORE_NETLEN_NONE && DECIDE_NETLEN(4, 24) == STORE_NETLEN(4, 24) &&
-                   DECIDE_NETLEN(6, 48) == STORE_NETLEN(6, 48),
-               "decide.h and store.h disagree on network lengths");
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
@@ -52,10 +50,14 @@ struct engine_snapshot {
 	engine *eng;
 };
 
+/* Messages whose state the policy protocol keeps by instance (engine_msg_recall). */
+#define ENGINE_MESSAGE_SLOTS 4096
+
 struct engine {
 	pthread_mutex_t lock; /* guards current */
 	engine_snapshot *current;
 	store_health health[STORE_KINDS];
+	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -238,166 +240,175 @@ static const char *front_name(const decide_facts *f)
  * recipient=<...> front=policy": queue id first as in Postfix's own log
  * lines, so `grep QUEUEID` finds the decision next to Postfix's lines.
  */
-static void log_verdict(const decide_facts *f, const decide_verdict *v, const char *detail)
+static void log_verdict(const pipeline *p, const decide_facts *f, const check_verdict *v)
 {
-	if (v->reason == DECIDE_REASON_NONE)
-		return;
 	fact_text t;
+	char action[48], detail[CHECK_DETAIL_MAX];
+
 	fact_text_fill(&t, f);
-	char action[48];
-	if (v->action != v->enforce_action)
-		snprintf(action, sizeof(action), "dry-run, would %s", decide_action_name(v->enforce_action));
-	else
-		snprintf(action, sizeof(action), "%s", decide_action_name(v->action));
-	int level = v->reason == DECIDE_REASON_WHITELISTED && !v->trap[0] ? LOG_DEBUG : LOG_INFO;
-	log_msg(level, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s", t.queue_id,
-	        action, decide_reason_name(v->reason), detail, t.client, t.helo, t.sender, t.recipient,
-	        front_name(f));
+	pipeline_action_text(p, v, action, sizeof(action));
+	log_msg(v->quiet ? LOG_DEBUG : LOG_INFO, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s",
+	        t.queue_id, action, v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo,
+	        t.sender, t.recipient, front_name(f));
 }
 
-void engine_prepare(engine_snapshot *snap, const decide_facts *facts, decide_txn *txn)
+/* The milter's end of message, in the words of what it drops. */
+static void log_end_of_message(const decide_facts *f, const check_verdict *v, const check_msg *msg)
 {
-	store_netmask m;
-	decide_netmask present;
-	bool known = store_netlens(snap->ss->st, &m);
+	fact_text t;
 
-	if (known) {
-		present.v4 = m.v4;
-		memcpy(present.v6, m.v6, sizeof(present.v6));
+	fact_text_fill(&t, f);
+	log_info("%s: %s at end of message: %u trap recipient(s), %u other(s); client=%s sender=<%s> front=%s",
+	         t.queue_id, v->action == DECIDE_DISCARD ? "discard message" : "remove trap recipients",
+	         msg->ntraps, msg->nothers, t.client, t.sender, front_name(f));
+}
+
+void engine_msg_begin(engine_msg *m, engine_snapshot *snap)
+{
+	atomic_fetch_add(&snap->refs, 1);
+	m->snap = snap;
+	memset(&m->state, 0, sizeof(m->state));
+	m->prepared = false;
+}
+
+void engine_msg_end(engine_msg *m)
+{
+	engine_release(m->snap);
+	m->snap = NULL;
+	memset(&m->state, 0, sizeof(m->state));
+	m->prepared = false;
+}
+
+/*
+ * The policy protocol's message table: one word per slot, the instance's
+ * hash in the high bits and the state's flags in the low ones, so that
+ * workers share it without a lock. Direct-mapped: a newer message takes
+ * the slot of an older one, which is then judged as if new.
+ */
+enum { MSG_TRAP_HIT = 1u << 0, MSG_LISTED_BEFORE = 1u << 1, MSG_FLAG_BITS = 16 };
+#define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
+
+static uint64_t instance_tag(const char *instance)
+{
+	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, instance, strlen(instance));
+
+	return (h & MSG_TAG_MASK) ? h : h | (UINT64_C(1) << 63); /* a tag of 0 marks an empty slot */
+}
+
+void engine_msg_recall(engine_msg *m, const char *instance)
+{
+	if (!instance || !*instance || !m->snap)
+		return;
+	uint64_t tag = instance_tag(instance);
+	uint64_t slot = atomic_load_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS],
+	                                     memory_order_relaxed);
+	if ((slot & MSG_TAG_MASK) != (tag & MSG_TAG_MASK))
+		return;
+	m->state.trap_hit = slot & MSG_TRAP_HIT;
+	m->state.listed_before = slot & MSG_LISTED_BEFORE;
+}
+
+void engine_msg_remember(const engine_msg *m, const char *instance)
+{
+	if (!instance || !*instance || !m->snap || !m->state.trap_hit)
+		return;
+	uint64_t tag = instance_tag(instance);
+	uint64_t slot = (tag & MSG_TAG_MASK) | MSG_TRAP_HIT | (m->state.listed_before ? MSG_LISTED_BEFORE : 0);
+	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot, memory_order_relaxed);
+}
+
+void engine_msg_forget_trap(engine_msg *m)
+{
+	if (m->state.ntraps > 0)
+		m->state.ntraps--;
+}
+
+/* Store health by kind: the queries that read, and those that write. */
+static void note_health(engine *eng, const query *q, size_t nq, bool writes)
+{
+	bool failed = false, worked = false;
+
+	for (size_t i = 0; i < nq; i++) {
+		failed |= q[i].status == QUERY_ERROR;
+		worked |= q[i].status == QUERY_OK || q[i].status == QUERY_NOTFOUND;
 	}
-	decide_prepare_lens(&snap->cfg->decide, facts, known ? &present : NULL, txn);
+	if (failed)
+		log_store_error(eng, writes ? STORE_UPDATES : STORE_LOOKUPS, writes ? "update" : "lookup");
+	else if (worked)
+		store_worked(eng, writes ? STORE_UPDATES : STORE_LOOKUPS);
 }
 
-static bool all_built(const decide_netmask *m)
+/* Write the effects of the checks that decided; tell the pipeline which ones failed. */
+static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 {
-	return (m->v4 & m->v6[0] & m->v6[1] & m->v6[2]) == UINT64_MAX;
-}
+	const pipeline *p = &snap->cfg->pipeline;
 
-/* With every network key: the store holds a length txn was not built for. */
-static store_status lookup_full(engine_snapshot *snap, const decide_facts *facts, int64_t now,
-                                store_entry *found)
-{
-	decide_txn full;
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		query writes[CHECK_MAX_EFFECTS];
+		size_t n = 0;
 
-	decide_prepare(&snap->cfg->decide, facts, &full);
-	return store_lookup_netlens(snap->ss->st, full.lookup, full.lookup_netlen, full.nlookup, now, found);
-}
-
-/* The lookup of txn's keys; again with all of them when they were built for too few lengths. */
-static store_status lookup_txn(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn,
-                               store_entry *found)
-{
-	int64_t now = (int64_t)time(NULL);
-	store_netmask built;
-	bool stale;
-	store_status rc;
-
-	if (all_built(&txn->built))
-		return store_lookup_netlens(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup, now,
-		                            found);
-	built.v4 = txn->built.v4;
-	memcpy(built.v6, txn->built.v6, sizeof(built.v6));
-	rc = store_lookup_built(snap->ss->st, txn->lookup, txn->lookup_netlen, txn->nlookup, &built, now,
-	                        found, &stale);
-	return stale ? lookup_full(snap, facts, now, found) : rc;
-}
-
-decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
-{
-	const config *cfg = snap->cfg;
-	decide_lookup lookup = DECIDE_LOOKUP_MISS;
-	store_entry found;
-	found.key[0] = '\0';
-	if (txn->whitelisted == WHITELIST_NONE && txn->nlookup > 0) {
-		switch (lookup_txn(snap, facts, txn, &found)) {
-		case STORE_OK:
-			lookup = DECIDE_LOOKUP_HIT;
-			store_worked(snap->eng, STORE_LOOKUPS);
-			break;
-		case STORE_NOTFOUND:
-			store_worked(snap->eng, STORE_LOOKUPS);
-			break;
-		case STORE_ERROR:
-			lookup = DECIDE_LOOKUP_ERROR;
-			log_store_error(snap->eng, STORE_LOOKUPS, "lookup");
-			break;
-		}
-	}
-	decide_verdict v = decide_sender(&cfg->decide, txn, lookup);
-	char detail[STORE_KEY_MAX + STORE_FIELD_MAX + 64] = "";
-	if (lookup == DECIDE_LOOKUP_HIT) {
-		char key[STORE_KEY_MAX], trap[STORE_FIELD_MAX];
-		snprintf(detail, sizeof(detail), " key=%s trap=%s hits=%llu",
-		         log_safe(found.key, key, sizeof(key)),
-		         found.trap[0] ? log_safe(found.trap, trap, sizeof(trap)) : "-",
-		         (unsigned long long)found.hits);
-	}
-	log_verdict(facts, &v, detail);
-	return v;
-}
-
-/* "sender,192.0.2.0/24" for the log line: what this hit blocklisted. */
-static void record_list(const decide_txn *txn, char *out, size_t outlen)
-{
-	size_t used = 0;
-	out[0] = '\0';
-	for (size_t i = 0; i < txn->nrecord && used < outlen; i++) {
-		int n = snprintf(out + used, outlen - used, "%s%s", i ? "," : "", txn->record[i]);
-		if (n < 0)
-			break;
-		used += (size_t)n;
+		if (!run->decided[i])
+			continue;
+		for (size_t j = 0; j < run->effects[i].nq && j < CHECK_MAX_EFFECTS; j++)
+			if (pipeline_effect_applies(p, run, i, j))
+				writes[n++] = run->effects[i].q[j];
+		if (n == 0)
+			continue;
+		store_run(snap->ss->st, writes, n, run->ctx.now);
+		note_health(snap->eng, writes, n, true);
+		for (size_t j = 0; j < n; j++)
+			if (writes[j].status == QUERY_ERROR) {
+				pipeline_store_failed(p, run, i);
+				break;
+			}
 	}
 }
 
-decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
+static void log_stage(const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
-	const config *cfg = snap->cfg;
-	decide_verdict v = decide_recipient(&cfg->decide, txn, facts);
-	if (v.reason == DECIDE_REASON_NONE)
-		return v;
-	char keys[1024] = "-";
-	if (v.record) {
-		store_hit hit = {
-		    .now = (int64_t)time(NULL),
-		    .ttl = cfg->decide.ttl,
-		    .trap = v.trap,
-		    .sender = txn->null_sender ? "" : txn->sender,
-		    .recipient = facts->recipient,
-		    .client = facts->client_address,
-		    .helo = facts->helo,
-		    .queue_id = facts->queue_id,
-		    .reason = "trap",
-		};
-		if (store_record(snap->ss->st, txn->record, txn->nrecord, &hit) == STORE_OK) {
-			store_worked(snap->eng, STORE_UPDATES);
-			record_list(txn, keys, sizeof(keys));
-		} else {
-			log_store_error(snap->eng, STORE_UPDATES, "update");
-			v = decide_store_failed(&cfg->decide, &v);
-			snprintf(keys, sizeof(keys), "none (store error)");
-		}
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const check_verdict *v = &run->verdict[i];
+
+		if (!run->decided[i] || !v->reason)
+			continue;
+		if (run->ctx.stage == CHECK_STAGE_EOM)
+			log_end_of_message(facts, v, run->ctx.msg);
+		else
+			log_verdict(p, facts, v);
 	}
-	char detail[TRAPSET_MATCH_MAX + 1100], trap[TRAPSET_MATCH_MAX], safe_keys[1024];
-	snprintf(detail, sizeof(detail), " trap=%s blocklisted=%s", log_safe(v.trap, trap, sizeof(trap)),
-	         log_safe(keys, safe_keys, sizeof(safe_keys)));
-	log_verdict(facts, &v, detail);
-	return v;
 }
 
-decide_action engine_end_of_message(engine_snapshot *snap, const decide_facts *facts, size_t ntraps,
-                                    size_t nothers)
+/* What the message remembers of a recipient's final verdict, for the end of message. */
+static void count_recipient(check_msg *msg, const check_verdict *v)
 {
-	decide_action a = decide_end_of_message(&snap->cfg->decide, ntraps, nothers);
-	if (a != DECIDE_CONTINUE) {
-		fact_text t;
-		fact_text_fill(&t, facts);
-		log_info(
-		    "%s: %s at end of message: %zu trap recipient(s), %zu other(s); client=%s sender=<%s> "
-		    "front=%s",
-		    t.queue_id, a == DECIDE_DISCARD ? "discard message" : "remove trap recipients", ntraps,
-		    nothers, t.client, t.sender, front_name(facts));
+	if (v->action == DECIDE_DROP_COPY)
+		msg->ntraps++;
+	else if (v->action == DECIDE_CONTINUE)
+		msg->nothers++;
+}
+
+check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts)
+{
+	engine_snapshot *snap = m->snap;
+	const pipeline *p = &snap->cfg->pipeline;
+	pipeline_run run;
+
+	if (stage == CHECK_STAGE_MAIL || !m->prepared) {
+		decide_prepare(&snap->cfg->decide, facts, &m->txn);
+		m->prepared = true;
 	}
-	return a;
+	pipeline_begin(&run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
+	if (pipeline_needs(p, &run) > 0) {
+		store_run(snap->ss->st, run.q, run.nq, run.ctx.now);
+		note_health(snap->eng, run.q, run.nq, false);
+	}
+	pipeline_decide(p, &run);
+	apply_effects(snap, &run);
+	log_stage(p, &run, facts);
+	m->state = run.msg;
+	if (stage == CHECK_STAGE_RCPT)
+		count_recipient(&m->state, &run.final);
+	return run.final;
 }
 
 void engine_purge(engine *eng)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "core/check.h"
 #include "core/decide.h"
 #include "store/store.h"
 
@@ -42,31 +43,46 @@ const config *engine_config(const engine_snapshot *snap);
 store *engine_store(const engine_snapshot *snap);
 
 /*
- * decide_prepare with the network lengths the store holds, as far as it
- * can tell without I/O (store_netlens): the client's network keys are
- * built only at those lengths (at every length when it cannot tell).
- * engine_check_sender looks up again with every key when the store holds
- * more lengths by then.
+ * A message in flight, the same for both front ends: the snapshot it is
+ * judged under, the transaction's keys (prepared at MAIL FROM) and what
+ * its checks remember between stages. The milter keeps one per connection
+ * (MAIL FROM to end of message); the policy front end one per request,
+ * with the message's state recalled and remembered by its "instance"
+ * attribute. Fields are the engine's: front ends only pass it along.
  */
-void engine_prepare(engine_snapshot *snap, const decide_facts *facts, decide_txn *txn);
+typedef struct engine_msg {
+	engine_snapshot *snap; /* NULL outside a message */
+	check_msg state;
+	bool prepared;   /* txn holds this transaction's keys */
+	decide_txn txn;  /* points into itself: never copied */
+} engine_msg;
+
+/* Start a message under snap (one more reference, released by engine_msg_end). */
+void engine_msg_begin(engine_msg *m, engine_snapshot *snap);
+/* End it, if any: release the snapshot, forget the state. Idempotent. */
+void engine_msg_end(engine_msg *m);
 
 /*
- * MAIL FROM (or a sender check at RCPT): looks up every key of txn; the
- * verdict says whether to reject. facts are those txn was prepared from
- * (a lookup prepares them again, with every key, when txn has too few). Logs blocklist hits and store errors.
+ * Policy protocol: the state of the message whose recipients arrive as
+ * separate requests, by its instance attribute (NULL or "": none kept). A
+ * bounded table, best effort: a forgotten message is judged as if it were
+ * new, which never lets a listed sender through.
  */
-decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn);
+void engine_msg_recall(engine_msg *m, const char *instance);
+void engine_msg_remember(const engine_msg *m, const char *instance);
 
 /*
- * RCPT TO: trap match; on a hit, records txn->record[] in the store (also
- * in dry-run) and logs the hit.
+ * One stage of the message (CHECK_STAGE_MAIL, _RCPT or _EOM) through the
+ * checks the listener runs (checks: CHECK_BIT()s; CHECKS_EVERY for the
+ * milter), in SPEC.md's order: facts in, verdict out. Does the store
+ * queries and writes, applies modes and effects, logs one line per
+ * decision that is not "nothing known". At MAIL FROM (or at the first
+ * stage the message meets) the transaction's keys are prepared from facts.
  */
-decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts,
-                                      const decide_txn *txn);
+check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts);
 
-/* Milter end of message, logged when it drops anything. */
-decide_action engine_end_of_message(engine_snapshot *snap, const decide_facts *facts, size_t ntraps,
-                                    size_t nothers);
+/* The milter could not keep a recipient it was told to drop (out of memory): it is not one. */
+void engine_msg_forget_trap(engine_msg *m);
 
 /* Remove expired entries now (called by the purge thread). */
 void engine_purge(engine *eng);

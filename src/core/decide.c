@@ -1,8 +1,8 @@
 /*
- * decide: the decision core (see decide.h). Implements SPEC.md "Replies":
- * the blocklist check at MAIL FROM, the trap check at RCPT TO, and the end
- * of message for the milter. Pure: every input is an argument, every
- * output the return value or a caller's buffer.
+ * decide: the decision core's shared part (see decide.h): SMTP replies and
+ * the keys of a transaction. The checks themselves are in core/checks/.
+ * Pure: every input is an argument, every output the return value or a
+ * caller's buffer.
  */
 #include "core/decide.h"
 
@@ -10,13 +10,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-static const smtp_reply REPLY_TEMPFAIL = {"450", "4.7.1", "Service temporarily unavailable, try again later"};
-/* Policy front end with deliver-others: the trap looks like an unknown user. */
-static const smtp_reply REPLY_TRAP_UNKNOWN = {"550", "5.1.1", "User unknown"};
-static const smtp_reply REPLY_TRAP_REJECT = {"550", "5.7.1", "Recipient address rejected"};
-/* Postfix logs the DISCARD text; the SMTP client never sees it. */
-static const smtp_reply REPLY_TRAP_DISCARD = {"", "", "spamtrap hit"};
 
 static bool is_xcode(const char *s, size_t len, char class)
 {
@@ -88,17 +81,10 @@ static char *txn_key(decide_txn *txn, const char *fmt, ...)
 	return at;
 }
 
-static void push_net_lookup(decide_txn *txn, const char *key, int16_t netlen)
-{
-	if (key && txn->nlookup < DECIDE_MAX_LOOKUP) {
-		txn->lookup_netlen[txn->nlookup] = netlen;
-		txn->lookup[txn->nlookup++] = key;
-	}
-}
-
 static void push_lookup(decide_txn *txn, const char *key)
 {
-	push_net_lookup(txn, key, DECIDE_NETLEN_NONE);
+	if (key && txn->nlookup < DECIDE_MAX_LOOKUP)
+		txn->lookup[txn->nlookup++] = key;
 }
 
 static void push_record(decide_txn *txn, const char *key)
@@ -157,11 +143,7 @@ static bool is_loopback(const addr_ip *ip)
 	return ip->bytes[0] == 127;
 }
 
-/*
- * A network key written straight into the key buffer: a MAIL FROM builds
- * 25 (IPv4) or 29 (IPv6) of these, so no snprintf and no copy. NULL when
- * it does not fit, as txn_key.
- */
+/* The client's network at the aggregation length, for record[]. NULL when it does not fit, as txn_key. */
 static const char *net_key(decide_txn *txn, const addr_ip *ip, unsigned prefix)
 {
 	size_t room = sizeof(txn->buf) - txn->buflen;
@@ -172,49 +154,6 @@ static const char *net_key(decide_txn *txn, const addr_ip *ip, unsigned prefix)
 		return NULL;
 	txn->buflen += len + 1;
 	return at;
-}
-
-/* The client's network of prefix len, with its length (the host itself has none: no "/LEN"). */
-static void push_client_lookup(decide_txn *txn, const addr_ip *ip, int len)
-{
-	int max = ip->version == 4 ? 32 : 128;
-
-	push_net_lookup(txn, net_key(txn, ip, (unsigned)len),
-	                len == max ? DECIDE_NETLEN_NONE : DECIDE_NETLEN(ip->version, len));
-}
-
-static bool mask_has(const decide_netmask *m, int version, int len)
-{
-	if (version == 4)
-		return m->v4 >> len & 1;
-	return m->v6[len / 64] >> (len % 64) & 1;
-}
-
-/*
- * Every network an entry may name for this client: the host, then every
- * length an admin is likely to add (IPv4 /31../8, IPv6 in nibble steps) and
- * the configured aggregation length, most specific first. Of the nibble
- * and byte lengths only those in built (the host and the configured
- * length always: trap hits write the latter, and both are cheap).
- */
-static void push_client_lookups(decide_txn *txn, const decide_policy *policy, const addr_ip *ip)
-{
-	int max = ip->version == 4 ? 32 : 128;
-	int min = ip->version == 4 ? 8 : 16;
-	int step = ip->version == 4 ? 1 : 4;
-	int configured = (int)(ip->version == 4 ? policy->ipv4_prefix : policy->ipv6_prefix);
-	bool configured_done = false;
-	for (int len = max; len >= min; len -= step) {
-		if (!configured_done && configured > len) {
-			push_client_lookup(txn, ip, configured);
-			configured_done = true;
-		}
-		if (len == max || len == configured || mask_has(&txn->built, ip->version, len))
-			push_client_lookup(txn, ip, len);
-		configured_done |= configured == len;
-	}
-	if (!configured_done)
-		push_client_lookup(txn, ip, configured);
 }
 
 static void prepare_sender(const decide_facts *facts, decide_txn *txn)
@@ -269,34 +208,20 @@ static void lowercase(char *s)
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
 {
-	decide_prepare_lens(policy, facts, NULL, txn);
-}
-
-void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
-                         const decide_netmask *present, decide_txn *txn)
-{
-	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
-
 	memset(txn, 0, offsetof(decide_txn, buf));
 	txn->buflen = 0;
-	txn->built = present ? *present : all;
-	/* Always built: the host (as /32, /128) and the configured lengths. */
-	txn->built.v4 |= UINT64_C(1) << 32 | UINT64_C(1) << (policy->ipv4_prefix % 64);
-	txn->built.v6[2] |= UINT64_C(1); /* /128 */
-	txn->built.v6[policy->ipv6_prefix / 64 % 3] |= UINT64_C(1) << (policy->ipv6_prefix % 64);
 	prepare_sender(facts, txn);
 	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender);
 
-	addr_ip ip;
-	bool have_ip =
-	    facts->client_address && addr_ip_parse(facts->client_address, &ip) && !is_loopback(&ip);
+	txn->have_client = facts->client_address && addr_ip_parse(facts->client_address, &txn->client) &&
+	                   !is_loopback(&txn->client);
 
 	txn->whitelisted = WHITELIST_NONE;
 	if (policy->whitelist)
 		txn->whitelisted = whitelist_check(
 		    policy->whitelist, txn->sender_invalid ? NULL : txn->sender, facts->client_address);
 
-	txn_keys k = {.ip = have_ip ? &ip : NULL,
+	txn_keys k = {.ip = txn->have_client ? &txn->client : NULL,
 	              .authenticated = facts->sasl_username && *facts->sasl_username};
 	k.sender = have_sender ? txn_key(txn, "%s", txn->sender) : NULL;
 	const char *domain = have_sender ? addr_domain(txn->sender) : NULL;
@@ -308,104 +233,10 @@ void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
 
 	push_lookup(txn, k.sender);
 	push_lookup(txn, k.sasl);
-	if (have_ip)
-		push_client_lookups(txn, policy, &ip);
+	txn->client_at = txn->nlookup; /* the client's networks rank after the sender and the account */
 	push_lookup(txn, k.domain);
 	push_lookup(txn, k.helo);
 	prepare_record(policy, txn, &k);
-}
-
-static decide_verdict verdict_of(decide_action action, decide_reason reason, const smtp_reply *reply)
-{
-	decide_verdict v;
-	memset(&v, 0, sizeof(v));
-	v.action = action;
-	v.enforce_action = action;
-	v.reason = reason;
-	if (reply)
-		v.reply = *reply;
-	return v;
-}
-
-/* dry-run decides everything but lets every message through. */
-static decide_verdict apply_mode(const decide_policy *policy, decide_verdict v)
-{
-	if (policy->dry_run)
-		v.action = DECIDE_CONTINUE;
-	return v;
-}
-
-decide_verdict decide_sender(const decide_policy *policy, const decide_txn *txn, decide_lookup lookup)
-{
-	if (txn->whitelisted != WHITELIST_NONE)
-		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, NULL);
-	switch (lookup) {
-	case DECIDE_LOOKUP_HIT:
-		return apply_mode(policy,
-		                  verdict_of(DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, &policy->reject));
-	case DECIDE_LOOKUP_ERROR:
-		if (policy->on_error_tempfail)
-			return apply_mode(
-			    policy, verdict_of(DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, &REPLY_TEMPFAIL));
-		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_STORE_ERROR, NULL);
-	case DECIDE_LOOKUP_MISS:
-		break;
-	}
-	return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_NONE, NULL);
-}
-
-static decide_verdict trap_verdict(const decide_policy *policy, decide_front front)
-{
-	switch (policy->action) {
-	case TRAP_ACTION_ACCEPT:
-		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_TRAP, NULL);
-	case TRAP_ACTION_REJECT:
-		return verdict_of(DECIDE_REJECT, DECIDE_REASON_TRAP, &REPLY_TRAP_REJECT);
-	case TRAP_ACTION_DISCARD:
-		break;
-	}
-	if (front == DECIDE_FRONT_MILTER)
-		return verdict_of(DECIDE_DROP_COPY, DECIDE_REASON_TRAP, NULL);
-	/* A policy server cannot drop one copy of a message (SPEC "Replies"). */
-	if (policy->on_mixed == ON_MIXED_DISCARD_ALL)
-		return verdict_of(DECIDE_DISCARD, DECIDE_REASON_TRAP, &REPLY_TRAP_DISCARD);
-	return verdict_of(DECIDE_REJECT, DECIDE_REASON_TRAP, &REPLY_TRAP_UNKNOWN);
-}
-
-decide_verdict decide_recipient(const decide_policy *policy, const decide_txn *txn, const decide_facts *facts)
-{
-	char trap[TRAPSET_MATCH_MAX];
-	if (!policy->traps || !facts->recipient ||
-	    !trapset_match(policy->traps, facts->recipient, trap, sizeof(trap)))
-		return verdict_of(DECIDE_CONTINUE, DECIDE_REASON_NONE, NULL);
-
-	decide_verdict v;
-	if (txn->whitelisted != WHITELIST_NONE) {
-		v = verdict_of(DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, NULL);
-	} else {
-		v = apply_mode(policy, trap_verdict(policy, facts->front));
-		v.record = txn->nrecord > 0;
-	}
-	snprintf(v.trap, sizeof(v.trap), "%s", trap);
-	return v;
-}
-
-decide_verdict decide_store_failed(const decide_policy *policy, const decide_verdict *v)
-{
-	if (v->reason != DECIDE_REASON_TRAP || !policy->on_error_tempfail)
-		return *v;
-	decide_verdict out = verdict_of(DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, &REPLY_TEMPFAIL);
-	memcpy(out.trap, v->trap, sizeof(out.trap));
-	return apply_mode(policy, out);
-}
-
-decide_action decide_end_of_message(const decide_policy *policy, size_t ntraps, size_t nothers)
-{
-	if (policy->dry_run || ntraps == 0)
-		return DECIDE_CONTINUE;
-	if (nothers == 0 || policy->on_mixed == ON_MIXED_DISCARD_ALL)
-		return DECIDE_DISCARD;
-	return DECIDE_DROP_COPY;
 }
 
 const char *decide_action_name(decide_action a)
@@ -421,23 +252,6 @@ const char *decide_action_name(decide_action a)
 		return "discard";
 	case DECIDE_DROP_COPY:
 		return "drop-copy";
-	}
-	return "?";
-}
-
-const char *decide_reason_name(decide_reason r)
-{
-	switch (r) {
-	case DECIDE_REASON_NONE:
-		return "none";
-	case DECIDE_REASON_WHITELISTED:
-		return "whitelisted";
-	case DECIDE_REASON_BLOCKLISTED:
-		return "blocklisted";
-	case DECIDE_REASON_TRAP:
-		return "trap";
-	case DECIDE_REASON_STORE_ERROR:
-		return "store-error";
 	}
 	return "?";
 }

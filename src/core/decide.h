@@ -1,11 +1,9 @@
 /*
- * decide: the decision core. Facts of an SMTP transaction, the result of
- * the blocklist lookup and the current time go in; a verdict comes out:
- * what to answer, why, and which blocklist keys to record. No I/O, no
- * clock, no logging, no globals: both front ends (milter, policy) reach it
- * through engine.c, which does the store work and the logging around it.
- *
- * SPEC.md "Replies" is the table this module implements.
+ * decide: the vocabulary of the decision core, shared by every check
+ * (core/check.h): a transaction's facts as a front end saw them, its keys
+ * (prepared once per MAIL FROM), SMTP replies and the actions a verdict
+ * can take, and the policy of the trap and blocklist checks. No I/O, no
+ * clock, no logging, no globals.
  */
 #ifndef SPAMTRAPD_DECIDE_H
 #define SPAMTRAPD_DECIDE_H
@@ -43,9 +41,9 @@ typedef struct smtp_reply {
  */
 bool smtp_reply_parse(const char *s, smtp_reply *out, char *err, size_t errlen);
 
-/* The part of a config snapshot the core decides with. */
+/* The settings of the trap and blocklist checks (core/checks/), compiled from the config. */
 typedef struct decide_policy {
-	bool dry_run;
+	bool dry_run; /* top-level mode dry-run: every check is shadow */
 	trap_action action;
 	on_mixed_policy on_mixed;
 	unsigned keys; /* DECIDE_KEY_* */
@@ -70,25 +68,9 @@ typedef struct decide_facts {
 	const char *queue_id;
 } decide_facts;
 
-/* IPv4 networks /8../32 and IPv6 /16../128 in steps of 4, plus the rest. */
-#define DECIDE_MAX_LOOKUP 48
+#define DECIDE_MAX_LOOKUP 8
 #define DECIDE_MAX_RECORD 8
-#define DECIDE_KEYBUF 4096
-
-/*
- * Network lengths as a bit set: bit LEN of v4 for an IPv4 /LEN, bit LEN of
- * v6[] (LEN / 64, LEN % 64) for an IPv6 one. The store's lengths present
- * (store.h store_netmask has the same layout), and which of them a
- * decide_txn built.
- */
-typedef struct decide_netmask {
-	uint64_t v4;
-	uint64_t v6[3];
-} decide_netmask;
-
-/* A lookup key's network length, as decide_txn.lookup_netlen holds it (store.h's STORE_NETLEN too). */
-#define DECIDE_NETLEN_NONE (-1)
-#define DECIDE_NETLEN(family, len) ((int16_t)((family) == 6 ? 256 + (len) : (len)))
+#define DECIDE_KEYBUF 2048
 
 /*
  * A transaction's keys, prepared once per MAIL FROM (milter) or per request
@@ -98,46 +80,28 @@ typedef struct decide_netmask {
  *   client_address  192.0.2.7, 192.0.2.0/24, 2001:db8:1::/64
  *   sasl_username   sasl:NAME
  *   helo_name       helo:mail.example.com
- * lookup[] holds every key a blocklist entry may match at MAIL FROM (the
- * client address at every network length an admin may have added), most
- * specific first; record[] the keys a trap hit in this transaction
- * blocklists under policy->keys and the null-sender and SASL rules.
+ * lookup[] holds every key other than the client's networks that a
+ * blocklist entry may match at MAIL FROM, in precedence order; the
+ * client's networks (client) go before lookup[client_at]: the store builds
+ * those keys at the lengths it holds (store_run). record[] holds the keys
+ * a trap hit in this transaction blocklists under policy->keys and the
+ * null-sender and SASL rules.
  */
 typedef struct decide_txn {
 	char sender[ADDR_MAX]; /* normalised; "" for the null sender */
 	bool null_sender;
 	bool sender_invalid;
 	whitelist_match whitelisted;
-	size_t nlookup, nrecord;
+	bool have_client; /* client holds a usable (non-loopback) client address */
+	addr_ip client;
+	size_t nlookup, nrecord, client_at;
 	const char *lookup[DECIDE_MAX_LOOKUP];
-	/*
-	 * Of each lookup key written "ADDRESS/LEN" (a network), its family and
-	 * length as DECIDE_NETLEN(4 or 6, LEN); DECIDE_NETLEN_NONE for every
-	 * other key, the client's host address (written without "/LEN")
-	 * among them. The store then need not parse the keys to find them.
-	 */
-	int16_t lookup_netlen[DECIDE_MAX_LOOKUP];
-	/*
-	 * The client network lengths lookup[] was built for: every length
-	 * (all bits set) unless decide_prepare_lens was given fewer. A store
-	 * that holds a length outside it must not answer "not found".
-	 */
-	decide_netmask built;
 	const char *record[DECIDE_MAX_RECORD];
 	char buf[DECIDE_KEYBUF]; /* the strings lookup[] and record[] point into */
 	size_t buflen;
 } decide_txn;
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn);
-
-/*
- * decide_prepare with the client's network keys only at the lengths of
- * present (the store's lengths present, read by the caller) plus the host
- * and the configured prefix; NULL: every length, as decide_prepare. With
- * every bit set, lookup[] is byte for byte decide_prepare's.
- */
-void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
-                         const decide_netmask *present, decide_txn *txn);
 
 typedef enum {
 	DECIDE_CONTINUE, /* milter SMFIS_CONTINUE, policy DUNNO */
@@ -147,49 +111,6 @@ typedef enum {
 	DECIDE_DROP_COPY /* milter: accept this recipient, remove it at end of message */
 } decide_action;
 
-typedef enum {
-	DECIDE_REASON_NONE, /* nothing known: not logged */
-	DECIDE_REASON_WHITELISTED,
-	DECIDE_REASON_BLOCKLISTED,
-	DECIDE_REASON_TRAP,
-	DECIDE_REASON_STORE_ERROR,
-} decide_reason;
-
-typedef enum { DECIDE_LOOKUP_MISS, DECIDE_LOOKUP_HIT, DECIDE_LOOKUP_ERROR } decide_lookup;
-
-typedef struct decide_verdict {
-	decide_action action;
-	decide_reason reason;
-	/* What enforce mode does; differs from action only in dry-run. */
-	decide_action enforce_action;
-	smtp_reply reply;             /* for REJECT, TEMPFAIL, DISCARD (text only) */
-	bool record;                  /* effect: blocklist txn->record[] until now + ttl */
-	char trap[TRAPSET_MATCH_MAX]; /* the trap hit, for REASON_TRAP */
-} decide_verdict;
-
-/* MAIL FROM (and sender checks at RCPT): is any key of the transaction blocklisted? */
-decide_verdict decide_sender(const decide_policy *policy, const decide_txn *txn, decide_lookup lookup);
-
-/* RCPT TO: is the recipient a trap? */
-decide_verdict decide_recipient(const decide_policy *policy, const decide_txn *txn,
-                                const decide_facts *facts);
-
-/*
- * The effect of a trap verdict could not be stored. The trap copy is still
- * handled as decided, unless store.on_error is tempfail: then the recipient
- * gets a 4xx so that the sender retries and the hit can be recorded then.
- */
-decide_verdict decide_store_failed(const decide_policy *policy, const decide_verdict *v);
-
-/*
- * Milter end of message: ntraps recipients were accepted as DROP_COPY, nothers
- * are ordinary. DECIDE_DISCARD drops the message (only traps, or on_mixed
- * discard-all), DECIDE_DROP_COPY removes the trap recipients, DECIDE_CONTINUE
- * leaves the message alone.
- */
-decide_action decide_end_of_message(const decide_policy *policy, size_t ntraps, size_t nothers);
-
 const char *decide_action_name(decide_action a);
-const char *decide_reason_name(decide_reason r);
 
 #endif

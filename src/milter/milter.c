@@ -67,14 +67,12 @@ static const smtp_reply REPLY_STOPPING = {"451", "4.3.2", "Service shutting down
 
 /* One SMTP transaction: MAIL FROM to end of message. */
 typedef struct milter_msg {
-	engine_snapshot *snap; /* NULL outside a transaction */
+	engine_msg msg; /* the engine's: its snapshot is NULL outside a transaction */
 	char sender[ENVELOPE_MAX];
 	char sasl[SASL_MAX];
 	char queue_id[QUEUE_ID_MAX];
-	size_t nothers; /* recipients that get the message */
-	char **traps;   /* trap recipients exactly as given, for smfi_delrcpt */
+	char **traps; /* trap recipients exactly as given, for smfi_delrcpt */
 	size_t ntraps, traps_cap;
-	decide_txn txn; /* points into itself: never copied */
 } milter_msg;
 
 /* One milter connection, i.e. one SMTP session. */
@@ -213,7 +211,7 @@ static sfsistat reply_with(SMFICTX *ctx, const smtp_reply *r, sfsistat status)
 }
 
 /* Map a verdict to libmilter's answer; DROP_COPY is the caller's business. */
-static sfsistat verdict_status(SMFICTX *ctx, const decide_verdict *v)
+static sfsistat verdict_status(SMFICTX *ctx, const check_verdict *v)
 {
 	switch (v->action) {
 	case DECIDE_REJECT:
@@ -239,8 +237,11 @@ static bool msg_begin(milter_msg *m)
 	if (ok)
 		filter.transactions++;
 	pthread_mutex_unlock(&filter.lock);
-	if (ok)
-		m->snap = engine_acquire(filter.eng);
+	if (ok) {
+		engine_snapshot *snap = engine_acquire(filter.eng);
+		engine_msg_begin(&m->msg, snap);
+		engine_release(snap);
+	}
 	return ok;
 }
 
@@ -251,12 +252,11 @@ static void msg_end(milter_msg *m)
 		free(m->traps[i]);
 	free(m->traps);
 	m->traps = NULL;
-	m->ntraps = m->traps_cap = m->nothers = 0;
+	m->ntraps = m->traps_cap = 0;
 	m->sender[0] = m->sasl[0] = m->queue_id[0] = '\0';
-	if (!m->snap)
+	if (!m->msg.snap)
 		return;
-	engine_release(m->snap);
-	m->snap = NULL;
+	engine_msg_end(&m->msg);
 	pthread_mutex_lock(&filter.lock);
 	if (--filter.transactions == 0)
 		pthread_cond_broadcast(&filter.idle);
@@ -441,8 +441,7 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 
 	decide_facts f = conn_facts(c, NULL);
 	f.sender = sender; /* uncapped: an over-long address must be judged as such */
-	engine_prepare(m->snap, &f, &m->txn);
-	decide_verdict v = engine_check_sender(m->snap, &f, &m->txn);
+	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_MAIL, CHECKS_EVERY, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -452,23 +451,22 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 {
 	milter_conn *c = filter.shim->getpriv(ctx);
-	if (!c || !c->msg.snap || !argv || !argv[0])
+	if (!c || !c->msg.msg.snap || !argv || !argv[0])
 		return SMFIS_CONTINUE; /* no transaction of ours: nothing to decide */
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	char bare[ENVELOPE_MAX];
 	decide_facts f = conn_facts(c, envelope_bare(argv[0], bare, sizeof(bare)));
-	decide_verdict v = engine_check_recipient(m->snap, &f, &m->txn);
+	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f);
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
 			return SMFIS_CONTINUE;
+		engine_msg_forget_trap(&m->msg);
 		char safe[128];
 		log_error("%s: milter: cannot remember trap recipient <%s> for removal; tempfailing it",
 		          m->queue_id[0] ? m->queue_id : "NOQUEUE", log_safe(argv[0], safe, sizeof(safe)));
 		return reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
 	}
-	if (v.action == DECIDE_CONTINUE)
-		m->nothers++;
 	return verdict_status(ctx, &v);
 }
 
@@ -487,16 +485,16 @@ static void remove_traps(SMFICTX *ctx, const milter_msg *m)
 static sfsistat cb_eom(SMFICTX *ctx)
 {
 	milter_conn *c = filter.shim->getpriv(ctx);
-	if (!c || !c->msg.snap)
+	if (!c || !c->msg.msg.snap)
 		return SMFIS_CONTINUE;
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	decide_action a = engine_end_of_message(m->snap, &f, m->ntraps, m->nothers);
+	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_EOM, CHECKS_EVERY, &f);
 	sfsistat status = SMFIS_CONTINUE;
-	if (a == DECIDE_DISCARD)
+	if (v.action == DECIDE_DISCARD)
 		status = SMFIS_DISCARD;
-	else if (a == DECIDE_DROP_COPY)
+	else if (v.action == DECIDE_DROP_COPY)
 		remove_traps(ctx, m);
 	msg_end(m);
 	return status;

@@ -27,7 +27,8 @@
  *  - A connection's state is touched by one thread only: no locks, no
  *    hand-off queue, no wake-ups between threads on the request path. The
  *    only shared things there are the engine snapshot (engine_acquire), the
- *    atomic connection counter at accept, and the lock-free trap table below.
+ *    atomic connection counter at accept, and the engine's lock-free message
+ *    table (engine_msg_recall).
  *  - A slow store blocks one worker, and only the connections on it; the
  *    other workers keep accepting and answering. A thread per connection
  *    would cost a stack and a context switch per smtpd process; one event
@@ -76,7 +77,6 @@
 #include <unistd.h>
 
 #include "core/addr.h"
-#include "core/hash.h"
 #include "core/netset.h"
 #include "log.h"
 #include "sockperm.h"
@@ -90,7 +90,6 @@
 #define DRAIN_SECONDS 3        /* policy_server_stop waits this long for requests in progress */
 #define LOG_INTERVAL 10        /* seconds between rate-limited lines (limits, accept errors) */
 #define REFUSED_LOG_INTERVAL 1 /* clients outside policy.allow: nearly every one, yet no flood */
-#define TRAP_SLOTS 4096        /* recent trap hits remembered by message instance */
 #define PEER_MAX 64
 #define MALFORMED_MAX 3       /* malformed requests in a row before the connection is closed */
 #define BAD_INPUT_BURST 20    /* lines about bad input per second, for the daemon; the rest are counted */
@@ -108,6 +107,7 @@ typedef struct listener {
 	src_kind kind;
 	int fd;
 	policy_role role;
+	unsigned checks; /* the role's checks (config_listener.checks) */
 	char *address;   /* as configured, for log lines */
 	char *unix_path; /* to unlink at the end; NULL for TCP */
 } listener;
@@ -168,15 +168,6 @@ struct policy_server {
 	 * a flood of them would drown the log (then a count says how many).
 	 */
 	log_ratelimit over_limit, refused, accept_errors, evicted, bad_input;
-	/*
-	 * Message instances (the "instance" attribute, one value for all
-	 * recipients of a message) whose recipient just hit a trap: the sender
-	 * check skips the blocklist for the rest of that message, so a trap
-	 * hit does not reject the ordinary recipients that follow it in the
-	 * same message (traps.on_mixed: the blocklist applies from the next
-	 * transaction on). Direct-mapped, lock-free, best effort.
-	 */
-	_Atomic uint64_t trap_instances[TRAP_SLOTS];
 };
 
 static void worker_clock(worker *w)
@@ -360,6 +351,7 @@ static int listener_open(listener *l, const config *cfg, const config_listener *
 	l->kind = SRC_LISTENER;
 	l->fd = -1;
 	l->role = cl->role;
+	l->checks = cl->checks;
 	l->address = strdup(cl->address);
 	if (l->address == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -380,35 +372,6 @@ static void listener_close(listener *l)
 		log_debug("policy listener %s: cannot remove the socket: %s", l->address, strerror(errno));
 	free(l->unix_path);
 	l->unix_path = NULL;
-}
-
-/* ---- recent trap hits by message instance ---- */
-
-static uint64_t instance_hash(const char *instance)
-{
-	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, instance, strlen(instance));
-
-	return h ? h : 1; /* 0 marks an empty slot */
-}
-
-static void trap_instance_add(policy_server *srv, const char *instance)
-{
-	uint64_t h;
-
-	if (instance == NULL || *instance == '\0')
-		return;
-	h = instance_hash(instance);
-	atomic_store_explicit(&srv->trap_instances[h % TRAP_SLOTS], h, memory_order_relaxed);
-}
-
-static bool trap_instance_seen(policy_server *srv, const char *instance)
-{
-	uint64_t h;
-
-	if (instance == NULL || *instance == '\0')
-		return false;
-	h = instance_hash(instance);
-	return atomic_load_explicit(&srv->trap_instances[h % TRAP_SLOTS], memory_order_relaxed) == h;
 }
 
 /* ---- deciding one request ---- */
@@ -527,65 +490,19 @@ static bool request_facts(const request_ctx *rc, smtp_stage stage, decide_facts 
 	return true;
 }
 
-static decide_verdict verdict_continue(void)
-{
-	decide_verdict v;
-
-	memset(&v, 0, sizeof(v));
-	v.action = DECIDE_CONTINUE;
-	v.enforce_action = DECIDE_CONTINUE;
-	v.reason = DECIDE_REASON_NONE;
-	return v;
-}
-
-static void log_same_message(const decide_facts *f)
-{
-	char qid[64], client[64], sender[256], rcpt[256];
-
-	log_info("%s: continue: sender hit a trap earlier in this message, its other recipients are not "
-	         "rejected; client=%s sender=<%s> recipient=<%s> front=policy",
-	         log_safe(f->queue_id ? f->queue_id : "NOQUEUE", qid, sizeof(qid)),
-	         log_safe_field(f->client_address, client, sizeof(client)),
-	         log_safe_field(f->sender, sender, sizeof(sender)),
-	         log_safe_field(f->recipient, rcpt, sizeof(rcpt)));
-}
-
-static decide_verdict check_sender(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,
-                                   const decide_txn *txn)
-{
-	const char *instance = attr_whole(rc->req, POLICY_ATTR_INSTANCE);
-
-	if (trap_instance_seen(rc->srv, instance)) {
-		log_same_message(f);
-		return verdict_continue();
-	}
-	return engine_check_sender(snap, f, txn);
-}
-
-static decide_verdict check_recipient(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,
-                                      const decide_txn *txn)
-{
-	decide_verdict v = engine_check_recipient(snap, f, txn);
-
-	if (v.reason == DECIDE_REASON_TRAP && v.record)
-		trap_instance_add(rc->srv, attr_whole(rc->req, POLICY_ATTR_INSTANCE));
-	return v;
-}
-
 /*
- * The listener's role decides which checks run: trap at RCPT; sender at
- * MAIL and at RCPT (smtpd_delay_reject=yes evaluates sender restrictions at
- * RCPT); full: at RCPT the trap check, and the sender check only when the
- * recipient is no trap (a trap hit answered DUNNO, under action accept or
- * dry-run, must not be rejected by the blocklist entry it just made).
+ * The request's stage through the checks the listener's role runs
+ * (config_listener.checks), with the message's state recalled by its
+ * instance attribute: one message's recipients arrive as separate
+ * requests, on one or two listeners.
  */
-static decide_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
+static check_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
 {
 	smtp_stage stage = request_stage(rc->req);
-	policy_role role = rc->lst->role;
+	const char *instance = attr_whole(rc->req, POLICY_ATTR_INSTANCE);
 	decide_facts f;
-	decide_txn txn;
-	decide_verdict v = verdict_continue();
+	engine_msg m;
+	check_verdict v = check_continue();
 
 	if (!request_facts(rc, stage, &f)) {
 		rc->malformed = true;
@@ -593,14 +510,11 @@ static decide_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
 	}
 	if (stage == STAGE_OTHER)
 		return v;
-	engine_prepare(snap, &f, &txn);
-	if (stage == STAGE_RCPT && role != POLICY_ROLE_SENDER) {
-		v = check_recipient(snap, rc, &f, &txn);
-		if (role == POLICY_ROLE_TRAP || v.action != DECIDE_CONTINUE || v.reason == DECIDE_REASON_TRAP)
-			return v;
-	}
-	if (role != POLICY_ROLE_TRAP)
-		v = check_sender(snap, rc, &f, &txn);
+	engine_msg_begin(&m, snap);
+	engine_msg_recall(&m, instance);
+	v = engine_stage(&m, stage == STAGE_MAIL ? CHECK_STAGE_MAIL : CHECK_STAGE_RCPT, rc->lst->checks, &f);
+	engine_msg_remember(&m, instance);
+	engine_msg_end(&m);
 	return v;
 }
 
@@ -616,7 +530,7 @@ static void log_internal(const request_ctx *rc, const char *why)
 }
 
 /* "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions). */
-static void format_reply(const decide_verdict *v, const request_ctx *rc, char *out, size_t outlen)
+static void format_reply(const check_verdict *v, const request_ctx *rc, char *out, size_t outlen)
 {
 	char code[sizeof(v->reply.code)], xcode[sizeof(v->reply.xcode)], text[sizeof(v->reply.text)];
 
@@ -748,7 +662,7 @@ static void conn_answer(conn *c, const policy_request *req)
 	                  .req = req,
 	                  .now = c->w->now,
 	                  .malformed_before = c->malformed};
-	decide_verdict v = policy_decide(snap, &rc);
+	check_verdict v = policy_decide(snap, &rc);
 
 	format_reply(&v, &rc, c->out, sizeof(c->out));
 	c->outlen = strlen(c->out);
@@ -1454,8 +1368,6 @@ policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size
 	srv->evicted.interval = EVICT_LOG_INTERVAL;
 	srv->bad_input.interval = 1;
 	srv->bad_input.burst = BAD_INPUT_BURST;
-	for (size_t i = 0; i < TRAP_SLOTS; i++)
-		atomic_init(&srv->trap_instances[i], 0);
 	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
 		srv->nlisteners++;
 		if (listener_open(&srv->listeners[i], cfg, &cfg->policy.listen[i], err, errlen) < 0) {

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/query.h"
+
 #define STORE_KEY_MAX 600
 #define STORE_FIELD_MAX 600
 
@@ -59,12 +61,8 @@ typedef struct store_entry {
 	char reason[STORE_FIELD_MAX]; /* "trap" or the text given to spamtrapctl add */
 } store_entry;
 
-/* Provenance of one trap hit, recorded with every key it blocklists. */
-typedef struct store_hit {
-	int64_t now;
-	int64_t ttl;
-	const char *trap, *sender, *recipient, *client, *helo, *queue_id, *reason;
-} store_hit;
+/* Provenance of one trap hit, recorded with every key it blocklists (core/query.h). */
+typedef query_hit store_hit;
 
 typedef struct store store;
 
@@ -74,6 +72,18 @@ void store_free(store *st); /* accepts NULL */
 const char *store_backend_name(const store *st);
 
 /*
+ * Run the queries of one stage of the checks (core/query.h), filling in
+ * their answers: what the engine calls. Each query is atomic on its own;
+ * identical lookups in one batch are answered once. Returns STORE_ERROR
+ * when any query failed (its status says which), STORE_OK otherwise.
+ */
+store_status store_run(store *st, query *q, size_t nq, int64_t now);
+
+/*
+ * The lookups below are store_run's building blocks, public for the
+ * store's own tests and benchmarks; the engine and the checks use
+ * store_run, which builds the client's network keys itself.
+ *
  * Is any of keys[] blocklisted at time now? On STORE_OK, *found (if not
  * NULL) is the entry of the first key in keys[] order that is. One round
  * trip for all keys.

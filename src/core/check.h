@@ -1,0 +1,132 @@
+/*
+ * check: the interface every capability of spamtrapd implements (traps,
+ * blocklist, whitelist, and the checks still to come: relay, ratelimit,
+ * dnsbl, greylist), in the spirit of Postfix's per-stage smtpd_check_*:
+ * at each SMTP stage a check answers "a verdict, or nothing".
+ *
+ * A check is pure. For one stage of one transaction it
+ *   1. says what it needs from the store (needs: fills queries, no I/O);
+ *   2. decides from the answers (decide: a verdict, and the effects to
+ *      apply afterwards: queries that write, and what the message should
+ *      remember for its later stages).
+ * The engine (engine.h) runs the checks of a stage in SPEC.md's order
+ * (core/pipeline.h), sends every check's queries to the store in one call,
+ * applies modes (enforce, shadow, off) and effects, and logs.
+ *
+ * Adding a check: one file in src/core/checks/ defining a check_def, one
+ * line in the order table (core/checks/checks.c), and its config section
+ * (config_section.h). docs/architecture.md walks through it.
+ */
+#ifndef SPAMTRAPD_CHECK_H
+#define SPAMTRAPD_CHECK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/decide.h"
+#include "core/query.h"
+
+/* SPEC.md "Checks": enforce, or shadow (decide, log "would have", change nothing), or off. */
+typedef enum { CHECK_MODE_OFF, CHECK_MODE_SHADOW, CHECK_MODE_ENFORCE } check_mode;
+
+/* SMTP stages a check may run at, as bits of check_def.stages. */
+enum {
+	CHECK_STAGE_MAIL = 1u << 0,
+	CHECK_STAGE_RCPT = 1u << 1,
+	CHECK_STAGE_EOM = 1u << 2, /* end of message (milter only) */
+};
+typedef unsigned check_stage;
+
+/*
+ * What a message remembers between its stages, the same for both front
+ * ends: the milter keeps it in its connection context, the engine keeps
+ * it for the policy protocol by the message's "instance" attribute.
+ */
+typedef struct check_msg {
+	bool sender_checked; /* the blocklist check answered at MAIL FROM */
+	bool trap_hit;       /* a recipient hit a trap and the hit was recorded */
+	bool listed_before;  /* ... and the sender was blocklisted already before that hit */
+	unsigned ntraps;     /* recipients accepted only to be dropped at end of message */
+	unsigned nothers;    /* recipients that get the message */
+} check_msg;
+
+/* Everything a check may look at; read-only. */
+typedef struct check_ctx {
+	check_stage stage;
+	const decide_facts *facts;
+	const decide_txn *txn; /* the transaction's keys, prepared once per MAIL FROM */
+	const check_msg *msg;  /* the message's state before this stage */
+	int64_t now;           /* Unix seconds */
+} check_ctx;
+
+/* Most queries one check asks at one stage, and most it writes as effects. */
+#define CHECK_MAX_NEEDS 2
+#define CHECK_MAX_EFFECTS 2
+#define CHECK_DETAIL_MAX 1400
+/* Room a check has to carry what needs() worked out over to decide(), zeroed for each stage. */
+#define CHECK_SCRATCH_MAX 1088
+
+/* A check's answer for one stage. action CONTINUE: no objection. */
+typedef struct check_verdict {
+	decide_action action;
+	/* No later check runs: the transaction is whitelisted, or the recipient is a trap. */
+	bool stop;
+	/*
+	 * Why, for the log line ("trap", "blocklisted", "whitelisted",
+	 * "store-error"); NULL: nothing worth a line.
+	 */
+	const char *reason;
+	bool quiet;        /* log at debug level (a whitelisted transaction without a trap hit) */
+	smtp_reply reply;  /* for REJECT, TEMPFAIL, DISCARD (text only) */
+	char detail[CHECK_DETAIL_MAX]; /* appended to the log line: " key=... trap=..." */
+	/* Set by the engine: the check that gave it, and what enforce mode does in shadow. */
+	const char *check;
+	decide_action enforce_action;
+	check_mode mode;
+} check_verdict;
+
+/* When an effect's store write applies. */
+typedef enum {
+	CHECK_EFFECT_ALWAYS,   /* in shadow mode too: a trap hit is recorded in dry-run */
+	CHECK_EFFECT_ENFORCE,  /* only when the check enforces */
+	CHECK_EFFECT_ON_ACCEPT /* only when it enforces and the final verdict lets the recipient through */
+} check_effect_when;
+
+typedef struct check_effects {
+	query q[CHECK_MAX_EFFECTS]; /* store writes after the verdict */
+	check_effect_when when[CHECK_MAX_EFFECTS];
+	size_t nq;
+	/* The message's state after this stage (starts as a copy of check_ctx.msg). */
+	check_msg msg;
+	/*
+	 * Writes whose failure changes the verdict (store.on_error tempfail
+	 * for a trap hit): the engine calls store_failed with the verdict.
+	 */
+	bool verdict_needs_writes;
+} check_effects;
+
+typedef struct check_def {
+	const char *name; /* the name in log lines and metrics, and its config section */
+	unsigned stages;  /* CHECK_STAGE_* bits */
+	/*
+	 * What to ask the store at this stage: append to q (at most
+	 * CHECK_MAX_NEEDS) and return how many. Strings the queries point to
+	 * must live as long as ctx (the txn's buffer, the config).
+	 */
+	size_t (*needs)(const void *conf, const check_ctx *ctx, void *scratch, query *q);
+	/* The verdict from the answers to the queries needs() asked. */
+	check_verdict (*decide)(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
+	                        size_t nanswers, check_effects *eff);
+	/* Optional: the verdict when the effects could not be written (verdict_needs_writes). */
+	check_verdict (*store_failed)(const void *conf, const check_verdict *v);
+} check_def;
+
+/* A verdict of no objection, nothing to log. */
+check_verdict check_continue(void);
+/* A verdict with action, reason and reply (NULL: none) filled in. */
+check_verdict check_verdict_of(decide_action action, const char *reason, const smtp_reply *reply);
+
+const char *check_mode_name(check_mode m);
+
+#endif

@@ -1,0 +1,102 @@
+/* blocklist: the blocklist check (see blocklist.h). */
+#include "core/checks/blocklist.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const smtp_reply REPLY_TEMPFAIL = {"450", "4.7.1", "Service temporarily unavailable, try again later"};
+
+typedef enum { SKIP_NONE, SKIP_CHECKED, SKIP_WHITELISTED, SKIP_SAME_MESSAGE, SKIP_NO_KEYS } skip_reason;
+
+static skip_reason why_skip(const check_ctx *ctx)
+{
+	const decide_txn *txn = ctx->txn;
+
+	if (ctx->stage == CHECK_STAGE_RCPT && ctx->msg->sender_checked)
+		return SKIP_CHECKED; /* answered at MAIL FROM for this message */
+	if (txn->whitelisted != WHITELIST_NONE)
+		return SKIP_WHITELISTED;
+	if (ctx->stage == CHECK_STAGE_RCPT && ctx->msg->trap_hit && !ctx->msg->listed_before)
+		return SKIP_SAME_MESSAGE;
+	if (txn->nlookup == 0 && !txn->have_client)
+		return SKIP_NO_KEYS;
+	return SKIP_NONE;
+}
+
+static size_t blocklist_needs(const void *conf, const check_ctx *ctx, void *scratch, query *q)
+{
+	const decide_policy *policy = conf;
+	const decide_txn *txn = ctx->txn;
+
+	(void)scratch;
+	if (why_skip(ctx) != SKIP_NONE)
+		return 0;
+	memset(q, 0, sizeof(*q));
+	q->kind = QUERY_BLOCKLIST_LOOKUP;
+	for (size_t i = 0; i < txn->nlookup && i < QUERY_LOOKUP_KEYS_MAX; i++)
+		q->u.lookup.keys[q->u.lookup.nkeys++] = txn->lookup[i];
+	q->u.lookup.client = txn->have_client ? &txn->client : NULL;
+	q->u.lookup.client_at = txn->client_at;
+	q->u.lookup.ipv4_prefix = policy->ipv4_prefix;
+	q->u.lookup.ipv6_prefix = policy->ipv6_prefix;
+	return 1;
+}
+
+static check_verdict skipped(skip_reason why)
+{
+	check_verdict v;
+
+	switch (why) {
+	case SKIP_WHITELISTED:
+		v = check_verdict_of(DECIDE_CONTINUE, "whitelisted", NULL);
+		v.quiet = true;
+		return v;
+	case SKIP_SAME_MESSAGE:
+		return check_verdict_of(DECIDE_CONTINUE,
+		                        "sender hit a trap earlier in this message, its other recipients are "
+		                        "not rejected",
+		                        NULL);
+	case SKIP_NONE:
+	case SKIP_CHECKED:
+	case SKIP_NO_KEYS:
+		break;
+	}
+	return check_continue();
+}
+
+static check_verdict blocklist_decide(const void *conf, const check_ctx *ctx, void *scratch,
+                                      const query *answers, size_t nanswers, check_effects *eff)
+{
+	const decide_policy *policy = conf;
+	skip_reason why = why_skip(ctx);
+	check_verdict v;
+
+	(void)scratch;
+	if (ctx->stage == CHECK_STAGE_MAIL)
+		eff->msg.sender_checked = true;
+	if (why != SKIP_NONE || nanswers == 0)
+		return skipped(why);
+	switch (answers[0].status) {
+	case QUERY_OK:
+		v = check_verdict_of(DECIDE_REJECT, "blocklisted", &policy->reject);
+		snprintf(v.detail, sizeof(v.detail), " key=%s trap=%s hits=%llu", answers[0].u.lookup.found.key,
+		         answers[0].u.lookup.found.trap[0] ? answers[0].u.lookup.found.trap : "-",
+		         (unsigned long long)answers[0].u.lookup.found.hits);
+		return v;
+	case QUERY_ERROR:
+		if (policy->on_error_tempfail)
+			return check_verdict_of(DECIDE_TEMPFAIL, "store-error", &REPLY_TEMPFAIL);
+		return check_verdict_of(DECIDE_CONTINUE, "store-error", NULL);
+	case QUERY_NOTFOUND:
+	case QUERY_PENDING:
+		break;
+	}
+	return check_continue();
+}
+
+const check_def check_blocklist = {
+    .name = "blocklist",
+    .stages = CHECK_STAGE_MAIL | CHECK_STAGE_RCPT,
+    .needs = blocklist_needs,
+    .decide = blocklist_decide,
+};

@@ -1,0 +1,22 @@
+/* checks: the order table (see checks.h). A new check is one line here. */
+#include "core/checks/checks.h"
+
+#include <string.h>
+
+#include "core/checks/blocklist.h"
+#include "core/checks/trap.h"
+#include "core/checks/whitelist.h"
+
+const check_def *const checks_all[CHECK_COUNT] = {
+    [CHECK_ID_TRAPS] = &check_trap,
+    [CHECK_ID_BLOCKLIST] = &check_blocklist,
+    [CHECK_ID_WHITELIST] = &check_whitelist,
+};
+
+int checks_find(const char *name)
+{
+	for (int i = 0; i < CHECK_COUNT; i++)
+		if (strcmp(checks_all[i]->name, name) == 0)
+			return i;
+	return -1;
+}

@@ -1,0 +1,24 @@
+/*
+ * checks: every check spamtrapd has, in the order SPEC.md "Checks" runs
+ * them on each recipient. The first verdict that is not "continue" wins
+ * and the checks after it do not run (core/pipeline.h).
+ */
+#ifndef SPAMTRAPD_CHECKS_H
+#define SPAMTRAPD_CHECKS_H
+
+#include <stddef.h>
+
+#include "core/check.h"
+
+/* Indexes into checks_all[], also the bits of a listener's check set. */
+enum { CHECK_ID_TRAPS, CHECK_ID_BLOCKLIST, CHECK_ID_WHITELIST, CHECK_COUNT };
+
+#define CHECK_BIT(id) (1u << (id))
+#define CHECKS_EVERY ((1u << CHECK_COUNT) - 1)
+
+extern const check_def *const checks_all[CHECK_COUNT];
+
+/* The index of the check named name (its config section), or -1. */
+int checks_find(const char *name);
+
+#endif

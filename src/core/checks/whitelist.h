@@ -1,0 +1,15 @@
+/*
+ * whitelist: SPEC.md "Checks" item 3. A whitelisted transaction (a
+ * whitelisted client network, or a whitelisted sender that is verified)
+ * skips every check after this one. The trap and blocklist checks, which
+ * come first, read the same facts (decide_txn.whitelisted) for their own
+ * exemptions. conf: a decide_policy.
+ */
+#ifndef SPAMTRAPD_CHECK_WHITELIST_H
+#define SPAMTRAPD_CHECK_WHITELIST_H
+
+#include "core/check.h"
+
+extern const check_def check_whitelist;
+
+#endif

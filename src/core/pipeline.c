@@ -1,0 +1,119 @@
+/* pipeline: one stage through the checks, in order (see pipeline.h). */
+#include "core/pipeline.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
+                    const decide_txn *txn, const check_msg *msg, int64_t now)
+{
+	run->ctx = (check_ctx){.stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now};
+	run->enabled = enabled;
+	run->nq = 0;
+	memset(run->count, 0, sizeof(run->count));
+	memset(run->decided, 0, sizeof(run->decided));
+	run->final = check_continue();
+	run->final_check = -1;
+	run->msg = *msg;
+}
+
+/* Whether check i runs at this stage for this listener. */
+static bool runs(const pipeline *p, const pipeline_run *run, int i)
+{
+	const pipeline_check *c = &p->checks[i];
+
+	return c->def && c->mode != CHECK_MODE_OFF && (run->enabled & CHECK_BIT(i)) &&
+	       (c->def->stages & run->ctx.stage);
+}
+
+size_t pipeline_needs(const pipeline *p, pipeline_run *run)
+{
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		run->first[i] = run->nq;
+		if (!runs(p, run, i))
+			continue;
+		memset(run->scratch[i], 0, sizeof(run->scratch[i]));
+		if (p->checks[i].def->needs)
+			run->count[i] = p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i],
+			                                        run->q + run->nq);
+		run->nq += run->count[i];
+	}
+	return run->nq;
+}
+
+/* A shadow check decides and logs, and changes nothing. */
+static check_verdict with_mode(const pipeline_check *c, check_verdict v)
+{
+	v.check = c->def->name;
+	v.mode = c->mode;
+	v.enforce_action = v.action;
+	if (c->mode == CHECK_MODE_SHADOW) {
+		v.action = DECIDE_CONTINUE;
+		v.stop = false;
+	}
+	return v;
+}
+
+void pipeline_decide(const pipeline *p, pipeline_run *run)
+{
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const pipeline_check *c = &p->checks[i];
+		check_effects *eff = &run->effects[i];
+
+		if (!runs(p, run, i))
+			continue;
+		memset(eff, 0, offsetof(check_effects, msg));
+		eff->msg = run->msg; /* the state as the checks before this one left it */
+		eff->verdict_needs_writes = false;
+		run->verdict[i] = with_mode(c, c->def->decide(c->conf, &run->ctx, run->scratch[i],
+		                                              run->q + run->first[i], run->count[i], eff));
+		run->decided[i] = true;
+		run->msg = eff->msg;
+		if (run->verdict[i].action != DECIDE_CONTINUE || run->verdict[i].stop) {
+			run->final = run->verdict[i];
+			run->final_check = i;
+			return;
+		}
+	}
+}
+
+bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, size_t j)
+{
+	const check_effects *eff = &run->effects[i];
+
+	if (!run->decided[i] || j >= eff->nq)
+		return false;
+	switch (eff->when[j]) {
+	case CHECK_EFFECT_ALWAYS:
+		return true;
+	case CHECK_EFFECT_ENFORCE:
+		return p->checks[i].mode == CHECK_MODE_ENFORCE;
+	case CHECK_EFFECT_ON_ACCEPT:
+		return p->checks[i].mode == CHECK_MODE_ENFORCE && run->final.action == DECIDE_CONTINUE;
+	}
+	return false;
+}
+
+void pipeline_store_failed(const pipeline *p, pipeline_run *run, int i)
+{
+	const pipeline_check *c = &p->checks[i];
+	check_verdict v;
+
+	if (!run->decided[i] || !c->def->store_failed || !run->effects[i].verdict_needs_writes)
+		return;
+	/* store_failed sees the verdict as the check gave it, before its mode. */
+	v = run->verdict[i];
+	v.action = v.enforce_action;
+	run->verdict[i] = with_mode(c, c->def->store_failed(c->conf, &v));
+	if (run->final_check == i)
+		run->final = run->verdict[i];
+}
+
+void pipeline_action_text(const pipeline *p, const check_verdict *v, char *out, size_t outlen)
+{
+	if (v->action != v->enforce_action)
+		snprintf(out, outlen, "%s, would %s", p->dry_run ? "dry-run" : "shadow",
+		         decide_action_name(v->enforce_action));
+	else
+		snprintf(out, outlen, "%s", decide_action_name(v->action));
+}
