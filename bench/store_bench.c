@@ -3,10 +3,10 @@
  *
  * Loads N entries (default 1,000,000) through store_record, 16 keys a
  * call as a trap hit would record them, and at each checkpoint (10k,
- * 100k, 1M entries) times store_lookup_netlens, as the engine calls it,
- * with key lists built by the real
- * decision core (decide_prepare: sender, every client network /8../32,
- * sender domain, HELO), for senders that are blocklisted (hit) and that
+ * 100k, 1M entries) times the blocklist lookup as the engine runs it
+ * (store_run of the query decide_lookup_query builds from the real
+ * decision core's keys: sender, the client's networks, sender domain,
+ * HELO), for senders that are blocklisted (hit) and that
  * are not (miss). Entries are the names of bench_util.h: nine in ten are
  * senders BENCH_BLOCKED_FMT, one in ten is a client address, so that
  * policy_load -B and milter_load -B hit them.
@@ -93,7 +93,7 @@ static int time_lookups(store *st, const decide_policy *pol, unsigned loaded, un
 	if (!txn)
 		return -1;
 	char client[64], sender[96];
-	store_entry found;
+	query q;
 	for (unsigned i = 0; i < lookups; i++) {
 		bench_client_ipv4(bench_rng_below(&rng, 50000), client, sizeof(client));
 		if (hit)
@@ -106,13 +106,13 @@ static int time_lookups(store *st, const decide_policy *pol, unsigned loaded, un
 		                  .helo = "mx1.senders.example",
 		                  .sender = sender};
 		decide_prepare(pol, &f, txn);
+		decide_lookup_query(pol, txn, &q);
 		uint64_t t0 = bench_now_ns();
-		store_status rc = store_lookup_netlens(st, txn->lookup, txn->lookup_netlen, txn->nlookup,
-		                                       (int64_t)time(NULL), &found);
+		store_run(st, &q, 1, (int64_t)time(NULL));
 		bench_lat_add(lat, bench_now_ns() - t0);
-		if (rc != (hit ? STORE_OK : STORE_NOTFOUND)) {
-			fprintf(stderr, "store_bench: lookup of %s gave %d, expected %s: %s\n", sender, rc,
-			        hit ? "a hit" : "a miss", store_last_error());
+		if (q.status != (hit ? QUERY_OK : QUERY_NOTFOUND)) {
+			fprintf(stderr, "store_bench: lookup of %s gave %d, expected %s: %s\n", sender,
+			        (int)q.status, hit ? "a hit" : "a miss", store_last_error());
 			free(txn);
 			return -1;
 		}

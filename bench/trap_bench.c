@@ -3,8 +3,10 @@
  * (default 100,000, named as in bench_util.h) and a config that uses it
  * into DIR, times config_load (which reads the file and compiles the trap
  * set, as the daemon does at start and reload), then times the decision
- * core per request with that config: decide_prepare + decide_sender +
- * decide_recipient on trap and ordinary recipients, no store involved.
+ * core per request with that config: decide_prepare, then the checks of
+ * MAIL FROM and RCPT TO through the pipeline (core/pipeline.h) with every
+ * lookup answered "not listed", on trap and ordinary recipients, no store
+ * involved.
  *
  * Usage: trap_bench -d DIR [-n TRAPS] [-l LOOKUPS]
  * Prints one JSON object a line; exit 0 on success.
@@ -45,9 +47,24 @@ static int write_files(const char *dir, unsigned ntraps, char *cfgpath, size_t c
 	return fclose(c) == 0 ? 0 : -1;
 }
 
+/* One stage through the pipeline with every lookup answered "not listed". */
+static check_verdict run_stage(const config *cfg, check_stage stage, const decide_facts *f,
+                               const decide_txn *txn, check_msg *msg)
+{
+	static _Thread_local pipeline_run runs;
+	pipeline_run *run = &runs;
+
+	pipeline_begin(run, stage, CHECKS_EVERY, f, txn, msg, 0);
+	pipeline_needs(&cfg->pipeline, run);
+	for (size_t i = 0; i < run->nq; i++)
+		run->q[i].status = QUERY_NOTFOUND;
+	pipeline_decide(&cfg->pipeline, run);
+	*msg = run->msg;
+	return run->final;
+}
+
 /* One policy request's worth of core work; returns whether the recipient was a trap. */
-static bool core_request(const decide_policy *pol, bench_rng *rng, unsigned ntraps, bool trap,
-                         decide_txn *txn)
+static bool core_request(const config *cfg, bench_rng *rng, unsigned ntraps, bool trap, decide_txn *txn)
 {
 	char client[64], sender[96], rcpt[96];
 	bench_client_ipv4(bench_rng_below(rng, 50000), client, sizeof(client));
@@ -59,10 +76,12 @@ static bool core_request(const decide_policy *pol, bench_rng *rng, unsigned ntra
 	                  .helo = "mx1.senders.example",
 	                  .sender = sender,
 	                  .recipient = rcpt};
-	decide_prepare(pol, &f, txn);
-	decide_verdict s = decide_sender(pol, txn, DECIDE_LOOKUP_MISS);
-	decide_verdict r = decide_recipient(pol, txn, &f);
-	return s.action == DECIDE_CONTINUE && r.reason == DECIDE_REASON_TRAP;
+	check_msg msg = {0};
+
+	decide_prepare(&cfg->decide, &f, txn);
+	check_verdict s = run_stage(cfg, CHECK_STAGE_MAIL, &f, txn, &msg);
+	check_verdict r = run_stage(cfg, CHECK_STAGE_RCPT, &f, txn, &msg);
+	return s.action == DECIDE_CONTINUE && r.reason && strcmp(r.reason, "trap") == 0;
 }
 
 static int time_core(const config *cfg, unsigned ntraps, unsigned lookups, bool trap)
@@ -75,7 +94,7 @@ static int time_core(const config *cfg, unsigned ntraps, unsigned lookups, bool 
 	unsigned wrong = 0;
 	uint64_t t0 = bench_now_ns();
 	for (unsigned i = 0; i < lookups; i++)
-		wrong += core_request(&cfg->decide, &rng, ntraps, trap, txn) != trap;
+		wrong += core_request(cfg, &rng, ntraps, trap, txn) != trap;
 	double ns = (double)(bench_now_ns() - t0) / lookups;
 	free(txn);
 	printf("{\"phase\": \"core\", \"recipients\": \"%s\", \"requests\": %u, \"ns_per_request\": %.0f, "

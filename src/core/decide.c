@@ -239,6 +239,18 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	prepare_record(policy, txn, &k);
 }
 
+void decide_lookup_query(const decide_policy *policy, const decide_txn *txn, query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->kind = QUERY_BLOCKLIST_LOOKUP;
+	for (size_t i = 0; i < txn->nlookup && i < QUERY_LOOKUP_KEYS_MAX; i++)
+		q->u.lookup.keys[q->u.lookup.nkeys++] = txn->lookup[i];
+	q->u.lookup.client = txn->have_client ? &txn->client : NULL;
+	q->u.lookup.client_at = txn->client_at;
+	q->u.lookup.ipv4_prefix = policy->ipv4_prefix;
+	q->u.lookup.ipv6_prefix = policy->ipv6_prefix;
+}
+
 const char *decide_action_name(decide_action a)
 {
 	switch (a) {

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/addr.h"
+#include "core/query.h"
 #include "core/trapset.h"
 #include "core/whitelist.h"
 
@@ -102,6 +103,9 @@ typedef struct decide_txn {
 } decide_txn;
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn);
+
+/* The blocklist lookup of every key of txn (its client's networks built by the store). */
+void decide_lookup_query(const decide_policy *policy, const decide_txn *txn, query *q);
 
 typedef enum {
 	DECIDE_CONTINUE, /* milter SMFIS_CONTINUE, policy DUNNO */

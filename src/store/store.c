@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/addr.h"
+#include "core/netkeys.h"
 #include "store/store.h"
 #include "store/store_backend.h"
 
@@ -356,90 +356,6 @@ store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx)
 
 /* --- store_run: the queries of one stage of the checks ------------------- */
 
-/* Most keys of one blocklist lookup: the given keys and the client's networks at every length. */
-#define RUN_LOOKUP_MAX 48
-#define RUN_KEYBUF 2048
-
-/* A lookup's full key list, most specific first, and the lengths of its network keys. */
-typedef struct lookup_keys {
-	const char *key[RUN_LOOKUP_MAX];
-	int16_t netlen[RUN_LOOKUP_MAX];
-	size_t n;
-	char buf[RUN_KEYBUF];
-	size_t buflen;
-} lookup_keys;
-
-static void push_key(lookup_keys *k, const char *key, int16_t netlen)
-{
-	if (key && k->n < RUN_LOOKUP_MAX) {
-		k->netlen[k->n] = netlen;
-		k->key[k->n++] = key;
-	}
-}
-
-/* The client's network of prefix len, written into k->buf; the host itself has no "/LEN". */
-static void push_net(lookup_keys *k, const addr_ip *ip, int len)
-{
-	int max = ip->version == 4 ? 32 : 128;
-	size_t room = sizeof(k->buf) - k->buflen;
-	char *at = k->buf + k->buflen;
-	addr_net net = addr_net_of(ip, (unsigned)len);
-	size_t n = addr_net_format(&net, at, room);
-	if (n >= room)
-		return;
-	k->buflen += n + 1;
-	push_key(k, at, len == max ? STORE_NETLEN_NONE : STORE_NETLEN(ip->version, len));
-}
-
-static bool mask_has(const store_netmask *m, int version, int len)
-{
-	if (version == 4)
-		return m->v4 >> len & 1;
-	return m->v6[len / 64] >> (len % 64) & 1;
-}
-
-/*
- * Every network an entry may name for this client: the host, then every
- * length an admin is likely to add (IPv4 /31../8, IPv6 in nibble steps)
- * and the configured aggregation length, most specific first. Of the
- * nibble and byte lengths only those in built (the host and the
- * configured length always: trap hits write the latter, and both are
- * cheap).
- */
-static void push_client_nets(lookup_keys *k, const query *q, const store_netmask *built)
-{
-	const addr_ip *ip = q->u.lookup.client;
-	int max = ip->version == 4 ? 32 : 128;
-	int min = ip->version == 4 ? 8 : 16;
-	int step = ip->version == 4 ? 1 : 4;
-	int configured = (int)(ip->version == 4 ? q->u.lookup.ipv4_prefix : q->u.lookup.ipv6_prefix);
-	bool configured_done = false;
-
-	for (int len = max; len >= min; len -= step) {
-		if (!configured_done && configured > len) {
-			push_net(k, ip, configured);
-			configured_done = true;
-		}
-		if (len == max || len == configured || mask_has(built, ip->version, len))
-			push_net(k, ip, len);
-		configured_done |= configured == len;
-	}
-	if (!configured_done)
-		push_net(k, ip, configured);
-}
-
-static void build_lookup(lookup_keys *k, const query *q, const store_netmask *built)
-{
-	k->n = 0;
-	k->buflen = 0;
-	for (size_t i = 0; i <= q->u.lookup.nkeys; i++) {
-		if (i == q->u.lookup.client_at && q->u.lookup.client)
-			push_client_nets(k, q, built);
-		if (i < q->u.lookup.nkeys)
-			push_key(k, q->u.lookup.keys[i], STORE_NETLEN_NONE);
-	}
-}
-
 static bool all_built(const store_netmask *m)
 {
 	return (m->v4 & m->v6[0] & m->v6[1] & m->v6[2]) == UINT64_MAX;
@@ -448,31 +364,23 @@ static bool all_built(const store_netmask *m)
 /*
  * The client's networks only at the lengths the store holds (as far as it
  * can tell without I/O); again with every length when the state the
- * lookup read holds one more. A MAIL FROM then looks up some 5 keys
- * instead of 30.
+ * lookup read holds one more.
  */
 static store_status run_lookup(store *st, query *q, int64_t now, store_entry *e)
 {
-	static const store_netmask every = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
-	lookup_keys k;
+	netkeys k;
 	store_netmask built;
 	bool stale = false;
 	store_status rc;
 
-	if (!q->u.lookup.client || !store_netlens(st, &built))
-		built = every;
-	if (!all_built(&built)) {
-		unsigned v4 = q->u.lookup.ipv4_prefix, v6 = q->u.lookup.ipv6_prefix;
-
-		built.v4 |= UINT64_C(1) << 32 | UINT64_C(1) << (v4 % 64);
-		built.v6[2] |= UINT64_C(1); /* /128 */
-		built.v6[v6 / 64 % 3] |= UINT64_C(1) << (v6 % 64);
-		build_lookup(&k, q, &built);
+	if (q->u.lookup.client && store_netlens(st, &built) && !all_built(&built)) {
+		built = netkeys_with_fixed(&built, q);
+		netkeys_build(&k, q, &built);
 		rc = store_lookup_built(st, k.key, k.netlen, k.n, &built, now, e, &stale);
 		if (!stale)
 			return rc;
 	}
-	build_lookup(&k, q, &every);
+	netkeys_build(&k, q, &netkeys_every);
 	return store_lookup_netlens(st, k.key, k.netlen, k.n, now, e);
 }
 
@@ -496,7 +404,8 @@ static bool same_lookup(const query *a, const query *b)
 	       a->u.lookup.client_at == b->u.lookup.client_at &&
 	       a->u.lookup.ipv4_prefix == b->u.lookup.ipv4_prefix &&
 	       a->u.lookup.ipv6_prefix == b->u.lookup.ipv6_prefix &&
-	       memcmp(a->u.lookup.keys, b->u.lookup.keys, a->u.lookup.nkeys * sizeof(a->u.lookup.keys[0])) == 0;
+	       memcmp(a->u.lookup.keys, b->u.lookup.keys, a->u.lookup.nkeys * sizeof(a->u.lookup.keys[0])) ==
+	           0;
 }
 
 static void run_one(store *st, query *q, int64_t now)
@@ -515,8 +424,8 @@ static void run_one(store *st, query *q, int64_t now)
 		}
 		return;
 	case QUERY_BLOCKLIST_RECORD:
-		q->status = query_status_of(
-		    store_record(st, q->u.record.keys, q->u.record.nkeys, &q->u.record.hit));
+		q->status =
+		    query_status_of(store_record(st, q->u.record.keys, q->u.record.nkeys, &q->u.record.hit));
 		return;
 	case QUERY_DISTINCT_ADD:
 		store_set_error("distinct sets are not implemented by this store yet");

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/netkeys.h"
 #include "core/query.h"
 
 #define STORE_KEY_MAX 600
@@ -93,28 +94,22 @@ store_status store_lookup(store *st, const char *const *keys, size_t nkeys, int6
 /*
  * What store_net_key_len finds in a key (store_backend.h), as one number:
  * STORE_NETLEN(family, len) for a network "ADDRESS/LEN", STORE_NETLEN_NONE
- * for every other key. core/decide.h's DECIDE_NETLEN is the same.
+ * for every other key; the numbers of core/netkeys.h.
  */
-#define STORE_NETLEN_NONE (-1)
-#define STORE_NETLEN(family, len) ((int16_t)((family) == 6 ? 256 + (len) : (len)))
+#define STORE_NETLEN_NONE NETKEYS_NONE
+#define STORE_NETLEN(family, len) NETKEYS_LEN(family, len)
 
 /*
  * store_lookup for keys whose network lengths the caller knows from
- * building them (decide_prepare): netlens[i] for keys[i], so that the
+ * building them (netkeys_build): netlens[i] for keys[i], so that the
  * store need not parse the keys. A wrong length may hide an entry; builds
  * with assertions (no NDEBUG) check every one and fail the call.
  */
 store_status store_lookup_netlens(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
                                   int64_t now, store_entry *found);
 
-/*
- * Network lengths as a bit set, as core/decide.h's decide_netmask: bit LEN
- * of v4 for an IPv4 /LEN, bit LEN % 64 of v6[LEN / 64] for an IPv6 one.
- */
-typedef struct store_netmask {
-	uint64_t v4;
-	uint64_t v6[3];
-} store_netmask;
+/* Network lengths as a bit set (core/netkeys.h). */
+typedef netkeys_mask store_netmask;
 
 /*
  * The network lengths present among the stored keys, as far as the store

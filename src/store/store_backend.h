@@ -12,7 +12,7 @@
 
 #include "store/store.h"
 
-/* Most keys one lookup may carry (DECIDE_MAX_LOOKUP in core/decide.h). */
+/* Most keys one lookup may carry (NETKEYS_MAX in core/netkeys.h). */
 #define STORE_LOOKUP_MAX 48
 /* Most keys one trap hit may record (DECIDE_MAX_RECORD, with headroom). */
 #define STORE_RECORD_MAX 16

@@ -1,6 +1,10 @@
 /*
- * Unit tests of the decision core against SPEC.md "Replies": table-driven,
- * one named row per situation, run for both front ends where they differ.
+ * Unit tests of the trap and blocklist checks against SPEC.md "Replies":
+ * table-driven, one named row per situation, run for both front ends where
+ * they differ. Each row runs the check through the pipeline
+ * (core/pipeline.h) as the engine does, with the store's answer given by
+ * the row; the network keys of a lookup are built by core/netkeys.h as the
+ * store builds them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,7 +16,10 @@
 
 #include <cmocka.h>
 
+#include "core/checks/trap.h"
 #include "core/decide.h"
+#include "core/netkeys.h"
+#include "core/pipeline.h"
 
 #define BLOCKLIST_REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
 
@@ -21,6 +28,129 @@ typedef struct fixture {
 	trapset *traps;
 	whitelist *wl;
 } fixture;
+
+/* ---- the checks through the pipeline, as the engine runs them ---- */
+
+typedef enum { DECIDE_LOOKUP_MISS, DECIDE_LOOKUP_HIT, DECIDE_LOOKUP_ERROR } decide_lookup;
+typedef enum {
+	DECIDE_REASON_NONE,
+	DECIDE_REASON_WHITELISTED,
+	DECIDE_REASON_BLOCKLISTED,
+	DECIDE_REASON_TRAP,
+	DECIDE_REASON_STORE_ERROR,
+	DECIDE_REASON_OTHER,
+} decide_reason;
+
+/* A check's verdict with what the rows compare. */
+typedef struct decide_verdict {
+	decide_action action, enforce_action;
+	decide_reason reason;
+	smtp_reply reply;
+	char trap[TRAPSET_MATCH_MAX]; /* the trap hit, from the log detail */
+	bool record;                  /* the effects record the transaction's keys */
+	check_verdict v;
+} decide_verdict;
+
+static decide_reason reason_of(const char *r)
+{
+	static const char *const names[] = {"whitelisted", "blocklisted", "trap", "store-error"};
+
+	if (!r)
+		return DECIDE_REASON_NONE;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(r, names[i]) == 0)
+			return (decide_reason)(i + 1);
+	return DECIDE_REASON_OTHER;
+}
+
+/* The pipeline of policy p: every check enforcing, or shadow under dry-run. */
+static void pipeline_of(const decide_policy *p, pipeline *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->dry_run = p->dry_run;
+	for (int i = 0; i < CHECK_COUNT; i++)
+		out->checks[i] =
+		    (pipeline_check){.def = checks_all[i],
+		                     .conf = p,
+		                     .mode = p->dry_run ? CHECK_MODE_SHADOW : CHECK_MODE_ENFORCE};
+}
+
+static decide_verdict verdict_from(const pipeline_run *run, int check)
+{
+	decide_verdict d;
+	const check_verdict *v = check >= 0 && run->decided[check] ? &run->verdict[check] : &run->final;
+	const char *trap = strstr(v->detail, " trap=");
+
+	memset(&d, 0, sizeof(d));
+	d.v = *v;
+	d.action = v->action;
+	d.enforce_action = v->enforce_action;
+	d.reason = reason_of(v->reason);
+	d.reply = v->reply;
+	if (trap)
+		snprintf(d.trap, sizeof(d.trap), "%.*s", (int)strcspn(trap + 6, " "), trap + 6);
+	if (check >= 0 && run->decided[check])
+		for (size_t i = 0; i < run->effects[check].nq; i++)
+			d.record |= run->effects[check].q[i].kind == QUERY_BLOCKLIST_RECORD;
+	return d;
+}
+
+/* One stage of the listed checks, every lookup answered with lookup; the verdict of check. */
+static decide_verdict run_check(const decide_policy *p, check_stage stage, unsigned checks, int check,
+                                const decide_facts *facts, const decide_txn *txn, const check_msg *msg,
+                                decide_lookup lookup)
+{
+	static pipeline_run run;
+	pipeline pl;
+	check_msg none = {0};
+
+	pipeline_of(p, &pl);
+	pipeline_begin(&run, stage, checks, facts, txn, msg ? msg : &none, 1000);
+	pipeline_needs(&pl, &run);
+	for (size_t i = 0; i < run.nq; i++) {
+		run.q[i].status = lookup == DECIDE_LOOKUP_HIT     ? QUERY_OK
+		                  : lookup == DECIDE_LOOKUP_ERROR ? QUERY_ERROR
+		                                                  : QUERY_NOTFOUND;
+		if (run.q[i].kind == QUERY_BLOCKLIST_LOOKUP && lookup == DECIDE_LOOKUP_HIT)
+			snprintf(run.q[i].u.lookup.found.key, sizeof(run.q[i].u.lookup.found.key), "%s",
+			         run.q[i].u.lookup.nkeys ? run.q[i].u.lookup.keys[0] : "-");
+	}
+	pipeline_decide(&pl, &run);
+	return verdict_from(&run, check);
+}
+
+/* The blocklist check at MAIL FROM (the milter's MAIL stage). */
+static decide_verdict decide_sender(const decide_policy *p, const decide_txn *txn, decide_lookup lookup)
+{
+	decide_facts facts = {.front = DECIDE_FRONT_MILTER};
+
+	return run_check(p, CHECK_STAGE_MAIL, CHECK_BIT(CHECK_ID_BLOCKLIST), CHECK_ID_BLOCKLIST, &facts, txn,
+	                 NULL, lookup);
+}
+
+/* The trap check at RCPT TO. */
+static decide_verdict decide_recipient(const decide_policy *p, const decide_txn *txn,
+                                       const decide_facts *facts)
+{
+	return run_check(p, CHECK_STAGE_RCPT, CHECK_BIT(CHECK_ID_TRAPS), CHECK_ID_TRAPS, facts, txn, NULL,
+	                 DECIDE_LOOKUP_MISS);
+}
+
+/* The lookup's full key list as the store builds it: the keys, the client's networks at the lengths of mask.
+ */
+typedef struct lookup_list {
+	query q;
+	netkeys k;
+	netkeys_mask built;
+} lookup_list;
+
+static void lookup_of(const decide_policy *p, const decide_txn *txn, const netkeys_mask *present,
+                      lookup_list *l)
+{
+	decide_lookup_query(p, txn, &l->q);
+	l->built = present ? netkeys_with_fixed(present, &l->q) : netkeys_every;
+	netkeys_build(&l->k, &l->q, &l->built);
+}
 
 static int setup(void **state)
 {
@@ -350,10 +480,10 @@ static void test_keys_table(void **state)
 	}
 }
 
-static bool has_key(const decide_txn *txn, const char *key)
+static bool has_key(const lookup_list *l, const char *key)
 {
-	for (size_t i = 0; i < txn->nlookup; i++)
-		if (strcmp(txn->lookup[i], key) == 0)
+	for (size_t i = 0; i < l->k.n; i++)
+		if (strcmp(l->k.key[i], key) == 0)
 			return true;
 	return false;
 }
@@ -368,45 +498,47 @@ static void test_lookup_keys_cover_networks(void **state)
 	                      .sasl_username = "joe",
 	                      .helo = "mx.b.example"};
 	decide_txn txn;
+	static lookup_list l;
 	decide_prepare(&p, &facts, &txn);
+	lookup_of(&p, &txn, NULL, &l);
 	/* sender, sasl, 25 IPv4 lengths (/32../8), domain, helo */
-	assert_int_equal(txn.nlookup, 29);
-	assert_string_equal(txn.lookup[0], "a@b.example");
-	assert_string_equal(txn.lookup[1], "sasl:joe");
-	assert_string_equal(txn.lookup[2], "192.0.2.77");
-	assert_true(has_key(&txn, "192.0.2.0/24"));
-	assert_true(has_key(&txn, "192.0.0.0/16"));
-	assert_true(has_key(&txn, "192.0.0.0/8"));
-	assert_true(has_key(&txn, "@b.example"));
-	assert_true(has_key(&txn, "helo:mx.b.example"));
+	assert_int_equal(l.k.n, 29);
+	assert_string_equal(l.k.key[0], "a@b.example");
+	assert_string_equal(l.k.key[1], "sasl:joe");
+	assert_string_equal(l.k.key[2], "192.0.2.77");
+	assert_true(has_key(&l, "192.0.2.0/24"));
+	assert_true(has_key(&l, "192.0.0.0/16"));
+	assert_true(has_key(&l, "192.0.0.0/8"));
+	assert_true(has_key(&l, "@b.example"));
+	assert_true(has_key(&l, "helo:mx.b.example"));
 
 	p.ipv6_prefix = 62; /* not a nibble boundary: still looked up, in order */
 	facts.client_address = "2001:db8:1:2:3:4:5:6";
 	decide_prepare(&p, &facts, &txn);
-	assert_string_equal(txn.lookup[2], "2001:db8:1:2:3:4:5:6");
-	assert_true(has_key(&txn, "2001:db8:1:2::/64"));
-	assert_true(has_key(&txn, "2001:db8:1::/60"));
-	assert_true(has_key(&txn, "2001:db8:1::/62"));
-	assert_true(has_key(&txn, "2001:db8::/32"));
-	assert_true(txn.nlookup <= DECIDE_MAX_LOOKUP);
+	lookup_of(&p, &txn, NULL, &l);
+	assert_string_equal(l.k.key[2], "2001:db8:1:2:3:4:5:6");
+	assert_true(has_key(&l, "2001:db8:1:2::/64"));
+	assert_true(has_key(&l, "2001:db8:1::/60"));
+	assert_true(has_key(&l, "2001:db8:1::/62"));
+	assert_true(has_key(&l, "2001:db8::/32"));
+	assert_true(l.k.n <= NETKEYS_MAX);
 }
 
 /*
  * Each lookup key's lookup_netlen is what its text says: a key with "/LEN"
  * is a network of that length, IPv6 when it has a ':'; others have none.
  */
-static void assert_netlens_match(const decide_txn *txn)
+static void assert_netlens_match(const lookup_list *l)
 {
-	for (size_t i = 0; i < txn->nlookup; i++) {
-		const char *slash = strchr(txn->lookup[i], '/');
-		int16_t want = DECIDE_NETLEN_NONE;
+	for (size_t i = 0; i < l->k.n; i++) {
+		const char *key = l->k.key[i], *slash = strchr(key, '/');
+		int16_t want = NETKEYS_NONE;
 
-		if (slash && !strchr(txn->lookup[i], '@') && strncmp(txn->lookup[i], "helo:", 5) != 0 &&
-		    strncmp(txn->lookup[i], "sasl:", 5) != 0)
-			want = DECIDE_NETLEN(strchr(txn->lookup[i], ':') ? 6 : 4, atoi(slash + 1));
-		if (txn->lookup_netlen[i] != want)
-			fail_msg("key %zu %s: network length %d, expected %d", i, txn->lookup[i],
-			         txn->lookup_netlen[i], want);
+		if (slash && !strchr(key, '@') && strncmp(key, "helo:", 5) != 0 &&
+		    strncmp(key, "sasl:", 5) != 0)
+			want = NETKEYS_LEN(strchr(key, ':') ? 6 : 4, atoi(slash + 1));
+		if (l->k.netlen[i] != want)
+			fail_msg("key %zu %s: network length %d, expected %d", i, key, l->k.netlen[i], want);
 	}
 }
 
@@ -428,6 +560,7 @@ static void test_lookup_netlens(void **state)
 	};
 	fixture *f = *state;
 	decide_txn txn;
+	static lookup_list l;
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		decide_policy p = f->policy;
@@ -438,9 +571,10 @@ static void test_lookup_netlens(void **state)
 		p.ipv4_prefix = cases[i].v4;
 		p.ipv6_prefix = cases[i].v6;
 		decide_prepare(&p, &facts, &txn);
-		assert_netlens_match(&txn);
+		lookup_of(&p, &txn, NULL, &l);
+		assert_netlens_match(&l);
 	}
-	assert_int_equal(txn.nlookup, 2); /* sender, domain: no client keys for "unknown" */
+	assert_int_equal(l.k.n, 2); /* sender, domain: no client keys for "unknown" */
 }
 
 static uint32_t xorshift(uint32_t *x)
@@ -464,7 +598,9 @@ static void test_ipv4_keys_match_addr_format(void **state)
 		         x & 255);
 		decide_facts facts = {.client_address = client};
 		decide_txn txn;
+		static lookup_list l;
 		decide_prepare(&p, &facts, &txn);
+		lookup_of(&p, &txn, NULL, &l);
 		if (x >> 24 == 127)
 			continue; /* loopback: no keys */
 		addr_ip ip;
@@ -473,9 +609,9 @@ static void test_ipv4_keys_match_addr_format(void **state)
 			addr_net net = addr_net_of(&ip, len);
 			char want[ADDR_NET_STRLEN];
 			addr_net_format(&net, want, sizeof(want));
-			assert_string_equal(txn.lookup[i], want);
+			assert_string_equal(l.k.key[i], want);
 		}
-		assert_netlens_match(&txn);
+		assert_netlens_match(&l);
 	}
 }
 
@@ -509,23 +645,25 @@ static void test_ipv6_keys_match_addr_format(void **state)
 		random_ipv6(&x, client, sizeof(client));
 		decide_facts facts = {.client_address = client};
 		decide_txn txn;
+		static lookup_list l;
 		decide_prepare(&p, &facts, &txn);
+		lookup_of(&p, &txn, NULL, &l);
 		addr_ip ip;
 		assert_true(addr_ip_parse(client, &ip));
 		assert_int_equal(ip.version, 6);
-		assert_int_equal(txn.nlookup, 29); /* /128 to /16 */
+		assert_int_equal(l.k.n, 29); /* /128 to /16 */
 		for (unsigned len = 128, i = 0; len >= 16; len -= 4, i++) {
 			addr_net net = addr_net_of(&ip, len);
 			char want[ADDR_NET_STRLEN];
 			addr_net_format(&net, want, sizeof(want));
-			if (strcmp(txn.lookup[i], want) != 0)
-				fail_msg("%s /%u: key %s, expected %s", client, len, txn.lookup[i], want);
+			if (strcmp(l.k.key[i], want) != 0)
+				fail_msg("%s /%u: key %s, expected %s", client, len, l.k.key[i], want);
 		}
-		assert_netlens_match(&txn);
+		assert_netlens_match(&l);
 	}
 }
 
-static bool netmask_has(const decide_netmask *m, int16_t netlen)
+static bool netmask_has(const netkeys_mask *m, int16_t netlen)
 {
 	if (netlen < 256)
 		return m->v4 >> netlen & 1;
@@ -539,52 +677,50 @@ static uint64_t random64(uint32_t *x)
 }
 
 /*
- * decide_prepare_lens(present) is decide_prepare with the network keys of
- * other lengths left out (the configured one and the host kept), the rest
- * byte for byte and in order; every length present, and none, are cases.
+ * The keys built for the lengths present are the keys of every length with
+ * the network keys of other lengths left out (the configured one and the
+ * host kept), the rest byte for byte and in order; every length present,
+ * and none, are cases.
  */
-static void check_lens_subset(const decide_policy *p, const decide_facts *facts,
-                              const decide_netmask *present)
+static void check_lens_subset(const decide_policy *p, const decide_facts *facts, const netkeys_mask *present)
 {
-	decide_txn full, lazy;
+	decide_txn txn;
+	static lookup_list full, lazy;
 	size_t j = 0;
 
-	decide_prepare(p, facts, &full);
-	decide_prepare_lens(p, facts, present, &lazy);
-	for (size_t i = 0; i < full.nlookup; i++) {
-		int16_t nl = full.lookup_netlen[i];
+	decide_prepare(p, facts, &txn);
+	lookup_of(p, &txn, NULL, &full);
+	lookup_of(p, &txn, present, &lazy);
+	for (size_t i = 0; i < full.k.n; i++) {
+		int16_t nl = full.k.netlen[i];
 		bool configured =
-		    nl == DECIDE_NETLEN(4, p->ipv4_prefix) || nl == DECIDE_NETLEN(6, p->ipv6_prefix);
-		if (nl != DECIDE_NETLEN_NONE && !configured && !netmask_has(present, nl))
+		    nl == NETKEYS_LEN(4, p->ipv4_prefix) || nl == NETKEYS_LEN(6, p->ipv6_prefix);
+		if (nl != NETKEYS_NONE && !configured && !netmask_has(present, nl))
 			continue;
-		if (j >= lazy.nlookup || strcmp(lazy.lookup[j], full.lookup[i]) != 0 ||
-		    lazy.lookup_netlen[j] != nl)
+		if (j >= lazy.k.n || strcmp(lazy.k.key[j], full.k.key[i]) != 0 || lazy.k.netlen[j] != nl)
 			fail_msg("%s: key %zu (%s) missing or out of order", facts->client_address, i,
-			         full.lookup[i]);
+			         full.k.key[i]);
 		j++;
 	}
-	assert_int_equal(lazy.nlookup, j);
-	assert_int_equal(lazy.nrecord, full.nrecord);
-	for (size_t i = 0; i < full.nrecord; i++)
-		assert_string_equal(lazy.record[i], full.record[i]);
+	assert_int_equal(lazy.k.n, j);
 	for (int16_t nl = 0; nl < 256 + 129; nl++)
 		if ((nl <= 32 || nl >= 256) && netmask_has(present, nl))
 			assert_true(netmask_has(&lazy.built, nl));
-	assert_true(netmask_has(&lazy.built, DECIDE_NETLEN(4, p->ipv4_prefix)));
-	assert_true(netmask_has(&lazy.built, DECIDE_NETLEN(6, p->ipv6_prefix)));
+	assert_true(netmask_has(&lazy.built, NETKEYS_LEN(4, p->ipv4_prefix)));
+	assert_true(netmask_has(&lazy.built, NETKEYS_LEN(6, p->ipv6_prefix)));
 	assert_netlens_match(&lazy);
 }
 
 static void test_lens_subset(void **state)
 {
-	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
+	static const netkeys_mask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
 	fixture *f = *state;
 	decide_policy p = f->policy;
 	uint32_t x = 362436069u;
 	p.keys |= DECIDE_KEY_SENDER_DOMAIN;
 	for (int n = 0; n < 20000; n++) {
 		char client[48];
-		decide_netmask present = {0, {0, 0, 0}};
+		netkeys_mask present = {0, {0, 0, 0}};
 		if (n % 2)
 			random_ipv6(&x, client, sizeof(client));
 		else
@@ -605,26 +741,26 @@ static void test_lens_subset(void **state)
 	}
 }
 
-/* With every length present, and with NULL, the keys are decide_prepare's, buffer and all. */
+/* With every length present, and with NULL, the keys are the same, text and all. */
 static void test_lens_all_identical(void **state)
 {
-	static const decide_netmask all = {UINT64_MAX, {UINT64_MAX, UINT64_MAX, UINT64_MAX}};
 	static const char *const clients[] = {"192.0.2.77", "2001:db8::5", "::ffff:192.0.2.9", "unknown"};
 	fixture *f = *state;
 
 	for (size_t i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
 		decide_facts facts = {.sender = "<a@b.example>", .client_address = clients[i], .helo = "mx"};
-		decide_txn full, lazy, nul;
-		decide_prepare(&f->policy, &facts, &full);
-		decide_prepare_lens(&f->policy, &facts, &all, &lazy);
-		decide_prepare_lens(&f->policy, &facts, NULL, &nul);
-		assert_int_equal(lazy.buflen, full.buflen);
-		assert_memory_equal(lazy.buf, full.buf, full.buflen);
-		assert_memory_equal(nul.buf, full.buf, full.buflen);
-		assert_int_equal(lazy.nlookup, full.nlookup);
-		assert_memory_equal(lazy.lookup_netlen, full.lookup_netlen, full.nlookup * sizeof(int16_t));
-		assert_memory_equal(&lazy.built, &all, sizeof(all));
-		assert_memory_equal(&full.built, &all, sizeof(all));
+		decide_txn txn;
+		static lookup_list full, lazy;
+		decide_prepare(&f->policy, &facts, &txn);
+		lookup_of(&f->policy, &txn, NULL, &full);
+		lookup_of(&f->policy, &txn, &netkeys_every, &lazy);
+		assert_int_equal(lazy.k.buflen, full.k.buflen);
+		assert_memory_equal(lazy.k.buf, full.k.buf, full.k.buflen);
+		assert_int_equal(lazy.k.n, full.k.n);
+		for (size_t k = 0; k < full.k.n; k++)
+			assert_string_equal(lazy.k.key[k], full.k.key[k]);
+		assert_memory_equal(lazy.k.netlen, full.k.netlen, full.k.n * sizeof(int16_t));
+		assert_memory_equal(&lazy.built, &netkeys_every, sizeof(netkeys_every));
 	}
 }
 
@@ -633,21 +769,23 @@ static void test_lens_none_present(void **state)
 {
 	fixture *f = *state;
 	decide_policy p = f->policy;
-	decide_netmask none = {0, {0, 0, 0}};
+	netkeys_mask none = {0, {0, 0, 0}};
 	decide_facts facts = {.sender = "<a@b.example>", .client_address = "192.0.2.77"};
 	decide_txn txn;
+	static lookup_list l;
 
 	p.ipv4_prefix = 24;
-	decide_prepare_lens(&p, &facts, &none, &txn);
-	assert_int_equal(txn.nlookup, 4);
-	assert_string_equal(txn.lookup[0], "a@b.example");
-	assert_string_equal(txn.lookup[1], "192.0.2.77");
-	assert_string_equal(txn.lookup[2], "192.0.2.0/24");
-	assert_string_equal(txn.lookup[3], "@b.example");
+	decide_prepare(&p, &facts, &txn);
+	lookup_of(&p, &txn, &none, &l);
+	assert_int_equal(l.k.n, 4);
+	assert_string_equal(l.k.key[0], "a@b.example");
+	assert_string_equal(l.k.key[1], "192.0.2.77");
+	assert_string_equal(l.k.key[2], "192.0.2.0/24");
+	assert_string_equal(l.k.key[3], "@b.example");
 	none.v4 = UINT64_C(1) << 16;
-	decide_prepare_lens(&p, &facts, &none, &txn);
-	assert_int_equal(txn.nlookup, 5);
-	assert_string_equal(txn.lookup[3], "192.0.0.0/16");
+	lookup_of(&p, &txn, &none, &l);
+	assert_int_equal(l.k.n, 5);
+	assert_string_equal(l.k.key[3], "192.0.0.0/16");
 }
 
 static void test_end_of_message(void **state)
@@ -669,10 +807,13 @@ static void test_end_of_message(void **state)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		print_message("case: %s\n", cases[i].name);
 		decide_policy p = f->policy;
+		decide_facts facts = {.front = DECIDE_FRONT_MILTER};
+		check_msg msg = {.ntraps = (unsigned)cases[i].ntraps, .nothers = (unsigned)cases[i].nothers};
 		p.on_mixed = cases[i].on_mixed;
 		p.dry_run = cases[i].dry_run;
-		assert_int_equal(decide_end_of_message(&p, cases[i].ntraps, cases[i].nothers),
-		                 cases[i].expect);
+		decide_verdict v =
+		    run_check(&p, CHECK_STAGE_EOM, CHECKS_EVERY, -1, &facts, NULL, &msg, DECIDE_LOOKUP_MISS);
+		assert_int_equal(v.action, cases[i].expect);
 	}
 }
 
@@ -687,14 +828,15 @@ static void test_store_failed(void **state)
 	decide_verdict hit = decide_recipient(&p, &txn, &facts);
 	assert_int_equal(hit.action, DECIDE_DROP_COPY);
 
-	decide_verdict kept = decide_store_failed(&p, &hit);
+	check_verdict kept = check_trap.store_failed(&p, &hit.v);
 	assert_int_equal(kept.action, DECIDE_DROP_COPY); /* on_error accept: the trap copy is still dropped */
+	assert_non_null(strstr(kept.detail, "blocklisted=none (store error)"));
 
 	p.on_error_tempfail = true;
-	decide_verdict temp = decide_store_failed(&p, &hit);
+	check_verdict temp = check_trap.store_failed(&p, &hit.v);
 	assert_int_equal(temp.action, DECIDE_TEMPFAIL);
 	assert_string_equal(temp.reply.code, "450");
-	assert_string_equal(temp.trap, "trap@example.com");
+	assert_non_null(strstr(temp.detail, "trap=trap@example.com"));
 }
 
 static void test_smtp_reply_parse(void **state)

@@ -25,20 +25,10 @@ static skip_reason why_skip(const check_ctx *ctx)
 
 static size_t blocklist_needs(const void *conf, const check_ctx *ctx, void *scratch, query *q)
 {
-	const decide_policy *policy = conf;
-	const decide_txn *txn = ctx->txn;
-
 	(void)scratch;
 	if (why_skip(ctx) != SKIP_NONE)
 		return 0;
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_BLOCKLIST_LOOKUP;
-	for (size_t i = 0; i < txn->nlookup && i < QUERY_LOOKUP_KEYS_MAX; i++)
-		q->u.lookup.keys[q->u.lookup.nkeys++] = txn->lookup[i];
-	q->u.lookup.client = txn->have_client ? &txn->client : NULL;
-	q->u.lookup.client_at = txn->client_at;
-	q->u.lookup.ipv4_prefix = policy->ipv4_prefix;
-	q->u.lookup.ipv6_prefix = policy->ipv6_prefix;
+	decide_lookup_query(conf, ctx->txn, q);
 	return 1;
 }
 
@@ -79,7 +69,8 @@ static check_verdict blocklist_decide(const void *conf, const check_ctx *ctx, vo
 	switch (answers[0].status) {
 	case QUERY_OK:
 		v = check_verdict_of(DECIDE_REJECT, "blocklisted", &policy->reject);
-		snprintf(v.detail, sizeof(v.detail), " key=%s trap=%s hits=%llu", answers[0].u.lookup.found.key,
+		snprintf(v.detail, sizeof(v.detail), " key=%s trap=%s hits=%llu",
+		         answers[0].u.lookup.found.key,
 		         answers[0].u.lookup.found.trap[0] ? answers[0].u.lookup.found.trap : "-",
 		         (unsigned long long)answers[0].u.lookup.found.hits);
 		return v;

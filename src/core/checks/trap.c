@@ -45,14 +45,7 @@ static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, 
 		return 0;
 	if (txn->nlookup == 0 && !txn->have_client)
 		return 0;
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_BLOCKLIST_LOOKUP;
-	for (size_t i = 0; i < txn->nlookup && i < QUERY_LOOKUP_KEYS_MAX; i++)
-		q->u.lookup.keys[q->u.lookup.nkeys++] = txn->lookup[i];
-	q->u.lookup.client = txn->have_client ? &txn->client : NULL;
-	q->u.lookup.client_at = txn->client_at;
-	q->u.lookup.ipv4_prefix = policy->ipv4_prefix;
-	q->u.lookup.ipv6_prefix = policy->ipv6_prefix;
+	decide_lookup_query(policy, txn, q);
 	s->looked_up = true;
 	return 1;
 }
@@ -175,7 +168,8 @@ static check_verdict trap_store_failed(const void *conf, const check_verdict *v)
 	snprintf(out.detail, sizeof(out.detail), "%s", v->detail);
 	char *keys = strstr(out.detail, " blocklisted=");
 	if (keys)
-		snprintf(keys, sizeof(out.detail) - (size_t)(keys - out.detail), " blocklisted=none (store error)");
+		snprintf(keys, sizeof(out.detail) - (size_t)(keys - out.detail),
+		         " blocklisted=none (store error)");
 	if (!policy->on_error_tempfail)
 		return out;
 	out.action = out.enforce_action = DECIDE_TEMPFAIL;
