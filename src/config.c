@@ -1731,7 +1731,8 @@ static void build_pipeline(config *cfg)
 
 		if (cfg->decide.dry_run && mode == CHECK_MODE_ENFORCE)
 			mode = CHECK_MODE_SHADOW;
-		cfg->pipeline.checks[i] = (pipeline_check){.def = checks_all[i], .conf = &cfg->decide, .mode = mode};
+		cfg->pipeline.checks[i] =
+		    (pipeline_check){.def = checks_all[i], .conf = &cfg->decide, .mode = mode};
 	}
 }
 

@@ -43,7 +43,7 @@ typedef struct config {
 	char *path; /* the file this snapshot was read from */
 	char *user; /* run as this user after binding; NULL: stay as started */
 
-	decide_policy decide; /* mode, traps, blocklist, whitelist, on_error */
+	decide_policy decide;          /* mode, traps, blocklist, whitelist, on_error */
 	check_mode modes[CHECK_COUNT]; /* each check's own mode, as configured */
 	pipeline pipeline;             /* the checks with their modes in force (dry-run: shadow) */
 	char *recipient_delimiter;

@@ -247,9 +247,10 @@ static void log_verdict(const pipeline *p, const decide_facts *f, const check_ve
 
 	fact_text_fill(&t, f);
 	pipeline_action_text(p, v, action, sizeof(action));
-	log_msg(v->quiet ? LOG_DEBUG : LOG_INFO, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s",
-	        t.queue_id, action, v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo,
-	        t.sender, t.recipient, front_name(f));
+	log_msg(v->quiet ? LOG_DEBUG : LOG_INFO,
+	        "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s", t.queue_id, action,
+	        v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo, t.sender,
+	        t.recipient, front_name(f));
 }
 
 /* The milter's end of message, in the words of what it drops. */
@@ -258,9 +259,10 @@ static void log_end_of_message(const decide_facts *f, const check_verdict *v, co
 	fact_text t;
 
 	fact_text_fill(&t, f);
-	log_info("%s: %s at end of message: %u trap recipient(s), %u other(s); client=%s sender=<%s> front=%s",
-	         t.queue_id, v->action == DECIDE_DISCARD ? "discard message" : "remove trap recipients",
-	         msg->ntraps, msg->nothers, t.client, t.sender, front_name(f));
+	log_info(
+	    "%s: %s at end of message: %u trap recipient(s), %u other(s); client=%s sender=<%s> front=%s",
+	    t.queue_id, v->action == DECIDE_DISCARD ? "discard message" : "remove trap recipients",
+	    msg->ntraps, msg->nothers, t.client, t.sender, front_name(f));
 }
 
 void engine_msg_begin(engine_msg *m, engine_snapshot *snap)
@@ -300,8 +302,8 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 	if (!instance || !*instance || !m->snap)
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot = atomic_load_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS],
-	                                     memory_order_relaxed);
+	uint64_t slot =
+	    atomic_load_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], memory_order_relaxed);
 	if ((slot & MSG_TAG_MASK) != (tag & MSG_TAG_MASK))
 		return;
 	m->state.trap_hit = slot & MSG_TRAP_HIT;
@@ -313,8 +315,10 @@ void engine_msg_remember(const engine_msg *m, const char *instance)
 	if (!instance || !*instance || !m->snap || !m->state.trap_hit)
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot = (tag & MSG_TAG_MASK) | MSG_TRAP_HIT | (m->state.listed_before ? MSG_LISTED_BEFORE : 0);
-	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot, memory_order_relaxed);
+	uint64_t slot =
+	    (tag & MSG_TAG_MASK) | MSG_TRAP_HIT | (m->state.listed_before ? MSG_LISTED_BEFORE : 0);
+	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
+	                      memory_order_relaxed);
 }
 
 void engine_msg_forget_trap(engine_msg *m)

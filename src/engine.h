@@ -53,8 +53,8 @@ store *engine_store(const engine_snapshot *snap);
 typedef struct engine_msg {
 	engine_snapshot *snap; /* NULL outside a message */
 	check_msg state;
-	bool prepared;   /* txn holds this transaction's keys */
-	decide_txn txn;  /* points into itself: never copied */
+	bool prepared;  /* txn holds this transaction's keys */
+	decide_txn txn; /* points into itself: never copied */
 } engine_msg;
 
 /* Start a message under snap (one more reference, released by engine_msg_end). */

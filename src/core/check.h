@@ -77,8 +77,8 @@ typedef struct check_verdict {
 	 * "store-error"); NULL: nothing worth a line.
 	 */
 	const char *reason;
-	bool quiet;        /* log at debug level (a whitelisted transaction without a trap hit) */
-	smtp_reply reply;  /* for REJECT, TEMPFAIL, DISCARD (text only) */
+	bool quiet;                    /* log at debug level (a whitelisted transaction without a trap hit) */
+	smtp_reply reply;              /* for REJECT, TEMPFAIL, DISCARD (text only) */
 	char detail[CHECK_DETAIL_MAX]; /* appended to the log line: " key=... trap=..." */
 	/* Set by the engine: the check that gave it, and what enforce mode does in shadow. */
 	const char *check;
