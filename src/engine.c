@@ -353,9 +353,10 @@ static void record_list(const char *const *keys, size_t nkeys, char *out, size_t
 
 /*
  * A sender domain that waits for networks: count this hit's client
- * network toward it (the set lives as long as an entry would), and say
- * so in the log line (" domain=@d networks=2/3"). The distinct networks
- * counted, 0 when this client does not count or on a store error (-1).
+ * network toward it (for as long as an entry would live), and say so in
+ * detail for the log line (" domain=@d networks=2/3"). *networks: the
+ * distinct networks counted, 0 when this client does not count or the
+ * count failed. Returns -1 on a store error, else 0.
  */
 static int count_domain(engine_snapshot *snap, const decide_txn *txn, int64_t now, uint64_t *networks,
                         char *detail, size_t detlen)
@@ -381,7 +382,12 @@ static int count_domain(engine_snapshot *snap, const decide_txn *txn, int64_t no
 	return 0;
 }
 
-/* Blocklist what the hit lists; false on a store error (logged). keys gets the log's list of keys. */
+/*
+ * The effects of a trap hit: count the domain's network, then blocklist
+ * what the hit lists (the other keys also when the count failed). false
+ * on a store error in either (logged, store.on_error then applies). keys
+ * and domain get the log line's list of keys and domain count.
+ */
 static bool record_hit(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn,
                        const decide_verdict *v, char *keys, size_t keyslen, char *domain, size_t domlen)
 {

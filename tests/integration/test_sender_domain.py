@@ -10,6 +10,7 @@ sender domain, so that the tests of a class share one daemon.
 """
 
 import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -114,6 +115,32 @@ class TestMinOne(DomainChecks, unittest.TestCase):
         self.assertEqual(self.trap_hit(d, "x@forged-d.test", "192.0.2.30"), TRAP_REPLY)
         d.wait_for_log(r"blocklisted=x@forged-d\.test,192\.0\.2\.30,@forged-d\.test;")
         self.assert_domain_listed(d, "forged-d.test", True)
+
+
+class TestCountFails(DomainChecks, unittest.TestCase):
+    """A store error while counting is an update error: store.on_error decides the trap's answer,
+    the hit's other keys are still listed, the domain is not."""
+
+    def test_store_error_follows_on_error(self):
+        for on_error, reply in (("accept", TRAP_REPLY), ("tempfail", "450 4.7.1 ")):
+            with self.subTest(on_error=on_error):
+                d = sh.Spamtrapd(sh.merge(BASE, {"store": {"on_error": on_error}}))
+                self.addCleanup(d.cleanup)
+                d.start()
+                d.wait_for_log(r"ready")  # the store is open, its schema in place
+                # another process makes every new count fail, and nothing else
+                subprocess.run(["sqlite3", "-batch", "-bail", "-cmd", ".timeout 5000",
+                                d.config["store"]["sqlite"]["path"],
+                                "CREATE TRIGGER no_count BEFORE INSERT ON distinct_members"
+                                " BEGIN SELECT RAISE(ABORT, 'counting refused by the test'); END;"],
+                               check=True, timeout=30)
+                mark = d.log_mark()
+                self.assertTrue(self.trap_hit(d, "e@forged-e.test", "192.0.2.60").startswith(reply))
+                d.wait_for_log(r"blocklisted=e@forged-e\.test,192\.0\.2\.60 "
+                               r"domain=@forged-e\.test networks=\? \(store error\)", since=mark)
+                d.wait_for_log(r"store update failed: .*counting refused by the test", since=mark)
+                self.assertEqual(self.sender_check(d, "e@forged-e.test", FRESH_CLIENT), REJECT_TEXT)
+                self.assert_domain_listed(d, "forged-e.test", False)
 
 
 class TestRedis(DomainChecks, unittest.TestCase):
