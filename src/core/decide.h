@@ -185,7 +185,7 @@ decide_verdict decide_sender(const decide_policy *policy, const decide_txn *txn,
 decide_verdict decide_recipient(const decide_policy *policy, const decide_txn *txn,
                                 const decide_facts *facts);
 
-/* The networks a domain is counted by (DECIDE_DOMAIN_NET_V4, _V6), as the window of the count. */
+/* The prefix lengths of the client networks a sender domain is counted by, IPv4 and IPv6. */
 #define DECIDE_DOMAIN_NET_V4 24
 #define DECIDE_DOMAIN_NET_V6 48
 
