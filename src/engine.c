@@ -337,16 +337,88 @@ decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *fa
 }
 
 /* "sender,192.0.2.0/24" for the log line: what this hit blocklisted. */
-static void record_list(const decide_txn *txn, char *out, size_t outlen)
+static void record_list(const char *const *keys, size_t nkeys, char *out, size_t outlen)
 {
 	size_t used = 0;
 	out[0] = '\0';
-	for (size_t i = 0; i < txn->nrecord && used < outlen; i++) {
-		int n = snprintf(out + used, outlen - used, "%s%s", i ? "," : "", txn->record[i]);
+	for (size_t i = 0; i < nkeys && used < outlen; i++) {
+		int n = snprintf(out + used, outlen - used, "%s%s", i ? "," : "", keys[i]);
 		if (n < 0)
 			break;
 		used += (size_t)n;
 	}
+	if (nkeys == 0)
+		snprintf(out, outlen, "-");
+}
+
+/*
+ * A sender domain that waits for networks: count this hit's client
+ * network toward it (for as long as an entry would live), and say so in
+ * detail for the log line (" domain=@d networks=2/3"). *networks: the
+ * distinct networks counted, 0 when this client does not count or the
+ * count failed. Returns -1 on a store error, else 0.
+ */
+static int count_domain(engine_snapshot *snap, const decide_txn *txn, int64_t now, uint64_t *networks,
+                        char *detail, size_t detlen)
+{
+	const decide_policy *p = &snap->cfg->decide;
+	char dom[STORE_KEY_MAX];
+
+	*networks = 0;
+	if (!txn->domain_key)
+		return 0;
+	log_safe(txn->domain_key, dom, sizeof(dom));
+	if (!decide_counts_domain(txn)) {
+		snprintf(detail, detlen, " domain=%s networks=not counted", dom);
+		return 0;
+	}
+	if (store_distinct_add(snap->ss->st, txn->domain_set, txn->domain_net, now, p->ttl, 0, networks) !=
+	    STORE_OK) {
+		snprintf(detail, detlen, " domain=%s networks=? (store error)", dom);
+		return -1;
+	}
+	snprintf(detail, detlen, " domain=%s networks=%llu/%u", dom, (unsigned long long)*networks,
+	         p->domain_min_networks);
+	return 0;
+}
+
+/*
+ * The effects of a trap hit: count the domain's network, then blocklist
+ * what the hit lists (the other keys also when the count failed). false
+ * on a store error in either (logged, store.on_error then applies). keys
+ * and domain get the log line's list of keys and domain count.
+ */
+static bool record_hit(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn,
+                       const decide_verdict *v, char *keys, size_t keyslen, char *domain, size_t domlen)
+{
+	const config *cfg = snap->cfg;
+	const char *rec[DECIDE_MAX_RECORD];
+	uint64_t networks;
+	store_hit hit = {
+	    .now = (int64_t)time(NULL),
+	    .ttl = cfg->decide.ttl,
+	    .trap = v->trap,
+	    .sender = txn->null_sender ? "" : txn->sender,
+	    .recipient = facts->recipient,
+	    .client = facts->client_address,
+	    .helo = facts->helo,
+	    .queue_id = facts->queue_id,
+	    .reason = "trap",
+	};
+	bool counted = count_domain(snap, txn, hit.now, &networks, domain, domlen) == 0;
+	size_t n = decide_record_keys(&cfg->decide, txn, networks, rec);
+
+	if (!counted)
+		log_store_error(snap->eng, STORE_UPDATES, "update");
+	if (store_record(snap->ss->st, rec, n, &hit) != STORE_OK) {
+		log_store_error(snap->eng, STORE_UPDATES, "update");
+		snprintf(keys, keyslen, "none (store error)");
+		return false;
+	}
+	if (counted)
+		store_worked(snap->eng, STORE_UPDATES);
+	record_list(rec, n, keys, keyslen);
+	return counted;
 }
 
 decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
@@ -355,31 +427,12 @@ decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts 
 	decide_verdict v = decide_recipient(&cfg->decide, txn, facts);
 	if (v.reason == DECIDE_REASON_NONE)
 		return v;
-	char keys[1024] = "-";
-	if (v.record) {
-		store_hit hit = {
-		    .now = (int64_t)time(NULL),
-		    .ttl = cfg->decide.ttl,
-		    .trap = v.trap,
-		    .sender = txn->null_sender ? "" : txn->sender,
-		    .recipient = facts->recipient,
-		    .client = facts->client_address,
-		    .helo = facts->helo,
-		    .queue_id = facts->queue_id,
-		    .reason = "trap",
-		};
-		if (store_record(snap->ss->st, txn->record, txn->nrecord, &hit) == STORE_OK) {
-			store_worked(snap->eng, STORE_UPDATES);
-			record_list(txn, keys, sizeof(keys));
-		} else {
-			log_store_error(snap->eng, STORE_UPDATES, "update");
-			v = decide_store_failed(&cfg->decide, &v);
-			snprintf(keys, sizeof(keys), "none (store error)");
-		}
-	}
-	char detail[TRAPSET_MATCH_MAX + 1100], trap[TRAPSET_MATCH_MAX], safe_keys[1024];
-	snprintf(detail, sizeof(detail), " trap=%s blocklisted=%s", log_safe(v.trap, trap, sizeof(trap)),
-	         log_safe(keys, safe_keys, sizeof(safe_keys)));
+	char keys[1024] = "-", domain[STORE_KEY_MAX + 64] = "";
+	if (v.record && !record_hit(snap, facts, txn, &v, keys, sizeof(keys), domain, sizeof(domain)))
+		v = decide_store_failed(&cfg->decide, &v);
+	char detail[TRAPSET_MATCH_MAX + 1800], trap[TRAPSET_MATCH_MAX], safe_keys[1024];
+	snprintf(detail, sizeof(detail), " trap=%s blocklisted=%s%s", log_safe(v.trap, trap, sizeof(trap)),
+	         log_safe(keys, safe_keys, sizeof(safe_keys)), domain);
 	log_verdict(facts, &v, detail);
 	return v;
 }
