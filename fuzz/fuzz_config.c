@@ -259,6 +259,7 @@ static void check_bounds(const config *cfg)
 	CHECK(d->keys != 0 && d->keys < 32);
 	CHECK(d->ttl >= 1 && d->ttl <= CONFIG_TTL_MAX);
 	CHECK(d->ipv4_prefix >= 8 && d->ipv4_prefix <= 32 && d->ipv6_prefix >= 16 && d->ipv6_prefix <= 128);
+	CHECK(d->domain_min_networks >= 1 && d->domain_min_networks <= 1000);
 	CHECK(strlen(d->reject.code) == 3 && (d->reject.code[0] == '4' || d->reject.code[0] == '5'));
 	CHECK(d->reject.text[0] != '\0');
 	CHECK(cfg->recipient_delimiter != NULL && strpbrk(cfg->recipient_delimiter, "@ \t\r\n") == NULL);

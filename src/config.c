@@ -1384,6 +1384,9 @@ static const key_def schema[] = {
     /* Shorter prefixes would let one trap hit block a large part of the Internet. */
     {"blocklist.ipv4_prefix", T_INT, J(32), .min = 8, .max = 32, AT(decide.ipv4_prefix)},
     {"blocklist.ipv6_prefix", T_INT, J(64), .min = 16, .max = 128, AT(decide.ipv6_prefix)},
+    /* One forged sender must not list a whole domain (docs/security.md). */
+    {"blocklist.sender_domain_min_networks", T_INT, J(3), .min = 1, .max = 1000,
+     AT(decide.domain_min_networks)},
     {"blocklist.reject", T_STRING, J("550 5.7.1 Sender is blocklisted after mail to a spamtrap"), K_NONEMPTY,
      .max = 500, .set = set_reject},
 

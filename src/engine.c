@@ -327,19 +327,23 @@ void engine_msg_forget_trap(engine_msg *m)
 		m->state.ntraps--;
 }
 
-/* Store health by kind: the queries that read, and those that write. */
-static void note_health(engine *eng, const query *q, size_t nq, bool writes)
+/* Store health by kind: queries that only read, and those that write (a distinct set's add). */
+static void note_health(engine *eng, const query *q, size_t nq)
 {
-	bool failed = false, worked = false;
+	bool failed[STORE_KINDS] = {false, false}, worked[STORE_KINDS] = {false, false};
 
 	for (size_t i = 0; i < nq; i++) {
-		failed |= q[i].status == QUERY_ERROR;
-		worked |= q[i].status == QUERY_OK || q[i].status == QUERY_NOTFOUND;
+		int kind = q[i].kind == QUERY_BLOCKLIST_LOOKUP ? STORE_LOOKUPS : STORE_UPDATES;
+
+		failed[kind] |= q[i].status == QUERY_ERROR;
+		worked[kind] |= q[i].status == QUERY_OK || q[i].status == QUERY_NOTFOUND;
 	}
-	if (failed)
-		log_store_error(eng, writes ? STORE_UPDATES : STORE_LOOKUPS, writes ? "update" : "lookup");
-	else if (worked)
-		store_worked(eng, writes ? STORE_UPDATES : STORE_LOOKUPS);
+	for (int kind = 0; kind < STORE_KINDS; kind++) {
+		if (failed[kind])
+			log_store_error(eng, kind, kind == STORE_UPDATES ? "update" : "lookup");
+		else if (worked[kind])
+			store_worked(eng, kind);
+	}
 }
 
 /* Write the effects of the checks that decided; tell the pipeline which ones failed. */
@@ -359,7 +363,7 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 		if (n == 0)
 			continue;
 		store_run(snap->ss->st, writes, n, run->ctx.now);
-		note_health(snap->eng, writes, n, true);
+		note_health(snap->eng, writes, n);
 		for (size_t j = 0; j < n; j++)
 			if (writes[j].status == QUERY_ERROR) {
 				pipeline_store_failed(p, run, i);
@@ -404,7 +408,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	pipeline_begin(&run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
 	if (pipeline_needs(p, &run) > 0) {
 		store_run(snap->ss->st, run.q, run.nq, run.ctx.now);
-		note_health(snap->eng, run.q, run.nq, false);
+		note_health(snap->eng, run.q, run.nq);
 	}
 	pipeline_decide(p, &run);
 	apply_effects(snap, &run);

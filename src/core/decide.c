@@ -179,9 +179,27 @@ static void prepare_sender(const decide_facts *facts, decide_txn *txn)
 /* The keys of this transaction, built once and shared by both lists. */
 typedef struct txn_keys {
 	const char *sender, *domain, *sasl, *helo;
+	const char *domain_name; /* the domain of domain, without the '@' */
 	const addr_ip *ip;
 	bool authenticated;
 } txn_keys;
+
+/*
+ * One forged sender must not list a whole domain (SPEC.md "Config"): the
+ * domain key waits for hits from domain_min_networks client networks,
+ * counted by /24 and /48 so that one spammer's neighbouring addresses
+ * count once. Loopback and address-less clients (k->ip NULL) never count.
+ */
+static void prepare_domain_count(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
+{
+	if (policy->domain_min_networks <= 1 || !k->domain)
+		return;
+	txn->domain_key = k->domain;
+	txn->domain_set = txn_key(txn, "sender_domain:%s", k->domain_name);
+	if (k->ip && txn->domain_set)
+		txn->domain_net =
+		    net_key(txn, k->ip, k->ip->version == 4 ? DECIDE_DOMAIN_NET_V4 : DECIDE_DOMAIN_NET_V6);
+}
 
 static void prepare_record(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
 {
@@ -194,8 +212,10 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 	}
 	if (policy->keys & DECIDE_KEY_SASL_USERNAME)
 		push_record(txn, k->sasl);
-	if (policy->keys & DECIDE_KEY_SENDER_DOMAIN)
+	if (policy->keys & DECIDE_KEY_SENDER_DOMAIN) {
 		push_record(txn, k->domain);
+		prepare_domain_count(policy, txn, k);
+	}
 	if (policy->keys & DECIDE_KEY_HELO_NAME)
 		push_record(txn, k->helo);
 }
@@ -226,6 +246,7 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	k.sender = have_sender ? txn_key(txn, "%s", txn->sender) : NULL;
 	const char *domain = have_sender ? addr_domain(txn->sender) : NULL;
 	k.domain = domain && *domain ? txn_key(txn, "@%s", domain) : NULL;
+	k.domain_name = domain;
 	k.sasl = usable_sasl(facts->sasl_username) ? txn_key(txn, "sasl:%s", facts->sasl_username) : NULL;
 	char *helo = usable_helo(facts->helo) ? txn_key(txn, "helo:%s", facts->helo) : NULL;
 	lowercase(helo);
@@ -249,6 +270,31 @@ void decide_lookup_query(const decide_policy *policy, const decide_txn *txn, que
 	q->u.lookup.client_at = txn->client_at;
 	q->u.lookup.ipv4_prefix = policy->ipv4_prefix;
 	q->u.lookup.ipv6_prefix = policy->ipv6_prefix;
+}
+
+/* Is key, one of record[], the domain that waits for networks? */
+static bool waits_for_networks(const decide_txn *txn, const char *key)
+{
+	return txn->domain_key && key == txn->domain_key;
+}
+
+bool decide_counts_domain(const decide_txn *txn)
+{
+	for (size_t i = 0; i < txn->nrecord; i++)
+		if (waits_for_networks(txn, txn->record[i]))
+			return txn->domain_set && txn->domain_net;
+	return false;
+}
+
+size_t decide_record_keys(const decide_policy *policy, const decide_txn *txn, uint64_t networks,
+                          const char **keys)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < txn->nrecord && n < DECIDE_MAX_RECORD; i++)
+		if (!waits_for_networks(txn, txn->record[i]) || networks >= policy->domain_min_networks)
+			keys[n++] = txn->record[i];
+	return n;
 }
 
 const char *decide_action_name(decide_action a)

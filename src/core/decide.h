@@ -50,6 +50,8 @@ typedef struct decide_policy {
 	unsigned keys; /* DECIDE_KEY_* */
 	int64_t ttl;   /* seconds a trap hit keeps a key blocklisted */
 	unsigned ipv4_prefix, ipv6_prefix;
+	/* blocklist.sender_domain_min_networks; 0 and 1: one hit lists the domain */
+	unsigned domain_min_networks;
 	smtp_reply reject;      /* blocklist.reject */
 	bool on_error_tempfail; /* store.on_error */
 	const trapset *traps;
@@ -98,6 +100,15 @@ typedef struct decide_txn {
 	size_t nlookup, nrecord, client_at;
 	const char *lookup[DECIDE_MAX_LOOKUP];
 	const char *record[DECIDE_MAX_RECORD];
+	/*
+	 * A sender domain in record[] under domain_min_networks > 1: a trap hit
+	 * lists it only once hits came from that many client networks. The hit
+	 * counts domain_net, the client's /24 (IPv4) or /48 (IPv6) whatever
+	 * blocklist.ipv4_prefix says, in the store set domain_set; NULL when
+	 * the client never counts (loopback, no address). NULL domain_key: no
+	 * domain waits for networks.
+	 */
+	const char *domain_key, *domain_set, *domain_net;
 	char buf[DECIDE_KEYBUF]; /* the strings lookup[] and record[] point into */
 	size_t buflen;
 } decide_txn;
@@ -114,6 +125,24 @@ typedef enum {
 	DECIDE_DISCARD,  /* drop the whole message (policy DISCARD) */
 	DECIDE_DROP_COPY /* milter: accept this recipient, remove it at end of message */
 } decide_action;
+
+/* The prefix lengths of the client networks a sender domain is counted by, IPv4 and IPv6. */
+#define DECIDE_DOMAIN_NET_V4 24
+#define DECIDE_DOMAIN_NET_V6 48
+
+/* Does a trap hit of txn, which records, count a network toward its sender domain first? */
+bool decide_counts_domain(const decide_txn *txn);
+
+/*
+ * The keys a trap hit of txn blocklists, into keys[] (room for
+ * DECIDE_MAX_RECORD): record[], less a domain that waits for networks
+ * (txn->domain_key) while networks, the distinct client networks that hit
+ * traps with it within the TTL (this hit's counted; 0 when not counted or
+ * the count failed), is below policy->domain_min_networks. Returns the
+ * number of keys.
+ */
+size_t decide_record_keys(const decide_policy *policy, const decide_txn *txn, uint64_t networks,
+                          const char **keys);
 
 const char *decide_action_name(decide_action a);
 

@@ -37,7 +37,8 @@ typedef enum {
 	QUERY_BLOCKLIST_RECORD,
 	/*
 	 * Add member to the set named key, live until now + window (refreshed
-	 * when present); drop members past their time; answer how many live.
+	 * when present, never shortened); drop members past their time; answer
+	 * how many live. A new member beyond limit (0: none) is not added.
 	 */
 	QUERY_DISTINCT_ADD,
 } query_kind;
@@ -79,8 +80,9 @@ typedef struct query {
 		struct {
 			const char *key; /* the set's name, typed by its caller ("domnet:@example.com") */
 			const char *member;
-			int64_t window; /* seconds */
-			uint64_t count; /* on QUERY_OK: live members after the add */
+			int64_t now, window; /* Unix seconds, seconds */
+			uint64_t limit;
+			uint64_t count; /* on QUERY_OK: live members, counting this one (> limit: refused) */
 		} distinct;
 	} u;
 } query;

@@ -272,6 +272,34 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 	return st->ops->record(st->impl, keys, nkeys, hit);
 }
 
+/* A set or member name: present, not empty, shorter than STORE_KEY_MAX. */
+static bool name_ok(const char *name, const char *what)
+{
+	if (!name || !name[0]) {
+		store_set_error("store_distinct_add: empty %s", what);
+		return false;
+	}
+	if (strnlen(name, STORE_KEY_MAX) >= STORE_KEY_MAX) {
+		store_set_error("store_distinct_add: %s longer than %d bytes", what, STORE_KEY_MAX - 1);
+		return false;
+	}
+	return true;
+}
+
+store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
+                                uint64_t limit, uint64_t *count)
+{
+	uint64_t scratch = 0;
+
+	if (!name_ok(set, "set") || !name_ok(member, "member"))
+		return STORE_ERROR;
+	if (window <= 0 || now > INT64_MAX - window)
+		return store_set_error(
+		    "store_distinct_add: window must be positive and end before 2^63, not %lld",
+		    (long long)window);
+	return st->ops->distinct_add(st->impl, set, member, now, window, limit, count ? count : &scratch);
+}
+
 store_status store_get(store *st, const char *key, store_entry *out)
 {
 	if (!key_ok(key))
@@ -428,8 +456,9 @@ static void run_one(store *st, query *q, int64_t now)
 		    query_status_of(store_record(st, q->u.record.keys, q->u.record.nkeys, &q->u.record.hit));
 		return;
 	case QUERY_DISTINCT_ADD:
-		store_set_error("distinct sets are not implemented by this store yet");
-		q->status = QUERY_ERROR;
+		q->status = query_status_of(store_distinct_add(st, q->u.distinct.key, q->u.distinct.member,
+		                                               q->u.distinct.now, q->u.distinct.window,
+		                                               q->u.distinct.limit, &q->u.distinct.count));
 		return;
 	}
 	store_set_error("unknown query kind %d", (int)q->kind);

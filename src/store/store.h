@@ -136,6 +136,21 @@ store_status store_lookup_built(store *st, const char *const *keys, const int16_
  */
 store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit);
 
+/*
+ * Distinct members over a sliding window (the sender domain's client
+ * networks, an account's networks): add member to set until now + window
+ * (a member already there is refreshed, never shortened), after dropping
+ * the members of set expired at now. limit (0: none) caps the set: a new
+ * member that would make it hold more than limit live members is not
+ * added. *count gets the live members counting this one, whether it was
+ * added or not, so that *count > limit says it was refused. Atomic per
+ * call, also between hosts sharing a Redis. Sets and members are strings
+ * of 1 to STORE_KEY_MAX - 1 bytes in a namespace of their own (no set
+ * is a blocklist key); expired members are purged with store_purge.
+ */
+store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
+                                uint64_t limit, uint64_t *count);
+
 /* The entry for exactly this key, expired or not (spamtrapctl lookup). */
 store_status store_get(store *st, const char *key, store_entry *out);
 /* Create or replace an entry as given (spamtrapctl add). */

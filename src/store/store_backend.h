@@ -43,6 +43,8 @@ typedef struct store_ops {
 	store_status (*lookup_built)(store_backend_impl *impl, const char *const *keys,
 	                             const int16_t *netlens, size_t nkeys, const store_netmask *built,
 	                             int64_t now, store_entry *found, bool *stale);
+	store_status (*distinct_add)(store_backend_impl *impl, const char *set, const char *member,
+	                             int64_t now, int64_t window, uint64_t limit, uint64_t *count);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
 } store_ops;

@@ -206,8 +206,44 @@ static const char netlens_done_lua[] =
     "redis.call('HSET', KEYS[1], 'ok', '1')\n"
     "return 1\n";
 
-enum { SCRIPT_RECORD, SCRIPT_PUT, SCRIPT_LOOKUP, SCRIPT_PURGE, SCRIPT_NETLENS_DONE, NSCRIPTS };
-static const char *const scripts[NSCRIPTS] = {record_lua, put_lua, lookup_lua, purge_lua, netlens_done_lua};
+/*
+ * store_distinct_add: one sorted set per set at PREFIX "ds:" SET, each
+ * member scored with its expiry. KEYS: the set. ARGV: now, expires,
+ * member, limit (0: none), window in ms. Drops the members expired at
+ * now, adds or refreshes member (never shortening it) unless it is new and
+ * the set full, and keeps the key for a window after its last addition,
+ * so that Redis deletes an idle set by itself. Returns the live members
+ * counting this one (limit + 1: refused, not added).
+ */
+static const char distinct_lua[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local exp = tonumber(ARGV[2])\n"
+    "local limit = tonumber(ARGV[4])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "local n = redis.call('ZCARD', KEYS[1])\n"
+    "local old = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
+    "if old then\n"
+    "  if tonumber(old) < exp then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3]) end\n"
+    "elseif limit == 0 or n < limit then\n"
+    "  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])\n"
+    "  n = n + 1\n"
+    "else\n"
+    "  return n + 1\n"
+    "end\n"
+    "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end\n"
+    "return n\n";
+
+enum {
+	SCRIPT_RECORD,
+	SCRIPT_PUT,
+	SCRIPT_LOOKUP,
+	SCRIPT_PURGE,
+	SCRIPT_NETLENS_DONE,
+	SCRIPT_DISTINCT,
+	NSCRIPTS
+};
+static const char *const scripts[NSCRIPTS] = {record_lua, put_lua,          lookup_lua,
+                                              purge_lua,  netlens_done_lua, distinct_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -309,7 +345,9 @@ struct op {
 	uint64_t count;
 	store_visit_fn visit;
 	void *ctx;
-	char gen[24]; /* purge: the netlens rebuild's gen */
+	char gen[24];   /* purge: the netlens rebuild's gen */
+	int64_t window; /* distinct_add (keys: the set, the member) */
+	uint64_t limit;
 	pipe_guard guard;
 };
 
@@ -1164,6 +1202,41 @@ static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+#define DISTINCT_KEY_MAX_S ((int64_t)100 * 365 * 86400)
+
+/* One script: EVALSHA sha 1 PREFIX"ds:"set now expires member limit window-ms. */
+static store_status op_distinct(store_backend_impl *s, rconn *rc, op *o)
+{
+	const char *argv[9];
+	size_t argvlen[9];
+	char key[KEYBUF], nums[4][24];
+	redisReply *r = NULL;
+	store_status st;
+	int keylen =
+	    snprintf(key, sizeof(key), "%sds:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", o->keys[0]);
+
+	snprintf(nums[0], 24, "%lld", (long long)o->now);
+	snprintf(nums[1], 24, "%lld", (long long)(o->now + o->window));
+	snprintf(nums[2], 24, "%llu", (unsigned long long)o->limit);
+	/* The key's expiry in ms; a window of over a century keeps it a century (PEXPIRE's range). */
+	snprintf(nums[3], 24, "%lld",
+	         (long long)(o->window < DISTINCT_KEY_MAX_S ? o->window : DISTINCT_KEY_MAX_S) * 1000);
+	argv[2] = "1", argvlen[2] = 1;
+	argv[3] = key, argvlen[3] = (size_t)keylen;
+	argv[4] = nums[0], argvlen[4] = strlen(nums[0]);
+	argv[5] = nums[1], argvlen[5] = strlen(nums[1]);
+	argv[6] = o->keys[1], argvlen[6] = strlen(o->keys[1]);
+	argv[7] = nums[2], argvlen[7] = strlen(nums[2]);
+	argv[8] = nums[3], argvlen[8] = strlen(nums[3]);
+	st = eval_script(s, rc, SCRIPT_DISTINCT, 9, argv, argvlen, &r, "distinct");
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "distinct");
+	else if (st == STORE_OK)
+		o->count = (uint64_t)r->integer;
+	freeReplyObject(r);
+	return st;
+}
+
 static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
 {
 	char buf[KEYBUF];
@@ -1487,6 +1560,23 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 	return run(s, &o);
 }
 
+static store_status redis_distinct_add(store_backend_impl *s, const char *set, const char *member,
+                                       int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+{
+	const char *names[2] = {set, member};
+	op o = {.what = "distinct",
+	        .fn = op_distinct,
+	        .keys = names,
+	        .nkeys = 2,
+	        .now = now,
+	        .window = window,
+	        .limit = limit};
+	store_status st = run(s, &o);
+
+	*count = o.count;
+	return st;
+}
+
 static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	op o = {.what = "get", .fn = op_get, .keys = &key, .nkeys = 1, .out = out};
@@ -1696,4 +1786,5 @@ const store_ops store_redis_ops = {
     .remove = redis_remove,
     .purge = redis_purge,
     .foreach = redis_foreach,
+    .distinct_add = redis_distinct_add,
 };

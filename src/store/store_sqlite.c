@@ -20,11 +20,13 @@
  * itself when the fault goes. Opening refuses a file it could only read.
  * Purges delete in chunks, each its own write turn.
  *
- * Schema version 2 (PRAGMA user_version): one row per key, an index on
+ * Schema version 3 (PRAGMA user_version): one row per key, an index on
  * expires for purges, and the table netlens: how many network keys
  * ("ADDRESS/LEN") exist per (family, prefix length), kept by triggers on
  * blocklist, so that every writer (this daemon, spamtrapctl, another
- * process) maintains it. Opening a version 1 file adds it (one scan).
+ * process) maintains it (version 2; opening a version 1 file adds it,
+ * one scan). Version 3 adds distinct_members, the sets of
+ * store_distinct_add. Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
  * point query per key in the caller's order, skipping network keys of a
@@ -73,7 +75,7 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
@@ -90,6 +92,10 @@ enum {
 	ST_REMOVE,
 	ST_PURGE,
 	ST_FOREACH,
+	ST_DS_DROP,
+	ST_DS_COUNT,
+	ST_DS_ADD,
+	ST_DS_PURGE,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -156,6 +162,27 @@ static const char schema_v2_sql[] =
 /* clang-format on */
 
 /*
+ * Version 3 adds the distinct sets (store_distinct_add): one row per live
+ * member, the set's rows together under the primary key (so a call reads
+ * only its own set), an index on expires for purges. Rows are dropped by
+ * every call on their set and by every purge, so the table holds only
+ * members of the last window.
+ */
+static const char schema_distinct_sql[] =
+    "CREATE TABLE distinct_members (set_name TEXT NOT NULL, member TEXT NOT NULL, expires INTEGER NOT NULL,"
+    " PRIMARY KEY (set_name, member)) WITHOUT ROWID;"
+    "CREATE INDEX distinct_members_expires ON distinct_members (expires);";
+
+/*
+ * The upgrade steps: schema_steps[v] brings a file of version v to
+ * v + 1, and schema_create sets the version after each, so that every
+ * step stands alone and a new one is one more entry.
+ */
+static const char *const schema_steps[] = {schema_v1_sql, schema_v2_sql, schema_distinct_sql};
+_Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
+               "one upgrade step per schema version");
+
+/*
  * A hit on an expired (not yet purged) row starts a new listing, as it
  * would in Redis where the key is gone; a hit never shortens a longer
  * expiry someone set by hand.
@@ -195,6 +222,12 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_PURGE] = "DELETE FROM blocklist WHERE key IN"
                  " (SELECT key FROM blocklist WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_FOREACH] = "SELECT " COLUMNS " FROM blocklist WHERE expires > ?1 ORDER BY key",
+    [ST_DS_DROP] = "DELETE FROM distinct_members WHERE set_name = ?1 AND expires <= ?2",
+    [ST_DS_COUNT] = "SELECT count(*), ifnull(max(member = ?2), 0) FROM distinct_members WHERE set_name = ?1",
+    [ST_DS_ADD] = "INSERT INTO distinct_members (set_name, member, expires) VALUES (?1, ?2, ?3)"
+                  " ON CONFLICT (set_name, member) DO UPDATE SET expires = max(expires, excluded.expires)",
+    [ST_DS_PURGE] = "DELETE FROM distinct_members WHERE (set_name, member) IN (SELECT set_name, member"
+                    " FROM distinct_members WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -340,12 +373,18 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
 	return rc;
 }
 
-/* Create the schema in an empty file, or bring a version 1 file to version 2. */
+/* Create the schema in an empty file, or bring an older one up to SCHEMA_VERSION, step by step. */
 static int schema_create(sqlite3 *db, const char *path, int version, char *err, size_t errlen)
 {
-	if (version == 0 && exec_sql(db, path, schema_v1_sql, err, errlen) < 0)
-		return -1;
-	return exec_sql(db, path, schema_v2_sql, err, errlen);
+	char set_version[40];
+
+	for (int v = version; v < SCHEMA_VERSION; v++) {
+		snprintf(set_version, sizeof(set_version), "PRAGMA user_version = %d;", v + 1);
+		if (exec_sql(db, path, schema_steps[v], err, errlen) < 0 ||
+		    exec_sql(db, path, set_version, err, errlen) < 0)
+			return -1;
+	}
+	return 0;
 }
 
 static int schema_read(sqlite3 *db, const char *path, int *version, int *ntables, char *err, size_t errlen)
@@ -985,6 +1024,73 @@ out:
 	return rc;
 }
 
+/*
+ * Inside the write transaction: drop the set's expired members, count the
+ * live ones and see whether member is one, then add or refresh it unless
+ * it is new and the set is full.
+ */
+static int distinct_step(conn *c, const char *set, const char *member, int64_t now, int64_t expires,
+                         uint64_t limit, uint64_t *count)
+{
+	sqlite3_stmt *drop = c->stmt[ST_DS_DROP], *live = c->stmt[ST_DS_COUNT], *add = c->stmt[ST_DS_ADD];
+	uint64_t n = 0;
+	bool known = false;
+	int step;
+
+	sqlite3_bind_text(drop, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(drop, 2, now);
+	if (step_done(drop) < 0)
+		return -1;
+	sqlite3_bind_text(live, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(live, 2, member, -1, SQLITE_STATIC);
+	step = sqlite3_step(live);
+	if (step == SQLITE_ROW) {
+		n = (uint64_t)sqlite3_column_int64(live, 0);
+		known = sqlite3_column_int(live, 1) != 0;
+	}
+	done(live);
+	if (step != SQLITE_ROW)
+		return -1;
+	*count = known ? n : n + 1;
+	if (!known && limit && n >= limit)
+		return 0;
+	sqlite3_bind_text(add, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(add, 2, member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(add, 3, expires);
+	return step_done(add);
+}
+
+/* One write transaction; it reports itself to the filter (no blocklist key), which then stays valid. */
+static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
+                                        int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+{
+	conn *c = acquire(s, FOR_WRITE, "distinct");
+	store_status rc = STORE_OK;
+	sqlite_filter_write fw;
+	sqlite3_int64 changes;
+
+	if (!c)
+		return STORE_ERROR;
+	if (step_done(c->stmt[ST_BEGIN]) < 0) {
+		rc = db_error(s, c, "distinct: begin");
+		goto out;
+	}
+	sqlite_filter_write_begin(s->filter, &fw);
+	changes = sqlite3_total_changes64(c->db);
+	if (distinct_step(c, set, member, now, now + window, limit, count) < 0)
+		rc = db_error(s, c, "distinct");
+	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
+		rc = db_error(s, c, "distinct: commit");
+	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
+		step_done(c->stmt[ST_ROLLBACK]);
+	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK && sqlite3_total_changes64(c->db) > changes,
+	                        NULL, 0);
+out:
+	wrote(c);
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
 static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	conn *c = acquire(s, FOR_READ, "get");
@@ -1129,23 +1235,33 @@ static store_status sqlite_remove(store_backend_impl *s, const char *key)
  * PURGE_CHUNK entries a write turn: a purge of a long downtime's entries
  * never holds up a trap hit (this process's or another's) for long.
  */
-static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
+static store_status purge_chunks(store_backend_impl *s, int stmt, int64_t now, uint64_t *purged)
 {
 	uint64_t changes = PURGE_CHUNK;
 	store_status rc = STORE_OK;
 
-	*purged = 0;
 	while (rc == STORE_OK && changes == PURGE_CHUNK) {
 		conn *c = acquire(s, FOR_WRITE, "purge");
 
 		if (!c)
 			return STORE_ERROR;
 		changes = 0;
-		sqlite3_bind_int64(c->stmt[ST_PURGE], 1, now);
-		rc = run_write(s, c, c->stmt[ST_PURGE], "purge", &changes);
+		sqlite3_bind_int64(c->stmt[stmt], 1, now);
+		rc = run_write(s, c, c->stmt[stmt], "purge", &changes);
 		*purged += changes;
 	}
 	return rc;
+}
+
+/* The blocklist's expired entries (counted in *purged), then the distinct sets' expired members. */
+static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
+{
+	uint64_t members = 0;
+	store_status rc;
+
+	*purged = 0;
+	rc = purge_chunks(s, ST_PURGE, now, purged);
+	return rc == STORE_OK ? purge_chunks(s, ST_DS_PURGE, now, &members) : rc;
 }
 
 static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)
@@ -1193,4 +1309,5 @@ const store_ops store_sqlite_ops = {
     .netlens = sqlite_netlens,
     .lookup_built = sqlite_lookup_built,
     .put_many = sqlite_put_many,
+    .distinct_add = sqlite_distinct_add,
 };

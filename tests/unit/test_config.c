@@ -152,6 +152,7 @@ static void check_defaults(const config *cfg)
 	assert_int_equal(cfg->decide.ttl, 86400);
 	assert_int_equal(cfg->decide.ipv4_prefix, 32);
 	assert_int_equal(cfg->decide.ipv6_prefix, 64);
+	assert_int_equal(cfg->decide.domain_min_networks, 3);
 	assert_string_equal(cfg->decide.reject.code, "550");
 	assert_string_equal(cfg->decide.reject.xcode, "5.7.1");
 	assert_string_equal(cfg->decide.reject.text, "Sender is blocklisted after mail to a spamtrap");
@@ -352,6 +353,16 @@ static void check_sentinel_override(const config *cfg)
 	assert_string_equal(cfg->store.redis_sentinel_master, "mymaster");
 }
 
+static void check_domain_min_1(const config *cfg)
+{
+	assert_int_equal(cfg->decide.domain_min_networks, 1);
+}
+
+static void check_domain_min_1000(const config *cfg)
+{
+	assert_int_equal(cfg->decide.domain_min_networks, 1000);
+}
+
 static void check_override_list(const config *cfg)
 {
 	assert_true(is_trap(cfg, "a@trap.example"));
@@ -408,6 +419,14 @@ static const ok_case ok_cases[] = {
      "{}",
      {"store.redis.sentinels=[\"127.0.0.1:26379\"]"},
      check_sentinel_override},
+    {"sender domain listed at the first hit",
+     "{\"blocklist\": {\"sender_domain_min_networks\": 1}}",
+     {NULL},
+     check_domain_min_1},
+    {"sender domain after 1000 networks",
+     "{}",
+     {"blocklist.sender_domain_min_networks=1000"},
+     check_domain_min_1000},
     {"overrides: a list as JSON, null",
      "{\"user\": \"nobody\", \"traps\": {\"addresses\": [\"trap@example.com\"]}}",
      {"traps.addresses=[\"a@trap.example\"]", "user=null"},
@@ -513,6 +532,21 @@ static const error_case error_cases[] = {
      {":1:16: blocklist.ipv4_prefix: must be between 8 and 32",
       ":1:34: blocklist.ipv6_prefix: must be between 16 and 128"},
      2},
+    {"sender_domain_min_networks is an integer",
+     "{\"blocklist\": {\"sender_domain_min_networks\": \"3\"}}",
+     {NULL},
+     {":1:16: blocklist.sender_domain_min_networks: expected an integer"},
+     1},
+    {"sender_domain_min_networks out of range",
+     "{\"blocklist\": {\"sender_domain_min_networks\": 0}}\n",
+     {NULL},
+     {":1:16: blocklist.sender_domain_min_networks: must be between 1 and 1000"},
+     1},
+    {"sender_domain_min_networks too large",
+     "{\n  \"blocklist\": {\n    \"sender_domain_min_networks\": 1001\n  }\n}",
+     {NULL},
+     {":3:5: blocklist.sender_domain_min_networks: must be between 1 and 1000"},
+     1},
     {"real is not an integer",
      "{\"policy\": {\"max_line\": 4096.0}}",
      {NULL},

@@ -488,6 +488,117 @@ static bool has_key(const lookup_list *l, const char *key)
 	return false;
 }
 
+/* ---- a sender domain waits for client networks ---- */
+
+typedef struct domain_case {
+	const char *name;
+	unsigned min_networks, keys, ipv4_prefix;
+	const char *sender, *client;
+	const char *domain_key, *domain_set, *domain_net; /* NULL: none */
+} domain_case;
+
+#define ALL_KEYS (DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER_DOMAIN)
+
+static const domain_case domain_cases[] = {
+    {"IPv4 client counts by its /24", 3, ALL_KEYS, 32, "<x@GMail.com>", "192.0.2.77", "@gmail.com",
+     "sender_domain:gmail.com", "192.0.2.0/24"},
+    {"/24 whatever ipv4_prefix says", 3, ALL_KEYS, 28, "<x@gmail.com>", "192.0.2.77", "@gmail.com",
+     "sender_domain:gmail.com", "192.0.2.0/24"},
+    {"IPv6 client counts by its /48", 2, ALL_KEYS, 32, "<x@gmail.com>", "IPv6:2001:db8:1:2::5", "@gmail.com",
+     "sender_domain:gmail.com", "2001:db8:1::/48"},
+    {"IPv4-mapped IPv6 counts as IPv4", 3, ALL_KEYS, 32, "<x@gmail.com>", "::ffff:192.0.2.9", "@gmail.com",
+     "sender_domain:gmail.com", "192.0.2.0/24"},
+    {"loopback never counts", 3, ALL_KEYS, 32, "<x@gmail.com>", "127.0.0.1", "@gmail.com",
+     "sender_domain:gmail.com", NULL},
+    {"no client address never counts", 3, ALL_KEYS, 32, "<x@gmail.com>", "unknown", "@gmail.com",
+     "sender_domain:gmail.com", NULL},
+    {"min 1 lists at once", 1, ALL_KEYS, 32, "<x@gmail.com>", "192.0.2.77", NULL, NULL, NULL},
+    {"min 0 (unset) lists at once", 0, ALL_KEYS, 32, "<x@gmail.com>", "192.0.2.77", NULL, NULL, NULL},
+    {"no sender_domain key", 3, DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS, 32, "<x@gmail.com>",
+     "192.0.2.77", NULL, NULL, NULL},
+    {"null sender has no domain", 3, ALL_KEYS, 32, "<>", "192.0.2.77", NULL, NULL, NULL},
+};
+
+static void assert_str_or_null(const char *got, const char *want)
+{
+	if (!want) {
+		assert_null(got);
+	} else {
+		assert_non_null(got);
+		assert_string_equal(got, want);
+	}
+}
+
+static bool has_record(const char *const *keys, size_t n, const char *key)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(keys[i], key) == 0)
+			return true;
+	return false;
+}
+
+static void test_domain_count_table(void **state)
+{
+	fixture *f = *state;
+	for (size_t i = 0; i < sizeof(domain_cases) / sizeof(domain_cases[0]); i++) {
+		const domain_case *c = &domain_cases[i];
+		print_message("case: %s\n", c->name);
+		decide_policy p = f->policy;
+		p.keys = c->keys;
+		p.ipv4_prefix = c->ipv4_prefix;
+		p.domain_min_networks = c->min_networks;
+		decide_facts facts = {
+		    .front = DECIDE_FRONT_POLICY, .sender = c->sender, .client_address = c->client};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		assert_str_or_null(txn.domain_key, c->domain_key);
+		assert_str_or_null(txn.domain_set, c->domain_set);
+		assert_str_or_null(txn.domain_net, c->domain_net);
+		assert_int_equal(decide_counts_domain(&txn), c->domain_net != NULL);
+	}
+}
+
+/* The domain is recorded only when the networks counted reach the minimum; the other keys always. */
+static void test_domain_record_keys(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	p.keys = ALL_KEYS;
+	p.domain_min_networks = 3;
+	decide_facts facts = {
+	    .front = DECIDE_FRONT_POLICY, .sender = "<x@gmail.com>", .client_address = "192.0.2.77"};
+	decide_txn txn;
+	const char *keys[DECIDE_MAX_RECORD];
+	decide_prepare(&p, &facts, &txn);
+	assert_int_equal(txn.nrecord, 3);
+	for (uint64_t networks = 0; networks <= 4; networks++) {
+		size_t n = decide_record_keys(&p, &txn, networks, keys);
+		assert_int_equal(n, networks >= 3 ? 3 : 2);
+		assert_true(has_record(keys, n, "x@gmail.com"));
+		assert_true(has_record(keys, n, "192.0.2.77"));
+		assert_int_equal(has_record(keys, n, "@gmail.com"), networks >= 3);
+	}
+	/* A trap verdict records (the engine counts first). */
+	facts.recipient = "trap@example.com";
+	assert_true(decide_recipient(&p, &txn, &facts).record);
+
+	/* sender_domain alone: the hit records nothing until the count is reached. */
+	p.keys = DECIDE_KEY_SENDER_DOMAIN;
+	decide_prepare(&p, &facts, &txn);
+	assert_true(decide_recipient(&p, &txn, &facts).record);
+	assert_int_equal(decide_record_keys(&p, &txn, 2, keys), 0);
+	assert_int_equal(decide_record_keys(&p, &txn, 3, keys), 1);
+	assert_string_equal(keys[0], "@gmail.com");
+
+	/* min 1: today's behaviour, the domain with the first hit, counted or not. */
+	p.domain_min_networks = 1;
+	facts.client_address = "127.0.0.1";
+	decide_prepare(&p, &facts, &txn);
+	assert_false(decide_counts_domain(&txn));
+	assert_int_equal(decide_record_keys(&p, &txn, 0, keys), 1);
+	assert_string_equal(keys[0], "@gmail.com");
+}
+
 static void test_lookup_keys_cover_networks(void **state)
 {
 	fixture *f = *state;
@@ -886,6 +997,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_lens_none_present, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_end_of_message, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_failed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_domain_count_table, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_domain_record_keys, setup, teardown),
 	    cmocka_unit_test(test_smtp_reply_parse),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -307,6 +307,18 @@ static store_entry entry_of(const char *key, int64_t first, int64_t expires, con
 	return e;
 }
 
+/* The window of the distinct-set cases, seconds. */
+#define WINDOW 100
+
+static uint64_t distinct1(store *st, const char *set, const char *member, int64_t now, uint64_t limit)
+{
+	uint64_t n = 0;
+
+	if (store_distinct_add(st, set, member, now, WINDOW, limit, &n) != STORE_OK)
+		fail_msg("store_distinct_add %s %s: %s", set, member, store_last_error());
+	return n;
+}
+
 /* --- cases for every backend --------------------------------------------- */
 
 static void test_record_then_lookup(void **state)
@@ -1357,6 +1369,65 @@ static void test_sqlite_netlens_other_process(void **state)
 }
 
 /* A version 1 file (before netlens) is upgraded at open, counting the network keys it has. */
+/*
+ * A version 2 file (a blocklist of spamtrapd before distinct sets: the
+ * current schema less distinct_members) gets the table on open, in one
+ * step, keeping its entries; opening again changes nothing.
+ */
+static void test_sqlite_upgrade_v2(void **state)
+{
+	int64_t t = now_s();
+	store_hit h = hit_at(t, "trap@example.com");
+	char out[256];
+	store *st = open_store();
+	store_entry e;
+
+	(void)state;
+	record1(st, "old@example.com", &h);
+	record1(st, "192.0.2.0/24", &h);
+	store_free(st);
+	sqlite_cli("DROP TABLE distinct_members; PRAGMA user_version = 2;", out, sizeof(out));
+	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%'", out, sizeof(out));
+	assert_string_equal(out, "");
+	st = open_store();
+	assert_int_equal(lookup1(st, "old@example.com", t, &e), STORE_OK);
+	assert_int_equal(lookup1(st, "192.0.2.0/24", t, &e), STORE_OK);
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "3");
+	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
+	           sizeof(out));
+	assert_string_equal(out, "distinct_members distinct_members_expires");
+	assert_netlens("4/24=1");
+	st = open_store();
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "198.51.100.0/24", t, 0), 2);
+	store_free(st);
+}
+
+/* A purge drops the distinct sets' expired members too (in chunks), and only those. */
+static void test_sqlite_distinct_purge(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	uint64_t purged = 0;
+	char out[64], member[32];
+
+	(void)state;
+	for (int i = 0; i < 2500; i++) {
+		snprintf(member, sizeof(member), "old%d", i);
+		distinct1(st, "purge-me", member, t, 0);
+	}
+	distinct1(st, "keep-me", "young", t + WINDOW, 0);
+	sqlite_cli("SELECT count(*) FROM distinct_members", out, sizeof(out));
+	assert_string_equal(out, "2501");
+	assert_int_equal(store_purge(st, t + WINDOW, &purged), STORE_OK);
+	assert_int_equal(purged, 0); /* blocklist entries only */
+	sqlite_cli("SELECT set_name || '/' || member FROM distinct_members", out, sizeof(out));
+	assert_string_equal(out, "keep-me/young");
+	store_free(st);
+}
+
 static void test_sqlite_upgrade_v1(void **state)
 {
 	int64_t t = now_s();
@@ -1384,7 +1455,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "2");
+	assert_string_equal(out, "3");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1856,6 +1927,56 @@ static void redis_hset_around(const char *key, int64_t expires)
  * it, is probed in full); a purge also drops lengths whose keys are gone
  * and takes in keys written around the store.
  */
+/* The answer of a command to the test's redis-server as text (an integer too), "" when there is none. */
+static void redis_text(char *out, size_t outlen, const char *fmt, ...)
+{
+	struct timeval tv = {1, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", B.redis_port, tv);
+	redisReply *r = NULL;
+	va_list ap;
+
+	out[0] = '\0';
+	va_start(ap, fmt);
+	if (c && !c->err)
+		r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	if (r && r->type == REDIS_REPLY_INTEGER)
+		snprintf(out, outlen, "%lld", r->integer);
+	else if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS))
+		snprintf(out, outlen, "%s", r->str);
+	if (r)
+		freeReplyObject(r);
+	if (c)
+		redisFree(c);
+}
+
+/* docs/redis.md: a sorted set at PREFIX "ds:" SET, members scored by expiry, with Redis's own expiry. */
+static void test_redis_distinct_layout(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	char key[128], out[64], want[32];
+	long long pttl;
+
+	(void)state;
+	snprintf(key, sizeof(key), "%sds:sender_domain:example.com", B.prefix);
+	distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0);
+	distinct1(st, "sender_domain:example.com", "198.51.100.0/24", t + 1, 0);
+	redis_text(out, sizeof(out), "ZCARD %s", key);
+	assert_string_equal(out, "2");
+	redis_text(out, sizeof(out), "ZSCORE %s %s", key, "192.0.2.0/24");
+	snprintf(want, sizeof(want), "%lld", (long long)(t + WINDOW));
+	assert_string_equal(out, want);
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	pttl = atoll(out);
+	assert_true(pttl > (WINDOW - 10) * 1000 && pttl <= WINDOW * 1000);
+	/* A set whose members all expired is empty at the next call, whatever Redis has not deleted yet. */
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "203.0.113.0/24", t + 1 + WINDOW, 0), 1);
+	redis_text(out, sizeof(out), "ZCARD %s", key);
+	assert_string_equal(out, "1");
+	store_free(st);
+}
+
 static void test_redis_netlens(void **state)
 {
 	int64_t t = now_s();
@@ -1891,6 +2012,150 @@ static void test_redis_netlens(void **state)
 	store_free(st);
 }
 
+/* --- distinct sets (store_distinct_add) ----------------------------------- */
+
+/* Distinct members count once; sets are apart from each other and from the blocklist. */
+static void test_distinct_counts(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	store_hit h = hit_at(t, "trap@example.com");
+	store_entry e;
+
+	(void)state;
+	record1(st, "@example.com", &h);
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "198.51.100.0/24", t, 0), 2);
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t + 1, 0), 2);
+	assert_int_equal(distinct1(st, "sender_domain:example.org", "192.0.2.0/24", t, 0), 1);
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "2001:db8:1::/48", t + 2, 0), 3);
+	/* The blocklist is untouched, and its lookups (and the SQLite filter) still answer right. */
+	assert_int_equal(lookup1(st, "@example.com", t, &e), STORE_OK);
+	assert_int_equal(e.hits, 1);
+	assert_int_equal(lookup1(st, "sender_domain:example.com", t, &e), STORE_NOTFOUND);
+	assert_int_equal(lookup1(st, "192.0.2.0/24", t, &e), STORE_NOTFOUND);
+	store_free(st);
+	/* Kept across a reopen. */
+	st = open_store();
+	assert_int_equal(distinct1(st, "sender_domain:example.com", "203.0.113.0/24", t + 3, 0), 4);
+	store_free(st);
+}
+
+/* The window slides: a member counts until now + window from its last addition, not a second longer. */
+static void test_distinct_window(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	const char *set = "sender_domain:slide.example";
+
+	(void)state;
+	assert_int_equal(distinct1(st, set, "a", t, 0), 1);
+	assert_int_equal(distinct1(st, set, "b", t + 10, 0), 2);
+	assert_int_equal(distinct1(st, set, "c", t + WINDOW - 1, 0), 3);
+	/* a expires at t + WINDOW exactly */
+	assert_int_equal(distinct1(st, set, "c", t + WINDOW, 0), 2);
+	/* a refresh extends: b again at t + WINDOW + 5 lives to t + 2 * WINDOW + 5 */
+	assert_int_equal(distinct1(st, set, "b", t + WINDOW + 5, 0), 2);
+	assert_int_equal(distinct1(st, set, "d", t + 2 * WINDOW, 0), 2);     /* c (t + 2W) gone, b, d */
+	assert_int_equal(distinct1(st, set, "d", t + 2 * WINDOW + 5, 0), 1); /* b gone */
+	/* an earlier time never shortens a member */
+	assert_int_equal(distinct1(st, set, "d", t, 0), 1);
+	assert_int_equal(distinct1(st, set, "e", t + 3 * WINDOW + 4, 0), 2);
+	store_free(st);
+}
+
+/* limit: a new member beyond it is refused (count limit + 1) and not added; known ones refresh. */
+static void test_distinct_limit(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	const char *set = "relay:sasl:alice";
+
+	(void)state;
+	assert_int_equal(distinct1(st, set, "n1", t, 2), 1);
+	assert_int_equal(distinct1(st, set, "n2", t, 2), 2);
+	assert_int_equal(distinct1(st, set, "n3", t + 1, 2), 3);
+	assert_int_equal(distinct1(st, set, "n3", t + 2, 2), 3); /* still not added */
+	assert_int_equal(distinct1(st, set, "n1", t + 3, 2), 2); /* known: refreshed, passes */
+	/* n2 expires at t + WINDOW, n1 lives on to t + 3 + WINDOW: room for one */
+	assert_int_equal(distinct1(st, set, "n3", t + WINDOW, 2), 2);
+	assert_int_equal(distinct1(st, set, "n4", t + WINDOW, 2), 3);
+	/* no limit: the same set grows */
+	assert_int_equal(distinct1(st, set, "n4", t + WINDOW, 0), 3);
+	store_free(st);
+}
+
+static void test_distinct_bad_arguments(void **state)
+{
+	store *st = open_store();
+	char too_long[STORE_KEY_MAX + 1], longest[STORE_KEY_MAX];
+	uint64_t n = 99;
+	int64_t t = now_s();
+
+	(void)state;
+	memset(too_long, 'x', sizeof(too_long) - 1);
+	too_long[sizeof(too_long) - 1] = '\0';
+	memset(longest, 'y', sizeof(longest) - 1);
+	longest[sizeof(longest) - 1] = '\0';
+	assert_int_equal(store_distinct_add(st, "", "m", t, WINDOW, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, NULL, "m", t, WINDOW, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, "s", "", t, WINDOW, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, too_long, "m", t, WINDOW, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, "s", too_long, t, WINDOW, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, "s", "m", t, 0, 0, &n), STORE_ERROR);
+	assert_int_equal(store_distinct_add(st, "s", "m", INT64_MAX - 5, 10, 0, &n), STORE_ERROR);
+	assert_int_equal(n, 99);
+	assert_int_equal(store_distinct_add(st, longest, longest, t, WINDOW, 0, &n), STORE_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(store_distinct_add(st, "s", "m", t, WINDOW, 0, NULL), STORE_OK);
+	store_free(st);
+}
+
+#define DISTINCT_THREADS 8
+#define DISTINCT_ROUNDS 25
+
+struct distinct_worker {
+	store *st;
+	int id;
+	int64_t t;
+	atomic_int *errors;
+};
+
+static void *distinct_work(void *arg)
+{
+	struct distinct_worker *w = arg;
+	char member[32];
+	uint64_t n;
+
+	for (int r = 0; r < DISTINCT_ROUNDS; r++) {
+		snprintf(member, sizeof(member), "w%d-%d", w->id, r);
+		if (store_distinct_add(w->st, "shared", member, w->t, WINDOW, 0, &n) != STORE_OK || n == 0)
+			atomic_fetch_add(w->errors, 1);
+	}
+	return NULL;
+}
+
+/* Two handles (two daemons on one store) adding at once: no member is lost or counted twice. */
+static void test_distinct_concurrent(void **state)
+{
+	store *st[2] = {open_store(), open_store()};
+	pthread_t th[DISTINCT_THREADS];
+	struct distinct_worker w[DISTINCT_THREADS];
+	atomic_int errors = 0;
+
+	(void)state;
+	for (int i = 0; i < DISTINCT_THREADS; i++) {
+		w[i] = (struct distinct_worker){.st = st[i % 2], .id = i, .t = now_s(), .errors = &errors};
+		assert_int_equal(pthread_create(&th[i], NULL, distinct_work, &w[i]), 0);
+	}
+	for (int i = 0; i < DISTINCT_THREADS; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(atomic_load(&errors), 0);
+	assert_int_equal(distinct1(st[0], "shared", "w0-0", now_s(), 0), DISTINCT_THREADS * DISTINCT_ROUNDS);
+	store_free(st[0]);
+	store_free(st[1]);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -1916,6 +2181,11 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_netlen_other_handle),
     CASE(test_netlen_other_handle_pool),
     CASE(test_lookup_built),
+    CASE(test_distinct_counts),
+    CASE(test_distinct_window),
+    CASE(test_distinct_limit),
+    CASE(test_distinct_bad_arguments),
+    CASE(test_distinct_concurrent),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
@@ -1924,6 +2194,8 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_netlens_counts),
     CASE(test_sqlite_netlens_other_process),
     CASE(test_sqlite_upgrade_v1),
+    CASE(test_sqlite_upgrade_v2),
+    CASE(test_sqlite_distinct_purge),
     CASE(test_sqlite_locked_by_other_process),
     CASE(test_sqlite_locked_writers_bounded),
     CASE(test_sqlite_open_while_write_locked),
@@ -1934,6 +2206,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
     CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
     CASE(test_redis_hung_server),       CASE(test_redis_down_and_back), CASE(test_redis_netlens),
+    CASE(test_redis_distinct_layout),
 };
 
 int main(void)
