@@ -11,7 +11,9 @@ import grp
 import os
 import pwd
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -175,6 +177,27 @@ class TestNullSenderClient(DaemonCase):
         self.assertEqual(self.sender_check("", "203.0.113.20"), "DUNNO")
         self.assertEqual(self.sender_check("", "192.0.2.20"), REJECT_TEXT)
         self.assertEqual(self.sender_check("someone@else.test", "192.0.2.20"), REJECT_TEXT)
+
+
+class TestNullSenderConfig(unittest.TestCase):
+    def check(self, text):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "spamtrapd.json")
+            with open(path, "w") as f:
+                f.write(text)
+            r = subprocess.run([*sh.command(), "-t", "-c", path], capture_output=True, text=True, timeout=30)
+            return r.returncode, (r.stdout + r.stderr).replace(path, "FILE")
+
+    def test_check_names_a_bad_value_with_its_position(self):
+        rc, out = self.check('{\n  "traps": {\n    "null_sender": "bounce"\n  }\n}\n')
+        self.assertEqual(rc, 1, out)
+        self.assertIn("FILE:3:5: traps.null_sender: expected one of ignore, client", out)
+
+    def test_check_accepts_both_values(self):
+        for value in ("ignore", "client"):
+            rc, out = self.check('{"traps": {"null_sender": "%s"}}\n' % value)
+            self.assertEqual(rc, 0, out)
+            self.assertIn("is valid", out)
 
 
 class TestWhitelist(DaemonCase):
