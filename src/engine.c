@@ -421,13 +421,46 @@ static bool record_hit(engine_snapshot *snap, const decide_facts *facts, const d
 	return counted;
 }
 
+/* Whether a key of txn is blocklisted now; a store error counts as "no" (logged). */
+static bool listed_now(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
+{
+	store_entry found;
+
+	if (txn->nlookup == 0)
+		return false;
+	switch (lookup_txn(snap, facts, txn, &found)) {
+	case STORE_OK:
+		store_worked(snap->eng, STORE_LOOKUPS);
+		return true;
+	case STORE_NOTFOUND:
+		store_worked(snap->eng, STORE_LOOKUPS);
+		return false;
+	case STORE_ERROR:
+		log_store_error(snap->eng, STORE_LOOKUPS, "lookup");
+		return false;
+	}
+	return false;
+}
+
 decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts, const decide_txn *txn)
+{
+	return engine_check_recipient_listed(snap, facts, txn, NULL);
+}
+
+decide_verdict engine_check_recipient_listed(engine_snapshot *snap, const decide_facts *facts,
+                                             const decide_txn *txn, bool *listed_before)
 {
 	const config *cfg = snap->cfg;
 	decide_verdict v = decide_recipient(&cfg->decide, txn, facts);
+	if (listed_before)
+		*listed_before = false;
 	if (v.reason == DECIDE_REASON_NONE)
 		return v;
 	char keys[1024] = "-", domain[STORE_KEY_MAX + 64] = "";
+	if (v.reason == DECIDE_REASON_TRAP && !v.record && txn->null_sender)
+		snprintf(keys, sizeof(keys), "none (null sender)");
+	if (v.record && listed_before)
+		*listed_before = listed_now(snap, facts, txn);
 	if (v.record && !record_hit(snap, facts, txn, &v, keys, sizeof(keys), domain, sizeof(domain)))
 		v = decide_store_failed(&cfg->decide, &v);
 	char detail[TRAPSET_MATCH_MAX + 1800], trap[TRAPSET_MATCH_MAX], safe_keys[1024];

@@ -12,6 +12,7 @@
 #ifndef SPAMTRAPD_ENGINE_H
 #define SPAMTRAPD_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -63,6 +64,16 @@ decide_verdict engine_check_sender(engine_snapshot *snap, const decide_facts *fa
  */
 decide_verdict engine_check_recipient(engine_snapshot *snap, const decide_facts *facts,
                                       const decide_txn *txn);
+
+/*
+ * engine_check_recipient, and, on a trap hit that records, whether any
+ * lookup key of txn was blocklisted already, looked up before the hit is
+ * recorded (a failed lookup counts as "no"). Costs a lookup on trap hits
+ * only. The policy front end's "same message" exemption may cover only a
+ * sender that this very message got blocklisted.
+ */
+decide_verdict engine_check_recipient_listed(engine_snapshot *snap, const decide_facts *facts,
+                                             const decide_txn *txn, bool *listed_before);
 
 /* Milter end of message, logged when it drops anything. */
 decide_action engine_end_of_message(engine_snapshot *snap, const decide_facts *facts, size_t ntraps,

@@ -170,10 +170,11 @@ struct policy_server {
 	log_ratelimit over_limit, refused, accept_errors, evicted, bad_input;
 	/*
 	 * Message instances (the "instance" attribute, one value for all
-	 * recipients of a message) whose recipient just hit a trap: the sender
-	 * check skips the blocklist for the rest of that message, so a trap
-	 * hit does not reject the ordinary recipients that follow it in the
-	 * same message (traps.on_mixed: the blocklist applies from the next
+	 * recipients of a message) whose recipient just hit a trap while none
+	 * of the transaction's keys was blocklisted yet: the sender check
+	 * skips the blocklist for the rest of that message, so a trap hit
+	 * does not reject the ordinary recipients that follow it in the same
+	 * message (traps.on_mixed: the blocklist applies from the next
 	 * transaction on). Direct-mapped, lock-free, best effort.
 	 */
 	_Atomic uint64_t trap_instances[TRAP_SLOTS];
@@ -565,9 +566,15 @@ static decide_verdict check_sender(engine_snapshot *snap, const request_ctx *rc,
 static decide_verdict check_recipient(engine_snapshot *snap, const request_ctx *rc, const decide_facts *f,
                                       const decide_txn *txn)
 {
-	decide_verdict v = engine_check_recipient(snap, f, txn);
+	bool listed_before;
+	decide_verdict v = engine_check_recipient_listed(snap, f, txn, &listed_before);
 
-	if (v.reason == DECIDE_REASON_TRAP && v.record)
+	/*
+	 * The exemption covers only what this hit blocklists: a sender listed
+	 * before this message began stays rejected for its other recipients
+	 * (a full listener runs the trap check before the sender check).
+	 */
+	if (v.reason == DECIDE_REASON_TRAP && v.record && !listed_before)
 		trap_instance_add(rc->srv, attr_whole(rc->req, POLICY_ATTR_INSTANCE));
 	return v;
 }
