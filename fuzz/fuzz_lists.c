@@ -240,8 +240,13 @@ static whitelist_match expect_whitelist(const model *m, const char *sender, cons
 static whitelist_match query_whitelist(const model *m, const char *sender, const char *client)
 {
 	whitelist_match got = whitelist_check(m->wl, sender, client);
+	whitelist_match by_sender = whitelist_check_sender(m->wl, sender);
 
 	CHECK(got == expect_whitelist(m, sender, client));
+	/* The halves decide.c uses: the network first, else the sender's own match. */
+	CHECK(whitelist_check_client(m->wl, client) == (got == WHITELIST_CLIENT_NETWORK));
+	CHECK(got == WHITELIST_CLIENT_NETWORK || by_sender == got);
+	CHECK(by_sender == expect_whitelist(m, sender, NULL));
 	return got;
 }
 

@@ -1314,6 +1314,7 @@ static const char *const on_error_names[] = {"accept", "tempfail", NULL};
 static const char *const backend_names[] = {"sqlite", "redis", NULL};
 static const char *const action_names[] = {"discard", "reject", "accept", NULL};
 static const char *const on_mixed_names[] = {"deliver-others", "discard-all", NULL};
+static const char *const null_sender_names[] = {"ignore", "client", NULL};
 static const char *const target_names[] = {"syslog", "stderr", NULL};
 
 #define J(...) #__VA_ARGS__ /* a default written as JSON */
@@ -1377,6 +1378,8 @@ static const key_def schema[] = {
     {"traps.action", T_ENUM, J("discard"), .names = action_names, AT(decide.action)},
     {"traps.on_mixed", T_ENUM, J("deliver-others"), .names = on_mixed_names, AT(decide.on_mixed)},
     {"traps.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_TRAPS])},
+    /* Bounces come from innocent servers (backscatter): by default they record nothing. */
+    {"traps.null_sender", T_ENUM, J("ignore"), .names = null_sender_names, AT(decide.null_sender)},
 
     {"blocklist.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_BLOCKLIST])},
     {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},

@@ -12,6 +12,7 @@
 #ifndef SPAMTRAPD_ENGINE_H
 #define SPAMTRAPD_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 

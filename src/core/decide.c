@@ -203,6 +203,14 @@ static void prepare_domain_count(const decide_policy *policy, decide_txn *txn, c
 
 static void prepare_record(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
 {
+	/*
+	 * A bounce comes from the server that got a message with a forged
+	 * sender, not from the spammer (backscatter): by default it records
+	 * nothing, so that one forged message cannot block a large
+	 * provider's outbound address.
+	 */
+	if (txn->null_sender && policy->null_sender == NULL_SENDER_IGNORE)
+		return;
 	if (policy->keys & DECIDE_KEY_SENDER)
 		push_record(txn, k->sender);
 	/* An authenticated client is a shared submission host, not the spammer. */
@@ -226,20 +234,40 @@ static void lowercase(char *s)
 		*s = (char)tolower((unsigned char)*s);
 }
 
+/*
+ * SPEC "Checks" item 3: a whitelisted network exempts everything. A
+ * whitelisted sender can be forged, so it exempts the whole transaction
+ * only when verified (the client authenticated, or facts->sender_verified);
+ * otherwise only its own keys (see decide_txn).
+ */
+static void prepare_whitelist(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
+{
+	bool verified = facts->sender_verified || (facts->sasl_username && *facts->sasl_username);
+
+	txn->whitelisted = WHITELIST_NONE;
+	txn->sender_whitelisted = WHITELIST_NONE;
+	if (!policy->whitelist)
+		return;
+	if (!txn->sender_invalid)
+		txn->sender_whitelisted = whitelist_check_sender(policy->whitelist, txn->sender);
+	if (whitelist_check_client(policy->whitelist, facts->client_address))
+		txn->whitelisted = WHITELIST_CLIENT_NETWORK;
+	else if (verified)
+		txn->whitelisted = txn->sender_whitelisted;
+}
+
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
 {
 	memset(txn, 0, offsetof(decide_txn, buf));
 	txn->buflen = 0;
 	prepare_sender(facts, txn);
-	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender);
+	prepare_whitelist(policy, facts, txn);
+	/* A whitelisted sender's own keys are never looked up nor recorded. */
+	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender) &&
+	                   txn->sender_whitelisted == WHITELIST_NONE;
 
 	txn->have_client = facts->client_address && addr_ip_parse(facts->client_address, &txn->client) &&
 	                   !is_loopback(&txn->client);
-
-	txn->whitelisted = WHITELIST_NONE;
-	if (policy->whitelist)
-		txn->whitelisted = whitelist_check(
-		    policy->whitelist, txn->sender_invalid ? NULL : txn->sender, facts->client_address);
 
 	txn_keys k = {.ip = txn->have_client ? &txn->client : NULL,
 	              .authenticated = facts->sasl_username && *facts->sasl_username};

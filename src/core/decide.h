@@ -28,6 +28,8 @@ enum {
 
 typedef enum { TRAP_ACTION_DISCARD, TRAP_ACTION_REJECT, TRAP_ACTION_ACCEPT } trap_action;
 typedef enum { ON_MIXED_DELIVER_OTHERS, ON_MIXED_DISCARD_ALL } on_mixed_policy;
+/* traps.null_sender: what a bounce (MAIL FROM:<>) to a trap records. */
+typedef enum { NULL_SENDER_IGNORE, NULL_SENDER_CLIENT } null_sender_policy;
 
 /* An SMTP reply split the way smfi_setreply wants it. */
 typedef struct smtp_reply {
@@ -47,6 +49,7 @@ typedef struct decide_policy {
 	bool dry_run; /* top-level mode dry-run: every check is shadow */
 	trap_action action;
 	on_mixed_policy on_mixed;
+	null_sender_policy null_sender;
 	unsigned keys; /* DECIDE_KEY_* */
 	int64_t ttl;   /* seconds a trap hit keeps a key blocklisted */
 	unsigned ipv4_prefix, ipv6_prefix;
@@ -69,6 +72,13 @@ typedef struct decide_facts {
 	const char *sasl_username; /* set only for authenticated clients */
 	const char *recipient;
 	const char *queue_id;
+	/*
+	 * A check proved the sender is not forged (SPF pass, once the spf
+	 * check exists). An authenticated client verifies its sender too,
+	 * without this. Only a verified whitelisted sender exempts the whole
+	 * transaction (SPEC "Checks" item 3).
+	 */
+	bool sender_verified;
 } decide_facts;
 
 #define DECIDE_MAX_LOOKUP 8
@@ -87,14 +97,24 @@ typedef struct decide_facts {
  * blocklist entry may match at MAIL FROM, in precedence order; the
  * client's networks (client) go before lookup[client_at]: the store builds
  * those keys at the lengths it holds (store_run). record[] holds the keys
- * a trap hit in this transaction blocklists under policy->keys and the
- * null-sender and SASL rules.
+ * a trap hit in this transaction blocklists under policy->keys,
+ * traps.null_sender, the SASL rule and the whitelist (see whitelisted
+ * below).
  */
 typedef struct decide_txn {
 	char sender[ADDR_MAX]; /* normalised; "" for the null sender */
 	bool null_sender;
 	bool sender_invalid;
+	/*
+	 * whitelisted: what exempts the whole transaction (never looked up,
+	 * never recorded, never rejected): a client network, or a whitelisted
+	 * sender that is verified; WHITELIST_NONE otherwise. sender_whitelisted:
+	 * the sender's own match, verified or not; an unverified one only
+	 * keeps the sender-derived keys (sender, sender_domain) out of lookup[]
+	 * and record[], since anyone can write that MAIL FROM.
+	 */
 	whitelist_match whitelisted;
+	whitelist_match sender_whitelisted;
 	bool have_client; /* client holds a usable (non-loopback) client address */
 	addr_ip client;
 	size_t nlookup, nrecord, client_at;

@@ -149,15 +149,18 @@ static bool domain_whitelisted(const whitelist *wl, const char *domain)
 	return false;
 }
 
-whitelist_match whitelist_check(const whitelist *wl, const char *sender, const char *client_address)
+bool whitelist_check_client(const whitelist *wl, const char *client_address)
+{
+	return wl != NULL && client_whitelisted(wl, client_address);
+}
+
+whitelist_match whitelist_check_sender(const whitelist *wl, const char *sender)
 {
 	char norm[ADDR_MAX];
 	const char *domain;
 
 	if (wl == NULL)
 		return WHITELIST_NONE;
-	if (client_whitelisted(wl, client_address))
-		return WHITELIST_CLIENT_NETWORK;
 	/* Normalise again so that a caller's raw "<User@Example.ORG>" compares too. */
 	if (sender == NULL || addr_normalise(sender, strlen(sender), norm, sizeof(norm)) != ADDR_OK)
 		return WHITELIST_NONE;
@@ -167,4 +170,11 @@ whitelist_match whitelist_check(const whitelist *wl, const char *sender, const c
 	if (domain != NULL && domain_whitelisted(wl, domain))
 		return WHITELIST_SENDER_DOMAIN;
 	return WHITELIST_NONE;
+}
+
+whitelist_match whitelist_check(const whitelist *wl, const char *sender, const char *client_address)
+{
+	if (whitelist_check_client(wl, client_address))
+		return WHITELIST_CLIENT_NETWORK;
+	return whitelist_check_sender(wl, sender);
 }

@@ -1,7 +1,10 @@
 /*
- * whitelist: senders (by address, or by domain and optionally its
- * subdomains) and client networks that spamtrapd never blocklists and never
- * rejects. Built once per config snapshot; read-only afterwards.
+ * whitelist: client networks that spamtrapd never blocklists and never
+ * rejects, and senders (by address, or by domain and optionally its
+ * subdomains) whose sender-derived keys it never blocklists. A sender can
+ * be forged, so the caller decides how far a sender match reaches
+ * (decide.c: the whole transaction only when the sender is verified).
+ * Built once per config snapshot; read-only afterwards.
  */
 #ifndef SPAMTRAPD_WHITELIST_H
 #define SPAMTRAPD_WHITELIST_H
@@ -35,7 +38,13 @@ int whitelist_add_line(whitelist *wl, const char *line, char *err, size_t errlen
 /*
  * sender: normalised sender address ("" for the null sender, NULL unknown);
  * client_address: as Postfix reports it (NULL or "unknown" when unknown).
+ * The first match of: client network, sender address, sender domain.
  */
 whitelist_match whitelist_check(const whitelist *wl, const char *sender, const char *client_address);
+
+/* The two halves of whitelist_check, for callers that need both answers. */
+bool whitelist_check_client(const whitelist *wl, const char *client_address);
+/* WHITELIST_SENDER_ADDRESS, WHITELIST_SENDER_DOMAIN or WHITELIST_NONE. */
+whitelist_match whitelist_check_sender(const whitelist *wl, const char *sender);
 
 #endif

@@ -77,29 +77,11 @@ def dump_logs_on_failure(test):
     return wrapper
 
 
-class PostfixPolicyTest(unittest.TestCase):
+class PostfixCase(unittest.TestCase):
+    """One Postfix and one spamtrapd per class (setUpClass in the subclass) and the helpers."""
+
     pf = None
     daemon = None
-
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = sh.Spamtrapd(DAEMON_CONFIG)
-        trap_port, sender_port = cls.daemon.policy_port("trap"), cls.daemon.policy_port("sender")
-        cls.pf = ph.PostfixInstance(
-            mailboxes=list(TRAPS.values()) + list(USERS.values()),
-            params={
-                "smtpd_sender_restrictions": "check_policy_service inet:127.0.0.1:%d" % sender_port,
-                "smtpd_recipient_restrictions": "check_policy_service inet:127.0.0.1:%d, "
-                                                "permit_mynetworks, reject_unauth_destination" % trap_port,
-                "smtpd_delay_reject": "yes",
-            },
-            services={"nodelay": {"smtpd_delay_reject": "no"}})
-        try:
-            cls.daemon.start()
-            cls.pf.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
 
     @classmethod
     def tearDownClass(cls):
@@ -128,6 +110,29 @@ class PostfixPolicyTest(unittest.TestCase):
         for rcpt in others:
             self.assertEqual(result.rcpt[rcpt], (250, "2.1.5 Ok"), result)
 
+
+class PostfixPolicyTest(PostfixCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = sh.Spamtrapd(DAEMON_CONFIG)
+        trap_port, sender_port = cls.daemon.policy_port("trap"), cls.daemon.policy_port("sender")
+        cls.pf = ph.PostfixInstance(
+            mailboxes=list(TRAPS.values()) + list(USERS.values()),
+            params={
+                "smtpd_sender_restrictions": "check_policy_service inet:127.0.0.1:%d" % sender_port,
+                "smtpd_recipient_restrictions": "check_policy_service inet:127.0.0.1:%d, "
+                                                "permit_mynetworks, reject_unauth_destination" % trap_port,
+                "smtpd_delay_reject": "yes",
+            },
+            services={"nodelay": {"smtpd_delay_reject": "no"}})
+        try:
+            cls.daemon.start()
+            cls.pf.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    # ------------------------------------------------------------ helpers
     def assert_refused_at_rcpt(self, result, sender):
         """smtpd_delay_reject=yes: MAIL is accepted, every RCPT gets blocklist.reject."""
         self.assertEqual(result.mail, (250, "2.1.0 Ok"), result)
@@ -211,21 +216,30 @@ class PostfixPolicyTest(unittest.TestCase):
         self.assertEqual(self.pf.delivered_ids(USERS["erin"]), [next64.message_id])
 
     @dump_logs_on_failure
-    def test_d_whitelisted_sender_is_never_blocked(self):
+    def test_d_whitelisted_sender_protects_only_itself_unless_authenticated(self):
         boss = "boss@" + WHITELISTED_DOMAIN
+        # Not authenticated, so possibly forged: the trap hit counts and blocklists the client...
         first = self.send(boss, [TRAPS["d"], USERS["frank"]], client="203.0.113.40")
-        # Whitelisted: spamtrapd answers DUNNO, even for the trap.
-        self.assertEqual(first.rejected_at(), None, first)
-        self.assertEqual(first.rcpt[TRAPS["d"]], (250, "2.1.5 Ok"), first)
+        self.assert_trap_hit(first, TRAPS["d"], others=[USERS["frank"]])
         self.assert_delivered(first, USERS["frank"])
+        again = self.send(boss, [USERS["frank"]], client="203.0.113.40")
+        self.assert_refused_at_rcpt(again, boss)
+        # ...but not the whitelisted sender itself.
+        elsewhere = self.send(boss, [USERS["frank"]], client="203.0.113.41")
+        self.assertEqual(elsewhere.rejected_at(), None, elsewhere)
+        self.assert_delivered(elsewhere, USERS["frank"])
 
+        # Authenticated (XCLIENT LOGIN): the sender is verified and the whole transaction
+        # exempt, even from the listed client and even for the trap.
         for service in ("default", "nodelay"):
-            again = self.send(boss, [USERS["frank"]], client="203.0.113.40", service=service)
-            self.assertEqual(again.rejected_at(), None, again)
-            self.assert_delivered(again, USERS["frank"])
+            auth = self.send(boss, [TRAPS["d"], USERS["frank"]], client="203.0.113.40", service=service,
+                             xclient={"LOGIN": "boss"})
+            self.assertEqual(auth.rejected_at(), None, auth)
+            self.assertEqual(auth.rcpt[TRAPS["d"]], (250, "2.1.5 Ok"), auth)
+            self.assert_delivered(auth, USERS["frank"])
 
         self.pf.wait_queue_empty()
-        self.assertEqual(len(self.pf.delivered(USERS["frank"])), 3)
+        self.assertEqual(len(self.pf.delivered(USERS["frank"])), 4)
 
     @dump_logs_on_failure
     def test_e_discard_all_drops_the_whole_message(self):
@@ -271,6 +285,69 @@ class PostfixPolicyTest(unittest.TestCase):
         retry = self.send(sender, [USERS["hank"]], client="203.0.113.60")
         self.assertEqual(retry.rejected_at(), None, retry)
         self.assert_delivered(retry, USERS["hank"])
+
+
+FULL_TRAPS = {name: "trap-full-%s@%s" % (name, SINK) for name in ("old", "old2", "new")}
+FULL_USERS = {name: "%s@%s" % (name, SINK) for name in ("ivan", "judy")}
+
+
+class PostfixFullListenerTest(PostfixCase):
+    """One `full` listener in smtpd_recipient_restrictions (docs/policy.md): at each RCPT the trap
+    check runs first, then the sender check. A trap hit must not let a sender that was blocklisted
+    before the message began pass for the message's other recipients (issue 11, item 2)."""
+
+    @classmethod
+    def setUpClass(cls):
+        config = sh.merge(DAEMON_CONFIG, {"traps": {"addresses": sorted(FULL_TRAPS.values())}})
+        cls.daemon = sh.Spamtrapd(config, roles=("full",))
+        cls.pf = ph.PostfixInstance(
+            mailboxes=list(FULL_TRAPS.values()) + list(FULL_USERS.values()),
+            params={
+                "smtpd_recipient_restrictions": "check_policy_service inet:127.0.0.1:%d, "
+                                                "permit_mynetworks, reject_unauth_destination"
+                                                % cls.daemon.policy_port("full"),
+            })
+        try:
+            cls.daemon.start()
+            cls.pf.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @dump_logs_on_failure
+    def test_a_sender_listed_before_is_refused_for_the_other_recipients(self):
+        sender = "listed-full@bad-full.test"
+        earlier = self.send(sender, [FULL_TRAPS["old"]], client="192.0.2.70")
+        self.assert_trap_hit(earlier, FULL_TRAPS["old"])
+
+        # A new message from a clean client, its first recipient a trap: the trap is refused
+        # as a trap, and the ordinary recipient gets the blocklist reject.
+        r = self.send(sender, [FULL_TRAPS["old2"], FULL_USERS["ivan"]], client="198.51.100.70")
+        self.assertEqual(r.rcpt[FULL_TRAPS["old2"]].code, 550, r)
+        self.assertTrue(r.rcpt[FULL_TRAPS["old2"]].text.startswith(trap_refused(FULL_TRAPS["old2"])), r)
+        reply = r.rcpt[FULL_USERS["ivan"]]
+        self.assertEqual(reply.code, 550, r)
+        self.assertTrue(reply.text.startswith("5.7.1 <%s>: Recipient address rejected: " % FULL_USERS["ivan"]), r)
+        self.assertTrue(reply.text.endswith(REJECT_TEXT), r)
+        self.assertFalse(r.accepted, r)
+
+        self.pf.wait_queue_empty()
+        self.assertEqual(self.pf.delivered(FULL_USERS["ivan"]), [])
+
+    @dump_logs_on_failure
+    def test_b_sender_not_listed_before_reaches_the_other_recipients(self):
+        sender = "fresh-full@bad-full.test"
+        r = self.send(sender, [FULL_TRAPS["new"], FULL_USERS["judy"]], client="192.0.2.71")
+        self.assert_trap_hit(r, FULL_TRAPS["new"], others=[FULL_USERS["judy"]])
+        self.assert_delivered(r, FULL_USERS["judy"])
+
+        # The hit was recorded: the next message is refused.
+        again = self.send(sender, [FULL_USERS["judy"]], client="198.51.100.71")
+        self.assertEqual(again.rcpt[FULL_USERS["judy"]].code, 550, again)
+        self.assertTrue(again.rcpt[FULL_USERS["judy"]].text.endswith(REJECT_TEXT), again)
+
+        self.pf.wait_queue_empty()
+        self.assertEqual(self.pf.delivered_ids(FULL_USERS["judy"]), [r.message_id])
 
 
 if __name__ == "__main__":

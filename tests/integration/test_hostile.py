@@ -571,6 +571,9 @@ class TestMilterGarbage(HostileCase):
 class TestAddresses(HostileCase):
     """Strange addresses: the verdicts, and one key for one mailbox however it is spelled."""
 
+    # test_null_sender: a bounce to a trap records the client (the default, ignore, records nothing).
+    CONFIG = {"traps": {"null_sender": "client"}}
+
     def trap_hit(self, sender, client, recipient=TRAP, **kw):
         return self.client("trap").check(sender=sender, recipient=recipient, client_address=client, **kw)
 
@@ -589,7 +592,8 @@ class TestAddresses(HostileCase):
         return m
 
     def test_null_sender(self):
-        """<> hitting a trap blocklists the client, never the null sender: bounces from elsewhere pass."""
+        """<> hitting a trap blocklists the client (null_sender client), never the null sender: bounces from
+        elsewhere pass."""
         with self.scenario() as mark:
             for spelling in ("", "<>"):
                 self.assertEqual(self.trap_hit(spelling, "192.0.2.31"), TRAP_REPLY)

@@ -11,7 +11,9 @@ import grp
 import os
 import pwd
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -108,11 +110,14 @@ class TestBlocklist(DaemonCase):
         self.assertEqual(self.trap_hit("x@bad.test", "192.0.2.18", protocol_state="MAIL"), "DUNNO")
         self.assertEqual(self.sender_check("x@bad.test", "192.0.2.18"), "DUNNO")
 
-    def test_null_sender_trap_hit_blocks_client_not_null_sender(self):
-        self.assertEqual(self.trap_hit("", "192.0.2.20"), "550 5.1.1 User unknown")
-        self.assertEqual(self.sender_check("", "203.0.113.20"), "DUNNO")
-        self.assertEqual(self.sender_check("", "192.0.2.20"), REJECT_TEXT)
-        self.assertEqual(self.sender_check("someone@else.test", "192.0.2.20"), REJECT_TEXT)
+    def test_null_sender_trap_hit_records_nothing_by_default(self):
+        """traps.null_sender ignore: a bounce (backscatter from a forged sender) comes from an
+        innocent server; the trap still answers as a trap, nothing is blocklisted."""
+        self.assertEqual(self.trap_hit("", "192.0.2.20", helo_name="mx.bounce.test"), "550 5.1.1 User unknown")
+        self.d.wait_for_log(r"reject: trap trap=trap@example\.com blocklisted=none \(null sender\); "
+                            r"client=192\.0\.2\.20 ")
+        self.assertEqual(self.sender_check("", "192.0.2.20"), "DUNNO")
+        self.assertEqual(self.sender_check("someone@else.test", "192.0.2.20"), "DUNNO")
 
     def test_ipv6_client(self):
         self.trap_hit("spam6@bad.test", "2001:db8:1:2::25")
@@ -164,24 +169,64 @@ class TestBlocklist(DaemonCase):
         self.assertEqual(c.read_action(), "DUNNO")
 
 
+class TestNullSenderClient(DaemonCase):
+    CONFIG = {"traps": {"null_sender": "client"}}
+
+    def test_null_sender_trap_hit_blocks_client_not_null_sender(self):
+        self.assertEqual(self.trap_hit("", "192.0.2.20"), "550 5.1.1 User unknown")
+        self.assertEqual(self.sender_check("", "203.0.113.20"), "DUNNO")
+        self.assertEqual(self.sender_check("", "192.0.2.20"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("someone@else.test", "192.0.2.20"), REJECT_TEXT)
+
+
+class TestNullSenderConfig(unittest.TestCase):
+    def check(self, text):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "spamtrapd.json")
+            with open(path, "w") as f:
+                f.write(text)
+            r = subprocess.run([*sh.command(), "-t", "-c", path], capture_output=True, text=True, timeout=30)
+            return r.returncode, (r.stdout + r.stderr).replace(path, "FILE")
+
+    def test_check_names_a_bad_value_with_its_position(self):
+        rc, out = self.check('{\n  "traps": {\n    "null_sender": "bounce"\n  }\n}\n')
+        self.assertEqual(rc, 1, out)
+        self.assertIn("FILE:3:5: traps.null_sender: expected one of ignore, client", out)
+
+    def test_check_accepts_both_values(self):
+        for value in ("ignore", "client"):
+            rc, out = self.check('{"traps": {"null_sender": "%s"}}\n' % value)
+            self.assertEqual(rc, 0, out)
+            self.assertIn("is valid", out)
+
+
 class TestWhitelist(DaemonCase):
     CONFIG = {"whitelist": {"domains": ["example.org"], "addresses": ["boss@partner.test"],
                             "networks": ["198.51.100.0/24", "2001:db8:ffff::/48"]}}
 
-    def assert_never_blocked(self, sender, client):
-        self.assertEqual(self.trap_hit(sender, client), "DUNNO")
+    def assert_never_blocked(self, sender, client, **kw):
+        self.assertEqual(self.trap_hit(sender, client, **kw), "DUNNO")
         self.assertEqual(self.sender_check(sender, "203.0.113.50"), "DUNNO")
         self.assertEqual(self.sender_check("another@unrelated.test", client), "DUNNO")
 
+    def assert_forged_sender_protected(self, sender, client):
+        """An unverified whitelisted sender: the trap hit counts, blocklists the client, not the sender."""
+        self.assertEqual(self.trap_hit(sender, client), "550 5.1.1 User unknown")
+        self.assertEqual(self.sender_check(sender, "203.0.113.50"), "DUNNO")
+        self.assertEqual(self.sender_check("another@unrelated.test", client), REJECT_TEXT)
+
     def test_domain(self):
-        self.assert_never_blocked("friend@example.org", "192.0.2.30")
+        self.assert_forged_sender_protected("friend@example.org", "192.0.2.30")
+
+    def test_authenticated_domain(self):
+        self.assert_never_blocked("friend@example.org", "192.0.2.35", sasl_username="friend")
 
     def test_subdomain_not_included_by_default(self):
         self.assertEqual(self.trap_hit("x@sub.example.org", "192.0.2.31"), "550 5.1.1 User unknown")
         self.assertEqual(self.sender_check("x@sub.example.org", "203.0.113.51"), REJECT_TEXT)
 
     def test_address(self):
-        self.assert_never_blocked("boss@partner.test", "192.0.2.32")
+        self.assert_forged_sender_protected("boss@partner.test", "192.0.2.32")
         # only that address of the domain
         self.trap_hit("intern@partner.test", "192.0.2.33")
         self.assertEqual(self.sender_check("intern@partner.test", "203.0.113.52"), REJECT_TEXT)
@@ -196,15 +241,55 @@ class TestWhitelist(DaemonCase):
         self.assertEqual(self.sender_check("bad@spam.test", "198.51.100.78"), "DUNNO")
 
 
+class TestForgedWhitelistedSender(DaemonCase):
+    """SPEC "Checks" 3: a whitelisted sender can be forged. It keeps its own keys (sender,
+    sender_domain) off the blocklist, but overrides neither a client block nor the recording
+    of the client, unless the client authenticated."""
+
+    CONFIG = {"whitelist": {"domains": ["example.org"]},
+              "blocklist": {"keys": ["sender", "client_address", "sender_domain", "helo_name"]}}
+
+    def test_blocklisted_client_with_whitelisted_sender_is_rejected(self):
+        self.trap_hit("spam@bad.test", "192.0.2.9", helo_name="spam.test")
+        self.assertEqual(self.sender_check("ceo@example.org", "192.0.2.9"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("ceo@example.org", "192.0.2.9", protocol_state="MAIL",
+                                           recipient=None), REJECT_TEXT)
+        # authenticated: the sender is verified, the whole transaction is exempt
+        self.assertEqual(self.sender_check("ceo@example.org", "192.0.2.9", sasl_username="ceo"), "DUNNO")
+        self.d.wait_for_log(r"continue: whitelisted; client=192\.0\.2\.9 .*sender=<ceo@example\.org>")
+        # elsewhere the sender itself is fine
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.9"), "DUNNO")
+
+    def test_trap_hit_with_forged_sender_blocklists_client_not_sender(self):
+        self.assertEqual(self.trap_hit("ceo@example.org", "192.0.2.10", helo_name="forger.test"),
+                         "550 5.1.1 User unknown")
+        self.d.wait_for_log(r"reject: trap trap=trap@example\.com blocklisted=192\.0\.2\.10,helo:forger\.test; ")
+        self.assertEqual(self.sender_check("x@other.test", "192.0.2.10"), REJECT_TEXT)
+        self.assertEqual(self.sender_check("x@other.test", "203.0.113.10", helo_name="forger.test"), REJECT_TEXT)
+        # neither the address nor its domain
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.11"), "DUNNO")
+        self.assertEqual(self.sender_check("cfo@example.org", "203.0.113.11"), "DUNNO")
+        out = self.d.ctl("list").stdout
+        self.assertNotIn("example.org", out)
+
+    def test_authenticated_whitelisted_sender_is_exempt(self):
+        self.assertEqual(self.trap_hit("ceo@example.org", "192.0.2.11", sasl_username="ceo",
+                                       helo_name="laptop.test"), "DUNNO")
+        self.d.wait_for_log(r"continue: whitelisted trap=trap@example\.com blocklisted=-; client=192\.0\.2\.11 ")
+        self.assertEqual(self.sender_check("x@other.test", "192.0.2.11", helo_name="laptop.test"), "DUNNO")
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.12"), "DUNNO")
+
+
 class TestWhitelistSubdomains(DaemonCase):
     CONFIG = {"whitelist": {"domains": ["example.org"], "include_subdomains": True}}
 
     def test_domain_and_subdomains(self):
         for sender, client in (("a@example.org", "192.0.2.40"), ("b@sub.example.org", "192.0.2.41"),
                                ("c@deep.sub.example.org", "192.0.2.42")):
-            self.assertEqual(self.trap_hit(sender, client), "DUNNO", sender)
+            # forged (not authenticated): the sender is protected, its client is not
+            self.assertEqual(self.trap_hit(sender, client), "550 5.1.1 User unknown", sender)
             self.assertEqual(self.sender_check(sender, "203.0.113.60"), "DUNNO", sender)
-            self.assertEqual(self.sender_check("other@x.test", client), "DUNNO", sender)
+            self.assertEqual(self.sender_check("other@x.test", client), REJECT_TEXT, sender)
 
     def test_lookalike_domain_is_not_whitelisted(self):
         self.trap_hit("d@badexample.org", "192.0.2.43")
@@ -718,12 +803,55 @@ class TestRoleFull(DaemonCase):
         kw["instance"] = sh.new_instance()
         self.assertEqual(c.check(recipient="real@example.com", **kw), REJECT_TEXT)
 
+    def assert_listed_before_stays_rejected(self, c, kw):
+        """A message whose first recipient is a trap: the same-message exemption covers only
+        what this hit blocklisted, not a key listed before the message began."""
+        kw["instance"] = sh.new_instance()
+        self.assertEqual(c.check(recipient=TRAP, **kw), "550 5.1.1 User unknown")
+        self.assertEqual(c.check(recipient="real@example.com", **kw), REJECT_TEXT)
+        self.assertEqual(c.check(recipient="other@example.com", **kw), REJECT_TEXT)
+
+    def test_sender_listed_before_the_message_is_rejected_after_a_trap_hit(self):
+        c = self.client("full")
+        c.check(sender="listed@bad.test", recipient=TRAP, client_address="192.0.2.104")
+        self.assert_listed_before_stays_rejected(c, dict(sender="listed@bad.test", client_address="203.0.113.104"))
+
+    def test_client_listed_before_the_message_is_rejected_after_a_trap_hit(self):
+        c = self.client("full")
+        c.check(sender="first@bad.test", recipient=TRAP, client_address="192.0.2.105")
+        self.assert_listed_before_stays_rejected(c, dict(sender="fresh@new.test", client_address="192.0.2.105"))
+
     def test_without_protocol_state(self):
         c = self.client("full")
         self.assertEqual(c.check(protocol_state=None, sender="nostate@bad.test", recipient=TRAP,
                                  client_address="192.0.2.103"), "550 5.1.1 User unknown")
         self.assertEqual(c.check(protocol_state=None, recipient=None, sender="nostate@bad.test",
                                  client_address="203.0.113.103"), REJECT_TEXT)
+
+
+class TestRoleFullAccept(DaemonCase):
+    """traps.action accept on a full listener: the trap hit is answered DUNNO, and the entry it just
+    made rejects neither it nor the message's other recipients; an older entry still rejects them."""
+
+    ROLES = ("full",)
+    CONFIG = {"traps": {"action": "accept"}}
+
+    def test_new_entry_exempts_this_message(self):
+        c = self.client("full")
+        kw = dict(sender="acc@bad.test", client_address="192.0.2.106", instance=sh.new_instance())
+        self.assertEqual(c.check(recipient=TRAP, **kw), "DUNNO")
+        self.assertEqual(c.check(recipient="real@example.com", **kw), "DUNNO")
+        self.assertEqual(c.check(recipient=TRAP, **kw), "DUNNO")
+        self.assertEqual(c.check(recipient="real2@example.com", **kw), "DUNNO")
+        kw["instance"] = sh.new_instance()
+        self.assertEqual(c.check(recipient="real@example.com", **kw), REJECT_TEXT)
+
+    def test_old_entry_still_rejects(self):
+        c = self.client("full")
+        c.check(sender="acc2@bad.test", recipient=TRAP, client_address="192.0.2.107")
+        kw = dict(sender="acc2@bad.test", client_address="203.0.113.107", instance=sh.new_instance())
+        self.assertEqual(c.check(recipient=TRAP, **kw), "DUNNO")
+        self.assertEqual(c.check(recipient="real@example.com", **kw), REJECT_TEXT)
 
 
 class TestStop(unittest.TestCase):

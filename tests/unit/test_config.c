@@ -147,6 +147,7 @@ static void check_defaults(const config *cfg)
 	assert_string_equal(cfg->recipient_delimiter, "+");
 	assert_int_equal(cfg->decide.action, TRAP_ACTION_DISCARD);
 	assert_int_equal(cfg->decide.on_mixed, ON_MIXED_DELIVER_OTHERS);
+	assert_int_equal(cfg->decide.null_sender, NULL_SENDER_IGNORE);
 
 	assert_int_equal(cfg->decide.keys, DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS);
 	assert_int_equal(cfg->decide.ttl, 86400);
@@ -192,7 +193,8 @@ static const char spec_example[] =
     "    \"files\": [],\n"
     "    \"recipient_delimiter\": \"+-\",\n"
     "    \"action\": \"reject\",\n"
-    "    \"on_mixed\": \"discard-all\"\n"
+    "    \"on_mixed\": \"discard-all\",\n"
+    "    \"null_sender\": \"client\"\n"
     "  },\n"
     "  \"blocklist\": {\n"
     "    \"keys\": [\"sender\", \"client_address\", \"sasl_username\", "
@@ -231,6 +233,7 @@ static void check_spec_example(const config *cfg)
 	assert_string_equal(cfg->recipient_delimiter, "+-");
 	assert_int_equal(cfg->decide.action, TRAP_ACTION_REJECT);
 	assert_int_equal(cfg->decide.on_mixed, ON_MIXED_DISCARD_ALL);
+	assert_int_equal(cfg->decide.null_sender, NULL_SENDER_CLIENT);
 	assert_int_equal(cfg->decide.keys, DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS |
 	                                       DECIDE_KEY_SASL_USERNAME | DECIDE_KEY_SENDER_DOMAIN |
 	                                       DECIDE_KEY_HELO_NAME);
@@ -571,6 +574,11 @@ static const error_case error_cases[] = {
      "{\"traps\": {\"action\": \"drop\"}}",
      {NULL},
      {":1:12: traps.action: expected one of discard, reject, accept"},
+     1},
+    {"bad null_sender",
+     "{\"traps\": {\"action\": \"reject\",\n  \"null_sender\": \"sender\"}}",
+     {NULL},
+     {":2:3: traps.null_sender: expected one of ignore, client"},
      1},
     {"bad mode", "{\"mode\": \"dryrun\"}", {NULL}, {"mode: expected one of enforce, dry-run"}, 1},
     {"bad duration unit",

@@ -164,6 +164,7 @@ static int setup(void **state)
 	f.wl = whitelist_new(false);
 	assert_int_equal(whitelist_add_domain(f.wl, "example.org", err, sizeof(err)), 0);
 	assert_int_equal(whitelist_add_network(f.wl, "198.51.100.0/24", err, sizeof(err)), 0);
+	assert_int_equal(whitelist_add_address(f.wl, "boss@partner.example", err, sizeof(err)), 0);
 	f.policy.traps = f.traps;
 	f.policy.whitelist = f.wl;
 	f.policy.keys = DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS;
@@ -204,8 +205,11 @@ static const sender_case sender_cases[] = {
      DECIDE_LOOKUP_ERROR, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_STORE_ERROR, "", ""},
     {"store error with on_error tempfail answers 450", false, true, "<a@good.example>", "192.0.2.8",
      DECIDE_LOOKUP_ERROR, DECIDE_TEMPFAIL, DECIDE_TEMPFAIL, DECIDE_REASON_STORE_ERROR, "450", "4.7.1"},
-    {"whitelisted domain is never rejected", false, false, "<boss@example.org>", "192.0.2.9",
-     DECIDE_LOOKUP_HIT, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, "", ""},
+    /* SPEC "Checks" 3: a whitelisted sender can be forged; the client's own keys still count. */
+    {"forged whitelisted domain from a listed client is rejected", false, false, "<ceo@example.org>",
+     "192.0.2.9", DECIDE_LOOKUP_HIT, DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, "550", "5.7.1"},
+    {"forged whitelisted address from a listed client is rejected", false, false, "<boss@partner.example>",
+     "192.0.2.9", DECIDE_LOOKUP_HIT, DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_BLOCKLISTED, "550", "5.7.1"},
     {"whitelisted network is never rejected", false, false, "<x@bad.example>", "198.51.100.20",
      DECIDE_LOOKUP_HIT, DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED, "", ""},
     {"dry-run lets a blocklisted sender through", true, false, "<spammer@bad.example>", "192.0.2.7",
@@ -287,9 +291,15 @@ static const rcpt_case rcpt_cases[] = {
      "trap@example.com", true},
     {"ordinary recipient: nothing known", P, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
      "<user@example.com>", DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_NONE, "", "", "", false},
-    {"whitelisted sender hitting a trap is ignored", P, TRAP_ACTION_DISCARD, ON_MIXED_DELIVER_OTHERS, false,
-     "<news@example.org>", "<trap@example.com>", DECIDE_CONTINUE, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED,
-     "", "", "trap@example.com", false},
+    {"forged whitelisted sender hitting a trap: trap action, client recorded", P, TRAP_ACTION_DISCARD,
+     ON_MIXED_DELIVER_OTHERS, false, "<news@example.org>", "<trap@example.com>", DECIDE_REJECT, DECIDE_REJECT,
+     DECIDE_REASON_TRAP, "550", "5.1.1", "trap@example.com", true},
+    {"bounce to a trap, null_sender ignore: trap action, nothing recorded", P, TRAP_ACTION_DISCARD,
+     ON_MIXED_DELIVER_OTHERS, false, "<>", "<trap@example.com>", DECIDE_REJECT, DECIDE_REJECT,
+     DECIDE_REASON_TRAP, "550", "5.1.1", "trap@example.com", false},
+    {"milter bounce to a trap, null_sender ignore: copy dropped, nothing recorded", M, TRAP_ACTION_DISCARD,
+     ON_MIXED_DELIVER_OTHERS, false, "", "<trap@example.com>", DECIDE_DROP_COPY, DECIDE_DROP_COPY,
+     DECIDE_REASON_TRAP, "", "", "trap@example.com", false},
     {"extension and case are ignored", P, TRAP_ACTION_REJECT, ON_MIXED_DELIVER_OTHERS, false, SPAMMER,
      "<TRAP+News@Example.COM>", DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP, "550", "5.7.1",
      "trap@example.com", true},
@@ -353,15 +363,15 @@ static const keys_case keys_cases[] = {
      NULL,
      NULL,
      {"a@bad.example", "192.0.2.7"}},
-    {"null sender blocklists only the client",
-     DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS,
+    {"null sender records nothing (traps.null_sender ignore)",
+     DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SASL_USERNAME | DECIDE_KEY_HELO_NAME,
      32,
      64,
      "<>",
      "192.0.2.7",
-     NULL,
-     NULL,
-     {"192.0.2.7"}},
+     "joe",
+     "mx.bounce.example",
+     {NULL}},
     {"null sender has no domain key",
      DECIDE_KEY_SENDER | DECIDE_KEY_SENDER_DOMAIN,
      32,
@@ -478,6 +488,14 @@ static void test_keys_table(void **state)
 		for (size_t k = 0; k < n; k++)
 			assert_string_equal(txn.record[k], c->record[k]);
 	}
+}
+
+static bool has_lookup(const decide_txn *txn, const char *key)
+{
+	for (size_t i = 0; key && i < txn->nlookup; i++)
+		if (strcmp(txn->lookup[i], key) == 0)
+			return true;
+	return false;
 }
 
 static bool has_key(const lookup_list *l, const char *key)
@@ -597,6 +615,111 @@ static void test_domain_record_keys(void **state)
 	assert_false(decide_counts_domain(&txn));
 	assert_int_equal(decide_record_keys(&p, &txn, 0, keys), 1);
 	assert_string_equal(keys[0], "@gmail.com");
+}
+
+/*
+ * SPEC "Checks" 3, end to end through the core: which keys a transaction
+ * with a whitelisted sender looks up, and what its trap hit does.
+ */
+typedef struct wl_case {
+	const char *name;
+	const char *sender, *client, *sasl;
+	bool sender_verified;
+	whitelist_match whole, sender_match;
+	bool sender_keys; /* sender and @domain among the lookup keys */
+	decide_action trap_action;
+	decide_reason trap_reason;
+} wl_case;
+
+static const wl_case wl_cases[] = {
+    {"forged whitelisted domain: client checked, sender keys not", "<ceo@example.org>", "192.0.2.9", NULL,
+     false, WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"forged whitelisted address: client checked, sender keys not", "<boss@partner.example>", "192.0.2.9",
+     NULL, false, WHITELIST_NONE, WHITELIST_SENDER_ADDRESS, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"authenticated whitelisted domain: whole transaction exempt", "<ceo@example.org>", "192.0.2.9", "ceo",
+     false, WHITELIST_SENDER_DOMAIN, WHITELIST_SENDER_DOMAIN, false, DECIDE_CONTINUE,
+     DECIDE_REASON_WHITELISTED},
+    {"verified whitelisted domain: whole transaction exempt", "<ceo@example.org>", "192.0.2.9", NULL, true,
+     WHITELIST_SENDER_DOMAIN, WHITELIST_SENDER_DOMAIN, false, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED},
+    {"whitelisted network: whole transaction exempt", "<x@bad.example>", "198.51.100.20", NULL, false,
+     WHITELIST_CLIENT_NETWORK, WHITELIST_NONE, true, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED},
+    {"authenticated, not whitelisted: nothing exempt", "<x@bad.example>", "192.0.2.9", "joe", false,
+     WHITELIST_NONE, WHITELIST_NONE, true, DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"empty SASL name does not verify", "<ceo@example.org>", "192.0.2.9", "", false, WHITELIST_NONE,
+     WHITELIST_SENDER_DOMAIN, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
+};
+
+static void test_whitelist_scope(void **state)
+{
+	fixture *f = *state;
+	for (size_t i = 0; i < sizeof(wl_cases) / sizeof(wl_cases[0]); i++) {
+		const wl_case *c = &wl_cases[i];
+		print_message("case: %s\n", c->name);
+		decide_policy p = f->policy;
+		p.keys = DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER_DOMAIN;
+		p.action = TRAP_ACTION_REJECT;
+		decide_facts facts = {.front = DECIDE_FRONT_POLICY,
+		                      .sender = c->sender,
+		                      .client_address = c->client,
+		                      .sasl_username = c->sasl,
+		                      .sender_verified = c->sender_verified,
+		                      .recipient = "<trap@example.com>"};
+		decide_txn txn;
+		decide_prepare(&p, &facts, &txn);
+		assert_int_equal(txn.whitelisted, c->whole);
+		assert_int_equal(txn.sender_whitelisted, c->sender_match);
+		assert_int_equal(has_lookup(&txn, txn.sender), c->sender_keys);
+		assert_int_equal(has_lookup(&txn, strchr(txn.sender, '@')), c->sender_keys);
+		/* The client's own address is always among the keys it is checked by. */
+		static lookup_list l;
+		lookup_of(&p, &txn, NULL, &l);
+		assert_true(has_key(&l, c->client));
+		for (size_t k = 0; !c->sender_keys && k < txn.nrecord; k++) {
+			assert_string_not_equal(txn.record[k], txn.sender);
+			assert_true(txn.record[k][0] != '@');
+		}
+		decide_verdict s = decide_sender(&p, &txn, DECIDE_LOOKUP_HIT);
+		assert_int_equal(s.action, c->whole ? DECIDE_CONTINUE : DECIDE_REJECT);
+		assert_int_equal(s.reason, c->whole ? DECIDE_REASON_WHITELISTED : DECIDE_REASON_BLOCKLISTED);
+		decide_verdict v = decide_recipient(&p, &txn, &facts);
+		assert_int_equal(v.action, c->trap_action);
+		assert_int_equal(v.reason, c->trap_reason);
+		assert_int_equal(v.record, c->trap_reason == DECIDE_REASON_TRAP);
+	}
+}
+
+/* traps.null_sender client: a bounce records the client, SASL and HELO keys, never an address key. */
+static void test_null_sender_client(void **state)
+{
+	fixture *f = *state;
+	decide_policy p = f->policy;
+	p.keys =
+	    DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER_DOMAIN | DECIDE_KEY_HELO_NAME;
+	p.action = TRAP_ACTION_REJECT;
+	p.null_sender = NULL_SENDER_CLIENT;
+	decide_facts facts = {.front = DECIDE_FRONT_MILTER,
+	                      .sender = "<>",
+	                      .client_address = "192.0.2.7",
+	                      .helo = "mx.bounce.example",
+	                      .recipient = "<trap@example.com>"};
+	decide_txn txn;
+	decide_prepare(&p, &facts, &txn);
+	assert_int_equal(txn.nrecord, 2);
+	assert_string_equal(txn.record[0], "192.0.2.7");
+	assert_string_equal(txn.record[1], "helo:mx.bounce.example");
+	decide_verdict v = decide_recipient(&p, &txn, &facts);
+	assert_int_equal(v.action, DECIDE_REJECT);
+	assert_true(v.record);
+
+	/* The default, ignore: the same trap hit is still rejected, and records nothing. */
+	p.null_sender = NULL_SENDER_IGNORE;
+	decide_prepare(&p, &facts, &txn);
+	assert_int_equal(txn.nrecord, 0);
+	v = decide_recipient(&p, &txn, &facts);
+	assert_int_equal(v.action, DECIDE_REJECT);
+	assert_int_equal(v.reason, DECIDE_REASON_TRAP);
+	assert_string_equal(v.trap, "trap@example.com");
+	assert_false(v.record);
 }
 
 static void test_lookup_keys_cover_networks(void **state)
@@ -988,6 +1111,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_sender_table, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_recipient_table, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_table, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_whitelist_scope, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_null_sender_client, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lookup_keys_cover_networks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv4_keys_match_addr_format, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ipv6_keys_match_addr_format, setup, teardown),

@@ -92,6 +92,12 @@ static void test_check_case(void **state)
 
 	assert_int_equal(whitelist_check(plain, c->sender, c->client), c->plain);
 	assert_int_equal(whitelist_check(sub, c->sender, c->client), c->sub);
+	/* The halves agree with the whole where the network does not hide the sender. */
+	assert_int_equal(whitelist_check_client(plain, c->client), c->plain == NETWORK);
+	if (c->plain != NETWORK)
+		assert_int_equal(whitelist_check_sender(plain, c->sender), c->plain);
+	if (c->sub != NETWORK)
+		assert_int_equal(whitelist_check_sender(sub, c->sender), c->sub);
 	whitelist_free(plain);
 	whitelist_free(sub);
 }
@@ -162,6 +168,25 @@ static void test_empty_and_null(void **state)
 	whitelist_free(NULL);
 }
 
+/* decide.c needs both answers: a whitelisted network does not hide the sender's own match. */
+static void test_both_halves(void **state)
+{
+	whitelist *wl = fixture_new(false);
+
+	(void)state;
+	assert_true(whitelist_check_client(wl, "192.0.2.1"));
+	assert_int_equal(whitelist_check_sender(wl, "<boss@corp.example>"), ADDRESS);
+	assert_int_equal(whitelist_check_sender(wl, "x@example.org"), DOMAIN);
+	assert_int_equal(whitelist_check_sender(wl, "x@spam.example"), NONE);
+	assert_int_equal(whitelist_check_sender(wl, ""), NONE);
+	assert_int_equal(whitelist_check_sender(wl, NULL), NONE);
+	assert_false(whitelist_check_client(wl, "unknown"));
+	assert_false(whitelist_check_client(wl, NULL));
+	assert_false(whitelist_check_client(NULL, "192.0.2.1"));
+	assert_int_equal(whitelist_check_sender(NULL, "x@example.org"), NONE);
+	whitelist_free(wl);
+}
+
 static void test_many_domains(void **state)
 {
 	whitelist *wl = whitelist_new(true);
@@ -187,6 +212,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_empty_and_null),
 	    cmocka_unit_test(test_many_domains),
+	    cmocka_unit_test(test_both_halves),
 	};
 
 	RUN_TABLE("whitelist_check", check_cases, test_check_case, failed);

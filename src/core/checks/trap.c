@@ -174,7 +174,10 @@ static check_verdict decide_rcpt(const decide_policy *policy, const check_ctx *c
 	v = action_verdict(policy, ctx->facts->front);
 	v.stop = true; /* a trap recipient is never greylisted, deferred or rate limited */
 	if (txn->nrecord == 0) {
-		hit_detail(&v, s->trap, NULL, 0);
+		if (txn->null_sender) /* a bounce comes from an innocent server (traps.null_sender) */
+			detail_add(&v, " trap=%s blocklisted=none (null sender)", s->trap);
+		else
+			hit_detail(&v, s->trap, NULL, 0);
 		return v;
 	}
 	check_verdict counted = check_continue();
@@ -188,9 +191,9 @@ static check_verdict decide_rcpt(const decide_policy *policy, const check_ctx *c
 	record_effect(ctx, policy, s->trap, keys, nkeys, eff);
 	if (!ctx->msg->trap_hit) {
 		eff->msg.trap_hit = true;
-		/* A failed lookup cannot show the sender was clean: keep judging the other recipients. */
-		eff->msg.listed_before = s->listed >= 0 && (size_t)s->listed < nanswers &&
-		                         answers[s->listed].status != QUERY_NOTFOUND;
+		/* A failed lookup counts as "not listed": a store failure never becomes a 5xx. */
+		eff->msg.listed_before =
+		    s->listed >= 0 && (size_t)s->listed < nanswers && answers[s->listed].status == QUERY_OK;
 	}
 	/* The other keys are still recorded; store.on_error decides what the recipient gets. */
 	return count_failed ? tempfail_if_asked(policy, v) : v;
