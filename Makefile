@@ -89,6 +89,26 @@ bench:
 	cmake --build $(BENCH_BUILD) -j $(JOBS)
 	python3 bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
+# make bench-compare BASELINE_REF=COMMIT
+#                the same benchmark with a second spamtrapd, built (Release) from
+#                COMMIT's tree in $(BENCH_BASE), running beside this tree's on a
+#                copy of the same store: the table adds this/baseline ratios of
+#                throughput and server CPU per request or session.
+BASELINE_REF ?= HEAD~1
+BENCH_BASE ?= build-bench-base
+
+.PHONY: bench-compare
+
+bench-compare:
+	scripts/install-deps.sh bench
+	rm -rf $(BENCH_BASE) && mkdir -p $(BENCH_BASE)/tree
+	git archive $(BASELINE_REF) | tar -x -C $(BENCH_BASE)/tree
+	cmake -S $(BENCH_BASE)/tree -B $(BENCH_BASE)/build -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=OFF
+	cmake --build $(BENCH_BASE)/build -j $(JOBS) --target spamtrapd
+	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=ON
+	cmake --build $(BENCH_BUILD) -j $(JOBS)
+	python3 bench/run.py --build $(BENCH_BUILD) --baseline $(BENCH_BASE)/build/src/spamtrapd $(BENCH_ARGS)
+
 # make fuzz      clang build in $(FUZZ_BUILD), then each libFuzzer target
 #                (fuzz/) for $(FUZZ_TIME) seconds, one after the other, on a
 #                working corpus in $(FUZZ_WORK) seeded from fuzz/corpus/ (the

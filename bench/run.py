@@ -211,10 +211,10 @@ class Bench:
             json.dump(cfg, f, indent=1)
         return path
 
-    def start_spamtrapd(self, name, store, trap_file):
+    def start_spamtrapd(self, name, store, trap_file, binary=None):
         ports = {"policy": free_port(), "milter": free_port()}
         cfg = self.spamtrapd_config(name.replace(" ", "_"), store, trap_file, ports["policy"], ports["milter"])
-        return self.start(name, "spamtrapd", [self.spamtrapd, "-f", "-c", cfg], ports)
+        return self.start(name, "spamtrapd", [binary or self.spamtrapd, "-f", "-c", cfg], ports)
 
     def start_redis(self):
         port = free_port()
@@ -287,10 +287,20 @@ class Bench:
         else:
             self.note("no Redis rows (%s)" % ("--no-redis" if a.no_redis else "redis-server not installed"))
         policy, milter = [], []
+        if a.baseline:
+            # The same store, copied before anything writes to it, for a build of another tree.
+            base_db = os.path.join(self.tmp, "baseline.db")
+            shutil.copyfile(db, base_db)
+            self.give(base_db)
         st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
         st.wait_ready()
         policy.append(("spamtrapd sqlite", st.ports["policy"], sq["blocked_senders"], [st]))
         milter.append(("spamtrapd sqlite", st.ports["milter"], sq["blocked_senders"], [st]))
+        if a.baseline:
+            bl = self.start_spamtrapd("baseline sqlite", {"sqlite": {"path": base_db}}, trap_file, a.baseline)
+            bl.wait_ready()
+            policy.append(("baseline sqlite", bl.ports["policy"], sq["blocked_senders"], [bl]))
+            milter.append(("baseline sqlite", bl.ports["milter"], sq["blocked_senders"], [bl]))
         if redis:
             sr = self.start_spamtrapd("spamtrapd redis", {"backend": "redis", "redis": {
                 "host": "127.0.0.1", "port": redis.ports["redis"]}}, trap_file)
@@ -379,6 +389,16 @@ def protocol_table(res, proto, limit, title, unit):
     for name, row in rows.items():
         print("%-18s" % ("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
                                                              else "-", CELL - 9, "") for c in LEVELS))
+    if "baseline sqlite" in rows and "spamtrapd sqlite" in rows:
+        new, base = rows["spamtrapd sqlite"], rows["baseline sqlite"]
+        print("%-18s" % "  sqlite/baseline"
+              + "".join(" %9s%*s" % (ratio(new.get(str(c)), base.get(str(c))), CELL - 9, "") for c in LEVELS)
+              + "  (throughput, this tree / --baseline)")
+        print("%-18s" % "  cpu sqlite/base"
+              + "".join(" %9s%*s" % ("%.2f" % (new[str(c)]["cpu_us"] / base[str(c)]["cpu_us"])
+                                     if new.get(str(c)) and base.get(str(c)) and base[str(c)]["cpu_us"] else "-",
+                                     CELL - 9, "") for c in LEVELS)
+              + "  (server CPU per %s, this tree / --baseline)" % ("request" if proto == "policy" else "session"))
     for name in [n for n in rows if n.startswith("spamtrapd")]:
         for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
             if ref in rows:
@@ -495,6 +515,8 @@ def main():
     ap.add_argument("--lookups", type=int, default=20000, help="timed lookups per checkpoint")
     ap.add_argument("--traps", type=int, default=100000, help="trap addresses in the trap file")
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--baseline", help="a spamtrapd binary built from another tree (e.g. main before a change): "
+                    "run beside this build on a copy of the same store, and print the ratios")
     ap.add_argument("--no-postgrey", action="store_true")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -266,8 +267,9 @@ static void offset_to_line_col(const char *t, size_t off, int *line, int *col)
 typedef struct config_box {
 	config cfg; /* what callers see */
 	atomic_uint refs;
-	trapset *traps; /* owned; cfg.decide.traps points here */
-	whitelist *wl;  /* owned; cfg.decide.whitelist points here */
+	trapset *traps;                /* owned; cfg.decide.traps points here */
+	whitelist *wl;                 /* owned; cfg.decide.whitelist points here */
+	void *check_conf[CHECK_COUNT]; /* owned: each check's own conf (check_def.conf_size), or NULL */
 } config_box;
 
 typedef struct load_error {
@@ -465,6 +467,7 @@ typedef struct key_def {
 	const char *const *names; /* T_ENUM, in the order of the C enum */
 	size_t off, size;         /* the field of struct config, when set is NULL */
 	set_fn set;
+	int owner; /* 0: a field of struct config; i + 1: of check i's own conf (check_def.keys) */
 } key_def;
 
 static bool parse_name(const char *const *names, const char *s, int64_t *idx)
@@ -611,7 +614,7 @@ static void store_int(void *field, size_t size, int64_t n)
 
 static int store_field(loader *ld, const key_def *k, const value *v, char *err, size_t errlen)
 {
-	char *field = (char *)ld->cfg + k->off;
+	char *field = (k->owner ? (char *)ld->box->check_conf[k->owner - 1] : (char *)ld->cfg) + k->off;
 	char *s = NULL;
 
 	if (k->type != T_STRING) {
@@ -1377,11 +1380,9 @@ static const key_def schema[] = {
     {"traps.files", T_LIST, J([]), .set = set_trap_file},
     {"traps.action", T_ENUM, J("discard"), .names = action_names, AT(decide.action)},
     {"traps.on_mixed", T_ENUM, J("deliver-others"), .names = on_mixed_names, AT(decide.on_mixed)},
-    {"traps.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_TRAPS])},
     /* Bounces come from innocent servers (backscatter): by default they record nothing. */
     {"traps.null_sender", T_ENUM, J("ignore"), .names = null_sender_names, AT(decide.null_sender)},
 
-    {"blocklist.mode", T_ENUM, J("enforce"), .names = check_mode_names, AT(modes[CHECK_ID_BLOCKLIST])},
     {"blocklist.keys", T_LIST, J([ "sender", "client_address" ]), K_NONEMPTY, .set = set_blocklist_key},
     {"blocklist.ttl", T_DURATION, J("24h"), .min = 1, .max = CONFIG_TTL_MAX, AT(decide.ttl)},
     /* Shorter prefixes would let one trap hit block a large part of the Internet. */
@@ -1406,6 +1407,80 @@ static const key_def schema[] = {
 
 #define NSCHEMA (sizeof schema / sizeof schema[0])
 
+/*
+ * The checks' own keys (core/check.h), after the table above: SECTION.mode
+ * for each check that has a mode, then the keys each check declares. Made
+ * once from checks_all[]; a check brings its config section with it.
+ */
+static struct {
+	pthread_once_t once;
+	key_def *keys;
+	size_t n;
+	char paths[CHECK_COUNT * 16][96];
+} section_keys = {.once = PTHREAD_ONCE_INIT};
+
+static const key_type check_key_types[] = {
+    [CHECK_KEY_INT] = T_INT,       [CHECK_KEY_DURATION] = T_DURATION, [CHECK_KEY_BOOL] = T_BOOL,
+    [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,
+};
+
+static const char *const check_mode_defaults[] = {
+    [CHECK_MODE_OFF] = "\"off\"", [CHECK_MODE_SHADOW] = "\"shadow\"", [CHECK_MODE_ENFORCE] = "\"enforce\""};
+
+static const char *check_key_path(size_t n, const char *section, const char *name)
+{
+	snprintf(section_keys.paths[n], sizeof(section_keys.paths[n]), "%s.%s", section, name);
+	return section_keys.paths[n];
+}
+
+static void make_check_keys(void)
+{
+	size_t room = sizeof(section_keys.paths) / sizeof(section_keys.paths[0]), n = 0;
+
+	section_keys.keys = calloc(room, sizeof(*section_keys.keys));
+	if (!section_keys.keys)
+		return;
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const check_def *d = checks_all[i];
+
+		if (!d->no_mode && n < room) {
+			section_keys.keys[n] = (key_def){.path = check_key_path(n, d->name, "mode"),
+			                                 .type = T_ENUM,
+			                                 .def = check_mode_defaults[d->default_mode],
+			                                 .names = check_mode_names,
+			                                 AT(modes[i])};
+			n++;
+		}
+		for (size_t j = 0; j < d->nkeys && n < room; j++, n++) {
+			const check_key *ck = &d->keys[j];
+
+			section_keys.keys[n] = (key_def){.path = check_key_path(n, d->name, ck->name),
+			                                 .type = check_key_types[ck->type],
+			                                 .def = ck->def,
+			                                 .flags = ck->nullable ? K_NULLABLE : 0,
+			                                 .min = ck->min,
+			                                 .max = ck->max,
+			                                 .names = ck->names,
+			                                 .off = ck->off,
+			                                 .size = ck->size,
+			                                 .owner = i + 1};
+		}
+	}
+	section_keys.n = n;
+}
+
+/* Every key: the table above, then the checks' own. */
+static size_t nkeys_all(void)
+{
+	pthread_once(&section_keys.once, make_check_keys);
+	return NSCHEMA + section_keys.n;
+}
+
+static const key_def *key_at(size_t i)
+{
+	return i < NSCHEMA ? &schema[i] : &section_keys.keys[i - NSCHEMA];
+}
+
 typedef enum { SCHEMA_NONE, SCHEMA_LEAF, SCHEMA_SECTION } schema_kind;
 
 static schema_kind schema_find(const char *dotted, const key_def **leaf)
@@ -1413,15 +1488,17 @@ static schema_kind schema_find(const char *dotted, const key_def **leaf)
 	size_t n = strlen(dotted);
 	schema_kind kind = SCHEMA_NONE;
 
-	for (size_t i = 0; i < NSCHEMA; i++) {
-		if (strncmp(schema[i].path, dotted, n) != 0)
+	for (size_t i = 0, all = nkeys_all(); i < all; i++) {
+		const key_def *k = key_at(i);
+
+		if (strncmp(k->path, dotted, n) != 0)
 			continue;
-		if (schema[i].path[n] == '\0') {
+		if (k->path[n] == '\0') {
 			if (leaf != NULL)
-				*leaf = &schema[i];
+				*leaf = k;
 			return SCHEMA_LEAF;
 		}
-		if (schema[i].path[n] == '.')
+		if (k->path[n] == '.')
 			kind = SCHEMA_SECTION;
 	}
 	return kind;
@@ -1538,11 +1615,11 @@ static const char *suggest(const char *name, char *buf, size_t buflen)
 	const char *dot = strrchr(name, '.'), *last = dot != NULL ? dot + 1 : name;
 	size_t plen = (size_t)(last - name), lastlen = strlen(last);
 
-	for (size_t i = 0; i < NSCHEMA; i++) {
-		const char *cand = schema[i].path + plen;
+	for (size_t i = 0, all = nkeys_all(); i < all; i++) {
+		const char *cand = key_at(i)->path + plen;
 		size_t clen;
 
-		if (strncmp(schema[i].path, name, plen) != 0) /* also: path has plen characters */
+		if (strncmp(key_at(i)->path, name, plen) != 0) /* also: path has plen characters */
 			continue;
 		clen = strcspn(cand, ".");
 		if (edit_distance(last, lastlen, cand, clen) <= (clen <= 4 ? 1u : 2u)) {
@@ -1698,6 +1775,24 @@ static json_t *parse_text(loader *ld)
 	return root;
 }
 
+/* A check's own conf: what its compile made, and the strings of its keys. */
+static void check_conf_free(const check_def *d, void *conf)
+{
+	if (!conf)
+		return;
+	if (d->conf_free)
+		d->conf_free(conf);
+	for (size_t j = 0; j < d->nkeys; j++) {
+		char *s;
+
+		if (d->keys[j].type != CHECK_KEY_STRING)
+			continue;
+		memcpy(&s, (char *)conf + d->keys[j].off, sizeof(s));
+		free(s);
+	}
+	free(conf);
+}
+
 static void box_free(config_box *box)
 {
 	config *c = &box->cfg;
@@ -1720,6 +1815,8 @@ static void box_free(config_box *box)
 	free(c->warnings);
 	trapset_free(box->traps);
 	whitelist_free(box->wl);
+	for (int i = 0; i < CHECK_COUNT; i++)
+		check_conf_free(checks_all[i], box->check_conf[i]);
 	free(box);
 }
 
@@ -1728,8 +1825,10 @@ static void box_free(config_box *box)
  * dry-run makes every enforcing check shadow. The whitelist has no mode
  * of its own: it only ever lets mail through.
  */
-static void build_pipeline(config *cfg)
+static void build_pipeline(config_box *box)
 {
+	config *cfg = &box->cfg;
+
 	cfg->modes[CHECK_ID_WHITELIST] = CHECK_MODE_ENFORCE;
 	cfg->pipeline.dry_run = cfg->decide.dry_run;
 	for (int i = 0; i < CHECK_COUNT; i++) {
@@ -1738,7 +1837,25 @@ static void build_pipeline(config *cfg)
 		if (cfg->decide.dry_run && mode == CHECK_MODE_ENFORCE)
 			mode = CHECK_MODE_SHADOW;
 		cfg->pipeline.checks[i] =
-		    (pipeline_check){.def = checks_all[i], .conf = &cfg->decide, .mode = mode};
+		    (pipeline_check){.def = checks_all[i],
+		                     .conf = box->check_conf[i] ? box->check_conf[i] : &cfg->decide,
+		                     .mode = mode};
+	}
+}
+
+/* What each check's compile says about its own section, as an error at the section. */
+static void compile_checks(loader *ld)
+{
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const check_def *d = checks_all[i];
+		char err[512] = "";
+		jpath p;
+
+		if (!d->compile || !ld->box->check_conf[i] ||
+		    d->compile(ld->box->check_conf[i], err, sizeof(err)) == 0)
+			continue;
+		jpath_from_dotted(&p, d->name);
+		ld_error(ld, &p, "%s", err[0] ? err : "invalid");
 	}
 }
 
@@ -1754,7 +1871,8 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
-	build_pipeline(cfg);
+	compile_checks(ld);
+	build_pipeline(ld->box);
 }
 
 static config_box *build(loader *ld, json_t *root)
@@ -1769,8 +1887,14 @@ static config_box *build(loader *ld, json_t *root)
 	atomic_init(&box->refs, 1);
 	ld->box = box;
 	ld->cfg = &box->cfg;
-	for (size_t i = 0; i < NSCHEMA; i++)
-		apply_key(ld, &schema[i], root);
+	for (int i = 0; i < CHECK_COUNT; i++)
+		if (checks_all[i]->conf_size && !(box->check_conf[i] = calloc(1, checks_all[i]->conf_size)))
+			ld->lost = true;
+	for (size_t i = 0, all = nkeys_all(); i < all && !ld->lost; i++)
+		if (key_at(i)->owner == 0 || box->check_conf[key_at(i)->owner - 1])
+			apply_key(ld, key_at(i), root);
+	if (section_keys.keys == NULL)
+		ld->lost = true;
 	finish(ld);
 	check_trust(ld, "config file", ld->path);
 	check_exposure(ld);

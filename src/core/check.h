@@ -106,9 +106,54 @@ typedef struct check_effects {
 	bool verdict_needs_writes;
 } check_effects;
 
+/*
+ * One key of a check's own config section ("SECTION.NAME" in
+ * spamtrapd.json), parsed by config.c into the check's conf struct with
+ * the same types, bounds and error messages as every other key.
+ */
+typedef enum {
+	CHECK_KEY_INT,
+	CHECK_KEY_DURATION,
+	CHECK_KEY_BOOL,
+	CHECK_KEY_STRING,
+	CHECK_KEY_ENUM
+} check_key_type;
+
+typedef struct check_key {
+	const char *name;         /* within the section */
+	check_key_type type;      /* INT and DURATION: an int64_t or int field; BOOL: bool; STRING: char * */
+	const char *def;          /* the default, as JSON text: "\"5m\"", "10", "null" */
+	int64_t min, max;         /* INT, DURATION: bounds; STRING: max is a length limit when set */
+	const char *const *names; /* ENUM: the names in the order of the C enum (an int field) */
+	bool nullable;            /* STRING: null means "not set" (a NULL field) */
+	size_t off, size;         /* the field in the check's conf struct */
+} check_key;
+
+#define CHECK_KEY_AT(type, member) .off = offsetof(type, member), .size = sizeof(((type *)0)->member)
+
 typedef struct check_def {
 	const char *name; /* the name in log lines and metrics, and its config section */
 	unsigned stages;  /* CHECK_STAGE_* bits */
+	/*
+	 * SECTION.mode's default: traps and blocklist enforce; every check
+	 * added later off, so that an upgrade changes nothing until the admin
+	 * turns it on. no_mode: the check has no mode key (always enforce).
+	 */
+	check_mode default_mode;
+	bool no_mode;
+	/*
+	 * The check's own config: conf_size bytes (0: the check reads the
+	 * shared decide_policy instead), keys[nkeys] parsed into it, then
+	 * compile (optional) checks what single keys cannot and derives what
+	 * the request path needs; 0, or -1 with a message naming the key.
+	 * conf_free (optional) releases what compile made; strings of STRING
+	 * keys are freed by the config.
+	 */
+	size_t conf_size;
+	const check_key *keys;
+	size_t nkeys;
+	int (*compile)(void *conf, char *err, size_t errlen);
+	void (*conf_free)(void *conf);
 	/*
 	 * What to ask the store at this stage: append to q (at most
 	 * CHECK_MAX_NEEDS) and return how many. Strings the queries point to

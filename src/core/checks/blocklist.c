@@ -88,6 +88,7 @@ static check_verdict blocklist_decide(const void *conf, const check_ctx *ctx, vo
 const check_def check_blocklist = {
     .name = "blocklist",
     .stages = CHECK_STAGE_MAIL | CHECK_STAGE_RCPT,
+    .default_mode = CHECK_MODE_ENFORCE,
     .needs = blocklist_needs,
     .decide = blocklist_decide,
 };

@@ -167,7 +167,7 @@ static check_verdict decide_rcpt(const decide_policy *policy, const check_ctx *c
 		return check_continue();
 	if (exempt(txn)) {
 		v = check_verdict_of(DECIDE_CONTINUE, "whitelisted", NULL);
-		snprintf(v.detail, sizeof(v.detail), " trap=%s", s->trap);
+		hit_detail(&v, s->trap, NULL, 0);
 		v.stop = true;
 		return v;
 	}
@@ -254,6 +254,7 @@ static check_verdict trap_store_failed(const void *conf, const check_verdict *v)
 const check_def check_trap = {
     .name = "traps",
     .stages = CHECK_STAGE_RCPT | CHECK_STAGE_EOM,
+    .default_mode = CHECK_MODE_ENFORCE,
     .needs = trap_needs,
     .decide = trap_decide,
     .store_failed = trap_store_failed,

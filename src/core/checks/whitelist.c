@@ -19,5 +19,7 @@ static check_verdict whitelist_decide(const void *conf, const check_ctx *ctx, vo
 const check_def check_whitelist = {
     .name = "whitelist",
     .stages = CHECK_STAGE_RCPT,
+    .default_mode = CHECK_MODE_ENFORCE,
+    .no_mode = true, /* it only ever lets mail through */
     .decide = whitelist_decide,
 };
