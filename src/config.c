@@ -1848,14 +1848,24 @@ static void compile_checks(loader *ld)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		const check_def *d = checks_all[i];
-		char err[512] = "";
+		char err[512] = "", key[160];
+		const key_def *leaf;
+		size_t klen;
 		jpath p;
 
 		if (!d->compile || !ld->box->check_conf[i] ||
 		    d->compile(ld->box->check_conf[i], err, sizeof(err)) == 0)
 			continue;
-		jpath_from_dotted(&p, d->name);
-		ld_error(ld, &p, "%s", err[0] ? err : "invalid");
+		/* "reply: expected ..." names a key of the section: point there. */
+		klen = strcspn(err, ":");
+		snprintf(key, sizeof(key), "%s.%.*s", d->name, (int)klen, err);
+		if (err[klen] == ':' && schema_find(key, &leaf) == SCHEMA_LEAF) {
+			jpath_from_dotted(&p, key);
+			ld_error(ld, &p, "%s", err + klen + 1 + (err[klen + 1] == ' '));
+		} else {
+			jpath_from_dotted(&p, d->name);
+			ld_error(ld, &p, "%s", err[0] ? err : "invalid");
+		}
 	}
 }
 
