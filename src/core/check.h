@@ -64,7 +64,7 @@ typedef struct check_ctx {
 #define CHECK_MAX_NEEDS 2
 #define CHECK_MAX_EFFECTS 2
 #define CHECK_DETAIL_MAX 1400
-/* Room a check has to carry what needs() worked out over to decide(), zeroed for each stage. */
+/* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 1088
 
 /* A check's answer for one stage. action CONTINUE: no objection. */
@@ -157,20 +157,29 @@ typedef struct check_def {
 	/*
 	 * What to ask the store at this stage: append to q (at most
 	 * CHECK_MAX_NEEDS) and return how many. Strings the queries point to
-	 * must live as long as ctx (the txn's buffer, the config).
+	 * must live as long as ctx (the txn's buffer, the config). scratch is
+	 * not zeroed: set what decide() will read. Optional.
 	 */
 	size_t (*needs)(const void *conf, const check_ctx *ctx, void *scratch, query *q);
-	/* The verdict from the answers to the queries needs() asked. */
-	check_verdict (*decide)(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
-	                        size_t nanswers, check_effects *eff);
-	/* Optional: the verdict when the effects could not be written (verdict_needs_writes). */
-	check_verdict (*store_failed)(const void *conf, const check_verdict *v);
+	/*
+	 * The verdict from the answers to the queries needs() asked, written
+	 * into *v, which arrives as "continue, nothing to log" (a verdict is
+	 * large: it is filled in place, never returned by value).
+	 */
+	void (*decide)(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
+	               size_t nanswers, check_verdict *v, check_effects *eff);
+	/* Optional: *v as it is when the effects could not be written (verdict_needs_writes). */
+	void (*store_failed)(const void *conf, check_verdict *v);
 } check_def;
 
 /* A verdict of no objection, nothing to log. */
 check_verdict check_continue(void);
-/* A verdict with action, reason and reply (NULL: none) filled in. */
-check_verdict check_verdict_of(decide_action action, const char *reason, const smtp_reply *reply);
+/* *v as "continue, nothing to log", without clearing its buffers. */
+void check_verdict_reset(check_verdict *v);
+/* Action, reason and reply (NULL: none) of *v. */
+void check_verdict_set(check_verdict *v, decide_action action, const char *reason, const smtp_reply *reply);
+/* Append to v->detail, within its room. */
+void check_detail_add(check_verdict *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 const char *check_mode_name(check_mode m);
 

@@ -12,7 +12,7 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));
 	memset(run->decided, 0, sizeof(run->decided));
-	run->final = check_continue();
+	check_verdict_reset(&run->final);
 	run->final_check = -1;
 	run->msg = *msg;
 }
@@ -32,7 +32,6 @@ size_t pipeline_needs(const pipeline *p, pipeline_run *run)
 		run->first[i] = run->nq;
 		if (!runs(p, run, i))
 			continue;
-		memset(run->scratch[i], 0, sizeof(run->scratch[i]));
 		if (p->checks[i].def->needs)
 			run->count[i] = p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i],
 			                                        run->q + run->nq);
@@ -42,16 +41,15 @@ size_t pipeline_needs(const pipeline *p, pipeline_run *run)
 }
 
 /* A shadow check decides and logs, and changes nothing. */
-static check_verdict with_mode(const pipeline_check *c, check_verdict v)
+static void apply_mode(const pipeline_check *c, check_verdict *v)
 {
-	v.check = c->def->name;
-	v.mode = c->mode;
-	v.enforce_action = v.action;
+	v->check = c->def->name;
+	v->mode = c->mode;
+	v->enforce_action = v->action;
 	if (c->mode == CHECK_MODE_SHADOW) {
-		v.action = DECIDE_CONTINUE;
-		v.stop = false;
+		v->action = DECIDE_CONTINUE;
+		v->stop = false;
 	}
-	return v;
 }
 
 void pipeline_decide(const pipeline *p, pipeline_run *run)
@@ -59,18 +57,21 @@ void pipeline_decide(const pipeline *p, pipeline_run *run)
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		const pipeline_check *c = &p->checks[i];
 		check_effects *eff = &run->effects[i];
+		check_verdict *v = &run->verdict[i];
 
 		if (!runs(p, run, i))
 			continue;
-		memset(eff, 0, offsetof(check_effects, msg));
-		eff->msg = run->msg; /* the state as the checks before this one left it */
+		eff->nq = 0;
 		eff->verdict_needs_writes = false;
-		run->verdict[i] = with_mode(c, c->def->decide(c->conf, &run->ctx, run->scratch[i],
-		                                              run->q + run->first[i], run->count[i], eff));
+		eff->msg = run->msg; /* the state as the checks before this one left it */
+		check_verdict_reset(v);
+		c->def->decide(c->conf, &run->ctx, run->scratch[i], run->q + run->first[i], run->count[i], v,
+		               eff);
+		apply_mode(c, v);
 		run->decided[i] = true;
 		run->msg = eff->msg;
-		if (run->verdict[i].action != DECIDE_CONTINUE || run->verdict[i].stop) {
-			run->final = run->verdict[i];
+		if (v->action != DECIDE_CONTINUE || v->stop) {
+			run->final = *v;
 			run->final_check = i;
 			return;
 		}
@@ -97,16 +98,16 @@ bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, 
 void pipeline_store_failed(const pipeline *p, pipeline_run *run, int i)
 {
 	const pipeline_check *c = &p->checks[i];
-	check_verdict v;
+	check_verdict *v = &run->verdict[i];
 
 	if (!run->decided[i] || !c->def->store_failed || !run->effects[i].verdict_needs_writes)
 		return;
 	/* store_failed sees the verdict as the check gave it, before its mode. */
-	v = run->verdict[i];
-	v.action = v.enforce_action;
-	run->verdict[i] = with_mode(c, c->def->store_failed(c->conf, &v));
+	v->action = v->enforce_action;
+	c->def->store_failed(c->conf, v);
+	apply_mode(c, v);
 	if (run->final_check == i)
-		run->final = run->verdict[i];
+		run->final = *v;
 }
 
 void pipeline_action_text(const pipeline *p, const check_verdict *v, char *out, size_t outlen)

@@ -1062,12 +1062,14 @@ static void test_store_failed(void **state)
 	decide_verdict hit = decide_recipient(&p, &txn, &facts);
 	assert_int_equal(hit.action, DECIDE_DROP_COPY);
 
-	check_verdict kept = check_trap.store_failed(&p, &hit.v);
+	check_verdict kept = hit.v;
+	check_trap.store_failed(&p, &kept);
 	assert_int_equal(kept.action, DECIDE_DROP_COPY); /* on_error accept: the trap copy is still dropped */
 	assert_non_null(strstr(kept.detail, "blocklisted=none (store error)"));
 
 	p.on_error_tempfail = true;
-	check_verdict temp = check_trap.store_failed(&p, &hit.v);
+	check_verdict temp = hit.v;
+	check_trap.store_failed(&p, &temp);
 	assert_int_equal(temp.action, DECIDE_TEMPFAIL);
 	assert_string_equal(temp.reply.code, "450");
 	assert_non_null(strstr(temp.detail, "trap=trap@example.com"));

@@ -32,57 +32,55 @@ static size_t blocklist_needs(const void *conf, const check_ctx *ctx, void *scra
 	return 1;
 }
 
-static check_verdict skipped(skip_reason why)
+static void skipped(skip_reason why, check_verdict *v)
 {
-	check_verdict v;
-
 	switch (why) {
 	case SKIP_WHITELISTED:
-		v = check_verdict_of(DECIDE_CONTINUE, "whitelisted", NULL);
-		v.quiet = true;
-		return v;
+		check_verdict_set(v, DECIDE_CONTINUE, "whitelisted", NULL);
+		v->quiet = true;
+		return;
 	case SKIP_SAME_MESSAGE:
-		return check_verdict_of(DECIDE_CONTINUE,
-		                        "sender hit a trap earlier in this message, its other recipients are "
-		                        "not rejected",
-		                        NULL);
+		check_verdict_set(
+		    v, DECIDE_CONTINUE,
+		    "sender hit a trap earlier in this message, its other recipients are not rejected", NULL);
+		return;
 	case SKIP_NONE:
 	case SKIP_CHECKED:
 	case SKIP_NO_KEYS:
 		break;
 	}
-	return check_continue();
 }
 
-static check_verdict blocklist_decide(const void *conf, const check_ctx *ctx, void *scratch,
-                                      const query *answers, size_t nanswers, check_effects *eff)
+static void blocklist_decide(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
+                             size_t nanswers, check_verdict *v, check_effects *eff)
 {
 	const decide_policy *policy = conf;
 	skip_reason why = why_skip(ctx);
-	check_verdict v;
 
 	(void)scratch;
 	if (ctx->stage == CHECK_STAGE_MAIL)
 		eff->msg.sender_checked = true;
-	if (why != SKIP_NONE || nanswers == 0)
-		return skipped(why);
+	if (why != SKIP_NONE || nanswers == 0) {
+		skipped(why, v);
+		return;
+	}
 	switch (answers[0].status) {
 	case QUERY_OK:
-		v = check_verdict_of(DECIDE_REJECT, "blocklisted", &policy->reject);
-		snprintf(v.detail, sizeof(v.detail), " key=%s trap=%s hits=%llu",
-		         answers[0].u.lookup.found.key,
-		         answers[0].u.lookup.found.trap[0] ? answers[0].u.lookup.found.trap : "-",
-		         (unsigned long long)answers[0].u.lookup.found.hits);
-		return v;
+		check_verdict_set(v, DECIDE_REJECT, "blocklisted", &policy->reject);
+		check_detail_add(v, " key=%s trap=%s hits=%llu", answers[0].u.lookup.found.key,
+		                 answers[0].u.lookup.found.trap[0] ? answers[0].u.lookup.found.trap : "-",
+		                 (unsigned long long)answers[0].u.lookup.found.hits);
+		return;
 	case QUERY_ERROR:
 		if (policy->on_error_tempfail)
-			return check_verdict_of(DECIDE_TEMPFAIL, "store-error", &REPLY_TEMPFAIL);
-		return check_verdict_of(DECIDE_CONTINUE, "store-error", NULL);
+			check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_TEMPFAIL);
+		else
+			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
+		return;
 	case QUERY_NOTFOUND:
 	case QUERY_PENDING:
 		break;
 	}
-	return check_continue();
 }
 
 const check_def check_blocklist = {

@@ -1,7 +1,6 @@
 /* trap: the spamtrap check (see trap.h). */
 #include "core/checks/trap.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,7 +11,7 @@ static const smtp_reply REPLY_TRAP_REJECT = {"550", "5.7.1", "Recipient address 
 /* Postfix logs the DISCARD text; the SMTP client never sees it. */
 static const smtp_reply REPLY_TRAP_DISCARD = {"", "", "spamtrap hit"};
 
-static check_verdict tempfail_if_asked(const decide_policy *policy, check_verdict v);
+static void tempfail_if_asked(const decide_policy *policy, check_verdict *v);
 
 /* What needs() found, for decide(). */
 typedef struct trap_scratch {
@@ -36,11 +35,12 @@ static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, 
 	trap_scratch *s = scratch;
 	const decide_txn *txn = ctx->txn;
 
-	if (ctx->stage != CHECK_STAGE_RCPT || !policy->traps || !ctx->facts->recipient)
-		return 0;
 	size_t n = 0;
 
+	s->is_trap = false;
 	s->listed = s->domain = -1;
+	if (ctx->stage != CHECK_STAGE_RCPT || !policy->traps || !ctx->facts->recipient)
+		return 0;
 	s->is_trap = trapset_match(policy->traps, ctx->facts->recipient, s->trap, sizeof(s->trap));
 	if (!s->is_trap || exempt(txn) || txn->nrecord == 0)
 		return 0;
@@ -67,68 +67,60 @@ static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, 
 	return n;
 }
 
-static check_verdict action_verdict(const decide_policy *policy, decide_front front)
+static void action_verdict(const decide_policy *policy, decide_front front, check_verdict *v)
 {
 	switch (policy->action) {
 	case TRAP_ACTION_ACCEPT:
-		return check_verdict_of(DECIDE_CONTINUE, "trap", NULL);
+		check_verdict_set(v, DECIDE_CONTINUE, "trap", NULL);
+		return;
 	case TRAP_ACTION_REJECT:
-		return check_verdict_of(DECIDE_REJECT, "trap", &REPLY_TRAP_REJECT);
+		check_verdict_set(v, DECIDE_REJECT, "trap", &REPLY_TRAP_REJECT);
+		return;
 	case TRAP_ACTION_DISCARD:
 		break;
 	}
 	if (front == DECIDE_FRONT_MILTER)
-		return check_verdict_of(DECIDE_DROP_COPY, "trap", NULL);
+		check_verdict_set(v, DECIDE_DROP_COPY, "trap", NULL);
 	/* A policy server cannot drop one copy of a message (SPEC "Replies"). */
-	if (policy->on_mixed == ON_MIXED_DISCARD_ALL)
-		return check_verdict_of(DECIDE_DISCARD, "trap", &REPLY_TRAP_DISCARD);
-	return check_verdict_of(DECIDE_REJECT, "trap", &REPLY_TRAP_UNKNOWN);
-}
-
-/* Append to v's detail, within its room. */
-static void detail_add(check_verdict *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void detail_add(check_verdict *v, const char *fmt, ...)
-{
-	size_t used = strlen(v->detail);
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(v->detail + used, sizeof(v->detail) - used, fmt, ap);
-	va_end(ap);
+	else if (policy->on_mixed == ON_MIXED_DISCARD_ALL)
+		check_verdict_set(v, DECIDE_DISCARD, "trap", &REPLY_TRAP_DISCARD);
+	else
+		check_verdict_set(v, DECIDE_REJECT, "trap", &REPLY_TRAP_UNKNOWN);
 }
 
 /* " trap=T blocklisted=k1,k2": what the hit records, for the log line. */
 static void hit_detail(check_verdict *v, const char *trap, const char *const *keys, size_t nkeys)
 {
-	detail_add(v, " trap=%s blocklisted=", trap);
+	check_detail_add(v, " trap=%s blocklisted=", trap);
 	for (size_t i = 0; i < nkeys; i++)
-		detail_add(v, "%s%s", i ? "," : "", keys[i]);
+		check_detail_add(v, "%s%s", i ? "," : "", keys[i]);
 	if (nkeys == 0)
-		detail_add(v, "-");
+		check_detail_add(v, "-");
 }
 
 /*
- * The sender domain's count (" domain=@d networks=2/3"): how many distinct
- * networks hit traps with it, this one counted; 0 when this client does
- * not count (loopback, no address) or the count failed. *failed: it did.
+ * The sender domain's count (" domain=@d networks=2/3", into out): how
+ * many distinct networks hit traps with it, this one counted; 0 when this
+ * client does not count (loopback, no address) or the count failed.
+ * *failed: it did.
  */
 static uint64_t domain_count(const decide_policy *policy, const decide_txn *txn, const trap_scratch *s,
-                             const query *answers, size_t nanswers, check_verdict *v, bool *failed)
+                             const query *answers, size_t nanswers, char *out, size_t outlen, bool *failed)
 {
 	*failed = false;
 	if (!txn->domain_key)
 		return 0;
 	if (s->domain < 0 || (size_t)s->domain >= nanswers) {
-		detail_add(v, " domain=%s networks=not counted", txn->domain_key);
+		snprintf(out, outlen, " domain=%s networks=not counted", txn->domain_key);
 		return 0;
 	}
 	if (answers[s->domain].status != QUERY_OK) {
-		detail_add(v, " domain=%s networks=? (store error)", txn->domain_key);
+		snprintf(out, outlen, " domain=%s networks=? (store error)", txn->domain_key);
 		*failed = true;
 		return 0;
 	}
-	detail_add(v, " domain=%s networks=%llu/%u", txn->domain_key,
-	           (unsigned long long)answers[s->domain].u.distinct.count, policy->domain_min_networks);
+	snprintf(out, outlen, " domain=%s networks=%llu/%u", txn->domain_key,
+	         (unsigned long long)answers[s->domain].u.distinct.count, policy->domain_min_networks);
 	return answers[s->domain].u.distinct.count;
 }
 
@@ -157,37 +149,36 @@ static void record_effect(const check_ctx *ctx, const decide_policy *policy, con
 	eff->verdict_needs_writes = true;
 }
 
-static check_verdict decide_rcpt(const decide_policy *policy, const check_ctx *ctx, trap_scratch *s,
-                                 const query *answers, size_t nanswers, check_effects *eff)
+static void decide_rcpt(const decide_policy *policy, const check_ctx *ctx, const trap_scratch *s,
+                        const query *answers, size_t nanswers, check_verdict *v, check_effects *eff)
 {
 	const decide_txn *txn = ctx->txn;
-	check_verdict v;
 
 	if (!s->is_trap)
-		return check_continue();
+		return;
+	v->stop = true; /* a trap recipient is never greylisted, deferred or rate limited */
 	if (exempt(txn)) {
-		v = check_verdict_of(DECIDE_CONTINUE, "whitelisted", NULL);
-		hit_detail(&v, s->trap, NULL, 0);
-		v.stop = true;
-		return v;
+		check_verdict_set(v, DECIDE_CONTINUE, "whitelisted", NULL);
+		hit_detail(v, s->trap, NULL, 0);
+		return;
 	}
-	v = action_verdict(policy, ctx->facts->front);
-	v.stop = true; /* a trap recipient is never greylisted, deferred or rate limited */
+	action_verdict(policy, ctx->facts->front, v);
 	if (txn->nrecord == 0) {
 		if (txn->null_sender) /* a bounce comes from an innocent server (traps.null_sender) */
-			detail_add(&v, " trap=%s blocklisted=none (null sender)", s->trap);
+			check_detail_add(v, " trap=%s blocklisted=none (null sender)", s->trap);
 		else
-			hit_detail(&v, s->trap, NULL, 0);
-		return v;
+			hit_detail(v, s->trap, NULL, 0);
+		return;
 	}
-	check_verdict counted = check_continue();
+	char counted[QUERY_KEY_MAX + 64] = "";
 	bool count_failed;
-	uint64_t networks = domain_count(policy, txn, s, answers, nanswers, &counted, &count_failed);
+	uint64_t networks =
+	    domain_count(policy, txn, s, answers, nanswers, counted, sizeof(counted), &count_failed);
 	const char *keys[DECIDE_MAX_RECORD];
 	size_t nkeys = decide_record_keys(policy, txn, networks, keys);
 
-	hit_detail(&v, s->trap, keys, nkeys);
-	detail_add(&v, "%s", counted.detail);
+	hit_detail(v, s->trap, keys, nkeys);
+	check_detail_add(v, "%s", counted);
 	record_effect(ctx, policy, s->trap, keys, nkeys, eff);
 	if (!ctx->msg->trap_hit) {
 		eff->msg.trap_hit = true;
@@ -196,59 +187,57 @@ static check_verdict decide_rcpt(const decide_policy *policy, const check_ctx *c
 		    s->listed >= 0 && (size_t)s->listed < nanswers && answers[s->listed].status == QUERY_OK;
 	}
 	/* The other keys are still recorded; store.on_error decides what the recipient gets. */
-	return count_failed ? tempfail_if_asked(policy, v) : v;
+	if (count_failed)
+		tempfail_if_asked(policy, v);
 }
 
 /* Milter end of message: drop the trap copies, or the message when only traps remain. */
-static check_verdict decide_eom(const decide_policy *policy, const check_msg *msg)
+static void decide_eom(const decide_policy *policy, const check_msg *msg, check_verdict *v)
 {
-	check_verdict v;
-
 	if (msg->ntraps == 0)
-		return check_continue();
+		return;
 	if (msg->nothers == 0 || policy->on_mixed == ON_MIXED_DISCARD_ALL)
-		v = check_verdict_of(DECIDE_DISCARD, "end-of-message", NULL);
+		check_verdict_set(v, DECIDE_DISCARD, "end-of-message", NULL);
 	else
-		v = check_verdict_of(DECIDE_DROP_COPY, "end-of-message", NULL);
-	return v;
+		check_verdict_set(v, DECIDE_DROP_COPY, "end-of-message", NULL);
 }
 
-static check_verdict trap_decide(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
-                                 size_t nanswers, check_effects *eff)
+static void trap_decide(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
+                        size_t nanswers, check_verdict *v, check_effects *eff)
 {
 	if (ctx->stage == CHECK_STAGE_EOM)
-		return decide_eom(conf, ctx->msg);
-	return decide_rcpt(conf, ctx, scratch, answers, nanswers, eff);
+		decide_eom(conf, ctx->msg, v);
+	else
+		decide_rcpt(conf, ctx, scratch, answers, nanswers, v, eff);
 }
 
 /*
- * The hit could not be recorded. The trap copy is still handled as
- * decided, unless store.on_error is tempfail: then the recipient gets a
- * 4xx so that the sender retries and the hit can be recorded then.
+ * store.on_error tempfail: the recipient gets a 4xx, so that the sender
+ * retries and the hit can be recorded then. Otherwise the trap copy is
+ * still handled as decided.
  */
-/* store.on_error tempfail: the sender retries, and the hit can be recorded then. */
-static check_verdict tempfail_if_asked(const decide_policy *policy, check_verdict v)
+static void tempfail_if_asked(const decide_policy *policy, check_verdict *v)
 {
 	if (!policy->on_error_tempfail)
-		return v;
-	v.action = v.enforce_action = DECIDE_TEMPFAIL;
-	v.reason = "store-error";
-	v.reply = REPLY_TEMPFAIL;
-	return v;
+		return;
+	check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_TEMPFAIL);
 }
 
-static check_verdict trap_store_failed(const void *conf, const check_verdict *v)
+/* The hit could not be recorded: say so, keep what follows the keys (the domain's count). */
+static void trap_store_failed(const void *conf, check_verdict *v)
 {
-	check_verdict out = *v;
-	char *keys = strstr(out.detail, " blocklisted=");
+	char *keys = strstr(v->detail, " blocklisted=");
 
 	if (keys) {
-		/* Nothing was recorded: say so, and keep what follows the keys (the domain's count). */
-		const char *rest = strstr(v->detail + (keys - out.detail), " domain=");
-		snprintf(keys, sizeof(out.detail) - (size_t)(keys - out.detail),
-		         " blocklisted=none (store error)%s", rest ? rest : "");
+		char rest[QUERY_KEY_MAX + 64] = "";
+		const char *domain = strstr(keys, " domain=");
+
+		if (domain)
+			snprintf(rest, sizeof(rest), "%s", domain);
+		snprintf(keys, sizeof(v->detail) - (size_t)(keys - v->detail),
+		         " blocklisted=none (store error)%s", rest);
 	}
-	return tempfail_if_asked(conf, out);
+	tempfail_if_asked(conf, v);
 }
 
 const check_def check_trap = {
