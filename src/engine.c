@@ -399,24 +399,38 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 {
 	engine_snapshot *snap = m->snap;
 	const pipeline *p = &snap->cfg->pipeline;
-	pipeline_run run;
+	/*
+	 * On the heap, not the stack: libmilter runs each connection on a
+	 * thread of its own, and glibc gives an exiting thread's stack pages
+	 * back (madvise): 30 KB more of stack per stage cost every milter
+	 * session 13% more CPU (make bench-compare), a malloc costs nothing.
+	 */
+	pipeline_run *run = malloc(sizeof(*run));
+	check_verdict out;
 
+	if (!run) {
+		log_error("%s: out of memory for a decision; the transaction goes on unjudged",
+		          facts->queue_id ? facts->queue_id : "NOQUEUE");
+		return check_continue();
+	}
 	if (stage == CHECK_STAGE_MAIL || !m->prepared) {
 		decide_prepare(&snap->cfg->decide, facts, &m->txn);
 		m->prepared = true;
 	}
-	pipeline_begin(&run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
-	if (pipeline_needs(p, &run) > 0) {
-		store_run(snap->ss->st, run.q, run.nq, run.ctx.now);
-		note_health(snap->eng, run.q, run.nq);
+	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
+	if (pipeline_needs(p, run) > 0) {
+		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
+		note_health(snap->eng, run->q, run->nq);
 	}
-	pipeline_decide(p, &run);
-	apply_effects(snap, &run);
-	log_stage(p, &run, facts);
-	m->state = run.msg;
+	pipeline_decide(p, run);
+	apply_effects(snap, run);
+	log_stage(p, run, facts);
+	m->state = run->msg;
 	if (stage == CHECK_STAGE_RCPT)
-		count_recipient(&m->state, &run.final);
-	return run.final;
+		count_recipient(&m->state, &run->final);
+	out = run->final;
+	free(run);
+	return out;
 }
 
 void engine_purge(engine *eng)
