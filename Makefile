@@ -20,7 +20,8 @@ build: deps
 
 # The shipped config runs as user "spamtrapd", which exists once the .deb is
 # installed. From a checkout: as root, serve as "nobody" (spamtrapd never
-# serves as root); otherwise stay the user who ran make.
+# serves as root); otherwise stay the user who ran make. scripts/spamtrapctl
+# runs spamtrapctl on the same store as the same user: keep them in step.
 RUN_USER = $(if $(filter 0,$(shell id -u)),nobody,null)
 
 run: build
