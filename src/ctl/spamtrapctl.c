@@ -47,6 +47,8 @@ static const char usage_text[] =
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
+    "  -h, --help       print this help and exit\n"
+    "  -V, --version    print the version and exit\n"
     "\n"
     "KEY: user@example.com, @example.com, 192.0.2.7, 192.0.2.0/24, 2001:db8::/64,\n"
     "     sasl:NAME or helo:NAME.\n"
@@ -987,8 +989,14 @@ typedef struct cmdline {
 	const char *command;
 	const char *key;
 	const char *ttl, *reason, *format, *keys;
-	bool help;
+	bool help, version;
 } cmdline;
+
+static const struct option long_options[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
 
 /* Global options, up to the command name; 0, or an exit status. */
 static int parse_global(int argc, char **argv, cmdline *cl)
@@ -996,7 +1004,7 @@ static int parse_global(int argc, char **argv, cmdline *cl)
 	int opt;
 
 	cl->config = CONFIG_DEFAULT_PATH;
-	while ((opt = getopt(argc, argv, "+c:o:h")) != -1) {
+	while ((opt = getopt_long(argc, argv, "+c:o:hV", long_options, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			cl->config = optarg;
@@ -1008,6 +1016,9 @@ static int parse_global(int argc, char **argv, cmdline *cl)
 			break;
 		case 'h':
 			cl->help = true;
+			return 0;
+		case 'V':
+			cl->version = true;
 			return 0;
 		default:
 			return usage_error("bad option");
@@ -1054,6 +1065,8 @@ static int parse_command_args(int argc, char **argv, cmdline *cl)
 			cl->keys = v;
 		else if (missing)
 			return usage_error("%s needs a value", argv[i]);
+		else if (strcmp(argv[i], "--help") == 0)
+			cl->help = true; /* "spamtrapctl add --help": no key is named --help */
 		else if (argv[i][0] == '-' && argv[i][1] == '-')
 			return usage_error("unknown option %s", argv[i]);
 		else if (!cl->key)
@@ -1207,11 +1220,17 @@ int main(int argc, char **argv)
 
 	if (rc != 0)
 		return rc;
+	if (!cl.help && !cl.version && (rc = parse_command_args(argc, argv, &cl)) != 0)
+		return rc;
+	if (cl.version) {
+		printf("spamtrapctl %s\n", SPAMTRAPD_VERSION);
+		return EXIT_OK;
+	}
 	if (cl.help) {
 		fputs(usage_text, stdout);
 		return EXIT_OK;
 	}
-	if ((rc = parse_command_args(argc, argv, &cl)) != 0 || (rc = check_args(&cl)) != 0)
+	if ((rc = check_args(&cl)) != 0)
 		return rc;
 	rc = run(&cl);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

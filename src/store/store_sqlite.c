@@ -47,6 +47,7 @@
 #include <pthread.h>
 #include <pwd.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -264,7 +265,8 @@ struct store_backend_impl {
 	bool writing;          /* a writer of this process has the turn */
 	backoff backoff[2];    /* [0] reads, [1] writes */
 	conn conns[POOL_SIZE];
-	sqlite_filter *filter; /* answers most misses without SQLite */
+	sqlite_filter *filter;           /* answers most misses without SQLite */
+	_Atomic uint64_t filter_answers; /* lookups it answered alone: store_filter_answers */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -926,8 +928,10 @@ static store_status lookup_keys(store_backend_impl *s, const char *const *keys, 
 	conn *c;
 	store_status rc;
 
-	if (nmaybe == 0)
+	if (nmaybe == 0) {
+		atomic_fetch_add_explicit(&s->filter_answers, 1, memory_order_relaxed);
 		return STORE_NOTFOUND;
+	}
 	c = acquire(s, FOR_READ, "lookup");
 	if (!c)
 		return STORE_ERROR;
@@ -962,6 +966,11 @@ static store_status sqlite_lookup_built(store_backend_impl *s, const char *const
                                         int64_t now, store_entry *found, bool *stale)
 {
 	return lookup_keys(s, keys, netlens, nkeys, built, now, found, stale);
+}
+
+static uint64_t sqlite_filter_answers(store_backend_impl *s)
+{
+	return atomic_load_explicit(&s->filter_answers, memory_order_relaxed);
 }
 
 static bool sqlite_netlens(store_backend_impl *s, store_netmask *out)
@@ -1310,4 +1319,5 @@ const store_ops store_sqlite_ops = {
     .lookup_built = sqlite_lookup_built,
     .put_many = sqlite_put_many,
     .distinct_add = sqlite_distinct_add,
+    .filter_answers = sqlite_filter_answers,
 };

@@ -242,9 +242,36 @@ class StoreScenarios:
             with self.subTest(args=args):
                 p = self.ctl(*args, rc=1)
                 self.assertIn(message, p.stderr)
-        p = subprocess.run([*sh.command("SPAMTRAPCTL"), "-h"], capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0)
-        self.assertIn("usage: spamtrapctl", p.stdout)
+
+
+class CommandLineTest(unittest.TestCase):
+    """--help and --version need no config and no store: they work before anything is set up."""
+
+    def run_ctl(self, *args):
+        return subprocess.run([*sh.command("SPAMTRAPCTL"), *args], capture_output=True, text=True, timeout=30)
+
+    def test_help_prints_usage_to_stdout(self):
+        for args in (["--help"], ["-h"], ["-c", "/nonexistent.json", "--help"], ["add", "--help"]):
+            with self.subTest(args=args):
+                p = self.run_ctl(*args)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertTrue(p.stdout.startswith("usage: spamtrapctl "), p.stdout)
+                self.assertIn("--version", p.stdout)
+                self.assertEqual(p.stderr, "")
+
+    def test_version_prints_the_cmake_version(self):
+        for flag in ("--version", "-V"):
+            with self.subTest(flag=flag):
+                p = self.run_ctl(flag)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stdout, f"spamtrapctl {sh.project_version()}\n")
+                self.assertEqual(p.stderr, "")
+
+    def test_unknown_global_option_is_a_usage_error(self):
+        p = self.run_ctl("--bogus", "list")
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(p.stdout, "")
+        self.assertIn("usage: spamtrapctl ", p.stderr)
 
 
 class SqliteTest(StoreScenarios, CtlCase):
