@@ -104,12 +104,8 @@ typedef struct decide_netmask {
 
 /*
  * A transaction's keys, prepared once per MAIL FROM (milter) or per request
- * (policy). Key forms, shared with the stores and spamtrapctl:
- *   sender          user@example.com
- *   sender_domain   @example.com
- *   client_address  192.0.2.7, 192.0.2.0/24, 2001:db8:1::/64
- *   sasl_username   sasl:NAME
- *   helo_name       helo:mail.example.com
+ * (policy), in the typed forms of core/key.h (user@example.com,
+ * "sasl:x"@example.com, @example.com, 192.0.2.0/24, sasl:NAME, helo:NAME).
  * lookup[] holds every key a blocklist entry may match at MAIL FROM (the
  * client address at every network length an admin may have added), most
  * specific first; record[] the keys a trap hit in this transaction
