@@ -305,7 +305,8 @@ void decide_prepare_lens(const decide_policy *policy, const decide_facts *facts,
 	prepare_sender(facts, txn);
 	prepare_whitelist(policy, facts, txn);
 	/* A whitelisted sender's own keys are never looked up nor recorded. */
-	bool have_sender = !txn->null_sender && !txn->sender_invalid && txn->sender_whitelisted == WHITELIST_NONE;
+	bool have_sender =
+	    !txn->null_sender && !txn->sender_invalid && txn->sender_whitelisted == WHITELIST_NONE;
 
 	addr_ip ip;
 	bool have_ip =

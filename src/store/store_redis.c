@@ -235,7 +235,7 @@ static const char distinct_lua[] =
     "return n\n";
 
 /*
-* The upgrade of a 0.1.0 blocklist to typed keys (see migrate_batch()).
+ * The upgrade of a 0.1.0 blocklist to typed keys (see migrate_batch()).
  * KEYS: pairs of an entry and its new key ("": drop the entry). ARGV: for
  * each pair, the sender the entry must have recorded to move ("": any).
  * An entry that meets another under the new key merges with it: the

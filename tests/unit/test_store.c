@@ -2438,18 +2438,10 @@ static const struct CMUnitTest sqlite_tests[] = {
 };
 
 static const struct CMUnitTest redis_tests[] = {
-    CASE(test_redis_expires_by_itself),
-    CASE(test_redis_db_and_prefix),
-    CASE(test_redis_unreachable_at_open),
-    CASE(test_redis_readonly_replica),
-    CASE(test_redis_password),
-    CASE(test_redis_script_flush),
-    CASE(test_redis_hung_server),
-    CASE(test_redis_down_and_back),
-    CASE(test_redis_netlens),
-    CASE(test_redis_distinct_layout),
-    CASE(test_redis_upgrade_0_1_0),
-    CASE(test_redis_upgrade_when_back),
+    CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
+    CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
+    CASE(test_redis_hung_server),       CASE(test_redis_down_and_back), CASE(test_redis_netlens),
+    CASE(test_redis_distinct_layout),   CASE(test_redis_upgrade_0_1_0), CASE(test_redis_upgrade_when_back),
 };
 
 int main(void)
