@@ -179,7 +179,6 @@ static void check_position(const source *src, long line, long col)
 /* One error line: from a known source, and a position inside its file. */
 static void check_error_line(const char *line, size_t len, const source *src)
 {
-	char head[400];
 	long l, c;
 	int n;
 
@@ -189,12 +188,15 @@ static void check_error_line(const char *line, size_t len, const source *src)
 	if (starts_with(line, "-o "))
 		return;
 	for (size_t i = 0; i < NFILES; i++) {
-		snprintf(head, sizeof head, "%s:", file_paths[i]);
-		if (!starts_with(line, head))
+		/* "PATH:" compared in place: a copy into a fixed buffer could truncate a long TMPDIR. */
+		const char *rest;
+
+		if (!starts_with(line, file_paths[i]) || line[strlen(file_paths[i])] != ':')
 			continue;
-		if (line[strlen(head)] == ' ')
+		rest = line + strlen(file_paths[i]) + 1;
+		if (*rest == ' ')
 			return; /* no position */
-		n = sscanf(line + strlen(head), "%ld:%ld:", &l, &c);
+		n = sscanf(rest, "%ld:%ld:", &l, &c);
 		CHECK(n >= 1 && l >= 1 && (size_t)l <= src->nlines[i]);
 		if (i == 0 && n == 2 && src->valid_json)
 			check_position(src, l, c);

@@ -436,7 +436,11 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 void engine_purge(engine *eng)
 {
 	engine_snapshot *snap = engine_acquire(eng);
-	uint64_t purged = 0;
+	uint64_t purged = 0, answers;
+	if (store_filter_answers(snap->ss->st, &answers))
+		log_debug("store: the absent-key filter answered %llu lookups without SQLite since the store "
+		          "was opened",
+		          (unsigned long long)answers);
 	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK) {
 		log_store_error(eng, STORE_UPDATES, "purge");
 	} else {

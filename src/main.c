@@ -56,12 +56,19 @@ typedef struct control {
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: spamtrapd [-c FILE] [-f] [-t] [-o KEY=VALUE]...\n"
-	             "  -c FILE       configuration file (default " CONFIG_DEFAULT_PATH ")\n"
-	             "  -f            stay in the foreground and log to stderr\n"
-	             "  -t            check the configuration and exit (0: valid, 1: not)\n"
-	             "  -o KEY=VALUE  override a setting, e.g. -o store.sqlite.path=/tmp/st.db\n"
-	             "  -V            print the version\n");
+	             "  -c FILE         configuration file (default " CONFIG_DEFAULT_PATH ")\n"
+	             "  -f              stay in the foreground and log to stderr\n"
+	             "  -t              check the configuration and exit (0: valid, 1: not)\n"
+	             "  -o KEY=VALUE    override a setting, e.g. -o store.sqlite.path=/tmp/st.db\n"
+	             "  -h, --help      print this help and exit\n"
+	             "  -V, --version   print the version and exit\n");
 }
+
+static const struct option long_options[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
 
 /* 0: go on, 1: exit with success (-h, -V), -1: exit with a usage error. */
 static int parse_options(int argc, char **argv, options *opt)
@@ -69,7 +76,7 @@ static int parse_options(int argc, char **argv, options *opt)
 	memset(opt, 0, sizeof(*opt));
 	opt->config_path = CONFIG_DEFAULT_PATH;
 	int c;
-	while ((c = getopt(argc, argv, "c:fto:hV")) != -1) {
+	while ((c = getopt_long(argc, argv, "c:fto:hV", long_options, NULL)) != -1) {
 		switch (c) {
 		case 'c':
 			opt->config_path = optarg;

@@ -148,6 +148,38 @@ addr_status addr_normalise(const char *in, size_t inlen, char *out, size_t outle
 	return ADDR_OK;
 }
 
+/* Does every quoted string in s end? A backslash quotes the next character in one (RFC 5321 quoted-pair). */
+static bool quotes_balanced(const char *s)
+{
+	bool quoted = false;
+
+	for (; *s; s++) {
+		if (quoted && *s == '\\' && s[1] != '\0')
+			s++;
+		else if (*s == '"')
+			quoted = !quoted;
+	}
+	return !quoted;
+}
+
+void addr_unquote(char *s)
+{
+	bool quoted = false;
+	char *out = s;
+
+	if (!strchr(s, '"') || !quotes_balanced(s))
+		return;
+	for (; *s; s++) {
+		if (quoted && *s == '\\' && s[1] != '\0')
+			*out++ = *++s;
+		else if (*s == '"')
+			quoted = !quoted;
+		else
+			*out++ = *s;
+	}
+	*out = '\0';
+}
+
 /*
  * Postfix split_addr() semantics: the extension starts at the first
  * delimiter character, but never at the very start of the local part, and

@@ -30,6 +30,16 @@ typedef enum {
 addr_status addr_normalise(const char *in, size_t inlen, char *out, size_t outlen);
 
 /*
+ * Quoted strings without their quotes and backslashes, in place: Postfix's
+ * internal form (tok822_internalize), which is what the policy protocol
+ * hands over: "x y"@d is x y@d there, "sp\am"@d is spam@d. Without it,
+ * <"spam"@d> on the milter would be another blocklist key than spam@d,
+ * the same mailbox. An unbalanced quote is left alone: addr_normalise()
+ * finds such an address invalid.
+ */
+void addr_unquote(char *s);
+
+/*
  * Remove a recipient extension: with delimiters "+", "trap+tag@d" becomes
  * "trap@d" (Postfix recipient_delimiter: any one of the characters starts
  * the extension). Returns true when something was removed; out always gets

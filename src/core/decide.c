@@ -7,9 +7,10 @@
 #include "core/decide.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "core/key.h"
 
 static bool is_xcode(const char *s, size_t len, char class)
 {
@@ -65,16 +66,30 @@ bool smtp_reply_parse(const char *s, smtp_reply *out, char *err, size_t errlen)
 	return true;
 }
 
-/* Append a formatted key to txn->buf; NULL when it does not fit. */
-static char *txn_key(decide_txn *txn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *txn_key(decide_txn *txn, const char *fmt, ...)
+/*
+ * A key of core/key.h made from in straight into txn->buf; NULL when in
+ * makes no key or it does not fit. Every key but the client's networks
+ * is made this way, so that no text of one type can stand for another.
+ */
+static const char *txn_key(decide_txn *txn, size_t (*make)(const char *, char *, size_t), const char *in)
 {
 	size_t room = sizeof(txn->buf) - txn->buflen;
 	char *at = txn->buf + txn->buflen;
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(at, room, fmt, ap);
-	va_end(ap);
+	size_t len = in ? make(in, at, room) : 0;
+
+	if (len == 0)
+		return NULL;
+	txn->buflen += len + 1;
+	return at;
+}
+
+/* A store set's name, prefix and name (no blocklist key), into txn->buf; NULL when it does not fit. */
+static const char *txn_set_name(decide_txn *txn, const char *prefix, const char *name)
+{
+	size_t room = sizeof(txn->buf) - txn->buflen;
+	char *at = txn->buf + txn->buflen;
+	int n = snprintf(at, room, "%s%s", prefix, name);
+
 	if (n < 0 || (size_t)n >= room)
 		return NULL;
 	txn->buflen += (size_t)n + 1;
@@ -91,46 +106,6 @@ static void push_record(decide_txn *txn, const char *key)
 {
 	if (key && txn->nrecord < DECIDE_MAX_RECORD)
 		txn->record[txn->nrecord++] = key;
-}
-
-#define NAME_KEY_MAX 255
-
-/* A HELO name becomes a key only when it is a plain printable token. */
-static bool usable_helo(const char *s)
-{
-	if (!s || !*s || strlen(s) > NAME_KEY_MAX)
-		return false;
-	for (; *s; s++)
-		if (!isgraph((unsigned char)*s))
-			return false;
-	return true;
-}
-
-/*
- * SASL account names may hold blanks and UTF-8 ("J\xc3\xb6rg Doe"); only
- * control characters (which would break key and log lines) or an
- * excessive length keep a name from becoming a key. Being authenticated
- * does not depend on this: see prepare_record.
- */
-static bool usable_sasl(const char *s)
-{
-	if (!s || !*s || strlen(s) > NAME_KEY_MAX)
-		return false;
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			return false;
-	return true;
-}
-
-/*
- * Only a real local@domain is a sender key. Postfix accepts unqualified
- * senders ("MAIL FROM:<8.0.0.0/8>", "<sasl:alice>"); taken as keys they
- * would name a network or an account, and one trap hit could block them.
- */
-static bool keyable_sender(const char *sender)
-{
-	const char *at = strrchr(sender, '@');
-	return at && at != sender && at[1] != '\0';
 }
 
 /* Loopback clients are the host itself (webmail, cron, a content filter's
@@ -179,7 +154,6 @@ static void prepare_sender(const decide_facts *facts, decide_txn *txn)
 /* The keys of this transaction, built once and shared by both lists. */
 typedef struct txn_keys {
 	const char *sender, *domain, *sasl, *helo;
-	const char *domain_name; /* the domain of domain, without the '@' */
 	const addr_ip *ip;
 	bool authenticated;
 } txn_keys;
@@ -195,7 +169,7 @@ static void prepare_domain_count(const decide_policy *policy, decide_txn *txn, c
 	if (policy->domain_min_networks <= 1 || !k->domain)
 		return;
 	txn->domain_key = k->domain;
-	txn->domain_set = txn_key(txn, "sender_domain:%s", k->domain_name);
+	txn->domain_set = txn_set_name(txn, "sender_domain:", k->domain + 1);
 	if (k->ip && txn->domain_set)
 		txn->domain_net =
 		    net_key(txn, k->ip, k->ip->version == 4 ? DECIDE_DOMAIN_NET_V4 : DECIDE_DOMAIN_NET_V6);
@@ -228,12 +202,6 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 		push_record(txn, k->helo);
 }
 
-static void lowercase(char *s)
-{
-	for (; s && *s; s++)
-		*s = (char)tolower((unsigned char)*s);
-}
-
 /*
  * SPEC "Checks" item 3: a whitelisted network exempts everything. A
  * whitelisted sender can be forged, so it exempts the whole transaction
@@ -263,22 +231,21 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	prepare_sender(facts, txn);
 	prepare_whitelist(policy, facts, txn);
 	/* A whitelisted sender's own keys are never looked up nor recorded. */
-	bool have_sender = !txn->null_sender && !txn->sender_invalid && keyable_sender(txn->sender) &&
-	                   txn->sender_whitelisted == WHITELIST_NONE;
+	bool have_sender =
+	    !txn->null_sender && !txn->sender_invalid && txn->sender_whitelisted == WHITELIST_NONE;
 
 	txn->have_client = facts->client_address && addr_ip_parse(facts->client_address, &txn->client) &&
 	                   !is_loopback(&txn->client);
 
+	/* Being authenticated does not depend on the name making a key. */
 	txn_keys k = {.ip = txn->have_client ? &txn->client : NULL,
 	              .authenticated = facts->sasl_username && *facts->sasl_username};
-	k.sender = have_sender ? txn_key(txn, "%s", txn->sender) : NULL;
-	const char *domain = have_sender ? addr_domain(txn->sender) : NULL;
-	k.domain = domain && *domain ? txn_key(txn, "@%s", domain) : NULL;
-	k.domain_name = domain;
-	k.sasl = usable_sasl(facts->sasl_username) ? txn_key(txn, "sasl:%s", facts->sasl_username) : NULL;
-	char *helo = usable_helo(facts->helo) ? txn_key(txn, "helo:%s", facts->helo) : NULL;
-	lowercase(helo);
-	k.helo = helo;
+	if (have_sender) {
+		k.sender = txn_key(txn, key_sender, txn->sender);
+		k.domain = txn_key(txn, key_domain, txn->sender);
+	}
+	k.sasl = txn_key(txn, key_sasl, facts->sasl_username);
+	k.helo = txn_key(txn, key_helo, facts->helo);
 
 	push_lookup(txn, k.sender);
 	push_lookup(txn, k.sasl);

@@ -87,12 +87,8 @@ typedef struct decide_facts {
 
 /*
  * A transaction's keys, prepared once per MAIL FROM (milter) or per request
- * (policy). Key forms, shared with the stores and spamtrapctl:
- *   sender          user@example.com
- *   sender_domain   @example.com
- *   client_address  192.0.2.7, 192.0.2.0/24, 2001:db8:1::/64
- *   sasl_username   sasl:NAME
- *   helo_name       helo:mail.example.com
+ * (policy), in the typed forms of core/key.h (user@example.com,
+ * "sasl:x"@example.com, @example.com, 192.0.2.0/24, sasl:NAME, helo:NAME).
  * lookup[] holds every key other than the client's networks that a
  * blocklist entry may match at MAIL FROM, in precedence order; the
  * client's networks (client) go before lookup[client_at]: the store builds

@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/key.h"
 #include "daemon.h"
 #include "log.h"
 #include "store/store.h"
@@ -28,7 +29,6 @@
 enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_NOTFOUND = 1, EXIT_STORE = 2 };
 
 #define MAX_OVERRIDES 32
-#define NAME_MAX_LEN 255
 
 static const char usage_text[] =
     "usage: spamtrapctl [-c FILE] [-o KEY=VALUE]... COMMAND [ARGS]\n"
@@ -47,6 +47,8 @@ static const char usage_text[] =
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
+    "  -h, --help       print this help and exit\n"
+    "  -V, --version    print the version and exit\n"
     "\n"
     "KEY: user@example.com, @example.com, 192.0.2.7, 192.0.2.0/24, 2001:db8::/64,\n"
     "     sasl:NAME or helo:NAME.\n"
@@ -113,40 +115,51 @@ static const char *span(int64_t secs, char *buf, size_t buflen)
 
 /* --- keys ---------------------------------------------------------------- */
 
-typedef enum { KEY_ADDRESS, KEY_DOMAIN, KEY_NET, KEY_SASL, KEY_HELO } key_kind;
-
 typedef struct ctl_key {
-	key_kind kind;
+	key_type type;
 	char text[STORE_KEY_MAX];
-	addr_net net; /* KEY_NET */
+	addr_net net; /* KEY_TYPE_NETWORK */
 } ctl_key;
 
-/* SASL and HELO names as decide.c accepts them: printable, no spaces, at most 255 bytes. */
-static int name_key(const char *prefix, const char *name, bool lower, ctl_key *k, char *err, size_t errlen)
+/* sasl:NAME and helo:NAME as the daemon makes them (core/key.h), whatever the case of the prefix. */
+static int name_key(ctl_key *k, const char *name, char *err, size_t errlen)
 {
-	size_t len = strlen(name), plen = strlen(prefix);
+	size_t len = k->type == KEY_TYPE_SASL ? key_sasl(name, k->text, sizeof(k->text))
+	                                      : key_helo(name, k->text, sizeof(k->text));
 
-	if (len == 0 || len > NAME_MAX_LEN) {
-		snprintf(err, errlen, "%s needs a name of 1 to %d characters", prefix, NAME_MAX_LEN);
-		return -1;
-	}
-	for (const char *p = name; *p; p++)
-		if (!isgraph((unsigned char)*p)) {
-			snprintf(err, errlen, "%s%.64s: names have no spaces or control characters", prefix,
-			         name);
-			return -1;
-		}
-	memcpy(k->text, prefix, plen);
-	for (size_t i = 0; i <= len; i++)
-		k->text[plen + i] = lower ? (char)tolower((unsigned char)name[i]) : name[i];
-	return 0;
+	if (len > 0)
+		return 0;
+	if (!name[0])
+		snprintf(err, errlen, "%s needs a name", k->type == KEY_TYPE_SASL ? "sasl:" : "helo:");
+	else if (k->type == KEY_TYPE_SASL)
+		snprintf(
+		    err, errlen,
+		    "sasl:%.64s: a SASL name is at most %d bytes of UTF-8 text without control characters",
+		    name, KEY_NAME_MAX);
+	else
+		snprintf(err, errlen,
+		         "helo:%.64s: a HELO name is at most %d printable ASCII characters, no spaces", name,
+		         KEY_NAME_MAX);
+	return -1;
 }
 
+/*
+ * A sender as the daemon keys it (core/key.h): quoting undone as Postfix
+ * does, then quoted where the key needs it. "<User@Example.COM>" is
+ * user@example.com, "x y"@d is x y@d, both <sasl:x@d> and "sasl:x"@d are
+ * "sasl:x"@d: list's output reads back to the same key.
+ */
 static int address_key(const char *in, ctl_key *k, char *err, size_t errlen)
 {
-	char buf[ADDR_MAX];
+	char buf[ADDR_MAX], bare[ADDR_MAX];
 
-	switch (addr_normalise(in, strlen(in), buf, sizeof(buf))) {
+	if (strlen(in) >= sizeof(bare)) {
+		snprintf(err, errlen, "'%.64s...' is too long for an address", in);
+		return -1;
+	}
+	memcpy(bare, in, strlen(in) + 1);
+	addr_unquote(bare);
+	switch (addr_normalise(bare, strlen(bare), buf, sizeof(buf))) {
 	case ADDR_NULL:
 		snprintf(err, errlen, "the null sender <> is never blocklisted");
 		return -1;
@@ -156,30 +169,29 @@ static int address_key(const char *in, ctl_key *k, char *err, size_t errlen)
 	case ADDR_OK:
 		break;
 	}
-	if (buf[0] == '@' || !strchr(buf, '@') || !addr_domain(buf) || !*addr_domain(buf)) {
-		snprintf(err, errlen, "'%.64s' is not a valid address (user@domain)", in);
+	if (key_sender(buf, k->text, sizeof(k->text)) == 0) {
+		snprintf(err, errlen, "'%.64s' is not a valid address (user@domain, UTF-8 text)", in);
 		return -1;
 	}
-	snprintf(k->text, sizeof(k->text), "%s", buf);
-	return strlen(buf) < sizeof(k->text) ? 0 : -1;
+	return 0;
 }
 
 /* "@Example.COM." is the sender domain key "@example.com": normalised as the domain of an address. */
 static int domain_key(const char *in, ctl_key *k, char *err, size_t errlen)
 {
-	char addr[ADDR_MAX + 2];
-	ctl_key tmp;
+	char addr[ADDR_MAX + 2], buf[ADDR_MAX];
 
 	if (strlen(in) >= ADDR_MAX) {
 		snprintf(err, errlen, "'%.64s...' is too long for a domain", in);
 		return -1;
 	}
 	snprintf(addr, sizeof(addr), "x%s", in);
-	if (in[1] == '\0' || strchr(in + 1, '@') || address_key(addr, &tmp, err, errlen) < 0) {
+	if (in[1] == '\0' || strchr(in + 1, '@') ||
+	    addr_normalise(addr, strlen(addr), buf, sizeof(buf)) != ADDR_OK ||
+	    key_domain(buf, k->text, sizeof(k->text)) == 0) {
 		snprintf(err, errlen, "'%.64s' is not a valid @domain", in);
 		return -1;
 	}
-	snprintf(k->text, sizeof(k->text), "@%s", addr_domain(tmp.text));
 	return 0;
 }
 
@@ -194,12 +206,7 @@ static int net_key(const char *in, ctl_key *k, char *err, size_t errlen)
 	return 0;
 }
 
-static bool has_prefix_ci(const char *s, const char *prefix)
-{
-	return strncasecmp(s, prefix, strlen(prefix)) == 0;
-}
-
-/* Any KEY form of the command line into its canonical store key. */
+/* Any KEY form of the command line into its canonical store key; its type is key_type_of's. */
 static int key_parse(const char *in, ctl_key *k, char *err, size_t errlen)
 {
 	memset(k, 0, sizeof(*k));
@@ -207,23 +214,18 @@ static int key_parse(const char *in, ctl_key *k, char *err, size_t errlen)
 		snprintf(err, errlen, "the null sender <> is never blocklisted");
 		return -1;
 	}
-	if (has_prefix_ci(in, "sasl:")) {
-		k->kind = KEY_SASL;
-		return name_key("sasl:", in + 5, false, k, err, errlen);
-	}
-	if (has_prefix_ci(in, "helo:")) {
-		k->kind = KEY_HELO;
-		return name_key("helo:", in + 5, true, k, err, errlen);
-	}
-	if (in[0] == '@') {
-		k->kind = KEY_DOMAIN;
+	k->type = key_type_of(in);
+	switch (k->type) {
+	case KEY_TYPE_SASL:
+	case KEY_TYPE_HELO:
+		return name_key(k, in + 5, err, errlen);
+	case KEY_TYPE_DOMAIN:
 		return domain_key(in, k, err, errlen);
-	}
-	if (strchr(in, '@')) {
-		k->kind = KEY_ADDRESS;
+	case KEY_TYPE_SENDER:
 		return address_key(in, k, err, errlen);
+	case KEY_TYPE_NETWORK:
+		break;
 	}
-	k->kind = KEY_NET;
 	if (strpbrk(in, ":/") || (in[0] && strspn(in, "0123456789.[]") == strlen(in)))
 		return net_key(in, k, err, errlen);
 	snprintf(err, errlen,
@@ -325,7 +327,7 @@ static int show_key(const ctl *c, const char *key, const char *asked, int *shown
 /* The candidates of a key: an IP shows every network that contains it; an address, its domain too. */
 static int show_candidates(const ctl *c, const ctl_key *k, int *shown, int *in_force)
 {
-	if (k->kind == KEY_NET) {
+	if (k->type == KEY_TYPE_NETWORK) {
 		for (int p = k->net.prefix; p >= 0; p--) {
 			addr_net net = addr_net_of(&k->net.ip, (unsigned)p);
 			char text[ADDR_NET_STRLEN];
@@ -338,7 +340,7 @@ static int show_candidates(const ctl *c, const ctl_key *k, int *shown, int *in_f
 	}
 	if (show_key(c, k->text, k->text, shown, in_force) < 0)
 		return -1;
-	if (k->kind == KEY_ADDRESS) {
+	if (k->type == KEY_TYPE_SENDER) {
 		char domain[STORE_KEY_MAX];
 
 		snprintf(domain, sizeof(domain), "@%s", addr_domain(k->text));
@@ -527,20 +529,29 @@ static int export_one(const store_entry *e, void *ctx)
 
 	if (!map_safe(k)) {
 		x->skipped_other++;
-	} else if (strncmp(k, "sasl:", 5) == 0) {
+		return x->oom;
+	}
+	switch (key_type_of(k)) {
+	case KEY_TYPE_SASL:
 		if (x->keys & EX_SASL)
 			emit(x, k + 5);
-	} else if (strncmp(k, "helo:", 5) == 0) {
+		break;
+	case KEY_TYPE_HELO:
 		if (x->keys & EX_HELO)
 			emit(x, k + 5);
-	} else if (k[0] == '@') {
+		break;
+	case KEY_TYPE_DOMAIN:
 		if (x->keys & EX_DOMAIN)
 			emit(x, k + 1); /* access(5) has no "@domain": the domain form */
-	} else if (strchr(k, '@')) {
+		break;
+	case KEY_TYPE_SENDER:
 		if (x->keys & EX_SENDER)
 			emit(x, k);
-	} else if (x->keys & EX_CLIENT) {
-		export_net(x, k);
+		break;
+	case KEY_TYPE_NETWORK:
+		if (x->keys & EX_CLIENT)
+			export_net(x, k);
+		break;
 	}
 	return x->oom;
 }
@@ -791,7 +802,7 @@ static int import_line(importer *im, char *line, store_entry *e, char *err, size
 		return -1;
 	}
 	if (key_parse(f[0], &k, err, errlen) < 0 ||
-	    (k.kind == KEY_NET && net_checked(im->c->cfg, &k.net, err, errlen) < 0))
+	    (k.type == KEY_TYPE_NETWORK && net_checked(im->c->cfg, &k.net, err, errlen) < 0))
 		return -1;
 	memcpy(e->key, k.text, strlen(k.text) + 1);
 	e->sender[0] = e->recipient[0] = e->client[0] = e->helo[0] = e->queue_id[0] = '\0';
@@ -987,8 +998,14 @@ typedef struct cmdline {
 	const char *command;
 	const char *key;
 	const char *ttl, *reason, *format, *keys;
-	bool help;
+	bool help, version;
 } cmdline;
+
+static const struct option long_options[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
 
 /* Global options, up to the command name; 0, or an exit status. */
 static int parse_global(int argc, char **argv, cmdline *cl)
@@ -996,7 +1013,7 @@ static int parse_global(int argc, char **argv, cmdline *cl)
 	int opt;
 
 	cl->config = CONFIG_DEFAULT_PATH;
-	while ((opt = getopt(argc, argv, "+c:o:h")) != -1) {
+	while ((opt = getopt_long(argc, argv, "+c:o:hV", long_options, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			cl->config = optarg;
@@ -1008,6 +1025,9 @@ static int parse_global(int argc, char **argv, cmdline *cl)
 			break;
 		case 'h':
 			cl->help = true;
+			return 0;
+		case 'V':
+			cl->version = true;
 			return 0;
 		default:
 			return usage_error("bad option");
@@ -1054,6 +1074,8 @@ static int parse_command_args(int argc, char **argv, cmdline *cl)
 			cl->keys = v;
 		else if (missing)
 			return usage_error("%s needs a value", argv[i]);
+		else if (strcmp(argv[i], "--help") == 0)
+			cl->help = true; /* "spamtrapctl add --help": no key is named --help */
 		else if (argv[i][0] == '-' && argv[i][1] == '-')
 			return usage_error("unknown option %s", argv[i]);
 		else if (!cl->key)
@@ -1161,7 +1183,7 @@ static int run_key_command(ctl *c, const cmdline *cl)
 		return cmd_lookup(c, &k);
 	if (strcmp(cl->command, "remove") == 0)
 		return cmd_remove(c, &k);
-	if (k.kind == KEY_NET && net_checked(c->cfg, &k.net, err, sizeof(err)) < 0)
+	if (k.type == KEY_TYPE_NETWORK && net_checked(c->cfg, &k.net, err, sizeof(err)) < 0)
 		return value_error(cl->command, err);
 	if (cl->ttl && parse_ttl(cl->ttl, &ttl, err, sizeof(err)) < 0)
 		return value_error("--ttl", err);
@@ -1207,11 +1229,17 @@ int main(int argc, char **argv)
 
 	if (rc != 0)
 		return rc;
+	if (!cl.help && !cl.version && (rc = parse_command_args(argc, argv, &cl)) != 0)
+		return rc;
+	if (cl.version) {
+		printf("spamtrapctl %s\n", SPAMTRAPD_VERSION);
+		return EXIT_OK;
+	}
 	if (cl.help) {
 		fputs(usage_text, stdout);
 		return EXIT_OK;
 	}
-	if ((rc = parse_command_args(argc, argv, &cl)) != 0 || (rc = check_args(&cl)) != 0)
+	if ((rc = check_args(&cl)) != 0)
 		return rc;
 	rc = run(&cl);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/addr.h"
 #include "log.h"
 #include "sockperm.h"
 #include "milter/milter_shim.h"
@@ -123,43 +124,6 @@ static void copy_capped(char *dst, size_t dstlen, const char *src)
 	dst[n] = '\0';
 }
 
-/* Does every quoted string in s end? A backslash quotes the next character in one (RFC 5321 quoted-pair). */
-static bool quotes_balanced(const char *s)
-{
-	bool quoted = false;
-	for (; *s; s++) {
-		if (quoted && *s == '\\' && s[1] != '\0')
-			s++;
-		else if (*s == '"')
-			quoted = !quoted;
-	}
-	return !quoted;
-}
-
-/*
- * Quoted strings without their quotes and backslashes, in place: Postfix's
- * internal form (tok822_internalize), which is what the policy protocol
- * hands over: <"x y"@d> is x y@d there. Without this, <"spam"@d> would be
- * another blocklist key than <spam@d>, the same mailbox. An unbalanced
- * quote is left alone: the decision core finds such an address invalid.
- */
-static void unquote(char *s)
-{
-	bool quoted = false;
-	char *out = s;
-	if (!strchr(s, '"') || !quotes_balanced(s))
-		return;
-	for (; *s; s++) {
-		if (quoted && *s == '\\' && s[1] != '\0')
-			*out++ = *++s;
-		else if (*s == '"')
-			quoted = !quoted;
-		else
-			*out++ = *s;
-	}
-	*out = '\0';
-}
-
 /*
  * An envelope address as Postfix hands it to a milter ("<a@b>", "<>",
  * "<\"x y\"@d>") in the form the policy protocol uses ("a@b", "", "x y@d"),
@@ -178,7 +142,7 @@ static const char *envelope_bare(const char *in, char *out, size_t outlen)
 	}
 	memcpy(out, in, n);
 	out[n] = '\0';
-	unquote(out);
+	addr_unquote(out);
 	return out;
 }
 

@@ -236,6 +236,14 @@ bool store_netlens(store *st, store_netmask *out)
 	return st->ops->netlens && st->ops->netlens(st->impl, out);
 }
 
+bool store_filter_answers(store *st, uint64_t *answers)
+{
+	if (!st->ops->filter_answers)
+		return false;
+	*answers = st->ops->filter_answers(st->impl);
+	return true;
+}
+
 store_status store_lookup_built(store *st, const char *const *keys, const int16_t *netlens, size_t nkeys,
                                 const store_netmask *built, int64_t now, store_entry *found, bool *stale)
 {

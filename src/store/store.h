@@ -120,6 +120,14 @@ typedef netkeys_mask store_netmask;
 bool store_netlens(store *st, store_netmask *out);
 
 /*
+ * How many lookups since the store was opened the backend's absent-key
+ * filter answered without asking the database (SQLite only; false for a
+ * backend without one). The daemon logs it at each purge (debug), which
+ * is how tests see that the filter answers at all.
+ */
+bool store_filter_answers(store *st, uint64_t *answers);
+
+/*
  * store_lookup_netlens for keys built only for the network lengths of
  * built (as store_netlens gave them, plus those the caller always builds).
  * When the state the lookup reads holds an entry at a length outside built,

@@ -47,6 +47,8 @@ typedef struct store_ops {
 	                             int64_t now, int64_t window, uint64_t limit, uint64_t *count);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
+	/* Optional: a backend with an absent-key filter (store_filter_answers). */
+	uint64_t (*filter_answers)(store_backend_impl *impl);
 } store_ops;
 
 extern const store_ops store_sqlite_ops;

@@ -42,6 +42,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/key.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 8
@@ -233,6 +234,42 @@ static const char distinct_lua[] =
     "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end\n"
     "return n\n";
 
+/*
+ * The upgrade of a 0.1.0 blocklist to typed keys (see migrate_batch()).
+ * KEYS: pairs of an entry and its new key ("": drop the entry). ARGV: for
+ * each pair, the sender the entry must have recorded to move ("": any).
+ * An entry that meets another under the new key merges with it: the
+ * later expiry with its fields and TTL, the hits added up, the earlier
+ * first. Returns how many entries moved.
+ */
+static const char rekey_lua[] =
+    "local function merge(src, dst)\n"
+    "  if redis.call('EXISTS', dst) == 0 then\n"
+    "    redis.call('RENAME', src, dst)\n"
+    "    return\n"
+    "  end\n"
+    "  local s = redis.call('HMGET', src, 'expires', 'hits', 'first')\n"
+    "  local d = redis.call('HMGET', dst, 'expires', 'hits', 'first')\n"
+    "  local hits = (tonumber(s[2]) or 0) + (tonumber(d[2]) or 0)\n"
+    "  local first = tonumber(d[3]) or tonumber(s[3]) or 0\n"
+    "  if tonumber(s[3]) and tonumber(s[3]) < first then first = tonumber(s[3]) end\n"
+    "  if (tonumber(s[1]) or 0) > (tonumber(d[1]) or 0) then\n"
+    "    redis.call('RENAME', src, dst)\n"
+    "  else\n"
+    "    redis.call('DEL', src)\n"
+    "  end\n"
+    "  redis.call('HSET', dst, 'hits', string.format('%d', hits), 'first', string.format('%d', first))\n"
+    "end\n"
+    "local n = 0\n"
+    "for i = 1, #KEYS, 2 do\n"
+    "  local src, dst, need = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2]\n"
+    "  if redis.call('EXISTS', src) == 1 and (need == '' or redis.call('HGET', src, 'sender') == need) then\n"
+    "    if dst == '' then redis.call('DEL', src) else merge(src, dst) end\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
 enum {
 	SCRIPT_RECORD,
 	SCRIPT_PUT,
@@ -240,10 +277,11 @@ enum {
 	SCRIPT_PURGE,
 	SCRIPT_NETLENS_DONE,
 	SCRIPT_DISTINCT,
+	SCRIPT_REKEY,
 	NSCRIPTS
 };
-static const char *const scripts[NSCRIPTS] = {record_lua, put_lua,          lookup_lua,
-                                              purge_lua,  netlens_done_lua, distinct_lua};
+static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua, purge_lua,
+                                              netlens_done_lua, distinct_lua, rekey_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -267,6 +305,7 @@ struct store_backend_impl {
 	size_t prefixlen;
 	char *netlens; /* cfg.redis_prefix "netlens": the network lengths present */
 	char *pattern; /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
+	char *version; /* cfg.redis_prefix "version": the key layout (LAYOUT_VERSION) */
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
 	bool guard_sigpipe;
@@ -285,6 +324,7 @@ struct store_backend_impl {
 	int master_port;
 	unsigned master_gen;   /* bumped when that address changes */
 	int64_t recheck_at_ms; /* ask the Sentinels again after this (monotonic) */
+	bool upgrade_pending;  /* the layout upgrade has yet to run (see upgrade()) */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -973,6 +1013,8 @@ static bool may_connect(store_backend_impl *s)
 	return ok;
 }
 
+static void upgrade(store_backend_impl *s, rconn *rc); /* below: the upgrade to typed keys */
+
 static int ensure_connected(store_backend_impl *s, rconn *rc)
 {
 	char err[512];
@@ -990,6 +1032,7 @@ static int ensure_connected(store_backend_impl *s, rconn *rc)
 	s->down = false;
 	s->backoff_ms = BACKOFF_MIN_MS;
 	pthread_mutex_unlock(&s->lock);
+	upgrade(s, rc);
 	return 0;
 }
 
@@ -1542,6 +1585,211 @@ static store_status op_foreach(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+/* --- the upgrade to typed keys ------------------------------------------ */
+
+/*
+ * Layout version 2 (PREFIX "version"): the typed keys of core/key.h.
+ * 0.1.0 wrote version 1 and no "version" key. The upgrade runs once per
+ * Redis, at the first connection a store opens or makes: it walks the
+ * entries with SCAN and moves those whose key key_migrate() changes, in
+ * two passes as store_sqlite.c does (first the moves to sender keys,
+ * longest first, so that a key is vacated before one moves in; then the
+ * SASL names lowercased), in scripts that check each entry's recorded
+ * sender on the server. So it is right whatever ran before it: another
+ * host upgrading at the same time, an upgrade cut short and run again.
+ */
+#define LAYOUT_VERSION 2
+#define REKEY_BATCH 128
+
+/* One entry to move (keys without the prefix; to "": drop it). */
+typedef struct rekey {
+	char *from, *to;
+	bool check; /* only when it recorded from as its sender */
+} rekey;
+
+typedef struct rekeys {
+	rekey *v;
+	size_t n, cap;
+} rekeys;
+
+typedef struct upgrade_plan {
+	rekeys pass[2];
+} upgrade_plan;
+
+static void rekeys_clear(rekeys *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		free(r->v[i].from);
+		free(r->v[i].to);
+	}
+	free(r->v);
+}
+
+static bool rekeys_add(rekeys *r, const char *from, const char *to, bool check)
+{
+	rekey *k;
+
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 64;
+		rekey *v = realloc(r->v, cap * sizeof(*v));
+
+		if (!v)
+			return false;
+		r->v = v, r->cap = cap;
+	}
+	k = &r->v[r->n];
+	k->check = check;
+	k->from = strdup(from);
+	k->to = strdup(to);
+	if (!k->from || !k->to) {
+		free(k->from);
+		free(k->to);
+		return false;
+	}
+	r->n++;
+	return true;
+}
+
+/* A SCAN page into the plan: the moves key_migrate() asks for, with or without the sender known. */
+static store_status plan_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	upgrade_plan *plan = o->ctx;
+
+	(void)rc;
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+		char name[STORE_KEY_MAX], from_sender[STORE_KEY_MAX], other[STORE_KEY_MAX];
+
+		if (!reply_is_str(k) || k->len <= s->prefixlen || k->len - s->prefixlen >= STORE_KEY_MAX)
+			continue;
+		memcpy(name, k->str + s->prefixlen, k->len - s->prefixlen);
+		name[k->len - s->prefixlen] = '\0';
+		key_migrate(name, name, from_sender, sizeof(from_sender));
+		key_migrate(name, NULL, other, sizeof(other));
+		if ((strcmp(from_sender, other) != 0 &&
+		     !rekeys_add(&plan->pass[0], name, from_sender, true)) ||
+		    (strcmp(other, name) != 0 && !rekeys_add(&plan->pass[1], name, other, false)))
+			return store_set_error("%s: upgrade: out of memory", s->where);
+	}
+	return STORE_OK;
+}
+
+static int cmp_longer_first(const void *a, const void *b)
+{
+	size_t x = strlen(((const rekey *)a)->from), y = strlen(((const rekey *)b)->from);
+
+	return (x < y) - (x > y);
+}
+
+/* One script for v[0..n): EVALSHA sha 2n from to ... need ... */
+static store_status rekey_batch(store_backend_impl *s, rconn *rc, const rekey *v, size_t n)
+{
+	size_t argc = 3 + 3 * n;
+	const char **argv = calloc(argc, sizeof(*argv));
+	size_t *argvlen = calloc(argc, sizeof(*argvlen));
+	char *buf = malloc(2 * n * (s->prefixlen + STORE_KEY_MAX)), *p = buf, nkeys[24];
+	redisReply *r = NULL;
+	store_status st = STORE_ERROR;
+
+	if (!argv || !argvlen || !buf) {
+		store_set_error("%s: upgrade: out of memory", s->where);
+		goto out;
+	}
+	snprintf(nkeys, sizeof(nkeys), "%zu", 2 * n);
+	argv[2] = nkeys, argvlen[2] = strlen(nkeys);
+	for (size_t i = 0; i < n; i++) {
+		argv[3 + 2 * i] = p, argvlen[3 + 2 * i] = full_key(s, v[i].from, p);
+		p += argvlen[3 + 2 * i] + 1;
+		argv[4 + 2 * i] = v[i].to[0] ? p : "";
+		argvlen[4 + 2 * i] = v[i].to[0] ? full_key(s, v[i].to, p) : 0;
+		p += argvlen[4 + 2 * i] + 1;
+		argv[3 + 2 * n + i] = v[i].check ? v[i].from : "";
+		argvlen[3 + 2 * n + i] = strlen(argv[3 + 2 * n + i]);
+	}
+	st = eval_script(s, rc, SCRIPT_REKEY, (int)argc, argv, argvlen, &r, "upgrade");
+	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "upgrade");
+	freeReplyObject(r);
+out:
+	free(argv);
+	free(argvlen);
+	free(buf);
+	return st;
+}
+
+static store_status rekey_all(store_backend_impl *s, rconn *rc, const rekeys *r)
+{
+	store_status st = STORE_OK;
+
+	for (size_t i = 0; i < r->n && st == STORE_OK; i += REKEY_BATCH)
+		st = rekey_batch(s, rc, r->v + i, r->n - i < REKEY_BATCH ? r->n - i : REKEY_BATCH);
+	return st;
+}
+
+/* The layout version the server holds: 1 when it says none (0.1.0, or an empty store). */
+static store_status layout_version(store_backend_impl *s, rconn *rc, long *version)
+{
+	const char *argv[2] = {"GET", s->version};
+	redisReply *r;
+	store_status st = STORE_OK;
+
+	if (command(s, rc->ctx, &r, "upgrade", 2, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type == REDIS_REPLY_NIL)
+		*version = 1;
+	else if (r->type == REDIS_REPLY_STRING)
+		*version = strtol(r->str, NULL, 10);
+	else
+		st = reply_error(s, rc, r, "upgrade");
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status op_upgrade(store_backend_impl *s, rconn *rc, op *o)
+{
+	upgrade_plan plan = {0};
+	char text[24];
+	const char *argv[3] = {"SET", s->version, text};
+	redisReply *r = NULL;
+	long version = 0;
+	store_status st = layout_version(s, rc, &version);
+
+	snprintf(text, sizeof(text), "%d", LAYOUT_VERSION);
+
+	if (st != STORE_OK || version >= LAYOUT_VERSION)
+		return st;
+	o->ctx = &plan;
+	st = scan_all(s, rc, o, plan_batch);
+	if (plan.pass[0].n > 0)
+		qsort(plan.pass[0].v, plan.pass[0].n, sizeof(rekey), cmp_longer_first);
+	for (int i = 0; i < 2 && st == STORE_OK; i++)
+		st = rekey_all(s, rc, &plan.pass[i]);
+	if (st == STORE_OK && (st = command(s, rc->ctx, &r, "upgrade", 3, argv)) == STORE_OK &&
+	    r->type == REDIS_REPLY_ERROR)
+		st = reply_error(s, rc, r, "upgrade");
+	freeReplyObject(r);
+	rekeys_clear(&plan.pass[0]);
+	rekeys_clear(&plan.pass[1]);
+	return st;
+}
+
+/* Run the upgrade on rc when it is due; a failed one stays due, for the next connection. */
+static void upgrade(store_backend_impl *s, rconn *rc)
+{
+	op o = {.what = "upgrade", .fn = op_upgrade};
+	bool due;
+
+	pthread_mutex_lock(&s->lock);
+	due = s->upgrade_pending;
+	s->upgrade_pending = false;
+	pthread_mutex_unlock(&s->lock);
+	if (due && op_upgrade(s, rc, &o) != STORE_OK) {
+		pthread_mutex_lock(&s->lock);
+		s->upgrade_pending = true;
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
 /* --- the ops table ------------------------------------------------------- */
 
 static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
@@ -1629,6 +1877,7 @@ static void redis_free(store_backend_impl *s)
 	free(s->prefix);
 	free(s->netlens);
 	free(s->pattern);
+	free(s->version);
 	free(s);
 }
 
@@ -1723,6 +1972,9 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 	snprintf(s->netlens, strlen(prefix) + sizeof("netlens"), "%snetlens", prefix);
 	if (!(s->pattern = match_pattern(s->prefix)))
 		goto oom;
+	if (!(s->version = malloc(strlen(prefix) + sizeof("version"))))
+		goto oom;
+	snprintf(s->version, strlen(prefix) + sizeof("version"), "%sversion", prefix);
 	return 0;
 oom:
 	snprintf(err, errlen, "redis: out of memory");
@@ -1760,9 +2012,12 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 		return NULL;
 	}
 	s->guard_sigpipe = !sigpipe_ignored();
+	s->upgrade_pending = true;
 	rc = &s->conns[0];
 	pipe_guard_begin(&guard, s->guard_sigpipe);
 	result = conn_connect(s, rc, err, errlen);
+	if (result == 0)
+		upgrade(s, rc);
 	pipe_guard_end(&guard);
 	if (result > 0) {
 		redis_free(s);

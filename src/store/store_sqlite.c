@@ -26,7 +26,9 @@
  * blocklist, so that every writer (this daemon, spamtrapctl, another
  * process) maintains it (version 2; opening a version 1 file adds it,
  * one scan). Version 3 adds distinct_members, the sets of
- * store_distinct_add. Opening an older file runs the missing steps.
+ * store_distinct_add. Version 4 has the typed keys of core/key.h: opening
+ * an older file rewrites the few keys that changed (see schema_typed_keys).
+ * Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
  * point query per key in the caller's order, skipping network keys of a
@@ -47,6 +49,7 @@
 #include <pthread.h>
 #include <pwd.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,6 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/key.h"
 #include "store/sqlite_filter.h"
 #include "store/store_backend.h"
 
@@ -75,7 +79,7 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
@@ -178,7 +182,16 @@ static const char schema_distinct_sql[] =
  * v + 1, and schema_create sets the version after each, so that every
  * step stands alone and a new one is one more entry.
  */
-static const char *const schema_steps[] = {schema_v1_sql, schema_v2_sql, schema_distinct_sql};
+static int schema_typed_keys(sqlite3 *db, const char *path, char *err, size_t errlen);
+
+/* A step is SQL, or a function for what SQL alone cannot do. */
+typedef struct schema_step {
+	const char *sql;
+	int (*run)(sqlite3 *db, const char *path, char *err, size_t errlen);
+} schema_step;
+
+static const schema_step schema_steps[] = {
+    {schema_v1_sql, NULL}, {schema_v2_sql, NULL}, {schema_distinct_sql, NULL}, {NULL, schema_typed_keys}};
 _Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
                "one upgrade step per schema version");
 
@@ -264,7 +277,8 @@ struct store_backend_impl {
 	bool writing;          /* a writer of this process has the turn */
 	backoff backoff[2];    /* [0] reads, [1] writes */
 	conn conns[POOL_SIZE];
-	sqlite_filter *filter; /* answers most misses without SQLite */
+	sqlite_filter *filter;           /* answers most misses without SQLite */
+	_Atomic uint64_t filter_answers; /* lookups it answered alone: store_filter_answers */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -373,6 +387,162 @@ static int query_int(sqlite3 *db, const char *sql, int *out)
 	return rc;
 }
 
+static void done(sqlite3_stmt *stmt)
+{
+	sqlite3_reset(stmt);
+	sqlite3_clear_bindings(stmt);
+}
+
+static int step_done(sqlite3_stmt *stmt)
+{
+	int rc = sqlite3_step(stmt);
+
+	done(stmt);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* --- version 4: typed keys ---------------------------------------------- */
+
+/*
+ * Version 4 has the typed keys of core/key.h; its tables are version 3's.
+ * A file of 0.1.0 (version 2) or 3 keeps its keys but for the few that
+ * key_migrate() changes: an entry that a sender spelled like another key
+ * type wrote ("sasl:alice@d", with that same text as its recorded sender)
+ * moves to that sender's key ("\"sasl:alice\"@d"), where it no longer
+ * blocks the SASL user; SASL names are lowercased. The moves to sender
+ * keys go first, longest key first (a quoted key is longer than the one
+ * it quotes, so a key is vacated before one moves in), so that a SASL
+ * entry lowercased onto a poisoned key is never taken along. Two entries
+ * that meet under one key merge: the later expiry with its provenance,
+ * the hits added up, the earlier first_seen.
+ */
+#define LATER(col) " " col " = CASE WHEN excluded.expires > expires THEN excluded." col " ELSE " col " END,"
+static const char rekey_sql[] =
+    "INSERT INTO blocklist (" COLUMNS ") SELECT ?2, first_seen, last_seen, expires, hits, trap, sender,"
+    " recipient, client, helo, queue_id, reason FROM blocklist WHERE key = ?1"
+    " ON CONFLICT (key) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),"
+    " hits = hits + excluded.hits," LATER("last_seen") LATER("trap") LATER("sender") LATER("recipient")
+        LATER("client") LATER("helo") LATER("queue_id")
+            LATER("reason") " expires = max(expires, excluded.expires)";
+#undef LATER
+
+/* One entry to move: its key now and the key it gets ("": drop it). */
+typedef struct rekey {
+	char *from, *to;
+	bool first; /* not a SASL name lowercased: moves in the first pass */
+} rekey;
+
+typedef struct rekeys {
+	rekey *v;
+	size_t n, cap;
+} rekeys;
+
+static void rekeys_clear(rekeys *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		free(r->v[i].from);
+		free(r->v[i].to);
+	}
+	free(r->v);
+}
+
+/* Note the move of one entry, if it moves; false when out of memory. */
+static bool rekeys_add(rekeys *r, const char *key, const char *sender)
+{
+	char to[STORE_KEY_MAX];
+	size_t len = key_migrate(key, sender, to, sizeof(to));
+	rekey *k;
+
+	if (len > 0 && strcmp(to, key) == 0)
+		return true;
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 64;
+		rekey *v = realloc(r->v, cap * sizeof(*v));
+
+		if (!v)
+			return false;
+		r->v = v, r->cap = cap;
+	}
+	k = &r->v[r->n];
+	k->first = len == 0 || key_type_of(key) != KEY_TYPE_SASL || key_type_of(to) != KEY_TYPE_SASL;
+	k->from = strdup(key);
+	k->to = strdup(to);
+	if (!k->from || !k->to) {
+		free(k->from);
+		free(k->to);
+		return false;
+	}
+	r->n++;
+	return true;
+}
+
+/* The entries that move: of the keys key_migrate() may change, those it does change. */
+static int rekeys_find(sqlite3 *db, rekeys *r)
+{
+	static const char sql[] =
+	    "SELECT key, sender FROM blocklist WHERE key GLOB 'sasl:*' OR key GLOB 'helo:*'"
+	    " OR key GLOB '@*@*' OR key GLOB '*[\"\\]*@*'";
+	sqlite3_stmt *stmt = NULL;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+
+	while (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		const char *key = (const char *)sqlite3_column_text(stmt, 0);
+		const char *sender = (const char *)sqlite3_column_text(stmt, 1);
+
+		rc = SQLITE_OK;
+		if (key && !rekeys_add(r, key, sender ? sender : ""))
+			rc = SQLITE_NOMEM;
+	}
+	sqlite3_finalize(stmt);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The first pass before the second; in the first, longer keys first. */
+static int cmp_rekey(const void *a, const void *b)
+{
+	const rekey *x = a, *y = b;
+	size_t lx = strlen(x->from), ly = strlen(y->from);
+
+	if (x->first != y->first)
+		return x->first ? -1 : 1;
+	return x->first ? (lx < ly) - (lx > ly) : strcmp(x->from, y->from);
+}
+
+static int rekey_one(sqlite3_stmt *move, sqlite3_stmt *drop, const rekey *k)
+{
+	if (k->to[0]) {
+		sqlite3_bind_text(move, 1, k->from, -1, SQLITE_STATIC);
+		sqlite3_bind_text(move, 2, k->to, -1, SQLITE_STATIC);
+		if (step_done(move) < 0)
+			return -1;
+	}
+	sqlite3_bind_text(drop, 1, k->from, -1, SQLITE_STATIC);
+	return step_done(drop);
+}
+
+/* Inside the schema transaction: version 3 to 4. */
+static int schema_typed_keys(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	rekeys r = {0};
+	sqlite3_stmt *move = NULL, *drop = NULL;
+	int rc = -1;
+
+	if (rekeys_find(db, &r) == 0 && sqlite3_prepare_v2(db, rekey_sql, -1, &move, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, "DELETE FROM blocklist WHERE key = ?1", -1, &drop, NULL) == SQLITE_OK) {
+		rc = 0;
+		if (r.n > 0)
+			qsort(r.v, r.n, sizeof(*r.v), cmp_rekey);
+		for (size_t i = 0; i < r.n && rc == 0; i++)
+			rc = rekey_one(move, drop, &r.v[i]);
+	}
+	if (rc < 0)
+		snprintf(err, errlen, "sqlite %s: upgrading to typed keys: %s", path, sqlite3_errmsg(db));
+	sqlite3_finalize(move);
+	sqlite3_finalize(drop);
+	rekeys_clear(&r);
+	return rc;
+}
+
 /* Create the schema in an empty file, or bring an older one up to SCHEMA_VERSION, step by step. */
 static int schema_create(sqlite3 *db, const char *path, int version, char *err, size_t errlen)
 {
@@ -380,7 +550,8 @@ static int schema_create(sqlite3 *db, const char *path, int version, char *err, 
 
 	for (int v = version; v < SCHEMA_VERSION; v++) {
 		snprintf(set_version, sizeof(set_version), "PRAGMA user_version = %d;", v + 1);
-		if (exec_sql(db, path, schema_steps[v], err, errlen) < 0 ||
+		if ((schema_steps[v].sql ? exec_sql(db, path, schema_steps[v].sql, err, errlen)
+		                         : schema_steps[v].run(db, path, err, errlen)) < 0 ||
 		    exec_sql(db, path, set_version, err, errlen) < 0)
 			return -1;
 	}
@@ -763,20 +934,6 @@ static void bind_field(sqlite3_stmt *stmt, int idx, const char *s, size_t cap)
 	sqlite3_bind_text(stmt, idx, s ? s : "", (int)store_field_len(s ? s : "", cap), SQLITE_STATIC);
 }
 
-static void done(sqlite3_stmt *stmt)
-{
-	sqlite3_reset(stmt);
-	sqlite3_clear_bindings(stmt);
-}
-
-static int step_done(sqlite3_stmt *stmt)
-{
-	int rc = sqlite3_step(stmt);
-
-	done(stmt);
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
 /*
  * PRAGMA data_version does not count a connection's own commits: every
  * write drops that connection's cached lengths (a write that failed may
@@ -926,8 +1083,10 @@ static store_status lookup_keys(store_backend_impl *s, const char *const *keys, 
 	conn *c;
 	store_status rc;
 
-	if (nmaybe == 0)
+	if (nmaybe == 0) {
+		atomic_fetch_add_explicit(&s->filter_answers, 1, memory_order_relaxed);
 		return STORE_NOTFOUND;
+	}
 	c = acquire(s, FOR_READ, "lookup");
 	if (!c)
 		return STORE_ERROR;
@@ -962,6 +1121,11 @@ static store_status sqlite_lookup_built(store_backend_impl *s, const char *const
                                         int64_t now, store_entry *found, bool *stale)
 {
 	return lookup_keys(s, keys, netlens, nkeys, built, now, found, stale);
+}
+
+static uint64_t sqlite_filter_answers(store_backend_impl *s)
+{
+	return atomic_load_explicit(&s->filter_answers, memory_order_relaxed);
 }
 
 static bool sqlite_netlens(store_backend_impl *s, store_netmask *out)
@@ -1310,4 +1474,5 @@ const store_ops store_sqlite_ops = {
     .lookup_built = sqlite_lookup_built,
     .put_many = sqlite_put_many,
     .distinct_add = sqlite_distinct_add,
+    .filter_answers = sqlite_filter_answers,
 };

@@ -120,5 +120,37 @@ class StartupStatus(unittest.TestCase):
             d.cleanup()
 
 
+class CommandLine(unittest.TestCase):
+    """What `spamtrapd --help` and `--version` print: a packager's and a newcomer's first commands."""
+
+    def run_daemon(self, *args):
+        return subprocess.run([*sh.command(), *args], capture_output=True, text=True, timeout=30)
+
+    def test_help_prints_usage_to_stdout(self):
+        for flag in ("--help", "-h"):
+            with self.subTest(flag=flag):
+                r = self.run_daemon(flag)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertTrue(r.stdout.startswith("usage: spamtrapd "), r.stdout)
+                self.assertIn("--version", r.stdout)
+                self.assertEqual(r.stderr, "")
+
+    def test_version_prints_the_cmake_version(self):
+        for flag in ("--version", "-V"):
+            with self.subTest(flag=flag):
+                r = self.run_daemon(flag)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout, f"spamtrapd {sh.project_version()}\n")
+                self.assertEqual(r.stderr, "")
+
+    def test_unknown_option_is_a_usage_error(self):
+        for args in (["--bogus"], ["-x"], ["stray"]):
+            with self.subTest(args=args):
+                r = self.run_daemon(*args)
+                self.assertEqual(r.returncode, 1)
+                self.assertEqual(r.stdout, "")
+                self.assertIn("usage: spamtrapd ", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -109,7 +109,7 @@ class StoreScenarios:
         (row,) = self.listed()
         left = datetime.datetime.fromisoformat(row[1]).timestamp() - time.time()
         self.assertAlmostEqual(left, 7200, delta=120)
-        self.assertRegex(self.add("sasl:Bob", "--ttl=7d", "--reason", "again"), r"^updated sasl:Bob until")
+        self.assertRegex(self.add("sasl:Bob", "--ttl=7d", "--reason", "again"), r"^updated sasl:bob until")
         (row,) = self.listed()
         self.assertEqual(row[5], "again")
         left = datetime.datetime.fromisoformat(row[1]).timestamp() - time.time()
@@ -141,7 +141,10 @@ class StoreScenarios:
             ("<User@Example.COM>", "user@example.com"),
             ("@Example.ORG.", "@example.org"),
             ("HELO:Mail.Example.NET", "helo:mail.example.net"),
-            ("sasl:MixedCase", "sasl:MixedCase"),
+            ("sasl:MixedCase", "sasl:mixedcase"),
+            ("SASL:J Doe", "sasl:j doe"),
+            ("<sasl:alice@sink.test>", '"sasl:alice"@sink.test'),
+            ('"x y"@Quoted.Example', "x y@quoted.example"),
             ("::ffff:192.0.2.9", "192.0.2.9"),
             ("2001:DB8:0:0::1", "2001:db8::1"),
             ("2001:db8:1::/48", "2001:db8:1::/48"),
@@ -151,6 +154,36 @@ class StoreScenarios:
             with self.subTest(given=given):
                 self.assertRegex(self.add(given), "^added " + re.escape(want) + " until")
         self.assertEqual(sorted(r[0] for r in self.listed()), sorted(w for _, w in cases))
+
+    def test_typed_keys_round_trip(self):
+        """Keys that read alike name different entries (a sender spelled like a SASL or HELO key is
+        quoted), and every key list prints reads back through lookup, remove and import."""
+        given = ["sasl:J Doe", "sasl:alice@sink.test", '"sasl:alice"@sink.test', "helo:mx@bad.example",
+                 "<helo:mx@bad.example>", "x y@quoted.example", '"\\"x\\""@quoted.example', "sasl:Jörg"]
+        for key in given:
+            self.add(key)
+        before = self.ctl("list", rc=0).stdout
+        keys = [row[0] for row in self.listed()]
+        self.assertEqual(sorted(keys), sorted([
+            "sasl:j doe", "sasl:alice@sink.test", '"sasl:alice"@sink.test', "helo:mx@bad.example",
+            '"helo:mx"@bad.example', "x y@quoted.example", '"\\"x\\""@quoted.example', "sasl:jörg"]))
+        for key in keys:
+            with self.subTest(key=key):
+                out = self.ctl("lookup", key, rc=0).stdout
+                self.assertEqual(re.findall(r"^(.+): blocklisted", out, re.M), [key])
+        # the SASL user is not the sender that reads like it, nor the other way round
+        self.ctl("remove", '"sasl:alice"@sink.test', rc=0)
+        self.ctl("lookup", "sasl:alice@sink.test", rc=0)
+        self.ctl("lookup", "<sasl:alice@sink.test>", rc=1)
+        for key in keys:
+            if key != '"sasl:alice"@sink.test':
+                self.assertEqual(self.ctl("remove", key, rc=0).stdout, f"removed {key}\n")
+        self.assertEqual(self.listed(), [])
+        backup = os.path.join(self.dir, "backup.tsv")
+        with open(backup, "w") as f:
+            f.write(before)
+        self.assertEqual(self.ctl("import", backup, rc=0).stdout, f"imported {len(keys)} entries\n")
+        self.assertEqual(self.ctl("list", rc=0).stdout, before)
 
     def test_export_postfix(self):
         for key in ("spammer@example.com", "@example.net", "192.0.2.7", "198.51.100.0/24",
@@ -209,7 +242,9 @@ class StoreScenarios:
             ("192.0.2.1/24", "has host bits set below the /24 prefix (did you mean 192.0.2.0/24?)"),
             ("<>", "the null sender <> is never blocklisted"),
             ("sasl:", "sasl: needs a name"),
-            ("helo:a b", "no spaces or control characters"),
+            ("helo:a b", "no spaces"),
+            ("sasl:a\tb", "without control characters"),
+            ("<sasl:alice>", "not an IP address or network"),
             ("10.0.0.0/7", "never checks a /7 network"),
             ("2001:db8::/33", "never checks a /33 network"),
             ("user@", "not a valid address"),
@@ -242,9 +277,36 @@ class StoreScenarios:
             with self.subTest(args=args):
                 p = self.ctl(*args, rc=1)
                 self.assertIn(message, p.stderr)
-        p = subprocess.run([*sh.command("SPAMTRAPCTL"), "-h"], capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0)
-        self.assertIn("usage: spamtrapctl", p.stdout)
+
+
+class CommandLineTest(unittest.TestCase):
+    """--help and --version need no config and no store: they work before anything is set up."""
+
+    def run_ctl(self, *args):
+        return subprocess.run([*sh.command("SPAMTRAPCTL"), *args], capture_output=True, text=True, timeout=30)
+
+    def test_help_prints_usage_to_stdout(self):
+        for args in (["--help"], ["-h"], ["-c", "/nonexistent.json", "--help"], ["add", "--help"]):
+            with self.subTest(args=args):
+                p = self.run_ctl(*args)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertTrue(p.stdout.startswith("usage: spamtrapctl "), p.stdout)
+                self.assertIn("--version", p.stdout)
+                self.assertEqual(p.stderr, "")
+
+    def test_version_prints_the_cmake_version(self):
+        for flag in ("--version", "-V"):
+            with self.subTest(flag=flag):
+                p = self.run_ctl(flag)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stdout, f"spamtrapctl {sh.project_version()}\n")
+                self.assertEqual(p.stderr, "")
+
+    def test_unknown_global_option_is_a_usage_error(self):
+        p = self.run_ctl("--bogus", "list")
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(p.stdout, "")
+        self.assertIn("usage: spamtrapctl ", p.stderr)
 
 
 class SqliteTest(StoreScenarios, CtlCase):
@@ -276,6 +338,32 @@ class SqliteTest(StoreScenarios, CtlCase):
         out = self.ctl("lookup", "old@example.com", rc=0).stdout
         self.assertIn("hits:       0", out)
         self.assertIn("trap:       (none: added by hand)", out)
+
+    def test_blocklist_of_0_1_0(self):
+        """A file written by 0.1.0 opens upgraded: the entry that the sender <"sasl:alice"@sink.test>
+        wrote under the SASL user's key is that sender's entry now, SASL names are lowercased, and
+        every other entry is as it was."""
+        now = int(time.time())
+        fixture = os.path.join(os.environ["SPAMTRAPD_SOURCE_DIR"], "tests", "data", "blocklist-0.1.0.sql")
+        with sqlite3.connect(self.db) as db, open(fixture) as f:
+            db.executescript(f.read())
+            db.executemany("INSERT INTO blocklist (key, sender, first_seen, last_seen, expires, hits, trap)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [("sasl:alice@sink.test", "sasl:alice@sink.test", now, now, now + 3600, 1, "trap@t.test"),
+                            ("sasl:Bob", "", now, now, now + 3600, 0, ""),
+                            ("spammer@bad.example", "spammer@bad.example", now, now, now + 3600, 2, "trap@t.test"),
+                            ("192.0.2.0/24", "x@bad.example", now, now, now + 3600, 1, "trap@t.test")])
+        db.close()
+        self.assertEqual(sorted(r[0] for r in self.listed()),
+                         ['"sasl:alice"@sink.test', "192.0.2.0/24", "sasl:bob", "spammer@bad.example"])
+        self.assertIn("not blocklisted", self.ctl("lookup", "sasl:alice@sink.test", rc=1).stderr)
+        out = self.ctl("lookup", '"sasl:alice"@sink.test', rc=0).stdout
+        self.assertIn("sender:     sasl:alice@sink.test", out)
+        self.ctl("lookup", "sasl:BOB", rc=0)
+        self.ctl("lookup", "192.0.2.9", rc=0)
+        with sqlite3.connect(self.db) as db:
+            self.assertEqual(db.execute("PRAGMA user_version").fetchone(), (4,))
+        db.close()
 
     def test_new_database_file(self):
         self.add("a@example.com")

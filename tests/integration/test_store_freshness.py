@@ -9,9 +9,14 @@ file is changed by another process (spamtrapctl add and remove, the sqlite3
 shell) or by the daemon itself (a trap hit), and the next request must see
 the change: a key listed by another process is never answered "not
 listed", however the filter stands.
+
+All of that would pass with no filter at all (every lookup asking SQLite),
+so the filter must also be seen answering: the daemon logs how many lookups
+it answered alone at each purge (debug), here once a second.
 """
 
 import os
+import re
 import subprocess
 import time
 import unittest
@@ -29,7 +34,7 @@ class FreshnessTest(sh.PolicyChecks, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "blocklist": {"reject": REJECT},
-                              "log": {"level": "info"}})
+                              "log": {"level": "debug"}, "store": {"purge_interval": "1s"}})
         try:
             cls.d.start()
         except BaseException:
@@ -50,6 +55,11 @@ class FreshnessTest(sh.PolicyChecks, unittest.TestCase):
             self.assertEqual(self.check(f"warm{i}@example.org"), "DUNNO")
         time.sleep(REBUILD_WAIT)
 
+    def filter_answers(self):
+        """Lookups the filter answered alone, as of the daemon's latest purge (0 before the first)."""
+        counts = re.findall(r"absent-key filter answered (\d+) lookups", self.d.log())
+        return int(counts[-1]) if counts else 0
+
     def sqlite(self, sql):
         """Another process writes the file directly, as the daemon's user."""
         argv = ["sqlite3", "-cmd", ".timeout 5000", self.db, sql]
@@ -64,6 +74,17 @@ class FreshnessTest(sh.PolicyChecks, unittest.TestCase):
             with open(f"/proc/{self.d.proc.pid}/task/{tid}/comm") as f:
                 names.append(f.read().strip())
         self.assertIn("store-filter", names)
+
+    def test_filter_answers_lookups_of_absent_keys(self):
+        before = self.filter_answers()
+        deadline = time.monotonic() + sh.START_TIMEOUT
+        i = 0
+        while self.filter_answers() == before:
+            self.assertLess(time.monotonic(), deadline,
+                            "the absent-key filter answered no lookup:\n" + self.d.log_tail())
+            self.assertEqual(self.check(f"absent{i}@example.org"), "DUNNO")
+            i += 1
+            time.sleep(0.05)
 
     def test_spamtrapctl_add_and_remove_count_at_once(self):
         self.warm()

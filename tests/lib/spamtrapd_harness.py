@@ -75,6 +75,16 @@ def command(name="SPAMTRAPD"):
     return shlex.split(os.environ.get("SPAMTRAPD_WRAPPER", "")) + [binary(name)]
 
 
+def project_version():
+    """The version CMake gives the programs (project(... VERSION x.y.z) in the top CMakeLists.txt)."""
+    source = os.environ.get("SPAMTRAPD_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(source, "CMakeLists.txt")) as f:
+        m = re.search(r"project\(spamtrapd VERSION (\S+)", f.read())
+    if not m:
+        raise HarnessError("no project(spamtrapd VERSION ...) in CMakeLists.txt")
+    return m.group(1)
+
+
 def reports(pid):
     """What sanitizers or valgrind reported about process pid: the non-empty files NAME.pid
     in $SPAMTRAPD_REPORT_DIR, as one text ("" when none or no folder)."""

@@ -1395,7 +1395,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "3");
+	assert_string_equal(out, "4");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1455,11 +1455,159 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "3");
+	assert_string_equal(out, "4");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
 	assert_netlens("4/22=1 6/48=1");
+}
+
+/*
+ * A blocklist of spamtrapd 0.1.0 (issue 11), the same rows in either
+ * store: keys as 0.1.0 wrote them, with the sender each recorded ("" for
+ * entries added by hand). 0.1.0 keyed the sender "sasl:alice@sink.test"
+ * (from <"sasl:alice"@sink.test>) as the SASL user alice@sink.test.
+ */
+typedef struct old_row {
+	const char *key, *sender;
+	int64_t first_ago, expires_in;
+	int hits;
+} old_row;
+
+static const old_row old_rows[] = {
+    {"192.0.2.0/24", "x@bad.example", 60, TTL, 1},
+    {"spammer@bad.example", "spammer@bad.example", 60, TTL, 3},
+    {"sasl:alice@sink.test", "sasl:alice@sink.test", 60, TTL, 1},
+    {"helo:mx@bad.example", "helo:mx@bad.example", 60, TTL, 1},
+    {"@a@bad.example", "@a@bad.example", 60, TTL, 1},
+    {"\"x\"@quoted.example", "\"x\"@quoted.example", 60, TTL, 1},
+    {"sasl:Bob", "bob@corp.example", 500, 100, 2},
+    {"sasl:bob", "", 10, TTL, 1},
+    {"sasl:Carol@Corp.Example", "carol@corp.example", 60, TTL, 1},
+    {"sasl:dave@corp.example", "", 60, TTL, 0},
+    {"helo:mx.bad.example", "x@bad.example", 60, TTL, 1},
+};
+
+/* After the upgrade: every key in force, in order, with its hits. */
+static const struct {
+	const char *key;
+	int hits;
+} new_rows[] = {
+    {"\"@a\"@bad.example", 1},
+    {"\"\\\"x\\\"\"@quoted.example", 1},
+    {"\"helo:mx\"@bad.example", 1},
+    {"\"sasl:alice\"@sink.test", 1},
+    {"192.0.2.0/24", 1},
+    {"helo:mx.bad.example", 1},
+    {"sasl:bob", 3},
+    {"sasl:carol@corp.example", 1},
+    {"sasl:dave@corp.example", 0},
+    {"spammer@bad.example", 3},
+};
+
+static int collect_keys(const store_entry *e, void *ctx)
+{
+	char(*keys)[STORE_KEY_MAX] = ctx;
+	size_t i = 0;
+
+	while (keys[i][0] && i < 31)
+		i++;
+	snprintf(keys[i], STORE_KEY_MAX, "%s", e->key);
+	return 0;
+}
+
+/* The upgraded store: the keys of new_rows[], the SASL user unblocked, the rest blocking as before. */
+static void assert_upgraded(store *st, int64_t t)
+{
+	static char keys[32][STORE_KEY_MAX];
+	const char *user[] = {"sasl:alice@sink.test", "198.51.100.5"};
+	const char *spammer[] = {"\"sasl:alice\"@sink.test", "203.0.113.5"};
+	store_entry e;
+	size_t n = 0;
+
+	memset(keys, 0, sizeof(keys));
+	assert_int_equal(store_foreach(st, t, collect_keys, keys), STORE_OK);
+	while (keys[n][0])
+		n++;
+	qsort(keys, n, STORE_KEY_MAX, (int (*)(const void *, const void *))strcmp);
+	for (size_t i = 0; i < n; i++)
+		print_message("after the upgrade: %s\n", keys[i]);
+	assert_int_equal(n, NELEM(new_rows));
+	for (size_t i = 0; i < n; i++) {
+		assert_string_equal(keys[i], new_rows[i].key);
+		assert_int_equal(store_get(st, keys[i], &e), STORE_OK);
+		assert_int_equal(e.hits, new_rows[i].hits);
+	}
+	/* The real SASL user alice@sink.test is no longer refused; the spammer's sender still is. */
+	assert_int_equal(store_lookup(st, user, NELEM(user), t, &e), STORE_NOTFOUND);
+	assert_int_equal(store_lookup(st, spammer, NELEM(spammer), t, &e), STORE_OK);
+	assert_string_equal(e.key, "\"sasl:alice\"@sink.test");
+	assert_string_equal(e.sender, "sasl:alice@sink.test");
+	/* Merged: the later expiry with its provenance, the earlier first seen, the hits added up. */
+	assert_int_equal(store_get(st, "sasl:bob", &e), STORE_OK);
+	assert_int_equal(e.expires, t + TTL);
+	assert_int_equal(e.first_seen, t - 500);
+	assert_string_equal(e.sender, "");
+	/* The other entries of 0.1.0 block as they did. */
+	assert_string_equal(found_for(st, "x@example.org", "192.0.2.9", t), "192.0.2.0/24");
+	assert_string_equal(found_for(st, "spammer@bad.example", "203.0.113.9", t), "spammer@bad.example");
+	assert_int_equal(lookup1(st, "sasl:dave@corp.example", t, &e), STORE_OK);
+	assert_int_equal(lookup1(st, "sasl:carol@corp.example", t, &e), STORE_OK);
+	assert_int_equal(lookup1(st, "helo:mx.bad.example", t, &e), STORE_OK);
+}
+
+/* Run an SQL script with the sqlite3 tool on the case's file (from a file: rows hold quotes). */
+static void sqlite_script(const char *fixture, const char *sql)
+{
+	char path[160], cmd[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/script.sql", B.dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(sql, f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "sqlite3 -bail %s < %s && sqlite3 -bail %s < %s", B.path, fixture, B.path,
+	         path);
+	if (system(cmd) != 0)
+		fail_msg("sqlite3 failed: %s", cmd);
+}
+
+/*
+ * A file of spamtrapd 0.1.0 (its schema, tests/data/blocklist-0.1.0.sql)
+ * opens as version 3 with its keys typed: the entry a sender spelled as
+ * the SASL user's key wrote no longer blocks that user, SASL names are
+ * lowercased (duplicates merged), and every other entry still blocks.
+ */
+static void test_sqlite_upgrade_0_1_0(void **state)
+{
+	int64_t t = now_s();
+	char sql[4096], out[64];
+	size_t n = 0;
+	store *st;
+
+	(void)state;
+	for (size_t i = 0; i < NELEM(old_rows); i++) {
+		const old_row *r = &old_rows[i];
+
+		n += (size_t)snprintf(
+		    sql + n, sizeof(sql) - n,
+		    "INSERT INTO blocklist (key, sender, first_seen, last_seen, expires, hits)"
+		    " VALUES ('%s', '%s', %lld, %lld, %lld, %d);\n",
+		    r->key, r->sender, (long long)(t - r->first_ago), (long long)(t - r->first_ago),
+		    (long long)(t + r->expires_in), r->hits);
+	}
+	assert_true(n < sizeof(sql));
+	sqlite_script("../data/blocklist-0.1.0.sql", sql);
+	st = open_store();
+	assert_upgraded(st, t);
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "4");
+	assert_netlens("4/24=1");
+	st = open_store(); /* opening again changes nothing */
+	assert_upgraded(st, t);
+	store_free(st);
 }
 
 /*
@@ -2156,6 +2304,92 @@ static void test_distinct_concurrent(void **state)
 	store_free(st[1]);
 }
 
+/* The rows of old_rows[] written straight into Redis, as 0.1.0 left them (no "version" key). */
+static void redis_write_old_rows(int64_t t)
+{
+	struct timeval tv = {1, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", B.redis_port, tv);
+
+	assert_true(c && !c->err);
+	for (size_t i = 0; i < NELEM(old_rows); i++) {
+		const old_row *r = &old_rows[i];
+		char key[STORE_KEY_MAX + 64], first[24], expires[24], hits[24];
+		const char *argv[] = {"HSET", key,   "expires", expires, "first",  first,
+		                      "last", first, "hits",    hits,    "sender", r->sender};
+		redisReply *rep;
+
+		snprintf(key, sizeof(key), "%sbl:%s", B.prefix, r->key);
+		snprintf(first, sizeof(first), "%lld", (long long)(t - r->first_ago));
+		snprintf(expires, sizeof(expires), "%lld", (long long)(t + r->expires_in));
+		snprintf(hits, sizeof(hits), "%d", r->hits);
+		rep = redisCommandArgv(c, r->sender[0] ? (int)NELEM(argv) : (int)NELEM(argv) - 2, argv, NULL);
+		assert_true(rep && rep->type == REDIS_REPLY_INTEGER);
+		freeReplyObject(rep);
+		rep = redisCommand(c, "EXPIREAT %s %s", key, expires);
+		assert_true(rep && rep->type == REDIS_REPLY_INTEGER);
+		freeReplyObject(rep);
+	}
+	redisFree(c);
+}
+
+static void redis_get_version(char *out, size_t outlen)
+{
+	struct timeval tv = {1, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", B.redis_port, tv);
+	redisReply *r = c && !c->err ? redisCommand(c, "GET %sversion", B.prefix) : NULL;
+
+	assert_non_null(r);
+	snprintf(out, outlen, "%s", r->type == REDIS_REPLY_STRING ? r->str : "(none)");
+	freeReplyObject(r);
+	redisFree(c);
+}
+
+/*
+ * A Redis blocklist of 0.1.0 is upgraded at the first connection: the
+ * same result as the SQLite upgrade, the layout version 2 noted, and
+ * running it again (another host, the version key lost) changes nothing.
+ */
+static void test_redis_upgrade_0_1_0(void **state)
+{
+	int64_t t = now_s();
+	char version[32], cmd[128];
+	store *st;
+
+	(void)state;
+	redis_write_old_rows(t);
+	st = open_store();
+	assert_upgraded(st, t);
+	store_free(st);
+	redis_get_version(version, sizeof(version));
+	assert_string_equal(version, "2");
+	snprintf(cmd, sizeof(cmd), "DEL %sversion", B.prefix);
+	assert_true(redis_do(cmd));
+	st = open_store();
+	assert_upgraded(st, t);
+	store_free(st);
+}
+
+/* Redis down when the store opens: the upgrade runs at the first connection made later. */
+static void test_redis_upgrade_when_back(void **state)
+{
+	int64_t t = now_s();
+	const char *user[] = {"sasl:alice@sink.test"};
+	store_entry e;
+	store *st;
+
+	(void)state;
+	redis_stop();
+	st = open_store();
+	assert_true(redis_start());
+	redis_write_old_rows(t);
+	/* The first calls may still meet the back-off of the failed connection. */
+	for (int i = 0; i < 100 && store_lookup(st, user, 1, t, &e) == STORE_ERROR; i++)
+		usleep(50000);
+	assert_int_equal(store_lookup(st, user, 1, t, &e), STORE_NOTFOUND);
+	assert_upgraded(st, t);
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -2196,6 +2430,7 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_upgrade_v1),
     CASE(test_sqlite_upgrade_v2),
     CASE(test_sqlite_distinct_purge),
+    CASE(test_sqlite_upgrade_0_1_0),
     CASE(test_sqlite_locked_by_other_process),
     CASE(test_sqlite_locked_writers_bounded),
     CASE(test_sqlite_open_while_write_locked),
@@ -2206,7 +2441,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
     CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
     CASE(test_redis_hung_server),       CASE(test_redis_down_and_back), CASE(test_redis_netlens),
-    CASE(test_redis_distinct_layout),
+    CASE(test_redis_distinct_layout),   CASE(test_redis_upgrade_0_1_0), CASE(test_redis_upgrade_when_back),
 };
 
 int main(void)
