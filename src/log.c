@@ -17,6 +17,8 @@ static atomic_int log_level = LOG_INFO;
 static atomic_int log_to = LOG_TARGET_STDERR;
 static char log_ident[32] = "spamtrapd";
 static pthread_mutex_t ratelimit_lock = PTHREAD_MUTEX_INITIALIZER;
+static log_sink_fn log_sink;
+static void *log_sink_ctx;
 
 static const struct {
 	const char *name;
@@ -100,6 +102,10 @@ void log_msg(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (log_sink) {
+		log_sink(level, msg, log_sink_ctx);
+		return;
+	}
 	if (atomic_load(&log_to) == LOG_TARGET_SYSLOG) {
 		syslog(level, "%s", msg);
 		return;
@@ -121,6 +127,12 @@ void log_msg(int level, const char *fmt, ...)
 	}
 	ssize_t ignored = write(STDERR_FILENO, line, (size_t)n);
 	(void)ignored;
+}
+
+void log_set_sink(log_sink_fn sink, void *ctx)
+{
+	log_sink_ctx = ctx;
+	log_sink = sink;
 }
 
 bool log_ratelimit_pass(log_ratelimit *rl, int64_t now, uint64_t *suppressed)

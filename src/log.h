@@ -18,6 +18,15 @@ void log_close(void);
 
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * For tests and tools that read what the daemon would log (the unit test
+ * of the engine, the golden-file driver): every line that passes the
+ * level goes to sink instead of syslog or stderr; NULL restores the
+ * normal output. Set it before threads log.
+ */
+typedef void (*log_sink_fn)(int level, const char *msg, void *ctx);
+void log_set_sink(log_sink_fn sink, void *ctx);
+
 #define log_error(...) log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)
 #define log_notice(...) log_msg(LOG_NOTICE, __VA_ARGS__)
