@@ -233,6 +233,60 @@ static const char distinct_lua[] =
     "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end\n"
     "return n\n";
 
+/*
+ * The keyed records and buckets take the time from the server (TIME), not
+ * from the caller as the blocklist and distinct sets do: a greylist or a
+ * rate shared by several MX hosts must not depend on their clocks'
+ * agreement. A script that calls TIME and then writes needs effects
+ * replication; that is the default since Redis 5 and the only mode since
+ * 7 (Debian 12 ships 7.0), so the scripts do not call
+ * redis.replicate_commands().
+ */
+#define LUA_NOW_MS                                                                                           \
+	"local t = redis.call('TIME')\n"                                                                     \
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+/*
+ * store_kv: a string at PREFIX "kv:" NS ":" KEY with a native expiry.
+ * KEYS: the record. ARGV: op (get, put, new, del), value, ttl in ms.
+ * Returns {found, old value, its expiry in ms (0: none)}.
+ */
+static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\n"
+                                        "local exp = 0\n"
+                                        "if old then\n"
+                                        "  local pttl = redis.call('PTTL', KEYS[1])\n"
+                                        "  if pttl > 0 then exp = now + pttl end\n"
+                                        "end\n"
+                                        "local op = ARGV[1]\n"
+                                        "if op == 'put' or (op == 'new' and not old) then\n"
+                                        "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+                                        "elseif op == 'del' and old then\n"
+                                        "  redis.call('DEL', KEYS[1])\n"
+                                        "end\n"
+                                        "if old then return {1, old, exp} end\n"
+                                        "return {0, '', 0}\n";
+
+/*
+ * store_counter: GCRA, the bucket's TAT (ms) as a string at PREFIX "ctr:"
+ * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
+ * good as absent). ARGV: emission interval ms, burst, cost. Returns
+ * {allowed, retry_after ms, remaining}.
+ */
+static const char counter_lua[] =
+    LUA_NOW_MS "local t = tonumber(ARGV[1])\n"
+               "local tau = tonumber(ARGV[2]) * t\n"
+               "local cost = tonumber(ARGV[3])\n"
+               "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
+               "if tat < now then tat = now end\n"
+               "local nxt = tat + cost * t\n"
+               "if nxt - now > tau then\n"
+               "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t)}\n"
+               "end\n"
+               "if cost > 0 then\n"
+               "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now)\n"
+               "end\n"
+               "return {1, 0, math.floor((tau - (nxt - now)) / t)}\n";
+
 enum {
 	SCRIPT_RECORD,
 	SCRIPT_PUT,
@@ -240,10 +294,12 @@ enum {
 	SCRIPT_PURGE,
 	SCRIPT_NETLENS_DONE,
 	SCRIPT_DISTINCT,
+	SCRIPT_KV,
+	SCRIPT_COUNTER,
 	NSCRIPTS
 };
-static const char *const scripts[NSCRIPTS] = {record_lua, put_lua,          lookup_lua,
-                                              purge_lua,  netlens_done_lua, distinct_lua};
+static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua, purge_lua,
+                                              netlens_done_lua, distinct_lua, kv_lua,     counter_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -347,6 +403,7 @@ struct op {
 	void *ctx;
 	char gen[24];   /* purge: the netlens rebuild's gen */
 	int64_t window; /* distinct_add (keys: the set, the member) */
+	query *q;       /* kv, counter */
 	uint64_t limit;
 	pipe_guard guard;
 };
@@ -1237,6 +1294,86 @@ static store_status op_distinct(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+/* A reply array of n elements whose element i is an integer. */
+static bool reply_ints(const redisReply *r, size_t n, size_t i)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements == n && r->element[i]->type == REDIS_REPLY_INTEGER;
+}
+
+static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char *kind, const char *ns,
+                  const char *key)
+{
+	return snprintf(buf, len, "%s%s:%s:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", kind, ns,
+	                key);
+}
+
+/* One script: EVALSHA sha 1 PREFIX"kv:"ns":"key op value ttl-ms. */
+static store_status op_kv(store_backend_impl *s, rconn *rc, op *o)
+{
+	static const char *const ops[] = {"get", "put", "new", "del"};
+	query *q = o->q;
+	const char *argv[7];
+	size_t argvlen[7];
+	char key[KEYBUF + QUERY_NS_MAX], ttl[24];
+	redisReply *r = NULL;
+	store_status st;
+	int keylen = ns_key(s, key, sizeof(key), "kv", q->u.kv.ns, q->u.kv.key);
+	const char *value = q->u.kv.value ? q->u.kv.value : "";
+
+	snprintf(ttl, sizeof(ttl), "%lld", (long long)q->u.kv.ttl_ms);
+	argv[2] = "1", argvlen[2] = 1;
+	argv[3] = key, argvlen[3] = (size_t)keylen;
+	argv[4] = ops[q->u.kv.op], argvlen[4] = 3;
+	argv[5] = value, argvlen[5] = strlen(value);
+	argv[6] = ttl, argvlen[6] = strlen(ttl);
+	st = eval_script(s, rc, SCRIPT_KV, 7, argv, argvlen, &r, "kv");
+	if (st == STORE_OK && !(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
+	                        r->element[2]->type == REDIS_REPLY_INTEGER))
+		st = reply_error(s, rc, r, "kv");
+	else if (st == STORE_OK) {
+		q->u.kv.found = r->element[0]->integer != 0;
+		store_field_copy(q->u.kv.old, sizeof(q->u.kv.old), r->element[1]->str,
+		                 store_field_len(r->element[1]->str, sizeof(q->u.kv.old)));
+		q->u.kv.expires_ms = r->element[2]->integer;
+	}
+	if (q->u.kv.op != QUERY_KV_GET)
+		o->no_retry = true;
+	freeReplyObject(r);
+	return st;
+}
+
+/* One script: EVALSHA sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost. */
+static store_status op_counter(store_backend_impl *s, rconn *rc, op *o)
+{
+	query *q = o->q;
+	const char *argv[7];
+	size_t argvlen[7];
+	char key[KEYBUF + QUERY_NS_MAX], nums[3][24];
+	redisReply *r = NULL;
+	store_status st;
+	int keylen = ns_key(s, key, sizeof(key), "ctr", q->u.counter.ns, q->u.counter.key);
+
+	snprintf(nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
+	snprintf(nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
+	snprintf(nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
+	argv[2] = "1", argvlen[2] = 1;
+	argv[3] = key, argvlen[3] = (size_t)keylen;
+	for (int i = 0; i < 3; i++)
+		argv[4 + i] = nums[i], argvlen[4 + i] = strlen(nums[i]);
+	st = eval_script(s, rc, SCRIPT_COUNTER, 7, argv, argvlen, &r, "counter");
+	if (st == STORE_OK && !(reply_ints(r, 3, 0) && reply_ints(r, 3, 1) && reply_ints(r, 3, 2)))
+		st = reply_error(s, rc, r, "counter");
+	else if (st == STORE_OK) {
+		q->u.counter.allowed = r->element[0]->integer != 0;
+		q->u.counter.retry_after_ms = r->element[1]->integer;
+		q->u.counter.remaining = r->element[2]->integer > 0 ? (uint64_t)r->element[2]->integer : 0;
+	}
+	if (q->u.counter.cost > 0)
+		o->no_retry = true;
+	freeReplyObject(r);
+	return st;
+}
+
 static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
 {
 	char buf[KEYBUF];
@@ -1577,6 +1714,20 @@ static store_status redis_distinct_add(store_backend_impl *s, const char *set, c
 	return st;
 }
 
+static store_status redis_kv(store_backend_impl *s, query *q)
+{
+	op o = {.what = "kv", .fn = op_kv, .q = q};
+
+	return run(s, &o);
+}
+
+static store_status redis_counter(store_backend_impl *s, query *q)
+{
+	op o = {.what = "counter", .fn = op_counter, .q = q};
+
+	return run(s, &o);
+}
+
 static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	op o = {.what = "get", .fn = op_get, .keys = &key, .nkeys = 1, .out = out};
@@ -1787,4 +1938,6 @@ const store_ops store_redis_ops = {
     .purge = redis_purge,
     .foreach = redis_foreach,
     .distinct_add = redis_distinct_add,
+    .kv = redis_kv,
+    .counter = redis_counter,
 };
