@@ -316,7 +316,8 @@ static bool ns_key_ok(const char *ns, const char *key, const char *what)
 	return true;
 }
 
-store_status store_kv(store *st, query *q)
+/* Clears the answer and checks the arguments of a QUERY_KV query. */
+static store_status kv_ok(query *q)
 {
 	bool put = q->u.kv.op == QUERY_KV_PUT || q->u.kv.op == QUERY_KV_PUT_NEW;
 
@@ -334,10 +335,16 @@ store_status store_kv(store *st, query *q)
 		return store_set_error("store_kv: ttl_ms must be 1 to %lld", (long long)STORE_TTL_MS_MAX);
 	if (q->u.kv.now_ms < 0 || q->u.kv.now_ms > INT64_MAX / 2)
 		return store_set_error("store_kv: now_ms out of range");
-	return st->ops->kv(st->impl, q);
+	return STORE_OK;
 }
 
-store_status store_counter(store *st, query *q)
+store_status store_kv(store *st, query *q)
+{
+	return kv_ok(q) == STORE_OK ? st->ops->kv(st->impl, q) : STORE_ERROR;
+}
+
+/* Clears the answer and checks the arguments of a QUERY_COUNTER query. */
+static store_status counter_ok(query *q)
 {
 	q->u.counter.allowed = false;
 	q->u.counter.retry_after_ms = 0;
@@ -352,7 +359,17 @@ store_status store_counter(store *st, query *q)
 		return store_set_error("store_counter: emission_ms, burst or cost out of range");
 	if (q->u.counter.now_ms < 0 || q->u.counter.now_ms > INT64_MAX / 2)
 		return store_set_error("store_counter: now_ms out of range");
-	return st->ops->counter(st->impl, q);
+	return STORE_OK;
+}
+
+store_status store_counter(store *st, query *q)
+{
+	return counter_ok(q) == STORE_OK ? st->ops->counter(st->impl, q) : STORE_ERROR;
+}
+
+uint64_t store_script_round_trips(store *st)
+{
+	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;
 }
 
 store_status store_get(store *st, const char *key, store_entry *out)
@@ -526,12 +543,74 @@ static void run_one(store *st, query *q, int64_t now)
 	q->status = QUERY_ERROR;
 }
 
+/* Records and buckets: batched in one round trip where the backend can. */
+static bool batched(const query *q)
+{
+	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER;
+}
+
+/*
+ * The batched queries of q[], checked, in one backend call (in place:
+ * the backend reads an array, so the checked ones are copied together and
+ * their answers copied back).
+ */
+static store_status run_batch(store *st, query *q, size_t nq)
+{
+	query *todo;
+	size_t *from, n = 0;
+	store_status rc;
+
+	for (size_t i = 0; i < nq; i++)
+		n += batched(&q[i]);
+	if (n < 2 || !st->ops->batch) {
+		for (size_t i = 0; i < nq; i++)
+			if (batched(&q[i]))
+				run_one(st, &q[i], 0);
+		return STORE_OK;
+	}
+	todo = calloc(n, sizeof(*todo));
+	from = calloc(n, sizeof(*from));
+	if (!todo || !from) {
+		free(todo);
+		free(from);
+		for (size_t i = 0; i < nq; i++)
+			if (batched(&q[i]))
+				q[i].status = QUERY_ERROR;
+		return store_set_error("store_run: out of memory");
+	}
+	n = 0;
+	for (size_t i = 0; i < nq; i++) {
+		if (!batched(&q[i]))
+			continue;
+		if ((q[i].kind == QUERY_KV ? kv_ok(&q[i]) : counter_ok(&q[i])) != STORE_OK) {
+			q[i].status = QUERY_ERROR;
+			continue;
+		}
+		todo[n] = q[i];
+		todo[n].status = QUERY_PENDING;
+		from[n++] = i;
+	}
+	rc = n ? st->ops->batch(st->impl, todo, n) : STORE_OK;
+	for (size_t j = 0; j < n; j++)
+		q[from[j]] = todo[j];
+	free(todo);
+	free(from);
+	return rc;
+}
+
 store_status store_run(store *st, query *q, size_t nq, int64_t now)
 {
 	store_status rc = STORE_OK;
 
+	run_batch(st, q, nq);
 	for (size_t i = 0; i < nq; i++) {
 		size_t same = 0;
+
+		if (batched(&q[i])) {
+			if (q[i].status == QUERY_ERROR)
+				rc = STORE_ERROR;
+			continue;
+		}
 
 		while (same < i && !same_lookup(&q[same], &q[i]))
 			same++;

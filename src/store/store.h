@@ -172,6 +172,13 @@ store_status store_kv(store *st, query *q);
  */
 store_status store_counter(store *st, query *q);
 
+/*
+ * Round trips the store's scripts took so far (Redis: EVALSHA and EVAL
+ * sent and waited for, a pipelined batch counting one), so that tests can
+ * see that store_run batches; 0 for a backend without round trips.
+ */
+uint64_t store_script_round_trips(store *st);
+
 /* The entry for exactly this key, expired or not (spamtrapctl lookup). */
 store_status store_get(store *st, const char *key, store_entry *out);
 /* Create or replace an entry as given (spamtrapctl add). */

@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -339,8 +340,9 @@ struct store_backend_impl {
 	size_t sentinel_next;  /* the Sentinel that answered last: asked first */
 	char master_host[256]; /* the master the Sentinels named last */
 	int master_port;
-	unsigned master_gen;   /* bumped when that address changes */
-	int64_t recheck_at_ms; /* ask the Sentinels again after this (monotonic) */
+	unsigned master_gen;               /* bumped when that address changes */
+	int64_t recheck_at_ms;             /* ask the Sentinels again after this (monotonic) */
+	atomic_uint_fast64_t script_trips; /* store_script_round_trips */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -648,8 +650,8 @@ static store_status command(const store_backend_impl *s, redisContext *c, redisR
  * script; falls back to EVAL when the server does not have it (a restart,
  * SCRIPT FLUSH, a failover).
  */
-static store_status eval_script(const store_backend_impl *s, rconn *rc, int script, int argc,
-                                const char **argv, size_t *argvlen, redisReply **out, const char *what)
+static store_status eval_script(store_backend_impl *s, rconn *rc, int script, int argc, const char **argv,
+                                size_t *argvlen, redisReply **out, const char *what)
 {
 	store_status st;
 
@@ -658,6 +660,7 @@ static store_status eval_script(const store_backend_impl *s, rconn *rc, int scri
 	argvlen[0] = 7;
 	argvlen[1] = strlen(rc->sha[script]);
 	for (int attempt = 0; attempt < 2; attempt++) {
+		atomic_fetch_add(&s->script_trips, 1);
 		if (append_argv(rc->ctx, argc, argv, argvlen) != REDIS_OK)
 			return append_failed(s, rc->ctx, what);
 		st = next_reply(s, rc->ctx, out, what);
@@ -1307,70 +1310,163 @@ static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char
 	                key);
 }
 
-/* One script: EVALSHA sha 1 PREFIX"kv:"ns":"key op value ttl-ms. */
-static store_status op_kv(store_backend_impl *s, rconn *rc, op *o)
-{
-	static const char *const ops[] = {"get", "put", "new", "del"};
-	query *q = o->q;
+/*
+ * The EVALSHA of one kv or counter query, argv[0..1] left to
+ * eval_script or the pipeline: sha 1 PREFIX"kv:"ns":"key op value ttl-ms,
+ * or sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost.
+ */
+typedef struct script_call {
+	int script;
 	const char *argv[7];
 	size_t argvlen[7];
-	char key[KEYBUF + QUERY_NS_MAX], ttl[24];
-	redisReply *r = NULL;
-	store_status st;
-	int keylen = ns_key(s, key, sizeof(key), "kv", q->u.kv.ns, q->u.kv.key);
-	const char *value = q->u.kv.value ? q->u.kv.value : "";
+	char key[KEYBUF + QUERY_NS_MAX];
+	char nums[3][24];
+} script_call;
 
-	snprintf(ttl, sizeof(ttl), "%lld", (long long)q->u.kv.ttl_ms);
-	argv[2] = "1", argvlen[2] = 1;
-	argv[3] = key, argvlen[3] = (size_t)keylen;
-	argv[4] = ops[q->u.kv.op], argvlen[4] = 3;
-	argv[5] = value, argvlen[5] = strlen(value);
-	argv[6] = ttl, argvlen[6] = strlen(ttl);
-	st = eval_script(s, rc, SCRIPT_KV, 7, argv, argvlen, &r, "kv");
-	if (st == STORE_OK && !(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
-	                        r->element[2]->type == REDIS_REPLY_INTEGER))
-		st = reply_error(s, rc, r, "kv");
-	else if (st == STORE_OK) {
+#define SCRIPT_CALL_ARGC 7
+
+static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	static const char *const ops[] = {"get", "put", "new", "del"};
+	const char *value = q->u.kv.value ? q->u.kv.value : "";
+	int keylen = ns_key(s, c->key, sizeof(c->key), "kv", q->u.kv.ns, q->u.kv.key);
+
+	c->script = SCRIPT_KV;
+	snprintf(c->nums[0], 24, "%lld", (long long)q->u.kv.ttl_ms);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
+	c->argv[4] = ops[q->u.kv.op], c->argvlen[4] = 3;
+	c->argv[5] = value, c->argvlen[5] = strlen(value);
+	c->argv[6] = c->nums[0], c->argvlen[6] = strlen(c->nums[0]);
+}
+
+static void counter_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	int keylen = ns_key(s, c->key, sizeof(c->key), "ctr", q->u.counter.ns, q->u.counter.key);
+
+	c->script = SCRIPT_COUNTER;
+	snprintf(c->nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
+	snprintf(c->nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
+	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
+	for (int i = 0; i < 3; i++)
+		c->argv[4 + i] = c->nums[i], c->argvlen[4 + i] = strlen(c->nums[i]);
+}
+
+/* The query's answer from its script's reply; STORE_ERROR (and a message) for an unexpected reply. */
+static store_status script_answer(const store_backend_impl *s, rconn *rc, const redisReply *r, query *q)
+{
+	if (q->kind == QUERY_KV) {
+		if (!(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
+		      r->element[2]->type == REDIS_REPLY_INTEGER))
+			return reply_error(s, rc, r, "kv");
 		q->u.kv.found = r->element[0]->integer != 0;
 		store_field_copy(q->u.kv.old, sizeof(q->u.kv.old), r->element[1]->str,
 		                 store_field_len(r->element[1]->str, sizeof(q->u.kv.old)));
 		q->u.kv.expires_ms = r->element[2]->integer;
+		return STORE_OK;
 	}
-	if (q->u.kv.op != QUERY_KV_GET)
+	if (!(reply_ints(r, 3, 0) && reply_ints(r, 3, 1) && reply_ints(r, 3, 2)))
+		return reply_error(s, rc, r, "counter");
+	q->u.counter.allowed = r->element[0]->integer != 0;
+	q->u.counter.retry_after_ms = r->element[1]->integer;
+	q->u.counter.remaining = r->element[2]->integer > 0 ? (uint64_t)r->element[2]->integer : 0;
+	return STORE_OK;
+}
+
+/* A bucket charged twice is worse than an error: no retry once a charge may have gone out. */
+static bool charges(const query *q)
+{
+	return q->kind == QUERY_COUNTER && q->u.counter.cost > 0;
+}
+
+/* One query, one round trip (EVALSHA, EVAL when the server lacks the script). */
+static store_status op_script(store_backend_impl *s, rconn *rc, op *o)
+{
+	script_call c;
+	redisReply *r = NULL;
+	store_status st;
+
+	if (o->q->kind == QUERY_KV)
+		kv_call(s, o->q, &c);
+	else
+		counter_call(s, o->q, &c);
+	st = eval_script(s, rc, c.script, SCRIPT_CALL_ARGC, c.argv, c.argvlen, &r, o->what);
+	if (st == STORE_OK)
+		st = script_answer(s, rc, r, o->q);
+	if (charges(o->q))
 		o->no_retry = true;
 	freeReplyObject(r);
 	return st;
 }
 
-/* One script: EVALSHA sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost. */
-static store_status op_counter(store_backend_impl *s, rconn *rc, op *o)
+/*
+ * Several kv and counter queries (o->q[0 .. o->nkeys - 1]), pipelined:
+ * every EVALSHA written, then every reply read, one round trip for the
+ * lot. Each query answers for itself (its status); a query whose script
+ * the server lacks (NOSCRIPT: a restart or SCRIPT FLUSH, so all of them
+ * as a rule) runs again on its own with EVAL after the others.
+ */
+static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 {
-	query *q = o->q;
-	const char *argv[7];
-	size_t argvlen[7];
-	char key[KEYBUF + QUERY_NS_MAX], nums[3][24];
-	redisReply *r = NULL;
-	store_status st;
-	int keylen = ns_key(s, key, sizeof(key), "ctr", q->u.counter.ns, q->u.counter.key);
+	script_call *calls = calloc(o->nkeys, sizeof(*calls));
+	bool *again = calloc(o->nkeys, sizeof(*again));
+	store_status st = STORE_OK;
 
-	snprintf(nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
-	snprintf(nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
-	snprintf(nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
-	argv[2] = "1", argvlen[2] = 1;
-	argv[3] = key, argvlen[3] = (size_t)keylen;
-	for (int i = 0; i < 3; i++)
-		argv[4 + i] = nums[i], argvlen[4 + i] = strlen(nums[i]);
-	st = eval_script(s, rc, SCRIPT_COUNTER, 7, argv, argvlen, &r, "counter");
-	if (st == STORE_OK && !(reply_ints(r, 3, 0) && reply_ints(r, 3, 1) && reply_ints(r, 3, 2)))
-		st = reply_error(s, rc, r, "counter");
-	else if (st == STORE_OK) {
-		q->u.counter.allowed = r->element[0]->integer != 0;
-		q->u.counter.retry_after_ms = r->element[1]->integer;
-		q->u.counter.remaining = r->element[2]->integer > 0 ? (uint64_t)r->element[2]->integer : 0;
+	if (!calls || !again) {
+		free(calls);
+		free(again);
+		return store_set_error("%s: batch: out of memory", s->where);
 	}
-	if (q->u.counter.cost > 0)
-		o->no_retry = true;
-	freeReplyObject(r);
+	for (size_t i = 0; i < o->nkeys; i++) {
+		query *q = &o->q[i];
+
+		if (q->kind == QUERY_KV)
+			kv_call(s, q, &calls[i]);
+		else
+			counter_call(s, q, &calls[i]);
+		calls[i].argv[0] = "EVALSHA", calls[i].argvlen[0] = 7;
+		calls[i].argv[1] = rc->sha[calls[i].script], calls[i].argvlen[1] = SHA_LEN;
+		if (append_argv(rc->ctx, SCRIPT_CALL_ARGC, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
+			st = append_failed(s, rc->ctx, "batch");
+			goto out;
+		}
+	}
+	atomic_fetch_add(&s->script_trips, 1);
+	for (size_t i = 0; i < o->nkeys; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "batch") != STORE_OK) {
+			st = STORE_ERROR;
+			goto out;
+		}
+		if (charges(&o->q[i]))
+			o->no_retry = true;
+		if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0)
+			again[i] = true;
+		else
+			o->q[i].status =
+			    script_answer(s, rc, r, &o->q[i]) == STORE_OK ? QUERY_OK : QUERY_ERROR;
+		freeReplyObject(r);
+	}
+	for (size_t i = 0; i < o->nkeys; i++) {
+		op one = {.what = o->q[i].kind == QUERY_KV ? "kv" : "counter", .q = &o->q[i]};
+
+		if (again[i])
+			o->q[i].status = op_script(s, rc, &one) == STORE_OK ? QUERY_OK : QUERY_ERROR;
+		if (rc->ctx->err) {
+			st = STORE_ERROR;
+			goto out;
+		}
+	}
+out:
+	/* A connection that failed half way leaves the rest unanswered. */
+	for (size_t i = 0; i < o->nkeys; i++)
+		if (o->q[i].status == QUERY_PENDING)
+			o->q[i].status = QUERY_ERROR;
+	free(calls);
+	free(again);
 	return st;
 }
 
@@ -1716,16 +1812,28 @@ static store_status redis_distinct_add(store_backend_impl *s, const char *set, c
 
 static store_status redis_kv(store_backend_impl *s, query *q)
 {
-	op o = {.what = "kv", .fn = op_kv, .q = q};
+	op o = {.what = "kv", .fn = op_script, .q = q};
 
 	return run(s, &o);
 }
 
 static store_status redis_counter(store_backend_impl *s, query *q)
 {
-	op o = {.what = "counter", .fn = op_counter, .q = q};
+	op o = {.what = "counter", .fn = op_script, .q = q};
 
 	return run(s, &o);
+}
+
+static store_status redis_batch(store_backend_impl *s, query *q, size_t nq)
+{
+	op o = {.what = "batch", .fn = op_batch, .q = q, .nkeys = nq};
+
+	return run(s, &o);
+}
+
+static uint64_t redis_script_trips(store_backend_impl *s)
+{
+	return atomic_load(&s->script_trips);
 }
 
 static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
@@ -1940,4 +2048,6 @@ const store_ops store_redis_ops = {
     .distinct_add = redis_distinct_add,
     .kv = redis_kv,
     .counter = redis_counter,
+    .batch = redis_batch,
+    .script_trips = redis_script_trips,
 };

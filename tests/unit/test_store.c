@@ -2581,6 +2581,57 @@ static void test_sqlite_upgrade_v3(void **state)
 	assert_string_equal(out, "young");
 }
 
+/*
+ * store_run hands its records and buckets to Redis in one pipelined round
+ * trip, however many; a query that fails its checks stays out of it.
+ * After SCRIPT FLUSH each one runs again with EVAL and still answers.
+ */
+static void test_redis_batch_one_round_trip(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char keys[8][16], out[64];
+	query q[9];
+	uint64_t before;
+
+	(void)state;
+	for (int i = 0; i < 8; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+		q[i] = i % 2 ? counter_query(keys[i], t, HOUR_MS, 5, 1)
+		             : kv_query(QUERY_KV_PUT_NEW, "grey", keys[i], keys[i], t, HOUR_MS);
+	}
+	q[8] = counter_query("bad", t, 0, 5, 1);
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 9, t / 1000), STORE_ERROR);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(q[i].status, QUERY_OK);
+		if (i % 2)
+			assert_int_equal(q[i].u.counter.remaining, 4);
+		else
+			assert_false(q[i].u.kv.found);
+	}
+	assert_int_equal(q[8].status, QUERY_ERROR);
+	/* one query alone: one round trip too */
+	before = store_script_round_trips(st);
+	q[0] = kv_query(QUERY_KV_GET, "grey", "k0", NULL, t, 0);
+	assert_int_equal(store_run(st, q, 1, t / 1000), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	assert_true(q[0].u.kv.found);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	for (int i = 0; i < 4; i++)
+		q[i] = i % 2 ? counter_query(keys[i], t, HOUR_MS, 5, 1)
+		             : kv_query(QUERY_KV_GET, "grey", keys[i], NULL, t, 0);
+	assert_int_equal(store_run(st, q, 4, t / 1000), STORE_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	assert_true(q[0].u.kv.found);
+	assert_string_equal(q[2].u.kv.old, "k2");
+	assert_int_equal(q[1].u.counter.remaining, 3);
+	assert_int_equal(q[3].u.counter.remaining, 3);
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -2648,6 +2699,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_netlens),
     CASE(test_redis_distinct_layout),
     CASE(test_redis_kv_counter_layout),
+    CASE(test_redis_batch_one_round_trip),
 };
 
 int main(void)
