@@ -20,13 +20,14 @@
  * itself when the fault goes. Opening refuses a file it could only read.
  * Purges delete in chunks, each its own write turn.
  *
- * Schema version 3 (PRAGMA user_version): one row per key, an index on
+ * Schema version 4 (PRAGMA user_version): one row per key, an index on
  * expires for purges, and the table netlens: how many network keys
  * ("ADDRESS/LEN") exist per (family, prefix length), kept by triggers on
  * blocklist, so that every writer (this daemon, spamtrapctl, another
  * process) maintains it (version 2; opening a version 1 file adds it,
  * one scan). Version 3 adds distinct_members, the sets of
- * store_distinct_add. Opening an older file runs the missing steps.
+ * store_distinct_add; version 4 kv_records and counters (store_kv,
+ * store_counter). Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
  * point query per key in the caller's order, skipping network keys of a
