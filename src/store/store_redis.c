@@ -1427,7 +1427,8 @@ static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 		else
 			counter_call(s, q, &calls[i]);
 		calls[i].argv[0] = "EVALSHA", calls[i].argvlen[0] = 7;
-		calls[i].argv[1] = rc->sha[calls[i].script], calls[i].argvlen[1] = SHA_LEN;
+		calls[i].argv[1] = rc->sha[calls[i].script],
+		calls[i].argvlen[1] = strlen(rc->sha[calls[i].script]);
 		if (append_argv(rc->ctx, SCRIPT_CALL_ARGC, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
 			st = append_failed(s, rc->ctx, "batch");
 			goto out;
