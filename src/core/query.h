@@ -41,7 +41,26 @@ typedef enum {
 	 * how many live. A new member beyond limit (0: none) is not added.
 	 */
 	QUERY_DISTINCT_ADD,
+	/*
+	 * A keyed record with an expiry (greylist triplets, relay state):
+	 * ns + key -> value, by op (query_kv_op). Times in ms; in Redis the
+	 * server's clock (TIME), not now_ms.
+	 */
+	QUERY_KV,
+	/* A GCRA bucket per ns + key: charge cost units if the rate allows. Times in ms, as QUERY_KV. */
+	QUERY_COUNTER,
 } query_kind;
+
+typedef enum {
+	QUERY_KV_GET,     /* answer the live record */
+	QUERY_KV_PUT,     /* set value until now + ttl_ms; answer the record it replaced */
+	QUERY_KV_PUT_NEW, /* QUERY_KV_PUT only if no live record: else leave it and answer it */
+	QUERY_KV_DELETE,  /* drop the record; answer what it was */
+} query_kv_op;
+
+/* Namespaces of QUERY_KV and QUERY_COUNTER: [a-z0-9_-], 1 to 31 bytes. Values: text up to 512 bytes. */
+#define QUERY_NS_MAX 32
+#define QUERY_VALUE_MAX 512
 
 typedef enum { QUERY_PENDING = 0, QUERY_OK, QUERY_NOTFOUND, QUERY_ERROR } query_status;
 
@@ -84,6 +103,28 @@ typedef struct query {
 			uint64_t limit;
 			uint64_t count; /* on QUERY_OK: live members, counting this one (> limit: refused) */
 		} distinct;
+		struct {
+			query_kv_op op;
+			const char *ns, *key;
+			const char *value;      /* puts: text of at most QUERY_VALUE_MAX bytes */
+			int64_t now_ms, ttl_ms; /* ttl_ms > 0 for puts */
+			/* On QUERY_OK: found says a live record was there before the op, with its value and
+			 * expiry. */
+			bool found;
+			char old[QUERY_VALUE_MAX + 1];
+			int64_t expires_ms;
+		} kv;
+		struct {
+			const char *ns, *key;
+			int64_t now_ms;
+			int64_t emission_ms; /* ms per unit: the steady rate, > 0 */
+			uint64_t burst;      /* units that may be spent at once, >= 1 */
+			uint64_t cost;       /* units to charge; 0 peeks */
+			/* On QUERY_OK: */
+			bool allowed;           /* charged; a refused call charges nothing */
+			int64_t retry_after_ms; /* refused: when the same cost would be allowed */
+			uint64_t remaining;     /* units that could be spent now, after this call */
+		} counter;
 	} u;
 } query;
 

@@ -308,6 +308,78 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
 	return st->ops->distinct_add(st->impl, set, member, now, window, limit, count ? count : &scratch);
 }
 
+/* A namespace and key of store_kv and store_counter; the namespace goes into Redis key names. */
+static bool ns_key_ok(const char *ns, const char *key, const char *what)
+{
+	size_t n = ns ? strnlen(ns, QUERY_NS_MAX) : 0;
+
+	if (n == 0 || n >= QUERY_NS_MAX || strspn(ns, "abcdefghijklmnopqrstuvwxyz0123456789_-") != n) {
+		store_set_error("%s: namespace must be 1 to %d bytes of [a-z0-9_-]", what, QUERY_NS_MAX - 1);
+		return false;
+	}
+	if (!key || !key[0] || strnlen(key, STORE_KEY_MAX) >= STORE_KEY_MAX) {
+		store_set_error("%s: key must be 1 to %d bytes", what, STORE_KEY_MAX - 1);
+		return false;
+	}
+	return true;
+}
+
+/* Clears the answer and checks the arguments of a QUERY_KV query. */
+static store_status kv_ok(query *q)
+{
+	bool put = q->u.kv.op == QUERY_KV_PUT || q->u.kv.op == QUERY_KV_PUT_NEW;
+
+	q->u.kv.found = false;
+	q->u.kv.old[0] = '\0';
+	q->u.kv.expires_ms = 0;
+	if (!ns_key_ok(q->u.kv.ns, q->u.kv.key, "store_kv"))
+		return STORE_ERROR;
+	if (q->u.kv.op > QUERY_KV_DELETE)
+		return store_set_error("store_kv: unknown op %d", (int)q->u.kv.op);
+	if (put && (!q->u.kv.value || strnlen(q->u.kv.value, QUERY_VALUE_MAX + 1) > QUERY_VALUE_MAX))
+		return store_set_error("store_kv: value must be at most %d bytes", QUERY_VALUE_MAX);
+	/* A ttl of a century at most keeps now + ttl in range and within Redis's PX. */
+	if (put && (q->u.kv.ttl_ms <= 0 || q->u.kv.ttl_ms > STORE_TTL_MS_MAX))
+		return store_set_error("store_kv: ttl_ms must be 1 to %lld", (long long)STORE_TTL_MS_MAX);
+	if (q->u.kv.now_ms < 0 || q->u.kv.now_ms > INT64_MAX / 2)
+		return store_set_error("store_kv: now_ms out of range");
+	return STORE_OK;
+}
+
+store_status store_kv(store *st, query *q)
+{
+	return kv_ok(q) == STORE_OK ? st->ops->kv(st->impl, q) : STORE_ERROR;
+}
+
+/* Clears the answer and checks the arguments of a QUERY_COUNTER query. */
+static store_status counter_ok(query *q)
+{
+	q->u.counter.allowed = false;
+	q->u.counter.retry_after_ms = 0;
+	q->u.counter.remaining = 0;
+	if (!ns_key_ok(q->u.counter.ns, q->u.counter.key, "store_counter"))
+		return STORE_ERROR;
+	/* Bounds that keep emission * (burst + cost) far from 2^53 (Lua's exact integers) and 2^63. */
+	if (q->u.counter.emission_ms <= 0 || q->u.counter.emission_ms > STORE_TTL_MS_MAX ||
+	    q->u.counter.burst < 1 || q->u.counter.burst > STORE_COUNTER_UNITS_MAX ||
+	    q->u.counter.cost > STORE_COUNTER_UNITS_MAX ||
+	    q->u.counter.burst + q->u.counter.cost > (uint64_t)(STORE_TTL_MS_MAX / q->u.counter.emission_ms))
+		return store_set_error("store_counter: emission_ms, burst or cost out of range");
+	if (q->u.counter.now_ms < 0 || q->u.counter.now_ms > INT64_MAX / 2)
+		return store_set_error("store_counter: now_ms out of range");
+	return STORE_OK;
+}
+
+store_status store_counter(store *st, query *q)
+{
+	return counter_ok(q) == STORE_OK ? st->ops->counter(st->impl, q) : STORE_ERROR;
+}
+
+uint64_t store_script_round_trips(store *st)
+{
+	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;
+}
+
 store_status store_get(store *st, const char *key, store_entry *out)
 {
 	if (!key_ok(key))
@@ -468,17 +540,85 @@ static void run_one(store *st, query *q, int64_t now)
 		                                               q->u.distinct.now, q->u.distinct.window,
 		                                               q->u.distinct.limit, &q->u.distinct.count));
 		return;
+	case QUERY_KV:
+		q->status = query_status_of(store_kv(st, q));
+		return;
+	case QUERY_COUNTER:
+		q->status = query_status_of(store_counter(st, q));
+		return;
 	}
 	store_set_error("unknown query kind %d", (int)q->kind);
 	q->status = QUERY_ERROR;
+}
+
+/* Records and buckets: batched in one round trip where the backend can. */
+static bool batched(const query *q)
+{
+	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER;
+}
+
+/*
+ * The batched queries of q[], checked, in one backend call (in place:
+ * the backend reads an array, so the checked ones are copied together and
+ * their answers copied back).
+ */
+static store_status run_batch(store *st, query *q, size_t nq)
+{
+	query *todo;
+	size_t *from, n = 0;
+	store_status rc;
+
+	for (size_t i = 0; i < nq; i++)
+		n += batched(&q[i]);
+	if (n < 2 || !st->ops->batch) {
+		for (size_t i = 0; i < nq; i++)
+			if (batched(&q[i]))
+				run_one(st, &q[i], 0);
+		return STORE_OK;
+	}
+	todo = calloc(n, sizeof(*todo));
+	from = calloc(n, sizeof(*from));
+	if (!todo || !from) {
+		free(todo);
+		free(from);
+		for (size_t i = 0; i < nq; i++)
+			if (batched(&q[i]))
+				q[i].status = QUERY_ERROR;
+		return store_set_error("store_run: out of memory");
+	}
+	n = 0;
+	for (size_t i = 0; i < nq; i++) {
+		if (!batched(&q[i]))
+			continue;
+		if ((q[i].kind == QUERY_KV ? kv_ok(&q[i]) : counter_ok(&q[i])) != STORE_OK) {
+			q[i].status = QUERY_ERROR;
+			continue;
+		}
+		todo[n] = q[i];
+		todo[n].status = QUERY_PENDING;
+		from[n++] = i;
+	}
+	rc = n ? st->ops->batch(st->impl, todo, n) : STORE_OK;
+	for (size_t j = 0; j < n; j++)
+		q[from[j]] = todo[j];
+	free(todo);
+	free(from);
+	return rc;
 }
 
 store_status store_run(store *st, query *q, size_t nq, int64_t now)
 {
 	store_status rc = STORE_OK;
 
+	run_batch(st, q, nq);
 	for (size_t i = 0; i < nq; i++) {
 		size_t same = 0;
+
+		if (batched(&q[i])) {
+			if (q[i].status == QUERY_ERROR)
+				rc = STORE_ERROR;
+			continue;
+		}
 
 		while (same < i && !same_lookup(&q[same], &q[i]))
 			same++;

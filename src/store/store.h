@@ -159,6 +159,34 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count);
 
+/*
+ * A keyed record (a QUERY_KV query): run q->u.kv.op and fill in its
+ * answer; STORE_OK whether or not a record was found (q->u.kv.found says).
+ * Namespaces are QUERY_NS_MAX - 1 bytes at most of [a-z0-9_-], keys 1 to
+ * STORE_KEY_MAX - 1 bytes, values text of at most QUERY_VALUE_MAX bytes.
+ * Atomic per call. SQLite reads the time from q->u.kv.now_ms, Redis from
+ * its own clock (TIME), so that hosts sharing a Redis agree on it.
+ * Expired records are purged with store_purge (Redis expires them itself).
+ */
+store_status store_kv(store *st, query *q);
+/* The longest ttl_ms of a record and the longest a bucket may take to empty: a century. */
+#define STORE_TTL_MS_MAX ((int64_t)100 * 365 * 86400 * 1000)
+#define STORE_COUNTER_UNITS_MAX 1000000000ull
+
+/*
+ * A GCRA bucket (a QUERY_COUNTER query): charge q->u.counter.cost units
+ * when the bucket allows them, and fill in the answer. Atomic per call;
+ * the time as store_kv. Idle buckets are purged with store_purge.
+ */
+store_status store_counter(store *st, query *q);
+
+/*
+ * Round trips the store's scripts took so far (Redis: EVALSHA and EVAL
+ * sent and waited for, a pipelined batch counting one), so that tests can
+ * see that store_run batches; 0 for a backend without round trips.
+ */
+uint64_t store_script_round_trips(store *st);
+
 /* The entry for exactly this key, expired or not (spamtrapctl lookup). */
 store_status store_get(store *st, const char *key, store_entry *out);
 /* Create or replace an entry as given (spamtrapctl add). */

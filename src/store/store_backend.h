@@ -45,6 +45,18 @@ typedef struct store_ops {
 	                             int64_t now, store_entry *found, bool *stale);
 	store_status (*distinct_add)(store_backend_impl *impl, const char *set, const char *member,
 	                             int64_t now, int64_t window, uint64_t limit, uint64_t *count);
+	/* Checked queries of kind QUERY_KV and QUERY_COUNTER; they fill in the answer. */
+	store_status (*kv)(store_backend_impl *impl, query *q);
+	store_status (*counter)(store_backend_impl *impl, query *q);
+	/*
+	 * Optional: several checked QUERY_KV and QUERY_COUNTER queries in one
+	 * round trip, each setting its status; STORE_ERROR when the connection
+	 * failed (the queries it left unanswered say QUERY_ERROR). Without it,
+	 * store_run calls kv and counter for each.
+	 */
+	store_status (*batch)(store_backend_impl *impl, query *q, size_t nq);
+	/* Optional: store_script_round_trips. */
+	uint64_t (*script_trips)(store_backend_impl *impl);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */

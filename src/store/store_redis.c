@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,6 +271,60 @@ static const char rekey_lua[] =
     "end\n"
     "return n\n";
 
+/*
+ * The keyed records and buckets take the time from the server (TIME), not
+ * from the caller as the blocklist and distinct sets do: a greylist or a
+ * rate shared by several MX hosts must not depend on their clocks'
+ * agreement. A script that calls TIME and then writes needs effects
+ * replication; that is the default since Redis 5 and the only mode since
+ * 7 (Debian 12 ships 7.0), so the scripts do not call
+ * redis.replicate_commands().
+ */
+#define LUA_NOW_MS                                                                                           \
+	"local t = redis.call('TIME')\n"                                                                     \
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+/*
+ * store_kv: a string at PREFIX "kv:" NS ":" KEY with a native expiry.
+ * KEYS: the record. ARGV: op (get, put, new, del), value, ttl in ms.
+ * Returns {found, old value, its expiry in ms (0: none)}.
+ */
+static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\n"
+                                        "local exp = 0\n"
+                                        "if old then\n"
+                                        "  local pttl = redis.call('PTTL', KEYS[1])\n"
+                                        "  if pttl > 0 then exp = now + pttl end\n"
+                                        "end\n"
+                                        "local op = ARGV[1]\n"
+                                        "if op == 'put' or (op == 'new' and not old) then\n"
+                                        "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+                                        "elseif op == 'del' and old then\n"
+                                        "  redis.call('DEL', KEYS[1])\n"
+                                        "end\n"
+                                        "if old then return {1, old, exp} end\n"
+                                        "return {0, '', 0}\n";
+
+/*
+ * store_counter: GCRA, the bucket's TAT (ms) as a string at PREFIX "ctr:"
+ * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
+ * good as absent). ARGV: emission interval ms, burst, cost. Returns
+ * {allowed, retry_after ms, remaining}.
+ */
+static const char counter_lua[] =
+    LUA_NOW_MS "local t = tonumber(ARGV[1])\n"
+               "local tau = tonumber(ARGV[2]) * t\n"
+               "local cost = tonumber(ARGV[3])\n"
+               "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
+               "if tat < now then tat = now end\n"
+               "local nxt = tat + cost * t\n"
+               "if nxt - now > tau then\n"
+               "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t)}\n"
+               "end\n"
+               "if cost > 0 then\n"
+               "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now)\n"
+               "end\n"
+               "return {1, 0, math.floor((tau - (nxt - now)) / t)}\n";
+
 enum {
 	SCRIPT_RECORD,
 	SCRIPT_PUT,
@@ -278,10 +333,13 @@ enum {
 	SCRIPT_NETLENS_DONE,
 	SCRIPT_DISTINCT,
 	SCRIPT_REKEY,
+	SCRIPT_KV,
+	SCRIPT_COUNTER,
 	NSCRIPTS
 };
-static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua, purge_lua,
-                                              netlens_done_lua, distinct_lua, rekey_lua};
+static const char *const scripts[NSCRIPTS] = {record_lua, put_lua,          lookup_lua,
+                                              purge_lua,  netlens_done_lua, distinct_lua,
+                                              rekey_lua,  kv_lua,           counter_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -322,9 +380,10 @@ struct store_backend_impl {
 	size_t sentinel_next;  /* the Sentinel that answered last: asked first */
 	char master_host[256]; /* the master the Sentinels named last */
 	int master_port;
-	unsigned master_gen;   /* bumped when that address changes */
-	int64_t recheck_at_ms; /* ask the Sentinels again after this (monotonic) */
-	bool upgrade_pending;  /* the layout upgrade has yet to run (see upgrade()) */
+	unsigned master_gen;               /* bumped when that address changes */
+	int64_t recheck_at_ms;             /* ask the Sentinels again after this (monotonic) */
+	bool upgrade_pending;              /* the layout upgrade has yet to run (see upgrade()) */
+	atomic_uint_fast64_t script_trips; /* store_script_round_trips */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -387,6 +446,7 @@ struct op {
 	void *ctx;
 	char gen[24];   /* purge: the netlens rebuild's gen */
 	int64_t window; /* distinct_add (keys: the set, the member) */
+	query *q;       /* kv, counter */
 	uint64_t limit;
 	pipe_guard guard;
 };
@@ -631,8 +691,8 @@ static store_status command(const store_backend_impl *s, redisContext *c, redisR
  * script; falls back to EVAL when the server does not have it (a restart,
  * SCRIPT FLUSH, a failover).
  */
-static store_status eval_script(const store_backend_impl *s, rconn *rc, int script, int argc,
-                                const char **argv, size_t *argvlen, redisReply **out, const char *what)
+static store_status eval_script(store_backend_impl *s, rconn *rc, int script, int argc, const char **argv,
+                                size_t *argvlen, redisReply **out, const char *what)
 {
 	store_status st;
 
@@ -641,6 +701,7 @@ static store_status eval_script(const store_backend_impl *s, rconn *rc, int scri
 	argvlen[0] = 7;
 	argvlen[1] = strlen(rc->sha[script]);
 	for (int attempt = 0; attempt < 2; attempt++) {
+		atomic_fetch_add(&s->script_trips, 1);
 		if (append_argv(rc->ctx, argc, argv, argvlen) != REDIS_OK)
 			return append_failed(s, rc->ctx, what);
 		st = next_reply(s, rc->ctx, out, what);
@@ -1280,6 +1341,180 @@ static store_status op_distinct(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+/* A reply array of n elements whose element i is an integer. */
+static bool reply_ints(const redisReply *r, size_t n, size_t i)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements == n && r->element[i]->type == REDIS_REPLY_INTEGER;
+}
+
+static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char *kind, const char *ns,
+                  const char *key)
+{
+	return snprintf(buf, len, "%s%s:%s:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", kind, ns,
+	                key);
+}
+
+/*
+ * The EVALSHA of one kv or counter query, argv[0..1] left to
+ * eval_script or the pipeline: sha 1 PREFIX"kv:"ns":"key op value ttl-ms,
+ * or sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost.
+ */
+typedef struct script_call {
+	int script;
+	const char *argv[7];
+	size_t argvlen[7];
+	char key[KEYBUF + QUERY_NS_MAX];
+	char nums[3][24];
+} script_call;
+
+#define SCRIPT_CALL_ARGC 7
+
+static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	static const char *const ops[] = {"get", "put", "new", "del"};
+	const char *value = q->u.kv.value ? q->u.kv.value : "";
+	int keylen = ns_key(s, c->key, sizeof(c->key), "kv", q->u.kv.ns, q->u.kv.key);
+
+	c->script = SCRIPT_KV;
+	snprintf(c->nums[0], 24, "%lld", (long long)q->u.kv.ttl_ms);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
+	c->argv[4] = ops[q->u.kv.op], c->argvlen[4] = 3;
+	c->argv[5] = value, c->argvlen[5] = strlen(value);
+	c->argv[6] = c->nums[0], c->argvlen[6] = strlen(c->nums[0]);
+}
+
+static void counter_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	int keylen = ns_key(s, c->key, sizeof(c->key), "ctr", q->u.counter.ns, q->u.counter.key);
+
+	c->script = SCRIPT_COUNTER;
+	snprintf(c->nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
+	snprintf(c->nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
+	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
+	for (int i = 0; i < 3; i++)
+		c->argv[4 + i] = c->nums[i], c->argvlen[4 + i] = strlen(c->nums[i]);
+}
+
+/* The query's answer from its script's reply; STORE_ERROR (and a message) for an unexpected reply. */
+static store_status script_answer(const store_backend_impl *s, rconn *rc, const redisReply *r, query *q)
+{
+	if (q->kind == QUERY_KV) {
+		if (!(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
+		      r->element[2]->type == REDIS_REPLY_INTEGER))
+			return reply_error(s, rc, r, "kv");
+		q->u.kv.found = r->element[0]->integer != 0;
+		store_field_copy(q->u.kv.old, sizeof(q->u.kv.old), r->element[1]->str,
+		                 store_field_len(r->element[1]->str, sizeof(q->u.kv.old)));
+		q->u.kv.expires_ms = r->element[2]->integer;
+		return STORE_OK;
+	}
+	if (!(reply_ints(r, 3, 0) && reply_ints(r, 3, 1) && reply_ints(r, 3, 2)))
+		return reply_error(s, rc, r, "counter");
+	q->u.counter.allowed = r->element[0]->integer != 0;
+	q->u.counter.retry_after_ms = r->element[1]->integer;
+	q->u.counter.remaining = r->element[2]->integer > 0 ? (uint64_t)r->element[2]->integer : 0;
+	return STORE_OK;
+}
+
+/* A bucket charged twice is worse than an error: no retry once a charge may have gone out. */
+static bool charges(const query *q)
+{
+	return q->kind == QUERY_COUNTER && q->u.counter.cost > 0;
+}
+
+/* One query, one round trip (EVALSHA, EVAL when the server lacks the script). */
+static store_status op_script(store_backend_impl *s, rconn *rc, op *o)
+{
+	script_call c;
+	redisReply *r = NULL;
+	store_status st;
+
+	if (o->q->kind == QUERY_KV)
+		kv_call(s, o->q, &c);
+	else
+		counter_call(s, o->q, &c);
+	st = eval_script(s, rc, c.script, SCRIPT_CALL_ARGC, c.argv, c.argvlen, &r, o->what);
+	if (st == STORE_OK)
+		st = script_answer(s, rc, r, o->q);
+	if (charges(o->q))
+		o->no_retry = true;
+	freeReplyObject(r);
+	return st;
+}
+
+/*
+ * Several kv and counter queries (o->q[0 .. o->nkeys - 1]), pipelined:
+ * every EVALSHA written, then every reply read, one round trip for the
+ * lot. Each query answers for itself (its status); a query whose script
+ * the server lacks (NOSCRIPT: a restart or SCRIPT FLUSH, so all of them
+ * as a rule) runs again on its own with EVAL after the others.
+ */
+static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
+{
+	script_call *calls = calloc(o->nkeys, sizeof(*calls));
+	bool *again = calloc(o->nkeys, sizeof(*again));
+	store_status st = STORE_OK;
+
+	if (!calls || !again) {
+		free(calls);
+		free(again);
+		return store_set_error("%s: batch: out of memory", s->where);
+	}
+	for (size_t i = 0; i < o->nkeys; i++) {
+		query *q = &o->q[i];
+
+		if (q->kind == QUERY_KV)
+			kv_call(s, q, &calls[i]);
+		else
+			counter_call(s, q, &calls[i]);
+		calls[i].argv[0] = "EVALSHA", calls[i].argvlen[0] = 7;
+		calls[i].argv[1] = rc->sha[calls[i].script],
+		calls[i].argvlen[1] = strlen(rc->sha[calls[i].script]);
+		if (append_argv(rc->ctx, SCRIPT_CALL_ARGC, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
+			st = append_failed(s, rc->ctx, "batch");
+			goto out;
+		}
+	}
+	atomic_fetch_add(&s->script_trips, 1);
+	for (size_t i = 0; i < o->nkeys; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "batch") != STORE_OK) {
+			st = STORE_ERROR;
+			goto out;
+		}
+		if (charges(&o->q[i]))
+			o->no_retry = true;
+		if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0)
+			again[i] = true;
+		else
+			o->q[i].status =
+			    script_answer(s, rc, r, &o->q[i]) == STORE_OK ? QUERY_OK : QUERY_ERROR;
+		freeReplyObject(r);
+	}
+	for (size_t i = 0; i < o->nkeys; i++) {
+		op one = {.what = o->q[i].kind == QUERY_KV ? "kv" : "counter", .q = &o->q[i]};
+
+		if (again[i])
+			o->q[i].status = op_script(s, rc, &one) == STORE_OK ? QUERY_OK : QUERY_ERROR;
+		if (rc->ctx->err) {
+			st = STORE_ERROR;
+			goto out;
+		}
+	}
+out:
+	/* A connection that failed half way leaves the rest unanswered. */
+	for (size_t i = 0; i < o->nkeys; i++)
+		if (o->q[i].status == QUERY_PENDING)
+			o->q[i].status = QUERY_ERROR;
+	free(calls);
+	free(again);
+	return st;
+}
+
 static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
 {
 	char buf[KEYBUF];
@@ -1825,6 +2060,32 @@ static store_status redis_distinct_add(store_backend_impl *s, const char *set, c
 	return st;
 }
 
+static store_status redis_kv(store_backend_impl *s, query *q)
+{
+	op o = {.what = "kv", .fn = op_script, .q = q};
+
+	return run(s, &o);
+}
+
+static store_status redis_counter(store_backend_impl *s, query *q)
+{
+	op o = {.what = "counter", .fn = op_script, .q = q};
+
+	return run(s, &o);
+}
+
+static store_status redis_batch(store_backend_impl *s, query *q, size_t nq)
+{
+	op o = {.what = "batch", .fn = op_batch, .q = q, .nkeys = nq};
+
+	return run(s, &o);
+}
+
+static uint64_t redis_script_trips(store_backend_impl *s)
+{
+	return atomic_load(&s->script_trips);
+}
+
 static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	op o = {.what = "get", .fn = op_get, .keys = &key, .nkeys = 1, .out = out};
@@ -2042,4 +2303,8 @@ const store_ops store_redis_ops = {
     .purge = redis_purge,
     .foreach = redis_foreach,
     .distinct_add = redis_distinct_add,
+    .kv = redis_kv,
+    .counter = redis_counter,
+    .batch = redis_batch,
+    .script_trips = redis_script_trips,
 };

@@ -20,7 +20,7 @@
  * itself when the fault goes. Opening refuses a file it could only read.
  * Purges delete in chunks, each its own write turn.
  *
- * Schema version 3 (PRAGMA user_version): one row per key, an index on
+ * Schema version 4 (PRAGMA user_version): one row per key, an index on
  * expires for purges, and the table netlens: how many network keys
  * ("ADDRESS/LEN") exist per (family, prefix length), kept by triggers on
  * blocklist, so that every writer (this daemon, spamtrapctl, another
@@ -28,6 +28,7 @@
  * one scan). Version 3 adds distinct_members, the sets of
  * store_distinct_add. Version 4 has the typed keys of core/key.h: opening
  * an older file rewrites the few keys that changed (see schema_typed_keys).
+ * Version 5 adds kv_records and counters (store_kv, store_counter).
  * Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
@@ -79,7 +80,7 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
@@ -100,6 +101,13 @@ enum {
 	ST_DS_COUNT,
 	ST_DS_ADD,
 	ST_DS_PURGE,
+	ST_KV_GET,
+	ST_KV_PUT,
+	ST_KV_DELETE,
+	ST_KV_PURGE,
+	ST_CTR_GET,
+	ST_CTR_PUT,
+	ST_CTR_PURGE,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -178,6 +186,20 @@ static const char schema_distinct_sql[] =
     "CREATE INDEX distinct_members_expires ON distinct_members (expires);";
 
 /*
+ * Version 4 adds the keyed records (store_kv) and the GCRA buckets
+ * (store_counter), times in ms. IF NOT EXISTS: the step stands alone,
+ * whatever steps run before it.
+ */
+static const char schema_kv_sql[] =
+    "CREATE TABLE IF NOT EXISTS kv_records (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+    " created INTEGER NOT NULL, updated INTEGER NOT NULL, expires INTEGER NOT NULL,"
+    " PRIMARY KEY (ns, key)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS kv_records_expires ON kv_records (expires);"
+    "CREATE TABLE IF NOT EXISTS counters (ns TEXT NOT NULL, key TEXT NOT NULL, tat INTEGER NOT NULL,"
+    " PRIMARY KEY (ns, key)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS counters_tat ON counters (tat);";
+
+/*
  * The upgrade steps: schema_steps[v] brings a file of version v to
  * v + 1, and schema_create sets the version after each, so that every
  * step stands alone and a new one is one more entry.
@@ -190,8 +212,11 @@ typedef struct schema_step {
 	int (*run)(sqlite3 *db, const char *path, char *err, size_t errlen);
 } schema_step;
 
-static const schema_step schema_steps[] = {
-    {schema_v1_sql, NULL}, {schema_v2_sql, NULL}, {schema_distinct_sql, NULL}, {NULL, schema_typed_keys}};
+static const schema_step schema_steps[] = {{schema_v1_sql, NULL},
+                                           {schema_v2_sql, NULL},
+                                           {schema_distinct_sql, NULL},
+                                           {NULL, schema_typed_keys},
+                                           {schema_kv_sql, NULL}};
 _Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
                "one upgrade step per schema version");
 
@@ -241,6 +266,21 @@ static const char *const fixed_sql[ST_COUNT] = {
                   " ON CONFLICT (set_name, member) DO UPDATE SET expires = max(expires, excluded.expires)",
     [ST_DS_PURGE] = "DELETE FROM distinct_members WHERE (set_name, member) IN (SELECT set_name, member"
                     " FROM distinct_members WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_KV_GET] = "SELECT value, expires FROM kv_records WHERE ns = ?1 AND key = ?2 AND expires > ?3",
+    /* An expired row is a new record: it gets a new created time. */
+    [ST_KV_PUT] =
+        "INSERT INTO kv_records (ns, key, value, created, updated, expires) VALUES (?1, ?2, ?3, ?4, ?4, ?5)"
+        " ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, updated = excluded.updated,"
+        " created = CASE WHEN expires <= excluded.updated THEN excluded.created ELSE created END,"
+        " expires = excluded.expires",
+    [ST_KV_DELETE] = "DELETE FROM kv_records WHERE ns = ?1 AND key = ?2",
+    [ST_KV_PURGE] = "DELETE FROM kv_records WHERE (ns, key) IN (SELECT ns, key"
+                    " FROM kv_records WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_CTR_GET] = "SELECT tat FROM counters WHERE ns = ?1 AND key = ?2",
+    [ST_CTR_PUT] = "INSERT INTO counters (ns, key, tat) VALUES (?1, ?2, ?3)"
+                   " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
+    [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
+                     " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -1255,6 +1295,129 @@ out:
 	return rc;
 }
 
+/* Inside the write transaction: read the live record, then do the op. */
+static int kv_step(conn *c, query *q)
+{
+	sqlite3_stmt *get = c->stmt[ST_KV_GET], *w;
+	int64_t now = q->u.kv.now_ms;
+	int step;
+
+	sqlite3_bind_text(get, 1, q->u.kv.ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(get, 2, q->u.kv.key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(get, 3, now);
+	step = sqlite3_step(get);
+	if (step == SQLITE_ROW) {
+		const char *v = (const char *)sqlite3_column_text(get, 0);
+
+		q->u.kv.found = true;
+		store_field_copy(q->u.kv.old, sizeof(q->u.kv.old), v,
+		                 store_field_len(v, sizeof(q->u.kv.old)));
+		q->u.kv.expires_ms = sqlite3_column_int64(get, 1);
+	}
+	done(get);
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		return -1;
+	switch (q->u.kv.op) {
+	case QUERY_KV_GET:
+		return 0;
+	case QUERY_KV_PUT_NEW:
+		if (q->u.kv.found)
+			return 0;
+		/* fall through */
+	case QUERY_KV_PUT:
+		w = c->stmt[ST_KV_PUT];
+		sqlite3_bind_text(w, 1, q->u.kv.ns, -1, SQLITE_STATIC);
+		sqlite3_bind_text(w, 2, q->u.kv.key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(w, 3, q->u.kv.value, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(w, 4, now);
+		sqlite3_bind_int64(w, 5, now + q->u.kv.ttl_ms);
+		return step_done(w);
+	case QUERY_KV_DELETE:
+		w = c->stmt[ST_KV_DELETE];
+		sqlite3_bind_text(w, 1, q->u.kv.ns, -1, SQLITE_STATIC);
+		sqlite3_bind_text(w, 2, q->u.kv.key, -1, SQLITE_STATIC);
+		return step_done(w);
+	}
+	return -1;
+}
+
+/*
+ * GCRA inside the write transaction: the theoretical arrival time (TAT)
+ * of the next unit; cost units are allowed while they leave the TAT at
+ * most burst emission intervals ahead of now.
+ */
+static int counter_step(conn *c, query *q)
+{
+	sqlite3_stmt *get = c->stmt[ST_CTR_GET], *put = c->stmt[ST_CTR_PUT];
+	int64_t now = q->u.counter.now_ms, t = q->u.counter.emission_ms, tat = now, next;
+	int64_t tau = (int64_t)q->u.counter.burst * t;
+	int step;
+
+	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
+	step = sqlite3_step(get);
+	if (step == SQLITE_ROW && sqlite3_column_int64(get, 0) > now)
+		tat = sqlite3_column_int64(get, 0);
+	done(get);
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		return -1;
+	next = tat + (int64_t)q->u.counter.cost * t;
+	q->u.counter.allowed = next - now <= tau;
+	if (!q->u.counter.allowed) {
+		q->u.counter.retry_after_ms = next - tau - now;
+		q->u.counter.remaining = (uint64_t)((tau - (tat - now)) / t);
+		return 0;
+	}
+	q->u.counter.remaining = (uint64_t)((tau - (next - now)) / t);
+	if (q->u.counter.cost == 0)
+		return 0;
+	sqlite3_bind_text(put, 1, q->u.counter.ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(put, 2, q->u.counter.key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(put, 3, next);
+	return step_done(put);
+}
+
+/* One write transaction, as sqlite_distinct_add: no blocklist key, so the filter stays valid. */
+static store_status sqlite_small_write(store_backend_impl *s, query *q, int (*fn)(conn *c, query *q),
+                                       const char *what)
+{
+	conn *c = acquire(s, FOR_WRITE, what);
+	store_status rc = STORE_OK;
+	sqlite_filter_write fw;
+	sqlite3_int64 changes;
+
+	if (!c)
+		return STORE_ERROR;
+	if (step_done(c->stmt[ST_BEGIN]) < 0) {
+		rc = db_error(s, c, what);
+		goto out;
+	}
+	sqlite_filter_write_begin(s->filter, &fw);
+	changes = sqlite3_total_changes64(c->db);
+	if (fn(c, q) < 0)
+		rc = db_error(s, c, what);
+	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
+		rc = db_error(s, c, what);
+	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
+		step_done(c->stmt[ST_ROLLBACK]);
+	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK && sqlite3_total_changes64(c->db) > changes,
+	                        NULL, 0);
+out:
+	wrote(c);
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
+static store_status sqlite_kv(store_backend_impl *s, query *q)
+{
+	return sqlite_small_write(s, q, kv_step, "kv");
+}
+
+static store_status sqlite_counter(store_backend_impl *s, query *q)
+{
+	return sqlite_small_write(s, q, counter_step, "counter");
+}
+
 static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	conn *c = acquire(s, FOR_READ, "get");
@@ -1417,7 +1580,11 @@ static store_status purge_chunks(store_backend_impl *s, int stmt, int64_t now, u
 	return rc;
 }
 
-/* The blocklist's expired entries (counted in *purged), then the distinct sets' expired members. */
+/*
+ * The blocklist's expired entries (counted in *purged), then the distinct
+ * sets' expired members, the expired records and the full buckets (a
+ * bucket whose TAT is past is as good as absent).
+ */
 static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
 {
 	uint64_t members = 0;
@@ -1425,7 +1592,12 @@ static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *p
 
 	*purged = 0;
 	rc = purge_chunks(s, ST_PURGE, now, purged);
-	return rc == STORE_OK ? purge_chunks(s, ST_DS_PURGE, now, &members) : rc;
+	if (rc == STORE_OK)
+		rc = purge_chunks(s, ST_DS_PURGE, now, &members);
+	/* Records and buckets keep ms. */
+	if (rc == STORE_OK)
+		rc = purge_chunks(s, ST_KV_PURGE, now * 1000, &members);
+	return rc == STORE_OK ? purge_chunks(s, ST_CTR_PURGE, now * 1000, &members) : rc;
 }
 
 static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)
@@ -1475,4 +1647,6 @@ const store_ops store_sqlite_ops = {
     .put_many = sqlite_put_many,
     .distinct_add = sqlite_distinct_add,
     .filter_answers = sqlite_filter_answers,
+    .kv = sqlite_kv,
+    .counter = sqlite_counter,
 };

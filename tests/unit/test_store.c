@@ -1395,7 +1395,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "4");
+	assert_string_equal(out, "5");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1455,7 +1455,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "4");
+	assert_string_equal(out, "5");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1603,7 +1603,7 @@ static void test_sqlite_upgrade_0_1_0(void **state)
 	assert_upgraded(st, t);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "4");
+	assert_string_equal(out, "5");
 	assert_netlens("4/24=1");
 	st = open_store(); /* opening again changes nothing */
 	assert_upgraded(st, t);
@@ -2390,6 +2390,482 @@ static void test_redis_upgrade_when_back(void **state)
 	store_free(st);
 }
 
+/* --- keyed records (store_kv) and buckets (store_counter) ------------------ */
+
+static int64_t now_ms_wall(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static query kv_query(query_kv_op op, const char *ns, const char *key, const char *value, int64_t now_ms,
+                      int64_t ttl_ms)
+{
+	query q = {.kind = QUERY_KV};
+
+	q.u.kv.op = op;
+	q.u.kv.ns = ns;
+	q.u.kv.key = key;
+	q.u.kv.value = value;
+	q.u.kv.now_ms = now_ms;
+	q.u.kv.ttl_ms = ttl_ms;
+	return q;
+}
+
+/* Runs one op through store_kv and answers found; the query (answer) in *out if not NULL. */
+static bool kv1(store *st, query_kv_op op, const char *key, const char *value, int64_t now_ms, int64_t ttl_ms,
+                query *out)
+{
+	query q = kv_query(op, "grey", key, value, now_ms, ttl_ms);
+
+	if (store_kv(st, &q) != STORE_OK)
+		fail_msg("store_kv %d %s: %s", (int)op, key, store_last_error());
+	if (out)
+		*out = q;
+	return q.u.kv.found;
+}
+
+static query counter_query(const char *key, int64_t now_ms, int64_t emission_ms, uint64_t burst,
+                           uint64_t cost)
+{
+	query q = {.kind = QUERY_COUNTER};
+
+	q.u.counter.ns = "rate";
+	q.u.counter.key = key;
+	q.u.counter.now_ms = now_ms;
+	q.u.counter.emission_ms = emission_ms;
+	q.u.counter.burst = burst;
+	q.u.counter.cost = cost;
+	return q;
+}
+
+static query counter1(store *st, const char *key, int64_t now_ms, int64_t emission_ms, uint64_t burst,
+                      uint64_t cost)
+{
+	query q = counter_query(key, now_ms, emission_ms, burst, cost);
+
+	if (store_counter(st, &q) != STORE_OK)
+		fail_msg("store_counter %s: %s", key, store_last_error());
+	return q;
+}
+
+#define HOUR_MS ((int64_t)3600 * 1000)
+
+/* get, put (answering what it replaced), put-if-absent (leaving a live record), delete. */
+static void test_kv_ops(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	assert_false(kv1(st, QUERY_KV_GET, "192.0.2.1/a@x/b@y", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, "");
+	assert_false(kv1(st, QUERY_KV_PUT_NEW, "192.0.2.1/a@x/b@y", "first", t, HOUR_MS, NULL));
+	assert_true(kv1(st, QUERY_KV_GET, "192.0.2.1/a@x/b@y", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, "first");
+	/* Redis's clock, not t: within a minute of it */
+	assert_true(q.u.kv.expires_ms > t + HOUR_MS - 60000 && q.u.kv.expires_ms < t + HOUR_MS + 60000);
+	assert_true(kv1(st, QUERY_KV_PUT_NEW, "192.0.2.1/a@x/b@y", "second", t, HOUR_MS, &q));
+	assert_string_equal(q.u.kv.old, "first");
+	assert_true(kv1(st, QUERY_KV_GET, "192.0.2.1/a@x/b@y", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, "first"); /* put-if-absent left it */
+	assert_true(kv1(st, QUERY_KV_PUT, "192.0.2.1/a@x/b@y", "third", t, HOUR_MS, &q));
+	assert_string_equal(q.u.kv.old, "first");
+	assert_true(kv1(st, QUERY_KV_GET, "192.0.2.1/a@x/b@y", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, "third");
+	/* another namespace, same key: another record */
+	q = kv_query(QUERY_KV_GET, "relay", "192.0.2.1/a@x/b@y", NULL, t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_OK);
+	assert_false(q.u.kv.found);
+	assert_true(kv1(st, QUERY_KV_DELETE, "192.0.2.1/a@x/b@y", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, "third");
+	assert_false(kv1(st, QUERY_KV_GET, "192.0.2.1/a@x/b@y", NULL, t, 0, NULL));
+	assert_false(kv1(st, QUERY_KV_DELETE, "192.0.2.1/a@x/b@y", NULL, t, 0, NULL));
+	store_free(st);
+}
+
+/*
+ * A record is gone at its expiry, and put-if-absent then writes. SQLite
+ * reads the caller's time; Redis its own, so there the case waits (a
+ * short ttl, polled with a bound: only "gone at last" is asserted).
+ */
+static void test_kv_expiry(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	if (B.backend == STORE_BACKEND_SQLITE) {
+		kv1(st, QUERY_KV_PUT, "k", "v", t, 1000, NULL);
+		assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t + 999, 0, &q));
+		assert_int_equal(q.u.kv.expires_ms, t + 1000);
+		assert_false(kv1(st, QUERY_KV_GET, "k", NULL, t + 1000, 0, NULL));
+		assert_false(kv1(st, QUERY_KV_PUT_NEW, "k", "w", t + 1000, 1000, NULL));
+		assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t + 1500, 0, &q));
+		assert_string_equal(q.u.kv.old, "w");
+	} else {
+		int tries = 0;
+
+		kv1(st, QUERY_KV_PUT, "k", "v", t, 30, NULL);
+		while (kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL) && ++tries < 500)
+			usleep(10000);
+		assert_true(tries < 500);
+		assert_false(kv1(st, QUERY_KV_PUT_NEW, "k", "w", t, HOUR_MS, NULL));
+		assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, &q));
+		assert_string_equal(q.u.kv.old, "w");
+	}
+	store_free(st);
+}
+
+static void test_kv_bad_arguments(void **state)
+{
+	store *st = open_store();
+	char longest[QUERY_VALUE_MAX + 1], too_long[QUERY_VALUE_MAX + 2], longkey[STORE_KEY_MAX + 1];
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	memset(longest, 'v', sizeof(longest) - 1);
+	longest[sizeof(longest) - 1] = '\0';
+	memset(too_long, 'v', sizeof(too_long) - 1);
+	too_long[sizeof(too_long) - 1] = '\0';
+	memset(longkey, 'k', sizeof(longkey) - 1);
+	longkey[sizeof(longkey) - 1] = '\0';
+	q = kv_query(QUERY_KV_PUT, "grey", "k", too_long, t, HOUR_MS);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_PUT, "grey", "k", NULL, t, HOUR_MS);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_PUT, "grey", "k", "v", t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_GET, "Grey:x", "k", NULL, t, 0); /* would reach into another key space */
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_GET, "", "k", NULL, t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_GET, "grey", "", NULL, t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query(QUERY_KV_GET, "grey", longkey, NULL, t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	q = kv_query((query_kv_op)9, "grey", "k", NULL, t, 0);
+	assert_int_equal(store_kv(st, &q), STORE_ERROR);
+	assert_false(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL));
+	kv1(st, QUERY_KV_PUT, "k", longest, t, HOUR_MS, NULL);
+	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, &q));
+	assert_string_equal(q.u.kv.old, longest);
+	store_free(st);
+}
+
+/* A burst of burst units, then refusals with retry_after within one interval; a peek charges nothing. */
+static void test_counter_burst_then_limit(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	/* An interval of an hour: no refill can happen while the case runs, whatever the clock. */
+	for (uint64_t i = 0; i < 3; i++) {
+		q = counter1(st, "10.0.0.1", t, HOUR_MS, 3, 1);
+		assert_true(q.u.counter.allowed);
+		assert_int_equal(q.u.counter.remaining, 2 - i);
+	}
+	q = counter1(st, "10.0.0.1", t, HOUR_MS, 3, 1);
+	assert_false(q.u.counter.allowed);
+	assert_true(q.u.counter.retry_after_ms > 0 && q.u.counter.retry_after_ms <= HOUR_MS);
+	assert_int_equal(q.u.counter.remaining, 0);
+	q = counter1(st, "10.0.0.1", t, HOUR_MS, 3, 0);
+	assert_true(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.remaining, 0);
+	/* another key has its own bucket; a cost of 2 takes two units */
+	q = counter1(st, "10.0.0.2", t, HOUR_MS, 3, 0);
+	assert_true(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.remaining, 3);
+	q = counter1(st, "10.0.0.2", t, HOUR_MS, 3, 2);
+	assert_true(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.remaining, 1);
+	q = counter1(st, "10.0.0.2", t, HOUR_MS, 3, 2);
+	assert_false(q.u.counter.allowed); /* refused: charges nothing */
+	assert_int_equal(q.u.counter.remaining, 1);
+	q = counter1(st, "10.0.0.2", t, HOUR_MS, 3, 1);
+	assert_true(q.u.counter.allowed);
+	/* more than the burst is never allowed */
+	q = counter1(st, "10.0.0.3", t, HOUR_MS, 3, 4);
+	assert_false(q.u.counter.allowed);
+	store_free(st);
+}
+
+/* The bucket refills at the rate: SQLite by the caller's time, Redis by waiting (bounded) for its clock. */
+static void test_counter_refill(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	if (B.backend == STORE_BACKEND_SQLITE) {
+		counter1(st, "k", t, 1000, 2, 2);
+		q = counter1(st, "k", t + 400, 1000, 2, 1);
+		assert_false(q.u.counter.allowed);
+		assert_int_equal(q.u.counter.retry_after_ms, 600);
+		q = counter1(st, "k", t + 1000, 1000, 2, 1);
+		assert_true(q.u.counter.allowed);
+		assert_int_equal(q.u.counter.remaining, 0);
+		q = counter1(st, "k", t + 5000, 1000, 2, 0); /* full again, not beyond */
+		assert_int_equal(q.u.counter.remaining, 2);
+	} else {
+		int tries = 0;
+
+		counter1(st, "k", t, 50, 1, 1);
+		while (!(q = counter1(st, "k", t, 50, 1, 1)).u.counter.allowed && ++tries < 500) {
+			assert_true(q.u.counter.retry_after_ms > 0 && q.u.counter.retry_after_ms <= 50);
+			usleep(10000);
+		}
+		assert_true(tries < 500);
+	}
+	store_free(st);
+}
+
+static void test_counter_bad_arguments(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	q = counter_query("k", t, 0, 3, 1);
+	assert_int_equal(store_counter(st, &q), STORE_ERROR);
+	q = counter_query("k", t, 1000, 0, 1);
+	assert_int_equal(store_counter(st, &q), STORE_ERROR);
+	q = counter_query("k", t, STORE_TTL_MS_MAX, 2, 1); /* would empty in two centuries */
+	assert_int_equal(store_counter(st, &q), STORE_ERROR);
+	q = counter_query("k", t, 1000, UINT64_MAX, UINT64_MAX);
+	assert_int_equal(store_counter(st, &q), STORE_ERROR);
+	q = counter_query("", t, 1000, 1, 1);
+	assert_int_equal(store_counter(st, &q), STORE_ERROR);
+	store_free(st);
+}
+
+#define KV_THREADS 8
+#define KV_ROUNDS 20
+
+struct kv_worker {
+	store *st;
+	int64_t t;
+	atomic_int *created, *allowed, *errors;
+};
+
+static void *kv_work(void *arg)
+{
+	struct kv_worker *w = arg;
+	char key[32];
+
+	for (int r = 0; r < KV_ROUNDS; r++) {
+		query k, c = counter_query("shared", w->t, HOUR_MS, KV_THREADS * KV_ROUNDS / 2, 1);
+
+		snprintf(key, sizeof(key), "triplet-%d", r);
+		k = kv_query(QUERY_KV_PUT_NEW, "grey", key, "x", w->t, HOUR_MS);
+		if (store_kv(w->st, &k) != STORE_OK || store_counter(w->st, &c) != STORE_OK)
+			atomic_fetch_add(w->errors, 1);
+		if (!k.u.kv.found)
+			atomic_fetch_add(w->created, 1);
+		if (c.u.counter.allowed)
+			atomic_fetch_add(w->allowed, 1);
+	}
+	return NULL;
+}
+
+/* Two handles at once: each record created exactly once, the bucket charged exactly up to its burst. */
+static void test_kv_counter_concurrent(void **state)
+{
+	store *st[2] = {open_store(), open_store()};
+	pthread_t th[KV_THREADS];
+	struct kv_worker w[KV_THREADS];
+	atomic_int created = 0, allowed = 0, errors = 0;
+
+	(void)state;
+	for (int i = 0; i < KV_THREADS; i++) {
+		w[i] = (struct kv_worker){.st = st[i % 2],
+		                          .t = now_ms_wall(),
+		                          .created = &created,
+		                          .allowed = &allowed,
+		                          .errors = &errors};
+		assert_int_equal(pthread_create(&th[i], NULL, kv_work, &w[i]), 0);
+	}
+	for (int i = 0; i < KV_THREADS; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(atomic_load(&errors), 0);
+	assert_int_equal(atomic_load(&created), KV_ROUNDS);
+	assert_int_equal(atomic_load(&allowed), KV_THREADS * KV_ROUNDS / 2);
+	store_free(st[0]);
+	store_free(st[1]);
+}
+
+/* store_run with every kind in one batch: each answered, one bad query failing alone. */
+static void test_run_mixed_batch(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_hit h = hit_at(t / 1000, "trap@example.com");
+	query q[6];
+
+	(void)state;
+	q[0] = kv_query(QUERY_KV_PUT_NEW, "grey", "k", "v", t, HOUR_MS);
+	q[1] = counter_query("c", t, HOUR_MS, 2, 1);
+	q[2] = kv_query(QUERY_KV_GET, "bad ns", "k", NULL, t, 0);
+	q[3] = (query){.kind = QUERY_DISTINCT_ADD};
+	q[3].u.distinct.key = "domnet:@example.com";
+	q[3].u.distinct.member = "192.0.2.0/24";
+	q[3].u.distinct.now = t / 1000;
+	q[3].u.distinct.window = WINDOW;
+	q[4] = (query){.kind = QUERY_BLOCKLIST_RECORD};
+	q[4].u.record.keys[0] = "spammer@example.net";
+	q[4].u.record.nkeys = 1;
+	q[4].u.record.hit = h;
+	q[5] = kv_query(QUERY_KV_GET, "grey", "k", NULL, t, 0);
+	assert_int_equal(store_run(st, q, 6, t / 1000), STORE_ERROR);
+	assert_int_equal(q[0].status, QUERY_OK);
+	assert_false(q[0].u.kv.found);
+	assert_int_equal(q[1].status, QUERY_OK);
+	assert_true(q[1].u.counter.allowed);
+	assert_int_equal(q[1].u.counter.remaining, 1);
+	assert_int_equal(q[2].status, QUERY_ERROR);
+	assert_int_equal(q[3].status, QUERY_OK);
+	assert_int_equal(q[3].u.distinct.count, 1);
+	assert_int_equal(q[4].status, QUERY_OK);
+	assert_int_equal(q[5].status, QUERY_OK);
+	assert_true(q[5].u.kv.found); /* in order: sees q[0] */
+	assert_string_equal(q[5].u.kv.old, "v");
+	store_free(st);
+}
+
+/*
+ * docs/redis.md: records at PREFIX "kv:" NS ":" KEY, buckets at PREFIX
+ * "ctr:" NS ":" KEY holding the TAT, both with Redis's own expiry, and
+ * both on the server's clock: the caller's now_ms (here 1970 and ten
+ * hours ahead) changes nothing.
+ */
+static void test_redis_kv_counter_layout(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char key[128], out[64];
+	long long pttl;
+	query q;
+
+	(void)state;
+	kv1(st, QUERY_KV_PUT, "k", "v", 1, HOUR_MS, NULL);
+	snprintf(key, sizeof(key), "%skv:grey:k", B.prefix);
+	redis_text(out, sizeof(out), "GET %s", key);
+	assert_string_equal(out, "v");
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	pttl = atoll(out);
+	assert_true(pttl > HOUR_MS - 60000 && pttl <= HOUR_MS);
+	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, 1, 0, &q));
+	assert_true(q.u.kv.expires_ms > t);
+	q = counter1(st, "c", 0, HOUR_MS, 1, 1);
+	assert_true(q.u.counter.allowed);
+	q = counter1(st, "c", t + 10 * HOUR_MS, HOUR_MS, 1, 1);
+	assert_false(q.u.counter.allowed);
+	snprintf(key, sizeof(key), "%sctr:rate:c", B.prefix);
+	redis_text(out, sizeof(out), "GET %s", key);
+	assert_true(atoll(out) > t && atoll(out) < t + HOUR_MS + 60000);
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	pttl = atoll(out);
+	assert_true(pttl > HOUR_MS - 60000 && pttl <= HOUR_MS);
+	store_free(st);
+}
+
+/*
+ * A version 3 file (before records and buckets) gets both tables on open,
+ * keeping its distinct sets; purge drops expired records and full buckets.
+ */
+static void test_sqlite_upgrade_v3(void **state)
+{
+	int64_t t = now_s();
+	char out[256];
+	store *st = open_store();
+	uint64_t purged;
+
+	(void)state;
+	assert_int_equal(distinct1(st, "s", "m1", t, 0), 1);
+	store_free(st);
+	sqlite_cli("DROP TABLE kv_records; DROP TABLE counters; PRAGMA user_version = 3;", out, sizeof(out));
+	st = open_store();
+	assert_int_equal(distinct1(st, "s", "m2", t, 0), 2);
+	kv1(st, QUERY_KV_PUT, "old", "v", t * 1000, 1000, NULL);
+	kv1(st, QUERY_KV_PUT, "young", "v", t * 1000, HOUR_MS, NULL);
+	counter1(st, "old", t * 1000, 1000, 1, 1);
+	counter1(st, "young", t * 1000, HOUR_MS, 1, 1);
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "5");
+	sqlite_cli(
+	    "SELECT name FROM sqlite_master WHERE name LIKE 'kv%' OR name LIKE 'counters%' ORDER BY name",
+	    out, sizeof(out));
+	assert_string_equal(out, "counters counters_tat kv_records kv_records_expires");
+	st = open_store();
+	assert_int_equal(store_purge(st, t + 2, &purged), STORE_OK);
+	store_free(st);
+	sqlite_cli("SELECT key FROM kv_records", out, sizeof(out));
+	assert_string_equal(out, "young");
+	sqlite_cli("SELECT key FROM counters", out, sizeof(out));
+	assert_string_equal(out, "young");
+}
+
+/*
+ * store_run hands its records and buckets to Redis in one pipelined round
+ * trip, however many; a query that fails its checks stays out of it.
+ * After SCRIPT FLUSH each one runs again with EVAL and still answers.
+ */
+static void test_redis_batch_one_round_trip(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char keys[8][16], out[64];
+	query q[9];
+	uint64_t before;
+
+	(void)state;
+	for (int i = 0; i < 8; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+		q[i] = i % 2 ? counter_query(keys[i], t, HOUR_MS, 5, 1)
+		             : kv_query(QUERY_KV_PUT_NEW, "grey", keys[i], keys[i], t, HOUR_MS);
+	}
+	q[8] = counter_query("bad", t, 0, 5, 1);
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 9, t / 1000), STORE_ERROR);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(q[i].status, QUERY_OK);
+		if (i % 2)
+			assert_int_equal(q[i].u.counter.remaining, 4);
+		else
+			assert_false(q[i].u.kv.found);
+	}
+	assert_int_equal(q[8].status, QUERY_ERROR);
+	/* one query alone: one round trip too */
+	before = store_script_round_trips(st);
+	q[0] = kv_query(QUERY_KV_GET, "grey", "k0", NULL, t, 0);
+	assert_int_equal(store_run(st, q, 1, t / 1000), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	assert_true(q[0].u.kv.found);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	for (int i = 0; i < 4; i++)
+		q[i] = i % 2 ? counter_query(keys[i], t, HOUR_MS, 5, 1)
+		             : kv_query(QUERY_KV_GET, "grey", keys[i], NULL, t, 0);
+	assert_int_equal(store_run(st, q, 4, t / 1000), STORE_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	assert_true(q[0].u.kv.found);
+	assert_string_equal(q[2].u.kv.old, "k2");
+	assert_int_equal(q[1].u.counter.remaining, 3);
+	assert_int_equal(q[3].u.counter.remaining, 3);
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -2420,6 +2896,14 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_distinct_limit),
     CASE(test_distinct_bad_arguments),
     CASE(test_distinct_concurrent),
+    CASE(test_kv_ops),
+    CASE(test_kv_expiry),
+    CASE(test_kv_bad_arguments),
+    CASE(test_counter_burst_then_limit),
+    CASE(test_counter_refill),
+    CASE(test_counter_bad_arguments),
+    CASE(test_kv_counter_concurrent),
+    CASE(test_run_mixed_batch),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
@@ -2431,6 +2915,7 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_upgrade_v2),
     CASE(test_sqlite_distinct_purge),
     CASE(test_sqlite_upgrade_0_1_0),
+    CASE(test_sqlite_upgrade_v3),
     CASE(test_sqlite_locked_by_other_process),
     CASE(test_sqlite_locked_writers_bounded),
     CASE(test_sqlite_open_while_write_locked),
@@ -2438,10 +2923,20 @@ static const struct CMUnitTest sqlite_tests[] = {
 };
 
 static const struct CMUnitTest redis_tests[] = {
-    CASE(test_redis_expires_by_itself), CASE(test_redis_db_and_prefix), CASE(test_redis_unreachable_at_open),
-    CASE(test_redis_readonly_replica),  CASE(test_redis_password),      CASE(test_redis_script_flush),
-    CASE(test_redis_hung_server),       CASE(test_redis_down_and_back), CASE(test_redis_netlens),
-    CASE(test_redis_distinct_layout),   CASE(test_redis_upgrade_0_1_0), CASE(test_redis_upgrade_when_back),
+    CASE(test_redis_expires_by_itself),
+    CASE(test_redis_db_and_prefix),
+    CASE(test_redis_unreachable_at_open),
+    CASE(test_redis_readonly_replica),
+    CASE(test_redis_password),
+    CASE(test_redis_script_flush),
+    CASE(test_redis_hung_server),
+    CASE(test_redis_down_and_back),
+    CASE(test_redis_netlens),
+    CASE(test_redis_distinct_layout),
+    CASE(test_redis_upgrade_0_1_0),
+    CASE(test_redis_upgrade_when_back),
+    CASE(test_redis_kv_counter_layout),
+    CASE(test_redis_batch_one_round_trip),
 };
 
 int main(void)
