@@ -143,7 +143,12 @@ static void finish(spf_eval *ev, enum spf_result r, const char *fmt, ...)
 
 /* ---- names ---- */
 
-/* Copies a name without its trailing dot; false when it cannot be a DNS name. */
+/*
+ * Copies a name without its trailing dot; false when it cannot be a DNS
+ * name (empty or long labels, over 253 characters, bytes outside printable
+ * ASCII). Spaces and other printable bytes stay: records may name them
+ * (the suite's "macro%percent  space"), the resolver backend escapes them.
+ */
 static bool name_copy(char *dst, const char *src, size_t len)
 {
 	if (len > 0 && src[len - 1] == '.')
@@ -152,7 +157,8 @@ static bool name_copy(char *dst, const char *src, size_t len)
 		return false;
 	size_t label = 0;
 	for (size_t i = 0; i < len; i++) {
-		if (src[i] == '\0')
+		/* Printable ASCII only: an attacker's %{l} must not put control bytes into a query. */
+		if ((unsigned char)src[i] < 0x20 || (unsigned char)src[i] > 0x7e)
 			return false;
 		if (src[i] == '.') {
 			if (label == 0)

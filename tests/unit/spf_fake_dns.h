@@ -41,6 +41,7 @@ struct fake_dns {
 	size_t head, n, cap;
 	uint64_t next_id;
 	unsigned submitted, cancelled;
+	size_t longest; /* the longest name asked about */
 };
 
 static const char *const fake_dns_types[] = {"A", "AAAA", "MX", "TXT", "PTR"};
@@ -110,6 +111,8 @@ static inline int fake_dns_submit(void *ctx, const char *name, enum spf_rrtype t
 {
 	struct fake_dns *d = ctx;
 	d->submitted++;
+	if (strlen(name) > d->longest)
+		d->longest = strlen(name);
 	*id = ++d->next_id;
 	if (!d->deferred) {
 		fake_dns_answer(d, name, type, cb, arg);
