@@ -130,7 +130,8 @@ static struct frame *top(spf_eval *ev)
 	return &ev->frames[ev->depth - 1];
 }
 
-static void finish(spf_eval *ev, enum spf_result r, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void finish(spf_eval *ev, enum spf_result r, const char *fmt,
+                                                         ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -379,7 +380,8 @@ static void frame_clear(struct frame *f)
 	memset(f, 0, sizeof(*f));
 }
 
-static void frame_result(spf_eval *ev, enum spf_result r, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) static void frame_result(spf_eval *ev, enum spf_result r,
+                                                               const char *fmt, ...);
 
 /* Starts check_host() on domain in a new frame (include) or the top one (redirect). */
 static void frame_start(spf_eval *ev, const char *domain, bool redirect)
