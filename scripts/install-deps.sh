@@ -11,7 +11,7 @@ set -eu
 
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
        libhiredis-dev libpcre2-dev"
-test="$build libcmocka-dev postfix redis-server python3 sqlite3 miltertest swaks clang-format valgrind"
+test="$build libcmocka-dev postfix redis-server python3 python3-yaml sqlite3 miltertest swaks clang-format valgrind"
 bench="$test postgrey"
 valgrind=$test
 deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
