@@ -1834,7 +1834,8 @@ static void build_pipeline(config_box *box)
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		check_mode mode = cfg->modes[i];
 
-		if (cfg->decide.dry_run && mode == CHECK_MODE_ENFORCE)
+		/* The whitelist only ever lets mail through: shadowing it would judge whitelisted mail. */
+		if (cfg->decide.dry_run && mode == CHECK_MODE_ENFORCE && !checks_all[i]->no_mode)
 			mode = CHECK_MODE_SHADOW;
 		cfg->pipeline.checks[i] =
 		    (pipeline_check){.def = checks_all[i],
@@ -1883,6 +1884,13 @@ static void finish(loader *ld)
 	cfg->decide.whitelist = ld->box->wl;
 	compile_checks(ld);
 	build_pipeline(ld->box);
+	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */
+	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW && cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE &&
+	    !cfg->decide.dry_run)
+		ld_warn(ld,
+		        "traps.mode is shadow but blocklist.mode is enforce: trap hits are still recorded, and the "
+		        "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode dry-run) to "
+		        "try a trap list without effect");
 }
 
 static config_box *build(loader *ld, json_t *root)

@@ -434,7 +434,11 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	if (!run) {
 		log_error("%s: out of memory for a decision; the transaction goes on unjudged",
 		          facts->queue_id ? facts->queue_id : "NOQUEUE");
-		return check_continue();
+		out = check_continue();
+		/* It gets the message: the end of message must not take it for a trap-only message. */
+		if (stage == CHECK_STAGE_RCPT)
+			count_recipient(&m->state, &out);
+		return out;
 	}
 	if (stage == CHECK_STAGE_MAIL || !m->prepared) {
 		decide_prepare(&snap->cfg->decide, facts, &m->txn);

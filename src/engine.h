@@ -1,8 +1,9 @@
 /*
- * engine: the one path from a front end to a decision. It holds the current
- * config snapshot and store, does the store lookups and writes a decision
- * needs, calls the pure core (core/decide.h), and logs one line for every
- * decision that is not "nothing known". Both front ends call only this.
+ * engine: the one path from a front end to a decision (docs/architecture.md).
+ * It holds the current config snapshot and store; for each SMTP stage it
+ * runs the checks (core/pipeline.h), sends their queries to the store in
+ * one call, applies their effects and logs one line for every decision
+ * that is not "nothing known". Both front ends call only this.
  *
  * Snapshots: a transaction takes one with engine_acquire() and keeps it to
  * the end, so a reload never changes the rules under a message in flight.

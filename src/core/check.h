@@ -13,9 +13,10 @@
  * (core/pipeline.h), sends every check's queries to the store in one call,
  * applies modes (enforce, shadow, off) and effects, and logs.
  *
- * Adding a check: one file in src/core/checks/ defining a check_def, one
- * line in the order table (core/checks/checks.c), and its config section
- * (config_section.h). docs/architecture.md walks through it.
+ * Adding a check: one file in src/core/checks/ defining a check_def with
+ * its config section (check_key rows), its id in core/checks/checks.h and
+ * one line in the order table (core/checks/checks.c). docs/architecture.md
+ * walks through it.
  */
 #ifndef SPAMTRAPD_CHECK_H
 #define SPAMTRAPD_CHECK_H
@@ -39,9 +40,12 @@ enum {
 typedef unsigned check_stage;
 
 /*
- * What a message remembers between its stages, the same for both front
- * ends: the milter keeps it in its connection context, the engine keeps
- * it for the policy protocol by the message's "instance" attribute.
+ * What a message remembers between its stages. The milter keeps all of it
+ * in its connection context. The policy protocol's requests are separate:
+ * the engine keeps only trap_hit and listed_before for them, by the
+ * message's "instance" attribute, in one word per message (engine.c); a
+ * field a new check adds here is lost between policy requests unless it
+ * is packed there too.
  */
 typedef struct check_msg {
 	bool sender_checked; /* the blocklist check answered at MAIL FROM */
@@ -158,7 +162,12 @@ typedef struct check_def {
 	 * What to ask the store at this stage: append to q (at most
 	 * CHECK_MAX_NEEDS) and return how many. Strings the queries point to
 	 * must live as long as ctx (the txn's buffer, the config). scratch is
-	 * not zeroed: set what decide() will read. Optional.
+	 * not zeroed: set what decide() will read. Optional. These queries run
+	 * before any check decides, whatever the verdict and the mode: they
+	 * must only read. Writes (a bucket charged, a pass counted) are
+	 * effects, applied after the verdict. The one exception is the trap
+	 * check's count of a sender domain's networks: a trap recipient's
+	 * verdict is final and recorded in every mode anyway.
 	 */
 	size_t (*needs)(const void *conf, const check_ctx *ctx, void *scratch, query *q);
 	/*

@@ -1,6 +1,7 @@
 /* pipeline: one stage through the checks, in order (see pipeline.h). */
 #include "core/pipeline.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,6 +36,10 @@ size_t pipeline_needs(const pipeline *p, pipeline_run *run)
 		if (p->checks[i].def->needs)
 			run->count[i] = p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i],
 			                                        run->q + run->nq);
+		/* run->q has CHECK_MAX_NEEDS slots a check: a check asking more is a bug, never a query. */
+		assert(run->count[i] <= CHECK_MAX_NEEDS);
+		if (run->count[i] > CHECK_MAX_NEEDS)
+			run->count[i] = CHECK_MAX_NEEDS;
 		run->nq += run->count[i];
 	}
 	return run->nq;
@@ -112,9 +117,11 @@ void pipeline_store_failed(const pipeline *p, pipeline_run *run, int i)
 
 void pipeline_action_text(const pipeline *p, const check_verdict *v, char *out, size_t outlen)
 {
-	if (v->action != v->enforce_action)
+	if (v->mode == CHECK_MODE_SHADOW && v->enforce_action != DECIDE_CONTINUE)
 		snprintf(out, outlen, "%s, would %s", p->dry_run ? "dry-run" : "shadow",
 		         decide_action_name(v->enforce_action));
+	else if (v->mode == CHECK_MODE_SHADOW)
+		snprintf(out, outlen, "%s, %s", p->dry_run ? "dry-run" : "shadow", decide_action_name(v->action));
 	else
 		snprintf(out, outlen, "%s", decide_action_name(v->action));
 }

@@ -55,7 +55,7 @@ typedef struct pipeline_run {
 	check_msg msg;   /* the message's state after this stage */
 } pipeline_run;
 
-/* facts, txn and msg must outlive run; txn may be NULL only at end of message. */
+/* facts, txn and msg must outlive run. */
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now);
 /* Fills run->q[0..nq); returns nq. */

@@ -687,8 +687,14 @@ static void got_ptr(spf_eval *ev)
 static void got_ptr_addr(spf_eval *ev)
 {
 	/* Errors skip the name (RFC 7208 5.5). */
-	if (ev->dg.match && ev->nvalid < SPF_MAX_PTR_NAMES)
-		snprintf(ev->valid[ev->nvalid++], SPF_NAME_MAX, "%s", ev->names[ev->name_idx]);
+	if (ev->dg.match && ev->nvalid < SPF_MAX_PTR_NAMES) {
+		/* Two arrays of one struct: GCC cannot tell at -O2 that they never overlap. */
+		const char *name = ev->names[ev->name_idx];
+		size_t len = strnlen(name, SPF_NAME_MAX - 1);
+
+		memcpy(ev->valid[ev->nvalid], name, len);
+		ev->valid[ev->nvalid++][len] = '\0';
+	}
 	ev->name_idx++;
 	ptr_next(ev);
 }

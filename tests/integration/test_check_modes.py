@@ -170,6 +170,13 @@ class ModeConfig(unittest.TestCase):
             code, log = self.check_config({"traps": {"mode": mode}, "blocklist": {"mode": mode}})
             self.assertEqual(code, 0, log)
 
+    def test_shadow_traps_with_enforcing_blocklist_warns(self):
+        code, log = self.check_config({"traps": {"mode": "shadow"}})
+        self.assertEqual(code, 0, log)
+        self.assertIn("traps.mode is shadow but blocklist.mode is enforce", log)
+        code, log = self.check_config({"traps": {"mode": "shadow"}, "blocklist": {"mode": "shadow"}})
+        self.assertNotIn("traps.mode is shadow", log)
+
     def test_whitelist_has_no_mode(self):
         code, log = self.check_config({"whitelist": {"mode": "off"}})
         self.assertEqual(code, 1)

@@ -310,6 +310,21 @@ static void test_reload_keeps_message_snapshot(void **state)
 	stop(eng);
 }
 
+/* dry-run shadows every enforcing check but the whitelist, which only lets mail through. */
+static void test_dry_run_keeps_whitelist(void **state)
+{
+	(void)state;
+	engine *eng = start("\"mode\": \"dry-run\", \"blocklist\": {\"mode\": \"off\"}");
+	engine_snapshot *snap = engine_acquire(eng);
+	const pipeline *p = &engine_config(snap)->pipeline;
+
+	assert_int_equal(p->checks[CHECK_ID_TRAPS].mode, CHECK_MODE_SHADOW);
+	assert_int_equal(p->checks[CHECK_ID_BLOCKLIST].mode, CHECK_MODE_OFF);
+	assert_int_equal(p->checks[CHECK_ID_WHITELIST].mode, CHECK_MODE_ENFORCE);
+	engine_release(snap);
+	stop(eng);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -337,6 +352,7 @@ int main(void)
 	    cmocka_unit_test(test_traps_shadow),
 	    cmocka_unit_test(test_blocklist_shadow_and_off),
 	    cmocka_unit_test(test_reload_keeps_message_snapshot),
+	    cmocka_unit_test(test_dry_run_keeps_whitelist),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -130,6 +130,8 @@ static void record_effect(const check_ctx *ctx, const decide_policy *policy, con
 	const decide_txn *txn = ctx->txn;
 	query *q = &eff->q[eff->nq];
 
+	if (eff->nq >= CHECK_MAX_EFFECTS)
+		return;
 	memset(q, 0, sizeof(*q));
 	q->kind = QUERY_BLOCKLIST_RECORD;
 	for (size_t i = 0; i < nkeys && i < QUERY_RECORD_KEYS_MAX; i++)
