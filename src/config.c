@@ -1885,12 +1885,13 @@ static void finish(loader *ld)
 	compile_checks(ld);
 	build_pipeline(ld->box);
 	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */
-	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW && cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE &&
-	    !cfg->decide.dry_run)
-		ld_warn(ld,
-		        "traps.mode is shadow but blocklist.mode is enforce: trap hits are still recorded, and the "
-		        "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode dry-run) to "
-		        "try a trap list without effect");
+	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW &&
+	    cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE && !cfg->decide.dry_run)
+		ld_warn(ld, "traps.mode is shadow but blocklist.mode is enforce: trap hits are still "
+		            "recorded, and the "
+		            "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode "
+		            "dry-run) to "
+		            "try a trap list without effect");
 }
 
 static config_box *build(loader *ld, json_t *root)

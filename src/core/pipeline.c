@@ -121,7 +121,8 @@ void pipeline_action_text(const pipeline *p, const check_verdict *v, char *out, 
 		snprintf(out, outlen, "%s, would %s", p->dry_run ? "dry-run" : "shadow",
 		         decide_action_name(v->enforce_action));
 	else if (v->mode == CHECK_MODE_SHADOW)
-		snprintf(out, outlen, "%s, %s", p->dry_run ? "dry-run" : "shadow", decide_action_name(v->action));
+		snprintf(out, outlen, "%s, %s", p->dry_run ? "dry-run" : "shadow",
+		         decide_action_name(v->action));
 	else
 		snprintf(out, outlen, "%s", decide_action_name(v->action));
 }
