@@ -204,9 +204,9 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 
 /*
  * SPEC "Checks" item 3: a whitelisted network exempts everything. A
- * whitelisted sender can be forged, so it exempts the whole transaction
- * only when verified (the client authenticated, or facts->sender_verified);
- * otherwise only its own keys (see decide_txn).
+ * whitelisted sender can be forged, so on its own it only exempts its own
+ * keys; verified (the client authenticated, or facts->sender_verified) it
+ * is trusted (see decide_txn.sender_trusted).
  */
 static void prepare_whitelist(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
 {
@@ -214,14 +214,15 @@ static void prepare_whitelist(const decide_policy *policy, const decide_facts *f
 
 	txn->whitelisted = WHITELIST_NONE;
 	txn->sender_whitelisted = WHITELIST_NONE;
+	txn->sender_trusted = false;
 	if (!policy->whitelist)
 		return;
 	if (!txn->sender_invalid)
 		txn->sender_whitelisted = whitelist_check_sender(policy->whitelist, txn->sender);
 	if (whitelist_check_client(policy->whitelist, facts->client_address))
 		txn->whitelisted = WHITELIST_CLIENT_NETWORK;
-	else if (verified)
-		txn->whitelisted = txn->sender_whitelisted;
+	else
+		txn->sender_trusted = verified && txn->sender_whitelisted != WHITELIST_NONE;
 }
 
 void decide_prepare(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
@@ -234,8 +235,9 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	bool have_sender =
 	    !txn->null_sender && !txn->sender_invalid && txn->sender_whitelisted == WHITELIST_NONE;
 
-	txn->have_client = facts->client_address && addr_ip_parse(facts->client_address, &txn->client) &&
-	                   !is_loopback(&txn->client);
+	/* A trusted sender's client may be a hotel's or a mobile network's: its networks are not judged. */
+	txn->have_client = !txn->sender_trusted && facts->client_address &&
+	                   addr_ip_parse(facts->client_address, &txn->client) && !is_loopback(&txn->client);
 
 	/* Being authenticated does not depend on the name making a key. */
 	txn_keys k = {.ip = txn->have_client ? &txn->client : NULL,
@@ -245,7 +247,8 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 		k.domain = txn_key(txn, key_domain, txn->sender);
 	}
 	k.sasl = txn_key(txn, key_sasl, facts->sasl_username);
-	k.helo = txn_key(txn, key_helo, facts->helo);
+	if (!txn->sender_trusted)
+		k.helo = txn_key(txn, key_helo, facts->helo);
 
 	push_lookup(txn, k.sender);
 	push_lookup(txn, k.sasl);

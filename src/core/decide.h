@@ -75,8 +75,8 @@ typedef struct decide_facts {
 	/*
 	 * A check proved the sender is not forged (SPF pass, once the spf
 	 * check exists). An authenticated client verifies its sender too,
-	 * without this. Only a verified whitelisted sender exempts the whole
-	 * transaction (SPEC "Checks" item 3).
+	 * without this. A verified whitelisted sender exempts every key but
+	 * the SASL account's (SPEC "Checks" item 3, decide_txn.sender_trusted).
 	 */
 	bool sender_verified;
 } decide_facts;
@@ -102,15 +102,21 @@ typedef struct decide_txn {
 	bool null_sender;
 	bool sender_invalid;
 	/*
-	 * whitelisted: what exempts the whole transaction (never looked up,
-	 * never recorded, never rejected): a client network, or a whitelisted
-	 * sender that is verified; WHITELIST_NONE otherwise. sender_whitelisted:
-	 * the sender's own match, verified or not; an unverified one only
-	 * keeps the sender-derived keys (sender, sender_domain) out of lookup[]
-	 * and record[], since anyone can write that MAIL FROM.
+	 * whitelisted: WHITELIST_CLIENT_NETWORK when the client's network is
+	 * whitelisted, which exempts the whole transaction (never looked up,
+	 * never recorded, never rejected); WHITELIST_NONE otherwise.
+	 * sender_whitelisted: the sender's own match, verified or not; an
+	 * unverified one only keeps the sender-derived keys (sender,
+	 * sender_domain) out of lookup[] and record[], since anyone can write
+	 * that MAIL FROM. sender_trusted: the whitelisted sender is verified
+	 * (SASL, facts->sender_verified): the client's networks and HELO are
+	 * left out too and the checks after the whitelist are skipped, but
+	 * the SASL account stays in both lists, so that a blocklisted account
+	 * cannot vouch for itself by writing a whitelisted MAIL FROM.
 	 */
 	whitelist_match whitelisted;
 	whitelist_match sender_whitelisted;
+	bool sender_trusted;
 	bool have_client; /* client holds a usable (non-loopback) client address */
 	addr_ip client;
 	size_t nlookup, nrecord, client_at;

@@ -232,12 +232,20 @@ class PostfixMilter(unittest.TestCase):
         self.assertEqual(self.smtp("boss@example.org", [ALICE], client="192.0.2.120").mail.code, 250)
 
     def test_21_authenticated_whitelisted_sender(self):
-        """Authenticated, the whitelisted sender is verified: the whole transaction is exempt."""
+        """Authenticated, the whitelisted sender is verified: its client and address are not judged,
+        but the account that verified it is. A stolen password writing a whitelisted MAIL FROM to
+        a trap gets the account blocklisted, and the account stays stopped whatever it writes."""
         r = self.sasl_smtp("boss21", "boss21@example.org", [TRAP, CAROL], client="192.0.2.21")
         self.assertEqual(r["data-end"][0], 250, r)
-        self.pf.wait_delivered(TRAP, message_id=r["message_id"])
         self.pf.wait_delivered(CAROL, message_id=r["message_id"])
-        self.assertFalse({"boss21@example.org", "sasl:boss21", "192.0.2.21"} & blocklist(self.d))
+        keys = blocklist(self.d)
+        self.assertIn("sasl:boss21", keys)
+        self.assertFalse({"boss21@example.org", "@example.org", "192.0.2.21"} & keys)
+        r2 = self.sasl_smtp("boss21", "boss21@example.org", [CAROL], client="192.0.2.121")
+        self.assertEqual(r2["mail"][0], 550, r2)
+        self.assertIn(BLOCKED, r2["mail"][1])
+        # the sender, from its client, without that account
+        self.assertEqual(self.smtp("boss21@example.org", [ALICE], client="192.0.2.21").mail.code, 250)
 
     def test_30_one_trap_two_real_recipients(self):
         r = self.smtp("spam30@bad.test", [ALICE, TRAP, BOB], client="192.0.2.30")

@@ -280,6 +280,32 @@ class TestForgedWhitelistedSender(DaemonCase):
         self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.12"), "DUNNO")
 
 
+class TestTrustedSenderAccount(DaemonCase):
+    """A verified whitelisted sender skips the client, HELO and sender keys, but the SASL
+    account that verifies it is still judged: a stolen password cannot buy its way past the
+    blocklist by writing a whitelisted MAIL FROM."""
+
+    CONFIG = {"whitelist": {"domains": ["example.org"]},
+              "blocklist": {"keys": ["sender", "client_address", "sasl_username", "helo_name"]}}
+
+    def test_trap_hit_records_the_account_only(self):
+        self.assertEqual(self.trap_hit("ceo@example.org", "192.0.2.12", sasl_username="mallory",
+                                       helo_name="laptop.test"), "550 5.1.1 User unknown")
+        self.d.wait_for_log(r"reject: trap trap=trap@example\.com blocklisted=sasl:mallory; ")
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.13", sasl_username="mallory"),
+                         REJECT_TEXT)
+        # the client, the HELO and the sender are not listed; other accounts pass
+        self.assertEqual(self.sender_check("x@other.test", "192.0.2.12", helo_name="laptop.test"), "DUNNO")
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.13", sasl_username="ceo"), "DUNNO")
+
+    def test_blocklisted_account_with_whitelisted_sender_is_rejected(self):
+        self.d.ctl("add", "sasl:mallory")
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.14", sasl_username="mallory"),
+                         REJECT_TEXT)
+        self.assertEqual(self.sender_check("ceo@example.org", "203.0.113.14", sasl_username="Mallory",
+                                           protocol_state="MAIL", recipient=None), REJECT_TEXT)
+
+
 class TestWhitelistSubdomains(DaemonCase):
     CONFIG = {"whitelist": {"domains": ["example.org"], "include_subdomains": True}}
 

@@ -619,34 +619,46 @@ static void test_domain_record_keys(void **state)
 
 /*
  * SPEC "Checks" 3, end to end through the core: which keys a transaction
- * with a whitelisted sender looks up, and what its trap hit does.
+ * with a whitelisted sender looks up, what a blocklist hit on them does at
+ * MAIL FROM and what its trap hit does.
  */
 typedef struct wl_case {
 	const char *name;
 	const char *sender, *client, *sasl;
-	bool sender_verified;
+	bool sender_verified, sasl_key; /* sasl_key: blocklist.keys has sasl_username */
 	whitelist_match whole, sender_match;
+	bool trusted;
 	bool sender_keys; /* sender and @domain among the lookup keys */
+	bool client_keys; /* the client's networks among the lookup keys */
+	decide_action mail_action;
 	decide_action trap_action;
 	decide_reason trap_reason;
 } wl_case;
 
 static const wl_case wl_cases[] = {
     {"forged whitelisted domain: client checked, sender keys not", "<ceo@example.org>", "192.0.2.9", NULL,
-     false, WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
+     false, false, WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, false, false, true, DECIDE_REJECT, DECIDE_REJECT,
+     DECIDE_REASON_TRAP},
     {"forged whitelisted address: client checked, sender keys not", "<boss@partner.example>", "192.0.2.9",
-     NULL, false, WHITELIST_NONE, WHITELIST_SENDER_ADDRESS, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
-    {"authenticated whitelisted domain: whole transaction exempt", "<ceo@example.org>", "192.0.2.9", "ceo",
-     false, WHITELIST_SENDER_DOMAIN, WHITELIST_SENDER_DOMAIN, false, DECIDE_CONTINUE,
+     NULL, false, false, WHITELIST_NONE, WHITELIST_SENDER_ADDRESS, false, false, true, DECIDE_REJECT,
+     DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"authenticated whitelisted domain, no sasl key: nothing judged", "<ceo@example.org>", "192.0.2.9", "ceo",
+     false, false, WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, true, false, false, DECIDE_REJECT,
+     DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED},
+    /* The account that verifies the sender cannot vouch for itself (a stolen password). */
+    {"authenticated whitelisted domain, sasl key: the account is judged", "<ceo@example.org>", "192.0.2.9",
+     "ceo", false, true, WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, true, false, false, DECIDE_REJECT,
+     DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"verified whitelisted domain: nothing judged", "<ceo@example.org>", "192.0.2.9", NULL, true, true,
+     WHITELIST_NONE, WHITELIST_SENDER_DOMAIN, true, false, false, DECIDE_CONTINUE, DECIDE_CONTINUE,
      DECIDE_REASON_WHITELISTED},
-    {"verified whitelisted domain: whole transaction exempt", "<ceo@example.org>", "192.0.2.9", NULL, true,
-     WHITELIST_SENDER_DOMAIN, WHITELIST_SENDER_DOMAIN, false, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED},
-    {"whitelisted network: whole transaction exempt", "<x@bad.example>", "198.51.100.20", NULL, false,
-     WHITELIST_CLIENT_NETWORK, WHITELIST_NONE, true, DECIDE_CONTINUE, DECIDE_REASON_WHITELISTED},
-    {"authenticated, not whitelisted: nothing exempt", "<x@bad.example>", "192.0.2.9", "joe", false,
-     WHITELIST_NONE, WHITELIST_NONE, true, DECIDE_REJECT, DECIDE_REASON_TRAP},
-    {"empty SASL name does not verify", "<ceo@example.org>", "192.0.2.9", "", false, WHITELIST_NONE,
-     WHITELIST_SENDER_DOMAIN, false, DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"whitelisted network: whole transaction exempt", "<x@bad.example>", "198.51.100.20", "joe", false, true,
+     WHITELIST_CLIENT_NETWORK, WHITELIST_NONE, false, true, true, DECIDE_CONTINUE, DECIDE_CONTINUE,
+     DECIDE_REASON_WHITELISTED},
+    {"authenticated, not whitelisted: nothing exempt", "<x@bad.example>", "192.0.2.9", "joe", false, true,
+     WHITELIST_NONE, WHITELIST_NONE, false, true, true, DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP},
+    {"empty SASL name does not verify", "<ceo@example.org>", "192.0.2.9", "", false, false, WHITELIST_NONE,
+     WHITELIST_SENDER_DOMAIN, false, false, true, DECIDE_REJECT, DECIDE_REJECT, DECIDE_REASON_TRAP},
 };
 
 static void test_whitelist_scope(void **state)
@@ -656,7 +668,8 @@ static void test_whitelist_scope(void **state)
 		const wl_case *c = &wl_cases[i];
 		print_message("case: %s\n", c->name);
 		decide_policy p = f->policy;
-		p.keys = DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER_DOMAIN;
+		p.keys = DECIDE_KEY_SENDER | DECIDE_KEY_CLIENT_ADDRESS | DECIDE_KEY_SENDER_DOMAIN |
+		         (c->sasl_key ? DECIDE_KEY_SASL_USERNAME : 0);
 		p.action = TRAP_ACTION_REJECT;
 		decide_facts facts = {.front = DECIDE_FRONT_POLICY,
 		                      .sender = c->sender,
@@ -668,23 +681,40 @@ static void test_whitelist_scope(void **state)
 		decide_prepare(&p, &facts, &txn);
 		assert_int_equal(txn.whitelisted, c->whole);
 		assert_int_equal(txn.sender_whitelisted, c->sender_match);
+		assert_int_equal(txn.sender_trusted, c->trusted);
 		assert_int_equal(has_lookup(&txn, txn.sender), c->sender_keys);
 		assert_int_equal(has_lookup(&txn, strchr(txn.sender, '@')), c->sender_keys);
-		/* The client's own address is always among the keys it is checked by. */
 		static lookup_list l;
 		lookup_of(&p, &txn, NULL, &l);
-		assert_true(has_key(&l, c->client));
-		for (size_t k = 0; !c->sender_keys && k < txn.nrecord; k++) {
-			assert_string_not_equal(txn.record[k], txn.sender);
-			assert_true(txn.record[k][0] != '@');
+		assert_int_equal(has_key(&l, c->client), c->client_keys);
+		/* An account is always judged unless its network is whitelisted. */
+		if (c->sasl && *c->sasl) {
+			char sasl_key[64];
+			snprintf(sasl_key, sizeof(sasl_key), "sasl:%s", c->sasl);
+			assert_true(has_lookup(&txn, sasl_key));
+			bool recorded = false;
+			for (size_t k = 0; k < txn.nrecord; k++)
+				recorded |= strcmp(txn.record[k], sasl_key) == 0;
+			assert_int_equal(recorded, c->sasl_key);
+		}
+		for (size_t k = 0; k < txn.nrecord; k++) {
+			if (!c->sender_keys) {
+				assert_string_not_equal(txn.record[k], txn.sender);
+				assert_true(txn.record[k][0] != '@');
+			}
+			if (c->trusted) /* only the account */
+				assert_true(strncmp(txn.record[k], "sasl:", 5) == 0);
 		}
 		decide_verdict s = decide_sender(&p, &txn, DECIDE_LOOKUP_HIT);
-		assert_int_equal(s.action, c->whole ? DECIDE_CONTINUE : DECIDE_REJECT);
-		assert_int_equal(s.reason, c->whole ? DECIDE_REASON_WHITELISTED : DECIDE_REASON_BLOCKLISTED);
+		assert_int_equal(s.action, c->mail_action);
+		if (c->whole)
+			assert_int_equal(s.reason, DECIDE_REASON_WHITELISTED);
+		else if (c->mail_action == DECIDE_REJECT)
+			assert_int_equal(s.reason, DECIDE_REASON_BLOCKLISTED);
 		decide_verdict v = decide_recipient(&p, &txn, &facts);
 		assert_int_equal(v.action, c->trap_action);
 		assert_int_equal(v.reason, c->trap_reason);
-		assert_int_equal(v.record, c->trap_reason == DECIDE_REASON_TRAP);
+		assert_int_equal(v.record, c->trap_reason == DECIDE_REASON_TRAP && txn.nrecord > 0);
 	}
 }
 

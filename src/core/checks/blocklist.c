@@ -51,6 +51,15 @@ static void skipped(skip_reason why, check_verdict *v)
 	}
 }
 
+/* Nothing against a trusted sender's account: say why nothing else was judged (at debug level). */
+static void trusted_pass(const check_ctx *ctx, check_verdict *v)
+{
+	if (!ctx->txn->sender_trusted)
+		return;
+	check_verdict_set(v, DECIDE_CONTINUE, "whitelisted", NULL);
+	v->quiet = true;
+}
+
 static void blocklist_decide(const void *conf, const check_ctx *ctx, void *scratch, const query *answers,
                              size_t nanswers, check_verdict *v, check_effects *eff)
 {
@@ -60,6 +69,8 @@ static void blocklist_decide(const void *conf, const check_ctx *ctx, void *scrat
 	(void)scratch;
 	if (ctx->stage == CHECK_STAGE_MAIL)
 		eff->msg.sender_checked = true;
+	if (why == SKIP_NO_KEYS)
+		trusted_pass(ctx, v);
 	if (why != SKIP_NONE || nanswers == 0) {
 		skipped(why, v);
 		return;
@@ -78,6 +89,8 @@ static void blocklist_decide(const void *conf, const check_ctx *ctx, void *scrat
 			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
 		return;
 	case QUERY_NOTFOUND:
+		trusted_pass(ctx, v);
+		return;
 	case QUERY_PENDING:
 		break;
 	}

@@ -23,10 +23,15 @@ typedef struct trap_scratch {
 
 _Static_assert(sizeof(trap_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for trap");
 
-/* A whitelisted network, or a whitelisted sender that is verified: nothing is recorded. */
+/*
+ * A whitelisted network, or a trusted sender with nothing to record: the
+ * hit changes nothing. A trusted sender's SASL account is still recorded
+ * when blocklist.keys has it: a trap hit from an account is how a stolen
+ * password shows, whatever MAIL FROM it writes.
+ */
 static bool exempt(const decide_txn *txn)
 {
-	return txn->whitelisted != WHITELIST_NONE;
+	return txn->whitelisted != WHITELIST_NONE || (txn->sender_trusted && txn->nrecord == 0);
 }
 
 static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, query *q)

@@ -10,7 +10,7 @@ static void whitelist_decide(const void *conf, const check_ctx *ctx, void *scrat
 	(void)nanswers;
 	(void)eff;
 	/* No line: the blocklist check logged it at MAIL FROM, and an ordinary recipient is no news. */
-	v->stop = ctx->txn->whitelisted != WHITELIST_NONE;
+	v->stop = ctx->txn->whitelisted != WHITELIST_NONE || ctx->txn->sender_trusted;
 }
 
 const check_def check_whitelist = {

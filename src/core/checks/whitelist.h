@@ -2,8 +2,8 @@
  * whitelist: SPEC.md "Checks" item 3. A whitelisted transaction (a
  * whitelisted client network, or a whitelisted sender that is verified)
  * skips every check after this one. The trap and blocklist checks, which
- * come first, read the same facts (decide_txn.whitelisted) for their own
- * exemptions. conf: a decide_policy.
+ * come first, read the same facts (decide_txn.whitelisted, sender_trusted)
+ * through the keys decide_prepare leaves them. conf: a decide_policy.
  */
 #ifndef SPAMTRAPD_CHECK_WHITELIST_H
 #define SPAMTRAPD_CHECK_WHITELIST_H
