@@ -161,8 +161,9 @@ typedef struct txn_keys {
 /*
  * One forged sender must not list a whole domain (SPEC.md "Config"): the
  * domain key waits for hits from domain_min_networks client networks,
- * counted by /24 and /48 so that one spammer's neighbouring addresses
- * count once. Loopback and address-less clients (k->ip NULL) never count.
+ * counted by /24 and /32 so that one spammer's neighbouring addresses
+ * count once: an IPv6 /48 is what one customer gets, and one LIR's /32
+ * holds 65536 of them. Loopback and address-less clients (k->ip NULL) never count.
  */
 static void prepare_domain_count(const decide_policy *policy, decide_txn *txn, const txn_keys *k)
 {

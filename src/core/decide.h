@@ -125,7 +125,7 @@ typedef struct decide_txn {
 	/*
 	 * A sender domain in record[] under domain_min_networks > 1: a trap hit
 	 * lists it only once hits came from that many client networks. The hit
-	 * counts domain_net, the client's /24 (IPv4) or /48 (IPv6) whatever
+	 * counts domain_net, the client's /24 (IPv4) or /32 (IPv6) whatever
 	 * blocklist.ipv4_prefix says, in the store set domain_set; NULL when
 	 * the client never counts (loopback, no address). NULL domain_key: no
 	 * domain waits for networks.
@@ -150,7 +150,7 @@ typedef enum {
 
 /* The prefix lengths of the client networks a sender domain is counted by, IPv4 and IPv6. */
 #define DECIDE_DOMAIN_NET_V4 24
-#define DECIDE_DOMAIN_NET_V6 48
+#define DECIDE_DOMAIN_NET_V6 32
 
 /* Does a trap hit of txn, which records, count a network toward its sender domain first? */
 bool decide_counts_domain(const decide_txn *txn);

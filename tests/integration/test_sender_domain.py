@@ -1,6 +1,6 @@
 """Integration tests of blocklist.sender_domain_min_networks (issue 11, item 5):
 with the `sender_domain` key, a trap hit lists the sender's domain only once
-hits from that many distinct client networks (/24 for IPv4, /48 for IPv6)
+hits from that many distinct client networks (/24 for IPv4, /32 for IPv6)
 came within the blocklist TTL, so that one forged `x@gmail.com` cannot block
 gmail.com. The real daemon on the policy protocol, with real SQLite, and two
 daemons sharing one real redis-server (their counts add up).
@@ -82,13 +82,14 @@ class TestSqlite(DomainChecks, unittest.TestCase):
         self.assertIn(f"@{dom}: blocklisted until", out)
 
     def test_one_network_counts_once(self):
-        """Three addresses of one /24 (whatever ipv4_prefix says: 32 here) and two of one IPv6 /48
-        are two networks: the domain waits for a third."""
+        """Three addresses of one /24 (whatever ipv4_prefix says: 32 here) and two of one IPv6 /32
+        (in different /48s, as one hosting customer can have) are two networks: the domain waits
+        for a third."""
         d, dom = self.d, "forged-b.test"
         for i, client in enumerate(["192.0.2.20", "192.0.2.21", "192.0.2.222"]):
             mark = self.hit(d, f"y{i}@{dom}", client)
             d.wait_for_log(networks(dom, 1), since=mark)
-        for i, client in enumerate(["2001:db8:b:1::1", "2001:db8:b:ffff::2"]):
+        for i, client in enumerate(["2001:db8:b:1::1", "2001:db8:c:ffff::2"]):
             mark = self.hit(d, f"z{i}@{dom}", client)
             d.wait_for_log(networks(dom, 2), since=mark)
         self.assert_domain_listed(d, dom, False)
