@@ -206,12 +206,14 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 /*
  * SPEC "Checks" item 3: a whitelisted network exempts everything. A
  * whitelisted sender can be forged, so on its own it only exempts its own
- * keys; verified (the client authenticated, or facts->sender_verified) it
- * is trusted (see decide_txn.sender_trusted).
+ * keys; verified (facts->sender_verified, or the client authenticated
+ * with a name that makes a key: an account that could not be judged must
+ * not vouch for anything) it is trusted (see decide_txn.sender_trusted).
  */
-static void prepare_whitelist(const decide_policy *policy, const decide_facts *facts, decide_txn *txn)
+static void prepare_whitelist(const decide_policy *policy, const decide_facts *facts, bool account_keyed,
+                              decide_txn *txn)
 {
-	bool verified = facts->sender_verified || (facts->sasl_username && *facts->sasl_username);
+	bool verified = facts->sender_verified || account_keyed;
 
 	txn->whitelisted = WHITELIST_NONE;
 	txn->sender_whitelisted = WHITELIST_NONE;
@@ -231,7 +233,8 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 	memset(txn, 0, offsetof(decide_txn, buf));
 	txn->buflen = 0;
 	prepare_sender(facts, txn);
-	prepare_whitelist(policy, facts, txn);
+	const char *sasl = txn_key(txn, key_sasl, facts->sasl_username);
+	prepare_whitelist(policy, facts, sasl != NULL, txn);
 	/* A whitelisted sender's own keys are never looked up nor recorded. */
 	bool have_sender =
 	    !txn->null_sender && !txn->sender_invalid && txn->sender_whitelisted == WHITELIST_NONE;
@@ -247,7 +250,7 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 		k.sender = txn_key(txn, key_sender, txn->sender);
 		k.domain = txn_key(txn, key_domain, txn->sender);
 	}
-	k.sasl = txn_key(txn, key_sasl, facts->sasl_username);
+	k.sasl = sasl;
 	if (!txn->sender_trusted)
 		k.helo = txn_key(txn, key_helo, facts->helo);
 

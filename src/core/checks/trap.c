@@ -24,14 +24,26 @@ typedef struct trap_scratch {
 _Static_assert(sizeof(trap_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for trap");
 
 /*
- * A whitelisted network, or a trusted sender with nothing to record: the
- * hit changes nothing. A trusted sender's SASL account is still recorded
- * when blocklist.keys has it: a trap hit from an account is how a stolen
- * password shows, whatever MAIL FROM it writes.
+ * A whitelisted network: the hit changes nothing. A trusted sender's hit
+ * records its SASL account when blocklist.keys has it (a trap hit from an
+ * account is how a stolen password shows, whatever MAIL FROM it writes),
+ * and its trap copy gets traps.action, but never the whole message
+ * (see one_copy_only).
  */
 static bool exempt(const decide_txn *txn)
 {
-	return txn->whitelisted != WHITELIST_NONE || (txn->sender_trusted && txn->nrecord == 0);
+	return txn->whitelisted != WHITELIST_NONE;
+}
+
+/*
+ * on_mixed discard-all drops a message that went to a trap, real
+ * recipients' copies too. A trusted sender may put a trap in Cc: when a
+ * stranger's message put it in the thread it replies to, so its message
+ * only ever loses the trap copies.
+ */
+static bool one_copy_only(const decide_policy *policy, const decide_txn *txn)
+{
+	return policy->on_mixed == ON_MIXED_DELIVER_OTHERS || (txn && txn->sender_trusted);
 }
 
 static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, query *q)
@@ -72,7 +84,7 @@ static size_t trap_needs(const void *conf, const check_ctx *ctx, void *scratch, 
 	return n;
 }
 
-static void action_verdict(const decide_policy *policy, decide_front front, check_verdict *v)
+static void action_verdict(const decide_policy *policy, const check_ctx *ctx, check_verdict *v)
 {
 	switch (policy->action) {
 	case TRAP_ACTION_ACCEPT:
@@ -84,10 +96,10 @@ static void action_verdict(const decide_policy *policy, decide_front front, chec
 	case TRAP_ACTION_DISCARD:
 		break;
 	}
-	if (front == DECIDE_FRONT_MILTER)
+	if (ctx->facts->front == DECIDE_FRONT_MILTER)
 		check_verdict_set(v, DECIDE_DROP_COPY, "trap", NULL);
 	/* A policy server cannot drop one copy of a message (SPEC "Replies"). */
-	else if (policy->on_mixed == ON_MIXED_DISCARD_ALL)
+	else if (!one_copy_only(policy, ctx->txn))
 		check_verdict_set(v, DECIDE_DISCARD, "trap", &REPLY_TRAP_DISCARD);
 	else
 		check_verdict_set(v, DECIDE_REJECT, "trap", &REPLY_TRAP_UNKNOWN);
@@ -169,7 +181,7 @@ static void decide_rcpt(const decide_policy *policy, const check_ctx *ctx, const
 		hit_detail(v, s->trap, NULL, 0);
 		return;
 	}
-	action_verdict(policy, ctx->facts->front, v);
+	action_verdict(policy, ctx, v);
 	if (txn->nrecord == 0) {
 		if (txn->null_sender) /* a bounce comes from an innocent server (traps.null_sender) */
 			check_detail_add(v, " trap=%s blocklisted=none (null sender)", s->trap);
@@ -199,11 +211,13 @@ static void decide_rcpt(const decide_policy *policy, const check_ctx *ctx, const
 }
 
 /* Milter end of message: drop the trap copies, or the message when only traps remain. */
-static void decide_eom(const decide_policy *policy, const check_msg *msg, check_verdict *v)
+static void decide_eom(const decide_policy *policy, const check_ctx *ctx, check_verdict *v)
 {
+	const check_msg *msg = ctx->msg;
+
 	if (msg->ntraps == 0)
 		return;
-	if (msg->nothers == 0 || policy->on_mixed == ON_MIXED_DISCARD_ALL)
+	if (msg->nothers == 0 || !one_copy_only(policy, ctx->txn))
 		check_verdict_set(v, DECIDE_DISCARD, "end-of-message", NULL);
 	else
 		check_verdict_set(v, DECIDE_DROP_COPY, "end-of-message", NULL);
@@ -213,7 +227,7 @@ static void trap_decide(const void *conf, const check_ctx *ctx, void *scratch, c
                         size_t nanswers, check_verdict *v, check_effects *eff)
 {
 	if (ctx->stage == CHECK_STAGE_EOM)
-		decide_eom(conf, ctx->msg, v);
+		decide_eom(conf, ctx, v);
 	else
 		decide_rcpt(conf, ctx, scratch, answers, nanswers, v, eff);
 }
