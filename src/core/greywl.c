@@ -559,24 +559,25 @@ int greywl_add_recipient(greywl *wl, const char *entry, const char *source, char
 
 /* ---- matching ---- */
 
-static bool report(const wl_entry *e, char *why, size_t whylen)
+static void report(const wl_entry *e, char *why, size_t whylen)
 {
 	if (why != NULL && whylen > 0)
 		snprintf(why, whylen, "%s", e->label);
-	return true;
 }
 
-/* A match-limit error or no memory for match data is no match: a whitelist never errs towards passing. */
-static bool regex_hit(const greywl *wl, const wl_entry *e, const char *subject, size_t len)
+/*
+ * A match-limit error, or no memory for match data, is no match: a
+ * whitelist never errs towards passing. *md is made on the first regex a
+ * lookup tries and freed by the caller.
+ */
+static bool regex_hit(const greywl *wl, const wl_entry *e, const char *subject, size_t len,
+                      pcre2_match_data **md)
 {
-	pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-	int rc;
-
-	if (md == NULL)
+	if (*md == NULL)
+		*md = pcre2_match_data_create(1, NULL);
+	if (*md == NULL)
 		return false;
-	rc = pcre2_match(e->code, (PCRE2_SPTR)subject, len, 0, 0, md, wl->mctx);
-	pcre2_match_data_free(md);
-	return rc >= 0;
+	return pcre2_match(e->code, (PCRE2_SPTR)subject, len, 0, 0, *md, wl->mctx) >= 0;
 }
 
 /*
@@ -621,27 +622,28 @@ bool greywl_match_client(const greywl *wl, const char *client_address, const cha
 {
 	char name[GREYWL_HOST_MAX + 1];
 	size_t namelen = 0;
-	bool have_name, have_ip;
+	bool have_name, have_ip, hit = false;
+	pcre2_match_data *md = NULL;
 	addr_ip ip;
 
 	if (wl == NULL)
 		return false;
 	have_name = client_name_normalise(client_name, name, sizeof(name), &namelen);
 	have_ip = client_address != NULL && addr_ip_parse(client_address, &ip);
-	for (size_t i = 0; i < wl->clients.n; i++) {
+	for (size_t i = 0; i < wl->clients.n && !hit; i++) {
 		const wl_entry *e = &wl->clients.v[i];
-		bool hit = false;
 
 		if (e->kind == ENTRY_HOST)
 			hit = have_name && host_hit(name, namelen, e->domain);
 		else if (e->kind == ENTRY_NET)
 			hit = have_ip && addr_net_contains(&e->net, &ip);
 		else if (e->kind == ENTRY_REGEX)
-			hit = have_name && regex_hit(wl, e, name, namelen);
+			hit = have_name && regex_hit(wl, e, name, namelen, &md);
 		if (hit)
-			return report(e, why, whylen);
+			report(e, why, whylen);
 	}
-	return false;
+	pcre2_match_data_free(md);
+	return hit;
 }
 
 /*
@@ -670,14 +672,15 @@ static const char *after_user(const char *r, size_t rlen, const char *user)
 	return *p == '@' ? p + 1 : NULL;
 }
 
-static bool recipient_hit(const greywl *wl, const wl_entry *e, const char *r, size_t rlen)
+static bool recipient_hit(const greywl *wl, const wl_entry *e, const char *r, size_t rlen,
+                          pcre2_match_data **md)
 {
 	const char *rest;
 	size_t d = e->domain != NULL ? strlen(e->domain) : 0;
 
 	switch (e->kind) {
 	case ENTRY_REGEX:
-		return regex_hit(wl, e, r, rlen);
+		return regex_hit(wl, e, r, rlen, md);
 	case ENTRY_RCPT_ADDRESS:
 		rest = after_user(r, rlen, e->user);
 		return rest != NULL && strlen(rest) == d && caseless_eq(rest, e->domain, d);
@@ -696,14 +699,18 @@ static bool recipient_hit(const greywl *wl, const wl_entry *e, const char *r, si
 
 bool greywl_match_recipient(const greywl *wl, const char *recipient, char *why, size_t whylen)
 {
+	pcre2_match_data *md = NULL;
+	bool hit = false;
 	size_t rlen;
 
 	if (wl == NULL || recipient == NULL || recipient[0] == '\0')
 		return false;
 	rlen = strlen(recipient);
-	for (size_t i = 0; i < wl->recipients.n; i++) {
-		if (recipient_hit(wl, &wl->recipients.v[i], recipient, rlen))
-			return report(&wl->recipients.v[i], why, whylen);
+	for (size_t i = 0; i < wl->recipients.n && !hit; i++) {
+		hit = recipient_hit(wl, &wl->recipients.v[i], recipient, rlen, &md);
+		if (hit)
+			report(&wl->recipients.v[i], why, whylen);
 	}
-	return false;
+	pcre2_match_data_free(md);
+	return hit;
 }
