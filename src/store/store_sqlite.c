@@ -1196,27 +1196,37 @@ static int record_one(conn *c, const char *key, const store_hit *hit)
 	return step_done(stmt);
 }
 
-static store_status sqlite_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
-                                  const store_hit *hit)
+/*
+ * One write turn and transaction around fn(c, ctx): BEGIN, fn, COMMIT, or
+ * ROLLBACK when anything failed; "what" names it in error messages. The
+ * absent-key filter hears of it: keys[] are the blocklist keys the
+ * transaction may have created (none for sets, records and buckets, which
+ * leave the filter valid).
+ */
+static store_status write_txn(store_backend_impl *s, const char *what, int (*fn)(conn *c, void *ctx),
+                              void *ctx, const char *const *keys, size_t nkeys)
 {
-	conn *c = acquire(s, FOR_WRITE, "record");
+	conn *c = acquire(s, FOR_WRITE, what);
 	store_status rc = STORE_OK;
 	sqlite_filter_write fw;
 	sqlite3_int64 changes;
+	char step[64];
 
 	if (!c)
 		return STORE_ERROR;
 	if (step_done(c->stmt[ST_BEGIN]) < 0) {
-		rc = db_error(s, c, "record: begin");
+		snprintf(step, sizeof(step), "%s: begin", what);
+		rc = db_error(s, c, step);
 		goto out;
 	}
 	sqlite_filter_write_begin(s->filter, &fw);
 	changes = sqlite3_total_changes64(c->db);
-	for (size_t i = 0; i < nkeys && rc == STORE_OK; i++)
-		if (record_one(c, keys[i], hit) < 0)
-			rc = db_error(s, c, "record");
-	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
-		rc = db_error(s, c, "record: commit");
+	if (fn(c, ctx) < 0)
+		rc = db_error(s, c, what);
+	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0) {
+		snprintf(step, sizeof(step), "%s: commit", what);
+		rc = db_error(s, c, step);
+	}
 	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
 		step_done(c->stmt[ST_ROLLBACK]);
 	/* Committed, and with rows changed: a commit that changed nothing writes nothing to the log. */
@@ -1226,6 +1236,30 @@ out:
 	wrote(c);
 	release(s, c, FOR_WRITE);
 	return rc;
+}
+
+typedef struct record_args {
+	const char *const *keys;
+	size_t nkeys;
+	const store_hit *hit;
+} record_args;
+
+static int record_all(conn *c, void *ctx)
+{
+	const record_args *a = ctx;
+
+	for (size_t i = 0; i < a->nkeys; i++)
+		if (record_one(c, a->keys[i], a->hit) < 0)
+			return -1;
+	return 0;
+}
+
+static store_status sqlite_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                                  const store_hit *hit)
+{
+	record_args a = {keys, nkeys, hit};
+
+	return write_txn(s, "record", record_all, &a, keys, nkeys);
 }
 
 /*
@@ -1264,35 +1298,26 @@ static int distinct_step(conn *c, const char *set, const char *member, int64_t n
 	return step_done(add);
 }
 
-/* One write transaction; it reports itself to the filter (no blocklist key), which then stays valid. */
+typedef struct distinct_args {
+	const char *set, *member;
+	int64_t now, window;
+	uint64_t limit;
+	uint64_t *count;
+} distinct_args;
+
+static int distinct_all(conn *c, void *ctx)
+{
+	distinct_args *a = ctx;
+
+	return distinct_step(c, a->set, a->member, a->now, a->now + a->window, a->limit, a->count);
+}
+
 static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
                                         int64_t now, int64_t window, uint64_t limit, uint64_t *count)
 {
-	conn *c = acquire(s, FOR_WRITE, "distinct");
-	store_status rc = STORE_OK;
-	sqlite_filter_write fw;
-	sqlite3_int64 changes;
+	distinct_args a = {set, member, now, window, limit, count};
 
-	if (!c)
-		return STORE_ERROR;
-	if (step_done(c->stmt[ST_BEGIN]) < 0) {
-		rc = db_error(s, c, "distinct: begin");
-		goto out;
-	}
-	sqlite_filter_write_begin(s->filter, &fw);
-	changes = sqlite3_total_changes64(c->db);
-	if (distinct_step(c, set, member, now, now + window, limit, count) < 0)
-		rc = db_error(s, c, "distinct");
-	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
-		rc = db_error(s, c, "distinct: commit");
-	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
-		step_done(c->stmt[ST_ROLLBACK]);
-	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK && sqlite3_total_changes64(c->db) > changes,
-	                        NULL, 0);
-out:
-	wrote(c);
-	release(s, c, FOR_WRITE);
-	return rc;
+	return write_txn(s, "distinct", distinct_all, &a, NULL, 0);
 }
 
 /* Inside the write transaction: read the live record, then do the op. */
@@ -1377,35 +1402,24 @@ static int counter_step(conn *c, query *q)
 	return step_done(put);
 }
 
-/* One write transaction, as sqlite_distinct_add: no blocklist key, so the filter stays valid. */
+typedef struct query_args {
+	query *q;
+	int (*fn)(conn *c, query *q);
+} query_args;
+
+static int query_step(conn *c, void *ctx)
+{
+	query_args *a = ctx;
+
+	return a->fn(c, a->q);
+}
+
 static store_status sqlite_small_write(store_backend_impl *s, query *q, int (*fn)(conn *c, query *q),
                                        const char *what)
 {
-	conn *c = acquire(s, FOR_WRITE, what);
-	store_status rc = STORE_OK;
-	sqlite_filter_write fw;
-	sqlite3_int64 changes;
+	query_args a = {q, fn};
 
-	if (!c)
-		return STORE_ERROR;
-	if (step_done(c->stmt[ST_BEGIN]) < 0) {
-		rc = db_error(s, c, what);
-		goto out;
-	}
-	sqlite_filter_write_begin(s->filter, &fw);
-	changes = sqlite3_total_changes64(c->db);
-	if (fn(c, q) < 0)
-		rc = db_error(s, c, what);
-	if (rc == STORE_OK && step_done(c->stmt[ST_COMMIT]) < 0)
-		rc = db_error(s, c, what);
-	if (rc != STORE_OK && !sqlite3_get_autocommit(c->db))
-		step_done(c->stmt[ST_ROLLBACK]);
-	sqlite_filter_write_end(s->filter, &fw, rc == STORE_OK && sqlite3_total_changes64(c->db) > changes,
-	                        NULL, 0);
-out:
-	wrote(c);
-	release(s, c, FOR_WRITE);
-	return rc;
+	return write_txn(s, what, query_step, &a, NULL, 0);
 }
 
 static store_status sqlite_kv(store_backend_impl *s, query *q)
