@@ -83,6 +83,8 @@ static struct norm_case norm_cases[] = {
     {"domain digits kept", "user@123.example.com", "+", "user@123.example.com", "user@123.example.com", NULL},
     {"extension before digits", "bounces+12345-67@lists.example", "+", "bounces@lists.example",
      "bounces@lists.example", NULL},
+    {"digit words joined stay apart", "20261205-123456@example.com", "+", "#-#@example.com",
+     "#-#@example.com", NULL},
     {"hex run", "msg-a1b2c3d4e5@example.com", "+", "msg-#@example.com", "msg-a1b2c3d4e5@example.com",
      "hex runs"},
     {"hex letters only kept", "msg-deadbeef@example.com", "+", "msg-deadbeef@example.com",
