@@ -97,6 +97,16 @@ static bool srs0_fields(const char *s, size_t len, size_t *dom, size_t *domlen, 
 	return true;
 }
 
+/* srs0_fields at offset at of s, positions relative to s. */
+static bool srs0_fields_at(const char *s, size_t len, size_t at, size_t *dom, size_t *domlen, size_t *loc)
+{
+	if (!srs0_fields(s + at, len - at, dom, domlen, loc))
+		return false;
+	*dom += at;
+	*loc += at;
+	return true;
+}
+
 /*
  * A raw SRS0 or SRS1 local part, or a key made from one ("srs=D=L", L may
  * be empty): where the original domain and local part are.
@@ -114,7 +124,7 @@ static bool srs_parse(const char *s, size_t len, size_t *dom, size_t *domlen, si
 	if (len < 6 || memcmp(s, "srs", 3) != 0 || !is_srs_sep(s[4]))
 		return false;
 	if (s[3] == '0')
-		return srs0_fields(s + 5, len - 5, dom, domlen, loc) && (*dom += 5, *loc += 5, true);
+		return srs0_fields_at(s, len, 5, dom, domlen, loc);
 	if (s[3] != '1')
 		return false;
 	/* SRS1=HASH=FIRSTHOP=<sep>HASH=TT=DOMAIN=LOCAL: the SRS0 part after FIRSTHOP= */
@@ -124,8 +134,7 @@ static bool srs_parse(const char *s, size_t len, size_t *dom, size_t *domlen, si
 	p += find(s + p, len - p, '=');
 	if (p + 2 >= len || s[p - 1] == '=' || !is_srs_sep(s[p + 1]))
 		return false;
-	p += 2;
-	return srs0_fields(s + p, len - p, dom, domlen, loc) && (*dom += p, *loc += p, true);
+	return srs0_fields_at(s, len, p + 2, dom, domlen, loc);
 }
 
 /* ---- BATV, extension, digits ---- */
