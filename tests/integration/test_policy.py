@@ -630,7 +630,7 @@ class TestLimits(unittest.TestCase):
                 for _ in range(3):
                     new.append(sh.PolicyClient(d.policy_address("sender")))
                     self.assertEqual(new[-1].check(), "DUNNO")
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 3
                 while d.count_log(r"to make room for a new one", since=burst) < 3 and time.monotonic() < deadline:
                     time.sleep(0.05)
 
@@ -641,8 +641,10 @@ class TestLimits(unittest.TestCase):
                         return "closed"
 
                 answers = [answer(c) for c in old]
-                # workers that close one at the same moment: at worst one more than needed
-                self.assertIn(answers.count("closed"), (3, 4), answers)
+                # Soft limit: workers that close one at the same moment close at worst one more
+                # than needed, and a worker whose candidate is in the batch it is handling lets
+                # the daemon stay one over (EVICT_SLACK) rather than close a busy connection.
+                self.assertIn(answers.count("closed"), (2, 3, 4), answers)
                 self.assertEqual([c.check() for c in new], ["DUNNO"] * 3)
                 self.assertEqual(d.count_log(r"closing the least recently active ones", since=mark), 1,
                                  "one line for the burst")
