@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "core/addr.h"
+#include "core/greystep.h"
 
 #define QUERY_KEY_MAX 600
 #define QUERY_FIELD_MAX 600
@@ -49,6 +50,13 @@ typedef enum {
 	QUERY_KV,
 	/* A GCRA bucket per ns + key: charge cost units if the rate allows. Times in ms, as QUERY_KV. */
 	QUERY_COUNTER,
+	/*
+	 * One greylisting attempt of a triplet (core/greystep.h), read and
+	 * written atomically in the store's clock (Redis: TIME): the one
+	 * query a check asks that writes, so the greylist check asks it only
+	 * once every check before it let the recipient through (check_def.late).
+	 */
+	QUERY_GREYLIST,
 } query_kind;
 
 typedef enum {
@@ -125,6 +133,28 @@ typedef struct query {
 			int64_t retry_after_ms; /* refused: when the same cost would be allowed */
 			uint64_t remaining;     /* units that could be spent now, after this call */
 		} counter;
+		struct {
+			/*
+			 * The triplet's key ("192.0.2.0/24/sender-key/recipient") and its
+			 * client's auto-whitelist key ("192.0.2.7" or "192.0.2.0/24"; NULL: no
+			 * auto-whitelist); each 1 to QUERY_KEY_MAX - 1 bytes, in namespaces of
+			 * their own.
+			 */
+			const char *triplet, *awl;
+			greystep_params params;
+			int64_t now_ms; /* SQLite's clock; Redis reads its own */
+			/*
+			 * SQLite: the most triplets kept (0: no cap). At the cap a new triplet is
+			 * not recorded and passes (answer.result GREYSTEP_PASS, capped true): an
+			 * attacker filling the table turns greylisting off for new triplets, never
+			 * into lost or delayed mail, and costs bounded disk.
+			 */
+			uint64_t max_triplets;
+			/* On QUERY_OK: the step's outcome, in the store's clock (now_ms filled by Redis too).
+			 */
+			greystep_out answer;
+			bool capped;
+		} grey;
 	} u;
 } query;
 

@@ -546,6 +546,9 @@ static void run_one(store *st, query *q, int64_t now)
 	case QUERY_COUNTER:
 		q->status = query_status_of(store_counter(st, q));
 		return;
+	case QUERY_GREYLIST:
+		q->status = query_status_of(store_greylist(st, q));
+		return;
 	}
 	store_set_error("unknown query kind %d", (int)q->kind);
 	q->status = QUERY_ERROR;
@@ -604,6 +607,13 @@ static store_status run_batch(store *st, query *q, size_t nq)
 	free(todo);
 	free(from);
 	return rc;
+}
+
+store_status store_greylist(store *st, query *q)
+{
+	(void)st;
+	(void)q;
+	return store_set_error("greylisting is not in this store yet"); /* the store item of issue 13 */
 }
 
 store_status store_run(store *st, query *q, size_t nq, int64_t now)

@@ -181,6 +181,17 @@ store_status store_kv(store *st, query *q);
 store_status store_counter(store *st, query *q);
 
 /*
+ * One greylisting attempt (a QUERY_GREYLIST query, core/greystep.h): read
+ * the triplet and the client's auto-whitelist record, run greystep_run in
+ * the store's clock and write what it says, atomically (SQLite: one
+ * transaction with q->u.grey.now_ms; Redis: one script with TIME, which
+ * also fills q->u.grey.now_ms). Fills q->u.grey.answer. Triplets and
+ * auto-whitelist records live in namespaces of their own; expired ones are
+ * dropped by store_greylist_purge (SQLite) or by Redis itself.
+ */
+store_status store_greylist(store *st, query *q);
+
+/*
  * Round trips the store's scripts took so far (Redis: EVALSHA and EVAL
  * sent and waited for, a pipelined batch counting one), so that tests can
  * see that store_run batches; 0 for a backend without round trips.
