@@ -287,8 +287,16 @@ void engine_msg_end(engine_msg *m)
  * workers share it without a lock. Direct-mapped: a newer message takes
  * the slot of an older one, which is then judged as if new.
  */
-enum { MSG_TRAP_HIT = 1u << 0, MSG_LISTED_BEFORE = 1u << 1, MSG_FLAG_BITS = 16 };
+enum {
+	MSG_TRAP_HIT = 1u << 0,
+	MSG_LISTED_BEFORE = 1u << 1,
+	MSG_GREY_DEFER_DATA = 1u << 2,
+	MSG_GREY_HEADER_DONE = 1u << 3,
+	MSG_GREY_REMAINING_SHIFT = 4,
+	MSG_FLAG_BITS = 32
+};
 #define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
+#define MSG_GREY_REMAINING_MAX ((UINT32_C(1) << (MSG_FLAG_BITS - MSG_GREY_REMAINING_SHIFT)) - 1)
 
 static uint64_t instance_tag(const char *instance)
 {
@@ -308,15 +316,26 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 		return;
 	m->state.trap_hit = slot & MSG_TRAP_HIT;
 	m->state.listed_before = slot & MSG_LISTED_BEFORE;
+	m->state.grey_defer_data = slot & MSG_GREY_DEFER_DATA;
+	m->state.grey_header_done = slot & MSG_GREY_HEADER_DONE;
+	m->state.grey_remaining = (uint32_t)((slot & ~MSG_TAG_MASK) >> MSG_GREY_REMAINING_SHIFT);
 }
 
 void engine_msg_remember(const engine_msg *m, const char *instance)
 {
-	if (!instance || !*instance || !m->snap || !m->state.trap_hit)
+	const check_msg *st = &m->state;
+	uint32_t remaining =
+	    st->grey_remaining < MSG_GREY_REMAINING_MAX ? st->grey_remaining : MSG_GREY_REMAINING_MAX;
+
+	if (!instance || !*instance || !m->snap ||
+	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done))
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot =
-	    (tag & MSG_TAG_MASK) | MSG_TRAP_HIT | (m->state.listed_before ? MSG_LISTED_BEFORE : 0);
+	uint64_t slot = (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
+	                (st->listed_before ? MSG_LISTED_BEFORE : 0) |
+	                (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
+	                (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) |
+	                ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
 	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
 	                      memory_order_relaxed);
 }
@@ -449,7 +468,10 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
 		note_health(snap->eng, run->q, run->nq);
 	}
-	pipeline_decide(p, run);
+	for (size_t from; pipeline_decide(p, run, &from);) {
+		store_run(snap->ss->st, run->q + from, run->nq - from, run->ctx.now);
+		note_health(snap->eng, run->q + from, run->nq - from);
+	}
 	apply_effects(snap, run);
 	log_stage(p, run, facts);
 	m->state = run->msg;

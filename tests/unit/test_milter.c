@@ -45,6 +45,7 @@ struct smfi_str {
 	size_t ndeleted;
 	char symlist[8][64];
 	bool fail_delrcpt;
+	char header[300]; /* "index name: value" of the last insheader */
 };
 
 static void *fake_getpriv(SMFICTX *ctx)
@@ -88,6 +89,12 @@ static int fake_setsymlist(SMFICTX *ctx, int stage, const char *macros)
 	return MI_SUCCESS;
 }
 
+static int fake_insheader(SMFICTX *ctx, int index, const char *name, const char *value)
+{
+	snprintf(ctx->header, sizeof(ctx->header), "%d %s: %s", index, name, value);
+	return MI_SUCCESS;
+}
+
 static const milter_shim fake_shim = {
     .getpriv = fake_getpriv,
     .setpriv = fake_setpriv,
@@ -95,6 +102,7 @@ static const milter_shim fake_shim = {
     .setreply = fake_setreply,
     .delrcpt = fake_delrcpt,
     .setsymlist = fake_setsymlist,
+    .insheader = fake_insheader,
 };
 
 /* Define a macro for the following steps; the fake owns a copy of the name. */
