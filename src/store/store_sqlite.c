@@ -29,6 +29,7 @@
  * store_distinct_add. Version 4 has the typed keys of core/key.h: opening
  * an older file rewrites the few keys that changed (see schema_typed_keys).
  * Version 5 adds kv_records and counters (store_kv, store_counter).
+ * Version 6 adds the greylist's tables (store_greylist, see greylist_sql).
  * Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
@@ -80,7 +81,7 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
@@ -108,6 +109,17 @@ enum {
 	ST_CTR_GET,
 	ST_CTR_PUT,
 	ST_CTR_PURGE,
+	ST_GREY_GET,
+	ST_GREY_PUT,
+	ST_GREY_DELETE,
+	ST_GREY_PURGE,
+	ST_GREY_COUNT,
+	ST_GREY_FOREACH,
+	ST_AWL_GET,
+	ST_AWL_PUT,
+	ST_AWL_DELETE,
+	ST_AWL_PURGE,
+	ST_AWL_FOREACH,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -200,6 +212,22 @@ static const char schema_kv_sql[] =
     "CREATE INDEX IF NOT EXISTS counters_tat ON counters (tat);";
 
 /*
+ * Version 6 adds the greylist (store_greylist): its triplets and its
+ * auto-whitelisted clients, one row each under its key, times in ms of
+ * this host's clock, and an index on expiry for the purge (which only the
+ * host with greylist.maintenance runs). A row past expires_ms is never
+ * read as live. WITHOUT ROWID: the key is the row's only lookup and is
+ * stored once in the table (and once more in the expiry index).
+ */
+static const char schema_greylist_sql[] =
+    "CREATE TABLE IF NOT EXISTS greylist_triplets (key TEXT PRIMARY KEY NOT NULL,"
+    " first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS greylist_triplets_expires ON greylist_triplets (expires_ms);"
+    "CREATE TABLE IF NOT EXISTS greylist_awl (key TEXT PRIMARY KEY NOT NULL,"
+    " count INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS greylist_awl_expires ON greylist_awl (expires_ms);";
+
+/*
  * The upgrade steps: schema_steps[v] brings a file of version v to
  * v + 1, and schema_create sets the version after each, so that every
  * step stands alone and a new one is one more entry.
@@ -212,11 +240,9 @@ typedef struct schema_step {
 	int (*run)(sqlite3 *db, const char *path, char *err, size_t errlen);
 } schema_step;
 
-static const schema_step schema_steps[] = {{schema_v1_sql, NULL},
-                                           {schema_v2_sql, NULL},
-                                           {schema_distinct_sql, NULL},
-                                           {NULL, schema_typed_keys},
-                                           {schema_kv_sql, NULL}};
+static const schema_step schema_steps[] = {{schema_v1_sql, NULL},       {schema_v2_sql, NULL},
+                                           {schema_distinct_sql, NULL}, {NULL, schema_typed_keys},
+                                           {schema_kv_sql, NULL},       {schema_greylist_sql, NULL}};
 _Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
                "one upgrade step per schema version");
 
@@ -281,6 +307,26 @@ static const char *const fixed_sql[ST_COUNT] = {
                    " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_GREY_GET] = "SELECT first_ms, last_ms, expires_ms FROM greylist_triplets WHERE key = ?1",
+    [ST_GREY_PUT] =
+        "INSERT INTO greylist_triplets (key, first_ms, last_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)"
+        " ON CONFLICT (key) DO UPDATE SET first_ms = excluded.first_ms,"
+        " last_ms = excluded.last_ms, expires_ms = excluded.expires_ms",
+    [ST_GREY_DELETE] = "DELETE FROM greylist_triplets WHERE key = ?1",
+    [ST_GREY_PURGE] = "DELETE FROM greylist_triplets WHERE key IN (SELECT key FROM greylist_triplets"
+                      " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_GREY_COUNT] = "SELECT count(*) FROM greylist_triplets",
+    [ST_GREY_FOREACH] = "SELECT key, first_ms, last_ms, expires_ms FROM greylist_triplets"
+                        " WHERE expires_ms > ?1 ORDER BY key",
+    [ST_AWL_GET] = "SELECT count, last_ms, expires_ms FROM greylist_awl WHERE key = ?1",
+    [ST_AWL_PUT] = "INSERT INTO greylist_awl (key, count, last_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT (key) DO UPDATE SET count = excluded.count, last_ms = excluded.last_ms,"
+                   " expires_ms = excluded.expires_ms",
+    [ST_AWL_DELETE] = "DELETE FROM greylist_awl WHERE key = ?1",
+    [ST_AWL_PURGE] = "DELETE FROM greylist_awl WHERE key IN (SELECT key FROM greylist_awl"
+                     " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_AWL_FOREACH] = "SELECT key, count, last_ms, expires_ms FROM greylist_awl WHERE expires_ms > ?1"
+                       " ORDER BY key",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -319,6 +365,13 @@ struct store_backend_impl {
 	conn conns[POOL_SIZE];
 	sqlite_filter *filter;           /* answers most misses without SQLite */
 	_Atomic uint64_t filter_answers; /* lookups it answered alone: store_filter_answers */
+	/*
+	 * The greylist_triplets rows, an estimate for the max_triplets cap:
+	 * counted at the first capped call and after each purge, adjusted by
+	 * this process's inserts and deletes between them (another process's
+	 * are not seen until the next count). -1: not counted yet.
+	 */
+	_Atomic int64_t grey_rows;
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -820,6 +873,7 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 		return NULL;
 	}
 	pthread_mutex_init(&s->lock, NULL);
+	atomic_init(&s->grey_rows, -1);
 	monotonic_cond_init(&s->freed);
 	monotonic_cond_init(&s->turned);
 	if (create_file(s->path, err, errlen) < 0) {
@@ -1432,6 +1486,265 @@ static store_status sqlite_counter(store_backend_impl *s, query *q)
 	return sqlite_small_write(s, q, counter_step, "counter");
 }
 
+/* --- the greylist -------------------------------------------------------- */
+
+static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt, const char *what,
+                              uint64_t *changes);
+static store_status purge_chunks(store_backend_impl *s, int stmt, int64_t now, uint64_t *purged);
+
+/* The three numbers of a greylist row by key (ST_GREY_GET, ST_AWL_GET): 1 found, 0 none, -1 error. */
+static int grey_read(conn *c, int stmt, const char *key, int64_t v[3])
+{
+	sqlite3_stmt *get = c->stmt[stmt];
+	int step;
+
+	sqlite3_bind_text(get, 1, key, -1, SQLITE_STATIC);
+	step = sqlite3_step(get);
+	if (step == SQLITE_ROW)
+		for (int i = 0; i < 3; i++)
+			v[i] = sqlite3_column_int64(get, i);
+	done(get);
+	return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
+}
+
+/* Create or replace a greylist row (ST_GREY_PUT, ST_AWL_PUT). */
+static int grey_write(conn *c, int stmt, const char *key, int64_t a, int64_t b, int64_t expires)
+{
+	sqlite3_stmt *put = c->stmt[stmt];
+
+	sqlite3_bind_text(put, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(put, 2, a);
+	sqlite3_bind_int64(put, 3, b);
+	sqlite3_bind_int64(put, 4, expires);
+	return step_done(put);
+}
+
+static int grey_count(conn *c, int64_t *rows)
+{
+	sqlite3_stmt *count = c->stmt[ST_GREY_COUNT];
+	int step = sqlite3_step(count);
+
+	if (step == SQLITE_ROW)
+		*rows = sqlite3_column_int64(count, 0);
+	done(count);
+	return step == SQLITE_ROW ? 0 : -1;
+}
+
+/* Holds the table max triplets or more, by the estimate (counted now when it is not yet)? */
+static int grey_full(store_backend_impl *s, conn *c, uint64_t max, bool *full)
+{
+	int64_t rows = atomic_load(&s->grey_rows);
+
+	*full = false;
+	if (max == 0)
+		return 0;
+	if (rows < 0) {
+		if (grey_count(c, &rows) < 0)
+			return -1;
+		atomic_store(&s->grey_rows, rows);
+	}
+	*full = (uint64_t)rows >= max;
+	return 0;
+}
+
+typedef struct grey_args {
+	store_backend_impl *s;
+	query *q;
+	bool inserted; /* a triplet row was added */
+} grey_args;
+
+/* What greystep_run says, written back; at the cap a triplet with no row passes unrecorded. */
+static int grey_apply(grey_args *a, conn *c, bool had_row)
+{
+	query *q = a->q;
+	const greystep_out *out = &q->u.grey.answer;
+	bool full = false;
+
+	if (out->write_triplet && !had_row) {
+		if (grey_full(a->s, c, q->u.grey.max_triplets, &full) < 0)
+			return -1;
+		if (full) {
+			memset(&q->u.grey.answer, 0, sizeof(q->u.grey.answer));
+			q->u.grey.answer.result = GREYSTEP_PASS;
+			q->u.grey.capped = true;
+			return 0;
+		}
+	}
+	if (out->write_triplet && grey_write(c, ST_GREY_PUT, q->u.grey.triplet, out->triplet.first_ms,
+	                                     out->triplet.last_ms, out->triplet_expires_ms) < 0)
+		return -1;
+	if (out->write_triplet && !had_row) {
+		a->inserted = true;
+		if (atomic_load(&a->s->grey_rows) >= 0)
+			atomic_fetch_add(&a->s->grey_rows, 1);
+	}
+	if (out->write_awl && q->u.grey.awl &&
+	    grey_write(c, ST_AWL_PUT, q->u.grey.awl, (int64_t)out->awl.count, out->awl.last_ms,
+	               out->awl_expires_ms) < 0)
+		return -1;
+	return 0;
+}
+
+/* Inside the write transaction: the rows live at now (an expired row reads as none), the step, its writes. */
+static int grey_step(conn *c, void *ctx)
+{
+	grey_args *a = ctx;
+	query *q = a->q;
+	int64_t now = q->u.grey.now_ms, t[3], w[3];
+	greystep_triplet trip = {.present = false};
+	greystep_awl awl = {.present = false};
+	int had_row, had_awl = 0;
+
+	if ((had_row = grey_read(c, ST_GREY_GET, q->u.grey.triplet, t)) < 0)
+		return -1;
+	if (had_row && t[2] > now)
+		trip = (greystep_triplet){.present = true, .first_ms = t[0], .last_ms = t[1]};
+	if (q->u.grey.awl && (had_awl = grey_read(c, ST_AWL_GET, q->u.grey.awl, w)) < 0)
+		return -1;
+	if (had_awl && w[2] > now)
+		awl = (greystep_awl){.present = true, .count = (uint64_t)w[0], .last_ms = w[1]};
+	greystep_run(&q->u.grey.params, &trip, q->u.grey.awl ? &awl : NULL, now, &q->u.grey.answer);
+	return grey_apply(a, c, had_row != 0);
+}
+
+static store_status sqlite_greylist(store_backend_impl *s, query *q)
+{
+	grey_args a = {s, q, false};
+	store_status rc = write_txn(s, "greylist", grey_step, &a, NULL, 0);
+
+	/* Rolled back: the row counted is not there. */
+	if (rc != STORE_OK && a.inserted && atomic_load(&s->grey_rows) > 0)
+		atomic_fetch_sub(&s->grey_rows, 1);
+	return rc;
+}
+
+static store_status sqlite_grey_get(store_backend_impl *s, store_grey_kind kind, const char *key,
+                                    store_grey_record *out)
+{
+	conn *c = acquire(s, FOR_READ, "greylist get");
+	int64_t v[3];
+	int found;
+
+	if (!c)
+		return STORE_ERROR;
+	found = grey_read(c, kind == STORE_GREY_TRIPLET ? ST_GREY_GET : ST_AWL_GET, key, v);
+	if (found < 0) {
+		store_status rc = db_error(s, c, "greylist get");
+
+		release(s, c, FOR_READ);
+		return rc;
+	}
+	release(s, c, FOR_READ);
+	if (!found)
+		return STORE_NOTFOUND;
+	out->kind = kind;
+	snprintf(out->key, sizeof(out->key), "%s", key);
+	if (kind == STORE_GREY_TRIPLET)
+		out->first_ms = v[0];
+	else
+		out->count = (uint64_t)v[0];
+	out->last_ms = v[1];
+	out->expires_ms = v[2];
+	return STORE_OK;
+}
+
+static store_status sqlite_grey_remove(store_backend_impl *s, store_grey_kind kind, const char *key)
+{
+	conn *c = acquire(s, FOR_WRITE, "greylist remove");
+	int stmt = kind == STORE_GREY_TRIPLET ? ST_GREY_DELETE : ST_AWL_DELETE;
+	uint64_t changes = 0;
+	store_status rc;
+
+	if (!c)
+		return STORE_ERROR;
+	sqlite3_bind_text(c->stmt[stmt], 1, key, -1, SQLITE_STATIC);
+	rc = run_write(s, c, c->stmt[stmt], "greylist remove", &changes);
+	if (rc == STORE_OK && changes && kind == STORE_GREY_TRIPLET && atomic_load(&s->grey_rows) > 0)
+		atomic_fetch_sub(&s->grey_rows, 1);
+	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
+}
+
+static store_status sqlite_grey_awl_put(store_backend_impl *s, const store_grey_record *r)
+{
+	conn *c = acquire(s, FOR_WRITE, "greylist whitelist");
+	store_status rc = STORE_OK;
+
+	if (!c)
+		return STORE_ERROR;
+	if (grey_write(c, ST_AWL_PUT, r->key, (int64_t)r->count, r->last_ms, r->expires_ms) < 0)
+		rc = db_error(s, c, "greylist whitelist");
+	wrote(c);
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
+/* The live rows of one table (ST_GREY_FOREACH, ST_AWL_FOREACH); 1 when the visitor stopped. */
+static int grey_visit(conn *c, store_grey_kind kind, int64_t now_ms, store_grey_visit_fn fn, void *ctx,
+                      store_grey_record *r)
+{
+	sqlite3_stmt *stmt = c->stmt[kind == STORE_GREY_TRIPLET ? ST_GREY_FOREACH : ST_AWL_FOREACH];
+	int step, stop = 0;
+
+	sqlite3_bind_int64(stmt, 1, now_ms);
+	while (!stop && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(r, 0, sizeof(*r));
+		r->kind = kind;
+		column_copy(stmt, 0, r->key, sizeof(r->key));
+		if (kind == STORE_GREY_TRIPLET)
+			r->first_ms = sqlite3_column_int64(stmt, 1);
+		else
+			r->count = (uint64_t)sqlite3_column_int64(stmt, 1);
+		r->last_ms = sqlite3_column_int64(stmt, 2);
+		r->expires_ms = sqlite3_column_int64(stmt, 3);
+		stop = fn(r, ctx) != 0;
+	}
+	done(stmt);
+	return stop ? 1 : step == SQLITE_DONE ? 0 : -1;
+}
+
+static store_status sqlite_grey_foreach(store_backend_impl *s, int64_t now_ms, store_grey_visit_fn fn,
+                                        void *ctx)
+{
+	store_grey_record *r = malloc(sizeof(*r));
+	store_status rc = STORE_OK;
+	conn *c;
+	int v;
+
+	if (!r)
+		return store_set_error("sqlite %s: greylist list: out of memory", s->path);
+	if (!(c = acquire(s, FOR_READ, "greylist list"))) {
+		free(r);
+		return STORE_ERROR;
+	}
+	v = grey_visit(c, STORE_GREY_TRIPLET, now_ms, fn, ctx, r);
+	if (v == 0)
+		v = grey_visit(c, STORE_GREY_AWL, now_ms, fn, ctx, r);
+	if (v < 0)
+		rc = db_error(s, c, "greylist list");
+	release(s, c, FOR_READ);
+	free(r);
+	return rc;
+}
+
+/* Expired triplets and clients in chunks, each its own write turn; then the triplets counted afresh. */
+static store_status sqlite_grey_purge(store_backend_impl *s, int64_t now_ms, uint64_t *purged)
+{
+	store_status rc = purge_chunks(s, ST_GREY_PURGE, now_ms, purged);
+	int64_t rows = 0;
+	conn *c;
+
+	if (rc == STORE_OK)
+		rc = purge_chunks(s, ST_AWL_PURGE, now_ms, purged);
+	if (rc != STORE_OK || !(c = acquire(s, FOR_READ, "greylist purge")))
+		return STORE_ERROR;
+	if (grey_count(c, &rows) < 0)
+		rc = db_error(s, c, "greylist purge: count");
+	else
+		atomic_store(&s->grey_rows, rows);
+	release(s, c, FOR_READ);
+	return rc;
+}
+
 static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	conn *c = acquire(s, FOR_READ, "get");
@@ -1663,4 +1976,10 @@ const store_ops store_sqlite_ops = {
     .filter_answers = sqlite_filter_answers,
     .kv = sqlite_kv,
     .counter = sqlite_counter,
+    .greylist = sqlite_greylist,
+    .grey_get = sqlite_grey_get,
+    .grey_remove = sqlite_grey_remove,
+    .grey_awl_put = sqlite_grey_awl_put,
+    .grey_foreach = sqlite_grey_foreach,
+    .grey_purge = sqlite_grey_purge,
 };

@@ -1395,7 +1395,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1455,7 +1455,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1603,7 +1603,7 @@ static void test_sqlite_upgrade_0_1_0(void **state)
 	assert_upgraded(st, t);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	assert_netlens("4/24=1");
 	st = open_store(); /* opening again changes nothing */
 	assert_upgraded(st, t);
@@ -2801,7 +2801,7 @@ static void test_sqlite_upgrade_v3(void **state)
 	counter1(st, "young", t * 1000, HOUR_MS, 1, 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	sqlite_cli(
 	    "SELECT name FROM sqlite_master WHERE name LIKE 'kv%' OR name LIKE 'counters%' ORDER BY name",
 	    out, sizeof(out));
@@ -2866,6 +2866,429 @@ static void test_redis_batch_one_round_trip(void **state)
 	store_free(st);
 }
 
+/* --- the greylist (store_greylist and its admin calls) -------------------- */
+
+/*
+ * Both backends run the same steps: SQLite on the times the case gives,
+ * Redis on its own clock, so there the case sleeps instead (short delays:
+ * under a second in all) and asserts only what a slow machine cannot
+ * change (a step well before or well after the delay).
+ */
+#define G_DELAY 200
+#define G_WINDOW 500
+
+static query grey_query(const char *triplet, const char *awl, int64_t now_ms, uint64_t awl_count,
+                        uint64_t max_triplets)
+{
+	query q = {.kind = QUERY_GREYLIST};
+
+	q.u.grey.triplet = triplet;
+	q.u.grey.awl = awl;
+	q.u.grey.now_ms = now_ms;
+	q.u.grey.params = (greystep_params){
+	    .delay_ms = G_DELAY, .retry_window_ms = G_WINDOW, .max_age_ms = HOUR_MS, .awl_count = awl_count};
+	q.u.grey.max_triplets = max_triplets;
+	return q;
+}
+
+static query grey1(store *st, const char *triplet, const char *awl, int64_t now_ms, uint64_t awl_count,
+                   uint64_t max_triplets)
+{
+	query q = grey_query(triplet, awl, now_ms, awl_count, max_triplets);
+
+	if (store_greylist(st, &q) != STORE_OK)
+		fail_msg("store_greylist %s: %s", triplet, store_last_error());
+	return q;
+}
+
+#define assert_grey(q, want) assert_string_equal(greystep_result_name((q).u.grey.answer.result), (want))
+
+/* The case's clock: SQLite's moves when told; Redis's by sleeping. */
+static int64_t grey_wait(int64_t t, int64_t ms)
+{
+	if (B.backend == STORE_BACKEND_REDIS)
+		usleep((useconds_t)ms * 1000);
+	return t + ms;
+}
+
+/* postgrey's sequence: new, early, pass once past the delay, pass; the client counted once per period. */
+static void test_greylist_sequence(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_grey_record r;
+	query q;
+
+	(void)state;
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	assert_grey(q, "new");
+	assert_true(q.u.grey.answer.remaining_ms > 0 && q.u.grey.answer.remaining_ms <= G_DELAY);
+	assert_true(q.u.grey.now_ms > t - 60000 && q.u.grey.now_ms < t + 60000);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", t, 2, 0), "new");
+	t = grey_wait(t, 2);
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	if (B.backend == STORE_BACKEND_SQLITE)
+		assert_grey(q, "early-retry"); /* Redis: its clock may have moved on by a ms, or not */
+	assert_false(greystep_passes(q.u.grey.answer.result));
+	t = grey_wait(t, G_DELAY + 50);
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	assert_grey(q, "pass-first");
+	assert_true(q.u.grey.answer.waited_ms >= G_DELAY);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0), "pass");
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", t, 2, 0), "pass-first");
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.7", t, &r), STORE_OK);
+	assert_int_equal(r.count, 1); /* two passes within the period count once */
+	/* a triplet retried only after retry_window starts over */
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/d@y", "192.0.2.7", t, 2, 0), "new");
+	t = grey_wait(t, G_WINDOW + 50);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/d@y", "192.0.2.7", t, 2, 0), "new");
+	store_free(st);
+}
+
+/* A triplet past its expiry is new again, purged or not (Redis: its own expiry dropped it). */
+static void test_greylist_expiry(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_grey_record r;
+	query q = grey_query("192.0.2.0/24/a@x/b@y", NULL, t, 0, 0);
+
+	(void)state;
+	q.u.grey.params.retry_window_ms = 50; /* a pending triplet lives retry_window + 1 ms */
+	assert_int_equal(store_greylist(st, &q), STORE_OK);
+	assert_grey(q, "new");
+	assert_int_equal(q.u.grey.answer.triplet_expires_ms, q.u.grey.now_ms + 51);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", q.u.grey.now_ms, &r), STORE_OK);
+	assert_int_equal(r.expires_ms, q.u.grey.now_ms + 51);
+	t = grey_wait(t, 120);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", t, &r), STORE_NOTFOUND);
+	q.u.grey.now_ms = t;
+	assert_int_equal(store_greylist(st, &q), STORE_OK);
+	assert_grey(q, "new"); /* not an early retry of the expired one */
+	assert_int_equal(q.u.grey.answer.triplet.first_ms, q.u.grey.now_ms);
+	store_free(st);
+}
+
+/* spamtrapctl greylist whitelist: a client put in the auto-whitelist passes at once, until removed. */
+static void test_greylist_awl_put(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), now;
+	store_grey_record r;
+
+	(void)state;
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	assert_true(now > t - 60000 && now < t + 60000);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.7", 5, now, now + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.7", now, &r), STORE_OK);
+	assert_int_equal(r.count, 5);
+	assert_int_equal(r.last_ms, now);
+	assert_int_equal(r.expires_ms, now + HOUR_MS);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", now, 5, 0), "awl");
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	/* another client of the same network is not whitelisted by address */
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.8", now, 5, 0), "new");
+	assert_int_equal(store_greylist_awl_remove(st, "192.0.2.7"), STORE_OK);
+	assert_int_equal(store_greylist_awl_remove(st, "192.0.2.7"), STORE_NOTFOUND);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", now, 5, 0), "new");
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.7", 5, now, now), STORE_ERROR);
+	store_free(st);
+}
+
+typedef struct grey_seen {
+	char text[1024];
+} grey_seen;
+
+static int grey_collect(const store_grey_record *r, void *ctx)
+{
+	grey_seen *s = ctx;
+	size_t n = strlen(s->text);
+
+	snprintf(s->text + n, sizeof(s->text) - n, "%s%c:%s:%llu", n ? " " : "",
+	         r->kind == STORE_GREY_TRIPLET ? 't' : 'a', r->key, (unsigned long long)r->count);
+	return 0;
+}
+
+/* list, get, remove: triplets then clients, each in key order, only live ones, both kinds apart. */
+static void test_greylist_admin(void **state)
+{
+	store *st = open_store();
+	int64_t now;
+	store_grey_record r;
+	grey_seen seen = {""};
+
+	(void)state;
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	grey1(st, "192.0.2.0/24/b@x/b@y", "192.0.2.7", now, 2, 0);
+	grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", now, 2, 0);
+	assert_int_equal(store_greylist_awl_put(st, "198.51.100.1", 3, now, now + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.0/24", 1, now, now + HOUR_MS), STORE_OK);
+	/* a blocklist entry of the same name is another thing */
+	record1(st, "192.0.2.7", &(store_hit){.now = now / 1000, .ttl = TTL, .trap = "t@example.com"});
+	assert_int_equal(store_greylist_foreach(st, now, grey_collect, &seen), STORE_OK);
+	assert_string_equal(seen.text, "t:192.0.2.0/24/a@x/b@y:0 t:192.0.2.0/24/b@x/b@y:0 a:192.0.2.0/24:1 "
+	                               "a:198.51.100.1:3");
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_OK);
+	assert_int_equal(r.kind, STORE_GREY_TRIPLET);
+	assert_string_equal(r.key, "192.0.2.0/24/a@x/b@y");
+	assert_true(r.first_ms >= now && r.last_ms == r.first_ms &&
+	            r.expires_ms == r.first_ms + G_WINDOW + 1);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	assert_int_equal(store_greylist_remove(st, "192.0.2.0/24/a@x/b@y"), STORE_OK);
+	assert_int_equal(store_greylist_remove(st, "192.0.2.0/24/a@x/b@y"), STORE_NOTFOUND);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	/* past their expiry, none is listed */
+	seen.text[0] = '\0';
+	assert_int_equal(store_greylist_foreach(st, now + 2 * HOUR_MS, grey_collect, &seen), STORE_OK);
+	assert_string_equal(seen.text, "");
+	assert_int_equal(lookup1(st, "192.0.2.7", now / 1000, NULL), STORE_OK);
+	store_free(st);
+}
+
+static void test_greylist_bad_arguments(void **state)
+{
+	store *st = open_store();
+	char longkey[QUERY_KEY_MAX + 1];
+	query q;
+
+	(void)state;
+	memset(longkey, 'a', sizeof(longkey) - 1);
+	longkey[sizeof(longkey) - 1] = '\0';
+	q = grey_query(longkey, NULL, 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("", NULL, 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", "", 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, 1000, 0, 0);
+	q.u.grey.params.max_age_ms = 0;
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, 1000, 0, 0);
+	q.u.grey.params.delay_ms = -1;
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, -5, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	assert_int_equal(store_greylist_remove(st, longkey), STORE_ERROR);
+	assert_int_equal(store_greylist_get(st, "k", 0, NULL), STORE_ERROR);
+	assert_int_equal(store_greylist_foreach(st, 0, NULL, NULL), STORE_ERROR);
+	store_free(st);
+}
+
+/* SQLite's edges on explicit times: exactly at delay, exactly at retry_window, exactly at expiry. */
+static void test_sqlite_greylist_edges(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+
+	(void)state;
+	assert_grey(grey1(st, "k1", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY - 1, 0, 0), "early-retry");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY, 0, 0), "pass-first");
+	assert_grey(grey1(st, "k2", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k2", NULL, t + G_WINDOW, 0, 0), "pass-first");
+	assert_grey(grey1(st, "k3", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k3", NULL, t + G_WINDOW + 1, 0, 0), "new"); /* expired at window + 1 */
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + HOUR_MS - 1, 0, 0), "pass");
+	/* each pass keeps it max_age from then; one ms past that it is new */
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + 2 * HOUR_MS - 2, 0, 0), "pass");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + 3 * HOUR_MS - 2, 0, 0), "new");
+	store_free(st);
+}
+
+static int64_t sqlite_rows(const char *table)
+{
+	char sql[128], out[64];
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+	sqlite_cli(sql, out, sizeof(out));
+	return atoll(out);
+}
+
+/* max_triplets: at the cap a new triplet passes unrecorded (capped); known ones work on. */
+static void test_sqlite_greylist_cap(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	assert_grey(grey1(st, "k1", NULL, t, 0, 3), "new");
+	assert_grey(grey1(st, "k2", NULL, t, 0, 3), "new");
+	assert_grey(grey1(st, "k3", NULL, t, 0, 3), "new");
+	q = grey1(st, "k4", NULL, t, 0, 3);
+	assert_grey(q, "pass");
+	assert_true(q.u.grey.capped);
+	assert_false(q.u.grey.answer.write_triplet);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 3);
+	q = grey1(st, "k1", NULL, t + 1, 0, 3);
+	assert_grey(q, "early-retry");
+	assert_false(q.u.grey.capped);
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY, 0, 3), "pass-first");
+	/* an expired row is reused, not added: allowed at the cap */
+	q = grey1(st, "k2", NULL, t + G_WINDOW + 1, 0, 3);
+	assert_grey(q, "new");
+	assert_false(q.u.grey.capped);
+	/* removing one makes room */
+	assert_int_equal(store_greylist_remove(st, "k3"), STORE_OK);
+	assert_grey(grey1(st, "k4", NULL, t, 0, 3), "new");
+	assert_true(grey1(st, "k5", NULL, t, 0, 3).u.grey.capped);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 3);
+	store_free(st);
+}
+
+/* The purge drops expired triplets and clients, keeps live ones, and counts the rows afresh for the cap. */
+static void test_sqlite_greylist_purge(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_grey_record r;
+	uint64_t purged = 0;
+
+	(void)state;
+	grey1(st, "old1", NULL, t, 0, 3);
+	grey1(st, "old2", NULL, t, 0, 3);
+	grey1(st, "young", NULL, t + G_WINDOW, 0, 3);
+	assert_true(grey1(st, "more", NULL, t + G_WINDOW, 0, 3).u.grey.capped);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.1", 1, t, t + 10), STORE_OK);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.2", 1, t, t + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_purge(st, t + G_WINDOW + 1, &purged), STORE_OK);
+	assert_int_equal(purged, 3);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 1);
+	assert_int_equal(sqlite_rows("greylist_awl"), 1);
+	assert_int_equal(store_greylist_get(st, "young", t + G_WINDOW + 1, &r), STORE_OK);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.2", t + G_WINDOW + 1, &r), STORE_OK);
+	/* the cap counts the rows left */
+	assert_false(grey1(st, "more", NULL, t + G_WINDOW + 1, 0, 3).u.grey.capped);
+	store_free(st);
+}
+
+/*
+ * The hostile-input measurement (docs/security.md): 200,000 unique
+ * triplets against a cap of 50,000. The table stays at the cap and the
+ * file at a bounded size; the figures are printed for the docs.
+ */
+#define FLOOD_TRIPLETS 200000
+#define FLOOD_CAP 50000
+
+static void test_sqlite_greylist_flood_bounded(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	uint64_t capped = 0;
+	struct stat sb;
+	off_t bytes;
+	char key[128];
+	double start = mono();
+
+	(void)state;
+	for (int i = 0; i < FLOOD_TRIPLETS; i++) {
+		query q;
+
+		snprintf(key, sizeof(key),
+		         "203.0.113.0/24/spammer%06d@random%06d.example/user%06d@example.com", i, i, i);
+		q = grey1(st, key, "203.0.113.9", t, 5, FLOOD_CAP);
+		capped += q.u.grey.capped;
+	}
+	store_free(st);
+	assert_int_equal(sqlite_rows("greylist_triplets"), FLOOD_CAP);
+	assert_int_equal(capped, FLOOD_TRIPLETS - FLOOD_CAP);
+	assert_int_equal(stat(B.path, &sb), 0);
+	bytes = sb.st_size;
+	{
+		char wal[200];
+
+		snprintf(wal, sizeof(wal), "%s-wal", B.path);
+		if (stat(wal, &sb) == 0)
+			bytes += sb.st_size;
+	}
+	print_message("greylist flood: %d triplets, cap %d: %lld rows, %lld bytes (file + WAL), %.0f bytes a "
+	              "row, %.1f s\n",
+	              FLOOD_TRIPLETS, FLOOD_CAP, (long long)sqlite_rows("greylist_triplets"),
+	              (long long)bytes, (double)bytes / FLOOD_CAP, mono() - start);
+	/* keys of ~70 bytes, stored twice (table and expiry index): well under 400 bytes a row */
+	assert_true(bytes < (off_t)FLOOD_CAP * 400);
+}
+
+/* A version 5 file (before the greylist) gets its tables on open, keeping what it held. */
+static void test_sqlite_upgrade_v5(void **state)
+{
+	int64_t t = now_ms_wall();
+	char out[256];
+	store *st = open_store();
+
+	(void)state;
+	kv1(st, QUERY_KV_PUT, "k", "v", t, HOUR_MS, NULL);
+	store_free(st);
+	sqlite_cli("DROP TABLE greylist_triplets; DROP TABLE greylist_awl; PRAGMA user_version = 5;", out,
+	           sizeof(out));
+	st = open_store();
+	assert_grey(grey1(st, "k1", "192.0.2.7", t, 1, 0), "new");
+	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL));
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "6");
+	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'greylist%' ORDER BY name", out,
+	           sizeof(out));
+	assert_string_equal(out,
+	                    "greylist_awl greylist_awl_expires greylist_triplets greylist_triplets_expires");
+}
+
+/* Two daemons on one Redis share one greylist: the first attempt at A, the retry at B passes. */
+static void test_redis_greylist_shared(void **state)
+{
+	store *a = open_store(), *b = open_store();
+	int64_t t = now_ms_wall();
+
+	(void)state;
+	assert_grey(grey1(a, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0), "new");
+	assert_false(
+	    greystep_passes(grey1(b, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0).u.grey.answer.result));
+	usleep((G_DELAY + 50) * 1000);
+	assert_grey(grey1(b, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0), "pass-first");
+	/* the client counted at B is auto-whitelisted at A */
+	assert_grey(grey1(a, "192.0.2.0/24/z@x/b@y", "192.0.2.7", t, 1, 0), "awl");
+	store_free(a);
+	store_free(b);
+}
+
+/*
+ * docs/redis.md: PREFIX "grey:t:" KEY and PREFIX "grey:a:" KEY, hashes
+ * with a native expiry at their exp; the step reads Redis's TIME, so a
+ * caller's now_ms of 1970 or a day ahead changes nothing, and the answer
+ * carries the server's time.
+ */
+static void test_redis_greylist_server_clock(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char key[128], out[64];
+	query q;
+
+	(void)state;
+	q = grey1(st, "k", "192.0.2.7", 1, 1, 0);
+	assert_grey(q, "new");
+	assert_true(q.u.grey.now_ms > t - 60000 && q.u.grey.now_ms < t + 60000);
+	q = grey1(st, "k", "192.0.2.7", t + 24 * HOUR_MS, 1, 0);
+	assert_false(greystep_passes(q.u.grey.answer.result)); /* a skewed host does not pass early */
+	snprintf(key, sizeof(key), "%sgrey:t:k", B.prefix);
+	redis_text(out, sizeof(out), "HGET %s exp", key);
+	assert_int_equal(atoll(out), q.u.grey.answer.triplet_expires_ms);
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	assert_true(atoll(out) > 0 && atoll(out) <= G_WINDOW + 1);
+	usleep((G_DELAY + 50) * 1000);
+	q = grey1(st, "k", "192.0.2.7", 1, 1, 0);
+	assert_grey(q, "pass-first");
+	snprintf(key, sizeof(key), "%sgrey:a:192.0.2.7", B.prefix);
+	redis_text(out, sizeof(out), "HGET %s count", key);
+	assert_string_equal(out, "1");
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	assert_true(atoll(out) > HOUR_MS - 60000 && atoll(out) <= HOUR_MS);
+	/* after SCRIPT FLUSH the step runs with EVAL */
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	assert_grey(grey1(st, "k", "192.0.2.7", 1, 1, 0), "awl");
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -2904,6 +3327,11 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_counter_bad_arguments),
     CASE(test_kv_counter_concurrent),
     CASE(test_run_mixed_batch),
+    CASE(test_greylist_sequence),
+    CASE(test_greylist_expiry),
+    CASE(test_greylist_awl_put),
+    CASE(test_greylist_admin),
+    CASE(test_greylist_bad_arguments),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
@@ -2920,6 +3348,11 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_locked_writers_bounded),
     CASE(test_sqlite_open_while_write_locked),
     CASE(test_sqlite_purge_in_chunks),
+    CASE(test_sqlite_greylist_edges),
+    CASE(test_sqlite_greylist_cap),
+    CASE(test_sqlite_greylist_purge),
+    CASE(test_sqlite_greylist_flood_bounded),
+    CASE(test_sqlite_upgrade_v5),
 };
 
 static const struct CMUnitTest redis_tests[] = {
@@ -2937,6 +3370,8 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_upgrade_when_back),
     CASE(test_redis_kv_counter_layout),
     CASE(test_redis_batch_one_round_trip),
+    CASE(test_redis_greylist_shared),
+    CASE(test_redis_greylist_server_clock),
 };
 
 int main(void)
