@@ -3251,6 +3251,117 @@ static void test_redis_greylist_shared(void **state)
 	store_free(b);
 }
 
+/* A record in greylist_lua's layout, written behind the store's back; exp in the past: left, not expired. */
+static void redis_grey_hash(const char *kind, int n, const char *f1, int64_t v1, int64_t last, int64_t exp,
+                            int64_t now)
+{
+	char out[64];
+
+	redis_text(out, sizeof(out), "HSET %sgrey:%s:k%d %s %lld last %lld exp %lld", B.prefix, kind, n, f1,
+	           (long long)v1, (long long)last, (long long)exp);
+	if (exp > now)
+		redis_text(out, sizeof(out), "PEXPIREAT %sgrey:%s:k%d %lld", B.prefix, kind, n,
+		           (long long)exp);
+}
+
+static uint64_t lcg_next(uint64_t *x)
+{
+	*x = *x * 6364136223846793005ull + 1442695040888963407ull;
+	return *x >> 33;
+}
+
+/* An offset from now, in ms, picked among the edges that matter to the step. */
+static int64_t grey_offset(uint64_t *x)
+{
+	static const int64_t edges[] = {-3 * G_WINDOW,
+	                                -G_WINDOW - 1000,
+	                                -G_WINDOW + 1000,
+	                                -G_DELAY - 1000,
+	                                -G_DELAY + 1000,
+	                                -2 * HOUR_MS,
+	                                -HOUR_MS - 1000,
+	                                -HOUR_MS + 1000,
+	                                0,
+	                                1000,
+	                                2 * G_DELAY};
+
+	return edges[lcg_next(x) % NELEM(edges)];
+}
+
+static bool same_step(const greystep_out *a, const greystep_out *b)
+{
+	return a->result == b->result && a->remaining_ms == b->remaining_ms && a->waited_ms == b->waited_ms &&
+	       a->write_triplet == b->write_triplet && a->triplet.present == b->triplet.present &&
+	       a->triplet.first_ms == b->triplet.first_ms && a->triplet.last_ms == b->triplet.last_ms &&
+	       a->triplet_expires_ms == b->triplet_expires_ms && a->write_awl == b->write_awl &&
+	       a->awl.present == b->awl.present && a->awl.count == b->awl.count &&
+	       a->awl.last_ms == b->awl.last_ms && a->awl_expires_ms == b->awl_expires_ms;
+}
+
+/*
+ * greylist_lua mirrors greystep_run: random stored states (a triplet live,
+ * stale or absent, first and last around the edges; a client's record
+ * with counts around awl_count), one script call each, and the whole
+ * answer compared with greystep_run on the same state at the time the
+ * script read (the answer's now_ms).
+ */
+static void test_redis_greylist_matches_greystep(void **state)
+{
+	store *st = open_store();
+	uint64_t x = 42;
+	char trip[16], awlkey[16];
+
+	(void)state;
+	for (int i = 0; i < 300; i++) {
+		int64_t now = now_ms_wall(), far = now + 10 * HOUR_MS;
+		greystep_triplet t = {.present = false};
+		greystep_awl a = {.present = false};
+		uint64_t awl_count = lcg_next(&x) % 3 ? 3 : 0, pick = lcg_next(&x) % 3;
+		bool with_awl = lcg_next(&x) % 4 != 0;
+		greystep_out want;
+		query q;
+
+		if (pick > 0) { /* 1: live, 2: stale (past exp, not yet expired by Redis) */
+			t = (greystep_triplet){.present = pick == 1, .first_ms = now + grey_offset(&x)};
+			t.last_ms =
+			    t.first_ms + (lcg_next(&x) % 2 ? G_DELAY : 0) + (int64_t)(lcg_next(&x) % 3) - 1;
+			redis_grey_hash("t", i, "first", t.first_ms, t.last_ms, pick == 1 ? far : now - 1000,
+			                now);
+		}
+		if (lcg_next(&x) % 2) {
+			a = (greystep_awl){
+			    .present = true, .count = lcg_next(&x) % 5, .last_ms = now + grey_offset(&x)};
+			redis_grey_hash("a", i, "count", (int64_t)a.count, a.last_ms, far, now);
+		}
+		snprintf(trip, sizeof(trip), "k%d", i);
+		snprintf(awlkey, sizeof(awlkey), "k%d", i);
+		q = grey1(st, trip, with_awl ? awlkey : NULL, 0, awl_count, 0);
+		/* the client record of a query without one is never read */
+		if (!with_awl)
+			a.present = false;
+		greystep_run(&q.u.grey.params, &t, with_awl ? &a : NULL, q.u.grey.now_ms, &want);
+		if (!same_step(&want, &q.u.grey.answer))
+			fail_msg(
+			    "state %d: redis said %s remaining %lld waited %lld triplet %d %lld %lld %lld "
+			    "awl %d "
+			    "%llu %lld %lld; greystep_run %s remaining %lld waited %lld triplet %d %lld %lld "
+			    "%lld awl %d %llu %lld %lld",
+			    i, greystep_result_name(q.u.grey.answer.result),
+			    (long long)q.u.grey.answer.remaining_ms, (long long)q.u.grey.answer.waited_ms,
+			    q.u.grey.answer.write_triplet, (long long)q.u.grey.answer.triplet.first_ms,
+			    (long long)q.u.grey.answer.triplet.last_ms,
+			    (long long)q.u.grey.answer.triplet_expires_ms, q.u.grey.answer.write_awl,
+			    (unsigned long long)q.u.grey.answer.awl.count,
+			    (long long)q.u.grey.answer.awl.last_ms, (long long)q.u.grey.answer.awl_expires_ms,
+			    greystep_result_name(want.result), (long long)want.remaining_ms,
+			    (long long)want.waited_ms, want.write_triplet, (long long)want.triplet.first_ms,
+			    (long long)want.triplet.last_ms, (long long)want.triplet_expires_ms,
+			    want.write_awl, (unsigned long long)want.awl.count, (long long)want.awl.last_ms,
+			    (long long)want.awl_expires_ms);
+	}
+	store_free(st);
+}
+
 /*
  * docs/redis.md: PREFIX "grey:t:" KEY and PREFIX "grey:a:" KEY, hashes
  * with a native expiry at their exp; the step reads Redis's TIME, so a
@@ -3372,6 +3483,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_batch_one_round_trip),
     CASE(test_redis_greylist_shared),
     CASE(test_redis_greylist_server_clock),
+    CASE(test_redis_greylist_matches_greystep),
 };
 
 int main(void)
