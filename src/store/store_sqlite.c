@@ -84,6 +84,9 @@
 #define SCHEMA_VERSION 6
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
+/* While the greylist's cap holds, its rows are counted again this often (ms), or after this many answers. */
+#define GREY_RECOUNT_MS 60000
+#define GREY_RECOUNT_CALLS 1000
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
 
@@ -369,9 +372,14 @@ struct store_backend_impl {
 	 * The greylist_triplets rows, an estimate for the max_triplets cap:
 	 * counted at the first capped call and after each purge, adjusted by
 	 * this process's inserts and deletes between them (another process's
-	 * are not seen until the next count). -1: not counted yet.
+	 * are not seen until the next count; while the cap holds, the rows
+	 * are counted again after GREY_RECOUNT_MS or GREY_RECOUNT_CALLS capped
+	 * answers, whichever comes first, so that a purge by another process
+	 * lifts it). -1: not counted yet.
 	 */
 	_Atomic int64_t grey_rows;
+	_Atomic int64_t grey_counted_at; /* monotonic ms of the last count */
+	_Atomic uint64_t grey_capped;    /* capped answers since then */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -874,6 +882,8 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	atomic_init(&s->grey_rows, -1);
+	atomic_init(&s->grey_counted_at, 0);
+	atomic_init(&s->grey_capped, 0);
 	monotonic_cond_init(&s->freed);
 	monotonic_cond_init(&s->turned);
 	if (create_file(s->path, err, errlen) < 0) {
@@ -1530,7 +1540,10 @@ static int grey_count(conn *c, int64_t *rows)
 	return step == SQLITE_ROW ? 0 : -1;
 }
 
-/* Holds the table max triplets or more, by the estimate (counted now when it is not yet)? */
+/*
+ * Holds the table max triplets or more, by the estimate? Counted when it
+ * was not yet, and again when it says full and the last count is old.
+ */
 static int grey_full(store_backend_impl *s, conn *c, uint64_t max, bool *full)
 {
 	int64_t rows = atomic_load(&s->grey_rows);
@@ -1538,12 +1551,18 @@ static int grey_full(store_backend_impl *s, conn *c, uint64_t max, bool *full)
 	*full = false;
 	if (max == 0)
 		return 0;
-	if (rows < 0) {
+	if (rows < 0 ||
+	    ((uint64_t)rows >= max && (atomic_load(&s->grey_capped) >= GREY_RECOUNT_CALLS ||
+	                               now_ms() - atomic_load(&s->grey_counted_at) >= GREY_RECOUNT_MS))) {
 		if (grey_count(c, &rows) < 0)
 			return -1;
 		atomic_store(&s->grey_rows, rows);
+		atomic_store(&s->grey_counted_at, now_ms());
+		atomic_store(&s->grey_capped, 0);
 	}
 	*full = (uint64_t)rows >= max;
+	if (*full)
+		atomic_fetch_add(&s->grey_capped, 1);
 	return 0;
 }
 
@@ -1727,20 +1746,22 @@ static store_status sqlite_grey_foreach(store_backend_impl *s, int64_t now_ms, s
 }
 
 /* Expired triplets and clients in chunks, each its own write turn; then the triplets counted afresh. */
-static store_status sqlite_grey_purge(store_backend_impl *s, int64_t now_ms, uint64_t *purged)
+static store_status sqlite_grey_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
 {
-	store_status rc = purge_chunks(s, ST_GREY_PURGE, now_ms, purged);
+	store_status rc = purge_chunks(s, ST_GREY_PURGE, now, purged);
 	int64_t rows = 0;
 	conn *c;
 
 	if (rc == STORE_OK)
-		rc = purge_chunks(s, ST_AWL_PURGE, now_ms, purged);
+		rc = purge_chunks(s, ST_AWL_PURGE, now, purged);
 	if (rc != STORE_OK || !(c = acquire(s, FOR_READ, "greylist purge")))
 		return STORE_ERROR;
 	if (grey_count(c, &rows) < 0)
 		rc = db_error(s, c, "greylist purge: count");
 	else
 		atomic_store(&s->grey_rows, rows);
+	atomic_store(&s->grey_counted_at, now_ms());
+	atomic_store(&s->grey_capped, 0);
 	release(s, c, FOR_READ);
 	return rc;
 }
