@@ -2368,6 +2368,7 @@ static store_status op_grey_awl_put(store_backend_impl *s, rconn *rc, op *o)
 	snprintf(nums[0], 24, "%llu", (unsigned long long)g->count);
 	snprintf(nums[1], 24, "%lld", (long long)g->last_ms);
 	snprintf(nums[2], 24, "%lld", (long long)g->expires_ms);
+	o->no_retry = true;
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]) && st == STORE_OK; i++) {
 		redisReply *r;
 
@@ -2376,8 +2377,10 @@ static store_status op_grey_awl_put(store_backend_impl *s, rconn *rc, op *o)
 		if (r->type == REDIS_REPLY_ERROR || (i == 4 && r->type != REDIS_REPLY_ARRAY))
 			st = reply_error(s, rc, r, "greylist whitelist");
 		freeReplyObject(r);
+		/* A connection left inside MULTI would queue the next call's commands: leave it. */
+		if (st != STORE_OK && i > 0 && i < 4)
+			rc->stale = true;
 	}
-	o->no_retry = true;
 	return st;
 }
 
