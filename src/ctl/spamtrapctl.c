@@ -535,7 +535,7 @@ typedef struct grey_list_ctx {
 static int grey_list_one(const store_grey_record *r, void *ctx)
 {
 	const grey_list_ctx *lc = ctx;
-	char key[STORE_KEY_MAX], first[64], last[64], exp[64], state[48];
+	char key[GREYSTEP_KEY_MAX], first[64], last[64], exp[64], state[48];
 
 	if (r->kind == STORE_GREY_TRIPLET) {
 		printf("triplet\t%s\t%s\t%s\t%s\t%s\n", log_safe(r->key, key, sizeof(key)),
@@ -566,7 +566,7 @@ static int cmd_grey_list(ctl *c, const ctl_grey *g)
 /* The triplet's state in words: what its next attempt gets. */
 static void grey_explain_triplet(const ctl_grey *g, const store_grey_record *r, int64_t now)
 {
-	char key[STORE_KEY_MAX], t[64], d[32];
+	char key[GREYSTEP_KEY_MAX], t[64], d[32];
 	int64_t left = r->first_ms + g->delay_ms - now;
 
 	printf("triplet %s:\n", log_safe(r->key, key, sizeof(key)));

@@ -610,11 +610,12 @@ static store_status run_batch(store *st, query *q, size_t nq)
 	return rc;
 }
 
-/* A triplet or client key of the greylist: 1 to QUERY_KEY_MAX - 1 bytes. */
+/* A triplet or client key of the greylist: 1 to GREYSTEP_KEY_MAX - 1 bytes, as greystep_triplet_key makes
+ * them. */
 static bool grey_key_ok(const char *key, const char *what)
 {
-	if (!key || !key[0] || strnlen(key, QUERY_KEY_MAX) >= QUERY_KEY_MAX) {
-		store_set_error("%s: key must be 1 to %d bytes", what, QUERY_KEY_MAX - 1);
+	if (!key || !key[0] || strnlen(key, GREYSTEP_KEY_MAX) >= GREYSTEP_KEY_MAX) {
+		store_set_error("%s: key must be 1 to %d bytes", what, GREYSTEP_KEY_MAX - 1);
 		return false;
 	}
 	return true;

@@ -202,7 +202,7 @@ typedef enum { STORE_GREY_TRIPLET, STORE_GREY_AWL } store_grey_kind;
 /* One triplet (first and last attempt) or one auto-whitelist record (passes counted, last counted). */
 typedef struct store_grey_record {
 	store_grey_kind kind;
-	char key[STORE_KEY_MAX];
+	char key[GREYSTEP_KEY_MAX];
 	int64_t first_ms; /* triplets; 0 for auto-whitelist records */
 	int64_t last_ms;
 	int64_t expires_ms;

@@ -2204,7 +2204,7 @@ static store_status redis_foreach(store_backend_impl *s, int64_t now, store_visi
 
 /* --- the greylist -------------------------------------------------------- */
 
-#define GREY_KEYBUF (PREFIX_MAX + 8 + QUERY_KEY_MAX)
+#define GREY_KEYBUF (PREFIX_MAX + 8 + GREYSTEP_KEY_MAX)
 #define GREY_ARGC 10 /* EVALSHA sha 2 triplet client delay window max_age awl_count period */
 
 /* PREFIX "grey:t:" KEY or PREFIX "grey:a:" KEY into buf (GREY_KEYBUF bytes); returns its length. */
@@ -2401,7 +2401,7 @@ static store_status grey_collect(store_backend_impl *s, rconn *rc, op *o, redisR
 		keylist *kl;
 
 		if (!reply_is_str(k) || k->len < gl->skip + 3 || k->str[gl->skip + 1] != ':' ||
-		    k->len - gl->skip - 2 >= QUERY_KEY_MAX)
+		    k->len - gl->skip - 2 >= GREYSTEP_KEY_MAX)
 			continue;
 		if (k->str[gl->skip] != 't' && k->str[gl->skip] != 'a')
 			continue;

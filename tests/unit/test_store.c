@@ -2996,7 +2996,7 @@ static void test_greylist_awl_put(void **state)
 }
 
 typedef struct grey_seen {
-	char text[1024];
+	char text[2048];
 } grey_seen;
 
 static int grey_collect(const store_grey_record *r, void *ctx)
@@ -3045,10 +3045,40 @@ static void test_greylist_admin(void **state)
 	store_free(st);
 }
 
+/*
+ * The longest triplet greystep_triplet_key makes (a 512-byte sender and
+ * a long recipient) is a triplet like any other, listed whole; one byte
+ * more is refused.
+ */
+static void test_greylist_longest_key(void **state)
+{
+	store *st = open_store();
+	char longest[GREYSTEP_KEY_MAX + 1];
+	grey_seen seen = {""};
+	store_grey_record r;
+	int64_t now;
+	query q;
+
+	(void)state;
+	memset(longest, 'a', sizeof(longest) - 1);
+	longest[GREYSTEP_KEY_MAX - 1] = '\0';
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	assert_grey(grey1(st, longest, NULL, now, 0, 0), "new");
+	assert_int_equal(store_greylist_get(st, longest, now, &r), STORE_OK);
+	assert_string_equal(r.key, longest);
+	assert_int_equal(store_greylist_foreach(st, now, grey_collect, &seen), STORE_OK);
+	assert_int_equal(strlen(seen.text), strlen("t::0") + GREYSTEP_KEY_MAX - 1);
+	longest[GREYSTEP_KEY_MAX - 1] = 'a';
+	longest[GREYSTEP_KEY_MAX] = '\0';
+	q = grey_query(longest, NULL, now, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	store_free(st);
+}
+
 static void test_greylist_bad_arguments(void **state)
 {
 	store *st = open_store();
-	char longkey[QUERY_KEY_MAX + 1];
+	char longkey[GREYSTEP_KEY_MAX + 1];
 	query q;
 
 	(void)state;
@@ -3474,6 +3504,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_greylist_expiry),
     CASE(test_greylist_awl_put),
     CASE(test_greylist_admin),
+    CASE(test_greylist_longest_key),
     CASE(test_greylist_bad_arguments),
 };
 
