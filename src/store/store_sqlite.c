@@ -62,6 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "core/key.h"
 #include "store/sqlite_filter.h"
 #include "store/store_backend.h"
@@ -87,6 +88,8 @@
 /* While the greylist's cap holds, its rows are counted again this often (ms), or after this many answers. */
 #define GREY_RECOUNT_MS 60000
 #define GREY_RECOUNT_CALLS 1000
+/* The most triplets kept under one hash (see schema_greylist_sql). */
+#define GREY_BUCKET_MAX 8
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
 
@@ -113,7 +116,8 @@ enum {
 	ST_CTR_PUT,
 	ST_CTR_PURGE,
 	ST_GREY_GET,
-	ST_GREY_PUT,
+	ST_GREY_INSERT,
+	ST_GREY_UPDATE,
 	ST_GREY_DELETE,
 	ST_GREY_PURGE,
 	ST_GREY_COUNT,
@@ -216,15 +220,25 @@ static const char schema_kv_sql[] =
 
 /*
  * Version 6 adds the greylist (store_greylist): its triplets and its
- * auto-whitelisted clients, one row each under its key, times in ms of
- * this host's clock, and an index on expiry for the purge (which only the
- * host with greylist.maintenance runs). A row past expires_ms is never
- * read as live. WITHOUT ROWID: the key is the row's only lookup and is
- * stored once in the table (and once more in the expiry index).
+ * auto-whitelisted clients, times in ms of this host's clock, each with an
+ * index on expiry for the purge (which only the host with
+ * greylist.maintenance runs). A row past expires_ms is never read as live.
+ *
+ * A triplet's key (up to GREYSTEP_KEY_MAX - 1 bytes, most of them the
+ * sender's, which the client chooses) is stored once, in the row, and
+ * found by its 64-bit FNV-1a hash (core/hash.h): a WITHOUT ROWID table or
+ * an index on the key would store it twice, and a key longer than about
+ * 1,000 bytes would spill into a 4 KB overflow page each time (measured:
+ * 9.4 KB a row for the longest keys, 1.4 KB this way). Rows of one hash
+ * form a bucket, read whole by one lookup: a new triplet whose bucket
+ * holds GREY_BUCKET_MAX rows already is not recorded (it passes, as at
+ * max_triplets), so that crafted collisions cost a lookup a few rows at
+ * most. Client keys are short: a WITHOUT ROWID table.
  */
 static const char schema_greylist_sql[] =
-    "CREATE TABLE IF NOT EXISTS greylist_triplets (key TEXT PRIMARY KEY NOT NULL,"
-    " first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS greylist_triplets (hash INTEGER NOT NULL, key TEXT NOT NULL,"
+    " first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS greylist_triplets_hash ON greylist_triplets (hash);"
     "CREATE INDEX IF NOT EXISTS greylist_triplets_expires ON greylist_triplets (expires_ms);"
     "CREATE TABLE IF NOT EXISTS greylist_awl (key TEXT PRIMARY KEY NOT NULL,"
     " count INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
@@ -310,13 +324,14 @@ static const char *const fixed_sql[ST_COUNT] = {
                    " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
-    [ST_GREY_GET] = "SELECT first_ms, last_ms, expires_ms FROM greylist_triplets WHERE key = ?1",
-    [ST_GREY_PUT] =
-        "INSERT INTO greylist_triplets (key, first_ms, last_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)"
-        " ON CONFLICT (key) DO UPDATE SET first_ms = excluded.first_ms,"
-        " last_ms = excluded.last_ms, expires_ms = excluded.expires_ms",
-    [ST_GREY_DELETE] = "DELETE FROM greylist_triplets WHERE key = ?1",
-    [ST_GREY_PURGE] = "DELETE FROM greylist_triplets WHERE key IN (SELECT key FROM greylist_triplets"
+    [ST_GREY_GET] = "SELECT rowid, key, first_ms, last_ms, expires_ms FROM greylist_triplets WHERE hash = ?1"
+                    " LIMIT " SQL_INT(GREY_BUCKET_MAX),
+    [ST_GREY_INSERT] = "INSERT INTO greylist_triplets (hash, key, first_ms, last_ms, expires_ms)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_GREY_UPDATE] =
+        "UPDATE greylist_triplets SET first_ms = ?2, last_ms = ?3, expires_ms = ?4 WHERE rowid = ?1",
+    [ST_GREY_DELETE] = "DELETE FROM greylist_triplets WHERE hash = ?1 AND key = ?2",
+    [ST_GREY_PURGE] = "DELETE FROM greylist_triplets WHERE rowid IN (SELECT rowid FROM greylist_triplets"
                       " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_GREY_COUNT] = "SELECT count(*) FROM greylist_triplets",
     [ST_GREY_FOREACH] = "SELECT key, first_ms, last_ms, expires_ms FROM greylist_triplets"
@@ -1502,10 +1517,10 @@ static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt
                               uint64_t *changes);
 static store_status purge_chunks(store_backend_impl *s, int stmt, int64_t now, uint64_t *purged);
 
-/* The three numbers of a greylist row by key (ST_GREY_GET, ST_AWL_GET): 1 found, 0 none, -1 error. */
-static int grey_read(conn *c, int stmt, const char *key, int64_t v[3])
+/* A client's record by key: 1 found (count, last, expires in v), 0 none, -1 error. */
+static int awl_read(conn *c, const char *key, int64_t v[3])
 {
-	sqlite3_stmt *get = c->stmt[stmt];
+	sqlite3_stmt *get = c->stmt[ST_AWL_GET];
 	int step;
 
 	sqlite3_bind_text(get, 1, key, -1, SQLITE_STATIC);
@@ -1517,16 +1532,71 @@ static int grey_read(conn *c, int stmt, const char *key, int64_t v[3])
 	return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
 }
 
-/* Create or replace a greylist row (ST_GREY_PUT, ST_AWL_PUT). */
-static int grey_write(conn *c, int stmt, const char *key, int64_t a, int64_t b, int64_t expires)
+/* Create or replace a client's record. */
+static int awl_write(conn *c, const char *key, int64_t count, int64_t last, int64_t expires)
 {
-	sqlite3_stmt *put = c->stmt[stmt];
+	sqlite3_stmt *put = c->stmt[ST_AWL_PUT];
 
 	sqlite3_bind_text(put, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(put, 2, a);
-	sqlite3_bind_int64(put, 3, b);
+	sqlite3_bind_int64(put, 2, count);
+	sqlite3_bind_int64(put, 3, last);
 	sqlite3_bind_int64(put, 4, expires);
 	return step_done(put);
+}
+
+static sqlite3_int64 grey_hash(const char *key)
+{
+	return (sqlite3_int64)hash_fnv1a(HASH_FNV1A_INIT, key, strlen(key));
+}
+
+/* A triplet's row, whatever its expiry, and how full its hash's bucket is. */
+typedef struct grey_row {
+	bool found;
+	sqlite3_int64 rowid;
+	int64_t first_ms, last_ms, expires_ms;
+	int bucket; /* rows under the key's hash (at most GREY_BUCKET_MAX are read) */
+} grey_row;
+
+/* Read the bucket of key's hash and find the key in it; -1 on error. */
+static int grey_find(conn *c, const char *key, grey_row *r)
+{
+	sqlite3_stmt *get = c->stmt[ST_GREY_GET];
+	int step;
+
+	memset(r, 0, sizeof(*r));
+	sqlite3_bind_int64(get, 1, grey_hash(key));
+	while ((step = sqlite3_step(get)) == SQLITE_ROW) {
+		const char *k = (const char *)sqlite3_column_text(get, 1);
+
+		r->bucket++;
+		if (r->found || !k || strcmp(k, key) != 0)
+			continue;
+		r->found = true;
+		r->rowid = sqlite3_column_int64(get, 0);
+		r->first_ms = sqlite3_column_int64(get, 2);
+		r->last_ms = sqlite3_column_int64(get, 3);
+		r->expires_ms = sqlite3_column_int64(get, 4);
+	}
+	done(get);
+	return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* Write the step's triplet: its row updated, or a new row. */
+static int grey_write(conn *c, const char *key, const grey_row *r, const greystep_out *out)
+{
+	sqlite3_stmt *w = c->stmt[r->found ? ST_GREY_UPDATE : ST_GREY_INSERT];
+	int i = 1;
+
+	if (r->found) {
+		sqlite3_bind_int64(w, i++, r->rowid);
+	} else {
+		sqlite3_bind_int64(w, i++, grey_hash(key));
+		sqlite3_bind_text(w, i++, key, -1, SQLITE_STATIC);
+	}
+	sqlite3_bind_int64(w, i++, out->triplet.first_ms);
+	sqlite3_bind_int64(w, i++, out->triplet.last_ms);
+	sqlite3_bind_int64(w, i, out->triplet_expires_ms);
+	return step_done(w);
 }
 
 static int grey_count(conn *c, int64_t *rows)
@@ -1572,34 +1642,38 @@ typedef struct grey_args {
 	bool inserted; /* a triplet row was added */
 } grey_args;
 
-/* What greystep_run says, written back; at the cap a triplet with no row passes unrecorded. */
-static int grey_apply(grey_args *a, conn *c, bool had_row)
+/* The answer of a triplet not recorded (max_triplets, a full bucket): it passes. */
+static void grey_capped(query *q)
+{
+	memset(&q->u.grey.answer, 0, sizeof(q->u.grey.answer));
+	q->u.grey.answer.result = GREYSTEP_PASS;
+	q->u.grey.capped = true;
+}
+
+/* What greystep_run says, written back; a triplet that would add a row past a limit passes unrecorded. */
+static int grey_apply(grey_args *a, conn *c, const grey_row *row)
 {
 	query *q = a->q;
 	const greystep_out *out = &q->u.grey.answer;
 	bool full = false;
 
-	if (out->write_triplet && !had_row) {
-		if (grey_full(a->s, c, q->u.grey.max_triplets, &full) < 0)
+	if (out->write_triplet && !row->found) {
+		if (row->bucket < GREY_BUCKET_MAX && grey_full(a->s, c, q->u.grey.max_triplets, &full) < 0)
 			return -1;
-		if (full) {
-			memset(&q->u.grey.answer, 0, sizeof(q->u.grey.answer));
-			q->u.grey.answer.result = GREYSTEP_PASS;
-			q->u.grey.capped = true;
+		if (row->bucket >= GREY_BUCKET_MAX || full) {
+			grey_capped(q);
 			return 0;
 		}
 	}
-	if (out->write_triplet && grey_write(c, ST_GREY_PUT, q->u.grey.triplet, out->triplet.first_ms,
-	                                     out->triplet.last_ms, out->triplet_expires_ms) < 0)
+	if (out->write_triplet && grey_write(c, q->u.grey.triplet, row, out) < 0)
 		return -1;
-	if (out->write_triplet && !had_row) {
+	if (out->write_triplet && !row->found) {
 		a->inserted = true;
 		if (atomic_load(&a->s->grey_rows) >= 0)
 			atomic_fetch_add(&a->s->grey_rows, 1);
 	}
 	if (out->write_awl && q->u.grey.awl &&
-	    grey_write(c, ST_AWL_PUT, q->u.grey.awl, (int64_t)out->awl.count, out->awl.last_ms,
-	               out->awl_expires_ms) < 0)
+	    awl_write(c, q->u.grey.awl, (int64_t)out->awl.count, out->awl.last_ms, out->awl_expires_ms) < 0)
 		return -1;
 	return 0;
 }
@@ -1609,21 +1683,22 @@ static int grey_step(conn *c, void *ctx)
 {
 	grey_args *a = ctx;
 	query *q = a->q;
-	int64_t now = q->u.grey.now_ms, t[3], w[3];
+	int64_t now = q->u.grey.now_ms, w[3];
 	greystep_triplet trip = {.present = false};
 	greystep_awl awl = {.present = false};
-	int had_row, had_awl = 0;
+	grey_row row;
+	int had_awl = 0;
 
-	if ((had_row = grey_read(c, ST_GREY_GET, q->u.grey.triplet, t)) < 0)
+	if (grey_find(c, q->u.grey.triplet, &row) < 0)
 		return -1;
-	if (had_row && t[2] > now)
-		trip = (greystep_triplet){.present = true, .first_ms = t[0], .last_ms = t[1]};
-	if (q->u.grey.awl && (had_awl = grey_read(c, ST_AWL_GET, q->u.grey.awl, w)) < 0)
+	if (row.found && row.expires_ms > now)
+		trip = (greystep_triplet){.present = true, .first_ms = row.first_ms, .last_ms = row.last_ms};
+	if (q->u.grey.awl && (had_awl = awl_read(c, q->u.grey.awl, w)) < 0)
 		return -1;
 	if (had_awl && w[2] > now)
 		awl = (greystep_awl){.present = true, .count = (uint64_t)w[0], .last_ms = w[1]};
 	greystep_run(&q->u.grey.params, &trip, q->u.grey.awl ? &awl : NULL, now, &q->u.grey.answer);
-	return grey_apply(a, c, had_row != 0);
+	return grey_apply(a, c, &row);
 }
 
 static store_status sqlite_greylist(store_backend_impl *s, query *q)
@@ -1641,20 +1716,27 @@ static store_status sqlite_grey_get(store_backend_impl *s, store_grey_kind kind,
                                     store_grey_record *out)
 {
 	conn *c = acquire(s, FOR_READ, "greylist get");
+	grey_row row = {.found = false};
 	int64_t v[3];
-	int found;
+	int rc;
 
 	if (!c)
 		return STORE_ERROR;
-	found = grey_read(c, kind == STORE_GREY_TRIPLET ? ST_GREY_GET : ST_AWL_GET, key, v);
-	if (found < 0) {
-		store_status rc = db_error(s, c, "greylist get");
+	if (kind == STORE_GREY_TRIPLET) {
+		rc = grey_find(c, key, &row);
+		v[0] = row.first_ms, v[1] = row.last_ms, v[2] = row.expires_ms;
+	} else {
+		rc = awl_read(c, key, v);
+		row.found = rc > 0;
+	}
+	if (rc < 0) {
+		store_status err = db_error(s, c, "greylist get");
 
 		release(s, c, FOR_READ);
-		return rc;
+		return err;
 	}
 	release(s, c, FOR_READ);
-	if (!found)
+	if (!row.found)
 		return STORE_NOTFOUND;
 	out->kind = kind;
 	snprintf(out->key, sizeof(out->key), "%s", key);
@@ -1676,7 +1758,12 @@ static store_status sqlite_grey_remove(store_backend_impl *s, store_grey_kind ki
 
 	if (!c)
 		return STORE_ERROR;
-	sqlite3_bind_text(c->stmt[stmt], 1, key, -1, SQLITE_STATIC);
+	if (kind == STORE_GREY_TRIPLET) {
+		sqlite3_bind_int64(c->stmt[stmt], 1, grey_hash(key));
+		sqlite3_bind_text(c->stmt[stmt], 2, key, -1, SQLITE_STATIC);
+	} else {
+		sqlite3_bind_text(c->stmt[stmt], 1, key, -1, SQLITE_STATIC);
+	}
 	rc = run_write(s, c, c->stmt[stmt], "greylist remove", &changes);
 	if (rc == STORE_OK && changes && kind == STORE_GREY_TRIPLET && atomic_load(&s->grey_rows) > 0)
 		atomic_fetch_sub(&s->grey_rows, 1);
@@ -1690,7 +1777,7 @@ static store_status sqlite_grey_awl_put(store_backend_impl *s, const store_grey_
 
 	if (!c)
 		return STORE_ERROR;
-	if (grey_write(c, ST_AWL_PUT, r->key, (int64_t)r->count, r->last_ms, r->expires_ms) < 0)
+	if (awl_write(c, r->key, (int64_t)r->count, r->last_ms, r->expires_ms) < 0)
 		rc = db_error(s, c, "greylist whitelist");
 	wrote(c);
 	release(s, c, FOR_WRITE);

@@ -4,7 +4,7 @@ Runs the real $SPAMTRAPCTL on a temporary config, once on a temporary
 SQLite file and once on a real redis-server: list, lookup ("why was this
 mail delayed, and for how long more?"), remove, remove --client and
 whitelist. Triplets are written behind spamtrapctl's back in the store's
-own layout (the greylist_triplets table; Redis hashes at PREFIX
+own layout (the greylist_triplets table, rows found by the key's FNV-1a; Redis hashes at PREFIX
 "grey:t:" KEY), with times around now, so no test sleeps. The keys the
 tests write are the keys the greylist check makes (core/greystep.h,
 core/greynorm.h): spamtrapctl must build the same from the words an
@@ -30,6 +30,14 @@ KEY = "192.0.2.0/24/user@example.com/bob@example.org"
 WORDS = ("192.0.2.77", "<User+Newsletter@Example.COM>", "Bob@Example.ORG")
 MINUTE_MS = 60 * 1000
 DAY_MS = 86400 * 1000
+
+
+def fnv1a(key):
+    """The 64-bit FNV-1a of key as SQLite stores it (signed): the column greylist_triplets.hash."""
+    h = 0xcbf29ce484222325
+    for b in key.encode():
+        h = ((h ^ b) * 0x100000001b3) & (2**64 - 1)
+    return h - 2**64 if h >= 2**63 else h
 
 
 def now_ms():
@@ -122,8 +130,9 @@ class SqliteGreylistTest(GreylistScenarios, CtlCase):
     def put_triplet(self, key, first, last, expires):
         self.ctl("greylist", "list", rc=0)  # creates the file and its schema
         with sqlite3.connect(self.db) as db:
-            db.execute("INSERT INTO greylist_triplets (key, first_ms, last_ms, expires_ms) VALUES (?, ?, ?, ?)",
-                       (key, first, last, expires))
+            db.execute("INSERT INTO greylist_triplets (hash, key, first_ms, last_ms, expires_ms)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (fnv1a(key), key, first, last, expires))
 
 
 class RedisGreylistTest(ClassRedis, GreylistScenarios, CtlCase):

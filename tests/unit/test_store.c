@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "store/store.h"
 #include "store/store_backend.h"
 
@@ -3190,6 +3191,45 @@ static void test_sqlite_greylist_cap_recount(void **state)
 	store_free(b);
 }
 
+/* n rows of other keys under the hash of key, live for an hour from t, written behind the store's back. */
+static void grey_rows_at(const char *key, int n, int64_t t)
+{
+	char sql[512], out[64];
+
+	snprintf(sql, sizeof(sql),
+	         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
+	         " INSERT INTO greylist_triplets SELECT %lld, 'x' || i || '%s', %lld, %lld, %lld FROM n",
+	         n, (long long)(int64_t)hash_fnv1a(HASH_FNV1A_INIT, key, strlen(key)), key, (long long)t,
+	         (long long)t, (long long)(t + HOUR_MS));
+	sqlite_cli(sql, out, sizeof(out));
+}
+
+/*
+ * Triplets are found by their key's hash; a hash's bucket holds 8 rows at
+ * most, so that crafted collisions cost a lookup 8 rows: a new triplet of
+ * a full bucket passes unrecorded, the triplets in it work on.
+ */
+static void test_sqlite_greylist_bucket_full(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	assert_grey(grey1(st, "victim", NULL, t, 0, 0), "new");
+	/* seven more beside victim under its hash, and eight under another's */
+	grey_rows_at("victim", 7, t);
+	grey_rows_at("other", 8, t);
+	q = grey1(st, "other", NULL, t, 0, 0);
+	assert_grey(q, "pass");
+	assert_true(q.u.grey.capped);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 16);
+	assert_int_equal(sqlite_rows("greylist_triplets WHERE key = 'other'"), 0);
+	assert_grey(grey1(st, "victim", NULL, t + 1, 0, 0), "early-retry");
+	assert_grey(grey1(st, "victim", NULL, t + G_DELAY, 0, 0), "pass-first");
+	store_free(st);
+}
+
 /* The purge drops expired triplets and clients, keeps live ones, and counts the rows afresh for the cap. */
 static void test_sqlite_greylist_purge(void **state)
 {
@@ -3271,6 +3311,36 @@ static void test_sqlite_greylist_flood_bounded(void **state)
 	assert_true(closed < (off_t)FLOOD_CAP * 400);
 }
 
+/*
+ * The same with the longest keys a client can make (GREYSTEP_KEY_MAX - 1
+ * bytes, most of them its sender): stored once, they cost about their
+ * length a row, not the overflow pages an index on them would take.
+ */
+static void test_sqlite_greylist_flood_longest_keys(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char key[GREYSTEP_KEY_MAX];
+	off_t closed;
+
+	(void)state;
+	memset(key, 'a', sizeof(key) - 1);
+	key[sizeof(key) - 1] = '\0';
+	for (int i = 0; i < 4000; i++) {
+		char head[32];
+		int n = snprintf(head, sizeof(head), "203.0.113.0/24/%07d", i);
+
+		memcpy(key, head, (size_t)n);
+		grey1(st, key, NULL, t, 0, 2000);
+	}
+	store_free(st);
+	closed = sqlite_bytes();
+	assert_int_equal(sqlite_rows("greylist_triplets"), 2000);
+	print_message("greylist flood, %d-byte keys: 2000 rows, %lld bytes (%.0f bytes a row)\n",
+	              GREYSTEP_KEY_MAX - 1, (long long)closed, (double)closed / 2000);
+	assert_true(closed < (off_t)2000 * 2 * GREYSTEP_KEY_MAX);
+}
+
 /* A version 5 file (before the greylist) gets its tables on open, keeping what it held. */
 static void test_sqlite_upgrade_v5(void **state)
 {
@@ -3292,7 +3362,8 @@ static void test_sqlite_upgrade_v5(void **state)
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'greylist%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out,
-	                    "greylist_awl greylist_awl_expires greylist_triplets greylist_triplets_expires");
+	                    "greylist_awl greylist_awl_expires greylist_triplets greylist_triplets_expires "
+	                    "greylist_triplets_hash");
 }
 
 /* Two daemons on one Redis share one greylist: the first attempt at A, the retry at B passes. */
@@ -3525,8 +3596,10 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_greylist_edges),
     CASE(test_sqlite_greylist_cap),
     CASE(test_sqlite_greylist_cap_recount),
+    CASE(test_sqlite_greylist_bucket_full),
     CASE(test_sqlite_greylist_purge),
     CASE(test_sqlite_greylist_flood_bounded),
+    CASE(test_sqlite_greylist_flood_longest_keys),
     CASE(test_sqlite_upgrade_v5),
 };
 
