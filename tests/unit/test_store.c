@@ -3046,6 +3046,61 @@ static void test_greylist_admin(void **state)
 	store_free(st);
 }
 
+struct grey_worker {
+	store *st;
+	atomic_int *errors;
+};
+
+static void *grey_work(void *arg)
+{
+	struct grey_worker *w = arg;
+	char key[32];
+
+	for (int r = 0; r < KV_ROUNDS; r++) {
+		query q;
+
+		snprintf(key, sizeof(key), "192.0.2.0/24/a@x/r%d@y", r);
+		q = grey_query(key, "192.0.2.7", now_ms_wall(), 2, 0);
+		q.u.grey.params.delay_ms = HOUR_MS; /* however slow the threads, no attempt passes */
+		q.u.grey.params.retry_window_ms = 2 * HOUR_MS;
+		if (store_greylist(w->st, &q) != STORE_OK || greystep_passes(q.u.grey.answer.result))
+			atomic_fetch_add(w->errors, 1);
+	}
+	return NULL;
+}
+
+static int grey_count_one(const store_grey_record *r, void *ctx)
+{
+	(void)r;
+	(*(int *)ctx)++;
+	return 0;
+}
+
+/* Threads on two handles at once: every attempt answered and deferred, each triplet stored once. */
+static void test_greylist_concurrent(void **state)
+{
+	store *st[2] = {open_store(), open_store()};
+	pthread_t th[KV_THREADS];
+	struct grey_worker w[KV_THREADS];
+	atomic_int errors = 0;
+	int64_t now;
+	int n = 0;
+
+	(void)state;
+	for (int i = 0; i < KV_THREADS; i++) {
+		w[i] = (struct grey_worker){.st = st[i % 2], .errors = &errors};
+		assert_int_equal(pthread_create(&th[i], NULL, grey_work, &w[i]), 0);
+	}
+	for (int i = 0; i < KV_THREADS; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(atomic_load(&errors), 0);
+	assert_int_equal(store_greylist_time(st[0], &now), STORE_OK);
+	assert_int_equal(store_greylist_foreach(st[0], now, grey_count_one, &n), STORE_OK);
+	assert_int_equal(n, KV_ROUNDS);
+	store_free(st[0]);
+	store_free(st[1]);
+}
+
 /*
  * The longest triplet greystep_triplet_key makes (a 512-byte sender and
  * a long recipient) is a triplet like any other, listed whole; one byte
@@ -3576,6 +3631,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_greylist_awl_put),
     CASE(test_greylist_admin),
     CASE(test_greylist_longest_key),
+    CASE(test_greylist_concurrent),
     CASE(test_greylist_bad_arguments),
 };
 
