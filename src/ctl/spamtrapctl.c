@@ -574,7 +574,7 @@ static void grey_explain_triplet(const ctl_grey *g, const store_grey_record *r, 
 		printf("  passed: mail passes; it is kept until %s (max_age after its last use)\n",
 		       iso_ms(r->expires_ms, t, sizeof(t)));
 	else if (left > 0)
-		printf("  pending: deferred; a retry passes in %llds (%s from now), until %s\n",
+		printf("  pending: deferred; a retry passes in %llds (%s), if it comes before %s\n",
 		       (long long)ms_to_s_up(left), span(ms_to_s_up(left), d, sizeof(d)),
 		       iso_ms(r->expires_ms, t, sizeof(t)));
 	else
@@ -606,7 +606,7 @@ static int cmd_grey_lookup(ctl *c, const ctl_grey *g, const char *triplet, const
 	store_grey_record t, a;
 	store_status trc, arc = STORE_NOTFOUND;
 	int64_t now;
-	char d[32];
+	char d[32], key[GREYSTEP_KEY_MAX];
 
 	if (store_greylist_time(c->st, &now) != STORE_OK ||
 	    (trc = store_greylist_get(c->st, triplet, now, &t)) == STORE_ERROR ||
@@ -615,10 +615,11 @@ static int cmd_grey_lookup(ctl *c, const ctl_grey *g, const char *triplet, const
 	if (trc == STORE_OK)
 		grey_explain_triplet(g, &t, now);
 	else if (arc == STORE_OK && a.count >= g->awl_count)
-		printf("triplet %s: not seen (or expired); its client passes without it\n", triplet);
+		printf("triplet %s: not seen (or expired); its client passes without it\n",
+		       log_safe(triplet, key, sizeof(key)));
 	else
-		printf("triplet %s: not seen (or expired): its next attempt is deferred for %s\n", triplet,
-		       span(g->delay_ms / 1000, d, sizeof(d)));
+		printf("triplet %s: not seen (or expired): its next attempt is deferred for %s\n",
+		       log_safe(triplet, key, sizeof(key)), span(g->delay_ms / 1000, d, sizeof(d)));
 	if (arc == STORE_OK)
 		grey_explain_awl(g, &a);
 	else if (g->awl_count)
@@ -628,12 +629,14 @@ static int cmd_grey_lookup(ctl *c, const ctl_grey *g, const char *triplet, const
 
 static int grey_removed(store_status rc, const char *what, const char *key)
 {
+	char safe[GREYSTEP_KEY_MAX];
+
 	switch (rc) {
 	case STORE_OK:
-		printf("removed %s %s\n", what, key);
+		printf("removed %s %s\n", what, log_safe(key, safe, sizeof(safe)));
 		return EXIT_OK;
 	case STORE_NOTFOUND:
-		fprintf(stderr, "spamtrapctl: greylist: no %s %s\n", what, key);
+		fprintf(stderr, "spamtrapctl: greylist: no %s %s\n", what, log_safe(key, safe, sizeof(safe)));
 		return EXIT_NOTFOUND;
 	case STORE_ERROR:
 		break;
