@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "core/checks/greylist.h"
 #include "core/addr.h"
 #include "core/greynorm.h"
 #include "core/greystep.h"
@@ -443,13 +444,7 @@ static int cmd_expire(ctl *c)
 
 /* --- greylist ------------------------------------------------------------ */
 
-/*
- * The greylist settings these commands need, as the greylist check uses
- * them. Until the check is in the config this is SPEC.md's defaults; with
- * it, take them from cfg->pipeline.checks[CHECK_ID_GREYLIST].conf (a
- * greylist_conf, core/checks/greylist.h: delay, max_age, awl_count,
- * awl_by, ipv4_prefix, ipv6_prefix, in seconds), in ctl_grey_conf() alone.
- */
+/* The greylist settings these commands need, from the config as the greylist check reads them. */
 typedef struct ctl_grey {
 	int64_t delay_ms, max_age_ms;
 	uint64_t awl_count;
@@ -460,12 +455,14 @@ typedef struct ctl_grey {
 
 static void ctl_grey_conf(const config *cfg, ctl_grey *g)
 {
-	*g = (ctl_grey){.delay_ms = 300 * 1000,
-	                .max_age_ms = (int64_t)35 * 86400 * 1000,
-	                .awl_count = 5,
-	                .awl_by_network = false,
-	                .ipv4_prefix = 24,
-	                .ipv6_prefix = 64,
+	const greylist_conf *gc = cfg->pipeline.checks[CHECK_ID_GREYLIST].conf;
+
+	*g = (ctl_grey){.delay_ms = gc->delay * 1000,
+	                .max_age_ms = gc->max_age * 1000,
+	                .awl_count = (uint64_t)gc->awl_count,
+	                .awl_by_network = gc->awl_by == GREYLIST_AWL_BY_NETWORK,
+	                .ipv4_prefix = (unsigned)gc->ipv4_prefix,
+	                .ipv6_prefix = (unsigned)gc->ipv6_prefix,
 	                .delimiters = cfg->recipient_delimiter};
 }
 

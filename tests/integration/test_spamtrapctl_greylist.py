@@ -11,6 +11,7 @@ core/greynorm.h): spamtrapctl must build the same from the words an
 admin types.
 """
 
+import json
 import os
 import re
 import sqlite3
@@ -113,6 +114,22 @@ class GreylistScenarios:
         self.grey("lookup", *WORDS, rc=1)
         p = self.grey("remove", *WORDS, rc=1)
         self.assertIn(f"no triplet {KEY}", p.stderr)
+
+    def test_settings_come_from_the_config(self):
+        """greylist.ipv4_prefix, delay and awl_by of the config, as the check uses them."""
+        path = os.path.join(self.dir, "grey16.json")
+        with open(path, "w") as f:
+            json.dump({"store": self.store_settings(),
+                       "greylist": {"ipv4_prefix": 16, "delay": "10m", "awl_by": "network"}}, f)
+        t = now_ms()
+        key16 = "192.0.0.0/16/user@example.com/bob@example.org"
+        self.put_triplet(key16, t - MINUTE_MS, t - MINUTE_MS, t + 2 * DAY_MS)
+        out = self.ctl("greylist", "lookup", *WORDS, config=path, rc=0).stdout
+        m = re.search(r"a retry passes in (\d+)s", out)
+        self.assertIsNotNone(m, out)
+        self.assertTrue(500 <= int(m.group(1)) <= 540, out)  # delay 10m, first attempt a minute ago
+        self.ctl("greylist", "whitelist", "192.0.2.7", config=path, rc=0)
+        self.assertIn("192.0.0.0/16", self.ctl("greylist", "list", config=path, rc=0).stdout)
 
     def test_usage_errors(self):
         for args in ([], ["bogus"], ["lookup", "192.0.2.7", "a@b"], ["list", "x"], ["whitelist"],
