@@ -128,12 +128,22 @@ class GreylistCase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        problems = []
         try:
             for pf in cls.postfixes():
+                problems += re.findall(r".*(?:warning|error|fatal).*milter.*", pf.maillog())
                 pf.cleanup()
         finally:
             for d in cls.daemons():
-                d.cleanup()  # raises on a non-zero exit (an ASan report, a crash)
+                try:
+                    d.stop()  # raises on a non-zero exit (an ASan report, a crash)
+                    if "connection(s) open" in d.log():  # a milter context never closed
+                        problems.append(d.log()[-2000:])
+                finally:
+                    d.cleanup()
+        if problems:
+            raise AssertionError("Postfix complained about the milter, or contexts were left open:\n"
+                                 + "\n".join(problems))
 
     def send(self, sender, rcpts, client, pf=None, **kw):
         return (pf or self.pf).smtp(sender, rcpts, client=client, **kw)
