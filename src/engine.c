@@ -481,6 +481,34 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	return out;
 }
 
+/*
+ * greylist.maintenance of the config in force: only the host where it is
+ * true purges the greylist's SQLite tables (store_greylist_purge). Until
+ * the greylist check is in the config (CHECK_ID_GREYLIST), no host does.
+ * With it: cfg->pipeline.checks[CHECK_ID_GREYLIST].conf, a greylist_conf
+ * (core/checks/greylist.h), gives .maintenance.
+ */
+static bool greylist_maintenance(const config *cfg)
+{
+	(void)cfg;
+	return false;
+}
+
+/* Expired triplets and auto-whitelisted clients, in the store's chunks; Redis expires its own. */
+static void purge_greylist(engine *eng, store *st, bool maintenance)
+{
+	struct timespec ts;
+	uint64_t purged = 0;
+
+	if (!maintenance)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (store_greylist_purge(st, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &purged) != STORE_OK)
+		log_store_error(eng, STORE_UPDATES, "greylist purge");
+	else if (purged)
+		log_info("purged %llu expired greylist records", (unsigned long long)purged);
+}
+
 void engine_purge(engine *eng)
 {
 	engine_snapshot *snap = engine_acquire(eng);
@@ -496,5 +524,6 @@ void engine_purge(engine *eng)
 		if (purged)
 			log_info("purged %llu expired blocklist entries", (unsigned long long)purged);
 	}
+	purge_greylist(eng, snap->ss->st, greylist_maintenance(snap->cfg));
 	engine_release(snap);
 }
