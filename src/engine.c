@@ -463,7 +463,12 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		decide_prepare(&snap->cfg->decide, facts, &m->txn);
 		m->prepared = true;
 	}
-	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)ts.tv_sec);
+	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
+	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	if (pipeline_needs(p, run) > 0) {
 		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
 		note_health(snap->eng, run->q, run->nq);

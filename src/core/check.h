@@ -71,6 +71,7 @@ typedef struct check_ctx {
 	const decide_txn *txn; /* the transaction's keys, prepared once per MAIL FROM */
 	const check_msg *msg;  /* the message's state before this stage */
 	int64_t now;           /* Unix seconds */
+	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
 } check_ctx;
 
 /* Most queries one check asks at one stage, and most it writes as effects. */

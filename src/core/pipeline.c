@@ -8,7 +8,8 @@
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now)
 {
-	run->ctx = (check_ctx){.stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now};
+	run->ctx = (check_ctx){
+	    .stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now, .now_ms = now * 1000};
 	run->enabled = enabled;
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));

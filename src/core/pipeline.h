@@ -61,7 +61,8 @@ typedef struct pipeline_run {
 	check_msg msg;   /* the message's state after this stage */
 } pipeline_run;
 
-/* facts, txn and msg must outlive run. */
+/* facts, txn and msg must outlive run. ctx.now_ms is now * 1000: a caller with a finer clock sets it after.
+ */
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now);
 /* Fills run->q[0..nq); returns nq. */

@@ -163,7 +163,7 @@ static size_t greylist_needs(const void *vconf, const check_ctx *ctx, void *scra
 	                                     .retry_window_ms = conf->retry_window * 1000,
 	                                     .max_age_ms = conf->max_age * 1000,
 	                                     .awl_count = (uint64_t)conf->awl_count};
-	q->u.grey.now_ms = ctx->now * 1000;
+	q->u.grey.now_ms = ctx->now_ms;
 	q->u.grey.max_triplets = (uint64_t)conf->max_triplets;
 	return 1;
 }
@@ -335,6 +335,8 @@ static void greylist_decide(const void *vconf, const check_ctx *ctx, void *scrat
 			check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_STORE_ERROR);
 		else
 			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
+		/* The line must say whose store question failed: the blocklist's line looks the same. */
+		check_detail_add(v, " check=greylist triplet=%s", s->triplet);
 		return;
 	case QUERY_NOTFOUND:
 	case QUERY_PENDING:
