@@ -6,7 +6,9 @@
  * expiry (EXPIREAT at the entry's expires) drops it, so purging is only
  * needed when clocks disagree. Lookups still compare expires with the
  * caller's now, so both backends answer alike. The network lengths
- * present are kept in one more hash, PREFIX "netlens" (see below). See
+ * present are kept in one more hash, PREFIX "netlens" (see below). The
+ * greylist's triplets and clients are hashes at PREFIX "grey:t:" and
+ * PREFIX "grey:a:" (greylist_lua), on the server's clock. See
  * docs/redis.md.
  *
  * Round trips: a lookup is one Lua script (EVALSHA, EVAL when the server
