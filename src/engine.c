@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/checks/greylist.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
 #include "log.h"
@@ -488,15 +489,15 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 
 /*
  * greylist.maintenance of the config in force: only the host where it is
- * true purges the greylist's SQLite tables (store_greylist_purge). Until
- * the greylist check is in the config (CHECK_ID_GREYLIST), no host does.
- * With it: cfg->pipeline.checks[CHECK_ID_GREYLIST].conf, a greylist_conf
- * (core/checks/greylist.h), gives .maintenance.
+ * true purges the greylist's SQLite tables (store_greylist_purge), so
+ * that hosts sharing one file do not all scan it. Whatever the check's
+ * mode: a greylist turned off still has its rows to expire.
  */
 static bool greylist_maintenance(const config *cfg)
 {
-	(void)cfg;
-	return false;
+	const greylist_conf *gc = cfg->pipeline.checks[CHECK_ID_GREYLIST].conf;
+
+	return gc && gc->maintenance;
 }
 
 /* Expired triplets and auto-whitelisted clients, in the store's chunks; Redis expires its own. */
@@ -510,8 +511,11 @@ static void purge_greylist(engine *eng, store *st, bool maintenance)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	if (store_greylist_purge(st, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &purged) != STORE_OK)
 		log_store_error(eng, STORE_UPDATES, "greylist purge");
-	else if (purged)
-		log_info("purged %llu expired greylist records", (unsigned long long)purged);
+	else {
+		store_worked(eng, STORE_UPDATES);
+		if (purged)
+			log_info("purged %llu expired greylist records", (unsigned long long)purged);
+	}
 }
 
 void engine_purge(engine *eng)
