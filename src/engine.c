@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/checks/greylist.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
 #include "log.h"
@@ -483,15 +484,15 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 
 /*
  * greylist.maintenance of the config in force: only the host where it is
- * true purges the greylist's SQLite tables (store_greylist_purge). Until
- * the greylist check is in the config (CHECK_ID_GREYLIST), no host does.
- * With it: cfg->pipeline.checks[CHECK_ID_GREYLIST].conf, a greylist_conf
- * (core/checks/greylist.h), gives .maintenance.
+ * true purges the greylist's SQLite tables (store_greylist_purge), whatever
+ * the check's mode, so that rows left from before the greylist was
+ * switched off still go.
  */
 static bool greylist_maintenance(const config *cfg)
 {
-	(void)cfg;
-	return false;
+	const greylist_conf *gc = cfg->pipeline.checks[CHECK_ID_GREYLIST].conf;
+
+	return gc != NULL && gc->maintenance;
 }
 
 /* Expired triplets and auto-whitelisted clients, in the store's chunks; Redis expires its own. */

@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "log.h"
+#include "store/store.h"
 
 #define REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
 
@@ -325,6 +326,52 @@ static void test_dry_run_keeps_whitelist(void **state)
 	stop(eng);
 }
 
+/*
+ * The host with greylist.maintenance purges the greylist's expired rows:
+ * without it, expired triplets stay in the SQLite table for good and fill
+ * max_triplets, after which every new triplet passes ungreylisted.
+ */
+static void greylist_purge_case(const char *maintenance, unsigned expect_purged)
+{
+	char extra[256], path[256], err[512], line[64];
+	engine_snapshot *snap;
+	store_config sc = {.backend = STORE_BACKEND_SQLITE, .sqlite_path = path};
+	query q = {.kind = QUERY_GREYLIST};
+	store *st;
+	engine *eng;
+
+	snprintf(extra, sizeof(extra), "\"greylist\": {\"mode\": \"enforce\", \"maintenance\": %s}",
+	         maintenance);
+	eng = start(extra);
+	snap = engine_acquire(eng);
+	snprintf(path, sizeof(path), "%s", engine_config(snap)->store.sqlite_path);
+	engine_release(snap);
+	/* A triplet first tried in 1970: long expired. */
+	st = store_open(&sc, err, sizeof(err));
+	assert_non_null(st);
+	q.u.grey.triplet = "192.0.2.0/24/a@b.example/c@d.example";
+	q.u.grey.params =
+	    (greystep_params){.delay_ms = 300000, .retry_window_ms = 86400000, .max_age_ms = 86400000};
+	q.u.grey.now_ms = 1000;
+	assert_int_equal(store_greylist(st, &q), STORE_OK);
+	assert_int_equal(q.u.grey.answer.result, GREYSTEP_DEFER_NEW);
+	store_free(st);
+
+	nlines = 0;
+	engine_purge(eng);
+	snprintf(line, sizeof(line), "purged %u expired greylist records", expect_purged);
+	assert_int_equal(logged(line), expect_purged ? 1 : 0);
+	assert_int_equal(logged("expired greylist records"), expect_purged ? 1 : 0);
+	stop(eng);
+}
+
+static void test_greylist_purged_where_maintenance(void **state)
+{
+	(void)state;
+	greylist_purge_case("true", 1);
+	greylist_purge_case("false", 0);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -353,6 +400,7 @@ int main(void)
 	    cmocka_unit_test(test_blocklist_shadow_and_off),
 	    cmocka_unit_test(test_reload_keeps_message_snapshot),
 	    cmocka_unit_test(test_dry_run_keeps_whitelist),
+	    cmocka_unit_test(test_greylist_purged_where_maintenance),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
