@@ -93,6 +93,15 @@ class Behaviour(GreyChecks):
         self.assertEqual(self.ask(d, "c@x.example", client="203.0.113.9", sasl_username="carol"), "DUNNO")
         self.assert_deferred(self.ask(d, "c@x.example", client="203.0.113.9"))
 
+    def test_unreadable_recipients_are_greylisted(self):
+        # Postfix delivers these to user@ (recipient_delimiter +) though spamtrapd cannot read them:
+        # past the policy cap, and "user+<x"@ in Postfix's internal form. Each waits as any triplet.
+        d, s = self.d, "ivan@x.example"
+        for rcpt in ("user+" + "x" * 600 + "@example.com", "user+<x@example.com"):
+            self.assert_deferred(self.ask(d, s, rcpt=rcpt))
+        self.wait_delay()
+        self.assertRegex(self.ask(d, s, rcpt="user+<x@example.com"), HEADER)
+
     def test_trap_recipient_of_a_greylisted_client_is_caught(self):
         d, s, client = self.d, "spammer@spam.example", "203.0.113.66"
         self.assert_deferred(self.ask(d, s, client=client))

@@ -242,6 +242,48 @@ static void test_not_asked(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * Recipients Postfix delivers but spamtrapd cannot read (its internal form
+ * of <"user+<x"@d>, an extension past our caps, a recipient the policy
+ * front end dropped at its cap) are greylisted like any other, never let
+ * through: each raw spelling is its own triplet.
+ */
+static void test_unreadable_recipient_is_greylisted(void **state)
+{
+	config *cfg = cfg_of("", "");
+	char longest[700];
+	char first[GREYSTEP_KEY_MAX];
+	decide_facts f = facts("192.0.2.7", "a@b.example", "user+<x@example.org");
+	stage_out o = stage(cfg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &NO_MSG, &NEW);
+
+	(void)state;
+	assert_int_equal(o.asked, 1);
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+	assert_non_null(strstr(o.triplet, "192.0.2.0/24/a@b.example/<invalid:"));
+	snprintf(first, sizeof(first), "%s", o.triplet);
+
+	f.recipient = "user+\"@example.org";
+	o = stage(cfg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &NO_MSG, &NEW);
+	assert_int_equal(o.asked, 1);
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+	assert_string_not_equal(o.triplet, first);
+
+	memset(longest, 'x', sizeof(longest) - 1);
+	memcpy(longest, "user+", 5);
+	snprintf(longest + sizeof(longest) - 13, 13, "@example.org");
+	f.recipient = longest;
+	o = stage(cfg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &NO_MSG, &NEW);
+	assert_int_equal(o.asked, 1);
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+
+	f.recipient = NULL;
+	o = stage(cfg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &NO_MSG, &NEW);
+	assert_int_equal(o.asked, 1);
+	assert_string_equal(o.triplet, "192.0.2.0/24/a@b.example/<invalid>");
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+	config_unref(cfg);
+}
+
 /* SPEC.md "Checks": a trap recipient is never greylisted, and its hit is recorded as usual. */
 static void test_trap_recipient_is_not_greylisted(void **state)
 {
@@ -470,6 +512,7 @@ int main(void)
 	    cmocka_unit_test(test_keys_by_prefix_and_awl_by),
 	    cmocka_unit_test(test_reply_rounds_remaining_up),
 	    cmocka_unit_test(test_not_asked),
+	    cmocka_unit_test(test_unreadable_recipient_is_greylisted),
 	    cmocka_unit_test(test_trap_recipient_is_not_greylisted),
 	    cmocka_unit_test(test_whitelisted_network_is_not_greylisted),
 	    cmocka_unit_test(test_null_sender_at_data),

@@ -8,14 +8,17 @@
 
 #include "core/greynorm.h"
 #include "core/greystep.h"
+#include "core/hash.h"
 
 static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local problem, try again later"};
 /* The sender key of an envelope sender Postfix let through but spamtrapd cannot read: one triplet. */
 static const char INVALID_SENDER_KEY[] = "<invalid>";
+/* The recipient key when the front end could not hand the recipient over (cut at its cap). */
+static const char MISSING_RCPT_KEY[] = "<invalid>";
 
 typedef enum {
 	GREY_ASK,                /* the triplet is looked up */
-	GREY_SKIP,               /* nothing to say: no recipient, no client address, a key too long */
+	GREY_SKIP,               /* nothing to say: no client address, a key too long */
 	GREY_SKIP_AUTHENTICATED, /* SASL clients are never greylisted */
 	GREY_SKIP_CLIENT_LISTED, /* greylist.clients / client_files */
 	GREY_SKIP_RCPT_LISTED,   /* greylist.recipients / recipient_files */
@@ -113,6 +116,26 @@ static int greylist_compile(void *conf, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * The recipient's part of the triplet; true when it is a readable address.
+ * Postfix delivers recipients spamtrapd cannot read ("user+<x"@d in its
+ * internal form, an extension longer than our caps): each is greylisted
+ * under a key of its raw bytes (or one key when the front end had to drop
+ * it), never let through ungreylisted.
+ */
+static bool recipient_key(const char *recipient, char *out, size_t outlen)
+{
+	if (recipient == NULL) {
+		snprintf(out, outlen, "%s", MISSING_RCPT_KEY);
+		return false;
+	}
+	if (addr_normalise(recipient, strlen(recipient), out, outlen) == ADDR_OK)
+		return true;
+	snprintf(out, outlen, "<invalid:%016" PRIx64 ">",
+	         hash_fnv1a(HASH_FNV1A_INIT, recipient, strlen(recipient)));
+	return false;
+}
+
 static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scratch *s)
 {
 	const decide_facts *f = ctx->facts;
@@ -120,16 +143,15 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 	char sender_key[ADDR_MAX + 2], rcpt[ADDR_MAX];
 	const char *skey = sender_key;
 
-	if (!f->recipient || !txn->have_client)
+	if (!txn->have_client)
 		return GREY_SKIP;
 	if (f->sasl_username && *f->sasl_username)
 		return GREY_SKIP_AUTHENTICATED;
 	if (conf->wl &&
 	    greywl_match_client(conf->wl, f->client_address, f->client_name, s->why, sizeof(s->why)))
 		return GREY_SKIP_CLIENT_LISTED;
-	if (addr_normalise(f->recipient, strlen(f->recipient), rcpt, sizeof(rcpt)) != ADDR_OK)
-		return GREY_SKIP; /* Postfix refuses such a recipient itself */
-	if (conf->wl && greywl_match_recipient(conf->wl, rcpt, s->why, sizeof(s->why)))
+	if (recipient_key(f->recipient, rcpt, sizeof(rcpt)) &&
+	    (conf->wl && greywl_match_recipient(conf->wl, rcpt, s->why, sizeof(s->why))))
 		return GREY_SKIP_RCPT_LISTED;
 	if (txn->sender_invalid)
 		skey = INVALID_SENDER_KEY;
