@@ -307,8 +307,9 @@ class Bench:
     def greylist(self):
         """Step 5: every triplet new, spamtrapd (SQLite, Redis) and postgrey at each level."""
         a = self.args
-        # postgrey's defaults (5 min delay, 35 d max age, auto-whitelist after 5) are spamtrapd's
-        extra = {"greylist": {"mode": "enforce"}}
+        # postgrey's defaults (5 min delay, 35 d max age, auto-whitelist after 5) are spamtrapd's. The
+        # run writes a few 100,000 triplets: a cap far above them, so that none passes as "greylist full".
+        extra = {"greylist": {"mode": "enforce", "max_triplets": 100000000}}
         targets = []
         stores = [("spamtrapd grey sqlite", {"sqlite": {"path": os.path.join(self.tmp, "greylist.db")}})]
         redis = self.ensure_redis()
