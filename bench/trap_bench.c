@@ -58,7 +58,10 @@ static check_verdict run_stage(const config *cfg, check_stage stage, const decid
 	pipeline_needs(&cfg->pipeline, run);
 	for (size_t i = 0; i < run->nq; i++)
 		run->q[i].status = QUERY_NOTFOUND;
-	pipeline_decide(&cfg->pipeline, run);
+	for (size_t from; pipeline_decide(&cfg->pipeline, run, &from);)
+		for (size_t i = from; i < run->nq; i++)
+			run->q[i].status =
+			    QUERY_ERROR; /* a late check's store step: not this bench's business */
 	*msg = run->msg;
 	return run->final;
 }

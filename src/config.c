@@ -44,6 +44,8 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/checks/greylist.h"
+#include "core/greywl.h"
 #include "core/text.h"
 
 #define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
@@ -269,6 +271,7 @@ typedef struct config_box {
 	atomic_uint refs;
 	trapset *traps;                /* owned; cfg.decide.traps points here */
 	whitelist *wl;                 /* owned; cfg.decide.whitelist points here */
+	greywl *greywl;                /* owned; the greylist check's conf points here */
 	void *check_conf[CHECK_COUNT]; /* owned: each check's own conf (check_def.conf_size), or NULL */
 } config_box;
 
@@ -1051,6 +1054,128 @@ static int set_wl_file(loader *ld, const value *v, char *err, size_t errlen)
 	return read_list_file(ld, v->s, "whitelist.files", add_wl_line, err, errlen);
 }
 
+/* ---- greylist.clients, recipients and their files: postgrey's syntax (core/greywl.h) ---- */
+
+/* A greylist whitelist file is read whole: postgrey's files are small, this is a sanity bound. */
+#define GREYWL_FILE_MAX (16u << 20)
+
+static greywl *ld_greywl(loader *ld)
+{
+	if (ld->box->greywl == NULL)
+		ld->box->greywl = greywl_new();
+	return ld->box->greywl;
+}
+
+/* greywl's "SOURCE: message" without the source: the loader names the key. */
+static int greywl_entry_result(int rc, const char *source, char *err)
+{
+	size_t n = strlen(source);
+
+	if (rc == 0)
+		return 0;
+	if (strncmp(err, source, n) == 0 && err[n] == ':')
+		memmove(err, err + n + 1 + (err[n + 1] == ' '),
+		        strlen(err + n + 1 + (err[n + 1] == ' ')) + 1);
+	return -1;
+}
+
+static int set_grey_client(loader *ld, const value *v, char *err, size_t errlen)
+{
+	greywl *wl = ld_greywl(ld);
+
+	if (wl == NULL)
+		return out_of_memory(err, errlen);
+	return greywl_entry_result(greywl_add_client(wl, v->s, "greylist.clients", err, errlen),
+	                           "greylist.clients", err);
+}
+
+static int set_grey_recipient(loader *ld, const value *v, char *err, size_t errlen)
+{
+	greywl *wl = ld_greywl(ld);
+
+	if (wl == NULL)
+		return out_of_memory(err, errlen);
+	return greywl_entry_result(greywl_add_recipient(wl, v->s, "greylist.recipients", err, errlen),
+	                           "greylist.recipients", err);
+}
+
+/* The whole of a list file, NUL-terminated, into *text (the caller frees it); 0 or -1 with err. */
+static int read_whole_file(loader *ld, const char *path, const char *key, char **text, size_t *len, char *err,
+                           size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	char *buf = NULL;
+	size_t n = 0, cap = 0;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	check_trust(ld, key, path);
+	for (;;) {
+		if (cap - n < 4096) {
+			char *grown =
+			    cap + 65536 <= GREYWL_FILE_MAX + 65536 ? realloc(buf, cap + 65536) : NULL;
+
+			if (grown == NULL) {
+				snprintf(err, errlen, "%s: %s", path,
+				         cap ? "file too large" : "out of memory");
+				break;
+			}
+			buf = grown;
+			cap += 65536;
+		}
+		size_t got = fread(buf + n, 1, cap - n - 1, f);
+
+		n += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(f) && err[0] == '\0')
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+	fclose(f);
+	if (err[0] != '\0') {
+		free(buf);
+		return -1;
+	}
+	buf[n] = '\0';
+	*text = buf;
+	*len = n;
+	return 0;
+}
+
+static int set_grey_file(loader *ld, const value *v, bool clients, char *err, size_t errlen)
+{
+	const char *key = clients ? "greylist.client_files" : "greylist.recipient_files";
+	char *path = resolve_path(ld, v->s), *text = NULL;
+	greywl *wl = ld_greywl(ld);
+	size_t len = 0;
+	int rc;
+
+	err[0] = '\0';
+	if (path == NULL || wl == NULL) {
+		free(path);
+		return out_of_memory(err, errlen);
+	}
+	rc = read_whole_file(ld, path, key, &text, &len, err, errlen);
+	if (rc == 0)
+		rc = clients ? greywl_load_clients(wl, text, len, path, err, errlen)
+		             : greywl_load_recipients(wl, text, len, path, err, errlen);
+	free(text);
+	free(path);
+	return rc;
+}
+
+static int set_grey_client_file(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return set_grey_file(ld, v, true, err, errlen);
+}
+
+static int set_grey_recipient_file(loader *ld, const value *v, char *err, size_t errlen)
+{
+	return set_grey_file(ld, v, false, err, errlen);
+}
+
 static int set_allow(loader *ld, const value *v, char *err, size_t errlen)
 {
 	netset **allow = &ld->cfg->policy.allow;
@@ -1399,6 +1524,12 @@ static const key_def schema[] = {
     {"whitelist.addresses", T_LIST, J([]), .set = set_wl_address},
     {"whitelist.networks", T_LIST, J([]), .set = set_wl_network},
     {"whitelist.files", T_LIST, J([]), .set = set_wl_file},
+
+    /* The greylist's whitelists; its other keys are the check's own (core/checks/greylist.c). */
+    {"greylist.clients", T_LIST, J([]), .set = set_grey_client},
+    {"greylist.recipients", T_LIST, J([]), .set = set_grey_recipient},
+    {"greylist.client_files", T_LIST, J([]), .set = set_grey_client_file},
+    {"greylist.recipient_files", T_LIST, J([]), .set = set_grey_recipient_file},
 
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
@@ -1815,6 +1946,7 @@ static void box_free(config_box *box)
 	free(c->warnings);
 	trapset_free(box->traps);
 	whitelist_free(box->wl);
+	greywl_free(box->greywl);
 	for (int i = 0; i < CHECK_COUNT; i++)
 		check_conf_free(checks_all[i], box->check_conf[i]);
 	free(box);
@@ -1870,6 +2002,22 @@ static void compile_checks(loader *ld)
 	}
 }
 
+/* The greylist's conf points at what the config owns: its whitelists, traps.recipient_delimiter. */
+static bool link_greylist(loader *ld)
+{
+	greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+
+	if (gc == NULL)
+		return true;
+	if (ld_greywl(ld) == NULL) {
+		ld->lost = true;
+		return false;
+	}
+	gc->wl = ld->box->greywl;
+	gc->recipient_delimiter = ld->cfg->recipient_delimiter ? ld->cfg->recipient_delimiter : "";
+	return true;
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -1882,6 +2030,8 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	if (!link_greylist(ld))
+		return;
 	compile_checks(ld);
 	build_pipeline(ld->box);
 	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/checks/greylist.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
 #include "log.h"
@@ -287,8 +288,16 @@ void engine_msg_end(engine_msg *m)
  * workers share it without a lock. Direct-mapped: a newer message takes
  * the slot of an older one, which is then judged as if new.
  */
-enum { MSG_TRAP_HIT = 1u << 0, MSG_LISTED_BEFORE = 1u << 1, MSG_FLAG_BITS = 16 };
+enum {
+	MSG_TRAP_HIT = 1u << 0,
+	MSG_LISTED_BEFORE = 1u << 1,
+	MSG_GREY_DEFER_DATA = 1u << 2,
+	MSG_GREY_HEADER_DONE = 1u << 3,
+	MSG_GREY_REMAINING_SHIFT = 4,
+	MSG_FLAG_BITS = 32
+};
 #define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
+#define MSG_GREY_REMAINING_MAX ((UINT32_C(1) << (MSG_FLAG_BITS - MSG_GREY_REMAINING_SHIFT)) - 1)
 
 static uint64_t instance_tag(const char *instance)
 {
@@ -308,15 +317,26 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 		return;
 	m->state.trap_hit = slot & MSG_TRAP_HIT;
 	m->state.listed_before = slot & MSG_LISTED_BEFORE;
+	m->state.grey_defer_data = slot & MSG_GREY_DEFER_DATA;
+	m->state.grey_header_done = slot & MSG_GREY_HEADER_DONE;
+	m->state.grey_remaining = (uint32_t)((slot & ~MSG_TAG_MASK) >> MSG_GREY_REMAINING_SHIFT);
 }
 
 void engine_msg_remember(const engine_msg *m, const char *instance)
 {
-	if (!instance || !*instance || !m->snap || !m->state.trap_hit)
+	const check_msg *st = &m->state;
+	uint32_t remaining =
+	    st->grey_remaining < MSG_GREY_REMAINING_MAX ? st->grey_remaining : MSG_GREY_REMAINING_MAX;
+
+	if (!instance || !*instance || !m->snap ||
+	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done))
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot =
-	    (tag & MSG_TAG_MASK) | MSG_TRAP_HIT | (m->state.listed_before ? MSG_LISTED_BEFORE : 0);
+	uint64_t slot = (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
+	                (st->listed_before ? MSG_LISTED_BEFORE : 0) |
+	                (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
+	                (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) |
+	                ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
 	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
 	                      memory_order_relaxed);
 }
@@ -444,12 +464,20 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		decide_prepare(&snap->cfg->decide, facts, &m->txn);
 		m->prepared = true;
 	}
-	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)time(NULL));
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)ts.tv_sec);
+	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
+	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	if (pipeline_needs(p, run) > 0) {
 		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
 		note_health(snap->eng, run->q, run->nq);
 	}
-	pipeline_decide(p, run);
+	for (size_t from; pipeline_decide(p, run, &from);) {
+		store_run(snap->ss->st, run->q + from, run->nq - from, run->ctx.now);
+		note_health(snap->eng, run->q + from, run->nq - from);
+	}
 	apply_effects(snap, run);
 	log_stage(p, run, facts);
 	m->state = run->msg;
@@ -457,6 +485,37 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		count_recipient(&m->state, &run->final);
 	out = run->final;
 	return out;
+}
+
+/*
+ * greylist.maintenance of the config in force: only the host where it is
+ * true purges the greylist's SQLite tables (store_greylist_purge), so
+ * that hosts sharing one file do not all scan it. Whatever the check's
+ * mode: a greylist turned off still has its rows to expire.
+ */
+static bool greylist_maintenance(const config *cfg)
+{
+	const greylist_conf *gc = cfg->pipeline.checks[CHECK_ID_GREYLIST].conf;
+
+	return gc && gc->maintenance;
+}
+
+/* Expired triplets and auto-whitelisted clients, in the store's chunks; Redis expires its own. */
+static void purge_greylist(engine *eng, store *st, bool maintenance)
+{
+	struct timespec ts;
+	uint64_t purged = 0;
+
+	if (!maintenance)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (store_greylist_purge(st, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &purged) != STORE_OK)
+		log_store_error(eng, STORE_UPDATES, "greylist purge");
+	else {
+		store_worked(eng, STORE_UPDATES);
+		if (purged)
+			log_info("purged %llu expired greylist records", (unsigned long long)purged);
+	}
 }
 
 void engine_purge(engine *eng)
@@ -474,5 +533,6 @@ void engine_purge(engine *eng)
 		if (purged)
 			log_info("purged %llu expired blocklist entries", (unsigned long long)purged);
 	}
+	purge_greylist(eng, snap->ss->st, greylist_maintenance(snap->cfg));
 	engine_release(snap);
 }

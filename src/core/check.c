@@ -12,7 +12,7 @@ void check_verdict_reset(check_verdict *v)
 	v->reason = v->check = NULL;
 	v->mode = CHECK_MODE_ENFORCE;
 	v->reply.code[0] = v->reply.xcode[0] = v->reply.text[0] = '\0';
-	v->detail[0] = '\0';
+	v->detail[0] = v->header[0] = '\0';
 }
 
 check_verdict check_continue(void)

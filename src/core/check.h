@@ -35,17 +35,18 @@ typedef enum { CHECK_MODE_OFF, CHECK_MODE_SHADOW, CHECK_MODE_ENFORCE } check_mod
 enum {
 	CHECK_STAGE_MAIL = 1u << 0,
 	CHECK_STAGE_RCPT = 1u << 1,
-	CHECK_STAGE_EOM = 1u << 2, /* end of message (milter only) */
+	CHECK_STAGE_EOM = 1u << 2,  /* end of message (milter only) */
+	CHECK_STAGE_DATA = 1u << 3, /* the DATA command (milter; policy in smtpd_data_restrictions) */
 };
 typedef unsigned check_stage;
 
 /*
  * What a message remembers between its stages. The milter keeps all of it
  * in its connection context. The policy protocol's requests are separate:
- * the engine keeps only trap_hit and listed_before for them, by the
- * message's "instance" attribute, in one word per message (engine.c); a
- * field a new check adds here is lost between policy requests unless it
- * is packed there too.
+ * the engine keeps only trap_hit, listed_before and the grey_* fields for
+ * them, by the message's "instance" attribute, in one word per message
+ * (engine.c); a field a new check adds here is lost between policy
+ * requests unless it is packed there too.
  */
 typedef struct check_msg {
 	bool sender_checked; /* the blocklist check answered at MAIL FROM */
@@ -53,6 +54,14 @@ typedef struct check_msg {
 	bool listed_before;  /* ... and the sender was blocklisted already before that hit */
 	unsigned ntraps;     /* recipients accepted only to be dropped at end of message */
 	unsigned nothers;    /* recipients that get the message */
+	/*
+	 * The greylist deferred a null-sender recipient at RCPT TO in words
+	 * only: the message is deferred at DATA, grey_remaining seconds (the
+	 * longest of its recipients) before a retry passes.
+	 */
+	bool grey_defer_data;
+	uint32_t grey_remaining;
+	bool grey_header_done; /* the message got its X-Greylist header (policy: one PREPEND a message) */
 } check_msg;
 
 /* Everything a check may look at; read-only. */
@@ -62,6 +71,7 @@ typedef struct check_ctx {
 	const decide_txn *txn; /* the transaction's keys, prepared once per MAIL FROM */
 	const check_msg *msg;  /* the message's state before this stage */
 	int64_t now;           /* Unix seconds */
+	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
 } check_ctx;
 
 /* Most queries one check asks at one stage, and most it writes as effects. */
@@ -69,7 +79,8 @@ typedef struct check_ctx {
 #define CHECK_MAX_EFFECTS 2
 #define CHECK_DETAIL_MAX 1400
 /* Room a check has to carry what needs() worked out over to decide(). */
-#define CHECK_SCRATCH_MAX 1088
+#define CHECK_SCRATCH_MAX 2048
+#define CHECK_HEADER_MAX 256
 
 /* A check's answer for one stage. action CONTINUE: no objection. */
 typedef struct check_verdict {
@@ -81,8 +92,14 @@ typedef struct check_verdict {
 	 * "store-error"); NULL: nothing worth a line.
 	 */
 	const char *reason;
-	bool quiet;                    /* log at debug level (a whitelisted transaction without a trap hit) */
-	smtp_reply reply;              /* for REJECT, TEMPFAIL, DISCARD (text only) */
+	bool quiet;       /* log at debug level (a whitelisted transaction without a trap hit) */
+	smtp_reply reply; /* for REJECT, TEMPFAIL, DISCARD (text only) */
+	/*
+	 * A header for the message ("X-Greylist: delayed 300 seconds ..."),
+	 * "" for none: on CONTINUE only, never in shadow mode. The milter adds
+	 * it at end of message, the policy server answers PREPEND.
+	 */
+	char header[CHECK_HEADER_MAX];
 	char detail[CHECK_DETAIL_MAX]; /* appended to the log line: " key=... trap=..." */
 	/* Set by the engine: the check that gave it, and what enforce mode does in shadow. */
 	const char *check;
@@ -146,6 +163,13 @@ typedef struct check_def {
 	check_mode default_mode;
 	bool no_mode;
 	/*
+	 * late: needs() runs only once every check before it let the
+	 * recipient through (a second store call), and its queries may write:
+	 * the greylist's atomic step must not start a triplet for a recipient
+	 * an earlier check refuses.
+	 */
+	bool late;
+	/*
 	 * The check's own config: conf_size bytes (0: the check reads the
 	 * shared decide_policy instead), keys[nkeys] parsed into it, then
 	 * compile (optional) checks what single keys cannot and derives what
@@ -164,7 +188,7 @@ typedef struct check_def {
 	 * must live as long as ctx (the txn's buffer, the config). scratch is
 	 * not zeroed: set what decide() will read. Optional. These queries run
 	 * before any check decides, whatever the verdict and the mode: they
-	 * must only read. Writes (a bucket charged, a pass counted) are
+	 * must only read (unless the check is late, see above). Writes (a bucket charged, a pass counted) are
 	 * effects, applied after the verdict. The one exception is the trap
 	 * check's count of a sender domain's networks: a trap recipient's
 	 * verdict is final and recorded in every mode anyway.

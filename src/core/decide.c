@@ -312,6 +312,8 @@ const char *decide_action_name(decide_action a)
 		return "discard";
 	case DECIDE_DROP_COPY:
 		return "drop-copy";
+	case DECIDE_DEFER_IF_PERMIT:
+		return "defer";
 	}
 	return "?";
 }

@@ -68,6 +68,9 @@ typedef struct decide_facts {
 	decide_front front;
 	const char *client_address; /* "192.0.2.7", "2001:db8::1"; "unknown" ok */
 	const char *helo;
+	/* The client's verified host name (policy client_name, the milter's connect host name); "unknown" ok.
+	 */
+	const char *client_name;
 	const char *sender;        /* raw envelope form: "<a@b>", "a@b", "<>", "" */
 	const char *sasl_username; /* set only for authenticated clients */
 	const char *recipient;
@@ -141,11 +144,17 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 void decide_lookup_query(const decide_policy *policy, const decide_txn *txn, query *q);
 
 typedef enum {
-	DECIDE_CONTINUE, /* milter SMFIS_CONTINUE, policy DUNNO */
-	DECIDE_REJECT,   /* 5xx with reply */
-	DECIDE_TEMPFAIL, /* 4xx with reply */
-	DECIDE_DISCARD,  /* drop the whole message (policy DISCARD) */
-	DECIDE_DROP_COPY /* milter: accept this recipient, remove it at end of message */
+	DECIDE_CONTINUE,  /* milter SMFIS_CONTINUE, policy DUNNO */
+	DECIDE_REJECT,    /* 5xx with reply */
+	DECIDE_TEMPFAIL,  /* 4xx with reply */
+	DECIDE_DISCARD,   /* drop the whole message (policy DISCARD) */
+	DECIDE_DROP_COPY, /* milter: accept this recipient, remove it at end of message */
+	/*
+	 * 4xx with reply, unless a later restriction rejects (greylisting):
+	 * policy DEFER_IF_PERMIT with the reply's xcode and text (Postfix's
+	 * access_map_defer_code gives the code); milter as DECIDE_TEMPFAIL.
+	 */
+	DECIDE_DEFER_IF_PERMIT
 } decide_action;
 
 /* The prefix lengths of the client networks a sender domain is counted by, IPv4 and IPv6. */

@@ -8,11 +8,14 @@
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now)
 {
-	run->ctx = (check_ctx){.stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now};
+	run->ctx = (check_ctx){
+	    .stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now, .now_ms = now * 1000};
 	run->enabled = enabled;
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));
 	memset(run->decided, 0, sizeof(run->decided));
+	memset(run->late_asked, 0, sizeof(run->late_asked));
+	run->next = 0;
 	check_verdict_reset(&run->final);
 	run->final_check = -1;
 	run->msg = *msg;
@@ -27,20 +30,27 @@ static bool runs(const pipeline *p, const pipeline_run *run, int i)
 	       (c->def->stages & run->ctx.stage);
 }
 
+/* Check i's queries, appended to run->q. */
+static void ask(const pipeline *p, pipeline_run *run, int i)
+{
+	run->first[i] = run->nq;
+	run->count[i] = 0;
+	if (p->checks[i].def->needs)
+		run->count[i] =
+		    p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i], run->q + run->nq);
+	/* run->q has CHECK_MAX_NEEDS slots a check: a check asking more is a bug, never a query. */
+	assert(run->count[i] <= CHECK_MAX_NEEDS);
+	if (run->count[i] > CHECK_MAX_NEEDS)
+		run->count[i] = CHECK_MAX_NEEDS;
+	run->nq += run->count[i];
+}
+
 size_t pipeline_needs(const pipeline *p, pipeline_run *run)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		run->first[i] = run->nq;
-		if (!runs(p, run, i))
-			continue;
-		if (p->checks[i].def->needs)
-			run->count[i] = p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i],
-			                                        run->q + run->nq);
-		/* run->q has CHECK_MAX_NEEDS slots a check: a check asking more is a bug, never a query. */
-		assert(run->count[i] <= CHECK_MAX_NEEDS);
-		if (run->count[i] > CHECK_MAX_NEEDS)
-			run->count[i] = CHECK_MAX_NEEDS;
-		run->nq += run->count[i];
+		if (runs(p, run, i) && !p->checks[i].def->late)
+			ask(p, run, i);
 	}
 	return run->nq;
 }
@@ -54,18 +64,27 @@ static void apply_mode(const pipeline_check *c, check_verdict *v)
 	if (c->mode == CHECK_MODE_SHADOW) {
 		v->action = DECIDE_CONTINUE;
 		v->stop = false;
+		v->header[0] = '\0';
 	}
 }
 
-void pipeline_decide(const pipeline *p, pipeline_run *run)
+bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 {
-	for (int i = 0; i < CHECK_COUNT; i++) {
+	for (int i = run->next; i < CHECK_COUNT; i++) {
 		const pipeline_check *c = &p->checks[i];
 		check_effects *eff = &run->effects[i];
 		check_verdict *v = &run->verdict[i];
 
+		run->next = i;
 		if (!runs(p, run, i))
 			continue;
+		if (c->def->late && !run->late_asked[i]) {
+			run->late_asked[i] = true;
+			*from = run->nq;
+			ask(p, run, i);
+			if (run->count[i] > 0)
+				return true;
+		}
 		eff->nq = 0;
 		eff->verdict_needs_writes = false;
 		eff->msg = run->msg; /* the state as the checks before this one left it */
@@ -78,9 +97,15 @@ void pipeline_decide(const pipeline *p, pipeline_run *run)
 		if (v->action != DECIDE_CONTINUE || v->stop) {
 			run->final = *v;
 			run->final_check = i;
-			return;
+			run->next = CHECK_COUNT;
+			return false;
 		}
+		/* A header rides on "continue": the last check that asks for one gives it. */
+		if (v->header[0])
+			memcpy(run->final.header, v->header, sizeof(v->header));
 	}
+	run->next = CHECK_COUNT;
+	return false;
 }
 
 bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, size_t j)

@@ -9,6 +9,10 @@
  *                    one gives a verdict that is not "continue" or stops;
  *                    modes apply (a shadow verdict is logged as "would
  *                    have" and changes nothing; an off check never runs).
+ *                    At a late check (check_def.late) it stops and returns
+ *                    true with its queries in run->q[from..nq): the engine
+ *                    runs those and calls pipeline_decide again, which
+ *                    goes on from there.
  *
  * Then the engine writes the effects pipeline_effect_applies() selects,
  * tells the pipeline about failed writes (pipeline_store_failed), logs
@@ -46,6 +50,8 @@ typedef struct pipeline_run {
 	size_t nq;
 	size_t first[CHECK_COUNT], count[CHECK_COUNT];
 	alignas(max_align_t) unsigned char scratch[CHECK_COUNT][CHECK_SCRATCH_MAX];
+	int next;                     /* the check pipeline_decide goes on with */
+	bool late_asked[CHECK_COUNT]; /* a late check's needs() ran */
 	/* Out of pipeline_decide. */
 	bool decided[CHECK_COUNT];
 	check_verdict verdict[CHECK_COUNT]; /* of each check that decided, after its mode */
@@ -55,12 +61,17 @@ typedef struct pipeline_run {
 	check_msg msg;   /* the message's state after this stage */
 } pipeline_run;
 
-/* facts, txn and msg must outlive run. */
+/* facts, txn and msg must outlive run. ctx.now_ms is now * 1000: a caller with a finer clock sets it after.
+ */
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now);
 /* Fills run->q[0..nq); returns nq. */
 size_t pipeline_needs(const pipeline *p, pipeline_run *run);
-void pipeline_decide(const pipeline *p, pipeline_run *run);
+/*
+ * Decide, from run->next on. true: a late check needs the answers to
+ * run->q[*from..run->nq) first; run them and call again. false: done.
+ */
+bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from);
 /* Whether the store write j of check i's effects is to be made. */
 bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, size_t j);
 /* Check i's writes failed: its verdict (and the final one, if it was that) as the check says then. */

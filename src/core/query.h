@@ -137,7 +137,7 @@ typedef struct query {
 			/*
 			 * The triplet's key ("192.0.2.0/24/sender-key/recipient") and its
 			 * client's auto-whitelist key ("192.0.2.7" or "192.0.2.0/24"; NULL: no
-			 * auto-whitelist); each 1 to QUERY_KEY_MAX - 1 bytes, in namespaces of
+			 * auto-whitelist); each 1 to GREYSTEP_KEY_MAX - 1 bytes, in namespaces of
 			 * their own.
 			 */
 			const char *triplet, *awl;

@@ -1,6 +1,7 @@
 /*
  * spamtrapctl: manage the blocklist store the daemon uses (SPEC.md
- * "Commands"): list, lookup, add, remove, expire, export, import. It reads the
+ * "Commands"): list, lookup, add, remove, expire, export, import, and the
+ * greylist (greylist list|lookup|remove|whitelist). It reads the
  * daemon's config to find the store and talks to the store directly, so
  * it works whether or not the daemon runs.
  *
@@ -20,7 +21,10 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "core/checks/greylist.h"
 #include "core/addr.h"
+#include "core/greynorm.h"
+#include "core/greystep.h"
 #include "core/key.h"
 #include "daemon.h"
 #include "log.h"
@@ -44,6 +48,12 @@ static const char usage_text[] =
     "  import FILE [--ttl T] [--reason TEXT]\n"
     "                                       add or replace the entries of FILE: lines as list\n"
     "                                       prints them, or keys alone (see spamtrapctl(8))\n"
+    "  greylist list                        triplets and auto-whitelisted clients in force\n"
+    "  greylist lookup CLIENT SENDER RECIPIENT\n"
+    "                                       why a mail is delayed, and for how long more\n"
+    "  greylist remove CLIENT SENDER RECIPIENT\n"
+    "  greylist remove --client CLIENT      drop a triplet, or a client's auto-whitelist record\n"
+    "  greylist whitelist CLIENT            auto-whitelist CLIENT (until greylist.max_age)\n"
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
@@ -429,6 +439,222 @@ static int cmd_expire(ctl *c)
 	if (store_purge(c->st, c->now, &n) != STORE_OK)
 		return fail_store("expire");
 	printf("removed %llu expired %s\n", (unsigned long long)n, n == 1 ? "entry" : "entries");
+	return EXIT_OK;
+}
+
+/* --- greylist ------------------------------------------------------------ */
+
+/* The greylist settings these commands need, from the config as the greylist check reads them. */
+typedef struct ctl_grey {
+	int64_t delay_ms, max_age_ms;
+	uint64_t awl_count;
+	bool awl_by_network;
+	unsigned ipv4_prefix, ipv6_prefix;
+	const char *delimiters; /* traps.recipient_delimiter, as the check's sender key */
+} ctl_grey;
+
+static void ctl_grey_conf(const config *cfg, ctl_grey *g)
+{
+	const greylist_conf *gc = cfg->pipeline.checks[CHECK_ID_GREYLIST].conf;
+
+	*g = (ctl_grey){.delay_ms = gc->delay * 1000,
+	                .max_age_ms = gc->max_age * 1000,
+	                .awl_count = (uint64_t)gc->awl_count,
+	                .awl_by_network = gc->awl_by == GREYLIST_AWL_BY_NETWORK,
+	                .ipv4_prefix = (unsigned)gc->ipv4_prefix,
+	                .ipv6_prefix = (unsigned)gc->ipv6_prefix,
+	                .delimiters = cfg->recipient_delimiter};
+}
+
+/* Seconds of ms, rounded up as the check's reply rounds them ("0 seconds" is never said early). */
+static int64_t ms_to_s_up(int64_t ms)
+{
+	return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
+
+static const char *iso_ms(int64_t ms, char *buf, size_t buflen)
+{
+	return iso_time(ms / 1000, buf, buflen);
+}
+
+/* A client's address, or a message in err. */
+static int grey_client(const char *in, addr_ip *ip, char *err, size_t errlen)
+{
+	if (addr_ip_parse(in, ip))
+		return 0;
+	snprintf(err, errlen, "'%.64s' is not an IPv4 or IPv6 address", in);
+	return -1;
+}
+
+/*
+ * The triplet's key exactly as the greylist check makes it: the client's
+ * network, the sender normalised (addr_normalise) then made a greylist key
+ * (greynorm_sender; "<>" the null sender), the recipient normalised.
+ */
+static int grey_triplet(const ctl_grey *g, const addr_ip *client, const char *sender, const char *recipient,
+                        char *key, size_t keylen, char *err, size_t errlen)
+{
+	char snorm[ADDR_MAX], skey[ADDR_MAX + 2], rnorm[ADDR_MAX];
+	addr_status st = addr_normalise(sender, strlen(sender), snorm, sizeof(snorm));
+
+	if (st == ADDR_INVALID) {
+		snprintf(skey, sizeof(skey), "<invalid>"); /* as the check keys an unparsable sender */
+	} else {
+		if (st == ADDR_NULL)
+			snorm[0] = '\0';
+		if (greynorm_sender(snorm, g->delimiters, skey, sizeof(skey)) == 0) {
+			snprintf(err, errlen, "sender '%.64s' makes no greylist key", sender);
+			return -1;
+		}
+	}
+	if (addr_normalise(recipient, strlen(recipient), rnorm, sizeof(rnorm)) != ADDR_OK) {
+		snprintf(err, errlen, "'%.64s' is not a recipient address", recipient);
+		return -1;
+	}
+	if (greystep_triplet_key(client, g->ipv4_prefix, g->ipv6_prefix, skey, rnorm, key, keylen) == 0) {
+		snprintf(err, errlen, "the triplet's key is longer than %zu bytes", keylen - 1);
+		return -1;
+	}
+	return 0;
+}
+
+static int grey_awl_key(const ctl_grey *g, const addr_ip *client, char *key, size_t keylen)
+{
+	return greystep_awl_key(client, g->awl_by_network, g->ipv4_prefix, g->ipv6_prefix, key, keylen) ? 0
+	                                                                                                : -1;
+}
+
+typedef struct grey_list_ctx {
+	const ctl_grey *g;
+} grey_list_ctx;
+
+/* One line a record, tab separated: type, key, state, first seen, last seen, expires. */
+static int grey_list_one(const store_grey_record *r, void *ctx)
+{
+	const grey_list_ctx *lc = ctx;
+	char key[GREYSTEP_KEY_MAX], first[64], last[64], exp[64], state[48];
+
+	if (r->kind == STORE_GREY_TRIPLET) {
+		printf("triplet\t%s\t%s\t%s\t%s\t%s\n", log_safe(r->key, key, sizeof(key)),
+		       r->last_ms - r->first_ms >= lc->g->delay_ms ? "passed" : "pending",
+		       iso_ms(r->first_ms, first, sizeof(first)), iso_ms(r->last_ms, last, sizeof(last)),
+		       iso_ms(r->expires_ms, exp, sizeof(exp)));
+		return 0;
+	}
+	snprintf(state, sizeof(state), "%s %llu/%llu",
+	         lc->g->awl_count && r->count >= lc->g->awl_count ? "whitelisted" : "counting",
+	         (unsigned long long)r->count, (unsigned long long)lc->g->awl_count);
+	printf("client\t%s\t%s\t-\t%s\t%s\n", log_safe(r->key, key, sizeof(key)), state,
+	       iso_ms(r->last_ms, last, sizeof(last)), iso_ms(r->expires_ms, exp, sizeof(exp)));
+	return 0;
+}
+
+static int cmd_grey_list(ctl *c, const ctl_grey *g)
+{
+	grey_list_ctx lc = {g};
+	int64_t now;
+
+	if (store_greylist_time(c->st, &now) != STORE_OK ||
+	    store_greylist_foreach(c->st, now, grey_list_one, &lc) != STORE_OK)
+		return fail_store("greylist list");
+	return EXIT_OK;
+}
+
+/* The triplet's state in words: what its next attempt gets. */
+static void grey_explain_triplet(const ctl_grey *g, const store_grey_record *r, int64_t now)
+{
+	char key[GREYSTEP_KEY_MAX], t[64], d[32];
+	int64_t left = r->first_ms + g->delay_ms - now;
+
+	printf("triplet %s:\n", log_safe(r->key, key, sizeof(key)));
+	if (r->last_ms - r->first_ms >= g->delay_ms)
+		printf("  passed: mail passes; it is kept until %s (max_age after its last use)\n",
+		       iso_ms(r->expires_ms, t, sizeof(t)));
+	else if (left > 0)
+		printf("  pending: deferred; a retry passes in %llds (%s), if it comes before %s\n",
+		       (long long)ms_to_s_up(left), span(ms_to_s_up(left), d, sizeof(d)),
+		       iso_ms(r->expires_ms, t, sizeof(t)));
+	else
+		printf("  pending: waited long enough; a retry before %s passes\n",
+		       iso_ms(r->expires_ms, t, sizeof(t)));
+	explain_line("first seen:", iso_ms(r->first_ms, t, sizeof(t)));
+	explain_line("last seen:", iso_ms(r->last_ms, t, sizeof(t)));
+	explain_line("expires:", iso_ms(r->expires_ms, t, sizeof(t)));
+}
+
+static void grey_explain_awl(const ctl_grey *g, const store_grey_record *r)
+{
+	char key[STORE_KEY_MAX], t[64];
+
+	if (g->awl_count && r->count >= g->awl_count)
+		printf("client %s: auto-whitelisted (%llu passes, %llu needed): its mail is not greylisted, "
+		       "until %s\n",
+		       log_safe(r->key, key, sizeof(key)), (unsigned long long)r->count,
+		       (unsigned long long)g->awl_count, iso_ms(r->expires_ms, t, sizeof(t)));
+	else
+		printf("client %s: not auto-whitelisted (%llu of %llu passes), counted until %s\n",
+		       log_safe(r->key, key, sizeof(key)), (unsigned long long)r->count,
+		       (unsigned long long)g->awl_count, iso_ms(r->expires_ms, t, sizeof(t)));
+}
+
+/* The triplet (and the client's record): what the next attempt gets, and when a retry passes. */
+static int cmd_grey_lookup(ctl *c, const ctl_grey *g, const char *triplet, const char *awl)
+{
+	store_grey_record t, a;
+	store_status trc, arc = STORE_NOTFOUND;
+	int64_t now;
+	char d[32], key[GREYSTEP_KEY_MAX];
+
+	if (store_greylist_time(c->st, &now) != STORE_OK ||
+	    (trc = store_greylist_get(c->st, triplet, now, &t)) == STORE_ERROR ||
+	    (g->awl_count && (arc = store_greylist_awl_get(c->st, awl, now, &a)) == STORE_ERROR))
+		return fail_store("greylist lookup");
+	if (trc == STORE_OK)
+		grey_explain_triplet(g, &t, now);
+	else if (arc == STORE_OK && a.count >= g->awl_count)
+		printf("triplet %s: not seen (or expired); its client passes without it\n",
+		       log_safe(triplet, key, sizeof(key)));
+	else
+		printf("triplet %s: not seen (or expired): its next attempt is deferred for %s\n",
+		       log_safe(triplet, key, sizeof(key)), span(g->delay_ms / 1000, d, sizeof(d)));
+	if (arc == STORE_OK)
+		grey_explain_awl(g, &a);
+	else if (g->awl_count)
+		printf("client %s: not auto-whitelisted (no passes counted)\n", awl);
+	return trc == STORE_OK || arc == STORE_OK ? EXIT_OK : EXIT_NOTFOUND;
+}
+
+static int grey_removed(store_status rc, const char *what, const char *key)
+{
+	char safe[GREYSTEP_KEY_MAX];
+
+	switch (rc) {
+	case STORE_OK:
+		printf("removed %s %s\n", what, log_safe(key, safe, sizeof(safe)));
+		return EXIT_OK;
+	case STORE_NOTFOUND:
+		fprintf(stderr, "spamtrapctl: greylist: no %s %s\n", what, log_safe(key, safe, sizeof(safe)));
+		return EXIT_NOTFOUND;
+	case STORE_ERROR:
+		break;
+	}
+	return fail_store("greylist remove");
+}
+
+static int cmd_grey_whitelist(ctl *c, const ctl_grey *g, const char *awl)
+{
+	int64_t now;
+	char t[64];
+
+	if (g->awl_count == 0) {
+		fprintf(stderr, "spamtrapctl: greylist whitelist: greylist.awl_count is 0: there is no "
+		                "auto-whitelist (list the client in greylist.clients instead)\n");
+		return EXIT_USAGE;
+	}
+	if (store_greylist_time(c->st, &now) != STORE_OK ||
+	    store_greylist_awl_put(c->st, awl, g->awl_count, now, now + g->max_age_ms) != STORE_OK)
+		return fail_store("greylist whitelist");
+	printf("auto-whitelisted client %s until %s\n", awl, iso_ms(now + g->max_age_ms, t, sizeof(t)));
 	return EXIT_OK;
 }
 
@@ -998,6 +1224,11 @@ typedef struct cmdline {
 	const char *command;
 	const char *key;
 	const char *ttl, *reason, *format, *keys;
+	/* greylist: its subcommand, its words (CLIENT SENDER RECIPIENT), --client */
+	const char *grey_cmd;
+	const char *grey_args[3];
+	int grey_nargs;
+	const char *grey_client;
 	bool help, version;
 } cmdline;
 
@@ -1084,6 +1315,56 @@ static int parse_command_args(int argc, char **argv, cmdline *cl)
 			return usage_error("unexpected argument '%s'", argv[i]);
 	}
 	return 0;
+}
+
+/* greylist SUBCOMMAND [--client CLIENT] [WORD]...: at most three words. */
+static int parse_greylist_args(int argc, char **argv, cmdline *cl)
+{
+	for (int i = optind; i < argc; i++) {
+		bool missing = false;
+		const char *v;
+
+		if ((v = long_opt(argc, argv, &i, "--client", &missing)))
+			cl->grey_client = v;
+		else if (missing)
+			return usage_error("%s needs a value", argv[i]);
+		else if (strcmp(argv[i], "--help") == 0)
+			cl->help = true;
+		else if (argv[i][0] == '-' && argv[i][1] == '-')
+			return usage_error("unknown option %s", argv[i]);
+		else if (!cl->grey_cmd)
+			cl->grey_cmd = argv[i];
+		else if (cl->grey_nargs < 3)
+			cl->grey_args[cl->grey_nargs++] = argv[i];
+		else
+			return usage_error("unexpected argument '%s'", argv[i]);
+	}
+	return 0;
+}
+
+/* Which words each greylist subcommand takes. */
+static int check_greylist_args(const cmdline *cl)
+{
+	const char *sub = cl->grey_cmd;
+	int n = cl->grey_nargs;
+
+	if (!sub)
+		return usage_error("greylist: needs list, lookup, remove or whitelist");
+	if (cl->grey_client && strcmp(sub, "remove") != 0)
+		return usage_error("greylist %s: takes no --client", sub);
+	if (strcmp(sub, "list") == 0)
+		return n == 0 ? 0 : usage_error("greylist list: takes no arguments");
+	if (strcmp(sub, "lookup") == 0)
+		return n == 3 ? 0 : usage_error("greylist lookup: needs CLIENT SENDER RECIPIENT");
+	if (strcmp(sub, "remove") == 0 && cl->grey_client)
+		return n == 0 ? 0 : usage_error("greylist remove --client CLIENT: takes nothing else");
+	if (strcmp(sub, "remove") == 0)
+		return n == 3 ? 0
+		              : usage_error(
+		                    "greylist remove: needs CLIENT SENDER RECIPIENT, or --client CLIENT");
+	if (strcmp(sub, "whitelist") == 0)
+		return n == 1 ? 0 : usage_error("greylist whitelist: needs CLIENT");
+	return usage_error("greylist: unknown command '%s'", sub);
 }
 
 /* What a command says when its positional argument is missing or extra. */
@@ -1200,13 +1481,41 @@ static int run_import(ctl *c, const cmdline *cl)
 	return cmd_import(c, cl->key, ttl, cl->reason);
 }
 
+static int run_greylist(ctl *c, const cmdline *cl)
+{
+	const char *sub = cl->grey_cmd;
+	char triplet[GREYSTEP_KEY_MAX], awl[ADDR_NET_STRLEN], err[512];
+	ctl_grey g;
+	addr_ip client;
+
+	ctl_grey_conf(c->cfg, &g);
+	if (strcmp(sub, "list") == 0)
+		return cmd_grey_list(c, &g);
+	if (grey_client(cl->grey_client ? cl->grey_client : cl->grey_args[0], &client, err, sizeof(err)) < 0)
+		return value_error("greylist", err);
+	if (grey_awl_key(&g, &client, awl, sizeof(awl)) < 0)
+		return value_error("greylist", "the client makes no key");
+	if (strcmp(sub, "whitelist") == 0)
+		return cmd_grey_whitelist(c, &g, awl);
+	if (cl->grey_client)
+		return grey_removed(store_greylist_awl_remove(c->st, awl), "client", awl);
+	if (grey_triplet(&g, &client, cl->grey_args[1], cl->grey_args[2], triplet, sizeof(triplet), err,
+	                 sizeof(err)) < 0)
+		return value_error("greylist", err);
+	if (strcmp(sub, "lookup") == 0)
+		return cmd_grey_lookup(c, &g, triplet, awl);
+	return grey_removed(store_greylist_remove(c->st, triplet), "triplet", triplet);
+}
+
 static int run(const cmdline *cl)
 {
 	ctl c = {0};
 	int rc = open_ctl(cl, &c);
 
 	if (rc == EXIT_OK) {
-		if (strcmp(cl->command, "import") == 0)
+		if (strcmp(cl->command, "greylist") == 0)
+			rc = run_greylist(&c, cl);
+		else if (strcmp(cl->command, "import") == 0)
 			rc = run_import(&c, cl);
 		else if (cl->key)
 			rc = run_key_command(&c, cl);
@@ -1229,7 +1538,11 @@ int main(int argc, char **argv)
 
 	if (rc != 0)
 		return rc;
-	if (!cl.help && !cl.version && (rc = parse_command_args(argc, argv, &cl)) != 0)
+	if (!cl.help && !cl.version && strcmp(cl.command, "greylist") == 0)
+		rc = parse_greylist_args(argc, argv, &cl);
+	else if (!cl.help && !cl.version)
+		rc = parse_command_args(argc, argv, &cl);
+	if (rc != 0)
 		return rc;
 	if (cl.version) {
 		printf("spamtrapctl %s\n", SPAMTRAPD_VERSION);
@@ -1239,7 +1552,7 @@ int main(int argc, char **argv)
 		fputs(usage_text, stdout);
 		return EXIT_OK;
 	}
-	if ((rc = check_args(&cl)) != 0)
+	if ((rc = strcmp(cl.command, "greylist") == 0 ? check_greylist_args(&cl) : check_args(&cl)) != 0)
 		return rc;
 	rc = run(&cl);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

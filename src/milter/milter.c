@@ -13,9 +13,11 @@
  * engine snapshot of the transaction (SPEC: a transaction finishes under the config it started with) and the
  * trap recipients to remove at end of message; it ends at end of message, abort, the next MAIL, or close.
  *
- * Negotiation asks Postfix for the least work (docs/milter.md): no DATA,
- * headers, end of headers, body or unknown commands; no reply awaited for
- * connect and HELO, which always continue; only the macros used here.
+ * Negotiation asks Postfix for the least work (docs/milter.md): no DATA
+ * (unless the greylist defers the null sender there), headers, end of
+ * headers, body or unknown commands; no reply awaited for connect and
+ * HELO, which always continue; only the macros used here; the right to
+ * add a header only when the greylist adds one.
  *
  * Errors: setup writes into the caller's buffer. At run time an internal
  * error (out of memory) gives a 4xx for the command, never a 5xx, and is
@@ -39,6 +41,7 @@
 #include <unistd.h>
 
 #include "core/addr.h"
+#include "core/checks/greylist.h"
 #include "log.h"
 #include "sockperm.h"
 #include "milter/milter_shim.h"
@@ -51,6 +54,7 @@
 #define SASL_MAX 1024
 #define QUEUE_ID_MAX 64             /* Postfix long queue ids are about 20 characters */
 #define ENVELOPE_MAX (ADDR_MAX + 2) /* an address plus its angle brackets */
+#define CLIENT_NAME_MAX 256         /* a host name is at most 255 octets */
 
 /* Lines a second about connections that were no MTA; the others are counted. */
 #define NOT_MTA_LOG_BURST 20
@@ -72,7 +76,8 @@ typedef struct milter_msg {
 	char sender[ENVELOPE_MAX];
 	char sasl[SASL_MAX];
 	char queue_id[QUEUE_ID_MAX];
-	char **traps; /* trap recipients exactly as given, for smfi_delrcpt */
+	char header[CHECK_HEADER_MAX]; /* "Name: value" to insert at end of message (greylist), or "" */
+	char **traps;                  /* trap recipients exactly as given, for smfi_delrcpt */
 	size_t ntraps, traps_cap;
 } milter_msg;
 
@@ -81,6 +86,7 @@ typedef struct milter_conn {
 	struct milter_conn *prev, *next; /* the live list, see filter.live */
 	unsigned long steps;             /* SMFIP_* agreed at negotiation */
 	char client[CLIENT_MAX];
+	char client_name[CLIENT_NAME_MAX]; /* Postfix's verified name, "unknown" or "[address]" */
 	char helo[HELO_MAX];
 	milter_msg msg;
 } milter_conn;
@@ -181,6 +187,7 @@ static sfsistat verdict_status(SMFICTX *ctx, const check_verdict *v)
 	case DECIDE_REJECT:
 		return reply_with(ctx, &v->reply, SMFIS_REJECT);
 	case DECIDE_TEMPFAIL:
+	case DECIDE_DEFER_IF_PERMIT: /* nothing after a milter's RCPT verdict could reject instead */
 		return reply_with(ctx, &v->reply, SMFIS_TEMPFAIL);
 	case DECIDE_DISCARD:
 		return SMFIS_DISCARD;
@@ -217,7 +224,7 @@ static void msg_end(milter_msg *m)
 	free(m->traps);
 	m->traps = NULL;
 	m->ntraps = m->traps_cap = 0;
-	m->sender[0] = m->sasl[0] = m->queue_id[0] = '\0';
+	m->sender[0] = m->sasl[0] = m->queue_id[0] = m->header[0] = '\0';
 	if (!m->msg.snap)
 		return;
 	engine_msg_end(&m->msg);
@@ -260,6 +267,7 @@ static decide_facts conn_facts(const milter_conn *c, const char *recipient)
 	decide_facts f = {
 	    .front = DECIDE_FRONT_MILTER,
 	    .client_address = c->client[0] ? c->client : NULL,
+	    .client_name = c->client_name[0] ? c->client_name : NULL,
 	    .helo = c->helo[0] ? c->helo : NULL,
 	    .sender = c->msg.sender,
 	    .sasl_username = c->msg.sasl[0] ? c->msg.sasl : NULL,
@@ -335,6 +343,23 @@ static void client_text(const struct sockaddr *sa, char *out, size_t outlen)
 
 /* ---- callbacks ---- */
 
+/*
+ * What the greylist needs of this session, under the config in force at
+ * its negotiation: the DATA step (it defers a null sender there) and the
+ * right to add its header. A reload applies from the next session on.
+ */
+static void greylist_wants(bool *data, bool *header)
+{
+	engine_snapshot *snap = engine_acquire(filter.eng);
+	const pipeline_check *g = &engine_config(snap)->pipeline.checks[CHECK_ID_GREYLIST];
+	const greylist_conf *gc = g->conf;
+	bool on = g->mode != CHECK_MODE_OFF;
+
+	*data = on && gc->null_sender_at == GREYLIST_NULL_AT_DATA;
+	*header = on && gc->header;
+	engine_release(snap);
+}
+
 static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
                              unsigned long f3, unsigned long *pf0, unsigned long *pf1, unsigned long *pf2,
                              unsigned long *pf3)
@@ -350,8 +375,13 @@ static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
 		log_error("milter: the MTA does not let filters remove recipients (SMFIF_DELRCPT); refusing");
 		return SMFIS_REJECT;
 	}
-	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST);
+	bool want_data, want_header;
+
+	greylist_wants(&want_data, &want_header);
+	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST) | (want_header ? f0 & SMFIF_ADDHDRS : 0);
 	*pf1 = f1 & (STEPS_NOT_WANTED | STEPS_NO_REPLY);
+	if (want_data)
+		*pf1 &= ~(unsigned long)SMFIP_NODATA;
 	*pf2 = *pf3 = 0;
 	c->steps = *pf1;
 	/* Only the macros used here; Postfix then sends no others, at any stage. */
@@ -369,12 +399,13 @@ static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
  */
 static sfsistat cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 {
-	(void)hostname;
 	milter_conn *c = filter.shim->getpriv(ctx);
 	if (!c && !(c = conn_new(ctx)))
 		return SMFIS_CONTINUE; /* no context: MAIL FROM will tempfail */
 	msg_end(&c->msg);
 	client_text(hostaddr, c->client, sizeof(c->client));
+	/* Postfix sends its client_name here: the verified name, never the unverified PTR. */
+	copy_capped(c->client_name, sizeof(c->client_name), hostname);
 	c->helo[0] = '\0';
 	return step_done(c, SMFIP_NR_CONN);
 }
@@ -431,7 +462,41 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 		          m->queue_id[0] ? m->queue_id : "NOQUEUE", log_safe(argv[0], safe, sizeof(safe)));
 		return reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
 	}
+	if (v.action == DECIDE_CONTINUE && v.header[0] && !m->header[0])
+		memcpy(m->header, v.header, sizeof(m->header));
 	return verdict_status(ctx, &v);
+}
+
+/* DATA: where the greylist defers a null sender (greylist.null_sender_at), once RCPT TO got its answer. */
+static sfsistat cb_data(SMFICTX *ctx)
+{
+	milter_conn *c = filter.shim->getpriv(ctx);
+	if (!c || !c->msg.msg.snap)
+		return SMFIS_CONTINUE;
+	milter_msg *m = &c->msg;
+	msg_update_queue_id(ctx, m);
+	decide_facts f = conn_facts(c, NULL);
+	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_DATA, CHECKS_EVERY, &f);
+	sfsistat status = verdict_status(ctx, &v);
+	if (status != SMFIS_CONTINUE)
+		msg_end(m);
+	return status;
+}
+
+/* The greylist's X-Greylist header, first in the message as the policy side's PREPEND puts it. */
+static void insert_header(SMFICTX *ctx, const milter_msg *m)
+{
+	char name[CHECK_HEADER_MAX];
+	const char *colon = strchr(m->header, ':');
+	size_t n = colon ? (size_t)(colon - m->header) : 0;
+
+	if (n == 0)
+		return;
+	memcpy(name, m->header, n);
+	name[n] = '\0';
+	if (filter.shim->insheader(ctx, 0, name, colon + 1 + (colon[1] == ' ')) != MI_SUCCESS)
+		log_warning("%s: milter: cannot add the header %s", m->queue_id[0] ? m->queue_id : "NOQUEUE",
+		            name);
 }
 
 static void remove_traps(SMFICTX *ctx, const milter_msg *m)
@@ -460,6 +525,8 @@ static sfsistat cb_eom(SMFICTX *ctx)
 		status = SMFIS_DISCARD;
 	else if (v.action == DECIDE_DROP_COPY)
 		remove_traps(ctx, m);
+	if (status == SMFIS_CONTINUE && m->header[0])
+		insert_header(ctx, m);
 	msg_end(m);
 	return status;
 }
@@ -511,11 +578,12 @@ void milter_filter_init(engine *eng, const milter_shim *shim, struct smfiDesc *d
 	memset(desc, 0, sizeof(*desc));
 	desc->xxfi_name = filter_name;
 	desc->xxfi_version = SMFI_VERSION;
-	desc->xxfi_flags = SMFIF_DELRCPT;
+	desc->xxfi_flags = SMFIF_DELRCPT | SMFIF_ADDHDRS;
 	desc->xxfi_connect = cb_connect;
 	desc->xxfi_helo = cb_helo;
 	desc->xxfi_envfrom = cb_envfrom;
 	desc->xxfi_envrcpt = cb_envrcpt;
+	desc->xxfi_data = cb_data;
 	desc->xxfi_eom = cb_eom;
 	desc->xxfi_abort = cb_abort;
 	desc->xxfi_close = cb_close;

@@ -35,6 +35,11 @@ static int shim_setsymlist(SMFICTX *ctx, int stage, const char *macros)
 	return smfi_setsymlist(ctx, stage, (char *)macros);
 }
 
+static int shim_insheader(SMFICTX *ctx, int index, const char *name, const char *value)
+{
+	return smfi_insheader(ctx, index, (char *)name, (char *)value);
+}
+
 const milter_shim milter_shim_libmilter = {
     .getpriv = shim_getpriv,
     .setpriv = shim_setpriv,
@@ -42,4 +47,5 @@ const milter_shim milter_shim_libmilter = {
     .setreply = shim_setreply,
     .delrcpt = shim_delrcpt,
     .setsymlist = shim_setsymlist,
+    .insheader = shim_insheader,
 };

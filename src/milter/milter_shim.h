@@ -24,6 +24,8 @@ typedef struct milter_shim {
 	int (*setreply)(SMFICTX *ctx, const char *code, const char *xcode, const char *text);
 	int (*delrcpt)(SMFICTX *ctx, const char *rcpt);
 	int (*setsymlist)(SMFICTX *ctx, int stage, const char *macros);
+	/* Insert a header at index (0: first, as the policy side's PREPEND); at end of message only. */
+	int (*insheader)(SMFICTX *ctx, int index, const char *name, const char *value);
 } milter_shim;
 
 /* The real thing: every entry calls the smfi_* function of the same name. */

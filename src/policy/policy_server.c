@@ -376,7 +376,7 @@ static void listener_close(listener *l)
 
 /* ---- deciding one request ---- */
 
-typedef enum { STAGE_OTHER, STAGE_MAIL, STAGE_RCPT } smtp_stage;
+typedef enum { STAGE_OTHER, STAGE_MAIL, STAGE_RCPT, STAGE_DATA } smtp_stage;
 
 /* A value as the client sent it; NULL when absent, empty, or cut at its cap. */
 static const char *attr_whole(const policy_request *req, policy_attr a)
@@ -400,6 +400,9 @@ static smtp_stage request_stage(const policy_request *req)
 		return STAGE_RCPT;
 	if (strcasecmp(state, "MAIL") == 0)
 		return STAGE_MAIL;
+	/* smtpd_data_restrictions: where the greylist defers the null sender (greylist.null_sender_at) */
+	if (strcasecmp(state, "DATA") == 0)
+		return STAGE_DATA;
 	return STAGE_OTHER;
 }
 
@@ -480,6 +483,7 @@ static bool request_facts(const request_ctx *rc, smtp_stage stage, decide_facts 
 	f->front = DECIDE_FRONT_POLICY;
 	f->client_address = attr_whole(req, POLICY_ATTR_CLIENT_ADDRESS);
 	f->helo = attr_whole(req, POLICY_ATTR_HELO_NAME);
+	f->client_name = attr_whole(req, POLICY_ATTR_CLIENT_NAME);
 	f->sasl_username = attr_whole(req, POLICY_ATTR_SASL_USERNAME);
 	f->recipient = attr_whole(req, POLICY_ATTR_RECIPIENT);
 	f->queue_id = attr_whole(req, POLICY_ATTR_QUEUE_ID);
@@ -488,6 +492,20 @@ static bool request_facts(const request_ctx *rc, smtp_stage stage, decide_facts 
 	                ? NULL
 	                : policy_request_get(req, POLICY_ATTR_SENDER);
 	return true;
+}
+
+static check_stage check_stage_of(smtp_stage stage)
+{
+	switch (stage) {
+	case STAGE_MAIL:
+		return CHECK_STAGE_MAIL;
+	case STAGE_DATA:
+		return CHECK_STAGE_DATA;
+	case STAGE_RCPT:
+	case STAGE_OTHER:
+		break;
+	}
+	return CHECK_STAGE_RCPT;
 }
 
 /*
@@ -512,7 +530,7 @@ static check_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
 		return v;
 	engine_msg_begin(&m, snap);
 	engine_msg_recall(&m, instance);
-	v = engine_stage(&m, stage == STAGE_MAIL ? CHECK_STAGE_MAIL : CHECK_STAGE_RCPT, rc->lst->checks, &f);
+	v = engine_stage(&m, check_stage_of(stage), rc->lst->checks, &f);
 	engine_msg_remember(&m, instance);
 	engine_msg_end(&m);
 	return v;
@@ -529,10 +547,15 @@ static void log_internal(const request_ctx *rc, const char *why)
 	          rc->lst->address, why);
 }
 
-/* "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions). */
+/*
+ * "action=550 5.7.1 text\n\n" (SMTPD_POLICY_README, access(5) actions);
+ * "action=DEFER_IF_PERMIT 4.2.0 text" for greylisting, as postgrey says
+ * it; "action=PREPEND X-Greylist: ..." for a header on a message let through.
+ */
 static void format_reply(const check_verdict *v, const request_ctx *rc, char *out, size_t outlen)
 {
 	char code[sizeof(v->reply.code)], xcode[sizeof(v->reply.xcode)], text[sizeof(v->reply.text)];
+	char header[sizeof(v->header)];
 
 	/*
 	 * The config refuses control characters in reply text, and the core
@@ -555,10 +578,19 @@ static void format_reply(const check_verdict *v, const request_ctx *rc, char *ou
 	case DECIDE_DISCARD:
 		snprintf(out, outlen, "action=DISCARD%s%s\n\n", *text ? " " : "", text);
 		return;
+	case DECIDE_DEFER_IF_PERMIT:
+		snprintf(out, outlen, "action=DEFER_IF_PERMIT%s%s%s%s\n\n", *xcode ? " " : "", xcode,
+		         *text ? " " : "", text);
+		return;
 	case DECIDE_DROP_COPY:
 		log_internal(rc, "drop-copy verdict on the policy front end");
 		break;
 	case DECIDE_CONTINUE:
+		if (v->header[0]) {
+			snprintf(out, outlen, "action=PREPEND %s\n\n",
+			         log_safe(v->header, header, sizeof(header)));
+			return;
+		}
 		break;
 	}
 	snprintf(out, outlen, "%s", DUNNO);

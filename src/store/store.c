@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/netkeys.h"
 #include "store/store.h"
@@ -609,11 +610,133 @@ static store_status run_batch(store *st, query *q, size_t nq)
 	return rc;
 }
 
+/* A triplet or client key of the greylist: 1 to GREYSTEP_KEY_MAX - 1 bytes, as greystep_triplet_key makes
+ * them. */
+static bool grey_key_ok(const char *key, const char *what)
+{
+	if (!key || !key[0] || strnlen(key, GREYSTEP_KEY_MAX) >= GREYSTEP_KEY_MAX) {
+		store_set_error("%s: key must be 1 to %d bytes", what, GREYSTEP_KEY_MAX - 1);
+		return false;
+	}
+	return true;
+}
+
+/* A time of the store's clock in ms: far from overflow when a century is added. */
+static bool grey_time_ok(int64_t ms)
+{
+	return ms >= 0 && ms <= INT64_MAX / 2;
+}
+
+/* Clears the answer and checks the arguments of a QUERY_GREYLIST query. */
+static store_status greylist_ok(query *q)
+{
+	const greystep_params *p = &q->u.grey.params;
+
+	memset(&q->u.grey.answer, 0, sizeof(q->u.grey.answer));
+	q->u.grey.capped = false;
+	if (!grey_key_ok(q->u.grey.triplet, "store_greylist") ||
+	    (q->u.grey.awl && !grey_key_ok(q->u.grey.awl, "store_greylist")))
+		return STORE_ERROR;
+	/* A century at most each keeps every sum of the step in range and within Redis's PEXPIREAT. */
+	if (p->delay_ms < 0 || p->delay_ms > STORE_TTL_MS_MAX || p->retry_window_ms < 0 ||
+	    p->retry_window_ms > STORE_TTL_MS_MAX || p->max_age_ms <= 0 || p->max_age_ms > STORE_TTL_MS_MAX ||
+	    p->awl_count > STORE_COUNTER_UNITS_MAX)
+		return store_set_error(
+		    "store_greylist: delay, retry_window, max_age or awl_count out of range");
+	if (!grey_time_ok(q->u.grey.now_ms))
+		return store_set_error("store_greylist: now_ms out of range");
+	return STORE_OK;
+}
+
 store_status store_greylist(store *st, query *q)
 {
-	(void)st;
-	(void)q;
-	return store_set_error("greylisting is not in this store yet"); /* the store item of issue 13 */
+	return greylist_ok(q) == STORE_OK ? st->ops->greylist(st->impl, q) : STORE_ERROR;
+}
+
+store_status store_greylist_time(store *st, int64_t *now_ms)
+{
+	struct timespec ts;
+
+	if (st->ops->grey_time)
+		return st->ops->grey_time(st->impl, now_ms);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	*now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return STORE_OK;
+}
+
+static store_status grey_get(store *st, store_grey_kind kind, const char *key, int64_t now_ms,
+                             store_grey_record *out)
+{
+	store_status rc;
+
+	if (!out)
+		return store_set_error("store_greylist_get: no record to fill");
+	if (!grey_key_ok(key, "store_greylist_get"))
+		return STORE_ERROR;
+	memset(out, 0, sizeof(*out));
+	rc = st->ops->grey_get(st->impl, kind, key, out);
+	/* Past its expiry a record is gone, purged or not. */
+	if (rc == STORE_OK && out->expires_ms <= now_ms)
+		rc = STORE_NOTFOUND;
+	return rc;
+}
+
+store_status store_greylist_get(store *st, const char *triplet, int64_t now_ms, store_grey_record *out)
+{
+	return grey_get(st, STORE_GREY_TRIPLET, triplet, now_ms, out);
+}
+
+store_status store_greylist_awl_get(store *st, const char *client, int64_t now_ms, store_grey_record *out)
+{
+	return grey_get(st, STORE_GREY_AWL, client, now_ms, out);
+}
+
+store_status store_greylist_remove(store *st, const char *triplet)
+{
+	if (!grey_key_ok(triplet, "store_greylist_remove"))
+		return STORE_ERROR;
+	return st->ops->grey_remove(st->impl, STORE_GREY_TRIPLET, triplet);
+}
+
+store_status store_greylist_awl_remove(store *st, const char *client)
+{
+	if (!grey_key_ok(client, "store_greylist_awl_remove"))
+		return STORE_ERROR;
+	return st->ops->grey_remove(st->impl, STORE_GREY_AWL, client);
+}
+
+store_status store_greylist_awl_put(store *st, const char *client, uint64_t count, int64_t now_ms,
+                                    int64_t expires_ms)
+{
+	store_grey_record r = {
+	    .kind = STORE_GREY_AWL, .count = count, .last_ms = now_ms, .expires_ms = expires_ms};
+
+	if (!grey_key_ok(client, "store_greylist_awl_put"))
+		return STORE_ERROR;
+	if (!grey_time_ok(now_ms) || expires_ms <= now_ms || expires_ms - now_ms > STORE_TTL_MS_MAX ||
+	    count > STORE_COUNTER_UNITS_MAX)
+		return store_set_error("store_greylist_awl_put: times or count out of range");
+	snprintf(r.key, sizeof(r.key), "%s", client);
+	return st->ops->grey_awl_put(st->impl, &r);
+}
+
+store_status store_greylist_foreach(store *st, int64_t now_ms, store_grey_visit_fn fn, void *ctx)
+{
+	if (!fn)
+		return store_set_error("store_greylist_foreach: no visitor");
+	return st->ops->grey_foreach(st->impl, now_ms, fn, ctx);
+}
+
+store_status store_greylist_purge(store *st, int64_t now_ms, uint64_t *purged)
+{
+	uint64_t scratch = 0;
+
+	if (!purged)
+		purged = &scratch;
+	*purged = 0;
+	if (!grey_time_ok(now_ms))
+		return store_set_error("store_greylist_purge: now_ms out of range");
+	return st->ops->grey_purge ? st->ops->grey_purge(st->impl, now_ms, purged) : STORE_OK;
 }
 
 store_status store_run(store *st, query *q, size_t nq, int64_t now)

@@ -192,6 +192,65 @@ store_status store_counter(store *st, query *q);
 store_status store_greylist(store *st, query *q);
 
 /*
+ * The greylist as an administrator sees it (spamtrapctl greylist). Times
+ * are ms of the store's clock, as store_greylist keeps them: ask it with
+ * store_greylist_time and pass it on, so that "live" and "remaining" mean
+ * what the daemon's next attempt will see.
+ */
+typedef enum { STORE_GREY_TRIPLET, STORE_GREY_AWL } store_grey_kind;
+
+/* One triplet (first and last attempt) or one auto-whitelist record (passes counted, last counted). */
+typedef struct store_grey_record {
+	store_grey_kind kind;
+	char key[GREYSTEP_KEY_MAX];
+	int64_t first_ms; /* triplets; 0 for auto-whitelist records */
+	int64_t last_ms;
+	int64_t expires_ms;
+	uint64_t count; /* auto-whitelist records; 0 for triplets */
+} store_grey_record;
+
+/* The store's clock in ms: SQLite the wall clock of this host, Redis its TIME. */
+store_status store_greylist_time(store *st, int64_t *now_ms);
+
+/*
+ * The triplet "NETWORK/SENDERKEY/RECIPIENT" (greystep_triplet_key) or
+ * the client's auto-whitelist record (greystep_awl_key) live at now_ms,
+ * copied into *out (the caller's); STORE_NOTFOUND when there is none.
+ */
+store_status store_greylist_get(store *st, const char *triplet, int64_t now_ms, store_grey_record *out);
+store_status store_greylist_awl_get(store *st, const char *client, int64_t now_ms, store_grey_record *out);
+
+/* Drop a triplet or an auto-whitelist record; STORE_NOTFOUND when there was none. */
+store_status store_greylist_remove(store *st, const char *triplet);
+store_status store_greylist_awl_remove(store *st, const char *client);
+
+/*
+ * Create or replace the client's auto-whitelist record: count passes,
+ * last counted at now_ms, live until expires_ms (> now_ms). Redis keeps
+ * it until expires_ms by its own clock.
+ */
+store_status store_greylist_awl_put(store *st, const char *client, uint64_t count, int64_t now_ms,
+                                    int64_t expires_ms);
+
+/*
+ * Visit every triplet, then every auto-whitelist record, live at now_ms,
+ * each kind in key order; a non-zero return from fn stops. *r is lent for
+ * the call. Redis walks its keys with SCAN (never KEYS).
+ */
+typedef int (*store_grey_visit_fn)(const store_grey_record *r, void *ctx);
+store_status store_greylist_foreach(store *st, int64_t now_ms, store_grey_visit_fn fn, void *ctx);
+
+/*
+ * SQLite: drop the triplets and auto-whitelist records expired at now_ms,
+ * a thousand rows a write transaction (so that the daemon's
+ * writers get their turns in between), and count the triplets again for
+ * the max_triplets estimate; *purged (if not NULL) gets the rows
+ * dropped. The daemon calls it only where greylist.maintenance is true.
+ * Redis expires its records by itself: STORE_OK, nothing purged.
+ */
+store_status store_greylist_purge(store *st, int64_t now_ms, uint64_t *purged);
+
+/*
  * Round trips the store's scripts took so far (Redis: EVALSHA and EVAL
  * sent and waited for, a pipelined batch counting one), so that tests can
  * see that store_run batches; 0 for a backend without round trips.

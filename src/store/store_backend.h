@@ -59,6 +59,20 @@ typedef struct store_ops {
 	uint64_t (*script_trips)(store_backend_impl *impl);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
+	/*
+	 * The greylist (store_greylist and its admin calls), checked: grey_get
+	 * answers the record whatever its expiry (store.c compares), grey_purge
+	 * and grey_time are optional (no purge; the wall clock).
+	 */
+	store_status (*greylist)(store_backend_impl *impl, query *q);
+	store_status (*grey_get)(store_backend_impl *impl, store_grey_kind kind, const char *key,
+	                         store_grey_record *out);
+	store_status (*grey_remove)(store_backend_impl *impl, store_grey_kind kind, const char *key);
+	store_status (*grey_awl_put)(store_backend_impl *impl, const store_grey_record *r);
+	store_status (*grey_foreach)(store_backend_impl *impl, int64_t now_ms, store_grey_visit_fn fn,
+	                             void *ctx);
+	store_status (*grey_purge)(store_backend_impl *impl, int64_t now_ms, uint64_t *purged);
+	store_status (*grey_time)(store_backend_impl *impl, int64_t *now_ms);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */
 	uint64_t (*filter_answers)(store_backend_impl *impl);
 } store_ops;

@@ -6,7 +6,9 @@
  * expiry (EXPIREAT at the entry's expires) drops it, so purging is only
  * needed when clocks disagree. Lookups still compare expires with the
  * caller's now, so both backends answer alike. The network lengths
- * present are kept in one more hash, PREFIX "netlens" (see below). See
+ * present are kept in one more hash, PREFIX "netlens" (see below). The
+ * greylist's triplets and clients are hashes at PREFIX "grey:t:" and
+ * PREFIX "grey:a:" (greylist_lua), on the server's clock. See
  * docs/redis.md.
  *
  * Round trips: a lookup is one Lua script (EVALSHA, EVAL when the server
@@ -325,6 +327,78 @@ static const char counter_lua[] =
                "end\n"
                "return {1, 0, math.floor((tau - (nxt - now)) / t)}\n";
 
+/*
+ * store_greylist: greystep_run (src/core/greystep.c) line by line, in
+ * Redis's clock; keep the two in step. A triplet is a hash at PREFIX
+ * "grey:t:" KEY, a client's auto-whitelist record one at PREFIX "grey:a:"
+ * KEY, fields first/count, last, exp (ms), each with a native expiry at
+ * exp (PEXPIREAT): no purge, and a record past exp is never read as live.
+ * KEYS: the triplet, then the client's record when there is one. ARGV:
+ * delay, retry_window, max_age (ms), awl_count, the period of
+ * auto-whitelist counting (ms). Returns {now, result (greystep_result),
+ * remaining, waited, write_triplet, first, last, triplet expiry,
+ * write_awl, count, last, awl expiry}.
+ */
+static const char greylist_lua[] = LUA_NOW_MS
+    "local delay, window = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local max_age, awl_count, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local function ms(x) return string.format('%d', x) end\n"
+    "local function live(k, f)\n"
+    "  local r = redis.call('HMGET', k, f, 'last', 'exp')\n"
+    "  if r[1] and r[2] and r[3] and tonumber(r[3]) > now then\n"
+    "    return tonumber(r[1]), tonumber(r[2])\n"
+    "  end\n"
+    "  return nil, nil\n"
+    "end\n"
+    "local out = {now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
+    "local function awl_write(count)\n"
+    "  out[9], out[10], out[11], out[12] = 1, count, now, now + max_age\n"
+    "  if #KEYS == 2 then\n"
+    "    redis.call('HSET', KEYS[2], 'count', ms(count), 'last', ms(now), 'exp', ms(now + max_age))\n"
+    "    redis.call('PEXPIREAT', KEYS[2], ms(now + max_age))\n"
+    "  end\n"
+    "end\n"
+    "local ac, al = nil, nil\n"
+    "if awl_count > 0 and #KEYS == 2 then ac, al = live(KEYS[2], 'count') end\n"
+    /* awl_pass() */
+    "if ac and ac >= awl_count and awl_count > 0 then\n"
+    "  out[2] = 4\n"
+    "  if now >= al + period or al > now then awl_write(ac + 1) end\n"
+    "  return out\n"
+    "end\n"
+    "local first, passed_before, present = now, false, false\n"
+    "local tf, tl = live(KEYS[1], 'first')\n"
+    "if tf then\n"
+    "  present = true\n"
+    "  first = tf\n"
+    "  passed_before = tl - tf >= delay\n"
+    "  if not passed_before and now - first > window then first = now end\n"
+    "  if first > now then first = now end\n"
+    "end\n"
+    "local texp = first + window + 1\n"
+    "if now - first >= delay then texp = now + max_age end\n"
+    "out[5], out[6], out[7], out[8] = 1, first, now, texp\n"
+    "redis.call('HSET', KEYS[1], 'first', ms(first), 'last', ms(now), 'exp', ms(texp))\n"
+    "redis.call('PEXPIREAT', KEYS[1], ms(texp))\n"
+    "if delay - (now - first) > 0 then\n"
+    "  if present and first ~= now then out[2] = 1 else out[2] = 0 end\n"
+    "  out[3] = delay - (now - first)\n"
+    "  return out\n"
+    "end\n"
+    "if passed_before then\n"
+    "  out[2] = 3\n"
+    "  return out\n"
+    "end\n"
+    "out[2] = 2\n"
+    "out[4] = now - first\n"
+    /* awl_count_pass() */
+    "if awl_count == 0 or (ac and now < al + period) then return out end\n"
+    "awl_write((ac or 0) + 1)\n"
+    "return out\n";
+_Static_assert(GREYSTEP_DEFER_NEW == 0 && GREYSTEP_DEFER_EARLY == 1 && GREYSTEP_PASS_FIRST == 2 &&
+                   GREYSTEP_PASS == 3 && GREYSTEP_PASS_AWL == 4,
+               "greylist_lua returns greystep_result by number");
+
 enum {
 	SCRIPT_RECORD,
 	SCRIPT_PUT,
@@ -335,11 +409,12 @@ enum {
 	SCRIPT_REKEY,
 	SCRIPT_KV,
 	SCRIPT_COUNTER,
+	SCRIPT_GREYLIST,
 	NSCRIPTS
 };
-static const char *const scripts[NSCRIPTS] = {record_lua, put_lua,          lookup_lua,
-                                              purge_lua,  netlens_done_lua, distinct_lua,
-                                              rekey_lua,  kv_lua,           counter_lua};
+static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua, purge_lua,
+                                              netlens_done_lua, distinct_lua, rekey_lua,  kv_lua,
+                                              counter_lua,      greylist_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -361,9 +436,10 @@ struct store_backend_impl {
 	char where[300]; /* "redis 127.0.0.1:6379" for messages */
 	char *prefix;    /* cfg.redis_prefix "bl:" */
 	size_t prefixlen;
-	char *netlens; /* cfg.redis_prefix "netlens": the network lengths present */
-	char *pattern; /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
-	char *version; /* cfg.redis_prefix "version": the key layout (LAYOUT_VERSION) */
+	char *netlens;      /* cfg.redis_prefix "netlens": the network lengths present */
+	char *pattern;      /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
+	char *grey_pattern; /* the same for the greylist's records: cfg.redis_prefix "grey:*" */
+	char *version;      /* cfg.redis_prefix "version": the key layout (LAYOUT_VERSION) */
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
 	bool guard_sigpipe;
@@ -444,9 +520,13 @@ struct op {
 	uint64_t count;
 	store_visit_fn visit;
 	void *ctx;
-	char gen[24];   /* purge: the netlens rebuild's gen */
-	int64_t window; /* distinct_add (keys: the set, the member) */
-	query *q;       /* kv, counter */
+	char gen[24];            /* purge: the netlens rebuild's gen */
+	int64_t window;          /* distinct_add (keys: the set, the member) */
+	query *q;                /* kv, counter, greylist */
+	const char *pattern;     /* scan_all: NULL for the blocklist's s->pattern */
+	store_grey_kind kind;    /* the greylist's admin calls */
+	store_grey_record *grey; /* ... their record */
+	store_grey_visit_fn grey_visit;
 	uint64_t limit;
 	pipe_guard guard;
 };
@@ -1610,7 +1690,8 @@ static store_status scan_all(store_backend_impl *s, rconn *rc, op *o, scan_batch
 	char cursor[32] = "0";
 
 	do {
-		const char *argv[6] = {"SCAN", cursor, "MATCH", s->pattern, "COUNT", SCAN_COUNT};
+		const char *argv[6] = {"SCAN",  cursor,    "MATCH", o->pattern ? o->pattern : s->pattern,
+		                       "COUNT", SCAN_COUNT};
 		redisReply *r;
 		store_status st = STORE_OK;
 
@@ -2123,6 +2204,353 @@ static store_status redis_foreach(store_backend_impl *s, int64_t now, store_visi
 	return run(s, &o);
 }
 
+/* --- the greylist -------------------------------------------------------- */
+
+#define GREY_KEYBUF (PREFIX_MAX + 8 + GREYSTEP_KEY_MAX)
+#define GREY_ARGC 10 /* EVALSHA sha 2 triplet client delay window max_age awl_count period */
+
+/* PREFIX "grey:t:" KEY or PREFIX "grey:a:" KEY into buf (GREY_KEYBUF bytes); returns its length. */
+static size_t grey_key(const store_backend_impl *s, store_grey_kind kind, const char *key, char *buf)
+{
+	int n = snprintf(buf, GREY_KEYBUF, "%sgrey:%c:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "",
+	                 kind == STORE_GREY_TRIPLET ? 't' : 'a', key);
+
+	return n > 0 && n < GREY_KEYBUF ? (size_t)n : 0;
+}
+
+/* greylist_lua's reply into the query's answer. */
+static store_status grey_answer(const store_backend_impl *s, rconn *rc, const redisReply *r, query *q)
+{
+	greystep_out *out = &q->u.grey.answer;
+	long long v[12];
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 12)
+		return reply_error(s, rc, r, "greylist");
+	for (size_t i = 0; i < 12; i++) {
+		if (r->element[i]->type != REDIS_REPLY_INTEGER)
+			return reply_error(s, rc, r, "greylist");
+		v[i] = r->element[i]->integer;
+	}
+	if (v[1] < GREYSTEP_DEFER_NEW || v[1] > GREYSTEP_PASS_AWL)
+		return store_set_error("%s: greylist: unknown result %lld", s->where, v[1]);
+	q->u.grey.now_ms = v[0];
+	out->result = (greystep_result)v[1];
+	out->remaining_ms = v[2];
+	out->waited_ms = v[3];
+	out->write_triplet = v[4] != 0;
+	out->triplet = (greystep_triplet){.present = v[4] != 0, .first_ms = v[5], .last_ms = v[6]};
+	out->triplet_expires_ms = v[7];
+	out->write_awl = v[8] != 0;
+	out->awl = (greystep_awl){.present = v[8] != 0, .count = (uint64_t)v[9], .last_ms = v[10]};
+	out->awl_expires_ms = v[11];
+	return STORE_OK;
+}
+
+/* One script, one round trip: the step on the server, in its clock. */
+static store_status op_greylist(store_backend_impl *s, rconn *rc, op *o)
+{
+	const query *q = o->q;
+	char keys[2][GREY_KEYBUF], nums[5][24];
+	const char *argv[GREY_ARGC];
+	size_t argvlen[GREY_ARGC];
+	int nkeys = q->u.grey.awl ? 2 : 1, argc = 3;
+	redisReply *r = NULL;
+	store_status st;
+
+	argv[argc] = keys[0], argvlen[argc++] = grey_key(s, STORE_GREY_TRIPLET, q->u.grey.triplet, keys[0]);
+	if (q->u.grey.awl)
+		argv[argc] = keys[1], argvlen[argc++] = grey_key(s, STORE_GREY_AWL, q->u.grey.awl, keys[1]);
+	argv[2] = nkeys == 2 ? "2" : "1", argvlen[2] = 1;
+	snprintf(nums[0], 24, "%lld", (long long)q->u.grey.params.delay_ms);
+	snprintf(nums[1], 24, "%lld", (long long)q->u.grey.params.retry_window_ms);
+	snprintf(nums[2], 24, "%lld", (long long)q->u.grey.params.max_age_ms);
+	snprintf(nums[3], 24, "%llu", (unsigned long long)q->u.grey.params.awl_count);
+	snprintf(nums[4], 24, "%lld", (long long)GREYSTEP_AWL_PERIOD_MS);
+	for (int i = 0; i < 5; i++)
+		argv[argc] = nums[i], argvlen[argc++] = strlen(nums[i]);
+	st = eval_script(s, rc, SCRIPT_GREYLIST, argc, argv, argvlen, &r, "greylist");
+	if (st == STORE_OK)
+		st = grey_answer(s, rc, r, o->q);
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status op_grey_time(store_backend_impl *s, rconn *rc, op *o)
+{
+	const char *argv[1] = {"TIME"};
+	redisReply *r;
+	store_status st = STORE_OK;
+
+	if (command(s, rc->ctx, &r, "time", 1, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !reply_is_str(r->element[0]) ||
+	    !reply_is_str(r->element[1]))
+		st = reply_error(s, rc, r, "time");
+	else
+		o->now = str_to_i64(r->element[0]) * 1000 + str_to_i64(r->element[1]) / 1000;
+	freeReplyObject(r);
+	return st;
+}
+
+/* HMGET of a greylist record's fields (first, count, last, exp), for get and foreach. */
+static int append_grey_hmget(redisContext *c, const char *fullkey, size_t keylen)
+{
+	const char *argv[6] = {"HMGET", fullkey, "first", "count", "last", "exp"};
+	size_t argvlen[6] = {5, keylen, 5, 5, 4, 3};
+
+	return redisAppendCommandArgv(c, 6, argv, argvlen);
+}
+
+/* An HMGET answer into *r (kind and key set by the caller); false when the record does not exist. */
+static bool grey_from_reply(const redisReply *h, store_grey_record *r)
+{
+	if (h->type != REDIS_REPLY_ARRAY || h->elements != 4 || !reply_is_str(h->element[3]))
+		return false;
+	r->first_ms = str_to_i64(h->element[0]);
+	r->count = (uint64_t)str_to_i64(h->element[1]);
+	r->last_ms = str_to_i64(h->element[2]);
+	r->expires_ms = str_to_i64(h->element[3]);
+	return true;
+}
+
+static store_status op_grey_get(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[GREY_KEYBUF];
+	redisReply *r;
+	store_status st = STORE_NOTFOUND;
+
+	if (append_grey_hmget(rc->ctx, buf, grey_key(s, o->kind, o->keys[0], buf)) != REDIS_OK)
+		return append_failed(s, rc->ctx, "greylist get");
+	if (next_reply(s, rc->ctx, &r, "greylist get") != STORE_OK)
+		return STORE_ERROR;
+	if (r->type == REDIS_REPLY_ERROR) {
+		st = reply_error(s, rc, r, "greylist get");
+	} else if (grey_from_reply(r, o->grey)) {
+		o->grey->kind = o->kind;
+		snprintf(o->grey->key, sizeof(o->grey->key), "%s", o->keys[0]);
+		st = STORE_OK;
+	}
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status op_grey_remove(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[GREY_KEYBUF];
+	const char *argv[2] = {"DEL", buf};
+	redisReply *r;
+	store_status st;
+
+	grey_key(s, o->kind, o->keys[0], buf);
+	if (command(s, rc->ctx, &r, "greylist remove", 2, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "greylist remove");
+	else
+		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
+	freeReplyObject(r);
+	return st;
+}
+
+/* MULTI, DEL, HSET, PEXPIREAT, EXEC: the record replaced atomically, with its expiry. */
+static store_status op_grey_awl_put(store_backend_impl *s, rconn *rc, op *o)
+{
+	const store_grey_record *g = o->grey;
+	char buf[GREY_KEYBUF], nums[3][24];
+	const char *multi[1] = {"MULTI"}, *del[2] = {"DEL", buf}, *exec[1] = {"EXEC"};
+	const char *hset[8] = {"HSET", buf, "count", nums[0], "last", nums[1], "exp", nums[2]};
+	const char *expire[3] = {"PEXPIREAT", buf, nums[2]};
+	struct {
+		int argc;
+		const char **argv;
+	} cmds[] = {{1, multi}, {2, del}, {8, hset}, {3, expire}, {1, exec}};
+	store_status st = STORE_OK;
+
+	grey_key(s, STORE_GREY_AWL, g->key, buf);
+	snprintf(nums[0], 24, "%llu", (unsigned long long)g->count);
+	snprintf(nums[1], 24, "%lld", (long long)g->last_ms);
+	snprintf(nums[2], 24, "%lld", (long long)g->expires_ms);
+	o->no_retry = true;
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]) && st == STORE_OK; i++) {
+		redisReply *r;
+
+		if (command(s, rc->ctx, &r, "greylist whitelist", cmds[i].argc, cmds[i].argv) != STORE_OK)
+			return STORE_ERROR;
+		if (r->type == REDIS_REPLY_ERROR || (i == 4 && r->type != REDIS_REPLY_ARRAY))
+			st = reply_error(s, rc, r, "greylist whitelist");
+		freeReplyObject(r);
+		/* A connection left inside MULTI would queue the next call's commands: leave it. */
+		if (st != STORE_OK && i > 0 && i < 4)
+			rc->stale = true;
+	}
+	return st;
+}
+
+/* The greylist's key names SCAN found, without PREFIX "grey:", sorted into triplets ("t:") and clients
+ * ("a:"). */
+typedef struct grey_lists {
+	keylist kind[2]; /* [STORE_GREY_TRIPLET], [STORE_GREY_AWL] */
+	size_t skip;     /* strlen(PREFIX "grey:") */
+} grey_lists;
+
+static store_status grey_collect(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	grey_lists *gl = o->ctx;
+
+	(void)rc;
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+		keylist *kl;
+
+		if (!reply_is_str(k) || k->len < gl->skip + 3 || k->str[gl->skip + 1] != ':' ||
+		    k->len - gl->skip - 2 >= GREYSTEP_KEY_MAX)
+			continue;
+		if (k->str[gl->skip] != 't' && k->str[gl->skip] != 'a')
+			continue;
+		kl = &gl->kind[k->str[gl->skip] == 't' ? STORE_GREY_TRIPLET : STORE_GREY_AWL];
+		if (kl->n == kl->cap) {
+			size_t cap = kl->cap ? kl->cap * 2 : 1024;
+			char **v = realloc(kl->v, cap * sizeof(*v));
+
+			if (!v)
+				return store_set_error("%s: greylist list: out of memory", s->where);
+			kl->v = v, kl->cap = cap;
+		}
+		if (!(kl->v[kl->n] = strndup(k->str + gl->skip + 2, k->len - gl->skip - 2)))
+			return store_set_error("%s: greylist list: out of memory", s->where);
+		kl->n++;
+	}
+	return STORE_OK;
+}
+
+/* Fetch keys[0..n) of one kind in one pipeline and visit the live ones; 1 when the visitor stopped. */
+static int grey_visit_batch(store_backend_impl *s, rconn *rc, op *o, char **keys, size_t n)
+{
+	char buf[GREY_KEYBUF];
+	int stop = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (append_grey_hmget(rc->ctx, buf, grey_key(s, o->kind, keys[i], buf)) != REDIS_OK)
+			return append_failed(s, rc->ctx, "greylist list");
+	for (size_t i = 0; i < n; i++) {
+		redisReply *r;
+
+		if (next_reply(s, rc->ctx, &r, "greylist list") != STORE_OK)
+			return STORE_ERROR;
+		memset(o->grey, 0, sizeof(*o->grey));
+		if (!stop && grey_from_reply(r, o->grey) && o->grey->expires_ms > o->now) {
+			o->grey->kind = o->kind;
+			snprintf(o->grey->key, sizeof(o->grey->key), "%s", keys[i]);
+			o->no_retry = true;
+			pipe_guard_end(&o->guard);
+			stop = o->grey_visit(o->grey, o->ctx) != 0;
+			pipe_guard_begin(&o->guard, o->guard.active);
+		}
+		freeReplyObject(r);
+	}
+	return stop;
+}
+
+/* One kind's names, sorted, without the duplicates SCAN may give; 1 when the visitor stopped. */
+static int grey_visit_kind(store_backend_impl *s, rconn *rc, op *o, keylist *kl)
+{
+	size_t n = 0;
+	int rv = 0;
+
+	if (kl->n == 0)
+		return 0;
+	qsort(kl->v, kl->n, sizeof(*kl->v), cmp_str);
+	for (size_t i = 0; i < kl->n; i++) {
+		if (n > 0 && strcmp(kl->v[n - 1], kl->v[i]) == 0)
+			free(kl->v[i]);
+		else
+			kl->v[n++] = kl->v[i];
+	}
+	kl->n = n;
+	for (size_t i = 0; i < n && rv == 0; i += FETCH_BATCH)
+		rv = grey_visit_batch(s, rc, o, kl->v + i, n - i < FETCH_BATCH ? n - i : FETCH_BATCH);
+	return rv;
+}
+
+static store_status op_grey_foreach(store_backend_impl *s, rconn *rc, op *o)
+{
+	grey_lists gl = {.skip = strlen(s->cfg.redis_prefix ? s->cfg.redis_prefix : "") + 5};
+	void *visit_ctx = o->ctx;
+	store_status st;
+	int rv = 0;
+
+	o->ctx = &gl;
+	o->pattern = s->grey_pattern;
+	st = scan_all(s, rc, o, grey_collect);
+	o->ctx = visit_ctx;
+	o->kind = STORE_GREY_TRIPLET;
+	if (st == STORE_OK)
+		rv = grey_visit_kind(s, rc, o, &gl.kind[STORE_GREY_TRIPLET]);
+	o->kind = STORE_GREY_AWL;
+	if (st == STORE_OK && rv == 0)
+		rv = grey_visit_kind(s, rc, o, &gl.kind[STORE_GREY_AWL]);
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < gl.kind[k].n; i++)
+			free(gl.kind[k].v[i]);
+		free(gl.kind[k].v);
+	}
+	return st == STORE_OK && rv < 0 ? STORE_ERROR : st;
+}
+
+static store_status redis_greylist(store_backend_impl *s, query *q)
+{
+	op o = {.what = "greylist", .fn = op_greylist, .q = q};
+
+	return run(s, &o);
+}
+
+static store_status redis_grey_time(store_backend_impl *s, int64_t *now_ms)
+{
+	op o = {.what = "time", .fn = op_grey_time};
+	store_status st = run(s, &o);
+
+	*now_ms = o.now;
+	return st;
+}
+
+static store_status redis_grey_get(store_backend_impl *s, store_grey_kind kind, const char *key,
+                                   store_grey_record *out)
+{
+	op o = {
+	    .what = "greylist get", .fn = op_grey_get, .keys = &key, .nkeys = 1, .kind = kind, .grey = out};
+
+	return run(s, &o);
+}
+
+static store_status redis_grey_remove(store_backend_impl *s, store_grey_kind kind, const char *key)
+{
+	op o = {.what = "greylist remove", .fn = op_grey_remove, .keys = &key, .nkeys = 1, .kind = kind};
+
+	return run(s, &o);
+}
+
+static store_status redis_grey_awl_put(store_backend_impl *s, const store_grey_record *r)
+{
+	op o = {.what = "greylist whitelist", .fn = op_grey_awl_put, .grey = (store_grey_record *)r};
+
+	return run(s, &o);
+}
+
+static store_status redis_grey_foreach(store_backend_impl *s, int64_t now_ms, store_grey_visit_fn fn,
+                                       void *ctx)
+{
+	store_grey_record *r = malloc(sizeof(*r));
+	op o = {.what = "greylist list", .fn = op_grey_foreach, .now = now_ms, .grey_visit = fn, .ctx = ctx};
+	store_status st;
+
+	if (!r)
+		return store_set_error("%s: greylist list: out of memory", s->where);
+	o.grey = r;
+	st = run(s, &o);
+	free(r);
+	return st;
+}
+
 /* --- open and free ------------------------------------------------------- */
 
 static void redis_free(store_backend_impl *s)
@@ -2138,6 +2566,7 @@ static void redis_free(store_backend_impl *s)
 	free(s->prefix);
 	free(s->netlens);
 	free(s->pattern);
+	free(s->grey_pattern);
 	free(s->version);
 	free(s);
 }
@@ -2233,6 +2662,13 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 	snprintf(s->netlens, strlen(prefix) + sizeof("netlens"), "%snetlens", prefix);
 	if (!(s->pattern = match_pattern(s->prefix)))
 		goto oom;
+	{
+		char grey[PREFIX_MAX + 8];
+
+		snprintf(grey, sizeof(grey), "%sgrey:", prefix);
+		if (!(s->grey_pattern = match_pattern(grey)))
+			goto oom;
+	}
 	if (!(s->version = malloc(strlen(prefix) + sizeof("version"))))
 		goto oom;
 	snprintf(s->version, strlen(prefix) + sizeof("version"), "%sversion", prefix);
@@ -2307,4 +2743,10 @@ const store_ops store_redis_ops = {
     .counter = redis_counter,
     .batch = redis_batch,
     .script_trips = redis_script_trips,
+    .greylist = redis_greylist,
+    .grey_get = redis_grey_get,
+    .grey_remove = redis_grey_remove,
+    .grey_awl_put = redis_grey_awl_put,
+    .grey_foreach = redis_grey_foreach,
+    .grey_time = redis_grey_time,
 };

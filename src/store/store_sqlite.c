@@ -29,6 +29,7 @@
  * store_distinct_add. Version 4 has the typed keys of core/key.h: opening
  * an older file rewrites the few keys that changed (see schema_typed_keys).
  * Version 5 adds kv_records and counters (store_kv, store_counter).
+ * Version 6 adds the greylist's tables (store_greylist, see greylist_sql).
  * Opening an older file runs the missing steps.
  *
  * A lookup is one read transaction: the network lengths present, then one
@@ -61,6 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "core/key.h"
 #include "store/sqlite_filter.h"
 #include "store/store_backend.h"
@@ -80,9 +82,14 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
+/* While the greylist's cap holds, its rows are counted again this often (ms), or after this many answers. */
+#define GREY_RECOUNT_MS 60000
+#define GREY_RECOUNT_CALLS 1000
+/* The most triplets kept under one hash (see schema_greylist_sql). */
+#define GREY_BUCKET_MAX 8
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
 
@@ -108,6 +115,18 @@ enum {
 	ST_CTR_GET,
 	ST_CTR_PUT,
 	ST_CTR_PURGE,
+	ST_GREY_GET,
+	ST_GREY_INSERT,
+	ST_GREY_UPDATE,
+	ST_GREY_DELETE,
+	ST_GREY_PURGE,
+	ST_GREY_COUNT,
+	ST_GREY_FOREACH,
+	ST_AWL_GET,
+	ST_AWL_PUT,
+	ST_AWL_DELETE,
+	ST_AWL_PURGE,
+	ST_AWL_FOREACH,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -200,6 +219,32 @@ static const char schema_kv_sql[] =
     "CREATE INDEX IF NOT EXISTS counters_tat ON counters (tat);";
 
 /*
+ * Version 6 adds the greylist (store_greylist): its triplets and its
+ * auto-whitelisted clients, times in ms of this host's clock, each with an
+ * index on expiry for the purge (which only the host with
+ * greylist.maintenance runs). A row past expires_ms is never read as live.
+ *
+ * A triplet's key (up to GREYSTEP_KEY_MAX - 1 bytes, most of them the
+ * sender's, which the client chooses) is stored once, in the row, and
+ * found by its 64-bit FNV-1a hash (core/hash.h): a WITHOUT ROWID table or
+ * an index on the key would store it twice, and a key longer than about
+ * 1,000 bytes would spill into a 4 KB overflow page each time (measured:
+ * 9.4 KB a row for the longest keys, 1.4 KB this way). Rows of one hash
+ * form a bucket, read whole by one lookup: a new triplet whose bucket
+ * holds GREY_BUCKET_MAX rows already is not recorded (it passes, as at
+ * max_triplets), so that crafted collisions cost a lookup a few rows at
+ * most. Client keys are short: a WITHOUT ROWID table.
+ */
+static const char schema_greylist_sql[] =
+    "CREATE TABLE IF NOT EXISTS greylist_triplets (hash INTEGER NOT NULL, key TEXT NOT NULL,"
+    " first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS greylist_triplets_hash ON greylist_triplets (hash);"
+    "CREATE INDEX IF NOT EXISTS greylist_triplets_expires ON greylist_triplets (expires_ms);"
+    "CREATE TABLE IF NOT EXISTS greylist_awl (key TEXT PRIMARY KEY NOT NULL,"
+    " count INTEGER NOT NULL, last_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS greylist_awl_expires ON greylist_awl (expires_ms);";
+
+/*
  * The upgrade steps: schema_steps[v] brings a file of version v to
  * v + 1, and schema_create sets the version after each, so that every
  * step stands alone and a new one is one more entry.
@@ -212,11 +257,9 @@ typedef struct schema_step {
 	int (*run)(sqlite3 *db, const char *path, char *err, size_t errlen);
 } schema_step;
 
-static const schema_step schema_steps[] = {{schema_v1_sql, NULL},
-                                           {schema_v2_sql, NULL},
-                                           {schema_distinct_sql, NULL},
-                                           {NULL, schema_typed_keys},
-                                           {schema_kv_sql, NULL}};
+static const schema_step schema_steps[] = {{schema_v1_sql, NULL},       {schema_v2_sql, NULL},
+                                           {schema_distinct_sql, NULL}, {NULL, schema_typed_keys},
+                                           {schema_kv_sql, NULL},       {schema_greylist_sql, NULL}};
 _Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
                "one upgrade step per schema version");
 
@@ -281,6 +324,27 @@ static const char *const fixed_sql[ST_COUNT] = {
                    " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_GREY_GET] = "SELECT rowid, key, first_ms, last_ms, expires_ms FROM greylist_triplets WHERE hash = ?1"
+                    " LIMIT " SQL_INT(GREY_BUCKET_MAX),
+    [ST_GREY_INSERT] = "INSERT INTO greylist_triplets (hash, key, first_ms, last_ms, expires_ms)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_GREY_UPDATE] =
+        "UPDATE greylist_triplets SET first_ms = ?2, last_ms = ?3, expires_ms = ?4 WHERE rowid = ?1",
+    [ST_GREY_DELETE] = "DELETE FROM greylist_triplets WHERE hash = ?1 AND key = ?2",
+    [ST_GREY_PURGE] = "DELETE FROM greylist_triplets WHERE rowid IN (SELECT rowid FROM greylist_triplets"
+                      " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_GREY_COUNT] = "SELECT count(*) FROM greylist_triplets",
+    [ST_GREY_FOREACH] = "SELECT key, first_ms, last_ms, expires_ms FROM greylist_triplets"
+                        " WHERE expires_ms > ?1 ORDER BY key",
+    [ST_AWL_GET] = "SELECT count, last_ms, expires_ms FROM greylist_awl WHERE key = ?1",
+    [ST_AWL_PUT] = "INSERT INTO greylist_awl (key, count, last_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT (key) DO UPDATE SET count = excluded.count, last_ms = excluded.last_ms,"
+                   " expires_ms = excluded.expires_ms",
+    [ST_AWL_DELETE] = "DELETE FROM greylist_awl WHERE key = ?1",
+    [ST_AWL_PURGE] = "DELETE FROM greylist_awl WHERE key IN (SELECT key FROM greylist_awl"
+                     " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_AWL_FOREACH] = "SELECT key, count, last_ms, expires_ms FROM greylist_awl WHERE expires_ms > ?1"
+                       " ORDER BY key",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -319,6 +383,18 @@ struct store_backend_impl {
 	conn conns[POOL_SIZE];
 	sqlite_filter *filter;           /* answers most misses without SQLite */
 	_Atomic uint64_t filter_answers; /* lookups it answered alone: store_filter_answers */
+	/*
+	 * The greylist_triplets rows, an estimate for the max_triplets cap:
+	 * counted at the first capped call and after each purge, adjusted by
+	 * this process's inserts and deletes between them (another process's
+	 * are not seen until the next count; while the cap holds, the rows
+	 * are counted again after GREY_RECOUNT_MS or GREY_RECOUNT_CALLS capped
+	 * answers, whichever comes first, so that a purge by another process
+	 * lifts it). -1: not counted yet.
+	 */
+	_Atomic int64_t grey_rows;
+	_Atomic int64_t grey_counted_at; /* monotonic ms of the last count */
+	_Atomic uint64_t grey_capped;    /* capped answers since then */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -820,6 +896,9 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 		return NULL;
 	}
 	pthread_mutex_init(&s->lock, NULL);
+	atomic_init(&s->grey_rows, -1);
+	atomic_init(&s->grey_counted_at, 0);
+	atomic_init(&s->grey_capped, 0);
 	monotonic_cond_init(&s->freed);
 	monotonic_cond_init(&s->turned);
 	if (create_file(s->path, err, errlen) < 0) {
@@ -1432,6 +1511,348 @@ static store_status sqlite_counter(store_backend_impl *s, query *q)
 	return sqlite_small_write(s, q, counter_step, "counter");
 }
 
+/* --- the greylist -------------------------------------------------------- */
+
+static store_status run_write(store_backend_impl *s, conn *c, sqlite3_stmt *stmt, const char *what,
+                              uint64_t *changes);
+static store_status purge_chunks(store_backend_impl *s, int stmt, int64_t now, uint64_t *purged);
+
+/* A client's record by key: 1 found (count, last, expires in v), 0 none, -1 error. */
+static int awl_read(conn *c, const char *key, int64_t v[3])
+{
+	sqlite3_stmt *get = c->stmt[ST_AWL_GET];
+	int step;
+
+	sqlite3_bind_text(get, 1, key, -1, SQLITE_STATIC);
+	step = sqlite3_step(get);
+	if (step == SQLITE_ROW)
+		for (int i = 0; i < 3; i++)
+			v[i] = sqlite3_column_int64(get, i);
+	done(get);
+	return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
+}
+
+/* Create or replace a client's record. */
+static int awl_write(conn *c, const char *key, int64_t count, int64_t last, int64_t expires)
+{
+	sqlite3_stmt *put = c->stmt[ST_AWL_PUT];
+
+	sqlite3_bind_text(put, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(put, 2, count);
+	sqlite3_bind_int64(put, 3, last);
+	sqlite3_bind_int64(put, 4, expires);
+	return step_done(put);
+}
+
+static sqlite3_int64 grey_hash(const char *key)
+{
+	return (sqlite3_int64)hash_fnv1a(HASH_FNV1A_INIT, key, strlen(key));
+}
+
+/* A triplet's row, whatever its expiry, and how full its hash's bucket is. */
+typedef struct grey_row {
+	bool found;
+	sqlite3_int64 rowid;
+	int64_t first_ms, last_ms, expires_ms;
+	int bucket; /* rows under the key's hash (at most GREY_BUCKET_MAX are read) */
+} grey_row;
+
+/* Read the bucket of key's hash and find the key in it; -1 on error. */
+static int grey_find(conn *c, const char *key, grey_row *r)
+{
+	sqlite3_stmt *get = c->stmt[ST_GREY_GET];
+	int step;
+
+	memset(r, 0, sizeof(*r));
+	sqlite3_bind_int64(get, 1, grey_hash(key));
+	while ((step = sqlite3_step(get)) == SQLITE_ROW) {
+		const char *k = (const char *)sqlite3_column_text(get, 1);
+
+		r->bucket++;
+		if (r->found || !k || strcmp(k, key) != 0)
+			continue;
+		r->found = true;
+		r->rowid = sqlite3_column_int64(get, 0);
+		r->first_ms = sqlite3_column_int64(get, 2);
+		r->last_ms = sqlite3_column_int64(get, 3);
+		r->expires_ms = sqlite3_column_int64(get, 4);
+	}
+	done(get);
+	return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* Write the step's triplet: its row updated, or a new row. */
+static int grey_write(conn *c, const char *key, const grey_row *r, const greystep_out *out)
+{
+	sqlite3_stmt *w = c->stmt[r->found ? ST_GREY_UPDATE : ST_GREY_INSERT];
+	int i = 1;
+
+	if (r->found) {
+		sqlite3_bind_int64(w, i++, r->rowid);
+	} else {
+		sqlite3_bind_int64(w, i++, grey_hash(key));
+		sqlite3_bind_text(w, i++, key, -1, SQLITE_STATIC);
+	}
+	sqlite3_bind_int64(w, i++, out->triplet.first_ms);
+	sqlite3_bind_int64(w, i++, out->triplet.last_ms);
+	sqlite3_bind_int64(w, i, out->triplet_expires_ms);
+	return step_done(w);
+}
+
+static int grey_count(conn *c, int64_t *rows)
+{
+	sqlite3_stmt *count = c->stmt[ST_GREY_COUNT];
+	int step = sqlite3_step(count);
+
+	if (step == SQLITE_ROW)
+		*rows = sqlite3_column_int64(count, 0);
+	done(count);
+	return step == SQLITE_ROW ? 0 : -1;
+}
+
+/*
+ * Holds the table max triplets or more, by the estimate? Counted when it
+ * was not yet, and again when it says full and the last count is old.
+ */
+static int grey_full(store_backend_impl *s, conn *c, uint64_t max, bool *full)
+{
+	int64_t rows = atomic_load(&s->grey_rows);
+
+	*full = false;
+	if (max == 0)
+		return 0;
+	if (rows < 0 ||
+	    ((uint64_t)rows >= max && (atomic_load(&s->grey_capped) >= GREY_RECOUNT_CALLS ||
+	                               now_ms() - atomic_load(&s->grey_counted_at) >= GREY_RECOUNT_MS))) {
+		if (grey_count(c, &rows) < 0)
+			return -1;
+		atomic_store(&s->grey_rows, rows);
+		atomic_store(&s->grey_counted_at, now_ms());
+		atomic_store(&s->grey_capped, 0);
+	}
+	*full = (uint64_t)rows >= max;
+	if (*full)
+		atomic_fetch_add(&s->grey_capped, 1);
+	return 0;
+}
+
+typedef struct grey_args {
+	store_backend_impl *s;
+	query *q;
+	bool inserted; /* a triplet row was added */
+} grey_args;
+
+/* The answer of a triplet not recorded (max_triplets, a full bucket): it passes. */
+static void grey_capped(query *q)
+{
+	memset(&q->u.grey.answer, 0, sizeof(q->u.grey.answer));
+	q->u.grey.answer.result = GREYSTEP_PASS;
+	q->u.grey.capped = true;
+}
+
+/* What greystep_run says, written back; a triplet that would add a row past a limit passes unrecorded. */
+static int grey_apply(grey_args *a, conn *c, const grey_row *row)
+{
+	query *q = a->q;
+	const greystep_out *out = &q->u.grey.answer;
+	bool full = false;
+
+	if (out->write_triplet && !row->found) {
+		if (row->bucket < GREY_BUCKET_MAX && grey_full(a->s, c, q->u.grey.max_triplets, &full) < 0)
+			return -1;
+		if (row->bucket >= GREY_BUCKET_MAX || full) {
+			grey_capped(q);
+			return 0;
+		}
+	}
+	if (out->write_triplet && grey_write(c, q->u.grey.triplet, row, out) < 0)
+		return -1;
+	if (out->write_triplet && !row->found) {
+		a->inserted = true;
+		if (atomic_load(&a->s->grey_rows) >= 0)
+			atomic_fetch_add(&a->s->grey_rows, 1);
+	}
+	if (out->write_awl && q->u.grey.awl &&
+	    awl_write(c, q->u.grey.awl, (int64_t)out->awl.count, out->awl.last_ms, out->awl_expires_ms) < 0)
+		return -1;
+	return 0;
+}
+
+/* Inside the write transaction: the rows live at now (an expired row reads as none), the step, its writes. */
+static int grey_step(conn *c, void *ctx)
+{
+	grey_args *a = ctx;
+	query *q = a->q;
+	int64_t now = q->u.grey.now_ms, w[3];
+	greystep_triplet trip = {.present = false};
+	greystep_awl awl = {.present = false};
+	grey_row row;
+	int had_awl = 0;
+
+	if (grey_find(c, q->u.grey.triplet, &row) < 0)
+		return -1;
+	if (row.found && row.expires_ms > now)
+		trip = (greystep_triplet){.present = true, .first_ms = row.first_ms, .last_ms = row.last_ms};
+	if (q->u.grey.awl && (had_awl = awl_read(c, q->u.grey.awl, w)) < 0)
+		return -1;
+	if (had_awl && w[2] > now)
+		awl = (greystep_awl){.present = true, .count = (uint64_t)w[0], .last_ms = w[1]};
+	greystep_run(&q->u.grey.params, &trip, q->u.grey.awl ? &awl : NULL, now, &q->u.grey.answer);
+	return grey_apply(a, c, &row);
+}
+
+static store_status sqlite_greylist(store_backend_impl *s, query *q)
+{
+	grey_args a = {s, q, false};
+	store_status rc = write_txn(s, "greylist", grey_step, &a, NULL, 0);
+
+	/* Rolled back: the row counted is not there. */
+	if (rc != STORE_OK && a.inserted && atomic_load(&s->grey_rows) > 0)
+		atomic_fetch_sub(&s->grey_rows, 1);
+	return rc;
+}
+
+static store_status sqlite_grey_get(store_backend_impl *s, store_grey_kind kind, const char *key,
+                                    store_grey_record *out)
+{
+	conn *c = acquire(s, FOR_READ, "greylist get");
+	grey_row row = {.found = false};
+	int64_t v[3];
+	int rc;
+
+	if (!c)
+		return STORE_ERROR;
+	if (kind == STORE_GREY_TRIPLET) {
+		rc = grey_find(c, key, &row);
+		v[0] = row.first_ms, v[1] = row.last_ms, v[2] = row.expires_ms;
+	} else {
+		rc = awl_read(c, key, v);
+		row.found = rc > 0;
+	}
+	if (rc < 0) {
+		store_status err = db_error(s, c, "greylist get");
+
+		release(s, c, FOR_READ);
+		return err;
+	}
+	release(s, c, FOR_READ);
+	if (!row.found)
+		return STORE_NOTFOUND;
+	out->kind = kind;
+	snprintf(out->key, sizeof(out->key), "%s", key);
+	if (kind == STORE_GREY_TRIPLET)
+		out->first_ms = v[0];
+	else
+		out->count = (uint64_t)v[0];
+	out->last_ms = v[1];
+	out->expires_ms = v[2];
+	return STORE_OK;
+}
+
+static store_status sqlite_grey_remove(store_backend_impl *s, store_grey_kind kind, const char *key)
+{
+	conn *c = acquire(s, FOR_WRITE, "greylist remove");
+	int stmt = kind == STORE_GREY_TRIPLET ? ST_GREY_DELETE : ST_AWL_DELETE;
+	uint64_t changes = 0;
+	store_status rc;
+
+	if (!c)
+		return STORE_ERROR;
+	if (kind == STORE_GREY_TRIPLET) {
+		sqlite3_bind_int64(c->stmt[stmt], 1, grey_hash(key));
+		sqlite3_bind_text(c->stmt[stmt], 2, key, -1, SQLITE_STATIC);
+	} else {
+		sqlite3_bind_text(c->stmt[stmt], 1, key, -1, SQLITE_STATIC);
+	}
+	rc = run_write(s, c, c->stmt[stmt], "greylist remove", &changes);
+	if (rc == STORE_OK && changes && kind == STORE_GREY_TRIPLET && atomic_load(&s->grey_rows) > 0)
+		atomic_fetch_sub(&s->grey_rows, 1);
+	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
+}
+
+static store_status sqlite_grey_awl_put(store_backend_impl *s, const store_grey_record *r)
+{
+	conn *c = acquire(s, FOR_WRITE, "greylist whitelist");
+	store_status rc = STORE_OK;
+
+	if (!c)
+		return STORE_ERROR;
+	if (awl_write(c, r->key, (int64_t)r->count, r->last_ms, r->expires_ms) < 0)
+		rc = db_error(s, c, "greylist whitelist");
+	wrote(c);
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
+/* The live rows of one table (ST_GREY_FOREACH, ST_AWL_FOREACH); 1 when the visitor stopped. */
+static int grey_visit(conn *c, store_grey_kind kind, int64_t now_ms, store_grey_visit_fn fn, void *ctx,
+                      store_grey_record *r)
+{
+	sqlite3_stmt *stmt = c->stmt[kind == STORE_GREY_TRIPLET ? ST_GREY_FOREACH : ST_AWL_FOREACH];
+	int step, stop = 0;
+
+	sqlite3_bind_int64(stmt, 1, now_ms);
+	while (!stop && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(r, 0, sizeof(*r));
+		r->kind = kind;
+		column_copy(stmt, 0, r->key, sizeof(r->key));
+		if (kind == STORE_GREY_TRIPLET)
+			r->first_ms = sqlite3_column_int64(stmt, 1);
+		else
+			r->count = (uint64_t)sqlite3_column_int64(stmt, 1);
+		r->last_ms = sqlite3_column_int64(stmt, 2);
+		r->expires_ms = sqlite3_column_int64(stmt, 3);
+		stop = fn(r, ctx) != 0;
+	}
+	done(stmt);
+	return stop ? 1 : step == SQLITE_DONE ? 0 : -1;
+}
+
+static store_status sqlite_grey_foreach(store_backend_impl *s, int64_t now_ms, store_grey_visit_fn fn,
+                                        void *ctx)
+{
+	store_grey_record *r = malloc(sizeof(*r));
+	store_status rc = STORE_OK;
+	conn *c;
+	int v;
+
+	if (!r)
+		return store_set_error("sqlite %s: greylist list: out of memory", s->path);
+	if (!(c = acquire(s, FOR_READ, "greylist list"))) {
+		free(r);
+		return STORE_ERROR;
+	}
+	v = grey_visit(c, STORE_GREY_TRIPLET, now_ms, fn, ctx, r);
+	if (v == 0)
+		v = grey_visit(c, STORE_GREY_AWL, now_ms, fn, ctx, r);
+	if (v < 0)
+		rc = db_error(s, c, "greylist list");
+	release(s, c, FOR_READ);
+	free(r);
+	return rc;
+}
+
+/* Expired triplets and clients in chunks, each its own write turn; then the triplets counted afresh. */
+static store_status sqlite_grey_purge(store_backend_impl *s, int64_t now, uint64_t *purged)
+{
+	store_status rc = purge_chunks(s, ST_GREY_PURGE, now, purged);
+	int64_t rows = 0;
+	conn *c;
+
+	if (rc == STORE_OK)
+		rc = purge_chunks(s, ST_AWL_PURGE, now, purged);
+	if (rc != STORE_OK || !(c = acquire(s, FOR_READ, "greylist purge")))
+		return STORE_ERROR;
+	if (grey_count(c, &rows) < 0)
+		rc = db_error(s, c, "greylist purge: count");
+	else
+		atomic_store(&s->grey_rows, rows);
+	atomic_store(&s->grey_counted_at, now_ms());
+	atomic_store(&s->grey_capped, 0);
+	release(s, c, FOR_READ);
+	return rc;
+}
+
 static store_status sqlite_get(store_backend_impl *s, const char *key, store_entry *out)
 {
 	conn *c = acquire(s, FOR_READ, "get");
@@ -1663,4 +2084,10 @@ const store_ops store_sqlite_ops = {
     .filter_answers = sqlite_filter_answers,
     .kv = sqlite_kv,
     .counter = sqlite_counter,
+    .greylist = sqlite_greylist,
+    .grey_get = sqlite_grey_get,
+    .grey_remove = sqlite_grey_remove,
+    .grey_awl_put = sqlite_grey_awl_put,
+    .grey_foreach = sqlite_grey_foreach,
+    .grey_purge = sqlite_grey_purge,
 };

@@ -69,11 +69,13 @@ static void pipeline_of(const decide_policy *p, pipeline *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->dry_run = p->dry_run;
+	/* The checks that read the decide_policy; those with a conf of their own are off here. */
 	for (int i = 0; i < CHECK_COUNT; i++)
-		out->checks[i] =
-		    (pipeline_check){.def = checks_all[i],
-		                     .conf = p,
-		                     .mode = p->dry_run ? CHECK_MODE_SHADOW : CHECK_MODE_ENFORCE};
+		out->checks[i] = (pipeline_check){.def = checks_all[i],
+		                                  .conf = p,
+		                                  .mode = checks_all[i]->conf_size ? CHECK_MODE_OFF
+		                                          : p->dry_run             ? CHECK_MODE_SHADOW
+		                                                                   : CHECK_MODE_ENFORCE};
 }
 
 static decide_verdict verdict_from(const pipeline_run *run, int check)
@@ -116,7 +118,8 @@ static decide_verdict run_check(const decide_policy *p, check_stage stage, unsig
 			snprintf(run.q[i].u.lookup.found.key, sizeof(run.q[i].u.lookup.found.key), "%s",
 			         run.q[i].u.lookup.nkeys ? run.q[i].u.lookup.keys[0] : "-");
 	}
-	pipeline_decide(&pl, &run);
+	/* No check read here is late: one call decides. */
+	assert_false(pipeline_decide(&pl, &run, &(size_t){0}));
 	return verdict_from(&run, check);
 }
 

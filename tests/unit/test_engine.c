@@ -325,6 +325,42 @@ static void test_dry_run_keeps_whitelist(void **state)
 	stop(eng);
 }
 
+static int count_grey(const store_grey_record *r, void *ctx)
+{
+	(void)r;
+	++*(size_t *)ctx;
+	return 0;
+}
+
+/* An expired triplet, written in the store's past, and how many records the store still holds. */
+static size_t expired_triplet_left_after_purge(const char *greylist)
+{
+	engine *eng = start(greylist);
+	engine_snapshot *snap = engine_acquire(eng);
+	query q = {.kind = QUERY_GREYLIST};
+	size_t n = 0;
+
+	q.u.grey.triplet = "192.0.2.0/24/a@b.example/c@d.example";
+	q.u.grey.params =
+	    (greystep_params){.delay_ms = 300000, .retry_window_ms = 3600000, .max_age_ms = 86400000};
+	q.u.grey.now_ms = 1000; /* 1970: long expired */
+	assert_int_equal(store_greylist(engine_store(snap), &q), STORE_OK);
+	engine_purge(eng);
+	assert_int_equal(store_greylist_foreach(engine_store(snap), 0, count_grey, &n), STORE_OK);
+	engine_release(snap);
+	stop(eng);
+	return n;
+}
+
+/* greylist.maintenance: the host that says true purges the greylist; one that says false leaves it. */
+static void test_greylist_purge_maintenance(void **state)
+{
+	(void)state;
+	assert_int_equal(expired_triplet_left_after_purge("\"greylist\": {\"maintenance\": false}"), 1);
+	assert_int_equal(expired_triplet_left_after_purge(""), 0);
+	assert_int_equal(logged("purged 1 expired greylist records"), 1);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -353,6 +389,7 @@ int main(void)
 	    cmocka_unit_test(test_blocklist_shadow_and_off),
 	    cmocka_unit_test(test_reload_keeps_message_snapshot),
 	    cmocka_unit_test(test_dry_run_keeps_whitelist),
+	    cmocka_unit_test(test_greylist_purge_maintenance),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -45,6 +45,7 @@ struct smfi_str {
 	size_t ndeleted;
 	char symlist[8][64];
 	bool fail_delrcpt;
+	char header[300]; /* "index name: value" of the last insheader */
 };
 
 static void *fake_getpriv(SMFICTX *ctx)
@@ -88,6 +89,12 @@ static int fake_setsymlist(SMFICTX *ctx, int stage, const char *macros)
 	return MI_SUCCESS;
 }
 
+static int fake_insheader(SMFICTX *ctx, int index, const char *name, const char *value)
+{
+	snprintf(ctx->header, sizeof(ctx->header), "%d %s: %s", index, name, value);
+	return MI_SUCCESS;
+}
+
 static const milter_shim fake_shim = {
     .getpriv = fake_getpriv,
     .setpriv = fake_setpriv,
@@ -95,6 +102,7 @@ static const milter_shim fake_shim = {
     .setreply = fake_setreply,
     .delrcpt = fake_delrcpt,
     .setsymlist = fake_setsymlist,
+    .insheader = fake_insheader,
 };
 
 /* Define a macro for the following steps; the fake owns a copy of the name. */
@@ -213,6 +221,7 @@ typedef enum {
 	OP_EOM,
 	OP_ABORT,
 	OP_CLOSE,
+	OP_DATA,
 } op_kind;
 
 typedef struct step {
@@ -285,6 +294,8 @@ static sfsistat run_step(fixture *f, SMFICTX *ctx, const step *st)
 		return f->desc.xxfi_abort(ctx);
 	case OP_CLOSE:
 		return f->desc.xxfi_close(ctx);
+	case OP_DATA:
+		return f->desc.xxfi_data(ctx);
 	case OP_END:
 		break;
 	}
@@ -294,7 +305,7 @@ static sfsistat run_step(fixture *f, SMFICTX *ctx, const step *st)
 static const char *op_name(op_kind op)
 {
 	static const char *const names[] = {"end",  "connect", "helo",  "macro", "mail",
-	                                    "rcpt", "eom",     "abort", "close"};
+	                                    "rcpt", "eom",     "abort", "close", "data"};
 	return names[op];
 }
 
@@ -382,7 +393,12 @@ static void run_scenario(void **state, const scenario *sc)
 	{                                                                                                    \
 		OP_CLOSE, NULL, SMFIS_CONTINUE, NULL                                                         \
 	}
+#define DATA(want, reply)                                                                                    \
+	{                                                                                                    \
+		OP_DATA, NULL, want, reply                                                                   \
+	}
 #define OK SMFIS_CONTINUE
+#define GREYLISTED "450 4.2.0 Greylisted, try again in 300 seconds"
 
 #define BLOCKED "550 5.7.1 Blocklisted: 100%% spam"
 
@@ -538,6 +554,32 @@ static const scenario scenarios[] = {
      {NULL},
      {NULL},
      {"192.0.2.16"}},
+    {"greylist: a new triplet defers that recipient only; a whitelisted one and a trap are judged on their "
+     "own",
+     {"greylist.mode=enforce", "greylist.recipients=[\"postmaster@\"]"},
+     {CONNECT("192.0.2.30"), MAIL("<news@list.example>", OK, NULL),
+      RCPT("<alice@sink.test>", SMFIS_TEMPFAIL, GREYLISTED), RCPT("<postmaster@sink.test>", OK, NULL),
+      RCPT("<trap@example.com>", OK, NULL), RCPT("<alice@sink.test>", SMFIS_TEMPFAIL, GREYLISTED), EOM(OK),
+      CLOSE},
+     {"<trap@example.com>"},
+     {"news@list.example", "192.0.2.30"},
+     {NULL}},
+    {"greylist: the null sender passes RCPT TO (callouts) and is deferred at DATA",
+     {"greylist.mode=enforce"},
+     {CONNECT("192.0.2.31"), MAIL("<>", OK, NULL), RCPT("<alice@sink.test>", OK, NULL),
+      DATA(SMFIS_TEMPFAIL, GREYLISTED), MAIL("<>", OK, NULL), RCPT("<postmaster@sink.test>", OK, NULL), ABORT,
+      MAIL("<bob@sender.example>", OK, NULL), DATA(OK, NULL), ABORT, CLOSE},
+     {NULL},
+     {NULL},
+     {"192.0.2.31"}},
+    {"greylist: authenticated and whitelisted clients are not greylisted",
+     {"greylist.mode=enforce"},
+     {CONNECT("198.51.100.9"), MAIL("<a@sender.example>", OK, NULL), RCPT("<alice@sink.test>", OK, NULL),
+      ABORT, CLOSE, CONNECT("203.0.113.9"), MACRO("{auth_authen}=carol"),
+      MAIL("<a@sender.example>", OK, NULL), RCPT("<alice@sink.test>", OK, NULL), ABORT, CLOSE},
+     {NULL},
+     {NULL},
+     {NULL}},
 };
 
 static void test_scenarios(void **state)
@@ -722,12 +764,66 @@ static void test_setup_errors(void **state)
 	}
 }
 
+/* With the greylist on: the DATA step for the null sender, the right to add headers for its header. */
+static void test_negotiate_greylist(void **state)
+{
+	fixture *f = *state;
+	static const char *const on[] = {"greylist.mode=shadow", "greylist.header=true", NULL};
+	SMFICTX ctx;
+	unsigned long pf0 = 0, pf1 = 0, pf2 = 0, pf3 = 0;
+
+	start_filter(f, on);
+	memset(&ctx, 0, sizeof(ctx));
+	assert_int_equal(
+	    f->desc.xxfi_negotiate(&ctx, POSTFIX_ACTIONS, POSTFIX_STEPS, 0, 0, &pf0, &pf1, &pf2, &pf3),
+	    SMFIS_CONTINUE);
+	assert_int_equal(pf0, SMFIF_DELRCPT | SMFIF_SETSYMLIST | SMFIF_ADDHDRS);
+	assert_int_equal(pf1 & SMFIP_NODATA, 0);
+	assert_int_not_equal(pf1 & SMFIP_NOBODY, 0);
+	f->desc.xxfi_close(&ctx);
+}
+
+/* A triplet that passes (delay 0 here) gets its header once, first in the message, at end of message. */
+static void test_greylist_header(void **state)
+{
+	fixture *f = *state;
+	static const char *const on[] = {"greylist.mode=enforce", "greylist.header=true", "greylist.delay=0s",
+	                                 NULL};
+	char rcpt1[] = "<alice@sink.test>", rcpt2[] = "<bob@sink.test>", from[] = "<a@sender.example>";
+	char *argv[2] = {from, NULL};
+	SMFICTX ctx;
+
+	start_filter(f, on);
+	memset(&ctx, 0, sizeof(ctx));
+	do_connect(f, &ctx, "192.0.2.40");
+	assert_int_equal(f->desc.xxfi_envfrom(&ctx, argv), SMFIS_CONTINUE);
+	argv[0] = rcpt1;
+	assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+	argv[0] = rcpt2;
+	assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+	assert_int_equal(f->desc.xxfi_eom(&ctx), SMFIS_CONTINUE);
+	if (strncmp(ctx.header, "0 X-Greylist: delayed 0 seconds by spamtrapd; ", 46) != 0)
+		fail_msg("header: \"%s\"", ctx.header);
+	/* The next message of the passed triplets: no header. */
+	ctx.header[0] = '\0';
+	argv[0] = from;
+	assert_int_equal(f->desc.xxfi_envfrom(&ctx, argv), SMFIS_CONTINUE);
+	argv[0] = rcpt1;
+	assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+	assert_int_equal(f->desc.xxfi_eom(&ctx), SMFIS_CONTINUE);
+	assert_string_equal(ctx.header, "");
+	f->desc.xxfi_close(&ctx);
+	free_macro_names(&ctx);
+}
+
 int main(void)
 {
 	log_open("test_milter", LOG_TARGET_STDERR, LOG_MAIL, LOG_ERR);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_scenarios, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_negotiate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_negotiate_greylist, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_greylist_header, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_replies_without_no_reply_steps, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_quiesce, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_oversized_input, setup, teardown),

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "store/store.h"
 #include "store/store_backend.h"
 
@@ -1395,7 +1396,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1455,7 +1456,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1603,7 +1604,7 @@ static void test_sqlite_upgrade_0_1_0(void **state)
 	assert_upgraded(st, t);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	assert_netlens("4/24=1");
 	st = open_store(); /* opening again changes nothing */
 	assert_upgraded(st, t);
@@ -2801,7 +2802,7 @@ static void test_sqlite_upgrade_v3(void **state)
 	counter1(st, "young", t * 1000, HOUR_MS, 1, 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "5");
+	assert_string_equal(out, "6");
 	sqlite_cli(
 	    "SELECT name FROM sqlite_master WHERE name LIKE 'kv%' OR name LIKE 'counters%' ORDER BY name",
 	    out, sizeof(out));
@@ -2866,6 +2867,736 @@ static void test_redis_batch_one_round_trip(void **state)
 	store_free(st);
 }
 
+/* --- the greylist (store_greylist and its admin calls) -------------------- */
+
+/*
+ * Both backends run the same steps: SQLite on the times the case gives,
+ * Redis on its own clock, so there the case sleeps instead (short delays:
+ * under a second in all) and asserts only what a slow machine cannot
+ * change (a step well before or well after the delay).
+ */
+#define G_DELAY 200
+#define G_WINDOW 500
+
+static query grey_query(const char *triplet, const char *awl, int64_t now_ms, uint64_t awl_count,
+                        uint64_t max_triplets)
+{
+	query q = {.kind = QUERY_GREYLIST};
+
+	q.u.grey.triplet = triplet;
+	q.u.grey.awl = awl;
+	q.u.grey.now_ms = now_ms;
+	q.u.grey.params = (greystep_params){
+	    .delay_ms = G_DELAY, .retry_window_ms = G_WINDOW, .max_age_ms = HOUR_MS, .awl_count = awl_count};
+	q.u.grey.max_triplets = max_triplets;
+	return q;
+}
+
+static query grey1(store *st, const char *triplet, const char *awl, int64_t now_ms, uint64_t awl_count,
+                   uint64_t max_triplets)
+{
+	query q = grey_query(triplet, awl, now_ms, awl_count, max_triplets);
+
+	if (store_greylist(st, &q) != STORE_OK)
+		fail_msg("store_greylist %s: %s", triplet, store_last_error());
+	return q;
+}
+
+#define assert_grey(q, want) assert_string_equal(greystep_result_name((q).u.grey.answer.result), (want))
+
+/* The case's clock: SQLite's moves when told; Redis's by sleeping. */
+static int64_t grey_wait(int64_t t, int64_t ms)
+{
+	if (B.backend == STORE_BACKEND_REDIS)
+		usleep((useconds_t)ms * 1000);
+	return t + ms;
+}
+
+/* postgrey's sequence: new, early, pass once past the delay, pass; the client counted once per period. */
+static void test_greylist_sequence(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), first;
+	store_grey_record r;
+	query q;
+
+	(void)state;
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	assert_grey(q, "new");
+	assert_true(q.u.grey.answer.remaining_ms > 0 && q.u.grey.answer.remaining_ms <= G_DELAY);
+	assert_true(q.u.grey.now_ms > t - 60000 && q.u.grey.now_ms < t + 60000);
+	first = q.u.grey.now_ms;
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", t, 2, 0), "new");
+	t = grey_wait(t, 2);
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	/* early unless the store's clock (Redis: however slow this machine) says delay has passed */
+	assert_grey(q, q.u.grey.now_ms - first >= G_DELAY ? "pass-first" : "early-retry");
+	t = grey_wait(t, G_DELAY + 50);
+	q = grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0);
+	assert_grey(q, "pass-first");
+	assert_true(q.u.grey.answer.waited_ms >= G_DELAY);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 2, 0), "pass");
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", t, 2, 0), "pass-first");
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.7", t, &r), STORE_OK);
+	assert_int_equal(r.count, 1); /* two passes within the period count once */
+	/* a triplet retried only after retry_window starts over */
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/d@y", "192.0.2.7", t, 2, 0), "new");
+	t = grey_wait(t, G_WINDOW + 50);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/d@y", "192.0.2.7", t, 2, 0), "new");
+	store_free(st);
+}
+
+/* A triplet past its expiry is new again, purged or not (Redis: its own expiry dropped it). */
+static void test_greylist_expiry(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_grey_record r;
+	query q = grey_query("192.0.2.0/24/a@x/b@y", NULL, t, 0, 0);
+
+	(void)state;
+	q.u.grey.params.retry_window_ms = 50; /* a pending triplet lives retry_window + 1 ms */
+	assert_int_equal(store_greylist(st, &q), STORE_OK);
+	assert_grey(q, "new");
+	assert_int_equal(q.u.grey.answer.triplet_expires_ms, q.u.grey.now_ms + 51);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", q.u.grey.now_ms, &r), STORE_OK);
+	assert_int_equal(r.expires_ms, q.u.grey.now_ms + 51);
+	t = grey_wait(t, 120);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", t, &r), STORE_NOTFOUND);
+	q.u.grey.now_ms = t;
+	assert_int_equal(store_greylist(st, &q), STORE_OK);
+	assert_grey(q, "new"); /* not an early retry of the expired one */
+	assert_int_equal(q.u.grey.answer.triplet.first_ms, q.u.grey.now_ms);
+	store_free(st);
+}
+
+/* spamtrapctl greylist whitelist: a client put in the auto-whitelist passes at once, until removed. */
+static void test_greylist_awl_put(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), now;
+	store_grey_record r;
+
+	(void)state;
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	assert_true(now > t - 60000 && now < t + 60000);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.7", 5, now, now + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.7", now, &r), STORE_OK);
+	assert_int_equal(r.count, 5);
+	assert_int_equal(r.last_ms, now);
+	assert_int_equal(r.expires_ms, now + HOUR_MS);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", now, 5, 0), "awl");
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	/* another client of the same network is not whitelisted by address */
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.8", now, 5, 0), "new");
+	assert_int_equal(store_greylist_awl_remove(st, "192.0.2.7"), STORE_OK);
+	assert_int_equal(store_greylist_awl_remove(st, "192.0.2.7"), STORE_NOTFOUND);
+	assert_grey(grey1(st, "192.0.2.0/24/a@x/c@y", "192.0.2.7", now, 5, 0), "new");
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.7", 5, now, now), STORE_ERROR);
+	store_free(st);
+}
+
+typedef struct grey_seen {
+	char text[2048];
+} grey_seen;
+
+static int grey_collect(const store_grey_record *r, void *ctx)
+{
+	grey_seen *s = ctx;
+	size_t n = strlen(s->text);
+
+	snprintf(s->text + n, sizeof(s->text) - n, "%s%c:%s:%llu", n ? " " : "",
+	         r->kind == STORE_GREY_TRIPLET ? 't' : 'a', r->key, (unsigned long long)r->count);
+	return 0;
+}
+
+/* list, get, remove: triplets then clients, each in key order, only live ones, both kinds apart. */
+static void test_greylist_admin(void **state)
+{
+	store *st = open_store();
+	int64_t now;
+	store_grey_record r;
+	grey_seen seen = {""};
+
+	(void)state;
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	grey1(st, "192.0.2.0/24/b@x/b@y", "192.0.2.7", now, 2, 0);
+	grey1(st, "192.0.2.0/24/a@x/b@y", "192.0.2.7", now, 2, 0);
+	assert_int_equal(store_greylist_awl_put(st, "198.51.100.1", 3, now, now + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.0/24", 1, now, now + HOUR_MS), STORE_OK);
+	/* a blocklist entry of the same name is another thing */
+	record1(st, "192.0.2.7", &(store_hit){.now = now / 1000, .ttl = TTL, .trap = "t@example.com"});
+	assert_int_equal(store_greylist_foreach(st, now, grey_collect, &seen), STORE_OK);
+	assert_string_equal(seen.text, "t:192.0.2.0/24/a@x/b@y:0 t:192.0.2.0/24/b@x/b@y:0 a:192.0.2.0/24:1 "
+	                               "a:198.51.100.1:3");
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_OK);
+	assert_int_equal(r.kind, STORE_GREY_TRIPLET);
+	assert_string_equal(r.key, "192.0.2.0/24/a@x/b@y");
+	assert_true(r.first_ms >= now && r.last_ms == r.first_ms &&
+	            r.expires_ms == r.first_ms + G_WINDOW + 1);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	assert_int_equal(store_greylist_remove(st, "192.0.2.0/24/a@x/b@y"), STORE_OK);
+	assert_int_equal(store_greylist_remove(st, "192.0.2.0/24/a@x/b@y"), STORE_NOTFOUND);
+	assert_int_equal(store_greylist_get(st, "192.0.2.0/24/a@x/b@y", now, &r), STORE_NOTFOUND);
+	/* past their expiry, none is listed */
+	seen.text[0] = '\0';
+	assert_int_equal(store_greylist_foreach(st, now + 2 * HOUR_MS, grey_collect, &seen), STORE_OK);
+	assert_string_equal(seen.text, "");
+	assert_int_equal(lookup1(st, "192.0.2.7", now / 1000, NULL), STORE_OK);
+	store_free(st);
+}
+
+struct grey_worker {
+	store *st;
+	atomic_int *errors;
+};
+
+static void *grey_work(void *arg)
+{
+	struct grey_worker *w = arg;
+	char key[32];
+
+	for (int r = 0; r < KV_ROUNDS; r++) {
+		query q;
+
+		snprintf(key, sizeof(key), "192.0.2.0/24/a@x/r%d@y", r);
+		q = grey_query(key, "192.0.2.7", now_ms_wall(), 2, 0);
+		q.u.grey.params.delay_ms = HOUR_MS; /* however slow the threads, no attempt passes */
+		q.u.grey.params.retry_window_ms = 2 * HOUR_MS;
+		if (store_greylist(w->st, &q) != STORE_OK || greystep_passes(q.u.grey.answer.result))
+			atomic_fetch_add(w->errors, 1);
+	}
+	return NULL;
+}
+
+static int grey_count_one(const store_grey_record *r, void *ctx)
+{
+	(void)r;
+	(*(int *)ctx)++;
+	return 0;
+}
+
+/* Threads on two handles at once: every attempt answered and deferred, each triplet stored once. */
+static void test_greylist_concurrent(void **state)
+{
+	store *st[2] = {open_store(), open_store()};
+	pthread_t th[KV_THREADS];
+	struct grey_worker w[KV_THREADS];
+	atomic_int errors = 0;
+	int64_t now;
+	int n = 0;
+
+	(void)state;
+	for (int i = 0; i < KV_THREADS; i++) {
+		w[i] = (struct grey_worker){.st = st[i % 2], .errors = &errors};
+		assert_int_equal(pthread_create(&th[i], NULL, grey_work, &w[i]), 0);
+	}
+	for (int i = 0; i < KV_THREADS; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(atomic_load(&errors), 0);
+	assert_int_equal(store_greylist_time(st[0], &now), STORE_OK);
+	assert_int_equal(store_greylist_foreach(st[0], now, grey_count_one, &n), STORE_OK);
+	assert_int_equal(n, KV_ROUNDS);
+	store_free(st[0]);
+	store_free(st[1]);
+}
+
+/*
+ * The longest triplet greystep_triplet_key makes (a 512-byte sender and
+ * a long recipient) is a triplet like any other, listed whole; one byte
+ * more is refused.
+ */
+static void test_greylist_longest_key(void **state)
+{
+	store *st = open_store();
+	char longest[GREYSTEP_KEY_MAX + 1];
+	grey_seen seen = {""};
+	store_grey_record r;
+	int64_t now;
+	query q;
+
+	(void)state;
+	memset(longest, 'a', sizeof(longest) - 1);
+	longest[GREYSTEP_KEY_MAX - 1] = '\0';
+	assert_int_equal(store_greylist_time(st, &now), STORE_OK);
+	assert_grey(grey1(st, longest, NULL, now, 0, 0), "new");
+	assert_int_equal(store_greylist_get(st, longest, now, &r), STORE_OK);
+	assert_string_equal(r.key, longest);
+	assert_int_equal(store_greylist_foreach(st, now, grey_collect, &seen), STORE_OK);
+	assert_int_equal(strlen(seen.text), strlen("t::0") + GREYSTEP_KEY_MAX - 1);
+	longest[GREYSTEP_KEY_MAX - 1] = 'a';
+	longest[GREYSTEP_KEY_MAX] = '\0';
+	q = grey_query(longest, NULL, now, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	store_free(st);
+}
+
+static void test_greylist_bad_arguments(void **state)
+{
+	store *st = open_store();
+	char longkey[GREYSTEP_KEY_MAX + 1];
+	query q;
+
+	(void)state;
+	memset(longkey, 'a', sizeof(longkey) - 1);
+	longkey[sizeof(longkey) - 1] = '\0';
+	q = grey_query(longkey, NULL, 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("", NULL, 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", "", 1000, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, 1000, 0, 0);
+	q.u.grey.params.max_age_ms = 0;
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, 1000, 0, 0);
+	q.u.grey.params.delay_ms = -1;
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	q = grey_query("k", NULL, -5, 0, 0);
+	assert_int_equal(store_greylist(st, &q), STORE_ERROR);
+	assert_int_equal(store_greylist_remove(st, longkey), STORE_ERROR);
+	assert_int_equal(store_greylist_get(st, "k", 0, NULL), STORE_ERROR);
+	assert_int_equal(store_greylist_foreach(st, 0, NULL, NULL), STORE_ERROR);
+	store_free(st);
+}
+
+/* SQLite's edges on explicit times: exactly at delay, exactly at retry_window, exactly at expiry. */
+static void test_sqlite_greylist_edges(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+
+	(void)state;
+	assert_grey(grey1(st, "k1", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY - 1, 0, 0), "early-retry");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY, 0, 0), "pass-first");
+	assert_grey(grey1(st, "k2", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k2", NULL, t + G_WINDOW, 0, 0), "pass-first");
+	assert_grey(grey1(st, "k3", NULL, t, 0, 0), "new");
+	assert_grey(grey1(st, "k3", NULL, t + G_WINDOW + 1, 0, 0), "new"); /* expired at window + 1 */
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + HOUR_MS - 1, 0, 0), "pass");
+	/* each pass keeps it max_age from then; one ms past that it is new */
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + 2 * HOUR_MS - 2, 0, 0), "pass");
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY + 3 * HOUR_MS - 2, 0, 0), "new");
+	store_free(st);
+}
+
+static int64_t sqlite_rows(const char *table)
+{
+	char sql[128], out[64];
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+	sqlite_cli(sql, out, sizeof(out));
+	return atoll(out);
+}
+
+/* max_triplets: at the cap a new triplet passes unrecorded (capped); known ones work on. */
+static void test_sqlite_greylist_cap(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	assert_grey(grey1(st, "k1", NULL, t, 0, 3), "new");
+	assert_grey(grey1(st, "k2", NULL, t, 0, 3), "new");
+	assert_grey(grey1(st, "k3", NULL, t, 0, 3), "new");
+	q = grey1(st, "k4", NULL, t, 0, 3);
+	assert_grey(q, "pass");
+	assert_true(q.u.grey.capped);
+	assert_false(q.u.grey.answer.write_triplet);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 3);
+	q = grey1(st, "k1", NULL, t + 1, 0, 3);
+	assert_grey(q, "early-retry");
+	assert_false(q.u.grey.capped);
+	assert_grey(grey1(st, "k1", NULL, t + G_DELAY, 0, 3), "pass-first");
+	/* an expired row is reused, not added: allowed at the cap */
+	q = grey1(st, "k2", NULL, t + G_WINDOW + 1, 0, 3);
+	assert_grey(q, "new");
+	assert_false(q.u.grey.capped);
+	/* removing one makes room */
+	assert_int_equal(store_greylist_remove(st, "k3"), STORE_OK);
+	assert_grey(grey1(st, "k4", NULL, t, 0, 3), "new");
+	assert_true(grey1(st, "k5", NULL, t, 0, 3).u.grey.capped);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 3);
+	store_free(st);
+}
+
+/*
+ * The cap's estimate sees this process's own writes only: a row another
+ * handle (another process) removes is seen at the next count, which a
+ * capped handle makes after GREY_RECOUNT_CALLS (1000) capped answers.
+ */
+static void test_sqlite_greylist_cap_recount(void **state)
+{
+	store *a = open_store(), *b = open_store();
+	int64_t t = now_ms_wall();
+	int calls = 0;
+
+	(void)state;
+	grey1(a, "k1", NULL, t, 0, 2);
+	grey1(a, "k2", NULL, t, 0, 2);
+	assert_true(grey1(a, "k3", NULL, t, 0, 2).u.grey.capped);
+	assert_int_equal(store_greylist_remove(b, "k1"), STORE_OK);
+	while (grey1(a, "k3", NULL, t, 0, 2).u.grey.capped && calls < 2000)
+		calls++;
+	assert_true(calls >= 900 && calls <= 1001);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 2);
+	store_free(a);
+	store_free(b);
+}
+
+/* n rows of other keys under the hash of key, live for an hour from t, written behind the store's back. */
+static void grey_rows_at(const char *key, int n, int64_t t)
+{
+	char sql[512], out[64];
+
+	snprintf(sql, sizeof(sql),
+	         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
+	         " INSERT INTO greylist_triplets SELECT %lld, 'x' || i || '%s', %lld, %lld, %lld FROM n",
+	         n, (long long)(int64_t)hash_fnv1a(HASH_FNV1A_INIT, key, strlen(key)), key, (long long)t,
+	         (long long)t, (long long)(t + HOUR_MS));
+	sqlite_cli(sql, out, sizeof(out));
+}
+
+/*
+ * Triplets are found by their key's hash; a hash's bucket holds 8 rows at
+ * most, so that crafted collisions cost a lookup 8 rows: a new triplet of
+ * a full bucket passes unrecorded, the triplets in it work on.
+ */
+static void test_sqlite_greylist_bucket_full(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	assert_grey(grey1(st, "victim", NULL, t, 0, 0), "new");
+	/* seven more beside victim under its hash, and eight under another's */
+	grey_rows_at("victim", 7, t);
+	grey_rows_at("other", 8, t);
+	q = grey1(st, "other", NULL, t, 0, 0);
+	assert_grey(q, "pass");
+	assert_true(q.u.grey.capped);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 16);
+	assert_int_equal(sqlite_rows("greylist_triplets WHERE key = 'other'"), 0);
+	assert_grey(grey1(st, "victim", NULL, t + 1, 0, 0), "early-retry");
+	assert_grey(grey1(st, "victim", NULL, t + G_DELAY, 0, 0), "pass-first");
+	store_free(st);
+}
+
+/* The purge drops expired triplets and clients, keeps live ones, and counts the rows afresh for the cap. */
+static void test_sqlite_greylist_purge(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	store_grey_record r;
+	uint64_t purged = 0;
+
+	(void)state;
+	grey1(st, "old1", NULL, t, 0, 3);
+	grey1(st, "old2", NULL, t, 0, 3);
+	grey1(st, "young", NULL, t + G_WINDOW, 0, 3);
+	assert_true(grey1(st, "more", NULL, t + G_WINDOW, 0, 3).u.grey.capped);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.1", 1, t, t + 10), STORE_OK);
+	assert_int_equal(store_greylist_awl_put(st, "192.0.2.2", 1, t, t + HOUR_MS), STORE_OK);
+	assert_int_equal(store_greylist_purge(st, t + G_WINDOW + 1, &purged), STORE_OK);
+	assert_int_equal(purged, 3);
+	assert_int_equal(sqlite_rows("greylist_triplets"), 1);
+	assert_int_equal(sqlite_rows("greylist_awl"), 1);
+	assert_int_equal(store_greylist_get(st, "young", t + G_WINDOW + 1, &r), STORE_OK);
+	assert_int_equal(store_greylist_awl_get(st, "192.0.2.2", t + G_WINDOW + 1, &r), STORE_OK);
+	/* the cap counts the rows left */
+	assert_false(grey1(st, "more", NULL, t + G_WINDOW + 1, 0, 3).u.grey.capped);
+	store_free(st);
+}
+
+/*
+ * The hostile-input measurement (docs/security.md): 200,000 unique
+ * triplets against a cap of 50,000. The table stays at the cap, nothing
+ * is written once it is reached (the file and its WAL do not grow), and
+ * the file is bounded; the figures are printed for the docs.
+ */
+#define FLOOD_TRIPLETS 200000
+#define FLOOD_CAP 50000
+
+/* The database's bytes on disk: the file and its WAL. */
+static off_t sqlite_bytes(void)
+{
+	char wal[200];
+	struct stat sb;
+	off_t bytes = stat(B.path, &sb) == 0 ? sb.st_size : 0;
+
+	snprintf(wal, sizeof(wal), "%s-wal", B.path);
+	return bytes + (stat(wal, &sb) == 0 ? sb.st_size : 0);
+}
+
+static void test_sqlite_greylist_flood_bounded(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	uint64_t capped = 0;
+	off_t at_cap = 0, at_end, closed;
+	char key[128];
+	double start = mono();
+
+	(void)state;
+	for (int i = 0; i < FLOOD_TRIPLETS; i++) {
+		query q;
+
+		if (i == FLOOD_CAP)
+			at_cap = sqlite_bytes();
+		snprintf(key, sizeof(key),
+		         "203.0.113.0/24/spammer%06d@random%06d.example/user%06d@example.com", i, i, i);
+		q = grey1(st, key, "203.0.113.9", t, 5, FLOOD_CAP);
+		capped += q.u.grey.capped;
+	}
+	at_end = sqlite_bytes();
+	store_free(st);
+	closed = sqlite_bytes();
+	assert_int_equal(sqlite_rows("greylist_triplets"), FLOOD_CAP);
+	assert_int_equal(capped, FLOOD_TRIPLETS - FLOOD_CAP);
+	assert_int_equal(at_end, at_cap);
+	print_message(
+	    "greylist flood: %d unique triplets, cap %d: %lld rows; %lld bytes on disk at the cap and "
+	    "after the flood, %lld once closed (%.0f bytes a row); %.1f s\n",
+	    FLOOD_TRIPLETS, FLOOD_CAP, (long long)sqlite_rows("greylist_triplets"), (long long)at_cap,
+	    (long long)closed, (double)closed / FLOOD_CAP, mono() - start);
+	/* keys of 70 bytes, stored twice (the table and its expiry index): well under 400 bytes a row */
+	assert_true(closed < (off_t)FLOOD_CAP * 400);
+}
+
+/*
+ * The same with the longest keys a client can make (GREYSTEP_KEY_MAX - 1
+ * bytes, most of them its sender): stored once, they cost about their
+ * length a row, not the overflow pages an index on them would take.
+ */
+static void test_sqlite_greylist_flood_longest_keys(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	char key[GREYSTEP_KEY_MAX];
+	off_t closed;
+
+	(void)state;
+	memset(key, 'a', sizeof(key) - 1);
+	key[sizeof(key) - 1] = '\0';
+	for (int i = 0; i < 4000; i++) {
+		char head[32];
+		int n = snprintf(head, sizeof(head), "203.0.113.0/24/%07d", i);
+
+		memcpy(key, head, (size_t)n);
+		grey1(st, key, NULL, t, 0, 2000);
+	}
+	store_free(st);
+	closed = sqlite_bytes();
+	assert_int_equal(sqlite_rows("greylist_triplets"), 2000);
+	print_message("greylist flood, %d-byte keys: 2000 rows, %lld bytes (%.0f bytes a row)\n",
+	              GREYSTEP_KEY_MAX - 1, (long long)closed, (double)closed / 2000);
+	assert_true(closed < (off_t)2000 * 2 * GREYSTEP_KEY_MAX);
+}
+
+/* A version 5 file (before the greylist) gets its tables on open, keeping what it held. */
+static void test_sqlite_upgrade_v5(void **state)
+{
+	int64_t t = now_ms_wall();
+	char out[256];
+	store *st = open_store();
+
+	(void)state;
+	kv1(st, QUERY_KV_PUT, "k", "v", t, HOUR_MS, NULL);
+	store_free(st);
+	sqlite_cli("DROP TABLE greylist_triplets; DROP TABLE greylist_awl; PRAGMA user_version = 5;", out,
+	           sizeof(out));
+	st = open_store();
+	assert_grey(grey1(st, "k1", "192.0.2.7", t, 1, 0), "new");
+	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL));
+	store_free(st);
+	sqlite_cli("PRAGMA user_version", out, sizeof(out));
+	assert_string_equal(out, "6");
+	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'greylist%' ORDER BY name", out,
+	           sizeof(out));
+	assert_string_equal(out,
+	                    "greylist_awl greylist_awl_expires greylist_triplets greylist_triplets_expires "
+	                    "greylist_triplets_hash");
+}
+
+/* Two daemons on one Redis share one greylist: the first attempt at A, the retry at B passes. */
+static void test_redis_greylist_shared(void **state)
+{
+	store *a = open_store(), *b = open_store();
+	int64_t t = now_ms_wall(), first;
+	query q;
+
+	(void)state;
+	q = grey1(a, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0);
+	assert_grey(q, "new");
+	first = q.u.grey.now_ms;
+	q = grey1(b, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0);
+	assert_int_equal(greystep_passes(q.u.grey.answer.result), q.u.grey.now_ms - first >= G_DELAY);
+	if (!greystep_passes(q.u.grey.answer.result)) {
+		usleep((G_DELAY + 50) * 1000);
+		q = grey1(b, "192.0.2.0/24/a@x/b@y", "192.0.2.7", t, 1, 0);
+	}
+	assert_grey(q, "pass-first");
+	/* the client counted at B is auto-whitelisted at A */
+	assert_grey(grey1(a, "192.0.2.0/24/z@x/b@y", "192.0.2.7", t, 1, 0), "awl");
+	store_free(a);
+	store_free(b);
+}
+
+/* A record in greylist_lua's layout, written behind the store's back; exp in the past: left, not expired. */
+static void redis_grey_hash(const char *kind, int n, const char *f1, int64_t v1, int64_t last, int64_t exp,
+                            int64_t now)
+{
+	char out[64];
+
+	redis_text(out, sizeof(out), "HSET %sgrey:%s:k%d %s %lld last %lld exp %lld", B.prefix, kind, n, f1,
+	           (long long)v1, (long long)last, (long long)exp);
+	if (exp > now)
+		redis_text(out, sizeof(out), "PEXPIREAT %sgrey:%s:k%d %lld", B.prefix, kind, n,
+		           (long long)exp);
+}
+
+static uint64_t lcg_next(uint64_t *x)
+{
+	*x = *x * 6364136223846793005ull + 1442695040888963407ull;
+	return *x >> 33;
+}
+
+/* An offset from now, in ms, picked among the edges that matter to the step. */
+static int64_t grey_offset(uint64_t *x)
+{
+	static const int64_t edges[] = {-3 * G_WINDOW,
+	                                -G_WINDOW - 1000,
+	                                -G_WINDOW + 1000,
+	                                -G_DELAY - 1000,
+	                                -G_DELAY + 1000,
+	                                -2 * HOUR_MS,
+	                                -HOUR_MS - 1000,
+	                                -HOUR_MS + 1000,
+	                                0,
+	                                1000,
+	                                2 * G_DELAY};
+
+	return edges[lcg_next(x) % NELEM(edges)];
+}
+
+static bool same_step(const greystep_out *a, const greystep_out *b)
+{
+	return a->result == b->result && a->remaining_ms == b->remaining_ms && a->waited_ms == b->waited_ms &&
+	       a->write_triplet == b->write_triplet && a->triplet.present == b->triplet.present &&
+	       a->triplet.first_ms == b->triplet.first_ms && a->triplet.last_ms == b->triplet.last_ms &&
+	       a->triplet_expires_ms == b->triplet_expires_ms && a->write_awl == b->write_awl &&
+	       a->awl.present == b->awl.present && a->awl.count == b->awl.count &&
+	       a->awl.last_ms == b->awl.last_ms && a->awl_expires_ms == b->awl_expires_ms;
+}
+
+/*
+ * greylist_lua mirrors greystep_run: random stored states (a triplet live,
+ * stale or absent, first and last around the edges; a client's record
+ * with counts around awl_count), one script call each, and the whole
+ * answer compared with greystep_run on the same state at the time the
+ * script read (the answer's now_ms).
+ */
+static void test_redis_greylist_matches_greystep(void **state)
+{
+	store *st = open_store();
+	uint64_t x = 42;
+	char trip[16], awlkey[16];
+
+	(void)state;
+	for (int i = 0; i < 300; i++) {
+		int64_t now = now_ms_wall(), far = now + 10 * HOUR_MS;
+		greystep_triplet t = {.present = false};
+		greystep_awl a = {.present = false};
+		uint64_t awl_count = lcg_next(&x) % 3 ? 3 : 0, pick = lcg_next(&x) % 3;
+		bool with_awl = lcg_next(&x) % 4 != 0;
+		greystep_out want;
+		query q;
+
+		if (pick > 0) { /* 1: live, 2: stale (past exp, not yet expired by Redis) */
+			t = (greystep_triplet){.present = pick == 1, .first_ms = now + grey_offset(&x)};
+			t.last_ms =
+			    t.first_ms + (lcg_next(&x) % 2 ? G_DELAY : 0) + (int64_t)(lcg_next(&x) % 3) - 1;
+			redis_grey_hash("t", i, "first", t.first_ms, t.last_ms, pick == 1 ? far : now - 1000,
+			                now);
+		}
+		if (lcg_next(&x) % 2) {
+			a = (greystep_awl){
+			    .present = true, .count = lcg_next(&x) % 5, .last_ms = now + grey_offset(&x)};
+			redis_grey_hash("a", i, "count", (int64_t)a.count, a.last_ms, far, now);
+		}
+		snprintf(trip, sizeof(trip), "k%d", i);
+		snprintf(awlkey, sizeof(awlkey), "k%d", i);
+		q = grey1(st, trip, with_awl ? awlkey : NULL, 0, awl_count, 0);
+		/* the client record of a query without one is never read */
+		if (!with_awl)
+			a.present = false;
+		greystep_run(&q.u.grey.params, &t, with_awl ? &a : NULL, q.u.grey.now_ms, &want);
+		if (!same_step(&want, &q.u.grey.answer))
+			fail_msg(
+			    "state %d: redis said %s remaining %lld waited %lld triplet %d %lld %lld %lld "
+			    "awl %d "
+			    "%llu %lld %lld; greystep_run %s remaining %lld waited %lld triplet %d %lld %lld "
+			    "%lld awl %d %llu %lld %lld",
+			    i, greystep_result_name(q.u.grey.answer.result),
+			    (long long)q.u.grey.answer.remaining_ms, (long long)q.u.grey.answer.waited_ms,
+			    q.u.grey.answer.write_triplet, (long long)q.u.grey.answer.triplet.first_ms,
+			    (long long)q.u.grey.answer.triplet.last_ms,
+			    (long long)q.u.grey.answer.triplet_expires_ms, q.u.grey.answer.write_awl,
+			    (unsigned long long)q.u.grey.answer.awl.count,
+			    (long long)q.u.grey.answer.awl.last_ms, (long long)q.u.grey.answer.awl_expires_ms,
+			    greystep_result_name(want.result), (long long)want.remaining_ms,
+			    (long long)want.waited_ms, want.write_triplet, (long long)want.triplet.first_ms,
+			    (long long)want.triplet.last_ms, (long long)want.triplet_expires_ms,
+			    want.write_awl, (unsigned long long)want.awl.count, (long long)want.awl.last_ms,
+			    (long long)want.awl_expires_ms);
+	}
+	store_free(st);
+}
+
+/*
+ * docs/redis.md: PREFIX "grey:t:" KEY and PREFIX "grey:a:" KEY, hashes
+ * with a native expiry at their exp; the step reads Redis's TIME, so a
+ * caller's now_ms of 1970 or a day ahead changes nothing, and the answer
+ * carries the server's time.
+ */
+static void test_redis_greylist_server_clock(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), first;
+	char key[128], out[64];
+	query q;
+
+	(void)state;
+	q = grey1(st, "k", "192.0.2.7", 1, 1, 0);
+	assert_grey(q, "new");
+	assert_true(q.u.grey.now_ms > t - 60000 && q.u.grey.now_ms < t + 60000);
+	first = q.u.grey.now_ms;
+	q = grey1(st, "k", "192.0.2.7", t + 24 * HOUR_MS, 1, 0);
+	/* a host a day ahead does not pass early: only Redis's own clock counts */
+	assert_int_equal(greystep_passes(q.u.grey.answer.result), q.u.grey.now_ms - first >= G_DELAY);
+	snprintf(key, sizeof(key), "%sgrey:t:k", B.prefix);
+	redis_text(out, sizeof(out), "HGET %s exp", key);
+	assert_int_equal(atoll(out), q.u.grey.answer.triplet_expires_ms);
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	assert_true(atoll(out) <= G_WINDOW + 1 &&
+	            (atoll(out) > 0 || atoll(out) == -2)); /* -2: expired since */
+	usleep((G_DELAY + 50) * 1000);
+	q = grey1(st, "k", "192.0.2.7", 1, 1, 0);
+	assert_grey(q, "pass-first");
+	snprintf(key, sizeof(key), "%sgrey:a:192.0.2.7", B.prefix);
+	redis_text(out, sizeof(out), "HGET %s count", key);
+	assert_string_equal(out, "1");
+	redis_text(out, sizeof(out), "PTTL %s", key);
+	assert_true(atoll(out) > HOUR_MS - 60000 && atoll(out) <= HOUR_MS);
+	/* after SCRIPT FLUSH the step runs with EVAL */
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	assert_grey(grey1(st, "k", "192.0.2.7", 1, 1, 0), "awl");
+	store_free(st);
+}
+
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
 static const struct CMUnitTest common_tests[] = {
@@ -2904,6 +3635,13 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_counter_bad_arguments),
     CASE(test_kv_counter_concurrent),
     CASE(test_run_mixed_batch),
+    CASE(test_greylist_sequence),
+    CASE(test_greylist_expiry),
+    CASE(test_greylist_awl_put),
+    CASE(test_greylist_admin),
+    CASE(test_greylist_longest_key),
+    CASE(test_greylist_concurrent),
+    CASE(test_greylist_bad_arguments),
 };
 
 static const struct CMUnitTest sqlite_tests[] = {
@@ -2920,6 +3658,14 @@ static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_locked_writers_bounded),
     CASE(test_sqlite_open_while_write_locked),
     CASE(test_sqlite_purge_in_chunks),
+    CASE(test_sqlite_greylist_edges),
+    CASE(test_sqlite_greylist_cap),
+    CASE(test_sqlite_greylist_cap_recount),
+    CASE(test_sqlite_greylist_bucket_full),
+    CASE(test_sqlite_greylist_purge),
+    CASE(test_sqlite_greylist_flood_bounded),
+    CASE(test_sqlite_greylist_flood_longest_keys),
+    CASE(test_sqlite_upgrade_v5),
 };
 
 static const struct CMUnitTest redis_tests[] = {
@@ -2937,6 +3683,9 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_upgrade_when_back),
     CASE(test_redis_kv_counter_layout),
     CASE(test_redis_batch_one_round_trip),
+    CASE(test_redis_greylist_shared),
+    CASE(test_redis_greylist_server_clock),
+    CASE(test_redis_greylist_matches_greystep),
 };
 
 int main(void)

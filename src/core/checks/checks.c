@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/checks/blocklist.h"
+#include "core/checks/greylist.h"
 #include "core/checks/trap.h"
 #include "core/checks/whitelist.h"
 
@@ -11,6 +12,7 @@ const check_def *const checks_all[CHECK_COUNT] = {
     [CHECK_ID_TRAPS] = &check_trap,
     [CHECK_ID_BLOCKLIST] = &check_blocklist,
     [CHECK_ID_WHITELIST] = &check_whitelist,
+    [CHECK_ID_GREYLIST] = &check_greylist,
 };
 
 int checks_find(const char *name)

@@ -41,8 +41,8 @@ typedef struct greylist_conf {
 	int64_t max_triplets;                 /* SQLite: the most triplets kept; 0: no cap */
 	char *reply;                          /* "450 4.2.0 Greylisted, try again in %{remaining} seconds" */
 	bool header;                          /* add header_text to a message that waited */
-	char *header_text;                    /* "X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}" */
-	const char *recipient_delimiter;      /* not owned: the config's traps.recipient_delimiter */
+	char *header_text;               /* "X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}" */
+	const char *recipient_delimiter; /* not owned: the config's traps.recipient_delimiter */
 	/* Compiled: */
 	smtp_reply reply_parsed;
 	const greywl *wl; /* the clients / recipients lists and files; owned by the config */
