@@ -446,23 +446,28 @@ def mib(kib):
 
 def protocol_table(res, proto, limit, title, unit):
     rows = res[proto]
+    width = max([18] + [len(n) + 2 for n in rows])
+
+    def lbl(text):
+        return text.ljust(width)
+
     print("\n%s: %s and p50/p99 latency in ms, at 1, 8 and 64 connections" % (title, unit))
-    head = "%-18s" % "server" + "".join(" %-*s" % (CELL, "%d conn%s" % (c, "s" if c > 1 else "")) for c in LEVELS)
+    head = lbl("server") + "".join(" %-*s" % (CELL, "%d conn%s" % (c, "s" if c > 1 else "")) for c in LEVELS)
     print(head + " peak RSS")
     for name, row in rows.items():
         rss = res["servers"].get(name, {}).get("hwm_kib")
-        print("%-18s" % name + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
+        print(lbl(name) + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
     print("%-18s" % "server CPU us per %s (user+sys, all threads; spamtrapd redis: + redis-server)"
           % ("session" if proto == "milter" else "request"))
     for name, row in rows.items():
-        print("%-18s" % ("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
+        print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
                                                              else "-", CELL - 9, "") for c in LEVELS))
     if "baseline sqlite" in rows and "spamtrapd sqlite" in rows:
         new, base = rows["spamtrapd sqlite"], rows["baseline sqlite"]
-        print("%-18s" % "  sqlite/baseline"
+        print(lbl("  sqlite/baseline")
               + "".join(" %9s%*s" % (ratio(new.get(str(c)), base.get(str(c))), CELL - 9, "") for c in LEVELS)
               + "  (throughput, this tree / --baseline)")
-        print("%-18s" % "  cpu sqlite/base"
+        print(lbl("  cpu sqlite/base")
               + "".join(" %9s%*s" % ("%.2f" % (new[str(c)]["cpu_us"] / base[str(c)]["cpu_us"])
                                      if new.get(str(c)) and base.get(str(c)) and base[str(c)]["cpu_us"] else "-",
                                      CELL - 9, "") for c in LEVELS)
@@ -470,13 +475,13 @@ def protocol_table(res, proto, limit, title, unit):
     if proto == "greylist":
         print("%-18s" % "replies deferred (each request a new triplet: all should be)")
         for name, row in rows.items():
-            print("%-18s" % ("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % deferred_pct(row[str(c)])
+            print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % deferred_pct(row[str(c)])
                                                                  if row.get(str(c)) else "-", CELL - 9, "")
                                                     for c in LEVELS))
     for name in [n for n in rows if n.startswith("spamtrapd")]:
         for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
             if ref and ref in rows:
-                print("%-18s" % ("  %s/%s" % (name[len("spamtrapd "):], ref))
+                print(lbl("  %s/%s" % (name[len("spamtrapd "):], ref))
                       + "".join(" %9s%*s" % (ratio(rows[name].get(str(c)), rows[ref].get(str(c)), fmt),
                                              CELL - 9, "") for c in LEVELS))
 
