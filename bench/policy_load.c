@@ -6,7 +6,9 @@
  * 3.7 sends them), then wait for the one reply, then the next request.
  * Senders, clients and recipients are drawn from large pools, a set
  * fraction of recipients are traps and a set fraction of senders are ones
- * store_bench preloaded into the blocklist (names in bench_util.h).
+ * store_bench preloaded into the blocklist (names in bench_util.h). With
+ * -u PREFIX every request has a sender of its own instead (the greylisting
+ * row: every triplet is new, so every request writes).
  *
  * One thread drives every connection through epoll, so the client costs
  * one core at most. Results go to stdout as one JSON object: completed
@@ -28,11 +30,13 @@
 #define REQ_MAX 2048
 #define REPLY_MAX 1024
 
-/* The shared options and policy_load's own: -6 IPv6 fraction, -s protocol_state. */
+/* The shared options and policy_load's own: -6 IPv6 fraction, -s protocol_state, -u unique senders. */
 typedef struct options {
 	bench_load_opts load;
 	double ipv6_fraction;
 	const char *state;
+	const char *unique; /* "": senders from the pool */
+	uint64_t run_tag;   /* -u: this process's start, so that two runs never share a sender */
 } options;
 
 typedef struct conn {
@@ -62,8 +66,21 @@ typedef struct run {
 static void usage(void)
 {
 	fprintf(stderr, "usage: policy_load " BENCH_LOAD_USAGE "\n"
-	                "       [-6 IPV6_FRACTION] [-s STATE]\n"
-	                "       -n COUNT: requests\n");
+	                "       [-6 IPV6_FRACTION] [-s STATE] [-u PREFIX]\n"
+	                "       -n COUNT: requests\n"
+	                "       -u PREFIX: a new sender each request (PREFIX: up to 16 letters a-z)\n");
+}
+
+/*
+ * A -u prefix: letters only, so that the sender's local part is one word
+ * with letters in it, which neither postgrey's "numbers to #" nor
+ * spamtrapd's digit and hex-run rules (docs/greylist.md) fold into another
+ * request's key.
+ */
+static bool prefix_ok(const char *p)
+{
+	size_t n = strlen(p);
+	return n <= 16 && strspn(p, "abcdefghijklmnopqrstuvwxyz") == n;
 }
 
 static int parse_options(int argc, char **argv, options *o)
@@ -71,15 +88,30 @@ static int parse_options(int argc, char **argv, options *o)
 	static const bench_flag own[] = {
 	    {'6', BENCH_DOUBLE, offsetof(options, ipv6_fraction)},
 	    {'s', BENCH_STR, offsetof(options, state)},
+	    {'u', BENCH_STR, offsetof(options, unique)},
 	};
 	o->ipv6_fraction = 0.1;
 	o->state = "RCPT";
+	o->unique = "";
+	o->run_tag = bench_now_ns();
 	if (bench_load_parse(&o->load, "policy_load", argc, argv, own, sizeof(own) / sizeof(own[0]), o) < 0 ||
-	    o->ipv6_fraction > 1 || !o->state[0]) {
+	    o->ipv6_fraction > 1 || !o->state[0] || !prefix_ok(o->unique)) {
 		usage();
 		return -1;
 	}
 	return 0;
+}
+
+/* The sender of a request: from the pool, or with -u one no other request has. */
+static void pick_sender(conn *c, const options *o, char *buf, size_t buflen)
+{
+	if (!o->unique[0]) {
+		c->blocked = bench_pick_sender(&c->rng, &o->load, buf, buflen);
+		return;
+	}
+	c->blocked = false;
+	snprintf(buf, buflen, "%sr%llxc%un%lu@senders.example", o->unique, (unsigned long long)o->run_tag,
+	         c->id, c->seq);
 }
 
 /*
@@ -91,9 +123,9 @@ static void build_request(conn *c, const options *o)
 	const bench_load_opts *lo = &o->load;
 	char client[64], sender[96], rcpt[96];
 	uint32_t ci = bench_pick_client(&c->rng, lo, o->ipv6_fraction, client, sizeof(client));
-	c->blocked = bench_pick_sender(&c->rng, lo, sender, sizeof(sender));
-	c->trap = bench_pick_rcpt(&c->rng, lo, rcpt, sizeof(rcpt));
 	c->seq++;
+	pick_sender(c, o, sender, sizeof(sender));
+	c->trap = bench_pick_rcpt(&c->rng, lo, rcpt, sizeof(rcpt));
 	int n = snprintf(c->req, sizeof(c->req),
 	                 "request=smtpd_access_policy\nprotocol_state=%s\nprotocol_name=ESMTP\n"
 	                 "helo_name=" BENCH_HELO_FMT "\nqueue_id=%X%05lX\nsender=%s\nrecipient=%s\n"

@@ -17,12 +17,17 @@ Runs, in one go on this machine (docs/performance.md explains every number):
    milter at 1, 8 and 64 connections, interleaved (every server at one
    level, then the next level) and repeated, keeping each server's best
    run, so that noise from other work on the machine hits all alike.
-5. One table on stdout: requests/s, p50/p99 latency, the ratios
+5. Greylisting (issue 13): spamtrapd with the greylist check on a new
+   SQLite file (and on that Redis) beside postgrey, every request with a
+   sender of its own (policy_load -u), so that every triplet is new and
+   every request writes, at the same levels.
+6. One table on stdout: requests/s, p50/p99 latency, the ratios
    spamtrapd/limit and spamtrapd/postgrey, peak RSS (VmHWM) of every
-   server, load and lookup times, and the targets of issue 6.
+   server, load and lookup times, and the targets of issues 6 and 13.
 
 Every process is started here and stopped here by PID. Raw results go to
-bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR.
+bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR;
+--only greylist runs steps 3 to 5 for the greylisting rows alone.
 """
 
 import argparse
@@ -136,8 +141,9 @@ class Bench:
         self.run_user = "nobody" if os.getuid() == 0 else None
         self.give(self.tmp)
         self.servers = []
-        self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {},
+        self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {}, "greylist": {},
                         "store": {}, "traps": [], "servers": {}, "notes": []}
+        self.redis = self.postgrey = None
 
     def give(self, path):
         if self.run_user:
@@ -197,24 +203,36 @@ class Bench:
         self.servers.append(srv)
         return srv
 
-    def spamtrapd_config(self, name, store, trap_file, policy_port, milter_port):
+    def spamtrapd_config(self, name, store, trap_file, policy_port, milter_port, extra=None):
         cfg = {
             "milter": {"listen": "inet:%d@127.0.0.1" % milter_port},
             "policy": {"listen": [{"address": "127.0.0.1:%d" % policy_port, "role": "full"}]},
             "store": store,
-            "traps": {"files": [trap_file]},
+            "traps": {"files": [trap_file] if trap_file else []},
             "log": {"target": "stderr", "level": "info"},
             "user": self.run_user,
         }
+        cfg.update(extra or {})
         path = os.path.join(self.tmp, name + ".json")
         with open(path, "w") as f:
             json.dump(cfg, f, indent=1)
         return path
 
-    def start_spamtrapd(self, name, store, trap_file, binary=None):
+    def start_spamtrapd(self, name, store, trap_file, binary=None, extra=None):
         ports = {"policy": free_port(), "milter": free_port()}
-        cfg = self.spamtrapd_config(name.replace(" ", "_"), store, trap_file, ports["policy"], ports["milter"])
+        cfg = self.spamtrapd_config(name.replace(" ", "_"), store, trap_file, ports["policy"], ports["milter"],
+                                    extra)
         return self.start(name, "spamtrapd", [binary or self.spamtrapd, "-f", "-c", cfg], ports)
+
+    def config_error(self, name, store, extra):
+        """What `spamtrapd -t` says against a config (None when it accepts it): a daemon built
+        before the greylist check refuses the greylist section."""
+        cfg = self.spamtrapd_config(name.replace(" ", "_") + "_check", store, None, free_port(), free_port(),
+                                    extra)
+        proc = subprocess.run([self.spamtrapd, "-t", "-c", cfg], capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return None
+        return (proc.stderr.strip() or proc.stdout.strip() or "exit %d" % proc.returncode).splitlines()[0]
 
     def start_redis(self):
         port = free_port()
@@ -237,9 +255,12 @@ class Bench:
     # --- 4: loads ------------------------------------------------------------------
 
     def load(self, proto, port, conns, blocked):
-        tool = "policy_load" if proto == "policy" else "milter_load"
+        tool = "milter_load" if proto == "milter" else "policy_load"
         cmd = [self.tool(tool), "-p", str(port), "-c", str(conns), "-d", str(self.args.duration),
                "-w", str(self.args.warmup), "-T", str(self.args.traps), "-B", str(max(blocked, 1))]
+        if proto == "greylist":
+            # a sender of its own per request (every triplet new), no trap and no blocklisted sender
+            cmd += ["-u", "grey", "-t", "0", "-b", "0"]
         return run_json(cmd, self.args.duration + self.args.warmup + 60)[0]
 
     def measure(self, proto, targets):
@@ -269,9 +290,57 @@ class Bench:
             self.results["servers"][s.name] = {"hwm_kib": s.hwm_kib, "ready_seconds": s.ready_seconds,
                                                "log": s.log_path}
 
+    def ensure_redis(self):
+        """The one redis-server of the run (None without redis-server or with --no-redis)."""
+        if self.redis is None and shutil.which("redis-server") and not self.args.no_redis:
+            self.redis = self.start_redis()
+            self.redis.wait_ready()
+        return self.redis
+
+    def ensure_postgrey(self):
+        """The one postgrey of the run (None without postgrey or with --no-postgrey)."""
+        if self.postgrey is None and shutil.which("postgrey") and not self.args.no_postgrey:
+            self.postgrey = self.start_postgrey()
+            self.postgrey.wait_ready()
+        return self.postgrey
+
+    def greylist(self):
+        """Step 5: every triplet new, spamtrapd (SQLite, Redis) and postgrey at each level."""
+        a = self.args
+        # postgrey's defaults (5 min delay, 35 d max age, auto-whitelist after 5) are spamtrapd's. The
+        # run writes a few 100,000 triplets: a cap far above them, so that none passes as "greylist full".
+        extra = {"greylist": {"mode": "enforce", "max_triplets": 100000000}}
+        targets = []
+        stores = [("spamtrapd grey sqlite", {"sqlite": {"path": os.path.join(self.tmp, "greylist.db")}})]
+        redis = self.ensure_redis()
+        if redis:
+            stores.append(("spamtrapd grey redis", {"backend": "redis", "redis": {
+                "host": "127.0.0.1", "port": redis.ports["redis"], "prefix": "grey:"}}))
+        for name, store in stores:
+            error = self.config_error(name, store, extra)
+            if error:
+                self.note("no %s row: spamtrapd -t refuses the greylist section (%s)" % (name, error))
+                continue
+            st = self.start_spamtrapd(name, store, None, extra=extra)
+            st.wait_ready()
+            targets.append((name, st.ports["policy"], 1, [st, redis] if "redis" in store else [st]))
+        pg = self.ensure_postgrey()
+        if pg:
+            targets.append(("postgrey", pg.ports["policy"], 1, [pg]))
+        else:
+            self.note("no postgrey greylist row (%s)" % ("--no-postgrey" if a.no_postgrey
+                                                          else "postgrey not installed: scripts/install-deps.sh bench"))
+        if targets:
+            print("bench: greylisting, every triplet new, at %s connections" % ",".join(map(str, a.levels)),
+                  file=sys.stderr)
+            self.measure("greylist", targets)
+
     def run(self):
         a = self.args
         print("bench: temporary files in %s" % self.tmp, file=sys.stderr)
+        if a.only == "greylist":
+            self.greylist()
+            return
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
         sq = self.store_bench("sqlite", ["-f", db])
@@ -279,10 +348,8 @@ class Bench:
         for path in (db, db + "-wal", db + "-shm"):
             if os.path.exists(path):
                 self.give(path)
-        redis = None
-        if shutil.which("redis-server") and not a.no_redis:
-            redis = self.start_redis()
-            redis.wait_ready()
+        redis = self.ensure_redis()
+        if redis:
             rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
         else:
             self.note("no Redis rows (%s)" % ("--no-redis" if a.no_redis else "redis-server not installed"))
@@ -318,9 +385,8 @@ class Bench:
             s.wait_ready()
         policy.insert(0, ("policy_ref", pref.ports["policy"], 1, [pref]))
         milter.insert(0, ("milter_ref", mref.ports["milter"], 1, [mref]))
-        if shutil.which("postgrey") and not a.no_postgrey:
-            pg = self.start_postgrey()
-            pg.wait_ready()
+        pg = self.ensure_postgrey()
+        if pg:
             policy.append(("postgrey", pg.ports["policy"], 1, [pg]))
         else:
             self.note("no postgrey row (%s)" % ("--no-postgrey" if a.no_postgrey
@@ -329,6 +395,8 @@ class Bench:
               % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
         self.measure("policy", policy)
         self.measure("milter", milter)
+        if not a.no_greylist:
+            self.greylist()
 
     def finish(self):
         self.stop_all()
@@ -351,7 +419,7 @@ def machine():
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem, 1), "kernel": platform.release(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
 
 
 # --- 5: the table ---------------------------------------------------------------------
@@ -378,33 +446,54 @@ def mib(kib):
 
 def protocol_table(res, proto, limit, title, unit):
     rows = res[proto]
+    width = max([18] + [len(n) + 2 for n in rows])
+
+    def lbl(text):
+        return text.ljust(width)
+
     print("\n%s: %s and p50/p99 latency in ms, at 1, 8 and 64 connections" % (title, unit))
-    head = "%-18s" % "server" + "".join(" %-*s" % (CELL, "%d conn%s" % (c, "s" if c > 1 else "")) for c in LEVELS)
+    head = lbl("server") + "".join(" %-*s" % (CELL, "%d conn%s" % (c, "s" if c > 1 else "")) for c in LEVELS)
     print(head + " peak RSS")
     for name, row in rows.items():
         rss = res["servers"].get(name, {}).get("hwm_kib")
-        print("%-18s" % name + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
+        print(lbl(name) + "".join(" " + cell(row.get(str(c))) for c in LEVELS) + " " + mib(rss))
     print("%-18s" % "server CPU us per %s (user+sys, all threads; spamtrapd redis: + redis-server)"
-          % ("request" if proto == "policy" else "session"))
+          % ("session" if proto == "milter" else "request"))
     for name, row in rows.items():
-        print("%-18s" % ("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
+        print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f" % row[str(c)]["cpu_us"] if row.get(str(c))
                                                              else "-", CELL - 9, "") for c in LEVELS))
     if "baseline sqlite" in rows and "spamtrapd sqlite" in rows:
         new, base = rows["spamtrapd sqlite"], rows["baseline sqlite"]
-        print("%-18s" % "  sqlite/baseline"
+        print(lbl("  sqlite/baseline")
               + "".join(" %9s%*s" % (ratio(new.get(str(c)), base.get(str(c))), CELL - 9, "") for c in LEVELS)
               + "  (throughput, this tree / --baseline)")
-        print("%-18s" % "  cpu sqlite/base"
+        print(lbl("  cpu sqlite/base")
               + "".join(" %9s%*s" % ("%.2f" % (new[str(c)]["cpu_us"] / base[str(c)]["cpu_us"])
                                      if new.get(str(c)) and base.get(str(c)) and base[str(c)]["cpu_us"] else "-",
                                      CELL - 9, "") for c in LEVELS)
               + "  (server CPU per %s, this tree / --baseline)" % ("request" if proto == "policy" else "session"))
+    if proto == "greylist":
+        print("%-18s" % "replies deferred (each request a new triplet: all should be)")
+        for name, row in rows.items():
+            print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % deferred_pct(row[str(c)])
+                                                                 if row.get(str(c)) else "-", CELL - 9, "")
+                                                    for c in LEVELS))
     for name in [n for n in rows if n.startswith("spamtrapd")]:
         for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
-            if ref in rows:
-                print("%-18s" % ("  %s/%s" % (name.split()[1], ref))
+            if ref and ref in rows:
+                print(lbl("  %s/%s" % (name[len("spamtrapd "):], ref))
                       + "".join(" %9s%*s" % (ratio(rows[name].get(str(c)), rows[ref].get(str(c)), fmt),
                                              CELL - 9, "") for c in LEVELS))
+
+
+def deferred_pct(r):
+    """Share of a policy load's replies that deferred (DEFER_IF_PERMIT, DEFER or a 4xx code)."""
+    replies = dict(r.get("other_replies", {}))
+    for k, v in r.get("trap_replies", {}).items():
+        replies[k] = replies.get(k, 0) + v
+    total = sum(replies.values())
+    deferred = sum(v for k, v in replies.items() if k.startswith("DEFER") or k[:1] == "4")
+    return 100.0 * deferred / total if total else 0.0
 
 
 def store_lines(res):
@@ -460,6 +549,17 @@ def targets(res):
             % ("{:,}".format(res["args"]["entries"]), "{:,}".format(res["args"]["traps"])),
             st["ready_seconds"] < 1,
             "%.2f s" % st["ready_seconds"])
+    g = res.get("greylist", {})
+    gs64, gp64 = g.get("spamtrapd grey sqlite", {}).get("64"), g.get("postgrey", {}).get("64")
+    if gs64 and gp64:
+        add("greylist >= 20x postgrey at 64 conns (SQLite), p99 < 5 ms",
+            gs64["rps"] >= 20 * gp64["rps"] and gs64["p99_us"] < 5000,
+            "%.1fx, p99 %.2f ms" % (gs64["rps"] / gp64["rps"], gs64["p99_us"] / 1000))
+    gr64 = g.get("spamtrapd grey redis", {}).get("64")
+    if gr64:
+        out.append(("info", "greylist on Redis at 64 conns (reported)", "%.0f/s%s, p99 %.2f ms"
+                    % (gr64["rps"], ", %.1fx postgrey" % (gr64["rps"] / gp64["rps"]) if gp64 else "",
+                       gr64["p99_us"] / 1000)))
     tl = [t for t in res["traps"] if t["phase"] == "config_load"]
     if tl:
         add("config_load of %s traps < 1 s" % "{:,}".format(tl[0]["traps"]), tl[0]["seconds"] < 1,
@@ -480,12 +580,17 @@ def targets(res):
 def print_table(res):
     mc = res["machine"]
     args = res["args"]
-    print("\nspamtrapd benchmark, %s: %s, %d CPUs, %.1f GiB, Linux %s"
-          % (mc["date"], mc["cpu"], mc["cpus"], mc["memory_gib"], mc["kernel"]))
+    print("\nspamtrapd benchmark, %s: %s, %d CPUs, %.1f GiB, Linux %s, load average before %s"
+          % (mc["date"], mc["cpu"], mc["cpus"], mc["memory_gib"], mc["kernel"],
+             " ".join("%.2f" % x for x in mc.get("loadavg_before", []))))
     print("each cell: best of %d runs of %.1f s after %.1f s warm-up; load generator on the same machine"
           % (args["reps"], args["duration"], args["warmup"]))
-    protocol_table(res, "policy", "policy_ref", "Policy protocol", "requests/s")
-    protocol_table(res, "milter", "milter_ref", "Milter protocol", "SMTP sessions/s")
+    for proto, limit, title, unit in (("policy", "policy_ref", "Policy protocol", "requests/s"),
+                                      ("milter", "milter_ref", "Milter protocol", "SMTP sessions/s"),
+                                      ("greylist", None, "Greylisting, every triplet new (policy protocol)",
+                                       "requests/s")):
+        if res[proto]:
+            protocol_table(res, proto, limit, title, unit)
     store_lines(res)
     for t in res["traps"]:
         if t["phase"] == "config_load":
@@ -497,7 +602,7 @@ def print_table(res):
     for name, srv in res["servers"].items():
         if name.startswith("spamtrapd") and srv["ready_seconds"] is not None:
             print("%s ready (both ports open) %.2f s after start" % (name, srv["ready_seconds"]))
-    print("\nTargets (issue 6)")
+    print("\nTargets (issue 6; greylist: issue 13)")
     for status, what, value in targets(res):
         print("  [%s] %-62s %s" % (status, what, value))
     for n in res["notes"]:
@@ -518,6 +623,9 @@ def main():
     ap.add_argument("--baseline", help="a spamtrapd binary built from another tree (e.g. main before a change): "
                     "run beside this build on a copy of the same store, and print the ratios")
     ap.add_argument("--no-postgrey", action="store_true")
+    ap.add_argument("--no-greylist", action="store_true", help="leave out the greylisting rows")
+    ap.add_argument("--only", choices=("all", "greylist"), default="all",
+                    help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install what spamtrapd needs from Debian's archive, only when missing.
 #   scripts/install-deps.sh build   compiler, CMake, the libraries
-#   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, Python
-#   scripts/install-deps.sh bench   test + postgrey, perf tools
+#   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, postgrey, Python
+#   scripts/install-deps.sh bench   = test (postgrey, which the bench runs side by side,
+#                                   is in test for tests/integration/test_greylist_postgrey.py)
 #   scripts/install-deps.sh valgrind  what make valgrind needs (= test: ctest's
 #                                     valgrind.session runs in make test too)
 #   scripts/install-deps.sh deb     build + Debian packaging tools (make deb, make deb-test)
@@ -11,8 +12,9 @@ set -eu
 
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
        libhiredis-dev libpcre2-dev"
-test="$build libcmocka-dev postfix redis-server python3 python3-yaml sqlite3 miltertest swaks clang-format valgrind"
-bench="$test postgrey"
+test="$build libcmocka-dev postfix redis-server python3 python3-yaml sqlite3 miltertest swaks clang-format valgrind
+      postgrey"
+bench=$test
 valgrind=$test
 deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
 # libclang-rt-14-dev holds libclang_rt.fuzzer (-fsanitize=fuzzer) for Debian 12's clang 14;

@@ -3,7 +3,8 @@
 A second or so of each load tool against the references and against the real
 daemon, asserting that every request got a well-formed reply and that the
 replies are the right ones (all DUNNO from the bare responder, every trap
-recipient refused by spamtrapd, the no-op filter's negotiation honoured).
+recipient refused by spamtrapd, the no-op filter's negotiation honoured,
+every request of the greylisting load a new triplet for the real postgrey).
 Never timing: speed is measured by `make bench`, not by tests.
 
 The tools live in the build tree next to the daemon (BUILD/bench/); when the
@@ -12,6 +13,7 @@ build has no bench/ (SPAMTRAPD_BENCH=OFF) the test is skipped.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import sys
 import time
 import unittest
 
+import postgrey_harness as ph
 import spamtrapd_harness as sh
 
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(os.environ.get("SPAMTRAPD", "")))),
@@ -95,6 +98,27 @@ class BenchSmoke(unittest.TestCase):
         self.assertEqual((r["malformed"], r["disconnects"], r["unanswered"]), (0, 0, 0))
         self.assertEqual(set(r["trap_replies"]) | set(r["other_replies"]), {"DUNNO"})
         self.assertGreater(total(r["trap_replies"]), 0, "a 30% trap fraction sent no trap recipient")
+
+    def test_policy_load_unique_senders_against_postgrey(self):
+        """-u: every request a sender of its own, each a new triplet for postgrey, even from one
+        client and a pool of one sender (which -u replaces)."""
+        with ph.Postgrey() as pg:
+            r = run_load("policy_load", "-p", str(pg.port), "-c", "4", "-w", "0", "-n", "300", "-u", "grey",
+                         "-t", "0", "-b", "0", "-S", "1", "-C", "1")
+            r2 = run_load("policy_load", "-p", str(pg.port), "-c", "1", "-w", "0", "-n", "20", "-u", "grey",
+                          "-t", "0", "-b", "0", "-S", "1", "-C", "1")
+            log = pg.log()
+        self.assertEqual((r["requests"], r["malformed"], r["disconnects"], r["unanswered"]), (300, 0, 0, 0))
+        self.assertEqual(set(r["other_replies"]) | set(r2["other_replies"]), {"DEFER_IF_PERMIT"})
+        senders = re.findall(r"action=greylist, reason=(\S+), .*sender=([^,]+),", log)
+        self.assertEqual(len(senders), 320)
+        self.assertEqual({reason for reason, _ in senders}, {"new"}, "a request of the load met an old triplet")
+        self.assertEqual(len({s for _, s in senders}), 320, "two requests (also of two runs) shared a sender")
+
+    def test_policy_load_refuses_a_prefix_that_normalises(self):
+        for prefix in ("Grey", "grey1", "a-b", "abcdefghijklmnopq"):
+            proc = subprocess.run([tool("policy_load"), "-p", "9", "-u", prefix], capture_output=True, timeout=30)
+            self.assertEqual(proc.returncode, 2, prefix)
 
     def test_milter_load_against_noop_filter(self):
         with Reference("milter_ref") as ref:
