@@ -83,6 +83,8 @@
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
 #define SCHEMA_VERSION 6
+/* The log file's size kept after a checkpoint (bytes): a few checkpoints' worth of 4 KiB frames. */
+#define WAL_SIZE_LIMIT (4 * 1024 * 1024)
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
 #define WAL_CHECKPOINT_FRAMES 1000
 /* While the greylist's cap holds, its rows are counted again this often (ms), or after this many answers. */
@@ -837,8 +839,14 @@ static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *er
 	sqlite3_busy_handler(c->db, busy_wait, c);
 	sqlite3_wal_hook(c->db, wal_hook, (void *)s);
 	c->deadline = now_ms() + OPEN_WAIT_MS;
-	snprintf(pragmas, sizeof(pragmas), "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d;",
-	         CACHE_KIB);
+	/*
+	 * journal_size_limit: SQLite keeps the log file at its largest size after
+	 * a checkpoint; a burst of writes (a flood of new greylist triplets)
+	 * would leave that much disk taken for good. Truncated to this instead.
+	 */
+	snprintf(pragmas, sizeof(pragmas),
+	         "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d; PRAGMA journal_size_limit = %d;", CACHE_KIB,
+	         WAL_SIZE_LIMIT);
 	if (exec_sql(c->db, s->path, pragmas, err, errlen) < 0)
 		return -1;
 	/* journal_mode is stored in the file; setting it once is enough, and the first connection does. */

@@ -29,6 +29,7 @@ import re
 import resource
 import select
 import socket
+import sqlite3
 import struct
 import sys
 import threading
@@ -483,6 +484,44 @@ class TestHostileRequests(HostileCase):
             self.assertTrue(self.closed_by_peer(s))
             self.assert_logged_once_each(mark, 3, r"no request attribute")
             self.assertIn("closing the connection after 3 in a row", self.d.log_since(mark))
+
+
+class TestGreylistFlood(HostileCase):
+    """A million unique triplets, scaled down: a flood of new triplets costs bounded disk and
+    memory (greylist.max_triplets, issue 13). Past the cap new triplets pass ungreylisted and
+    are not written; known ones keep working; the companion is served throughout."""
+
+    CAP = 1000
+    CONFIG = {"greylist": {"mode": "enforce", "max_triplets": CAP}}
+    MILTER = False
+
+    def test_unique_triplets_past_the_cap(self):
+        conns, per_conn = 4, 1500
+        with self.scenario() as mark:
+            answers = []
+            for k in range(conns):
+                c = self.client("trap")
+                batch = b"".join(c.encode(sender=f"flood{k}x{i}@spam{k}.test", recipient=f"u{i}@example.com",
+                                          client_address=f"203.0.{k}.{1 + i % 250}")
+                                 for i in range(per_conn))
+                c.send_raw(batch)
+                answers += [c.read_action() for _ in range(per_conn)]
+            deferred = sum(a.startswith("DEFER_IF_PERMIT") for a in answers)
+            self.assertEqual(len(answers), conns * per_conn)
+            self.assertTrue(self.CAP * 0.9 <= deferred <= self.CAP, f"{deferred} deferred")
+            self.assertEqual(answers.count("DUNNO"), len(answers) - deferred)
+            self.d.wait_for_log(r"continue: greylist full max_triplets=1000", since=mark)
+        db = self.d.config["store"]["sqlite"]["path"]
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            rows = con.execute("SELECT count(*) FROM greylist_triplets").fetchone()[0]
+        size = sum(os.path.getsize(db + ext) for ext in ("", "-wal") if os.path.exists(db + ext))
+        print(f"  [greylist flood: {len(answers)} unique triplets, cap {self.CAP}: {rows} rows, "
+              f"{size // 1024} KiB on disk]", file=sys.stderr)
+        self.assertLessEqual(rows, self.CAP)
+        self.assertLess(size, 32 << 20, "the database and its log")
+        # a known triplet still works past the cap: the first one waits on
+        self.assertTrue(self.client("trap").check(sender="flood0x0@spam0.test", recipient="u0@example.com",
+                                                  client_address="203.0.0.1").startswith("DEFER_IF_PERMIT"))
 
 
 class TestSlowClients(HostileCase):
