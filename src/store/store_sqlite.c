@@ -845,8 +845,8 @@ static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *er
 	 * would leave that much disk taken for good. Truncated to this instead.
 	 */
 	snprintf(pragmas, sizeof(pragmas),
-	         "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d; PRAGMA journal_size_limit = %d;", CACHE_KIB,
-	         WAL_SIZE_LIMIT);
+	         "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -%d; PRAGMA journal_size_limit = %d;",
+	         CACHE_KIB, WAL_SIZE_LIMIT);
 	if (exec_sql(c->db, s->path, pragmas, err, errlen) < 0)
 		return -1;
 	/* journal_mode is stored in the file; setting it once is enough, and the first connection does. */
