@@ -49,8 +49,15 @@ class SignalStorm(unittest.TestCase):
             if not d.running() or not milter_accepts(d.milter_port()):
                 self.assert_failed_for_milter(d)
                 return
-            with sh.PolicyClient(d.policy_address("trap")) as c:
-                self.assertEqual(c.check(sender="a@burst.example", recipient="user@example.com"), "DUNNO")
+            try:
+                with sh.PolicyClient(d.policy_address("trap")) as c:
+                    answer = c.check(sender="a@burst.example", recipient="user@example.com")
+            except (sh.ConnectionClosed, OSError):
+                # A SIGHUP of the burst reached libmilter's signal thread late, after the check
+                # above: the daemon stops with a failure status (a CI run under load saw it).
+                self.assert_failed_for_milter(d)
+                return
+            self.assertEqual(answer, "DUNNO")
             code = d.stop(expect_code=None)
             if code != 0:  # a late SIGHUP may still have reached libmilter
                 self.assertEqual(code, 1, d.log_tail())
