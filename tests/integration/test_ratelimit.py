@@ -84,6 +84,34 @@ class Behaviour(RateChecks):
         self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.2.1"), DEFER)
         self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.3.1"), "DUNNO")
 
+    def test_spamtrapctl_rate_show_and_reset(self):
+        d = self.d
+        ask = lambda i: self.ask(d, f"frank{i}@example.com", f"f{i}@example.org", f"10.9.{i}.1",
+                                 sasl_username="frank")
+        out = d.ctl("rate", "show", "account:Frank").stdout
+        self.assertIn("bucket account:frank\n", out)
+        self.assertIn("rule account: key sasl_username, 3/1h, burst 3, unit message, action defer\n", out)
+        self.assertIn("room 3 of 3\n", out)
+        for i in range(3):
+            self.assertEqual(ask(i), "DUNNO")
+        self.assertEqual(ask(3), DEFER)
+        self.assertIn("room 0 of 3: full", d.ctl("rate", "show", "account:frank").stdout)
+        self.assertEqual(d.ctl("rate", "reset", "account:FRANK").stdout, "bucket account:frank: reset\n")
+        self.assertEqual(ask(4), "DUNNO")
+        self.assertIn("room 2 of 3", d.ctl("rate", "show", "account:frank").stdout)
+        # the other kinds name their values as the check does
+        self.assertIn("bucket client:10.9.0.0/24\n", d.ctl("rate", "show", "client:10.9.0.77").stdout)
+        self.assertIn("bucket rcpt:f1@example.org\n", d.ctl("rate", "show", "rcpt:<F1@Example.ORG>").stdout)
+        self.assertIn("bucket sender:<>\n", d.ctl("rate", "show", "sender:<>").stdout)
+        self.assertEqual(d.ctl("rate", "reset", "rcpt:nobody@example.org").stdout,
+                         "bucket rcpt:nobody@example.org: already empty\n")
+        bad = d.ctl("rate", "show", "nosuchrule:x", check=False)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("no rule named 'nosuchrule'", bad.stderr)
+        bad = d.ctl("rate", "show", "client:not-an-ip", check=False)
+        self.assertEqual(bad.returncode, 1)
+        self.assertEqual(d.ctl("rate", "list", check=False).returncode, 1)
+
 
 class TestSqlite(Behaviour, unittest.TestCase):
     @classmethod

@@ -12,7 +12,7 @@
 static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local problem, try again later"};
 
 /* Room for one bucket's "RULE:VALUE"; a longer value is named by its hash (still one bucket). */
-#define RL_BUCKET_MAX 400
+#define RL_BUCKET_MAX RATELIMIT_BUCKET_MAX
 
 const char *const ratelimit_key_names[] = {"sasl_username", "sender", "client_address", "recipient", NULL};
 const char *const ratelimit_unit_names[] = {"message", "recipient", NULL};
@@ -194,6 +194,67 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 		counter_query(&conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
 		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ON_ACCEPT;
 	}
+}
+
+/* VALUE of "RULE:VALUE" as rule_value makes it from a transaction; false with err. */
+static bool admin_value(const ratelimit_rule *r, const char *in, char *out, size_t outlen, char *err,
+                        size_t errlen)
+{
+	addr_ip ip;
+	addr_net net;
+
+	switch (r->key) {
+	case RATELIMIT_KEY_SASL_USERNAME:
+		snprintf(out, outlen, "%s", in);
+		for (char *p = out; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		return *in != '\0';
+	case RATELIMIT_KEY_SENDER:
+		if (strcmp(in, "<>") == 0 || *in == '\0') {
+			snprintf(out, outlen, "<>");
+			return true;
+		}
+		__attribute__((fallthrough)); /* an address, as the recipient's */
+	case RATELIMIT_KEY_RECIPIENT:
+		if (addr_normalise(in, strlen(in), out, outlen) == ADDR_OK && *out)
+			return true;
+		snprintf(err, errlen, "'%.64s' is not an address", in);
+		return false;
+	case RATELIMIT_KEY_CLIENT_ADDRESS:
+		if (!addr_ip_parse(in, &ip)) {
+			snprintf(err, errlen, "'%.64s' is not an IPv4 or IPv6 address", in);
+			return false;
+		}
+		net = addr_net_of(&ip, (unsigned)(ip.version == 4 ? r->ipv4_prefix : r->ipv6_prefix));
+		addr_net_format(&net, out, outlen);
+		return true;
+	}
+	return false;
+}
+
+const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const char *spec, char *out,
+                                             size_t outlen, char *err, size_t errlen)
+{
+	const char *colon = strchr(spec, ':');
+	char value[ADDR_MAX + 64];
+
+	snprintf(err, errlen, "expected RULE:VALUE");
+	if (colon == NULL)
+		return NULL;
+	for (size_t i = 0; i < conf->nrules; i++) {
+		const ratelimit_rule *r = &conf->rules[i];
+
+		if (strlen(r->name) != (size_t)(colon - spec) || strncmp(r->name, spec, strlen(r->name)) != 0)
+			continue;
+		snprintf(err, errlen, "rule %s: no value", r->name);
+		if (!admin_value(r, colon + 1, value, sizeof(value), err, errlen))
+			return NULL;
+		bucket_name(r, value, out, outlen);
+		return r;
+	}
+	snprintf(err, errlen, "no rule named '%.*s' in ratelimit.rules",
+	         (int)(colon - spec > 64 ? 64 : colon - spec), spec);
+	return NULL;
 }
 
 const check_def check_ratelimit = {

@@ -76,6 +76,17 @@ bool ratelimit_name_ok(const char *name);
 /* The GCRA parameters of a rule: ms per unit (at least 1), the burst. */
 int64_t ratelimit_emission_ms(const ratelimit_rule *r);
 
+/*
+ * The bucket an administrator names as "RULE:VALUE" (spamtrapctl rate):
+ * the rule of that name in conf, and VALUE made the check's way (a SASL
+ * account in lower case, an address normalised, "<>" the null sender, a
+ * client address turned into the rule's network). The bucket's key in
+ * out (RATELIMIT_BUCKET_MAX bytes); NULL with a message in err.
+ */
+#define RATELIMIT_BUCKET_MAX 400
+const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const char *spec, char *out,
+                                             size_t outlen, char *err, size_t errlen);
+
 extern const check_def check_ratelimit;
 
 #endif
