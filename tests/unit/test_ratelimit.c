@@ -298,6 +298,56 @@ static void test_rate_and_burst(void **state)
 	config_unref(cfg);
 }
 
+/* The typical rules of spamtrapd.json(5) RATELIMIT, as written there. */
+static void test_documented_rules(void **state)
+{
+	config *cfg = cfg_of(
+	    "\"rules\": [{\"name\": \"account\", \"key\": \"sasl_username\", \"rate\": \"100/1h\"},"
+	    "{\"name\": \"client\", \"key\": \"client_address\", \"rate\": \"30/1m\", \"unit\": "
+	    "\"recipient\", \"ipv4_prefix\": 24},"
+	    "{\"name\": \"rcpt\", \"key\": \"recipient\", \"rate\": \"200/1h\", \"unit\": \"recipient\"}]",
+	    "");
+	const ratelimit_conf *rc = cfg->pipeline.checks[CHECK_ID_RATELIMIT].conf;
+	decide_facts f = facts("192.0.2.7", "Alice", "alice@example.com", "bob@example.org");
+
+	(void)state;
+	assert_int_equal(rc->nrules, 3);
+	assert_int_equal(ratelimit_emission_ms(&rc->rules[0]), 36000);
+	assert_int_equal(rc->rules[0].burst, 100);
+	assert_int_equal(ratelimit_emission_ms(&rc->rules[1]), 2000);
+	assert_int_equal(rc->rules[1].burst, 30);
+	assert_int_equal(ratelimit_emission_ms(&rc->rules[2]), 18000);
+	assert_int_equal(rc->rules[2].action, RATELIMIT_ACTION_DEFER);
+	rcpt(cfg, &f, &NO_MSG);
+	assert_int_equal(fs.nasked, 3);
+	assert_string_equal(fs.asked[0], "account:alice");
+	assert_string_equal(fs.asked[1], "client:192.0.2.0/24");
+	assert_string_equal(fs.asked[2], "rcpt:bob@example.org");
+	config_unref(cfg);
+}
+
+/* A value too long for a bucket name is hashed whole, never cut: two long addresses never share a bucket. */
+static void test_long_values_are_hashed(void **state)
+{
+	config *cfg = cfg_of("\"rules\": [" RULE("r", "recipient", "") "]", "");
+	char a[500], b[500];
+	decide_facts f;
+
+	(void)state;
+	memset(a, 'x', 450);
+	snprintf(a + 450, sizeof(a) - 450, "1@example.org");
+	memset(b, 'x', 450);
+	snprintf(b + 450, sizeof(b) - 450, "2@example.org");
+	f = facts("192.0.2.7", NULL, "s@example.com", a);
+	rcpt(cfg, &f, &NO_MSG);
+	f = facts("192.0.2.7", NULL, "s@example.com", b);
+	rcpt(cfg, &f, &NO_MSG);
+	assert_int_equal(fs.n, 2);
+	assert_memory_equal(fs.bucket[0], "r:<hash:", 8);
+	assert_string_not_equal(fs.bucket[0], fs.bucket[1]);
+	config_unref(cfg);
+}
+
 /* A full bucket defers (default) or rejects, with the rule's reply; nothing is charged then. */
 static void test_full_bucket_refuses(void **state)
 {
@@ -541,6 +591,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_bucket_per_key_kind),
 	    cmocka_unit_test_setup(test_rate_and_burst, reset),
+	    cmocka_unit_test_setup(test_documented_rules, reset),
+	    cmocka_unit_test_setup(test_long_values_are_hashed, reset),
 	    cmocka_unit_test_setup(test_full_bucket_refuses, reset),
 	    cmocka_unit_test_setup(test_unit_message_and_recipient, reset),
 	    cmocka_unit_test_setup(test_refused_later_is_not_charged, reset),
