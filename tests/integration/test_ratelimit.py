@@ -12,6 +12,7 @@ import unittest
 
 import redis_harness as rh
 import spamtrapd_harness as sh
+from milter_client import MilterClient
 
 TRAP = "trap@example.com"
 DEFER = "450 4.7.1 Rate limit exceeded, try again later"
@@ -198,6 +199,37 @@ class TestModesAndErrors(RateChecks, unittest.TestCase):
         redis.stop()
         self.assertEqual(self.ask(d, "erin@example.com", "e@example.org", "10.8.0.1"),
                          "451 4.3.0 Temporary local problem, try again later")
+
+
+class TestMilter(unittest.TestCase):
+    """The milter front end: the message's state is its connection's, the buckets the same."""
+
+    def session(self, d, client, login, sender, rcpts):
+        m = MilterClient.open(d.config["milter"]["listen"])
+        self.addCleanup(m.close)
+        m.negotiate()
+        m.connect("mx.sender.test", client)
+        m.helo("mx.sender.test")
+        r = m.mail(f"<{sender}>", macros={"i": "QR1", "{auth_authen}": login})
+        self.assertEqual(r.verdict, "continue")
+        out = []
+        for rcpt in rcpts:
+            r = m.rcpt(f"<{rcpt}>", macros={"i": "QR1"})
+            out.append("continue" if r.verdict == "continue" else r.smtp)
+        return out
+
+    def test_per_message_and_per_recipient(self):
+        d = sh.Spamtrapd(RULES, milter=True)
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(3):  # three messages of three recipients: three units of the account
+            self.assertEqual(self.session(d, f"10.10.{i}.1", "gus", f"gus{i}@example.com",
+                                          [f"g{i}-{r}@example.org" for r in range(3)]), ["continue"] * 3)
+        self.assertEqual(self.session(d, "10.10.9.1", "Gus", "gus9@example.com", ["g9@example.org"]), [DEFER])
+        # per client network, per recipient: the fourth recipient of one message from a /24 is refused
+        self.assertEqual(self.session(d, "10.11.0.1", "hal", "hal@example.com",
+                                      [f"h{r}@example.org" for r in range(4)]),
+                         ["continue"] * 3 + ["550 5.7.1 Too much mail from your network"])
 
 
 if __name__ == "__main__":
