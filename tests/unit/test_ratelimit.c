@@ -388,6 +388,24 @@ static void test_full_bucket_refuses(void **state)
 	config_unref(cfg);
 }
 
+/* A quoted sender's blanks and '=' cannot write log fields of their own after "bucket=". */
+static void test_bucket_in_log_cannot_fake_fields(void **state)
+{
+	config *cfg = cfg_of("\"rules\": [" RULE("s", "sender", ", \"unauthenticated\": true") "]", "");
+	decide_facts f = facts("192.0.2.7", NULL, "<\"x client=10.0.0.1\"@example.com>", "b@c.test");
+	stage_out o;
+
+	(void)state;
+	rcpt(cfg, &f, &NO_MSG);
+	assert_int_equal(fs.nasked, 1);
+	set_room(fs.asked[0], 0);
+	o = rcpt(cfg, &f, &NO_MSG);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_null(strstr(o.final.detail, " client="));
+	assert_null(strchr(strstr(o.final.detail, "bucket=") + 7, '='));
+	config_unref(cfg);
+}
+
 /* unit message: charged once, at the first accepted recipient; unit recipient: every one. */
 static void test_unit_message_and_recipient(void **state)
 {
@@ -594,6 +612,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_documented_rules, reset),
 	    cmocka_unit_test_setup(test_long_values_are_hashed, reset),
 	    cmocka_unit_test_setup(test_full_bucket_refuses, reset),
+	    cmocka_unit_test_setup(test_bucket_in_log_cannot_fake_fields, reset),
 	    cmocka_unit_test_setup(test_unit_message_and_recipient, reset),
 	    cmocka_unit_test_setup(test_refused_later_is_not_charged, reset),
 	    cmocka_unit_test_setup(test_trap_and_whitelist_are_not_counted, reset),
