@@ -45,6 +45,7 @@
 #include "config.h"
 #include "core/addr.h"
 #include "core/checks/greylist.h"
+#include "core/checks/ratelimit.h"
 #include "core/greywl.h"
 #include "core/text.h"
 
@@ -442,7 +443,7 @@ static void loader_clear(loader *ld)
 
 /* ---- the schema ---- */
 
-typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS } key_type;
+typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS, T_RATE_RULES } key_type;
 
 enum {
 	K_NULLABLE = 1 << 0, /* null is a value: "not set" */
@@ -1434,6 +1435,233 @@ static void apply_listeners(loader *ld, const json_t *v, jpath *p)
 	free(seen);
 }
 
+/* ---- ratelimit.rules: a list of rule objects (core/checks/ratelimit.h) ---- */
+
+#define RL_DEFER_REPLY "450 4.7.1 Rate limit exceeded, try again later"
+#define RL_REJECT_REPLY "550 5.7.1 Rate limit exceeded"
+/* The store's bound on a bucket (store.h STORE_TTL_MS_MAX): it empties within a century. */
+#define RL_BUCKET_MS_MAX ((int64_t)100 * 365 * 86400 * 1000)
+
+/* "100/1h": a count of 1 to STORE_COUNTER_UNITS_MAX, a slash, a duration of 1s to 7d. */
+static bool parse_rate(const char *s, uint64_t *count, int64_t *per)
+{
+	const char *slash = strchr(s, '/');
+	uint64_t n = 0;
+
+	if (slash == NULL || slash == s)
+		return false;
+	for (const char *p = s; p < slash; p++) {
+		if (!isdigit((unsigned char)*p) || n > 1000000000)
+			return false;
+		n = n * 10 + (uint64_t)(*p - '0');
+	}
+	if (n < 1 || n > 1000000000 || !config_parse_duration(slash + 1, per) || *per < 1 ||
+	    *per > (int64_t)7 * 86400)
+		return false;
+	*count = n;
+	return true;
+}
+
+/* An int member within [lo, hi]. */
+static bool rule_int(const json_t *val, int64_t lo, int64_t hi, int64_t *out)
+{
+	if (!json_is_integer(val) || json_integer_value(val) < lo || json_integer_value(val) > hi)
+		return false;
+	*out = json_integer_value(val);
+	return true;
+}
+
+static bool rule_enum(const json_t *val, const char *const *names, int *out)
+{
+	int64_t i;
+
+	if (!json_is_string(val) || !parse_name(names, json_string_value(val), &i))
+		return false;
+	*out = (int)i;
+	return true;
+}
+
+/* One member of a rule: 0, or -1 with the error in msg. */
+static int rule_member(const char *key, size_t keylen, const json_t *val, ratelimit_rule *r,
+                       const char **reply, bool *burst_set, char *msg, size_t msglen)
+{
+	char names[96];
+	int64_t n;
+	int e;
+
+	if (key_is(key, keylen, "name")) {
+		if (json_is_string(val) && ratelimit_name_ok(json_string_value(val))) {
+			snprintf(r->name, sizeof(r->name), "%s", json_string_value(val));
+			return 0;
+		}
+		snprintf(msg, msglen, "expected a name of 1 to %d characters of [a-z0-9_-]",
+		         RATELIMIT_NAME_MAX - 1);
+	} else if (key_is(key, keylen, "key") || key_is(key, keylen, "unit") ||
+	           key_is(key, keylen, "action")) {
+		const char *const *list = key[0] == 'k'   ? ratelimit_key_names
+		                          : key[0] == 'u' ? ratelimit_unit_names
+		                                          : ratelimit_action_names;
+
+		if (rule_enum(val, list, &e)) {
+			if (key[0] == 'k')
+				r->key = (ratelimit_key)e;
+			else if (key[0] == 'u')
+				r->unit = (ratelimit_unit)e;
+			else
+				r->action = (ratelimit_action)e;
+			return 0;
+		}
+		names_join(list, names, sizeof names);
+		snprintf(msg, msglen, "expected one of %s", names);
+	} else if (key_is(key, keylen, "rate")) {
+		if (json_is_string(val) && parse_rate(json_string_value(val), &r->count, &r->per))
+			return 0;
+		snprintf(msg, msglen,
+		         "expected \"COUNT/DURATION\" such as \"100/1h\" (1 to 1000000000 per 1s to 7d)");
+	} else if (key_is(key, keylen, "burst")) {
+		if (rule_int(val, 1, 1000000000, &n)) {
+			r->burst = (uint64_t)n;
+			*burst_set = true;
+			return 0;
+		}
+		snprintf(msg, msglen, "expected an integer from 1 to 1000000000");
+	} else if (key_is(key, keylen, "reply")) {
+		if (json_is_string(val)) {
+			*reply = json_string_value(val);
+			return 0;
+		}
+		snprintf(msg, msglen, "expected a string such as \"%s\"", RL_DEFER_REPLY);
+	} else if (key_is(key, keylen, "unauthenticated")) {
+		if (json_is_boolean(val)) {
+			r->unauthenticated = json_is_true(val);
+			return 0;
+		}
+		snprintf(msg, msglen, "expected true or false");
+	} else if (key_is(key, keylen, "ipv4_prefix") || key_is(key, keylen, "ipv6_prefix")) {
+		bool v4 = key[3] == '4';
+
+		if (rule_int(val, v4 ? 8 : 16, v4 ? 32 : 128, &n)) {
+			*(v4 ? &r->ipv4_prefix : &r->ipv6_prefix) = (int)n;
+			return 0;
+		}
+		snprintf(msg, msglen, "expected an integer from %d to %d", v4 ? 8 : 16, v4 ? 32 : 128);
+	} else {
+		snprintf(
+		    msg, msglen,
+		    "unknown key (a rule has name, key, rate, burst, unit, action, reply, unauthenticated, "
+		    "ipv4_prefix, ipv6_prefix)");
+	}
+	return -1;
+}
+
+/* What single members cannot say: required members, the reply against the action, key-only members. */
+static void rule_finish(loader *ld, const json_t *obj, jpath *p, ratelimit_rule *r, const char *reply,
+                        bool burst_set, int *bad)
+{
+	static const char *const required[] = {"name", "key", "rate"};
+	char why[256];
+
+	for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
+		if (json_object_get(obj, required[i]) == NULL) {
+			ld_error(ld, p, "missing \"%s\"", required[i]);
+			*bad = -1;
+		}
+	if (*bad)
+		return;
+	if (!burst_set)
+		r->burst = r->count;
+	/* The store's bound: a bucket takes at most a century to empty. */
+	if ((r->burst + 1) > (uint64_t)(RL_BUCKET_MS_MAX / ratelimit_emission_ms(r))) {
+		jpath_push_key(p, "burst", 5);
+		ld_error(ld, p, "too large for the rate");
+		jpath_pop(p);
+		*bad = -1;
+	}
+	if (r->unauthenticated && r->key != RATELIMIT_KEY_SENDER) {
+		jpath_push_key(p, "unauthenticated", 15);
+		ld_error(ld, p, "only a rule with key sender has it");
+		jpath_pop(p);
+		*bad = -1;
+	}
+	if ((json_object_get(obj, "ipv4_prefix") || json_object_get(obj, "ipv6_prefix")) &&
+	    r->key != RATELIMIT_KEY_CLIENT_ADDRESS) {
+		ld_error(ld, p, "ipv4_prefix and ipv6_prefix are for a rule with key client_address");
+		*bad = -1;
+	}
+	if (reply == NULL)
+		reply = r->action == RATELIMIT_ACTION_REJECT ? RL_REJECT_REPLY : RL_DEFER_REPLY;
+	jpath_push_key(p, "reply", 5);
+	if (!smtp_reply_parse(reply, &r->reply, why, sizeof why)) {
+		ld_error(ld, p, "%s", why);
+		*bad = -1;
+	} else if (r->reply.code[0] != (r->action == RATELIMIT_ACTION_REJECT ? '5' : '4')) {
+		ld_error(ld, p, "action %s needs a %s reply, not %s", ratelimit_action_names[r->action],
+		         r->action == RATELIMIT_ACTION_REJECT ? "5xx" : "4xx", r->reply.code);
+		*bad = -1;
+	}
+	jpath_pop(p);
+}
+
+/* One rule at p into *r; 0 or -1 (reported). */
+static int parse_rule(loader *ld, const json_t *obj, jpath *p, ratelimit_rule *r)
+{
+	const char *key, *reply = NULL;
+	char msg[MSG_MAX];
+	bool burst_set = false;
+	size_t keylen;
+	json_t *val;
+	int bad = 0;
+
+	if (!json_is_object(obj)) {
+		ld_error(ld, p,
+		         "expected an object such as {\"name\": \"per-account\", \"key\": \"sasl_username\", "
+		         "\"rate\": \"100/1h\"}");
+		return -1;
+	}
+	*r = (ratelimit_rule){.ipv4_prefix = 32, .ipv6_prefix = 64};
+	json_object_keylen_foreach((json_t *)obj, key, keylen, val)
+	{
+		jpath_push_key(p, key, keylen);
+		if (rule_member(key, keylen, val, r, &reply, &burst_set, msg, sizeof msg) < 0) {
+			ld_error(ld, p, "%s", msg);
+			bad = -1;
+		}
+		jpath_pop(p);
+	}
+	rule_finish(ld, obj, p, r, reply, burst_set, &bad);
+	return bad;
+}
+
+static void apply_rate_rules(loader *ld, const json_t *v, jpath *p)
+{
+	ratelimit_conf *rc = ld->box->check_conf[CHECK_ID_RATELIMIT];
+
+	if (!json_is_array(v)) {
+		ld_error(ld, p, "expected a list of rule objects");
+		return;
+	}
+	if (json_array_size(v) > RATELIMIT_RULES_MAX) {
+		ld_error(ld, p, "at most %d rules", RATELIMIT_RULES_MAX);
+		return;
+	}
+	for (size_t i = 0; i < json_array_size(v) && rc; i++) {
+		ratelimit_rule *r = &rc->rules[rc->nrules];
+
+		jpath_push_index(p, i);
+		if (parse_rule(ld, json_array_get(v, i), p, r) == 0) {
+			bool dup = false;
+
+			for (size_t j = 0; j < rc->nrules; j++)
+				dup |= strcmp(rc->rules[j].name, r->name) == 0;
+			if (dup)
+				ld_error(ld, p, "duplicate rule name \"%s\"", r->name);
+			else
+				rc->nrules++;
+		}
+		jpath_pop(p);
+	}
+}
+
 /* ---- the table ---- */
 
 static const char *const mode_names[] = {"enforce", "dry-run", NULL};
@@ -1530,6 +1758,9 @@ static const key_def schema[] = {
     {"greylist.recipients", T_LIST, J([]), .set = set_grey_recipient},
     {"greylist.client_files", T_LIST, J([]), .set = set_grey_client_file},
     {"greylist.recipient_files", T_LIST, J([]), .set = set_grey_recipient_file},
+
+    /* The ratelimit's rules; its other keys are the check's own (core/checks/ratelimit.c). */
+    {"ratelimit.rules", T_RATE_RULES, J([]), .flags = 0},
 
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
@@ -1679,6 +1910,8 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 
 	if (k->type == T_LISTENERS) {
 		apply_listeners(ld, j, p);
+	} else if (k->type == T_RATE_RULES) {
+		apply_rate_rules(ld, j, p);
 	} else if (k->type == T_LIST) {
 		apply_list(ld, k, j, p);
 	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {

@@ -293,7 +293,8 @@ enum {
 	MSG_LISTED_BEFORE = 1u << 1,
 	MSG_GREY_DEFER_DATA = 1u << 2,
 	MSG_GREY_HEADER_DONE = 1u << 3,
-	MSG_GREY_REMAINING_SHIFT = 4,
+	MSG_ACCEPTED = 1u << 4, /* a recipient got the message: its per-message rate buckets are charged */
+	MSG_GREY_REMAINING_SHIFT = 5,
 	MSG_FLAG_BITS = 32
 };
 #define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
@@ -319,7 +320,19 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 	m->state.listed_before = slot & MSG_LISTED_BEFORE;
 	m->state.grey_defer_data = slot & MSG_GREY_DEFER_DATA;
 	m->state.grey_header_done = slot & MSG_GREY_HEADER_DONE;
+	m->state.nothers = (slot & MSG_ACCEPTED) ? 1 : 0;
 	m->state.grey_remaining = (uint32_t)((slot & ~MSG_TAG_MASK) >> MSG_GREY_REMAINING_SHIFT);
+}
+
+/*
+ * Whether the table must keep that a recipient got the message: only the
+ * ratelimit check asks (unit "message"), and every message taking a slot
+ * would push out other messages' trap hits sooner.
+ */
+static bool keep_accepted(const engine_msg *m)
+{
+	return m->state.nothers > 0 &&
+	       m->snap->cfg->pipeline.checks[CHECK_ID_RATELIMIT].mode != CHECK_MODE_OFF;
 }
 
 void engine_msg_remember(const engine_msg *m, const char *instance)
@@ -329,14 +342,14 @@ void engine_msg_remember(const engine_msg *m, const char *instance)
 	    st->grey_remaining < MSG_GREY_REMAINING_MAX ? st->grey_remaining : MSG_GREY_REMAINING_MAX;
 
 	if (!instance || !*instance || !m->snap ||
-	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done))
+	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done || keep_accepted(m)))
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot = (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
-	                (st->listed_before ? MSG_LISTED_BEFORE : 0) |
-	                (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
-	                (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) |
-	                ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
+	uint64_t slot =
+	    (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
+	    (st->listed_before ? MSG_LISTED_BEFORE : 0) | (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
+	    (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) | (st->nothers > 0 ? MSG_ACCEPTED : 0) |
+	    ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
 	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
 	                      memory_order_relaxed);
 }
@@ -416,7 +429,7 @@ static void count_recipient(check_msg *msg, const check_verdict *v)
 }
 
 /*
- * A stage's working state (some 30 KB) lives in one buffer per thread, on
+ * A stage's working state (some 75 KB) lives in one buffer per thread, on
  * the heap: not on the stack, since libmilter runs each connection on a
  * thread of its own and glibc gives an exiting thread's stack pages back
  * (30 KB more of stack cost every milter session 13% more CPU, make

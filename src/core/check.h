@@ -74,9 +74,13 @@ typedef struct check_ctx {
 	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
 } check_ctx;
 
-/* Most queries one check asks at one stage, and most it writes as effects. */
-#define CHECK_MAX_NEEDS 2
-#define CHECK_MAX_EFFECTS 2
+/*
+ * Most queries one check asks at one stage, and most it writes as effects:
+ * the ratelimit check asks one per rule. Each slot costs a query (1.3 KB)
+ * per check in every thread's pipeline_run (engine.c): 4 keeps it near 70 KB.
+ */
+#define CHECK_MAX_NEEDS 4
+#define CHECK_MAX_EFFECTS 4
 #define CHECK_DETAIL_MAX 1400
 /* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 2048
@@ -109,9 +113,14 @@ typedef struct check_verdict {
 
 /* When an effect's store write applies. */
 typedef enum {
-	CHECK_EFFECT_ALWAYS,   /* in shadow mode too: a trap hit is recorded in dry-run */
-	CHECK_EFFECT_ENFORCE,  /* only when the check enforces */
-	CHECK_EFFECT_ON_ACCEPT /* only when it enforces and the final verdict lets the recipient through */
+	CHECK_EFFECT_ALWAYS,    /* in shadow mode too: a trap hit is recorded in dry-run */
+	CHECK_EFFECT_ENFORCE,   /* only when the check enforces */
+	CHECK_EFFECT_ON_ACCEPT, /* only when it enforces and the final verdict lets the recipient through */
+	/*
+	 * When the final verdict lets the recipient through, in shadow mode
+	 * too: a count a shadow check needs to say what it would do (rate buckets).
+	 */
+	CHECK_EFFECT_COUNT_ON_ACCEPT
 } check_effect_when;
 
 typedef struct check_effects {

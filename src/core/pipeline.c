@@ -121,6 +121,8 @@ bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, 
 		return p->checks[i].mode == CHECK_MODE_ENFORCE;
 	case CHECK_EFFECT_ON_ACCEPT:
 		return p->checks[i].mode == CHECK_MODE_ENFORCE && run->final.action == DECIDE_CONTINUE;
+	case CHECK_EFFECT_COUNT_ON_ACCEPT:
+		return run->final.action == DECIDE_CONTINUE;
 	}
 	return false;
 }

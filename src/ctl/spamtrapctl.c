@@ -1,7 +1,8 @@
 /*
  * spamtrapctl: manage the blocklist store the daemon uses (SPEC.md
  * "Commands"): list, lookup, add, remove, expire, export, import, and the
- * greylist (greylist list|lookup|remove|whitelist). It reads the
+ * greylist (greylist list|lookup|remove|whitelist) and the ratelimit's
+ * buckets (rate show|reset). It reads the
  * daemon's config to find the store and talks to the store directly, so
  * it works whether or not the daemon runs.
  *
@@ -22,6 +23,7 @@
 
 #include "config.h"
 #include "core/checks/greylist.h"
+#include "core/checks/ratelimit.h"
 #include "core/addr.h"
 #include "core/greynorm.h"
 #include "core/greystep.h"
@@ -54,6 +56,8 @@ static const char usage_text[] =
     "  greylist remove CLIENT SENDER RECIPIENT\n"
     "  greylist remove --client CLIENT      drop a triplet, or a client's auto-whitelist record\n"
     "  greylist whitelist CLIENT            auto-whitelist CLIENT (until greylist.max_age)\n"
+    "  rate show RULE:VALUE                 a ratelimit bucket: its rule and the room left\n"
+    "  rate reset RULE:VALUE                empty the bucket: its key may send a full burst again\n"
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
@@ -475,6 +479,63 @@ static int64_t ms_to_s_up(int64_t ms)
 static const char *iso_ms(int64_t ms, char *buf, size_t buflen)
 {
 	return iso_time(ms / 1000, buf, buflen);
+}
+
+/* --- rate ---------------------------------------------------------------- */
+
+/* "1h" for 3600: a rule's period as the config would write it. */
+static void period_text(int64_t s, char *buf, size_t buflen)
+{
+	if (s % 86400 == 0)
+		snprintf(buf, buflen, "%lldd", (long long)(s / 86400));
+	else if (s % 3600 == 0)
+		snprintf(buf, buflen, "%lldh", (long long)(s / 3600));
+	else if (s % 60 == 0)
+		snprintf(buf, buflen, "%lldm", (long long)(s / 60));
+	else
+		snprintf(buf, buflen, "%llds", (long long)s);
+}
+
+/* Peek the bucket (a charge of 0, in the store's clock) and say how much room it has. */
+static int cmd_rate_show(ctl *c, const ratelimit_rule *r, const char *bucket)
+{
+	struct timespec ts;
+	query q = {.kind = QUERY_COUNTER};
+	char per[32], safe[RATELIMIT_BUCKET_MAX * 4];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	q.u.counter.ns = RATELIMIT_NS;
+	q.u.counter.key = bucket;
+	q.u.counter.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	q.u.counter.emission_ms = ratelimit_emission_ms(r);
+	q.u.counter.burst = r->burst;
+	if (store_counter(c->st, &q) != STORE_OK)
+		return fail_store("rate show");
+	period_text(r->per, per, sizeof(per));
+	printf("bucket %s\n", log_safe(bucket, safe, sizeof(safe)));
+	printf("rule %s: key %s, %llu/%s, burst %llu, unit %s, action %s\n", r->name,
+	       ratelimit_key_names[r->key], (unsigned long long)r->count, per, (unsigned long long)r->burst,
+	       ratelimit_unit_names[r->unit], ratelimit_action_names[r->action]);
+	printf("room %llu of %llu%s\n", (unsigned long long)q.u.counter.remaining,
+	       (unsigned long long)r->burst,
+	       q.u.counter.remaining == 0 ? ": full, mail under this key is refused" : "");
+	return EXIT_OK;
+}
+
+static int cmd_rate_reset(ctl *c, const char *bucket)
+{
+	char safe[RATELIMIT_BUCKET_MAX * 4];
+	store_status st = store_counter_delete(c->st, RATELIMIT_NS, bucket);
+
+	if (st == STORE_ERROR)
+		return fail_store("rate reset");
+	log_safe(bucket, safe, sizeof(safe));
+	if (st == STORE_NOTFOUND) {
+		printf("bucket %s: already empty\n", safe);
+		return EXIT_OK;
+	}
+	printf("bucket %s: reset\n", safe);
+	return EXIT_OK;
 }
 
 /* A client's address, or a message in err. */
@@ -1342,6 +1403,18 @@ static int parse_greylist_args(int argc, char **argv, cmdline *cl)
 	return 0;
 }
 
+/* rate show|reset RULE:VALUE */
+static int check_rate_args(const cmdline *cl)
+{
+	const char *sub = cl->grey_cmd;
+
+	if (!sub || (strcmp(sub, "show") != 0 && strcmp(sub, "reset") != 0))
+		return usage_error("rate: needs show or reset");
+	if (cl->grey_client)
+		return usage_error("rate %s: takes no --client", sub);
+	return cl->grey_nargs == 1 ? 0 : usage_error("rate %s: needs RULE:VALUE", sub);
+}
+
 /* Which words each greylist subcommand takes. */
 static int check_greylist_args(const cmdline *cl)
 {
@@ -1507,6 +1580,20 @@ static int run_greylist(ctl *c, const cmdline *cl)
 	return grey_removed(store_greylist_remove(c->st, triplet), "triplet", triplet);
 }
 
+static int run_rate(ctl *c, const cmdline *cl)
+{
+	const ratelimit_conf *rc = c->cfg->pipeline.checks[CHECK_ID_RATELIMIT].conf;
+	char bucket[RATELIMIT_BUCKET_MAX], err[512];
+	const ratelimit_rule *r =
+	    ratelimit_admin_bucket(rc, cl->grey_args[0], bucket, sizeof(bucket), err, sizeof(err));
+
+	if (!r)
+		return value_error("rate", err);
+	if (strcmp(cl->grey_cmd, "show") == 0)
+		return cmd_rate_show(c, r, bucket);
+	return cmd_rate_reset(c, bucket);
+}
+
 static int run(const cmdline *cl)
 {
 	ctl c = {0};
@@ -1515,6 +1602,8 @@ static int run(const cmdline *cl)
 	if (rc == EXIT_OK) {
 		if (strcmp(cl->command, "greylist") == 0)
 			rc = run_greylist(&c, cl);
+		else if (strcmp(cl->command, "rate") == 0)
+			rc = run_rate(&c, cl);
 		else if (strcmp(cl->command, "import") == 0)
 			rc = run_import(&c, cl);
 		else if (cl->key)
@@ -1538,7 +1627,8 @@ int main(int argc, char **argv)
 
 	if (rc != 0)
 		return rc;
-	if (!cl.help && !cl.version && strcmp(cl.command, "greylist") == 0)
+	if (!cl.help && !cl.version &&
+	    (strcmp(cl.command, "greylist") == 0 || strcmp(cl.command, "rate") == 0))
 		rc = parse_greylist_args(argc, argv, &cl);
 	else if (!cl.help && !cl.version)
 		rc = parse_command_args(argc, argv, &cl);
@@ -1552,7 +1642,9 @@ int main(int argc, char **argv)
 		fputs(usage_text, stdout);
 		return EXIT_OK;
 	}
-	if ((rc = strcmp(cl.command, "greylist") == 0 ? check_greylist_args(&cl) : check_args(&cl)) != 0)
+	if ((rc = strcmp(cl.command, "greylist") == 0 ? check_greylist_args(&cl)
+	          : strcmp(cl.command, "rate") == 0   ? check_rate_args(&cl)
+	                                              : check_args(&cl)) != 0)
 		return rc;
 	rc = run(&cl);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -376,6 +376,13 @@ store_status store_counter(store *st, query *q)
 	return counter_ok(q) == STORE_OK ? st->ops->counter(st->impl, q) : STORE_ERROR;
 }
 
+store_status store_counter_delete(store *st, const char *ns, const char *key)
+{
+	if (!ns_key_ok(ns, key, "store_counter_delete"))
+		return STORE_ERROR;
+	return st->ops->counter_delete(st->impl, ns, key);
+}
+
 uint64_t store_script_round_trips(store *st)
 {
 	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;

@@ -179,6 +179,8 @@ store_status store_kv(store *st, query *q);
  * the time as store_kv. Idle buckets are purged with store_purge.
  */
 store_status store_counter(store *st, query *q);
+/* Drop the bucket ns + key (full again): STORE_OK, STORE_NOTFOUND when there was none, or STORE_ERROR. */
+store_status store_counter_delete(store *st, const char *ns, const char *key);
 
 /*
  * One greylisting attempt (a QUERY_GREYLIST query, core/greystep.h): read

@@ -48,6 +48,7 @@ typedef struct store_ops {
 	/* Checked queries of kind QUERY_KV and QUERY_COUNTER; they fill in the answer. */
 	store_status (*kv)(store_backend_impl *impl, query *q);
 	store_status (*counter)(store_backend_impl *impl, query *q);
+	store_status (*counter_delete)(store_backend_impl *impl, const char *ns, const char *key);
 	/*
 	 * Optional: several checked QUERY_KV and QUERY_COUNTER queries in one
 	 * round trip, each setting its status; STORE_ERROR when the connection

@@ -2522,6 +2522,33 @@ static store_status redis_grey_get(store_backend_impl *s, store_grey_kind kind, 
 	return run(s, &o);
 }
 
+/* DEL of a bucket: o->keys[0] is its namespace, o->keys[1] its key. */
+static store_status op_counter_delete(store_backend_impl *s, rconn *rc, op *o)
+{
+	char buf[KEYBUF + QUERY_NS_MAX];
+	const char *argv[2] = {"DEL", buf};
+	redisReply *r;
+	store_status st;
+
+	ns_key(s, buf, sizeof(buf), "ctr", o->keys[0], o->keys[1]);
+	if (command(s, rc->ctx, &r, "counter delete", 2, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "counter delete");
+	else
+		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status redis_counter_delete(store_backend_impl *s, const char *ns, const char *key)
+{
+	const char *keys[2] = {ns, key};
+	op o = {.what = "counter delete", .fn = op_counter_delete, .keys = keys, .nkeys = 2};
+
+	return run(s, &o);
+}
+
 static store_status redis_grey_remove(store_backend_impl *s, store_grey_kind kind, const char *key)
 {
 	op o = {.what = "greylist remove", .fn = op_grey_remove, .keys = &key, .nkeys = 1, .kind = kind};
@@ -2741,6 +2768,7 @@ const store_ops store_redis_ops = {
     .distinct_add = redis_distinct_add,
     .kv = redis_kv,
     .counter = redis_counter,
+    .counter_delete = redis_counter_delete,
     .batch = redis_batch,
     .script_trips = redis_script_trips,
     .greylist = redis_greylist,

@@ -117,6 +117,7 @@ enum {
 	ST_CTR_GET,
 	ST_CTR_PUT,
 	ST_CTR_PURGE,
+	ST_CTR_DELETE,
 	ST_GREY_GET,
 	ST_GREY_INSERT,
 	ST_GREY_UPDATE,
@@ -326,6 +327,7 @@ static const char *const fixed_sql[ST_COUNT] = {
                    " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
+    [ST_CTR_DELETE] = "DELETE FROM counters WHERE ns = ?1 AND key = ?2",
     [ST_GREY_GET] = "SELECT rowid, key, first_ms, last_ms, expires_ms FROM greylist_triplets WHERE hash = ?1"
                     " LIMIT " SQL_INT(GREY_BUCKET_MAX),
     [ST_GREY_INSERT] = "INSERT INTO greylist_triplets (hash, key, first_ms, last_ms, expires_ms)"
@@ -1778,6 +1780,20 @@ static store_status sqlite_grey_remove(store_backend_impl *s, store_grey_kind ki
 	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
 }
 
+static store_status sqlite_counter_delete(store_backend_impl *s, const char *ns, const char *key)
+{
+	conn *c = acquire(s, FOR_WRITE, "counter delete");
+	uint64_t changes = 0;
+	store_status rc;
+
+	if (!c)
+		return STORE_ERROR;
+	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 1, ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 2, key, -1, SQLITE_STATIC);
+	rc = run_write(s, c, c->stmt[ST_CTR_DELETE], "counter delete", &changes);
+	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
+}
+
 static store_status sqlite_grey_awl_put(store_backend_impl *s, const store_grey_record *r)
 {
 	conn *c = acquire(s, FOR_WRITE, "greylist whitelist");
@@ -2092,6 +2108,7 @@ const store_ops store_sqlite_ops = {
     .filter_answers = sqlite_filter_answers,
     .kv = sqlite_kv,
     .counter = sqlite_counter,
+    .counter_delete = sqlite_counter_delete,
     .greylist = sqlite_greylist,
     .grey_get = sqlite_grey_get,
     .grey_remove = sqlite_grey_remove,

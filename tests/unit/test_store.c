@@ -2598,6 +2598,29 @@ static void test_counter_burst_then_limit(void **state)
 	store_free(st);
 }
 
+/* A bucket deleted (spamtrapctl rate reset) is full again; only that one; a second delete finds none. */
+static void test_counter_delete(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	for (int i = 0; i < 3; i++) {
+		counter1(st, "a:x", t, HOUR_MS, 3, 1);
+		counter1(st, "a:y", t, HOUR_MS, 3, 1);
+	}
+	assert_int_equal(store_counter_delete(st, "rate", "a:x"), STORE_OK);
+	q = counter1(st, "a:x", t, HOUR_MS, 3, 0);
+	assert_int_equal(q.u.counter.remaining, 3);
+	q = counter1(st, "a:y", t, HOUR_MS, 3, 0);
+	assert_int_equal(q.u.counter.remaining, 0);
+	assert_int_equal(store_counter_delete(st, "rate", "a:x"), STORE_NOTFOUND);
+	assert_int_equal(store_counter_delete(st, "other", "a:y"), STORE_NOTFOUND);
+	assert_int_equal(store_counter_delete(st, "Bad NS", "a:y"), STORE_ERROR);
+	store_free(st);
+}
+
 /* The bucket refills at the rate: SQLite by the caller's time, Redis by waiting (bounded) for its clock. */
 static void test_counter_refill(void **state)
 {
@@ -3631,6 +3654,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_kv_expiry),
     CASE(test_kv_bad_arguments),
     CASE(test_counter_burst_then_limit),
+    CASE(test_counter_delete),
     CASE(test_counter_refill),
     CASE(test_counter_bad_arguments),
     CASE(test_kv_counter_concurrent),

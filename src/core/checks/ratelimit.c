@@ -1,0 +1,287 @@
+/* ratelimit: rate limits per key (see ratelimit.h). */
+#include "core/checks/ratelimit.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/addr.h"
+#include "core/hash.h"
+
+static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local problem, try again later"};
+
+/* Room for one bucket's "RULE:VALUE"; a longer value is named by its hash (still one bucket). */
+#define RL_BUCKET_MAX RATELIMIT_BUCKET_MAX
+
+const char *const ratelimit_key_names[] = {"sasl_username", "sender", "client_address", "recipient", NULL};
+const char *const ratelimit_unit_names[] = {"message", "recipient", NULL};
+const char *const ratelimit_action_names[] = {"defer", "reject", NULL};
+
+/* What needs() worked out, for decide(): the buckets it peeked, in rule order. */
+typedef struct rl_scratch {
+	size_t nasked;
+	unsigned char rule[RATELIMIT_RULES_MAX]; /* the rule of each bucket asked */
+	char bucket[RATELIMIT_RULES_MAX][RL_BUCKET_MAX];
+} rl_scratch;
+
+_Static_assert(sizeof(rl_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for ratelimit");
+
+static const check_key ratelimit_keys[] = {
+    {"on_error", CHECK_KEY_ENUM, "\"continue\"", .names = (const char *const[]){"continue", "tempfail", NULL},
+     CHECK_KEY_AT(ratelimit_conf, on_error)},
+};
+
+bool ratelimit_name_ok(const char *name)
+{
+	size_t n = strnlen(name, RATELIMIT_NAME_MAX);
+
+	return n > 0 && n < RATELIMIT_NAME_MAX && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}
+
+int64_t ratelimit_emission_ms(const ratelimit_rule *r)
+{
+	int64_t ms = r->count > 0 ? r->per * 1000 / (int64_t)r->count : r->per * 1000;
+
+	return ms > 0 ? ms : 1;
+}
+
+/* The value of a recipient or sender bucket: the normalised address, or its raw bytes' hash. */
+static void address_value(const char *raw, char *out, size_t outlen)
+{
+	if (raw == NULL) {
+		snprintf(out, outlen, "<invalid>");
+		return;
+	}
+	if (addr_normalise(raw, strlen(raw), out, outlen) == ADDR_OK)
+		return;
+	snprintf(out, outlen, "<invalid:%016" PRIx64 ">", hash_fnv1a(HASH_FNV1A_INIT, raw, strlen(raw)));
+}
+
+/*
+ * The value of rule r's bucket for this recipient, in out; false: the rule
+ * does not apply. SASL accounts are compared without case: mail systems
+ * that log in case-insensitively must not give an account one bucket per
+ * spelling.
+ */
+static bool rule_value(const ratelimit_rule *r, const check_ctx *ctx, char *out, size_t outlen)
+{
+	const decide_facts *f = ctx->facts;
+	const decide_txn *txn = ctx->txn;
+	bool authenticated = f->sasl_username && *f->sasl_username;
+	addr_net net;
+
+	switch (r->key) {
+	case RATELIMIT_KEY_SASL_USERNAME:
+		if (!authenticated)
+			return false;
+		snprintf(out, outlen, "%s", f->sasl_username);
+		for (char *p = out; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		return true;
+	case RATELIMIT_KEY_SENDER:
+		/* Anyone can write a MAIL FROM: an outsider's could exhaust a real user's bucket. */
+		if (!authenticated && !r->unauthenticated)
+			return false;
+		if (txn->null_sender)
+			snprintf(out, outlen, "<>");
+		else if (txn->sender_invalid)
+			address_value(f->sender, out, outlen);
+		else
+			snprintf(out, outlen, "%s", txn->sender);
+		return true;
+	case RATELIMIT_KEY_CLIENT_ADDRESS:
+		if (!txn->have_client)
+			return false;
+		net = addr_net_of(&txn->client,
+		                  (unsigned)(txn->client.version == 4 ? r->ipv4_prefix : r->ipv6_prefix));
+		addr_net_format(&net, out, outlen);
+		return true;
+	case RATELIMIT_KEY_RECIPIENT:
+		address_value(f->recipient, out, outlen);
+		return true;
+	}
+	return false;
+}
+
+/* Rule r's bucket name "RULE:VALUE", the value hashed when it would not fit. */
+static void bucket_name(const ratelimit_rule *r, const char *value, char *out, size_t outlen)
+{
+	if (strlen(r->name) + 1 + strlen(value) < outlen)
+		snprintf(out, outlen, "%s:%s", r->name, value);
+	else
+		snprintf(out, outlen, "%s:<hash:%016" PRIx64 ">", r->name,
+		         hash_fnv1a(HASH_FNV1A_INIT, value, strlen(value)));
+}
+
+static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const char *bucket, uint64_t cost,
+                          query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->kind = QUERY_COUNTER;
+	q->u.counter.ns = RATELIMIT_NS;
+	q->u.counter.key = bucket;
+	q->u.counter.now_ms = ctx->now_ms;
+	q->u.counter.emission_ms = ratelimit_emission_ms(r);
+	q->u.counter.burst = r->burst;
+	q->u.counter.cost = cost;
+}
+
+static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scratch, query *q)
+{
+	const ratelimit_conf *conf = vconf;
+	rl_scratch *s = scratch;
+	char value[ADDR_MAX + 64];
+
+	s->nasked = 0;
+	if (ctx->stage != CHECK_STAGE_RCPT)
+		return 0;
+	for (size_t i = 0; i < conf->nrules && s->nasked < RATELIMIT_RULES_MAX; i++) {
+		const ratelimit_rule *r = &conf->rules[i];
+
+		/* A message is charged once, at its first accepted recipient; the recipient key never
+		 * repeats. */
+		if (r->unit == RATELIMIT_UNIT_MESSAGE && r->key != RATELIMIT_KEY_RECIPIENT &&
+		    ctx->msg->nothers > 0)
+			continue;
+		if (!rule_value(r, ctx, value, sizeof(value)))
+			continue;
+		bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked]));
+		s->rule[s->nasked] = (unsigned char)i;
+		counter_query(r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
+		s->nasked++;
+	}
+	return s->nasked;
+}
+
+/*
+ * The bucket for a log line's "bucket=" field: a sender's quoted local
+ * part may hold blanks and '=', which would let it write fields of its
+ * own after ours (docs/security.md "Log injection"); the log masks the
+ * control characters.
+ */
+static void bucket_field(const char *bucket, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	for (; *bucket && o + 1 < outlen; bucket++)
+		out[o++] = (*bucket == ' ' || *bucket == '\t' || *bucket == '=') ? '?' : *bucket;
+	out[o] = '\0';
+}
+
+static void refuse(const ratelimit_rule *r, const rl_scratch *s, size_t j, check_verdict *v)
+{
+	char field[RL_BUCKET_MAX];
+
+	bucket_field(s->bucket[j], field, sizeof(field));
+	check_verdict_set(v, r->action == RATELIMIT_ACTION_REJECT ? DECIDE_REJECT : DECIDE_TEMPFAIL,
+	                  "rate limited", &r->reply);
+	check_detail_add(v, " rule=%s bucket=%s", r->name, field);
+}
+
+static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scratch, const query *answers,
+                             size_t nanswers, check_verdict *v, check_effects *eff)
+{
+	const ratelimit_conf *conf = vconf;
+	const rl_scratch *s = scratch;
+	bool failed = false;
+
+	for (size_t j = 0; j < nanswers && j < s->nasked; j++) {
+		const ratelimit_rule *r = &conf->rules[s->rule[j]];
+
+		if (answers[j].status == QUERY_ERROR) {
+			failed = true;
+			continue;
+		}
+		/* A peek (cost 0) answers the room left: 0 means one more unit would be refused. */
+		if (answers[j].status == QUERY_OK && answers[j].u.counter.remaining == 0) {
+			refuse(r, s, j, v);
+			return;
+		}
+	}
+	if (failed) {
+		if (conf->on_error == RATELIMIT_ON_ERROR_TEMPFAIL)
+			check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_STORE_ERROR);
+		else
+			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
+		check_detail_add(v, " check=ratelimit");
+		return;
+	}
+	/* Charged only if the final verdict lets the recipient through (pipeline_effect_applies). */
+	for (size_t j = 0; j < s->nasked && eff->nq < CHECK_MAX_EFFECTS; j++) {
+		counter_query(&conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
+		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ON_ACCEPT;
+	}
+}
+
+/* VALUE of "RULE:VALUE" as rule_value makes it from a transaction; false with err. */
+static bool admin_value(const ratelimit_rule *r, const char *in, char *out, size_t outlen, char *err,
+                        size_t errlen)
+{
+	addr_ip ip;
+	addr_net net;
+
+	switch (r->key) {
+	case RATELIMIT_KEY_SASL_USERNAME:
+		snprintf(out, outlen, "%s", in);
+		for (char *p = out; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		return *in != '\0';
+	case RATELIMIT_KEY_SENDER:
+		if (strcmp(in, "<>") == 0 || *in == '\0') {
+			snprintf(out, outlen, "<>");
+			return true;
+		}
+		__attribute__((fallthrough)); /* an address, as the recipient's */
+	case RATELIMIT_KEY_RECIPIENT:
+		if (addr_normalise(in, strlen(in), out, outlen) == ADDR_OK && *out)
+			return true;
+		snprintf(err, errlen, "'%.64s' is not an address", in);
+		return false;
+	case RATELIMIT_KEY_CLIENT_ADDRESS:
+		if (!addr_ip_parse(in, &ip)) {
+			snprintf(err, errlen, "'%.64s' is not an IPv4 or IPv6 address", in);
+			return false;
+		}
+		net = addr_net_of(&ip, (unsigned)(ip.version == 4 ? r->ipv4_prefix : r->ipv6_prefix));
+		addr_net_format(&net, out, outlen);
+		return true;
+	}
+	return false;
+}
+
+const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const char *spec, char *out,
+                                             size_t outlen, char *err, size_t errlen)
+{
+	const char *colon = strchr(spec, ':');
+	char value[ADDR_MAX + 64];
+
+	snprintf(err, errlen, "expected RULE:VALUE");
+	if (colon == NULL)
+		return NULL;
+	for (size_t i = 0; i < conf->nrules; i++) {
+		const ratelimit_rule *r = &conf->rules[i];
+
+		if (strlen(r->name) != (size_t)(colon - spec) || strncmp(r->name, spec, strlen(r->name)) != 0)
+			continue;
+		snprintf(err, errlen, "rule %s: no value", r->name);
+		if (!admin_value(r, colon + 1, value, sizeof(value), err, errlen))
+			return NULL;
+		bucket_name(r, value, out, outlen);
+		return r;
+	}
+	snprintf(err, errlen, "no rule named '%.*s' in ratelimit.rules",
+	         (int)(colon - spec > 64 ? 64 : colon - spec), spec);
+	return NULL;
+}
+
+const check_def check_ratelimit = {
+    .name = "ratelimit",
+    .stages = CHECK_STAGE_RCPT,
+    .default_mode = CHECK_MODE_OFF,
+    .conf_size = sizeof(ratelimit_conf),
+    .keys = ratelimit_keys,
+    .nkeys = sizeof(ratelimit_keys) / sizeof(ratelimit_keys[0]),
+    .needs = ratelimit_needs,
+    .decide = ratelimit_decide,
+};

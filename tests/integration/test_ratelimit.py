@@ -1,0 +1,236 @@
+"""Integration tests of the ratelimit check (issue 14) through the policy
+protocol: the real daemon, real SQLite files and a real redis-server.
+
+Rates are slow (a few per hour): a bucket never refills during a test, so
+nothing here depends on timing. Each test uses its own accounts, clients
+and recipients, so that the tests of a class share one daemon.
+"""
+
+import shutil
+import tempfile
+import unittest
+
+import redis_harness as rh
+import spamtrapd_harness as sh
+from milter_client import MilterClient
+
+TRAP = "trap@example.com"
+DEFER = "450 4.7.1 Rate limit exceeded, try again later"
+RULES = {
+    "traps": {"addresses": [TRAP]},
+    "ratelimit": {"mode": "enforce", "rules": [
+        # per SASL account, per message
+        {"name": "account", "key": "sasl_username", "rate": "3/1h"},
+        # per client network, each accepted recipient; rejected with its own text
+        {"name": "client", "key": "client_address", "rate": "3/1h", "unit": "recipient",
+         "ipv4_prefix": 24, "action": "reject", "reply": "550 5.7.1 Too much mail from your network"},
+        # per recipient
+        {"name": "rcpt", "key": "recipient", "rate": "2/1h"},
+        # per sender, unauthenticated senders too, the null sender under its own key
+        {"name": "sender", "key": "sender", "rate": "2/1h", "unauthenticated": True},
+    ]},
+}
+
+
+def redis_store(redis):
+    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.port, "prefix": "rl:"}}}
+
+
+def start_redis(case):
+    tmp = tempfile.mkdtemp(prefix="spamtrapd-rl-redis.")
+    redis = rh.RedisServer(tmp).start()
+    if case is not None:
+        case.addCleanup(shutil.rmtree, tmp, True)
+        case.addCleanup(redis.kill)
+    return redis, tmp
+
+
+class RateChecks(sh.PolicyChecks):
+    def ask(self, d, sender="someone@sender.test", rcpt="user@example.com", client="192.0.2.10", **kw):
+        return self.client(d, "trap").check(sender=sender, recipient=rcpt, client_address=client, **kw)
+
+
+class Behaviour(RateChecks):
+    """The same rows for every store (the subclasses start the daemon)."""
+
+    def test_per_account_counts_messages_not_recipients(self):
+        d = self.d
+        for i in range(3):  # three messages of five recipients each: three units
+            inst = sh.new_instance()
+            for r in range(5):
+                self.assertEqual(self.ask(d, f"alice{i}@example.com", f"a{i}-{r}@example.org", f"10.1.{i * 5 + r}.1",
+                                          sasl_username="alice", instance=inst), "DUNNO")
+        self.assertEqual(self.ask(d, "alice@example.com", "a9@example.org", "10.1.9.1",
+                                  sasl_username="ALICE"), DEFER)
+        # another account, and unauthenticated mail from the same sender, are not affected
+        self.assertEqual(self.ask(d, "bob@example.com", "b@example.org", "10.1.9.2", sasl_username="bob"), "DUNNO")
+        self.assertEqual(self.ask(d, "x@example.net", "c@example.org", "10.1.9.3"), "DUNNO")
+
+    def test_per_client_network_and_only_accepted_mail_is_charged(self):
+        d, net = self.d, "10.2.0."
+        self.assertEqual(self.ask(d, "s1@x.test", "r2@example.org", net + "1"), "DUNNO")
+        self.assertEqual(self.ask(d, "s2@x.test", "r2@example.org", net + "2"), "DUNNO")
+        # refused by the recipient rule: the network's bucket is not charged for it
+        self.assertEqual(self.ask(d, "s3@x.test", "r2@example.org", net + "3"), DEFER)
+        # a trap recipient is never rate limited nor charged
+        self.assertEqual(self.ask(d, "s3@x.test", TRAP, net + "4"), "550 5.1.1 User unknown")
+        self.assertEqual(self.ask(d, "s4@x.test", "r3@example.org", net + "5"), "DUNNO")
+        self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", net + "6"), "550 5.7.1 Too much mail from your network")
+        self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", "10.2.1.6"), "DUNNO")  # another /24
+
+    def test_null_sender_has_its_own_bucket(self):
+        d = self.d
+        self.assertEqual(self.ask(d, "", "n1@example.org", "10.3.0.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n2@example.org", "10.3.1.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.2.1"), DEFER)
+        self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.3.1"), "DUNNO")
+
+    def test_spamtrapctl_rate_show_and_reset(self):
+        d = self.d
+        ask = lambda i: self.ask(d, f"frank{i}@example.com", f"f{i}@example.org", f"10.9.{i}.1",
+                                 sasl_username="frank")
+        out = d.ctl("rate", "show", "account:Frank").stdout
+        self.assertIn("bucket account:frank\n", out)
+        self.assertIn("rule account: key sasl_username, 3/1h, burst 3, unit message, action defer\n", out)
+        self.assertIn("room 3 of 3\n", out)
+        for i in range(3):
+            self.assertEqual(ask(i), "DUNNO")
+        self.assertEqual(ask(3), DEFER)
+        self.assertIn("room 0 of 3: full", d.ctl("rate", "show", "account:frank").stdout)
+        self.assertEqual(d.ctl("rate", "reset", "account:FRANK").stdout, "bucket account:frank: reset\n")
+        self.assertEqual(ask(4), "DUNNO")
+        self.assertIn("room 2 of 3", d.ctl("rate", "show", "account:frank").stdout)
+        # the other kinds name their values as the check does
+        self.assertIn("bucket client:10.9.0.0/24\n", d.ctl("rate", "show", "client:10.9.0.77").stdout)
+        self.assertIn("bucket rcpt:f1@example.org\n", d.ctl("rate", "show", "rcpt:<F1@Example.ORG>").stdout)
+        self.assertIn("bucket sender:<>\n", d.ctl("rate", "show", "sender:<>").stdout)
+        self.assertEqual(d.ctl("rate", "reset", "rcpt:nobody@example.org").stdout,
+                         "bucket rcpt:nobody@example.org: already empty\n")
+        bad = d.ctl("rate", "show", "nosuchrule:x", check=False)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("no rule named 'nosuchrule'", bad.stderr)
+        bad = d.ctl("rate", "show", "client:not-an-ip", check=False)
+        self.assertEqual(bad.returncode, 1)
+        self.assertEqual(d.ctl("rate", "list", check=False).returncode, 1)
+
+
+class TestSqlite(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = sh.Spamtrapd(RULES)
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.d.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+
+class TestRedis(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.redis, cls.tmp = start_redis(None)
+        cls.d = sh.Spamtrapd(sh.merge(RULES, redis_store(cls.redis)))
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+        cls.redis.kill()
+        shutil.rmtree(cls.tmp, True)
+
+
+class TestShared(RateChecks, unittest.TestCase):
+    """Two daemons on one Redis count together: an account's limit holds across MX hosts."""
+
+    def test_two_daemons_share_the_buckets(self):
+        redis, _ = start_redis(self)
+        a = sh.Spamtrapd(sh.merge(RULES, redis_store(redis)))
+        b = sh.Spamtrapd(sh.merge(RULES, redis_store(redis)))
+        for d in (a, b):
+            self.addCleanup(d.cleanup)
+            d.start()
+        ask = lambda d, i: self.ask(d, f"carol{i}@example.com", f"c{i}@example.org", f"10.4.{i}.1", sasl_username="carol")
+        self.assertEqual(ask(a, 0), "DUNNO")
+        self.assertEqual(ask(b, 1), "DUNNO")
+        self.assertEqual(ask(a, 2), "DUNNO")
+        self.assertEqual(ask(b, 3), DEFER)
+        self.assertEqual(ask(a, 4), DEFER)
+
+
+class TestModesAndErrors(RateChecks, unittest.TestCase):
+    def test_shadow_passes_counts_and_says_so(self):
+        d = sh.Spamtrapd(sh.merge(RULES, {"ratelimit": {"mode": "shadow"}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(3):
+            self.assertEqual(self.ask(d, "", f"s{i}@example.org", f"10.5.{i}.1"), "DUNNO")
+        d.wait_for_log(r"shadow, would tempfail: rate limited rule=sender bucket=sender:<>")
+
+    def test_off_by_default(self):
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "ratelimit": {"rules": RULES["ratelimit"]["rules"]}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(4):
+            self.assertEqual(self.ask(d, "", f"o{i}@example.org", f"10.6.{i}.1"), "DUNNO")
+
+    def test_store_outage_never_delays_mail(self):
+        redis, _ = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(RULES, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        redis.stop()
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "dave@example.com", "d@example.org", "10.7.0.1", sasl_username="dave"), "DUNNO")
+        d.wait_for_log(r"continue: store-error check=ratelimit", since=mark)
+
+    def test_on_error_tempfail(self):
+        redis, _ = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(sh.merge(RULES, redis_store(redis)), {"ratelimit": {"on_error": "tempfail"}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        redis.stop()
+        self.assertEqual(self.ask(d, "erin@example.com", "e@example.org", "10.8.0.1"),
+                         "451 4.3.0 Temporary local problem, try again later")
+
+
+class TestMilter(unittest.TestCase):
+    """The milter front end: the message's state is its connection's, the buckets the same."""
+
+    def session(self, d, client, login, sender, rcpts):
+        m = MilterClient.open(d.config["milter"]["listen"])
+        self.addCleanup(m.close)
+        m.negotiate()
+        m.connect("mx.sender.test", client)
+        m.helo("mx.sender.test")
+        r = m.mail(f"<{sender}>", macros={"i": "QR1", "{auth_authen}": login})
+        self.assertEqual(r.verdict, "continue")
+        out = []
+        for rcpt in rcpts:
+            r = m.rcpt(f"<{rcpt}>", macros={"i": "QR1"})
+            out.append("continue" if r.verdict == "continue" else r.smtp)
+        return out
+
+    def test_per_message_and_per_recipient(self):
+        d = sh.Spamtrapd(RULES, milter=True)
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(3):  # three messages of three recipients: three units of the account
+            self.assertEqual(self.session(d, f"10.10.{i}.1", "gus", f"gus{i}@example.com",
+                                          [f"g{i}-{r}@example.org" for r in range(3)]), ["continue"] * 3)
+        self.assertEqual(self.session(d, "10.10.9.1", "Gus", "gus9@example.com", ["g9@example.org"]), [DEFER])
+        # per client network, per recipient: the fourth recipient of one message from a /24 is refused
+        self.assertEqual(self.session(d, "10.11.0.1", "hal", "hal@example.com",
+                                      [f"h{r}@example.org" for r in range(4)]),
+                         ["continue"] * 3 + ["550 5.7.1 Too much mail from your network"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
