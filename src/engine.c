@@ -411,7 +411,7 @@ static void count_recipient(check_msg *msg, const check_verdict *v)
 {
 	if (v->action == DECIDE_DROP_COPY)
 		msg->ntraps++;
-	else if (v->action == DECIDE_CONTINUE)
+	else if (v->action == DECIDE_CONTINUE || v->action == DECIDE_HOLD)
 		msg->nothers++;
 }
 

@@ -11,7 +11,14 @@
 #include "core/check.h"
 
 /* Indexes into checks_all[], also the bits of a listener's check set. */
-enum { CHECK_ID_TRAPS, CHECK_ID_BLOCKLIST, CHECK_ID_WHITELIST, CHECK_ID_GREYLIST, CHECK_COUNT };
+enum {
+	CHECK_ID_TRAPS,
+	CHECK_ID_BLOCKLIST,
+	CHECK_ID_WHITELIST,
+	CHECK_ID_RELAY,
+	CHECK_ID_GREYLIST,
+	CHECK_COUNT
+};
 
 #define CHECK_BIT(id) (1u << (id))
 #define CHECKS_EVERY ((1u << CHECK_COUNT) - 1)
