@@ -20,6 +20,7 @@
 #include "core/checks/greylist.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
+#include "hook.h"
 #include "log.h"
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
@@ -59,6 +60,9 @@ struct engine {
 	engine_snapshot *current;
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
+	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
+	pthread_mutex_t hooks_lock;
+	hook_runner *hooks;
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -108,6 +112,7 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 		return NULL;
 	}
 	pthread_mutex_init(&eng->lock, NULL);
+	pthread_mutex_init(&eng->hooks_lock, NULL);
 	eng->current = snap;
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
@@ -131,6 +136,8 @@ void engine_free(engine *eng)
 	if (!eng)
 		return;
 	engine_release(eng->current);
+	hook_runner_free(eng->hooks);
+	pthread_mutex_destroy(&eng->hooks_lock);
 	pthread_mutex_destroy(&eng->lock);
 	free(eng);
 }
@@ -392,6 +399,34 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 	}
 }
 
+static hook_runner *hooks_of(engine *eng)
+{
+	hook_runner *h;
+
+	pthread_mutex_lock(&eng->hooks_lock);
+	if (!eng->hooks && !(eng->hooks = hook_runner_new(HOOK_MAX_RUNNING, HOOK_QUEUE_MAX)))
+		log_error("cannot start the hook runner: hooks are not run");
+	h = eng->hooks;
+	pthread_mutex_unlock(&eng->hooks_lock);
+	return h;
+}
+
+/* The hooks of enforcing checks (relay.notify): queued, never waited for. */
+static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
+{
+	const pipeline *p = &snap->cfg->pipeline;
+
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const check_effects *eff = &run->effects[i];
+
+		if (!run->decided[i] || !eff->hook_argv || eff->hook_argv->n == 0 ||
+		    p->checks[i].mode != CHECK_MODE_ENFORCE)
+			continue;
+		hook_run(hooks_of(snap->eng), eff->hook_argv->v, eff->hook_argv->n, eff->hook_names,
+		         eff->hook_values, eff->hook_timeout_ms);
+	}
+}
+
 static void log_stage(const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
@@ -479,6 +514,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		note_health(snap->eng, run->q + from, run->nq - from);
 	}
 	apply_effects(snap, run);
+	run_hooks(snap, run);
 	log_stage(p, run, facts);
 	m->state = run->msg;
 	if (stage == CHECK_STAGE_RCPT)

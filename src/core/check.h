@@ -149,6 +149,7 @@ typedef struct check_effects {
 	const check_strlist *hook_argv;
 	const char *const *hook_names;
 	const char *hook_values[CHECK_HOOK_VALUES];
+	int64_t hook_timeout_ms; /* then killed */
 } check_effects;
 
 /*

@@ -56,6 +56,7 @@ static const check_key relay_keys[] = {
     {"block_account", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(relay_conf, block_account)},
     {"block_ttl", CHECK_KEY_DURATION, "\"24h\"", 60, 86400 * 365, CHECK_KEY_AT(relay_conf, block_ttl)},
     {"notify", CHECK_KEY_LIST, "null", .nullable = true, CHECK_KEY_AT(relay_conf, notify)},
+    {"notify_timeout", CHECK_KEY_DURATION, "\"10s\"", 1, 3600, CHECK_KEY_AT(relay_conf, notify_timeout)},
     {"on_error", CHECK_KEY_ENUM, "\"continue\"", .names = (const char *const[]){"continue", "tempfail", NULL},
      CHECK_KEY_AT(relay_conf, on_error)},
 };
@@ -347,6 +348,7 @@ static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s,
 		eff->hook_values[1] = s->network;
 		eff->hook_values[2] = s->count;
 		eff->hook_values[3] = action_names[conf->action];
+		eff->hook_timeout_ms = conf->notify_timeout * 1000;
 	}
 }
 
