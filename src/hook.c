@@ -136,7 +136,7 @@ bool hook_run(hook_runner *h, char *const *argv, size_t argc, const char *const 
 	return queued;
 }
 
-/* posix_spawn with /dev/null on 0, 1 and 2, every other descriptor closed, default signals. */
+/* posix_spawn with /dev/null on 0, 1 and 2, every other descriptor closed, default signals, its own group. */
 static pid_t spawn(char **argv)
 {
 	posix_spawn_file_actions_t fa;
@@ -155,7 +155,10 @@ static pid_t spawn(char **argv)
 	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &all);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	/* A group of its own: the timeout kills what the hook started too (a shell's sleep). */
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setflags(&attr,
+	                         POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
 	rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
@@ -218,6 +221,7 @@ static void reap(hook_runner *h)
 		} else if (h->stopping || now >= c->deadline_ms) {
 			char safe[64];
 
+			kill(-c->pid, SIGKILL);
 			kill(c->pid, SIGKILL);
 			while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
 				;

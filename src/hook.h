@@ -8,7 +8,8 @@
  * queue and returns, so a worker never waits for a hook. At most
  * max_running hooks run at once; the rest wait in the queue (at most
  * queue_max); past that a job is dropped and logged (rate limited). A hook
- * still running at its timeout is killed (SIGKILL) and reaped.
+ * runs in a process group of its own: at its timeout the group is killed
+ * (SIGKILL, with whatever the hook started) and the hook reaped.
  */
 #ifndef SPAMTRAPD_HOOK_H
 #define SPAMTRAPD_HOOK_H

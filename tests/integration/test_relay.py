@@ -8,8 +8,10 @@ two daemons on one Redis count together. Each test uses its own account,
 so that the tests of a class can share one daemon.
 """
 
+import os
 import shutil
 import tempfile
+import time
 import unittest
 
 import redis_harness as rh
@@ -158,6 +160,36 @@ class TestBlockAccount(RelayChecks, unittest.TestCase):
     def sender_check_sasl(self, d, account, client, sender=None):
         return self.client(d, "sender").check(sender=sender or f"{account}@example.com", client_address=client,
                                                sasl_username=account)
+
+
+class TestNotify(RelayChecks, unittest.TestCase):
+    def test_hung_hook_does_not_slow_mail(self):
+        tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-hook.")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o777)  # the daemon may run as another user
+        script = 'echo "$1 $2 $3 $4" > "$0/started.$$"; sleep 30; touch "$0/done.$$"'
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {
+            "max_networks": 1, "notify_timeout": "60s",
+            "notify": ["/bin/sh", "-c", script, tmp, "%{account}", "%{network}", "%{count}", "%{action}"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "ivan", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "ivan", net(2)), DEFER)
+        deadline = time.monotonic() + 30
+        while not [f for f in os.listdir(tmp) if f.startswith("started.")]:
+            self.assertLess(time.monotonic(), deadline, "the hook never started")
+            time.sleep(0.05)
+        started = [f for f in os.listdir(tmp) if f.startswith("started.")]
+        with open(os.path.join(tmp, started[0]), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "sasl:ivan 198.18.2.0/24 2 defer\n")
+        # the hook hangs: mail goes on, tripping accounts queue more hooks, and every request is answered
+        for i in range(20):
+            account = f"other{i}"
+            self.assertEqual(self.ask(d, account, net(1)), "DUNNO")
+            self.assertEqual(self.ask(d, account, net(2)), DEFER)
+        self.assertEqual(self.ask(d, "ivan", net(1)), "DUNNO")
+        # ... all while the first hook is still running
+        self.assertEqual([f for f in os.listdir(tmp) if f.startswith("done.")], [])
 
 
 class TestModes(RelayChecks, unittest.TestCase):

@@ -103,6 +103,53 @@ static void test_timeout_kills_and_reaps(void **state)
 	hook_runner_free(h);
 }
 
+/* Whether process pid is gone (or a zombie waiting for init). */
+static bool gone(pid_t pid)
+{
+	char path[64], stat_line[256] = "";
+	FILE *f;
+	const char *paren;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (!(f = fopen(path, "r")))
+		return true;
+	if (!fgets(stat_line, sizeof(stat_line), f))
+		stat_line[0] = '\0';
+	fclose(f);
+	paren = strrchr(stat_line, ')');
+	return paren && paren[1] == ' ' && paren[2] == 'Z';
+}
+
+/* The timeout kills what the hook started too: a shell's child does not outlive it. */
+static void test_timeout_kills_the_group(void **state)
+{
+	char dir[] = "/tmp/spamtrapd-test-hook.XXXXXX", script[1024], path[64], text[32] = "";
+	hook_runner *h = hook_runner_new(4, 8);
+	pid_t child = 0;
+	FILE *f = NULL;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/pid", dir);
+	snprintf(script, sizeof(script), "sleep 600 & echo $! > %s.tmp; mv %s.tmp %s; wait", path, path, path);
+	char *argv[] = {"/bin/sh", "-c", script};
+	assert_true(hook_run(h, argv, 3, NULL, NULL, 300));
+	for (int i = 0; i < 6000 && !(f = fopen(path, "r")); i++)
+		usleep(10000);
+	assert_non_null(f);
+	assert_non_null(fgets(text, sizeof(text), f));
+	fclose(f);
+	child = (pid_t)atoi(text);
+	assert_true(child > 0);
+	wait_for(h, one_killed);
+	for (int i = 0; i < 6000 && !gone(child); i++)
+		usleep(10000);
+	assert_true(gone(child));
+	hook_runner_free(h);
+	unlink(path);
+	rmdir(dir);
+}
+
 /* The caller never waits: hook_run returns with the hooks still running, four at once, the 5th queued. */
 static void test_fifth_is_queued_caller_never_waits(void **state)
 {
@@ -197,6 +244,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup(test_timeout_kills_and_reaps, setup),
+	    cmocka_unit_test_setup(test_timeout_kills_the_group, setup),
 	    cmocka_unit_test_setup(test_fifth_is_queued_caller_never_waits, setup),
 	    cmocka_unit_test_setup(test_queue_overflow_is_dropped_and_logged_once, setup),
 	    cmocka_unit_test_setup(test_placeholders_no_shell, setup),

@@ -52,10 +52,10 @@ typedef struct relay_conf {
 	int action;  /* relay_action */
 	char *reply; /* NULL: the action's default */
 	bool block_account;
-	int64_t block_ttl;    /* seconds */
-	check_strlist notify; /* argv of the hook; null or []: none */
+	int64_t block_ttl;      /* seconds */
+	check_strlist notify;   /* argv of the hook; null or []: none */
 	int64_t notify_timeout; /* seconds; then the hook is killed */
-	int on_error;         /* relay_on_error */
+	int on_error;           /* relay_on_error */
 	/* Compiled: */
 	unsigned key_bits;
 	smtp_reply reply_parsed;
