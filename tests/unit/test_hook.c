@@ -131,7 +131,8 @@ static void test_timeout_kills_the_group(void **state)
 	(void)state;
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/pid", dir);
-	snprintf(script, sizeof(script), "sleep 600 & echo $! > %s.tmp; mv %s.tmp %s; wait", path, path, path);
+	snprintf(script, sizeof(script), "sleep 600 & echo $! > %s.tmp; mv %s.tmp %s; wait", path, path,
+	         path);
 	char *argv[] = {"/bin/sh", "-c", script};
 	assert_true(hook_run(h, argv, 3, NULL, NULL, 300));
 	for (int i = 0; i < 6000 && !(f = fopen(path, "r")); i++)
