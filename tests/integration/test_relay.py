@@ -88,6 +88,26 @@ class Behaviour(RelayChecks):
         self.assertEqual(self.ask(d, "dave", "2001:db8:6::1"), DEFER)
 
 
+    def test_spamtrapctl_relay_show_and_reset(self):
+        d = self.d
+        for i in range(1, 11):
+            self.assertEqual(self.ask(d, "kate", net(60 + i)), "DUNNO", i)
+        self.assertEqual(self.ask(d, "kate", net(99)), DEFER)
+        out = d.ctl("relay", "show", "Kate").stdout
+        self.assertIn("account sasl:kate: 10 network(s) in the last 3600s (relay.max_networks 10)", out)
+        lines = [line for line in out.splitlines() if line.startswith("198.18.")]
+        self.assertEqual(len(lines), 10, out)
+        self.assertEqual(sorted(line.split("\t")[0] for line in lines),
+                         sorted(f"198.18.{60 + i}.0/24" for i in range(1, 11)))
+        self.assertIn("\tlast seen ", lines[0])
+        self.assertNotIn("198.18.99.0/24", out)  # refused: never counted
+        self.assertEqual(d.ctl("relay", "reset", "sasl:kate").stdout, "account sasl:kate: networks forgotten\n")
+        self.assertEqual(self.ask(d, "kate", net(99)), "DUNNO")
+        self.assertEqual(d.ctl("relay", "reset", "nobody-here", check=False).returncode, 1)
+        self.assertEqual(d.ctl("relay", "show", "nobody-here", check=False).returncode, 1)
+        self.assertEqual(d.ctl("relay", "show", check=False).returncode, 1)
+
+
 class TestSqlite(Behaviour, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
