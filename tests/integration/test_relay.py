@@ -223,6 +223,15 @@ class TestModes(RelayChecks, unittest.TestCase):
         self.assertEqual(self.ask(d, "gina", net(3)), "DUNNO")
         d.wait_for_log(r"shadow, would tempfail: relay account=sasl:gina network=198\.18\.3\.0/24", since=mark)
 
+    def test_hold_and_discard(self):
+        for action, want in (("hold", "HOLD Too many client networks for this account"),
+                             ("discard", "DISCARD Too many client networks for this account")):
+            d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"max_networks": 1, "action": action}}))
+            self.addCleanup(d.cleanup)
+            d.start()
+            self.assertEqual(self.ask(d, "jane", net(1)), "DUNNO")
+            self.assertEqual(self.ask(d, "jane", net(2)), want)
+
     def test_store_outage_continues(self):
         redis = start_redis(self)
         d = sh.Spamtrapd(sh.merge(sh.merge(RELAY, redis_store(redis)), {"relay": {"max_networks": 1}}))
