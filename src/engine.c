@@ -354,13 +354,15 @@ void engine_msg_forget_trap(engine_msg *m)
 		m->state.ntraps--;
 }
 
-/* Store health by kind: queries that only read, and those that write (a distinct set's add). */
+/* Store health by kind: queries that only read (a lookup, a distinct set's peek), and those that write. */
 static void note_health(engine *eng, const query *q, size_t nq)
 {
 	bool failed[STORE_KINDS] = {false, false}, worked[STORE_KINDS] = {false, false};
 
 	for (size_t i = 0; i < nq; i++) {
-		int kind = q[i].kind == QUERY_BLOCKLIST_LOOKUP ? STORE_LOOKUPS : STORE_UPDATES;
+		bool reads = q[i].kind == QUERY_BLOCKLIST_LOOKUP ||
+		             (q[i].kind == QUERY_DISTINCT_ADD && q[i].u.distinct.peek);
+		int kind = reads ? STORE_LOOKUPS : STORE_UPDATES;
 
 		failed[kind] |= q[i].status == QUERY_ERROR;
 		worked[kind] |= q[i].status == QUERY_OK || q[i].status == QUERY_NOTFOUND;
