@@ -305,7 +305,11 @@ static void explain(const ctl *c, const store_entry *e, const char *asked)
 		       span(c->now - e->expires, d, sizeof(d)));
 	if (strcmp(e->key, asked) != 0)
 		explain_line("matches:", asked);
-	explain_line("trap:", e->trap[0] ? e->trap : "(none: added by hand)");
+	/* The relay check's block_account entries have no trap either (core/checks/relay.c). */
+	explain_line("trap:", e->trap[0] ? e->trap
+	                      : strcmp(e->reason, "relay") == 0
+	                          ? "(none: the relay check, a compromised account)"
+	                          : "(none: added by hand)");
 	explain_line("reason:", e->reason);
 	explain_line("first seen:", iso_time(e->first_seen, t, sizeof(t)));
 	explain_line("last seen:", iso_time(e->last_seen, t, sizeof(t)));

@@ -174,8 +174,10 @@ class TestBlockAccount(RelayChecks, unittest.TestCase):
         self.assertEqual(self.sender_check_sasl(d, "frank", "192.0.2.99", sender="other@example.net"), BLOCK_REPLY)
         self.assertEqual(self.sender_check_sasl(d, "grace", net(1)), "DUNNO")
         out = d.ctl("lookup", "sasl:frank").stdout
-        self.assertIn("relay", out)
-        self.assertIn("sasl:frank", out)
+        self.assertRegex(out, r"^sasl:frank: blocklisted until ")
+        self.assertRegex(out, r"\n  reason: +relay\n")
+        self.assertRegex(out, r"\n  trap: +\(none: the relay check, a compromised account\)\n")
+        self.assertRegex(out, r"\n  client: +198\.18\.3\.7\n")
 
     def sender_check_sasl(self, d, account, client, sender=None):
         return self.client(d, "sender").check(sender=sender or f"{account}@example.com", client_address=client,
