@@ -616,11 +616,39 @@ static void store_int(void *field, size_t size, int64_t n)
 	}
 }
 
+/* One element of a check's CHECK_KEY_LIST (or its null) into its check_strlist. */
+static int strlist_add(char *field, size_t size, const value *v, char *err, size_t errlen)
+{
+	check_strlist l;
+	char **grown;
+
+	if (size != sizeof l)
+		abort(); /* a check_key row of type LIST on a field that is no check_strlist */
+	memcpy(&l, field, sizeof l);
+	if (v->null) {
+		l.null = true;
+	} else {
+		if (!(grown = realloc(l.v, (l.n + 1) * sizeof(*l.v))) || !(grown[l.n] = strdup(v->s))) {
+			if (grown)
+				l.v = grown;
+			memcpy(field, &l, sizeof l);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		l.v = grown;
+		l.n++;
+	}
+	memcpy(field, &l, sizeof l);
+	return 0;
+}
+
 static int store_field(loader *ld, const key_def *k, const value *v, char *err, size_t errlen)
 {
 	char *field = (k->owner ? (char *)ld->box->check_conf[k->owner - 1] : (char *)ld->cfg) + k->off;
 	char *s = NULL;
 
+	if (k->type == T_LIST)
+		return strlist_add(field, k->size, v, err, errlen);
 	if (k->type != T_STRING) {
 		store_int(field, k->size, v->i);
 		return 0;
@@ -1783,7 +1811,7 @@ static struct {
 
 static const key_type check_key_types[] = {
     [CHECK_KEY_INT] = T_INT,       [CHECK_KEY_DURATION] = T_DURATION, [CHECK_KEY_BOOL] = T_BOOL,
-    [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,
+    [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,         [CHECK_KEY_LIST] = T_LIST,
 };
 
 static const char *const check_mode_defaults[] = {
@@ -1912,7 +1940,7 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 		apply_listeners(ld, j, p);
 	} else if (k->type == T_RATE_RULES) {
 		apply_rate_rules(ld, j, p);
-	} else if (k->type == T_LIST) {
+	} else if (k->type == T_LIST && !(json_is_null(j) && (k->flags & K_NULLABLE))) {
 		apply_list(ld, k, j, p);
 	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {
 		v.null = true;
@@ -2148,7 +2176,14 @@ static void check_conf_free(const check_def *d, void *conf)
 		d->conf_free(conf);
 	for (size_t j = 0; j < d->nkeys; j++) {
 		char *s;
+		check_strlist l;
 
+		if (d->keys[j].type == CHECK_KEY_LIST) {
+			memcpy(&l, (char *)conf + d->keys[j].off, sizeof(l));
+			for (size_t i = 0; i < l.n; i++)
+				free(l.v[i]);
+			free(l.v);
+		}
 		if (d->keys[j].type != CHECK_KEY_STRING)
 			continue;
 		memcpy(&s, (char *)conf + d->keys[j].off, sizeof(s));

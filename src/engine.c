@@ -20,6 +20,7 @@
 #include "core/checks/greylist.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
+#include "hook.h"
 #include "log.h"
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
@@ -59,6 +60,9 @@ struct engine {
 	engine_snapshot *current;
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
+	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
+	pthread_mutex_t hooks_lock;
+	hook_runner *hooks;
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -108,6 +112,7 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 		return NULL;
 	}
 	pthread_mutex_init(&eng->lock, NULL);
+	pthread_mutex_init(&eng->hooks_lock, NULL);
 	eng->current = snap;
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
@@ -131,6 +136,8 @@ void engine_free(engine *eng)
 	if (!eng)
 		return;
 	engine_release(eng->current);
+	hook_runner_free(eng->hooks);
+	pthread_mutex_destroy(&eng->hooks_lock);
 	pthread_mutex_destroy(&eng->lock);
 	free(eng);
 }
@@ -360,13 +367,15 @@ void engine_msg_forget_trap(engine_msg *m)
 		m->state.ntraps--;
 }
 
-/* Store health by kind: queries that only read, and those that write (a distinct set's add). */
+/* Store health by kind: queries that only read (a lookup, a distinct set's peek), and those that write. */
 static void note_health(engine *eng, const query *q, size_t nq)
 {
 	bool failed[STORE_KINDS] = {false, false}, worked[STORE_KINDS] = {false, false};
 
 	for (size_t i = 0; i < nq; i++) {
-		int kind = q[i].kind == QUERY_BLOCKLIST_LOOKUP ? STORE_LOOKUPS : STORE_UPDATES;
+		bool reads = q[i].kind == QUERY_BLOCKLIST_LOOKUP ||
+		             (q[i].kind == QUERY_DISTINCT_ADD && q[i].u.distinct.peek);
+		int kind = reads ? STORE_LOOKUPS : STORE_UPDATES;
 
 		failed[kind] |= q[i].status == QUERY_ERROR;
 		worked[kind] |= q[i].status == QUERY_OK || q[i].status == QUERY_NOTFOUND;
@@ -405,6 +414,34 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 	}
 }
 
+static hook_runner *hooks_of(engine *eng)
+{
+	hook_runner *h;
+
+	pthread_mutex_lock(&eng->hooks_lock);
+	if (!eng->hooks && !(eng->hooks = hook_runner_new(HOOK_MAX_RUNNING, HOOK_QUEUE_MAX)))
+		log_error("cannot start the hook runner: hooks are not run");
+	h = eng->hooks;
+	pthread_mutex_unlock(&eng->hooks_lock);
+	return h;
+}
+
+/* The hooks of enforcing checks (relay.notify): queued, never waited for. */
+static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
+{
+	const pipeline *p = &snap->cfg->pipeline;
+
+	for (int i = 0; i < CHECK_COUNT; i++) {
+		const check_effects *eff = &run->effects[i];
+
+		if (!run->decided[i] || !eff->hook_argv || eff->hook_argv->n == 0 ||
+		    p->checks[i].mode != CHECK_MODE_ENFORCE)
+			continue;
+		hook_run(hooks_of(snap->eng), eff->hook_argv->v, eff->hook_argv->n, eff->hook_names,
+		         eff->hook_values, eff->hook_timeout_ms);
+	}
+}
+
 static void log_stage(const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
@@ -424,7 +461,7 @@ static void count_recipient(check_msg *msg, const check_verdict *v)
 {
 	if (v->action == DECIDE_DROP_COPY)
 		msg->ntraps++;
-	else if (v->action == DECIDE_CONTINUE)
+	else if (v->action == DECIDE_CONTINUE || v->action == DECIDE_HOLD)
 		msg->nothers++;
 }
 
@@ -492,6 +529,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		note_health(snap->eng, run->q + from, run->nq - from);
 	}
 	apply_effects(snap, run);
+	run_hooks(snap, run);
 	log_stage(p, run, facts);
 	m->state = run->msg;
 	if (stage == CHECK_STAGE_RCPT)

@@ -85,6 +85,8 @@ typedef struct check_ctx {
 /* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 2048
 #define CHECK_HEADER_MAX 256
+/* Most placeholders a hook's arguments may hold. */
+#define CHECK_HOOK_VALUES 4
 
 /* A check's answer for one stage. action CONTINUE: no objection. */
 typedef struct check_verdict {
@@ -111,16 +113,25 @@ typedef struct check_verdict {
 	check_mode mode;
 } check_verdict;
 
+/* A CHECK_KEY_LIST value: n strings (owned by the config); null: the key was null (nullable). */
+typedef struct check_strlist {
+	char **v;
+	size_t n;
+	bool null;
+} check_strlist;
+
 /* When an effect's store write applies. */
 typedef enum {
 	CHECK_EFFECT_ALWAYS,    /* in shadow mode too: a trap hit is recorded in dry-run */
 	CHECK_EFFECT_ENFORCE,   /* only when the check enforces */
 	CHECK_EFFECT_ON_ACCEPT, /* only when it enforces and the final verdict lets the recipient through */
 	/*
-	 * When the final verdict lets the recipient through, in shadow mode
-	 * too: a count a shadow check needs to say what it would do (rate buckets).
+	 * In every mode, when the final verdict lets the recipient through: a
+	 * count of accepted mail (rate buckets, the relay check's networks), so
+	 * that shadow mode counts what the site accepts and says when enforce
+	 * would refuse.
 	 */
-	CHECK_EFFECT_COUNT_ON_ACCEPT
+	CHECK_EFFECT_COUNT_ACCEPTED
 } check_effect_when;
 
 typedef struct check_effects {
@@ -134,6 +145,16 @@ typedef struct check_effects {
 	 * for a trap hit): the engine calls store_failed with the verdict.
 	 */
 	bool verdict_needs_writes;
+	/*
+	 * A hook to run when the check enforces (relay.notify): hook_argv's
+	 * arguments with each %{hook_names[i]} replaced by hook_values[i]. The
+	 * engine hands it to the hook runner (src/hook.h), which never blocks a
+	 * worker. NULL hook_argv: none. The strings live as long as the stage.
+	 */
+	const check_strlist *hook_argv;
+	const char *const *hook_names;
+	const char *hook_values[CHECK_HOOK_VALUES];
+	int64_t hook_timeout_ms; /* then killed */
 } check_effects;
 
 /*
@@ -146,16 +167,18 @@ typedef enum {
 	CHECK_KEY_DURATION,
 	CHECK_KEY_BOOL,
 	CHECK_KEY_STRING,
-	CHECK_KEY_ENUM
+	CHECK_KEY_ENUM,
+	CHECK_KEY_LIST /* a list of strings, into a check_strlist field */
 } check_key_type;
 
 typedef struct check_key {
 	const char *name;         /* within the section */
-	check_key_type type;      /* INT and DURATION: an int64_t or int field; BOOL: bool; STRING: char * */
+	check_key_type type;      /* INT and DURATION: an int64_t or int field; BOOL: bool; STRING: char *;
+	                             LIST: check_strlist */
 	const char *def;          /* the default, as JSON text: "\"5m\"", "10", "null" */
 	int64_t min, max;         /* INT, DURATION: bounds; STRING: max is a length limit when set */
 	const char *const *names; /* ENUM: the names in the order of the C enum (an int field) */
-	bool nullable;            /* STRING: null means "not set" (a NULL field) */
+	bool nullable;            /* STRING: null means "not set" (a NULL field); LIST: null sets .null */
 	size_t off, size;         /* the field in the check's conf struct */
 } check_key;
 

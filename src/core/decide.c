@@ -314,6 +314,8 @@ const char *decide_action_name(decide_action a)
 		return "drop-copy";
 	case DECIDE_DEFER_IF_PERMIT:
 		return "defer";
+	case DECIDE_HOLD:
+		return "hold";
 	}
 	return "?";
 }

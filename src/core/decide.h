@@ -154,7 +154,13 @@ typedef enum {
 	 * policy DEFER_IF_PERMIT with the reply's xcode and text (Postfix's
 	 * access_map_defer_code gives the code); milter as DECIDE_TEMPFAIL.
 	 */
-	DECIDE_DEFER_IF_PERMIT
+	DECIDE_DEFER_IF_PERMIT,
+	/*
+	 * Accept, but keep the message in the hold queue for an admin
+	 * (relay.action hold): policy HOLD with the reply's text; the milter
+	 * quarantines it at end of message (smfi_quarantine).
+	 */
+	DECIDE_HOLD
 } decide_action;
 
 /* The prefix lengths of the client networks a sender domain is counted by, IPv4 and IPv6. */

@@ -87,6 +87,7 @@ bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 		}
 		eff->nq = 0;
 		eff->verdict_needs_writes = false;
+		eff->hook_argv = NULL;
 		eff->msg = run->msg; /* the state as the checks before this one left it */
 		check_verdict_reset(v);
 		c->def->decide(c->conf, &run->ctx, run->scratch[i], run->q + run->first[i], run->count[i], v,
@@ -121,7 +122,7 @@ bool pipeline_effect_applies(const pipeline *p, const pipeline_run *run, int i, 
 		return p->checks[i].mode == CHECK_MODE_ENFORCE;
 	case CHECK_EFFECT_ON_ACCEPT:
 		return p->checks[i].mode == CHECK_MODE_ENFORCE && run->final.action == DECIDE_CONTINUE;
-	case CHECK_EFFECT_COUNT_ON_ACCEPT:
+	case CHECK_EFFECT_COUNT_ACCEPTED:
 		return run->final.action == DECIDE_CONTINUE;
 	}
 	return false;

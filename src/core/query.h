@@ -40,6 +40,9 @@ typedef enum {
 	 * Add member to the set named key, live until now + window (refreshed
 	 * when present, never shortened); drop members past their time; answer
 	 * how many live. A new member beyond limit (0: none) is not added.
+	 * With u.distinct.peek set it only reads: how many live, and whether
+	 * member is one of them (a check's needs() may ask that; the add is
+	 * then its effect).
 	 */
 	QUERY_DISTINCT_ADD,
 	/*
@@ -109,7 +112,9 @@ typedef struct query {
 			const char *member;
 			int64_t now, window; /* Unix seconds, seconds */
 			uint64_t limit;
+			bool peek;      /* read only: count and present, nothing added or dropped */
 			uint64_t count; /* on QUERY_OK: live members, counting this one (> limit: refused) */
+			bool present; /* peek, on QUERY_OK: member is live (count is then without it added) */
 		} distinct;
 		struct {
 			query_kv_op op;

@@ -1,8 +1,9 @@
 /*
  * spamtrapctl: manage the blocklist store the daemon uses (SPEC.md
- * "Commands"): list, lookup, add, remove, expire, export, import, and the
- * greylist (greylist list|lookup|remove|whitelist) and the ratelimit's
- * buckets (rate show|reset). It reads the
+ * "Commands"): list, lookup, add, remove, expire, export, import, the
+ * greylist (greylist list|lookup|remove|whitelist), the relay check's
+ * networks (relay show|reset) and the ratelimit's buckets (rate
+ * show|reset). It reads the
  * daemon's config to find the store and talks to the store directly, so
  * it works whether or not the daemon runs.
  *
@@ -24,6 +25,7 @@
 #include "config.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
+#include "core/checks/relay.h"
 #include "core/addr.h"
 #include "core/greynorm.h"
 #include "core/greystep.h"
@@ -58,6 +60,9 @@ static const char usage_text[] =
     "  greylist whitelist CLIENT            auto-whitelist CLIENT (until greylist.max_age)\n"
     "  rate show RULE:VALUE                 a ratelimit bucket: its rule and the room left\n"
     "  rate reset RULE:VALUE                empty the bucket: its key may send a full burst again\n"
+    "  relay show ACCOUNT                   an account's client networks in relay.window,\n"
+    "                                       when each was last seen\n"
+    "  relay reset ACCOUNT                  forget them (the account counts from zero)\n"
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
@@ -304,7 +309,11 @@ static void explain(const ctl *c, const store_entry *e, const char *asked)
 		       span(c->now - e->expires, d, sizeof(d)));
 	if (strcmp(e->key, asked) != 0)
 		explain_line("matches:", asked);
-	explain_line("trap:", e->trap[0] ? e->trap : "(none: added by hand)");
+	/* The relay check's block_account entries have no trap either (core/checks/relay.c). */
+	explain_line("trap:", e->trap[0] ? e->trap
+	                      : strcmp(e->reason, "relay") == 0
+	                          ? "(none: the relay check, a compromised account)"
+	                          : "(none: added by hand)");
 	explain_line("reason:", e->reason);
 	explain_line("first seen:", iso_time(e->first_seen, t, sizeof(t)));
 	explain_line("last seen:", iso_time(e->last_seen, t, sizeof(t)));
@@ -1440,6 +1449,16 @@ static int check_greylist_args(const cmdline *cl)
 	return usage_error("greylist: unknown command '%s'", sub);
 }
 
+/* relay show|reset ACCOUNT. */
+static int check_relay_args(const cmdline *cl)
+{
+	if (!cl->grey_cmd || (strcmp(cl->grey_cmd, "show") != 0 && strcmp(cl->grey_cmd, "reset") != 0))
+		return usage_error("relay: needs show or reset");
+	if (cl->grey_client)
+		return usage_error("relay: takes no --client");
+	return cl->grey_nargs == 1 ? 0 : usage_error("relay %s: needs an ACCOUNT", cl->grey_cmd);
+}
+
 /* What a command says when its positional argument is missing or extra. */
 static const char *arg_need(const char *command, bool takes)
 {
@@ -1594,6 +1613,80 @@ static int run_rate(ctl *c, const cmdline *cl)
 	return cmd_rate_reset(c, bucket);
 }
 
+/* --- relay: an account's networks (the relay check, core/checks/relay.h) --- */
+
+/*
+ * ACCOUNT as the relay check keys it: "sasl:NAME" or a bare NAME is the
+ * SASL login, "user@example.com" a sender of relay.sender_domains.
+ */
+static int relay_account(const char *in, char *set, size_t setlen, char *account, size_t acclen)
+{
+	char addr[ADDR_MAX];
+	size_t n;
+
+	if (strncasecmp(in, "sasl:", 5) == 0)
+		n = key_sasl(in + 5, account, acclen);
+	else if (strchr(in, '@'))
+		n = addr_normalise(in, strlen(in), addr, sizeof(addr)) == ADDR_OK
+		        ? key_sender(addr, account, acclen)
+		        : 0;
+	else
+		n = key_sasl(in, account, acclen);
+	if (n == 0)
+		return value_error("relay", "the account makes no key (sasl:NAME, NAME or user@example.com)");
+	if (relay_set_name(account, set, setlen) == 0)
+		return value_error("relay", "the account is too long");
+	return EXIT_OK;
+}
+
+typedef struct relay_show_ctx {
+	int64_t window, now;
+	size_t n;
+} relay_show_ctx;
+
+static int relay_show_one(const char *member, int64_t expires, void *vctx)
+{
+	relay_show_ctx *x = vctx;
+	char seen[40], until[40], ago[32], safe[ADDR_NET_STRLEN + 8];
+
+	x->n++;
+	printf("%s\tlast seen %s (%s ago)\tcounts until %s\n", log_safe(member, safe, sizeof(safe)),
+	       iso_time(expires - x->window, seen, sizeof(seen)),
+	       span(x->now - (expires - x->window), ago, sizeof(ago)),
+	       iso_time(expires, until, sizeof(until)));
+	return 0;
+}
+
+static int run_relay(ctl *c, const cmdline *cl)
+{
+	const relay_conf *rc = c->cfg->pipeline.checks[CHECK_ID_RELAY].conf;
+	char set[STORE_KEY_MAX], account[STORE_KEY_MAX], safe[STORE_KEY_MAX];
+	relay_show_ctx x = {.window = rc->window, .now = (int64_t)time(NULL)};
+	int e = relay_account(cl->grey_args[0], set, sizeof(set), account, sizeof(account));
+
+	if (e != EXIT_OK)
+		return e;
+	log_safe(account, safe, sizeof(safe));
+	if (strcmp(cl->grey_cmd, "reset") == 0) {
+		switch (store_distinct_clear(c->st, set)) {
+		case STORE_OK:
+			printf("account %s: networks forgotten\n", safe);
+			return EXIT_OK;
+		case STORE_NOTFOUND:
+			fprintf(stderr, "spamtrapctl: relay: account %s has no networks counted\n", safe);
+			return EXIT_NOTFOUND;
+		case STORE_ERROR:
+			break;
+		}
+		return fail_store("relay reset");
+	}
+	if (store_distinct_list(c->st, set, x.now, relay_show_one, &x) != STORE_OK)
+		return fail_store("relay show");
+	printf("account %s: %zu network(s) in the last %llds (relay.max_networks %lld)\n", safe, x.n,
+	       (long long)rc->window, (long long)rc->max_networks);
+	return x.n ? EXIT_OK : EXIT_NOTFOUND;
+}
+
 static int run(const cmdline *cl)
 {
 	ctl c = {0};
@@ -1604,6 +1697,8 @@ static int run(const cmdline *cl)
 			rc = run_greylist(&c, cl);
 		else if (strcmp(cl->command, "rate") == 0)
 			rc = run_rate(&c, cl);
+		else if (strcmp(cl->command, "relay") == 0)
+			rc = run_relay(&c, cl);
 		else if (strcmp(cl->command, "import") == 0)
 			rc = run_import(&c, cl);
 		else if (cl->key)
@@ -1628,7 +1723,8 @@ int main(int argc, char **argv)
 	if (rc != 0)
 		return rc;
 	if (!cl.help && !cl.version &&
-	    (strcmp(cl.command, "greylist") == 0 || strcmp(cl.command, "rate") == 0))
+	    (strcmp(cl.command, "greylist") == 0 || strcmp(cl.command, "rate") == 0 ||
+	     strcmp(cl.command, "relay") == 0))
 		rc = parse_greylist_args(argc, argv, &cl);
 	else if (!cl.help && !cl.version)
 		rc = parse_command_args(argc, argv, &cl);
@@ -1644,6 +1740,7 @@ int main(int argc, char **argv)
 	}
 	if ((rc = strcmp(cl.command, "greylist") == 0 ? check_greylist_args(&cl)
 	          : strcmp(cl.command, "rate") == 0   ? check_rate_args(&cl)
+	          : strcmp(cl.command, "relay") == 0  ? check_relay_args(&cl)
 	                                              : check_args(&cl)) != 0)
 		return rc;
 	rc = run(&cl);

@@ -42,6 +42,7 @@
 
 #include "core/addr.h"
 #include "core/checks/greylist.h"
+#include "core/checks/relay.h"
 #include "log.h"
 #include "sockperm.h"
 #include "milter/milter_shim.h"
@@ -77,7 +78,8 @@ typedef struct milter_msg {
 	char sasl[SASL_MAX];
 	char queue_id[QUEUE_ID_MAX];
 	char header[CHECK_HEADER_MAX]; /* "Name: value" to insert at end of message (greylist), or "" */
-	char **traps;                  /* trap recipients exactly as given, for smfi_delrcpt */
+	char hold[sizeof(((smtp_reply *)0)->text)]; /* a recipient's verdict was hold: the reason, or "" */
+	char **traps;                               /* trap recipients exactly as given, for smfi_delrcpt */
 	size_t ntraps, traps_cap;
 } milter_msg;
 
@@ -193,6 +195,7 @@ static sfsistat verdict_status(SMFICTX *ctx, const check_verdict *v)
 		return SMFIS_DISCARD;
 	case DECIDE_CONTINUE:
 	case DECIDE_DROP_COPY:
+	case DECIDE_HOLD: /* cb_envrcpt remembers it for the end of message */
 		break;
 	}
 	return SMFIS_CONTINUE;
@@ -224,7 +227,7 @@ static void msg_end(milter_msg *m)
 	free(m->traps);
 	m->traps = NULL;
 	m->ntraps = m->traps_cap = 0;
-	m->sender[0] = m->sasl[0] = m->queue_id[0] = m->header[0] = '\0';
+	m->sender[0] = m->sasl[0] = m->queue_id[0] = m->header[0] = m->hold[0] = '\0';
 	if (!m->msg.snap)
 		return;
 	engine_msg_end(&m->msg);
@@ -360,6 +363,18 @@ static void greylist_wants(bool *data, bool *header)
 	engine_release(snap);
 }
 
+/* relay.action hold under the config in force at negotiation: the right to quarantine. */
+static bool relay_wants_hold(void)
+{
+	engine_snapshot *snap = engine_acquire(filter.eng);
+	const pipeline_check *r = &engine_config(snap)->pipeline.checks[CHECK_ID_RELAY];
+	const relay_conf *rc = r->conf;
+	bool on = r->mode != CHECK_MODE_OFF && rc->action == RELAY_ACTION_HOLD;
+
+	engine_release(snap);
+	return on;
+}
+
 static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
                              unsigned long f3, unsigned long *pf0, unsigned long *pf1, unsigned long *pf2,
                              unsigned long *pf3)
@@ -378,7 +393,8 @@ static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
 	bool want_data, want_header;
 
 	greylist_wants(&want_data, &want_header);
-	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST) | (want_header ? f0 & SMFIF_ADDHDRS : 0);
+	*pf0 = SMFIF_DELRCPT | (f0 & SMFIF_SETSYMLIST) | (relay_wants_hold() ? f0 & SMFIF_QUARANTINE : 0) |
+	       (want_header ? f0 & SMFIF_ADDHDRS : 0);
 	*pf1 = f1 & (STEPS_NOT_WANTED | STEPS_NO_REPLY);
 	if (want_data)
 		*pf1 &= ~(unsigned long)SMFIP_NODATA;
@@ -464,6 +480,8 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 	}
 	if (v.action == DECIDE_CONTINUE && v.header[0] && !m->header[0])
 		memcpy(m->header, v.header, sizeof(m->header));
+	if (v.action == DECIDE_HOLD && !m->hold[0])
+		snprintf(m->hold, sizeof(m->hold), "%s", v.reply.text[0] ? v.reply.text : "spamtrapd hold");
 	return verdict_status(ctx, &v);
 }
 
@@ -525,6 +543,12 @@ static sfsistat cb_eom(SMFICTX *ctx)
 		status = SMFIS_DISCARD;
 	else if (v.action == DECIDE_DROP_COPY)
 		remove_traps(ctx, m);
+	if (status == SMFIS_CONTINUE && m->hold[0] && filter.shim->quarantine(ctx, m->hold) != MI_SUCCESS) {
+		/* Never deliver what was to be held: the MTA did not grant SMFIF_QUARANTINE, or failed. */
+		log_error("%s: milter: cannot put the message on hold (smfi_quarantine); tempfailing it",
+		          m->queue_id[0] ? m->queue_id : "NOQUEUE");
+		status = reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
+	}
 	if (status == SMFIS_CONTINUE && m->header[0])
 		insert_header(ctx, m);
 	msg_end(m);
@@ -578,7 +602,7 @@ void milter_filter_init(engine *eng, const milter_shim *shim, struct smfiDesc *d
 	memset(desc, 0, sizeof(*desc));
 	desc->xxfi_name = filter_name;
 	desc->xxfi_version = SMFI_VERSION;
-	desc->xxfi_flags = SMFIF_DELRCPT | SMFIF_ADDHDRS;
+	desc->xxfi_flags = SMFIF_DELRCPT | SMFIF_ADDHDRS | SMFIF_QUARANTINE;
 	desc->xxfi_connect = cb_connect;
 	desc->xxfi_helo = cb_helo;
 	desc->xxfi_envfrom = cb_envfrom;

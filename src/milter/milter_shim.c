@@ -35,6 +35,11 @@ static int shim_setsymlist(SMFICTX *ctx, int stage, const char *macros)
 	return smfi_setsymlist(ctx, stage, (char *)macros);
 }
 
+static int shim_quarantine(SMFICTX *ctx, const char *reason)
+{
+	return smfi_quarantine(ctx, (char *)reason);
+}
+
 static int shim_insheader(SMFICTX *ctx, int index, const char *name, const char *value)
 {
 	return smfi_insheader(ctx, index, (char *)name, (char *)value);
@@ -48,4 +53,5 @@ const milter_shim milter_shim_libmilter = {
     .delrcpt = shim_delrcpt,
     .setsymlist = shim_setsymlist,
     .insheader = shim_insheader,
+    .quarantine = shim_quarantine,
 };

@@ -26,6 +26,8 @@ typedef struct milter_shim {
 	int (*setsymlist)(SMFICTX *ctx, int stage, const char *macros);
 	/* Insert a header at index (0: first, as the policy side's PREPEND); at end of message only. */
 	int (*insheader)(SMFICTX *ctx, int index, const char *name, const char *value);
+	/* Put the message in the MTA's hold queue (relay.action hold); at end of message only. */
+	int (*quarantine)(SMFICTX *ctx, const char *reason);
 } milter_shim;
 
 /* The real thing: every entry calls the smfi_* function of the same name. */

@@ -582,6 +582,9 @@ static void format_reply(const check_verdict *v, const request_ctx *rc, char *ou
 		snprintf(out, outlen, "action=DEFER_IF_PERMIT%s%s%s%s\n\n", *xcode ? " " : "", xcode,
 		         *text ? " " : "", text);
 		return;
+	case DECIDE_HOLD:
+		snprintf(out, outlen, "action=HOLD%s%s\n\n", *text ? " " : "", text);
+		return;
 	case DECIDE_DROP_COPY:
 		log_internal(rc, "drop-copy verdict on the policy front end");
 		break;

@@ -309,6 +309,37 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
 	return st->ops->distinct_add(st->impl, set, member, now, window, limit, count ? count : &scratch);
 }
 
+store_status store_distinct_peek(store *st, const char *set, const char *member, int64_t now, uint64_t *count,
+                                 bool *present)
+{
+	uint64_t n = 0;
+	bool here = false;
+
+	if (!name_ok(set, "set") || !name_ok(member, "member"))
+		return STORE_ERROR;
+	store_status rc = st->ops->distinct_peek(st->impl, set, member, now, &n, &here);
+	if (count)
+		*count = n;
+	if (present)
+		*present = here;
+	return rc;
+}
+
+store_status store_distinct_list(store *st, const char *set, int64_t now, store_distinct_visit_fn fn,
+                                 void *ctx)
+{
+	if (!name_ok(set, "set") || !fn)
+		return STORE_ERROR;
+	return st->ops->distinct_list(st->impl, set, now, fn, ctx);
+}
+
+store_status store_distinct_clear(store *st, const char *set)
+{
+	if (!name_ok(set, "set"))
+		return STORE_ERROR;
+	return st->ops->distinct_clear(st->impl, set);
+}
+
 /* A namespace and key of store_kv and store_counter; the namespace goes into Redis key names. */
 static bool ns_key_ok(const char *ns, const char *key, const char *what)
 {
@@ -544,6 +575,12 @@ static void run_one(store *st, query *q, int64_t now)
 		    query_status_of(store_record(st, q->u.record.keys, q->u.record.nkeys, &q->u.record.hit));
 		return;
 	case QUERY_DISTINCT_ADD:
+		if (q->u.distinct.peek) {
+			q->status = query_status_of(store_distinct_peek(
+			    st, q->u.distinct.key, q->u.distinct.member, q->u.distinct.now,
+			    &q->u.distinct.count, &q->u.distinct.present));
+			return;
+		}
 		q->status = query_status_of(store_distinct_add(st, q->u.distinct.key, q->u.distinct.member,
 		                                               q->u.distinct.now, q->u.distinct.window,
 		                                               q->u.distinct.limit, &q->u.distinct.count));

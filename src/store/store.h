@@ -158,6 +158,20 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
  */
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count);
+/*
+ * The same set, read only (the relay check's needs()): *count gets the
+ * members live at now (not counting member unless it is one), *present
+ * whether member is live. Changes nothing, drops nothing.
+ */
+store_status store_distinct_peek(store *st, const char *set, const char *member, int64_t now, uint64_t *count,
+                                 bool *present);
+/* One live member of a set and when it expires; non-zero stops the walk. */
+typedef int (*store_distinct_visit_fn)(const char *member, int64_t expires, void *ctx);
+/* The members of set live at now, with their expiry, latest first (spamtrapctl relay show). */
+store_status store_distinct_list(store *st, const char *set, int64_t now, store_distinct_visit_fn fn,
+                                 void *ctx);
+/* Drop the whole set (spamtrapctl relay reset): STORE_OK, or STORE_NOTFOUND when it had no member. */
+store_status store_distinct_clear(store *st, const char *set);
 
 /*
  * A keyed record (a QUERY_KV query): run q->u.kv.op and fill in its

@@ -45,6 +45,11 @@ typedef struct store_ops {
 	                             int64_t now, store_entry *found, bool *stale);
 	store_status (*distinct_add)(store_backend_impl *impl, const char *set, const char *member,
 	                             int64_t now, int64_t window, uint64_t limit, uint64_t *count);
+	store_status (*distinct_peek)(store_backend_impl *impl, const char *set, const char *member,
+	                              int64_t now, uint64_t *count, bool *present);
+	store_status (*distinct_list)(store_backend_impl *impl, const char *set, int64_t now,
+	                              store_distinct_visit_fn fn, void *ctx);
+	store_status (*distinct_clear)(store_backend_impl *impl, const char *set);
 	/* Checked queries of kind QUERY_KV and QUERY_COUNTER; they fill in the answer. */
 	store_status (*kv)(store_backend_impl *impl, query *q);
 	store_status (*counter)(store_backend_impl *impl, query *q);

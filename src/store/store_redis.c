@@ -217,10 +217,16 @@ static const char netlens_done_lua[] =
  * now, adds or refreshes member (never shortening it) unless it is new and
  * the set full, and keeps the key for a window after its last addition,
  * so that Redis deletes an idle set by itself. Returns the live members
- * counting this one (limit + 1: refused, not added).
+ * counting this one (limit + 1: refused, not added). ARGV[6] "peek" only
+ * reads: returns {members live at now, whether member is one (0 or 1)}.
  */
 static const char distinct_lua[] =
     "local now = tonumber(ARGV[1])\n"
+    "if ARGV[6] == 'peek' then\n"
+    "  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
+    "  local live = score and tonumber(score) > now\n"
+    "  return {redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf'), live and 1 or 0}\n"
+    "end\n"
     "local exp = tonumber(ARGV[2])\n"
     "local limit = tonumber(ARGV[4])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
@@ -528,6 +534,8 @@ struct op {
 	store_grey_record *grey; /* ... their record */
 	store_grey_visit_fn grey_visit;
 	uint64_t limit;
+	bool peek, present;             /* distinct_add: only read; ... and the member is live */
+	store_distinct_visit_fn dvisit; /* distinct_list */
 	pipe_guard guard;
 };
 
@@ -1391,8 +1399,8 @@ static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 /* One script: EVALSHA sha 1 PREFIX"ds:"set now expires member limit window-ms. */
 static store_status op_distinct(store_backend_impl *s, rconn *rc, op *o)
 {
-	const char *argv[9];
-	size_t argvlen[9];
+	const char *argv[10];
+	size_t argvlen[10];
 	char key[KEYBUF], nums[4][24];
 	redisReply *r = NULL;
 	store_status st;
@@ -1412,11 +1420,69 @@ static store_status op_distinct(store_backend_impl *s, rconn *rc, op *o)
 	argv[6] = o->keys[1], argvlen[6] = strlen(o->keys[1]);
 	argv[7] = nums[2], argvlen[7] = strlen(nums[2]);
 	argv[8] = nums[3], argvlen[8] = strlen(nums[3]);
-	st = eval_script(s, rc, SCRIPT_DISTINCT, 9, argv, argvlen, &r, "distinct");
-	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
+	argv[9] = o->peek ? "peek" : "add", argvlen[9] = strlen(argv[9]);
+	st = eval_script(s, rc, SCRIPT_DISTINCT, 10, argv, argvlen, &r, "distinct");
+	if (st == STORE_OK && o->peek &&
+	    (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+	     r->element[1]->type != REDIS_REPLY_INTEGER)) {
+		st = reply_error(s, rc, r, "distinct peek");
+	} else if (st == STORE_OK && o->peek) {
+		o->count = (uint64_t)r->element[0]->integer;
+		o->present = r->element[1]->integer != 0;
+	} else if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER) {
 		st = reply_error(s, rc, r, "distinct");
-	else if (st == STORE_OK)
+	} else if (st == STORE_OK) {
 		o->count = (uint64_t)r->integer;
+	}
+	freeReplyObject(r);
+	return st;
+}
+
+/* ZREVRANGEBYSCORE PREFIX"ds:"set +inf (now WITHSCORES: the live members, latest expiry first. */
+static store_status op_distinct_list(store_backend_impl *s, rconn *rc, op *o)
+{
+	char key[KEYBUF], from[32];
+	const char *argv[5] = {"ZREVRANGEBYSCORE", key, "+inf", from, "WITHSCORES"};
+	redisReply *r;
+	store_status st = STORE_OK;
+
+	snprintf(key, sizeof(key), "%sds:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", o->keys[0]);
+	snprintf(from, sizeof(from), "(%lld", (long long)o->now);
+	if (command(s, rc->ctx, &r, "distinct list", 5, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
+		st = reply_error(s, rc, r, "distinct list");
+		freeReplyObject(r);
+		return st;
+	}
+	for (size_t i = 0; i + 1 < r->elements; i += 2) {
+		const redisReply *m = r->element[i], *score = r->element[i + 1];
+
+		if (m->type != REDIS_REPLY_STRING || score->type != REDIS_REPLY_STRING) {
+			st = reply_error(s, rc, r, "distinct list");
+			break;
+		}
+		if (o->dvisit(m->str, strtoll(score->str, NULL, 10), o->ctx) != 0)
+			break;
+	}
+	freeReplyObject(r);
+	return st;
+}
+
+static store_status op_distinct_clear(store_backend_impl *s, rconn *rc, op *o)
+{
+	char key[KEYBUF];
+	const char *argv[2] = {"DEL", key};
+	redisReply *r;
+	store_status st;
+
+	snprintf(key, sizeof(key), "%sds:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", o->keys[0]);
+	if (command(s, rc->ctx, &r, "distinct clear", 2, argv) != STORE_OK)
+		return STORE_ERROR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		st = reply_error(s, rc, r, "distinct clear");
+	else
+		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
 	freeReplyObject(r);
 	return st;
 }
@@ -2141,6 +2207,46 @@ static store_status redis_distinct_add(store_backend_impl *s, const char *set, c
 	return st;
 }
 
+static store_status redis_distinct_peek(store_backend_impl *s, const char *set, const char *member,
+                                        int64_t now, uint64_t *count, bool *present)
+{
+	const char *names[2] = {set, member};
+	/* The script's add arguments are computed anyway: a window of 1 s keeps them in range. */
+	op o = {.what = "distinct peek",
+	        .fn = op_distinct,
+	        .keys = names,
+	        .nkeys = 2,
+	        .now = now,
+	        .window = 1,
+	        .peek = true};
+	store_status st = run(s, &o);
+
+	*count = o.count;
+	*present = o.present;
+	return st;
+}
+
+static store_status redis_distinct_list(store_backend_impl *s, const char *set, int64_t now,
+                                        store_distinct_visit_fn fn, void *ctx)
+{
+	op o = {.what = "distinct list",
+	        .fn = op_distinct_list,
+	        .keys = &set,
+	        .nkeys = 1,
+	        .now = now,
+	        .dvisit = fn,
+	        .ctx = ctx};
+
+	return run(s, &o);
+}
+
+static store_status redis_distinct_clear(store_backend_impl *s, const char *set)
+{
+	op o = {.what = "distinct clear", .fn = op_distinct_clear, .keys = &set, .nkeys = 1};
+
+	return run(s, &o);
+}
+
 static store_status redis_kv(store_backend_impl *s, query *q)
 {
 	op o = {.what = "kv", .fn = op_script, .q = q};
@@ -2766,6 +2872,9 @@ const store_ops store_redis_ops = {
     .purge = redis_purge,
     .foreach = redis_foreach,
     .distinct_add = redis_distinct_add,
+    .distinct_peek = redis_distinct_peek,
+    .distinct_list = redis_distinct_list,
+    .distinct_clear = redis_distinct_clear,
     .kv = redis_kv,
     .counter = redis_counter,
     .counter_delete = redis_counter_delete,

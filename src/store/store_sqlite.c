@@ -110,6 +110,9 @@ enum {
 	ST_DS_COUNT,
 	ST_DS_ADD,
 	ST_DS_PURGE,
+	ST_DS_PEEK,
+	ST_DS_LIST,
+	ST_DS_CLEAR,
 	ST_KV_GET,
 	ST_KV_PUT,
 	ST_KV_DELETE,
@@ -310,6 +313,11 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_DS_COUNT] = "SELECT count(*), ifnull(max(member = ?2), 0) FROM distinct_members WHERE set_name = ?1",
     [ST_DS_ADD] = "INSERT INTO distinct_members (set_name, member, expires) VALUES (?1, ?2, ?3)"
                   " ON CONFLICT (set_name, member) DO UPDATE SET expires = max(expires, excluded.expires)",
+    [ST_DS_PEEK] = "SELECT count(*), ifnull(max(member = ?2), 0) FROM distinct_members"
+                   " WHERE set_name = ?1 AND expires > ?3",
+    [ST_DS_LIST] = "SELECT member, expires FROM distinct_members WHERE set_name = ?1 AND expires > ?2"
+                   " ORDER BY expires DESC, member",
+    [ST_DS_CLEAR] = "DELETE FROM distinct_members WHERE set_name = ?1",
     [ST_DS_PURGE] = "DELETE FROM distinct_members WHERE (set_name, member) IN (SELECT set_name, member"
                     " FROM distinct_members WHERE expires <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_KV_GET] = "SELECT value, expires FROM kv_records WHERE ns = ?1 AND key = ?2 AND expires > ?3",
@@ -1409,6 +1417,71 @@ static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, 
 	return write_txn(s, "distinct", distinct_all, &a, NULL, 0);
 }
 
+static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set, const char *member,
+                                         int64_t now, uint64_t *count, bool *present)
+{
+	conn *c = acquire(s, FOR_READ, "distinct peek");
+	sqlite3_stmt *stmt;
+	store_status rc = STORE_OK;
+
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_DS_PEEK];
+	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, now);
+	if (sqlite3_step(stmt) == SQLITE_ROW) {
+		*count = (uint64_t)sqlite3_column_int64(stmt, 0);
+		*present = sqlite3_column_int(stmt, 1) != 0;
+	} else {
+		rc = db_error(s, c, "distinct peek");
+	}
+	done(stmt);
+	release(s, c, FOR_READ);
+	return rc;
+}
+
+static store_status sqlite_distinct_list(store_backend_impl *s, const char *set, int64_t now,
+                                         store_distinct_visit_fn fn, void *ctx)
+{
+	conn *c = acquire(s, FOR_READ, "distinct list");
+	sqlite3_stmt *stmt;
+	store_status rc = STORE_OK;
+	int step;
+
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_DS_LIST];
+	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, now);
+	while ((step = sqlite3_step(stmt)) == SQLITE_ROW)
+		if (fn((const char *)sqlite3_column_text(stmt, 0), sqlite3_column_int64(stmt, 1), ctx) != 0)
+			break;
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = db_error(s, c, "distinct list");
+	done(stmt);
+	release(s, c, FOR_READ);
+	return rc;
+}
+
+static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set)
+{
+	conn *c = acquire(s, FOR_WRITE, "distinct clear");
+	sqlite3_stmt *stmt;
+	store_status rc;
+
+	if (!c)
+		return STORE_ERROR;
+	stmt = c->stmt[ST_DS_CLEAR];
+	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
+	if (step_done(stmt) < 0)
+		rc = db_error(s, c, "distinct clear");
+	else
+		rc = sqlite3_changes(c->db) > 0 ? STORE_OK : STORE_NOTFOUND;
+	release(s, c, FOR_WRITE);
+	return rc;
+}
+
 /* Inside the write transaction: read the live record, then do the op. */
 static int kv_step(conn *c, query *q)
 {
@@ -2105,6 +2178,9 @@ const store_ops store_sqlite_ops = {
     .lookup_built = sqlite_lookup_built,
     .put_many = sqlite_put_many,
     .distinct_add = sqlite_distinct_add,
+    .distinct_peek = sqlite_distinct_peek,
+    .distinct_list = sqlite_distinct_list,
+    .distinct_clear = sqlite_distinct_clear,
     .filter_answers = sqlite_filter_answers,
     .kv = sqlite_kv,
     .counter = sqlite_counter,

@@ -45,7 +45,9 @@ struct smfi_str {
 	size_t ndeleted;
 	char symlist[8][64];
 	bool fail_delrcpt;
-	char header[300]; /* "index name: value" of the last insheader */
+	char header[300];      /* "index name: value" of the last insheader */
+	char quarantined[600]; /* the reason of the last smfi_quarantine */
+	bool fail_quarantine;
 };
 
 static void *fake_getpriv(SMFICTX *ctx)
@@ -95,6 +97,14 @@ static int fake_insheader(SMFICTX *ctx, int index, const char *name, const char 
 	return MI_SUCCESS;
 }
 
+static int fake_quarantine(SMFICTX *ctx, const char *reason)
+{
+	if (ctx->fail_quarantine)
+		return MI_FAILURE;
+	snprintf(ctx->quarantined, sizeof(ctx->quarantined), "%s", reason);
+	return MI_SUCCESS;
+}
+
 static const milter_shim fake_shim = {
     .getpriv = fake_getpriv,
     .setpriv = fake_setpriv,
@@ -103,6 +113,7 @@ static const milter_shim fake_shim = {
     .delrcpt = fake_delrcpt,
     .setsymlist = fake_setsymlist,
     .insheader = fake_insheader,
+    .quarantine = fake_quarantine,
 };
 
 /* Define a macro for the following steps; the fake owns a copy of the name. */
@@ -816,6 +827,66 @@ static void test_greylist_header(void **state)
 	free_macro_names(&ctx);
 }
 
+/* One message of an authenticated session from client ip; the status of its end of message. */
+static sfsistat relay_message(fixture *f, SMFICTX *ctx, const char *ip, unsigned long *granted)
+{
+	char from[] = "<alice@example.com>", rcpt[] = "<friend@sink.test>";
+	char *argv[2] = {from, NULL};
+	unsigned long pf1 = 0, pf2 = 0, pf3 = 0;
+	struct sockaddr_storage ss = sockaddr_of(ip);
+	sfsistat s;
+
+	memset(ctx, 0, sizeof(*ctx));
+	assert_int_equal(
+	    f->desc.xxfi_negotiate(ctx, POSTFIX_ACTIONS, POSTFIX_STEPS, 0, 0, granted, &pf1, &pf2, &pf3),
+	    SMFIS_CONTINUE);
+	f->desc.xxfi_connect(ctx, (char *)"[client]", (struct sockaddr *)&ss);
+	set_macro(ctx, "{auth_authen}", 13, "alice");
+	assert_int_equal(f->desc.xxfi_envfrom(ctx, argv), SMFIS_CONTINUE);
+	argv[0] = rcpt;
+	assert_int_equal(f->desc.xxfi_envrcpt(ctx, argv), SMFIS_CONTINUE); /* held, not refused */
+	s = f->desc.xxfi_eom(ctx);
+	return s;
+}
+
+/* relay.action hold: the milter asks for the quarantine right, and quarantines at end of message. */
+static void test_relay_hold(void **state)
+{
+	fixture *f = *state;
+	static const char *const on[] = {"relay.mode=enforce", "relay.max_networks=1", "relay.action=hold",
+	                                 NULL};
+	unsigned long granted = 0;
+	SMFICTX ctx;
+
+	start_filter(f, on);
+	assert_int_equal(relay_message(f, &ctx, "192.0.2.50", &granted), SMFIS_CONTINUE);
+	assert_int_not_equal(granted & SMFIF_QUARANTINE, 0);
+	assert_string_equal(ctx.quarantined, "");
+	f->desc.xxfi_close(&ctx);
+	free_macro_names(&ctx);
+	/* a second network: over max_networks 1, held */
+	assert_int_equal(relay_message(f, &ctx, "203.0.113.50", &granted), SMFIS_CONTINUE);
+	assert_string_equal(ctx.quarantined, "Too many client networks for this account");
+	f->desc.xxfi_close(&ctx);
+	free_macro_names(&ctx);
+	/* a quarantine the MTA refuses: tempfailed, never delivered */
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.fail_quarantine = true;
+	{
+		char from[] = "<alice@example.com>", rcpt[] = "<friend@sink.test>";
+		char *argv[2] = {from, NULL};
+
+		do_connect(f, &ctx, "198.18.0.50");
+		set_macro(&ctx, "{auth_authen}", 13, "alice");
+		assert_int_equal(f->desc.xxfi_envfrom(&ctx, argv), SMFIS_CONTINUE);
+		argv[0] = rcpt;
+		assert_int_equal(f->desc.xxfi_envrcpt(&ctx, argv), SMFIS_CONTINUE);
+		assert_int_equal(f->desc.xxfi_eom(&ctx), SMFIS_TEMPFAIL);
+	}
+	f->desc.xxfi_close(&ctx);
+	free_macro_names(&ctx);
+}
+
 int main(void)
 {
 	log_open("test_milter", LOG_TARGET_STDERR, LOG_MAIL, LOG_ERR);
@@ -824,6 +895,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_negotiate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_negotiate_greylist, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_greylist_header, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_relay_hold, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_replies_without_no_reply_steps, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_quiesce, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_oversized_input, setup, teardown),

@@ -3622,6 +3622,112 @@ static void test_redis_greylist_server_clock(void **state)
 
 #define CASE(fn) cmocka_unit_test_setup(fn, case_setup)
 
+/* --- distinct sets read only: peek, list, clear (the relay check, spamtrapctl relay) --- */
+
+static uint64_t peek1(store *st, const char *set, const char *member, int64_t now, bool *present)
+{
+	uint64_t n = 99;
+
+	if (store_distinct_peek(st, set, member, now, &n, present) != STORE_OK)
+		fail_msg("store_distinct_peek %s %s: %s", set, member, store_last_error());
+	return n;
+}
+
+/* A peek answers the live count and whether the member is live; it adds, refreshes and drops nothing. */
+static void test_distinct_peek(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	const char *set = "relay:sasl:peek";
+	bool present = true;
+	query q;
+
+	(void)state;
+	assert_int_equal(peek1(st, set, "n1", t, &present), 0);
+	assert_false(present);
+	assert_int_equal(peek1(st, set, "n1", t, &present), 0); /* the peek did not add it */
+	assert_int_equal(distinct1(st, set, "n1", t, 0), 1);
+	assert_int_equal(distinct1(st, set, "n2", t + 10, 0), 2);
+	assert_int_equal(peek1(st, set, "n1", t + 10, &present), 2);
+	assert_true(present);
+	assert_int_equal(peek1(st, set, "n3", t + 10, &present), 2);
+	assert_false(present);
+	/* n1 expires at t + WINDOW: the peek sees it gone, and a peek later than that drops nothing */
+	assert_int_equal(peek1(st, set, "n1", t + WINDOW, &present), 1);
+	assert_false(present);
+	assert_int_equal(peek1(st, set, "n1", t + WINDOW + 10, &present), 0);
+	/* ... while an add at an earlier time still finds n2 live: the peek did not drop it, nor refresh n1
+	 */
+	assert_int_equal(distinct1(st, set, "n3", t + WINDOW + 9, 0), 2);
+	/* The same through a query, as the relay check asks it. */
+	memset(&q, 0, sizeof(q));
+	q.kind = QUERY_DISTINCT_ADD;
+	q.u.distinct = (__typeof__(q.u.distinct)){
+	    .key = set, .member = "n2", .now = t + WINDOW + 9, .window = WINDOW, .limit = 1, .peek = true};
+	store_run(st, &q, 1, t + WINDOW + 9);
+	assert_int_equal(q.status, QUERY_OK);
+	assert_int_equal(q.u.distinct.count, 2);
+	assert_true(q.u.distinct.present);
+	/* limit 1 is ignored by a peek: nothing refused, nothing added */
+	q.u.distinct.member = "n9";
+	store_run(st, &q, 1, t + WINDOW + 9);
+	assert_int_equal(q.u.distinct.count, 2);
+	assert_false(q.u.distinct.present);
+	assert_int_equal(peek1(st, set, "n9", t + WINDOW + 9, &present), 2);
+	assert_false(present);
+	store_free(st);
+}
+
+typedef struct seen_members {
+	char names[8][64];
+	int64_t expires[8];
+	size_t n;
+} seen_members;
+
+static int see_member(const char *member, int64_t expires, void *ctx)
+{
+	seen_members *m = ctx;
+
+	if (m->n < 8) {
+		snprintf(m->names[m->n], sizeof(m->names[0]), "%s", member);
+		m->expires[m->n++] = expires;
+	}
+	return 0;
+}
+
+/* list: the live members with their expiry, latest first; clear drops the set and only it. */
+static void test_distinct_list_clear(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	const char *set = "relay:sasl:list";
+	seen_members m = {.n = 0};
+	bool present;
+
+	(void)state;
+	distinct1(st, set, "192.0.2.0/24", t, 0);
+	distinct1(st, set, "198.51.100.0/24", t + 5, 0);
+	distinct1(st, set, "old", t - WINDOW, 0);
+	distinct1(st, "relay:sasl:other", "192.0.2.0/24", t, 0);
+	assert_int_equal(store_distinct_list(st, set, t + 1, see_member, &m), STORE_OK);
+	assert_int_equal(m.n, 2);
+	assert_string_equal(m.names[0], "198.51.100.0/24");
+	assert_int_equal(m.expires[0], t + 5 + WINDOW);
+	assert_string_equal(m.names[1], "192.0.2.0/24");
+	assert_int_equal(m.expires[1], t + WINDOW);
+	assert_int_equal(store_distinct_clear(st, set), STORE_OK);
+	m.n = 0;
+	assert_int_equal(store_distinct_list(st, set, t + 1, see_member, &m), STORE_OK);
+	assert_int_equal(m.n, 0);
+	assert_int_equal(peek1(st, set, "192.0.2.0/24", t + 1, &present), 0);
+	assert_int_equal(store_distinct_clear(st, set), STORE_NOTFOUND);
+	assert_int_equal(peek1(st, "relay:sasl:other", "192.0.2.0/24", t + 1, &present), 1);
+	assert_true(present);
+	assert_int_equal(store_distinct_peek(st, "", "m", t, NULL, NULL), STORE_ERROR);
+	assert_int_equal(store_distinct_clear(st, ""), STORE_ERROR);
+	store_free(st);
+}
+
 static const struct CMUnitTest common_tests[] = {
     CASE(test_record_then_lookup),
     CASE(test_lookup_order),
@@ -3650,6 +3756,8 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_distinct_limit),
     CASE(test_distinct_bad_arguments),
     CASE(test_distinct_concurrent),
+    CASE(test_distinct_peek),
+    CASE(test_distinct_list_clear),
     CASE(test_kv_ops),
     CASE(test_kv_expiry),
     CASE(test_kv_bad_arguments),

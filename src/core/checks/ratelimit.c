@@ -210,7 +210,7 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 	/* Charged only if the final verdict lets the recipient through (pipeline_effect_applies). */
 	for (size_t j = 0; j < s->nasked && eff->nq < CHECK_MAX_EFFECTS; j++) {
 		counter_query(&conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
-		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ON_ACCEPT;
+		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
 	}
 }
 

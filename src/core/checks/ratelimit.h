@@ -8,7 +8,7 @@
  * needs() peeks every bucket that applies (cost 0, no write); decide()
  * refuses when one has no room, and otherwise charges them as effects
  * that apply only when the final verdict lets the recipient through
- * (CHECK_EFFECT_COUNT_ON_ACCEPT: in shadow mode too, so that shadow mode
+ * (CHECK_EFFECT_COUNT_ACCEPTED: in shadow mode too, so that shadow mode
  * says what enforce would do). A recipient that a later check refuses is
  * not charged; a trap recipient or a whitelisted transaction never gets
  * here (those checks stop the walk).

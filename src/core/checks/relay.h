@@ -1,0 +1,71 @@
+/*
+ * relay: compromised accounts (SPEC.md "Checks", seed 001). A spammer with
+ * a stolen password sends through the submission service from hundreds of
+ * botnet addresses at once, each under any per-host limit. Per account
+ * (the SASL login; a sender of relay.sender_domains when configured) the
+ * check counts the distinct client networks (relay.ipv4_prefix /
+ * ipv6_prefix) of accepted mail in a sliding window, and trips when a new
+ * network would make the count exceed max_networks.
+ *
+ * Only accepted mail counts: needs() only peeks at the set (a read-only
+ * QUERY_DISTINCT_ADD); the network is added as an ON_ACCEPT effect, with
+ * the limit, so that two hosts racing on one Redis cannot add past it. A
+ * refused network is never added: once the window has passed over the
+ * account's networks it sends again (no stuck state). block_account
+ * additionally blocklists sasl:NAME (reason "relay") for block_ttl, which
+ * stops the account at MAIL FROM on every host and front end.
+ *
+ * Loopback, RFC 1918, CGNAT (100.64.0.0/10), link-local and unique-local
+ * (fc00::/7) clients, and relay.exempt_networks, are never counted: they
+ * are the site's own webmail and internal hosts.
+ */
+#ifndef SPAMTRAPD_CHECK_RELAY_H
+#define SPAMTRAPD_CHECK_RELAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/check.h"
+#include "core/decide.h"
+#include "core/netset.h"
+#include "core/strset.h"
+
+typedef enum {
+	RELAY_ACTION_DEFER,
+	RELAY_ACTION_REJECT,
+	RELAY_ACTION_HOLD,
+	RELAY_ACTION_DISCARD
+} relay_action;
+typedef enum { RELAY_ON_ERROR_CONTINUE, RELAY_ON_ERROR_TEMPFAIL } relay_on_error;
+
+/* relay.keys as bits. */
+enum { RELAY_KEY_SASL = 1u << 0, RELAY_KEY_SENDER = 1u << 1 };
+
+/* The relay section of spamtrapd.json (docs/spamtrapd.json.5.md RELAY). */
+typedef struct relay_conf {
+	check_strlist keys;           /* "sasl_username", "sender" */
+	check_strlist sender_domains; /* the domains whose senders "sender" keys on */
+	int64_t window;               /* seconds */
+	int64_t max_networks;
+	int ipv4_prefix, ipv6_prefix;
+	check_strlist exempt_networks;
+	int action;  /* relay_action */
+	char *reply; /* NULL: the action's default */
+	bool block_account;
+	int64_t block_ttl;      /* seconds */
+	check_strlist notify;   /* argv of the hook; null or []: none */
+	int64_t notify_timeout; /* seconds; then the hook is killed */
+	int on_error;           /* relay_on_error */
+	/* Compiled: */
+	unsigned key_bits;
+	smtp_reply reply_parsed;
+	netset *exempt;  /* owned: exempt_networks */
+	strset *domains; /* owned: sender_domains, normalised */
+} relay_conf;
+
+extern const check_def check_relay;
+
+/* The store set of an account key ("sasl:alice" -> "relay:sasl:alice"); 0 when it does not fit. */
+size_t relay_set_name(const char *account_key, char *out, size_t outlen);
+
+#endif

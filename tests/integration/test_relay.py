@@ -1,0 +1,251 @@
+"""Integration tests of the relay check (issue 14) through the policy
+protocol: the real daemon, a real SQLite file and a real redis-server.
+
+An account (sasl_username) that sends from more client networks in the
+window than relay.max_networks is deferred at the first network past the
+limit; block_account then stops it at MAIL FROM on the sender listener;
+two daemons on one Redis count together. Each test uses its own account,
+so that the tests of a class can share one daemon.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+import unittest
+
+import redis_harness as rh
+import spamtrapd_harness as sh
+
+TRAP = "trap@example.com"
+DEFER = "451 4.7.1 Too many client networks for this account, try again later"
+BLOCK_REPLY = "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
+RELAY = {
+    "traps": {"addresses": [TRAP]},
+    "relay": {"mode": "enforce", "max_networks": 10, "exempt_networks": ["198.51.100.0/24"]},
+}
+
+
+def net(i):
+    """A client address in the /24 number i (203.0.i.7 is TEST-NET only for i = 113: fine on loopback)."""
+    return f"198.18.{i}.7"
+
+
+def redis_store(redis):
+    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.port, "prefix": "relay:"}}}
+
+
+def start_redis(case):
+    tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-redis.")
+    redis = rh.RedisServer(tmp).start()
+    case.addCleanup(shutil.rmtree, tmp, True)
+    case.addCleanup(redis.kill)
+    return redis
+
+
+class RelayChecks(sh.PolicyChecks):
+    def ask(self, d, account, client, rcpt="friend@example.org", sender=None, **kw):
+        sender = sender if sender is not None else f"{account}@example.com"
+        return self.client(d, "trap").check(sender=sender, recipient=rcpt, client_address=client,
+                                            sasl_username=account, **kw)
+
+
+class Behaviour(RelayChecks):
+    """The same rows for every store (the subclasses start the daemon)."""
+
+    def test_eleventh_network_is_deferred_and_not_counted(self):
+        d = self.d
+        for i in range(1, 11):
+            self.assertEqual(self.ask(d, "alice", net(i)), "DUNNO", i)
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "alice", net(11)), DEFER)
+        d.wait_for_log(r"tempfail: relay account=sasl:alice network=198\.18\.11\.0/24 networks=11 max_networks=10",
+                       since=mark)
+        self.assertEqual(self.ask(d, "alice", net(12)), DEFER)
+        # a known network refreshes and passes; the refused ones were not added
+        self.assertEqual(self.ask(d, "Alice", "198.18.5.99"), "DUNNO")
+        self.assertEqual(self.ask(d, "alice", net(11)), DEFER)
+        # another account is not affected, nor unauthenticated mail from the same networks
+        self.assertEqual(self.ask(d, "bob", net(11)), "DUNNO")
+        self.assertEqual(self.client(d, "trap").check(sender="alice@example.com", recipient="x@example.org",
+                                                      client_address=net(13)), "DUNNO")
+
+    def test_exempt_and_private_networks_never_count(self):
+        d = self.d
+        for i in range(1, 11):
+            self.assertEqual(self.ask(d, "carol", net(20 + i)), "DUNNO", i)
+        for client in ("198.51.100.9", "10.1.2.3", "192.168.7.7", "100.64.1.1", "fd00::25", "127.0.0.1"):
+            self.assertEqual(self.ask(d, "carol", client), "DUNNO", client)
+        self.assertEqual(self.ask(d, "carol", "2001:db8:77::1"), DEFER)
+
+    def test_ipv6_counts_by_48(self):
+        d = self.d
+        for i in range(1, 10):
+            self.assertEqual(self.ask(d, "dave", net(40 + i)), "DUNNO", i)
+        self.assertEqual(self.ask(d, "dave", "2001:db8:5:1::1"), "DUNNO")  # the 10th network
+        self.assertEqual(self.ask(d, "dave", "2001:db8:5:ffff::2"), "DUNNO")  # the same /48
+        self.assertEqual(self.ask(d, "dave", "::ffff:198.18.41.200"), "DUNNO")  # mapped: network 41's /24
+        self.assertEqual(self.ask(d, "dave", "2001:db8:6::1"), DEFER)
+
+
+    def test_spamtrapctl_relay_show_and_reset(self):
+        d = self.d
+        for i in range(1, 11):
+            self.assertEqual(self.ask(d, "kate", net(60 + i)), "DUNNO", i)
+        self.assertEqual(self.ask(d, "kate", net(99)), DEFER)
+        out = d.ctl("relay", "show", "Kate").stdout
+        self.assertIn("account sasl:kate: 10 network(s) in the last 3600s (relay.max_networks 10)", out)
+        lines = [line for line in out.splitlines() if line.startswith("198.18.")]
+        self.assertEqual(len(lines), 10, out)
+        self.assertEqual(sorted(line.split("\t")[0] for line in lines),
+                         sorted(f"198.18.{60 + i}.0/24" for i in range(1, 11)))
+        self.assertIn("\tlast seen ", lines[0])
+        self.assertNotIn("198.18.99.0/24", out)  # refused: never counted
+        self.assertEqual(d.ctl("relay", "reset", "sasl:kate").stdout, "account sasl:kate: networks forgotten\n")
+        self.assertEqual(self.ask(d, "kate", net(99)), "DUNNO")
+        self.assertEqual(d.ctl("relay", "reset", "nobody-here", check=False).returncode, 1)
+        self.assertEqual(d.ctl("relay", "show", "nobody-here", check=False).returncode, 1)
+        self.assertEqual(d.ctl("relay", "show", check=False).returncode, 1)
+
+
+class TestSqlite(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = sh.Spamtrapd(RELAY)
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.d.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+
+class TestRedis(Behaviour, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-redis.")
+        cls.redis = rh.RedisServer(cls.tmp).start()
+        cls.d = sh.Spamtrapd(sh.merge(RELAY, redis_store(cls.redis)))
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+        cls.redis.kill()
+        shutil.rmtree(cls.tmp, True)
+
+
+class TestShared(RelayChecks, unittest.TestCase):
+    def test_two_daemons_count_together(self):
+        redis = start_redis(self)
+        a = sh.Spamtrapd(sh.merge(RELAY, redis_store(redis)))
+        b = sh.Spamtrapd(sh.merge(RELAY, redis_store(redis)))
+        for d in (a, b):
+            self.addCleanup(d.cleanup)
+            d.start()
+        for i in range(1, 7):
+            self.assertEqual(self.ask(a, "erin", net(i)), "DUNNO", i)
+        for i in range(7, 11):
+            self.assertEqual(self.ask(b, "erin", net(i)), "DUNNO", i)
+        self.assertEqual(self.ask(b, "erin", net(11)), DEFER)
+        self.assertEqual(self.ask(a, "erin", net(12)), DEFER)
+        self.assertEqual(self.ask(a, "erin", net(9)), "DUNNO")  # seen at B: known at A
+
+
+class TestBlockAccount(RelayChecks, unittest.TestCase):
+    def test_blocked_at_mail_from_and_explained(self):
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"max_networks": 2, "block_account": True,
+                                                    "action": "reject", "reply": "554 5.7.1 Account suspended"}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "frank", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "frank", net(2)), "DUNNO")
+        self.assertEqual(self.sender_check_sasl(d, "frank", net(2)), "DUNNO")
+        self.assertEqual(self.ask(d, "frank", net(3)), "554 5.7.1 Account suspended")
+        # now refused at MAIL FROM, from any network, whatever the sender address
+        self.assertEqual(self.sender_check_sasl(d, "FRANK", net(1)), BLOCK_REPLY)
+        self.assertEqual(self.sender_check_sasl(d, "frank", "192.0.2.99", sender="other@example.net"), BLOCK_REPLY)
+        self.assertEqual(self.sender_check_sasl(d, "grace", net(1)), "DUNNO")
+        out = d.ctl("lookup", "sasl:frank").stdout
+        self.assertRegex(out, r"^sasl:frank: blocklisted until ")
+        self.assertRegex(out, r"\n  reason: +relay\n")
+        self.assertRegex(out, r"\n  trap: +\(none: the relay check, a compromised account\)\n")
+        self.assertRegex(out, r"\n  client: +198\.18\.3\.7\n")
+
+    def sender_check_sasl(self, d, account, client, sender=None):
+        return self.client(d, "sender").check(sender=sender or f"{account}@example.com", client_address=client,
+                                               sasl_username=account)
+
+
+class TestNotify(RelayChecks, unittest.TestCase):
+    def test_hung_hook_does_not_slow_mail(self):
+        tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-hook.")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o777)  # the daemon may run as another user
+        script = 'echo "$1 $2 $3 $4" > "$0/started.$$"; sleep 30; touch "$0/done.$$"'
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {
+            "max_networks": 1, "notify_timeout": "60s",
+            "notify": ["/bin/sh", "-c", script, tmp, "%{account}", "%{network}", "%{count}", "%{action}"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "ivan", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "ivan", net(2)), DEFER)
+        deadline = time.monotonic() + 30
+        while not [f for f in os.listdir(tmp) if f.startswith("started.")]:
+            self.assertLess(time.monotonic(), deadline, "the hook never started")
+            time.sleep(0.05)
+        started = [f for f in os.listdir(tmp) if f.startswith("started.")]
+        with open(os.path.join(tmp, started[0]), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "sasl:ivan 198.18.2.0/24 2 defer\n")
+        # the hook hangs: mail goes on, tripping accounts queue more hooks, and every request is answered
+        for i in range(20):
+            account = f"other{i}"
+            self.assertEqual(self.ask(d, account, net(1)), "DUNNO")
+            self.assertEqual(self.ask(d, account, net(2)), DEFER)
+        self.assertEqual(self.ask(d, "ivan", net(1)), "DUNNO")
+        # ... all while the first hook is still running
+        self.assertEqual([f for f in os.listdir(tmp) if f.startswith("done.")], [])
+
+
+class TestModes(RelayChecks, unittest.TestCase):
+    def test_shadow_defers_nothing_and_says_so(self):
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"mode": "shadow", "max_networks": 2}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "gina", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "gina", net(2)), "DUNNO")
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "gina", net(3)), "DUNNO")
+        d.wait_for_log(r"shadow, would tempfail: relay account=sasl:gina network=198\.18\.3\.0/24", since=mark)
+
+    def test_hold_and_discard(self):
+        for action, want in (("hold", "HOLD Too many client networks for this account"),
+                             ("discard", "DISCARD Too many client networks for this account")):
+            d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"max_networks": 1, "action": action}}))
+            self.addCleanup(d.cleanup)
+            d.start()
+            self.assertEqual(self.ask(d, "jane", net(1)), "DUNNO")
+            self.assertEqual(self.ask(d, "jane", net(2)), want)
+
+    def test_store_outage_continues(self):
+        redis = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(sh.merge(RELAY, redis_store(redis)), {"relay": {"max_networks": 1}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "hank", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "hank", net(2)), DEFER)
+        redis.stop()
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "hank", net(3)), "DUNNO")
+        d.wait_for_log(r"continue: store-error check=relay account=sasl:hank", since=mark)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,588 @@
+/*
+ * The relay check through the pipeline, with a distinct set kept by the
+ * test the way the stores keep it (a peek in needs(), the add as an
+ * effect when the recipient is accepted): the exact threshold, the window
+ * sliding, networks never counted (private, exempt), IPv6 /48 and
+ * IPv4-mapped aggregation, which mail is keyed at all, shadow mode, store
+ * errors, block_account and the notify hook. The stores' side of the peek
+ * is tests/unit/test_store.c.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "core/checks/relay.h"
+#include "core/pipeline.h"
+
+static char dir[] = "/tmp/spamtrapd-test-relay.XXXXXX";
+
+static config *load(const char *relay, const char *extra, char *err, size_t errlen)
+{
+	static unsigned seq;
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f,
+	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
+	        "\"%s/db.sqlite\"}}, \"relay\": {%s%s%s}%s%s}\n",
+	        dir, strstr(relay, "\"mode\"") ? "" : "\"mode\": \"enforce\"",
+	        relay[0] && !strstr(relay, "\"mode\"") ? ", " : "", relay, extra[0] ? ", " : "", extra);
+	fclose(f);
+	return config_load(path, NULL, 0, err, errlen);
+}
+
+static config *cfg_of(const char *relay, const char *extra)
+{
+	char err[4096];
+	config *cfg = load(relay, extra, err, sizeof(err));
+
+	if (!cfg)
+		fail_msg("config: %s", err);
+	return cfg;
+}
+
+/* --- a distinct set as the stores keep one ------------------------------- */
+
+#define FAKE_MEMBERS 64
+
+typedef struct fake_member {
+	char set[QUERY_KEY_MAX], member[64];
+	int64_t expires;
+} fake_member;
+
+static struct {
+	fake_member m[FAKE_MEMBERS];
+	size_t n;
+	bool fail;         /* every query answers QUERY_ERROR */
+	size_t peeks;      /* distinct peeks asked */
+	size_t adds;       /* adds made (effects that applied) */
+	size_t records;    /* blocklist records made */
+	query last_record; /* the last one */
+	char record_key[QUERY_KEY_MAX];
+} fake;
+
+static uint64_t live(const char *set, const char *member, int64_t now, bool *present)
+{
+	uint64_t n = 0;
+
+	*present = false;
+	for (size_t i = 0; i < fake.n; i++) {
+		if (strcmp(fake.m[i].set, set) != 0 || fake.m[i].expires <= now)
+			continue;
+		n++;
+		*present |= strcmp(fake.m[i].member, member) == 0;
+	}
+	return n;
+}
+
+static void fake_add(const query *q)
+{
+	bool present;
+	uint64_t n = live(q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, &present);
+
+	fake.adds++;
+	for (size_t i = 0; i < fake.n; i++)
+		if (strcmp(fake.m[i].set, q->u.distinct.key) == 0 &&
+		    strcmp(fake.m[i].member, q->u.distinct.member) == 0) {
+			if (fake.m[i].expires > q->u.distinct.now || !q->u.distinct.limit ||
+			    n < q->u.distinct.limit)
+				fake.m[i].expires = q->u.distinct.now + q->u.distinct.window;
+			return;
+		}
+	if (q->u.distinct.limit && n >= q->u.distinct.limit)
+		return;
+	assert_true(fake.n < FAKE_MEMBERS);
+	snprintf(fake.m[fake.n].set, sizeof(fake.m[0].set), "%s", q->u.distinct.key);
+	snprintf(fake.m[fake.n].member, sizeof(fake.m[0].member), "%s", q->u.distinct.member);
+	fake.m[fake.n++].expires = q->u.distinct.now + q->u.distinct.window;
+}
+
+static void answer(query *q, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (q[i].kind == QUERY_GREYLIST) { /* a new triplet: deferred */
+			q[i].status = QUERY_OK;
+			q[i].u.grey.answer =
+			    (greystep_out){.result = GREYSTEP_DEFER_NEW, .remaining_ms = 300000};
+			continue;
+		}
+		if (q[i].kind != QUERY_DISTINCT_ADD) {
+			q[i].status = QUERY_NOTFOUND;
+			continue;
+		}
+		/* needs() only ever peeks: the add is an effect. */
+		assert_true(q[i].u.distinct.peek);
+		fake.peeks++;
+		if (fake.fail) {
+			q[i].status = QUERY_ERROR;
+			continue;
+		}
+		q[i].status = QUERY_OK;
+		q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member, q[i].u.distinct.now,
+		                             &q[i].u.distinct.present);
+	}
+}
+
+typedef struct stage_out {
+	check_verdict final;
+	check_verdict relay; /* the relay's own verdict, after its mode */
+	bool relay_decided;
+	char member[64], set[QUERY_KEY_MAX];
+	/* the hook the engine would run */
+	bool hook;
+	const check_strlist *hook_argv;
+	const char *const *hook_names;
+	char hook_values[CHECK_HOOK_VALUES][QUERY_KEY_MAX];
+} stage_out;
+
+static pipeline_run run;
+
+/* The effects the engine would write, made on the fake. */
+static void apply(const config *cfg)
+{
+	for (int i = 0; i < CHECK_COUNT; i++)
+		for (size_t j = 0; j < run.effects[i].nq; j++) {
+			const query *q = &run.effects[i].q[j];
+
+			if (!pipeline_effect_applies(&cfg->pipeline, &run, i, j))
+				continue;
+			if (q->kind == QUERY_DISTINCT_ADD) {
+				assert_false(q->u.distinct.peek);
+				/* the add carries the limit: hosts racing cannot go past it */
+				assert_int_not_equal(q->u.distinct.limit, 0);
+				fake_add(q);
+			} else if (q->kind == QUERY_BLOCKLIST_RECORD) {
+				fake.records++;
+				fake.last_record = *q;
+				snprintf(fake.record_key, sizeof(fake.record_key), "%s", q->u.record.keys[0]);
+			}
+		}
+}
+
+static stage_out stage_at(const config *cfg, const decide_facts *f, int64_t now)
+{
+	static decide_txn txn;
+	static const check_msg no_msg;
+	stage_out out;
+	size_t from = 0;
+
+	memset(&out, 0, sizeof(out));
+	decide_prepare(&cfg->decide, f, &txn);
+	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, f, &txn, &no_msg, now);
+	pipeline_needs(&cfg->pipeline, &run);
+	for (size_t i = 0; i < run.nq; i++)
+		if (run.q[i].kind == QUERY_DISTINCT_ADD) {
+			snprintf(out.member, sizeof(out.member), "%s", run.q[i].u.distinct.member);
+			snprintf(out.set, sizeof(out.set), "%s", run.q[i].u.distinct.key);
+		}
+	answer(run.q, run.nq);
+	while (pipeline_decide(&cfg->pipeline, &run, &from))
+		answer(run.q + from, run.nq - from);
+	out.final = run.final;
+	out.relay_decided = run.decided[CHECK_ID_RELAY];
+	if (out.relay_decided) {
+		const check_effects *eff = &run.effects[CHECK_ID_RELAY];
+
+		out.relay = run.verdict[CHECK_ID_RELAY];
+		out.hook = eff->hook_argv != NULL;
+		out.hook_argv = eff->hook_argv;
+		out.hook_names = eff->hook_names;
+		for (size_t i = 0; out.hook && i < CHECK_HOOK_VALUES; i++)
+			snprintf(out.hook_values[i], sizeof(out.hook_values[i]), "%s", eff->hook_values[i]);
+	}
+	apply(cfg);
+	return out;
+}
+
+#define T0 1700000000
+
+static stage_out stage(const config *cfg, const decide_facts *f)
+{
+	return stage_at(cfg, f, T0);
+}
+
+static decide_facts facts(const char *client, const char *sasl, const char *sender)
+{
+	return (decide_facts){.front = DECIDE_FRONT_POLICY,
+	                      .client_address = client,
+	                      .client_name = "unknown",
+	                      .helo = "laptop",
+	                      .sasl_username = sasl,
+	                      .sender = sender,
+	                      .recipient = "friend@example.org"};
+}
+
+/* The client address of network i: 198.18.i.7 (a /24 each). */
+static const char *net(unsigned i)
+{
+	static char buf[8][32];
+	static unsigned k;
+	char *b = buf[k++ % 8];
+
+	snprintf(b, 32, "198.18.%u.7", i);
+	return b;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[300];
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	return system(cmd);
+}
+
+static int reset(void **state)
+{
+	(void)state;
+	memset(&fake, 0, sizeof(fake));
+	return 0;
+}
+
+/* The 10th network passes, the 11th trips with the default reply, and is not added. */
+static void test_exact_threshold(void **state)
+{
+	config *cfg = cfg_of("", "");
+	decide_facts f;
+	stage_out o;
+	bool present;
+
+	(void)state;
+	for (unsigned i = 1; i <= 10; i++) {
+		f = facts(net(i), "Alice", "alice@example.com");
+		o = stage(cfg, &f);
+		assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	}
+	assert_string_equal(o.set, "relay:sasl:alice");
+	assert_string_equal(o.member, "198.18.10.0/24");
+	assert_int_equal(live("relay:sasl:alice", "", T0, &present), 10);
+	f = facts(net(11), "alice", "alice@example.com");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_string_equal(o.final.check, "relay");
+	assert_string_equal(o.final.reason, "relay");
+	assert_string_equal(o.final.reply.code, "451");
+	assert_string_equal(o.final.reply.xcode, "4.7.1");
+	assert_string_equal(o.final.reply.text, "Too many client networks for this account, try again later");
+	assert_non_null(strstr(o.final.detail, " account=sasl:alice network=198.18.11.0/24 networks=11 "
+	                                       "max_networks=10 window=3600s"));
+	/* not added: the count stays at 10, and the 11th trips again */
+	assert_int_equal(live("relay:sasl:alice", "", T0, &present), 10);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	/* a known network refreshes and passes */
+	f = facts("198.18.3.200", "alice", "alice@example.com");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_null(o.final.reason);
+	/* another account is not affected */
+	f = facts(net(11), "bob", "bob@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	/* no block_account, no notify by default */
+	assert_int_equal(fake.records, 0);
+	config_unref(cfg);
+}
+
+/* The window slides: networks leave it an hour after they were last seen, and the account sends again. */
+static void test_window_slides(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 3, \"window\": \"10m\"", "");
+	decide_facts f;
+
+	(void)state;
+	for (unsigned i = 1; i <= 3; i++) {
+		f = facts(net(i), "carol", NULL);
+		assert_int_equal(stage_at(cfg, &f, T0 + i).final.action, DECIDE_CONTINUE);
+	}
+	f = facts(net(4), "carol", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 10).final.action, DECIDE_TEMPFAIL);
+	/* network 1 seen again at T0 + 300: it now lives until T0 + 900 */
+	f = facts(net(1), "carol", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 300).final.action, DECIDE_CONTINUE);
+	/* at T0 + 602 network 2 (seen at T0 + 2) is gone: room for one */
+	f = facts(net(4), "carol", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 601).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 602).final.action, DECIDE_CONTINUE);
+	f = facts(net(5), "carol", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 602).final.action, DECIDE_TEMPFAIL);
+	/* long after the window, no stuck state: a fresh start */
+	assert_int_equal(stage_at(cfg, &f, T0 + 5000).final.action, DECIDE_CONTINUE);
+	config_unref(cfg);
+}
+
+/* Private, loopback, CGNAT, link-local, unique-local and exempt_networks clients are never counted. */
+static void test_exempt_never_counted(void **state)
+{
+	config *cfg =
+	    cfg_of("\"max_networks\": 1, \"exempt_networks\": [\"203.0.113.0/24\", \"2001:db8:f::/48\"]", "");
+	static const char *const never[] = {
+	    "127.0.0.1",    "10.1.2.3",        "172.16.9.9",      "172.31.0.1",
+	    "192.168.1.1",  "100.64.0.1",      "100.127.255.254", "169.254.3.4",
+	    "::1",          "fd00::1",         "fc12:3456::1",    "fe80::1",
+	    "203.0.113.99", "2001:db8:f:1::1", "::ffff:10.0.0.1", "::ffff:192.168.0.9"};
+	decide_facts f;
+
+	(void)state;
+	f = facts("198.51.100.1", "dave", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	for (size_t i = 0; i < sizeof(never) / sizeof(never[0]); i++) {
+		f = facts(never[i], "dave", NULL);
+		stage_out o = stage(cfg, &f);
+
+		if (o.final.action != DECIDE_CONTINUE || o.member[0])
+			fail_msg("%s was counted (%s)", never[i], o.member);
+	}
+	assert_int_equal(fake.peeks, 1);
+	assert_int_equal(fake.adds, 1);
+	/* just outside the private ranges: counted (and over the limit of 1) */
+	f = facts("100.128.0.1", "dave", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	f = facts("172.32.0.1", "dave", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	config_unref(cfg);
+}
+
+/* IPv6 clients count by /48 (ipv6_prefix), IPv4-mapped ones as the IPv4 address they are. */
+static void test_aggregation(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 2", "");
+	decide_facts f;
+
+	(void)state;
+	f = facts("2001:db8:1:2::9", "erin", NULL);
+	assert_string_equal(stage(cfg, &f).member, "2001:db8:1::/48");
+	f = facts("2001:db8:1:ffff:1:2:3:4", "erin", NULL);
+	assert_string_equal(stage(cfg, &f).member, "2001:db8:1::/48");
+	f = facts("::ffff:198.51.100.9", "erin", NULL);
+	assert_string_equal(stage(cfg, &f).member, "198.51.100.0/24");
+	f = facts("198.51.100.200", "erin", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE); /* the same /24 */
+	f = facts("2001:db8:2::1", "erin", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL); /* a third network */
+	config_unref(cfg);
+	cfg = cfg_of("\"ipv4_prefix\": 16, \"ipv6_prefix\": 64", "");
+	f = facts("2001:db8:1:2::9", "erin", NULL);
+	assert_string_equal(stage(cfg, &f).member, "2001:db8:1:2::/64");
+	f = facts("198.51.100.9", "erin", NULL);
+	assert_string_equal(stage(cfg, &f).member, "198.51.0.0/16");
+	config_unref(cfg);
+}
+
+/* Unauthenticated mail is never keyed, unless "sender" is listed and the sender is of sender_domains. */
+static void test_keys(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1", "");
+	char err[4096];
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts("198.51.100.1", NULL, "alice@example.com");
+	assert_string_equal(stage(cfg, &f).member, "");
+	f = facts("198.51.100.1", "", "alice@example.com");
+	assert_string_equal(stage(cfg, &f).member, "");
+	assert_int_equal(fake.peeks, 0);
+	config_unref(cfg);
+
+	cfg = cfg_of("\"max_networks\": 1, \"keys\": [\"sasl_username\", \"sender\"], \"sender_domains\": "
+	             "[\"Example.COM\"]",
+	             "");
+	f = facts("198.51.100.1", NULL, "<Frank@Example.com>");
+	o = stage(cfg, &f);
+	assert_string_equal(o.set, "relay:frank@example.com");
+	f = facts("203.0.113.1", NULL, "frank@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	/* other domains, the null sender: never keyed */
+	memset(&o, 0, sizeof(o));
+	f = facts("203.0.113.1", NULL, "frank@example.net");
+	assert_string_equal(stage(cfg, &f).set, "");
+	f = facts("203.0.113.1", NULL, "<>");
+	assert_string_equal(stage(cfg, &f).set, "");
+	/* an authenticated client goes by its login first */
+	f = facts("203.0.113.1", "frank", "frank@example.com");
+	assert_string_equal(stage(cfg, &f).set, "relay:sasl:frank");
+	config_unref(cfg);
+
+	/* "sender" without sender_domains would key every forged sender: refused */
+	assert_null(load("\"keys\": [\"sender\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "relay.keys"));
+	assert_non_null(strstr(err, "sender_domains"));
+	assert_null(load("\"keys\": [\"helo\"]", "", err, sizeof(err)));
+	assert_null(load("\"keys\": []", "", err, sizeof(err)));
+	assert_null(load("\"exempt_networks\": [\"192.0.2.1/24\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "relay.exempt_networks"));
+	assert_null(load("\"action\": \"reject\", \"reply\": \"451 4.7.1 x\"", "", err, sizeof(err)));
+	assert_null(load("\"reply\": \"550 5.7.1 x\"", "", err, sizeof(err)));
+	assert_null(load("\"notify\": [\"logger\", \"%{account}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "absolute path"));
+	assert_null(load("\"notify\": [\"/bin/echo\", \"%{acount}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "unknown placeholder"));
+}
+
+/* Off by default: an upgrade changes nothing. */
+static void test_off_by_default(void **state)
+{
+	config *cfg = cfg_of("\"mode\": \"off\"", "");
+	char err[4096];
+	config *plain;
+	decide_facts f = facts("198.51.100.1", "alice", NULL);
+
+	(void)state;
+	assert_false(stage(cfg, &f).relay_decided);
+	config_unref(cfg);
+	plain = load("\"max_networks\": 10", "", err, sizeof(err));
+	assert_non_null(plain);
+	config_unref(plain);
+}
+
+/* Shadow: counts what is accepted, logs "would tempfail", refuses nothing. */
+static void test_shadow(void **state)
+{
+	config *cfg = cfg_of("\"mode\": \"shadow\", \"max_networks\": 2, \"block_account\": true", "");
+	decide_facts f;
+	stage_out o;
+	char text[64];
+
+	(void)state;
+	f = facts(net(1), "gina", NULL);
+	stage(cfg, &f);
+	f = facts(net(2), "gina", NULL);
+	stage(cfg, &f);
+	assert_int_equal(fake.adds, 2); /* shadow counts accepted mail too */
+	f = facts(net(3), "gina", NULL);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_true(o.relay_decided);
+	assert_int_equal(o.relay.enforce_action, DECIDE_TEMPFAIL);
+	assert_string_equal(o.relay.reason, "relay");
+	pipeline_action_text(&cfg->pipeline, &o.relay, text, sizeof(text));
+	assert_string_equal(text, "shadow, would tempfail");
+	assert_int_equal(fake.adds, 2);    /* the third network is not added */
+	assert_int_equal(fake.records, 0); /* nor the account blocked */
+	assert_false(o.hook);
+	config_unref(cfg);
+}
+
+/* Only accepted mail counts: a recipient a later check refuses adds nothing. */
+static void test_only_accepted_counts(void **state)
+{
+	config *cfg = cfg_of("\"keys\": [\"sender\"], \"sender_domains\": [\"example.com\"]",
+	                     "\"greylist\": {\"mode\": \"enforce\"}");
+	decide_facts f = facts("198.51.100.1", NULL, "frank@example.com");
+	stage_out o;
+
+	(void)state;
+	/* the relay check passes it, the greylist (a late check) defers it: not counted */
+	o = stage(cfg, &f);
+	assert_int_equal(fake.peeks, 1);
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+	assert_string_equal(o.final.check, "greylist");
+	assert_int_equal(fake.adds, 0);
+	/* a trap recipient stops before the relay check decides: peeked (a read), never counted */
+	f.recipient = "trap@example.com";
+	o = stage(cfg, &f);
+	assert_false(o.relay_decided);
+	assert_int_equal(fake.adds, 0);
+	config_unref(cfg);
+}
+
+static void test_store_errors(void **state)
+{
+	config *cfg = cfg_of("", "");
+	decide_facts f = facts("198.51.100.1", "hank", NULL);
+	stage_out o;
+
+	(void)state;
+	fake.fail = true;
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_string_equal(o.relay.reason, "store-error");
+	assert_non_null(strstr(o.relay.detail, "check=relay account=sasl:hank"));
+	config_unref(cfg);
+	cfg = cfg_of("\"on_error\": \"tempfail\"", "");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_string_equal(o.final.reply.code, "451");
+	assert_int_equal(fake.adds, 0);
+	config_unref(cfg);
+}
+
+/* Actions, block_account's blocklist entry and the notify hook. */
+static void test_trip_effects(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"action\": \"reject\", \"reply\": \"554 5.7.1 Account "
+	                     "suspended\", \"block_account\": true, \"block_ttl\": \"2h\", \"notify\": "
+	                     "[\"/usr/local/bin/relay-alert\", \"--account=%{account}\", \"%{network}\", "
+	                     "\"%{count}/%{action}\"]",
+	                     "");
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts(net(1), "Ivan", "ivan@example.com");
+	o = stage(cfg, &f);
+	assert_false(o.hook);
+	f = facts(net(2), "ivan", "ivan@example.com");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_REJECT);
+	assert_string_equal(o.final.reply.text, "Account suspended");
+	assert_int_equal(fake.records, 1);
+	assert_string_equal(fake.record_key, "sasl:ivan");
+	assert_string_equal(fake.last_record.u.record.hit.reason, "relay");
+	assert_int_equal(fake.last_record.u.record.hit.ttl, 7200);
+	assert_true(o.hook);
+	assert_int_equal(o.hook_argv->n, 4);
+	assert_string_equal(o.hook_argv->v[1], "--account=%{account}");
+	assert_string_equal(o.hook_names[0], "account");
+	assert_string_equal(o.hook_values[0], "sasl:ivan");
+	assert_string_equal(o.hook_values[1], "198.18.2.0/24");
+	assert_string_equal(o.hook_values[2], "2");
+	assert_string_equal(o.hook_values[3], "reject");
+	config_unref(cfg);
+
+	cfg = cfg_of("\"max_networks\": 1, \"action\": \"hold\"", "");
+	f = facts(net(2), "ivan", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_HOLD);
+	config_unref(cfg);
+	cfg = cfg_of("\"max_networks\": 1, \"action\": \"discard\"", "");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_DISCARD);
+	config_unref(cfg);
+}
+
+#define CASE(t) cmocka_unit_test_setup(t, reset)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    CASE(test_exact_threshold),
+	    CASE(test_window_slides),
+	    CASE(test_exempt_never_counted),
+	    CASE(test_aggregation),
+	    CASE(test_keys),
+	    CASE(test_off_by_default),
+	    CASE(test_shadow),
+	    CASE(test_only_accepted_counts),
+	    CASE(test_store_errors),
+	    CASE(test_trip_effects),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
