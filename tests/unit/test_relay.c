@@ -301,6 +301,26 @@ static void test_exact_threshold(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * A stolen password writes the site's own whitelisted domain in MAIL FROM:
+ * the SASL login verifies that sender (the whitelist trusts it), and the
+ * relay check still counts the account and trips on the 11th network.
+ */
+static void test_whitelisted_sender_still_counted(void **state)
+{
+	config *cfg = cfg_of("", "\"whitelist\": {\"domains\": [\"example.com\"]}");
+	decide_facts f;
+
+	(void)state;
+	for (unsigned i = 1; i <= 10; i++) {
+		f = facts(net(i), "carol", "carol@example.com");
+		assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	}
+	f = facts(net(11), "carol", "ceo@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	config_unref(cfg);
+}
+
 /* The window slides: networks leave it an hour after they were last seen, and the account sends again. */
 static void test_window_slides(void **state)
 {
@@ -572,15 +592,11 @@ static void test_trip_effects(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    CASE(test_exact_threshold),
-	    CASE(test_window_slides),
-	    CASE(test_exempt_never_counted),
-	    CASE(test_aggregation),
-	    CASE(test_keys),
-	    CASE(test_off_by_default),
-	    CASE(test_shadow),
-	    CASE(test_only_accepted_counts),
-	    CASE(test_store_errors),
+	    CASE(test_exact_threshold),      CASE(test_whitelisted_sender_still_counted),
+	    CASE(test_window_slides),        CASE(test_exempt_never_counted),
+	    CASE(test_aggregation),          CASE(test_keys),
+	    CASE(test_off_by_default),       CASE(test_shadow),
+	    CASE(test_only_accepted_counts), CASE(test_store_errors),
 	    CASE(test_trip_effects),
 	};
 

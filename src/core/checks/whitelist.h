@@ -1,7 +1,9 @@
 /*
  * whitelist: SPEC.md "Checks" item 3. A whitelisted transaction (a
  * whitelisted client network, or a whitelisted sender that is verified)
- * skips every check after this one. The trap and blocklist checks, which
+ * skips every check after this one, but for a sender verified by its
+ * client's SASL login: the checks on the account (relay, ratelimit) still
+ * judge it, as the blocklist does. The trap and blocklist checks, which
  * come first, read the same facts (decide_txn.whitelisted, sender_trusted)
  * through the keys decide_prepare leaves them. conf: a decide_policy.
  */
