@@ -29,6 +29,7 @@ import pwd
 import re
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
 import time
@@ -177,10 +178,12 @@ class Postgrey:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # postgrey is the reference, not what is tested: how fast it stops is not the
+                # test's business (a loaded CI machine once kept it past the timeout).
                 proc.kill()
                 proc.wait()
-                raise AssertionError(f"postgrey (pid {proc.pid}) did not stop within {timeout}s; killed:\n"
-                                     + self.log_tail())
+                print(f"postgrey (pid {proc.pid}) did not stop within {timeout}s on SIGTERM; killed",
+                      file=sys.stderr)
         return proc.returncode
 
     def kill(self):
