@@ -10,7 +10,6 @@ Postfix end to end is tests/e2e/test_postfix_greylist.py.
 
 import re
 import shutil
-import tempfile
 import time
 import unittest
 
@@ -31,17 +30,11 @@ HEADER = re.compile(r"^PREPEND X-Greylist: delayed (\d+) seconds by spamtrapd; \
 
 
 def redis_store(redis):
-    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.port, "prefix": "grey:"}}}
+    return rh.store_override(redis, "grey:")
 
 
 def start_redis(case):
-    """A redis-server of its own for a test (stopped at its end) or a class (the caller stops it)."""
-    tmp = tempfile.mkdtemp(prefix="spamtrapd-grey-redis.")
-    redis = rh.RedisServer(tmp).start()
-    if case is not None:
-        case.addCleanup(shutil.rmtree, tmp, True)
-        case.addCleanup(redis.kill)
-    return redis, tmp
+    return rh.start_server(case)
 
 
 class GreyChecks(sh.PolicyChecks):

@@ -7,7 +7,6 @@ and recipients, so that the tests of a class share one daemon.
 """
 
 import shutil
-import tempfile
 import unittest
 
 import redis_harness as rh
@@ -33,16 +32,11 @@ RULES = {
 
 
 def redis_store(redis):
-    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.port, "prefix": "rl:"}}}
+    return rh.store_override(redis, "rl:")
 
 
 def start_redis(case):
-    tmp = tempfile.mkdtemp(prefix="spamtrapd-rl-redis.")
-    redis = rh.RedisServer(tmp).start()
-    if case is not None:
-        case.addCleanup(shutil.rmtree, tmp, True)
-        case.addCleanup(redis.kill)
-    return redis, tmp
+    return rh.start_server(case)
 
 
 class RateChecks(sh.PolicyChecks):

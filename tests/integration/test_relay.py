@@ -32,15 +32,11 @@ def net(i):
 
 
 def redis_store(redis):
-    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.port, "prefix": "relay:"}}}
+    return rh.store_override(redis, "relay:")
 
 
 def start_redis(case):
-    tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-redis.")
-    redis = rh.RedisServer(tmp).start()
-    case.addCleanup(shutil.rmtree, tmp, True)
-    case.addCleanup(redis.kill)
-    return redis
+    return rh.start_server(case)[0]
 
 
 class RelayChecks(sh.PolicyChecks):
@@ -126,8 +122,7 @@ class TestSqlite(Behaviour, unittest.TestCase):
 class TestRedis(Behaviour, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-redis.")
-        cls.redis = rh.RedisServer(cls.tmp).start()
+        cls.redis, cls.tmp = rh.start_server()
         cls.d = sh.Spamtrapd(sh.merge(RELAY, redis_store(cls.redis)))
         try:
             cls.d.start()

@@ -330,6 +330,23 @@ class RecoveryChecks(sh.PolicyChecks):
                    self.RECOVERY_TIMEOUT, f"{sender} rejected", interval=0.2)
 
 
+def store_override(server, prefix):
+    """spamtrapd's store section on server, keys under prefix: sh.merge it into a config."""
+    return {"store": {"backend": "redis", "redis": {"host": "127.0.0.1", "port": server.port, "prefix": prefix}}}
+
+
+def start_server(case=None):
+    """A redis-server in a folder of its own, started. With a TestCase, stopped and removed at the
+    end of its test; without one (a class's), the caller stops it and removes the folder.
+    Returns (server, folder)."""
+    folder = tempfile.mkdtemp(prefix="spamtrapd-redis.")
+    server = RedisServer(folder).start()
+    if case is not None:
+        case.addCleanup(shutil.rmtree, folder, True)
+        case.addCleanup(server.kill)
+    return server, folder
+
+
 class ClassRedis:
     """Mixin for a unittest.TestCase: one redis-server for the whole class (cls.server, cls.port),
     and store_settings() with a fresh key prefix for each test, which keeps them apart on it."""
