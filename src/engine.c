@@ -494,6 +494,31 @@ static pipeline_run *run_buffer(void)
 	return run;
 }
 
+static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *facts)
+{
+	/* Again after DNS: an SPF result can verify the sender (decide_facts.sender_verified). */
+	if (stage == CHECK_STAGE_MAIL || !m->prepared || (facts->dns && facts->dns->spf.wanted)) {
+		decide_prepare(&m->snap->cfg->decide, facts, &m->txn);
+		m->prepared = true;
+	}
+}
+
+bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts,
+                     dnsplan *plan)
+{
+	pipeline_run *run = run_buffer();
+	decide_facts asked = *facts;
+
+	dnsplan_init(plan);
+	if (!run || !m->snap)
+		return false;
+	asked.dns = NULL;
+	prepare_txn(m, stage, &asked);
+	pipeline_begin(run, stage, checks, &asked, &m->txn, &m->state, (int64_t)time(NULL));
+	pipeline_plan_dns(&m->snap->cfg->pipeline, run, plan);
+	return !dnsplan_empty(plan);
+}
+
 check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts)
 {
 	engine_snapshot *snap = m->snap;
@@ -510,10 +535,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 			count_recipient(&m->state, &out);
 		return out;
 	}
-	if (stage == CHECK_STAGE_MAIL || !m->prepared) {
-		decide_prepare(&snap->cfg->decide, facts, &m->txn);
-		m->prepared = true;
-	}
+	prepare_txn(m, stage, facts);
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -532,6 +554,9 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	run_hooks(snap, run);
 	log_stage(p, run, facts);
 	m->state = run->msg;
+	/* Once a message: later stages read it (a timeout is not remembered, the next stage tries again). */
+	if (facts->dns && facts->dns->spf.wanted && facts->dns->spf.done)
+		m->state.spf = (uint8_t)(facts->dns->spf.result + 1);
 	if (stage == CHECK_STAGE_RCPT)
 		count_recipient(&m->state, &run->final);
 	out = run->final;

@@ -83,6 +83,17 @@ void engine_msg_remember(const engine_msg *m, const char *instance);
  */
 check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts);
 
+/*
+ * The DNS answers this stage's checks want (core/dnsplan.h), before
+ * engine_stage(): fills plan and returns true when there is something to
+ * resolve. The front end then resolves it (src/dns/) by plan->timeout_ms,
+ * without blocking a policy worker, and calls engine_stage() with the same
+ * m, stage and checks and facts->dns pointing to the answered plan. Also
+ * prepares the transaction's keys (as engine_stage would).
+ */
+bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts,
+                     dnsplan *plan);
+
 /* The milter could not keep a recipient it was told to drop (out of memory): it is not one. */
 void engine_msg_forget_trap(engine_msg *m);
 

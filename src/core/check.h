@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "core/decide.h"
+#include "core/dnsplan.h"
 #include "core/query.h"
 
 /* SPEC.md "Checks": enforce, or shadow (decide, log "would have", change nothing), or off. */
@@ -62,6 +63,12 @@ typedef struct check_msg {
 	bool grey_defer_data;
 	uint32_t grey_remaining;
 	bool grey_header_done; /* the message got its X-Greylist header (policy: one PREPEND a message) */
+	/*
+	 * The SPF result for this message's sender and client, once evaluated
+	 * (core/dnsplan.h): 0 not yet, else enum spf_result + 1. Evaluated once
+	 * a message, at the first stage whose checks want it.
+	 */
+	uint8_t spf;
 } check_msg;
 
 /* Everything a check may look at; read-only. */
@@ -72,6 +79,8 @@ typedef struct check_ctx {
 	const check_msg *msg;  /* the message's state before this stage */
 	int64_t now;           /* Unix seconds */
 	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
+	/* This stage's DNS answers (facts->dns): NULL when the stage asked none. */
+	const struct dnsplan *dns;
 } check_ctx;
 
 /*
@@ -226,6 +235,14 @@ typedef struct check_def {
 	 * verdict is final and recorded in every mode anyway.
 	 */
 	size_t (*needs)(const void *conf, const check_ctx *ctx, void *scratch, query *q);
+	/*
+	 * Optional, pure: the DNS answers this check wants at this stage,
+	 * added to plan (core/dnsplan.h) before any check runs; the front end
+	 * resolves them and the check reads them in ctx->dns. Asked only
+	 * when the check runs at the stage (its mode is not off). ctx->txn is
+	 * prepared; ctx->dns is NULL.
+	 */
+	void (*plan_dns)(const void *conf, const check_ctx *ctx, struct dnsplan *plan);
 	/*
 	 * The verdict from the answers to the queries needs() asked, written
 	 * into *v, which arrives as "continue, nothing to log" (a verdict is

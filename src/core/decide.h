@@ -82,6 +82,11 @@ typedef struct decide_facts {
 	 * the SASL account's (SPEC "Checks" item 3, decide_txn.sender_trusted).
 	 */
 	bool sender_verified;
+	/*
+	 * The DNS answers of this stage (core/dnsplan.h), resolved by the
+	 * front end before engine_stage(): NULL when the stage asked none.
+	 */
+	const struct dnsplan *dns;
 } decide_facts;
 
 #define DECIDE_MAX_LOOKUP 8

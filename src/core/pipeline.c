@@ -8,8 +8,13 @@
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now)
 {
-	run->ctx = (check_ctx){
-	    .stage = stage, .facts = facts, .txn = txn, .msg = msg, .now = now, .now_ms = now * 1000};
+	run->ctx = (check_ctx){.stage = stage,
+	                       .facts = facts,
+	                       .txn = txn,
+	                       .msg = msg,
+	                       .now = now,
+	                       .now_ms = now * 1000,
+	                       .dns = facts->dns};
 	run->enabled = enabled;
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));
@@ -43,6 +48,13 @@ static void ask(const pipeline *p, pipeline_run *run, int i)
 	if (run->count[i] > CHECK_MAX_NEEDS)
 		run->count[i] = CHECK_MAX_NEEDS;
 	run->nq += run->count[i];
+}
+
+void pipeline_plan_dns(const pipeline *p, const pipeline_run *run, dnsplan *plan)
+{
+	for (int i = 0; i < CHECK_COUNT; i++)
+		if (runs(p, run, i) && p->checks[i].def->plan_dns)
+			p->checks[i].def->plan_dns(p->checks[i].conf, &run->ctx, plan);
 }
 
 size_t pipeline_needs(const pipeline *p, pipeline_run *run)

@@ -65,6 +65,11 @@ typedef struct pipeline_run {
  */
 void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, const decide_facts *facts,
                     const decide_txn *txn, const check_msg *msg, int64_t now);
+/*
+ * The DNS answers the stage's checks want (check_def.plan_dns), added to
+ * plan; run is begun (pipeline_begin) and facts->dns is not used.
+ */
+void pipeline_plan_dns(const pipeline *p, const pipeline_run *run, dnsplan *plan);
 /* Fills run->q[0..nq); returns nq. */
 size_t pipeline_needs(const pipeline *p, pipeline_run *run);
 /*
