@@ -24,12 +24,27 @@ typedef struct slot {
 	bool pending;
 } slot;
 
+/*
+ * The check_host() evaluations of the plan: spf, and the greylist's probes
+ * (the same identity from other clients) where dnsplan.h has them.
+ */
+#ifdef DNSPLAN_SPF_PROBES
+#define SPF_EVALS (1 + DNSPLAN_SPF_PROBES)
+#else
+#define SPF_EVALS 1
+#endif
+
+typedef struct spfslot {
+	struct dnsrun *run;
+	dnsplan_spf *s;
+	spf_eval *ev;
+} spfslot;
+
 struct dnsrun {
 	dns_resolver *r;
 	dnsplan *plan;
 	slot lookup[DNSPLAN_MAX_LOOKUPS];
-	spf_eval *spf;
-	bool spf_pending;
+	spfslot spf[SPF_EVALS];
 	unsigned pending; /* parts not answered */
 	bool starting;    /* inside dnsrun_start: done is not called from there */
 	atomic_bool finished;
@@ -260,34 +275,47 @@ static void spf_cancel(void *ctx, uint64_t id)
 
 static void on_spf_done(void *arg, const struct spf_outcome *out)
 {
-	dnsrun *run = arg;
-	dnsplan_spf *s = &run->plan->spf;
+	spfslot *e = arg;
+	dnsplan_spf *s = e->s;
 
 	s->result = out->result;
 	snprintf(s->explanation, sizeof(s->explanation), "%s", out->explanation ? out->explanation : "");
 	snprintf(s->reason, sizeof(s->reason), "%s", out->reason ? out->reason : "");
 	s->done = true;
-	run->spf_pending = false;
-	part_done(run);
+	part_done(e->run);
 }
 
-static bool spf_begin(dnsrun *run, const char *receiver, int64_t now)
+/* Starts one check_host() of s's identity; false when it cannot start (then it stays not done). */
+static bool spf_begin(dnsrun *run, spfslot *e, dnsplan_spf *s, const char *receiver, int64_t now)
 {
-	const dnsplan_spf *s = &run->plan->spf;
 	struct spf_resolver res = {.submit = spf_submit, .cancel = spf_cancel, .ctx = run};
 	struct spf_request req = {.mailfrom = s->mailfrom, .helo = s->helo, .receiver = receiver, .now = now};
 	addr_ip ip;
 
+	e->run = run;
+	e->s = s;
 	if (!addr_ip_parse(s->client, &ip))
 		return false;
 	req.family = ip.version == 4 ? AF_INET : AF_INET6;
 	memcpy(req.ip, ip.bytes, ip.version == 4 ? 4 : 16);
-	if ((run->spf = spf_new(&req, &res, on_spf_done, run)) == NULL)
+	if ((e->ev = spf_new(&req, &res, on_spf_done, e)) == NULL)
 		return false;
-	run->spf_pending = true;
 	run->pending++;
-	spf_start(run->spf);
+	spf_start(e->ev);
 	return true;
+}
+
+static void spf_begin_all(dnsrun *run, const char *receiver, int64_t now)
+{
+	dnsplan_spf *all[SPF_EVALS] = {&run->plan->spf};
+
+#ifdef DNSPLAN_SPF_PROBES
+	for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+		all[1 + i] = &run->plan->probe[i];
+#endif
+	for (int i = 0; i < SPF_EVALS; i++)
+		if (all[i]->wanted && !spf_begin(run, &run->spf[i], all[i], receiver, now))
+			snprintf(all[i]->reason, sizeof(all[i]->reason), "cannot start the SPF evaluation");
 }
 
 /* ---- the run ---- */
@@ -319,8 +347,7 @@ dnsrun *dnsrun_start(dns_resolver *r, dnsplan *plan, const char *receiver, int64
 			run->pending--;
 		}
 	}
-	if (plan->spf.wanted && !spf_begin(run, receiver, now))
-		snprintf(plan->spf.reason, sizeof(plan->spf.reason), "cannot start the SPF evaluation");
+	spf_begin_all(run, receiver, now);
 	part_done(run);
 	run->starting = false;
 	dns_unlock(r);
@@ -341,9 +368,10 @@ static void cancel_all(dnsrun *run)
 			run->lookup[i].pending = false;
 		}
 	}
-	spf_free(run->spf); /* cancels its query in flight */
-	run->spf = NULL;
-	run->spf_pending = false;
+	for (int i = 0; i < SPF_EVALS; i++) {
+		spf_free(run->spf[i].ev); /* cancels its query in flight */
+		run->spf[i].ev = NULL;
+	}
 	run->pending = 0;
 }
 

@@ -1,8 +1,9 @@
 /*
  * dnsrun: answers one dnsplan (core/dnsplan.h) on a resolver (dns/dns.h):
- * all its A lookups at once and its SPF evaluation (spf/spf.h, through an
- * spf_resolver adapter on the same resolver), filling the plan's statuses,
- * addresses and SPF outcome. A failure is never an answer: SERVFAIL,
+ * all its A lookups and its SPF evaluations at once (spf, and the
+ * greylist's probes when the plan has them: each one check_host() of
+ * spf/spf.h through an spf_resolver adapter on the same resolver), filling
+ * the plan's statuses, addresses and SPF outcomes. A failure is never an answer: SERVFAIL,
  * REFUSED, a network error, a malformed record or no room for the query
  * make a lookup DNSPLAN_TEMPFAIL (SPF: temperror), NXDOMAIN is
  * DNSPLAN_NXDOMAIN, an existing name without an A record DNSPLAN_NODATA.
