@@ -73,10 +73,11 @@ class DnsServer:
         for name in ("port", "queries.log"):
             if os.path.exists(self._path(name)):
                 os.unlink(self._path(name))
-        self.proc = subprocess.Popen(
-            [DEBIAN_PYTHON, os.path.abspath(__file__), "serve", conf, self._path("port"),
-             self._path("queries.log"), self.workdir],
-            stdout=subprocess.DEVNULL, stderr=open(self._path("stderr"), "w"))
+        with open(self._path("stderr"), "w") as err:
+            self.proc = subprocess.Popen(
+                [DEBIAN_PYTHON, os.path.abspath(__file__), "serve", conf, self._path("port"),
+                 self._path("queries.log"), self.workdir],
+                stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
