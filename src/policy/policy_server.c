@@ -29,6 +29,12 @@
  *    only shared things there are the engine snapshot (engine_acquire), the
  *    atomic connection counter at accept, and the engine's lock-free message
  *    table (engine_msg_recall).
+ *  - DNS is the exception: a request whose checks want DNS answers
+ *    (engine_dns_plan) parks until they are in or its deadline passes, and
+ *    the worker serves its other connections meanwhile (a slow DNS server
+ *    is common, and one request could otherwise hold a worker for seconds).
+ *    The worker's own resolver has its fd in the worker's epoll set, so
+ *    answers arrive on the thread that owns the connection (see "parked").
  *  - A slow store blocks one worker, and only the connections on it; the
  *    other workers keep accepting and answering. A thread per connection
  *    would cost a stack and a context switch per smtpd process; one event
