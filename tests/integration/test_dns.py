@@ -43,30 +43,45 @@ BEHAVIOURS.update({rname(SERVFAIL): {"rcode": "SERVFAIL"}, rname(REFUSED): {"rco
                    rname(DROPPED): {"drop": True}})
 
 
-def config(server, dns=None, dnsbl=None, policy=None):
-    return {
+# SPF (the spf check, spf.reject_fail): a record in two character-strings, with mx.
+SPF_DOMAIN = "spf.dnstest.example.net"
+RECORDS.update({
+    SPF_DOMAIN: [["TXT", "v=spf1 ip4:192.0.2.0/24 ", "mx -all"], ["MX", 10, "mx." + SPF_DOMAIN]],
+    "mx." + SPF_DOMAIN: [["A", "198.51.100.5"]],
+    "soft.dnstest.example.net": [["TXT", "v=spf1 ~all"]],
+})
+BEHAVIOURS["broken.dnstest.example.net"] = {"rcode": "SERVFAIL"}
+
+
+def config(server, dns=None, dnsbl=None, spf=None):
+    out = {
         "traps": {"addresses": [TRAP]},
-        "policy": sh.merge({"threads": 1}, policy or {}),
+        "policy": {"threads": 1},
         "dns": sh.merge({"forwarders": [server.forwarder], "timeout": "30s"}, dns or {}),
-        "dnsbl": sh.merge({"mode": "enforce", "sites": [ZONE + "=127.0.0.[2..11]"], "timeout": "30s"},
-                          dnsbl or {}),
     }
+    if spf is None:
+        out["dnsbl"] = sh.merge({"mode": "enforce", "sites": [ZONE + "=127.0.0.[2..11]"], "timeout": "30s"},
+                                dnsbl or {})
+    else:
+        out["spf"] = sh.merge({"mode": "enforce", "reject_fail": True, "timeout": "30s"}, spf)
+    return out
 
 
-def have_dnsbl_check():
-    """The dnsbl check (issue 15) is the check these tests drive; it lands on its own branch."""
+def have_check(name):
+    """The dnsbl and spf checks (issue 15) are what plans DNS; each lands on its own branch."""
     src = os.environ.get("SPAMTRAPD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-    return os.path.exists(os.path.join(src, "src", "core", "checks", "dnsbl.c"))
+    return os.path.exists(os.path.join(src, "src", "core", "checks", name + ".c"))
 
 
 class DnsCase(unittest.TestCase):
     @classmethod
-    def start(cls, dns=None, dnsbl=None, milter=False):
-        if not have_dnsbl_check():
-            raise unittest.SkipTest("no dnsbl check in this tree yet: nothing plans DNS")
+    def start(cls, dns=None, dnsbl=None, milter=False, spf=None):
+        check = "spf" if spf is not None else "dnsbl"
+        if not have_check(check):
+            raise unittest.SkipTest("no %s check in this tree yet: nothing plans DNS" % check)
         cls.dir = tempfile.mkdtemp(prefix="spamtrapd-dns.")
         cls.server = dns_server.DnsServer(cls.dir, RECORDS, BEHAVIOURS).start()
-        cls.d = sh.Spamtrapd(config(cls.server, dns, dnsbl), roles=("trap",), milter=milter)
+        cls.d = sh.Spamtrapd(config(cls.server, dns, dnsbl, spf), roles=("trap",), milter=milter)
         cls.d.start()
 
     @classmethod
@@ -211,6 +226,32 @@ class TestMilter(DnsCase):
         self.assertEqual(self.rcpt("192.0.2.95"), "continue")
         for client in (SERVFAIL, DROPPED):
             self.assertEqual(self.rcpt(client), "continue", client)
+
+
+class TestSpf(DnsCase):
+    """check_host() through the resolver: TXT joined, mx and its A, failures never a refusal."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start(spf={})
+
+    def spf(self, sender, client):
+        return self.client().check(sender=sender, client_address=client, recipient="user@example.org",
+                                   helo_name="mail.sender.example")
+
+    def test_pass_fail_and_errors(self):
+        sender = "someone@" + SPF_DOMAIN
+        self.assertRegex(self.spf(sender, "192.0.2.50"), r"^PREPEND Received-SPF: pass ")
+        self.assertRegex(self.spf(sender, "198.51.100.5"), r"^PREPEND Received-SPF: pass ")  # its mx
+        self.assertRegex(self.spf(sender, "203.0.113.9"), r"^550 5\.7\.23 ")
+        self.assertGreaterEqual(self.server.count(SPF_DOMAIN, "TXT"), 1)
+        self.assertGreaterEqual(self.server.count("mx." + SPF_DOMAIN, "A"), 1)
+        # softfail, a SERVFAIL (temperror) and a domain without SPF are never refused
+        self.assertRegex(self.spf("a@soft.dnstest.example.net", "203.0.113.9"), r"^PREPEND Received-SPF: softfail ")
+        self.assertRegex(self.spf("a@broken.dnstest.example.net", "203.0.113.9"),
+                         r"^(DUNNO|PREPEND Received-SPF: temperror .*)$")
+        self.assertRegex(self.spf("a@nothing.dnstest.example.net", "203.0.113.9"),
+                         r"^(DUNNO|PREPEND Received-SPF: none .*)$")
 
 
 if __name__ == "__main__":
