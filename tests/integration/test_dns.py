@@ -11,7 +11,9 @@ What is proved, on ordering and never on timings:
   queries are cancelled; the daemon serves on and exits clean under ASan);
 - SERVFAIL, REFUSED and a server that never answers are never a refusal;
 - with the DNS checks off, no query is ever sent;
-- the milter waits for the same answers and refuses a listed client.
+- the milter waits for the same answers and refuses a listed client;
+- a reload that changes dns.forwarders takes effect on both front ends;
+- SPF (the spf check) gets its TXT, MX and A answers through the adapter.
 """
 
 import os
@@ -226,6 +228,40 @@ class TestMilter(DnsCase):
         self.assertEqual(self.rcpt("192.0.2.95"), "continue")
         for client in (SERVFAIL, DROPPED):
             self.assertEqual(self.rcpt(client), "continue", client)
+
+
+class TestReload(DnsCase):
+    """A reload that changes dns.forwarders: both front ends ask the new server from then on."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start(milter=True)
+        cls.other = dns_server.DnsServer(os.path.join(cls.dir, "other"), {}, {}).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.other.stop()
+
+    def rcpt(self, client):
+        m = MilterClient.open(self.d.config["milter"]["listen"])
+        self.addCleanup(m.close)
+        m.negotiate()
+        m.connect("mx.sender.example", client)
+        m.helo("mx.sender.example")
+        m.mail("<someone@sender.example>", macros={"i": "Q2"})
+        r = m.rcpt("<user@example.org>", macros={"i": "Q2"})
+        return "continue" if r.verdict == "continue" else r.smtp
+
+    def test_new_forwarders_take_over(self):
+        self.assertEqual(self.ask(LISTED[8]), REJECT % LISTED[8])
+        self.assertEqual(self.rcpt(LISTED[8]), REJECT % LISTED[8])
+        self.assertTrue(self.d.reload({"dns": {"forwarders": [self.other.forwarder]}}))
+        # The other server lists nobody: its NXDOMAIN answers, and the first server is not asked.
+        self.assertEqual(self.ask(LISTED[9]), "DUNNO")
+        self.assertEqual(self.rcpt(LISTED[9]), "continue")
+        self.assertGreaterEqual(self.other.count(rname(LISTED[9]), "A"), 1)
+        self.assertEqual(self.server.count(rname(LISTED[9])), 0)
 
 
 class TestSpf(DnsCase):
