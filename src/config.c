@@ -2468,6 +2468,14 @@ unsigned policy_role_checks(policy_role role)
 	return CHECKS_EVERY;
 }
 
+dns_settings config_dns_settings(const config *cfg)
+{
+	return (dns_settings){.forwarders = (const char *const *)cfg->dns.forwarders,
+	                      .nforwarders = cfg->dns.nforwarders,
+	                      .max_inflight = cfg->dns.max_inflight,
+	                      .cache_mib = cfg->dns.cache_size};
+}
+
 const char *policy_role_name(policy_role role)
 {
 	return role >= POLICY_ROLE_TRAP && role <= POLICY_ROLE_FULL ? role_names[role] : "unknown";

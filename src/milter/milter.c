@@ -277,17 +277,12 @@ static bool msg_add_trap(milter_msg *m, const char *rcpt)
  */
 static dns_resolver *milter_dns_acquire(const config *cfg)
 {
-	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
-	                   .nforwarders = cfg->dns.nforwarders,
-	                   .max_inflight = cfg->dns.max_inflight,
-	                   .cache_mib = cfg->dns.cache_size};
+	dns_settings ds = config_dns_settings(cfg);
 	char sig[sizeof(filter.dns_settings)], err[256] = "";
-	int o = snprintf(sig, sizeof(sig), "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
 	uint64_t more = 0;
 	dns_resolver *r;
 
-	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < sizeof(sig); i++)
-		o += snprintf(sig + o, sizeof(sig) - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+	dns_settings_key(&ds, sig, sizeof(sig));
 	pthread_mutex_lock(&filter.lock);
 	if (filter.dns != NULL && filter.dns_users == 0 && strcmp(sig, filter.dns_settings) != 0) {
 		dns_free(filter.dns);

@@ -762,15 +762,6 @@ static void conn_reply(conn *c, const check_verdict *v, const request_ctx *rc, c
 
 /* ---- requests waiting for DNS ---- */
 
-/* The dns section as text: a resolver made with other settings is remade. */
-static void dns_signature(const config *cfg, char *buf, size_t len)
-{
-	int o = snprintf(buf, len, "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
-
-	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < len; i++)
-		o += snprintf(buf + o, len - (size_t)o, "%s,", cfg->dns.forwarders[i]);
-}
-
 static void worker_dns_close(worker *w)
 {
 	if (w->dns == NULL)
@@ -789,14 +780,11 @@ static void worker_dns_close(worker *w)
 static dns_resolver *worker_dns(worker *w, const config *cfg)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->dns_tag};
-	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
-	                   .nforwarders = cfg->dns.nforwarders,
-	                   .max_inflight = cfg->dns.max_inflight,
-	                   .cache_mib = cfg->dns.cache_size};
+	dns_settings ds = config_dns_settings(cfg);
 	char sig[sizeof(w->dns_settings)], err[256];
 	uint64_t more = 0;
 
-	dns_signature(cfg, sig, sizeof(sig));
+	dns_settings_key(&ds, sig, sizeof(sig));
 	if (w->dns != NULL && w->nparked == 0 && strcmp(sig, w->dns_settings) != 0)
 		worker_dns_close(w);
 	if (w->dns != NULL)
