@@ -897,5 +897,12 @@ bool milter_stop(void)
 	unsigned open = milter_filter_connections();
 	if (open)
 		log_info("milter: stopped with %u connection(s) open; libmilter dropped them", open);
+	/* The resolver, unless a dropped session's thread still waits on it (then the process exit does). */
+	pthread_mutex_lock(&filter.lock);
+	if (filter.dns_users == 0) {
+		dns_free(filter.dns);
+		filter.dns = NULL;
+	}
+	pthread_mutex_unlock(&filter.lock);
 	return left == 0;
 }
