@@ -1442,9 +1442,11 @@ static void worker_sweep(worker *w)
 
 	atomic_store(&w->srv->conn_limit, conn_limit(w->srv, cfg)); /* a reload may have lowered it */
 	engine_release(snap);
-	while (w->head != NULL && w->now_ms - w->head->last_active >= timeout * 1000) {
-		conn *c = w->head;
-
+	for (conn *c = w->head, *next; c != NULL && w->now_ms - c->last_active >= timeout * 1000; c = next) {
+		next = c->next;
+		if (c->wait != NULL)
+			continue; /* waiting for DNS, which its own deadline bounds: the client did its part
+			           */
 		log_expired(w, c);
 		conn_close(c);
 	}

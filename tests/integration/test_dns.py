@@ -9,6 +9,7 @@ What is proved, on ordering and never on timings:
 - pipelined requests behind a waiting one are answered after it, in order;
 - a client that closes while its request waits leaves nothing behind (the
   queries are cancelled; the daemon serves on and exits clean under ASan);
+- policy.idle_timeout never closes a connection whose request waits;
 - SERVFAIL, REFUSED and a server that never answers are never a refusal;
 - with the DNS checks off, no query is ever sent;
 - the milter waits for the same answers and refuses a listed client;
@@ -77,13 +78,14 @@ def have_check(name):
 
 class DnsCase(unittest.TestCase):
     @classmethod
-    def start(cls, dns=None, dnsbl=None, milter=False, spf=None):
+    def start(cls, dns=None, dnsbl=None, milter=False, spf=None, policy=None):
         check = "spf" if spf is not None else "dnsbl"
         if not have_check(check):
             raise unittest.SkipTest("no %s check in this tree yet: nothing plans DNS" % check)
         cls.dir = tempfile.mkdtemp(prefix="spamtrapd-dns.")
         cls.server = dns_server.DnsServer(cls.dir, RECORDS, BEHAVIOURS).start()
-        cls.d = sh.Spamtrapd(config(cls.server, dns, dnsbl, spf), roles=("trap",), milter=milter)
+        cls.d = sh.Spamtrapd(sh.merge(config(cls.server, dns, dnsbl, spf), {"policy": policy or {}}),
+                             roles=("trap",), milter=milter)
         cls.d.start()
 
     @classmethod
@@ -168,6 +170,27 @@ class TestPolicyParking(DnsCase):
         # The worker is fine and serves on; the daemon's exit (tearDownClass) is checked by ASan.
         self.assertEqual(self.ask(LISTED[4]), REJECT % LISTED[4])
         self.assertEqual(self.ask(HELD[3]), REJECT % HELD[3])  # the answer reached the cache
+
+
+class TestIdleSweep(DnsCase):
+    """policy.idle_timeout shorter than the wait for DNS: the sweep spares a waiting request."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start(policy={"idle_timeout": "1s"})
+
+    def test_waiting_request_outlives_idle_timeout(self):
+        c = sh.PolicyClient(self.d.policy_address("trap"))
+        self.addCleanup(c.close)
+        c.send_raw(sh.PolicyClient.encode(client_address=HELD[4], recipient="user@example.org"))
+        self.server.wait_for_query(rname(HELD[4]))
+        # Idle connections opened after it: the sweep that closes them has passed the older waiting one.
+        idle = [sh.PolicyClient(self.d.policy_address("trap")) for _ in range(6)]
+        for i in idle:
+            self.addCleanup(i.close)
+            self.assertTrue(i.is_closed(timeout=30), "an idle connection outlived policy.idle_timeout")
+        self.server.release(rname(HELD[4]))
+        self.assertEqual(c.read_action(), REJECT % HELD[4])
 
 
 class TestFailuresNeverRefuse(DnsCase):
