@@ -52,6 +52,16 @@ RECORDS.update({
     SPF_DOMAIN: [["TXT", "v=spf1 ip4:192.0.2.0/24 ", "mx -all"], ["MX", 10, "mx." + SPF_DOMAIN]],
     "mx." + SPF_DOMAIN: [["A", "198.51.100.5"]],
     "soft.dnstest.example.net": [["TXT", "v=spf1 ~all"]],
+    # ptr: the client's name, and that name's address back. Not in 192.0.2.0/24: libunbound
+    # answers the reverse zones of private and documentation networks itself (RFC 6303).
+    "ptr.dnstest.example.net": [["TXT", "v=spf1 ptr -all"]],
+    "60.3.0.192.in-addr.arpa": [["PTR", "host.ptr.dnstest.example.net"]],
+    "host.ptr.dnstest.example.net": [["A", "192.0.3.60"]],
+    # AAAA, a CNAME to the record, an include
+    "v6.dnstest.example.net": [["TXT", "v=spf1 a:host.v6.dnstest.example.net -all"]],
+    "host.v6.dnstest.example.net": [["AAAA", "2001:db8::5"]],
+    "alias.dnstest.example.net": [["CNAME", SPF_DOMAIN]],
+    "inc.dnstest.example.net": [["TXT", "v=spf1 include:" + SPF_DOMAIN + " -all"]],
 })
 BEHAVIOURS["broken.dnstest.example.net"] = {"rcode": "SERVFAIL"}
 
@@ -311,6 +321,24 @@ class TestSpf(DnsCase):
                          r"^(DUNNO|PREPEND Received-SPF: temperror .*)$")
         self.assertRegex(self.spf("a@nothing.dnstest.example.net", "203.0.113.9"),
                          r"^(DUNNO|PREPEND Received-SPF: none .*)$")
+
+    def test_every_record_type(self):
+        """PTR and its A, AAAA, a CNAME'd record, an include: in spf.h's form through the adapter."""
+        cases = [("a@ptr.dnstest.example.net", "192.0.3.60", "pass"),
+                 ("a@ptr.dnstest.example.net", "192.0.3.61", "fail"),
+                 ("a@v6.dnstest.example.net", "2001:db8::5", "pass"),
+                 ("a@v6.dnstest.example.net", "2001:db8::6", "fail"),
+                 ("a@alias.dnstest.example.net", "192.0.2.50", "pass"),
+                 ("a@inc.dnstest.example.net", "198.51.100.5", "pass"),
+                 ("a@inc.dnstest.example.net", "203.0.113.9", "fail")]
+        for sender, client, result in cases:
+            action = self.spf(sender, client)
+            if result == "fail":
+                self.assertRegex(action, r"^550 5\.7\.23 ", (sender, client))
+            else:
+                self.assertRegex(action, r"^PREPEND Received-SPF: %s " % result, (sender, client))
+        self.assertGreaterEqual(self.server.count("60.3.0.192.in-addr.arpa", "PTR"), 1)
+        self.assertGreaterEqual(self.server.count("host.v6.dnstest.example.net", "AAAA"), 1)
 
 
 if __name__ == "__main__":
