@@ -443,7 +443,17 @@ static void loader_clear(loader *ld)
 
 /* ---- the schema ---- */
 
-typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS, T_RATE_RULES } key_type;
+typedef enum {
+	T_STRING,
+	T_INT,
+	T_BOOL,
+	T_DURATION,
+	T_ENUM,
+	T_LIST,
+	T_LISTENERS,
+	T_RATE_RULES,
+	T_MAP
+} key_type;
 
 enum {
 	K_NULLABLE = 1 << 0, /* null is a value: "not set" */
@@ -647,7 +657,7 @@ static int store_field(loader *ld, const key_def *k, const value *v, char *err, 
 	char *field = (k->owner ? (char *)ld->box->check_conf[k->owner - 1] : (char *)ld->cfg) + k->off;
 	char *s = NULL;
 
-	if (k->type == T_LIST)
+	if (k->type == T_LIST || k->type == T_MAP)
 		return strlist_add(field, k->size, v, err, errlen);
 	if (k->type != T_STRING) {
 		store_int(field, k->size, v->i);
@@ -1812,6 +1822,7 @@ static struct {
 static const key_type check_key_types[] = {
     [CHECK_KEY_INT] = T_INT,       [CHECK_KEY_DURATION] = T_DURATION, [CHECK_KEY_BOOL] = T_BOOL,
     [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,         [CHECK_KEY_LIST] = T_LIST,
+    [CHECK_KEY_MAP] = T_MAP,
 };
 
 static const char *const check_mode_defaults[] = {
@@ -1931,6 +1942,32 @@ static void apply_list(loader *ld, const key_def *k, const json_t *j, jpath *p)
 	}
 }
 
+/* A CHECK_KEY_MAP: each member's name, then its value, into the check_strlist (check.h). */
+static void apply_map(loader *ld, const key_def *k, const json_t *j, jpath *p)
+{
+	const char *key;
+	size_t keylen;
+	json_t *e;
+
+	if (!json_is_object(j)) {
+		ld_error(ld, p, "expected an object of strings");
+		return;
+	}
+	json_object_keylen_foreach((json_t *)j, key, keylen, e)
+	{
+		value name = {.s = key}, v = {.s = json_string_value(e)};
+
+		jpath_push_key(p, key, keylen);
+		if (!json_is_string(e) || memchr(key, '\0', keylen) != NULL) {
+			ld_error(ld, p, "expected a string");
+		} else {
+			call_set(ld, k, &name, p);
+			call_set(ld, k, &v, p);
+		}
+		jpath_pop(p);
+	}
+}
+
 static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 {
 	char msg[MSG_MAX];
@@ -1940,6 +1977,8 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 		apply_listeners(ld, j, p);
 	} else if (k->type == T_RATE_RULES) {
 		apply_rate_rules(ld, j, p);
+	} else if (k->type == T_MAP) {
+		apply_map(ld, k, j, p);
 	} else if (k->type == T_LIST && !(json_is_null(j) && (k->flags & K_NULLABLE))) {
 		apply_list(ld, k, j, p);
 	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {
@@ -2178,7 +2217,7 @@ static void check_conf_free(const check_def *d, void *conf)
 		char *s;
 		check_strlist l;
 
-		if (d->keys[j].type == CHECK_KEY_LIST) {
+		if (d->keys[j].type == CHECK_KEY_LIST || d->keys[j].type == CHECK_KEY_MAP) {
 			memcpy(&l, (char *)conf + d->keys[j].off, sizeof(l));
 			for (size_t i = 0; i < l.n; i++)
 				free(l.v[i]);

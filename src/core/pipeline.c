@@ -14,7 +14,8 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
 	                       .msg = msg,
 	                       .now = now,
 	                       .now_ms = now * 1000,
-	                       .dns = facts->dns};
+	                       .dns = facts->dns,
+	                       .stage_msg = &run->msg};
 	run->enabled = enabled;
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));
