@@ -76,7 +76,8 @@ typedef struct check_msg {
 	 * writes it at every stage it runs and the greylist reads it later in
 	 * the same stage, in check_ctx.stage_msg; it is never read across
 	 * stages, so the policy protocol losing it between requests does no
-	 * harm (each recipient scores again, from the resolver's cache).
+	 * harm (each recipient scores again, from the resolver's cache). A
+	 * shadow dnsbl leaves it UNSCORED (check_ctx.mode).
 	 */
 	uint8_t dnsbl;
 	int16_t dnsbl_score;
@@ -102,6 +103,12 @@ typedef struct check_ctx {
 	 * as msg. Set by pipeline_begin.
 	 */
 	const check_msg *stage_msg;
+	/*
+	 * The mode of the check being asked (the pipeline sets it before each
+	 * call): what a shadow check hands a later one must not change what
+	 * that one does (the dnsbl's score for the greylist).
+	 */
+	check_mode mode;
 	int64_t now;    /* Unix seconds */
 	int64_t now_ms; /* the same moment in milliseconds (the greylist's SQLite clock) */
 	/* This stage's DNS answers (facts->dns): NULL when the stage asked none. */

@@ -727,6 +727,17 @@ static void test_greylist_apply_listed(void **state)
 	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
 	config_unref(cfg);
 
+	/* a shadow dnsbl changes nothing: as if it were off */
+	cfg = with_greylist("\"mode\": \"shadow\", \"sites\": [\"bl.example.org\"], \"action\": \"greylist\"",
+	                    ", \"apply\": \"listed\"");
+	reset(NULL);
+	rr("7.2.0.192.bl.example.org", DNSPLAN_FOUND, A(127, 0, 0, 2), 0);
+	o = stage(cfg, facts("192.0.2.7"));
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_int_equal(zone.greylist_queries, 0);
+	assert_string_equal(o.dnsbl.reason, "dnsbl listed, to be greylisted");
+	config_unref(cfg);
+
 	/* apply listed with the dnsbl off: nobody is listed */
 	cfg = with_greylist("\"mode\": \"off\", \"sites\": [\"bl.example.org\"]", ", \"apply\": \"listed\"");
 	reset(NULL);
@@ -767,6 +778,16 @@ static void test_greylist_allowlist(void **state)
 	o = stage(cfg, facts("192.0.2.7"));
 	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
 	assert_int_equal(zone.greylist_queries, 1);
+	config_unref(cfg);
+
+	/* a shadow dnsbl's allowlisting spares nobody */
+	cfg = with_greylist(
+	    "\"mode\": \"shadow\", \"sites\": [\"list.dnswl.org*-5\"], \"allowlist_threshold\": -1", "");
+	reset(NULL);
+	rr("7.2.0.192.list.dnswl.org", DNSPLAN_FOUND, A(127, 0, 5, 1), 0);
+	o = stage(cfg, facts("192.0.2.7"));
+	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
+	assert_string_equal(o.dnsbl.reason, "dnsbl allowlisted");
 	config_unref(cfg);
 
 	/* allowlist_threshold 0 (the default): a negative score changes nothing */

@@ -305,6 +305,15 @@ static void expand(const char *text, const char *client, const char *site, char 
 	out[o] = '\0';
 }
 
+/*
+ * The score's class for the greylist (check_msg.dnsbl). A shadow dnsbl
+ * hands nothing over: trying it must not change whom the greylist defers.
+ */
+static void hand_over(const check_ctx *ctx, check_effects *eff, uint8_t what)
+{
+	eff->msg.dnsbl = ctx->mode == CHECK_MODE_SHADOW ? CHECK_DNSBL_UNSCORED : what;
+}
+
 static void listed(const dnsbl_conf *c, const check_ctx *ctx, const dnsbl_tally *t, check_verdict *v,
                    check_effects *eff)
 {
@@ -316,7 +325,7 @@ static void listed(const dnsbl_conf *c, const check_ctx *ctx, const dnsbl_tally 
 	smtp_reply r = *tmpl;
 	const char *client = ctx->facts->client_address ? ctx->facts->client_address : "unknown";
 
-	eff->msg.dnsbl = CHECK_DNSBL_LISTED;
+	hand_over(ctx, eff, CHECK_DNSBL_LISTED);
 	switch ((dnsbl_action)c->action) {
 	case DNSBL_ACTION_GREYLIST:
 		check_verdict_set(v, DECIDE_CONTINUE, "dnsbl listed, to be greylisted", NULL);
@@ -359,12 +368,12 @@ static void dnsbl_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 		return;
 	}
 	if (c->allowlist_threshold < 0 && t.score <= c->allowlist_threshold) {
-		eff->msg.dnsbl = CHECK_DNSBL_ALLOWLISTED;
+		hand_over(ctx, eff, CHECK_DNSBL_ALLOWLISTED);
 		check_verdict_set(v, DECIDE_CONTINUE, "dnsbl allowlisted", NULL);
 		v->quiet = t.bad == 0;
 		return;
 	}
-	eff->msg.dnsbl = CHECK_DNSBL_CLEAN;
+	hand_over(ctx, eff, CHECK_DNSBL_CLEAN);
 	if (t.bad > 0) /* a list answering nonsense must be seen, even when the client is clean */
 		check_verdict_set(v, DECIDE_CONTINUE, "dnsbl-error", NULL);
 	else if (t.score != 0 || t.failed > 0) {
