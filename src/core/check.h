@@ -139,7 +139,13 @@ typedef struct check_verdict {
 	 * "store-error"); NULL: nothing worth a line.
 	 */
 	const char *reason;
-	bool quiet;       /* log at debug level (a whitelisted transaction without a trap hit) */
+	bool quiet; /* log at debug level (a whitelisted transaction without a trap hit) */
+	/*
+	 * An error that recurs at every recipient while it lasts (a DNS list
+	 * refusing all queries): the engine logs such lines of a check at
+	 * most a few times in its interval, the others at debug level.
+	 */
+	bool log_limited;
 	smtp_reply reply; /* for REJECT, TEMPFAIL, DISCARD (text only) */
 	/*
 	 * A header for the message ("X-Greylist: delayed 300 seconds ..."),

@@ -608,6 +608,7 @@ static void test_bad_answers_never_list(void **state)
 	assert_true(o.dnsbl_decided);
 	assert_string_equal(o.dnsbl.reason, "dnsbl-error");
 	assert_false(o.dnsbl.quiet);
+	assert_true(o.dnsbl.log_limited); /* it recurs at every recipient: the engine limits its lines */
 	assert_non_null(strstr(o.dnsbl.detail, "bad_answer=zen.spamhaus.org:127.255.255.254(query-refused)"));
 	assert_non_null(strstr(o.dnsbl.detail, "bad_answer=wide.example.org:8.8.8.8"));
 	assert_int_equal(o.msg.dnsbl, CHECK_DNSBL_UNSCORED);
@@ -644,9 +645,11 @@ static void test_failures(void **state)
 	assert_non_null(strstr(o.dnsbl.detail, "failed=b.example.org:tempfail"));
 	config_unref(cfg);
 
+	assert_true(o.dnsbl.log_limited);
 	cfg = cfg_of("\"sites\": [\"a.example.org\", \"b.example.org\"], \"on_error\": \"tempfail\"", "");
 	o = stage(cfg, facts("192.0.2.7"));
 	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_false(o.final.log_limited); /* each refusal is logged */
 	assert_string_equal(o.final.reply.code, "451");
 
 	/* one answered: the score of what answered, no on_error */

@@ -359,6 +359,7 @@ static void dnsbl_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 			check_verdict_set(v, DECIDE_TEMPFAIL, "dnsbl-error", &REPLY_DNS_ERROR);
 		else
 			check_verdict_set(v, DECIDE_CONTINUE, "dnsbl-error", NULL);
+		v->log_limited = v->action == DECIDE_CONTINUE;
 		return;
 	}
 	eff->msg.dnsbl_score = (int16_t)t.score;
@@ -371,12 +372,14 @@ static void dnsbl_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 		hand_over(ctx, eff, CHECK_DNSBL_ALLOWLISTED);
 		check_verdict_set(v, DECIDE_CONTINUE, "dnsbl allowlisted", NULL);
 		v->quiet = t.bad == 0;
+		v->log_limited = t.bad > 0;
 		return;
 	}
 	hand_over(ctx, eff, CHECK_DNSBL_CLEAN);
-	if (t.bad > 0) /* a list answering nonsense must be seen, even when the client is clean */
+	if (t.bad > 0) { /* a list answering nonsense must be seen, even when the client is clean */
 		check_verdict_set(v, DECIDE_CONTINUE, "dnsbl-error", NULL);
-	else if (t.score != 0 || t.failed > 0) {
+		v->log_limited = true;
+	} else if (t.score != 0 || t.failed > 0) {
 		check_verdict_set(v, DECIDE_CONTINUE, t.failed > 0 ? "dnsbl-error" : "dnsbl scored", NULL);
 		v->quiet = true;
 	}
