@@ -44,6 +44,7 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/checks/dnsbl.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
 #include "core/greywl.h"
@@ -2370,6 +2371,37 @@ static bool link_greylist(loader *ld)
 	return true;
 }
 
+/* dnsbl and greylist settings that do nothing together: a load succeeds, spamtrapd -t says so. */
+static void warn_dnsbl_greylist(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	const dnsbl_conf *dc = ld->box->check_conf[CHECK_ID_DNSBL];
+	const greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+	check_mode dnsbl = cfg->modes[CHECK_ID_DNSBL], grey = cfg->modes[CHECK_ID_GREYLIST];
+
+	if (!dc || !gc)
+		return;
+	if (dnsbl != CHECK_MODE_OFF && dc->nsites == 0)
+		ld_warn(ld, "dnsbl.mode is %s but dnsbl.sites is empty: no client is ever listed",
+		        check_mode_name(dnsbl));
+	if (dnsbl != CHECK_MODE_OFF && dc->action == DNSBL_ACTION_GREYLIST && grey == CHECK_MODE_OFF)
+		ld_warn(ld,
+		        "dnsbl.action is greylist but greylist.mode is off: listed clients are let through");
+	if (grey == CHECK_MODE_OFF || gc->apply != GREYLIST_APPLY_LISTED)
+		return;
+	if (dnsbl != CHECK_MODE_ENFORCE)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.mode is %s: no client is listed, none is greylisted",
+		    check_mode_name(dnsbl));
+	else if (dc->action != DNSBL_ACTION_GREYLIST)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.action is %s: listed clients are refused before the "
+		    "greylist, none is greylisted",
+		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2394,6 +2426,7 @@ static void finish(loader *ld)
 		            "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode "
 		            "dry-run) to "
 		            "try a trap list without effect");
+	warn_dnsbl_greylist(ld);
 }
 
 static config_box *build(loader *ld, json_t *root)

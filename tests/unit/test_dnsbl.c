@@ -423,6 +423,41 @@ static void test_config(void **state)
 	assert_non_null(strstr(error_of("\"action\": \"discard\""), "action"));
 }
 
+/* Whether cfg has a warning containing text. */
+static bool warned(const config *cfg, const char *text)
+{
+	for (size_t i = 0; i < cfg->nwarnings; i++)
+		if (strstr(cfg->warnings[i], text))
+			return true;
+	return false;
+}
+
+static void test_config_warnings(void **state)
+{
+	config *cfg;
+
+	(void)state;
+	cfg = cfg_of("", "");
+	assert_true(warned(cfg, "dnsbl.sites is empty"));
+	config_unref(cfg);
+	cfg = cfg_of("\"sites\": [\"bl.example.org\"], \"action\": \"greylist\"", "");
+	assert_true(warned(cfg, "greylist.mode is off"));
+	config_unref(cfg);
+	cfg = cfg_of("\"sites\": [\"bl.example.org\"]",
+	             "\"greylist\": {\"mode\": \"enforce\", \"apply\": \"listed\"}");
+	assert_true(warned(cfg, "dnsbl.action is reject"));
+	config_unref(cfg);
+	cfg = cfg_of("\"mode\": \"shadow\", \"sites\": [\"bl.example.org\"], \"action\": \"greylist\"",
+	             "\"greylist\": {\"mode\": \"enforce\", \"apply\": \"listed\"}");
+	assert_true(warned(cfg, "dnsbl.mode is shadow"));
+	config_unref(cfg);
+	/* the intended setup: no warning */
+	cfg = cfg_of("\"sites\": [\"bl.example.org\"], \"action\": \"greylist\"",
+	             "\"greylist\": {\"mode\": \"enforce\", \"apply\": \"listed\"}");
+	assert_int_equal(cfg->nwarnings, 0);
+	config_unref(cfg);
+}
+
 /* --- what is asked ---------------------------------------------------------- */
 
 static void test_plan(void **state)
@@ -812,6 +847,7 @@ int main(void)
 	    CASE(test_answers_valid),
 	    CASE(test_query_names),
 	    CASE(test_config),
+	    CASE(test_config_warnings),
 	    CASE(test_plan),
 	    CASE(test_listed_reply),
 	    CASE(test_dnswl),
