@@ -74,8 +74,8 @@ typedef struct check_msg {
 	 * score: how the dnsbl check hands its listing to the greylist check
 	 * (greylist.apply "listed", dnsbl.allowlist_threshold). The dnsbl check
 	 * writes it at every stage it runs and the greylist reads it later in
-	 * the same stage, in check_ctx.stage_msg; it is never read across
-	 * stages, so the policy protocol losing it between requests does no
+	 * the same stage, in check_ctx.stage_msg; each stage starts without it
+	 * (pipeline_begin), so the policy protocol losing it between requests does no
 	 * harm (each recipient scores again, from the resolver's cache). A
 	 * shadow dnsbl leaves it UNSCORED (check_ctx.mode).
 	 */

@@ -25,6 +25,9 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
 	check_verdict_reset(&run->final);
 	run->final_check = -1;
 	run->msg = *msg;
+	/* The dnsbl's score is the stage's own (check.h): none is left over from an earlier stage. */
+	run->msg.dnsbl = CHECK_DNSBL_UNSCORED;
+	run->msg.dnsbl_score = 0;
 }
 
 /* Whether check i runs at this stage for this listener. */

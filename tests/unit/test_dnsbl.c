@@ -786,6 +786,27 @@ static void test_greylist_apply_listed(void **state)
 	config_unref(cfg);
 }
 
+/* A listing left in the message's state by an earlier stage (the milter keeps it) is not this stage's. */
+static void test_greylist_listing_is_the_stages_own(void **state)
+{
+	config *cfg =
+	    with_greylist("\"mode\": \"off\", \"sites\": [\"bl.example.org\"]", ", \"apply\": \"listed\"");
+	static decide_txn txn;
+	check_msg msg = {.dnsbl = CHECK_DNSBL_LISTED, .dnsbl_score = 5};
+	decide_facts f = facts("192.0.2.7");
+	size_t from = 0;
+
+	(void)state;
+	decide_prepare(&cfg->decide, &f, &txn);
+	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &txn, &msg, 1700000000);
+	answer(run.q, pipeline_needs(&cfg->pipeline, &run));
+	while (pipeline_decide(&cfg->pipeline, &run, &from))
+		answer(run.q + from, run.nq - from);
+	assert_int_equal(run.final.action, DECIDE_CONTINUE);
+	assert_int_equal(zone.greylist_queries, 0);
+	config_unref(cfg);
+}
+
 static void test_greylist_allowlist(void **state)
 {
 	config *cfg =
@@ -855,6 +876,7 @@ int main(void)
 	    CASE(test_failures),
 	    CASE(test_greylist_apply_listed),
 	    CASE(test_greylist_allowlist),
+	    CASE(test_greylist_listing_is_the_stages_own),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
