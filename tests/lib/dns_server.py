@@ -10,6 +10,7 @@ resolver must survive:
                          ["PTR", "host.example.net"], ["CNAME", "other.example.net"]]}
     behaviours {"name": {"rcode": "SERVFAIL" | "REFUSED"}   answer that rcode
                         {"drop": true}                      never answer
+                        {"drop_missing": true}              never answer types it has no record of
                         {"delay_ms": 2000}                  answer that late
                         {"hold": true}                      answer once released
                }
@@ -138,7 +139,7 @@ class DnsServer:
 # ---- the server process (Debian's python3, with dnslib) ----
 
 def _serve(conf_path, port_path, log_path, workdir):
-    from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+    from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 
     conf = json.load(open(conf_path))
     records, behaviours = conf["records"], conf["behaviours"]
@@ -156,13 +157,22 @@ def _serve(conf_path, port_path, log_path, workdir):
         if kind == "CNAME":
             return CNAME(args[0])
         if kind == "TXT":
-            # a list: several character-strings in one record
-            return TXT([s.encode() for s in args] if len(args) > 1 else args[0].encode())
+            # several arguments: several character-strings in one record; each at most 255 bytes
+            parts = [p.encode() for p in args]
+            chunks = [p[i:i + 255] for p in parts for i in range(0, max(len(p), 1), 255)]
+            return TXT(chunks)
         raise ValueError(kind)
+
+    def qname_text(qname):
+        # The labels as they are (a space is a byte of a label), not dnslib's escaped text.
+        return _norm(".".join(label.decode("latin-1") for label in qname.label))
+
+    def label_of(name):
+        return DNSLabel([part.encode("latin-1") for part in name.split(".")])
 
     def answer(req):
         q = req.q
-        name = _norm(str(q.qname))
+        name = qname_text(q.qname)
         qtype = QTYPE[q.qtype]
         reply = req.reply()
         b = behaviours.get(name, {})
@@ -178,12 +188,13 @@ def _serve(conf_path, port_path, log_path, workdir):
             recs = records[owner]
             cname = [r for r in recs if r[0] == "CNAME"]
             if cname and qtype != "CNAME":
-                reply.add_answer(RR(owner + ".", QTYPE.CNAME, rdata=CNAME(cname[0][1]), ttl=60))
+                reply.add_answer(RR(label_of(owner), QTYPE.CNAME, rdata=CNAME(cname[0][1]), ttl=60))
                 owner = _norm(cname[0][1])
                 continue
             for rec in recs:
                 if rec[0] == qtype:
-                    reply.add_answer(RR(owner + ".", getattr(QTYPE, rec[0]), rdata=rdata(rec[0], rec[1:]), ttl=60))
+                    reply.add_answer(RR(label_of(owner), getattr(QTYPE, rec[0]), rdata=rdata(rec[0], rec[1:]),
+                                        ttl=60))
             break
         if not reply.rr:
             reply.add_auth(RR(ZONE_SOA + ".", QTYPE.SOA, ttl=60,
@@ -192,7 +203,7 @@ def _serve(conf_path, port_path, log_path, workdir):
 
     def log_query(req, transport):
         with log_lock, open(log_path, "a") as f:
-            f.write(json.dumps({"name": _norm(str(req.q.qname)), "type": QTYPE[req.q.qtype],
+            f.write(json.dumps({"name": qname_text(req.q.qname), "type": QTYPE[req.q.qtype],
                                 "transport": transport}) + "\n")
 
     def respond(data, send, transport):
@@ -201,11 +212,14 @@ def _serve(conf_path, port_path, log_path, workdir):
         except Exception:
             return
         log_query(req, transport)
-        b = behaviours.get(_norm(str(req.q.qname)), {})
+        name = qname_text(req.q.qname)
+        b = behaviours.get(name, {})
         if b.get("drop"):
             return
+        if b.get("drop_missing") and not any(r[0] == QTYPE[req.q.qtype] for r in records.get(name, [])):
+            return
         if b.get("hold"):
-            release = os.path.join(workdir, "release." + _norm(str(req.q.qname)))
+            release = os.path.join(workdir, "release." + name)
             while not os.path.exists(release):
                 time.sleep(0.01)
         if b.get("delay_ms"):
