@@ -20,6 +20,7 @@ What is proved, on ordering and never on timings:
 import os
 import socket
 import tempfile
+import threading
 import unittest
 
 import dns_server
@@ -261,6 +262,48 @@ class TestMilter(DnsCase):
         self.assertEqual(self.rcpt("192.0.2.95"), "continue")
         for client in (SERVFAIL, DROPPED):
             self.assertEqual(self.rcpt(client), "continue", client)
+
+
+class TestMilterConcurrent(DnsCase):
+    """Milter sessions share one resolver: those waiting take turns polling it and wake each other."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start(milter=True)
+
+    def session(self, client):
+        m = MilterClient.open(self.d.config["milter"]["listen"], timeout=60)
+        self.addCleanup(m.close)
+        m.negotiate()
+        m.connect("mx.sender.example", client)
+        m.helo("mx.sender.example")
+        self.assertEqual(m.mail("<someone@sender.example>", macros={"i": "Q3"}).verdict, "continue")
+        return m
+
+    def test_waiting_sessions_do_not_hold_the_others(self):
+        held = HELD[5:8]
+        results = {}
+
+        def rcpt(m, client):
+            r = m.rcpt("<user@example.org>", macros={"i": "Q3"})
+            results[client] = "continue" if r.verdict == "continue" else r.smtp
+
+        threads = []
+        for client in held:
+            m = self.session(client)
+            t = threading.Thread(target=rcpt, args=(m, client))
+            t.start()
+            threads.append(t)
+            self.server.wait_for_query(rname(client))
+        # Answered while three sessions wait on the same resolver (one of them polling it).
+        m = self.session(LISTED[0])
+        rcpt(m, LISTED[0])
+        self.assertEqual(results, {LISTED[0]: REJECT % LISTED[0]})
+        for client in held:
+            self.server.release(rname(client))
+        for t in threads:
+            t.join(60)
+        self.assertEqual(results, {c: REJECT % c for c in held + [LISTED[0]]})
 
 
 class TestReload(DnsCase):
