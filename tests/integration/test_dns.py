@@ -38,7 +38,7 @@ def rname(client):
 
 
 LISTED = ["192.0.2.%d" % i for i in range(10, 20)]
-HELD = ["192.0.2.%d" % i for i in range(70, 80)]  # listed, answered only when released
+HELD = ["192.0.2.%d" % i for i in range(70, 90)]  # listed, answered only when released
 SERVFAIL, REFUSED, DROPPED = "192.0.2.31", "192.0.2.32", "192.0.2.33"
 
 RECORDS = {rname(c): [["A", "127.0.0.2"], ["TXT", "listed"]] for c in LISTED + HELD}
@@ -332,12 +332,37 @@ class TestReload(DnsCase):
     def test_new_forwarders_take_over(self):
         self.assertEqual(self.ask(LISTED[8]), REJECT % LISTED[8])
         self.assertEqual(self.rcpt(LISTED[8]), REJECT % LISTED[8])
+        # Requests waiting across the reload: they finish on the resolver they started on.
+        waiting = []
+        for client in HELD[10:14]:
+            c = self.client()
+            c.send_raw(sh.PolicyClient.encode(client_address=client, recipient="user@example.org"))
+            self.server.wait_for_query(rname(client))
+            waiting.append(c)
+        milter_result = {}
+        m = MilterClient.open(self.d.config["milter"]["listen"], timeout=60)
+        self.addCleanup(m.close)
+        m.negotiate()
+        m.connect("mx.sender.example", HELD[14])
+        m.helo("mx.sender.example")
+        m.mail("<someone@sender.example>", macros={"i": "Q4"})
+        t = threading.Thread(target=lambda: milter_result.update(
+            r=m.rcpt("<user@example.org>", macros={"i": "Q4"}).smtp))
+        t.start()
+        self.server.wait_for_query(rname(HELD[14]))
         self.assertTrue(self.d.reload({"dns": {"forwarders": [self.other.forwarder]}}))
         # The other server lists nobody: its NXDOMAIN answers, and the first server is not asked.
-        self.assertEqual(self.ask(LISTED[9]), "DUNNO")
+        for _ in range(4):  # each new connection: whichever worker takes it
+            self.assertEqual(self.ask(LISTED[9]), "DUNNO")
         self.assertEqual(self.rcpt(LISTED[9]), "continue")
         self.assertGreaterEqual(self.other.count(rname(LISTED[9]), "A"), 1)
         self.assertEqual(self.server.count(rname(LISTED[9])), 0)
+        for client in HELD[10:15]:
+            self.server.release(rname(client))
+        for c, client in zip(waiting, HELD[10:14]):
+            self.assertEqual(c.read_action(), REJECT % client)
+        t.join(60)
+        self.assertEqual(milter_result, {"r": REJECT % HELD[14]})
 
 
 class TestSpf(DnsCase):
