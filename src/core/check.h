@@ -69,7 +69,17 @@ typedef struct check_msg {
 	 * a message, at the first stage whose checks want it.
 	 */
 	uint8_t spf;
+	/*
+	 * The probes of greylist.spf_key (core/dnsplan.h): 0 not evaluated, or
+	 * evaluated but a probe did not end (tried again at the next stage);
+	 * CHECK_SPF_NARROW the sender's record authorised neither probe;
+	 * CHECK_SPF_OPEN it authorised one (or both).
+	 */
+	uint8_t spf_open;
+	bool spf_header_done; /* the message got its Received-SPF header (policy: one PREPEND a message) */
 } check_msg;
+
+enum { CHECK_SPF_NARROW = 1, CHECK_SPF_OPEN = 2 };
 
 /* Everything a check may look at; read-only. */
 typedef struct check_ctx {
@@ -93,7 +103,8 @@ typedef struct check_ctx {
 #define CHECK_DETAIL_MAX 1400
 /* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 2048
-#define CHECK_HEADER_MAX 256
+/* A Received-SPF header (RFC 7208 9.1) with its attacker-written envelope-from and helo fits: 998 at most. */
+#define CHECK_HEADER_MAX 1000
 /* Most placeholders a hook's arguments may hold. */
 #define CHECK_HOOK_VALUES 4
 

@@ -28,6 +28,12 @@ enum {
 
 typedef enum { TRAP_ACTION_DISCARD, TRAP_ACTION_REJECT, TRAP_ACTION_ACCEPT } trap_action;
 typedef enum { ON_MIXED_DELIVER_OTHERS, ON_MIXED_DISCARD_ALL } on_mixed_policy;
+/*
+ * blocklist.sender_requires: what a trap hit needs before it blocklists
+ * the sender-derived keys (sender, sender_domain): nothing, or a verified
+ * sender (SPF pass or SASL; else only the client's keys are recorded).
+ */
+typedef enum { SENDER_REQUIRES_ANY, SENDER_REQUIRES_SPF_PASS } sender_requires_policy;
 /* traps.null_sender: what a bounce (MAIL FROM:<>) to a trap records. */
 typedef enum { NULL_SENDER_IGNORE, NULL_SENDER_CLIENT } null_sender_policy;
 
@@ -50,8 +56,9 @@ typedef struct decide_policy {
 	trap_action action;
 	on_mixed_policy on_mixed;
 	null_sender_policy null_sender;
-	unsigned keys; /* DECIDE_KEY_* */
-	int64_t ttl;   /* seconds a trap hit keeps a key blocklisted */
+	unsigned keys;       /* DECIDE_KEY_* */
+	int sender_requires; /* sender_requires_policy */
+	int64_t ttl;         /* seconds a trap hit keeps a key blocklisted */
 	unsigned ipv4_prefix, ipv6_prefix;
 	/* blocklist.sender_domain_min_networks; 0 and 1: one hit lists the domain */
 	unsigned domain_min_networks;
@@ -76,10 +83,13 @@ typedef struct decide_facts {
 	const char *recipient;
 	const char *queue_id;
 	/*
-	 * A check proved the sender is not forged (SPF pass, once the spf
-	 * check exists). An authenticated client verifies its sender too,
-	 * without this. A verified whitelisted sender exempts every key but
-	 * the SASL account's (SPEC "Checks" item 3, decide_txn.sender_trusted).
+	 * A check proved the sender is not forged: SPF passes for it (the
+	 * engine sets it from the spf check's answer, core/checks/spf.h). An
+	 * authenticated client verifies its sender too, without this. A
+	 * verified whitelisted sender exempts every key but the SASL
+	 * account's (SPEC "Checks" item 3, decide_txn.sender_trusted); under
+	 * blocklist.sender_requires spf-pass only a verified sender's own keys
+	 * are recorded by a trap hit.
 	 */
 	bool sender_verified;
 	/*
