@@ -10,8 +10,12 @@
 #include "core/trapset.h"
 
 static const smtp_reply REPLY_TEMPERROR = {"451", "4.4.3", "SPF temporary error, try again later"};
-/* Bytes of an envelope-from or helo the header keeps: more and the key is left out. */
-#define HEADER_VALUE_MAX 256
+/*
+ * The longest envelope-from or helo value the header writes (quotes and
+ * escapes included): more and the key is left out. Two of them with the
+ * rest of the longest header stay under RFC 5322's 998 (spf.h).
+ */
+#define HEADER_VALUE_MAX 300
 
 static const check_key spf_keys[] = {
     {"reject_fail", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(spfcheck_conf, reject_fail)},
@@ -148,15 +152,20 @@ int spfcheck_result(const check_ctx *ctx)
 	return SPFCHECK_UNKNOWN;
 }
 
-/* From a plan's probes: CHECK_SPF_OPEN / _NARROW, or 0 when one did not end. */
+/*
+ * From a plan's probes: CHECK_SPF_OPEN / _NARROW, or 0 when one did not
+ * end or ended in a temporary error (asked again at the next stage).
+ * Narrow takes a definite "not authorised" for both; a permerror is no
+ * proof of that.
+ */
 static int probes_open(const dnsplan *dns)
 {
 	bool open = false;
 
 	for (int i = 0; i < DNSPLAN_SPF_PROBES; i++) {
-		if (!dns->probe[i].wanted || !dns->probe[i].done)
+		if (!dns->probe[i].wanted || !dns->probe[i].done || dns->probe[i].result == SPF_TEMPERROR)
 			return 0;
-		open |= dns->probe[i].result == SPF_PASS;
+		open |= dns->probe[i].result == SPF_PASS || dns->probe[i].result == SPF_PERMERROR;
 	}
 	return open ? CHECK_SPF_OPEN : CHECK_SPF_NARROW;
 }
@@ -213,22 +222,22 @@ static bool dot_atom(const char *s)
 	return !after_dot;
 }
 
-/*
- * value as the header writes it into out (at least 2 * HEADER_VALUE_MAX + 3
- * bytes): a dot-atom as it is, else a quoted-string. false: too long.
- */
-static bool header_value(const char *value, char *out, size_t outlen)
+/* value as the header writes it into out[HEADER_VALUE_MAX + 1]: a dot-atom as it is, else a quoted-string.
+ * false: too long. */
+static bool header_value(const char *value, char *out)
 {
 	size_t o = 0;
 
-	if (strlen(value) > HEADER_VALUE_MAX || outlen < 2 * HEADER_VALUE_MAX + 3)
-		return false;
 	if (dot_atom(value)) {
-		snprintf(out, outlen, "%s", value);
+		if (strlen(value) > HEADER_VALUE_MAX)
+			return false;
+		memcpy(out, value, strlen(value) + 1);
 		return true;
 	}
 	out[o++] = '"';
 	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+		if (o + 3 > HEADER_VALUE_MAX) /* an escape, a byte and the closing quote */
+			return false;
 		if (*p == '"' || *p == '\\')
 			out[o++] = '\\';
 		/* No CR or LF may end the header early, and 8-bit bytes have no place in one. */
@@ -264,7 +273,7 @@ static const char *comment_of(enum spf_result r)
 size_t spfcheck_header(enum spf_result r, const char *receiver, const char *client, const char *mailfrom,
                        const char *helo, char *out, size_t outlen)
 {
-	char comment[160], ip[ADDR_NET_STRLEN], from[2 * HEADER_VALUE_MAX + 3], hv[2 * HEADER_VALUE_MAX + 3];
+	char comment[160], ip[ADDR_NET_STRLEN], from[HEADER_VALUE_MAX + 1], hv[HEADER_VALUE_MAX + 1];
 	char rcv[SPFCHECK_RECEIVER_MAX + 1];
 	addr_ip parsed;
 	size_t o;
@@ -282,13 +291,13 @@ size_t spfcheck_header(enum spf_result r, const char *receiver, const char *clie
 	if (n < 0 || (size_t)n >= outlen)
 		goto too_small;
 	o = (size_t)n;
-	if (header_value(mailfrom ? mailfrom : "", from, sizeof(from))) {
+	if (header_value(mailfrom ? mailfrom : "", from)) {
 		n = snprintf(out + o, outlen - o, " envelope-from=%s;", from);
 		if (n < 0 || (size_t)n >= outlen - o)
 			goto too_small;
 		o += (size_t)n;
 	}
-	if (helo && *helo && header_value(helo, hv, sizeof(hv))) {
+	if (helo && *helo && header_value(helo, hv)) {
 		n = snprintf(out + o, outlen - o, " helo=%s;", hv);
 		if (n < 0 || (size_t)n >= outlen - o)
 			goto too_small;

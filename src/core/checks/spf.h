@@ -88,8 +88,8 @@ void spfcheck_remember(const struct dnsplan *dns, check_msg *msg);
  * receiver=...; identity=mailfrom". envelope-from and helo are written by
  * the SMTP client: a dot-atom as it is, anything else a quoted-string
  * with '"' and '\' escaped, bytes outside printable ASCII (CR, LF, other
- * controls, 8-bit) as '?', and left out when longer than 256 bytes. The
- * line stays under RFC 5322's 998 characters. Returns its length, 0 when
+ * controls, 8-bit) as '?', and left out when that is longer than 300
+ * bytes. The line stays under RFC 5322's 998 characters. Returns its length, 0 when
  * out is too small (then out is "").
  */
 size_t spfcheck_header(enum spf_result r, const char *receiver, const char *client, const char *mailfrom,
