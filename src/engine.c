@@ -564,6 +564,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	m->state = run->msg;
 	/* Once a message: later stages read it (a timeout is not remembered, the next stage tries again). */
 	spfcheck_remember(facts->dns, &m->state);
+	spfcheck_header_sent(&run->final, &m->state);
 	if (stage == CHECK_STAGE_RCPT)
 		count_recipient(&m->state, &run->final);
 	out = run->final;

@@ -82,6 +82,7 @@ typedef struct stage_out {
 } stage_out;
 
 static pipeline_run run;
+static bool grey_pass_first; /* the store answers a triplet's retry that passes (X-Greylist's moment) */
 
 static void answer_store(query *q, size_t n, stage_out *out)
 {
@@ -91,7 +92,9 @@ static void answer_store(query *q, size_t n, stage_out *out)
 			snprintf(out->triplet, sizeof(out->triplet), "%s", q[i].u.grey.triplet);
 			q[i].status = QUERY_OK;
 			q[i].u.grey.answer =
-			    (greystep_out){.result = GREYSTEP_DEFER_NEW, .remaining_ms = 300000};
+			    grey_pass_first
+			        ? (greystep_out){.result = GREYSTEP_PASS_FIRST, .waited_ms = 310000}
+			        : (greystep_out){.result = GREYSTEP_DEFER_NEW, .remaining_ms = 300000};
 			break;
 		case QUERY_DISTINCT_ADD:
 			q[i].status = QUERY_OK;
@@ -170,6 +173,7 @@ static stage_out stage_msg(const config *cfg, check_stage st, decide_facts f, ch
 		}
 	*msg = run.msg;
 	spfcheck_remember(f.dns, msg);
+	spfcheck_header_sent(&run.final, msg);
 	return out;
 }
 
@@ -647,6 +651,29 @@ static void test_header_once_a_message(void **state)
 	config_unref(cfg);
 }
 
+/* The greylist's X-Greylist replaces Received-SPF on one policy answer: the next recipient gets it. */
+static void test_header_after_greylist_header(void **state)
+{
+	config *cfg = cfg_of("\"spf\": {\"mode\": \"enforce\", \"receiver\": \"mx.example.net\"}, "
+	                     "\"greylist\": {\"mode\": \"enforce\", \"header\": true}");
+	decide_facts f = facts("198.51.100.7", "news@shop.example", "friend@example.net");
+	check_msg msg;
+	stage_out o;
+
+	(void)state;
+	memset(&msg, 0, sizeof(msg));
+	grey_pass_first = true;
+	o = stage_msg(cfg, CHECK_STAGE_RCPT, f, &msg, &PASS_NARROW);
+	assert_non_null(strstr(o.final.header, "X-Greylist: delayed 310 seconds"));
+	assert_false(msg.spf_header_done);
+	f.recipient = "other@example.net";
+	o = stage_msg(cfg, CHECK_STAGE_RCPT, f, &msg, NULL);
+	assert_non_null(strstr(o.final.header, "Received-SPF: pass (mx.example.net: "));
+	assert_true(msg.spf_header_done);
+	grey_pass_first = false;
+	config_unref(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -664,6 +691,7 @@ int main(void)
 	    cmocka_unit_test(test_reject_fail_on_error_and_shadow),
 	    cmocka_unit_test(test_header_text),
 	    cmocka_unit_test(test_header_once_a_message),
+	    cmocka_unit_test(test_header_after_greylist_header),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

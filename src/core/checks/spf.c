@@ -286,8 +286,8 @@ size_t spfcheck_header(enum spf_result r, const char *receiver, const char *clie
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
 	snprintf(comment, sizeof(comment), comment_of(r), ip);
 #pragma GCC diagnostic pop
-	n = snprintf(out, outlen, "Received-SPF: %s (%s: %s) client-ip=%s;", spf_result_name(r), rcv, comment,
-	             ip);
+	n = snprintf(out, outlen, SPFCHECK_HEADER_NAME ": %s (%s: %s) client-ip=%s;", spf_result_name(r), rcv,
+	             comment, ip);
 	if (n < 0 || (size_t)n >= outlen)
 		goto too_small;
 	o = (size_t)n;
@@ -367,12 +367,17 @@ static void add_header(const spfcheck_conf *conf, const check_ctx *ctx, int r, c
 	const decide_facts *f = ctx->facts;
 	check_stage at = f->front == DECIDE_FRONT_MILTER ? CHECK_STAGE_EOM : CHECK_STAGE_RCPT;
 
+	(void)eff; /* done only once it went out: spfcheck_header_sent */
 	if (!conf->header || ctx->msg->spf_header_done || ctx->stage != at)
 		return;
-	if (spfcheck_header((enum spf_result)r, conf->receiver_name, f->client_address,
-	                    ctx->txn->null_sender ? "" : ctx->txn->sender, f->helo, v->header,
-	                    sizeof(v->header)) > 0)
-		eff->msg.spf_header_done = true;
+	spfcheck_header((enum spf_result)r, conf->receiver_name, f->client_address,
+	                ctx->txn->null_sender ? "" : ctx->txn->sender, f->helo, v->header, sizeof(v->header));
+}
+
+void spfcheck_header_sent(const check_verdict *final, check_msg *msg)
+{
+	if (final->action == DECIDE_CONTINUE && strncmp(final->header, SPFCHECK_HEADER_NAME ":", 13) == 0)
+		msg->spf_header_done = true;
 }
 
 static void spf_decide(const void *vconf, const check_ctx *ctx, void *scratch, const query *answers,

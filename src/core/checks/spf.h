@@ -82,6 +82,16 @@ bool spfcheck_verified(const struct dnsplan *dns, const check_msg *msg);
 /* What the message keeps of this stage's answers (a timeout is not kept: the next stage asks again). */
 void spfcheck_remember(const struct dnsplan *dns, check_msg *msg);
 
+#define SPFCHECK_HEADER_NAME "Received-SPF"
+
+/*
+ * After a stage: the message got its Received-SPF header if the final
+ * verdict carries it (a later check's header, the greylist's, replaces it
+ * on the same recipient, and a refused recipient carries none: the next
+ * recipient then gets it).
+ */
+void spfcheck_header_sent(const check_verdict *final, check_msg *msg);
+
 /*
  * The Received-SPF header (RFC 7208 9.1) into out: "Received-SPF: pass
  * (receiver: ...) client-ip=...; envelope-from=...; helo=...;
