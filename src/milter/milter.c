@@ -362,8 +362,8 @@ static void greylist_wants(bool *data, bool *header)
 	const spfcheck_conf *sc = sp->conf;
 
 	*data = on && gc->null_sender_at == GREYLIST_NULL_AT_DATA;
-	/* The spf check's Received-SPF too (its verdict at end of message). */
-	*header = (on && gc->header) || (sp->mode != CHECK_MODE_OFF && sc && sc->header);
+	/* The spf check's Received-SPF too (its verdict at end of message; none in shadow). */
+	*header = (on && gc->header) || (sp->mode == CHECK_MODE_ENFORCE && sc && sc->header);
 	engine_release(snap);
 }
 
