@@ -44,8 +44,8 @@ typedef unsigned check_stage;
 /*
  * What a message remembers between its stages. The milter keeps all of it
  * in its connection context. The policy protocol's requests are separate:
- * the engine keeps only trap_hit, listed_before and the grey_* fields for
- * them, by the message's "instance" attribute, in one word per message
+ * the engine keeps only trap_hit, listed_before, the grey_* and the spf*
+ * fields for them, by the message's "instance" attribute, in one word per message
  * (engine.c); a field a new check adds here is lost between policy
  * requests unless it is packed there too.
  */

@@ -434,9 +434,11 @@ static void test_policy_spf_header_once(void **state)
 	assert_non_null(strstr(v.header, "Received-SPF: softfail (mx.example.com: "));
 	f.recipient = "b@example.net";
 	v = policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &f, SPF_SOFTFAIL, &asked);
+	assert_false(asked); /* the message's result is kept by instance: once a message */
 	assert_string_equal(v.header, "");
 	/* another message gets its own */
 	v = policy_spf(eng, trap, CHECK_STAGE_RCPT, "i2", &f, SPF_PASS, &asked);
+	assert_true(asked);
 	assert_non_null(strstr(v.header, "Received-SPF: pass "));
 	stop(eng);
 }

@@ -127,7 +127,8 @@ static void spf_plan_dns(const void *vconf, const check_ctx *ctx, dnsplan *plan)
 	if (!known) {
 		/* At MAIL FROM already: a verified sender's client networks are not looked up there. */
 		want = ctx->txn->sender_whitelisted != WHITELIST_NONE;
-		want |= ctx->stage != CHECK_STAGE_MAIL && (conf->reject_fail || conf->header);
+		want |= ctx->stage != CHECK_STAGE_MAIL &&
+		        (conf->reject_fail || (conf->header && !msg->spf_header_done));
 		want |= trap_wants(conf, ctx);
 	}
 	if (ctx->stage == CHECK_STAGE_RCPT && conf->grey_spf_key && !ctx->txn->null_sender &&
