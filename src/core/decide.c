@@ -195,6 +195,9 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 	bool sender_keys =
 	    policy->sender_requires != SENDER_REQUIRES_SPF_PASS || k->authenticated || k->verified;
 
+	txn->sender_withheld = !sender_keys && ((policy->keys & DECIDE_KEY_SENDER && k->sender) ||
+	                                        (policy->keys & DECIDE_KEY_SENDER_DOMAIN && k->domain));
+
 	if ((policy->keys & DECIDE_KEY_SENDER) && sender_keys)
 		push_record(txn, k->sender);
 	/* An authenticated client is a shared submission host, not the spammer. */

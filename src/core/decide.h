@@ -135,6 +135,8 @@ typedef struct decide_txn {
 	whitelist_match whitelisted;
 	whitelist_match sender_whitelisted;
 	bool sender_trusted;
+	/* blocklist.sender_requires kept the sender's own keys out of record[]: it is not verified. */
+	bool sender_withheld;
 	bool have_client; /* client holds a usable (non-loopback) client address */
 	addr_ip client;
 	size_t nlookup, nrecord, client_at;

@@ -408,14 +408,14 @@ static void test_policy_spf_sender_requires(void **state)
 
 	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &forged, SPF_FAIL, &asked);
 	assert_true(asked);
-	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.50;"), 1);
+	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.50 sender=unverified;"), 1);
 	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i2", &real, SPF_PASS, &asked);
 	assert_true(asked);
 	assert_int_equal(logged("trap=trap@example.com blocklisted=spam@bad.test,192.0.2.60;"), 1);
 	/* no answer by the deadline: the client only */
 	forged.client_address = "192.0.2.70";
 	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i3", &forged, -1, &asked);
-	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.70;"), 1);
+	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.70 sender=unverified;"), 1);
 	stop(eng);
 }
 

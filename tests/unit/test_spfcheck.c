@@ -342,6 +342,7 @@ static void test_sender_requires_spf_pass(void **state)
 	/* pass: the sender is the one to blame, with its domain and its client */
 	o = rcpt(cfg, f, &a);
 	assert_true(o.asked_spf);
+	assert_null(strstr(o.final.detail, "unverified"));
 	assert_true(recorded(&o, "victim@bank.example"));
 	assert_true(recorded(&o, "@bank.example"));
 	assert_true(recorded(&o, "203.0.113.9/32") || recorded(&o, "203.0.113.9"));
@@ -353,6 +354,7 @@ static void test_sender_requires_spf_pass(void **state)
 		assert_int_equal(o.nrecord, 1);
 		assert_false(recorded(&o, "victim@bank.example"));
 		assert_false(recorded(&o, "@bank.example"));
+		assert_non_null(strstr(o.final.detail, " sender=unverified"));
 	}
 	/* an authenticated client: its sender is verified by the login, no SPF asked */
 	f.sasl_username = "alice";
