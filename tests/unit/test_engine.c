@@ -385,6 +385,12 @@ static check_verdict policy_spf(engine *eng, unsigned checks, check_stage stage,
 			plan.spf.done = true;
 			plan.spf.result = (enum spf_result)result;
 		}
+		/* a narrow record: the probes fail */
+		for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+			if (plan.probe[i].wanted) {
+				plan.probe[i].done = true;
+				plan.probe[i].result = SPF_FAIL;
+			}
 		dnsplan_expire(&plan);
 		g.dns = &plan;
 	}
@@ -459,8 +465,10 @@ static void test_milter_spf_verified(void **state)
 	engine_msg_begin(&t.m, t.snap);
 	assert_true(engine_dns_plan(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f, &plan));
 	assert_true(plan.spf.wanted);
-	plan.spf.done = true;
+	assert_true(plan.probe[0].wanted && plan.probe[1].wanted);
+	plan.spf.done = plan.probe[0].done = plan.probe[1].done = true;
 	plan.spf.result = SPF_PASS;
+	plan.probe[0].result = plan.probe[1].result = SPF_FAIL;
 	f.dns = &plan;
 	assert_int_equal(engine_stage(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f).action, DECIDE_CONTINUE);
 	f.dns = NULL;

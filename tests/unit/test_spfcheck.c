@@ -263,6 +263,8 @@ static void test_whitelist_forged_sender(void **state)
 {
 	config *cfg = cfg_of(WL_CONF);
 	const spf_answers answers[] = {FAIL,
+	                               {SPF_PASS, {SPF_PASS, SPF_PASS}, NULL}, /* the domain says +all */
+	                               {SPF_PASS, {NOT_DONE, SPF_FAIL}, NULL}, /* not known to be narrow */
 	                               {SPF_NONE, {NOT_DONE, NOT_DONE}, NULL},
 	                               {SPF_SOFTFAIL, {NOT_DONE, NOT_DONE}, NULL},
 	                               {NOT_DONE, {NOT_DONE, NOT_DONE}, NULL}};
@@ -335,7 +337,11 @@ static void test_sender_requires_spf_pass(void **state)
 	decide_facts f = facts("203.0.113.9", "victim@bank.example", "trap@example.com");
 	const int not_pass[] = {SPF_FAIL,      SPF_SOFTFAIL,  SPF_NEUTRAL, SPF_NONE,
 	                        SPF_TEMPERROR, SPF_PERMERROR, NOT_DONE};
-	spf_answers a = {SPF_PASS, {NOT_DONE, NOT_DONE}, NULL};
+	spf_answers a = PASS_NARROW;
+	const spf_answers open[] = {{SPF_PASS, {SPF_PASS, SPF_FAIL}, NULL},
+	                            {SPF_PASS, {SPF_FAIL, SPF_PASS}, NULL},
+	                            {SPF_PASS, {SPF_FAIL, NOT_DONE}, NULL},
+	                            {SPF_PASS, {SPF_TEMPERROR, SPF_FAIL}, NULL}};
 	stage_out o;
 
 	(void)state;
@@ -355,6 +361,13 @@ static void test_sender_requires_spf_pass(void **state)
 		assert_false(recorded(&o, "victim@bank.example"));
 		assert_false(recorded(&o, "@bank.example"));
 		assert_non_null(strstr(o.final.detail, " sender=unverified"));
+	}
+	/* a pass from a record that passes the probes too (+all), or not known not to: the client only */
+	for (size_t i = 0; i < sizeof(open) / sizeof(open[0]); i++) {
+		o = rcpt(cfg, f, &open[i]);
+		assert_true(o.asked_probes);
+		assert_int_equal(o.nrecord, 1);
+		assert_false(recorded(&o, "victim@bank.example"));
 	}
 	/* an authenticated client: its sender is verified by the login, no SPF asked */
 	f.sasl_username = "alice";

@@ -120,23 +120,27 @@ static void spf_plan_dns(const void *vconf, const check_ctx *ctx, dnsplan *plan)
 {
 	const spfcheck_conf *conf = vconf;
 	const check_msg *msg = ctx->msg;
-	bool known = msg->spf != 0, want = false, probes = false;
+	const decide_txn *txn = ctx->txn;
+	bool known = msg->spf != 0;
 
 	if (!applies(ctx))
 		return;
-	if (!known) {
-		/* At MAIL FROM already: a verified sender's client networks are not looked up there. */
-		want = ctx->txn->sender_whitelisted != WHITELIST_NONE;
-		want |= ctx->stage != CHECK_STAGE_MAIL &&
-		        (conf->reject_fail || (conf->header && !msg->spf_header_done));
-		want |= trap_wants(conf, ctx);
-	}
-	if (ctx->stage == CHECK_STAGE_RCPT && conf->grey_spf_key && !ctx->txn->null_sender &&
-	    msg->spf_open == 0 && (!known || msg->spf == SPF_PASS + 1))
-		want = probes = true;
-	if (!want)
+	/*
+	 * Uses that need the sender verified (a pass of a narrow record): a
+	 * whitelisted sender, at MAIL FROM already (a verified sender's client
+	 * networks are not looked up there), and a trap hit under
+	 * sender_requires; and the greylist's key, which needs the same.
+	 */
+	bool verify = txn->sender_whitelisted != WHITELIST_NONE || trap_wants(conf, ctx) ||
+	              (ctx->stage == CHECK_STAGE_RCPT && conf->grey_spf_key);
+	bool own =
+	    ctx->stage != CHECK_STAGE_MAIL && (conf->reject_fail || (conf->header && !msg->spf_header_done));
+	bool probes =
+	    verify && !txn->null_sender && msg->spf_open == 0 && (!known || msg->spf == SPF_PASS + 1);
+
+	if (!probes && (known || !(verify || own)))
 		return;
-	if (!dnsplan_want_spf(plan, ctx->facts->client_address, ctx->txn->null_sender ? "" : ctx->txn->sender,
+	if (!dnsplan_want_spf(plan, ctx->facts->client_address, txn->null_sender ? "" : txn->sender,
 	                      ctx->facts->helo ? ctx->facts->helo : ""))
 		return;
 	if (probes)
@@ -180,9 +184,15 @@ int spfcheck_open(const check_ctx *ctx)
 
 bool spfcheck_verified(const dnsplan *dns, const check_msg *msg)
 {
-	if (dns && dns->spf.wanted)
-		return dns->spf.done && dns->spf.result == SPF_PASS && dns->spf.mailfrom[0];
-	return msg->spf == SPF_PASS + 1;
+	int result = msg->spf, open = dns ? probes_open(dns) : 0;
+
+	if (dns && dns->spf.wanted) {
+		if (!dns->spf.done || !dns->spf.mailfrom[0])
+			return false;
+		result = dns->spf.result + 1;
+	}
+	/* A record that authorises everyone verifies no one (spf.h). */
+	return result == SPF_PASS + 1 && (open ? open : msg->spf_open) == CHECK_SPF_NARROW;
 }
 
 void spfcheck_remember(const dnsplan *dns, check_msg *msg)

@@ -3,10 +3,12 @@
  * It is first a provider of one fact, the RFC 7208 result of the message's
  * MAIL FROM (HELO for <>) from its client, which other checks use:
  *
- *   whitelist           a whitelisted sender that passes is verified
+ *   whitelist           a whitelisted sender that passes (with a narrow
+ *                       record, see spfcheck_verified) is verified
  *                       (decide_facts.sender_verified, decide_txn);
  *   blocklist           sender_requires "spf-pass": a trap hit lists the
- *                       sender's own keys only when it passes (or SASL);
+ *                       sender's own keys only when it is so verified
+ *                       (or SASL);
  *   greylist            spf_key: a passing domain whose record is narrow
  *                       (the probes of core/dnsplan.h fail) is the
  *                       triplet's client part instead of the network;
@@ -76,7 +78,13 @@ int spfcheck_result(const check_ctx *ctx);
 /* CHECK_SPF_OPEN or _NARROW once both probes ended (this stage or before), else 0. */
 int spfcheck_open(const check_ctx *ctx);
 
-/* What decide_facts.sender_verified is: SPF passed for the sender (dns: this stage's answers or NULL). */
+/*
+ * What decide_facts.sender_verified is (dns: this stage's answers or
+ * NULL): SPF passed for the sender and the record is narrow (the probes
+ * ended without a pass). A record that passes for everyone ("+all") would
+ * let anyone pose as a whitelisted sender or get a real user's address
+ * blocklisted: it verifies no one.
+ */
 bool spfcheck_verified(const struct dnsplan *dns, const check_msg *msg);
 
 /* What the message keeps of this stage's answers (a timeout is not kept: the next stage asks again). */
