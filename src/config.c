@@ -1243,6 +1243,42 @@ static int set_sentinel(loader *ld, const value *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* dns.forwarders: "ADDR" or "ADDR@PORT", as libunbound's ub_ctx_set_fwd takes them. */
+static int set_forwarder(loader *ld, const value *v, char *err, size_t errlen)
+{
+	typeof(ld->cfg->dns) *d = &ld->cfg->dns;
+	const char *at = strchr(v->s, '@');
+	size_t n = at ? (size_t)(at - v->s) : strlen(v->s);
+	char host[64], *end;
+	addr_ip ip;
+	char **grown;
+
+	if (n >= sizeof host || (memcpy(host, v->s, n), host[n] = '\0', !addr_ip_parse(host, &ip))) {
+		snprintf(err, errlen, "expected an IP address, optionally followed by @PORT");
+		return -1;
+	}
+	if (at != NULL) {
+		long port = strtol(at + 1, &end, 10);
+
+		if (at[1] < '0' || at[1] > '9' || *end != '\0' || port < 1 || port > 65535) {
+			snprintf(err, errlen, "expected @PORT (1-65535) after the address");
+			return -1;
+		}
+	}
+	if (d->nforwarders >= CONFIG_DNS_MAX_FORWARDERS) {
+		snprintf(err, errlen, "at most %d forwarders", CONFIG_DNS_MAX_FORWARDERS);
+		return -1;
+	}
+	grown = realloc(d->forwarders, (d->nforwarders + 1) * sizeof *grown);
+	if (grown == NULL)
+		return out_of_memory(err, errlen);
+	d->forwarders = grown;
+	if (dup_into(&d->forwarders[d->nforwarders], v->s, err, errlen) < 0)
+		return -1;
+	d->nforwarders++;
+	return 0;
+}
+
 /* In the order of the DECIDE_KEY_* bits. */
 static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
                                                   "sender_domain", "helo_name",      NULL};
@@ -1795,6 +1831,12 @@ static const key_def schema[] = {
     /* The ratelimit's rules; its other keys are the check's own (core/checks/ratelimit.c). */
     {"ratelimit.rules", T_RATE_RULES, J([]), .flags = 0},
 
+    /* The DNS checks' resolver (src/dns/, docs/spamtrapd.json.5.md "dns"). */
+    {"dns.forwarders", T_LIST, J([]), .set = set_forwarder},
+    {"dns.timeout", T_DURATION, J("3s"), .min = 1, .max = 60, AT(dns.timeout)},
+    {"dns.max_inflight", T_INT, J(1000), .min = 1, .max = 100000, AT(dns.max_inflight)},
+    {"dns.cache_size", T_INT, J(8), .min = 1, .max = 1024, AT(dns.cache_size)},
+
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
     {"log.level", T_STRING, J("info"), .set = set_level},
@@ -2214,6 +2256,9 @@ static void box_free(config_box *box)
 	free(c->policy.socket_group);
 	netset_free(c->policy.allow);
 	store_config_clear(&c->store);
+	for (size_t i = 0; i < c->dns.nforwarders; i++)
+		free(c->dns.forwarders[i]);
+	free(c->dns.forwarders);
 	for (size_t i = 0; i < c->nwarnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
