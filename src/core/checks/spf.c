@@ -379,7 +379,12 @@ static void add_header(const spfcheck_conf *conf, const check_ctx *ctx, int r, c
 	check_stage at = f->front == DECIDE_FRONT_MILTER ? CHECK_STAGE_EOM : CHECK_STAGE_RCPT;
 
 	(void)eff; /* done only once it went out: spfcheck_header_sent */
-	if (!conf->header || ctx->msg->spf_header_done || ctx->stage != at)
+	/*
+	 * Not for a verified whitelisted sender: on the policy side the
+	 * whitelist's stop keeps this check from running at RCPT TO, and the
+	 * milter's end of message says the same.
+	 */
+	if (!conf->header || ctx->msg->spf_header_done || ctx->stage != at || ctx->txn->sender_trusted)
 		return;
 	spfcheck_header((enum spf_result)r, conf->receiver_name, f->client_address,
 	                ctx->txn->null_sender ? "" : ctx->txn->sender, f->helo, v->header, sizeof(v->header));
