@@ -44,6 +44,7 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/checks/dnsbl.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
 #include "core/checks/spf.h"
@@ -444,7 +445,17 @@ static void loader_clear(loader *ld)
 
 /* ---- the schema ---- */
 
-typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS, T_RATE_RULES } key_type;
+typedef enum {
+	T_STRING,
+	T_INT,
+	T_BOOL,
+	T_DURATION,
+	T_ENUM,
+	T_LIST,
+	T_LISTENERS,
+	T_RATE_RULES,
+	T_MAP
+} key_type;
 
 enum {
 	K_NULLABLE = 1 << 0, /* null is a value: "not set" */
@@ -648,7 +659,7 @@ static int store_field(loader *ld, const key_def *k, const value *v, char *err, 
 	char *field = (k->owner ? (char *)ld->box->check_conf[k->owner - 1] : (char *)ld->cfg) + k->off;
 	char *s = NULL;
 
-	if (k->type == T_LIST)
+	if (k->type == T_LIST || k->type == T_MAP)
 		return strlist_add(field, k->size, v, err, errlen);
 	if (k->type != T_STRING) {
 		store_int(field, k->size, v->i);
@@ -1859,6 +1870,7 @@ static struct {
 static const key_type check_key_types[] = {
     [CHECK_KEY_INT] = T_INT,       [CHECK_KEY_DURATION] = T_DURATION, [CHECK_KEY_BOOL] = T_BOOL,
     [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,         [CHECK_KEY_LIST] = T_LIST,
+    [CHECK_KEY_MAP] = T_MAP,
 };
 
 static const char *const check_mode_defaults[] = {
@@ -1978,6 +1990,32 @@ static void apply_list(loader *ld, const key_def *k, const json_t *j, jpath *p)
 	}
 }
 
+/* A CHECK_KEY_MAP: each member's name, then its value, into the check_strlist (check.h). */
+static void apply_map(loader *ld, const key_def *k, const json_t *j, jpath *p)
+{
+	const char *key;
+	size_t keylen;
+	json_t *e;
+
+	if (!json_is_object(j)) {
+		ld_error(ld, p, "expected an object of strings");
+		return;
+	}
+	json_object_keylen_foreach((json_t *)j, key, keylen, e)
+	{
+		value name = {.s = key}, v = {.s = json_string_value(e)};
+
+		jpath_push_key(p, key, keylen);
+		if (!json_is_string(e) || memchr(key, '\0', keylen) != NULL) {
+			ld_error(ld, p, "expected a string");
+		} else {
+			call_set(ld, k, &name, p);
+			call_set(ld, k, &v, p);
+		}
+		jpath_pop(p);
+	}
+}
+
 static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 {
 	char msg[MSG_MAX];
@@ -1987,6 +2025,8 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 		apply_listeners(ld, j, p);
 	} else if (k->type == T_RATE_RULES) {
 		apply_rate_rules(ld, j, p);
+	} else if (k->type == T_MAP) {
+		apply_map(ld, k, j, p);
 	} else if (k->type == T_LIST && !(json_is_null(j) && (k->flags & K_NULLABLE))) {
 		apply_list(ld, k, j, p);
 	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {
@@ -2225,7 +2265,7 @@ static void check_conf_free(const check_def *d, void *conf)
 		char *s;
 		check_strlist l;
 
-		if (d->keys[j].type == CHECK_KEY_LIST) {
+		if (d->keys[j].type == CHECK_KEY_LIST || d->keys[j].type == CHECK_KEY_MAP) {
 			memcpy(&l, (char *)conf + d->keys[j].off, sizeof(l));
 			for (size_t i = 0; i < l.n; i++)
 				free(l.v[i]);
@@ -2365,6 +2405,37 @@ static void link_spf(loader *ld)
 	}
 }
 
+/* dnsbl and greylist settings that do nothing together: a load succeeds, spamtrapd -t says so. */
+static void warn_dnsbl_greylist(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	const dnsbl_conf *dc = ld->box->check_conf[CHECK_ID_DNSBL];
+	const greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+	check_mode dnsbl = cfg->modes[CHECK_ID_DNSBL], grey = cfg->modes[CHECK_ID_GREYLIST];
+
+	if (!dc || !gc)
+		return;
+	if (dnsbl != CHECK_MODE_OFF && dc->nsites == 0)
+		ld_warn(ld, "dnsbl.mode is %s but dnsbl.sites is empty: no client is ever listed",
+		        check_mode_name(dnsbl));
+	if (dnsbl != CHECK_MODE_OFF && dc->action == DNSBL_ACTION_GREYLIST && grey == CHECK_MODE_OFF)
+		ld_warn(ld,
+		        "dnsbl.action is greylist but greylist.mode is off: listed clients are let through");
+	if (grey == CHECK_MODE_OFF || gc->apply != GREYLIST_APPLY_LISTED)
+		return;
+	if (dnsbl != CHECK_MODE_ENFORCE)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.mode is %s: no client is listed, none is greylisted",
+		    check_mode_name(dnsbl));
+	else if (dc->action != DNSBL_ACTION_GREYLIST)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.action is %s: listed clients are refused before the "
+		    "greylist, none is greylisted",
+		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2390,6 +2461,7 @@ static void finish(loader *ld)
 		            "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode "
 		            "dry-run) to "
 		            "try a trap list without effect");
+	warn_dnsbl_greylist(ld);
 }
 
 static config_box *build(loader *ld, json_t *root)
