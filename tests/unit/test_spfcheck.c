@@ -534,6 +534,12 @@ static void test_reject_fail(void **state)
 		o = rcpt(cfg, f, &a);
 		assert_int_equal(o.final.action, DECIDE_CONTINUE);
 	}
+	/* a DNS failure goes on with a line, rate limited while it lasts */
+	a.result = NOT_DONE;
+	o = rcpt(cfg, f, &a);
+	assert_true(o.decided[CHECK_ID_SPF]);
+	assert_string_equal(run.verdict[CHECK_ID_SPF].reason, "spf-error");
+	assert_true(run.verdict[CHECK_ID_SPF].log_limited);
 	/* an authenticated client is never refused for SPF, even if an answer said fail */
 	f.sasl_username = "alice";
 	a.result = SPF_FAIL;
@@ -561,6 +567,7 @@ static void test_reject_fail_on_error_and_shadow(void **state)
 	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
 	assert_string_equal(o.final.reply.code, "451");
 	assert_string_equal(o.final.reply.xcode, "4.4.3");
+	assert_non_null(strstr(o.final.detail, " spf=temperror reason=\"no answer by the deadline\""));
 	a.result = SPF_TEMPERROR;
 	assert_int_equal(rcpt(cfg, f, &a).final.action, DECIDE_TEMPFAIL);
 	a.result = SPF_PERMERROR; /* the domain's own mistake: no point retrying, never a 5xx */

@@ -396,6 +396,14 @@ void spfcheck_header_sent(const check_verdict *final, check_msg *msg)
 		msg->spf_header_done = true;
 }
 
+/* " spf=RESULT reason=...": which term or error decided, when this stage evaluated it. */
+static void result_detail(const check_ctx *ctx, int r, check_verdict *v)
+{
+	check_detail_add(v, " spf=%s", spf_result_name((enum spf_result)r));
+	if (ctx->dns && ctx->dns->spf.wanted && ctx->dns->spf.reason[0])
+		check_detail_add(v, " reason=\"%s\"", ctx->dns->spf.reason);
+}
+
 static void spf_decide(const void *vconf, const check_ctx *ctx, void *scratch, const query *answers,
                        size_t nanswers, check_verdict *v, check_effects *eff)
 {
@@ -414,14 +422,23 @@ static void spf_decide(const void *vconf, const check_ctx *ctx, void *scratch, c
 
 			fail_reply(conf, ctx, &reply);
 			check_verdict_set(v, DECIDE_REJECT, "spf-fail", &reply);
-			check_detail_add(v, " spf=fail");
+			result_detail(ctx, r, v);
 			return;
 		}
 		if (r == SPF_TEMPERROR && conf->on_error == SPFCHECK_ON_ERROR_TEMPFAIL) {
 			check_verdict_set(v, DECIDE_TEMPFAIL, "spf-error", &REPLY_TEMPERROR);
-			check_detail_add(v, " spf=temperror");
+			result_detail(ctx, r, v);
 			return;
 		}
+	}
+	/*
+	 * A DNS failure this stage met: the mail goes on (on_error continue, or
+	 * nothing refuses on SPF), one line, rate limited while it lasts.
+	 */
+	if (r == SPF_TEMPERROR && ctx->stage == CHECK_STAGE_RCPT && ctx->dns && ctx->dns->spf.wanted) {
+		check_verdict_set(v, DECIDE_CONTINUE, "spf-error", NULL);
+		result_detail(ctx, r, v);
+		v->log_limited = true;
 	}
 	add_header(conf, ctx, r, v, eff);
 }
