@@ -2392,6 +2392,7 @@ static void link_spf(loader *ld)
 	if (sc == NULL)
 		return;
 	sc->policy = &cfg->decide;
+	cfg->decide.spf_timeout_ms = spf_on ? sc->timeout * 1000 : 0;
 	sc->grey_spf_key = gc && gc->spf_key && cfg->modes[CHECK_ID_GREYLIST] != CHECK_MODE_OFF;
 	if (cfg->decide.sender_requires == SENDER_REQUIRES_SPF_PASS && !spf_on) {
 		jpath_from_dotted(&p, "blocklist.sender_requires");

@@ -64,6 +64,13 @@ typedef struct decide_policy {
 	unsigned domain_min_networks;
 	smtp_reply reject;      /* blocklist.reject */
 	bool on_error_tempfail; /* store.on_error */
+	/*
+	 * spf.timeout in milliseconds while the spf check is on, else 0 (set
+	 * by the config): the blocklist asks SPF itself for a whitelisted
+	 * sender at MAIL FROM, on a policy `sender` listener too, where the
+	 * spf check does not run (core/checks/spf.h).
+	 */
+	int64_t spf_timeout_ms;
 	const trapset *traps;
 	const whitelist *whitelist;
 } decide_policy;

@@ -425,6 +425,34 @@ static void test_policy_spf_sender_requires(void **state)
 	stop(eng);
 }
 
+/*
+ * The policy sender listener runs the blocklist alone: it asks SPF itself
+ * for a whitelisted sender, so a verified one is not refused for its
+ * client's listed network (a forged one is).
+ */
+static void test_policy_spf_sender_listener(void **state)
+{
+	(void)state;
+	engine *eng = start("\"spf\": {\"mode\": \"enforce\", \"header\": false}, "
+	                    "\"whitelist\": {\"domains\": [\"bank.test\"]}");
+	unsigned trap = policy_role_checks(POLICY_ROLE_TRAP), sender = policy_role_checks(POLICY_ROLE_SENDER);
+	decide_facts hit = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "spam@bad.test", "trap@example.com");
+	decide_facts ceo = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "ceo@bank.test", NULL);
+	bool asked;
+
+	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &hit, SPF_NONE, &asked);
+	assert_false(asked); /* sender_requires any: nothing to ask */
+	/* verified: its client's listed address is not looked up */
+	check_verdict v = policy_spf(eng, sender, CHECK_STAGE_MAIL, "i2", &ceo, SPF_PASS, &asked);
+	assert_true(asked);
+	assert_int_equal(v.action, DECIDE_CONTINUE);
+	/* forged: refused for the client */
+	v = policy_spf(eng, sender, CHECK_STAGE_MAIL, "i3", &ceo, SPF_FAIL, &asked);
+	assert_true(asked);
+	assert_int_equal(v.action, DECIDE_REJECT);
+	stop(eng);
+}
+
 /* Policy: Received-SPF is PREPENDed once a message, the message's other recipients get none. */
 static void test_policy_spf_header_once(void **state)
 {
@@ -535,6 +563,7 @@ int main(void)
 	    cmocka_unit_test(test_dry_run_keeps_whitelist),
 	    cmocka_unit_test(test_greylist_purge_maintenance),
 	    cmocka_unit_test(test_policy_spf_sender_requires),
+	    cmocka_unit_test(test_policy_spf_sender_listener),
 	    cmocka_unit_test(test_policy_spf_header_once),
 	    cmocka_unit_test(test_milter_spf_verified),
 	};

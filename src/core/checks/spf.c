@@ -148,6 +148,21 @@ static void spf_plan_dns(const void *vconf, const check_ctx *ctx, dnsplan *plan)
 	dnsplan_timeout_at_least(plan, conf->timeout * 1000);
 }
 
+void spfcheck_plan_verify(const check_ctx *ctx, int64_t timeout_ms, dnsplan *plan)
+{
+	const check_msg *msg = ctx->msg;
+	const decide_txn *txn = ctx->txn;
+
+	if (timeout_ms <= 0 || !applies(ctx) || txn->sender_whitelisted == WHITELIST_NONE ||
+	    msg->spf_open != 0 || (msg->spf != 0 && msg->spf != SPF_PASS + 1))
+		return;
+	if (!dnsplan_want_spf(plan, ctx->facts->client_address, txn->sender,
+	                      ctx->facts->helo ? ctx->facts->helo : ""))
+		return;
+	(void)dnsplan_want_spf_probes(plan);
+	dnsplan_timeout_at_least(plan, timeout_ms);
+}
+
 int spfcheck_result(const check_ctx *ctx)
 {
 	if (ctx->dns && ctx->dns->spf.wanted)

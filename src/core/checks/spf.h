@@ -65,6 +65,15 @@ typedef struct spfcheck_conf {
 
 extern const check_def check_spf;
 
+/*
+ * Ask SPF (and the probes) for a whitelisted, unauthenticated sender not
+ * verified yet, with that timeout: what the whitelist needs. The spf
+ * check asks it, and the blocklist check too (decide_policy.spf_timeout_ms),
+ * since only it runs on a policy `sender` listener and its MAIL FROM
+ * lookup leaves a verified sender's client networks out.
+ */
+void spfcheck_plan_verify(const check_ctx *ctx, int64_t timeout_ms, struct dnsplan *plan);
+
 /* No SPF result: not asked at this stage, nor known from an earlier one. */
 #define SPFCHECK_UNKNOWN (-1)
 
