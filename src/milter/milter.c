@@ -43,6 +43,7 @@
 #include "core/addr.h"
 #include "core/checks/greylist.h"
 #include "core/checks/relay.h"
+#include "core/checks/spf.h"
 #include "dns/dns.h"
 #include "dns/dnsrun.h"
 #include "log.h"
@@ -473,7 +474,7 @@ static void client_text(const struct sockaddr *sa, char *out, size_t outlen)
 /*
  * What the greylist needs of this session, under the config in force at
  * its negotiation: the DATA step (it defers a null sender there) and the
- * right to add its header. A reload applies from the next session on.
+ * right to add its header (or the spf check's). A reload applies from the next session on.
  */
 static void greylist_wants(bool *data, bool *header)
 {
@@ -481,9 +482,12 @@ static void greylist_wants(bool *data, bool *header)
 	const pipeline_check *g = &engine_config(snap)->pipeline.checks[CHECK_ID_GREYLIST];
 	const greylist_conf *gc = g->conf;
 	bool on = g->mode != CHECK_MODE_OFF;
+	const pipeline_check *sp = &engine_config(snap)->pipeline.checks[CHECK_ID_SPF];
+	const spfcheck_conf *sc = sp->conf;
 
 	*data = on && gc->null_sender_at == GREYLIST_NULL_AT_DATA;
-	*header = on && gc->header;
+	/* The spf check's Received-SPF too (its verdict at end of message; none in shadow). */
+	*header = (on && gc->header) || (sp->mode == CHECK_MODE_ENFORCE && sc && sc->header);
 	engine_release(snap);
 }
 
@@ -625,16 +629,20 @@ static sfsistat cb_data(SMFICTX *ctx)
 	return status;
 }
 
-/* The greylist's X-Greylist header, first in the message as the policy side's PREPEND puts it. */
-static void insert_header(SMFICTX *ctx, const milter_msg *m)
+/*
+ * A check's header ("Name: value": the greylist's X-Greylist, the spf
+ * check's Received-SPF), first in the message as the policy side's
+ * PREPEND puts it.
+ */
+static void insert_header(SMFICTX *ctx, const milter_msg *m, const char *header)
 {
 	char name[CHECK_HEADER_MAX];
-	const char *colon = strchr(m->header, ':');
-	size_t n = colon ? (size_t)(colon - m->header) : 0;
+	const char *colon = strchr(header, ':');
+	size_t n = colon ? (size_t)(colon - header) : 0;
 
 	if (n == 0)
 		return;
-	memcpy(name, m->header, n);
+	memcpy(name, header, n);
 	name[n] = '\0';
 	if (filter.shim->insheader(ctx, 0, name, colon + 1 + (colon[1] == ' ')) != MI_SUCCESS)
 		log_warning("%s: milter: cannot add the header %s", m->queue_id[0] ? m->queue_id : "NOQUEUE",
@@ -674,7 +682,10 @@ static sfsistat cb_eom(SMFICTX *ctx)
 		status = reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
 	}
 	if (status == SMFIS_CONTINUE && m->header[0])
-		insert_header(ctx, m);
+		insert_header(ctx, m, m->header);
+	/* Last, so first in the message: Received-SPF goes above the greylist's header, as a trace field. */
+	if (status == SMFIS_CONTINUE && v.action == DECIDE_CONTINUE && v.header[0])
+		insert_header(ctx, m, v.header);
 	msg_end(m);
 	return status;
 }

@@ -279,6 +279,45 @@ static void test_spf_pass(void **state)
 	dnsrun_free(run);
 }
 
+/*
+ * greylist.spf_key's probes (core/dnsplan.h): each its own check_host() of
+ * the same identity from 192.0.2.1 and 2001:db8::1, in parallel with the
+ * real one. A narrow record passes the client and neither probe; "+all"
+ * passes all three.
+ */
+static void test_spf_probes(void **state)
+{
+	static const char narrow[] = "\x1fv=spf1 ip4:198.51.100.0/24 -all";
+	static const char open[] = "\x0bv=spf1 +all";
+	const char *recs[2] = {narrow, open};
+	const size_t lens[2] = {sizeof(narrow) - 1, sizeof(open) - 1};
+
+	(void)state;
+	for (int k = 0; k < 2; k++) {
+		dns_rr rr = txt(recs[k], lens[k]);
+		dnsplan plan;
+		dnsrun *run;
+
+		reset();
+		dnsplan_init(&plan);
+		assert_true(dnsplan_want_spf(&plan, "198.51.100.7", "user@spf.dnstest.example.net",
+		                             "mx.example.net"));
+		assert_true(dnsplan_want_spf_probes(&plan));
+		run = dnsrun_start(NULL, &plan, "mx.local", 0, on_done, NULL);
+		assert_int_equal(nfq, 3); /* three evaluations at once, each its record's TXT */
+		for (size_t i = 0; i < 3; i++) {
+			assert_string_equal(fq[i].name, "spf.dnstest.example.net");
+			answer(i, DNS_OK, 0, &rr, 1);
+		}
+		assert_true(dnsrun_finished(run));
+		assert_true(plan.spf.done && plan.probe[0].done && plan.probe[1].done);
+		assert_int_equal(plan.spf.result, SPF_PASS);
+		assert_int_equal(plan.probe[0].result, k == 0 ? SPF_FAIL : SPF_PASS);
+		assert_int_equal(plan.probe[1].result, k == 0 ? SPF_FAIL : SPF_PASS);
+		dnsrun_free(run);
+	}
+}
+
 /* SERVFAIL on the TXT query: temperror, never fail or none. */
 static void test_spf_servfail(void **state)
 {
@@ -437,10 +476,15 @@ static void test_rr(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parallel),     cmocka_unit_test(test_no_room),
-	    cmocka_unit_test(test_expire),       cmocka_unit_test(test_free_early),
-	    cmocka_unit_test(test_spf_pass),     cmocka_unit_test(test_spf_servfail),
-	    cmocka_unit_test(test_spf_mx),       cmocka_unit_test(test_spf_deadline_during_exp),
+	    cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_no_room),
+	    cmocka_unit_test(test_expire),
+	    cmocka_unit_test(test_free_early),
+	    cmocka_unit_test(test_spf_pass),
+	    cmocka_unit_test(test_spf_probes),
+	    cmocka_unit_test(test_spf_servfail),
+	    cmocka_unit_test(test_spf_mx),
+	    cmocka_unit_test(test_spf_deadline_during_exp),
 	    cmocka_unit_test(test_spf_deadline),
 	};
 	int failed = cmocka_run_group_tests_name("dnsrun", tests, NULL, NULL);
