@@ -18,6 +18,7 @@ What is proved, on ordering and never on timings:
 """
 
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -95,6 +96,8 @@ class DnsCase(unittest.TestCase):
         cls.d.stop()
         cls.d.cleanup()
         cls.server.stop()
+        if os.environ.get("SPAMTRAPD_KEEP") != "1":
+            shutil.rmtree(cls.dir, ignore_errors=True)
 
     def client(self):
         c = sh.PolicyClient(self.d.policy_address("trap"))
@@ -307,8 +310,8 @@ class TestReload(DnsCase):
 
     @classmethod
     def tearDownClass(cls):
-        super().tearDownClass()
         cls.other.stop()
+        super().tearDownClass()
 
     def rcpt(self, client):
         m = MilterClient.open(self.d.config["milter"]["listen"])

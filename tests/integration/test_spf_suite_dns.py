@@ -15,6 +15,7 @@ count is printed.
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -58,6 +59,8 @@ def accepted(case, result, explanation):
 class TestSpfSuiteOverDns(unittest.TestCase):
     def test_every_case(self):
         work = tempfile.mkdtemp(prefix="spamtrapd-spfdns.")
+        if os.environ.get("SPAMTRAPD_KEEP") != "1":
+            self.addCleanup(shutil.rmtree, work, True)
         passed, failures = 0, []
         for i, scenario in enumerate(load_suite(work)):
             records, behaviours = records_of(scenario["zone"])
