@@ -587,6 +587,34 @@ static void test_trip_effects(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * block_account blocklists a SASL login only: a sender-keyed account
+ * (relay.sender_domains) trips on forged MAIL FROMs too, and a stranger
+ * must not get a real user's address blocklisted.
+ */
+static void test_block_only_sasl(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"block_account\": true, \"keys\": [\"sasl_username\", "
+	                     "\"sender\"], \"sender_domains\": [\"example.com\"]",
+	                     "");
+	decide_facts f;
+
+	(void)state;
+	f = facts(net(1), NULL, "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts(net(2), NULL, "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(fake.records, 0);
+	/* the login of the same user is blocked at its trip */
+	f = facts(net(1), "judy", "judy@example.com");
+	stage(cfg, &f);
+	f = facts(net(2), "judy", "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(fake.records, 1);
+	assert_string_equal(fake.record_key, "sasl:judy");
+	config_unref(cfg);
+}
+
 #define CASE(t) cmocka_unit_test_setup(t, reset)
 
 int main(void)
@@ -597,7 +625,7 @@ int main(void)
 	    CASE(test_aggregation),          CASE(test_keys),
 	    CASE(test_off_by_default),       CASE(test_shadow),
 	    CASE(test_only_accepted_counts), CASE(test_store_errors),
-	    CASE(test_trip_effects),
+	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -338,7 +338,8 @@ static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s,
 	check_detail_add(
 	    v, " account=%s network=%s networks=%" PRIu64 " max_networks=%" PRId64 " window=%" PRId64 "s",
 	    s->account, s->network, count + 1, conf->max_networks, conf->window);
-	if (conf->block_account)
+	/* Only a login: a sender-keyed account's trip may come from forged MAIL FROMs (a stranger). */
+	if (conf->block_account && s->is_sasl)
 		block(conf, ctx, s, eff);
 	if (conf->notify.n > 0) {
 		snprintf(s->count, sizeof(s->count), "%" PRIu64, count + 1);
