@@ -81,6 +81,8 @@ typedef struct check_ctx {
 	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
 	/* This stage's DNS answers (facts->dns): NULL when the stage asked none. */
 	const struct dnsplan *dns;
+	/* The mode of the check being asked or deciding (shadow under dry-run): set by the pipeline. */
+	check_mode mode;
 } check_ctx;
 
 /*
@@ -164,6 +166,13 @@ typedef struct check_effects {
 	const char *const *hook_names;
 	const char *hook_values[CHECK_HOOK_VALUES];
 	int64_t hook_timeout_ms; /* then killed */
+	/*
+	 * -1: the hook runs whenever the check enforces. Else the index in q
+	 * of a QUERY_KV_PUT_NEW effect: the hook runs only if that write
+	 * created its record, so that workers or hosts deciding the same thing
+	 * at once run it once (the relay check's trip marker).
+	 */
+	int hook_gate;
 } check_effects;
 
 /*

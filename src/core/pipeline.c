@@ -40,6 +40,7 @@ static void ask(const pipeline *p, pipeline_run *run, int i)
 {
 	run->first[i] = run->nq;
 	run->count[i] = 0;
+	run->ctx.mode = p->checks[i].mode;
 	if (p->checks[i].def->needs)
 		run->count[i] =
 		    p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i], run->q + run->nq);
@@ -100,8 +101,10 @@ bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 		eff->nq = 0;
 		eff->verdict_needs_writes = false;
 		eff->hook_argv = NULL;
+		eff->hook_gate = -1;
 		eff->msg = run->msg; /* the state as the checks before this one left it */
 		check_verdict_reset(v);
+		run->ctx.mode = c->mode;
 		c->def->decide(c->conf, &run->ctx, run->scratch[i], run->q + run->first[i], run->count[i], v,
 		               eff);
 		apply_mode(c, v);

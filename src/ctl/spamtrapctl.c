@@ -1639,6 +1639,24 @@ static int relay_account(const char *in, char *set, size_t setlen, char *account
 	return EXIT_OK;
 }
 
+/* Drop the account's trip markers (core/checks/relay.h), both modes'. */
+static store_status relay_forget_trips(store *st, const char *account)
+{
+	static const char *const ns[] = {RELAY_TRIP_NS, RELAY_TRIP_NS_SHADOW};
+
+	for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
+		query q = {.kind = QUERY_KV};
+
+		q.u.kv.op = QUERY_KV_DELETE;
+		q.u.kv.ns = ns[i];
+		q.u.kv.key = account;
+		q.u.kv.now_ms = (int64_t)time(NULL) * 1000;
+		if (store_kv(st, &q) == STORE_ERROR)
+			return STORE_ERROR;
+	}
+	return STORE_OK;
+}
+
 typedef struct relay_show_ctx {
 	int64_t window, now;
 	size_t n;
@@ -1668,6 +1686,9 @@ static int run_relay(ctl *c, const cmdline *cl)
 		return e;
 	log_safe(account, safe, sizeof(safe));
 	if (strcmp(cl->grey_cmd, "reset") == 0) {
+		/* The next trip blocks and notifies again. */
+		if (relay_forget_trips(c->st, account) != STORE_OK)
+			return fail_store("relay reset");
 		switch (store_distinct_clear(c->st, set)) {
 		case STORE_OK:
 			printf("account %s: networks forgotten\n", safe);

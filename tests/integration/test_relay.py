@@ -209,6 +209,57 @@ class TestNotify(RelayChecks, unittest.TestCase):
         self.assertEqual([f for f in os.listdir(tmp) if f.startswith("done.")], [])
 
 
+class TripOnce(RelayChecks):
+    """A trip blocks and notifies once a window, on each store (the subclasses give the store)."""
+
+    store = {}
+
+    def test_blocks_and_notifies_once_a_window(self):
+        tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-once.")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o777)  # the daemon may run as another user
+        d = sh.Spamtrapd(sh.merge(sh.merge(RELAY, self.store), {"relay": {
+            "max_networks": 1, "block_account": True,
+            "notify": ["/bin/sh", "-c", 'touch "$0/$1.$$"', tmp, "%{account}"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "olga", net(1)), "DUNNO")
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "olga", net(2)), DEFER)
+        d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.2\.0/24 .* trip=first", since=mark)
+        for i in range(3, 8):
+            mark = d.log_mark()
+            self.assertEqual(self.ask(d, "olga", net(i)), DEFER)
+            d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.%d\.0/24 .* trip=repeat" % i,
+                           since=mark)
+        # hooks start in order: once olga's first and the next account's hooks have run, any
+        # further hook of olga's has been started too
+        self.assertEqual(self.ask(d, "pete", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "pete", net(2)), DEFER)
+        deadline = time.monotonic() + 30
+        for who in ("sasl:olga.", "sasl:pete."):
+            while not [f for f in os.listdir(tmp) if f.startswith(who)]:
+                self.assertLess(time.monotonic(), deadline, "the hook never ran")
+                time.sleep(0.05)
+        self.assertEqual(len([f for f in os.listdir(tmp) if f.startswith("sasl:olga.")]), 1, os.listdir(tmp))
+        self.assertRegex(d.ctl("lookup", "sasl:olga").stdout, r"\n  hits: +1\n")
+        # relay reset forgets the trip too: the next one notifies again
+        d.ctl("relay", "reset", "olga")
+        self.assertEqual(self.ask(d, "olga", net(20)), "DUNNO")
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "olga", net(21)), DEFER)
+        d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.21\.0/24 .* trip=first", since=mark)
+
+
+class TestTripOnceSqlite(TripOnce, unittest.TestCase):
+    pass
+
+
+class TestTripOnceRedis(TripOnce, unittest.TestCase):
+    def setUp(self):
+        self.store = redis_store(start_redis(self))
+
+
 class TestModes(RelayChecks, unittest.TestCase):
     def test_shadow_defers_nothing_and_says_so(self):
         d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"mode": "shadow", "max_networks": 2}}))

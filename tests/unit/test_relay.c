@@ -70,7 +70,37 @@ static struct {
 	size_t records;    /* blocklist records made */
 	query last_record; /* the last one */
 	char record_key[QUERY_KEY_MAX];
+	/* the trip markers (QUERY_KV), by ns and key */
+	struct {
+		char ns[QUERY_NS_MAX], key[QUERY_KEY_MAX];
+		int64_t expires_ms;
+	} marker[8];
+	size_t nmarkers;
+	bool last_marker_new; /* the last PUT_NEW created its marker */
 } fake;
+
+static bool marker_live(const char *ns, const char *key, int64_t now_ms)
+{
+	for (size_t i = 0; i < fake.nmarkers; i++)
+		if (strcmp(fake.marker[i].ns, ns) == 0 && strcmp(fake.marker[i].key, key) == 0 &&
+		    fake.marker[i].expires_ms > now_ms)
+			return true;
+	return false;
+}
+
+static void marker_put_new(query *q)
+{
+	assert_int_equal(q->u.kv.op, QUERY_KV_PUT_NEW);
+	q->status = QUERY_OK;
+	q->u.kv.found = marker_live(q->u.kv.ns, q->u.kv.key, q->u.kv.now_ms);
+	fake.last_marker_new = !q->u.kv.found;
+	if (q->u.kv.found)
+		return;
+	assert_true(fake.nmarkers < 8);
+	snprintf(fake.marker[fake.nmarkers].ns, QUERY_NS_MAX, "%s", q->u.kv.ns);
+	snprintf(fake.marker[fake.nmarkers].key, QUERY_KEY_MAX, "%s", q->u.kv.key);
+	fake.marker[fake.nmarkers++].expires_ms = q->u.kv.now_ms + q->u.kv.ttl_ms;
+}
 
 static uint64_t live(const char *set, const char *member, int64_t now, bool *present)
 {
@@ -117,6 +147,12 @@ static void answer(query *q, size_t n)
 			    (greystep_out){.result = GREYSTEP_DEFER_NEW, .remaining_ms = 300000};
 			continue;
 		}
+		if (q[i].kind == QUERY_KV && !fake.fail) {
+			assert_int_equal(q[i].u.kv.op, QUERY_KV_GET);
+			q[i].status = QUERY_OK;
+			q[i].u.kv.found = marker_live(q[i].u.kv.ns, q[i].u.kv.key, q[i].u.kv.now_ms);
+			continue;
+		}
 		if (q[i].kind != QUERY_DISTINCT_ADD) {
 			q[i].status = QUERY_NOTFOUND;
 			continue;
@@ -141,6 +177,7 @@ typedef struct stage_out {
 	char member[64], set[QUERY_KEY_MAX];
 	/* the hook the engine would run */
 	bool hook;
+	int hook_gate;
 	const check_strlist *hook_argv;
 	const char *const *hook_names;
 	char hook_values[CHECK_HOOK_VALUES][QUERY_KEY_MAX];
@@ -153,7 +190,7 @@ static void apply(const config *cfg)
 {
 	for (int i = 0; i < CHECK_COUNT; i++)
 		for (size_t j = 0; j < run.effects[i].nq; j++) {
-			const query *q = &run.effects[i].q[j];
+			query *q = &run.effects[i].q[j];
 
 			if (!pipeline_effect_applies(&cfg->pipeline, &run, i, j))
 				continue;
@@ -166,6 +203,8 @@ static void apply(const config *cfg)
 				fake.records++;
 				fake.last_record = *q;
 				snprintf(fake.record_key, sizeof(fake.record_key), "%s", q->u.record.keys[0]);
+			} else if (q->kind == QUERY_KV) {
+				marker_put_new(q);
 			}
 		}
 }
@@ -196,12 +235,19 @@ static stage_out stage_at(const config *cfg, const decide_facts *f, int64_t now)
 
 		out.relay = run.verdict[CHECK_ID_RELAY];
 		out.hook = eff->hook_argv != NULL;
+		out.hook_gate = eff->hook_gate;
 		out.hook_argv = eff->hook_argv;
 		out.hook_names = eff->hook_names;
 		for (size_t i = 0; out.hook && i < CHECK_HOOK_VALUES; i++)
 			snprintf(out.hook_values[i], sizeof(out.hook_values[i]), "%s", eff->hook_values[i]);
 	}
 	apply(cfg);
+	/* the engine runs a gated hook only when its marker write created the marker */
+	if (out.hook && out.hook_gate >= 0) {
+		const query *g = &run.effects[CHECK_ID_RELAY].q[out.hook_gate];
+
+		out.hook = g->kind == QUERY_KV && g->status == QUERY_OK && !g->u.kv.found;
+	}
 	return out;
 }
 
@@ -588,6 +634,55 @@ static void test_trip_effects(void **state)
 }
 
 /*
+ * A trip blocks and notifies once a window: a botnet retrying from new
+ * networks is refused each time, without a blocklist write and a hook per
+ * message; the log line says which trip it is. After the window, the next
+ * trip blocks and notifies again.
+ */
+static void test_trip_once_a_window(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"window\": \"10m\", \"block_account\": true, "
+	                     "\"notify\": [\"/usr/local/bin/relay-alert\", \"%{account}\"]",
+	                     "");
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts(net(1), "kim", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0).final.action, DECIDE_CONTINUE);
+	f = facts(net(2), "kim", NULL);
+	o = stage_at(cfg, &f, T0 + 1);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_non_null(strstr(o.final.detail, " trip=first"));
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 1);
+	for (unsigned i = 3; i < 6; i++) {
+		f = facts(net(i), "kim", NULL);
+		o = stage_at(cfg, &f, T0 + i);
+		assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+		assert_non_null(strstr(o.final.detail, " trip=repeat"));
+		assert_false(o.hook);
+	}
+	assert_int_equal(fake.records, 1);
+	/* another account trips on its own */
+	f = facts(net(1), "lee", NULL);
+	stage_at(cfg, &f, T0 + 10);
+	f = facts(net(2), "lee", NULL);
+	o = stage_at(cfg, &f, T0 + 10);
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 2);
+	/* a window after the first trip (and network 1 gone too): the next trip blocks and notifies again */
+	f = facts(net(7), "kim", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 700).final.action, DECIDE_CONTINUE);
+	f = facts(net(8), "kim", NULL);
+	o = stage_at(cfg, &f, T0 + 701);
+	assert_non_null(strstr(o.final.detail, " trip=first"));
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 3);
+	config_unref(cfg);
+}
+
+/*
  * block_account blocklists a SASL login only: a sender-keyed account
  * (relay.sender_domains) trips on forged MAIL FROMs too, and a stranger
  * must not get a real user's address blocklisted.
@@ -626,6 +721,7 @@ int main(void)
 	    CASE(test_off_by_default),       CASE(test_shadow),
 	    CASE(test_only_accepted_counts), CASE(test_store_errors),
 	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
+	    CASE(test_trip_once_a_window),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -11,6 +11,8 @@
 
 static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local problem, try again later"};
 static const char SET_PREFIX[] = "relay:";
+static const char TRIP_NS[] = RELAY_TRIP_NS;
+static const char TRIP_NS_SHADOW[] = RELAY_TRIP_NS_SHADOW;
 
 /* The default reply of each action; hold and discard use only the text (for the log and HOLD). */
 static const char *const default_reply[] = {
@@ -32,11 +34,12 @@ typedef enum {
 /* What needs() worked out, for decide() and the effects. */
 typedef struct relay_scratch {
 	relay_plan plan;
-	bool is_sasl;                  /* the account is the SASL login (block_account's key) */
-	char account[QUERY_KEY_MAX];   /* "sasl:alice" or "alice@example.com" */
-	char set[QUERY_KEY_MAX];       /* "relay:" account */
-	char network[ADDR_NET_STRLEN]; /* "192.0.2.0/24" */
-	char count[24];                /* the hook's %{count} */
+	bool is_sasl;                      /* the account is the SASL login (block_account's key) */
+	char account[QUERY_KEY_MAX];       /* "sasl:alice" or "alice@example.com" */
+	char set[QUERY_KEY_MAX];           /* "relay:" account */
+	char network[ADDR_NET_STRLEN];     /* "192.0.2.0/24" */
+	char count[24];                    /* the hook's %{count} */
+	char marker[ADDR_NET_STRLEN + 32]; /* the trip marker's value: "NETWORK networks=N" */
 } relay_scratch;
 
 _Static_assert(sizeof(relay_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for relay");
@@ -280,7 +283,14 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 	q->u.distinct.window = conf->window;
 	q->u.distinct.limit = (uint64_t)conf->max_networks;
 	q->u.distinct.peek = true;
-	return 1;
+	/* Did the account trip in this window already? Then no second block, no second hook. */
+	memset(&q[1], 0, sizeof(q[1]));
+	q[1].kind = QUERY_KV;
+	q[1].u.kv.op = QUERY_KV_GET;
+	q[1].u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
+	q[1].u.kv.key = s->account;
+	q[1].u.kv.now_ms = ctx->now_ms;
+	return 2;
 }
 
 /* The network counts once the recipient is accepted: the add, with the limit, as an effect. */
@@ -322,10 +332,35 @@ static void block(const relay_conf *conf, const check_ctx *ctx, const relay_scra
 	eff->when[eff->nq++] = CHECK_EFFECT_ENFORCE;
 }
 
+/* The first trip of the window: its marker, live for a window (a PUT_NEW: racing trips write one). */
+static int mark(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s, uint64_t count,
+                check_effects *eff)
+{
+	query *q = &eff->q[eff->nq];
+
+	snprintf(s->marker, sizeof(s->marker), "%s networks=%" PRIu64, s->network, count);
+	memset(q, 0, sizeof(*q));
+	q->kind = QUERY_KV;
+	q->u.kv.op = QUERY_KV_PUT_NEW;
+	q->u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
+	q->u.kv.key = s->account;
+	q->u.kv.value = s->marker;
+	q->u.kv.now_ms = ctx->now_ms;
+	q->u.kv.ttl_ms = conf->window * 1000;
+	eff->when[eff->nq] = CHECK_EFFECT_ALWAYS;
+	return (int)eff->nq++;
+}
+
 static const char *const action_names[] = {"defer", "reject", "hold", "discard"};
 
+/*
+ * Over the limit: refuse. The first trip of a window (no marker yet) also
+ * blocks the account and runs the hook, once however many hosts and
+ * workers trip at the same moment (the hook is gated on the marker's
+ * write); later trips in the window only refuse (trip=repeat).
+ */
 static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s, uint64_t count,
-                 check_verdict *v, check_effects *eff)
+                 bool tripped_before, check_verdict *v, check_effects *eff)
 {
 	static const decide_action actions[] = {
 	    [RELAY_ACTION_DEFER] = DECIDE_TEMPFAIL,
@@ -338,6 +373,12 @@ static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s,
 	check_detail_add(
 	    v, " account=%s network=%s networks=%" PRIu64 " max_networks=%" PRId64 " window=%" PRId64 "s",
 	    s->account, s->network, count + 1, conf->max_networks, conf->window);
+	if (tripped_before) {
+		check_detail_add(v, " trip=repeat");
+		return;
+	}
+	check_detail_add(v, " trip=first");
+	eff->hook_gate = mark(conf, ctx, s, count + 1, eff);
 	/* Only a login: a sender-keyed account's trip may come from forged MAIL FROMs (a stranger). */
 	if (conf->block_account && s->is_sasl)
 		block(conf, ctx, s, eff);
@@ -381,7 +422,8 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 		count_on_accept(conf, ctx, s, eff);
 		return;
 	}
-	trip(conf, ctx, s, a->u.distinct.count, v, eff);
+	trip(conf, ctx, s, a->u.distinct.count,
+	     nanswers > 1 && answers[1].status == QUERY_OK && answers[1].u.kv.found, v, eff);
 }
 
 const check_def check_relay = {

@@ -63,6 +63,15 @@ typedef struct relay_conf {
 	strset *domains; /* owned: sender_domains, normalised */
 } relay_conf;
 
+/*
+ * The trip markers (QUERY_KV namespaces, key: the account), live for a
+ * window from the first trip: that trip blocks and notifies, the next
+ * ones only refuse. Shadow mode keeps its own, so that turning enforce on
+ * within a window still blocks and notifies.
+ */
+#define RELAY_TRIP_NS "relaytrip"
+#define RELAY_TRIP_NS_SHADOW "relaytrip-shadow"
+
 extern const check_def check_relay;
 
 /* The store set of an account key ("sasl:alice" -> "relay:sasl:alice"); 0 when it does not fit. */
