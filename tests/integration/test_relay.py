@@ -11,6 +11,7 @@ so that the tests of a class can share one daemon.
 import os
 import shutil
 import tempfile
+import threading
 import time
 import unittest
 
@@ -65,6 +66,30 @@ class Behaviour(RelayChecks):
         self.assertEqual(self.ask(d, "bob", net(11)), "DUNNO")
         self.assertEqual(self.client(d, "trap").check(sender="alice@example.com", recipient="x@example.org",
                                                       client_address=net(13)), "DUNNO")
+
+    def test_parallel_new_networks_pass_once(self):
+        # one free slot, 16 requests from new networks at once on 16 connections (both workers):
+        # the store's atomic add lets exactly one through
+        d = self.d
+        for i in range(1, 10):
+            self.assertEqual(self.ask(d, "nina", net(100 + i)), "DUNNO", i)
+        clients = [self.client(d, "trap") for _ in range(16)]
+        barrier = threading.Barrier(len(clients))
+        answers = [None] * len(clients)
+
+        def one(k):
+            barrier.wait()
+            answers[k] = clients[k].check(sender="nina@example.com", recipient="friend@example.org",
+                                          client_address=net(150 + k), sasl_username="nina")
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual((answers.count("DUNNO"), answers.count(DEFER)), (1, 15), answers)
+        out = d.ctl("relay", "show", "nina").stdout
+        self.assertIn("account sasl:nina: 10 network(s)", out)
 
     def test_exempt_and_private_networks_never_count(self):
         d = self.d

@@ -1,7 +1,7 @@
 /*
  * The relay check through the pipeline, with a distinct set kept by the
- * test the way the stores keep it (a peek in needs(), the add as an
- * effect when the recipient is accepted): the exact threshold, the window
+ * test the way the stores keep it (a late check: a peek and the add with
+ * its limit in needs(), the verdict from their answers): the exact threshold, the window
  * sliding, networks never counted (private, exempt), IPv6 /48 and
  * IPv4-mapped aggregation, which mail is keyed at all, shadow mode, store
  * errors, block_account and the notify hook. The stores' side of the peek
@@ -116,26 +116,34 @@ static uint64_t live(const char *set, const char *member, int64_t now, bool *pre
 	return n;
 }
 
-static void fake_add(const query *q)
+/* The add as the stores make it: the live members counting this one (limit + 1: refused, not added). */
+static uint64_t fake_add(const query *q)
 {
 	bool present;
 	uint64_t n = live(q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, &present);
 
-	fake.adds++;
 	for (size_t i = 0; i < fake.n; i++)
 		if (strcmp(fake.m[i].set, q->u.distinct.key) == 0 &&
 		    strcmp(fake.m[i].member, q->u.distinct.member) == 0) {
-			if (fake.m[i].expires > q->u.distinct.now || !q->u.distinct.limit ||
-			    n < q->u.distinct.limit)
+			if (fake.m[i].expires > q->u.distinct.now) {
 				fake.m[i].expires = q->u.distinct.now + q->u.distinct.window;
-			return;
+				fake.adds++;
+				return n;
+			}
+			if (q->u.distinct.limit && n >= q->u.distinct.limit)
+				return n + 1;
+			fake.m[i].expires = q->u.distinct.now + q->u.distinct.window;
+			fake.adds++;
+			return n + 1;
 		}
 	if (q->u.distinct.limit && n >= q->u.distinct.limit)
-		return;
+		return n + 1;
 	assert_true(fake.n < FAKE_MEMBERS);
 	snprintf(fake.m[fake.n].set, sizeof(fake.m[0].set), "%s", q->u.distinct.key);
 	snprintf(fake.m[fake.n].member, sizeof(fake.m[0].member), "%s", q->u.distinct.member);
 	fake.m[fake.n++].expires = q->u.distinct.now + q->u.distinct.window;
+	fake.adds++;
+	return n + 1;
 }
 
 static void answer(query *q, size_t n)
@@ -157,16 +165,19 @@ static void answer(query *q, size_t n)
 			q[i].status = QUERY_NOTFOUND;
 			continue;
 		}
-		/* needs() only ever peeks: the add is an effect. */
-		assert_true(q[i].u.distinct.peek);
-		fake.peeks++;
+		/* the add carries the limit: workers and hosts racing cannot go past it */
+		assert_int_not_equal(q[i].u.distinct.limit, 0);
+		fake.peeks += q[i].u.distinct.peek;
 		if (fake.fail) {
 			q[i].status = QUERY_ERROR;
 			continue;
 		}
 		q[i].status = QUERY_OK;
-		q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member, q[i].u.distinct.now,
-		                             &q[i].u.distinct.present);
+		if (q[i].u.distinct.peek)
+			q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member,
+			                             q[i].u.distinct.now, &q[i].u.distinct.present);
+		else
+			q[i].u.distinct.count = fake_add(&q[i]);
 	}
 }
 
@@ -194,12 +205,9 @@ static void apply(const config *cfg)
 
 			if (!pipeline_effect_applies(&cfg->pipeline, &run, i, j))
 				continue;
-			if (q->kind == QUERY_DISTINCT_ADD) {
-				assert_false(q->u.distinct.peek);
-				/* the add carries the limit: hosts racing cannot go past it */
-				assert_int_not_equal(q->u.distinct.limit, 0);
-				fake_add(q);
-			} else if (q->kind == QUERY_BLOCKLIST_RECORD) {
+			/* the networks are counted by needs(), never as effects */
+			assert_int_not_equal(q->kind, QUERY_DISTINCT_ADD);
+			if (q->kind == QUERY_BLOCKLIST_RECORD) {
 				fake.records++;
 				fake.last_record = *q;
 				snprintf(fake.record_key, sizeof(fake.record_key), "%s", q->u.record.keys[0]);
@@ -220,14 +228,14 @@ static stage_out stage_at(const config *cfg, const decide_facts *f, int64_t now)
 	decide_prepare(&cfg->decide, f, &txn);
 	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, f, &txn, &no_msg, now);
 	pipeline_needs(&cfg->pipeline, &run);
+	answer(run.q, run.nq);
+	while (pipeline_decide(&cfg->pipeline, &run, &from))
+		answer(run.q + from, run.nq - from);
 	for (size_t i = 0; i < run.nq; i++)
 		if (run.q[i].kind == QUERY_DISTINCT_ADD) {
 			snprintf(out.member, sizeof(out.member), "%s", run.q[i].u.distinct.member);
 			snprintf(out.set, sizeof(out.set), "%s", run.q[i].u.distinct.key);
 		}
-	answer(run.q, run.nq);
-	while (pipeline_decide(&cfg->pipeline, &run, &from))
-		answer(run.q + from, run.nq - from);
 	out.final = run.final;
 	out.relay_decided = run.decided[CHECK_ID_RELAY];
 	if (out.relay_decided) {
@@ -547,8 +555,13 @@ static void test_shadow(void **state)
 	config_unref(cfg);
 }
 
-/* Only accepted mail counts: a recipient a later check refuses adds nothing. */
-static void test_only_accepted_counts(void **state)
+/*
+ * Counted when the relay check is reached: a recipient a check after it
+ * refuses (the greylist here) has counted its network (the price of
+ * counting before deciding, see test_parallel_new_networks); one that a
+ * trap, the blocklist or the whitelist stops never reaches it.
+ */
+static void test_counted_when_reached(void **state)
 {
 	config *cfg = cfg_of("\"keys\": [\"sender\"], \"sender_domains\": [\"example.com\"]",
 	                     "\"greylist\": {\"mode\": \"enforce\"}");
@@ -556,17 +569,63 @@ static void test_only_accepted_counts(void **state)
 	stage_out o;
 
 	(void)state;
-	/* the relay check passes it, the greylist (a late check) defers it: not counted */
 	o = stage(cfg, &f);
-	assert_int_equal(fake.peeks, 1);
 	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
 	assert_string_equal(o.final.check, "greylist");
-	assert_int_equal(fake.adds, 0);
-	/* a trap recipient stops before the relay check decides: peeked (a read), never counted */
+	assert_int_equal(fake.adds, 1);
+	/* a trap recipient stops before the relay check: not even asked */
+	f = facts("203.0.113.1", NULL, "frank@example.com");
 	f.recipient = "trap@example.com";
 	o = stage(cfg, &f);
 	assert_false(o.relay_decided);
-	assert_int_equal(fake.adds, 0);
+	assert_int_equal(fake.peeks, 1);
+	assert_int_equal(fake.adds, 1);
+	config_unref(cfg);
+}
+
+/*
+ * Parallel requests from new networks for an account one network short
+ * of its limit (two workers, or two hosts on one Redis): both are asked
+ * before either decides. The store's add decides, atomically: exactly
+ * one passes. (Deciding on a peek and adding afterwards let every one of
+ * them pass.)
+ */
+static void test_parallel_new_networks(void **state)
+{
+	static pipeline_run other;
+	config *cfg = cfg_of("\"max_networks\": 3", "");
+	static decide_txn txn1, txn2;
+	static const check_msg no_msg;
+	decide_facts f1, f2;
+	size_t from1 = 0, from2 = 0;
+	bool asked1, asked2;
+
+	(void)state;
+	for (unsigned i = 1; i <= 2; i++) {
+		f1 = facts(net(i), "mona", NULL);
+		assert_int_equal(stage(cfg, &f1).final.action, DECIDE_CONTINUE);
+	}
+	f1 = facts(net(3), "mona", NULL);
+	f2 = facts(net(4), "mona", NULL);
+	decide_prepare(&cfg->decide, &f1, &txn1);
+	decide_prepare(&cfg->decide, &f2, &txn2);
+	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, &f1, &txn1, &no_msg, T0);
+	pipeline_begin(&other, CHECK_STAGE_RCPT, CHECKS_EVERY, &f2, &txn2, &no_msg, T0);
+	/* both ask, then the store answers both, then both decide */
+	answer(run.q, pipeline_needs(&cfg->pipeline, &run));
+	answer(other.q, pipeline_needs(&cfg->pipeline, &other));
+	asked1 = pipeline_decide(&cfg->pipeline, &run, &from1);
+	asked2 = pipeline_decide(&cfg->pipeline, &other, &from2);
+	if (asked1)
+		answer(run.q + from1, run.nq - from1);
+	if (asked2)
+		answer(other.q + from2, other.nq - from2);
+	while (asked1 && pipeline_decide(&cfg->pipeline, &run, &from1))
+		answer(run.q + from1, run.nq - from1);
+	while (asked2 && pipeline_decide(&cfg->pipeline, &other, &from2))
+		answer(other.q + from2, other.nq - from2);
+	assert_int_equal(run.final.action, DECIDE_CONTINUE);
+	assert_int_equal(other.final.action, DECIDE_TEMPFAIL);
 	config_unref(cfg);
 }
 
@@ -719,9 +778,9 @@ int main(void)
 	    CASE(test_window_slides),        CASE(test_exempt_never_counted),
 	    CASE(test_aggregation),          CASE(test_keys),
 	    CASE(test_off_by_default),       CASE(test_shadow),
-	    CASE(test_only_accepted_counts), CASE(test_store_errors),
+	    CASE(test_counted_when_reached), CASE(test_store_errors),
 	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
-	    CASE(test_trip_once_a_window),
+	    CASE(test_trip_once_a_window),   CASE(test_parallel_new_networks),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -275,38 +275,33 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 	s->plan = plan(conf, ctx, s);
 	if (s->plan != RELAY_ASK)
 		return 0;
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_DISTINCT_ADD;
-	q->u.distinct.key = s->set;
-	q->u.distinct.member = s->network;
-	q->u.distinct.now = ctx->now;
-	q->u.distinct.window = conf->window;
-	q->u.distinct.limit = (uint64_t)conf->max_networks;
-	q->u.distinct.peek = true;
+	/*
+	 * Counted first, decided after (a late check: only once the traps,
+	 * the blocklist and the whitelist let the recipient through). The
+	 * peek says whether the network is known; the add, atomic and
+	 * carrying the limit, is what decides a new one, so that parallel
+	 * requests from new networks (workers, hosts on one Redis) cannot all
+	 * pass on the same free slot: the store lets exactly as many in as
+	 * there is room.
+	 */
+	memset(q, 0, 2 * sizeof(*q));
+	for (int i = 0; i < 2; i++) {
+		q[i].kind = QUERY_DISTINCT_ADD;
+		q[i].u.distinct.key = s->set;
+		q[i].u.distinct.member = s->network;
+		q[i].u.distinct.now = ctx->now;
+		q[i].u.distinct.window = conf->window;
+		q[i].u.distinct.limit = (uint64_t)conf->max_networks;
+	}
+	q[0].u.distinct.peek = true;
 	/* Did the account trip in this window already? Then no second block, no second hook. */
-	memset(&q[1], 0, sizeof(q[1]));
-	q[1].kind = QUERY_KV;
-	q[1].u.kv.op = QUERY_KV_GET;
-	q[1].u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
-	q[1].u.kv.key = s->account;
-	q[1].u.kv.now_ms = ctx->now_ms;
-	return 2;
-}
-
-/* The network counts once the recipient is accepted: the add, with the limit, as an effect. */
-static void count_on_accept(const relay_conf *conf, const check_ctx *ctx, const relay_scratch *s,
-                            check_effects *eff)
-{
-	query *q = &eff->q[eff->nq];
-
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_DISTINCT_ADD;
-	q->u.distinct.key = s->set;
-	q->u.distinct.member = s->network;
-	q->u.distinct.now = ctx->now;
-	q->u.distinct.window = conf->window;
-	q->u.distinct.limit = (uint64_t)conf->max_networks;
-	eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
+	memset(&q[2], 0, sizeof(q[2]));
+	q[2].kind = QUERY_KV;
+	q[2].u.kv.op = QUERY_KV_GET;
+	q[2].u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
+	q[2].u.kv.key = s->account;
+	q[2].u.kv.now_ms = ctx->now_ms;
+	return 3;
 }
 
 /* block_account: the account's blocklist entry, reason "relay", on every host and front end. */
@@ -399,11 +394,11 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 {
 	const relay_conf *conf = vconf;
 	relay_scratch *s = scratch;
-	const query *a = &answers[0];
+	const query *peek = &answers[0], *add = &answers[1];
 
-	if (s->plan != RELAY_ASK || nanswers == 0)
+	if (s->plan != RELAY_ASK || nanswers < 3)
 		return;
-	switch (a->status) {
+	switch (peek->status == QUERY_OK ? add->status : peek->status) {
 	case QUERY_OK:
 		break;
 	case QUERY_ERROR:
@@ -417,19 +412,18 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 	case QUERY_PENDING:
 		return;
 	}
-	/* A known network refreshes; a new one counts while the account stays within max_networks. */
-	if (a->u.distinct.present || a->u.distinct.count < (uint64_t)conf->max_networks) {
-		count_on_accept(conf, ctx, s, eff);
+	/* A known network was refreshed; a new one was added if the account stays within max_networks. */
+	if (peek->u.distinct.present || add->u.distinct.count <= (uint64_t)conf->max_networks)
 		return;
-	}
-	trip(conf, ctx, s, a->u.distinct.count,
-	     nanswers > 1 && answers[1].status == QUERY_OK && answers[1].u.kv.found, v, eff);
+	trip(conf, ctx, s, add->u.distinct.count - 1, answers[2].status == QUERY_OK && answers[2].u.kv.found,
+	     v, eff);
 }
 
 const check_def check_relay = {
     .name = "relay",
     .stages = CHECK_STAGE_RCPT,
     .default_mode = CHECK_MODE_OFF,
+    .late = true,
     .conf_size = sizeof(relay_conf),
     .keys = relay_keys,
     .nkeys = sizeof(relay_keys) / sizeof(relay_keys[0]),

@@ -7,10 +7,13 @@
  * ipv6_prefix) of accepted mail in a sliding window, and trips when a new
  * network would make the count exceed max_networks.
  *
- * Only accepted mail counts: needs() only peeks at the set (a read-only
- * QUERY_DISTINCT_ADD); the network is added as an ON_ACCEPT effect, with
- * the limit, so that two hosts racing on one Redis cannot add past it. A
- * refused network is never added: once the window has passed over the
+ * The check is late (check_def.late): it is asked only once the traps,
+ * the blocklist and the whitelist let the recipient through, and then
+ * counts first and decides after: needs() peeks (is the network known?)
+ * and adds the network with the limit in one atomic store operation, so
+ * that parallel requests (workers, hosts on one Redis) cannot all pass on
+ * one free slot. A recipient a later check refuses (ratelimit) has still
+ * counted its network. A refused network is never added: once the window has passed over the
  * account's networks it sends again (no stuck state). block_account
  * additionally blocklists sasl:NAME (reason "relay") for block_ttl, which
  * stops the account at MAIL FROM on every host and front end.
