@@ -295,6 +295,9 @@ class TestModes(RelayChecks, unittest.TestCase):
         mark = d.log_mark()
         self.assertEqual(self.ask(d, "gina", net(3)), "DUNNO")
         d.wait_for_log(r"shadow, would tempfail: relay account=sasl:gina network=198\.18\.3\.0/24", since=mark)
+        # shadow goes on counting past max_networks: relay show says how far the account went
+        self.assertEqual(self.ask(d, "gina", net(4)), "DUNNO")
+        self.assertIn("account sasl:gina: 4 network(s)", d.ctl("relay", "show", "gina").stdout)
 
     def test_hold_and_discard(self):
         for action, want in (("hold", "HOLD Too many client networks for this account"),

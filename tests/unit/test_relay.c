@@ -54,7 +54,7 @@ static config *cfg_of(const char *relay, const char *extra)
 
 /* --- a distinct set as the stores keep one ------------------------------- */
 
-#define FAKE_MEMBERS 64
+#define FAKE_MEMBERS 400
 
 typedef struct fake_member {
 	char set[QUERY_KEY_MAX], member[64];
@@ -527,13 +527,14 @@ static void test_off_by_default(void **state)
 	config_unref(plain);
 }
 
-/* Shadow: counts what is accepted, logs "would tempfail", refuses nothing. */
+/* Shadow: counts past max_networks (how far an account went), refuses nothing, logs "would tempfail". */
 static void test_shadow(void **state)
 {
 	config *cfg = cfg_of("\"mode\": \"shadow\", \"max_networks\": 2, \"block_account\": true", "");
 	decide_facts f;
 	stage_out o;
-	char text[64];
+	char text[64], addr[32];
+	bool present;
 
 	(void)state;
 	f = facts(net(1), "gina", NULL);
@@ -549,9 +550,38 @@ static void test_shadow(void **state)
 	assert_string_equal(o.relay.reason, "relay");
 	pipeline_action_text(&cfg->pipeline, &o.relay, text, sizeof(text));
 	assert_string_equal(text, "shadow, would tempfail");
-	assert_int_equal(fake.adds, 2);    /* the third network is not added */
-	assert_int_equal(fake.records, 0); /* nor the account blocked */
+	assert_non_null(strstr(o.relay.detail, " networks=3 max_networks=2 "));
+	assert_int_equal(fake.records, 0); /* the account is not blocked */
 	assert_false(o.hook);
+	/* the third network is counted, and the next ones: relay show says how far the account went */
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 3);
+	f = facts(net(4), "gina", NULL);
+	o = stage(cfg, &f);
+	assert_non_null(strstr(o.relay.detail, " networks=4 max_networks=2 "));
+	assert_int_equal(o.relay.enforce_action, DECIDE_TEMPFAIL);
+	/* a network counted past the limit is known: it passes */
+	f = facts(net(3), "gina", NULL);
+	o = stage(cfg, &f);
+	assert_null(o.relay.reason);
+	/* ... up to max_networks + 256: a botnet cannot grow the set without end */
+	for (unsigned i = 5; i <= 300; i++) {
+		snprintf(addr, sizeof(addr), "%s", net(i % 256));
+		if (i >= 256)
+			snprintf(addr, sizeof(addr), "198.19.%u.1", i - 255);
+		f = facts(addr, "gina", NULL);
+		o = stage(cfg, &f);
+		assert_int_equal(o.relay.enforce_action, DECIDE_TEMPFAIL);
+		assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	}
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 2 + 256);
+	config_unref(cfg);
+	/* enforce on the same set: the networks counted pass, a new one trips */
+	cfg = cfg_of("\"max_networks\": 2", "");
+	f = facts(net(200), "gina", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts("198.20.0.1", "gina", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 2 + 256);
 	config_unref(cfg);
 }
 

@@ -291,7 +291,13 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 		q[i].u.distinct.member = s->network;
 		q[i].u.distinct.now = ctx->now;
 		q[i].u.distinct.window = conf->window;
-		q[i].u.distinct.limit = (uint64_t)conf->max_networks;
+		/*
+		 * Shadow mode goes on counting past the limit, so that relay
+		 * show says how far an account went; bounded, so that a botnet
+		 * cannot grow the set without end.
+		 */
+		q[i].u.distinct.limit =
+		    (uint64_t)conf->max_networks + (ctx->mode == CHECK_MODE_ENFORCE ? 0 : RELAY_SHADOW_EXTRA);
 	}
 	q[0].u.distinct.peek = true;
 	/* Did the account trip in this window already? Then no second block, no second hook. */

@@ -75,6 +75,9 @@ typedef struct relay_conf {
 #define RELAY_TRIP_NS "relaytrip"
 #define RELAY_TRIP_NS_SHADOW "relaytrip-shadow"
 
+/* Networks shadow mode counts past max_networks (enforce adds none past it). */
+#define RELAY_SHADOW_EXTRA 256
+
 extern const check_def check_relay;
 
 /* The store set of an account key ("sasl:alice" -> "relay:sasl:alice"); 0 when it does not fit. */
