@@ -2286,6 +2286,15 @@ static bool link_greylist(loader *ld)
 	return true;
 }
 
+/* The ratelimit's conf points at traps.recipient_delimiter (cut from sender keys). */
+static void link_ratelimit(loader *ld)
+{
+	ratelimit_conf *rc = ld->box->check_conf[CHECK_ID_RATELIMIT];
+
+	if (rc != NULL)
+		rc->recipient_delimiter = ld->cfg->recipient_delimiter ? ld->cfg->recipient_delimiter : "";
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2298,6 +2307,7 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	link_ratelimit(ld);
 	if (!link_greylist(ld))
 		return;
 	compile_checks(ld);

@@ -25,7 +25,7 @@ RULES = {
          "ipv4_prefix": 24, "action": "reject", "reply": "550 5.7.1 Too much mail from your network"},
         # per recipient
         {"name": "rcpt", "key": "recipient", "rate": "2/1h"},
-        # per sender, unauthenticated senders too, the null sender under its own key
+        # per sender, unauthenticated senders too, the null sender under its own key per client /24
         {"name": "sender", "key": "sender", "rate": "2/1h", "unauthenticated": True},
     ]},
 }
@@ -72,12 +72,23 @@ class Behaviour(RateChecks):
         self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", net + "6"), "550 5.7.1 Too much mail from your network")
         self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", "10.2.1.6"), "DUNNO")  # another /24
 
-    def test_null_sender_has_its_own_bucket(self):
+    def test_null_sender_has_its_own_bucket_per_client_network(self):
         d = self.d
         self.assertEqual(self.ask(d, "", "n1@example.org", "10.3.0.1"), "DUNNO")
-        self.assertEqual(self.ask(d, "", "n2@example.org", "10.3.1.1"), "DUNNO")
-        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.2.1"), DEFER)
-        self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.3.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n2@example.org", "10.3.0.2"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.0.3"), DEFER)
+        # a stranger who fills the bucket of its network does not stop the bounces of others
+        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.1.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.2.1"), "DUNNO")
+        self.assertIn("bucket sender:<>:10.3.0.0/24\n", d.ctl("rate", "show", "sender:<>:10.3.0.77").stdout)
+        self.assertIn("room 0 of 2: full", d.ctl("rate", "show", "sender:<>:10.3.0.77").stdout)
+
+    def test_sender_extensions_share_one_bucket(self):
+        d = self.d
+        self.assertEqual(self.ask(d, "ext+1@x.test", "e1@example.org", "10.4.1.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "Ext+2@x.test", "e2@example.org", "10.4.2.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "ext+3@x.test", "e3@example.org", "10.4.3.1"), DEFER)
+        self.assertIn("room 0 of 2: full", d.ctl("rate", "show", "sender:ext+9@x.test").stdout)
 
     def test_spamtrapctl_rate_show_and_reset(self):
         d = self.d
@@ -165,8 +176,8 @@ class TestModesAndErrors(RateChecks, unittest.TestCase):
         self.addCleanup(d.cleanup)
         d.start()
         for i in range(3):
-            self.assertEqual(self.ask(d, "", f"s{i}@example.org", f"10.5.{i}.1"), "DUNNO")
-        d.wait_for_log(r"shadow, would tempfail: rate limited rule=sender bucket=sender:<>")
+            self.assertEqual(self.ask(d, "", f"s{i}@example.org", f"10.5.0.{i + 1}"), "DUNNO")
+        d.wait_for_log(r"shadow, would tempfail: rate limited rule=sender bucket=sender:<>:10\.5\.0\.0/24")
 
     def test_off_by_default(self):
         d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "ratelimit": {"rules": RULES["ratelimit"]["rules"]}})
