@@ -1598,6 +1598,12 @@ static void rule_finish(loader *ld, const json_t *obj, jpath *p, ratelimit_rule 
 		return;
 	if (!burst_set)
 		r->burst = r->count;
+	/*
+	 * An account's rule caps what a stolen password sends: by message, one
+	 * message to a thousand recipients would count once.
+	 */
+	if (json_object_get(obj, "unit") == NULL && r->key == RATELIMIT_KEY_SASL_USERNAME)
+		r->unit = RATELIMIT_UNIT_RECIPIENT;
 	/* The store's bound: a bucket takes at most a century to empty. */
 	if ((r->burst + 1) > (uint64_t)(RL_BUCKET_MS_MAX / ratelimit_emission_ms(r))) {
 		jpath_push_key(p, "burst", 5);

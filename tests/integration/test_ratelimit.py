@@ -19,7 +19,7 @@ RULES = {
     "traps": {"addresses": [TRAP]},
     "ratelimit": {"mode": "enforce", "rules": [
         # per SASL account, per message
-        {"name": "account", "key": "sasl_username", "rate": "3/1h"},
+        {"name": "account", "key": "sasl_username", "rate": "3/1h", "unit": "message"},
         # per client network, each accepted recipient; rejected with its own text
         {"name": "client", "key": "client_address", "rate": "3/1h", "unit": "recipient",
          "ipv4_prefix": 24, "action": "reject", "reply": "550 5.7.1 Too much mail from your network"},
@@ -150,6 +150,23 @@ class TestRedis(Behaviour, unittest.TestCase):
         cls.d.cleanup()
         cls.redis.kill()
         shutil.rmtree(cls.tmp, True)
+
+
+class TestAccountDefaultUnit(RateChecks, unittest.TestCase):
+    def test_per_account_counts_recipients_by_default(self):
+        # one message to many recipients from a stolen password: each recipient is a unit
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "4/1h"}]}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        inst = sh.new_instance()
+        for r in range(4):
+            self.assertEqual(self.ask(d, "ivy@example.com", f"i{r}@example.org", "10.6.0.1",
+                                      sasl_username="ivy", instance=inst), "DUNNO", r)
+        self.assertEqual(self.ask(d, "ivy@example.com", "i4@example.org", "10.6.0.1",
+                                  sasl_username="ivy", instance=inst), DEFER)
+        self.assertIn("rule account: key sasl_username, 4/1h, burst 4, unit recipient, action defer\n",
+                      d.ctl("rate", "show", "account:ivy").stdout)
 
 
 class TestShared(RateChecks, unittest.TestCase):
