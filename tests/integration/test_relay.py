@@ -234,6 +234,52 @@ class TestNotify(RelayChecks, unittest.TestCase):
         self.assertEqual([f for f in os.listdir(tmp) if f.startswith("done.")], [])
 
 
+class TestCtlAccountForms(RelayChecks, unittest.TestCase):
+    def test_relay_show_and_reset_forms(self):
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"keys": ["sasl_username", "sender"],
+                                                    "sender_domains": ["example.com"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        # a login that is an address (common), from one network
+        self.assertEqual(self.ask(d, "Mia@Example.com", net(1)), "DUNNO")
+        # the same address as an unauthenticated sender of a sender domain, from two others
+        for i in (2, 3):
+            self.assertEqual(self.client(d, "trap").check(sender="mia@example.com", recipient="x@example.org",
+                                                          client_address=net(i)), "DUNNO")
+        # a bare address is the login and, in a sender domain, the sender's account too
+        out = d.ctl("relay", "show", "mia@example.com").stdout
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", out)
+        self.assertIn("account mia@example.com: 2 network(s)", out)
+        out = d.ctl("relay", "show", "SASL:mia@example.com").stdout
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", out)
+        self.assertNotIn("account mia@example.com:", out)
+        out = d.ctl("relay", "show", "sender:<Mia@Example.COM>").stdout
+        self.assertIn("account mia@example.com: 2 network(s)", out)
+        self.assertNotIn("sasl:", out)
+        self.assertEqual(d.ctl("relay", "reset", "sender:mia@example.com").stdout,
+                         "account mia@example.com: networks forgotten\n")
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", d.ctl("relay", "show", "mia@example.com").stdout)
+        # forms that name no account: a clear error, exit 1
+        for arg, why in (("helo:mail.example.com", "unknown account form 'helo:'"),
+                         ("relay:sasl:mia", "not its store set"),
+                         ("sender:mia@example.net", "not one of relay.sender_domains"),
+                         ("sender:not an address", "not an address"),
+                         ("sasl:", "makes no account")):
+            r = d.ctl("relay", "show", arg, check=False)
+            self.assertEqual(r.returncode, 1, arg)
+            self.assertIn(why, r.stderr, arg)
+
+    def test_login_that_is_an_address(self):
+        # with the default keys a bare address is the login (it once named a sender set never counted)
+        d = sh.Spamtrapd(RELAY)
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "nora@example.com", net(1)), "DUNNO")
+        self.assertIn("account sasl:nora@example.com: 1 network(s)", d.ctl("relay", "show", "nora@example.com").stdout)
+        self.assertEqual(d.ctl("relay", "reset", "Nora@example.com").stdout,
+                         "account sasl:nora@example.com: networks forgotten\n")
+
+
 class TripOnce(RelayChecks):
     """A trip blocks and notifies once a window, on each store (the subclasses give the store)."""
 
