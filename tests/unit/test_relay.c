@@ -508,7 +508,19 @@ static void test_keys(void **state)
 	assert_null(load("\"notify\": [\"logger\", \"%{account}\"]", "", err, sizeof(err)));
 	assert_non_null(strstr(err, "absolute path"));
 	assert_null(load("\"notify\": [\"/bin/echo\", \"%{acount}\"]", "", err, sizeof(err)));
-	assert_non_null(strstr(err, "unknown placeholder"));
+	assert_non_null(strstr(err, "a placeholder is a whole argument"));
+	/* the program is the admin's: never chosen by a value from mail */
+	assert_null(load("\"notify\": [\"/usr/lib/hooks/%{account}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "holds a placeholder"));
+	/* a value is an argument of its own: inside a script, a sender's local part would be code */
+	assert_null(
+	    load("\"notify\": [\"/bin/sh\", \"-c\", \"logger relay %{account}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "a placeholder is a whole argument"));
+	assert_null(
+	    load("\"notify\": [\"/usr/local/bin/alert\", \"--account=%{account}\"]", "", err, sizeof(err)));
+	cfg = cfg_of("\"notify\": [\"/bin/sh\", \"-c\", \"logger relay \\\"$1\\\"\", \"sh\", \"%{account}\"]",
+	             "");
+	config_unref(cfg);
 }
 
 /* Off by default: an upgrade changes nothing. */
@@ -685,8 +697,8 @@ static void test_trip_effects(void **state)
 {
 	config *cfg = cfg_of("\"max_networks\": 1, \"action\": \"reject\", \"reply\": \"554 5.7.1 Account "
 	                     "suspended\", \"block_account\": true, \"block_ttl\": \"2h\", \"notify\": "
-	                     "[\"/usr/local/bin/relay-alert\", \"--account=%{account}\", \"%{network}\", "
-	                     "\"%{count}/%{action}\"]",
+	                     "[\"/usr/local/bin/relay-alert\", \"%{account}\", \"%{network}\", "
+	                     "\"%{count}\", \"%{action}\"]",
 	                     "");
 	decide_facts f;
 	stage_out o;
@@ -704,8 +716,8 @@ static void test_trip_effects(void **state)
 	assert_string_equal(fake.last_record.u.record.hit.reason, "relay");
 	assert_int_equal(fake.last_record.u.record.hit.ttl, 7200);
 	assert_true(o.hook);
-	assert_int_equal(o.hook_argv->n, 4);
-	assert_string_equal(o.hook_argv->v[1], "--account=%{account}");
+	assert_int_equal(o.hook_argv->n, 5);
+	assert_string_equal(o.hook_argv->v[1], "%{account}");
 	assert_string_equal(o.hook_names[0], "account");
 	assert_string_equal(o.hook_values[0], "sasl:ivan");
 	assert_string_equal(o.hook_values[1], "198.18.2.0/24");

@@ -176,22 +176,31 @@ static int compile_notify(const relay_conf *c, char *err, size_t errlen)
 		         c->notify.v[0]);
 		return -1;
 	}
-	for (size_t i = 0; i < c->notify.n; i++)
-		for (const char *p = strstr(c->notify.v[i], "%{"); p; p = strstr(p + 2, "%{")) {
-			size_t j = 0;
+	if (strstr(c->notify.v[0], "%{")) {
+		snprintf(err, errlen,
+		         "notify: the program \"%s\" holds a placeholder: it is the admin's, never a value "
+		         "from mail",
+		         c->notify.v[0]);
+		return -1;
+	}
+	for (size_t i = 1; i < c->notify.n; i++) {
+		const char *a = c->notify.v[i];
+		size_t j = 0;
 
-			while (hook_names[j] && !(strncmp(p + 2, hook_names[j], strlen(hook_names[j])) == 0 &&
-			                          p[2 + strlen(hook_names[j])] == '}'))
-				j++;
-			if (!hook_names[j]) {
-				snprintf(
-				    err, errlen,
-				    "notify: unknown placeholder in \"%s\" (known: %%{account}, %%{network}, "
-				    "%%{count}, %%{action})",
-				    c->notify.v[i]);
-				return -1;
-			}
+		if (!strstr(a, "%{"))
+			continue;
+		while (hook_names[j] && !(strncmp(a + 2, hook_names[j], strlen(hook_names[j])) == 0 &&
+		                          strcmp(a + 2 + strlen(hook_names[j]), "}") == 0))
+			j++;
+		/* A value is a whole argument: inside a sh -c script a sender's local part would be code. */
+		if (a[0] != '%' || a[1] != '{' || !hook_names[j]) {
+			snprintf(err, errlen,
+			         "notify: \"%s\": a placeholder is a whole argument, one of %%{account}, "
+			         "%%{network}, %%{count}, %%{action} (pass it to a script as \"$1\")",
+			         a);
+			return -1;
 		}
+	}
 	return 0;
 }
 
