@@ -811,6 +811,41 @@ static void test_block_only_sasl(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * The account in the log line is one field: a SASL name or a sender's
+ * quoted local part with blanks and '=' cannot write fields of its own
+ * (docs/security.md "Log injection"), as the log's own fields.
+ */
+static void test_account_field_masked(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"keys\": [\"sasl_username\", \"sender\"], "
+	                     "\"sender_domains\": [\"example.com\"]",
+	                     "");
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts(net(1), "eve network=10.0.0.0/8 trip=first", NULL);
+	stage(cfg, &f);
+	f = facts(net(2), "eve network=10.0.0.0/8 trip=first", NULL);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_non_null(
+	    strstr(o.final.detail, " account=sasl:eve?network?10.0.0.0/8?trip?first network=198.18.2.0/24 "));
+	f = facts(net(1), NULL, "\"x max_networks=99\"@example.com");
+	stage(cfg, &f);
+	f = facts(net(2), NULL, "\"x max_networks=99\"@example.com");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_null(strstr(o.final.detail, " max_networks=99"));
+	assert_non_null(strstr(o.final.detail, "?max_networks?99"));
+	/* the store error line too */
+	fake.fail = true;
+	o = stage(cfg, &f);
+	assert_null(strstr(o.relay.detail, " max_networks=99"));
+	config_unref(cfg);
+}
+
 #define CASE(t) cmocka_unit_test_setup(t, reset)
 
 int main(void)
@@ -823,6 +858,7 @@ int main(void)
 	    CASE(test_counted_when_reached), CASE(test_store_errors),
 	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
 	    CASE(test_trip_once_a_window),   CASE(test_parallel_new_networks),
+	    CASE(test_account_field_masked),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

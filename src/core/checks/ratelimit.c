@@ -178,26 +178,12 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 	return s->nasked;
 }
 
-/*
- * The bucket for a log line's "bucket=" field: a sender's quoted local
- * part may hold blanks and '=', which would let it write fields of its
- * own after ours (docs/security.md "Log injection"); the log masks the
- * control characters.
- */
-static void bucket_field(const char *bucket, char *out, size_t outlen)
-{
-	size_t o = 0;
-
-	for (; *bucket && o + 1 < outlen; bucket++)
-		out[o++] = (*bucket == ' ' || *bucket == '\t' || *bucket == '=') ? '?' : *bucket;
-	out[o] = '\0';
-}
-
 static void refuse(const ratelimit_rule *r, const rl_scratch *s, size_t j, check_verdict *v)
 {
 	char field[RL_BUCKET_MAX];
 
-	bucket_field(s->bucket[j], field, sizeof(field));
+	/* A sender's quoted local part may hold blanks and '=' (check_field). */
+	check_field(s->bucket[j], field, sizeof(field));
 	check_verdict_set(v, r->action == RATELIMIT_ACTION_REJECT ? DECIDE_REJECT : DECIDE_TEMPFAIL,
 	                  "rate limited", &r->reply);
 	check_detail_add(v, " rule=%s bucket=%s", r->name, field);

@@ -372,6 +372,7 @@ static const char *const action_names[] = {"defer", "reject", "hold", "discard"}
 static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s, uint64_t count,
                  bool tripped_before, check_verdict *v, check_effects *eff)
 {
+	char field[QUERY_KEY_MAX];
 	static const decide_action actions[] = {
 	    [RELAY_ACTION_DEFER] = DECIDE_TEMPFAIL,
 	    [RELAY_ACTION_REJECT] = DECIDE_REJECT,
@@ -382,7 +383,8 @@ static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s,
 	check_verdict_set(v, actions[conf->action], "relay", &conf->reply_parsed);
 	check_detail_add(
 	    v, " account=%s network=%s networks=%" PRIu64 " max_networks=%" PRId64 " window=%" PRId64 "s",
-	    s->account, s->network, count + 1, conf->max_networks, conf->window);
+	    check_field(s->account, field, sizeof(field)), s->network, count + 1, conf->max_networks,
+	    conf->window);
 	if (tripped_before) {
 		check_detail_add(v, " trip=repeat");
 		return;
@@ -410,6 +412,7 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 	const relay_conf *conf = vconf;
 	relay_scratch *s = scratch;
 	const query *peek = &answers[0], *add = &answers[1];
+	char field[QUERY_KEY_MAX];
 
 	if (s->plan != RELAY_ASK || nanswers < 3)
 		return;
@@ -421,7 +424,7 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 			check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_STORE_ERROR);
 		else
 			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
-		check_detail_add(v, " check=relay account=%s", s->account);
+		check_detail_add(v, " check=relay account=%s", check_field(s->account, field, sizeof(field)));
 		return;
 	case QUERY_NOTFOUND:
 	case QUERY_PENDING:
