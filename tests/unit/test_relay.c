@@ -402,16 +402,16 @@ static void test_window_slides(void **state)
 	config_unref(cfg);
 }
 
-/* Private, loopback, CGNAT, link-local, unique-local and exempt_networks clients are never counted. */
+/* Private, loopback, link-local, unique-local and exempt_networks clients are never counted. */
 static void test_exempt_never_counted(void **state)
 {
 	config *cfg =
 	    cfg_of("\"max_networks\": 1, \"exempt_networks\": [\"203.0.113.0/24\", \"2001:db8:f::/48\"]", "");
 	static const char *const never[] = {
-	    "127.0.0.1",    "10.1.2.3",        "172.16.9.9",      "172.31.0.1",
-	    "192.168.1.1",  "100.64.0.1",      "100.127.255.254", "169.254.3.4",
-	    "::1",          "fd00::1",         "fc12:3456::1",    "fe80::1",
-	    "203.0.113.99", "2001:db8:f:1::1", "::ffff:10.0.0.1", "::ffff:192.168.0.9"};
+	    "127.0.0.1",       "10.1.2.3",          "172.16.9.9",   "172.31.0.1",
+	    "192.168.1.1",     "169.254.3.4",       "::1",          "fd00::1",
+	    "fc12:3456::1",    "fe80::1",           "203.0.113.99", "2001:db8:f:1::1",
+	    "::ffff:10.0.0.1", "::ffff:192.168.0.9"};
 	decide_facts f;
 
 	(void)state;
@@ -427,10 +427,18 @@ static void test_exempt_never_counted(void **state)
 	assert_int_equal(fake.peeks, 1);
 	assert_int_equal(fake.adds, 1);
 	/* just outside the private ranges: counted (and over the limit of 1) */
-	f = facts("100.128.0.1", "dave", NULL);
-	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
 	f = facts("172.32.0.1", "dave", NULL);
 	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	/* CGNAT is counted: a server that sees it sees a carrier's customers, each another one */
+	f = facts("100.64.0.1", "dave", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	config_unref(cfg);
+	/* ... unless the site exempts it (a VPN of its own on that range) */
+	cfg = cfg_of("\"max_networks\": 1, \"exempt_networks\": [\"100.64.0.0/10\"]", "");
+	f = facts("198.51.100.1", "dave2", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts("100.100.1.1", "dave2", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
 	config_unref(cfg);
 }
 

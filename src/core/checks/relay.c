@@ -66,11 +66,15 @@ static const check_key relay_keys[] = {
 
 /*
  * Never counted, whatever exempt_networks says: the site's own hosts
- * (webmail, internal relays) and addresses shared by many unrelated users
- * behind one NAT (CGNAT), where networks say nothing about the account.
+ * (webmail, internal relays) on loopback, RFC 1918, link-local and
+ * unique-local addresses. Not CGNAT (100.64.0.0/10, RFC 6598): a server
+ * on the public Internet never sees it (it sees the carrier's public NAT
+ * address), and one that does sits inside a carrier, where each of those
+ * addresses is another customer: exempting them would let a botnet of
+ * that carrier's customers use a stolen password unseen.
  */
 static const char *const private_networks[] = {
-    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
     "0.0.0.0/8",   "::1",        "::/128",        "fc00::/7",       "fe80::/10",
 };
 

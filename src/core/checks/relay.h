@@ -18,9 +18,10 @@
  * additionally blocklists sasl:NAME (reason "relay") for block_ttl, which
  * stops the account at MAIL FROM on every host and front end.
  *
- * Loopback, RFC 1918, CGNAT (100.64.0.0/10), link-local and unique-local
- * (fc00::/7) clients, and relay.exempt_networks, are never counted: they
- * are the site's own webmail and internal hosts.
+ * Loopback, RFC 1918, link-local and unique-local (fc00::/7) clients, and
+ * relay.exempt_networks, are never counted: they are the site's own
+ * webmail and internal hosts. CGNAT (100.64.0.0/10) is counted (see
+ * private_networks in relay.c).
  */
 #ifndef SPAMTRAPD_CHECK_RELAY_H
 #define SPAMTRAPD_CHECK_RELAY_H
