@@ -167,6 +167,8 @@ static void answer(query *q, size_t n)
 		}
 		/* the add carries the limit: workers and hosts racing cannot go past it */
 		assert_int_not_equal(q[i].u.distinct.limit, 0);
+		/* the store's clock (Redis TIME) times the window: hosts' clocks may disagree */
+		assert_true(q[i].u.distinct.store_clock);
 		fake.peeks += q[i].u.distinct.peek;
 		if (fake.fail) {
 			q[i].status = QUERY_ERROR;

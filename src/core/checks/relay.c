@@ -304,6 +304,8 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 		q[i].u.distinct.member = s->network;
 		q[i].u.distinct.now = ctx->now;
 		q[i].u.distinct.window = conf->window;
+		/* Hosts on one Redis whose clocks disagree still count one window (Redis TIME). */
+		q[i].u.distinct.store_clock = true;
 		/*
 		 * Shadow mode goes on counting past the limit, so that relay
 		 * show says how far an account went; bounded, so that a botnet
