@@ -25,6 +25,9 @@
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
+/* check_verdict.log_limited lines: each check's, at most a burst of them a minute. */
+#define CHECK_ERROR_LOG_INTERVAL 60
+#define CHECK_ERROR_LOG_BURST 3
 
 /*
  * Lookups and updates fail apart (a full disk or another process's write
@@ -60,6 +63,7 @@ struct engine {
 	engine_snapshot *current;
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
+	log_ratelimit check_errors[CHECK_COUNT]; /* check_verdict.log_limited lines */
 	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
 	pthread_mutex_t hooks_lock;
 	hook_runner *hooks;
@@ -114,6 +118,9 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 	pthread_mutex_init(&eng->lock, NULL);
 	pthread_mutex_init(&eng->hooks_lock, NULL);
 	eng->current = snap;
+	for (int i = 0; i < CHECK_COUNT; i++)
+		eng->check_errors[i] =
+		    (log_ratelimit){.interval = CHECK_ERROR_LOG_INTERVAL, .burst = CHECK_ERROR_LOG_BURST};
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
 		eng->health[k].recoveries.interval = STORE_ERROR_LOG_INTERVAL;
@@ -248,17 +255,25 @@ static const char *front_name(const decide_facts *f)
  * recipient=<...> front=policy": queue id first as in Postfix's own log
  * lines, so `grep QUEUEID` finds the decision next to Postfix's lines.
  */
-static void log_verdict(const pipeline *p, const decide_facts *f, const check_verdict *v)
+static void log_verdict(const pipeline *p, const decide_facts *f, const check_verdict *v, log_ratelimit *rl)
 {
 	fact_text t;
-	char action[48], detail[CHECK_DETAIL_MAX];
+	char action[48], detail[CHECK_DETAIL_MAX], more[64] = "";
+	int level = v->quiet ? LOG_DEBUG : LOG_INFO;
+	uint64_t suppressed = 0;
 
+	if (level != LOG_DEBUG && v->log_limited) {
+		if (!log_ratelimit_pass(rl, (int64_t)time(NULL), &suppressed))
+			level = LOG_DEBUG;
+		else if (suppressed)
+			snprintf(more, sizeof(more), " (%llu similar lines at debug level)",
+			         (unsigned long long)suppressed);
+	}
 	fact_text_fill(&t, f);
 	pipeline_action_text(p, v, action, sizeof(action));
-	log_msg(v->quiet ? LOG_DEBUG : LOG_INFO,
-	        "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s", t.queue_id, action,
-	        v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo, t.sender,
-	        t.recipient, front_name(f));
+	log_msg(level, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s%s", t.queue_id,
+	        action, v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo, t.sender,
+	        t.recipient, front_name(f), more);
 }
 
 /* The milter's end of message, in the words of what it drops. */
@@ -452,7 +467,7 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 	}
 }
 
-static void log_stage(const pipeline *p, const pipeline_run *run, const decide_facts *facts)
+static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		const check_verdict *v = &run->verdict[i];
@@ -462,7 +477,7 @@ static void log_stage(const pipeline *p, const pipeline_run *run, const decide_f
 		if (run->ctx.stage == CHECK_STAGE_EOM)
 			log_end_of_message(facts, v, run->ctx.msg);
 		else
-			log_verdict(p, facts, v);
+			log_verdict(p, facts, v, &eng->check_errors[i]);
 	}
 }
 
@@ -562,7 +577,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	}
 	apply_effects(snap, run);
 	run_hooks(snap, run);
-	log_stage(p, run, facts);
+	log_stage(snap->eng, p, run, facts);
 	m->state = run->msg;
 	/* Once a message: later stages read it (a timeout is not remembered, the next stage tries again). */
 	if (facts->dns && facts->dns->spf.wanted && facts->dns->spf.done)

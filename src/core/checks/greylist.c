@@ -22,6 +22,8 @@ typedef enum {
 	GREY_SKIP_AUTHENTICATED, /* SASL clients are never greylisted */
 	GREY_SKIP_CLIENT_LISTED, /* greylist.clients / client_files */
 	GREY_SKIP_RCPT_LISTED,   /* greylist.recipients / recipient_files */
+	GREY_SKIP_DNSWL,         /* the dnsbl check allowlisted the client (dnsbl.allowlist_threshold) */
+	GREY_SKIP_NOT_LISTED,    /* apply "listed": the dnsbl check did not list the client */
 } grey_plan;
 
 /* What needs() worked out, for decide(). */
@@ -30,6 +32,7 @@ typedef struct grey_scratch {
 	char triplet[GREYSTEP_KEY_MAX];
 	char awl[ADDR_NET_STRLEN];
 	char why[GREYWL_WHY_MAX];
+	int dnsbl_score;
 } grey_scratch;
 
 _Static_assert(sizeof(grey_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for greylist");
@@ -43,7 +46,7 @@ static const check_key greylist_keys[] = {
     {"awl_count", CHECK_KEY_INT, "5", 0, 1000000, CHECK_KEY_AT(greylist_conf, awl_count)},
     {"awl_by", CHECK_KEY_ENUM, "\"address\"", .names = (const char *const[]){"address", "network", NULL},
      CHECK_KEY_AT(greylist_conf, awl_by)},
-    {"apply", CHECK_KEY_ENUM, "\"all\"", .names = (const char *const[]){"all", NULL},
+    {"apply", CHECK_KEY_ENUM, "\"all\"", .names = (const char *const[]){"all", "listed", NULL},
      CHECK_KEY_AT(greylist_conf, apply)},
     {"null_sender_at", CHECK_KEY_ENUM, "\"data\"", .names = (const char *const[]){"data", "rcpt", NULL},
      CHECK_KEY_AT(greylist_conf, null_sender_at)},
@@ -140,6 +143,8 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 {
 	const decide_facts *f = ctx->facts;
 	const decide_txn *txn = ctx->txn;
+	/* What the dnsbl check, before this one, made of the client in this stage (check_msg.dnsbl). */
+	const check_msg *now = ctx->stage_msg ? ctx->stage_msg : ctx->msg;
 	char sender_key[ADDR_MAX + 2], rcpt[ADDR_MAX];
 	const char *skey = sender_key;
 
@@ -147,6 +152,11 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 		return GREY_SKIP;
 	if (f->sasl_username && *f->sasl_username)
 		return GREY_SKIP_AUTHENTICATED;
+	s->dnsbl_score = now->dnsbl_score;
+	if (now->dnsbl == CHECK_DNSBL_ALLOWLISTED)
+		return GREY_SKIP_DNSWL;
+	if (conf->apply == GREYLIST_APPLY_LISTED && now->dnsbl != CHECK_DNSBL_LISTED)
+		return GREY_SKIP_NOT_LISTED;
 	if (conf->wl &&
 	    greywl_match_client(conf->wl, f->client_address, f->client_name, s->why, sizeof(s->why)))
 		return GREY_SKIP_CLIENT_LISTED;
@@ -277,6 +287,12 @@ static void skipped(grey_plan p, const grey_scratch *s, check_verdict *v)
 		check_detail_add(v, " %s=%s", p == GREY_SKIP_CLIENT_LISTED ? "client" : "recipient", s->why);
 		v->quiet = true;
 		return;
+	case GREY_SKIP_DNSWL:
+		check_verdict_set(v, DECIDE_CONTINUE, "greylist skipped, dnsbl allowlisted", NULL);
+		check_detail_add(v, " dnsbl_score=%d", s->dnsbl_score);
+		v->quiet = true;
+		return;
+	case GREY_SKIP_NOT_LISTED:
 	case GREY_SKIP_AUTHENTICATED:
 	case GREY_SKIP:
 	case GREY_ASK:
