@@ -422,17 +422,22 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		query writes[CHECK_MAX_EFFECTS];
-		size_t n = 0;
+		size_t n = 0, at[CHECK_MAX_EFFECTS];
 
 		if (!run->decided[i])
 			continue;
 		for (size_t j = 0; j < run->effects[i].nq && j < CHECK_MAX_EFFECTS; j++)
-			if (pipeline_effect_applies(p, run, i, j))
+			if (pipeline_effect_applies(p, run, i, j)) {
+				at[n] = j;
 				writes[n++] = run->effects[i].q[j];
+			}
 		if (n == 0)
 			continue;
 		store_run(snap->ss->st, writes, n, run->ctx.now);
 		note_health(snap->eng, writes, n);
+		/* The answers, for a hook gated on one (check_effects.hook_gate). */
+		for (size_t j = 0; j < n; j++)
+			run->effects[i].q[at[j]] = writes[j];
 		for (size_t j = 0; j < n; j++)
 			if (writes[j].status == QUERY_ERROR) {
 				pipeline_store_failed(p, run, i);
@@ -463,6 +468,11 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 
 		if (!run->decided[i] || !eff->hook_argv || eff->hook_argv->n == 0 ||
 		    p->checks[i].mode != CHECK_MODE_ENFORCE)
+			continue;
+		/* Gated: only the write that created the record runs it (a failed write: not at all). */
+		if (eff->hook_gate >= 0 &&
+		    ((size_t)eff->hook_gate >= eff->nq || eff->q[eff->hook_gate].kind != QUERY_KV ||
+		     eff->q[eff->hook_gate].status != QUERY_OK || eff->q[eff->hook_gate].u.kv.found))
 			continue;
 		hook_run(hooks_of(snap->eng), eff->hook_argv->v, eff->hook_argv->n, eff->hook_names,
 		         eff->hook_values, eff->hook_timeout_ms);

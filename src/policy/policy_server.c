@@ -699,7 +699,14 @@ static void conn_close(conn *c)
 	list_unlink(w, c);
 	w->nconn--;
 	atomic_fetch_sub(&w->srv->nconn, 1);
-	close(c->fd); /* also removes it from the epoll set */
+	/*
+	 * Out of the epoll set before the close: close() removes it only with
+	 * the last descriptor of the socket, and a hook (src/hook.c) spawned
+	 * at this moment holds a copy until its exec; an event for the freed
+	 * connection would follow.
+	 */
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
 	policy_parser_free(c->parser);
 	free(c);
 }

@@ -1412,7 +1412,8 @@ static int distinct_all(conn *c, void *ctx)
 static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
                                         int64_t now, int64_t window, uint64_t limit, uint64_t *count)
 {
-	distinct_args a = {set, member, now, window, limit, count};
+	distinct_args a = {set,    member, now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now,
+	                   window, limit,  count};
 
 	return write_txn(s, "distinct", distinct_all, &a, NULL, 0);
 }
@@ -1426,6 +1427,8 @@ static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set,
 
 	if (!c)
 		return STORE_ERROR;
+	if (now == STORE_NOW_SERVER)
+		now = (int64_t)time(NULL);
 	stmt = c->stmt[ST_DS_PEEK];
 	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
 	sqlite3_bind_text(stmt, 2, member, -1, SQLITE_STATIC);
