@@ -311,6 +311,11 @@ for page in man8/spamtrapd.8 man8/spamtrapctl.8 man5/spamtrapd.json.5; do
 done
 check "security notes installed" bash -c "ls /usr/share/doc/spamtrapd/security.md* >/dev/null"
 check "systemd unit installed" test -f "$unit"
+examples=/usr/share/doc/spamtrapd/examples/fail2ban
+check "fail2ban filter and jail examples installed" \
+	test -f $examples/filter.d/spamtrapd.conf -a -f $examples/jail.d/spamtrapd.conf
+check "the example jail is not enabled" grep -qx 'enabled  = false' $examples/jail.d/spamtrapd.conf
+check "nothing installed into fail2ban's configuration" test ! -e /etc/fail2ban/jail.d/spamtrapd.conf
 for setting in 'NoNewPrivileges=yes' 'ProtectSystem=strict' 'PrivateTmp=yes' 'ReadWritePaths=/var/lib/spamtrapd.*' \
 	'ExecReload=/bin/kill -HUP \$MAINPID' 'ExecStartPre=/usr/sbin/spamtrapd -t .*' 'ExecStart=/usr/sbin/spamtrapd -f .*'; do
 	check "unit has $setting" grep -qx "$setting" "$unit"
