@@ -245,18 +245,25 @@ static bool add_map_net(export *x, const char *key, const addr_net *net)
 	}
 	if (net->ip.version == 6 || net->prefix == 32)
 		return add_map_line(x, key);
-	if (net->prefix == 0) {
-		x->counts.skipped_other++;
-		return true;
-	}
 	return add_ipv4_map_net(x, net);
+}
+
+/*
+ * The daemon never checks an IPv4 network shorter than /8 or an IPv6 one
+ * shorter than /16 (core/netkeys.h), and spamtrapctl add refuses them: such
+ * an entry can only come from a store written by other means, and in a
+ * firewall set it would block whole continents.
+ */
+static bool checked_len(const addr_net *net)
+{
+	return net->prefix >= (net->ip.version == 4 ? 8 : 16);
 }
 
 static bool add_net(export *x, const char *key, int64_t expires, bool trap)
 {
 	addr_net net;
 
-	if (!addr_net_parse(key, &net, NULL, 0)) {
+	if (!addr_net_parse(key, &net, NULL, 0) || !checked_len(&net)) {
 		x->counts.skipped_other++;
 		return true;
 	}

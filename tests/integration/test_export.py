@@ -284,6 +284,57 @@ class Firewall(Daemon, unittest.TestCase):
         self.assertEqual(sorted(self.ipset_members(ns, "spamtrapd-v4")), sorted(before))
 
 
+class FirewallUnits(Daemon, unittest.TestCase):
+    """The root-owned pair the package ships: systemd accepts it, its loader loads only the sets."""
+
+    LOADER = os.path.join(ROOT, "packaging", "firewall", "spamtrapd-firewall-load")
+
+    def test_units_verify(self):
+        analyze = shutil.which("systemd-analyze")
+        if not analyze:
+            self.skipTest("systemd-analyze is not installed")
+        units = os.path.join(self.d.dir, "units")
+        os.makedirs(units, exist_ok=True)
+        for kind in ("path", "service"):
+            with open(os.path.join(ROOT, "packaging", "debian", f"spamtrapd.spamtrapd-firewall.{kind}")) as f:
+                text = f.read()
+            if kind == "service":
+                self.assertIn("ExecStart=/usr/libexec/spamtrapd/spamtrapd-firewall-load /var/lib/spamtrapd/"
+                              "blocklist.nft\n", text)
+                text = text.replace("/usr/libexec/spamtrapd/spamtrapd-firewall-load", self.LOADER)
+            else:
+                self.assertIn("PathChanged=/var/lib/spamtrapd/blocklist.nft\n", text)
+            with open(os.path.join(units, f"spamtrapd-firewall.{kind}"), "w") as f:
+                f.write(text)
+        p = subprocess.run([analyze, "verify", "--man=no", os.path.join(units, "spamtrapd-firewall.path"),
+                            os.path.join(units, "spamtrapd-firewall.service")], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+
+    def test_loader_loads_the_export_and_nothing_else(self):
+        ns = netns_or_skip(self, "nft")
+        self.hit("a@bad.example", "192.0.2.7")
+        path, text = self.export("nft")
+        p = ns.run(self.LOADER, path)
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertIn("192.0.2.7", ns.run("nft", "list", "set", "inet", "spamtrapd", "v4").stdout)
+        # what a compromised spamtrapd user might write: refused whole, the ruleset untouched
+        for extra in ("flush ruleset\n", "include \"/etc/shadow\"\n",
+                      "table inet spamtrapd {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n"
+                      "\t}\n}\n",
+                      "add element inet spamtrapd v4 { 198.51.100.1 timeout 5s }; flush ruleset\n"):
+            with self.subTest(extra=extra):
+                bad = os.path.join(self.d.dir, "bad.nft")
+                with open(bad, "w") as f:
+                    f.write(text.replace("flush set inet spamtrapd v4\n", "flush set inet spamtrapd v4\n" + extra))
+                p = ns.run(self.LOADER, bad)
+                self.assertEqual(p.returncode, 1)
+                self.assertIn("not loaded: lines an export never writes", p.stderr)
+                ruleset = ns.run("nft", "list", "ruleset").stdout
+                self.assertIn("192.0.2.7", ruleset)
+                self.assertNotIn("chain", ruleset)
+
+
 class ExportRbldnsd(rb.Rbldnsd):
     """rbldnsd serving one export file as ZONE:combined:FILE."""
 

@@ -172,11 +172,18 @@ static void test_ipset_maxelem_grows(void **state)
 static void test_pf(void **state)
 {
 	(void)state;
-	const entry e[] = {{"198.51.100.0/24", 5, true},
-	                   {"198.51.100.9", 5, true},
-	                   {"2001:db8::1", 5, true},
-	                   {"@example.net", 5, true}};
-	char *t = render(EXPORT_PF, 0, e, 4, NULL);
+	const entry e[] = {{"198.51.100.0/24", 5, true}, {"198.51.100.9", 5, true}, {"2001:db8::1", 5, true},
+	                   {"@example.net", 5, true},    {"0.0.0.0/0", 5, true},    {"64.0.0.0/2", 5, true},
+	                   {"2000::/3", 5, true},        {"10.0.0.0/8", 5, true}};
+	export_counts c;
+	char *t = render(EXPORT_PF, 0, e, 8, &c);
+
+	/* networks the daemon never checks (shorter than /8, /16) never reach a firewall */
+	assert_int_equal(c.skipped_other, 3);
+	assert_has(t, "\n10.0.0.0/8\n198.51.100.0/24\n2001:db8::1\n");
+	assert_lacks(t, "\n0.0.0.0/0");
+	assert_lacks(t, "64.0.0.0");
+	assert_lacks(t, "2000::");
 
 	assert_has(t, "\n198.51.100.0/24\n2001:db8::1\n");
 	assert_lacks(t, "198.51.100.9");
