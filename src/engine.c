@@ -429,7 +429,34 @@ static const char *block_type(const char *key)
  * can fake a field; mode=shadow when the check that wrote it only
  * shadows (or the daemon runs in dry-run).
  */
-static void log_new_entries(const query *q, check_mode mode, const decide_facts *f)
+static hook_runner *hooks_of(engine *eng);
+
+/*
+ * hooks.on_block for one new entry of an enforcing check: queued, never
+ * waited for; the runner logs what fails. The values go as they are (an
+ * argv, no shell): a hook must take a key that starts with '-' as such.
+ */
+static void run_block_hook(engine_snapshot *snap, const query *q, size_t k, const decide_facts *f)
+{
+	const config *cfg = snap->cfg;
+	const char *values[CONFIG_BLOCK_HOOK_VALUES];
+	char ttl[24];
+
+	if (cfg->hooks.non_block == 0)
+		return;
+	snprintf(ttl, sizeof(ttl), "%lld", (long long)q->u.record.hit.ttl);
+	values[CONFIG_BLOCK_HOOK_KEY] = q->u.record.keys[k];
+	values[CONFIG_BLOCK_HOOK_TYPE] = block_type(q->u.record.keys[k]);
+	values[CONFIG_BLOCK_HOOK_TTL] = ttl;
+	values[CONFIG_BLOCK_HOOK_REASON] = q->u.record.hit.reason ? q->u.record.hit.reason : "";
+	values[CONFIG_BLOCK_HOOK_TRAP] = q->u.record.hit.trap ? q->u.record.hit.trap : "";
+	values[CONFIG_BLOCK_HOOK_CLIENT] = f->client_address ? f->client_address : "";
+	values[CONFIG_BLOCK_HOOK_QUEUE_ID] = f->queue_id ? f->queue_id : "";
+	hook_run(hooks_of(snap->eng), cfg->hooks.on_block, cfg->hooks.non_block, config_block_hook_names,
+	         values, cfg->hooks.timeout * 1000);
+}
+
+static void log_new_entries(engine_snapshot *snap, const query *q, check_mode mode, const decide_facts *f)
 {
 	char key[QUERY_KEY_MAX], client[64], qid[64], reason[64];
 
@@ -445,6 +472,8 @@ static void log_new_entries(const query *q, check_mode mode, const decide_facts 
 		    log_safe_field(q->u.record.hit.reason, reason, sizeof(reason)),
 		    mode == CHECK_MODE_ENFORCE ? "enforce" : "shadow",
 		    log_safe_field(f->queue_id ? f->queue_id : "NOQUEUE", qid, sizeof(qid)));
+		if (mode == CHECK_MODE_ENFORCE)
+			run_block_hook(snap, q, k, f);
 	}
 }
 
@@ -467,7 +496,7 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run, const decide
 		store_run(snap->ss->st, writes, n, run->ctx.now);
 		note_health(snap->eng, writes, n);
 		for (size_t j = 0; j < n; j++)
-			log_new_entries(&writes[j], p->checks[i].mode, facts);
+			log_new_entries(snap, &writes[j], p->checks[i].mode, facts);
 		for (size_t j = 0; j < n; j++)
 			if (writes[j].status == QUERY_ERROR) {
 				pipeline_store_failed(p, run, i);

@@ -137,6 +137,72 @@ class BlockLogAndFail2ban(Daemon, unittest.TestCase):
         return sorted(p.stdout.split())
 
 
+class BlockHook(sh.PolicyChecks, unittest.TestCase):
+    """hooks.on_block: the argv run for each new enforced entry, its placeholders filled in."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="spamtrapd-hook.")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        sh.give_to_run_user(self.dir)
+        self.out = os.path.join(self.dir, "hook.out")
+        self.script = os.path.join(self.dir, "hook.sh")
+        with open(self.script, "w") as f:
+            # one line a call, appended in one write: hooks may run side by side
+            f.write('#!/bin/sh\nline=$(printf "%s|" "$@")\nprintf "%s\\n" "$line" >> OUT\n'.replace("OUT", self.out))
+        os.chmod(self.script, 0o755)
+
+    def config(self, **extra):
+        return dict(CONFIG, hooks={"on_block": [self.script, "%{type}", "%{key}", "ttl=%{ttl}", "%{reason}",
+                                                "%{trap}", "%{client}"], "timeout": "5s"}, **extra)
+
+    def calls(self):
+        try:
+            with open(self.out) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_calls(self, n):
+        deadline = time.monotonic() + sh.scaled(10)
+        while len(self.calls()) < n:
+            self.assertLess(time.monotonic(), deadline, f"hook calls: {self.calls()}")
+            time.sleep(0.05)
+        return sorted(self.calls())
+
+    def test_each_new_entry_runs_the_hook_once(self):
+        with sh.Spamtrapd(self.config(), workdir=self.dir) as d:
+            self.trap_hit(d, "spam@bad.example", "192.0.2.7")
+            self.assertEqual(self.wait_calls(2), [
+                "client|192.0.2.7|ttl=86400|trap|trap@example.com|192.0.2.7|",
+                "sender|spam@bad.example|ttl=86400|trap|trap@example.com|192.0.2.7|"])
+            self.trap_hit(d, "spam@bad.example", "192.0.2.7")  # a refresh: no hook
+            self.trap_hit(d, "-rf x@bad.example", "192.0.2.8")  # one argument each, never a shell
+            calls = self.wait_calls(4)
+            self.assertIn("sender|-rf x@bad.example|ttl=86400|trap|trap@example.com|192.0.2.8|", calls)
+            self.assertEqual(len(calls), 4, calls)
+
+    def test_dry_run_runs_no_hook(self):
+        with sh.Spamtrapd(self.config(mode="dry-run"), workdir=self.dir) as d:
+            mark = d.log_mark()
+            self.trap_hit(d, "spam@bad.example", "192.0.2.7")
+            d.wait_for_log(r"block: type=client key=192\.0\.2\.7 .* mode=shadow", since=mark)
+            d.stop()
+            # stopped: a hook queued for the hit would have run, or been killed and logged
+            self.assertEqual(self.calls(), [])
+            self.assertNotIn("hook", d.log_since(mark))
+
+    def test_bad_hooks_are_config_errors(self):
+        for hook, message in ((["hook.sh"], "must be an absolute path"),
+                              ([self.script, "%{sender}"], "unknown placeholder in \"%{sender}\"")):
+            with self.subTest(hook=hook):
+                d = sh.Spamtrapd(dict(CONFIG, hooks={"on_block": hook}), workdir=self.dir)
+                mark = d.log_mark()
+                self.assertEqual(d.run_until_exit("-t"), 1)
+                out = d.log_since(mark)
+                self.assertIn("hooks.on_block", out)
+                self.assertIn(message, out)
+
+
 class Netns:
     """A network namespace (unshare -n) held open by a sleeping process; commands run in it by nsenter."""
 
