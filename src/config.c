@@ -47,6 +47,7 @@
 #include "core/checks/dnsbl.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
+#include "core/checks/spf.h"
 #include "core/greywl.h"
 #include "core/text.h"
 #include "hook.h"
@@ -1799,6 +1800,7 @@ static const char *const backend_names[] = {"sqlite", "redis", NULL};
 static const char *const action_names[] = {"discard", "reject", "accept", NULL};
 static const char *const on_mixed_names[] = {"deliver-others", "discard-all", NULL};
 static const char *const null_sender_names[] = {"ignore", "client", NULL};
+static const char *const sender_requires_names[] = {"any", "spf-pass", NULL}; /* sender_requires_policy */
 static const char *const target_names[] = {"syslog", "stderr", NULL};
 
 #define J(...) #__VA_ARGS__ /* a default written as JSON */
@@ -1872,6 +1874,9 @@ static const key_def schema[] = {
     /* One forged sender must not list a whole domain (docs/security.md). */
     {"blocklist.sender_domain_min_networks", T_INT, J(3), .min = 1, .max = 1000,
      AT(decide.domain_min_networks)},
+    /* Who may be blocklisted by a forged MAIL FROM (docs/spf.md). */
+    {"blocklist.sender_requires", T_ENUM, J("any"), .names = sender_requires_names,
+     AT(decide.sender_requires)},
     {"blocklist.reject", T_STRING, J("550 5.7.1 Sender is blocklisted after mail to a spamtrap"), K_NONEMPTY,
      .max = 500, .set = set_reject},
 
@@ -2431,6 +2436,36 @@ static bool link_greylist(loader *ld)
 	return true;
 }
 
+/*
+ * The spf check asks SPF only when something uses it (core/checks/spf.h):
+ * it learns here what the blocklist and the greylist want. Those uses need
+ * the check on: with spf off they would silently never see a pass.
+ */
+static void link_spf(loader *ld)
+{
+	config *cfg = ld->cfg;
+	spfcheck_conf *sc = ld->box->check_conf[CHECK_ID_SPF];
+	const greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+	bool spf_on = cfg->modes[CHECK_ID_SPF] != CHECK_MODE_OFF;
+	jpath p;
+
+	if (sc == NULL)
+		return;
+	sc->policy = &cfg->decide;
+	cfg->decide.spf_timeout_ms = spf_on ? sc->timeout * 1000 : 0;
+	sc->grey_spf_key = gc && gc->spf_key && cfg->modes[CHECK_ID_GREYLIST] != CHECK_MODE_OFF;
+	if (cfg->decide.sender_requires == SENDER_REQUIRES_SPF_PASS && !spf_on) {
+		jpath_from_dotted(&p, "blocklist.sender_requires");
+		ld_error(ld, &p,
+		         "\"spf-pass\" needs the spf check (spf.mode enforce or shadow): without it "
+		         "no unauthenticated sender would ever be blocklisted");
+	}
+	if (gc && gc->spf_key && !spf_on) {
+		jpath_from_dotted(&p, "greylist.spf_key");
+		ld_error(ld, &p, "true needs the spf check (spf.mode enforce or shadow)");
+	}
+}
+
 /* dnsbl and greylist settings that do nothing together: a load succeeds, spamtrapd -t says so. */
 static void warn_dnsbl_greylist(loader *ld)
 {
@@ -2478,6 +2513,7 @@ static void finish(loader *ld)
 		return;
 	compile_checks(ld);
 	build_pipeline(ld->box);
+	link_spf(ld);
 	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */
 	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW &&
 	    cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE && !cfg->decide.dry_run)
@@ -2598,6 +2634,14 @@ unsigned policy_role_checks(policy_role role)
 		break;
 	}
 	return CHECKS_EVERY;
+}
+
+dns_settings config_dns_settings(const config *cfg)
+{
+	return (dns_settings){.forwarders = (const char *const *)cfg->dns.forwarders,
+	                      .nforwarders = cfg->dns.nforwarders,
+	                      .max_inflight = cfg->dns.max_inflight,
+	                      .cache_mib = cfg->dns.cache_size};
 }
 
 const char *policy_role_name(policy_role role)

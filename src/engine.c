@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "core/checks/greylist.h"
+#include "core/checks/spf.h"
 #include "core/hash.h"
 #include "core/key.h"
 #include "core/pipeline.h"
@@ -317,7 +318,11 @@ enum {
 	MSG_GREY_DEFER_DATA = 1u << 2,
 	MSG_GREY_HEADER_DONE = 1u << 3,
 	MSG_ACCEPTED = 1u << 4, /* a recipient got the message: its per-message rate buckets are charged */
-	MSG_GREY_REMAINING_SHIFT = 5,
+	MSG_SPF_HEADER_DONE = 1u << 5,
+	MSG_SPF_SHIFT = 6,      /* 3 bits: check_msg.spf (0, or spf_result + 1 up to 7) */
+	MSG_SPF_OPEN_SHIFT = 9, /* 2 bits: check_msg.spf_open */
+	/* 21 bits: 24 days, longer than greylist.delay can be */
+	MSG_GREY_REMAINING_SHIFT = 11,
 	MSG_FLAG_BITS = 32
 };
 #define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
@@ -343,7 +348,10 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 	m->state.listed_before = slot & MSG_LISTED_BEFORE;
 	m->state.grey_defer_data = slot & MSG_GREY_DEFER_DATA;
 	m->state.grey_header_done = slot & MSG_GREY_HEADER_DONE;
+	m->state.spf_header_done = slot & MSG_SPF_HEADER_DONE;
 	m->state.nothers = (slot & MSG_ACCEPTED) ? 1 : 0;
+	m->state.spf = (uint8_t)((slot >> MSG_SPF_SHIFT) & 7);
+	m->state.spf_open = (uint8_t)((slot >> MSG_SPF_OPEN_SHIFT) & 3);
 	m->state.grey_remaining = (uint32_t)((slot & ~MSG_TAG_MASK) >> MSG_GREY_REMAINING_SHIFT);
 }
 
@@ -365,14 +373,18 @@ void engine_msg_remember(const engine_msg *m, const char *instance)
 	    st->grey_remaining < MSG_GREY_REMAINING_MAX ? st->grey_remaining : MSG_GREY_REMAINING_MAX;
 
 	if (!instance || !*instance || !m->snap ||
-	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done || keep_accepted(m)))
+	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done || st->spf || st->spf_header_done ||
+	      keep_accepted(m)))
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot =
-	    (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
-	    (st->listed_before ? MSG_LISTED_BEFORE : 0) | (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
-	    (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) | (st->nothers > 0 ? MSG_ACCEPTED : 0) |
-	    ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
+	uint64_t slot = (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
+	                (st->listed_before ? MSG_LISTED_BEFORE : 0) |
+	                (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
+	                (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) |
+	                (st->spf_header_done ? MSG_SPF_HEADER_DONE : 0) |
+	                (st->nothers > 0 ? MSG_ACCEPTED : 0) | ((uint64_t)(st->spf & 7) << MSG_SPF_SHIFT) |
+	                ((uint64_t)(st->spf_open & 3) << MSG_SPF_OPEN_SHIFT) |
+	                ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
 	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
 	                      memory_order_relaxed);
 }
@@ -589,7 +601,10 @@ static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *fa
 {
 	/* Again after DNS: an SPF result can verify the sender (decide_facts.sender_verified). */
 	if (stage == CHECK_STAGE_MAIL || !m->prepared || (facts->dns && facts->dns->spf.wanted)) {
-		decide_prepare(&m->snap->cfg->decide, facts, &m->txn);
+		decide_facts f = *facts;
+
+		f.sender_verified = f.sender_verified || spfcheck_verified(facts->dns, &m->state);
+		decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
 		m->prepared = true;
 	}
 }
@@ -646,8 +661,8 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	log_stage(snap->eng, p, run, facts);
 	m->state = run->msg;
 	/* Once a message: later stages read it (a timeout is not remembered, the next stage tries again). */
-	if (facts->dns && facts->dns->spf.wanted && facts->dns->spf.done)
-		m->state.spf = (uint8_t)(facts->dns->spf.result + 1);
+	spfcheck_remember(facts->dns, &m->state);
+	spfcheck_header_sent(&run->final, &m->state);
 	if (stage == CHECK_STAGE_RCPT)
 		count_recipient(&m->state, &run->final);
 	out = run->final;

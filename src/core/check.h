@@ -44,8 +44,8 @@ typedef unsigned check_stage;
 /*
  * What a message remembers between its stages. The milter keeps all of it
  * in its connection context. The policy protocol's requests are separate:
- * the engine keeps only trap_hit, listed_before and the grey_* fields for
- * them, by the message's "instance" attribute, in one word per message
+ * the engine keeps only trap_hit, listed_before, the grey_* and the spf*
+ * fields for them, by the message's "instance" attribute, in one word per message
  * (engine.c); a field a new check adds here is lost between policy
  * requests unless it is packed there too.
  */
@@ -70,6 +70,14 @@ typedef struct check_msg {
 	 */
 	uint8_t spf;
 	/*
+	 * The probes of greylist.spf_key (core/dnsplan.h): 0 not evaluated, or
+	 * evaluated but a probe did not end (tried again at the next stage);
+	 * CHECK_SPF_NARROW the sender's record authorised neither probe;
+	 * CHECK_SPF_OPEN it authorised one (or both).
+	 */
+	uint8_t spf_open;
+	bool spf_header_done; /* the message got its Received-SPF header (policy: one PREPEND a message) */
+	/*
 	 * The dnsbl check's result for this recipient (CHECK_DNSBL_*) and its
 	 * score: how the dnsbl check hands its listing to the greylist check
 	 * (greylist.apply "listed", dnsbl.allowlist_threshold). The dnsbl check
@@ -82,6 +90,8 @@ typedef struct check_msg {
 	uint8_t dnsbl;
 	int16_t dnsbl_score;
 } check_msg;
+
+enum { CHECK_SPF_NARROW = 1, CHECK_SPF_OPEN = 2 };
 
 /* check_msg.dnsbl. */
 enum {
@@ -125,7 +135,8 @@ typedef struct check_ctx {
 #define CHECK_DETAIL_MAX 1400
 /* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 2048
-#define CHECK_HEADER_MAX 256
+/* A Received-SPF header (RFC 7208 9.1) with its attacker-written envelope-from and helo fits: 998 at most. */
+#define CHECK_HEADER_MAX 1000
 /* Most placeholders a hook's arguments may hold. */
 #define CHECK_HOOK_VALUES 4
 

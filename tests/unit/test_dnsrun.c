@@ -279,6 +279,45 @@ static void test_spf_pass(void **state)
 	dnsrun_free(run);
 }
 
+/*
+ * greylist.spf_key's probes (core/dnsplan.h): each its own check_host() of
+ * the same identity from 192.0.2.1 and 2001:db8::1, in parallel with the
+ * real one. A narrow record passes the client and neither probe; "+all"
+ * passes all three.
+ */
+static void test_spf_probes(void **state)
+{
+	static const char narrow[] = "\x1fv=spf1 ip4:198.51.100.0/24 -all";
+	static const char open[] = "\x0bv=spf1 +all";
+	const char *recs[2] = {narrow, open};
+	const size_t lens[2] = {sizeof(narrow) - 1, sizeof(open) - 1};
+
+	(void)state;
+	for (int k = 0; k < 2; k++) {
+		dns_rr rr = txt(recs[k], lens[k]);
+		dnsplan plan;
+		dnsrun *run;
+
+		reset();
+		dnsplan_init(&plan);
+		assert_true(dnsplan_want_spf(&plan, "198.51.100.7", "user@spf.dnstest.example.net",
+		                             "mx.example.net"));
+		assert_true(dnsplan_want_spf_probes(&plan));
+		run = dnsrun_start(NULL, &plan, "mx.local", 0, on_done, NULL);
+		assert_int_equal(nfq, 3); /* three evaluations at once, each its record's TXT */
+		for (size_t i = 0; i < 3; i++) {
+			assert_string_equal(fq[i].name, "spf.dnstest.example.net");
+			answer(i, DNS_OK, 0, &rr, 1);
+		}
+		assert_true(dnsrun_finished(run));
+		assert_true(plan.spf.done && plan.probe[0].done && plan.probe[1].done);
+		assert_int_equal(plan.spf.result, SPF_PASS);
+		assert_int_equal(plan.probe[0].result, k == 0 ? SPF_FAIL : SPF_PASS);
+		assert_int_equal(plan.probe[1].result, k == 0 ? SPF_FAIL : SPF_PASS);
+		dnsrun_free(run);
+	}
+}
+
 /* SERVFAIL on the TXT query: temperror, never fail or none. */
 static void test_spf_servfail(void **state)
 {
@@ -324,6 +363,47 @@ static void test_spf_mx(void **state)
 	answer(2, DNS_OK, 0, &r3, 1);
 	assert_true(dnsrun_finished(run));
 	assert_int_equal(plan.spf.result, SPF_PASS);
+	dnsrun_free(run);
+}
+
+/* The deadline while only a fail's exp= is looked up: the fail stands (RFC 7208 6.2), no timeout. */
+static void test_spf_deadline_during_exp(void **state)
+{
+	static const char rec[] = "\x27v=spf1 -all exp=why.dnstest.example.net";
+	dns_rr rr = txt(rec, sizeof(rec) - 1);
+	dnsplan plan;
+	dnsrun *run;
+
+	(void)state;
+	reset();
+	dnsplan_init(&plan);
+	dnsplan_want_spf(&plan, "192.0.2.1", "user@spf.dnstest.example.net", "mx.example.net");
+	run = dnsrun_start(NULL, &plan, NULL, 0, on_done, NULL);
+	answer(0, DNS_OK, 0, &rr, 1);
+	assert_int_equal(nfq, 2);
+	assert_string_equal(fq[1].name, "why.dnstest.example.net");
+	dnsrun_expire(run);
+	assert_true(plan.spf.done);
+	assert_int_equal(plan.spf.result, SPF_FAIL);
+	assert_string_equal(plan.spf.explanation, "");
+	assert_int_equal(cancelled, 1);
+	dnsrun_free(run);
+}
+
+/* The deadline before the result: temperror, not done. */
+static void test_spf_deadline(void **state)
+{
+	dnsplan plan;
+	dnsrun *run;
+
+	(void)state;
+	reset();
+	dnsplan_init(&plan);
+	dnsplan_want_spf(&plan, "192.0.2.1", "user@spf.dnstest.example.net", "mx.example.net");
+	run = dnsrun_start(NULL, &plan, NULL, 0, on_done, NULL);
+	dnsrun_expire(run);
+	assert_false(plan.spf.done);
+	assert_int_equal(plan.spf.result, SPF_TEMPERROR);
 	dnsrun_free(run);
 }
 
@@ -396,10 +476,16 @@ static void test_rr(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parallel), cmocka_unit_test(test_no_room),
-	    cmocka_unit_test(test_expire),   cmocka_unit_test(test_free_early),
-	    cmocka_unit_test(test_spf_pass), cmocka_unit_test(test_spf_servfail),
+	    cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_no_room),
+	    cmocka_unit_test(test_expire),
+	    cmocka_unit_test(test_free_early),
+	    cmocka_unit_test(test_spf_pass),
+	    cmocka_unit_test(test_spf_probes),
+	    cmocka_unit_test(test_spf_servfail),
 	    cmocka_unit_test(test_spf_mx),
+	    cmocka_unit_test(test_spf_deadline_during_exp),
+	    cmocka_unit_test(test_spf_deadline),
 	};
 	int failed = cmocka_run_group_tests_name("dnsrun", tests, NULL, NULL);
 

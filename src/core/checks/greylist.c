@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/checks/spf.h"
 #include "core/greynorm.h"
 #include "core/greystep.h"
 #include "core/hash.h"
@@ -58,6 +59,7 @@ static const check_key greylist_keys[] = {
     {"reply", CHECK_KEY_STRING, "\"450 4.2.0 Greylisted, try again in %{remaining} seconds\"", 0, 400,
      CHECK_KEY_AT(greylist_conf, reply)},
     {"header", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(greylist_conf, header)},
+    {"spf_key", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(greylist_conf, spf_key)},
     {"header_text", CHECK_KEY_STRING, "\"X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}\"", 0,
      200, CHECK_KEY_AT(greylist_conf, header_text)},
 };
@@ -139,6 +141,27 @@ static bool recipient_key(const char *recipient, char *out, size_t outlen)
 	return false;
 }
 
+/*
+ * greylist.spf_key: the triplet "spf:DOMAIN/sender/recipient" when SPF
+ * passes for the sender and its record is narrow (both probes ended and
+ * neither passed). Anything else (no answer, a probe that timed out, an
+ * open record) keeps the network: a spammer must not pick the key by
+ * writing a domain that authorises everyone.
+ */
+static bool spf_triplet(const greylist_conf *conf, const check_ctx *ctx, const char *skey, const char *rcpt,
+                        grey_scratch *s)
+{
+	const char *at;
+	int n;
+
+	if (!conf->spf_key || ctx->txn->null_sender || ctx->txn->sender_invalid ||
+	    spfcheck_result(ctx) != SPF_PASS || spfcheck_open(ctx) != CHECK_SPF_NARROW ||
+	    !(at = strrchr(ctx->txn->sender, '@')) || !at[1])
+		return false;
+	n = snprintf(s->triplet, sizeof(s->triplet), "spf:%s/%s/%s", at + 1, skey, rcpt);
+	return n > 0 && (size_t)n < sizeof(s->triplet);
+}
+
 static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scratch *s)
 {
 	const decide_facts *f = ctx->facts;
@@ -167,9 +190,11 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 		skey = INVALID_SENDER_KEY;
 	else if (greynorm_sender(txn->sender, conf->recipient_delimiter, sender_key, sizeof(sender_key)) == 0)
 		return GREY_SKIP;
-	if (greystep_triplet_key(&txn->client, (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, skey,
-	                         rcpt, s->triplet, sizeof(s->triplet)) == 0 ||
-	    greystep_awl_key(&txn->client, conf->awl_by == GREYLIST_AWL_BY_NETWORK,
+	if (!spf_triplet(conf, ctx, skey, rcpt, s) &&
+	    greystep_triplet_key(&txn->client, (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, skey,
+	                         rcpt, s->triplet, sizeof(s->triplet)) == 0)
+		return GREY_SKIP;
+	if (greystep_awl_key(&txn->client, conf->awl_by == GREYLIST_AWL_BY_NETWORK,
 	                     (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, s->awl,
 	                     sizeof(s->awl)) == 0)
 		return GREY_SKIP;

@@ -47,6 +47,13 @@ typedef struct greylist_conf {
 	int64_t max_triplets;                 /* SQLite: the most triplets kept; 0: no cap */
 	char *reply;                          /* "450 4.2.0 Greylisted, try again in %{remaining} seconds" */
 	bool header;                          /* add header_text to a message that waited */
+	/*
+	 * An SPF-passing sender's domain ("spf:example.org") instead of the
+	 * client's network in the triplet, unless its record authorises the
+	 * probes (core/dnsplan.h): a retry may come from any server the domain
+	 * names (large senders retry from another address).
+	 */
+	bool spf_key;
 	char *header_text;               /* "X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}" */
 	const char *recipient_delimiter; /* not owned: the config's traps.recipient_delimiter */
 	/* Compiled: */
