@@ -107,6 +107,13 @@ class BlockLogAndFail2ban(Daemon, unittest.TestCase):
         with open(log, "w") as f:
             f.write(d.log_since(start) + dry_log)
         self.assertEqual(self.banned(log), ["192.0.2.7", "2001:db8:1::/64"])
+        # the same lines as the journal holds them under systemd (-f: the daemon's own prefix inside)
+        journal = os.path.join(d.dir, "journal.log")
+        stamp = time.strftime("%b %e %H:%M:%S")
+        with open(journal, "w") as f:
+            for line in (d.log_since(start) + dry_log).splitlines():
+                f.write(f"{stamp} mx spamtrapd[4242]: {line}\n")
+        self.assertEqual(self.banned(journal), ["192.0.2.7", "2001:db8:1::/64"])
         enforce_lines = len(re.findall(r"block: type=client .* mode=enforce ", d.log_since(start)))
         self.assertEqual(enforce_lines, 2)
 
