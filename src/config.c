@@ -50,6 +50,7 @@
 #include "core/checks/spf.h"
 #include "core/greywl.h"
 #include "core/text.h"
+#include "hook.h"
 
 #define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
 #define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
@@ -1290,6 +1291,58 @@ static int set_forwarder(loader *ld, const value *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* The placeholders of hooks.on_block, in the order of CONFIG_BLOCK_HOOK_* (config.h). */
+const char *const config_block_hook_names[] = {"key",  "type",   "ttl",      "reason",
+                                               "trap", "client", "queue_id", NULL};
+
+static bool known_placeholders(const char *arg)
+{
+	for (const char *p = strstr(arg, "%{"); p; p = strstr(p + 2, "%{")) {
+		size_t j = 0;
+
+		while (config_block_hook_names[j] && !(strncmp(p + 2, config_block_hook_names[j],
+		                                               strlen(config_block_hook_names[j])) == 0 &&
+		                                       p[2 + strlen(config_block_hook_names[j])] == '}'))
+			j++;
+		if (!config_block_hook_names[j])
+			return false;
+	}
+	return true;
+}
+
+/* hooks.on_block: the program by its absolute path (no shell, no PATH), then its arguments. */
+static int set_on_block(loader *ld, const value *v, char *err, size_t errlen)
+{
+	typeof(ld->cfg->hooks) *h = &ld->cfg->hooks;
+	char **grown;
+
+	if (h->non_block == 0 && v->s[0] != '/') {
+		snprintf(err, errlen, "the program must be an absolute path, not \"%s\" (no shell, no PATH)",
+		         v->s);
+		return -1;
+	}
+	if (!known_placeholders(v->s)) {
+		snprintf(
+		    err, errlen,
+		    "unknown placeholder in \"%s\" (known: %%{key}, %%{type}, %%{ttl}, %%{reason}, %%{trap}, "
+		    "%%{client}, %%{queue_id})",
+		    v->s);
+		return -1;
+	}
+	if (h->non_block >= HOOK_ARGS_MAX) {
+		snprintf(err, errlen, "at most %d arguments", HOOK_ARGS_MAX);
+		return -1;
+	}
+	grown = realloc(h->on_block, (h->non_block + 1) * sizeof *grown);
+	if (grown == NULL)
+		return out_of_memory(err, errlen);
+	h->on_block = grown;
+	if (dup_into(&h->on_block[h->non_block], v->s, err, errlen) < 0)
+		return -1;
+	h->non_block++;
+	return 0;
+}
+
 /* In the order of the DECIDE_KEY_* bits. */
 static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
                                                   "sender_domain", "helo_name",      NULL};
@@ -1854,6 +1907,10 @@ static const key_def schema[] = {
     {"dns.max_inflight", T_INT, J(1000), .min = 1, .max = 100000, AT(dns.max_inflight)},
     {"dns.cache_size", T_INT, J(8), .min = 1, .max = 1024, AT(dns.cache_size)},
 
+    /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
+    {"hooks.on_block", T_LIST, J([]), .set = set_on_block},
+    {"hooks.timeout", T_DURATION, J("10s"), .min = 1, .max = 3600, AT(hooks.timeout)},
+
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
     {"log.level", T_STRING, J("info"), .set = set_level},
@@ -2305,6 +2362,9 @@ static void box_free(config_box *box)
 	for (size_t i = 0; i < c->dns.nforwarders; i++)
 		free(c->dns.forwarders[i]);
 	free(c->dns.forwarders);
+	for (size_t i = 0; i < c->hooks.non_block; i++)
+		free(c->hooks.on_block[i]);
+	free(c->hooks.on_block);
 	for (size_t i = 0; i < c->nwarnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
