@@ -1295,19 +1295,24 @@ static int set_forwarder(loader *ld, const value *v, char *err, size_t errlen)
 const char *const config_block_hook_names[] = {"key",  "type",   "ttl",      "reason",
                                                "trap", "client", "queue_id", NULL};
 
-static bool known_placeholders(const char *arg)
+/*
+ * An argument is plain text or exactly one known placeholder: the runner
+ * substitutes whole arguments only (src/hook.c), so that a value a stranger
+ * wrote (a sender domain's key) is never part of a script line.
+ */
+static bool whole_placeholder(const char *arg)
 {
-	for (const char *p = strstr(arg, "%{"); p; p = strstr(p + 2, "%{")) {
-		size_t j = 0;
+	size_t n = strlen(arg);
 
-		while (config_block_hook_names[j] && !(strncmp(p + 2, config_block_hook_names[j],
-		                                               strlen(config_block_hook_names[j])) == 0 &&
-		                                       p[2 + strlen(config_block_hook_names[j])] == '}'))
-			j++;
-		if (!config_block_hook_names[j])
-			return false;
-	}
-	return true;
+	if (strstr(arg, "%{") == NULL)
+		return true;
+	if (n < 4 || strncmp(arg, "%{", 2) != 0 || arg[n - 1] != '}')
+		return false;
+	for (size_t j = 0; config_block_hook_names[j]; j++)
+		if (strlen(config_block_hook_names[j]) == n - 3 &&
+		    strncmp(arg + 2, config_block_hook_names[j], n - 3) == 0)
+			return true;
+	return false;
 }
 
 /* hooks.on_block: the program by its absolute path (no shell, no PATH), then its arguments. */
@@ -1321,12 +1326,15 @@ static int set_on_block(loader *ld, const value *v, char *err, size_t errlen)
 		         v->s);
 		return -1;
 	}
-	if (!known_placeholders(v->s)) {
-		snprintf(
-		    err, errlen,
-		    "unknown placeholder in \"%s\" (known: %%{key}, %%{type}, %%{ttl}, %%{reason}, %%{trap}, "
-		    "%%{client}, %%{queue_id})",
-		    v->s);
+	if (h->non_block == 0 && strstr(v->s, "%{")) {
+		snprintf(err, errlen, "the program \"%s\" holds a placeholder: it must be fixed", v->s);
+		return -1;
+	}
+	if (!whole_placeholder(v->s)) {
+		snprintf(err, errlen,
+		         "\"%s\": a placeholder is a whole argument, one of %%{key}, %%{type}, %%{ttl}, "
+		         "%%{reason}, %%{trap}, %%{client}, %%{queue_id} (pass it to a script as \"$1\")",
+		         v->s);
 		return -1;
 	}
 	if (h->non_block >= HOOK_ARGS_MAX) {

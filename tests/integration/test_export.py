@@ -159,7 +159,7 @@ class BlockHook(sh.PolicyChecks, unittest.TestCase):
         os.chmod(self.script, 0o755)
 
     def config(self, **extra):
-        return dict(CONFIG, hooks={"on_block": [self.script, "%{type}", "%{key}", "ttl=%{ttl}", "%{reason}",
+        return dict(CONFIG, hooks={"on_block": [self.script, "%{type}", "%{key}", "%{ttl}", "%{reason}",
                                                 "%{trap}", "%{client}"], "timeout": "5s"}, **extra)
 
     def calls(self):
@@ -180,12 +180,12 @@ class BlockHook(sh.PolicyChecks, unittest.TestCase):
         with sh.Spamtrapd(self.config(), workdir=self.dir) as d:
             self.trap_hit(d, "spam@bad.example", "192.0.2.7")
             self.assertEqual(self.wait_calls(2), [
-                "client|192.0.2.7|ttl=86400|trap|trap@example.com|192.0.2.7|",
-                "sender|spam@bad.example|ttl=86400|trap|trap@example.com|192.0.2.7|"])
+                "client|192.0.2.7|86400|trap|trap@example.com|192.0.2.7|",
+                "sender|spam@bad.example|86400|trap|trap@example.com|192.0.2.7|"])
             self.trap_hit(d, "spam@bad.example", "192.0.2.7")  # a refresh: no hook
             self.trap_hit(d, "-rf x@bad.example", "192.0.2.8")  # one argument each, never a shell
             calls = self.wait_calls(4)
-            self.assertIn("sender|-rf x@bad.example|ttl=86400|trap|trap@example.com|192.0.2.8|", calls)
+            self.assertIn("sender|-rf x@bad.example|86400|trap|trap@example.com|192.0.2.8|", calls)
             self.assertEqual(len(calls), 4, calls)
 
     def test_dry_run_runs_no_hook(self):
@@ -200,7 +200,9 @@ class BlockHook(sh.PolicyChecks, unittest.TestCase):
 
     def test_bad_hooks_are_config_errors(self):
         for hook, message in ((["hook.sh"], "must be an absolute path"),
-                              ([self.script, "%{sender}"], "unknown placeholder in \"%{sender}\"")):
+                              ([self.script, "%{sender}"], "a placeholder is a whole argument"),
+                              ([self.script, "ttl=%{ttl}"], "a placeholder is a whole argument"),
+                              (["/usr/bin/%{key}"], "holds a placeholder")):
             with self.subTest(hook=hook):
                 d = sh.Spamtrapd(dict(CONFIG, hooks={"on_block": hook}), workdir=self.dir)
                 mark = d.log_mark()
