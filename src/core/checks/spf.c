@@ -411,12 +411,25 @@ void spfcheck_header_sent(const check_verdict *final, check_msg *msg)
 		msg->spf_header_done = true;
 }
 
-/* " spf=RESULT reason=...": which term or error decided, when this stage evaluated it. */
+/*
+ * " spf=RESULT reason=\"...\"": which term or error decided, when this stage
+ * evaluated it. The reason names domains the sender's record and MAIL FROM
+ * wrote (an include:%{l}.example built from a local part, a syntax error
+ * quoting the record): a '"' there would close the field and let the
+ * sender append fields of its own to the line, so it is written '?'.
+ */
 static void result_detail(const check_ctx *ctx, int r, check_verdict *v)
 {
+	char reason[sizeof(ctx->dns->spf.reason)];
+
 	check_detail_add(v, " spf=%s", spf_result_name((enum spf_result)r));
-	if (ctx->dns && ctx->dns->spf.wanted && ctx->dns->spf.reason[0])
-		check_detail_add(v, " reason=\"%s\"", ctx->dns->spf.reason);
+	if (!ctx->dns || !ctx->dns->spf.wanted || !ctx->dns->spf.reason[0])
+		return;
+	printable(ctx->dns->spf.reason, reason, sizeof(reason));
+	for (char *p = reason; *p; p++)
+		if (*p == '"' || *p == '\\')
+			*p = '?';
+	check_detail_add(v, " reason=\"%s\"", reason);
 }
 
 static void spf_decide(const void *vconf, const check_ctx *ctx, void *scratch, const query *answers,
