@@ -536,6 +536,20 @@ static void test_reject_fail(void **state)
 		o = rcpt(cfg, f, &a);
 		assert_int_equal(o.final.action, DECIDE_CONTINUE);
 	}
+	/*
+	 * A forger quoting its local part (MAIL FROM:<"a\"b"@bank.example>,
+	 * a"b@bank.example in Postfix's internal form) writes an address the
+	 * other checks take for invalid; its domain still says who may send
+	 * its mail, so it fails all the same.
+	 */
+	a.result = SPF_FAIL;
+	f.sender = "a\"b@bank.example";
+	o = rcpt(cfg, f, &a);
+	assert_true(o.asked_spf);
+	assert_string_equal(o.plan.spf.mailfrom, "a\"b@bank.example");
+	assert_int_equal(o.final.action, DECIDE_REJECT);
+	assert_int_equal(o.final_check, CHECK_ID_SPF);
+	f.sender = "victim@bank.example";
 	/* a DNS failure goes on with a line, rate limited while it lasts */
 	a.result = NOT_DONE;
 	o = rcpt(cfg, f, &a);
