@@ -2502,6 +2502,19 @@ static void warn_dnsbl_greylist(loader *ld)
 	if (dnsbl != CHECK_MODE_OFF && dc->nsites == 0)
 		ld_warn(ld, "dnsbl.mode is %s but dnsbl.sites is empty: no client is ever listed",
 		        check_mode_name(dnsbl));
+	/*
+	 * An allow list without a filter takes any answer in 127/8 for a
+	 * listing, its own error codes too (dnswl.org answers 127.0.0.255 to a
+	 * resolver over its quota): then every client is allowlisted, and its
+	 * weight cancels the block lists' for everyone.
+	 */
+	for (size_t i = 0; dnsbl != CHECK_MODE_OFF && i < dc->nsites; i++)
+		if (dc->site[i].weight < 0 && !dc->site[i].filtered)
+			ld_warn(ld,
+			        "dnsbl.sites[%zu]: %s has a negative weight and no filter: any answer, the "
+			        "list's own error codes too, allowlists the client (write its codes, as "
+			        "%s=127.0.[0..255].[1..3]*%d)",
+			        i, dc->site[i].name, dc->site[i].name, dc->site[i].weight);
 	if (dnsbl != CHECK_MODE_OFF && dc->action == DNSBL_ACTION_GREYLIST && grey == CHECK_MODE_OFF)
 		ld_warn(ld,
 		        "dnsbl.action is greylist but greylist.mode is off: listed clients are let through");
