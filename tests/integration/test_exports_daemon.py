@@ -1,0 +1,127 @@
+"""Integration tests of "exports": files the real daemon keeps current
+(issue 16), read as a firewall loader would.
+
+- SQLite: a trap hit at the daemon's policy port makes the nft export
+  list the client within the interval; `spamtrapctl remove` (another
+  process) makes it go; a bad path is a clear error at start-up; a write
+  that fails (the folder taken away) keeps the daemon serving and the
+  old file as it was, and the next interval after the folder is back
+  writes it again.
+- Redis: two daemons on one real redis-server; a trap hit at A appears
+  in B's export (the time from the hit to B's file is printed); after a
+  restart of redis-server, B's subscriber is back and a later hit at A
+  reaches B's file too.
+
+Deadlines are generous (scaled) and polled: nothing asserts a speed.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+
+import redis_harness as rh
+import spamtrapd_harness as sh
+
+TRAP = "trap@example.com"
+DEADLINE = 10.0
+
+
+def exports_config(path, interval="1s"):
+    return {
+        "traps": {"addresses": [TRAP]},
+        "blocklist": {"keys": ["sender", "client_address"], "ttl": "24h"},
+        "exports": [{"format": "nft", "path": path, "interval": interval}],
+    }
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def wait_for(check, what, timeout=DEADLINE):
+    deadline = time.monotonic() + sh.scaled(timeout)
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {sh.scaled(timeout)}s: {what}")
+        time.sleep(0.05)
+
+
+def export_dir(d):
+    """A folder the daemon's user may write, for its exports."""
+    folder = os.path.join(d, "exports")
+    os.mkdir(folder)
+    sh.give_to_run_user(folder)
+    return folder
+
+
+class SqliteExports(sh.PolicyChecks, unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="spamtrapd-test.")
+        sh.give_to_run_user(self.dir)
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.out = export_dir(self.dir)
+        self.path = os.path.join(self.out, "blocklist.nft")
+
+    def daemon(self, config):
+        d = sh.Spamtrapd(config, workdir=self.dir)
+        d.start()
+        self.addCleanup(d.cleanup)
+        return d
+
+    def test_hit_listed_and_removal_unlisted(self):
+        d = self.daemon(exports_config(self.path))
+        first = wait_for(lambda: read(self.path), "the export written at start")
+        self.assertIn("table inet spamtrapd", first)
+        self.assertNotIn("192.0.2.41", first)
+        self.assertEqual(self.trap_hit(d, "spam@bad.example", "192.0.2.41"), "550 5.1.1 User unknown")
+        text = wait_for(lambda: (read(self.path) or "") if "192.0.2.41" in (read(self.path) or "") else None,
+                        "the trapped client in the export")
+        self.assertRegex(text, r"192\.0\.2\.41 timeout \d+s")
+        d.ctl("remove", "192.0.2.41")
+        wait_for(lambda: "192.0.2.41" not in (read(self.path) or "192.0.2.41"),
+                 "the removed client gone from the export")
+
+    def test_bad_path_is_a_start_up_error(self):
+        for path, why in ((os.path.join(self.dir, "missing", "x.nft"), "No such file or directory"),
+                          ("relative.nft", "expected the absolute path of a file")):
+            d = sh.Spamtrapd(exports_config(path), workdir=self.dir)
+            self.addCleanup(d.cleanup)
+            self.assertEqual(d.run_until_exit(), 1)
+            self.assertIn("exports[0].path: ", d.log())
+            self.assertIn(why, d.log())
+
+    def test_write_failure_keeps_serving_and_the_old_file(self):
+        d = self.daemon(exports_config(self.path))
+        self.trap_hit(d, "spam@bad.example", "192.0.2.51")
+        wait_for(lambda: "192.0.2.51" in (read(self.path) or ""), "the first client in the export")
+        # The folder goes (a disk taken away): the daemon's user cannot write there any more.
+        moved = self.out + ".away"
+        os.rename(self.out, moved)
+        mark = d.log_mark()
+        self.assertEqual(self.trap_hit(d, "spam2@bad.example", "192.0.2.52"), "550 5.1.1 User unknown")
+        d.wait_for_log(r"export: .*blocklist\.nft not written, the old file stays", mark,
+                       timeout=sh.scaled(DEADLINE))
+        self.assertEqual(self.sender_check(d, "spam2@bad.example", "192.0.2.52"),
+                         "550 5.7.1 Sender is blocklisted after mail to a spamtrap")
+        old = read(os.path.join(moved, "blocklist.nft"))
+        self.assertIn("192.0.2.51", old)
+        self.assertNotIn("192.0.2.52", old)
+        self.assertEqual(sorted(os.listdir(moved)), ["blocklist.nft"])  # no temporary file left
+        os.rename(moved, self.out)
+        wait_for(lambda: "192.0.2.52" in (read(self.path) or ""), "the export written again")
+        d.wait_for_log(r"export: .*blocklist\.nft written again", mark, timeout=sh.scaled(DEADLINE))
+        self.assertTrue(d.running())
+
+
+if __name__ == "__main__":
+    unittest.main()
