@@ -8,6 +8,7 @@
 #include "exporter.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,6 +41,7 @@ typedef struct export_state {
 struct exporter {
 	engine *eng;
 	pthread_t thread;
+	pthread_t subscriber; /* other hosts' changes (Redis): marks dirty */
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	bool stop;
@@ -242,6 +244,82 @@ static void wait_until(exporter *x, int64_t when_ms)
 	pthread_cond_timedwait(&x->wake, &x->lock, &ts);
 }
 
+static bool stopping(exporter *x)
+{
+	bool stop;
+
+	pthread_mutex_lock(&x->lock);
+	stop = x->stop;
+	pthread_mutex_unlock(&x->lock);
+	return stop;
+}
+
+/* The watch the current config asks for: the same, a new one, or none (closed). */
+static store_watch *watch_for(exporter *x, store_watch *w, store_config *have, log_ratelimit *fails)
+{
+	engine_snapshot *snap = engine_acquire(x->eng);
+	const config *cfg = engine_config(snap);
+	bool want = cfg->nexports > 0 && cfg->store.backend == STORE_BACKEND_REDIS;
+	char err[512];
+	uint64_t suppressed;
+
+	if (w && (!want || !store_config_equal(have, &cfg->store))) {
+		store_watch_free(w);
+		store_config_clear(have);
+		w = NULL;
+	}
+	if (want && !w) {
+		if ((w = store_watch_open(&cfg->store, err, sizeof(err))) &&
+		    store_config_copy(have, &cfg->store) < 0) {
+			store_watch_free(w);
+			w = NULL;
+			snprintf(err, sizeof(err), "out of memory");
+		}
+		if (!w && log_ratelimit_pass(fails, time(NULL), &suppressed))
+			log_error("export: cannot watch other hosts' changes: %s", err);
+	}
+	engine_release(snap);
+	return w;
+}
+
+/*
+ * With Redis and exports: one connection SUBSCRIBEd to the change channel;
+ * every announcement, and every (re)connection, marks the exports dirty.
+ * Waits a second at most, so that a reload or a stop is seen.
+ */
+static void *subscriber_main(void *arg)
+{
+	exporter *x = arg;
+	store_watch *w = NULL;
+	store_config have = {0};
+	log_ratelimit fails = {.interval = EXPORTER_LOG_INTERVAL, .burst = 1};
+	bool lost = false;
+
+	while (!stopping(x)) {
+		char err[512];
+		uint64_t suppressed;
+		int rc;
+
+		if (!(w = watch_for(x, w, &have, &fails))) {
+			poll(NULL, 0, 1000);
+			continue;
+		}
+		rc = store_watch_wait(w, 1000, err, sizeof(err));
+		if (rc > 0)
+			exporter_mark_dirty(x);
+		if (rc > 0 && lost)
+			log_notice("export: watching other hosts' changes again");
+		if (rc < 0 && !lost && log_ratelimit_pass(&fails, time(NULL), &suppressed))
+			log_warning("export: %s; other hosts' new entries reach the exports when it is back",
+			            err);
+		if (rc != 0)
+			lost = rc < 0;
+	}
+	store_watch_free(w);
+	store_config_clear(&have);
+	return NULL;
+}
+
 static void *exporter_main(void *arg)
 {
 	exporter *x = arg;
@@ -270,6 +348,24 @@ static void *exporter_main(void *arg)
 	return NULL;
 }
 
+/* Stop and join the export thread. */
+static void stop_main(exporter *x)
+{
+	pthread_mutex_lock(&x->lock);
+	x->stop = true;
+	pthread_cond_signal(&x->wake);
+	pthread_mutex_unlock(&x->lock);
+	pthread_join(x->thread, NULL);
+}
+
+static void destroy(exporter *x)
+{
+	config_unref(x->cfg);
+	pthread_cond_destroy(&x->wake);
+	pthread_mutex_destroy(&x->lock);
+	free(x);
+}
+
 exporter *exporter_new(engine *eng, char *err, size_t errlen)
 {
 	exporter *x = calloc(1, sizeof(*x));
@@ -287,9 +383,13 @@ exporter *exporter_new(engine *eng, char *err, size_t errlen)
 	pthread_condattr_destroy(&ca);
 	if ((errno = pthread_create(&x->thread, NULL, exporter_main, x)) != 0) {
 		snprintf(err, errlen, "cannot start the exporter thread: %s", strerror(errno));
-		pthread_cond_destroy(&x->wake);
-		pthread_mutex_destroy(&x->lock);
-		free(x);
+		destroy(x);
+		return NULL;
+	}
+	if ((errno = pthread_create(&x->subscriber, NULL, subscriber_main, x)) != 0) {
+		snprintf(err, errlen, "cannot start the exporter's subscriber thread: %s", strerror(errno));
+		stop_main(x);
+		destroy(x);
 		return NULL;
 	}
 	engine_set_change_notify(eng, on_engine_change, x);
@@ -301,13 +401,7 @@ void exporter_free(exporter *x)
 	if (!x)
 		return;
 	engine_set_change_notify(x->eng, NULL, NULL);
-	pthread_mutex_lock(&x->lock);
-	x->stop = true;
-	pthread_cond_signal(&x->wake);
-	pthread_mutex_unlock(&x->lock);
-	pthread_join(x->thread, NULL);
-	config_unref(x->cfg);
-	pthread_cond_destroy(&x->wake);
-	pthread_mutex_destroy(&x->lock);
-	free(x);
+	stop_main(x);
+	pthread_join(x->subscriber, NULL);
+	destroy(x);
 }

@@ -14,6 +14,12 @@
  * logged (at most hourly per export) and retried an interval later.
  * Exports are read from the engine's config at each pass, so a reload
  * changes them.
+ *
+ * With Redis and exports, a second thread keeps a connection SUBSCRIBEd
+ * to the store's change channel (store_watch): another host's new entry
+ * or a spamtrapctl add or remove anywhere marks the exports dirty, and
+ * so does each (re)connection, since an announcement may have been
+ * missed while it was down (it reconnects with a growing pause).
  */
 #ifndef SPAMTRAPD_EXPORTER_H
 #define SPAMTRAPD_EXPORTER_H

@@ -123,5 +123,60 @@ class SqliteExports(sh.PolicyChecks, unittest.TestCase):
         self.assertTrue(d.running())
 
 
+class RedisExports(sh.PolicyChecks, unittest.TestCase):
+    """Two daemons, A and B, on one real redis-server with one prefix, each with its own export."""
+
+    def setUp(self):
+        self.server, _ = rh.start_server(self)
+        store = rh.store_override(self.server, "exp:")
+        self.hosts = []
+        for name in ("a", "b"):
+            folder = tempfile.mkdtemp(prefix=f"spamtrapd-test-{name}.")
+            sh.give_to_run_user(folder)
+            self.addCleanup(shutil.rmtree, folder, True)
+            path = os.path.join(export_dir(folder), "blocklist.nft")
+            d = sh.Spamtrapd(sh.merge(exports_config(path), store), workdir=folder)
+            d.start()
+            self.addCleanup(d.cleanup)
+            wait_for(lambda: read(path), f"{name}'s export written at start")
+            self.hosts.append((d, path))
+
+    def hit_reaches_b(self, client, sender, what):
+        (a, _), (b, b_path) = self.hosts
+        mark = a.log_mark()
+        # A's store may still be reconnecting (after a restart of redis-server): hit until it records.
+        deadline = time.monotonic() + sh.scaled(DEADLINE)
+        while True:
+            self.trap_hit(a, sender, client)
+            hit_at = time.monotonic()
+            if a.count_log(r"blocklisted=" + sender.replace(".", r"\."), mark):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"A recorded no hit of {sender}:\n" + a.log_tail())
+            time.sleep(0.2)
+        wait_for(lambda: client in (read(b_path) or ""), f"{client} in B's export ({what})")
+        took = time.monotonic() - hit_at
+        print(f"\n{what}: a trap hit at A reached B's export in {took:.3f} s", file=sys.stderr)
+        return took
+
+    def test_hit_at_a_reaches_b_and_removal_too(self):
+        (a, _), (b, b_path) = self.hosts
+        self.hit_reaches_b("192.0.2.61", "spam@bad.example", "first hit")
+        a.ctl("remove", "192.0.2.61")
+        wait_for(lambda: "192.0.2.61" not in (read(b_path) or "192.0.2.61"),
+                 "the client removed at A gone from B's export")
+
+    def test_subscriber_reconnects_after_a_redis_restart(self):
+        (a, _), (b, b_path) = self.hosts
+        self.hit_reaches_b("192.0.2.71", "spam@bad.example", "before the restart")
+        mark = b.log_mark()
+        self.server.stop()
+        b.wait_for_log(r"export: .*subscription to .* was lost", mark, timeout=sh.scaled(DEADLINE))
+        self.server.start()
+        b.wait_for_log(r"export: watching other hosts' changes again", mark, timeout=sh.scaled(DEADLINE))
+        self.hit_reaches_b("192.0.2.72", "spam2@bad.example", "after the restart")
+        self.assertTrue(a.running() and b.running())
+
+
 if __name__ == "__main__":
     unittest.main()
