@@ -293,7 +293,7 @@ static void *subscriber_main(void *arg)
 	store_watch *w = NULL;
 	store_config have = {0};
 	log_ratelimit fails = {.interval = EXPORTER_LOG_INTERVAL, .burst = 1};
-	bool lost = false;
+	bool lost = false, watching = false;
 
 	while (!stopping(x)) {
 		char err[512];
@@ -309,6 +309,9 @@ static void *subscriber_main(void *arg)
 			exporter_mark_dirty(x);
 		if (rc > 0 && lost)
 			log_notice("export: watching other hosts' changes again");
+		else if (rc > 0 && !watching)
+			log_info("export: watching other hosts' changes (Redis)");
+		watching |= rc > 0;
 		if (rc < 0 && !lost && log_ratelimit_pass(&fails, time(NULL), &suppressed))
 			log_warning("export: %s; other hosts' new entries reach the exports when it is back",
 			            err);

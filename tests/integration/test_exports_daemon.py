@@ -139,7 +139,11 @@ class RedisExports(sh.PolicyChecks, unittest.TestCase):
             d.start()
             self.addCleanup(d.cleanup)
             wait_for(lambda: read(path), f"{name}'s export written at start")
+            d.wait_for_log(r"export: watching other hosts' changes \(Redis\)", timeout=sh.scaled(DEADLINE))
             self.hosts.append((d, path))
+        # B's subscription marks its exports dirty once, when it connects: a first hit at A, in
+        # B's file, shows that has been written, so that what reaches B later came by the channel.
+        self.hit_reaches_b("192.0.2.60", "first@bad.example", "warm-up")
 
     def hit_reaches_b(self, client, sender, what):
         (a, _), (b, b_path) = self.hosts
@@ -161,7 +165,7 @@ class RedisExports(sh.PolicyChecks, unittest.TestCase):
 
     def test_hit_at_a_reaches_b_and_removal_too(self):
         (a, _), (b, b_path) = self.hosts
-        self.hit_reaches_b("192.0.2.61", "spam@bad.example", "first hit")
+        self.hit_reaches_b("192.0.2.61", "spam@bad.example", "A to B")
         a.ctl("remove", "192.0.2.61")
         wait_for(lambda: "192.0.2.61" not in (read(b_path) or "192.0.2.61"),
                  "the client removed at A gone from B's export")
