@@ -13,6 +13,8 @@ static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local pr
 
 /* Room for one bucket's "RULE:VALUE"; a longer value is named by its hash (still one bucket). */
 #define RL_BUCKET_MAX RATELIMIT_BUCKET_MAX
+/* The hashed name always fits: bucket_name never fails for a bucket of the scratch. */
+_Static_assert(RL_BUCKET_MAX >= RATELIMIT_NAME_MAX + sizeof(":<hash:0123456789abcdef>"), "RL_BUCKET_MAX");
 
 const char *const ratelimit_key_names[] = {"sasl_username", "sender", "client_address", "recipient", NULL};
 const char *const ratelimit_unit_names[] = {"message", "recipient", NULL};
@@ -104,14 +106,29 @@ static bool rule_value(const ratelimit_rule *r, const check_ctx *ctx, char *out,
 	return false;
 }
 
-/* Rule r's bucket name "RULE:VALUE", the value hashed when it would not fit. */
-static void bucket_name(const ratelimit_rule *r, const char *value, char *out, size_t outlen)
+/*
+ * Rule r's bucket name "RULE:VALUE" in out, the value hashed when it would
+ * not fit; false: not even the hashed name fits outlen.
+ */
+static bool bucket_name(const ratelimit_rule *r, const char *value, char *out, size_t outlen)
 {
-	if (strlen(r->name) + 1 + strlen(value) < outlen)
-		snprintf(out, outlen, "%s:%s", r->name, value);
-	else
-		snprintf(out, outlen, "%s:<hash:%016" PRIx64 ">", r->name,
-		         hash_fnv1a(HASH_FNV1A_INIT, value, strlen(value)));
+	size_t nlen = strnlen(r->name, sizeof(r->name)), vlen = strlen(value);
+	int n;
+
+	if (nlen + 1 + vlen < outlen) {
+		memcpy(out, r->name, nlen);
+		out[nlen] = ':';
+		memcpy(out + nlen + 1, value, vlen + 1);
+		return true;
+	}
+	n = snprintf(out, outlen, "%.*s:<hash:%016" PRIx64 ">", (int)nlen, r->name,
+	             hash_fnv1a(HASH_FNV1A_INIT, value, vlen));
+	if (n < 0 || (size_t)n >= outlen) {
+		if (outlen)
+			out[0] = '\0';
+		return false;
+	}
+	return true;
 }
 
 static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const char *bucket, uint64_t cost,
@@ -146,7 +163,8 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 			continue;
 		if (!rule_value(r, ctx, value, sizeof(value)))
 			continue;
-		bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked]));
+		if (!bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked])))
+			continue;
 		s->rule[s->nasked] = (unsigned char)i;
 		counter_query(r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
 		s->nasked++;
@@ -267,7 +285,10 @@ const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const c
 		snprintf(err, errlen, "rule %s: no value", r->name);
 		if (!admin_value(r, colon + 1, value, sizeof(value), err, errlen))
 			return NULL;
-		bucket_name(r, value, out, outlen);
+		if (!bucket_name(r, value, out, outlen)) {
+			snprintf(err, errlen, "rule %s: no room for the bucket name", r->name);
+			return NULL;
+		}
 		return r;
 	}
 	snprintf(err, errlen, "no rule named '%.*s' in ratelimit.rules",
