@@ -298,7 +298,15 @@ static bool name_ok(const char *name, const char *what)
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count)
 {
+	return store_distinct_add_capped(st, set, member, now, window, limit, 0, count, NULL);
+}
+
+store_status store_distinct_add_capped(store *st, const char *set, const char *member, int64_t now,
+                                       int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                       bool *capped)
+{
 	uint64_t scratch = 0;
+	bool scratch_capped = false;
 
 	if (!name_ok(set, "set") || !name_ok(member, "member"))
 		return STORE_ERROR;
@@ -306,7 +314,8 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
 		return store_set_error(
 		    "store_distinct_add: window must be positive and end before 2^63, not %lld",
 		    (long long)window);
-	return st->ops->distinct_add(st->impl, set, member, now, window, limit, count ? count : &scratch);
+	return st->ops->distinct_add(st->impl, set, member, now, window, limit, max_rows,
+	                             count ? count : &scratch, capped ? capped : &scratch_capped);
 }
 
 store_status store_distinct_peek(store *st, const char *set, const char *member, int64_t now, uint64_t *count,
@@ -581,9 +590,10 @@ static void run_one(store *st, query *q, int64_t now)
 			    &q->u.distinct.count, &q->u.distinct.present));
 			return;
 		}
-		q->status = query_status_of(store_distinct_add(st, q->u.distinct.key, q->u.distinct.member,
-		                                               q->u.distinct.now, q->u.distinct.window,
-		                                               q->u.distinct.limit, &q->u.distinct.count));
+		q->status = query_status_of(store_distinct_add_capped(
+		    st, q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, q->u.distinct.window,
+		    q->u.distinct.limit, q->u.distinct.max_rows, &q->u.distinct.count,
+		    &q->u.distinct.capped));
 		return;
 	case QUERY_KV:
 		q->status = query_status_of(store_kv(st, q));

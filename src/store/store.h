@@ -159,6 +159,16 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count);
 /*
+ * The same with a cap on the rows of every set together (SQLite; 0: none;
+ * Redis expires idle sets itself): at max_rows the expired members are
+ * purged first, and while live ones still fill it a new member is not
+ * added and *capped (NULL: not asked) says so; *count is then the set's
+ * live members without it. Known members are refreshed whatever the cap.
+ */
+store_status store_distinct_add_capped(store *st, const char *set, const char *member, int64_t now,
+                                       int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                       bool *capped);
+/*
  * The same set, read only (the relay check's needs()): *count gets the
  * members live at now (not counting member unless it is one), *present
  * whether member is live. Changes nothing, drops nothing.

@@ -2191,8 +2191,12 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 }
 
 static store_status redis_distinct_add(store_backend_impl *s, const char *set, const char *member,
-                                       int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+                                       int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+                                       uint64_t *count, bool *capped)
 {
+	/* Every set key expires a window after its last addition: Redis bounds it without a cap. */
+	(void)max_rows;
+	*capped = false;
 	const char *names[2] = {set, member};
 	op o = {.what = "distinct",
 	        .fn = op_distinct,

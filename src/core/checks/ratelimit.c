@@ -32,6 +32,8 @@ _Static_assert(sizeof(rl_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too s
 static const check_key ratelimit_keys[] = {
     {"on_error", CHECK_KEY_ENUM, "\"continue\"", .names = (const char *const[]){"continue", "tempfail", NULL},
      CHECK_KEY_AT(ratelimit_conf, on_error)},
+    {"max_buckets", CHECK_KEY_INT, "1000000", 0, INT64_C(1000000000),
+     CHECK_KEY_AT(ratelimit_conf, max_buckets)},
 };
 
 bool ratelimit_name_ok(const char *name)
@@ -131,8 +133,8 @@ static bool bucket_name(const ratelimit_rule *r, const char *value, char *out, s
 	return true;
 }
 
-static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const char *bucket, uint64_t cost,
-                          query *q)
+static void counter_query(const ratelimit_conf *conf, const ratelimit_rule *r, const check_ctx *ctx,
+                          const char *bucket, uint64_t cost, query *q)
 {
 	memset(q, 0, sizeof(*q));
 	q->kind = QUERY_COUNTER;
@@ -142,6 +144,7 @@ static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const c
 	q->u.counter.emission_ms = ratelimit_emission_ms(r);
 	q->u.counter.burst = r->burst;
 	q->u.counter.cost = cost;
+	q->u.counter.max_rows = (uint64_t)conf->max_buckets;
 }
 
 static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scratch, query *q)
@@ -166,7 +169,7 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 		if (!bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked])))
 			continue;
 		s->rule[s->nasked] = (unsigned char)i;
-		counter_query(r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
+		counter_query(conf, r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
 		s->nasked++;
 	}
 	return s->nasked;
@@ -227,7 +230,7 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 	}
 	/* Charged only if the final verdict lets the recipient through (pipeline_effect_applies). */
 	for (size_t j = 0; j < s->nasked && eff->nq < CHECK_MAX_EFFECTS; j++) {
-		counter_query(&conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
+		counter_query(conf, &conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
 		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
 	}
 }

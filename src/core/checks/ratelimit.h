@@ -59,7 +59,8 @@ typedef struct ratelimit_rule {
 
 /* The ratelimit section of spamtrapd.json (docs/spamtrapd.json.5.md RATELIMIT). */
 typedef struct ratelimit_conf {
-	int on_error; /* ratelimit_on_error */
+	int on_error;        /* ratelimit_on_error */
+	int64_t max_buckets; /* SQLite: the most buckets kept; 0: no cap */
 	/* ratelimit.rules (config.c fills these: a list of objects has no check_key type). */
 	ratelimit_rule rules[RATELIMIT_RULES_MAX];
 	size_t nrules;

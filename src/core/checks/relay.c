@@ -46,6 +46,7 @@ static const check_key relay_keys[] = {
     {"sender_domains", CHECK_KEY_LIST, "[]", CHECK_KEY_AT(relay_conf, sender_domains)},
     {"window", CHECK_KEY_DURATION, "\"1h\"", 60, 86400 * 7, CHECK_KEY_AT(relay_conf, window)},
     {"max_networks", CHECK_KEY_INT, "10", 1, 100000, CHECK_KEY_AT(relay_conf, max_networks)},
+    {"max_entries", CHECK_KEY_INT, "1000000", 0, INT64_C(1000000000), CHECK_KEY_AT(relay_conf, max_entries)},
     {"ipv4_prefix", CHECK_KEY_INT, "24", 8, 32, CHECK_KEY_AT(relay_conf, ipv4_prefix)},
     {"ipv6_prefix", CHECK_KEY_INT, "48", 16, 128, CHECK_KEY_AT(relay_conf, ipv6_prefix)},
     {"exempt_networks", CHECK_KEY_LIST, "[]", CHECK_KEY_AT(relay_conf, exempt_networks)},
@@ -296,6 +297,7 @@ static void count_on_accept(const relay_conf *conf, const check_ctx *ctx, const 
 	q->u.distinct.now = ctx->now;
 	q->u.distinct.window = conf->window;
 	q->u.distinct.limit = (uint64_t)conf->max_networks;
+	q->u.distinct.max_rows = (uint64_t)conf->max_entries;
 	eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
 }
 
