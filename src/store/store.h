@@ -159,6 +159,13 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count);
 /*
+ * SQLite does not rewrite a member whose expiry is already within this
+ * many seconds of now + window (a 64th of the window, so a minute of an
+ * hour): it may expire that much early, and a network an account keeps
+ * using costs a read instead of a commit.
+ */
+#define STORE_DISTINCT_SLACK(window) ((window) / 64)
+/*
  * The same with a cap on the rows of every set together (SQLite; 0: none;
  * Redis expires idle sets itself): at max_rows the expired members are
  * purged first, and while live ones still fill it a new member is not

@@ -132,6 +132,7 @@ enum {
 	ST_CTR_EVICT,
 	ST_DS_ROWS,
 	ST_DS_OLDEST,
+	ST_DS_FRESH,
 	ST_DS_DELETE,
 	ST_GREY_GET,
 	ST_GREY_INSERT,
@@ -354,6 +355,8 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_DS_ROWS] = "SELECT count(*) FROM distinct_members",
     [ST_DS_OLDEST] =
         "SELECT set_name, member FROM distinct_members WHERE expires <= ?1 ORDER BY expires LIMIT 1",
+    [ST_DS_FRESH] = "SELECT count(*), ifnull(max(CASE WHEN member = ?2 THEN expires END), 0)"
+                    " FROM distinct_members WHERE set_name = ?1 AND expires > ?3",
     [ST_DS_DELETE] = "DELETE FROM distinct_members WHERE set_name = ?1 AND member = ?2",
     [ST_GREY_GET] = "SELECT rowid, key, first_ms, last_ms, expires_ms FROM greylist_triplets WHERE hash = ?1"
                     " LIMIT " SQL_INT(GREY_BUCKET_MAX),
@@ -1557,6 +1560,36 @@ static int distinct_all(conn *c, void *ctx)
 	return 0;
 }
 
+/*
+ * A member seen again soon after its last refresh (its expiry within
+ * STORE_DISTINCT_SLACK of the new one) needs no write: answered from a
+ * read connection, no write turn, no commit. Most of the relay check's
+ * adds are such (an account's usual networks); each write costs a WAL
+ * commit. False: not so, or not known (the write path then decides).
+ */
+static bool distinct_fresh(store_backend_impl *s, const char *set, const char *member, int64_t now,
+                           int64_t window, uint64_t *count)
+{
+	conn *c = acquire(s, FOR_READ, "distinct");
+	sqlite3_stmt *stmt;
+	bool fresh = false;
+
+	if (!c)
+		return false;
+	stmt = c->stmt[ST_DS_FRESH];
+	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, now);
+	if (sqlite3_step(stmt) == SQLITE_ROW &&
+	    sqlite3_column_int64(stmt, 1) >= now + window - STORE_DISTINCT_SLACK(window)) {
+		*count = (uint64_t)sqlite3_column_int64(stmt, 0);
+		fresh = true;
+	}
+	done(stmt);
+	release(s, c, FOR_READ);
+	return fresh;
+}
+
 static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
                                         int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
                                         uint64_t *count, bool *capped)
@@ -1565,6 +1598,8 @@ static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, 
 	store_status rc;
 
 	*capped = false;
+	if (distinct_fresh(s, set, member, now, window, count))
+		return STORE_OK;
 	rc = write_txn(s, "distinct", distinct_all, &a, NULL, 0);
 	/* Rolled back: what the estimate was told did not happen. */
 	if (rc != STORE_OK)
