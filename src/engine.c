@@ -388,30 +388,49 @@ static void note_health(engine *eng, const query *q, size_t nq)
 	}
 }
 
-/* Write the effects of the checks that decided; tell the pipeline which ones failed. */
+/* The effects gathered so far in one store_run; then each check with a failed write is told, once. */
+static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *writes, const int *owner, size_t n)
+{
+	bool failed[CHECK_COUNT] = {false};
+
+	if (n == 0)
+		return;
+	store_run(snap->ss->st, writes, n, run->ctx.now);
+	note_health(snap->eng, writes, n);
+	for (size_t j = 0; j < n; j++)
+		failed[owner[j]] |= writes[j].status == QUERY_ERROR;
+	for (int i = 0; i < CHECK_COUNT; i++)
+		if (failed[i])
+			pipeline_store_failed(&snap->cfg->pipeline, run, i);
+}
+
+/*
+ * Write the effects of the checks that decided; tell the pipeline which
+ * ones failed. The writes of several checks go to the store together
+ * (a recipient's relay add and ratelimit charge: one round trip to
+ * Redis), two checks' worth at a time.
+ */
 static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 {
 	const pipeline *p = &snap->cfg->pipeline;
+	query writes[2 * CHECK_MAX_EFFECTS];
+	int owner[2 * CHECK_MAX_EFFECTS];
+	size_t n = 0;
 
 	for (int i = 0; i < CHECK_COUNT; i++) {
-		query writes[CHECK_MAX_EFFECTS];
-		size_t n = 0;
-
 		if (!run->decided[i])
 			continue;
+		if (n + CHECK_MAX_EFFECTS > sizeof(writes) / sizeof(writes[0])) {
+			flush_effects(snap, run, writes, owner, n);
+			n = 0;
+		}
 		for (size_t j = 0; j < run->effects[i].nq && j < CHECK_MAX_EFFECTS; j++)
-			if (pipeline_effect_applies(p, run, i, j))
+			if (pipeline_effect_applies(p, run, i, j)) {
+				owner[n] = i;
 				writes[n++] = run->effects[i].q[j];
-		if (n == 0)
-			continue;
-		store_run(snap->ss->st, writes, n, run->ctx.now);
-		note_health(snap->eng, writes, n);
-		for (size_t j = 0; j < n; j++)
-			if (writes[j].status == QUERY_ERROR) {
-				pipeline_store_failed(p, run, i);
-				break;
 			}
 	}
+	flush_effects(snap, run, writes, owner, n);
 }
 
 static hook_runner *hooks_of(engine *eng)

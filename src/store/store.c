@@ -609,10 +609,34 @@ static void run_one(store *st, query *q, int64_t now)
 	q->status = QUERY_ERROR;
 }
 
-/* Records and buckets: batched in one round trip where the backend can. */
+/*
+ * Records, buckets and distinct sets: batched in one round trip where the
+ * backend can (Redis: the relay and ratelimit peeks of a recipient go
+ * together, and so do their writes).
+ */
 static bool batched(const query *q)
 {
-	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER;
+	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER || q->kind == QUERY_DISTINCT_ADD;
+}
+
+/* Checks a batched distinct query as store_distinct_add_capped and store_distinct_peek do. */
+static store_status distinct_ok(query *q)
+{
+	q->u.distinct.count = 0;
+	q->u.distinct.present = q->u.distinct.capped = false;
+	if (!name_ok(q->u.distinct.key, "set") || !name_ok(q->u.distinct.member, "member"))
+		return STORE_ERROR;
+	if (!q->u.distinct.peek &&
+	    (q->u.distinct.window <= 0 || q->u.distinct.now > INT64_MAX - q->u.distinct.window))
+		return store_set_error(
+		    "store_distinct_add: window must be positive and end before 2^63, not %lld",
+		    (long long)q->u.distinct.window);
+	return STORE_OK;
+}
+
+static store_status batch_ok(query *q)
+{
+	return q->kind == QUERY_KV ? kv_ok(q) : q->kind == QUERY_COUNTER ? counter_ok(q) : distinct_ok(q);
 }
 
 /*
@@ -648,7 +672,7 @@ static store_status run_batch(store *st, query *q, size_t nq)
 	for (size_t i = 0; i < nq; i++) {
 		if (!batched(&q[i]))
 			continue;
-		if ((q[i].kind == QUERY_KV ? kv_ok(&q[i]) : counter_ok(&q[i])) != STORE_OK) {
+		if (batch_ok(&q[i]) != STORE_OK) {
 			q[i].status = QUERY_ERROR;
 			continue;
 		}

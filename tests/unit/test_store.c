@@ -2890,6 +2890,66 @@ static void test_redis_batch_one_round_trip(void **state)
 	store_free(st);
 }
 
+static query distinct_query(const char *set, const char *member, int64_t now, bool peek)
+{
+	query q = {.kind = QUERY_DISTINCT_ADD};
+
+	q.u.distinct.key = set;
+	q.u.distinct.member = member;
+	q.u.distinct.now = now;
+	q.u.distinct.window = WINDOW;
+	q.u.distinct.limit = 2;
+	q.u.distinct.peek = peek;
+	return q;
+}
+
+/*
+ * The relay and ratelimit queries of a recipient go to Redis together:
+ * the peeks in one round trip, the add and the charge in another; each
+ * answers as on its own, also after SCRIPT FLUSH (EVAL, one by one).
+ */
+static void test_redis_batch_distinct(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), now = t / 1000;
+	char out[64];
+	query q[3];
+	uint64_t before;
+
+	(void)state;
+	distinct1(st, "relay:sasl:b", "n1", now, 2);
+	q[0] = distinct_query("relay:sasl:b", "n2", now, true);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 0);
+	q[2] = distinct_query("relay:sasl:b", "n1", now, true);
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 3, now), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	assert_int_equal(q[0].u.distinct.count, 1);
+	assert_false(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.counter.remaining, 5);
+	assert_true(q[2].u.distinct.present);
+	q[0] = distinct_query("relay:sasl:b", "n2", now, false);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 1);
+	q[2] = distinct_query("relay:sasl:b", "n3", now, false); /* over the limit of 2: refused */
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 3, now), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_true(q[1].u.counter.allowed);
+	assert_int_equal(q[2].u.distinct.count, 3);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	q[0] = distinct_query("relay:sasl:b", "n3", now, true);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 0);
+	assert_int_equal(store_run(st, q, 2, now), STORE_OK);
+	assert_int_equal(q[0].status, QUERY_OK);
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_false(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.counter.remaining, 4);
+	store_free(st);
+}
+
 /* --- the greylist (store_greylist and its admin calls) -------------------- */
 
 /*
@@ -3932,6 +3992,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_upgrade_when_back),
     CASE(test_redis_kv_counter_layout),
     CASE(test_redis_batch_one_round_trip),
+    CASE(test_redis_batch_distinct),
     CASE(test_redis_greylist_shared),
     CASE(test_redis_greylist_server_clock),
     CASE(test_redis_greylist_matches_greystep),
