@@ -44,8 +44,10 @@
 
 #include "config.h"
 #include "core/addr.h"
+#include "core/checks/dnsbl.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
+#include "core/checks/spf.h"
 #include "core/greywl.h"
 #include "core/text.h"
 
@@ -443,7 +445,17 @@ static void loader_clear(loader *ld)
 
 /* ---- the schema ---- */
 
-typedef enum { T_STRING, T_INT, T_BOOL, T_DURATION, T_ENUM, T_LIST, T_LISTENERS, T_RATE_RULES } key_type;
+typedef enum {
+	T_STRING,
+	T_INT,
+	T_BOOL,
+	T_DURATION,
+	T_ENUM,
+	T_LIST,
+	T_LISTENERS,
+	T_RATE_RULES,
+	T_MAP
+} key_type;
 
 enum {
 	K_NULLABLE = 1 << 0, /* null is a value: "not set" */
@@ -647,7 +659,7 @@ static int store_field(loader *ld, const key_def *k, const value *v, char *err, 
 	char *field = (k->owner ? (char *)ld->box->check_conf[k->owner - 1] : (char *)ld->cfg) + k->off;
 	char *s = NULL;
 
-	if (k->type == T_LIST)
+	if (k->type == T_LIST || k->type == T_MAP)
 		return strlist_add(field, k->size, v, err, errlen);
 	if (k->type != T_STRING) {
 		store_int(field, k->size, v->i);
@@ -1242,6 +1254,42 @@ static int set_sentinel(loader *ld, const value *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* dns.forwarders: "ADDR" or "ADDR@PORT", as libunbound's ub_ctx_set_fwd takes them. */
+static int set_forwarder(loader *ld, const value *v, char *err, size_t errlen)
+{
+	typeof(ld->cfg->dns) *d = &ld->cfg->dns;
+	const char *at = strchr(v->s, '@');
+	size_t n = at ? (size_t)(at - v->s) : strlen(v->s);
+	char host[64], *end;
+	addr_ip ip;
+	char **grown;
+
+	if (n >= sizeof host || (memcpy(host, v->s, n), host[n] = '\0', !addr_ip_parse(host, &ip))) {
+		snprintf(err, errlen, "expected an IP address, optionally followed by @PORT");
+		return -1;
+	}
+	if (at != NULL) {
+		long port = strtol(at + 1, &end, 10);
+
+		if (at[1] < '0' || at[1] > '9' || *end != '\0' || port < 1 || port > 65535) {
+			snprintf(err, errlen, "expected @PORT (1-65535) after the address");
+			return -1;
+		}
+	}
+	if (d->nforwarders >= CONFIG_DNS_MAX_FORWARDERS) {
+		snprintf(err, errlen, "at most %d forwarders", CONFIG_DNS_MAX_FORWARDERS);
+		return -1;
+	}
+	grown = realloc(d->forwarders, (d->nforwarders + 1) * sizeof *grown);
+	if (grown == NULL)
+		return out_of_memory(err, errlen);
+	d->forwarders = grown;
+	if (dup_into(&d->forwarders[d->nforwarders], v->s, err, errlen) < 0)
+		return -1;
+	d->nforwarders++;
+	return 0;
+}
+
 /* In the order of the DECIDE_KEY_* bits. */
 static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
                                                   "sender_domain", "helo_name",      NULL};
@@ -1699,6 +1747,7 @@ static const char *const backend_names[] = {"sqlite", "redis", NULL};
 static const char *const action_names[] = {"discard", "reject", "accept", NULL};
 static const char *const on_mixed_names[] = {"deliver-others", "discard-all", NULL};
 static const char *const null_sender_names[] = {"ignore", "client", NULL};
+static const char *const sender_requires_names[] = {"any", "spf-pass", NULL}; /* sender_requires_policy */
 static const char *const target_names[] = {"syslog", "stderr", NULL};
 
 #define J(...) #__VA_ARGS__ /* a default written as JSON */
@@ -1772,6 +1821,9 @@ static const key_def schema[] = {
     /* One forged sender must not list a whole domain (docs/security.md). */
     {"blocklist.sender_domain_min_networks", T_INT, J(3), .min = 1, .max = 1000,
      AT(decide.domain_min_networks)},
+    /* Who may be blocklisted by a forged MAIL FROM (docs/spf.md). */
+    {"blocklist.sender_requires", T_ENUM, J("any"), .names = sender_requires_names,
+     AT(decide.sender_requires)},
     {"blocklist.reject", T_STRING, J("550 5.7.1 Sender is blocklisted after mail to a spamtrap"), K_NONEMPTY,
      .max = 500, .set = set_reject},
 
@@ -1789,6 +1841,12 @@ static const key_def schema[] = {
 
     /* The ratelimit's rules; its other keys are the check's own (core/checks/ratelimit.c). */
     {"ratelimit.rules", T_RATE_RULES, J([]), .flags = 0},
+
+    /* The DNS checks' resolver (src/dns/, docs/spamtrapd.json.5.md "dns"). */
+    {"dns.forwarders", T_LIST, J([]), .set = set_forwarder},
+    {"dns.timeout", T_DURATION, J("3s"), .min = 1, .max = 60, AT(dns.timeout)},
+    {"dns.max_inflight", T_INT, J(1000), .min = 1, .max = 100000, AT(dns.max_inflight)},
+    {"dns.cache_size", T_INT, J(8), .min = 1, .max = 1024, AT(dns.cache_size)},
 
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
@@ -1812,6 +1870,7 @@ static struct {
 static const key_type check_key_types[] = {
     [CHECK_KEY_INT] = T_INT,       [CHECK_KEY_DURATION] = T_DURATION, [CHECK_KEY_BOOL] = T_BOOL,
     [CHECK_KEY_STRING] = T_STRING, [CHECK_KEY_ENUM] = T_ENUM,         [CHECK_KEY_LIST] = T_LIST,
+    [CHECK_KEY_MAP] = T_MAP,
 };
 
 static const char *const check_mode_defaults[] = {
@@ -1931,6 +1990,32 @@ static void apply_list(loader *ld, const key_def *k, const json_t *j, jpath *p)
 	}
 }
 
+/* A CHECK_KEY_MAP: each member's name, then its value, into the check_strlist (check.h). */
+static void apply_map(loader *ld, const key_def *k, const json_t *j, jpath *p)
+{
+	const char *key;
+	size_t keylen;
+	json_t *e;
+
+	if (!json_is_object(j)) {
+		ld_error(ld, p, "expected an object of strings");
+		return;
+	}
+	json_object_keylen_foreach((json_t *)j, key, keylen, e)
+	{
+		value name = {.s = key}, v = {.s = json_string_value(e)};
+
+		jpath_push_key(p, key, keylen);
+		if (!json_is_string(e) || memchr(key, '\0', keylen) != NULL) {
+			ld_error(ld, p, "expected a string");
+		} else {
+			call_set(ld, k, &name, p);
+			call_set(ld, k, &v, p);
+		}
+		jpath_pop(p);
+	}
+}
+
 static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 {
 	char msg[MSG_MAX];
@@ -1940,6 +2025,8 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 		apply_listeners(ld, j, p);
 	} else if (k->type == T_RATE_RULES) {
 		apply_rate_rules(ld, j, p);
+	} else if (k->type == T_MAP) {
+		apply_map(ld, k, j, p);
 	} else if (k->type == T_LIST && !(json_is_null(j) && (k->flags & K_NULLABLE))) {
 		apply_list(ld, k, j, p);
 	} else if (json_is_null(j) && (k->flags & K_NULLABLE)) {
@@ -2178,7 +2265,7 @@ static void check_conf_free(const check_def *d, void *conf)
 		char *s;
 		check_strlist l;
 
-		if (d->keys[j].type == CHECK_KEY_LIST) {
+		if (d->keys[j].type == CHECK_KEY_LIST || d->keys[j].type == CHECK_KEY_MAP) {
 			memcpy(&l, (char *)conf + d->keys[j].off, sizeof(l));
 			for (size_t i = 0; i < l.n; i++)
 				free(l.v[i]);
@@ -2209,6 +2296,9 @@ static void box_free(config_box *box)
 	free(c->policy.socket_group);
 	netset_free(c->policy.allow);
 	store_config_clear(&c->store);
+	for (size_t i = 0; i < c->dns.nforwarders; i++)
+		free(c->dns.forwarders[i]);
+	free(c->dns.forwarders);
 	for (size_t i = 0; i < c->nwarnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
@@ -2286,6 +2376,67 @@ static bool link_greylist(loader *ld)
 	return true;
 }
 
+/*
+ * The spf check asks SPF only when something uses it (core/checks/spf.h):
+ * it learns here what the blocklist and the greylist want. Those uses need
+ * the check on: with spf off they would silently never see a pass.
+ */
+static void link_spf(loader *ld)
+{
+	config *cfg = ld->cfg;
+	spfcheck_conf *sc = ld->box->check_conf[CHECK_ID_SPF];
+	const greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+	bool spf_on = cfg->modes[CHECK_ID_SPF] != CHECK_MODE_OFF;
+	jpath p;
+
+	if (sc == NULL)
+		return;
+	sc->policy = &cfg->decide;
+	cfg->decide.spf_timeout_ms = spf_on ? sc->timeout * 1000 : 0;
+	sc->grey_spf_key = gc && gc->spf_key && cfg->modes[CHECK_ID_GREYLIST] != CHECK_MODE_OFF;
+	if (cfg->decide.sender_requires == SENDER_REQUIRES_SPF_PASS && !spf_on) {
+		jpath_from_dotted(&p, "blocklist.sender_requires");
+		ld_error(ld, &p,
+		         "\"spf-pass\" needs the spf check (spf.mode enforce or shadow): without it "
+		         "no unauthenticated sender would ever be blocklisted");
+	}
+	if (gc && gc->spf_key && !spf_on) {
+		jpath_from_dotted(&p, "greylist.spf_key");
+		ld_error(ld, &p, "true needs the spf check (spf.mode enforce or shadow)");
+	}
+}
+
+/* dnsbl and greylist settings that do nothing together: a load succeeds, spamtrapd -t says so. */
+static void warn_dnsbl_greylist(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	const dnsbl_conf *dc = ld->box->check_conf[CHECK_ID_DNSBL];
+	const greylist_conf *gc = ld->box->check_conf[CHECK_ID_GREYLIST];
+	check_mode dnsbl = cfg->modes[CHECK_ID_DNSBL], grey = cfg->modes[CHECK_ID_GREYLIST];
+
+	if (!dc || !gc)
+		return;
+	if (dnsbl != CHECK_MODE_OFF && dc->nsites == 0)
+		ld_warn(ld, "dnsbl.mode is %s but dnsbl.sites is empty: no client is ever listed",
+		        check_mode_name(dnsbl));
+	if (dnsbl != CHECK_MODE_OFF && dc->action == DNSBL_ACTION_GREYLIST && grey == CHECK_MODE_OFF)
+		ld_warn(ld,
+		        "dnsbl.action is greylist but greylist.mode is off: listed clients are let through");
+	if (grey == CHECK_MODE_OFF || gc->apply != GREYLIST_APPLY_LISTED)
+		return;
+	if (dnsbl != CHECK_MODE_ENFORCE)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.mode is %s: no client is listed, none is greylisted",
+		    check_mode_name(dnsbl));
+	else if (dc->action != DNSBL_ACTION_GREYLIST)
+		ld_warn(
+		    ld,
+		    "greylist.apply is listed but dnsbl.action is %s: listed clients are refused before the "
+		    "greylist, none is greylisted",
+		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2302,6 +2453,7 @@ static void finish(loader *ld)
 		return;
 	compile_checks(ld);
 	build_pipeline(ld->box);
+	link_spf(ld);
 	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */
 	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW &&
 	    cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE && !cfg->decide.dry_run)
@@ -2310,6 +2462,7 @@ static void finish(loader *ld)
 		            "blocklist rejects those senders; use blocklist.mode shadow (or top-level mode "
 		            "dry-run) to "
 		            "try a trap list without effect");
+	warn_dnsbl_greylist(ld);
 }
 
 static config_box *build(loader *ld, json_t *root)

@@ -25,6 +25,8 @@
 #define CONFIG_DEFAULT_PATH "/etc/spamtrapd/spamtrapd.json"
 /* The longest blocklist.ttl (3650d), also the cap of `spamtrapctl add --ttl`. */
 #define CONFIG_TTL_MAX ((int64_t)3650 * 86400)
+/* dns.forwarders: more would only be tried in turn by libunbound. */
+#define CONFIG_DNS_MAX_FORWARDERS 8
 
 typedef enum { POLICY_ROLE_TRAP, POLICY_ROLE_SENDER, POLICY_ROLE_FULL } policy_role;
 
@@ -72,6 +74,15 @@ typedef struct config {
 
 	store_config store;
 	int64_t purge_interval; /* seconds between purges of expired entries */
+
+	/* The resolver of the DNS checks (src/dns/): made only when a check plans DNS. */
+	struct {
+		char **forwarders; /* "ADDR" or "ADDR@PORT"; none: recursive from the root */
+		size_t nforwarders;
+		int64_t timeout;       /* seconds a request waits for its DNS answers at most */
+		unsigned max_inflight; /* queries in flight per resolver */
+		unsigned cache_size;   /* MiB of cache per resolver */
+	} dns;
 
 	struct {
 		log_target target;

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "core/checks/greylist.h"
+#include "core/checks/spf.h"
 #include "core/hash.h"
 #include "core/pipeline.h"
 #include "hook.h"
@@ -25,6 +26,9 @@
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
+/* check_verdict.log_limited lines: each check's, at most a burst of them a minute. */
+#define CHECK_ERROR_LOG_INTERVAL 60
+#define CHECK_ERROR_LOG_BURST 3
 
 /*
  * Lookups and updates fail apart (a full disk or another process's write
@@ -60,6 +64,7 @@ struct engine {
 	engine_snapshot *current;
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
+	log_ratelimit check_errors[CHECK_COUNT]; /* check_verdict.log_limited lines */
 	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
 	pthread_mutex_t hooks_lock;
 	hook_runner *hooks;
@@ -114,6 +119,9 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 	pthread_mutex_init(&eng->lock, NULL);
 	pthread_mutex_init(&eng->hooks_lock, NULL);
 	eng->current = snap;
+	for (int i = 0; i < CHECK_COUNT; i++)
+		eng->check_errors[i] =
+		    (log_ratelimit){.interval = CHECK_ERROR_LOG_INTERVAL, .burst = CHECK_ERROR_LOG_BURST};
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
 		eng->health[k].recoveries.interval = STORE_ERROR_LOG_INTERVAL;
@@ -248,17 +256,25 @@ static const char *front_name(const decide_facts *f)
  * recipient=<...> front=policy": queue id first as in Postfix's own log
  * lines, so `grep QUEUEID` finds the decision next to Postfix's lines.
  */
-static void log_verdict(const pipeline *p, const decide_facts *f, const check_verdict *v)
+static void log_verdict(const pipeline *p, const decide_facts *f, const check_verdict *v, log_ratelimit *rl)
 {
 	fact_text t;
-	char action[48], detail[CHECK_DETAIL_MAX];
+	char action[48], detail[CHECK_DETAIL_MAX], more[64] = "";
+	int level = v->quiet ? LOG_DEBUG : LOG_INFO;
+	uint64_t suppressed = 0;
 
+	if (level != LOG_DEBUG && v->log_limited) {
+		if (!log_ratelimit_pass(rl, (int64_t)time(NULL), &suppressed))
+			level = LOG_DEBUG;
+		else if (suppressed)
+			snprintf(more, sizeof(more), " (%llu similar lines at debug level)",
+			         (unsigned long long)suppressed);
+	}
 	fact_text_fill(&t, f);
 	pipeline_action_text(p, v, action, sizeof(action));
-	log_msg(v->quiet ? LOG_DEBUG : LOG_INFO,
-	        "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s", t.queue_id, action,
-	        v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo, t.sender,
-	        t.recipient, front_name(f));
+	log_msg(level, "%s: %s: %s%s; client=%s helo=%s sender=<%s> recipient=<%s> front=%s%s", t.queue_id,
+	        action, v->reason, log_safe(v->detail, detail, sizeof(detail)), t.client, t.helo, t.sender,
+	        t.recipient, front_name(f), more);
 }
 
 /* The milter's end of message, in the words of what it drops. */
@@ -301,7 +317,11 @@ enum {
 	MSG_GREY_DEFER_DATA = 1u << 2,
 	MSG_GREY_HEADER_DONE = 1u << 3,
 	MSG_ACCEPTED = 1u << 4, /* a recipient got the message: its per-message rate buckets are charged */
-	MSG_GREY_REMAINING_SHIFT = 5,
+	MSG_SPF_HEADER_DONE = 1u << 5,
+	MSG_SPF_SHIFT = 6,      /* 3 bits: check_msg.spf (0, or spf_result + 1 up to 7) */
+	MSG_SPF_OPEN_SHIFT = 9, /* 2 bits: check_msg.spf_open */
+	/* 21 bits: 24 days, longer than greylist.delay can be */
+	MSG_GREY_REMAINING_SHIFT = 11,
 	MSG_FLAG_BITS = 32
 };
 #define MSG_TAG_MASK (~(uint64_t)0 << MSG_FLAG_BITS)
@@ -327,7 +347,10 @@ void engine_msg_recall(engine_msg *m, const char *instance)
 	m->state.listed_before = slot & MSG_LISTED_BEFORE;
 	m->state.grey_defer_data = slot & MSG_GREY_DEFER_DATA;
 	m->state.grey_header_done = slot & MSG_GREY_HEADER_DONE;
+	m->state.spf_header_done = slot & MSG_SPF_HEADER_DONE;
 	m->state.nothers = (slot & MSG_ACCEPTED) ? 1 : 0;
+	m->state.spf = (uint8_t)((slot >> MSG_SPF_SHIFT) & 7);
+	m->state.spf_open = (uint8_t)((slot >> MSG_SPF_OPEN_SHIFT) & 3);
 	m->state.grey_remaining = (uint32_t)((slot & ~MSG_TAG_MASK) >> MSG_GREY_REMAINING_SHIFT);
 }
 
@@ -349,14 +372,18 @@ void engine_msg_remember(const engine_msg *m, const char *instance)
 	    st->grey_remaining < MSG_GREY_REMAINING_MAX ? st->grey_remaining : MSG_GREY_REMAINING_MAX;
 
 	if (!instance || !*instance || !m->snap ||
-	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done || keep_accepted(m)))
+	    !(st->trap_hit || st->grey_defer_data || st->grey_header_done || st->spf || st->spf_header_done ||
+	      keep_accepted(m)))
 		return;
 	uint64_t tag = instance_tag(instance);
-	uint64_t slot =
-	    (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
-	    (st->listed_before ? MSG_LISTED_BEFORE : 0) | (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
-	    (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) | (st->nothers > 0 ? MSG_ACCEPTED : 0) |
-	    ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
+	uint64_t slot = (tag & MSG_TAG_MASK) | (st->trap_hit ? MSG_TRAP_HIT : 0) |
+	                (st->listed_before ? MSG_LISTED_BEFORE : 0) |
+	                (st->grey_defer_data ? MSG_GREY_DEFER_DATA : 0) |
+	                (st->grey_header_done ? MSG_GREY_HEADER_DONE : 0) |
+	                (st->spf_header_done ? MSG_SPF_HEADER_DONE : 0) |
+	                (st->nothers > 0 ? MSG_ACCEPTED : 0) | ((uint64_t)(st->spf & 7) << MSG_SPF_SHIFT) |
+	                ((uint64_t)(st->spf_open & 3) << MSG_SPF_OPEN_SHIFT) |
+	                ((uint64_t)remaining << MSG_GREY_REMAINING_SHIFT);
 	atomic_store_explicit(&m->snap->eng->messages[tag % ENGINE_MESSAGE_SLOTS], slot,
 	                      memory_order_relaxed);
 }
@@ -461,7 +488,7 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 	}
 }
 
-static void log_stage(const pipeline *p, const pipeline_run *run, const decide_facts *facts)
+static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		const check_verdict *v = &run->verdict[i];
@@ -471,7 +498,7 @@ static void log_stage(const pipeline *p, const pipeline_run *run, const decide_f
 		if (run->ctx.stage == CHECK_STAGE_EOM)
 			log_end_of_message(facts, v, run->ctx.msg);
 		else
-			log_verdict(p, facts, v);
+			log_verdict(p, facts, v, &eng->check_errors[i]);
 	}
 }
 
@@ -517,7 +544,10 @@ static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *fa
 {
 	/* Again after DNS: an SPF result can verify the sender (decide_facts.sender_verified). */
 	if (stage == CHECK_STAGE_MAIL || !m->prepared || (facts->dns && facts->dns->spf.wanted)) {
-		decide_prepare(&m->snap->cfg->decide, facts, &m->txn);
+		decide_facts f = *facts;
+
+		f.sender_verified = f.sender_verified || spfcheck_verified(facts->dns, &m->state);
+		decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
 		m->prepared = true;
 	}
 }
@@ -571,11 +601,11 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	}
 	apply_effects(snap, run);
 	run_hooks(snap, run);
-	log_stage(p, run, facts);
+	log_stage(snap->eng, p, run, facts);
 	m->state = run->msg;
 	/* Once a message: later stages read it (a timeout is not remembered, the next stage tries again). */
-	if (facts->dns && facts->dns->spf.wanted && facts->dns->spf.done)
-		m->state.spf = (uint8_t)(facts->dns->spf.result + 1);
+	spfcheck_remember(facts->dns, &m->state);
+	spfcheck_header_sent(&run->final, &m->state);
 	if (stage == CHECK_STAGE_RCPT)
 		count_recipient(&m->state, &run->final);
 	out = run->final;

@@ -8,7 +8,7 @@
 void check_verdict_reset(check_verdict *v)
 {
 	v->action = v->enforce_action = DECIDE_CONTINUE;
-	v->stop = v->quiet = false;
+	v->stop = v->quiet = v->log_limited = false;
 	v->reason = v->check = NULL;
 	v->mode = CHECK_MODE_ENFORCE;
 	v->reply.code[0] = v->reply.xcode[0] = v->reply.text[0] = '\0';

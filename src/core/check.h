@@ -44,8 +44,8 @@ typedef unsigned check_stage;
 /*
  * What a message remembers between its stages. The milter keeps all of it
  * in its connection context. The policy protocol's requests are separate:
- * the engine keeps only trap_hit, listed_before and the grey_* fields for
- * them, by the message's "instance" attribute, in one word per message
+ * the engine keeps only trap_hit, listed_before, the grey_* and the spf*
+ * fields for them, by the message's "instance" attribute, in one word per message
  * (engine.c); a field a new check adds here is lost between policy
  * requests unless it is packed there too.
  */
@@ -69,7 +69,37 @@ typedef struct check_msg {
 	 * a message, at the first stage whose checks want it.
 	 */
 	uint8_t spf;
+	/*
+	 * The probes of greylist.spf_key (core/dnsplan.h): 0 not evaluated, or
+	 * evaluated but a probe did not end (tried again at the next stage);
+	 * CHECK_SPF_NARROW the sender's record authorised neither probe;
+	 * CHECK_SPF_OPEN it authorised one (or both).
+	 */
+	uint8_t spf_open;
+	bool spf_header_done; /* the message got its Received-SPF header (policy: one PREPEND a message) */
+	/*
+	 * The dnsbl check's result for this recipient (CHECK_DNSBL_*) and its
+	 * score: how the dnsbl check hands its listing to the greylist check
+	 * (greylist.apply "listed", dnsbl.allowlist_threshold). The dnsbl check
+	 * writes it at every stage it runs and the greylist reads it later in
+	 * the same stage, in check_ctx.stage_msg; each stage starts without it
+	 * (pipeline_begin), so the policy protocol losing it between requests does no
+	 * harm (each recipient scores again, from the resolver's cache). A
+	 * shadow dnsbl leaves it UNSCORED (check_ctx.mode).
+	 */
+	uint8_t dnsbl;
+	int16_t dnsbl_score;
 } check_msg;
+
+enum { CHECK_SPF_NARROW = 1, CHECK_SPF_OPEN = 2 };
+
+/* check_msg.dnsbl. */
+enum {
+	CHECK_DNSBL_UNSCORED,    /* the dnsbl check did not score this recipient */
+	CHECK_DNSBL_CLEAN,       /* scored between the two thresholds */
+	CHECK_DNSBL_LISTED,      /* score at or above dnsbl.threshold */
+	CHECK_DNSBL_ALLOWLISTED, /* score at or below a negative dnsbl.allowlist_threshold */
+};
 
 /* Everything a check may look at; read-only. */
 typedef struct check_ctx {
@@ -77,8 +107,20 @@ typedef struct check_ctx {
 	const decide_facts *facts;
 	const decide_txn *txn; /* the transaction's keys, prepared once per MAIL FROM */
 	const check_msg *msg;  /* the message's state before this stage */
-	int64_t now;           /* Unix seconds */
-	int64_t now_ms;        /* the same moment in milliseconds (the greylist's SQLite clock) */
+	/*
+	 * The message's state as the checks before this one left it in this
+	 * stage (what a check hands a later one: check_msg.dnsbl); NULL is read
+	 * as msg. Set by pipeline_begin.
+	 */
+	const check_msg *stage_msg;
+	/*
+	 * The mode of the check being asked (the pipeline sets it before each
+	 * call): what a shadow check hands a later one must not change what
+	 * that one does (the dnsbl's score for the greylist).
+	 */
+	check_mode mode;
+	int64_t now;    /* Unix seconds */
+	int64_t now_ms; /* the same moment in milliseconds (the greylist's SQLite clock) */
 	/* This stage's DNS answers (facts->dns): NULL when the stage asked none. */
 	const struct dnsplan *dns;
 } check_ctx;
@@ -93,7 +135,8 @@ typedef struct check_ctx {
 #define CHECK_DETAIL_MAX 1400
 /* Room a check has to carry what needs() worked out over to decide(). */
 #define CHECK_SCRATCH_MAX 2048
-#define CHECK_HEADER_MAX 256
+/* A Received-SPF header (RFC 7208 9.1) with its attacker-written envelope-from and helo fits: 998 at most. */
+#define CHECK_HEADER_MAX 1000
 /* Most placeholders a hook's arguments may hold. */
 #define CHECK_HOOK_VALUES 4
 
@@ -107,7 +150,13 @@ typedef struct check_verdict {
 	 * "store-error"); NULL: nothing worth a line.
 	 */
 	const char *reason;
-	bool quiet;       /* log at debug level (a whitelisted transaction without a trap hit) */
+	bool quiet; /* log at debug level (a whitelisted transaction without a trap hit) */
+	/*
+	 * An error that recurs at every recipient while it lasts (a DNS list
+	 * refusing all queries): the engine logs such lines of a check at
+	 * most a few times in its interval, the others at debug level.
+	 */
+	bool log_limited;
 	smtp_reply reply; /* for REJECT, TEMPFAIL, DISCARD (text only) */
 	/*
 	 * A header for the message ("X-Greylist: delayed 300 seconds ..."),
@@ -177,13 +226,19 @@ typedef enum {
 	CHECK_KEY_BOOL,
 	CHECK_KEY_STRING,
 	CHECK_KEY_ENUM,
-	CHECK_KEY_LIST /* a list of strings, into a check_strlist field */
+	CHECK_KEY_LIST, /* a list of strings, into a check_strlist field */
+	/*
+	 * An object of strings ({"name": "text"}), into a check_strlist field
+	 * as pairs: v[2i] a member's name, v[2i + 1] its value, in the file's
+	 * order.
+	 */
+	CHECK_KEY_MAP
 } check_key_type;
 
 typedef struct check_key {
 	const char *name;         /* within the section */
 	check_key_type type;      /* INT and DURATION: an int64_t or int field; BOOL: bool; STRING: char *;
-	                             LIST: check_strlist */
+	                             LIST, MAP: check_strlist */
 	const char *def;          /* the default, as JSON text: "\"5m\"", "10", "null" */
 	int64_t min, max;         /* INT, DURATION: bounds; STRING: max is a length limit when set */
 	const char *const *names; /* ENUM: the names in the order of the C enum (an int field) */

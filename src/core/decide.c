@@ -156,6 +156,7 @@ typedef struct txn_keys {
 	const char *sender, *domain, *sasl, *helo;
 	const addr_ip *ip;
 	bool authenticated;
+	bool verified; /* facts->sender_verified: SPF passed for the sender */
 } txn_keys;
 
 /*
@@ -186,7 +187,18 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 	 */
 	if (txn->null_sender && policy->null_sender == NULL_SENDER_IGNORE)
 		return;
-	if (policy->keys & DECIDE_KEY_SENDER)
+	/*
+	 * blocklist.sender_requires spf-pass: anyone can write a real user's
+	 * address in MAIL FROM to a trap; only a sender proven (SPF, or the
+	 * client's login) is the one to blame, else only the client is.
+	 */
+	bool sender_keys =
+	    policy->sender_requires != SENDER_REQUIRES_SPF_PASS || k->authenticated || k->verified;
+
+	txn->sender_withheld = !sender_keys && ((policy->keys & DECIDE_KEY_SENDER && k->sender) ||
+	                                        (policy->keys & DECIDE_KEY_SENDER_DOMAIN && k->domain));
+
+	if ((policy->keys & DECIDE_KEY_SENDER) && sender_keys)
 		push_record(txn, k->sender);
 	/* An authenticated client is a shared submission host, not the spammer. */
 	if ((policy->keys & DECIDE_KEY_CLIENT_ADDRESS) && k->ip && !k->authenticated) {
@@ -195,7 +207,7 @@ static void prepare_record(const decide_policy *policy, decide_txn *txn, const t
 	}
 	if (policy->keys & DECIDE_KEY_SASL_USERNAME)
 		push_record(txn, k->sasl);
-	if (policy->keys & DECIDE_KEY_SENDER_DOMAIN) {
+	if ((policy->keys & DECIDE_KEY_SENDER_DOMAIN) && sender_keys) {
 		push_record(txn, k->domain);
 		prepare_domain_count(policy, txn, k);
 	}
@@ -245,7 +257,8 @@ void decide_prepare(const decide_policy *policy, const decide_facts *facts, deci
 
 	/* Being authenticated does not depend on the name making a key. */
 	txn_keys k = {.ip = txn->have_client ? &txn->client : NULL,
-	              .authenticated = facts->sasl_username && *facts->sasl_username};
+	              .authenticated = facts->sasl_username && *facts->sasl_username,
+	              .verified = facts->sender_verified};
 	if (have_sender) {
 		k.sender = txn_key(txn, key_sender, txn->sender);
 		k.domain = txn_key(txn, key_domain, txn->sender);

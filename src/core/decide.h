@@ -28,6 +28,12 @@ enum {
 
 typedef enum { TRAP_ACTION_DISCARD, TRAP_ACTION_REJECT, TRAP_ACTION_ACCEPT } trap_action;
 typedef enum { ON_MIXED_DELIVER_OTHERS, ON_MIXED_DISCARD_ALL } on_mixed_policy;
+/*
+ * blocklist.sender_requires: what a trap hit needs before it blocklists
+ * the sender-derived keys (sender, sender_domain): nothing, or a verified
+ * sender (SPF pass or SASL; else only the client's keys are recorded).
+ */
+typedef enum { SENDER_REQUIRES_ANY, SENDER_REQUIRES_SPF_PASS } sender_requires_policy;
 /* traps.null_sender: what a bounce (MAIL FROM:<>) to a trap records. */
 typedef enum { NULL_SENDER_IGNORE, NULL_SENDER_CLIENT } null_sender_policy;
 
@@ -50,13 +56,21 @@ typedef struct decide_policy {
 	trap_action action;
 	on_mixed_policy on_mixed;
 	null_sender_policy null_sender;
-	unsigned keys; /* DECIDE_KEY_* */
-	int64_t ttl;   /* seconds a trap hit keeps a key blocklisted */
+	unsigned keys;       /* DECIDE_KEY_* */
+	int sender_requires; /* sender_requires_policy */
+	int64_t ttl;         /* seconds a trap hit keeps a key blocklisted */
 	unsigned ipv4_prefix, ipv6_prefix;
 	/* blocklist.sender_domain_min_networks; 0 and 1: one hit lists the domain */
 	unsigned domain_min_networks;
 	smtp_reply reject;      /* blocklist.reject */
 	bool on_error_tempfail; /* store.on_error */
+	/*
+	 * spf.timeout in milliseconds while the spf check is on, else 0 (set
+	 * by the config): the blocklist asks SPF itself for a whitelisted
+	 * sender at MAIL FROM, on a policy `sender` listener too, where the
+	 * spf check does not run (core/checks/spf.h).
+	 */
+	int64_t spf_timeout_ms;
 	const trapset *traps;
 	const whitelist *whitelist;
 } decide_policy;
@@ -76,10 +90,13 @@ typedef struct decide_facts {
 	const char *recipient;
 	const char *queue_id;
 	/*
-	 * A check proved the sender is not forged (SPF pass, once the spf
-	 * check exists). An authenticated client verifies its sender too,
-	 * without this. A verified whitelisted sender exempts every key but
-	 * the SASL account's (SPEC "Checks" item 3, decide_txn.sender_trusted).
+	 * A check proved the sender is not forged: SPF passes for it (the
+	 * engine sets it from the spf check's answer, core/checks/spf.h). An
+	 * authenticated client verifies its sender too, without this. A
+	 * verified whitelisted sender exempts every key but the SASL
+	 * account's (SPEC "Checks" item 3, decide_txn.sender_trusted); under
+	 * blocklist.sender_requires spf-pass only a verified sender's own keys
+	 * are recorded by a trap hit.
 	 */
 	bool sender_verified;
 	/*
@@ -125,6 +142,8 @@ typedef struct decide_txn {
 	whitelist_match whitelisted;
 	whitelist_match sender_whitelisted;
 	bool sender_trusted;
+	/* blocklist.sender_requires kept the sender's own keys out of record[]: it is not verified. */
+	bool sender_withheld;
 	bool have_client; /* client holds a usable (non-loopback) client address */
 	addr_ip client;
 	size_t nlookup, nrecord, client_at;

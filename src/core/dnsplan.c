@@ -9,6 +9,8 @@ void dnsplan_init(dnsplan *p)
 	p->nlookups = 0;
 	p->spf.wanted = false;
 	p->spf.done = false;
+	for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+		p->probe[i].wanted = p->probe[i].done = false;
 }
 
 bool dnsplan_empty(const dnsplan *p)
@@ -44,12 +46,9 @@ dnsplan_lookup *dnsplan_add(dnsplan *p, uint8_t owner, uint8_t tag, const char *
 	return l;
 }
 
-bool dnsplan_want_spf(dnsplan *p, const char *client, const char *mailfrom, const char *helo)
+/* s asks check_host() of that identity. */
+static bool spf_ask(dnsplan_spf *s, const char *client, const char *mailfrom, const char *helo)
 {
-	dnsplan_spf *s = &p->spf;
-
-	if (s->wanted)
-		return true;
 	if (strlen(client) >= sizeof(s->client) || strlen(mailfrom) >= sizeof(s->mailfrom) ||
 	    strlen(helo) >= sizeof(s->helo))
 		return false;
@@ -63,10 +62,37 @@ bool dnsplan_want_spf(dnsplan *p, const char *client, const char *mailfrom, cons
 	return true;
 }
 
+bool dnsplan_want_spf(dnsplan *p, const char *client, const char *mailfrom, const char *helo)
+{
+	return p->spf.wanted || spf_ask(&p->spf, client, mailfrom, helo);
+}
+
+bool dnsplan_want_spf_probes(dnsplan *p)
+{
+	static const char *const probe_client[DNSPLAN_SPF_PROBES] = {DNSPLAN_SPF_PROBE_V4,
+	                                                             DNSPLAN_SPF_PROBE_V6};
+
+	if (!p->spf.wanted)
+		return false;
+	for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+		if (!p->probe[i].wanted &&
+		    !spf_ask(&p->probe[i], probe_client[i], p->spf.mailfrom, p->spf.helo))
+			return false;
+	return true;
+}
+
 void dnsplan_timeout_at_least(dnsplan *p, int64_t ms)
 {
 	if (ms > p->timeout_ms)
 		p->timeout_ms = ms;
+}
+
+static void spf_expire(dnsplan_spf *s)
+{
+	if (s->wanted && !s->done) {
+		s->result = SPF_TEMPERROR;
+		snprintf(s->reason, sizeof(s->reason), "no answer by the deadline");
+	}
 }
 
 void dnsplan_expire(dnsplan *p)
@@ -74,8 +100,7 @@ void dnsplan_expire(dnsplan *p)
 	for (size_t i = 0; i < p->nlookups; i++)
 		if (p->lookup[i].status == DNSPLAN_PENDING)
 			p->lookup[i].status = DNSPLAN_TIMEOUT;
-	if (p->spf.wanted && !p->spf.done) {
-		p->spf.result = SPF_TEMPERROR;
-		snprintf(p->spf.reason, sizeof(p->spf.reason), "no answer by the deadline");
-	}
+	spf_expire(&p->spf);
+	for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+		spf_expire(&p->probe[i]);
 }

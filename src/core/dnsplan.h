@@ -63,11 +63,31 @@ typedef struct dnsplan_spf {
 	char reason[128];                          /* which term or error decided, for the log */
 } dnsplan_spf;
 
+/*
+ * The probes of greylist.spf_key: the same check_host() as spf (same
+ * mailfrom, helo and everything else) with the client address replaced by
+ * DNSPLAN_SPF_PROBE_V4 and _V6, documentation addresses no real server
+ * sends from. A record that passes either authorises (nearly) everyone
+ * ("+all", "ip4:0.0.0.0/0", "ip6:::/0"): its domain is no narrower a
+ * greylist key than the client's network.
+ */
+#define DNSPLAN_SPF_PROBES 2
+#define DNSPLAN_SPF_PROBE_V4 "192.0.2.1"
+#define DNSPLAN_SPF_PROBE_V6 "2001:db8::1"
+
+/*
+ * What the resolver glue (src/dns/) answers: every lookup[0..nlookups),
+ * spf when spf.wanted, and each probe[i] with probe[i].wanted, all in
+ * parallel and each the same way (a dnsplan_spf is one check_host() of its
+ * own client, mailfrom and helo; done, result, explanation, reason set
+ * when it ends), all by timeout_ms.
+ */
 typedef struct dnsplan {
 	int64_t timeout_ms; /* the longest wait any asking check allows */
 	size_t nlookups;
 	dnsplan_lookup lookup[DNSPLAN_MAX_LOOKUPS];
 	dnsplan_spf spf;
+	dnsplan_spf probe[DNSPLAN_SPF_PROBES]; /* probe[0]: DNSPLAN_SPF_PROBE_V4, probe[1]: _V6 */
 } dnsplan;
 
 /* An empty plan. */
@@ -78,9 +98,15 @@ bool dnsplan_empty(const dnsplan *p);
 dnsplan_lookup *dnsplan_add(dnsplan *p, uint8_t owner, uint8_t tag, const char *name);
 /* Ask for SPF (idempotent); false when an identity part does not fit (then nothing is asked). */
 bool dnsplan_want_spf(dnsplan *p, const char *client, const char *mailfrom, const char *helo);
+/*
+ * Ask for the probes too (idempotent): spf's identity checked from
+ * DNSPLAN_SPF_PROBE_V4 and _V6. false (nothing asked) unless spf is wanted.
+ */
+bool dnsplan_want_spf_probes(dnsplan *p);
 /* Raise the plan's timeout to at least ms. */
 void dnsplan_timeout_at_least(dnsplan *p, int64_t ms);
-/* Mark every lookup still pending, and an SPF check not done, as timed out (the front end's deadline). */
+/* Mark every lookup still pending, and an SPF check or probe not done, as timed out (the front end's
+ * deadline). */
 void dnsplan_expire(dnsplan *p);
 
 #endif

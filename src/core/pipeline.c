@@ -14,7 +14,8 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
 	                       .msg = msg,
 	                       .now = now,
 	                       .now_ms = now * 1000,
-	                       .dns = facts->dns};
+	                       .dns = facts->dns,
+	                       .stage_msg = &run->msg};
 	run->enabled = enabled;
 	run->nq = 0;
 	memset(run->count, 0, sizeof(run->count));
@@ -24,6 +25,9 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
 	check_verdict_reset(&run->final);
 	run->final_check = -1;
 	run->msg = *msg;
+	/* The dnsbl's score is the stage's own (check.h): none is left over from an earlier stage. */
+	run->msg.dnsbl = CHECK_DNSBL_UNSCORED;
+	run->msg.dnsbl_score = 0;
 }
 
 /* Whether check i runs at this stage for this listener. */
@@ -40,6 +44,7 @@ static void ask(const pipeline *p, pipeline_run *run, int i)
 {
 	run->first[i] = run->nq;
 	run->count[i] = 0;
+	run->ctx.mode = p->checks[i].mode;
 	if (p->checks[i].def->needs)
 		run->count[i] =
 		    p->checks[i].def->needs(p->checks[i].conf, &run->ctx, run->scratch[i], run->q + run->nq);
@@ -50,11 +55,13 @@ static void ask(const pipeline *p, pipeline_run *run, int i)
 	run->nq += run->count[i];
 }
 
-void pipeline_plan_dns(const pipeline *p, const pipeline_run *run, dnsplan *plan)
+void pipeline_plan_dns(const pipeline *p, pipeline_run *run, dnsplan *plan)
 {
 	for (int i = 0; i < CHECK_COUNT; i++)
-		if (runs(p, run, i) && p->checks[i].def->plan_dns)
+		if (runs(p, run, i) && p->checks[i].def->plan_dns) {
+			run->ctx.mode = p->checks[i].mode;
 			p->checks[i].def->plan_dns(p->checks[i].conf, &run->ctx, plan);
+		}
 }
 
 size_t pipeline_needs(const pipeline *p, pipeline_run *run)
@@ -102,6 +109,7 @@ bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 		eff->hook_argv = NULL;
 		eff->msg = run->msg; /* the state as the checks before this one left it */
 		check_verdict_reset(v);
+		run->ctx.mode = c->mode;
 		c->def->decide(c->conf, &run->ctx, run->scratch[i], run->q + run->first[i], run->count[i], v,
 		               eff);
 		apply_mode(c, v);

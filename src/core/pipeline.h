@@ -69,7 +69,7 @@ void pipeline_begin(pipeline_run *run, check_stage stage, unsigned enabled, cons
  * The DNS answers the stage's checks want (check_def.plan_dns), added to
  * plan; run is begun (pipeline_begin) and facts->dns is not used.
  */
-void pipeline_plan_dns(const pipeline *p, const pipeline_run *run, dnsplan *plan);
+void pipeline_plan_dns(const pipeline *p, pipeline_run *run, dnsplan *plan);
 /* Fills run->q[0..nq); returns nq. */
 size_t pipeline_needs(const pipeline *p, pipeline_run *run);
 /*

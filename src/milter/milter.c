@@ -43,6 +43,9 @@
 #include "core/addr.h"
 #include "core/checks/greylist.h"
 #include "core/checks/relay.h"
+#include "core/checks/spf.h"
+#include "dns/dns.h"
+#include "dns/dnsrun.h"
 #include "log.h"
 #include "sockperm.h"
 #include "milter/milter_shim.h"
@@ -118,9 +121,17 @@ static struct {
 	bool running;
 	pthread_t thread;
 	log_ratelimit not_mta; /* connections that never negotiated: a line each, unless a flood */
+	/* The resolver of the DNS checks, made at the first stage that needs it (milter_dns). */
+	dns_resolver *dns;
+	unsigned dns_users;     /* threads waiting on it: it is remade only when none does */
+	char dns_settings[512]; /* the dns section it was made with */
+	char hostname[256];     /* SPF's %{r} */
+	log_ratelimit dns_errors, dns_late;
 } filter = {.lock = PTHREAD_MUTEX_INITIALIZER,
             .idle = PTHREAD_COND_INITIALIZER,
-            .not_mta = {.interval = 1, .burst = NOT_MTA_LOG_BURST}};
+            .not_mta = {.interval = 1, .burst = NOT_MTA_LOG_BURST},
+            .dns_errors = {.interval = 10},
+            .dns_late = {.interval = 10}};
 
 static char filter_name[] = "spamtrapd";
 
@@ -257,6 +268,108 @@ static bool msg_add_trap(milter_msg *m, const char *rcpt)
 	return true;
 }
 
+/* ---- DNS ---- */
+
+/*
+ * The milter's resolver, one for all its connections, made at the first
+ * stage whose checks want DNS; NULL (logged, rate limited) when it cannot
+ * be made. A reload that changed the dns section remakes it once no thread
+ * waits on the old one. Each call is paired with milter_dns_release.
+ */
+static dns_resolver *milter_dns_acquire(const config *cfg)
+{
+	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
+	                   .nforwarders = cfg->dns.nforwarders,
+	                   .max_inflight = cfg->dns.max_inflight,
+	                   .cache_mib = cfg->dns.cache_size};
+	char sig[sizeof(filter.dns_settings)], err[256] = "";
+	int o = snprintf(sig, sizeof(sig), "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
+	uint64_t more = 0;
+	dns_resolver *r;
+
+	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < sizeof(sig); i++)
+		o += snprintf(sig + o, sizeof(sig) - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+	pthread_mutex_lock(&filter.lock);
+	if (filter.dns != NULL && filter.dns_users == 0 && strcmp(sig, filter.dns_settings) != 0) {
+		dns_free(filter.dns);
+		filter.dns = NULL;
+	}
+	if (filter.dns == NULL && (filter.dns = dns_new(&ds, err, sizeof(err))) != NULL)
+		snprintf(filter.dns_settings, sizeof(filter.dns_settings), "%s", sig);
+	if ((r = filter.dns) != NULL)
+		filter.dns_users++;
+	pthread_mutex_unlock(&filter.lock);
+	if (r == NULL && log_ratelimit_pass(&filter.dns_errors, dns_now_ms() / 1000, &more))
+		log_error(
+		    "milter: no resolver (%s): DNS answers count as failures (%llu more since the last line)",
+		    err, (unsigned long long)more);
+	return r;
+}
+
+static void milter_dns_release(void)
+{
+	pthread_mutex_lock(&filter.lock);
+	filter.dns_users--;
+	pthread_mutex_unlock(&filter.lock);
+}
+
+/*
+ * The plan's answers, by dns.timeout or a check's own shorter deadline.
+ * libmilter gives each connection's callbacks a thread (of its pool) that
+ * may block, as it does on a store round trip: waiting here holds only
+ * this SMTP session, which waits for our answer anyway, so a blocking
+ * wait (dns_wait: one waiting thread polls the shared resolver's fd and
+ * delivers everyone's answers) is simpler than an event loop and costs
+ * nothing the MTA would not wait for. The MTA's milter timeouts are far
+ * longer than dns.timeout (at most 60 s).
+ */
+static void milter_resolve(const engine_msg *em, dnsplan *plan)
+{
+	const config *cfg = engine_config(em->snap);
+	int64_t limit = cfg->dns.timeout * 1000;
+	int64_t start = dns_now_ms();
+	dns_resolver *r = milter_dns_acquire(cfg);
+	dnsrun *run;
+	uint64_t more = 0;
+
+	if (r == NULL) {
+		dnsplan_expire(plan);
+		return;
+	}
+	if (plan->timeout_ms > 0 && plan->timeout_ms < limit)
+		limit = plan->timeout_ms;
+	if ((run = dnsrun_start(r, plan, filter.hostname, (int64_t)time(NULL), NULL, NULL)) != NULL) {
+		dnsrun_wait(run, start + limit);
+		dnsrun_free(run);
+	}
+	milter_dns_release();
+	if (dns_now_ms() - start >= limit && log_ratelimit_pass(&filter.dns_late, start / 1000, &more))
+		log_warning(
+		    "milter: DNS answers still missing at the deadline (%lld ms, dns.timeout or a check's "
+		    "own): counted as DNS failures (%llu more since the last line)",
+		    (long long)limit, (unsigned long long)more);
+}
+
+/*
+ * engine_stage with the DNS answers its checks want first (engine.h:
+ * engine_dns_plan), on the milter's resolver. The plan is on the heap: it
+ * is several kilobytes, and libmilter's threads have small stacks.
+ */
+static check_verdict milter_stage(engine_msg *em, check_stage stage, const decide_facts *facts)
+{
+	dnsplan *plan = malloc(sizeof(*plan));
+	decide_facts f = *facts;
+	check_verdict v;
+
+	if (plan != NULL && engine_dns_plan(em, stage, CHECKS_EVERY, facts, plan)) {
+		milter_resolve(em, plan);
+		f.dns = plan;
+	}
+	v = engine_stage(em, stage, CHECKS_EVERY, &f);
+	free(plan);
+	return v;
+}
+
 /* Postfix knows the queue id from the first accepted RCPT on; keep the latest. */
 static void msg_update_queue_id(SMFICTX *ctx, milter_msg *m)
 {
@@ -349,7 +462,7 @@ static void client_text(const struct sockaddr *sa, char *out, size_t outlen)
 /*
  * What the greylist needs of this session, under the config in force at
  * its negotiation: the DATA step (it defers a null sender there) and the
- * right to add its header. A reload applies from the next session on.
+ * right to add its header (or the spf check's). A reload applies from the next session on.
  */
 static void greylist_wants(bool *data, bool *header)
 {
@@ -357,9 +470,12 @@ static void greylist_wants(bool *data, bool *header)
 	const pipeline_check *g = &engine_config(snap)->pipeline.checks[CHECK_ID_GREYLIST];
 	const greylist_conf *gc = g->conf;
 	bool on = g->mode != CHECK_MODE_OFF;
+	const pipeline_check *sp = &engine_config(snap)->pipeline.checks[CHECK_ID_SPF];
+	const spfcheck_conf *sc = sp->conf;
 
 	*data = on && gc->null_sender_at == GREYLIST_NULL_AT_DATA;
-	*header = on && gc->header;
+	/* The spf check's Received-SPF too (its verdict at end of message; none in shadow). */
+	*header = (on && gc->header) || (sp->mode == CHECK_MODE_ENFORCE && sc && sc->header);
 	engine_release(snap);
 }
 
@@ -452,7 +568,7 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 
 	decide_facts f = conn_facts(c, NULL);
 	f.sender = sender; /* uncapped: an over-long address must be judged as such */
-	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_MAIL, CHECKS_EVERY, &f);
+	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_MAIL, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -468,7 +584,7 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 	msg_update_queue_id(ctx, m);
 	char bare[ENVELOPE_MAX];
 	decide_facts f = conn_facts(c, envelope_bare(argv[0], bare, sizeof(bare)));
-	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_RCPT, CHECKS_EVERY, &f);
+	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_RCPT, &f);
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
 			return SMFIS_CONTINUE;
@@ -494,23 +610,27 @@ static sfsistat cb_data(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_DATA, CHECKS_EVERY, &f);
+	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_DATA, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
 	return status;
 }
 
-/* The greylist's X-Greylist header, first in the message as the policy side's PREPEND puts it. */
-static void insert_header(SMFICTX *ctx, const milter_msg *m)
+/*
+ * A check's header ("Name: value": the greylist's X-Greylist, the spf
+ * check's Received-SPF), first in the message as the policy side's
+ * PREPEND puts it.
+ */
+static void insert_header(SMFICTX *ctx, const milter_msg *m, const char *header)
 {
 	char name[CHECK_HEADER_MAX];
-	const char *colon = strchr(m->header, ':');
-	size_t n = colon ? (size_t)(colon - m->header) : 0;
+	const char *colon = strchr(header, ':');
+	size_t n = colon ? (size_t)(colon - header) : 0;
 
 	if (n == 0)
 		return;
-	memcpy(name, m->header, n);
+	memcpy(name, header, n);
 	name[n] = '\0';
 	if (filter.shim->insheader(ctx, 0, name, colon + 1 + (colon[1] == ' ')) != MI_SUCCESS)
 		log_warning("%s: milter: cannot add the header %s", m->queue_id[0] ? m->queue_id : "NOQUEUE",
@@ -537,7 +657,7 @@ static sfsistat cb_eom(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = engine_stage(&m->msg, CHECK_STAGE_EOM, CHECKS_EVERY, &f);
+	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_EOM, &f);
 	sfsistat status = SMFIS_CONTINUE;
 	if (v.action == DECIDE_DISCARD)
 		status = SMFIS_DISCARD;
@@ -550,7 +670,10 @@ static sfsistat cb_eom(SMFICTX *ctx)
 		status = reply_with(ctx, &REPLY_INTERNAL, SMFIS_TEMPFAIL);
 	}
 	if (status == SMFIS_CONTINUE && m->header[0])
-		insert_header(ctx, m);
+		insert_header(ctx, m, m->header);
+	/* Last, so first in the message: Received-SPF goes above the greylist's header, as a trace field. */
+	if (status == SMFIS_CONTINUE && v.action == DECIDE_CONTINUE && v.header[0])
+		insert_header(ctx, m, v.header);
 	msg_end(m);
 	return status;
 }
@@ -598,6 +721,8 @@ void milter_filter_init(engine *eng, const milter_shim *shim, struct smfiDesc *d
 	filter.eng = eng;
 	filter.shim = shim;
 	filter.stopping = false;
+	if (gethostname(filter.hostname, sizeof(filter.hostname) - 1) < 0)
+		snprintf(filter.hostname, sizeof(filter.hostname), "unknown");
 	pthread_mutex_unlock(&filter.lock);
 	memset(desc, 0, sizeof(*desc));
 	desc->xxfi_name = filter_name;

@@ -29,6 +29,12 @@
  *    only shared things there are the engine snapshot (engine_acquire), the
  *    atomic connection counter at accept, and the engine's lock-free message
  *    table (engine_msg_recall).
+ *  - DNS is the exception: a request whose checks want DNS answers
+ *    (engine_dns_plan) parks until they are in or its deadline passes, and
+ *    the worker serves its other connections meanwhile (a slow DNS server
+ *    is common, and one request could otherwise hold a worker for seconds).
+ *    The worker's own resolver has its fd in the worker's epoll set, so
+ *    answers arrive on the thread that owns the connection (see "parked").
  *  - A slow store blocks one worker, and only the connections on it; the
  *    other workers keep accepting and answering. A thread per connection
  *    would cost a stack and a context switch per smtpd process; one event
@@ -78,6 +84,8 @@
 
 #include "core/addr.h"
 #include "core/netset.h"
+#include "dns/dns.h"
+#include "dns/dnsrun.h"
 #include "log.h"
 #include "sockperm.h"
 #include "policy/policy_parse.h"
@@ -101,7 +109,7 @@
 #define FD_RESERVE_MIN 64
 
 /* What an epoll event points to; the first member of each source. */
-typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER } src_kind;
+typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER, SRC_DNS } src_kind;
 
 typedef struct listener {
 	src_kind kind;
@@ -115,6 +123,27 @@ typedef struct listener {
 typedef struct worker worker;
 typedef struct conn conn;
 
+/*
+ * A request waiting for its DNS answers (dns/dnsrun.h): the message being
+ * decided, the plan and its run. The connection reads nothing meanwhile
+ * (pipelined requests wait in its buffer), and its facts point into the
+ * parser's request, which stays as it is until the parser is fed again.
+ * Workers keep them in a list, to resume those answered or past their
+ * deadline after each batch of events.
+ */
+typedef struct parked {
+	conn *c;
+	struct parked *prev, *next;
+	engine_msg m; /* points into itself: never copied, hence a worker's spare, used in place */
+	check_stage stage;
+	decide_facts f;
+	const char *instance;
+	dnsrun *run;
+	int64_t started_ms, deadline_ms;
+	bool ready; /* every answer is in */
+	dnsplan plan;
+} parked;
+
 struct conn {
 	src_kind kind;
 	int fd;
@@ -126,6 +155,7 @@ struct conn {
 	bool want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
 	bool closing;        /* draining, or given up on: close once the current reply is out */
 	unsigned malformed;  /* malformed requests in a row */
+	parked *wait;        /* the request waiting for DNS, if any */
 	policy_parser *parser;
 	char peer[PEER_MAX];
 	size_t inoff, inlen, outoff, outlen;
@@ -148,6 +178,13 @@ struct worker {
 	_Atomic int64_t oldest;
 	bool accepting, draining;
 	int64_t drain_deadline;
+	/* DNS: the worker's own resolver, made at the first request that needs it (dns/dns.h). */
+	dns_resolver *dns;
+	src_kind dns_tag;
+	char dns_settings[512]; /* the dns section it was made with: remade after a reload changes it */
+	parked *parked_head, *parked_tail;
+	size_t nparked;
+	parked *spare; /* for the next request: allocated only when the last one parked */
 };
 
 struct policy_server {
@@ -168,6 +205,8 @@ struct policy_server {
 	 * a flood of them would drown the log (then a count says how many).
 	 */
 	log_ratelimit over_limit, refused, accept_errors, evicted, bad_input;
+	log_ratelimit dns_late, dns_errors; /* DNS answers missing at the deadline; no resolver */
+	char hostname[256];                 /* SPF's %{r} */
 };
 
 static void worker_clock(worker *w)
@@ -512,27 +551,35 @@ static check_stage check_stage_of(smtp_stage stage)
  * The request's stage through the checks the listener's role runs
  * (config_listener.checks), with the message's state recalled by its
  * instance attribute: one message's recipients arrive as separate
- * requests, on one or two listeners.
+ * requests, on one or two listeners. In two steps, because the checks may
+ * want DNS answers in between (conn_answer): policy_begin returns false
+ * with *v final when there is nothing to decide, else true with a message
+ * begun in p, which policy_finish decides and ends.
  */
-static check_verdict policy_decide(engine_snapshot *snap, request_ctx *rc)
+static bool policy_begin(engine_snapshot *snap, request_ctx *rc, parked *p, check_verdict *v)
 {
 	smtp_stage stage = request_stage(rc->req);
-	const char *instance = attr_whole(rc->req, POLICY_ATTR_INSTANCE);
-	decide_facts f;
-	engine_msg m;
-	check_verdict v = check_continue();
 
-	if (!request_facts(rc, stage, &f)) {
+	*v = check_continue();
+	if (!request_facts(rc, stage, &p->f)) {
 		rc->malformed = true;
-		return v;
+		return false;
 	}
 	if (stage == STAGE_OTHER)
-		return v;
-	engine_msg_begin(&m, snap);
-	engine_msg_recall(&m, instance);
-	v = engine_stage(&m, check_stage_of(stage), rc->lst->checks, &f);
-	engine_msg_remember(&m, instance);
-	engine_msg_end(&m);
+		return false;
+	p->stage = check_stage_of(stage);
+	p->instance = attr_whole(rc->req, POLICY_ATTR_INSTANCE);
+	engine_msg_begin(&p->m, snap);
+	engine_msg_recall(&p->m, p->instance);
+	return true;
+}
+
+static check_verdict policy_finish(parked *p, const listener *l)
+{
+	check_verdict v = engine_stage(&p->m, p->stage, l->checks, &p->f);
+
+	engine_msg_remember(&p->m, p->instance);
+	engine_msg_end(&p->m);
 	return v;
 }
 
@@ -637,10 +684,14 @@ static void conn_touch(conn *c)
 	list_append(w, c);
 }
 
+static void parked_drop(worker *w, parked *p);
+
 static void conn_close(conn *c)
 {
 	worker *w = c->w;
 
+	if (c->wait != NULL) /* gone while its request waited for DNS: cancel the queries */
+		parked_drop(w, c->wait);
 	list_unlink(w, c);
 	w->nconn--;
 	atomic_fetch_sub(&w->srv->nconn, 1);
@@ -652,7 +703,7 @@ static void conn_close(conn *c)
 /* Nothing received and not yet answered, nothing waiting to be sent. */
 static bool conn_idle(const conn *c)
 {
-	return c->outlen == 0 && c->inoff == c->inlen && policy_parser_idle(c->parser);
+	return c->wait == NULL && c->outlen == 0 && c->inoff == c->inlen && policy_parser_idle(c->parser);
 }
 
 static int conn_want(conn *c, bool out)
@@ -687,27 +738,262 @@ static int conn_flush(conn *c)
 	return conn_want(c, false) < 0 ? -1 : 1;
 }
 
-static void conn_answer(conn *c, const policy_request *req)
+static request_ctx conn_request(const conn *c, const policy_request *req)
 {
-	engine_snapshot *snap = engine_acquire(c->w->srv->eng);
-	const config *cfg = engine_config(snap);
-	request_ctx rc = {.srv = c->w->srv,
-	                  .lst = c->lst,
-	                  .peer = c->peer,
-	                  .req = req,
-	                  .now = c->w->now,
-	                  .malformed_before = c->malformed};
-	check_verdict v = policy_decide(snap, &rc);
+	return (request_ctx){.srv = c->w->srv,
+	                     .lst = c->lst,
+	                     .peer = c->peer,
+	                     .req = req,
+	                     .now = c->w->now,
+	                     .malformed_before = c->malformed};
+}
 
-	format_reply(&v, &rc, c->out, sizeof(c->out));
+static void conn_reply(conn *c, const check_verdict *v, const request_ctx *rc, const config *cfg)
+{
+	format_reply(v, rc, c->out, sizeof(c->out));
 	c->outlen = strlen(c->out);
 	c->outoff = 0;
 	/* A complete request Postfix would never send (no request attribute...) counts as malformed. */
-	c->malformed = rc.malformed ? c->malformed + 1 : 0;
+	c->malformed = rc->malformed ? c->malformed + 1 : 0;
 	if (c->malformed >= MALFORMED_MAX)
 		c->closing = true;
 	policy_parser_set_limits(c->parser, cfg->policy.max_line, cfg->policy.max_attributes);
+}
+
+/* ---- requests waiting for DNS ---- */
+
+/* The dns section as text: a resolver made with other settings is remade. */
+static void dns_signature(const config *cfg, char *buf, size_t len)
+{
+	int o = snprintf(buf, len, "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
+
+	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < len; i++)
+		o += snprintf(buf + o, len - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+}
+
+static void worker_dns_close(worker *w)
+{
+	if (w->dns == NULL)
+		return;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, dns_fd(w->dns), NULL);
+	dns_free(w->dns);
+	w->dns = NULL;
+}
+
+/*
+ * The worker's resolver, made at the first request that needs DNS (so a
+ * daemon whose DNS checks are off sends no query and starts no thread),
+ * its descriptor in the worker's epoll set. A reload that changed the dns
+ * section remakes it once no request of the worker waits on the old one.
+ */
+static dns_resolver *worker_dns(worker *w, const config *cfg)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->dns_tag};
+	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
+	                   .nforwarders = cfg->dns.nforwarders,
+	                   .max_inflight = cfg->dns.max_inflight,
+	                   .cache_mib = cfg->dns.cache_size};
+	char sig[sizeof(w->dns_settings)], err[256];
+	uint64_t more = 0;
+
+	dns_signature(cfg, sig, sizeof(sig));
+	if (w->dns != NULL && w->nparked == 0 && strcmp(sig, w->dns_settings) != 0)
+		worker_dns_close(w);
+	if (w->dns != NULL)
+		return w->dns;
+	if ((w->dns = dns_new(&ds, err, sizeof(err))) == NULL ||
+	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, dns_fd(w->dns), &ev) < 0) {
+		if (w->dns != NULL)
+			snprintf(err, sizeof(err), "dns: epoll: %s", strerror(errno));
+		worker_dns_close(w);
+		if (log_ratelimit_pass(&w->srv->dns_errors, w->now, &more))
+			log_error(
+			    "policy worker %u: no resolver (%s): DNS answers count as failures (%llu more "
+			    "since the last line)",
+			    w->id, err, (unsigned long long)more);
+		return NULL;
+	}
+	snprintf(w->dns_settings, sizeof(w->dns_settings), "%s", sig);
+	log_debug("policy worker %u: resolver made (%s)", w->id,
+	          cfg->dns.nforwarders ? "forwarding" : "recursive");
+	return w->dns;
+}
+
+/* Called from dns_process() (worker_after_batch): the request is resumed after the batch. */
+static void parked_answered(void *arg)
+{
+	((parked *)arg)->ready = true;
+}
+
+static void parked_unlink(worker *w, parked *p)
+{
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		w->parked_head = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	else
+		w->parked_tail = p->prev;
+	w->nparked--;
+}
+
+/* Done with p: it becomes the worker's spare, or is freed. */
+static void parked_recycle(worker *w, parked *p)
+{
+	if (w->spare == NULL)
+		w->spare = p;
+	else
+		free(p);
+}
+
+static void parked_drop(worker *w, parked *p)
+{
+	parked_unlink(w, p);
+	dnsrun_free(p->run); /* cancels the queries in flight */
+	engine_msg_end(&p->m);
+	p->c->wait = NULL;
+	parked_recycle(w, p);
+}
+
+/*
+ * Park c's request until its plan is answered or its deadline: dns.timeout,
+ * or a check's own shorter one (plan.timeout_ms). The connection is then
+ * watched only for hang-up (EPOLLRDHUP): nothing more is read. false when
+ * it cannot wait (no resolver): the plan is then expired, every answer a
+ * failure, and the caller decides at once.
+ */
+static bool conn_park(conn *c, parked *p, const config *cfg)
+{
+	worker *w = c->w;
+	struct epoll_event ev = {.events = EPOLLRDHUP, .data.ptr = c};
+	int64_t limit = cfg->dns.timeout * 1000;
+	dns_resolver *r = worker_dns(w, cfg);
+
+	p->f.dns = &p->plan;
+	if (r == NULL || epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+		dnsplan_expire(&p->plan);
+		return false;
+	}
+	p->c = c;
+	p->started_ms = w->now_ms;
+	p->deadline_ms =
+	    w->now_ms + (p->plan.timeout_ms > 0 && p->plan.timeout_ms < limit ? p->plan.timeout_ms : limit);
+	p->run = dnsrun_start(r, &p->plan, w->srv->hostname, (int64_t)time(NULL), parked_answered, p);
+	p->ready = p->run == NULL || dnsrun_finished(p->run); /* out of memory: the plan is expired */
+	p->prev = w->parked_tail;
+	p->next = NULL;
+	if (w->parked_tail)
+		w->parked_tail->next = p;
+	else
+		w->parked_head = p;
+	w->parked_tail = p;
+	w->nparked++;
+	w->spare = NULL;
+	c->wait = p;
+	return true;
+}
+
+/*
+ * One request: its facts, the DNS answers its checks want (a request that
+ * needs them parks, and conn_resume answers it), the checks, the reply. A
+ * worker keeps one spare parked struct for this, so a request that needs
+ * no DNS allocates nothing.
+ */
+static void conn_answer(conn *c, const policy_request *req)
+{
+	worker *w = c->w;
+	engine_snapshot *snap = engine_acquire(w->srv->eng);
+	const config *cfg = engine_config(snap);
+	request_ctx rc = conn_request(c, req);
+	check_verdict v = check_continue();
+	parked *p = w->spare ? w->spare : (w->spare = malloc(sizeof(*w->spare)));
+
+	if (p == NULL) {
+		log_internal(&rc, "out of memory");
+	} else if (policy_begin(snap, &rc, p, &v)) {
+		if (engine_dns_plan(&p->m, p->stage, c->lst->checks, &p->f, &p->plan) &&
+		    conn_park(c, p, cfg)) {
+			engine_release(snap);
+			return;
+		}
+		v = policy_finish(p, c->lst);
+	}
+	conn_reply(c, &v, &rc, cfg);
 	engine_release(snap);
+}
+
+static int conn_process(conn *c);
+
+/* The answers are in, or the deadline passed: decide, reply, and go on with what the client sent since. */
+static void conn_resume(conn *c)
+{
+	worker *w = c->w;
+	parked *p = c->wait;
+	request_ctx rc = conn_request(c, policy_parser_request(c->parser));
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+	engine_snapshot *snap;
+	check_verdict v;
+	int n;
+
+	parked_unlink(w, p);
+	dnsrun_free(p->run);
+	p->run = NULL;
+	c->wait = NULL;
+	v = policy_finish(p, c->lst);
+	parked_recycle(w, p);
+	snap = engine_acquire(w->srv->eng);
+	conn_reply(c, &v, &rc, engine_config(snap));
+	engine_release(snap);
+	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+		conn_close(c);
+		return;
+	}
+	n = conn_flush(c);
+	if (n > 0 && !c->closing)
+		n = conn_process(c) < 0 ? -1 : 0;
+	if (n < 0 || (n > 0 && c->closing))
+		conn_close(c);
+}
+
+static void log_dns_late(worker *w, const parked *p)
+{
+	uint64_t more = 0;
+
+	if (log_ratelimit_pass(&w->srv->dns_late, w->now, &more))
+		log_warning("policy: DNS answers still missing at the deadline (%lld ms, dns.timeout or a "
+		            "check's own): counted as DNS failures (%llu more since the last line)",
+		            (long long)(p->deadline_ms - p->started_ms), (unsigned long long)more);
+}
+
+/* After each batch: the requests whose answers are in or whose deadline passed. */
+static void worker_resume(worker *w)
+{
+	for (parked *p = w->parked_head, *next; p != NULL; p = next) {
+		next = p->next;
+		if (!p->ready && w->now_ms < p->deadline_ms)
+			continue;
+		if (!p->ready) {
+			dnsrun_expire(p->run);
+			log_dns_late(w, p);
+		}
+		conn_resume(p->c);
+	}
+}
+
+/* How long epoll_wait may sleep: until the nearest DNS deadline; -1 (or 100 ms draining) without one. */
+static int worker_timeout(const worker *w)
+{
+	int64_t t = w->draining ? 100 : -1;
+
+	for (const parked *p = w->parked_head; p != NULL; p = p->next) {
+		int64_t left = p->ready ? 0 : p->deadline_ms - w->now_ms;
+
+		left = left < 0 ? 0 : left;
+		if (t < 0 || left < t)
+			t = left;
+	}
+	return (int)t;
 }
 
 /*
@@ -750,7 +1036,7 @@ static void log_parse_error(const conn *c)
  */
 static int conn_process(conn *c)
 {
-	while (c->outlen == 0 && c->inoff < c->inlen) {
+	while (c->outlen == 0 && c->wait == NULL && c->inoff < c->inlen) {
 		size_t used;
 		policy_parse_status st =
 		    policy_parser_feed(c->parser, c->in + c->inoff, c->inlen - c->inoff, &used);
@@ -767,6 +1053,8 @@ static int conn_process(conn *c)
 			conn_answer_malformed(c);
 		else
 			conn_answer(c, policy_parser_request(c->parser));
+		if (c->wait != NULL)
+			break; /* parked for DNS: the reply, and what follows, wait for conn_resume */
 		rc = conn_flush(c);
 		if (rc < 0 || (rc > 0 && c->closing))
 			return -1;
@@ -822,7 +1110,12 @@ static void conn_event(conn *c, uint32_t events)
 {
 	int rc = 0;
 
-	if (c->want_out) {
+	if (c->wait != NULL) {
+		/* Watched for hang-up only: the client left while its request waited for DNS. */
+		log_debug("policy: connection from %s on %s closed while its request waited for DNS", c->peer,
+		          c->lst->address);
+		rc = -1;
+	} else if (c->want_out) {
 		rc = (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) ? conn_flush(c) : 0;
 		if (rc > 0 && c->closing)
 			rc = -1;
@@ -937,7 +1230,8 @@ static conn *evict_candidate(worker *w)
 	unsigned looked = 0;
 
 	for (conn *c = w->head; c != NULL && looked < EVICT_SCAN; c = c->next, looked++)
-		if (c->batch != w->batch && (conn_idle(c) || w->now_ms - c->last_active >= 1000))
+		if (c->batch != w->batch &&
+		    (conn_idle(c) || (c->wait == NULL && w->now_ms - c->last_active >= 1000)))
 			return c;
 	return NULL;
 }
@@ -1214,7 +1508,7 @@ static void worker_wake(worker *w)
 
 /* What a batch of events asks for besides connection events, done after them. */
 typedef struct batch_todo {
-	bool wake, tick;
+	bool wake, tick, dns;
 	listener *ready[MAX_EVENTS]; /* listeners with connections to accept */
 	int nready;
 } batch_todo;
@@ -1236,6 +1530,9 @@ static void worker_dispatch(const struct epoll_event *ev, batch_todo *todo)
 	case SRC_TIMER:
 		todo->tick = true;
 		break;
+	case SRC_DNS:
+		todo->dns = true;
+		break;
 	}
 }
 
@@ -1246,6 +1543,10 @@ static void worker_dispatch(const struct epoll_event *ev, batch_todo *todo)
  */
 static void worker_after_batch(worker *w, const batch_todo *todo)
 {
+	if (todo->dns && w->dns != NULL)
+		dns_process(w->dns); /* marks the parked requests answered */
+	if (w->parked_head != NULL)
+		worker_resume(w);
 	for (int i = 0; i < todo->nready && w->accepting; i++)
 		worker_accept(w, todo->ready[i]);
 	if (todo->wake)
@@ -1260,7 +1561,7 @@ static void *worker_main(void *arg)
 	struct epoll_event ev[MAX_EVENTS];
 
 	while (!w->draining || (w->nconn > 0 && w->now < w->drain_deadline)) {
-		int n = epoll_wait(w->epfd, ev, MAX_EVENTS, w->draining ? 100 : -1);
+		int n = epoll_wait(w->epfd, ev, MAX_EVENTS, worker_timeout(w));
 		batch_todo todo; /* ready[] is filled as needed: no need to clear it per batch */
 
 		if (n < 0 && errno != EINTR) {
@@ -1269,7 +1570,7 @@ static void *worker_main(void *arg)
 		}
 		worker_clock(w);
 		w->batch++;
-		todo.wake = todo.tick = false;
+		todo.wake = todo.tick = todo.dns = false;
 		todo.nready = 0;
 		for (int i = 0; i < n; i++)
 			worker_dispatch(&ev[i], &todo);
@@ -1282,6 +1583,9 @@ static void *worker_main(void *arg)
 		            w->id, w->nconn);
 	while (w->head != NULL)
 		conn_close(w->head);
+	free(w->spare);
+	w->spare = NULL;
+	worker_dns_close(w);
 	return NULL;
 }
 
@@ -1295,6 +1599,7 @@ static int worker_setup(worker *w, policy_server *srv, unsigned id, char *err, s
 	w->id = id;
 	w->wake_tag = SRC_WAKE;
 	w->timer_tag = SRC_TIMER;
+	w->dns_tag = SRC_DNS;
 	worker_clock(w);
 	atomic_init(&w->oldest, INT64_MAX);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1403,6 +1708,9 @@ policy_server *policy_server_new(engine *eng, const config *cfg, char *err, size
 	srv->evicted.interval = EVICT_LOG_INTERVAL;
 	srv->bad_input.interval = 1;
 	srv->bad_input.burst = BAD_INPUT_BURST;
+	srv->dns_late.interval = srv->dns_errors.interval = LOG_INTERVAL;
+	if (gethostname(srv->hostname, sizeof(srv->hostname) - 1) < 0)
+		snprintf(srv->hostname, sizeof(srv->hostname), "unknown");
 	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
 		srv->nlisteners++;
 		if (listener_open(&srv->listeners[i], cfg, &cfg->policy.listen[i], err, errlen) < 0) {

@@ -356,6 +356,25 @@ static void check_sentinel_override(const config *cfg)
 	assert_string_equal(cfg->store.redis_sentinel_master, "mymaster");
 }
 
+static void check_dns_default(const config *cfg)
+{
+	assert_int_equal(cfg->dns.nforwarders, 0);
+	assert_int_equal(cfg->dns.timeout, 3);
+	assert_int_equal(cfg->dns.max_inflight, 1000);
+	assert_int_equal(cfg->dns.cache_size, 8);
+}
+
+static void check_dns(const config *cfg)
+{
+	assert_int_equal(cfg->dns.nforwarders, 3);
+	assert_string_equal(cfg->dns.forwarders[0], "127.0.0.1@5353");
+	assert_string_equal(cfg->dns.forwarders[1], "::1");
+	assert_string_equal(cfg->dns.forwarders[2], "2001:db8::53@53");
+	assert_int_equal(cfg->dns.timeout, 5);
+	assert_int_equal(cfg->dns.max_inflight, 50);
+	assert_int_equal(cfg->dns.cache_size, 2);
+}
+
 static void check_domain_min_1(const config *cfg)
 {
 	assert_int_equal(cfg->decide.domain_min_networks, 1);
@@ -418,6 +437,12 @@ static const ok_case ok_cases[] = {
      "\"[2001:db8::1]:26379\", \"sentinel-3.example:26380\"], \"sentinel_master\": \"mx-blocklist\"}}}",
      {NULL},
      check_sentinels},
+    {"dns: defaults", "{}", {NULL}, check_dns_default},
+    {"dns: forwarders and bounds",
+     "{\"dns\": {\"forwarders\": [\"127.0.0.1@5353\", \"::1\", \"2001:db8::53@53\"], \"timeout\": \"5s\", "
+     "\"max_inflight\": 50, \"cache_size\": 2}}",
+     {NULL},
+     check_dns},
     {"redis sentinels as an override",
      "{}",
      {"store.redis.sentinels=[\"127.0.0.1:26379\"]"},
@@ -720,6 +745,14 @@ static const error_case error_cases[] = {
      {":1:36: store.redis.sentinels[0]: expected HOST:PORT or [IPV6]:PORT (port 1-65535)",
       "store.redis.sentinels[1]: expected", "store.redis.sentinels[7]: expected"},
      8},
+    {"dns: forwarders not ADDR[@PORT], bounds",
+     "{\"dns\": {\"forwarders\": [\"ns.example\", \"127.0.0.1@0\", \"127.0.0.1@\", \"127.0.0.1:53\"], "
+     "\"timeout\": \"2m\", \"max_inflight\": 0, \"cache_size\": 2000}}",
+     {NULL},
+     {"dns.forwarders[0]: expected an IP address, optionally followed by @PORT",
+      "dns.forwarders[1]: expected @PORT (1-65535)", "dns.forwarders[2]: expected @PORT",
+      "dns.forwarders[3]: expected an IP address"},
+     7},
     {"redis sentinels: listed twice, not a list, empty master",
      "{\"store\": {\"redis\": {\"sentinels\": [\"s1:26379\", \"s1:26379\"], \"sentinel_master\": \"\"}}}",
      {NULL},

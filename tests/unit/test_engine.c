@@ -361,6 +361,178 @@ static void test_greylist_purge_maintenance(void **state)
 	assert_int_equal(logged("purged 1 expired greylist records"), 1);
 }
 
+/* ---- the spf check's result through the engine (issue 15) ---- */
+
+/*
+ * One policy request as policy_server.c runs it with a resolver: the
+ * plan, its SPF answer written by hand (result; -1: no answer by the
+ * deadline), the stage. *asked: the plan wanted SPF.
+ */
+static check_verdict policy_spf(engine *eng, unsigned checks, check_stage stage, const char *instance,
+                                const decide_facts *f, int result, bool *asked)
+{
+	engine_snapshot *snap = engine_acquire(eng);
+	decide_facts g = *f;
+	engine_msg m;
+	dnsplan plan;
+
+	engine_msg_begin(&m, snap);
+	engine_msg_recall(&m, instance);
+	*asked = false;
+	if (engine_dns_plan(&m, stage, checks, f, &plan)) {
+		*asked = plan.spf.wanted;
+		if (result >= 0) {
+			plan.spf.done = true;
+			plan.spf.result = (enum spf_result)result;
+		}
+		/* a narrow record: the probes fail */
+		for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
+			if (plan.probe[i].wanted) {
+				plan.probe[i].done = true;
+				plan.probe[i].result = SPF_FAIL;
+			}
+		dnsplan_expire(&plan);
+		g.dns = &plan;
+	}
+	check_verdict v = engine_stage(&m, stage, checks, &g);
+	engine_msg_remember(&m, instance);
+	engine_msg_end(&m);
+	engine_release(snap);
+	return v;
+}
+
+/* sender_requires spf-pass: the engine verifies the sender from the plan's answer before the trap records. */
+static void test_policy_spf_sender_requires(void **state)
+{
+	(void)state;
+	engine *eng = start("\"spf\": {\"mode\": \"enforce\", \"header\": false}, "
+	                    "\"blocklist\": {\"sender_requires\": \"spf-pass\"}");
+	unsigned trap = policy_role_checks(POLICY_ROLE_TRAP);
+	decide_facts forged = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "ceo@bank.test", "trap@example.com");
+	decide_facts real = facts(DECIDE_FRONT_POLICY, "192.0.2.60", "spam@bad.test", "trap@example.com");
+	bool asked;
+
+	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &forged, SPF_FAIL, &asked);
+	assert_true(asked);
+	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.50 sender=unverified;"), 1);
+	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i2", &real, SPF_PASS, &asked);
+	assert_true(asked);
+	assert_int_equal(logged("trap=trap@example.com blocklisted=spam@bad.test,192.0.2.60;"), 1);
+	/* no answer by the deadline: the client only */
+	forged.client_address = "192.0.2.70";
+	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i3", &forged, -1, &asked);
+	assert_int_equal(logged("trap=trap@example.com blocklisted=192.0.2.70 sender=unverified;"), 1);
+	stop(eng);
+}
+
+/*
+ * The policy sender listener runs the blocklist alone: it asks SPF itself
+ * for a whitelisted sender, so a verified one is not refused for its
+ * client's listed network (a forged one is).
+ */
+static void test_policy_spf_sender_listener(void **state)
+{
+	(void)state;
+	engine *eng = start("\"spf\": {\"mode\": \"enforce\", \"header\": false}, "
+	                    "\"whitelist\": {\"domains\": [\"bank.test\"]}");
+	unsigned trap = policy_role_checks(POLICY_ROLE_TRAP), sender = policy_role_checks(POLICY_ROLE_SENDER);
+	decide_facts hit = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "spam@bad.test", "trap@example.com");
+	decide_facts ceo = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "ceo@bank.test", NULL);
+	bool asked;
+
+	policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &hit, SPF_NONE, &asked);
+	assert_false(asked); /* sender_requires any: nothing to ask */
+	/* verified: its client's listed address is not looked up */
+	check_verdict v = policy_spf(eng, sender, CHECK_STAGE_MAIL, "i2", &ceo, SPF_PASS, &asked);
+	assert_true(asked);
+	assert_int_equal(v.action, DECIDE_CONTINUE);
+	/* forged: refused for the client */
+	v = policy_spf(eng, sender, CHECK_STAGE_MAIL, "i3", &ceo, SPF_FAIL, &asked);
+	assert_true(asked);
+	assert_int_equal(v.action, DECIDE_REJECT);
+	stop(eng);
+}
+
+/* Policy: Received-SPF is PREPENDed once a message, the message's other recipients get none. */
+static void test_policy_spf_header_once(void **state)
+{
+	(void)state;
+	engine *eng = start("\"spf\": {\"mode\": \"enforce\", \"receiver\": \"mx.example.com\"}");
+	unsigned trap = policy_role_checks(POLICY_ROLE_TRAP);
+	decide_facts f = facts(DECIDE_FRONT_POLICY, "192.0.2.50", "news@shop.test", "a@example.net");
+	bool asked;
+
+	check_verdict v = policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &f, SPF_SOFTFAIL, &asked);
+	assert_true(asked);
+	assert_int_equal(v.action, DECIDE_CONTINUE);
+	assert_non_null(strstr(v.header, "Received-SPF: softfail (mx.example.com: "));
+	f.recipient = "b@example.net";
+	v = policy_spf(eng, trap, CHECK_STAGE_RCPT, "i1", &f, SPF_SOFTFAIL, &asked);
+	assert_false(asked); /* the message's result is kept by instance: once a message */
+	assert_string_equal(v.header, "");
+	/* another message gets its own */
+	v = policy_spf(eng, trap, CHECK_STAGE_RCPT, "i2", &f, SPF_PASS, &asked);
+	assert_true(asked);
+	assert_non_null(strstr(v.header, "Received-SPF: pass "));
+	stop(eng);
+}
+
+/* Milter: a whitelisted sender SPF verifies at MAIL FROM keeps it for its recipients; the header at the end.
+ */
+static void test_milter_spf_verified(void **state)
+{
+	(void)state;
+	engine *eng =
+	    start("\"spf\": {\"mode\": \"enforce\", \"receiver\": \"mx.example.com\"}, "
+	          "\"greylist\": {\"mode\": \"enforce\"}, \"whitelist\": {\"domains\": [\"bank.test\"]}");
+	decide_facts f = facts(DECIDE_FRONT_MILTER, "192.0.2.50", "ceo@bank.test", NULL);
+	milter_txn t;
+	dnsplan plan;
+
+	t.snap = engine_acquire(eng);
+	engine_msg_begin(&t.m, t.snap);
+	assert_true(engine_dns_plan(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f, &plan));
+	assert_true(plan.spf.wanted);
+	assert_true(plan.probe[0].wanted && plan.probe[1].wanted);
+	plan.spf.done = plan.probe[0].done = plan.probe[1].done = true;
+	plan.spf.result = SPF_PASS;
+	plan.probe[0].result = plan.probe[1].result = SPF_FAIL;
+	f.dns = &plan;
+	assert_int_equal(engine_stage(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f).action, DECIDE_CONTINUE);
+	f.dns = NULL;
+	f.recipient = "a@example.net";
+	/* known: nothing more to ask; verified: the greylist after the whitelist does not run */
+	assert_false(engine_dns_plan(&t.m, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &plan));
+	check_verdict v = engine_stage(&t.m, CHECK_STAGE_RCPT, CHECKS_EVERY, &f);
+	assert_int_equal(v.action, DECIDE_CONTINUE);
+	assert_string_equal(v.header, "");
+	f.recipient = NULL;
+	v = engine_stage(&t.m, CHECK_STAGE_EOM, CHECKS_EVERY, &f);
+	/* whitelisted mail gets no Received-SPF, as on the policy side where the whitelist stops the walk */
+	assert_int_equal(v.action, DECIDE_CONTINUE);
+	assert_string_equal(v.header, "");
+	milter_end(&t);
+	/* the same sender forged: greylisted */
+	f = facts(DECIDE_FRONT_MILTER, "192.0.2.66", "ceo@bank.test", NULL);
+	t.snap = engine_acquire(eng);
+	engine_msg_begin(&t.m, t.snap);
+	assert_true(engine_dns_plan(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f, &plan));
+	plan.spf.done = true;
+	plan.spf.result = SPF_FAIL;
+	f.dns = &plan;
+	engine_stage(&t.m, CHECK_STAGE_MAIL, CHECKS_EVERY, &f);
+	f.dns = NULL;
+	f.recipient = "a@example.net";
+	assert_int_equal(engine_stage(&t.m, CHECK_STAGE_RCPT, CHECKS_EVERY, &f).action,
+	                 DECIDE_DEFER_IF_PERMIT);
+	f.recipient = NULL;
+	/* its header at end of message */
+	assert_non_null(
+	    strstr(engine_stage(&t.m, CHECK_STAGE_EOM, CHECKS_EVERY, &f).header, "Received-SPF: fail "));
+	milter_end(&t);
+	stop(eng);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -390,6 +562,10 @@ int main(void)
 	    cmocka_unit_test(test_reload_keeps_message_snapshot),
 	    cmocka_unit_test(test_dry_run_keeps_whitelist),
 	    cmocka_unit_test(test_greylist_purge_maintenance),
+	    cmocka_unit_test(test_policy_spf_sender_requires),
+	    cmocka_unit_test(test_policy_spf_sender_listener),
+	    cmocka_unit_test(test_policy_spf_header_once),
+	    cmocka_unit_test(test_milter_spf_verified),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -794,6 +794,49 @@ static void test_negotiate_greylist(void **state)
 	f->desc.xxfi_close(&ctx);
 }
 
+/* With the spf check enforcing and its header wanted: the right to add headers (Received-SPF); not otherwise.
+ */
+static void test_negotiate_spf(void **state)
+{
+	fixture *f = *state;
+	static const char *const on[] = {"spf.mode=enforce", NULL};
+	SMFICTX ctx;
+	unsigned long pf0 = 0, pf1 = 0, pf2 = 0, pf3 = 0;
+
+	start_filter(f, on);
+	memset(&ctx, 0, sizeof(ctx));
+	assert_int_equal(
+	    f->desc.xxfi_negotiate(&ctx, POSTFIX_ACTIONS, POSTFIX_STEPS, 0, 0, &pf0, &pf1, &pf2, &pf3),
+	    SMFIS_CONTINUE);
+	assert_int_equal(pf0, SMFIF_DELRCPT | SMFIF_SETSYMLIST | SMFIF_ADDHDRS);
+	f->desc.xxfi_close(&ctx);
+}
+
+static void test_negotiate_spf_no_header(void **state)
+{
+	fixture *f = *state;
+	static const char *const no_header[] = {"spf.mode=enforce", "spf.header=false", NULL};
+	static const char *const shadow[] = {"spf.mode=shadow", NULL};
+	SMFICTX ctx;
+	unsigned long pf0 = 0, pf1 = 0, pf2 = 0, pf3 = 0;
+
+	start_filter(f, no_header);
+	memset(&ctx, 0, sizeof(ctx));
+	assert_int_equal(
+	    f->desc.xxfi_negotiate(&ctx, POSTFIX_ACTIONS, POSTFIX_STEPS, 0, 0, &pf0, &pf1, &pf2, &pf3),
+	    SMFIS_CONTINUE);
+	assert_int_equal(pf0, SMFIF_DELRCPT | SMFIF_SETSYMLIST);
+	f->desc.xxfi_close(&ctx);
+	engine_free(f->eng);
+	start_filter(f, shadow);
+	memset(&ctx, 0, sizeof(ctx));
+	assert_int_equal(
+	    f->desc.xxfi_negotiate(&ctx, POSTFIX_ACTIONS, POSTFIX_STEPS, 0, 0, &pf0, &pf1, &pf2, &pf3),
+	    SMFIS_CONTINUE);
+	assert_int_equal(pf0, SMFIF_DELRCPT | SMFIF_SETSYMLIST);
+	f->desc.xxfi_close(&ctx);
+}
+
 /* A triplet that passes (delay 0 here) gets its header once, first in the message, at end of message. */
 static void test_greylist_header(void **state)
 {
@@ -894,6 +937,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_scenarios, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_negotiate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_negotiate_greylist, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_negotiate_spf, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_negotiate_spf_no_header, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_greylist_header, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_relay_hold, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_replies_without_no_reply_steps, setup, teardown),

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/checks/spf.h"
+
 static const smtp_reply REPLY_TEMPFAIL = {"450", "4.7.1", "Service temporarily unavailable, try again later"};
 
 typedef enum { SKIP_NONE, SKIP_CHECKED, SKIP_WHITELISTED, SKIP_SAME_MESSAGE, SKIP_NO_KEYS } skip_reason;
@@ -96,10 +98,20 @@ static void blocklist_decide(const void *conf, const check_ctx *ctx, void *scrat
 	}
 }
 
+/* A whitelisted sender is verified by SPF before its MAIL FROM lookup leaves out its client (spf.h). */
+static void blocklist_plan_dns(const void *conf, const check_ctx *ctx, dnsplan *plan)
+{
+	const decide_policy *policy = conf;
+
+	if (why_skip(ctx) == SKIP_NONE || why_skip(ctx) == SKIP_NO_KEYS)
+		spfcheck_plan_verify(ctx, policy->spf_timeout_ms, plan);
+}
+
 const check_def check_blocklist = {
     .name = "blocklist",
     .stages = CHECK_STAGE_MAIL | CHECK_STAGE_RCPT,
     .default_mode = CHECK_MODE_ENFORCE,
     .needs = blocklist_needs,
+    .plan_dns = blocklist_plan_dns,
     .decide = blocklist_decide,
 };

@@ -10,13 +10,20 @@
 
 #include "core/check.h"
 
-/* Indexes into checks_all[], also the bits of a listener's check set. */
+/*
+ * Indexes into checks_all[], also the bits of a listener's check set.
+ * spf is not in SPEC.md's list: its place is that of its own verdict
+ * (reject_fail) only; the SPF result other checks use is resolved before
+ * any check decides (core/checks/spf.h).
+ */
 enum {
 	CHECK_ID_TRAPS,
 	CHECK_ID_BLOCKLIST,
 	CHECK_ID_WHITELIST,
 	CHECK_ID_RELAY,
 	CHECK_ID_RATELIMIT,
+	CHECK_ID_DNSBL,
+	CHECK_ID_SPF,
 	CHECK_ID_GREYLIST,
 	CHECK_COUNT
 };

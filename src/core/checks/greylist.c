@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/checks/spf.h"
 #include "core/greynorm.h"
 #include "core/greystep.h"
 #include "core/hash.h"
@@ -22,6 +23,8 @@ typedef enum {
 	GREY_SKIP_AUTHENTICATED, /* SASL clients are never greylisted */
 	GREY_SKIP_CLIENT_LISTED, /* greylist.clients / client_files */
 	GREY_SKIP_RCPT_LISTED,   /* greylist.recipients / recipient_files */
+	GREY_SKIP_DNSWL,         /* the dnsbl check allowlisted the client (dnsbl.allowlist_threshold) */
+	GREY_SKIP_NOT_LISTED,    /* apply "listed": the dnsbl check did not list the client */
 } grey_plan;
 
 /* What needs() worked out, for decide(). */
@@ -30,6 +33,7 @@ typedef struct grey_scratch {
 	char triplet[GREYSTEP_KEY_MAX];
 	char awl[ADDR_NET_STRLEN];
 	char why[GREYWL_WHY_MAX];
+	int dnsbl_score;
 } grey_scratch;
 
 _Static_assert(sizeof(grey_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for greylist");
@@ -43,7 +47,7 @@ static const check_key greylist_keys[] = {
     {"awl_count", CHECK_KEY_INT, "5", 0, 1000000, CHECK_KEY_AT(greylist_conf, awl_count)},
     {"awl_by", CHECK_KEY_ENUM, "\"address\"", .names = (const char *const[]){"address", "network", NULL},
      CHECK_KEY_AT(greylist_conf, awl_by)},
-    {"apply", CHECK_KEY_ENUM, "\"all\"", .names = (const char *const[]){"all", NULL},
+    {"apply", CHECK_KEY_ENUM, "\"all\"", .names = (const char *const[]){"all", "listed", NULL},
      CHECK_KEY_AT(greylist_conf, apply)},
     {"null_sender_at", CHECK_KEY_ENUM, "\"data\"", .names = (const char *const[]){"data", "rcpt", NULL},
      CHECK_KEY_AT(greylist_conf, null_sender_at)},
@@ -55,6 +59,7 @@ static const check_key greylist_keys[] = {
     {"reply", CHECK_KEY_STRING, "\"450 4.2.0 Greylisted, try again in %{remaining} seconds\"", 0, 400,
      CHECK_KEY_AT(greylist_conf, reply)},
     {"header", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(greylist_conf, header)},
+    {"spf_key", CHECK_KEY_BOOL, "false", CHECK_KEY_AT(greylist_conf, spf_key)},
     {"header_text", CHECK_KEY_STRING, "\"X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}\"", 0,
      200, CHECK_KEY_AT(greylist_conf, header_text)},
 };
@@ -136,10 +141,33 @@ static bool recipient_key(const char *recipient, char *out, size_t outlen)
 	return false;
 }
 
+/*
+ * greylist.spf_key: the triplet "spf:DOMAIN/sender/recipient" when SPF
+ * passes for the sender and its record is narrow (both probes ended and
+ * neither passed). Anything else (no answer, a probe that timed out, an
+ * open record) keeps the network: a spammer must not pick the key by
+ * writing a domain that authorises everyone.
+ */
+static bool spf_triplet(const greylist_conf *conf, const check_ctx *ctx, const char *skey, const char *rcpt,
+                        grey_scratch *s)
+{
+	const char *at;
+	int n;
+
+	if (!conf->spf_key || ctx->txn->null_sender || ctx->txn->sender_invalid ||
+	    spfcheck_result(ctx) != SPF_PASS || spfcheck_open(ctx) != CHECK_SPF_NARROW ||
+	    !(at = strrchr(ctx->txn->sender, '@')) || !at[1])
+		return false;
+	n = snprintf(s->triplet, sizeof(s->triplet), "spf:%s/%s/%s", at + 1, skey, rcpt);
+	return n > 0 && (size_t)n < sizeof(s->triplet);
+}
+
 static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scratch *s)
 {
 	const decide_facts *f = ctx->facts;
 	const decide_txn *txn = ctx->txn;
+	/* What the dnsbl check, before this one, made of the client in this stage (check_msg.dnsbl). */
+	const check_msg *now = ctx->stage_msg ? ctx->stage_msg : ctx->msg;
 	char sender_key[ADDR_MAX + 2], rcpt[ADDR_MAX];
 	const char *skey = sender_key;
 
@@ -147,6 +175,11 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 		return GREY_SKIP;
 	if (f->sasl_username && *f->sasl_username)
 		return GREY_SKIP_AUTHENTICATED;
+	s->dnsbl_score = now->dnsbl_score;
+	if (now->dnsbl == CHECK_DNSBL_ALLOWLISTED)
+		return GREY_SKIP_DNSWL;
+	if (conf->apply == GREYLIST_APPLY_LISTED && now->dnsbl != CHECK_DNSBL_LISTED)
+		return GREY_SKIP_NOT_LISTED;
 	if (conf->wl &&
 	    greywl_match_client(conf->wl, f->client_address, f->client_name, s->why, sizeof(s->why)))
 		return GREY_SKIP_CLIENT_LISTED;
@@ -157,9 +190,11 @@ static grey_plan plan(const greylist_conf *conf, const check_ctx *ctx, grey_scra
 		skey = INVALID_SENDER_KEY;
 	else if (greynorm_sender(txn->sender, conf->recipient_delimiter, sender_key, sizeof(sender_key)) == 0)
 		return GREY_SKIP;
-	if (greystep_triplet_key(&txn->client, (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, skey,
-	                         rcpt, s->triplet, sizeof(s->triplet)) == 0 ||
-	    greystep_awl_key(&txn->client, conf->awl_by == GREYLIST_AWL_BY_NETWORK,
+	if (!spf_triplet(conf, ctx, skey, rcpt, s) &&
+	    greystep_triplet_key(&txn->client, (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, skey,
+	                         rcpt, s->triplet, sizeof(s->triplet)) == 0)
+		return GREY_SKIP;
+	if (greystep_awl_key(&txn->client, conf->awl_by == GREYLIST_AWL_BY_NETWORK,
 	                     (unsigned)conf->ipv4_prefix, (unsigned)conf->ipv6_prefix, s->awl,
 	                     sizeof(s->awl)) == 0)
 		return GREY_SKIP;
@@ -277,6 +312,12 @@ static void skipped(grey_plan p, const grey_scratch *s, check_verdict *v)
 		check_detail_add(v, " %s=%s", p == GREY_SKIP_CLIENT_LISTED ? "client" : "recipient", s->why);
 		v->quiet = true;
 		return;
+	case GREY_SKIP_DNSWL:
+		check_verdict_set(v, DECIDE_CONTINUE, "greylist skipped, dnsbl allowlisted", NULL);
+		check_detail_add(v, " dnsbl_score=%d", s->dnsbl_score);
+		v->quiet = true;
+		return;
+	case GREY_SKIP_NOT_LISTED:
 	case GREY_SKIP_AUTHENTICATED:
 	case GREY_SKIP:
 	case GREY_ASK:

@@ -23,7 +23,13 @@
 #include "core/decide.h"
 #include "core/greywl.h"
 
-typedef enum { GREYLIST_APPLY_ALL } greylist_apply;
+/*
+ * greylist.apply: every client, or only those the dnsbl check scored at or
+ * above dnsbl.threshold in this stage (check_msg.dnsbl; selective
+ * greylisting with dnsbl.action "greylist"). Either way a client the dnsbl
+ * check allowlisted (dnsbl.allowlist_threshold) is not greylisted.
+ */
+typedef enum { GREYLIST_APPLY_ALL, GREYLIST_APPLY_LISTED } greylist_apply;
 typedef enum { GREYLIST_AWL_BY_ADDRESS, GREYLIST_AWL_BY_NETWORK } greylist_awl_by;
 typedef enum { GREYLIST_NULL_AT_DATA, GREYLIST_NULL_AT_RCPT } greylist_null_at;
 typedef enum { GREYLIST_ON_ERROR_CONTINUE, GREYLIST_ON_ERROR_TEMPFAIL } greylist_on_error;
@@ -41,6 +47,13 @@ typedef struct greylist_conf {
 	int64_t max_triplets;                 /* SQLite: the most triplets kept; 0: no cap */
 	char *reply;                          /* "450 4.2.0 Greylisted, try again in %{remaining} seconds" */
 	bool header;                          /* add header_text to a message that waited */
+	/*
+	 * An SPF-passing sender's domain ("spf:example.org") instead of the
+	 * client's network in the triplet, unless its record authorises the
+	 * probes (core/dnsplan.h): a retry may come from any server the domain
+	 * names (large senders retry from another address).
+	 */
+	bool spf_key;
 	char *header_text;               /* "X-Greylist: delayed %{delay} seconds by spamtrapd; %{date}" */
 	const char *recipient_delimiter; /* not owned: the config's traps.recipient_delimiter */
 	/* Compiled: */

@@ -197,6 +197,9 @@ static void decide_rcpt(const decide_policy *policy, const check_ctx *ctx, const
 	size_t nkeys = decide_record_keys(policy, txn, networks, keys);
 
 	hit_detail(v, s->trap, keys, nkeys);
+	/* Why the sender is not among them: a forged MAIL FROM must not list a real user (docs/spf.md). */
+	if (txn->sender_withheld)
+		check_detail_add(v, " sender=unverified");
 	check_detail_add(v, "%s", counted);
 	record_effect(ctx, policy, s->trap, keys, nkeys, eff);
 	if (!ctx->msg->trap_hit) {

@@ -1,0 +1,351 @@
+/*
+ * dns: libunbound behind a small asynchronous API (dns.h). Offers queries
+ * with callbacks delivered by dns_process(), cancellation, a bound on the
+ * queries in flight, and a blocking wait for threads that may block (the
+ * milter's). Errors: dns_new() writes why into err; a query that cannot
+ * start returns -1 and is the caller's temporary failure.
+ */
+#include "dns/dns.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unbound.h>
+
+#include "core/addr.h"
+#include "log.h"
+
+#define MAX_RECORDS 64       /* records of one answer handed on; more are ignored */
+#define FULL_LOG_INTERVAL 60 /* seconds between lines about max_inflight */
+#define RCODE_NXDOMAIN 3     /* RFC 1035 4.1.1 */
+
+typedef struct qrec {
+	dns_resolver *r;
+	dns_cb cb;
+	void *arg;
+	int async_id;
+	struct qrec *prev, *next; /* the resolver's queries in flight */
+} qrec;
+
+struct dns_resolver {
+	struct ub_ctx *ctx;
+	pthread_mutex_t lock; /* recursive: callbacks run under it and may query */
+	pthread_cond_t delivered;
+	bool polling; /* a dns_wait() thread is polling the fd */
+	unsigned inflight, max_inflight;
+	qrec *head;
+	log_ratelimit full;
+};
+
+const char *dns_status_name(dns_status s)
+{
+	switch (s) {
+	case DNS_OK:
+		return "answer";
+	case DNS_NXDOMAIN:
+		return "NXDOMAIN";
+	case DNS_NODATA:
+		return "no data";
+	case DNS_TEMPFAIL:
+		break;
+	}
+	return "temporary failure";
+}
+
+dns_status dns_status_of(int err, int rcode, bool havedata, bool bogus)
+{
+	if (err != 0 || bogus)
+		return DNS_TEMPFAIL;
+	if (rcode == RCODE_NXDOMAIN)
+		return DNS_NXDOMAIN;
+	if (rcode != 0) /* SERVFAIL, REFUSED, NOTIMP, FORMERR...: the name's state is unknown */
+		return DNS_TEMPFAIL;
+	return havedata ? DNS_OK : DNS_NODATA;
+}
+
+int64_t dns_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- setup ---- */
+
+static bool forwarder_is_loopback(const char *fwd)
+{
+	char host[64];
+	const char *at = strchr(fwd, '@');
+	size_t n = at ? (size_t)(at - fwd) : strlen(fwd);
+	addr_ip ip;
+
+	if (n >= sizeof(host))
+		return false;
+	memcpy(host, fwd, n);
+	host[n] = '\0';
+	if (!addr_ip_parse(host, &ip))
+		return false;
+	if (ip.version == 4)
+		return ip.bytes[0] == 127;
+	return memcmp(ip.bytes, (const uint8_t[16]){[15] = 1}, 16) == 0;
+}
+
+static int set_option(struct ub_ctx *ctx, const char *opt, const char *val, char *err, size_t errlen)
+{
+	int rc = ub_ctx_set_option(ctx, opt, val);
+
+	if (rc != 0)
+		snprintf(err, errlen, "dns: %s %s: %s", opt, val, ub_strerror(rc));
+	return rc == 0 ? 0 : -1;
+}
+
+static int configure(struct ub_ctx *ctx, const dns_settings *s, char *err, size_t errlen)
+{
+	char half[32];
+	bool loopback = false;
+	int rc;
+
+	/* The two caches share cache_mib: libunbound's defaults are 4 MiB each. */
+	snprintf(half, sizeof(half), "%llu", (unsigned long long)s->cache_mib * 1024 * 1024 / 2);
+	if ((rc = ub_ctx_async(ctx, 1)) != 0) {
+		snprintf(err, errlen, "dns: threaded mode: %s", ub_strerror(rc));
+		return -1;
+	}
+	if (set_option(ctx, "msg-cache-size:", half, err, errlen) < 0 ||
+	    set_option(ctx, "rrset-cache-size:", half, err, errlen) < 0)
+		return -1;
+	for (size_t i = 0; i < s->nforwarders; i++) {
+		if ((rc = ub_ctx_set_fwd(ctx, s->forwarders[i])) != 0) {
+			snprintf(err, errlen, "dns: forwarder %s: %s", s->forwarders[i], ub_strerror(rc));
+			return -1;
+		}
+		loopback = loopback || forwarder_is_loopback(s->forwarders[i]);
+	}
+	/* A local forwarder (a caching resolver on the host) is what unbound refuses by default. */
+	return loopback ? set_option(ctx, "do-not-query-localhost:", "no", err, errlen) : 0;
+}
+
+dns_resolver *dns_new(const dns_settings *s, char *err, size_t errlen)
+{
+	dns_resolver *r = calloc(1, sizeof(*r));
+	pthread_mutexattr_t ma;
+	pthread_condattr_t ca;
+
+	if (r == NULL) {
+		snprintf(err, errlen, "dns: out of memory");
+		return NULL;
+	}
+	if ((r->ctx = ub_ctx_create()) == NULL) {
+		snprintf(err, errlen, "dns: cannot create a libunbound context");
+		free(r);
+		return NULL;
+	}
+	if (configure(r->ctx, s, err, errlen) < 0) {
+		ub_ctx_delete(r->ctx);
+		free(r);
+		return NULL;
+	}
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&r->lock, &ma);
+	pthread_mutexattr_destroy(&ma);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->delivered, &ca);
+	pthread_condattr_destroy(&ca);
+	r->max_inflight = s->max_inflight ? s->max_inflight : 1;
+	r->full.interval = FULL_LOG_INTERVAL;
+	return r;
+}
+
+void dns_free(dns_resolver *r)
+{
+	if (r == NULL)
+		return;
+	ub_ctx_delete(r->ctx); /* stops libunbound's thread; no callback runs after this */
+	while (r->head != NULL) {
+		qrec *q = r->head;
+
+		r->head = q->next;
+		free(q);
+	}
+	pthread_cond_destroy(&r->delivered);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+/* ---- queries ---- */
+
+void dns_lock(dns_resolver *r)
+{
+	pthread_mutex_lock(&r->lock);
+}
+
+void dns_unlock(dns_resolver *r)
+{
+	pthread_mutex_unlock(&r->lock);
+}
+
+int dns_fd(const dns_resolver *r)
+{
+	return ub_fd(r->ctx);
+}
+
+unsigned dns_inflight(dns_resolver *r)
+{
+	unsigned n;
+
+	dns_lock(r);
+	n = r->inflight;
+	dns_unlock(r);
+	return n;
+}
+
+static void unlink_rec(dns_resolver *r, qrec *q)
+{
+	if (q->prev)
+		q->prev->next = q->next;
+	else
+		r->head = q->next;
+	if (q->next)
+		q->next->prev = q->prev;
+	r->inflight--;
+}
+
+static void on_result(void *arg, int err, struct ub_result *res)
+{
+	qrec *q = arg;
+	dns_rr rr[MAX_RECORDS];
+	dns_answer ans = {.rcode = res ? res->rcode : -1, .rr = rr};
+
+	unlink_rec(q->r, q);
+	ans.status = dns_status_of(err, res ? res->rcode : 0, res && res->havedata, res && res->bogus);
+	for (size_t i = 0; ans.status == DNS_OK && res->data[i] != NULL && ans.count < MAX_RECORDS; i++) {
+		rr[ans.count].data = (const unsigned char *)res->data[i];
+		rr[ans.count].len = (size_t)res->len[i];
+		ans.count++;
+	}
+	if (ans.status == DNS_OK && ans.count == 0)
+		ans.status = DNS_NODATA;
+	if (err != 0)
+		log_debug("dns: %s", ub_strerror(err));
+	q->cb(q->arg, &ans);
+	if (res)
+		ub_resolve_free(res);
+	free(q);
+}
+
+/* One line a minute while queries are refused for want of room. */
+static void log_full(dns_resolver *r)
+{
+	uint64_t more = 0;
+
+	if (log_ratelimit_pass(&r->full, dns_now_ms() / 1000, &more))
+		log_warning("dns: %u queries in flight (dns.max_inflight): new ones are temporary failures "
+		            "(%llu more since the last line)",
+		            r->max_inflight, (unsigned long long)more);
+}
+
+int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg, uint64_t *id)
+{
+	qrec *q;
+	int rc;
+
+	dns_lock(r);
+	if (r->inflight >= r->max_inflight) {
+		log_full(r);
+		dns_unlock(r);
+		return -1;
+	}
+	if ((q = calloc(1, sizeof(*q))) == NULL) {
+		dns_unlock(r);
+		return -1;
+	}
+	q->r = r;
+	q->cb = cb;
+	q->arg = arg;
+	rc = ub_resolve_async(r->ctx, name, type, 1 /* IN */, q, on_result, &q->async_id);
+	if (rc != 0) {
+		log_debug("dns: %s type %d: %s", name, type, ub_strerror(rc));
+		free(q);
+		dns_unlock(r);
+		return -1;
+	}
+	q->next = r->head;
+	if (r->head)
+		r->head->prev = q;
+	r->head = q;
+	r->inflight++;
+	*id = (uint64_t)(uintptr_t)q;
+	dns_unlock(r);
+	return 0;
+}
+
+void dns_cancel(dns_resolver *r, uint64_t id)
+{
+	qrec *q = (qrec *)(uintptr_t)id;
+
+	dns_lock(r);
+	/* Once ub_cancel returns, the answer is dropped even if it already waits in the pipe. */
+	ub_cancel(r->ctx, q->async_id);
+	unlink_rec(r, q);
+	free(q);
+	dns_unlock(r);
+}
+
+int dns_process(dns_resolver *r)
+{
+	int rc;
+
+	dns_lock(r);
+	rc = ub_process(r->ctx);
+	pthread_cond_broadcast(&r->delivered);
+	dns_unlock(r);
+	if (rc != 0)
+		log_warning("dns: %s", ub_strerror(rc));
+	return rc == 0 ? 0 : -1;
+}
+
+/* ---- waiting (threads that may block) ---- */
+
+static struct timespec abs_ms(int64_t ms)
+{
+	return (struct timespec){.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+}
+
+bool dns_wait(dns_resolver *r, bool (*done)(void *arg), void *arg, int64_t deadline_ms)
+{
+	bool ok;
+
+	dns_lock(r);
+	while (!(ok = done(arg))) {
+		int64_t left = deadline_ms - dns_now_ms();
+
+		if (left <= 0)
+			break;
+		if (r->polling) {
+			struct timespec until = abs_ms(deadline_ms);
+
+			pthread_cond_timedwait(&r->delivered, &r->lock, &until);
+			continue;
+		}
+		r->polling = true;
+		dns_unlock(r);
+		struct pollfd pfd = {.fd = ub_fd(r->ctx), .events = POLLIN};
+
+		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) < 0 && errno != EINTR)
+			log_debug("dns: poll: %s", strerror(errno));
+		dns_lock(r);
+		r->polling = false;
+		if (pfd.revents & POLLIN)
+			ub_process(r->ctx);
+		pthread_cond_broadcast(&r->delivered); /* also: another thread may poll now */
+	}
+	dns_unlock(r);
+	return ok;
+}
