@@ -65,6 +65,7 @@ struct engine {
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
 	log_ratelimit check_errors[CHECK_COUNT]; /* check_verdict.log_limited lines */
+	log_ratelimit capped;                    /* relay adds held back at relay.max_entries */
 	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
 	pthread_mutex_t hooks_lock;
 	hook_runner *hooks;
@@ -122,6 +123,7 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 	for (int i = 0; i < CHECK_COUNT; i++)
 		eng->check_errors[i] =
 		    (log_ratelimit){.interval = CHECK_ERROR_LOG_INTERVAL, .burst = CHECK_ERROR_LOG_BURST};
+	eng->capped = (log_ratelimit){.interval = STORE_ERROR_LOG_INTERVAL};
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
 		eng->health[k].recoveries.interval = STORE_ERROR_LOG_INTERVAL;
@@ -415,6 +417,19 @@ static void note_health(engine *eng, const query *q, size_t nq)
 	}
 }
 
+/* A set's new member the store held back at its cap (relay.max_entries): the table is full of live rows. */
+static void log_capped(engine *eng, const query *q)
+{
+	uint64_t suppressed = 0;
+	char set[128];
+
+	if (!log_ratelimit_pass(&eng->capped, (int64_t)time(NULL), &suppressed))
+		return;
+	log_warning("relay: table full (relay.max_entries), new networks are not counted: set=%s%s",
+	            log_safe_field(q->u.distinct.key, set, sizeof(set)),
+	            suppressed ? " (and more since the last line)" : "");
+}
+
 /* The effects gathered so far in one store_run; then each check with a failed write is told, once. */
 static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *writes, const int *owner, size_t n)
 {
@@ -424,8 +439,12 @@ static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *write
 		return;
 	store_run(snap->ss->st, writes, n, run->ctx.now);
 	note_health(snap->eng, writes, n);
-	for (size_t j = 0; j < n; j++)
+	for (size_t j = 0; j < n; j++) {
 		failed[owner[j]] |= writes[j].status == QUERY_ERROR;
+		if (writes[j].kind == QUERY_DISTINCT_ADD && writes[j].status == QUERY_OK &&
+		    writes[j].u.distinct.capped)
+			log_capped(snap->eng, &writes[j]);
+	}
 	for (int i = 0; i < CHECK_COUNT; i++)
 		if (failed[i])
 			pipeline_store_failed(&snap->cfg->pipeline, run, i);

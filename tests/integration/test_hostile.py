@@ -560,7 +560,7 @@ class TestAccountFlood(HostileCase):
         conns, per_conn = 4, 800
         # Every request reads and writes two tables: SQLite's page cache (8 MiB a connection, four
         # connections) fills, as it would without the caps (35 MiB measured with them off).
-        with self.scenario(rss_growth_mb=64):
+        with self.scenario(rss_growth_mb=64) as mark:
             answers = []
             for k in range(conns):
                 c = self.client("trap")
@@ -573,6 +573,8 @@ class TestAccountFlood(HostileCase):
                 if k == conns // 2:  # a new account in the middle of the flood, tables full
                     self.send_up_to_limit("dave")
             self.assertEqual(answers, ["DUNNO"] * (conns * per_conn))
+            self.d.wait_for_log(r"warning: relay: table full \(relay\.max_entries\), new networks are not "
+                                r"counted: set=relay:sasl:bot", since=mark)
         db = self.d.config["store"]["sqlite"]["path"]
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             members = con.execute("SELECT count(*) FROM distinct_members").fetchone()[0]
