@@ -1646,6 +1646,12 @@ static void rule_finish(loader *ld, const json_t *obj, jpath *p, ratelimit_rule 
 		return;
 	if (!burst_set)
 		r->burst = r->count;
+	/*
+	 * An account's rule caps what a stolen password sends: by message, one
+	 * message to a thousand recipients would count once.
+	 */
+	if (json_object_get(obj, "unit") == NULL && r->key == RATELIMIT_KEY_SASL_USERNAME)
+		r->unit = RATELIMIT_UNIT_RECIPIENT;
 	/* The store's bound: a bucket takes at most a century to empty. */
 	if ((r->burst + 1) > (uint64_t)(RL_BUCKET_MS_MAX / ratelimit_emission_ms(r))) {
 		jpath_push_key(p, "burst", 5);
@@ -2406,6 +2412,15 @@ static void link_spf(loader *ld)
 	}
 }
 
+/* The ratelimit's conf points at traps.recipient_delimiter (cut from sender keys). */
+static void link_ratelimit(loader *ld)
+{
+	ratelimit_conf *rc = ld->box->check_conf[CHECK_ID_RATELIMIT];
+
+	if (rc != NULL)
+		rc->recipient_delimiter = ld->cfg->recipient_delimiter ? ld->cfg->recipient_delimiter : "";
+}
+
 /* dnsbl and greylist settings that do nothing together: a load succeeds, spamtrapd -t says so. */
 static void warn_dnsbl_greylist(loader *ld)
 {
@@ -2449,6 +2464,7 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	link_ratelimit(ld);
 	if (!link_greylist(ld))
 		return;
 	compile_checks(ld);
@@ -2574,6 +2590,14 @@ unsigned policy_role_checks(policy_role role)
 		break;
 	}
 	return CHECKS_EVERY;
+}
+
+dns_settings config_dns_settings(const config *cfg)
+{
+	return (dns_settings){.forwarders = (const char *const *)cfg->dns.forwarders,
+	                      .nforwarders = cfg->dns.nforwarders,
+	                      .max_inflight = cfg->dns.max_inflight,
+	                      .cache_mib = cfg->dns.cache_size};
 }
 
 const char *policy_role_name(policy_role role)

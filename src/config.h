@@ -19,6 +19,7 @@
 #include "core/decide.h"
 #include "core/pipeline.h"
 #include "core/netset.h"
+#include "dns/dns.h"
 #include "log.h"
 #include "store/store.h"
 
@@ -114,6 +115,9 @@ void config_unref(config *cfg); /* accepts NULL; frees at zero */
 
 /* Parse "30", "30s", "15m", "24h", "7d" into seconds; false when invalid. */
 bool config_parse_duration(const char *s, int64_t *seconds);
+
+/* The dns section as the resolver takes it (pointing into cfg). */
+dns_settings config_dns_settings(const config *cfg);
 
 const char *policy_role_name(policy_role role);
 /* The checks a listener of this role runs (config_listener.checks). */

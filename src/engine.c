@@ -430,20 +430,37 @@ static void log_capped(engine *eng, const query *q)
 	            suppressed ? " (and more since the last line)" : "");
 }
 
-/* The effects gathered so far in one store_run; then each check with a failed write is told, once. */
-static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *writes, const int *owner, size_t n)
+/*
+ * Queries to the store, answered in place: its health noted, and a
+ * relay network the store held back at relay.max_entries logged (the
+ * relay check's add, a query of its needs since it counts first).
+ */
+static void ask_store(engine_snapshot *snap, query *q, size_t n, int64_t now)
+{
+	store_run(snap->ss->st, q, n, now);
+	note_health(snap->eng, q, n);
+	for (size_t j = 0; j < n; j++)
+		if (q[j].kind == QUERY_DISTINCT_ADD && q[j].status == QUERY_OK && q[j].u.distinct.capped)
+			log_capped(snap->eng, &q[j]);
+}
+
+/*
+ * The effects gathered so far in one store_run; each answer goes back
+ * into its check's effect slot (a hook gated on one reads it:
+ * check_effects.hook_gate), then each check with a failed write is told,
+ * once.
+ */
+static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *writes, const int *owner,
+                          const size_t *at, size_t n)
 {
 	bool failed[CHECK_COUNT] = {false};
 
 	if (n == 0)
 		return;
-	store_run(snap->ss->st, writes, n, run->ctx.now);
-	note_health(snap->eng, writes, n);
+	ask_store(snap, writes, n, run->ctx.now);
 	for (size_t j = 0; j < n; j++) {
+		run->effects[owner[j]].q[at[j]] = writes[j];
 		failed[owner[j]] |= writes[j].status == QUERY_ERROR;
-		if (writes[j].kind == QUERY_DISTINCT_ADD && writes[j].status == QUERY_OK &&
-		    writes[j].u.distinct.capped)
-			log_capped(snap->eng, &writes[j]);
 	}
 	for (int i = 0; i < CHECK_COUNT; i++)
 		if (failed[i])
@@ -453,30 +470,31 @@ static void flush_effects(engine_snapshot *snap, pipeline_run *run, query *write
 /*
  * Write the effects of the checks that decided; tell the pipeline which
  * ones failed. The writes of several checks go to the store together
- * (a recipient's relay add and ratelimit charge: one round trip to
- * Redis), two checks' worth at a time.
+ * (a recipient's relay trip marker and ratelimit charge: one round trip
+ * to Redis), two checks' worth at a time.
  */
 static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 {
 	const pipeline *p = &snap->cfg->pipeline;
 	query writes[2 * CHECK_MAX_EFFECTS];
 	int owner[2 * CHECK_MAX_EFFECTS];
-	size_t n = 0;
+	size_t at[2 * CHECK_MAX_EFFECTS], n = 0;
 
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		if (!run->decided[i])
 			continue;
 		if (n + CHECK_MAX_EFFECTS > sizeof(writes) / sizeof(writes[0])) {
-			flush_effects(snap, run, writes, owner, n);
+			flush_effects(snap, run, writes, owner, at, n);
 			n = 0;
 		}
 		for (size_t j = 0; j < run->effects[i].nq && j < CHECK_MAX_EFFECTS; j++)
 			if (pipeline_effect_applies(p, run, i, j)) {
 				owner[n] = i;
+				at[n] = j;
 				writes[n++] = run->effects[i].q[j];
 			}
 	}
-	flush_effects(snap, run, writes, owner, n);
+	flush_effects(snap, run, writes, owner, at, n);
 }
 
 static hook_runner *hooks_of(engine *eng)
@@ -501,6 +519,11 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 
 		if (!run->decided[i] || !eff->hook_argv || eff->hook_argv->n == 0 ||
 		    p->checks[i].mode != CHECK_MODE_ENFORCE)
+			continue;
+		/* Gated: only the write that created the record runs it (a failed write: not at all). */
+		if (eff->hook_gate >= 0 &&
+		    ((size_t)eff->hook_gate >= eff->nq || eff->q[eff->hook_gate].kind != QUERY_KV ||
+		     eff->q[eff->hook_gate].status != QUERY_OK || eff->q[eff->hook_gate].u.kv.found))
 			continue;
 		hook_run(hooks_of(snap->eng), eff->hook_argv->v, eff->hook_argv->n, eff->hook_names,
 		         eff->hook_values, eff->hook_timeout_ms);
@@ -611,12 +634,10 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
 	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	if (pipeline_needs(p, run) > 0) {
-		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
-		note_health(snap->eng, run->q, run->nq);
+		ask_store(snap, run->q, run->nq, run->ctx.now);
 	}
 	for (size_t from; pipeline_decide(p, run, &from);) {
-		store_run(snap->ss->st, run->q + from, run->nq - from, run->ctx.now);
-		note_health(snap->eng, run->q + from, run->nq - from);
+		ask_store(snap, run->q + from, run->nq - from, run->ctx.now);
 	}
 	apply_effects(snap, run);
 	run_hooks(snap, run);

@@ -14,7 +14,11 @@
 
 #include "log.h"
 
-extern char **environ;
+/*
+ * A hook's whole environment: nothing of the daemon's (its store
+ * credentials, whatever the service manager set) is passed on.
+ */
+static char *hook_env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
 
 /* How often the runner looks at its children when nothing wakes it: the granularity of a timeout. */
 #define HOOK_POLL_MS 20
@@ -59,35 +63,25 @@ static void job_free(hook_job *j)
 	j->argv = NULL;
 }
 
-/* arg with each %{names[i]} replaced by values[i]; NULL when too long or out of memory. */
+/*
+ * arg, or values[i] when arg is exactly "%{names[i]}": a value is always
+ * an argument of its own, never part of one (a script given to sh -c),
+ * so that no program ever parses it out of a larger text. NULL when too
+ * long or out of memory.
+ */
 static char *expand(const char *arg, const char *const *names, const char *const *values)
 {
-	char buf[HOOK_ARG_MAX];
-	size_t o = 0;
+	const char *out = arg;
 
-	while (*arg) {
-		size_t i = 0, n;
-
-		if (arg[0] == '%' && arg[1] == '{' && names)
-			for (; names[i]; i++)
-				if (strncmp(arg + 2, names[i], strlen(names[i])) == 0 &&
-				    arg[2 + strlen(names[i])] == '}')
-					break;
-		if (arg[0] != '%' || arg[1] != '{' || !names || !names[i]) {
-			if (o + 1 >= sizeof(buf))
-				return NULL;
-			buf[o++] = *arg++;
-			continue;
+	for (size_t i = 0; names && names[i] && arg[0] == '%' && arg[1] == '{'; i++)
+		if (strncmp(arg + 2, names[i], strlen(names[i])) == 0 &&
+		    strcmp(arg + 2 + strlen(names[i]), "}") == 0) {
+			out = values[i] ? values[i] : "";
+			break;
 		}
-		n = strlen(values[i] ? values[i] : "");
-		if (o + n >= sizeof(buf))
-			return NULL;
-		memcpy(buf + o, values[i] ? values[i] : "", n);
-		o += n;
-		arg += strlen(names[i]) + 3;
-	}
-	buf[o] = '\0';
-	return strdup(buf);
+	if (strnlen(out, HOOK_ARG_MAX) >= HOOK_ARG_MAX)
+		return NULL;
+	return strdup(out);
 }
 
 static void log_drop(hook_runner *h, const char *why, const char *name)
@@ -111,8 +105,9 @@ bool hook_run(hook_runner *h, char *const *argv, size_t argc, const char *const 
 		return false;
 	if (!(j.argv = calloc(argc + 1, sizeof(*j.argv))))
 		return false;
+	/* The program is the admin's, as written: never a value. */
 	for (size_t i = 0; i < argc; i++)
-		if (!(j.argv[i] = expand(argv[i], names, values))) {
+		if (!(j.argv[i] = i == 0 ? strdup(argv[0]) : expand(argv[i], names, values))) {
 			pthread_mutex_lock(&h->lock);
 			h->stats.dropped++;
 			log_drop(h, "an argument too long after substitution", argv[0]);
@@ -136,7 +131,10 @@ bool hook_run(hook_runner *h, char *const *argv, size_t argc, const char *const 
 	return queued;
 }
 
-/* posix_spawn with /dev/null on 0, 1 and 2, every other descriptor closed, default signals, its own group. */
+/*
+ * posix_spawn with /dev/null on 0, 1 and 2, every other descriptor
+ * closed, default signals, its own group, and hook_env for environment.
+ */
 static pid_t spawn(char **argv)
 {
 	posix_spawn_file_actions_t fa;
@@ -159,7 +157,7 @@ static pid_t spawn(char **argv)
 	posix_spawnattr_setpgroup(&attr, 0);
 	posix_spawnattr_setflags(&attr,
 	                         POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-	rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
+	rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, hook_env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	if (rc != 0) {

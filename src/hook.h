@@ -3,7 +3,8 @@
  *
  * A hook is an argv, run directly (posix_spawn, no shell: nothing in an
  * argument is ever interpreted), with stdin, stdout and stderr on
- * /dev/null and every other descriptor closed. One thread of the runner's
+ * /dev/null, every other descriptor closed, and an environment of
+ * PATH=/usr/sbin:/usr/bin:/sbin:/bin alone (nothing of the daemon's). One thread of the runner's
  * own spawns, waits and reaps; hook_run only copies the job into a bounded
  * queue and returns, so a worker never waits for a hook. At most
  * max_running hooks run at once; the rest wait in the queue (at most
@@ -32,9 +33,10 @@ hook_runner *hook_runner_new(unsigned max_running, size_t queue_max);
 void hook_runner_free(hook_runner *h);
 
 /*
- * Queue argv[0..argc) with each "%{names[i]}" in each argument replaced by
- * values[i] (names NULL-terminated; NULL: none), to run for at most
- * timeout_ms. Never blocks on a hook. false: dropped (queue full, too many
+ * Queue argv[0..argc), each argument after argv[0] that is exactly
+ * "%{names[i]}" replaced by values[i] (names NULL-terminated; NULL: none;
+ * a placeholder inside a longer argument, or in argv[0], stays as it is),
+ * to run for at most timeout_ms. Never blocks on a hook. false: dropped (queue full, too many
  * or too long arguments, out of memory), and logged.
  */
 bool hook_run(hook_runner *h, char *const *argv, size_t argc, const char *const *names,

@@ -45,6 +45,18 @@ void check_detail_add(check_verdict *v, const char *fmt, ...)
 	va_end(ap);
 }
 
+const char *check_field(const char *value, char *buf, size_t buflen)
+{
+	size_t o = 0;
+
+	if (buflen == 0)
+		return "";
+	for (; *value && o + 1 < buflen; value++)
+		buf[o++] = (*value == ' ' || *value == '\t' || *value == '=') ? '?' : *value;
+	buf[o] = '\0';
+	return buf;
+}
+
 const char *check_mode_name(check_mode m)
 {
 	switch (m) {

@@ -213,6 +213,13 @@ typedef struct check_effects {
 	const char *const *hook_names;
 	const char *hook_values[CHECK_HOOK_VALUES];
 	int64_t hook_timeout_ms; /* then killed */
+	/*
+	 * -1: the hook runs whenever the check enforces. Else the index in q
+	 * of a QUERY_KV_PUT_NEW effect: the hook runs only if that write
+	 * created its record, so that workers or hosts deciding the same thing
+	 * at once run it once (the relay check's trip marker).
+	 */
+	int hook_gate;
 } check_effects;
 
 /*
@@ -317,6 +324,15 @@ void check_verdict_reset(check_verdict *v);
 void check_verdict_set(check_verdict *v, decide_action action, const char *reason, const smtp_reply *reply);
 /* Append to v->detail, within its room. */
 void check_detail_add(check_verdict *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * value copied into buf for a detail's "name=value" field: blanks and '='
+ * become '?' as in the log's own fields (log_safe_field), so that a SASL
+ * name or a sender's quoted local part cannot write fields of its own
+ * after ours (docs/security.md "Log injection"; the log masks control
+ * characters and invalid UTF-8 itself; '<' and '>' stay: a detail field
+ * is not framed by them). Returns buf.
+ */
+const char *check_field(const char *value, char *buf, size_t buflen);
 
 const char *check_mode_name(check_mode m);
 

@@ -107,6 +107,7 @@ bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 		eff->nq = 0;
 		eff->verdict_needs_writes = false;
 		eff->hook_argv = NULL;
+		eff->hook_gate = -1;
 		eff->msg = run->msg; /* the state as the checks before this one left it */
 		check_verdict_reset(v);
 		run->ctx.mode = c->mode;

@@ -112,7 +112,9 @@ typedef struct query {
 			const char *member;
 			int64_t now, window; /* Unix seconds, seconds */
 			uint64_t limit;
-			bool peek;      /* read only: count and present, nothing added or dropped */
+			bool peek; /* read only: count and present, nothing added or dropped */
+			/* The store's clock decides, not now (Redis TIME: hosts with skewed clocks agree). */
+			bool store_clock;
 			uint64_t count; /* on QUERY_OK: live members, counting this one (> limit: refused) */
 			bool present; /* peek, on QUERY_OK: member is live (count is then without it added) */
 			/*

@@ -63,6 +63,8 @@ static const char usage_text[] =
     "  relay show ACCOUNT                   an account's client networks in relay.window,\n"
     "                                       when each was last seen\n"
     "  relay reset ACCOUNT                  forget them (the account counts from zero)\n"
+    "                                       ACCOUNT: NAME or sasl:NAME (a login),\n"
+    "                                       sender:ADDRESS (a sender of relay.sender_domains)\n"
     "\n"
     "  -c FILE          config file (default " CONFIG_DEFAULT_PATH ")\n"
     "  -o KEY=VALUE     override a config key, e.g. -o store.sqlite.path=/tmp/x.db\n"
@@ -1615,28 +1617,101 @@ static int run_rate(ctl *c, const cmdline *cl)
 
 /* --- relay: an account's networks (the relay check, core/checks/relay.h) --- */
 
-/*
- * ACCOUNT as the relay check keys it: "sasl:NAME" or a bare NAME is the
- * SASL login, "user@example.com" a sender of relay.sender_domains.
- */
-static int relay_account(const char *in, char *set, size_t setlen, char *account, size_t acclen)
-{
-	char addr[ADDR_MAX];
+/* The accounts an ACCOUNT argument names (a bare address may be a login and a sender at once). */
+typedef struct relay_accounts {
 	size_t n;
+	char account[2][STORE_KEY_MAX]; /* "sasl:alice", "alice@example.com" */
+	char set[2][STORE_KEY_MAX];
+} relay_accounts;
 
-	if (strncasecmp(in, "sasl:", 5) == 0)
-		n = key_sasl(in + 5, account, acclen);
-	else if (strchr(in, '@'))
-		n = addr_normalise(in, strlen(in), addr, sizeof(addr)) == ADDR_OK
-		        ? key_sender(addr, account, acclen)
-		        : 0;
-	else
-		n = key_sasl(in, account, acclen);
-	if (n == 0)
-		return value_error("relay", "the account makes no key (sasl:NAME, NAME or user@example.com)");
-	if (relay_set_name(account, set, setlen) == 0)
-		return value_error("relay", "the account is too long");
+static int relay_add(relay_accounts *a, size_t keylen)
+{
+	if (keylen == 0)
+		return -1;
+	if (relay_set_name(a->account[a->n], a->set[a->n], sizeof(a->set[0])) == 0)
+		return -1;
+	a->n++;
+	return 0;
+}
+
+/* addr as a sender-keyed account of rc: 1 added, 0 not one (rc does not key its domain), -1 no key. */
+static int relay_sender(const relay_conf *rc, const char *addr, relay_accounts *a)
+{
+	char norm[ADDR_MAX];
+	const char *domain;
+
+	if (addr_normalise(addr, strlen(addr), norm, sizeof(norm)) != ADDR_OK ||
+	    !(domain = addr_domain(norm)))
+		return -1;
+	if (!(rc->key_bits & RELAY_KEY_SENDER) || !strset_contains(rc->domains, domain, strlen(domain)))
+		return 0;
+	return relay_add(a, key_sender(norm, a->account[a->n], sizeof(a->account[0]))) < 0 ? -1 : 1;
+}
+
+/*
+ * ACCOUNT as the relay check keys it: "sasl:NAME" the SASL login,
+ * "sender:ADDRESS" a sender of relay.sender_domains, and a bare NAME the
+ * login; a bare address is the login and, when relay.keys has "sender" and
+ * its domain is one of sender_domains, that sender's account too (logins
+ * are often addresses).
+ */
+static int relay_accounts_of(const relay_conf *rc, const char *in, relay_accounts *a)
+{
+	const char *colon = strchr(in, ':');
+	size_t word = colon ? strspn(in, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") : 0;
+	char msg[512];
+	int r;
+
+	a->n = 0;
+	if (strncasecmp(in, "sasl:", 5) == 0) {
+		if (relay_add(a, key_sasl(in + 5, a->account[0], sizeof(a->account[0]))) < 0)
+			return value_error("relay",
+			                   "sasl:NAME: the name makes no account (empty, too long or "
+			                   "not text)");
+		return EXIT_OK;
+	}
+	if (strncasecmp(in, "sender:", 7) == 0) {
+		if ((r = relay_sender(rc, in + 7, a)) > 0)
+			return EXIT_OK;
+		return value_error("relay", r < 0
+		                                ? "sender:ADDRESS: not an address"
+		                                : "sender:ADDRESS: relay.keys has no \"sender\" or the "
+		                                  "domain is not one of relay.sender_domains: never counted");
+	}
+	if (strncasecmp(in, "relay:", 6) == 0)
+		return value_error("relay", "give the account, not its store set: relay:sasl:alice is "
+		                            "sasl:alice");
+	/* "helo:x", "client:x": a typo or a blocklist key, not a login (which has no such prefix). */
+	if (colon && word > 0 && in + word == colon) {
+		snprintf(msg, sizeof(msg),
+		         "unknown account form '%.*s:' (sasl:NAME, NAME, or sender:ADDRESS for "
+		         "relay.sender_domains)",
+		         (int)(word > 32 ? 32 : word), in);
+		return value_error("relay", msg);
+	}
+	if (relay_add(a, key_sasl(in, a->account[0], sizeof(a->account[0]))) < 0)
+		return value_error("relay", "the account makes no key (sasl:NAME, NAME or sender:ADDRESS)");
+	if (strchr(in, '@') && relay_sender(rc, in, a) < 0)
+		a->n = 1; /* a login that is no address: the login alone */
 	return EXIT_OK;
+}
+
+/* Drop the account's trip markers (core/checks/relay.h), both modes'. */
+static store_status relay_forget_trips(store *st, const char *account)
+{
+	static const char *const ns[] = {RELAY_TRIP_NS, RELAY_TRIP_NS_SHADOW};
+
+	for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
+		query q = {.kind = QUERY_KV};
+
+		q.u.kv.op = QUERY_KV_DELETE;
+		q.u.kv.ns = ns[i];
+		q.u.kv.key = account;
+		q.u.kv.now_ms = (int64_t)time(NULL) * 1000;
+		if (store_kv(st, &q) == STORE_ERROR)
+			return STORE_ERROR;
+	}
+	return STORE_OK;
 }
 
 typedef struct relay_show_ctx {
@@ -1657,34 +1732,56 @@ static int relay_show_one(const char *member, int64_t expires, void *vctx)
 	return 0;
 }
 
-static int run_relay(ctl *c, const cmdline *cl)
+static int relay_reset_one(ctl *c, const char *account, const char *set, bool *found)
 {
-	const relay_conf *rc = c->cfg->pipeline.checks[CHECK_ID_RELAY].conf;
-	char set[STORE_KEY_MAX], account[STORE_KEY_MAX], safe[STORE_KEY_MAX];
-	relay_show_ctx x = {.window = rc->window, .now = (int64_t)time(NULL)};
-	int e = relay_account(cl->grey_args[0], set, sizeof(set), account, sizeof(account));
+	char safe[STORE_KEY_MAX];
 
-	if (e != EXIT_OK)
-		return e;
 	log_safe(account, safe, sizeof(safe));
-	if (strcmp(cl->grey_cmd, "reset") == 0) {
-		switch (store_distinct_clear(c->st, set)) {
-		case STORE_OK:
-			printf("account %s: networks forgotten\n", safe);
-			return EXIT_OK;
-		case STORE_NOTFOUND:
-			fprintf(stderr, "spamtrapctl: relay: account %s has no networks counted\n", safe);
-			return EXIT_NOTFOUND;
-		case STORE_ERROR:
-			break;
-		}
+	/* The next trip blocks and notifies again. */
+	if (relay_forget_trips(c->st, account) != STORE_OK)
 		return fail_store("relay reset");
+	switch (store_distinct_clear(c->st, set)) {
+	case STORE_OK:
+		printf("account %s: networks forgotten\n", safe);
+		*found = true;
+		return EXIT_OK;
+	case STORE_NOTFOUND:
+		fprintf(stderr, "spamtrapctl: relay: account %s has no networks counted\n", safe);
+		return EXIT_OK;
+	case STORE_ERROR:
+		break;
 	}
+	return fail_store("relay reset");
+}
+
+static int relay_show_account(ctl *c, const relay_conf *rc, const char *account, const char *set, bool *found)
+{
+	char safe[STORE_KEY_MAX];
+	relay_show_ctx x = {.window = rc->window, .now = (int64_t)time(NULL)};
+
+	log_safe(account, safe, sizeof(safe));
 	if (store_distinct_list(c->st, set, x.now, relay_show_one, &x) != STORE_OK)
 		return fail_store("relay show");
 	printf("account %s: %zu network(s) in the last %llds (relay.max_networks %lld)\n", safe, x.n,
 	       (long long)rc->window, (long long)rc->max_networks);
-	return x.n ? EXIT_OK : EXIT_NOTFOUND;
+	*found |= x.n > 0;
+	return EXIT_OK;
+}
+
+static int run_relay(ctl *c, const cmdline *cl)
+{
+	const relay_conf *rc = c->cfg->pipeline.checks[CHECK_ID_RELAY].conf;
+	relay_accounts a;
+	bool found = false;
+	int e = relay_accounts_of(rc, cl->grey_args[0], &a);
+
+	for (size_t i = 0; e == EXIT_OK && i < a.n; i++)
+		e = strcmp(cl->grey_cmd, "reset") == 0
+		        ? relay_reset_one(c, a.account[i], a.set[i], &found)
+		        : relay_show_account(c, rc, a.account[i], a.set[i], &found);
+	if (e != EXIT_OK)
+		return e;
+	return found ? EXIT_OK : EXIT_NOTFOUND;
 }
 
 static int run(const cmdline *cl)

@@ -77,6 +77,14 @@ int64_t dns_now_ms(void)
 
 /* ---- setup ---- */
 
+void dns_settings_key(const dns_settings *s, char *buf, size_t len)
+{
+	int o = snprintf(buf, len, "%u|%u|", s->max_inflight, s->cache_mib);
+
+	for (size_t i = 0; i < s->nforwarders && o > 0 && (size_t)o < len; i++)
+		o += snprintf(buf + o, len - (size_t)o, "%s,", s->forwarders[i]);
+}
+
 static bool forwarder_is_loopback(const char *fwd)
 {
 	char host[64];
@@ -104,6 +112,28 @@ static int set_option(struct ub_ctx *ctx, const char *opt, const char *val, char
 	return rc == 0 ? 0 : -1;
 }
 
+/*
+ * Forwarding: the forwarders answer the reverse zones of private and
+ * documentation networks too, instead of libunbound's built-in empty
+ * zones (RFC 6303): the forwarder is the site's own resolver, with its
+ * own policy for them (it may serve its internal hosts' names). Without
+ * forwarders those queries never leave the host, as with any unbound.
+ */
+static int forward_private_zones(struct ub_ctx *ctx, char *err, size_t errlen)
+{
+	static const char *const zones[] = {
+	    "2.0.192.in-addr.arpa. nodefault", "100.51.198.in-addr.arpa. nodefault",
+	    "113.0.203.in-addr.arpa. nodefault", "8.b.d.0.1.0.0.2.ip6.arpa. nodefault"};
+
+	if (set_option(ctx, "unblock-lan-zones:", "yes", err, errlen) < 0 ||
+	    set_option(ctx, "insecure-lan-zones:", "yes", err, errlen) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(zones) / sizeof(zones[0]); i++)
+		if (set_option(ctx, "local-zone:", zones[i], err, errlen) < 0)
+			return -1;
+	return 0;
+}
+
 static int configure(struct ub_ctx *ctx, const dns_settings *s, char *err, size_t errlen)
 {
 	char half[32];
@@ -126,6 +156,8 @@ static int configure(struct ub_ctx *ctx, const dns_settings *s, char *err, size_
 		}
 		loopback = loopback || forwarder_is_loopback(s->forwarders[i]);
 	}
+	if (s->nforwarders > 0 && forward_private_zones(ctx, err, errlen) < 0)
+		return -1;
 	/* A local forwarder (a caching resolver on the host) is what unbound refuses by default. */
 	return loopback ? set_option(ctx, "do-not-query-localhost:", "no", err, errlen) : 0;
 }
@@ -251,10 +283,38 @@ static void log_full(dns_resolver *r)
 		            r->max_inflight, (unsigned long long)more);
 }
 
+/*
+ * The name in the presentation form libunbound parses (RFC 1035 5.1): a
+ * byte other than a letter, digit, '-', '_' or the dots between labels is
+ * written \DDD. SPF builds names from what the client sent (macros of
+ * the local part, the HELO name): a space or a '"' is a byte of a label,
+ * never syntax. false when it does not fit.
+ */
+static bool name_escape(const char *in, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+		bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		             (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.';
+		int n = plain ? snprintf(out + o, outlen - o, "%c", *p)
+		              : snprintf(out + o, outlen - o, "\\%03u", *p);
+
+		if (n < 0 || (size_t)n >= outlen - o)
+			return false;
+		o += (size_t)n;
+	}
+	return true;
+}
+
 int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg, uint64_t *id)
 {
+	char wire_name[4 * 256];
 	qrec *q;
 	int rc;
+
+	if (!name_escape(name, wire_name, sizeof(wire_name)))
+		return -1;
 
 	dns_lock(r);
 	if (r->inflight >= r->max_inflight) {
@@ -269,7 +329,7 @@ int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg,
 	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
-	rc = ub_resolve_async(r->ctx, name, type, 1 /* IN */, q, on_result, &q->async_id);
+	rc = ub_resolve_async(r->ctx, wire_name, type, 1 /* IN */, q, on_result, &q->async_id);
 	if (rc != 0) {
 		log_debug("dns: %s type %d: %s", name, type, ub_strerror(rc));
 		free(q);

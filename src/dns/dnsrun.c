@@ -375,10 +375,32 @@ static void cancel_all(dnsrun *run)
 	run->pending = 0;
 }
 
+/*
+ * At the deadline, an evaluation that has its result and only looks up a
+ * fail's exp= keeps the result (RFC 7208 6.2: an explanation that cannot
+ * be had is dropped), rather than turning into a timeout.
+ */
+static void keep_decided(dnsrun *run)
+{
+	for (int i = 0; i < SPF_EVALS; i++) {
+		struct spf_outcome out;
+		dnsplan_spf *s = run->spf[i].s;
+
+		if (run->spf[i].ev == NULL || s->done || !spf_decided(run->spf[i].ev, &out))
+			continue;
+		s->result = out.result;
+		s->explanation[0] = '\0';
+		snprintf(s->reason, sizeof(s->reason), "%s (its exp= explanation not found in time)",
+		         out.reason ? out.reason : "");
+		s->done = true;
+	}
+}
+
 void dnsrun_expire(dnsrun *run)
 {
 	dns_lock(run->r);
 	if (!atomic_load(&run->finished)) {
+		keep_decided(run);
 		cancel_all(run);
 		dnsplan_expire(run->plan);
 		atomic_store(&run->finished, true);

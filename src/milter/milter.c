@@ -123,7 +123,10 @@ static struct {
 	log_ratelimit not_mta; /* connections that never negotiated: a line each, unless a flood */
 	/* The resolver of the DNS checks, made at the first stage that needs it (milter_dns). */
 	dns_resolver *dns;
-	unsigned dns_users;     /* threads waiting on it: it is remade only when none does */
+	unsigned dns_users; /* threads waiting on it */
+	/* The one a reload replaced, kept until the threads waiting on it are done. */
+	dns_resolver *dns_old;
+	unsigned dns_old_users;
 	char dns_settings[512]; /* the dns section it was made with */
 	char hostname[256];     /* SPF's %{r} */
 	log_ratelimit dns_errors, dns_late;
@@ -273,26 +276,30 @@ static bool msg_add_trap(milter_msg *m, const char *rcpt)
 /*
  * The milter's resolver, one for all its connections, made at the first
  * stage whose checks want DNS; NULL (logged, rate limited) when it cannot
- * be made. A reload that changed the dns section remakes it once no thread
- * waits on the old one. Each call is paired with milter_dns_release.
+ * be made. A reload that changed the dns section makes a new one at once;
+ * threads waiting on the old one finish with it, and it goes with the last
+ * (after two reloads in a row, the second waits for that). Each call is
+ * paired with milter_dns_release.
  */
 static dns_resolver *milter_dns_acquire(const config *cfg)
 {
-	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
-	                   .nforwarders = cfg->dns.nforwarders,
-	                   .max_inflight = cfg->dns.max_inflight,
-	                   .cache_mib = cfg->dns.cache_size};
+	dns_settings ds = config_dns_settings(cfg);
 	char sig[sizeof(filter.dns_settings)], err[256] = "";
-	int o = snprintf(sig, sizeof(sig), "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
 	uint64_t more = 0;
 	dns_resolver *r;
 
-	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < sizeof(sig); i++)
-		o += snprintf(sig + o, sizeof(sig) - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+	dns_settings_key(&ds, sig, sizeof(sig));
 	pthread_mutex_lock(&filter.lock);
-	if (filter.dns != NULL && filter.dns_users == 0 && strcmp(sig, filter.dns_settings) != 0) {
-		dns_free(filter.dns);
-		filter.dns = NULL;
+	if (filter.dns != NULL && strcmp(sig, filter.dns_settings) != 0) {
+		if (filter.dns_users == 0) {
+			dns_free(filter.dns);
+			filter.dns = NULL;
+		} else if (filter.dns_old == NULL) {
+			filter.dns_old = filter.dns;
+			filter.dns_old_users = filter.dns_users;
+			filter.dns = NULL;
+			filter.dns_users = 0;
+		}
 	}
 	if (filter.dns == NULL && (filter.dns = dns_new(&ds, err, sizeof(err))) != NULL)
 		snprintf(filter.dns_settings, sizeof(filter.dns_settings), "%s", sig);
@@ -306,10 +313,15 @@ static dns_resolver *milter_dns_acquire(const config *cfg)
 	return r;
 }
 
-static void milter_dns_release(void)
+static void milter_dns_release(dns_resolver *r)
 {
 	pthread_mutex_lock(&filter.lock);
-	filter.dns_users--;
+	if (r != filter.dns_old) {
+		filter.dns_users--;
+	} else if (--filter.dns_old_users == 0) {
+		dns_free(filter.dns_old); /* its last user: nobody waits on it */
+		filter.dns_old = NULL;
+	}
 	pthread_mutex_unlock(&filter.lock);
 }
 
@@ -342,7 +354,7 @@ static void milter_resolve(const engine_msg *em, dnsplan *plan)
 		dnsrun_wait(run, start + limit);
 		dnsrun_free(run);
 	}
-	milter_dns_release();
+	milter_dns_release(r);
 	if (dns_now_ms() - start >= limit && log_ratelimit_pass(&filter.dns_late, start / 1000, &more))
 		log_warning(
 		    "milter: DNS answers still missing at the deadline (%lld ms, dns.timeout or a check's "
@@ -913,5 +925,12 @@ bool milter_stop(void)
 	unsigned open = milter_filter_connections();
 	if (open)
 		log_info("milter: stopped with %u connection(s) open; libmilter dropped them", open);
+	/* The resolver, unless a dropped session's thread still waits on it (then the process exit does). */
+	pthread_mutex_lock(&filter.lock);
+	if (filter.dns_users == 0) {
+		dns_free(filter.dns);
+		filter.dns = NULL;
+	}
+	pthread_mutex_unlock(&filter.lock);
 	return left == 0;
 }

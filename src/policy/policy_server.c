@@ -109,7 +109,7 @@
 #define FD_RESERVE_MIN 64
 
 /* What an epoll event points to; the first member of each source. */
-typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER, SRC_DNS } src_kind;
+typedef enum { SRC_LISTENER, SRC_CONN, SRC_WAKE, SRC_TIMER, SRC_DNS, SRC_DNS_OLD } src_kind;
 
 typedef struct listener {
 	src_kind kind;
@@ -134,7 +134,8 @@ typedef struct conn conn;
 typedef struct parked {
 	conn *c;
 	struct parked *prev, *next;
-	engine_msg m; /* points into itself: never copied, hence a worker's spare, used in place */
+	engine_msg m;    /* points into itself: never copied, hence a worker's spare, used in place */
+	dns_resolver *r; /* the resolver its run is on */
 	check_stage stage;
 	decide_facts f;
 	const char *instance;
@@ -180,8 +181,11 @@ struct worker {
 	int64_t drain_deadline;
 	/* DNS: the worker's own resolver, made at the first request that needs it (dns/dns.h). */
 	dns_resolver *dns;
-	src_kind dns_tag;
+	src_kind dns_tag, dns_old_tag;
 	char dns_settings[512]; /* the dns section it was made with: remade after a reload changes it */
+	/* The resolver a reload replaced, kept until the requests waiting on it are answered. */
+	dns_resolver *dns_old;
+	size_t nparked_old;
 	parked *parked_head, *parked_tail;
 	size_t nparked;
 	parked *spare; /* for the next request: allocated only when the last one parked */
@@ -695,7 +699,14 @@ static void conn_close(conn *c)
 	list_unlink(w, c);
 	w->nconn--;
 	atomic_fetch_sub(&w->srv->nconn, 1);
-	close(c->fd); /* also removes it from the epoll set */
+	/*
+	 * Out of the epoll set before the close: close() removes it only with
+	 * the last descriptor of the socket, and a hook (src/hook.c) spawned
+	 * at this moment holds a copy until its exec; an event for the freed
+	 * connection would follow.
+	 */
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
 	policy_parser_free(c->parser);
 	free(c);
 }
@@ -762,50 +773,65 @@ static void conn_reply(conn *c, const check_verdict *v, const request_ctx *rc, c
 
 /* ---- requests waiting for DNS ---- */
 
-/* The dns section as text: a resolver made with other settings is remade. */
-static void dns_signature(const config *cfg, char *buf, size_t len)
+static void worker_dns_close(worker *w, dns_resolver **r)
 {
-	int o = snprintf(buf, len, "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
-
-	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < len; i++)
-		o += snprintf(buf + o, len - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+	if (*r == NULL)
+		return;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, dns_fd(*r), NULL);
+	dns_free(*r);
+	*r = NULL;
 }
 
-static void worker_dns_close(worker *w)
+/* A reload changed the dns section while requests wait on the resolver: they keep it, new ones get a new one.
+ */
+static void worker_dns_retire(worker *w)
 {
-	if (w->dns == NULL)
-		return;
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, dns_fd(w->dns), NULL);
-	dns_free(w->dns);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->dns_old_tag};
+
+	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, dns_fd(w->dns), &ev) < 0)
+		return; /* keep using it: the reload applies once nothing waits */
+	w->dns_old = w->dns;
+	w->nparked_old = w->nparked;
 	w->dns = NULL;
+}
+
+/* p's run is over (answered, expired or cancelled): a retired resolver goes with its last request. */
+static void parked_run_done(worker *w, parked *p)
+{
+	dnsrun_free(p->run);
+	p->run = NULL;
+	if (w->dns_old != NULL && p->r == w->dns_old && --w->nparked_old == 0)
+		worker_dns_close(w, &w->dns_old);
 }
 
 /*
  * The worker's resolver, made at the first request that needs DNS (so a
  * daemon whose DNS checks are off sends no query and starts no thread),
  * its descriptor in the worker's epoll set. A reload that changed the dns
- * section remakes it once no request of the worker waits on the old one.
+ * section makes a new one; the old one stays for the requests waiting on
+ * it (after two reloads in a row, the second waits until those are done).
  */
 static dns_resolver *worker_dns(worker *w, const config *cfg)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->dns_tag};
-	dns_settings ds = {.forwarders = (const char *const *)cfg->dns.forwarders,
-	                   .nforwarders = cfg->dns.nforwarders,
-	                   .max_inflight = cfg->dns.max_inflight,
-	                   .cache_mib = cfg->dns.cache_size};
+	dns_settings ds = config_dns_settings(cfg);
 	char sig[sizeof(w->dns_settings)], err[256];
 	uint64_t more = 0;
 
-	dns_signature(cfg, sig, sizeof(sig));
-	if (w->dns != NULL && w->nparked == 0 && strcmp(sig, w->dns_settings) != 0)
-		worker_dns_close(w);
+	dns_settings_key(&ds, sig, sizeof(sig));
+	if (w->dns != NULL && strcmp(sig, w->dns_settings) != 0) {
+		if (w->nparked == 0)
+			worker_dns_close(w, &w->dns);
+		else if (w->dns_old == NULL)
+			worker_dns_retire(w);
+	}
 	if (w->dns != NULL)
 		return w->dns;
 	if ((w->dns = dns_new(&ds, err, sizeof(err))) == NULL ||
 	    epoll_ctl(w->epfd, EPOLL_CTL_ADD, dns_fd(w->dns), &ev) < 0) {
 		if (w->dns != NULL)
 			snprintf(err, sizeof(err), "dns: epoll: %s", strerror(errno));
-		worker_dns_close(w);
+		worker_dns_close(w, &w->dns);
 		if (log_ratelimit_pass(&w->srv->dns_errors, w->now, &more))
 			log_error(
 			    "policy worker %u: no resolver (%s): DNS answers count as failures (%llu more "
@@ -850,7 +876,7 @@ static void parked_recycle(worker *w, parked *p)
 static void parked_drop(worker *w, parked *p)
 {
 	parked_unlink(w, p);
-	dnsrun_free(p->run); /* cancels the queries in flight */
+	parked_run_done(w, p); /* cancels the queries in flight */
 	engine_msg_end(&p->m);
 	p->c->wait = NULL;
 	parked_recycle(w, p);
@@ -876,6 +902,7 @@ static bool conn_park(conn *c, parked *p, const config *cfg)
 		return false;
 	}
 	p->c = c;
+	p->r = r;
 	p->started_ms = w->now_ms;
 	p->deadline_ms =
 	    w->now_ms + (p->plan.timeout_ms > 0 && p->plan.timeout_ms < limit ? p->plan.timeout_ms : limit);
@@ -937,8 +964,7 @@ static void conn_resume(conn *c)
 	int n;
 
 	parked_unlink(w, p);
-	dnsrun_free(p->run);
-	p->run = NULL;
+	parked_run_done(w, p);
 	c->wait = NULL;
 	v = policy_finish(p, c->lst);
 	parked_recycle(w, p);
@@ -1454,9 +1480,11 @@ static void worker_sweep(worker *w)
 
 	atomic_store(&w->srv->conn_limit, conn_limit(w->srv, cfg)); /* a reload may have lowered it */
 	engine_release(snap);
-	while (w->head != NULL && w->now_ms - w->head->last_active >= timeout * 1000) {
-		conn *c = w->head;
-
+	for (conn *c = w->head, *next; c != NULL && w->now_ms - c->last_active >= timeout * 1000; c = next) {
+		next = c->next;
+		if (c->wait != NULL)
+			continue; /* waiting for DNS, which its own deadline bounds: the client did its part
+			           */
 		log_expired(w, c);
 		conn_close(c);
 	}
@@ -1508,7 +1536,7 @@ static void worker_wake(worker *w)
 
 /* What a batch of events asks for besides connection events, done after them. */
 typedef struct batch_todo {
-	bool wake, tick, dns;
+	bool wake, tick, dns, dns_old;
 	listener *ready[MAX_EVENTS]; /* listeners with connections to accept */
 	int nready;
 } batch_todo;
@@ -1533,6 +1561,9 @@ static void worker_dispatch(const struct epoll_event *ev, batch_todo *todo)
 	case SRC_DNS:
 		todo->dns = true;
 		break;
+	case SRC_DNS_OLD:
+		todo->dns_old = true;
+		break;
 	}
 }
 
@@ -1545,6 +1576,8 @@ static void worker_after_batch(worker *w, const batch_todo *todo)
 {
 	if (todo->dns && w->dns != NULL)
 		dns_process(w->dns); /* marks the parked requests answered */
+	if (todo->dns_old && w->dns_old != NULL)
+		dns_process(w->dns_old);
 	if (w->parked_head != NULL)
 		worker_resume(w);
 	for (int i = 0; i < todo->nready && w->accepting; i++)
@@ -1570,7 +1603,7 @@ static void *worker_main(void *arg)
 		}
 		worker_clock(w);
 		w->batch++;
-		todo.wake = todo.tick = todo.dns = false;
+		todo.wake = todo.tick = todo.dns = todo.dns_old = false;
 		todo.nready = 0;
 		for (int i = 0; i < n; i++)
 			worker_dispatch(&ev[i], &todo);
@@ -1585,7 +1618,8 @@ static void *worker_main(void *arg)
 		conn_close(w->head);
 	free(w->spare);
 	w->spare = NULL;
-	worker_dns_close(w);
+	worker_dns_close(w, &w->dns);
+	worker_dns_close(w, &w->dns_old);
 	return NULL;
 }
 
@@ -1600,6 +1634,7 @@ static int worker_setup(worker *w, policy_server *srv, unsigned id, char *err, s
 	w->wake_tag = SRC_WAKE;
 	w->timer_tag = SRC_TIMER;
 	w->dns_tag = SRC_DNS;
+	w->dns_old_tag = SRC_DNS_OLD;
 	worker_clock(w);
 	atomic_init(&w->oldest, INT64_MAX);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);

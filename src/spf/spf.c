@@ -114,6 +114,7 @@ struct spf_eval {
 	char *exp_text;
 	char explanation[SPF_MAX_EXPLANATION + 1];
 	bool have_explanation;
+	bool explaining; /* the result is a fail; only exp= is being looked up (spf_decided) */
 	char reason[256];
 };
 
@@ -779,6 +780,7 @@ static void frame_result(spf_eval *ev, enum spf_result r, const char *fmt, ...)
 		finish(ev, r, "%s", why);
 		if (r == SPF_FAIL && ev->depth == 1 && top(ev)->rec.exp) {
 			ev->finished = false;
+			ev->explaining = true;
 			ev->state = ST_EXPLAIN;
 		}
 		return;
@@ -937,6 +939,14 @@ void spf_free(spf_eval *ev)
 	digest_clear(&ev->dg);
 	free(ev->exp_text);
 	free(ev);
+}
+
+int spf_decided(const spf_eval *ev, struct spf_outcome *out)
+{
+	if (!ev->explaining || ev->finished)
+		return 0;
+	*out = (struct spf_outcome){.result = ev->result, .reason = ev->reason, .domain = ev->first_domain};
+	return 1;
 }
 
 unsigned spf_dns_lookups(const spf_eval *ev)

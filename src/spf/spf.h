@@ -108,6 +108,15 @@ spf_eval *spf_new(const struct spf_request *req, const struct spf_resolver *res,
 void spf_start(spf_eval *ev);
 void spf_free(spf_eval *ev); /* accepts NULL; cancels a query in flight */
 
+/*
+ * Before completion: whether the result is already decided and only a
+ * fail's exp= explanation is being looked up. Then 1 with *out set (no
+ * explanation; reason and domain valid until spf_free): a caller whose
+ * deadline passed uses it, as RFC 7208 6.2 drops an explanation that
+ * cannot be had. Else 0.
+ */
+int spf_decided(const spf_eval *ev, struct spf_outcome *out);
+
 /* Statistics for tests and metrics. */
 unsigned spf_dns_lookups(const spf_eval *ev); /* mechanisms/modifiers counted */
 unsigned spf_queries(const spf_eval *ev);     /* queries submitted in all */

@@ -586,12 +586,14 @@ static void run_one(store *st, query *q, int64_t now)
 	case QUERY_DISTINCT_ADD:
 		if (q->u.distinct.peek) {
 			q->status = query_status_of(store_distinct_peek(
-			    st, q->u.distinct.key, q->u.distinct.member, q->u.distinct.now,
+			    st, q->u.distinct.key, q->u.distinct.member,
+			    q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now,
 			    &q->u.distinct.count, &q->u.distinct.present));
 			return;
 		}
 		q->status = query_status_of(store_distinct_add_capped(
-		    st, q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, q->u.distinct.window,
+		    st, q->u.distinct.key, q->u.distinct.member,
+		    q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now, q->u.distinct.window,
 		    q->u.distinct.limit, q->u.distinct.max_rows, &q->u.distinct.count,
 		    &q->u.distinct.capped));
 		return;

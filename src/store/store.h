@@ -159,6 +159,13 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count);
 /*
+ * now for store_distinct_add and store_distinct_peek: the store's own
+ * clock. Redis's TIME, so that hosts whose clocks disagree still count one
+ * window on a shared set (the relay check); SQLite, local to one host,
+ * takes the host's time.
+ */
+#define STORE_NOW_SERVER 0
+/*
  * SQLite does not rewrite a member whose expiry is already within this
  * many seconds of now + window (a 64th of the window, so a minute of an
  * hour): it may expire that much early, and a network an account keeps

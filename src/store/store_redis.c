@@ -213,7 +213,9 @@ static const char netlens_done_lua[] =
 /*
  * store_distinct_add: one sorted set per set at PREFIX "ds:" SET, each
  * member scored with its expiry. KEYS: the set. ARGV: now, expires,
- * member, limit (0: none), window in ms. Drops the members expired at
+ * member, limit (0: none), window in ms. now 0 (STORE_NOW_SERVER): the
+ * server's clock (TIME, in seconds) and expires now + window, so that
+ * hosts with skewed clocks count one window. Drops the members expired at
  * now, adds or refreshes member (never shortening it) unless it is new and
  * the set full, and keeps the key for a window after its last addition,
  * so that Redis deletes an idle set by itself. Returns the live members
@@ -221,21 +223,25 @@ static const char netlens_done_lua[] =
  * reads: returns {members live at now, whether member is one (0 or 1)}.
  */
 static const char distinct_lua[] =
-    "local now = tonumber(ARGV[1])\n"
-    "if ARGV[6] == 'peek' then\n"
-    "  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
-    "  local live = score and tonumber(score) > now\n"
-    "  return {redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf'), live and 1 or 0}\n"
+    "local nowtext, score = ARGV[1], ARGV[2]\n"
+    "if ARGV[1] == '0' then\n"
+    "  nowtext = redis.call('TIME')[1]\n"
+    "  score = string.format('%d', tonumber(nowtext) + math.floor(tonumber(ARGV[5]) / 1000))\n"
     "end\n"
-    "local exp = tonumber(ARGV[2])\n"
+    "local now, exp = tonumber(nowtext), tonumber(score)\n"
+    "if ARGV[6] == 'peek' then\n"
+    "  local s = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
+    "  local live = s and tonumber(s) > now\n"
+    "  return {redis.call('ZCOUNT', KEYS[1], '(' .. nowtext, '+inf'), live and 1 or 0}\n"
+    "end\n"
     "local limit = tonumber(ARGV[4])\n"
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', nowtext)\n"
     "local n = redis.call('ZCARD', KEYS[1])\n"
     "local old = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
     "if old then\n"
-    "  if tonumber(old) < exp then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3]) end\n"
+    "  if tonumber(old) < exp then redis.call('ZADD', KEYS[1], score, ARGV[3]) end\n"
     "elseif limit == 0 or n < limit then\n"
-    "  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])\n"
+    "  redis.call('ZADD', KEYS[1], score, ARGV[3])\n"
     "  n = n + 1\n"
     "else\n"
     "  return n + 1\n"
@@ -1549,13 +1555,16 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 static void distinct_call(const store_backend_impl *s, const query *q, script_call *c)
 {
 	int64_t window = q->u.distinct.window;
+	/* store_clock: now 0 has the script take Redis TIME (and the expiry from it), as op_distinct's
+	 * callers. */
+	int64_t now = q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now;
 	int keylen = snprintf(c->key, sizeof(c->key), "%sds:%s",
 	                      s->cfg.redis_prefix ? s->cfg.redis_prefix : "", q->u.distinct.key);
 
 	c->script = SCRIPT_DISTINCT;
 	c->argc = 10;
-	snprintf(c->nums[0], 24, "%lld", (long long)q->u.distinct.now);
-	snprintf(c->nums[1], 24, "%lld", (long long)(q->u.distinct.now + window));
+	snprintf(c->nums[0], 24, "%lld", (long long)now);
+	snprintf(c->nums[1], 24, "%lld", (long long)(now + window));
 	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.distinct.limit);
 	snprintf(c->nums[3], 24, "%lld",
 	         (long long)(window < DISTINCT_KEY_MAX_S ? window : DISTINCT_KEY_MAX_S) * 1000);

@@ -1597,6 +1597,8 @@ static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, 
 	distinct_args a = {s, set, member, now, window, limit, max_rows, count, capped};
 	store_status rc;
 
+	if (now == STORE_NOW_SERVER)
+		a.now = now = (int64_t)time(NULL);
 	*capped = false;
 	if (distinct_fresh(s, set, member, now, window, count))
 		return STORE_OK;
@@ -1616,6 +1618,8 @@ static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set,
 
 	if (!c)
 		return STORE_ERROR;
+	if (now == STORE_NOW_SERVER)
+		now = (int64_t)time(NULL);
 	stmt = c->stmt[ST_DS_PEEK];
 	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
 	sqlite3_bind_text(stmt, 2, member, -1, SQLITE_STATIC);

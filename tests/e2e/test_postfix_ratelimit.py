@@ -11,9 +11,9 @@ so a test poses as an account without a SASL server.
   smtpd_recipient_restrictions (before permit_mynetworks: the tests connect
   from 127.0.0.1 and pose as other clients with XCLIENT).
 
-What is asserted is what spamtrapd.json(5) RATELIMIT documents: an
-account's messages are counted once each however many recipients they
-have, the message after the limit is deferred with the rule's text and
+What is asserted is what spamtrapd.json(5) RATELIMIT documents: with
+"unit": "message", an account's messages are counted once each however
+many recipients they have, the message after the limit is deferred with the rule's text and
 not delivered, another account is unaffected, a per-recipient rule
 refuses only the recipient over its limit and the others of the message
 are delivered. Rates are per hour: nothing refills during a test, no
@@ -37,7 +37,7 @@ DEFER_TEXT = "Rate limit exceeded, try again later"
 CONFIG = {
     "traps": {"addresses": [TRAP]},
     "ratelimit": {"mode": "enforce", "rules": [
-        {"name": "account", "key": "sasl_username", "rate": "2/1h"},
+        {"name": "account", "key": "sasl_username", "rate": "2/1h", "unit": "message"},
         {"name": "rcpt", "key": "recipient", "rate": "1/1h", "unit": "recipient", "action": "reject",
          "reply": "550 5.7.1 Too much mail for this mailbox"},
     ]},

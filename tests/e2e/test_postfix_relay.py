@@ -10,7 +10,8 @@ sasl_username.
                                    permit_mynetworks, reject_unauth_destination
 
 One Postfix and one spamtrapd (SQLite) for the class; every test uses its
-own account. Tests run in name order: the last one turns block_account on
+own account. PostfixSubmissionWiringTest checks the submission wiring
+docs/relay.md gives (its own Postfix and spamtrapd). Tests run in name order: the last one turns block_account on
 by SIGHUP. Run alone: see docs/testing.md. Needs root (exit 77 otherwise).
 """
 
@@ -107,6 +108,51 @@ class PostfixRelayTest(PostfixCase):
             self.assertTrue(r.rcpt[dave].text.endswith(BLOCK_TEXT), r)
         self.assertTrue(self.send_as("grace", net(41), dave).accepted)
         self.assertIn("reason:     relay", self.daemon.ctl("lookup", "sasl:frank").stdout)
+
+
+class PostfixSubmissionWiringTest(PostfixCase):
+    """The submission wiring docs/relay.md gives: relay control in
+    smtpd_relay_restrictions (permit_sasl_authenticated, reject), spamtrapd
+    first in smtpd_recipient_restrictions, before permit_sasl_authenticated.
+    A "wrong" service puts permit_sasl_authenticated first, as many examples
+    do: there the account is never asked about."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = sh.Spamtrapd(sh.merge(DAEMON_CONFIG, {"relay": {"max_networks": 1}}))
+        trap = "check_policy_service inet:127.0.0.1:%d" % cls.daemon.policy_port("trap")
+        submission = {"smtpd_sasl_auth_enable": "yes",
+                      "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+                      "smtpd_recipient_restrictions": trap + ", permit_sasl_authenticated, reject"}
+        wrong = dict(submission, smtpd_recipient_restrictions="permit_sasl_authenticated, " + trap + ", reject")
+        cls.pf = ph.PostfixInstance(mailboxes=list(USERS.values()) + ["trap@%s" % SINK],
+                                    services={"submission": submission, "wrong": wrong})
+        try:
+            cls.daemon.start()
+            cls.pf.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    def send(self, service, account, client, rcpt):
+        xclient = {"LOGIN": account} if account else None
+        return self.pf.smtp("%s@example.com" % (account or "stranger"), [rcpt], client=client, xclient=xclient,
+                            service=service)
+
+    @dump_logs_on_failure
+    def test_relay_control_first_then_spamtrapd_before_permit_sasl_authenticated(self):
+        bob = USERS["bob"]
+        self.assertTrue(self.send("submission", "henry", net(1), bob).accepted)
+        # the relay restrictions' permit did not skip the recipient restrictions: spamtrapd was asked
+        r = self.send("submission", "henry", net(2), bob)
+        self.assertEqual(r.rcpt[bob].code, 451, r)
+        self.assertTrue(r.rcpt[bob].text.endswith(DEFER_TEXT), r)
+        # an unauthenticated client is refused by the relay control, before spamtrapd
+        r = self.send("submission", None, net(3), bob)
+        self.assertEqual(r.rcpt[bob].code, 554, r)
+        self.assertIn("denied", r.rcpt[bob].text)
+        # permit_sasl_authenticated first: the account's third network passes unasked
+        self.assertTrue(self.send("wrong", "henry", net(4), bob).accepted)
 
 
 if __name__ == "__main__":

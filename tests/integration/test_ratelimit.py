@@ -19,13 +19,13 @@ RULES = {
     "traps": {"addresses": [TRAP]},
     "ratelimit": {"mode": "enforce", "rules": [
         # per SASL account, per message
-        {"name": "account", "key": "sasl_username", "rate": "3/1h"},
+        {"name": "account", "key": "sasl_username", "rate": "3/1h", "unit": "message"},
         # per client network, each accepted recipient; rejected with its own text
         {"name": "client", "key": "client_address", "rate": "3/1h", "unit": "recipient",
          "ipv4_prefix": 24, "action": "reject", "reply": "550 5.7.1 Too much mail from your network"},
         # per recipient
         {"name": "rcpt", "key": "recipient", "rate": "2/1h"},
-        # per sender, unauthenticated senders too, the null sender under its own key
+        # per sender, unauthenticated senders too, the null sender under its own key per client /24
         {"name": "sender", "key": "sender", "rate": "2/1h", "unauthenticated": True},
     ]},
 }
@@ -72,12 +72,23 @@ class Behaviour(RateChecks):
         self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", net + "6"), "550 5.7.1 Too much mail from your network")
         self.assertEqual(self.ask(d, "s5@x.test", "r4@example.org", "10.2.1.6"), "DUNNO")  # another /24
 
-    def test_null_sender_has_its_own_bucket(self):
+    def test_null_sender_has_its_own_bucket_per_client_network(self):
         d = self.d
         self.assertEqual(self.ask(d, "", "n1@example.org", "10.3.0.1"), "DUNNO")
-        self.assertEqual(self.ask(d, "", "n2@example.org", "10.3.1.1"), "DUNNO")
-        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.2.1"), DEFER)
-        self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.3.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n2@example.org", "10.3.0.2"), "DUNNO")
+        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.0.3"), DEFER)
+        # a stranger who fills the bucket of its network does not stop the bounces of others
+        self.assertEqual(self.ask(d, "", "n3@example.org", "10.3.1.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "real@example.net", "n4@example.org", "10.3.2.1"), "DUNNO")
+        self.assertIn("bucket sender:<>:10.3.0.0/24\n", d.ctl("rate", "show", "sender:<>:10.3.0.77").stdout)
+        self.assertIn("room 0 of 2: full", d.ctl("rate", "show", "sender:<>:10.3.0.77").stdout)
+
+    def test_sender_extensions_share_one_bucket(self):
+        d = self.d
+        self.assertEqual(self.ask(d, "ext+1@x.test", "e1@example.org", "10.4.1.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "Ext+2@x.test", "e2@example.org", "10.4.2.1"), "DUNNO")
+        self.assertEqual(self.ask(d, "ext+3@x.test", "e3@example.org", "10.4.3.1"), DEFER)
+        self.assertIn("room 0 of 2: full", d.ctl("rate", "show", "sender:ext+9@x.test").stdout)
 
     def test_spamtrapctl_rate_show_and_reset(self):
         d = self.d
@@ -141,6 +152,23 @@ class TestRedis(Behaviour, unittest.TestCase):
         shutil.rmtree(cls.tmp, True)
 
 
+class TestAccountDefaultUnit(RateChecks, unittest.TestCase):
+    def test_per_account_counts_recipients_by_default(self):
+        # one message to many recipients from a stolen password: each recipient is a unit
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "4/1h"}]}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        inst = sh.new_instance()
+        for r in range(4):
+            self.assertEqual(self.ask(d, "ivy@example.com", f"i{r}@example.org", "10.6.0.1",
+                                      sasl_username="ivy", instance=inst), "DUNNO", r)
+        self.assertEqual(self.ask(d, "ivy@example.com", "i4@example.org", "10.6.0.1",
+                                  sasl_username="ivy", instance=inst), DEFER)
+        self.assertIn("rule account: key sasl_username, 4/1h, burst 4, unit recipient, action defer\n",
+                      d.ctl("rate", "show", "account:ivy").stdout)
+
+
 class TestShared(RateChecks, unittest.TestCase):
     """Two daemons on one Redis count together: an account's limit holds across MX hosts."""
 
@@ -165,8 +193,8 @@ class TestModesAndErrors(RateChecks, unittest.TestCase):
         self.addCleanup(d.cleanup)
         d.start()
         for i in range(3):
-            self.assertEqual(self.ask(d, "", f"s{i}@example.org", f"10.5.{i}.1"), "DUNNO")
-        d.wait_for_log(r"shadow, would tempfail: rate limited rule=sender bucket=sender:<>")
+            self.assertEqual(self.ask(d, "", f"s{i}@example.org", f"10.5.0.{i + 1}"), "DUNNO")
+        d.wait_for_log(r"shadow, would tempfail: rate limited rule=sender bucket=sender:<>:10\.5\.0\.0/24")
 
     def test_off_by_default(self):
         d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "ratelimit": {"rules": RULES["ratelimit"]["rules"]}})

@@ -11,6 +11,7 @@ so that the tests of a class can share one daemon.
 import os
 import shutil
 import tempfile
+import threading
 import time
 import unittest
 
@@ -66,12 +67,37 @@ class Behaviour(RelayChecks):
         self.assertEqual(self.client(d, "trap").check(sender="alice@example.com", recipient="x@example.org",
                                                       client_address=net(13)), "DUNNO")
 
+    def test_parallel_new_networks_pass_once(self):
+        # one free slot, 16 requests from new networks at once on 16 connections (both workers):
+        # the store's atomic add lets exactly one through
+        d = self.d
+        for i in range(1, 10):
+            self.assertEqual(self.ask(d, "nina", net(100 + i)), "DUNNO", i)
+        clients = [self.client(d, "trap") for _ in range(16)]
+        barrier = threading.Barrier(len(clients))
+        answers = [None] * len(clients)
+
+        def one(k):
+            barrier.wait()
+            answers[k] = clients[k].check(sender="nina@example.com", recipient="friend@example.org",
+                                          client_address=net(150 + k), sasl_username="nina")
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual((answers.count("DUNNO"), answers.count(DEFER)), (1, 15), answers)
+        out = d.ctl("relay", "show", "nina").stdout
+        self.assertIn("account sasl:nina: 10 network(s)", out)
+
     def test_exempt_and_private_networks_never_count(self):
         d = self.d
         for i in range(1, 11):
             self.assertEqual(self.ask(d, "carol", net(20 + i)), "DUNNO", i)
-        for client in ("198.51.100.9", "10.1.2.3", "192.168.7.7", "100.64.1.1", "fd00::25", "127.0.0.1"):
+        for client in ("198.51.100.9", "10.1.2.3", "192.168.7.7", "fd00::25", "127.0.0.1"):
             self.assertEqual(self.ask(d, "carol", client), "DUNNO", client)
+        self.assertEqual(self.ask(d, "carol", "100.64.1.1"), DEFER)  # CGNAT: counted
         self.assertEqual(self.ask(d, "carol", "2001:db8:77::1"), DEFER)
 
     def test_ipv6_counts_by_48(self):
@@ -235,6 +261,103 @@ class TestNotify(RelayChecks, unittest.TestCase):
         self.assertEqual([f for f in os.listdir(tmp) if f.startswith("done.")], [])
 
 
+class TestCtlAccountForms(RelayChecks, unittest.TestCase):
+    def test_relay_show_and_reset_forms(self):
+        d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"keys": ["sasl_username", "sender"],
+                                                    "sender_domains": ["example.com"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        # a login that is an address (common), from one network
+        self.assertEqual(self.ask(d, "Mia@Example.com", net(1)), "DUNNO")
+        # the same address as an unauthenticated sender of a sender domain, from two others
+        for i in (2, 3):
+            self.assertEqual(self.client(d, "trap").check(sender="mia@example.com", recipient="x@example.org",
+                                                          client_address=net(i)), "DUNNO")
+        # a bare address is the login and, in a sender domain, the sender's account too
+        out = d.ctl("relay", "show", "mia@example.com").stdout
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", out)
+        self.assertIn("account mia@example.com: 2 network(s)", out)
+        out = d.ctl("relay", "show", "SASL:mia@example.com").stdout
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", out)
+        self.assertNotIn("account mia@example.com:", out)
+        out = d.ctl("relay", "show", "sender:<Mia@Example.COM>").stdout
+        self.assertIn("account mia@example.com: 2 network(s)", out)
+        self.assertNotIn("sasl:", out)
+        self.assertEqual(d.ctl("relay", "reset", "sender:mia@example.com").stdout,
+                         "account mia@example.com: networks forgotten\n")
+        self.assertIn("account sasl:mia@example.com: 1 network(s)", d.ctl("relay", "show", "mia@example.com").stdout)
+        # forms that name no account: a clear error, exit 1
+        for arg, why in (("helo:mail.example.com", "unknown account form 'helo:'"),
+                         ("relay:sasl:mia", "not its store set"),
+                         ("sender:mia@example.net", "not one of relay.sender_domains"),
+                         ("sender:not an address", "not an address"),
+                         ("sasl:", "makes no account")):
+            r = d.ctl("relay", "show", arg, check=False)
+            self.assertEqual(r.returncode, 1, arg)
+            self.assertIn(why, r.stderr, arg)
+
+    def test_login_that_is_an_address(self):
+        # with the default keys a bare address is the login (it once named a sender set never counted)
+        d = sh.Spamtrapd(RELAY)
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "nora@example.com", net(1)), "DUNNO")
+        self.assertIn("account sasl:nora@example.com: 1 network(s)", d.ctl("relay", "show", "nora@example.com").stdout)
+        self.assertEqual(d.ctl("relay", "reset", "Nora@example.com").stdout,
+                         "account sasl:nora@example.com: networks forgotten\n")
+
+
+class TripOnce(RelayChecks):
+    """A trip blocks and notifies once a window, on each store (the subclasses give the store)."""
+
+    store = {}
+
+    def test_blocks_and_notifies_once_a_window(self):
+        tmp = tempfile.mkdtemp(prefix="spamtrapd-relay-once.")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o777)  # the daemon may run as another user
+        d = sh.Spamtrapd(sh.merge(sh.merge(RELAY, self.store), {"relay": {
+            "max_networks": 1, "block_account": True,
+            "notify": ["/bin/sh", "-c", 'touch "$0/$1.$$"', tmp, "%{account}"]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(self.ask(d, "olga", net(1)), "DUNNO")
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "olga", net(2)), DEFER)
+        d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.2\.0/24 .* trip=first", since=mark)
+        for i in range(3, 8):
+            mark = d.log_mark()
+            self.assertEqual(self.ask(d, "olga", net(i)), DEFER)
+            d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.%d\.0/24 .* trip=repeat" % i,
+                           since=mark)
+        # hooks start in order: once olga's first and the next account's hooks have run, any
+        # further hook of olga's has been started too
+        self.assertEqual(self.ask(d, "pete", net(1)), "DUNNO")
+        self.assertEqual(self.ask(d, "pete", net(2)), DEFER)
+        deadline = time.monotonic() + 30
+        for who in ("sasl:olga.", "sasl:pete."):
+            while not [f for f in os.listdir(tmp) if f.startswith(who)]:
+                self.assertLess(time.monotonic(), deadline, "the hook never ran")
+                time.sleep(0.05)
+        self.assertEqual(len([f for f in os.listdir(tmp) if f.startswith("sasl:olga.")]), 1, os.listdir(tmp))
+        self.assertRegex(d.ctl("lookup", "sasl:olga").stdout, r"\n  hits: +1\n")
+        # relay reset forgets the trip too: the next one notifies again
+        d.ctl("relay", "reset", "olga")
+        self.assertEqual(self.ask(d, "olga", net(20)), "DUNNO")
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "olga", net(21)), DEFER)
+        d.wait_for_log(r"tempfail: relay account=sasl:olga network=198\.18\.21\.0/24 .* trip=first", since=mark)
+
+
+class TestTripOnceSqlite(TripOnce, unittest.TestCase):
+    pass
+
+
+class TestTripOnceRedis(TripOnce, unittest.TestCase):
+    def setUp(self):
+        self.store = redis_store(start_redis(self))
+
+
 class TestModes(RelayChecks, unittest.TestCase):
     def test_shadow_defers_nothing_and_says_so(self):
         d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"mode": "shadow", "max_networks": 2}}))
@@ -245,6 +368,9 @@ class TestModes(RelayChecks, unittest.TestCase):
         mark = d.log_mark()
         self.assertEqual(self.ask(d, "gina", net(3)), "DUNNO")
         d.wait_for_log(r"shadow, would tempfail: relay account=sasl:gina network=198\.18\.3\.0/24", since=mark)
+        # shadow goes on counting past max_networks: relay show says how far the account went
+        self.assertEqual(self.ask(d, "gina", net(4)), "DUNNO")
+        self.assertIn("account sasl:gina: 4 network(s)", d.ctl("relay", "show", "gina").stdout)
 
     def test_hold_and_discard(self):
         for action, want in (("hold", "HOLD Too many client networks for this account"),

@@ -7,16 +7,18 @@ resolver must survive:
 
     records    {"name": [["A", "127.0.0.2"], ["TXT", "v=spf1 -all"],
                          ["MX", 10, "mx.example.net"], ["AAAA", "2001:db8::1"],
-                         ["PTR", "host.example.net"]]}
+                         ["PTR", "host.example.net"], ["CNAME", "other.example.net"]]}
     behaviours {"name": {"rcode": "SERVFAIL" | "REFUSED"}   answer that rcode
                         {"drop": true}                      never answer
+                        {"drop_missing": true}              never answer types it has no record of
                         {"delay_ms": 2000}                  answer that late
                         {"hold": true}                      answer once released
                }
 
 A name (case-insensitive, no trailing dot) that has records answers them
 (an existing name without the type asked: no data); any other name is
-NXDOMAIN. Every query received is appended to a log (one JSON object a line:
+NXDOMAIN. A CNAME is answered with what its target has of the type asked,
+as an authoritative server does for targets in its own zone. Every query received is appended to a log (one JSON object a line:
 name, type, transport), which queries() reads, so a test can wait until a
 query has arrived instead of sleeping. A held query is answered when the
 test calls release(name) (a file the server polls): a test controls the
@@ -137,7 +139,7 @@ class DnsServer:
 # ---- the server process (Debian's python3, with dnslib) ----
 
 def _serve(conf_path, port_path, log_path, workdir):
-    from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+    from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 
     conf = json.load(open(conf_path))
     records, behaviours = conf["records"], conf["behaviours"]
@@ -152,25 +154,48 @@ def _serve(conf_path, port_path, log_path, workdir):
             return MX(args[1], args[0])
         if kind == "PTR":
             return PTR(args[0])
+        if kind == "CNAME":
+            return CNAME(args[0])
         if kind == "TXT":
-            # a list: several character-strings in one record
-            return TXT([s.encode() for s in args] if len(args) > 1 else args[0].encode())
+            # several arguments: several character-strings in one record; each at most 255 bytes
+            parts = [p.encode() for p in args]
+            chunks = [p[i:i + 255] for p in parts for i in range(0, max(len(p), 1), 255)]
+            return TXT(chunks)
         raise ValueError(kind)
+
+    def qname_text(qname):
+        # The labels as they are (a space is a byte of a label), not dnslib's escaped text.
+        return _norm(".".join(label.decode("latin-1") for label in qname.label))
+
+    def label_of(name):
+        return DNSLabel([part.encode("latin-1") for part in name.split(".")])
 
     def answer(req):
         q = req.q
-        name = _norm(str(q.qname))
+        name = qname_text(q.qname)
         qtype = QTYPE[q.qtype]
         reply = req.reply()
         b = behaviours.get(name, {})
         if "rcode" in b:
             reply.header.rcode = getattr(RCODE, b["rcode"])
             return reply
-        if name not in records:
-            reply.header.rcode = RCODE.NXDOMAIN
-        for rec in records.get(name, []):
-            if rec[0] == qtype:
-                reply.add_answer(RR(q.qname, getattr(QTYPE, rec[0]), rdata=rdata(rec[0], rec[1:]), ttl=60))
+        owner = name
+        for _ in range(8):  # a CNAME chain within the zones, as far as it goes
+            if owner not in records:
+                if owner == name:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                break
+            recs = records[owner]
+            cname = [r for r in recs if r[0] == "CNAME"]
+            if cname and qtype != "CNAME":
+                reply.add_answer(RR(label_of(owner), QTYPE.CNAME, rdata=CNAME(cname[0][1]), ttl=60))
+                owner = _norm(cname[0][1])
+                continue
+            for rec in recs:
+                if rec[0] == qtype:
+                    reply.add_answer(RR(label_of(owner), getattr(QTYPE, rec[0]), rdata=rdata(rec[0], rec[1:]),
+                                        ttl=60))
+            break
         if not reply.rr:
             reply.add_auth(RR(ZONE_SOA + ".", QTYPE.SOA, ttl=60,
                               rdata=SOA("ns." + ZONE_SOA, "hostmaster." + ZONE_SOA, (1, 60, 60, 60, 60))))
@@ -178,7 +203,7 @@ def _serve(conf_path, port_path, log_path, workdir):
 
     def log_query(req, transport):
         with log_lock, open(log_path, "a") as f:
-            f.write(json.dumps({"name": _norm(str(req.q.qname)), "type": QTYPE[req.q.qtype],
+            f.write(json.dumps({"name": qname_text(req.q.qname), "type": QTYPE[req.q.qtype],
                                 "transport": transport}) + "\n")
 
     def respond(data, send, transport):
@@ -187,11 +212,14 @@ def _serve(conf_path, port_path, log_path, workdir):
         except Exception:
             return
         log_query(req, transport)
-        b = behaviours.get(_norm(str(req.q.qname)), {})
+        name = qname_text(req.q.qname)
+        b = behaviours.get(name, {})
         if b.get("drop"):
             return
+        if b.get("drop_missing") and not any(r[0] == QTYPE[req.q.qtype] for r in records.get(name, [])):
+            return
         if b.get("hold"):
-            release = os.path.join(workdir, "release." + _norm(str(req.q.qname)))
+            release = os.path.join(workdir, "release." + name)
             while not os.path.exists(release):
                 time.sleep(0.01)
         if b.get("delay_ms"):

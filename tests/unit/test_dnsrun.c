@@ -366,6 +366,47 @@ static void test_spf_mx(void **state)
 	dnsrun_free(run);
 }
 
+/* The deadline while only a fail's exp= is looked up: the fail stands (RFC 7208 6.2), no timeout. */
+static void test_spf_deadline_during_exp(void **state)
+{
+	static const char rec[] = "\x27v=spf1 -all exp=why.dnstest.example.net";
+	dns_rr rr = txt(rec, sizeof(rec) - 1);
+	dnsplan plan;
+	dnsrun *run;
+
+	(void)state;
+	reset();
+	dnsplan_init(&plan);
+	dnsplan_want_spf(&plan, "192.0.2.1", "user@spf.dnstest.example.net", "mx.example.net");
+	run = dnsrun_start(NULL, &plan, NULL, 0, on_done, NULL);
+	answer(0, DNS_OK, 0, &rr, 1);
+	assert_int_equal(nfq, 2);
+	assert_string_equal(fq[1].name, "why.dnstest.example.net");
+	dnsrun_expire(run);
+	assert_true(plan.spf.done);
+	assert_int_equal(plan.spf.result, SPF_FAIL);
+	assert_string_equal(plan.spf.explanation, "");
+	assert_int_equal(cancelled, 1);
+	dnsrun_free(run);
+}
+
+/* The deadline before the result: temperror, not done. */
+static void test_spf_deadline(void **state)
+{
+	dnsplan plan;
+	dnsrun *run;
+
+	(void)state;
+	reset();
+	dnsplan_init(&plan);
+	dnsplan_want_spf(&plan, "192.0.2.1", "user@spf.dnstest.example.net", "mx.example.net");
+	run = dnsrun_start(NULL, &plan, NULL, 0, on_done, NULL);
+	dnsrun_expire(run);
+	assert_false(plan.spf.done);
+	assert_int_equal(plan.spf.result, SPF_TEMPERROR);
+	dnsrun_free(run);
+}
+
 /* ---- records in spf.h's form ---- */
 
 struct rr_case {
@@ -435,10 +476,16 @@ static void test_rr(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parallel),     cmocka_unit_test(test_no_room),
-	    cmocka_unit_test(test_expire),       cmocka_unit_test(test_free_early),
-	    cmocka_unit_test(test_spf_pass),     cmocka_unit_test(test_spf_probes),
-	    cmocka_unit_test(test_spf_servfail), cmocka_unit_test(test_spf_mx),
+	    cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_no_room),
+	    cmocka_unit_test(test_expire),
+	    cmocka_unit_test(test_free_early),
+	    cmocka_unit_test(test_spf_pass),
+	    cmocka_unit_test(test_spf_probes),
+	    cmocka_unit_test(test_spf_servfail),
+	    cmocka_unit_test(test_spf_mx),
+	    cmocka_unit_test(test_spf_deadline_during_exp),
+	    cmocka_unit_test(test_spf_deadline),
 	};
 	int failed = cmocka_run_group_tests_name("dnsrun", tests, NULL, NULL);
 

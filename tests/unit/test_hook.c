@@ -210,18 +210,64 @@ static void test_placeholders_no_shell(void **state)
 	snprintf(out, sizeof(out), "%s/out", dir);
 	snprintf(pwned, sizeof(pwned), "%s/PWNED", dir);
 	snprintf(script, sizeof(script), "cd %s && printf '[%%s]' \"$@\" > out.tmp && mv out.tmp out", dir);
-	char *argv[] = {"/bin/sh", "-c", script, "sh", "%{account}", "x%{network}y", "%{unknown}"};
-	assert_true(hook_run(h, argv, 7, names, values, LONG_MS));
+	char *argv[] = {"/bin/sh",    "-c",         script,         "sh",
+	                "%{account}", "%{network}", "x%{network}y", "%{unknown}"};
+	assert_true(hook_run(h, argv, 8, names, values, LONG_MS));
 	wait_for(h, one_finished);
 	f = fopen(out, "r");
 	assert_non_null(f);
 	n = fread(got, 1, sizeof(got) - 1, f);
 	got[n] = '\0';
 	fclose(f);
-	assert_string_equal(got, "[sasl:$(touch PWNED)][x192.0.2.0/24; touch PWNEDy][%{unknown}]");
+	/* a value is a whole argument; inside a longer one a placeholder is left as written */
+	assert_string_equal(got,
+	                    "[sasl:$(touch PWNED)][192.0.2.0/24; touch PWNED][x%{network}y][%{unknown}]");
 	assert_int_not_equal(stat(pwned, &st), 0);
 	hook_runner_free(h);
 	unlink(out);
+	rmdir(dir);
+}
+
+/*
+ * A hook gets PATH and nothing else of the daemon's environment (store
+ * credentials, the service manager's variables), and argv[0] is never
+ * substituted.
+ */
+static void test_minimal_environment(void **state)
+{
+	char dir[] = "/tmp/spamtrapd-test-hook.XXXXXX", out[300], script[700], got[512] = "";
+	static const char *const names[] = {"account", NULL};
+	const char *values[] = {"/bin/false"};
+	hook_runner *h = hook_runner_new(4, 8);
+	FILE *f;
+	size_t n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	setenv("SPAMTRAPD_TEST_SECRET", "redis-password", 1);
+	snprintf(out, sizeof(out), "%s/out", dir);
+	snprintf(script, sizeof(script), "cd %s && env | LC_ALL=C sort > out.tmp && mv out.tmp out", dir);
+	char *argv[] = {"/bin/sh", "-c", script};
+	assert_true(hook_run(h, argv, 3, NULL, NULL, LONG_MS));
+	wait_for(h, one_finished);
+	unsetenv("SPAMTRAPD_TEST_SECRET");
+	f = fopen(out, "r");
+	assert_non_null(f);
+	n = fread(got, 1, sizeof(got) - 1, f);
+	got[n] = '\0';
+	fclose(f);
+	/* sh adds PWD (and may add SHLVL, _) itself; nothing comes from the daemon */
+	assert_non_null(strstr(got, "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"));
+	assert_null(strstr(got, "SPAMTRAPD_TEST_SECRET"));
+	assert_null(strstr(got, "HOME="));
+	unlink(out);
+	/* argv[0] as written, even when it looks like a placeholder: nothing to run */
+	char *bad[] = {"%{account}"};
+	assert_true(hook_run(h, bad, 1, names, values, LONG_MS));
+	for (int i = 0; i < 6000 && stats(h).failed == 0; i++)
+		usleep(10000);
+	assert_int_equal(stats(h).failed, 1);
+	hook_runner_free(h);
 	rmdir(dir);
 }
 
@@ -250,6 +296,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_queue_overflow_is_dropped_and_logged_once, setup),
 	    cmocka_unit_test_setup(test_placeholders_no_shell, setup),
 	    cmocka_unit_test_setup(test_cannot_spawn, setup),
+	    cmocka_unit_test_setup(test_minimal_environment, setup),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

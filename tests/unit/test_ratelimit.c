@@ -231,8 +231,15 @@ static void test_bucket_per_key_kind(void **state)
 	     "b@c.test", NULL},
 	    {"sender, unauthenticated allowed", RULE("s", "sender", ", \"unauthenticated\": true"),
 	     "192.0.2.7", NULL, "x@y.test", "b@c.test", "s:x@y.test"},
-	    {"null sender under its own key", RULE("s", "sender", ", \"unauthenticated\": true"), "192.0.2.7",
-	     NULL, "<>", "b@c.test", "s:<>"},
+	    {"null sender under its own key, per client network",
+	     RULE("s", "sender", ", \"unauthenticated\": true"), "192.0.2.7", NULL, "<>", "b@c.test",
+	     "s:<>:192.0.2.0/24"},
+	    {"null sender, IPv6 client", RULE("s", "sender", ", \"unauthenticated\": true"),
+	     "2001:db8:1:2::9", NULL, "<>", "b@c.test", "s:<>:2001:db8:1:2::/64"},
+	    {"null sender, no client", RULE("s", "sender", ", \"unauthenticated\": true"), "127.0.0.1", NULL,
+	     "<>", "b@c.test", "s:<>"},
+	    {"sender, +extension cut", RULE("s", "sender", ""), "192.0.2.7", "alice", "<Alice+News@Y.test>",
+	     "b@c.test", "s:alice@y.test"},
 	    {"client, /32", RULE("c", "client_address", ""), "192.0.2.7", NULL, "x@y.test", "b@c.test",
 	     "c:192.0.2.7"},
 	    {"client, /24", RULE("c", "client_address", ", \"ipv4_prefix\": 24"), "192.0.2.7", NULL,
@@ -312,6 +319,8 @@ static void test_documented_rules(void **state)
 
 	(void)state;
 	assert_int_equal(rc->nrules, 3);
+	/* an account's rule counts recipients unless told otherwise; the others messages */
+	assert_int_equal(rc->rules[0].unit, RATELIMIT_UNIT_RECIPIENT);
 	assert_int_equal(ratelimit_emission_ms(&rc->rules[0]), 36000);
 	assert_int_equal(rc->rules[0].burst, 100);
 	assert_int_equal(ratelimit_emission_ms(&rc->rules[1]), 2000);
@@ -409,7 +418,7 @@ static void test_bucket_in_log_cannot_fake_fields(void **state)
 /* unit message: charged once, at the first accepted recipient; unit recipient: every one. */
 static void test_unit_message_and_recipient(void **state)
 {
-	config *cfg = cfg_of("\"rules\": [" RULE("msg", "sasl_username", "") ", " RULE(
+	config *cfg = cfg_of("\"rules\": [" RULE("msg", "sasl_username", ", \"unit\": \"message\"") ", " RULE(
 	                         "each", "client_address", ", \"unit\": \"recipient\"") "]",
 	                     "");
 	decide_facts f = facts("192.0.2.7", "alice", "alice@y.test", "b@c.test");
@@ -438,6 +447,19 @@ static void test_unit_message_and_recipient(void **state)
 	o = rcpt(cfg, &f, &msg);
 	assert_int_equal(o.final.action, DECIDE_CONTINUE);
 	assert_int_equal(charged("msg:alice"), 1);
+	config_unref(cfg);
+
+	/* the default unit of an account's rule is the recipient: a message to many counts each */
+	cfg = cfg_of("\"rules\": [" RULE("acct", "sasl_username", "") ", " RULE("snd", "sender", "") "]", "");
+	reset(NULL);
+	msg = NO_MSG;
+	for (int i = 0; i < 3; i++) {
+		o = rcpt(cfg, &f, &msg);
+		assert_int_equal(o.final.action, DECIDE_CONTINUE);
+		msg = o.msg;
+	}
+	assert_int_equal(charged("acct:alice"), 3);
+	assert_int_equal(charged("snd:alice@y.test"), 1);
 	config_unref(cfg);
 }
 

@@ -1,7 +1,7 @@
 /*
  * The relay check through the pipeline, with a distinct set kept by the
- * test the way the stores keep it (a peek in needs(), the add as an
- * effect when the recipient is accepted): the exact threshold, the window
+ * test the way the stores keep it (a late check: a peek and the add with
+ * its limit in needs(), the verdict from their answers): the exact threshold, the window
  * sliding, networks never counted (private, exempt), IPv6 /48 and
  * IPv4-mapped aggregation, which mail is keyed at all, shadow mode, store
  * errors, block_account and the notify hook. The stores' side of the peek
@@ -54,7 +54,7 @@ static config *cfg_of(const char *relay, const char *extra)
 
 /* --- a distinct set as the stores keep one ------------------------------- */
 
-#define FAKE_MEMBERS 64
+#define FAKE_MEMBERS 400
 
 typedef struct fake_member {
 	char set[QUERY_KEY_MAX], member[64];
@@ -70,7 +70,37 @@ static struct {
 	size_t records;    /* blocklist records made */
 	query last_record; /* the last one */
 	char record_key[QUERY_KEY_MAX];
+	/* the trip markers (QUERY_KV), by ns and key */
+	struct {
+		char ns[QUERY_NS_MAX], key[QUERY_KEY_MAX];
+		int64_t expires_ms;
+	} marker[8];
+	size_t nmarkers;
+	bool last_marker_new; /* the last PUT_NEW created its marker */
 } fake;
+
+static bool marker_live(const char *ns, const char *key, int64_t now_ms)
+{
+	for (size_t i = 0; i < fake.nmarkers; i++)
+		if (strcmp(fake.marker[i].ns, ns) == 0 && strcmp(fake.marker[i].key, key) == 0 &&
+		    fake.marker[i].expires_ms > now_ms)
+			return true;
+	return false;
+}
+
+static void marker_put_new(query *q)
+{
+	assert_int_equal(q->u.kv.op, QUERY_KV_PUT_NEW);
+	q->status = QUERY_OK;
+	q->u.kv.found = marker_live(q->u.kv.ns, q->u.kv.key, q->u.kv.now_ms);
+	fake.last_marker_new = !q->u.kv.found;
+	if (q->u.kv.found)
+		return;
+	assert_true(fake.nmarkers < 8);
+	snprintf(fake.marker[fake.nmarkers].ns, QUERY_NS_MAX, "%s", q->u.kv.ns);
+	snprintf(fake.marker[fake.nmarkers].key, QUERY_KEY_MAX, "%s", q->u.kv.key);
+	fake.marker[fake.nmarkers++].expires_ms = q->u.kv.now_ms + q->u.kv.ttl_ms;
+}
 
 static uint64_t live(const char *set, const char *member, int64_t now, bool *present)
 {
@@ -86,26 +116,34 @@ static uint64_t live(const char *set, const char *member, int64_t now, bool *pre
 	return n;
 }
 
-static void fake_add(const query *q)
+/* The add as the stores make it: the live members counting this one (limit + 1: refused, not added). */
+static uint64_t fake_add(const query *q)
 {
 	bool present;
 	uint64_t n = live(q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, &present);
 
-	fake.adds++;
 	for (size_t i = 0; i < fake.n; i++)
 		if (strcmp(fake.m[i].set, q->u.distinct.key) == 0 &&
 		    strcmp(fake.m[i].member, q->u.distinct.member) == 0) {
-			if (fake.m[i].expires > q->u.distinct.now || !q->u.distinct.limit ||
-			    n < q->u.distinct.limit)
+			if (fake.m[i].expires > q->u.distinct.now) {
 				fake.m[i].expires = q->u.distinct.now + q->u.distinct.window;
-			return;
+				fake.adds++;
+				return n;
+			}
+			if (q->u.distinct.limit && n >= q->u.distinct.limit)
+				return n + 1;
+			fake.m[i].expires = q->u.distinct.now + q->u.distinct.window;
+			fake.adds++;
+			return n + 1;
 		}
 	if (q->u.distinct.limit && n >= q->u.distinct.limit)
-		return;
+		return n + 1;
 	assert_true(fake.n < FAKE_MEMBERS);
 	snprintf(fake.m[fake.n].set, sizeof(fake.m[0].set), "%s", q->u.distinct.key);
 	snprintf(fake.m[fake.n].member, sizeof(fake.m[0].member), "%s", q->u.distinct.member);
 	fake.m[fake.n++].expires = q->u.distinct.now + q->u.distinct.window;
+	fake.adds++;
+	return n + 1;
 }
 
 static void answer(query *q, size_t n)
@@ -117,20 +155,31 @@ static void answer(query *q, size_t n)
 			    (greystep_out){.result = GREYSTEP_DEFER_NEW, .remaining_ms = 300000};
 			continue;
 		}
+		if (q[i].kind == QUERY_KV && !fake.fail) {
+			assert_int_equal(q[i].u.kv.op, QUERY_KV_GET);
+			q[i].status = QUERY_OK;
+			q[i].u.kv.found = marker_live(q[i].u.kv.ns, q[i].u.kv.key, q[i].u.kv.now_ms);
+			continue;
+		}
 		if (q[i].kind != QUERY_DISTINCT_ADD) {
 			q[i].status = QUERY_NOTFOUND;
 			continue;
 		}
-		/* needs() only ever peeks: the add is an effect. */
-		assert_true(q[i].u.distinct.peek);
-		fake.peeks++;
+		/* the add carries the limit: workers and hosts racing cannot go past it */
+		assert_int_not_equal(q[i].u.distinct.limit, 0);
+		/* the store's clock (Redis TIME) times the window: hosts' clocks may disagree */
+		assert_true(q[i].u.distinct.store_clock);
+		fake.peeks += q[i].u.distinct.peek;
 		if (fake.fail) {
 			q[i].status = QUERY_ERROR;
 			continue;
 		}
 		q[i].status = QUERY_OK;
-		q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member, q[i].u.distinct.now,
-		                             &q[i].u.distinct.present);
+		if (q[i].u.distinct.peek)
+			q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member,
+			                             q[i].u.distinct.now, &q[i].u.distinct.present);
+		else
+			q[i].u.distinct.count = fake_add(&q[i]);
 	}
 }
 
@@ -141,6 +190,7 @@ typedef struct stage_out {
 	char member[64], set[QUERY_KEY_MAX];
 	/* the hook the engine would run */
 	bool hook;
+	int hook_gate;
 	const check_strlist *hook_argv;
 	const char *const *hook_names;
 	char hook_values[CHECK_HOOK_VALUES][QUERY_KEY_MAX];
@@ -153,19 +203,18 @@ static void apply(const config *cfg)
 {
 	for (int i = 0; i < CHECK_COUNT; i++)
 		for (size_t j = 0; j < run.effects[i].nq; j++) {
-			const query *q = &run.effects[i].q[j];
+			query *q = &run.effects[i].q[j];
 
 			if (!pipeline_effect_applies(&cfg->pipeline, &run, i, j))
 				continue;
-			if (q->kind == QUERY_DISTINCT_ADD) {
-				assert_false(q->u.distinct.peek);
-				/* the add carries the limit: hosts racing cannot go past it */
-				assert_int_not_equal(q->u.distinct.limit, 0);
-				fake_add(q);
-			} else if (q->kind == QUERY_BLOCKLIST_RECORD) {
+			/* the networks are counted by needs(), never as effects */
+			assert_int_not_equal(q->kind, QUERY_DISTINCT_ADD);
+			if (q->kind == QUERY_BLOCKLIST_RECORD) {
 				fake.records++;
 				fake.last_record = *q;
 				snprintf(fake.record_key, sizeof(fake.record_key), "%s", q->u.record.keys[0]);
+			} else if (q->kind == QUERY_KV) {
+				marker_put_new(q);
 			}
 		}
 }
@@ -181,14 +230,14 @@ static stage_out stage_at(const config *cfg, const decide_facts *f, int64_t now)
 	decide_prepare(&cfg->decide, f, &txn);
 	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, f, &txn, &no_msg, now);
 	pipeline_needs(&cfg->pipeline, &run);
+	answer(run.q, run.nq);
+	while (pipeline_decide(&cfg->pipeline, &run, &from))
+		answer(run.q + from, run.nq - from);
 	for (size_t i = 0; i < run.nq; i++)
 		if (run.q[i].kind == QUERY_DISTINCT_ADD) {
 			snprintf(out.member, sizeof(out.member), "%s", run.q[i].u.distinct.member);
 			snprintf(out.set, sizeof(out.set), "%s", run.q[i].u.distinct.key);
 		}
-	answer(run.q, run.nq);
-	while (pipeline_decide(&cfg->pipeline, &run, &from))
-		answer(run.q + from, run.nq - from);
 	out.final = run.final;
 	out.relay_decided = run.decided[CHECK_ID_RELAY];
 	if (out.relay_decided) {
@@ -196,12 +245,19 @@ static stage_out stage_at(const config *cfg, const decide_facts *f, int64_t now)
 
 		out.relay = run.verdict[CHECK_ID_RELAY];
 		out.hook = eff->hook_argv != NULL;
+		out.hook_gate = eff->hook_gate;
 		out.hook_argv = eff->hook_argv;
 		out.hook_names = eff->hook_names;
 		for (size_t i = 0; out.hook && i < CHECK_HOOK_VALUES; i++)
 			snprintf(out.hook_values[i], sizeof(out.hook_values[i]), "%s", eff->hook_values[i]);
 	}
 	apply(cfg);
+	/* the engine runs a gated hook only when its marker write created the marker */
+	if (out.hook && out.hook_gate >= 0) {
+		const query *g = &run.effects[CHECK_ID_RELAY].q[out.hook_gate];
+
+		out.hook = g->kind == QUERY_KV && g->status == QUERY_OK && !g->u.kv.found;
+	}
 	return out;
 }
 
@@ -348,16 +404,16 @@ static void test_window_slides(void **state)
 	config_unref(cfg);
 }
 
-/* Private, loopback, CGNAT, link-local, unique-local and exempt_networks clients are never counted. */
+/* Private, loopback, link-local, unique-local and exempt_networks clients are never counted. */
 static void test_exempt_never_counted(void **state)
 {
 	config *cfg =
 	    cfg_of("\"max_networks\": 1, \"exempt_networks\": [\"203.0.113.0/24\", \"2001:db8:f::/48\"]", "");
 	static const char *const never[] = {
-	    "127.0.0.1",    "10.1.2.3",        "172.16.9.9",      "172.31.0.1",
-	    "192.168.1.1",  "100.64.0.1",      "100.127.255.254", "169.254.3.4",
-	    "::1",          "fd00::1",         "fc12:3456::1",    "fe80::1",
-	    "203.0.113.99", "2001:db8:f:1::1", "::ffff:10.0.0.1", "::ffff:192.168.0.9"};
+	    "127.0.0.1",       "10.1.2.3",          "172.16.9.9",   "172.31.0.1",
+	    "192.168.1.1",     "169.254.3.4",       "::1",          "fd00::1",
+	    "fc12:3456::1",    "fe80::1",           "203.0.113.99", "2001:db8:f:1::1",
+	    "::ffff:10.0.0.1", "::ffff:192.168.0.9"};
 	decide_facts f;
 
 	(void)state;
@@ -373,10 +429,18 @@ static void test_exempt_never_counted(void **state)
 	assert_int_equal(fake.peeks, 1);
 	assert_int_equal(fake.adds, 1);
 	/* just outside the private ranges: counted (and over the limit of 1) */
-	f = facts("100.128.0.1", "dave", NULL);
-	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
 	f = facts("172.32.0.1", "dave", NULL);
 	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	/* CGNAT is counted: a server that sees it sees a carrier's customers, each another one */
+	f = facts("100.64.0.1", "dave", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	config_unref(cfg);
+	/* ... unless the site exempts it (a VPN of its own on that range) */
+	cfg = cfg_of("\"max_networks\": 1, \"exempt_networks\": [\"100.64.0.0/10\"]", "");
+	f = facts("198.51.100.1", "dave2", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts("100.100.1.1", "dave2", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
 	config_unref(cfg);
 }
 
@@ -454,7 +518,19 @@ static void test_keys(void **state)
 	assert_null(load("\"notify\": [\"logger\", \"%{account}\"]", "", err, sizeof(err)));
 	assert_non_null(strstr(err, "absolute path"));
 	assert_null(load("\"notify\": [\"/bin/echo\", \"%{acount}\"]", "", err, sizeof(err)));
-	assert_non_null(strstr(err, "unknown placeholder"));
+	assert_non_null(strstr(err, "a placeholder is a whole argument"));
+	/* the program is the admin's: never chosen by a value from mail */
+	assert_null(load("\"notify\": [\"/usr/lib/hooks/%{account}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "holds a placeholder"));
+	/* a value is an argument of its own: inside a script, a sender's local part would be code */
+	assert_null(
+	    load("\"notify\": [\"/bin/sh\", \"-c\", \"logger relay %{account}\"]", "", err, sizeof(err)));
+	assert_non_null(strstr(err, "a placeholder is a whole argument"));
+	assert_null(
+	    load("\"notify\": [\"/usr/local/bin/alert\", \"--account=%{account}\"]", "", err, sizeof(err)));
+	cfg = cfg_of("\"notify\": [\"/bin/sh\", \"-c\", \"logger relay \\\"$1\\\"\", \"sh\", \"%{account}\"]",
+	             "");
+	config_unref(cfg);
 }
 
 /* Off by default: an upgrade changes nothing. */
@@ -473,13 +549,14 @@ static void test_off_by_default(void **state)
 	config_unref(plain);
 }
 
-/* Shadow: counts what is accepted, logs "would tempfail", refuses nothing. */
+/* Shadow: counts past max_networks (how far an account went), refuses nothing, logs "would tempfail". */
 static void test_shadow(void **state)
 {
 	config *cfg = cfg_of("\"mode\": \"shadow\", \"max_networks\": 2, \"block_account\": true", "");
 	decide_facts f;
 	stage_out o;
-	char text[64];
+	char text[64], addr[32];
+	bool present;
 
 	(void)state;
 	f = facts(net(1), "gina", NULL);
@@ -495,14 +572,48 @@ static void test_shadow(void **state)
 	assert_string_equal(o.relay.reason, "relay");
 	pipeline_action_text(&cfg->pipeline, &o.relay, text, sizeof(text));
 	assert_string_equal(text, "shadow, would tempfail");
-	assert_int_equal(fake.adds, 2);    /* the third network is not added */
-	assert_int_equal(fake.records, 0); /* nor the account blocked */
+	assert_non_null(strstr(o.relay.detail, " networks=3 max_networks=2 "));
+	assert_int_equal(fake.records, 0); /* the account is not blocked */
 	assert_false(o.hook);
+	/* the third network is counted, and the next ones: relay show says how far the account went */
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 3);
+	f = facts(net(4), "gina", NULL);
+	o = stage(cfg, &f);
+	assert_non_null(strstr(o.relay.detail, " networks=4 max_networks=2 "));
+	assert_int_equal(o.relay.enforce_action, DECIDE_TEMPFAIL);
+	/* a network counted past the limit is known: it passes */
+	f = facts(net(3), "gina", NULL);
+	o = stage(cfg, &f);
+	assert_null(o.relay.reason);
+	/* ... up to max_networks + 256: a botnet cannot grow the set without end */
+	for (unsigned i = 5; i <= 300; i++) {
+		snprintf(addr, sizeof(addr), "%s", net(i % 256));
+		if (i >= 256)
+			snprintf(addr, sizeof(addr), "198.19.%u.1", i - 255);
+		f = facts(addr, "gina", NULL);
+		o = stage(cfg, &f);
+		assert_int_equal(o.relay.enforce_action, DECIDE_TEMPFAIL);
+		assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	}
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 2 + 256);
+	config_unref(cfg);
+	/* enforce on the same set: the networks counted pass, a new one trips */
+	cfg = cfg_of("\"max_networks\": 2", "");
+	f = facts(net(200), "gina", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts("198.20.0.1", "gina", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(live("relay:sasl:gina", "", T0, &present), 2 + 256);
 	config_unref(cfg);
 }
 
-/* Only accepted mail counts: a recipient a later check refuses adds nothing. */
-static void test_only_accepted_counts(void **state)
+/*
+ * Counted when the relay check is reached: a recipient a check after it
+ * refuses (the greylist here) has counted its network (the price of
+ * counting before deciding, see test_parallel_new_networks); one that a
+ * trap, the blocklist or the whitelist stops never reaches it.
+ */
+static void test_counted_when_reached(void **state)
 {
 	config *cfg = cfg_of("\"keys\": [\"sender\"], \"sender_domains\": [\"example.com\"]",
 	                     "\"greylist\": {\"mode\": \"enforce\"}");
@@ -510,17 +621,63 @@ static void test_only_accepted_counts(void **state)
 	stage_out o;
 
 	(void)state;
-	/* the relay check passes it, the greylist (a late check) defers it: not counted */
 	o = stage(cfg, &f);
-	assert_int_equal(fake.peeks, 1);
 	assert_int_equal(o.final.action, DECIDE_DEFER_IF_PERMIT);
 	assert_string_equal(o.final.check, "greylist");
-	assert_int_equal(fake.adds, 0);
-	/* a trap recipient stops before the relay check decides: peeked (a read), never counted */
+	assert_int_equal(fake.adds, 1);
+	/* a trap recipient stops before the relay check: not even asked */
+	f = facts("203.0.113.1", NULL, "frank@example.com");
 	f.recipient = "trap@example.com";
 	o = stage(cfg, &f);
 	assert_false(o.relay_decided);
-	assert_int_equal(fake.adds, 0);
+	assert_int_equal(fake.peeks, 1);
+	assert_int_equal(fake.adds, 1);
+	config_unref(cfg);
+}
+
+/*
+ * Parallel requests from new networks for an account one network short
+ * of its limit (two workers, or two hosts on one Redis): both are asked
+ * before either decides. The store's add decides, atomically: exactly
+ * one passes. (Deciding on a peek and adding afterwards let every one of
+ * them pass.)
+ */
+static void test_parallel_new_networks(void **state)
+{
+	static pipeline_run other;
+	config *cfg = cfg_of("\"max_networks\": 3", "");
+	static decide_txn txn1, txn2;
+	static const check_msg no_msg;
+	decide_facts f1, f2;
+	size_t from1 = 0, from2 = 0;
+	bool asked1, asked2;
+
+	(void)state;
+	for (unsigned i = 1; i <= 2; i++) {
+		f1 = facts(net(i), "mona", NULL);
+		assert_int_equal(stage(cfg, &f1).final.action, DECIDE_CONTINUE);
+	}
+	f1 = facts(net(3), "mona", NULL);
+	f2 = facts(net(4), "mona", NULL);
+	decide_prepare(&cfg->decide, &f1, &txn1);
+	decide_prepare(&cfg->decide, &f2, &txn2);
+	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, &f1, &txn1, &no_msg, T0);
+	pipeline_begin(&other, CHECK_STAGE_RCPT, CHECKS_EVERY, &f2, &txn2, &no_msg, T0);
+	/* both ask, then the store answers both, then both decide */
+	answer(run.q, pipeline_needs(&cfg->pipeline, &run));
+	answer(other.q, pipeline_needs(&cfg->pipeline, &other));
+	asked1 = pipeline_decide(&cfg->pipeline, &run, &from1);
+	asked2 = pipeline_decide(&cfg->pipeline, &other, &from2);
+	if (asked1)
+		answer(run.q + from1, run.nq - from1);
+	if (asked2)
+		answer(other.q + from2, other.nq - from2);
+	while (asked1 && pipeline_decide(&cfg->pipeline, &run, &from1))
+		answer(run.q + from1, run.nq - from1);
+	while (asked2 && pipeline_decide(&cfg->pipeline, &other, &from2))
+		answer(other.q + from2, other.nq - from2);
+	assert_int_equal(run.final.action, DECIDE_CONTINUE);
+	assert_int_equal(other.final.action, DECIDE_TEMPFAIL);
 	config_unref(cfg);
 }
 
@@ -550,8 +707,8 @@ static void test_trip_effects(void **state)
 {
 	config *cfg = cfg_of("\"max_networks\": 1, \"action\": \"reject\", \"reply\": \"554 5.7.1 Account "
 	                     "suspended\", \"block_account\": true, \"block_ttl\": \"2h\", \"notify\": "
-	                     "[\"/usr/local/bin/relay-alert\", \"--account=%{account}\", \"%{network}\", "
-	                     "\"%{count}/%{action}\"]",
+	                     "[\"/usr/local/bin/relay-alert\", \"%{account}\", \"%{network}\", "
+	                     "\"%{count}\", \"%{action}\"]",
 	                     "");
 	decide_facts f;
 	stage_out o;
@@ -569,8 +726,8 @@ static void test_trip_effects(void **state)
 	assert_string_equal(fake.last_record.u.record.hit.reason, "relay");
 	assert_int_equal(fake.last_record.u.record.hit.ttl, 7200);
 	assert_true(o.hook);
-	assert_int_equal(o.hook_argv->n, 4);
-	assert_string_equal(o.hook_argv->v[1], "--account=%{account}");
+	assert_int_equal(o.hook_argv->n, 5);
+	assert_string_equal(o.hook_argv->v[1], "%{account}");
 	assert_string_equal(o.hook_names[0], "account");
 	assert_string_equal(o.hook_values[0], "sasl:ivan");
 	assert_string_equal(o.hook_values[1], "198.18.2.0/24");
@@ -587,6 +744,118 @@ static void test_trip_effects(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * A trip blocks and notifies once a window: a botnet retrying from new
+ * networks is refused each time, without a blocklist write and a hook per
+ * message; the log line says which trip it is. After the window, the next
+ * trip blocks and notifies again.
+ */
+static void test_trip_once_a_window(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"window\": \"10m\", \"block_account\": true, "
+	                     "\"notify\": [\"/usr/local/bin/relay-alert\", \"%{account}\"]",
+	                     "");
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts(net(1), "kim", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0).final.action, DECIDE_CONTINUE);
+	f = facts(net(2), "kim", NULL);
+	o = stage_at(cfg, &f, T0 + 1);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_non_null(strstr(o.final.detail, " trip=first"));
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 1);
+	for (unsigned i = 3; i < 6; i++) {
+		f = facts(net(i), "kim", NULL);
+		o = stage_at(cfg, &f, T0 + i);
+		assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+		assert_non_null(strstr(o.final.detail, " trip=repeat"));
+		assert_false(o.hook);
+	}
+	assert_int_equal(fake.records, 1);
+	/* another account trips on its own */
+	f = facts(net(1), "lee", NULL);
+	stage_at(cfg, &f, T0 + 10);
+	f = facts(net(2), "lee", NULL);
+	o = stage_at(cfg, &f, T0 + 10);
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 2);
+	/* a window after the first trip (and network 1 gone too): the next trip blocks and notifies again */
+	f = facts(net(7), "kim", NULL);
+	assert_int_equal(stage_at(cfg, &f, T0 + 700).final.action, DECIDE_CONTINUE);
+	f = facts(net(8), "kim", NULL);
+	o = stage_at(cfg, &f, T0 + 701);
+	assert_non_null(strstr(o.final.detail, " trip=first"));
+	assert_true(o.hook);
+	assert_int_equal(fake.records, 3);
+	config_unref(cfg);
+}
+
+/*
+ * block_account blocklists a SASL login only: a sender-keyed account
+ * (relay.sender_domains) trips on forged MAIL FROMs too, and a stranger
+ * must not get a real user's address blocklisted.
+ */
+static void test_block_only_sasl(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"block_account\": true, \"keys\": [\"sasl_username\", "
+	                     "\"sender\"], \"sender_domains\": [\"example.com\"]",
+	                     "");
+	decide_facts f;
+
+	(void)state;
+	f = facts(net(1), NULL, "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_CONTINUE);
+	f = facts(net(2), NULL, "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(fake.records, 0);
+	/* the login of the same user is blocked at its trip */
+	f = facts(net(1), "judy", "judy@example.com");
+	stage(cfg, &f);
+	f = facts(net(2), "judy", "judy@example.com");
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	assert_int_equal(fake.records, 1);
+	assert_string_equal(fake.record_key, "sasl:judy");
+	config_unref(cfg);
+}
+
+/*
+ * The account in the log line is one field: a SASL name or a sender's
+ * quoted local part with blanks and '=' cannot write fields of its own
+ * (docs/security.md "Log injection"), as the log's own fields.
+ */
+static void test_account_field_masked(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 1, \"keys\": [\"sasl_username\", \"sender\"], "
+	                     "\"sender_domains\": [\"example.com\"]",
+	                     "");
+	decide_facts f;
+	stage_out o;
+
+	(void)state;
+	f = facts(net(1), "eve network=10.0.0.0/8 trip=first", NULL);
+	stage(cfg, &f);
+	f = facts(net(2), "eve network=10.0.0.0/8 trip=first", NULL);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_non_null(
+	    strstr(o.final.detail, " account=sasl:eve?network?10.0.0.0/8?trip?first network=198.18.2.0/24 "));
+	f = facts(net(1), NULL, "\"x max_networks=99\"@example.com");
+	stage(cfg, &f);
+	f = facts(net(2), NULL, "\"x max_networks=99\"@example.com");
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_TEMPFAIL);
+	assert_null(strstr(o.final.detail, " max_networks=99"));
+	assert_non_null(strstr(o.final.detail, "?max_networks?99"));
+	/* the store error line too */
+	fake.fail = true;
+	o = stage(cfg, &f);
+	assert_null(strstr(o.relay.detail, " max_networks=99"));
+	config_unref(cfg);
+}
+
 #define CASE(t) cmocka_unit_test_setup(t, reset)
 
 int main(void)
@@ -596,8 +865,10 @@ int main(void)
 	    CASE(test_window_slides),        CASE(test_exempt_never_counted),
 	    CASE(test_aggregation),          CASE(test_keys),
 	    CASE(test_off_by_default),       CASE(test_shadow),
-	    CASE(test_only_accepted_counts), CASE(test_store_errors),
-	    CASE(test_trip_effects),
+	    CASE(test_counted_when_reached), CASE(test_store_errors),
+	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
+	    CASE(test_trip_once_a_window),   CASE(test_parallel_new_networks),
+	    CASE(test_account_field_masked),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -3869,6 +3869,80 @@ static void test_counter_max_rows(void **state)
 	store_free(st);
 }
 
+/*
+ * STORE_NOW_SERVER (a query's store_clock, the relay check): the store's
+ * clock decides, not the caller's. On Redis that is TIME, so that hosts
+ * with skewed clocks count one window on a shared set: a host whose clock
+ * is a window ahead does not drop the others' members, nor one behind
+ * keep them too long. The members expire a window after the server's now
+ * (here the same machine's clock: a bound of a minute, not a measure).
+ */
+static void test_distinct_store_clock(void **state)
+{
+	store *st = open_store();
+	const char *set = "relay:sasl:clock";
+	seen_members m = {.n = 0};
+	bool present;
+	int64_t t;
+	query q;
+
+	(void)state;
+	assert_int_equal(distinct1(st, set, "a", STORE_NOW_SERVER, 0), 1);
+	assert_int_equal(distinct1(st, set, "b", STORE_NOW_SERVER, 2), 2);
+	assert_int_equal(distinct1(st, set, "c", STORE_NOW_SERVER, 2), 3); /* the limit holds */
+	assert_int_equal(peek1(st, set, "a", STORE_NOW_SERVER, &present), 2);
+	assert_true(present);
+	t = now_s();
+	assert_int_equal(store_distinct_list(st, set, t, see_member, &m), STORE_OK);
+	assert_int_equal(m.n, 2);
+	for (size_t i = 0; i < m.n; i++)
+		if (m.expires[i] < t + WINDOW - 60 || m.expires[i] > t + WINDOW + 60)
+			fail_msg("%s expires at %lld, not about %lld", m.names[i], (long long)m.expires[i],
+			         (long long)(t + WINDOW));
+	/* A query with store_clock: the caller's now (a host a window ahead) is not used. */
+	memset(&q, 0, sizeof(q));
+	q.kind = QUERY_DISTINCT_ADD;
+	q.u.distinct = (__typeof__(q.u.distinct)){.key = set,
+	                                          .member = "d",
+	                                          .now = t + 2 * WINDOW,
+	                                          .window = WINDOW,
+	                                          .limit = 3,
+	                                          .store_clock = true};
+	store_run(st, &q, 1, t + 2 * WINDOW);
+	assert_int_equal(q.status, QUERY_OK);
+	assert_int_equal(q.u.distinct.count, 3); /* a and b still live: not dropped by the skewed clock */
+	q.u.distinct.peek = true;
+	q.u.distinct.member = "a";
+	q.u.distinct.now = t - 2 * WINDOW; /* a host a window behind */
+	store_run(st, &q, 1, t - 2 * WINDOW);
+	assert_int_equal(q.u.distinct.count, 3);
+	assert_true(q.u.distinct.present);
+	/*
+	 * Batched (Redis: one pipeline), the relay check's peek then add: the
+	 * peek reads before the add writes, and both take the store's clock.
+	 */
+	query two[2];
+
+	memset(two, 0, sizeof(two));
+	for (int i = 0; i < 2; i++) {
+		two[i].kind = QUERY_DISTINCT_ADD;
+		two[i].u.distinct = (__typeof__(two[i].u.distinct)){.key = set,
+		                                                    .member = "e",
+		                                                    .now = t + 2 * WINDOW,
+		                                                    .window = WINDOW,
+		                                                    .limit = 5,
+		                                                    .store_clock = true};
+	}
+	two[0].u.distinct.peek = true;
+	store_run(st, two, 2, t + 2 * WINDOW);
+	assert_int_equal(two[0].status, QUERY_OK);
+	assert_int_equal(two[1].status, QUERY_OK);
+	assert_false(two[0].u.distinct.present);
+	assert_int_equal(two[0].u.distinct.count, 3);
+	assert_int_equal(two[1].u.distinct.count, 4);
+	store_free(st);
+}
+
 /* list: the live members with their expiry, latest first; clear drops the set and only it. */
 static void test_distinct_list_clear(void **state)
 {
@@ -3935,6 +4009,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_distinct_max_rows),
     CASE(test_distinct_fresh_member_not_rewritten),
     CASE(test_counter_max_rows),
+    CASE(test_distinct_store_clock),
     CASE(test_kv_ops),
     CASE(test_kv_expiry),
     CASE(test_kv_bad_arguments),

@@ -62,13 +62,37 @@ static void address_value(const char *raw, char *out, size_t outlen)
 	snprintf(out, outlen, "<invalid:%016" PRIx64 ">", hash_fnv1a(HASH_FNV1A_INIT, raw, strlen(raw)));
 }
 
+/* The null sender's value: "<>:NETWORK" of the client, "<>" without one. */
+static void null_value(const addr_ip *client, char *out, size_t outlen)
+{
+	addr_net net;
+	char text[ADDR_NET_STRLEN];
+
+	if (client == NULL) {
+		snprintf(out, outlen, "<>");
+		return;
+	}
+	net = addr_net_of(client,
+	                  client->version == 4 ? RATELIMIT_NULL_IPV4_PREFIX : RATELIMIT_NULL_IPV6_PREFIX);
+	addr_net_format(&net, text, sizeof(text));
+	snprintf(out, outlen, "<>:%s", text);
+}
+
+/* A normalised sender without its +extension: user+1@ and user+2@ must share user@'s bucket. */
+static void sender_value(const char *sender, const char *delimiters, char *out, size_t outlen)
+{
+	if (!delimiters || !*delimiters || !addr_strip_extension(sender, delimiters, out, outlen))
+		snprintf(out, outlen, "%s", sender);
+}
+
 /*
  * The value of rule r's bucket for this recipient, in out; false: the rule
  * does not apply. SASL accounts are compared without case: mail systems
  * that log in case-insensitively must not give an account one bucket per
  * spelling.
  */
-static bool rule_value(const ratelimit_rule *r, const check_ctx *ctx, char *out, size_t outlen)
+static bool rule_value(const ratelimit_rule *r, const char *delimiters, const check_ctx *ctx, char *out,
+                       size_t outlen)
 {
 	const decide_facts *f = ctx->facts;
 	const decide_txn *txn = ctx->txn;
@@ -88,11 +112,11 @@ static bool rule_value(const ratelimit_rule *r, const check_ctx *ctx, char *out,
 		if (!authenticated && !r->unauthenticated)
 			return false;
 		if (txn->null_sender)
-			snprintf(out, outlen, "<>");
+			null_value(txn->have_client ? &txn->client : NULL, out, outlen);
 		else if (txn->sender_invalid)
 			address_value(f->sender, out, outlen);
 		else
-			snprintf(out, outlen, "%s", txn->sender);
+			sender_value(txn->sender, delimiters, out, outlen);
 		return true;
 	case RATELIMIT_KEY_CLIENT_ADDRESS:
 		if (!txn->have_client)
@@ -164,7 +188,7 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 		if (r->unit == RATELIMIT_UNIT_MESSAGE && r->key != RATELIMIT_KEY_RECIPIENT &&
 		    ctx->msg->nothers > 0)
 			continue;
-		if (!rule_value(r, ctx, value, sizeof(value)))
+		if (!rule_value(r, conf->recipient_delimiter, ctx, value, sizeof(value)))
 			continue;
 		if (!bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked])))
 			continue;
@@ -175,26 +199,12 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 	return s->nasked;
 }
 
-/*
- * The bucket for a log line's "bucket=" field: a sender's quoted local
- * part may hold blanks and '=', which would let it write fields of its
- * own after ours (docs/security.md "Log injection"); the log masks the
- * control characters.
- */
-static void bucket_field(const char *bucket, char *out, size_t outlen)
-{
-	size_t o = 0;
-
-	for (; *bucket && o + 1 < outlen; bucket++)
-		out[o++] = (*bucket == ' ' || *bucket == '\t' || *bucket == '=') ? '?' : *bucket;
-	out[o] = '\0';
-}
-
 static void refuse(const ratelimit_rule *r, const rl_scratch *s, size_t j, check_verdict *v)
 {
 	char field[RL_BUCKET_MAX];
 
-	bucket_field(s->bucket[j], field, sizeof(field));
+	/* A sender's quoted local part may hold blanks and '=' (check_field). */
+	check_field(s->bucket[j], field, sizeof(field));
 	check_verdict_set(v, r->action == RATELIMIT_ACTION_REJECT ? DECIDE_REJECT : DECIDE_TEMPFAIL,
 	                  "rate limited", &r->reply);
 	check_detail_add(v, " rule=%s bucket=%s", r->name, field);
@@ -235,10 +245,31 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 	}
 }
 
-/* VALUE of "RULE:VALUE" as rule_value makes it from a transaction; false with err. */
-static bool admin_value(const ratelimit_rule *r, const char *in, char *out, size_t outlen, char *err,
-                        size_t errlen)
+/* "<>" or "<>:CLIENT" of a sender rule, as null_value makes it; false with err. */
+static bool admin_null(const char *in, char *out, size_t outlen, char *err, size_t errlen)
 {
+	addr_ip ip;
+
+	if (in[2] == '\0') {
+		null_value(NULL, out, outlen);
+		return true;
+	}
+	if (in[2] == ':' && addr_ip_parse(in + 3, &ip)) {
+		null_value(&ip, out, outlen);
+		return true;
+	}
+	snprintf(err, errlen,
+	         "the null sender counts per client network: <>:CLIENT-ADDRESS (\"<>:192.0.2.7\"), "
+	         "not '%.64s'",
+	         in);
+	return false;
+}
+
+/* VALUE of "RULE:VALUE" as rule_value makes it from a transaction; false with err. */
+static bool admin_value(const ratelimit_conf *conf, const ratelimit_rule *r, const char *in, char *out,
+                        size_t outlen, char *err, size_t errlen)
+{
+	char addr[ADDR_MAX];
 	addr_ip ip;
 	addr_net net;
 
@@ -249,11 +280,18 @@ static bool admin_value(const ratelimit_rule *r, const char *in, char *out, size
 			*p = (char)tolower((unsigned char)*p);
 		return *in != '\0';
 	case RATELIMIT_KEY_SENDER:
-		if (strcmp(in, "<>") == 0 || *in == '\0') {
-			snprintf(out, outlen, "<>");
+		if (strncmp(in, "<>", 2) == 0)
+			return admin_null(in, out, outlen, err, errlen);
+		if (*in == '\0') {
+			null_value(NULL, out, outlen);
 			return true;
 		}
-		__attribute__((fallthrough)); /* an address, as the recipient's */
+		if (addr_normalise(in, strlen(in), addr, sizeof(addr)) == ADDR_OK && *addr) {
+			sender_value(addr, conf->recipient_delimiter, out, outlen);
+			return true;
+		}
+		snprintf(err, errlen, "'%.64s' is not an address", in);
+		return false;
 	case RATELIMIT_KEY_RECIPIENT:
 		if (addr_normalise(in, strlen(in), out, outlen) == ADDR_OK && *out)
 			return true;
@@ -286,7 +324,7 @@ const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const c
 		if (strlen(r->name) != (size_t)(colon - spec) || strncmp(r->name, spec, strlen(r->name)) != 0)
 			continue;
 		snprintf(err, errlen, "rule %s: no value", r->name);
-		if (!admin_value(r, colon + 1, value, sizeof(value), err, errlen))
+		if (!admin_value(conf, r, colon + 1, value, sizeof(value), err, errlen))
 			return NULL;
 		if (!bucket_name(r, value, out, outlen)) {
 			snprintf(err, errlen, "rule %s: no room for the bucket name", r->name);

@@ -32,6 +32,13 @@
 #define RATELIMIT_NAME_MAX 32
 /* The store namespace of every bucket; a bucket's key is "RULE:VALUE". */
 #define RATELIMIT_NS "ratelimit"
+/*
+ * A sender rule counts the null sender per client network ("<>:NETWORK"):
+ * one "<>" bucket for everyone would let a stranger fill it and have
+ * every bounce refused.
+ */
+#define RATELIMIT_NULL_IPV4_PREFIX 24
+#define RATELIMIT_NULL_IPV6_PREFIX 64
 
 typedef enum {
 	RATELIMIT_KEY_SASL_USERNAME,
@@ -61,6 +68,8 @@ typedef struct ratelimit_rule {
 typedef struct ratelimit_conf {
 	int on_error;        /* ratelimit_on_error */
 	int64_t max_buckets; /* SQLite: the most buckets kept; 0: no cap */
+	/* Not owned: the config's traps.recipient_delimiter ("" for none); cut from sender keys. */
+	const char *recipient_delimiter;
 	/* ratelimit.rules (config.c fills these: a list of objects has no check_key type). */
 	ratelimit_rule rules[RATELIMIT_RULES_MAX];
 	size_t nrules;

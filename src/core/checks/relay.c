@@ -11,6 +11,8 @@
 
 static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local problem, try again later"};
 static const char SET_PREFIX[] = "relay:";
+static const char TRIP_NS[] = RELAY_TRIP_NS;
+static const char TRIP_NS_SHADOW[] = RELAY_TRIP_NS_SHADOW;
 
 /* The default reply of each action; hold and discard use only the text (for the log and HOLD). */
 static const char *const default_reply[] = {
@@ -32,11 +34,12 @@ typedef enum {
 /* What needs() worked out, for decide() and the effects. */
 typedef struct relay_scratch {
 	relay_plan plan;
-	bool is_sasl;                  /* the account is the SASL login (block_account's key) */
-	char account[QUERY_KEY_MAX];   /* "sasl:alice" or "alice@example.com" */
-	char set[QUERY_KEY_MAX];       /* "relay:" account */
-	char network[ADDR_NET_STRLEN]; /* "192.0.2.0/24" */
-	char count[24];                /* the hook's %{count} */
+	bool is_sasl;                      /* the account is the SASL login (block_account's key) */
+	char account[QUERY_KEY_MAX];       /* "sasl:alice" or "alice@example.com" */
+	char set[QUERY_KEY_MAX];           /* "relay:" account */
+	char network[ADDR_NET_STRLEN];     /* "192.0.2.0/24" */
+	char count[24];                    /* the hook's %{count} */
+	char marker[ADDR_NET_STRLEN + 32]; /* the trip marker's value: "NETWORK networks=N" */
 } relay_scratch;
 
 _Static_assert(sizeof(relay_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too small for relay");
@@ -64,11 +67,15 @@ static const check_key relay_keys[] = {
 
 /*
  * Never counted, whatever exempt_networks says: the site's own hosts
- * (webmail, internal relays) and addresses shared by many unrelated users
- * behind one NAT (CGNAT), where networks say nothing about the account.
+ * (webmail, internal relays) on loopback, RFC 1918, link-local and
+ * unique-local addresses. Not CGNAT (100.64.0.0/10, RFC 6598): a server
+ * on the public Internet never sees it (it sees the carrier's public NAT
+ * address), and one that does sits inside a carrier, where each of those
+ * addresses is another customer: exempting them would let a botnet of
+ * that carrier's customers use a stolen password unseen.
  */
 static const char *const private_networks[] = {
-    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
     "0.0.0.0/8",   "::1",        "::/128",        "fc00::/7",       "fe80::/10",
 };
 
@@ -174,22 +181,31 @@ static int compile_notify(const relay_conf *c, char *err, size_t errlen)
 		         c->notify.v[0]);
 		return -1;
 	}
-	for (size_t i = 0; i < c->notify.n; i++)
-		for (const char *p = strstr(c->notify.v[i], "%{"); p; p = strstr(p + 2, "%{")) {
-			size_t j = 0;
+	if (strstr(c->notify.v[0], "%{")) {
+		snprintf(err, errlen,
+		         "notify: the program \"%s\" holds a placeholder: it is the admin's, never a value "
+		         "from mail",
+		         c->notify.v[0]);
+		return -1;
+	}
+	for (size_t i = 1; i < c->notify.n; i++) {
+		const char *a = c->notify.v[i];
+		size_t j = 0;
 
-			while (hook_names[j] && !(strncmp(p + 2, hook_names[j], strlen(hook_names[j])) == 0 &&
-			                          p[2 + strlen(hook_names[j])] == '}'))
-				j++;
-			if (!hook_names[j]) {
-				snprintf(
-				    err, errlen,
-				    "notify: unknown placeholder in \"%s\" (known: %%{account}, %%{network}, "
-				    "%%{count}, %%{action})",
-				    c->notify.v[i]);
-				return -1;
-			}
+		if (!strstr(a, "%{"))
+			continue;
+		while (hook_names[j] && !(strncmp(a + 2, hook_names[j], strlen(hook_names[j])) == 0 &&
+		                          strcmp(a + 2 + strlen(hook_names[j]), "}") == 0))
+			j++;
+		/* A value is a whole argument: inside a sh -c script a sender's local part would be code. */
+		if (a[0] != '%' || a[1] != '{' || !hook_names[j]) {
+			snprintf(err, errlen,
+			         "notify: \"%s\": a placeholder is a whole argument, one of %%{account}, "
+			         "%%{network}, %%{count}, %%{action} (pass it to a script as \"$1\")",
+			         a);
+			return -1;
 		}
+	}
 	return 0;
 }
 
@@ -273,32 +289,43 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 	s->plan = plan(conf, ctx, s);
 	if (s->plan != RELAY_ASK)
 		return 0;
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_DISTINCT_ADD;
-	q->u.distinct.key = s->set;
-	q->u.distinct.member = s->network;
-	q->u.distinct.now = ctx->now;
-	q->u.distinct.window = conf->window;
-	q->u.distinct.limit = (uint64_t)conf->max_networks;
-	q->u.distinct.peek = true;
-	return 1;
-}
-
-/* The network counts once the recipient is accepted: the add, with the limit, as an effect. */
-static void count_on_accept(const relay_conf *conf, const check_ctx *ctx, const relay_scratch *s,
-                            check_effects *eff)
-{
-	query *q = &eff->q[eff->nq];
-
-	memset(q, 0, sizeof(*q));
-	q->kind = QUERY_DISTINCT_ADD;
-	q->u.distinct.key = s->set;
-	q->u.distinct.member = s->network;
-	q->u.distinct.now = ctx->now;
-	q->u.distinct.window = conf->window;
-	q->u.distinct.limit = (uint64_t)conf->max_networks;
-	q->u.distinct.max_rows = (uint64_t)conf->max_entries;
-	eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
+	/*
+	 * Counted first, decided after (a late check: only once the traps,
+	 * the blocklist and the whitelist let the recipient through). The
+	 * peek says whether the network is known; the add, atomic and
+	 * carrying the limit, is what decides a new one, so that parallel
+	 * requests from new networks (workers, hosts on one Redis) cannot all
+	 * pass on the same free slot: the store lets exactly as many in as
+	 * there is room.
+	 */
+	memset(q, 0, 2 * sizeof(*q));
+	for (int i = 0; i < 2; i++) {
+		q[i].kind = QUERY_DISTINCT_ADD;
+		q[i].u.distinct.key = s->set;
+		q[i].u.distinct.member = s->network;
+		q[i].u.distinct.now = ctx->now;
+		q[i].u.distinct.window = conf->window;
+		/* Hosts on one Redis whose clocks disagree still count one window (Redis TIME). */
+		q[i].u.distinct.store_clock = true;
+		/*
+		 * Shadow mode goes on counting past the limit, so that relay
+		 * show says how far an account went; bounded, so that a botnet
+		 * cannot grow the set without end.
+		 */
+		q[i].u.distinct.limit =
+		    (uint64_t)conf->max_networks + (ctx->mode == CHECK_MODE_ENFORCE ? 0 : RELAY_SHADOW_EXTRA);
+	}
+	q[0].u.distinct.peek = true;
+	/* SQLite: a new network that finds the table full is not counted (relay_decide). */
+	q[1].u.distinct.max_rows = (uint64_t)conf->max_entries;
+	/* Did the account trip in this window already? Then no second block, no second hook. */
+	memset(&q[2], 0, sizeof(q[2]));
+	q[2].kind = QUERY_KV;
+	q[2].u.kv.op = QUERY_KV_GET;
+	q[2].u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
+	q[2].u.kv.key = s->account;
+	q[2].u.kv.now_ms = ctx->now_ms;
+	return 3;
 }
 
 /* block_account: the account's blocklist entry, reason "relay", on every host and front end. */
@@ -324,11 +351,37 @@ static void block(const relay_conf *conf, const check_ctx *ctx, const relay_scra
 	eff->when[eff->nq++] = CHECK_EFFECT_ENFORCE;
 }
 
+/* The first trip of the window: its marker, live for a window (a PUT_NEW: racing trips write one). */
+static int mark(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s, uint64_t count,
+                check_effects *eff)
+{
+	query *q = &eff->q[eff->nq];
+
+	snprintf(s->marker, sizeof(s->marker), "%s networks=%" PRIu64, s->network, count);
+	memset(q, 0, sizeof(*q));
+	q->kind = QUERY_KV;
+	q->u.kv.op = QUERY_KV_PUT_NEW;
+	q->u.kv.ns = ctx->mode == CHECK_MODE_ENFORCE ? TRIP_NS : TRIP_NS_SHADOW;
+	q->u.kv.key = s->account;
+	q->u.kv.value = s->marker;
+	q->u.kv.now_ms = ctx->now_ms;
+	q->u.kv.ttl_ms = conf->window * 1000;
+	eff->when[eff->nq] = CHECK_EFFECT_ALWAYS;
+	return (int)eff->nq++;
+}
+
 static const char *const action_names[] = {"defer", "reject", "hold", "discard"};
 
+/*
+ * Over the limit: refuse. The first trip of a window (no marker yet) also
+ * blocks the account and runs the hook, once however many hosts and
+ * workers trip at the same moment (the hook is gated on the marker's
+ * write); later trips in the window only refuse (trip=repeat).
+ */
 static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s, uint64_t count,
-                 check_verdict *v, check_effects *eff)
+                 bool tripped_before, check_verdict *v, check_effects *eff)
 {
+	char field[QUERY_KEY_MAX];
 	static const decide_action actions[] = {
 	    [RELAY_ACTION_DEFER] = DECIDE_TEMPFAIL,
 	    [RELAY_ACTION_REJECT] = DECIDE_REJECT,
@@ -339,8 +392,16 @@ static void trip(const relay_conf *conf, const check_ctx *ctx, relay_scratch *s,
 	check_verdict_set(v, actions[conf->action], "relay", &conf->reply_parsed);
 	check_detail_add(
 	    v, " account=%s network=%s networks=%" PRIu64 " max_networks=%" PRId64 " window=%" PRId64 "s",
-	    s->account, s->network, count + 1, conf->max_networks, conf->window);
-	if (conf->block_account)
+	    check_field(s->account, field, sizeof(field)), s->network, count + 1, conf->max_networks,
+	    conf->window);
+	if (tripped_before) {
+		check_detail_add(v, " trip=repeat");
+		return;
+	}
+	check_detail_add(v, " trip=first");
+	eff->hook_gate = mark(conf, ctx, s, count + 1, eff);
+	/* Only a login: a sender-keyed account's trip may come from forged MAIL FROMs (a stranger). */
+	if (conf->block_account && s->is_sasl)
 		block(conf, ctx, s, eff);
 	if (conf->notify.n > 0) {
 		snprintf(s->count, sizeof(s->count), "%" PRIu64, count + 1);
@@ -359,11 +420,12 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 {
 	const relay_conf *conf = vconf;
 	relay_scratch *s = scratch;
-	const query *a = &answers[0];
+	const query *peek = &answers[0], *add = &answers[1];
+	char field[QUERY_KEY_MAX];
 
-	if (s->plan != RELAY_ASK || nanswers == 0)
+	if (s->plan != RELAY_ASK || nanswers < 3)
 		return;
-	switch (a->status) {
+	switch (peek->status == QUERY_OK ? add->status : peek->status) {
 	case QUERY_OK:
 		break;
 	case QUERY_ERROR:
@@ -371,24 +433,31 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 			check_verdict_set(v, DECIDE_TEMPFAIL, "store-error", &REPLY_STORE_ERROR);
 		else
 			check_verdict_set(v, DECIDE_CONTINUE, "store-error", NULL);
-		check_detail_add(v, " check=relay account=%s", s->account);
+		check_detail_add(v, " check=relay account=%s", check_field(s->account, field, sizeof(field)));
 		return;
 	case QUERY_NOTFOUND:
 	case QUERY_PENDING:
 		return;
 	}
-	/* A known network refreshes; a new one counts while the account stays within max_networks. */
-	if (a->u.distinct.present || a->u.distinct.count < (uint64_t)conf->max_networks) {
-		count_on_accept(conf, ctx, s, eff);
+	/*
+	 * A known network was refreshed; a new one was added if the account
+	 * stays within max_networks. A new one the store held back at
+	 * relay.max_entries (SQLite's table full of live rows, the engine logs
+	 * it) passes uncounted, as a store error under on_error continue: it
+	 * is no evidence against the account.
+	 */
+	if (peek->u.distinct.present || add->u.distinct.capped ||
+	    add->u.distinct.count <= (uint64_t)conf->max_networks)
 		return;
-	}
-	trip(conf, ctx, s, a->u.distinct.count, v, eff);
+	trip(conf, ctx, s, add->u.distinct.count - 1, answers[2].status == QUERY_OK && answers[2].u.kv.found,
+	     v, eff);
 }
 
 const check_def check_relay = {
     .name = "relay",
     .stages = CHECK_STAGE_RCPT,
     .default_mode = CHECK_MODE_OFF,
+    .late = true,
     .conf_size = sizeof(relay_conf),
     .keys = relay_keys,
     .nkeys = sizeof(relay_keys) / sizeof(relay_keys[0]),

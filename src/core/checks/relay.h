@@ -7,17 +7,21 @@
  * ipv6_prefix) of accepted mail in a sliding window, and trips when a new
  * network would make the count exceed max_networks.
  *
- * Only accepted mail counts: needs() only peeks at the set (a read-only
- * QUERY_DISTINCT_ADD); the network is added as an ON_ACCEPT effect, with
- * the limit, so that two hosts racing on one Redis cannot add past it. A
- * refused network is never added: once the window has passed over the
+ * The check is late (check_def.late): it is asked only once the traps,
+ * the blocklist and the whitelist let the recipient through, and then
+ * counts first and decides after: needs() peeks (is the network known?)
+ * and adds the network with the limit in one atomic store operation, so
+ * that parallel requests (workers, hosts on one Redis) cannot all pass on
+ * one free slot. A recipient a later check refuses (ratelimit) has still
+ * counted its network. A refused network is never added: once the window has passed over the
  * account's networks it sends again (no stuck state). block_account
  * additionally blocklists sasl:NAME (reason "relay") for block_ttl, which
  * stops the account at MAIL FROM on every host and front end.
  *
- * Loopback, RFC 1918, CGNAT (100.64.0.0/10), link-local and unique-local
- * (fc00::/7) clients, and relay.exempt_networks, are never counted: they
- * are the site's own webmail and internal hosts.
+ * Loopback, RFC 1918, link-local and unique-local (fc00::/7) clients, and
+ * relay.exempt_networks, are never counted: they are the site's own
+ * webmail and internal hosts. CGNAT (100.64.0.0/10) is counted (see
+ * private_networks in relay.c).
  */
 #ifndef SPAMTRAPD_CHECK_RELAY_H
 #define SPAMTRAPD_CHECK_RELAY_H
@@ -63,6 +67,18 @@ typedef struct relay_conf {
 	netset *exempt;  /* owned: exempt_networks */
 	strset *domains; /* owned: sender_domains, normalised */
 } relay_conf;
+
+/*
+ * The trip markers (QUERY_KV namespaces, key: the account), live for a
+ * window from the first trip: that trip blocks and notifies, the next
+ * ones only refuse. Shadow mode keeps its own, so that turning enforce on
+ * within a window still blocks and notifies.
+ */
+#define RELAY_TRIP_NS "relaytrip"
+#define RELAY_TRIP_NS_SHADOW "relaytrip-shadow"
+
+/* Networks shadow mode counts past max_networks (enforce adds none past it). */
+#define RELAY_SHADOW_EXTRA 256
 
 extern const check_def check_relay;
 
