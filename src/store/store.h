@@ -174,6 +174,23 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
  */
 #define STORE_NOW_SERVER 0
 /*
+ * SQLite does not rewrite a member whose expiry is already within this
+ * many seconds of now + window (a 64th of the window, so a minute of an
+ * hour): it may expire that much early, and a network an account keeps
+ * using costs a read instead of a commit.
+ */
+#define STORE_DISTINCT_SLACK(window) ((window) / 64)
+/*
+ * The same with a cap on the rows of every set together (SQLite; 0: none;
+ * Redis expires idle sets itself): at max_rows the expired members are
+ * purged first, and while live ones still fill it a new member is not
+ * added and *capped (NULL: not asked) says so; *count is then the set's
+ * live members without it. Known members are refreshed whatever the cap.
+ */
+store_status store_distinct_add_capped(store *st, const char *set, const char *member, int64_t now,
+                                       int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                       bool *capped);
+/*
  * The same set, read only (the relay check's needs()): *count gets the
  * members live at now (not counting member unless it is one), *present
  * whether member is live. Changes nothing, drops nothing.

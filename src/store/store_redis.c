@@ -1519,19 +1519,18 @@ static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char
 }
 
 /*
- * The EVALSHA of one kv or counter query, argv[0..1] left to
+ * The EVALSHA of one kv, counter or distinct query, argv[0..1] left to
  * eval_script or the pipeline: sha 1 PREFIX"kv:"ns":"key op value ttl-ms,
- * or sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost.
+ * sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost, or op_distinct's.
  */
 typedef struct script_call {
 	int script;
-	const char *argv[7];
-	size_t argvlen[7];
+	int argc;
+	const char *argv[10];
+	size_t argvlen[10];
 	char key[KEYBUF + QUERY_NS_MAX];
-	char nums[3][24];
+	char nums[4][24];
 } script_call;
-
-#define SCRIPT_CALL_ARGC 7
 
 static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
 {
@@ -1540,6 +1539,7 @@ static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
 	int keylen = ns_key(s, c->key, sizeof(c->key), "kv", q->u.kv.ns, q->u.kv.key);
 
 	c->script = SCRIPT_KV;
+	c->argc = 7;
 	snprintf(c->nums[0], 24, "%lld", (long long)q->u.kv.ttl_ms);
 	c->argv[2] = "1", c->argvlen[2] = 1;
 	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
@@ -1553,6 +1553,7 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 	int keylen = ns_key(s, c->key, sizeof(c->key), "ctr", q->u.counter.ns, q->u.counter.key);
 
 	c->script = SCRIPT_COUNTER;
+	c->argc = 7;
 	snprintf(c->nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
 	snprintf(c->nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
 	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
@@ -1562,9 +1563,66 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 		c->argv[4 + i] = c->nums[i], c->argvlen[4 + i] = strlen(c->nums[i]);
 }
 
+/* A distinct set's peek or add (QUERY_DISTINCT_ADD), as op_distinct writes it. */
+static void distinct_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	int64_t window = q->u.distinct.window;
+	/* store_clock: now 0 has the script take Redis TIME (and the expiry from it), as op_distinct's
+	 * callers. */
+	int64_t now = q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now;
+	int keylen = snprintf(c->key, sizeof(c->key), "%sds:%s",
+	                      s->cfg.redis_prefix ? s->cfg.redis_prefix : "", q->u.distinct.key);
+
+	c->script = SCRIPT_DISTINCT;
+	c->argc = 10;
+	snprintf(c->nums[0], 24, "%lld", (long long)now);
+	snprintf(c->nums[1], 24, "%lld", (long long)(now + window));
+	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.distinct.limit);
+	snprintf(c->nums[3], 24, "%lld",
+	         (long long)(window < DISTINCT_KEY_MAX_S ? window : DISTINCT_KEY_MAX_S) * 1000);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key,
+	c->argvlen[3] = keylen > 0 && (size_t)keylen < sizeof(c->key) ? (size_t)keylen : 0;
+	c->argv[4] = c->nums[0], c->argvlen[4] = strlen(c->nums[0]);
+	c->argv[5] = c->nums[1], c->argvlen[5] = strlen(c->nums[1]);
+	c->argv[6] = q->u.distinct.member, c->argvlen[6] = strlen(q->u.distinct.member);
+	c->argv[7] = c->nums[2], c->argvlen[7] = strlen(c->nums[2]);
+	c->argv[8] = c->nums[3], c->argvlen[8] = strlen(c->nums[3]);
+	c->argv[9] = q->u.distinct.peek ? "peek" : "add", c->argvlen[9] = strlen(c->argv[9]);
+}
+
+static void script_call_of(const store_backend_impl *s, const query *q, script_call *c)
+{
+	if (q->kind == QUERY_KV)
+		kv_call(s, q, c);
+	else if (q->kind == QUERY_COUNTER)
+		counter_call(s, q, c);
+	else
+		distinct_call(s, q, c);
+}
+
+static const char *script_what(const query *q)
+{
+	return q->kind == QUERY_KV ? "kv" : q->kind == QUERY_COUNTER ? "counter" : "distinct";
+}
+
 /* The query's answer from its script's reply; STORE_ERROR (and a message) for an unexpected reply. */
 static store_status script_answer(const store_backend_impl *s, rconn *rc, const redisReply *r, query *q)
 {
+	if (q->kind == QUERY_DISTINCT_ADD && q->u.distinct.peek) {
+		if (!(reply_ints(r, 2, 0) && reply_ints(r, 2, 1)))
+			return reply_error(s, rc, r, "distinct peek");
+		q->u.distinct.count = (uint64_t)r->element[0]->integer;
+		q->u.distinct.present = r->element[1]->integer != 0;
+		return STORE_OK;
+	}
+	if (q->kind == QUERY_DISTINCT_ADD) {
+		if (r->type != REDIS_REPLY_INTEGER)
+			return reply_error(s, rc, r, "distinct");
+		q->u.distinct.count = (uint64_t)r->integer;
+		q->u.distinct.capped = false;
+		return STORE_OK;
+	}
 	if (q->kind == QUERY_KV) {
 		if (!(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
 		      r->element[2]->type == REDIS_REPLY_INTEGER))
@@ -1596,11 +1654,8 @@ static store_status op_script(store_backend_impl *s, rconn *rc, op *o)
 	redisReply *r = NULL;
 	store_status st;
 
-	if (o->q->kind == QUERY_KV)
-		kv_call(s, o->q, &c);
-	else
-		counter_call(s, o->q, &c);
-	st = eval_script(s, rc, c.script, SCRIPT_CALL_ARGC, c.argv, c.argvlen, &r, o->what);
+	script_call_of(s, o->q, &c);
+	st = eval_script(s, rc, c.script, c.argc, c.argv, c.argvlen, &r, o->what);
 	if (st == STORE_OK)
 		st = script_answer(s, rc, r, o->q);
 	if (charges(o->q))
@@ -1630,14 +1685,11 @@ static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 	for (size_t i = 0; i < o->nkeys; i++) {
 		query *q = &o->q[i];
 
-		if (q->kind == QUERY_KV)
-			kv_call(s, q, &calls[i]);
-		else
-			counter_call(s, q, &calls[i]);
+		script_call_of(s, q, &calls[i]);
 		calls[i].argv[0] = "EVALSHA", calls[i].argvlen[0] = 7;
 		calls[i].argv[1] = rc->sha[calls[i].script],
 		calls[i].argvlen[1] = strlen(rc->sha[calls[i].script]);
-		if (append_argv(rc->ctx, SCRIPT_CALL_ARGC, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
+		if (append_argv(rc->ctx, calls[i].argc, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
 			st = append_failed(s, rc->ctx, "batch");
 			goto out;
 		}
@@ -1660,7 +1712,7 @@ static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 		freeReplyObject(r);
 	}
 	for (size_t i = 0; i < o->nkeys; i++) {
-		op one = {.what = o->q[i].kind == QUERY_KV ? "kv" : "counter", .q = &o->q[i]};
+		op one = {.what = script_what(&o->q[i]), .q = &o->q[i]};
 
 		if (again[i])
 			o->q[i].status = op_script(s, rc, &one) == STORE_OK ? QUERY_OK : QUERY_ERROR;
@@ -2228,8 +2280,12 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 }
 
 static store_status redis_distinct_add(store_backend_impl *s, const char *set, const char *member,
-                                       int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+                                       int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+                                       uint64_t *count, bool *capped)
 {
+	/* Every set key expires a window after its last addition: Redis bounds it without a cap. */
+	(void)max_rows;
+	*capped = false;
 	const char *names[2] = {set, member};
 	op o = {.what = "distinct",
 	        .fn = op_distinct,
