@@ -1817,15 +1817,17 @@ static int export_path_ok(const char *path, char *msg, size_t msglen)
 	const char *slash = strrchr(path, '/');
 	char dir[PATH_MAX];
 	struct stat sb;
+	int failed;
 
 	if (path[0] != '/' || slash[1] == '\0' || strlen(path) >= sizeof(dir)) {
 		snprintf(msg, msglen, "expected the absolute path of a file");
 		return -1;
 	}
 	snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
-	if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-		snprintf(msg, msglen, "directory %s: %s", dir,
-		         stat(dir, &sb) != 0 ? strerror(errno) : "not a directory");
+	failed = stat(dir, &sb) != 0 ? errno : 0;
+	if (failed || !S_ISDIR(sb.st_mode)) {
+		snprintf(msg, msglen, "directory %.300s: %s", dir,
+		         failed ? strerror(failed) : "not a directory");
 		return -1;
 	}
 	return 0;
