@@ -2741,6 +2741,13 @@ static void finish(loader *ld)
 		            "dry-run) to "
 		            "try a trap list without effect");
 	warn_dnsbl_greylist(ld);
+	/* Trap hits are recorded in every mode, and an export hands them to a firewall that enforces. */
+	if (cfg->nexports > 0 &&
+	    (cfg->decide.dry_run || cfg->modes[CHECK_ID_BLOCKLIST] != CHECK_MODE_ENFORCE))
+		ld_warn(ld,
+		        "exports are written while %s: a firewall that loads them blocks for real the "
+		        "clients spamtrapd only logs",
+		        cfg->decide.dry_run ? "mode is dry-run" : "blocklist.mode is not enforce");
 }
 
 static config_box *build(loader *ld, json_t *root)

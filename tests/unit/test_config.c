@@ -399,6 +399,16 @@ static void check_no_exports(const config *cfg)
 	assert_null(cfg->exports);
 }
 
+/* A firewall loading the exports of a daemon that only logs would block for real. */
+static void check_exports_dry_run_warns(const config *cfg)
+{
+	bool warned = false;
+
+	for (size_t i = 0; i < cfg->nwarnings; i++)
+		warned |= strstr(cfg->warnings[i], "exports are written while mode is dry-run") != NULL;
+	assert_true(warned);
+}
+
 static void check_domain_min_1000(const config *cfg)
 {
 	assert_int_equal(cfg->decide.domain_min_networks, 1000);
@@ -480,6 +490,10 @@ static const ok_case ok_cases[] = {
      {NULL},
      check_exports},
     {"exports: none by default", "{}", {NULL}, check_no_exports},
+    {"exports: dry-run warns",
+     "{\"mode\": \"dry-run\", \"exports\": [{\"format\": \"nft\", \"path\": \"/tmp/bl.nft\"}]}",
+     {NULL},
+     check_exports_dry_run_warns},
     {"overrides: a list as JSON, null",
      "{\"user\": \"nobody\", \"traps\": {\"addresses\": [\"trap@example.com\"]}}",
      {"traps.addresses=[\"a@trap.example\"]", "user=null"},
