@@ -186,6 +186,9 @@ int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
 	eng->current = snap;
 	pthread_mutex_unlock(&eng->lock);
 	engine_release(old);
+	/* The exports (or the store they list) may have changed: the exporter looks again now. */
+	if (eng->on_change)
+		eng->on_change(eng->on_change_ctx);
 	return 0;
 }
 

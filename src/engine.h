@@ -99,8 +99,8 @@ void engine_msg_forget_trap(engine_msg *m);
 
 /*
  * fn(ctx) is called, on the thread that wrote, after a write listed a key
- * anew (query.u.record.created: the exporter's "dirty" signal). It must
- * not block. Set it before the front ends start; NULL: none.
+ * anew (query.u.record.created: the exporter's "dirty" signal), and after
+ * a reload. It must not block. Set it before the front ends start; NULL: none.
  */
 typedef void (*engine_change_fn)(void *ctx);
 void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx);

@@ -91,6 +91,19 @@ class SqliteExports(sh.PolicyChecks, unittest.TestCase):
         wait_for(lambda: "192.0.2.41" not in (read(self.path) or "192.0.2.41"),
                  "the removed client gone from the export")
 
+    def test_reload_adds_and_moves_an_export(self):
+        config = exports_config(self.path)
+        del config["exports"]
+        d = self.daemon(config)
+        self.trap_hit(d, "spam@bad.example", "192.0.2.45")
+        self.assertTrue(d.reload({"exports": [{"format": "nft", "path": self.path, "interval": "1s"}]}))
+        wait_for(lambda: "192.0.2.45" in (read(self.path) or ""), "the export a reload added")
+        other = os.path.join(self.out, "blocklist.cidr")
+        self.assertTrue(d.reload({"exports": [{"format": "cidr", "path": other, "interval": "1s"}]}))
+        wait_for(lambda: "192.0.2.45" in (read(other) or ""), "the export the next reload named")
+        # A bad path in a reload is refused and the exports in force stay.
+        self.assertFalse(d.reload({"exports": [{"format": "nft", "path": "/nonexistent-dir/x.nft"}]}))
+
     def test_bad_path_is_a_start_up_error(self):
         for path, why in ((os.path.join(self.dir, "missing", "x.nft"), "No such file or directory"),
                           ("relative.nft", "expected the absolute path of a file")):
