@@ -182,6 +182,8 @@ class RedisExports(sh.PolicyChecks, unittest.TestCase):
         a.ctl("remove", "192.0.2.61")
         wait_for(lambda: "192.0.2.61" not in (read(b_path) or "192.0.2.61"),
                  "the client removed at A gone from B's export")
+        a.ctl("add", "198.51.100.9", "--ttl", "1h")
+        wait_for(lambda: "198.51.100.9" in (read(b_path) or ""), "the client added at A in B's export")
 
     def test_subscriber_reconnects_after_a_redis_restart(self):
         (a, _), (b, b_path) = self.hosts
