@@ -477,7 +477,7 @@ class Bench:
         """Step 7: dnsbl (two sites) + spf beside the same spamtrapd without DNS checks, answers cached."""
         a = self.args
         if not shutil.which("rbldnsd"):
-            self.note("no DNS rows: rbldnsd not installed (scripts/install-deps.sh)")
+            self.note("no DNS rows: rbldnsd not installed (scripts/install-deps.sh bench)")
             return
         rb = self.start_rbldnsd()
         extra = self.dns_extra(rb.ports["dns"])
