@@ -26,14 +26,22 @@ Runs, in one go on this machine (docs/performance.md explains every number):
    only the blocklist, both under the same SASL-authenticated load
    (policy_load -a: many accounts, each from a few networks), on SQLite
    (each on its own copy of the store) and on the Redis server.
-7. One table on stdout: requests/s, p50/p99 latency, the ratios
+7. DNS checks (issue 15): spamtrapd with `dnsbl` (two sites) and `spf`
+   on, beside the same spamtrapd without them, under the same load of a
+   small pool of clients (policy_load -C) from one sender domain, on
+   SQLite. One rbldnsd serves both DNSBL zones and the sender domains'
+   SPF records (its generic dataset) through `dns.forwarders`, with long
+   TTLs: after a warm-up load every answer comes from the resolver's
+   cache, which the count of rbldnsd's queries during the measured loads
+   shows (it should be 0).
+8. One table on stdout: requests/s, p50/p99 latency, the ratios
    spamtrapd/limit and spamtrapd/postgrey, peak RSS (VmHWM) of every
    server, load and lookup times, and the targets of issues 6 and 13.
 
 Every process is started here and stopped here by PID. Raw results go to
 bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR;
 --only greylist runs steps 3 to 5 for the greylisting rows alone, --only
-relay step 6 alone (with the store it needs).
+relay step 6 alone (with the store it needs), --only dns step 7 alone.
 """
 
 import argparse
@@ -76,6 +84,22 @@ def run_json(cmd, timeout):
     if not out:
         raise RuntimeError("%s printed no result: %s" % (" ".join(cmd), proc.stderr.strip()))
     return out
+
+
+def dns_rcode(port, name, qtype):
+    """The rcode of one UDP query to 127.0.0.1:port, None without an answer within 0.2 s."""
+    qid = os.getpid() & 0xFFFF
+    qname = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    packet = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname \
+        + qtype.to_bytes(2, "big") + b"\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(packet, ("127.0.0.1", port))
+            msg = s.recv(4096)
+        except OSError:
+            return None
+    return msg[3] & 0xF if len(msg) >= 12 and msg[:2] == packet[:2] else None
 
 
 class Server:
@@ -148,7 +172,7 @@ class Bench:
         self.give(self.tmp)
         self.servers = []
         self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {}, "greylist": {},
-                        "relay": {}, "store": {}, "traps": [], "servers": {}, "notes": []}
+                        "relay": {}, "dns": {}, "store": {}, "traps": [], "servers": {}, "notes": []}
         self.redis = self.postgrey = None
 
     def give(self, path):
@@ -270,25 +294,37 @@ class Bench:
         if proto == "relay":
             # SASL logins of many accounts, each from a few networks of its own
             cmd += ["-a", str(self.args.accounts)]
+        if proto == "dns":
+            cmd += self.DNS_LOAD
         return run_json(cmd, self.args.duration + self.args.warmup + 60)[0]
 
-    def measure(self, proto, targets):
+    def measure(self, proto, targets, side=None):
         """targets: [(name, port, blocked, servers)]; best of --reps runs per server and level,
-        interleaved. Each run also gets the CPU time its servers spent per request answered."""
+        interleaved. Each run also gets the CPU time its servers spent per request answered.
+        side: processes whose CPU time per request is recorded beside (side_cpu_us), not counted
+        in cpu_us, and a function whose growth over the run is recorded as side_count."""
         table = self.results[proto]
+        side_procs, side_count = side or ([], None)
         for conns in self.args.levels:
             for _ in range(self.args.reps):
                 for name, port, blocked, servers in targets:
                     cpu = sum(s.cpu_seconds() for s in servers)
+                    side_cpu = sum(s.cpu_seconds() for s in side_procs)
+                    count = side_count() if side_count else 0
                     r = self.load(proto, port, conns, blocked)
                     cpu = sum(s.cpu_seconds() for s in servers) - cpu
                     r["cpu_us"] = cpu * 1e6 / r["all"] if r["all"] else 0.0
+                    if side:
+                        side_cpu = sum(s.cpu_seconds() for s in side_procs) - side_cpu
+                        r["side_cpu_us"] = side_cpu * 1e6 / r["all"] if r["all"] else 0.0
+                        r["side_count"] = (side_count() if side_count else 0) - count
                     best = table.setdefault(name, {}).get(str(conns))
                     if best is None or r["rps"] > best["rps"]:
                         table[name][str(conns)] = r
-                    print("  %-6s %-18s %2d conns %8.0f /s  p50 %8.1f us  p99 %8.1f us  cpu %6.1f us"
-                          % (proto, name, conns, r["rps"], r["p50_us"], r["p99_us"], r["cpu_us"]),
-                          file=sys.stderr)
+                    print("  %-6s %-18s %2d conns %8.0f /s  p50 %8.1f us  p99 %8.1f us  cpu %6.1f us%s"
+                          % (proto, name, conns, r["rps"], r["p50_us"], r["p99_us"], r["cpu_us"],
+                             "  (DNS server: %d queries, cpu %.1f us)" % (r["side_count"], r["side_cpu_us"])
+                             if side else ""), file=sys.stderr)
 
     def stop_all(self):
         for s in self.servers:
@@ -380,11 +416,103 @@ class Bench:
                   % (self.args.accounts, ",".join(map(str, self.args.levels))), file=sys.stderr)
             self.measure("relay", targets)
 
+    # Step 7: the load of the DNS rows. 64 IPv4 clients (policy_load -C; no IPv6), every sender in
+    # senders.example (blocklisted ones in spam.example), 2% trap recipients: 130 DNSBL names and 2
+    # SPF records, all cached after the warm-up, whatever worker a connection lands on.
+    DNS_LOAD = ["-C", "64", "-6", "0"]
+    DNS_TTL = 3600
+    DNS_ZONES = ("bl1.example.net", "bl2.example.net")
+
+    def dns_extra(self, port):
+        return {"dns": {"forwarders": ["127.0.0.1@%d" % port]},
+                "dnsbl": {"mode": "enforce", "threshold": 3, "action": "reject",
+                          # every 4th client of the pool listed on the first site only: score 2, below 3,
+                          # so that both rows answer the same (DUNNO) and the scoring of a listing runs
+                          "sites": ["%s=127.0.0.2*2" % self.DNS_ZONES[0], "%s=127.0.0.[2..11]*2" % self.DNS_ZONES[1]]},
+                "spf": {"mode": "enforce", "reject_fail": False, "header": True}}
+
+    def start_rbldnsd(self):
+        """One rbldnsd (UDP, loopback) serving the two DNSBL zones and, as a generic zone each, the
+        SPF records of the load's sender domains; every query logged (dns_queries counts them)."""
+        rdir = os.path.join(self.tmp, "rbldnsd")
+        os.mkdir(rdir)
+        self.give(rdir)
+        listed = ["10.%d.%d.%d" % (a >> 16, (a >> 8) & 255, (a & 255) | 1)
+                  for a in (((i * 2654435761) & 0xFFFFFF) for i in range(0, 64, 4))]  # bench_client_ipv4
+        soa = "$SOA %d ns.example.net hostmaster.example.net 1 3600 600 86400 %d\n" % (self.DNS_TTL, self.DNS_TTL)
+        files = {"bl1": soa + "".join("%s :127.0.0.2:listed\n" % ip for ip in listed),
+                 "bl2": soa,
+                 "senders": soa + "@ TXT \"v=spf1 ip4:10.0.0.0/8 -all\"\n",
+                 "spam": soa + "@ TXT \"v=spf1 -all\"\n"}
+        for fname, text in files.items():
+            with open(os.path.join(rdir, fname), "w") as f:
+                f.write(text)
+            self.give(os.path.join(rdir, fname))
+        port = free_port()
+        cmd = ["rbldnsd", "-n", "-b", "127.0.0.1/%d" % port, "-w", rdir, "-l", "+queries.log",
+               "-t", "%d" % self.DNS_TTL]
+        if self.run_user:
+            cmd += ["-u", self.run_user]
+        cmd += ["%s:ip4set:bl1" % self.DNS_ZONES[0], "%s:ip4set:bl2" % self.DNS_ZONES[1],
+                "senders.example:generic:senders", "spam.example:generic:spam"]
+        srv = self.start("rbldnsd", "dns", cmd, {})
+        srv.query_log = os.path.join(rdir, "queries.log")
+        deadline = time.monotonic() + 10
+        while dns_rcode(port, "senders.example", 16) is None:
+            if srv.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("rbldnsd did not answer on port %d; see %s" % (port, srv.log_path))
+            time.sleep(0.05)
+        srv.ports = {"dns": port}
+        return srv
+
+    @staticmethod
+    def dns_queries(srv):
+        try:
+            with open(srv.query_log, "rb") as f:
+                return sum(1 for _ in f)
+        except OSError:
+            return 0
+
+    def dns(self):
+        """Step 7: dnsbl (two sites) + spf beside the same spamtrapd without DNS checks, answers cached."""
+        a = self.args
+        if not shutil.which("rbldnsd"):
+            self.note("no DNS rows: rbldnsd not installed (scripts/install-deps.sh bench)")
+            return
+        rb = self.start_rbldnsd()
+        extra = self.dns_extra(rb.ports["dns"])
+        store = {"sqlite": {"path": os.path.join(self.tmp, "dns-check.db")}}
+        error = self.config_error("dns", store, extra)
+        if error:
+            self.note("no DNS rows: spamtrapd -t refuses the dnsbl, spf or dns section (%s)" % error)
+            return
+        targets = []
+        for name, db, ex in (("spamtrapd no-dns sqlite", "dns-plain.db", None),
+                             ("spamtrapd dnsbl+spf sqlite", "dns-checks.db", extra)):
+            d = self.start_spamtrapd(name, {"sqlite": {"path": os.path.join(self.tmp, db)}}, None, extra=ex)
+            d.wait_ready()
+            targets.append((name, d.ports["policy"], 1, [d]))
+        # Warm-up: 64 connections reach every policy worker (a resolver and a cache each) and every client.
+        before = self.dns_queries(rb)
+        for _ in range(2):
+            run_json([self.tool("policy_load"), "-p", str(targets[1][1]), "-c", "64", "-d", "1", "-w", "0"]
+                     + self.DNS_LOAD, 60)
+        warm = self.dns_queries(rb) - before
+        print("bench: DNS rows: %d queries reached rbldnsd during the warm-up; at %s connections"
+              % (warm, ",".join(map(str, a.levels))), file=sys.stderr)
+        before = self.dns_queries(rb)
+        self.measure("dns", targets, side=([rb], lambda: self.dns_queries(rb)))
+        self.results["dns_server"] = {"warmup_queries": warm, "measured_queries": self.dns_queries(rb) - before,
+                                      "ttl": self.DNS_TTL, "zones": list(self.DNS_ZONES)}
+
     def run(self):
         a = self.args
         print("bench: temporary files in %s" % self.tmp, file=sys.stderr)
         if a.only == "greylist":
             self.greylist()
+            return
+        if a.only == "dns":
+            self.dns()
             return
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
@@ -451,6 +579,8 @@ class Bench:
             self.greylist()
         if not a.no_relay:
             self.relay(trap_file, relay_dbs, sq, redis, rd)
+        if not a.no_dns:
+            self.dns()
 
     def finish(self):
         self.stop_all()
@@ -540,6 +670,32 @@ def protocol_table(res, proto, limit, title, unit):
             print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % dunno_pct(row[str(c)])
                                                                  if row.get(str(c)) else "-", CELL - 9, "")
                                                     for c in LEVELS))
+    if proto == "dns":
+        dn, nd = rows.get("spamtrapd dnsbl+spf sqlite"), rows.get("spamtrapd no-dns sqlite")
+        if dn and nd:
+            print(lbl("  cpu dns/no-dns")
+                  + "".join(" %9s%*s" % ("%.2f" % (dn[str(c)]["cpu_us"] / nd[str(c)]["cpu_us"])
+                                         if dn.get(str(c)) and nd.get(str(c)) and nd[str(c)]["cpu_us"] else "-",
+                                         CELL - 9, "") for c in LEVELS)
+                  + "  (spamtrapd CPU per request, dnsbl+spf / no DNS checks)")
+            print(lbl("  p99 dns/no-dns")
+                  + "".join(" %9s%*s" % ("%.2f" % (dn[str(c)]["p99_us"] / nd[str(c)]["p99_us"])
+                                         if dn.get(str(c)) and nd.get(str(c)) and nd[str(c)]["p99_us"] else "-",
+                                         CELL - 9, "") for c in LEVELS))
+            print(lbl("  rbldnsd")
+                  + "".join(" %9s%*s" % ("%dq %.1fus" % (dn[str(c)].get("side_count", 0), dn[str(c)].get(
+                      "side_cpu_us", 0.0)) if dn.get(str(c)) else "-", CELL - 9, "") for c in LEVELS)
+                  + "  (queries it got and its CPU per request, during the kept run: not in the rows)")
+        ds = res.get("dns_server")
+        if ds:
+            print("  rbldnsd queries: %d during the warm-up, %d during all the measured runs (TTL %d s)"
+                  % (ds["warmup_queries"], ds["measured_queries"], ds["ttl"]))
+        print("%-18s" % "replies DUNNO or PREPEND Received-SPF (every client scores below the threshold, "
+              "SPF never refuses: none refused)")
+        for name, row in rows.items():
+            print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % dunno_pct(row[str(c)], ("DUNNO", "PREPEND"))
+                                                                 if row.get(str(c)) else "-", CELL - 9, "")
+                                                    for c in LEVELS))
     if proto == "greylist":
         print("%-18s" % "replies deferred (each request a new triplet: all should be)")
         for name, row in rows.items():
@@ -554,11 +710,11 @@ def protocol_table(res, proto, limit, title, unit):
                                              CELL - 9, "") for c in LEVELS))
 
 
-def dunno_pct(r):
-    """Share of a load's ordinary (non-trap) replies that were DUNNO."""
+def dunno_pct(r, actions=("DUNNO",)):
+    """Share of a load's ordinary (non-trap) replies that were DUNNO (or one of actions)."""
     replies = r.get("other_replies", {})
     total = sum(replies.values())
-    return 100.0 * replies.get("DUNNO", 0) / total if total else 0.0
+    return 100.0 * sum(replies.get(a, 0) for a in actions) / total if total else 0.0
 
 
 def deferred_pct(r):
@@ -643,6 +799,18 @@ def targets(res):
             r = rl[level]["cpu_us"] / bl[level]["cpu_us"]
             add("relay+ratelimit CPU/request <= 1.5x blocklist-only (%s, %s conns)" % (backend, level), r <= 1.5,
                 "%.2fx (%.1f vs %.1f us)" % (r, rl[level]["cpu_us"], bl[level]["cpu_us"]))
+    dns = res.get("dns", {})
+    dn, nd = dns.get("spamtrapd dnsbl+spf sqlite", {}), dns.get("spamtrapd no-dns sqlite", {})
+    for level in sorted(dn, key=int):
+        if nd.get(level) and nd[level]["cpu_us"]:
+            r = dn[level]["cpu_us"] / nd[level]["cpu_us"]
+            add("dnsbl+spf cached CPU/request <= 2x no-DNS row (%s conns)" % level, r <= 2,
+                "%.2fx (%.1f vs %.1f us), p99 %.2f vs %.2f ms" % (r, dn[level]["cpu_us"], nd[level]["cpu_us"],
+                                                             dn[level]["p99_us"] / 1000, nd[level]["p99_us"] / 1000))
+    ds = res.get("dns_server")
+    if ds:
+        add("dnsbl+spf answers cached: no query reaches the DNS server while measured", ds["measured_queries"] == 0,
+            "%d queries" % ds["measured_queries"])
     tl = [t for t in res["traps"] if t["phase"] == "config_load"]
     if tl:
         add("config_load of %s traps < 1 s" % "{:,}".format(tl[0]["traps"]), tl[0]["seconds"] < 1,
@@ -674,8 +842,10 @@ def print_table(res):
                                        "requests/s"),
                                       ("relay", None, "Relay + one ratelimit rule beside the blocklist alone, "
                                        "SASL load of %s accounts (policy protocol)" % "{:,}".format(args.get(
-                                           "accounts", 0)), "requests/s")):
-        if res[proto]:
+                                           "accounts", 0)), "requests/s"),
+                                      ("dns", None, "DNS checks: dnsbl (two sites) + spf, answers cached, beside "
+                                       "no DNS checks (policy protocol, SQLite)", "requests/s")):
+        if res.get(proto):
             protocol_table(res, proto, limit, title, unit)
     store_lines(res)
     for t in res["traps"]:
@@ -688,7 +858,7 @@ def print_table(res):
     for name, srv in res["servers"].items():
         if name.startswith("spamtrapd") and srv["ready_seconds"] is not None:
             print("%s ready (both ports open) %.2f s after start" % (name, srv["ready_seconds"]))
-    print("\nTargets (issue 6; greylist: issue 13; relay: issue 14)")
+    print("\nTargets (issue 6; greylist: issue 13; relay: issue 14; dns: issue 15)")
     for status, what, value in targets(res):
         print("  [%s] %-62s %s" % (status, what, value))
     for n in res["notes"]:
@@ -711,10 +881,12 @@ def main():
     ap.add_argument("--no-postgrey", action="store_true")
     ap.add_argument("--no-greylist", action="store_true", help="leave out the greylisting rows")
     ap.add_argument("--no-relay", action="store_true", help="leave out the relay + ratelimit rows")
+    ap.add_argument("--no-dns", action="store_true", help="leave out the DNS check rows")
     ap.add_argument("--accounts", type=int, default=10000, help="SASL accounts of the relay rows' load")
-    ap.add_argument("--only", choices=("all", "greylist", "relay"), default="all",
+    ap.add_argument("--only", choices=("all", "greylist", "relay", "dns"), default="all",
                     help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey); "
-                    "relay: only the relay + ratelimit rows and the blocklist-only rows beside them")
+                    "relay: only the relay + ratelimit rows and the blocklist-only rows beside them; "
+                    "dns: only the dnsbl+spf rows and the rows without DNS checks beside them")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")

@@ -288,7 +288,8 @@ static void log_full(dns_resolver *r)
  * byte other than a letter, digit, '-', '_' or the dots between labels is
  * written \DDD. SPF builds names from what the client sent (macros of
  * the local part, the HELO name): a space or a '"' is a byte of a label,
- * never syntax. false when it does not fit.
+ * never syntax. false when it does not fit. Byte by byte, without
+ * snprintf: it runs for every query, cached answers included.
  */
 static bool name_escape(const char *in, char *out, size_t outlen)
 {
@@ -297,13 +298,18 @@ static bool name_escape(const char *in, char *out, size_t outlen)
 	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
 		bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
 		             (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.';
-		int n = plain ? snprintf(out + o, outlen - o, "%c", *p)
-		              : snprintf(out + o, outlen - o, "\\%03u", *p);
-
-		if (n < 0 || (size_t)n >= outlen - o)
+		if (o + (plain ? 1 : 4) >= outlen)
 			return false;
-		o += (size_t)n;
+		if (plain) {
+			out[o++] = (char)*p;
+			continue;
+		}
+		out[o++] = '\\';
+		out[o++] = (char)('0' + *p / 100);
+		out[o++] = (char)('0' + *p / 10 % 10);
+		out[o++] = (char)('0' + *p % 10);
 	}
+	out[o] = '\0';
 	return true;
 }
 
