@@ -70,6 +70,9 @@ struct engine {
 	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
 	pthread_mutex_t hooks_lock;
 	hook_runner *hooks;
+	/* engine_set_change_notify: set before any thread reads it */
+	engine_change_fn on_change;
+	void *on_change_ctx;
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -153,6 +156,12 @@ void engine_free(engine *eng)
 	free(eng);
 }
 
+void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx)
+{
+	eng->on_change = fn;
+	eng->on_change_ctx = ctx;
+}
+
 int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
 {
 	engine_snapshot *old = engine_acquire(eng);
@@ -177,6 +186,9 @@ int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
 	eng->current = snap;
 	pthread_mutex_unlock(&eng->lock);
 	engine_release(old);
+	/* The exports (or the store they list) may have changed: the exporter looks again now. */
+	if (eng->on_change)
+		eng->on_change(eng->on_change_ctx);
 	return 0;
 }
 
@@ -473,12 +485,17 @@ static void run_block_hook(engine_snapshot *snap, const query *q, size_t k, cons
 static void log_new_entries(engine_snapshot *snap, const query *q, check_mode mode, const decide_facts *f)
 {
 	char key[QUERY_KEY_MAX], client[64], qid[64], reason[64];
+	bool notified = false;
 
 	if (q->kind != QUERY_BLOCKLIST_RECORD || q->status != QUERY_OK)
 		return;
 	for (size_t k = 0; k < q->u.record.nkeys; k++) {
 		if (!q->u.record.created[k])
 			continue;
+		if (!notified && snap->eng->on_change) {
+			snap->eng->on_change(snap->eng->on_change_ctx);
+			notified = true;
+		}
 		log_info(
 		    "block: type=%s key=%s client=%s ttl=%lld reason=%s mode=%s queue_id=%s",
 		    block_type(q->u.record.keys[k]), log_safe_field(q->u.record.keys[k], key, sizeof(key)),

@@ -2,7 +2,8 @@
  * spamtrapd: start-up, signals and shutdown.
  *
  * Threads: the main thread only waits for signals; a control thread
- * reloads the config and purges expired entries; the policy workers and
+ * reloads the config and purges expired entries; the exporter's thread
+ * keeps the exports files current; the policy workers and
  * libmilter's threads serve Postfix. Every signal is blocked before any
  * thread exists, and the main thread waits for HUP/USR1/TERM/INT with
  * sigwaitinfo. libmilter starts its own signal thread that treats SIGHUP
@@ -26,6 +27,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "engine.h"
+#include "exporter.h"
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
@@ -272,8 +274,9 @@ static void raise_open_files(void)
 		log_info("open files limit raised from %llu to %llu", before, after);
 }
 
-/* Binds, drops privileges, opens the store, starts the front ends. */
-static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool *milter_on)
+/* Binds, drops privileges, opens the store, starts the exporter and the front ends. */
+static int start(config *cfg, engine **eng_out, exporter **exp_out, policy_server **policy_out,
+                 bool *milter_on)
 {
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
@@ -289,6 +292,7 @@ static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool
 		goto fail;
 	if (daemon_drop_privileges(user, err, sizeof(err)) < 0 ||
 	    engine_open_store(eng, err, sizeof(err)) < 0 ||
+	    !(*exp_out = exporter_new(eng, err, sizeof(err))) ||
 	    policy_server_start(*policy_out, err, sizeof(err)) < 0)
 		goto fail;
 	if (want_milter && milter_start(err, sizeof(err)) < 0)
@@ -319,15 +323,17 @@ static int run(const options *opt, const sigset_t *signals, engine *eng, int sta
 }
 
 /* SIGTERM: in-flight transactions finish inside the stop calls; then nothing is left to record. */
-static void stop(engine *eng, policy_server *policy, bool milter_on)
+static void stop(engine *eng, exporter *exp, policy_server *policy, bool milter_on)
 {
 	if (policy)
 		policy_server_stop(policy);
 	bool milter_quiet = !milter_on || milter_stop();
 	policy_server_free(policy);
 	/* A milter callback still running may use the engine: leave it to exit(). */
-	if (milter_quiet)
+	if (milter_quiet) {
+		exporter_free(exp);
 		engine_free(eng);
+	}
 }
 
 int main(int argc, char **argv)
@@ -378,14 +384,15 @@ int main(int argc, char **argv)
 	raise_open_files();
 
 	engine *eng = NULL;
+	exporter *exp = NULL;
 	policy_server *policy = NULL;
 	bool milter_on = false;
-	rc = start(cfg, &eng, &policy, &milter_on);
+	rc = start(cfg, &eng, &exp, &policy, &milter_on);
 	config_unref(cfg);
 	if (rc == 0)
 		rc = run(&opt, &signals, eng, status_fd);
 	daemon_report_started(status_fd, false); /* no-op once reported */
-	stop(eng, policy, milter_on);
+	stop(eng, exp, policy, milter_on);
 	if (milter_on && milter_failed())
 		rc = -1;
 	log_notice("stopped%s", rc == 0 ? "" : " with errors");

@@ -330,6 +330,25 @@ store_status store_purge(store *st, int64_t now, uint64_t *purged);
 typedef int (*store_visit_fn)(const store_entry *e, void *ctx);
 store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx);
 
+/*
+ * Changes made on other hosts (Redis): every write that lists a key anew
+ * (the record script) and every spamtrapctl add or remove PUBLISHes on
+ * the channel store.redis.prefix STORE_WATCH_CHANNEL. A watch is a
+ * connection of its own SUBSCRIBEd to it, for the exporter.
+ */
+#define STORE_WATCH_CHANNEL "blocklist:changed"
+typedef struct store_watch store_watch;
+/* NULL with err for a backend without a channel (SQLite) or bad settings; connects at the first wait. */
+store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen);
+/*
+ * Wait at most timeout_ms: 1 when a change was announced, or when the
+ * watch (re)connected (a change may have gone unannounced meanwhile); 0
+ * when nothing came; -1 with err when the connection failed or was lost
+ * (the next calls try again after a growing pause, 100 ms to 5 s).
+ */
+int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen);
+void store_watch_free(store_watch *w); /* accepts NULL */
+
 /* The message of the last STORE_ERROR on this thread. */
 const char *store_last_error(void);
 

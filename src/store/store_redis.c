@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <signal.h>
@@ -101,10 +102,12 @@ static const char *const field_names[NFIELDS] = {"expires", "first",  "last", "h
 
 /*
  * KEYS: the netlens hash, then the N entries. ARGV: now, expires, trap,
- * sender, rcpt, client, helo, qid, reason, then the N tags. A missing or
- * expired entry starts over (first = now, hits = 1); a live one counts
- * the hit and keeps a longer expiry. Returns the keys that started over
- * as bits (KEYS[2] is bit 0): the new listings.
+ * sender, rcpt, client, helo, qid, reason, then the N tags, then the
+ * change channel. A missing or expired entry starts over (first = now,
+ * hits = 1); a live one counts the hit and keeps a longer expiry. Returns
+ * the keys that started over as bits (KEYS[2] is bit 0): the new
+ * listings, which it also PUBLISHes on the channel (every host's
+ * exports, store_watch).
  */
 static const char record_lua[] =
     "local now = tonumber(ARGV[1])\n"
@@ -128,6 +131,7 @@ static const char record_lua[] =
     "  redis.call('EXPIREAT', k, string.format('%d', exp))\n"
     "  if ARGV[8 + i] ~= '' then redis.call('HSET', KEYS[1], ARGV[8 + i], gen) end\n"
     "end\n"
+    "if created > 0 then redis.call('PUBLISH', ARGV[#ARGV], '1') end\n"
     "return created\n";
 
 /*
@@ -456,6 +460,7 @@ struct store_backend_impl {
 	char *pattern;      /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
 	char *grey_pattern; /* the same for the greylist's records: cfg.redis_prefix "grey:*" */
 	char *version;      /* cfg.redis_prefix "version": the key layout (LAYOUT_VERSION) */
+	char *channel;      /* cfg.redis_prefix "blocklist:changed": new and removed entries (store_watch) */
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
 	bool guard_sigpipe;
@@ -1377,7 +1382,7 @@ static size_t record_values(const store_hit *h, char nums[2][24], const char **a
 	return RECORD_ARGS;
 }
 
-#define RECORD_ARGC (4 + 2 * STORE_RECORD_MAX + RECORD_ARGS)
+#define RECORD_ARGC (4 + 2 * STORE_RECORD_MAX + RECORD_ARGS + 1)
 
 /* One script: EVALSHA sha N+1 netlens keys... values... tags... */
 static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
@@ -1397,6 +1402,7 @@ static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 	n += record_values(o->hit, nums, argv + n, argvlen + n);
 	net_tags(o->keys, o->nkeys, tags, argv + n, argvlen + n);
 	n += o->nkeys;
+	argv[n] = s->channel, argvlen[n++] = strlen(s->channel);
 	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "record");
@@ -1773,6 +1779,24 @@ static void put_fields(const store_entry *e, char nums[4][24], const char **argv
 #define PUT_ARGC (7 + 2 * NFIELDS)
 
 /* One script: EVALSHA sha 2 key netlens tag expires field value...; the entry is replaced atomically. */
+/*
+ * Tell every host's exports (store_watch) that the blocklist changed by
+ * hand (spamtrapctl add, remove). The write is done: a failed notice is
+ * its caller's error all the same, since other hosts would miss it.
+ */
+static store_status publish_change(const store_backend_impl *s, rconn *rc)
+{
+	const char *argv[3] = {"PUBLISH", s->channel, "1"};
+	redisReply *r;
+	store_status st;
+
+	if (command(s, rc->ctx, &r, "publish", 3, argv) != STORE_OK)
+		return STORE_ERROR;
+	st = r->type == REDIS_REPLY_INTEGER ? STORE_OK : reply_error(s, rc, r, "publish");
+	freeReplyObject(r);
+	return st;
+}
+
 static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
 {
 	char buf[KEYBUF], nums[4][24], tag[TAG_MAX];
@@ -1791,7 +1815,7 @@ static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "put");
 	freeReplyObject(r);
-	return st;
+	return st == STORE_OK ? publish_change(s, rc) : st;
 }
 
 static store_status op_remove(store_backend_impl *s, rconn *rc, op *o)
@@ -1809,7 +1833,7 @@ static store_status op_remove(store_backend_impl *s, rconn *rc, op *o)
 	else
 		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
 	freeReplyObject(r);
-	return st;
+	return st == STORE_OK ? publish_change(s, rc) : st;
 }
 
 /* --- SCAN ---------------------------------------------------------------- */
@@ -2772,6 +2796,7 @@ static void redis_free(store_backend_impl *s)
 	free(s->pattern);
 	free(s->grey_pattern);
 	free(s->version);
+	free(s->channel);
 	free(s);
 }
 
@@ -2876,6 +2901,9 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 	if (!(s->version = malloc(strlen(prefix) + sizeof("version"))))
 		goto oom;
 	snprintf(s->version, strlen(prefix) + sizeof("version"), "%sversion", prefix);
+	if (!(s->channel = malloc(strlen(prefix) + sizeof(STORE_WATCH_CHANNEL))))
+		goto oom;
+	snprintf(s->channel, strlen(prefix) + sizeof(STORE_WATCH_CHANNEL), "%s" STORE_WATCH_CHANNEL, prefix);
 	return 0;
 oom:
 	snprintf(err, errlen, "redis: out of memory");
@@ -2929,6 +2957,127 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 	if (errlen > 0)
 		err[0] = '\0';
 	return s;
+}
+
+/* --- the change channel (store_watch) ------------------------------------ */
+
+struct store_watch {
+	store_backend_impl *s; /* the settings only: it opens no pool connection */
+	redisContext *c;       /* SUBSCRIBEd, or NULL */
+	int64_t retry_at_ms;
+	int backoff_ms;
+};
+
+store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen)
+{
+	store_watch *w;
+
+	if (cfg->backend != STORE_BACKEND_REDIS) {
+		snprintf(err, errlen, "store: only redis announces changes");
+		return NULL;
+	}
+	if (!(w = calloc(1, sizeof(*w))) || !(w->s = calloc(1, sizeof(*w->s)))) {
+		free(w);
+		snprintf(err, errlen, "redis: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&w->s->lock, NULL);
+	pthread_cond_init(&w->s->freed, NULL);
+	w->backoff_ms = BACKOFF_MIN_MS;
+	if (settings(w->s, cfg, err, errlen) < 0) {
+		store_watch_free(w);
+		return NULL;
+	}
+	return w;
+}
+
+/* AUTH, then SUBSCRIBE: 0, or -1 with err (the connection dropped). */
+static int watch_connect(store_watch *w, char *err, size_t errlen)
+{
+	const char *auth[2] = {"AUTH", w->s->cfg.redis_password}, *sub[2] = {"SUBSCRIBE", w->s->channel};
+	rconn rc = {0};
+	redisReply *r = NULL;
+	bool ok;
+
+	if (!(w->c = dial(w->s, &rc, err, errlen)))
+		return -1;
+	ok = !w->s->cfg.redis_password || !w->s->cfg.redis_password[0] ||
+	     (command(w->s, w->c, &r, "AUTH", 2, auth) == STORE_OK && r->type != REDIS_REPLY_ERROR);
+	freeReplyObject(r);
+	r = NULL;
+	ok = ok && command(w->s, w->c, &r, "SUBSCRIBE", 2, sub) == STORE_OK && r->type == REDIS_REPLY_ARRAY;
+	freeReplyObject(r);
+	if (!ok) {
+		snprintf(err, errlen, "%s: SUBSCRIBE %s: %s", w->s->where, w->s->channel,
+		         w->c->err ? w->c->errstr : "refused");
+		redisFree(w->c);
+		w->c = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static bool is_message(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements == 3 && reply_is_str(r->element[0]) &&
+	       strcmp(r->element[0]->str, "message") == 0;
+}
+
+/* What arrived within timeout_ms (see store_watch_wait). */
+static int watch_read(store_watch *w, int timeout_ms, char *err, size_t errlen)
+{
+	struct pollfd pfd = {.fd = w->c->fd, .events = POLLIN};
+	int got = 0;
+
+	if (poll(&pfd, 1, timeout_ms) <= 0)
+		return 0;
+	if (redisBufferRead(w->c) == REDIS_OK) {
+		for (;;) {
+			void *r = NULL;
+
+			if (redisGetReplyFromReader(w->c, &r) != REDIS_OK)
+				break;
+			if (!r)
+				return got;
+			got |= is_message(r);
+			freeReplyObject(r);
+		}
+	}
+	snprintf(err, errlen, "%s: the subscription to %s was lost: %s", w->s->where, w->s->channel,
+	         w->c->err ? w->c->errstr : "unreadable reply");
+	redisFree(w->c);
+	w->c = NULL;
+	w->retry_at_ms = now_ms() + w->backoff_ms;
+	return -1;
+}
+
+int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen)
+{
+	int64_t now = now_ms();
+
+	if (w->c)
+		return watch_read(w, timeout_ms, err, errlen);
+	if (now < w->retry_at_ms) {
+		poll(NULL, 0, w->retry_at_ms - now < timeout_ms ? (int)(w->retry_at_ms - now) : timeout_ms);
+		return 0;
+	}
+	if (watch_connect(w, err, errlen) < 0) {
+		w->retry_at_ms = now_ms() + w->backoff_ms;
+		w->backoff_ms = w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : w->backoff_ms * 2;
+		return -1;
+	}
+	w->backoff_ms = BACKOFF_MIN_MS;
+	return 1;
+}
+
+void store_watch_free(store_watch *w)
+{
+	if (!w)
+		return;
+	if (w->c)
+		redisFree(w->c);
+	redis_free(w->s);
+	free(w);
 }
 
 const store_ops store_redis_ops = {
