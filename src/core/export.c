@@ -284,6 +284,40 @@ static bool plain(const char *s)
 	return true;
 }
 
+/*
+ * A domain (or HELO name) comes from a MAIL FROM or HELO a stranger wrote.
+ * Only a host name goes out: labels of letters, digits, '-' and '_'
+ * (and, in an access map, UTF-8 bytes and an address literal), none
+ * empty. rbldnsd reads a leading '.' or '*' as every subdomain, '!' as
+ * an exclusion, ':' as the dataset's answer and '$' as a directive; an
+ * access map reads ".com" as every subdomain under some settings.
+ */
+static bool host_name(const char *s, bool dns)
+{
+	size_t label = 0;
+
+	if (!dns && s[0] == '[') { /* an address literal: [192.0.2.1], [ipv6:2001:db8::1] */
+		size_t n = strspn(s + 1, "0123456789abcdefghijklmnopqrstuvwxyz.:");
+
+		return n > 0 && s[1 + n] == ']' && s[2 + n] == '\0';
+	}
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '.') {
+			if (label == 0)
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || (!dns && c >= 0x80)) ||
+		    ++label > 63)
+			return false;
+	}
+	return label > 0;
+}
+
 static bool add_named(export *x, const char *name, bool trap)
 {
 	if (x->o.format == EXPORT_RBLDNSD)
@@ -324,11 +358,15 @@ bool export_add(export *x, const char *key, int64_t expires, bool trap)
 	case KEY_TYPE_NETWORK:
 		return add_net(x, key, expires, trap);
 	case KEY_TYPE_SASL:
+		return add_named(x, key + 5, trap); /* the bare name, for check_sasl_access */
 	case KEY_TYPE_HELO:
-		return add_named(x, key + 5,
-		                 trap); /* the bare name, for check_sasl_access, check_helo_access */
 	case KEY_TYPE_DOMAIN:
-		return add_named(x, key + 1, trap); /* access(5) has no "@domain": the domain form */
+		/* the bare name (check_helo_access; access(5) has no "@domain": the domain form) */
+		if (!host_name(key + (t == KEY_TYPE_HELO ? 5 : 1), x->o.format == EXPORT_RBLDNSD)) {
+			x->counts.skipped_other++;
+			return true;
+		}
+		return add_named(x, key + (t == KEY_TYPE_HELO ? 5 : 1), trap);
 	case KEY_TYPE_SENDER:
 		return add_named(x, key, trap);
 	}

@@ -144,6 +144,14 @@ typedef struct query {
 			uint64_t burst;      /* units that may be spent at once, >= 1 */
 			uint64_t cost;       /* units to charge; 0 peeks */
 			/*
+			 * Charge even past burst: the units of mail already let through
+			 * on a peek that saw room. Parallel requests can all pass on one
+			 * free unit; the bucket then owes the extra ones and refuses until
+			 * they are paid back, instead of forgetting them (which let a
+			 * burst of parallel requests go over the rate at every free unit).
+			 */
+			bool debt;
+			/*
 			 * SQLite: the most buckets (0: no cap). A new bucket at the cap
 			 * first drops the buckets with the earliest TAT: the expired ones
 			 * (as good as absent), then those nearest to full again.

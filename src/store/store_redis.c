@@ -328,7 +328,8 @@ static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\
 /*
  * store_counter: GCRA, the bucket's TAT (ms) as a string at PREFIX "ctr:"
  * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
- * good as absent). ARGV: emission interval ms, burst, cost. Returns
+ * good as absent). ARGV: emission interval ms, burst, cost, debt ("1":
+ * charge past burst, query.h). Returns
  * {allowed, retry_after ms, remaining}.
  */
 static const char counter_lua[] =
@@ -338,13 +339,13 @@ static const char counter_lua[] =
                "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
                "if tat < now then tat = now end\n"
                "local nxt = tat + cost * t\n"
-               "if nxt - now > tau then\n"
+               "if nxt - now > tau and not (ARGV[4] == '1' and cost > 0) then\n"
                "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t)}\n"
                "end\n"
                "if cost > 0 then\n"
                "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now)\n"
                "end\n"
-               "return {1, 0, math.floor((tau - (nxt - now)) / t)}\n";
+               "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t))}\n";
 
 /*
  * store_greylist: greystep_run (src/core/greystep.c) line by line, in
@@ -1553,7 +1554,7 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 	int keylen = ns_key(s, c->key, sizeof(c->key), "ctr", q->u.counter.ns, q->u.counter.key);
 
 	c->script = SCRIPT_COUNTER;
-	c->argc = 7;
+	c->argc = 8;
 	snprintf(c->nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
 	snprintf(c->nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
 	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
@@ -1561,6 +1562,7 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
 	for (int i = 0; i < 3; i++)
 		c->argv[4 + i] = c->nums[i], c->argvlen[4 + i] = strlen(c->nums[i]);
+	c->argv[7] = q->u.counter.debt ? "1" : "0", c->argvlen[7] = 1;
 }
 
 /* A distinct set's peek or add (QUERY_DISTINCT_ADD), as op_distinct writes it. */

@@ -1758,13 +1758,14 @@ static int counter_read(conn *c, query *q, bool *found, int64_t *next)
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		return -1;
 	*next = tat + (int64_t)q->u.counter.cost * t;
-	q->u.counter.allowed = *next - now <= tau;
+	q->u.counter.allowed = *next - now <= tau || (q->u.counter.debt && q->u.counter.cost > 0);
 	if (!q->u.counter.allowed) {
 		q->u.counter.retry_after_ms = *next - tau - now;
-		q->u.counter.remaining = (uint64_t)((tau - (tat - now)) / t);
+		q->u.counter.remaining = tat - now < tau ? (uint64_t)((tau - (tat - now)) / t) : 0;
 		return 0;
 	}
-	q->u.counter.remaining = (uint64_t)((tau - (*next - now)) / t);
+	/* In debt: no room until the TAT is back within tau. */
+	q->u.counter.remaining = *next - now <= tau ? (uint64_t)((tau - (*next - now)) / t) : 0;
 	return 0;
 }
 

@@ -409,6 +409,35 @@ class FirewallUnits(Daemon, unittest.TestCase):
                 self.assertIn("192.0.2.7", ruleset)
                 self.assertNotIn("chain", ruleset)
 
+    def test_loader_refuses_what_grep_would_not_read_as_text(self):
+        ns = netns_or_skip(self, "nft")
+        self.hit("a@bad.example", "192.0.2.7")
+        path, text = self.export("nft")
+        bad = os.path.join(self.d.dir, "bad.nft")
+        # a NUL byte makes grep call the file binary and print no line (nft reads it as a comment)
+        with open(bad, "wb") as f:
+            f.write(text.encode() + b"# \0\nadd table inet evil\n")
+        p = subprocess.run(["nsenter", f"--net=/proc/{ns.proc.pid}/ns/net", "--", self.LOADER, bad],
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertNotIn("evil", ns.run("nft", "list", "ruleset").stdout)
+        # a symlink to a root-only file: refused, and none of its text in the log
+        secret = os.path.join(self.d.dir, "secret")
+        with open(secret, "w") as f:
+            f.write("root:$6$hash-of-root:19000:0:99999:7:::\n")
+        os.remove(bad)
+        os.symlink(secret, bad)
+        p = ns.run(self.LOADER, bad)
+        self.assertEqual(p.returncode, 1)
+        self.assertNotIn("hash-of-root", p.stderr)
+        # a file larger than any export: refused before it is copied whole
+        os.remove(bad)
+        with open(bad, "w") as f:
+            f.write(text + "# " + "x" * (2 << 20) + "\n")
+        p = ns.run("env", "SPAMTRAPD_FIREWALL_MAX_BYTES=1048576", self.LOADER, bad)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("too large", p.stderr)
+
 
 class ExportRbldnsd(rb.Rbldnsd):
     """rbldnsd serving one export file as ZONE:combined:FILE."""

@@ -213,6 +213,38 @@ static void test_rbldnsd(void **state)
 	free(t);
 }
 
+/*
+ * A domain key comes from a MAIL FROM a botnet wrote (three networks
+ * hitting traps as x@.com): rbldnsd reads a leading '.' or '*' as a
+ * wildcard over every subdomain, '!' as an exclusion, ':' as the
+ * dataset's default answer, '$' as a directive. Only host names are
+ * written; the rest is counted as skipped.
+ */
+static void test_domains_are_host_names(void **state)
+{
+	(void)state;
+	const entry e[] = {
+	    {"@.com", 60, true},         {"@*.com", 60, true},        {"@!example.org", 60, true},
+	    {"@:127.0.0.1:x", 60, true}, {"@$ttl", 60, true},         {"@a..example", 60, true},
+	    {"@[192.0.2.1]", 60, true},  {"@ex#ample.com", 60, true}, {"@ok-1_x.example", 60, true}};
+	export_counts c;
+	char *t = render(EXPORT_RBLDNSD, EXPORT_KEY_DOMAIN, e, 9, &c);
+	const char *body = strstr(t, "$DATASET dnset:domains domains\n");
+
+	assert_non_null(body);
+	assert_string_equal(body, "$DATASET dnset:domains domains\n:127.0.0.2:$ sent mail to a spamtrap\n"
+	                          "ok-1_x.example\n");
+	assert_int_equal(c.skipped_other, 8);
+	free(t);
+	/* an access map takes any name but one that starts a pattern (".com": every subdomain) */
+	t = render(EXPORT_POSTFIX, EXPORT_KEY_DOMAIN, e, 9, &c);
+	assert_lacks(t, "\n.com");
+	assert_lacks(t, "*.com");
+	assert_lacks(t, "a..example");
+	assert_has(t, "ok-1_x.example REJECT");
+	free(t);
+}
+
 static void test_postfix_and_cidr(void **state)
 {
 	(void)state;
@@ -273,6 +305,7 @@ int main(void)
 	    cmocka_unit_test(test_nft_empty_sets_have_no_elements),
 	    cmocka_unit_test(test_nft_timeouts_clamped_and_chunked),
 	    cmocka_unit_test(test_ipset),
+	    cmocka_unit_test(test_domains_are_host_names),
 	    cmocka_unit_test(test_ipset_maxelem_grows),
 	    cmocka_unit_test(test_pf),
 	    cmocka_unit_test(test_rbldnsd),

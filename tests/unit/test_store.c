@@ -2627,6 +2627,44 @@ static void test_counter_burst_then_limit(void **state)
 	store_free(st);
 }
 
+/*
+ * Parallel recipients that all passed on the bucket's last unit (each
+ * peek saw room) are all charged, as a debt: the bucket refuses until it
+ * is paid back. Dropping the extra charges let a parallel burst past the
+ * rate at every unit the bucket freed.
+ */
+static void test_counter_debt_is_paid_back(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall();
+	query q;
+
+	(void)state;
+	q = counter1(st, "debt", t, HOUR_MS, 1, 0);
+	assert_int_equal(q.u.counter.remaining, 1);
+	for (int i = 0; i < 3; i++) {
+		q = counter_query("debt", t, HOUR_MS, 1, 1);
+		q.u.counter.debt = true;
+		if (store_counter(st, &q) != STORE_OK)
+			fail_msg("store_counter: %s", store_last_error());
+		assert_true(q.u.counter.allowed);
+		assert_int_equal(q.u.counter.remaining, 0);
+	}
+	q = counter1(st, "debt", t, HOUR_MS, 1, 0);
+	assert_int_equal(q.u.counter.remaining, 0);
+	/* three hours charged: the next unit is two hours after the burst's one, not one */
+	q = counter1(st, "debt", t, HOUR_MS, 1, 1);
+	assert_false(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.remaining, 0);
+	assert_true(q.u.counter.retry_after_ms > 2 * HOUR_MS - 60000);
+	/* a peek is never a debt */
+	q = counter_query("debt2", t, HOUR_MS, 1, 0);
+	q.u.counter.debt = true;
+	assert_int_equal(store_counter(st, &q), STORE_OK);
+	assert_int_equal(q.u.counter.remaining, 1);
+	store_free(st);
+}
+
 /* A bucket deleted (spamtrapctl rate reset) is full again; only that one; a second delete finds none. */
 static void test_counter_delete(void **state)
 {
@@ -4044,6 +4082,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_kv_expiry),
     CASE(test_kv_bad_arguments),
     CASE(test_counter_burst_then_limit),
+    CASE(test_counter_debt_is_paid_back),
     CASE(test_counter_delete),
     CASE(test_counter_refill),
     CASE(test_counter_bad_arguments),

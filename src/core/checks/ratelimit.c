@@ -241,6 +241,8 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 	/* Charged only if the final verdict lets the recipient through (pipeline_effect_applies). */
 	for (size_t j = 0; j < s->nasked && eff->nq < CHECK_MAX_EFFECTS; j++) {
 		counter_query(conf, &conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
+		/* The recipient passed on the peek: charged even if a parallel one took the last unit. */
+		eff->q[eff->nq].u.counter.debt = true;
 		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
 	}
 }
