@@ -23,6 +23,7 @@
 #include "core/pipeline.h"
 #include "hook.h"
 #include "log.h"
+#include "stats.h"
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
@@ -210,6 +211,7 @@ static void log_store_error(engine *eng, int kind, const char *what)
 	store_health *h = &eng->health[kind];
 	uint64_t suppressed = 0;
 	atomic_fetch_add_explicit(&h->failed, 1, memory_order_relaxed);
+	stats_store_error(kind == STORE_UPDATES ? STATS_STORE_UPDATE : STATS_STORE_LOOKUP);
 	if (!log_ratelimit_pass(&h->errors, (int64_t)time(NULL), &suppressed))
 		return;
 	if (suppressed)
@@ -415,6 +417,18 @@ static void note_health(engine *eng, const query *q, size_t nq)
 	}
 }
 
+/* The blocklist entries a check's writes made or refreshed, by key type and reason. */
+static void count_records(const query *writes, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		if (writes[j].kind != QUERY_BLOCKLIST_RECORD || writes[j].status != QUERY_OK)
+			continue;
+		for (size_t k = 0; k < writes[j].u.record.nkeys; k++)
+			stats_blocklist_record(key_type_of(writes[j].u.record.keys[k]),
+			                       writes[j].u.record.hit.reason);
+	}
+}
+
 /* Write the effects of the checks that decided; tell the pipeline which ones failed. */
 static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 {
@@ -435,6 +449,7 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 			continue;
 		store_run(snap->ss->st, writes, n, run->ctx.now);
 		note_health(snap->eng, writes, n);
+		count_records(writes, n);
 		/* The answers, for a hook gated on one (check_effects.hook_gate). */
 		for (size_t j = 0; j < n; j++)
 			run->effects[i].q[at[j]] = writes[j];
@@ -479,6 +494,27 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 	}
 }
 
+/*
+ * The metrics of a decision that gets a log line (docs/metrics.md): the
+ * one place both front ends pass. In shadow mode, what enforce would do.
+ */
+static void count_verdict(int check, const check_verdict *v)
+{
+	stats_mode mode = v->mode == CHECK_MODE_SHADOW ? STATS_MODE_SHADOW : STATS_MODE_ENFORCE;
+	decide_action action =
+	    mode == STATS_MODE_SHADOW && v->enforce_action != DECIDE_CONTINUE ? v->enforce_action : v->action;
+
+	stats_decision(check, action, mode);
+	if (check == CHECK_ID_TRAPS && strcmp(v->reason, "trap") == 0)
+		stats_trap_hit(mode);
+	else if (check == CHECK_ID_GREYLIST)
+		stats_greylist(v->reason, mode);
+	else if (check == CHECK_ID_RELAY && strcmp(v->reason, "relay") == 0)
+		stats_relay_trip(mode);
+	else if (check == CHECK_ID_RATELIMIT && strcmp(v->reason, "rate limited") == 0)
+		stats_ratelimit_hit(mode);
+}
+
 static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
@@ -486,6 +522,7 @@ static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, c
 
 		if (!run->decided[i] || !v->reason)
 			continue;
+		count_verdict(i, v);
 		if (run->ctx.stage == CHECK_STAGE_EOM)
 			log_end_of_message(facts, v, run->ctx.msg);
 		else

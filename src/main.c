@@ -29,6 +29,7 @@
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
+#include "stats.h"
 
 #define MAX_OVERRIDES 64
 
@@ -165,6 +166,7 @@ static void reload(control *ctl)
 	    config_load(ctl->opt->config_path, ctl->opt->overrides, ctl->opt->noverrides, err, sizeof(err));
 	if (!cfg) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);
+		stats_reload(false);
 		return;
 	}
 	engine_snapshot *old = engine_acquire(ctl->eng);
@@ -174,7 +176,9 @@ static void reload(control *ctl)
 	config_ref(cfg); /* engine_reload takes one reference; the log settings need the snapshot too */
 	if (engine_reload(ctl->eng, cfg, err, sizeof(err)) < 0) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);
+		stats_reload(false);
 	} else {
+		stats_reload(true);
 		apply_log_settings(ctl->opt, engine_config(old), cfg);
 		log_config_warnings(cfg);
 		log_notice("configuration reloaded from %s", ctl->opt->config_path);
@@ -278,6 +282,8 @@ static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
 	const char *user = cfg->user;
+	if (stats_init(err, sizeof(err)) < 0)
+		goto fail;
 	engine *eng = engine_new(config_ref(cfg), err, sizeof(err));
 	if (!eng)
 		goto fail;
