@@ -29,6 +29,7 @@
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
+#include "metrics/metrics_server.h"
 #include "stats.h"
 
 #define MAX_OVERRIDES 64
@@ -277,7 +278,8 @@ static void raise_open_files(void)
 }
 
 /* Binds, drops privileges, opens the store, starts the front ends. */
-static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool *milter_on)
+static int start(config *cfg, engine **eng_out, policy_server **policy_out, metrics_server **metrics_out,
+                 bool *milter_on)
 {
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
@@ -293,9 +295,13 @@ static int start(config *cfg, engine **eng_out, policy_server **policy_out, bool
 		goto fail;
 	if (want_milter && milter_setup(eng, cfg, err, sizeof(err)) < 0)
 		goto fail;
+	if (cfg->metrics.listen &&
+	    !(*metrics_out = metrics_server_new(cfg, stats_registry(), err, sizeof(err))))
+		goto fail;
 	if (daemon_drop_privileges(user, err, sizeof(err)) < 0 ||
 	    engine_open_store(eng, err, sizeof(err)) < 0 ||
-	    policy_server_start(*policy_out, err, sizeof(err)) < 0)
+	    policy_server_start(*policy_out, err, sizeof(err)) < 0 ||
+	    (*metrics_out && metrics_server_start(*metrics_out, err, sizeof(err)) < 0))
 		goto fail;
 	if (want_milter && milter_start(err, sizeof(err)) < 0)
 		goto fail;
@@ -325,8 +331,9 @@ static int run(const options *opt, const sigset_t *signals, engine *eng, int sta
 }
 
 /* SIGTERM: in-flight transactions finish inside the stop calls; then nothing is left to record. */
-static void stop(engine *eng, policy_server *policy, bool milter_on)
+static void stop(engine *eng, policy_server *policy, metrics_server *scrape, bool milter_on)
 {
+	metrics_server_free(scrape);
 	if (policy)
 		policy_server_stop(policy);
 	bool milter_quiet = !milter_on || milter_stop();
@@ -385,13 +392,14 @@ int main(int argc, char **argv)
 
 	engine *eng = NULL;
 	policy_server *policy = NULL;
+	metrics_server *scrape = NULL;
 	bool milter_on = false;
-	rc = start(cfg, &eng, &policy, &milter_on);
+	rc = start(cfg, &eng, &policy, &scrape, &milter_on);
 	config_unref(cfg);
 	if (rc == 0)
 		rc = run(&opt, &signals, eng, status_fd);
 	daemon_report_started(status_fd, false); /* no-op once reported */
-	stop(eng, policy, milter_on);
+	stop(eng, policy, scrape, milter_on);
 	if (milter_on && milter_failed())
 		rc = -1;
 	log_notice("stopped%s", rc == 0 ? "" : " with errors");
