@@ -429,6 +429,24 @@ static void count_records(const query *writes, size_t n)
 	}
 }
 
+static double seconds_since(const struct timespec *a)
+{
+	struct timespec b;
+
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	return (double)(b.tv_sec - a->tv_sec) + (double)(b.tv_nsec - a->tv_nsec) / 1e9;
+}
+
+/* store_run, timed for spamtrapd_store_call_duration_seconds. */
+static void store_call(engine_snapshot *snap, query *q, size_t n, int64_t now, stats_store_call call)
+{
+	struct timespec a;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	store_run(snap->ss->st, q, n, now);
+	stats_store_duration(snap->cfg->store.backend, call, seconds_since(&a));
+}
+
 /* Write the effects of the checks that decided; tell the pipeline which ones failed. */
 static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 {
@@ -447,7 +465,7 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 			}
 		if (n == 0)
 			continue;
-		store_run(snap->ss->st, writes, n, run->ctx.now);
+		store_call(snap, writes, n, run->ctx.now, STATS_CALL_WRITES);
 		note_health(snap->eng, writes, n);
 		count_records(writes, n);
 		/* The answers, for a hook gated on one (check_effects.hook_gate). */
@@ -619,12 +637,13 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)ts.tv_sec);
 	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
 	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	stats_dns_plan(facts->dns);
 	if (pipeline_needs(p, run) > 0) {
-		store_run(snap->ss->st, run->q, run->nq, run->ctx.now);
+		store_call(snap, run->q, run->nq, run->ctx.now, STATS_CALL_QUERIES);
 		note_health(snap->eng, run->q, run->nq);
 	}
 	for (size_t from; pipeline_decide(p, run, &from);) {
-		store_run(snap->ss->st, run->q + from, run->nq - from, run->ctx.now);
+		store_call(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
 		note_health(snap->eng, run->q + from, run->nq - from);
 	}
 	apply_effects(snap, run);
@@ -679,7 +698,11 @@ void engine_purge(engine *eng)
 		log_debug("store: the absent-key filter answered %llu lookups without SQLite since the store "
 		          "was opened",
 		          (unsigned long long)answers);
-	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK) {
+	struct timespec a;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	store_status rc = store_purge(snap->ss->st, (int64_t)time(NULL), &purged);
+	stats_store_duration(snap->cfg->store.backend, STATS_CALL_PURGE, seconds_since(&a));
+	if (rc != STORE_OK) {
 		log_store_error(eng, STORE_UPDATES, "purge");
 	} else {
 		store_worked(eng, STORE_UPDATES);

@@ -21,6 +21,16 @@ static const char *const store_op_names[] = {"lookup", "update"};
 static const char *const reload_names[] = {"success", "failure"};
 static const char *const role_names[] = {"trap", "sender", "full"};
 static const char *const version_names[] = {SPAMTRAPD_VERSION};
+static const char *const backend_names[] = {"sqlite", "redis"};
+static const char *const call_names[] = {"queries", "writes", "purge"};
+/* dnsplan_status but DNSPLAN_PENDING: a lookup still pending at use is one that timed out. */
+static const char *const dns_names[] = {"found", "nxdomain", "nodata", "tempfail", "timeout"};
+/* spf_result, then no outcome by the deadline. */
+static const char *const spf_names[] = {"none",     "neutral",   "pass",      "fail",
+                                        "softfail", "temperror", "permerror", "timeout"};
+/* Seconds: a local SQLite call takes tens of microseconds, a Redis round trip about a millisecond. */
+static const double duration_buckets[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                          0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5};
 
 /* The greylist check's reasons and their results (core/checks/greylist.c). */
 static const struct {
@@ -43,7 +53,8 @@ static struct {
 	const char *key_types[NKEY_TYPES];
 	const char *greylist[NGREYLIST + 1];
 	metrics_family *decisions, *trap_hits, *blocklist, *greylist_results, *relay_trips, *ratelimit_hits,
-	    *store_errors, *policy_requests, *milter_sessions, *reloads, *build_info;
+	    *store_errors, *policy_requests, *milter_sessions, *reloads, *build_info, *store_duration,
+	    *dns_lookups, *spf_results;
 } st;
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -69,6 +80,30 @@ static metrics_family *family(metrics_type type, const char *name, const char *h
                               const metrics_label *labels, size_t nlabels, char *err, size_t errlen)
 {
 	return metrics_family_new(st.reg, type, name, help, labels, nlabels, NULL, 0, err, errlen);
+}
+
+/* The families of the edges: store call durations, DNS answers. */
+static int make_io_families(char *err, size_t errlen)
+{
+	const metrics_label store_call[] = {LABEL("backend", backend_names), LABEL("call", call_names)};
+	const metrics_label dns[] = {LABEL("check", st.checks), LABEL("result", dns_names)};
+	const metrics_label spf[] = {LABEL("result", spf_names)};
+
+	st.store_duration = metrics_family_new(
+	    st.reg, METRICS_HISTOGRAM, "spamtrapd_store_call_duration_seconds",
+	    "Time of one store call: a stage's queries, its checks' writes, or a purge, by backend.",
+	    store_call, 2, duration_buckets, NELEM(duration_buckets), err, errlen);
+	return st.store_duration &&
+	               (st.dns_lookups =
+	                    family(METRICS_COUNTER, "spamtrapd_dns_lookups_total",
+	                           "DNS A lookups of the DNS checks (dnsbl), by check and answer.", dns, 2,
+	                           err, errlen)) &&
+	               (st.spf_results = family(METRICS_COUNTER, "spamtrapd_spf_checks_total",
+	                                        "SPF evaluations of the sender, by result (timeout: none by "
+	                                        "the deadline).",
+	                                        spf, 1, err, errlen))
+	           ? 0
+	           : -1;
 }
 
 static int make_families(char *err, size_t errlen)
@@ -130,7 +165,7 @@ int stats_init(char *err, size_t errlen)
 		return -1;
 	}
 	fill_names();
-	if (make_families(err, errlen) < 0) {
+	if (make_families(err, errlen) < 0 || make_io_families(err, errlen) < 0) {
 		stats_free();
 		return -1;
 	}
@@ -209,4 +244,27 @@ void stats_milter_session(void)
 void stats_reload(bool ok)
 {
 	metrics_add(st.reloads, ok ? 0 : 1, 1);
+}
+
+void stats_store_duration(store_backend backend, stats_store_call call, double seconds)
+{
+	metrics_observe(st.store_duration,
+	                metrics_series(st.store_duration, (size_t[]){(size_t)backend, (size_t)call}),
+	                seconds);
+}
+
+void stats_dns_plan(const dnsplan *plan)
+{
+	if (!plan || !st.reg)
+		return;
+	for (size_t i = 0; i < plan->nlookups; i++) {
+		const dnsplan_lookup *l = &plan->lookup[i];
+		size_t result = l->status == DNSPLAN_PENDING || l->status > DNSPLAN_TIMEOUT
+		                    ? NELEM(dns_names) - 1
+		                    : (size_t)l->status - DNSPLAN_FOUND;
+		metrics_add(st.dns_lookups, metrics_series(st.dns_lookups, (size_t[]){l->owner, result}), 1);
+	}
+	if (plan->spf.wanted)
+		metrics_add(st.spf_results, plan->spf.done ? (size_t)plan->spf.result : NELEM(spf_names) - 1,
+		            1);
 }

@@ -15,8 +15,10 @@
 #include <stddef.h>
 
 #include "core/decide.h"
+#include "core/dnsplan.h"
 #include "core/key.h"
 #include "metrics.h"
+#include "store/store.h"
 
 /* 0, or -1 with err. Once per process; a second call does nothing. */
 int stats_init(char *err, size_t errlen);
@@ -39,6 +41,13 @@ void stats_ratelimit_hit(stats_mode mode);
 
 typedef enum { STATS_STORE_LOOKUP, STATS_STORE_UPDATE } stats_store_op;
 void stats_store_error(stats_store_op op);
+
+/* How long one store call took: a stage's queries, its checks' writes, or a purge. */
+typedef enum { STATS_CALL_QUERIES, STATS_CALL_WRITES, STATS_CALL_PURGE } stats_store_call;
+void stats_store_duration(store_backend backend, stats_store_call call, double seconds);
+
+/* The answers of a DNS plan a stage used: each A lookup by the check that asked, the SPF result. */
+void stats_dns_plan(const dnsplan *plan);
 
 /* One policy request answered (or parked for DNS) on a listener of this role (policy_role). */
 void stats_policy_request(int role);

@@ -302,6 +302,8 @@ static long long scraped(const char *series)
 #define BL_SHADOW "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"shadow\"}"
 #define HITS "spamtrapd_trap_hits_total{mode=\"enforce\"}"
 #define SENDER_RECORDS "spamtrapd_blocklist_records_total{key_type=\"sender\",reason=\"trap\"}"
+#define QUERY_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"queries\"}"
+#define WRITE_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"writes\"}"
 #define CLIENT_RECORDS "spamtrapd_blocklist_records_total{key_type=\"client_address\",reason=\"trap\"}"
 
 /*
@@ -317,7 +319,8 @@ static void test_metrics_counted(void **state)
 	decide_facts next = facts(DECIDE_FRONT_POLICY, "192.0.2.61", "m@bad.test", NULL);
 	long long trap0 = scraped(TRAP_REJECT), bl0 = scraped(BL_REJECT), shadow0 = scraped(BL_SHADOW),
 	          hits0 = scraped(HITS), senders0 = scraped(SENDER_RECORDS),
-	          clients0 = scraped(CLIENT_RECORDS);
+	          clients0 = scraped(CLIENT_RECORDS), queries0 = scraped(QUERY_CALLS),
+	          writes0 = scraped(WRITE_CALLS);
 
 	assert_true(trap0 >= 0 && bl0 >= 0 && shadow0 >= 0 && hits0 >= 0 && senders0 >= 0 && clients0 >= 0);
 	assert_int_equal(policy(eng, trap, CHECK_STAGE_RCPT, "m1", &hit).action, DECIDE_REJECT);
@@ -331,6 +334,9 @@ static void test_metrics_counted(void **state)
 	assert_int_equal(scraped(CLIENT_RECORDS), clients0 + 1);
 	assert_int_equal(scraped(BL_REJECT), bl0 + 2);
 	assert_int_equal(scraped(BL_SHADOW), shadow0);
+	/* The trap hit's lookup and record, the two blocklist lookups. */
+	assert_int_equal(scraped(QUERY_CALLS), queries0 + 3);
+	assert_int_equal(scraped(WRITE_CALLS), writes0 + 1);
 	stop(eng);
 
 	eng = start("\"blocklist\": {\"mode\": \"shadow\"}");
