@@ -151,7 +151,7 @@ metrics_family *metrics_family_new(metrics *m, metrics_type type, const char *na
                                    const metrics_label *labels, size_t nlabels, const double *buckets,
                                    size_t nbuckets, char *err, size_t errlen)
 {
-	size_t nseries, nstrings = 2;
+	size_t nseries = 0, nstrings = 2;
 	if (check_shape(type, name, labels, nlabels, buckets, nbuckets, &nseries, err, errlen) < 0)
 		return NULL;
 	for (size_t i = 0; i < nlabels; i++)
