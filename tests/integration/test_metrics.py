@@ -30,6 +30,7 @@ import urllib.parse
 import urllib.request
 
 import spamtrapd_harness as sh
+from milter_client import MilterClient
 
 TRAP = "trap@example.com"
 TRAP_REPLY = "550 5.1.1"
@@ -84,11 +85,14 @@ def decision(check, action, mode="enforce"):
 
 
 class MetricsCase(unittest.TestCase, sh.PolicyChecks):
+    MILTER = False
+
     @classmethod
     def setUpClass(cls):
         cls.port = sh.free_port()
         cls.address = f"127.0.0.1:{cls.port}"
-        cls.d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "metrics": {"listen": cls.address}})
+        cls.d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "metrics": {"listen": cls.address}},
+                             milter=cls.MILTER)
         try:
             cls.d.start()
             cls.wait_listening()
@@ -135,6 +139,8 @@ class MetricsCase(unittest.TestCase, sh.PolicyChecks):
 
 
 class Counting(MetricsCase):
+    MILTER = True
+
     def test_trap_hit_and_blocked_sender(self):
         before = self.values()
         self.assertTrue(self.trap_hit(self.d, "count@spam.test", "192.0.2.71").startswith(TRAP_REPLY))
@@ -158,6 +164,26 @@ class Counting(MetricsCase):
                 self.assertIn(series, after)
                 self.assertEqual(after[series] - before[series], delta)
         self.assertEqual(after[f'spamtrapd_build_info{{version="{sh.project_version()}"}}'], 1)
+
+    def test_milter_session(self):
+        """The milter front end is counted in the same families, where the engine logs."""
+        self.assertTrue(self.trap_hit(self.d, "milt@spam.test", "192.0.2.76").startswith(TRAP_REPLY))
+        before = self.values()
+        conn = MilterClient.open(self.d.config["milter"]["listen"])
+        try:
+            conn.negotiate()
+            conn.connect("mx.sender.test", "198.51.100.76")
+            conn.helo("mx.sender.test")
+            r = conn.mail("<milt@spam.test>", macros={"i": "QM1"})
+            self.assertTrue(r.smtp.startswith(BLOCKED), r)
+            conn.quit()
+        finally:
+            conn.close()
+        after = self.values()
+        self.assertEqual(after["spamtrapd_milter_sessions_total"] - before["spamtrapd_milter_sessions_total"], 1)
+        self.assertEqual(after[decision("blocklist", "reject")] - before[decision("blocklist", "reject")], 1)
+        self.assertEqual(after['spamtrapd_policy_requests_total{role="sender"}'],
+                         before['spamtrapd_policy_requests_total{role="sender"}'])
 
     def test_no_address_is_a_label(self):
         self.trap_hit(self.d, "leak@spam.test", "192.0.2.72")
@@ -374,6 +400,24 @@ class Allow(MetricsCase):
         status, _, body = http(self.address, b"GET /metrics HTTP/1.1\r\n\r\n")
         self.assertIsNone(status)
         self.assertEqual(body, "")
+
+
+class UnixSocket(MetricsCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        cls.address = "unix:" + os.path.join(cls.d.dir, "metrics.sock")
+        cls.d.config["metrics"] = {"listen": cls.address, "allow": ["192.0.2.0/24"]}
+        sh.write_config(cls.d.config_path, cls.d.config)
+        try:
+            cls.d.start()
+            cls.wait_listening()
+        except BaseException:
+            cls.d.cleanup()
+            raise
+
+    def test_served_whatever_allow_says(self):
+        self.assertIn("spamtrapd_build_info", self.scrape())
 
 
 if __name__ == "__main__":
