@@ -50,6 +50,7 @@
 #include "core/checks/spf.h"
 #include "core/greywl.h"
 #include "core/text.h"
+#include "hook.h"
 
 #define CONFIG_MAX_BYTES (8u << 20) /* a config file is small; refuse a mistaken multi-GB file */
 #define LIST_LINE_MAX 4096          /* one line of a trap or whitelist file */
@@ -1299,6 +1300,66 @@ static int set_forwarder(loader *ld, const value *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* The placeholders of hooks.on_block, in the order of CONFIG_BLOCK_HOOK_* (config.h). */
+const char *const config_block_hook_names[] = {"key",  "type",   "ttl",      "reason",
+                                               "trap", "client", "queue_id", NULL};
+
+/*
+ * An argument is plain text or exactly one known placeholder: the runner
+ * substitutes whole arguments only (src/hook.c), so that a value a stranger
+ * wrote (a sender domain's key) is never part of a script line.
+ */
+static bool whole_placeholder(const char *arg)
+{
+	size_t n = strlen(arg);
+
+	if (strstr(arg, "%{") == NULL)
+		return true;
+	if (n < 4 || strncmp(arg, "%{", 2) != 0 || arg[n - 1] != '}')
+		return false;
+	for (size_t j = 0; config_block_hook_names[j]; j++)
+		if (strlen(config_block_hook_names[j]) == n - 3 &&
+		    strncmp(arg + 2, config_block_hook_names[j], n - 3) == 0)
+			return true;
+	return false;
+}
+
+/* hooks.on_block: the program by its absolute path (no shell, no PATH), then its arguments. */
+static int set_on_block(loader *ld, const value *v, char *err, size_t errlen)
+{
+	typeof(ld->cfg->hooks) *h = &ld->cfg->hooks;
+	char **grown;
+
+	if (h->non_block == 0 && v->s[0] != '/') {
+		snprintf(err, errlen, "the program must be an absolute path, not \"%s\" (no shell, no PATH)",
+		         v->s);
+		return -1;
+	}
+	if (h->non_block == 0 && strstr(v->s, "%{")) {
+		snprintf(err, errlen, "the program \"%s\" holds a placeholder: it must be fixed", v->s);
+		return -1;
+	}
+	if (!whole_placeholder(v->s)) {
+		snprintf(err, errlen,
+		         "\"%s\": a placeholder is a whole argument, one of %%{key}, %%{type}, %%{ttl}, "
+		         "%%{reason}, %%{trap}, %%{client}, %%{queue_id} (pass it to a script as \"$1\")",
+		         v->s);
+		return -1;
+	}
+	if (h->non_block >= HOOK_ARGS_MAX) {
+		snprintf(err, errlen, "at most %d arguments", HOOK_ARGS_MAX);
+		return -1;
+	}
+	grown = realloc(h->on_block, (h->non_block + 1) * sizeof *grown);
+	if (grown == NULL)
+		return out_of_memory(err, errlen);
+	h->on_block = grown;
+	if (dup_into(&h->on_block[h->non_block], v->s, err, errlen) < 0)
+		return -1;
+	h->non_block++;
+	return 0;
+}
+
 /* In the order of the DECIDE_KEY_* bits. */
 static const char *const blocklist_key_names[] = {"sender",        "client_address", "sasl_username",
                                                   "sender_domain", "helo_name",      NULL};
@@ -1879,6 +1940,10 @@ static const key_def schema[] = {
     {"metrics.listen", T_STRING, J(null), K_NULLABLE, .set = set_metrics_listen},
     {"metrics.allow", T_LIST, J([ "127.0.0.0/8", "::1" ]), .set = set_metrics_allow},
 
+    /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
+    {"hooks.on_block", T_LIST, J([]), .set = set_on_block},
+    {"hooks.timeout", T_DURATION, J("10s"), .min = 1, .max = 3600, AT(hooks.timeout)},
+
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
     {"log.level", T_STRING, J("info"), .set = set_level},
@@ -2332,6 +2397,9 @@ static void box_free(config_box *box)
 	for (size_t i = 0; i < c->dns.nforwarders; i++)
 		free(c->dns.forwarders[i]);
 	free(c->dns.forwarders);
+	for (size_t i = 0; i < c->hooks.non_block; i++)
+		free(c->hooks.on_block[i]);
+	free(c->hooks.on_block);
 	for (size_t i = 0; i < c->nwarnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
@@ -2461,6 +2529,19 @@ static void warn_dnsbl_greylist(loader *ld)
 	if (dnsbl != CHECK_MODE_OFF && dc->nsites == 0)
 		ld_warn(ld, "dnsbl.mode is %s but dnsbl.sites is empty: no client is ever listed",
 		        check_mode_name(dnsbl));
+	/*
+	 * An allow list without a filter takes any answer in 127/8 for a
+	 * listing, its own error codes too (dnswl.org answers 127.0.0.255 to a
+	 * resolver over its quota): then every client is allowlisted, and its
+	 * weight cancels the block lists' for everyone.
+	 */
+	for (size_t i = 0; dnsbl != CHECK_MODE_OFF && i < dc->nsites; i++)
+		if (dc->site[i].weight < 0 && !dc->site[i].filtered)
+			ld_warn(ld,
+			        "dnsbl.sites[%zu]: %s has a negative weight and no filter: any answer, the "
+			        "list's own error codes too, allowlists the client (write its codes, as "
+			        "%s=127.0.[0..255].[1..3]*%d)",
+			        i, dc->site[i].name, dc->site[i].name, dc->site[i].weight);
 	if (dnsbl != CHECK_MODE_OFF && dc->action == DNSBL_ACTION_GREYLIST && grey == CHECK_MODE_OFF)
 		ld_warn(ld,
 		        "dnsbl.action is greylist but greylist.mode is off: listed clients are let through");

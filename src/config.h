@@ -42,6 +42,20 @@ typedef struct config_listener {
 	unsigned checks;
 } config_listener;
 
+/* The placeholders of hooks.on_block: %{key} ... ; config_block_hook_names[CONFIG_BLOCK_HOOK_KEY] is "key".
+ */
+enum {
+	CONFIG_BLOCK_HOOK_KEY,
+	CONFIG_BLOCK_HOOK_TYPE,
+	CONFIG_BLOCK_HOOK_TTL,
+	CONFIG_BLOCK_HOOK_REASON,
+	CONFIG_BLOCK_HOOK_TRAP,
+	CONFIG_BLOCK_HOOK_CLIENT,
+	CONFIG_BLOCK_HOOK_QUEUE_ID,
+	CONFIG_BLOCK_HOOK_VALUES
+};
+extern const char *const config_block_hook_names[]; /* NULL-terminated */
+
 typedef struct config {
 	char *path; /* the file this snapshot was read from */
 	char *user; /* run as this user after binding; NULL: stay as started */
@@ -90,6 +104,14 @@ typedef struct config {
 		unsigned max_inflight; /* queries in flight per resolver */
 		unsigned cache_size;   /* MiB of cache per resolver */
 	} dns;
+
+	/* hooks.on_block: an argv run for each new enforced blocklist entry (hook.h); none when non_block is
+	 * 0 */
+	struct {
+		char **on_block;
+		size_t non_block;
+		int64_t timeout; /* seconds, then the hook is killed */
+	} hooks;
 
 	struct {
 		log_target target;

@@ -20,6 +20,7 @@
 #include "core/checks/greylist.h"
 #include "core/checks/spf.h"
 #include "core/hash.h"
+#include "core/key.h"
 #include "core/pipeline.h"
 #include "hook.h"
 #include "log.h"
@@ -417,15 +418,16 @@ static void note_health(engine *eng, const query *q, size_t nq)
 	}
 }
 
-/* The blocklist entries a check's writes made or refreshed, by key type and reason. */
+/* The blocklist entries a check's writes created (not those a hit refreshed), by key type and reason. */
 static void count_records(const query *writes, size_t n)
 {
 	for (size_t j = 0; j < n; j++) {
 		if (writes[j].kind != QUERY_BLOCKLIST_RECORD || writes[j].status != QUERY_OK)
 			continue;
 		for (size_t k = 0; k < writes[j].u.record.nkeys; k++)
-			stats_blocklist_record(key_type_of(writes[j].u.record.keys[k]),
-			                       writes[j].u.record.hit.reason);
+			if (writes[j].u.record.created[k])
+				stats_blocklist_record(key_type_of(writes[j].u.record.keys[k]),
+				                       writes[j].u.record.hit.reason);
 	}
 }
 
@@ -447,8 +449,81 @@ static void store_call(engine_snapshot *snap, query *q, size_t n, int64_t now, s
 	stats_store_duration(snap->cfg->store.backend, call, seconds_since(&a));
 }
 
+static const char *block_type(const char *key)
+{
+	switch (key_type_of(key)) {
+	case KEY_TYPE_NETWORK:
+		return "client";
+	case KEY_TYPE_SENDER:
+		return "sender";
+	case KEY_TYPE_DOMAIN:
+		return "domain";
+	case KEY_TYPE_SASL:
+		return "sasl";
+	case KEY_TYPE_HELO:
+		return "helo";
+	}
+	return "?";
+}
+
+/*
+ * "block: type=client key=192.0.2.0/24 client=192.0.2.7 ttl=86400
+ * reason=trap mode=enforce queue_id=ABC123", once for each new
+ * blocklist entry: a fixed format for fail2ban and scripts
+ * (docs/firewall.md). Every value is a log_safe_field, so no sender key
+ * can fake a field; mode=shadow when the check that wrote it only
+ * shadows (or the daemon runs in dry-run).
+ */
+static hook_runner *hooks_of(engine *eng);
+
+/*
+ * hooks.on_block for one new entry of an enforcing check: queued, never
+ * waited for; the runner logs what fails. The values go as they are (an
+ * argv, no shell): a hook must take a key that starts with '-' as such.
+ */
+static void run_block_hook(engine_snapshot *snap, const query *q, size_t k, const decide_facts *f)
+{
+	const config *cfg = snap->cfg;
+	const char *values[CONFIG_BLOCK_HOOK_VALUES];
+	char ttl[24];
+
+	if (cfg->hooks.non_block == 0)
+		return;
+	snprintf(ttl, sizeof(ttl), "%lld", (long long)q->u.record.hit.ttl);
+	values[CONFIG_BLOCK_HOOK_KEY] = q->u.record.keys[k];
+	values[CONFIG_BLOCK_HOOK_TYPE] = block_type(q->u.record.keys[k]);
+	values[CONFIG_BLOCK_HOOK_TTL] = ttl;
+	values[CONFIG_BLOCK_HOOK_REASON] = q->u.record.hit.reason ? q->u.record.hit.reason : "";
+	values[CONFIG_BLOCK_HOOK_TRAP] = q->u.record.hit.trap ? q->u.record.hit.trap : "";
+	values[CONFIG_BLOCK_HOOK_CLIENT] = f->client_address ? f->client_address : "";
+	values[CONFIG_BLOCK_HOOK_QUEUE_ID] = f->queue_id ? f->queue_id : "";
+	hook_run(hooks_of(snap->eng), cfg->hooks.on_block, cfg->hooks.non_block, config_block_hook_names,
+	         values, cfg->hooks.timeout * 1000);
+}
+
+static void log_new_entries(engine_snapshot *snap, const query *q, check_mode mode, const decide_facts *f)
+{
+	char key[QUERY_KEY_MAX], client[64], qid[64], reason[64];
+
+	if (q->kind != QUERY_BLOCKLIST_RECORD || q->status != QUERY_OK)
+		return;
+	for (size_t k = 0; k < q->u.record.nkeys; k++) {
+		if (!q->u.record.created[k])
+			continue;
+		log_info(
+		    "block: type=%s key=%s client=%s ttl=%lld reason=%s mode=%s queue_id=%s",
+		    block_type(q->u.record.keys[k]), log_safe_field(q->u.record.keys[k], key, sizeof(key)),
+		    log_safe_field(f->client_address, client, sizeof(client)), (long long)q->u.record.hit.ttl,
+		    log_safe_field(q->u.record.hit.reason, reason, sizeof(reason)),
+		    mode == CHECK_MODE_ENFORCE ? "enforce" : "shadow",
+		    log_safe_field(f->queue_id ? f->queue_id : "NOQUEUE", qid, sizeof(qid)));
+		if (mode == CHECK_MODE_ENFORCE)
+			run_block_hook(snap, q, k, f);
+	}
+}
+
 /* Write the effects of the checks that decided; tell the pipeline which ones failed. */
-static void apply_effects(engine_snapshot *snap, pipeline_run *run)
+static void apply_effects(engine_snapshot *snap, pipeline_run *run, const decide_facts *facts)
 {
 	const pipeline *p = &snap->cfg->pipeline;
 
@@ -471,6 +546,8 @@ static void apply_effects(engine_snapshot *snap, pipeline_run *run)
 		/* The answers, for a hook gated on one (check_effects.hook_gate). */
 		for (size_t j = 0; j < n; j++)
 			run->effects[i].q[at[j]] = writes[j];
+		for (size_t j = 0; j < n; j++)
+			log_new_entries(snap, &writes[j], p->checks[i].mode, facts);
 		for (size_t j = 0; j < n; j++)
 			if (writes[j].status == QUERY_ERROR) {
 				pipeline_store_failed(p, run, i);
@@ -646,7 +723,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		store_call(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
 		note_health(snap->eng, run->q + from, run->nq - from);
 	}
-	apply_effects(snap, run);
+	apply_effects(snap, run, facts);
 	run_hooks(snap, run);
 	log_stage(snap->eng, p, run, facts);
 	m->state = run->msg;

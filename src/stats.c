@@ -125,10 +125,10 @@ static int make_families(char *err, size_t errlen)
 	                   decision, 3, err, errlen)) &&
 	               (st.trap_hits = family(METRICS_COUNTER, "spamtrapd_trap_hits_total",
 	                                      "Trap recipients met.", mode, 1, err, errlen)) &&
-	               (st.blocklist =
-	                    family(METRICS_COUNTER, "spamtrapd_blocklist_records_total",
-	                           "Blocklist entries created or refreshed, by key type and reason.",
-	                           blocklist, 2, err, errlen)) &&
+	               (st.blocklist = family(
+	                    METRICS_COUNTER, "spamtrapd_blocklist_additions_total",
+	                    "New blocklist entries (not refreshes of one in force), by key type and reason.",
+	                    blocklist, 2, err, errlen)) &&
 	               (st.greylist_results = family(METRICS_COUNTER, "spamtrapd_greylist_results_total",
 	                                             "Greylist check results.", greylist, 2, err, errlen)) &&
 	               (st.relay_trips = family(METRICS_COUNTER, "spamtrapd_relay_trips_total",

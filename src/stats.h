@@ -32,7 +32,7 @@ typedef enum { STATS_MODE_ENFORCE, STATS_MODE_SHADOW } stats_mode;
 void stats_decision(int check, decide_action action, stats_mode mode);
 /* A trap recipient met (in every mode: shadow traps record too). */
 void stats_trap_hit(stats_mode mode);
-/* A blocklist entry created or refreshed; reason as query_hit.reason ("trap", "relay"). */
+/* A new blocklist entry (not a refresh); reason as query_hit.reason ("trap", "relay"). */
 void stats_blocklist_record(key_type type, const char *reason);
 /* The greylist's verdict, by its reason text (core/checks/greylist.c). */
 void stats_greylist(const char *reason, stats_mode mode);

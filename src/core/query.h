@@ -106,6 +106,7 @@ typedef struct query {
 			const char *keys[QUERY_RECORD_KEYS_MAX];
 			size_t nkeys;
 			query_hit hit;
+			bool created[QUERY_RECORD_KEYS_MAX]; /* on QUERY_OK: keys[i] had no entry in force */
 		} record;
 		struct {
 			const char *key; /* the set's name, typed by its caller ("domnet:@example.com") */

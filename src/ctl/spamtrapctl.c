@@ -22,12 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atomicfile.h"
 #include "config.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
 #include "core/checks/relay.h"
 #include "core/addr.h"
 #include "core/greynorm.h"
+#include "core/export.h"
 #include "core/greystep.h"
 #include "core/key.h"
 #include "daemon.h"
@@ -47,8 +49,10 @@ static const char usage_text[] =
     "  add KEY [--ttl T] [--reason TEXT]    blocklist KEY for T (default blocklist.ttl)\n"
     "  remove KEY                           delete the entry for KEY\n"
     "  expire                               drop expired entries now\n"
-    "  export [--format postfix|cidr] [--keys LIST]\n"
-    "                                       print a Postfix access map (see spamtrapctl(8))\n"
+    "  export [--format F] [--keys LIST] [--output FILE]\n"
+    "                                       the blocklist as a Postfix map (postfix, cidr), a\n"
+    "                                       firewall set (nft, ipset, pf) or a DNSBL zone\n"
+    "                                       (rbldnsd); FILE is replaced atomically\n"
     "  import FILE [--ttl T] [--reason TEXT]\n"
     "                                       add or replace the entries of FILE: lines as list\n"
     "                                       prints them, or keys alone (see spamtrapctl(8))\n"
@@ -732,201 +736,97 @@ static int cmd_grey_whitelist(ctl *c, const ctl_grey *g, const char *awl)
 
 /* --- export -------------------------------------------------------------- */
 
-enum { EX_SENDER = 1, EX_DOMAIN = 2, EX_CLIENT = 4, EX_SASL = 8, EX_HELO = 16 };
-
-typedef struct exporter {
-	bool cidr;
-	unsigned keys; /* EX_* */
-	char action[600];
-	char **lines;
-	size_t n, cap;
-	int skipped_v6net, skipped_other;
-	bool oom;
-} exporter;
-
-static void emit(exporter *x, const char *key)
-{
-	size_t len = strlen(key) + strlen(x->action) + 2;
-	char *line;
-
-	if (x->n == x->cap) {
-		size_t cap = x->cap ? 2 * x->cap : 256;
-		char **v = realloc(x->lines, cap * sizeof(*v));
-
-		if (!v) {
-			x->oom = true;
-			return;
-		}
-		x->lines = v, x->cap = cap;
-	}
-	if (!(line = malloc(len + 1))) {
-		x->oom = true;
-		return;
-	}
-	snprintf(line, len + 1, "%s %s", key, x->action);
-	x->lines[x->n++] = line;
-}
-
-/*
- * An IPv4 network in a hash access map: Postfix matches the address and
- * its prefixes at octet boundaries ("192.0.2", "192.0", "192"), so a
- * network between boundaries becomes the (at most 128) networks of the
- * next boundary that it covers.
- */
-static void emit_ipv4_net(exporter *x, const addr_net *net)
-{
-	unsigned octets = (net->prefix + 7) / 8;
-	uint32_t base = (uint32_t)net->ip.bytes[0] << 24 | (uint32_t)net->ip.bytes[1] << 16 |
-	                (uint32_t)net->ip.bytes[2] << 8 | net->ip.bytes[3];
-	uint32_t count = 1u << (octets * 8 - net->prefix);
-
-	for (uint32_t i = 0; i < count; i++) {
-		uint32_t a = base + (i << (32 - octets * 8));
-		char text[20];
-		int n = 0;
-
-		for (unsigned o = 0; o < octets; o++)
-			n += snprintf(text + n, sizeof(text) - (size_t)n, "%s%u", o ? "." : "",
-			              (unsigned)(a >> (24 - 8 * o)) & 0xff);
-		emit(x, text);
-	}
-}
-
-static void export_net(exporter *x, const char *key)
-{
-	addr_net net;
-
-	if (!addr_net_parse(key, &net, NULL, 0)) {
-		x->skipped_other++;
-	} else if (x->cidr) {
-		emit(x, key);
-	} else if (net.ip.version == 6 && net.prefix < 128) {
-		x->skipped_v6net++;
-	} else if (net.ip.version == 6 || net.prefix == 32) {
-		emit(x, key);
-	} else if (net.prefix == 0) {
-		x->skipped_other++;
-	} else {
-		emit_ipv4_net(x, &net);
-	}
-}
-
-static bool map_safe(const char *s)
-{
-	for (; *s; s++)
-		if ((unsigned char)*s <= ' ' || *s == 0x7f)
-			return false;
-	return true;
-}
-
-/* One entry into access-map lines; kinds not selected are left out quietly. */
 static int export_one(const store_entry *e, void *ctx)
 {
-	exporter *x = ctx;
-	const char *k = e->key;
-
-	if (!map_safe(k)) {
-		x->skipped_other++;
-		return x->oom;
-	}
-	switch (key_type_of(k)) {
-	case KEY_TYPE_SASL:
-		if (x->keys & EX_SASL)
-			emit(x, k + 5);
-		break;
-	case KEY_TYPE_HELO:
-		if (x->keys & EX_HELO)
-			emit(x, k + 5);
-		break;
-	case KEY_TYPE_DOMAIN:
-		if (x->keys & EX_DOMAIN)
-			emit(x, k + 1); /* access(5) has no "@domain": the domain form */
-		break;
-	case KEY_TYPE_SENDER:
-		if (x->keys & EX_SENDER)
-			emit(x, k);
-		break;
-	case KEY_TYPE_NETWORK:
-		if (x->keys & EX_CLIENT)
-			export_net(x, k);
-		break;
-	}
-	return x->oom;
+	return export_add(ctx, e->key, e->expires, e->trap[0] != '\0') ? 0 : 1;
 }
 
-static int cmp_line(const void *a, const void *b)
+static void export_notes(const export_options *o, const export_counts *n)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void export_print(exporter *x)
-{
-	qsort(x->lines, x->n, sizeof(*x->lines), cmp_line);
-	for (size_t i = 0; i < x->n; i++) {
-		/* postmap warns about duplicate keys: an expanded network may repeat a host entry. */
-		if (i == 0 || strcmp(x->lines[i], x->lines[i - 1]) != 0)
-			puts(x->lines[i]);
-	}
-	if (x->skipped_v6net)
+	if (n->skipped_v6net)
+		fprintf(
+		    stderr,
+		    "spamtrapctl: export: %zu IPv6 network entries left out: a hash map cannot hold them, "
+		    "use --format cidr\n",
+		    n->skipped_v6net);
+	if (n->skipped_other)
+		fprintf(stderr, "spamtrapctl: export: %zu entries left out: not expressible in %s format\n",
+		        n->skipped_other, export_format_name(o->format));
+	if (n->clamped)
 		fprintf(stderr,
-		        "spamtrapctl: export: %d IPv6 network entries left out: a hash map cannot hold them, "
-		        "use --format cidr\n",
-		        x->skipped_v6net);
-	if (x->skipped_other)
-		fprintf(stderr,
-		        "spamtrapctl: export: %d entries left out: not expressible in an access map\n",
-		        x->skipped_other);
+		        "spamtrapctl: export: %zu timeouts cut to %d s, the longest every firewall takes: "
+		        "export again before then\n",
+		        n->clamped, EXPORT_TIMEOUT_MAX);
 }
 
-static int parse_keys(const char *list, unsigned *keys)
+/* The rbldnsd zone's name server and mailbox: this host, unless its name is no domain. */
+static void export_zone_names(char *ns, size_t nslen, char *mail, size_t maillen)
 {
-	static const struct {
-		const char *name;
-		unsigned bit;
-	} names[] = {{"sender", EX_SENDER}, {"domain", EX_DOMAIN},
-	             {"client", EX_CLIENT}, {"sasl", EX_SASL},
-	             {"helo", EX_HELO},     {"all", EX_SENDER | EX_DOMAIN | EX_CLIENT}};
-	char buf[128], *save = NULL;
+	char host[256] = "";
 
-	*keys = 0;
-	snprintf(buf, sizeof(buf), "%s", list);
-	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-		size_t i = 0;
+	if (gethostname(host, sizeof(host) - 1) != 0 || !strchr(host, '.'))
+		snprintf(host, sizeof(host), "localhost");
+	snprintf(ns, nslen, "%s", host);
+	snprintf(mail, maillen, "hostmaster.%s", host);
+}
 
-		while (i < sizeof(names) / sizeof(names[0]) && strcmp(t, names[i].name) != 0)
-			i++;
-		if (i == sizeof(names) / sizeof(names[0]))
-			return usage_error("--keys: unknown kind '%s' (sender, domain, client, sasl, helo)",
-			                   t);
-		*keys |= names[i].bit;
+static int export_options_for(const char *format, const char *keys, export_options *o)
+{
+	char err[256];
+
+	if (!export_format_parse(format, &o->format))
+		return usage_error("export: unknown format '%s' (postfix, cidr, nft, ipset, pf or rbldnsd)",
+		                   format);
+	o->keys = export_keys_default(o->format);
+	if (keys && !export_keys_parse(keys, &o->keys, err, sizeof(err)))
+		return usage_error("--keys: %s", err);
+	if (o->keys & ~export_keys_allowed(o->format))
+		return usage_error("export: --format %s holds %s only", format,
+		                   o->format == EXPORT_RBLDNSD ? "client addresses and sender domains"
+		                                               : "client addresses");
+	return 0;
+}
+
+/* The text to stdout, or atomically to output: a reader never sees part of it. */
+static int export_write(const char *text, size_t len, const char *output)
+{
+	char err[512];
+
+	if (!output) {
+		fwrite(text, 1, len, stdout);
+		return EXIT_OK;
 	}
-	return *keys ? 0 : usage_error("--keys: empty list");
+	if (atomicfile_write(output, text, len, 0644, err, sizeof(err)) < 0) {
+		fprintf(stderr, "spamtrapctl: export: %s\n", err);
+		return EXIT_STORE;
+	}
+	return EXIT_OK;
 }
 
-static int cmd_export(ctl *c, const char *format, const char *keys)
+static int cmd_export(ctl *c, const char *format, const char *keys, const char *output)
 {
-	exporter x = {0};
 	const smtp_reply *r = &c->cfg->decide.reject;
-	int rc = EXIT_OK;
+	char action[700], ns[256], mail[300];
+	export_options o = {.now = c->now, .action = action, .zone_ns = ns, .zone_mail = mail};
+	export *x;
+	char *text = NULL;
+	size_t len = 0;
+	int rc = export_options_for(format, keys, &o);
 
-	if (strcmp(format, "postfix") != 0 && strcmp(format, "cidr") != 0)
-		return usage_error("export: unknown format '%s' (postfix or cidr)", format);
-	x.cidr = strcmp(format, "cidr") == 0;
-	x.keys = x.cidr ? EX_CLIENT : EX_SENDER | EX_DOMAIN | EX_CLIENT;
-	if (keys && parse_keys(keys, &x.keys) != 0)
-		return EXIT_USAGE;
-	if (x.cidr && (x.keys & ~(unsigned)EX_CLIENT))
-		return usage_error("export: --format cidr holds client addresses only");
-	snprintf(x.action, sizeof(x.action), "REJECT %s%s%s", r->xcode, r->xcode[0] ? " " : "", r->text);
-	if (store_foreach(c->st, c->now, export_one, &x) != STORE_OK)
+	if (rc != 0)
+		return rc;
+	snprintf(action, sizeof(action), "REJECT %s%s%s", r->xcode, r->xcode[0] ? " " : "", r->text);
+	export_zone_names(ns, sizeof(ns), mail, sizeof(mail));
+	if (!(x = export_new(&o)))
+		return (fprintf(stderr, "spamtrapctl: export: out of memory\n"), EXIT_STORE);
+	if (store_foreach(c->st, c->now, export_one, x) != STORE_OK)
 		rc = fail_store("export");
-	else if (x.oom)
+	else if (!(text = export_render(x, &len)))
 		rc = (fprintf(stderr, "spamtrapctl: export: out of memory\n"), EXIT_STORE);
-	else
-		export_print(&x);
-	for (size_t i = 0; i < x.n; i++)
-		free(x.lines[i]);
-	free(x.lines);
+	else if ((rc = export_write(text, len, output)) == EXIT_OK)
+		export_notes(&o, export_get_counts(x));
+	free(text);
+	export_free(x);
 	return rc;
 }
 
@@ -1295,7 +1195,7 @@ typedef struct cmdline {
 	size_t noverrides;
 	const char *command;
 	const char *key;
-	const char *ttl, *reason, *format, *keys;
+	const char *ttl, *reason, *format, *keys, *output;
 	/* greylist: its subcommand, its words (CLIENT SENDER RECIPIENT), --client */
 	const char *grey_cmd;
 	const char *grey_args[3];
@@ -1375,6 +1275,8 @@ static int parse_command_args(int argc, char **argv, cmdline *cl)
 			cl->format = v;
 		else if ((v = long_opt(argc, argv, &i, "--keys", &missing)))
 			cl->keys = v;
+		else if ((v = long_opt(argc, argv, &i, "--output", &missing)))
+			cl->output = v;
 		else if (missing)
 			return usage_error("%s needs a value", argv[i]);
 		else if (strcmp(argv[i], "--help") == 0)
@@ -1487,8 +1389,8 @@ static int check_args(const cmdline *cl)
 			return usage_error("%s: %s", cl->command, arg_need(cl->command, cmds[i].key));
 		if (!cmds[i].ttl_reason && (cl->ttl || cl->reason))
 			return usage_error("%s: takes no --ttl or --reason", cl->command);
-		if (!cmds[i].export && (cl->format || cl->keys))
-			return usage_error("%s: takes no --format or --keys", cl->command);
+		if (!cmds[i].export && (cl->format || cl->keys || cl->output))
+			return usage_error("%s: takes no --format, --keys or --output", cl->command);
 		return 0;
 	}
 	return usage_error("unknown command '%s'", cl->command);
@@ -1805,7 +1707,7 @@ static int run(const cmdline *cl)
 		else if (strcmp(cl->command, "expire") == 0)
 			rc = cmd_expire(&c);
 		else
-			rc = cmd_export(&c, cl->format ? cl->format : "postfix", cl->keys);
+			rc = cmd_export(&c, cl->format ? cl->format : "postfix", cl->keys, cl->output);
 	}
 	store_free(c.st);
 	config_unref(c.cfg);

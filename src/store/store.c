@@ -270,6 +270,12 @@ store_status store_lookup_built(store *st, const char *const *keys, const int16_
 
 store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit)
 {
+	return store_record_created(st, keys, nkeys, hit, NULL);
+}
+
+store_status store_record_created(store *st, const char *const *keys, size_t nkeys, const store_hit *hit,
+                                  bool *created)
+{
 	if (!hit)
 		return store_set_error("store_record: no hit given");
 	if (hit->ttl <= 0)
@@ -278,7 +284,9 @@ store_status store_record(store *st, const char *const *keys, size_t nkeys, cons
 		return STORE_ERROR;
 	if (nkeys == 0)
 		return STORE_OK;
-	return st->ops->record(st->impl, keys, nkeys, hit);
+	if (created)
+		memset(created, 0, nkeys * sizeof(*created));
+	return st->ops->record(st->impl, keys, nkeys, hit, created);
 }
 
 /* A set or member name: present, not empty, shorter than STORE_KEY_MAX. */
@@ -571,8 +579,8 @@ static void run_one(store *st, query *q, int64_t now)
 		}
 		return;
 	case QUERY_BLOCKLIST_RECORD:
-		q->status =
-		    query_status_of(store_record(st, q->u.record.keys, q->u.record.nkeys, &q->u.record.hit));
+		q->status = query_status_of(store_record_created(st, q->u.record.keys, q->u.record.nkeys,
+		                                                 &q->u.record.hit, q->u.record.created));
 		return;
 	case QUERY_DISTINCT_ADD:
 		if (q->u.distinct.peek) {

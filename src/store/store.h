@@ -143,6 +143,14 @@ store_status store_lookup_built(store *st, const char *const *keys, const int16_
  * kept). Atomic per key.
  */
 store_status store_record(store *st, const char *const *keys, size_t nkeys, const store_hit *hit);
+/*
+ * store_record, and created[i] (the caller's, nkeys long) tells whether
+ * keys[i] was a new listing: no entry in force before this hit (the
+ * daemon logs a "block:" line for each). An entry added by hand and hit
+ * within the second it was added may count as new.
+ */
+store_status store_record_created(store *st, const char *const *keys, size_t nkeys, const store_hit *hit,
+                                  bool *created);
 
 /*
  * Distinct members over a sliding window (the sender domain's client

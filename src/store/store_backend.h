@@ -28,8 +28,9 @@ typedef struct store_ops {
 	void (*free)(store_backend_impl *impl);
 	store_status (*lookup)(store_backend_impl *impl, const char *const *keys, size_t nkeys, int64_t now,
 	                       store_entry *found);
+	/* created (NULL, or nkeys long): whether each key had no live entry before */
 	store_status (*record)(store_backend_impl *impl, const char *const *keys, size_t nkeys,
-	                       const store_hit *hit);
+	                       const store_hit *hit, bool *created);
 	store_status (*get)(store_backend_impl *impl, const char *key, store_entry *out);
 	store_status (*put)(store_backend_impl *impl, const store_entry *e);
 	store_status (*remove)(store_backend_impl *impl, const char *key);

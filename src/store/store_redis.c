@@ -103,11 +103,13 @@ static const char *const field_names[NFIELDS] = {"expires", "first",  "last", "h
  * KEYS: the netlens hash, then the N entries. ARGV: now, expires, trap,
  * sender, rcpt, client, helo, qid, reason, then the N tags. A missing or
  * expired entry starts over (first = now, hits = 1); a live one counts
- * the hit and keeps a longer expiry.
+ * the hit and keeps a longer expiry. Returns the keys that started over
+ * as bits (KEYS[2] is bit 0): the new listings.
  */
 static const char record_lua[] =
     "local now = tonumber(ARGV[1])\n"
     "local gen = redis.call('HGET', KEYS[1], 'gen') or '0'\n"
+    "local created = 0\n"
     "for i = 2, #KEYS do\n"
     "  local k = KEYS[i]\n"
     "  local exp = tonumber(ARGV[2])\n"
@@ -115,6 +117,7 @@ static const char record_lua[] =
     "  if old == nil or old <= now then\n"
     "    redis.call('DEL', k)\n"
     "    redis.call('HSET', k, 'first', ARGV[1], 'hits', 1)\n"
+    "    created = created + 2 ^ (i - 2)\n"
     "  else\n"
     "    redis.call('HINCRBY', k, 'hits', 1)\n"
     "    if old > exp then exp = old end\n"
@@ -125,7 +128,7 @@ static const char record_lua[] =
     "  redis.call('EXPIREAT', k, string.format('%d', exp))\n"
     "  if ARGV[8 + i] ~= '' then redis.call('HSET', KEYS[1], ARGV[8 + i], gen) end\n"
     "end\n"
-    "return #KEYS - 1\n";
+    "return created\n";
 
 /*
  * KEYS: the entry, the netlens hash. ARGV: the entry's tag, expires, then
@@ -527,6 +530,7 @@ struct op {
 	size_t nkeys;
 	int64_t now;
 	const store_hit *hit;
+	bool *created; /* record: nkeys long, or NULL */
 	const store_entry *in;
 	store_entry *out;
 	uint64_t count;
@@ -1395,6 +1399,8 @@ static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "record");
+	for (size_t i = 0; st == STORE_OK && o->created && i < o->nkeys; i++)
+		o->created[i] = ((unsigned long long)r->integer >> i) & 1;
 	freeReplyObject(r);
 	free(keys);
 	return st;
@@ -2189,9 +2195,10 @@ static store_status redis_lookup(store_backend_impl *s, const char *const *keys,
 }
 
 static store_status redis_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
-                                 const store_hit *hit)
+                                 const store_hit *hit, bool *created)
 {
-	op o = {.what = "record", .fn = op_record, .keys = keys, .nkeys = nkeys, .hit = hit};
+	op o = {
+	    .what = "record", .fn = op_record, .keys = keys, .nkeys = nkeys, .hit = hit, .created = created};
 
 	return run(s, &o);
 }

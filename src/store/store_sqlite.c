@@ -283,7 +283,9 @@ static const char record_sql[] =
     " ELSE max(expires, excluded.expires) END,"
     " last_seen = excluded.last_seen, trap = excluded.trap, sender = excluded.sender,"
     " recipient = excluded.recipient, client = excluded.client, helo = excluded.helo,"
-    " queue_id = excluded.queue_id, reason = excluded.reason";
+    " queue_id = excluded.queue_id, reason = excluded.reason"
+    /* new: the hit started the listing (a manual entry has hits 0 and an earlier first_seen) */
+    " RETURNING hits = 1 AND first_seen = ?2";
 
 /*
  * Replace every column of an entry. Not INSERT OR REPLACE: the row it
@@ -1276,8 +1278,10 @@ static store_status sqlite_lookup(store_backend_impl *s, const char *const *keys
 	return sqlite_lookup_netlens(s, keys, NULL, nkeys, now, found);
 }
 
-static int record_one(conn *c, const char *key, const store_hit *hit)
+static int record_one(conn *c, const char *key, const store_hit *hit, bool *created)
 {
+	int rc;
+
 	sqlite3_stmt *stmt = c->stmt[ST_RECORD];
 
 	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
@@ -1290,7 +1294,12 @@ static int record_one(conn *c, const char *key, const store_hit *hit)
 	bind_field(stmt, 8, hit->helo, STORE_FIELD_CAP(helo));
 	bind_field(stmt, 9, hit->queue_id, STORE_FIELD_CAP(queue_id));
 	bind_field(stmt, 10, store_hit_reason(hit), STORE_FIELD_CAP(reason));
-	return step_done(stmt);
+	if ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		*created = sqlite3_column_int(stmt, 0) != 0;
+		rc = sqlite3_step(stmt);
+	}
+	done(stmt);
+	return rc == SQLITE_DONE ? 0 : -1;
 }
 
 /*
@@ -1339,22 +1348,24 @@ typedef struct record_args {
 	const char *const *keys;
 	size_t nkeys;
 	const store_hit *hit;
+	bool *created;
 } record_args;
 
 static int record_all(conn *c, void *ctx)
 {
 	const record_args *a = ctx;
+	bool scratch;
 
 	for (size_t i = 0; i < a->nkeys; i++)
-		if (record_one(c, a->keys[i], a->hit) < 0)
+		if (record_one(c, a->keys[i], a->hit, a->created ? &a->created[i] : &scratch) < 0)
 			return -1;
 	return 0;
 }
 
 static store_status sqlite_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
-                                  const store_hit *hit)
+                                  const store_hit *hit, bool *created)
 {
-	record_args a = {keys, nkeys, hit};
+	record_args a = {keys, nkeys, hit, created};
 
 	return write_txn(s, "record", record_all, &a, keys, nkeys);
 }

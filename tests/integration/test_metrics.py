@@ -150,8 +150,8 @@ class Counting(MetricsCase):
         want = {
             decision("traps", "reject"): 1,
             'spamtrapd_trap_hits_total{mode="enforce"}': 1,
-            'spamtrapd_blocklist_records_total{key_type="sender",reason="trap"}': 1,
-            'spamtrapd_blocklist_records_total{key_type="client_address",reason="trap"}': 1,
+            'spamtrapd_blocklist_additions_total{key_type="sender",reason="trap"}': 1,
+            'spamtrapd_blocklist_additions_total{key_type="client_address",reason="trap"}': 1,
             decision("blocklist", "reject"): 1,
             decision("blocklist", "reject", "shadow"): 0,
             'spamtrapd_policy_requests_total{role="trap"}': 1,
@@ -279,7 +279,7 @@ class RealPrometheus(MetricsCase):
         now = self.values()
         for series in (decision("traps", "reject"), decision("blocklist", "reject"),
                        'spamtrapd_trap_hits_total{mode="enforce"}',
-                       'spamtrapd_blocklist_records_total{key_type="sender",reason="trap"}'):
+                       'spamtrapd_blocklist_additions_total{key_type="sender",reason="trap"}'):
             with self.subTest(series=series):
                 self.assertGreaterEqual(now[series], 1)
                 self.wait_query(series, now[series])

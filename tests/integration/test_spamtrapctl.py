@@ -216,6 +216,47 @@ class StoreScenarios:
         p = self.ctl("export", "--format", "cidr", "--keys", "sender", rc=1)
         self.assertIn("client addresses only", p.stderr)
 
+    def test_export_output_replaces_the_file_whole(self):
+        for key in ("192.0.2.0/24", "192.0.2.7", "2001:db8::/64", "spammer@example.com"):
+            self.add(key)
+        out = os.path.join(self.dir, "exports")
+        os.mkdir(out)
+        path = os.path.join(out, "blocklist.nft")
+        with open(path, "w") as f:
+            f.write("old\n")
+        p = self.ctl("export", "--format", "nft", "--output", path, rc=0)
+        self.assertEqual(p.stdout, "")
+        with open(path) as f:
+            text = f.read()
+        self.assertEqual(text, self.ctl("export", "--format", "nft", rc=0).stdout)
+        self.assertIn("\t192.0.2.0/24 timeout ", text)
+        self.assertNotIn("192.0.2.7", text)  # inside the /24: merged into it
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)
+        self.assertEqual(os.listdir(out), ["blocklist.nft"])  # no temporary file left
+        # a target that cannot be replaced: exit 2, nothing half-written, no temporary file
+        os.mkdir(os.path.join(out, "taken"))
+        p = self.ctl("export", "--format", "pf", "--output", os.path.join(out, "taken"), rc=2)
+        self.assertIn("renaming the temporary file to", p.stderr)
+        p = self.ctl("export", "--format", "pf", "--output", os.path.join(self.dir, "nonexistent", "x"), rc=2)
+        self.assertIn("creating a temporary file for", p.stderr)
+        self.assertEqual(sorted(os.listdir(out)), ["blocklist.nft", "taken"])
+        with open(path) as f:
+            self.assertEqual(f.read(), text)
+
+    def test_export_formats_take_only_their_keys(self):
+        self.add("192.0.2.7")
+        for fmt in ("nft", "ipset", "pf", "cidr"):
+            with self.subTest(fmt=fmt):
+                p = self.ctl("export", "--format", fmt, "--keys", "client,sender", rc=1)
+                self.assertIn(f"--format {fmt} holds client addresses only", p.stderr)
+                self.assertEqual(p.stdout, "")
+        p = self.ctl("export", "--format", "rbldnsd", "--keys", "sender", rc=1)
+        self.assertIn("client addresses and sender domains only", p.stderr)
+        p = self.ctl("export", "--format", "iptables", "--output", os.path.join(self.dir, "x"), rc=1)
+        self.assertIn("unknown format 'iptables' (postfix, cidr, nft, ipset, pf or rbldnsd)", p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "x")))
+        self.ctl("list", "--output", "x", rc=1)
+
     def postmap_check(self, table, kind, queries):
         """The export is what Postfix reads: build it with the real postmap and query it."""
         postmap = shutil.which("postmap") or "/usr/sbin/postmap"

@@ -137,6 +137,12 @@ class SpfChecksTest(unittest.TestCase):
         action = self.ask("203.0.113.88", "dave@" + SOFT, "friend@example.org", "r2")
         self.assertFalse(action.startswith("5"), action)
 
+    def test_reject_fail_a_quoted_local_part(self):
+        # MAIL FROM:<"da\"ve"@good...> reaches the policy service as da"ve@good...: an address
+        # the other checks find invalid, yet its domain's -all refuses it all the same
+        action = self.ask("203.0.113.89", 'da"ve@' + GOOD, "friend@example.org", "r3")
+        self.assertTrue(action.startswith("550 5.7.23 SPF validation failed"), action)
+
     def test_spf_key_narrow_and_open(self):
         mark = self.daemon.log_mark()
         action = self.ask(GOOD_SERVER, "news@" + GOOD, "erin@example.org", "g1")

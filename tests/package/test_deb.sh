@@ -310,7 +310,22 @@ for page in man8/spamtrapd.8 man8/spamtrapctl.8 man5/spamtrapd.json.5; do
 	check "man page $page" bash -c "zcat /usr/share/man/$page.gz | grep -q '^\.TH'"
 done
 check "security notes installed" bash -c "ls /usr/share/doc/spamtrapd/security.md* >/dev/null"
+check "firewall notes installed, uncompressed (the units name them)" test -f /usr/share/doc/spamtrapd/firewall.md
 check "systemd unit installed" test -f "$unit"
+examples=/usr/share/doc/spamtrapd/examples/fail2ban
+check "fail2ban filter and jail examples installed" \
+	test -f $examples/filter.d/spamtrapd.conf -a -f $examples/jail.d/spamtrapd.conf
+check "the example jail is not enabled" grep -qx 'enabled  = false' $examples/jail.d/spamtrapd.conf
+check "nothing installed into fail2ban's configuration" test ! -e /etc/fail2ban/jail.d/spamtrapd.conf
+fw=/lib/systemd/system/spamtrapd-firewall
+check "firewall path and service units installed" test -f $fw.path -a -f $fw.service
+check "the firewall loader is installed, executable" test -x /usr/libexec/spamtrapd/spamtrapd-firewall-load
+check "the firewall path unit is not enabled" \
+	bash -c '! ls /etc/systemd/system/*.wants/spamtrapd-firewall.* >/dev/null 2>&1'
+if command -v systemd-analyze >/dev/null; then
+	check "systemd-analyze verify accepts the firewall units" \
+		bash -c "out=\$(systemd-analyze verify --man=no $fw.path $fw.service 2>&1) && [ -z \"\$out\" ]"
+fi
 for setting in 'NoNewPrivileges=yes' 'ProtectSystem=strict' 'PrivateTmp=yes' 'ReadWritePaths=/var/lib/spamtrapd.*' \
 	'ExecReload=/bin/kill -HUP \$MAINPID' 'ExecStartPre=/usr/sbin/spamtrapd -t .*' 'ExecStart=/usr/sbin/spamtrapd -f .*'; do
 	check "unit has $setting" grep -qx "$setting" "$unit"

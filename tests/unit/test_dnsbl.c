@@ -451,6 +451,17 @@ static void test_config_warnings(void **state)
 	             "\"greylist\": {\"mode\": \"enforce\", \"apply\": \"listed\"}");
 	assert_true(warned(cfg, "dnsbl.mode is shadow"));
 	config_unref(cfg);
+	/*
+	 * An allow list without a filter counts the list's own error codes
+	 * (dnswl.org's 127.0.0.255 for a resolver over its quota): every
+	 * client allowlisted, the block lists cancelled.
+	 */
+	cfg = cfg_of("\"sites\": [\"zen.spamhaus.org*3\", \"list.dnswl.org*-2\"]", "");
+	assert_true(warned(cfg, "dnsbl.sites[1]: list.dnswl.org has a negative weight and no filter"));
+	config_unref(cfg);
+	cfg = cfg_of("\"sites\": [\"zen.spamhaus.org*3\", \"list.dnswl.org=127.0.[0..255].[1..3]*-2\"]", "");
+	assert_int_equal(cfg->nwarnings, 0);
+	config_unref(cfg);
 	/* the intended setup: no warning */
 	cfg = cfg_of("\"sites\": [\"bl.example.org\"], \"action\": \"greylist\"",
 	             "\"greylist\": {\"mode\": \"enforce\", \"apply\": \"listed\"}");

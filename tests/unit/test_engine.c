@@ -301,10 +301,10 @@ static long long scraped(const char *series)
 #define BL_REJECT "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"enforce\"}"
 #define BL_SHADOW "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"shadow\"}"
 #define HITS "spamtrapd_trap_hits_total{mode=\"enforce\"}"
-#define SENDER_RECORDS "spamtrapd_blocklist_records_total{key_type=\"sender\",reason=\"trap\"}"
+#define SENDER_RECORDS "spamtrapd_blocklist_additions_total{key_type=\"sender\",reason=\"trap\"}"
 #define QUERY_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"queries\"}"
 #define WRITE_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"writes\"}"
-#define CLIENT_RECORDS "spamtrapd_blocklist_records_total{key_type=\"client_address\",reason=\"trap\"}"
+#define CLIENT_RECORDS "spamtrapd_blocklist_additions_total{key_type=\"client_address\",reason=\"trap\"}"
 
 /*
  * Every decision the engine logs is counted once, whichever front end
@@ -337,6 +337,11 @@ static void test_metrics_counted(void **state)
 	/* The trap hit's lookup and record, the two blocklist lookups. */
 	assert_int_equal(scraped(QUERY_CALLS), queries0 + 3);
 	assert_int_equal(scraped(WRITE_CALLS), writes0 + 1);
+	/* A second hit refreshes the entries: a hit, no new entry. */
+	assert_int_equal(policy(eng, trap, CHECK_STAGE_RCPT, "m1b", &hit).action, DECIDE_REJECT);
+	assert_int_equal(scraped(HITS), hits0 + 2);
+	assert_int_equal(scraped(SENDER_RECORDS), senders0 + 1);
+	assert_int_equal(scraped(CLIENT_RECORDS), clients0 + 1);
 	stop(eng);
 
 	eng = start("\"blocklist\": {\"mode\": \"shadow\"}");

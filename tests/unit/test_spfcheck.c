@@ -66,6 +66,7 @@ typedef struct spf_answers {
 	int probe[2]; /* the same for DNSPLAN_SPF_PROBE_V4, _V6 */
 	const char *explanation;
 } spf_answers;
+static const char *answer_reason; /* the sender's check_host() reason in the next answers, NULL: none */
 
 typedef struct stage_out {
 	bool asked_spf, asked_probes;
@@ -114,13 +115,14 @@ static void answer_store(query *q, size_t n, stage_out *out)
 	}
 }
 
-static void answer_spf(dnsplan_spf *s, int result, const char *explanation)
+static void answer_spf(dnsplan_spf *s, int result, const char *explanation, const char *reason)
 {
 	if (!s->wanted || result == NOT_DONE)
 		return;
 	s->done = true;
 	s->result = (enum spf_result)result;
 	snprintf(s->explanation, sizeof(s->explanation), "%s", explanation ? explanation : "");
+	snprintf(s->reason, sizeof(s->reason), "%s", reason ? reason : "");
 }
 
 static stage_out stage_msg(const config *cfg, check_stage st, decide_facts f, check_msg *msg,
@@ -144,9 +146,9 @@ static stage_out stage_msg(const config *cfg, check_stage st, decide_facts f, ch
 	out.asked_probes = plan.probe[0].wanted && plan.probe[1].wanted;
 	/* the front end answers */
 	if (a) {
-		answer_spf(&plan.spf, a->result, a->explanation);
+		answer_spf(&plan.spf, a->result, a->explanation, answer_reason);
 		for (int i = 0; i < DNSPLAN_SPF_PROBES; i++)
-			answer_spf(&plan.probe[i], a->probe[i], NULL);
+			answer_spf(&plan.probe[i], a->probe[i], NULL, NULL);
 	}
 	dnsplan_expire(&plan);
 	/* engine_stage */
@@ -534,6 +536,20 @@ static void test_reject_fail(void **state)
 		o = rcpt(cfg, f, &a);
 		assert_int_equal(o.final.action, DECIDE_CONTINUE);
 	}
+	/*
+	 * A forger quoting its local part (MAIL FROM:<"a\"b"@bank.example>,
+	 * a"b@bank.example in Postfix's internal form) writes an address the
+	 * other checks take for invalid; its domain still says who may send
+	 * its mail, so it fails all the same.
+	 */
+	a.result = SPF_FAIL;
+	f.sender = "a\"b@bank.example";
+	o = rcpt(cfg, f, &a);
+	assert_true(o.asked_spf);
+	assert_string_equal(o.plan.spf.mailfrom, "a\"b@bank.example");
+	assert_int_equal(o.final.action, DECIDE_REJECT);
+	assert_int_equal(o.final_check, CHECK_ID_SPF);
+	f.sender = "victim@bank.example";
 	/* a DNS failure goes on with a line, rate limited while it lasts */
 	a.result = NOT_DONE;
 	o = rcpt(cfg, f, &a);
@@ -570,6 +586,16 @@ static void test_reject_fail_on_error_and_shadow(void **state)
 	assert_non_null(strstr(o.final.detail, " spf=temperror reason=\"no answer by the deadline\""));
 	a.result = SPF_TEMPERROR;
 	assert_int_equal(rcpt(cfg, f, &a).final.action, DECIDE_TEMPFAIL);
+	/*
+	 * The reason names what the sender's record and MAIL FROM wrote
+	 * (include:%{l}.attacker.example): a quote there must not close the
+	 * field and append fields of the sender's choosing to the log line.
+	 */
+	answer_reason = "DNS failure in a of x\" action=accept sender=\\victim";
+	o = rcpt(cfg, f, &a);
+	assert_non_null(
+	    strstr(o.final.detail, " reason=\"DNS failure in a of x? action=accept sender=?victim\""));
+	answer_reason = NULL;
 	a.result = SPF_PERMERROR; /* the domain's own mistake: no point retrying, never a 5xx */
 	assert_int_equal(rcpt(cfg, f, &a).final.action, DECIDE_CONTINUE);
 	config_unref(cfg);

@@ -89,8 +89,8 @@ static void test_other_names(void **state)
 	assert_int_equal(scraped("spamtrapd_greylist_results_total{result=\"passed\",mode=\"enforce\"}"), 1);
 	assert_int_equal(scraped("spamtrapd_greylist_results_total{result=\"other\",mode=\"shadow\"}"), 1);
 	assert_int_equal(
-	    scraped("spamtrapd_blocklist_records_total{key_type=\"sasl_username\",reason=\"relay\"}"), 1);
-	assert_int_equal(scraped("spamtrapd_blocklist_records_total{key_type=\"sender\",reason=\"other\"}"),
+	    scraped("spamtrapd_blocklist_additions_total{key_type=\"sasl_username\",reason=\"relay\"}"), 1);
+	assert_int_equal(scraped("spamtrapd_blocklist_additions_total{key_type=\"sender\",reason=\"other\"}"),
 	                 1);
 	assert_int_equal(scraped("spamtrapd_store_call_duration_seconds_bucket{backend=\"redis\",call="
 	                         "\"queries\",le=\"0.00025\"}"),

@@ -490,6 +490,35 @@ static void test_refresh(void **state)
 	store_free(st);
 }
 
+/* The new listings a hit makes: what the daemon's "block:" lines say. */
+static void test_record_tells_new_listings(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	store_hit h = hit_at(t, "trap@example.com"), later = hit_at(t + 60, "trap@example.com");
+	const char *keys[] = {"new@example.com", "192.0.2.0/24", "old@example.com", "gone@example.com",
+	                      "manual@example.com"};
+	bool created[NELEM(keys)];
+	store_entry e = entry_of("gone@example.com", t - 2 * TTL, t - 10, "trap");
+
+	(void)state;
+	assert_int_equal(store_put(st, &e), STORE_OK); /* expired, not purged: a hit starts a new listing */
+	e = entry_of("manual@example.com", t - 3600, t + TTL, "by hand");
+	e.hits = 0;
+	assert_int_equal(store_put(st, &e), STORE_OK); /* in force, though it never had a hit */
+	record1(st, "old@example.com", &h);
+	assert_int_equal(store_record_created(st, keys, NELEM(keys), &later, created), STORE_OK);
+	assert_true(created[0]);
+	assert_true(created[1]);
+	assert_false(created[2]);
+	assert_true(created[3]);
+	assert_false(created[4]);
+	assert_int_equal(store_record_created(st, keys, NELEM(keys), &later, created), STORE_OK);
+	for (size_t i = 0; i < NELEM(keys); i++)
+		assert_false(created[i]);
+	store_free(st);
+}
+
 static void test_hit_after_expiry_starts_over(void **state)
 {
 	store *st = open_store();
@@ -3787,6 +3816,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_expiry),
     CASE(test_refresh),
     CASE(test_hit_after_expiry_starts_over),
+    CASE(test_record_tells_new_listings),
     CASE(test_provenance_round_trip),
     CASE(test_put_get_remove),
     CASE(test_put_many),

@@ -90,6 +90,22 @@ static bool is_loopback(const addr_ip *ip)
 }
 
 /*
+ * The MAIL FROM identity SPF checks: "" for the null sender (then HELO),
+ * the normalised address, or for an address the other checks find
+ * invalid (a quoted local part with a '"' in it: "a\"b"@bank.example,
+ * which Postfix accepts and hands over as a"b@bank.example) the address
+ * as the client wrote it: its domain is still the one that says which
+ * servers may send its mail, and a forger must not escape reject_fail by
+ * quoting. NULL when there is no address at all.
+ */
+static const char *spf_sender(const check_ctx *ctx)
+{
+	if (ctx->txn->null_sender)
+		return "";
+	return ctx->txn->sender_invalid ? ctx->facts->sender : ctx->txn->sender;
+}
+
+/*
  * Whether SPF can say anything of this transaction that anybody uses: not
  * for an authenticated client (its login verifies it), a whitelisted
  * network (exempt from everything) or the host itself.
@@ -99,7 +115,7 @@ static bool applies(const check_ctx *ctx)
 	const decide_facts *f = ctx->facts;
 	addr_ip ip;
 
-	return !authenticated(f) && ctx->txn->whitelisted == WHITELIST_NONE && !ctx->txn->sender_invalid &&
+	return !authenticated(f) && ctx->txn->whitelisted == WHITELIST_NONE && spf_sender(ctx) &&
 	       f->client_address && addr_ip_parse(f->client_address, &ip) && !is_loopback(&ip);
 }
 
@@ -131,8 +147,9 @@ static void spf_plan_dns(const void *vconf, const check_ctx *ctx, dnsplan *plan)
 	 * networks are not looked up there), and a trap hit under
 	 * sender_requires; and the greylist's key, which needs the same.
 	 */
-	bool verify = txn->sender_whitelisted != WHITELIST_NONE || trap_wants(conf, ctx) ||
-	              (ctx->stage == CHECK_STAGE_RCPT && conf->grey_spf_key);
+	bool verify =
+	    !txn->sender_invalid && (txn->sender_whitelisted != WHITELIST_NONE || trap_wants(conf, ctx) ||
+	                             (ctx->stage == CHECK_STAGE_RCPT && conf->grey_spf_key));
 	bool own =
 	    ctx->stage != CHECK_STAGE_MAIL && (conf->reject_fail || (conf->header && !msg->spf_header_done));
 	bool probes =
@@ -140,7 +157,7 @@ static void spf_plan_dns(const void *vconf, const check_ctx *ctx, dnsplan *plan)
 
 	if (!probes && (known || !(verify || own)))
 		return;
-	if (!dnsplan_want_spf(plan, ctx->facts->client_address, txn->null_sender ? "" : txn->sender,
+	if (!dnsplan_want_spf(plan, ctx->facts->client_address, spf_sender(ctx),
 	                      ctx->facts->helo ? ctx->facts->helo : ""))
 		return;
 	if (probes)
@@ -401,8 +418,8 @@ static void add_header(const spfcheck_conf *conf, const check_ctx *ctx, int r, c
 	 */
 	if (!conf->header || ctx->msg->spf_header_done || ctx->stage != at || ctx->txn->sender_trusted)
 		return;
-	spfcheck_header((enum spf_result)r, conf->receiver_name, f->client_address,
-	                ctx->txn->null_sender ? "" : ctx->txn->sender, f->helo, v->header, sizeof(v->header));
+	spfcheck_header((enum spf_result)r, conf->receiver_name, f->client_address, spf_sender(ctx), f->helo,
+	                v->header, sizeof(v->header));
 }
 
 void spfcheck_header_sent(const check_verdict *final, check_msg *msg)
@@ -411,12 +428,25 @@ void spfcheck_header_sent(const check_verdict *final, check_msg *msg)
 		msg->spf_header_done = true;
 }
 
-/* " spf=RESULT reason=...": which term or error decided, when this stage evaluated it. */
+/*
+ * " spf=RESULT reason=\"...\"": which term or error decided, when this stage
+ * evaluated it. The reason names domains the sender's record and MAIL FROM
+ * wrote (an include:%{l}.example built from a local part, a syntax error
+ * quoting the record): a '"' there would close the field and let the
+ * sender append fields of its own to the line, so it is written '?'.
+ */
 static void result_detail(const check_ctx *ctx, int r, check_verdict *v)
 {
+	char reason[sizeof(ctx->dns->spf.reason)];
+
 	check_detail_add(v, " spf=%s", spf_result_name((enum spf_result)r));
-	if (ctx->dns && ctx->dns->spf.wanted && ctx->dns->spf.reason[0])
-		check_detail_add(v, " reason=\"%s\"", ctx->dns->spf.reason);
+	if (!ctx->dns || !ctx->dns->spf.wanted || !ctx->dns->spf.reason[0])
+		return;
+	printable(ctx->dns->spf.reason, reason, sizeof(reason));
+	for (char *p = reason; *p; p++)
+		if (*p == '"' || *p == '\\')
+			*p = '?';
+	check_detail_add(v, " reason=\"%s\"", reason);
 }
 
 static void spf_decide(const void *vconf, const check_ctx *ctx, void *scratch, const query *answers,
