@@ -185,6 +185,20 @@ class Counting(MetricsCase):
         self.assertEqual(after['spamtrapd_policy_requests_total{role="sender"}'],
                          before['spamtrapd_policy_requests_total{role="sender"}'])
 
+    def test_spamtrapctl_stats(self):
+        """spamtrapctl stats: the store's figures for a person, beside the daemon's counters."""
+        self.assertTrue(self.trap_hit(self.d, "ctl@spam.test", "192.0.2.77").startswith(TRAP_REPLY))
+        self.assertTrue(self.trap_hit(self.d, "ctl@spam.test", "192.0.2.77").startswith(TRAP_REPLY))
+        out = self.d.ctl("stats").stdout
+        entries = int(re.search(r"^entries in force: (\d+)$", out, re.M).group(1))
+        self.assertEqual(entries, len(self.d.ctl("list").stdout.splitlines()))
+        self.assertRegex(out, r"(?m)^  24 hours +\d+ +\d+$")
+        traps = out.split("traps with the most hits")[1].split("most-hit keys")[0]
+        self.assertRegex(traps, r"(?m)^ +\d+  trap@example\.com$")
+        keys = out.split("most-hit keys")[1]
+        self.assertRegex(keys, r"(?m)^ +2  ctl@spam\.test$")
+        self.assertRegex(keys, r"(?m)^ +2  192\.0\.2\.77$")
+
     def test_no_address_is_a_label(self):
         self.trap_hit(self.d, "leak@spam.test", "192.0.2.72")
         body = self.scrape()
