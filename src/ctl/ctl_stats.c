@@ -5,6 +5,7 @@
  */
 #include "ctl/ctl_stats.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -164,5 +165,37 @@ void ctl_stats_print(const ctl_stats *s, FILE *out)
 		fprintf(out, "  %10llu  %s\n", (unsigned long long)s->top[i].hits,
 		        log_safe(s->top[i].key, text, sizeof(text)));
 	if (s->ntop == 0)
+		fprintf(out, "  none\n");
+}
+
+/* A sample line worth showing: not a comment, not a histogram bucket, not 0. */
+static bool worth_showing(const char *line, size_t len)
+{
+	const char *space = memchr(line, ' ', len);
+	const char *brace = memchr(line, '{', len);
+	const char *name_end = brace && brace < space ? brace : space;
+
+	if (len == 0 || line[0] == '#' || !space)
+		return false;
+	if (name_end - line >= 7 && memcmp(name_end - 7, "_bucket", 7) == 0)
+		return false;
+	return !(line + len - space == 2 && space[1] == '0');
+}
+
+void ctl_stats_print_daemon(const char *exposition, FILE *out)
+{
+	size_t shown = 0;
+
+	fprintf(out, "\ndaemon counters since it started (all others are 0):\n");
+	for (const char *line = exposition; *line;) {
+		const char *eol = strchr(line, '\n');
+		size_t len = eol ? (size_t)(eol - line) : strlen(line);
+		if (worth_showing(line, len)) {
+			fprintf(out, "  %.*s\n", (int)len, line);
+			shown++;
+		}
+		line += len + (eol ? 1 : 0);
+	}
+	if (shown == 0)
 		fprintf(out, "  none\n");
 }

@@ -28,4 +28,11 @@ void ctl_stats_free(ctl_stats *s);     /* accepts NULL */
 int ctl_stats_add(ctl_stats *s, const store_entry *e);
 void ctl_stats_print(const ctl_stats *s, FILE *out);
 
+/*
+ * The daemon's counters from a scrape of its metrics listener (the
+ * exposition text): every series that is not 0, histograms as their
+ * count and sum only, in the order the daemon gives them.
+ */
+void ctl_stats_print_daemon(const char *exposition, FILE *out);
+
 #endif

@@ -24,6 +24,7 @@
 
 #include "atomicfile.h"
 #include "config.h"
+#include "ctl/ctl_scrape.h"
 #include "ctl/ctl_stats.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
@@ -419,6 +420,22 @@ static int stats_one(const store_entry *e, void *ctx)
 	return ctl_stats_add(ctx, e);
 }
 
+/* The daemon's side, when it serves metrics: a daemon that does not answer is said, not an error. */
+static void print_daemon_counters(const config *cfg)
+{
+	char err[256], *body;
+
+	if (!cfg->metrics.listen)
+		return;
+	fflush(stdout);
+	if (!(body = ctl_scrape(cfg->metrics.listen, err, sizeof(err)))) {
+		fprintf(stderr, "spamtrapctl: stats: no counters from the daemon (metrics.listen %s)\n", err);
+		return;
+	}
+	ctl_stats_print_daemon(body, stdout);
+	free(body);
+}
+
 static int cmd_stats(ctl *c)
 {
 	ctl_stats *s = ctl_stats_new(c->now);
@@ -430,6 +447,7 @@ static int cmd_stats(ctl *c)
 	}
 	if (store_foreach(c->st, c->now, stats_one, s) == STORE_OK) {
 		ctl_stats_print(s, stdout);
+		print_daemon_counters(c->cfg);
 		rc = EXIT_OK;
 	} else {
 		rc = fail_store("stats");

@@ -198,6 +198,11 @@ class Counting(MetricsCase):
         keys = out.split("most-hit keys")[1]
         self.assertRegex(keys, r"(?m)^ +2  ctl@spam\.test$")
         self.assertRegex(keys, r"(?m)^ +2  192\.0\.2\.77$")
+        # metrics.listen is set: the daemon's counters follow, those that are not 0.
+        daemon = out.split("daemon counters since it started")[1]
+        self.assertRegex(daemon, r'(?m)^  spamtrapd_decisions_total\{check="traps",action="reject",'
+                                 r'mode="enforce"\} [1-9]')
+        self.assertNotRegex(daemon, r"(?m) 0$")
 
     def test_no_address_is_a_label(self):
         self.trap_hit(self.d, "leak@spam.test", "192.0.2.72")

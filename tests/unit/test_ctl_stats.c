@@ -129,12 +129,44 @@ static void test_many_traps(void **state)
 	ctl_stats_free(s);
 }
 
+static void test_daemon_counters(void **state)
+{
+	static const char scrape[] = "# HELP a_total A.\n# TYPE a_total counter\n"
+	                             "a_total{x=\"1\"} 0\n"
+	                             "a_total{x=\"2\"} 7\n"
+	                             "b_seconds_bucket{le=\"0.1\"} 3\n"
+	                             "b_seconds_sum 0.5\n"
+	                             "b_seconds_count 3\n"
+	                             "c_info{version=\"0.2.0\"} 1\n"
+	                             "d_total 10\n"
+	                             "e_total 0";
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	(void)state;
+	assert_non_null(f);
+	ctl_stats_print_daemon(scrape, f);
+	ctl_stats_print_daemon("# HELP z_total Z.\nz_total 0\n", f);
+	fclose(f);
+	assert_string_equal(buf, "\ndaemon counters since it started (all others are 0):\n"
+	                         "  a_total{x=\"2\"} 7\n"
+	                         "  b_seconds_sum 0.5\n"
+	                         "  b_seconds_count 3\n"
+	                         "  c_info{version=\"0.2.0\"} 1\n"
+	                         "  d_total 10\n"
+	                         "\ndaemon counters since it started (all others are 0):\n"
+	                         "  none\n");
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_figures),
 	    cmocka_unit_test(test_top_is_bounded),
 	    cmocka_unit_test(test_many_traps),
+	    cmocka_unit_test(test_daemon_counters),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
