@@ -148,7 +148,9 @@ static bool same_listeners(const config *a, const config *b)
 			return false;
 	const char *ma = a->milter.listen ? a->milter.listen : "";
 	const char *mb = b->milter.listen ? b->milter.listen : "";
-	return strcmp(ma, mb) == 0;
+	const char *xa = a->metrics.listen ? a->metrics.listen : "";
+	const char *xb = b->metrics.listen ? b->metrics.listen : "";
+	return strcmp(ma, mb) == 0 && strcmp(xa, xb) == 0;
 }
 
 /* Only a change of target or facility reopens the log; the level is an atomic. */
@@ -172,8 +174,8 @@ static void reload(control *ctl)
 	}
 	engine_snapshot *old = engine_acquire(ctl->eng);
 	if (!same_listeners(engine_config(old), cfg))
-		log_warning(
-		    "reload: listener changes (policy.listen, milter.listen) take effect after a restart");
+		log_warning("reload: listener changes (policy.listen, milter.listen, metrics.listen) take "
+		            "effect after a restart");
 	config_ref(cfg); /* engine_reload takes one reference; the log settings need the snapshot too */
 	if (engine_reload(ctl->eng, cfg, err, sizeof(err)) < 0) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);

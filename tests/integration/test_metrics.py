@@ -219,6 +219,14 @@ class Counting(MetricsCase):
             self.assertLess(time.monotonic(), deadline, "the reload was not counted")
             time.sleep(0.1)
 
+    def test_reload_keeps_the_listener(self):
+        """A reload that moves metrics.listen says it takes a restart, and the listener stays."""
+        mark = self.d.log_mark()
+        self.d.reload({"metrics": {"listen": f"127.0.0.1:{sh.free_port()}"}})
+        self.d.wait_for_log(r"listener changes .*metrics\.listen.* take effect after a restart", since=mark)
+        self.scrape()
+        self.d.reload({"metrics": {"listen": self.address}})
+
     def test_other_requests(self):
         cases = [
             (b"GET / HTTP/1.1\r\n\r\n", 404),
