@@ -429,6 +429,33 @@ class Allow(MetricsCase):
         self.assertEqual(body, "")
 
 
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@unittest.skipUnless(ipv6_loopback(), "no IPv6 loopback here")
+class Ipv6(MetricsCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.port = sh.free_port("::1", socket.AF_INET6)
+        cls.address = f"[::1]:{cls.port}"
+        cls.d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "metrics": {"listen": cls.address}})
+        try:
+            cls.d.start()
+            cls.wait_listening()
+        except BaseException:
+            cls.d.cleanup()
+            raise
+
+    def test_served_on_ipv6_loopback(self):
+        self.assertIn("spamtrapd_build_info", self.scrape())
+
+
 class UnixSocket(MetricsCase):
     @classmethod
     def setUpClass(cls):
