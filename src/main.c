@@ -29,6 +29,7 @@
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
+#include "core/checks/dnsbl.h"
 #include "metrics/metrics_server.h"
 #include "stats.h"
 
@@ -279,6 +280,23 @@ static void raise_open_files(void)
 		log_info("open files limit raised from %llu to %llu", before, after);
 }
 
+/* The metric families, with the DNS lists of the config at start-up as the values of their site label. */
+static int start_stats(const config *cfg, char *err, size_t errlen)
+{
+	const dnsbl_conf *dc = cfg->pipeline.checks[CHECK_ID_DNSBL].conf;
+	const char *sites[DNSBL_SITES_MAX];
+	size_t n = 0;
+
+	for (size_t i = 0; dc && i < dc->nsites; i++) {
+		size_t j = 0;
+		while (j < n && strcmp(sites[j], dc->site[i].name) != 0)
+			j++;
+		if (j == n)
+			sites[n++] = dc->site[i].name;
+	}
+	return stats_init(sites, n, err, errlen);
+}
+
 /* Binds, drops privileges, opens the store, starts the front ends. */
 static int start(config *cfg, engine **eng_out, policy_server **policy_out, metrics_server **metrics_out,
                  bool *milter_on)
@@ -286,7 +304,7 @@ static int start(config *cfg, engine **eng_out, policy_server **policy_out, metr
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
 	const char *user = cfg->user;
-	if (stats_init(err, sizeof(err)) < 0)
+	if (start_stats(cfg, err, sizeof(err)) < 0)
 		goto fail;
 	engine *eng = engine_new(config_ref(cfg), err, sizeof(err));
 	if (!eng)

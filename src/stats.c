@@ -8,7 +8,9 @@
 #include "stats.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/checks/checks.h"
 
@@ -52,6 +54,8 @@ static struct {
 	const char *actions[NACTIONS];
 	const char *key_types[NKEY_TYPES];
 	const char *greylist[NGREYLIST + 1];
+	char **sites; /* the DNS lists at start-up, then "other" */
+	size_t nsites;
 	metrics_family *decisions, *trap_hits, *blocklist, *greylist_results, *relay_trips, *ratelimit_hits,
 	    *store_errors, *policy_requests, *milter_sessions, *reloads, *build_info, *store_duration,
 	    *dns_lookups, *spf_results;
@@ -86,7 +90,8 @@ static metrics_family *family(metrics_type type, const char *name, const char *h
 static int make_io_families(char *err, size_t errlen)
 {
 	const metrics_label store_call[] = {LABEL("backend", backend_names), LABEL("call", call_names)};
-	const metrics_label dns[] = {LABEL("check", st.checks), LABEL("result", dns_names)};
+	const metrics_label dns[] = {{"site", (const char *const *)st.sites, st.nsites},
+	                             LABEL("result", dns_names)};
 	const metrics_label spf[] = {LABEL("result", spf_names)};
 
 	st.store_duration = metrics_family_new(
@@ -94,10 +99,9 @@ static int make_io_families(char *err, size_t errlen)
 	    "Time of one store call: a stage's queries, its checks' writes, or a purge, by backend.",
 	    store_call, 2, duration_buckets, NELEM(duration_buckets), err, errlen);
 	return st.store_duration &&
-	               (st.dns_lookups =
-	                    family(METRICS_COUNTER, "spamtrapd_dns_lookups_total",
-	                           "DNS A lookups of the DNS checks (dnsbl), by check and answer.", dns, 2,
-	                           err, errlen)) &&
+	               (st.dns_lookups = family(METRICS_COUNTER, "spamtrapd_dns_lookups_total",
+	                                        "DNS list lookups (dnsbl.sites), by site and answer.", dns, 2,
+	                                        err, errlen)) &&
 	               (st.spf_results = family(METRICS_COUNTER, "spamtrapd_spf_checks_total",
 	                                        "SPF evaluations of the sender, by result (timeout: none by "
 	                                        "the deadline).",
@@ -156,11 +160,27 @@ static int make_families(char *err, size_t errlen)
 	           : -1;
 }
 
-int stats_init(char *err, size_t errlen)
+/* The sites, then "other" (a site a reload adds, or an answer none of them asked). */
+static int copy_sites(const char *const *sites, size_t n)
+{
+	if (!(st.sites = calloc(n + 1, sizeof(char *))))
+		return -1;
+	for (size_t i = 0; i <= n; i++) {
+		if (i < n && strcmp(sites[i], "other") == 0)
+			continue; /* one series for it and the fallback */
+		if (!(st.sites[st.nsites] = strdup(i < n ? sites[i] : "other")))
+			return -1;
+		st.nsites++;
+	}
+	return 0;
+}
+
+int stats_init(const char *const *sites, size_t nsites, char *err, size_t errlen)
 {
 	if (st.reg)
 		return 0;
-	if (!(st.reg = metrics_new())) {
+	if (!(st.reg = metrics_new()) || copy_sites(sites, nsites) < 0) {
+		stats_free();
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -176,6 +196,9 @@ int stats_init(char *err, size_t errlen)
 void stats_free(void)
 {
 	metrics_free(st.reg);
+	for (size_t i = 0; i < st.nsites; i++)
+		free(st.sites[i]);
+	free(st.sites);
 	memset(&st, 0, sizeof(st));
 }
 
@@ -253,6 +276,19 @@ void stats_store_duration(store_backend backend, stats_store_call call, double s
 	                seconds);
 }
 
+/* The site a lookup's name is under ("2.0.0.127.zen.example" under "zen.example"), else "other". */
+static size_t site_of(const char *name)
+{
+	size_t len = strlen(name);
+
+	for (size_t i = 0; i + 1 < st.nsites; i++) {
+		size_t n = strlen(st.sites[i]);
+		if (len > n && name[len - n - 1] == '.' && strcasecmp(name + len - n, st.sites[i]) == 0)
+			return i;
+	}
+	return st.nsites - 1;
+}
+
 void stats_dns_plan(const dnsplan *plan)
 {
 	if (!plan || !st.reg)
@@ -262,7 +298,8 @@ void stats_dns_plan(const dnsplan *plan)
 		size_t result = l->status == DNSPLAN_PENDING || l->status > DNSPLAN_TIMEOUT
 		                    ? NELEM(dns_names) - 1
 		                    : (size_t)l->status - DNSPLAN_FOUND;
-		metrics_add(st.dns_lookups, metrics_series(st.dns_lookups, (size_t[]){l->owner, result}), 1);
+		metrics_add(st.dns_lookups,
+		            metrics_series(st.dns_lookups, (size_t[]){site_of(l->name), result}), 1);
 	}
 	if (plan->spf.wanted)
 		metrics_add(st.spf_results, plan->spf.done ? (size_t)plan->spf.result : NELEM(spf_names) - 1,

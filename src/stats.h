@@ -20,8 +20,12 @@
 #include "metrics.h"
 #include "store/store.h"
 
-/* 0, or -1 with err. Once per process; a second call does nothing. */
-int stats_init(char *err, size_t errlen);
+/*
+ * 0, or -1 with err. Once per process; a second call does nothing.
+ * sites: the DNS list names (dnsbl.sites) at start-up, the values of the
+ * site label (copied; a site a reload adds counts under "other").
+ */
+int stats_init(const char *const *sites, size_t nsites, char *err, size_t errlen);
 void stats_free(void);
 /* The registry to render; NULL before stats_init. */
 const metrics *stats_registry(void);
@@ -46,7 +50,7 @@ void stats_store_error(stats_store_op op);
 typedef enum { STATS_CALL_QUERIES, STATS_CALL_WRITES, STATS_CALL_PURGE } stats_store_call;
 void stats_store_duration(store_backend backend, stats_store_call call, double seconds);
 
-/* The answers of a DNS plan a stage used: each A lookup by the check that asked, the SPF result. */
+/* The answers of a DNS plan a stage used: each A lookup by its site, the SPF result. */
 void stats_dns_plan(const dnsplan *plan);
 
 /* One policy request answered (or parked for DNS) on a listener of this role (policy_role). */

@@ -614,7 +614,7 @@ static int setup(void **state)
 	(void)state;
 	assert_non_null(mkdtemp(dir));
 	log_set_sink(sink, NULL);
-	assert_int_equal(stats_init(err, sizeof(err)), 0);
+	assert_int_equal(stats_init(NULL, 0, err, sizeof(err)), 0);
 	return 0;
 }
 

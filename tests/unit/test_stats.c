@@ -46,10 +46,11 @@ static void test_before_init_nothing(void **state)
 static void test_dns_plan(void **state)
 {
 	static dnsplan plan;
+	static const char *const sites[] = {"bl.example.org", "other", "wl.example.org"};
 	char err[256];
 
 	(void)state;
-	assert_int_equal(stats_init(err, sizeof(err)), 0);
+	assert_int_equal(stats_init(sites, 3, err, sizeof(err)), 0);
 	dnsplan_init(&plan);
 	const dnsplan_status statuses[] = {DNSPLAN_FOUND, DNSPLAN_NXDOMAIN, DNSPLAN_TEMPFAIL, DNSPLAN_TIMEOUT,
 	                                   DNSPLAN_PENDING};
@@ -59,17 +60,32 @@ static void test_dns_plan(void **state)
 		assert_non_null(l);
 		l->status = statuses[i];
 	}
+	/* Another site, one a reload added, a name that only ends like a site, upper case. */
+	const char *names[] = {"2.0.0.127.wl.example.org", "2.0.0.127.new.example",
+	                       "2.0.0.127.xbl.example.org", "2.0.0.127.BL.Example.org"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		dnsplan_lookup *l = dnsplan_add(&plan, CHECK_ID_DNSBL, 9, names[i]);
+		assert_non_null(l);
+		l->status = DNSPLAN_NXDOMAIN;
+	}
 	plan.spf.wanted = true;
 	plan.spf.done = true;
 	plan.spf.result = SPF_SOFTFAIL;
 	stats_dns_plan(&plan);
 	plan.spf.done = false;
 	stats_dns_plan(&plan);
-	assert_int_equal(scraped("spamtrapd_dns_lookups_total{check=\"dnsbl\",result=\"found\"}"), 2);
-	assert_int_equal(scraped("spamtrapd_dns_lookups_total{check=\"dnsbl\",result=\"nxdomain\"}"), 2);
-	assert_int_equal(scraped("spamtrapd_dns_lookups_total{check=\"dnsbl\",result=\"nodata\"}"), 0);
-	assert_int_equal(scraped("spamtrapd_dns_lookups_total{check=\"dnsbl\",result=\"tempfail\"}"), 2);
-	assert_int_equal(scraped("spamtrapd_dns_lookups_total{check=\"dnsbl\",result=\"timeout\"}"), 4);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"bl.example.org\",result=\"found\"}"), 2);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"bl.example.org\",result=\"nxdomain\"}"),
+	                 4);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"bl.example.org\",result=\"nodata\"}"),
+	                 0);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"bl.example.org\",result=\"tempfail\"}"),
+	                 2);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"bl.example.org\",result=\"timeout\"}"),
+	                 4);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"wl.example.org\",result=\"nxdomain\"}"),
+	                 2);
+	assert_int_equal(scraped("spamtrapd_dns_lookups_total{site=\"other\",result=\"nxdomain\"}"), 4);
 	assert_int_equal(scraped("spamtrapd_spf_checks_total{result=\"softfail\"}"), 1);
 	assert_int_equal(scraped("spamtrapd_spf_checks_total{result=\"timeout\"}"), 1);
 	stats_free();
@@ -80,7 +96,7 @@ static void test_other_names(void **state)
 	char err[256];
 
 	(void)state;
-	assert_int_equal(stats_init(err, sizeof(err)), 0);
+	assert_int_equal(stats_init(NULL, 0, err, sizeof(err)), 0);
 	stats_greylist("greylist passed", STATS_MODE_ENFORCE);
 	stats_greylist("a reason added later", STATS_MODE_SHADOW);
 	stats_blocklist_record(KEY_TYPE_SASL, "relay");
