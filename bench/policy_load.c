@@ -8,7 +8,9 @@
  * fraction of recipients are traps and a set fraction of senders are ones
  * store_bench preloaded into the blocklist (names in bench_util.h). With
  * -u PREFIX every request has a sender of its own instead (the greylisting
- * row: every triplet is new, so every request writes).
+ * row: every triplet is new, so every request writes). With -a N every
+ * request is SASL-authenticated as one of N accounts, each sending from
+ * its own few public networks (the relay and ratelimit rows).
  *
  * One thread drives every connection through epoll, so the client costs
  * one core at most. Results go to stdout as one JSON object: completed
@@ -29,6 +31,8 @@
 
 #define REQ_MAX 2048
 #define REPLY_MAX 1024
+/* The public /24 networks an account of -a sends from: under relay's default max_networks. */
+#define ACCOUNT_NETWORKS 3
 
 /* The shared options and policy_load's own: -6 IPv6 fraction, -s protocol_state, -u unique senders. */
 typedef struct options {
@@ -37,6 +41,7 @@ typedef struct options {
 	const char *state;
 	const char *unique; /* "": senders from the pool */
 	uint64_t run_tag;   /* -u: this process's start, so that two runs never share a sender */
+	unsigned accounts;  /* -a: SASL accounts (0: none, as an MX sees mail) */
 } options;
 
 typedef struct conn {
@@ -65,10 +70,13 @@ typedef struct run {
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: policy_load " BENCH_LOAD_USAGE "\n"
-	                "       [-6 IPV6_FRACTION] [-s STATE] [-u PREFIX]\n"
-	                "       -n COUNT: requests\n"
-	                "       -u PREFIX: a new sender each request (PREFIX: up to 16 letters a-z)\n");
+	fprintf(stderr,
+	        "usage: policy_load " BENCH_LOAD_USAGE "\n"
+	        "       [-6 IPV6_FRACTION] [-s STATE] [-u PREFIX] [-a ACCOUNTS]\n"
+	        "       -n COUNT: requests\n"
+	        "       -u PREFIX: a new sender each request (PREFIX: up to 16 letters a-z)\n"
+	        "       -a ACCOUNTS: SASL logins acctN, N below ACCOUNTS, each from %d networks of its own\n",
+	        ACCOUNT_NETWORKS);
 }
 
 /*
@@ -89,10 +97,12 @@ static int parse_options(int argc, char **argv, options *o)
 	    {'6', BENCH_DOUBLE, offsetof(options, ipv6_fraction)},
 	    {'s', BENCH_STR, offsetof(options, state)},
 	    {'u', BENCH_STR, offsetof(options, unique)},
+	    {'a', BENCH_UINT, offsetof(options, accounts)},
 	};
 	o->ipv6_fraction = 0.1;
 	o->state = "RCPT";
 	o->unique = "";
+	o->accounts = 0;
 	o->run_tag = bench_now_ns();
 	if (bench_load_parse(&o->load, "policy_load", argc, argv, own, sizeof(own) / sizeof(own[0]), o) < 0 ||
 	    o->ipv6_fraction > 1 || !o->state[0] || !prefix_ok(o->unique)) {
@@ -115,14 +125,35 @@ static void pick_sender(conn *c, const options *o, char *buf, size_t buflen)
 }
 
 /*
+ * With -a: an account and a client address in one of its networks,
+ * first octet 20 to 89 (never a private or exempt range, which relay
+ * would not count); without: the pool's client and no login.
+ */
+static uint32_t pick_login(conn *c, const options *o, char *client, size_t clen, char *login, size_t llen)
+{
+	uint32_t a, net;
+
+	if (o->accounts == 0) {
+		login[0] = '\0';
+		return bench_pick_client(&c->rng, &o->load, o->ipv6_fraction, client, clen);
+	}
+	a = bench_rng_below(&c->rng, o->accounts);
+	net = a * ACCOUNT_NETWORKS + bench_rng_below(&c->rng, ACCOUNT_NETWORKS);
+	snprintf(login, llen, "acct%u", a);
+	snprintf(client, clen, "%u.%u.%u.%u", 20 + (net >> 16) % 70, (net >> 8) & 255, net & 255,
+	         1 + bench_rng_below(&c->rng, 254));
+	return a;
+}
+
+/*
  * One RCPT-time request with the attributes Postfix 3.7 sends, in its
  * order (smtpd_check.c). Empty attributes are sent as Postfix does.
  */
 static void build_request(conn *c, const options *o)
 {
 	const bench_load_opts *lo = &o->load;
-	char client[64], sender[96], rcpt[96];
-	uint32_t ci = bench_pick_client(&c->rng, lo, o->ipv6_fraction, client, sizeof(client));
+	char client[64], sender[96], rcpt[96], login[32];
+	uint32_t ci = pick_login(c, o, client, sizeof(client), login, sizeof(login));
 	c->seq++;
 	pick_sender(c, o, sender, sizeof(sender));
 	c->trap = bench_pick_rcpt(&c->rng, lo, rcpt, sizeof(rcpt));
@@ -130,14 +161,15 @@ static void build_request(conn *c, const options *o)
 	                 "request=smtpd_access_policy\nprotocol_state=%s\nprotocol_name=ESMTP\n"
 	                 "helo_name=" BENCH_HELO_FMT "\nqueue_id=%X%05lX\nsender=%s\nrecipient=%s\n"
 	                 "recipient_count=0\nclient_address=%s\nclient_name=unknown\n"
-	                 "reverse_client_name=unknown\ninstance=%x.%lx.0\nsasl_method=\nsasl_username=\n"
+	                 "reverse_client_name=unknown\ninstance=%x.%lx.0\nsasl_method=%s\nsasl_username=%s\n"
 	                 "sasl_sender=\nsize=%u\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n"
 	                 "ccert_pubkey_fingerprint=\nencryption_protocol=TLSv1.3\n"
 	                 "encryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\netrn_domain=\n"
 	                 "stress=\nclient_port=%u\npolicy_context=\nserver_address=192.0.2.25\n"
 	                 "server_port=25\ncompatibility_level=3.6\nmail_version=3.7.11\n\n",
 	                 o->state, ci % 1000, c->id, c->seq & 0xFFFFF, sender, rcpt, client, c->id, c->seq,
-	                 1000 + bench_rng_below(&c->rng, 100000), 1024 + bench_rng_below(&c->rng, 60000));
+	                 login[0] ? "PLAIN" : "", login, 1000 + bench_rng_below(&c->rng, 100000),
+	                 1024 + bench_rng_below(&c->rng, 60000));
 	c->reqlen = (size_t)n;
 }
 

@@ -21,13 +21,19 @@ Runs, in one go on this machine (docs/performance.md explains every number):
    SQLite file (and on that Redis) beside postgrey, every request with a
    sender of its own (policy_load -u), so that every triplet is new and
    every request writes, at the same levels.
-6. One table on stdout: requests/s, p50/p99 latency, the ratios
+6. Relay and ratelimit (issue 14): spamtrapd with the relay check and one
+   ratelimit rule (per SASL account) on, beside the same spamtrapd with
+   only the blocklist, both under the same SASL-authenticated load
+   (policy_load -a: many accounts, each from a few networks), on SQLite
+   (each on its own copy of the store) and on the Redis server.
+7. One table on stdout: requests/s, p50/p99 latency, the ratios
    spamtrapd/limit and spamtrapd/postgrey, peak RSS (VmHWM) of every
    server, load and lookup times, and the targets of issues 6 and 13.
 
 Every process is started here and stopped here by PID. Raw results go to
 bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR;
---only greylist runs steps 3 to 5 for the greylisting rows alone.
+--only greylist runs steps 3 to 5 for the greylisting rows alone, --only
+relay step 6 alone (with the store it needs).
 """
 
 import argparse
@@ -142,7 +148,7 @@ class Bench:
         self.give(self.tmp)
         self.servers = []
         self.results = {"machine": machine(), "args": vars(args), "policy": {}, "milter": {}, "greylist": {},
-                        "store": {}, "traps": [], "servers": {}, "notes": []}
+                        "relay": {}, "store": {}, "traps": [], "servers": {}, "notes": []}
         self.redis = self.postgrey = None
 
     def give(self, path):
@@ -261,6 +267,9 @@ class Bench:
         if proto == "greylist":
             # a sender of its own per request (every triplet new), no trap and no blocklisted sender
             cmd += ["-u", "grey", "-t", "0", "-b", "0"]
+        if proto == "relay":
+            # SASL logins of many accounts, each from a few networks of its own
+            cmd += ["-a", str(self.args.accounts)]
         return run_json(cmd, self.args.duration + self.args.warmup + 60)[0]
 
     def measure(self, proto, targets):
@@ -335,6 +344,42 @@ class Bench:
                   file=sys.stderr)
             self.measure("greylist", targets)
 
+    RELAY_EXTRA = {"relay": {"mode": "enforce"},
+                   "ratelimit": {"mode": "enforce", "rules": [
+                       # a rate no account of the load reaches: every request is charged, none refused
+                       {"name": "account", "key": "sasl_username", "rate": "1000000/1h"}]}}
+
+    def copy_store(self, db, name):
+        path = os.path.join(self.tmp, name)
+        shutil.copyfile(db, path)
+        self.give(path)
+        return path
+
+    def relay(self, trap_file, sqlite_dbs, sq, redis, rd):
+        """Step 6: relay + one ratelimit rule beside the blocklist alone, same SASL load, per store.
+        sqlite_dbs: two copies of the preloaded store (the blocklist row's, the relay row's)."""
+        stores = [("sqlite", sq, [{"sqlite": {"path": p}} for p in sqlite_dbs])]
+        if redis:
+            st = {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.ports["redis"]}}
+            stores.append(("redis", rd, [st, st]))
+        targets = []
+        for backend, filled, (bl_store, rl_store) in stores:
+            error = self.config_error("relay " + backend, rl_store, self.RELAY_EXTRA)
+            if error:
+                self.note("no relay %s rows: spamtrapd -t refuses the relay or ratelimit section (%s)"
+                          % (backend, error))
+                continue
+            for name, store, extra in (("spamtrapd blocklist " + backend, bl_store, None),
+                                       ("spamtrapd relay+rl " + backend, rl_store, self.RELAY_EXTRA)):
+                d = self.start_spamtrapd(name, store, trap_file, extra=extra)
+                d.wait_ready()
+                targets.append((name, d.ports["policy"], filled["blocked_senders"],
+                                [d, redis] if backend == "redis" else [d]))
+        if targets:
+            print("bench: relay + ratelimit beside the blocklist alone, %d SASL accounts, at %s connections"
+                  % (self.args.accounts, ",".join(map(str, self.args.levels))), file=sys.stderr)
+            self.measure("relay", targets)
+
     def run(self):
         a = self.args
         print("bench: temporary files in %s" % self.tmp, file=sys.stderr)
@@ -344,15 +389,22 @@ class Bench:
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
         sq = self.store_bench("sqlite", ["-f", db])
-        self.import_bench()
+        # the relay rows' copies, before anything else writes to the file
+        relay_dbs = [self.copy_store(db, n) for n in ("relay-bl.db", "relay-rl.db")] if not a.no_relay else []
+        if a.only != "relay":
+            self.import_bench()
         for path in (db, db + "-wal", db + "-shm"):
             if os.path.exists(path):
                 self.give(path)
         redis = self.ensure_redis()
+        rd = None
         if redis:
             rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
         else:
             self.note("no Redis rows (%s)" % ("--no-redis" if a.no_redis else "redis-server not installed"))
+        if a.only == "relay":
+            self.relay(trap_file, relay_dbs, sq, redis, rd)
+            return
         policy, milter = [], []
         if a.baseline:
             # The same store, copied before anything writes to it, for a build of another tree.
@@ -397,6 +449,8 @@ class Bench:
         self.measure("milter", milter)
         if not a.no_greylist:
             self.greylist()
+        if not a.no_relay:
+            self.relay(trap_file, relay_dbs, sq, redis, rd)
 
     def finish(self):
         self.stop_all()
@@ -472,6 +526,20 @@ def protocol_table(res, proto, limit, title, unit):
                                      if new.get(str(c)) and base.get(str(c)) and base[str(c)]["cpu_us"] else "-",
                                      CELL - 9, "") for c in LEVELS)
               + "  (server CPU per %s, this tree / --baseline)" % ("request" if proto == "policy" else "session"))
+    if proto == "relay":
+        for backend in ("sqlite", "redis"):
+            rl, bl = rows.get("spamtrapd relay+rl " + backend), rows.get("spamtrapd blocklist " + backend)
+            if rl and bl:
+                print(lbl("  cpu relay/bl " + backend)
+                      + "".join(" %9s%*s" % ("%.2f" % (rl[str(c)]["cpu_us"] / bl[str(c)]["cpu_us"])
+                                             if rl.get(str(c)) and bl.get(str(c)) and bl[str(c)]["cpu_us"] else "-",
+                                             CELL - 9, "") for c in LEVELS)
+                      + "  (server CPU per request, relay+ratelimit / blocklist only)")
+        print("%-18s" % "replies DUNNO (none refused: every request ran both checks and was charged)")
+        for name, row in rows.items():
+            print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % dunno_pct(row[str(c)])
+                                                                 if row.get(str(c)) else "-", CELL - 9, "")
+                                                    for c in LEVELS))
     if proto == "greylist":
         print("%-18s" % "replies deferred (each request a new triplet: all should be)")
         for name, row in rows.items():
@@ -484,6 +552,13 @@ def protocol_table(res, proto, limit, title, unit):
                 print(lbl("  %s/%s" % (name[len("spamtrapd "):], ref))
                       + "".join(" %9s%*s" % (ratio(rows[name].get(str(c)), rows[ref].get(str(c)), fmt),
                                              CELL - 9, "") for c in LEVELS))
+
+
+def dunno_pct(r):
+    """Share of a load's ordinary (non-trap) replies that were DUNNO."""
+    replies = r.get("other_replies", {})
+    total = sum(replies.values())
+    return 100.0 * replies.get("DUNNO", 0) / total if total else 0.0
 
 
 def deferred_pct(r):
@@ -560,6 +635,14 @@ def targets(res):
         out.append(("info", "greylist on Redis at 64 conns (reported)", "%.0f/s%s, p99 %.2f ms"
                     % (gr64["rps"], ", %.1fx postgrey" % (gr64["rps"] / gp64["rps"]) if gp64 else "",
                        gr64["p99_us"] / 1000)))
+    rel = res.get("relay", {})
+    for backend in ("sqlite", "redis"):
+        rl, bl = rel.get("spamtrapd relay+rl " + backend, {}), rel.get("spamtrapd blocklist " + backend, {})
+        level = str(max(int(c) for c in rl)) if rl else None
+        if level and bl.get(level) and bl[level]["cpu_us"]:
+            r = rl[level]["cpu_us"] / bl[level]["cpu_us"]
+            add("relay+ratelimit CPU/request <= 1.5x blocklist-only (%s, %s conns)" % (backend, level), r <= 1.5,
+                "%.2fx (%.1f vs %.1f us)" % (r, rl[level]["cpu_us"], bl[level]["cpu_us"]))
     tl = [t for t in res["traps"] if t["phase"] == "config_load"]
     if tl:
         add("config_load of %s traps < 1 s" % "{:,}".format(tl[0]["traps"]), tl[0]["seconds"] < 1,
@@ -588,7 +671,10 @@ def print_table(res):
     for proto, limit, title, unit in (("policy", "policy_ref", "Policy protocol", "requests/s"),
                                       ("milter", "milter_ref", "Milter protocol", "SMTP sessions/s"),
                                       ("greylist", None, "Greylisting, every triplet new (policy protocol)",
-                                       "requests/s")):
+                                       "requests/s"),
+                                      ("relay", None, "Relay + one ratelimit rule beside the blocklist alone, "
+                                       "SASL load of %s accounts (policy protocol)" % "{:,}".format(args.get(
+                                           "accounts", 0)), "requests/s")):
         if res[proto]:
             protocol_table(res, proto, limit, title, unit)
     store_lines(res)
@@ -602,7 +688,7 @@ def print_table(res):
     for name, srv in res["servers"].items():
         if name.startswith("spamtrapd") and srv["ready_seconds"] is not None:
             print("%s ready (both ports open) %.2f s after start" % (name, srv["ready_seconds"]))
-    print("\nTargets (issue 6; greylist: issue 13)")
+    print("\nTargets (issue 6; greylist: issue 13; relay: issue 14)")
     for status, what, value in targets(res):
         print("  [%s] %-62s %s" % (status, what, value))
     for n in res["notes"]:
@@ -624,8 +710,11 @@ def main():
                     "run beside this build on a copy of the same store, and print the ratios")
     ap.add_argument("--no-postgrey", action="store_true")
     ap.add_argument("--no-greylist", action="store_true", help="leave out the greylisting rows")
-    ap.add_argument("--only", choices=("all", "greylist"), default="all",
-                    help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey)")
+    ap.add_argument("--no-relay", action="store_true", help="leave out the relay + ratelimit rows")
+    ap.add_argument("--accounts", type=int, default=10000, help="SASL accounts of the relay rows' load")
+    ap.add_argument("--only", choices=("all", "greylist", "relay"), default="all",
+                    help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey); "
+                    "relay: only the relay + ratelimit rows and the blocklist-only rows beside them")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")

@@ -455,6 +455,7 @@ typedef enum {
 	T_LIST,
 	T_LISTENERS,
 	T_RATE_RULES,
+	T_EXPORTS,
 	T_MAP
 } key_type;
 
@@ -1826,6 +1827,179 @@ static void apply_rate_rules(loader *ld, const json_t *v, jpath *p)
 	}
 }
 
+/* ---- exports: files the daemon keeps current (src/exporter.c) ---- */
+
+/* The longest exports[].interval: the file is also refreshed at least hourly. */
+#define EXPORT_INTERVAL_MAX 3600
+
+/* An absolute path whose directory exists now: a typo is an error at start-up, not a silent export. */
+static int export_path_ok(const char *path, char *msg, size_t msglen)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	struct stat sb;
+	int failed;
+
+	if (path[0] != '/' || slash[1] == '\0' || strlen(path) >= sizeof(dir)) {
+		snprintf(msg, msglen, "expected the absolute path of a file");
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	failed = stat(dir, &sb) != 0 ? errno : 0;
+	if (failed || !S_ISDIR(sb.st_mode)) {
+		snprintf(msg, msglen, "directory %.300s: %s", dir,
+		         failed ? strerror(failed) : "not a directory");
+		return -1;
+	}
+	return 0;
+}
+
+/* exports[i].keys: a list of names into EXPORT_KEY_* bits. */
+static int export_keys_member(const json_t *val, config_export *e, char *msg, size_t msglen)
+{
+	char list[256] = "", why[200];
+	size_t o = 0;
+
+	if (!json_is_array(val) || json_array_size(val) == 0) {
+		snprintf(msg, msglen, "expected a list such as [\"client\"]");
+		return -1;
+	}
+	for (size_t i = 0; i < json_array_size(val); i++) {
+		const char *name = json_string_value(json_array_get(val, i));
+		int n;
+
+		if (!name || strchr(name, ',')) {
+			snprintf(msg, msglen,
+			         "expected a list of key kinds (sender, domain, client, sasl, helo)");
+			return -1;
+		}
+		n = snprintf(list + o, sizeof(list) - o, "%s%s", o ? "," : "", name);
+		if (n < 0 || (size_t)n >= sizeof(list) - o) {
+			snprintf(msg, msglen, "too long");
+			return -1;
+		}
+		o += (size_t)n;
+	}
+	if (!export_keys_parse(list, &e->keys, why, sizeof(why))) {
+		snprintf(msg, msglen, "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* One member of an export: 0, or -1 with the error in msg. */
+static int export_member(const char *key, size_t keylen, const json_t *val, config_export *e, char *msg,
+                         size_t msglen)
+{
+	const char *s = json_string_value(val);
+
+	if (key_is(key, keylen, "format")) {
+		if (s && export_format_parse(s, &e->format))
+			return 0;
+		snprintf(msg, msglen, "expected one of nft, ipset, pf, postfix, cidr, rbldnsd");
+	} else if (key_is(key, keylen, "path")) {
+		if (!s) {
+			snprintf(msg, msglen, "expected the absolute path of a file");
+			return -1;
+		}
+		if (export_path_ok(s, msg, msglen) < 0)
+			return -1;
+		free(e->path);
+		return dup_into(&e->path, s, msg, msglen);
+	} else if (key_is(key, keylen, "interval")) {
+		if (s && config_parse_duration(s, &e->interval) && e->interval >= 1 &&
+		    e->interval <= EXPORT_INTERVAL_MAX)
+			return 0;
+		snprintf(msg, msglen, "expected a duration from 1s to 1h, such as \"10s\"");
+	} else if (key_is(key, keylen, "keys")) {
+		return export_keys_member(val, e, msg, msglen);
+	} else {
+		snprintf(msg, msglen, "unknown key (format, path, interval, keys)");
+	}
+	return -1;
+}
+
+/* One export at p into *e (keys defaulted from its format); 0 or -1 (reported). */
+static int parse_export(loader *ld, const json_t *obj, jpath *p, config_export *e)
+{
+	const char *key;
+	char msg[MSG_MAX];
+	size_t keylen;
+	json_t *val;
+	int bad = 0;
+
+	if (!json_is_object(obj)) {
+		ld_error(ld, p,
+		         "expected an object such as {\"format\": \"nft\", \"path\": "
+		         "\"/var/lib/spamtrapd/exports/blocklist.nft\", \"interval\": \"10s\"}");
+		return -1;
+	}
+	*e = (config_export){.interval = 10};
+	if (!json_is_string(json_object_get(obj, "format")) ||
+	    !export_format_parse(json_string_value(json_object_get(obj, "format")), &e->format))
+		e->format = EXPORT_NFT; /* reported below, or missing */
+	e->keys = export_keys_default(e->format);
+	json_object_keylen_foreach((json_t *)obj, key, keylen, val)
+	{
+		jpath_push_key(p, key, keylen);
+		if (export_member(key, keylen, val, e, msg, sizeof msg) < 0) {
+			ld_error(ld, p, "%s", msg);
+			bad = -1;
+		}
+		jpath_pop(p);
+	}
+	if (!json_object_get(obj, "format") || !json_object_get(obj, "path")) {
+		ld_error(ld, p, "missing \"%s\"", json_object_get(obj, "format") ? "path" : "format");
+		bad = -1;
+	} else if (!bad && (e->keys & ~export_keys_allowed(e->format))) {
+		ld_error(ld, p, "format %s holds %s only", export_format_name(e->format),
+		         e->format == EXPORT_RBLDNSD ? "client and domain keys" : "client keys");
+		bad = -1;
+	}
+	return bad;
+}
+
+static void apply_exports(loader *ld, const json_t *v, jpath *p)
+{
+	config *cfg = ld->cfg;
+	size_t n = json_array_size(v);
+
+	if (!json_is_array(v)) {
+		ld_error(ld, p,
+		         "expected a list of {\"format\": ..., \"path\": ..., \"interval\": ...} objects");
+		return;
+	}
+	if (n > CONFIG_EXPORTS_MAX) {
+		ld_error(ld, p, "at most %d exports", CONFIG_EXPORTS_MAX);
+		return;
+	}
+	if (n == 0 || !(cfg->exports = calloc(n, sizeof *cfg->exports))) {
+		if (n)
+			ld_error(ld, p, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		config_export *e = &cfg->exports[cfg->nexports];
+
+		jpath_push_index(p, i);
+		if (parse_export(ld, json_array_get(v, i), p, e) < 0) {
+			free(e->path);
+		} else {
+			bool dup = false;
+
+			for (size_t j = 0; j < cfg->nexports; j++)
+				dup |= strcmp(cfg->exports[j].path, e->path) == 0;
+			if (dup) {
+				ld_error(ld, p, "path %s is another export's too", e->path);
+				free(e->path);
+			} else {
+				cfg->nexports++;
+			}
+		}
+		jpath_pop(p);
+	}
+}
+
 /* ---- the table ---- */
 
 static const char *const mode_names[] = {"enforce", "dry-run", NULL};
@@ -1943,6 +2117,8 @@ static const key_def schema[] = {
     /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
     {"hooks.on_block", T_LIST, J([]), .set = set_on_block},
     {"hooks.timeout", T_DURATION, J("10s"), .min = 1, .max = 3600, AT(hooks.timeout)},
+    /* Files the daemon keeps current (docs/spamtrapd.json.5.md "exports"). */
+    {"exports", T_EXPORTS, J([]), .flags = 0},
 
     {"log.target", T_ENUM, J("syslog"), .names = target_names, AT(log.target)},
     {"log.facility", T_STRING, J("mail"), .set = set_facility},
@@ -2121,6 +2297,8 @@ static void apply_value(loader *ld, const key_def *k, const json_t *j, jpath *p)
 		apply_listeners(ld, j, p);
 	} else if (k->type == T_RATE_RULES) {
 		apply_rate_rules(ld, j, p);
+	} else if (k->type == T_EXPORTS) {
+		apply_exports(ld, j, p);
 	} else if (k->type == T_MAP) {
 		apply_map(ld, k, j, p);
 	} else if (k->type == T_LIST && !(json_is_null(j) && (k->flags & K_NULLABLE))) {
@@ -2400,6 +2578,9 @@ static void box_free(config_box *box)
 	for (size_t i = 0; i < c->hooks.non_block; i++)
 		free(c->hooks.on_block[i]);
 	free(c->hooks.on_block);
+	for (size_t i = 0; i < c->nexports; i++)
+		free(c->exports[i].path);
+	free(c->exports);
 	for (size_t i = 0; i < c->nwarnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
@@ -2588,6 +2769,13 @@ static void finish(loader *ld)
 		            "dry-run) to "
 		            "try a trap list without effect");
 	warn_dnsbl_greylist(ld);
+	/* Trap hits are recorded in every mode, and an export hands them to a firewall that enforces. */
+	if (cfg->nexports > 0 &&
+	    (cfg->decide.dry_run || cfg->modes[CHECK_ID_BLOCKLIST] != CHECK_MODE_ENFORCE))
+		ld_warn(ld,
+		        "exports are written while %s: a firewall that loads them blocks for real the "
+		        "clients spamtrapd only logs",
+		        cfg->decide.dry_run ? "mode is dry-run" : "blocklist.mode is not enforce");
 }
 
 static config_box *build(loader *ld, json_t *root)

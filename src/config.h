@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "core/decide.h"
+#include "core/export.h"
 #include "core/pipeline.h"
 #include "core/netset.h"
 #include "dns/dns.h"
@@ -55,6 +56,15 @@ enum {
 	CONFIG_BLOCK_HOOK_VALUES
 };
 extern const char *const config_block_hook_names[]; /* NULL-terminated */
+
+/* One of "exports": a file the daemon keeps current (src/exporter.c). */
+typedef struct config_export {
+	export_format format;
+	char *path;       /* absolute; its directory existed at load */
+	int64_t interval; /* seconds: rewritten at most this long after a change */
+	unsigned keys;    /* EXPORT_KEY_* */
+} config_export;
+#define CONFIG_EXPORTS_MAX 16
 
 typedef struct config {
 	char *path; /* the file this snapshot was read from */
@@ -112,6 +122,10 @@ typedef struct config {
 		size_t non_block;
 		int64_t timeout; /* seconds, then the hook is killed */
 	} hooks;
+
+	/* exports: none when nexports is 0 */
+	config_export *exports;
+	size_t nexports;
 
 	struct {
 		log_target target;

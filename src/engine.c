@@ -67,9 +67,13 @@ struct engine {
 	store_health health[STORE_KINDS];
 	_Atomic uint64_t messages[ENGINE_MESSAGE_SLOTS];
 	log_ratelimit check_errors[CHECK_COUNT]; /* check_verdict.log_limited lines */
+	log_ratelimit capped;                    /* relay adds held back at relay.max_entries */
 	/* The hooks' runner (relay.notify), started at the first hook: the daemon forks before. */
 	pthread_mutex_t hooks_lock;
 	hook_runner *hooks;
+	/* engine_set_change_notify: set before any thread reads it */
+	engine_change_fn on_change;
+	void *on_change_ctx;
 };
 
 static void shared_store_unref(shared_store *ss)
@@ -124,6 +128,7 @@ engine *engine_new(config *cfg, char *err, size_t errlen)
 	for (int i = 0; i < CHECK_COUNT; i++)
 		eng->check_errors[i] =
 		    (log_ratelimit){.interval = CHECK_ERROR_LOG_INTERVAL, .burst = CHECK_ERROR_LOG_BURST};
+	eng->capped = (log_ratelimit){.interval = STORE_ERROR_LOG_INTERVAL};
 	for (int k = 0; k < STORE_KINDS; k++) {
 		eng->health[k].errors.interval = STORE_ERROR_LOG_INTERVAL;
 		eng->health[k].recoveries.interval = STORE_ERROR_LOG_INTERVAL;
@@ -152,6 +157,12 @@ void engine_free(engine *eng)
 	free(eng);
 }
 
+void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx)
+{
+	eng->on_change = fn;
+	eng->on_change_ctx = ctx;
+}
+
 int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
 {
 	engine_snapshot *old = engine_acquire(eng);
@@ -176,6 +187,9 @@ int engine_reload(engine *eng, config *cfg, char *err, size_t errlen)
 	eng->current = snap;
 	pthread_mutex_unlock(&eng->lock);
 	engine_release(old);
+	/* The exports (or the store they list) may have changed: the exporter looks again now. */
+	if (eng->on_change)
+		eng->on_change(eng->on_change_ctx);
 	return 0;
 }
 
@@ -504,12 +518,17 @@ static void run_block_hook(engine_snapshot *snap, const query *q, size_t k, cons
 static void log_new_entries(engine_snapshot *snap, const query *q, check_mode mode, const decide_facts *f)
 {
 	char key[QUERY_KEY_MAX], client[64], qid[64], reason[64];
+	bool notified = false;
 
 	if (q->kind != QUERY_BLOCKLIST_RECORD || q->status != QUERY_OK)
 		return;
 	for (size_t k = 0; k < q->u.record.nkeys; k++) {
 		if (!q->u.record.created[k])
 			continue;
+		if (!notified && snap->eng->on_change) {
+			snap->eng->on_change(snap->eng->on_change_ctx);
+			notified = true;
+		}
 		log_info(
 		    "block: type=%s key=%s client=%s ttl=%lld reason=%s mode=%s queue_id=%s",
 		    block_type(q->u.record.keys[k]), log_safe_field(q->u.record.keys[k], key, sizeof(key)),
@@ -522,38 +541,86 @@ static void log_new_entries(engine_snapshot *snap, const query *q, check_mode mo
 	}
 }
 
-/* Write the effects of the checks that decided; tell the pipeline which ones failed. */
+/* A set's new member the store held back at its cap (relay.max_entries): the table is full of live rows. */
+static void log_capped(engine *eng, const query *q)
+{
+	uint64_t suppressed = 0;
+	char set[128];
+
+	if (!log_ratelimit_pass(&eng->capped, (int64_t)time(NULL), &suppressed))
+		return;
+	log_warning("relay: table full (relay.max_entries), new networks are not counted: set=%s%s",
+	            log_safe_field(q->u.distinct.key, set, sizeof(set)),
+	            suppressed ? " (and more since the last line)" : "");
+}
+
+/*
+ * Queries to the store, answered in place: its health noted, and a
+ * relay network the store held back at relay.max_entries logged (the
+ * relay check's add, a query of its needs since it counts first).
+ */
+static void ask_store(engine_snapshot *snap, query *q, size_t n, int64_t now, stats_store_call call)
+{
+	store_call(snap, q, n, now, call);
+	note_health(snap->eng, q, n);
+	for (size_t j = 0; j < n; j++)
+		if (q[j].kind == QUERY_DISTINCT_ADD && q[j].status == QUERY_OK && q[j].u.distinct.capped)
+			log_capped(snap->eng, &q[j]);
+}
+
+/*
+ * The effects gathered so far in one store_run; each answer goes back
+ * into its check's effect slot (a hook gated on one reads it:
+ * check_effects.hook_gate), then each check with a failed write is told,
+ * once.
+ */
+static void flush_effects(engine_snapshot *snap, pipeline_run *run, const decide_facts *facts, query *writes,
+                          const int *owner, const size_t *at, size_t n)
+{
+	bool failed[CHECK_COUNT] = {false};
+
+	if (n == 0)
+		return;
+	ask_store(snap, writes, n, run->ctx.now, STATS_CALL_WRITES);
+	count_records(writes, n);
+	for (size_t j = 0; j < n; j++) {
+		run->effects[owner[j]].q[at[j]] = writes[j];
+		log_new_entries(snap, &writes[j], snap->cfg->pipeline.checks[owner[j]].mode, facts);
+		failed[owner[j]] |= writes[j].status == QUERY_ERROR;
+	}
+	for (int i = 0; i < CHECK_COUNT; i++)
+		if (failed[i])
+			pipeline_store_failed(&snap->cfg->pipeline, run, i);
+}
+
+/*
+ * Write the effects of the checks that decided; tell the pipeline which
+ * ones failed. The writes of several checks go to the store together
+ * (a recipient's relay trip marker and ratelimit charge: one round trip
+ * to Redis), two checks' worth at a time.
+ */
 static void apply_effects(engine_snapshot *snap, pipeline_run *run, const decide_facts *facts)
 {
 	const pipeline *p = &snap->cfg->pipeline;
+	query writes[2 * CHECK_MAX_EFFECTS];
+	int owner[2 * CHECK_MAX_EFFECTS];
+	size_t at[2 * CHECK_MAX_EFFECTS], n = 0;
 
 	for (int i = 0; i < CHECK_COUNT; i++) {
-		query writes[CHECK_MAX_EFFECTS];
-		size_t n = 0, at[CHECK_MAX_EFFECTS];
-
 		if (!run->decided[i])
 			continue;
+		if (n + CHECK_MAX_EFFECTS > sizeof(writes) / sizeof(writes[0])) {
+			flush_effects(snap, run, facts, writes, owner, at, n);
+			n = 0;
+		}
 		for (size_t j = 0; j < run->effects[i].nq && j < CHECK_MAX_EFFECTS; j++)
 			if (pipeline_effect_applies(p, run, i, j)) {
+				owner[n] = i;
 				at[n] = j;
 				writes[n++] = run->effects[i].q[j];
 			}
-		if (n == 0)
-			continue;
-		store_call(snap, writes, n, run->ctx.now, STATS_CALL_WRITES);
-		note_health(snap->eng, writes, n);
-		count_records(writes, n);
-		/* The answers, for a hook gated on one (check_effects.hook_gate). */
-		for (size_t j = 0; j < n; j++)
-			run->effects[i].q[at[j]] = writes[j];
-		for (size_t j = 0; j < n; j++)
-			log_new_entries(snap, &writes[j], p->checks[i].mode, facts);
-		for (size_t j = 0; j < n; j++)
-			if (writes[j].status == QUERY_ERROR) {
-				pipeline_store_failed(p, run, i);
-				break;
-			}
 	}
+	flush_effects(snap, run, facts, writes, owner, at, n);
 }
 
 static hook_runner *hooks_of(engine *eng)
@@ -716,12 +783,10 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	stats_dns_plan(facts->dns);
 	if (pipeline_needs(p, run) > 0) {
-		store_call(snap, run->q, run->nq, run->ctx.now, STATS_CALL_QUERIES);
-		note_health(snap->eng, run->q, run->nq);
+		ask_store(snap, run->q, run->nq, run->ctx.now, STATS_CALL_QUERIES);
 	}
 	for (size_t from; pipeline_decide(p, run, &from);) {
-		store_call(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
-		note_health(snap->eng, run->q + from, run->nq - from);
+		ask_store(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
 	}
 	apply_effects(snap, run, facts);
 	run_hooks(snap, run);

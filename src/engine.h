@@ -97,6 +97,14 @@ bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const de
 /* The milter could not keep a recipient it was told to drop (out of memory): it is not one. */
 void engine_msg_forget_trap(engine_msg *m);
 
+/*
+ * fn(ctx) is called, on the thread that wrote, after a write listed a key
+ * anew (query.u.record.created: the exporter's "dirty" signal), and after
+ * a reload. It must not block. Set it before the front ends start; NULL: none.
+ */
+typedef void (*engine_change_fn)(void *ctx);
+void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx);
+
 /* Remove expired entries now (called by the purge thread). */
 void engine_purge(engine *eng);
 

@@ -2,7 +2,8 @@
  * spamtrapd: start-up, signals and shutdown.
  *
  * Threads: the main thread only waits for signals; a control thread
- * reloads the config and purges expired entries; the policy workers and
+ * reloads the config and purges expired entries; the exporter's thread
+ * keeps the exports files current; the policy workers and
  * libmilter's threads serve Postfix. Every signal is blocked before any
  * thread exists, and the main thread waits for HUP/USR1/TERM/INT with
  * sigwaitinfo. libmilter starts its own signal thread that treats SIGHUP
@@ -26,6 +27,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "engine.h"
+#include "exporter.h"
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
@@ -297,9 +299,9 @@ static int start_stats(const config *cfg, char *err, size_t errlen)
 	return stats_init(sites, n, err, errlen);
 }
 
-/* Binds, drops privileges, opens the store, starts the front ends. */
-static int start(config *cfg, engine **eng_out, policy_server **policy_out, metrics_server **metrics_out,
-                 bool *milter_on)
+/* Binds, drops privileges, opens the store, starts the exporter, the front ends and the metrics listener. */
+static int start(config *cfg, engine **eng_out, exporter **exp_out, policy_server **policy_out,
+                 metrics_server **metrics_out, bool *milter_on)
 {
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
@@ -320,6 +322,7 @@ static int start(config *cfg, engine **eng_out, policy_server **policy_out, metr
 		goto fail;
 	if (daemon_drop_privileges(user, err, sizeof(err)) < 0 ||
 	    engine_open_store(eng, err, sizeof(err)) < 0 ||
+	    !(*exp_out = exporter_new(eng, err, sizeof(err))) ||
 	    policy_server_start(*policy_out, err, sizeof(err)) < 0 ||
 	    (*metrics_out && metrics_server_start(*metrics_out, err, sizeof(err)) < 0))
 		goto fail;
@@ -351,7 +354,7 @@ static int run(const options *opt, const sigset_t *signals, engine *eng, int sta
 }
 
 /* SIGTERM: in-flight transactions finish inside the stop calls; then nothing is left to record. */
-static void stop(engine *eng, policy_server *policy, metrics_server *scrape, bool milter_on)
+static void stop(engine *eng, exporter *exp, policy_server *policy, metrics_server *scrape, bool milter_on)
 {
 	metrics_server_free(scrape);
 	if (policy)
@@ -359,8 +362,10 @@ static void stop(engine *eng, policy_server *policy, metrics_server *scrape, boo
 	bool milter_quiet = !milter_on || milter_stop();
 	policy_server_free(policy);
 	/* A milter callback still running may use the engine: leave it to exit(). */
-	if (milter_quiet)
+	if (milter_quiet) {
+		exporter_free(exp);
 		engine_free(eng);
+	}
 }
 
 int main(int argc, char **argv)
@@ -411,15 +416,16 @@ int main(int argc, char **argv)
 	raise_open_files();
 
 	engine *eng = NULL;
+	exporter *exp = NULL;
 	policy_server *policy = NULL;
 	metrics_server *scrape = NULL;
 	bool milter_on = false;
-	rc = start(cfg, &eng, &policy, &scrape, &milter_on);
+	rc = start(cfg, &eng, &exp, &policy, &scrape, &milter_on);
 	config_unref(cfg);
 	if (rc == 0)
 		rc = run(&opt, &signals, eng, status_fd);
 	daemon_report_started(status_fd, false); /* no-op once reported */
-	stop(eng, policy, scrape, milter_on);
+	stop(eng, exp, policy, scrape, milter_on);
 	if (milter_on && milter_failed())
 		rc = -1;
 	log_notice("stopped%s", rc == 0 ? "" : " with errors");

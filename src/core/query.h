@@ -118,6 +118,13 @@ typedef struct query {
 			bool store_clock;
 			uint64_t count; /* on QUERY_OK: live members, counting this one (> limit: refused) */
 			bool present; /* peek, on QUERY_OK: member is live (count is then without it added) */
+			/*
+			 * SQLite: the most members of all sets together (0: no cap). At the cap
+			 * the expired ones go first; while live members fill it, a new member
+			 * is not added (capped): a live member is evidence against its account.
+			 */
+			uint64_t max_rows;
+			bool capped; /* add, on QUERY_OK: member was new and not added (max_rows) */
 		} distinct;
 		struct {
 			query_kv_op op;
@@ -136,6 +143,12 @@ typedef struct query {
 			int64_t emission_ms; /* ms per unit: the steady rate, > 0 */
 			uint64_t burst;      /* units that may be spent at once, >= 1 */
 			uint64_t cost;       /* units to charge; 0 peeks */
+			/*
+			 * SQLite: the most buckets (0: no cap). A new bucket at the cap
+			 * first drops the buckets with the earliest TAT: the expired ones
+			 * (as good as absent), then those nearest to full again.
+			 */
+			uint64_t max_rows;
 			/* On QUERY_OK: */
 			bool allowed;           /* charged; a refused call charges nothing */
 			int64_t retry_after_ms; /* refused: when the same cost would be allowed */

@@ -306,7 +306,15 @@ static bool name_ok(const char *name, const char *what)
 store_status store_distinct_add(store *st, const char *set, const char *member, int64_t now, int64_t window,
                                 uint64_t limit, uint64_t *count)
 {
+	return store_distinct_add_capped(st, set, member, now, window, limit, 0, count, NULL);
+}
+
+store_status store_distinct_add_capped(store *st, const char *set, const char *member, int64_t now,
+                                       int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                       bool *capped)
+{
 	uint64_t scratch = 0;
+	bool scratch_capped = false;
 
 	if (!name_ok(set, "set") || !name_ok(member, "member"))
 		return STORE_ERROR;
@@ -314,7 +322,8 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
 		return store_set_error(
 		    "store_distinct_add: window must be positive and end before 2^63, not %lld",
 		    (long long)window);
-	return st->ops->distinct_add(st->impl, set, member, now, window, limit, count ? count : &scratch);
+	return st->ops->distinct_add(st->impl, set, member, now, window, limit, max_rows,
+	                             count ? count : &scratch, capped ? capped : &scratch_capped);
 }
 
 store_status store_distinct_peek(store *st, const char *set, const char *member, int64_t now, uint64_t *count,
@@ -590,10 +599,11 @@ static void run_one(store *st, query *q, int64_t now)
 			    &q->u.distinct.count, &q->u.distinct.present));
 			return;
 		}
-		q->status = query_status_of(
-		    store_distinct_add(st, q->u.distinct.key, q->u.distinct.member,
-		                       q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now,
-		                       q->u.distinct.window, q->u.distinct.limit, &q->u.distinct.count));
+		q->status = query_status_of(store_distinct_add_capped(
+		    st, q->u.distinct.key, q->u.distinct.member,
+		    q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now, q->u.distinct.window,
+		    q->u.distinct.limit, q->u.distinct.max_rows, &q->u.distinct.count,
+		    &q->u.distinct.capped));
 		return;
 	case QUERY_KV:
 		q->status = query_status_of(store_kv(st, q));
@@ -609,10 +619,34 @@ static void run_one(store *st, query *q, int64_t now)
 	q->status = QUERY_ERROR;
 }
 
-/* Records and buckets: batched in one round trip where the backend can. */
+/*
+ * Records, buckets and distinct sets: batched in one round trip where the
+ * backend can (Redis: the relay and ratelimit peeks of a recipient go
+ * together, and so do their writes).
+ */
 static bool batched(const query *q)
 {
-	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER;
+	return q->kind == QUERY_KV || q->kind == QUERY_COUNTER || q->kind == QUERY_DISTINCT_ADD;
+}
+
+/* Checks a batched distinct query as store_distinct_add_capped and store_distinct_peek do. */
+static store_status distinct_ok(query *q)
+{
+	q->u.distinct.count = 0;
+	q->u.distinct.present = q->u.distinct.capped = false;
+	if (!name_ok(q->u.distinct.key, "set") || !name_ok(q->u.distinct.member, "member"))
+		return STORE_ERROR;
+	if (!q->u.distinct.peek &&
+	    (q->u.distinct.window <= 0 || q->u.distinct.now > INT64_MAX - q->u.distinct.window))
+		return store_set_error(
+		    "store_distinct_add: window must be positive and end before 2^63, not %lld",
+		    (long long)q->u.distinct.window);
+	return STORE_OK;
+}
+
+static store_status batch_ok(query *q)
+{
+	return q->kind == QUERY_KV ? kv_ok(q) : q->kind == QUERY_COUNTER ? counter_ok(q) : distinct_ok(q);
 }
 
 /*
@@ -648,7 +682,7 @@ static store_status run_batch(store *st, query *q, size_t nq)
 	for (size_t i = 0; i < nq; i++) {
 		if (!batched(&q[i]))
 			continue;
-		if ((q[i].kind == QUERY_KV ? kv_ok(&q[i]) : counter_ok(&q[i])) != STORE_OK) {
+		if (batch_ok(&q[i]) != STORE_OK) {
 			q[i].status = QUERY_ERROR;
 			continue;
 		}

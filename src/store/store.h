@@ -174,6 +174,23 @@ store_status store_distinct_add(store *st, const char *set, const char *member, 
  */
 #define STORE_NOW_SERVER 0
 /*
+ * SQLite does not rewrite a member whose expiry is already within this
+ * many seconds of now + window (a 64th of the window, so a minute of an
+ * hour): it may expire that much early, and a network an account keeps
+ * using costs a read instead of a commit.
+ */
+#define STORE_DISTINCT_SLACK(window) ((window) / 64)
+/*
+ * The same with a cap on the rows of every set together (SQLite; 0: none;
+ * Redis expires idle sets itself): at max_rows the expired members are
+ * purged first, and while live ones still fill it a new member is not
+ * added and *capped (NULL: not asked) says so; *count is then the set's
+ * live members without it. Known members are refreshed whatever the cap.
+ */
+store_status store_distinct_add_capped(store *st, const char *set, const char *member, int64_t now,
+                                       int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                       bool *capped);
+/*
  * The same set, read only (the relay check's needs()): *count gets the
  * members live at now (not counting member unless it is one), *present
  * whether member is live. Changes nothing, drops nothing.
@@ -312,6 +329,25 @@ store_status store_purge(store *st, int64_t now, uint64_t *purged);
 /* Visit every entry unexpired at now; a non-zero return from fn stops. */
 typedef int (*store_visit_fn)(const store_entry *e, void *ctx);
 store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx);
+
+/*
+ * Changes made on other hosts (Redis): every write that lists a key anew
+ * (the record script) and every spamtrapctl add or remove PUBLISHes on
+ * the channel store.redis.prefix STORE_WATCH_CHANNEL. A watch is a
+ * connection of its own SUBSCRIBEd to it, for the exporter.
+ */
+#define STORE_WATCH_CHANNEL "blocklist:changed"
+typedef struct store_watch store_watch;
+/* NULL with err for a backend without a channel (SQLite) or bad settings; connects at the first wait. */
+store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen);
+/*
+ * Wait at most timeout_ms: 1 when a change was announced, or when the
+ * watch (re)connected (a change may have gone unannounced meanwhile); 0
+ * when nothing came; -1 with err when the connection failed or was lost
+ * (the next calls try again after a growing pause, 100 ms to 5 s).
+ */
+int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen);
+void store_watch_free(store_watch *w); /* accepts NULL */
 
 /* The message of the last STORE_ERROR on this thread. */
 const char *store_last_error(void);

@@ -44,8 +44,10 @@ typedef struct store_ops {
 	store_status (*lookup_built)(store_backend_impl *impl, const char *const *keys,
 	                             const int16_t *netlens, size_t nkeys, const store_netmask *built,
 	                             int64_t now, store_entry *found, bool *stale);
+	/* max_rows: the SQLite cap of store_distinct_add_capped (0: none); Redis expires sets itself. */
 	store_status (*distinct_add)(store_backend_impl *impl, const char *set, const char *member,
-	                             int64_t now, int64_t window, uint64_t limit, uint64_t *count);
+	                             int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+	                             uint64_t *count, bool *capped);
 	store_status (*distinct_peek)(store_backend_impl *impl, const char *set, const char *member,
 	                              int64_t now, uint64_t *count, bool *present);
 	store_status (*distinct_list)(store_backend_impl *impl, const char *set, int64_t now,

@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <signal.h>
@@ -101,10 +102,12 @@ static const char *const field_names[NFIELDS] = {"expires", "first",  "last", "h
 
 /*
  * KEYS: the netlens hash, then the N entries. ARGV: now, expires, trap,
- * sender, rcpt, client, helo, qid, reason, then the N tags. A missing or
- * expired entry starts over (first = now, hits = 1); a live one counts
- * the hit and keeps a longer expiry. Returns the keys that started over
- * as bits (KEYS[2] is bit 0): the new listings.
+ * sender, rcpt, client, helo, qid, reason, then the N tags, then the
+ * change channel. A missing or expired entry starts over (first = now,
+ * hits = 1); a live one counts the hit and keeps a longer expiry. Returns
+ * the keys that started over as bits (KEYS[2] is bit 0): the new
+ * listings, which it also PUBLISHes on the channel (every host's
+ * exports, store_watch).
  */
 static const char record_lua[] =
     "local now = tonumber(ARGV[1])\n"
@@ -128,6 +131,7 @@ static const char record_lua[] =
     "  redis.call('EXPIREAT', k, string.format('%d', exp))\n"
     "  if ARGV[8 + i] ~= '' then redis.call('HSET', KEYS[1], ARGV[8 + i], gen) end\n"
     "end\n"
+    "if created > 0 then redis.call('PUBLISH', ARGV[#ARGV], '1') end\n"
     "return created\n";
 
 /*
@@ -455,6 +459,7 @@ struct store_backend_impl {
 	char *pattern;      /* SCAN MATCH pattern: the prefix, glob-escaped, then "*" */
 	char *grey_pattern; /* the same for the greylist's records: cfg.redis_prefix "grey:*" */
 	char *version;      /* cfg.redis_prefix "version": the key layout (LAYOUT_VERSION) */
+	char *channel;      /* cfg.redis_prefix "blocklist:changed": new and removed entries (store_watch) */
 	struct timeval connect_tv, command_tv;
 	int command_timeout_ms;
 	bool guard_sigpipe;
@@ -1376,7 +1381,7 @@ static size_t record_values(const store_hit *h, char nums[2][24], const char **a
 	return RECORD_ARGS;
 }
 
-#define RECORD_ARGC (4 + 2 * STORE_RECORD_MAX + RECORD_ARGS)
+#define RECORD_ARGC (4 + 2 * STORE_RECORD_MAX + RECORD_ARGS + 1)
 
 /* One script: EVALSHA sha N+1 netlens keys... values... tags... */
 static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
@@ -1396,6 +1401,7 @@ static store_status op_record(store_backend_impl *s, rconn *rc, op *o)
 	n += record_values(o->hit, nums, argv + n, argvlen + n);
 	net_tags(o->keys, o->nkeys, tags, argv + n, argvlen + n);
 	n += o->nkeys;
+	argv[n] = s->channel, argvlen[n++] = strlen(s->channel);
 	st = eval_script(s, rc, SCRIPT_RECORD, (int)n, argv, argvlen, &r, "record");
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "record");
@@ -1513,19 +1519,18 @@ static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char
 }
 
 /*
- * The EVALSHA of one kv or counter query, argv[0..1] left to
+ * The EVALSHA of one kv, counter or distinct query, argv[0..1] left to
  * eval_script or the pipeline: sha 1 PREFIX"kv:"ns":"key op value ttl-ms,
- * or sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost.
+ * sha 1 PREFIX"ctr:"ns":"key emission-ms burst cost, or op_distinct's.
  */
 typedef struct script_call {
 	int script;
-	const char *argv[7];
-	size_t argvlen[7];
+	int argc;
+	const char *argv[10];
+	size_t argvlen[10];
 	char key[KEYBUF + QUERY_NS_MAX];
-	char nums[3][24];
+	char nums[4][24];
 } script_call;
-
-#define SCRIPT_CALL_ARGC 7
 
 static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
 {
@@ -1534,6 +1539,7 @@ static void kv_call(const store_backend_impl *s, const query *q, script_call *c)
 	int keylen = ns_key(s, c->key, sizeof(c->key), "kv", q->u.kv.ns, q->u.kv.key);
 
 	c->script = SCRIPT_KV;
+	c->argc = 7;
 	snprintf(c->nums[0], 24, "%lld", (long long)q->u.kv.ttl_ms);
 	c->argv[2] = "1", c->argvlen[2] = 1;
 	c->argv[3] = c->key, c->argvlen[3] = (size_t)keylen;
@@ -1547,6 +1553,7 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 	int keylen = ns_key(s, c->key, sizeof(c->key), "ctr", q->u.counter.ns, q->u.counter.key);
 
 	c->script = SCRIPT_COUNTER;
+	c->argc = 7;
 	snprintf(c->nums[0], 24, "%lld", (long long)q->u.counter.emission_ms);
 	snprintf(c->nums[1], 24, "%llu", (unsigned long long)q->u.counter.burst);
 	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.counter.cost);
@@ -1556,9 +1563,66 @@ static void counter_call(const store_backend_impl *s, const query *q, script_cal
 		c->argv[4 + i] = c->nums[i], c->argvlen[4 + i] = strlen(c->nums[i]);
 }
 
+/* A distinct set's peek or add (QUERY_DISTINCT_ADD), as op_distinct writes it. */
+static void distinct_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	int64_t window = q->u.distinct.window;
+	/* store_clock: now 0 has the script take Redis TIME (and the expiry from it), as op_distinct's
+	 * callers. */
+	int64_t now = q->u.distinct.store_clock ? STORE_NOW_SERVER : q->u.distinct.now;
+	int keylen = snprintf(c->key, sizeof(c->key), "%sds:%s",
+	                      s->cfg.redis_prefix ? s->cfg.redis_prefix : "", q->u.distinct.key);
+
+	c->script = SCRIPT_DISTINCT;
+	c->argc = 10;
+	snprintf(c->nums[0], 24, "%lld", (long long)now);
+	snprintf(c->nums[1], 24, "%lld", (long long)(now + window));
+	snprintf(c->nums[2], 24, "%llu", (unsigned long long)q->u.distinct.limit);
+	snprintf(c->nums[3], 24, "%lld",
+	         (long long)(window < DISTINCT_KEY_MAX_S ? window : DISTINCT_KEY_MAX_S) * 1000);
+	c->argv[2] = "1", c->argvlen[2] = 1;
+	c->argv[3] = c->key,
+	c->argvlen[3] = keylen > 0 && (size_t)keylen < sizeof(c->key) ? (size_t)keylen : 0;
+	c->argv[4] = c->nums[0], c->argvlen[4] = strlen(c->nums[0]);
+	c->argv[5] = c->nums[1], c->argvlen[5] = strlen(c->nums[1]);
+	c->argv[6] = q->u.distinct.member, c->argvlen[6] = strlen(q->u.distinct.member);
+	c->argv[7] = c->nums[2], c->argvlen[7] = strlen(c->nums[2]);
+	c->argv[8] = c->nums[3], c->argvlen[8] = strlen(c->nums[3]);
+	c->argv[9] = q->u.distinct.peek ? "peek" : "add", c->argvlen[9] = strlen(c->argv[9]);
+}
+
+static void script_call_of(const store_backend_impl *s, const query *q, script_call *c)
+{
+	if (q->kind == QUERY_KV)
+		kv_call(s, q, c);
+	else if (q->kind == QUERY_COUNTER)
+		counter_call(s, q, c);
+	else
+		distinct_call(s, q, c);
+}
+
+static const char *script_what(const query *q)
+{
+	return q->kind == QUERY_KV ? "kv" : q->kind == QUERY_COUNTER ? "counter" : "distinct";
+}
+
 /* The query's answer from its script's reply; STORE_ERROR (and a message) for an unexpected reply. */
 static store_status script_answer(const store_backend_impl *s, rconn *rc, const redisReply *r, query *q)
 {
+	if (q->kind == QUERY_DISTINCT_ADD && q->u.distinct.peek) {
+		if (!(reply_ints(r, 2, 0) && reply_ints(r, 2, 1)))
+			return reply_error(s, rc, r, "distinct peek");
+		q->u.distinct.count = (uint64_t)r->element[0]->integer;
+		q->u.distinct.present = r->element[1]->integer != 0;
+		return STORE_OK;
+	}
+	if (q->kind == QUERY_DISTINCT_ADD) {
+		if (r->type != REDIS_REPLY_INTEGER)
+			return reply_error(s, rc, r, "distinct");
+		q->u.distinct.count = (uint64_t)r->integer;
+		q->u.distinct.capped = false;
+		return STORE_OK;
+	}
 	if (q->kind == QUERY_KV) {
 		if (!(reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
 		      r->element[2]->type == REDIS_REPLY_INTEGER))
@@ -1590,11 +1654,8 @@ static store_status op_script(store_backend_impl *s, rconn *rc, op *o)
 	redisReply *r = NULL;
 	store_status st;
 
-	if (o->q->kind == QUERY_KV)
-		kv_call(s, o->q, &c);
-	else
-		counter_call(s, o->q, &c);
-	st = eval_script(s, rc, c.script, SCRIPT_CALL_ARGC, c.argv, c.argvlen, &r, o->what);
+	script_call_of(s, o->q, &c);
+	st = eval_script(s, rc, c.script, c.argc, c.argv, c.argvlen, &r, o->what);
 	if (st == STORE_OK)
 		st = script_answer(s, rc, r, o->q);
 	if (charges(o->q))
@@ -1624,14 +1685,11 @@ static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 	for (size_t i = 0; i < o->nkeys; i++) {
 		query *q = &o->q[i];
 
-		if (q->kind == QUERY_KV)
-			kv_call(s, q, &calls[i]);
-		else
-			counter_call(s, q, &calls[i]);
+		script_call_of(s, q, &calls[i]);
 		calls[i].argv[0] = "EVALSHA", calls[i].argvlen[0] = 7;
 		calls[i].argv[1] = rc->sha[calls[i].script],
 		calls[i].argvlen[1] = strlen(rc->sha[calls[i].script]);
-		if (append_argv(rc->ctx, SCRIPT_CALL_ARGC, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
+		if (append_argv(rc->ctx, calls[i].argc, calls[i].argv, calls[i].argvlen) != REDIS_OK) {
 			st = append_failed(s, rc->ctx, "batch");
 			goto out;
 		}
@@ -1654,7 +1712,7 @@ static store_status op_batch(store_backend_impl *s, rconn *rc, op *o)
 		freeReplyObject(r);
 	}
 	for (size_t i = 0; i < o->nkeys; i++) {
-		op one = {.what = o->q[i].kind == QUERY_KV ? "kv" : "counter", .q = &o->q[i]};
+		op one = {.what = script_what(&o->q[i]), .q = &o->q[i]};
 
 		if (again[i])
 			o->q[i].status = op_script(s, rc, &one) == STORE_OK ? QUERY_OK : QUERY_ERROR;
@@ -1719,6 +1777,24 @@ static void put_fields(const store_entry *e, char nums[4][24], const char **argv
 #define PUT_ARGC (7 + 2 * NFIELDS)
 
 /* One script: EVALSHA sha 2 key netlens tag expires field value...; the entry is replaced atomically. */
+/*
+ * Tell every host's exports (store_watch) that the blocklist changed by
+ * hand (spamtrapctl add, remove). The write is done: a failed notice is
+ * its caller's error all the same, since other hosts would miss it.
+ */
+static store_status publish_change(const store_backend_impl *s, rconn *rc)
+{
+	const char *argv[3] = {"PUBLISH", s->channel, "1"};
+	redisReply *r;
+	store_status st;
+
+	if (command(s, rc->ctx, &r, "publish", 3, argv) != STORE_OK)
+		return STORE_ERROR;
+	st = r->type == REDIS_REPLY_INTEGER ? STORE_OK : reply_error(s, rc, r, "publish");
+	freeReplyObject(r);
+	return st;
+}
+
 static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
 {
 	char buf[KEYBUF], nums[4][24], tag[TAG_MAX];
@@ -1737,7 +1813,7 @@ static store_status op_put(store_backend_impl *s, rconn *rc, op *o)
 	if (st == STORE_OK && r->type != REDIS_REPLY_INTEGER)
 		st = reply_error(s, rc, r, "put");
 	freeReplyObject(r);
-	return st;
+	return st == STORE_OK ? publish_change(s, rc) : st;
 }
 
 static store_status op_remove(store_backend_impl *s, rconn *rc, op *o)
@@ -1755,7 +1831,7 @@ static store_status op_remove(store_backend_impl *s, rconn *rc, op *o)
 	else
 		st = r->integer > 0 ? STORE_OK : STORE_NOTFOUND;
 	freeReplyObject(r);
-	return st;
+	return st == STORE_OK ? publish_change(s, rc) : st;
 }
 
 /* --- SCAN ---------------------------------------------------------------- */
@@ -2204,8 +2280,12 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 }
 
 static store_status redis_distinct_add(store_backend_impl *s, const char *set, const char *member,
-                                       int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+                                       int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+                                       uint64_t *count, bool *capped)
 {
+	/* Every set key expires a window after its last addition: Redis bounds it without a cap. */
+	(void)max_rows;
+	*capped = false;
 	const char *names[2] = {set, member};
 	op o = {.what = "distinct",
 	        .fn = op_distinct,
@@ -2714,6 +2794,7 @@ static void redis_free(store_backend_impl *s)
 	free(s->pattern);
 	free(s->grey_pattern);
 	free(s->version);
+	free(s->channel);
 	free(s);
 }
 
@@ -2818,6 +2899,9 @@ static int settings(store_backend_impl *s, const store_config *cfg, char *err, s
 	if (!(s->version = malloc(strlen(prefix) + sizeof("version"))))
 		goto oom;
 	snprintf(s->version, strlen(prefix) + sizeof("version"), "%sversion", prefix);
+	if (!(s->channel = malloc(strlen(prefix) + sizeof(STORE_WATCH_CHANNEL))))
+		goto oom;
+	snprintf(s->channel, strlen(prefix) + sizeof(STORE_WATCH_CHANNEL), "%s" STORE_WATCH_CHANNEL, prefix);
 	return 0;
 oom:
 	snprintf(err, errlen, "redis: out of memory");
@@ -2871,6 +2955,127 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 	if (errlen > 0)
 		err[0] = '\0';
 	return s;
+}
+
+/* --- the change channel (store_watch) ------------------------------------ */
+
+struct store_watch {
+	store_backend_impl *s; /* the settings only: it opens no pool connection */
+	redisContext *c;       /* SUBSCRIBEd, or NULL */
+	int64_t retry_at_ms;
+	int backoff_ms;
+};
+
+store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen)
+{
+	store_watch *w;
+
+	if (cfg->backend != STORE_BACKEND_REDIS) {
+		snprintf(err, errlen, "store: only redis announces changes");
+		return NULL;
+	}
+	if (!(w = calloc(1, sizeof(*w))) || !(w->s = calloc(1, sizeof(*w->s)))) {
+		free(w);
+		snprintf(err, errlen, "redis: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&w->s->lock, NULL);
+	pthread_cond_init(&w->s->freed, NULL);
+	w->backoff_ms = BACKOFF_MIN_MS;
+	if (settings(w->s, cfg, err, errlen) < 0) {
+		store_watch_free(w);
+		return NULL;
+	}
+	return w;
+}
+
+/* AUTH, then SUBSCRIBE: 0, or -1 with err (the connection dropped). */
+static int watch_connect(store_watch *w, char *err, size_t errlen)
+{
+	const char *auth[2] = {"AUTH", w->s->cfg.redis_password}, *sub[2] = {"SUBSCRIBE", w->s->channel};
+	rconn rc = {0};
+	redisReply *r = NULL;
+	bool ok;
+
+	if (!(w->c = dial(w->s, &rc, err, errlen)))
+		return -1;
+	ok = !w->s->cfg.redis_password || !w->s->cfg.redis_password[0] ||
+	     (command(w->s, w->c, &r, "AUTH", 2, auth) == STORE_OK && r->type != REDIS_REPLY_ERROR);
+	freeReplyObject(r);
+	r = NULL;
+	ok = ok && command(w->s, w->c, &r, "SUBSCRIBE", 2, sub) == STORE_OK && r->type == REDIS_REPLY_ARRAY;
+	freeReplyObject(r);
+	if (!ok) {
+		snprintf(err, errlen, "%s: SUBSCRIBE %s: %s", w->s->where, w->s->channel,
+		         w->c->err ? w->c->errstr : "refused");
+		redisFree(w->c);
+		w->c = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static bool is_message(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements == 3 && reply_is_str(r->element[0]) &&
+	       strcmp(r->element[0]->str, "message") == 0;
+}
+
+/* What arrived within timeout_ms (see store_watch_wait). */
+static int watch_read(store_watch *w, int timeout_ms, char *err, size_t errlen)
+{
+	struct pollfd pfd = {.fd = w->c->fd, .events = POLLIN};
+	int got = 0;
+
+	if (poll(&pfd, 1, timeout_ms) <= 0)
+		return 0;
+	if (redisBufferRead(w->c) == REDIS_OK) {
+		for (;;) {
+			void *r = NULL;
+
+			if (redisGetReplyFromReader(w->c, &r) != REDIS_OK)
+				break;
+			if (!r)
+				return got;
+			got |= is_message(r);
+			freeReplyObject(r);
+		}
+	}
+	snprintf(err, errlen, "%s: the subscription to %s was lost: %s", w->s->where, w->s->channel,
+	         w->c->err ? w->c->errstr : "unreadable reply");
+	redisFree(w->c);
+	w->c = NULL;
+	w->retry_at_ms = now_ms() + w->backoff_ms;
+	return -1;
+}
+
+int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen)
+{
+	int64_t now = now_ms();
+
+	if (w->c)
+		return watch_read(w, timeout_ms, err, errlen);
+	if (now < w->retry_at_ms) {
+		poll(NULL, 0, w->retry_at_ms - now < timeout_ms ? (int)(w->retry_at_ms - now) : timeout_ms);
+		return 0;
+	}
+	if (watch_connect(w, err, errlen) < 0) {
+		w->retry_at_ms = now_ms() + w->backoff_ms;
+		w->backoff_ms = w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : w->backoff_ms * 2;
+		return -1;
+	}
+	w->backoff_ms = BACKOFF_MIN_MS;
+	return 1;
+}
+
+void store_watch_free(store_watch *w)
+{
+	if (!w)
+		return;
+	if (w->c)
+		redisFree(w->c);
+	redis_free(w->s);
+	free(w);
 }
 
 const store_ops store_redis_ops = {

@@ -94,6 +94,13 @@
 #define GREY_BUCKET_MAX 8
 /* Page cache per connection: the interior pages of a million-entry file (the default 2 MiB misses them). */
 #define CACHE_KIB 8192
+/* While a capped table is at its cap, its rows are counted again this often (ms). */
+#define CAP_RECOUNT_MS 60000
+/*
+ * Rows a new row of a table at its cap deletes at most: one keeps it at
+ * the cap; more bring it back under when another process went over.
+ */
+#define CAP_EVICT_MAX 16
 
 enum {
 	ST_PROBE,
@@ -121,6 +128,12 @@ enum {
 	ST_CTR_PUT,
 	ST_CTR_PURGE,
 	ST_CTR_DELETE,
+	ST_CTR_ROWS,
+	ST_CTR_EVICT,
+	ST_DS_ROWS,
+	ST_DS_OLDEST,
+	ST_DS_FRESH,
+	ST_DS_DELETE,
 	ST_GREY_GET,
 	ST_GREY_INSERT,
 	ST_GREY_UPDATE,
@@ -338,6 +351,15 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_CTR_DELETE] = "DELETE FROM counters WHERE ns = ?1 AND key = ?2",
+    [ST_CTR_ROWS] = "SELECT count(*) FROM counters",
+    /* The earliest TAT: an expired bucket (as good as absent), else the one nearest to full again. */
+    [ST_CTR_EVICT] = "SELECT ns, key FROM counters ORDER BY tat LIMIT 1",
+    [ST_DS_ROWS] = "SELECT count(*) FROM distinct_members",
+    [ST_DS_OLDEST] =
+        "SELECT set_name, member FROM distinct_members WHERE expires <= ?1 ORDER BY expires LIMIT 1",
+    [ST_DS_FRESH] = "SELECT count(*), ifnull(max(CASE WHEN member = ?2 THEN expires END), 0)"
+                    " FROM distinct_members WHERE set_name = ?1 AND expires > ?3",
+    [ST_DS_DELETE] = "DELETE FROM distinct_members WHERE set_name = ?1 AND member = ?2",
     [ST_GREY_GET] = "SELECT rowid, key, first_ms, last_ms, expires_ms FROM greylist_triplets WHERE hash = ?1"
                     " LIMIT " SQL_INT(GREY_BUCKET_MAX),
     [ST_GREY_INSERT] = "INSERT INTO greylist_triplets (hash, key, first_ms, last_ms, expires_ms)"
@@ -381,6 +403,18 @@ typedef struct conn {
 	bool gave_up;     /* this call ran out of time waiting for a lock */
 } conn;
 
+/*
+ * The rows of a capped table (relay.max_entries, ratelimit.max_buckets),
+ * an estimate: counted at the first new row of a capped call, after a
+ * purge, after a failed write and, while at the cap, again every
+ * CAP_RECOUNT_MS (another process's rows are seen then); adjusted by this
+ * process's inserts and deletes in between. -1: count at the next need.
+ */
+typedef struct row_cap {
+	_Atomic int64_t rows;
+	_Atomic int64_t counted_at; /* monotonic ms of the last count */
+} row_cap;
+
 /* Calls of one kind fail at once until `until` (monotonic ms, 0: never); then one tries (probing). */
 typedef struct backoff {
 	int64_t until;
@@ -409,6 +443,8 @@ struct store_backend_impl {
 	_Atomic int64_t grey_rows;
 	_Atomic int64_t grey_counted_at; /* monotonic ms of the last count */
 	_Atomic uint64_t grey_capped;    /* capped answers since then */
+	row_cap distinct_cap;            /* distinct_members, against relay.max_entries */
+	row_cap counter_cap;             /* counters, against ratelimit.max_buckets */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -919,6 +955,10 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 	atomic_init(&s->grey_rows, -1);
 	atomic_init(&s->grey_counted_at, 0);
 	atomic_init(&s->grey_capped, 0);
+	atomic_init(&s->distinct_cap.rows, -1);
+	atomic_init(&s->distinct_cap.counted_at, 0);
+	atomic_init(&s->counter_cap.rows, -1);
+	atomic_init(&s->counter_cap.counted_at, 0);
 	monotonic_cond_init(&s->freed);
 	monotonic_cond_init(&s->turned);
 	if (create_file(s->path, err, errlen) < 0) {
@@ -1370,25 +1410,137 @@ static store_status sqlite_record(store_backend_impl *s, const char *const *keys
 	return write_txn(s, "record", record_all, &a, keys, nkeys);
 }
 
+/* --- capped tables -------------------------------------------------------- */
+
+static int count_rows(conn *c, int stmt, int64_t *rows)
+{
+	sqlite3_stmt *count = c->stmt[stmt];
+	int step = sqlite3_step(count);
+
+	if (step == SQLITE_ROW)
+		*rows = sqlite3_column_int64(count, 0);
+	done(count);
+	return step == SQLITE_ROW ? 0 : -1;
+}
+
+/*
+ * Inside a write transaction that would add a row: the table's rows by
+ * the estimate, counted (with statement stmt) when unknown, and again when
+ * at the cap and the last count is older than CAP_RECOUNT_MS.
+ */
+static int cap_rows(row_cap *cap, conn *c, int stmt, uint64_t max, int64_t *rows)
+{
+	*rows = atomic_load(&cap->rows);
+	if (*rows >= 0 &&
+	    ((uint64_t)*rows < max || now_ms() - atomic_load(&cap->counted_at) < CAP_RECOUNT_MS))
+		return 0;
+	if (count_rows(c, stmt, rows) < 0)
+		return -1;
+	atomic_store(&cap->rows, *rows);
+	atomic_store(&cap->counted_at, now_ms());
+	return 0;
+}
+
+/*
+ * Up to max rows that pick (a SELECT of two key columns, bound already,
+ * or bound with now when now >= 0) names, one at a time, each deleted with
+ * drop (the same two columns): the index walks of pick, no temporary
+ * table. *deleted: how many went. Picked, copied, then deleted, so that no
+ * row is deleted under a running SELECT.
+ */
+static int delete_picked(conn *c, int pick, int drop, int64_t now, int max, int64_t *deleted)
+{
+	sqlite3_stmt *sel = c->stmt[pick], *del = c->stmt[drop];
+	char a[STORE_KEY_MAX], b[STORE_KEY_MAX];
+	int step;
+
+	*deleted = 0;
+	for (int i = 0; i < max; i++) {
+		if (now >= 0)
+			sqlite3_bind_int64(sel, 1, now);
+		step = sqlite3_step(sel);
+		if (step == SQLITE_ROW) {
+			snprintf(a, sizeof(a), "%s", (const char *)sqlite3_column_text(sel, 0));
+			snprintf(b, sizeof(b), "%s", (const char *)sqlite3_column_text(sel, 1));
+		}
+		done(sel);
+		if (step == SQLITE_DONE)
+			return 0;
+		if (step != SQLITE_ROW)
+			return -1;
+		sqlite3_bind_text(del, 1, a, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(del, 2, b, -1, SQLITE_TRANSIENT);
+		if (step_done(del) < 0)
+			return -1;
+		*deleted += sqlite3_changes(c->db);
+	}
+	return 0;
+}
+
+/* The estimate after n rows came (n > 0) or went (n < 0); an unknown one stays unknown. */
+static void cap_add(row_cap *cap, int64_t n)
+{
+	int64_t rows = atomic_load(&cap->rows);
+
+	while (rows >= 0 && !atomic_compare_exchange_weak(&cap->rows, &rows, rows + n > 0 ? rows + n : 0))
+		;
+}
+
+/* --- distinct sets ---------------------------------------------------------- */
+
+typedef struct distinct_args {
+	store_backend_impl *s;
+	const char *set, *member;
+	int64_t now, window;
+	uint64_t limit, max_rows;
+	uint64_t *count;
+	bool *capped;
+} distinct_args;
+
+/*
+ * Room for one more member under max_rows? At the cap the expired members
+ * of every set go first (CAP_EVICT_MAX at most); live members are never dropped for a
+ * new one: each is evidence against its account, and dropping them would
+ * let a flood of new keys reopen a tripped account.
+ */
+static int distinct_room(const distinct_args *a, conn *c, bool *room)
+{
+	int64_t rows, gone;
+
+	*room = true;
+	if (a->max_rows == 0)
+		return 0;
+	if (cap_rows(&a->s->distinct_cap, c, ST_DS_ROWS, a->max_rows, &rows) < 0)
+		return -1;
+	if ((uint64_t)rows < a->max_rows)
+		return 0;
+	if (delete_picked(c, ST_DS_OLDEST, ST_DS_DELETE, a->now, CAP_EVICT_MAX, &gone) < 0)
+		return -1;
+	cap_add(&a->s->distinct_cap, -gone);
+	*room = (uint64_t)(rows - gone) < a->max_rows;
+	return 0;
+}
+
 /*
  * Inside the write transaction: drop the set's expired members, count the
  * live ones and see whether member is one, then add or refresh it unless
- * it is new and the set is full.
+ * it is new and the set is full, or the table is (max_rows).
  */
-static int distinct_step(conn *c, const char *set, const char *member, int64_t now, int64_t expires,
-                         uint64_t limit, uint64_t *count)
+static int distinct_all(conn *c, void *ctx)
 {
+	distinct_args *a = ctx;
 	sqlite3_stmt *drop = c->stmt[ST_DS_DROP], *live = c->stmt[ST_DS_COUNT], *add = c->stmt[ST_DS_ADD];
 	uint64_t n = 0;
-	bool known = false;
+	bool known = false, room;
 	int step;
 
-	sqlite3_bind_text(drop, 1, set, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(drop, 2, now);
+	sqlite3_bind_text(drop, 1, a->set, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(drop, 2, a->now);
 	if (step_done(drop) < 0)
 		return -1;
-	sqlite3_bind_text(live, 1, set, -1, SQLITE_STATIC);
-	sqlite3_bind_text(live, 2, member, -1, SQLITE_STATIC);
+	cap_add(&a->s->distinct_cap, -(int64_t)sqlite3_changes(c->db));
+	sqlite3_bind_text(live, 1, a->set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(live, 2, a->member, -1, SQLITE_STATIC);
 	step = sqlite3_step(live);
 	if (step == SQLITE_ROW) {
 		n = (uint64_t)sqlite3_column_int64(live, 0);
@@ -1397,36 +1549,75 @@ static int distinct_step(conn *c, const char *set, const char *member, int64_t n
 	done(live);
 	if (step != SQLITE_ROW)
 		return -1;
-	*count = known ? n : n + 1;
-	if (!known && limit && n >= limit)
+	*a->count = known ? n : n + 1;
+	if (!known && a->limit && n >= a->limit)
 		return 0;
-	sqlite3_bind_text(add, 1, set, -1, SQLITE_STATIC);
-	sqlite3_bind_text(add, 2, member, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(add, 3, expires);
-	return step_done(add);
+	if (!known) {
+		if (distinct_room(a, c, &room) < 0)
+			return -1;
+		if (!room) {
+			*a->count = n;
+			*a->capped = true;
+			return 0;
+		}
+	}
+	sqlite3_bind_text(add, 1, a->set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(add, 2, a->member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(add, 3, a->now + a->window);
+	if (step_done(add) < 0)
+		return -1;
+	if (!known)
+		cap_add(&a->s->distinct_cap, 1);
+	return 0;
 }
 
-typedef struct distinct_args {
-	const char *set, *member;
-	int64_t now, window;
-	uint64_t limit;
-	uint64_t *count;
-} distinct_args;
-
-static int distinct_all(conn *c, void *ctx)
+/*
+ * A member seen again soon after its last refresh (its expiry within
+ * STORE_DISTINCT_SLACK of the new one) needs no write: answered from a
+ * read connection, no write turn, no commit. Most of the relay check's
+ * adds are such (an account's usual networks); each write costs a WAL
+ * commit. False: not so, or not known (the write path then decides).
+ */
+static bool distinct_fresh(store_backend_impl *s, const char *set, const char *member, int64_t now,
+                           int64_t window, uint64_t *count)
 {
-	distinct_args *a = ctx;
+	conn *c = acquire(s, FOR_READ, "distinct");
+	sqlite3_stmt *stmt;
+	bool fresh = false;
 
-	return distinct_step(c, a->set, a->member, a->now, a->now + a->window, a->limit, a->count);
+	if (!c)
+		return false;
+	stmt = c->stmt[ST_DS_FRESH];
+	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, now);
+	if (sqlite3_step(stmt) == SQLITE_ROW &&
+	    sqlite3_column_int64(stmt, 1) >= now + window - STORE_DISTINCT_SLACK(window)) {
+		*count = (uint64_t)sqlite3_column_int64(stmt, 0);
+		fresh = true;
+	}
+	done(stmt);
+	release(s, c, FOR_READ);
+	return fresh;
 }
 
 static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
-                                        int64_t now, int64_t window, uint64_t limit, uint64_t *count)
+                                        int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+                                        uint64_t *count, bool *capped)
 {
-	distinct_args a = {set,    member, now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now,
-	                   window, limit,  count};
+	distinct_args a = {s, set, member, now, window, limit, max_rows, count, capped};
+	store_status rc;
 
-	return write_txn(s, "distinct", distinct_all, &a, NULL, 0);
+	if (now == STORE_NOW_SERVER)
+		a.now = now = (int64_t)time(NULL);
+	*capped = false;
+	if (distinct_fresh(s, set, member, now, window, count))
+		return STORE_OK;
+	rc = write_txn(s, "distinct", distinct_all, &a, NULL, 0);
+	/* Rolled back: what the estimate was told did not happen. */
+	if (rc != STORE_OK)
+		atomic_store(&s->distinct_cap.rows, -1);
+	return rc;
 }
 
 static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set, const char *member,
@@ -1492,6 +1683,8 @@ static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set
 		rc = db_error(s, c, "distinct clear");
 	else
 		rc = sqlite3_changes(c->db) > 0 ? STORE_OK : STORE_NOTFOUND;
+	if (rc == STORE_OK)
+		cap_add(&s->distinct_cap, -(int64_t)sqlite3_changes(c->db));
 	release(s, c, FOR_WRITE);
 	return rc;
 }
@@ -1543,39 +1736,92 @@ static int kv_step(conn *c, query *q)
 }
 
 /*
- * GCRA inside the write transaction: the theoretical arrival time (TAT)
- * of the next unit; cost units are allowed while they leave the TAT at
- * most burst emission intervals ahead of now.
+ * GCRA: the theoretical arrival time (TAT) of the next unit; cost units
+ * are allowed while they leave the TAT at most burst emission intervals
+ * ahead of now. *found: the bucket has a row (expired or not); *next:
+ * its TAT once charged.
  */
-static int counter_step(conn *c, query *q)
+static int counter_read(conn *c, query *q, bool *found, int64_t *next)
 {
-	sqlite3_stmt *get = c->stmt[ST_CTR_GET], *put = c->stmt[ST_CTR_PUT];
-	int64_t now = q->u.counter.now_ms, t = q->u.counter.emission_ms, tat = now, next;
+	sqlite3_stmt *get = c->stmt[ST_CTR_GET];
+	int64_t now = q->u.counter.now_ms, t = q->u.counter.emission_ms, tat = now;
 	int64_t tau = (int64_t)q->u.counter.burst * t;
 	int step;
 
 	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
 	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
 	step = sqlite3_step(get);
+	*found = step == SQLITE_ROW;
 	if (step == SQLITE_ROW && sqlite3_column_int64(get, 0) > now)
 		tat = sqlite3_column_int64(get, 0);
 	done(get);
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		return -1;
-	next = tat + (int64_t)q->u.counter.cost * t;
-	q->u.counter.allowed = next - now <= tau;
+	*next = tat + (int64_t)q->u.counter.cost * t;
+	q->u.counter.allowed = *next - now <= tau;
 	if (!q->u.counter.allowed) {
-		q->u.counter.retry_after_ms = next - tau - now;
+		q->u.counter.retry_after_ms = *next - tau - now;
 		q->u.counter.remaining = (uint64_t)((tau - (tat - now)) / t);
 		return 0;
 	}
-	q->u.counter.remaining = (uint64_t)((tau - (next - now)) / t);
-	if (q->u.counter.cost == 0)
+	q->u.counter.remaining = (uint64_t)((tau - (*next - now)) / t);
+	return 0;
+}
+
+/*
+ * Room for a new bucket under max_rows: at the cap the buckets with the
+ * earliest TAT go, as many as take the table back under it (CAP_EVICT_MAX at
+ * most). Expired ones come first and lose nothing; after them, the ones
+ * nearest to full again lose the least. A tripped bucket's TAT is the
+ * latest of its rule, so a flood of new keys must create max_rows newer
+ * buckets within its remaining life to drop it.
+ */
+static int counter_room(store_backend_impl *s, conn *c, uint64_t max)
+{
+	int64_t rows, n, gone;
+
+	if (max == 0)
 		return 0;
+	if (cap_rows(&s->counter_cap, c, ST_CTR_ROWS, max, &rows) < 0)
+		return -1;
+	if ((uint64_t)rows < max)
+		return 0;
+	n = rows - (int64_t)max + 1;
+	if (delete_picked(c, ST_CTR_EVICT, ST_CTR_DELETE, -1, n < CAP_EVICT_MAX ? (int)n : CAP_EVICT_MAX,
+	                  &gone) < 0)
+		return -1;
+	cap_add(&s->counter_cap, -gone);
+	return 0;
+}
+
+typedef struct counter_args {
+	store_backend_impl *s;
+	query *q;
+} counter_args;
+
+/* Inside the write transaction: read the bucket, then charge it if allowed. */
+static int counter_all(conn *c, void *ctx)
+{
+	counter_args *a = ctx;
+	query *q = a->q;
+	sqlite3_stmt *put = c->stmt[ST_CTR_PUT];
+	int64_t next;
+	bool found;
+
+	if (counter_read(c, q, &found, &next) < 0)
+		return -1;
+	if (!q->u.counter.allowed || q->u.counter.cost == 0)
+		return 0;
+	if (!found && counter_room(a->s, c, q->u.counter.max_rows) < 0)
+		return -1;
 	sqlite3_bind_text(put, 1, q->u.counter.ns, -1, SQLITE_STATIC);
 	sqlite3_bind_text(put, 2, q->u.counter.key, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(put, 3, next);
-	return step_done(put);
+	if (step_done(put) < 0)
+		return -1;
+	if (!found)
+		cap_add(&a->s->counter_cap, 1);
+	return 0;
 }
 
 typedef struct query_args {
@@ -1603,9 +1849,33 @@ static store_status sqlite_kv(store_backend_impl *s, query *q)
 	return sqlite_small_write(s, q, kv_step, "kv");
 }
 
+/* A peek (cost 0) only reads: a read connection, no write turn, no transaction to commit. */
+static store_status counter_peek(store_backend_impl *s, query *q)
+{
+	conn *c = acquire(s, FOR_READ, "counter peek");
+	store_status rc = STORE_OK;
+	int64_t next;
+	bool found;
+
+	if (!c)
+		return STORE_ERROR;
+	if (counter_read(c, q, &found, &next) < 0)
+		rc = db_error(s, c, "counter peek");
+	release(s, c, FOR_READ);
+	return rc;
+}
+
 static store_status sqlite_counter(store_backend_impl *s, query *q)
 {
-	return sqlite_small_write(s, q, counter_step, "counter");
+	counter_args a = {s, q};
+	store_status rc;
+
+	if (q->u.counter.cost == 0)
+		return counter_peek(s, q);
+	rc = write_txn(s, "counter", counter_all, &a, NULL, 0);
+	if (rc != STORE_OK)
+		atomic_store(&s->counter_cap.rows, -1);
+	return rc;
 }
 
 /* --- the greylist -------------------------------------------------------- */
@@ -1878,6 +2148,8 @@ static store_status sqlite_counter_delete(store_backend_impl *s, const char *ns,
 	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 1, ns, -1, SQLITE_STATIC);
 	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 2, key, -1, SQLITE_STATIC);
 	rc = run_write(s, c, c->stmt[ST_CTR_DELETE], "counter delete", &changes);
+	if (rc == STORE_OK)
+		cap_add(&s->counter_cap, -(int64_t)changes);
 	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
 }
 
@@ -2143,7 +2415,12 @@ static store_status sqlite_purge(store_backend_impl *s, int64_t now, uint64_t *p
 	/* Records and buckets keep ms. */
 	if (rc == STORE_OK)
 		rc = purge_chunks(s, ST_KV_PURGE, now * 1000, &members);
-	return rc == STORE_OK ? purge_chunks(s, ST_CTR_PURGE, now * 1000, &members) : rc;
+	if (rc == STORE_OK)
+		rc = purge_chunks(s, ST_CTR_PURGE, now * 1000, &members);
+	/* Counted afresh at the next new row of a capped call. */
+	atomic_store(&s->distinct_cap.rows, -1);
+	atomic_store(&s->counter_cap.rows, -1);
+	return rc;
 }
 
 static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_visit_fn fn, void *ctx)

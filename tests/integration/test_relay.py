@@ -180,6 +180,32 @@ class TestShared(RelayChecks, unittest.TestCase):
         self.assertEqual(self.ask(a, "erin", net(9)), "DUNNO")  # seen at B: known at A
 
 
+class TestRedisExpiry(RelayChecks, unittest.TestCase):
+    def test_every_relay_and_ratelimit_key_expires(self):
+        """In Redis the checks' keys bound themselves (no max_entries, max_buckets there): every
+        relay set, ratelimit bucket and block_account entry they write has an expiry."""
+        redis = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(sh.merge(RELAY, redis_store(redis)), {
+            "relay": {"max_networks": 2, "block_account": True},
+            "ratelimit": {"mode": "enforce", "rules": [
+                {"name": "account", "key": "sasl_username", "rate": "100/1h"},
+                {"name": "client", "key": "client_address", "rate": "100/1h"}]}}))
+        self.addCleanup(d.cleanup)
+        d.start()
+        for account in ("gina", "hank"):
+            for i in range(1, 4):
+                self.ask(d, account, net(i))
+        keys = rh.command(redis.port, "KEYS", "relay:*")
+        kinds = {"ds:relay:": 0, "ctr:ratelimit:": 0, "bl:sasl:": 0}
+        for key in keys:
+            key = key.decode() if isinstance(key, bytes) else key
+            for kind in kinds:
+                if key.startswith("relay:" + kind):
+                    kinds[kind] += 1
+                    self.assertGreater(rh.command(redis.port, "PTTL", key), 0, key)
+        self.assertEqual(kinds, {"ds:relay:": 2, "ctr:ratelimit:": 4, "bl:sasl:": 2}, keys)
+
+
 class TestBlockAccount(RelayChecks, unittest.TestCase):
     def test_blocked_at_mail_from_and_explained(self):
         d = sh.Spamtrapd(sh.merge(RELAY, {"relay": {"max_networks": 2, "block_account": True,

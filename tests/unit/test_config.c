@@ -395,6 +395,35 @@ static void check_domain_min_1(const config *cfg)
 	assert_int_equal(cfg->decide.domain_min_networks, 1);
 }
 
+/* exports: /tmp exists on every machine the tests run on. */
+static void check_exports(const config *cfg)
+{
+	assert_int_equal(cfg->nexports, 2);
+	assert_int_equal(cfg->exports[0].format, EXPORT_NFT);
+	assert_string_equal(cfg->exports[0].path, "/tmp/bl.nft");
+	assert_int_equal(cfg->exports[0].interval, 10);
+	assert_int_equal(cfg->exports[0].keys, EXPORT_KEY_CLIENT);
+	assert_int_equal(cfg->exports[1].format, EXPORT_RBLDNSD);
+	assert_int_equal(cfg->exports[1].interval, 60);
+	assert_int_equal(cfg->exports[1].keys, EXPORT_KEY_CLIENT | EXPORT_KEY_DOMAIN);
+}
+
+static void check_no_exports(const config *cfg)
+{
+	assert_int_equal(cfg->nexports, 0);
+	assert_null(cfg->exports);
+}
+
+/* A firewall loading the exports of a daemon that only logs would block for real. */
+static void check_exports_dry_run_warns(const config *cfg)
+{
+	bool warned = false;
+
+	for (size_t i = 0; i < cfg->nwarnings; i++)
+		warned |= strstr(cfg->warnings[i], "exports are written while mode is dry-run") != NULL;
+	assert_true(warned);
+}
+
 static void check_domain_min_1000(const config *cfg)
 {
 	assert_int_equal(cfg->decide.domain_min_networks, 1000);
@@ -474,6 +503,16 @@ static const ok_case ok_cases[] = {
      "{}",
      {"blocklist.sender_domain_min_networks=1000"},
      check_domain_min_1000},
+    {"exports: defaults and keys",
+     "{\"exports\": [{\"format\": \"nft\", \"path\": \"/tmp/bl.nft\"}, {\"format\": \"rbldnsd\", "
+     "\"path\": \"/tmp/bl.rbl\", \"interval\": \"1m\", \"keys\": [\"client\", \"domain\"]}]}",
+     {NULL},
+     check_exports},
+    {"exports: none by default", "{}", {NULL}, check_no_exports},
+    {"exports: dry-run warns",
+     "{\"mode\": \"dry-run\", \"exports\": [{\"format\": \"nft\", \"path\": \"/tmp/bl.nft\"}]}",
+     {NULL},
+     check_exports_dry_run_warns},
     {"overrides: a list as JSON, null",
      "{\"user\": \"nobody\", \"traps\": {\"addresses\": [\"trap@example.com\"]}}",
      {"traps.addresses=[\"a@trap.example\"]", "user=null"},
@@ -812,6 +851,21 @@ static const error_case error_cases[] = {
       "-o policy.listen: policy.listen[0].address: expected"},
      2},
     {"override without =", "{}", {"mode"}, {"-o mode: expected KEY=VALUE"}, 1},
+    {"exports: bad path, format, keys, interval, duplicate",
+     "{\"exports\": [\n"
+     "{\"format\": \"nft\", \"path\": \"/nonexistent-dir/x.nft\"},\n"
+     "{\"format\": \"postfix\", \"path\": \"relative\"},\n"
+     "{\"format\": \"nft\", \"path\": \"/tmp/a.nft\", \"keys\": [\"sender\"]},\n"
+     "{\"format\": \"iptables\", \"path\": \"/tmp/b\"},\n"
+     "{\"format\": \"nft\", \"path\": \"/tmp/c\", \"interval\": \"2h\"},\n"
+     "{\"format\": \"nft\", \"path\": \"/tmp/d\"}, {\"format\": \"pf\", \"path\": \"/tmp/d\"},\n"
+     "{\"path\": \"/tmp/e\", \"what\": 1}]}",
+     {NULL},
+     {":2:19: exports[0].path: directory /nonexistent-dir: No such file or directory",
+      ":3:23: exports[1].path: expected the absolute path of a file",
+      ":4:1: exports[2]: format nft holds client keys only",
+      "exports[6]: path /tmp/d is another export's too"},
+     8},
 };
 
 static void check_error_text(const error_case *c, const char *path, const char *err)

@@ -77,6 +77,7 @@ static struct {
 	} marker[8];
 	size_t nmarkers;
 	bool last_marker_new; /* the last PUT_NEW created its marker */
+	size_t cap;           /* members of all sets together (the store's max_rows at work); 0: none */
 } fake;
 
 static bool marker_live(const char *ns, const char *key, int64_t now_ms)
@@ -117,7 +118,7 @@ static uint64_t live(const char *set, const char *member, int64_t now, bool *pre
 }
 
 /* The add as the stores make it: the live members counting this one (limit + 1: refused, not added). */
-static uint64_t fake_add(const query *q)
+static uint64_t fake_add(query *q)
 {
 	bool present;
 	uint64_t n = live(q->u.distinct.key, q->u.distinct.member, q->u.distinct.now, &present);
@@ -138,6 +139,11 @@ static uint64_t fake_add(const query *q)
 		}
 	if (q->u.distinct.limit && n >= q->u.distinct.limit)
 		return n + 1;
+	/* The table full of live rows (the cap the add carries: relay.max_entries): held back. */
+	if (fake.cap && q->u.distinct.max_rows == fake.cap && fake.n >= fake.cap) {
+		q->u.distinct.capped = true;
+		return n;
+	}
 	assert_true(fake.n < FAKE_MEMBERS);
 	snprintf(fake.m[fake.n].set, sizeof(fake.m[0].set), "%s", q->u.distinct.key);
 	snprintf(fake.m[fake.n].member, sizeof(fake.m[0].member), "%s", q->u.distinct.member);
@@ -175,6 +181,7 @@ static void answer(query *q, size_t n)
 			continue;
 		}
 		q[i].status = QUERY_OK;
+		q[i].u.distinct.capped = false;
 		if (q[i].u.distinct.peek)
 			q[i].u.distinct.count = live(q[i].u.distinct.key, q[i].u.distinct.member,
 			                             q[i].u.distinct.now, &q[i].u.distinct.present);
@@ -608,6 +615,47 @@ static void test_shadow(void **state)
 }
 
 /*
+ * relay.max_entries: the add carries it, and a new network the store holds
+ * back (its table full of live rows) passes uncounted, in enforce and in
+ * shadow, however many networks the account has; known ones go on.
+ */
+static void test_capped_passes_uncounted(void **state)
+{
+	config *cfg = cfg_of("\"max_networks\": 2, \"max_entries\": 3", "");
+	decide_facts f;
+	stage_out o;
+	bool present;
+
+	(void)state;
+	f = facts(net(1), "hana", NULL);
+	stage(cfg, &f);
+	f = facts(net(1), "ivan", NULL);
+	stage(cfg, &f);
+	f = facts(net(2), "ivan", NULL);
+	stage(cfg, &f);
+	fake.cap = 3;
+	f = facts(net(2), "hana", NULL);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_null(o.relay.reason);
+	assert_int_equal(live("relay:sasl:hana", "", T0, &present), 1);
+	/* ivan at his limit: a new network trips as always (the limit comes first) */
+	f = facts(net(3), "ivan", NULL);
+	assert_int_equal(stage(cfg, &f).final.action, DECIDE_TEMPFAIL);
+	config_unref(cfg);
+	/* shadow counts past the limit; held back at the cap, a new network is no trip */
+	cfg = cfg_of("\"mode\": \"shadow\", \"max_networks\": 1, \"max_entries\": 3", "");
+	f = facts(net(4), "ivan", NULL);
+	o = stage(cfg, &f);
+	assert_int_equal(o.final.action, DECIDE_CONTINUE);
+	assert_null(o.relay.reason);
+	assert_int_equal(live("relay:sasl:ivan", "", T0, &present), 2);
+	f = facts(net(2), "ivan", NULL);
+	assert_null(stage(cfg, &f).relay.reason);
+	config_unref(cfg);
+}
+
+/*
  * Counted when the relay check is reached: a recipient a check after it
  * refuses (the greylist here) has counted its network (the price of
  * counting before deciding, see test_parallel_new_networks); one that a
@@ -868,7 +916,7 @@ int main(void)
 	    CASE(test_counted_when_reached), CASE(test_store_errors),
 	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
 	    CASE(test_trip_once_a_window),   CASE(test_parallel_new_networks),
-	    CASE(test_account_field_masked),
+	    CASE(test_account_field_masked), CASE(test_capped_passes_uncounted),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -2919,6 +2919,66 @@ static void test_redis_batch_one_round_trip(void **state)
 	store_free(st);
 }
 
+static query distinct_query(const char *set, const char *member, int64_t now, bool peek)
+{
+	query q = {.kind = QUERY_DISTINCT_ADD};
+
+	q.u.distinct.key = set;
+	q.u.distinct.member = member;
+	q.u.distinct.now = now;
+	q.u.distinct.window = WINDOW;
+	q.u.distinct.limit = 2;
+	q.u.distinct.peek = peek;
+	return q;
+}
+
+/*
+ * The relay and ratelimit queries of a recipient go to Redis together:
+ * the peeks in one round trip, the add and the charge in another; each
+ * answers as on its own, also after SCRIPT FLUSH (EVAL, one by one).
+ */
+static void test_redis_batch_distinct(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_ms_wall(), now = t / 1000;
+	char out[64];
+	query q[3];
+	uint64_t before;
+
+	(void)state;
+	distinct1(st, "relay:sasl:b", "n1", now, 2);
+	q[0] = distinct_query("relay:sasl:b", "n2", now, true);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 0);
+	q[2] = distinct_query("relay:sasl:b", "n1", now, true);
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 3, now), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	assert_int_equal(q[0].u.distinct.count, 1);
+	assert_false(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.counter.remaining, 5);
+	assert_true(q[2].u.distinct.present);
+	q[0] = distinct_query("relay:sasl:b", "n2", now, false);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 1);
+	q[2] = distinct_query("relay:sasl:b", "n3", now, false); /* over the limit of 2: refused */
+	before = store_script_round_trips(st);
+	assert_int_equal(store_run(st, q, 3, now), STORE_OK);
+	assert_int_equal(store_script_round_trips(st) - before, 1);
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_true(q[1].u.counter.allowed);
+	assert_int_equal(q[2].u.distinct.count, 3);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	q[0] = distinct_query("relay:sasl:b", "n3", now, true);
+	q[1] = counter_query("acct:b", t, HOUR_MS, 5, 0);
+	assert_int_equal(store_run(st, q, 2, now), STORE_OK);
+	assert_int_equal(q[0].status, QUERY_OK);
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_false(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.counter.remaining, 4);
+	store_free(st);
+}
+
 /* --- the greylist (store_greylist and its admin calls) -------------------- */
 
 /*
@@ -3724,6 +3784,120 @@ static int see_member(const char *member, int64_t expires, void *ctx)
 	return 0;
 }
 
+/* One add under a cap of rows (store_distinct_add_capped); *capped says whether it was held back. */
+static uint64_t distinct_capped(store *st, const char *set, const char *member, int64_t now, uint64_t limit,
+                                uint64_t max_rows, bool *capped)
+{
+	uint64_t n = 0;
+
+	if (store_distinct_add_capped(st, set, member, now, WINDOW, limit, max_rows, &n, capped) != STORE_OK)
+		fail_msg("store_distinct_add_capped %s %s: %s", set, member, store_last_error());
+	return n;
+}
+
+/*
+ * relay.max_entries (SQLite): at the cap expired members go first; while
+ * live ones fill it a new member is held back, known ones refresh, and a
+ * set at its limit stays refused. Redis has no cap (its sets expire).
+ */
+static void test_distinct_max_rows(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	bool sqlite = B.backend == STORE_BACKEND_SQLITE, capped;
+
+	(void)state;
+	distinct_capped(st, "relay:a", "n1", t, 2, 3, &capped);
+	distinct_capped(st, "relay:a", "n2", t, 2, 3, &capped);
+	distinct_capped(st, "relay:b", "n1", t - WINDOW + 10, 2, 3, &capped); /* lives to t + 10 */
+	assert_false(capped);
+	/* full of live rows: a new member is held back, a known one refreshes */
+	assert_int_equal(distinct_capped(st, "relay:c", "n1", t + 1, 2, 3, &capped), sqlite ? 0 : 1);
+	assert_int_equal(capped, sqlite);
+	assert_int_equal(distinct_capped(st, "relay:a", "n1", t + 2, 2, 3, &capped), 2);
+	assert_false(capped);
+	/* the set at its limit is refused as always, whatever the cap */
+	assert_int_equal(distinct_capped(st, "relay:a", "n3", t + 3, 2, 3, &capped), 3);
+	assert_false(capped);
+	/* relay:b's member has expired: it makes room */
+	assert_int_equal(distinct_capped(st, "relay:c", "n1", t + 20, 2, 3, &capped), 1);
+	assert_false(capped);
+	if (sqlite)
+		assert_int_equal(distinct_capped(st, "relay:d", "n1", t + 21, 2, 3, &capped), 0);
+	assert_int_equal(capped, sqlite);
+	/* no cap: the same add goes in */
+	assert_int_equal(distinct_capped(st, "relay:d", "n1", t + 22, 2, 0, &capped), 1);
+	assert_false(capped);
+	store_free(st);
+}
+
+/* SQLite does not rewrite a member already within STORE_DISTINCT_SLACK of its new expiry (Redis does). */
+static void test_distinct_fresh_member_not_rewritten(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	seen_members m = {.n = 0};
+
+	(void)state;
+	assert_int_equal(STORE_DISTINCT_SLACK(WINDOW), 1);
+	distinct1(st, "relay:fresh", "n1", t, 0);
+	distinct1(st, "relay:fresh", "n1", t + 1, 0);
+	assert_int_equal(store_distinct_list(st, "relay:fresh", t, see_member, &m), STORE_OK);
+	assert_int_equal(m.n, 1);
+	assert_int_equal(m.expires[0], t + WINDOW + (B.backend == STORE_BACKEND_SQLITE ? 0 : 1));
+	/* further than the slack: rewritten */
+	distinct1(st, "relay:fresh", "n1", t + 3, 0);
+	m.n = 0;
+	assert_int_equal(store_distinct_list(st, "relay:fresh", t, see_member, &m), STORE_OK);
+	assert_int_equal(m.expires[0], t + 3 + WINDOW);
+	store_free(st);
+}
+
+/* A charge under a cap of buckets. */
+static query counter_capped(store *st, const char *key, int64_t now_ms, uint64_t cost, uint64_t max_rows)
+{
+	query q = counter_query(key, now_ms, 1000, 5, cost);
+
+	q.u.counter.max_rows = max_rows;
+	if (store_counter(st, &q) != STORE_OK)
+		fail_msg("store_counter %s: %s", key, store_last_error());
+	return q;
+}
+
+/*
+ * ratelimit.max_buckets (SQLite): a new bucket at the cap drops the one
+ * with the earliest TAT; a tripped bucket (the latest TAT) survives a
+ * flood of new keys. Redis keeps them all (each expires at its TAT).
+ */
+static void test_counter_max_rows(void **state)
+{
+	store *st = open_store();
+	int64_t now = now_s() * 1000;
+	bool sqlite = B.backend == STORE_BACKEND_SQLITE;
+	query q;
+
+	(void)state;
+	for (int i = 0; i < 5; i++)
+		assert_true(counter_capped(st, "tripped", now, 1, 3).u.counter.allowed);
+	assert_false(counter_capped(st, "tripped", now, 1, 3).u.counter.allowed);
+	counter_capped(st, "k1", now, 1, 3);      /* TAT now + 1 s */
+	counter_capped(st, "k2", now + 10, 1, 3); /* TAT now + 1.01 s */
+	counter_capped(st, "k3", now + 20, 1, 3); /* the table is full: k1 goes */
+	q = counter_capped(st, "k1", now + 30, 0, 3);
+	assert_int_equal(q.u.counter.remaining, sqlite ? 5 : 4);
+	q = counter_capped(st, "k2", now + 30, 0, 3);
+	assert_int_equal(q.u.counter.remaining, 4);
+	/* a flood of new keys never drops the tripped bucket */
+	for (int i = 0; i < 20; i++) {
+		char key[16];
+
+		snprintf(key, sizeof(key), "flood%d", i);
+		assert_true(counter_capped(st, key, now + 40 + i, 1, 3).u.counter.allowed);
+	}
+	assert_false(counter_capped(st, "tripped", now + 100, 1, 3).u.counter.allowed);
+	store_free(st);
+}
+
 /*
  * STORE_NOW_SERVER (a query's store_clock, the relay check): the store's
  * clock decides, not the caller's. On Redis that is TIME, so that hosts
@@ -3772,6 +3946,29 @@ static void test_distinct_store_clock(void **state)
 	store_run(st, &q, 1, t - 2 * WINDOW);
 	assert_int_equal(q.u.distinct.count, 3);
 	assert_true(q.u.distinct.present);
+	/*
+	 * Batched (Redis: one pipeline), the relay check's peek then add: the
+	 * peek reads before the add writes, and both take the store's clock.
+	 */
+	query two[2];
+
+	memset(two, 0, sizeof(two));
+	for (int i = 0; i < 2; i++) {
+		two[i].kind = QUERY_DISTINCT_ADD;
+		two[i].u.distinct = (__typeof__(two[i].u.distinct)){.key = set,
+		                                                    .member = "e",
+		                                                    .now = t + 2 * WINDOW,
+		                                                    .window = WINDOW,
+		                                                    .limit = 5,
+		                                                    .store_clock = true};
+	}
+	two[0].u.distinct.peek = true;
+	store_run(st, two, 2, t + 2 * WINDOW);
+	assert_int_equal(two[0].status, QUERY_OK);
+	assert_int_equal(two[1].status, QUERY_OK);
+	assert_false(two[0].u.distinct.present);
+	assert_int_equal(two[0].u.distinct.count, 3);
+	assert_int_equal(two[1].u.distinct.count, 4);
 	store_free(st);
 }
 
@@ -3839,6 +4036,9 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_distinct_concurrent),
     CASE(test_distinct_peek),
     CASE(test_distinct_list_clear),
+    CASE(test_distinct_max_rows),
+    CASE(test_distinct_fresh_member_not_rewritten),
+    CASE(test_counter_max_rows),
     CASE(test_distinct_store_clock),
     CASE(test_kv_ops),
     CASE(test_kv_expiry),
@@ -3897,6 +4097,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_upgrade_when_back),
     CASE(test_redis_kv_counter_layout),
     CASE(test_redis_batch_one_round_trip),
+    CASE(test_redis_batch_distinct),
     CASE(test_redis_greylist_shared),
     CASE(test_redis_greylist_server_clock),
     CASE(test_redis_greylist_matches_greystep),

@@ -13,6 +13,8 @@ static const smtp_reply REPLY_STORE_ERROR = {"451", "4.3.0", "Temporary local pr
 
 /* Room for one bucket's "RULE:VALUE"; a longer value is named by its hash (still one bucket). */
 #define RL_BUCKET_MAX RATELIMIT_BUCKET_MAX
+/* The hashed name always fits: bucket_name never fails for a bucket of the scratch. */
+_Static_assert(RL_BUCKET_MAX >= RATELIMIT_NAME_MAX + sizeof(":<hash:0123456789abcdef>"), "RL_BUCKET_MAX");
 
 const char *const ratelimit_key_names[] = {"sasl_username", "sender", "client_address", "recipient", NULL};
 const char *const ratelimit_unit_names[] = {"message", "recipient", NULL};
@@ -30,6 +32,8 @@ _Static_assert(sizeof(rl_scratch) <= CHECK_SCRATCH_MAX, "CHECK_SCRATCH_MAX too s
 static const check_key ratelimit_keys[] = {
     {"on_error", CHECK_KEY_ENUM, "\"continue\"", .names = (const char *const[]){"continue", "tempfail", NULL},
      CHECK_KEY_AT(ratelimit_conf, on_error)},
+    {"max_buckets", CHECK_KEY_INT, "1000000", 0, INT64_C(1000000000),
+     CHECK_KEY_AT(ratelimit_conf, max_buckets)},
 };
 
 bool ratelimit_name_ok(const char *name)
@@ -128,18 +132,33 @@ static bool rule_value(const ratelimit_rule *r, const char *delimiters, const ch
 	return false;
 }
 
-/* Rule r's bucket name "RULE:VALUE", the value hashed when it would not fit. */
-static void bucket_name(const ratelimit_rule *r, const char *value, char *out, size_t outlen)
+/*
+ * Rule r's bucket name "RULE:VALUE" in out, the value hashed when it would
+ * not fit; false: not even the hashed name fits outlen.
+ */
+static bool bucket_name(const ratelimit_rule *r, const char *value, char *out, size_t outlen)
 {
-	if (strlen(r->name) + 1 + strlen(value) < outlen)
-		snprintf(out, outlen, "%s:%s", r->name, value);
-	else
-		snprintf(out, outlen, "%s:<hash:%016" PRIx64 ">", r->name,
-		         hash_fnv1a(HASH_FNV1A_INIT, value, strlen(value)));
+	size_t nlen = strnlen(r->name, sizeof(r->name)), vlen = strlen(value);
+	int n;
+
+	if (nlen + 1 + vlen < outlen) {
+		memcpy(out, r->name, nlen);
+		out[nlen] = ':';
+		memcpy(out + nlen + 1, value, vlen + 1);
+		return true;
+	}
+	n = snprintf(out, outlen, "%.*s:<hash:%016" PRIx64 ">", (int)nlen, r->name,
+	             hash_fnv1a(HASH_FNV1A_INIT, value, vlen));
+	if (n < 0 || (size_t)n >= outlen) {
+		if (outlen)
+			out[0] = '\0';
+		return false;
+	}
+	return true;
 }
 
-static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const char *bucket, uint64_t cost,
-                          query *q)
+static void counter_query(const ratelimit_conf *conf, const ratelimit_rule *r, const check_ctx *ctx,
+                          const char *bucket, uint64_t cost, query *q)
 {
 	memset(q, 0, sizeof(*q));
 	q->kind = QUERY_COUNTER;
@@ -149,6 +168,7 @@ static void counter_query(const ratelimit_rule *r, const check_ctx *ctx, const c
 	q->u.counter.emission_ms = ratelimit_emission_ms(r);
 	q->u.counter.burst = r->burst;
 	q->u.counter.cost = cost;
+	q->u.counter.max_rows = (uint64_t)conf->max_buckets;
 }
 
 static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scratch, query *q)
@@ -170,9 +190,10 @@ static size_t ratelimit_needs(const void *vconf, const check_ctx *ctx, void *scr
 			continue;
 		if (!rule_value(r, conf->recipient_delimiter, ctx, value, sizeof(value)))
 			continue;
-		bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked]));
+		if (!bucket_name(r, value, s->bucket[s->nasked], sizeof(s->bucket[s->nasked])))
+			continue;
 		s->rule[s->nasked] = (unsigned char)i;
-		counter_query(r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
+		counter_query(conf, r, ctx, s->bucket[s->nasked], 0, &q[s->nasked]);
 		s->nasked++;
 	}
 	return s->nasked;
@@ -219,7 +240,7 @@ static void ratelimit_decide(const void *vconf, const check_ctx *ctx, void *scra
 	}
 	/* Charged only if the final verdict lets the recipient through (pipeline_effect_applies). */
 	for (size_t j = 0; j < s->nasked && eff->nq < CHECK_MAX_EFFECTS; j++) {
-		counter_query(&conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
+		counter_query(conf, &conf->rules[s->rule[j]], ctx, s->bucket[j], 1, &eff->q[eff->nq]);
 		eff->when[eff->nq++] = CHECK_EFFECT_COUNT_ACCEPTED;
 	}
 }
@@ -305,7 +326,10 @@ const ratelimit_rule *ratelimit_admin_bucket(const ratelimit_conf *conf, const c
 		snprintf(err, errlen, "rule %s: no value", r->name);
 		if (!admin_value(conf, r, colon + 1, value, sizeof(value), err, errlen))
 			return NULL;
-		bucket_name(r, value, out, outlen);
+		if (!bucket_name(r, value, out, outlen)) {
+			snprintf(err, errlen, "rule %s: no room for the bucket name", r->name);
+			return NULL;
+		}
 		return r;
 	}
 	snprintf(err, errlen, "no rule named '%.*s' in ratelimit.rules",

@@ -66,7 +66,8 @@ typedef struct ratelimit_rule {
 
 /* The ratelimit section of spamtrapd.json (docs/spamtrapd.json.5.md RATELIMIT). */
 typedef struct ratelimit_conf {
-	int on_error; /* ratelimit_on_error */
+	int on_error;        /* ratelimit_on_error */
+	int64_t max_buckets; /* SQLite: the most buckets kept; 0: no cap */
 	/* Not owned: the config's traps.recipient_delimiter ("" for none); cut from sender keys. */
 	const char *recipient_delimiter;
 	/* ratelimit.rules (config.c fills these: a list of objects has no check_key type). */

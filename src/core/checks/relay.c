@@ -49,6 +49,7 @@ static const check_key relay_keys[] = {
     {"sender_domains", CHECK_KEY_LIST, "[]", CHECK_KEY_AT(relay_conf, sender_domains)},
     {"window", CHECK_KEY_DURATION, "\"1h\"", 60, 86400 * 7, CHECK_KEY_AT(relay_conf, window)},
     {"max_networks", CHECK_KEY_INT, "10", 1, 100000, CHECK_KEY_AT(relay_conf, max_networks)},
+    {"max_entries", CHECK_KEY_INT, "1000000", 0, INT64_C(1000000000), CHECK_KEY_AT(relay_conf, max_entries)},
     {"ipv4_prefix", CHECK_KEY_INT, "24", 8, 32, CHECK_KEY_AT(relay_conf, ipv4_prefix)},
     {"ipv6_prefix", CHECK_KEY_INT, "48", 16, 128, CHECK_KEY_AT(relay_conf, ipv6_prefix)},
     {"exempt_networks", CHECK_KEY_LIST, "[]", CHECK_KEY_AT(relay_conf, exempt_networks)},
@@ -315,6 +316,8 @@ static size_t relay_needs(const void *vconf, const check_ctx *ctx, void *scratch
 		    (uint64_t)conf->max_networks + (ctx->mode == CHECK_MODE_ENFORCE ? 0 : RELAY_SHADOW_EXTRA);
 	}
 	q[0].u.distinct.peek = true;
+	/* SQLite: a new network that finds the table full is not counted (relay_decide). */
+	q[1].u.distinct.max_rows = (uint64_t)conf->max_entries;
 	/* Did the account trip in this window already? Then no second block, no second hook. */
 	memset(&q[2], 0, sizeof(q[2]));
 	q[2].kind = QUERY_KV;
@@ -436,8 +439,15 @@ static void relay_decide(const void *vconf, const check_ctx *ctx, void *scratch,
 	case QUERY_PENDING:
 		return;
 	}
-	/* A known network was refreshed; a new one was added if the account stays within max_networks. */
-	if (peek->u.distinct.present || add->u.distinct.count <= (uint64_t)conf->max_networks)
+	/*
+	 * A known network was refreshed; a new one was added if the account
+	 * stays within max_networks. A new one the store held back at
+	 * relay.max_entries (SQLite's table full of live rows, the engine logs
+	 * it) passes uncounted, as a store error under on_error continue: it
+	 * is no evidence against the account.
+	 */
+	if (peek->u.distinct.present || add->u.distinct.capped ||
+	    add->u.distinct.count <= (uint64_t)conf->max_networks)
 		return;
 	trip(conf, ctx, s, add->u.distinct.count - 1, answers[2].status == QUERY_OK && answers[2].u.kv.found,
 	     v, eff);

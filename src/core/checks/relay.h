@@ -51,6 +51,7 @@ typedef struct relay_conf {
 	check_strlist sender_domains; /* the domains whose senders "sender" keys on */
 	int64_t window;               /* seconds */
 	int64_t max_networks;
+	int64_t max_entries; /* SQLite: the most (account, network) rows kept; 0: no cap */
 	int ipv4_prefix, ipv6_prefix;
 	check_strlist exempt_networks;
 	int action;  /* relay_action */
