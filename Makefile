@@ -133,7 +133,7 @@ bench-compare:
 FUZZ_BUILD ?= build-fuzz
 FUZZ_TIME ?= 60
 FUZZ_WORK ?= $(or $(TMPDIR),/tmp)/spamtrapd-fuzz
-FUZZ_TARGETS ?= policy_parse addr greynorm lists config spf
+FUZZ_TARGETS ?= policy_parse httpreq addr greynorm lists config spf
 
 .PHONY: fuzz
 

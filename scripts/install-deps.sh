@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install what spamtrapd needs from Debian's archive, only when missing.
 #   scripts/install-deps.sh build   compiler, CMake, the libraries
-#   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, postgrey, Python
+#   scripts/install-deps.sh test    build + cmocka, Postfix, Redis, postgrey, Python, prometheus (promtool)
 #   scripts/install-deps.sh bench   = test (postgrey, which the bench runs side by side,
 #                                   is in test for tests/integration/test_greylist_postgrey.py)
 #   scripts/install-deps.sh valgrind  what make valgrind needs (= test: ctest's

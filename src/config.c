@@ -1228,6 +1228,15 @@ static int set_allow(loader *ld, const value *v, char *err, size_t errlen)
 	return netset_add_text(*allow, v->s, err, errlen);
 }
 
+static int set_metrics_allow(loader *ld, const value *v, char *err, size_t errlen)
+{
+	netset **allow = &ld->cfg->metrics.allow;
+
+	if (*allow == NULL && (*allow = netset_new()) == NULL)
+		return out_of_memory(err, errlen);
+	return netset_add_text(*allow, v->s, err, errlen);
+}
+
 /* store.redis.sentinels: "host:port" or "[ipv6]:port", each once. */
 static int set_sentinel(loader *ld, const value *v, char *err, size_t errlen)
 {
@@ -1440,6 +1449,18 @@ static int listener_canon(const char *a, char *canon, size_t canonlen, char *err
 	addr_net_format(&host, text, sizeof text);
 	snprintf(canon, canonlen, ip.version == 6 ? "[%s]:%u" : "%s:%u", text, (unsigned)port);
 	return 0;
+}
+
+/* metrics.listen: the same forms as a policy listener, bound by the same parser. */
+static int set_metrics_listen(loader *ld, const value *v, char *err, size_t errlen)
+{
+	char canon[LISTENER_CANON_MAX];
+
+	if (v->null)
+		return 0;
+	if (listener_canon(v->s, canon, sizeof canon, err, errlen) < 0)
+		return -1;
+	return dup_into(&ld->cfg->metrics.listen, v->s, err, errlen);
 }
 
 static bool key_is(const char *key, size_t keylen, const char *name)
@@ -2089,6 +2110,10 @@ static const key_def schema[] = {
     {"dns.max_inflight", T_INT, J(1000), .min = 1, .max = 100000, AT(dns.max_inflight)},
     {"dns.cache_size", T_INT, J(8), .min = 1, .max = 1024, AT(dns.cache_size)},
 
+    /* The Prometheus endpoint, off by default (docs/metrics.md). */
+    {"metrics.listen", T_STRING, J(null), K_NULLABLE, .set = set_metrics_listen},
+    {"metrics.allow", T_LIST, J([ "127.0.0.0/8", "::1" ]), .set = set_metrics_allow},
+
     /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
     {"hooks.on_block", T_LIST, J([]), .set = set_on_block},
     {"hooks.timeout", T_DURATION, J("10s"), .min = 1, .max = 3600, AT(hooks.timeout)},
@@ -2544,6 +2569,8 @@ static void box_free(config_box *box)
 	free(c->policy.socket_owner);
 	free(c->policy.socket_group);
 	netset_free(c->policy.allow);
+	free(c->metrics.listen);
+	netset_free(c->metrics.allow);
 	store_config_clear(&c->store);
 	for (size_t i = 0; i < c->dns.nforwarders; i++)
 		free(c->dns.forwarders[i]);
@@ -2720,7 +2747,8 @@ static void finish(loader *ld)
 	config *cfg = ld->cfg;
 
 	if (ld_traps(ld) == NULL || ld_whitelist(ld) == NULL ||
-	    (cfg->policy.allow == NULL && (cfg->policy.allow = netset_new()) == NULL)) {
+	    (cfg->policy.allow == NULL && (cfg->policy.allow = netset_new()) == NULL) ||
+	    (cfg->metrics.allow == NULL && (cfg->metrics.allow = netset_new()) == NULL)) {
 		ld->lost = true;
 		return;
 	}

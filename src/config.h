@@ -97,6 +97,12 @@ typedef struct config {
 		unsigned socket_mode; /* default 0660; 0 (null): as created */
 	} policy;
 
+	/* The Prometheus endpoint (src/metrics/metrics_server.c, docs/metrics.md). */
+	struct {
+		char *listen;  /* "127.0.0.1:9150", "[::1]:9150", "unix:/path"; NULL: off */
+		netset *allow; /* TCP clients that may scrape */
+	} metrics;
+
 	store_config store;
 	int64_t purge_interval; /* seconds between purges of expired entries */
 

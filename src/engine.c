@@ -24,6 +24,7 @@
 #include "core/pipeline.h"
 #include "hook.h"
 #include "log.h"
+#include "stats.h"
 
 /* One line per interval while the store keeps failing (SPEC: logged at a limited rate). */
 #define STORE_ERROR_LOG_INTERVAL 10
@@ -225,6 +226,7 @@ static void log_store_error(engine *eng, int kind, const char *what)
 	store_health *h = &eng->health[kind];
 	uint64_t suppressed = 0;
 	atomic_fetch_add_explicit(&h->failed, 1, memory_order_relaxed);
+	stats_store_error(kind == STORE_UPDATES ? STATS_STORE_UPDATE : STATS_STORE_LOOKUP);
 	if (!log_ratelimit_pass(&h->errors, (int64_t)time(NULL), &suppressed))
 		return;
 	if (suppressed)
@@ -430,6 +432,37 @@ static void note_health(engine *eng, const query *q, size_t nq)
 	}
 }
 
+/* The blocklist entries a check's writes created (not those a hit refreshed), by key type and reason. */
+static void count_records(const query *writes, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		if (writes[j].kind != QUERY_BLOCKLIST_RECORD || writes[j].status != QUERY_OK)
+			continue;
+		for (size_t k = 0; k < writes[j].u.record.nkeys; k++)
+			if (writes[j].u.record.created[k])
+				stats_blocklist_record(key_type_of(writes[j].u.record.keys[k]),
+				                       writes[j].u.record.hit.reason);
+	}
+}
+
+static double seconds_since(const struct timespec *a)
+{
+	struct timespec b;
+
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	return (double)(b.tv_sec - a->tv_sec) + (double)(b.tv_nsec - a->tv_nsec) / 1e9;
+}
+
+/* store_run, timed for spamtrapd_store_call_duration_seconds. */
+static void store_call(engine_snapshot *snap, query *q, size_t n, int64_t now, stats_store_call call)
+{
+	struct timespec a;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	store_run(snap->ss->st, q, n, now);
+	stats_store_duration(snap->cfg->store.backend, call, seconds_since(&a));
+}
+
 static const char *block_type(const char *key)
 {
 	switch (key_type_of(key)) {
@@ -526,9 +559,9 @@ static void log_capped(engine *eng, const query *q)
  * relay network the store held back at relay.max_entries logged (the
  * relay check's add, a query of its needs since it counts first).
  */
-static void ask_store(engine_snapshot *snap, query *q, size_t n, int64_t now)
+static void ask_store(engine_snapshot *snap, query *q, size_t n, int64_t now, stats_store_call call)
 {
-	store_run(snap->ss->st, q, n, now);
+	store_call(snap, q, n, now, call);
 	note_health(snap->eng, q, n);
 	for (size_t j = 0; j < n; j++)
 		if (q[j].kind == QUERY_DISTINCT_ADD && q[j].status == QUERY_OK && q[j].u.distinct.capped)
@@ -548,7 +581,8 @@ static void flush_effects(engine_snapshot *snap, pipeline_run *run, const decide
 
 	if (n == 0)
 		return;
-	ask_store(snap, writes, n, run->ctx.now);
+	ask_store(snap, writes, n, run->ctx.now, STATS_CALL_WRITES);
+	count_records(writes, n);
 	for (size_t j = 0; j < n; j++) {
 		run->effects[owner[j]].q[at[j]] = writes[j];
 		log_new_entries(snap, &writes[j], snap->cfg->pipeline.checks[owner[j]].mode, facts);
@@ -622,6 +656,27 @@ static void run_hooks(engine_snapshot *snap, const pipeline_run *run)
 	}
 }
 
+/*
+ * The metrics of a decision that gets a log line (docs/metrics.md): the
+ * one place both front ends pass. In shadow mode, what enforce would do.
+ */
+static void count_verdict(int check, const check_verdict *v)
+{
+	stats_mode mode = v->mode == CHECK_MODE_SHADOW ? STATS_MODE_SHADOW : STATS_MODE_ENFORCE;
+	decide_action action =
+	    mode == STATS_MODE_SHADOW && v->enforce_action != DECIDE_CONTINUE ? v->enforce_action : v->action;
+
+	stats_decision(check, action, mode);
+	if (check == CHECK_ID_TRAPS && strcmp(v->reason, "trap") == 0)
+		stats_trap_hit(mode);
+	else if (check == CHECK_ID_GREYLIST)
+		stats_greylist(v->reason, mode);
+	else if (check == CHECK_ID_RELAY && strcmp(v->reason, "relay") == 0)
+		stats_relay_trip(mode);
+	else if (check == CHECK_ID_RATELIMIT && strcmp(v->reason, "rate limited") == 0)
+		stats_ratelimit_hit(mode);
+}
+
 static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, const decide_facts *facts)
 {
 	for (int i = 0; i < CHECK_COUNT; i++) {
@@ -629,6 +684,7 @@ static void log_stage(engine *eng, const pipeline *p, const pipeline_run *run, c
 
 		if (!run->decided[i] || !v->reason)
 			continue;
+		count_verdict(i, v);
 		if (run->ctx.stage == CHECK_STAGE_EOM)
 			log_end_of_message(facts, v, run->ctx.msg);
 		else
@@ -725,11 +781,12 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	pipeline_begin(run, stage, checks, facts, &m->txn, &m->state, (int64_t)ts.tv_sec);
 	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
 	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	stats_dns_plan(facts->dns);
 	if (pipeline_needs(p, run) > 0) {
-		ask_store(snap, run->q, run->nq, run->ctx.now);
+		ask_store(snap, run->q, run->nq, run->ctx.now, STATS_CALL_QUERIES);
 	}
 	for (size_t from; pipeline_decide(p, run, &from);) {
-		ask_store(snap, run->q + from, run->nq - from, run->ctx.now);
+		ask_store(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
 	}
 	apply_effects(snap, run, facts);
 	run_hooks(snap, run);
@@ -783,7 +840,11 @@ void engine_purge(engine *eng)
 		log_debug("store: the absent-key filter answered %llu lookups without SQLite since the store "
 		          "was opened",
 		          (unsigned long long)answers);
-	if (store_purge(snap->ss->st, (int64_t)time(NULL), &purged) != STORE_OK) {
+	struct timespec a;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	store_status rc = store_purge(snap->ss->st, (int64_t)time(NULL), &purged);
+	stats_store_duration(snap->cfg->store.backend, STATS_CALL_PURGE, seconds_since(&a));
+	if (rc != STORE_OK) {
 		log_store_error(eng, STORE_UPDATES, "purge");
 	} else {
 		store_worked(eng, STORE_UPDATES);

@@ -31,6 +31,9 @@
 #include "log.h"
 #include "milter/milter.h"
 #include "policy/policy_server.h"
+#include "core/checks/dnsbl.h"
+#include "metrics/metrics_server.h"
+#include "stats.h"
 
 #define MAX_OVERRIDES 64
 
@@ -148,7 +151,9 @@ static bool same_listeners(const config *a, const config *b)
 			return false;
 	const char *ma = a->milter.listen ? a->milter.listen : "";
 	const char *mb = b->milter.listen ? b->milter.listen : "";
-	return strcmp(ma, mb) == 0;
+	const char *xa = a->metrics.listen ? a->metrics.listen : "";
+	const char *xb = b->metrics.listen ? b->metrics.listen : "";
+	return strcmp(ma, mb) == 0 && strcmp(xa, xb) == 0;
 }
 
 /* Only a change of target or facility reopens the log; the level is an atomic. */
@@ -167,16 +172,19 @@ static void reload(control *ctl)
 	    config_load(ctl->opt->config_path, ctl->opt->overrides, ctl->opt->noverrides, err, sizeof(err));
 	if (!cfg) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);
+		stats_reload(false);
 		return;
 	}
 	engine_snapshot *old = engine_acquire(ctl->eng);
 	if (!same_listeners(engine_config(old), cfg))
-		log_warning(
-		    "reload: listener changes (policy.listen, milter.listen) take effect after a restart");
+		log_warning("reload: listener changes (policy.listen, milter.listen, metrics.listen) take "
+		            "effect after a restart");
 	config_ref(cfg); /* engine_reload takes one reference; the log settings need the snapshot too */
 	if (engine_reload(ctl->eng, cfg, err, sizeof(err)) < 0) {
 		log_error("reload failed, the previous configuration stays in force: %s", err);
+		stats_reload(false);
 	} else {
+		stats_reload(true);
 		apply_log_settings(ctl->opt, engine_config(old), cfg);
 		log_config_warnings(cfg);
 		log_notice("configuration reloaded from %s", ctl->opt->config_path);
@@ -274,13 +282,32 @@ static void raise_open_files(void)
 		log_info("open files limit raised from %llu to %llu", before, after);
 }
 
-/* Binds, drops privileges, opens the store, starts the exporter and the front ends. */
+/* The metric families, with the DNS lists of the config at start-up as the values of their site label. */
+static int start_stats(const config *cfg, char *err, size_t errlen)
+{
+	const dnsbl_conf *dc = cfg->pipeline.checks[CHECK_ID_DNSBL].conf;
+	const char *sites[DNSBL_SITES_MAX];
+	size_t n = 0;
+
+	for (size_t i = 0; dc && i < dc->nsites; i++) {
+		size_t j = 0;
+		while (j < n && strcmp(sites[j], dc->site[i].name) != 0)
+			j++;
+		if (j == n)
+			sites[n++] = dc->site[i].name;
+	}
+	return stats_init(sites, n, err, errlen);
+}
+
+/* Binds, drops privileges, opens the store, starts the exporter, the front ends and the metrics listener. */
 static int start(config *cfg, engine **eng_out, exporter **exp_out, policy_server **policy_out,
-                 bool *milter_on)
+                 metrics_server **metrics_out, bool *milter_on)
 {
 	char err[1024];
 	const bool want_milter = cfg->milter.listen != NULL;
 	const char *user = cfg->user;
+	if (start_stats(cfg, err, sizeof(err)) < 0)
+		goto fail;
 	engine *eng = engine_new(config_ref(cfg), err, sizeof(err));
 	if (!eng)
 		goto fail;
@@ -290,10 +317,14 @@ static int start(config *cfg, engine **eng_out, exporter **exp_out, policy_serve
 		goto fail;
 	if (want_milter && milter_setup(eng, cfg, err, sizeof(err)) < 0)
 		goto fail;
+	if (cfg->metrics.listen &&
+	    !(*metrics_out = metrics_server_new(cfg, stats_registry(), err, sizeof(err))))
+		goto fail;
 	if (daemon_drop_privileges(user, err, sizeof(err)) < 0 ||
 	    engine_open_store(eng, err, sizeof(err)) < 0 ||
 	    !(*exp_out = exporter_new(eng, err, sizeof(err))) ||
-	    policy_server_start(*policy_out, err, sizeof(err)) < 0)
+	    policy_server_start(*policy_out, err, sizeof(err)) < 0 ||
+	    (*metrics_out && metrics_server_start(*metrics_out, err, sizeof(err)) < 0))
 		goto fail;
 	if (want_milter && milter_start(err, sizeof(err)) < 0)
 		goto fail;
@@ -323,8 +354,9 @@ static int run(const options *opt, const sigset_t *signals, engine *eng, int sta
 }
 
 /* SIGTERM: in-flight transactions finish inside the stop calls; then nothing is left to record. */
-static void stop(engine *eng, exporter *exp, policy_server *policy, bool milter_on)
+static void stop(engine *eng, exporter *exp, policy_server *policy, metrics_server *scrape, bool milter_on)
 {
+	metrics_server_free(scrape);
 	if (policy)
 		policy_server_stop(policy);
 	bool milter_quiet = !milter_on || milter_stop();
@@ -386,13 +418,14 @@ int main(int argc, char **argv)
 	engine *eng = NULL;
 	exporter *exp = NULL;
 	policy_server *policy = NULL;
+	metrics_server *scrape = NULL;
 	bool milter_on = false;
-	rc = start(cfg, &eng, &exp, &policy, &milter_on);
+	rc = start(cfg, &eng, &exp, &policy, &scrape, &milter_on);
 	config_unref(cfg);
 	if (rc == 0)
 		rc = run(&opt, &signals, eng, status_fd);
 	daemon_report_started(status_fd, false); /* no-op once reported */
-	stop(eng, exp, policy, milter_on);
+	stop(eng, exp, policy, scrape, milter_on);
 	if (milter_on && milter_failed())
 		rc = -1;
 	log_notice("stopped%s", rc == 0 ? "" : " with errors");

@@ -24,6 +24,8 @@
 
 #include "atomicfile.h"
 #include "config.h"
+#include "ctl/ctl_scrape.h"
+#include "ctl/ctl_stats.h"
 #include "core/checks/greylist.h"
 #include "core/checks/ratelimit.h"
 #include "core/checks/relay.h"
@@ -49,6 +51,8 @@ static const char usage_text[] =
     "  add KEY [--ttl T] [--reason TEXT]    blocklist KEY for T (default blocklist.ttl)\n"
     "  remove KEY                           delete the entry for KEY\n"
     "  expire                               drop expired entries now\n"
+    "  stats                                entries by type, new and hit in the last minute,\n"
+    "                                       hour and day, top traps and most-hit keys\n"
     "  export [--format F] [--keys LIST] [--output FILE]\n"
     "                                       the blocklist as a Postfix map (postfix, cidr), a\n"
     "                                       firewall set (nft, ipset, pf) or a DNSBL zone\n"
@@ -407,6 +411,49 @@ static int list_one(const store_entry *e, void *ctx)
 static int cmd_list(ctl *c)
 {
 	return store_foreach(c->st, c->now, list_one, NULL) == STORE_OK ? EXIT_OK : fail_store("list");
+}
+
+/* --- stats --------------------------------------------------------------- */
+
+static int stats_one(const store_entry *e, void *ctx)
+{
+	return ctl_stats_add(ctx, e);
+}
+
+/* The daemon's side, when it serves metrics: a daemon that does not answer is said, not an error. */
+static void print_daemon_counters(const config *cfg)
+{
+	char err[256], *body;
+
+	if (!cfg->metrics.listen)
+		return;
+	fflush(stdout);
+	if (!(body = ctl_scrape(cfg->metrics.listen, err, sizeof(err)))) {
+		fprintf(stderr, "spamtrapctl: stats: no counters from the daemon (metrics.listen %s)\n", err);
+		return;
+	}
+	ctl_stats_print_daemon(body, stdout);
+	free(body);
+}
+
+static int cmd_stats(ctl *c)
+{
+	ctl_stats *s = ctl_stats_new(c->now);
+	int rc;
+
+	if (!s) {
+		fprintf(stderr, "spamtrapctl: stats: out of memory\n");
+		return EXIT_STORE;
+	}
+	if (store_foreach(c->st, c->now, stats_one, s) == STORE_OK) {
+		ctl_stats_print(s, stdout);
+		print_daemon_counters(c->cfg);
+		rc = EXIT_OK;
+	} else {
+		rc = fail_store("stats");
+	}
+	ctl_stats_free(s);
+	return rc;
 }
 
 /* --- add, remove, expire ------------------------------------------------- */
@@ -1380,7 +1427,7 @@ static int check_args(const cmdline *cl)
 	} cmds[] = {{"list", false, false, false},   {"lookup", true, false, false},
 	            {"add", true, true, false},      {"remove", true, false, false},
 	            {"expire", false, false, false}, {"export", false, false, true},
-	            {"import", true, true, false}};
+	            {"import", true, true, false},   {"stats", false, false, false}};
 
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		if (strcmp(cl->command, cmds[i].name) != 0)
@@ -1706,6 +1753,8 @@ static int run(const cmdline *cl)
 			rc = cmd_list(&c);
 		else if (strcmp(cl->command, "expire") == 0)
 			rc = cmd_expire(&c);
+		else if (strcmp(cl->command, "stats") == 0)
+			rc = cmd_stats(&c);
 		else
 			rc = cmd_export(&c, cl->format ? cl->format : "postfix", cl->keys, cl->output);
 	}

@@ -48,6 +48,7 @@
 #include "dns/dnsrun.h"
 #include "log.h"
 #include "sockperm.h"
+#include "stats.h"
 #include "milter/milter_shim.h"
 
 /* Caps for what the MTA lends us (STYLE 6). */
@@ -544,6 +545,7 @@ static sfsistat cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
 static sfsistat cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 {
 	milter_conn *c = filter.shim->getpriv(ctx);
+	stats_milter_session();
 	if (!c && !(c = conn_new(ctx)))
 		return SMFIS_CONTINUE; /* no context: MAIL FROM will tempfail */
 	msg_end(&c->msg);

@@ -88,6 +88,7 @@
 #include "dns/dnsrun.h"
 #include "log.h"
 #include "sockperm.h"
+#include "stats.h"
 #include "policy/policy_parse.h"
 
 #define IN_BUF 4096
@@ -936,6 +937,7 @@ static void conn_answer(conn *c, const policy_request *req)
 	check_verdict v = check_continue();
 	parked *p = w->spare ? w->spare : (w->spare = malloc(sizeof(*w->spare)));
 
+	stats_policy_request((int)c->lst->role);
 	if (p == NULL) {
 		log_internal(&rc, "out of memory");
 	} else if (policy_begin(snap, &rc, p, &v)) {

@@ -8,9 +8,11 @@ refusing the query with 127.255.255.254, a hijacked zone answering
 releases it: no timing assumption).
 """
 
+import re
 import shutil
 import tempfile
 import unittest
+import urllib.request
 
 import dns_server
 import rbldnsd_harness as rb
@@ -26,6 +28,14 @@ ZONES = {
                               v6={LISTED_V6: "127.0.0.4"}, txt="listed, see https://bl.example.net/"),
     "wl.example.net": rb.Zone(v4={ALLOWED: "127.0.10.3"}, txt="allowed"),
 }
+
+
+def lookups(address, site, result):
+    """spamtrapd_dns_lookups_total{site,result} from a scrape of the daemon's metrics listener."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        body = r.read().decode()
+    m = re.search(rf'^spamtrapd_dns_lookups_total\{{site="{re.escape(site)}",result="{result}"\}} (\d+)$', body, re.M)
+    return int(m.group(1))
 
 
 def v4_name(ip, zone):
@@ -51,6 +61,7 @@ class TestRbldnsd(Checks, unittest.TestCase):
             "dnsbl": {"mode": "enforce", "threshold": 3, "allowlist_threshold": -1,
                       "sites": ["bl.example.net=127.0.0.[2..11]*3", "wl.example.net=127.0.[0..255].[1..3]*-5"]},
             "greylist": {"mode": "enforce", "delay": "1h"},
+            "metrics": {"listen": f"127.0.0.1:{sh.free_port()}"},
         })
         try:
             cls.d.start()
@@ -68,6 +79,15 @@ class TestRbldnsd(Checks, unittest.TestCase):
     def test_listed_client_rejected_with_the_site(self):
         self.assertEqual(self.ask(self.d, LISTED_V4),
                          f"554 5.7.1 Service unavailable; client [{LISTED_V4}] blocked using bl.example.net")
+
+    def test_lookups_counted_by_site(self):
+        metrics = self.d.config["metrics"]["listen"]
+        before = [lookups(metrics, site, "found") for site in ("bl.example.net", "wl.example.net")]
+        nx = lookups(metrics, "wl.example.net", "nxdomain")
+        self.assertTrue(self.ask(self.d, LISTED_V4).startswith("554 "))
+        self.assertEqual(lookups(metrics, "bl.example.net", "found"), before[0] + 1)
+        self.assertEqual(lookups(metrics, "wl.example.net", "found"), before[1])
+        self.assertEqual(lookups(metrics, "wl.example.net", "nxdomain"), nx + 1)
 
     def test_ipv6_client_in_nibble_form(self):
         self.assertEqual(self.ask(self.d, LISTED_V6),
@@ -121,7 +141,8 @@ class TestScriptedServer(Checks, unittest.TestCase):
 
     def daemon(self, server, dnsbl):
         d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "dns": {"forwarders": [server.forwarder]},
-                          "dnsbl": sh.merge({"mode": "enforce"}, dnsbl)})
+                          "dnsbl": sh.merge({"mode": "enforce"}, dnsbl),
+                          "metrics": {"listen": f"127.0.0.1:{sh.free_port()}"}})
         self.addCleanup(d.cleanup)
         d.start()
         return d
@@ -146,6 +167,7 @@ class TestScriptedServer(Checks, unittest.TestCase):
         mark = d.log_mark()
         self.assertEqual(self.ask(d, LISTED_V4), "DUNNO")
         d.wait_for_log(r"dnsbl-error .*failed=slow\.example\.net:timeout", since=mark)
+        self.assertEqual(lookups(d.config["metrics"]["listen"], "slow.example.net", "timeout"), 1)
         s.release(self.SLOW)
 
     def test_slow_site_on_error_tempfail(self):

@@ -98,6 +98,18 @@ typedef struct ok_case {
 	void (*check)(const config *cfg);
 } ok_case;
 
+static void check_metrics(const config *cfg)
+{
+	addr_ip a;
+
+	assert_string_equal(cfg->metrics.listen, "[::1]:9150");
+	assert_int_equal(netset_count(cfg->metrics.allow), 1);
+	assert_true(addr_ip_parse("192.0.2.7", &a));
+	assert_true(netset_contains(cfg->metrics.allow, &a));
+	assert_true(addr_ip_parse("127.0.0.1", &a));
+	assert_false(netset_contains(cfg->metrics.allow, &a)); /* the list replaces the default */
+}
+
 static void check_defaults(const config *cfg)
 {
 	assert_null(cfg->user);
@@ -117,6 +129,8 @@ static void check_defaults(const config *cfg)
 	assert_true(allowed(cfg, "127.0.0.2"));
 	assert_true(allowed(cfg, "::1"));
 	assert_false(allowed(cfg, "192.0.2.1"));
+	assert_null(cfg->metrics.listen); /* off unless asked for */
+	assert_int_equal(netset_count(cfg->metrics.allow), 2);
 	assert_int_equal(cfg->policy.max_connections, 1000);
 	assert_int_equal(cfg->policy.idle_timeout, 330);
 	assert_int_equal(cfg->policy.max_line, 4096);
@@ -218,6 +232,7 @@ static void check_spec_example(const config *cfg)
 {
 	assert_true(cfg->decide.dry_run);
 	assert_string_equal(cfg->milter.listen, "inet:8890@127.0.0.1");
+	assert_null(cfg->metrics.listen); /* the package ships the metrics listener off */
 	assert_int_equal(cfg->store.backend, STORE_BACKEND_REDIS);
 	assert_string_equal(cfg->store.redis_host, "10.0.0.5");
 	assert_int_equal(cfg->store.redis_port, 6380);
@@ -456,6 +471,10 @@ static const ok_case ok_cases[] = {
      "{\"policy\": {\"allow\": [\"10.0.0.0/8\", \"2001:db8::/32\"]}}",
      {NULL},
      check_allow},
+    {"metrics listener and allow",
+     "{\"metrics\": {\"listen\": \"[::1]:9150\", \"allow\": [\"192.0.2.0/24\"]}}",
+     {NULL},
+     check_metrics},
     {"overrides: enum, integer, number kept as string, new section",
      "{\"traps\": {\"action\": \"reject\"}}",
      {"mode=dry-run", "store.redis.port=6380", "store.redis.password=12345",
@@ -751,6 +770,11 @@ static const error_case error_cases[] = {
      {NULL},
      {"milter.listen: expected unix:PATH, inet:PORT@HOST or inet6:PORT@HOST"},
      1},
+    {"bad metrics settings",
+     "{\"metrics\": {\"listen\": \"localhost:9150\", \"allow\": [\"10.0.0.1/8\"]}}",
+     {NULL},
+     {"metrics.listen: expected IPV4:PORT, [IPV6]:PORT or unix:PATH", "metrics.allow[0]: "},
+     2},
     {"bad socket mode",
      "{\"milter\": {\"socket_mode\": \"rw-rw----\"}}",
      {NULL},

@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "log.h"
+#include "stats.h"
 
 #define REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
 
@@ -278,6 +279,79 @@ static void test_blocklist_shadow_and_off(void **state)
 	}
 }
 
+/* ---- metrics ---- */
+
+/* The value of one series in a scrape of the daemon's families (the tests before count too). */
+static long long scraped(const char *series)
+{
+	size_t len;
+	char *text = metrics_render(stats_registry(), &len), *at;
+	char needle[512];
+	long long v = -1;
+
+	assert_non_null(text);
+	snprintf(needle, sizeof(needle), "\n%s ", series);
+	if ((at = strstr(text, needle)))
+		v = strtoll(at + strlen(needle), NULL, 10);
+	free(text);
+	return v;
+}
+
+#define TRAP_REJECT "spamtrapd_decisions_total{check=\"traps\",action=\"reject\",mode=\"enforce\"}"
+#define BL_REJECT "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"enforce\"}"
+#define BL_SHADOW "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"shadow\"}"
+#define HITS "spamtrapd_trap_hits_total{mode=\"enforce\"}"
+#define SENDER_RECORDS "spamtrapd_blocklist_additions_total{key_type=\"sender\",reason=\"trap\"}"
+#define QUERY_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"queries\"}"
+#define WRITE_CALLS "spamtrapd_store_call_duration_seconds_count{backend=\"sqlite\",call=\"writes\"}"
+#define CLIENT_RECORDS "spamtrapd_blocklist_additions_total{key_type=\"client_address\",reason=\"trap\"}"
+
+/*
+ * Every decision the engine logs is counted once, whichever front end
+ * asked; a shadow verdict as what enforce would have done.
+ */
+static void test_metrics_counted(void **state)
+{
+	(void)state;
+	engine *eng = start("");
+	unsigned trap = policy_role_checks(POLICY_ROLE_TRAP), sender = policy_role_checks(POLICY_ROLE_SENDER);
+	decide_facts hit = facts(DECIDE_FRONT_POLICY, "192.0.2.60", "m@bad.test", "trap@example.com");
+	decide_facts next = facts(DECIDE_FRONT_POLICY, "192.0.2.61", "m@bad.test", NULL);
+	long long trap0 = scraped(TRAP_REJECT), bl0 = scraped(BL_REJECT), shadow0 = scraped(BL_SHADOW),
+	          hits0 = scraped(HITS), senders0 = scraped(SENDER_RECORDS),
+	          clients0 = scraped(CLIENT_RECORDS), queries0 = scraped(QUERY_CALLS),
+	          writes0 = scraped(WRITE_CALLS);
+
+	assert_true(trap0 >= 0 && bl0 >= 0 && shadow0 >= 0 && hits0 >= 0 && senders0 >= 0 && clients0 >= 0);
+	assert_int_equal(policy(eng, trap, CHECK_STAGE_RCPT, "m1", &hit).action, DECIDE_REJECT);
+	assert_int_equal(policy(eng, sender, CHECK_STAGE_MAIL, "m2", &next).action, DECIDE_REJECT);
+	milter_txn t;
+	assert_int_equal(milter_mail(eng, &t, &next).action, DECIDE_REJECT);
+	milter_end(&t);
+	assert_int_equal(scraped(TRAP_REJECT), trap0 + 1);
+	assert_int_equal(scraped(HITS), hits0 + 1);
+	assert_int_equal(scraped(SENDER_RECORDS), senders0 + 1);
+	assert_int_equal(scraped(CLIENT_RECORDS), clients0 + 1);
+	assert_int_equal(scraped(BL_REJECT), bl0 + 2);
+	assert_int_equal(scraped(BL_SHADOW), shadow0);
+	/* The trap hit's lookup and record, the two blocklist lookups. */
+	assert_int_equal(scraped(QUERY_CALLS), queries0 + 3);
+	assert_int_equal(scraped(WRITE_CALLS), writes0 + 1);
+	/* A second hit refreshes the entries: a hit, no new entry. */
+	assert_int_equal(policy(eng, trap, CHECK_STAGE_RCPT, "m1b", &hit).action, DECIDE_REJECT);
+	assert_int_equal(scraped(HITS), hits0 + 2);
+	assert_int_equal(scraped(SENDER_RECORDS), senders0 + 1);
+	assert_int_equal(scraped(CLIENT_RECORDS), clients0 + 1);
+	stop(eng);
+
+	eng = start("\"blocklist\": {\"mode\": \"shadow\"}");
+	policy(eng, trap, CHECK_STAGE_RCPT, "m3", &hit);
+	assert_int_equal(policy(eng, sender, CHECK_STAGE_MAIL, "m4", &next).action, DECIDE_CONTINUE);
+	assert_int_equal(scraped(BL_SHADOW), shadow0 + 1);
+	assert_int_equal(scraped(BL_REJECT), bl0 + 2);
+	stop(eng);
+}
+
 /* A reload applies to the next message; a message in flight keeps the snapshot it began with. */
 static void test_reload_keeps_message_snapshot(void **state)
 {
@@ -535,9 +609,12 @@ static void test_milter_spf_verified(void **state)
 
 static int setup(void **state)
 {
+	char err[256];
+
 	(void)state;
 	assert_non_null(mkdtemp(dir));
 	log_set_sink(sink, NULL);
+	assert_int_equal(stats_init(NULL, 0, err, sizeof(err)), 0);
 	return 0;
 }
 
@@ -547,6 +624,7 @@ static int teardown(void **state)
 
 	(void)state;
 	log_set_sink(NULL, NULL);
+	stats_free();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
@@ -566,6 +644,7 @@ int main(void)
 	    cmocka_unit_test(test_policy_spf_sender_listener),
 	    cmocka_unit_test(test_policy_spf_header_once),
 	    cmocka_unit_test(test_milter_spf_verified),
+	    cmocka_unit_test(test_metrics_counted),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

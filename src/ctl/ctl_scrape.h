@@ -1,0 +1,18 @@
+/*
+ * ctl_scrape: GET /metrics from the daemon's metrics listener
+ * (metrics.listen: IP:PORT, [IPV6]:PORT or unix:PATH), for spamtrapctl
+ * stats. Bounded: CTL_SCRAPE_TIMEOUT seconds per read and write, at most
+ * CTL_SCRAPE_MAX bytes of answer.
+ */
+#ifndef SPAMTRAPD_CTL_SCRAPE_H
+#define SPAMTRAPD_CTL_SCRAPE_H
+
+#include <stddef.h>
+
+#define CTL_SCRAPE_TIMEOUT 5
+#define CTL_SCRAPE_MAX (8u << 20)
+
+/* The body of a 200 answer, malloc'd and NUL-terminated; NULL with err. */
+char *ctl_scrape(const char *listen, char *err, size_t errlen);
+
+#endif

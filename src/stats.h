@@ -1,0 +1,61 @@
+/*
+ * stats: spamtrapd's own metric families (docs/metrics.md), one set per
+ * process, in a metrics registry the metrics listener renders. Every
+ * label takes its values from a fixed list here: check names, actions,
+ * key types, results; never a sender, an address or an account.
+ *
+ * stats_init() makes them at start-up, before any thread counts; until
+ * then (and in unit tests that never call it) every stats_ call is a
+ * no-op. Counting is a relaxed atomic add: safe from any thread.
+ */
+#ifndef SPAMTRAPD_STATS_H
+#define SPAMTRAPD_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/decide.h"
+#include "core/dnsplan.h"
+#include "core/key.h"
+#include "metrics.h"
+#include "store/store.h"
+
+/*
+ * 0, or -1 with err. Once per process; a second call does nothing.
+ * sites: the DNS list names (dnsbl.sites) at start-up, the values of the
+ * site label (copied; a site a reload adds counts under "other").
+ */
+int stats_init(const char *const *sites, size_t nsites, char *err, size_t errlen);
+void stats_free(void);
+/* The registry to render; NULL before stats_init. */
+const metrics *stats_registry(void);
+
+typedef enum { STATS_MODE_ENFORCE, STATS_MODE_SHADOW } stats_mode;
+
+/* A check's verdict that the engine logs: in shadow mode, what enforce would have done. */
+void stats_decision(int check, decide_action action, stats_mode mode);
+/* A trap recipient met (in every mode: shadow traps record too). */
+void stats_trap_hit(stats_mode mode);
+/* A new blocklist entry (not a refresh); reason as query_hit.reason ("trap", "relay"). */
+void stats_blocklist_record(key_type type, const char *reason);
+/* The greylist's verdict, by its reason text (core/checks/greylist.c). */
+void stats_greylist(const char *reason, stats_mode mode);
+void stats_relay_trip(stats_mode mode);
+void stats_ratelimit_hit(stats_mode mode);
+
+typedef enum { STATS_STORE_LOOKUP, STATS_STORE_UPDATE } stats_store_op;
+void stats_store_error(stats_store_op op);
+
+/* How long one store call took: a stage's queries, its checks' writes, or a purge. */
+typedef enum { STATS_CALL_QUERIES, STATS_CALL_WRITES, STATS_CALL_PURGE } stats_store_call;
+void stats_store_duration(store_backend backend, stats_store_call call, double seconds);
+
+/* The answers of a DNS plan a stage used: each A lookup by its site, the SPF result. */
+void stats_dns_plan(const dnsplan *plan);
+
+/* One policy request answered (or parked for DNS) on a listener of this role (policy_role). */
+void stats_policy_request(int role);
+void stats_milter_session(void);
+void stats_reload(bool ok);
+
+#endif
