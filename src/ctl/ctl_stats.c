@@ -182,16 +182,23 @@ static bool worth_showing(const char *line, size_t len)
 	return !(line + len - space == 2 && space[1] == '0');
 }
 
+/*
+ * The lines are made safe for a terminal like the store's keys: whatever
+ * answers on metrics.listen wrote them (another process can hold the port
+ * while spamtrapd is down).
+ */
 void ctl_stats_print_daemon(const char *exposition, FILE *out)
 {
 	size_t shown = 0;
+	char raw[1024], text[1024];
 
 	fprintf(out, "\ndaemon counters since it started (all others are 0):\n");
 	for (const char *line = exposition; *line;) {
 		const char *eol = strchr(line, '\n');
 		size_t len = eol ? (size_t)(eol - line) : strlen(line);
 		if (worth_showing(line, len)) {
-			fprintf(out, "  %.*s\n", (int)len, line);
+			snprintf(raw, sizeof(raw), "%.*s", (int)len, line);
+			fprintf(out, "  %s\n", log_safe(raw, text, sizeof(text)));
 			shown++;
 		}
 		line += len + (eol ? 1 : 0);

@@ -164,13 +164,44 @@ static void test_daemon_counters(void **state)
 	free(buf);
 }
 
+/*
+ * What spamtrapctl prints comes from the store (keys and traps written by
+ * strangers) and from whatever answers on metrics.listen (another
+ * process may hold that port while spamtrapd is down): no terminal
+ * control sequence may reach the admin's terminal.
+ */
+static void test_terminal_safe(void **state)
+{
+	static const char hostile[] = "a_total{x=\"\x1b]0;owned\x07\"} 1\n"
+	                              "\x9b"
+	                              "31mb_total 2\r\n";
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	ctl_stats *s = ctl_stats_new(NOW);
+
+	(void)state;
+	assert_non_null(f);
+	assert_non_null(s);
+	store_entry e = entry("\x1b[2Jx@example.com", 60, 10, 3, "trap\x1b]0;t\x07@example.com");
+	ctl_stats_add(s, &e);
+	ctl_stats_print(s, f);
+	ctl_stats_print_daemon(hostile, f);
+	fclose(f);
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] != '\n')
+			assert_true((unsigned char)buf[i] >= 0x20 && (unsigned char)buf[i] < 0x7f);
+	assert_non_null(strstr(buf, "  a_total{x=\"?]0;owned?\"} 1\n"));
+	free(buf);
+	ctl_stats_free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_figures),
-	    cmocka_unit_test(test_top_is_bounded),
-	    cmocka_unit_test(test_many_traps),
-	    cmocka_unit_test(test_daemon_counters),
+	    cmocka_unit_test(test_figures),       cmocka_unit_test(test_top_is_bounded),
+	    cmocka_unit_test(test_many_traps),    cmocka_unit_test(test_daemon_counters),
+	    cmocka_unit_test(test_terminal_safe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
