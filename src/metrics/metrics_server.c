@@ -272,12 +272,29 @@ static void refuse_busy(int fd)
 	close(fd);
 }
 
-static mconn *free_slot(metrics_server *s)
+/*
+ * A slot for a new connection: a free one, else the one that has waited
+ * longest for its request head. Without that, anyone allowed to connect
+ * could hold every slot with idle connections, opening new ones as the
+ * old ones time out, and no scrape would get in; a scraper sends its head
+ * at once, so it loses its slot only to a flood of connections made in
+ * that moment. Answers being written are never cut. NULL: every slot is
+ * writing one.
+ */
+static mconn *take_slot(metrics_server *s)
 {
-	for (size_t i = 0; i < METRICS_SERVER_MAX_CONNS; i++)
-		if (s->conns[i].fd < 0)
-			return &s->conns[i];
-	return NULL;
+	mconn *oldest = NULL;
+
+	for (size_t i = 0; i < METRICS_SERVER_MAX_CONNS; i++) {
+		mconn *c = &s->conns[i];
+		if (c->fd < 0)
+			return c;
+		if (!c->out && (!oldest || c->deadline_ms < oldest->deadline_ms))
+			oldest = c;
+	}
+	if (oldest)
+		conn_close(oldest);
+	return oldest;
 }
 
 static void accept_some(metrics_server *s, int64_t now)
@@ -293,7 +310,7 @@ static void accept_some(metrics_server *s, int64_t now)
 			}
 			return;
 		}
-		mconn *c = peer_allowed(s, &ss) ? free_slot(s) : NULL;
+		mconn *c = peer_allowed(s, &ss) ? take_slot(s) : NULL;
 		if (!c) {
 			if (peer_allowed(s, &ss))
 				refuse_busy(fd);

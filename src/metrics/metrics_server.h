@@ -3,8 +3,10 @@
  * GET /metrics answered with the registry's text, on a thread of its own
  * with its own epoll, so that a slow or hostile scraper never holds up a
  * mail worker and mail load never holds up a scrape. Everything is
- * bounded: METRICS_SERVER_MAX_CONNS connections at once (one more gets a
- * 503 and is closed), a request head of HTTPREQ_MAX bytes, and
+ * bounded: METRICS_SERVER_MAX_CONNS connections at once (one more takes
+ * the slot of the one that has waited longest for its request head; a
+ * 503 when every slot is writing an answer), a request head of
+ * HTTPREQ_MAX bytes, and
  * METRICS_SERVER_DEADLINE_MS from accept to the last byte of the answer.
  * One request per connection (Connection: close).
  */
