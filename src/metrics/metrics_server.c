@@ -79,18 +79,40 @@ static socklen_t inet_sockaddr(const addr_ip *ip, uint16_t port, struct sockaddr
 	return sizeof(*sin);
 }
 
-/* A socket file left by an earlier run is removed; anything else at the path is an error at bind. */
+/*
+ * A socket file nobody listens on (left by an earlier run) is removed. One
+ * that answers is not: it may be this daemon's policy or milter socket
+ * named again by mistake, or another spamtrapd's, and taking it over would
+ * have its clients (Postfix) talk to the metrics listener.
+ */
+static int clear_stale(const struct sockaddr_un *sun, const char *address, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (lstat(sun->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return 0; /* nothing there, or not a socket: bind() reports it */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int rc = fd < 0 ? -1 : connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
+	if (fd >= 0)
+		close(fd);
+	if (rc == 0) {
+		snprintf(err, errlen, "metrics.listen %s: another process is listening on it", address);
+		return -1;
+	}
+	unlink(sun->sun_path);
+	return 0;
+}
+
 static int bind_address(metrics_server *s, const char *address, struct sockaddr_storage *ss, socklen_t *len,
                         char *err, size_t errlen)
 {
 	if (strncmp(address, "unix:", 5) == 0) {
 		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
-		struct stat st;
 		memset(ss, 0, sizeof(*ss));
 		sun->sun_family = AF_UNIX;
 		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", address + 5);
-		if (lstat(sun->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
-			unlink(sun->sun_path);
+		if (clear_stale(sun, address, err, errlen) < 0)
+			return -1;
 		*len = sizeof(*sun);
 		return (s->unix_path = strdup(address + 5)) ? 0 : -1;
 	}

@@ -492,5 +492,21 @@ class UnixSocket(MetricsCase):
         self.assertIn("spamtrapd_build_info", self.scrape())
 
 
+class UnixSocketInUse(unittest.TestCase):
+    """metrics.listen naming a unix socket another listener serves (a typo for the policy socket, a
+    second daemon): the metrics listener took it over, and Postfix's policy requests then got an HTTP
+    400 (every message deferred). spamtrapd must refuse to start instead."""
+
+    def test_policy_socket_is_not_taken(self):
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        self.addCleanup(d.cleanup)
+        path = "unix:" + os.path.join(d.dir, "policy.sock")
+        d.config["policy"]["listen"] = [{"address": path, "role": "trap"}]
+        d.config["metrics"] = {"listen": path}
+        sh.write_config(d.config_path, d.config)
+        self.assertNotEqual(d.run_until_exit(timeout=sh.scaled(10)), 0)
+        self.assertIn("another process is listening on it", d.log_tail())
+
+
 if __name__ == "__main__":
     unittest.main()
