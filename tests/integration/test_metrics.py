@@ -387,6 +387,25 @@ class Hostile(MetricsCase):
         self.assertEqual(slow.recv(100), b"", "a client that never ends its head must be closed")
         self.assertGreaterEqual(time.monotonic() - start, DEADLINE - 1)
 
+    def test_trickling_client_is_closed(self):
+        """The deadline runs from accept: a client that keeps sending a header byte at a time, never
+        ending its head, is closed all the same."""
+        slow = sh.connect(self.address, timeout=sh.scaled(DEADLINE * 4))
+        self.addCleanup(slow.close)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nX: ")
+        give_up = time.monotonic() + sh.scaled(DEADLINE * 4)
+        closed = False
+        while not closed and time.monotonic() < give_up:
+            try:
+                slow.sendall(b"a")
+                slow.settimeout(0.2)
+                closed = slow.recv(100) == b""
+            except socket.timeout:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        self.assertTrue(closed, "a trickling client must be closed at the deadline")
+
     def test_idle_clients_do_not_starve_scrapes(self):
         """Any local user may hold every slot with idle connections, and open new ones as they time out;
         the oldest of those that are still reading their head makes room for a newcomer."""
