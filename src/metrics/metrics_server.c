@@ -103,8 +103,8 @@ static int clear_stale(const struct sockaddr_un *sun, const char *address, char 
 	return 0;
 }
 
-static int bind_address(metrics_server *s, const char *address, struct sockaddr_storage *ss, socklen_t *len,
-                        char *err, size_t errlen)
+static int bind_address(const char *address, struct sockaddr_storage *ss, socklen_t *len, char *err,
+                        size_t errlen)
 {
 	if (strncmp(address, "unix:", 5) == 0) {
 		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
@@ -114,7 +114,7 @@ static int bind_address(metrics_server *s, const char *address, struct sockaddr_
 		if (clear_stale(sun, address, err, errlen) < 0)
 			return -1;
 		*len = sizeof(*sun);
-		return (s->unix_path = strdup(address + 5)) ? 0 : -1;
+		return 0;
 	}
 	addr_ip ip;
 	uint16_t port;
@@ -134,7 +134,7 @@ static int open_listener(metrics_server *s, char *err, size_t errlen)
 	socklen_t len;
 	int one = 1;
 
-	if (bind_address(s, address, &ss, &len, err, errlen) < 0)
+	if (bind_address(address, &ss, &len, err, errlen) < 0)
 		return -1;
 	s->listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->listen_fd < 0) {
@@ -144,7 +144,16 @@ static int open_listener(metrics_server *s, char *err, size_t errlen)
 	setsockopt(s->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (ss.ss_family == AF_INET6)
 		setsockopt(s->listen_fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(s->listen_fd, (struct sockaddr *)&ss, len) < 0 || listen(s->listen_fd, LISTEN_BACKLOG) < 0) {
+	if (bind(s->listen_fd, (struct sockaddr *)&ss, len) < 0) {
+		snprintf(err, errlen, "metrics.listen %s: %s", address, strerror(errno));
+		return -1;
+	}
+	/* Only now is the file at the path ours to remove at the end (a bind that failed left another's). */
+	if (ss.ss_family == AF_UNIX && !(s->unix_path = strdup(address + 5))) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (listen(s->listen_fd, LISTEN_BACKLOG) < 0) {
 		snprintf(err, errlen, "metrics.listen %s: %s", address, strerror(errno));
 		return -1;
 	}

@@ -511,12 +511,13 @@ class UnixSocket(MetricsCase):
         self.assertIn("spamtrapd_build_info", self.scrape())
 
 
-class UnixSocketInUse(unittest.TestCase):
-    """metrics.listen naming a unix socket another listener serves (a typo for the policy socket, a
-    second daemon): the metrics listener took it over, and Postfix's policy requests then got an HTTP
-    400 (every message deferred). spamtrapd must refuse to start instead."""
+class UnixPathInUse(unittest.TestCase):
+    """metrics.listen naming a path something else has: spamtrapd refuses to start and leaves it be."""
 
     def test_policy_socket_is_not_taken(self):
+        """A unix socket another listener serves (a typo for the policy socket, a second daemon): the
+        metrics listener took it over, and Postfix's policy requests then got an HTTP 400 (every
+        message deferred)."""
         d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
         self.addCleanup(d.cleanup)
         path = "unix:" + os.path.join(d.dir, "policy.sock")
@@ -525,6 +526,20 @@ class UnixSocketInUse(unittest.TestCase):
         sh.write_config(d.config_path, d.config)
         self.assertNotEqual(d.run_until_exit(timeout=sh.scaled(10)), 0)
         self.assertIn("another process is listening on it", d.log_tail())
+
+    def test_file_at_the_path_is_kept(self):
+        """A metrics.listen path naming a file that is not a socket (a typo) is an error at start, and
+        the file stays: spamtrapd removed it on the way out, as root before it drops privileges."""
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        self.addCleanup(d.cleanup)
+        path = os.path.join(d.dir, "precious.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("keep me\n")
+        d.config["metrics"] = {"listen": "unix:" + path}
+        sh.write_config(d.config_path, d.config)
+        self.assertNotEqual(d.run_until_exit(timeout=sh.scaled(10)), 0)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "keep me\n")
 
 
 if __name__ == "__main__":
