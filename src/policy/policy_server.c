@@ -1007,11 +1007,15 @@ static void worker_resume(worker *w)
 	}
 }
 
-/* How long epoll_wait may sleep: until the nearest DNS deadline; -1 (or 100 ms draining) without one. */
+/* How long epoll_wait may sleep: until the nearest DNS deadline or cache hit; -1 (or 100 ms draining) without
+ * one. */
 static int worker_timeout(const worker *w)
 {
 	int64_t t = w->draining ? 100 : -1;
 
+	/* Cache hits of requests parked after this batch's delivery (pipelined ones): at once. */
+	if ((w->dns != NULL && dns_has_ready(w->dns)) || (w->dns_old != NULL && dns_has_ready(w->dns_old)))
+		return 0;
 	for (const parked *p = w->parked_head; p != NULL; p = p->next) {
 		int64_t left = p->ready ? 0 : p->deadline_ms - w->now_ms;
 
@@ -1576,8 +1580,12 @@ static void worker_after_batch(worker *w, const batch_todo *todo)
 {
 	if (todo->dns && w->dns != NULL)
 		dns_process(w->dns); /* marks the parked requests answered */
+	else if (w->dns != NULL && dns_has_ready(w->dns))
+		dns_deliver(w->dns); /* cache hits: the fd says nothing about them */
 	if (todo->dns_old && w->dns_old != NULL)
 		dns_process(w->dns_old);
+	else if (w->dns_old != NULL && dns_has_ready(w->dns_old))
+		dns_deliver(w->dns_old);
 	if (w->parked_head != NULL)
 		worker_resume(w);
 	for (int i = 0; i < todo->nready && w->accepting; i++)
