@@ -886,8 +886,9 @@ static void parked_drop(worker *w, parked *p)
  * Park c's request until its plan is answered or its deadline: dns.timeout,
  * or a check's own shorter one (plan.timeout_ms). The connection is then
  * watched only for hang-up (EPOLLRDHUP): nothing more is read. false when
- * it cannot wait (no resolver): the plan is then expired, every answer a
- * failure, and the caller decides at once.
+ * it need not or cannot wait: every answer came from the resolver's
+ * answer cache (the plan is answered), or there is no resolver (the plan
+ * is expired, every answer a failure); the caller decides at once.
  */
 static bool conn_park(conn *c, parked *p, const config *cfg)
 {
@@ -897,8 +898,21 @@ static bool conn_park(conn *c, parked *p, const config *cfg)
 	dns_resolver *r = worker_dns(w, cfg);
 
 	p->f.dns = &p->plan;
-	if (r == NULL || epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+	if (r == NULL) {
 		dnsplan_expire(&p->plan);
+		return false;
+	}
+	p->run = dnsrun_start(r, &p->plan, w->srv->hostname, (int64_t)time(NULL), parked_answered, p);
+	if (p->run == NULL) /* out of memory: the plan is expired */
+		return false;
+	/* Cache hits (also other parked requests'): a plan answered by them needs no parking at all. */
+	if (dns_has_ready(r))
+		dns_deliver(r);
+	if (dnsrun_finished(p->run) || epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+		if (!dnsrun_finished(p->run))
+			dnsrun_expire(p->run);
+		dnsrun_free(p->run);
+		p->run = NULL;
 		return false;
 	}
 	p->c = c;
@@ -906,8 +920,7 @@ static bool conn_park(conn *c, parked *p, const config *cfg)
 	p->started_ms = w->now_ms;
 	p->deadline_ms =
 	    w->now_ms + (p->plan.timeout_ms > 0 && p->plan.timeout_ms < limit ? p->plan.timeout_ms : limit);
-	p->run = dnsrun_start(r, &p->plan, w->srv->hostname, (int64_t)time(NULL), parked_answered, p);
-	p->ready = p->run == NULL || dnsrun_finished(p->run); /* out of memory: the plan is expired */
+	p->ready = false;
 	p->prev = w->parked_tail;
 	p->next = NULL;
 	if (w->parked_tail)
