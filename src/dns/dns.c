@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unbound.h>
 
@@ -23,12 +24,38 @@
 #define FULL_LOG_INTERVAL 60 /* seconds between lines about max_inflight */
 #define RCODE_NXDOMAIN 3     /* RFC 1035 4.1.1 */
 
+/*
+ * The answer cache in front of libunbound's (dns.h): direct-mapped, a
+ * fixed array allocated with the resolver, so its memory never grows.
+ * An answer that does not fit a slot is simply not kept.
+ */
+#define ACACHE_SLOTS 1024   /* answers kept per resolver */
+#define ACACHE_RECORDS 16   /* records of one kept answer */
+#define ACACHE_DATA 480     /* RDATA bytes of one kept answer, all records together */
+#define ACACHE_NAME 256     /* the escaped name with its NUL */
+#define ACACHE_TTL_MAX 3600 /* seconds: a zone's longer TTL is cut to this */
+
+typedef struct aentry {
+	int64_t expires_ms; /* dns_now_ms() clock; 0: an empty slot */
+	int type;
+	dns_status status;
+	int rcode;
+	unsigned count;
+	uint16_t len[ACACHE_RECORDS];
+	unsigned char data[ACACHE_DATA];
+	char name[ACACHE_NAME];
+} aentry;
+
 typedef struct qrec {
 	dns_resolver *r;
 	dns_cb cb;
 	void *arg;
 	int async_id;
-	struct qrec *prev, *next; /* the resolver's queries in flight */
+	int type;
+	aentry *hit; /* answered from the cache (a copy: the slot may change): on the ready list */
+	struct qrec *prev, *next;   /* the resolver's queries in flight, hits included */
+	struct qrec *rprev, *rnext; /* the ready list */
+	char name[ACACHE_NAME];     /* the escaped name; "": too long to cache */
 } qrec;
 
 struct dns_resolver {
@@ -38,6 +65,8 @@ struct dns_resolver {
 	bool polling; /* a dns_wait() thread is polling the fd */
 	unsigned inflight, max_inflight;
 	qrec *head;
+	qrec *ready_head, *ready_tail; /* cache hits waiting for delivery, oldest first */
+	aentry *cache;                 /* ACACHE_SLOTS */
 	log_ratelimit full;
 };
 
@@ -172,13 +201,16 @@ dns_resolver *dns_new(const dns_settings *s, char *err, size_t errlen)
 		snprintf(err, errlen, "dns: out of memory");
 		return NULL;
 	}
-	if ((r->ctx = ub_ctx_create()) == NULL) {
+	if ((r->cache = calloc(ACACHE_SLOTS, sizeof(*r->cache))) == NULL ||
+	    (r->ctx = ub_ctx_create()) == NULL) {
 		snprintf(err, errlen, "dns: cannot create a libunbound context");
+		free(r->cache);
 		free(r);
 		return NULL;
 	}
 	if (configure(r->ctx, s, err, errlen) < 0) {
 		ub_ctx_delete(r->ctx);
+		free(r->cache);
 		free(r);
 		return NULL;
 	}
@@ -204,10 +236,12 @@ void dns_free(dns_resolver *r)
 		qrec *q = r->head;
 
 		r->head = q->next;
+		free(q->hit);
 		free(q);
 	}
 	pthread_cond_destroy(&r->delivered);
 	pthread_mutex_destroy(&r->lock);
+	free(r->cache);
 	free(r);
 }
 
@@ -249,6 +283,110 @@ static void unlink_rec(dns_resolver *r, qrec *q)
 	r->inflight--;
 }
 
+/* ---- the answer cache ---- */
+
+/* FNV-1a over the name with ASCII letters folded (names compare case-insensitively) and the type. */
+static aentry *acache_slot(dns_resolver *r, const char *name, int type)
+{
+	uint32_t h = 2166136261u ^ (uint32_t)type;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ (uint32_t)(*p >= 'A' && *p <= 'Z' ? *p | 0x20 : *p)) * 16777619u;
+	return &r->cache[h % ACACHE_SLOTS];
+}
+
+/* A copy of the live answer for (name, type, class IN), or NULL (none, expired, out of memory). */
+static aentry *acache_get(dns_resolver *r, const char *name, int type)
+{
+	const aentry *e = acache_slot(r, name, type);
+	aentry *copy;
+
+	if (e->expires_ms == 0 || e->type != type || strcasecmp(e->name, name) != 0 ||
+	    e->expires_ms <= dns_now_ms())
+		return NULL;
+	if ((copy = malloc(sizeof(*copy))) != NULL)
+		memcpy(copy, e, sizeof(*copy));
+	return copy;
+}
+
+/*
+ * Keeps a final answer (records, NXDOMAIN, no data) for its TTL as
+ * libunbound reports it (for a negative answer, what the zone's SOA
+ * allows), at most ACACHE_TTL_MAX. A failure is never kept, nor an
+ * answer without a TTL or too big for a slot.
+ */
+static void acache_put(dns_resolver *r, const char *name, int type, const dns_answer *ans, int ttl)
+{
+	size_t total = 0, off = 0;
+	aentry *e;
+
+	if (ttl <= 0 || !name[0] || ans->count > ACACHE_RECORDS ||
+	    (ans->status != DNS_OK && ans->status != DNS_NXDOMAIN && ans->status != DNS_NODATA))
+		return;
+	for (size_t i = 0; i < ans->count; i++)
+		total += ans->rr[i].len;
+	if (total > ACACHE_DATA)
+		return;
+	e = acache_slot(r, name, type);
+	for (size_t i = 0; i < ans->count; i++) {
+		memcpy(e->data + off, ans->rr[i].data, ans->rr[i].len);
+		e->len[i] = (uint16_t)ans->rr[i].len;
+		off += ans->rr[i].len;
+	}
+	e->count = (unsigned)ans->count;
+	e->type = type;
+	e->status = ans->status;
+	e->rcode = ans->rcode;
+	memcpy(e->name, name, strlen(name) + 1);
+	e->expires_ms = dns_now_ms() + (int64_t)(ttl < ACACHE_TTL_MAX ? ttl : ACACHE_TTL_MAX) * 1000;
+}
+
+static void ready_push(dns_resolver *r, qrec *q)
+{
+	q->rprev = r->ready_tail;
+	q->rnext = NULL;
+	if (r->ready_tail)
+		r->ready_tail->rnext = q;
+	else
+		r->ready_head = q;
+	r->ready_tail = q;
+}
+
+static void ready_unlink(dns_resolver *r, qrec *q)
+{
+	if (q->rprev)
+		q->rprev->rnext = q->rnext;
+	else
+		r->ready_head = q->rnext;
+	if (q->rnext)
+		q->rnext->rprev = q->rprev;
+	else
+		r->ready_tail = q->rprev;
+}
+
+/* Delivers the cache hits waiting, including those their callbacks add. */
+static void deliver_ready(dns_resolver *r)
+{
+	while (r->ready_head != NULL) {
+		qrec *q = r->ready_head;
+		const aentry *e = q->hit;
+		dns_rr rr[ACACHE_RECORDS];
+		dns_answer ans = {.status = e->status, .rcode = e->rcode, .rr = rr, .count = e->count};
+		size_t off = 0;
+
+		for (unsigned i = 0; i < e->count; i++) {
+			rr[i].data = e->data + off;
+			rr[i].len = e->len[i];
+			off += e->len[i];
+		}
+		ready_unlink(r, q);
+		unlink_rec(r, q);
+		q->cb(q->arg, &ans);
+		free(q->hit);
+		free(q);
+	}
+}
+
 static void on_result(void *arg, int err, struct ub_result *res)
 {
 	qrec *q = arg;
@@ -266,6 +404,8 @@ static void on_result(void *arg, int err, struct ub_result *res)
 		ans.status = DNS_NODATA;
 	if (err != 0)
 		log_debug("dns: %s", ub_strerror(err));
+	else if (res != NULL && !res->bogus)
+		acache_put(q->r, q->name, q->type, &ans, res->ttl);
 	q->cb(q->arg, &ans);
 	if (res)
 		ub_resolve_free(res);
@@ -335,8 +475,14 @@ int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg,
 	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
-	rc = ub_resolve_async(r->ctx, wire_name, type, 1 /* IN */, q, on_result, &q->async_id);
-	if (rc != 0) {
+	q->type = type;
+	if (strlen(wire_name) < sizeof(q->name))
+		memcpy(q->name, wire_name, strlen(wire_name) + 1);
+	/* A hit never calls back from here: the caller may not be ready for it (dns.h). */
+	if (q->name[0] && (q->hit = acache_get(r, q->name, type)) != NULL) {
+		ready_push(r, q);
+	} else if ((rc = ub_resolve_async(r->ctx, wire_name, type, 1 /* IN */, q, on_result, &q->async_id)) !=
+	           0) {
 		log_debug("dns: %s type %d: %s", name, type, ub_strerror(rc));
 		free(q);
 		dns_unlock(r);
@@ -357,10 +503,31 @@ void dns_cancel(dns_resolver *r, uint64_t id)
 	qrec *q = (qrec *)(uintptr_t)id;
 
 	dns_lock(r);
-	/* Once ub_cancel returns, the answer is dropped even if it already waits in the pipe. */
-	ub_cancel(r->ctx, q->async_id);
+	if (q->hit != NULL)
+		ready_unlink(r, q);
+	else /* Once ub_cancel returns, the answer is dropped even if it already waits in the pipe. */
+		ub_cancel(r->ctx, q->async_id);
 	unlink_rec(r, q);
+	free(q->hit);
 	free(q);
+	dns_unlock(r);
+}
+
+bool dns_has_ready(dns_resolver *r)
+{
+	bool ready;
+
+	dns_lock(r);
+	ready = r->ready_head != NULL;
+	dns_unlock(r);
+	return ready;
+}
+
+void dns_deliver(dns_resolver *r)
+{
+	dns_lock(r);
+	deliver_ready(r);
+	pthread_cond_broadcast(&r->delivered);
 	dns_unlock(r);
 }
 
@@ -370,6 +537,7 @@ int dns_process(dns_resolver *r)
 
 	dns_lock(r);
 	rc = ub_process(r->ctx);
+	deliver_ready(r);
 	pthread_cond_broadcast(&r->delivered);
 	dns_unlock(r);
 	if (rc != 0)
@@ -392,6 +560,11 @@ bool dns_wait(dns_resolver *r, bool (*done)(void *arg), void *arg, int64_t deadl
 	while (!(ok = done(arg))) {
 		int64_t left = deadline_ms - dns_now_ms();
 
+		if (r->ready_head != NULL) { /* cache hits: no need to poll */
+			deliver_ready(r);
+			pthread_cond_broadcast(&r->delivered);
+			continue;
+		}
 		if (left <= 0)
 			break;
 		if (r->polling) {
@@ -410,6 +583,7 @@ bool dns_wait(dns_resolver *r, bool (*done)(void *arg), void *arg, int64_t deadl
 		r->polling = false;
 		if (pfd.revents & POLLIN)
 			ub_process(r->ctx);
+		deliver_ready(r);
 		pthread_cond_broadcast(&r->delivered); /* also: another thread may poll now */
 	}
 	dns_unlock(r);

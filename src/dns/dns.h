@@ -17,6 +17,18 @@
  * owns the waiting connection, which needs no hand-off, and the mutex is
  * never contended. The price is one cache per worker.
  *
+ * An answer cache in front of libunbound's (issue 15): libunbound's
+ * threaded mode hands every query, even one its cache answers, to its
+ * thread and back over a socket pair, tens of system calls. Final answers
+ * (records, NXDOMAIN, no data; never a failure) are kept per resolver in
+ * a fixed direct-mapped table (1,024 answers of at most 16 records and
+ * 480 bytes of RDATA, about 800 KiB, allocated with the resolver and
+ * never grown; a bigger answer is not kept), keyed by the exact name
+ * (letters case-insensitive) and type, for the TTL libunbound reports,
+ * at most an hour. A hit is never delivered from dns_query(): it waits on
+ * the resolver's ready list (dns_has_ready) for dns_process(),
+ * dns_deliver() or dns_wait(), like any answer, and dns_cancel() drops it.
+ *
  * There is no deadline here: the caller cancels what it no longer waits
  * for (dnsrun_expire). Errors: dns_new writes a message into err.
  */
@@ -79,12 +91,21 @@ void dns_free(dns_resolver *r); /* accepts NULL; queries in flight are dropped w
 
 /* Readable when answers wait for dns_process(). */
 int dns_fd(const dns_resolver *r);
-/* Deliver the answers that arrived (callbacks run here, under the lock). 0, or -1 on error. */
+/* Deliver the answers that arrived and the cache hits (callbacks run here, under the lock). 0, or -1 on
+ * error. */
 int dns_process(dns_resolver *r);
+/*
+ * Cache hits wait for delivery: an event loop must call dns_deliver() (or
+ * dns_process()) without waiting for dns_fd(), which they do not make readable.
+ */
+bool dns_has_ready(dns_resolver *r);
+/* Deliver the cache hits only (no system call), including those their callbacks start. */
+void dns_deliver(dns_resolver *r);
 
 /*
  * Start a query of name (no trailing dot needed) and type. 0 with *id set:
- * cb is called exactly once, from dns_process(), unless dns_cancel(id) is
+ * cb is called exactly once, from dns_process(), dns_deliver() or
+ * dns_wait() (never from here, even for a cache hit), unless dns_cancel(id) is
  * called first. -1: nothing started, cb never called (over max_inflight,
  * a bad name, out of memory): a temporary failure for the caller.
  */

@@ -887,8 +887,9 @@ static void parked_drop(worker *w, parked *p)
  * Park c's request until its plan is answered or its deadline: dns.timeout,
  * or a check's own shorter one (plan.timeout_ms). The connection is then
  * watched only for hang-up (EPOLLRDHUP): nothing more is read. false when
- * it cannot wait (no resolver): the plan is then expired, every answer a
- * failure, and the caller decides at once.
+ * it need not or cannot wait: every answer came from the resolver's
+ * answer cache (the plan is answered), or there is no resolver (the plan
+ * is expired, every answer a failure); the caller decides at once.
  */
 static bool conn_park(conn *c, parked *p, const config *cfg)
 {
@@ -898,8 +899,21 @@ static bool conn_park(conn *c, parked *p, const config *cfg)
 	dns_resolver *r = worker_dns(w, cfg);
 
 	p->f.dns = &p->plan;
-	if (r == NULL || epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+	if (r == NULL) {
 		dnsplan_expire(&p->plan);
+		return false;
+	}
+	p->run = dnsrun_start(r, &p->plan, w->srv->hostname, (int64_t)time(NULL), parked_answered, p);
+	if (p->run == NULL) /* out of memory: the plan is expired */
+		return false;
+	/* Cache hits (also other parked requests'): a plan answered by them needs no parking at all. */
+	if (dns_has_ready(r))
+		dns_deliver(r);
+	if (dnsrun_finished(p->run) || epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+		if (!dnsrun_finished(p->run))
+			dnsrun_expire(p->run);
+		dnsrun_free(p->run);
+		p->run = NULL;
 		return false;
 	}
 	p->c = c;
@@ -907,8 +921,7 @@ static bool conn_park(conn *c, parked *p, const config *cfg)
 	p->started_ms = w->now_ms;
 	p->deadline_ms =
 	    w->now_ms + (p->plan.timeout_ms > 0 && p->plan.timeout_ms < limit ? p->plan.timeout_ms : limit);
-	p->run = dnsrun_start(r, &p->plan, w->srv->hostname, (int64_t)time(NULL), parked_answered, p);
-	p->ready = p->run == NULL || dnsrun_finished(p->run); /* out of memory: the plan is expired */
+	p->ready = false;
 	p->prev = w->parked_tail;
 	p->next = NULL;
 	if (w->parked_tail)
@@ -1009,11 +1022,15 @@ static void worker_resume(worker *w)
 	}
 }
 
-/* How long epoll_wait may sleep: until the nearest DNS deadline; -1 (or 100 ms draining) without one. */
+/* How long epoll_wait may sleep: until the nearest DNS deadline or cache hit; -1 (or 100 ms draining) without
+ * one. */
 static int worker_timeout(const worker *w)
 {
 	int64_t t = w->draining ? 100 : -1;
 
+	/* Cache hits of requests parked after this batch's delivery (pipelined ones): at once. */
+	if ((w->dns != NULL && dns_has_ready(w->dns)) || (w->dns_old != NULL && dns_has_ready(w->dns_old)))
+		return 0;
 	for (const parked *p = w->parked_head; p != NULL; p = p->next) {
 		int64_t left = p->ready ? 0 : p->deadline_ms - w->now_ms;
 
@@ -1578,8 +1595,12 @@ static void worker_after_batch(worker *w, const batch_todo *todo)
 {
 	if (todo->dns && w->dns != NULL)
 		dns_process(w->dns); /* marks the parked requests answered */
+	else if (w->dns != NULL && dns_has_ready(w->dns))
+		dns_deliver(w->dns); /* cache hits: the fd says nothing about them */
 	if (todo->dns_old && w->dns_old != NULL)
 		dns_process(w->dns_old);
+	else if (w->dns_old != NULL && dns_has_ready(w->dns_old))
+		dns_deliver(w->dns_old);
 	if (w->parked_head != NULL)
 		worker_resume(w);
 	for (int i = 0; i < todo->nready && w->accepting; i++)

@@ -163,6 +163,15 @@ class TestPolicyParking(DnsCase):
         self.assertEqual([c.read_action() for _ in range(3)],
                          [REJECT % HELD[2], "DUNNO", REJECT % LISTED[2]])
 
+    def test_pipelined_cache_hits_answered_at_once(self):
+        # The first asks the server; the next two, read once it is answered, are hits of the
+        # worker's answer cache: they must not wait for the deadline (30 s) nor expire.
+        c = self.client()
+        c.send_raw(b"".join(sh.PolicyClient.encode(client_address=LISTED[6], recipient="user@example.org")
+                            for _ in range(3)))
+        self.assertEqual([c.read_action() for _ in range(3)], [REJECT % LISTED[6]] * 3)
+        self.assertEqual(self.server.count(rname(LISTED[6])), 1)
+
     def test_client_gone_while_waiting(self):
         mark = self.d.log_mark()
         c = sh.PolicyClient(self.d.policy_address("trap"))
