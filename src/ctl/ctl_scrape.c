@@ -119,8 +119,8 @@ char *ctl_scrape(const char *listen, char *err, size_t errlen)
 		char *eol = strpbrk(err, "\r\n");
 		if (eol)
 			*eol = '\0';
-		for (char *p = err; *p;
-		     p++) /* the status line is the peer's, not ours: keep it off the terminal */
+		/* The status line is the peer's, not ours: keep control bytes off the terminal. */
+		for (char *p = err; *p; p++)
 			if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
 				*p = '?';
 		free(answer);
