@@ -132,16 +132,24 @@ static struct frame *top(spf_eval *ev)
 	return &ev->frames[ev->depth - 1];
 }
 
-__attribute__((format(printf, 3, 4))) static void finish(spf_eval *ev, enum spf_result r, const char *fmt,
-                                                         ...)
+/* The evaluation ends with r, why already written (every evaluation ends here: no formatting). */
+static void finish_text(spf_eval *ev, enum spf_result r, const char *why)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(ev->reason, sizeof(ev->reason), fmt, ap);
-	va_end(ap);
+	text_copy(ev->reason, sizeof(ev->reason), why);
 	ev->result = r;
 	ev->state = ST_DONE;
 	ev->finished = true;
+}
+
+__attribute__((format(printf, 3, 4))) static void finish(spf_eval *ev, enum spf_result r, const char *fmt,
+                                                         ...)
+{
+	char why[sizeof(ev->reason)];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	finish_text(ev, r, why);
 }
 
 /* ---- names ---- */
@@ -778,7 +786,7 @@ static void frame_result(spf_eval *ev, enum spf_result r, const char *fmt, ...)
 		snprintf(why, sizeof(why), "redirect= target %.200s has no SPF record", top(ev)->domain);
 	}
 	if (ev->depth == 1 || r == SPF_TEMPERROR || r == SPF_PERMERROR) {
-		finish(ev, r, "%s", why);
+		finish_text(ev, r, why);
 		if (r == SPF_FAIL && ev->depth == 1 && top(ev)->rec.exp) {
 			ev->finished = false;
 			ev->explaining = true;
