@@ -54,7 +54,9 @@ static inline size_t text_copy(char *dst, size_t size, const char *src)
 
 	if (size == 0)
 		return 0;
-	n = strnlen(src, size - 1);
+	n = strlen(src); /* not strnlen: GCC's -Wstringop-overread takes size for src's size */
+	if (n > size - 1)
+		n = size - 1;
 	memcpy(dst, src, n);
 	dst[n] = '\0';
 	return n;
