@@ -341,6 +341,14 @@ static void test_query_names(void **state)
 	assert_true(addr_ip_parse("192.0.2.7", &ip));
 	assert_int_equal(dnsbl_query_name(&ip, "zen.spamhaus.org", out, sizeof(out)), 26);
 	assert_string_equal(out, "7.2.0.192.zen.spamhaus.org");
+	assert_true(addr_ip_parse("0.10.99.255", &ip));
+	assert_int_equal(dnsbl_query_name(&ip, "b.example", out, sizeof(out)), 21);
+	assert_string_equal(out, "255.99.10.0.b.example");
+	assert_true(addr_ip_parse("100.9.250.1", &ip));
+	assert_int_equal(dnsbl_query_name(&ip, "b.example", out, 21), 0); /* no room for the terminator */
+	assert_string_equal(out, "");
+	assert_int_equal(dnsbl_query_name(&ip, "b.example", out, 22), 21);
+	assert_string_equal(out, "1.250.9.100.b.example");
 	assert_true(addr_ip_parse("2001:db8::1", &ip));
 	dnsbl_query_name(&ip, "bl.example.org", out, sizeof(out));
 	assert_string_equal(out,

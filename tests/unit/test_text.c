@@ -1,6 +1,7 @@
 /*
  * Unit tests for core/text: trimming a list line, in place (text_trim) and
- * as a copy (text_trim_dup), on every white space byte isspace() knows.
+ * as a copy (text_trim_dup), on every white space byte isspace() knows;
+ * the formatting helpers against the snprintf calls they replace.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,11 +63,49 @@ static void test_is_space(void **state)
 	}
 }
 
+/* text_copy cuts and terminates as snprintf(dst, size, "%s", src) does, at every size. */
+static void test_copy_as_snprintf(void **state)
+{
+	static const char *srcs[] = {"", "a", "example.org", "postmaster"};
+	char got[16], want[16];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(srcs) / sizeof(srcs[0]); i++)
+		for (size_t size = 1; size <= sizeof(got); size++) {
+			memset(got, 'x', sizeof(got));
+			memset(want, 'x', sizeof(want));
+			int n = snprintf(want, size, "%s", srcs[i]);
+			size_t len = text_copy(got, size, srcs[i]);
+
+			assert_memory_equal(got, want, sizeof(got)); /* nothing written past the terminator */
+			assert_int_equal(len, (size_t)n < size ? (size_t)n : size - 1);
+		}
+	memset(got, 'x', sizeof(got));
+	assert_int_equal(text_copy(got, 0, "abc"), 0);
+	assert_int_equal(got[0], 'x');
+}
+
+static void test_put_u8_every_byte(void **state)
+{
+	char got[4], want[4];
+
+	(void)state;
+	for (unsigned v = 0; v < 256; v++) {
+		int n = snprintf(want, sizeof(want), "%u", v);
+		size_t len = text_put_u8(got, (unsigned char)v);
+
+		assert_int_equal(len, (size_t)n);
+		assert_memory_equal(got, want, len);
+	}
+}
+
 int main(void)
 {
 	int failed = 0;
 	const struct CMUnitTest more[] = {
 	    cmocka_unit_test(test_is_space),
+	    cmocka_unit_test(test_copy_as_snprintf),
+	    cmocka_unit_test(test_put_u8_every_byte),
 	};
 
 	RUN_TABLE("text_trim", trim_cases, test_trim_case, failed);
