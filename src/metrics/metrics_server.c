@@ -27,6 +27,7 @@
 
 #include "core/addr.h"
 #include "core/netset.h"
+#include "listenaddr.h"
 #include "log.h"
 #include "metrics/httpreq.h"
 
@@ -62,47 +63,6 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static socklen_t inet_sockaddr(const addr_ip *ip, uint16_t port, struct sockaddr_storage *ss)
-{
-	memset(ss, 0, sizeof(*ss));
-	if (ip->version == 6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons(port);
-		memcpy(&sin6->sin6_addr, ip->bytes, 16);
-		return sizeof(*sin6);
-	}
-	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-	sin->sin_family = AF_INET;
-	sin->sin_port = htons(port);
-	memcpy(&sin->sin_addr, ip->bytes, 4);
-	return sizeof(*sin);
-}
-
-/*
- * A socket file nobody listens on (left by an earlier run) is removed. One
- * that answers is not: it may be this daemon's policy or milter socket
- * named again by mistake, or another spamtrapd's, and taking it over would
- * have its clients (Postfix) talk to the metrics listener.
- */
-static int clear_stale(const struct sockaddr_un *sun, const char *address, char *err, size_t errlen)
-{
-	struct stat st;
-
-	if (lstat(sun->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
-		return 0; /* nothing there, or not a socket: bind() reports it */
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	int rc = fd < 0 ? -1 : connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
-	if (fd >= 0)
-		close(fd);
-	if (rc == 0) {
-		snprintf(err, errlen, "metrics.listen %s: another process is listening on it", address);
-		return -1;
-	}
-	unlink(sun->sun_path);
-	return 0;
-}
-
 static int bind_address(const char *address, struct sockaddr_storage *ss, socklen_t *len, char *err,
                         size_t errlen)
 {
@@ -111,7 +71,10 @@ static int bind_address(const char *address, struct sockaddr_storage *ss, sockle
 		memset(ss, 0, sizeof(*ss));
 		sun->sun_family = AF_UNIX;
 		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", address + 5);
-		if (clear_stale(sun, address, err, errlen) < 0)
+		char what[160];
+
+		snprintf(what, sizeof(what), "metrics.listen %s", address);
+		if (listenaddr_clear_stale_unix(sun, what, err, errlen) < 0)
 			return -1;
 		*len = sizeof(*sun);
 		return 0;
@@ -123,7 +86,7 @@ static int bind_address(const char *address, struct sockaddr_storage *ss, sockle
 		snprintf(err, errlen, "metrics.listen %s: %s", address, why);
 		return -1;
 	}
-	*len = inet_sockaddr(&ip, port, ss);
+	*len = listenaddr_inet(&ip, port, ss);
 	return 0;
 }
 

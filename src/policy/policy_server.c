@@ -86,6 +86,7 @@
 #include "core/netset.h"
 #include "dns/dns.h"
 #include "dns/dnsrun.h"
+#include "listenaddr.h"
 #include "log.h"
 #include "sockperm.h"
 #include "stats.h"
@@ -265,26 +266,6 @@ static void log_bad_input_flush(policy_server *srv, int64_t now)
 
 /* ---- listeners ---- */
 
-/* The socket address of ip and port; its length. */
-static socklen_t sockaddr_of(const addr_ip *ip, uint16_t port, struct sockaddr_storage *ss)
-{
-	memset(ss, 0, sizeof(*ss));
-	if (ip->version == 6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons(port);
-		memcpy(&sin6->sin6_addr, ip->bytes, 16);
-		return sizeof(*sin6);
-	}
-	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-
-	sin->sin_family = AF_INET;
-	sin->sin_port = htons(port);
-	memcpy(&sin->sin_addr, ip->bytes, 4);
-	return sizeof(*sin);
-}
-
 static int bind_inet(listener *l, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
@@ -300,7 +281,7 @@ static int bind_inet(listener *l, char *err, size_t errlen)
 		         l->address, why);
 		return -1;
 	}
-	sslen = sockaddr_of(&ip, port, &ss);
+	sslen = listenaddr_inet(&ip, port, &ss);
 	l->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (l->fd < 0) {
 		snprintf(err, errlen, "policy listener %s: socket: %s", l->address, strerror(errno));
@@ -314,37 +295,6 @@ static int bind_inet(listener *l, char *err, size_t errlen)
 		snprintf(err, errlen, "policy listener %s: %s", l->address, strerror(errno));
 		return -1;
 	}
-	return 0;
-}
-
-/*
- * A socket file left by a daemon that died is removed; one that another
- * process still accepts on, or a file that is not a socket, is an error.
- */
-static int unix_clear_stale(const struct sockaddr_un *sun, const char *address, char *err, size_t errlen)
-{
-	struct stat st;
-	int fd, rc;
-
-	if (lstat(sun->sun_path, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		snprintf(err, errlen, "policy listener %s: %s", address, strerror(errno));
-		return -1;
-	}
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "policy listener %s: exists and is not a socket", address);
-		return -1;
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	rc = fd < 0 ? -1 : connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
-	if (fd >= 0)
-		close(fd);
-	if (rc == 0) {
-		snprintf(err, errlen, "policy listener %s: another process is listening on it", address);
-		return -1;
-	}
-	unlink(sun->sun_path);
 	return 0;
 }
 
@@ -369,7 +319,10 @@ static int bind_unix(listener *l, const config *cfg, char *err, size_t errlen)
 		return -1;
 	}
 	memcpy(sun.sun_path, path, strlen(path) + 1);
-	if (unix_clear_stale(&sun, l->address, err, errlen) < 0)
+	char what[160];
+
+	snprintf(what, sizeof(what), "policy listener %s", l->address);
+	if (listenaddr_clear_stale_unix(&sun, what, err, errlen) < 0)
 		return -1;
 	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (l->fd < 0 || bind(l->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
