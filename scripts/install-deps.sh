@@ -13,7 +13,7 @@ set -eu
 build="build-essential cmake pkg-config libmilter-dev libjansson-dev libsqlite3-dev
        libhiredis-dev libpcre2-dev libunbound-dev"
 test="$build libcmocka-dev postfix redis-server python3 python3-yaml sqlite3 miltertest swaks clang-format valgrind
-      postgrey rbldnsd python3-dnslib nftables ipset fail2ban"
+      postgrey rbldnsd python3-dnslib nftables ipset fail2ban prometheus systemd"
 bench=$test
 valgrind=$test
 deb="$build debhelper dpkg-dev fakeroot lintian go-md2man python3 procps"
