@@ -2688,6 +2688,17 @@ static void link_spf(loader *ld)
 	}
 }
 
+/* cfg->dns.key: the dns section's settings that make a resolver, in one string. */
+static void dns_key(config *cfg)
+{
+	char *buf = cfg->dns.key;
+	size_t len = sizeof(cfg->dns.key);
+	int o = snprintf(buf, len, "%u|%u|", cfg->dns.max_inflight, cfg->dns.cache_size);
+
+	for (size_t i = 0; i < cfg->dns.nforwarders && o > 0 && (size_t)o < len; i++)
+		o += snprintf(buf + o, len - (size_t)o, "%s,", cfg->dns.forwarders[i]);
+}
+
 /* The ratelimit's conf points at traps.recipient_delimiter (cut from sender keys). */
 static void link_ratelimit(loader *ld)
 {
@@ -2760,6 +2771,7 @@ static void finish(loader *ld)
 	compile_checks(ld);
 	build_pipeline(ld->box);
 	link_spf(ld);
+	dns_key(cfg);
 	/* A shadow trap records its hits; an enforcing blocklist then refuses those senders for real. */
 	if (cfg->modes[CHECK_ID_TRAPS] == CHECK_MODE_SHADOW &&
 	    cfg->modes[CHECK_ID_BLOCKLIST] == CHECK_MODE_ENFORCE && !cfg->decide.dry_run)

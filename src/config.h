@@ -29,6 +29,7 @@
 #define CONFIG_TTL_MAX ((int64_t)3650 * 86400)
 /* dns.forwarders: more would only be tried in turn by libunbound. */
 #define CONFIG_DNS_MAX_FORWARDERS 8
+#define CONFIG_DNS_KEY_MAX 512
 
 typedef enum { POLICY_ROLE_TRAP, POLICY_ROLE_SENDER, POLICY_ROLE_FULL } policy_role;
 
@@ -113,6 +114,12 @@ typedef struct config {
 		int64_t timeout;       /* seconds a request waits for its DNS answers at most */
 		unsigned max_inflight; /* queries in flight per resolver */
 		unsigned cache_size;   /* MiB of cache per resolver */
+		/*
+		 * The settings a resolver is made with, as one string: a front
+		 * end whose resolver has another key (a reload changed the
+		 * section) makes a new one. Built once at load, not per request.
+		 */
+		char key[CONFIG_DNS_KEY_MAX];
 	} dns;
 
 	/* hooks.on_block: an argv run for each new enforced blocklist entry (hook.h); none when non_block is

@@ -106,14 +106,6 @@ int64_t dns_now_ms(void)
 
 /* ---- setup ---- */
 
-void dns_settings_key(const dns_settings *s, char *buf, size_t len)
-{
-	int o = snprintf(buf, len, "%u|%u|", s->max_inflight, s->cache_mib);
-
-	for (size_t i = 0; i < s->nforwarders && o > 0 && (size_t)o < len; i++)
-		o += snprintf(buf + o, len - (size_t)o, "%s,", s->forwarders[i]);
-}
-
 static bool forwarder_is_loopback(const char *fwd)
 {
 	char host[64];

@@ -80,9 +80,6 @@ typedef struct dns_settings {
 	unsigned cache_mib;    /* the message and RRset caches together, MiB */
 } dns_settings;
 
-/* Text that differs between settings that make different resolvers (a reload compares them). */
-void dns_settings_key(const dns_settings *s, char *buf, size_t len);
-
 typedef struct dns_resolver dns_resolver;
 
 /* A resolver (libunbound's thread starts at the first query). NULL + err on failure. */

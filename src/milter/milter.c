@@ -128,8 +128,8 @@ static struct {
 	/* The one a reload replaced, kept until the threads waiting on it are done. */
 	dns_resolver *dns_old;
 	unsigned dns_old_users;
-	char dns_settings[512]; /* the dns section it was made with */
-	char hostname[256];     /* SPF's %{r} */
+	char dns_settings[CONFIG_DNS_KEY_MAX]; /* the dns.key it was made with */
+	char hostname[256];                    /* SPF's %{r} */
 	log_ratelimit dns_errors, dns_late;
 } filter = {.lock = PTHREAD_MUTEX_INITIALIZER,
             .idle = PTHREAD_COND_INITIALIZER,
@@ -285,11 +285,11 @@ static bool msg_add_trap(milter_msg *m, const char *rcpt)
 static dns_resolver *milter_dns_acquire(const config *cfg)
 {
 	dns_settings ds = config_dns_settings(cfg);
-	char sig[sizeof(filter.dns_settings)], err[256] = "";
+	const char *sig = cfg->dns.key;
+	char err[256] = "";
 	uint64_t more = 0;
 	dns_resolver *r;
 
-	dns_settings_key(&ds, sig, sizeof(sig));
 	pthread_mutex_lock(&filter.lock);
 	if (filter.dns != NULL && strcmp(sig, filter.dns_settings) != 0) {
 		if (filter.dns_users == 0) {

@@ -184,7 +184,8 @@ struct worker {
 	/* DNS: the worker's own resolver, made at the first request that needs it (dns/dns.h). */
 	dns_resolver *dns;
 	src_kind dns_tag, dns_old_tag;
-	char dns_settings[512]; /* the dns section it was made with: remade after a reload changes it */
+	char dns_settings[CONFIG_DNS_KEY_MAX]; /* the dns.key it was made with: remade after a reload changes
+	                                          it */
 	/* The resolver a reload replaced, kept until the requests waiting on it are answered. */
 	dns_resolver *dns_old;
 	size_t nparked_old;
@@ -769,10 +770,10 @@ static dns_resolver *worker_dns(worker *w, const config *cfg)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->dns_tag};
 	dns_settings ds = config_dns_settings(cfg);
-	char sig[sizeof(w->dns_settings)], err[256];
+	const char *sig = cfg->dns.key;
+	char err[256];
 	uint64_t more = 0;
 
-	dns_settings_key(&ds, sig, sizeof(sig));
 	if (w->dns != NULL && strcmp(sig, w->dns_settings) != 0) {
 		if (w->nparked == 0)
 			worker_dns_close(w, &w->dns);
