@@ -28,14 +28,17 @@ import os
 import re
 import resource
 import select
+import shutil
 import socket
 import sqlite3
 import struct
 import sys
+import tempfile
 import threading
 import time
 import unittest
 
+import dns_server
 import spamtrapd_harness as sh
 from milter_client import MilterClient, MilterProtocolError
 
@@ -935,6 +938,91 @@ class TestReloadLowersLimit(HostileCase):
                     self.fail(f"trial {trial}: refused twice right after the reload: {e}")
                 for s in idle:
                     s.close()
+
+HZ = "hostiletest.example.net"  # not a name unbound treats as special
+
+
+class TestDnsChecksHostileDns(HostileCase):
+    """The dnsbl and spf checks (issue 15) against a sender who writes both the SMTP fields and the
+    DNS answers: SPF records that loop, exceed the lookup limits, are huge or doubled, expand
+    attacker-written macros, or never answer; senders whose domain is no domain; a DNSBL that
+    answers its "query refused" code, addresses outside 127/8 or twenty records. None of it may
+    refuse mail (no 4xx or 5xx) or stall the daemon; the two control cases (a real SPF fail, a real
+    listing) are refused, so the checks did run. A real DNS server (tests/lib/dns_server.py) serves
+    the zone; the daemon forwards to it."""
+
+    MILTER = False
+    SPF_FAIL = "fail." + HZ
+    LISTED, REFUSED_CODE, OUTSIDE, MANY = "203.0.113.77", "203.0.113.78", "203.0.113.79", "203.0.113.80"
+    CONFIG = {"dnsbl": {"mode": "enforce", "sites": ["bl." + HZ + "=127.0.0.2"], "timeout": "2s"},
+              "spf": {"mode": "enforce", "reject_fail": True, "header": False, "timeout": "2s"}}
+
+    @staticmethod
+    def reversed_name(ip):
+        return ".".join(reversed(ip.split("."))) + ".bl." + HZ
+
+    @classmethod
+    def records(cls):
+        r = {
+            "loop." + HZ: [["TXT", "v=spf1 include:loop." + HZ + " -all"]],
+            "many." + HZ: [["TXT", "v=spf1 " + " ".join(f"a:a{i}.{HZ}" for i in range(12)) + " -all"]],
+            "void." + HZ: [["TXT", f"v=spf1 a:n1.{HZ} a:n2.{HZ} a:n3.{HZ} -all"]],
+            "two." + HZ: [["TXT", "v=spf1 -all"], ["TXT", "v=spf1 +all"]],
+            "macro." + HZ: [["TXT", "v=spf1 exists:%{l}.%{i}.%{h}.x." + HZ + " ?all"]],
+            "big." + HZ: [["TXT", "v=spf1 " + " ".join(f"ip4:198.51.100.{i}" for i in range(1, 200)) + " ?all"]],
+            cls.SPF_FAIL: [["TXT", "v=spf1 ip4:192.0.2.10 -all"]],
+            cls.reversed_name(cls.LISTED): [["A", "127.0.0.2"]],
+            cls.reversed_name(cls.REFUSED_CODE): [["A", "127.255.255.254"]],
+            cls.reversed_name(cls.OUTSIDE): [["A", "8.8.8.8"]],
+            cls.reversed_name(cls.MANY): [["A", f"10.0.0.{i}"] for i in range(1, 21)],
+        }
+        for i in range(12):
+            r[f"a{i}.{HZ}"] = [["A", "192.0.2.99"]]
+        return r
+
+    @classmethod
+    def start_daemon(cls):
+        cls.dns_dir = tempfile.mkdtemp(prefix="spamtrapd-hostile-dns-")
+        cls.dns = dns_server.DnsServer(cls.dns_dir, cls.records(), {
+            "dead." + HZ: {"drop": True}, "servfail." + HZ: {"rcode": "SERVFAIL"}})
+        cls.dns.start()
+        cls.d.config["dns"] = {"forwarders": [cls.dns.forwarder], "timeout": "2s"}
+        sh.write_config(cls.d.config_path, cls.d.config)
+        cls.d.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.dns.stop()
+            shutil.rmtree(cls.dns_dir, ignore_errors=True)
+
+    def ask(self, client, sender, instance):
+        with sh.PolicyClient(self.d.policy_address("trap"), timeout=10 * SCALE) as c:
+            return c.check(sender=sender, recipient="user@example.com", client_address=client,
+                           helo_name="mx." + HZ, instance=instance)
+
+    def test_attacker_written_spf_and_senders_refuse_nothing(self):
+        local_parts = ["a%{l}b", "x\"y", "-rf", "a\\b", "%%", "%{d1r}", "l" * 64, "dot.", ".dot"]
+        domains = ["loop", "many", "void", "two", "macro", "big", "servfail"]
+        senders = [f"{lp}@{dom}.{HZ}" for lp in local_parts for dom in domains] + ["a%{l}@dead." + HZ]
+        senders += ["x@" + "a" * 64 + "." + HZ, "x@" + ("b" * 60 + ".") * 5 + HZ, "x@[192.0.2.1]",
+                    "x@." + HZ, "x@" + HZ + ".", "x@", "x@-bad-." + HZ]
+        with self.scenario():
+            for n, sender in enumerate(senders):
+                answer = self.ask("198.51.100.60", sender, f"h{n}")
+                self.assertEqual(answer, "DUNNO", f"sender {sender!r}")
+            # the controls: the same checks refuse a real SPF fail and a real listing
+            self.assertTrue(self.ask("198.51.100.61", "a@" + self.SPF_FAIL, "c1").startswith("550 5.7.23"))
+            self.assertTrue(self.ask("198.51.100.61", '"da\\"ve"@' + self.SPF_FAIL, "c2").startswith("550 5.7.23"))
+            self.assertEqual(self.ask(self.LISTED, "a@good.test", "c3"),
+                             f"554 5.7.1 Service unavailable; client [{self.LISTED}] blocked using bl.{HZ}")
+
+    def test_dnsbl_answers_that_are_no_listing(self):
+        with self.scenario():
+            for n, client in enumerate((self.REFUSED_CODE, self.OUTSIDE, self.MANY)):
+                self.assertEqual(self.ask(client, "a@good.test", f"b{n}"), "DUNNO", client)
 
 
 if __name__ == "__main__":
