@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "check_config.h"
 #include "config.h"
 #include "core/checks/dnsbl.h"
 #include "core/dnsbl_site.h"
@@ -27,31 +28,14 @@ static char dir[] = "/tmp/spamtrapd-test-dnsbl.XXXXXX";
 
 static config *load(const char *dnsbl, const char *extra, char *err, size_t errlen)
 {
-	static unsigned seq;
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fprintf(f,
-	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
-	        "\"%s/db.sqlite\"}}, \"whitelist\": {\"networks\": [\"198.51.100.0/24\"]}, "
-	        "\"dnsbl\": {%s%s%s}%s%s}\n",
-	        dir, strstr(dnsbl, "\"mode\"") ? "" : "\"mode\": \"enforce\"",
-	        dnsbl[0] && !strstr(dnsbl, "\"mode\"") ? ", " : "", dnsbl, extra[0] ? ", " : "", extra);
-	fclose(f);
-	return config_load(path, NULL, 0, err, errlen);
+	return check_config_load(dir, "\"whitelist\": {\"networks\": [\"198.51.100.0/24\"]}", "dnsbl", dnsbl,
+	                         extra, err, errlen);
 }
 
 static config *cfg_of(const char *dnsbl, const char *extra)
 {
-	char err[4096];
-	config *cfg = load(dnsbl, extra, err, sizeof(err));
-
-	if (!cfg)
-		fail_msg("config: %s", err);
-	return cfg;
+	return check_config_must_load(dir, "\"whitelist\": {\"networks\": [\"198.51.100.0/24\"]}", "dnsbl",
+	                              dnsbl, extra);
 }
 
 /* The config error of a dnsbl section that must not load. */

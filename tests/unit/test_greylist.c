@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "check_config.h"
 #include "config.h"
 #include "core/checks/greylist.h"
 #include "core/pipeline.h"
@@ -25,32 +26,12 @@ static char dir[] = "/tmp/spamtrapd-test-greylist.XXXXXX";
 
 static config *load(const char *greylist, const char *extra, char *err, size_t errlen)
 {
-	static unsigned seq;
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	/* enforce, unless the section says otherwise */
-	fprintf(f,
-	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
-	        "\"%s/db.sqlite\"}}, \"greylist\": {%s%s%s}%s%s}\n",
-	        dir, strstr(greylist, "\"mode\"") ? "" : "\"mode\": \"enforce\"",
-	        greylist[0] && !strstr(greylist, "\"mode\"") ? ", " : "", greylist, extra[0] ? ", " : "",
-	        extra);
-	fclose(f);
-	return config_load(path, NULL, 0, err, errlen);
+	return check_config_load(dir, "", "greylist", greylist, extra, err, errlen);
 }
 
 static config *cfg_of(const char *greylist, const char *extra)
 {
-	char err[4096];
-	config *cfg = load(greylist, extra, err, sizeof(err));
-
-	if (!cfg)
-		fail_msg("config: %s", err);
-	return cfg;
+	return check_config_must_load(dir, "", "greylist", greylist, extra);
 }
 
 /* What the test's store answers a greylist step with. */

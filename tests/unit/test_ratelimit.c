@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "check_config.h"
 #include "config.h"
 #include "core/checks/ratelimit.h"
 #include "core/pipeline.h"
@@ -26,30 +27,12 @@ static char dir[] = "/tmp/spamtrapd-test-ratelimit.XXXXXX";
 
 static config *load(const char *section, const char *extra, char *err, size_t errlen)
 {
-	static unsigned seq;
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fprintf(f,
-	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
-	        "\"%s/db.sqlite\"}}, \"ratelimit\": {%s%s%s}%s%s}\n",
-	        dir, strstr(section, "\"mode\"") ? "" : "\"mode\": \"enforce\"",
-	        section[0] && !strstr(section, "\"mode\"") ? ", " : "", section, extra[0] ? ", " : "", extra);
-	fclose(f);
-	return config_load(path, NULL, 0, err, errlen);
+	return check_config_load(dir, "", "ratelimit", section, extra, err, errlen);
 }
 
 static config *cfg_of(const char *section, const char *extra)
 {
-	char err[4096];
-	config *cfg = load(section, extra, err, sizeof(err));
-
-	if (!cfg)
-		fail_msg("config: %s", err);
-	return cfg;
+	return check_config_must_load(dir, "", "ratelimit", section, extra);
 }
 
 /* The fake store: room left per bucket (unknown buckets have DEFAULT_ROOM), charges made. */

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "check_config.h"
 #include "config.h"
 #include "core/checks/relay.h"
 #include "core/pipeline.h"
@@ -26,30 +27,12 @@ static char dir[] = "/tmp/spamtrapd-test-relay.XXXXXX";
 
 static config *load(const char *relay, const char *extra, char *err, size_t errlen)
 {
-	static unsigned seq;
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fprintf(f,
-	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
-	        "\"%s/db.sqlite\"}}, \"relay\": {%s%s%s}%s%s}\n",
-	        dir, strstr(relay, "\"mode\"") ? "" : "\"mode\": \"enforce\"",
-	        relay[0] && !strstr(relay, "\"mode\"") ? ", " : "", relay, extra[0] ? ", " : "", extra);
-	fclose(f);
-	return config_load(path, NULL, 0, err, errlen);
+	return check_config_load(dir, "", "relay", relay, extra, err, errlen);
 }
 
 static config *cfg_of(const char *relay, const char *extra)
 {
-	char err[4096];
-	config *cfg = load(relay, extra, err, sizeof(err));
-
-	if (!cfg)
-		fail_msg("config: %s", err);
-	return cfg;
+	return check_config_must_load(dir, "", "relay", relay, extra);
 }
 
 /* --- a distinct set as the stores keep one ------------------------------- */

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "check_config.h"
 #include "config.h"
 #include "core/checks/greylist.h"
 #include "core/checks/spf.h"
@@ -31,29 +32,12 @@ static char dir[] = "/tmp/spamtrapd-test-spfcheck.XXXXXX";
 
 static config *load(const char *json, char *err, size_t errlen)
 {
-	static unsigned seq;
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/c%u.json", dir, ++seq);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fprintf(f,
-	        "{\"traps\": {\"addresses\": [\"trap@example.com\"]}, \"store\": {\"sqlite\": {\"path\": "
-	        "\"%s/db.sqlite\"}}%s%s}\n",
-	        dir, json[0] ? ", " : "", json);
-	fclose(f);
-	return config_load(path, NULL, 0, err, errlen);
+	return check_config_load(dir, "", NULL, "", json, err, errlen);
 }
 
 static config *cfg_of(const char *json)
 {
-	char err[4096];
-	config *cfg = load(json, err, sizeof(err));
-
-	if (!cfg)
-		fail_msg("config: %s", err);
-	return cfg;
+	return check_config_must_load(dir, "", NULL, "", json);
 }
 
 /* --- one stage as the engine runs it --------------------------------------- */
