@@ -514,6 +514,9 @@ class Bench:
         if a.only == "dns":
             self.dns()
             return
+        if a.only == "redis":
+            self.redis_only()
+            return
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
         sq = self.store_bench("sqlite", ["-f", db])
@@ -581,6 +584,40 @@ class Bench:
             self.relay(trap_file, relay_dbs, sq, redis, rd)
         if not a.no_dns:
             self.dns()
+
+    # --- --only redis (issue 18): the Redis policy rows beside SQLite's ---------------
+
+    def redis_only(self):
+        """spamtrapd on SQLite and on Redis (and --baseline on the same Redis), the policy load
+        alone: the Redis row's CPU per request (with redis-server's) against SQLite's, and p99."""
+        a = self.args
+        trap_file = self.trap_bench()
+        db = os.path.join(self.tmp, "spamtrapd.db")
+        sq = self.store_bench("sqlite", ["-f", db])
+        for path in (db, db + "-wal", db + "-shm"):
+            if os.path.exists(path):
+                self.give(path)
+        redis = self.ensure_redis()
+        if not redis:
+            raise RuntimeError("--only redis needs redis-server")
+        rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
+        store = {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.ports["redis"]}}
+        st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
+        sr = self.start_spamtrapd("spamtrapd redis", store, trap_file)
+        policy = [("spamtrapd sqlite", st, sq["blocked_senders"], [st]),
+                  ("spamtrapd redis", sr, rd["blocked_senders"], [sr, redis])]
+        if a.baseline:
+            bl = self.start_spamtrapd("baseline redis", store, trap_file, a.baseline)
+            policy.append(("baseline redis", bl, rd["blocked_senders"], [bl, redis]))
+        for _, srv, blocked, _ in policy:
+            srv.wait_ready()
+            # The first lookup starts the Redis store's local view; its SCAN of the entries takes a
+            # few seconds: warm every server alike before measuring.
+            self.load("policy", srv.ports["policy"], 4, blocked)
+        time.sleep(max(3.0, a.entries / 200000))
+        print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
+              % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
+        self.measure("policy", [(name, srv.ports["policy"], blocked, procs) for name, srv, blocked, procs in policy])
 
     def finish(self):
         self.stop_all()
@@ -883,10 +920,11 @@ def main():
     ap.add_argument("--no-relay", action="store_true", help="leave out the relay + ratelimit rows")
     ap.add_argument("--no-dns", action="store_true", help="leave out the DNS check rows")
     ap.add_argument("--accounts", type=int, default=10000, help="SASL accounts of the relay rows' load")
-    ap.add_argument("--only", choices=("all", "greylist", "relay", "dns"), default="all",
+    ap.add_argument("--only", choices=("all", "greylist", "relay", "dns", "redis"), default="all",
                     help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey); "
                     "relay: only the relay + ratelimit rows and the blocklist-only rows beside them; "
-                    "dns: only the dnsbl+spf rows and the rows without DNS checks beside them")
+                    "dns: only the dnsbl+spf rows and the rows without DNS checks beside them; "
+                    "redis: only the policy rows of spamtrapd on SQLite and on Redis (and --baseline on Redis)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
