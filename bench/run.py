@@ -614,7 +614,11 @@ class Bench:
             # The first lookup starts the Redis store's local view; its SCAN of the entries takes a
             # few seconds: warm every server alike before measuring.
             self.load("policy", srv.ports["policy"], 4, blocked)
-        time.sleep(max(3.0, a.entries / 200000))
+        time.sleep(max(3.0, a.entries / 100000))
+        listing = subprocess.run(["redis-cli", "-p", str(redis.ports["redis"]), "CLIENT", "LIST"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        self.note("local views connected to Redis: %d" % sum(
+            1 for line in listing.splitlines() if any("B" in w[6:] for w in line.split() if w.startswith("flags="))))
         print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
               % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
         self.measure("policy", [(name, srv.ports["policy"], blocked, procs) for name, srv, blocked, procs in policy])

@@ -2060,7 +2060,7 @@ static const key_def schema[] = {
     {"store.redis.command_timeout", T_INT, J(500), .min = 1, .max = 600000,
      AT(store.redis_command_timeout_ms)},
     {"store.redis.local_view", T_BOOL, J(true), AT(store.redis_local_view)},
-    {"store.redis.local_view_keys", T_INT, J(1000000), .min = 1000, .max = 100000000,
+    {"store.redis.local_view_keys", T_INT, J(2000000), .min = 1000, .max = 100000000,
      AT(store.redis_local_view_keys)},
     {"store.redis.sentinels", T_LIST, J([]), .set = set_sentinel},
     {"store.redis.sentinel_master", T_STRING, J("mymaster"), K_NONEMPTY, .max = 128,

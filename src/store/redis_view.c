@@ -12,8 +12,10 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "store/keyfilter.h"
+#include "store/store_backend.h"
 
 struct redis_view {
 	keyfilter *filter;
@@ -23,6 +25,7 @@ struct redis_view {
 	_Atomic int64_t confirmed_ms; /* when the PING last answered was sent */
 	_Atomic uint64_t reads_begun, reads_done;
 	_Atomic uint64_t answers;
+	_Atomic uint64_t lens[4]; /* store_netmask: v4, then v6[0..2] */
 };
 
 redis_view *redis_view_new(size_t max_keys)
@@ -66,10 +69,38 @@ void redis_view_begin(redis_view *v)
 	set_state(v, false);
 	keyfilter_clear(v->filter);
 	atomic_store(&v->keys, 0);
+	for (int i = 0; i < 4; i++)
+		atomic_store(&v->lens[i], 0);
+}
+
+/* A network key's length into v->lens (netkeys.h's bits). */
+static void add_len(redis_view *v, const char *key, size_t len)
+{
+	char buf[64];
+	int family, n;
+
+	if (len >= sizeof(buf) || !memchr(key, '/', len))
+		return;
+	memcpy(buf, key, len);
+	buf[len] = '\0';
+	if ((n = store_net_key_len(buf, &family)) < 0)
+		return;
+	if (family == 4)
+		atomic_fetch_or(&v->lens[0], UINT64_C(1) << n);
+	else
+		atomic_fetch_or(&v->lens[1 + n / 64], UINT64_C(1) << (n % 64));
+}
+
+void redis_view_lens(const redis_view *v, store_netmask *out)
+{
+	out->v4 = atomic_load(&v->lens[0]);
+	for (int i = 0; i < 3; i++)
+		out->v6[i] = atomic_load(&v->lens[1 + i]);
 }
 
 bool redis_view_add(redis_view *v, const char *key, size_t len)
 {
+	add_len(v, key, len);
 	if (keyfilter_add_hash(v->filter, keyfilter_hash(key, len)))
 		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
 	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;

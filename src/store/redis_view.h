@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/store.h"
+
 /* A view older than this (since the last confirmation it had) answers nothing. */
 #define REDIS_VIEW_STALE_MS 500
 
@@ -69,6 +71,8 @@ bool redis_view_enter(redis_view *v, int64_t now_ms, redis_view_token *t);
  * keys[i]; 0 means none does.
  */
 uint64_t redis_view_test(const redis_view *v, const char *const *keys, size_t nkeys);
+/* The network lengths of the keys it holds (store_netlens): a lookup need not build the others. */
+void redis_view_lens(const redis_view *v, store_netmask *out);
 /* True when nothing changed since redis_view_enter: the answers of redis_view_test hold. */
 bool redis_view_still(redis_view *v, const redis_view_token *t);
 

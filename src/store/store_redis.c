@@ -2450,6 +2450,8 @@ static store_status view_batch(store_backend_impl *s, rconn *rc, op *o, redisRep
 	view_thread *vt = o->ctx;
 
 	(void)rc;
+	if (atomic_load(&s->view_stop))
+		return store_set_error("%s: local view: stopped", s->where);
 	for (size_t i = 0; i < keys->elements; i++) {
 		const redisReply *k = keys->element[i];
 
@@ -2476,12 +2478,17 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 
 	if (conn_connect(s, &c, err, errlen) != 0)
 		return -1;
-	if (view_run_id(s, &c, id, sizeof(id), err, errlen) == 0 && strcmp(id, vt->run_id) != 0)
-		snprintf(err, errlen, "%s: local view: reached another server", s->where);
-	else if (strcmp(id, vt->run_id) == 0 && scan_all(s, &c, &o, view_batch) == STORE_OK)
+	if (view_run_id(s, &c, id, sizeof(id), err, errlen) < 0) {
+		/* err says why */
+	} else if (strcmp(id, vt->run_id) != 0) {
+		snprintf(err, errlen, "%s: local view: its two connections reached different servers",
+		         s->where);
+	} else if (scan_all(s, &c, &o, view_batch) == STORE_OK) {
 		rv = 0;
-	else if (strcmp(id, vt->run_id) == 0)
-		rv = o.present ? 1 : -1, snprintf(err, errlen, "%s", store_last_error());
+	} else {
+		rv = o.present ? 1 : -1;
+		snprintf(err, errlen, "%s", store_last_error());
+	}
 	drop(&c);
 	return rv;
 }
@@ -2608,9 +2615,11 @@ static void view_stop(store_backend_impl *s)
  * (off, being built, not confirmed in time, or a message waiting on its
  * socket that its thread has not applied yet).
  */
-static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nkeys, uint64_t *maybe)
+static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                       const store_netmask *built, uint64_t *maybe)
 {
 	redis_view_token t;
+	store_netmask have;
 	struct pollfd pfd;
 
 	if (!s->view)
@@ -2622,6 +2631,13 @@ static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nk
 	pfd.events = POLLIN;
 	if (pfd.fd < 0 || poll(&pfd, 1, 0) != 0)
 		return false;
+	if (built) {
+		/* Keys built for some lengths only: none of the view's may be missing. */
+		redis_view_lens(s->view, &have);
+		if ((have.v4 & ~built->v4) || (have.v6[0] & ~built->v6[0]) || (have.v6[1] & ~built->v6[1]) ||
+		    (have.v6[2] & ~built->v6[2]))
+			return false;
+	}
 	*maybe = redis_view_test(s->view, keys, nkeys);
 	return redis_view_still(s->view, &t);
 }
@@ -2635,26 +2651,63 @@ static void view_note(store_backend_impl *s, const char *const *keys, size_t nke
 
 /* --- the ops table ------------------------------------------------------- */
 
-static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
-                                 store_entry *found)
+/*
+ * A lookup through the view when it can answer: none of the keys (or,
+ * with built, none of the lengths the keys were not built for) may exist
+ * and Redis is not asked; otherwise only the keys that may exist are
+ * sent, in order, so that the first live one is the same. *stale (with
+ * built): the view could not vouch for the lengths, build every key.
+ */
+static store_status view_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                                const store_netmask *built, int64_t now, store_entry *found, bool *stale)
 {
 	const char *maybe_keys[STORE_LOOKUP_MAX];
 	uint64_t maybe;
 	op o = {.what = "lookup", .fn = op_lookup, .keys = keys, .nkeys = nkeys, .now = now, .out = found};
 
-	if (nkeys <= STORE_LOOKUP_MAX && view_maybe(s, keys, nkeys, &maybe)) {
+	if (nkeys <= STORE_LOOKUP_MAX && view_maybe(s, keys, nkeys, built, &maybe)) {
 		if (!maybe) {
 			redis_view_answered(s->view);
 			return STORE_NOTFOUND;
 		}
-		/* Only the keys that may exist, in order: the first live one is the same. */
 		o.nkeys = 0;
 		for (size_t i = 0; i < nkeys; i++)
 			if (maybe >> i & 1)
 				maybe_keys[o.nkeys++] = keys[i];
 		o.keys = maybe_keys;
+	} else if (built) {
+		*stale = true;
+		return STORE_NOTFOUND;
 	}
 	return run(s, &o);
+}
+
+static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
+                                 store_entry *found)
+{
+	return view_lookup(s, keys, nkeys, NULL, now, found, NULL);
+}
+
+static bool redis_netlens(store_backend_impl *s, store_netmask *out)
+{
+	redis_view_token t;
+
+	if (!s->view)
+		return false;
+	view_start(s);
+	if (!redis_view_enter(s->view, now_ms(), &t))
+		return false;
+	redis_view_lens(s->view, out);
+	return redis_view_still(s->view, &t);
+}
+
+static store_status redis_lookup_built(store_backend_impl *s, const char *const *keys, const int16_t *netlens,
+                                       size_t nkeys, const store_netmask *built, int64_t now,
+                                       store_entry *found, bool *stale)
+{
+	(void)netlens;
+	*stale = false;
+	return view_lookup(s, keys, nkeys, built, now, found, stale);
 }
 
 static store_status redis_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
@@ -3510,4 +3563,6 @@ const store_ops store_redis_ops = {
     .grey_foreach = redis_grey_foreach,
     .grey_time = redis_grey_time,
     .filter_answers = redis_filter_answers,
+    .netlens = redis_netlens,
+    .lookup_built = redis_lookup_built,
 };
