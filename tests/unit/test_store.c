@@ -4249,7 +4249,10 @@ static void test_redis_view_other_writers(void **state)
 	store_free(st);
 }
 
-/* The view's connection killed, the database flushed: lookups go to Redis until it is rebuilt. */
+/*
+ * The view's connection killed, the database flushed: lookups go to Redis
+ * until it is rebuilt, and the rebuilt view hears of other writers again.
+ */
 static void test_redis_view_fallback(void **state)
 {
 	store *st = open_view_store();
@@ -4264,12 +4267,18 @@ static void test_redis_view_fallback(void **state)
 		found_within_bound(st, key);
 		wait_view(st);
 		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_OK);
+		snprintf(key, sizeof(key), "rebuilt%d@example.net", i);
+		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+		redis_hset_around(key, now_s() + 3600);
+		found_within_bound(st, key);
 	}
 	assert_true(redis_do("FLUSHDB"));
 	assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
 	redis_hset_around("flushed@example.net", now_s() + 3600);
 	found_within_bound(st, "flushed@example.net");
 	wait_view(st);
+	redis_hset_around("after-flush@example.net", now_s() + 3600);
+	found_within_bound(st, "after-flush@example.net");
 	store_free(st);
 }
 
