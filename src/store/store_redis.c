@@ -36,6 +36,7 @@
  * one are replaced at their next use.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
@@ -45,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/key.h"
 #include "store/redis_view.h"
@@ -488,6 +490,7 @@ struct store_backend_impl {
 	pthread_t view_thread;
 	atomic_bool view_started, view_stop;
 	atomic_int view_fd; /* the view's subscribed socket, -1 when none */
+	int view_wake[2];   /* a pipe: written to stop the thread at once */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -2283,8 +2286,8 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  * every VIEW_PING_MS on the subscribed connection confirms the view: its
  * answer comes after the invalidations of every write done before it was
  * sent, so a view confirmed within REDIS_VIEW_STALE_MS misses no write
- * older than that. A lost connection, a FLUSHDB or FLUSHALL (an empty
- * key list), a restarted server, a new master named by the Sentinels or
+ * older than that. A lost connection, a FLUSHDB or FLUSHALL (a nil for
+ * the key names), a restarted server, a new master named by the Sentinels or
  * a view grown past store.redis.local_view_keys disables the view until
  * it is rebuilt; meanwhile, and whenever it is not confirmed in time,
  * lookups go to Redis.
@@ -2399,12 +2402,15 @@ static void view_message(view_thread *vt, const redisReply *r)
 /* Read and apply what arrived within timeout_ms; -1 when the connection failed or the server flushed. */
 static int view_pump(view_thread *vt, int timeout_ms)
 {
-	struct pollfd pfd = {.fd = vt->rc.ctx->fd, .events = POLLIN};
+	struct pollfd pfd[2] = {{.fd = vt->rc.ctx->fd, .events = POLLIN},
+	                        {.fd = vt->s->view_wake[0], .events = POLLIN}};
 	redis_view *v = vt->s->view;
 	int rv = 0;
 
-	if (poll(&pfd, 1, timeout_ms) <= 0)
+	if (poll(pfd, 2, timeout_ms) <= 0)
 		return 0;
+	if (pfd[1].revents)
+		return -1; /* stopping */
 	redis_view_reading(v);
 	if (redisBufferRead(vt->rc.ctx) != REDIS_OK)
 		rv = -1;
@@ -2544,8 +2550,10 @@ static bool view_outdated(view_thread *vt)
 
 static void view_sleep(view_thread *vt, int ms)
 {
-	for (int64_t until = now_ms() + ms; !atomic_load(&vt->s->view_stop) && now_ms() < until;)
-		poll(NULL, 0, VIEW_PING_MS);
+	struct pollfd pfd = {.fd = vt->s->view_wake[0], .events = POLLIN};
+
+	for (int64_t until = now_ms() + ms, t; !atomic_load(&vt->s->view_stop) && (t = now_ms()) < until;)
+		poll(&pfd, 1, (int)(until - t));
 }
 
 /* Serve a built view until its connection fails, the server flushes or the view fills up. */
@@ -2595,10 +2603,17 @@ static void view_start(store_backend_impl *s)
 	if (atomic_load_explicit(&s->view_started, memory_order_relaxed) ||
 	    atomic_exchange(&s->view_started, true))
 		return;
+	if (pipe2(s->view_wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		s->view_started = false;
+		return;
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	if (pthread_create(&s->view_thread, NULL, view_main, s) != 0)
+	if (pthread_create(&s->view_thread, NULL, view_main, s) != 0) {
+		close(s->view_wake[0]);
+		close(s->view_wake[1]);
 		s->view_started = false;
+	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -2607,7 +2622,12 @@ static void view_stop(store_backend_impl *s)
 	if (!s->view_started)
 		return;
 	atomic_store(&s->view_stop, true);
+	if (write(s->view_wake[1], "", 1) < 0) {
+		/* the thread sees view_stop within VIEW_PING_MS all the same */
+	}
 	pthread_join(s->view_thread, NULL);
+	close(s->view_wake[0]);
+	close(s->view_wake[1]);
 }
 
 /*
