@@ -491,6 +491,13 @@ struct store_backend_impl {
 	atomic_bool view_started, view_stop;
 	atomic_int view_fd; /* the view's subscribed socket, -1 when none */
 	int view_wake[2];   /* a pipe: written to stop the thread at once */
+	/*
+	 * The view thread's connection and its state: the thread holds it for
+	 * everything it does on the connection; a lookup that finds a message
+	 * waiting takes it if it is free and applies the message itself.
+	 */
+	pthread_mutex_t view_io;
+	struct view_thread *view_vt;
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -2305,7 +2312,7 @@ typedef struct view_thread {
 	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
 	int64_t next_ping_ms;
 	int backoff_ms;
-	bool flushed; /* the server dropped every key (or said something unexpected) */
+	bool broken; /* the connection failed, or the server dropped every key */
 } view_thread;
 
 /* The run_id of the server rc talks to (INFO server); -1 with err. */
@@ -2364,10 +2371,12 @@ static int view_track(view_thread *vt, char *err, size_t errlen)
 
 static void view_drop(view_thread *vt)
 {
+	pthread_mutex_lock(&vt->s->view_io);
 	redis_view_disable(vt->s->view);
 	atomic_store(&vt->s->view_fd, -1);
 	drop(&vt->rc);
 	vt->ping_sent_ms = 0;
+	pthread_mutex_unlock(&vt->s->view_io);
 }
 
 /* One message of the subscribed connection: keys to add, a PING's answer, or a flush. */
@@ -2388,7 +2397,7 @@ static void view_message(view_thread *vt, const redisReply *r)
 		return;
 	keys = r->element[2];
 	if (keys->type != REDIS_REPLY_ARRAY) {
-		vt->flushed = true; /* FLUSHDB, FLUSHALL, a full resync: a nil instead of keys */
+		vt->broken = true; /* FLUSHDB, FLUSHALL, a full resync: a nil instead of keys */
 		return;
 	}
 	for (size_t i = 0; i < keys->elements; i++) {
@@ -2399,18 +2408,21 @@ static void view_message(view_thread *vt, const redisReply *r)
 	}
 }
 
-/* Read and apply what arrived within timeout_ms; -1 when the connection failed or the server flushed. */
-static int view_pump(view_thread *vt, int timeout_ms)
+/*
+ * With view_io held: read and apply what the socket holds now, without
+ * waiting; -1 when the connection failed or the server flushed (the
+ * thread then drops it).
+ */
+static int view_pump_locked(view_thread *vt)
 {
-	struct pollfd pfd[2] = {{.fd = vt->rc.ctx->fd, .events = POLLIN},
-	                        {.fd = vt->s->view_wake[0], .events = POLLIN}};
+	struct pollfd pfd = {.fd = vt->rc.ctx ? vt->rc.ctx->fd : -1, .events = POLLIN};
 	redis_view *v = vt->s->view;
 	int rv = 0;
 
-	if (poll(pfd, 2, timeout_ms) <= 0)
+	if (vt->broken || !vt->rc.ctx)
+		return -1;
+	if (poll(&pfd, 1, 0) <= 0)
 		return 0;
-	if (pfd[1].revents)
-		return -1; /* stopping */
 	redis_view_reading(v);
 	if (redisBufferRead(vt->rc.ctx) != REDIS_OK)
 		rv = -1;
@@ -2426,28 +2438,63 @@ static int view_pump(view_thread *vt, int timeout_ms)
 		view_message(vt, r);
 		freeReplyObject(r);
 	}
-	if (vt->flushed)
+	if (vt->broken)
 		rv = -1;
 	/* Disable before the readers may look again: what was read is not all applied. */
-	if (rv < 0)
+	if (rv < 0) {
+		vt->broken = true;
 		redis_view_disable(v);
+	}
 	redis_view_read(v);
 	return rv;
 }
 
-static int view_ping(view_thread *vt)
+/* Wait at most timeout_ms for a message, then apply what came; -1 as view_pump_locked, or when stopping. */
+static int view_pump(view_thread *vt, int timeout_ms)
+{
+	struct pollfd pfd[2] = {{.fd = vt->rc.ctx->fd, .events = POLLIN},
+	                        {.fd = vt->s->view_wake[0], .events = POLLIN}};
+	int rv;
+
+	if (poll(pfd, 2, timeout_ms) < 0)
+		return 0;
+	if (pfd[1].revents)
+		return -1; /* stopping */
+	pthread_mutex_lock(&vt->s->view_io);
+	rv = view_pump_locked(vt);
+	pthread_mutex_unlock(&vt->s->view_io);
+	return rv;
+}
+
+/* PING on the subscribed connection when one is due (force: now); -1 when the connection failed. */
+static int view_ping(view_thread *vt, bool force)
 {
 	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
-	int done = 0;
+	int done = 0, rv = 0;
+	int64_t t = now_ms();
 
-	vt->ping_sent_ms = now_ms();
-	vt->next_ping_ms = vt->ping_sent_ms + VIEW_PING_MS;
-	if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
-		return -1;
-	while (!done)
-		if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
-			return -1;
-	return 0;
+	pthread_mutex_lock(&vt->s->view_io);
+	if (force || (!vt->ping_sent_ms && t >= vt->next_ping_ms)) {
+		vt->ping_sent_ms = t;
+		vt->next_ping_ms = t + VIEW_PING_MS;
+		if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+			rv = -1;
+		while (rv == 0 && !done)
+			if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
+				rv = -1;
+	}
+	pthread_mutex_unlock(&vt->s->view_io);
+	return rv;
+}
+
+static bool view_ping_pending(view_thread *vt)
+{
+	bool pending;
+
+	pthread_mutex_lock(&vt->s->view_io);
+	pending = vt->ping_sent_ms != 0;
+	pthread_mutex_unlock(&vt->s->view_io);
+	return pending;
 }
 
 /* A SCAN page: every key into the view; STORE_ERROR (o->present) when the view is full. */
@@ -2504,12 +2551,12 @@ static int view_confirm(view_thread *vt)
 {
 	int64_t until = now_ms() + vt->s->command_timeout_ms;
 
-	if (view_ping(vt) < 0)
+	if (view_ping(vt, true) < 0)
 		return -1;
-	while (vt->ping_sent_ms && now_ms() < until)
+	while (view_ping_pending(vt) && now_ms() < until)
 		if (view_pump(vt, VIEW_PING_MS) < 0)
 			return -1;
-	return vt->ping_sent_ms ? -1 : 0;
+	return view_ping_pending(vt) ? -1 : 0;
 }
 
 /* Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is too full, -1 with err. */
@@ -2519,13 +2566,16 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 	int rv;
 
 	redis_view_begin(s->view);
-	vt->flushed = false;
-	if (conn_connect(s, &vt->rc, err, errlen) != 0)
+	pthread_mutex_lock(&s->view_io);
+	vt->broken = false;
+	rv = conn_connect(s, &vt->rc, err, errlen) == 0 &&
+	     view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0 &&
+	     view_track(vt, err, errlen) == 0;
+	if (rv)
+		atomic_store(&s->view_fd, vt->rc.ctx->fd);
+	pthread_mutex_unlock(&s->view_io);
+	if (!rv)
 		return -1;
-	if (view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) < 0 ||
-	    view_track(vt, err, errlen) < 0)
-		return -1;
-	atomic_store(&s->view_fd, vt->rc.ctx->fd);
 	if ((rv = view_scan(vt, err, errlen)) != 0)
 		return rv;
 	if (view_confirm(vt) < 0) {
@@ -2562,9 +2612,7 @@ static void view_serve(view_thread *vt)
 	store_backend_impl *s = vt->s;
 
 	while (!atomic_load(&s->view_stop)) {
-		int64_t t = now_ms();
-
-		if (!vt->ping_sent_ms && t >= vt->next_ping_ms && view_ping(vt) < 0)
+		if (view_ping(vt, false) < 0)
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
@@ -2575,21 +2623,21 @@ static void view_serve(view_thread *vt)
 
 static void *view_main(void *arg)
 {
-	view_thread vt = {.s = arg, .backoff_ms = BACKOFF_MIN_MS};
+	view_thread *vt = arg;
 	char err[512];
 
-	while (!atomic_load(&vt.s->view_stop)) {
-		int rv = view_build(&vt, err, sizeof(err));
+	while (!atomic_load(&vt->s->view_stop)) {
+		int rv = view_build(vt, err, sizeof(err));
 
 		if (rv == 0) {
-			vt.backoff_ms = BACKOFF_MIN_MS;
-			view_serve(&vt);
+			vt->backoff_ms = BACKOFF_MIN_MS;
+			view_serve(vt);
 		}
-		view_drop(&vt);
+		view_drop(vt);
 		if (rv != 0) {
-			view_sleep(&vt, rv > 0 ? VIEW_OVERFULL_RETRY_MS : vt.backoff_ms);
-			vt.backoff_ms =
-			    vt.backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : vt.backoff_ms * 2;
+			view_sleep(vt, rv > 0 ? VIEW_OVERFULL_RETRY_MS : vt->backoff_ms);
+			vt->backoff_ms =
+			    vt->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : vt->backoff_ms * 2;
 		}
 	}
 	return NULL;
@@ -2603,15 +2651,22 @@ static void view_start(store_backend_impl *s)
 	if (atomic_load_explicit(&s->view_started, memory_order_relaxed) ||
 	    atomic_exchange(&s->view_started, true))
 		return;
-	if (pipe2(s->view_wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+	if (!(s->view_vt = calloc(1, sizeof(*s->view_vt))) ||
+	    pipe2(s->view_wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		free(s->view_vt);
+		s->view_vt = NULL;
 		s->view_started = false;
 		return;
 	}
+	s->view_vt->s = s;
+	s->view_vt->backoff_ms = BACKOFF_MIN_MS;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	if (pthread_create(&s->view_thread, NULL, view_main, s) != 0) {
+	if (pthread_create(&s->view_thread, NULL, view_main, s->view_vt) != 0) {
 		close(s->view_wake[0]);
 		close(s->view_wake[1]);
+		free(s->view_vt);
+		s->view_vt = NULL;
 		s->view_started = false;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -2628,6 +2683,24 @@ static void view_stop(store_backend_impl *s)
 	pthread_join(s->view_thread, NULL);
 	close(s->view_wake[0]);
 	close(s->view_wake[1]);
+	free(s->view_vt);
+}
+
+/*
+ * A message waits on the view's socket: apply it here when the thread is
+ * not at it (it may be descheduled on a busy machine); false when this
+ * lookup must ask Redis.
+ */
+static bool view_help(store_backend_impl *s, int fd)
+{
+	bool ok = false;
+
+	if (pthread_mutex_trylock(&s->view_io) != 0)
+		return false;
+	if (s->view_vt && s->view_vt->rc.ctx && s->view_vt->rc.ctx->fd == fd)
+		ok = view_pump_locked(s->view_vt) == 0;
+	pthread_mutex_unlock(&s->view_io);
+	return ok;
 }
 
 /*
@@ -2649,8 +2722,14 @@ static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nk
 		return false;
 	pfd.fd = atomic_load(&s->view_fd);
 	pfd.events = POLLIN;
-	if (pfd.fd < 0 || poll(&pfd, 1, 0) != 0)
+	if (pfd.fd < 0)
 		return false;
+	if (poll(&pfd, 1, 0) != 0) {
+		/* Applied here, the message counts like one the thread read: enter again. */
+		if (!view_help(s, pfd.fd) || !redis_view_enter(s->view, now_ms(), &t) ||
+		    poll(&pfd, 1, 0) != 0)
+			return false;
+	}
 	if (built) {
 		/* Keys built for some lengths only: none of the view's may be missing. */
 		redis_view_lens(s->view, &have);
@@ -3257,6 +3336,7 @@ static void redis_free(store_backend_impl *s)
 		drop(&s->conns[i]);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->freed);
+	pthread_mutex_destroy(&s->view_io);
 	store_config_clear(&s->cfg);
 	free(s->sentinels);
 	free(s->prefix);
@@ -3403,6 +3483,7 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->freed, NULL);
+	pthread_mutex_init(&s->view_io, NULL);
 	s->backoff_ms = BACKOFF_MIN_MS;
 	if (settings(s, cfg, err, errlen) < 0) {
 		redis_free(s);
@@ -3459,6 +3540,7 @@ store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen)
 	}
 	pthread_mutex_init(&w->s->lock, NULL);
 	pthread_cond_init(&w->s->freed, NULL);
+	pthread_mutex_init(&w->s->view_io, NULL);
 	w->backoff_ms = BACKOFF_MIN_MS;
 	if (settings(w->s, cfg, err, errlen) < 0) {
 		store_watch_free(w);
