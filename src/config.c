@@ -2752,6 +2752,41 @@ static void warn_dnsbl_greylist(loader *ld)
 		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
 }
 
+/*
+ * metrics.listen on the address or unix path of another listener: the
+ * second bind fails at start, after `spamtrapd -t` said yes (and a unix
+ * path would first be taken for a stale socket of ours). TCP addresses
+ * compare in canonical form; unix paths as written.
+ */
+static void check_metrics_listen(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	char mine[LISTENER_CANON_MAX], theirs[LISTENER_CANON_MAX], why[128];
+	const char *milter_path;
+	jpath p;
+
+	if (!cfg->metrics.listen ||
+	    listener_canon(cfg->metrics.listen, mine, sizeof mine, why, sizeof why) < 0)
+		return;
+	jpath_from_dotted(&p, "metrics.listen");
+	for (size_t i = 0; i < cfg->policy.nlisten; i++)
+		if (listener_canon(cfg->policy.listen[i].address, theirs, sizeof theirs, why, sizeof why) ==
+		        0 &&
+		    strcmp(mine, theirs) == 0) {
+			ld_error(
+			    ld, &p,
+			    "%s is also policy.listen[%zu]: the metrics listener needs an address of its own",
+			    cfg->metrics.listen, i);
+			return;
+		}
+	milter_path = cfg->milter.listen ? after_prefix(cfg->milter.listen, "unix:") : NULL;
+	if (cfg->milter.listen && !milter_path)
+		milter_path = after_prefix(cfg->milter.listen, "local:");
+	if (milter_path && strncmp(mine, "unix:", 5) == 0 && strcmp(mine + 5, milter_path) == 0)
+		ld_error(ld, &p, "%s is also milter.listen: the metrics listener needs an address of its own",
+		         cfg->metrics.listen);
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2765,6 +2800,7 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	check_metrics_listen(ld);
 	link_ratelimit(ld);
 	if (!link_greylist(ld))
 		return;

@@ -723,6 +723,25 @@ static const error_case error_cases[] = {
      {"policy.listen[1]: duplicate listener 127.0.0.1:08080 (as policy.listen[0])",
       "policy.listen[3]: duplicate listener [::ffff:7f00:1]:25 (as policy.listen[2])"},
      2},
+    {"metrics.listen on a policy listener's unix path",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:10666\"}, {\"address\": "
+     "\"unix:/run/spamtrapd/policy.sock\"}]},\n"
+     " \"metrics\": {\"listen\": \"unix:/run/spamtrapd/policy.sock\"}}",
+     {NULL},
+     {":2:14: metrics.listen: unix:/run/spamtrapd/policy.sock is also policy.listen[1]: the metrics listener "
+      "needs an address of its own"},
+     1},
+    {"metrics.listen on a policy listener's port, spelt another way",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:9150\"}]}, \"metrics\": {\"listen\": "
+     "\"127.0.0.1:09150\"}}",
+     {NULL},
+     {"metrics.listen: 127.0.0.1:09150 is also policy.listen[0]"},
+     1},
+    {"metrics.listen on the milter's unix path",
+     "{\"milter\": {\"listen\": \"local:/run/m.sock\"}, \"metrics\": {\"listen\": \"unix:/run/m.sock\"}}",
+     {NULL},
+     {"metrics.listen: unix:/run/m.sock is also milter.listen"},
+     1},
     {"bad network in allow",
      "{\"policy\": {\"allow\": [\"127.0.0.0/8\", \"10.0.0.0/33\"]}}",
      {NULL},
