@@ -5,6 +5,7 @@
  * or action gets its series without an edit; a name given at run time
  * that is not in a list counts under "other".
  */
+#define STATS_IMPL
 #include "stats.h"
 
 #include <stdio.h>
