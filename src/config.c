@@ -2113,6 +2113,7 @@ static const key_def schema[] = {
     /* The Prometheus endpoint, off by default (docs/metrics.md). */
     {"metrics.listen", T_STRING, J(null), K_NULLABLE, .set = set_metrics_listen},
     {"metrics.allow", T_LIST, J([ "127.0.0.0/8", "::1" ]), .set = set_metrics_allow},
+    {"metrics.entries_refresh", T_DURATION, J("1m"), .min = 1, .max = DAYS(1), AT(metrics.entries_refresh)},
 
     /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
     {"hooks.on_block", T_LIST, J([]), .set = set_on_block},

@@ -837,6 +837,19 @@ static void purge_greylist(engine *eng, store *st, bool maintenance)
 	}
 }
 
+void engine_count_entries(engine *eng)
+{
+	engine_snapshot *snap = engine_acquire(eng);
+	uint64_t counts[STORE_KEY_TYPES];
+	int64_t now = (int64_t)time(NULL);
+
+	if (store_count_types(snap->ss->st, now, counts) == STORE_OK)
+		stats_blocklist_entries(counts, now);
+	else
+		log_debug("metrics: the blocklist's entries not counted: %s", store_last_error());
+	engine_release(snap);
+}
+
 void engine_purge(engine *eng)
 {
 	engine_snapshot *snap = engine_acquire(eng);

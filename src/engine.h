@@ -107,5 +107,12 @@ void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx);
 
 /* Remove expired entries now (called by the purge thread). */
 void engine_purge(engine *eng);
+/*
+ * Count the blocklist's entries by key type for the metrics
+ * (spamtrapd_blocklist_entries): a walk of the store's keys, on the
+ * control thread. A failure keeps the last count (its timestamp says how
+ * old) and is logged at debug level: mail logs the store's faults.
+ */
+void engine_count_entries(engine *eng);
 
 #endif

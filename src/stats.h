@@ -31,6 +31,13 @@ void stats_free(void);
 const metrics *stats_registry(void);
 
 /*
+ * The blocklist's entries in force by key type (store_count_types), counted
+ * at Unix time when: the gauge the control thread refreshes every
+ * metrics.entries_refresh, never per request.
+ */
+void stats_blocklist_entries(const uint64_t counts[STORE_KEY_TYPES], int64_t when);
+
+/*
  * The counting calls. Built with SPAMTRAPD_METRICS=OFF (SPAMTRAPD_NO_METRICS,
  * for measuring what counting costs) they are empty inline functions, so
  * that the request path does not even call out; stats.c (STATS_IMPL) still

@@ -108,6 +108,7 @@ static void check_metrics(const config *cfg)
 	assert_true(netset_contains(cfg->metrics.allow, &a));
 	assert_true(addr_ip_parse("127.0.0.1", &a));
 	assert_false(netset_contains(cfg->metrics.allow, &a)); /* the list replaces the default */
+	assert_int_equal(cfg->metrics.entries_refresh, 60);    /* the default: a minute */
 }
 
 static void check_defaults(const config *cfg)
