@@ -200,11 +200,41 @@ class Counting(MetricsCase):
         keys = out.split("most-hit keys")[1]
         self.assertRegex(keys, r"(?m)^ +2  ctl@spam\.test$")
         self.assertRegex(keys, r"(?m)^ +2  192\.0\.2\.77$")
-        # metrics.listen is set: the daemon's counters follow, those that are not 0.
-        daemon = out.split("daemon counters since it started")[1]
-        self.assertRegex(daemon, r'(?m)^  spamtrapd_decisions_total\{check="traps",action="reject",'
-                                 r'mode="enforce"\} [1-9]')
-        self.assertNotRegex(daemon, r"(?m) 0$")
+        # metrics.listen is set: the daemon's counters follow, those that are not 0, with their
+        # increase over the last minute and hour (GET /rates): the two hits just made are in both.
+        daemon = out.split("daemon counters: total since it started")[1]
+        line = re.search(r'(?m)^ +(\d+) +(\d+) +\S+ +(\d+) +\S+  spamtrapd_decisions_total\{check="traps",'
+                         r'action="reject",mode="enforce"\}$', daemon)
+        self.assertIsNotNone(line, daemon)
+        total, minute, hour = (int(x) for x in line.groups())
+        self.assertGreaterEqual(minute, 2)
+        self.assertGreaterEqual(hour, minute)
+        self.assertGreaterEqual(total, hour)
+        self.assertNotRegex(daemon, r"(?m)^ +0  ")
+
+    def test_rates_endpoint(self):
+        """GET /rates: a trap hit shows in the total and in both windows, by exact difference; /metrics
+        has no per-window series."""
+        def rates():
+            status, headers, body = http(self.address, b"GET /rates HTTP/1.0\r\n\r\n")
+            self.assertEqual(status, 200, body)
+            self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+            self.assertRegex(body, r"(?m)^# window minute \d+\.\d hour \d+\.\d$")
+            out = {}
+            for line in body.splitlines():
+                if not line.startswith("#"):
+                    name, total, minute, hour = line.rsplit(" ", 3)
+                    out[name] = (int(total), int(minute), int(hour))
+            return out
+        key = 'spamtrapd_trap_hits_total{mode="enforce"}'
+        before = rates().get(key, (0, 0, 0))
+        self.assertTrue(self.trap_hit(self.d, "rates@spam.test", "192.0.2.78").startswith(TRAP_REPLY))
+        after = rates()[key]
+        self.assertEqual(after[0], before[0] + 1)
+        # A window may move on between the two reads, never by more than the hits older than it.
+        self.assertGreaterEqual(after[1], 1)
+        self.assertGreaterEqual(after[2], after[1])
+        self.assertNotIn("minute", self.scrape())
 
     def test_no_address_is_a_label(self):
         self.trap_hit(self.d, "leak@spam.test", "192.0.2.72")
@@ -235,6 +265,8 @@ class Counting(MetricsCase):
             (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
             (b"GET /metrics HTTP/2.0\r\n\r\n", 505),
             (b"GET /metrics\r\n\r\n", 400),
+            (b"GET /rates HTTP/1.1\r\n\r\n", 200),
+            (b"GET /rates/x HTTP/1.1\r\n\r\n", 404),
         ]
         for request, code in cases:
             with self.subTest(request=request):
