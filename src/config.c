@@ -2753,39 +2753,96 @@ static void warn_dnsbl_greylist(loader *ld)
 		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
 }
 
+/* A TCP listener's address and port (policy.listen, metrics.listen forms); false for unix:PATH. */
+static bool tcp_listener(const char *listen, addr_ip *ip, uint16_t *port)
+{
+	char why[128];
+
+	return strncmp(listen, "unix:", 5) != 0 && addr_hostport_parse(listen, ip, port, why, sizeof why);
+}
+
+/* milter.listen inet:PORT[@IPV4] (no host: every IPv4 address); false for other forms and host names. */
+static bool milter_tcp(const char *spec, addr_ip *ip, uint16_t *port)
+{
+	const char *rest = after_prefix(spec, "inet:"), *at;
+	unsigned p;
+
+	if (!rest)
+		return false;
+	at = strchr(rest, '@');
+	if (!parse_port(rest, at ? (size_t)(at - rest) : strlen(rest), &p))
+		return false;
+	*port = (uint16_t)p;
+	if (!at) {
+		*ip = (addr_ip){.version = 4};
+		return true;
+	}
+	return addr_ip_parse(at + 1, ip) && ip->version == 4;
+}
+
+static bool ip_is_any(const addr_ip *ip)
+{
+	for (size_t i = 0; i < (ip->version == 4 ? 4u : 16u); i++)
+		if (ip->bytes[i])
+			return false;
+	return true;
+}
+
+/* Two TCP binds that cannot both succeed: one port and family, and one address or a wildcard. */
+static bool binds_clash(const addr_ip *a, uint16_t pa, const addr_ip *b, uint16_t pb)
+{
+	return pa == pb && a->version == b->version &&
+	       (ip_is_any(a) || ip_is_any(b) || memcmp(a->bytes, b->bytes, a->version == 4 ? 4 : 16) == 0);
+}
+
+/* Does milter.listen take what metrics.listen names (its unix path, or its TCP address)? */
+static bool milter_clash(const char *milter, const char *metrics)
+{
+	const char *path = after_prefix(milter, "unix:");
+	addr_ip a, b;
+	uint16_t pa, pb;
+
+	if (!path)
+		path = after_prefix(milter, "local:");
+	if (path)
+		return strncmp(metrics, "unix:", 5) == 0 && strcmp(metrics + 5, path) == 0;
+	return milter_tcp(milter, &a, &pa) && tcp_listener(metrics, &b, &pb) && binds_clash(&a, pa, &b, pb);
+}
+
 /*
- * metrics.listen on the address or unix path of another listener: the
- * second bind fails at start, after `spamtrapd -t` said yes (and a unix
- * path would first be taken for a stale socket of ours). TCP addresses
- * compare in canonical form; unix paths as written.
+ * metrics.listen on the address or unix path of another listener (or a
+ * wildcard address on its port): the second bind fails at start, after
+ * `spamtrapd -t` said yes (and a unix path would first be taken for a
+ * stale socket of ours). Unix paths compare as written.
  */
 static void check_metrics_listen(loader *ld)
 {
 	const config *cfg = ld->cfg;
-	char mine[LISTENER_CANON_MAX], theirs[LISTENER_CANON_MAX], why[128];
-	const char *milter_path;
+	const char *mine = cfg->metrics.listen;
+	addr_ip a, b;
+	uint16_t pa, pb;
 	jpath p;
 
-	if (!cfg->metrics.listen ||
-	    listener_canon(cfg->metrics.listen, mine, sizeof mine, why, sizeof why) < 0)
+	if (!mine)
 		return;
 	jpath_from_dotted(&p, "metrics.listen");
-	for (size_t i = 0; i < cfg->policy.nlisten; i++)
-		if (listener_canon(cfg->policy.listen[i].address, theirs, sizeof theirs, why, sizeof why) ==
-		        0 &&
-		    strcmp(mine, theirs) == 0) {
-			ld_error(
-			    ld, &p,
-			    "%s is also policy.listen[%zu]: the metrics listener needs an address of its own",
-			    cfg->metrics.listen, i);
+	bool tcp = tcp_listener(mine, &a, &pa);
+	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
+		const char *theirs = cfg->policy.listen[i].address;
+		bool clash = tcp ? tcp_listener(theirs, &b, &pb) && binds_clash(&a, pa, &b, pb)
+		                 : strcmp(mine, theirs) == 0;
+		if (clash) {
+			ld_error(ld, &p,
+			         "%s is also policy.listen[%zu] (%s): the metrics listener needs an address "
+			         "of its own",
+			         mine, i, theirs);
 			return;
 		}
-	milter_path = cfg->milter.listen ? after_prefix(cfg->milter.listen, "unix:") : NULL;
-	if (cfg->milter.listen && !milter_path)
-		milter_path = after_prefix(cfg->milter.listen, "local:");
-	if (milter_path && strncmp(mine, "unix:", 5) == 0 && strcmp(mine + 5, milter_path) == 0)
-		ld_error(ld, &p, "%s is also milter.listen: the metrics listener needs an address of its own",
-		         cfg->metrics.listen);
+	}
+	if (cfg->milter.listen && milter_clash(cfg->milter.listen, mine))
+		ld_error(ld, &p,
+		         "%s is also milter.listen (%s): the metrics listener needs an address of its own",
+		         mine, cfg->milter.listen);
 }
 
 /* The compiled sets exist even when empty: the request path never checks for NULL. */

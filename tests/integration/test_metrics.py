@@ -652,8 +652,8 @@ class UnixPathInUse(unittest.TestCase):
         d.config["metrics"] = {"listen": path}
         sh.write_config(d.config_path, d.config)
         self.assertNotEqual(d.run_until_exit("-t", timeout=sh.scaled(10)), 0)
-        self.assertIn(f"metrics.listen: {path} is also policy.listen[1]: the metrics listener needs an "
-                      "address of its own", d.log_tail())
+        self.assertIn(f"metrics.listen: {path} is also policy.listen[1] ({path}): the metrics listener needs "
+                      "an address of its own", d.log_tail())
         d.config["metrics"] = {"listen": path + ".metrics"}
         sh.write_config(d.config_path, d.config)
         self.assertEqual(d.run_until_exit("-t", timeout=sh.scaled(10)), 0)
