@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,10 @@ typedef struct aentry {
 	char name[ACACHE_NAME];
 } aentry;
 
-/* A cache hit waiting for delivery: a copy of the slot's answer (the slot may change), its used RDATA only.
+/*
+ * A cache hit waiting for delivery: a copy of the slot's answer (the slot
+ * may change), its used RDATA only (a slot is mostly empty), allocated
+ * with its qrec.
  */
 typedef struct ahit {
 	dns_status status;
@@ -69,7 +73,7 @@ typedef struct qrec {
 	void *arg;
 	int async_id;
 	int type;
-	ahit *hit;                  /* answered from the cache: on the ready list */
+	ahit *hit; /* answered from the cache (after the qrec, one allocation): on the ready list */
 	struct qrec *prev, *next;   /* the resolver's queries in flight, hits included */
 	struct qrec *rprev, *rnext; /* the ready list */
 	char name[ACACHE_NAME];     /* the escaped name; "": too long to cache */
@@ -245,7 +249,6 @@ void dns_free(dns_resolver *r)
 		qrec *q = r->head;
 
 		r->head = q->next;
-		free(q->hit);
 		free(q);
 	}
 	pthread_cond_destroy(&r->delivered);
@@ -321,30 +324,22 @@ static aentry *acache_find(aentry *set, uint32_t h, const char *name, int type)
 	return NULL;
 }
 
-/*
- * A copy of the live answer for (name, type, class IN), or NULL (none,
- * expired, out of memory). Only the RDATA in use is copied: a slot is
- * mostly empty, and copying all of it was most of a hit's cost.
- */
-static ahit *acache_get(dns_resolver *r, const char *name, int type)
+/* The live answer for (name, type, class IN), or NULL (none, expired). */
+static const aentry *acache_get(dns_resolver *r, const char *name, int type)
 {
 	uint32_t h = acache_hash(name, type);
 	const aentry *e = acache_find(acache_set(r, h), h, name, type);
-	size_t used = 0;
-	ahit *copy;
 
-	if (e == NULL || e->expires_ms <= dns_now_ms())
-		return NULL;
+	return e != NULL && e->expires_ms > dns_now_ms() ? e : NULL;
+}
+
+static size_t acache_used(const aentry *e)
+{
+	size_t used = 0;
+
 	for (unsigned i = 0; i < e->count; i++)
 		used += e->len[i];
-	if ((copy = malloc(sizeof(*copy) + used)) == NULL)
-		return NULL;
-	copy->status = e->status;
-	copy->rcode = e->rcode;
-	copy->count = e->count;
-	memcpy(copy->len, e->len, sizeof(copy->len));
-	memcpy(copy->data, e->data, used);
-	return copy;
+	return used;
 }
 
 /*
@@ -442,7 +437,6 @@ static void deliver_ready(dns_resolver *r)
 		ready_unlink(r, q);
 		unlink_rec(r, q);
 		q->cb(q->arg, &ans);
-		free(q->hit);
 		free(q);
 	}
 }
@@ -491,7 +485,7 @@ static void log_full(dns_resolver *r)
  * never syntax. false when it does not fit. Byte by byte, without
  * snprintf: it runs for every query, cached answers included.
  */
-static bool name_escape(const char *in, char *out, size_t outlen)
+static bool name_escape(const char *in, char *out, size_t outlen, size_t *len)
 {
 	size_t o = 0;
 
@@ -510,16 +504,47 @@ static bool name_escape(const char *in, char *out, size_t outlen)
 		out[o++] = (char)('0' + *p % 10);
 	}
 	out[o] = '\0';
+	*len = o;
 	return true;
+}
+
+/*
+ * A query's record; a hit's answer (e) copied in after it, in the same
+ * allocation (hits are most queries: one allocation, not two). The name
+ * is kept only for a miss, whose answer goes into the cache.
+ */
+static qrec *qrec_new(dns_resolver *r, const char *wire_name, size_t len, int type, const aentry *e)
+{
+	size_t used = e ? acache_used(e) : 0;
+	qrec *q = malloc(sizeof(*q) + (e ? sizeof(ahit) + used : 0));
+
+	if (q == NULL)
+		return NULL;
+	memset(q, 0, offsetof(qrec, name));
+	q->r = r;
+	q->type = type;
+	q->name[0] = '\0';
+	if (e != NULL) {
+		q->hit = (ahit *)(q + 1);
+		q->hit->status = e->status;
+		q->hit->rcode = e->rcode;
+		q->hit->count = e->count;
+		memcpy(q->hit->len, e->len, sizeof(q->hit->len));
+		memcpy(q->hit->data, e->data, used);
+	} else if (len < sizeof(q->name)) {
+		memcpy(q->name, wire_name, len + 1);
+	}
+	return q;
 }
 
 int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg, uint64_t *id)
 {
 	char wire_name[4 * 256];
+	size_t len;
 	qrec *q;
 	int rc;
 
-	if (!name_escape(name, wire_name, sizeof(wire_name)))
+	if (!name_escape(name, wire_name, sizeof(wire_name), &len))
 		return -1;
 
 	dns_lock(r);
@@ -528,18 +553,15 @@ int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg,
 		dns_unlock(r);
 		return -1;
 	}
-	if ((q = calloc(1, sizeof(*q))) == NULL) {
+	if ((q = qrec_new(r, wire_name, len, type,
+	                  len < ACACHE_NAME ? acache_get(r, wire_name, type) : NULL)) == NULL) {
 		dns_unlock(r);
 		return -1;
 	}
-	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
-	q->type = type;
-	if (strlen(wire_name) < sizeof(q->name))
-		memcpy(q->name, wire_name, strlen(wire_name) + 1);
 	/* A hit never calls back from here: the caller may not be ready for it (dns.h). */
-	if (q->name[0] && (q->hit = acache_get(r, q->name, type)) != NULL) {
+	if (q->hit != NULL) {
 		ready_push(r, q);
 	} else if ((rc = ub_resolve_async(r->ctx, wire_name, type, 1 /* IN */, q, on_result, &q->async_id)) !=
 	           0) {
@@ -568,7 +590,6 @@ void dns_cancel(dns_resolver *r, uint64_t id)
 	else /* Once ub_cancel returns, the answer is dropped even if it already waits in the pipe. */
 		ub_cancel(r->ctx, q->async_id);
 	unlink_rec(r, q);
-	free(q->hit);
 	free(q);
 	dns_unlock(r);
 }
