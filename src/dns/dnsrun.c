@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "core/addr.h"
+#include "core/text.h"
 
 #define SPF_RECORDS_MAX 64 /* records of one answer handed to the evaluator; more are ignored */
 
@@ -283,8 +284,8 @@ static void on_spf_done(void *arg, const struct spf_outcome *out)
 	dnsplan_spf *s = e->s;
 
 	s->result = out->result;
-	snprintf(s->explanation, sizeof(s->explanation), "%s", out->explanation ? out->explanation : "");
-	snprintf(s->reason, sizeof(s->reason), "%s", out->reason ? out->reason : "");
+	text_copy(s->explanation, sizeof(s->explanation), out->explanation ? out->explanation : "");
+	text_copy(s->reason, sizeof(s->reason), out->reason ? out->reason : "");
 	s->done = true;
 	part_done(e->run);
 }
