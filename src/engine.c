@@ -764,6 +764,7 @@ bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const de
 	decide_facts asked = *facts;
 
 	dnsplan_init(plan);
+	m->plan_verified = -1; /* until prepare_txn says otherwise: nothing of an earlier plan carries over */
 	if (!run || !m->snap)
 		return false;
 	asked.dns = NULL;
