@@ -312,6 +312,7 @@ void engine_msg_begin(engine_msg *m, engine_snapshot *snap)
 	m->snap = snap;
 	memset(&m->state, 0, sizeof(m->state));
 	m->prepared = false;
+	m->plan_verified = -1;
 }
 
 void engine_msg_end(engine_msg *m)
@@ -320,6 +321,7 @@ void engine_msg_end(engine_msg *m)
 	m->snap = NULL;
 	memset(&m->state, 0, sizeof(m->state));
 	m->prepared = false;
+	m->plan_verified = -1;
 }
 
 /*
@@ -735,16 +737,29 @@ static pipeline_run *run_buffer(void)
 	return run;
 }
 
-static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *facts)
+/*
+ * planning: called by engine_dns_plan, whose engine_stage follows with the
+ * same facts but the answers: it prepares again only if they changed
+ * sender_verified, the one input of decide_prepare they can change (a
+ * second decide_prepare of every DNS request was a visible part of the
+ * cached-path profile).
+ */
+static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *facts, bool planning)
 {
+	decide_facts f = *facts;
+	bool planned = !planning && m->plan_verified >= 0 && m->plan_stage == stage;
+	signed char verified = -1;
+
 	/* Again after DNS: an SPF result can verify the sender (decide_facts.sender_verified). */
 	if (stage == CHECK_STAGE_MAIL || !m->prepared || (facts->dns && facts->dns->spf.wanted)) {
-		decide_facts f = *facts;
-
 		f.sender_verified = f.sender_verified || spfcheck_verified(facts->dns, &m->state);
-		decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
+		verified = (signed char)f.sender_verified;
+		if (!planned || m->plan_verified != verified)
+			decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
 		m->prepared = true;
 	}
+	m->plan_verified = planning ? verified : -1;
+	m->plan_stage = stage;
 }
 
 bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts,
@@ -754,10 +769,11 @@ bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const de
 	decide_facts asked = *facts;
 
 	dnsplan_init(plan);
+	m->plan_verified = -1; /* until prepare_txn says otherwise: nothing of an earlier plan carries over */
 	if (!run || !m->snap)
 		return false;
 	asked.dns = NULL;
-	prepare_txn(m, stage, &asked);
+	prepare_txn(m, stage, &asked, true);
 	pipeline_begin(run, stage, checks, &asked, &m->txn, &m->state, (int64_t)time(NULL));
 	pipeline_plan_dns(&m->snap->cfg->pipeline, run, plan);
 	return !dnsplan_empty(plan);
@@ -779,7 +795,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 			count_recipient(&m->state, &out);
 		return out;
 	}
-	prepare_txn(m, stage, facts);
+	prepare_txn(m, stage, facts, false);
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);

@@ -55,7 +55,13 @@ store *engine_store(const engine_snapshot *snap);
 typedef struct engine_msg {
 	engine_snapshot *snap; /* NULL outside a message */
 	check_msg state;
-	bool prepared;  /* txn holds this transaction's keys */
+	bool prepared; /* txn holds this transaction's keys */
+	/*
+	 * engine_dns_plan prepared txn for this stage with this
+	 * sender_verified (0 or 1), for the engine_stage that follows; -1: not.
+	 */
+	signed char plan_verified;
+	check_stage plan_stage;
 	decide_txn txn; /* points into itself: never copied */
 } engine_msg;
 
