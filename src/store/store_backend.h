@@ -84,6 +84,8 @@ typedef struct store_ops {
 	store_status (*grey_time)(store_backend_impl *impl, int64_t *now_ms);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */
 	uint64_t (*filter_answers)(store_backend_impl *impl);
+	/* Optional: without it, store_count_types types the entries foreach visits. */
+	store_status (*count_types)(store_backend_impl *impl, int64_t now, uint64_t *counts);
 } store_ops;
 
 extern const store_ops store_sqlite_ops;
