@@ -606,6 +606,29 @@ class EntriesGaugeSqlite(EntriesGaugeChecks, unittest.TestCase):
     def store_config(self):
         return {"backend": "sqlite"}
 
+    def test_reload_without_the_listener_keeps_counting(self):
+        """A reload that drops metrics.listen leaves the listener serving until a restart: its gauge
+        goes on following the store (the count stopped for good, and a reload that put the key
+        back did not start it again)."""
+        d = self.daemon()
+        self.wait_entries(d, {"sender_domain": 0, "helo_name": 0})
+        self.assertTrue(d.reload({"metrics": {"listen": None}}))
+        d.ctl("add", "@evil.test")
+        self.wait_entries(d, {"sender_domain": 1, "helo_name": 0})
+        self.assertTrue(d.reload({"metrics": {"listen": d.metrics}}))
+        d.ctl("add", "helo:bad.example")
+        self.wait_entries(d, {"sender_domain": 1, "helo_name": 1})
+
+    def test_reload_to_a_shorter_refresh(self):
+        """metrics.entries_refresh shortened by a reload: the gauge keeps the new bound at once,
+        not after the count the old interval (a day here) had planned."""
+        self.REFRESH = "1d"
+        d = self.daemon()
+        self.wait_entries(d, {"sender_domain": 0})
+        self.assertTrue(d.reload({"metrics": {"entries_refresh": "1s"}}))
+        d.ctl("add", "@evil.test")
+        self.wait_entries(d, {"sender_domain": 1})
+
 
 class EntriesGaugeRedis(EntriesGaugeChecks, unittest.TestCase):
     def setUp(self):
