@@ -648,6 +648,35 @@ class EntriesGaugeRedis(EntriesGaugeChecks, unittest.TestCase):
         self.wait_entries(a, {"client_address": 1, "sender": 1})
 
 
+class SilentListener(unittest.TestCase):
+    """spamtrapctl stats against a metrics.listen that accepts and never answers (a hung daemon,
+    or something else on that port)."""
+
+    def test_asked_once(self):
+        """It is asked once, for /rates: asking /metrics after a timeout doubled the wait, and the
+        first failure was never said."""
+        lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lsn.close)
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(8)
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]},
+                          "metrics": {"listen": f"127.0.0.1:{lsn.getsockname()[1]}"}})
+        self.addCleanup(d.cleanup)
+        out = d.ctl("stats", timeout=60)
+        self.assertIn("entries in force: 0", out.stdout)
+        self.assertIn("no counters from the daemon", out.stderr)
+        held = []
+        lsn.setblocking(False)
+        while True:
+            try:
+                held.append(lsn.accept()[0])
+            except BlockingIOError:
+                break
+        for c in held:
+            c.close()
+        self.assertEqual(len(held), 1)
+
+
 class UnixPathInUse(unittest.TestCase):
     """metrics.listen naming a path something else has: spamtrapd refuses to start and leaves it be."""
 
