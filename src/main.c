@@ -55,7 +55,8 @@ enum { CONTROL_RELOAD = 'R', CONTROL_STOP = 'T', CONTROL_INTERRUPT = 'I' };
 typedef struct control {
 	const options *opt;
 	engine *eng;
-	int pipe[2]; /* [0] read by the control thread, [1] written by main */
+	bool metrics_on; /* a metrics listener runs (from start to stop: a reload does not change it) */
+	int pipe[2];     /* [0] read by the control thread, [1] written by main */
 } control;
 
 static void usage(FILE *out)
@@ -201,12 +202,18 @@ static int64_t purge_interval(control *ctl)
 	return interval;
 }
 
-/* Seconds to the next count of the blocklist's entries; 0 without a metrics listener (no count). */
+/*
+ * Seconds to the next count of the blocklist's entries; 0 without a
+ * metrics listener (no count). Whether the listener runs, not what the
+ * config says now: a reload that drops metrics.listen leaves it serving
+ * until a restart, and its gauge must not freeze.
+ */
 static int64_t entries_refresh(control *ctl)
 {
+	if (!ctl->metrics_on)
+		return 0;
 	engine_snapshot *snap = engine_acquire(ctl->eng);
-	const config *cfg = engine_config(snap);
-	int64_t interval = cfg->metrics.listen ? cfg->metrics.entries_refresh : 0;
+	int64_t interval = engine_config(snap)->metrics.entries_refresh;
 	engine_release(snap);
 	return interval;
 }
@@ -239,8 +246,13 @@ static void *control_main(void *arg)
 			log_notice("%s received, stopping", cmd == CONTROL_STOP ? "SIGTERM" : "SIGINT");
 			return NULL;
 		}
-		if (cmd == CONTROL_RELOAD)
+		if (cmd == CONTROL_RELOAD) {
 			reload(ctl);
+			/* A shorter metrics.entries_refresh counts by its own bound, not the old one's. */
+			int64_t refresh = entries_refresh(ctl);
+			if (next_count && refresh > 0 && next_count > time(NULL) + refresh)
+				next_count = time(NULL) + refresh;
+		}
 		if (time(NULL) >= next_purge) {
 			engine_purge(ctl->eng);
 			next_purge = time(NULL) + purge_interval(ctl);
@@ -354,9 +366,9 @@ fail:
 	return -1;
 }
 
-static int run(const options *opt, const sigset_t *signals, engine *eng, int status_fd)
+static int run(const options *opt, const sigset_t *signals, engine *eng, bool metrics_on, int status_fd)
 {
-	control ctl = {.opt = opt, .eng = eng};
+	control ctl = {.opt = opt, .eng = eng, .metrics_on = metrics_on};
 	pthread_t control_thread;
 	if (pipe2(ctl.pipe, O_CLOEXEC) < 0 ||
 	    pthread_create(&control_thread, NULL, control_main, &ctl) != 0) {
@@ -442,7 +454,7 @@ int main(int argc, char **argv)
 	rc = start(cfg, &eng, &exp, &policy, &scrape, &milter_on);
 	config_unref(cfg);
 	if (rc == 0)
-		rc = run(&opt, &signals, eng, status_fd);
+		rc = run(&opt, &signals, eng, scrape != NULL, status_fd);
 	daemon_report_started(status_fd, false); /* no-op once reported */
 	stop(eng, exp, policy, scrape, milter_on);
 	if (milter_on && milter_failed())

@@ -98,10 +98,10 @@ static char *read_all(int fd, size_t *len, char *err, size_t errlen, const char 
 
 char *ctl_scrape(const char *listen, char *err, size_t errlen)
 {
-	return ctl_scrape_path(listen, "/metrics", err, errlen);
+	return ctl_scrape_path(listen, "/metrics", NULL, err, errlen);
 }
 
-char *ctl_scrape_path(const char *listen, const char *path, char *err, size_t errlen)
+char *ctl_scrape_path(const char *listen, const char *path, bool *answered, char *err, size_t errlen)
 {
 	char request[256];
 	int reqlen = snprintf(request, sizeof(request), "GET %s HTTP/1.0\r\nHost: spamtrapctl\r\n\r\n", path);
@@ -109,6 +109,8 @@ char *ctl_scrape_path(const char *listen, const char *path, char *err, size_t er
 	size_t len;
 	char *answer = NULL;
 
+	if (answered)
+		*answered = false;
 	if (reqlen < 0 || (size_t)reqlen >= sizeof(request)) {
 		snprintf(err, errlen, "%s: path too long", listen);
 		return NULL;
@@ -120,6 +122,8 @@ char *ctl_scrape_path(const char *listen, const char *path, char *err, size_t er
 	else
 		answer = read_all(fd, &len, err, errlen, listen);
 	close(fd);
+	if (answered)
+		*answered = answer != NULL && strncmp(answer, "HTTP/", 5) == 0;
 	if (!answer)
 		return NULL;
 	char *body = strstr(answer, "\r\n\r\n");

@@ -426,17 +426,26 @@ static int stats_one(const store_entry *e, void *ctx)
 static void print_daemon_counters(const config *cfg)
 {
 	char err[256], *body;
+	bool answered;
 
 	if (!cfg->metrics.listen)
 		return;
 	fflush(stdout);
-	/* The rates, from the daemon's recent snapshots; a daemon without them: its counters alone. */
-	if ((body = ctl_scrape_path(cfg->metrics.listen, "/rates", err, sizeof(err))) &&
-	    ctl_stats_print_rates(body, stdout)) {
+	/*
+	 * The rates, from the daemon's recent snapshots; a daemon that answers
+	 * without them: its counters alone. One that does not answer is not
+	 * asked twice (twice the timeout).
+	 */
+	body = ctl_scrape_path(cfg->metrics.listen, "/rates", &answered, err, sizeof(err));
+	if (body && ctl_stats_print_rates(body, stdout)) {
 		free(body);
 		return;
 	}
 	free(body);
+	if (!answered) {
+		fprintf(stderr, "spamtrapctl: stats: no counters from the daemon (metrics.listen %s)\n", err);
+		return;
+	}
 	if (!(body = ctl_scrape(cfg->metrics.listen, err, sizeof(err)))) {
 		fprintf(stderr, "spamtrapctl: stats: no counters from the daemon (metrics.listen %s)\n", err);
 		return;

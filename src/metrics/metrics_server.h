@@ -1,6 +1,7 @@
 /*
  * metrics_server: the metrics listener (metrics.listen, metrics.allow):
- * GET /metrics answered with the registry's text, on a thread of its own
+ * GET /metrics answered with the registry's text (and GET /rates with
+ * rates.h's), on a thread of its own
  * with its own epoll, so that a slow or hostile scraper never holds up a
  * mail worker and mail load never holds up a scrape. Everything is
  * bounded: METRICS_SERVER_MAX_CONNS connections at once (one more takes

@@ -606,6 +606,29 @@ class EntriesGaugeSqlite(EntriesGaugeChecks, unittest.TestCase):
     def store_config(self):
         return {"backend": "sqlite"}
 
+    def test_reload_without_the_listener_keeps_counting(self):
+        """A reload that drops metrics.listen leaves the listener serving until a restart: its gauge
+        goes on following the store (the count stopped for good, and a reload that put the key
+        back did not start it again)."""
+        d = self.daemon()
+        self.wait_entries(d, {"sender_domain": 0, "helo_name": 0})
+        self.assertTrue(d.reload({"metrics": {"listen": None}}))
+        d.ctl("add", "@evil.test")
+        self.wait_entries(d, {"sender_domain": 1, "helo_name": 0})
+        self.assertTrue(d.reload({"metrics": {"listen": d.metrics}}))
+        d.ctl("add", "helo:bad.example")
+        self.wait_entries(d, {"sender_domain": 1, "helo_name": 1})
+
+    def test_reload_to_a_shorter_refresh(self):
+        """metrics.entries_refresh shortened by a reload: the gauge keeps the new bound at once,
+        not after the count the old interval (a day here) had planned."""
+        self.REFRESH = "1d"
+        d = self.daemon()
+        self.wait_entries(d, {"sender_domain": 0})
+        self.assertTrue(d.reload({"metrics": {"entries_refresh": "1s"}}))
+        d.ctl("add", "@evil.test")
+        self.wait_entries(d, {"sender_domain": 1})
+
 
 class EntriesGaugeRedis(EntriesGaugeChecks, unittest.TestCase):
     def setUp(self):
@@ -623,6 +646,35 @@ class EntriesGaugeRedis(EntriesGaugeChecks, unittest.TestCase):
         self.assertTrue(self.trap_hit(a, "shared@spam.test", "192.0.2.91").startswith(TRAP_REPLY))
         self.wait_entries(b, {"client_address": 1, "sender": 1})
         self.wait_entries(a, {"client_address": 1, "sender": 1})
+
+
+class SilentListener(unittest.TestCase):
+    """spamtrapctl stats against a metrics.listen that accepts and never answers (a hung daemon,
+    or something else on that port)."""
+
+    def test_asked_once(self):
+        """It is asked once, for /rates: asking /metrics after a timeout doubled the wait, and the
+        first failure was never said."""
+        lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lsn.close)
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(8)
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]},
+                          "metrics": {"listen": f"127.0.0.1:{lsn.getsockname()[1]}"}})
+        self.addCleanup(d.cleanup)
+        out = d.ctl("stats", timeout=60)
+        self.assertIn("entries in force: 0", out.stdout)
+        self.assertIn("no counters from the daemon", out.stderr)
+        held = []
+        lsn.setblocking(False)
+        while True:
+            try:
+                held.append(lsn.accept()[0])
+            except BlockingIOError:
+                break
+        for c in held:
+            c.close()
+        self.assertEqual(len(held), 1)
 
 
 class UnixPathInUse(unittest.TestCase):
