@@ -44,6 +44,7 @@
 
 typedef struct aentry {
 	int64_t expires_ms; /* dns_now_ms() clock; 0: an empty slot */
+	int64_t stored_ms;  /* when the answer was kept: a full set gives up its oldest */
 	uint32_t hash;      /* acache_hash() of name and type: most mismatches without a string compare */
 	int type;
 	dns_status status;
@@ -344,7 +345,9 @@ static size_t acache_used(const aentry *e)
 
 /*
  * Where (name, type) is kept: its own slot, else an empty or expired one,
- * else the one that expires first (the least to lose).
+ * else the one kept longest ago. Not the one that expires first: the
+ * names come from SPF records and senders a stranger writes, and long
+ * TTLs would then let his names hold a set against a site's own.
  */
 static aentry *acache_victim(aentry *set, uint32_t h, const char *name, int type, int64_t now)
 {
@@ -355,7 +358,7 @@ static aentry *acache_victim(aentry *set, uint32_t h, const char *name, int type
 	for (int i = 0; i < ACACHE_WAYS; i++) {
 		if (set[i].expires_ms <= now)
 			return &set[i];
-		if (set[i].expires_ms < first->expires_ms)
+		if (set[i].stored_ms < first->stored_ms)
 			first = &set[i];
 	}
 	return first;
@@ -393,6 +396,7 @@ static void acache_put(dns_resolver *r, const char *name, int type, const dns_an
 	e->status = ans->status;
 	e->rcode = ans->rcode;
 	memcpy(e->name, name, strlen(name) + 1);
+	e->stored_ms = now;
 	e->expires_ms = now + (int64_t)(ttl < ACACHE_TTL_MAX ? ttl : ACACHE_TTL_MAX) * 1000;
 }
 
