@@ -1300,12 +1300,12 @@ static void test_sqlite_not_ours(void **state)
 	assert_non_null(strstr(err, B.path));
 	unlink(B.path);
 	/* A newer schema version is refused, not damaged. */
-	snprintf(cmd, sizeof(cmd), "sqlite3 %s 'CREATE TABLE blocklist(key TEXT); PRAGMA user_version = 7;'",
+	snprintf(cmd, sizeof(cmd), "sqlite3 %s 'CREATE TABLE blocklist(key TEXT); PRAGMA user_version = 8;'",
 	         B.path);
 	if (system(cmd) != 0)
 		fail_msg("sqlite3 command line tool missing");
 	assert_null(store_open(&B.cfg, err, sizeof(err)));
-	assert_non_null(strstr(err, "schema version 7"));
+	assert_non_null(strstr(err, "schema version 8"));
 }
 
 /* Run sql with the sqlite3 tool (another process) on the case's file; its output, lines joined by blanks. */
@@ -1425,7 +1425,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1485,7 +1485,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1633,7 +1633,7 @@ static void test_sqlite_upgrade_0_1_0(void **state)
 	assert_upgraded(st, t);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	assert_netlens("4/24=1");
 	st = open_store(); /* opening again changes nothing */
 	assert_upgraded(st, t);
@@ -2892,7 +2892,7 @@ static void test_sqlite_upgrade_v3(void **state)
 	counter1(st, "young", t * 1000, HOUR_MS, 1, 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli(
 	    "SELECT name FROM sqlite_master WHERE name LIKE 'kv%' OR name LIKE 'counters%' ORDER BY name",
 	    out, sizeof(out));
@@ -3563,7 +3563,7 @@ static void test_sqlite_upgrade_v5(void **state)
 	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL));
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'greylist%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out,
