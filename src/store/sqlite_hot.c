@@ -39,6 +39,9 @@ typedef struct hot_entry {
 	/* sets */
 	hot_member *m;
 	size_t n, cap;
+	/* records: found says value and expires_ms are the live record's */
+	char *value;
+	int64_t expires_ms;
 } hot_entry;
 
 struct sqlite_hot {
@@ -53,7 +56,11 @@ struct sqlite_hot {
 
 static uint64_t entry_hash(sqlite_hot_kind kind, const char *ns, const char *key)
 {
-	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, kind == SQLITE_HOT_COUNTER ? "c" : "s", 1);
+	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT,
+	                        kind == SQLITE_HOT_COUNTER ? "c"
+	                        : kind == SQLITE_HOT_SET   ? "s"
+	                                                   : "k",
+	                        1);
 
 	if (ns)
 		h = hash_fnv1a(h, ns, strlen(ns) + 1);
@@ -85,6 +92,7 @@ static void entry_free(hot_entry *e)
 	for (size_t i = 0; i < e->n; i++)
 		free(e->m[i].name);
 	free(e->m);
+	free(e->value);
 	free(e->ns);
 	free(e->key);
 	free(e);
@@ -384,15 +392,61 @@ bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member
 	return ok;
 }
 
+/* --- records ---------------------------------------------------------------- */
+
+sqlite_hot_rc sqlite_hot_kv_get(sqlite_hot *h, query *q)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_KV, q->u.kv.ns, q->u.kv.key);
+	hot_entry *e;
+
+	pthread_mutex_lock(&h->lock);
+	e = find(h, SQLITE_HOT_KV, q->u.kv.ns, q->u.kv.key, hash);
+	if (e && e->found && e->expires_ms > q->u.kv.now_ms) {
+		size_t len = strlen(e->value);
+
+		if (len > QUERY_VALUE_MAX)
+			len = QUERY_VALUE_MAX;
+		memcpy(q->u.kv.old, e->value, len);
+		q->u.kv.old[len] = '\0';
+		q->u.kv.found = true;
+		q->u.kv.expires_ms = e->expires_ms;
+	}
+	pthread_mutex_unlock(&h->lock);
+	return e ? SQLITE_HOT_DONE : SQLITE_HOT_MISS;
+}
+
+bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool found, const char *value,
+                        int64_t expires_ms, uint64_t generation)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_KV, ns, key);
+	hot_entry *e;
+	bool ok = true;
+
+	pthread_mutex_lock(&h->lock);
+	if (generation == h->generation && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
+		if ((e = insert(h, SQLITE_HOT_KV, ns, key, hash)) != NULL &&
+		    (!found || (e->value = strdup(value)))) {
+			e->found = found;
+			e->expires_ms = expires_ms;
+		} else {
+			if (e)
+				remove_entry(h, e);
+			ok = false;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return ok;
+}
+
 /* --- resets and writing behind ----------------------------------------------- */
 
 void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
 {
-	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_COUNTER ? ns : NULL, key);
+	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
 	hot_entry *e;
 
 	pthread_mutex_lock(&h->lock);
-	if ((e = find(h, kind, kind == SQLITE_HOT_COUNTER ? ns : NULL, key, hash)) != NULL)
+	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
 		remove_entry(h, e);
 	h->generation++;
 	pthread_mutex_unlock(&h->lock);

@@ -41,7 +41,7 @@ typedef enum {
 	SQLITE_HOT_FULL = -1 /* no room, or the set is at the table's cap: ask the file */
 } sqlite_hot_rc;
 
-typedef enum { SQLITE_HOT_COUNTER, SQLITE_HOT_SET } sqlite_hot_kind;
+typedef enum { SQLITE_HOT_COUNTER, SQLITE_HOT_SET, SQLITE_HOT_KV } sqlite_hot_kind;
 
 sqlite_hot *sqlite_hot_new(size_t max_entries); /* NULL: out of memory */
 void sqlite_hot_free(sqlite_hot *h);            /* accepts NULL */
@@ -89,7 +89,17 @@ typedef struct sqlite_hot_member {
 bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member *m, size_t n,
                          uint64_t generation);
 
-/* Drop a bucket (ns, key) or a set (ns NULL, key the set), written or not: a reset. */
+/*
+ * Keyed records (QUERY_KV: the relay check's trip markers, read at every
+ * recipient, written at a trip) are only read from memory: every write
+ * goes to the file, and the store forgets the record after it.
+ */
+sqlite_hot_rc sqlite_hot_kv_get(sqlite_hot *h, query *q);
+/* The record as the file has it (found: live, with value and expires_ms). false: no room. */
+bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool found, const char *value,
+                        int64_t expires_ms, uint64_t generation);
+
+/* Drop a bucket or record (ns, key) or a set (ns NULL, key the set), written or not: a reset. */
 void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key);
 
 /* Members added in memory and not handed out yet (for the table's cap). */

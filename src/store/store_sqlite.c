@@ -113,7 +113,7 @@
 /* How long spamtrapctl waits for the daemon to take a reset or write its counts (ms). */
 #define HOT_WAIT_MS 3000
 /* Kinds of hot_requests rows. */
-enum { HOT_REQ_SYNC = 0, HOT_REQ_COUNTER = 1, HOT_REQ_SET = 2 };
+enum { HOT_REQ_SYNC = 0, HOT_REQ_COUNTER = 1, HOT_REQ_SET = 2, HOT_REQ_KV = 3 };
 
 enum {
 	ST_PROBE,
@@ -289,7 +289,8 @@ static const char schema_greylist_sql[] =
  * Version 7: the daemon whose memory holds buckets and sets written
  * behind (hot_owner: its pid), and what other processes ask of it
  * (hot_requests): spamtrapctl's resets (kind HOT_REQ_COUNTER, ns and key;
- * HOT_REQ_SET, the set in key), which the daemon's memory must forget,
+ * HOT_REQ_SET, the set in key; HOT_REQ_KV, a record written), which the
+ * daemon's memory must forget,
  * and HOT_REQ_SYNC, write everything now (before relay show, rate show).
  * The daemon marks a row done in the transaction that did it.
  */
@@ -1863,34 +1864,12 @@ static int counter_all(conn *c, void *ctx)
 	return 0;
 }
 
-typedef struct query_args {
-	query *q;
-	int (*fn)(conn *c, query *q);
-} query_args;
-
-static int query_step(conn *c, void *ctx)
-{
-	query_args *a = ctx;
-
-	return a->fn(c, a->q);
-}
-
-static store_status sqlite_small_write(store_backend_impl *s, query *q, int (*fn)(conn *c, query *q),
-                                       const char *what)
-{
-	query_args a = {q, fn};
-
-	return write_txn(s, what, query_step, &a, NULL, 0);
-}
-
-static store_status sqlite_kv(store_backend_impl *s, query *q)
+/* A read (the relay check's trip marker, at every recipient): no write turn, no commit. */
+static store_status kv_get_file(store_backend_impl *s, query *q)
 {
 	conn *c;
 	store_status rc = STORE_OK;
 
-	if (q->u.kv.op != QUERY_KV_GET)
-		return sqlite_small_write(s, q, kv_step, "kv");
-	/* A read (the relay check's trip marker, at every recipient): no write turn, no commit. */
 	if (!(c = acquire(s, FOR_READ, "kv")))
 		return STORE_ERROR;
 	if (kv_step(c, q) < 0)
@@ -2512,10 +2491,19 @@ static int hot_write(store_backend_impl *s, conn *c, const sqlite_hot_batch *b)
 	return 0;
 }
 
+static sqlite_hot_kind hot_kind_of(int request)
+{
+	return request == HOT_REQ_SET  ? SQLITE_HOT_SET
+	       : request == HOT_REQ_KV ? SQLITE_HOT_KV
+	                               : SQLITE_HOT_COUNTER;
+}
+
 /* Drop a bucket (ns, key) or a set (kind HOT_REQ_SET, key) from the file; *changes: rows gone. */
 static int hot_delete(store_backend_impl *s, conn *c, int kind, const char *ns, const char *key,
                       int64_t *changes)
 {
+	if (kind == HOT_REQ_KV)
+		return 0; /* the record was written (and deleted) by the asking process */
 	sqlite3_stmt *del = c->stmt[kind == HOT_REQ_SET ? ST_DS_CLEAR : ST_CTR_DELETE];
 
 	sqlite3_bind_text(del, 1, kind == HOT_REQ_SET ? key : ns, -1, SQLITE_STATIC);
@@ -2548,7 +2536,7 @@ static int hot_serve(store_backend_impl *s, conn *c)
 		last = sqlite3_column_int64(list, 0);
 		if (kind == HOT_REQ_SYNC || !ns || !key)
 			continue;
-		sqlite_hot_forget(s->hot, kind == HOT_REQ_SET ? SQLITE_HOT_SET : SQLITE_HOT_COUNTER, ns, key);
+		sqlite_hot_forget(s->hot, hot_kind_of(kind), ns, key);
 		if (hot_delete(s, c, kind, ns, key, &changes) < 0) {
 			done(list);
 			return -1;
@@ -2935,6 +2923,7 @@ typedef struct request_args {
 	const char *ns, *key;
 	int64_t changes; /* rows the reset dropped */
 	int64_t id;      /* the request for the daemon, 0: none runs */
+	query *q;        /* HOT_REQ_KV: the write */
 } request_args;
 
 static int request_all(conn *c, void *ctx)
@@ -2942,7 +2931,9 @@ static int request_all(conn *c, void *ctx)
 	request_args *a = ctx;
 	sqlite3_stmt *add = c->stmt[ST_HOT_REQ_ADD];
 
-	if (a->kind != HOT_REQ_SYNC && hot_delete(a->s, c, a->kind, a->ns, a->key, &a->changes) < 0)
+	if (a->kind == HOT_REQ_KV
+	        ? kv_step(c, a->q) < 0
+	        : a->kind != HOT_REQ_SYNC && hot_delete(a->s, c, a->kind, a->ns, a->key, &a->changes) < 0)
 		return -1;
 	if (hot_other(c) == 0)
 		return 0;
@@ -2963,19 +2954,19 @@ static int request_all(conn *c, void *ctx)
  */
 static store_status hot_request(store_backend_impl *s, request_args *a)
 {
-	request_args sync = {s, HOT_REQ_SYNC, "", "", 0, 0};
+	request_args sync = {s, HOT_REQ_SYNC, "", "", 0, 0, NULL};
 	store_status rc;
 
 	/* Written first, so that the reset's answer (rows dropped or none) is the daemon's. */
-	if (a->kind != HOT_REQ_SYNC && (rc = hot_request(s, &sync)) != STORE_OK)
+	if ((a->kind == HOT_REQ_COUNTER || a->kind == HOT_REQ_SET) &&
+	    (rc = hot_request(s, &sync)) != STORE_OK)
 		return rc;
-	if (s->hot) {
+	/* A record is never written behind: forgotten after the write below. */
+	if (s->hot && a->kind != HOT_REQ_KV) {
 		pthread_mutex_lock(&s->flushing);
 		rc = hot_flush_locked(s);
 		if (a->kind != HOT_REQ_SYNC)
-			sqlite_hot_forget(s->hot,
-			                  a->kind == HOT_REQ_SET ? SQLITE_HOT_SET : SQLITE_HOT_COUNTER, a->ns,
-			                  a->key);
+			sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
 		pthread_mutex_unlock(&s->flushing);
 		if (rc != STORE_OK)
 			return rc;
@@ -2988,8 +2979,7 @@ static store_status hot_request(store_backend_impl *s, request_args *a)
 	}
 	/* Once more: a load racing the reset read the rows before they went. */
 	if (s->hot && a->kind != HOT_REQ_SYNC)
-		sqlite_hot_forget(s->hot, a->kind == HOT_REQ_SET ? SQLITE_HOT_SET : SQLITE_HOT_COUNTER, a->ns,
-		                  a->key);
+		sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
 	if (a->id)
 		hot_wait(s, a->id);
 	return STORE_OK;
@@ -2997,7 +2987,7 @@ static store_status hot_request(store_backend_impl *s, request_args *a)
 
 static store_status sqlite_sync(store_backend_impl *s)
 {
-	request_args a = {s, HOT_REQ_SYNC, "", "", 0, 0};
+	request_args a = {s, HOT_REQ_SYNC, "", "", 0, 0, NULL};
 
 	return hot_request(s, &a);
 }
@@ -3013,7 +3003,7 @@ static store_status sqlite_distinct_list(store_backend_impl *s, const char *set,
 
 static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set)
 {
-	request_args a = {s, HOT_REQ_SET, "", set, 0, 0};
+	request_args a = {s, HOT_REQ_SET, "", set, 0, 0, NULL};
 	store_status rc = hot_request(s, &a);
 
 	return rc == STORE_OK && a.changes == 0 ? STORE_NOTFOUND : rc;
@@ -3021,10 +3011,35 @@ static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set
 
 static store_status sqlite_counter_delete(store_backend_impl *s, const char *ns, const char *key)
 {
-	request_args a = {s, HOT_REQ_COUNTER, ns, key, 0, 0};
+	request_args a = {s, HOT_REQ_COUNTER, ns, key, 0, 0, NULL};
 	store_status rc = hot_request(s, &a);
 
 	return rc == STORE_OK && a.changes == 0 ? STORE_NOTFOUND : rc;
+}
+
+/*
+ * Records: a read from memory (loaded from the file once); a write to the
+ * file, with a request that the daemon forget the record when another
+ * process holds it (spamtrapctl relay reset drops trip markers).
+ */
+static store_status sqlite_kv(store_backend_impl *s, query *q)
+{
+	request_args a = {s, HOT_REQ_KV, q->u.kv.ns, q->u.kv.key, 0, 0, q};
+	uint64_t gen;
+
+	if (q->u.kv.op != QUERY_KV_GET)
+		return hot_request(s, &a);
+	if (!s->hot)
+		return kv_get_file(s, q);
+	if (sqlite_hot_kv_get(s->hot, q) == SQLITE_HOT_DONE)
+		return STORE_OK;
+	gen = sqlite_hot_generation(s->hot);
+	if (kv_get_file(s, q) != STORE_OK)
+		return STORE_ERROR;
+	/* No room: answered from the file this time. */
+	(void)sqlite_hot_kv_load(s->hot, q->u.kv.ns, q->u.kv.key, q->u.kv.found, q->u.kv.old,
+	                         q->u.kv.expires_ms, gen);
+	return STORE_OK;
 }
 
 const store_ops store_sqlite_ops = {

@@ -191,6 +191,38 @@ static void test_forget_beats_a_racing_load(void **state)
 	sqlite_hot_free(h);
 }
 
+static void test_record_read_from_memory(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q = {.kind = QUERY_KV};
+
+	(void)state;
+	q.u.kv.op = QUERY_KV_GET;
+	q.u.kv.ns = "relay-trip";
+	q.u.kv.key = "sasl:olga";
+	q.u.kv.now_ms = 1000;
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_MISS);
+	/* No record in the file: "none" is held too (the trip marker is read at every recipient). */
+	assert_true(sqlite_hot_kv_load(h, "relay-trip", "sasl:olga", false, "", 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.kv.found);
+	/* Written to the file (a trip): forgotten, then read again with the marker. */
+	sqlite_hot_forget(h, SQLITE_HOT_KV, "relay-trip", "sasl:olga");
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_kv_load(h, "relay-trip", "sasl:olga", true, "198.18.1.0/24 networks=11", 5000,
+	                               sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_true(q.u.kv.found);
+	assert_string_equal(q.u.kv.old, "198.18.1.0/24 networks=11");
+	assert_int_equal(q.u.kv.expires_ms, 5000);
+	/* Past its expiry it is gone. */
+	q.u.kv.found = false;
+	q.u.kv.now_ms = 5000;
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.kv.found);
+	sqlite_hot_free(h);
+}
+
 static void test_bounded(void **state)
 {
 	sqlite_hot *h = sqlite_hot_new(2);
@@ -231,6 +263,7 @@ int main(void)
 	    cmocka_unit_test(test_set_counts_first),
 	    cmocka_unit_test(test_set_at_table_cap_goes_to_file),
 	    cmocka_unit_test(test_forget_beats_a_racing_load),
+	    cmocka_unit_test(test_record_read_from_memory),
 	    cmocka_unit_test(test_bounded),
 	};
 
