@@ -2113,6 +2113,7 @@ static const key_def schema[] = {
     /* The Prometheus endpoint, off by default (docs/metrics.md). */
     {"metrics.listen", T_STRING, J(null), K_NULLABLE, .set = set_metrics_listen},
     {"metrics.allow", T_LIST, J([ "127.0.0.0/8", "::1" ]), .set = set_metrics_allow},
+    {"metrics.entries_refresh", T_DURATION, J("1m"), .min = 1, .max = DAYS(1), AT(metrics.entries_refresh)},
 
     /* Programs run for new blocklist entries (docs/spamtrapd.json.5.md "hooks"). */
     {"hooks.on_block", T_LIST, J([]), .set = set_on_block},
@@ -2752,6 +2753,98 @@ static void warn_dnsbl_greylist(loader *ld)
 		    dc->action == DNSBL_ACTION_REJECT ? "reject" : "defer");
 }
 
+/* A TCP listener's address and port (policy.listen, metrics.listen forms); false for unix:PATH. */
+static bool tcp_listener(const char *listen, addr_ip *ip, uint16_t *port)
+{
+	char why[128];
+
+	return strncmp(listen, "unix:", 5) != 0 && addr_hostport_parse(listen, ip, port, why, sizeof why);
+}
+
+/* milter.listen inet:PORT[@IPV4] (no host: every IPv4 address); false for other forms and host names. */
+static bool milter_tcp(const char *spec, addr_ip *ip, uint16_t *port)
+{
+	const char *rest = after_prefix(spec, "inet:"), *at;
+	unsigned p;
+
+	if (!rest)
+		return false;
+	at = strchr(rest, '@');
+	if (!parse_port(rest, at ? (size_t)(at - rest) : strlen(rest), &p))
+		return false;
+	*port = (uint16_t)p;
+	if (!at) {
+		*ip = (addr_ip){.version = 4};
+		return true;
+	}
+	return addr_ip_parse(at + 1, ip) && ip->version == 4;
+}
+
+static bool ip_is_any(const addr_ip *ip)
+{
+	for (size_t i = 0; i < (ip->version == 4 ? 4u : 16u); i++)
+		if (ip->bytes[i])
+			return false;
+	return true;
+}
+
+/* Two TCP binds that cannot both succeed: one port and family, and one address or a wildcard. */
+static bool binds_clash(const addr_ip *a, uint16_t pa, const addr_ip *b, uint16_t pb)
+{
+	return pa == pb && a->version == b->version &&
+	       (ip_is_any(a) || ip_is_any(b) || memcmp(a->bytes, b->bytes, a->version == 4 ? 4 : 16) == 0);
+}
+
+/* Does milter.listen take what metrics.listen names (its unix path, or its TCP address)? */
+static bool milter_clash(const char *milter, const char *metrics)
+{
+	const char *path = after_prefix(milter, "unix:");
+	addr_ip a, b;
+	uint16_t pa, pb;
+
+	if (!path)
+		path = after_prefix(milter, "local:");
+	if (path)
+		return strncmp(metrics, "unix:", 5) == 0 && strcmp(metrics + 5, path) == 0;
+	return milter_tcp(milter, &a, &pa) && tcp_listener(metrics, &b, &pb) && binds_clash(&a, pa, &b, pb);
+}
+
+/*
+ * metrics.listen on the address or unix path of another listener (or a
+ * wildcard address on its port): the second bind fails at start, after
+ * `spamtrapd -t` said yes (and a unix path would first be taken for a
+ * stale socket of ours). Unix paths compare as written.
+ */
+static void check_metrics_listen(loader *ld)
+{
+	const config *cfg = ld->cfg;
+	const char *mine = cfg->metrics.listen;
+	addr_ip a, b;
+	uint16_t pa, pb;
+	jpath p;
+
+	if (!mine)
+		return;
+	jpath_from_dotted(&p, "metrics.listen");
+	bool tcp = tcp_listener(mine, &a, &pa);
+	for (size_t i = 0; i < cfg->policy.nlisten; i++) {
+		const char *theirs = cfg->policy.listen[i].address;
+		bool clash = tcp ? tcp_listener(theirs, &b, &pb) && binds_clash(&a, pa, &b, pb)
+		                 : strcmp(mine, theirs) == 0;
+		if (clash) {
+			ld_error(ld, &p,
+			         "%s is also policy.listen[%zu] (%s): the metrics listener needs an address "
+			         "of its own",
+			         mine, i, theirs);
+			return;
+		}
+	}
+	if (cfg->milter.listen && milter_clash(cfg->milter.listen, mine))
+		ld_error(ld, &p,
+		         "%s is also milter.listen (%s): the metrics listener needs an address of its own",
+		         mine, cfg->milter.listen);
+}
+
 /* The compiled sets exist even when empty: the request path never checks for NULL. */
 static void finish(loader *ld)
 {
@@ -2765,6 +2858,7 @@ static void finish(loader *ld)
 	}
 	cfg->decide.traps = ld->box->traps;
 	cfg->decide.whitelist = ld->box->wl;
+	check_metrics_listen(ld);
 	link_ratelimit(ld);
 	if (!link_greylist(ld))
 		return;

@@ -100,8 +100,9 @@ typedef struct config {
 
 	/* The Prometheus endpoint (src/metrics/metrics_server.c, docs/metrics.md). */
 	struct {
-		char *listen;  /* "127.0.0.1:9150", "[::1]:9150", "unix:/path"; NULL: off */
-		netset *allow; /* TCP clients that may scrape */
+		char *listen;            /* "127.0.0.1:9150", "[::1]:9150", "unix:/path"; NULL: off */
+		netset *allow;           /* TCP clients that may scrape */
+		int64_t entries_refresh; /* seconds between counts of the blocklist's entries (with listen) */
 	} metrics;
 
 	store_config store;

@@ -318,6 +318,7 @@ void engine_msg_begin(engine_msg *m, engine_snapshot *snap)
 	m->snap = snap;
 	memset(&m->state, 0, sizeof(m->state));
 	m->prepared = false;
+	m->plan_verified = -1;
 }
 
 void engine_msg_end(engine_msg *m)
@@ -326,6 +327,7 @@ void engine_msg_end(engine_msg *m)
 	m->snap = NULL;
 	memset(&m->state, 0, sizeof(m->state));
 	m->prepared = false;
+	m->plan_verified = -1;
 }
 
 /*
@@ -462,11 +464,16 @@ static double seconds_since(const struct timespec *a)
 /* store_run, timed for spamtrapd_store_call_duration_seconds. */
 static void store_call(engine_snapshot *snap, query *q, size_t n, int64_t now, stats_store_call call)
 {
+#ifdef SPAMTRAPD_NO_METRICS
+	(void)call;
+	store_run(snap->ss->st, q, n, now);
+#else
 	struct timespec a;
 
 	clock_gettime(CLOCK_MONOTONIC, &a);
 	store_run(snap->ss->st, q, n, now);
 	stats_store_duration(snap->cfg->store.backend, call, seconds_since(&a));
+#endif
 }
 
 static const char *block_type(const char *key)
@@ -736,16 +743,29 @@ static pipeline_run *run_buffer(void)
 	return run;
 }
 
-static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *facts)
+/*
+ * planning: called by engine_dns_plan, whose engine_stage follows with the
+ * same facts but the answers: it prepares again only if they changed
+ * sender_verified, the one input of decide_prepare they can change (a
+ * second decide_prepare of every DNS request was a visible part of the
+ * cached-path profile).
+ */
+static void prepare_txn(engine_msg *m, check_stage stage, const decide_facts *facts, bool planning)
 {
+	decide_facts f = *facts;
+	bool planned = !planning && m->plan_verified >= 0 && m->plan_stage == stage;
+	signed char verified = -1;
+
 	/* Again after DNS: an SPF result can verify the sender (decide_facts.sender_verified). */
 	if (stage == CHECK_STAGE_MAIL || !m->prepared || (facts->dns && facts->dns->spf.wanted)) {
-		decide_facts f = *facts;
-
 		f.sender_verified = f.sender_verified || spfcheck_verified(facts->dns, &m->state);
-		decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
+		verified = (signed char)f.sender_verified;
+		if (!planned || m->plan_verified != verified)
+			decide_prepare(&m->snap->cfg->decide, &f, &m->txn);
 		m->prepared = true;
 	}
+	m->plan_verified = planning ? verified : -1;
+	m->plan_stage = stage;
 }
 
 bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const decide_facts *facts,
@@ -755,10 +775,11 @@ bool engine_dns_plan(engine_msg *m, check_stage stage, unsigned checks, const de
 	decide_facts asked = *facts;
 
 	dnsplan_init(plan);
+	m->plan_verified = -1; /* until prepare_txn says otherwise: nothing of an earlier plan carries over */
 	if (!run || !m->snap)
 		return false;
 	asked.dns = NULL;
-	prepare_txn(m, stage, &asked);
+	prepare_txn(m, stage, &asked, true);
 	pipeline_begin(run, stage, checks, &asked, &m->txn, &m->state, (int64_t)time(NULL));
 	pipeline_plan_dns(&m->snap->cfg->pipeline, run, plan);
 	return !dnsplan_empty(plan);
@@ -780,7 +801,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 			count_recipient(&m->state, &out);
 		return out;
 	}
-	prepare_txn(m, stage, facts);
+	prepare_txn(m, stage, facts, false);
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -836,6 +857,19 @@ static void purge_greylist(engine *eng, store *st, bool maintenance)
 		if (purged)
 			log_info("purged %llu expired greylist records", (unsigned long long)purged);
 	}
+}
+
+void engine_count_entries(engine *eng)
+{
+	engine_snapshot *snap = engine_acquire(eng);
+	uint64_t counts[STORE_KEY_TYPES];
+	int64_t now = (int64_t)time(NULL);
+
+	if (store_count_types(snap->ss->st, now, counts) == STORE_OK)
+		stats_blocklist_entries(counts, now);
+	else
+		log_debug("metrics: the blocklist's entries not counted: %s", store_last_error());
+	engine_release(snap);
 }
 
 void engine_purge(engine *eng)

@@ -55,7 +55,13 @@ store *engine_store(const engine_snapshot *snap);
 typedef struct engine_msg {
 	engine_snapshot *snap; /* NULL outside a message */
 	check_msg state;
-	bool prepared;  /* txn holds this transaction's keys */
+	bool prepared; /* txn holds this transaction's keys */
+	/*
+	 * engine_dns_plan prepared txn for this stage with this
+	 * sender_verified (0 or 1), for the engine_stage that follows; -1: not.
+	 */
+	signed char plan_verified;
+	check_stage plan_stage;
 	decide_txn txn; /* points into itself: never copied */
 } engine_msg;
 
@@ -107,5 +113,12 @@ void engine_set_change_notify(engine *eng, engine_change_fn fn, void *ctx);
 
 /* Remove expired entries now (called by the purge thread). */
 void engine_purge(engine *eng);
+/*
+ * Count the blocklist's entries by key type for the metrics
+ * (spamtrapd_blocklist_entries): a walk of the store's keys, on the
+ * control thread. A failure keeps the last count (its timestamp says how
+ * old) and is logged at debug level: mail logs the store's faults.
+ */
+void engine_count_entries(engine *eng);
 
 #endif

@@ -201,6 +201,16 @@ static int64_t purge_interval(control *ctl)
 	return interval;
 }
 
+/* Seconds to the next count of the blocklist's entries; 0 without a metrics listener (no count). */
+static int64_t entries_refresh(control *ctl)
+{
+	engine_snapshot *snap = engine_acquire(ctl->eng);
+	const config *cfg = engine_config(snap);
+	int64_t interval = cfg->metrics.listen ? cfg->metrics.entries_refresh : 0;
+	engine_release(snap);
+	return interval;
+}
+
 /* Milliseconds until t, for poll(); 0 when t has passed. */
 static int ms_until(time_t t)
 {
@@ -217,10 +227,11 @@ static void *control_main(void *arg)
 	 * the Redis store learns which network lengths exist (its lookups
 	 * probe only those once a purge has run).
 	 */
-	time_t next_purge = time(NULL);
+	time_t next_purge = time(NULL), next_count = time(NULL);
 	for (;;) {
 		struct pollfd pfd = {.fd = ctl->pipe[0], .events = POLLIN};
-		int n = poll(&pfd, 1, ms_until(next_purge));
+		int n =
+		    poll(&pfd, 1, ms_until(next_count && next_count < next_purge ? next_count : next_purge));
 		char cmd = 0;
 		if (n > 0 && read(ctl->pipe[0], &cmd, 1) != 1)
 			cmd = 0;
@@ -233,6 +244,14 @@ static void *control_main(void *arg)
 		if (time(NULL) >= next_purge) {
 			engine_purge(ctl->eng);
 			next_purge = time(NULL) + purge_interval(ctl);
+		}
+		/* After the purge: it drops what expired. Off the request path (spamtrapd_blocklist_entries).
+		 */
+		if (next_count && time(NULL) >= next_count) {
+			int64_t refresh = entries_refresh(ctl);
+			if (refresh > 0)
+				engine_count_entries(ctl->eng);
+			next_count = refresh > 0 ? time(NULL) + refresh : 0;
 		}
 	}
 }

@@ -428,3 +428,64 @@ char *metrics_render(const metrics *m, size_t *len)
 	*len = o.len;
 	return o.buf;
 }
+
+/* A series' count: a counter's value, a histogram's observations (its buckets' sum). */
+static uint64_t series_count(const metrics_family *f, size_t s)
+{
+	const _Atomic uint64_t *c = &f->cells[s * f->cells_per_series];
+	uint64_t n = 0;
+
+	if (f->type != METRICS_HISTOGRAM)
+		return atomic_load_explicit(c, memory_order_relaxed);
+	for (size_t b = 0; b <= f->nbuckets; b++)
+		n += atomic_load_explicit(&c[b], memory_order_relaxed);
+	return n;
+}
+
+size_t metrics_ncounts(const metrics *m)
+{
+	size_t n = 0;
+
+	for (const metrics_family *f = m->first; f; f = f->next)
+		if (f->type != METRICS_GAUGE)
+			n += f->nseries;
+	return n;
+}
+
+void metrics_counts(const metrics *m, uint64_t *values)
+{
+	size_t i = 0;
+
+	for (const metrics_family *f = m->first; f; f = f->next)
+		for (size_t s = 0; f->type != METRICS_GAUGE && s < f->nseries; s++)
+			values[i++] = series_count(f, s);
+}
+
+char *metrics_render_counts(const metrics *m, const uint64_t *const *cols, size_t ncols, bool skip_zero,
+                            size_t *len)
+{
+	out o = {0};
+	size_t i = 0;
+
+	out_reserve(&o, 0);
+	if (o.buf)
+		o.buf[0] = '\0';
+	for (const metrics_family *f = m->first; f; f = f->next) {
+		for (size_t s = 0; f->type != METRICS_GAUGE && s < f->nseries; s++, i++) {
+			if (skip_zero && ncols > 0 && cols[0][i] == 0)
+				continue;
+			out_series_name(&o, f, f->type == METRICS_HISTOGRAM ? "_count" : "", s, NULL);
+			for (size_t c = 0; c < ncols; c++) {
+				out_str(&o, " ");
+				out_u64(&o, cols[c][i]);
+			}
+			out_str(&o, "\n");
+		}
+	}
+	if (o.failed) {
+		free(o.buf);
+		return NULL;
+	}
+	*len = o.len;
+	return o.buf;
+}

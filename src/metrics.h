@@ -16,6 +16,7 @@
 #ifndef SPAMTRAPD_METRICS_H
 #define SPAMTRAPD_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,24 @@ void metrics_observe(metrics_family *f, size_t series, double value); /* histogr
 
 /* A counter's or gauge's value now (tests, spamtrapctl). */
 int64_t metrics_value(const metrics_family *f, size_t series);
+
+/*
+ * The counts of a registry, for rates over time (rates.h): one per series
+ * of a counter and one per series of a histogram (its _count), in the
+ * order they render. metrics_counts writes their values now into values
+ * (metrics_ncounts long).
+ */
+size_t metrics_ncounts(const metrics *m);
+void metrics_counts(const metrics *m, uint64_t *values);
+
+/*
+ * One line per count: "NAME{LABELS}" (a histogram's NAME_count), then
+ * cols[0][i] ... cols[ncols - 1][i], space-separated; the counts whose
+ * first column is 0 are left out when skip_zero. malloc'd,
+ * NUL-terminated, its length in *len; NULL when out of memory.
+ */
+char *metrics_render_counts(const metrics *m, const uint64_t *const *cols, size_t ncols, bool skip_zero,
+                            size_t *len);
 
 /*
  * The exposition text of every family, in the order they were made:

@@ -5,6 +5,7 @@
  * or action gets its series without an edit; a name given at run time
  * that is not in a list counts under "other".
  */
+#define STATS_IMPL
 #include "stats.h"
 
 #include <stdio.h>
@@ -58,7 +59,7 @@ static struct {
 	size_t nsites;
 	metrics_family *decisions, *trap_hits, *blocklist, *greylist_results, *relay_trips, *ratelimit_hits,
 	    *store_errors, *policy_requests, *milter_sessions, *reloads, *build_info, *store_duration,
-	    *dns_lookups, *spf_results;
+	    *dns_lookups, *spf_results, *entries, *entries_time;
 } st;
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -118,6 +119,7 @@ static int make_families(char *err, size_t errlen)
 	const metrics_label blocklist[] = {LABEL("key_type", st.key_types), LABEL("reason", reason_names)};
 	const metrics_label greylist[] = {LABEL("result", st.greylist), LABEL("mode", mode_names)};
 	const metrics_label store_op[] = {LABEL("operation", store_op_names)};
+	const metrics_label type[] = {LABEL("key_type", st.key_types)};
 	const metrics_label role[] = {LABEL("role", role_names)};
 	const metrics_label reload[] = {LABEL("result", reload_names)};
 	const metrics_label version[] = {LABEL("version", version_names)};
@@ -151,6 +153,15 @@ static int make_families(char *err, size_t errlen)
 	               (st.milter_sessions = family(METRICS_COUNTER, "spamtrapd_milter_sessions_total",
 	                                            "Milter connections from the MTA (one per SMTP session).",
 	                                            NULL, 0, err, errlen)) &&
+	               (st.entries = family(METRICS_GAUGE, "spamtrapd_blocklist_entries",
+	                                    "Blocklist entries in force, by key type, as last counted "
+	                                    "(every metrics.entries_refresh).",
+	                                    type, 1, err, errlen)) &&
+	               (st.entries_time =
+	                    family(METRICS_GAUGE, "spamtrapd_blocklist_entries_timestamp_seconds",
+	                           "When spamtrapd_blocklist_entries was last counted (Unix "
+	                           "time; 0: not yet).",
+	                           NULL, 0, err, errlen)) &&
 	               (st.reloads = family(METRICS_COUNTER, "spamtrapd_reloads_total",
 	                                    "Configuration reloads, by result.", reload, 1, err, errlen)) &&
 	               (st.build_info =
@@ -213,6 +224,13 @@ void stats_decision(int check, decide_action action, stats_mode mode)
 		metrics_add(
 		    st.decisions,
 		    metrics_series(st.decisions, (size_t[]){(size_t)check, (size_t)action, (size_t)mode}), 1);
+}
+
+void stats_blocklist_entries(const uint64_t counts[STORE_KEY_TYPES], int64_t when)
+{
+	for (size_t k = 0; k < STORE_KEY_TYPES && k < NKEY_TYPES; k++)
+		metrics_set(st.entries, k, (int64_t)counts[k]);
+	metrics_set(st.entries_time, 0, when);
 }
 
 void stats_trap_hit(stats_mode mode)

@@ -30,32 +30,59 @@ void stats_free(void);
 /* The registry to render; NULL before stats_init. */
 const metrics *stats_registry(void);
 
+/*
+ * The blocklist's entries in force by key type (store_count_types), counted
+ * at Unix time when: the gauge the control thread refreshes every
+ * metrics.entries_refresh, never per request.
+ */
+void stats_blocklist_entries(const uint64_t counts[STORE_KEY_TYPES], int64_t when);
+
+/*
+ * The counting calls. Built with SPAMTRAPD_METRICS=OFF (SPAMTRAPD_NO_METRICS,
+ * for measuring what counting costs) they are empty inline functions, so
+ * that the request path does not even call out; stats.c (STATS_IMPL) still
+ * builds the real ones.
+ */
+#if defined(SPAMTRAPD_NO_METRICS) && !defined(STATS_IMPL)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#define STATS_COUNTING(decl)                                                                                 \
+	static inline decl                                                                                   \
+	{                                                                                                    \
+	}
+#else
+#define STATS_COUNTING(decl) decl;
+#endif
+
 typedef enum { STATS_MODE_ENFORCE, STATS_MODE_SHADOW } stats_mode;
 
 /* A check's verdict that the engine logs: in shadow mode, what enforce would have done. */
-void stats_decision(int check, decide_action action, stats_mode mode);
+STATS_COUNTING(void stats_decision(int check, decide_action action, stats_mode mode))
 /* A trap recipient met (in every mode: shadow traps record too). */
-void stats_trap_hit(stats_mode mode);
+STATS_COUNTING(void stats_trap_hit(stats_mode mode))
 /* A new blocklist entry (not a refresh); reason as query_hit.reason ("trap", "relay"). */
-void stats_blocklist_record(key_type type, const char *reason);
+STATS_COUNTING(void stats_blocklist_record(key_type type, const char *reason))
 /* The greylist's verdict, by its reason text (core/checks/greylist.c). */
-void stats_greylist(const char *reason, stats_mode mode);
-void stats_relay_trip(stats_mode mode);
-void stats_ratelimit_hit(stats_mode mode);
+STATS_COUNTING(void stats_greylist(const char *reason, stats_mode mode))
+STATS_COUNTING(void stats_relay_trip(stats_mode mode))
+STATS_COUNTING(void stats_ratelimit_hit(stats_mode mode))
 
 typedef enum { STATS_STORE_LOOKUP, STATS_STORE_UPDATE } stats_store_op;
-void stats_store_error(stats_store_op op);
+STATS_COUNTING(void stats_store_error(stats_store_op op))
 
 /* How long one store call took: a stage's queries, its checks' writes, or a purge. */
 typedef enum { STATS_CALL_QUERIES, STATS_CALL_WRITES, STATS_CALL_PURGE } stats_store_call;
-void stats_store_duration(store_backend backend, stats_store_call call, double seconds);
+STATS_COUNTING(void stats_store_duration(store_backend backend, stats_store_call call, double seconds))
 
 /* The answers of a DNS plan a stage used: each A lookup by its site, the SPF result. */
-void stats_dns_plan(const dnsplan *plan);
+STATS_COUNTING(void stats_dns_plan(const dnsplan *plan))
 
 /* One policy request answered (or parked for DNS) on a listener of this role (policy_role). */
-void stats_policy_request(int role);
-void stats_milter_session(void);
-void stats_reload(bool ok);
+STATS_COUNTING(void stats_policy_request(int role))
+STATS_COUNTING(void stats_milter_session(void))
+STATS_COUNTING(void stats_reload(bool ok))
 
+#if defined(SPAMTRAPD_NO_METRICS) && !defined(STATS_IMPL)
+#pragma GCC diagnostic pop
+#endif
 #endif

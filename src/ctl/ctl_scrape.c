@@ -98,14 +98,24 @@ static char *read_all(int fd, size_t *len, char *err, size_t errlen, const char 
 
 char *ctl_scrape(const char *listen, char *err, size_t errlen)
 {
-	static const char request[] = "GET /metrics HTTP/1.0\r\nHost: spamtrapctl\r\n\r\n";
-	int fd = open_socket(listen, err, errlen);
+	return ctl_scrape_path(listen, "/metrics", err, errlen);
+}
+
+char *ctl_scrape_path(const char *listen, const char *path, char *err, size_t errlen)
+{
+	char request[256];
+	int reqlen = snprintf(request, sizeof(request), "GET %s HTTP/1.0\r\nHost: spamtrapctl\r\n\r\n", path);
+	int fd;
 	size_t len;
 	char *answer = NULL;
 
-	if (fd < 0)
+	if (reqlen < 0 || (size_t)reqlen >= sizeof(request)) {
+		snprintf(err, errlen, "%s: path too long", listen);
 		return NULL;
-	if (send(fd, request, sizeof(request) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(request) - 1))
+	}
+	if ((fd = open_socket(listen, err, errlen)) < 0)
+		return NULL;
+	if (send(fd, request, (size_t)reqlen, MSG_NOSIGNAL) != (ssize_t)reqlen)
 		snprintf(err, errlen, "%s: %s", listen, strerror(errno));
 	else
 		answer = read_all(fd, &len, err, errlen, listen);

@@ -1,5 +1,5 @@
 /*
- * ctl_scrape: GET /metrics from the daemon's metrics listener
+ * ctl_scrape: GET /metrics (or /rates) from the daemon's metrics listener
  * (metrics.listen: IP:PORT, [IPV6]:PORT or unix:PATH), for spamtrapctl
  * stats. Bounded: CTL_SCRAPE_TIMEOUT seconds per read and write, at most
  * CTL_SCRAPE_MAX bytes of answer.
@@ -12,7 +12,9 @@
 #define CTL_SCRAPE_TIMEOUT 5
 #define CTL_SCRAPE_MAX (8u << 20)
 
-/* The body of a 200 answer, malloc'd and NUL-terminated; NULL with err. */
+/* The body of a 200 answer to GET /metrics, malloc'd and NUL-terminated; NULL with err. */
 char *ctl_scrape(const char *listen, char *err, size_t errlen);
+/* The same for another path the listener serves ("/rates"). */
+char *ctl_scrape_path(const char *listen, const char *path, char *err, size_t errlen);
 
 #endif

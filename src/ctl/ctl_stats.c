@@ -206,3 +206,61 @@ void ctl_stats_print_daemon(const char *exposition, FILE *out)
 	if (shown == 0)
 		fprintf(out, "  none\n");
 }
+
+/* "NAME{LABELS} TOTAL MINUTE HOUR": the three numbers from the right (a label value may hold blanks). */
+static bool rates_line(char *line, const char **name, unsigned long long v[3])
+{
+	for (int k = 2; k >= 0; k--) {
+		char *space = strrchr(line, ' ');
+		char *end;
+		if (!space || space[1] < '0' || space[1] > '9')
+			return false;
+		v[k] = strtoull(space + 1, &end, 10);
+		if (*end)
+			return false;
+		*space = '\0';
+	}
+	*name = line;
+	return line[0] != '\0' && line[0] != '#';
+}
+
+static void print_rate(FILE *out, unsigned long long n, double seconds)
+{
+	fprintf(out, " %10llu %9.3g", n, seconds > 0 ? (double)n / seconds : 0.0);
+}
+
+bool ctl_stats_print_rates(const char *text, FILE *out)
+{
+	double minute = -1, hour = -1;
+	size_t shown = 0;
+	char raw[1024], safe[1024];
+	const char *window = strstr(text, "# window minute ");
+
+	if (!window || sscanf(window, "# window minute %lf hour %lf", &minute, &hour) != 2)
+		return false;
+	fprintf(out,
+	        "\ndaemon counters: total since it started, and the increase and rate per second over\n"
+	        "the last minute (%.0f s) and the last hour (%.0f s%s); all others are 0:\n",
+	        minute, hour, hour < 3600 ? ", since it started" : "");
+	fprintf(out, "  %12s %10s %9s %10s %9s  %s\n", "total", "minute", "/s", "hour", "/s", "counter");
+	for (const char *line = text; *line;) {
+		const char *eol = strchr(line, '\n');
+		size_t len = eol ? (size_t)(eol - line) : strlen(line);
+		const char *name;
+		unsigned long long v[3];
+
+		snprintf(raw, sizeof(raw), "%.*s", (int)len, line);
+		line += len + (eol ? 1 : 0);
+		if (len >= sizeof(raw) || !rates_line(raw, &name, v) || v[0] == 0)
+			continue;
+		fprintf(out, "  %12llu", v[0]);
+		print_rate(out, v[1], minute);
+		print_rate(out, v[2], hour);
+		/* Whatever answers on metrics.listen wrote it: keep control bytes off the terminal. */
+		fprintf(out, "  %s\n", log_safe(name, safe, sizeof(safe)));
+		shown++;
+	}
+	if (shown == 0)
+		fprintf(out, "  none\n");
+	return true;
+}

@@ -11,6 +11,7 @@
 #ifndef SPAMTRAPD_CTL_STATS_H
 #define SPAMTRAPD_CTL_STATS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -34,5 +35,13 @@ void ctl_stats_print(const ctl_stats *s, FILE *out);
  * count and sum only, in the order the daemon gives them.
  */
 void ctl_stats_print_daemon(const char *exposition, FILE *out);
+
+/*
+ * The daemon's counters with their rates, from GET /rates (rates.h): for
+ * every count not 0, its total, its increase over the last minute and
+ * the last hour and that per second. Lines it cannot read are skipped;
+ * false when the text is not a /rates answer at all (no window line).
+ */
+bool ctl_stats_print_rates(const char *text, FILE *out);
 
 #endif

@@ -52,7 +52,9 @@ static const char usage_text[] =
     "  remove KEY                           delete the entry for KEY\n"
     "  expire                               drop expired entries now\n"
     "  stats                                entries by type, new and hit in the last minute,\n"
-    "                                       hour and day, top traps and most-hit keys\n"
+    "                                       hour and day, top traps and most-hit keys; with\n"
+    "                                       metrics.listen, the daemon's counters and their\n"
+    "                                       rates over the last minute and hour\n"
     "  export [--format F] [--keys LIST] [--output FILE]\n"
     "                                       the blocklist as a Postfix map (postfix, cidr), a\n"
     "                                       firewall set (nft, ipset, pf) or a DNSBL zone\n"
@@ -428,6 +430,13 @@ static void print_daemon_counters(const config *cfg)
 	if (!cfg->metrics.listen)
 		return;
 	fflush(stdout);
+	/* The rates, from the daemon's recent snapshots; a daemon without them: its counters alone. */
+	if ((body = ctl_scrape_path(cfg->metrics.listen, "/rates", err, sizeof(err))) &&
+	    ctl_stats_print_rates(body, stdout)) {
+		free(body);
+		return;
+	}
+	free(body);
 	if (!(body = ctl_scrape(cfg->metrics.listen, err, sizeof(err)))) {
 		fprintf(stderr, "spamtrapctl: stats: no counters from the daemon (metrics.listen %s)\n", err);
 		return;

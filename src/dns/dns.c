@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +26,17 @@
 #define RCODE_NXDOMAIN 3     /* RFC 1035 4.1.1 */
 
 /*
- * The answer cache in front of libunbound's (dns.h): direct-mapped, a
- * fixed array allocated with the resolver, so its memory never grows.
- * An answer that does not fit a slot is simply not kept.
+ * The answer cache in front of libunbound's (dns.h): a fixed array
+ * allocated with the resolver, so its memory never grows, in sets of
+ * ACACHE_WAYS slots. Not direct-mapped: there, two names of one load
+ * sharing a slot (15% of the bench's 130) evict each other on every
+ * request, and each miss is a round trip through libunbound's thread,
+ * which the cached-path profile showed as the biggest cost after the
+ * sockets. An answer that does not fit a slot is simply not kept.
  */
-#define ACACHE_SLOTS 1024   /* answers kept per resolver */
+#define ACACHE_SLOTS 1024 /* answers kept per resolver */
+#define ACACHE_WAYS 4     /* slots a name may use: one set */
+#define ACACHE_SETS (ACACHE_SLOTS / ACACHE_WAYS)
 #define ACACHE_RECORDS 16   /* records of one kept answer */
 #define ACACHE_DATA 480     /* RDATA bytes of one kept answer, all records together */
 #define ACACHE_NAME 256     /* the escaped name with its NUL */
@@ -37,6 +44,7 @@
 
 typedef struct aentry {
 	int64_t expires_ms; /* dns_now_ms() clock; 0: an empty slot */
+	uint32_t hash;      /* acache_hash() of name and type: most mismatches without a string compare */
 	int type;
 	dns_status status;
 	int rcode;
@@ -46,13 +54,26 @@ typedef struct aentry {
 	char name[ACACHE_NAME];
 } aentry;
 
+/*
+ * A cache hit waiting for delivery: a copy of the slot's answer (the slot
+ * may change), its used RDATA only (a slot is mostly empty), allocated
+ * with its qrec.
+ */
+typedef struct ahit {
+	dns_status status;
+	int rcode;
+	unsigned count;
+	uint16_t len[ACACHE_RECORDS];
+	unsigned char data[];
+} ahit;
+
 typedef struct qrec {
 	dns_resolver *r;
 	dns_cb cb;
 	void *arg;
 	int async_id;
 	int type;
-	aentry *hit; /* answered from the cache (a copy: the slot may change): on the ready list */
+	ahit *hit; /* answered from the cache (after the qrec, one allocation): on the ready list */
 	struct qrec *prev, *next;   /* the resolver's queries in flight, hits included */
 	struct qrec *rprev, *rnext; /* the ready list */
 	char name[ACACHE_NAME];     /* the escaped name; "": too long to cache */
@@ -228,7 +249,6 @@ void dns_free(dns_resolver *r)
 		qrec *q = r->head;
 
 		r->head = q->next;
-		free(q->hit);
 		free(q);
 	}
 	pthread_cond_destroy(&r->delivered);
@@ -278,27 +298,67 @@ static void unlink_rec(dns_resolver *r, qrec *q)
 /* ---- the answer cache ---- */
 
 /* FNV-1a over the name with ASCII letters folded (names compare case-insensitively) and the type. */
-static aentry *acache_slot(dns_resolver *r, const char *name, int type)
+static uint32_t acache_hash(const char *name, int type)
 {
 	uint32_t h = 2166136261u ^ (uint32_t)type;
 
 	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
 		h = (h ^ (uint32_t)(*p >= 'A' && *p <= 'Z' ? *p | 0x20 : *p)) * 16777619u;
-	return &r->cache[h % ACACHE_SLOTS];
+	return h;
 }
 
-/* A copy of the live answer for (name, type, class IN), or NULL (none, expired, out of memory). */
-static aentry *acache_get(dns_resolver *r, const char *name, int type)
+static aentry *acache_set(dns_resolver *r, uint32_t h)
 {
-	const aentry *e = acache_slot(r, name, type);
-	aentry *copy;
+	return &r->cache[(h % ACACHE_SETS) * ACACHE_WAYS];
+}
 
-	if (e->expires_ms == 0 || e->type != type || strcasecmp(e->name, name) != 0 ||
-	    e->expires_ms <= dns_now_ms())
-		return NULL;
-	if ((copy = malloc(sizeof(*copy))) != NULL)
-		memcpy(copy, e, sizeof(*copy));
-	return copy;
+/* The slot of the set holding (name, type), live or expired, or NULL. */
+static aentry *acache_find(aentry *set, uint32_t h, const char *name, int type)
+{
+	for (int i = 0; i < ACACHE_WAYS; i++) {
+		aentry *e = &set[i];
+
+		if (e->expires_ms != 0 && e->hash == h && e->type == type && strcasecmp(e->name, name) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+/* The live answer for (name, type, class IN), or NULL (none, expired). */
+static const aentry *acache_get(dns_resolver *r, const char *name, int type)
+{
+	uint32_t h = acache_hash(name, type);
+	const aentry *e = acache_find(acache_set(r, h), h, name, type);
+
+	return e != NULL && e->expires_ms > dns_now_ms() ? e : NULL;
+}
+
+static size_t acache_used(const aentry *e)
+{
+	size_t used = 0;
+
+	for (unsigned i = 0; i < e->count; i++)
+		used += e->len[i];
+	return used;
+}
+
+/*
+ * Where (name, type) is kept: its own slot, else an empty or expired one,
+ * else the one that expires first (the least to lose).
+ */
+static aentry *acache_victim(aentry *set, uint32_t h, const char *name, int type, int64_t now)
+{
+	aentry *e = acache_find(set, h, name, type), *first = &set[0];
+
+	if (e != NULL)
+		return e;
+	for (int i = 0; i < ACACHE_WAYS; i++) {
+		if (set[i].expires_ms <= now)
+			return &set[i];
+		if (set[i].expires_ms < first->expires_ms)
+			first = &set[i];
+	}
+	return first;
 }
 
 /*
@@ -310,6 +370,8 @@ static aentry *acache_get(dns_resolver *r, const char *name, int type)
 static void acache_put(dns_resolver *r, const char *name, int type, const dns_answer *ans, int ttl)
 {
 	size_t total = 0, off = 0;
+	uint32_t h = acache_hash(name, type);
+	int64_t now = dns_now_ms();
 	aentry *e;
 
 	if (ttl <= 0 || !name[0] || ans->count > ACACHE_RECORDS ||
@@ -319,18 +381,19 @@ static void acache_put(dns_resolver *r, const char *name, int type, const dns_an
 		total += ans->rr[i].len;
 	if (total > ACACHE_DATA)
 		return;
-	e = acache_slot(r, name, type);
+	e = acache_victim(acache_set(r, h), h, name, type, now);
 	for (size_t i = 0; i < ans->count; i++) {
 		memcpy(e->data + off, ans->rr[i].data, ans->rr[i].len);
 		e->len[i] = (uint16_t)ans->rr[i].len;
 		off += ans->rr[i].len;
 	}
 	e->count = (unsigned)ans->count;
+	e->hash = h;
 	e->type = type;
 	e->status = ans->status;
 	e->rcode = ans->rcode;
 	memcpy(e->name, name, strlen(name) + 1);
-	e->expires_ms = dns_now_ms() + (int64_t)(ttl < ACACHE_TTL_MAX ? ttl : ACACHE_TTL_MAX) * 1000;
+	e->expires_ms = now + (int64_t)(ttl < ACACHE_TTL_MAX ? ttl : ACACHE_TTL_MAX) * 1000;
 }
 
 static void ready_push(dns_resolver *r, qrec *q)
@@ -361,7 +424,7 @@ static void deliver_ready(dns_resolver *r)
 {
 	while (r->ready_head != NULL) {
 		qrec *q = r->ready_head;
-		const aentry *e = q->hit;
+		const ahit *e = q->hit;
 		dns_rr rr[ACACHE_RECORDS];
 		dns_answer ans = {.status = e->status, .rcode = e->rcode, .rr = rr, .count = e->count};
 		size_t off = 0;
@@ -374,7 +437,6 @@ static void deliver_ready(dns_resolver *r)
 		ready_unlink(r, q);
 		unlink_rec(r, q);
 		q->cb(q->arg, &ans);
-		free(q->hit);
 		free(q);
 	}
 }
@@ -423,7 +485,7 @@ static void log_full(dns_resolver *r)
  * never syntax. false when it does not fit. Byte by byte, without
  * snprintf: it runs for every query, cached answers included.
  */
-static bool name_escape(const char *in, char *out, size_t outlen)
+static bool name_escape(const char *in, char *out, size_t outlen, size_t *len)
 {
 	size_t o = 0;
 
@@ -442,16 +504,47 @@ static bool name_escape(const char *in, char *out, size_t outlen)
 		out[o++] = (char)('0' + *p % 10);
 	}
 	out[o] = '\0';
+	*len = o;
 	return true;
+}
+
+/*
+ * A query's record; a hit's answer (e) copied in after it, in the same
+ * allocation (hits are most queries: one allocation, not two). The name
+ * is kept only for a miss, whose answer goes into the cache.
+ */
+static qrec *qrec_new(dns_resolver *r, const char *wire_name, size_t len, int type, const aentry *e)
+{
+	size_t used = e ? acache_used(e) : 0;
+	qrec *q = malloc(sizeof(*q) + (e ? sizeof(ahit) + used : 0));
+
+	if (q == NULL)
+		return NULL;
+	memset(q, 0, offsetof(qrec, name));
+	q->r = r;
+	q->type = type;
+	q->name[0] = '\0';
+	if (e != NULL) {
+		q->hit = (ahit *)(q + 1);
+		q->hit->status = e->status;
+		q->hit->rcode = e->rcode;
+		q->hit->count = e->count;
+		memcpy(q->hit->len, e->len, sizeof(q->hit->len));
+		memcpy(q->hit->data, e->data, used);
+	} else if (len < sizeof(q->name)) {
+		memcpy(q->name, wire_name, len + 1);
+	}
+	return q;
 }
 
 int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg, uint64_t *id)
 {
 	char wire_name[4 * 256];
+	size_t len;
 	qrec *q;
 	int rc;
 
-	if (!name_escape(name, wire_name, sizeof(wire_name)))
+	if (!name_escape(name, wire_name, sizeof(wire_name), &len))
 		return -1;
 
 	dns_lock(r);
@@ -460,18 +553,15 @@ int dns_query(dns_resolver *r, const char *name, int type, dns_cb cb, void *arg,
 		dns_unlock(r);
 		return -1;
 	}
-	if ((q = calloc(1, sizeof(*q))) == NULL) {
+	if ((q = qrec_new(r, wire_name, len, type,
+	                  len < ACACHE_NAME ? acache_get(r, wire_name, type) : NULL)) == NULL) {
 		dns_unlock(r);
 		return -1;
 	}
-	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
-	q->type = type;
-	if (strlen(wire_name) < sizeof(q->name))
-		memcpy(q->name, wire_name, strlen(wire_name) + 1);
 	/* A hit never calls back from here: the caller may not be ready for it (dns.h). */
-	if (q->name[0] && (q->hit = acache_get(r, q->name, type)) != NULL) {
+	if (q->hit != NULL) {
 		ready_push(r, q);
 	} else if ((rc = ub_resolve_async(r->ctx, wire_name, type, 1 /* IN */, q, on_result, &q->async_id)) !=
 	           0) {
@@ -500,7 +590,6 @@ void dns_cancel(dns_resolver *r, uint64_t id)
 	else /* Once ub_cancel returns, the answer is dropped even if it already waits in the pipe. */
 		ub_cancel(r->ctx, q->async_id);
 	unlink_rec(r, q);
-	free(q->hit);
 	free(q);
 	dns_unlock(r);
 }

@@ -21,7 +21,7 @@
  * threaded mode hands every query, even one its cache answers, to its
  * thread and back over a socket pair, tens of system calls. Final answers
  * (records, NXDOMAIN, no data; never a failure) are kept per resolver in
- * a fixed direct-mapped table (1,024 answers of at most 16 records and
+ * a fixed table, 4-way set-associative (1,024 answers of at most 16 records and
  * 480 bytes of RDATA, about 800 KiB, allocated with the resolver and
  * never grown; a bigger answer is not kept), keyed by the exact name
  * (letters case-insensitive) and type, for the TTL libunbound reports,

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "core/addr.h"
+#include "core/text.h"
 
 #define SPF_RECORDS_MAX 64 /* records of one answer handed to the evaluator; more are ignored */
 
@@ -34,10 +35,22 @@ typedef struct slot {
 #define SPF_EVALS 1
 #endif
 
+/* A query the SPF evaluator asked: an evaluation has one in flight at most (its spf_resolver id is this
+ * record). */
+typedef struct spfq {
+	struct dnsrun *run;
+	enum spf_rrtype type;
+	spf_dns_cb cb;
+	void *cbarg;
+	uint64_t id; /* the resolver's */
+} spfq;
+
+/* One check_host() evaluation; its resolver's ctx. */
 typedef struct spfslot {
 	struct dnsrun *run;
 	dnsplan_spf *s;
 	spf_eval *ev;
+	spfq q;
 } spfslot;
 
 struct dnsrun {
@@ -51,15 +64,6 @@ struct dnsrun {
 	dnsrun_done_fn done;
 	void *arg;
 };
-
-/* A query the SPF evaluator asked (its spf_resolver id is this record). */
-typedef struct spfq {
-	dnsrun *run;
-	enum spf_rrtype type;
-	spf_dns_cb cb;
-	void *cbarg;
-	uint64_t id; /* the resolver's */
-} spfq;
 
 /* ---- records ---- */
 
@@ -225,52 +229,53 @@ static size_t spf_records(const spfq *q, const dns_answer *ans, struct spf_dns_r
 	return n;
 }
 
+/* Converted records of an answer this size or smaller need no allocation (an SPF record is most answers). */
+#define SPF_ANSWER_STACK 1024
+
 static void on_spf_answer(void *arg, const dns_answer *ans)
 {
 	spfq *q = arg;
 	struct spf_dns_rr rr[SPF_RECORDS_MAX];
 	struct spf_dns_answer sa = {.status = spf_status(ans->status), .rr = rr};
+	unsigned char small[SPF_ANSWER_STACK];
 	size_t bufsize = 0;
-	unsigned char *buf;
+	unsigned char *buf = small;
 	spf_dns_cb cb = q->cb;
 	void *cbarg = q->cbarg;
 
 	for (size_t k = 0; k < ans->count; k++)
 		bufsize += ans->rr[k].len; /* a converted record is never longer than its RDATA */
-	buf = malloc(bufsize ? bufsize : 1);
+	if (bufsize > sizeof(small))
+		buf = malloc(bufsize);
 	if (buf == NULL)
 		sa.status = SPF_DNS_TEMPFAIL;
 	else if (sa.status == SPF_DNS_OK)
 		sa.count = spf_records(q, ans, rr, buf, bufsize);
-	free(q); /* before cb: it may submit the evaluator's next query */
+	/* q is free from here: cb may submit the evaluator's next query into it */
 	cb(cbarg, &sa);
-	free(buf);
+	if (buf != small)
+		free(buf);
 }
 
 static int spf_submit(void *ctx, const char *name, enum spf_rrtype type, spf_dns_cb cb, void *cbarg,
                       uint64_t *id)
 {
-	dnsrun *run = ctx;
-	spfq *q = malloc(sizeof(*q));
+	spfslot *e = ctx;
+	spfq *q = &e->q;
 
-	if (q == NULL)
+	*q = (spfq){.run = e->run, .type = type, .cb = cb, .cbarg = cbarg};
+	if (dns_query(e->run->r, name, spf_type(type), on_spf_answer, q, &q->id) < 0)
 		return -1;
-	*q = (spfq){.run = run, .type = type, .cb = cb, .cbarg = cbarg};
-	if (dns_query(run->r, name, spf_type(type), on_spf_answer, q, &q->id) < 0) {
-		free(q);
-		return -1;
-	}
 	*id = (uint64_t)(uintptr_t)q;
 	return 0;
 }
 
 static void spf_cancel(void *ctx, uint64_t id)
 {
-	dnsrun *run = ctx;
+	spfslot *e = ctx;
 	spfq *q = (spfq *)(uintptr_t)id;
 
-	dns_cancel(run->r, q->id);
-	free(q);
+	dns_cancel(e->run->r, q->id);
 }
 
 static void on_spf_done(void *arg, const struct spf_outcome *out)
@@ -279,8 +284,8 @@ static void on_spf_done(void *arg, const struct spf_outcome *out)
 	dnsplan_spf *s = e->s;
 
 	s->result = out->result;
-	snprintf(s->explanation, sizeof(s->explanation), "%s", out->explanation ? out->explanation : "");
-	snprintf(s->reason, sizeof(s->reason), "%s", out->reason ? out->reason : "");
+	text_copy(s->explanation, sizeof(s->explanation), out->explanation ? out->explanation : "");
+	text_copy(s->reason, sizeof(s->reason), out->reason ? out->reason : "");
 	s->done = true;
 	part_done(e->run);
 }
@@ -288,7 +293,7 @@ static void on_spf_done(void *arg, const struct spf_outcome *out)
 /* Starts one check_host() of s's identity; false when it cannot start (then it stays not done). */
 static bool spf_begin(dnsrun *run, spfslot *e, dnsplan_spf *s, const char *receiver, int64_t now)
 {
-	struct spf_resolver res = {.submit = spf_submit, .cancel = spf_cancel, .ctx = run};
+	struct spf_resolver res = {.submit = spf_submit, .cancel = spf_cancel, .ctx = e};
 	struct spf_request req = {.mailfrom = s->mailfrom, .helo = s->helo, .receiver = receiver, .now = now};
 	addr_ip ip;
 

@@ -54,7 +54,9 @@ static httpreq_status judge_target(const char *t, size_t n)
 	size_t end = i;
 	while (end < n && t[end] != '?')
 		end++;
-	return end - i == 8 && memcmp(t + i, "/metrics", 8) == 0 ? HTTPREQ_OK : HTTPREQ_NOT_FOUND;
+	if (end - i == 8 && memcmp(t + i, "/metrics", 8) == 0)
+		return HTTPREQ_OK;
+	return end - i == 6 && memcmp(t + i, "/rates", 6) == 0 ? HTTPREQ_RATES : HTTPREQ_NOT_FOUND;
 }
 
 static httpreq_status judge_version(const char *v, size_t n)
@@ -177,7 +179,7 @@ httpreq_status httpreq_feed(httpreq *r, const char *data, size_t len)
 
 int httpreq_code(httpreq_status st)
 {
-	static const int codes[] = {0, 200, 400, 404, 405, 431, 505};
+	static const int codes[] = {0, 200, 400, 404, 405, 431, 505, 200};
 	return (size_t)st < sizeof(codes) / sizeof(codes[0]) ? codes[st] : 500;
 }
 
@@ -189,6 +191,7 @@ const char *httpreq_reason(httpreq_status st)
 	                                      "Not Found",
 	                                      "Method Not Allowed",
 	                                      "Request Header Fields Too Large",
-	                                      "HTTP Version Not Supported"};
+	                                      "HTTP Version Not Supported",
+	                                      "OK"};
 	return (size_t)st < sizeof(reasons) / sizeof(reasons[0]) ? reasons[st] : "Internal Server Error";
 }

@@ -1,5 +1,6 @@
 /*
- * httpreq: the one request the metrics listener serves, GET /metrics, read
+ * httpreq: the requests the metrics listener serves, GET /metrics (and
+ * GET /rates, spamtrapctl's), read
  * from bytes as they arrive (RFC 9112 section 2-5, only what a scraper
  * sends). Pure and bounded: at most HTTPREQ_MAX bytes of request line and
  * headers are ever looked at, each byte once, and the first thing that is
@@ -22,6 +23,7 @@ typedef enum {
 	HTTPREQ_METHOD,    /* 405: another method */
 	HTTPREQ_TOO_LARGE, /* 431: no end of head within HTTPREQ_MAX bytes */
 	HTTPREQ_VERSION,   /* 505: not HTTP/1.0 or 1.1 */
+	HTTPREQ_RATES,     /* GET /rates: 200 (the counters' recent increases, for spamtrapctl stats) */
 } httpreq_status;
 
 /* Where a parse stands. Zero it (or httpreq_init) before the first byte. */

@@ -30,6 +30,7 @@
 #include "listenaddr.h"
 #include "log.h"
 #include "metrics/httpreq.h"
+#include "rates.h"
 
 #define LISTEN_BACKLOG 128
 #define ACCEPT_PAUSE_MS 100
@@ -48,6 +49,7 @@ typedef struct mconn {
 struct metrics_server {
 	config *cfg;
 	const metrics *reg;
+	rates *rates; /* ticked and rendered on the server's thread only */
 	int listen_fd, epoll_fd, stop_fd;
 	char *unix_path; /* to unlink at the end */
 	int64_t paused_until_ms;
@@ -143,6 +145,10 @@ metrics_server *metrics_server_new(config *cfg, const metrics *reg, char *err, s
 		s->conns[i].fd = -1;
 	if (open_listener(s, err, errlen) < 0)
 		goto fail;
+	if (!(s->rates = rates_new(reg, now_ms()))) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	s->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	s->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (s->epoll_fd < 0 || s->stop_fd < 0 ||
@@ -171,13 +177,17 @@ static void conn_close(mconn *c)
 static void conn_answer(metrics_server *s, mconn *c, httpreq_status st)
 {
 	size_t bodylen = 0;
-	char *body = st == HTTPREQ_OK ? metrics_render(s->reg, &bodylen) : NULL;
-	const char *type = "text/plain; version=0.0.4; charset=utf-8";
+	bool ok = st == HTTPREQ_OK || st == HTTPREQ_RATES;
+	char *body = st == HTTPREQ_OK      ? metrics_render(s->reg, &bodylen)
+	             : st == HTTPREQ_RATES ? rates_render(s->rates, now_ms(), &bodylen)
+	                                   : NULL;
+	const char *type =
+	    st == HTTPREQ_OK ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8";
 	char head[512], reason_body[64];
 
-	if (st == HTTPREQ_OK && !body)
+	if (ok && !body)
 		return; /* out of memory: no answer, the connection closes */
-	if (st != HTTPREQ_OK) {
+	if (!ok) {
 		snprintf(reason_body, sizeof(reason_body), "%s\n", httpreq_reason(st));
 		bodylen = strlen(reason_body);
 		type = "text/plain; charset=utf-8";
@@ -351,7 +361,13 @@ static void *serve(void *arg)
 	struct epoll_event evs[METRICS_SERVER_MAX_CONNS + 2];
 
 	for (;;) {
-		int timeout = sweep(s, now_ms());
+		int64_t start = now_ms();
+		int timeout = sweep(s, start);
+
+		rates_tick(s->rates, start);
+		int64_t tick = rates_next_ms(s->rates) - start;
+		if (timeout < 0 || tick < timeout)
+			timeout = tick < 0 ? 0 : (int)tick;
 		int n = epoll_wait(s->epoll_fd, evs, METRICS_SERVER_MAX_CONNS + 2, timeout);
 		int64_t now = now_ms();
 		for (int i = 0; i < n; i++) {
@@ -408,5 +424,6 @@ void metrics_server_free(metrics_server *s)
 		unlink(s->unix_path);
 	free(s->unix_path);
 	config_unref(s->cfg);
+	rates_free(s->rates);
 	free(s);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/key.h"
 #include "core/netkeys.h"
 #include "store/store.h"
 #include "store/store_backend.h"
@@ -526,6 +527,24 @@ store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx)
 	if (!fn)
 		return store_set_error("store_foreach: no visitor given");
 	return st->ops->foreach (st->impl, now, fn, ctx);
+}
+
+_Static_assert(STORE_KEY_TYPES == KEY_TYPE_HELO + 1, "one count per key type of core/key.h");
+
+static int count_one(const store_entry *e, void *ctx)
+{
+	uint64_t *counts = ctx;
+
+	counts[key_type_of(e->key)]++;
+	return 0;
+}
+
+store_status store_count_types(store *st, int64_t now, uint64_t counts[STORE_KEY_TYPES])
+{
+	memset(counts, 0, STORE_KEY_TYPES * sizeof(*counts));
+	if (st->ops->count_types)
+		return st->ops->count_types(st->impl, now, counts);
+	return st->ops->foreach (st->impl, now, count_one, counts);
 }
 
 /* --- store_run: the queries of one stage of the checks ------------------- */

@@ -350,6 +350,17 @@ typedef int (*store_visit_fn)(const store_entry *e, void *ctx);
 store_status store_foreach(store *st, int64_t now, store_visit_fn fn, void *ctx);
 
 /*
+ * The entries in force at now by key type (core/key.h): counts[KEY_TYPE_*],
+ * as key_type_of() types their keys. It walks every key, though not the
+ * entries: SQLite reads only the expires index (which holds the key) and
+ * groups in SQL; Redis SCANs the entries' names, and what Redis's own
+ * expiry has not dropped is in force. For the daemon's background refresh
+ * of the spamtrapd_blocklist_entries gauge, never per request.
+ */
+#define STORE_KEY_TYPES 5 /* KEY_TYPE_HELO + 1 */
+store_status store_count_types(store *st, int64_t now, uint64_t counts[STORE_KEY_TYPES]);
+
+/*
  * Changes made on other hosts (Redis): every write that lists a key anew
  * (the record script) and every spamtrapctl add or remove PUBLISHes on
  * the channel store.redis.prefix STORE_WATCH_CHANNEL. A watch is a

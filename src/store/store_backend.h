@@ -87,6 +87,8 @@ typedef struct store_ops {
 	store_status (*sync)(store_backend_impl *impl);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */
 	uint64_t (*filter_answers)(store_backend_impl *impl);
+	/* Optional: without it, store_count_types types the entries foreach visits. */
+	store_status (*count_types)(store_backend_impl *impl, int64_t now, uint64_t *counts);
 } store_ops;
 
 extern const store_ops store_sqlite_ops;

@@ -2057,6 +2057,35 @@ static store_status op_foreach(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+/* Each name SCAN gives is a live entry (Redis expired the others), typed by its key. */
+static store_status count_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	uint64_t *counts = o->ctx;
+
+	(void)rc;
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+
+		if (reply_is_str(k) && k->len > s->prefixlen)
+			counts[key_type_of(k->str + s->prefixlen)]++;
+	}
+	return STORE_OK;
+}
+
+/* Names only: no entry is read. From 0 again when run() retries on a fresh connection. */
+static store_status op_count_types(store_backend_impl *s, rconn *rc, op *o)
+{
+	memset(o->ctx, 0, STORE_KEY_TYPES * sizeof(uint64_t));
+	return scan_all(s, rc, o, count_batch);
+}
+
+static store_status redis_count_types(store_backend_impl *s, int64_t now, uint64_t *counts)
+{
+	op o = {.what = "count", .fn = op_count_types, .now = now, .ctx = counts};
+
+	return run(s, &o);
+}
+
 /* --- the upgrade to typed keys ------------------------------------------ */
 
 /*
@@ -3091,6 +3120,7 @@ const store_ops store_redis_ops = {
     .remove = redis_remove,
     .purge = redis_purge,
     .foreach = redis_foreach,
+    .count_types = redis_count_types,
     .distinct_add = redis_distinct_add,
     .distinct_peek = redis_distinct_peek,
     .distinct_list = redis_distinct_list,

@@ -3042,6 +3042,47 @@ static store_status sqlite_kv(store_backend_impl *s, query *q)
 	return STORE_OK;
 }
 
+/*
+ * key_type_of() in SQL: lower() and substr() see ASCII as it does, and the
+ * numbers are core/key.h's. INDEXED BY: the expires index of a WITHOUT
+ * ROWID table holds the key, so no entry is read.
+ */
+_Static_assert(KEY_TYPE_NETWORK == 0 && KEY_TYPE_SENDER == 1 && KEY_TYPE_DOMAIN == 2 && KEY_TYPE_SASL == 3 &&
+                   KEY_TYPE_HELO == 4,
+               "count_types_sql numbers the key types as core/key.h");
+static const char count_types_sql[] =
+    "SELECT CASE WHEN lower(substr(key, 1, 5)) = 'sasl:' THEN 3"
+    " WHEN lower(substr(key, 1, 5)) = 'helo:' THEN 4 WHEN substr(key, 1, 1) = '@' THEN 2"
+    " WHEN instr(key, '@') > 0 THEN 1 ELSE 0 END AS t, count(*)"
+    " FROM blocklist INDEXED BY blocklist_expires WHERE expires > ?1 GROUP BY t";
+
+static store_status sqlite_count_types(store_backend_impl *s, int64_t now, uint64_t *counts)
+{
+	conn *c = acquire(s, FOR_READ, "count");
+	sqlite3_stmt *stmt = NULL;
+	store_status rc = STORE_OK;
+	int step;
+
+	if (!c)
+		return STORE_ERROR;
+	if (sqlite3_prepare_v2(c->db, count_types_sql, -1, &stmt, NULL) != SQLITE_OK) {
+		rc = db_error(s, c, "count");
+		release(s, c, FOR_READ);
+		return rc;
+	}
+	sqlite3_bind_int64(stmt, 1, now);
+	while ((step = sqlite3_step(stmt)) == SQLITE_ROW) {
+		int t = sqlite3_column_int(stmt, 0);
+		if (t >= 0 && t < STORE_KEY_TYPES)
+			counts[t] = (uint64_t)sqlite3_column_int64(stmt, 1);
+	}
+	if (step != SQLITE_DONE)
+		rc = db_error(s, c, "count");
+	sqlite3_finalize(stmt);
+	release(s, c, FOR_READ);
+	return rc;
+}
+
 const store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -3062,6 +3103,7 @@ const store_ops store_sqlite_ops = {
     .distinct_list = sqlite_distinct_list,
     .distinct_clear = sqlite_distinct_clear,
     .filter_answers = sqlite_filter_answers,
+    .count_types = sqlite_count_types,
     .kv = sqlite_kv,
     .counter = sqlite_counter,
     .counter_delete = sqlite_counter_delete,

@@ -30,6 +30,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
+import redis_harness as rh
 import spamtrapd_harness as sh
 from milter_client import MilterClient
 
@@ -199,11 +200,41 @@ class Counting(MetricsCase):
         keys = out.split("most-hit keys")[1]
         self.assertRegex(keys, r"(?m)^ +2  ctl@spam\.test$")
         self.assertRegex(keys, r"(?m)^ +2  192\.0\.2\.77$")
-        # metrics.listen is set: the daemon's counters follow, those that are not 0.
-        daemon = out.split("daemon counters since it started")[1]
-        self.assertRegex(daemon, r'(?m)^  spamtrapd_decisions_total\{check="traps",action="reject",'
-                                 r'mode="enforce"\} [1-9]')
-        self.assertNotRegex(daemon, r"(?m) 0$")
+        # metrics.listen is set: the daemon's counters follow, those that are not 0, with their
+        # increase over the last minute and hour (GET /rates): the two hits just made are in both.
+        daemon = out.split("daemon counters: total since it started")[1]
+        line = re.search(r'(?m)^ +(\d+) +(\d+) +\S+ +(\d+) +\S+  spamtrapd_decisions_total\{check="traps",'
+                         r'action="reject",mode="enforce"\}$', daemon)
+        self.assertIsNotNone(line, daemon)
+        total, minute, hour = (int(x) for x in line.groups())
+        self.assertGreaterEqual(minute, 2)
+        self.assertGreaterEqual(hour, minute)
+        self.assertGreaterEqual(total, hour)
+        self.assertNotRegex(daemon, r"(?m)^ +0  ")
+
+    def test_rates_endpoint(self):
+        """GET /rates: a trap hit shows in the total and in both windows, by exact difference; /metrics
+        has no per-window series."""
+        def rates():
+            status, headers, body = http(self.address, b"GET /rates HTTP/1.0\r\n\r\n")
+            self.assertEqual(status, 200, body)
+            self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+            self.assertRegex(body, r"(?m)^# window minute \d+\.\d hour \d+\.\d$")
+            out = {}
+            for line in body.splitlines():
+                if not line.startswith("#"):
+                    name, total, minute, hour = line.rsplit(" ", 3)
+                    out[name] = (int(total), int(minute), int(hour))
+            return out
+        key = 'spamtrapd_trap_hits_total{mode="enforce"}'
+        before = rates().get(key, (0, 0, 0))
+        self.assertTrue(self.trap_hit(self.d, "rates@spam.test", "192.0.2.78").startswith(TRAP_REPLY))
+        after = rates()[key]
+        self.assertEqual(after[0], before[0] + 1)
+        # A window may move on between the two reads, never by more than the hits older than it.
+        self.assertGreaterEqual(after[1], 1)
+        self.assertGreaterEqual(after[2], after[1])
+        self.assertNotIn("minute", self.scrape())
 
     def test_no_address_is_a_label(self):
         self.trap_hit(self.d, "leak@spam.test", "192.0.2.72")
@@ -234,6 +265,8 @@ class Counting(MetricsCase):
             (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
             (b"GET /metrics HTTP/2.0\r\n\r\n", 505),
             (b"GET /metrics\r\n\r\n", 400),
+            (b"GET /rates HTTP/1.1\r\n\r\n", 200),
+            (b"GET /rates/x HTTP/1.1\r\n\r\n", 404),
         ]
         for request, code in cases:
             with self.subTest(request=request):
@@ -511,6 +544,87 @@ class UnixSocket(MetricsCase):
         self.assertIn("spamtrapd_build_info", self.scrape())
 
 
+def entries(values):
+    """spamtrapd_blocklist_entries by key type."""
+    return {m.group(1): int(v) for k, v in values.items()
+            for m in [re.fullmatch(r'spamtrapd_blocklist_entries\{key_type="([a-z_]+)"\}', k)] if m}
+
+
+class EntriesGaugeChecks(sh.PolicyChecks):
+    """spamtrapd_blocklist_entries follows trap hits, spamtrapctl add and remove, and expiry, within
+    metrics.entries_refresh (1 s here; the waits are generous: the bound is refresh + one count)."""
+    REFRESH = "1s"
+
+    def store_config(self):
+        raise NotImplementedError
+
+    def daemon(self):
+        address = f"127.0.0.1:{sh.free_port()}"
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "store": self.store_config(),
+                          "metrics": {"listen": address, "entries_refresh": self.REFRESH}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.metrics = address
+        return d
+
+    def values(self, d):
+        status, _, body = http(d.metrics, b"GET /metrics HTTP/1.0\r\n\r\n")
+        self.assertEqual(status, 200)
+        return parse(body)
+
+    def wait_entries(self, d, want):
+        deadline = time.monotonic() + sh.scaled(20)
+        while True:
+            got = entries(self.values(d))
+            if all(got.get(k, 0) == v for k, v in want.items()):
+                return got
+            self.assertLess(time.monotonic(), deadline, f"spamtrapd_blocklist_entries stayed {got}, want {want}")
+            time.sleep(0.2)
+
+    def test_gauge_follows_the_store(self):
+        d = self.daemon()
+        zero = {"client_address": 0, "sender": 0, "sender_domain": 0, "sasl_username": 0, "helo_name": 0}
+        self.wait_entries(d, zero)
+        self.assertGreater(self.values(d)["spamtrapd_blocklist_entries_timestamp_seconds"], 0)
+        self.assertTrue(self.trap_hit(d, "gauge@spam.test", "192.0.2.81").startswith(TRAP_REPLY))
+        self.assertTrue(self.trap_hit(d, "gauge2@spam.test", "192.0.2.82").startswith(TRAP_REPLY))
+        self.wait_entries(d, dict(zero, client_address=2, sender=2))
+        d.ctl("add", "sasl:mallory")
+        d.ctl("add", "@evil.test")
+        d.ctl("add", "helo:bad.example")
+        d.ctl("add", "short@spam.test", "--ttl", "2s")
+        self.wait_entries(d, {"client_address": 2, "sender": 3, "sender_domain": 1, "sasl_username": 1,
+                              "helo_name": 1})
+        d.ctl("remove", "sasl:mallory")
+        d.ctl("remove", "192.0.2.81")
+        # short@spam.test expires by itself: no purge, no remove.
+        self.wait_entries(d, {"client_address": 1, "sender": 2, "sender_domain": 1, "sasl_username": 0,
+                              "helo_name": 1})
+
+
+class EntriesGaugeSqlite(EntriesGaugeChecks, unittest.TestCase):
+    def store_config(self):
+        return {"backend": "sqlite"}
+
+
+class EntriesGaugeRedis(EntriesGaugeChecks, unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="spamtrapd-redis.")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.redis = rh.RedisServer(self.dir).start()
+        self.addCleanup(self.redis.kill)
+
+    def store_config(self):
+        return {"backend": "redis", "redis": {"host": "127.0.0.1", "port": self.redis.port, "prefix": "site:"}}
+
+    def test_hits_at_another_daemon_count(self):
+        """Two daemons on one Redis: each one's gauge counts the entries the other made."""
+        a, b = self.daemon(), self.daemon()
+        self.assertTrue(self.trap_hit(a, "shared@spam.test", "192.0.2.91").startswith(TRAP_REPLY))
+        self.wait_entries(b, {"client_address": 1, "sender": 1})
+        self.wait_entries(a, {"client_address": 1, "sender": 1})
+
+
 class UnixPathInUse(unittest.TestCase):
     """metrics.listen naming a path something else has: spamtrapd refuses to start and leaves it be."""
 
@@ -525,7 +639,24 @@ class UnixPathInUse(unittest.TestCase):
         d.config["metrics"] = {"listen": path}
         sh.write_config(d.config_path, d.config)
         self.assertNotEqual(d.run_until_exit(timeout=sh.scaled(10)), 0)
-        self.assertIn("another process is listening on it", d.log_tail())
+        self.assertIn(f"metrics.listen: {path} is also policy.listen[0]", d.log_tail())
+
+    def test_config_check_names_the_clash(self):
+        """spamtrapd -t says no to metrics.listen on a policy listener's path (it used to say yes, then
+        the start failed at bind)."""
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        self.addCleanup(d.cleanup)
+        path = "unix:" + os.path.join(d.dir, "policy.sock")
+        d.config["policy"]["listen"] = [{"address": "127.0.0.1:%d" % sh.free_port(), "role": "trap"},
+                                        {"address": path, "role": "sender"}]
+        d.config["metrics"] = {"listen": path}
+        sh.write_config(d.config_path, d.config)
+        self.assertNotEqual(d.run_until_exit("-t", timeout=sh.scaled(10)), 0)
+        self.assertIn(f"metrics.listen: {path} is also policy.listen[1] ({path}): the metrics listener needs "
+                      "an address of its own", d.log_tail())
+        d.config["metrics"] = {"listen": path + ".metrics"}
+        sh.write_config(d.config_path, d.config)
+        self.assertEqual(d.run_until_exit("-t", timeout=sh.scaled(10)), 0)
 
     def test_file_at_the_path_is_kept(self):
         """A metrics.listen path naming a file that is not a socket (a typo) is an error at start, and

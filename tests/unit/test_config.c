@@ -108,6 +108,7 @@ static void check_metrics(const config *cfg)
 	assert_true(netset_contains(cfg->metrics.allow, &a));
 	assert_true(addr_ip_parse("127.0.0.1", &a));
 	assert_false(netset_contains(cfg->metrics.allow, &a)); /* the list replaces the default */
+	assert_int_equal(cfg->metrics.entries_refresh, 60);    /* the default: a minute */
 }
 
 static void check_defaults(const config *cfg)
@@ -475,6 +476,12 @@ static const ok_case ok_cases[] = {
      "{\"metrics\": {\"listen\": \"[::1]:9150\", \"allow\": [\"192.0.2.0/24\"]}}",
      {NULL},
      check_metrics},
+    {"metrics listener beside listeners on other addresses of its port",
+     "{\"metrics\": {\"listen\": \"[::1]:9150\", \"allow\": [\"192.0.2.0/24\"]},\n"
+     " \"policy\": {\"listen\": [{\"address\": \"127.0.0.1:9150\"}, {\"address\": \"[::2]:9150\"},\n"
+     " {\"address\": \"unix:/run/p.sock\"}]}, \"milter\": {\"listen\": \"inet:9150@127.0.0.2\"}}",
+     {NULL},
+     check_metrics},
     {"overrides: enum, integer, number kept as string, new section",
      "{\"traps\": {\"action\": \"reject\"}}",
      {"mode=dry-run", "store.redis.port=6380", "store.redis.password=12345",
@@ -723,6 +730,36 @@ static const error_case error_cases[] = {
      {"policy.listen[1]: duplicate listener 127.0.0.1:08080 (as policy.listen[0])",
       "policy.listen[3]: duplicate listener [::ffff:7f00:1]:25 (as policy.listen[2])"},
      2},
+    {"metrics.listen on a policy listener's unix path",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:10666\"}, {\"address\": "
+     "\"unix:/run/spamtrapd/policy.sock\"}]},\n"
+     " \"metrics\": {\"listen\": \"unix:/run/spamtrapd/policy.sock\"}}",
+     {NULL},
+     {":2:14: metrics.listen: unix:/run/spamtrapd/policy.sock is also policy.listen[1] "
+      "(unix:/run/spamtrapd/policy.sock): the metrics listener needs an address of its own"},
+     1},
+    {"metrics.listen on a policy listener's port, spelt another way",
+     "{\"policy\": {\"listen\": [{\"address\": \"127.0.0.1:9150\"}]}, \"metrics\": {\"listen\": "
+     "\"127.0.0.1:09150\"}}",
+     {NULL},
+     {"metrics.listen: 127.0.0.1:09150 is also policy.listen[0]"},
+     1},
+    {"metrics.listen on the milter's unix path",
+     "{\"milter\": {\"listen\": \"local:/run/m.sock\"}, \"metrics\": {\"listen\": \"unix:/run/m.sock\"}}",
+     {NULL},
+     {"metrics.listen: unix:/run/m.sock is also milter.listen (local:/run/m.sock)"},
+     1},
+    {"metrics.listen on a policy listener's wildcard port",
+     "{\"policy\": {\"listen\": [{\"address\": \"0.0.0.0:9150\"}]}, \"metrics\": {\"listen\": "
+     "\"127.0.0.1:9150\"}}",
+     {NULL},
+     {"metrics.listen: 127.0.0.1:9150 is also policy.listen[0] (0.0.0.0:9150)"},
+     1},
+    {"metrics.listen on the milter's port",
+     "{\"milter\": {\"listen\": \"inet:9150\"}, \"metrics\": {\"listen\": \"127.0.0.1:9150\"}}",
+     {NULL},
+     {"metrics.listen: 127.0.0.1:9150 is also milter.listen (inet:9150)"},
+     1},
     {"bad network in allow",
      "{\"policy\": {\"allow\": [\"127.0.0.0/8\", \"10.0.0.0/33\"]}}",
      {NULL},

@@ -164,6 +164,39 @@ static void test_daemon_counters(void **state)
 	free(buf);
 }
 
+/* GET /rates: totals, increases and rates per second; zero totals and unreadable lines left out. */
+static void test_daemon_rates(void **state)
+{
+	static const char text[] = "# spamtrapd counter increases: NAME{LABELS} TOTAL MINUTE HOUR\n"
+	                           "# window minute 60.0 hour 3600.0\n"
+	                           "a_total{x=\"a b\"} 7200 120 3600\n"
+	                           "b_seconds_count 5 0 5\n"
+	                           "z_total 0 0 0\n"
+	                           "garbage\n"
+	                           "c_total 1 x 2\n";
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	(void)state;
+	assert_non_null(f);
+	assert_true(ctl_stats_print_rates(text, f));
+	assert_false(ctl_stats_print_rates("a_total 1\n", f)); /* not a /rates answer: prints nothing */
+	assert_true(ctl_stats_print_rates("# window minute 12.0 hour 12.0\n", f));
+	fclose(f);
+	assert_string_equal(
+	    buf, "\ndaemon counters: total since it started, and the increase and rate per second over\n"
+	         "the last minute (60 s) and the last hour (3600 s); all others are 0:\n"
+	         "         total     minute        /s       hour        /s  counter\n"
+	         "          7200        120         2       3600         1  a_total{x=\"a b\"}\n"
+	         "             5          0         0          5   0.00139  b_seconds_count\n"
+	         "\ndaemon counters: total since it started, and the increase and rate per second over\n"
+	         "the last minute (12 s) and the last hour (12 s, since it started); all others are 0:\n"
+	         "         total     minute        /s       hour        /s  counter\n"
+	         "  none\n");
+	free(buf);
+}
+
 /*
  * What spamtrapctl prints comes from the store (keys and traps written by
  * strangers) and from whatever answers on metrics.listen (another
@@ -187,11 +220,15 @@ static void test_terminal_safe(void **state)
 	ctl_stats_add(s, &e);
 	ctl_stats_print(s, f);
 	ctl_stats_print_daemon(hostile, f);
+	assert_true(ctl_stats_print_rates("# window minute 60.0 hour 60.0\n"
+	                                  "r_total{x=\"\x1b]0;owned\x07\"} 1 1 1\n",
+	                                  f));
 	fclose(f);
 	for (size_t i = 0; i < len; i++)
 		if (buf[i] != '\n')
 			assert_true((unsigned char)buf[i] >= 0x20 && (unsigned char)buf[i] < 0x7f);
 	assert_non_null(strstr(buf, "  a_total{x=\"?]0;owned?\"} 1\n"));
+	assert_non_null(strstr(buf, "  r_total{x=\"?]0;owned?\"}\n"));
 	free(buf);
 	ctl_stats_free(s);
 }
@@ -201,7 +238,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_figures),       cmocka_unit_test(test_top_is_bounded),
 	    cmocka_unit_test(test_many_traps),    cmocka_unit_test(test_daemon_counters),
-	    cmocka_unit_test(test_terminal_safe),
+	    cmocka_unit_test(test_terminal_safe), cmocka_unit_test(test_daemon_rates),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

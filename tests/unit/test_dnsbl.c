@@ -615,6 +615,9 @@ static void test_dnswl(void **state)
 	assert_int_equal(o.msg.dnsbl_score, -1);
 	assert_int_equal(o.final.action, DECIDE_CONTINUE);
 	assert_int_equal(o.msg.dnsbl, CHECK_DNSBL_CLEAN);
+	/* the detail names each listing with its answer and weight, a negative one too */
+	assert_non_null(strstr(o.dnsbl.detail, " site=zen.spamhaus.org=127.0.0.2*3"));
+	assert_non_null(strstr(o.dnsbl.detail, " site=list.dnswl.org=127.0.15.2*-4"));
 
 	reset(NULL);
 	rr("7.2.0.192.list.dnswl.org", DNSPLAN_FOUND, A(127, 0, 15, 0), 0);

@@ -30,6 +30,10 @@ static struct req_case req_cases[] = {
      0, HTTPREQ_OK},
     {"curl, HTTP/1.0, bare LF", "GET /metrics HTTP/1.0\nHost: x\n\n", 0, HTTPREQ_OK},
     {"query string", "GET /metrics?x=1 HTTP/1.1\r\n\r\n", 0, HTTPREQ_OK},
+    {"rates", "GET /rates HTTP/1.0\r\n\r\n", 0, HTTPREQ_RATES},
+    {"rates, absolute form", "GET http://h/rates?x HTTP/1.1\r\n\r\n", 0, HTTPREQ_RATES},
+    {"rates, longer path", "GET /ratesx HTTP/1.1\r\n\r\n", 0, HTTPREQ_NOT_FOUND},
+    {"rates, posted", "POST /rates HTTP/1.1\r\n\r\n", 0, HTTPREQ_METHOD},
     {"absolute form", "GET http://127.0.0.1:9/metrics HTTP/1.1\r\n\r\n", 0, HTTPREQ_OK},
     {"empty lines first", "\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n", 0, HTTPREQ_OK},
     {"empty header value", "GET /metrics HTTP/1.1\r\nX:\r\n\r\n", 0, HTTPREQ_OK},
@@ -120,6 +124,7 @@ static void test_codes(void **state)
 	assert_int_equal(httpreq_code(HTTPREQ_METHOD), 405);
 	assert_int_equal(httpreq_code(HTTPREQ_TOO_LARGE), 431);
 	assert_int_equal(httpreq_code(HTTPREQ_VERSION), 505);
+	assert_int_equal(httpreq_code(HTTPREQ_RATES), 200);
 	assert_string_equal(httpreq_reason(HTTPREQ_NOT_FOUND), "Not Found");
 }
 

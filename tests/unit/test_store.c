@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "core/hash.h"
+#include "core/key.h"
 #include "store/store.h"
 #include "store/store_backend.h"
 
@@ -746,6 +747,49 @@ static void test_foreach(void **state)
 	v.stop_after = 2;
 	assert_int_equal(store_foreach(st, t, visit, &v), STORE_OK);
 	assert_int_equal(v.n, 2);
+	store_free(st);
+}
+
+/* The counts by key type agree with key_type_of, leave out what expired, and follow a remove. */
+static void test_count_types(void **state)
+{
+	store *st = open_store();
+	int64_t t = now_s();
+	const char *keys[] = {"sasl:bob",
+	                      "sasl:j doe",
+	                      "192.0.2.7",
+	                      "192.0.2.0/24",
+	                      "2001:db8::/64",
+	                      "@example.com",
+	                      "a@example.com",
+	                      "\"sasl:alice\"@example.com",
+	                      "\"@x\"@example.com",
+	                      "helo:x.example",
+	                      "1@2"};
+	uint64_t counts[STORE_KEY_TYPES], want[STORE_KEY_TYPES] = {0};
+	store_entry e;
+
+	(void)state;
+	assert_int_equal(store_count_types(st, t, counts), STORE_OK); /* empty */
+	for (int k = 0; k < STORE_KEY_TYPES; k++)
+		assert_int_equal(counts[k], 0);
+	for (size_t i = 0; i < NELEM(keys); i++) {
+		e = entry_of(keys[i], t, t + TTL, "test");
+		assert_int_equal(store_put(st, &e), STORE_OK);
+		want[key_type_of(keys[i])]++;
+	}
+	/* Expired by every clock (Redis drops it at once): not in force. */
+	e = entry_of("gone@example.com", t - 100, t - 10, "test");
+	assert_int_equal(store_put(st, &e), STORE_OK);
+	assert_int_equal(store_count_types(st, t, counts), STORE_OK);
+	for (int k = 0; k < STORE_KEY_TYPES; k++)
+		assert_int_equal(counts[k], want[k]);
+	assert_int_equal(counts[KEY_TYPE_SENDER], 4);
+	assert_int_equal(counts[KEY_TYPE_SASL], 2);
+	assert_int_equal(store_remove(st, "sasl:bob"), STORE_OK);
+	assert_int_equal(store_count_types(st, t, counts), STORE_OK);
+	assert_int_equal(counts[KEY_TYPE_SASL], 1);
+	assert_int_equal(counts[KEY_TYPE_NETWORK], 3);
 	store_free(st);
 }
 
@@ -4058,6 +4102,7 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_lookup_netlens),
     CASE(test_purge),
     CASE(test_foreach),
+    CASE(test_count_types),
     CASE(test_concurrent),
     CASE(test_persistence),
     CASE(test_long_keys),

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Instructions per policy request of two spamtrapd binaries, counted by callgrind.
+
+CPU time per request on a shared machine moves by 5-15 % from run to run
+(docs/performance.md), too much to show a cost of a few percent. The
+number of instructions the daemon executes per request does not depend
+on the machine's load: this runs each binary under valgrind's callgrind
+on a new SQLite store, sends it --warmup policy requests (so that the
+absent-key filter's thread has built it), zeroes the counters
+(callgrind_control), sends --requests more (policy_load, fixed seed, one
+connection, no trap recipients: no write makes the filter build again),
+dumps, and divides that dump's instructions (every thread) by the
+requests. Instructions are not time (a cache miss or a contended atomic
+costs more than one, and the kernel's share is left out), so this
+complements the CPU-time rows of bench/run.py; it does not replace them.
+
+Usage: bench/instructions.py --build BUILD A_BINARY B_BINARY
+(BUILD: a Release build with SPAMTRAPD_BENCH=ON, for policy_load; as
+root, both daemons and callgrind_control run as nobody).
+Every process is started here and stopped here by PID.
+"""
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("spamtrapd exited with %d before listening" % proc.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("spamtrapd did not listen on %d within %d s" % (port, timeout))
+
+
+def instructions(args, tmp, binary, requests, tag):
+    """Total instructions (Ir, every thread) of one daemon run that answers `requests` requests."""
+    work = os.path.join(tmp, tag)
+    os.mkdir(work)
+    port = free_port()
+    user = "nobody" if os.getuid() == 0 else None
+    cfg = {
+        "policy": {"listen": [{"address": "127.0.0.1:%d" % port, "role": "full"}]},
+        "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(work, "spamtrapd.db")}},
+        "traps": {"files": [os.path.join(tmp, "traps.txt")]},
+        "log": {"target": "stderr", "level": "warning"},
+    }
+    with open(os.path.join(work, "spamtrapd.json"), "w") as f:
+        json.dump(cfg, f)
+    # As root, valgrind runs as nobody from the start: callgrind opens its output file at start and
+    # writes it at exit, after spamtrapd would have dropped privileges.
+    if user:
+        pw = pwd.getpwnam(user)
+        os.chown(work, pw.pw_uid, pw.pw_gid)
+        drop = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    else:
+        drop = {}
+    # callgrind_control talks to valgrind through files only its user may use.
+    as_user = ["setpriv", "--reuid", user, "--regid", str(pwd.getpwnam(user).pw_gid), "--clear-groups"] if user else []
+    out = os.path.join(work, "callgrind.out")
+    with open(os.path.join(work, "spamtrapd.log"), "w") as log:
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                                 os.path.abspath(binary), "-f", "-c",
+                                 os.path.join(work, "spamtrapd.json")], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=work, **drop)
+    def load(n, seed):
+        r = subprocess.run([os.path.join(args.build, "bench", "policy_load"), "-p", str(port), "-c", "1", "-w", "0",
+                            "-d", "3600", "-n", str(n), "-r", str(seed), "-t", "0"], capture_output=True, text=True,
+                           timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError("policy_load failed: " + r.stdout + r.stderr)
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        if result.get("all") != n:
+            raise RuntimeError("policy_load: %s requests answered, not %d" % (result.get("all"), n))
+
+    def callgrind_control(flag):
+        subprocess.run(as_user + ["callgrind_control", flag, str(proc.pid)], check=True, capture_output=True,
+                       timeout=60)
+
+    try:
+        wait_port(port, proc)
+        # Warm-up: the absent-key filter's thread builds it (lookups go to SQLite until then); no trap
+        # recipients, so that no write makes it build again while counting.
+        load(args.warmup, 3)
+        time.sleep(2)
+        callgrind_control("--zero")
+        load(requests, 7)
+        callgrind_control("--dump=measured")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for name in sorted(os.listdir(work)):
+        if name.startswith("callgrind.out"):
+            with open(os.path.join(work, name)) as f:
+                text = f.read()
+            if "measured" in text.split("events:")[0]:
+                m = re.search(r"^summary: (\d+)", text, re.M)
+                if m:
+                    return int(m.group(1))
+    raise RuntimeError("no dump with totals in " + work)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build-bench", help="Release build with the bench tools")
+    ap.add_argument("--warmup", type=int, default=2000, help="requests before counting")
+    ap.add_argument("--requests", type=int, default=10000, help="requests counted")
+    ap.add_argument("--reps", type=int, default=2, help="runs of each binary")
+    ap.add_argument("a", help="spamtrapd binary A (e.g. this tree)")
+    ap.add_argument("b", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF)")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="spamtrapd-instructions-")
+    os.chmod(tmp, 0o755)
+    try:
+        with open(os.path.join(tmp, "traps.txt"), "w") as f:
+            # A trap list as sites have (policy_load -t 0 sends none of them: BENCH_TRAP_FMT).
+            for i in range(50):
+                f.write("trap%d@traps.example\n" % i)
+        per = {}
+        for rep in range(args.reps):
+            for name, binary in (("A", args.a), ("B", args.b)):
+                total = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep))
+                per.setdefault(name, []).append(total / args.requests)
+                print("%s %s: %.0f instructions per request" % (name, binary, total / args.requests), flush=True)
+        a, b = min(per["A"]), min(per["B"])
+        print("A/B %.4f (fewest per request of each: %.0f / %.0f)" % (a / b, a, b))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
