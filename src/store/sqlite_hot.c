@@ -52,6 +52,7 @@ struct sqlite_hot {
 	hot_entry *dirty;
 	uint64_t generation;
 	uint64_t pending; /* members added and not taken */
+	size_t members;   /* of every set, against SQLITE_HOT_MAX_MEMBERS */
 };
 
 static uint64_t entry_hash(sqlite_hot_kind kind, const char *ns, const char *key)
@@ -173,6 +174,7 @@ static void remove_entry(sqlite_hot *h, hot_entry *e)
 	for (size_t i = 0; i < e->n; i++)
 		if (e->m[i].dirty && e->m[i].stored == 0 && h->pending > 0)
 			h->pending--;
+	h->members -= e->n;
 	h->n--;
 	entry_free(e);
 }
@@ -293,6 +295,7 @@ static void drop_expired(sqlite_hot *h, hot_entry *e, int64_t now)
 			h->pending--;
 		free(e->m[i].name);
 		e->m[i] = e->m[--e->n];
+		h->members--;
 	}
 }
 
@@ -304,8 +307,11 @@ static hot_member *member_of(hot_entry *e, const char *member)
 	return NULL;
 }
 
-static hot_member *member_add(hot_entry *e, const char *member)
+/* NULL: out of memory, or the sets hold SQLITE_HOT_MAX_MEMBERS already. */
+static hot_member *member_add(sqlite_hot *h, hot_entry *e, const char *member)
 {
+	if (h->members >= SQLITE_HOT_MAX_MEMBERS)
+		return NULL;
 	if (e->n == e->cap) {
 		size_t cap = e->cap ? 2 * e->cap : 4;
 		hot_member *m = realloc(e->m, cap * sizeof(*m));
@@ -316,7 +322,10 @@ static hot_member *member_add(hot_entry *e, const char *member)
 		e->cap = cap;
 	}
 	e->m[e->n] = (hot_member){.name = strdup(member)};
-	return e->m[e->n].name ? &e->m[e->n++] : NULL;
+	if (!e->m[e->n].name)
+		return NULL;
+	h->members++;
+	return &e->m[e->n++];
 }
 
 /* Under the lock, e held: the add or peek of a. */
@@ -338,7 +347,7 @@ static sqlite_hot_rc distinct_step(sqlite_hot *h, hot_entry *e, sqlite_hot_disti
 	if (!m && !a->room)
 		return SQLITE_HOT_FULL;
 	if (!m) {
-		if (!(m = member_add(e, a->member)))
+		if (!(m = member_add(h, e, a->member)))
 			return SQLITE_HOT_FULL;
 		h->pending++;
 	}
@@ -376,7 +385,7 @@ bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member
 	if (generation == h->generation && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
 		if ((e = insert(h, SQLITE_HOT_SET, NULL, set, hash)) != NULL) {
 			for (size_t i = 0; i < n && ok; i++) {
-				hot_member *x = member_add(e, m[i].member);
+				hot_member *x = member_add(h, e, m[i].member);
 
 				if (x)
 					x->expires = x->stored = m[i].expires;

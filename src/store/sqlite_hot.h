@@ -11,10 +11,12 @@
  * Only one daemon writes a SQLite file, so the memory is the truth for
  * what it holds; a miss is read from the file once and kept.
  *
- * Bounded: at most max_entries buckets and sets. A new one finds room by
- * dropping one that has nothing left to write; when every entry has
- * (a flood of new keys between two flushes), the call answers
- * SQLITE_HOT_FULL and the store runs it on the file as before.
+ * Bounded: at most max_entries buckets and sets, SQLITE_HOT_MAX_MEMBERS
+ * members in all (about 50 MB at most with keys of usual length). A new
+ * entry finds room by dropping one that has nothing left to write; when
+ * every entry has (a flood of new keys between two flushes), or the
+ * members are at their bound, the call answers SQLITE_HOT_FULL (or the
+ * load keeps nothing) and the store runs it on the file as before.
  *
  * No I/O here: the store reads and writes the file, this module only
  * answers, and hands out what changed (sqlite_hot_take).
@@ -30,8 +32,9 @@
 
 /* How often the store writes what changed (ms): what a crash can lose at most, in counts. */
 #define SQLITE_HOT_FLUSH_MS 200
-/* The most buckets and sets held at once. */
+/* The most buckets, sets and records held at once, and the most members of all sets together. */
 #define SQLITE_HOT_MAX_ENTRIES 131072
+#define SQLITE_HOT_MAX_MEMBERS 262144
 
 typedef struct sqlite_hot sqlite_hot;
 

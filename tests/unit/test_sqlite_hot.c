@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "store/sqlite_hot.h"
@@ -255,6 +257,37 @@ static void test_bounded(void **state)
 	sqlite_hot_free(h);
 }
 
+/* The members of all sets together are bounded too: past the bound, the store counts in the file. */
+static void test_members_bounded(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	size_t n = SQLITE_HOT_MAX_MEMBERS;
+	sqlite_hot_member *m = calloc(n, sizeof(*m));
+	char(*names)[16] = calloc(n, sizeof(*names));
+	sqlite_hot_distinct a = add_a("relay:sasl:big", "new", 1000, 0);
+
+	(void)state;
+	assert_non_null(m);
+	assert_non_null(names);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(names[i], sizeof(names[i]), "m%zu", i);
+		m[i] = (sqlite_hot_member){names[i], 5000};
+	}
+	/* One more than the bound: not kept. */
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:one", m, 1, sqlite_hot_generation(h)));
+	assert_false(sqlite_hot_set_load(h, "relay:sasl:big", m, n, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_entries(h), 1);
+	/* At the bound: a new member goes to the file, a known one is answered. */
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:big", m, n - 1, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_FULL);
+	a = add_a("relay:sasl:big", "m7", 1000, 0);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, n - 1);
+	free(names);
+	free(m);
+	sqlite_hot_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -265,6 +298,7 @@ int main(void)
 	    cmocka_unit_test(test_forget_beats_a_racing_load),
 	    cmocka_unit_test(test_record_read_from_memory),
 	    cmocka_unit_test(test_bounded),
+	    cmocka_unit_test(test_members_bounded),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
