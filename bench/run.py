@@ -36,7 +36,9 @@ Runs, in one go on this machine (docs/performance.md explains every number):
    shows (it should be 0).
 8. One table on stdout: requests/s, p50/p99 latency, the ratios
    spamtrapd/limit and spamtrapd/postgrey, peak RSS (VmHWM) of every
-   server, load and lookup times, and the targets of issues 6 and 13.
+   server, load and lookup times, server CPU per request and its ratios, and
+   one block of target lines (met / missed, with the figure; issues 6, 13,
+   14, 15 and 18: target() adds one), also kept in the results ("targets").
 
 Every process is started here and stopped here by PID. Raw results go to
 bench/out/results.json (or --out). Usage: bench/run.py --build BUILD_DIR;
@@ -514,6 +516,9 @@ class Bench:
         if a.only == "dns":
             self.dns()
             return
+        if a.only == "redis":
+            self.redis_only()
+            return
         trap_file = self.trap_bench()
         db = os.path.join(self.tmp, "spamtrapd.db")
         sq = self.store_bench("sqlite", ["-f", db])
@@ -581,6 +586,44 @@ class Bench:
             self.relay(trap_file, relay_dbs, sq, redis, rd)
         if not a.no_dns:
             self.dns()
+
+    # --- --only redis (issue 18): the Redis policy rows beside SQLite's ---------------
+
+    def redis_only(self):
+        """spamtrapd on SQLite and on Redis (and --baseline on the same Redis), the policy load
+        alone: the Redis row's CPU per request (with redis-server's) against SQLite's, and p99."""
+        a = self.args
+        trap_file = self.trap_bench()
+        db = os.path.join(self.tmp, "spamtrapd.db")
+        sq = self.store_bench("sqlite", ["-f", db])
+        for path in (db, db + "-wal", db + "-shm"):
+            if os.path.exists(path):
+                self.give(path)
+        redis = self.ensure_redis()
+        if not redis:
+            raise RuntimeError("--only redis needs redis-server")
+        rd = self.store_bench("redis", ["-P", str(redis.ports["redis"])])
+        store = {"backend": "redis", "redis": {"host": "127.0.0.1", "port": redis.ports["redis"]}}
+        st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
+        sr = self.start_spamtrapd("spamtrapd redis", store, trap_file)
+        policy = [("spamtrapd sqlite", st, sq["blocked_senders"], [st]),
+                  ("spamtrapd redis", sr, rd["blocked_senders"], [sr, redis])]
+        if a.baseline:
+            bl = self.start_spamtrapd("baseline redis", store, trap_file, a.baseline)
+            policy.append(("baseline redis", bl, rd["blocked_senders"], [bl, redis]))
+        for _, srv, blocked, _ in policy:
+            srv.wait_ready()
+            # The first lookup starts the Redis store's local view; its SCAN of the entries takes a
+            # few seconds: warm every server alike before measuring.
+            self.load("policy", srv.ports["policy"], 4, blocked)
+        time.sleep(max(3.0, a.entries / 100000))
+        listing = subprocess.run(["redis-cli", "-p", str(redis.ports["redis"]), "CLIENT", "LIST"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        self.note("local views connected to Redis: %d" % sum(
+            1 for line in listing.splitlines() if any("B" in w[6:] for w in line.split() if w.startswith("flags="))))
+        print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
+              % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
+        self.measure("policy", [(name, srv.ports["policy"], blocked, procs) for name, srv, blocked, procs in policy])
 
     def finish(self):
         self.stop_all()
@@ -702,12 +745,29 @@ def protocol_table(res, proto, limit, title, unit):
             print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % deferred_pct(row[str(c)])
                                                                  if row.get(str(c)) else "-", CELL - 9, "")
                                                     for c in LEVELS))
+    if limit:
+        cpu_ratio_lines(rows, limit, lbl, "session" if proto == "milter" else "request")
     for name in [n for n in rows if n.startswith("spamtrapd")]:
         for ref, fmt in ((limit, "%.2f"), ("postgrey", "%.0fx")):
             if ref and ref in rows:
                 print(lbl("  %s/%s" % (name[len("spamtrapd "):], ref))
                       + "".join(" %9s%*s" % (ratio(rows[name].get(str(c)), rows[ref].get(str(c)), fmt),
                                              CELL - 9, "") for c in LEVELS))
+
+
+def cpu_ratio_lines(rows, limit, lbl, unit):
+    """Issue 18: server CPU per request (or session) of each spamtrapd row over the limit's, and
+    Redis over SQLite: the ratios its targets are stated in."""
+    pairs = [(n, limit) for n in rows if n.startswith(("spamtrapd", "baseline")) and limit in rows]
+    if "spamtrapd redis" in rows and "spamtrapd sqlite" in rows:
+        pairs.append(("spamtrapd redis", "spamtrapd sqlite"))
+    for name, ref in pairs:
+        print(lbl("  cpu %s/%s" % (name.split(" ", 1)[1] if name.startswith("spamtrapd") else name.split(" ")[0],
+                                   "ref" if ref == limit else ref.split(" ", 1)[1]))
+              + "".join(" %9s%*s" % ("%.2f" % cpu_ratio(rows[name].get(str(c)), rows[ref].get(str(c)))
+                                     if cpu_ratio(rows[name].get(str(c)), rows[ref].get(str(c))) is not None
+                                     else "-", CELL - 9, "") for c in LEVELS)
+              + "  (server CPU per %s, over %s's)" % (unit, ref))
 
 
 def dunno_pct(r, actions=("DUNNO",)):
@@ -828,6 +888,76 @@ def targets(res):
     return out
 
 
+# --- the targets: one block at the end of the table ------------------------------------
+# Every target line of the run, in order: each issue's section calls target() from a function
+# of its own (issue18_targets below), which collect_targets calls.
+TARGETS = []
+
+
+def target(name, met, figure):
+    """One line of the final block: met True or False, None for a figure reported without a target."""
+    TARGETS.append({"name": name, "status": "info" if met is None else ("met" if met else "missed"),
+                    "figure": figure})
+
+
+def cpu_ratio(a, b):
+    """a's server CPU per request over b's (rows of one level), None without both."""
+    return a["cpu_us"] / b["cpu_us"] if a and b and b.get("cpu_us") else None
+
+
+def issue18_targets(res):
+    """Issue 18: the targets per server CPU (64 connections), which the load generator does not move."""
+    p, m = res["policy"], res["milter"]
+    ref, sq, rd = (p.get(n, {}).get("64") for n in ("policy_ref", "spamtrapd sqlite", "spamtrapd redis"))
+    r = cpu_ratio(sq, ref)
+    if r is not None:
+        target("18: SQLite policy CPU/request <= 1.5x bare responder (64 conns)", r <= 1.5,
+               "%.2fx (%.1f vs %.1f us)" % (r, sq["cpu_us"], ref["cpu_us"]))
+    r = cpu_ratio(p.get("baseline sqlite", {}).get("64"), ref)
+    if r is not None:
+        target("18: baseline SQLite policy CPU/request / bare responder (64 conns)", None,
+               "%.2fx (%.1f vs %.1f us)" % (r, p["baseline sqlite"]["64"]["cpu_us"], ref["cpu_us"]))
+    r = cpu_ratio(rd, sq)
+    if r is not None:
+        target("18: Redis policy CPU/request (+ redis-server) <= 2x SQLite's, p99 < 2 ms (64 conns)",
+               r <= 2 and rd["p99_us"] < 2000,
+               "%.2fx (%.1f vs %.1f us), p99 %.2f ms" % (r, rd["cpu_us"], sq["cpu_us"], rd["p99_us"] / 1000))
+    mref = m.get("milter_ref", {}).get("64")
+    for backend in ("sqlite", "redis"):
+        ms = m.get("spamtrapd " + backend, {}).get("64")
+        if ms and mref and mref["rps"]:
+            r = ms["rps"] / mref["rps"]
+            target("18: milter sessions/s >= 1.3x no-op libmilter filter (%s, 64 conns)" % backend, r >= 1.3,
+                   "%.2fx (%.0f vs %.0f/s)" % (r, ms["rps"], mref["rps"]))
+    entries = "{:,}".format(res["args"]["entries"])
+    for name in ("spamtrapd sqlite", "spamtrapd redis"):
+        srv = res["servers"].get(name)
+        if not srv or name[len("spamtrapd "):] not in res["store"]:
+            continue
+        if srv.get("hwm_kib"):
+            target("18: %s with %s entries: peak RSS < 100 MiB" % (name, entries), srv["hwm_kib"] < 100 * 1024,
+                   mib(srv["hwm_kib"]))
+        if srv.get("ready_seconds") is not None:
+            target("18: %s with %s entries: start-up < 1 s" % (name, entries), srv["ready_seconds"] < 1,
+                   "%.2f s" % srv["ready_seconds"])
+
+
+def collect_targets(res):
+    """Every target line of the run, also kept in the results (res["targets"])."""
+    del TARGETS[:]
+    for status, what, value in targets(res):
+        target(what, None if status == "info" else status.startswith("met"), value)
+    issue18_targets(res)
+    res["targets"] = list(TARGETS)
+    return res["targets"]
+
+
+def print_targets(res):
+    print("\nTargets (issue 6; greylist: 13; relay: 14; dns: 15; per server CPU: 18): met / missed")
+    for t in res.get("targets") or collect_targets(res):
+        print("  [%-6s] %-80s %s" % (t["status"], t["name"], t["figure"]))
+
+
 def print_table(res):
     mc = res["machine"]
     args = res["args"]
@@ -858,11 +988,9 @@ def print_table(res):
     for name, srv in res["servers"].items():
         if name.startswith("spamtrapd") and srv["ready_seconds"] is not None:
             print("%s ready (both ports open) %.2f s after start" % (name, srv["ready_seconds"]))
-    print("\nTargets (issue 6; greylist: issue 13; relay: issue 14; dns: issue 15)")
-    for status, what, value in targets(res):
-        print("  [%s] %-62s %s" % (status, what, value))
     for n in res["notes"]:
         print("note: " + n)
+    print_targets(res)
 
 
 def main():
@@ -883,10 +1011,11 @@ def main():
     ap.add_argument("--no-relay", action="store_true", help="leave out the relay + ratelimit rows")
     ap.add_argument("--no-dns", action="store_true", help="leave out the DNS check rows")
     ap.add_argument("--accounts", type=int, default=10000, help="SASL accounts of the relay rows' load")
-    ap.add_argument("--only", choices=("all", "greylist", "relay", "dns"), default="all",
+    ap.add_argument("--only", choices=("all", "greylist", "relay", "dns", "redis"), default="all",
                     help="greylist: only the greylisting rows (spamtrapd with the greylist check, postgrey); "
                     "relay: only the relay + ratelimit rows and the blocklist-only rows beside them; "
-                    "dns: only the dnsbl+spf rows and the rows without DNS checks beside them")
+                    "dns: only the dnsbl+spf rows and the rows without DNS checks beside them; "
+                    "redis: only the policy rows of spamtrapd on SQLite and on Redis (and --baseline on Redis)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
@@ -904,6 +1033,7 @@ def main():
     finally:
         bench.finish()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    collect_targets(bench.results)
     with open(args.out, "w") as f:
         json.dump(bench.results, f, indent=1)
     print_table(bench.results)

@@ -877,9 +877,10 @@ void engine_purge(engine *eng)
 	engine_snapshot *snap = engine_acquire(eng);
 	uint64_t purged = 0, answers;
 	if (store_filter_answers(snap->ss->st, &answers))
-		log_debug("store: the absent-key filter answered %llu lookups without SQLite since the store "
-		          "was opened",
-		          (unsigned long long)answers);
+		log_debug(
+		    "store: the absent-key filter answered %llu lookups without asking %s since the store "
+		    "was opened",
+		    (unsigned long long)answers, store_backend_name(snap->ss->st));
 	struct timespec a;
 	clock_gettime(CLOCK_MONOTONIC, &a);
 	store_status rc = store_purge(snap->ss->st, (int64_t)time(NULL), &purged);

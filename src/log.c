@@ -19,6 +19,13 @@ static char log_ident[32] = "spamtrapd";
 static pthread_mutex_t ratelimit_lock = PTHREAD_MUTEX_INITIALIZER;
 static log_sink_fn log_sink;
 static void *log_sink_ctx;
+/*
+ * The pid of a stderr line, asked of the kernel once and not on every line
+ * (a system call per logged decision); 0 until then, and again in the
+ * child of a fork (daemon.c), which has another.
+ */
+static atomic_int log_pid;
+static pthread_once_t log_pid_once = PTHREAD_ONCE_INIT;
 
 static const struct {
 	const char *name;
@@ -93,6 +100,28 @@ void log_close(void)
 	atomic_store(&log_to, LOG_TARGET_STDERR);
 }
 
+static void log_pid_forget(void)
+{
+	atomic_store(&log_pid, 0);
+}
+
+static void log_pid_watch_forks(void)
+{
+	(void)pthread_atfork(NULL, NULL, log_pid_forget);
+}
+
+static int current_pid(void)
+{
+	int pid = atomic_load_explicit(&log_pid, memory_order_relaxed);
+
+	if (pid == 0) {
+		pthread_once(&log_pid_once, log_pid_watch_forks);
+		pid = (int)getpid();
+		atomic_store_explicit(&log_pid, pid, memory_order_relaxed);
+	}
+	return pid;
+}
+
 void log_msg(int level, const char *fmt, ...)
 {
 	if (level > atomic_load(&log_level))
@@ -118,7 +147,7 @@ void log_msg(int level, const char *fmt, ...)
 	localtime_r(&ts.tv_sec, &tm);
 	int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ld %s[%d]: %s: %s\n",
 	                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-	                 ts.tv_nsec / 1000000, log_ident, (int)getpid(), level_name(level), msg);
+	                 ts.tv_nsec / 1000000, log_ident, current_pid(), level_name(level), msg);
 	if (n < 0)
 		return;
 	if ((size_t)n >= sizeof(line)) {

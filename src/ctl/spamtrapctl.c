@@ -1470,6 +1470,8 @@ static int open_ctl(const cmdline *cl, ctl *c)
 		fprintf(stderr, "spamtrapctl: %s\n", err);
 		return EXIT_STORE;
 	}
+	/* A command makes a few calls: the Redis store's local view would cost a SCAN for nothing. */
+	c->cfg->store.redis_local_view = false;
 	c->st = store_open(&c->cfg->store, err, sizeof(err));
 	if (!c->st) {
 		fprintf(stderr, "spamtrapctl: %s\n", err);

@@ -104,6 +104,11 @@ bool keyfilter_may_have_hash(const keyfilter *f, uint64_t h)
 	return true;
 }
 
+void keyfilter_prefetch_hash(const keyfilter *f, uint64_t h)
+{
+	__builtin_prefetch((const void *)block_of(f, h));
+}
+
 void keyfilter_clear(keyfilter *f)
 {
 	for (size_t i = 0; i < f->nblocks * WORDS; i++)

@@ -29,6 +29,12 @@ uint64_t keyfilter_hash(const char *key, size_t len);
 /* Add a key; true when it set a bit (a key not seen before, as far as the filter can tell). */
 bool keyfilter_add_hash(keyfilter *f, uint64_t h);
 bool keyfilter_may_have_hash(const keyfilter *f, uint64_t h);
+/*
+ * Start loading the block of h into the cache: a caller with several keys
+ * to test asks for all their blocks first, so that their cache misses
+ * overlap instead of coming one after the other. No effect on any answer.
+ */
+void keyfilter_prefetch_hash(const keyfilter *f, uint64_t h);
 
 /* Forget every key. */
 void keyfilter_clear(keyfilter *f);

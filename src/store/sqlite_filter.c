@@ -190,8 +190,8 @@ static int16_t netlen_of(const char *key, const int16_t *netlens, size_t i)
 	return len < 0 ? STORE_NETLEN_NONE : STORE_NETLEN(family, len);
 }
 
-/* As store_sqlite's mask_may_have, then the keys. */
-static bool farray_may_have(const farray *a, const char *key, int16_t netlen)
+/* As store_sqlite's mask_may_have: may the file hold keys of this network length? */
+static bool farray_len_may_have(const farray *a, int16_t netlen)
 {
 	uint64_t word;
 
@@ -202,7 +202,7 @@ static bool farray_may_have(const farray *a, const char *key, int16_t netlen)
 		word = atomic_load_explicit(&a->v4, memory_order_relaxed) >> netlen;
 	else
 		word = 1;
-	return (word & 1) && keyfilter_may_have_hash(a->keys, keyfilter_hash(key, strlen(key)));
+	return word & 1;
 }
 
 static bool farray_full(const farray *a)
@@ -687,7 +687,7 @@ int sqlite_filter_check(sqlite_filter *f, const char *const *keys, const int16_t
 int sqlite_filter_check_built(sqlite_filter *f, const char *const *keys, const int16_t *netlens, size_t nkeys,
                               const store_netmask *built, uint64_t *maybe, sqlite_filter_view *view)
 {
-	uint64_t seq, bits = 0;
+	uint64_t seq, bits = 0, tested = 0, hashes[64];
 	hdr now;
 	int n = 0;
 	farray *a = current_array(f, &seq, &now);
@@ -701,8 +701,19 @@ int sqlite_filter_check_built(sqlite_filter *f, const char *const *keys, const i
 		if (!lens_within(&present, built))
 			return -1; /* SQLite then tells the caller its keys are too few */
 	}
+	/*
+	 * Two passes: the blocks of every key of a length the file holds are
+	 * asked for first, then tested. The filter is megabytes, so each test
+	 * is a cache miss; this way the misses of a request's keys overlap.
+	 */
 	for (size_t i = 0; i < nkeys; i++)
-		if (farray_may_have(a, keys[i], netlen_of(keys[i], netlens, i))) {
+		if (farray_len_may_have(a, netlen_of(keys[i], netlens, i))) {
+			hashes[i] = keyfilter_hash(keys[i], strlen(keys[i]));
+			keyfilter_prefetch_hash(a->keys, hashes[i]);
+			tested |= UINT64_C(1) << i;
+		}
+	for (size_t i = 0; i < nkeys; i++)
+		if ((tested >> i & 1) && keyfilter_may_have_hash(a->keys, hashes[i])) {
 			bits |= UINT64_C(1) << i;
 			n++;
 		}

@@ -44,6 +44,13 @@ typedef struct store_config {
 	char **redis_sentinels;
 	size_t redis_nsentinels;
 	char *redis_sentinel_master; /* the master's name at the Sentinels */
+	/*
+	 * The local view of the blocklist's keys (docs/redis.md): lookups of
+	 * keys it knows to be absent make no round trip. Off when false (a
+	 * zeroed config: spamtrapctl, tests); it gives up above this many keys.
+	 */
+	bool redis_local_view;
+	int64_t redis_local_view_keys;
 } store_config;
 
 /* One blocklist entry and where it came from. Times are Unix seconds. */
@@ -140,8 +147,8 @@ bool store_netlens(store *st, store_netmask *out);
 
 /*
  * How many lookups since the store was opened the backend's absent-key
- * filter answered without asking the database (SQLite only; false for a
- * backend without one). The daemon logs it at each purge (debug), which
+ * filter answered without asking the database (SQLite's filter, Redis's
+ * local view; false for a backend without one). The daemon logs it at each purge (debug), which
  * is how tests see that the filter answers at all.
  */
 bool store_filter_answers(store *st, uint64_t *answers);

@@ -101,7 +101,9 @@ bool store_config_equal(const store_config *a, const store_config *b)
 	       str_equal(a->redis_password, b->redis_password) &&
 	       str_equal(a->redis_prefix, b->redis_prefix) &&
 	       a->redis_connect_timeout_ms == b->redis_connect_timeout_ms &&
-	       a->redis_command_timeout_ms == b->redis_command_timeout_ms;
+	       a->redis_command_timeout_ms == b->redis_command_timeout_ms &&
+	       a->redis_local_view == b->redis_local_view &&
+	       a->redis_local_view_keys == b->redis_local_view_keys;
 }
 
 /* "1".."65535" and nothing else. */

@@ -36,6 +36,7 @@
  * one are replaced at their next use.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
@@ -45,8 +46,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/key.h"
+#include "store/redis_view.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 8
@@ -481,6 +484,20 @@ struct store_backend_impl {
 	int64_t recheck_at_ms;             /* ask the Sentinels again after this (monotonic) */
 	bool upgrade_pending;              /* the layout upgrade has yet to run (see upgrade()) */
 	atomic_uint_fast64_t script_trips; /* store_script_round_trips */
+
+	/* The local view (store.redis.local_view; NULL: off), fed by a thread started by the first lookup. */
+	redis_view *view;
+	pthread_t view_thread;
+	atomic_bool view_started, view_stop;
+	atomic_int view_fd; /* the view's subscribed socket, -1 when none */
+	int view_wake[2];   /* a pipe: written to stop the thread at once */
+	/*
+	 * The view thread's connection and its state: the thread holds it for
+	 * everything it does on the connection; a lookup that finds a message
+	 * waiting takes it if it is free and applies the message itself.
+	 */
+	pthread_mutex_t view_io;
+	struct view_thread *view_vt;
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -2291,14 +2308,534 @@ static void upgrade(store_backend_impl *s, rconn *rc)
 	}
 }
 
+/* --- the local view (redis_view.h) -------------------------------------- */
+
+/*
+ * A thread of its own keeps s->view current. Its connection asks for
+ * client tracking in broadcast mode on the blocklist's prefix, redirected
+ * to itself, and SUBSCRIBEs to the invalidation channel (RESP2): Redis
+ * then sends it the name of every key under the prefix that any client
+ * writes, deletes or lets expire (a trap hit of another host,
+ * spamtrapctl, redis-cli, an older spamtrapd: the server tells, not the
+ * writers), before it answers the writer. Then a second connection to
+ * the same server (same run_id) SCANs the keys into the view. A PING
+ * every VIEW_PING_MS on the subscribed connection confirms the view: its
+ * answer comes after the invalidations of every write done before it was
+ * sent, so a view confirmed within REDIS_VIEW_STALE_MS misses no write
+ * older than that. A lost connection, a FLUSHDB or FLUSHALL (a nil for
+ * the key names), a restarted server, a new master named by the Sentinels or
+ * a view grown past store.redis.local_view_keys disables the view until
+ * it is rebuilt; meanwhile, and whenever it is not confirmed in time,
+ * lookups go to Redis.
+ */
+#define VIEW_PING_MS 100
+#define VIEW_OVERFULL_RETRY_MS 60000
+#define INVALIDATE_CHANNEL "__redis__:invalidate"
+
+static bool is_message(const redisReply *r); /* below, with store_watch */
+
+typedef struct view_thread {
+	store_backend_impl *s;
+	rconn rc;             /* tracking and subscribed, or not connected */
+	char run_id[64];      /* the server's, from INFO */
+	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
+	int64_t next_ping_ms;
+	int backoff_ms;
+	bool broken; /* the connection failed, or the server dropped every key */
+} view_thread;
+
+/* The run_id of the server rc talks to (INFO server); -1 with err. */
+static int view_run_id(store_backend_impl *s, rconn *rc, char *id, size_t idlen, char *err, size_t errlen)
+{
+	const char *argv[2] = {"INFO", "server"};
+	redisReply *r;
+	const char *p;
+	size_t n;
+
+	if (command(s, rc->ctx, &r, "INFO", 2, argv) != STORE_OK) {
+		snprintf(err, errlen, "%s", store_last_error());
+		return -1;
+	}
+	p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+	n = p ? strcspn(p + 7, "\r\n") : 0;
+	if (!p || n == 0 || n >= idlen) {
+		snprintf(err, errlen, "%s: INFO server: no run_id", s->where);
+		freeReplyObject(r);
+		return -1;
+	}
+	memcpy(id, p + 7, n);
+	id[n] = '\0';
+	freeReplyObject(r);
+	return 0;
+}
+
+/* CLIENT ID, then CLIENT TRACKING ON REDIRECT itself BCAST PREFIX, then SUBSCRIBE; -1 with err. */
+static int view_track(view_thread *vt, char *err, size_t errlen)
+{
+	store_backend_impl *s = vt->s;
+	const char *id_argv[2] = {"CLIENT", "ID"}, *sub[2] = {"SUBSCRIBE", INVALIDATE_CHANNEL};
+	char id[24];
+	const char *track[8] = {"CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", s->prefix};
+	redisReply *r = NULL;
+	bool ok;
+
+	ok =
+	    command(s, vt->rc.ctx, &r, "CLIENT ID", 2, id_argv) == STORE_OK && r->type == REDIS_REPLY_INTEGER;
+	if (ok)
+		snprintf(id, sizeof(id), "%lld", (long long)r->integer);
+	freeReplyObject(r);
+	r = NULL;
+	ok = ok && command(s, vt->rc.ctx, &r, "CLIENT TRACKING", 8, track) == STORE_OK &&
+	     r->type == REDIS_REPLY_STATUS;
+	freeReplyObject(r);
+	r = NULL;
+	ok =
+	    ok && command(s, vt->rc.ctx, &r, "SUBSCRIBE", 2, sub) == STORE_OK && r->type == REDIS_REPLY_ARRAY;
+	freeReplyObject(r);
+	if (!ok)
+		snprintf(err, errlen, "%s: local view: client tracking refused: %s", s->where,
+		         vt->rc.ctx->err ? vt->rc.ctx->errstr : "not supported");
+	return ok ? 0 : -1;
+}
+
+static void view_drop(view_thread *vt)
+{
+	pthread_mutex_lock(&vt->s->view_io);
+	redis_view_disable(vt->s->view);
+	atomic_store(&vt->s->view_fd, -1);
+	drop(&vt->rc);
+	vt->ping_sent_ms = 0;
+	pthread_mutex_unlock(&vt->s->view_io);
+}
+
+/* One message of the subscribed connection: keys to add, a PING's answer, or a flush. */
+static void view_message(view_thread *vt, const redisReply *r)
+{
+	store_backend_impl *s = vt->s;
+	const redisReply *keys;
+
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && reply_is_str(r->element[0]) &&
+	    strcmp(r->element[0]->str, "pong") == 0) {
+		if (vt->ping_sent_ms)
+			redis_view_confirm(s->view, vt->ping_sent_ms);
+		vt->ping_sent_ms = 0;
+		return;
+	}
+	if (!is_message(r) || !reply_is_str(r->element[1]) ||
+	    strcmp(r->element[1]->str, INVALIDATE_CHANNEL) != 0)
+		return;
+	keys = r->element[2];
+	if (keys->type != REDIS_REPLY_ARRAY) {
+		vt->broken = true; /* FLUSHDB, FLUSHALL, a full resync: a nil instead of keys */
+		return;
+	}
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+
+		if (reply_is_str(k) && k->len >= s->prefixlen && memcmp(k->str, s->prefix, s->prefixlen) == 0)
+			redis_view_add(s->view, k->str + s->prefixlen, k->len - s->prefixlen);
+	}
+}
+
+/*
+ * With view_io held: read and apply what the socket holds now, without
+ * waiting; -1 when the connection failed or the server flushed (the
+ * thread then drops it).
+ */
+static int view_pump_locked(view_thread *vt)
+{
+	struct pollfd pfd = {.fd = vt->rc.ctx ? vt->rc.ctx->fd : -1, .events = POLLIN};
+	redis_view *v = vt->s->view;
+	int rv = 0;
+
+	if (vt->broken || !vt->rc.ctx)
+		return -1;
+	if (poll(&pfd, 1, 0) <= 0)
+		return 0;
+	redis_view_reading(v);
+	if (redisBufferRead(vt->rc.ctx) != REDIS_OK)
+		rv = -1;
+	while (rv == 0) {
+		void *r = NULL;
+
+		if (redisGetReplyFromReader(vt->rc.ctx, &r) != REDIS_OK) {
+			rv = -1;
+			break;
+		}
+		if (!r)
+			break;
+		view_message(vt, r);
+		freeReplyObject(r);
+	}
+	if (vt->broken)
+		rv = -1;
+	/* Disable before the readers may look again: what was read is not all applied. */
+	if (rv < 0) {
+		vt->broken = true;
+		redis_view_disable(v);
+	}
+	redis_view_read(v);
+	return rv;
+}
+
+/* Wait at most timeout_ms for a message, then apply what came; -1 as view_pump_locked, or when stopping. */
+static int view_pump(view_thread *vt, int timeout_ms)
+{
+	struct pollfd pfd[2] = {{.fd = vt->rc.ctx->fd, .events = POLLIN},
+	                        {.fd = vt->s->view_wake[0], .events = POLLIN}};
+	int rv;
+
+	if (poll(pfd, 2, timeout_ms) < 0)
+		return 0;
+	if (pfd[1].revents)
+		return -1; /* stopping */
+	pthread_mutex_lock(&vt->s->view_io);
+	rv = view_pump_locked(vt);
+	pthread_mutex_unlock(&vt->s->view_io);
+	return rv;
+}
+
+/* PING on the subscribed connection when one is due (force: now); -1 when the connection failed. */
+static int view_ping(view_thread *vt, bool force)
+{
+	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+	int done = 0, rv = 0;
+	int64_t t = now_ms();
+
+	pthread_mutex_lock(&vt->s->view_io);
+	if (force || (!vt->ping_sent_ms && t >= vt->next_ping_ms)) {
+		vt->ping_sent_ms = t;
+		vt->next_ping_ms = t + VIEW_PING_MS;
+		if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+			rv = -1;
+		while (rv == 0 && !done)
+			if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
+				rv = -1;
+	}
+	pthread_mutex_unlock(&vt->s->view_io);
+	return rv;
+}
+
+static bool view_ping_pending(view_thread *vt)
+{
+	bool pending;
+
+	pthread_mutex_lock(&vt->s->view_io);
+	pending = vt->ping_sent_ms != 0;
+	pthread_mutex_unlock(&vt->s->view_io);
+	return pending;
+}
+
+/* A SCAN page: every key into the view; STORE_ERROR (o->present) when the view is full. */
+static store_status view_batch(store_backend_impl *s, rconn *rc, op *o, redisReply *keys)
+{
+	view_thread *vt = o->ctx;
+
+	(void)rc;
+	if (atomic_load(&s->view_stop))
+		return store_set_error("%s: local view: stopped", s->where);
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *k = keys->element[i];
+
+		if (reply_is_str(k) && k->len >= s->prefixlen &&
+		    !redis_view_add(s->view, k->str + s->prefixlen, k->len - s->prefixlen)) {
+			o->present = true;
+			return store_set_error("%s: local view: more than %zu keys", s->where,
+			                       redis_view_max_keys(s->view));
+		}
+	}
+	/* Keep the server's buffer for the subscription small. */
+	return view_pump(vt, 0) < 0 ? store_set_error("%s: local view: subscription lost", s->where)
+	                            : STORE_OK;
+}
+
+/* SCAN every key into the view on a second connection to the same server; 1 when it holds too many. */
+static int view_scan(view_thread *vt, char *err, size_t errlen)
+{
+	store_backend_impl *s = vt->s;
+	rconn c = {0};
+	char id[64];
+	op o = {.what = "local view", .ctx = vt};
+	int rv = -1;
+
+	if (conn_connect(s, &c, err, errlen) != 0)
+		return -1;
+	if (view_run_id(s, &c, id, sizeof(id), err, errlen) < 0) {
+		/* err says why */
+	} else if (strcmp(id, vt->run_id) != 0) {
+		snprintf(err, errlen, "%s: local view: its two connections reached different servers",
+		         s->where);
+	} else if (scan_all(s, &c, &o, view_batch) == STORE_OK) {
+		rv = 0;
+	} else {
+		rv = o.present ? 1 : -1;
+		snprintf(err, errlen, "%s", store_last_error());
+	}
+	drop(&c);
+	return rv;
+}
+
+/* Wait (applying messages) for the answer to a PING; then the view may answer. */
+static int view_confirm(view_thread *vt)
+{
+	int64_t until = now_ms() + vt->s->command_timeout_ms;
+
+	if (view_ping(vt, true) < 0)
+		return -1;
+	while (view_ping_pending(vt) && now_ms() < until)
+		if (view_pump(vt, VIEW_PING_MS) < 0)
+			return -1;
+	return view_ping_pending(vt) ? -1 : 0;
+}
+
+/* Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is too full, -1 with err. */
+static int view_build(view_thread *vt, char *err, size_t errlen)
+{
+	store_backend_impl *s = vt->s;
+	int rv;
+
+	redis_view_begin(s->view);
+	pthread_mutex_lock(&s->view_io);
+	vt->broken = false;
+	rv = conn_connect(s, &vt->rc, err, errlen) == 0 &&
+	     view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0 &&
+	     view_track(vt, err, errlen) == 0;
+	if (rv)
+		atomic_store(&s->view_fd, vt->rc.ctx->fd);
+	pthread_mutex_unlock(&s->view_io);
+	if (!rv)
+		return -1;
+	if ((rv = view_scan(vt, err, errlen)) != 0)
+		return rv;
+	if (view_confirm(vt) < 0) {
+		snprintf(err, errlen, "%s: local view: no answer to PING", s->where);
+		return -1;
+	}
+	redis_view_ready(s->view);
+	return 0;
+}
+
+/* The master the connection reached is no longer the one the Sentinels name. */
+static bool view_outdated(view_thread *vt)
+{
+	bool outdated;
+
+	recheck_master(vt->s);
+	pthread_mutex_lock(&vt->s->lock);
+	outdated = vt->s->nsentinels > 0 && vt->rc.gen != vt->s->master_gen;
+	pthread_mutex_unlock(&vt->s->lock);
+	return outdated;
+}
+
+static void view_sleep(view_thread *vt, int ms)
+{
+	struct pollfd pfd = {.fd = vt->s->view_wake[0], .events = POLLIN};
+
+	for (int64_t until = now_ms() + ms, t; !atomic_load(&vt->s->view_stop) && (t = now_ms()) < until;)
+		poll(&pfd, 1, (int)(until - t));
+}
+
+/* Serve a built view until its connection fails, the server flushes or the view fills up. */
+static void view_serve(view_thread *vt)
+{
+	store_backend_impl *s = vt->s;
+
+	while (!atomic_load(&s->view_stop)) {
+		if (view_ping(vt, false) < 0)
+			return;
+		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
+			return;
+		if (redis_view_keys(s->view) > redis_view_max_keys(s->view))
+			return; /* grown with deleted keys' names: rebuild */
+	}
+}
+
+static void *view_main(void *arg)
+{
+	view_thread *vt = arg;
+	char err[512];
+
+	while (!atomic_load(&vt->s->view_stop)) {
+		int rv = view_build(vt, err, sizeof(err));
+
+		if (rv == 0) {
+			vt->backoff_ms = BACKOFF_MIN_MS;
+			view_serve(vt);
+		}
+		view_drop(vt);
+		if (rv != 0) {
+			view_sleep(vt, rv > 0 ? VIEW_OVERFULL_RETRY_MS : vt->backoff_ms);
+			vt->backoff_ms =
+			    vt->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : vt->backoff_ms * 2;
+		}
+	}
+	return NULL;
+}
+
+/* The first lookup starts the view's thread, with every signal blocked (the daemon's threads take them). */
+static void view_start(store_backend_impl *s)
+{
+	sigset_t all, old;
+
+	if (atomic_load_explicit(&s->view_started, memory_order_relaxed) ||
+	    atomic_exchange(&s->view_started, true))
+		return;
+	if (!(s->view_vt = calloc(1, sizeof(*s->view_vt))) ||
+	    pipe2(s->view_wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		free(s->view_vt);
+		s->view_vt = NULL;
+		s->view_started = false;
+		return;
+	}
+	s->view_vt->s = s;
+	s->view_vt->backoff_ms = BACKOFF_MIN_MS;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	if (pthread_create(&s->view_thread, NULL, view_main, s->view_vt) != 0) {
+		close(s->view_wake[0]);
+		close(s->view_wake[1]);
+		free(s->view_vt);
+		s->view_vt = NULL;
+		s->view_started = false;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void view_stop(store_backend_impl *s)
+{
+	if (!s->view_started)
+		return;
+	atomic_store(&s->view_stop, true);
+	if (write(s->view_wake[1], "", 1) < 0) {
+		/* the thread sees view_stop within VIEW_PING_MS all the same */
+	}
+	pthread_join(s->view_thread, NULL);
+	close(s->view_wake[0]);
+	close(s->view_wake[1]);
+	free(s->view_vt);
+}
+
+/*
+ * A message waits on the view's socket: apply it here when the thread is
+ * not at it (it may be descheduled on a busy machine); false when this
+ * lookup must ask Redis.
+ */
+static bool view_help(store_backend_impl *s, int fd)
+{
+	bool ok = false;
+
+	if (pthread_mutex_trylock(&s->view_io) != 0)
+		return false;
+	if (s->view_vt && s->view_vt->rc.ctx && s->view_vt->rc.ctx->fd == fd)
+		ok = view_pump_locked(s->view_vt) == 0;
+	pthread_mutex_unlock(&s->view_io);
+	return ok;
+}
+
+/*
+ * Which of keys[] may exist, from the view: false when it cannot tell
+ * (off, being built, not confirmed in time, or a message waiting on its
+ * socket that its thread has not applied yet).
+ */
+static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                       const store_netmask *built, uint64_t *maybe)
+{
+	redis_view_token t;
+	store_netmask have;
+	struct pollfd pfd;
+
+	if (!s->view)
+		return false;
+	view_start(s);
+	if (!redis_view_enter(s->view, now_ms(), &t))
+		return false;
+	pfd.fd = atomic_load(&s->view_fd);
+	pfd.events = POLLIN;
+	if (pfd.fd < 0)
+		return false;
+	if (poll(&pfd, 1, 0) != 0) {
+		/* Applied here, the message counts like one the thread read: enter again. */
+		if (!view_help(s, pfd.fd) || !redis_view_enter(s->view, now_ms(), &t) ||
+		    poll(&pfd, 1, 0) != 0)
+			return false;
+	}
+	if (built) {
+		/* Keys built for some lengths only: none of the view's may be missing. */
+		redis_view_lens(s->view, &have);
+		if ((have.v4 & ~built->v4) || (have.v6[0] & ~built->v6[0]) || (have.v6[1] & ~built->v6[1]) ||
+		    (have.v6[2] & ~built->v6[2]))
+			return false;
+	}
+	*maybe = redis_view_test(s->view, keys, nkeys);
+	return redis_view_still(s->view, &t);
+}
+
+/* Keys this process is about to write: known at once, before the server's message arrives. */
+static void view_note(store_backend_impl *s, const char *const *keys, size_t nkeys)
+{
+	for (size_t i = 0; s->view && i < nkeys; i++)
+		redis_view_add(s->view, keys[i], strlen(keys[i]));
+}
+
 /* --- the ops table ------------------------------------------------------- */
+
+/*
+ * A lookup through the view when it can answer: none of the keys (or,
+ * with built, none of the lengths the keys were not built for) may exist
+ * and Redis is not asked; otherwise only the keys that may exist are
+ * sent, in order, so that the first live one is the same. *stale (with
+ * built): the view could not vouch for the lengths, build every key.
+ */
+static store_status view_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys,
+                                const store_netmask *built, int64_t now, store_entry *found, bool *stale)
+{
+	const char *maybe_keys[STORE_LOOKUP_MAX];
+	uint64_t maybe;
+	op o = {.what = "lookup", .fn = op_lookup, .keys = keys, .nkeys = nkeys, .now = now, .out = found};
+
+	if (nkeys <= STORE_LOOKUP_MAX && view_maybe(s, keys, nkeys, built, &maybe)) {
+		if (!maybe) {
+			redis_view_answered(s->view);
+			return STORE_NOTFOUND;
+		}
+		o.nkeys = 0;
+		for (size_t i = 0; i < nkeys; i++)
+			if (maybe >> i & 1)
+				maybe_keys[o.nkeys++] = keys[i];
+		o.keys = maybe_keys;
+	} else if (built) {
+		*stale = true;
+		return STORE_NOTFOUND;
+	}
+	return run(s, &o);
+}
 
 static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
                                  store_entry *found)
 {
-	op o = {.what = "lookup", .fn = op_lookup, .keys = keys, .nkeys = nkeys, .now = now, .out = found};
+	return view_lookup(s, keys, nkeys, NULL, now, found, NULL);
+}
 
-	return run(s, &o);
+static bool redis_netlens(store_backend_impl *s, store_netmask *out)
+{
+	redis_view_token t;
+
+	if (!s->view)
+		return false;
+	view_start(s);
+	if (!redis_view_enter(s->view, now_ms(), &t))
+		return false;
+	redis_view_lens(s->view, out);
+	return redis_view_still(s->view, &t);
+}
+
+static store_status redis_lookup_built(store_backend_impl *s, const char *const *keys, const int16_t *netlens,
+                                       size_t nkeys, const store_netmask *built, int64_t now,
+                                       store_entry *found, bool *stale)
+{
+	(void)netlens;
+	*stale = false;
+	return view_lookup(s, keys, nkeys, built, now, found, stale);
 }
 
 static store_status redis_record(store_backend_impl *s, const char *const *keys, size_t nkeys,
@@ -2307,6 +2844,7 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 	op o = {
 	    .what = "record", .fn = op_record, .keys = keys, .nkeys = nkeys, .hit = hit, .created = created};
 
+	view_note(s, keys, nkeys);
 	return run(s, &o);
 }
 
@@ -2406,8 +2944,10 @@ static store_status redis_get(store_backend_impl *s, const char *key, store_entr
 
 static store_status redis_put(store_backend_impl *s, const store_entry *e)
 {
+	const char *key = e->key;
 	op o = {.what = "put", .fn = op_put, .in = e};
 
+	view_note(s, &key, 1);
 	return run(s, &o);
 }
 
@@ -2808,16 +3348,24 @@ static store_status redis_grey_foreach(store_backend_impl *s, int64_t now_ms, st
 	return st;
 }
 
+static uint64_t redis_filter_answers(store_backend_impl *s)
+{
+	return s->view ? redis_view_answers(s->view) : 0;
+}
+
 /* --- open and free ------------------------------------------------------- */
 
 static void redis_free(store_backend_impl *s)
 {
 	if (!s)
 		return;
+	view_stop(s);
+	redis_view_free(s->view);
 	for (int i = 0; i < POOL_SIZE; i++)
 		drop(&s->conns[i]);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->freed);
+	pthread_mutex_destroy(&s->view_io);
 	store_config_clear(&s->cfg);
 	free(s->sentinels);
 	free(s->prefix);
@@ -2964,6 +3512,7 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->freed, NULL);
+	pthread_mutex_init(&s->view_io, NULL);
 	s->backoff_ms = BACKOFF_MIN_MS;
 	if (settings(s, cfg, err, errlen) < 0) {
 		redis_free(s);
@@ -2971,6 +3520,14 @@ static store_backend_impl *redis_open(const store_config *cfg, char *err, size_t
 	}
 	s->guard_sigpipe = !sigpipe_ignored();
 	s->upgrade_pending = true;
+	atomic_init(&s->view_fd, -1);
+	if (cfg->redis_local_view &&
+	    !(s->view =
+	          redis_view_new(cfg->redis_local_view_keys > 0 ? (size_t)cfg->redis_local_view_keys : 1))) {
+		snprintf(err, errlen, "redis: out of memory");
+		redis_free(s);
+		return NULL;
+	}
 	rc = &s->conns[0];
 	pipe_guard_begin(&guard, s->guard_sigpipe);
 	result = conn_connect(s, rc, err, errlen);
@@ -3012,6 +3569,7 @@ store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen)
 	}
 	pthread_mutex_init(&w->s->lock, NULL);
 	pthread_cond_init(&w->s->freed, NULL);
+	pthread_mutex_init(&w->s->view_io, NULL);
 	w->backoff_ms = BACKOFF_MIN_MS;
 	if (settings(w->s, cfg, err, errlen) < 0) {
 		store_watch_free(w);
@@ -3136,4 +3694,7 @@ const store_ops store_redis_ops = {
     .grey_awl_put = redis_grey_awl_put,
     .grey_foreach = redis_grey_foreach,
     .grey_time = redis_grey_time,
+    .filter_answers = redis_filter_answers,
+    .netlens = redis_netlens,
+    .lookup_built = redis_lookup_built,
 };

@@ -3,7 +3,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -128,12 +132,54 @@ static void test_names(void **state)
 	assert_int_equal(log_level_from_name(NULL), -1);
 }
 
+/*
+ * A stderr line names the process that wrote it: also in the child of a
+ * fork (the daemon forks after it logged), though the parent's pid is
+ * kept between lines.
+ */
+static void test_pid_after_fork(void **state)
+{
+	char path[] = "/tmp/test_log_pid_XXXXXX", text[1024] = "", want[64];
+	int fd = mkstemp(path), saved = dup(STDERR_FILENO), status = 0;
+	pid_t child;
+	FILE *f;
+	size_t n;
+
+	(void)state;
+	assert_true(fd >= 0 && saved >= 0);
+	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	log_open("pidtest", LOG_TARGET_STDERR, LOG_MAIL, LOG_INFO);
+	log_msg(LOG_INFO, "parent");
+	child = fork();
+	if (child == 0) {
+		log_msg(LOG_INFO, "child");
+		_exit(0);
+	}
+	assert_true(child > 0);
+	assert_int_equal(waitpid(child, &status, 0), child);
+	log_msg(LOG_INFO, "parent again");
+	assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+	close(saved);
+	close(fd);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	unlink(path);
+	snprintf(want, sizeof(want), "pidtest[%d]: info: child\n", (int)child);
+	assert_non_null(strstr(text, want));
+	snprintf(want, sizeof(want), "pidtest[%d]: info: parent again\n", (int)getpid());
+	assert_non_null(strstr(text, want));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_safe),        cmocka_unit_test(test_log_safe_field),
 	    cmocka_unit_test(test_ratelimit),       cmocka_unit_test(test_ratelimit_burst),
 	    cmocka_unit_test(test_ratelimit_flush), cmocka_unit_test(test_names),
+	    cmocka_unit_test(test_pid_after_fork),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

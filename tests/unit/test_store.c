@@ -36,6 +36,7 @@
 
 #include "core/hash.h"
 #include "core/key.h"
+#include "store/redis_view.h"
 #include "store/store.h"
 #include "store/store_backend.h"
 
@@ -53,6 +54,7 @@ static struct {
 	char path[128];
 	char prefix[32];
 	store_config cfg;
+	bool view; /* the common cases again with store.redis.local_view on */
 } B;
 
 static int64_t now_s(void)
@@ -232,6 +234,14 @@ static int suite_redis_setup(void **state)
 	return B.redis_port > 0 && redis_start() ? 0 : -1;
 }
 
+static int suite_redis_view_setup(void **state)
+{
+	int rc = suite_redis_setup(state);
+
+	B.view = true;
+	return rc;
+}
+
 static int suite_teardown(void **state)
 {
 	(void)state;
@@ -255,6 +265,8 @@ static int case_setup(void **state)
 	B.cfg.redis_prefix = B.prefix;
 	B.cfg.redis_connect_timeout_ms = REDIS_TIMEOUT_MS;
 	B.cfg.redis_command_timeout_ms = REDIS_TIMEOUT_MS;
+	B.cfg.redis_local_view = B.view;
+	B.cfg.redis_local_view_keys = 100000;
 	return 0;
 }
 
@@ -4207,6 +4219,179 @@ static void test_sqlite_write_behind(void **state)
 	store_free(st);
 }
 
+/* --- the Redis store's local view ---------------------------------------- */
+
+/* The view alone (no I/O): it answers only when built, confirmed lately and not read meanwhile. */
+static void test_redis_view_state(void **state)
+{
+	redis_view *v = redis_view_new(1000);
+	const char *keys[] = {"listed@example.com", "other@example.com", "192.0.2.7"};
+	redis_view_token t, t2;
+	int64_t now = 1000000;
+	char key[32];
+	bool fits = true;
+
+	(void)state;
+	assert_non_null(v);
+	assert_false(redis_view_enter(v, now, &t)); /* not built */
+	redis_view_begin(v);
+	assert_true(redis_view_add(v, keys[0], strlen(keys[0])));
+	redis_view_confirm(v, now);
+	assert_false(redis_view_enter(v, now, &t)); /* built, not ready */
+	redis_view_ready(v);
+	assert_true(redis_view_enter(v, now + 10, &t));
+	assert_int_equal(redis_view_test(v, keys, 3) & 1, 1);
+	assert_true(redis_view_still(v, &t));
+	/* An invalidation read meanwhile: the answer does not hold, then the new key is there. */
+	redis_view_reading(v);
+	assert_false(redis_view_enter(v, now + 10, &t2));
+	redis_view_add(v, keys[2], strlen(keys[2]));
+	redis_view_read(v);
+	assert_false(redis_view_still(v, &t));
+	assert_true(redis_view_enter(v, now + 10, &t));
+	assert_int_equal(redis_view_test(v, keys, 3) & 5, 5);
+	/* Not confirmed for longer than the bound: no answer. */
+	assert_true(redis_view_enter(v, now + REDIS_VIEW_STALE_MS, &t));
+	assert_false(redis_view_enter(v, now + REDIS_VIEW_STALE_MS + 1, &t));
+	redis_view_confirm(v, now + 1000);
+	assert_true(redis_view_enter(v, now + 1000, &t));
+	/* Disabled (a lost connection) between enter and still: the answer does not hold. */
+	redis_view_disable(v);
+	assert_false(redis_view_still(v, &t));
+	assert_false(redis_view_enter(v, now + 1000, &t));
+	/* A rebuild forgets every key. */
+	redis_view_begin(v);
+	redis_view_confirm(v, now + 1000);
+	redis_view_ready(v);
+	assert_int_equal(redis_view_keys(v), 0);
+	/* Past its size it says so: the thread rebuilds or leaves it off. */
+	for (int i = 0; i < 100000 && fits; i++) {
+		snprintf(key, sizeof(key), "k%d@example.com", i);
+		fits = redis_view_add(v, key, strlen(key));
+	}
+	assert_false(fits);
+	assert_true(redis_view_keys(v) > redis_view_max_keys(v));
+	redis_view_free(v);
+}
+
+static store *open_view_store(void)
+{
+	B.cfg.redis_local_view = true;
+	B.cfg.redis_local_view_keys = 10000;
+	return open_store();
+}
+
+static uint64_t view_answers(store *st)
+{
+	uint64_t n = 0;
+
+	assert_true(store_filter_answers(st, &n));
+	return n;
+}
+
+/* Lookups of a key that is not listed until the view answers one alone. */
+static void wait_view(store *st)
+{
+	uint64_t before = view_answers(st);
+
+	for (int i = 0; i < 1000; i++) {
+		assert_int_equal(lookup1(st, "nobody@example.org", now_s(), NULL), STORE_NOTFOUND);
+		if (view_answers(st) > before)
+			return;
+		usleep(10000);
+	}
+	fail_msg("the local view never answered");
+}
+
+/* Lookups of key until found, for at most 1 s: the view's bound on another writer's entry. */
+static void found_within_bound(store *st, const char *key)
+{
+	double start = mono();
+	store_status rc;
+
+	while ((rc = lookup1(st, key, now_s(), NULL)) == STORE_NOTFOUND && mono() - start < 1.0)
+		usleep(5000);
+	if (rc != STORE_OK)
+		fail_msg("%s: %s %.3f s after it was written elsewhere", key,
+		         rc == STORE_NOTFOUND ? "not found" : store_last_error(), mono() - start);
+}
+
+/*
+ * Entries written by others (another store handle, a raw HSET around
+ * spamtrapd) are found within the bound, while the view keeps answering
+ * for the keys that are not listed.
+ */
+static void test_redis_view_other_writers(void **state)
+{
+	store *st = open_view_store(), *other;
+	store_hit h = hit_at(now_s(), "trap@example.com");
+	const char *keys[] = {"nobody@example.org", "@example.org", "192.0.2.0/24"};
+	char key[64];
+
+	(void)state;
+	B.cfg.redis_local_view = false;
+	other = open_store();
+	wait_view(st);
+	for (int i = 0; i < 5; i++) {
+		snprintf(key, sizeof(key), "hit%d@example.net", i);
+		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+		record1(other, key, &h);
+		found_within_bound(st, key);
+		snprintf(key, sizeof(key), "raw%d@example.net", i);
+		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+		redis_hset_around(key, now_s() + 3600);
+		found_within_bound(st, key);
+	}
+	/* A network written elsewhere: found through the lookup's other keys too. */
+	record1(other, "192.0.2.0/24", &h);
+	store_purge(other, now_s(), NULL); /* netlens trusted, and holding /24 */
+	{
+		store_entry e;
+		double start = mono();
+
+		while (store_lookup(st, keys, 3, now_s(), &e) != STORE_OK && mono() - start < 1.0)
+			usleep(5000);
+		assert_int_equal(store_lookup(st, keys, 3, now_s(), &e), STORE_OK);
+		assert_string_equal(e.key, "192.0.2.0/24");
+	}
+	wait_view(st);
+	store_free(other);
+	store_free(st);
+}
+
+/*
+ * The view's connection killed, the database flushed: lookups go to Redis
+ * until it is rebuilt, and the rebuilt view hears of other writers again.
+ */
+static void test_redis_view_fallback(void **state)
+{
+	store *st = open_view_store();
+	char key[64];
+
+	(void)state;
+	wait_view(st);
+	for (int i = 0; i < 3; i++) {
+		assert_true(redis_do("CLIENT KILL TYPE pubsub"));
+		snprintf(key, sizeof(key), "killed%d@example.net", i);
+		redis_hset_around(key, now_s() + 3600);
+		found_within_bound(st, key);
+		wait_view(st);
+		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_OK);
+		snprintf(key, sizeof(key), "rebuilt%d@example.net", i);
+		assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+		redis_hset_around(key, now_s() + 3600);
+		found_within_bound(st, key);
+	}
+	assert_true(redis_do("FLUSHDB"));
+	assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+	redis_hset_around("flushed@example.net", now_s() + 3600);
+	found_within_bound(st, "flushed@example.net");
+	wait_view(st);
+	redis_hset_around("after-flush@example.net", now_s() + 3600);
+	found_within_bound(st, "after-flush@example.net");
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_file),
@@ -4251,6 +4436,9 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_greylist_shared),
     CASE(test_redis_greylist_server_clock),
     CASE(test_redis_greylist_matches_greystep),
+    CASE(test_redis_view_state),
+    CASE(test_redis_view_other_writers),
+    CASE(test_redis_view_fallback),
 };
 
 int main(void)
@@ -4264,5 +4452,7 @@ int main(void)
 	failed += cmocka_run_group_tests_name("store redis", common_tests, suite_redis_setup, suite_teardown);
 	failed +=
 	    cmocka_run_group_tests_name("store redis only", redis_tests, suite_redis_setup, suite_teardown);
+	failed += cmocka_run_group_tests_name("store redis with the local view", common_tests,
+	                                      suite_redis_view_setup, suite_teardown);
 	return failed ? 1 : 0;
 }

@@ -1,0 +1,168 @@
+"""Integration tests of the Redis store's local view (store.redis.local_view,
+docs/redis.md "The local view"): real daemons on one real redis-server.
+
+The view answers lookups of keys that are not listed without a round trip;
+it must never answer "not listed" for a key another writer listed more
+than a moment ago. Each test first waits until the view answers (the
+daemon logs how many lookups it answered alone at each purge, here once a
+second: without that, every test below would pass with no view at all),
+then writes from elsewhere (another daemon's trap hit, spamtrapctl) and
+polls the daemon: it must block within 1 s of the write. That bound is
+the view's promise (an invalidation is applied within milliseconds; the
+view stops answering 500 ms after its last confirmation), not a speed
+measure. Then the view's own connection is killed, and the server
+restarted: lookups fall back to Redis at once, and the view is rebuilt.
+"""
+
+import re
+import shutil
+import tempfile
+import time
+import unittest
+
+import redis_harness as rh
+import spamtrapd_harness as sh
+
+REJECT = "550 5.7.1 Blocked here after mail to a spamtrap (redis view test)"
+TRAP = "trap@example.com"
+TRAP_REPLY = "550 5.1.1 User unknown"
+BOUND = 1.0  # a write elsewhere must block here within this (docs/redis.md)
+VIEW_WAIT = 20.0  # a view is built within a second or two; the store's back-off is at most 5 s
+
+
+class ViewCase(rh.RecoveryChecks, unittest.TestCase):
+    REJECT_TEXT = REJECT
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="spamtrapd-redis.")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.redis = rh.RedisServer(self.dir).start()
+        self.addCleanup(self.redis.kill)
+        self.n = 0
+
+    def daemon(self):
+        config = {
+            "traps": {"addresses": [TRAP]},
+            "blocklist": {"reject": REJECT},
+            "log": {"level": "debug"},
+            "store": {"backend": "redis", "purge_interval": "1s",
+                      "redis": {"host": "127.0.0.1", "port": self.redis.port, "prefix": "site:"}},
+        }
+        d = sh.Spamtrapd(config)
+        self.addCleanup(d.cleanup)
+        return d.start()
+
+    def answers(self, d):
+        """Lookups d's view answered alone, as of its latest purge (0 before the first)."""
+        counts = re.findall(r"absent-key filter answered (\d+) lookups without asking redis", d.log())
+        return int(counts[-1]) if counts else 0
+
+    def wait_view(self, d):
+        """Lookups of unlisted senders until d's log shows its view answering more than before."""
+        before = self.answers(d)
+
+        def answering():
+            self.n += 1
+            self.assertEqual(self.sender_check(d, f"warm{self.n}@example.org", "198.51.100.200"), "DUNNO")
+            return self.answers(d) > before
+        rh.wait_until(answering, VIEW_WAIT, "the local view answering", interval=0.05)
+
+    def blocks_within_bound(self, d, sender, client, since):
+        """Poll d until sender is rejected; fail unless it is within BOUND of since (the write's end)."""
+        while True:
+            answer = self.sender_check(d, sender, client)
+            took = time.monotonic() - since
+            if answer == REJECT:
+                return took
+            self.assertEqual(answer, "DUNNO")
+            self.assertLess(took, BOUND, f"{sender} from {client} not blocked {took:.2f} s after the write")
+            time.sleep(0.02)
+
+    def subscriber_ids(self):
+        """The ids of the clients in broadcast tracking mode (the views' connections)."""
+        listing = self.redis.command("CLIENT", "LIST")
+        if isinstance(listing, bytes):
+            listing = listing.decode()
+        return [re.search(r"\bid=(\d+)", line).group(1) for line in listing.splitlines()
+                if re.search(r"\bflags=\S*B", line)]
+
+
+class TestView(ViewCase):
+    def test_trap_hit_at_one_host_blocks_at_the_other_within_a_second(self):
+        a, b = self.daemon(), self.daemon()
+        self.wait_view(b)
+        for i in range(3):
+            sender, client = f"spam{i}@bad{i}.test", f"192.0.2.{50 + i}"
+            self.assertEqual(self.sender_check(b, sender, "203.0.113.5"), "DUNNO")
+            self.assertEqual(self.trap_hit(a, sender, client), TRAP_REPLY)
+            done = time.monotonic()
+            self.blocks_within_bound(b, sender, "203.0.113.5", done)
+            # by the client address too, whoever the sender
+            self.blocks_within_bound(b, f"innocent{i}@other.test", client, done)
+            self.assertEqual(self.sender_check(b, f"innocent{i}@other.test", f"192.0.2.{150 + i}"), "DUNNO")
+        self.wait_view(b)  # and the view still answers after all those writes
+
+    def test_spamtrapctl_add_and_remove_reach_a_running_daemon(self):
+        d = self.daemon()
+        self.wait_view(d)
+        for key, sender, client in (("listed@example.net", "listed@example.net", "203.0.113.9"),
+                                    ("@spammy.test", "any@spammy.test", "203.0.113.9"),
+                                    ("198.18.0.0/16", "someone@example.org", "198.18.7.7")):
+            self.assertEqual(self.sender_check(d, sender, client), "DUNNO")
+            d.ctl("add", key)
+            self.blocks_within_bound(d, sender, client, time.monotonic())
+            d.ctl("remove", key)
+            self.assertEqual(self.sender_check(d, sender, client), "DUNNO")
+        self.wait_view(d)
+
+    def test_killed_subscription_falls_back_then_rebuilds(self):
+        d = self.daemon()
+        self.wait_view(d)
+        for i in range(3):
+            ids = self.subscriber_ids()
+            self.assertEqual(len(ids), 1, "one view connection")
+            self.redis.command("CLIENT", "KILL", "ID", ids[0])
+            sender = f"late{i}@example.net"
+            d.ctl("add", sender)
+            self.blocks_within_bound(d, sender, "203.0.113.20", time.monotonic())
+            rh.wait_until(lambda: len(self.subscriber_ids()) == 1, VIEW_WAIT, "the view connected again")
+            self.wait_view(d)
+            self.assertEqual(self.sender_check(d, sender, "203.0.113.20"), REJECT)
+
+    def test_restarted_server_with_other_keys_falls_back_then_rebuilds(self):
+        """A server that comes back with keys the view never heard of (loaded from a file, as a
+        restart with persistence or a failover brings): they block at once, and the rebuilt view
+        knows them."""
+        d = self.daemon()
+        self.wait_view(d)
+        other = rh.RedisServer(self.dir, name="other").start()
+        self.addCleanup(other.kill)
+        key = "site:bl:ghost@example.net"
+        expires = str(int(time.time()) + 3600)
+        other.command("HSET", key, "expires", expires, "first", expires, "last", expires, "hits", "1",
+                      "trap", TRAP, "reason", "trap")
+        other.command("EXPIREAT", key, expires)
+        other.command("SAVE")
+        other.stop()
+        self.redis.stop()
+        shutil.copy(f"{other.dir}/dump.rdb", f"{self.redis.dir}/dump.rdb")
+        self.redis.start()
+        self.wait_rejected(d, "ghost@example.net", "203.0.113.30")
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "ghost@example.net", "203.0.113.30"), REJECT)
+        d.ctl("add", "after@example.net")
+        self.blocks_within_bound(d, "after@example.net", "203.0.113.30", time.monotonic())
+
+    def test_flushdb_rebuilds(self):
+        d = self.daemon()
+        self.wait_view(d)
+        d.ctl("add", "before@example.net")
+        self.redis.command("FLUSHDB")
+        self.assertEqual(self.sender_check(d, "before@example.net", "203.0.113.30"), "DUNNO")
+        d.ctl("add", "after@example.net")
+        self.blocks_within_bound(d, "after@example.net", "203.0.113.30", time.monotonic())
+        self.wait_view(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
