@@ -28,6 +28,7 @@ typedef struct hot_entry {
 	struct hot_entry *next;          /* hash chain */
 	struct hot_entry *dprev, *dnext; /* the list of entries with writes owed */
 	bool dirty;
+	uint64_t taken; /* the take that last handed out its writes (h->takes), 0 none */
 	sqlite_hot_kind kind;
 	uint64_t hash;
 	char *ns; /* counters; NULL for sets */
@@ -51,6 +52,9 @@ struct sqlite_hot {
 	size_t n, max, hand;
 	hot_entry *dirty;
 	uint64_t generation;
+	/* Takes so far; the last one's writes are not in the file until sqlite_hot_written. */
+	uint64_t takes;
+	bool writing;
 	uint64_t pending; /* members added and not taken */
 	size_t members;   /* of every set, against SQLITE_HOT_MAX_MEMBERS */
 };
@@ -188,7 +192,7 @@ static bool make_room(sqlite_hot *h)
 		size_t b = (h->hand + i) & (h->nbuckets - 1);
 
 		for (hot_entry *e = h->bucket[b]; e; e = e->next)
-			if (!e->dirty) {
+			if (!e->dirty && !(h->writing && e->taken == h->takes)) {
 				h->hand = b + 1;
 				remove_entry(h, e);
 				return true;
@@ -510,9 +514,15 @@ static sqlite_hot_write *batch_add(sqlite_hot_batch *b, sqlite_hot_kind kind, co
 	return w;
 }
 
+bool sqlite_hot_batch_note(sqlite_hot_batch *b, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	return batch_add(b, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, NULL, 0, false) != NULL;
+}
+
 /* e's writes into b; false when out of memory (e then still owes what did not fit). */
 static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
 {
+	e->taken = h->takes;
 	if (e->kind == SQLITE_HOT_COUNTER) {
 		if (!batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->tat, !e->in_file))
 			return false;
@@ -539,6 +549,8 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	int rc = 0;
 
 	pthread_mutex_lock(&h->lock);
+	h->takes++;
+	h->writing = true;
 	while (h->dirty) {
 		hot_entry *e = h->dirty;
 
@@ -550,6 +562,13 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	}
 	pthread_mutex_unlock(&h->lock);
 	return rc;
+}
+
+void sqlite_hot_written(sqlite_hot *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->writing = false;
+	pthread_mutex_unlock(&h->lock);
 }
 
 void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b)

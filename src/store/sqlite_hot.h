@@ -126,10 +126,17 @@ typedef struct sqlite_hot_batch {
  * Everything changed since the last take, appended to b (the caller's,
  * emptied with sqlite_hot_batch_clear); the entries count as written.
  * -1: out of memory (what fitted is in b, the rest stays owed).
+ * Until sqlite_hot_written, the entries taken are not dropped for room:
+ * the file does not have their values yet, and a load would read it old.
  */
 int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b);
+/* The last take's transaction ended (committed, or rolled back and retaken). */
+void sqlite_hot_written(sqlite_hot *h);
 /* The writes of b failed: owe them again (entries forgotten since stay forgotten). */
 void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b);
+/* An entry (kind, ns, key) listed in b, to be forgotten later (store_sqlite's resets). false: out of memory.
+ */
+bool sqlite_hot_batch_note(sqlite_hot_batch *b, sqlite_hot_kind kind, const char *ns, const char *key);
 /* Frees what b holds; b is empty and reusable after. */
 void sqlite_hot_batch_clear(sqlite_hot_batch *b);
 

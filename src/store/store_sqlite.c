@@ -499,9 +499,10 @@ struct store_backend_impl {
 	pthread_mutex_t flushing; /* one flush at a time, and no reset in the middle of one */
 	pthread_t flusher;
 	bool flusher_started, stopping;
-	bool owner;                        /* hot_owner names this process (the flusher's) */
-	int64_t cleaned_to;                /* hot_requests done up to here may go (the last flush's) */
-	_Atomic uint64_t counter_max_rows; /* ratelimit.max_buckets, as the last charge said */
+	bool owner;                          /* hot_owner names this process (the flusher's) */
+	struct store_backend_impl *hot_next; /* hot_registry */
+	int64_t cleaned_to;                  /* hot_requests done up to here may go (the last flush's) */
+	_Atomic uint64_t counter_max_rows;   /* ratelimit.max_buckets, as the last charge said */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -2468,6 +2469,53 @@ static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_vis
 
 /* --- written behind (sqlite_hot.h) ------------------------------------------ */
 
+/*
+ * The stores of this process that write behind. A reload that changes the
+ * store's settings opens a new store on the same file before the old one
+ * closes: for that time two memories hold the file's entries, a reset must
+ * reach both, and the old one's close must not take hot_owner (the same
+ * pid) from the new one.
+ */
+static pthread_mutex_t hot_registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static store_backend_impl *hot_registry;
+
+static void hot_register(store_backend_impl *s)
+{
+	pthread_mutex_lock(&hot_registry_lock);
+	s->hot_next = hot_registry;
+	hot_registry = s;
+	pthread_mutex_unlock(&hot_registry_lock);
+}
+
+/* Out of the registry; true when another store of this process still writes behind on the file. */
+static bool hot_unregister(store_backend_impl *s)
+{
+	bool shared = false;
+
+	pthread_mutex_lock(&hot_registry_lock);
+	for (store_backend_impl **p = &hot_registry; *p; p = &(*p)->hot_next)
+		if (*p == s) {
+			*p = s->hot_next;
+			break;
+		}
+	for (store_backend_impl *r = hot_registry; r; r = r->hot_next)
+		shared |= strcmp(r->path, s->path) == 0;
+	pthread_mutex_unlock(&hot_registry_lock);
+	return shared;
+}
+
+/* A reset: forgotten by every memory of this process holding the file's entries. */
+static void hot_forget_all(store_backend_impl *s, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	pthread_mutex_lock(&hot_registry_lock);
+	for (store_backend_impl *r = hot_registry; r; r = r->hot_next)
+		if (r != s && strcmp(r->path, s->path) == 0)
+			sqlite_hot_forget(r->hot, kind, ns, key);
+	pthread_mutex_unlock(&hot_registry_lock);
+	if (s->hot)
+		sqlite_hot_forget(s->hot, kind, ns, key);
+}
+
 /* Inside a write transaction: the buckets and members b owes the file. */
 static int hot_write(store_backend_impl *s, conn *c, const sqlite_hot_batch *b)
 {
@@ -2521,7 +2569,7 @@ static int hot_delete(store_backend_impl *s, conn *c, int kind, const char *ns, 
  * asked (hot_requests). A reset drops the entry from memory and its rows
  * again, after the writes, so that nothing this flush wrote outlives it.
  */
-static int hot_serve(store_backend_impl *s, conn *c)
+static int hot_serve(store_backend_impl *s, conn *c, sqlite_hot_batch *served)
 {
 	sqlite3_stmt *list = c->stmt[ST_HOT_REQ_LIST], *mark = c->stmt[ST_HOT_REQ_DONE];
 	sqlite3_stmt *clean = c->stmt[ST_HOT_REQ_CLEAN];
@@ -2536,8 +2584,9 @@ static int hot_serve(store_backend_impl *s, conn *c)
 		last = sqlite3_column_int64(list, 0);
 		if (kind == HOT_REQ_SYNC || !ns || !key)
 			continue;
-		sqlite_hot_forget(s->hot, hot_kind_of(kind), ns, key);
-		if (hot_delete(s, c, kind, ns, key, &changes) < 0) {
+		hot_forget_all(s, hot_kind_of(kind), ns, key);
+		if (!sqlite_hot_batch_note(served, hot_kind_of(kind), ns, key) ||
+		    hot_delete(s, c, kind, ns, key, &changes) < 0) {
 			done(list);
 			return -1;
 		}
@@ -2560,6 +2609,11 @@ static int hot_serve(store_backend_impl *s, conn *c)
 typedef struct flush_args {
 	store_backend_impl *s;
 	const sqlite_hot_batch *b;
+	/*
+	 * The resets served: forgotten again after the commit, since a load
+	 * racing the transaction reads the file as it was before it.
+	 */
+	sqlite_hot_batch served;
 } flush_args;
 
 static int flush_all(conn *c, void *ctx)
@@ -2571,7 +2625,7 @@ static int flush_all(conn *c, void *ctx)
 		if (step_done(c->stmt[ST_HOT_OWNER_SET]) < 0)
 			return -1;
 	}
-	return hot_write(a->s, c, a->b) < 0 ? -1 : hot_serve(a->s, c);
+	return hot_write(a->s, c, a->b) < 0 ? -1 : hot_serve(a->s, c, &a->served);
 }
 
 /* Are there requests of other processes waiting? (A read: a flush with nothing to write costs no commit.) */
@@ -2592,7 +2646,7 @@ static bool hot_asked(store_backend_impl *s)
 static store_status hot_flush_locked(store_backend_impl *s)
 {
 	sqlite_hot_batch b = {0};
-	flush_args a = {s, &b};
+	flush_args a = {s, &b, {0}};
 	store_status rc = STORE_OK;
 
 	if (sqlite_hot_take(s->hot, &b) < 0)
@@ -2600,6 +2654,8 @@ static store_status hot_flush_locked(store_backend_impl *s)
 	if (b.n > 0 || !s->owner || hot_asked(s)) {
 		if (write_txn(s, "write behind", flush_all, &a, NULL, 0) == STORE_OK) {
 			s->owner = true;
+			for (size_t i = 0; i < a.served.n; i++)
+				hot_forget_all(s, a.served.v[i].kind, a.served.v[i].ns, a.served.v[i].key);
 		} else {
 			rc = STORE_ERROR;
 			sqlite_hot_retake(s->hot, &b);
@@ -2608,7 +2664,10 @@ static store_status hot_flush_locked(store_backend_impl *s)
 			atomic_store(&s->counter_cap.rows, -1);
 		}
 	}
+	/* Only now may the entries taken make room: a load reads the file as committed. */
+	sqlite_hot_written(s->hot);
 	sqlite_hot_batch_clear(&b);
+	sqlite_hot_batch_clear(&a.served);
 	return rc;
 }
 
@@ -2668,6 +2727,9 @@ static void hot_stop(store_backend_impl *s)
 	if (s->flusher_started)
 		pthread_join(s->flusher, NULL);
 	(void)hot_flush(s);
+	/* A reload's new store on this file holds hot_owner (this pid) now. */
+	if (hot_unregister(s))
+		return;
 	if (s->owner && (c = acquire(s, FOR_WRITE, "write behind"))) {
 		sqlite3_bind_int64(c->stmt[ST_HOT_OWNER_DROP], 1, (sqlite3_int64)getpid());
 		(void)step_done(c->stmt[ST_HOT_OWNER_DROP]);
@@ -2678,8 +2740,11 @@ static void hot_stop(store_backend_impl *s)
 /* hot_owner names this process from the start: spamtrapctl asks it before the first flush. */
 static store_status sqlite_write_behind(store_backend_impl *s)
 {
-	if (!s->hot && !(s->hot = sqlite_hot_new(SQLITE_HOT_MAX_ENTRIES)))
+	if (s->hot)
+		return STORE_OK;
+	if (!(s->hot = sqlite_hot_new(SQLITE_HOT_MAX_ENTRIES)))
 		return store_set_error("sqlite %s: write behind: out of memory", s->path);
+	hot_register(s);
 	/* A file locked by another process now: the flusher tries again at each tick. */
 	(void)hot_flush(s);
 	hot_started(s);
@@ -2966,7 +3031,7 @@ static store_status hot_request(store_backend_impl *s, request_args *a)
 		pthread_mutex_lock(&s->flushing);
 		rc = hot_flush_locked(s);
 		if (a->kind != HOT_REQ_SYNC)
-			sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
+			hot_forget_all(s, hot_kind_of(a->kind), a->ns, a->key);
 		pthread_mutex_unlock(&s->flushing);
 		if (rc != STORE_OK)
 			return rc;
@@ -2979,7 +3044,7 @@ static store_status hot_request(store_backend_impl *s, request_args *a)
 	}
 	/* Once more: a load racing the reset read the rows before they went. */
 	if (s->hot && a->kind != HOT_REQ_SYNC)
-		sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
+		hot_forget_all(s, hot_kind_of(a->kind), a->ns, a->key);
 	if (a->id)
 		hot_wait(s, a->id);
 	return STORE_OK;

@@ -245,12 +245,14 @@ static void test_bounded(void **state)
 	assert_int_equal(b.n, 2);
 	/* A failed write owes them again. */
 	sqlite_hot_retake(h, &b);
+	sqlite_hot_written(h);
 	sqlite_hot_batch_clear(&b);
 	assert_false(sqlite_hot_counter_load(h, "ratelimit", "c", false, 0, sqlite_hot_generation(h)));
 	assert_int_equal(sqlite_hot_take(h, &b), 0);
 	assert_int_equal(b.n, 2);
 	assert_true(b.v[0].fresh && b.v[1].fresh);
 	sqlite_hot_batch_clear(&b);
+	sqlite_hot_written(h);
 	/* Written: a clean entry makes room. */
 	assert_true(sqlite_hot_counter_load(h, "ratelimit", "c", false, 0, sqlite_hot_generation(h)));
 	assert_int_equal(sqlite_hot_entries(h), 2);
@@ -288,6 +290,37 @@ static void test_members_bounded(void **state)
 	sqlite_hot_free(h);
 }
 
+/*
+ * An entry handed out (taken) is not in the file until that flush commits:
+ * dropped for room before then, it would be read back from the file as it
+ * was before the flush (a stranger's new keys filling the table could so
+ * wipe a stolen account's networks or a bucket's charges). It stays held
+ * until sqlite_hot_written.
+ */
+static void test_taken_not_dropped_before_written(void **state)
+{
+	(void)state;
+	sqlite_hot *h = sqlite_hot_new(1);
+	query q = counter_q("account:victim", 10000, 1, false);
+	sqlite_hot_batch b = {0};
+
+	assert_true(
+	    sqlite_hot_counter_load(h, "ratelimit", "account:victim", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	/* The flush's transaction runs: a stranger's new key finds no room. */
+	assert_false(
+	    sqlite_hot_counter_load(h, "ratelimit", "client:192.0.2.1", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_entries(h), 1);
+	sqlite_hot_written(h);
+	/* Committed: the victim's bucket may make room now (the file has it). */
+	assert_true(
+	    sqlite_hot_counter_load(h, "ratelimit", "client:192.0.2.1", false, 0, sqlite_hot_generation(h)));
+	sqlite_hot_batch_clear(&b);
+	sqlite_hot_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +332,7 @@ int main(void)
 	    cmocka_unit_test(test_record_read_from_memory),
 	    cmocka_unit_test(test_bounded),
 	    cmocka_unit_test(test_members_bounded),
+	    cmocka_unit_test(test_taken_not_dropped_before_written),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4219,6 +4219,59 @@ static void test_sqlite_write_behind(void **state)
 	store_free(st);
 }
 
+/* In a child (spamtrapctl in life): relay reset of set on the case's file. */
+static void clear_in_child(const char *set)
+{
+	pid_t pid = fork();
+	int status = -1;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char err[256];
+		store *ctl = store_open(&B.cfg, err, sizeof(err));
+
+		_exit(ctl && store_distinct_clear(ctl, set) == STORE_OK ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/*
+ * A reload that changes the store's settings opens a second store on the
+ * file before the first closes: a reset reaches the memory of both, and
+ * the old one's close leaves hot_owner to the new one (the same pid), so
+ * that spamtrapctl's resets still reach the daemon afterwards.
+ */
+static void test_sqlite_write_behind_reload(void **state)
+{
+	const char *set = "relay:sasl:reload";
+	store *old = open_store(), *st;
+	int64_t t = now_s();
+	bool present = true;
+	char got[64], want[32];
+
+	(void)state;
+	assert_int_equal(store_write_behind(old), STORE_OK);
+	assert_int_equal(distinct1(old, set, "n1", t, 5), 1);
+	assert_int_equal(store_sync(old), STORE_OK);
+	st = open_store();
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	assert_int_equal(distinct1(st, set, "n2", t, 5), 2);
+	/* Served by either store's flusher: both forget. */
+	clear_in_child(set);
+	assert_int_equal(distinct1(st, set, "n3", t, 5), 1);
+	(void)peek1(old, set, "n1", t, &present);
+	assert_false(present);
+	store_free(old);
+	snprintf(want, sizeof(want), "%d", (int)getpid());
+	sqlite_cli("SELECT pid FROM hot_owner", got, sizeof(got));
+	assert_string_equal(got, want);
+	assert_int_equal(distinct1(st, set, "n4", t, 5), 2);
+	clear_in_child(set);
+	assert_int_equal(distinct1(st, set, "n5", t, 5), 1);
+	store_free(st);
+}
+
 /* --- the Redis store's local view ---------------------------------------- */
 
 /* The view alone (no I/O): it answers only when built, confirmed lately and not read meanwhile. */
@@ -4394,6 +4447,7 @@ static void test_redis_view_fallback(void **state)
 
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
+    CASE(test_sqlite_write_behind_reload),
     CASE(test_sqlite_file),
     CASE(test_sqlite_not_ours),
     CASE(test_sqlite_netlens_counts),
