@@ -54,6 +54,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <sqlite3.h>
@@ -70,6 +71,7 @@
 
 #include "core/hash.h"
 #include "core/key.h"
+#include "log.h"
 #include "store/sqlite_filter.h"
 #include "store/sqlite_hot.h"
 #include "store/store_backend.h"
@@ -2681,10 +2683,15 @@ static store_status hot_flush(store_backend_impl *s)
 	return rc;
 }
 
+/* The write-behind's failures, said once a minute: what a crash can lose grows until a write works. */
+#define HOT_ERROR_LOG_INTERVAL 60
+
 static void *flusher_main(void *arg)
 {
 	store_backend_impl *s = arg;
 	struct timespec at;
+	log_ratelimit errors = {.interval = HOT_ERROR_LOG_INTERVAL};
+	uint64_t suppressed, failed = 0;
 
 	pthread_mutex_lock(&s->hot_lock);
 	while (!s->stopping) {
@@ -2697,7 +2704,20 @@ static void *flusher_main(void *arg)
 			break;
 		pthread_mutex_unlock(&s->hot_lock);
 		/* A failure is retried at the next tick; the calls that wrote are not told (counts only). */
-		(void)hot_flush(s);
+		if (hot_flush(s) != STORE_OK) {
+			failed++;
+			if (log_ratelimit_pass(&errors, (int64_t)time(NULL), &suppressed))
+				log_warning(
+				    "store: relay and ratelimit counts not written to the file for %" PRIu64
+				    " tick(s), held in memory and tried again every %d ms: %s",
+				    failed, SQLITE_HOT_FLUSH_MS, store_last_error());
+		} else if (failed > 0) {
+			log_notice(
+			    "store: relay and ratelimit counts written to the file again after %" PRIu64
+			    " failed tick(s)",
+			    failed);
+			failed = 0;
+		}
 		pthread_mutex_lock(&s->hot_lock);
 	}
 	pthread_mutex_unlock(&s->hot_lock);
