@@ -503,8 +503,14 @@ struct store_backend_impl {
 	bool flusher_started, stopping;
 	bool owner;                          /* hot_owner names this process (the flusher's) */
 	struct store_backend_impl *hot_next; /* hot_registry */
-	int64_t cleaned_to;                  /* hot_requests done up to here may go (the last flush's) */
-	_Atomic uint64_t counter_max_rows;   /* ratelimit.max_buckets, as the last charge said */
+	/*
+	 * Another daemon writes behind on this file (several daemons sharing
+	 * one file): from then on every count is made in the file, as before
+	 * write-behind, so that the daemons count together.
+	 */
+	_Atomic bool hot_shared;
+	int64_t cleaned_to;                /* hot_requests done up to here may go (the last flush's) */
+	_Atomic uint64_t counter_max_rows; /* ratelimit.max_buckets, as the last charge said */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -2644,6 +2650,32 @@ static bool hot_asked(store_backend_impl *s)
 	return n > 0;
 }
 
+static pid_t hot_other(conn *c);
+
+/* Memory answers this store's counts: it writes behind, and no other daemon does on the file. */
+static bool hot_on(store_backend_impl *s)
+{
+	return s->hot && !atomic_load(&s->hot_shared);
+}
+
+/* Another live daemon named in hot_owner: count in the file from now on (hot_shared). */
+static void hot_check_peer(store_backend_impl *s)
+{
+	conn *c;
+	pid_t other;
+
+	if (atomic_load(&s->hot_shared) || !(c = acquire(s, FOR_READ, "write behind")))
+		return;
+	other = hot_other(c);
+	release(s, c, FOR_READ);
+	if (other == 0)
+		return;
+	atomic_store(&s->hot_shared, true);
+	log_warning("store: sqlite %s: another spamtrapd (pid %ld) uses this file: relay and ratelimit count "
+	            "in the file from now on, not in memory (slower; Redis shares counts between hosts)",
+	            s->path, (long)other);
+}
+
 /* Write what the memory owes and serve the requests, in one transaction; under s->flushing. */
 static store_status hot_flush_locked(store_backend_impl *s)
 {
@@ -2651,6 +2683,7 @@ static store_status hot_flush_locked(store_backend_impl *s)
 	flush_args a = {s, &b, {0}};
 	store_status rc = STORE_OK;
 
+	hot_check_peer(s);
 	if (sqlite_hot_take(s->hot, &b) < 0)
 		rc = store_set_error("sqlite %s: write behind: out of memory", s->path);
 	if (b.n > 0 || !s->owner || hot_asked(s)) {
@@ -2804,7 +2837,7 @@ static int hot_load_counter(store_backend_impl *s, query *q)
 
 static store_status sqlite_counter(store_backend_impl *s, query *q)
 {
-	for (int i = 0; s->hot && i < 2; i++) {
+	for (int i = 0; hot_on(s) && i < 2; i++) {
 		sqlite_hot_rc r = sqlite_hot_counter(s->hot, q);
 		int loaded;
 
@@ -2935,7 +2968,7 @@ static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, 
 
 	a.now = now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now;
 	*capped = false;
-	if (s->hot && (r = hot_distinct(s, &a, max_rows)) != 0) {
+	if (hot_on(s) && (r = hot_distinct(s, &a, max_rows)) != 0) {
 		if (r < 0)
 			return STORE_ERROR;
 		*count = a.count;
@@ -2951,7 +2984,7 @@ static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set,
 	int r;
 
 	a.now = now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now;
-	if (s->hot && (r = hot_distinct(s, &a, 0)) != 0) {
+	if (hot_on(s) && (r = hot_distinct(s, &a, 0)) != 0) {
 		if (r < 0)
 			return STORE_ERROR;
 		*count = a.count;
@@ -3114,7 +3147,7 @@ static store_status sqlite_kv(store_backend_impl *s, query *q)
 
 	if (q->u.kv.op != QUERY_KV_GET)
 		return hot_request(s, &a);
-	if (!s->hot)
+	if (!hot_on(s))
 		return kv_get_file(s, q);
 	if (sqlite_hot_kv_get(s->hot, q) == SQLITE_HOT_DONE)
 		return STORE_OK;
