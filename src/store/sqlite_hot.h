@@ -8,8 +8,9 @@
  * (QUERY_DISTINCT_ADD) a daemon uses are answered and updated in memory,
  * under one mutex, and the store writes what changed to the file in one
  * transaction every SQLITE_HOT_FLUSH_MS (store_sqlite.c), and at close.
- * Only one daemon writes a SQLite file, so the memory is the truth for
- * what it holds; a miss is read from the file once and kept.
+ * While one daemon writes the file (store_sqlite.c stops using this when
+ * it sees another in hot_owner) the memory is the truth for what it
+ * holds; a miss is read from the file once and kept.
  *
  * Bounded: at most max_entries buckets and sets, SQLITE_HOT_MAX_MEMBERS
  * members in all (about 50 MB at most with keys of usual length). A new

@@ -85,7 +85,8 @@ const char *store_backend_name(const store *st);
  * memory and write them to the database behind the calls. SQLite does
  * (store/sqlite_hot.h): every SQLITE_HOT_FLUSH_MS and at store_free; a
  * crash loses at most that much of counting, never a blocklist entry.
- * Only one process may do this on a SQLite file. Call it once, after
+ * Several daemons on one SQLite file see each other and count in the
+ * file again (relay.md, "Where the counts live"). Call it once, after
  * store_open and before the first query. Redis: nothing changes.
  */
 store_status store_write_behind(store *st);
