@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "core/key.h"
+#include "log.h"
 #include "store/redis_view.h"
 #include "store/store_backend.h"
 
@@ -2329,7 +2330,7 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  * lookups go to Redis.
  */
 #define VIEW_PING_MS 100
-#define VIEW_OVERFULL_RETRY_MS 60000
+#define VIEW_OVERFULL_RETRY_MS 60000 /* and after the server refused tracking */
 #define INVALIDATE_CHANNEL "__redis__:invalidate"
 
 static bool is_message(const redisReply *r); /* below, with store_watch */
@@ -2377,25 +2378,34 @@ static int view_track(view_thread *vt, char *err, size_t errlen)
 	char id[24];
 	const char *track[8] = {"CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", s->prefix};
 	redisReply *r = NULL;
+	const char *step = "CLIENT ID";
 	bool ok;
 
 	ok =
 	    command(s, vt->rc.ctx, &r, "CLIENT ID", 2, id_argv) == STORE_OK && r->type == REDIS_REPLY_INTEGER;
-	if (ok)
+	if (ok) {
 		snprintf(id, sizeof(id), "%lld", (long long)r->integer);
-	freeReplyObject(r);
-	r = NULL;
-	ok = ok && command(s, vt->rc.ctx, &r, "CLIENT TRACKING", 8, track) == STORE_OK &&
-	     r->type == REDIS_REPLY_STATUS;
-	freeReplyObject(r);
-	r = NULL;
-	ok =
-	    ok && command(s, vt->rc.ctx, &r, "SUBSCRIBE", 2, sub) == STORE_OK && r->type == REDIS_REPLY_ARRAY;
-	freeReplyObject(r);
+		freeReplyObject(r);
+		r = NULL;
+		step = "CLIENT TRACKING";
+		ok = command(s, vt->rc.ctx, &r, "CLIENT TRACKING", 8, track) == STORE_OK &&
+		     r->type == REDIS_REPLY_STATUS;
+	}
+	if (ok) {
+		freeReplyObject(r);
+		r = NULL;
+		step = "SUBSCRIBE";
+		ok = command(s, vt->rc.ctx, &r, "SUBSCRIBE", 2, sub) == STORE_OK &&
+		     r->type == REDIS_REPLY_ARRAY;
+	}
+	/* The server's own words (NOPERM from an ACL, an unknown command before Redis 6): what to fix. */
 	if (!ok)
-		snprintf(err, errlen, "%s: local view: client tracking refused: %s", s->where,
-		         vt->rc.ctx->err ? vt->rc.ctx->errstr : "not supported");
-	return ok ? 0 : -1;
+		snprintf(err, errlen, "%s: local view: %s refused: %s", s->where, step,
+		         vt->rc.ctx->err                               ? vt->rc.ctx->errstr
+		         : r && r->type == REDIS_REPLY_ERROR && r->str ? r->str
+		                                                       : "unexpected reply");
+	freeReplyObject(r);
+	return ok ? 0 : -2;
 }
 
 static void view_drop(view_thread *vt)
@@ -2588,23 +2598,27 @@ static int view_confirm(view_thread *vt)
 	return view_ping_pending(vt) ? -1 : 0;
 }
 
-/* Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is too full, -1 with err. */
+/*
+ * Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is
+ * too full, 2 when the server refuses tracking or the subscription (an
+ * ACL, Redis before 6), -1 with err.
+ */
 static int view_build(view_thread *vt, char *err, size_t errlen)
 {
 	store_backend_impl *s = vt->s;
-	int rv;
+	int rv = -1;
 
 	redis_view_begin(s->view);
 	pthread_mutex_lock(&s->view_io);
 	vt->broken = false;
-	rv = conn_connect(s, &vt->rc, err, errlen) == 0 &&
-	     view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0 &&
-	     view_track(vt, err, errlen) == 0;
-	if (rv)
+	if (conn_connect(s, &vt->rc, err, errlen) == 0 &&
+	    view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0)
+		rv = view_track(vt, err, errlen);
+	if (rv == 0)
 		atomic_store(&s->view_fd, vt->rc.ctx->fd);
 	pthread_mutex_unlock(&s->view_io);
-	if (!rv)
-		return -1;
+	if (rv != 0)
+		return rv == -2 ? 2 : -1;
 	if ((rv = view_scan(vt, err, errlen)) != 0)
 		return rv;
 	if (view_confirm(vt) < 0) {
@@ -2635,13 +2649,35 @@ static void view_sleep(view_thread *vt, int ms)
 		poll(&pfd, 1, (int)(until - t));
 }
 
-/* Serve a built view until its connection fails, the server flushes or the view fills up. */
+/*
+ * A PING unanswered for this long: the connection hangs without breaking
+ * (a network cut, a half-open TCP connection). The view has stopped
+ * answering long before; connect again rather than wait for TCP to give up.
+ */
+static int64_t view_ping_deadline_ms(const view_thread *vt)
+{
+	int64_t wait = vt->s->command_timeout_ms > 0 ? vt->s->command_timeout_ms : 0;
+
+	return wait < 2 * REDIS_VIEW_STALE_MS ? 2 * REDIS_VIEW_STALE_MS : wait;
+}
+
+static bool view_ping_overdue(view_thread *vt)
+{
+	int64_t sent;
+
+	pthread_mutex_lock(&vt->s->view_io);
+	sent = vt->ping_sent_ms;
+	pthread_mutex_unlock(&vt->s->view_io);
+	return sent && now_ms() - sent > view_ping_deadline_ms(vt);
+}
+
+/* Serve a built view until its connection fails or hangs, the server flushes or the view fills up. */
 static void view_serve(view_thread *vt)
 {
 	store_backend_impl *s = vt->s;
 
 	while (!atomic_load(&s->view_stop)) {
-		if (view_ping(vt, false) < 0)
+		if (view_ping(vt, false) < 0 || view_ping_overdue(vt))
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
@@ -2650,17 +2686,37 @@ static void view_serve(view_thread *vt)
 	}
 }
 
+/*
+ * Why the view does not answer, logged once per reason (the thread retries
+ * every few seconds): lookups still get their answer from Redis, so this
+ * is a warning about speed, not an error.
+ */
+static void view_say(char *said, size_t saidlen, const char *err)
+{
+	if (strcmp(said, err) == 0)
+		return;
+	log_warning("%s (lookups ask redis until it is built)", err);
+	snprintf(said, saidlen, "%s", err);
+}
+
 static void *view_main(void *arg)
 {
 	view_thread *vt = arg;
-	char err[512];
+	char err[512], said[512] = "";
 
 	while (!atomic_load(&vt->s->view_stop)) {
 		int rv = view_build(vt, err, sizeof(err));
 
 		if (rv == 0) {
+			if (said[0])
+				log_notice(
+				    "%s: local view: built, lookups of absent keys answered here again",
+				    vt->s->where);
+			said[0] = '\0';
 			vt->backoff_ms = BACKOFF_MIN_MS;
 			view_serve(vt);
+		} else if (!atomic_load(&vt->s->view_stop)) {
+			view_say(said, sizeof(said), err);
 		}
 		view_drop(vt);
 		if (rv != 0) {

@@ -16,7 +16,9 @@ restarted: lookups fall back to Redis at once, and the view is rebuilt.
 
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import unittest
 
@@ -30,6 +32,76 @@ BOUND = 1.0  # a write elsewhere must block here within this (docs/redis.md)
 VIEW_WAIT = 20.0  # a view is built within a second or two; the store's back-off is at most 5 s
 
 
+class HangingProxy:
+    """A TCP relay to a redis-server whose view connection (the one that sent CLIENT TRACKING)
+    can be made to hang without breaking, as a network cut or a half-open connection does:
+    its bytes stay unread both ways and its sockets stay open. Other connections pass."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.tracking = []  # [frozen] flags of the connections that asked for tracking
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.target))
+            state = [False, False]  # tracking, frozen
+            with self.lock:
+                self.socks += [down, up]
+            threading.Thread(target=self._pump, args=(down, up, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, state, False), daemon=True).start()
+
+    def _pump(self, src, dst, state, from_client):
+        while True:
+            if state[1]:
+                time.sleep(0.05)  # hung: nothing read, nothing passed, nothing closed
+                continue
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if state[1]:
+                continue  # what came in as it froze is lost with the cut
+            if not data:
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+            if from_client and b"TRACKING" in data and not state[0]:
+                state[0] = True
+                with self.lock:
+                    self.tracking.append(state)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def hang_views(self):
+        """Hang every view connection made so far; how many."""
+        with self.lock:
+            for state in self.tracking:
+                state[1] = True
+            return len(self.tracking)
+
+    def close(self):
+        self.listener.close()
+        with self.lock:
+            for sock in self.socks:
+                sock.close()
+
+
 class ViewCase(rh.RecoveryChecks, unittest.TestCase):
     REJECT_TEXT = REJECT
 
@@ -40,13 +112,13 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self):
+    def daemon(self, port=None):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
             "store": {"backend": "redis", "purge_interval": "1s",
-                      "redis": {"host": "127.0.0.1", "port": self.redis.port, "prefix": "site:"}},
+                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": "site:"}},
         }
         d = sh.Spamtrapd(config)
         self.addCleanup(d.cleanup)
@@ -162,6 +234,38 @@ class TestView(ViewCase):
         d.ctl("add", "after@example.net")
         self.blocks_within_bound(d, "after@example.net", "203.0.113.30", time.monotonic())
         self.wait_view(d)
+
+    def test_hanging_view_connection_falls_back_then_rebuilds(self):
+        """A view connection that hangs without breaking (no answer, no reset): lookups go to
+        Redis, and the view connects again instead of waiting for TCP to give up (it waited for
+        good: the unanswered PING was never sent again, so nothing ever failed)."""
+        proxy = HangingProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = self.daemon(port=proxy.port)
+        self.wait_view(d)
+        self.assertEqual(proxy.hang_views(), 1)
+        d.ctl("add", "cut@example.net")
+        self.blocks_within_bound(d, "cut@example.net", "203.0.113.40", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "cut@example.net", "203.0.113.40"), REJECT)
+        d.ctl("add", "after-cut@example.net")
+        self.blocks_within_bound(d, "after-cut@example.net", "203.0.113.40", time.monotonic())
+
+    def test_acl_without_client_tracking_falls_back_and_says_so_once(self):
+        """An ACL user without CLIENT TRACKING (docs/redis.md lists the commands): the daemon
+        works as without the view, and its log says why once, with the server's words."""
+        self.redis.command("ACL", "SETUSER", "default", "-client|tracking")
+        d = self.daemon()
+        said = re.compile(r"local view: CLIENT TRACKING refused: NOPERM.*lookups ask redis")
+        self.assertEqual(self.sender_check(d, "first@example.net", "203.0.113.50"), "DUNNO")  # starts the view
+        rh.wait_until(lambda: said.search(d.log()), VIEW_WAIT, "the view's refusal in the log")
+        for i in range(3):
+            sender = f"acl{i}@example.net"
+            self.assertEqual(self.sender_check(d, sender, "203.0.113.50"), "DUNNO")
+            d.ctl("add", sender)
+            self.assertEqual(self.sender_check(d, sender, "203.0.113.50"), REJECT)
+        self.assertEqual(self.answers(d), 0)
+        self.assertEqual(len(said.findall(d.log())), 1)
 
 
 if __name__ == "__main__":
