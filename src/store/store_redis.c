@@ -2338,6 +2338,8 @@ static bool is_message(const redisReply *r); /* below, with store_watch */
 typedef struct view_thread {
 	store_backend_impl *s;
 	rconn rc;             /* tracking and subscribed, or not connected */
+	rconn mark;           /* the SCAN's connection, kept to check the marker (view_mark) */
+	char mark_key[128];   /* PREFIX "view:" and a random name: this view's marker in the database */
 	char run_id[64];      /* the server's, from INFO */
 	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
 	int64_t next_ping_ms;
@@ -2414,6 +2416,7 @@ static void view_drop(view_thread *vt)
 	redis_view_disable(vt->s->view);
 	atomic_store(&vt->s->view_fd, -1);
 	drop(&vt->rc);
+	drop(&vt->mark);
 	vt->ping_sent_ms = 0;
 	pthread_mutex_unlock(&vt->s->view_io);
 }
@@ -2505,23 +2508,77 @@ static int view_pump(view_thread *vt, int timeout_ms)
 	return rv;
 }
 
-/* PING on the subscribed connection when one is due (force: now); -1 when the connection failed. */
+/*
+ * SWAPDB replaces every key of the database and Redis (7.0) sends no
+ * invalidation for it, so the view also keeps a marker key in its
+ * database, set before the SCAN: a check made after t that finds it
+ * means the database was not swapped before t. A PING sent after such a
+ * check confirms the view as of t (view_ping).
+ */
+#define VIEW_MARK_TTL_MS "60000"
+
+/* SET (create) or PEXPIRE (refresh: is it there?) the marker; 0 when it is there, -1 otherwise. */
+static int view_mark(view_thread *vt, bool create)
+{
+	const char *set[5] = {"SET", vt->mark_key, "1", "PX", VIEW_MARK_TTL_MS};
+	const char *refresh[3] = {"PEXPIRE", vt->mark_key, VIEW_MARK_TTL_MS};
+	redisReply *r = NULL;
+	bool ok;
+
+	if (!vt->mark.ctx)
+		return -1;
+	if (create)
+		ok = command(vt->s, vt->mark.ctx, &r, "local view", 5, set) == STORE_OK &&
+		     r->type == REDIS_REPLY_STATUS;
+	else
+		ok = command(vt->s, vt->mark.ctx, &r, "local view", 3, refresh) == STORE_OK &&
+		     r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+	freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
+/* A random marker name: no other view, site or swapped-in database holds it. */
+static void view_mark_name(view_thread *vt)
+{
+	uint64_t b[2] = {0, 0};
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || read(fd, b, sizeof(b)) != (ssize_t)sizeof(b)) {
+		b[0] = (uint64_t)now_ms();
+		b[1] = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)vt;
+	}
+	if (fd >= 0)
+		close(fd);
+	snprintf(vt->mark_key, sizeof(vt->mark_key), "%.*sview:%016llx%016llx", (int)(vt->s->prefixlen - 3),
+	         vt->s->prefix, (unsigned long long)b[0], (unsigned long long)b[1]);
+}
+
+/*
+ * PING on the subscribed connection when one is due (force: now), after
+ * checking the marker; -1 when a connection failed or the marker is gone.
+ */
 static int view_ping(view_thread *vt, bool force)
 {
 	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
 	int done = 0, rv = 0;
 	int64_t t = now_ms();
+	bool due;
 
 	pthread_mutex_lock(&vt->s->view_io);
-	if (force || (!vt->ping_sent_ms && t >= vt->next_ping_ms)) {
-		vt->ping_sent_ms = t;
-		vt->next_ping_ms = t + VIEW_PING_MS;
-		if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+	due = force || (!vt->ping_sent_ms && t >= vt->next_ping_ms);
+	pthread_mutex_unlock(&vt->s->view_io);
+	if (!due)
+		return 0;
+	if (view_mark(vt, false) < 0)
+		return -1; /* the database was swapped (or the marker evicted): rebuild */
+	pthread_mutex_lock(&vt->s->view_io);
+	vt->ping_sent_ms = t; /* before the marker's check: the confirmation holds as of then */
+	vt->next_ping_ms = t + VIEW_PING_MS;
+	if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+		rv = -1;
+	while (rv == 0 && !done)
+		if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
 			rv = -1;
-		while (rv == 0 && !done)
-			if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
-				rv = -1;
-	}
 	pthread_mutex_unlock(&vt->s->view_io);
 	return rv;
 }
@@ -2571,17 +2628,25 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 	if (conn_connect(s, &c, err, errlen) != 0)
 		return -1;
 	if (view_run_id(s, &c, id, sizeof(id), err, errlen) < 0) {
-		/* err says why */
-	} else if (strcmp(id, vt->run_id) != 0) {
+		drop(&c);
+		return -1;
+	}
+	if (strcmp(id, vt->run_id) != 0) {
 		snprintf(err, errlen, "%s: local view: its two connections reached different servers",
 		         s->where);
-	} else if (scan_all(s, &c, &o, view_batch) == STORE_OK) {
+		drop(&c);
+		return -1;
+	}
+	vt->mark = c; /* dropped with the view's own (view_drop) */
+	view_mark_name(vt);
+	if (view_mark(vt, true) < 0) {
+		snprintf(err, errlen, "%s: local view: SET %s refused", s->where, vt->mark_key);
+	} else if (scan_all(s, &vt->mark, &o, view_batch) == STORE_OK) {
 		rv = 0;
 	} else {
 		rv = o.present ? 1 : -1;
 		snprintf(err, errlen, "%s", store_last_error());
 	}
-	drop(&c);
 	return rv;
 }
 
@@ -2625,8 +2690,18 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: local view: no answer to PING", s->where);
 		return -1;
 	}
-	redis_view_ready(s->view);
-	return 0;
+	/*
+	 * Under view_io: a lookup that applied a flush or met a failure since
+	 * has set broken, and its redis_view_disable found nothing to disable.
+	 */
+	pthread_mutex_lock(&s->view_io);
+	rv = vt->broken ? -1 : 0;
+	if (rv == 0)
+		redis_view_ready(s->view);
+	pthread_mutex_unlock(&s->view_io);
+	if (rv < 0)
+		snprintf(err, errlen, "%s: local view: lost while being built", s->where);
+	return rv;
 }
 
 /* The master the connection reached is no longer the one the Sentinels name. */

@@ -235,6 +235,22 @@ class TestView(ViewCase):
         self.blocks_within_bound(d, "after@example.net", "203.0.113.30", time.monotonic())
         self.wait_view(d)
 
+    def test_swapdb_with_other_keys_falls_back_then_rebuilds(self):
+        """SWAPDB brings in a whole database the view never scanned, and Redis sends no
+        invalidation for it: its entries block within the bound all the same."""
+        key = "site:bl:swapped@example.net"
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", key, "expires", expires, "first", expires, "last", expires, "hits", "1",
+                           "trap", TRAP, "reason", "trap")
+        self.redis.command("SWAPDB", "0", "1")  # the entry waits in db 1
+        d = self.daemon()
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "swapped@example.net", "203.0.113.60"), "DUNNO")
+        self.redis.command("SWAPDB", "0", "1")
+        self.blocks_within_bound(d, "swapped@example.net", "203.0.113.60", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "swapped@example.net", "203.0.113.60"), REJECT)
+
     def test_hanging_view_connection_falls_back_then_rebuilds(self):
         """A view connection that hangs without breaking (no answer, no reset): lookups go to
         Redis, and the view connects again instead of waiting for TCP to give up (it waited for
