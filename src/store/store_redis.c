@@ -2340,6 +2340,7 @@ typedef struct view_thread {
 	rconn rc;             /* tracking and subscribed, or not connected */
 	rconn mark;           /* the SCAN's connection, kept to check the marker (view_mark) */
 	char mark_key[128];   /* PREFIX "view:" and a random name: this view's marker in the database */
+	int64_t mark_at_ms;   /* its last SET or PEXPIRE */
 	char run_id[64];      /* the server's, from INFO */
 	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
 	int64_t next_ping_ms;
@@ -2516,6 +2517,7 @@ static int view_pump(view_thread *vt, int timeout_ms)
  * check confirms the view as of t (view_ping).
  */
 #define VIEW_MARK_TTL_MS "60000"
+#define VIEW_MARK_REFRESH_MS 10000 /* during a SCAN */
 
 /* SET (create) or PEXPIRE (refresh: is it there?) the marker; 0 when it is there, -1 otherwise. */
 static int view_mark(view_thread *vt, bool create)
@@ -2527,6 +2529,7 @@ static int view_mark(view_thread *vt, bool create)
 
 	if (!vt->mark.ctx)
 		return -1;
+	vt->mark_at_ms = now_ms();
 	if (create)
 		ok = command(vt->s, vt->mark.ctx, &r, "local view", 5, set) == STORE_OK &&
 		     r->type == REDIS_REPLY_STATUS;
@@ -2611,6 +2614,9 @@ static store_status view_batch(store_backend_impl *s, rconn *rc, op *o, redisRep
 			                       redis_view_max_keys(s->view));
 		}
 	}
+	/* A SCAN of many keys outlasts the marker's minute: keep it. */
+	if (now_ms() - vt->mark_at_ms > VIEW_MARK_REFRESH_MS && view_mark(vt, false) < 0)
+		return store_set_error("%s: local view: %s is gone", s->where, vt->mark_key);
 	/* Keep the server's buffer for the subscription small. */
 	return view_pump(vt, 0) < 0 ? store_set_error("%s: local view: subscription lost", s->where)
 	                            : STORE_OK;
@@ -2762,9 +2768,10 @@ static void view_serve(view_thread *vt)
 }
 
 /*
- * Why the view does not answer, logged once per reason (the thread retries
- * every few seconds): lookups still get their answer from Redis, so this
- * is a warning about speed, not an error.
+ * Why the view does not answer, logged once per reason: a server that
+ * refuses tracking (an ACL, Redis before 6) or holds too many keys. Not a
+ * lost connection: the store's own lookups say that. Lookups still get
+ * their answer from Redis, so this is a warning about speed.
  */
 static void view_say(char *said, size_t saidlen, const char *err)
 {
@@ -2790,7 +2797,7 @@ static void *view_main(void *arg)
 			said[0] = '\0';
 			vt->backoff_ms = BACKOFF_MIN_MS;
 			view_serve(vt);
-		} else if (!atomic_load(&vt->s->view_stop)) {
+		} else if (rv > 0 && !atomic_load(&vt->s->view_stop)) {
 			view_say(said, sizeof(said), err);
 		}
 		view_drop(vt);
