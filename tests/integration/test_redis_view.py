@@ -129,8 +129,15 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         counts = re.findall(r"absent-key filter answered (\d+) lookups without asking redis", d.log())
         return int(counts[-1]) if counts else 0
 
+    def purges(self, d):
+        return len(re.findall(r"absent-key filter answered", d.log()))
+
     def wait_view(self, d):
-        """Lookups of unlisted senders until d's log shows its view answering more than before."""
+        """Lookups of unlisted senders until d's log shows its view answering more than before.
+        Counted from a purge logged after this call began: answers made before it (by a view
+        since broken) and logged at the next purge must not pass for the view answering now."""
+        purges = self.purges(d)
+        rh.wait_until(lambda: self.purges(d) > purges, VIEW_WAIT, "a purge")
         before = self.answers(d)
 
         def answering():
@@ -264,9 +271,8 @@ class TestView(ViewCase):
         self.blocks_within_bound(d, "cut@example.net", "203.0.113.40", time.monotonic())
         # The count of answers logged at the next purge may still grow with lookups made before the
         # view went silent (500 ms after the cut): start from one logged a purge later than that.
-        purges = len(re.findall(r"absent-key filter answered", d.log()))
-        rh.wait_until(lambda: len(re.findall(r"absent-key filter answered", d.log())) >= purges + 2,
-                      VIEW_WAIT, "two more purges")
+        purges = self.purges(d)
+        rh.wait_until(lambda: self.purges(d) >= purges + 2, VIEW_WAIT, "two more purges")
         self.wait_view(d)
         self.assertEqual(self.sender_check(d, "cut@example.net", "203.0.113.40"), REJECT)
         d.ctl("add", "after-cut@example.net")
