@@ -112,13 +112,14 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self, port=None):
+    def daemon(self, port=None, db=0):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
             "store": {"backend": "redis", "purge_interval": "1s",
-                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": "site:"}},
+                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": "site:",
+                                "db": db}},
         }
         d = sh.Spamtrapd(config)
         self.addCleanup(d.cleanup)
@@ -257,6 +258,22 @@ class TestView(ViewCase):
         self.blocks_within_bound(d, "swapped@example.net", "203.0.113.60", time.monotonic())
         self.wait_view(d)
         self.assertEqual(self.sender_check(d, "swapped@example.net", "203.0.113.60"), REJECT)
+
+    def test_other_database(self):
+        """store.redis.db 3: the view's connections SELECT it (tracking names keys of every
+        database: a write to db 0 only makes the view say "may exist" once more)."""
+        d = self.daemon(db=3)
+        self.wait_view(d)
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", "site:bl:db0@example.net", "expires", expires, "trap", TRAP)
+        self.assertEqual(self.sender_check(d, "db0@example.net", "203.0.113.70"), "DUNNO")
+        d.ctl("add", "db3@example.net")
+        self.blocks_within_bound(d, "db3@example.net", "203.0.113.70", time.monotonic())
+        self.redis.command("FLUSHDB")  # db 0's: the view rebuilds, harmlessly
+        d.ctl("add", "db3b@example.net")
+        self.blocks_within_bound(d, "db3b@example.net", "203.0.113.70", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "db3@example.net", "203.0.113.70"), REJECT)
 
     def test_hanging_view_connection_falls_back_then_rebuilds(self):
         """A view connection that hangs without breaking (no answer, no reset): lookups go to
