@@ -92,6 +92,12 @@ static shared_store *shared_store_open(const store_config *cfg, char *err, size_
 		return NULL;
 	}
 	ss->st = store_open(cfg, err, errlen);
+	/* The daemon's buckets and relay sets in memory, written behind (store.h). */
+	if (ss->st && store_write_behind(ss->st) != STORE_OK) {
+		snprintf(err, errlen, "%s", store_last_error());
+		store_free(ss->st);
+		ss->st = NULL;
+	}
 	if (!ss->st) {
 		free(ss);
 		return NULL;

@@ -64,14 +64,44 @@ void pipeline_plan_dns(const pipeline *p, pipeline_run *run, dnsplan *plan)
 		}
 }
 
+/*
+ * The checks before the first late one are asked up front; the ones after
+ * it with the late check that comes before them (ask_late), so that a
+ * late check's queries and those of the checks it is followed by go to
+ * the store in one call (the relay check's add and the ratelimit's peek:
+ * one round trip to Redis, not two).
+ */
 size_t pipeline_needs(const pipeline *p, pipeline_run *run)
 {
+	bool deferred = false;
+
 	for (int i = 0; i < CHECK_COUNT; i++) {
 		run->first[i] = run->nq;
-		if (runs(p, run, i) && !p->checks[i].def->late)
+		if (!runs(p, run, i))
+			continue;
+		deferred |= p->checks[i].def->late;
+		if (!deferred)
 			ask(p, run, i);
 	}
 	return run->nq;
+}
+
+/* Late check i's queries and those of the checks after it up to the next late one; how many. */
+static size_t ask_late(const pipeline *p, pipeline_run *run, int i)
+{
+	size_t from = run->nq;
+
+	run->late_asked[i] = true;
+	ask(p, run, i);
+	for (int j = i + 1; j < CHECK_COUNT; j++) {
+		if (!runs(p, run, j) || run->late_asked[j])
+			continue;
+		if (p->checks[j].def->late)
+			break;
+		run->late_asked[j] = true;
+		ask(p, run, j);
+	}
+	return run->nq - from;
 }
 
 /* A shadow check decides and logs, and changes nothing. */
@@ -98,10 +128,8 @@ bool pipeline_decide(const pipeline *p, pipeline_run *run, size_t *from)
 		if (!runs(p, run, i))
 			continue;
 		if (c->def->late && !run->late_asked[i]) {
-			run->late_asked[i] = true;
 			*from = run->nq;
-			ask(p, run, i);
-			if (run->count[i] > 0)
+			if (ask_late(p, run, i) > 0)
 				return true;
 		}
 		eff->nq = 0;

@@ -10,7 +10,10 @@
  *                    modes apply (a shadow verdict is logged as "would
  *                    have" and changes nothing; an off check never runs).
  *                    At a late check (check_def.late) it stops and returns
- *                    true with its queries in run->q[from..nq): the engine
+ *                    true with its queries, and those of the checks after
+ *                    it up to the next late one (pipeline_needs asks only
+ *                    the checks before the first late one), in
+ *                    run->q[from..nq): the engine
  *                    runs those and calls pipeline_decide again, which
  *                    goes on from there.
  *
@@ -51,7 +54,7 @@ typedef struct pipeline_run {
 	size_t first[CHECK_COUNT], count[CHECK_COUNT];
 	alignas(max_align_t) unsigned char scratch[CHECK_COUNT][CHECK_SCRATCH_MAX];
 	int next;                     /* the check pipeline_decide goes on with */
-	bool late_asked[CHECK_COUNT]; /* a late check's needs() ran */
+	bool late_asked[CHECK_COUNT]; /* needs() ran with a late check's (the late one or one after it) */
 	/* Out of pipeline_decide. */
 	bool decided[CHECK_COUNT];
 	check_verdict verdict[CHECK_COUNT]; /* of each check that decided, after its mode */

@@ -589,7 +589,8 @@ static int cmd_rate_show(ctl *c, const ratelimit_rule *r, const char *bucket)
 	q.u.counter.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	q.u.counter.emission_ms = ratelimit_emission_ms(r);
 	q.u.counter.burst = r->burst;
-	if (store_counter(c->st, &q) != STORE_OK)
+	/* The daemon holds its buckets in memory and writes them behind: written now. */
+	if (store_sync(c->st) != STORE_OK || store_counter(c->st, &q) != STORE_OK)
 		return fail_store("rate show");
 	period_text(r->per, per, sizeof(per));
 	printf("bucket %s\n", log_safe(bucket, safe, sizeof(safe)));
@@ -1729,7 +1730,9 @@ static int relay_show_account(ctl *c, const relay_conf *rc, const char *account,
 	relay_show_ctx x = {.window = rc->window, .now = (int64_t)time(NULL)};
 
 	log_safe(account, safe, sizeof(safe));
-	if (store_distinct_list(c->st, set, x.now, relay_show_one, &x) != STORE_OK)
+	/* The daemon holds its sets in memory and writes them behind: written now. */
+	if (store_sync(c->st) != STORE_OK ||
+	    store_distinct_list(c->st, set, x.now, relay_show_one, &x) != STORE_OK)
 		return fail_store("relay show");
 	printf("account %s: %zu network(s) in the last %llds (relay.max_networks %lld)\n", safe, x.n,
 	       (long long)rc->window, (long long)rc->max_networks);

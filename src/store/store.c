@@ -432,6 +432,16 @@ store_status store_counter_delete(store *st, const char *ns, const char *key)
 	return st->ops->counter_delete(st->impl, ns, key);
 }
 
+store_status store_write_behind(store *st)
+{
+	return st->ops->write_behind ? st->ops->write_behind(st->impl) : STORE_OK;
+}
+
+store_status store_sync(store *st)
+{
+	return st->ops->sync ? st->ops->sync(st->impl) : STORE_OK;
+}
+
 uint64_t store_script_round_trips(store *st)
 {
 	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;

@@ -80,6 +80,25 @@ void store_free(store *st); /* accepts NULL */
 const char *store_backend_name(const store *st);
 
 /*
+ * This process is the daemon: the backend may keep the buckets
+ * (store_counter) and distinct sets (store_distinct_add) it uses in
+ * memory and write them to the database behind the calls. SQLite does
+ * (store/sqlite_hot.h): every SQLITE_HOT_FLUSH_MS and at store_free; a
+ * crash loses at most that much of counting, never a blocklist entry.
+ * Only one process may do this on a SQLite file. Call it once, after
+ * store_open and before the first query. Redis: nothing changes.
+ */
+store_status store_write_behind(store *st);
+/*
+ * Before an admin reads buckets or sets (spamtrapctl rate show, relay
+ * show): have what any process holds back (the daemon's write-behind)
+ * written to the database. Waits a few seconds at most for a running
+ * daemon. store_distinct_clear and store_counter_delete reach that
+ * daemon's memory by themselves.
+ */
+store_status store_sync(store *st);
+
+/*
  * Run the queries of one stage of the checks (core/query.h), filling in
  * their answers: what the engine calls. Each query is atomic on its own;
  * identical lookups in one batch are answered once. Returns STORE_ERROR

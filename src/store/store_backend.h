@@ -82,6 +82,9 @@ typedef struct store_ops {
 	                             void *ctx);
 	store_status (*grey_purge)(store_backend_impl *impl, int64_t now_ms, uint64_t *purged);
 	store_status (*grey_time)(store_backend_impl *impl, int64_t *now_ms);
+	/* Optional: store_write_behind and store_sync (without: nothing held back, nothing to do). */
+	store_status (*write_behind)(store_backend_impl *impl);
+	store_status (*sync)(store_backend_impl *impl);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */
 	uint64_t (*filter_answers)(store_backend_impl *impl);
 	/* Optional: without it, store_count_types types the entries foreach visits. */

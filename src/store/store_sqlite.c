@@ -30,7 +30,12 @@
  * an older file rewrites the few keys that changed (see schema_typed_keys).
  * Version 5 adds kv_records and counters (store_kv, store_counter).
  * Version 6 adds the greylist's tables (store_greylist, see greylist_sql).
+ * Version 7 adds hot_owner and hot_requests (see schema_hot_sql).
  * Opening an older file runs the missing steps.
+ *
+ * The buckets and the distinct sets a daemon uses live in memory and are
+ * written behind (sqlite_hot.h): a thread of their own writes what
+ * changed every SQLITE_HOT_FLUSH_MS, in one transaction, and at close.
  *
  * A lookup is one read transaction: the network lengths present, then one
  * point query per key in the caller's order, skipping network keys of a
@@ -47,6 +52,7 @@
  * in the very state it describes; trap hits report their keys to it.
  */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -65,6 +71,7 @@
 #include "core/hash.h"
 #include "core/key.h"
 #include "store/sqlite_filter.h"
+#include "store/sqlite_hot.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 4
@@ -82,7 +89,7 @@
 #define PURGE_CHUNK 1000
 #define STRINGIFY(x) #x
 #define SQL_INT(x) STRINGIFY(x)
-#define SCHEMA_VERSION 6
+#define SCHEMA_VERSION 7
 /* The log file's size kept after a checkpoint (bytes): a few checkpoints' worth of 4 KiB frames. */
 #define WAL_SIZE_LIMIT (4 * 1024 * 1024)
 /* SQLite's automatic checkpoint threshold (its default), in log frames (pages). */
@@ -101,6 +108,12 @@
  * the cap; more bring it back under when another process went over.
  */
 #define CAP_EVICT_MAX 16
+/* The most members of one set held in memory: a bigger set is counted in the file. */
+#define HOT_SET_MAX 4096
+/* How long spamtrapctl waits for the daemon to take a reset or write its counts (ms). */
+#define HOT_WAIT_MS 3000
+/* Kinds of hot_requests rows. */
+enum { HOT_REQ_SYNC = 0, HOT_REQ_COUNTER = 1, HOT_REQ_SET = 2, HOT_REQ_KV = 3 };
 
 enum {
 	ST_PROBE,
@@ -146,6 +159,15 @@ enum {
 	ST_AWL_DELETE,
 	ST_AWL_PURGE,
 	ST_AWL_FOREACH,
+	ST_HOT_OWNER_SET,
+	ST_HOT_OWNER_GET,
+	ST_HOT_OWNER_DROP,
+	ST_HOT_REQ_ADD,
+	ST_HOT_REQ_LIST,
+	ST_HOT_REQ_DONE,
+	ST_HOT_REQ_GET,
+	ST_HOT_REQ_CLEAN,
+	ST_HOT_REQ_PENDING,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -264,6 +286,20 @@ static const char schema_greylist_sql[] =
     "CREATE INDEX IF NOT EXISTS greylist_awl_expires ON greylist_awl (expires_ms);";
 
 /*
+ * Version 7: the daemon whose memory holds buckets and sets written
+ * behind (hot_owner: its pid), and what other processes ask of it
+ * (hot_requests): spamtrapctl's resets (kind HOT_REQ_COUNTER, ns and key;
+ * HOT_REQ_SET, the set in key; HOT_REQ_KV, a record written), which the
+ * daemon's memory must forget,
+ * and HOT_REQ_SYNC, write everything now (before relay show, rate show).
+ * The daemon marks a row done in the transaction that did it.
+ */
+static const char schema_hot_sql[] =
+    "CREATE TABLE IF NOT EXISTS hot_owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS hot_requests (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL,"
+    " ns TEXT NOT NULL, key TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0);";
+
+/*
  * The upgrade steps: schema_steps[v] brings a file of version v to
  * v + 1, and schema_create sets the version after each, so that every
  * step stands alone and a new one is one more entry.
@@ -278,7 +314,8 @@ typedef struct schema_step {
 
 static const schema_step schema_steps[] = {{schema_v1_sql, NULL},       {schema_v2_sql, NULL},
                                            {schema_distinct_sql, NULL}, {NULL, schema_typed_keys},
-                                           {schema_kv_sql, NULL},       {schema_greylist_sql, NULL}};
+                                           {schema_kv_sql, NULL},       {schema_greylist_sql, NULL},
+                                           {schema_hot_sql, NULL}};
 _Static_assert(sizeof(schema_steps) / sizeof(schema_steps[0]) == SCHEMA_VERSION,
                "one upgrade step per schema version");
 
@@ -381,6 +418,16 @@ static const char *const fixed_sql[ST_COUNT] = {
                      " WHERE expires_ms <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_AWL_FOREACH] = "SELECT key, count, last_ms, expires_ms FROM greylist_awl WHERE expires_ms > ?1"
                        " ORDER BY key",
+    [ST_HOT_OWNER_SET] = "INSERT INTO hot_owner (id, pid) VALUES (1, ?1)"
+                         " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid",
+    [ST_HOT_OWNER_GET] = "SELECT pid FROM hot_owner WHERE id = 1",
+    [ST_HOT_OWNER_DROP] = "DELETE FROM hot_owner WHERE id = 1 AND pid = ?1",
+    [ST_HOT_REQ_ADD] = "INSERT INTO hot_requests (kind, ns, key) VALUES (?1, ?2, ?3)",
+    [ST_HOT_REQ_LIST] = "SELECT id, kind, ns, key FROM hot_requests WHERE done = 0 ORDER BY id",
+    [ST_HOT_REQ_DONE] = "UPDATE hot_requests SET done = 1 WHERE done = 0 AND id <= ?1",
+    [ST_HOT_REQ_GET] = "SELECT done FROM hot_requests WHERE id = ?1",
+    [ST_HOT_REQ_CLEAN] = "DELETE FROM hot_requests WHERE (done = 1 AND id <= ?1) OR id = ?2",
+    [ST_HOT_REQ_PENDING] = "SELECT count(*) FROM hot_requests WHERE done = 0",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -445,6 +492,16 @@ struct store_backend_impl {
 	_Atomic uint64_t grey_capped;    /* capped answers since then */
 	row_cap distinct_cap;            /* distinct_members, against relay.max_entries */
 	row_cap counter_cap;             /* counters, against ratelimit.max_buckets */
+	/* Buckets and sets written behind (sqlite_hot.h), by the thread flusher. */
+	sqlite_hot *hot;
+	pthread_mutex_t hot_lock; /* guards the fields below */
+	pthread_cond_t hot_wake;  /* stopping */
+	pthread_mutex_t flushing; /* one flush at a time, and no reset in the middle of one */
+	pthread_t flusher;
+	bool flusher_started, stopping;
+	bool owner;                        /* hot_owner names this process (the flusher's) */
+	int64_t cleaned_to;                /* hot_requests done up to here may go (the last flush's) */
+	_Atomic uint64_t counter_max_rows; /* ratelimit.max_buckets, as the last charge said */
 };
 
 /* --- waiting ------------------------------------------------------------- */
@@ -919,10 +976,17 @@ static int conn_open(conn *c, const store_backend_impl *s, bool first, char *err
 	return -1;
 }
 
+static void hot_stop(store_backend_impl *s);
+
 static void sqlite_free(store_backend_impl *s)
 {
 	if (!s)
 		return;
+	hot_stop(s);
+	sqlite_hot_free(s->hot);
+	pthread_mutex_destroy(&s->hot_lock);
+	pthread_mutex_destroy(&s->flushing);
+	pthread_cond_destroy(&s->hot_wake);
 	sqlite_filter_free(s->filter);
 	for (int i = 0; i < POOL_SIZE; i++)
 		conn_close(&s->conns[i]);
@@ -952,6 +1016,10 @@ static store_backend_impl *sqlite_open(const store_config *cfg, char *err, size_
 		return NULL;
 	}
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->hot_lock, NULL);
+	pthread_mutex_init(&s->flushing, NULL);
+	monotonic_cond_init(&s->hot_wake);
+	atomic_init(&s->counter_max_rows, 0);
 	atomic_init(&s->grey_rows, -1);
 	atomic_init(&s->grey_counted_at, 0);
 	atomic_init(&s->grey_capped, 0);
@@ -1601,9 +1669,9 @@ static bool distinct_fresh(store_backend_impl *s, const char *set, const char *m
 	return fresh;
 }
 
-static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
-                                        int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
-                                        uint64_t *count, bool *capped)
+static store_status distinct_add_file(store_backend_impl *s, const char *set, const char *member, int64_t now,
+                                      int64_t window, uint64_t limit, uint64_t max_rows, uint64_t *count,
+                                      bool *capped)
 {
 	distinct_args a = {s, set, member, now, window, limit, max_rows, count, capped};
 	store_status rc;
@@ -1620,8 +1688,8 @@ static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, 
 	return rc;
 }
 
-static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set, const char *member,
-                                         int64_t now, uint64_t *count, bool *present)
+static store_status distinct_peek_file(store_backend_impl *s, const char *set, const char *member,
+                                       int64_t now, uint64_t *count, bool *present)
 {
 	conn *c = acquire(s, FOR_READ, "distinct peek");
 	sqlite3_stmt *stmt;
@@ -1646,8 +1714,8 @@ static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set,
 	return rc;
 }
 
-static store_status sqlite_distinct_list(store_backend_impl *s, const char *set, int64_t now,
-                                         store_distinct_visit_fn fn, void *ctx)
+static store_status distinct_list_file(store_backend_impl *s, const char *set, int64_t now,
+                                       store_distinct_visit_fn fn, void *ctx)
 {
 	conn *c = acquire(s, FOR_READ, "distinct list");
 	sqlite3_stmt *stmt;
@@ -1666,26 +1734,6 @@ static store_status sqlite_distinct_list(store_backend_impl *s, const char *set,
 		rc = db_error(s, c, "distinct list");
 	done(stmt);
 	release(s, c, FOR_READ);
-	return rc;
-}
-
-static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set)
-{
-	conn *c = acquire(s, FOR_WRITE, "distinct clear");
-	sqlite3_stmt *stmt;
-	store_status rc;
-
-	if (!c)
-		return STORE_ERROR;
-	stmt = c->stmt[ST_DS_CLEAR];
-	sqlite3_bind_text(stmt, 1, set, -1, SQLITE_STATIC);
-	if (step_done(stmt) < 0)
-		rc = db_error(s, c, "distinct clear");
-	else
-		rc = sqlite3_changes(c->db) > 0 ? STORE_OK : STORE_NOTFOUND;
-	if (rc == STORE_OK)
-		cap_add(&s->distinct_cap, -(int64_t)sqlite3_changes(c->db));
-	release(s, c, FOR_WRITE);
 	return rc;
 }
 
@@ -1744,28 +1792,19 @@ static int kv_step(conn *c, query *q)
 static int counter_read(conn *c, query *q, bool *found, int64_t *next)
 {
 	sqlite3_stmt *get = c->stmt[ST_CTR_GET];
-	int64_t now = q->u.counter.now_ms, t = q->u.counter.emission_ms, tat = now;
-	int64_t tau = (int64_t)q->u.counter.burst * t;
+	int64_t tat = 0;
 	int step;
 
 	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
 	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
 	step = sqlite3_step(get);
 	*found = step == SQLITE_ROW;
-	if (step == SQLITE_ROW && sqlite3_column_int64(get, 0) > now)
+	if (step == SQLITE_ROW)
 		tat = sqlite3_column_int64(get, 0);
 	done(get);
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		return -1;
-	*next = tat + (int64_t)q->u.counter.cost * t;
-	q->u.counter.allowed = *next - now <= tau || (q->u.counter.debt && q->u.counter.cost > 0);
-	if (!q->u.counter.allowed) {
-		q->u.counter.retry_after_ms = *next - tau - now;
-		q->u.counter.remaining = tat - now < tau ? (uint64_t)((tau - (tat - now)) / t) : 0;
-		return 0;
-	}
-	/* In debt: no room until the TAT is back within tau. */
-	q->u.counter.remaining = *next - now <= tau ? (uint64_t)((tau - (*next - now)) / t) : 0;
+	sqlite_hot_gcra(q, *found, tat, next);
 	return 0;
 }
 
@@ -1825,29 +1864,18 @@ static int counter_all(conn *c, void *ctx)
 	return 0;
 }
 
-typedef struct query_args {
-	query *q;
-	int (*fn)(conn *c, query *q);
-} query_args;
-
-static int query_step(conn *c, void *ctx)
+/* A read (the relay check's trip marker, at every recipient): no write turn, no commit. */
+static store_status kv_get_file(store_backend_impl *s, query *q)
 {
-	query_args *a = ctx;
+	conn *c;
+	store_status rc = STORE_OK;
 
-	return a->fn(c, a->q);
-}
-
-static store_status sqlite_small_write(store_backend_impl *s, query *q, int (*fn)(conn *c, query *q),
-                                       const char *what)
-{
-	query_args a = {q, fn};
-
-	return write_txn(s, what, query_step, &a, NULL, 0);
-}
-
-static store_status sqlite_kv(store_backend_impl *s, query *q)
-{
-	return sqlite_small_write(s, q, kv_step, "kv");
+	if (!(c = acquire(s, FOR_READ, "kv")))
+		return STORE_ERROR;
+	if (kv_step(c, q) < 0)
+		rc = db_error(s, c, "kv");
+	release(s, c, FOR_READ);
+	return rc;
 }
 
 /* A peek (cost 0) only reads: a read connection, no write turn, no transaction to commit. */
@@ -1866,7 +1894,7 @@ static store_status counter_peek(store_backend_impl *s, query *q)
 	return rc;
 }
 
-static store_status sqlite_counter(store_backend_impl *s, query *q)
+static store_status counter_file(store_backend_impl *s, query *q)
 {
 	counter_args a = {s, q};
 	store_status rc;
@@ -2135,22 +2163,6 @@ static store_status sqlite_grey_remove(store_backend_impl *s, store_grey_kind ki
 	rc = run_write(s, c, c->stmt[stmt], "greylist remove", &changes);
 	if (rc == STORE_OK && changes && kind == STORE_GREY_TRIPLET && atomic_load(&s->grey_rows) > 0)
 		atomic_fetch_sub(&s->grey_rows, 1);
-	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
-}
-
-static store_status sqlite_counter_delete(store_backend_impl *s, const char *ns, const char *key)
-{
-	conn *c = acquire(s, FOR_WRITE, "counter delete");
-	uint64_t changes = 0;
-	store_status rc;
-
-	if (!c)
-		return STORE_ERROR;
-	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 1, ns, -1, SQLITE_STATIC);
-	sqlite3_bind_text(c->stmt[ST_CTR_DELETE], 2, key, -1, SQLITE_STATIC);
-	rc = run_write(s, c, c->stmt[ST_CTR_DELETE], "counter delete", &changes);
-	if (rc == STORE_OK)
-		cap_add(&s->counter_cap, -(int64_t)changes);
 	return rc == STORE_OK && changes == 0 ? STORE_NOTFOUND : rc;
 }
 
@@ -2454,6 +2466,582 @@ static store_status sqlite_foreach(store_backend_impl *s, int64_t now, store_vis
 	return rc;
 }
 
+/* --- written behind (sqlite_hot.h) ------------------------------------------ */
+
+/* Inside a write transaction: the buckets and members b owes the file. */
+static int hot_write(store_backend_impl *s, conn *c, const sqlite_hot_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		const sqlite_hot_write *w = &b->v[i];
+		sqlite3_stmt *put = c->stmt[w->kind == SQLITE_HOT_COUNTER ? ST_CTR_PUT : ST_DS_ADD];
+
+		/* A new bucket makes room under ratelimit.max_buckets as a charge in the file did. */
+		if (w->kind == SQLITE_HOT_COUNTER && w->fresh &&
+		    counter_room(s, c, atomic_load(&s->counter_max_rows)) < 0)
+			return -1;
+		sqlite3_bind_text(put, 1, w->kind == SQLITE_HOT_COUNTER ? w->ns : w->key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(put, 2, w->kind == SQLITE_HOT_COUNTER ? w->key : w->member, -1,
+		                  SQLITE_STATIC);
+		sqlite3_bind_int64(put, 3, w->value);
+		if (step_done(put) < 0)
+			return -1;
+		if (w->fresh)
+			cap_add(w->kind == SQLITE_HOT_COUNTER ? &s->counter_cap : &s->distinct_cap, 1);
+	}
+	return 0;
+}
+
+static sqlite_hot_kind hot_kind_of(int request)
+{
+	return request == HOT_REQ_SET  ? SQLITE_HOT_SET
+	       : request == HOT_REQ_KV ? SQLITE_HOT_KV
+	                               : SQLITE_HOT_COUNTER;
+}
+
+/* Drop a bucket (ns, key) or a set (kind HOT_REQ_SET, key) from the file; *changes: rows gone. */
+static int hot_delete(store_backend_impl *s, conn *c, int kind, const char *ns, const char *key,
+                      int64_t *changes)
+{
+	if (kind == HOT_REQ_KV)
+		return 0; /* the record was written (and deleted) by the asking process */
+	sqlite3_stmt *del = c->stmt[kind == HOT_REQ_SET ? ST_DS_CLEAR : ST_CTR_DELETE];
+
+	sqlite3_bind_text(del, 1, kind == HOT_REQ_SET ? key : ns, -1, SQLITE_STATIC);
+	if (kind != HOT_REQ_SET)
+		sqlite3_bind_text(del, 2, key, -1, SQLITE_STATIC);
+	if (step_done(del) < 0)
+		return -1;
+	*changes = sqlite3_changes(c->db);
+	cap_add(kind == HOT_REQ_SET ? &s->distinct_cap : &s->counter_cap, -*changes);
+	return 0;
+}
+
+/*
+ * Inside the flush's transaction, after its writes: what other processes
+ * asked (hot_requests). A reset drops the entry from memory and its rows
+ * again, after the writes, so that nothing this flush wrote outlives it.
+ */
+static int hot_serve(store_backend_impl *s, conn *c)
+{
+	sqlite3_stmt *list = c->stmt[ST_HOT_REQ_LIST], *mark = c->stmt[ST_HOT_REQ_DONE];
+	sqlite3_stmt *clean = c->stmt[ST_HOT_REQ_CLEAN];
+	int64_t last = 0, changes;
+	int step;
+
+	while ((step = sqlite3_step(list)) == SQLITE_ROW) {
+		int kind = sqlite3_column_int(list, 1);
+		const char *ns = (const char *)sqlite3_column_text(list, 2);
+		const char *key = (const char *)sqlite3_column_text(list, 3);
+
+		last = sqlite3_column_int64(list, 0);
+		if (kind == HOT_REQ_SYNC || !ns || !key)
+			continue;
+		sqlite_hot_forget(s->hot, hot_kind_of(kind), ns, key);
+		if (hot_delete(s, c, kind, ns, key, &changes) < 0) {
+			done(list);
+			return -1;
+		}
+	}
+	done(list);
+	if (step != SQLITE_DONE)
+		return -1;
+	/* Rows of a spamtrapctl that stopped waiting: it deletes its own otherwise. */
+	sqlite3_bind_int64(clean, 1, s->cleaned_to);
+	sqlite3_bind_int64(clean, 2, -1);
+	if (step_done(clean) < 0)
+		return -1;
+	if (last == 0)
+		return 0;
+	s->cleaned_to = last;
+	sqlite3_bind_int64(mark, 1, last);
+	return step_done(mark);
+}
+
+typedef struct flush_args {
+	store_backend_impl *s;
+	const sqlite_hot_batch *b;
+} flush_args;
+
+static int flush_all(conn *c, void *ctx)
+{
+	flush_args *a = ctx;
+
+	if (!a->s->owner) {
+		sqlite3_bind_int64(c->stmt[ST_HOT_OWNER_SET], 1, (sqlite3_int64)getpid());
+		if (step_done(c->stmt[ST_HOT_OWNER_SET]) < 0)
+			return -1;
+	}
+	return hot_write(a->s, c, a->b) < 0 ? -1 : hot_serve(a->s, c);
+}
+
+/* Are there requests of other processes waiting? (A read: a flush with nothing to write costs no commit.) */
+static bool hot_asked(store_backend_impl *s)
+{
+	conn *c = acquire(s, FOR_READ, "hot requests");
+	int64_t n = 0;
+
+	if (!c)
+		return false;
+	if (count_rows(c, ST_HOT_REQ_PENDING, &n) < 0)
+		n = 0;
+	release(s, c, FOR_READ);
+	return n > 0;
+}
+
+/* Write what the memory owes and serve the requests, in one transaction; under s->flushing. */
+static store_status hot_flush_locked(store_backend_impl *s)
+{
+	sqlite_hot_batch b = {0};
+	flush_args a = {s, &b};
+	store_status rc = STORE_OK;
+
+	if (sqlite_hot_take(s->hot, &b) < 0)
+		rc = store_set_error("sqlite %s: write behind: out of memory", s->path);
+	if (b.n > 0 || !s->owner || hot_asked(s)) {
+		if (write_txn(s, "write behind", flush_all, &a, NULL, 0) == STORE_OK) {
+			s->owner = true;
+		} else {
+			rc = STORE_ERROR;
+			sqlite_hot_retake(s->hot, &b);
+			/* Rolled back: what the estimates were told did not happen. */
+			atomic_store(&s->distinct_cap.rows, -1);
+			atomic_store(&s->counter_cap.rows, -1);
+		}
+	}
+	sqlite_hot_batch_clear(&b);
+	return rc;
+}
+
+static store_status hot_flush(store_backend_impl *s)
+{
+	store_status rc;
+
+	pthread_mutex_lock(&s->flushing);
+	rc = hot_flush_locked(s);
+	pthread_mutex_unlock(&s->flushing);
+	return rc;
+}
+
+static void *flusher_main(void *arg)
+{
+	store_backend_impl *s = arg;
+	struct timespec at;
+
+	pthread_mutex_lock(&s->hot_lock);
+	while (!s->stopping) {
+		clock_gettime(CLOCK_MONOTONIC, &at);
+		at.tv_nsec += (long)SQLITE_HOT_FLUSH_MS * 1000000L;
+		at.tv_sec += at.tv_nsec / 1000000000L;
+		at.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&s->hot_wake, &s->hot_lock, &at);
+		if (s->stopping)
+			break;
+		pthread_mutex_unlock(&s->hot_lock);
+		/* A failure is retried at the next tick; the calls that wrote are not told (counts only). */
+		(void)hot_flush(s);
+		pthread_mutex_lock(&s->hot_lock);
+	}
+	pthread_mutex_unlock(&s->hot_lock);
+	return NULL;
+}
+
+/* The flusher runs from the first entry the memory holds (so that resets reach it too). */
+static void hot_started(store_backend_impl *s)
+{
+	pthread_mutex_lock(&s->hot_lock);
+	if (!s->flusher_started && !s->stopping)
+		s->flusher_started = pthread_create(&s->flusher, NULL, flusher_main, s) == 0;
+	pthread_mutex_unlock(&s->hot_lock);
+}
+
+/* At close: the last flush, and hot_owner no longer names this process. */
+static void hot_stop(store_backend_impl *s)
+{
+	conn *c;
+
+	if (!s->hot)
+		return;
+	pthread_mutex_lock(&s->hot_lock);
+	s->stopping = true;
+	pthread_cond_signal(&s->hot_wake);
+	pthread_mutex_unlock(&s->hot_lock);
+	if (s->flusher_started)
+		pthread_join(s->flusher, NULL);
+	(void)hot_flush(s);
+	if (s->owner && (c = acquire(s, FOR_WRITE, "write behind"))) {
+		sqlite3_bind_int64(c->stmt[ST_HOT_OWNER_DROP], 1, (sqlite3_int64)getpid());
+		(void)step_done(c->stmt[ST_HOT_OWNER_DROP]);
+		release(s, c, FOR_WRITE);
+	}
+}
+
+/* hot_owner names this process from the start: spamtrapctl asks it before the first flush. */
+static store_status sqlite_write_behind(store_backend_impl *s)
+{
+	if (!s->hot && !(s->hot = sqlite_hot_new(SQLITE_HOT_MAX_ENTRIES)))
+		return store_set_error("sqlite %s: write behind: out of memory", s->path);
+	/* A file locked by another process now: the flusher tries again at each tick. */
+	(void)hot_flush(s);
+	hot_started(s);
+	return STORE_OK;
+}
+
+/* A bucket into memory from the file: 1 loaded (or there already), 0 no room, -1 error. */
+static int hot_load_counter(store_backend_impl *s, query *q)
+{
+	uint64_t gen = sqlite_hot_generation(s->hot);
+	conn *c = acquire(s, FOR_READ, "counter");
+	sqlite3_stmt *get;
+	int64_t tat = 0;
+	int step;
+
+	if (!c)
+		return -1;
+	get = c->stmt[ST_CTR_GET];
+	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
+	step = sqlite3_step(get);
+	if (step == SQLITE_ROW)
+		tat = sqlite3_column_int64(get, 0);
+	done(get);
+	if (step != SQLITE_ROW && step != SQLITE_DONE) {
+		db_error(s, c, "counter");
+		release(s, c, FOR_READ);
+		return -1;
+	}
+	release(s, c, FOR_READ);
+	hot_started(s);
+	return sqlite_hot_counter_load(s->hot, q->u.counter.ns, q->u.counter.key, step == SQLITE_ROW, tat,
+	                               gen)
+	           ? 1
+	           : 0;
+}
+
+static store_status sqlite_counter(store_backend_impl *s, query *q)
+{
+	for (int i = 0; s->hot && i < 2; i++) {
+		sqlite_hot_rc r = sqlite_hot_counter(s->hot, q);
+		int loaded;
+
+		if (r == SQLITE_HOT_DONE) {
+			if (q->u.counter.cost > 0)
+				atomic_store(&s->counter_max_rows, q->u.counter.max_rows);
+			return STORE_OK;
+		}
+		if (r == SQLITE_HOT_FULL || (loaded = hot_load_counter(s, q)) == 0)
+			break;
+		if (loaded < 0)
+			return STORE_ERROR;
+	}
+	return counter_file(s, q);
+}
+
+typedef struct set_load {
+	sqlite_hot_member *m;
+	size_t n, cap;
+	bool over; /* more than HOT_SET_MAX */
+} set_load;
+
+static int set_load_one(const char *member, int64_t expires, void *ctx)
+{
+	set_load *l = ctx;
+
+	if (l->n == HOT_SET_MAX) {
+		l->over = true;
+		return 1;
+	}
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 16;
+		sqlite_hot_member *m = realloc(l->m, cap * sizeof(*m));
+
+		if (!m) {
+			l->over = true;
+			return 1;
+		}
+		l->m = m;
+		l->cap = cap;
+	}
+	if (!(l->m[l->n].member = strdup(member))) {
+		l->over = true;
+		return 1;
+	}
+	l->m[l->n++].expires = expires;
+	return 0;
+}
+
+/* A set into memory from the file: 1 loaded (or there already), 0 not kept, -1 error. */
+static int hot_load_set(store_backend_impl *s, const char *set, int64_t now)
+{
+	uint64_t gen = sqlite_hot_generation(s->hot);
+	set_load l = {0};
+	int rc = 0;
+
+	if (distinct_list_file(s, set, now, set_load_one, &l) != STORE_OK)
+		rc = -1;
+	else if (!l.over && sqlite_hot_set_load(s->hot, set, l.m, l.n, gen))
+		rc = 1;
+	for (size_t i = 0; i < l.n; i++)
+		free((char *)l.m[i].member);
+	free(l.m);
+	if (rc > 0)
+		hot_started(s);
+	return rc;
+}
+
+/* Room in the table for one more member by the estimate (relay.max_entries), counted when unknown. */
+static bool hot_room(store_backend_impl *s, uint64_t max_rows)
+{
+	int64_t rows;
+	conn *c;
+
+	if (max_rows == 0)
+		return true;
+	if ((rows = atomic_load(&s->distinct_cap.rows)) < 0) {
+		if (!(c = acquire(s, FOR_READ, "distinct")))
+			return false;
+		if (count_rows(c, ST_DS_ROWS, &rows) < 0)
+			rows = -1;
+		release(s, c, FOR_READ);
+		if (rows < 0)
+			return false;
+		atomic_store(&s->distinct_cap.rows, rows);
+		atomic_store(&s->distinct_cap.counted_at, now_ms());
+	}
+	return (uint64_t)rows + sqlite_hot_pending_members(s->hot) < max_rows;
+}
+
+/*
+ * The set in memory: 1 answered, 0 ask the file. A new member the memory
+ * cannot take (the table near relay.max_entries, where the file's expired
+ * rows must go first) goes to the file after the set was written and
+ * forgotten, so that the file's answer is the whole truth.
+ */
+static int hot_distinct(store_backend_impl *s, sqlite_hot_distinct *a, uint64_t max_rows)
+{
+	for (int i = 0; i < 2; i++) {
+		int loaded;
+
+		if (!a->peek)
+			a->room = hot_room(s, max_rows);
+		switch (sqlite_hot_distinct_run(s->hot, a)) {
+		case SQLITE_HOT_DONE:
+			return 1;
+		case SQLITE_HOT_FULL:
+			pthread_mutex_lock(&s->flushing);
+			if (hot_flush_locked(s) == STORE_OK)
+				sqlite_hot_forget(s->hot, SQLITE_HOT_SET, NULL, a->set);
+			pthread_mutex_unlock(&s->flushing);
+			return 0;
+		case SQLITE_HOT_MISS:
+			break;
+		}
+		if ((loaded = hot_load_set(s, a->set, a->now)) <= 0)
+			return loaded;
+	}
+	return 0;
+}
+
+static store_status sqlite_distinct_add(store_backend_impl *s, const char *set, const char *member,
+                                        int64_t now, int64_t window, uint64_t limit, uint64_t max_rows,
+                                        uint64_t *count, bool *capped)
+{
+	sqlite_hot_distinct a = {.set = set, .member = member, .window = window, .limit = limit};
+	int r;
+
+	a.now = now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now;
+	*capped = false;
+	if (s->hot && (r = hot_distinct(s, &a, max_rows)) != 0) {
+		if (r < 0)
+			return STORE_ERROR;
+		*count = a.count;
+		return STORE_OK;
+	}
+	return distinct_add_file(s, set, member, a.now, window, limit, max_rows, count, capped);
+}
+
+static store_status sqlite_distinct_peek(store_backend_impl *s, const char *set, const char *member,
+                                         int64_t now, uint64_t *count, bool *present)
+{
+	sqlite_hot_distinct a = {.set = set, .member = member, .peek = true};
+	int r;
+
+	a.now = now == STORE_NOW_SERVER ? (int64_t)time(NULL) : now;
+	if (s->hot && (r = hot_distinct(s, &a, 0)) != 0) {
+		if (r < 0)
+			return STORE_ERROR;
+		*count = a.count;
+		*present = a.present;
+		return STORE_OK;
+	}
+	return distinct_peek_file(s, set, member, a.now, count, present);
+}
+
+/* The pid of the daemon whose memory holds buckets and sets of this file, if it runs: 0 none. */
+static pid_t hot_other(conn *c)
+{
+	sqlite3_stmt *get = c->stmt[ST_HOT_OWNER_GET];
+	pid_t pid = 0;
+
+	if (sqlite3_step(get) == SQLITE_ROW)
+		pid = (pid_t)sqlite3_column_int64(get, 0);
+	done(get);
+	if (pid <= 0 || pid == getpid() || (kill(pid, 0) < 0 && errno == ESRCH))
+		return 0;
+	return pid;
+}
+
+/* Until the daemon did request id (or HOT_WAIT_MS passed: it does it at its next flush then). */
+static void hot_wait(store_backend_impl *s, int64_t id)
+{
+	int64_t until = now_ms() + HOT_WAIT_MS;
+	bool served = false;
+	conn *c;
+
+	while (!served && now_ms() < until) {
+		struct timespec pause = {0, 10 * 1000000L};
+
+		nanosleep(&pause, NULL);
+		if (!(c = acquire(s, FOR_READ, "hot requests")))
+			continue;
+		sqlite3_bind_int64(c->stmt[ST_HOT_REQ_GET], 1, id);
+		served = sqlite3_step(c->stmt[ST_HOT_REQ_GET]) != SQLITE_ROW ||
+		         sqlite3_column_int(c->stmt[ST_HOT_REQ_GET], 0) != 0;
+		done(c->stmt[ST_HOT_REQ_GET]);
+		release(s, c, FOR_READ);
+	}
+	if (!served || !(c = acquire(s, FOR_WRITE, "hot requests")))
+		return;
+	sqlite3_bind_int64(c->stmt[ST_HOT_REQ_CLEAN], 1, 0);
+	sqlite3_bind_int64(c->stmt[ST_HOT_REQ_CLEAN], 2, id);
+	(void)step_done(c->stmt[ST_HOT_REQ_CLEAN]);
+	release(s, c, FOR_WRITE);
+}
+
+typedef struct request_args {
+	store_backend_impl *s;
+	int kind;
+	const char *ns, *key;
+	int64_t changes; /* rows the reset dropped */
+	int64_t id;      /* the request for the daemon, 0: none runs */
+	query *q;        /* HOT_REQ_KV: the write */
+} request_args;
+
+static int request_all(conn *c, void *ctx)
+{
+	request_args *a = ctx;
+	sqlite3_stmt *add = c->stmt[ST_HOT_REQ_ADD];
+
+	if (a->kind == HOT_REQ_KV
+	        ? kv_step(c, a->q) < 0
+	        : a->kind != HOT_REQ_SYNC && hot_delete(a->s, c, a->kind, a->ns, a->key, &a->changes) < 0)
+		return -1;
+	if (hot_other(c) == 0)
+		return 0;
+	sqlite3_bind_int(add, 1, a->kind);
+	sqlite3_bind_text(add, 2, a->ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(add, 3, a->key, -1, SQLITE_STATIC);
+	if (step_done(add) < 0)
+		return -1;
+	a->id = sqlite3_last_insert_rowid(c->db);
+	return 0;
+}
+
+/*
+ * A reset (kind HOT_REQ_COUNTER, HOT_REQ_SET) or a sync: this process's
+ * memory first (written, the entry forgotten), then the file and, in the
+ * same transaction, a request to the daemon holding the file's buckets
+ * and sets in its memory, waited for.
+ */
+static store_status hot_request(store_backend_impl *s, request_args *a)
+{
+	request_args sync = {s, HOT_REQ_SYNC, "", "", 0, 0, NULL};
+	store_status rc;
+
+	/* Written first, so that the reset's answer (rows dropped or none) is the daemon's. */
+	if ((a->kind == HOT_REQ_COUNTER || a->kind == HOT_REQ_SET) &&
+	    (rc = hot_request(s, &sync)) != STORE_OK)
+		return rc;
+	/* A record is never written behind: forgotten after the write below. */
+	if (s->hot && a->kind != HOT_REQ_KV) {
+		pthread_mutex_lock(&s->flushing);
+		rc = hot_flush_locked(s);
+		if (a->kind != HOT_REQ_SYNC)
+			sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
+		pthread_mutex_unlock(&s->flushing);
+		if (rc != STORE_OK)
+			return rc;
+	}
+	rc = write_txn(s, "reset", request_all, a, NULL, 0);
+	if (rc != STORE_OK) {
+		atomic_store(&s->distinct_cap.rows, -1);
+		atomic_store(&s->counter_cap.rows, -1);
+		return rc;
+	}
+	/* Once more: a load racing the reset read the rows before they went. */
+	if (s->hot && a->kind != HOT_REQ_SYNC)
+		sqlite_hot_forget(s->hot, hot_kind_of(a->kind), a->ns, a->key);
+	if (a->id)
+		hot_wait(s, a->id);
+	return STORE_OK;
+}
+
+static store_status sqlite_sync(store_backend_impl *s)
+{
+	request_args a = {s, HOT_REQ_SYNC, "", "", 0, 0, NULL};
+
+	return hot_request(s, &a);
+}
+
+static store_status sqlite_distinct_list(store_backend_impl *s, const char *set, int64_t now,
+                                         store_distinct_visit_fn fn, void *ctx)
+{
+	/* This process's memory first (another's: store_sync). */
+	if (s->hot && hot_flush(s) != STORE_OK)
+		return STORE_ERROR;
+	return distinct_list_file(s, set, now, fn, ctx);
+}
+
+static store_status sqlite_distinct_clear(store_backend_impl *s, const char *set)
+{
+	request_args a = {s, HOT_REQ_SET, "", set, 0, 0, NULL};
+	store_status rc = hot_request(s, &a);
+
+	return rc == STORE_OK && a.changes == 0 ? STORE_NOTFOUND : rc;
+}
+
+static store_status sqlite_counter_delete(store_backend_impl *s, const char *ns, const char *key)
+{
+	request_args a = {s, HOT_REQ_COUNTER, ns, key, 0, 0, NULL};
+	store_status rc = hot_request(s, &a);
+
+	return rc == STORE_OK && a.changes == 0 ? STORE_NOTFOUND : rc;
+}
+
+/*
+ * Records: a read from memory (loaded from the file once); a write to the
+ * file, with a request that the daemon forget the record when another
+ * process holds it (spamtrapctl relay reset drops trip markers).
+ */
+static store_status sqlite_kv(store_backend_impl *s, query *q)
+{
+	request_args a = {s, HOT_REQ_KV, q->u.kv.ns, q->u.kv.key, 0, 0, q};
+	uint64_t gen;
+
+	if (q->u.kv.op != QUERY_KV_GET)
+		return hot_request(s, &a);
+	if (!s->hot)
+		return kv_get_file(s, q);
+	if (sqlite_hot_kv_get(s->hot, q) == SQLITE_HOT_DONE)
+		return STORE_OK;
+	gen = sqlite_hot_generation(s->hot);
+	if (kv_get_file(s, q) != STORE_OK)
+		return STORE_ERROR;
+	/* No room: answered from the file this time. */
+	(void)sqlite_hot_kv_load(s->hot, q->u.kv.ns, q->u.kv.key, q->u.kv.found, q->u.kv.old,
+	                         q->u.kv.expires_ms, gen);
+	return STORE_OK;
+}
+
 /*
  * key_type_of() in SQL: lower() and substr() see ASCII as it does, and the
  * numbers are core/key.h's. INDEXED BY: the expires index of a WITHOUT
@@ -2525,4 +3113,6 @@ const store_ops store_sqlite_ops = {
     .grey_awl_put = sqlite_grey_awl_put,
     .grey_foreach = sqlite_grey_foreach,
     .grey_purge = sqlite_grey_purge,
+    .write_behind = sqlite_write_behind,
+    .sync = sqlite_sync,
 };

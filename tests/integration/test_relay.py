@@ -180,6 +180,56 @@ class TestShared(RelayChecks, unittest.TestCase):
         self.assertEqual(self.ask(a, "erin", net(9)), "DUNNO")  # seen at B: known at A
 
 
+class TestSqliteWriteBehind(RelayChecks, unittest.TestCase):
+    """SQLite: the daemon counts networks and charges buckets in memory and writes them behind
+    (docs/relay.md, "What a crash can lose"): a stop writes everything, a crash loses at most
+    what the last few hundred ms counted."""
+
+    CONFIG = sh.merge(RELAY, {"relay": {"max_networks": 3}, "ratelimit": {"mode": "enforce", "rules": [
+        {"name": "account", "key": "sasl_username", "rate": "4/1h"}]}})
+
+    def members(self, d, account):
+        """The networks the file holds for the account, read past the daemon (no spamtrapctl sync)."""
+        import sqlite3
+        db = sqlite3.connect(d.config["store"]["sqlite"]["path"], timeout=10)
+        try:
+            return db.execute("SELECT count(*) FROM distinct_members WHERE set_name = ?",
+                              ("relay:sasl:" + account,)).fetchone()[0]
+        finally:
+            db.close()
+
+    def test_stop_keeps_networks_and_buckets(self):
+        d = sh.Spamtrapd(self.CONFIG)
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(1, 4):
+            self.assertEqual(self.ask(d, "rita", net(i)), "DUNNO", i)
+        self.assertEqual(self.ask(d, "rita", net(4)), DEFER)
+        for k in range(4):
+            self.assertEqual(self.ask(d, "ruth", net(200)), "DUNNO", k)
+        self.assertTrue(self.ask(d, "ruth", net(200)).startswith("4"))
+        d.restart()
+        self.assertEqual(self.ask(d, "rita", net(5)), DEFER)
+        self.assertEqual(self.ask(d, "rita", net(2)), "DUNNO")
+        self.assertTrue(self.ask(d, "ruth", net(200)).startswith("4"))
+
+    def test_crash_keeps_what_was_written(self):
+        d = sh.Spamtrapd(self.CONFIG)
+        self.addCleanup(d.cleanup)
+        d.start()
+        for i in range(1, 4):
+            self.assertEqual(self.ask(d, "sven", net(i)), "DUNNO", i)
+        # the daemon writes by itself, without a stop or a spamtrapctl asking
+        deadline = time.monotonic() + 30
+        while self.members(d, "sven") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.members(d, "sven"), 3)
+        d.kill()
+        d.start()
+        self.assertEqual(self.ask(d, "sven", net(4)), DEFER)
+        self.assertEqual(self.ask(d, "sven", net(3)), "DUNNO")
+
+
 class TestRedisExpiry(RelayChecks, unittest.TestCase):
     def test_every_relay_and_ratelimit_key_expires(self):
         """In Redis the checks' keys bound themselves (no max_entries, max_buckets there): every

@@ -403,7 +403,7 @@ class SqliteTest(StoreScenarios, CtlCase):
         self.ctl("lookup", "sasl:BOB", rc=0)
         self.ctl("lookup", "192.0.2.9", rc=0)
         with sqlite3.connect(self.db) as db:
-            self.assertEqual(db.execute("PRAGMA user_version").fetchone(), (6,))
+            self.assertEqual(db.execute("PRAGMA user_version").fetchone(), (7,))
         db.close()
 
     def test_new_database_file(self):

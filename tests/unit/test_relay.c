@@ -887,19 +887,63 @@ static void test_account_field_masked(void **state)
 	config_unref(cfg);
 }
 
+/*
+ * The ratelimit (after the relay check) is asked with the relay check's
+ * add, not before it with the blocklist: one store call for both, one
+ * round trip to Redis.
+ */
+static void test_ratelimit_asked_with_relay(void **state)
+{
+	config *cfg = cfg_of("", "\"ratelimit\": {\"mode\": \"enforce\", \"rules\": [{\"name\": \"account\", "
+	                         "\"key\": \"sasl_username\", \"rate\": \"100/1h\"}]}");
+	decide_facts f = facts(net(1), "alice", "alice@example.com");
+	static decide_txn txn;
+	static const check_msg no_msg;
+	size_t from = 0, first, counters = 0, adds = 0;
+
+	(void)state;
+	decide_prepare(&cfg->decide, &f, &txn);
+	pipeline_begin(&run, CHECK_STAGE_RCPT, CHECKS_EVERY, &f, &txn, &no_msg, T0);
+	first = pipeline_needs(&cfg->pipeline, &run);
+	for (size_t i = 0; i < first; i++)
+		assert_int_not_equal(run.q[i].kind, QUERY_COUNTER);
+	answer(run.q, first);
+	assert_true(pipeline_decide(&cfg->pipeline, &run, &from));
+	for (size_t i = from; i < run.nq; i++) {
+		counters += run.q[i].kind == QUERY_COUNTER;
+		adds += run.q[i].kind == QUERY_DISTINCT_ADD;
+	}
+	assert_int_equal(counters, 1);
+	assert_int_equal(adds, 2);
+	answer(run.q + from, run.nq - from);
+	assert_false(pipeline_decide(&cfg->pipeline, &run, &from));
+	assert_true(run.decided[CHECK_ID_RATELIMIT]);
+	assert_int_equal(run.final.action, DECIDE_CONTINUE);
+	config_unref(cfg);
+}
+
 #define CASE(t) cmocka_unit_test_setup(t, reset)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    CASE(test_exact_threshold),      CASE(test_whitelisted_sender_still_counted),
-	    CASE(test_window_slides),        CASE(test_exempt_never_counted),
-	    CASE(test_aggregation),          CASE(test_keys),
-	    CASE(test_off_by_default),       CASE(test_shadow),
-	    CASE(test_counted_when_reached), CASE(test_store_errors),
-	    CASE(test_trip_effects),         CASE(test_block_only_sasl),
-	    CASE(test_trip_once_a_window),   CASE(test_parallel_new_networks),
-	    CASE(test_account_field_masked), CASE(test_capped_passes_uncounted),
+	    CASE(test_exact_threshold),
+	    CASE(test_whitelisted_sender_still_counted),
+	    CASE(test_window_slides),
+	    CASE(test_exempt_never_counted),
+	    CASE(test_aggregation),
+	    CASE(test_keys),
+	    CASE(test_off_by_default),
+	    CASE(test_shadow),
+	    CASE(test_counted_when_reached),
+	    CASE(test_store_errors),
+	    CASE(test_trip_effects),
+	    CASE(test_block_only_sasl),
+	    CASE(test_trip_once_a_window),
+	    CASE(test_parallel_new_networks),
+	    CASE(test_account_field_masked),
+	    CASE(test_capped_passes_uncounted),
+	    CASE(test_ratelimit_asked_with_relay),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

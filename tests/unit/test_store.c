@@ -1356,12 +1356,12 @@ static void test_sqlite_not_ours(void **state)
 	assert_non_null(strstr(err, B.path));
 	unlink(B.path);
 	/* A newer schema version is refused, not damaged. */
-	snprintf(cmd, sizeof(cmd), "sqlite3 %s 'CREATE TABLE blocklist(key TEXT); PRAGMA user_version = 7;'",
+	snprintf(cmd, sizeof(cmd), "sqlite3 %s 'CREATE TABLE blocklist(key TEXT); PRAGMA user_version = 8;'",
 	         B.path);
 	if (system(cmd) != 0)
 		fail_msg("sqlite3 command line tool missing");
 	assert_null(store_open(&B.cfg, err, sizeof(err)));
-	assert_non_null(strstr(err, "schema version 7"));
+	assert_non_null(strstr(err, "schema version 8"));
 }
 
 /* Run sql with the sqlite3 tool (another process) on the case's file; its output, lines joined by blanks. */
@@ -1481,7 +1481,7 @@ static void test_sqlite_upgrade_v2(void **state)
 	assert_int_equal(distinct1(st, "sender_domain:example.com", "192.0.2.0/24", t, 0), 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'distinct%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out, "distinct_members distinct_members_expires");
@@ -1541,7 +1541,7 @@ static void test_sqlite_upgrade_v1(void **state)
 	assert_string_equal(found_for(st, "a@example.com", "192.0.3.77", t), "a@example.com");
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	assert_netlens("4/22=1 6/48=1");
 	st = open_store(); /* opening again changes nothing */
 	store_free(st);
@@ -1689,7 +1689,7 @@ static void test_sqlite_upgrade_0_1_0(void **state)
 	assert_upgraded(st, t);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	assert_netlens("4/24=1");
 	st = open_store(); /* opening again changes nothing */
 	assert_upgraded(st, t);
@@ -2948,7 +2948,7 @@ static void test_sqlite_upgrade_v3(void **state)
 	counter1(st, "young", t * 1000, HOUR_MS, 1, 1);
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli(
 	    "SELECT name FROM sqlite_master WHERE name LIKE 'kv%' OR name LIKE 'counters%' ORDER BY name",
 	    out, sizeof(out));
@@ -3619,7 +3619,7 @@ static void test_sqlite_upgrade_v5(void **state)
 	assert_true(kv1(st, QUERY_KV_GET, "k", NULL, t, 0, NULL));
 	store_free(st);
 	sqlite_cli("PRAGMA user_version", out, sizeof(out));
-	assert_string_equal(out, "6");
+	assert_string_equal(out, "7");
 	sqlite_cli("SELECT name FROM sqlite_master WHERE name LIKE 'greylist%' ORDER BY name", out,
 	           sizeof(out));
 	assert_string_equal(out,
@@ -4154,6 +4154,71 @@ static const struct CMUnitTest common_tests[] = {
     CASE(test_greylist_bad_arguments),
 };
 
+/*
+ * The daemon's store (store_write_behind): relay sets, buckets and trip
+ * markers answered from memory as the file answers them, written at
+ * store_free (a restart keeps them), and a reset by another process (a
+ * child here, spamtrapctl in life) reaches the daemon's memory.
+ */
+static void test_sqlite_write_behind(void **state)
+{
+	const char *set = "relay:sasl:wb";
+	store *st = open_store();
+	int64_t t = now_s(), tms = now_ms_wall();
+	bool present = false;
+	query q;
+	pid_t pid;
+	int status = -1;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	assert_int_equal(distinct1(st, set, "n1", t, 2), 1);
+	assert_int_equal(distinct1(st, set, "n2", t, 2), 2);
+	assert_int_equal(distinct1(st, set, "n3", t, 2), 3); /* refused, not added */
+	assert_int_equal(peek1(st, set, "n3", t, &present), 2);
+	assert_false(present);
+	assert_true(counter1(st, "account:wb", tms, 60000, 2, 1).u.counter.allowed);
+	assert_true(counter1(st, "account:wb", tms, 60000, 2, 1).u.counter.allowed);
+	assert_false(counter1(st, "account:wb", tms, 60000, 2, 1).u.counter.allowed);
+	assert_false(kv1(st, QUERY_KV_PUT_NEW, "sasl:wb", "n3 networks=3", tms, HOUR_MS, NULL));
+	assert_true(kv1(st, QUERY_KV_GET, "sasl:wb", NULL, tms, 0, &q));
+	store_free(st);
+	/* A restart: the file has it all. */
+	st = open_store();
+	assert_int_equal(peek1(st, set, "n1", t, &present), 2);
+	assert_true(present);
+	assert_int_equal(counter1(st, "account:wb", tms, 60000, 2, 0).u.counter.remaining, 0);
+	store_free(st);
+	/* The daemon again, its memory loaded; a reset in another process reaches it. */
+	st = open_store();
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	assert_int_equal(distinct1(st, set, "n4", t, 2), 3);
+	assert_true(kv1(st, QUERY_KV_GET, "sasl:wb", NULL, tms, 0, &q));
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char err[256];
+		store *ctl = store_open(&B.cfg, err, sizeof(err));
+		query del = {.kind = QUERY_KV};
+
+		del.u.kv.op = QUERY_KV_DELETE;
+		del.u.kv.ns = "grey";
+		del.u.kv.key = "sasl:wb";
+		del.u.kv.now_ms = tms;
+		_exit(ctl && store_distinct_clear(ctl, set) == STORE_OK &&
+		              store_counter_delete(ctl, "rate", "account:wb") == STORE_OK &&
+		              store_kv(ctl, &del) == STORE_OK
+		          ? 0
+		          : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(distinct1(st, set, "n4", t, 2), 1);
+	assert_int_equal(counter1(st, "account:wb", tms, 60000, 2, 0).u.counter.remaining, 2);
+	assert_false(kv1(st, QUERY_KV_GET, "sasl:wb", NULL, tms, 0, &q));
+	store_free(st);
+}
+
 /* --- the Redis store's local view ---------------------------------------- */
 
 /* The view alone (no I/O): it answers only when built, confirmed lately and not read meanwhile. */
@@ -4328,6 +4393,7 @@ static void test_redis_view_fallback(void **state)
 }
 
 static const struct CMUnitTest sqlite_tests[] = {
+    CASE(test_sqlite_write_behind),
     CASE(test_sqlite_file),
     CASE(test_sqlite_not_ours),
     CASE(test_sqlite_netlens_counts),

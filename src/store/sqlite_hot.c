@@ -1,0 +1,590 @@
+/* sqlite_hot: the SQLite store's hot buckets and sets in memory (see sqlite_hot.h). */
+#include "store/sqlite_hot.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/hash.h"
+#include "store/store.h"
+
+/* Buckets of the hash table a clean entry is looked for in, at most, when the table is full. */
+#define EVICT_SCAN 64
+/*
+ * The longest chain a new entry joins: the hash is not keyed, and keys
+ * (recipients, senders) are the attacker's; a crafted collision costs a
+ * bounded walk, and the key past it goes to the file.
+ */
+#define CHAIN_MAX 16
+
+typedef struct hot_member {
+	char *name;
+	int64_t expires; /* s */
+	int64_t stored;  /* the expiry the file has (0: no row yet) */
+	bool dirty;
+} hot_member;
+
+typedef struct hot_entry {
+	struct hot_entry *next;          /* hash chain */
+	struct hot_entry *dprev, *dnext; /* the list of entries with writes owed */
+	bool dirty;
+	sqlite_hot_kind kind;
+	uint64_t hash;
+	char *ns; /* counters; NULL for sets */
+	char *key;
+	/* counters */
+	int64_t tat;
+	bool found;   /* a TAT was ever set */
+	bool in_file; /* the file has a row */
+	/* sets */
+	hot_member *m;
+	size_t n, cap;
+	/* records: found says value and expires_ms are the live record's */
+	char *value;
+	int64_t expires_ms;
+} hot_entry;
+
+struct sqlite_hot {
+	pthread_mutex_t lock;
+	hot_entry **bucket;
+	size_t nbuckets; /* a power of two */
+	size_t n, max, hand;
+	hot_entry *dirty;
+	uint64_t generation;
+	uint64_t pending; /* members added and not taken */
+	size_t members;   /* of every set, against SQLITE_HOT_MAX_MEMBERS */
+};
+
+static uint64_t entry_hash(sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	uint64_t h = hash_fnv1a(HASH_FNV1A_INIT,
+	                        kind == SQLITE_HOT_COUNTER ? "c"
+	                        : kind == SQLITE_HOT_SET   ? "s"
+	                                                   : "k",
+	                        1);
+
+	if (ns)
+		h = hash_fnv1a(h, ns, strlen(ns) + 1);
+	return hash_fnv1a(h, key, strlen(key));
+}
+
+sqlite_hot *sqlite_hot_new(size_t max_entries)
+{
+	sqlite_hot *h = calloc(1, sizeof(*h));
+	size_t nb = 16;
+
+	if (!h)
+		return NULL;
+	while (nb < max_entries)
+		nb <<= 1;
+	h->bucket = calloc(nb, sizeof(*h->bucket));
+	if (!h->bucket) {
+		free(h);
+		return NULL;
+	}
+	h->nbuckets = nb;
+	h->max = max_entries ? max_entries : 1;
+	pthread_mutex_init(&h->lock, NULL);
+	return h;
+}
+
+static void entry_free(hot_entry *e)
+{
+	for (size_t i = 0; i < e->n; i++)
+		free(e->m[i].name);
+	free(e->m);
+	free(e->value);
+	free(e->ns);
+	free(e->key);
+	free(e);
+}
+
+void sqlite_hot_free(sqlite_hot *h)
+{
+	if (!h)
+		return;
+	for (size_t i = 0; i < h->nbuckets; i++)
+		for (hot_entry *e = h->bucket[i], *next; e; e = next) {
+			next = e->next;
+			entry_free(e);
+		}
+	free(h->bucket);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+uint64_t sqlite_hot_generation(sqlite_hot *h)
+{
+	uint64_t g;
+
+	pthread_mutex_lock(&h->lock);
+	g = h->generation;
+	pthread_mutex_unlock(&h->lock);
+	return g;
+}
+
+static bool same_name(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static hot_entry *find(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key, uint64_t hash)
+{
+	for (hot_entry *e = h->bucket[hash & (h->nbuckets - 1)]; e; e = e->next)
+		if (e->hash == hash && e->kind == kind && same_name(e->ns, ns) && strcmp(e->key, key) == 0)
+			return e;
+	return NULL;
+}
+
+static void mark_dirty(sqlite_hot *h, hot_entry *e)
+{
+	if (e->dirty)
+		return;
+	e->dirty = true;
+	e->dprev = NULL;
+	e->dnext = h->dirty;
+	if (h->dirty)
+		h->dirty->dprev = e;
+	h->dirty = e;
+}
+
+static void unlist_dirty(sqlite_hot *h, hot_entry *e)
+{
+	if (!e->dirty)
+		return;
+	if (e->dprev)
+		e->dprev->dnext = e->dnext;
+	else
+		h->dirty = e->dnext;
+	if (e->dnext)
+		e->dnext->dprev = e->dprev;
+	e->dirty = false;
+	e->dprev = e->dnext = NULL;
+}
+
+/* Unlink e from the table (it must be there) and free it. */
+static void remove_entry(sqlite_hot *h, hot_entry *e)
+{
+	hot_entry **p = &h->bucket[e->hash & (h->nbuckets - 1)];
+
+	while (*p != e)
+		p = &(*p)->next;
+	*p = e->next;
+	unlist_dirty(h, e);
+	for (size_t i = 0; i < e->n; i++)
+		if (e->m[i].dirty && e->m[i].stored == 0 && h->pending > 0)
+			h->pending--;
+	h->members -= e->n;
+	h->n--;
+	entry_free(e);
+}
+
+/* Room for one more entry: drops a clean one when full. false: every entry nearby owes a write. */
+static bool make_room(sqlite_hot *h)
+{
+	if (h->n < h->max)
+		return true;
+	for (size_t i = 0; i < EVICT_SCAN; i++) {
+		size_t b = (h->hand + i) & (h->nbuckets - 1);
+
+		for (hot_entry *e = h->bucket[b]; e; e = e->next)
+			if (!e->dirty) {
+				h->hand = b + 1;
+				remove_entry(h, e);
+				return true;
+			}
+	}
+	h->hand += EVICT_SCAN;
+	return false;
+}
+
+static hot_entry *insert(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key, uint64_t hash)
+{
+	hot_entry *e;
+	size_t b = hash & (h->nbuckets - 1), chain = 0;
+
+	for (e = h->bucket[b]; e; e = e->next)
+		chain++;
+	if (chain >= CHAIN_MAX || !make_room(h) || !(e = calloc(1, sizeof(*e))))
+		return NULL;
+	e->kind = kind;
+	e->hash = hash;
+	e->key = strdup(key);
+	e->ns = ns ? strdup(ns) : NULL;
+	if (!e->key || (ns && !e->ns)) {
+		entry_free(e);
+		return NULL;
+	}
+	e->next = h->bucket[b];
+	h->bucket[b] = e;
+	h->n++;
+	return e;
+}
+
+/* --- buckets ---------------------------------------------------------------- */
+
+void sqlite_hot_gcra(query *q, bool found, int64_t stored, int64_t *next)
+{
+	int64_t now = q->u.counter.now_ms, t = q->u.counter.emission_ms, tat = now;
+	int64_t tau = (int64_t)q->u.counter.burst * t;
+
+	if (found && stored > now)
+		tat = stored;
+	*next = tat + (int64_t)q->u.counter.cost * t;
+	q->u.counter.allowed = *next - now <= tau || (q->u.counter.debt && q->u.counter.cost > 0);
+	if (!q->u.counter.allowed) {
+		q->u.counter.retry_after_ms = *next - tau - now;
+		q->u.counter.remaining = tat - now < tau ? (uint64_t)((tau - (tat - now)) / t) : 0;
+		return;
+	}
+	/* In debt: no room until the TAT is back within tau. */
+	q->u.counter.remaining = *next - now <= tau ? (uint64_t)((tau - (*next - now)) / t) : 0;
+}
+
+sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key);
+	hot_entry *e;
+	int64_t next;
+
+	pthread_mutex_lock(&h->lock);
+	e = find(h, SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key, hash);
+	if (e) {
+		sqlite_hot_gcra(q, e->found, e->tat, &next);
+		if (q->u.counter.allowed && q->u.counter.cost > 0) {
+			e->tat = next;
+			e->found = true;
+			mark_dirty(h, e);
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return e ? SQLITE_HOT_DONE : SQLITE_HOT_MISS;
+}
+
+bool sqlite_hot_counter_load(sqlite_hot *h, const char *ns, const char *key, bool found, int64_t tat,
+                             uint64_t generation)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_COUNTER, ns, key);
+	hot_entry *e;
+	bool ok = true;
+
+	pthread_mutex_lock(&h->lock);
+	if (generation == h->generation && !find(h, SQLITE_HOT_COUNTER, ns, key, hash)) {
+		if ((e = insert(h, SQLITE_HOT_COUNTER, ns, key, hash)) != NULL) {
+			e->found = e->in_file = found;
+			e->tat = tat;
+		} else {
+			ok = false;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return ok;
+}
+
+/* --- sets ------------------------------------------------------------------- */
+
+/* Drop the members expired at now (their rows, if any, go with the file's purge). */
+static void drop_expired(sqlite_hot *h, hot_entry *e, int64_t now)
+{
+	for (size_t i = 0; i < e->n;) {
+		if (e->m[i].expires > now) {
+			i++;
+			continue;
+		}
+		if (e->m[i].dirty && e->m[i].stored == 0 && h->pending > 0)
+			h->pending--;
+		free(e->m[i].name);
+		e->m[i] = e->m[--e->n];
+		h->members--;
+	}
+}
+
+static hot_member *member_of(hot_entry *e, const char *member)
+{
+	for (size_t i = 0; i < e->n; i++)
+		if (strcmp(e->m[i].name, member) == 0)
+			return &e->m[i];
+	return NULL;
+}
+
+/* NULL: out of memory, or the sets hold SQLITE_HOT_MAX_MEMBERS already. */
+static hot_member *member_add(sqlite_hot *h, hot_entry *e, const char *member)
+{
+	if (h->members >= SQLITE_HOT_MAX_MEMBERS)
+		return NULL;
+	if (e->n == e->cap) {
+		size_t cap = e->cap ? 2 * e->cap : 4;
+		hot_member *m = realloc(e->m, cap * sizeof(*m));
+
+		if (!m)
+			return NULL;
+		e->m = m;
+		e->cap = cap;
+	}
+	e->m[e->n] = (hot_member){.name = strdup(member)};
+	if (!e->m[e->n].name)
+		return NULL;
+	h->members++;
+	return &e->m[e->n++];
+}
+
+/* Under the lock, e held: the add or peek of a. */
+static sqlite_hot_rc distinct_step(sqlite_hot *h, hot_entry *e, sqlite_hot_distinct *a)
+{
+	hot_member *m;
+	int64_t until = a->now + a->window;
+
+	drop_expired(h, e, a->now);
+	m = member_of(e, a->member);
+	if (a->peek) {
+		a->count = e->n;
+		a->present = m != NULL;
+		return SQLITE_HOT_DONE;
+	}
+	a->count = m ? e->n : e->n + 1;
+	if (!m && a->limit && e->n >= a->limit)
+		return SQLITE_HOT_DONE;
+	if (!m && !a->room)
+		return SQLITE_HOT_FULL;
+	if (!m) {
+		if (!(m = member_add(h, e, a->member)))
+			return SQLITE_HOT_FULL;
+		h->pending++;
+	}
+	if (until > m->expires)
+		m->expires = until;
+	/* The file may lag by the slack (the member may expire that much early after a restart). */
+	if (m->stored == 0 || m->expires - m->stored > STORE_DISTINCT_SLACK(a->window)) {
+		m->dirty = true;
+		mark_dirty(h, e);
+	}
+	return SQLITE_HOT_DONE;
+}
+
+sqlite_hot_rc sqlite_hot_distinct_run(sqlite_hot *h, sqlite_hot_distinct *a)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_SET, NULL, a->set);
+	hot_entry *e;
+	sqlite_hot_rc rc = SQLITE_HOT_MISS;
+
+	pthread_mutex_lock(&h->lock);
+	if ((e = find(h, SQLITE_HOT_SET, NULL, a->set, hash)) != NULL)
+		rc = distinct_step(h, e, a);
+	pthread_mutex_unlock(&h->lock);
+	return rc;
+}
+
+bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member *m, size_t n,
+                         uint64_t generation)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_SET, NULL, set);
+	hot_entry *e;
+	bool ok = true;
+
+	pthread_mutex_lock(&h->lock);
+	if (generation == h->generation && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
+		if ((e = insert(h, SQLITE_HOT_SET, NULL, set, hash)) != NULL) {
+			for (size_t i = 0; i < n && ok; i++) {
+				hot_member *x = member_add(h, e, m[i].member);
+
+				if (x)
+					x->expires = x->stored = m[i].expires;
+				ok = x != NULL;
+			}
+			if (!ok)
+				remove_entry(h, e);
+		} else {
+			ok = false;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return ok;
+}
+
+/* --- records ---------------------------------------------------------------- */
+
+sqlite_hot_rc sqlite_hot_kv_get(sqlite_hot *h, query *q)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_KV, q->u.kv.ns, q->u.kv.key);
+	hot_entry *e;
+
+	pthread_mutex_lock(&h->lock);
+	e = find(h, SQLITE_HOT_KV, q->u.kv.ns, q->u.kv.key, hash);
+	if (e && e->found && e->expires_ms > q->u.kv.now_ms) {
+		size_t len = strlen(e->value);
+
+		if (len > QUERY_VALUE_MAX)
+			len = QUERY_VALUE_MAX;
+		memcpy(q->u.kv.old, e->value, len);
+		q->u.kv.old[len] = '\0';
+		q->u.kv.found = true;
+		q->u.kv.expires_ms = e->expires_ms;
+	}
+	pthread_mutex_unlock(&h->lock);
+	return e ? SQLITE_HOT_DONE : SQLITE_HOT_MISS;
+}
+
+bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool found, const char *value,
+                        int64_t expires_ms, uint64_t generation)
+{
+	uint64_t hash = entry_hash(SQLITE_HOT_KV, ns, key);
+	hot_entry *e;
+	bool ok = true;
+
+	pthread_mutex_lock(&h->lock);
+	if (generation == h->generation && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
+		if ((e = insert(h, SQLITE_HOT_KV, ns, key, hash)) != NULL &&
+		    (!found || (e->value = strdup(value)))) {
+			e->found = found;
+			e->expires_ms = expires_ms;
+		} else {
+			if (e)
+				remove_entry(h, e);
+			ok = false;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return ok;
+}
+
+/* --- resets and writing behind ----------------------------------------------- */
+
+void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
+	hot_entry *e;
+
+	pthread_mutex_lock(&h->lock);
+	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
+		remove_entry(h, e);
+	h->generation++;
+	pthread_mutex_unlock(&h->lock);
+}
+
+uint64_t sqlite_hot_pending_members(sqlite_hot *h)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&h->lock);
+	n = h->pending;
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+size_t sqlite_hot_entries(sqlite_hot *h)
+{
+	size_t n;
+
+	pthread_mutex_lock(&h->lock);
+	n = h->n;
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+static sqlite_hot_write *batch_add(sqlite_hot_batch *b, sqlite_hot_kind kind, const char *ns, const char *key,
+                                   const char *member, int64_t value, bool fresh)
+{
+	sqlite_hot_write *w;
+
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? 2 * b->cap : 64;
+		sqlite_hot_write *v = realloc(b->v, cap * sizeof(*v));
+
+		if (!v)
+			return NULL;
+		b->v = v;
+		b->cap = cap;
+	}
+	w = &b->v[b->n];
+	*w = (sqlite_hot_write){.kind = kind, .value = value, .fresh = fresh};
+	w->key = strdup(key);
+	w->ns = ns ? strdup(ns) : NULL;
+	w->member = member ? strdup(member) : NULL;
+	if (!w->key || (ns && !w->ns) || (member && !w->member)) {
+		free(w->key);
+		free(w->ns);
+		free(w->member);
+		return NULL;
+	}
+	b->n++;
+	return w;
+}
+
+/* e's writes into b; false when out of memory (e then still owes what did not fit). */
+static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
+{
+	if (e->kind == SQLITE_HOT_COUNTER) {
+		if (!batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->tat, !e->in_file))
+			return false;
+		e->in_file = true;
+		return true;
+	}
+	for (size_t i = 0; i < e->n; i++) {
+		hot_member *m = &e->m[i];
+
+		if (!m->dirty)
+			continue;
+		if (!batch_add(b, SQLITE_HOT_SET, NULL, e->key, m->name, m->expires, m->stored == 0))
+			return false;
+		if (m->stored == 0 && h->pending > 0)
+			h->pending--;
+		m->stored = m->expires;
+		m->dirty = false;
+	}
+	return true;
+}
+
+int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&h->lock);
+	while (h->dirty) {
+		hot_entry *e = h->dirty;
+
+		if (!take_entry(h, e, b)) {
+			rc = -1;
+			break;
+		}
+		unlist_dirty(h, e);
+	}
+	pthread_mutex_unlock(&h->lock);
+	return rc;
+}
+
+void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b)
+{
+	pthread_mutex_lock(&h->lock);
+	for (size_t i = 0; i < b->n; i++) {
+		const sqlite_hot_write *w = &b->v[i];
+		hot_entry *e = find(h, w->kind, w->ns, w->key, entry_hash(w->kind, w->ns, w->key));
+		hot_member *m;
+
+		if (!e)
+			continue;
+		if (w->kind == SQLITE_HOT_COUNTER) {
+			e->in_file = e->in_file && !w->fresh;
+		} else if ((m = member_of(e, w->member)) != NULL) {
+			if (w->fresh && m->stored != 0) {
+				m->stored = 0;
+				h->pending++;
+			}
+			m->dirty = true;
+		} else {
+			continue;
+		}
+		mark_dirty(h, e);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
+void sqlite_hot_batch_clear(sqlite_hot_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		free(b->v[i].ns);
+		free(b->v[i].key);
+		free(b->v[i].member);
+	}
+	free(b->v);
+	*b = (sqlite_hot_batch){0};
+}

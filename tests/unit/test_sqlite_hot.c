@@ -1,0 +1,305 @@
+/*
+ * Unit tests for store/sqlite_hot: the SQLite store's buckets and sets in
+ * memory. They answer as the file did (GCRA with the debt rule, a set's
+ * limit counted first, so that of two new networks racing for the last
+ * slot one passes), hand out exactly what changed, forget on a reset
+ * (also an entry read from the file while the reset ran), and stay
+ * bounded: a full table of unwritten entries sends new keys to the file.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/sqlite_hot.h"
+
+static query counter_q(const char *key, int64_t now_ms, uint64_t cost, bool debt)
+{
+	query q = {.kind = QUERY_COUNTER};
+
+	q.u.counter.ns = "ratelimit";
+	q.u.counter.key = key;
+	q.u.counter.now_ms = now_ms;
+	q.u.counter.emission_ms = 1000; /* one a second */
+	q.u.counter.burst = 2;
+	q.u.counter.cost = cost;
+	q.u.counter.debt = debt;
+	return q;
+}
+
+static sqlite_hot_distinct add_a(const char *set, const char *member, int64_t now, uint64_t limit)
+{
+	return (sqlite_hot_distinct){
+	    .set = set, .member = member, .now = now, .window = 3600, .limit = limit, .room = true};
+}
+
+static void test_counter_in_memory(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q = counter_q("account:a", 1000000, 1, true);
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "account:a", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_true(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.remaining, 1);
+	/* Two peeks saw room at once; both charge (debt): the bucket owes one, the next peek finds none. */
+	q = counter_q("account:a", 1000000, 1, true);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	q = counter_q("account:a", 1000000, 1, true);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_true(q.u.counter.allowed);
+	q = counter_q("account:a", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(q.u.counter.remaining, 0);
+	/* Paid back after the owed unit's interval and one more. */
+	q = counter_q("account:a", 1002000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(q.u.counter.remaining, 1);
+	/* A charge without debt past the burst is refused and charges nothing. */
+	q = counter_q("account:a", 1000000, 5, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.counter.allowed);
+	/* One write: the TAT after three charges, a new row. */
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].kind, SQLITE_HOT_COUNTER);
+	assert_string_equal(b.v[0].key, "account:a");
+	assert_int_equal(b.v[0].value, 1003000);
+	assert_true(b.v[0].fresh);
+	sqlite_hot_batch_clear(&b);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 0);
+	/* Charged again: a row now, not fresh. */
+	q = counter_q("account:a", 1010000, 1, true);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_false(b.v[0].fresh);
+	assert_int_equal(b.v[0].value, 1011000);
+	sqlite_hot_batch_clear(&b);
+	sqlite_hot_free(h);
+}
+
+static void test_gcra_matches_loaded_tat(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q = counter_q("k", 5000, 0, false);
+
+	(void)state;
+	/* The file's TAT is 2 s ahead: the burst of 2 is spent. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 7000, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(q.u.counter.remaining, 0);
+	q = counter_q("k", 5000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.counter.allowed);
+	assert_int_equal(q.u.counter.retry_after_ms, 1000);
+	sqlite_hot_free(h);
+}
+
+static void test_set_counts_first(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	sqlite_hot_member known[] = {{"192.0.2.0/24", 1000 + 3600}, {"198.51.100.0/24", 1000 + 3000}};
+	sqlite_hot_distinct a = add_a("relay:sasl:nina", "203.0.113.0/24", 1000, 3), peek;
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:nina", known, 2, sqlite_hot_generation(h)));
+	/* Two requests from new networks, one free slot: the first add takes it, the second trips. */
+	a = add_a("relay:sasl:nina", "203.0.113.0/24", 1000, 3);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, 3);
+	a = add_a("relay:sasl:nina", "233.252.0.0/24", 1000, 3);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, 4);
+	peek = (sqlite_hot_distinct){
+	    .set = "relay:sasl:nina", .member = "233.252.0.0/24", .now = 1000, .peek = true};
+	assert_int_equal(sqlite_hot_distinct_run(h, &peek), SQLITE_HOT_DONE);
+	assert_int_equal(peek.count, 3);
+	assert_false(peek.present);
+	/* A known network refreshes and passes at the limit. */
+	a = add_a("relay:sasl:nina", "192.0.2.0/24", 1000, 3);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, 3);
+	/* The new member is owed; the refreshed one within the slack (a 64th of the window) is not. */
+	assert_int_equal(sqlite_hot_pending_members(h), 1);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_string_equal(b.v[0].member, "203.0.113.0/24");
+	assert_int_equal(b.v[0].value, 1000 + 3600);
+	assert_true(b.v[0].fresh);
+	assert_int_equal(sqlite_hot_pending_members(h), 0);
+	sqlite_hot_batch_clear(&b);
+	/* Past the slack a refresh is owed; past its window a member no longer counts. */
+	a = add_a("relay:sasl:nina", "192.0.2.0/24", 1000 + 120, 3);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_false(b.v[0].fresh);
+	assert_int_equal(b.v[0].value, 1120 + 3600);
+	sqlite_hot_batch_clear(&b);
+	peek.now = 4001;
+	assert_int_equal(sqlite_hot_distinct_run(h, &peek), SQLITE_HOT_DONE);
+	assert_int_equal(peek.count, 2);
+	sqlite_hot_free(h);
+}
+
+static void test_set_at_table_cap_goes_to_file(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	sqlite_hot_member known[] = {{"192.0.2.0/24", 5000}};
+	sqlite_hot_distinct a = add_a("relay:sasl:x", "198.51.100.0/24", 1000, 10);
+
+	(void)state;
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:x", known, 1, sqlite_hot_generation(h)));
+	a.room = false;
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_FULL);
+	a = add_a("relay:sasl:x", "192.0.2.0/24", 1000, 10);
+	a.room = false;
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, 1);
+	sqlite_hot_free(h);
+}
+
+static void test_forget_beats_a_racing_load(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q = counter_q("account:b", 1000, 1, true);
+	uint64_t gen = sqlite_hot_generation(h);
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "account:b", true, 9000, gen));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	/* A reset drops the entry and what it owed. */
+	sqlite_hot_forget(h, SQLITE_HOT_COUNTER, "ratelimit", "account:b");
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 0);
+	/* A load that read the file before the reset keeps nothing. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "account:b", true, 9000, gen));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_int_equal(sqlite_hot_entries(h), 0);
+	sqlite_hot_free(h);
+}
+
+static void test_record_read_from_memory(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q = {.kind = QUERY_KV};
+
+	(void)state;
+	q.u.kv.op = QUERY_KV_GET;
+	q.u.kv.ns = "relay-trip";
+	q.u.kv.key = "sasl:olga";
+	q.u.kv.now_ms = 1000;
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_MISS);
+	/* No record in the file: "none" is held too (the trip marker is read at every recipient). */
+	assert_true(sqlite_hot_kv_load(h, "relay-trip", "sasl:olga", false, "", 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.kv.found);
+	/* Written to the file (a trip): forgotten, then read again with the marker. */
+	sqlite_hot_forget(h, SQLITE_HOT_KV, "relay-trip", "sasl:olga");
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_kv_load(h, "relay-trip", "sasl:olga", true, "198.18.1.0/24 networks=11", 5000,
+	                               sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_true(q.u.kv.found);
+	assert_string_equal(q.u.kv.old, "198.18.1.0/24 networks=11");
+	assert_int_equal(q.u.kv.expires_ms, 5000);
+	/* Past its expiry it is gone. */
+	q.u.kv.found = false;
+	q.u.kv.now_ms = 5000;
+	assert_int_equal(sqlite_hot_kv_get(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.kv.found);
+	sqlite_hot_free(h);
+}
+
+static void test_bounded(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(2);
+	query q;
+	sqlite_hot_batch b = {0};
+	const char *keys[] = {"a", "b", "c"};
+
+	(void)state;
+	for (int i = 0; i < 2; i++) {
+		q = counter_q(keys[i], 1000, 1, true);
+		assert_true(
+		    sqlite_hot_counter_load(h, "ratelimit", keys[i], false, 0, sqlite_hot_generation(h)));
+		assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	}
+	/* Both owe a write: no room for a third (the store asks the file for it). */
+	assert_false(sqlite_hot_counter_load(h, "ratelimit", "c", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 2);
+	/* A failed write owes them again. */
+	sqlite_hot_retake(h, &b);
+	sqlite_hot_batch_clear(&b);
+	assert_false(sqlite_hot_counter_load(h, "ratelimit", "c", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 2);
+	assert_true(b.v[0].fresh && b.v[1].fresh);
+	sqlite_hot_batch_clear(&b);
+	/* Written: a clean entry makes room. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "c", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_entries(h), 2);
+	sqlite_hot_free(h);
+}
+
+/* The members of all sets together are bounded too: past the bound, the store counts in the file. */
+static void test_members_bounded(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	size_t n = SQLITE_HOT_MAX_MEMBERS;
+	sqlite_hot_member *m = calloc(n, sizeof(*m));
+	char(*names)[16] = calloc(n, sizeof(*names));
+	sqlite_hot_distinct a = add_a("relay:sasl:big", "new", 1000, 0);
+
+	(void)state;
+	assert_non_null(m);
+	assert_non_null(names);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(names[i], sizeof(names[i]), "m%zu", i);
+		m[i] = (sqlite_hot_member){names[i], 5000};
+	}
+	/* One more than the bound: not kept. */
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:one", m, 1, sqlite_hot_generation(h)));
+	assert_false(sqlite_hot_set_load(h, "relay:sasl:big", m, n, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_entries(h), 1);
+	/* At the bound: a new member goes to the file, a known one is answered. */
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:big", m, n - 1, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_FULL);
+	a = add_a("relay:sasl:big", "m7", 1000, 0);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, n - 1);
+	free(names);
+	free(m);
+	sqlite_hot_free(h);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_counter_in_memory),
+	    cmocka_unit_test(test_gcra_matches_loaded_tat),
+	    cmocka_unit_test(test_set_counts_first),
+	    cmocka_unit_test(test_set_at_table_cap_goes_to_file),
+	    cmocka_unit_test(test_forget_beats_a_racing_load),
+	    cmocka_unit_test(test_record_read_from_memory),
+	    cmocka_unit_test(test_bounded),
+	    cmocka_unit_test(test_members_bounded),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
