@@ -112,13 +112,13 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self, port=None, db=0):
+    def daemon(self, port=None, db=0, prefix="site:"):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
             "store": {"backend": "redis", "purge_interval": "1s",
-                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": "site:",
+                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": prefix,
                                 "db": db}},
         }
         d = sh.Spamtrapd(config)
@@ -274,6 +274,19 @@ class TestView(ViewCase):
         self.blocks_within_bound(d, "db3b@example.net", "203.0.113.70", time.monotonic())
         self.wait_view(d)
         self.assertEqual(self.sender_check(d, "db3@example.net", "203.0.113.70"), REJECT)
+
+    def test_prefix_with_glob_characters(self):
+        """CLIENT TRACKING's PREFIX is literal and the SCAN's pattern escaped: a prefix like a
+        pattern neither misses its own keys nor takes in another site's."""
+        d = self.daemon(prefix="s*[ab]?:")
+        self.wait_view(d)
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", "sa1:bl:other-site@example.net", "expires", expires, "trap", TRAP)
+        self.assertEqual(self.sender_check(d, "other-site@example.net", "203.0.113.80"), "DUNNO")
+        d.ctl("add", "glob@example.net")
+        self.blocks_within_bound(d, "glob@example.net", "203.0.113.80", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "glob@example.net", "203.0.113.80"), REJECT)
 
     def test_hanging_view_connection_falls_back_then_rebuilds(self):
         """A view connection that hangs without breaking (no answer, no reset): lookups go to
