@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -2544,14 +2545,11 @@ static int view_mark(view_thread *vt, bool create)
 static void view_mark_name(view_thread *vt)
 {
 	uint64_t b[2] = {0, 0};
-	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0 || read(fd, b, sizeof(b)) != (ssize_t)sizeof(b)) {
+	if (getrandom(b, sizeof(b), GRND_NONBLOCK) != (ssize_t)sizeof(b)) {
 		b[0] = (uint64_t)now_ms();
 		b[1] = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)vt;
 	}
-	if (fd >= 0)
-		close(fd);
 	snprintf(vt->mark_key, sizeof(vt->mark_key), "%.*sview:%016llx%016llx", (int)(vt->s->prefixlen - 3),
 	         vt->s->prefix, (unsigned long long)b[0], (unsigned long long)b[1]);
 }
