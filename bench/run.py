@@ -638,8 +638,9 @@ class Bench:
         if a.baseline:
             bl = self.start_spamtrapd("baseline redis", store, trap_file, a.baseline)
             policy.append(("baseline redis", bl, rd["blocked_senders"], [bl, redis]))
+        for _, srv, _, _ in policy:
+            srv.wait_ready()  # all first: ready_seconds is the start-up target's figure, not the warm-ups'
         for _, srv, blocked, _ in policy:
-            srv.wait_ready()
             # The first lookup starts the Redis store's local view; its SCAN of the entries takes a
             # few seconds: warm every server alike before measuring.
             self.load("policy", srv.ports["policy"], 4, blocked)
