@@ -120,7 +120,7 @@ bench-compare:
 	rm -rf $(BENCH_BASE) && mkdir -p $(BENCH_BASE)/tree
 	git archive $(BASELINE_REF) | tar -x -C $(BENCH_BASE)/tree
 	cmake -S $(BENCH_BASE)/tree -B $(BENCH_BASE)/build -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=OFF
-	cmake --build $(BENCH_BASE)/build -j $(JOBS) --target spamtrapd
+	cmake --build $(BENCH_BASE)/build -j $(JOBS) --target spamtrapd spamtrapctl
 	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DSPAMTRAPD_SANITIZE=OFF -DSPAMTRAPD_TESTS=OFF -DSPAMTRAPD_BENCH=ON
 	cmake --build $(BENCH_BUILD) -j $(JOBS)
 	python3 bench/run.py --build $(BENCH_BUILD) --baseline $(BENCH_BASE)/build/src/spamtrapd $(BENCH_ARGS)

@@ -393,6 +393,36 @@ class Bench:
         self.give(path)
         return path
 
+    def baseline_store(self, db):
+        """The same entries for a build of another tree, before anything writes to db: imported
+        with that build's own spamtrapctl from what this tree's lists, so that a schema this
+        tree changed (the other build refuses a newer file) does not end the comparison; a
+        copy of the file when there is no such spamtrapctl beside the baseline binary."""
+        a = self.args
+        base_db = os.path.join(self.tmp, "baseline.db")
+        base_ctl = os.path.join(os.path.dirname(os.path.abspath(a.baseline)), "spamtrapctl")
+        if not os.access(base_ctl, os.X_OK):
+            shutil.copyfile(db, base_db)
+            self.give(base_db)
+            return base_db
+        dump = os.path.join(self.tmp, "baseline.tsv")
+        ctl = os.path.join(a.build, "src", "spamtrapctl")
+        with open(dump, "w") as out:
+            subprocess.run([ctl, "-c", self.ctl_config(db), "list"], stdout=out, check=True, timeout=600)
+        subprocess.run([base_ctl, "-c", self.ctl_config(base_db), "import", dump], check=True,
+                       stdout=subprocess.DEVNULL, timeout=600)
+        os.unlink(dump)
+        for p in (db, db + "-wal", db + "-shm", base_db, base_db + "-wal", base_db + "-shm"):
+            if os.path.exists(p):
+                self.give(p)  # spamtrapctl ran as this user; the daemons run as run_user
+        return base_db
+
+    def ctl_config(self, db):
+        path = db + ".ctl.json"
+        with open(path, "w") as f:
+            json.dump({"store": {"sqlite": {"path": db}}, "user": self.run_user}, f)
+        return path
+
     def relay(self, trap_file, sqlite_dbs, sq, redis, rd):
         """Step 6: relay + one ratelimit rule beside the blocklist alone, same SASL load, per store.
         sqlite_dbs: two copies of the preloaded store (the blocklist row's, the relay row's)."""
@@ -540,10 +570,7 @@ class Bench:
             return
         policy, milter = [], []
         if a.baseline:
-            # The same store, copied before anything writes to it, for a build of another tree.
-            base_db = os.path.join(self.tmp, "baseline.db")
-            shutil.copyfile(db, base_db)
-            self.give(base_db)
+            base_db = self.baseline_store(db)
         st = self.start_spamtrapd("spamtrapd sqlite", {"sqlite": {"path": db}}, trap_file)
         st.wait_ready()
         policy.append(("spamtrapd sqlite", st.ports["policy"], sq["blocked_senders"], [st]))
@@ -611,8 +638,9 @@ class Bench:
         if a.baseline:
             bl = self.start_spamtrapd("baseline redis", store, trap_file, a.baseline)
             policy.append(("baseline redis", bl, rd["blocked_senders"], [bl, redis]))
+        for _, srv, _, _ in policy:
+            srv.wait_ready()  # all first: ready_seconds is the start-up target's figure, not the warm-ups'
         for _, srv, blocked, _ in policy:
-            srv.wait_ready()
             # The first lookup starts the Redis store's local view; its SCAN of the entries takes a
             # few seconds: warm every server alike before measuring.
             self.load("policy", srv.ports["policy"], 4, blocked)

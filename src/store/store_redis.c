@@ -45,10 +45,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/key.h"
+#include "log.h"
 #include "store/redis_view.h"
 #include "store/store_backend.h"
 
@@ -2329,7 +2331,7 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  * lookups go to Redis.
  */
 #define VIEW_PING_MS 100
-#define VIEW_OVERFULL_RETRY_MS 60000
+#define VIEW_OVERFULL_RETRY_MS 60000 /* and after the server refused tracking */
 #define INVALIDATE_CHANNEL "__redis__:invalidate"
 
 static bool is_message(const redisReply *r); /* below, with store_watch */
@@ -2337,6 +2339,9 @@ static bool is_message(const redisReply *r); /* below, with store_watch */
 typedef struct view_thread {
 	store_backend_impl *s;
 	rconn rc;             /* tracking and subscribed, or not connected */
+	rconn mark;           /* the SCAN's connection, kept to check the marker (view_mark) */
+	char mark_key[128];   /* PREFIX "view:" and a random name: this view's marker in the database */
+	int64_t mark_at_ms;   /* its last SET or PEXPIRE */
 	char run_id[64];      /* the server's, from INFO */
 	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
 	int64_t next_ping_ms;
@@ -2377,25 +2382,34 @@ static int view_track(view_thread *vt, char *err, size_t errlen)
 	char id[24];
 	const char *track[8] = {"CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", s->prefix};
 	redisReply *r = NULL;
+	const char *step = "CLIENT ID";
 	bool ok;
 
 	ok =
 	    command(s, vt->rc.ctx, &r, "CLIENT ID", 2, id_argv) == STORE_OK && r->type == REDIS_REPLY_INTEGER;
-	if (ok)
+	if (ok) {
 		snprintf(id, sizeof(id), "%lld", (long long)r->integer);
-	freeReplyObject(r);
-	r = NULL;
-	ok = ok && command(s, vt->rc.ctx, &r, "CLIENT TRACKING", 8, track) == STORE_OK &&
-	     r->type == REDIS_REPLY_STATUS;
-	freeReplyObject(r);
-	r = NULL;
-	ok =
-	    ok && command(s, vt->rc.ctx, &r, "SUBSCRIBE", 2, sub) == STORE_OK && r->type == REDIS_REPLY_ARRAY;
-	freeReplyObject(r);
+		freeReplyObject(r);
+		r = NULL;
+		step = "CLIENT TRACKING";
+		ok = command(s, vt->rc.ctx, &r, "CLIENT TRACKING", 8, track) == STORE_OK &&
+		     r->type == REDIS_REPLY_STATUS;
+	}
+	if (ok) {
+		freeReplyObject(r);
+		r = NULL;
+		step = "SUBSCRIBE";
+		ok = command(s, vt->rc.ctx, &r, "SUBSCRIBE", 2, sub) == STORE_OK &&
+		     r->type == REDIS_REPLY_ARRAY;
+	}
+	/* The server's own words (NOPERM from an ACL, an unknown command before Redis 6): what to fix. */
 	if (!ok)
-		snprintf(err, errlen, "%s: local view: client tracking refused: %s", s->where,
-		         vt->rc.ctx->err ? vt->rc.ctx->errstr : "not supported");
-	return ok ? 0 : -1;
+		snprintf(err, errlen, "%s: local view: %s refused: %s", s->where, step,
+		         vt->rc.ctx->err                               ? vt->rc.ctx->errstr
+		         : r && r->type == REDIS_REPLY_ERROR && r->str ? r->str
+		                                                       : "unexpected reply");
+	freeReplyObject(r);
+	return ok ? 0 : -2;
 }
 
 static void view_drop(view_thread *vt)
@@ -2404,6 +2418,7 @@ static void view_drop(view_thread *vt)
 	redis_view_disable(vt->s->view);
 	atomic_store(&vt->s->view_fd, -1);
 	drop(&vt->rc);
+	drop(&vt->mark);
 	vt->ping_sent_ms = 0;
 	pthread_mutex_unlock(&vt->s->view_io);
 }
@@ -2495,23 +2510,76 @@ static int view_pump(view_thread *vt, int timeout_ms)
 	return rv;
 }
 
-/* PING on the subscribed connection when one is due (force: now); -1 when the connection failed. */
+/*
+ * SWAPDB replaces every key of the database and Redis (7.0) sends no
+ * invalidation for it, so the view also keeps a marker key in its
+ * database, set before the SCAN: a check made after t that finds it
+ * means the database was not swapped before t. A PING sent after such a
+ * check confirms the view as of t (view_ping).
+ */
+#define VIEW_MARK_TTL_MS "60000"
+#define VIEW_MARK_REFRESH_MS 10000 /* during a SCAN */
+
+/* SET (create) or PEXPIRE (refresh: is it there?) the marker; 0 when it is there, -1 otherwise. */
+static int view_mark(view_thread *vt, bool create)
+{
+	const char *set[5] = {"SET", vt->mark_key, "1", "PX", VIEW_MARK_TTL_MS};
+	const char *refresh[3] = {"PEXPIRE", vt->mark_key, VIEW_MARK_TTL_MS};
+	redisReply *r = NULL;
+	bool ok;
+
+	if (!vt->mark.ctx)
+		return -1;
+	vt->mark_at_ms = now_ms();
+	if (create)
+		ok = command(vt->s, vt->mark.ctx, &r, "local view", 5, set) == STORE_OK &&
+		     r->type == REDIS_REPLY_STATUS;
+	else
+		ok = command(vt->s, vt->mark.ctx, &r, "local view", 3, refresh) == STORE_OK &&
+		     r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+	freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
+/* A random marker name: no other view, site or swapped-in database holds it. */
+static void view_mark_name(view_thread *vt)
+{
+	uint64_t b[2] = {0, 0};
+
+	if (getrandom(b, sizeof(b), GRND_NONBLOCK) != (ssize_t)sizeof(b)) {
+		b[0] = (uint64_t)now_ms();
+		b[1] = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)vt;
+	}
+	snprintf(vt->mark_key, sizeof(vt->mark_key), "%.*sview:%016llx%016llx", (int)(vt->s->prefixlen - 3),
+	         vt->s->prefix, (unsigned long long)b[0], (unsigned long long)b[1]);
+}
+
+/*
+ * PING on the subscribed connection when one is due (force: now), after
+ * checking the marker; -1 when a connection failed or the marker is gone.
+ */
 static int view_ping(view_thread *vt, bool force)
 {
 	static const char ping[] = "*1\r\n$4\r\nPING\r\n";
 	int done = 0, rv = 0;
 	int64_t t = now_ms();
+	bool due;
 
 	pthread_mutex_lock(&vt->s->view_io);
-	if (force || (!vt->ping_sent_ms && t >= vt->next_ping_ms)) {
-		vt->ping_sent_ms = t;
-		vt->next_ping_ms = t + VIEW_PING_MS;
-		if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+	due = force || (!vt->ping_sent_ms && t >= vt->next_ping_ms);
+	pthread_mutex_unlock(&vt->s->view_io);
+	if (!due)
+		return 0;
+	if (view_mark(vt, false) < 0)
+		return -1; /* the database was swapped (or the marker evicted): rebuild */
+	pthread_mutex_lock(&vt->s->view_io);
+	vt->ping_sent_ms = t; /* before the marker's check: the confirmation holds as of then */
+	vt->next_ping_ms = t + VIEW_PING_MS;
+	if (redisAppendFormattedCommand(vt->rc.ctx, ping, sizeof(ping) - 1) != REDIS_OK)
+		rv = -1;
+	while (rv == 0 && !done)
+		if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
 			rv = -1;
-		while (rv == 0 && !done)
-			if (redisBufferWrite(vt->rc.ctx, &done) != REDIS_OK)
-				rv = -1;
-	}
 	pthread_mutex_unlock(&vt->s->view_io);
 	return rv;
 }
@@ -2544,6 +2612,9 @@ static store_status view_batch(store_backend_impl *s, rconn *rc, op *o, redisRep
 			                       redis_view_max_keys(s->view));
 		}
 	}
+	/* A SCAN of many keys outlasts the marker's minute: keep it. */
+	if (now_ms() - vt->mark_at_ms > VIEW_MARK_REFRESH_MS && view_mark(vt, false) < 0)
+		return store_set_error("%s: local view: %s is gone", s->where, vt->mark_key);
 	/* Keep the server's buffer for the subscription small. */
 	return view_pump(vt, 0) < 0 ? store_set_error("%s: local view: subscription lost", s->where)
 	                            : STORE_OK;
@@ -2561,17 +2632,25 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 	if (conn_connect(s, &c, err, errlen) != 0)
 		return -1;
 	if (view_run_id(s, &c, id, sizeof(id), err, errlen) < 0) {
-		/* err says why */
-	} else if (strcmp(id, vt->run_id) != 0) {
+		drop(&c);
+		return -1;
+	}
+	if (strcmp(id, vt->run_id) != 0) {
 		snprintf(err, errlen, "%s: local view: its two connections reached different servers",
 		         s->where);
-	} else if (scan_all(s, &c, &o, view_batch) == STORE_OK) {
+		drop(&c);
+		return -1;
+	}
+	vt->mark = c; /* dropped with the view's own (view_drop) */
+	view_mark_name(vt);
+	if (view_mark(vt, true) < 0) {
+		snprintf(err, errlen, "%s: local view: SET %s refused", s->where, vt->mark_key);
+	} else if (scan_all(s, &vt->mark, &o, view_batch) == STORE_OK) {
 		rv = 0;
 	} else {
 		rv = o.present ? 1 : -1;
 		snprintf(err, errlen, "%s", store_last_error());
 	}
-	drop(&c);
 	return rv;
 }
 
@@ -2588,31 +2667,45 @@ static int view_confirm(view_thread *vt)
 	return view_ping_pending(vt) ? -1 : 0;
 }
 
-/* Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is too full, -1 with err. */
+/*
+ * Connect, subscribe, SCAN: 0 when the view answers again, 1 when it is
+ * too full, 2 when the server refuses tracking or the subscription (an
+ * ACL, Redis before 6), -1 with err.
+ */
 static int view_build(view_thread *vt, char *err, size_t errlen)
 {
 	store_backend_impl *s = vt->s;
-	int rv;
+	int rv = -1;
 
 	redis_view_begin(s->view);
 	pthread_mutex_lock(&s->view_io);
 	vt->broken = false;
-	rv = conn_connect(s, &vt->rc, err, errlen) == 0 &&
-	     view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0 &&
-	     view_track(vt, err, errlen) == 0;
-	if (rv)
+	if (conn_connect(s, &vt->rc, err, errlen) == 0 &&
+	    view_run_id(s, &vt->rc, vt->run_id, sizeof(vt->run_id), err, errlen) == 0)
+		rv = view_track(vt, err, errlen);
+	if (rv == 0)
 		atomic_store(&s->view_fd, vt->rc.ctx->fd);
 	pthread_mutex_unlock(&s->view_io);
-	if (!rv)
-		return -1;
+	if (rv != 0)
+		return rv == -2 ? 2 : -1;
 	if ((rv = view_scan(vt, err, errlen)) != 0)
 		return rv;
 	if (view_confirm(vt) < 0) {
 		snprintf(err, errlen, "%s: local view: no answer to PING", s->where);
 		return -1;
 	}
-	redis_view_ready(s->view);
-	return 0;
+	/*
+	 * Under view_io: a lookup that applied a flush or met a failure since
+	 * has set broken, and its redis_view_disable found nothing to disable.
+	 */
+	pthread_mutex_lock(&s->view_io);
+	rv = vt->broken ? -1 : 0;
+	if (rv == 0)
+		redis_view_ready(s->view);
+	pthread_mutex_unlock(&s->view_io);
+	if (rv < 0)
+		snprintf(err, errlen, "%s: local view: lost while being built", s->where);
+	return rv;
 }
 
 /* The master the connection reached is no longer the one the Sentinels name. */
@@ -2635,13 +2728,35 @@ static void view_sleep(view_thread *vt, int ms)
 		poll(&pfd, 1, (int)(until - t));
 }
 
-/* Serve a built view until its connection fails, the server flushes or the view fills up. */
+/*
+ * A PING unanswered for this long: the connection hangs without breaking
+ * (a network cut, a half-open TCP connection). The view has stopped
+ * answering long before; connect again rather than wait for TCP to give up.
+ */
+static int64_t view_ping_deadline_ms(const view_thread *vt)
+{
+	int64_t wait = vt->s->command_timeout_ms > 0 ? vt->s->command_timeout_ms : 0;
+
+	return wait < 2 * REDIS_VIEW_STALE_MS ? 2 * REDIS_VIEW_STALE_MS : wait;
+}
+
+static bool view_ping_overdue(view_thread *vt)
+{
+	int64_t sent;
+
+	pthread_mutex_lock(&vt->s->view_io);
+	sent = vt->ping_sent_ms;
+	pthread_mutex_unlock(&vt->s->view_io);
+	return sent && now_ms() - sent > view_ping_deadline_ms(vt);
+}
+
+/* Serve a built view until its connection fails or hangs, the server flushes or the view fills up. */
 static void view_serve(view_thread *vt)
 {
 	store_backend_impl *s = vt->s;
 
 	while (!atomic_load(&s->view_stop)) {
-		if (view_ping(vt, false) < 0)
+		if (view_ping(vt, false) < 0 || view_ping_overdue(vt))
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
@@ -2650,17 +2765,38 @@ static void view_serve(view_thread *vt)
 	}
 }
 
+/*
+ * Why the view does not answer, logged once per reason: a server that
+ * refuses tracking (an ACL, Redis before 6) or holds too many keys. Not a
+ * lost connection: the store's own lookups say that. Lookups still get
+ * their answer from Redis, so this is a warning about speed.
+ */
+static void view_say(char *said, size_t saidlen, const char *err)
+{
+	if (strcmp(said, err) == 0)
+		return;
+	log_warning("%s (lookups ask redis until it is built)", err);
+	snprintf(said, saidlen, "%s", err);
+}
+
 static void *view_main(void *arg)
 {
 	view_thread *vt = arg;
-	char err[512];
+	char err[512], said[512] = "";
 
 	while (!atomic_load(&vt->s->view_stop)) {
 		int rv = view_build(vt, err, sizeof(err));
 
 		if (rv == 0) {
+			if (said[0])
+				log_notice(
+				    "%s: local view: built, lookups of absent keys answered here again",
+				    vt->s->where);
+			said[0] = '\0';
 			vt->backoff_ms = BACKOFF_MIN_MS;
 			view_serve(vt);
+		} else if (rv > 0 && !atomic_load(&vt->s->view_stop)) {
+			view_say(said, sizeof(said), err);
 		}
 		view_drop(vt);
 		if (rv != 0) {

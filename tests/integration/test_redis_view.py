@@ -16,7 +16,9 @@ restarted: lookups fall back to Redis at once, and the view is rebuilt.
 
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import unittest
 
@@ -30,6 +32,76 @@ BOUND = 1.0  # a write elsewhere must block here within this (docs/redis.md)
 VIEW_WAIT = 20.0  # a view is built within a second or two; the store's back-off is at most 5 s
 
 
+class HangingProxy:
+    """A TCP relay to a redis-server whose view connection (the one that sent CLIENT TRACKING)
+    can be made to hang without breaking, as a network cut or a half-open connection does:
+    its bytes stay unread both ways and its sockets stay open. Other connections pass."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.tracking = []  # [frozen] flags of the connections that asked for tracking
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.target))
+            state = [False, False]  # tracking, frozen
+            with self.lock:
+                self.socks += [down, up]
+            threading.Thread(target=self._pump, args=(down, up, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, state, False), daemon=True).start()
+
+    def _pump(self, src, dst, state, from_client):
+        while True:
+            if state[1]:
+                time.sleep(0.05)  # hung: nothing read, nothing passed, nothing closed
+                continue
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if state[1]:
+                continue  # what came in as it froze is lost with the cut
+            if not data:
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+            if from_client and b"TRACKING" in data and not state[0]:
+                state[0] = True
+                with self.lock:
+                    self.tracking.append(state)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def hang_views(self):
+        """Hang every view connection made so far; how many."""
+        with self.lock:
+            for state in self.tracking:
+                state[1] = True
+            return len(self.tracking)
+
+    def close(self):
+        self.listener.close()
+        with self.lock:
+            for sock in self.socks:
+                sock.close()
+
+
 class ViewCase(rh.RecoveryChecks, unittest.TestCase):
     REJECT_TEXT = REJECT
 
@@ -40,13 +112,14 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self):
+    def daemon(self, port=None, db=0, prefix="site:"):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
             "store": {"backend": "redis", "purge_interval": "1s",
-                      "redis": {"host": "127.0.0.1", "port": self.redis.port, "prefix": "site:"}},
+                      "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": prefix,
+                                "db": db}},
         }
         d = sh.Spamtrapd(config)
         self.addCleanup(d.cleanup)
@@ -57,8 +130,15 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         counts = re.findall(r"absent-key filter answered (\d+) lookups without asking redis", d.log())
         return int(counts[-1]) if counts else 0
 
+    def purges(self, d):
+        return len(re.findall(r"absent-key filter answered", d.log()))
+
     def wait_view(self, d):
-        """Lookups of unlisted senders until d's log shows its view answering more than before."""
+        """Lookups of unlisted senders until d's log shows its view answering more than before.
+        Counted from a purge logged after this call began: answers made before it (by a view
+        since broken) and logged at the next purge must not pass for the view answering now."""
+        purges = self.purges(d)
+        rh.wait_until(lambda: self.purges(d) > purges, VIEW_WAIT, "a purge")
         before = self.answers(d)
 
         def answering():
@@ -162,6 +242,87 @@ class TestView(ViewCase):
         d.ctl("add", "after@example.net")
         self.blocks_within_bound(d, "after@example.net", "203.0.113.30", time.monotonic())
         self.wait_view(d)
+
+    def test_swapdb_with_other_keys_falls_back_then_rebuilds(self):
+        """SWAPDB brings in a whole database the view never scanned, and Redis sends no
+        invalidation for it: its entries block within the bound all the same."""
+        key = "site:bl:swapped@example.net"
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", key, "expires", expires, "first", expires, "last", expires, "hits", "1",
+                           "trap", TRAP, "reason", "trap")
+        self.redis.command("SWAPDB", "0", "1")  # the entry waits in db 1
+        d = self.daemon()
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "swapped@example.net", "203.0.113.60"), "DUNNO")
+        self.redis.command("SWAPDB", "0", "1")
+        self.blocks_within_bound(d, "swapped@example.net", "203.0.113.60", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "swapped@example.net", "203.0.113.60"), REJECT)
+
+    def test_other_database(self):
+        """store.redis.db 3: the view's connections SELECT it (tracking names keys of every
+        database: a write to db 0 only makes the view say "may exist" once more)."""
+        d = self.daemon(db=3)
+        self.wait_view(d)
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", "site:bl:db0@example.net", "expires", expires, "trap", TRAP)
+        self.assertEqual(self.sender_check(d, "db0@example.net", "203.0.113.70"), "DUNNO")
+        d.ctl("add", "db3@example.net")
+        self.blocks_within_bound(d, "db3@example.net", "203.0.113.70", time.monotonic())
+        self.redis.command("FLUSHDB")  # db 0's: the view rebuilds, harmlessly
+        d.ctl("add", "db3b@example.net")
+        self.blocks_within_bound(d, "db3b@example.net", "203.0.113.70", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "db3@example.net", "203.0.113.70"), REJECT)
+
+    def test_prefix_with_glob_characters(self):
+        """CLIENT TRACKING's PREFIX is literal and the SCAN's pattern escaped: a prefix like a
+        pattern neither misses its own keys nor takes in another site's."""
+        d = self.daemon(prefix="s*[ab]?:")
+        self.wait_view(d)
+        expires = str(int(time.time()) + 3600)
+        self.redis.command("HSET", "sa1:bl:other-site@example.net", "expires", expires, "trap", TRAP)
+        self.assertEqual(self.sender_check(d, "other-site@example.net", "203.0.113.80"), "DUNNO")
+        d.ctl("add", "glob@example.net")
+        self.blocks_within_bound(d, "glob@example.net", "203.0.113.80", time.monotonic())
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "glob@example.net", "203.0.113.80"), REJECT)
+
+    def test_hanging_view_connection_falls_back_then_rebuilds(self):
+        """A view connection that hangs without breaking (no answer, no reset): lookups go to
+        Redis, and the view connects again instead of waiting for TCP to give up (it waited for
+        good: the unanswered PING was never sent again, so nothing ever failed)."""
+        proxy = HangingProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = self.daemon(port=proxy.port)
+        self.wait_view(d)
+        self.assertEqual(proxy.hang_views(), 1)
+        d.ctl("add", "cut@example.net")
+        self.blocks_within_bound(d, "cut@example.net", "203.0.113.40", time.monotonic())
+        # The count of answers logged at the next purge may still grow with lookups made before the
+        # view went silent (500 ms after the cut): start from one logged a purge later than that.
+        purges = self.purges(d)
+        rh.wait_until(lambda: self.purges(d) >= purges + 2, VIEW_WAIT, "two more purges")
+        self.wait_view(d)
+        self.assertEqual(self.sender_check(d, "cut@example.net", "203.0.113.40"), REJECT)
+        d.ctl("add", "after-cut@example.net")
+        self.blocks_within_bound(d, "after-cut@example.net", "203.0.113.40", time.monotonic())
+
+    def test_acl_without_client_tracking_falls_back_and_says_so_once(self):
+        """An ACL user without CLIENT TRACKING (docs/redis.md lists the commands): the daemon
+        works as without the view, and its log says why once, with the server's words."""
+        self.redis.command("ACL", "SETUSER", "default", "-client|tracking")
+        d = self.daemon()
+        said = re.compile(r"local view: CLIENT TRACKING refused: NOPERM.*lookups ask redis")
+        self.assertEqual(self.sender_check(d, "first@example.net", "203.0.113.50"), "DUNNO")  # starts the view
+        rh.wait_until(lambda: said.search(d.log()), VIEW_WAIT, "the view's refusal in the log")
+        for i in range(3):
+            sender = f"acl{i}@example.net"
+            self.assertEqual(self.sender_check(d, sender, "203.0.113.50"), "DUNNO")
+            d.ctl("add", sender)
+            self.assertEqual(self.sender_check(d, sender, "203.0.113.50"), REJECT)
+        self.assertEqual(self.answers(d), 0)
+        self.assertEqual(len(said.findall(d.log())), 1)
 
 
 if __name__ == "__main__":
