@@ -1792,6 +1792,23 @@ static int kv_step(conn *c, query *q)
 	return -1;
 }
 
+/* The bucket's row: *found and its TAT (0 without a row); -1 on a database error. */
+static int counter_row(conn *c, const query *q, bool *found, int64_t *tat)
+{
+	sqlite3_stmt *get = c->stmt[ST_CTR_GET];
+	int step;
+
+	*tat = 0;
+	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
+	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
+	step = sqlite3_step(get);
+	*found = step == SQLITE_ROW;
+	if (step == SQLITE_ROW)
+		*tat = sqlite3_column_int64(get, 0);
+	done(get);
+	return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : -1;
+}
+
 /*
  * GCRA: the theoretical arrival time (TAT) of the next unit; cost units
  * are allowed while they leave the TAT at most burst emission intervals
@@ -1800,18 +1817,9 @@ static int kv_step(conn *c, query *q)
  */
 static int counter_read(conn *c, query *q, bool *found, int64_t *next)
 {
-	sqlite3_stmt *get = c->stmt[ST_CTR_GET];
-	int64_t tat = 0;
-	int step;
+	int64_t tat;
 
-	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
-	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
-	step = sqlite3_step(get);
-	*found = step == SQLITE_ROW;
-	if (step == SQLITE_ROW)
-		tat = sqlite3_column_int64(get, 0);
-	done(get);
-	if (step != SQLITE_ROW && step != SQLITE_DONE)
+	if (counter_row(c, q, found, &tat) < 0)
 		return -1;
 	sqlite_hot_gcra(q, *found, tat, next);
 	return 0;
@@ -2809,30 +2817,19 @@ static int hot_load_counter(store_backend_impl *s, query *q)
 {
 	uint64_t gen = sqlite_hot_generation(s->hot);
 	conn *c = acquire(s, FOR_READ, "counter");
-	sqlite3_stmt *get;
-	int64_t tat = 0;
-	int step;
+	int64_t tat;
+	bool found;
 
 	if (!c)
 		return -1;
-	get = c->stmt[ST_CTR_GET];
-	sqlite3_bind_text(get, 1, q->u.counter.ns, -1, SQLITE_STATIC);
-	sqlite3_bind_text(get, 2, q->u.counter.key, -1, SQLITE_STATIC);
-	step = sqlite3_step(get);
-	if (step == SQLITE_ROW)
-		tat = sqlite3_column_int64(get, 0);
-	done(get);
-	if (step != SQLITE_ROW && step != SQLITE_DONE) {
+	if (counter_row(c, q, &found, &tat) < 0) {
 		db_error(s, c, "counter");
 		release(s, c, FOR_READ);
 		return -1;
 	}
 	release(s, c, FOR_READ);
 	hot_started(s);
-	return sqlite_hot_counter_load(s->hot, q->u.counter.ns, q->u.counter.key, step == SQLITE_ROW, tat,
-	                               gen)
-	           ? 1
-	           : 0;
+	return sqlite_hot_counter_load(s->hot, q->u.counter.ns, q->u.counter.key, found, tat, gen) ? 1 : 0;
 }
 
 static store_status sqlite_counter(store_backend_impl *s, query *q)
