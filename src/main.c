@@ -399,6 +399,18 @@ static void stop(engine *eng, exporter *exp, policy_server *policy, metrics_serv
 	}
 }
 
+/* Started as root with no "user" to switch to: said on stderr, and the start refused. */
+static bool serves_as_root(const config *cfg, const char *config_path)
+{
+	if (geteuid() != 0 || cfg->user)
+		return false;
+	fprintf(stderr,
+	        "spamtrapd: refusing to serve as root: set \"user\" in %s (e.g. \"spamtrapd\"); "
+	        "spamtrapd binds its sockets as root and then switches to that user\n",
+	        config_path);
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	options opt;
@@ -418,6 +430,11 @@ int main(int argc, char **argv)
 	config *cfg = load_config(&opt);
 	if (!cfg)
 		return 1;
+	/* Before -t answers too: run as root, "valid" would promise a start that is refused. */
+	if (serves_as_root(cfg, opt.config_path)) {
+		config_unref(cfg);
+		return 1;
+	}
 	if (opt.check_only) {
 		for (size_t i = 0; i < cfg->nwarnings; i++)
 			fprintf(stderr, "spamtrapd: warning: %s\n", cfg->warnings[i]);
@@ -425,14 +442,6 @@ int main(int argc, char **argv)
 		       trapset_count(cfg->decide.traps));
 		config_unref(cfg);
 		return 0;
-	}
-	if (geteuid() == 0 && !cfg->user) {
-		fprintf(stderr,
-		        "spamtrapd: refusing to serve as root: set \"user\" in %s (e.g. \"spamtrapd\"); "
-		        "spamtrapd binds its sockets as root and then switches to that user\n",
-		        opt.config_path);
-		config_unref(cfg);
-		return 1;
 	}
 	char err[1024];
 	int status_fd = -1;

@@ -123,6 +123,12 @@ class StartupStatus(unittest.TestCase):
                                timeout=30)
             self.assertEqual(r.returncode, 1)
             self.assertIn("refusing to serve as root", r.stderr)
+            # -t (systemd's ExecStartPre, an admin before a reload) says so too, not "valid"
+            r = subprocess.run([*sh.command(), "-t", "-c", d.config_path], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("refusing to serve as root", r.stderr)
+            self.assertNotIn("is valid", r.stdout)
         finally:
             d.cleanup()
 
