@@ -20,6 +20,7 @@
 #include "engine.h"
 #include "log.h"
 #include "stats.h"
+#include "stats_scrape.h"
 
 #define REJECT "550 5.7.1 Sender is blocklisted after mail to a spamtrap"
 
@@ -280,22 +281,6 @@ static void test_blocklist_shadow_and_off(void **state)
 }
 
 /* ---- metrics ---- */
-
-/* The value of one series in a scrape of the daemon's families (the tests before count too). */
-static long long scraped(const char *series)
-{
-	size_t len;
-	char *text = metrics_render(stats_registry(), &len), *at;
-	char needle[512];
-	long long v = -1;
-
-	assert_non_null(text);
-	snprintf(needle, sizeof(needle), "\n%s ", series);
-	if ((at = strstr(text, needle)))
-		v = strtoll(at + strlen(needle), NULL, 10);
-	free(text);
-	return v;
-}
 
 #define TRAP_REJECT "spamtrapd_decisions_total{check=\"traps\",action=\"reject\",mode=\"enforce\"}"
 #define BL_REJECT "spamtrapd_decisions_total{check=\"blocklist\",action=\"reject\",mode=\"enforce\"}"

@@ -17,22 +17,7 @@
 
 #include "core/checks/checks.h"
 #include "stats.h"
-
-/* The value of one series in a render, -1 when absent. */
-static long long scraped(const char *series)
-{
-	size_t len;
-	char *text = metrics_render(stats_registry(), &len), *at;
-	char needle[512];
-	long long v = -1;
-
-	assert_non_null(text);
-	snprintf(needle, sizeof(needle), "\n%s ", series);
-	if ((at = strstr(text, needle)))
-		v = strtoll(at + strlen(needle), NULL, 10);
-	free(text);
-	return v;
-}
+#include "stats_scrape.h"
 
 static void test_before_init_nothing(void **state)
 {
