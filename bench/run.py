@@ -651,7 +651,48 @@ class Bench:
             1 for line in listing.splitlines() if any("B" in w[6:] for w in line.split() if w.startswith("flags="))))
         print("bench: loads of %.1f s (+%.1f s warm-up), best of %d, at %s connections"
               % (a.duration, a.warmup, a.reps, ",".join(map(str, a.levels))), file=sys.stderr)
+        if a.policy_threads:
+            policy += self.threads_rows(db, trap_file, store, sq, rd, redis)
         self.measure("policy", [(name, srv.ports["policy"], blocked, procs) for name, srv, blocked, procs in policy])
+        if a.policy_threads:
+            self.round_trips(policy, redis)
+
+    def threads_rows(self, db, trap_file, store, sq, rd, redis):
+        """--policy-threads N,M: the two rows again with policy.threads N, M, ... (row "... tN"),
+        each SQLite one on its own copy of the store, copied before the measured runs write to it."""
+        rows = []
+        for n in self.args.policy_threads:
+            path = self.copy_store(db, "threads%d.db" % n)
+            for name, st, blocked, procs in (("sqlite", {"sqlite": {"path": path}}, sq["blocked_senders"], []),
+                                            ("redis", store, rd["blocked_senders"], [redis])):
+                name = "spamtrapd %s t%d" % (name, n)
+                ports = {"policy": free_port(), "milter": free_port()}
+                cfg = self.spamtrapd_config(name.replace(" ", "_"), st, trap_file, ports["policy"], ports["milter"])
+                with open(cfg) as f:
+                    conf = json.load(f)
+                conf["policy"]["threads"] = n
+                with open(cfg, "w") as f:
+                    json.dump(conf, f, indent=1)
+                srv = self.start(name, "spamtrapd", [self.spamtrapd, "-f", "-c", cfg], ports)
+                rows.append((name, srv, blocked, [srv] + procs))
+        for _, srv, blocked, _ in rows:
+            srv.wait_ready()
+            self.load("policy", srv.ports["policy"], 4, blocked)
+        time.sleep(max(3.0, self.args.entries / 100000))
+        return rows
+
+    def round_trips(self, policy, redis):
+        """Script calls redis-server counted per request, one short load per Redis row at the
+        largest level: the share of requests that still make a round trip past the local view."""
+        for name, srv, blocked, _ in policy:
+            if srv is redis or "redis" not in name:
+                continue
+            before = redis_evals(redis.ports["redis"])
+            r = self.load("policy", srv.ports["policy"], self.args.levels[-1], blocked)
+            trips = redis_evals(redis.ports["redis"]) - before
+            self.results.setdefault("script_calls_per_request", {})[name] = trips / r["all"] if r["all"] else 0.0
+            print("  %-18s script calls per request %.3f (%d conns)" % (name, trips / max(r["all"], 1),
+                                                                         self.args.levels[-1]), file=sys.stderr)
 
     def finish(self):
         self.stop_all()
@@ -660,6 +701,14 @@ class Bench:
                 errors = sum(1 for line in open(s.log_path, errors="replace") if ": error: " in line)
                 if errors:
                     self.note("%s logged %d error lines: see %s" % (s.name, errors, s.log_path))
+
+
+def redis_evals(port):
+    """EVAL + EVALSHA calls redis-server has answered (INFO commandstats)."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return sum(int(line.split("calls=", 1)[1].split(",", 1)[0]) for line in out.splitlines()
+               if line.startswith(("cmdstat_eval:", "cmdstat_evalsha:")))
 
 
 def machine():
@@ -1044,6 +1093,10 @@ def main():
                     "relay: only the relay + ratelimit rows and the blocklist-only rows beside them; "
                     "dns: only the dnsbl+spf rows and the rows without DNS checks beside them; "
                     "redis: only the policy rows of spamtrapd on SQLite and on Redis (and --baseline on Redis)")
+    ap.add_argument("--policy-threads", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                    help="with --only redis: the SQLite and Redis rows again with policy.threads at each of "
+                    "these counts (rows 'spamtrapd sqlite tN', 'spamtrapd redis tN'), and the Redis rows' "
+                    "script calls per request")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
