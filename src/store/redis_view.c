@@ -7,9 +7,18 @@
  * that no message was taken off the socket while it looked without being
  * added before it looked (the caller polls the socket in between, see
  * store_redis.c).
+ *
+ * The answers it remembers (redis_view_recall) live in a table of
+ * REDIS_VIEW_ANSWERS slots indexed by the key's hash, each under one of
+ * ANSWER_LOCKS mutexes. redis_view_add bumps the slot's gen and clears
+ * it under its lock; redis_view_remember writes only if the gen is the
+ * one redis_view_recall saw before the round trip was sent, under the
+ * same lock: an answer that an add overtook is refused, and one written
+ * before an add is cleared by it.
  */
 #include "store/redis_view.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +26,24 @@
 #include "store/keyfilter.h"
 #include "store/store_backend.h"
 
+#define ANSWER_LOCKS 64
+#define ANSWER_TEXT 448 /* the key and the entry's texts, each ended by a NUL */
+
+/* A remembered answer: none (entry_len 0), or a live entry packed into text. */
+typedef struct answer_slot {
+	uint64_t gen;   /* bumped by every add of a key of this slot */
+	uint64_t hash;  /* of the key */
+	uint64_t state; /* the view's state word when it was written: a rebuild forgets it */
+	int64_t first_seen, last_seen, expires;
+	uint64_t hits;
+	uint16_t key_len, entry_len; /* entry_len: the texts after the key, 0 for "none" */
+	char text[ANSWER_TEXT];
+} answer_slot;
+
 struct redis_view {
 	keyfilter *filter;
+	answer_slot *answers_table;
+	pthread_mutex_t answer_lock[ANSWER_LOCKS];
 	size_t max_keys;
 	_Atomic size_t keys;
 	_Atomic uint64_t state;
@@ -34,10 +59,14 @@ redis_view *redis_view_new(size_t max_keys)
 
 	if (!v)
 		return NULL;
-	if (!(v->filter = keyfilter_new(max_keys))) {
+	if (!(v->filter = keyfilter_new(max_keys)) ||
+	    !(v->answers_table = calloc(REDIS_VIEW_ANSWERS, sizeof(*v->answers_table)))) {
+		keyfilter_free(v->filter);
 		free(v);
 		return NULL;
 	}
+	for (int i = 0; i < ANSWER_LOCKS; i++)
+		pthread_mutex_init(&v->answer_lock[i], NULL);
 	v->max_keys = max_keys;
 	return v;
 }
@@ -46,8 +75,37 @@ void redis_view_free(redis_view *v)
 {
 	if (!v)
 		return;
+	for (int i = 0; i < ANSWER_LOCKS; i++)
+		pthread_mutex_destroy(&v->answer_lock[i]);
+	free(v->answers_table);
 	keyfilter_free(v->filter);
 	free(v);
+}
+
+static size_t answer_index(uint64_t hash)
+{
+	return (size_t)(hash % REDIS_VIEW_ANSWERS);
+}
+
+static pthread_mutex_t *answer_lock(redis_view *v, size_t i)
+{
+	return &v->answer_lock[i % ANSWER_LOCKS];
+}
+
+/*
+ * Forget what a round trip said of the key of this hash (it was written,
+ * or may have been), and make every answer read before now too old to
+ * be remembered in its slot (redis_view_remember).
+ */
+static void answer_forget(redis_view *v, uint64_t hash)
+{
+	size_t i = answer_index(hash);
+	answer_slot *a = &v->answers_table[i];
+
+	pthread_mutex_lock(answer_lock(v, i));
+	a->gen++;
+	a->state = 0;
+	pthread_mutex_unlock(answer_lock(v, i));
 }
 
 /* A new state word: the next seq, usable or not. */
@@ -100,8 +158,11 @@ void redis_view_lens(const redis_view *v, store_netmask *out)
 
 bool redis_view_add(redis_view *v, const char *key, size_t len)
 {
+	uint64_t hash = keyfilter_hash(key, len);
+
+	answer_forget(v, hash);
 	add_len(v, key, len);
-	if (keyfilter_add_hash(v->filter, keyfilter_hash(key, len)))
+	if (keyfilter_add_hash(v->filter, hash))
 		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
 	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;
 }
@@ -164,6 +225,94 @@ uint64_t redis_view_test(const redis_view *v, const char *const *keys, size_t nk
 bool redis_view_still(redis_view *v, const redis_view_token *t)
 {
 	return atomic_load(&v->state) == t->state && atomic_load(&v->reads_begun) == t->reads;
+}
+
+/* The texts of an entry after its key, each with its NUL; 0 when they do not fit in room. */
+static size_t pack_entry(const store_entry *e, char *p, size_t room)
+{
+	const char *texts[] = {e->trap, e->sender, e->recipient, e->client, e->helo, e->queue_id, e->reason};
+	size_t used = 0;
+
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		size_t n = strlen(texts[i]) + 1;
+
+		if (n > room - used)
+			return 0;
+		memcpy(p + used, texts[i], n);
+		used += n;
+	}
+	return used;
+}
+
+static void unpack_entry(const answer_slot *a, store_entry *e)
+{
+	char *texts[] = {e->trap, e->sender, e->recipient, e->client, e->helo, e->queue_id, e->reason};
+	size_t caps[] = {sizeof(e->trap), sizeof(e->sender),   sizeof(e->recipient), sizeof(e->client),
+	                 sizeof(e->helo), sizeof(e->queue_id), sizeof(e->reason)};
+	const char *p = a->text + a->key_len + 1;
+
+	memset(e, 0, sizeof(*e));
+	memcpy(e->key, a->text, a->key_len);
+	e->first_seen = a->first_seen;
+	e->last_seen = a->last_seen;
+	e->expires = a->expires;
+	e->hits = a->hits;
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		size_t n = strlen(p);
+
+		memcpy(texts[i], p, n < caps[i] ? n : caps[i] - 1);
+		p += n + 1;
+	}
+}
+
+redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, const char *key,
+                                    store_entry *out, uint64_t *gen)
+{
+	size_t len = strlen(key);
+	uint64_t hash = keyfilter_hash(key, len);
+	size_t i = answer_index(hash);
+	const answer_slot *a = &v->answers_table[i];
+	redis_view_answer r = REDIS_VIEW_UNKNOWN;
+
+	pthread_mutex_lock(answer_lock(v, i));
+	*gen = a->gen;
+	if (a->hash == hash && a->state == t->state && a->key_len == len && memcmp(a->text, key, len) == 0) {
+		r = a->entry_len ? REDIS_VIEW_FOUND : REDIS_VIEW_NONE;
+		if (r == REDIS_VIEW_FOUND)
+			unpack_entry(a, out);
+	}
+	pthread_mutex_unlock(answer_lock(v, i));
+	return r;
+}
+
+void redis_view_remember(redis_view *v, const redis_view_token *t, const char *key, const store_entry *e,
+                         uint64_t gen)
+{
+	size_t len = strlen(key), packed = 0;
+	uint64_t hash = keyfilter_hash(key, len);
+	size_t i = answer_index(hash);
+	answer_slot *a = &v->answers_table[i];
+	char texts[ANSWER_TEXT];
+
+	if (len + 1 > ANSWER_TEXT || (e && !(packed = pack_entry(e, texts, ANSWER_TEXT - len - 1))))
+		return;
+	pthread_mutex_lock(answer_lock(v, i));
+	/* An add of the key since gen was read may have been for a write after the trip's read. */
+	if (a->gen == gen && atomic_load(&v->state) == t->state) {
+		a->hash = hash;
+		a->state = t->state;
+		a->key_len = (uint16_t)len;
+		a->entry_len = (uint16_t)packed;
+		memcpy(a->text, key, len + 1);
+		memcpy(a->text + len + 1, texts, packed);
+		if (e) {
+			a->first_seen = e->first_seen;
+			a->last_seen = e->last_seen;
+			a->expires = e->expires;
+			a->hits = e->hits;
+		}
+	}
+	pthread_mutex_unlock(answer_lock(v, i));
 }
 
 void redis_view_answered(redis_view *v)

@@ -76,6 +76,34 @@ void redis_view_lens(const redis_view *v, store_netmask *out);
 /* True when nothing changed since redis_view_enter: the answers of redis_view_test hold. */
 bool redis_view_still(redis_view *v, const redis_view_token *t);
 
+/*
+ * What the view remembers of keys that may exist: the answers of earlier
+ * round trips (a live entry, or none), so that a lookup of a listed key
+ * (a blocked sender's next RCPT) need not ask again. An answer is
+ * forgotten when its key is added (redis_view_add: an invalidation, or a
+ * write of this process, before it is sent and again once it is done)
+ * and with every rebuild or disable. It is remembered only when its key
+ * was not added between redis_view_recall (which gives *gen, to be
+ * called before the round trip is sent) and redis_view_remember: that
+ * add may be the invalidation of a write after the trip's read. At most
+ * REDIS_VIEW_ANSWERS, one per slot of its key's hash (a key of the same
+ * slot replaces it); an entry too long for a slot is not kept.
+ */
+#define REDIS_VIEW_ANSWERS 16384
+
+typedef enum { REDIS_VIEW_UNKNOWN, REDIS_VIEW_NONE, REDIS_VIEW_FOUND } redis_view_answer;
+
+/*
+ * The remembered answer for key under t (a found entry into *out), and
+ * the key slot's gen for redis_view_remember; check redis_view_still
+ * afterwards before using the answer.
+ */
+redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, const char *key,
+                                    store_entry *out, uint64_t *gen);
+/* A round trip's answer for key (e NULL: no live entry); dropped when the key was added since gen. */
+void redis_view_remember(redis_view *v, const redis_view_token *t, const char *key, const store_entry *e,
+                         uint64_t gen);
+
 /* Lookups answered from the view alone (counted by the caller with redis_view_answered). */
 void redis_view_answered(redis_view *v);
 uint64_t redis_view_answers(const redis_view *v);

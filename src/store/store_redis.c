@@ -1770,6 +1770,19 @@ static store_status op_get(store_backend_impl *s, rconn *rc, op *o)
 	return st;
 }
 
+/*
+ * A lookup of one key that is not a network (most of those the local
+ * view cannot answer: a listed sender or client): its fields (HMGET),
+ * without the script, which would read that key the same way (only
+ * network keys depend on the netlens hash).
+ */
+static store_status op_lookup_one(store_backend_impl *s, rconn *rc, op *o)
+{
+	store_status st = op_get(s, rc, o);
+
+	return st == STORE_OK && o->out->expires <= o->now ? STORE_NOTFOUND : st;
+}
+
 /* Field, value pairs of every field of e: 2 * NFIELDS of argv/argvlen. */
 static void put_fields(const store_entry *e, char nums[4][24], const char **argv, size_t *argvlen)
 {
@@ -2874,7 +2887,7 @@ static bool view_help(store_backend_impl *s, int fd)
  * socket that its thread has not applied yet).
  */
 static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nkeys,
-                       const store_netmask *built, uint64_t *maybe)
+                       const store_netmask *built, uint64_t *maybe, redis_view_token *tp)
 {
 	redis_view_token t;
 	store_netmask have;
@@ -2903,10 +2916,17 @@ static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nk
 			return false;
 	}
 	*maybe = redis_view_test(s->view, keys, nkeys);
+	*tp = t;
 	return redis_view_still(s->view, &t);
 }
 
-/* Keys this process is about to write: known at once, before the server's message arrives. */
+/*
+ * Keys this process is about to write: known at once, before the
+ * server's message arrives, and what the view remembered of them
+ * forgotten (redis_view_add). Called again once the write is done, so
+ * that an answer read before the write and remembered while it was
+ * under way is forgotten too, whenever the message arrives.
+ */
 static void view_note(store_backend_impl *s, const char *const *keys, size_t nkeys)
 {
 	for (size_t i = 0; s->view && i < nkeys; i++)
@@ -2916,34 +2936,110 @@ static void view_note(store_backend_impl *s, const char *const *keys, size_t nke
 /* --- the ops table ------------------------------------------------------- */
 
 /*
+ * The keys that may exist (bits of maybe), in order, answered from what
+ * earlier round trips said where the view remembers it: STORE_OK with
+ * *found (the first live entry), STORE_NOTFOUND (none is live), or
+ * STORE_ERROR with the keys still to ask in send[] (from the first one
+ * it does not know on, less those it knows to have no entry).
+ */
+static store_status view_recall(store_backend_impl *s, const redis_view_token *t, const char *const *keys,
+                                size_t nkeys, uint64_t maybe, int64_t now, store_entry *found,
+                                const char **send, uint64_t *gens, size_t *nsend)
+{
+	*nsend = 0;
+	for (size_t i = 0; i < nkeys; i++) {
+		redis_view_answer a;
+		uint64_t gen;
+
+		if (!(maybe >> i & 1))
+			continue;
+		a = redis_view_recall(s->view, t, keys[i], found, &gen);
+		if (*nsend > 0 ? a == REDIS_VIEW_NONE : a != REDIS_VIEW_UNKNOWN) {
+			if (*nsend == 0 && a == REDIS_VIEW_FOUND && found->expires > now)
+				return STORE_OK;
+			continue; /* no entry, or one expired by this host's clock (not live, as for the
+			             script) */
+		}
+		/* the first key it does not know, and every key after it but those known to have none */
+		gens[*nsend] = gen;
+		send[(*nsend)++] = keys[i];
+	}
+	return *nsend ? STORE_ERROR : STORE_NOTFOUND;
+}
+
+/*
+ * What the round trip for send[] said, for the next lookups: no live
+ * entry for the keys before the one found (for all of them when none
+ * was), and the entry found. A network key's "none" is not kept: the
+ * lookup script skips a length the netlens hash lacks, and an entry
+ * written around spamtrapd gets its length there without a write of
+ * that key (docs/redis.md).
+ */
+static void view_learn(store_backend_impl *s, const redis_view_token *t, const char *const *send,
+                       const uint64_t *gens, size_t nsend, store_status st, const store_entry *found)
+{
+	int family;
+
+	for (size_t i = 0; i < nsend && st != STORE_ERROR; i++) {
+		if (st == STORE_OK && strcmp(send[i], found->key) == 0) {
+			redis_view_remember(s->view, t, send[i], found, gens[i]);
+			return;
+		}
+		if (store_net_key_len(send[i], &family) < 0)
+			redis_view_remember(s->view, t, send[i], NULL, gens[i]);
+	}
+}
+
+/*
  * A lookup through the view when it can answer: none of the keys (or,
  * with built, none of the lengths the keys were not built for) may exist
- * and Redis is not asked; otherwise only the keys that may exist are
- * sent, in order, so that the first live one is the same. *stale (with
- * built): the view could not vouch for the lengths, build every key.
+ * and Redis is not asked; nor is it when the view remembers the answer
+ * for the keys that may (view_recall). Otherwise only the keys that may
+ * exist and it does not know are sent, in order, so that the first live
+ * one is the same. *stale (with built): the view could not vouch for the
+ * lengths, build every key.
  */
 static store_status view_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys,
                                 const store_netmask *built, int64_t now, store_entry *found, bool *stale)
 {
 	const char *maybe_keys[STORE_LOOKUP_MAX];
 	uint64_t maybe;
+	uint64_t gens[STORE_LOOKUP_MAX];
+	redis_view_token t;
+	bool learn = false;
+	int family;
+	store_status st;
 	op o = {.what = "lookup", .fn = op_lookup, .keys = keys, .nkeys = nkeys, .now = now, .out = found};
 
-	if (nkeys <= STORE_LOOKUP_MAX && view_maybe(s, keys, nkeys, built, &maybe)) {
+	if (nkeys <= STORE_LOOKUP_MAX && view_maybe(s, keys, nkeys, built, &maybe, &t)) {
 		if (!maybe) {
 			redis_view_answered(s->view);
 			return STORE_NOTFOUND;
 		}
-		o.nkeys = 0;
-		for (size_t i = 0; i < nkeys; i++)
-			if (maybe >> i & 1)
-				maybe_keys[o.nkeys++] = keys[i];
+		st = view_recall(s, &t, keys, nkeys, maybe, now, found, maybe_keys, gens, &o.nkeys);
+		if (!redis_view_still(s->view,
+		                      &t)) { /* changed meanwhile: ask for every key that may exist */
+			o.nkeys = 0;
+			for (size_t i = 0; i < nkeys; i++)
+				if (maybe >> i & 1)
+					maybe_keys[o.nkeys++] = keys[i];
+		} else if (st != STORE_ERROR) {
+			redis_view_answered(s->view);
+			return st;
+		} else {
+			learn = true;
+		}
 		o.keys = maybe_keys;
 	} else if (built) {
 		*stale = true;
 		return STORE_NOTFOUND;
 	}
-	return run(s, &o);
+	if (o.nkeys == 1 && store_net_key_len(o.keys[0], &family) < 0)
+		o.fn = op_lookup_one;
+	st = run(s, &o);
+	if (learn)
+		view_learn(s, &t, o.keys, gens, o.nkeys, st, found);
+	return st;
 }
 
 static store_status redis_lookup(store_backend_impl *s, const char *const *keys, size_t nkeys, int64_t now,
@@ -2980,8 +3076,12 @@ static store_status redis_record(store_backend_impl *s, const char *const *keys,
 	op o = {
 	    .what = "record", .fn = op_record, .keys = keys, .nkeys = nkeys, .hit = hit, .created = created};
 
+	store_status st;
+
 	view_note(s, keys, nkeys);
-	return run(s, &o);
+	st = run(s, &o);
+	view_note(s, keys, nkeys); /* an answer read before the write and remembered since: forgotten */
+	return st;
 }
 
 static store_status redis_distinct_add(store_backend_impl *s, const char *set, const char *member,
@@ -3083,15 +3183,24 @@ static store_status redis_put(store_backend_impl *s, const store_entry *e)
 	const char *key = e->key;
 	op o = {.what = "put", .fn = op_put, .in = e};
 
+	store_status st;
+
 	view_note(s, &key, 1);
-	return run(s, &o);
+	st = run(s, &o);
+	view_note(s, &key, 1);
+	return st;
 }
 
 static store_status redis_remove(store_backend_impl *s, const char *key)
 {
 	op o = {.what = "remove", .fn = op_remove, .keys = &key, .nkeys = 1};
 
-	return run(s, &o);
+	store_status st;
+
+	view_note(s, &key, 1); /* and what the view remembers of it forgotten, before and after */
+	st = run(s, &o);
+	view_note(s, &key, 1);
+	return st;
 }
 
 static store_status redis_purge(store_backend_impl *s, int64_t now, uint64_t *purged)

@@ -195,6 +195,52 @@ class TestView(ViewCase):
             self.assertEqual(self.sender_check(d, sender, client), "DUNNO")
         self.wait_view(d)
 
+    def lookups_sent(self):
+        """Entries Redis read for lookups: HMGET, sent alone for a lookup of one key (the tests'
+        sender, the only key of its lookups the view may hold) and called by the lookup script for
+        the entry it finds; purges, spamtrapctl add and remove send none."""
+        stats = self.redis.info("commandstats").get("cmdstat_hmget", "calls=0")
+        return int(re.search(r"calls=(\d+)", stats).group(1))
+
+    def test_listed_sender_answered_from_memory_until_removed(self):
+        """A listed key's entry, once read, is answered from the view's memory (a blocked sender's
+        next recipients cost no round trip), and forgotten when another process removes it."""
+        d = self.daemon()
+        self.wait_view(d)
+        for i in range(3):
+            sender, client = f"listed{i}@example.net", "203.0.113.9"
+            d.ctl("add", sender)
+            self.blocks_within_bound(d, sender, client, time.monotonic())
+            before = self.lookups_sent()
+            for _ in range(20):
+                self.assertEqual(self.sender_check(d, sender, client), REJECT)
+            # one more trip if a write of the key overtook the first (its answer is not remembered)
+            self.assertLessEqual(self.lookups_sent() - before, 2, "lookups of a listed sender sent to Redis")
+            self.redis.command("DEL", "site:bl:" + sender)  # by hand: no message of this daemon's own
+            done = time.monotonic()
+            while self.sender_check(d, sender, client) == REJECT:
+                self.assertLess(time.monotonic() - done, BOUND, f"{sender} still refused after its removal")
+                time.sleep(0.02)
+        self.wait_view(d)
+
+    def test_unlisted_key_remembered_then_listed_elsewhere_blocks_within_a_second(self):
+        """A key the view may hold (removed, so its name stays in the filter) is answered "not
+        listed" from memory after one trip; another host's trap hit must end that within the bound."""
+        a, b = self.daemon(), self.daemon()
+        self.wait_view(b)
+        for i in range(3):
+            sender, client = f"again{i}@example.net", "203.0.113.30"
+            b.ctl("add", sender)
+            self.blocks_within_bound(b, sender, client, time.monotonic())
+            b.ctl("remove", sender)
+            before = self.lookups_sent()
+            for _ in range(20):
+                self.assertEqual(self.sender_check(b, sender, client), "DUNNO")
+            self.assertLessEqual(self.lookups_sent() - before, 2, "lookups of a removed sender sent to Redis")
+            self.assertEqual(self.trap_hit(a, sender, f"192.0.2.{80 + i}"), TRAP_REPLY)
+            self.blocks_within_bound(b, sender, client, time.monotonic())
+        self.wait_view(b)
+
     def test_killed_subscription_falls_back_then_rebuilds(self):
         d = self.daemon()
         self.wait_view(d)
