@@ -682,17 +682,20 @@ class Bench:
         return rows
 
     def round_trips(self, policy, redis):
-        """Script calls redis-server counted per request, one short load per Redis row at the
-        largest level: the share of requests that still make a round trip past the local view."""
+        """Script calls and HMGETs redis-server counted per request, one short load per Redis row
+        at the largest level: how many requests still make a round trip past the local view (a
+        lookup is a script or, for one key, an HMGET; a script that finds an entry calls HMGET
+        too, and commandstats counts that call as well)."""
         for name, srv, blocked, _ in policy:
             if srv is redis or "redis" not in name:
                 continue
-            before = redis_evals(redis.ports["redis"])
+            before = redis_calls(redis.ports["redis"])
             r = self.load("policy", srv.ports["policy"], self.args.levels[-1], blocked)
-            trips = redis_evals(redis.ports["redis"]) - before
-            self.results.setdefault("script_calls_per_request", {})[name] = trips / r["all"] if r["all"] else 0.0
-            print("  %-18s script calls per request %.3f (%d conns)" % (name, trips / max(r["all"], 1),
-                                                                         self.args.levels[-1]), file=sys.stderr)
+            after = redis_calls(redis.ports["redis"])
+            per = [(b - a) / max(r["all"], 1) for a, b in zip(before, after)]
+            self.results.setdefault("redis_calls_per_request", {})[name] = {"scripts": per[0], "hmget": per[1]}
+            print("  %-18s per request: scripts %.3f, HMGET %.3f (%d conns)"
+                  % (name, per[0], per[1], self.args.levels[-1]), file=sys.stderr)
 
     def finish(self):
         self.stop_all()
@@ -703,12 +706,15 @@ class Bench:
                     self.note("%s logged %d error lines: see %s" % (s.name, errors, s.log_path))
 
 
-def redis_evals(port):
-    """EVAL + EVALSHA calls redis-server has answered (INFO commandstats)."""
+def redis_calls(port):
+    """EVAL + EVALSHA calls, and HMGET calls, redis-server has answered (INFO commandstats)."""
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True,
                          timeout=10).stdout
-    return sum(int(line.split("calls=", 1)[1].split(",", 1)[0]) for line in out.splitlines()
-               if line.startswith(("cmdstat_eval:", "cmdstat_evalsha:")))
+
+    def calls(prefixes):
+        return sum(int(line.split("calls=", 1)[1].split(",", 1)[0]) for line in out.splitlines()
+                   if line.startswith(prefixes))
+    return calls(("cmdstat_eval:", "cmdstat_evalsha:")), calls(("cmdstat_hmget:",))
 
 
 def machine():
@@ -1096,7 +1102,7 @@ def main():
     ap.add_argument("--policy-threads", type=lambda v: [int(x) for x in v.split(",")], default=[],
                     help="with --only redis: the SQLite and Redis rows again with policy.threads at each of "
                     "these counts (rows 'spamtrapd sqlite tN', 'spamtrapd redis tN'), and the Redis rows' "
-                    "script calls per request")
+                    "script and HMGET calls per request")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                   "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
