@@ -27,7 +27,7 @@
 #include "store/store_backend.h"
 
 #define ANSWER_LOCKS 64
-#define ANSWER_TEXT 448 /* the key and the entry's texts, each ended by a NUL */
+#define ANSWER_TEXT 192 /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
 
 /* A remembered answer: none (entry_len 0), or a live entry packed into text. */
 typedef struct answer_slot {
@@ -39,6 +39,8 @@ typedef struct answer_slot {
 	uint16_t key_len, entry_len; /* entry_len: the texts after the key, 0 for "none" */
 	char text[ANSWER_TEXT];
 } answer_slot;
+
+_Static_assert(sizeof(answer_slot) <= 256, "a slot in 256 bytes: the table's 16 MiB");
 
 struct redis_view {
 	keyfilter *filter;

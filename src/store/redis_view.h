@@ -89,7 +89,7 @@ bool redis_view_still(redis_view *v, const redis_view_token *t);
  * REDIS_VIEW_ANSWERS, one per slot of its key's hash (a key of the same
  * slot replaces it); an entry too long for a slot is not kept.
  */
-#define REDIS_VIEW_ANSWERS 16384
+#define REDIS_VIEW_ANSWERS 65536
 
 typedef enum { REDIS_VIEW_UNKNOWN, REDIS_VIEW_NONE, REDIS_VIEW_FOUND } redis_view_answer;
 
