@@ -675,8 +675,9 @@ class Bench:
                     json.dump(conf, f, indent=1)
                 srv = self.start(name, "spamtrapd", [self.spamtrapd, "-f", "-c", cfg], ports)
                 rows.append((name, srv, blocked, [srv] + procs))
+        for _, srv, _, _ in rows:
+            srv.wait_ready()  # all first: ready_seconds must not include another row's warm-up
         for _, srv, blocked, _ in rows:
-            srv.wait_ready()
             self.load("policy", srv.ports["policy"], 4, blocked)
         time.sleep(max(3.0, self.args.entries / 100000))
         return rows
