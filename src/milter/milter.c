@@ -84,6 +84,12 @@ typedef struct milter_msg {
 	char hold[sizeof(((smtp_reply *)0)->text)]; /* a recipient's verdict was hold: the reason, or "" */
 	char **traps;                               /* trap recipients exactly as given, for smfi_delrcpt */
 	size_t ntraps, traps_cap;
+	/*
+	 * The DNS answers of the stage in progress (milter_stage): kilobytes,
+	 * too many for libmilter's small thread stacks, and here rather than
+	 * a malloc per stage (docs/performance.md, issue 18).
+	 */
+	dnsplan plan;
 } milter_msg;
 
 /* One milter connection, i.e. one SMTP session. */
@@ -373,22 +379,17 @@ static void milter_resolve(const engine_msg *em, dnsplan *plan)
 
 /*
  * engine_stage with the DNS answers its checks want first (engine.h:
- * engine_dns_plan), on the milter's resolver. The plan is on the heap: it
- * is several kilobytes, and libmilter's threads have small stacks.
+ * engine_dns_plan), on the milter's resolver, in the transaction's plan.
  */
-static check_verdict milter_stage(engine_msg *em, check_stage stage, const decide_facts *facts)
+static check_verdict milter_stage(milter_msg *m, check_stage stage, const decide_facts *facts)
 {
-	dnsplan *plan = malloc(sizeof(*plan));
 	decide_facts f = *facts;
-	check_verdict v;
 
-	if (plan != NULL && engine_dns_plan(em, stage, CHECKS_EVERY, facts, plan)) {
-		milter_resolve(em, plan);
-		f.dns = plan;
+	if (engine_dns_plan(&m->msg, stage, CHECKS_EVERY, facts, &m->plan)) {
+		milter_resolve(&m->msg, &m->plan);
+		f.dns = &m->plan;
 	}
-	v = engine_stage(em, stage, CHECKS_EVERY, &f);
-	free(plan);
-	return v;
+	return engine_stage(&m->msg, stage, CHECKS_EVERY, &f);
 }
 
 /* Postfix knows the queue id from the first accepted RCPT on; keep the latest. */
@@ -614,7 +615,7 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 
 	decide_facts f = conn_facts(c, NULL);
 	f.sender = sender; /* uncapped: an over-long address must be judged as such */
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_MAIL, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_MAIL, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -630,7 +631,7 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 	msg_update_queue_id(ctx, m);
 	char bare[ENVELOPE_MAX];
 	decide_facts f = conn_facts(c, envelope_bare(argv[0], bare, sizeof(bare)));
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_RCPT, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_RCPT, &f);
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
 			return SMFIS_CONTINUE;
@@ -656,7 +657,7 @@ static sfsistat cb_data(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_DATA, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_DATA, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -703,7 +704,7 @@ static sfsistat cb_eom(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_EOM, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_EOM, &f);
 	sfsistat status = SMFIS_CONTINUE;
 	if (v.action == DECIDE_DISCARD)
 		status = SMFIS_DISCARD;
