@@ -677,6 +677,39 @@ class SilentListener(unittest.TestCase):
         self.assertEqual(len(held), 1)
 
 
+    def test_trickling_listener_is_given_up(self):
+        """A listener that sends a byte every half second is given up at the answer's deadline (5 s
+        in all): a timeout per read alone waited as long as the peer went on trickling."""
+        lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lsn.close)
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(8)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def trickle():
+            try:
+                conn, _ = lsn.accept()
+            except OSError:
+                return
+            with conn:
+                for byte in b"HTTP/1.1 200 OK\r\n" * 20:  # 170 s of status lines, never a body
+                    if stop.wait(0.5):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]},
+                          "metrics": {"listen": f"127.0.0.1:{lsn.getsockname()[1]}"}})
+        self.addCleanup(d.cleanup)
+        out = d.ctl("stats", timeout=40)
+        self.assertIn("entries in force: 0", out.stdout)
+        self.assertRegex(out.stderr, r"no counters from the daemon .*timed out")
+
+
 class UnixPathInUse(unittest.TestCase):
     """metrics.listen naming a path something else has: spamtrapd refuses to start and leaves it be."""
 
