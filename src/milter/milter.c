@@ -904,8 +904,11 @@ int milter_setup(engine *eng, const config *cfg, char *err, size_t errlen)
  * libmilter's listener looks at smfi_stop only between two polls of 5 s
  * each: a stop took up to 5 s more (with the policy listeners already
  * closed). A signal with a handler cuts the poll short (EINTR: it looks
- * at once). SIGURG: ignored by default, and never sent to spamtrapd
- * otherwise (no socket of ours has an owner for out-of-band data).
+ * at once). SIGURG: never sent to spamtrapd otherwise (no socket of ours
+ * has an owner for out-of-band data); every other thread blocks it
+ * (daemon_block_signals) but libmilter's, started by this one, which
+ * retry on EINTR. No SA_RESTART: an accept() that blocks after the poll
+ * must end too.
  */
 #define WAKE_SIGNAL SIGURG
 
