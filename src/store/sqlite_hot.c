@@ -37,6 +37,9 @@ typedef struct hot_entry {
 	int64_t tat;
 	bool found;   /* a TAT was ever set */
 	bool in_file; /* the file has a row */
+	/* shared: charges owed as a delta (tat = max(tat, owe_from) + owe_add); stale: TAT unknown */
+	int64_t owe_from, owe_add;
+	bool stale;
 	/* sets */
 	hot_member *m;
 	size_t n, cap;
@@ -57,6 +60,7 @@ struct sqlite_hot {
 	bool writing;
 	uint64_t pending; /* members added and not taken */
 	size_t members;   /* of every set, against SQLITE_HOT_MAX_MEMBERS */
+	bool shared;      /* sqlite_hot_new_shared */
 };
 
 static uint64_t entry_hash(sqlite_hot_kind kind, const char *ns, const char *key)
@@ -101,6 +105,15 @@ static void entry_free(hot_entry *e)
 	free(e->ns);
 	free(e->key);
 	free(e);
+}
+
+sqlite_hot *sqlite_hot_new_shared(size_t max_entries)
+{
+	sqlite_hot *h = sqlite_hot_new(max_entries);
+
+	if (h)
+		h->shared = true;
+	return h;
 }
 
 void sqlite_hot_free(sqlite_hot *h)
@@ -245,6 +258,28 @@ void sqlite_hot_gcra(query *q, bool found, int64_t stored, int64_t *next)
 	q->u.counter.remaining = *next - now <= tau ? (uint64_t)((tau - (*next - now)) / t) : 0;
 }
 
+/*
+ * Charges as functions of the TAT, x -> max(x, from) + add (a charge of
+ * add at time from, GCRA's step): first (from0, add0), then (from1,
+ * add1), is one such function again. From 0 and add 0 charge nothing
+ * (TATs are positive).
+ */
+static void compose(int64_t from0, int64_t add0, int64_t *from, int64_t *add)
+{
+	*from = from0 > *from - add0 ? from0 : *from - add0;
+	*add += add0;
+}
+
+/* Shared: a charge of add at now, owed after what the bucket owes already. */
+static void owe(hot_entry *e, int64_t now, int64_t add)
+{
+	int64_t from = now, sum = add;
+
+	compose(e->owe_from, e->owe_add, &from, &sum);
+	e->owe_from = from;
+	e->owe_add = sum;
+}
+
 sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 {
 	uint64_t hash = entry_hash(SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key);
@@ -253,11 +288,16 @@ sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 
 	pthread_mutex_lock(&h->lock);
 	e = find(h, SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key, hash);
+	if (e && e->stale)
+		e = NULL;
 	if (e) {
 		sqlite_hot_gcra(q, e->found, e->tat, &next);
 		if (q->u.counter.allowed && q->u.counter.cost > 0) {
 			e->tat = next;
 			e->found = true;
+			if (h->shared)
+				owe(e, q->u.counter.now_ms,
+				    (int64_t)q->u.counter.cost * q->u.counter.emission_ms);
 			mark_dirty(h, e);
 		}
 	}
@@ -273,7 +313,14 @@ bool sqlite_hot_counter_load(sqlite_hot *h, const char *ns, const char *key, boo
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_COUNTER, ns, key, hash)) {
+	e = find(h, SQLITE_HOT_COUNTER, ns, key, hash);
+	if (generation == h->generation && e && e->stale) {
+		/* What the store has, and on top what this process still owes it. */
+		e->tat = e->owe_add && (!found || e->owe_from > tat) ? e->owe_from : found ? tat : 0;
+		e->tat += e->owe_add;
+		e->found = found || e->owe_add > 0;
+		e->stale = false;
+	} else if (generation == h->generation && !e) {
 		if ((e = insert(h, SQLITE_HOT_COUNTER, ns, key, hash)) != NULL) {
 			e->found = e->in_file = found;
 			e->tat = tat;
@@ -346,6 +393,8 @@ static sqlite_hot_rc distinct_step(sqlite_hot *h, hot_entry *e, sqlite_hot_disti
 		return SQLITE_HOT_DONE;
 	}
 	a->count = m ? e->n : e->n + 1;
+	if (!m && h->shared)
+		return SQLITE_HOT_FULL; /* a new member: the store's atomic add decides, hosts together */
 	if (!m && a->limit && e->n >= a->limit)
 		return SQLITE_HOT_DONE;
 	if (!m && !a->room)
@@ -465,6 +514,39 @@ void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, cons
 	pthread_mutex_unlock(&h->lock);
 }
 
+/* Under the lock: e is in doubt. A bucket owing charges keeps them; everything else goes. */
+static void invalidate(sqlite_hot *h, hot_entry *e)
+{
+	if (e->kind == SQLITE_HOT_COUNTER && h->shared && e->owe_add > 0)
+		e->stale = true;
+	else
+		remove_entry(h, e);
+}
+
+void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
+	hot_entry *e;
+
+	pthread_mutex_lock(&h->lock);
+	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
+		invalidate(h, e);
+	h->generation++;
+	pthread_mutex_unlock(&h->lock);
+}
+
+void sqlite_hot_invalidate_all(sqlite_hot *h)
+{
+	pthread_mutex_lock(&h->lock);
+	for (size_t i = 0; i < h->nbuckets; i++)
+		for (hot_entry *e = h->bucket[i], *next; e; e = next) {
+			next = e->next;
+			invalidate(h, e);
+		}
+	h->generation++;
+	pthread_mutex_unlock(&h->lock);
+}
+
 uint64_t sqlite_hot_pending_members(sqlite_hot *h)
 {
 	uint64_t n;
@@ -523,6 +605,17 @@ bool sqlite_hot_batch_note(sqlite_hot_batch *b, sqlite_hot_kind kind, const char
 static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
 {
 	e->taken = h->takes;
+	if (e->kind == SQLITE_HOT_COUNTER && h->shared) {
+		sqlite_hot_write *w;
+
+		if (e->owe_add == 0)
+			return true;
+		if (!(w = batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->owe_from, false)))
+			return false;
+		w->add = e->owe_add;
+		e->owe_from = e->owe_add = 0;
+		return true;
+	}
 	if (e->kind == SQLITE_HOT_COUNTER) {
 		if (!batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->tat, !e->in_file))
 			return false;
@@ -551,6 +644,9 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	pthread_mutex_lock(&h->lock);
 	h->takes++;
 	h->writing = true;
+	/* Shared: a load read before this take's writes reach the store would owe them twice. */
+	if (h->shared)
+		h->generation++;
 	while (h->dirty) {
 		hot_entry *e = h->dirty;
 
@@ -581,7 +677,16 @@ void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b)
 
 		if (!e)
 			continue;
-		if (w->kind == SQLITE_HOT_COUNTER) {
+		if (w->kind == SQLITE_HOT_COUNTER && h->shared) {
+			int64_t from = e->owe_from, add = e->owe_add;
+
+			/* Owed before what the entry owes since. */
+			compose(w->value, w->add, &from, &add);
+			if (e->owe_add == 0)
+				from = w->value;
+			e->owe_from = from;
+			e->owe_add = add;
+		} else if (w->kind == SQLITE_HOT_COUNTER) {
 			e->in_file = e->in_file && !w->fresh;
 		} else if ((m = member_of(e, w->member)) != NULL) {
 			if (w->fresh && m->stored != 0) {

@@ -179,12 +179,40 @@ class TestShared(RateChecks, unittest.TestCase):
         for d in (a, b):
             self.addCleanup(d.cleanup)
             d.start()
-        ask = lambda d, i: self.ask(d, f"carol{i}@example.com", f"c{i}@example.org", f"10.4.{i}.1", sasl_username="carol")
+        key = "rl:ctr:ratelimit:account:carol"
+
+        def ask(d, i):
+            # each daemon charges its copy and writes the charge behind (within 200 ms): wait for it
+            before = redis.command("GET", key)
+            answer = self.ask(d, f"carol{i}@example.com", f"c{i}@example.org", f"10.4.{i}.1",
+                              sasl_username="carol")
+            if answer == "DUNNO":
+                rh.wait_until(lambda: redis.command("GET", key) != before, 3, "the charge in redis")
+            return answer
         self.assertEqual(ask(a, 0), "DUNNO")
         self.assertEqual(ask(b, 1), "DUNNO")
         self.assertEqual(ask(a, 2), "DUNNO")
         self.assertEqual(ask(b, 3), DEFER)
         self.assertEqual(ask(a, 4), DEFER)
+
+    def test_two_daemons_charge_one_bucket_together(self):
+        # both daemons hold a copy of the bucket and charge it in memory: the deltas add up in redis
+        redis, _ = start_redis(self)
+        rules = {"ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "10/1h", "unit": "message"}]}}
+        a = sh.Spamtrapd(sh.merge(rules, redis_store(redis)))
+        b = sh.Spamtrapd(sh.merge(rules, redis_store(redis)))
+        for d in (a, b):
+            self.addCleanup(d.cleanup)
+            d.start()
+        ask = lambda d, i: self.ask(d, f"dan{i}@example.com", f"d{i}@example.org", "10.7.0.1",
+                                    sasl_username="dan")
+        answers = [ask(a if i % 2 else b, i) for i in range(6)]
+        self.assertEqual(answers, ["DUNNO"] * 6)
+        # 6 charges in all, whichever daemon made them: room 4 of 10 once both have written behind
+        rh.wait_until(lambda: "room 4 of 10" in b.ctl("rate", "show", "account:dan").stdout, 3,
+                      "both daemons' charges in redis")
+        self.assertIn("room 4 of 10", a.ctl("rate", "show", "account:dan").stdout)
 
 
 class TestModesAndErrors(RateChecks, unittest.TestCase):
