@@ -230,6 +230,7 @@ static const char netlens_done_lua[] =
  * below).
  */
 #define HOT_KEEP_MS_TEXT "60000"
+#define HOT_KEEP_MS 60000
 /* The most members of a set a daemon keeps a copy of (the relay check's: max_networks + 256 at most). */
 #define HOT_SET_MAX 1024
 #define HOT_SET_READ_TEXT "1025" /* one more: a set with more is not kept */
@@ -350,39 +351,6 @@ static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\
                                         "return {0, '', 0}\n";
 
 /*
- * The hot copies' writes behind (store_write_behind): KEYS the buckets
- * and sets, ARGV[3i-2..3i] for KEYS[i]: "c", from, add (a bucket's owed
- * charges: tat = max(tat, from) + add, ms; the key kept HOT_KEEP_MS past
- * it); or "s", member, score (a member's later time, set only while the
- * member is there, so that a reset or another host's expiry is not
- * undone; the set then kept until that time at least). Returns the
- * server's time (ms).
- */
-static const char hot_flush_lua[] =
-    LUA_NOW_MS "for i = 1, #KEYS do\n"
-               "  local kind, a, b = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]\n"
-               "  if kind == 'c' then\n"
-               "    local tat = tonumber(redis.call('GET', KEYS[i]) or 0)\n"
-               "    if tonumber(a) > tat then tat = tonumber(a) end\n"
-               "    tat = tat + tonumber(b)\n"
-               "    local keep = tat - now + " HOT_KEEP_MS_TEXT "\n"
-               "    if keep > 0 then\n"
-               "      redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', string.format('%d', keep))\n"
-               "    end\n"
-               "  else\n"
-               "    local old = redis.call('ZSCORE', KEYS[i], a)\n"
-               "    if old and tonumber(old) < tonumber(b) then\n"
-               "      redis.call('ZADD', KEYS[i], b, a)\n"
-               "      local keep = tonumber(b) * 1000 - now\n"
-               "      if redis.call('PTTL', KEYS[i]) < keep then\n"
-               "        redis.call('PEXPIRE', KEYS[i], string.format('%d', keep))\n"
-               "      end\n"
-               "    end\n"
-               "  end\n"
-               "end\n"
-               "return now\n";
-
-/*
  * store_counter: GCRA, the bucket's TAT (ms) as a string at PREFIX "ctr:"
  * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
  * good as absent). ARGV: emission interval ms, burst, cost, debt ("1":
@@ -488,12 +456,11 @@ enum {
 	SCRIPT_KV,
 	SCRIPT_COUNTER,
 	SCRIPT_GREYLIST,
-	SCRIPT_HOT_FLUSH,
 	NSCRIPTS
 };
-static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua,   purge_lua,
-                                              netlens_done_lua, distinct_lua, rekey_lua,    kv_lua,
-                                              counter_lua,      greylist_lua, hot_flush_lua};
+static const char *const scripts[NSCRIPTS] = {record_lua,       put_lua,      lookup_lua, purge_lua,
+                                              netlens_done_lua, distinct_lua, rekey_lua,  kv_lua,
+                                              counter_lua,      greylist_lua};
 
 typedef struct rconn {
 	redisContext *ctx;
@@ -2393,7 +2360,7 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  *   charges keeps them) and read again at its next use;
  * - that connection writes what the copies owe every HOT_FLUSH_MS (and
  *   the store at close): buckets' charges as deltas, sets' refreshes
- *   (hot_flush_lua). NOLOOP: those writes do not drop this daemon's own
+ *   (hot_flush_some). NOLOOP: those writes do not drop this daemon's own
  *   copies;
  * - a new member of a set, every write of a trip marker, and anything
  *   the copies cannot answer (not held, no room, view not confirmed) go
@@ -2521,53 +2488,220 @@ static int hot_clock(store_backend_impl *s, rconn *rc)
 	return rv;
 }
 
-/* The writes of b[from .. from + n) as one hot_flush_lua call on rc. */
-#define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 2 * 24)
+/*
+ * The hot copies' writes behind: plain commands under WATCH / MULTI /
+ * EXEC, not a script, because Redis (7.0) sends the invalidations of a
+ * script's writes even to a NOLOOP connection's own tracking. A bucket
+ * owes a delta: tat = max(tat, from) + add, the key kept HOT_KEEP_MS past
+ * it. A set's member gets its later time only while it is there (a reset
+ * or another host's expiry is not undone), and the set is kept until that
+ * time at least. A watched key another connection wrote meanwhile has the
+ * lot read and written again.
+ */
+#define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 3 * 24)
+#define HOT_FLUSH_TRIES 4
+
+typedef struct hot_plan {
+	const sqlite_hot_batch *b;
+	size_t from, n;
+	char *text;        /* n slots of HOT_TEXT: the key, then numbers */
+	const char **keys; /* "WATCH" and the n keys */
+	size_t *keylens;
+} hot_plan;
+
+static char *hot_slot(const hot_plan *p, size_t i)
+{
+	return p->text + i * HOT_TEXT;
+}
+
+/* TIME, and per key GET (bucket) or ZSCORE and PTTL (set), pipelined after WATCH; -1 with a message. */
+static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisReply **time_r, redisReply **r)
+{
+	const char *time_argv[1] = {"TIME"};
+	size_t time_len[1] = {4};
+	size_t nr = 0;
+
+	if (append_argv(rc->ctx, (int)p->n + 1, p->keys, p->keylens) != REDIS_OK ||
+	    append_argv(rc->ctx, 1, time_argv, time_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < p->n; i++) {
+		const sqlite_hot_write *w = &p->b->v[p->from + i];
+		const char *argv[3] = {w->kind == SQLITE_HOT_COUNTER ? "GET" : "ZSCORE", p->keys[1 + i],
+		                       w->member};
+		const char *pttl[2] = {"PTTL", p->keys[1 + i]};
+		size_t lens[3] = {strlen(argv[0]), p->keylens[1 + i], w->member ? strlen(w->member) : 0};
+		size_t plens[2] = {4, p->keylens[1 + i]};
+
+		if (append_argv(rc->ctx, w->kind == SQLITE_HOT_COUNTER ? 2 : 3, argv, lens) != REDIS_OK ||
+		    (w->kind != SQLITE_HOT_COUNTER && append_argv(rc->ctx, 2, pttl, plens) != REDIS_OK))
+			return append_failed(s, rc->ctx, "write behind"), -1;
+		nr += w->kind == SQLITE_HOT_COUNTER ? 1 : 2;
+	}
+	{
+		redisReply *watch;
+
+		if (next_reply(s, rc->ctx, &watch, "write behind") != STORE_OK)
+			return -1;
+		freeReplyObject(watch);
+	}
+	if (next_reply(s, rc->ctx, time_r, "write behind") != STORE_OK)
+		return -1;
+	for (size_t i = 0; i < nr; i++)
+		if (next_reply(s, rc->ctx, &r[i], "write behind") != STORE_OK)
+			return -1;
+	return 0;
+}
+
+/* MULTI, the writes the replies r call for, EXEC: 1 done, 0 a watched key changed (again), -1 error. */
+static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_t now, redisReply **r)
+{
+	const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+	size_t multi_len[1] = {5}, exec_len[1] = {4};
+	size_t queued = 0, k = 0;
+	redisReply *x;
+	int rv;
+
+	if (append_argv(rc->ctx, 1, multi, multi_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < p->n; i++) {
+		const sqlite_hot_write *w = &p->b->v[p->from + i];
+		char *num = hot_slot(p, i) + KEYBUF + QUERY_NS_MAX;
+		const char *key = p->keys[1 + i];
+		size_t keylen = p->keylens[1 + i];
+
+		if (w->kind == SQLITE_HOT_COUNTER) {
+			const redisReply *cur = r[k++];
+			int64_t tat = cur->type == REDIS_REPLY_STRING ? strtoll(cur->str, NULL, 10) : 0;
+			int64_t keep;
+
+			tat = (tat > w->value ? tat : w->value) + w->add;
+			keep = tat - now + HOT_KEEP_MS;
+			if (keep > 0) {
+				const char *argv[5] = {"SET", key, num, "PX", num + 24};
+				size_t lens[5];
+
+				snprintf(num, 24, "%lld", (long long)tat);
+				snprintf(num + 24, 24, "%lld", (long long)keep);
+				lens[0] = 3, lens[1] = keylen, lens[2] = strlen(num), lens[3] = 2,
+				lens[4] = strlen(num + 24);
+				if (append_argv(rc->ctx, 5, argv, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+		} else {
+			const redisReply *score = r[k++], *ttl = r[k++];
+			int64_t keep = w->value * 1000 - now;
+
+			if (score->type != REDIS_REPLY_STRING || strtoll(score->str, NULL, 10) >= w->value)
+				continue;
+			{
+				const char *zadd[5] = {"ZADD", key, "XX", num, w->member};
+				size_t lens[5] = {4, keylen, 2, 0, strlen(w->member)};
+
+				snprintf(num, 24, "%lld", (long long)w->value);
+				lens[3] = strlen(num);
+				if (append_argv(rc->ctx, 5, zadd, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+			if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer >= 0 && ttl->integer < keep) {
+				const char *pexpire[3] = {"PEXPIRE", key, num + 24};
+				size_t lens[3] = {7, keylen, 0};
+
+				snprintf(num + 24, 24, "%lld", (long long)keep);
+				lens[2] = strlen(num + 24);
+				if (append_argv(rc->ctx, 3, pexpire, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+		}
+	}
+	if (append_argv(rc->ctx, 1, exec, exec_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < queued + 1; i++) { /* +OK, then QUEUED each */
+		if (next_reply(s, rc->ctx, &x, "write behind") != STORE_OK)
+			return -1;
+		rv = x->type == REDIS_REPLY_ERROR ? -1 : 0;
+		if (rv < 0)
+			reply_error(s, rc, x, "write behind");
+		freeReplyObject(x);
+		if (rv < 0)
+			return -1;
+	}
+	if (next_reply(s, rc->ctx, &x, "write behind") != STORE_OK)
+		return -1;
+	rv = x->type == REDIS_REPLY_ARRAY ? 1 : x->type == REDIS_REPLY_NIL ? 0 : -1;
+	if (rv < 0)
+		reply_error(s, rc, x, "write behind");
+	freeReplyObject(x);
+	return rv;
+}
+
+/* The writes of b[from .. from + n) on rc; n 0: only TIME (the connection lives, Redis's clock). */
 static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlite_hot_batch *b, size_t from,
                                    size_t n)
 {
-	size_t argc = 3 + 4 * n;
-	const char **argv = calloc(argc, sizeof(*argv));
-	size_t *argvlen = calloc(argc, sizeof(*argvlen));
-	char *text = calloc(n, HOT_TEXT);
-	char count[24];
-	redisReply *r = NULL;
+	hot_plan p = {.b = b, .from = from, .n = n};
+	redisReply **r = calloc(2 * n + 1, sizeof(*r)), *t = NULL;
 	store_status st = STORE_ERROR;
+	int done = 0;
 
-	if (!argv || !argvlen || !text) {
+	p.text = calloc(n + 1, HOT_TEXT);
+	p.keys = calloc(n + 1, sizeof(*p.keys));
+	p.keylens = calloc(n + 1, sizeof(*p.keylens));
+	if (!r || !p.text || !p.keys || !p.keylens) {
 		store_set_error("%s: write behind: out of memory", s->where);
 		goto out;
 	}
-	snprintf(count, sizeof(count), "%zu", n);
-	argv[2] = count;
+	if (n == 0) {
+		st = hot_clock(s, rc) == 0 ? STORE_OK : STORE_ERROR;
+		goto out;
+	}
+	p.keys[0] = "WATCH", p.keylens[0] = 5;
 	for (size_t i = 0; i < n; i++) {
 		const sqlite_hot_write *w = &b->v[from + i];
-		char *key = text + i * HOT_TEXT, *num = key + KEYBUF + QUERY_NS_MAX;
-		size_t a = 3 + n + 3 * i;
+		int len =
+		    w->kind == SQLITE_HOT_COUNTER
+		        ? ns_key(s, hot_slot(&p, i), KEYBUF + QUERY_NS_MAX, "ctr", w->ns, w->key)
+		        : snprintf(hot_slot(&p, i), KEYBUF + QUERY_NS_MAX, "%sds:%s", base_prefix(s), w->key);
 
-		if (w->kind == SQLITE_HOT_COUNTER)
-			ns_key(s, key, KEYBUF + QUERY_NS_MAX, "ctr", w->ns, w->key);
-		else
-			snprintf(key, KEYBUF + QUERY_NS_MAX, "%sds:%s", base_prefix(s), w->key);
-		snprintf(num, 24, "%lld", (long long)w->value);
-		snprintf(num + 24, 24, "%lld", (long long)w->add);
-		argv[3 + i] = key;
-		argv[a] = w->kind == SQLITE_HOT_COUNTER ? "c" : "s";
-		argv[a + 1] = w->kind == SQLITE_HOT_COUNTER ? num : w->member;
-		argv[a + 2] = w->kind == SQLITE_HOT_COUNTER ? num + 24 : num;
+		p.keys[1 + i] = hot_slot(&p, i);
+		p.keylens[1 + i] = len > 0 && len < KEYBUF + QUERY_NS_MAX ? (size_t)len : 0;
 	}
-	for (size_t i = 2; i < argc; i++)
-		argvlen[i] = strlen(argv[i]);
-	st = eval_script(s, rc, SCRIPT_HOT_FLUSH, (int)argc, argv, argvlen, &r, "write behind");
-	if (st == STORE_OK && r->type == REDIS_REPLY_INTEGER)
-		hot_note_time(s, r->integer);
-	else if (st == STORE_OK)
-		st = reply_error(s, rc, r, "write behind");
+	for (int attempt = 0; attempt < HOT_FLUSH_TRIES && done == 0; attempt++) {
+		int64_t now;
+
+		if (hot_read(s, rc, &p, &t, r) < 0)
+			break;
+		if (t->type != REDIS_REPLY_ARRAY || t->elements != 2 || !reply_is_str(t->element[0]) ||
+		    !reply_is_str(t->element[1])) {
+			reply_error(s, rc, t, "write behind");
+			break;
+		}
+		now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+		      strtoll(t->element[1]->str, NULL, 10) / 1000;
+		hot_note_time(s, now);
+		done = hot_write(s, rc, &p, now, r);
+		freeReplyObject(t);
+		t = NULL;
+		for (size_t i = 0; i < 2 * n; i++) {
+			freeReplyObject(r[i]);
+			r[i] = NULL;
+		}
+	}
+	if (done > 0)
+		st = STORE_OK;
+	else if (done == 0)
+		store_set_error("%s: write behind: the keys kept changing (%d tries)", s->where,
+		                HOT_FLUSH_TRIES);
 out:
-	freeReplyObject(r);
-	free(argv);
-	free(argvlen);
-	free(text);
+	freeReplyObject(t);
+	for (size_t i = 0; r && i < 2 * n; i++)
+		freeReplyObject(r[i]);
+	free(r);
+	free(p.text);
+	free(p.keys);
+	free(p.keylens);
 	return st;
 }
 
@@ -2580,6 +2714,13 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 
 	if (sqlite_hot_take(s->hot, &b) < 0)
 		st = store_set_error("%s: write behind: out of memory", s->where);
+	/*
+	 * Nothing owed: still a call (of no keys), so that a tracking
+	 * connection that was closed (CLIENT KILL, a timeout) is noticed now:
+	 * the invalidations it asked for have stopped.
+	 */
+	if (b.n == 0 && st == STORE_OK)
+		st = hot_flush_some(s, rc, &b, 0, 0);
 	for (; i < b.n && st == STORE_OK; i += HOT_FLUSH_KEYS)
 		st = hot_flush_some(s, rc, &b, i, b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS);
 	/*
@@ -3133,6 +3274,8 @@ static void *view_main(void *arg)
 		int rv = view_build(vt, err, sizeof(err));
 
 		if (rv == 0) {
+			log_debug("%s: local view: built%s", vt->s->where,
+			          vt->s->hot ? ", the relay and ratelimit keys' hot copies answer" : "");
 			if (said[0])
 				log_notice(
 				    "%s: local view: built, lookups of absent keys answered here again",
@@ -3444,8 +3587,12 @@ static store_status redis_send(store_backend_impl *s, query *q, size_t nq)
 	} else {
 		st = run(s, &many);
 	}
-	for (size_t i = 0; i < nq; i++)
+	for (size_t i = 0; i < nq; i++) {
+		/* Not even sent (no connection): unanswered is an error, the checks' on_error applies. */
+		if (q[i].status == QUERY_PENDING)
+			q[i].status = QUERY_ERROR;
 		hot_wrote(s, &q[i]);
+	}
 	return st;
 }
 
