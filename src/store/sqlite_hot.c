@@ -16,6 +16,8 @@
  * bounded walk, and the key past it goes to the file.
  */
 #define CHAIN_MAX 16
+/* Slots of the forget counts (see struct sqlite_hot). */
+#define GEN_SLOTS 4096
 
 typedef struct hot_member {
 	char *name;
@@ -54,7 +56,16 @@ struct sqlite_hot {
 	size_t nbuckets; /* a power of two */
 	size_t n, max, hand;
 	hot_entry *dirty;
+	/*
+	 * A change count, and for each slot of keys (by hash) the count at
+	 * its last forget: a load read since count g is kept unless its
+	 * slot, every entry (all_gen) or, for a bucket owing charges, a take
+	 * (take_gen) changed after g. Per slot, so that a busy store's
+	 * invalidations of other keys do not refuse every load.
+	 */
 	uint64_t generation;
+	uint64_t slot_gen[GEN_SLOTS];
+	uint64_t all_gen, take_gen;
 	/* Takes so far; the last one's writes are not in the file until sqlite_hot_written. */
 	uint64_t takes;
 	bool writing;
@@ -138,6 +149,19 @@ uint64_t sqlite_hot_generation(sqlite_hot *h)
 	g = h->generation;
 	pthread_mutex_unlock(&h->lock);
 	return g;
+}
+
+/* Under the lock: may a load of the key of hash, read since generation, be kept? */
+static bool load_ok(const sqlite_hot *h, uint64_t hash, uint64_t generation, bool owes)
+{
+	return h->all_gen <= generation && h->slot_gen[hash % GEN_SLOTS] <= generation &&
+	       (!owes || h->take_gen <= generation);
+}
+
+/* Under the lock: the key of hash was forgotten (or invalidated). */
+static void forgot(sqlite_hot *h, uint64_t hash)
+{
+	h->slot_gen[hash % GEN_SLOTS] = ++h->generation;
 }
 
 static bool same_name(const char *a, const char *b)
@@ -314,13 +338,13 @@ bool sqlite_hot_counter_load(sqlite_hot *h, const char *ns, const char *key, boo
 
 	pthread_mutex_lock(&h->lock);
 	e = find(h, SQLITE_HOT_COUNTER, ns, key, hash);
-	if (generation == h->generation && e && e->stale) {
+	if (e && e->stale && load_ok(h, hash, generation, true)) {
 		/* What the store has, and on top what this process still owes it. */
 		e->tat = e->owe_add && (!found || e->owe_from > tat) ? e->owe_from : found ? tat : 0;
 		e->tat += e->owe_add;
 		e->found = found || e->owe_add > 0;
 		e->stale = false;
-	} else if (generation == h->generation && !e) {
+	} else if (!e && load_ok(h, hash, generation, false)) {
 		if ((e = insert(h, SQLITE_HOT_COUNTER, ns, key, hash)) != NULL) {
 			e->found = e->in_file = found;
 			e->tat = tat;
@@ -435,7 +459,7 @@ bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
+	if (load_ok(h, hash, generation, false) && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
 		if ((e = insert(h, SQLITE_HOT_SET, NULL, set, hash)) != NULL) {
 			for (size_t i = 0; i < n && ok; i++) {
 				hot_member *x = member_add(h, e, m[i].member);
@@ -485,7 +509,7 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
+	if (load_ok(h, hash, generation, false) && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
 		if ((e = insert(h, SQLITE_HOT_KV, ns, key, hash)) != NULL &&
 		    (!found || (e->value = strdup(value)))) {
 			e->found = found;
@@ -510,7 +534,7 @@ void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, cons
 	pthread_mutex_lock(&h->lock);
 	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
 		remove_entry(h, e);
-	h->generation++;
+	forgot(h, hash);
 	pthread_mutex_unlock(&h->lock);
 }
 
@@ -531,7 +555,7 @@ void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, 
 	pthread_mutex_lock(&h->lock);
 	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
 		invalidate(h, e);
-	h->generation++;
+	forgot(h, hash);
 	pthread_mutex_unlock(&h->lock);
 }
 
@@ -543,7 +567,7 @@ void sqlite_hot_invalidate_all(sqlite_hot *h)
 			next = e->next;
 			invalidate(h, e);
 		}
-	h->generation++;
+	h->all_gen = ++h->generation;
 	pthread_mutex_unlock(&h->lock);
 }
 
@@ -646,7 +670,7 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	h->writing = true;
 	/* Shared: a load read before this take's writes reach the store would owe them twice. */
 	if (h->shared)
-		h->generation++;
+		h->take_gen = ++h->generation;
 	while (h->dirty) {
 		hot_entry *e = h->dirty;
 

@@ -62,7 +62,9 @@ void sqlite_hot_free(sqlite_hot *h); /* accepts NULL */
 /*
  * A change count of the forgotten entries: read it before reading an
  * entry from the file and pass it to the load, which keeps nothing when
- * an entry was forgotten (a reset) in between.
+ * that entry (or one that shares its slot of the count) was forgotten (a
+ * reset) in between; shared, also after an invalidation of every entry,
+ * and a bucket owing charges after a take.
  */
 uint64_t sqlite_hot_generation(sqlite_hot *h);
 

@@ -3431,26 +3431,33 @@ static bool hot_ready(store_backend_impl *s)
 	return atomic_load(&s->hot_tracked) && view_current(s, &t);
 }
 
-/* q answered from the copies (in Redis's clock, offset from this host's): true, q->status QUERY_OK. */
-static bool hot_answer(store_backend_impl *s, query *q, int64_t offset)
+/* What the copies made of a query. */
+typedef enum {
+	HOT_DONE, /* answered: q->status QUERY_OK */
+	HOT_MISS, /* the key is not held: a read would let them answer */
+	HOT_REDIS /* Redis's to answer (a new member, a write, not a copied key) */
+} hot_rc;
+
+/* q answered from the copies (in Redis's clock: this host's plus offset). */
+static hot_rc hot_answer(store_backend_impl *s, query *q, int64_t offset)
 {
-	bool done = false;
+	sqlite_hot_rc rc = SQLITE_HOT_FULL;
 
 	if (!hot_key(q))
-		return false;
+		return HOT_REDIS;
 	if (q->kind == QUERY_COUNTER) {
 		int64_t at = q->u.counter.now_ms;
 
 		q->u.counter.now_ms = at + offset;
-		done = sqlite_hot_counter(s->hot, q) == SQLITE_HOT_DONE;
+		rc = sqlite_hot_counter(s->hot, q);
 		q->u.counter.now_ms = at;
-	} else if (q->kind == QUERY_KV) {
+	} else if (q->kind == QUERY_KV && q->u.kv.op == QUERY_KV_GET) {
 		int64_t at = q->u.kv.now_ms;
 
 		q->u.kv.now_ms = at + offset;
-		done = q->u.kv.op == QUERY_KV_GET && sqlite_hot_kv_get(s->hot, q) == SQLITE_HOT_DONE;
+		rc = sqlite_hot_kv_get(s->hot, q);
 		q->u.kv.now_ms = at;
-	} else {
+	} else if (q->kind == QUERY_DISTINCT_ADD) {
 		sqlite_hot_distinct a = {.set = q->u.distinct.key,
 		                         .member = q->u.distinct.member,
 		                         .now = (wall_ms() + offset) / 1000,
@@ -3459,17 +3466,18 @@ static bool hot_answer(store_backend_impl *s, query *q, int64_t offset)
 		                         .peek = q->u.distinct.peek,
 		                         .room = true};
 
-		if ((done = sqlite_hot_distinct_run(s->hot, &a) == SQLITE_HOT_DONE)) {
+		if ((rc = sqlite_hot_distinct_run(s->hot, &a)) == SQLITE_HOT_DONE) {
 			q->u.distinct.count = a.count;
 			q->u.distinct.present = a.present;
 			q->u.distinct.capped = false;
 		}
 	}
-	if (done) {
+	if (rc == SQLITE_HOT_DONE) {
 		q->status = QUERY_OK;
 		atomic_fetch_add(&s->hot_answers, 1);
+		return HOT_DONE;
 	}
-	return done;
+	return rc == SQLITE_HOT_MISS ? HOT_MISS : HOT_REDIS;
 }
 
 /* A read of q's key for a copy: the query's own script as a peek (a set's: "load"). */
@@ -3623,7 +3631,7 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 		return redis_send(s, q, nq);
 	}
 	for (size_t i = 0; i < nq; i++)
-		if (!hot_answer(s, &q[i], offset) && hot_key(&q[i])) {
+		if (hot_answer(s, &q[i], offset) == HOT_MISS) {
 			todo[n] = q[i];
 			from[n++] = i;
 		}
@@ -3635,7 +3643,7 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 	}
 	n = 0;
 	for (size_t i = 0; i < nq; i++)
-		if (q[i].status != QUERY_OK && !hot_answer(s, &q[i], offset)) {
+		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE) {
 			todo[n] = q[i];
 			from[n++] = i;
 		}
