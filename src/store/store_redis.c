@@ -2372,7 +2372,7 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  * copies as the view's bound says (REDIS_VIEW_STALE_MS).
  */
 #define HOT_FLUSH_MS 200
-#define HOT_FLUSH_KEYS 512 /* keys per script call */
+#define HOT_FLUSH_KEYS 64 /* keys per WATCH: Redis checks a WATCH against the keys watched already */
 #define HOT_SET_PREFIX "relay:"
 #define HOT_KV_PREFIX "relaytrip"
 
