@@ -108,8 +108,9 @@ bench:
 # make bench-compare BASELINE_REF=COMMIT
 #                the same benchmark with a second spamtrapd, built (Release) from
 #                COMMIT's tree in $(BENCH_BASE), running beside this tree's on a
-#                copy of the same store: the table adds this/baseline ratios of
-#                throughput and server CPU per request or session.
+#                copy of the same store (and on the same redis-server and entries
+#                for the Redis rows): the table adds this/baseline ratios of
+#                throughput, server CPU per request or session and p99, per store.
 BASELINE_REF ?= HEAD~1
 BENCH_BASE ?= build-bench-base
 

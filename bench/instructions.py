@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Instructions per policy request of two spamtrapd binaries, counted by callgrind.
+"""Instructions per policy request (or milter session) of two spamtrapd binaries, counted by callgrind.
 
 CPU time per request on a shared machine moves by 5-15 % from run to run
 (docs/performance.md), too much to show a cost of a few percent. The
@@ -14,7 +14,13 @@ requests. Instructions are not time (a cache miss or a contended atomic
 costs more than one, and the kernel's share is left out), so this
 complements the CPU-time rows of bench/run.py; it does not replace them.
 
-Usage: bench/instructions.py --build BUILD A_BINARY B_BINARY
+--milter counts instructions per milter session instead: the daemon
+listens for the milter only and milter_load plays Postfix's side (one
+connection, one transaction a session, no trap recipients); B may then
+be "milter_ref", the no-op libmilter filter of BUILD/bench, so that what
+a spamtrapd session costs beyond libmilter's own work shows as A - B.
+
+Usage: bench/instructions.py --build BUILD [--milter] A_BINARY B_BINARY
 (BUILD: a Release build with SPAMTRAPD_BENCH=ON, for policy_load; as
 root, both daemons and callgrind_control run as nobody).
 Every process is started here and stopped here by PID.
@@ -59,8 +65,10 @@ def instructions(args, tmp, binary, requests, tag):
     os.mkdir(work)
     port = free_port()
     user = "nobody" if os.getuid() == 0 else None
+    listen = {"milter": {"listen": "inet:%d@127.0.0.1" % port}} if args.milter else {
+        "policy": {"listen": [{"address": "127.0.0.1:%d" % port, "role": "full"}]}}
     cfg = {
-        "policy": {"listen": [{"address": "127.0.0.1:%d" % port, "role": "full"}]},
+        **listen,
         "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(work, "spamtrapd.db")}},
         "traps": {"files": [os.path.join(tmp, "traps.txt")]},
         "log": {"target": "stderr", "level": "warning"},
@@ -79,19 +87,23 @@ def instructions(args, tmp, binary, requests, tag):
     as_user = ["setpriv", "--reuid", user, "--regid", str(pwd.getpwnam(user).pw_gid), "--clear-groups"] if user else []
     out = os.path.join(work, "callgrind.out")
     with open(os.path.join(work, "spamtrapd.log"), "w") as log:
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-                                 os.path.abspath(binary), "-f", "-c",
-                                 os.path.join(work, "spamtrapd.json")], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=work, **drop)
+        if binary == "milter_ref":
+            cmd = [os.path.join(os.path.abspath(args.build), "bench", "milter_ref"), "-p", str(port)]
+        else:
+            cmd = [os.path.abspath(binary), "-f", "-c", os.path.join(work, "spamtrapd.json")]
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + cmd,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=work, **drop)
+    tool = "milter_load" if args.milter else "policy_load"
+
     def load(n, seed):
-        r = subprocess.run([os.path.join(args.build, "bench", "policy_load"), "-p", str(port), "-c", "1", "-w", "0",
+        r = subprocess.run([os.path.join(args.build, "bench", tool), "-p", str(port), "-c", "1", "-w", "0",
                             "-d", "3600", "-n", str(n), "-r", str(seed), "-t", "0"], capture_output=True, text=True,
                            timeout=3600)
         if r.returncode != 0:
-            raise RuntimeError("policy_load failed: " + r.stdout + r.stderr)
+            raise RuntimeError("%s failed: %s%s" % (tool, r.stdout, r.stderr))
         result = json.loads(r.stdout.strip().splitlines()[-1])
         if result.get("all") != n:
-            raise RuntimeError("policy_load: %s requests answered, not %d" % (result.get("all"), n))
+            raise RuntimeError("%s: %s answered, not %d" % (tool, result.get("all"), n))
 
     def callgrind_control(flag):
         subprocess.run(as_user + ["callgrind_control", flag, str(proc.pid)], check=True, capture_output=True,
@@ -130,8 +142,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2000, help="requests before counting")
     ap.add_argument("--requests", type=int, default=10000, help="requests counted")
     ap.add_argument("--reps", type=int, default=2, help="runs of each binary")
+    ap.add_argument("--milter", action="store_true",
+                    help="instructions per milter session (milter_load) instead of per policy request")
     ap.add_argument("a", help="spamtrapd binary A (e.g. this tree)")
-    ap.add_argument("b", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF)")
+    ap.add_argument("b", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with --milter "
+                    "also milter_ref, the no-op libmilter filter")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="spamtrapd-instructions-")
     os.chmod(tmp, 0o755)
@@ -141,13 +156,14 @@ def main():
             for i in range(50):
                 f.write("trap%d@traps.example\n" % i)
         per = {}
+        unit = "session" if args.milter else "request"
         for rep in range(args.reps):
             for name, binary in (("A", args.a), ("B", args.b)):
                 total = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep))
                 per.setdefault(name, []).append(total / args.requests)
-                print("%s %s: %.0f instructions per request" % (name, binary, total / args.requests), flush=True)
+                print("%s %s: %.0f instructions per %s" % (name, binary, total / args.requests, unit), flush=True)
         a, b = min(per["A"]), min(per["B"])
-        print("A/B %.4f (fewest per request of each: %.0f / %.0f)" % (a / b, a, b))
+        print("A/B %.4f (fewest per %s of each: %.0f / %.0f)" % (a / b, unit, a, b))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -10,8 +10,12 @@
  * The filter's protocol flags are honoured as Postfix does: a step the
  * filter skipped (SMFIP_NO*) is not sent, a step it said it will not
  * answer (SMFIP_NR_*) is sent without waiting, and a SETSYMLIST list
- * replaces the default macros of its stage. Commands that need no reply
- * go out together with the next one that does. A reject or tempfail at
+ * replaces the default macros of its stage. As Postfix's milter8_event,
+ * every step reached sends its stage's SMFIC_MACRO first, skipped or
+ * not, and with none of its macros defined (only the stage's letter):
+ * a filter that asks for macros Postfix does not define at that stage
+ * still reads a packet there. Commands that need no reply go out
+ * together with the next one that does. A reject or tempfail at
  * CONNECT ends the session; at MAIL it ends the transaction (ABORT).
  *
  * N sessions run at once from one epoll thread. Output: one JSON object
@@ -169,7 +173,10 @@ static const char *macro_value(const session *s, const char *name, char *tmp, si
 	return NULL;
 }
 
-/* SMFIC_MACRO for a stage: its command letter, then name/value pairs of the defined macros. */
+/*
+ * SMFIC_MACRO for a stage: its command letter, then name/value pairs of
+ * the defined macros; the letter alone when none is (Postfix sends that too).
+ */
 static void put_macros(session *s, int stage, char cmd)
 {
 	const char *list = s->has_symlist[stage] ? s->symlist[stage] : default_macros[stage];
@@ -187,8 +194,7 @@ static void put_macros(session *s, int stage, char cmd)
 			off = put_str(body, off, sizeof(body), value);
 		}
 	}
-	if (off > 1)
-		put_packet(s, SMFIC_MACRO, body, off);
+	put_packet(s, SMFIC_MACRO, body, off);
 }
 
 /* --- the session's steps ------------------------------------------------------ */
@@ -219,7 +225,6 @@ static void put_connect(session *s)
 	body[off++] = SMFIA_INET;
 	memcpy(body + off, &port, 2);
 	off = put_str(body, off + 2, sizeof(body), s->client);
-	put_macros(s, SMFIM_CONNECT, SMFIC_CONNECT);
 	put_packet(s, SMFIC_CONNECT, body, off);
 }
 
@@ -230,7 +235,6 @@ static void put_envelope(session *s, char cmd, const char *addr, const char *arg
 	size_t off = put_str(body, 0, sizeof(body), bracketed);
 	if (arg)
 		off = put_str(body, off, sizeof(body), arg);
-	put_macros(s, cmd == SMFIC_MAIL ? SMFIM_ENVFROM : SMFIM_ENVRCPT, cmd);
 	put_packet(s, cmd, body, off);
 }
 
@@ -246,22 +250,25 @@ static bool put_step(session *s)
 		put_optneg(s);
 		return true;
 	case S_CONNECT:
+		put_macros(s, SMFIM_CONNECT, SMFIC_CONNECT);
 		if (f & SMFIP_NOCONNECT)
 			return false;
 		put_connect(s);
 		return !(f & SMFIP_NR_CONN);
 	case S_HELO:
+		put_macros(s, SMFIM_HELO, SMFIC_HELO);
 		if (f & SMFIP_NOHELO)
 			return false;
-		put_macros(s, SMFIM_HELO, SMFIC_HELO);
 		put_packet(s, SMFIC_HELO, s->helo, strlen(s->helo) + 1);
 		return !(f & SMFIP_NR_HELO);
 	case S_MAIL:
+		put_macros(s, SMFIM_ENVFROM, SMFIC_MAIL);
 		if (f & SMFIP_NOMAIL)
 			return false;
 		put_envelope(s, SMFIC_MAIL, s->sender, "SIZE=2048");
 		return !(f & SMFIP_NR_MAIL);
 	case S_RCPT:
+		put_macros(s, SMFIM_ENVRCPT, SMFIC_RCPT);
 		if (f & SMFIP_NORCPT)
 			return false;
 		put_envelope(s, SMFIC_RCPT, s->rcpt_addr[s->rcpt], NULL);

@@ -312,6 +312,15 @@ static void log_end_of_message(const decide_facts *f, const check_verdict *v, co
 	    msg->ntraps, msg->nothers, t.client, t.sender, front_name(f));
 }
 
+void engine_msg_init(engine_msg *m)
+{
+	m->snap = NULL;
+	memset(&m->state, 0, sizeof(m->state));
+	m->prepared = false;
+	m->plan_verified = -1;
+	m->plan_stage = CHECK_STAGE_MAIL;
+}
+
 void engine_msg_begin(engine_msg *m, engine_snapshot *snap)
 {
 	atomic_fetch_add(&snap->refs, 1);

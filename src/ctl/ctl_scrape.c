@@ -10,10 +10,13 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/addr.h"
@@ -63,8 +66,37 @@ static int open_socket(const char *listen, char *err, size_t errlen)
 	return fd;
 }
 
-/* The whole answer, to the server's close. */
-static char *read_all(int fd, size_t *len, char *err, size_t errlen, const char *listen)
+static int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Waits for bytes until the answer's deadline: a per-read timeout alone
+ * let a peer that trickles a byte now and then hold stats for as long as
+ * it liked.
+ */
+static int wait_readable(int fd, int64_t deadline_ms)
+{
+	for (;;) {
+		int64_t left = deadline_ms - monotonic_ms();
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (left <= 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		int n = poll(&p, 1, (int)left);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -1;
+	}
+}
+
+/* The whole answer, to the server's close, by the deadline. */
+static char *read_all(int fd, int64_t deadline_ms, size_t *len, char *err, size_t errlen, const char *listen)
 {
 	size_t cap = 65536;
 	char *buf = malloc(cap + 1);
@@ -79,7 +111,7 @@ static char *read_all(int fd, size_t *len, char *err, size_t errlen, const char 
 			buf = grown;
 			cap *= 2;
 		}
-		ssize_t n = recv(fd, buf + *len, cap - *len, 0);
+		ssize_t n = wait_readable(fd, deadline_ms) < 0 ? -1 : recv(fd, buf + *len, cap - *len, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
@@ -115,12 +147,13 @@ char *ctl_scrape_path(const char *listen, const char *path, bool *answered, char
 		snprintf(err, errlen, "%s: path too long", listen);
 		return NULL;
 	}
+	int64_t deadline_ms = monotonic_ms() + CTL_SCRAPE_TIMEOUT * 1000;
 	if ((fd = open_socket(listen, err, errlen)) < 0)
 		return NULL;
 	if (send(fd, request, (size_t)reqlen, MSG_NOSIGNAL) != (ssize_t)reqlen)
 		snprintf(err, errlen, "%s: %s", listen, strerror(errno));
 	else
-		answer = read_all(fd, &len, err, errlen, listen);
+		answer = read_all(fd, deadline_ms, &len, err, errlen, listen);
 	close(fd);
 	if (answered)
 		*answered = answer != NULL && strncmp(answer, "HTTP/", 5) == 0;

@@ -1,8 +1,8 @@
 /*
  * ctl_scrape: GET /metrics (or /rates) from the daemon's metrics listener
  * (metrics.listen: IP:PORT, [IPV6]:PORT or unix:PATH), for spamtrapctl
- * stats. Bounded: CTL_SCRAPE_TIMEOUT seconds per read and write, at most
- * CTL_SCRAPE_MAX bytes of answer.
+ * stats. Bounded: CTL_SCRAPE_TIMEOUT seconds for the connect, the request
+ * and the whole answer together, at most CTL_SCRAPE_MAX bytes of answer.
  */
 #ifndef SPAMTRAPD_CTL_SCRAPE_H
 #define SPAMTRAPD_CTL_SCRAPE_H

@@ -25,7 +25,6 @@
  */
 #include "milter/milter.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -85,6 +84,12 @@ typedef struct milter_msg {
 	char hold[sizeof(((smtp_reply *)0)->text)]; /* a recipient's verdict was hold: the reason, or "" */
 	char **traps;                               /* trap recipients exactly as given, for smfi_delrcpt */
 	size_t ntraps, traps_cap;
+	/*
+	 * The DNS answers of the stage in progress (milter_stage): kilobytes,
+	 * too many for libmilter's small thread stacks, and here rather than
+	 * a malloc per stage (docs/performance.md, issue 18).
+	 */
+	dnsplan plan;
 } milter_msg;
 
 /* One milter connection, i.e. one SMTP session. */
@@ -217,6 +222,15 @@ static sfsistat verdict_status(SMFICTX *ctx, const check_verdict *v)
 }
 
 /* ---- transactions ---- */
+
+/* A context's message outside any transaction. */
+static void msg_init(milter_msg *m)
+{
+	engine_msg_init(&m->msg);
+	m->traps = NULL;
+	m->ntraps = m->traps_cap = 0;
+	m->sender[0] = m->sasl[0] = m->queue_id[0] = m->header[0] = m->hold[0] = '\0';
+}
 
 /* Take the transaction's snapshot; false once the filter is stopping. */
 static bool msg_begin(milter_msg *m)
@@ -365,22 +379,17 @@ static void milter_resolve(const engine_msg *em, dnsplan *plan)
 
 /*
  * engine_stage with the DNS answers its checks want first (engine.h:
- * engine_dns_plan), on the milter's resolver. The plan is on the heap: it
- * is several kilobytes, and libmilter's threads have small stacks.
+ * engine_dns_plan), on the milter's resolver, in the transaction's plan.
  */
-static check_verdict milter_stage(engine_msg *em, check_stage stage, const decide_facts *facts)
+static check_verdict milter_stage(milter_msg *m, check_stage stage, const decide_facts *facts)
 {
-	dnsplan *plan = malloc(sizeof(*plan));
 	decide_facts f = *facts;
-	check_verdict v;
 
-	if (plan != NULL && engine_dns_plan(em, stage, CHECKS_EVERY, facts, plan)) {
-		milter_resolve(em, plan);
-		f.dns = plan;
+	if (engine_dns_plan(&m->msg, stage, CHECKS_EVERY, facts, &m->plan)) {
+		milter_resolve(&m->msg, &m->plan);
+		f.dns = &m->plan;
 	}
-	v = engine_stage(em, stage, CHECKS_EVERY, &f);
-	free(plan);
-	return v;
+	return engine_stage(&m->msg, stage, CHECKS_EVERY, &f);
 }
 
 /* Postfix knows the queue id from the first accepted RCPT on; keep the latest. */
@@ -408,13 +417,23 @@ static decide_facts conn_facts(const milter_conn *c, const char *recipient)
 
 /* ---- connection contexts ---- */
 
+/*
+ * Not calloc: the context is kilobytes of buffers (the message's keys,
+ * its SASL name, a header) that each step writes before reading, and
+ * zeroing them was the largest cost a session added to libmilter's:
+ * 6,900 instructions (docs/performance.md, issue 18).
+ */
 static milter_conn *conn_new(SMFICTX *ctx)
 {
-	milter_conn *c = calloc(1, sizeof(*c));
+	milter_conn *c = malloc(sizeof(*c));
 	if (!c) {
 		log_error("milter: out of memory for a connection context");
 		return NULL;
 	}
+	c->prev = c->next = NULL;
+	c->steps = 0;
+	c->client[0] = c->client_name[0] = c->helo[0] = '\0';
+	msg_init(&c->msg);
 	if (filter.shim->setpriv(ctx, c) != MI_SUCCESS) {
 		log_error("milter: cannot attach a connection context");
 		free(c);
@@ -454,20 +473,34 @@ static sfsistat step_done(const milter_conn *c, unsigned long nr_flag)
 	return c && (c->steps & nr_flag) ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
+/*
+ * The client's address in text, as inet_ntop writes it but by
+ * addr_net_format: glibc's inet_ntop formats IPv4 with sprintf, 1,800
+ * instructions a session (docs/performance.md, issue 18).
+ */
 static void client_text(const struct sockaddr *sa, char *out, size_t outlen)
 {
+	addr_net host = {.ip.version = 0};
+
 	out[0] = '\0';
 	if (!sa)
 		return; /* unknown family: no client address to key on */
 	if (sa->sa_family == AF_INET) {
 		struct sockaddr_in in4;
 		memcpy(&in4, sa, sizeof(in4));
-		inet_ntop(AF_INET, &in4.sin_addr, out, (socklen_t)outlen);
+		host.ip.version = 4;
+		host.prefix = 32;
+		memcpy(host.ip.bytes, &in4.sin_addr, 4);
 	} else if (sa->sa_family == AF_INET6) {
 		struct sockaddr_in6 in6;
 		memcpy(&in6, sa, sizeof(in6));
-		inet_ntop(AF_INET6, &in6.sin6_addr, out, (socklen_t)outlen);
+		host.ip.version = 6;
+		host.prefix = 128;
+		memcpy(host.ip.bytes, &in6.sin6_addr, 16);
+	} else {
+		return;
 	}
+	addr_net_format(&host, out, outlen);
 }
 
 /* ---- callbacks ---- */
@@ -582,7 +615,7 @@ static sfsistat cb_envfrom(SMFICTX *ctx, char **argv)
 
 	decide_facts f = conn_facts(c, NULL);
 	f.sender = sender; /* uncapped: an over-long address must be judged as such */
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_MAIL, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_MAIL, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -598,7 +631,7 @@ static sfsistat cb_envrcpt(SMFICTX *ctx, char **argv)
 	msg_update_queue_id(ctx, m);
 	char bare[ENVELOPE_MAX];
 	decide_facts f = conn_facts(c, envelope_bare(argv[0], bare, sizeof(bare)));
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_RCPT, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_RCPT, &f);
 	if (v.action == DECIDE_DROP_COPY) {
 		if (msg_add_trap(m, argv[0]))
 			return SMFIS_CONTINUE;
@@ -624,7 +657,7 @@ static sfsistat cb_data(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_DATA, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_DATA, &f);
 	sfsistat status = verdict_status(ctx, &v);
 	if (status != SMFIS_CONTINUE)
 		msg_end(m);
@@ -671,7 +704,7 @@ static sfsistat cb_eom(SMFICTX *ctx)
 	milter_msg *m = &c->msg;
 	msg_update_queue_id(ctx, m);
 	decide_facts f = conn_facts(c, NULL);
-	check_verdict v = milter_stage(&m->msg, CHECK_STAGE_EOM, &f);
+	check_verdict v = milter_stage(m, CHECK_STAGE_EOM, &f);
 	sfsistat status = SMFIS_CONTINUE;
 	if (v.action == DECIDE_DISCARD)
 		status = SMFIS_DISCARD;

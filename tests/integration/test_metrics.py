@@ -575,8 +575,11 @@ class EntriesGaugeChecks(sh.PolicyChecks):
     def wait_entries(self, d, want):
         deadline = time.monotonic() + sh.scaled(20)
         while True:
-            got = entries(self.values(d))
-            if all(got.get(k, 0) == v for k, v in want.items()):
+            values = self.values(d)
+            got = entries(values)
+            # Before the first count the gauges read 0 with a timestamp of 0: not yet an answer.
+            if values["spamtrapd_blocklist_entries_timestamp_seconds"] > 0 and \
+                    all(got.get(k, 0) == v for k, v in want.items()):
                 return got
             self.assertLess(time.monotonic(), deadline, f"spamtrapd_blocklist_entries stayed {got}, want {want}")
             time.sleep(0.2)
@@ -675,6 +678,39 @@ class SilentListener(unittest.TestCase):
         for c in held:
             c.close()
         self.assertEqual(len(held), 1)
+
+
+    def test_trickling_listener_is_given_up(self):
+        """A listener that sends a byte every half second is given up at the answer's deadline (5 s
+        in all): a timeout per read alone waited as long as the peer went on trickling."""
+        lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lsn.close)
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(8)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def trickle():
+            try:
+                conn, _ = lsn.accept()
+            except OSError:
+                return
+            with conn:
+                for byte in b"HTTP/1.1 200 OK\r\n" * 20:  # 170 s of status lines, never a body
+                    if stop.wait(0.5):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]},
+                          "metrics": {"listen": f"127.0.0.1:{lsn.getsockname()[1]}"}})
+        self.addCleanup(d.cleanup)
+        out = d.ctl("stats", timeout=40)
+        self.assertIn("entries in force: 0", out.stdout)
+        self.assertRegex(out.stderr, r"no counters from the daemon .*timed out")
 
 
 class UnixPathInUse(unittest.TestCase):
