@@ -571,6 +571,16 @@ void sqlite_hot_invalidate_all(sqlite_hot *h)
 	pthread_mutex_unlock(&h->lock);
 }
 
+bool sqlite_hot_owes(sqlite_hot *h)
+{
+	bool owes;
+
+	pthread_mutex_lock(&h->lock);
+	owes = h->dirty != NULL;
+	pthread_mutex_unlock(&h->lock);
+	return owes;
+}
+
 uint64_t sqlite_hot_pending_members(sqlite_hot *h)
 {
 	uint64_t n;

@@ -125,6 +125,8 @@ void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, 
 /* Shared: every copy is in doubt (the invalidations were lost): invalidate everything. */
 void sqlite_hot_invalidate_all(sqlite_hot *h);
 
+/* Some entry owes a write (sqlite_hot_take would hand out something). */
+bool sqlite_hot_owes(sqlite_hot *h);
 /* Members added in memory and not handed out yet (for the table's cap). */
 uint64_t sqlite_hot_pending_members(sqlite_hot *h);
 

@@ -3287,7 +3287,7 @@ static void *view_main(void *arg)
 			view_say(said, sizeof(said), err);
 		}
 		view_drop(vt);
-		if (vt->s->hot && !atomic_load(&vt->s->view_stop)) {
+		if (vt->s->hot && !atomic_load(&vt->s->view_stop) && sqlite_hot_owes(vt->s->hot)) {
 			/* What the copies owe, meanwhile on a pooled connection. */
 			op o = {.what = "write behind", .fn = op_hot_flush};
 
@@ -4261,14 +4261,14 @@ static void redis_free(store_backend_impl *s)
 	if (!s)
 		return;
 	view_stop(s);
-	if (s->hot) {
+	if (s->hot && sqlite_hot_owes(s->hot)) {
 		/* What the copies owe, before the connections go. */
 		op o = {.what = "write behind", .fn = op_hot_flush};
 
 		if (run(s, &o) != STORE_OK)
 			log_warning("%s", store_last_error());
-		sqlite_hot_free(s->hot);
 	}
+	sqlite_hot_free(s->hot);
 	redis_view_free(s->view);
 	for (int i = 0; i < POOL_SIZE; i++)
 		drop(&s->conns[i]);
