@@ -246,7 +246,9 @@ static const char netlens_done_lua[] =
  * so that Redis deletes an idle set by itself. Returns the live members
  * counting this one (limit + 1: refused, not added). ARGV[6] "peek" only
  * reads: returns {members live at now, whether member is one (0 or 1)};
- * "load" returns now and the live members with their scores, for a copy.
+ * "load" returns now and the live members with their scores, for a copy;
+ * "loadadd" is "load" when member is live (no write: the copy survives),
+ * the add otherwise (a new member is decided here, atomically, as ever).
  */
 static const char distinct_lua[] =
     "local nowtext, score = ARGV[1], ARGV[2]\n"
@@ -255,7 +257,8 @@ static const char distinct_lua[] =
     "  score = string.format('%d', tonumber(nowtext) + math.floor(tonumber(ARGV[5]) / 1000))\n"
     "end\n"
     "local now, exp = tonumber(nowtext), tonumber(score)\n"
-    "if ARGV[6] == 'load' then\n"
+    "local known = ARGV[6] == 'loadadd' and redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
+    "if ARGV[6] == 'load' or (known and tonumber(known) > now) then\n"
     "  local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. nowtext, '+inf', 'WITHSCORES', 'LIMIT', "
     "0, " HOT_SET_READ_TEXT ")\n"
     "  table.insert(r, 1, nowtext)\n"
@@ -3500,7 +3503,11 @@ static hot_rc hot_answer(store_backend_impl *s, query *q, int64_t offset)
 	return rc == SQLITE_HOT_MISS ? HOT_MISS : HOT_REDIS;
 }
 
-/* A read of q's key for a copy: the query's own script as a peek (a set's: "load"). */
+/*
+ * A read of q's key for a copy: the query's own script as a peek (a set's:
+ * "load"; an add's "loadadd", which makes the add when its member is new,
+ * so that a new network costs one round trip with its read, not two).
+ */
 static void hot_load_call(const store_backend_impl *s, const query *q, script_call *c)
 {
 	query peek = *q;
@@ -3513,7 +3520,7 @@ static void hot_load_call(const store_backend_impl *s, const query *q, script_ca
 		peek.u.distinct.peek = true;
 	script_call_of(s, &peek, c);
 	if (q->kind == QUERY_DISTINCT_ADD)
-		c->argv[9] = "load", c->argvlen[9] = 4;
+		c->argv[9] = q->u.distinct.peek ? "load" : "loadadd", c->argvlen[9] = strlen(c->argv[9]);
 }
 
 /* A set's members from a "load" reply {now, member, score, ...}; false when not kept (too many, odd). */
@@ -3548,10 +3555,55 @@ static void hot_load(store_backend_impl *s, const query *q, const redisReply *r,
 		(void)hot_load_set(s, q, r, gen);
 }
 
+/* A set's peek answered from its "load" reply (the members live at Redis's now); false when cut short. */
+static bool hot_peek_answer(query *q, const redisReply *r)
+{
+	bool present = false;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 1 || (r->elements - 1) / 2 > HOT_SET_MAX)
+		return false;
+	for (size_t i = 1; i + 1 < r->elements; i += 2) {
+		if (!reply_is_str(r->element[i]))
+			return false;
+		present = present || strcmp(r->element[i]->str, q->u.distinct.member) == 0;
+	}
+	q->u.distinct.count = (r->elements - 1) / 2;
+	q->u.distinct.present = present;
+	q->u.distinct.capped = false;
+	return true;
+}
+
+/*
+ * A read's reply: into the copies, and the query's answer when the read
+ * was the query itself (a peek: a bucket's, a marker's, a set's) or made
+ * its write (a new member's "loadadd"). True for a write: the set's copy
+ * must go (its invalidation comes back to this daemon too).
+ */
+static bool hot_loaded(store_backend_impl *s, rconn *rc, query *q, const redisReply *r, uint64_t gen)
+{
+	bool answered;
+
+	if (q->kind == QUERY_DISTINCT_ADD && !q->u.distinct.peek && r->type == REDIS_REPLY_INTEGER) {
+		q->status = script_answer(s, rc, r, q) == STORE_OK ? QUERY_OK : QUERY_ERROR;
+		return true;
+	}
+	hot_load(s, q, r, gen);
+	if (q->kind == QUERY_DISTINCT_ADD)
+		answered = q->u.distinct.peek && hot_peek_answer(q, r);
+	else
+		answered = ((q->kind == QUERY_COUNTER && q->u.counter.cost == 0) ||
+		            (q->kind == QUERY_KV && q->u.kv.op == QUERY_KV_GET)) &&
+		           script_answer(s, rc, r, q) == STORE_OK;
+	if (answered)
+		q->status = QUERY_OK;
+	return false;
+}
+
 /*
  * The reads of o->q[0 .. o->nkeys) for the copies, pipelined (one round
- * trip); o->created[i] set for each read that went through. No answers:
- * the caller asks the copies again.
+ * trip), each answering its query when it can (hot_loaded): the others
+ * ask the copies again. o->created[i] set for a query whose read made
+ * its write (a new member).
  */
 static store_status op_hot_load(store_backend_impl *s, rconn *rc, op *o)
 {
@@ -3579,10 +3631,8 @@ static store_status op_hot_load(store_backend_impl *s, rconn *rc, op *o)
 		if ((st = next_reply(s, rc->ctx, &r, "batch")) != STORE_OK)
 			break;
 		/* NOSCRIPT (a restart): not read this time, the query goes to Redis on its own. */
-		if (r->type != REDIS_REPLY_ERROR) {
-			hot_load(s, &o->q[i], r, (uint64_t)o->now);
-			o->created[i] = true;
-		}
+		if (r->type != REDIS_REPLY_ERROR)
+			o->created[i] = hot_loaded(s, rc, &o->q[i], r, (uint64_t)o->now);
 		freeReplyObject(r);
 	}
 	free(calls);
@@ -3660,6 +3710,12 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 
 		o.now = (int64_t)sqlite_hot_generation(s->hot);
 		(void)run(s, &o); /* a failure leaves the queries to Redis below, which says so */
+		for (size_t j = 0; j < n; j++)
+			if (todo[j].status == QUERY_OK || read[j]) {
+				q[from[j]] = todo[j];
+				if (read[j])
+					hot_wrote(s, &q[from[j]]);
+			}
 	}
 	n = 0;
 	for (size_t i = 0; i < nq; i++)

@@ -4516,6 +4516,22 @@ static void found_within_bound(store *st, const char *key)
 }
 
 /*
+ * Lookups of key until not found, for at most 1 s: Redis may answer the
+ * FLUSHDB before it writes the flush's message to the view's connection.
+ */
+static void gone_within_bound(store *st, const char *key)
+{
+	double start = mono();
+	store_status rc;
+
+	while ((rc = lookup1(st, key, now_s(), NULL)) == STORE_OK && mono() - start < 1.0)
+		usleep(5000);
+	if (rc != STORE_NOTFOUND)
+		fail_msg("%s: %s %.3f s after the FLUSHDB", key,
+		         rc == STORE_OK ? "still found" : store_last_error(), mono() - start);
+}
+
+/*
  * Entries written by others (another store handle, a raw HSET around
  * spamtrapd) are found within the bound, while the view keeps answering
  * for the keys that are not listed.
@@ -4582,12 +4598,82 @@ static void test_redis_view_fallback(void **state)
 		found_within_bound(st, key);
 	}
 	assert_true(redis_do("FLUSHDB"));
-	assert_int_equal(lookup1(st, key, now_s(), NULL), STORE_NOTFOUND);
+	gone_within_bound(st, key);
 	redis_hset_around("flushed@example.net", now_s() + 3600);
 	found_within_bound(st, "flushed@example.net");
 	wait_view(st);
 	redis_hset_around("after-flush@example.net", now_s() + 3600);
 	found_within_bound(st, "after-flush@example.net");
+	store_free(st);
+}
+
+/* The relay check's query of a set, timed by Redis (store_clock): the kind the hot copies hold. */
+static query relay_query(const char *set, const char *member, bool peek)
+{
+	query q = distinct_query(set, member, 0, peek);
+
+	q.u.distinct.store_clock = true;
+	return q;
+}
+
+/* store_run of a recipient's relay queries (peek and add of member) and a bucket's peek: its round trips. */
+static uint64_t relay_trips(store *st, const char *member, query *q)
+{
+	uint64_t before = store_script_round_trips(st);
+
+	q[0] = relay_query("relay:sasl:cold", member, true);
+	q[1] = relay_query("relay:sasl:cold", member, false);
+	q[2] = counter_query("acct:cold", now_ms_wall(), HOUR_MS, 5, 0);
+	assert_int_equal(store_run(st, q, 3, now_s()), STORE_OK);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	return store_script_round_trips(st) - before;
+}
+
+/*
+ * The hot copies' cold path (the daemon's store): an account's first
+ * request reads its set and bucket and adds its new network in one round
+ * trip; a known network read for a copy writes nothing, so that the copy
+ * stays (the next request costs none); the limit is still Redis's.
+ */
+static void test_redis_hot_cold_path(void **state)
+{
+	store *st = open_view_store();
+	query q[3];
+	char out[64];
+	bool warm = false;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	for (int i = 0; i < 1000 && !warm; i++) { /* the copies answer once their tracking is on */
+		uint64_t before = store_script_round_trips(st);
+
+		q[0] = counter_query("acct:warm", now_ms_wall(), HOUR_MS, 5, 0);
+		assert_int_equal(store_run(st, q, 1, now_s()), STORE_OK);
+		warm = store_script_round_trips(st) == before;
+		if (!warm)
+			usleep(10000);
+	}
+	assert_true(warm);
+	assert_int_equal(relay_trips(st, "n1", q), 1);
+	assert_int_equal(q[0].u.distinct.count, 0);
+	assert_false(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.distinct.count, 1);
+	assert_int_equal(q[2].u.counter.remaining, 5);
+	assert_int_equal(relay_trips(st, "n2", q), 1); /* its own add dropped the copy: read again */
+	assert_int_equal(q[0].u.distinct.count, 1);
+	assert_int_equal(q[1].u.distinct.count, 2);
+	assert_int_equal(relay_trips(st, "n1", q), 1);
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.distinct.count, 2);
+	assert_int_equal(relay_trips(st, "n2", q), 0); /* known: read, not written, kept */
+	assert_int_equal(relay_trips(st, "n3", q), 1); /* over the limit of 2: refused by Redis */
+	assert_int_equal(q[0].u.distinct.count, 2);
+	assert_int_equal(q[1].u.distinct.count, 3);
+	redis_text(out, sizeof(out), "ZCARD %sds:relay:sasl:cold", B.prefix);
+	assert_string_equal(out, "2");
 	store_free(st);
 }
 
@@ -4642,6 +4728,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_view_state),
     CASE(test_redis_view_other_writers),
     CASE(test_redis_view_fallback),
+    CASE(test_redis_hot_cold_path),
 };
 
 int main(void)
