@@ -2482,9 +2482,16 @@ static int hot_track(store_backend_impl *s, rconn *rc, long long redirect, char 
 	return ok ? 0 : -1;
 }
 
-static void hot_note_time(store_backend_impl *s, long long redis_ms)
+/*
+ * Redis's clock less this host's as of sent_ms (this host's, taken before
+ * the command went out): the copies' clock is then never behind Redis's.
+ * Measured against the reply's arrival instead, it lagged by the reply's
+ * delay, and a bucket read or charged in Redis a few ms before looked
+ * fuller than it is (a 2/1h bucket charged once: no room left).
+ */
+static void hot_note_time(store_backend_impl *s, long long redis_ms, int64_t sent_ms)
 {
-	atomic_store(&s->hot_offset_ms, (int64_t)redis_ms - wall_ms());
+	atomic_store(&s->hot_offset_ms, (int64_t)redis_ms - sent_ms);
 }
 
 /* TIME on rc: the offset of Redis's clock; -1 on failure. */
@@ -2492,12 +2499,15 @@ static int hot_clock(store_backend_impl *s, rconn *rc)
 {
 	const char *argv[1] = {"TIME"};
 	redisReply *r = NULL;
+	int64_t sent = wall_ms();
 	int rv = -1;
 
 	if (command(s, rc->ctx, &r, "TIME", 1, argv) == STORE_OK && r->type == REDIS_REPLY_ARRAY &&
 	    r->elements == 2 && reply_is_str(r->element[0]) && reply_is_str(r->element[1])) {
-		hot_note_time(s, strtoll(r->element[0]->str, NULL, 10) * 1000 +
-		                     strtoll(r->element[1]->str, NULL, 10) / 1000);
+		hot_note_time(s,
+		              strtoll(r->element[0]->str, NULL, 10) * 1000 +
+		                  strtoll(r->element[1]->str, NULL, 10) / 1000,
+		              sent);
 		rv = 0;
 	}
 	freeReplyObject(r);
@@ -2685,7 +2695,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		p.keylens[1 + i] = len > 0 && len < KEYBUF + QUERY_NS_MAX ? (size_t)len : 0;
 	}
 	for (int attempt = 0; attempt < HOT_FLUSH_TRIES && done == 0; attempt++) {
-		int64_t now;
+		int64_t now, sent = wall_ms();
 
 		if (hot_read(s, rc, &p, &t, r) < 0)
 			break;
@@ -2696,7 +2706,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		}
 		now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
 		      strtoll(t->element[1]->str, NULL, 10) / 1000;
-		hot_note_time(s, now);
+		hot_note_time(s, now, sent);
 		done = hot_write(s, rc, &p, now, r);
 		freeReplyObject(t);
 		t = NULL;

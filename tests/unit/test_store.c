@@ -4607,6 +4607,21 @@ static void test_redis_view_fallback(void **state)
 	store_free(st);
 }
 
+/* The copies answer buckets (hot_run) once their tracking is on. */
+static void wait_hot(store *st)
+{
+	for (int i = 0; i < 1000; i++) {
+		uint64_t before = store_script_round_trips(st);
+		query q = counter_query("acct:warm", now_ms_wall(), HOUR_MS, 5, 0);
+
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (store_script_round_trips(st) == before)
+			return;
+		usleep(10000);
+	}
+	fail_msg("the hot copies never answered");
+}
+
 /* The relay check's query of a set, timed by Redis (store_clock): the kind the hot copies hold. */
 static query relay_query(const char *set, const char *member, bool peek)
 {
@@ -4641,21 +4656,11 @@ static void test_redis_hot_cold_path(void **state)
 	store *st = open_view_store();
 	query q[3];
 	char out[64];
-	bool warm = false;
 
 	(void)state;
 	assert_int_equal(store_write_behind(st), STORE_OK);
 	wait_view(st);
-	for (int i = 0; i < 1000 && !warm; i++) { /* the copies answer once their tracking is on */
-		uint64_t before = store_script_round_trips(st);
-
-		q[0] = counter_query("acct:warm", now_ms_wall(), HOUR_MS, 5, 0);
-		assert_int_equal(store_run(st, q, 1, now_s()), STORE_OK);
-		warm = store_script_round_trips(st) == before;
-		if (!warm)
-			usleep(10000);
-	}
-	assert_true(warm);
+	wait_hot(st);
 	assert_int_equal(relay_trips(st, "n1", q), 1);
 	assert_int_equal(q[0].u.distinct.count, 0);
 	assert_false(q[0].u.distinct.present);
@@ -4674,6 +4679,41 @@ static void test_redis_hot_cold_path(void **state)
 	assert_int_equal(q[1].u.distinct.count, 3);
 	redis_text(out, sizeof(out), "ZCARD %sds:relay:sasl:cold", B.prefix);
 	assert_string_equal(out, "2");
+	store_free(st);
+}
+
+/*
+ * A bucket of 2 read from Redis and charged once in the copy has room for
+ * one more at once: the copies' clock (this host's plus Redis's offset)
+ * must not lag the time Redis read it at. Fresh buckets for two seconds,
+ * each offset measured in that time (every 200 ms) taking its turn.
+ */
+static void test_redis_hot_clock_not_behind(void **state)
+{
+	store *st = open_view_store();
+	double start;
+	char key[32];
+	query q;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	start = mono();
+	for (int i = 0; i < 20000 && mono() - start < 2.0; i++) {
+		snprintf(key, sizeof(key), "two:%d", i);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0); /* the check's peek: read */
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_int_equal(q.u.counter.remaining, 2);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 1); /* the charge: in the copy */
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_true(q.u.counter.allowed);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (q.u.counter.remaining != 1)
+			fail_msg("bucket %d: room %d after one charge of two", i, (int)q.u.counter.remaining);
+		usleep(1000);
+	}
 	store_free(st);
 }
 
@@ -4729,6 +4769,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_view_other_writers),
     CASE(test_redis_view_fallback),
     CASE(test_redis_hot_cold_path),
+    CASE(test_redis_hot_clock_not_behind),
 };
 
 int main(void)
