@@ -3615,17 +3615,52 @@ static bool hot_loaded(store_backend_impl *s, rconn *rc, query *q, const redisRe
  * ask the copies again. o->created[i] set for a query whose read made
  * its write (a new member).
  */
+/* A set's peek right before the add of the same member: the add's read ("loadadd") answers both. */
+static bool hot_pair(const query *peek, const query *add)
+{
+	return peek->kind == QUERY_DISTINCT_ADD && add->kind == QUERY_DISTINCT_ADD && peek->u.distinct.peek &&
+	       !add->u.distinct.peek && peek->u.distinct.store_clock == add->u.distinct.store_clock &&
+	       peek->u.distinct.window == add->u.distinct.window &&
+	       strcmp(peek->u.distinct.key, add->u.distinct.key) == 0 &&
+	       strcmp(peek->u.distinct.member, add->u.distinct.member) == 0;
+}
+
+/*
+ * The peek paired with an add, from the add's "loadadd" reply: the set as
+ * read (a live member), or the add's count (its member was not live:
+ * the count before it is one less, refused or not).
+ */
+static void hot_pair_answer(query *peek, const redisReply *r)
+{
+	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+		peek->u.distinct.count = (uint64_t)r->integer - 1;
+		peek->u.distinct.present = false;
+		peek->u.distinct.capped = false;
+		peek->status = QUERY_OK;
+	} else if (hot_peek_answer(peek, r)) {
+		peek->status = QUERY_OK;
+	}
+}
+
 static store_status op_hot_load(store_backend_impl *s, rconn *rc, op *o)
 {
 	script_call *calls = calloc(o->nkeys, sizeof(*calls));
+	bool *paired = calloc(o->nkeys, sizeof(*paired)); /* answered by the next one's reply */
 	store_status st = STORE_OK;
 	size_t sent = 0;
 
-	if (!calls)
+	if (!calls || !paired) {
+		free(calls);
+		free(paired);
 		return store_set_error("%s: batch: out of memory", s->where);
+	}
 	for (; sent < o->nkeys; sent++) {
 		script_call *c = &calls[sent];
 
+		if (sent + 1 < o->nkeys && hot_pair(&o->q[sent], &o->q[sent + 1])) {
+			paired[sent] = true;
+			continue;
+		}
 		hot_load_call(s, &o->q[sent], c);
 		c->argv[0] = "EVALSHA", c->argvlen[0] = 7;
 		c->argv[1] = rc->sha[c->script], c->argvlen[1] = strlen(rc->sha[c->script]);
@@ -3638,14 +3673,20 @@ static store_status op_hot_load(store_backend_impl *s, rconn *rc, op *o)
 	for (size_t i = 0; i < sent && st == STORE_OK; i++) {
 		redisReply *r;
 
+		if (paired[i])
+			continue;
 		if ((st = next_reply(s, rc->ctx, &r, "batch")) != STORE_OK)
 			break;
 		/* NOSCRIPT (a restart): not read this time, the query goes to Redis on its own. */
-		if (r->type != REDIS_REPLY_ERROR)
+		if (r->type != REDIS_REPLY_ERROR) {
+			if (i > 0 && paired[i - 1])
+				hot_pair_answer(&o->q[i - 1], r);
 			o->created[i] = hot_loaded(s, rc, &o->q[i], r, (uint64_t)o->now);
+		}
 		freeReplyObject(r);
 	}
 	free(calls);
+	free(paired);
 	return st;
 }
 

@@ -4631,6 +4631,17 @@ static query relay_query(const char *set, const char *member, bool peek)
 	return q;
 }
 
+/* The scripts Redis has run (INFO commandstats: EVALSHA's calls). */
+static long evalsha_calls(void)
+{
+	char out[8192];
+	const char *at;
+
+	redis_text(out, sizeof(out), "INFO commandstats");
+	at = strstr(out, "cmdstat_evalsha:calls=");
+	return at ? strtol(at + strlen("cmdstat_evalsha:calls="), NULL, 10) : 0;
+}
+
 /* store_run of a recipient's relay queries (peek and add of member) and a bucket's peek: its round trips. */
 static uint64_t relay_trips(store *st, const char *member, query *q)
 {
@@ -4656,12 +4667,15 @@ static void test_redis_hot_cold_path(void **state)
 	store *st = open_view_store();
 	query q[3];
 	char out[64];
+	long calls;
 
 	(void)state;
 	assert_int_equal(store_write_behind(st), STORE_OK);
 	wait_view(st);
 	wait_hot(st);
+	calls = evalsha_calls();
 	assert_int_equal(relay_trips(st, "n1", q), 1);
+	assert_int_equal(evalsha_calls() - calls, 2); /* the set's read and add one script, the bucket's */
 	assert_int_equal(q[0].u.distinct.count, 0);
 	assert_false(q[0].u.distinct.present);
 	assert_int_equal(q[1].u.distinct.count, 1);
