@@ -2540,9 +2540,16 @@ static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisRe
 	{
 		redisReply *watch;
 
+		bool ok;
+
 		if (next_reply(s, rc->ctx, &watch, "write behind") != STORE_OK)
 			return -1;
+		/* Unwatched, the writes could overwrite another host's charges. */
+		if (!(ok = watch->type == REDIS_REPLY_STATUS))
+			reply_error(s, rc, watch, "write behind");
 		freeReplyObject(watch);
+		if (!ok)
+			return -1;
 	}
 	if (next_reply(s, rc->ctx, time_r, "write behind") != STORE_OK)
 		return -1;
@@ -2732,6 +2739,9 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 		rest = (sqlite_hot_batch){.v = b.v + i, .n = b.n - i};
 		sqlite_hot_retake(s->hot, &rest);
 	}
+	/* Replies of a failed call may still be on their way (or a WATCH held): not for the next user. */
+	if (st != STORE_OK && rc->ctx)
+		rc->stale = true;
 	sqlite_hot_written(s->hot);
 	sqlite_hot_batch_clear(&b);
 	return st;
@@ -2781,8 +2791,9 @@ typedef struct view_thread {
 	int backoff_ms;
 	bool broken;         /* the connection failed, or the server dropped every key */
 	long long client_id; /* the subscribed connection's, the hot copies' tracking redirects there */
-	rconn flush;         /* the hot copies' writes behind: tracking with NOLOOP */
+	rconn flush;         /* the hot copies' writes behind: tracking with NOLOOP; closed: no copies */
 	int64_t flush_at_ms;
+	bool hot_said; /* the server refused the writes behind, logged */
 } view_thread;
 
 /* The run_id of the server rc talks to (INFO server); -1 with err. */
@@ -3101,20 +3112,64 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 }
 
 /*
+ * May rc write behind: WATCH, MULTI and EXEC answered (an ACL set up from
+ * the commands listed before the copies refuses them)? NULL, or the
+ * server's words. Copies that took charges they cannot write would lose
+ * them all: a limit never reached.
+ */
+static const char *hot_probe(store_backend_impl *s, rconn *rc, char *why, size_t whylen)
+{
+	char key[PREFIX_MAX + 16];
+	const char *argv[3][2] = {{"WATCH", key}, {"MULTI"}, {"EXEC"}};
+	const int argc[3] = {2, 1, 1};
+
+	snprintf(key, sizeof(key), "%sctr:", base_prefix(s));
+	for (int i = 0; i < 3; i++) {
+		redisReply *r = NULL;
+		bool ok = command(s, rc->ctx, &r, argv[i][0], argc[i], argv[i]) == STORE_OK &&
+		          r->type != REDIS_REPLY_ERROR;
+
+		if (!ok)
+			snprintf(why, whylen, "%s: %s", argv[i][0],
+			         rc->ctx->err  ? rc->ctx->errstr
+			         : r && r->str ? r->str
+			                       : store_last_error());
+		freeReplyObject(r);
+		if (!ok)
+			return why;
+	}
+	return NULL;
+}
+
+/*
  * The hot copies' connection: to the view's server, tracking the copies'
  * keys into the view's subscription (NOLOOP), and Redis's clock; -1 with
  * err. Before the view's SCAN and confirmation: what another connection
  * writes from here on reaches the view, and the copies (all dropped at
- * view_drop) are read anew after it.
+ * view_drop) are read anew after it. A server that refuses the writes
+ * behind leaves the view without copies (vt->flush closed, said once).
  */
 static int hot_connect(view_thread *vt, char *err, size_t errlen)
 {
 	store_backend_impl *s = vt->s;
-	char id[64];
+	char id[64], why[256];
 
 	if (conn_connect(s, &vt->flush, err, errlen) != 0 ||
 	    view_run_id(s, &vt->flush, id, sizeof(id), err, errlen) != 0)
 		return -1;
+	if (hot_probe(s, &vt->flush, why, sizeof(why))) {
+		if (vt->flush.ctx->err) { /* the connection, not a refusal */
+			snprintf(err, errlen, "%s: hot copies: %s", s->where, why);
+			return -1;
+		}
+		if (!vt->hot_said)
+			log_warning("%s: hot copies: the writes behind are refused (%s): the relay and "
+			            "ratelimit keys ask redis",
+			            s->where, why);
+		vt->hot_said = true;
+		drop(&vt->flush);
+		return 0;
+	}
 	if (strcmp(id, vt->run_id) != 0) {
 		snprintf(err, errlen, "%s: hot copies: the connections reached different servers", s->where);
 		return -1;
@@ -3177,7 +3232,7 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 	 */
 	pthread_mutex_lock(&s->view_io);
 	rv = vt->broken ? -1 : 0;
-	if (rv == 0 && s->hot)
+	if (rv == 0 && s->hot && vt->flush.ctx)
 		atomic_store(&s->hot_tracked, true);
 	if (rv == 0)
 		redis_view_ready(s->view);
@@ -3239,7 +3294,7 @@ static void view_serve(view_thread *vt)
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
-		if (s->hot && now_ms() >= vt->flush_at_ms) {
+		if (s->hot && vt->flush.ctx && now_ms() >= vt->flush_at_ms) {
 			vt->flush_at_ms = now_ms() + HOT_FLUSH_MS;
 			if (hot_flush(s, &vt->flush) != STORE_OK) {
 				log_warning("%s", store_last_error());
@@ -3275,7 +3330,7 @@ static void *view_main(void *arg)
 
 		if (rv == 0) {
 			log_debug("%s: local view: built%s", vt->s->where,
-			          vt->s->hot ? ", the relay and ratelimit keys' hot copies answer" : "");
+			          vt->flush.ctx ? ", the relay and ratelimit keys' hot copies answer" : "");
 			if (said[0])
 				log_notice(
 				    "%s: local view: built, lookups of absent keys answered here again",
