@@ -2644,15 +2644,20 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 	return rv;
 }
 
-/* The writes of b[from .. from + n) on rc; n 0: only TIME (the connection lives, Redis's clock). */
+/*
+ * The writes of b[from .. from + n) on rc; n 0: only TIME (the connection
+ * lives, Redis's clock). On failure *unwritten says that none of them can
+ * have been made (no EXEC, or every EXEC refused for a watched key).
+ */
 static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlite_hot_batch *b, size_t from,
-                                   size_t n)
+                                   size_t n, bool *unwritten)
 {
 	hot_plan p = {.b = b, .from = from, .n = n};
 	redisReply **r = calloc(2 * n + 1, sizeof(*r)), *t = NULL;
 	store_status st = STORE_ERROR;
 	int done = 0;
 
+	*unwritten = true;
 	p.text = calloc(n + 1, HOT_TEXT);
 	p.keys = calloc(n + 1, sizeof(*p.keys));
 	p.keylens = calloc(n + 1, sizeof(*p.keylens));
@@ -2689,6 +2694,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		      strtoll(t->element[1]->str, NULL, 10) / 1000;
 		hot_note_time(s, now);
 		done = hot_write(s, rc, &p, now, r);
+		*unwritten = done == 0;
 		freeReplyObject(t);
 		t = NULL;
 		for (size_t i = 0; i < 2 * n; i++) {
@@ -2717,6 +2723,7 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 {
 	sqlite_hot_batch b = {0}, rest;
 	store_status st = STORE_OK;
+	bool unwritten;
 	size_t i = 0;
 
 	if (sqlite_hot_take(s->hot, &b) < 0)
@@ -2727,13 +2734,19 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 	 * the invalidations it asked for have stopped.
 	 */
 	if (b.n == 0 && st == STORE_OK)
-		st = hot_flush_some(s, rc, &b, 0, 0);
-	for (; i < b.n && st == STORE_OK; i += HOT_FLUSH_KEYS)
-		st = hot_flush_some(s, rc, &b, i, b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS);
+		st = hot_flush_some(s, rc, &b, 0, 0, &unwritten);
+	while (i < b.n && st == STORE_OK) {
+		size_t n = b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS;
+
+		if ((st = hot_flush_some(s, rc, &b, i, n, &unwritten)) == STORE_OK || !unwritten)
+			i += n;
+	}
 	/*
-	 * A failed call may have written its keys or not: they are not owed
-	 * again (a lost charge lets a sender through, a doubled one could hold
-	 * up real mail); the calls not made are.
+	 * A failed call that may have written its keys or not: they are not
+	 * owed again (a lost charge lets a sender through, a doubled one could
+	 * hold up real mail); those of a call that wrote nothing for sure (its
+	 * keys kept changing, or no EXEC went out), and of the calls not made,
+	 * are.
 	 */
 	if (st != STORE_OK && i < b.n) {
 		rest = (sqlite_hot_batch){.v = b.v + i, .n = b.n - i};
