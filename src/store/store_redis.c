@@ -355,23 +355,27 @@ static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\
  * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
  * good as absent). ARGV: emission interval ms, burst, cost, debt ("1":
  * charge past burst, query.h). Returns
- * {allowed, retry_after ms, remaining}.
+ * {allowed, retry_after ms, remaining, TAT held}: the TAT stored after
+ * the call, 0 when none is ahead of now (the hot copies' read: an empty
+ * bucket is empty whatever Redis's clock says, which the copy's, a round
+ * trip behind, must not see as a charge).
  */
 static const char counter_lua[] = LUA_NOW_MS
     "local t = tonumber(ARGV[1])\n"
     "local tau = tonumber(ARGV[2]) * t\n"
     "local cost = tonumber(ARGV[3])\n"
     "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
-    "if tat < now then tat = now end\n"
+    "local held = tat\n"
+    "if tat <= now then tat, held = now, 0 end\n"
     "local nxt = tat + cost * t\n"
     "if nxt - now > tau and not (ARGV[4] == '1' and cost > 0) then\n"
-    "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t), tat}\n"
+    "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t), held}\n"
     "end\n"
     "if cost > 0 then\n"
     "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now + " HOT_KEEP_MS_TEXT ")\n"
-    "  tat = nxt\n"
+    "  held = nxt\n"
     "end\n"
-    "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t)), tat}\n";
+    "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t)), held}\n";
 
 /*
  * store_greylist: greystep_run (src/core/greystep.c) line by line, in

@@ -298,6 +298,23 @@ class TestRedisCopies(RateChecks, unittest.TestCase):
         self.assertEqual(len(re.findall(r"local view: built", d.log())), 1, "the view never rebuilt")
         self.assertEqual(len(re.findall(r"writes behind are refused", d.log())), 1)
 
+    def test_a_full_burst_passes_from_an_empty_bucket(self):
+        """A bucket Redis does not hold is empty, whatever Redis's clock says: a copy read from it
+        must let the whole burst through (a message's recipients are charged within a
+        millisecond, on this host's clock, which lags Redis's read by a round trip)."""
+        redis, _ = start_redis(self)
+        rule = {"ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "2/1h", "unit": "recipient"}]}}
+        d = sh.Spamtrapd(sh.merge(rule, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        for n in range(30):
+            inst = sh.new_instance()
+            ask = lambda r: self.ask(d, f"hal{n}@example.com", f"h{r}@example.org", "10.8.1.1",
+                                     sasl_username=f"hal{n}", instance=inst)
+            self.assertEqual([ask(0), ask(1), ask(2)], ["DUNNO", "DUNNO", DEFER], f"account hal{n}")
+
     def test_flushdb_drops_the_copies(self):
         redis, _ = start_redis(self)
         d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
