@@ -3711,7 +3711,21 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 		op o = {.what = "batch", .fn = op_hot_load, .q = todo, .nkeys = n, .created = read};
 
 		o.now = (int64_t)sqlite_hot_generation(s->hot);
-		(void)run(s, &o); /* a failure leaves the queries to Redis below, which says so */
+		/*
+		 * Failed (not an error reply: the connection, after run's own second
+		 * try): asking again would make a hung server cost the request
+		 * another command_timeout. The unanswered queries fail now, and the
+		 * checks' on_error applies as without the copies.
+		 */
+		if ((st = run(s, &o)) != STORE_OK) {
+			for (size_t i = 0; i < nq; i++)
+				if (q[i].status != QUERY_OK)
+					q[i].status = QUERY_ERROR;
+			free(todo);
+			free(from);
+			free(read);
+			return st;
+		}
 	}
 	n = 0;
 	for (size_t i = 0; i < nq; i++)
