@@ -3176,7 +3176,8 @@ static int hot_connect(view_thread *vt, char *err, size_t errlen)
 		return -1;
 	if (hot_probe(s, &vt->flush, why, sizeof(why))) {
 		if (vt->flush.ctx->err) { /* the connection, not a refusal */
-			snprintf(err, errlen, "%s: hot copies: %s", s->where, why);
+			if (snprintf(err, errlen, "%s: hot copies: %s", s->where, why) >= (int)errlen)
+				err[errlen - 1] = '\0'; /* cut short, still the start of the reason */
 			return -1;
 		}
 		if (!vt->hot_said)
