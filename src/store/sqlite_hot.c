@@ -531,42 +531,41 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 
 /* --- resets and writing behind ----------------------------------------------- */
 
-void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
-{
-	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
-	hot_entry *e;
-
-	pthread_mutex_lock(&h->lock);
-	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
-		remove_entry(h, e);
-	forgot(h, hash);
-	pthread_mutex_unlock(&h->lock);
-}
-
 /*
- * Under the lock: e is in doubt. A bucket owing charges keeps them, and
- * one whose charges are being written too (a failed write owes them
- * again: sqlite_hot_retake); everything else goes.
+ * Under the lock: e is in doubt. A bucket owing charges keeps them
+ * (keep_owed), and one whose charges are being written too (a failed
+ * write owes them again: sqlite_hot_retake); everything else goes.
  */
-static void invalidate(sqlite_hot *h, hot_entry *e)
+static void invalidate(sqlite_hot *h, hot_entry *e, bool keep_owed)
 {
-	if (e->kind == SQLITE_HOT_COUNTER && h->shared &&
+	if (keep_owed && e->kind == SQLITE_HOT_COUNTER && h->shared &&
 	    (e->owe_add > 0 || (h->writing && e->taken == h->takes)))
 		e->stale = true;
 	else
 		remove_entry(h, e);
 }
 
-void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+/* The entry (kind, ns, key) forgotten or invalidated, and loads of it read before refused. */
+static void drop_key(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key, bool keep_owed)
 {
 	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
 	hot_entry *e;
 
 	pthread_mutex_lock(&h->lock);
 	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
-		invalidate(h, e);
+		invalidate(h, e, keep_owed);
 	forgot(h, hash);
 	pthread_mutex_unlock(&h->lock);
+}
+
+void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	drop_key(h, kind, ns, key, false);
+}
+
+void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	drop_key(h, kind, ns, key, true);
 }
 
 void sqlite_hot_invalidate_all(sqlite_hot *h)
@@ -575,7 +574,7 @@ void sqlite_hot_invalidate_all(sqlite_hot *h)
 	for (size_t i = 0; i < h->nbuckets; i++)
 		for (hot_entry *e = h->bucket[i], *next; e; e = next) {
 			next = e->next;
-			invalidate(h, e);
+			invalidate(h, e, true);
 		}
 	h->all_gen = ++h->generation;
 	pthread_mutex_unlock(&h->lock);
