@@ -4697,37 +4697,41 @@ static void test_redis_hot_cold_path(void **state)
 }
 
 /*
- * A bucket of 2 read from Redis and charged once in the copy has room for
- * one more at once: the copies' clock (this host's plus Redis's offset)
- * must not lag the time Redis read it at. Fresh buckets for two seconds,
- * each offset measured in that time (every 200 ms) taking its turn.
+ * A bucket of 2 charged once in Redis (another host) and read into a copy
+ * has room for one more at once: the copies' clock (this host's plus
+ * Redis's offset) must not lag the time Redis charged it at. Buckets for
+ * two seconds, each offset measured in that time (every 200 ms) taking
+ * its turn.
  */
 static void test_redis_hot_clock_not_behind(void **state)
 {
-	store *st = open_view_store();
+	store *st = open_view_store(), *other;
 	double start;
 	char key[32];
 	query q;
 
 	(void)state;
+	B.cfg.redis_local_view = false;
+	other = open_store();
 	assert_int_equal(store_write_behind(st), STORE_OK);
 	wait_view(st);
 	wait_hot(st);
 	start = mono();
 	for (int i = 0; i < 20000 && mono() - start < 2.0; i++) {
 		snprintf(key, sizeof(key), "two:%d", i);
-		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0); /* the check's peek: read */
-		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
-		assert_int_equal(q.u.counter.remaining, 2);
-		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 1); /* the charge: in the copy */
-		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 1); /* the other host's charge */
+		assert_int_equal(store_run(other, &q, 1, now_s()), STORE_OK);
 		assert_true(q.u.counter.allowed);
-		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0); /* read for the copy */
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_int_equal(q.u.counter.remaining, 1);
+		q = counter_query(key, now_ms_wall(), HOUR_MS, 2, 0); /* the copy */
 		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
 		if (q.u.counter.remaining != 1)
 			fail_msg("bucket %d: room %d after one charge of two", i, (int)q.u.counter.remaining);
 		usleep(1000);
 	}
+	store_free(other);
 	store_free(st);
 }
 
