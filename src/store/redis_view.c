@@ -158,15 +158,31 @@ void redis_view_lens(const redis_view *v, store_netmask *out)
 		out->v6[i] = atomic_load(&v->lens[1 + i]);
 }
 
+static bool add_hash(redis_view *v, const char *key, size_t len, uint64_t hash)
+{
+	add_len(v, key, len);
+	if (keyfilter_add_hash(v->filter, hash))
+		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
+	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;
+}
+
 bool redis_view_add(redis_view *v, const char *key, size_t len)
 {
 	uint64_t hash = keyfilter_hash(key, len);
 
 	answer_forget(v, hash);
-	add_len(v, key, len);
-	if (keyfilter_add_hash(v->filter, hash))
-		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
-	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;
+	return add_hash(v, key, len, hash);
+}
+
+/*
+ * Nothing to forget: the answers remembered before redis_view_begin have
+ * its old state, and none is remembered until redis_view_ready. A slot
+ * written here for each key would make the whole table resident at every
+ * rebuild of a store of more than a few ten thousand entries.
+ */
+bool redis_view_add_scanned(redis_view *v, const char *key, size_t len)
+{
+	return add_hash(v, key, len, keyfilter_hash(key, len));
 }
 
 void redis_view_confirm(redis_view *v, int64_t sent_ms)

@@ -42,6 +42,8 @@ void redis_view_begin(redis_view *v);
  * stay disabled.
  */
 bool redis_view_add(redis_view *v, const char *key, size_t len);
+/* The same for a key of the rebuild's SCAN (between redis_view_begin and redis_view_ready). */
+bool redis_view_add_scanned(redis_view *v, const char *key, size_t len);
 /* Everything written before the server answered a PING sent at sent_ms (monotonic) has been added. */
 void redis_view_confirm(redis_view *v, int64_t sent_ms);
 /* The rebuild is done and confirmed: answer again. */
