@@ -10,11 +10,15 @@
  *
  * The answers it remembers (redis_view_recall) live in a table of
  * REDIS_VIEW_ANSWERS slots indexed by the key's hash, each under one of
- * ANSWER_LOCKS mutexes. redis_view_add bumps the slot's gen and clears
- * it under its lock; redis_view_remember writes only if the gen is the
- * one redis_view_recall saw before the round trip was sent, under the
- * same lock: an answer that an add overtook is refused, and one written
- * before an add is cleared by it.
+ * ANSWER_LOCKS mutexes. redis_view_add bumps the gen of the slot's group
+ * (ANSWER_GENS groups, each under one lock) and clears the slot under
+ * its lock; redis_view_remember writes only if the gen is the one
+ * redis_view_recall saw before the round trip was sent, under the same
+ * lock: an answer that an add overtook is refused, and one written
+ * before an add is cleared by it. The gens are apart from the slots so
+ * that an add writes a slot only when it holds an answer: every write
+ * and expiry under the prefix is an add, and a gen in each slot made
+ * the whole table resident within a few ten thousand of them.
  */
 #include "store/redis_view.h"
 
@@ -27,11 +31,11 @@
 #include "store/store_backend.h"
 
 #define ANSWER_LOCKS 64
-#define ANSWER_TEXT 192 /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
+#define ANSWER_GENS 4096 /* a multiple of ANSWER_LOCKS: a group's slots share its lock */
+#define ANSWER_TEXT 200  /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
 
 /* A remembered answer: none (entry_len 0), or a live entry packed into text. */
 typedef struct answer_slot {
-	uint64_t gen;   /* bumped by every add of a key of this slot */
 	uint64_t hash;  /* of the key */
 	uint64_t state; /* the view's state word when it was written: a rebuild forgets it */
 	int64_t first_seen, last_seen, expires;
@@ -40,12 +44,13 @@ typedef struct answer_slot {
 	char text[ANSWER_TEXT];
 } answer_slot;
 
-_Static_assert(sizeof(answer_slot) <= 256, "a slot in 256 bytes: the table's 16 MiB");
+_Static_assert(sizeof(answer_slot) == 256, "a slot in 256 bytes: the table's 16 MiB");
 
 struct redis_view {
 	keyfilter *filter;
 	answer_slot *answers_table;
 	pthread_mutex_t answer_lock[ANSWER_LOCKS];
+	uint64_t answer_gen[ANSWER_GENS]; /* bumped by every add of a key of the group's slots */
 	size_t max_keys;
 	_Atomic size_t keys;
 	_Atomic uint64_t state;
@@ -94,6 +99,11 @@ static pthread_mutex_t *answer_lock(redis_view *v, size_t i)
 	return &v->answer_lock[i % ANSWER_LOCKS];
 }
 
+static uint64_t *answer_gen(redis_view *v, size_t i)
+{
+	return &v->answer_gen[i % ANSWER_GENS];
+}
+
 /*
  * Forget what a round trip said of the key of this hash (it was written,
  * or may have been), and make every answer read before now too old to
@@ -105,8 +115,9 @@ static void answer_forget(redis_view *v, uint64_t hash)
 	answer_slot *a = &v->answers_table[i];
 
 	pthread_mutex_lock(answer_lock(v, i));
-	a->gen++;
-	a->state = 0;
+	(*answer_gen(v, i))++;
+	if (a->state) /* a slot never written is not touched */
+		a->state = 0;
 	pthread_mutex_unlock(answer_lock(v, i));
 }
 
@@ -293,7 +304,7 @@ redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, co
 	redis_view_answer r = REDIS_VIEW_UNKNOWN;
 
 	pthread_mutex_lock(answer_lock(v, i));
-	*gen = a->gen;
+	*gen = *answer_gen(v, i);
 	if (a->hash == hash && a->state == t->state && a->key_len == len && memcmp(a->text, key, len) == 0) {
 		r = a->entry_len ? REDIS_VIEW_FOUND : REDIS_VIEW_NONE;
 		if (r == REDIS_VIEW_FOUND)
@@ -316,7 +327,7 @@ void redis_view_remember(redis_view *v, const redis_view_token *t, const char *k
 		return;
 	pthread_mutex_lock(answer_lock(v, i));
 	/* An add of the key since gen was read may have been for a write after the trip's read. */
-	if (a->gen == gen && atomic_load(&v->state) == t->state) {
+	if (*answer_gen(v, i) == gen && atomic_load(&v->state) == t->state) {
 		a->hash = hash;
 		a->state = t->state;
 		a->key_len = (uint16_t)len;

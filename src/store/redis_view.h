@@ -97,8 +97,8 @@ typedef enum { REDIS_VIEW_UNKNOWN, REDIS_VIEW_NONE, REDIS_VIEW_FOUND } redis_vie
 
 /*
  * The remembered answer for key under t (a found entry into *out), and
- * the key slot's gen for redis_view_remember; check redis_view_still
- * afterwards before using the answer.
+ * the gen of the key's group of slots for redis_view_remember; check
+ * redis_view_still afterwards before using the answer.
  */
 redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, const char *key,
                                     store_entry *out, uint64_t *gen);
