@@ -31,8 +31,9 @@
 #include "store/store_backend.h"
 
 #define ANSWER_LOCKS 64
-#define ANSWER_GENS 4096 /* a multiple of ANSWER_LOCKS: a group's slots share its lock */
-#define ANSWER_TEXT 200  /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
+#define ANSWER_GENS REDIS_VIEW_ANSWER_GENS
+_Static_assert(ANSWER_GENS % ANSWER_LOCKS == 0, "a group's slots share its lock");
+#define ANSWER_TEXT 200 /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
 
 /* A remembered answer: none (entry_len 0), or a live entry packed into text. */
 typedef struct answer_slot {

@@ -92,6 +92,8 @@ bool redis_view_still(redis_view *v, const redis_view_token *t);
  * slot replaces it); an entry too long for a slot is not kept.
  */
 #define REDIS_VIEW_ANSWERS 65536
+/* Slots whose index is the same modulo this share the gen that refuses an overtaken answer. */
+#define REDIS_VIEW_ANSWER_GENS 4096
 
 typedef enum { REDIS_VIEW_UNKNOWN, REDIS_VIEW_NONE, REDIS_VIEW_FOUND } redis_view_answer;
 
