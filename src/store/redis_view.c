@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "store/keyfilter.h"
 #include "store/store_backend.h"
@@ -61,14 +62,30 @@ struct redis_view {
 	_Atomic uint64_t lens[4]; /* store_netmask: v4, then v6[0..2] */
 };
 
+#define TABLE_BYTES (REDIS_VIEW_ANSWERS * sizeof(answer_slot))
+
+/*
+ * The answers' table from the kernel, not malloc: its zero pages become
+ * resident only as slots are written, and go back at once when it is
+ * freed. Once malloc has freed a block this large it serves the next one
+ * (a reload's new store) from its heap and clears it all: every reload
+ * that changed the store made 16 MiB more resident (RSS 9 MB to 51 MB in
+ * six).
+ */
+static answer_slot *table_new(void)
+{
+	void *p = mmap(NULL, TABLE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
 redis_view *redis_view_new(size_t max_keys)
 {
 	redis_view *v = calloc(1, sizeof(*v));
 
 	if (!v)
 		return NULL;
-	if (!(v->filter = keyfilter_new(max_keys)) ||
-	    !(v->answers_table = calloc(REDIS_VIEW_ANSWERS, sizeof(*v->answers_table)))) {
+	if (!(v->filter = keyfilter_new(max_keys)) || !(v->answers_table = table_new())) {
 		keyfilter_free(v->filter);
 		free(v);
 		return NULL;
@@ -85,7 +102,7 @@ void redis_view_free(redis_view *v)
 		return;
 	for (int i = 0; i < ANSWER_LOCKS; i++)
 		pthread_mutex_destroy(&v->answer_lock[i]);
-	free(v->answers_table);
+	munmap(v->answers_table, TABLE_BYTES);
 	keyfilter_free(v->filter);
 	free(v);
 }
