@@ -35,7 +35,9 @@ VIEW_WAIT = 20.0  # a view is built within a second or two; the store's back-off
 class HangingProxy:
     """A TCP relay to a redis-server whose view connection (the one that sent CLIENT TRACKING)
     can be made to hang without breaking, as a network cut or a half-open connection does:
-    its bytes stay unread both ways and its sockets stay open. Other connections pass."""
+    its bytes stay unread both ways and its sockets stay open. Other connections pass, but
+    while hold is set the answer to a lookup's HMGET is kept back (Redis has read the key) until
+    it is cleared; held is set once one is."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -46,6 +48,8 @@ class HangingProxy:
         self.lock = threading.Lock()
         self.tracking = []  # [frozen] flags of the connections that asked for tracking
         self.socks = []
+        self.hold = False
+        self.held = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -55,7 +59,7 @@ class HangingProxy:
             except OSError:
                 return
             up = socket.create_connection(("127.0.0.1", self.target))
-            state = [False, False]  # tracking, frozen
+            state = [False, False, False]  # tracking, frozen, a lookup's answer to hold
             with self.lock:
                 self.socks += [down, up]
             threading.Thread(target=self._pump, args=(down, up, state, True), daemon=True).start()
@@ -83,6 +87,13 @@ class HangingProxy:
                 state[0] = True
                 with self.lock:
                     self.tracking.append(state)
+            if from_client and self.hold and b"HMGET" in data and not state[0]:
+                state[2] = True
+            if not from_client and state[2]:
+                self.held.set()
+                while self.hold:
+                    time.sleep(0.01)
+                state[2] = False
             try:
                 dst.sendall(data)
             except OSError:
@@ -112,14 +123,15 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self, port=None, db=0, prefix="site:", purge="1s", local_view=True):
+    def daemon(self, port=None, db=0, prefix="site:", purge="1s", local_view=True, command_timeout=500):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
             "store": {"backend": "redis", "purge_interval": purge,
                       "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": prefix,
-                                "db": db, "local_view": local_view}},
+                                "db": db, "local_view": local_view,
+                                "command_timeout": command_timeout}},
         }
         d = sh.Spamtrapd(config)
         self.addCleanup(d.cleanup)
@@ -317,6 +329,33 @@ class TestView(ViewCase):
             for _ in range(3):
                 self.assertEqual(self.sender_check(view, sender, "203.0.113.41"), want, sender)
             self.assertGreater(self.lookups_sent(), before, f"{sender}: the view did not ask Redis")
+
+    def test_answer_overtaken_by_a_write_elsewhere_is_not_remembered(self):
+        """Redis has read a key ("not listed") for a lookup; before the answer reaches the daemon,
+        another host lists the key and the view applies its invalidation. That lookup says "not
+        listed" (it was, when read), but its answer must not be remembered: the next lookup
+        blocks."""
+        proxy = HangingProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = self.daemon(port=proxy.port, command_timeout=10000)
+        self.wait_view(d)
+        sender, client = "race@example.net", "203.0.113.50"
+        # a name in the view that no lookup has asked about (listed, then removed, around spamtrapd)
+        self.hset_entry(sender, int(time.time()) + 3600)
+        self.redis.command("DEL", "site:bl:" + sender)
+        self.hset_entry("after-race@example.net", int(time.time()) + 3600)
+        self.blocks_within_bound(d, "after-race@example.net", client, time.monotonic())  # both applied
+        proxy.hold = True
+        answers = []
+        lookup = threading.Thread(target=lambda: answers.append(self.sender_check(d, sender, client)))
+        lookup.start()
+        self.assertTrue(proxy.held.wait(VIEW_WAIT), "no lookup of the key sent to Redis")
+        self.hset_entry(sender, int(time.time()) + 3600)
+        time.sleep(0.5)  # its invalidation applied (later would only make this test pass)
+        proxy.hold = False
+        lookup.join()
+        self.assertEqual(answers, ["DUNNO"])
+        self.assertEqual(self.sender_check(d, sender, client), REJECT)
 
     def test_killed_subscription_falls_back_then_rebuilds(self):
         d = self.daemon()
