@@ -33,7 +33,10 @@ int daemon_drop_privileges(const char *user, char *err, size_t errlen);
  * Block the signals the main thread handles (HUP, USR1, TERM, INT) in the
  * calling thread, so that every thread created afterwards inherits the
  * block, and ignore SIGPIPE (a peer that went away is an EPIPE, not a
- * death). Fills set with the handled signals.
+ * death). Fills set with the handled signals. SIGURG is in the set too:
+ * milter_stop's wake-up of libmilter's listener, to be taken by that
+ * thread only; one from outside goes to the main thread's wait, which
+ * drops it, instead of cutting short a system call of another thread.
  */
 void daemon_block_signals(sigset_t *set);
 

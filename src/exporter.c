@@ -8,7 +8,6 @@
 #include "exporter.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -44,6 +43,7 @@ struct exporter {
 	pthread_t subscriber; /* other hosts' changes (Redis): marks dirty */
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
+	pthread_cond_t sub_wake; /* the subscriber's pause without a watch: cut short by a stop */
 	bool stop;
 	uint64_t gen; /* bumped by every change */
 	/* The thread's own: */
@@ -244,6 +244,24 @@ static void wait_until(exporter *x, int64_t when_ms)
 	pthread_cond_timedwait(&x->wake, &x->lock, &ts);
 }
 
+/* A pause of ms, or less when a stop comes. */
+static void pause_subscriber(exporter *x, int64_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&x->lock);
+	if (!x->stop)
+		pthread_cond_timedwait(&x->sub_wake, &x->lock, &ts);
+	pthread_mutex_unlock(&x->lock);
+}
+
 static bool stopping(exporter *x)
 {
 	bool stop;
@@ -301,7 +319,7 @@ static void *subscriber_main(void *arg)
 		int rc;
 
 		if (!(w = watch_for(x, w, &have, &fails))) {
-			poll(NULL, 0, 1000);
+			pause_subscriber(x, 1000);
 			continue;
 		}
 		rc = store_watch_wait(w, 1000, err, sizeof(err));
@@ -357,6 +375,7 @@ static void stop_main(exporter *x)
 	pthread_mutex_lock(&x->lock);
 	x->stop = true;
 	pthread_cond_signal(&x->wake);
+	pthread_cond_signal(&x->sub_wake);
 	pthread_mutex_unlock(&x->lock);
 	pthread_join(x->thread, NULL);
 }
@@ -365,6 +384,7 @@ static void destroy(exporter *x)
 {
 	config_unref(x->cfg);
 	pthread_cond_destroy(&x->wake);
+	pthread_cond_destroy(&x->sub_wake);
 	pthread_mutex_destroy(&x->lock);
 	free(x);
 }
@@ -383,6 +403,7 @@ exporter *exporter_new(engine *eng, char *err, size_t errlen)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&x->wake, &ca);
+	pthread_cond_init(&x->sub_wake, &ca);
 	pthread_condattr_destroy(&ca);
 	if ((errno = pthread_create(&x->thread, NULL, exporter_main, x)) != 0) {
 		snprintf(err, errlen, "cannot start the exporter thread: %s", strerror(errno));

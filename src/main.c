@@ -286,7 +286,7 @@ static void wait_for_stop(control *ctl, const sigset_t *signals)
 			control_post(ctl, sig == SIGTERM ? CONTROL_STOP : CONTROL_INTERRUPT);
 			return;
 		}
-		/* sig < 0: EINTR from a debugger or a stopped/continued process */
+		/* SIGURG from outside: dropped. sig < 0: EINTR (a debugger, a stop and continue) */
 	}
 }
 

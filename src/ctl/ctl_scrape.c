@@ -56,11 +56,22 @@ static int open_socket(const char *listen, char *err, size_t errlen)
 	struct timeval tv = {.tv_sec = CTL_SCRAPE_TIMEOUT};
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-	    connect(fd, (struct sockaddr *)&ss, len) < 0) {
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
 		snprintf(err, errlen, "%s: %s", listen, strerror(errno));
 		if (fd >= 0)
 			close(fd);
+		return -1;
+	}
+	if (connect(fd, (struct sockaddr *)&ss, len) < 0) {
+		/*
+		 * SO_SNDTIMEO ends a connect nobody accepts (a listener whose
+		 * backlog is full, a host that drops the SYN) with EINPROGRESS,
+		 * or EAGAIN for a unix socket: "Operation now in progress" told
+		 * the operator nothing.
+		 */
+		int e = errno == EINPROGRESS || errno == EAGAIN ? ETIMEDOUT : errno;
+		snprintf(err, errlen, "%s: connect: %s", listen, strerror(e));
+		close(fd);
 		return -1;
 	}
 	return fd;

@@ -126,7 +126,8 @@ static struct {
 	bool registered;
 	bool running;
 	pthread_t thread;
-	log_ratelimit not_mta; /* connections that never negotiated: a line each, unless a flood */
+	atomic_bool listener_done; /* smfi_main returned */
+	log_ratelimit not_mta;     /* connections that never negotiated: a line each, unless a flood */
 	/* The resolver of the DNS checks, made at the first stage that needs it (milter_dns). */
 	dns_resolver *dns;
 	unsigned dns_users; /* threads waiting on it */
@@ -899,10 +900,39 @@ int milter_setup(engine *eng, const config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * libmilter's listener looks at smfi_stop only between two polls of 5 s
+ * each: a stop took up to 5 s more (with the policy listeners already
+ * closed). A signal with a handler cuts the poll short (EINTR: it looks
+ * at once). SIGURG: never sent to spamtrapd otherwise (no socket of ours
+ * has an owner for out-of-band data); every other thread blocks it
+ * (daemon_block_signals) but libmilter's, started by this one, which
+ * retry on EINTR. No SA_RESTART: an accept() that blocks after the poll
+ * must end too.
+ */
+#define WAKE_SIGNAL SIGURG
+
+static void wake_handler(int sig)
+{
+	(void)sig;
+}
+
+static void *stop_main(void *arg)
+{
+	(void)arg;
+	smfi_stop();
+	return NULL;
+}
+
 static void *milter_main(void *arg)
 {
 	(void)arg;
+	sigset_t wake;
+	sigemptyset(&wake);
+	sigaddset(&wake, WAKE_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
 	int rc = smfi_main();
+	atomic_store(&filter.listener_done, true);
 	pthread_mutex_lock(&filter.lock);
 	bool expected = filter.stopping;
 	pthread_mutex_unlock(&filter.lock);
@@ -927,6 +957,10 @@ int milter_start(char *err, size_t errlen)
 		         filter.running ? "already running" : "milter_setup not called");
 		return -1;
 	}
+	struct sigaction sa = {.sa_handler = wake_handler};
+	sigemptyset(&sa.sa_mask);
+	sigaction(WAKE_SIGNAL, &sa, NULL);
+	atomic_store(&filter.listener_done, false);
 	int rc = pthread_create(&filter.thread, NULL, milter_main, NULL);
 	if (rc != 0) {
 		snprintf(err, errlen, "milter: cannot start the libmilter thread: %s", strerror(rc));
@@ -954,7 +988,21 @@ bool milter_stop(void)
 	if (left)
 		log_warning("milter: %u transaction(s) still in flight after %d s; stopping anyway", left,
 		            STOP_GRACE_MS / 1000);
-	smfi_stop();
+	/*
+	 * smfi_stop waits for the lock the listener holds across its poll:
+	 * it runs on a thread of its own while this one wakes the listener, again
+	 * until it is out (a wake-up just before its poll is lost).
+	 */
+	pthread_t stopper;
+	if (pthread_create(&stopper, NULL, stop_main, NULL) != 0) {
+		smfi_stop(); /* the slow way */
+	} else {
+		while (!atomic_load(&filter.listener_done)) {
+			pthread_kill(filter.thread, WAKE_SIGNAL);
+			nanosleep(&(struct timespec){.tv_nsec = 20 * 1000000L}, NULL);
+		}
+		pthread_join(stopper, NULL);
+	}
 	pthread_join(filter.thread, NULL);
 	filter.running = false;
 	unsigned open = milter_filter_connections();

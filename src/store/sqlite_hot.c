@@ -16,6 +16,8 @@
  * bounded walk, and the key past it goes to the file.
  */
 #define CHAIN_MAX 16
+/* Slots of the forget counts (see struct sqlite_hot). */
+#define GEN_SLOTS 4096
 
 typedef struct hot_member {
 	char *name;
@@ -37,6 +39,9 @@ typedef struct hot_entry {
 	int64_t tat;
 	bool found;   /* a TAT was ever set */
 	bool in_file; /* the file has a row */
+	/* shared: charges owed as a delta (tat = max(tat, owe_from) + owe_add); stale: TAT unknown */
+	int64_t owe_from, owe_add;
+	bool stale;
 	/* sets */
 	hot_member *m;
 	size_t n, cap;
@@ -51,12 +56,22 @@ struct sqlite_hot {
 	size_t nbuckets; /* a power of two */
 	size_t n, max, hand;
 	hot_entry *dirty;
+	/*
+	 * A change count, and for each slot of keys (by hash) the count at
+	 * its last forget: a load read since count g is kept unless its
+	 * slot, every entry (all_gen) or, for a bucket owing charges, a take
+	 * (take_gen) changed after g. Per slot, so that a busy store's
+	 * invalidations of other keys do not refuse every load.
+	 */
 	uint64_t generation;
+	uint64_t slot_gen[GEN_SLOTS];
+	uint64_t all_gen, take_gen;
 	/* Takes so far; the last one's writes are not in the file until sqlite_hot_written. */
 	uint64_t takes;
 	bool writing;
 	uint64_t pending; /* members added and not taken */
 	size_t members;   /* of every set, against SQLITE_HOT_MAX_MEMBERS */
+	bool shared;      /* sqlite_hot_new_shared */
 };
 
 static uint64_t entry_hash(sqlite_hot_kind kind, const char *ns, const char *key)
@@ -103,6 +118,15 @@ static void entry_free(hot_entry *e)
 	free(e);
 }
 
+sqlite_hot *sqlite_hot_new_shared(size_t max_entries)
+{
+	sqlite_hot *h = sqlite_hot_new(max_entries);
+
+	if (h)
+		h->shared = true;
+	return h;
+}
+
 void sqlite_hot_free(sqlite_hot *h)
 {
 	if (!h)
@@ -125,6 +149,19 @@ uint64_t sqlite_hot_generation(sqlite_hot *h)
 	g = h->generation;
 	pthread_mutex_unlock(&h->lock);
 	return g;
+}
+
+/* Under the lock: may a load of the key of hash, read since generation, be kept? */
+static bool load_ok(const sqlite_hot *h, uint64_t hash, uint64_t generation, bool owes)
+{
+	return h->all_gen <= generation && h->slot_gen[hash % GEN_SLOTS] <= generation &&
+	       (!owes || h->take_gen <= generation);
+}
+
+/* Under the lock: the key of hash was forgotten (or invalidated). */
+static void forgot(sqlite_hot *h, uint64_t hash)
+{
+	h->slot_gen[hash % GEN_SLOTS] = ++h->generation;
 }
 
 static bool same_name(const char *a, const char *b)
@@ -245,6 +282,28 @@ void sqlite_hot_gcra(query *q, bool found, int64_t stored, int64_t *next)
 	q->u.counter.remaining = *next - now <= tau ? (uint64_t)((tau - (*next - now)) / t) : 0;
 }
 
+/*
+ * Charges as functions of the TAT, x -> max(x, from) + add (a charge of
+ * add at time from, GCRA's step): first (from0, add0), then (from1,
+ * add1), is one such function again. From 0 and add 0 charge nothing
+ * (TATs are positive).
+ */
+static void compose(int64_t from0, int64_t add0, int64_t *from, int64_t *add)
+{
+	*from = from0 > *from - add0 ? from0 : *from - add0;
+	*add += add0;
+}
+
+/* Shared: a charge of add at now, owed after what the bucket owes already. */
+static void owe(hot_entry *e, int64_t now, int64_t add)
+{
+	int64_t from = now, sum = add;
+
+	compose(e->owe_from, e->owe_add, &from, &sum);
+	e->owe_from = from;
+	e->owe_add = sum;
+}
+
 sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 {
 	uint64_t hash = entry_hash(SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key);
@@ -253,11 +312,16 @@ sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 
 	pthread_mutex_lock(&h->lock);
 	e = find(h, SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key, hash);
+	if (e && e->stale)
+		e = NULL;
 	if (e) {
 		sqlite_hot_gcra(q, e->found, e->tat, &next);
 		if (q->u.counter.allowed && q->u.counter.cost > 0) {
 			e->tat = next;
 			e->found = true;
+			if (h->shared)
+				owe(e, q->u.counter.now_ms,
+				    (int64_t)q->u.counter.cost * q->u.counter.emission_ms);
 			mark_dirty(h, e);
 		}
 	}
@@ -273,7 +337,14 @@ bool sqlite_hot_counter_load(sqlite_hot *h, const char *ns, const char *key, boo
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_COUNTER, ns, key, hash)) {
+	e = find(h, SQLITE_HOT_COUNTER, ns, key, hash);
+	if (e && e->stale && load_ok(h, hash, generation, true)) {
+		/* What the store has, and on top what this process still owes it. */
+		e->tat = e->owe_add && (!found || e->owe_from > tat) ? e->owe_from : found ? tat : 0;
+		e->tat += e->owe_add;
+		e->found = found || e->owe_add > 0;
+		e->stale = false;
+	} else if (!e && load_ok(h, hash, generation, false)) {
 		if ((e = insert(h, SQLITE_HOT_COUNTER, ns, key, hash)) != NULL) {
 			e->found = e->in_file = found;
 			e->tat = tat;
@@ -346,6 +417,8 @@ static sqlite_hot_rc distinct_step(sqlite_hot *h, hot_entry *e, sqlite_hot_disti
 		return SQLITE_HOT_DONE;
 	}
 	a->count = m ? e->n : e->n + 1;
+	if (!m && h->shared)
+		return SQLITE_HOT_FULL; /* a new member: the store's atomic add decides, hosts together */
 	if (!m && a->limit && e->n >= a->limit)
 		return SQLITE_HOT_DONE;
 	if (!m && !a->room)
@@ -386,7 +459,7 @@ bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
+	if (load_ok(h, hash, generation, false) && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
 		if ((e = insert(h, SQLITE_HOT_SET, NULL, set, hash)) != NULL) {
 			for (size_t i = 0; i < n && ok; i++) {
 				hot_member *x = member_add(h, e, m[i].member);
@@ -436,7 +509,7 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (generation == h->generation && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
+	if (load_ok(h, hash, generation, false) && !find(h, SQLITE_HOT_KV, ns, key, hash)) {
 		if ((e = insert(h, SQLITE_HOT_KV, ns, key, hash)) != NULL &&
 		    (!found || (e->value = strdup(value)))) {
 			e->found = found;
@@ -453,16 +526,58 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 
 /* --- resets and writing behind ----------------------------------------------- */
 
-void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+/* Under the lock: e is in doubt. A bucket owing charges keeps them (keep_owed); everything else goes. */
+static void invalidate(sqlite_hot *h, hot_entry *e, bool keep_owed)
+{
+	if (keep_owed && e->kind == SQLITE_HOT_COUNTER && h->shared && e->owe_add > 0)
+		e->stale = true;
+	else
+		remove_entry(h, e);
+}
+
+/* The entry (kind, ns, key) forgotten or invalidated, and loads of it read before refused. */
+static void drop_key(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key, bool keep_owed)
 {
 	uint64_t hash = entry_hash(kind, kind == SQLITE_HOT_SET ? NULL : ns, key);
 	hot_entry *e;
 
 	pthread_mutex_lock(&h->lock);
 	if ((e = find(h, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, hash)) != NULL)
-		remove_entry(h, e);
-	h->generation++;
+		invalidate(h, e, keep_owed);
+	forgot(h, hash);
 	pthread_mutex_unlock(&h->lock);
+}
+
+void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	drop_key(h, kind, ns, key, false);
+}
+
+void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key)
+{
+	drop_key(h, kind, ns, key, true);
+}
+
+void sqlite_hot_invalidate_all(sqlite_hot *h)
+{
+	pthread_mutex_lock(&h->lock);
+	for (size_t i = 0; i < h->nbuckets; i++)
+		for (hot_entry *e = h->bucket[i], *next; e; e = next) {
+			next = e->next;
+			invalidate(h, e, true);
+		}
+	h->all_gen = ++h->generation;
+	pthread_mutex_unlock(&h->lock);
+}
+
+bool sqlite_hot_owes(sqlite_hot *h)
+{
+	bool owes;
+
+	pthread_mutex_lock(&h->lock);
+	owes = h->dirty != NULL;
+	pthread_mutex_unlock(&h->lock);
+	return owes;
 }
 
 uint64_t sqlite_hot_pending_members(sqlite_hot *h)
@@ -523,6 +638,17 @@ bool sqlite_hot_batch_note(sqlite_hot_batch *b, sqlite_hot_kind kind, const char
 static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
 {
 	e->taken = h->takes;
+	if (e->kind == SQLITE_HOT_COUNTER && h->shared) {
+		sqlite_hot_write *w;
+
+		if (e->owe_add == 0)
+			return true;
+		if (!(w = batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->owe_from, false)))
+			return false;
+		w->add = e->owe_add;
+		e->owe_from = e->owe_add = 0;
+		return true;
+	}
 	if (e->kind == SQLITE_HOT_COUNTER) {
 		if (!batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->tat, !e->in_file))
 			return false;
@@ -551,6 +677,9 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	pthread_mutex_lock(&h->lock);
 	h->takes++;
 	h->writing = true;
+	/* Shared: a load read before this take's writes reach the store would owe them twice. */
+	if (h->shared)
+		h->take_gen = ++h->generation;
 	while (h->dirty) {
 		hot_entry *e = h->dirty;
 
@@ -581,7 +710,16 @@ void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b)
 
 		if (!e)
 			continue;
-		if (w->kind == SQLITE_HOT_COUNTER) {
+		if (w->kind == SQLITE_HOT_COUNTER && h->shared) {
+			int64_t from = e->owe_from, add = e->owe_add;
+
+			/* Owed before what the entry owes since. */
+			compose(w->value, w->add, &from, &add);
+			if (e->owe_add == 0)
+				from = w->value;
+			e->owe_from = from;
+			e->owe_add = add;
+		} else if (w->kind == SQLITE_HOT_COUNTER) {
 			e->in_file = e->in_file && !w->fresh;
 		} else if ((m = member_of(e, w->member)) != NULL) {
 			if (w->fresh && m->stored != 0) {

@@ -21,6 +21,13 @@
  *
  * No I/O here: the store reads and writes the file, this module only
  * answers, and hands out what changed (sqlite_hot_take).
+ *
+ * The Redis store uses it too (sqlite_hot_new_shared), as copies of keys
+ * other hosts write as well, dropped by Redis's invalidation messages
+ * (store_redis.c): there a bucket owes its charges as a delta ("tat =
+ * max(tat, from) + add", so that two hosts' charges add up), a bucket
+ * invalidated while it owes some keeps them (its TAT is read again), and
+ * a new member of a set is always the store's to decide.
  */
 #ifndef SPAMTRAPD_SQLITE_HOT_H
 #define SPAMTRAPD_SQLITE_HOT_H
@@ -48,12 +55,16 @@ typedef enum {
 typedef enum { SQLITE_HOT_COUNTER, SQLITE_HOT_SET, SQLITE_HOT_KV } sqlite_hot_kind;
 
 sqlite_hot *sqlite_hot_new(size_t max_entries); /* NULL: out of memory */
-void sqlite_hot_free(sqlite_hot *h);            /* accepts NULL */
+/* For copies of a shared store (Redis): buckets owe deltas, new members are the store's (above). */
+sqlite_hot *sqlite_hot_new_shared(size_t max_entries);
+void sqlite_hot_free(sqlite_hot *h); /* accepts NULL */
 
 /*
  * A change count of the forgotten entries: read it before reading an
  * entry from the file and pass it to the load, which keeps nothing when
- * an entry was forgotten (a reset) in between.
+ * that entry (or one that shares its slot of the count) was forgotten (a
+ * reset) in between; shared, also after an invalidation of every entry,
+ * and a bucket owing charges after a take.
  */
 uint64_t sqlite_hot_generation(sqlite_hot *h);
 
@@ -105,7 +116,17 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 
 /* Drop a bucket or record (ns, key) or a set (ns NULL, key the set), written or not: a reset. */
 void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key);
+/*
+ * Shared: someone wrote the key (an invalidation). As forget, except that
+ * a bucket owing charges keeps them: its TAT is unknown (a MISS) until
+ * loaded again, and the load adds what is owed. A set's owed refreshes go.
+ */
+void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key);
+/* Shared: every copy is in doubt (the invalidations were lost): invalidate everything. */
+void sqlite_hot_invalidate_all(sqlite_hot *h);
 
+/* Some entry owes a write (sqlite_hot_take would hand out something). */
+bool sqlite_hot_owes(sqlite_hot *h);
 /* Members added in memory and not handed out yet (for the table's cap). */
 uint64_t sqlite_hot_pending_members(sqlite_hot *h);
 
@@ -114,7 +135,8 @@ typedef struct sqlite_hot_write {
 	sqlite_hot_kind kind;
 	char *ns, *key; /* counters; a set's name in key, ns NULL */
 	char *member;   /* sets */
-	int64_t value;  /* a bucket's TAT (ms), a member's expiry (s) */
+	int64_t value;  /* a bucket's TAT (ms; shared: the delta's from), a member's expiry (s) */
+	int64_t add;    /* shared: a bucket's owed charge, tat = max(tat, value) + add (ms) */
 	bool fresh;     /* no row in the file yet, as far as this process knows */
 } sqlite_hot_write;
 

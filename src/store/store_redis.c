@@ -52,6 +52,7 @@
 #include "core/key.h"
 #include "log.h"
 #include "store/redis_view.h"
+#include "store/sqlite_hot.h"
 #include "store/store_backend.h"
 
 #define POOL_SIZE 8
@@ -223,6 +224,18 @@ static const char netlens_done_lua[] =
     "return 1\n";
 
 /*
+ * A bucket's key lives this long past its TAT (ms): full again, it is as
+ * good as absent, but a bucket in use does not expire between two
+ * charges, which would drop every daemon's copy of it (the hot copies
+ * below).
+ */
+#define HOT_KEEP_MS_TEXT "60000"
+#define HOT_KEEP_MS 60000
+/* The most members of a set a daemon keeps a copy of (the relay check's: max_networks + 256 at most). */
+#define HOT_SET_MAX 1024
+#define HOT_SET_READ_TEXT "1025" /* one more: a set with more is not kept */
+
+/*
  * store_distinct_add: one sorted set per set at PREFIX "ds:" SET, each
  * member scored with its expiry. KEYS: the set. ARGV: now, expires,
  * member, limit (0: none), window in ms. now 0 (STORE_NOW_SERVER): the
@@ -232,7 +245,8 @@ static const char netlens_done_lua[] =
  * the set full, and keeps the key for a window after its last addition,
  * so that Redis deletes an idle set by itself. Returns the live members
  * counting this one (limit + 1: refused, not added). ARGV[6] "peek" only
- * reads: returns {members live at now, whether member is one (0 or 1)}.
+ * reads: returns {members live at now, whether member is one (0 or 1)};
+ * "load" returns now and the live members with their scores, for a copy.
  */
 static const char distinct_lua[] =
     "local nowtext, score = ARGV[1], ARGV[2]\n"
@@ -241,6 +255,12 @@ static const char distinct_lua[] =
     "  score = string.format('%d', tonumber(nowtext) + math.floor(tonumber(ARGV[5]) / 1000))\n"
     "end\n"
     "local now, exp = tonumber(nowtext), tonumber(score)\n"
+    "if ARGV[6] == 'load' then\n"
+    "  local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. nowtext, '+inf', 'WITHSCORES', 'LIMIT', "
+    "0, " HOT_SET_READ_TEXT ")\n"
+    "  table.insert(r, 1, nowtext)\n"
+    "  return r\n"
+    "end\n"
     "if ARGV[6] == 'peek' then\n"
     "  local s = redis.call('ZSCORE', KEYS[1], ARGV[3])\n"
     "  local live = s and tonumber(s) > now\n"
@@ -337,20 +357,21 @@ static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\
  * charge past burst, query.h). Returns
  * {allowed, retry_after ms, remaining}.
  */
-static const char counter_lua[] =
-    LUA_NOW_MS "local t = tonumber(ARGV[1])\n"
-               "local tau = tonumber(ARGV[2]) * t\n"
-               "local cost = tonumber(ARGV[3])\n"
-               "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
-               "if tat < now then tat = now end\n"
-               "local nxt = tat + cost * t\n"
-               "if nxt - now > tau and not (ARGV[4] == '1' and cost > 0) then\n"
-               "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t)}\n"
-               "end\n"
-               "if cost > 0 then\n"
-               "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now)\n"
-               "end\n"
-               "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t))}\n";
+static const char counter_lua[] = LUA_NOW_MS
+    "local t = tonumber(ARGV[1])\n"
+    "local tau = tonumber(ARGV[2]) * t\n"
+    "local cost = tonumber(ARGV[3])\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
+    "if tat < now then tat = now end\n"
+    "local nxt = tat + cost * t\n"
+    "if nxt - now > tau and not (ARGV[4] == '1' and cost > 0) then\n"
+    "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t), tat}\n"
+    "end\n"
+    "if cost > 0 then\n"
+    "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now + " HOT_KEEP_MS_TEXT ")\n"
+    "  tat = nxt\n"
+    "end\n"
+    "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t)), tat}\n";
 
 /*
  * store_greylist: greystep_run (src/core/greystep.c) line by line, in
@@ -500,6 +521,18 @@ struct store_backend_impl {
 	 */
 	pthread_mutex_t view_io;
 	struct view_thread *view_vt;
+
+	/*
+	 * The daemon's copies of the buckets, the relay check's sets and its
+	 * trip markers (store_write_behind; NULL: none), written behind by the
+	 * view's thread on a connection of its own whose client tracking
+	 * (NOLOOP, redirected to the view's) has Redis tell the view of every
+	 * other writer's change: see "hot copies" below.
+	 */
+	sqlite_hot *hot;
+	atomic_bool hot_tracked;          /* that connection tracks: the copies may answer */
+	_Atomic int64_t hot_offset_ms;    /* Redis's clock minus this host's (CLOCK_REALTIME) */
+	atomic_uint_fast64_t hot_answers; /* queries answered from the copies (tests, debug log) */
 };
 
 /* --- SIGPIPE ------------------------------------------------------------- */
@@ -1654,7 +1687,7 @@ static store_status script_answer(const store_backend_impl *s, rconn *rc, const 
 		q->u.kv.expires_ms = r->element[2]->integer;
 		return STORE_OK;
 	}
-	if (!(reply_ints(r, 3, 0) && reply_ints(r, 3, 1) && reply_ints(r, 3, 2)))
+	if (!(reply_ints(r, 4, 0) && reply_ints(r, 4, 1) && reply_ints(r, 4, 2) && reply_ints(r, 4, 3)))
 		return reply_error(s, rc, r, "counter");
 	q->u.counter.allowed = r->element[0]->integer != 0;
 	q->u.counter.retry_after_ms = r->element[1]->integer;
@@ -2323,6 +2356,406 @@ static void upgrade(store_backend_impl *s, rconn *rc)
 	}
 }
 
+/* --- hot copies (the relay and ratelimit checks' keys) ------------------- */
+
+/*
+ * With store_write_behind (the daemon) and the local view on, the buckets
+ * (PREFIX "ctr:"), the relay check's sets (PREFIX "ds:relay:") and its
+ * trip markers (PREFIX "kv:relaytrip") a daemon uses are copied into a
+ * sqlite_hot table (shared mode) and answered from there while the view
+ * is confirmed:
+ *
+ * - the view's thread holds one more connection, whose CLIENT TRACKING
+ *   (BCAST, those prefixes, REDIRECT to the view's subscribed connection,
+ *   NOLOOP) has Redis send the view the name of every such key another
+ *   connection writes, deletes or expires: another host, spamtrapctl, a
+ *   synchronous write of this daemon. The copy is dropped (a bucket owing
+ *   charges keeps them) and read again at its next use;
+ * - that connection writes what the copies owe every HOT_FLUSH_MS (and
+ *   the store at close): buckets' charges as deltas, sets' refreshes
+ *   (hot_flush_some). NOLOOP: those writes do not drop this daemon's own
+ *   copies;
+ * - a new member of a set, every write of a trip marker, and anything
+ *   the copies cannot answer (not held, no room, view not confirmed) go
+ *   to Redis as before; a miss is read with a round trip (peeks, no
+ *   write) and kept when no invalidation came in between.
+ *
+ * Hosts thus count together within HOT_FLUSH_MS for charges and refreshes
+ * (new networks exactly), and a reset or another host's write reaches the
+ * copies as the view's bound says (REDIS_VIEW_STALE_MS).
+ */
+#define HOT_FLUSH_MS 200
+#define HOT_FLUSH_KEYS 64 /* keys per WATCH: Redis checks a WATCH against the keys watched already */
+#define HOT_SET_PREFIX "relay:"
+#define HOT_KV_PREFIX "relaytrip"
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* May the copies hold q's key: buckets, the relay check's sets (timed by Redis) and trip markers. */
+static bool hot_key(const query *q)
+{
+	switch (q->kind) {
+	case QUERY_COUNTER:
+		return true;
+	case QUERY_DISTINCT_ADD:
+		return q->u.distinct.store_clock && has_prefix(q->u.distinct.key, HOT_SET_PREFIX);
+	case QUERY_KV:
+		return has_prefix(q->u.kv.ns, HOT_KV_PREFIX);
+	default:
+		return false;
+	}
+}
+
+/* The store's prefix (cfg.redis_prefix) of s, "" when none. */
+static const char *base_prefix(const store_backend_impl *s)
+{
+	return s->cfg.redis_prefix ? s->cfg.redis_prefix : "";
+}
+
+/*
+ * An invalidated key (whole name, from the view's connection): drop its
+ * copy. false when the key is none of the copies' kinds.
+ */
+static bool hot_invalidated(store_backend_impl *s, const char *name, size_t len)
+{
+	size_t plen = strlen(base_prefix(s));
+	char key[KEYBUF + QUERY_NS_MAX], *colon;
+
+	if (!s->hot || len < plen || len - plen >= sizeof(key) || memcmp(name, base_prefix(s), plen) != 0)
+		return false;
+	memcpy(key, name + plen, len - plen);
+	key[len - plen] = '\0';
+	if (has_prefix(key, "ds:")) {
+		sqlite_hot_invalidate(s->hot, SQLITE_HOT_SET, NULL, key + 3);
+		return true;
+	}
+	if (!has_prefix(key, "ctr:") && !has_prefix(key, "kv:"))
+		return false;
+	/* ns has no ':' (store.c's ns_ok): the key is what follows its first one. */
+	colon = strchr(strchr(key, ':') + 1, ':');
+	if (!colon)
+		return false;
+	*colon = '\0';
+	sqlite_hot_invalidate(s->hot, key[0] == 'c' ? SQLITE_HOT_COUNTER : SQLITE_HOT_KV,
+	                      strchr(key, ':') + 1, colon + 1);
+	return true;
+}
+
+/* CLIENT TRACKING on the flush connection, redirected to the view's, NOLOOP; -1 with err. */
+static int hot_track(store_backend_impl *s, rconn *rc, long long redirect, char *err, size_t errlen)
+{
+	char id[24], p[3][PREFIX_MAX + 16];
+	const char *argv[12] = {"CLIENT", "TRACKING", "ON",     "REDIRECT", id,       "BCAST",
+	                        "PREFIX", p[0],       "PREFIX", p[1],       "PREFIX", p[2]};
+	const char *noloop[13];
+	redisReply *r = NULL;
+	bool ok;
+
+	snprintf(id, sizeof(id), "%lld", redirect);
+	snprintf(p[0], sizeof(p[0]), "%sctr:", base_prefix(s));
+	snprintf(p[1], sizeof(p[1]), "%sds:" HOT_SET_PREFIX, base_prefix(s));
+	snprintf(p[2], sizeof(p[2]), "%skv:" HOT_KV_PREFIX, base_prefix(s));
+	memcpy(noloop, argv, sizeof(argv));
+	noloop[12] = "NOLOOP";
+	ok = command(s, rc->ctx, &r, "CLIENT TRACKING", 13, noloop) == STORE_OK &&
+	     r->type == REDIS_REPLY_STATUS;
+	if (!ok)
+		snprintf(err, errlen, "%s: hot copies: CLIENT TRACKING refused: %s", s->where,
+		         rc->ctx->err                                  ? rc->ctx->errstr
+		         : r && r->type == REDIS_REPLY_ERROR && r->str ? r->str
+		                                                       : "unexpected reply");
+	freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
+static void hot_note_time(store_backend_impl *s, long long redis_ms)
+{
+	atomic_store(&s->hot_offset_ms, (int64_t)redis_ms - wall_ms());
+}
+
+/* TIME on rc: the offset of Redis's clock; -1 on failure. */
+static int hot_clock(store_backend_impl *s, rconn *rc)
+{
+	const char *argv[1] = {"TIME"};
+	redisReply *r = NULL;
+	int rv = -1;
+
+	if (command(s, rc->ctx, &r, "TIME", 1, argv) == STORE_OK && r->type == REDIS_REPLY_ARRAY &&
+	    r->elements == 2 && reply_is_str(r->element[0]) && reply_is_str(r->element[1])) {
+		hot_note_time(s, strtoll(r->element[0]->str, NULL, 10) * 1000 +
+		                     strtoll(r->element[1]->str, NULL, 10) / 1000);
+		rv = 0;
+	}
+	freeReplyObject(r);
+	return rv;
+}
+
+/*
+ * The hot copies' writes behind: plain commands under WATCH / MULTI /
+ * EXEC, not a script, because Redis (7.0) sends the invalidations of a
+ * script's writes even to a NOLOOP connection's own tracking. A bucket
+ * owes a delta: tat = max(tat, from) + add, the key kept HOT_KEEP_MS past
+ * it. A set's member gets its later time only while it is there (a reset
+ * or another host's expiry is not undone), and the set is kept until that
+ * time at least. A watched key another connection wrote meanwhile has the
+ * lot read and written again.
+ */
+#define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 3 * 24)
+#define HOT_FLUSH_TRIES 4
+
+typedef struct hot_plan {
+	const sqlite_hot_batch *b;
+	size_t from, n;
+	char *text;        /* n slots of HOT_TEXT: the key, then numbers */
+	const char **keys; /* "WATCH" and the n keys */
+	size_t *keylens;
+} hot_plan;
+
+static char *hot_slot(const hot_plan *p, size_t i)
+{
+	return p->text + i * HOT_TEXT;
+}
+
+/* TIME, and per key GET (bucket) or ZSCORE and PTTL (set), pipelined after WATCH; -1 with a message. */
+static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisReply **time_r, redisReply **r)
+{
+	const char *time_argv[1] = {"TIME"};
+	size_t time_len[1] = {4};
+	size_t nr = 0;
+
+	if (append_argv(rc->ctx, (int)p->n + 1, p->keys, p->keylens) != REDIS_OK ||
+	    append_argv(rc->ctx, 1, time_argv, time_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < p->n; i++) {
+		const sqlite_hot_write *w = &p->b->v[p->from + i];
+		const char *argv[3] = {w->kind == SQLITE_HOT_COUNTER ? "GET" : "ZSCORE", p->keys[1 + i],
+		                       w->member};
+		const char *pttl[2] = {"PTTL", p->keys[1 + i]};
+		size_t lens[3] = {strlen(argv[0]), p->keylens[1 + i], w->member ? strlen(w->member) : 0};
+		size_t plens[2] = {4, p->keylens[1 + i]};
+
+		if (append_argv(rc->ctx, w->kind == SQLITE_HOT_COUNTER ? 2 : 3, argv, lens) != REDIS_OK ||
+		    (w->kind != SQLITE_HOT_COUNTER && append_argv(rc->ctx, 2, pttl, plens) != REDIS_OK))
+			return append_failed(s, rc->ctx, "write behind"), -1;
+		nr += w->kind == SQLITE_HOT_COUNTER ? 1 : 2;
+	}
+	{
+		redisReply *watch;
+
+		if (next_reply(s, rc->ctx, &watch, "write behind") != STORE_OK)
+			return -1;
+		freeReplyObject(watch);
+	}
+	if (next_reply(s, rc->ctx, time_r, "write behind") != STORE_OK)
+		return -1;
+	for (size_t i = 0; i < nr; i++)
+		if (next_reply(s, rc->ctx, &r[i], "write behind") != STORE_OK)
+			return -1;
+	return 0;
+}
+
+/* MULTI, the writes the replies r call for, EXEC: 1 done, 0 a watched key changed (again), -1 error. */
+static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_t now, redisReply **r)
+{
+	const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+	size_t multi_len[1] = {5}, exec_len[1] = {4};
+	size_t queued = 0, k = 0;
+	redisReply *x;
+	int rv;
+
+	if (append_argv(rc->ctx, 1, multi, multi_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < p->n; i++) {
+		const sqlite_hot_write *w = &p->b->v[p->from + i];
+		char *num = hot_slot(p, i) + KEYBUF + QUERY_NS_MAX;
+		const char *key = p->keys[1 + i];
+		size_t keylen = p->keylens[1 + i];
+
+		if (w->kind == SQLITE_HOT_COUNTER) {
+			const redisReply *cur = r[k++];
+			int64_t tat = cur->type == REDIS_REPLY_STRING ? strtoll(cur->str, NULL, 10) : 0;
+			int64_t keep;
+
+			tat = (tat > w->value ? tat : w->value) + w->add;
+			keep = tat - now + HOT_KEEP_MS;
+			if (keep > 0) {
+				const char *argv[5] = {"SET", key, num, "PX", num + 24};
+				size_t lens[5];
+
+				snprintf(num, 24, "%lld", (long long)tat);
+				snprintf(num + 24, 24, "%lld", (long long)keep);
+				lens[0] = 3, lens[1] = keylen, lens[2] = strlen(num), lens[3] = 2,
+				lens[4] = strlen(num + 24);
+				if (append_argv(rc->ctx, 5, argv, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+		} else {
+			const redisReply *score = r[k++], *ttl = r[k++];
+			int64_t keep = w->value * 1000 - now;
+
+			if (score->type != REDIS_REPLY_STRING || strtoll(score->str, NULL, 10) >= w->value)
+				continue;
+			{
+				const char *zadd[5] = {"ZADD", key, "XX", num, w->member};
+				size_t lens[5] = {4, keylen, 2, 0, strlen(w->member)};
+
+				snprintf(num, 24, "%lld", (long long)w->value);
+				lens[3] = strlen(num);
+				if (append_argv(rc->ctx, 5, zadd, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+			if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer >= 0 && ttl->integer < keep) {
+				const char *pexpire[3] = {"PEXPIRE", key, num + 24};
+				size_t lens[3] = {7, keylen, 0};
+
+				snprintf(num + 24, 24, "%lld", (long long)keep);
+				lens[2] = strlen(num + 24);
+				if (append_argv(rc->ctx, 3, pexpire, lens) != REDIS_OK)
+					return append_failed(s, rc->ctx, "write behind"), -1;
+				queued++;
+			}
+		}
+	}
+	if (append_argv(rc->ctx, 1, exec, exec_len) != REDIS_OK)
+		return append_failed(s, rc->ctx, "write behind"), -1;
+	for (size_t i = 0; i < queued + 1; i++) { /* +OK, then QUEUED each */
+		if (next_reply(s, rc->ctx, &x, "write behind") != STORE_OK)
+			return -1;
+		rv = x->type == REDIS_REPLY_ERROR ? -1 : 0;
+		if (rv < 0)
+			reply_error(s, rc, x, "write behind");
+		freeReplyObject(x);
+		if (rv < 0)
+			return -1;
+	}
+	if (next_reply(s, rc->ctx, &x, "write behind") != STORE_OK)
+		return -1;
+	rv = x->type == REDIS_REPLY_ARRAY ? 1 : x->type == REDIS_REPLY_NIL ? 0 : -1;
+	if (rv < 0)
+		reply_error(s, rc, x, "write behind");
+	freeReplyObject(x);
+	return rv;
+}
+
+/* The writes of b[from .. from + n) on rc; n 0: only TIME (the connection lives, Redis's clock). */
+static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlite_hot_batch *b, size_t from,
+                                   size_t n)
+{
+	hot_plan p = {.b = b, .from = from, .n = n};
+	redisReply **r = calloc(2 * n + 1, sizeof(*r)), *t = NULL;
+	store_status st = STORE_ERROR;
+	int done = 0;
+
+	p.text = calloc(n + 1, HOT_TEXT);
+	p.keys = calloc(n + 1, sizeof(*p.keys));
+	p.keylens = calloc(n + 1, sizeof(*p.keylens));
+	if (!r || !p.text || !p.keys || !p.keylens) {
+		store_set_error("%s: write behind: out of memory", s->where);
+		goto out;
+	}
+	if (n == 0) {
+		st = hot_clock(s, rc) == 0 ? STORE_OK : STORE_ERROR;
+		goto out;
+	}
+	p.keys[0] = "WATCH", p.keylens[0] = 5;
+	for (size_t i = 0; i < n; i++) {
+		const sqlite_hot_write *w = &b->v[from + i];
+		int len =
+		    w->kind == SQLITE_HOT_COUNTER
+		        ? ns_key(s, hot_slot(&p, i), KEYBUF + QUERY_NS_MAX, "ctr", w->ns, w->key)
+		        : snprintf(hot_slot(&p, i), KEYBUF + QUERY_NS_MAX, "%sds:%s", base_prefix(s), w->key);
+
+		p.keys[1 + i] = hot_slot(&p, i);
+		p.keylens[1 + i] = len > 0 && len < KEYBUF + QUERY_NS_MAX ? (size_t)len : 0;
+	}
+	for (int attempt = 0; attempt < HOT_FLUSH_TRIES && done == 0; attempt++) {
+		int64_t now;
+
+		if (hot_read(s, rc, &p, &t, r) < 0)
+			break;
+		if (t->type != REDIS_REPLY_ARRAY || t->elements != 2 || !reply_is_str(t->element[0]) ||
+		    !reply_is_str(t->element[1])) {
+			reply_error(s, rc, t, "write behind");
+			break;
+		}
+		now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+		      strtoll(t->element[1]->str, NULL, 10) / 1000;
+		hot_note_time(s, now);
+		done = hot_write(s, rc, &p, now, r);
+		freeReplyObject(t);
+		t = NULL;
+		for (size_t i = 0; i < 2 * n; i++) {
+			freeReplyObject(r[i]);
+			r[i] = NULL;
+		}
+	}
+	if (done > 0)
+		st = STORE_OK;
+	else if (done == 0)
+		store_set_error("%s: write behind: the keys kept changing (%d tries)", s->where,
+		                HOT_FLUSH_TRIES);
+out:
+	freeReplyObject(t);
+	for (size_t i = 0; r && i < 2 * n; i++)
+		freeReplyObject(r[i]);
+	free(r);
+	free(p.text);
+	free(p.keys);
+	free(p.keylens);
+	return st;
+}
+
+/* Everything the copies owe, on rc (the tracking connection, or at close a pooled one). */
+static store_status hot_flush(store_backend_impl *s, rconn *rc)
+{
+	sqlite_hot_batch b = {0}, rest;
+	store_status st = STORE_OK;
+	size_t i = 0;
+
+	if (sqlite_hot_take(s->hot, &b) < 0)
+		st = store_set_error("%s: write behind: out of memory", s->where);
+	/*
+	 * Nothing owed: still a call (of no keys), so that a tracking
+	 * connection that was closed (CLIENT KILL, a timeout) is noticed now:
+	 * the invalidations it asked for have stopped.
+	 */
+	if (b.n == 0 && st == STORE_OK)
+		st = hot_flush_some(s, rc, &b, 0, 0);
+	for (; i < b.n && st == STORE_OK; i += HOT_FLUSH_KEYS)
+		st = hot_flush_some(s, rc, &b, i, b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS);
+	/*
+	 * A failed call may have written its keys or not: they are not owed
+	 * again (a lost charge lets a sender through, a doubled one could hold
+	 * up real mail); the calls not made are.
+	 */
+	if (st != STORE_OK && i < b.n) {
+		rest = (sqlite_hot_batch){.v = b.v + i, .n = b.n - i};
+		sqlite_hot_retake(s->hot, &rest);
+	}
+	sqlite_hot_written(s->hot);
+	sqlite_hot_batch_clear(&b);
+	return st;
+}
+
+static store_status op_hot_flush(store_backend_impl *s, rconn *rc, op *o)
+{
+	o->no_retry = true;
+	return hot_flush(s, rc);
+}
+
 /* --- the local view (redis_view.h) -------------------------------------- */
 
 /*
@@ -2359,7 +2792,10 @@ typedef struct view_thread {
 	int64_t ping_sent_ms; /* the PING not yet answered (0: none) */
 	int64_t next_ping_ms;
 	int backoff_ms;
-	bool broken; /* the connection failed, or the server dropped every key */
+	bool broken;         /* the connection failed, or the server dropped every key */
+	long long client_id; /* the subscribed connection's, the hot copies' tracking redirects there */
+	rconn flush;         /* the hot copies' writes behind: tracking with NOLOOP */
+	int64_t flush_at_ms;
 } view_thread;
 
 /* The run_id of the server rc talks to (INFO server); -1 with err. */
@@ -2401,6 +2837,7 @@ static int view_track(view_thread *vt, char *err, size_t errlen)
 	ok =
 	    command(s, vt->rc.ctx, &r, "CLIENT ID", 2, id_argv) == STORE_OK && r->type == REDIS_REPLY_INTEGER;
 	if (ok) {
+		vt->client_id = (long long)r->integer;
 		snprintf(id, sizeof(id), "%lld", (long long)r->integer);
 		freeReplyObject(r);
 		r = NULL;
@@ -2430,6 +2867,11 @@ static void view_drop(view_thread *vt)
 	pthread_mutex_lock(&vt->s->view_io);
 	redis_view_disable(vt->s->view);
 	atomic_store(&vt->s->view_fd, -1);
+	/* The invalidations stop here: every copy is in doubt. */
+	atomic_store(&vt->s->hot_tracked, false);
+	if (vt->s->hot)
+		sqlite_hot_invalidate_all(vt->s->hot);
+	drop(&vt->flush);
 	drop(&vt->rc);
 	drop(&vt->mark);
 	vt->ping_sent_ms = 0;
@@ -2460,8 +2902,12 @@ static void view_message(view_thread *vt, const redisReply *r)
 	for (size_t i = 0; i < keys->elements; i++) {
 		const redisReply *k = keys->element[i];
 
-		if (reply_is_str(k) && k->len >= s->prefixlen && memcmp(k->str, s->prefix, s->prefixlen) == 0)
+		if (!reply_is_str(k))
+			continue;
+		if (k->len >= s->prefixlen && memcmp(k->str, s->prefix, s->prefixlen) == 0)
 			redis_view_add(s->view, k->str + s->prefixlen, k->len - s->prefixlen);
+		else
+			(void)hot_invalidated(s, k->str, k->len);
 	}
 }
 
@@ -2667,6 +3113,35 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 	return rv;
 }
 
+/*
+ * The hot copies' connection: to the view's server, tracking the copies'
+ * keys into the view's subscription (NOLOOP), and Redis's clock; -1 with
+ * err. Before the view's SCAN and confirmation: what another connection
+ * writes from here on reaches the view, and the copies (all dropped at
+ * view_drop) are read anew after it.
+ */
+static int hot_connect(view_thread *vt, char *err, size_t errlen)
+{
+	store_backend_impl *s = vt->s;
+	char id[64];
+
+	if (conn_connect(s, &vt->flush, err, errlen) != 0 ||
+	    view_run_id(s, &vt->flush, id, sizeof(id), err, errlen) != 0)
+		return -1;
+	if (strcmp(id, vt->run_id) != 0) {
+		snprintf(err, errlen, "%s: hot copies: the connections reached different servers", s->where);
+		return -1;
+	}
+	if (hot_track(s, &vt->flush, vt->client_id, err, errlen) < 0)
+		return -1;
+	if (hot_clock(s, &vt->flush) < 0) {
+		snprintf(err, errlen, "%s: hot copies: TIME: %s", s->where, store_last_error());
+		return -1;
+	}
+	vt->flush_at_ms = now_ms() + HOT_FLUSH_MS;
+	return 0;
+}
+
 /* Wait (applying messages) for the answer to a PING; then the view may answer. */
 static int view_confirm(view_thread *vt)
 {
@@ -2701,6 +3176,8 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 	pthread_mutex_unlock(&s->view_io);
 	if (rv != 0)
 		return rv == -2 ? 2 : -1;
+	if (s->hot && hot_connect(vt, err, errlen) < 0)
+		return -1;
 	if ((rv = view_scan(vt, err, errlen)) != 0)
 		return rv;
 	if (view_confirm(vt) < 0) {
@@ -2713,6 +3190,8 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 	 */
 	pthread_mutex_lock(&s->view_io);
 	rv = vt->broken ? -1 : 0;
+	if (rv == 0 && s->hot)
+		atomic_store(&s->hot_tracked, true);
 	if (rv == 0)
 		redis_view_ready(s->view);
 	pthread_mutex_unlock(&s->view_io);
@@ -2773,6 +3252,13 @@ static void view_serve(view_thread *vt)
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
+		if (s->hot && now_ms() >= vt->flush_at_ms) {
+			vt->flush_at_ms = now_ms() + HOT_FLUSH_MS;
+			if (hot_flush(s, &vt->flush) != STORE_OK) {
+				log_warning("%s", store_last_error());
+				return;
+			}
+		}
 		if (redis_view_keys(s->view) > redis_view_max_keys(s->view))
 			return; /* grown with deleted keys' names: rebuild */
 	}
@@ -2801,6 +3287,8 @@ static void *view_main(void *arg)
 		int rv = view_build(vt, err, sizeof(err));
 
 		if (rv == 0) {
+			log_debug("%s: local view: built%s", vt->s->where,
+			          vt->s->hot ? ", the relay and ratelimit keys' hot copies answer" : "");
 			if (said[0])
 				log_notice(
 				    "%s: local view: built, lookups of absent keys answered here again",
@@ -2812,6 +3300,12 @@ static void *view_main(void *arg)
 			view_say(said, sizeof(said), err);
 		}
 		view_drop(vt);
+		if (vt->s->hot && !atomic_load(&vt->s->view_stop) && sqlite_hot_owes(vt->s->hot)) {
+			/* What the copies owe, meanwhile on a pooled connection. */
+			op o = {.what = "write behind", .fn = op_hot_flush};
+
+			(void)run(vt->s, &o);
+		}
 		if (rv != 0) {
 			view_sleep(vt, rv > 0 ? VIEW_OVERFULL_RETRY_MS : vt->backoff_ms);
 			vt->backoff_ms =
@@ -2882,6 +3376,28 @@ static bool view_help(store_backend_impl *s, int fd)
 }
 
 /*
+ * The view is confirmed and nothing waits on its socket (applied here
+ * when its thread is not at it): it, and the hot copies, hold as of now.
+ */
+static bool view_current(store_backend_impl *s, redis_view_token *t)
+{
+	struct pollfd pfd;
+
+	if (!redis_view_enter(s->view, now_ms(), t))
+		return false;
+	pfd.fd = atomic_load(&s->view_fd);
+	pfd.events = POLLIN;
+	if (pfd.fd < 0)
+		return false;
+	if (poll(&pfd, 1, 0) != 0) {
+		/* Applied here, the message counts like one the thread read: enter again. */
+		if (!view_help(s, pfd.fd) || !redis_view_enter(s->view, now_ms(), t) || poll(&pfd, 1, 0) != 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * Which of keys[] may exist, from the view: false when it cannot tell
  * (off, being built, not confirmed in time, or a message waiting on its
  * socket that its thread has not applied yet).
@@ -2891,23 +3407,12 @@ static bool view_maybe(store_backend_impl *s, const char *const *keys, size_t nk
 {
 	redis_view_token t;
 	store_netmask have;
-	struct pollfd pfd;
 
 	if (!s->view)
 		return false;
 	view_start(s);
-	if (!redis_view_enter(s->view, now_ms(), &t))
+	if (!view_current(s, &t))
 		return false;
-	pfd.fd = atomic_load(&s->view_fd);
-	pfd.events = POLLIN;
-	if (pfd.fd < 0)
-		return false;
-	if (poll(&pfd, 1, 0) != 0) {
-		/* Applied here, the message counts like one the thread read: enter again. */
-		if (!view_help(s, pfd.fd) || !redis_view_enter(s->view, now_ms(), &t) ||
-		    poll(&pfd, 1, 0) != 0)
-			return false;
-	}
 	if (built) {
 		/* Keys built for some lengths only: none of the view's may be missing. */
 		redis_view_lens(s->view, &have);
@@ -2931,6 +3436,246 @@ static void view_note(store_backend_impl *s, const char *const *keys, size_t nke
 {
 	for (size_t i = 0; s->view && i < nkeys; i++)
 		redis_view_add(s->view, keys[i], strlen(keys[i]));
+}
+
+/* --- the hot copies at work ---------------------------------------------- */
+
+/* May the copies answer now? */
+static bool hot_ready(store_backend_impl *s)
+{
+	redis_view_token t;
+
+	if (!s->hot || !s->view)
+		return false;
+	view_start(s);
+	return atomic_load(&s->hot_tracked) && view_current(s, &t);
+}
+
+/* What the copies made of a query. */
+typedef enum {
+	HOT_DONE, /* answered: q->status QUERY_OK */
+	HOT_MISS, /* the key is not held: a read would let them answer */
+	HOT_REDIS /* Redis's to answer (a new member, a write, not a copied key) */
+} hot_rc;
+
+/* q answered from the copies (in Redis's clock: this host's plus offset). */
+static hot_rc hot_answer(store_backend_impl *s, query *q, int64_t offset)
+{
+	sqlite_hot_rc rc = SQLITE_HOT_FULL;
+
+	if (!hot_key(q))
+		return HOT_REDIS;
+	if (q->kind == QUERY_COUNTER) {
+		int64_t at = q->u.counter.now_ms;
+
+		q->u.counter.now_ms = at + offset;
+		rc = sqlite_hot_counter(s->hot, q);
+		q->u.counter.now_ms = at;
+	} else if (q->kind == QUERY_KV && q->u.kv.op == QUERY_KV_GET) {
+		int64_t at = q->u.kv.now_ms;
+
+		q->u.kv.now_ms = at + offset;
+		rc = sqlite_hot_kv_get(s->hot, q);
+		q->u.kv.now_ms = at;
+	} else if (q->kind == QUERY_DISTINCT_ADD) {
+		sqlite_hot_distinct a = {.set = q->u.distinct.key,
+		                         .member = q->u.distinct.member,
+		                         .now = (wall_ms() + offset) / 1000,
+		                         .window = q->u.distinct.window,
+		                         .limit = q->u.distinct.limit,
+		                         .peek = q->u.distinct.peek,
+		                         .room = true};
+
+		if ((rc = sqlite_hot_distinct_run(s->hot, &a)) == SQLITE_HOT_DONE) {
+			q->u.distinct.count = a.count;
+			q->u.distinct.present = a.present;
+			q->u.distinct.capped = false;
+		}
+	}
+	if (rc == SQLITE_HOT_DONE) {
+		q->status = QUERY_OK;
+		atomic_fetch_add(&s->hot_answers, 1);
+		return HOT_DONE;
+	}
+	return rc == SQLITE_HOT_MISS ? HOT_MISS : HOT_REDIS;
+}
+
+/* A read of q's key for a copy: the query's own script as a peek (a set's: "load"). */
+static void hot_load_call(const store_backend_impl *s, const query *q, script_call *c)
+{
+	query peek = *q;
+
+	if (q->kind == QUERY_COUNTER)
+		peek.u.counter.cost = 0;
+	if (q->kind == QUERY_KV)
+		peek.u.kv.op = QUERY_KV_GET;
+	if (q->kind == QUERY_DISTINCT_ADD)
+		peek.u.distinct.peek = true;
+	script_call_of(s, &peek, c);
+	if (q->kind == QUERY_DISTINCT_ADD)
+		c->argv[9] = "load", c->argvlen[9] = 4;
+}
+
+/* A set's members from a "load" reply {now, member, score, ...}; false when not kept (too many, odd). */
+static bool hot_load_set(store_backend_impl *s, const query *q, const redisReply *r, uint64_t gen)
+{
+	sqlite_hot_member m[HOT_SET_MAX];
+	size_t n = 0;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->elements % 2 != 1 ||
+	    (r->elements - 1) / 2 > HOT_SET_MAX)
+		return false;
+	for (size_t i = 1; i + 1 < r->elements; i += 2) {
+		if (!reply_is_str(r->element[i]) || !reply_is_str(r->element[i + 1]))
+			return false;
+		m[n].member = r->element[i]->str;
+		m[n++].expires = strtoll(r->element[i + 1]->str, NULL, 10);
+	}
+	return sqlite_hot_set_load(s->hot, q->u.distinct.key, m, n, gen);
+}
+
+/* A read's reply into the copies (kept unless an invalidation or a flush came since gen). */
+static void hot_load(store_backend_impl *s, const query *q, const redisReply *r, uint64_t gen)
+{
+	if (q->kind == QUERY_COUNTER && reply_ints(r, 4, 3))
+		(void)sqlite_hot_counter_load(s->hot, q->u.counter.ns, q->u.counter.key,
+		                              r->element[3]->integer > 0, r->element[3]->integer, gen);
+	else if (q->kind == QUERY_KV && reply_ints(r, 3, 0) && reply_is_str(r->element[1]) &&
+	         r->element[2]->type == REDIS_REPLY_INTEGER)
+		(void)sqlite_hot_kv_load(s->hot, q->u.kv.ns, q->u.kv.key, r->element[0]->integer != 0,
+		                         r->element[1]->str, r->element[2]->integer, gen);
+	else if (q->kind == QUERY_DISTINCT_ADD)
+		(void)hot_load_set(s, q, r, gen);
+}
+
+/*
+ * The reads of o->q[0 .. o->nkeys) for the copies, pipelined (one round
+ * trip); o->created[i] set for each read that went through. No answers:
+ * the caller asks the copies again.
+ */
+static store_status op_hot_load(store_backend_impl *s, rconn *rc, op *o)
+{
+	script_call *calls = calloc(o->nkeys, sizeof(*calls));
+	store_status st = STORE_OK;
+	size_t sent = 0;
+
+	if (!calls)
+		return store_set_error("%s: batch: out of memory", s->where);
+	for (; sent < o->nkeys; sent++) {
+		script_call *c = &calls[sent];
+
+		hot_load_call(s, &o->q[sent], c);
+		c->argv[0] = "EVALSHA", c->argvlen[0] = 7;
+		c->argv[1] = rc->sha[c->script], c->argvlen[1] = strlen(rc->sha[c->script]);
+		if (append_argv(rc->ctx, c->argc, c->argv, c->argvlen) != REDIS_OK) {
+			st = append_failed(s, rc->ctx, "batch");
+			break;
+		}
+	}
+	atomic_fetch_add(&s->script_trips, 1);
+	for (size_t i = 0; i < sent && st == STORE_OK; i++) {
+		redisReply *r;
+
+		if ((st = next_reply(s, rc->ctx, &r, "batch")) != STORE_OK)
+			break;
+		/* NOSCRIPT (a restart): not read this time, the query goes to Redis on its own. */
+		if (r->type != REDIS_REPLY_ERROR) {
+			hot_load(s, &o->q[i], r, (uint64_t)o->now);
+			o->created[i] = true;
+		}
+		freeReplyObject(r);
+	}
+	free(calls);
+	return st;
+}
+
+/* A write q made in Redis: this daemon's copy goes at once (its own invalidation follows). */
+static void hot_wrote(store_backend_impl *s, const query *q)
+{
+	if (!s->hot || !hot_key(q) || q->status != QUERY_OK)
+		return;
+	if (q->kind == QUERY_COUNTER && q->u.counter.cost > 0 && q->u.counter.allowed)
+		sqlite_hot_invalidate(s->hot, SQLITE_HOT_COUNTER, q->u.counter.ns, q->u.counter.key);
+	else if (q->kind == QUERY_KV && q->u.kv.op != QUERY_KV_GET)
+		sqlite_hot_invalidate(s->hot, SQLITE_HOT_KV, q->u.kv.ns, q->u.kv.key);
+	else if (q->kind == QUERY_DISTINCT_ADD && !q->u.distinct.peek)
+		sqlite_hot_invalidate(s->hot, SQLITE_HOT_SET, NULL, q->u.distinct.key);
+}
+
+/* Queries to Redis as before: one script, or a pipelined batch. */
+static store_status redis_send(store_backend_impl *s, query *q, size_t nq)
+{
+	op one = {.what = script_what(q), .fn = op_script, .q = q};
+	op many = {.what = "batch", .fn = op_batch, .q = q, .nkeys = nq};
+	store_status st;
+
+	if (nq == 1) {
+		st = run(s, &one);
+		q->status = st == STORE_OK ? QUERY_OK : QUERY_ERROR;
+	} else {
+		st = run(s, &many);
+	}
+	for (size_t i = 0; i < nq; i++) {
+		/* Not even sent (no connection): unanswered is an error, the checks' on_error applies. */
+		if (q[i].status == QUERY_PENDING)
+			q[i].status = QUERY_ERROR;
+		hot_wrote(s, &q[i]);
+	}
+	return st;
+}
+
+/*
+ * kv, counter and distinct queries, in order, through the copies: what
+ * they answer costs no round trip; what they do not hold is read for them
+ * (one round trip for the lot) and asked again; the rest (a new member,
+ * a trip marker's write, a copy not kept) goes to Redis as before.
+ */
+static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
+{
+	query *todo = NULL;
+	size_t *from = NULL, n = 0;
+	bool *read = NULL;
+	int64_t offset;
+	store_status st = STORE_OK;
+
+	if (!hot_ready(s))
+		return redis_send(s, q, nq);
+	offset = atomic_load(&s->hot_offset_ms);
+	todo = calloc(nq, sizeof(*todo));
+	from = calloc(nq, sizeof(*from));
+	read = calloc(nq, sizeof(*read));
+	if (!todo || !from || !read) {
+		free(todo);
+		free(from);
+		free(read);
+		return redis_send(s, q, nq);
+	}
+	for (size_t i = 0; i < nq; i++)
+		if (hot_answer(s, &q[i], offset) == HOT_MISS) {
+			todo[n] = q[i];
+			from[n++] = i;
+		}
+	if (n > 0) {
+		op o = {.what = "batch", .fn = op_hot_load, .q = todo, .nkeys = n, .created = read};
+
+		o.now = (int64_t)sqlite_hot_generation(s->hot);
+		(void)run(s, &o); /* a failure leaves the queries to Redis below, which says so */
+	}
+	n = 0;
+	for (size_t i = 0; i < nq; i++)
+		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE) {
+			todo[n] = q[i];
+			from[n++] = i;
+		}
+	if (n > 0) {
+		st = redis_send(s, todo, n);
+		for (size_t j = 0; j < n; j++)
+			q[from[j]] = todo[j];
+	}
+	free(todo);
+	free(from);
+	free(read);
+	return st;
 }
 
 /* --- the ops table ------------------------------------------------------- */
@@ -3147,23 +3892,43 @@ static store_status redis_distinct_clear(store_backend_impl *s, const char *set)
 
 static store_status redis_kv(store_backend_impl *s, query *q)
 {
-	op o = {.what = "kv", .fn = op_script, .q = q};
-
-	return run(s, &o);
+	q->status = QUERY_PENDING;
+	return hot_run(s, q, 1);
 }
 
 static store_status redis_counter(store_backend_impl *s, query *q)
 {
-	op o = {.what = "counter", .fn = op_script, .q = q};
-
-	return run(s, &o);
+	q->status = QUERY_PENDING;
+	return hot_run(s, q, 1);
 }
 
 static store_status redis_batch(store_backend_impl *s, query *q, size_t nq)
 {
-	op o = {.what = "batch", .fn = op_batch, .q = q, .nkeys = nq};
+	return hot_run(s, q, nq);
+}
 
-	return run(s, &o);
+/*
+ * Before spamtrapctl reads buckets or sets: a daemon's copies owe at most
+ * HOT_FLUSH_MS of charges and refreshes (written by its view thread,
+ * which looks every VIEW_PING_MS), so wait that long; nothing can tell
+ * whether a daemon holds copies.
+ */
+static store_status redis_sync(store_backend_impl *s)
+{
+	struct timespec t = {.tv_sec = 0, .tv_nsec = (long)(2 * HOT_FLUSH_MS) * 1000000L};
+
+	(void)s;
+	while (nanosleep(&t, &t) < 0 && errno == EINTR) {
+	}
+	return STORE_OK;
+}
+
+/* The daemon: keep the hot copies (with the local view only: its invalidations keep them true). */
+static store_status redis_write_behind(store_backend_impl *s)
+{
+	if (s->view && !s->hot && !(s->hot = sqlite_hot_new_shared(SQLITE_HOT_MAX_ENTRIES)))
+		return store_set_error("%s: hot copies: out of memory", s->where);
+	return STORE_OK;
 }
 
 static uint64_t redis_script_trips(store_backend_impl *s)
@@ -3605,6 +4370,14 @@ static void redis_free(store_backend_impl *s)
 	if (!s)
 		return;
 	view_stop(s);
+	if (s->hot && sqlite_hot_owes(s->hot)) {
+		/* What the copies owe, before the connections go. */
+		op o = {.what = "write behind", .fn = op_hot_flush};
+
+		if (run(s, &o) != STORE_OK)
+			log_warning("%s", store_last_error());
+	}
+	sqlite_hot_free(s->hot);
 	redis_view_free(s->view);
 	for (int i = 0; i < POOL_SIZE; i++)
 		drop(&s->conns[i]);
@@ -3932,6 +4705,8 @@ const store_ops store_redis_ops = {
     .counter = redis_counter,
     .counter_delete = redis_counter_delete,
     .batch = redis_batch,
+    .write_behind = redis_write_behind,
+    .sync = redis_sync,
     .script_trips = redis_script_trips,
     .greylist = redis_greylist,
     .grey_get = redis_grey_get,

@@ -82,6 +82,41 @@ class SignalStorm(unittest.TestCase):
                 d.cleanup()
 
 
+def blocked_signals(pid, tid):
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk for thread {tid}")
+
+
+class WakeSignal(unittest.TestCase):
+    def test_no_thread_of_spamtrapd_but_the_main_one_takes_sigurg(self):
+        """milter_stop wakes libmilter's listener with SIGURG, a handler doing nothing and no
+        SA_RESTART: a SIGURG from outside must not cut short a system call of the control, export
+        or metrics threads (the main thread waits for it and drops it)."""
+        d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}})
+        d.start()
+        try:
+            pid = d.proc.pid
+            # The sockets listen before the threads start: "ready" comes after them all.
+            deadline = time.monotonic() + sh.START_TIMEOUT
+            while not any(line.endswith("ready") for line in d.log().splitlines()):
+                self.assertLess(time.monotonic(), deadline, "no \"ready\" in the log:\n" + d.log_tail())
+                time.sleep(0.05)
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+            self.assertTrue(tids, "no thread besides the main one")
+            urg = 1 << (signal.SIGURG - 1)
+            takers = [t for t in tids if not blocked_signals(pid, t) & urg]
+            self.assertEqual(takers, [], f"threads with SIGURG unblocked, of {len(tids)}")
+            for _ in range(50):
+                os.kill(pid, signal.SIGURG)
+            self.assertTrue(d.running(), d.log_tail())
+        finally:
+            d.stop()
+            d.cleanup()
+
+
 class StartupStatus(unittest.TestCase):
     def test_detached_start_reports_failure(self):
         """Without -f the parent waits for the child's start-up: a port in use is exit 1."""

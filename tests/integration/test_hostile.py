@@ -21,6 +21,12 @@ What is already covered by test_policy.py (each malformed-request kind with
 one request, the fast endless request, the TLS ClientHello, three malformed
 requests in a row) is not repeated here; this file adds size, volume,
 slowness and concurrency to it, and the strange addresses.
+
+ctest runs the file as two entries: integration.test_hostile, the floods
+and everything timed against the daemon's ticks (alone: RUN_SERIAL), and
+integration.test_hostile.parallel, the classes with SERIAL = False, which
+only send a few odd requests each and may share the machine. Outside
+ctest (SPAMTRAPD_HOSTILE_PART unset) every class runs.
 """
 
 import contextlib
@@ -244,6 +250,7 @@ class HostileCase(unittest.TestCase):
 
     CONFIG = {}
     MILTER = True
+    SERIAL = True  # floods and timings: run alone (see the module's docstring)
 
     @classmethod
     def setUpClass(cls):
@@ -648,6 +655,8 @@ class TestMilterGarbage(HostileCase):
     """Garbage on the milter port: libmilter drops each such connection; the daemon logs one line for
     each and the milter keeps serving (the companion's milter rounds)."""
 
+    SERIAL = False  # a few connections, nothing timed
+
     GARBAGE = [b"GET / HTTP/1.0\r\n\r\n",
                bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]) + os.urandom(500),
                b"\xff\xff\xff\xff" + b"x" * 100,  # a length of 4 GiB
@@ -690,6 +699,7 @@ class TestAddresses(HostileCase):
 
     # test_null_sender: a bounce to a trap records the client (the default, ignore, records nothing).
     CONFIG = {"traps": {"null_sender": "client"}}
+    SERIAL = False  # single requests, nothing timed
 
     def trap_hit(self, sender, client, recipient=TRAP, **kw):
         return self.client("trap").check(sender=sender, recipient=recipient, client_address=client, **kw)
@@ -952,6 +962,7 @@ class TestDnsChecksHostileDns(HostileCase):
     the zone; the daemon forwards to it."""
 
     MILTER = False
+    SERIAL = False  # single requests; the DNS timeouts (2 s) are far from the answers' times
     SPF_FAIL = "fail." + HZ
     LISTED, REFUSED_CODE, OUTSIDE, MANY = "203.0.113.77", "203.0.113.78", "203.0.113.79", "203.0.113.80"
     CONFIG = {"dnsbl": {"mode": "enforce", "sites": ["bl." + HZ + "=127.0.0.2"], "timeout": "2s"},
@@ -1023,6 +1034,18 @@ class TestDnsChecksHostileDns(HostileCase):
         with self.scenario():
             for n, client in enumerate((self.REFUSED_CODE, self.OUTSIDE, self.MANY)):
                 self.assertEqual(self.ask(client, "a@good.test", f"b{n}"), "DUNNO", client)
+
+
+def load_tests(loader, tests, pattern):
+    """SPAMTRAPD_HOSTILE_PART=serial or parallel: only the classes of that ctest entry."""
+    part = os.environ.get("SPAMTRAPD_HOSTILE_PART")
+    if part not in ("serial", "parallel"):
+        return tests
+    chosen = unittest.TestSuite()
+    for case in (t for suite in tests for t in suite):
+        if getattr(type(case), "SERIAL", True) == (part == "serial"):
+            chosen.addTest(case)
+    return chosen
 
 
 if __name__ == "__main__":

@@ -712,6 +712,40 @@ class SilentListener(unittest.TestCase):
         self.assertIn("entries in force: 0", out.stdout)
         self.assertRegex(out.stderr, r"no counters from the daemon .*timed out")
 
+    def test_listener_not_accepting_is_said_timed_out(self):
+        """A listener whose backlog is full (a hung daemon that no longer accepts): the connect gives
+        up at the deadline, and stats says it timed out (it said "Operation now in progress", or
+        "Resource temporarily unavailable" on a unix socket)."""
+        tmp = tempfile.mkdtemp(prefix="spamtrapd-backlog-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for family, address, listen in ((socket.AF_INET, ("127.0.0.1", 0), None),
+                                        (socket.AF_UNIX, os.path.join(tmp, "m.sock"), None)):
+            lsn = socket.socket(family, socket.SOCK_STREAM)
+            self.addCleanup(lsn.close)
+            lsn.bind(address)
+            if family == socket.AF_UNIX:  # spamtrapctl may run as another user
+                os.chmod(tmp, 0o755)
+                os.chmod(address, 0o777)
+            lsn.listen(0)  # one connection waits to be accepted, the next gets no answer
+            if family == socket.AF_INET:
+                listen = "127.0.0.1:%d" % lsn.getsockname()[1]
+            else:
+                listen = "unix:" + address
+            for _ in range(2):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                self.addCleanup(s.close)
+                s.setblocking(False)
+                try:
+                    s.connect(lsn.getsockname())
+                except (BlockingIOError, InterruptedError):
+                    pass
+            d = sh.Spamtrapd({"traps": {"addresses": [TRAP]}, "metrics": {"listen": listen}})
+            self.addCleanup(d.cleanup)
+            out = d.ctl("stats", timeout=60)
+            self.assertIn("entries in force: 0", out.stdout)
+            self.assertRegex(out.stderr, r"no counters from the daemon \(metrics.listen %s: connect: .*timed out\)"
+                             % re.escape(listen))
+
 
 class UnixPathInUse(unittest.TestCase):
     """metrics.listen naming a path something else has: spamtrapd refuses to start and leaves it be."""

@@ -6,7 +6,9 @@ nothing here depends on timing. Each test uses its own accounts, clients
 and recipients, so that the tests of a class share one daemon.
 """
 
+import re
 import shutil
+import time
 import unittest
 
 import redis_harness as rh
@@ -179,13 +181,111 @@ class TestShared(RateChecks, unittest.TestCase):
         for d in (a, b):
             self.addCleanup(d.cleanup)
             d.start()
-        ask = lambda d, i: self.ask(d, f"carol{i}@example.com", f"c{i}@example.org", f"10.4.{i}.1", sasl_username="carol")
+        key = "rl:ctr:ratelimit:account:carol"
+
+        def ask(d, i):
+            # each daemon charges its copy and writes the charge behind (within 200 ms): wait for it
+            before = redis.command("GET", key)
+            answer = self.ask(d, f"carol{i}@example.com", f"c{i}@example.org", f"10.4.{i}.1",
+                              sasl_username="carol")
+            if answer == "DUNNO":
+                rh.wait_until(lambda: redis.command("GET", key) != before, 3, "the charge in redis")
+            return answer
         self.assertEqual(ask(a, 0), "DUNNO")
         self.assertEqual(ask(b, 1), "DUNNO")
         self.assertEqual(ask(a, 2), "DUNNO")
         self.assertEqual(ask(b, 3), DEFER)
         self.assertEqual(ask(a, 4), DEFER)
 
+    def test_two_daemons_charge_one_bucket_together(self):
+        # both daemons hold a copy of the bucket and charge it in memory: the deltas add up in redis
+        redis, _ = start_redis(self)
+        rules = {"ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "10/1h", "unit": "message"}]}}
+        a = sh.Spamtrapd(sh.merge(rules, redis_store(redis)))
+        b = sh.Spamtrapd(sh.merge(rules, redis_store(redis)))
+        for d in (a, b):
+            self.addCleanup(d.cleanup)
+            d.start()
+        ask = lambda d, i: self.ask(d, f"dan{i}@example.com", f"d{i}@example.org", "10.7.0.1",
+                                    sasl_username="dan")
+        answers = [ask(a if i % 2 else b, i) for i in range(6)]
+        self.assertEqual(answers, ["DUNNO"] * 6)
+        # 6 charges in all, whichever daemon made them: room 4 of 10 once both have written behind
+        rh.wait_until(lambda: "room 4 of 10" in b.ctl("rate", "show", "account:dan").stdout, 3,
+                      "both daemons' charges in redis")
+        self.assertIn("room 4 of 10", a.ctl("rate", "show", "account:dan").stdout)
+
+
+
+class TestRedisCopies(RateChecks, unittest.TestCase):
+    """The daemon answers buckets from copies kept true by Redis's invalidations: what drops the
+    invalidations drops the copies (a full bucket emptied meanwhile must pass again)."""
+
+    RULE = {"ratelimit": {"mode": "enforce", "rules": [
+        {"name": "account", "key": "sasl_username", "rate": "2/1h", "unit": "message"}]}}
+    KEY = "rl:ctr:ratelimit:account:gus"
+
+    def fill(self, d, tag):
+        ask = lambda i: self.ask(d, f"gus{tag}{i}@example.com", f"g{i}@example.org", "10.8.0.1",
+                                 sasl_username="gus")
+        self.assertEqual([ask(0), ask(1)], ["DUNNO", "DUNNO"])
+        self.assertEqual(ask(2), DEFER)  # the daemon's copy is full
+        return ask
+
+    def written_behind(self, redis):
+        # both charges (2/1h: 30 minutes each) in redis: the copies owe nothing more
+        full = lambda: int(redis.command("GET", self.KEY) or 0) > time.time() * 1000 + 3500 * 1000
+        rh.wait_until(full, 3, "the charges written behind")
+
+    def emptied_passes(self, d, ask, mark):
+        # polled: a copy kept without its invalidations stays full
+        rh.wait_until(lambda: ask(9) == "DUNNO", 3, "the emptied bucket passing again")
+        # and once the view and the copies are back, the bucket's second unit passes too (one was
+        # charged above): the copy held before is not answering again
+        d.wait_for_log(r"local view: built, the relay and ratelimit keys' hot copies answer", since=mark)
+        self.assertEqual(ask(10), "DUNNO")
+
+    def copies_ready(self, d, redis):
+        mark = d.log_mark()
+        # the view's thread (and the hot copies' connection) starts with the first query
+        self.assertEqual(self.ask(d, "warm@example.com", "w@example.org", "10.8.9.1", sasl_username="warm"),
+                         "DUNNO")
+        d.wait_for_log(r"local view: built, the relay and ratelimit keys' hot copies answer", since=mark)
+        self.assertEqual(len(self.tracking_ids(redis)), 1, "one hot copies' connection")
+
+    def tracking_ids(self, redis):
+        listing = redis.command("CLIENT", "LIST")
+        listing = listing.decode() if isinstance(listing, bytes) else listing
+        return [re.search(r"\bid=(\d+)", line).group(1) for line in listing.splitlines()
+                if re.search(r"\bflags=\S*B", line) and re.search(r"\bsub=0\b", line)]
+
+    def test_killed_tracking_connection_drops_the_copies(self):
+        redis, _ = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        ask = self.fill(d, "a")
+        self.written_behind(redis)
+        ids = self.tracking_ids(redis)
+        self.assertEqual(len(ids), 1, "one hot copies' connection")
+        mark = d.log_mark()
+        redis.command("CLIENT", "KILL", "ID", ids[0])
+        redis.command("DEL", self.KEY)  # no invalidation reaches the daemon for this one
+        self.emptied_passes(d, ask, mark)
+
+    def test_flushdb_drops_the_copies(self):
+        redis, _ = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        ask = self.fill(d, "b")
+        self.written_behind(redis)
+        mark = d.log_mark()
+        redis.command("FLUSHDB")
+        self.emptied_passes(d, ask, mark)
 
 class TestModesAndErrors(RateChecks, unittest.TestCase):
     def test_shadow_passes_counts_and_says_so(self):

@@ -188,6 +188,7 @@ static void test_forget_beats_a_racing_load(void **state)
 	assert_int_equal(b.n, 0);
 	/* A load that read the file before the reset keeps nothing. */
 	assert_true(sqlite_hot_counter_load(h, "ratelimit", "account:b", true, 9000, gen));
+	q = counter_q("k", 1000000, 0, false);
 	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
 	assert_int_equal(sqlite_hot_entries(h), 0);
 	sqlite_hot_free(h);
@@ -321,6 +322,118 @@ static void test_taken_not_dropped_before_written(void **state)
 	sqlite_hot_free(h);
 }
 
+/* Shared (Redis): charges owed as a delta that composes, so that two hosts' charges add up. */
+static void test_shared_counter_owes_deltas(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new_shared(16);
+	query q;
+	sqlite_hot_batch b = {0};
+	int64_t tat;
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1000500, sqlite_hot_generation(h)));
+	/* At 1,000,000 (TAT 1,000,500) and at 1,003,000 (the TAT passed by then): one unit (1 s) each. */
+	q = counter_q("k", 1000000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	q = counter_q("k", 1003000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	/* Not the TAT but the function: tat = max(tat, from) + add. */
+	assert_int_equal(b.v[0].add, 2000);
+	assert_int_equal(b.v[0].value, 1002000);
+	/* Applied to the TAT this host read, it gives this host's TAT ... */
+	tat = 1000500 > b.v[0].value ? 1000500 : b.v[0].value;
+	assert_int_equal(tat + b.v[0].add, 1004000);
+	/* ... and to a TAT another host pushed to 1,010,000, both hosts' units. */
+	tat = 1010000 > b.v[0].value ? 1010000 : b.v[0].value;
+	assert_int_equal(tat + b.v[0].add, 1012000);
+	/* A failed write owes it again, before what was charged since. */
+	q = counter_q("k", 1003000, 1, true);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	sqlite_hot_retake(h, &b);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 3000);
+	assert_int_equal(b.v[0].value, 1002000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	sqlite_hot_free(h);
+}
+
+/* Shared: another writer's change drops the copy, never what this host owes. */
+static void test_shared_invalidate_keeps_owed_charges(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new_shared(16);
+	query q = counter_q("k", 1000000, 1, false);
+	sqlite_hot_batch b = {0};
+	uint64_t gen;
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	gen = sqlite_hot_generation(h);
+	sqlite_hot_invalidate(h, SQLITE_HOT_COUNTER, "ratelimit", "k");
+	/* Stale: asked of the store, and a load read before the invalidation is not kept. */
+	q = counter_q("k", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1005000, gen));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	/* Read again: the store's TAT (another host's 5 units) plus the one owed here. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1005000, sqlite_hot_generation(h)));
+	q = counter_q("k", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_false(q.u.counter.allowed && q.u.counter.remaining > 0);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 1000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/* Another key's invalidation does not refuse this key's load (a busy store invalidates often). */
+	gen = sqlite_hot_generation(h);
+	sqlite_hot_invalidate(h, SQLITE_HOT_COUNTER, "ratelimit", "other");
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k2", false, 0, gen));
+	q = counter_q("k2", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	/* The invalidations lost (the view's connection): every copy goes, nothing is owed any more. */
+	sqlite_hot_invalidate_all(h);
+	q = counter_q("k", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_int_equal(sqlite_hot_entries(h), 0);
+	sqlite_hot_free(h);
+}
+
+/* Shared: a new member is the store's to decide; a reset of the set drops its owed refreshes. */
+static void test_shared_set_new_member_is_the_stores(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new_shared(16);
+	sqlite_hot_member m[1] = {{"198.51.100.0/24", 1000 + 3600}};
+	sqlite_hot_distinct a = add_a("relay:sasl:a", "198.51.100.0/24", 1000 + 3600 / 2, 10);
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_true(sqlite_hot_set_load(h, "relay:sasl:a", m, 1, sqlite_hot_generation(h)));
+	/* Known: refreshed in memory, owed. */
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_int_equal(a.count, 1);
+	/* New, with room: not decided here (two hosts must count together). */
+	a = add_a("relay:sasl:a", "203.0.113.0/24", 1000 + 3600 / 2, 10);
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_FULL);
+	/* A peek of it is answered. */
+	a.peek = true;
+	assert_int_equal(sqlite_hot_distinct_run(h, &a), SQLITE_HOT_DONE);
+	assert_false(a.present);
+	assert_int_equal(a.count, 1);
+	/* Reset elsewhere: the refresh owed goes with the copy. */
+	sqlite_hot_invalidate(h, SQLITE_HOT_SET, NULL, "relay:sasl:a");
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 0);
+	sqlite_hot_written(h);
+	sqlite_hot_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -333,6 +446,9 @@ int main(void)
 	    cmocka_unit_test(test_bounded),
 	    cmocka_unit_test(test_members_bounded),
 	    cmocka_unit_test(test_taken_not_dropped_before_written),
+	    cmocka_unit_test(test_shared_counter_owes_deltas),
+	    cmocka_unit_test(test_shared_invalidate_keeps_owed_charges),
+	    cmocka_unit_test(test_shared_set_new_member_is_the_stores),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2921,9 +2921,10 @@ static void test_redis_kv_counter_layout(void **state)
 	snprintf(key, sizeof(key), "%sctr:rate:c", B.prefix);
 	redis_text(out, sizeof(out), "GET %s", key);
 	assert_true(atoll(out) > t && atoll(out) < t + HOUR_MS + 60000);
+	/* Kept a minute past its TAT (HOT_KEEP_MS_TEXT): a bucket in use does not expire between charges. */
 	redis_text(out, sizeof(out), "PTTL %s", key);
 	pttl = atoll(out);
-	assert_true(pttl > HOUR_MS - 60000 && pttl <= HOUR_MS);
+	assert_true(pttl > HOUR_MS && pttl <= HOUR_MS + 60000);
 	store_free(st);
 }
 
