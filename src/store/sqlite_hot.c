@@ -151,11 +151,16 @@ uint64_t sqlite_hot_generation(sqlite_hot *h)
 	return g;
 }
 
-/* Under the lock: may a load of the key of hash, read since generation, be kept? */
-static bool load_ok(const sqlite_hot *h, uint64_t hash, uint64_t generation, bool owes)
+/*
+ * Under the lock: may a load of the key of hash, read since generation, be
+ * kept? A shared bucket's (writes_too) not while a take's writes are on
+ * their way nor when they landed since: the read may have missed them,
+ * and the store does not tell this process of its own writes.
+ */
+static bool load_ok(const sqlite_hot *h, uint64_t hash, uint64_t generation, bool writes_too)
 {
 	return h->all_gen <= generation && h->slot_gen[hash % GEN_SLOTS] <= generation &&
-	       (!owes || h->take_gen <= generation);
+	       (!writes_too || (!h->writing && h->take_gen <= generation));
 }
 
 /* Under the lock: the key of hash was forgotten (or invalidated). */
@@ -344,7 +349,7 @@ bool sqlite_hot_counter_load(sqlite_hot *h, const char *ns, const char *key, boo
 		e->tat += e->owe_add;
 		e->found = found || e->owe_add > 0;
 		e->stale = false;
-	} else if (!e && load_ok(h, hash, generation, false)) {
+	} else if (!e && load_ok(h, hash, generation, h->shared)) {
 		if ((e = insert(h, SQLITE_HOT_COUNTER, ns, key, hash)) != NULL) {
 			e->found = e->in_file = found;
 			e->tat = tat;
@@ -526,10 +531,15 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 
 /* --- resets and writing behind ----------------------------------------------- */
 
-/* Under the lock: e is in doubt. A bucket owing charges keeps them (keep_owed); everything else goes. */
+/*
+ * Under the lock: e is in doubt. A bucket owing charges keeps them
+ * (keep_owed), and one whose charges are being written too (a failed
+ * write owes them again: sqlite_hot_retake); everything else goes.
+ */
 static void invalidate(sqlite_hot *h, hot_entry *e, bool keep_owed)
 {
-	if (keep_owed && e->kind == SQLITE_HOT_COUNTER && h->shared && e->owe_add > 0)
+	if (keep_owed && e->kind == SQLITE_HOT_COUNTER && h->shared &&
+	    (e->owe_add > 0 || (h->writing && e->taken == h->takes)))
 		e->stale = true;
 	else
 		remove_entry(h, e);
@@ -697,6 +707,8 @@ void sqlite_hot_written(sqlite_hot *h)
 {
 	pthread_mutex_lock(&h->lock);
 	h->writing = false;
+	if (h->shared)
+		h->take_gen = ++h->generation; /* the writes landed: a read before missed them */
 	pthread_mutex_unlock(&h->lock);
 }
 

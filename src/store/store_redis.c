@@ -355,23 +355,27 @@ static const char kv_lua[] = LUA_NOW_MS "local old = redis.call('GET', KEYS[1])\
  * NS ":" KEY, expiring at the TAT (when the bucket is full again and as
  * good as absent). ARGV: emission interval ms, burst, cost, debt ("1":
  * charge past burst, query.h). Returns
- * {allowed, retry_after ms, remaining}.
+ * {allowed, retry_after ms, remaining, TAT held}: the TAT stored after
+ * the call, 0 when none is ahead of now (the hot copies' read: an empty
+ * bucket is empty whatever Redis's clock says, which the copy's, a round
+ * trip behind, must not see as a charge).
  */
 static const char counter_lua[] = LUA_NOW_MS
     "local t = tonumber(ARGV[1])\n"
     "local tau = tonumber(ARGV[2]) * t\n"
     "local cost = tonumber(ARGV[3])\n"
     "local tat = tonumber(redis.call('GET', KEYS[1]) or 0)\n"
-    "if tat < now then tat = now end\n"
+    "local held = tat\n"
+    "if tat <= now then tat, held = now, 0 end\n"
     "local nxt = tat + cost * t\n"
     "if nxt - now > tau and not (ARGV[4] == '1' and cost > 0) then\n"
-    "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t), tat}\n"
+    "  return {0, nxt - tau - now, math.floor((tau - (tat - now)) / t), held}\n"
     "end\n"
     "if cost > 0 then\n"
     "  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', nxt - now + " HOT_KEEP_MS_TEXT ")\n"
-    "  tat = nxt\n"
+    "  held = nxt\n"
     "end\n"
-    "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t)), tat}\n";
+    "return {1, 0, math.max(0, math.floor((tau - (nxt - now)) / t)), held}\n";
 
 /*
  * store_greylist: greystep_run (src/core/greystep.c) line by line, in
@@ -2553,9 +2557,16 @@ static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisRe
 	{
 		redisReply *watch;
 
+		bool ok;
+
 		if (next_reply(s, rc->ctx, &watch, "write behind") != STORE_OK)
 			return -1;
+		/* Unwatched, the writes could overwrite another host's charges. */
+		if (!(ok = watch->type == REDIS_REPLY_STATUS))
+			reply_error(s, rc, watch, "write behind");
 		freeReplyObject(watch);
+		if (!ok)
+			return -1;
 	}
 	if (next_reply(s, rc->ctx, time_r, "write behind") != STORE_OK)
 		return -1;
@@ -2650,15 +2661,20 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 	return rv;
 }
 
-/* The writes of b[from .. from + n) on rc; n 0: only TIME (the connection lives, Redis's clock). */
+/*
+ * The writes of b[from .. from + n) on rc; n 0: only TIME (the connection
+ * lives, Redis's clock). On failure *unwritten says that none of them can
+ * have been made (no EXEC, or every EXEC refused for a watched key).
+ */
 static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlite_hot_batch *b, size_t from,
-                                   size_t n)
+                                   size_t n, bool *unwritten)
 {
 	hot_plan p = {.b = b, .from = from, .n = n};
 	redisReply **r = calloc(2 * n + 1, sizeof(*r)), *t = NULL;
 	store_status st = STORE_ERROR;
 	int done = 0;
 
+	*unwritten = true;
 	p.text = calloc(n + 1, HOT_TEXT);
 	p.keys = calloc(n + 1, sizeof(*p.keys));
 	p.keylens = calloc(n + 1, sizeof(*p.keylens));
@@ -2695,6 +2711,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		      strtoll(t->element[1]->str, NULL, 10) / 1000;
 		hot_note_time(s, now);
 		done = hot_write(s, rc, &p, now, r);
+		*unwritten = done == 0;
 		freeReplyObject(t);
 		t = NULL;
 		for (size_t i = 0; i < 2 * n; i++) {
@@ -2723,6 +2740,7 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 {
 	sqlite_hot_batch b = {0}, rest;
 	store_status st = STORE_OK;
+	bool unwritten;
 	size_t i = 0;
 
 	if (sqlite_hot_take(s->hot, &b) < 0)
@@ -2733,18 +2751,27 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 	 * the invalidations it asked for have stopped.
 	 */
 	if (b.n == 0 && st == STORE_OK)
-		st = hot_flush_some(s, rc, &b, 0, 0);
-	for (; i < b.n && st == STORE_OK; i += HOT_FLUSH_KEYS)
-		st = hot_flush_some(s, rc, &b, i, b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS);
+		st = hot_flush_some(s, rc, &b, 0, 0, &unwritten);
+	while (i < b.n && st == STORE_OK) {
+		size_t n = b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS;
+
+		if ((st = hot_flush_some(s, rc, &b, i, n, &unwritten)) == STORE_OK || !unwritten)
+			i += n;
+	}
 	/*
-	 * A failed call may have written its keys or not: they are not owed
-	 * again (a lost charge lets a sender through, a doubled one could hold
-	 * up real mail); the calls not made are.
+	 * A failed call that may have written its keys or not: they are not
+	 * owed again (a lost charge lets a sender through, a doubled one could
+	 * hold up real mail); those of a call that wrote nothing for sure (its
+	 * keys kept changing, or no EXEC went out), and of the calls not made,
+	 * are.
 	 */
 	if (st != STORE_OK && i < b.n) {
 		rest = (sqlite_hot_batch){.v = b.v + i, .n = b.n - i};
 		sqlite_hot_retake(s->hot, &rest);
 	}
+	/* Replies of a failed call may still be on their way (or a WATCH held): not for the next user. */
+	if (st != STORE_OK && rc->ctx)
+		rc->stale = true;
 	sqlite_hot_written(s->hot);
 	sqlite_hot_batch_clear(&b);
 	return st;
@@ -2794,8 +2821,9 @@ typedef struct view_thread {
 	int backoff_ms;
 	bool broken;         /* the connection failed, or the server dropped every key */
 	long long client_id; /* the subscribed connection's, the hot copies' tracking redirects there */
-	rconn flush;         /* the hot copies' writes behind: tracking with NOLOOP */
+	rconn flush;         /* the hot copies' writes behind: tracking with NOLOOP; closed: no copies */
 	int64_t flush_at_ms;
+	bool hot_said; /* the server refused the writes behind, logged */
 } view_thread;
 
 /* The run_id of the server rc talks to (INFO server); -1 with err. */
@@ -3114,20 +3142,65 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
 }
 
 /*
+ * May rc write behind: WATCH, MULTI and EXEC answered (an ACL set up from
+ * the commands listed before the copies refuses them)? NULL, or the
+ * server's words. Copies that took charges they cannot write would lose
+ * them all: a limit never reached.
+ */
+static const char *hot_probe(store_backend_impl *s, rconn *rc, char *why, size_t whylen)
+{
+	char key[PREFIX_MAX + 16];
+	const char *argv[3][2] = {{"WATCH", key}, {"MULTI"}, {"EXEC"}};
+	const int argc[3] = {2, 1, 1};
+
+	snprintf(key, sizeof(key), "%sctr:", base_prefix(s));
+	for (int i = 0; i < 3; i++) {
+		redisReply *r = NULL;
+		bool ok = command(s, rc->ctx, &r, argv[i][0], argc[i], argv[i]) == STORE_OK &&
+		          r->type != REDIS_REPLY_ERROR;
+
+		if (!ok)
+			snprintf(why, whylen, "%s: %s", argv[i][0],
+			         rc->ctx->err  ? rc->ctx->errstr
+			         : r && r->str ? r->str
+			                       : store_last_error());
+		freeReplyObject(r);
+		if (!ok)
+			return why;
+	}
+	return NULL;
+}
+
+/*
  * The hot copies' connection: to the view's server, tracking the copies'
  * keys into the view's subscription (NOLOOP), and Redis's clock; -1 with
  * err. Before the view's SCAN and confirmation: what another connection
  * writes from here on reaches the view, and the copies (all dropped at
- * view_drop) are read anew after it.
+ * view_drop) are read anew after it. A server that refuses the writes
+ * behind leaves the view without copies (vt->flush closed, said once).
  */
 static int hot_connect(view_thread *vt, char *err, size_t errlen)
 {
 	store_backend_impl *s = vt->s;
-	char id[64];
+	char id[64], why[256];
 
 	if (conn_connect(s, &vt->flush, err, errlen) != 0 ||
 	    view_run_id(s, &vt->flush, id, sizeof(id), err, errlen) != 0)
 		return -1;
+	if (hot_probe(s, &vt->flush, why, sizeof(why))) {
+		if (vt->flush.ctx->err) { /* the connection, not a refusal */
+			if (snprintf(err, errlen, "%s: hot copies: %s", s->where, why) >= (int)errlen)
+				err[errlen - 1] = '\0'; /* cut short, still the start of the reason */
+			return -1;
+		}
+		if (!vt->hot_said)
+			log_warning("%s: hot copies: the writes behind are refused (%s): the relay and "
+			            "ratelimit keys ask redis",
+			            s->where, why);
+		vt->hot_said = true;
+		drop(&vt->flush);
+		return 0;
+	}
 	if (strcmp(id, vt->run_id) != 0) {
 		snprintf(err, errlen, "%s: hot copies: the connections reached different servers", s->where);
 		return -1;
@@ -3190,7 +3263,7 @@ static int view_build(view_thread *vt, char *err, size_t errlen)
 	 */
 	pthread_mutex_lock(&s->view_io);
 	rv = vt->broken ? -1 : 0;
-	if (rv == 0 && s->hot)
+	if (rv == 0 && s->hot && vt->flush.ctx)
 		atomic_store(&s->hot_tracked, true);
 	if (rv == 0)
 		redis_view_ready(s->view);
@@ -3252,7 +3325,7 @@ static void view_serve(view_thread *vt)
 			return;
 		if (view_pump(vt, VIEW_PING_MS) < 0 || view_outdated(vt))
 			return;
-		if (s->hot && now_ms() >= vt->flush_at_ms) {
+		if (s->hot && vt->flush.ctx && now_ms() >= vt->flush_at_ms) {
 			vt->flush_at_ms = now_ms() + HOT_FLUSH_MS;
 			if (hot_flush(s, &vt->flush) != STORE_OK) {
 				log_warning("%s", store_last_error());
@@ -3288,7 +3361,7 @@ static void *view_main(void *arg)
 
 		if (rv == 0) {
 			log_debug("%s: local view: built%s", vt->s->where,
-			          vt->s->hot ? ", the relay and ratelimit keys' hot copies answer" : "");
+			          vt->flush.ctx ? ", the relay and ratelimit keys' hot copies answer" : "");
 			if (said[0])
 				log_notice(
 				    "%s: local view: built, lookups of absent keys answered here again",
@@ -3659,7 +3732,21 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 		op o = {.what = "batch", .fn = op_hot_load, .q = todo, .nkeys = n, .created = read};
 
 		o.now = (int64_t)sqlite_hot_generation(s->hot);
-		(void)run(s, &o); /* a failure leaves the queries to Redis below, which says so */
+		/*
+		 * Failed (not an error reply: the connection, after run's own second
+		 * try): asking again would make a hung server cost the request
+		 * another command_timeout. The unanswered queries fail now, and the
+		 * checks' on_error applies as without the copies.
+		 */
+		if ((st = run(s, &o)) != STORE_OK) {
+			for (size_t i = 0; i < nq; i++)
+				if (q[i].status != QUERY_OK)
+					q[i].status = QUERY_ERROR;
+			free(todo);
+			free(from);
+			free(read);
+			return st;
+		}
 	}
 	n = 0;
 	for (size_t i = 0; i < nq; i++)

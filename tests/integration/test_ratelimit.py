@@ -275,6 +275,46 @@ class TestRedisCopies(RateChecks, unittest.TestCase):
         redis.command("DEL", self.KEY)  # no invalidation reaches the daemon for this one
         self.emptied_passes(d, ask, mark)
 
+    def test_acl_without_transactions_counts_in_redis(self):
+        """An ACL user set up from the commands docs/redis.md listed before the copies (no WATCH,
+        MULTI, EXEC): the copies cannot write their charges behind (without MULTI the writes would
+        go unwatched and the replies out of step), so they must not take any; the daemon says so
+        once, keeps its view, and every charge reaches Redis and limits the account there."""
+        redis, _ = start_redis(self)
+        redis.command("ACL", "SETUSER", "default", "-watch", "-multi", "-exec")
+        d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        mark = d.log_mark()
+        self.assertEqual(self.ask(d, "warm@example.com", "w@example.org", "10.8.9.1", sasl_username="warm"),
+                         "DUNNO")
+        d.wait_for_log(r"local view: built", since=mark)
+        ask = self.fill(d, "acl")
+        self.written_behind(redis)
+        # and from Redis's count, not a copy's: a copy that lost its charges lets the next one pass
+        for i in range(3, 6):
+            self.assertEqual(ask(i), DEFER)
+        d.wait_for_log(r"hot copies: the writes behind are refused \(WATCH: NOPERM", since=mark)
+        self.assertEqual(len(re.findall(r"local view: built", d.log())), 1, "the view never rebuilt")
+        self.assertEqual(len(re.findall(r"writes behind are refused", d.log())), 1)
+
+    def test_a_full_burst_passes_from_an_empty_bucket(self):
+        """A bucket Redis does not hold is empty, whatever Redis's clock says: a copy read from it
+        must let the whole burst through (a message's recipients are charged within a
+        millisecond, on this host's clock, which lags Redis's read by a round trip)."""
+        redis, _ = start_redis(self)
+        rule = {"ratelimit": {"mode": "enforce", "rules": [
+            {"name": "account", "key": "sasl_username", "rate": "2/1h", "unit": "recipient"}]}}
+        d = sh.Spamtrapd(sh.merge(rule, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        for n in range(30):
+            inst = sh.new_instance()
+            ask = lambda r: self.ask(d, f"hal{n}@example.com", f"h{r}@example.org", "10.8.1.1",
+                                     sasl_username=f"hal{n}", instance=inst)
+            self.assertEqual([ask(0), ask(1), ask(2)], ["DUNNO", "DUNNO", DEFER], f"account hal{n}")
+
     def test_flushdb_drops_the_copies(self):
         redis, _ = start_redis(self)
         d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))

@@ -180,6 +180,47 @@ class TestShared(RelayChecks, unittest.TestCase):
         self.assertEqual(self.ask(a, "erin", net(9)), "DUNNO")  # seen at B: known at A
 
 
+    def test_two_daemons_with_copies_decide_the_last_slots_once(self):
+        # both daemons answer the account's known networks from their copies (docs/redis.md, "The
+        # hot copies"); a botnet's new networks spread over both at once still pass exactly as many
+        # times as there are free slots: a new network is always Redis's atomic add
+        redis = start_redis(self)
+        daemons = [sh.Spamtrapd(sh.merge(RELAY, redis_store(redis))) for _ in range(2)]
+        for d in daemons:
+            self.addCleanup(d.cleanup)
+            mark = 0
+            d.start()
+            self.assertEqual(self.ask(d, "warm", net(200)), "DUNNO")  # starts the view
+            d.wait_for_log(r"local view: built, the relay and ratelimit keys' hot copies answer", since=mark)
+        for i in range(1, 8):
+            self.assertEqual(self.ask(daemons[i % 2], "olga", net(i)), "DUNNO", i)
+        for d in daemons:  # a known network, from each daemon's copy of the set (read once)
+            for _ in range(2):
+                self.assertEqual(self.ask(d, "olga", net(1)), "DUNNO")
+        clients = [self.client(daemons[k % 2], "trap") for k in range(16)]
+        barrier = threading.Barrier(len(clients))
+        answers = [None] * len(clients)
+
+        def one(k):
+            barrier.wait()
+            answers[k] = clients[k].check(sender="olga@example.com", recipient="friend@example.org",
+                                          client_address=net(150 + k), sasl_username="olga")
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual((answers.count("DUNNO"), answers.count(DEFER)), (3, 13), answers)
+        # and afterwards every daemon refuses the next new network, knows the ten
+        for d in daemons:
+            self.assertEqual(self.ask(d, "olga", net(199)), DEFER)
+            for k in range(16):
+                if answers[k] == "DUNNO":
+                    self.assertEqual(self.ask(d, "olga", net(150 + k)), "DUNNO")
+        self.assertIn("account sasl:olga: 10 network(s)", daemons[0].ctl("relay", "show", "olga").stdout)
+
+
 class TestSqliteWriteBehind(RelayChecks, unittest.TestCase):
     """SQLite: the daemon counts networks and charges buckets in memory and writes them behind
     (docs/relay.md, "What a crash can lose"): a stop writes everything, a crash loses at most

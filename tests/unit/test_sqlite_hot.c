@@ -434,6 +434,52 @@ static void test_shared_set_new_member_is_the_stores(void **state)
 	sqlite_hot_free(h);
 }
 
+/*
+ * Shared: another host writes a bucket while this host's charges of it are
+ * on their way (taken, not written). A read of the store then may miss
+ * them, and the store never tells this host of its own writes: such a
+ * copy would lack them for good (a limit passed). And a write that fails
+ * must owe them again, even though the copy was dropped meanwhile.
+ */
+static void test_shared_charges_on_their_way(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new_shared(16);
+	query q = counter_q("k", 1000000, 1, false);
+	sqlite_hot_batch b = {0};
+	uint64_t gen;
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", false, 0, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	/* Another host's write: the copy is in doubt; read again (before this host's write lands). */
+	sqlite_hot_invalidate(h, SQLITE_HOT_COUNTER, "ratelimit", "k");
+	gen = sqlite_hot_generation(h);
+	q = counter_q("k", 1000000, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1002000, gen));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	/* The write failed: its charge is owed again. */
+	sqlite_hot_retake(h, &b);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/* A read from before the write's end is not kept either. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1002000, gen));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_MISS);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 1000);
+	assert_int_equal(b.v[0].value, 1000000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/* Written: a read from now on is kept. */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", true, 1001000, sqlite_hot_generation(h)));
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(q.u.counter.remaining, 1);
+	sqlite_hot_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -449,6 +495,7 @@ int main(void)
 	    cmocka_unit_test(test_shared_counter_owes_deltas),
 	    cmocka_unit_test(test_shared_invalidate_keeps_owed_charges),
 	    cmocka_unit_test(test_shared_set_new_member_is_the_stores),
+	    cmocka_unit_test(test_shared_charges_on_their_way),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
