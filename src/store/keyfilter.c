@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "core/hash.h"
 
@@ -22,6 +23,11 @@ struct keyfilter {
 	_Atomic uint64_t *words;
 };
 
+static size_t words_bytes(const keyfilter *f)
+{
+	return f->nblocks * WORDS * sizeof(uint64_t);
+}
+
 keyfilter *keyfilter_new(size_t nkeys)
 {
 	keyfilter *f = calloc(1, sizeof(*f));
@@ -32,11 +38,18 @@ keyfilter *keyfilter_new(size_t nkeys)
 	f->nblocks = MIN_BLOCKS;
 	while (f->nblocks < want && f->nblocks < SIZE_MAX / (2 * WORDS * sizeof(uint64_t)))
 		f->nblocks *= 2;
-	f->words = aligned_alloc(WORDS * sizeof(uint64_t), f->nblocks * WORDS * sizeof(uint64_t));
-	if (!f->words) {
+	/*
+	 * From the kernel (page-aligned), not malloc: a filter freed by a
+	 * reload goes back at once. Once malloc had freed one of megabytes, it
+	 * kept the next in its heap, and each reload that replaced the store
+	 * left the old filter's pages resident (4 MiB at Redis's default).
+	 */
+	void *p = mmap(NULL, words_bytes(f), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
 		free(f);
 		return NULL;
 	}
+	f->words = p;
 	keyfilter_clear(f);
 	return f;
 }
@@ -45,7 +58,7 @@ void keyfilter_free(keyfilter *f)
 {
 	if (!f)
 		return;
-	free((void *)f->words);
+	munmap((void *)f->words, words_bytes(f));
 	free(f);
 }
 

@@ -10,11 +10,15 @@
  *
  * The answers it remembers (redis_view_recall) live in a table of
  * REDIS_VIEW_ANSWERS slots indexed by the key's hash, each under one of
- * ANSWER_LOCKS mutexes. redis_view_add bumps the slot's gen and clears
- * it under its lock; redis_view_remember writes only if the gen is the
- * one redis_view_recall saw before the round trip was sent, under the
- * same lock: an answer that an add overtook is refused, and one written
- * before an add is cleared by it.
+ * ANSWER_LOCKS mutexes. redis_view_add bumps the gen of the slot's group
+ * (ANSWER_GENS groups, each under one lock) and clears the slot under
+ * its lock; redis_view_remember writes only if the gen is the one
+ * redis_view_recall saw before the round trip was sent, under the same
+ * lock: an answer that an add overtook is refused, and one written
+ * before an add is cleared by it. The gens are apart from the slots so
+ * that an add writes a slot only when it holds an answer: every write
+ * and expiry under the prefix is an add, and a gen in each slot made
+ * the whole table resident within a few ten thousand of them.
  */
 #include "store/redis_view.h"
 
@@ -22,16 +26,18 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "store/keyfilter.h"
 #include "store/store_backend.h"
 
 #define ANSWER_LOCKS 64
-#define ANSWER_TEXT 192 /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
+#define ANSWER_GENS REDIS_VIEW_ANSWER_GENS
+_Static_assert(ANSWER_GENS % ANSWER_LOCKS == 0, "a group's slots share its lock");
+#define ANSWER_TEXT 200 /* the key and the entry's texts, each ended by a NUL: a 256-byte slot */
 
 /* A remembered answer: none (entry_len 0), or a live entry packed into text. */
 typedef struct answer_slot {
-	uint64_t gen;   /* bumped by every add of a key of this slot */
 	uint64_t hash;  /* of the key */
 	uint64_t state; /* the view's state word when it was written: a rebuild forgets it */
 	int64_t first_seen, last_seen, expires;
@@ -40,12 +46,13 @@ typedef struct answer_slot {
 	char text[ANSWER_TEXT];
 } answer_slot;
 
-_Static_assert(sizeof(answer_slot) <= 256, "a slot in 256 bytes: the table's 16 MiB");
+_Static_assert(sizeof(answer_slot) == 256, "a slot in 256 bytes: the table's 16 MiB");
 
 struct redis_view {
 	keyfilter *filter;
 	answer_slot *answers_table;
 	pthread_mutex_t answer_lock[ANSWER_LOCKS];
+	uint64_t answer_gen[ANSWER_GENS]; /* bumped by every add of a key of the group's slots */
 	size_t max_keys;
 	_Atomic size_t keys;
 	_Atomic uint64_t state;
@@ -55,14 +62,30 @@ struct redis_view {
 	_Atomic uint64_t lens[4]; /* store_netmask: v4, then v6[0..2] */
 };
 
+#define TABLE_BYTES (REDIS_VIEW_ANSWERS * sizeof(answer_slot))
+
+/*
+ * The answers' table from the kernel, not malloc: its zero pages become
+ * resident only as slots are written, and go back at once when it is
+ * freed. Once malloc has freed a block this large it serves the next one
+ * (a reload's new store) from its heap and clears it all: every reload
+ * that changed the store made 16 MiB more resident (RSS 9 MB to 51 MB in
+ * six).
+ */
+static answer_slot *table_new(void)
+{
+	void *p = mmap(NULL, TABLE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
 redis_view *redis_view_new(size_t max_keys)
 {
 	redis_view *v = calloc(1, sizeof(*v));
 
 	if (!v)
 		return NULL;
-	if (!(v->filter = keyfilter_new(max_keys)) ||
-	    !(v->answers_table = calloc(REDIS_VIEW_ANSWERS, sizeof(*v->answers_table)))) {
+	if (!(v->filter = keyfilter_new(max_keys)) || !(v->answers_table = table_new())) {
 		keyfilter_free(v->filter);
 		free(v);
 		return NULL;
@@ -79,7 +102,7 @@ void redis_view_free(redis_view *v)
 		return;
 	for (int i = 0; i < ANSWER_LOCKS; i++)
 		pthread_mutex_destroy(&v->answer_lock[i]);
-	free(v->answers_table);
+	munmap(v->answers_table, TABLE_BYTES);
 	keyfilter_free(v->filter);
 	free(v);
 }
@@ -94,6 +117,11 @@ static pthread_mutex_t *answer_lock(redis_view *v, size_t i)
 	return &v->answer_lock[i % ANSWER_LOCKS];
 }
 
+static uint64_t *answer_gen(redis_view *v, size_t i)
+{
+	return &v->answer_gen[i % ANSWER_GENS];
+}
+
 /*
  * Forget what a round trip said of the key of this hash (it was written,
  * or may have been), and make every answer read before now too old to
@@ -105,8 +133,9 @@ static void answer_forget(redis_view *v, uint64_t hash)
 	answer_slot *a = &v->answers_table[i];
 
 	pthread_mutex_lock(answer_lock(v, i));
-	a->gen++;
-	a->state = 0;
+	(*answer_gen(v, i))++;
+	if (a->state) /* a slot never written is not touched */
+		a->state = 0;
 	pthread_mutex_unlock(answer_lock(v, i));
 }
 
@@ -158,15 +187,31 @@ void redis_view_lens(const redis_view *v, store_netmask *out)
 		out->v6[i] = atomic_load(&v->lens[1 + i]);
 }
 
+static bool add_hash(redis_view *v, const char *key, size_t len, uint64_t hash)
+{
+	add_len(v, key, len);
+	if (keyfilter_add_hash(v->filter, hash))
+		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
+	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;
+}
+
 bool redis_view_add(redis_view *v, const char *key, size_t len)
 {
 	uint64_t hash = keyfilter_hash(key, len);
 
 	answer_forget(v, hash);
-	add_len(v, key, len);
-	if (keyfilter_add_hash(v->filter, hash))
-		atomic_fetch_add_explicit(&v->keys, 1, memory_order_relaxed);
-	return atomic_load_explicit(&v->keys, memory_order_relaxed) <= v->max_keys;
+	return add_hash(v, key, len, hash);
+}
+
+/*
+ * Nothing to forget: the answers remembered before redis_view_begin have
+ * its old state, and none is remembered until redis_view_ready. A slot
+ * written here for each key would make the whole table resident at every
+ * rebuild of a store of more than a few ten thousand entries.
+ */
+bool redis_view_add_scanned(redis_view *v, const char *key, size_t len)
+{
+	return add_hash(v, key, len, keyfilter_hash(key, len));
 }
 
 void redis_view_confirm(redis_view *v, int64_t sent_ms)
@@ -277,7 +322,7 @@ redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, co
 	redis_view_answer r = REDIS_VIEW_UNKNOWN;
 
 	pthread_mutex_lock(answer_lock(v, i));
-	*gen = a->gen;
+	*gen = *answer_gen(v, i);
 	if (a->hash == hash && a->state == t->state && a->key_len == len && memcmp(a->text, key, len) == 0) {
 		r = a->entry_len ? REDIS_VIEW_FOUND : REDIS_VIEW_NONE;
 		if (r == REDIS_VIEW_FOUND)
@@ -300,7 +345,7 @@ void redis_view_remember(redis_view *v, const redis_view_token *t, const char *k
 		return;
 	pthread_mutex_lock(answer_lock(v, i));
 	/* An add of the key since gen was read may have been for a write after the trip's read. */
-	if (a->gen == gen && atomic_load(&v->state) == t->state) {
+	if (*answer_gen(v, i) == gen && atomic_load(&v->state) == t->state) {
 		a->hash = hash;
 		a->state = t->state;
 		a->key_len = (uint16_t)len;

@@ -42,6 +42,8 @@ void redis_view_begin(redis_view *v);
  * stay disabled.
  */
 bool redis_view_add(redis_view *v, const char *key, size_t len);
+/* The same for a key of the rebuild's SCAN (between redis_view_begin and redis_view_ready). */
+bool redis_view_add_scanned(redis_view *v, const char *key, size_t len);
 /* Everything written before the server answered a PING sent at sent_ms (monotonic) has been added. */
 void redis_view_confirm(redis_view *v, int64_t sent_ms);
 /* The rebuild is done and confirmed: answer again. */
@@ -90,13 +92,15 @@ bool redis_view_still(redis_view *v, const redis_view_token *t);
  * slot replaces it); an entry too long for a slot is not kept.
  */
 #define REDIS_VIEW_ANSWERS 65536
+/* Slots whose index is the same modulo this share the gen that refuses an overtaken answer. */
+#define REDIS_VIEW_ANSWER_GENS 4096
 
 typedef enum { REDIS_VIEW_UNKNOWN, REDIS_VIEW_NONE, REDIS_VIEW_FOUND } redis_view_answer;
 
 /*
  * The remembered answer for key under t (a found entry into *out), and
- * the key slot's gen for redis_view_remember; check redis_view_still
- * afterwards before using the answer.
+ * the gen of the key's group of slots for redis_view_remember; check
+ * redis_view_still afterwards before using the answer.
  */
 redis_view_answer redis_view_recall(redis_view *v, const redis_view_token *t, const char *key,
                                     store_entry *out, uint64_t *gen);

@@ -3106,7 +3106,7 @@ static store_status view_batch(store_backend_impl *s, rconn *rc, op *o, redisRep
 		const redisReply *k = keys->element[i];
 
 		if (reply_is_str(k) && k->len >= s->prefixlen &&
-		    !redis_view_add(s->view, k->str + s->prefixlen, k->len - s->prefixlen)) {
+		    !redis_view_add_scanned(s->view, k->str + s->prefixlen, k->len - s->prefixlen)) {
 			o->present = true;
 			return store_set_error("%s: local view: more than %zu keys", s->where,
 			                       redis_view_max_keys(s->view));

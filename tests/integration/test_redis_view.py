@@ -35,7 +35,9 @@ VIEW_WAIT = 20.0  # a view is built within a second or two; the store's back-off
 class HangingProxy:
     """A TCP relay to a redis-server whose view connection (the one that sent CLIENT TRACKING)
     can be made to hang without breaking, as a network cut or a half-open connection does:
-    its bytes stay unread both ways and its sockets stay open. Other connections pass."""
+    its bytes stay unread both ways and its sockets stay open. Other connections pass, but
+    while hold is set the answer to a lookup's HMGET is kept back (Redis has read the key) until
+    it is cleared; held is set once one is."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -46,6 +48,8 @@ class HangingProxy:
         self.lock = threading.Lock()
         self.tracking = []  # [frozen] flags of the connections that asked for tracking
         self.socks = []
+        self.hold = False
+        self.held = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -55,7 +59,7 @@ class HangingProxy:
             except OSError:
                 return
             up = socket.create_connection(("127.0.0.1", self.target))
-            state = [False, False]  # tracking, frozen
+            state = [False, False, False]  # tracking, frozen, a lookup's answer to hold
             with self.lock:
                 self.socks += [down, up]
             threading.Thread(target=self._pump, args=(down, up, state, True), daemon=True).start()
@@ -83,6 +87,13 @@ class HangingProxy:
                 state[0] = True
                 with self.lock:
                     self.tracking.append(state)
+            if from_client and self.hold and b"HMGET" in data and not state[0]:
+                state[2] = True
+            if not from_client and state[2]:
+                self.held.set()
+                while self.hold:
+                    time.sleep(0.01)
+                state[2] = False
             try:
                 dst.sendall(data)
             except OSError:
@@ -112,14 +123,15 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
         self.addCleanup(self.redis.kill)
         self.n = 0
 
-    def daemon(self, port=None, db=0, prefix="site:"):
+    def daemon(self, port=None, db=0, prefix="site:", purge="1s", local_view=True, command_timeout=500):
         config = {
             "traps": {"addresses": [TRAP]},
             "blocklist": {"reject": REJECT},
             "log": {"level": "debug"},
-            "store": {"backend": "redis", "purge_interval": "1s",
+            "store": {"backend": "redis", "purge_interval": purge,
                       "redis": {"host": "127.0.0.1", "port": port or self.redis.port, "prefix": prefix,
-                                "db": db}},
+                                "db": db, "local_view": local_view,
+                                "command_timeout": command_timeout}},
         }
         d = sh.Spamtrapd(config)
         self.addCleanup(d.cleanup)
@@ -145,6 +157,22 @@ class ViewCase(rh.RecoveryChecks, unittest.TestCase):
             self.n += 1
             self.assertEqual(self.sender_check(d, f"warm{self.n}@example.org", "198.51.100.200"), "DUNNO")
             return self.answers(d) > before
+        rh.wait_until(answering, VIEW_WAIT, "the local view answering", interval=0.05)
+
+    def calls(self):
+        """Commands a lookup may send (the script, HMGET): unchanged by a lookup the view answered."""
+        stats = self.redis.info("commandstats")
+        return sum(int(re.search(r"calls=(\d+)", stats.get(c, "calls=0")).group(1))
+                   for c in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_hmget"))
+
+    def wait_answering(self, d):
+        """wait_view for a daemon that does not purge: a lookup of an unlisted sender that sends
+        nothing to Redis."""
+        def answering():
+            self.n += 1
+            before = self.calls()
+            self.assertEqual(self.sender_check(d, f"warm{self.n}@example.org", "198.51.100.200"), "DUNNO")
+            return self.calls() == before
         rh.wait_until(answering, VIEW_WAIT, "the local view answering", interval=0.05)
 
     def blocks_within_bound(self, d, sender, client, since):
@@ -241,6 +269,94 @@ class TestView(ViewCase):
             self.assertEqual(self.trap_hit(a, sender, f"192.0.2.{80 + i}"), TRAP_REPLY)
             self.blocks_within_bound(b, sender, client, time.monotonic())
         self.wait_view(b)
+
+    def hset_entry(self, sender, expires, **fields):
+        """An entry written around spamtrapd (redis-cli, another tool): no EXPIREAT, so Redis never
+        deletes it and sends no invalidation when it expires."""
+        args = {"expires": str(expires), "first": "1", "last": "1", "hits": "1", "trap": TRAP,
+                "reason": "trap", **fields}
+        self.redis.command("HSET", "site:bl:" + sender, *[x for kv in args.items() for x in kv])
+
+    def test_remembered_entry_not_answered_past_its_expiry(self):
+        """A listed sender answered from memory is "not listed" once its expires is past by this
+        host's clock, though Redis never deletes the hash (no TTL) and so never says so."""
+        d = self.daemon(purge="1h")  # a purge would delete the entry: an invalidation
+        self.wait_answering(d)
+        sender, client = "expiring@example.net", "203.0.113.40"
+        expires = int(time.time()) + 3
+        self.hset_entry(sender, expires)
+        self.blocks_within_bound(d, sender, client, time.monotonic())
+        before = self.lookups_sent()
+        for _ in range(5):
+            self.assertEqual(self.sender_check(d, sender, client), REJECT)
+        self.assertLessEqual(self.lookups_sent() - before, 1, "the entry was not remembered")
+        while time.time() < expires + 1.2:
+            time.sleep(0.1)
+        self.assertEqual(self.sender_check(d, sender, client), "DUNNO")
+        self.assertEqual(self.redis.command("EXISTS", "site:bl:" + sender), 1)
+
+    def test_one_key_lookup_answers_as_the_script(self):
+        """A lookup of one key the view may hold is an HMGET, not the script: for entries written
+        around spamtrapd (expired but not deleted, without expires, an expires that is not a
+        number, a key of another type) it must answer as the script does for a daemon without
+        the view, and remember nothing wrong for the next lookup."""
+        daemons = []
+        for local_view in (False, True):  # each purges at its start, then not for an hour
+            canary = f"site:bl:canary{local_view}@example.net"
+            self.hset_entry(canary[len("site:bl:"):], 1)
+            daemons.append(self.daemon(purge="1h", local_view=local_view))
+            rh.wait_until(lambda: self.redis.command("EXISTS", canary) == 0, VIEW_WAIT, "the first purge")
+        plain, view = daemons
+        self.wait_answering(view)
+        now = int(time.time())
+        cases = {
+            "live@example.net": {"expires": now + 3600},
+            "past@example.net": {"expires": now - 10},
+            "noexp@example.net": None,
+            "text@example.net": {"expires": "never"},
+            "ws@example.net": {"expires": f" {now + 3600}"},
+        }
+        for sender, fields in cases.items():
+            if fields is None:
+                self.redis.command("HSET", "site:bl:" + sender, "trap", TRAP, "reason", "trap")
+            else:
+                self.hset_entry(sender, **fields)
+        self.redis.command("SET", "site:bl:string@example.net", "1")
+        cases["string@example.net"] = None
+        for sender in cases:
+            self.assertEqual(self.redis.command("EXISTS", "site:bl:" + sender), 1, sender)
+            want = self.sender_check(plain, sender, "203.0.113.41")
+            before = self.lookups_sent()
+            for _ in range(3):
+                self.assertEqual(self.sender_check(view, sender, "203.0.113.41"), want, sender)
+            self.assertGreater(self.lookups_sent(), before, f"{sender}: the view did not ask Redis")
+
+    def test_answer_overtaken_by_a_write_elsewhere_is_not_remembered(self):
+        """Redis has read a key ("not listed") for a lookup; before the answer reaches the daemon,
+        another host lists the key and the view applies its invalidation. That lookup says "not
+        listed" (it was, when read), but its answer must not be remembered: the next lookup
+        blocks."""
+        proxy = HangingProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        d = self.daemon(port=proxy.port, command_timeout=10000)
+        self.wait_view(d)
+        sender, client = "race@example.net", "203.0.113.50"
+        # a name in the view that no lookup has asked about (listed, then removed, around spamtrapd)
+        self.hset_entry(sender, int(time.time()) + 3600)
+        self.redis.command("DEL", "site:bl:" + sender)
+        self.hset_entry("after-race@example.net", int(time.time()) + 3600)
+        self.blocks_within_bound(d, "after-race@example.net", client, time.monotonic())  # both applied
+        proxy.hold = True
+        answers = []
+        lookup = threading.Thread(target=lambda: answers.append(self.sender_check(d, sender, client)))
+        lookup.start()
+        self.assertTrue(proxy.held.wait(VIEW_WAIT), "no lookup of the key sent to Redis")
+        self.hset_entry(sender, int(time.time()) + 3600)
+        time.sleep(0.5)  # its invalidation applied (later would only make this test pass)
+        proxy.hold = False
+        lookup.join()
+        self.assertEqual(answers, ["DUNNO"])
+        self.assertEqual(self.sender_check(d, sender, client), REJECT)
 
     def test_killed_subscription_falls_back_then_rebuilds(self):
         d = self.daemon()

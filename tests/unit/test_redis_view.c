@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "store/keyfilter.h"
 #include "store/redis_view.h"
 
 static redis_view *ready_view(void)
@@ -176,6 +177,119 @@ static void test_entry_too_long_is_not_kept(void **state)
 	redis_view_free(v);
 }
 
+/* A key other than key whose hash is the same modulo mod, and not modulo other (0: any). */
+static void key_like(const char *key, uint64_t mod, uint64_t other, char *out, size_t cap)
+{
+	uint64_t h = keyfilter_hash(key, strlen(key));
+
+	for (unsigned i = 0;; i++) {
+		uint64_t g;
+
+		snprintf(out, cap, "x%u@example.net", i);
+		g = keyfilter_hash(out, strlen(out));
+		if (g % mod == h % mod && (!other || g % other != h % other) && strcmp(out, key) != 0)
+			return;
+	}
+}
+
+static void test_keys_of_one_slot(void **state)
+{
+	redis_view *v = ready_view();
+	redis_view_token t = enter(v);
+	store_entry e, out;
+	uint64_t gen;
+	char other[64];
+
+	(void)state;
+	key_like("spam@example.org", REDIS_VIEW_ANSWERS, 0, other, sizeof(other));
+	entry_for("spam@example.org", &e);
+	learn(v, &t, "spam@example.org", &e);
+	/* a key an attacker picked for the slot is not answered as the one there */
+	assert_int_equal(recall(v, &t, other, &out, NULL), REDIS_VIEW_UNKNOWN);
+	/* an add of it clears the slot; an answer in flight for either is refused */
+	redis_view_add(v, other, strlen(other));
+	assert_int_equal(recall(v, &t, "spam@example.org", &out, &gen), REDIS_VIEW_UNKNOWN);
+	redis_view_add(v, other, strlen(other));
+	redis_view_remember(v, &t, "spam@example.org", &e, gen);
+	assert_int_equal(recall(v, &t, "spam@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	/* the last answer remembered replaces the other */
+	learn(v, &t, "spam@example.org", &e);
+	learn(v, &t, other, NULL);
+	assert_int_equal(recall(v, &t, "spam@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	assert_int_equal(recall(v, &t, other, &out, NULL), REDIS_VIEW_NONE);
+	redis_view_free(v);
+}
+
+static void test_keys_of_one_gen_group(void **state)
+{
+	redis_view *v = ready_view();
+	redis_view_token t = enter(v);
+	store_entry out;
+	uint64_t gen;
+	char other[64];
+
+	(void)state;
+	/* slots whose gen is shared (4,096 groups): same index modulo 4,096, another slot */
+	key_like("ham@example.org", REDIS_VIEW_ANSWER_GENS, REDIS_VIEW_ANSWERS, other, sizeof(other));
+	learn(v, &t, "ham@example.org", NULL);
+	assert_int_equal(recall(v, &t, "ham@example.org", &out, &gen), REDIS_VIEW_NONE);
+	redis_view_add(v, other, strlen(other));
+	/* its slot is not cleared, but an answer in flight is refused (the gen is the group's) */
+	assert_int_equal(recall(v, &t, "ham@example.org", &out, NULL), REDIS_VIEW_NONE);
+	assert_int_equal(recall(v, &t, "new@example.org", &out, &gen), REDIS_VIEW_UNKNOWN);
+	key_like("new@example.org", REDIS_VIEW_ANSWER_GENS, REDIS_VIEW_ANSWERS, other, sizeof(other));
+	redis_view_add(v, other, strlen(other));
+	redis_view_remember(v, &t, "new@example.org", NULL, gen);
+	assert_int_equal(recall(v, &t, "new@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	redis_view_free(v);
+}
+
+static void test_two_lookups_of_one_key(void **state)
+{
+	redis_view *v = ready_view();
+	redis_view_token t = enter(v);
+	store_entry e, out;
+	uint64_t gen1, gen2;
+
+	(void)state;
+	entry_for("both@example.org", &e);
+	/* 1 read "none" before another host's write, 2 read the entry after it; the write's message
+	 * is applied between their answers, in either order */
+	assert_int_equal(recall(v, &t, "both@example.org", &out, &gen1), REDIS_VIEW_UNKNOWN);
+	assert_int_equal(recall(v, &t, "both@example.org", &out, &gen2), REDIS_VIEW_UNKNOWN);
+	redis_view_remember(v, &t, "both@example.org", &e, gen2);
+	redis_view_add(v, "both@example.org", strlen("both@example.org"));
+	redis_view_remember(v, &t, "both@example.org", NULL, gen1);
+	assert_int_equal(recall(v, &t, "both@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	/* both answers before the message: the stale one may be kept until the message, not after */
+	assert_int_equal(recall(v, &t, "both@example.org", &out, &gen1), REDIS_VIEW_UNKNOWN);
+	assert_int_equal(recall(v, &t, "both@example.org", &out, &gen2), REDIS_VIEW_UNKNOWN);
+	redis_view_remember(v, &t, "both@example.org", &e, gen2);
+	redis_view_remember(v, &t, "both@example.org", NULL, gen1);
+	redis_view_add(v, "both@example.org", strlen("both@example.org"));
+	assert_int_equal(recall(v, &t, "both@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	redis_view_free(v);
+}
+
+static void test_rebuild_forgets_without_adds(void **state)
+{
+	redis_view *v = ready_view();
+	redis_view_token t = enter(v);
+	store_entry e, out;
+
+	(void)state;
+	entry_for("kept@example.org", &e);
+	learn(v, &t, "kept@example.org", &e);
+	redis_view_begin(v);
+	assert_true(redis_view_add_scanned(v, "kept@example.org", strlen("kept@example.org")));
+	redis_view_confirm(v, 1000);
+	redis_view_ready(v);
+	t = enter(v);
+	assert_int_equal(recall(v, &t, "kept@example.org", &out, NULL), REDIS_VIEW_UNKNOWN);
+	assert_int_equal(redis_view_test(v, (const char *const[]){"kept@example.org"}, 1), 1);
+	redis_view_free(v);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -184,6 +298,10 @@ int main(void)
 	    cmocka_unit_test(test_answer_overtaken_by_an_add_is_not_remembered),
 	    cmocka_unit_test(test_rebuild_and_disable_forget),
 	    cmocka_unit_test(test_entry_too_long_is_not_kept),
+	    cmocka_unit_test(test_keys_of_one_slot),
+	    cmocka_unit_test(test_keys_of_one_gen_group),
+	    cmocka_unit_test(test_two_lookups_of_one_key),
+	    cmocka_unit_test(test_rebuild_forgets_without_adds),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
