@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "store/store.h"
 
@@ -93,6 +94,13 @@ typedef struct store_ops {
 
 extern const store_ops store_sqlite_ops;
 extern const store_ops store_redis_ops;
+
+/*
+ * The Redis store's hot copies: Redis's clock less this host's, in ms,
+ * from TIME's answer (redis_ms) and this host's clock read before TIME
+ * was sent (sent_ms), both cut to the ms (store_redis.c, hot_note_time).
+ */
+int64_t store_redis_clock_offset(int64_t redis_ms, int64_t sent_ms);
 
 /* Sets this thread's store_last_error(); always returns STORE_ERROR. */
 store_status store_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -2493,9 +2493,22 @@ static int hot_track(store_backend_impl *s, rconn *rc, long long redirect, char 
  * delay, and a bucket read or charged in Redis a few ms before looked
  * fuller than it is (a 2/1h bucket charged once: no room left).
  */
+/*
+ * One ms more than the difference: TIME's answer cut to the ms reads up
+ * to a ms short while the send time may read (almost) whole, so the bare
+ * difference could be a ms short of the true offset and the copies'
+ * clock a ms behind Redis's (a bucket charged in Redis the ms before
+ * looked fuller than it is, see hot_note_time). A ms ahead only lets a
+ * copy refill a ms early.
+ */
+int64_t store_redis_clock_offset(int64_t redis_ms, int64_t sent_ms)
+{
+	return redis_ms - sent_ms + 1;
+}
+
 static void hot_note_time(store_backend_impl *s, long long redis_ms, int64_t sent_ms)
 {
-	atomic_store(&s->hot_offset_ms, (int64_t)redis_ms - sent_ms);
+	atomic_store(&s->hot_offset_ms, store_redis_clock_offset((int64_t)redis_ms, sent_ms));
 }
 
 /* TIME on rc: the offset of Redis's clock; -1 on failure. */

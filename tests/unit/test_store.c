@@ -4106,6 +4106,34 @@ static void test_distinct_list_clear(void **state)
 	store_free(st);
 }
 
+/*
+ * The hot copies' clock offset from one TIME: this host's ms clock read
+ * before sending (sent_ms, truncated) and Redis's reply (truncated to
+ * ms). Whatever the fractions, the copies' clock (this host's ms plus
+ * the offset) must never be behind Redis's ms clock at any later
+ * moment, or a bucket Redis charged a ms before looks fuller than it is
+ * (a 2/1h bucket charged once: no room for the second unit); and it is
+ * ahead by no more than the command's delay and the truncations.
+ */
+static void redis_clock_offset_never_behind(void **state)
+{
+	(void)state;
+	for (int64_t sent_us = 0; sent_us < 2000; sent_us += 37)
+		for (int64_t delay_us = 0; delay_us < 1500; delay_us += 251)
+			for (int64_t skew_us = -3000; skew_us <= 3000; skew_us += 13) {
+				int64_t skew = skew_us + 1000000; /* Redis's clock less this host's, > 0 */
+				int64_t redis_us = sent_us + delay_us + skew; /* TIME's answer */
+				int64_t off = store_redis_clock_offset(redis_us / 1000, sent_us / 1000);
+
+				/* never behind: this host's ms + off >= Redis's ms, the same instant */
+				if (off * 1000 < skew)
+					fail_msg("sent %lld us, delay %lld us, skew %lld us: offset %lld ms",
+					         (long long)sent_us, (long long)delay_us, (long long)skew,
+					         (long long)off);
+				assert_true(off * 1000 <= skew + delay_us + 2000);
+			}
+}
+
 static const struct CMUnitTest common_tests[] = {
     CASE(test_record_then_lookup),
     CASE(test_lookup_order),
@@ -4792,6 +4820,7 @@ static const struct CMUnitTest sqlite_tests[] = {
 };
 
 static const struct CMUnitTest redis_tests[] = {
+    cmocka_unit_test(redis_clock_offset_never_behind),
     CASE(test_redis_expires_by_itself),
     CASE(test_redis_db_and_prefix),
     CASE(test_redis_unreachable_at_open),
