@@ -4723,6 +4723,7 @@ static void test_redis_hot_cold_path(void **state)
 	query q[3];
 	char out[64];
 	long calls;
+	double start;
 
 	(void)state;
 	assert_int_equal(store_write_behind(st), STORE_OK);
@@ -4742,7 +4743,15 @@ static void test_redis_hot_cold_path(void **state)
 	assert_int_equal(q[0].u.distinct.count, 2);
 	assert_true(q[0].u.distinct.present);
 	assert_int_equal(q[1].u.distinct.count, 2);
-	assert_int_equal(relay_trips(st, "n2", q), 0); /* known: read, not written, kept */
+	/*
+	 * Known: read, not written, kept, so the next request costs none. The
+	 * invalidation of n2's add may reach the view after the read above and
+	 * drop that copy once; a read that wrote would drop it every time.
+	 */
+	start = mono();
+	while (relay_trips(st, "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	assert_true(q[0].u.distinct.present);
 	assert_int_equal(relay_trips(st, "n3", q), 1); /* over the limit of 2: refused by Redis */
 	assert_int_equal(q[0].u.distinct.count, 2);
 	assert_int_equal(q[1].u.distinct.count, 3);
