@@ -227,25 +227,8 @@ static bool run_one_due(exporter *x, engine_snapshot *snap, int64_t now)
 	return false;
 }
 
-static void wait_until(exporter *x, int64_t when_ms)
-{
-	struct timespec ts;
-	int64_t wait = when_ms - mono_ms();
-
-	if (wait <= 0)
-		return;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += wait / 1000;
-	ts.tv_nsec += (wait % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&x->wake, &x->lock, &ts);
-}
-
-/* A pause of ms, or less when a stop comes. */
-static void pause_subscriber(exporter *x, int64_t ms)
+/* CLOCK_MONOTONIC (the conditions' clock) ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(int64_t ms)
 {
 	struct timespec ts;
 
@@ -256,6 +239,25 @@ static void pause_subscriber(exporter *x, int64_t ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
+	return ts;
+}
+
+static void wait_until(exporter *x, int64_t when_ms)
+{
+	int64_t wait = when_ms - mono_ms();
+	struct timespec ts;
+
+	if (wait <= 0)
+		return;
+	ts = deadline_in(wait);
+	pthread_cond_timedwait(&x->wake, &x->lock, &ts);
+}
+
+/* A pause of ms, or less when a stop comes. */
+static void pause_subscriber(exporter *x, int64_t ms)
+{
+	struct timespec ts = deadline_in(ms);
+
 	pthread_mutex_lock(&x->lock);
 	if (!x->stop)
 		pthread_cond_timedwait(&x->sub_wake, &x->lock, &ts);
