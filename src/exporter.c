@@ -384,7 +384,6 @@ static void stop_main(exporter *x)
 	pthread_cond_signal(&x->wake);
 	pthread_cond_signal(&x->sub_wake);
 	pthread_mutex_unlock(&x->lock);
-	/* An eventfd's counter cannot overflow from one write: it cannot fail but for a bad fd. */
 	if (write(x->stopfd, &one, sizeof(one)) < 0)
 		log_debug("export: cannot wake the subscriber: %s", strerror(errno));
 	pthread_join(x->thread, NULL);
