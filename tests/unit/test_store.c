@@ -4799,6 +4799,104 @@ static void test_redis_hot_clock_not_behind(void **state)
 	store_free(st);
 }
 
+/* store_run of a recipient's peek and add of member in set: its round trips. */
+static uint64_t pair_trips(store *st, const char *set, const char *member, query *q)
+{
+	uint64_t before = store_script_round_trips(st);
+
+	q[0] = relay_query(set, member, true);
+	q[1] = relay_query(set, member, false);
+	assert_int_equal(store_run(st, q, 2, now_s()), STORE_OK);
+	assert_int_equal(q[0].status, QUERY_OK);
+	assert_int_equal(q[1].status, QUERY_OK);
+	return store_script_round_trips(st) - before;
+}
+
+/*
+ * A set's copy held, a network it has expired while Redis still counts
+ * it (the copies' clock runs ahead of Redis's: up to a round trip + 1 ms,
+ * here 6 s, made certain): the add goes to Redis, and the peek must be
+ * answered with it, not by the copy. The set holds more than the limit
+ * (shadow mode, a lowered max_networks): a known network that looked new
+ * would trip the account.
+ */
+static void test_redis_hot_peek_at_expiry_edge(void **state)
+{
+	store *st = open_view_store();
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* three networks live for 5 s more by Redis's clock; the limit is 2 */
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:edge",
+	           "local t = string.format('%d', tonumber(redis.call('TIME')[1]) + 5) "
+	           "redis.call('ZADD', KEYS[1], t, 'n1', t, 'n2', t, 'n3') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return t",
+	           B.prefix);
+	assert_true(out[0] != '\0');
+	/* held: n2 known (read, not written; the copy refreshes it, n1 and n3 keep their 5 s) */
+	start = mono();
+	while (pair_trips(st, "relay:sasl:edge", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	store_hot_clock_skew(st, 6000);
+	(void)pair_trips(st, "relay:sasl:edge", "n1", q);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	assert_int_equal(q[1].u.distinct.count, 3); /* refreshed in Redis, not refused */
+	store_free(st);
+}
+
+/*
+ * A bucket Redis does not hold is empty whatever Redis's clock says: a
+ * copy read from it lets the whole burst through on the request's time,
+ * taken before the read's round trip and so behind Redis's (here by 2 s,
+ * made certain: a message's recipients are charged on that time).
+ */
+static void test_redis_hot_empty_bucket_burst(void **state)
+{
+	store *st = open_view_store();
+	int64_t at = now_ms_wall() - 2000;
+	uint64_t before;
+	char key[32];
+	query q;
+	int i;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* a fresh bucket read for a copy until one is kept (a read overtaken by a tick's write is not) */
+	for (i = 0; i < 100; i++) {
+		snprintf(key, sizeof(key), "empty:%d", i);
+		q = counter_query(key, at, HOUR_MS, 2, 0);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_int_equal(q.u.counter.remaining, 2);
+		before = store_script_round_trips(st);
+		q = counter_query(key, at, HOUR_MS, 2, 0);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (store_script_round_trips(st) == before)
+			break;
+	}
+	assert_true(i < 100);
+	for (int unit = 0; unit < 2; unit++) {
+		q = counter_query(key, at, HOUR_MS, 2, 1);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (!q.u.counter.allowed)
+			fail_msg("unit %d of a burst of 2 refused by an empty bucket's copy", unit + 1);
+	}
+	q = counter_query(key, at, HOUR_MS, 2, 1);
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	assert_false(q.u.counter.allowed);
+	assert_int_equal(store_script_round_trips(st), before); /* all answered by the copy */
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -4853,6 +4951,8 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_view_fallback),
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
+    CASE(test_redis_hot_peek_at_expiry_edge),
+    CASE(test_redis_hot_empty_bucket_burst),
 };
 
 int main(int argc, char **argv)
