@@ -4853,6 +4853,50 @@ static void test_redis_hot_peek_at_expiry_edge(void **state)
 }
 
 /*
+ * A known network about to expire in Redis is refreshed there at once,
+ * not written behind: an add meanwhile (another host's, the account's
+ * next new network) purges what has expired by Redis's clock, and a
+ * refresh written behind never re-adds a member (the set may have been
+ * reset), so the network, used within the window, would count as new.
+ * Far from its expiry the copy answers (no round trip).
+ */
+static void test_redis_hot_refresh_near_expiry(void **state)
+{
+	store *st = open_view_store();
+	long long t, score;
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* n1 expires in Redis in 10 s, n2 in 90 s (the window is 100 s) */
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:near",
+	           "local t = tonumber(redis.call('TIME')[1]) "
+	           "redis.call('ZADD', KEYS[1], string.format('%d', t + 10), 'n1', string.format('%d', t + "
+	           "90), 'n2') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return string.format('%d', t)",
+	           B.prefix);
+	t = strtoll(out, NULL, 10);
+	assert_true(t > 0);
+	start = mono();
+	while (pair_trips(st, "relay:sasl:near", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(pair_trips(st, "relay:sasl:near", "n1", q), 1);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.distinct.count, 2);
+	/* in Redis when the call returns, for a window from now */
+	redis_text(out, sizeof(out), "ZSCORE %sds:relay:sasl:near n1", B.prefix);
+	score = strtoll(out, NULL, 10);
+	if (score < t + 100)
+		fail_msg("n1 scored %lld, want %lld at least", score, t + 100);
+	store_free(st);
+}
+
+/*
  * A bucket Redis does not hold is empty whatever Redis's clock says: a
  * copy read from it lets the whole burst through on the request's time,
  * taken before the read's round trip and so behind Redis's (here by 2 s,
@@ -4953,6 +4997,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_clock_not_behind),
     CASE(test_redis_hot_peek_at_expiry_edge),
     CASE(test_redis_hot_empty_bucket_burst),
+    CASE(test_redis_hot_refresh_near_expiry),
 };
 
 int main(int argc, char **argv)
