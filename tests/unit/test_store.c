@@ -4896,6 +4896,36 @@ static void test_redis_hot_refresh_near_expiry(void **state)
 	store_free(st);
 }
 
+/* More queries in one call than hot_run keeps on its stack (16): read once, then all from the copies. */
+static void test_redis_hot_many_queries(void **state)
+{
+	store *st = open_view_store();
+	char keys[40][16];
+	query q[40];
+	double start;
+	uint64_t before;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	for (int i = 0; i < 40; i++)
+		snprintf(keys[i], sizeof(keys[i]), "many:%d", i);
+	start = mono();
+	do {
+		assert_true(mono() - start < 1.0);
+		before = store_script_round_trips(st);
+		for (int i = 0; i < 40; i++)
+			q[i] = counter_query(keys[i], now_ms_wall(), HOUR_MS, 1000, (uint64_t)(i % 2));
+		assert_int_equal(store_run(st, q, 40, now_s()), STORE_OK);
+		for (int i = 0; i < 40; i++) {
+			assert_int_equal(q[i].status, QUERY_OK);
+			assert_true(q[i].u.counter.allowed);
+		}
+	} while (store_script_round_trips(st) != before);
+	store_free(st);
+}
+
 /*
  * A bucket Redis does not hold is empty whatever Redis's clock says: a
  * copy read from it lets the whole burst through on the request's time,
@@ -4998,6 +5028,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_peek_at_expiry_edge),
     CASE(test_redis_hot_empty_bucket_burst),
     CASE(test_redis_hot_refresh_near_expiry),
+    CASE(test_redis_hot_many_queries),
 };
 
 int main(int argc, char **argv)
