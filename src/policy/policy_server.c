@@ -660,7 +660,7 @@ static void conn_touch(conn *c)
 
 static void parked_drop(worker *w, parked *p);
 
-/* Closes c without counting it out of srv->nconn: see conn_close. */
+/* Closes c, already counted out of srv->nconn (claim_room); conn_close counts it out itself. */
 static void conn_free(conn *c)
 {
 	worker *w = c->w;
