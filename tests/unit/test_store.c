@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -4134,6 +4135,61 @@ static void redis_clock_offset_never_behind(void **state)
 			}
 }
 
+/* A wait for the change channel that `cancel` ends: 0 returned, and well before timeout_ms. */
+static void assert_watch_cancelled(store_watch *w, int cancel, const char *what)
+{
+	char err[256];
+	double t0 = mono();
+
+	assert_int_equal(store_watch_wait(w, 20000, cancel, err, sizeof(err)), 0);
+	if (mono() - t0 > 10.0)
+		fail_msg("%s: the wait took %.3f s of its 20 s with the cancel readable", what, mono() - t0);
+}
+
+/*
+ * store_watch_wait's cancel_fd (the exporter's stop): readable, it ends a
+ * wait at once whatever the watch is doing (subscribed, backing off after a
+ * lost connection, about to reconnect); left unread, it changes nothing.
+ */
+static void test_redis_watch_cancel(void **state)
+{
+	int cancel = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	const uint64_t one = 1;
+	uint64_t drained;
+	char err[256], publish[160];
+	store_watch *w;
+	int rc = 0;
+
+	(void)state;
+	assert_true(cancel >= 0);
+	w = store_watch_open(&B.cfg, err, sizeof(err));
+	assert_non_null(w);
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1); /* connected */
+	snprintf(publish, sizeof(publish), "PUBLISH %s%s x", B.prefix, STORE_WATCH_CHANNEL);
+	assert_true(redis_do(publish));
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1);
+
+	assert_int_equal(write(cancel, &one, sizeof(one)), (ssize_t)sizeof(one));
+	assert_watch_cancelled(w, cancel, "subscribed");
+	assert_watch_cancelled(w, cancel, "subscribed, the cancel still unread");
+
+	/* Lost: the waits back off (100 ms, then more), then connect again. */
+	assert_int_equal(read(cancel, &drained, sizeof(drained)), (ssize_t)sizeof(drained));
+	redis_stop();
+	for (int i = 0; i < 50 && rc >= 0; i++)
+		rc = store_watch_wait(w, 200, cancel, err, sizeof(err));
+	assert_int_equal(rc, -1);
+	assert_int_equal(write(cancel, &one, sizeof(one)), (ssize_t)sizeof(one));
+	assert_watch_cancelled(w, cancel, "backing off");
+	assert_true(redis_start());
+	usleep(300 * 1000); /* past the back-off: the next wait would connect */
+	assert_watch_cancelled(w, cancel, "about to reconnect");
+	assert_int_equal(read(cancel, &drained, sizeof(drained)), (ssize_t)sizeof(drained));
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1); /* connected again */
+	store_watch_free(w);
+	close(cancel);
+}
+
 static const struct CMUnitTest common_tests[] = {
     CASE(test_record_then_lookup),
     CASE(test_lookup_order),
@@ -5032,6 +5088,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_empty_bucket_burst),
     CASE(test_redis_hot_refresh_near_expiry),
     CASE(test_redis_hot_many_queries),
+    CASE(test_redis_watch_cancel),
 };
 
 int main(int argc, char **argv)
