@@ -4854,6 +4854,44 @@ static void test_redis_hot_peek_at_expiry_edge(void **state)
 }
 
 /*
+ * As above, but the pair's "loadadd" is not answered (NOSCRIPT: SCRIPT
+ * FLUSH, or a restart the copies have not heard of yet): the peek must go
+ * to Redis with its add, not fall back to the copy that has the known
+ * network expired.
+ */
+static void test_redis_hot_peek_at_expiry_edge_unread(void **state)
+{
+	store *st = open_view_store();
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:edge2",
+	           "local t = string.format('%d', tonumber(redis.call('TIME')[1]) + 5) "
+	           "redis.call('ZADD', KEYS[1], t, 'n1', t, 'n2', t, 'n3') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return t",
+	           B.prefix);
+	assert_true(out[0] != '\0');
+	usleep(100000); /* the ZADD's invalidation in, so that the copy read next stays */
+	start = mono();
+	while (pair_trips(st, "relay:sasl:edge2", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	store_hot_clock_skew(st, 6000);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	(void)pair_trips(st, "relay:sasl:edge2", "n1", q);
+	if (!q[0].u.distinct.present)
+		fail_msg("a network Redis counts answered absent (count %llu) by the copy",
+		         (unsigned long long)q[0].u.distinct.count);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	assert_int_equal(q[1].u.distinct.count, 3);
+	store_free(st);
+}
+
+/*
  * A known network about to expire in Redis is refreshed there at once,
  * not written behind: an add meanwhile (another host's, the account's
  * next new network) purges what has expired by Redis's clock, and a
@@ -5029,6 +5067,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
     CASE(test_redis_hot_peek_at_expiry_edge),
+    CASE(test_redis_hot_peek_at_expiry_edge_unread),
     CASE(test_redis_hot_empty_bucket_burst),
     CASE(test_redis_hot_refresh_near_expiry),
     CASE(test_redis_hot_many_queries),
