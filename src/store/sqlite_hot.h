@@ -27,8 +27,8 @@
  * (store_redis.c): there a bucket owes its charges as a delta ("tat =
  * max(tat, from) + add", so that two hosts' charges add up), a bucket
  * invalidated while it owes some keeps them (its TAT is read again), a
- * set its refreshes, and
- * a new member of a set is always the store's to decide.
+ * set its refreshes (written only to a member the store still has), and a
+ * new member of a set is always the store's to decide.
  */
 #ifndef SPAMTRAPD_SQLITE_HOT_H
 #define SPAMTRAPD_SQLITE_HOT_H
