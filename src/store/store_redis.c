@@ -3936,9 +3936,15 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 	}
 	if (n > 0 && (st = hot_read_for(s, q, nq, from, n, read)) != STORE_OK)
 		goto out;
+	/*
+	 * A set's peek still unanswered before its add (the read did not answer
+	 * it: NOSCRIPT, an odd reply) goes to Redis with the add, never to the
+	 * copy: it may be the pair's, whose copy has the member expired.
+	 */
 	n = 0;
 	for (size_t i = 0; i < nq; i++)
-		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE)
+		if (q[i].status != QUERY_OK &&
+		    ((i + 1 < nq && hot_pair(&q[i], &q[i + 1])) || hot_answer(s, &q[i], offset) != HOT_DONE))
 			from[n++] = i;
 	if (n > 0)
 		st = hot_send_for(s, q, from, n);
