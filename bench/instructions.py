@@ -20,7 +20,15 @@ connection, one transaction a session, no trap recipients); B may then
 be "milter_ref", the no-op libmilter filter of BUILD/bench, so that what
 a spamtrapd session costs beyond libmilter's own work shows as A - B.
 
-Usage: bench/instructions.py --build BUILD [--milter] A_BINARY B_BINARY
+--relay counts the relay rows of bench/run.py instead: A runs with run.py's
+relay and ratelimit sections (RELAY_EXTRA), B without, both under its SASL
+load (policy_load -a --accounts, each account from a few networks of its
+own); B defaults to A, so that one binary's relay+ratelimit / blocklist-only
+ratio is counted. --extra-a/--extra-b add any config sections (JSON) to
+A's or B's config. --keep keeps the callgrind files (callgrind_annotate
+them for where the instructions go).
+
+Usage: bench/instructions.py --build BUILD [--milter | --relay] A_BINARY [B_BINARY]
 (BUILD: a Release build with SPAMTRAPD_BENCH=ON, for policy_load; as
 root, both daemons and callgrind_control run as nobody).
 Every process is started here and stopped here by PID.
@@ -59,7 +67,7 @@ def wait_port(port, proc, timeout=120):
     raise RuntimeError("spamtrapd did not listen on %d within %d s" % (port, timeout))
 
 
-def instructions(args, tmp, binary, requests, tag):
+def instructions(args, tmp, binary, requests, tag, extra=None):
     """Total instructions (Ir, every thread) of one daemon run that answers `requests` requests."""
     work = os.path.join(tmp, tag)
     os.mkdir(work)
@@ -72,6 +80,7 @@ def instructions(args, tmp, binary, requests, tag):
         "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(work, "spamtrapd.db")}},
         "traps": {"files": [os.path.join(tmp, "traps.txt")]},
         "log": {"target": "stderr", "level": "warning"},
+        **(extra or {}),
     }
     with open(os.path.join(work, "spamtrapd.json"), "w") as f:
         json.dump(cfg, f)
@@ -96,9 +105,10 @@ def instructions(args, tmp, binary, requests, tag):
     tool = "milter_load" if args.milter else "policy_load"
 
     def load(n, seed):
+        accounts = ["-a", str(args.accounts)] if args.accounts else []
         r = subprocess.run([os.path.join(args.build, "bench", tool), "-p", str(port), "-c", "1", "-w", "0",
-                            "-d", "3600", "-n", str(n), "-r", str(seed), "-t", "0"], capture_output=True, text=True,
-                           timeout=3600)
+                            "-d", "3600", "-n", str(n), "-r", str(seed), "-t", "0"] + accounts,
+                           capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
             raise RuntimeError("%s failed: %s%s" % (tool, r.stdout, r.stderr))
         result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -136,6 +146,13 @@ def instructions(args, tmp, binary, requests, tag):
     raise RuntimeError("no dump with totals in " + work)
 
 
+def relay_extra():
+    """bench/run.py's relay and ratelimit sections, so that both count the same config."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import run  # noqa: E402 (bench/run.py: its main runs only as a script)
+    return run.Bench.RELAY_EXTRA
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default="build-bench", help="Release build with the bench tools")
@@ -144,10 +161,26 @@ def main():
     ap.add_argument("--reps", type=int, default=2, help="runs of each binary")
     ap.add_argument("--milter", action="store_true",
                     help="instructions per milter session (milter_load) instead of per policy request")
+    ap.add_argument("--relay", action="store_true",
+                    help="A with bench/run.py's relay and ratelimit sections, B without, both under its SASL "
+                    "load (--accounts)")
+    ap.add_argument("--accounts", type=int, default=None,
+                    help="SASL accounts of the load (policy_load -a; default 10000 with --relay, none without)")
+    ap.add_argument("--extra-a", type=json.loads, default={}, help="config sections (JSON) added to A's config")
+    ap.add_argument("--extra-b", type=json.loads, default={}, help="config sections (JSON) added to B's config")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (callgrind files, logs)")
     ap.add_argument("a", help="spamtrapd binary A (e.g. this tree)")
-    ap.add_argument("b", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with --milter "
-                    "also milter_ref, the no-op libmilter filter")
+    ap.add_argument("b", nargs="?", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with "
+                    "--milter also milter_ref, the no-op libmilter filter; default A")
     args = ap.parse_args()
+    if args.b is None:
+        args.b = args.a
+    if args.relay:
+        if args.milter:
+            ap.error("--relay counts policy requests, not milter sessions")
+        args.extra_a = {**relay_extra(), **args.extra_a}
+        if args.accounts is None:
+            args.accounts = 10000
     tmp = tempfile.mkdtemp(prefix="spamtrapd-instructions-")
     os.chmod(tmp, 0o755)
     try:
@@ -157,15 +190,19 @@ def main():
                 f.write("trap%d@traps.example\n" % i)
         per = {}
         unit = "session" if args.milter else "request"
+        extras = {"A": args.extra_a, "B": args.extra_b}
         for rep in range(args.reps):
             for name, binary in (("A", args.a), ("B", args.b)):
-                total = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep))
+                total = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep), extras[name])
                 per.setdefault(name, []).append(total / args.requests)
                 print("%s %s: %.0f instructions per %s" % (name, binary, total / args.requests, unit), flush=True)
         a, b = min(per["A"]), min(per["B"])
         print("A/B %.4f (fewest per %s of each: %.0f / %.0f)" % (a / b, unit, a, b))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print("kept " + tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
