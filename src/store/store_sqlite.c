@@ -2727,9 +2727,12 @@ static store_status hot_flush_locked(store_backend_impl *s)
 	sqlite_hot_batch b = {0};
 	flush_args a = {s, &b, {0}};
 	store_status rc = STORE_OK;
+	struct timespec ts;
 
 	hot_check_peer(s);
-	if (sqlite_hot_take(s->hot, &b) < 0)
+	/* The buckets' clock: the requests' (engine.c), in ms of the wall clock. */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (sqlite_hot_take_at(s->hot, &b, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000) < 0)
 		rc = store_set_error("sqlite %s: write behind: out of memory", s->path);
 	if (b.n > 0 || !s->owner || hot_asked(s)) {
 		if (write_txn(s, "write behind", flush_all, &a, NULL, 0) == STORE_OK) {
