@@ -271,8 +271,13 @@ static relay_plan plan(const relay_conf *conf, const check_ctx *ctx, relay_scrat
 
 	if (!account_of(conf, ctx, s) || relay_set_name(s->account, s->set, sizeof(s->set)) == 0)
 		return RELAY_SKIP;
-	/* Parsed here, not txn->client: that one is cleared for a whitelisted verified sender. */
-	if (!ctx->facts->client_address || !addr_ip_parse(ctx->facts->client_address, &ip))
+	/*
+	 * txn->client is this parse when set (decide_prepare); not for a
+	 * whitelisted verified sender nor loopback, so parsed here then.
+	 */
+	if (ctx->txn->have_client)
+		ip = ctx->txn->client;
+	else if (!ctx->facts->client_address || !addr_ip_parse(ctx->facts->client_address, &ip))
 		return RELAY_SKIP;
 	if (netset_contains(conf->exempt, &ip))
 		return RELAY_EXEMPT;
