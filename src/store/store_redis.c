@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -538,6 +539,7 @@ struct store_backend_impl {
 	 */
 	sqlite_hot *hot;
 	atomic_bool hot_tracked;          /* that connection tracks: the copies may answer */
+	atomic_bool hot_no_mget;          /* the server refuses MGET (an ACL): the writes behind GET */
 	_Atomic int64_t hot_offset_ms;    /* Redis's clock minus this host's (CLOCK_REALTIME) */
 	atomic_uint_fast64_t hot_answers; /* queries answered from the copies (tests, debug log) */
 };
@@ -788,6 +790,26 @@ static int append_hmget(redisContext *c, const char *fullkey, size_t keylen)
 		argvlen[2 + i] = strlen(field_names[i]);
 	}
 	return redisAppendCommandArgv(c, 2 + NFIELDS, argv, argvlen);
+}
+
+/* v in decimal at p (24 bytes are room for any), terminated; its length. snprintf's "%lld" without the
+ * formatter. */
+static size_t i64_text(char *p, int64_t v)
+{
+	char digits[24];
+	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+	size_t n = 0;
+	int k = 0;
+
+	do
+		digits[k++] = (char)('0' + u % 10);
+	while ((u /= 10) > 0);
+	if (v < 0)
+		p[n++] = '-';
+	while (k > 0)
+		p[n++] = digits[--k];
+	p[n] = '\0';
+	return n;
 }
 
 /* "*N\r\n" or "$N\r\n" at p; returns the end. */
@@ -1571,11 +1593,29 @@ static bool reply_ints(const redisReply *r, size_t n, size_t i)
 	return r->type == REDIS_REPLY_ARRAY && r->elements == n && r->element[i]->type == REDIS_REPLY_INTEGER;
 }
 
+/*
+ * PREFIX kind ":" ns ":" key into buf, as snprintf would (the length it
+ * needs; cut short and terminated when len is too small), without its
+ * formatter: a write behind names every bucket it writes this way, and
+ * snprintf was most of a bucket's cost there.
+ */
 static int ns_key(const store_backend_impl *s, char *buf, size_t len, const char *kind, const char *ns,
                   const char *key)
 {
-	return snprintf(buf, len, "%s%s:%s:%s", s->cfg.redis_prefix ? s->cfg.redis_prefix : "", kind, ns,
-	                key);
+	const char *part[5] = {s->cfg.redis_prefix ? s->cfg.redis_prefix : "", kind, ":", ns, ":"};
+	size_t at = 0;
+
+	for (int i = 0; i < 6; i++) {
+		const char *p = i < 5 ? part[i] : key;
+		size_t n = strlen(p);
+
+		if (at < len)
+			memcpy(buf + at, p, at + n < len ? n : len - at);
+		at += n;
+	}
+	if (len > 0)
+		buf[at < len ? at : len - 1] = '\0';
+	return at > INT_MAX ? INT_MAX : (int)at;
 }
 
 /*
@@ -2550,6 +2590,7 @@ typedef struct hot_plan {
 	char *text;        /* n slots of HOT_TEXT: the key, then numbers */
 	const char **keys; /* "WATCH" and the n keys */
 	size_t *keylens;
+	bool mget; /* the buckets' TATs in one MGET, not a GET each */
 } hot_plan;
 
 static char *hot_slot(const hot_plan *p, size_t i)
@@ -2557,28 +2598,68 @@ static char *hot_slot(const hot_plan *p, size_t i)
 	return p->text + i * HOT_TEXT;
 }
 
-/* TIME, and per key GET (bucket) or ZSCORE and PTTL (set), pipelined after WATCH; -1 with a message. */
+/*
+ * The buckets' TATs of p, one MGET (not a GET each: a bucket is all most
+ * writes behind hold, and a command costs Redis more than a key of one),
+ * appended; *n the buckets. -1 out of memory or with a message.
+ */
+static int hot_mget(store_backend_impl *s, rconn *rc, const hot_plan *p, size_t *n)
+{
+	const char **argv = malloc((p->n + 1) * sizeof(*argv));
+	size_t *lens = malloc((p->n + 1) * sizeof(*lens));
+	int rv = 0;
+
+	*n = 0;
+	if (!argv || !lens) {
+		free(argv);
+		free(lens);
+		return store_set_error("%s: write behind: out of memory", s->where), -1;
+	}
+	argv[0] = "MGET", lens[0] = 4;
+	for (size_t i = 0; i < p->n; i++)
+		if (p->b->v[p->from + i].kind == SQLITE_HOT_COUNTER) {
+			argv[1 + *n] = p->keys[1 + i];
+			lens[1 + (*n)++] = p->keylens[1 + i];
+		}
+	if (!p->mget)
+		*n = 0; /* a GET each, in the order of the keys (hot_read) */
+	if (*n > 0 && append_argv(rc->ctx, (int)*n + 1, argv, lens) != REDIS_OK)
+		rv = (append_failed(s, rc->ctx, "write behind"), -1);
+	free(argv);
+	free(lens);
+	return rv;
+}
+
+/*
+ * TIME, the buckets' TATs (one MGET) and per set key ZSCORE and PTTL,
+ * pipelined after WATCH, into r in the order of the keys (a bucket's
+ * value taken out of the MGET's reply); -1 with a message.
+ */
 static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisReply **time_r, redisReply **r)
 {
 	const char *time_argv[1] = {"TIME"};
 	size_t time_len[1] = {4};
-	size_t nr = 0;
+	size_t nr = 0, ncounters;
+	redisReply *mget = NULL;
 
 	if (append_argv(rc->ctx, (int)p->n + 1, p->keys, p->keylens) != REDIS_OK ||
 	    append_argv(rc->ctx, 1, time_argv, time_len) != REDIS_OK)
 		return append_failed(s, rc->ctx, "write behind"), -1;
+	if (hot_mget(s, rc, p, &ncounters) < 0)
+		return -1;
 	for (size_t i = 0; i < p->n; i++) {
 		const sqlite_hot_write *w = &p->b->v[p->from + i];
-		const char *argv[3] = {w->kind == SQLITE_HOT_COUNTER ? "GET" : "ZSCORE", p->keys[1 + i],
-		                       w->member};
+		bool counter = w->kind == SQLITE_HOT_COUNTER;
+		const char *argv[3] = {counter ? "GET" : "ZSCORE", p->keys[1 + i], w->member};
 		const char *pttl[2] = {"PTTL", p->keys[1 + i]};
-		size_t lens[3] = {strlen(argv[0]), p->keylens[1 + i], w->member ? strlen(w->member) : 0};
+		size_t lens[3] = {counter ? 3 : 6, p->keylens[1 + i], w->member ? strlen(w->member) : 0};
 		size_t plens[2] = {4, p->keylens[1 + i]};
 
-		if (append_argv(rc->ctx, w->kind == SQLITE_HOT_COUNTER ? 2 : 3, argv, lens) != REDIS_OK ||
-		    (w->kind != SQLITE_HOT_COUNTER && append_argv(rc->ctx, 2, pttl, plens) != REDIS_OK))
+		if (counter && p->mget)
+			continue;
+		if (append_argv(rc->ctx, counter ? 2 : 3, argv, lens) != REDIS_OK ||
+		    (!counter && append_argv(rc->ctx, 2, pttl, plens) != REDIS_OK))
 			return append_failed(s, rc->ctx, "write behind"), -1;
-		nr += w->kind == SQLITE_HOT_COUNTER ? 1 : 2;
 	}
 	{
 		redisReply *watch;
@@ -2596,9 +2677,31 @@ static int hot_read(store_backend_impl *s, rconn *rc, const hot_plan *p, redisRe
 	}
 	if (next_reply(s, rc->ctx, time_r, "write behind") != STORE_OK)
 		return -1;
-	for (size_t i = 0; i < nr; i++)
-		if (next_reply(s, rc->ctx, &r[i], "write behind") != STORE_OK)
+	if (ncounters > 0) {
+		if (next_reply(s, rc->ctx, &mget, "write behind") != STORE_OK)
 			return -1;
+		if (mget->type != REDIS_REPLY_ARRAY || mget->elements != ncounters) {
+			reply_error(s, rc, mget, "write behind");
+			freeReplyObject(mget);
+			return -1;
+		}
+	}
+	for (size_t i = 0, c = 0; i < p->n; i++) {
+		bool counter = p->b->v[p->from + i].kind == SQLITE_HOT_COUNTER;
+
+		if (counter && p->mget) {
+			/* The element moves to r (freed there), the array goes without it. */
+			r[nr++] = mget->element[c];
+			mget->element[c++] = NULL;
+			continue;
+		}
+		for (int j = 0; j < (counter ? 1 : 2); j++)
+			if (next_reply(s, rc->ctx, &r[nr++], "write behind") != STORE_OK) {
+				freeReplyObject(mget);
+				return -1;
+			}
+	}
+	freeReplyObject(mget);
 	return 0;
 }
 
@@ -2628,12 +2731,8 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 			keep = tat - now + HOT_KEEP_MS;
 			if (keep > 0) {
 				const char *argv[5] = {"SET", key, num, "PX", num + 24};
-				size_t lens[5];
+				size_t lens[5] = {3, keylen, i64_text(num, tat), 2, i64_text(num + 24, keep)};
 
-				snprintf(num, 24, "%lld", (long long)tat);
-				snprintf(num + 24, 24, "%lld", (long long)keep);
-				lens[0] = 3, lens[1] = keylen, lens[2] = strlen(num), lens[3] = 2,
-				lens[4] = strlen(num + 24);
 				if (append_argv(rc->ctx, 5, argv, lens) != REDIS_OK)
 					return append_failed(s, rc->ctx, "write behind"), -1;
 				queued++;
@@ -2695,7 +2794,7 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlite_hot_batch *b, size_t from,
                                    size_t n, bool *unwritten)
 {
-	hot_plan p = {.b = b, .from = from, .n = n};
+	hot_plan p = {.b = b, .from = from, .n = n, .mget = !atomic_load(&s->hot_no_mget)};
 	redisReply **r = calloc(2 * n + 1, sizeof(*r)), *t = NULL;
 	store_status st = STORE_ERROR;
 	int done = 0;
@@ -3173,6 +3272,21 @@ static int view_scan(view_thread *vt, char *err, size_t errlen)
  * server's words. Copies that took charges they cannot write would lose
  * them all: a limit never reached.
  */
+/*
+ * May the writes behind read the buckets with one MGET? An ACL set up from
+ * the commands docs/redis.md listed before it may lack it: then a GET each
+ * (a failure of the connection shows at the next command).
+ */
+static void hot_probe_mget(store_backend_impl *s, rconn *rc, const char *key)
+{
+	const char *argv[2] = {"MGET", key};
+	redisReply *r = NULL;
+
+	if (command(s, rc->ctx, &r, "MGET", 2, argv) == STORE_OK)
+		atomic_store(&s->hot_no_mget, r->type == REDIS_REPLY_ERROR);
+	freeReplyObject(r);
+}
+
 static const char *hot_probe(store_backend_impl *s, rconn *rc, char *why, size_t whylen)
 {
 	char key[PREFIX_MAX + 16];
@@ -3194,6 +3308,7 @@ static const char *hot_probe(store_backend_impl *s, rconn *rc, char *why, size_t
 		if (!ok)
 			return why;
 	}
+	hot_probe_mget(s, rc, key);
 	return NULL;
 }
 
