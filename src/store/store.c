@@ -442,6 +442,18 @@ store_status store_sync(store *st)
 	return st->ops->sync ? st->ops->sync(st->impl) : STORE_OK;
 }
 
+void store_decision_begin(store *st)
+{
+	if (st && st->ops->decision)
+		st->ops->decision(st->impl, true);
+}
+
+void store_decision_end(store *st)
+{
+	if (st && st->ops->decision)
+		st->ops->decision(st->impl, false);
+}
+
 uint64_t store_script_round_trips(store *st)
 {
 	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;

@@ -4799,6 +4799,49 @@ static void test_redis_hot_clock_not_behind(void **state)
 	store_free(st);
 }
 
+/* A bucket's peek through the copies (store_run, as the engine's ratelimit stage asks it). */
+static void peek_bucket(store *st, const char *key)
+{
+	query q = counter_query(key, now_ms_wall(), HOUR_MS, 5, 0);
+
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	assert_int_equal(q.status, QUERY_OK);
+}
+
+/*
+ * One decision (store_decision_begin .. end: the engine's stage, three
+ * store calls for a recipient with relay and a ratelimit rule) looks at
+ * the local view's socket once, at its first call; the next decision
+ * looks again, so that another host's write reaches it as before.
+ */
+static void test_redis_decision_polls_once(void **state)
+{
+	store *st = open_view_store();
+	uint64_t polls;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	polls = store_redis_view_polls();
+	peek_bucket(st, "acct:dec");
+	peek_bucket(st, "acct:dec");
+	assert_true(store_redis_view_polls() - polls >= 2); /* outside a decision: each call looks */
+	for (int i = 0; i < 3; i++) {
+		store_decision_begin(st);
+		peek_bucket(st, "acct:dec");
+		polls = store_redis_view_polls();
+		assert_true(polls > 0);
+		peek_bucket(st, "acct:dec");
+		peek_bucket(st, "acct:other");
+		assert_int_equal(store_redis_view_polls(), polls);
+		store_decision_end(st);
+	}
+	peek_bucket(st, "acct:dec");
+	assert_true(store_redis_view_polls() > polls);
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -4853,6 +4896,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_view_fallback),
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
+    CASE(test_redis_decision_polls_once),
 };
 
 int main(int argc, char **argv)
