@@ -2576,10 +2576,10 @@ static int hot_clock(store_backend_impl *s, rconn *rc)
  * EXEC, not a script, because Redis (7.0) sends the invalidations of a
  * script's writes even to a NOLOOP connection's own tracking. A bucket
  * owes a delta: tat = max(tat, from) + add, the key kept HOT_KEEP_MS past
- * it. A set's member gets its later time only while it is there (a reset
- * or another host's expiry is not undone), and the set is kept until that
- * time at least. A watched key another connection wrote meanwhile has the
- * lot read and written again.
+ * it, and not written at all when that is not ahead of Redis's now (the
+ * charges drained before the tick: a fast rule's). A set's member gets its later time only while it is there
+ * (a reset or another host's expiry is not undone), and the set is kept until that time at least. A watched
+ * key another connection wrote meanwhile has the lot read and written again.
  */
 #define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 3 * 24)
 #define HOT_FLUSH_TRIES 4
@@ -2729,7 +2729,13 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 
 			tat = (tat > w->value ? tat : w->value) + w->add;
 			keep = tat - now + HOT_KEEP_MS;
-			if (keep > 0) {
+			/*
+			 * A TAT not ahead of Redis's now is as good as none (the bucket
+			 * is full again, counter_lua): charges that drained before they
+			 * were written need no write, the bucket reads the same
+			 * without it, now and later, on every host.
+			 */
+			if (tat > now) {
 				const char *argv[5] = {"SET", key, num, "PX", num + 24};
 				size_t lens[5] = {3, keylen, i64_text(num, tat), 2, i64_text(num + 24, keep)};
 

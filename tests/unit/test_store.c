@@ -4842,6 +4842,50 @@ static void test_redis_decision_polls_once(void **state)
 	store_free(st);
 }
 
+/*
+ * Charges written behind that drained before their tick (a fast rule:
+ * 1 ms a unit) are not written at all: the bucket reads the same without
+ * them. A slow rule's charge in the same tick is written as before.
+ */
+static void test_redis_hot_drained_charges_unwritten(void **state)
+{
+	store *st = open_view_store();
+	char out[64];
+	query q[2];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	for (int i = 0; i < 2; i++) {
+		/* read into the copies (the first time), then charged there */
+		q[0] = counter_query("fast", now_ms_wall(), 1, 5, 1);
+		q[1] = counter_query("slow", now_ms_wall(), HOUR_MS, 5, 1);
+		assert_int_equal(store_run(st, q, 2, now_s()), STORE_OK);
+		assert_true(q[0].u.counter.allowed && q[1].u.counter.allowed);
+	}
+	start = mono();
+	do {
+		assert_true(mono() - start < 3.0);
+		usleep(20000);
+		redis_text(out, sizeof(out), "EXISTS %sctr:rate:slow", B.prefix);
+	} while (strcmp(out, "1") != 0);
+	redis_text(out, sizeof(out), "EXISTS %sctr:rate:fast", B.prefix);
+	assert_string_equal(out, "0");
+	/* the slow bucket holds both charges: the copies owe nothing more of it */
+	q[1] = counter_query("slow", now_ms_wall(), HOUR_MS, 5, 0);
+	B.cfg.redis_local_view = false;
+	{
+		store *other = open_store();
+
+		assert_int_equal(store_run(other, &q[1], 1, now_s()), STORE_OK);
+		assert_int_equal(q[1].u.counter.remaining, 3);
+		store_free(other);
+	}
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -4897,6 +4941,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
     CASE(test_redis_decision_polls_once),
+    CASE(test_redis_hot_drained_charges_unwritten),
 };
 
 int main(int argc, char **argv)
