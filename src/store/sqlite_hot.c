@@ -18,6 +18,8 @@
 #define CHAIN_MAX 16
 /* Slots of the forget counts (see struct sqlite_hot). */
 #define GEN_SLOTS 4096
+/* Shared: a known member this near its expiry in the store (s) is refreshed there, not behind. */
+#define REFRESH_NEAR_S(window) ((window) / 4 < 60 ? (window) / 4 : 60)
 
 typedef struct hot_member {
 	char *name;
@@ -424,6 +426,16 @@ static sqlite_hot_rc distinct_step(sqlite_hot *h, hot_entry *e, sqlite_hot_disti
 	a->count = m ? e->n : e->n + 1;
 	if (!m && h->shared)
 		return SQLITE_HOT_FULL; /* a new member: the store's atomic add decides, hosts together */
+	/*
+	 * Shared, a known member about to expire in the store: refreshed by
+	 * the store's add now. Written behind, it could come after an add
+	 * (another host's, this one's next new member) purged it by the
+	 * store's clock, and a refresh never re-adds a member (the set may
+	 * have been reset meanwhile): the network, used within the window,
+	 * would count as new.
+	 */
+	if (m && h->shared && m->stored - a->now < REFRESH_NEAR_S(a->window))
+		return SQLITE_HOT_FULL;
 	if (!m && a->limit && e->n >= a->limit)
 		return SQLITE_HOT_DONE;
 	if (!m && !a->room)

@@ -459,6 +459,12 @@ uint64_t store_script_round_trips(store *st)
 	return st->ops->script_trips ? st->ops->script_trips(st->impl) : 0;
 }
 
+void store_hot_clock_skew(store *st, int64_t ms)
+{
+	if (st->ops->hot_skew)
+		st->ops->hot_skew(st->impl, ms);
+}
+
 store_status store_get(store *st, const char *key, store_entry *out)
 {
 	if (!key_ok(key))

@@ -343,6 +343,13 @@ store_status store_greylist_purge(store *st, int64_t now_ms, uint64_t *purged);
  */
 uint64_t store_script_round_trips(store *st);
 
+/*
+ * Tests only: the Redis store's hot copies (docs/redis.md) keep time ms
+ * further ahead of Redis's clock than measured, so that the edge of a
+ * round trip's lag is certain; no effect on other backends.
+ */
+void store_hot_clock_skew(store *st, int64_t ms);
+
 /* The entry for exactly this key, expired or not (spamtrapctl lookup). */
 store_status store_get(store *st, const char *key, store_entry *out);
 /* Create or replace an entry as given (spamtrapctl add). */

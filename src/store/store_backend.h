@@ -67,6 +67,8 @@ typedef struct store_ops {
 	store_status (*batch)(store_backend_impl *impl, query *q, size_t nq);
 	/* Optional: store_script_round_trips. */
 	uint64_t (*script_trips)(store_backend_impl *impl);
+	/* Optional: store_hot_clock_skew. */
+	void (*hot_skew)(store_backend_impl *impl, int64_t ms);
 	/* Optional: without it, store_put_many calls put for each entry. next() gives checked entries. */
 	store_status (*put_many)(store_backend_impl *impl, store_next_fn next, void *ctx, uint64_t *written);
 	/*

@@ -541,6 +541,7 @@ struct store_backend_impl {
 	atomic_bool hot_tracked;          /* that connection tracks: the copies may answer */
 	atomic_bool hot_no_mget;          /* the server refuses MGET (an ACL): the writes behind GET */
 	_Atomic int64_t hot_offset_ms;    /* Redis's clock minus this host's (CLOCK_REALTIME) */
+	_Atomic int64_t hot_skew_ms;      /* tests: the copies' clock this much further ahead */
 	atomic_uint_fast64_t hot_answers; /* queries answered from the copies (tests, debug log) */
 };
 
@@ -4020,78 +4021,140 @@ static store_status redis_send(store_backend_impl *s, query *q, size_t nq)
 }
 
 /*
+ * hot_run's indices on the stack up to this many queries (a recipient's
+ * relay and ratelimit queries, their effects): 16 * 9 bytes, small for
+ * libmilter's threads. More take the heap.
+ */
+#define HOT_RUN_STACK 16
+
+/*
+ * A set's peek the copy answers "absent" right before the add of the same
+ * member: the add goes to Redis, and the peek must be answered with it
+ * (the pair's "loadadd" reply), not by the copy. The copies' clock runs
+ * up to a round trip + 1 ms ahead of Redis's: at a member's expiry edge
+ * the copy has it expired where Redis still counts it, and an account
+ * whose set holds more than its limit (shadow mode, a lowered
+ * max_networks) would trip on a known network.
+ */
+static bool hot_peek_with_add(const query *q, size_t i, size_t nq)
+{
+	return i + 1 < nq && hot_pair(&q[i], &q[i + 1]) && q[i].status == QUERY_OK &&
+	       !q[i].u.distinct.present;
+}
+
+/* q[from[0 .. n)] copied out for a round trip; NULL when out of memory. */
+static query *hot_gather(const query *q, const size_t *from, size_t n)
+{
+	query *todo = malloc(n * sizeof(*todo));
+
+	for (size_t j = 0; todo && j < n; j++)
+		todo[j] = q[from[j]];
+	return todo;
+}
+
+/*
+ * The reads of q[from[0 .. n)] for the copies (one round trip), what they
+ * answered written back to q. Not STORE_OK: the queries left unanswered
+ * failed (asking again would make a hung server cost the request another
+ * command_timeout; the checks' on_error applies as without the copies).
+ */
+static store_status hot_read_for(store_backend_impl *s, query *q, size_t nq, const size_t *from, size_t n,
+                                 bool *read)
+{
+	query *todo = hot_gather(q, from, n);
+	op o = {.what = "batch", .fn = op_hot_load, .q = todo, .nkeys = n, .created = read};
+	store_status st = STORE_ERROR;
+
+	if (!todo) {
+		st = store_set_error("%s: batch: out of memory", s->where);
+	} else {
+		memset(read, 0, n * sizeof(*read));
+		o.now = (int64_t)sqlite_hot_generation(s->hot);
+		st = run(s, &o);
+	}
+	/* What the reads answered (peeks, a new member's add) holds even if a later one failed. */
+	for (size_t j = 0; todo && j < n; j++)
+		if (todo[j].status == QUERY_OK || read[j]) {
+			q[from[j]] = todo[j];
+			if (read[j])
+				hot_wrote(s, &q[from[j]]);
+		}
+	free(todo);
+	if (st != STORE_OK)
+		for (size_t i = 0; i < nq; i++)
+			if (q[i].status != QUERY_OK)
+				q[i].status = QUERY_ERROR;
+	return st;
+}
+
+/* q[from[0 .. n)] to Redis as before (redis_send), the answers written back to q. */
+static store_status hot_send_for(store_backend_impl *s, query *q, const size_t *from, size_t n)
+{
+	query *todo = hot_gather(q, from, n);
+	store_status st;
+
+	if (!todo) {
+		for (size_t j = 0; j < n; j++)
+			q[from[j]].status = QUERY_ERROR;
+		return store_set_error("%s: batch: out of memory", s->where);
+	}
+	st = redis_send(s, todo, n);
+	for (size_t j = 0; j < n; j++)
+		q[from[j]] = todo[j];
+	free(todo);
+	return st;
+}
+
+/*
  * kv, counter and distinct queries, in order, through the copies: what
- * they answer costs no round trip; what they do not hold is read for them
- * (one round trip for the lot) and asked again; the rest (a new member,
- * a trip marker's write, a copy not kept) goes to Redis as before.
+ * they answer costs no round trip (and no allocation); what they do not
+ * hold is read for them (one round trip for the lot) and asked again; the
+ * rest (a new member, a trip marker's write, a copy not kept) goes to
+ * Redis as before.
  */
 static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 {
-	query *todo = NULL;
-	size_t *from = NULL, n = 0;
-	bool *read = NULL;
+	size_t from_stack[HOT_RUN_STACK], *from = from_stack, n = 0;
+	bool read_stack[HOT_RUN_STACK], *read = read_stack;
 	int64_t offset;
 	store_status st = STORE_OK;
 
 	if (!hot_ready(s))
 		return redis_send(s, q, nq);
-	offset = atomic_load(&s->hot_offset_ms);
-	todo = calloc(nq, sizeof(*todo));
-	from = calloc(nq, sizeof(*from));
-	read = calloc(nq, sizeof(*read));
-	if (!todo || !from || !read) {
-		free(todo);
-		free(from);
-		free(read);
-		return redis_send(s, q, nq);
-	}
-	for (size_t i = 0; i < nq; i++)
-		if (hot_answer(s, &q[i], offset) == HOT_MISS) {
-			todo[n] = q[i];
-			from[n++] = i;
-		}
-	if (n > 0) {
-		op o = {.what = "batch", .fn = op_hot_load, .q = todo, .nkeys = n, .created = read};
-
-		o.now = (int64_t)sqlite_hot_generation(s->hot);
-		st = run(s, &o);
-		/* What the reads answered (peeks, a new member's add) holds even if a later one failed. */
-		for (size_t j = 0; j < n; j++)
-			if (todo[j].status == QUERY_OK || read[j]) {
-				q[from[j]] = todo[j];
-				if (read[j])
-					hot_wrote(s, &q[from[j]]);
-			}
-		/*
-		 * Failed (not an error reply: the connection, after run's own second
-		 * try): asking again would make a hung server cost the request
-		 * another command_timeout. The unanswered queries fail now, and the
-		 * checks' on_error applies as without the copies.
-		 */
-		if (st != STORE_OK) {
-			for (size_t i = 0; i < nq; i++)
-				if (q[i].status != QUERY_OK)
-					q[i].status = QUERY_ERROR;
-			free(todo);
+	if (nq > HOT_RUN_STACK) {
+		from = malloc(nq * sizeof(*from));
+		read = malloc(nq * sizeof(*read));
+		if (!from || !read) {
 			free(from);
 			free(read);
-			return st;
+			return redis_send(s, q, nq);
 		}
 	}
+	offset = atomic_load(&s->hot_offset_ms) + atomic_load(&s->hot_skew_ms);
+	for (size_t i = 0; i < nq; i++) {
+		hot_rc rc = hot_answer(s, &q[i], offset);
+
+		if (rc == HOT_DONE && hot_peek_with_add(q, i, nq)) {
+			q[i].status = QUERY_PENDING;
+			from[n++] = i++;
+			rc = HOT_MISS; /* the add, read with its peek ("loadadd") */
+		}
+		if (rc == HOT_MISS)
+			from[n++] = i;
+	}
+	if (n > 0 && (st = hot_read_for(s, q, nq, from, n, read)) != STORE_OK)
+		goto out;
 	n = 0;
 	for (size_t i = 0; i < nq; i++)
-		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE) {
-			todo[n] = q[i];
+		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE)
 			from[n++] = i;
-		}
-	if (n > 0) {
-		st = redis_send(s, todo, n);
-		for (size_t j = 0; j < n; j++)
-			q[from[j]] = todo[j];
+	if (n > 0)
+		st = hot_send_for(s, q, from, n);
+out:
+	if (from != from_stack) {
+		free(from);
+		free(read);
 	}
-	free(todo);
-	free(from);
-	free(read);
 	return st;
 }
 
@@ -4351,6 +4414,11 @@ static store_status redis_write_behind(store_backend_impl *s)
 static uint64_t redis_script_trips(store_backend_impl *s)
 {
 	return atomic_load(&s->script_trips);
+}
+
+static void redis_hot_skew(store_backend_impl *s, int64_t ms)
+{
+	atomic_store(&s->hot_skew_ms, ms);
 }
 
 static store_status redis_get(store_backend_impl *s, const char *key, store_entry *out)
@@ -5126,6 +5194,7 @@ const store_ops store_redis_ops = {
     .decision = redis_decision,
     .sync = redis_sync,
     .script_trips = redis_script_trips,
+    .hot_skew = redis_hot_skew,
     .greylist = redis_greylist,
     .grey_get = redis_grey_get,
     .grey_remove = redis_grey_remove,

@@ -4799,6 +4799,181 @@ static void test_redis_hot_clock_not_behind(void **state)
 	store_free(st);
 }
 
+/* store_run of a recipient's peek and add of member in set: its round trips. */
+static uint64_t pair_trips(store *st, const char *set, const char *member, query *q)
+{
+	uint64_t before = store_script_round_trips(st);
+
+	q[0] = relay_query(set, member, true);
+	q[1] = relay_query(set, member, false);
+	assert_int_equal(store_run(st, q, 2, now_s()), STORE_OK);
+	assert_int_equal(q[0].status, QUERY_OK);
+	assert_int_equal(q[1].status, QUERY_OK);
+	return store_script_round_trips(st) - before;
+}
+
+/*
+ * A set's copy held, a network it has expired while Redis still counts
+ * it (the copies' clock runs ahead of Redis's: up to a round trip + 1 ms,
+ * here 6 s, made certain): the add goes to Redis, and the peek must be
+ * answered with it, not by the copy. The set holds more than the limit
+ * (shadow mode, a lowered max_networks): a known network that looked new
+ * would trip the account.
+ */
+static void test_redis_hot_peek_at_expiry_edge(void **state)
+{
+	store *st = open_view_store();
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* three networks live for 5 s more by Redis's clock; the limit is 2 */
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:edge",
+	           "local t = string.format('%d', tonumber(redis.call('TIME')[1]) + 5) "
+	           "redis.call('ZADD', KEYS[1], t, 'n1', t, 'n2', t, 'n3') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return t",
+	           B.prefix);
+	assert_true(out[0] != '\0');
+	usleep(100000); /* the ZADD's invalidation in, so that the copy read next stays */
+	/* held: n2 known (read, not written; the copy refreshes it, n1 and n3 keep their 5 s) */
+	start = mono();
+	while (pair_trips(st, "relay:sasl:edge", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	store_hot_clock_skew(st, 6000);
+	(void)pair_trips(st, "relay:sasl:edge", "n1", q);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	assert_int_equal(q[1].u.distinct.count, 3); /* refreshed in Redis, not refused */
+	store_free(st);
+}
+
+/*
+ * A known network about to expire in Redis is refreshed there at once,
+ * not written behind: an add meanwhile (another host's, the account's
+ * next new network) purges what has expired by Redis's clock, and a
+ * refresh written behind never re-adds a member (the set may have been
+ * reset), so the network, used within the window, would count as new.
+ * Far from its expiry the copy answers (no round trip).
+ */
+static void test_redis_hot_refresh_near_expiry(void **state)
+{
+	store *st = open_view_store();
+	long long t, score;
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* n1 expires in Redis in 10 s, n2 in 90 s (the window is 100 s) */
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:near",
+	           "local t = tonumber(redis.call('TIME')[1]) "
+	           "redis.call('ZADD', KEYS[1], string.format('%d', t + 10), 'n1', string.format('%d', t + "
+	           "90), 'n2') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return string.format('%d', t)",
+	           B.prefix);
+	t = strtoll(out, NULL, 10);
+	assert_true(t > 0);
+	usleep(100000); /* the ZADD's invalidation in, so that the copy read next stays */
+	start = mono();
+	while (pair_trips(st, "relay:sasl:near", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	assert_true(q[0].u.distinct.present);
+	/* 1 (2 when the set's copy went meanwhile, its read first: the ZADD's late invalidation) */
+	assert_true(pair_trips(st, "relay:sasl:near", "n1", q) >= 1);
+	assert_true(q[0].u.distinct.present);
+	assert_int_equal(q[1].u.distinct.count, 2);
+	/* in Redis when the call returns, for a window from now */
+	redis_text(out, sizeof(out), "ZSCORE %sds:relay:sasl:near n1", B.prefix);
+	score = strtoll(out, NULL, 10);
+	if (score < t + 100)
+		fail_msg("n1 scored %lld, want %lld at least", score, t + 100);
+	store_free(st);
+}
+
+/* More queries in one call than hot_run keeps on its stack (16): read once, then all from the copies. */
+static void test_redis_hot_many_queries(void **state)
+{
+	store *st = open_view_store();
+	char keys[40][16];
+	query q[40];
+	double start;
+	uint64_t before;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	for (int i = 0; i < 40; i++)
+		snprintf(keys[i], sizeof(keys[i]), "many:%d", i);
+	start = mono();
+	do {
+		assert_true(mono() - start < 1.0);
+		before = store_script_round_trips(st);
+		for (int i = 0; i < 40; i++)
+			q[i] = counter_query(keys[i], now_ms_wall(), HOUR_MS, 1000, (uint64_t)(i % 2));
+		assert_int_equal(store_run(st, q, 40, now_s()), STORE_OK);
+		for (int i = 0; i < 40; i++) {
+			assert_int_equal(q[i].status, QUERY_OK);
+			assert_true(q[i].u.counter.allowed);
+		}
+	} while (store_script_round_trips(st) != before);
+	store_free(st);
+}
+
+/*
+ * A bucket Redis does not hold is empty whatever Redis's clock says: a
+ * copy read from it lets the whole burst through on the request's time,
+ * taken before the read's round trip and so behind Redis's (here by 2 s,
+ * made certain: a message's recipients are charged on that time).
+ */
+static void test_redis_hot_empty_bucket_burst(void **state)
+{
+	store *st = open_view_store();
+	int64_t at = now_ms_wall() - 2000;
+	uint64_t before;
+	char key[32];
+	query q;
+	int i;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* a fresh bucket read for a copy until one is kept (a read overtaken by a tick's write is not) */
+	for (i = 0; i < 100; i++) {
+		snprintf(key, sizeof(key), "empty:%d", i);
+		q = counter_query(key, at, HOUR_MS, 2, 0);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_int_equal(q.u.counter.remaining, 2);
+		before = store_script_round_trips(st);
+		q = counter_query(key, at, HOUR_MS, 2, 0);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (store_script_round_trips(st) == before)
+			break;
+	}
+	assert_true(i < 100);
+	for (int unit = 0; unit < 2; unit++) {
+		q = counter_query(key, at, HOUR_MS, 2, 1);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		if (!q.u.counter.allowed)
+			fail_msg("unit %d of a burst of 2 refused by an empty bucket's copy", unit + 1);
+	}
+	q = counter_query(key, at, HOUR_MS, 2, 1);
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	assert_false(q.u.counter.allowed);
+	assert_int_equal(store_script_round_trips(st), before); /* all answered by the copy */
+	store_free(st);
+}
+
 /* A bucket's peek through the copies (store_run, as the engine's ratelimit stage asks it). */
 static void peek_bucket(store *st, const char *key)
 {
@@ -4940,6 +5115,10 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_view_fallback),
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
+    CASE(test_redis_hot_peek_at_expiry_edge),
+    CASE(test_redis_hot_empty_bucket_burst),
+    CASE(test_redis_hot_refresh_near_expiry),
+    CASE(test_redis_hot_many_queries),
     CASE(test_redis_decision_polls_once),
     CASE(test_redis_hot_drained_charges_unwritten),
 };
