@@ -2577,10 +2577,12 @@ static int hot_clock(store_backend_impl *s, rconn *rc)
  * EXEC, not a script, because Redis (7.0) sends the invalidations of a
  * script's writes even to a NOLOOP connection's own tracking. A bucket
  * owes a delta: tat = max(tat, from) + add, the key kept HOT_KEEP_MS past
- * it, and not written at all when that is not ahead of Redis's now (the
- * charges drained before the tick: a fast rule's). A set's member gets its later time only while it is there
- * (a reset or another host's expiry is not undone), and the set is kept until that time at least. A watched
- * key another connection wrote meanwhile has the lot read and written again.
+ * it, written even when that is not ahead of Redis's now: another host's
+ * charge made before that TAT, written after, must go on top of it. A
+ * set's member gets its later time only while it is there (a reset or
+ * another host's expiry is not undone), and the set is kept until that
+ * time at least. A watched key another connection wrote meanwhile has the
+ * lot read and written again.
  */
 #define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 3 * 24)
 #define HOT_FLUSH_TRIES 4
@@ -2592,8 +2594,6 @@ typedef struct hot_plan {
 	const char **keys; /* "WATCH" and the n keys */
 	size_t *keylens;
 	bool mget; /* the buckets' TATs in one MGET, not a GET each */
-	/* Per key: a bucket's TAT not written for having drained by the tick (hot_write), 0 none. */
-	int64_t *drained;
 } hot_plan;
 
 static char *hot_slot(const hot_plan *p, size_t i)
@@ -2719,7 +2719,6 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 
 	if (append_argv(rc->ctx, 1, multi, multi_len) != REDIS_OK)
 		return append_failed(s, rc->ctx, "write behind"), -1;
-	memset(p->drained, 0, p->n * sizeof(*p->drained));
 	for (size_t i = 0; i < p->n; i++) {
 		const sqlite_hot_write *w = &p->b->v[p->from + i];
 		char *num = hot_slot(p, i) + KEYBUF + QUERY_NS_MAX;
@@ -2734,21 +2733,19 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 			tat = (tat > w->value ? tat : w->value) + w->add;
 			keep = tat - now + HOT_KEEP_MS;
 			/*
-			 * A TAT not ahead of Redis's now is as good as none (the bucket
-			 * is full again, counter_lua): charges that drained before they
-			 * were written need no write, the bucket reads the same
-			 * without it, now and later, on every host (this host's
-			 * later charges start from it: hot_drained).
+			 * Written even when not ahead of Redis's now (the bucket reads
+			 * full again): another host's charge made before this TAT, not
+			 * yet written, must go on top of it, tat = max(tat, from) + add.
+			 * Left out, hosts sharing a fast rule's bucket (charges that
+			 * drain within a tick) would each pass its whole rate.
 			 */
-			if (tat > now) {
+			if (keep > 0) {
 				const char *argv[5] = {"SET", key, num, "PX", num + 24};
 				size_t lens[5] = {3, keylen, i64_text(num, tat), 2, i64_text(num + 24, keep)};
 
 				if (append_argv(rc->ctx, 5, argv, lens) != REDIS_OK)
 					return append_failed(s, rc->ctx, "write behind"), -1;
 				queued++;
-			} else {
-				p->drained[i] = tat;
 			}
 		} else {
 			const redisReply *score = r[k++], *ttl = r[k++];
@@ -2800,34 +2797,6 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 }
 
 /*
- * The buckets of p not written for having drained (their TAT as written
- * would not be ahead of Redis's now): the copies owe each a charge of
- * nothing from that TAT on, so that a charge made since the take, or
- * later while that TAT is still ahead of it, goes on top of it when
- * written (tat = max(tat, from) + add, from at least the unwritten TAT),
- * as if it had been written; alone, it writes nothing (sqlite_hot_take
- * hands out no bucket that owes no charge).
- */
-static store_status hot_drained(store_backend_impl *s, const hot_plan *p)
-{
-	sqlite_hot_write *v = malloc(p->n * sizeof(*v));
-	sqlite_hot_batch owed = {.v = v};
-
-	if (!v)
-		return store_set_error("%s: write behind: out of memory", s->where);
-	for (size_t i = 0; i < p->n; i++)
-		if (p->drained[i] > 0) {
-			v[owed.n] = p->b->v[p->from + i]; /* the names stay b's */
-			v[owed.n].value = p->drained[i];
-			v[owed.n++].add = 0;
-		}
-	if (owed.n > 0)
-		sqlite_hot_retake(s->hot, &owed);
-	free(v);
-	return STORE_OK;
-}
-
-/*
  * The writes of b[from .. from + n) on rc; n 0: only TIME (the connection
  * lives, Redis's clock). On failure *unwritten says that none of them can
  * have been made (no EXEC, or every EXEC refused for a watched key).
@@ -2844,8 +2813,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 	p.text = calloc(n + 1, HOT_TEXT);
 	p.keys = calloc(n + 1, sizeof(*p.keys));
 	p.keylens = calloc(n + 1, sizeof(*p.keylens));
-	p.drained = calloc(n + 1, sizeof(*p.drained));
-	if (!r || !p.text || !p.keys || !p.keylens || !p.drained) {
+	if (!r || !p.text || !p.keys || !p.keylens) {
 		store_set_error("%s: write behind: out of memory", s->where);
 		goto out;
 	}
@@ -2887,7 +2855,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		}
 	}
 	if (done > 0)
-		st = hot_drained(s, &p);
+		st = STORE_OK;
 	else if (done == 0)
 		store_set_error("%s: write behind: the keys kept changing (%d tries)", s->where,
 		                HOT_FLUSH_TRIES);
@@ -2899,7 +2867,6 @@ out:
 	free(p.text);
 	free(p.keys);
 	free(p.keylens);
-	free(p.drained);
 	return st;
 }
 
