@@ -4311,6 +4311,36 @@ static void test_sqlite_write_behind(void **state)
 }
 
 /*
+ * A bucket and a network the file no longer has (a purge dropped the
+ * drained bucket and the expired member) while the daemon's memory still
+ * holds them: charged and refreshed again there, the write behind's
+ * UPDATE finds no row and puts one, so that a restart reads both.
+ */
+static void test_sqlite_write_behind_after_purge(void **state)
+{
+	const char *set = "relay:sasl:wbp";
+	store *st = open_store();
+	int64_t t = now_s(), tms = now_ms_wall();
+	bool present = false;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	assert_true(counter1(st, "account:wbp", tms, 60000, 2, 1).u.counter.allowed);
+	assert_int_equal(distinct1(st, set, "n1", t, 2), 1);
+	assert_int_equal(store_sync(st), STORE_OK); /* both rows in the file */
+	/* purged as of 200 s on: the bucket has drained and the member expired by then */
+	assert_int_equal(store_purge(st, t + 200, NULL), STORE_OK);
+	assert_true(counter1(st, "account:wbp", tms, 60000, 2, 1).u.counter.allowed);
+	assert_int_equal(distinct1(st, set, "n1", t + 50, 2), 1); /* later by more than the slack: written */
+	store_free(st);
+	st = open_store();
+	assert_int_equal(counter1(st, "account:wbp", tms, 60000, 2, 0).u.counter.remaining, 0);
+	assert_int_equal(peek1(st, set, "n1", t + 50, &present), 1);
+	assert_true(present);
+	store_free(st);
+}
+
+/*
  * A file of 0.3.0 (schema version 6) opens as version 7: its rows kept,
  * the daemon's tables (hot_owner, hot_requests) added, and a daemon
  * writing behind on it leaves no owner after a clean stop.
@@ -5235,6 +5265,7 @@ static void test_redis_hot_two_hosts_drained_charges_add_up(void **state)
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
+    CASE(test_sqlite_write_behind_after_purge),
     CASE(test_sqlite_upgrade_6_to_7),
     CASE(test_sqlite_write_behind_failure_logged),
     CASE(test_sqlite_write_behind_two_daemons),
