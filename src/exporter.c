@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +45,7 @@ struct exporter {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	pthread_cond_t sub_wake; /* the subscriber's pause without a watch: cut short by a stop */
+	int stopfd;              /* eventfd, readable once stopping: ends the watch's wait (poll) */
 	bool stop;
 	uint64_t gen; /* bumped by every change */
 	/* The thread's own: */
@@ -305,7 +307,8 @@ static store_watch *watch_for(exporter *x, store_watch *w, store_config *have, l
 /*
  * With Redis and exports: one connection SUBSCRIBEd to the change channel;
  * every announcement, and every (re)connection, marks the exports dirty.
- * Waits a second at most, so that a reload or a stop is seen.
+ * Waits a second at most, so that a reload is seen; a stop ends the wait
+ * at once (stopfd), so that stopping the daemon does not wait for it.
  */
 static void *subscriber_main(void *arg)
 {
@@ -324,7 +327,7 @@ static void *subscriber_main(void *arg)
 			pause_subscriber(x, 1000);
 			continue;
 		}
-		rc = store_watch_wait(w, 1000, err, sizeof(err));
+		rc = store_watch_wait(w, 1000, x->stopfd, err, sizeof(err));
 		if (rc > 0)
 			exporter_mark_dirty(x);
 		if (rc > 0 && lost)
@@ -374,16 +377,21 @@ static void *exporter_main(void *arg)
 /* Stop and join the export thread. */
 static void stop_main(exporter *x)
 {
+	const uint64_t one = 1;
+
 	pthread_mutex_lock(&x->lock);
 	x->stop = true;
 	pthread_cond_signal(&x->wake);
 	pthread_cond_signal(&x->sub_wake);
 	pthread_mutex_unlock(&x->lock);
+	if (write(x->stopfd, &one, sizeof(one)) < 0)
+		log_debug("export: cannot wake the subscriber: %s", strerror(errno));
 	pthread_join(x->thread, NULL);
 }
 
 static void destroy(exporter *x)
 {
+	close(x->stopfd);
 	config_unref(x->cfg);
 	pthread_cond_destroy(&x->wake);
 	pthread_cond_destroy(&x->sub_wake);
@@ -401,6 +409,12 @@ exporter *exporter_new(engine *eng, char *err, size_t errlen)
 		return NULL;
 	}
 	x->eng = eng;
+	x->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (x->stopfd < 0) {
+		snprintf(err, errlen, "cannot make the exporter's wake-up: %s", strerror(errno));
+		free(x);
+		return NULL;
+	}
 	pthread_mutex_init(&x->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -152,13 +152,20 @@ struct conn {
 	int fd;
 	worker *w;
 	const listener *lst;
-	conn *prev, *next;   /* the worker's list, least recently active first */
-	int64_t last_active; /* monotonic ms: the last reply, or the first byte of the request since */
-	uint64_t batch;      /* the worker's batch of events it was accepted in */
-	bool want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
-	bool closing;        /* draining, or given up on: close once the current reply is out */
-	unsigned malformed;  /* malformed requests in a row */
-	parked *wait;        /* the request waiting for DNS, if any */
+	conn *prev, *next; /* the worker's list, least recently active first */
+	/*
+	 * Monotonic ns: the last reply (read before it is sent), or the first
+	 * byte of the request since. Read at that moment, not the batch's
+	 * clock: it orders connections across workers (evict_candidate), so a
+	 * reply the client answers with a new connection must count as earlier
+	 * than that connection's request, even in the same millisecond.
+	 */
+	int64_t last_active;
+	uint64_t batch;     /* the worker's batch of events it was accepted in */
+	bool want_out;      /* registered for EPOLLOUT instead of EPOLLIN */
+	bool closing;       /* draining, or given up on: close once the current reply is out */
+	unsigned malformed; /* malformed requests in a row */
+	parked *wait;       /* the request waiting for DNS, if any */
 	policy_parser *parser;
 	char peer[PEER_MAX];
 	size_t inoff, inlen, outoff, outlen;
@@ -177,7 +184,7 @@ struct worker {
 	size_t nconn;
 	int64_t now, now_ms; /* monotonic seconds (rate limits), milliseconds (activity) */
 	uint64_t batch;      /* counts the loop's batches of events */
-	/* last_active of its least recently active connection (INT64_MAX: none), for the other workers */
+	/* last_active of its evict_candidate (INT64_MAX: none), for the other workers (worker_publish) */
 	_Atomic int64_t oldest;
 	bool accepting, draining;
 	int64_t drain_deadline;
@@ -215,6 +222,14 @@ struct policy_server {
 	log_ratelimit dns_late, dns_errors; /* DNS answers missing at the deadline; no resolver */
 	char hostname[256];                 /* SPF's %{r} */
 };
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static void worker_clock(worker *w)
 {
@@ -636,7 +651,7 @@ static void conn_touch(conn *c)
 {
 	worker *w = c->w;
 
-	c->last_active = w->now_ms;
+	c->last_active = mono_ns();
 	if (w->tail == c)
 		return;
 	list_unlink(w, c);
@@ -645,7 +660,8 @@ static void conn_touch(conn *c)
 
 static void parked_drop(worker *w, parked *p);
 
-static void conn_close(conn *c)
+/* Closes c, already counted out of srv->nconn (claim_room); conn_close counts it out itself. */
+static void conn_free(conn *c)
 {
 	worker *w = c->w;
 
@@ -653,7 +669,6 @@ static void conn_close(conn *c)
 		parked_drop(w, c->wait);
 	list_unlink(w, c);
 	w->nconn--;
-	atomic_fetch_sub(&w->srv->nconn, 1);
 	/*
 	 * Out of the epoll set before the close: close() removes it only with
 	 * the last descriptor of the socket, and a hook (src/hook.c) spawned
@@ -664,6 +679,20 @@ static void conn_close(conn *c)
 	close(c->fd);
 	policy_parser_free(c->parser);
 	free(c);
+}
+
+static void conn_close(conn *c)
+{
+	policy_server *srv = c->w->srv;
+
+	conn_free(c);
+	atomic_fetch_sub(&srv->nconn, 1);
+}
+
+/* Milliseconds since c was last active, by the batch's clock (which may be a little behind it). */
+static int64_t conn_age_ms(const worker *w, const conn *c)
+{
+	return w->now_ms - c->last_active / 1000000;
 }
 
 /* Nothing received and not yet answered, nothing waiting to be sent. */
@@ -686,7 +715,10 @@ static int conn_want(conn *c, bool out)
 static int conn_flush(conn *c)
 {
 	while (c->outoff < c->outlen) {
-		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+		ssize_t n;
+
+		conn_touch(c); /* before the send: see last_active */
+		n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -698,7 +730,6 @@ static int conn_flush(conn *c)
 			return -1;
 		}
 		c->outoff += (size_t)n;
-		conn_touch(c);
 	}
 	c->outoff = c->outlen = 0;
 	return conn_want(c, false) < 0 ? -1 : 1;
@@ -1203,7 +1234,7 @@ static int conn_attach(worker *w, conn *c)
 
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
 		return -1;
-	c->last_active = w->now_ms;
+	c->last_active = mono_ns();
 	c->batch = w->batch;
 	list_append(w, c);
 	w->nconn++;
@@ -1218,19 +1249,24 @@ static unsigned conn_limit(const policy_server *srv, const config *cfg)
 	return cfg->policy.max_connections < srv->fd_cap ? cfg->policy.max_connections : srv->fd_cap;
 }
 
+/* Between requests, or with a request coming for a second or more (a slow client holds no request
+ * Postfix waits on). */
+static bool conn_evictable(const worker *w, const conn *c)
+{
+	return conn_idle(c) || (c->wait == NULL && conn_age_ms(w, c) >= 1000);
+}
+
 /*
  * A connection this worker may close to make room: the least recently
- * active one that is between requests, or whose request has been coming
- * for a second or more (a slow client holds no request Postfix waits on);
- * never one accepted in the batch of events just handled.
+ * active evictable one, never one accepted in the batch of events just
+ * handled.
  */
 static conn *evict_candidate(worker *w)
 {
 	unsigned looked = 0;
 
 	for (conn *c = w->head; c != NULL && looked < EVICT_SCAN; c = c->next, looked++)
-		if (c->batch != w->batch &&
-		    (conn_idle(c) || (c->wait == NULL && w->now_ms - c->last_active >= 1000)))
+		if (c->batch != w->batch && conn_evictable(w, c))
 			return c;
 	return NULL;
 }
@@ -1252,55 +1288,99 @@ static void log_evicted(worker *w, const conn *c, unsigned limit)
 }
 
 /*
- * While the daemon is over its connection limit, close this worker's least
- * recently active connections. Several workers may close one at the same
- * moment: at worst a few more than needed, which Postfix reopens.
+ * Tells the other workers how old this one's candidate is: after each
+ * batch, and before a wake-up. Counting those accepted in this batch, as
+ * they are candidates from the next one on: by the time another worker
+ * reads it, the value must not be younger than this worker's candidate,
+ * or that worker would close a younger connection of its own. Older does
+ * no harm: the worker woken for it decides again.
+ */
+static void worker_publish(worker *w)
+{
+	int64_t oldest = INT64_MAX;
+	unsigned looked = 0;
+
+	for (const conn *c = w->head; c != NULL && looked < EVICT_SCAN; c = c->next, looked++)
+		if (conn_evictable(w, c)) {
+			oldest = c->last_active;
+			break;
+		}
+	atomic_store_explicit(&w->oldest, oldest, memory_order_relaxed);
+}
+
+/* The other worker with the oldest candidate, if it is older than `than`. */
+static worker *older_elsewhere(worker *w, int64_t than)
+{
+	policy_server *srv = w->srv;
+	worker *target = NULL;
+
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		int64_t theirs = atomic_load_explicit(&srv->workers[i].oldest, memory_order_relaxed);
+
+		if (&srv->workers[i] != w && theirs < than) {
+			than = theirs;
+			target = &srv->workers[i];
+		}
+	}
+	return target;
+}
+
+/*
+ * Takes one connection off the count while the daemon is over limit: each
+ * close that makes room is claimed first, so workers closing at the same
+ * moment never close more than the daemon is over.
+ */
+static bool claim_room(policy_server *srv, unsigned limit)
+{
+	unsigned n = atomic_load(&srv->nconn);
+
+	while (n > limit)
+		if (atomic_compare_exchange_weak(&srv->nconn, &n, n - 1))
+			return true;
+	return false;
+}
+
+/*
+ * While the daemon is over its connection limit, close the least recently
+ * active connections: this worker's own while its candidate is the oldest;
+ * otherwise it wakes the worker whose candidate is (through its eventfd;
+ * each keeps its connections in that order, so only the candidates are
+ * compared), which decides again with what it knows then. A worker's
+ * published candidate may be a batch old: the one woken for it may find
+ * its own younger now and wake this one back, so that every close is of
+ * the oldest. When the daemon is EVICT_DEFER_MAX over the limit the other
+ * workers are not keeping up: this one closes its own.
  */
 static void worker_evict(worker *w)
 {
 	policy_server *srv = w->srv;
 	unsigned limit = atomic_load(&srv->conn_limit);
-
-	while (atomic_load(&srv->nconn) > limit) {
-		conn *c = evict_candidate(w);
-
-		if (c == NULL)
-			return;
-		log_evicted(w, c, limit);
-		conn_close(c);
-	}
-}
-
-/*
- * Room for one more connection, over the limit: the worker whose least
- * recently active connection is the oldest closes it, this one or another
- * (woken through its eventfd; each keeps its connections in that order, so
- * only the heads are compared). When the daemon is EVICT_DEFER_MAX over
- * the limit, the other worker is not keeping up: this one closes its own.
- */
-static void make_room(worker *w, unsigned over)
-{
-	policy_server *srv = w->srv;
-	const conn *mine = evict_candidate(w);
-	int64_t oldest = mine ? mine->last_active : INT64_MAX;
-	worker *target = w;
 	const uint64_t one = 1;
 
-	for (size_t i = 0; i < srv->nworkers; i++) {
-		int64_t theirs = atomic_load_explicit(&srv->workers[i].oldest, memory_order_relaxed);
+	for (;;) {
+		unsigned n = atomic_load(&srv->nconn);
+		conn *c = n > limit ? evict_candidate(w) : NULL;
+		worker *target = NULL;
 
-		if (&srv->workers[i] != w && theirs < oldest) {
-			oldest = theirs;
-			target = &srv->workers[i];
+		if (n <= limit)
+			break;
+		if (c == NULL || n - limit < EVICT_DEFER_MAX)
+			target = older_elsewhere(w, c ? c->last_active : INT64_MAX);
+		if (target != NULL) {
+			worker_publish(w);
+			/* Every wakefd was made before the first worker started and stays until
+			 * policy_server_free. */
+			if (write(target->wakefd, &one, sizeof(one)) < 0)
+				log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id,
+				          strerror(errno));
+			return;
 		}
+		if (c == NULL || !claim_room(srv, limit))
+			break;
+		log_evicted(w, c, limit);
+		conn_free(c);
 	}
-	if (target == w || (mine != NULL && over >= EVICT_DEFER_MAX)) {
-		worker_evict(w);
-		return;
-	}
-	/* Every wakefd was made before the first worker started and stays until policy_server_free. */
-	if (write(target->wakefd, &one, sizeof(one)) < 0)
-		log_debug("policy worker %u: cannot wake worker %u: %s", w->id, target->id, strerror(errno));
+	worker_publish(w);
 }
 
 /* The other workers run worker_evict (worker_wake): each closes its own while over the limit. */
@@ -1332,21 +1412,17 @@ static bool conn_admit(worker *w, const config *cfg)
 	atomic_store(&srv->conn_limit, limit);
 	if (n < limit)
 		return true;
-	if (n >= limit + EVICT_SLACK) {
-		/*
-		 * Far over: a reload lowered the limit (until the next sweep), or the other workers
-		 * are not keeping up. Close this worker's own and wake the others before refusing:
-		 * refused, Postfix waits smtpd_policy_service_retry_delay (1s) before it tries again.
-		 */
-		worker_evict(w);
-		if (atomic_load(&srv->nconn) <= limit + EVICT_SLACK)
-			return true;
-		atomic_fetch_sub(&srv->nconn, 1);
-		wake_others(w);
-		return false;
-	}
-	make_room(w, n + 1 - limit);
-	return true;
+	worker_evict(w);
+	if (n < limit + EVICT_SLACK || atomic_load(&srv->nconn) <= limit + EVICT_SLACK)
+		return true;
+	/*
+	 * Far over: a reload lowered the limit (until the next sweep), or the other workers are not
+	 * keeping up (this one closed its own: EVICT_DEFER_MAX). Wake the others before refusing:
+	 * refused, Postfix waits smtpd_policy_service_retry_delay (1s) before it tries again.
+	 */
+	atomic_fetch_sub(&srv->nconn, 1);
+	wake_others(w);
+	return false;
 }
 
 /* The checks at accept, against the current snapshot; a refused fd is closed at once. */
@@ -1427,7 +1503,7 @@ static void worker_accept(worker *w, const listener *l)
  */
 static void log_expired(worker *w, const conn *c)
 {
-	long long age = (long long)((w->now_ms - c->last_active) / 1000);
+	long long age = (long long)(conn_age_ms(w, c) / 1000);
 
 	if (conn_idle(c))
 		log_debug("policy: closing connection from %s on %s: idle for %llds", c->peer,
@@ -1453,7 +1529,7 @@ static void worker_sweep(worker *w)
 
 	atomic_store(&w->srv->conn_limit, conn_limit(w->srv, cfg)); /* a reload may have lowered it */
 	engine_release(snap);
-	for (conn *c = w->head, *next; c != NULL && w->now_ms - c->last_active >= timeout * 1000; c = next) {
+	for (conn *c = w->head, *next; c != NULL && conn_age_ms(w, c) >= timeout * 1000; c = next) {
 		next = c->next;
 		if (c->wait != NULL)
 			continue; /* waiting for DNS, which its own deadline bounds: the client did its part
@@ -1585,8 +1661,7 @@ static void *worker_main(void *arg)
 		for (int i = 0; i < n; i++)
 			worker_dispatch(&ev[i], &todo);
 		worker_after_batch(w, &todo);
-		atomic_store_explicit(&w->oldest, w->head ? w->head->last_active : INT64_MAX,
-		                      memory_order_relaxed);
+		worker_publish(w);
 	}
 	if (w->nconn > 0)
 		log_warning("policy worker %u: closing %zu connection(s) with a request still in progress",

@@ -41,7 +41,10 @@ typedef struct hot_entry {
 	int64_t tat;
 	bool found;   /* a TAT was ever set */
 	bool in_file; /* the file has a row */
-	/* shared: charges owed as a delta (tat = max(tat, owe_from) + owe_add); stale: TAT unknown */
+	/*
+	 * shared: charges owed as a delta (tat = max(tat, owe_from) + owe_add);
+	 * stale: a bucket's TAT unknown, a set kept only for its owed refreshes
+	 */
 	int64_t owe_from, owe_add;
 	bool stale;
 	/* sets */
@@ -462,7 +465,7 @@ sqlite_hot_rc sqlite_hot_distinct_run(sqlite_hot *h, sqlite_hot_distinct *a)
 	sqlite_hot_rc rc = SQLITE_HOT_MISS;
 
 	pthread_mutex_lock(&h->lock);
-	if ((e = find(h, SQLITE_HOT_SET, NULL, a->set, hash)) != NULL)
+	if ((e = find(h, SQLITE_HOT_SET, NULL, a->set, hash)) != NULL && !e->stale)
 		rc = distinct_step(h, e, a);
 	pthread_mutex_unlock(&h->lock);
 	return rc;
@@ -476,7 +479,13 @@ bool sqlite_hot_set_load(sqlite_hot *h, const char *set, const sqlite_hot_member
 	bool ok = true;
 
 	pthread_mutex_lock(&h->lock);
-	if (load_ok(h, hash, generation, false) && !find(h, SQLITE_HOT_SET, NULL, set, hash)) {
+	e = find(h, SQLITE_HOT_SET, NULL, set, hash);
+	/* A set kept for its refreshes: replaced once they are written and the read came after. */
+	if (e && e->stale && !e->dirty && load_ok(h, hash, generation, true)) {
+		remove_entry(h, e);
+		e = NULL;
+	}
+	if (!e && load_ok(h, hash, generation, false)) {
 		if ((e = insert(h, SQLITE_HOT_SET, NULL, set, hash)) != NULL) {
 			for (size_t i = 0; i < n && ok; i++) {
 				hot_member *x = member_add(h, e, m[i].member);
@@ -546,12 +555,19 @@ bool sqlite_hot_kv_load(sqlite_hot *h, const char *ns, const char *key, bool fou
 /*
  * Under the lock: e is in doubt. A bucket owing charges keeps them
  * (keep_owed), and one whose charges are being written too (a failed
- * write owes them again: sqlite_hot_retake); everything else goes.
+ * write owes them again: sqlite_hot_retake); so does a set its refreshes
+ * (lost, a network used within the window would expire in the store at
+ * its old time and count as new; written after any other write they are
+ * safe: the store refreshes only a member it still has). Everything
+ * else goes.
  */
 static void invalidate(sqlite_hot *h, hot_entry *e, bool keep_owed)
 {
-	if (keep_owed && e->kind == SQLITE_HOT_COUNTER && h->shared &&
-	    (e->owe_add > 0 || (h->writing && e->taken == h->takes)))
+	bool being_written = h->writing && e->taken == h->takes;
+
+	if (keep_owed && h->shared &&
+	    ((e->kind == SQLITE_HOT_COUNTER && (e->owe_add > 0 || being_written)) ||
+	     (e->kind == SQLITE_HOT_SET && (e->dirty || being_written))))
 		e->stale = true;
 	else
 		remove_entry(h, e);

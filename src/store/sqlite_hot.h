@@ -26,8 +26,9 @@
  * other hosts write as well, dropped by Redis's invalidation messages
  * (store_redis.c): there a bucket owes its charges as a delta ("tat =
  * max(tat, from) + add", so that two hosts' charges add up), a bucket
- * invalidated while it owes some keeps them (its TAT is read again), and
- * a new member of a set is always the store's to decide.
+ * invalidated while it owes some keeps them (its TAT is read again), a
+ * set its refreshes (written only to a member the store still has), and a
+ * new member of a set is always the store's to decide.
  */
 #ifndef SPAMTRAPD_SQLITE_HOT_H
 #define SPAMTRAPD_SQLITE_HOT_H
@@ -119,7 +120,10 @@ void sqlite_hot_forget(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, cons
 /*
  * Shared: someone wrote the key (an invalidation). As forget, except that
  * a bucket owing charges keeps them: its TAT is unknown (a MISS) until
- * loaded again, and the load adds what is owed. A set's owed refreshes go.
+ * loaded again, and the load adds what is owed. A set owing refreshes
+ * keeps them too (a MISS until they are written and it is loaded again):
+ * the store refreshes only a member it still has, so they hold after any
+ * write, a reset's included.
  */
 void sqlite_hot_invalidate(sqlite_hot *h, sqlite_hot_kind kind, const char *ns, const char *key);
 /* Shared: every copy is in doubt (the invalidations were lost): invalidate everything. */

@@ -399,10 +399,13 @@ store_watch *store_watch_open(const store_config *cfg, char *err, size_t errlen)
 /*
  * Wait at most timeout_ms: 1 when a change was announced, or when the
  * watch (re)connected (a change may have gone unannounced meanwhile); 0
- * when nothing came; -1 with err when the connection failed or was lost
- * (the next calls try again after a growing pause, 100 ms to 5 s).
+ * when nothing came, or at once when cancel_fd (-1: none) is readable: the
+ * caller's wake-up (an eventfd or pipe it writes to stop), left unread; -1
+ * with err when the connection failed or was lost (the next calls try
+ * again after a growing pause, 100 ms to 5 s). Connecting is not cut
+ * short: it takes at most store.redis.connect_timeout.
  */
-int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen);
+int store_watch_wait(store_watch *w, int timeout_ms, int cancel_fd, char *err, size_t errlen);
 void store_watch_free(store_watch *w); /* accepts NULL */
 
 /* The message of the last STORE_ERROR on this thread. */

@@ -4144,9 +4144,15 @@ static store_status hot_run(store_backend_impl *s, query *q, size_t nq)
 	}
 	if (n > 0 && (st = hot_read_for(s, q, nq, from, n, read)) != STORE_OK)
 		goto out;
+	/*
+	 * A set's peek still unanswered before its add (the read did not answer
+	 * it: NOSCRIPT, an odd reply) goes to Redis with the add, never to the
+	 * copy: it may be the pair's, whose copy has the member expired.
+	 */
 	n = 0;
 	for (size_t i = 0; i < nq; i++)
-		if (q[i].status != QUERY_OK && hot_answer(s, &q[i], offset) != HOT_DONE)
+		if (q[i].status != QUERY_OK &&
+		    ((i + 1 < nq && hot_pair(&q[i], &q[i + 1])) || hot_answer(s, &q[i], offset) != HOT_DONE))
 			from[n++] = i;
 	if (n > 0)
 		st = hot_send_for(s, q, from, n);
@@ -5113,13 +5119,31 @@ static bool is_message(const redisReply *r)
 	       strcmp(r->element[0]->str, "message") == 0;
 }
 
-/* What arrived within timeout_ms (see store_watch_wait). */
-static int watch_read(store_watch *w, int timeout_ms, char *err, size_t errlen)
+/*
+ * What became readable within timeout_ms: -1 cancel_fd (it wins), 1 fd, 0
+ * nothing. A negative fd is left out of the poll (poll ignores it).
+ */
+static int watch_poll(int fd, int cancel_fd, int timeout_ms)
 {
-	struct pollfd pfd = {.fd = w->c->fd, .events = POLLIN};
+	struct pollfd pfd[2] = {{.fd = cancel_fd, .events = POLLIN}, {.fd = fd, .events = POLLIN}};
+	int n;
+
+	do
+		n = poll(pfd, 2, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return 0;
+	if (pfd[0].revents != 0)
+		return -1;
+	return pfd[1].revents != 0;
+}
+
+/* What arrived within timeout_ms (see store_watch_wait). */
+static int watch_read(store_watch *w, int timeout_ms, int cancel_fd, char *err, size_t errlen)
+{
 	int got = 0;
 
-	if (poll(&pfd, 1, timeout_ms) <= 0)
+	if (watch_poll(w->c->fd, cancel_fd, timeout_ms) <= 0)
 		return 0;
 	if (redisBufferRead(w->c) == REDIS_OK) {
 		for (;;) {
@@ -5141,16 +5165,19 @@ static int watch_read(store_watch *w, int timeout_ms, char *err, size_t errlen)
 	return -1;
 }
 
-int store_watch_wait(store_watch *w, int timeout_ms, char *err, size_t errlen)
+int store_watch_wait(store_watch *w, int timeout_ms, int cancel_fd, char *err, size_t errlen)
 {
 	int64_t now = now_ms();
 
 	if (w->c)
-		return watch_read(w, timeout_ms, err, errlen);
+		return watch_read(w, timeout_ms, cancel_fd, err, errlen);
 	if (now < w->retry_at_ms) {
-		poll(NULL, 0, w->retry_at_ms - now < timeout_ms ? (int)(w->retry_at_ms - now) : timeout_ms);
+		watch_poll(-1, cancel_fd,
+		           w->retry_at_ms - now < timeout_ms ? (int)(w->retry_at_ms - now) : timeout_ms);
 		return 0;
 	}
+	if (watch_poll(-1, cancel_fd, 0) < 0)
+		return 0; /* no new connection for a caller that is stopping */
 	if (watch_connect(w, err, errlen) < 0) {
 		w->retry_at_ms = now_ms() + w->backoff_ms;
 		w->backoff_ms = w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : w->backoff_ms * 2;

@@ -11,11 +11,14 @@
   in B's export (the time from the hit to B's file is printed); after a
   restart of redis-server, B's subscriber is back and a later hit at A
   reaches B's file too.
+- Redis, stop: a daemon whose subscriber has just begun its one-second
+  wait on Redis stops without sitting it out (its own log's times).
 
 Deadlines are generous (scaled) and polled: nothing asserts a speed.
 """
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -195,6 +198,47 @@ class RedisExports(sh.PolicyChecks, unittest.TestCase):
         b.wait_for_log(r"export: watching other hosts' changes again", mark, timeout=sh.scaled(DEADLINE))
         self.hit_reaches_b("192.0.2.72", "spam2@bad.example", "after the restart")
         self.assertTrue(a.running() and b.running())
+
+
+def log_time(d, pattern):
+    """The daemon's own timestamp (seconds in the day) of the last log line matching pattern."""
+    stamps = re.findall(r"^\d{4}-\d\d-\d\dT(\d\d):(\d\d):(\d\d\.\d+) .*" + pattern, d.log(), re.M)
+    if not stamps:
+        raise AssertionError(f"no log line matching {pattern!r}:\n" + d.log_tail())
+    h, m, sec = stamps[-1]
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+class RedisExportsStop(unittest.TestCase):
+    """Stopping a daemon whose subscriber waits on Redis (up to a second for a reload to be
+    seen) does not wait for that wait: the stop wakes it (exporter's stopfd)."""
+
+    def test_stop_wakes_the_subscriber(self):
+        server, _ = rh.start_server(self)
+        folder = tempfile.mkdtemp(prefix="spamtrapd-test-stop.")
+        sh.give_to_run_user(folder)
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(export_dir(folder), "blocklist.nft")
+        # An interval long enough that no export is being written at the stop.
+        d = sh.Spamtrapd(sh.merge(exports_config(path, interval="1h"), rh.store_override(server, "stop:")),
+                         workdir=folder)
+        self.addCleanup(d.cleanup)
+        # The subscriber logs this line as it connects, then waits a second on Redis: a daemon
+        # that sits that wait out stops a second after the line at the earliest, by its own
+        # clock. A SIGTERM sent late (a loaded machine) leaves too little of the wait to tell:
+        # then again, a few times.
+        for attempt in range(3):
+            mark = d.log_mark()
+            d.start()
+            d.wait_for_log(r"export: watching other hosts' changes \(Redis\)", since=mark, timeout=DEADLINE)
+            d.stop()
+            watching = log_time(d, r"export: watching other hosts' changes \(Redis\)")
+            late = log_time(d, r"notice: SIGTERM received, stopping") - watching
+            stopped = log_time(d, r"notice: stopped$") - watching
+            print(f"\nSIGTERM {late:.3f} s after the wait began, stopped at {stopped:.3f} s", file=sys.stderr)
+            if late < 0.5:
+                break
+        self.assertLess(stopped, 1.0, "the stop sat out the subscriber's wait on Redis")
 
 
 if __name__ == "__main__":

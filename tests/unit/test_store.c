@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -4134,6 +4135,61 @@ static void redis_clock_offset_never_behind(void **state)
 			}
 }
 
+/* A wait for the change channel that `cancel` ends: 0 returned, and well before timeout_ms. */
+static void assert_watch_cancelled(store_watch *w, int cancel, const char *what)
+{
+	char err[256];
+	double t0 = mono();
+
+	assert_int_equal(store_watch_wait(w, 20000, cancel, err, sizeof(err)), 0);
+	if (mono() - t0 > 10.0)
+		fail_msg("%s: the wait took %.3f s of its 20 s with the cancel readable", what, mono() - t0);
+}
+
+/*
+ * store_watch_wait's cancel_fd (the exporter's stop): readable, it ends a
+ * wait at once whatever the watch is doing (subscribed, backing off after a
+ * lost connection, about to reconnect); left unread, it changes nothing.
+ */
+static void test_redis_watch_cancel(void **state)
+{
+	int cancel = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	const uint64_t one = 1;
+	uint64_t drained;
+	char err[256], publish[160];
+	store_watch *w;
+	int rc = 0;
+
+	(void)state;
+	assert_true(cancel >= 0);
+	w = store_watch_open(&B.cfg, err, sizeof(err));
+	assert_non_null(w);
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1); /* connected */
+	snprintf(publish, sizeof(publish), "PUBLISH %s%s x", B.prefix, STORE_WATCH_CHANNEL);
+	assert_true(redis_do(publish));
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1);
+
+	assert_int_equal(write(cancel, &one, sizeof(one)), (ssize_t)sizeof(one));
+	assert_watch_cancelled(w, cancel, "subscribed");
+	assert_watch_cancelled(w, cancel, "subscribed, the cancel still unread");
+
+	/* Lost: the waits back off (100 ms, then more), then connect again. */
+	assert_int_equal(read(cancel, &drained, sizeof(drained)), (ssize_t)sizeof(drained));
+	redis_stop();
+	for (int i = 0; i < 50 && rc >= 0; i++)
+		rc = store_watch_wait(w, 200, cancel, err, sizeof(err));
+	assert_int_equal(rc, -1);
+	assert_int_equal(write(cancel, &one, sizeof(one)), (ssize_t)sizeof(one));
+	assert_watch_cancelled(w, cancel, "backing off");
+	assert_true(redis_start());
+	usleep(300 * 1000); /* past the back-off: the next wait would connect */
+	assert_watch_cancelled(w, cancel, "about to reconnect");
+	assert_int_equal(read(cancel, &drained, sizeof(drained)), (ssize_t)sizeof(drained));
+	assert_int_equal(store_watch_wait(w, 5000, cancel, err, sizeof(err)), 1); /* connected again */
+	store_watch_free(w);
+	close(cancel);
+}
+
 static const struct CMUnitTest common_tests[] = {
     CASE(test_record_then_lookup),
     CASE(test_lookup_order),
@@ -4854,6 +4910,44 @@ static void test_redis_hot_peek_at_expiry_edge(void **state)
 }
 
 /*
+ * As above, but the pair's "loadadd" is not answered (NOSCRIPT: SCRIPT
+ * FLUSH, or a restart the copies have not heard of yet): the peek must go
+ * to Redis with its add, not fall back to the copy that has the known
+ * network expired.
+ */
+static void test_redis_hot_peek_at_expiry_edge_unread(void **state)
+{
+	store *st = open_view_store();
+	query q[2];
+	char out[64];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:edge2",
+	           "local t = string.format('%d', tonumber(redis.call('TIME')[1]) + 5) "
+	           "redis.call('ZADD', KEYS[1], t, 'n1', t, 'n2', t, 'n3') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return t",
+	           B.prefix);
+	assert_true(out[0] != '\0');
+	usleep(100000); /* the ZADD's invalidation in, so that the copy read next stays */
+	start = mono();
+	while (pair_trips(st, "relay:sasl:edge2", "n2", q) != 0)
+		assert_true(mono() - start < 1.0);
+	store_hot_clock_skew(st, 6000);
+	redis_text(out, sizeof(out), "SCRIPT FLUSH");
+	(void)pair_trips(st, "relay:sasl:edge2", "n1", q);
+	if (!q[0].u.distinct.present)
+		fail_msg("a network Redis counts answered absent (count %llu) by the copy",
+		         (unsigned long long)q[0].u.distinct.count);
+	assert_int_equal(q[0].u.distinct.count, 3);
+	assert_int_equal(q[1].u.distinct.count, 3);
+	store_free(st);
+}
+
+/*
  * A known network about to expire in Redis is refreshed there at once,
  * not written behind: an add meanwhile (another host's, the account's
  * next new network) purges what has expired by Redis's clock, and a
@@ -4896,6 +4990,68 @@ static void test_redis_hot_refresh_near_expiry(void **state)
 	score = strtoll(out, NULL, 10);
 	if (score < t + 100)
 		fail_msg("n1 scored %lld, want %lld at least", score, t + 100);
+	store_free(st);
+}
+
+/*
+ * A known network's refresh owed (written behind) when the set's copy is
+ * dropped by a write of the set (here this daemon's own add of the
+ * account's next network; another host's does the same): the refresh is
+ * still written. Lost, the network would expire in Redis at its old time
+ * though used within the window, and count as new.
+ */
+static void test_redis_hot_refresh_owed_survives_invalidation(void **state)
+{
+	store *st = open_view_store();
+	long long t, score = 0;
+	query q[4];
+	char out[64];
+	double start;
+	uint64_t before;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	/* n1 expires in Redis in 60 s (the window is 100 s: written behind, not near its expiry) */
+	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:owed",
+	           "local t = tonumber(redis.call('TIME')[1]) "
+	           "redis.call('ZADD', KEYS[1], string.format('%d', t + 60), 'n1') "
+	           "redis.call('PEXPIRE', KEYS[1], 100000) return string.format('%d', t)",
+	           B.prefix);
+	t = strtoll(out, NULL, 10);
+	assert_true(t > 0);
+	usleep(100000); /* the ZADD's invalidation in, so that the copy read next stays */
+	/* the set's copy held, by peeks only (nothing owed yet; two: one alone is not batched) */
+	start = mono();
+	do {
+		assert_true(mono() - start < 1.0);
+		before = store_script_round_trips(st);
+		q[0] = relay_query("relay:sasl:owed", "n1", true);
+		q[1] = relay_query("relay:sasl:owed", "n9", true);
+		assert_int_equal(store_run(st, q, 2, now_s()), STORE_OK);
+	} while (store_script_round_trips(st) != before);
+	/* n1 known (its refresh owed), then the new n3 added in Redis: the copy goes */
+	q[0] = relay_query("relay:sasl:owed", "n1", true);
+	q[1] = relay_query("relay:sasl:owed", "n1", false);
+	q[2] = relay_query("relay:sasl:owed", "n3", true);
+	q[3] = relay_query("relay:sasl:owed", "n3", false);
+	assert_int_equal(store_run(st, q, 4, now_s()), STORE_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(q[i].status, QUERY_OK);
+	assert_true(q[0].u.distinct.present);
+	assert_false(q[2].u.distinct.present);
+	assert_int_equal(q[3].u.distinct.count, 2);
+	/* the refresh still written behind (a tick every 200 ms) */
+	start = mono();
+	while (mono() - start < 5.0) {
+		redis_text(out, sizeof(out), "ZSCORE %sds:relay:sasl:owed n1", B.prefix);
+		if ((score = strtoll(out, NULL, 10)) >= t + 100)
+			break;
+		usleep(50000);
+	}
+	if (score < t + 100)
+		fail_msg("n1 scored %lld, want %lld at least: its refresh was lost", score, t + 100);
 	store_free(st);
 }
 
@@ -5116,11 +5272,14 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_cold_path),
     CASE(test_redis_hot_clock_not_behind),
     CASE(test_redis_hot_peek_at_expiry_edge),
+    CASE(test_redis_hot_peek_at_expiry_edge_unread),
     CASE(test_redis_hot_empty_bucket_burst),
     CASE(test_redis_hot_refresh_near_expiry),
+    CASE(test_redis_hot_refresh_owed_survives_invalidation),
     CASE(test_redis_hot_many_queries),
     CASE(test_redis_decision_polls_once),
     CASE(test_redis_hot_drained_charges_unwritten),
+    CASE(test_redis_watch_cancel),
 };
 
 int main(int argc, char **argv)
