@@ -5217,6 +5217,56 @@ static void test_redis_hot_drained_charges_unwritten(void **state)
 	store_free(st);
 }
 
+/* How many times Redis has run cmd (INFO commandstats). */
+static long command_calls(const char *cmd)
+{
+	char out[8192], field[64];
+	const char *at;
+
+	redis_text(out, sizeof(out), "INFO commandstats");
+	snprintf(field, sizeof(field), "cmdstat_%s:calls=", cmd);
+	at = strstr(out, field);
+	return at ? strtol(at + strlen(field), NULL, 10) : 0;
+}
+
+/*
+ * Buckets whose charges drained before their tick are read without
+ * WATCH (they will not be written), and never written: a fast rule
+ * costs Redis one MGET a tick, not a WATCH of each bucket.
+ */
+static void test_redis_hot_drained_unwatched(void **state)
+{
+	store *st = open_view_store();
+	char key[32], out[64];
+	long watch, mget;
+	double start;
+	query q;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	usleep(500000); /* wait_hot's own reads, written behind by now */
+	watch = command_calls("watch");
+	mget = command_calls("mget");
+	for (int i = 0; i < 6; i++) {
+		snprintf(key, sizeof(key), "fast%d", i % 3);
+		q = counter_query(key, now_ms_wall(), 1, 5, 1);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_true(q.u.counter.allowed);
+	}
+	start = mono();
+	while (command_calls("mget") == mget)
+		assert_true(mono() - start < 3.0);
+	usleep(500000);
+	assert_int_equal(command_calls("watch"), watch);
+	for (int i = 0; i < 3; i++) {
+		redis_text(out, sizeof(out), "EXISTS %sctr:rate:fast%d", B.prefix, i);
+		assert_string_equal(out, "0");
+	}
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -5279,6 +5329,7 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_many_queries),
     CASE(test_redis_decision_polls_once),
     CASE(test_redis_hot_drained_charges_unwritten),
+    CASE(test_redis_hot_drained_unwatched),
     CASE(test_redis_watch_cancel),
 };
 
