@@ -20,7 +20,18 @@ connection, one transaction a session, no trap recipients); B may then
 be "milter_ref", the no-op libmilter filter of BUILD/bench, so that what
 a spamtrapd session costs beyond libmilter's own work shows as A - B.
 
-Usage: bench/instructions.py --build BUILD [--milter] A_BINARY B_BINARY
+--relay counts the relay rows of bench/run.py instead: A runs with run.py's
+relay and ratelimit sections (RELAY_EXTRA), B without, both under its SASL
+load (policy_load -a --accounts, each account from a few networks of its
+own); B defaults to A, so that one binary's relay+ratelimit / blocklist-only
+ratio is counted. --extra-a/--extra-b add any config sections (JSON) to
+A's or B's config. --keep keeps the callgrind files (callgrind_annotate
+them for where the instructions go). --bench-store gives each daemon a
+copy of bench/run.py's store instead of a new one (store_bench's --entries
+blocklist entries, trap_bench's --traps traps) and sends run.py's load
+mix (its trap and blocklisted-sender fractions, so trap hits write).
+
+Usage: bench/instructions.py --build BUILD [--milter | --relay] A_BINARY [B_BINARY]
 (BUILD: a Release build with SPAMTRAPD_BENCH=ON, for policy_load; as
 root, both daemons and callgrind_control run as nobody).
 Every process is started here and stopped here by PID.
@@ -59,7 +70,25 @@ def wait_port(port, proc, timeout=120):
     raise RuntimeError("spamtrapd did not listen on %d within %d s" % (port, timeout))
 
 
-def instructions(args, tmp, binary, requests, tag):
+def wait_idle(pid, timeout=900):
+    """Until the daemon (under valgrind) rests: the filter's thread has built it (a million
+    entries take minutes there), the write behind has caught up. At least 2 s."""
+    def cpu():
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    time.sleep(2)
+    deadline = time.monotonic() + timeout
+    last = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = cpu()
+        if now - last < 0.05:
+            return
+        last = now
+
+
+def instructions(args, tmp, binary, requests, tag, extra=None):
     """Total instructions (Ir, every thread) of one daemon run that answers `requests` requests."""
     work = os.path.join(tmp, tag)
     os.mkdir(work)
@@ -72,14 +101,21 @@ def instructions(args, tmp, binary, requests, tag):
         "store": {"backend": "sqlite", "sqlite": {"path": os.path.join(work, "spamtrapd.db")}},
         "traps": {"files": [os.path.join(tmp, "traps.txt")]},
         "log": {"target": "stderr", "level": "warning"},
+        **(extra or {}),
     }
     with open(os.path.join(work, "spamtrapd.json"), "w") as f:
         json.dump(cfg, f)
+    if args.bench_store:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(args.bench_store + suffix):
+                shutil.copyfile(args.bench_store + suffix, os.path.join(work, "spamtrapd.db" + suffix))
     # As root, valgrind runs as nobody from the start: callgrind opens its output file at start and
     # writes it at exit, after spamtrapd would have dropped privileges.
     if user:
         pw = pwd.getpwnam(user)
         os.chown(work, pw.pw_uid, pw.pw_gid)
+        for name in os.listdir(work):
+            os.chown(os.path.join(work, name), pw.pw_uid, pw.pw_gid)
         drop = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     else:
         drop = {}
@@ -91,14 +127,18 @@ def instructions(args, tmp, binary, requests, tag):
             cmd = [os.path.join(os.path.abspath(args.build), "bench", "milter_ref"), "-p", str(port)]
         else:
             cmd = [os.path.abspath(binary), "-f", "-c", os.path.join(work, "spamtrapd.json")]
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + cmd,
+        threads = ["--separate-threads=yes"] if args.threads else []
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + threads + cmd,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=work, **drop)
     tool = "milter_load" if args.milter else "policy_load"
 
     def load(n, seed):
+        accounts = ["-a", str(args.accounts)] if args.accounts else []
+        # run.py's mix (trap hits, blocklisted senders of the store), or no trap recipients at all
+        mix = ["-T", str(args.traps), "-B", str(max(args.blocked, 1))] if args.bench_store else ["-t", "0"]
         r = subprocess.run([os.path.join(args.build, "bench", tool), "-p", str(port), "-c", "1", "-w", "0",
-                            "-d", "3600", "-n", str(n), "-r", str(seed), "-t", "0"], capture_output=True, text=True,
-                           timeout=3600)
+                            "-d", "3600", "-n", str(n), "-r", str(seed)] + mix + accounts,
+                           capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
             raise RuntimeError("%s failed: %s%s" % (tool, r.stdout, r.stderr))
         result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -114,7 +154,7 @@ def instructions(args, tmp, binary, requests, tag):
         # Warm-up: the absent-key filter's thread builds it (lookups go to SQLite until then); no trap
         # recipients, so that no write makes it build again while counting.
         load(args.warmup, 3)
-        time.sleep(2)
+        wait_idle(proc.pid)
         callgrind_control("--zero")
         load(requests, 7)
         callgrind_control("--dump=measured")
@@ -125,6 +165,7 @@ def instructions(args, tmp, binary, requests, tag):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    total, parts = 0, {}
     for name in sorted(os.listdir(work)):
         if name.startswith("callgrind.out"):
             with open(os.path.join(work, name)) as f:
@@ -132,8 +173,32 @@ def instructions(args, tmp, binary, requests, tag):
             if "measured" in text.split("events:")[0]:
                 m = re.search(r"^summary: (\d+)", text, re.M)
                 if m:
-                    return int(m.group(1))
-    raise RuntimeError("no dump with totals in " + work)
+                    total += int(m.group(1))
+                    kind = thread_kind(text)
+                    parts[kind] = parts.get(kind, 0) + int(m.group(1))
+    if not parts:
+        raise RuntimeError("no dump with totals in " + work)
+    return total, parts
+
+
+# --threads: a thread's dump named by the first of these functions it ran (spamtrapd's thread mains).
+THREAD_KINDS = (("worker_main", "policy workers"), ("flusher_main", "write behind"),
+                ("builder_main", "filter builder"), ("exporter_main", "exporter"))
+
+
+def thread_kind(text):
+    names = set(re.findall(r"^c?fn=\(\d+\) (\S+)", text, re.M))
+    for fn, kind in THREAD_KINDS:
+        if fn in names:
+            return kind
+    return "other"
+
+
+def relay_extra():
+    """bench/run.py's relay and ratelimit sections, so that both count the same config."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import run  # noqa: E402 (bench/run.py: its main runs only as a script)
+    return run.Bench.RELAY_EXTRA
 
 
 def main():
@@ -144,28 +209,72 @@ def main():
     ap.add_argument("--reps", type=int, default=2, help="runs of each binary")
     ap.add_argument("--milter", action="store_true",
                     help="instructions per milter session (milter_load) instead of per policy request")
+    ap.add_argument("--relay", action="store_true",
+                    help="A with bench/run.py's relay and ratelimit sections, B without, both under its SASL "
+                    "load (--accounts)")
+    ap.add_argument("--accounts", type=int, default=None,
+                    help="SASL accounts of the load (policy_load -a; default 10000 with --relay, none without)")
+    ap.add_argument("--extra-a", type=json.loads, default={}, help="config sections (JSON) added to A's config")
+    ap.add_argument("--extra-b", type=json.loads, default={}, help="config sections (JSON) added to B's config")
+    ap.add_argument("--bench-store", action="store_true",
+                    help="each daemon on a copy of bench/run.py's store (--entries, --traps) under its load mix")
+    ap.add_argument("--entries", type=int, default=1000000, help="with --bench-store: blocklist entries")
+    ap.add_argument("--traps", type=int, default=100000, help="with --bench-store: trap addresses")
+    ap.add_argument("--threads", action="store_true",
+                    help="also per thread: the policy workers, the write behind, the filter's builder (callgrind "
+                    "--separate-threads); the write behind's share is per second of the run, which callgrind "
+                    "stretches some 50 times: its refreshes and flushes count that much more per request")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (callgrind files, logs)")
     ap.add_argument("a", help="spamtrapd binary A (e.g. this tree)")
-    ap.add_argument("b", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with --milter "
-                    "also milter_ref, the no-op libmilter filter")
+    ap.add_argument("b", nargs="?", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with "
+                    "--milter also milter_ref, the no-op libmilter filter; default A")
     args = ap.parse_args()
+    if args.b is None:
+        args.b = args.a
+    if args.relay:
+        if args.milter:
+            ap.error("--relay counts policy requests, not milter sessions")
+        args.extra_a = {**relay_extra(), **args.extra_a}
+        if args.accounts is None:
+            args.accounts = 10000
     tmp = tempfile.mkdtemp(prefix="spamtrapd-instructions-")
     os.chmod(tmp, 0o755)
     try:
-        with open(os.path.join(tmp, "traps.txt"), "w") as f:
-            # A trap list as sites have (policy_load -t 0 sends none of them: BENCH_TRAP_FMT).
-            for i in range(50):
-                f.write("trap%d@traps.example\n" % i)
+        if args.bench_store:
+            # as bench/run.py's steps 1 and 2: the traps, the store with its blocklisted senders
+            tools = os.path.join(args.build, "bench")
+            subprocess.run([os.path.join(tools, "trap_bench"), "-d", tmp, "-n", str(args.traps)], check=True,
+                           capture_output=True, timeout=600)
+            db = os.path.join(tmp, "bench.db")
+            out = subprocess.run([os.path.join(tools, "store_bench"), "-b", "sqlite", "-n", str(args.entries),
+                                  "-l", "1000", "-f", db], check=True, capture_output=True, text=True,
+                                 timeout=1800).stdout
+            args.blocked = json.loads(out.strip().splitlines()[-1])["blocked_senders"]
+            args.bench_store = db
+        else:
+            args.bench_store = None
+            with open(os.path.join(tmp, "traps.txt"), "w") as f:
+                # A trap list as sites have (policy_load -t 0 sends none of them: BENCH_TRAP_FMT).
+                for i in range(50):
+                    f.write("trap%d@traps.example\n" % i)
         per = {}
         unit = "session" if args.milter else "request"
+        extras = {"A": args.extra_a, "B": args.extra_b}
         for rep in range(args.reps):
             for name, binary in (("A", args.a), ("B", args.b)):
-                total = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep))
+                total, parts = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep), extras[name])
                 per.setdefault(name, []).append(total / args.requests)
                 print("%s %s: %.0f instructions per %s" % (name, binary, total / args.requests, unit), flush=True)
+                if args.threads:
+                    print("  " + ", ".join("%s %.0f" % (k, v / args.requests) for k, v in sorted(parts.items())),
+                          flush=True)
         a, b = min(per["A"]), min(per["B"])
         print("A/B %.4f (fewest per %s of each: %.0f / %.0f)" % (a / b, unit, a, b))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print("kept " + tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

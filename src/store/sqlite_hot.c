@@ -672,9 +672,17 @@ bool sqlite_hot_batch_note(sqlite_hot_batch *b, sqlite_hot_kind kind, const char
 	return batch_add(b, kind, kind == SQLITE_HOT_SET ? NULL : ns, key, NULL, 0, false) != NULL;
 }
 
-/* e's writes into b; false when out of memory (e then still owes what did not fit). */
-static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
+/*
+ * e's writes into b; false when out of memory (e then still owes what did
+ * not fit). A bucket of this process's own (not shared) whose TAT is at or
+ * before now_ms is empty, and the file's row reads empty too (its TAT is an
+ * earlier one of this bucket's, or there is none): nothing to write (a fast
+ * rule's buckets, empty again within ms of each charge, written no more).
+ */
+static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b, int64_t now_ms)
 {
+	if (e->kind == SQLITE_HOT_COUNTER && !h->shared && e->tat <= now_ms)
+		return true;
 	e->taken = h->takes;
 	if (e->kind == SQLITE_HOT_COUNTER && h->shared) {
 		sqlite_hot_write *w;
@@ -708,7 +716,7 @@ static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b)
 	return true;
 }
 
-int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
+static int take_all(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
 {
 	int rc = 0;
 
@@ -721,7 +729,7 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	while (h->dirty) {
 		hot_entry *e = h->dirty;
 
-		if (!take_entry(h, e, b)) {
+		if (!take_entry(h, e, b, now_ms)) {
 			rc = -1;
 			break;
 		}
@@ -729,6 +737,16 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 	}
 	pthread_mutex_unlock(&h->lock);
 	return rc;
+}
+
+int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
+{
+	return take_all(h, b, INT64_MIN);
+}
+
+int sqlite_hot_take_at(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
+{
+	return take_all(h, b, now_ms);
 }
 
 void sqlite_hot_written(sqlite_hot *h)

@@ -157,6 +157,12 @@ typedef struct sqlite_hot_batch {
  * the file does not have their values yet, and a load would read it old.
  */
 int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b);
+/*
+ * sqlite_hot_take at now_ms (the buckets' clock), leaving out the buckets
+ * (not shared) whose TAT is at or before it: empty, as the file's row (an
+ * earlier TAT, or none) reads already. They stay in memory as they are.
+ */
+int sqlite_hot_take_at(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms);
 /* The last take's transaction ended (committed, or rolled back and retaken). */
 void sqlite_hot_written(sqlite_hot *h);
 /* The writes of b failed: owe them again (entries forgotten since stay forgotten). */

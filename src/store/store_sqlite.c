@@ -131,6 +131,7 @@ enum {
 	ST_DS_DROP,
 	ST_DS_COUNT,
 	ST_DS_ADD,
+	ST_DS_REFRESH,
 	ST_DS_PURGE,
 	ST_DS_PEEK,
 	ST_DS_LIST,
@@ -141,6 +142,7 @@ enum {
 	ST_KV_PURGE,
 	ST_CTR_GET,
 	ST_CTR_PUT,
+	ST_CTR_SET,
 	ST_CTR_PURGE,
 	ST_CTR_DELETE,
 	ST_CTR_ROWS,
@@ -367,6 +369,8 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_DS_COUNT] = "SELECT count(*), ifnull(max(member = ?2), 0) FROM distinct_members WHERE set_name = ?1",
     [ST_DS_ADD] = "INSERT INTO distinct_members (set_name, member, expires) VALUES (?1, ?2, ?3)"
                   " ON CONFLICT (set_name, member) DO UPDATE SET expires = max(expires, excluded.expires)",
+    [ST_DS_REFRESH] =
+        "UPDATE distinct_members SET expires = max(expires, ?3) WHERE set_name = ?1 AND member = ?2",
     [ST_DS_PEEK] = "SELECT count(*), ifnull(max(member = ?2), 0) FROM distinct_members"
                    " WHERE set_name = ?1 AND expires > ?3",
     [ST_DS_LIST] = "SELECT member, expires FROM distinct_members WHERE set_name = ?1 AND expires > ?2"
@@ -387,6 +391,8 @@ static const char *const fixed_sql[ST_COUNT] = {
     [ST_CTR_GET] = "SELECT tat FROM counters WHERE ns = ?1 AND key = ?2",
     [ST_CTR_PUT] = "INSERT INTO counters (ns, key, tat) VALUES (?1, ?2, ?3)"
                    " ON CONFLICT (ns, key) DO UPDATE SET tat = excluded.tat",
+    /* The write behind's for a row the file has: an UPDATE seeks the row once, an UPSERT twice. */
+    [ST_CTR_SET] = "UPDATE counters SET tat = ?3 WHERE ns = ?1 AND key = ?2",
     [ST_CTR_PURGE] = "DELETE FROM counters WHERE (ns, key) IN (SELECT ns, key"
                      " FROM counters WHERE tat <= ?1 LIMIT " SQL_INT(PURGE_CHUNK) ")",
     [ST_CTR_DELETE] = "DELETE FROM counters WHERE ns = ?1 AND key = ?2",
@@ -934,11 +940,24 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
 	return SQLITE_OK;
 }
 
+/*
+ * No memory statistics: with them SQLite takes a process-wide mutex at
+ * every allocation and free (a write behind's flush makes several a row),
+ * and spamtrapd never reads them. Only before SQLite initialises (the
+ * first open); later it is refused and changes nothing.
+ */
+static void sqlite_global_setup(void)
+{
+	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 static int conn_setup(conn *c, const store_backend_impl *s, bool first, char *err, size_t errlen)
 {
+	static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
 	char pragmas[160];
 
+	pthread_once(&global_once, sqlite_global_setup);
 	if (sqlite3_open_v2(s->path, &c->db, flags, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "sqlite %s: cannot open: %s", s->path,
 		         c->db ? sqlite3_errmsg(c->db) : "out of memory");
@@ -2532,25 +2551,43 @@ static void hot_forget_all(store_backend_impl *s, sqlite_hot_kind kind, const ch
 		sqlite_hot_forget(s->hot, kind, ns, key);
 }
 
+/* One bucket's TAT or member's expiry as w has it: 1 written, 0 no row to update (put it), -1 failed. */
+static int hot_write_one(conn *c, int st, const sqlite_hot_write *w)
+{
+	sqlite3_stmt *stmt = c->stmt[st];
+
+	sqlite3_bind_text(stmt, 1, w->kind == SQLITE_HOT_COUNTER ? w->ns : w->key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 2, w->kind == SQLITE_HOT_COUNTER ? w->key : w->member, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 3, w->value);
+	if (step_done(stmt) < 0)
+		return -1;
+	return sqlite3_changes(c->db) > 0;
+}
+
 /* Inside a write transaction: the buckets and members b owes the file. */
 static int hot_write(store_backend_impl *s, conn *c, const sqlite_hot_batch *b)
 {
 	for (size_t i = 0; i < b->n; i++) {
 		const sqlite_hot_write *w = &b->v[i];
-		sqlite3_stmt *put = c->stmt[w->kind == SQLITE_HOT_COUNTER ? ST_CTR_PUT : ST_DS_ADD];
+		bool counter = w->kind == SQLITE_HOT_COUNTER;
+		int rc;
 
-		/* A new bucket makes room under ratelimit.max_buckets as a charge in the file did. */
-		if (w->kind == SQLITE_HOT_COUNTER && w->fresh &&
-		    counter_room(s, c, atomic_load(&s->counter_max_rows)) < 0)
+		/* A row the file has (most: each flush rewrites the buckets charged since the last). */
+		if (!w->fresh && (rc = hot_write_one(c, counter ? ST_CTR_SET : ST_DS_REFRESH, w)) != 0) {
+			if (rc < 0)
+				return -1;
+			continue;
+		}
+		/*
+		 * New, or gone from the file meanwhile (a purge): put. A new bucket
+		 * makes room under ratelimit.max_buckets as a charge in the file did.
+		 */
+		if (counter && w->fresh && counter_room(s, c, atomic_load(&s->counter_max_rows)) < 0)
 			return -1;
-		sqlite3_bind_text(put, 1, w->kind == SQLITE_HOT_COUNTER ? w->ns : w->key, -1, SQLITE_STATIC);
-		sqlite3_bind_text(put, 2, w->kind == SQLITE_HOT_COUNTER ? w->key : w->member, -1,
-		                  SQLITE_STATIC);
-		sqlite3_bind_int64(put, 3, w->value);
-		if (step_done(put) < 0)
+		if (hot_write_one(c, counter ? ST_CTR_PUT : ST_DS_ADD, w) < 0)
 			return -1;
 		if (w->fresh)
-			cap_add(w->kind == SQLITE_HOT_COUNTER ? &s->counter_cap : &s->distinct_cap, 1);
+			cap_add(counter ? &s->counter_cap : &s->distinct_cap, 1);
 	}
 	return 0;
 }
@@ -2690,9 +2727,12 @@ static store_status hot_flush_locked(store_backend_impl *s)
 	sqlite_hot_batch b = {0};
 	flush_args a = {s, &b, {0}};
 	store_status rc = STORE_OK;
+	struct timespec ts;
 
 	hot_check_peer(s);
-	if (sqlite_hot_take(s->hot, &b) < 0)
+	/* The buckets' clock: the requests' (engine.c), in ms of the wall clock. */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (sqlite_hot_take_at(s->hot, &b, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000) < 0)
 		rc = store_set_error("sqlite %s: write behind: out of memory", s->path);
 	if (b.n > 0 || !s->owner || hot_asked(s)) {
 		if (write_txn(s, "write behind", flush_all, &a, NULL, 0) == STORE_OK) {

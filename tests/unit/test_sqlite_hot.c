@@ -363,6 +363,53 @@ static void test_shared_counter_owes_deltas(void **state)
 	sqlite_hot_free(h);
 }
 
+/*
+ * A bucket empty again by the flush (its TAT passed: a fast rule) is not
+ * written: the file's row, an earlier TAT or none, reads empty as well.
+ * It stays in memory; one still charged is written, a new one as fresh.
+ */
+static void test_take_leaves_out_empty_buckets(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new(16);
+	query q;
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", false, 0, sqlite_hot_generation(h)));
+	q = counter_q("k", 1000000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	/* TAT 1,001,000: empty at 1,001,000. */
+	assert_int_equal(sqlite_hot_take_at(h, &b, 1001000), 0);
+	assert_int_equal(b.n, 0);
+	sqlite_hot_written(h);
+	assert_false(sqlite_hot_owes(h));
+	/* Still answered from memory, as charged. */
+	q = counter_q("k", 1000500, 0, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(q.u.counter.remaining, 1);
+	/* Charged again, TAT 1,003,000, not passed at 1,002,999: written, still a new row. */
+	q = counter_q("k", 1002000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take_at(h, &b, 1002999), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].value, 1003000);
+	assert_true(b.v[0].fresh);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/* Shared (Redis): the charge is owed as a delta whatever the time, other hosts' add to it. */
+	sqlite_hot_free(h);
+	h = sqlite_hot_new_shared(16);
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", false, 0, sqlite_hot_generation(h)));
+	q = counter_q("k", 1000000, 1, false);
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_int_equal(sqlite_hot_take_at(h, &b, 2000000), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 1000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	sqlite_hot_free(h);
+}
+
 /* Shared: another writer's change drops the copy, never what this host owes. */
 static void test_shared_invalidate_keeps_owed_charges(void **state)
 {
@@ -551,6 +598,7 @@ int main(void)
 	    cmocka_unit_test(test_bounded),
 	    cmocka_unit_test(test_members_bounded),
 	    cmocka_unit_test(test_taken_not_dropped_before_written),
+	    cmocka_unit_test(test_take_leaves_out_empty_buckets),
 	    cmocka_unit_test(test_shared_counter_owes_deltas),
 	    cmocka_unit_test(test_shared_invalidate_keeps_owed_charges),
 	    cmocka_unit_test(test_shared_set_new_member_is_the_stores),
