@@ -30,6 +30,10 @@ them for where the instructions go). --bench-store gives each daemon a
 copy of bench/run.py's store instead of a new one (store_bench's --entries
 blocklist entries, trap_bench's --traps traps) and sends run.py's load
 mix (its trap and blocklisted-sender fractions, so trap hits write).
+--redis runs the daemons on a redis-server started here, under callgrind
+too (each run under a prefix of its own), and prints its instructions per
+request beside the daemon's: with --relay, the Redis relay rows (the hot
+copies warmed by --warmup; what the writes behind cost Redis).
 
 Usage: bench/instructions.py --build BUILD [--milter | --relay] A_BINARY [B_BINARY]
 (BUILD: a Release build with SPAMTRAPD_BENCH=ON, for policy_load; as
@@ -103,6 +107,9 @@ def instructions(args, tmp, binary, requests, tag, extra=None):
         "log": {"target": "stderr", "level": "warning"},
         **(extra or {}),
     }
+    if args.redis:
+        cfg["store"] = {"backend": "redis", "redis": {"host": "127.0.0.1", "port": args.redis["port"],
+                                                      "prefix": tag + ":"}}
     with open(os.path.join(work, "spamtrapd.json"), "w") as f:
         json.dump(cfg, f)
     if args.bench_store:
@@ -156,8 +163,15 @@ def instructions(args, tmp, binary, requests, tag, extra=None):
         load(args.warmup, 3)
         wait_idle(proc.pid)
         callgrind_control("--zero")
+        if args.redis:
+            subprocess.run(["callgrind_control", "--zero", str(args.redis["proc"].pid)], check=True,
+                           capture_output=True, timeout=60)
         load(requests, 7)
         callgrind_control("--dump=measured")
+        if args.redis:
+            subprocess.run(["callgrind_control", "--dump=" + tag, str(args.redis["proc"].pid)], check=True,
+                           capture_output=True, timeout=60)
+            args.redis["per"] = redis_dump(args.redis["dir"], tag) / requests
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -179,6 +193,33 @@ def instructions(args, tmp, binary, requests, tag, extra=None):
     if not parts:
         raise RuntimeError("no dump with totals in " + work)
     return total, parts
+
+
+def redis_dump(rdir, tag):
+    """The instructions of redis-server's dump named tag (callgrind_control --dump=TAG)."""
+    for _ in range(50):
+        for name in os.listdir(rdir):
+            if not name.startswith("callgrind.out."):
+                continue
+            with open(os.path.join(rdir, name)) as f:
+                text = f.read()
+            m = re.search(r"^summary: (\d+)", text, re.M)
+            if re.search(r"^desc: Trigger: .*\b%s$" % re.escape(tag), text, re.M) and m:
+                return int(m.group(1))
+        time.sleep(0.1)
+    raise RuntimeError("no redis-server dump for " + tag + " in " + rdir)
+
+
+def start_redis(tmp):
+    """redis-server under callgrind, for --redis."""
+    rdir = os.path.join(tmp, "redis")
+    os.mkdir(rdir)
+    port = free_port()
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + os.path.join(rdir, "callgrind.out"),
+                             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", rdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return {"proc": proc, "port": port, "dir": rdir, "per": 0.0}
 
 
 # --threads: a thread's dump named by the first of these functions it ran (spamtrapd's thread mains).
@@ -224,6 +265,8 @@ def main():
                     help="also per thread: the policy workers, the write behind, the filter's builder (callgrind "
                     "--separate-threads); the write behind's share is per second of the run, which callgrind "
                     "stretches some 50 times: its refreshes and flushes count that much more per request")
+    ap.add_argument("--redis", action="store_true",
+                    help="the daemons on a redis-server of this run, counted too (instructions per request)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (callgrind files, logs)")
     ap.add_argument("a", help="spamtrapd binary A (e.g. this tree)")
     ap.add_argument("b", nargs="?", help="spamtrapd binary B (e.g. built with -DSPAMTRAPD_METRICS=OFF); with "
@@ -237,9 +280,13 @@ def main():
         args.extra_a = {**relay_extra(), **args.extra_a}
         if args.accounts is None:
             args.accounts = 10000
+    if args.redis and (args.bench_store or args.milter):
+        ap.error("--redis counts policy requests on a new Redis store: not with --bench-store or --milter")
     tmp = tempfile.mkdtemp(prefix="spamtrapd-instructions-")
     os.chmod(tmp, 0o755)
     try:
+        if args.redis:
+            args.redis = start_redis(tmp)
         if args.bench_store:
             # as bench/run.py's steps 1 and 2: the traps, the store with its blocklisted senders
             tools = os.path.join(args.build, "bench")
@@ -264,13 +311,18 @@ def main():
             for name, binary in (("A", args.a), ("B", args.b)):
                 total, parts = instructions(args, tmp, binary, args.requests, "%s%d" % (name, rep), extras[name])
                 per.setdefault(name, []).append(total / args.requests)
-                print("%s %s: %.0f instructions per %s" % (name, binary, total / args.requests, unit), flush=True)
+                print("%s %s: %.0f instructions per %s%s" % (
+                    name, binary, total / args.requests, unit,
+                    " (redis-server: %.0f)" % args.redis["per"] if args.redis else ""), flush=True)
                 if args.threads:
                     print("  " + ", ".join("%s %.0f" % (k, v / args.requests) for k, v in sorted(parts.items())),
                           flush=True)
         a, b = min(per["A"]), min(per["B"])
         print("A/B %.4f (fewest per %s of each: %.0f / %.0f)" % (a / b, unit, a, b))
     finally:
+        if args.redis:
+            args.redis["proc"].send_signal(signal.SIGTERM)
+            args.redis["proc"].wait(timeout=120)
         if args.keep:
             print("kept " + tmp)
         else:

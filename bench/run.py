@@ -310,12 +310,14 @@ class Bench:
         for conns in self.args.levels:
             for _ in range(self.args.reps):
                 for name, port, blocked, servers in targets:
-                    cpu = sum(s.cpu_seconds() for s in servers)
+                    each = [s.cpu_seconds() for s in servers]
                     side_cpu = sum(s.cpu_seconds() for s in side_procs)
                     count = side_count() if side_count else 0
                     r = self.load(proto, port, conns, blocked)
-                    cpu = sum(s.cpu_seconds() for s in servers) - cpu
-                    r["cpu_us"] = cpu * 1e6 / r["all"] if r["all"] else 0.0
+                    each = [s.cpu_seconds() - c for s, c in zip(servers, each)]
+                    r["cpu_us"] = sum(each) * 1e6 / r["all"] if r["all"] else 0.0
+                    # each server's share (a daemon and its redis-server), in the order of servers
+                    r["cpu_each_us"] = [c * 1e6 / r["all"] if r["all"] else 0.0 for c in each]
                     if side:
                         side_cpu = sum(s.cpu_seconds() for s in side_procs) - side_cpu
                         r["side_cpu_us"] = side_cpu * 1e6 / r["all"] if r["all"] else 0.0
@@ -447,6 +449,23 @@ class Bench:
             print("bench: relay + ratelimit beside the blocklist alone, %d SASL accounts, at %s connections"
                   % (self.args.accounts, ",".join(map(str, self.args.levels))), file=sys.stderr)
             self.measure("relay", targets)
+            self.relay_commands([t for t in targets if "redis" in t[0]], redis)
+
+    def relay_commands(self, targets, redis):
+        """The Redis relay rows' commands per request (INFO commandstats), one more load each at
+        the largest level after the measured ones (warm): which commands a request costs Redis,
+        and their usec per call (Redis's own timing: wall time, so a busy machine inflates it)."""
+        for name, port, blocked, _ in targets:
+            before = redis_commandstats(redis.ports["redis"])
+            r = self.load("relay", port, self.args.levels[-1], blocked)
+            after = redis_commandstats(redis.ports["redis"])
+            per = {}
+            for cmd, (calls, usec) in after.items():
+                calls0, usec0 = before.get(cmd, (0, 0.0))
+                if calls > calls0 and cmd not in ("info",):
+                    per[cmd] = {"per_request": (calls - calls0) / max(r["all"], 1),
+                                "usec_per_call": (usec - usec0) / (calls - calls0)}
+            self.results.setdefault("relay_commands", {})[name] = per
 
     # Step 7: the load of the DNS rows. 64 IPv4 clients (policy_load -C; no IPv6), every sender in
     # senders.example (blocklisted ones in spam.example), 2% trap recipients: 130 DNSBL names and 2
@@ -731,6 +750,19 @@ def redis_calls(port):
     return calls(("cmdstat_eval:", "cmdstat_evalsha:")), calls(("cmdstat_hmget:",))
 
 
+def redis_commandstats(port):
+    """{command: (calls, usec)} from INFO commandstats."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True,
+                         timeout=10).stdout
+    stats = {}
+    for line in out.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_"):].partition(":")
+            fields = dict(f.split("=", 1) for f in rest.split(",") if "=" in f)
+            stats[name] = (int(fields.get("calls", 0)), float(fields.get("usec", 0)))
+    return stats
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -797,6 +829,20 @@ def protocol_table(res, proto, limit, title, unit):
                                              if rl.get(str(c)) and bl.get(str(c)) and bl[str(c)]["cpu_us"] else "-",
                                              CELL - 9, "") for c in LEVELS)
                       + "  (server CPU per request, relay+ratelimit / blocklist only)")
+        for backend in ("redis",):
+            for name in ("spamtrapd blocklist " + backend, "spamtrapd relay+rl " + backend):
+                row = rows.get(name)
+                if row:
+                    print(lbl("  " + name.replace("spamtrapd ", "") + " split")
+                          + "".join(" %9s%*s" % ("%.1f+%.1f" % tuple(row[str(c)]["cpu_each_us"][:2])
+                                                 if row.get(str(c)) and len(row[str(c)].get("cpu_each_us", [])) > 1
+                                                 else "-", CELL - 9, "") for c in LEVELS)
+                          + "  (spamtrapd + redis-server CPU us per request)")
+        for name, per in res.get("relay_commands", {}).items():
+            top = sorted(per.items(), key=lambda kv: -kv[1]["per_request"] * kv[1]["usec_per_call"])[:10]
+            print("  %s, Redis commands per request (usec per call), a warm load at %d conns: %s"
+                  % (name, LEVELS[-1], ", ".join("%s %.3f (%.1f)" % (c, v["per_request"], v["usec_per_call"])
+                                                   for c, v in top)))
         print("%-18s" % "replies DUNNO (none refused: every request ran both checks and was charged)")
         for name, row in rows.items():
             print(lbl("  " + name) + "".join(" %9s%*s" % ("%.1f%%" % dunno_pct(row[str(c)])

@@ -818,6 +818,8 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 	/* Milliseconds for the greylist's SQLite clock: an early retry within the same second is one. */
 	run->ctx.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	stats_dns_plan(facts->dns);
+	/* One decision, one look for other hosts' news (store.h): not one per store call. */
+	store_decision_begin(snap->ss ? snap->ss->st : NULL);
 	if (pipeline_needs(p, run) > 0) {
 		ask_store(snap, run->q, run->nq, run->ctx.now, STATS_CALL_QUERIES);
 	}
@@ -825,6 +827,7 @@ check_verdict engine_stage(engine_msg *m, check_stage stage, unsigned checks, co
 		ask_store(snap, run->q + from, run->nq - from, run->ctx.now, STATS_CALL_QUERIES);
 	}
 	apply_effects(snap, run, facts);
+	store_decision_end(snap->ss ? snap->ss->st : NULL);
 	run_hooks(snap, run);
 	log_stage(snap->eng, p, run, facts);
 	m->state = run->msg;

@@ -100,6 +100,17 @@ store_status store_write_behind(store *st);
 store_status store_sync(store *st);
 
 /*
+ * The store_run calls of one decision (the engine's stage) follow on
+ * this thread, until store_decision_end: a backend may look for news from
+ * other hosts once for them all rather than at each call (Redis: the
+ * local view's socket, see docs/redis.md), so that one decision sees the
+ * store as of its start. Writes of its own calls are seen at once, as
+ * always. Without it (spamtrapctl, purges), every call looks.
+ */
+void store_decision_begin(store *st);
+void store_decision_end(store *st);
+
+/*
  * Run the queries of one stage of the checks (core/query.h), filling in
  * their answers: what the engine calls. Each query is atomic on its own;
  * identical lookups in one batch are answered once. Returns STORE_ERROR

@@ -88,6 +88,8 @@ typedef struct store_ops {
 	/* Optional: store_write_behind and store_sync (without: nothing held back, nothing to do). */
 	store_status (*write_behind)(store_backend_impl *impl);
 	store_status (*sync)(store_backend_impl *impl);
+	/* Optional: store_decision_begin (begin true) and store_decision_end, on the calling thread. */
+	void (*decision)(store_backend_impl *impl, bool begin);
 	/* Optional: a backend with an absent-key filter (store_filter_answers). */
 	uint64_t (*filter_answers)(store_backend_impl *impl);
 	/* Optional: without it, store_count_types types the entries foreach visits. */
@@ -103,6 +105,8 @@ extern const store_ops store_redis_ops;
  * was sent (sent_ms), both cut to the ms (store_redis.c, hot_note_time).
  */
 int64_t store_redis_clock_offset(int64_t redis_ms, int64_t sent_ms);
+/* The polls of a local view's socket this thread has made (tests: one per decision, store_decision_begin). */
+uint64_t store_redis_view_polls(void);
 
 /* Sets this thread's store_last_error(); always returns STORE_ERROR. */
 store_status store_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

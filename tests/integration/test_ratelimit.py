@@ -298,6 +298,47 @@ class TestRedisCopies(RateChecks, unittest.TestCase):
         self.assertEqual(len(re.findall(r"local view: built", d.log())), 1, "the view never rebuilt")
         self.assertEqual(len(re.findall(r"writes behind are refused", d.log())), 1)
 
+    def mget_calls(self, redis):
+        stat = redis.info("commandstats").get("cmdstat_mget", "calls=0")
+        return int(re.search(r"calls=(\d+)", stat).group(1))
+
+    def test_writes_behind_read_the_buckets_with_one_mget(self):
+        """The writes behind read the TATs of the buckets they charge in one MGET (a GET each cost
+        Redis a command a bucket: most of a warm relay+ratelimit request's share of Redis)."""
+        redis, _ = start_redis(self)
+        d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        before = self.mget_calls(redis)
+        self.fill(d, "m")
+        self.written_behind(redis)
+        self.assertGreater(self.mget_calls(redis), before)
+
+    def test_acl_without_mget_writes_behind_with_get(self):
+        """An ACL user set up from the commands docs/redis.md listed before the writes behind read
+        with MGET (WATCH, MULTI, EXEC and GET, no MGET): the copies still answer and write their
+        charges behind, a GET each; the view is never rebuilt for a refused MGET."""
+        redis, _ = start_redis(self)
+        redis.command("ACL", "SETUSER", "default", "-mget")
+        d = sh.Spamtrapd(sh.merge(self.RULE, redis_store(redis)))
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.copies_ready(d, redis)
+        ask = self.fill(d, "nomget")
+        self.written_behind(redis)
+        # written behind twice more: still one view, and nothing refused
+        for i in range(3, 5):
+            self.assertEqual(ask(i), DEFER)
+        other = lambda i: self.ask(d, f"ida{i}@example.com", f"i{i}@example.org", "10.8.2.1",
+                                   sasl_username="ida")
+        self.assertEqual([other(0), other(1)], ["DUNNO", "DUNNO"])
+        rh.wait_until(lambda: int(redis.command("GET", "rl:ctr:ratelimit:account:ida") or 0)
+                      > time.time() * 1000 + 3500 * 1000, 3, "ida's charges written behind")
+        self.assertNotIn("NOPERM", d.log())
+        self.assertEqual(len(re.findall(r"local view: built", d.log())), 1, "the view never rebuilt")
+        self.assertEqual(self.mget_calls(redis), 0)
+
     def test_a_full_burst_passes_from_an_empty_bucket(self):
         """A bucket Redis does not hold is empty, whatever Redis's clock says: a copy read from it
         must let the whole burst through (a message's recipients are charged within a

@@ -5130,6 +5130,143 @@ static void test_redis_hot_empty_bucket_burst(void **state)
 	store_free(st);
 }
 
+/* A bucket's peek through the copies (store_run, as the engine's ratelimit stage asks it). */
+static void peek_bucket(store *st, const char *key)
+{
+	query q = counter_query(key, now_ms_wall(), HOUR_MS, 5, 0);
+
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	assert_int_equal(q.status, QUERY_OK);
+}
+
+/*
+ * One decision (store_decision_begin .. end: the engine's stage, three
+ * store calls for a recipient with relay and a ratelimit rule) looks at
+ * the local view's socket once, at its first call; the next decision
+ * looks again, so that another host's write reaches it as before.
+ */
+static void test_redis_decision_polls_once(void **state)
+{
+	store *st = open_view_store();
+	uint64_t polls;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	polls = store_redis_view_polls();
+	peek_bucket(st, "acct:dec");
+	peek_bucket(st, "acct:dec");
+	assert_true(store_redis_view_polls() - polls >= 2); /* outside a decision: each call looks */
+	for (int i = 0; i < 3; i++) {
+		store_decision_begin(st);
+		peek_bucket(st, "acct:dec");
+		polls = store_redis_view_polls();
+		assert_true(polls > 0);
+		peek_bucket(st, "acct:dec");
+		peek_bucket(st, "acct:other");
+		assert_int_equal(store_redis_view_polls(), polls);
+		store_decision_end(st);
+	}
+	peek_bucket(st, "acct:dec");
+	assert_true(store_redis_view_polls() > polls);
+	store_free(st);
+}
+
+/*
+ * Charges written behind that drained before their tick (a fast rule:
+ * 1 ms a unit) are not written at all: the bucket reads the same without
+ * them. A slow rule's charge in the same tick is written as before.
+ */
+static void test_redis_hot_drained_charges_unwritten(void **state)
+{
+	store *st = open_view_store();
+	char out[64];
+	query q[2];
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	for (int i = 0; i < 2; i++) {
+		/* read into the copies (the first time), then charged there */
+		q[0] = counter_query("fast", now_ms_wall(), 1, 5, 1);
+		q[1] = counter_query("slow", now_ms_wall(), HOUR_MS, 5, 1);
+		assert_int_equal(store_run(st, q, 2, now_s()), STORE_OK);
+		assert_true(q[0].u.counter.allowed && q[1].u.counter.allowed);
+	}
+	start = mono();
+	do {
+		assert_true(mono() - start < 3.0);
+		usleep(20000);
+		redis_text(out, sizeof(out), "EXISTS %sctr:rate:slow", B.prefix);
+	} while (strcmp(out, "1") != 0);
+	redis_text(out, sizeof(out), "EXISTS %sctr:rate:fast", B.prefix);
+	assert_string_equal(out, "0");
+	/* the slow bucket holds both charges: the copies owe nothing more of it */
+	q[1] = counter_query("slow", now_ms_wall(), HOUR_MS, 5, 0);
+	B.cfg.redis_local_view = false;
+	{
+		store *other = open_store();
+
+		assert_int_equal(store_run(other, &q[1], 1, now_s()), STORE_OK);
+		assert_int_equal(q[1].u.counter.remaining, 3);
+		store_free(other);
+	}
+	store_free(st);
+}
+
+/* How many times Redis has run cmd (INFO commandstats). */
+static long command_calls(const char *cmd)
+{
+	char out[8192], field[64];
+	const char *at;
+
+	redis_text(out, sizeof(out), "INFO commandstats");
+	snprintf(field, sizeof(field), "cmdstat_%s:calls=", cmd);
+	at = strstr(out, field);
+	return at ? strtol(at + strlen(field), NULL, 10) : 0;
+}
+
+/*
+ * Buckets whose charges drained before their tick are read without
+ * WATCH (they will not be written), and never written: a fast rule
+ * costs Redis one MGET a tick, not a WATCH of each bucket.
+ */
+static void test_redis_hot_drained_unwatched(void **state)
+{
+	store *st = open_view_store();
+	char key[32], out[64];
+	long watch, mget;
+	double start;
+	query q;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	usleep(500000); /* wait_hot's own reads, written behind by now */
+	watch = command_calls("watch");
+	mget = command_calls("mget");
+	for (int i = 0; i < 6; i++) {
+		snprintf(key, sizeof(key), "fast%d", i % 3);
+		q = counter_query(key, now_ms_wall(), 1, 5, 1);
+		assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+		assert_true(q.u.counter.allowed);
+	}
+	start = mono();
+	while (command_calls("mget") == mget)
+		assert_true(mono() - start < 3.0);
+	usleep(500000);
+	assert_int_equal(command_calls("watch"), watch);
+	for (int i = 0; i < 3; i++) {
+		redis_text(out, sizeof(out), "EXISTS %sctr:rate:fast%d", B.prefix, i);
+		assert_string_equal(out, "0");
+	}
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -5190,6 +5327,9 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_refresh_near_expiry),
     CASE(test_redis_hot_refresh_owed_survives_invalidation),
     CASE(test_redis_hot_many_queries),
+    CASE(test_redis_decision_polls_once),
+    CASE(test_redis_hot_drained_charges_unwritten),
+    CASE(test_redis_hot_drained_unwatched),
     CASE(test_redis_watch_cancel),
 };
 
