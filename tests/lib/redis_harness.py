@@ -163,6 +163,14 @@ class RedisServer:
                 self.kill()
                 raise AssertionError(f"{self.name} did not answer on port {self.port}:\n" + self.log_tail())
             time.sleep(0.05)
+        # The port was free when picked, not when the server bound it: another test's server may
+        # have taken it meanwhile (ours then exits, EADDRINUSE), and its PONG would make this test
+        # run against a server it does not own (whose test may flush it, or stop it mid-test).
+        pid, ours = self.info("server").get("process_id"), str(self.proc.pid)
+        if pid != ours:
+            self.kill()
+            raise AssertionError(f"{self.name}: port {self.port} is answered by another server (pid {pid}, "
+                                 f"ours {ours}): a port race with another test; run it again")
         return self
 
     def running(self):
