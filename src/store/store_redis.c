@@ -2577,10 +2577,12 @@ static int hot_clock(store_backend_impl *s, rconn *rc)
  * EXEC, not a script, because Redis (7.0) sends the invalidations of a
  * script's writes even to a NOLOOP connection's own tracking. A bucket
  * owes a delta: tat = max(tat, from) + add, the key kept HOT_KEEP_MS past
- * it, and not written at all when that is not ahead of Redis's now (the
- * charges drained before the tick: a fast rule's). A set's member gets its later time only while it is there
- * (a reset or another host's expiry is not undone), and the set is kept until that time at least. A watched
- * key another connection wrote meanwhile has the lot read and written again.
+ * it, written even when that is not ahead of Redis's now: another host's
+ * charge made before that TAT, written after, must go on top of it. A
+ * set's member gets its later time only while it is there (a reset or
+ * another host's expiry is not undone), and the set is kept until that
+ * time at least. A watched key another connection wrote meanwhile has the
+ * lot read and written again.
  */
 #define HOT_TEXT (KEYBUF + QUERY_NS_MAX + 3 * 24)
 #define HOT_FLUSH_TRIES 4
@@ -2592,8 +2594,6 @@ typedef struct hot_plan {
 	const char **keys; /* "WATCH" and the n keys */
 	size_t *keylens;
 	bool mget; /* the buckets' TATs in one MGET, not a GET each */
-	/* Per key: a bucket's TAT not written for having drained by the tick (hot_write), 0 none. */
-	int64_t *drained;
 } hot_plan;
 
 static char *hot_slot(const hot_plan *p, size_t i)
@@ -2719,7 +2719,6 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 
 	if (append_argv(rc->ctx, 1, multi, multi_len) != REDIS_OK)
 		return append_failed(s, rc->ctx, "write behind"), -1;
-	memset(p->drained, 0, p->n * sizeof(*p->drained));
 	for (size_t i = 0; i < p->n; i++) {
 		const sqlite_hot_write *w = &p->b->v[p->from + i];
 		char *num = hot_slot(p, i) + KEYBUF + QUERY_NS_MAX;
@@ -2734,21 +2733,19 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 			tat = (tat > w->value ? tat : w->value) + w->add;
 			keep = tat - now + HOT_KEEP_MS;
 			/*
-			 * A TAT not ahead of Redis's now is as good as none (the bucket
-			 * is full again, counter_lua): charges that drained before they
-			 * were written need no write, the bucket reads the same
-			 * without it, now and later, on every host (this host's
-			 * later charges start from it: hot_drained).
+			 * Written even when not ahead of Redis's now (the bucket reads
+			 * full again): another host's charge made before this TAT, not
+			 * yet written, must go on top of it, tat = max(tat, from) + add.
+			 * Left out, hosts sharing a fast rule's bucket (charges that
+			 * drain within a tick) would each pass its whole rate.
 			 */
-			if (tat > now) {
+			if (keep > 0) {
 				const char *argv[5] = {"SET", key, num, "PX", num + 24};
 				size_t lens[5] = {3, keylen, i64_text(num, tat), 2, i64_text(num + 24, keep)};
 
 				if (append_argv(rc->ctx, 5, argv, lens) != REDIS_OK)
 					return append_failed(s, rc->ctx, "write behind"), -1;
 				queued++;
-			} else {
-				p->drained[i] = tat;
 			}
 		} else {
 			const redisReply *score = r[k++], *ttl = r[k++];
@@ -2800,34 +2797,6 @@ static int hot_write(store_backend_impl *s, rconn *rc, const hot_plan *p, int64_
 }
 
 /*
- * The buckets of p not written for having drained (their TAT as written
- * would not be ahead of Redis's now): the copies owe each a charge of
- * nothing from that TAT on, so that a charge made since the take, or
- * later while that TAT is still ahead of it, goes on top of it when
- * written (tat = max(tat, from) + add, from at least the unwritten TAT),
- * as if it had been written; alone, it writes nothing (sqlite_hot_take
- * hands out no bucket that owes no charge).
- */
-static store_status hot_drained(store_backend_impl *s, const hot_plan *p)
-{
-	sqlite_hot_write *v = malloc(p->n * sizeof(*v));
-	sqlite_hot_batch owed = {.v = v};
-
-	if (!v)
-		return store_set_error("%s: write behind: out of memory", s->where);
-	for (size_t i = 0; i < p->n; i++)
-		if (p->drained[i] > 0) {
-			v[owed.n] = p->b->v[p->from + i]; /* the names stay b's */
-			v[owed.n].value = p->drained[i];
-			v[owed.n++].add = 0;
-		}
-	if (owed.n > 0)
-		sqlite_hot_retake(s->hot, &owed);
-	free(v);
-	return STORE_OK;
-}
-
-/*
  * The writes of b[from .. from + n) on rc; n 0: only TIME (the connection
  * lives, Redis's clock). On failure *unwritten says that none of them can
  * have been made (no EXEC, or every EXEC refused for a watched key).
@@ -2844,8 +2813,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 	p.text = calloc(n + 1, HOT_TEXT);
 	p.keys = calloc(n + 1, sizeof(*p.keys));
 	p.keylens = calloc(n + 1, sizeof(*p.keylens));
-	p.drained = calloc(n + 1, sizeof(*p.drained));
-	if (!r || !p.text || !p.keys || !p.keylens || !p.drained) {
+	if (!r || !p.text || !p.keys || !p.keylens) {
 		store_set_error("%s: write behind: out of memory", s->where);
 		goto out;
 	}
@@ -2887,7 +2855,7 @@ static store_status hot_flush_some(store_backend_impl *s, rconn *rc, const sqlit
 		}
 	}
 	if (done > 0)
-		st = hot_drained(s, &p);
+		st = STORE_OK;
 	else if (done == 0)
 		store_set_error("%s: write behind: the keys kept changing (%d tries)", s->where,
 		                HOT_FLUSH_TRIES);
@@ -2899,140 +2867,6 @@ out:
 	free(p.text);
 	free(p.keys);
 	free(p.keylens);
-	free(p.drained);
-	return st;
-}
-
-/*
- * The buckets of b[0 .. *n) whose charges have likely drained by now (in
- * the copies' clock) read first without WATCH, in one round trip (TIME,
- * then MGETs): those whose TAT as written, max(tat, from) + add, is not
- * ahead of Redis's now need no write at all, and so no WATCH either (a
- * write of another host since the read does not make them owed: they
- * would not have changed what it reads). They move past *n, owing a
- * charge of nothing from that TAT (as hot_drained), and the rest go to
- * the watched writes. Nothing changes when the round trip fails (the
- * whole batch is still owed). A fast rule's buckets (the bench's: 3.6 ms
- * a unit) are most of what a busy host writes behind, and their WATCH
- * was most of what Redis spent on them.
- */
-#define HOT_MGET_KEYS 256
-
-static store_status hot_drained_first(store_backend_impl *s, rconn *rc, sqlite_hot_batch *b, size_t *n)
-{
-	int64_t est = wall_ms() + atomic_load(&s->hot_offset_ms), now, sent;
-	size_t nc = 0, *idx = malloc(b->n * sizeof(*idx));
-	char *text = NULL;
-	const char **argv = NULL;
-	size_t *lens = NULL;
-	int64_t *tat = NULL;
-	redisReply *t = NULL, *r = NULL;
-	store_status st = STORE_OK;
-	const char *time_argv[1] = {"TIME"};
-	size_t time_len[1] = {4};
-
-	*n = b->n;
-	if (!idx)
-		return store_set_error("%s: write behind: out of memory", s->where);
-	for (size_t i = 0; i < b->n; i++)
-		if (b->v[i].kind == SQLITE_HOT_COUNTER && b->v[i].value + b->v[i].add <= est)
-			idx[nc++] = i;
-	if (nc == 0 || atomic_load(&s->hot_no_mget)) {
-		free(idx);
-		return STORE_OK;
-	}
-	text = malloc(nc * (KEYBUF + QUERY_NS_MAX));
-	argv = malloc((HOT_MGET_KEYS + 1) * sizeof(*argv));
-	lens = malloc((HOT_MGET_KEYS + 1) * sizeof(*lens));
-	tat = malloc(nc * sizeof(*tat));
-	if (!text || !argv || !lens || !tat) {
-		st = store_set_error("%s: write behind: out of memory", s->where);
-		goto out;
-	}
-	sent = wall_ms();
-	if (append_argv(rc->ctx, 1, time_argv, time_len) != REDIS_OK) {
-		st = append_failed(s, rc->ctx, "write behind");
-		goto out;
-	}
-	for (size_t from = 0; from < nc; from += HOT_MGET_KEYS) {
-		size_t k = nc - from < HOT_MGET_KEYS ? nc - from : HOT_MGET_KEYS;
-
-		argv[0] = "MGET", lens[0] = 4;
-		for (size_t j = 0; j < k; j++) {
-			const sqlite_hot_write *w = &b->v[idx[from + j]];
-			char *key = text + (from + j) * (KEYBUF + QUERY_NS_MAX);
-			int len = ns_key(s, key, KEYBUF + QUERY_NS_MAX, "ctr", w->ns, w->key);
-
-			argv[1 + j] = key;
-			lens[1 + j] = len > 0 && len < KEYBUF + QUERY_NS_MAX ? (size_t)len : 0;
-		}
-		if (append_argv(rc->ctx, (int)k + 1, argv, lens) != REDIS_OK) {
-			st = append_failed(s, rc->ctx, "write behind");
-			goto out;
-		}
-	}
-	if ((st = next_reply(s, rc->ctx, &t, "write behind")) != STORE_OK)
-		goto out;
-	if (t->type != REDIS_REPLY_ARRAY || t->elements != 2 || !reply_is_str(t->element[0]) ||
-	    !reply_is_str(t->element[1])) {
-		st = reply_error(s, rc, t, "write behind");
-		goto out;
-	}
-	now = strtoll(t->element[0]->str, NULL, 10) * 1000 + strtoll(t->element[1]->str, NULL, 10) / 1000;
-	hot_note_time(s, now, sent);
-	for (size_t from = 0; from < nc; from += HOT_MGET_KEYS) {
-		size_t k = nc - from < HOT_MGET_KEYS ? nc - from : HOT_MGET_KEYS;
-
-		if ((st = next_reply(s, rc->ctx, &r, "write behind")) != STORE_OK)
-			goto out;
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != k) {
-			st = reply_error(s, rc, r, "write behind");
-			goto out;
-		}
-		for (size_t j = 0; j < k; j++) {
-			const sqlite_hot_write *w = &b->v[idx[from + j]];
-			const redisReply *e = r->element[j];
-			int64_t cur = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
-
-			tat[from + j] = (cur > w->value ? cur : w->value) + w->add;
-		}
-		freeReplyObject(r);
-		r = NULL;
-	}
-	/* Every reply read: the drained ones owe nothing but their TAT, and go past *n. */
-	{
-		sqlite_hot_batch owed = {.v = malloc(nc * sizeof(*owed.v))};
-
-		if (!owed.v) {
-			st = store_set_error("%s: write behind: out of memory", s->where);
-			goto out;
-		}
-		for (size_t j = 0; j < nc; j++)
-			if (tat[j] <= now) {
-				owed.v[owed.n] = b->v[idx[j]]; /* the names stay b's */
-				owed.v[owed.n].value = tat[j];
-				owed.v[owed.n++].add = 0;
-			}
-		if (owed.n > 0)
-			sqlite_hot_retake(s->hot, &owed);
-		free(owed.v);
-		/* From the last: an index below stays where it was. */
-		for (size_t j = nc; j-- > 0;)
-			if (tat[j] <= now) {
-				sqlite_hot_write x = b->v[idx[j]];
-
-				b->v[idx[j]] = b->v[--*n];
-				b->v[*n] = x;
-			}
-	}
-out:
-	freeReplyObject(t);
-	freeReplyObject(r);
-	free(idx);
-	free(text);
-	free(argv);
-	free(lens);
-	free(tat);
 	return st;
 }
 
@@ -3042,11 +2876,10 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 	sqlite_hot_batch b = {0}, rest;
 	store_status st = STORE_OK;
 	bool unwritten;
-	size_t i = 0, todo = 0; /* b[todo ..): drained, nothing to write (hot_drained_first) */
+	size_t i = 0;
 
 	if (sqlite_hot_take(s->hot, &b) < 0)
 		st = store_set_error("%s: write behind: out of memory", s->where);
-	todo = b.n;
 	/*
 	 * Nothing owed: still a call (of no keys), so that a tracking
 	 * connection that was closed (CLIENT KILL, a timeout) is noticed now:
@@ -3054,10 +2887,8 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 	 */
 	if (b.n == 0 && st == STORE_OK)
 		st = hot_flush_some(s, rc, &b, 0, 0, &unwritten);
-	if (b.n > 0 && st == STORE_OK)
-		st = hot_drained_first(s, rc, &b, &todo);
-	while (i < todo && st == STORE_OK) {
-		size_t n = todo - i < HOT_FLUSH_KEYS ? todo - i : HOT_FLUSH_KEYS;
+	while (i < b.n && st == STORE_OK) {
+		size_t n = b.n - i < HOT_FLUSH_KEYS ? b.n - i : HOT_FLUSH_KEYS;
 
 		if ((st = hot_flush_some(s, rc, &b, i, n, &unwritten)) == STORE_OK || !unwritten)
 			i += n;
@@ -3069,8 +2900,8 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 	 * keys kept changing, or no EXEC went out), and of the calls not made,
 	 * are.
 	 */
-	if (st != STORE_OK && i < todo) {
-		rest = (sqlite_hot_batch){.v = b.v + i, .n = todo - i};
+	if (st != STORE_OK && i < b.n) {
+		rest = (sqlite_hot_batch){.v = b.v + i, .n = b.n - i};
 		sqlite_hot_retake(s->hot, &rest);
 	}
 	/* Replies of a failed call may still be on their way (or a WATCH held): not for the next user. */
