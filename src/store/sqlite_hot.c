@@ -46,6 +46,9 @@ typedef struct hot_entry {
 	 * stale: a bucket's TAT unknown, a set kept only for its owed refreshes
 	 */
 	int64_t owe_from, owe_add;
+	/* shared: when the first charge owed was made (0: owed again after a failed write), its tau */
+	int64_t owe_first, owe_tau;
+	bool owe_near; /* shared: a charge owed left half its burst tolerance or less (take_due) */
 	bool stale;
 	/* sets */
 	hot_member *m;
@@ -309,6 +312,8 @@ static void owe(hot_entry *e, int64_t now, int64_t add)
 {
 	int64_t from = now, sum = add;
 
+	if (e->owe_add == 0)
+		e->owe_first = now;
 	compose(e->owe_from, e->owe_add, &from, &sum);
 	e->owe_from = from;
 	e->owe_add = sum;
@@ -329,9 +334,12 @@ sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 		if (q->u.counter.allowed && q->u.counter.cost > 0) {
 			e->tat = next;
 			e->found = true;
-			if (h->shared)
+			if (h->shared) {
 				owe(e, q->u.counter.now_ms,
 				    (int64_t)q->u.counter.cost * q->u.counter.emission_ms);
+				e->owe_tau = (int64_t)q->u.counter.burst * q->u.counter.emission_ms;
+				e->owe_near = e->owe_near || next - q->u.counter.now_ms >= e->owe_tau / 2;
+			}
 			mark_dirty(h, e);
 		}
 	}
@@ -692,7 +700,8 @@ static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b, int64_t
 		if (!(w = batch_add(b, SQLITE_HOT_COUNTER, e->ns, e->key, NULL, e->owe_from, false)))
 			return false;
 		w->add = e->owe_add;
-		e->owe_from = e->owe_add = 0;
+		e->owe_from = e->owe_add = e->owe_first = 0;
+		e->owe_near = false;
 		return true;
 	}
 	if (e->kind == SQLITE_HOT_COUNTER) {
@@ -716,7 +725,26 @@ static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b, int64_t
 	return true;
 }
 
-static int take_all(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
+/*
+ * Shared: is e's write due at now_ms, a tick of sqlite_hot_take_due? A
+ * bucket whose copy's TAT is less than half its burst tolerance ahead,
+ * at each charge owed and at the tick, may hold its charges up to
+ * wait_ms from the first (a bucket of burst 2 never): then no one host's
+ * unwritten charges are half the burst, so two hosts' together are not
+ * the whole of it, and one that crosses the half is written at the next
+ * tick. A bucket read again (stale: another host writes it), owed again
+ * after a failed write, and anything else are due at once.
+ */
+static bool take_due(const sqlite_hot *h, const hot_entry *e, int64_t now_ms, int64_t wait_ms)
+{
+	if (!h->shared || e->kind != SQLITE_HOT_COUNTER || e->stale || e->owe_add == 0 || e->owe_first == 0)
+		return true;
+	if (e->owe_near || now_ms - e->owe_first >= wait_ms)
+		return true;
+	return e->tat - now_ms >= e->owe_tau / 2;
+}
+
+static int take_all(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms, int64_t wait_ms)
 {
 	int rc = 0;
 
@@ -726,9 +754,10 @@ static int take_all(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
 	/* Shared: a load read before this take's writes reach the store would owe them twice. */
 	if (h->shared)
 		h->take_gen = ++h->generation;
-	while (h->dirty) {
-		hot_entry *e = h->dirty;
-
+	for (hot_entry *e = h->dirty, *next; e; e = next) {
+		next = e->dnext;
+		if (wait_ms > 0 && !take_due(h, e, now_ms, wait_ms))
+			continue;
 		if (!take_entry(h, e, b, now_ms)) {
 			rc = -1;
 			break;
@@ -741,12 +770,17 @@ static int take_all(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
 
 int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b)
 {
-	return take_all(h, b, INT64_MIN);
+	return take_all(h, b, INT64_MIN, 0);
 }
 
 int sqlite_hot_take_at(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms)
 {
-	return take_all(h, b, now_ms);
+	return take_all(h, b, now_ms, 0);
+}
+
+int sqlite_hot_take_due(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms, int64_t wait_ms)
+{
+	return take_all(h, b, now_ms, wait_ms > 0 ? wait_ms : 0);
 }
 
 void sqlite_hot_written(sqlite_hot *h)
@@ -776,6 +810,7 @@ void sqlite_hot_retake(sqlite_hot *h, const sqlite_hot_batch *b)
 			if (e->owe_add == 0)
 				from = w->value;
 			e->owe_from = from;
+			e->owe_first = 0; /* due at the next take */
 			e->owe_add = add;
 		} else if (w->kind == SQLITE_HOT_COUNTER) {
 			e->in_file = e->in_file && !w->fresh;

@@ -163,6 +163,13 @@ int sqlite_hot_take(sqlite_hot *h, sqlite_hot_batch *b);
  * earlier TAT, or none) reads already. They stay in memory as they are.
  */
 int sqlite_hot_take_at(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms);
+/*
+ * Shared: sqlite_hot_take at now_ms (the buckets' clock) of what is due
+ * only: a bucket with plenty of room (its copy's TAT less than half its
+ * burst tolerance ahead of now_ms) keeps its charges, added up, until
+ * wait_ms after the first of them; the rest is taken (take_due).
+ */
+int sqlite_hot_take_due(sqlite_hot *h, sqlite_hot_batch *b, int64_t now_ms, int64_t wait_ms);
 /* The last take's transaction ended (committed, or rolled back and retaken). */
 void sqlite_hot_written(sqlite_hot *h);
 /* The writes of b failed: owe them again (entries forgotten since stay forgotten). */

@@ -2428,11 +2428,19 @@ static void upgrade(store_backend_impl *s, rconn *rc)
  *   to Redis as before; a miss is read with a round trip (peeks, no
  *   write) and kept when no invalidation came in between.
  *
- * Hosts thus count together within HOT_FLUSH_MS for charges and refreshes
- * (new networks exactly), and a reset or another host's write reaches the
- * copies as the view's bound says (REDIS_VIEW_STALE_MS).
+ * Hosts thus count together within HOT_FLUSH_MS for refreshes (new
+ * networks exactly) and for charges of a bucket near its limit, within
+ * 1 s for those of a bucket far from it (HOT_WAIT_MS), and a reset or
+ * another host's write reaches the copies as the view's bound says
+ * (REDIS_VIEW_STALE_MS).
  */
 #define HOT_FLUSH_MS 200
+/*
+ * A bucket far from its limit (sqlite_hot_take_due) holds its charges up
+ * to this long from the first, in one delta: written at the first tick
+ * HOT_WAIT_MS after it, so within HOT_FLUSH_MS + HOT_WAIT_MS = 1 s.
+ */
+#define HOT_WAIT_MS (1000 - HOT_FLUSH_MS)
 #define HOT_FLUSH_KEYS 64 /* keys per WATCH: Redis checks a WATCH against the keys watched already */
 #define HOT_SET_PREFIX "relay:"
 #define HOT_KV_PREFIX "relaytrip"
@@ -2870,15 +2878,20 @@ out:
 	return st;
 }
 
-/* Everything the copies owe, on rc (the tracking connection, or at close a pooled one). */
-static store_status hot_flush(store_backend_impl *s, rconn *rc)
+/*
+ * What the copies owe, on rc (the tracking connection, or at close a
+ * pooled one): everything (all), or at a tick what is due (HOT_WAIT_MS).
+ */
+static store_status hot_flush(store_backend_impl *s, rconn *rc, bool all)
 {
 	sqlite_hot_batch b = {0}, rest;
 	store_status st = STORE_OK;
 	bool unwritten;
 	size_t i = 0;
+	/* the copies' clock, as their charges have it (hot_run) */
+	int64_t now = wall_ms() + atomic_load(&s->hot_offset_ms) + atomic_load(&s->hot_skew_ms);
 
-	if (sqlite_hot_take(s->hot, &b) < 0)
+	if ((all ? sqlite_hot_take(s->hot, &b) : sqlite_hot_take_due(s->hot, &b, now, HOT_WAIT_MS)) < 0)
 		st = store_set_error("%s: write behind: out of memory", s->where);
 	/*
 	 * Nothing owed: still a call (of no keys), so that a tracking
@@ -2915,7 +2928,7 @@ static store_status hot_flush(store_backend_impl *s, rconn *rc)
 static store_status op_hot_flush(store_backend_impl *s, rconn *rc, op *o)
 {
 	o->no_retry = true;
-	return hot_flush(s, rc);
+	return hot_flush(s, rc, true);
 }
 
 /* --- the local view (redis_view.h) -------------------------------------- */
@@ -3478,7 +3491,7 @@ static void view_serve(view_thread *vt)
 			return;
 		if (s->hot && vt->flush.ctx && now_ms() >= vt->flush_at_ms) {
 			vt->flush_at_ms = now_ms() + HOT_FLUSH_MS;
-			if (hot_flush(s, &vt->flush) != STORE_OK) {
+			if (hot_flush(s, &vt->flush, false) != STORE_OK) {
 				log_warning("%s", store_last_error());
 				return;
 			}
@@ -4362,13 +4375,14 @@ static store_status redis_batch(store_backend_impl *s, query *q, size_t nq)
 
 /*
  * Before spamtrapctl reads buckets or sets: a daemon's copies owe at most
- * HOT_FLUSH_MS of charges and refreshes (written by its view thread,
- * which looks every VIEW_PING_MS), so wait that long; nothing can tell
- * whether a daemon holds copies.
+ * HOT_FLUSH_MS of refreshes, and of charges HOT_WAIT_MS more (written by
+ * its view thread, which looks every VIEW_PING_MS), so wait that long
+ * and a tick more; nothing can tell whether a daemon holds copies.
  */
 static store_status redis_sync(store_backend_impl *s)
 {
-	struct timespec t = {.tv_sec = 0, .tv_nsec = (long)(2 * HOT_FLUSH_MS) * 1000000L};
+	struct timespec t = {.tv_sec = (2 * HOT_FLUSH_MS + HOT_WAIT_MS) / 1000,
+	                     .tv_nsec = (long)((2 * HOT_FLUSH_MS + HOT_WAIT_MS) % 1000) * 1000000L};
 
 	(void)s;
 	while (nanosleep(&t, &t) < 0 && errno == EINTR) {

@@ -363,6 +363,92 @@ static void test_shared_counter_owes_deltas(void **state)
 	sqlite_hot_free(h);
 }
 
+/* A charge of cost at now_ms, burst 10 (tolerance 10 s, half of it 5 s ahead): answered from memory. */
+static void charge10(sqlite_hot *h, int64_t now_ms, uint64_t cost)
+{
+	query q = counter_q("k", now_ms, cost, false);
+
+	q.u.counter.burst = 10;
+	assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	assert_true(q.u.counter.allowed);
+}
+
+/*
+ * Shared, at a tick (sqlite_hot_take_due): a bucket with plenty of room
+ * keeps its charges, added up, until wait_ms after the first; the delta's
+ * from is the first charge's time, so that it adds to any TAT as the
+ * charges written one by one would. A bucket near its limit, or owed again
+ * after a failed write, is taken at once.
+ */
+static void test_shared_take_due(void **state)
+{
+	sqlite_hot *h = sqlite_hot_new_shared(16);
+	sqlite_hot_batch b = {0};
+
+	(void)state;
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k", false, 0, sqlite_hot_generation(h)));
+	charge10(h, 1000000, 1);
+	charge10(h, 1000200, 1); /* TAT 1,002,000: 2 s ahead, less than half of 10 s */
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1000200, 800), 0);
+	assert_int_equal(b.n, 0);
+	sqlite_hot_written(h);
+	assert_true(sqlite_hot_owes(h));
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1000799, 800), 0);
+	assert_int_equal(b.n, 0);
+	sqlite_hot_written(h);
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1000800, 800), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].value, 1000000);
+	assert_int_equal(b.v[0].add, 2000);
+	/* Written one by one: 1,001,000 then 1,002,000 on an empty bucket, 1,006,000 then 1,007,000 on one at
+	 * 1,005,000. */
+	assert_int_equal((0 > b.v[0].value ? 0 : b.v[0].value) + b.v[0].add, 1002000);
+	assert_int_equal((1005000 > b.v[0].value ? 1005000 : b.v[0].value) + b.v[0].add, 1007000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	assert_false(sqlite_hot_owes(h));
+	/* Past half its tolerance (TAT 1,007,000 at 1,001,000): taken at the next tick. */
+	charge10(h, 1001000, 5);
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1001100, 800), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 5000);
+	/* Its write failed: owed again, and due at once even with room again. */
+	sqlite_hot_retake(h, &b);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1004000, 800), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 5000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/*
+	 * Burst 2 charged once: half its tolerance ahead at the charge, near,
+	 * though less than half by the tick (drained 100 ms).
+	 */
+	assert_true(sqlite_hot_counter_load(h, "ratelimit", "k2", false, 0, sqlite_hot_generation(h)));
+	{
+		query q = counter_q("k2", 1005000, 1, false);
+
+		assert_int_equal(sqlite_hot_counter(h, &q), SQLITE_HOT_DONE);
+	}
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1005100, 800), 0);
+	assert_int_equal(b.n, 1);
+	assert_string_equal(b.v[0].key, "k2");
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	/* A take of everything (a stop) takes a bucket with room at once. */
+	charge10(h, 1010000, 1);
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1010000, 800), 0);
+	assert_int_equal(b.n, 0);
+	sqlite_hot_written(h);
+	assert_int_equal(sqlite_hot_take(h, &b), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].value, 1010000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
+	sqlite_hot_free(h);
+}
+
 /*
  * A bucket empty again by the flush (its TAT passed: a fast rule) is not
  * written: the file's row, an earlier TAT or none, reads empty as well.
@@ -600,6 +686,7 @@ int main(void)
 	    cmocka_unit_test(test_taken_not_dropped_before_written),
 	    cmocka_unit_test(test_take_leaves_out_empty_buckets),
 	    cmocka_unit_test(test_shared_counter_owes_deltas),
+	    cmocka_unit_test(test_shared_take_due),
 	    cmocka_unit_test(test_shared_invalidate_keeps_owed_charges),
 	    cmocka_unit_test(test_shared_set_new_member_is_the_stores),
 	    cmocka_unit_test(test_shared_invalidate_keeps_owed_refreshes),

@@ -5258,6 +5258,127 @@ static void test_redis_hot_two_hosts_drained_charges_add_up(void **state)
 	store_free(b);
 }
 
+/* How many times Redis has run cmd (INFO commandstats). */
+static long command_calls(const char *cmd)
+{
+	char out[8192], field[64];
+	const char *at;
+
+	redis_text(out, sizeof(out), "INFO commandstats");
+	snprintf(field, sizeof(field), "cmdstat_%s:calls=", cmd);
+	at = strstr(out, field);
+	return at ? strtol(at + strlen(field), NULL, 10) : 0;
+}
+
+/* A bucket's remaining as Redis has it (a store without copies: another host). */
+static uint64_t redis_remaining(const char *key, int64_t emission_ms, uint64_t burst)
+{
+	query q = counter_query(key, now_ms_wall(), emission_ms, burst, 0);
+	bool view = B.cfg.redis_local_view;
+	store *other;
+
+	B.cfg.redis_local_view = false;
+	other = open_store();
+	B.cfg.redis_local_view = view;
+	assert_int_equal(store_run(other, &q, 1, now_s()), STORE_OK);
+	store_free(other);
+	return q.u.counter.remaining;
+}
+
+/* Charge key by cost in the copies (read into them first with a charge of nothing). */
+static void hot_charge(store *st, const char *key, int64_t emission_ms, uint64_t burst, uint64_t cost)
+{
+	query q = counter_query(key, now_ms_wall(), emission_ms, burst, 0);
+	uint64_t trips;
+
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	trips = store_script_round_trips(st);
+	q = counter_query(key, now_ms_wall(), emission_ms, burst, cost);
+	assert_int_equal(store_run(st, &q, 1, now_s()), STORE_OK);
+	assert_true(q.u.counter.allowed);
+	assert_int_equal(store_script_round_trips(st), trips); /* answered by the copy */
+}
+
+static bool redis_has(const char *key)
+{
+	char out[64];
+
+	redis_text(out, sizeof(out), "EXISTS %sctr:rate:%s", B.prefix, key);
+	return strcmp(out, "1") == 0;
+}
+
+/*
+ * A bucket far from its limit charged in two ticks in a row is written
+ * once, both charges in one delta (within 1 s of the first). The second
+ * charge comes a tick (>= 200 ms) after the first; a machine stalled so
+ * long that it came near the 1 s is tried again with another bucket.
+ */
+static void test_redis_hot_far_bucket_waits(void **state)
+{
+	store *st = open_view_store();
+	char key[32];
+	int round = 0;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	usleep(500000); /* wait_hot's own reads, written behind by now */
+	for (;; round++) {
+		long exec;
+		double start, gap;
+
+		assert_true(round < 5);
+		snprintf(key, sizeof(key), "far%d", round);
+		hot_charge(st, key, HOUR_MS, 100, 0); /* held in the copies, nothing owed */
+		usleep(300000);
+		exec = command_calls("exec");
+		start = mono();
+		hot_charge(st, key, HOUR_MS, 100, 1);
+		usleep(300000); /* a tick or more */
+		hot_charge(st, key, HOUR_MS, 100, 1);
+		gap = mono() - start;
+		while (!redis_has(key))
+			assert_true(mono() - start < 3.0);
+		if (gap > 0.6)
+			continue;
+		assert_int_equal(command_calls("exec") - exec, 1);
+		assert_int_equal(redis_remaining(key, HOUR_MS, 100), 98);
+		break;
+	}
+	store_free(st);
+}
+
+/*
+ * A bucket near its limit (its TAT half its burst tolerance ahead, or
+ * more, at a charge: half a burst of 2 left) is written at the next tick; one charged with it and far from
+ * its limit waits, and is written later with its charge.
+ */
+static void test_redis_hot_near_bucket_at_once(void **state)
+{
+	store *st = open_view_store();
+	double start;
+
+	(void)state;
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+	hot_charge(st, "near", HOUR_MS, 2, 0);
+	hot_charge(st, "roomy", HOUR_MS, 100, 0);
+	usleep(300000);
+	hot_charge(st, "near", HOUR_MS, 2, 1); /* half its burst left */
+	hot_charge(st, "roomy", HOUR_MS, 100, 1);
+	start = mono();
+	while (!redis_has("near"))
+		assert_true(mono() - start < 3.0);
+	assert_false(redis_has("roomy"));
+	assert_int_equal(redis_remaining("near", HOUR_MS, 2), 1);
+	while (!redis_has("roomy"))
+		assert_true(mono() - start < 3.0);
+	assert_int_equal(redis_remaining("roomy", HOUR_MS, 100), 99);
+	store_free(st);
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     CASE(test_sqlite_write_behind),
     CASE(test_sqlite_write_behind_reload),
@@ -5319,6 +5440,8 @@ static const struct CMUnitTest redis_tests[] = {
     CASE(test_redis_hot_refresh_near_expiry),
     CASE(test_redis_hot_refresh_owed_survives_invalidation),
     CASE(test_redis_hot_many_queries),
+    CASE(test_redis_hot_far_bucket_waits),
+    CASE(test_redis_hot_near_bucket_at_once),
     CASE(test_redis_watch_cancel),
     CASE(test_redis_decision_polls_once),
     CASE(test_redis_hot_two_hosts_drained_charges_add_up),
