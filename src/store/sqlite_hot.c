@@ -48,7 +48,9 @@ typedef struct hot_entry {
 	int64_t owe_from, owe_add;
 	/* shared: when the first charge owed was made (0: owed again after a failed write), its tau */
 	int64_t owe_first, owe_tau;
-	bool owe_near; /* shared: a charge owed left half its burst tolerance or less (take_due) */
+	/* shared: a charge owed left half its burst tolerance or less, or the charges owed reach half of it
+	 */
+	bool owe_near;
 	bool stale;
 	/* sets */
 	hot_member *m;
@@ -338,7 +340,13 @@ sqlite_hot_rc sqlite_hot_counter(sqlite_hot *h, query *q)
 				owe(e, q->u.counter.now_ms,
 				    (int64_t)q->u.counter.cost * q->u.counter.emission_ms);
 				e->owe_tau = (int64_t)q->u.counter.burst * q->u.counter.emission_ms;
-				e->owe_near = e->owe_near || next - q->u.counter.now_ms >= e->owe_tau / 2;
+				/*
+				 * Held back is what it owes, not its backlog: charges
+				 * drained meanwhile are still added on top of another
+				 * host's TAT (owe_from), so they count too.
+				 */
+				e->owe_near = e->owe_near || next - q->u.counter.now_ms >= e->owe_tau / 2 ||
+				              e->owe_add >= e->owe_tau / 2;
 			}
 			mark_dirty(h, e);
 		}
@@ -728,7 +736,9 @@ static bool take_entry(sqlite_hot *h, hot_entry *e, sqlite_hot_batch *b, int64_t
 /*
  * Shared: is e's write due at now_ms, a tick of sqlite_hot_take_due? A
  * bucket whose copy's TAT is less than half its burst tolerance ahead,
- * at each charge owed and at the tick, may hold its charges up to
+ * at each charge owed and at the tick, and whose charges owed add up to
+ * less than half of it (they drain here, not on top of another host's
+ * TAT), may hold its charges up to
  * wait_ms from the first (a bucket of burst 2 never): then no one host's
  * unwritten charges are half the burst, so two hosts' together are not
  * the whole of it, and one that crosses the half is written at the next

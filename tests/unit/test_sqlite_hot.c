@@ -446,6 +446,18 @@ static void test_shared_take_due(void **state)
 	assert_int_equal(b.v[0].value, 1010000);
 	sqlite_hot_written(h);
 	sqlite_hot_batch_clear(&b);
+	/*
+	 * Charges that drained here while held: the TAT is 4.3 s ahead, less
+	 * than half, but the delta owes 5 s, added in full on top of a TAT
+	 * another host wrote meanwhile: half the burst held back, so due now.
+	 */
+	charge10(h, 1020000, 4);
+	charge10(h, 1020700, 1);
+	assert_int_equal(sqlite_hot_take_due(h, &b, 1020700, 800), 0);
+	assert_int_equal(b.n, 1);
+	assert_int_equal(b.v[0].add, 5000);
+	sqlite_hot_written(h);
+	sqlite_hot_batch_clear(&b);
 	sqlite_hot_free(h);
 }
 
