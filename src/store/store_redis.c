@@ -793,38 +793,38 @@ static int append_hmget(redisContext *c, const char *fullkey, size_t keylen)
 	return redisAppendCommandArgv(c, 2 + NFIELDS, argv, argvlen);
 }
 
-/* v in decimal at p (24 bytes are room for any), terminated; its length. snprintf's "%lld" without the
- * formatter. */
-static size_t i64_text(char *p, int64_t v)
+/* u in decimal at p (20 bytes are room for any), not terminated; returns the end. */
+static char *u64_decimal(char *p, uint64_t u)
 {
-	char digits[24];
-	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-	size_t n = 0;
+	char digits[20];
 	int k = 0;
 
 	do
 		digits[k++] = (char)('0' + u % 10);
 	while ((u /= 10) > 0);
-	if (v < 0)
-		p[n++] = '-';
 	while (k > 0)
-		p[n++] = digits[--k];
-	p[n] = '\0';
-	return n;
+		*p++ = digits[--k];
+	return p;
+}
+
+/* v in decimal at p (24 bytes are room for any), terminated; its length. snprintf's "%lld" without the
+ * formatter. */
+static size_t i64_text(char *p, int64_t v)
+{
+	char *end = p;
+
+	if (v < 0)
+		*end++ = '-';
+	end = u64_decimal(end, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v);
+	*end = '\0';
+	return (size_t)(end - p);
 }
 
 /* "*N\r\n" or "$N\r\n" at p; returns the end. */
 static char *resp_header(char *p, char type, size_t n)
 {
-	char digits[24];
-	int k = 0;
-
 	*p++ = type;
-	do
-		digits[k++] = (char)('0' + n % 10);
-	while ((n /= 10) > 0);
-	while (k > 0)
-		*p++ = digits[--k];
+	p = u64_decimal(p, n);
 	*p++ = '\r';
 	*p++ = '\n';
 	return p;
