@@ -4763,6 +4763,14 @@ static void wait_hot(store *st)
 	fail_msg("the hot copies never answered");
 }
 
+/* st writing behind, its local view built and its hot copies answering. */
+static void hot_ready(store *st)
+{
+	assert_int_equal(store_write_behind(st), STORE_OK);
+	wait_view(st);
+	wait_hot(st);
+}
+
 /* The relay check's query of a set, timed by Redis (store_clock): the kind the hot copies hold. */
 static query relay_query(const char *set, const char *member, bool peek)
 {
@@ -4812,9 +4820,7 @@ static void test_redis_hot_cold_path(void **state)
 	double start;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	calls = evalsha_calls();
 	assert_int_equal(relay_trips(st, "n1", q), 1);
 	assert_int_equal(evalsha_calls() - calls, 2); /* the set's read and add one script, the bucket's */
@@ -4863,9 +4869,7 @@ static void test_redis_hot_clock_not_behind(void **state)
 	(void)state;
 	B.cfg.redis_local_view = false;
 	other = open_store();
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	start = mono();
 	for (int i = 0; i < 20000 && mono() - start < 2.0; i++) {
 		snprintf(key, sizeof(key), "two:%d", i);
@@ -4908,9 +4912,7 @@ static void hold_edge_set(store *st, const char *name, query q[2])
 	char out[64];
 	double start;
 
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	redis_text(out, sizeof(out), "EVAL %s 1 %sds:%s",
 	           "local t = string.format('%d', tonumber(redis.call('TIME')[1]) + 5) "
 	           "redis.call('ZADD', KEYS[1], t, 'n1', t, 'n2', t, 'n3') "
@@ -4990,9 +4992,7 @@ static void test_redis_hot_refresh_near_expiry(void **state)
 	double start;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	/* n1 expires in Redis in 10 s, n2 in 90 s (the window is 100 s) */
 	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:near",
 	           "local t = tonumber(redis.call('TIME')[1]) "
@@ -5036,9 +5036,7 @@ static void test_redis_hot_refresh_owed_survives_invalidation(void **state)
 	uint64_t before;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	/* n1 expires in Redis in 60 s (the window is 100 s: written behind, not near its expiry) */
 	redis_text(out, sizeof(out), "EVAL %s 1 %sds:relay:sasl:owed",
 	           "local t = tonumber(redis.call('TIME')[1]) "
@@ -5091,9 +5089,7 @@ static void test_redis_hot_many_queries(void **state)
 	uint64_t before;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	for (int i = 0; i < 40; i++)
 		snprintf(keys[i], sizeof(keys[i]), "many:%d", i);
 	start = mono();
@@ -5127,9 +5123,7 @@ static void test_redis_hot_empty_bucket_burst(void **state)
 	int i;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	/* a fresh bucket read for a copy until one is kept (a read overtaken by a tick's write is not) */
 	for (i = 0; i < 100; i++) {
 		snprintf(key, sizeof(key), "empty:%d", i);
@@ -5177,9 +5171,7 @@ static void test_redis_decision_polls_once(void **state)
 	uint64_t polls;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	polls = store_redis_view_polls();
 	peek_bucket(st, "acct:dec");
 	peek_bucket(st, "acct:dec");
@@ -5234,9 +5226,7 @@ static void test_redis_hot_two_hosts_drained_charges_add_up(void **state)
 
 	(void)state;
 	for (int h = 0; h < 2; h++) {
-		assert_int_equal(store_write_behind(hosts[h]), STORE_OK);
-		wait_view(hosts[h]);
-		wait_hot(hosts[h]);
+		hot_ready(hosts[h]);
 		hold_bucket(hosts[h], "shared", emission);
 	}
 	for (int h = 0; h < 2; h++) {
@@ -5320,9 +5310,7 @@ static void test_redis_hot_far_bucket_waits(void **state)
 	int round = 0;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	usleep(500000); /* wait_hot's own reads, written behind by now */
 	for (;; round++) {
 		long exec;
@@ -5360,9 +5348,7 @@ static void test_redis_hot_near_bucket_at_once(void **state)
 	double start;
 
 	(void)state;
-	assert_int_equal(store_write_behind(st), STORE_OK);
-	wait_view(st);
-	wait_hot(st);
+	hot_ready(st);
 	hot_charge(st, "near", HOUR_MS, 2, 0);
 	hot_charge(st, "roomy", HOUR_MS, 100, 0);
 	usleep(300000);
